@@ -1,0 +1,182 @@
+//! Group commit: many writers' batches coalesced into one durable write.
+//!
+//! A single committer thread owns the writes. Writers hand it a [`Batch`] and wait; the committer takes every
+//! batch that is queued (up to [`CommitConfig::max_batches`], waiting at most [`CommitConfig::max_delay`] for
+//! more), writes them with one [`KvStore::write`] — one fsync — and then wakes every writer of the group. While
+//! it is writing, the next group queues up, so under load the number of fsyncs per batch falls by itself.
+//!
+//! A writer's `commit` returns `Ok` only after its data is durable.
+
+use super::kv::{Batch, Entries, KvStore, StoreError};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Tuning of the committer.
+#[derive(Debug, Clone)]
+pub struct CommitConfig {
+    /// How long the committer may hold a group open waiting for more batches after the first arrived. Zero (the
+    /// default) means: take what is queued and write at once; coalescing then comes only from writers that queue
+    /// while a write is in progress. This is the upper bound on the delay group commit adds to one write.
+    pub max_delay: Duration,
+    /// Most batches in one group.
+    pub max_batches: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        Self { max_delay: Duration::ZERO, max_batches: 1024 }
+    }
+}
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+struct Job {
+    batch: Batch,
+    reply: Reply,
+}
+
+/// The store the rest of the bridge uses: reads go straight to the backend, writes go through group commit.
+///
+/// Cheap to clone. When the last clone is dropped, the committer writes what was queued, flushes and stops, and
+/// the backend is closed before the drop returns (so the data directory can be opened again at once).
+#[derive(Clone)]
+pub struct Store {
+    kv: Arc<dyn KvStore>,
+    committer: Arc<Committer>,
+}
+
+/// Owns the committer thread; joins it on drop.
+struct Committer {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Store {
+    /// Wraps a backend and starts its committer thread.
+    pub fn new(kv: Arc<dyn KvStore>, config: CommitConfig) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let backend = kv.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}-commit", kv.backend()))
+            .spawn(move || committer(backend, rx, config));
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Without a committer every commit reports `Closed`; say why once.
+                tracing::error!(error = %e, "could not start the store's commit thread");
+                None
+            }
+        };
+        Self { kv, committer: Arc::new(Committer { jobs: Some(tx), thread }) }
+    }
+
+    /// The backend, for reads and for tools that need the raw trait.
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.kv
+    }
+
+    /// Reads one key.
+    pub fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(tree, key)
+    }
+
+    /// Every entry of `tree` under `prefix`, in key order.
+    pub fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Entries, StoreError> {
+        self.kv.scan_prefix(tree, prefix)
+    }
+
+    /// Queues `batch` for the next group and returns a handle that resolves once it is durable. Lets a caller
+    /// pipeline several batches without waiting for each.
+    pub fn commit_later(&self, batch: Batch) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job { batch, reply };
+        let failed = match &self.committer.jobs {
+            Some(jobs) => jobs.send(job).err().map(|mpsc::SendError(j)| j),
+            None => Some(job),
+        };
+        if let Some(job) = failed {
+            let _ = job.reply.send(Err(StoreError::Closed));
+        }
+        rx
+    }
+
+    /// Writes `batch` atomically and returns once it is durable.
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.commit_later(batch).await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Blocking version of [`Store::commit`], for threads outside the async runtime.
+    pub fn commit_blocking(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.commit_later(batch).blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Makes everything written so far durable (all commits already are; this flushes backend caches).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush()
+    }
+}
+
+fn committer(kv: Arc<dyn KvStore>, rx: mpsc::Receiver<Job>, config: CommitConfig) {
+    let max = config.max_batches.max(1);
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + config.max_delay;
+        'gather: while jobs.len() < max {
+            match rx.try_recv() {
+                Ok(j) => {
+                    jobs.push(j);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break 'gather,
+                Err(TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match rx.recv_timeout(deadline - now) {
+                Ok(j) => jobs.push(j),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let (batches, replies): (Vec<Batch>, Vec<Reply>) = jobs.into_iter().map(|j| (j.batch, j.reply)).unzip();
+        match kv.write(&batches) {
+            Ok(()) => {
+                for r in replies {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batches = batches.len(), "durable write failed");
+                let msg = e.to_string();
+                for r in replies {
+                    let _ = r.send(Err(StoreError::Backend {
+                        backend: kv.backend(),
+                        path: Default::default(),
+                        message: msg.clone(),
+                    }));
+                }
+            }
+        }
+    }
+    if let Err(e) = kv.flush() {
+        tracing::error!(error = %e, "final flush failed");
+    }
+}

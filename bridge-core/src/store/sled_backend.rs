@@ -1,0 +1,98 @@
+//! The sled backend (sled 0.34.7).
+//!
+//! All trees live in sled's default tree under composite keys (see [`super::kv`]), so a [`Batch`] is one
+//! `sled::Batch` — atomic without sled's multi-tree transactions. sled makes writes durable only on `flush()`, so
+//! [`KvStore::write`] applies every batch and then flushes once.
+
+use super::kv::{Batch, Entries, KvStore, Op, StoreError, composite_key, prefix_end, split_key};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// A sled database holding every tree.
+pub struct SledStore {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in directory `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            // We flush explicitly after every group of batches; the background flusher would only add fsyncs.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| err(path, e))?;
+        Ok(Self { db, path: path.to_owned() })
+    }
+
+    fn e(&self, e: sled::Error) -> StoreError {
+        err(&self.path, e)
+    }
+}
+
+fn err(path: &Path, e: sled::Error) -> StoreError {
+    StoreError::Backend { backend: "sled", path: path.to_owned(), message: e.to_string() }
+}
+
+impl KvStore for SledStore {
+    fn backend(&self) -> &'static str {
+        "sled"
+    }
+
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(composite_key(tree, key)).map_err(|e| self.e(e))?.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Entries, StoreError> {
+        let start = composite_key(tree, prefix);
+        let skip = tree.len() + 1;
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(&start) {
+            let (k, v) = item.map_err(|e| self.e(e))?;
+            out.push((k[skip..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn write(&self, batches: &[Batch]) -> Result<(), StoreError> {
+        for b in batches {
+            let mut sb = sled::Batch::default();
+            for op in &b.ops {
+                match op {
+                    Op::Put { tree, key, value } => sb.insert(composite_key(tree, key), value.as_slice()),
+                    Op::Delete { tree, key } => sb.remove(composite_key(tree, key)),
+                }
+            }
+            self.db.apply_batch(sb).map_err(|e| self.e(e))?;
+        }
+        self.flush()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.e(e))?;
+        Ok(())
+    }
+
+    fn trees(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = BTreeSet::new();
+        let mut cursor: Vec<u8> = Vec::new();
+        // Jump from tree to tree instead of walking every key.
+        loop {
+            let next = self.db.range(cursor.clone()..).next();
+            let Some(item) = next else { break };
+            let (k, _) = item.map_err(|e| self.e(e))?;
+            let Some((tree, _)) = split_key(&k) else {
+                return Err(StoreError::Corrupt { tree: "?".into(), message: "key without tree prefix".into() });
+            };
+            names.insert(tree.to_owned());
+            let mut p = tree.as_bytes().to_vec();
+            p.push(0);
+            match prefix_end(&p) {
+                Some(end) => cursor = end,
+                None => break,
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+}
