@@ -34,6 +34,9 @@ pub enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Decode, encode and identify MIMI content messages (draft-ietf-mimi-content).
+    #[command(subcommand)]
+    Content(crate::content_cmd::ContentCommand),
 }
 
 /// Runs a parsed command line.
@@ -43,6 +46,7 @@ pub fn dispatch(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let cfg = Config::load(&config)?;
             crate::run::run(cfg)
         }
+        Command::Content(cmd) => crate::content_cmd::run(cmd).map_err(Into::into),
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;
             println!(

@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod content_cmd;
 mod run;
 
 use clap::Parser;

@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// One delivery for a leg.
 #[derive(Debug, Clone)]
@@ -43,6 +43,8 @@ pub(crate) struct LegCounters {
 /// The portal's handle on a leg's worker.
 pub(crate) struct LegWorker {
     pub tx: mpsc::Sender<LegWork>,
+    /// Stops this worker alone (unlink); pending deliveries stay in the outbox.
+    pub stop: watch::Sender<bool>,
     pub counters: Arc<LegCounters>,
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -66,13 +68,23 @@ impl LegWorker {
 pub(crate) fn spawn(shared: Arc<Shared>, leg: LegId, portal_tx: mpsc::Sender<PortalInput>) -> LegWorker {
     let (tx, rx) = mpsc::channel(1024);
     let counters = Arc::new(LegCounters::default());
-    let w = Worker { shared, leg, portal_tx, counters: counters.clone(), recent: HashMap::new(), high_water: 0 };
+    let (stop, stop_rx) = watch::channel(false);
+    let w = Worker {
+        stop: stop_rx,
+        shared,
+        leg,
+        portal_tx,
+        counters: counters.clone(),
+        recent: HashMap::new(),
+        high_water: 0,
+    };
     let task = tokio::spawn(w.run(rx));
-    LegWorker { tx, counters, task }
+    LegWorker { tx, stop, counters, task }
 }
 
 struct Worker {
     shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
     leg: LegId,
     portal_tx: mpsc::Sender<PortalInput>,
     counters: Arc<LegCounters>,
@@ -88,8 +100,9 @@ impl Worker {
         let mut queue = VecDeque::new();
         self.reload(&mut queue, true);
         let mut shutdown = self.shared.shutdown.clone();
+        let mut stop = self.stop.clone();
         loop {
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || *stop.borrow() {
                 break;
             }
             let work = match queue.pop_front() {
@@ -105,6 +118,7 @@ impl Worker {
                             None => break,
                         },
                         _ = shutdown.changed() => break,
+                        _ = stop.changed() => break,
                     };
                     if let Some(seq) = w.seq {
                         if seq <= self.high_water {
@@ -166,9 +180,10 @@ impl Worker {
         let started = Instant::now();
         let mut delay = self.shared.cfg.retry_initial;
         let mut shutdown = self.shared.shutdown.clone();
+        let mut stop = self.stop.clone();
         let mut warned = false;
         loop {
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || *stop.borrow() {
                 return;
             }
             self.refresh(&mut work.event);
@@ -199,6 +214,7 @@ impl Worker {
                             _ = tokio::time::sleep(delay) => {}
                             _ = async { match health.as_mut() { Some(h) => { let _ = h.changed().await; } None => std::future::pending::<()>().await } } => {}
                             _ = shutdown.changed() => return,
+                            _ = stop.changed() => return,
                         }
                         delay = (delay * 2).min(self.shared.cfg.retry_max);
                         continue;

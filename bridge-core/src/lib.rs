@@ -2,6 +2,8 @@
 //!
 //! The domain of mimi-bridge, free of any legacy chat protocol:
 //!
+//! * [`content`] — the MIMI content format (draft-ietf-mimi-content): model, deterministic CBOR, message ids,
+//!   validation, builders, attachments, the shared markdown helper;
 //! * [`ids`] and [`uri`] — the names of things (portals, legs, accounts, legacy users, message ids) and how legacy
 //!   users become `mimi://` URIs;
 //! * [`event`] and [`capability`] — what connectors hand to the core and what the core hands back;
@@ -14,6 +16,7 @@
 
 pub mod capability;
 pub mod connector;
+pub mod content;
 pub mod event;
 pub mod group;
 pub mod ids;

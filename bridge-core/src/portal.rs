@@ -203,7 +203,8 @@ impl Portal {
                 let r = self.shared.store.commit(b).await.map_err(RouteError::from);
                 if r.is_ok() {
                     if let Some(w) = self.legs.remove(&leg) {
-                        w.task.abort();
+                        let _ = w.stop.send(true);
+                        let _ = w.task.await;
                     }
                     tracing::info!(%leg, "leg unlinked");
                 }

@@ -241,7 +241,8 @@ async fn undelivered_messages_survive_restart_and_refusals_are_reported() {
     assert_eq!(n, NativeId("lb-in-1".into()));
     assert!(matches!(r, Ok(Accepted::Duplicate(_))), "{r:?}");
     for _ in 0..5 {
-        w.a.say("#k", "alice", "skip the used ids").await;
+        let (_, r) = w.a.say("#k", "alice", "skip the used ids").await;
+        assert!(r.is_ok(), "{r:?}");
     }
     // A refused delivery is reported to the sender's leg as a notice.
     w.b.reject.store(true, Ordering::Relaxed);

@@ -1,1 +1,204 @@
-//! placeholder
+//! Dev-only test harness: starts real chat servers on free loopback ports in temp dirs.
+//!
+//! Connector tests use these to run against the real thing (never an in-memory fake). A missing server binary is
+//! an error that says how to install it — tests fail loudly, they never skip. Each server is stopped (killed) and
+//! its temp dir removed when its handle is dropped.
+//!
+//! Available: [`Ngircd`] (IRC). Prosody and Synapse follow with their connectors.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a server could not be started.
+#[derive(Debug)]
+pub struct HarnessError(pub String);
+
+impl std::fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HarnessError {}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine).
+pub fn free_port() -> Result<u16, HarnessError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError(format!("no free port: {e}")))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| HarnessError(format!("no free port: {e}")))
+}
+
+/// Finds `name` on PATH or in the usual sbin directories.
+pub fn find_binary(name: &str, install_hint: &str) -> Result<PathBuf, HarnessError> {
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file()).ok_or_else(|| {
+        HarnessError(format!("{name} is not installed: run ./scripts/test (it installs it) or `{install_hint}`"))
+    })
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(HarnessError(format!("{what} exited with {status} before listening:\n{out}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(HarnessError(format!("{what} did not listen on port {port} within 15 s")))
+}
+
+/// Options for [`Ngircd::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct NgircdOptions {
+    /// Disable ngIRCd's penalty delays (`[Limits] MaxPenaltyTime = 0`), for benchmarks. Tests keep the stock
+    /// flood control, which a bridge must live with.
+    pub no_penalty: bool,
+}
+
+/// An ngIRCd server on a free loopback port.
+pub struct Ngircd {
+    /// The port clients connect to.
+    pub port: u16,
+    /// Operator name and password configured (for tests that need `OPER`).
+    pub oper: (String, String),
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Ngircd {
+    /// Starts ngIRCd with stock flood control.
+    pub fn start() -> Result<Self, HarnessError> {
+        Self::start_with(NgircdOptions::default())
+    }
+
+    /// Starts ngIRCd with `opts`.
+    pub fn start_with(opts: NgircdOptions) -> Result<Self, HarnessError> {
+        let bin = find_binary("ngircd", "apt-get install ngircd")?;
+        let dir = tempfile::tempdir().map_err(|e| HarnessError(format!("tempdir: {e}")))?;
+        let port = free_port()?;
+        let motd = dir.path().join("motd");
+        std::fs::write(&motd, "test server\n").map_err(|e| HarnessError(e.to_string()))?;
+        let limits = if opts.no_penalty { "MaxPenaltyTime = 0\n" } else { "" };
+        let conf = format!(
+            "[Global]\nName = irc.test\nInfo = mimi-bridge test server\nListen = 127.0.0.1\nPorts = {port}\n\
+             MotdFile = {motd}\nPidFile = {pid}\n\
+             [Limits]\nMaxConnectionsIP = 0\nMaxNickLength = 31\nPingTimeout = 120\nPongTimeout = 60\n{limits}\
+             [Options]\nPAM = no\nDNS = no\nIdent = no\n\
+             [Operator]\nName = oper\nPassword = operpass\n",
+            motd = motd.display(),
+            pid = dir.path().join("ngircd.pid").display(),
+        );
+        let conf_path = dir.path().join("ngircd.conf");
+        std::fs::write(&conf_path, conf).map_err(|e| HarnessError(e.to_string()))?;
+        let log = dir.path().join("ngircd.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| HarnessError(e.to_string()))?;
+        let log_err = log_file.try_clone().map_err(|e| HarnessError(e.to_string()))?;
+        let mut child = Command::new(bin)
+            .args(["-n", "-p", "-f"])
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| HarnessError(format!("cannot start ngircd: {e}")))?;
+        if let Err(e) = wait_for_port(port, &mut child, "ngircd", &log) {
+            let _ = child.kill();
+            return Err(e);
+        }
+        Ok(Self { port, oper: ("oper".into(), "operpass".into()), child, _dir: dir })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (for reconnect tests); the handle stays valid for [`Ngircd::addr`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Ngircd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal blocking IRC client for tests: registers, joins, sends, reads lines.
+pub struct IrcClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl IrcClient {
+    /// Connects and registers as `nick`, answering PINGs, until the welcome (001) arrives.
+    pub fn connect(addr: &str, nick: &str) -> Result<Self, HarnessError> {
+        let s = TcpStream::connect(addr).map_err(|e| HarnessError(format!("connect {addr}: {e}")))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| HarnessError(e.to_string()))?;
+        let writer = s.try_clone().map_err(|e| HarnessError(e.to_string()))?;
+        let mut c = Self { reader: BufReader::new(s), writer };
+        c.send(&format!("NICK {nick}"))?;
+        c.send(&format!("USER {nick} 0 * :{nick}"))?;
+        c.read_until(|l| l.split(' ').nth(1) == Some("001"))?;
+        Ok(c)
+    }
+
+    /// Sends one raw line (CRLF added).
+    pub fn send(&mut self, line: &str) -> Result<(), HarnessError> {
+        self.writer.write_all(format!("{line}\r\n").as_bytes()).map_err(|e| HarnessError(format!("send: {e}")))
+    }
+
+    /// Reads lines (answering PING) until `pred` matches one; returns it.
+    pub fn read_until(&mut self, pred: impl Fn(&str) -> bool) -> Result<String, HarnessError> {
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).map_err(|e| HarnessError(format!("read: {e}")))?;
+            if n == 0 {
+                return Err(HarnessError("connection closed".into()));
+            }
+            let line = line.trim_end_matches(['\r', '\n']).to_owned();
+            if let Some(token) = line.strip_prefix("PING ") {
+                self.send(&format!("PONG {token}"))?;
+                continue;
+            }
+            if pred(&line) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Joins `channel` and waits for the end of its NAMES list.
+    pub fn join(&mut self, channel: &str) -> Result<(), HarnessError> {
+        self.send(&format!("JOIN {channel}"))?;
+        self.read_until(|l| l.split(' ').nth(1) == Some("366"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ngircd_starts_and_relays_a_message_between_two_clients() {
+        let server = Ngircd::start().expect("ngircd starts");
+        let mut alice = IrcClient::connect(&server.addr(), "alice").expect("alice registers");
+        let mut bob = IrcClient::connect(&server.addr(), "bob").expect("bob registers");
+        alice.join("#test").expect("alice joins");
+        bob.join("#test").expect("bob joins");
+        alice.send("PRIVMSG #test :hello bob").expect("send");
+        let got = bob.read_until(|l| l.contains("PRIVMSG #test")).expect("bob reads");
+        assert!(got.starts_with(":alice!") && got.ends_with(":hello bob"), "{got}");
+    }
+}
