@@ -28,6 +28,8 @@ pub mod uri;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod loopback;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use capability::{Capabilities, Feature, Grade, Limits};
 pub use connector::{Account, AccountContext, Connector, ConnectorError, Health, InboundSink};

@@ -1,0 +1,260 @@
+//! The IO shell: one TCP connection to a toychat server, reconnected with backoff.
+//!
+//! Reads lines (bounded length), hands room events to the core through the [`InboundSink`] (which applies
+//! backpressure), writes commands, and matches each command's `ACK`/`ERR` to the `send` waiting for it.
+
+use crate::proto::{self, ClientLine, ServerLine};
+use crate::{Config, translate};
+use async_trait::async_trait;
+use bridge_core::capability::Capabilities;
+use bridge_core::connector::{Delivery, SendError};
+use bridge_core::event::OutboundEvent;
+use bridge_core::{Account, AccountContext, AccountId, ConnectorError, Health, InboundSink, NativeId};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How long a command may wait for its acknowledgement before the core is told to retry.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+type Pending = Mutex<HashMap<String, oneshot::Sender<Result<String, String>>>>;
+
+/// One toychat connection.
+pub struct ToychatAccount {
+    id: AccountId,
+    health: watch::Sender<Health>,
+    rooms: Mutex<BTreeSet<String>>,
+    writer: Mutex<Option<mpsc::Sender<String>>>,
+    pending: Pending,
+    next_tag: AtomicU64,
+    stop: watch::Sender<bool>,
+}
+
+impl ToychatAccount {
+    /// Creates the account and starts its connection task; returns at once.
+    pub fn start(id: AccountId, config: Config, ctx: AccountContext) -> Arc<Self> {
+        let (health, _) = watch::channel(Health::Connecting);
+        let (stop, _) = watch::channel(false);
+        let acc = Arc::new(Self {
+            id,
+            health,
+            rooms: Mutex::default(),
+            writer: Mutex::default(),
+            pending: Mutex::default(),
+            next_tag: AtomicU64::new(1),
+            stop,
+        });
+        tokio::spawn(acc.clone().run(config, ctx.inbound));
+        acc
+    }
+
+    fn set_health(&self, h: Health) {
+        self.health.send_replace(h);
+    }
+
+    async fn run(self: Arc<Self>, config: Config, sink: InboundSink) {
+        let mut stop = self.stop.subscribe();
+        let mut backoff = Duration::from_millis(100);
+        while !*stop.borrow() {
+            self.set_health(Health::Connecting);
+            let reason = match TcpStream::connect(&config.server).await {
+                Ok(stream) => match self.session(stream, &config, &sink, &mut stop).await {
+                    Ok(()) => break, // stopped on request
+                    Err(e) => {
+                        backoff = Duration::from_millis(100);
+                        e
+                    }
+                },
+                Err(e) => format!("connect {}: {e}", config.server),
+            };
+            *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            // Commands waiting for an ACK will not get one: dropping their senders makes `send` retry.
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            tracing::warn!(account = %self.id, %reason, retry_in = ?backoff, "toychat connection lost");
+            self.set_health(Health::BackingOff { retry_in: backoff, reason });
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => break,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        self.set_health(Health::Stopped);
+    }
+
+    /// One connected session. `Ok` when stopped on request, `Err(reason)` when the connection ended.
+    async fn session(
+        &self,
+        stream: TcpStream,
+        config: &Config,
+        sink: &InboundSink,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let (r, mut w) = stream.into_split();
+        let mut reader = BufReader::new(r);
+        let hello = ClientLine::Hello(config.nick.clone()).to_line();
+        w.write_all(format!("{hello}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(ACK_TIMEOUT, read_line(&mut reader)).await {
+            Ok(Ok(Some(l))) if matches!(ServerLine::parse(&l), Ok(ServerLine::Welcome(_))) => {}
+            other => return Err(format!("no WELCOME from the server: {other:?}")),
+        }
+        let rooms: Vec<String> = self.rooms.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
+        for room in rooms {
+            w.write_all(format!("{}\n", ClientLine::Join(room).to_line()).as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let (tx, mut rx) = mpsc::channel::<String>(64);
+        *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        self.set_health(Health::Connected);
+        tracing::info!(account = %self.id, server = %config.server, "toychat connected");
+        loop {
+            tokio::select! {
+                line = read_line(&mut reader) => match line {
+                    Ok(Some(l)) => self.handle(&l, &config.nick, sink).await,
+                    Ok(None) => return Err("server closed the connection".into()),
+                    Err(e) => return Err(e),
+                },
+                out = rx.recv() => match out {
+                    Some(l) => w.write_all(format!("{l}\n").as_bytes()).await.map_err(|e| e.to_string())?,
+                    None => return Err("writer closed".into()),
+                },
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+
+    async fn handle(&self, line: &str, nick: &str, sink: &InboundSink) {
+        let parsed = match ServerLine::parse(line) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(account = %self.id, error = %e, "malformed line from the server dropped");
+                return;
+            }
+        };
+        match parsed {
+            ServerLine::Ack { tag, id } => self.resolve(&tag, Ok(id)),
+            ServerLine::Err { tag, reason } => self.resolve(&tag, Err(reason)),
+            ServerLine::Welcome(_) => {}
+            ServerLine::Evt { id, nick: who, verb } => {
+                let Some(ev) = translate::inbound(&self.id, nick, &id, &who, verb) else { return };
+                if ev.from_bridge {
+                    return; // our own command reflected back
+                }
+                // Waits only for room in the portal's queue (backpressure); the durable ack is logged.
+                match sink.enqueue(ev).await {
+                    Ok(ack) => {
+                        let account = self.id.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = ack.wait().await {
+                                tracing::warn!(%account, error = %e, "inbound event not bridged");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::debug!(account = %self.id, error = %e, "inbound event not routed"),
+                }
+            }
+        }
+    }
+
+    fn resolve(&self, tag: &str, r: Result<String, String>) {
+        if let Some(tx) = self.pending.lock().ok().and_then(|mut p| p.remove(tag)) {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+/// Reads one line of at most [`proto::MAX_LINE`] bytes; a longer line ends the session (a broken server).
+async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<Option<String>, String> {
+    let mut buf = Vec::new();
+    loop {
+        let chunk = r.fill_buf().await.map_err(|e| e.to_string())?;
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        buf.extend_from_slice(&chunk[..take]);
+        r.consume(take);
+        if buf.len() > proto::MAX_LINE + 2 {
+            return Err(format!("line longer than {} bytes", proto::MAX_LINE));
+        }
+        if done {
+            while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                buf.pop();
+            }
+            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+        }
+    }
+}
+
+#[async_trait]
+impl Account for ToychatAccount {
+    fn id(&self) -> &AccountId {
+        &self.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        crate::capabilities()
+    }
+
+    async fn join(&self, room: &str) -> Result<(), ConnectorError> {
+        proto::check_word(room).map_err(|e| ConnectorError::Room {
+            account: self.id.clone(),
+            room: room.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let new = self.rooms.lock().map(|mut r| r.insert(room.to_owned())).unwrap_or(false);
+        let writer = self.writer.lock().ok().and_then(|w| w.clone());
+        if let (true, Some(w)) = (new, writer) {
+            let _ = w.send(ClientLine::Join(room.to_owned()).to_line()).await;
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, room: &str) -> Result<(), ConnectorError> {
+        // toychat has no PART; forgetting the room stops re-joining it on reconnect.
+        if let Ok(mut r) = self.rooms.lock() {
+            r.remove(room);
+        }
+        Ok(())
+    }
+
+    async fn send(&self, event: &OutboundEvent) -> Result<Delivery, SendError> {
+        let Some(verb) = translate::outbound(event)? else { return Ok(Delivery::default()) };
+        let writer = self.writer.lock().ok().and_then(|w| w.clone()).ok_or(SendError::Retry("not connected".into()))?;
+        let tag = format!("t{}", self.next_tag.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(tag.clone(), tx);
+        }
+        let line = ClientLine::Tagged { tag: tag.clone(), verb }.to_line();
+        writer.send(line).await.map_err(|_| SendError::Retry("connection lost".into()))?;
+        match tokio::time::timeout(ACK_TIMEOUT, rx).await {
+            Ok(Ok(Ok(id))) => Ok(Delivery { native_ids: vec![NativeId(id)] }),
+            Ok(Ok(Err(reason))) => Err(SendError::Rejected(reason)),
+            Ok(Err(_)) => Err(SendError::Retry("connection lost before the acknowledgement".into())),
+            Err(_) => {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.remove(&tag);
+                }
+                Err(SendError::Retry("no acknowledgement".into()))
+            }
+        }
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.health.subscribe()
+    }
+
+    async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
