@@ -103,14 +103,19 @@ impl ToychatAccount {
             Ok(Ok(Some(l))) if matches!(ServerLine::parse(&l), Ok(ServerLine::Welcome(_))) => {}
             other => return Err(format!("no WELCOME from the server: {other:?}")),
         }
-        let rooms: Vec<String> = self.rooms.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
+        // Publish the writer and take the room list under one lock, so a concurrent `join` either sees the
+        // writer (and sends JOIN itself) or has its room in this list.
+        let (tx, mut rx) = mpsc::channel::<String>(64);
+        let rooms: Vec<String> = {
+            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+            rooms.iter().cloned().collect()
+        };
         for room in rooms {
             w.write_all(format!("{}\n", ClientLine::Join(room).to_line()).as_bytes())
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let (tx, mut rx) = mpsc::channel::<String>(64);
-        *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         self.set_health(Health::Connected);
         tracing::info!(account = %self.id, server = %config.server, "toychat connected");
         loop {
@@ -211,8 +216,11 @@ impl Account for ToychatAccount {
             room: room.to_owned(),
             reason: e.to_string(),
         })?;
-        let new = self.rooms.lock().map(|mut r| r.insert(room.to_owned())).unwrap_or(false);
-        let writer = self.writer.lock().ok().and_then(|w| w.clone());
+        let (new, writer) = {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let new = rooms.insert(room.to_owned());
+            (new, self.writer.lock().ok().and_then(|w| w.clone()))
+        };
         if let (true, Some(w)) = (new, writer) {
             let _ = w.send(ClientLine::Join(room.to_owned()).to_line()).await;
         }
