@@ -20,7 +20,8 @@ const EVENTS: usize = 2_000;
 async fn run_once(backend: Backend, portals: usize) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_data_dir(dir.path(), Some(backend), CommitConfig::default()).expect("store");
-    let router = RouterHandle::start(RouterConfig::new("bench.test"), store, Arc::new(LocalRoom)).await.expect("router");
+    let router =
+        RouterHandle::start(RouterConfig::new("bench.test"), store, Arc::new(LocalRoom)).await.expect("router");
     let mk = |n: &str| {
         let id = AccountId::parse(n).expect("id");
         let net = LoopbackNetwork::new(id.clone(), AccountContext::new(id, router.clone(), "bench.test"));

@@ -165,18 +165,28 @@ fn committer(kv: Arc<dyn KvStore>, rx: mpsc::Receiver<Job>, config: CommitConfig
             }
             Err(e) => {
                 tracing::error!(error = %e, batches = batches.len(), "durable write failed");
-                let msg = e.to_string();
                 for r in replies {
-                    let _ = r.send(Err(StoreError::Backend {
-                        backend: kv.backend(),
-                        path: Default::default(),
-                        message: msg.clone(),
-                    }));
+                    let _ = r.send(Err(duplicate(&e, kv.backend())));
                 }
             }
         }
     }
     if let Err(e) = kv.flush() {
         tracing::error!(error = %e, "final flush failed");
+    }
+}
+
+/// A copy of `e` for each writer of a failed group (`StoreError` holds an `io::Error`, so it is not `Clone`). Keeps
+/// the backend's path and message as they are instead of nesting the whole message in a path-less error.
+fn duplicate(e: &StoreError, backend: &'static str) -> StoreError {
+    match e {
+        StoreError::Backend { backend: b, path, message } => {
+            StoreError::Backend { backend: b, path: path.clone(), message: message.clone() }
+        }
+        StoreError::Io { path, source } => {
+            StoreError::Io { path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
+        }
+        StoreError::Closed => StoreError::Closed,
+        other => StoreError::Backend { backend, path: Default::default(), message: other.to_string() },
     }
 }

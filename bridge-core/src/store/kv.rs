@@ -65,6 +65,14 @@ pub enum StoreError {
         /// The error.
         source: std::io::Error,
     },
+    /// An export file given to `store import` is malformed or does not fit the target store.
+    #[error("import, line {line}: {message}")]
+    Import {
+        /// The line of the input (1-based; 0 when the problem is not a line's).
+        line: u64,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// The group-commit thread is gone (the store was closed).
     #[error("the store is closed")]
     Closed,

@@ -6,6 +6,7 @@
 //! across trees, and durability when [`KvStore::write`] returns.
 
 pub mod commit;
+pub mod export;
 pub mod kv;
 pub mod redb_backend;
 pub mod repo;

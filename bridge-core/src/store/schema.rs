@@ -112,19 +112,33 @@ pub fn open_backend(data_dir: &Path, wanted: Option<Backend>) -> Result<Arc<dyn 
                 });
             }
             let marker = data_dir.join(MARKER);
-            std::fs::write(&marker, w.name()).map_err(io(&marker))?;
+            write_synced(&marker, w.name().as_bytes()).map_err(io(&marker))?;
             w
         }
         (None, None) => {
-            return Err(StoreError::Foreign {
-                path: data_dir.to_owned(),
-                why: "no BACKEND marker: it was never opened by mimi-bridge".into(),
-            });
+            let why = if data_dir.exists() {
+                "no BACKEND marker: it was never opened by mimi-bridge"
+            } else {
+                "it does not exist"
+            };
+            return Err(StoreError::Foreign { path: data_dir.to_owned(), why: why.into() });
         }
     };
+    let db_path = backend_path(data_dir, backend);
+    if recorded.is_some() && !db_path.exists() {
+        // The marker says a database was created here: opening would silently start an empty one.
+        return Err(StoreError::Foreign {
+            path: db_path,
+            why: format!(
+                "the BACKEND marker says {backend} but the database is missing; restore it from a backup, or, if \
+                 this data directory never held data, remove {}",
+                data_dir.join(MARKER).display()
+            ),
+        });
+    }
     let kv: Arc<dyn KvStore> = match backend {
-        Backend::Sled => Arc::new(SledStore::open(&data_dir.join("sled"))?),
-        Backend::Redb => Arc::new(RedbStore::open(&data_dir.join("store.redb"))?),
+        Backend::Sled => Arc::new(SledStore::open(&db_path)?),
+        Backend::Redb => Arc::new(RedbStore::open(&db_path)?),
     };
     Ok(kv)
 }
@@ -186,6 +200,14 @@ fn stamp(kv: &dyn KvStore, version: u32) -> Result<(), StoreError> {
     let mut b = Batch::new();
     b.put(META, VERSION_KEY, version.to_be_bytes());
     kv.write(&[b])
+}
+
+/// Writes a small file and fsyncs it, so the marker is on disk before the database it describes.
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 /// Creates `dir` (and parents) with mode 0700 on Unix; leaves an existing directory's mode alone.

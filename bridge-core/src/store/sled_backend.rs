@@ -8,6 +8,9 @@ use super::kv::{Batch, Entries, KvStore, Op, StoreError, composite_key, prefix_e
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+/// How long [`SledStore::open`] waits for sled's file lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A sled database holding every tree.
 pub struct SledStore {
     db: sled::Db,
@@ -16,14 +19,36 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (or creates) the database in directory `path`.
+    ///
+    /// sled releases its file lock only when its last internal reference goes, which can be a moment after the
+    /// previous `Db` was dropped (its I/O threads finish first). So a lock held in this process or by a process
+    /// that is exiting is waited for, up to [`LOCK_WAIT`]; after that the error says the directory is in use.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            // We flush explicitly after every group of batches; the background flusher would only add fsyncs.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| err(path, e))?;
-        Ok(Self { db, path: path.to_owned() })
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            let opened = sled::Config::new()
+                .path(path)
+                // We flush explicitly after every group of batches; the background flusher would only add fsyncs.
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Ok(db) => return Ok(Self { db, path: path.to_owned() }),
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Backend {
+                            backend: "sled",
+                            path: path.to_owned(),
+                            message: format!(
+                                "the database is locked by another process (is mimi-bridge already running on this \
+                                 data directory?): {e}"
+                            ),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(err(path, e)),
+            }
+        }
     }
 
     fn e(&self, e: sled::Error) -> StoreError {
