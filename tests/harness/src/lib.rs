@@ -71,6 +71,9 @@ pub struct Ngircd {
     /// Operator name and password configured (for tests that need `OPER`).
     pub oper: (String, String),
     child: Child,
+    bin: PathBuf,
+    conf: PathBuf,
+    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -100,21 +103,15 @@ impl Ngircd {
         let conf_path = dir.path().join("ngircd.conf");
         std::fs::write(&conf_path, conf).map_err(|e| HarnessError(e.to_string()))?;
         let log = dir.path().join("ngircd.log");
-        let log_file = std::fs::File::create(&log).map_err(|e| HarnessError(e.to_string()))?;
-        let log_err = log_file.try_clone().map_err(|e| HarnessError(e.to_string()))?;
-        let mut child = Command::new(bin)
-            .args(["-n", "-p", "-f"])
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| HarnessError(format!("cannot start ngircd: {e}")))?;
-        if let Err(e) = wait_for_port(port, &mut child, "ngircd", &log) {
-            let _ = child.kill();
-            return Err(e);
-        }
-        Ok(Self { port, oper: ("oper".into(), "operpass".into()), child, _dir: dir })
+        let child = spawn_ngircd(&bin, &conf_path, &log, port)?;
+        Ok(Self { port, oper: ("oper".into(), "operpass".into()), child, bin, conf: conf_path, log, _dir: dir })
+    }
+
+    /// Kills the server and starts it again on the same port (every client is disconnected).
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        self.child = spawn_ngircd(&self.bin, &self.conf, &self.log, self.port)?;
+        Ok(())
     }
 
     /// `127.0.0.1:PORT`.
@@ -133,6 +130,24 @@ impl Drop for Ngircd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn spawn_ngircd(bin: &Path, conf: &Path, log: &Path, port: u16) -> Result<Child, HarnessError> {
+    let log_file = std::fs::File::create(log).map_err(|e| HarnessError(e.to_string()))?;
+    let log_err = log_file.try_clone().map_err(|e| HarnessError(e.to_string()))?;
+    let mut child = Command::new(bin)
+        .args(["-n", "-p", "-f"])
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| HarnessError(format!("cannot start ngircd: {e}")))?;
+    if let Err(e) = wait_for_port(port, &mut child, "ngircd", log) {
+        let _ = child.kill();
+        return Err(e);
+    }
+    Ok(child)
 }
 
 /// A minimal blocking IRC client for tests: registers, joins, sends, reads lines.
