@@ -3,7 +3,11 @@
 //! Every table rejects unknown keys; a misspelt key gets a "did you mean" hint. Semantic checks (a leg naming an
 //! account that is not configured, a room linked twice, a plain-HTTP listener off loopback) point at the offending
 //! key too. `config.example.toml` documents every key.
+//!
+//! Secrets stay out of the file: the admin token comes from `admin.token_file` or `admin.token = "env:NAME"`, and
+//! account tables follow the `KEY_file` / `"env:NAME"` convention of [`crate::secrets`].
 
+use crate::secrets::{self, Secret};
 use bridge_core::store::Backend;
 use bridge_core::store::repo::MlsIdentity;
 use bridge_core::{AccountId, PortalId};
@@ -29,6 +33,9 @@ pub struct Config {
     /// `[admin]`.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: LogConfig,
     /// `[irc.NAME]` tables.
     #[serde(default)]
     pub irc: BTreeMap<String, Spanned<toml::Table>>,
@@ -41,6 +48,15 @@ pub struct Config {
     /// `[[portal]]` entries.
     #[serde(default)]
     pub portal: Vec<PortalConfig>,
+    /// The file and its text, for locating errors found after parsing.
+    #[serde(skip)]
+    source: Source,
+}
+
+#[derive(Debug, Default)]
+struct Source {
+    path: PathBuf,
+    text: String,
 }
 
 /// `[bridge]`.
@@ -56,17 +72,23 @@ pub struct BridgeConfig {
     pub store: Backend,
     /// Capacity of each portal's queue.
     #[serde(default = "default_queue_depth")]
-    pub queue_depth: usize,
+    pub queue_depth: Spanned<usize>,
     /// Largest inbound event accepted, in bytes.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
+    /// Seconds a graceful shutdown may take before the daemon gives up and exits non-zero.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Spanned<u64>,
 }
 
 fn default_store() -> Backend {
     Backend::Redb
 }
-fn default_queue_depth() -> usize {
-    256
+fn default_queue_depth() -> Spanned<usize> {
+    Spanned::new(0..0, 256)
+}
+fn default_shutdown_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 30)
 }
 fn default_max_event_bytes() -> usize {
     64 * 1024
@@ -93,11 +115,11 @@ pub struct MimiConfig {
     #[serde(default = "default_mimi_listen")]
     pub listen: Spanned<SocketAddr>,
     /// TLS certificate (PEM). Required off loopback.
-    pub tls_cert: Option<PathBuf>,
-    /// TLS key (PEM).
-    pub tls_key: Option<PathBuf>,
+    pub tls_cert: Option<Spanned<PathBuf>>,
+    /// TLS key (PEM); must not be readable by other users.
+    pub tls_key: Option<Spanned<PathBuf>>,
     /// CA certificates for peer authentication (PEM).
-    pub trust_anchors: Option<PathBuf>,
+    pub trust_anchors: Option<Spanned<PathBuf>>,
     /// Who may register native clients.
     #[serde(default)]
     pub registration: Registration,
@@ -133,7 +155,7 @@ pub struct PeerConfig {
     /// The peer's MIMI domain.
     pub domain: String,
     /// Its base URL.
-    pub url: String,
+    pub url: Spanned<String>,
 }
 
 /// `[admin]`.
@@ -143,14 +165,56 @@ pub struct AdminConfig {
     /// Admin API, metrics and health.
     #[serde(default = "default_admin_listen")]
     pub listen: Spanned<SocketAddr>,
-    /// File holding the admin token.
-    pub token_file: Option<PathBuf>,
+    /// File holding the admin token (not readable by other users).
+    pub token_file: Option<Spanned<PathBuf>>,
+    /// The admin token from the environment: `"env:NAME"` (literal tokens are refused).
+    pub token: Option<Spanned<String>>,
+    /// Serve `/metrics` without the token (for scrapers on a trusted network).
+    #[serde(default)]
+    pub public_metrics: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: default_admin_listen(), token_file: None }
+        Self { listen: default_admin_listen(), token_file: None, token: None, public_metrics: false }
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `journald` when started by systemd with stdout on the journal (`JOURNAL_STREAM`), `text` otherwise.
+    #[default]
+    Auto,
+    /// Human-readable lines with timestamps.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+    /// Lines without timestamps or colours, prefixed with the syslog priority (`<3>`) journald understands.
+    Journald,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `info,bridge_core=debug`); the `MIMI_BRIDGE_LOG` variable overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: Spanned<String>,
+    /// Output format; the `MIMI_BRIDGE_LOG_FORMAT` variable overrides it.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: default_log_level(), format: LogFormat::Auto }
+    }
+}
+
+fn default_log_level() -> Spanned<String> {
+    Spanned::new(0..0, "info".to_owned())
 }
 
 fn default_admin_listen() -> Spanned<SocketAddr> {
@@ -238,6 +302,27 @@ fn table_at(text: &str, offset: usize) -> Option<String> {
     })
 }
 
+/// The key an error span points at: the span itself when it covers a key, or the key a value is assigned to
+/// (`room` in `legs = [{ account = "a", room = 1 }]` gives `legs.room`).
+fn key_at(text: &str, span: std::ops::Range<usize>) -> String {
+    let covered = text.get(span.clone()).unwrap_or("").trim();
+    let line_start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let before = text.get(line_start..span.start).unwrap_or("");
+    let covers_key = text.get(span.end..).unwrap_or("").trim_start().starts_with('=');
+    let key = if covers_key {
+        covered.trim_matches('"')
+    } else if let Some((lhs, _)) = before.rsplit_once('=') {
+        lhs.trim_end().rsplit(['{', ',', '[', ' ']).next().unwrap_or("").trim_matches('"')
+    } else if covered.starts_with('[') {
+        // A whole table: the table name (added by the caller) is the key.
+        return String::new();
+    } else {
+        covered.trim_matches('"')
+    };
+    let first = before.split('=').next().unwrap_or("").trim().trim_matches('"');
+    if before.contains('=') && !first.is_empty() && first != key { format!("{first}.{key}") } else { key.to_owned() }
+}
+
 /// The closest of `candidates` to `word`, if reasonably close.
 fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
@@ -258,10 +343,17 @@ fn at(file: &Path, text: &str, span: std::ops::Range<usize>, key: &str, message:
 fn from_toml(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
     let span = e.span().unwrap_or(0..0);
     let msg = e.message().trim().to_owned();
-    let table = table_at(text, span.start).unwrap_or_default();
-    let mut key = text.get(span.clone()).unwrap_or("").trim().trim_matches('"').to_owned();
+    // A span that covers a whole table (a missing field) starts at its header: the table is that header.
+    let covers_table = text.get(span.clone()).is_some_and(|t| t.trim_start().starts_with('['));
+    let table_end =
+        if covers_table { text[span.start..].find('\n').map_or(text.len(), |i| span.start + i) } else { span.start };
+    let table = table_at(text, table_end).unwrap_or_default();
+    let mut key = key_at(text, span.clone());
     if key.contains('\n') || key.len() > 64 {
         key.clear();
+    }
+    if let Some(missing) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        key = if key.is_empty() { missing.to_owned() } else { format!("{key}.{missing}") };
     }
     let full_key = match (table.is_empty(), key.is_empty()) {
         (false, false) => format!("{table}.{key}"),
@@ -285,8 +377,57 @@ fn from_toml(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
     err
 }
 
+/// Locates a connector's complaint about its account table: an unknown or bad key is looked up in the table's
+/// text, so the error names its line like every other config error.
+fn account_error(
+    file: &Path,
+    text: &str,
+    span: std::ops::Range<usize>,
+    table: &str,
+    e: bridge_core::ConnectorError,
+) -> ConfigError {
+    let reason = match e {
+        bridge_core::ConnectorError::Config { reason, .. } => reason,
+        other => other.to_string(),
+    };
+    // The table's keys run from its header to the next header (toml's span of a table may cover only the header).
+    let body = {
+        let from = text.get(span.start..).unwrap_or("");
+        let mut end = 0;
+        for (i, line) in from.split_inclusive('\n').enumerate() {
+            if i > 0 && line.trim_start().starts_with('[') {
+                break;
+            }
+            end += line.len();
+        }
+        &from[..end]
+    };
+    // serde names the field in backquotes: "unknown field `nik`, expected one of `server`, …".
+    let field = reason.split('`').nth(1).filter(|f| !f.is_empty()).map(str::to_owned);
+    let mut err = at(file, text, span.clone(), table, reason.clone());
+    if let Some(f) = &field {
+        let mut offset = 0;
+        for line in body.split_inclusive('\n') {
+            let key = line.trim_start().split(['=', ' ']).next().unwrap_or("");
+            if key == f {
+                let (l, c) = line_col(text, span.start + offset + (line.len() - line.trim_start().len()));
+                (err.line, err.column) = (l, c);
+                err.key = format!("{table}.{f}");
+                break;
+            }
+            offset += line.len();
+        }
+        if reason.starts_with("unknown field") {
+            let expected: Vec<&str> =
+                reason.split("expected").nth(1).unwrap_or("").split('`').skip(1).step_by(2).collect();
+            err.hint = closest(f, expected.iter().copied()).map(|c| format!("did you mean `{c}`?"));
+        }
+    }
+    err
+}
+
 /// The networks this build has connectors for.
-pub const BUILT_NETWORKS: &[&str] = &[];
+pub const BUILT_NETWORKS: &[&str] = &["irc"];
 
 impl Config {
     /// Reads and validates `path`.
@@ -305,9 +446,57 @@ impl Config {
 
     /// Parses and validates `text` (read from `path`, used in messages).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| from_toml(path, text, e))?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| from_toml(path, text, e))?;
         cfg.validate(path, text)?;
+        cfg.source = Source { path: path.to_owned(), text: text.to_owned() };
+        cfg.admin_token()?;
         Ok(cfg)
+    }
+
+    /// The config file's path.
+    pub fn path(&self) -> &Path {
+        &self.source.path
+    }
+
+    fn error_at(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        at(&self.source.path, &self.source.text, span, key, message)
+    }
+
+    /// The configured admin token (`admin.token_file` or `admin.token = "env:NAME"`), read now; `None` if neither
+    /// is set (the daemon then writes a fresh token to `DATA_DIR/admin.token` at every start).
+    pub fn admin_token(&self) -> Result<Option<Secret>, ConfigError> {
+        match (&self.admin.token_file, &self.admin.token) {
+            (Some(_), Some(t)) => {
+                Err(self.error_at(t.span(), "admin.token", "set either admin.token or admin.token_file, not both"))
+            }
+            (Some(f), None) => secrets::from_file(f.get_ref())
+                .map(Some)
+                .map_err(|e| self.error_at(f.span(), "admin.token_file", e.to_string())),
+            (None, Some(t)) => match secrets::from_env_ref(t.get_ref()) {
+                Some(r) => r.map(Some).map_err(|e| self.error_at(t.span(), "admin.token", e.to_string())),
+                None => Err(self
+                    .error_at(t.span(), "admin.token", "a literal token in the config file is refused")
+                    .with_hint("use admin.token_file = \"/path\" (mode 0600) or admin.token = \"env:NAME\"")),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Every configured account with its table, secrets resolved (`KEY_file`, `"env:NAME"`; see
+    /// [`crate::secrets`]). Called when the accounts are about to start, and by `check-config`.
+    pub fn resolved_accounts(&self) -> Result<Vec<(AccountId, toml::Table)>, ConfigError> {
+        let mut out = Vec::new();
+        for (network, tables) in [("irc", &self.irc), ("matrix", &self.matrix), ("xmpp", &self.xmpp)] {
+            for (name, t) in tables {
+                let key = format!("{network}.{name}");
+                let id = AccountId::new(network, name).map_err(|e| self.error_at(t.span(), &key, e.to_string()))?;
+                let mut table = t.get_ref().clone();
+                secrets::resolve_table(&mut table)
+                    .map_err(|e| self.error_at(t.span(), &format!("{key}.{}", e.key), e.message))?;
+                out.push((id, table));
+            }
+        }
+        Ok(out)
     }
 
     /// Every configured account id with the span of its table.
@@ -332,6 +521,23 @@ impl Config {
         if !valid_domain {
             return Err(at(file, text, self.bridge.domain.span(), "bridge.domain", "not a valid DNS domain name"));
         }
+        if *self.bridge.queue_depth.get_ref() == 0 {
+            return Err(at(file, text, self.bridge.queue_depth.span(), "bridge.queue_depth", "must be at least 1"));
+        }
+        let timeout = *self.bridge.shutdown_timeout.get_ref();
+        if !(1..=3600).contains(&timeout) {
+            return Err(at(
+                file,
+                text,
+                self.bridge.shutdown_timeout.span(),
+                "bridge.shutdown_timeout",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(self.log.level.get_ref()) {
+            return Err(at(file, text, self.log.level.span(), "log.level", format!("not a log filter: {e}"))
+                .with_hint("e.g. \"info\" or \"info,bridge_core=debug\""));
+        }
         let mut accounts = BTreeSet::new();
         for (network, tables) in [("irc", &self.irc), ("matrix", &self.matrix), ("xmpp", &self.xmpp)] {
             for (name, t) in tables {
@@ -345,6 +551,11 @@ impl Config {
                         &key,
                         format!("this build of mimi-bridge has no {network} connector yet"),
                     ));
+                }
+                if let Some(n) = crate::networks::built_in().into_iter().find(|n| n.name() == network)
+                    && let Err(e) = n.validate(&id, t.get_ref())
+                {
+                    return Err(account_error(file, text, t.span(), &key, e));
                 }
                 accounts.insert(id);
             }
@@ -389,30 +600,32 @@ impl Config {
             }
         }
         for peer in &self.mimi.peer {
-            if !(peer.url.starts_with("https://") || peer.url.starts_with("http://")) || peer.domain.is_empty() {
-                return Err(ConfigError {
-                    file: file.to_owned(),
-                    line: 0,
-                    column: 0,
-                    key: "mimi.peer".into(),
-                    message: format!("peer {:?} needs a domain and an http(s):// url, got {:?}", peer.domain, peer.url),
-                    hint: None,
-                });
+            let url = peer.url.get_ref();
+            if !(url.starts_with("https://") || url.starts_with("http://")) || peer.domain.is_empty() {
+                return Err(at(
+                    file,
+                    text,
+                    peer.url.span(),
+                    "mimi.peer.url",
+                    format!("peer {:?} needs a domain and an http(s):// url, got {url:?}", peer.domain),
+                ));
             }
         }
-        for (key, path) in [("mimi.trust_anchors", &self.mimi.trust_anchors), ("mimi.tls_cert", &self.mimi.tls_cert)] {
+        for (key, path) in [
+            ("mimi.trust_anchors", &self.mimi.trust_anchors),
+            ("mimi.tls_cert", &self.mimi.tls_cert),
+            ("mimi.tls_key", &self.mimi.tls_key),
+        ] {
             if let Some(p) = path
-                && !p.exists()
+                && !p.get_ref().exists()
             {
-                return Err(ConfigError {
-                    file: file.to_owned(),
-                    line: 0,
-                    column: 0,
-                    key: key.into(),
-                    message: format!("{} does not exist", p.display()),
-                    hint: None,
-                });
+                return Err(at(file, text, p.span(), key, format!("{} does not exist", p.get_ref().display())));
             }
+        }
+        if let Some(k) = &self.mimi.tls_key
+            && let Err(e) = secrets::check_not_world_accessible(k.get_ref())
+        {
+            return Err(at(file, text, k.span(), "mimi.tls_key", e.to_string()));
         }
         let listen = self.mimi.listen.get_ref();
         if !listen.ip().is_loopback() && (self.mimi.tls_cert.is_none() || self.mimi.tls_key.is_none()) {
@@ -426,14 +639,15 @@ impl Config {
             .with_hint("set mimi.tls_cert and mimi.tls_key, or listen on 127.0.0.1"));
         }
         let admin = self.admin.listen.get_ref();
-        if !admin.ip().is_loopback() && self.admin.token_file.is_none() {
+        if !admin.ip().is_loopback() && self.admin.token_file.is_none() && self.admin.token.is_none() {
             return Err(at(
                 file,
                 text,
                 self.admin.listen.span(),
                 "admin.listen",
                 format!("{admin} is not a loopback address and no admin.token_file is set"),
-            ));
+            )
+            .with_hint("set admin.token_file, or listen on 127.0.0.1"));
         }
         Ok(())
     }
@@ -509,6 +723,261 @@ mod tests {
         let e = parse(&format!("{MIN}[matrix.hs]\nhomeserver = \"x\"\n")).expect_err("no matrix yet");
         assert_eq!(e.key, "matrix.hs");
         assert!(e.message.contains("no matrix connector"), "{e}");
+    }
+
+    /// One malformed config: the text, and the line, key and message fragment its error must carry.
+    struct Case {
+        name: &'static str,
+        text: String,
+        line: usize,
+        key: &'static str,
+        message: &'static str,
+        hint: Option<&'static str>,
+    }
+
+    fn case(name: &'static str, text: String, line: usize, key: &'static str, message: &'static str) -> Case {
+        Case { name, text, line, key, message, hint: None }
+    }
+
+    fn cases(dir: &Path) -> Vec<Case> {
+        use std::os::unix::fs::PermissionsExt;
+        let open_token = dir.join("open.token");
+        std::fs::write(&open_token, "t0ken\n").expect("write");
+        std::fs::set_permissions(&open_token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let open_key = dir.join("open.key");
+        std::fs::write(&open_key, "key").expect("write");
+        std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let missing = dir.join("missing.token");
+        let leg = |legs: &str| format!("{MIN}[[portal]]\nname = \"rust\"\nlegs = [{legs}]\n");
+        vec![
+            Case {
+                hint: Some("did you mean `data_dir`?"),
+                ..case(
+                    "misspelt key",
+                    format!("{MIN}data_dri = \"/x\"\n"),
+                    4,
+                    "bridge.data_dri",
+                    "unknown field `data_dri`",
+                )
+            },
+            Case {
+                hint: Some("did you mean `bridge`?"),
+                ..case("misspelt table", format!("{MIN}[brige]\nx = 1\n"), 4, "brige", "unknown field `brige`")
+            },
+            Case {
+                hint: Some("did you mean `sled`?"),
+                ..case(
+                    "bad enum value",
+                    format!("{MIN}store = \"sledd\"\n"),
+                    4,
+                    "bridge.store",
+                    "unknown variant `sledd`",
+                )
+            },
+            case(
+                "wrong type",
+                format!("{MIN}queue_depth = \"big\"\n"),
+                4,
+                "bridge.queue_depth",
+                "invalid type: string \"big\"",
+            ),
+            case(
+                "missing required key",
+                "[bridge]\ndomain = \"a.example\"\n".into(),
+                1,
+                "bridge.data_dir",
+                "missing field `data_dir`",
+            ),
+            case(
+                "bad domain",
+                "[bridge]\ndomain = \"bad domain\"\ndata_dir = \"/x\"\n".into(),
+                2,
+                "bridge.domain",
+                "not a valid DNS domain",
+            ),
+            case("zero queue depth", format!("{MIN}queue_depth = 0\n"), 4, "bridge.queue_depth", "at least 1"),
+            case(
+                "shutdown timeout out of range",
+                format!("{MIN}shutdown_timeout = 0\n"),
+                4,
+                "bridge.shutdown_timeout",
+                "between 1 and 3600",
+            ),
+            case("bad portal name", format!("{MIN}[[portal]]\nname = \"Bad Name\"\n"), 5, "portal.name", "portal name"),
+            case(
+                "portal twice",
+                format!("{MIN}[[portal]]\nname = \"a\"\n[[portal]]\nname = \"a\"\n"),
+                7,
+                "portal.name",
+                "defined twice",
+            ),
+            Case {
+                hint: Some("did you mean `name`?"),
+                ..case(
+                    "misspelt portal key",
+                    format!("{MIN}[[portal]]\nnmae = \"a\"\n"),
+                    5,
+                    "portal.nmae",
+                    "unknown field `nmae`",
+                )
+            },
+            Case {
+                hint: Some("did you mean `account`?"),
+                ..case(
+                    "misspelt leg key",
+                    leg("{ acount = \"irc.x\", room = \"#r\" }"),
+                    6,
+                    "portal.legs.acount",
+                    "unknown field `acount`",
+                )
+            },
+            case(
+                "leg without account",
+                leg("{ account = \"irc.libera\", room = \"#r\" }"),
+                6,
+                "portal.legs.account",
+                "no account [irc.libera]",
+            ),
+            case(
+                "leg room of the wrong type",
+                leg("{ account = \"irc.libera\", room = 5 }"),
+                6,
+                "portal.legs.room",
+                "invalid type: integer",
+            ),
+            Case {
+                hint: Some("did you mean `per-user`?"),
+                ..case(
+                    "bad mls identity",
+                    format!("{MIN}[[portal]]\nname = \"a\"\nmls_identity = \"peruser\"\n"),
+                    6,
+                    "portal.mls_identity",
+                    "unknown variant `peruser`",
+                )
+            },
+            case(
+                "listen not an address",
+                format!("{MIN}[mimi]\nlisten = \"localhost\"\n"),
+                5,
+                "mimi.listen",
+                "invalid socket address",
+            ),
+            case(
+                "plain HTTP off loopback",
+                format!("{MIN}[mimi]\nlisten = \"0.0.0.0:8448\"\n"),
+                5,
+                "mimi.listen",
+                "not a loopback address",
+            ),
+            Case {
+                hint: Some("did you mean `open`?"),
+                ..case(
+                    "bad registration",
+                    format!("{MIN}[mimi]\nregistration = \"opne\"\n"),
+                    5,
+                    "mimi.registration",
+                    "unknown variant `opne`",
+                )
+            },
+            case(
+                "peer url",
+                format!("{MIN}[[mimi.peer]]\ndomain = \"o.example\"\nurl = \"ftp://o.example\"\n"),
+                6,
+                "mimi.peer.url",
+                "http(s)://",
+            ),
+            case(
+                "missing TLS certificate",
+                format!("{MIN}[mimi]\ntls_cert = \"/nonexistent/cert.pem\"\n"),
+                5,
+                "mimi.tls_cert",
+                "does not exist",
+            ),
+            case(
+                "world-readable TLS key",
+                format!("{MIN}[mimi]\ntls_key = {:?}\n", open_key.display().to_string()),
+                5,
+                "mimi.tls_key",
+                "readable by other users",
+            ),
+            case(
+                "admin off loopback without token",
+                format!("{MIN}[admin]\nlisten = \"0.0.0.0:8449\"\n"),
+                5,
+                "admin.listen",
+                "no admin.token_file",
+            ),
+            case(
+                "missing token file",
+                format!("{MIN}[admin]\ntoken_file = {:?}\n", missing.display().to_string()),
+                5,
+                "admin.token_file",
+                "cannot read",
+            ),
+            case(
+                "world-readable token file",
+                format!("{MIN}[admin]\ntoken_file = {:?}\n", open_token.display().to_string()),
+                5,
+                "admin.token_file",
+                "readable by other users",
+            ),
+            case("literal token", format!("{MIN}[admin]\ntoken = \"hunter2\"\n"), 5, "admin.token", "literal token"),
+            case(
+                "unset token variable",
+                format!("{MIN}[admin]\ntoken = \"env:MIMI_BRIDGE_SURELY_UNSET_42\"\n"),
+                5,
+                "admin.token",
+                "MIMI_BRIDGE_SURELY_UNSET_42 is not set",
+            ),
+            Case {
+                hint: Some("did you mean `json`?"),
+                ..case(
+                    "bad log format",
+                    format!("{MIN}[log]\nformat = \"jsn\"\n"),
+                    5,
+                    "log.format",
+                    "unknown variant `jsn`",
+                )
+            },
+            case("bad log filter", format!("{MIN}[log]\nlevel = \"info,=[\"\n"), 5, "log.level", "not a log filter"),
+            case(
+                "network without a connector",
+                format!("{MIN}[matrix.hs]\nhomeserver = \"x\"\n"),
+                4,
+                "matrix.hs",
+                "no matrix connector",
+            ),
+            case("syntax error", "[bridge]\ndomain = \n".into(), 2, "bridge.domain", "string values must be quoted"),
+        ]
+    }
+
+    #[test]
+    fn every_malformed_config_in_the_table_gets_its_located_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cases = cases(dir.path());
+        assert!(cases.len() >= 15);
+        let mut failures = Vec::new();
+        for c in &cases {
+            match parse(&c.text) {
+                Ok(_) => failures.push(format!("{}: accepted", c.name)),
+                Err(e) => {
+                    let shown = e.to_string();
+                    let ok = e.line == c.line
+                        && e.key == c.key
+                        && e.message.contains(c.message)
+                        && (c.hint.is_none() || e.hint.as_deref() == c.hint)
+                        && shown.starts_with(&format!("test.toml:{}:", c.line))
+                        && shown.contains(&format!("key `{}`", c.key));
+                    if !ok {
+                        failures.push(format!(
+                            "{}: want line {} key {:?} message ~{:?} hint {:?}; got line {} key {:?} hint {:?}: {shown}",
+                            c.name, c.line, c.key, c.message, c.hint, e.line, e.key, e.hint
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
     }
 
     #[test]

@@ -1,18 +1,13 @@
-//! `mimi-bridge`: the daemon binary. Thin by design — CLI, config, wiring, signals; no business logic (that lives
-//! in `bridge-core` and the connector crates).
-
-mod cli;
-mod config;
-mod content_cmd;
-mod run;
+//! `mimi-bridge`: the daemon binary. Thin by design — the CLI lives in the `mimi_bridge` library next to it, the
+//! business logic in `bridge-core` and the connector crates.
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match cli::dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let cli = mimi_bridge::cli::Cli::parse();
+    match mimi_bridge::cli::dispatch(cli) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("mimi-bridge: {e}");
             ExitCode::FAILURE

@@ -1,4 +1,7 @@
-//! The daemon as a user runs it: check a config, start on the example config, stop with SIGTERM.
+//! The daemon as a user runs it: check a config, start on the example config, stop with SIGTERM; the systemd
+//! readiness protocol; log formats.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -14,6 +17,13 @@ fn example_config(dir: &std::path::Path) -> std::path::PathBuf {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")).expect("example config");
     let data = dir.join("data");
     let text = text.replace("data_dir = \"./data\"", &format!("data_dir = {:?}", data.display().to_string()));
+    // Free ports, so tests (and a daemon running on the developer's machine) do not collide.
+    let admin = harness::free_port().expect("port");
+    let mimi = harness::free_port().expect("port");
+    assert!(text.contains("listen = \"127.0.0.1:8449\"") && text.contains("listen = \"127.0.0.1:8448\""));
+    let text = text
+        .replace("listen = \"127.0.0.1:8449\"", &format!("listen = \"127.0.0.1:{admin}\""))
+        .replace("listen = \"127.0.0.1:8448\"", &format!("listen = \"127.0.0.1:{mimi}\""));
     let path = dir.join("config.toml");
     std::fs::write(&path, text).expect("write config");
     path
@@ -88,4 +98,72 @@ fn runs_on_the_example_config_and_stops_cleanly_on_sigterm() {
         saw_stopped |= line.contains("stopped");
     }
     assert!(saw_stopped, "daemon logged its clean stop");
+}
+
+/// The sd_notify protocol as systemd sees it: READY once running, WATCHDOG while healthy, STOPPING on SIGTERM.
+#[test]
+fn speaks_the_systemd_notify_protocol() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, _) = common::write_config(dir.path(), "");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut d = common::Daemon::start(
+        &cfg,
+        &[("NOTIFY_SOCKET", sock_path.to_str().expect("utf-8")), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut buf = [0u8; 4096];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv();
+    assert!(first.lines().any(|l| l == "READY=1"), "{first:?}");
+    let mut watchdogs = 0;
+    let started = Instant::now();
+    while watchdogs < 3 {
+        let m = recv();
+        assert!(!m.contains("READY=1"), "READY sent twice");
+        watchdogs += usize::from(m.lines().any(|l| l == "WATCHDOG=1"));
+        assert!(started.elapsed() < Duration::from_secs(10), "no regular WATCHDOG=1 at a 400 ms watchdog");
+    }
+    let st = Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().expect("kill");
+    assert!(st.success());
+    let mut stopping = false;
+    for _ in 0..50 {
+        let m = recv();
+        if m.lines().any(|l| l == "STOPPING=1") {
+            assert!(m.lines().any(|l| l.starts_with("EXTEND_TIMEOUT_USEC=")), "{m:?}");
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = d.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn logs_json_lines_or_journald_priorities_when_asked() {
+    for (format, check) in [
+        ("json", (|l: &str| serde_json::from_str::<serde_json::Value>(l).is_ok()) as fn(&str) -> bool),
+        ("journald", |l: &str| l.starts_with("<6>INFO ") || l.starts_with("<4>WARN ") || l.starts_with("<7>")),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cfg, _) = common::write_config(dir.path(), "");
+        let mut d = common::Daemon::start(&cfg, &[("MIMI_BRIDGE_LOG_FORMAT", format)]);
+        assert_eq!(d.terminate(Duration::from_secs(30)), Some(0));
+        assert!(d.seen.len() >= 3, "{:?}", d.seen);
+        for line in &d.seen {
+            assert!(check(line), "{format}: {line:?}");
+        }
+    }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 /// One delivery for a leg.
 #[derive(Debug, Clone)]
@@ -28,6 +29,15 @@ pub(crate) struct LegWork {
     pub seq: Option<u64>,
     /// The event.
     pub event: OutboundEvent,
+    /// When it was queued (or loaded from the outbox), for the delivery latency histogram.
+    pub queued: Instant,
+}
+
+impl LegWork {
+    /// Work queued now.
+    pub fn new(seq: Option<u64>, event: OutboundEvent) -> Self {
+        Self { seq, event, queued: Instant::now() }
+    }
 }
 
 /// Counters of one leg, shared between its worker and status queries.
@@ -78,7 +88,8 @@ pub(crate) fn spawn(shared: Arc<Shared>, leg: LegId, portal_tx: mpsc::Sender<Por
         recent: HashMap::new(),
         high_water: 0,
     };
-    let task = tokio::spawn(w.run(rx));
+    let span = tracing::info_span!("leg", leg = %w.leg);
+    let task = tokio::spawn(w.run(rx).instrument(span));
     LegWorker { tx, stop, counters, task }
 }
 
@@ -130,7 +141,8 @@ impl Worker {
                     w
                 }
             };
-            self.deliver(work).await;
+            let span = tracing::info_span!("deliver", message = %work.event.message_id, kind = work.event.kind.name());
+            self.deliver(work).instrument(span).await;
         }
     }
 
@@ -141,7 +153,7 @@ impl Worker {
                 for (seq, event) in items {
                     if seq > self.high_water {
                         self.high_water = seq;
-                        queue.push_back(LegWork { seq: Some(seq), event });
+                        queue.push_back(LegWork::new(Some(seq), event));
                     }
                 }
                 if first {
@@ -205,6 +217,7 @@ impl Worker {
                     }
                     if started.elapsed() < self.shared.cfg.give_up_after {
                         if !warned {
+                            metrics::counter!("mimi_bridge_errors_total", "kind" => "delivery_delayed").increment(1);
                             tracing::warn!(leg = %self.leg, message = %work.event.message_id, reason = %r,
                                 "delivery delayed; retrying");
                             warned = true;
@@ -240,6 +253,10 @@ impl Worker {
             }
             self.recent.insert(ev.message_id, first.clone());
         }
+        let leg = self.leg.to_string();
+        metrics::counter!("mimi_bridge_messages_out_total", "leg" => leg, "result" => "delivered").increment(1);
+        metrics::histogram!("mimi_bridge_delivery_latency_seconds", "network" => self.leg.account.network().to_owned())
+            .record(work.queued.elapsed().as_secs_f64());
         if let Some(seq) = work.seq {
             write::outbox_done(&mut b, &self.leg, seq);
             self.counters.pending.fetch_sub(1, Ordering::Relaxed);
@@ -261,6 +278,9 @@ impl Worker {
     async fn failed(&mut self, work: &LegWork, reason: &str) {
         tracing::warn!(leg = %self.leg, message = %work.event.message_id, kind = work.event.kind.name(), %reason,
             "undeliverable");
+        metrics::counter!("mimi_bridge_messages_out_total", "leg" => self.leg.to_string(), "result" => "failed")
+            .increment(1);
+        metrics::counter!("mimi_bridge_errors_total", "kind" => "undeliverable").increment(1);
         let Some(seq) = work.seq else { return };
         let mut b = Batch::new();
         write::failed(&mut b, seq, &work.event, reason);

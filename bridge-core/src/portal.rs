@@ -18,7 +18,7 @@ use crate::event::{
 use crate::group::{GroupContent, GroupMessage};
 use crate::ids::{LegId, MessageId, NativeId, TxnId};
 use crate::leg::{self, LegWork, LegWorker};
-use crate::router::{Accepted, RouteError, Shared};
+use crate::router::{Accepted, RouteError, Shared, count_error};
 use crate::store::Batch;
 use crate::store::repo::{MessageRecord, ReactionSet, RecordKind, Repo, write};
 use crate::uri::LegacyUser;
@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 pub use crate::store::repo::PortalRecord;
 
@@ -75,11 +76,12 @@ pub(crate) async fn spawn(
     self_tx: mpsc::Sender<PortalInput>,
 ) -> Result<tokio::task::JoinHandle<()>, RouteError> {
     let next_seq = Repo::new(&shared.store).next_seq(&rec.id)?;
+    let span = tracing::info_span!("portal", portal = %rec.id);
     let mut p = Portal { shared, rec, legs: BTreeMap::new(), next_seq, self_tx };
     for l in legs {
         p.start_leg(l);
     }
-    Ok(tokio::spawn(p.run(rx)))
+    Ok(tokio::spawn(p.run(rx).instrument(span)))
 }
 
 fn excerpt(s: &str) -> String {
@@ -104,8 +106,6 @@ impl Portal {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<PortalInput>) {
-        let span = tracing::info_span!("portal", portal = %self.rec.id);
-        let _enter = span.enter();
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             let first = tokio::select! {
@@ -127,6 +127,8 @@ impl Portal {
                 }
             }
             self.drain(inputs).await;
+            let depth = self.self_tx.max_capacity() - self.self_tx.capacity();
+            metrics::gauge!("mimi_bridge_portal_queue_depth", "portal" => self.rec.id.to_string()).set(depth as f64);
         }
         for (_, w) in std::mem::take(&mut self.legs) {
             drop(w.tx);
@@ -142,10 +144,26 @@ impl Portal {
         for input in inputs {
             match input {
                 PortalInput::Inbound { event, ack } => {
-                    let r = self.inbound(*event, &mut batch, &mut work).await;
-                    if let Err(e) = &r {
-                        tracing::warn!(error = %e, "inbound event not bridged");
-                    }
+                    let leg = event.leg.to_string();
+                    let span = tracing::info_span!("inbound", leg = %leg,
+                        native = event.native_id.as_ref().map(|n| n.0.as_str()), message = tracing::field::Empty);
+                    let r = self.inbound(*event, &mut batch, &mut work).instrument(span.clone()).await;
+                    let outcome = match &r {
+                        Ok(Accepted::Bridged(id)) => {
+                            span.record("message", tracing::field::display(id));
+                            "bridged"
+                        }
+                        Ok(Accepted::Duplicate(_)) => "duplicate",
+                        Ok(Accepted::Echo) => "echo",
+                        Ok(Accepted::Ephemeral) => "ephemeral",
+                        Ok(Accepted::Ignored(_)) => "ignored",
+                        Err(e) => {
+                            span.in_scope(|| tracing::warn!(error = %e, "inbound event not bridged"));
+                            count_error(e);
+                            "refused"
+                        }
+                    };
+                    metrics::counter!("mimi_bridge_messages_in_total", "leg" => leg, "outcome" => outcome).increment(1);
                     acks.push((ack, r));
                 }
                 PortalInput::FromGroup { id, msg, ack } => {
@@ -170,6 +188,7 @@ impl Portal {
     async fn settle(&mut self, batch: Batch, acks: Vec<Ack>, work: Vec<(LegId, LegWork)>) {
         if let Err(e) = self.shared.store.commit(batch).await {
             tracing::error!(error = %e, "commit failed; events of this group are not accepted");
+            metrics::counter!("mimi_bridge_errors_total", "kind" => "store_commit").increment(1);
             for (ack, r) in acks {
                 let _ = ack.send(r.and(Err(RouteError::Store(e.to_string()))));
             }
@@ -455,7 +474,7 @@ impl Portal {
                 kind,
             };
             write::outbox(b, seq, &event);
-            work.push((leg, LegWork { seq: Some(seq), event }));
+            work.push((leg, LegWork::new(Some(seq), event)));
         }
         Ok(())
     }
@@ -551,7 +570,7 @@ impl Portal {
                 sender: sender.clone(),
                 kind: out.clone(),
             };
-            work.push((leg.clone(), LegWork { seq: None, event }));
+            work.push((leg.clone(), LegWork::new(None, event)));
         }
     }
 
@@ -583,6 +602,6 @@ impl Portal {
             },
             kind: OutboundKind::Message { draft, reply_to: None },
         };
-        work.push((origin, LegWork { seq: None, event: notice }));
+        work.push((origin, LegWork::new(None, notice)));
     }
 }

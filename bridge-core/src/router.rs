@@ -80,6 +80,28 @@ pub enum RouteError {
     Closed,
 }
 
+impl RouteError {
+    /// A short, stable name for metrics (`mimi_bridge_errors_total{kind=...}`) and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouteError::UnknownLeg(_) => "unknown_leg",
+            RouteError::UnknownPortal(_) => "unknown_portal",
+            RouteError::WrongAccount { .. } => "wrong_account",
+            RouteError::TooLarge { .. } => "too_large",
+            RouteError::MissingNativeId(_) => "missing_native_id",
+            RouteError::Store(_) => "store",
+            RouteError::Group(_) => "group",
+            RouteError::AlreadyLinked { .. } => "already_linked",
+            RouteError::Closed => "closed",
+        }
+    }
+}
+
+/// Counts a refused or failed event in `mimi_bridge_errors_total`.
+pub(crate) fn count_error(e: &RouteError) {
+    metrics::counter!("mimi_bridge_errors_total", "kind" => e.kind()).increment(1);
+}
+
 impl From<StoreError> for RouteError {
     fn from(e: StoreError) -> Self {
         RouteError::Store(e.to_string())
@@ -261,6 +283,9 @@ impl RouterHandle {
     }
 
     async fn send_control(&self, portal: &PortalId, input: PortalInput) -> Result<(), RouteError> {
+        if *self.inner.shutdown.borrow() {
+            return Err(RouteError::Closed);
+        }
         let tx = self.sender(portal).ok_or_else(|| RouteError::UnknownPortal(portal.clone()))?;
         tx.send(input).await.map_err(|_| RouteError::Closed)
     }
@@ -284,11 +309,16 @@ impl RouterHandle {
         &self,
         event: InboundEvent,
     ) -> Result<oneshot::Receiver<Result<Accepted, RouteError>>, RouteError> {
+        if *self.inner.shutdown.borrow() {
+            // Intake is closed: the connector keeps the event unacknowledged and the network redelivers it.
+            return Err(RouteError::Closed);
+        }
         let size = event.kind.size();
         let max = self.inner.cfg.max_event_bytes;
         if size > max {
             let e = RouteError::TooLarge { size, max };
             tracing::warn!(leg = %event.leg, error = %e, "inbound event refused");
+            count_error(&e);
             return Err(e);
         }
         if event.native_id.is_none()
@@ -296,11 +326,13 @@ impl RouterHandle {
         {
             let e = RouteError::MissingNativeId(event.kind.name());
             tracing::warn!(leg = %event.leg, error = %e, "inbound event refused");
+            count_error(&e);
             return Err(e);
         }
         let Some(portal) = self.portal_of(&event.leg) else {
             let e = RouteError::UnknownLeg(event.leg.clone());
             tracing::debug!(error = %e, "inbound event for an unlinked room");
+            count_error(&e);
             return Err(e);
         };
         let tx = self.sender(&portal).ok_or(RouteError::UnknownPortal(portal))?;

@@ -1,0 +1,274 @@
+//! The daemon's lifecycle: start (store, router, portals, accounts, admin API, watchdog), run until a signal,
+//! shut down gracefully within a bounded time.
+//!
+//! Shutdown order: `/health` turns 503 and systemd hears STOPPING; the router stops intake (connectors get
+//! [`RouteError::Closed`](bridge_core::router::RouteError::Closed) and keep the event unacknowledged, so the network
+//! redelivers it), every portal finishes what it accepted (durably: messages and their outbox entries), delivery
+//! workers stop (undelivered events stay in the durable outbox and go out after the restart), accounts disconnect
+//! politely, the store is flushed. If that takes longer than `bridge.shutdown_timeout`, the daemon says so and
+//! exits non-zero; nothing accepted is lost either way, because acceptance means "committed".
+
+use crate::admin::{self, AdminState, Readiness};
+use crate::config::Config;
+use crate::networks::Network;
+use crate::{data_dir, notify, telemetry};
+use bridge_core::connector::AccountContext;
+use bridge_core::group::LocalRoom;
+use bridge_core::router::{RouterConfig, RouterHandle};
+use bridge_core::store::repo::PortalRecord;
+use bridge_core::store::{CommitConfig, open_data_dir};
+use bridge_core::{AccountId, LegId, PortalId};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Errors of the daemon's lifecycle.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The graceful shutdown did not finish in time.
+#[derive(Debug, thiserror::Error)]
+#[error("graceful shutdown did not finish within {0:?}; undelivered events stay in the outbox")]
+pub struct ShutdownTimeout(pub Duration);
+
+/// A running daemon.
+pub struct Daemon {
+    router: RouterHandle,
+    readiness: Arc<Readiness>,
+    admin_addr: SocketAddr,
+    admin_stop: watch::Sender<bool>,
+    admin_task: JoinHandle<()>,
+    probe_task: JoinHandle<()>,
+    shutdown_timeout: Duration,
+}
+
+impl Daemon {
+    /// Starts everything `cfg` describes; returns once ready (READY has been sent to systemd).
+    pub async fn start(cfg: &Config, networks: &[Box<dyn Network>]) -> Result<Daemon, Error> {
+        let data_dir = &cfg.bridge.data_dir;
+        // Everything the daemon creates from here on (store, key material, token) is private to its user.
+        data_dir::private_umask();
+        data_dir::check(data_dir).map_err(|e| e.to_string())?;
+        let metrics = telemetry::install();
+        let store = open_data_dir(data_dir, Some(cfg.bridge.store), CommitConfig::default())?;
+        data_dir::check(data_dir).map_err(|e| e.to_string())?;
+        tracing::info!(data_dir = %data_dir.display(), backend = %cfg.bridge.store, "store open");
+
+        let mut rc = RouterConfig::new(cfg.bridge.domain.get_ref().clone());
+        rc.queue_depth = *cfg.bridge.queue_depth.get_ref();
+        rc.max_event_bytes = cfg.bridge.max_event_bytes;
+        let router = RouterHandle::start(rc, store, Arc::new(LocalRoom)).await?;
+
+        // The config's portals and legs are ensured at every start; links made at runtime persist in the store.
+        for p in &cfg.portal {
+            let id = PortalId::new(p.name.get_ref().clone())?;
+            router.create_portal(PortalRecord { id: id.clone(), mls_identity: p.mls_identity }).await?;
+            for leg in &p.legs {
+                let leg_id = LegId::new(AccountId::parse(leg.account.get_ref())?, leg.room.get_ref().clone())?;
+                router.link(leg_id, &id).await?;
+            }
+        }
+
+        let token = match cfg.admin_token()? {
+            Some(t) => t,
+            None => data_dir::write_admin_token(data_dir)?,
+        };
+        let configured = start_accounts(cfg, networks, &router).await?;
+
+        let readiness = Arc::new(Readiness::default());
+        let state = Arc::new(AdminState::new(
+            router.clone(),
+            readiness.clone(),
+            &token,
+            metrics.clone(),
+            cfg.admin.public_metrics,
+            configured,
+        ));
+        let listener = tokio::net::TcpListener::bind(cfg.admin.listen.get_ref())
+            .await
+            .map_err(|e| format!("admin.listen {}: {e}", cfg.admin.listen.get_ref()))?;
+        let admin_addr = listener.local_addr()?;
+        let (admin_stop, mut stop_rx) = watch::channel(false);
+        let app = admin::router(state);
+        let admin_task = tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                tracing::error!(error = %e, "admin API failed");
+            }
+        });
+        tracing::info!(%admin_addr, "admin API listening");
+
+        let probe_task = tokio::spawn(probe(router.clone(), readiness.clone(), metrics));
+        readiness.set_started();
+        let legs = router.legs().len();
+        tracing::info!(portals = cfg.portal.len(), legs, "bridge running");
+        notify::ready(&format!("bridging {legs} room(s)"));
+        Ok(Daemon {
+            router,
+            readiness,
+            admin_addr,
+            admin_stop,
+            admin_task,
+            probe_task,
+            shutdown_timeout: Duration::from_secs(*cfg.bridge.shutdown_timeout.get_ref()),
+        })
+    }
+
+    /// The router (tests attach accounts to it).
+    pub fn router(&self) -> &RouterHandle {
+        &self.router
+    }
+
+    /// The address the admin API listens on (useful with port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops intake, drains, closes accounts, flushes; bounded by `bridge.shutdown_timeout`.
+    pub async fn shutdown(self) -> Result<(), ShutdownTimeout> {
+        self.readiness.set_stopping();
+        notify::stopping(self.shutdown_timeout + Duration::from_secs(5));
+        tracing::info!(timeout = ?self.shutdown_timeout, "stopping: intake closed, draining portal queues");
+        let drained = tokio::time::timeout(self.shutdown_timeout, self.router.shutdown()).await;
+        let _ = self.admin_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(2), self.admin_task).await.is_err() {
+            tracing::warn!("admin API connections still open at exit");
+        }
+        self.probe_task.abort();
+        let _ = self.probe_task.await;
+        match drained {
+            Ok(()) => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            Err(_) => Err(ShutdownTimeout(self.shutdown_timeout)),
+        }
+    }
+}
+
+/// Starts every configured account through its network and joins its linked rooms. Returns the configured ids.
+async fn start_accounts(
+    cfg: &Config,
+    networks: &[Box<dyn Network>],
+    router: &RouterHandle,
+) -> Result<Vec<AccountId>, Error> {
+    let mut ids = Vec::new();
+    for (id, table) in cfg.resolved_accounts()? {
+        let network = networks
+            .iter()
+            .find(|n| n.name() == id.network())
+            .ok_or_else(|| format!("this build has no {} connector", id.network()))?;
+        let ctx = AccountContext::new(id.clone(), router.clone(), router.domain());
+        // A failure here is a configuration problem; unreachable servers never fail `start`.
+        let account = network.start(id.clone(), table, ctx).await?;
+        router.add_account(account.clone());
+        for (leg, _) in router.legs().into_iter().filter(|(l, _)| l.account == id) {
+            if let Err(e) = account.join(&leg.room).await {
+                tracing::warn!(%leg, error = %e, "join failed; the account retries on reconnect");
+            }
+        }
+        tracing::info!(account = %id, "account started");
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Probes the event loop (a status round-trip through every portal task) and, while it answers, pets the
+/// systemd watchdog; refreshes per-leg gauges and account watchers; runs the metrics upkeep.
+async fn probe(
+    router: RouterHandle,
+    readiness: Arc<Readiness>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) {
+    let watchdog = notify::watchdog_interval();
+    // sd_watchdog_enabled(3): notify at half the interval. Without a watchdog, probe every 5 s for /health.
+    let every = watchdog.map_or(Duration::from_secs(5), |w| (w / 2).max(Duration::from_millis(50)));
+    let mut accounts = telemetry::AccountWatch::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(every, router.status()).await {
+            Ok(portals) => {
+                readiness.set_loop_ok(true);
+                for p in &portals {
+                    for l in &p.legs {
+                        metrics::gauge!(telemetry::LEG_PENDING, "leg" => l.leg.to_string()).set(l.pending as f64);
+                    }
+                }
+                if watchdog.is_some() && readiness.is_ready() {
+                    notify::watchdog();
+                }
+            }
+            Err(_) => {
+                readiness.set_loop_ok(false);
+                metrics::counter!(telemetry::ERRORS, "kind" => "event_loop_stalled").increment(1);
+                tracing::error!(after = ?every, "a portal did not answer its status probe; withholding WATCHDOG");
+            }
+        }
+        accounts.scan(&router);
+        if let Some(h) = &metrics {
+            h.run_upkeep();
+        }
+    }
+}
+
+/// `mimi-bridge run`: the process around [`Daemon`]: logging, umask, runtime, signals, exit code.
+pub fn run(cfg: Config) -> Result<ExitCode, Error> {
+    crate::logging::init(&cfg.log);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let code = rt.block_on(async {
+        let mut signals = Signals::new()?;
+        let networks = crate::networks::built_in();
+        let daemon = tokio::select! {
+            d = Daemon::start(&cfg, &networks) => d?,
+            s = signals.recv() => {
+                tracing::info!(signal = s, "signal during startup: exiting");
+                return Ok::<_, Error>(ExitCode::SUCCESS);
+            }
+        };
+        let s = signals.recv().await;
+        tracing::info!(signal = s, "signal received");
+        tokio::select! {
+            r = daemon.shutdown() => Ok(match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "exiting with status 1");
+                    ExitCode::FAILURE
+                }
+            }),
+            s = signals.recv() => {
+                tracing::error!(signal = s, "second signal during shutdown: exiting now with status 1; accepted \
+                    events are durable and go out after the restart");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    code
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

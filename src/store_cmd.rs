@@ -1,0 +1,98 @@
+//! `mimi-bridge store …`: back up, inspect, check and move the embedded store between backends.
+//!
+//! Run these while the daemon is stopped: both backends lock their files, and a second opener is refused with
+//! an error that says so.
+
+use crate::config::Config;
+use bridge_core::store::{Backend, CommitConfig, export, open_data_dir, schema};
+use clap::Subcommand;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+/// `store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Write every entry of the store as JSON lines to standard output (a backup, or the input of `import`).
+    Export {
+        /// Where the config file is (for `bridge.data_dir`).
+        #[arg(long, short, default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Use this data directory instead of the config's.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Load an export into an empty data directory (with the config's backend, or `--backend`).
+    Import {
+        /// The export file (`-` for standard input).
+        file: PathBuf,
+        /// Where the config file is (for `bridge.data_dir` and `bridge.store`).
+        #[arg(long, short, default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Use this data directory instead of the config's.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Backend for a new data directory: `redb` or `sled` (default: the config's `bridge.store`).
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Verify the schema version and the store's invariants; exit 1 if anything is wrong.
+    Check {
+        /// Where the config file is (for `bridge.data_dir`).
+        #[arg(long, short, default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Use this data directory instead of the config's.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// The data dir from `--data-dir`, else from the config (and the config's backend, if it was loaded).
+fn locate(config: &Path, data_dir: Option<PathBuf>) -> Result<(PathBuf, Option<Backend>), String> {
+    match data_dir {
+        Some(d) => Ok((d, None)),
+        None => {
+            let cfg = Config::load(config).map_err(|e| e.to_string())?;
+            Ok((cfg.bridge.data_dir.clone(), Some(cfg.bridge.store)))
+        }
+    }
+}
+
+/// Runs a `store` subcommand; `Ok(false)` means "ran, found problems" (exit 1).
+pub fn run(cmd: StoreCommand) -> Result<bool, String> {
+    match cmd {
+        StoreCommand::Export { config, data_dir } => {
+            let (dir, _) = locate(&config, data_dir)?;
+            let kv = schema::open_backend(&dir, None).map_err(|e| e.to_string())?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n = export::export(kv.as_ref(), &mut out).map_err(|e| e.to_string())?;
+            out.flush().map_err(|e| format!("standard output: {e}"))?;
+            eprintln!("exported {n} entries from {} ({})", dir.display(), kv.backend());
+            Ok(true)
+        }
+        StoreCommand::Import { file, config, data_dir, backend } => {
+            let (dir, cfg_backend) = locate(&config, data_dir)?;
+            let wanted = match backend {
+                Some(b) => Backend::parse(&b).ok_or_else(|| format!("unknown backend {b:?}: use redb or sled"))?,
+                None => cfg_backend.unwrap_or(Backend::Redb),
+            };
+            let store = open_data_dir(&dir, Some(wanted), CommitConfig::default()).map_err(|e| e.to_string())?;
+            let n = if file.as_os_str() == "-" {
+                export::import(store.kv().as_ref(), &mut std::io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                export::import(store.kv().as_ref(), &mut BufReader::new(f))
+            }
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+            eprintln!("imported {n} entries into {} ({wanted})", dir.display());
+            Ok(true)
+        }
+        StoreCommand::Check { config, data_dir } => {
+            let (dir, _) = locate(&config, data_dir)?;
+            let kv = schema::open_backend(&dir, None).map_err(|e| e.to_string())?;
+            let report = export::check(kv.as_ref(), &dir).map_err(|e| e.to_string())?;
+            println!("{report}");
+            Ok(report.is_ok())
+        }
+    }
+}
