@@ -1,0 +1,33 @@
+//! The MLS engine (RFC 9420) on OpenMLS 0.9: one MLS group per portal, with the bridge as a member.
+//!
+//! * [`storage`] — OpenMLS's `StorageProvider` on the bridge's store: compact CBOR values, an in-memory cache,
+//!   write-behind through group commit, one atomic batch per MLS operation;
+//! * [`provider`] — the OpenMLS provider (RustCrypto + that storage) and [`Pending`], the wrapper that hands out an
+//!   operation's output only once the state behind it is durable;
+//! * [`config`] — ciphersuites, wire-format policy, ratchet tolerances;
+//! * [`member`] — a local MLS member: the bridge's leaf (basic credential = its MIMI URI) or a per-user leaf;
+//! * [`key_packages`] — KeyPackages to publish, including the last-resort one;
+//! * [`group`] — [`PortalGroup`]: create, join, add, remove, self-update, encrypt, decrypt, process commits,
+//!   export GroupInfo and ratchet tree, rejoin by external commit;
+//! * [`legacy_sender`] — the MIMI content extension carrying the legacy sender behind a shared leaf;
+//! * [`error`] — [`MlsError`], typed so that callers can tell a replay from a non-member from a lost group.
+//!
+//! Everything is synchronous and IO-free except the durability wait, which is a future ([`Pending::durable`]) or
+//! a blocking call ([`Pending::durable_blocking`]).
+
+pub mod config;
+pub mod error;
+pub mod group;
+pub mod key_packages;
+pub mod legacy_sender;
+pub mod member;
+pub mod provider;
+pub mod storage;
+
+pub use config::{EngineConfig, HandshakeWireFormat};
+pub use error::MlsError;
+pub use group::{CommitOutput, PortalGroup, Received};
+pub use legacy_sender::LegacySender;
+pub use member::LocalMember;
+pub use provider::{BridgeProvider, Pending};
+pub use storage::{Durability, MLS_TREE, MlsStorage, MlsStorageError};
