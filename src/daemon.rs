@@ -52,6 +52,13 @@ impl Daemon {
         data_dir::private_umask();
         data_dir::check(data_dir).map_err(|e| e.to_string())?;
         let metrics = telemetry::install();
+        if cfg.bridge.store == bridge_core::store::Backend::Sled {
+            tracing::warn!(
+                "store = \"sled\": sled 0.34 may fail to reopen after a crash or kill -9 (upstream sled#1509) and \
+                 makes writes durable with sync_file_range, not fsync; redb is the crash-tested default — move with \
+                 `mimi-bridge store export` / `store import --backend redb`"
+            );
+        }
         let store = open_data_dir(data_dir, Some(cfg.bridge.store), CommitConfig::default())?;
         data_dir::check(data_dir).map_err(|e| e.to_string())?;
         tracing::info!(data_dir = %data_dir.display(), backend = %cfg.bridge.store, "store open");
