@@ -123,6 +123,10 @@ pub struct MimiConfig {
     /// Who may register native clients.
     #[serde(default)]
     pub registration: Registration,
+    /// With `registration = "token"`: the token clients present, as `"env:NAME"`.
+    pub registration_token: Option<Spanned<String>>,
+    /// With `registration = "token"`: a file holding the token (not readable by other users).
+    pub registration_token_file: Option<Spanned<PathBuf>>,
     /// `[[mimi.peer]]` entries.
     #[serde(default)]
     pub peer: Vec<PeerConfig>,
@@ -136,6 +140,8 @@ impl Default for MimiConfig {
             tls_key: None,
             trust_anchors: None,
             registration: Registration::Open,
+            registration_token: None,
+            registration_token_file: None,
             peer: Vec::new(),
         }
     }
@@ -377,6 +383,17 @@ fn from_toml(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
     err
 }
 
+/// The table's shape for validation without reading secrets: each `KEY_file` of a secret key becomes `KEY`.
+fn secret_placeholders(table: &toml::Table, secret_keys: &[&str]) -> toml::Table {
+    let mut t = table.clone();
+    for k in secret_keys {
+        if t.remove(&format!("{k}_file")).is_some() && !t.contains_key(*k) {
+            t.insert((*k).to_owned(), toml::Value::String("(secret)".into()));
+        }
+    }
+    t
+}
+
 /// Locates a connector's complaint about its account table: an unknown or bad key is looked up in the table's
 /// text, so the error names its line like every other config error.
 fn account_error(
@@ -482,6 +499,34 @@ impl Config {
         }
     }
 
+    /// The native-client registration token, for `registration = "token"` (`None` otherwise).
+    pub fn registration_token(&self) -> Result<Option<Secret>, ConfigError> {
+        if self.mimi.registration != Registration::Token {
+            return Ok(None);
+        }
+        match (&self.mimi.registration_token_file, &self.mimi.registration_token) {
+            (Some(_), Some(t)) => Err(self.error_at(
+                t.span(),
+                "mimi.registration_token",
+                "set either mimi.registration_token or mimi.registration_token_file, not both",
+            )),
+            (Some(f), None) => secrets::from_file(f.get_ref())
+                .map(Some)
+                .map_err(|e| self.error_at(f.span(), "mimi.registration_token_file", e.to_string())),
+            (None, Some(t)) => match secrets::from_env_ref(t.get_ref()) {
+                Some(r) => r.map(Some).map_err(|e| self.error_at(t.span(), "mimi.registration_token", e.to_string())),
+                None => Err(self
+                    .error_at(t.span(), "mimi.registration_token", "a literal token in the config file is refused")
+                    .with_hint("use registration_token_file = \"/path\" (mode 0600) or \"env:NAME\"")),
+            },
+            (None, None) => Err(self.error_at(
+                0..0,
+                "mimi.registration",
+                "registration = \"token\" needs mimi.registration_token_file or mimi.registration_token",
+            )),
+        }
+    }
+
     /// Every configured account with its table, secrets resolved (`KEY_file`, `"env:NAME"`; see
     /// [`crate::secrets`]). Called when the accounts are about to start, and by `check-config`.
     pub fn resolved_accounts(&self) -> Result<Vec<(AccountId, toml::Table)>, ConfigError> {
@@ -491,7 +536,12 @@ impl Config {
                 let key = format!("{network}.{name}");
                 let id = AccountId::new(network, name).map_err(|e| self.error_at(t.span(), &key, e.to_string()))?;
                 let mut table = t.get_ref().clone();
-                secrets::resolve_table(&mut table)
+                let keys = crate::networks::built_in()
+                    .into_iter()
+                    .find(|n| n.name() == network)
+                    .map(|n| n.secret_keys())
+                    .unwrap_or(&[]);
+                secrets::resolve_table(&mut table, keys)
                     .map_err(|e| self.error_at(t.span(), &format!("{key}.{}", e.key), e.message))?;
                 out.push((id, table));
             }
@@ -553,7 +603,7 @@ impl Config {
                     ));
                 }
                 if let Some(n) = crate::networks::built_in().into_iter().find(|n| n.name() == network)
-                    && let Err(e) = n.validate(&id, t.get_ref())
+                    && let Err(e) = n.validate(&id, &secret_placeholders(t.get_ref(), n.secret_keys()))
                 {
                     return Err(account_error(file, text, t.span(), &key, e));
                 }

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::networks::Network;
 use crate::{data_dir, notify, telemetry};
 use bridge_core::connector::AccountContext;
-use bridge_core::group::LocalRoom;
+use bridge_core::provider::{JoinPolicy, MlsRoom};
 use bridge_core::router::{RouterConfig, RouterHandle};
 use bridge_core::store::repo::PortalRecord;
 use bridge_core::store::{CommitConfig, open_data_dir};
@@ -40,6 +40,9 @@ pub struct Daemon {
     admin_addr: SocketAddr,
     admin_stop: watch::Sender<bool>,
     admin_task: JoinHandle<()>,
+    mimi_addr: SocketAddr,
+    mimi_task: JoinHandle<()>,
+    room: Arc<MlsRoom>,
     probe_task: JoinHandle<()>,
     shutdown_timeout: Duration,
 }
@@ -66,7 +69,11 @@ impl Daemon {
         let mut rc = RouterConfig::new(cfg.bridge.domain.get_ref().clone());
         rc.queue_depth = *cfg.bridge.queue_depth.get_ref();
         rc.max_event_bytes = cfg.bridge.max_event_bytes;
-        let router = RouterHandle::start(rc, store, Arc::new(LocalRoom)).await?;
+        // The room of record: one MLS group per portal, sequenced by this daemon's own MIMI hub.
+        let domain = cfg.bridge.domain.get_ref().clone();
+        let room = MlsRoom::open(store.clone(), &domain, JoinPolicy::Open).await?;
+        let router = RouterHandle::start(rc, store, room.clone()).await?;
+        room.attach_router(router.clone());
 
         // The config's portals and legs are ensured at every start; links made at runtime persist in the store.
         for p in &cfg.portal {
@@ -77,6 +84,14 @@ impl Daemon {
                 router.link(leg_id, &id).await?;
             }
         }
+
+        // Every portal's group exists (and its GroupInfo is served) before anyone posts.
+        for p in router.status().await {
+            room.ensure_portal(&p.id).await?;
+        }
+        // One stop signal for both HTTP servers (admin API and MIMI endpoints).
+        let (admin_stop, _) = watch::channel(false);
+        let (mimi_addr, mimi_task) = serve_mimi(cfg, room.clone(), admin_stop.subscribe()).await?;
 
         let token = match cfg.admin_token()? {
             Some(t) => t,
@@ -97,7 +112,7 @@ impl Daemon {
             .await
             .map_err(|e| format!("admin.listen {}: {e}", cfg.admin.listen.get_ref()))?;
         let admin_addr = listener.local_addr()?;
-        let (admin_stop, mut stop_rx) = watch::channel(false);
+        let mut stop_rx = admin_stop.subscribe();
         let app = admin::router(state);
         let admin_task = tokio::spawn(async move {
             let stopped = async move {
@@ -120,6 +135,9 @@ impl Daemon {
             admin_addr,
             admin_stop,
             admin_task,
+            mimi_addr,
+            mimi_task,
+            room,
             probe_task,
             shutdown_timeout: Duration::from_secs(*cfg.bridge.shutdown_timeout.get_ref()),
         })
@@ -128,6 +146,11 @@ impl Daemon {
     /// The router (tests attach accounts to it).
     pub fn router(&self) -> &RouterHandle {
         &self.router
+    }
+
+    /// The address the MIMI endpoints and client API listen on (useful with port 0).
+    pub fn mimi_addr(&self) -> SocketAddr {
+        self.mimi_addr
     }
 
     /// The address the admin API listens on (useful with port 0).
@@ -141,9 +164,13 @@ impl Daemon {
         notify::stopping(self.shutdown_timeout + Duration::from_secs(5));
         tracing::info!(timeout = ?self.shutdown_timeout, "stopping: intake closed, draining portal queues");
         let drained = tokio::time::timeout(self.shutdown_timeout, self.router.shutdown()).await;
+        self.room.shutdown();
         let _ = self.admin_stop.send(true);
         if tokio::time::timeout(Duration::from_secs(2), self.admin_task).await.is_err() {
             tracing::warn!("admin API connections still open at exit");
+        }
+        if tokio::time::timeout(Duration::from_secs(2), self.mimi_task).await.is_err() {
+            tracing::warn!("MIMI client connections (long polls) still open at exit");
         }
         self.probe_task.abort();
         let _ = self.probe_task.await;
@@ -222,6 +249,57 @@ async fn probe(
             h.run_upkeep();
         }
     }
+}
+
+/// Serves the MIMI endpoints and the native-client API on `[mimi] listen` until `stop`, and starts the tasks that
+/// notify followers and catch up followed rooms. Plain HTTP only on loopback (mTLS is not built yet).
+async fn serve_mimi(
+    cfg: &Config,
+    room: Arc<MlsRoom>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), Error> {
+    use crate::mimi_http::{self, MimiState, Registration};
+    let listen = *cfg.mimi.listen.get_ref();
+    if cfg.mimi.tls_cert.is_some() || !listen.ip().is_loopback() {
+        return Err(format!(
+            "mimi.listen {listen}: TLS for the MIMI endpoints is not built yet; listen on a loopback address"
+        )
+        .into());
+    }
+    let registration = match cfg.mimi.registration {
+        crate::config::Registration::Open => Registration::Open,
+        crate::config::Registration::Closed => Registration::Closed,
+        crate::config::Registration::Token => Registration::Token(
+            cfg.registration_token()?.map(|s| s.expose().to_owned()).ok_or("mimi.registration_token missing")?,
+        ),
+    };
+    let peers: Arc<std::collections::HashMap<String, String>> =
+        Arc::new(cfg.mimi.peer.iter().map(|p| (p.domain.clone(), p.url.get_ref().clone())).collect());
+    let provider = room.provider().clone();
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("mimi.listen {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let state = MimiState {
+        provider: provider.clone(),
+        room: Some(room),
+        public_url: format!("http://{addr}"),
+        registration,
+        peers: peers.clone(),
+    };
+    let notifier = tokio::spawn(mimi_http::run_notifier(provider.clone(), peers.clone()));
+    let resync = tokio::spawn(mimi_http::resync_followed(provider, peers));
+    let app = mimi_http::router(state);
+    let task = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            tracing::error!(error = %e, "MIMI endpoints failed");
+        }
+        notifier.abort();
+        resync.abort();
+    });
+    tracing::info!(%addr, "MIMI endpoints and client API listening");
+    Ok((addr, task))
 }
 
 /// `mimi-bridge run`: the process around [`Daemon`]: logging, umask, runtime, signals, exit code.

@@ -11,6 +11,7 @@ pub mod content_cmd;
 pub mod daemon;
 pub mod data_dir;
 pub mod logging;
+pub mod mimi_http;
 pub mod networks;
 pub mod notify;
 pub mod secrets;

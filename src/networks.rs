@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub trait Network: Send + Sync {
     /// The config table prefix (`irc`).
     fn name(&self) -> &'static str;
+    /// Keys of an account table that hold secrets ([`Connector::secret_keys`]).
+    fn secret_keys(&self) -> &'static [&'static str];
     /// Deserialises (unknown keys rejected by the connector's config type) and validates an account table.
     fn validate(&self, id: &AccountId, table: &toml::Table) -> Result<(), ConnectorError>;
     /// Starts an account; returns at once (connecting happens in the background).
@@ -40,6 +42,9 @@ fn config<C: Connector>(id: &AccountId, table: &toml::Table) -> Result<C::Config
 impl<C: Connector> Network for Typed<C> {
     fn name(&self) -> &'static str {
         self.0.network()
+    }
+    fn secret_keys(&self) -> &'static [&'static str] {
+        self.0.secret_keys()
     }
     fn validate(&self, id: &AccountId, table: &toml::Table) -> Result<(), ConnectorError> {
         let cfg = config::<C>(id, table)?;

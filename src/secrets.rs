@@ -104,10 +104,15 @@ pub struct TableSecretError {
     pub message: String,
 }
 
-/// Applies the convention to one account table in place: `KEY_file` entries are replaced by `KEY` with the file's
-/// content, `"env:NAME"` string values by the variable's value.
-pub fn resolve_table(table: &mut toml::Table) -> Result<(), TableSecretError> {
-    let file_keys: Vec<String> = table.keys().filter(|k| k.ends_with("_file") && k.len() > 5).cloned().collect();
+/// Applies the convention to one account table in place: for each of the connector's `secret_keys`, a
+/// `KEY_file` entry is replaced by `KEY` with the file's content; `"env:NAME"` string values are replaced by the
+/// variable's value. Other `_file` keys (paths the connector reads itself) are left alone.
+pub fn resolve_table(table: &mut toml::Table, secret_keys: &[&str]) -> Result<(), TableSecretError> {
+    let file_keys: Vec<String> = table
+        .keys()
+        .filter(|k| k.strip_suffix("_file").is_some_and(|base| secret_keys.contains(&base)))
+        .cloned()
+        .collect();
     for fk in file_keys {
         let base = fk.trim_end_matches("_file").to_owned();
         if table.contains_key(&base) {
@@ -172,20 +177,20 @@ mod tests {
             pw.display().to_string()
         ))
         .expect("toml");
-        let e = resolve_table(&mut t).expect_err("unset variable");
+        let e = resolve_table(&mut t, &["password"]).expect_err("unset variable");
         assert_eq!(e.key, "token");
         assert!(e.message.contains(var), "{e:?}");
         let mut t: toml::Table =
             toml::from_str(&format!("password_file = {:?}\nhome = \"env:PATH\"\n", pw.display().to_string()))
                 .expect("toml");
-        resolve_table(&mut t).expect("resolves");
+        resolve_table(&mut t, &["password"]).expect("resolves");
         assert_eq!(t.get("password").and_then(|v| v.as_str()), Some("hunter2"));
         assert!(!t.contains_key("password_file"));
         assert_eq!(t.get("home").and_then(|v| v.as_str()), std::env::var("PATH").ok().as_deref());
         let mut both: toml::Table =
             toml::from_str(&format!("password = \"x\"\npassword_file = {:?}\n", pw.display().to_string()))
                 .expect("toml");
-        assert_eq!(resolve_table(&mut both).expect_err("both").key, "password_file");
+        assert_eq!(resolve_table(&mut both, &["password"]).expect_err("both").key, "password_file");
     }
 
     #[test]

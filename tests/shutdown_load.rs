@@ -29,7 +29,7 @@ use std::time::Duration;
 fn config(dir: &Path, shutdown_timeout: u64) -> Config {
     let text = format!(
         "[bridge]\ndomain = \"bridge.example.org\"\ndata_dir = {:?}\nshutdown_timeout = {shutdown_timeout}\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n[[portal]]\nname = \"load\"\n",
+         [admin]\nlisten = \"127.0.0.1:0\"\n[mimi]\nlisten = \"127.0.0.1:0\"\n[[portal]]\nname = \"load\"\n",
         dir.join("data").display().to_string()
     );
     Config::parse(&dir.join("config.toml"), &text).expect("config")

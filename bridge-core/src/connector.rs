@@ -122,6 +122,14 @@ pub trait Connector: Send + Sync + 'static {
     /// negotiation) through [`Account::capabilities`].
     fn capabilities(&self, config: &Self::Config) -> Capabilities;
 
+    /// The config keys that hold secrets (passwords, tokens, private keys). The daemon lets operators give each as
+    /// `KEY_file = "/path"` (a file not readable by other users; its content becomes `KEY`) or `KEY = "env:NAME"`,
+    /// resolves them before deserialising [`Connector::Config`], and never logs them. Other keys ending in
+    /// `_file` (a CA bundle, say) are left alone.
+    fn secret_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Checks a configuration beyond what deserialising it checks (called by `check-config` and before start).
     fn validate(&self, _id: &AccountId, _config: &Self::Config) -> Result<(), ConnectorError> {
         Ok(())

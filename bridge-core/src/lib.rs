@@ -23,6 +23,7 @@ pub mod ids;
 mod leg;
 pub mod mls;
 pub mod portal;
+pub mod provider;
 pub mod router;
 pub mod store;
 pub mod uri;

@@ -29,7 +29,20 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
 
 /// Tree names, for export/import and checks.
-pub const TREES: &[&str] = &[META, PORTALS, LEGS, GHOSTS, MSGS, IDS, REACTIONS, OUTBOX, FAILED, crate::mls::MLS_TREE];
+pub const TREES: &[&str] = &[
+    META,
+    PORTALS,
+    LEGS,
+    GHOSTS,
+    MSGS,
+    IDS,
+    REACTIONS,
+    OUTBOX,
+    FAILED,
+    crate::provider::log::HUB_LOG,
+    crate::provider::log::MIMI_USERS,
+    crate::mls::MLS_TREE,
+];
 /// Portal records.
 pub const PORTALS: &str = "portals";
 /// Leg → portal links.

@@ -67,19 +67,14 @@ pub struct IrcAccount {
     stop: watch::Sender<bool>,
 }
 
-fn read_secret(path: &Option<std::path::PathBuf>, id: &AccountId) -> Result<Option<String>, ConnectorError> {
-    let Some(p) = path else { return Ok(None) };
-    std::fs::read_to_string(p)
-        .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
-        .map_err(|e| ConnectorError::Config { account: id.clone(), reason: format!("{}: {e}", p.display()) })
-}
-
 impl IrcAccount {
     /// Starts the account's connection task; returns at once.
     pub fn start(id: AccountId, config: Config, ctx: AccountContext) -> Result<Arc<dyn Account>, ConnectorError> {
-        let password = read_secret(&config.password_file, &id)?;
-        let sasl = match (&config.sasl_account, read_secret(&config.sasl_password_file, &id)?) {
-            (Some(account), Some(password)) => Some(Sasl::Plain { account: account.clone(), password }),
+        let password = config.password.clone();
+        let sasl = match (&config.sasl_account, &config.sasl_password) {
+            (Some(account), Some(password)) => {
+                Some(Sasl::Plain { account: account.clone(), password: password.clone() })
+            }
             _ => None,
         };
         let identity = Identity {

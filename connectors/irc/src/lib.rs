@@ -24,7 +24,6 @@ use async_trait::async_trait;
 use bridge_core::capability::{Capabilities, Feature, Grade, Limits};
 use bridge_core::{Account, AccountContext, AccountId, Connector, ConnectorError};
 use serde::Deserialize;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How an account reaches IRC.
@@ -54,12 +53,13 @@ pub struct Config {
     /// Real name.
     #[serde(default = "default_realname")]
     pub realname: String,
-    /// File holding the server password (PASS), if the server needs one.
-    pub password_file: Option<PathBuf>,
-    /// SASL account (with `sasl_password_file`), for SASL PLAIN.
+    /// Server password (PASS), if the server needs one. A secret: give it as `password_file = "/path"` or
+    /// `password = "env:NAME"` (the daemon resolves both; see [`Connector::secret_keys`]).
+    pub password: Option<String>,
+    /// SASL account (with `sasl_password`), for SASL PLAIN.
     pub sasl_account: Option<String>,
-    /// File holding the SASL password.
-    pub sasl_password_file: Option<PathBuf>,
+    /// SASL password; a secret like `password`.
+    pub sasl_password: Option<String>,
     /// Relay or per-user connections.
     #[serde(default)]
     pub connections: Connections,
@@ -120,9 +120,9 @@ impl Config {
             nick: nick.into(),
             username: None,
             realname: default_realname(),
-            password_file: None,
+            password: None,
             sasl_account: None,
-            sasl_password_file: None,
+            sasl_password: None,
             connections: Connections::Relay,
             max_lines: default_max_lines(),
             edits: render::EditMode::Diff,
@@ -171,6 +171,10 @@ impl Connector for IrcConnector {
         capabilities(config)
     }
 
+    fn secret_keys(&self) -> &'static [&'static str] {
+        &["password", "sasl_password"]
+    }
+
     fn validate(&self, id: &AccountId, c: &Config) -> Result<(), ConnectorError> {
         let bad = |reason: String| Err(ConnectorError::Config { account: id.clone(), reason });
         if !isupport::valid_nick(&c.nick, 31) {
@@ -185,8 +189,8 @@ impl Connector for IrcConnector {
         if c.connections == Connections::PerUser {
             return bad("connections = \"per-user\" is not built yet; use \"relay\"".into());
         }
-        if c.sasl_account.is_some() != c.sasl_password_file.is_some() {
-            return bad("sasl_account and sasl_password_file go together".into());
+        if c.sasl_account.is_some() != c.sasl_password.is_some() {
+            return bad("sasl_account and sasl_password (or sasl_password_file) go together".into());
         }
         if c.max_lines == 0 || c.flood_burst == 0 || c.flood_rate.is_nan() || c.flood_rate <= 0.0 {
             return bad("max_lines, flood_burst and flood_rate must be positive".into());

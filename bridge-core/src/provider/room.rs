@@ -1,0 +1,447 @@
+//! [`MlsRoom`]: the room of record of the portals as real MLS groups sequenced by this provider's hub.
+//!
+//! Outgoing ([`RoomOfRecord::publish`]): the portal's [`GroupMessage`] becomes MIMI content (`senderUri` = the
+//! bridge's member, `roomUri` = the portal's room, the legacy author in the `legacySender` extension), is
+//! encrypted with the portal's [`PortalGroup`], made durable, and sequenced by the hub; the MIMI message id is
+//! returned. If the hub moved to a newer epoch, the group first catches up with the log and the message is
+//! encrypted again.
+//!
+//! Incoming: one worker per portal follows the room's log. Each entry not sent by the bridge itself is processed
+//! by the group (commits merged, application messages decrypted), decoded and validated as MIMI content, and
+//! handed to [`RouterHandle::from_group`] in log order by a forwarder task — never from inside `publish`, which
+//! runs on the portal's own task. The worker's position is stored (`hub_log` cursor `bridge`).
+//!
+//! Room URI of portal `P` on domain `D`: `mimi://D/r/P`; its MLS group id is that URI's bytes.
+
+use super::hub::{JoinPolicy, Origin, Refusal};
+use super::log::{Records, write};
+use super::service::{Provider, ProviderError};
+use super::wire::{MlsMessageBytes, wire_format};
+use crate::content::builder::ContentBuilder;
+use crate::content::{Disposition, Message, MimiContent, NestedPart, PartBody};
+use crate::event::{MessageDraft, Sender, TextFormat};
+use crate::group::{GroupContent, GroupError, GroupMessage, RoomOfRecord};
+use crate::ids::{MessageId, PortalId};
+use crate::mls::{BridgeProvider, EngineConfig, LegacySender, LocalMember, MlsError, PortalGroup, Received};
+use crate::router::RouterHandle;
+use crate::store::Batch;
+use async_trait::async_trait;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::mpsc;
+
+/// Name of the bridge's cursor in each room's log.
+const CURSOR: &str = "bridge";
+/// How many times `publish` catches up and re-encrypts after `epochTooOld`.
+const EPOCH_RETRIES: usize = 3;
+
+/// The room URI of a portal.
+pub fn room_uri(domain: &str, portal: &PortalId) -> String {
+    format!("mimi://{domain}/r/{portal}")
+}
+
+struct Slot {
+    group: PortalGroup,
+    room: String,
+    applied: u64,
+    own: HashSet<u64>,
+}
+
+/// The portals' room of record: MLS groups sequenced by the local hub. See the module documentation.
+pub struct MlsRoom {
+    provider: Provider,
+    mls: Arc<BridgeProvider>,
+    member: Arc<LocalMember>,
+    config: EngineConfig,
+    policy: JoinPolicy,
+    slots: Mutex<HashMap<PortalId, Arc<tokio::sync::Mutex<Slot>>>>,
+    inbound: mpsc::UnboundedSender<(MessageId, GroupMessage)>,
+    inbound_rx: Mutex<Option<mpsc::UnboundedReceiver<(MessageId, GroupMessage)>>>,
+    /// Set once the router is attached (a flag, not the handle: the router owns this room, so holding its handle
+    /// here would be a reference cycle that keeps the store open after shutdown).
+    attached: std::sync::atomic::AtomicBool,
+    /// Stops the forwarder to the router ([`MlsRoom::shutdown`]).
+    stop: tokio::sync::watch::Sender<bool>,
+    me: Weak<MlsRoom>,
+}
+
+impl std::fmt::Debug for MlsRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlsRoom").field("member", &self.member.uri()).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> GroupError {
+    GroupError::Unavailable(e.to_string())
+}
+
+impl MlsRoom {
+    /// The room of record of `member` (the bridge's MLS identity, stored in `mls`) on `provider`. New portal rooms
+    /// get join policy `policy`.
+    pub fn new(
+        provider: Provider,
+        mls: Arc<BridgeProvider>,
+        member: Arc<LocalMember>,
+        config: EngineConfig,
+        policy: JoinPolicy,
+    ) -> Arc<Self> {
+        let (inbound, rx) = mpsc::unbounded_channel();
+        Arc::new_cyclic(|me| Self {
+            provider,
+            mls,
+            member,
+            config,
+            policy,
+            slots: Mutex::default(),
+            inbound,
+            inbound_rx: Mutex::new(Some(rx)),
+            attached: std::sync::atomic::AtomicBool::new(false),
+            stop: tokio::sync::watch::channel(false).0,
+            me: me.clone(),
+        })
+    }
+
+    /// Everything the daemon needs in one call: the provider (hub) on `store` for `domain`, the bridge's MLS
+    /// identity `mimi://DOMAIN/u/bridge` (created with an Ed25519 key on first start, loaded afterwards) and the
+    /// room of record with the default engine configuration. Waits until a newly created identity is durable.
+    pub async fn open(store: crate::store::Store, domain: &str, policy: JoinPolicy) -> Result<Arc<Self>, GroupError> {
+        let provider = Provider::open(domain, store.clone()).map_err(unavailable)?;
+        let mls = Arc::new(BridgeProvider::new(store, "bridge").map_err(unavailable)?);
+        let uri = format!("mimi://{domain}/u/bridge");
+        let member = LocalMember::load_or_create(&mls, &uri, openmls::prelude::SignatureScheme::ED25519)
+            .map_err(unavailable)?
+            .durable()
+            .await
+            .map_err(unavailable)?;
+        Ok(Self::new(provider, mls, Arc::new(member), EngineConfig::default(), policy))
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    /// Connects the incoming path to the router (call once, after `RouterHandle::start`): messages from native
+    /// members go to [`RouterHandle::from_group`] in log order.
+    pub fn attach_router(&self, router: RouterHandle) {
+        if self.attached.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let mut stop = self.stop.subscribe();
+        let rx = self.inbound_rx.lock().ok().and_then(|mut g| g.take());
+        if let Some(mut rx) = rx {
+            tokio::spawn(async move {
+                loop {
+                    let (id, msg) = tokio::select! {
+                        m = rx.recv() => match m {
+                            Some(m) => m,
+                            None => break,
+                        },
+                        _ = stop.wait_for(|s| *s) => break,
+                    };
+                    if let Err(e) = router.from_group(id, msg).await {
+                        tracing::warn!(error = %e, message_id = %id.to_hex(), "message from the group not bridged");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Stops forwarding messages from the group to the router and the portal workers, releasing the router (and
+    /// with it the store). Call after the router has shut down.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.clear();
+        }
+    }
+
+    /// Opens (creating if needed) the group and hub room of `portal` and starts its worker. Idempotent.
+    pub async fn ensure_portal(&self, portal: &PortalId) -> Result<(), GroupError> {
+        self.slot(portal).await.map(|_| ())
+    }
+
+    async fn slot(&self, portal: &PortalId) -> Result<Arc<tokio::sync::Mutex<Slot>>, GroupError> {
+        if let Some(s) = self.slots.lock().map_err(unavailable)?.get(portal) {
+            return Ok(s.clone());
+        }
+        let domain = self.provider.domain().to_owned();
+        let room = room_uri(&domain, portal);
+        let gid = room.as_bytes();
+        let group = match PortalGroup::load(self.mls.clone(), self.member.clone(), gid) {
+            Ok(g) => g,
+            Err(MlsError::UnknownGroup(_)) => {
+                PortalGroup::create(self.mls.clone(), self.member.clone(), &self.config, gid)
+                    .durable()
+                    .await
+                    .map_err(unavailable)?
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        self.provider
+            .create_room(&room, gid, group.epoch(), self.member.uri(), self.policy, true)
+            .await
+            .map_err(unavailable)?;
+        if let Ok(info) = group.export_group_info(true) {
+            self.provider.set_group_info(&room, info);
+        }
+        let applied = Records(self.provider.store()).cursor(&room, CURSOR).map_err(unavailable)?;
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot { group, room: room.clone(), applied, own: HashSet::new() }));
+        let slot = {
+            let mut slots = self.slots.lock().map_err(unavailable)?;
+            if let Some(existing) = slots.get(portal) {
+                return Ok(existing.clone());
+            }
+            slots.insert(portal.clone(), slot.clone());
+            slot
+        };
+        self.spawn_worker(portal.clone(), room, slot.clone())?;
+        Ok(slot)
+    }
+
+    fn spawn_worker(
+        &self,
+        portal: PortalId,
+        room: String,
+        slot: Arc<tokio::sync::Mutex<Slot>>,
+    ) -> Result<(), GroupError> {
+        let mut rx = self.provider.subscribe(&room).map_err(unavailable)?;
+        let me = self.me.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let Some(this) = me.upgrade() else { return };
+                {
+                    let mut s = slot.lock().await;
+                    if let Err(e) = this.catch_up(&portal, &mut s).await {
+                        tracing::warn!(portal = %portal, error = %e, "catching up with the room log failed");
+                    }
+                }
+                drop(this);
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Applies every log entry after the slot's position, in order.
+    async fn catch_up(&self, portal: &PortalId, s: &mut Slot) -> Result<(), GroupError> {
+        loop {
+            let entries = self.provider.entries_after(&s.room, s.applied, 256).map_err(unavailable)?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let mut commits = false;
+            for e in entries {
+                let seq = e.seq;
+                if !s.own.remove(&seq) && e.fanout.message.wire_format() != wire_format::WELCOME {
+                    commits |= self.apply(portal, s, e.fanout.message.as_bytes()).await;
+                }
+                s.applied = seq;
+            }
+            if commits && let Ok(info) = s.group.export_group_info(true) {
+                self.provider.set_group_info(&s.room, info);
+            }
+            let mut b = Batch::new();
+            write::cursor(&mut b, &s.room, CURSOR, s.applied);
+            self.provider.store().commit(b).await.map_err(unavailable)?;
+        }
+    }
+
+    /// Processes one message of the log; true if it was a commit.
+    async fn apply(&self, portal: &PortalId, s: &mut Slot, bytes: &[u8]) -> bool {
+        match s.group.process(bytes).durable().await {
+            Ok(Received::Application { sender_identity, plaintext, .. }) => {
+                match decode_incoming(portal, &s.room, &sender_identity, &plaintext) {
+                    Ok((id, msg)) => {
+                        let _ = self.inbound.send((id, msg));
+                    }
+                    Err(e) => tracing::warn!(portal = %portal, error = %e, "MIMI content discarded"),
+                }
+                false
+            }
+            Ok(Received::Commit { .. }) => true,
+            Ok(Received::Own | Received::Proposal { .. }) => false,
+            Err(e) => {
+                tracing::debug!(portal = %portal, error = %e, "log entry not applied");
+                false
+            }
+        }
+    }
+
+    /// Adds members from KeyPackages (MLSMessages) to the portal's group: commit and Welcome go through the hub.
+    pub async fn add_members(&self, portal: &PortalId, key_packages: &[Vec<u8>]) -> Result<(), GroupError> {
+        let slot = self.slot(portal).await?;
+        let mut s = slot.lock().await;
+        self.catch_up(portal, &mut s).await?;
+        let kps: Vec<&[u8]> = key_packages.iter().map(Vec::as_slice).collect();
+        let out = s.group.add_members(&kps).durable().await.map_err(unavailable)?;
+        let commit = MlsMessageBytes::new(out.commit).map_err(unavailable)?;
+        let room = s.room.clone();
+        match self.provider.submit(&room, commit, self.member.uri(), Origin::Portal).await {
+            Ok(a) => {
+                s.own.insert(a.seq);
+                s.group.merge_pending_commit().durable().await.map_err(unavailable)?;
+            }
+            Err(e) => {
+                let _ = s.group.clear_pending_commit().durable().await;
+                return Err(unavailable(e));
+            }
+        }
+        if let Some(w) = out.welcome {
+            let w = MlsMessageBytes::new(w).map_err(unavailable)?;
+            let a = self.provider.submit(&room, w, self.member.uri(), Origin::Portal).await.map_err(unavailable)?;
+            s.own.insert(a.seq);
+        }
+        if let Ok(info) = s.group.export_group_info(true) {
+            self.provider.set_group_info(&room, info);
+        }
+        Ok(())
+    }
+
+    /// The portal group's member identities (for tests and status).
+    pub async fn members(&self, portal: &PortalId) -> Result<Vec<Vec<u8>>, GroupError> {
+        let slot = self.slot(portal).await?;
+        let s = slot.lock().await;
+        Ok(s.group.members().into_iter().map(|m| m.identity).collect())
+    }
+}
+
+#[async_trait]
+impl RoomOfRecord for MlsRoom {
+    async fn publish(&self, msg: &GroupMessage) -> Result<MessageId, GroupError> {
+        let slot = self.slot(&msg.portal).await?;
+        let mut s = slot.lock().await;
+        let domain = self.provider.domain().to_owned();
+        let content = encode_outgoing(msg, self.member.uri(), &s.room, &domain)?;
+        let id = content.message_id().map_err(|e| GroupError::Refused(e.to_string()))?;
+        let id = MessageId::from_bytes(&id).map_err(|e| GroupError::Refused(e.to_string()))?;
+        for _ in 0..=EPOCH_RETRIES {
+            let ct = s.group.encrypt(content.bytes()).durable().await.map_err(unavailable)?;
+            let ct = MlsMessageBytes::new(ct).map_err(unavailable)?;
+            let room = s.room.clone();
+            match self.provider.submit(&room, ct, self.member.uri(), Origin::Portal).await {
+                Ok(a) => {
+                    s.own.insert(a.seq);
+                    return Ok(id);
+                }
+                Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => {
+                    self.catch_up(&msg.portal, &mut s).await?;
+                }
+                Err(ProviderError::Refused(r)) => return Err(GroupError::Refused(r.to_string())),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(GroupError::Unavailable("the room's epoch keeps moving".into()))
+    }
+}
+
+/// The MIMI content of a portal message, sent from the bridge's leaf `bridge_uri`.
+pub fn encode_outgoing(msg: &GroupMessage, bridge_uri: &str, room: &str, domain: &str) -> Result<Message, GroupError> {
+    let refused = |e: &dyn std::fmt::Display| GroupError::Refused(e.to_string());
+    let mut b = ContentBuilder::new(bridge_uri, room);
+    let text = |b: ContentBuilder, d: &MessageDraft| {
+        let mut body = d.body.clone();
+        for a in &d.attachments {
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            body.push_str(&a.url);
+        }
+        match d.format {
+            TextFormat::Markdown => b.markdown(&body),
+            TextFormat::Plain => b.plain_text(&body),
+        }
+    };
+    b = match &msg.content {
+        GroupContent::Message { draft, in_reply_to } => {
+            let b = text(b, draft);
+            match in_reply_to {
+                Some(p) => b.reply_to(*p.as_bytes()),
+                None => b,
+            }
+        }
+        GroupContent::Edit { replaces, draft } => text(b, draft).edit(*replaces.as_bytes()),
+        GroupContent::Delete { replaces } => b.delete(*replaces.as_bytes()),
+        GroupContent::Reaction { in_reply_to, key } => b.reaction(*in_reply_to.as_bytes(), key),
+        GroupContent::Unreact { replaces } => b.unreact(*replaces.as_bytes()),
+    };
+    let mut content = b.build().map_err(|e| refused(&e))?;
+    if let Some(user) = &msg.sender.legacy {
+        LegacySender::from_user(user, domain).attach(&mut content.extensions).map_err(|e| refused(&e))?;
+    }
+    Message::encode(content).map_err(|e| refused(&e))
+}
+
+/// The first text of a body: `(text, markdown?)`.
+fn body_text(part: &NestedPart) -> Option<(String, bool)> {
+    let mut found = None;
+    part.walk(&mut |p| {
+        if found.is_some() {
+            return;
+        }
+        if let PartBody::Single(s) = &p.body {
+            let md = s.content_type.starts_with("text/markdown");
+            if md || s.content_type.starts_with("text/plain") {
+                found = Some((String::from_utf8_lossy(&s.content).into_owned(), md));
+            }
+        }
+    });
+    found
+}
+
+/// Why an incoming message was discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum IncomingError {
+    /// Not valid MIMI content.
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
+    /// The content's room is not this room.
+    #[error("content for room {0:?}")]
+    WrongRoom(Option<String>),
+    /// A bad message id.
+    #[error("message id: {0}")]
+    Id(String),
+}
+
+/// Decodes and validates MIMI content `plaintext` received in `room` from the MLS member `sender_identity`
+/// (its credential, a MIMI URI), into what the router takes.
+pub fn decode_incoming(
+    portal: &PortalId,
+    room: &str,
+    sender_identity: &[u8],
+    plaintext: &[u8],
+) -> Result<(MessageId, GroupMessage), IncomingError> {
+    let msg = Message::decode(plaintext)?;
+    crate::content::validate(msg.content())?;
+    let c: &MimiContent = msg.content();
+    if c.extensions.room_uri.as_deref().is_some_and(|r| r != room) {
+        return Err(IncomingError::WrongRoom(c.extensions.room_uri.clone()));
+    }
+    // The MLS-authenticated sender wins over what the content claims.
+    let sender_uri = String::from_utf8_lossy(sender_identity).into_owned();
+    let id = msg.message_id_with(Some(&sender_uri), Some(room))?;
+    let id = MessageId::from_bytes(&id).map_err(|e| IncomingError::Id(e.to_string()))?;
+    let display_name = sender_uri.rsplit('/').next().unwrap_or(&sender_uri).to_owned();
+    let sender = Sender { uri: sender_uri.clone(), display_name, network: "mimi".into(), legacy: None };
+    let to_id = |b: &[u8; 32]| MessageId::from_bytes(b).map_err(|e| IncomingError::Id(e.to_string()));
+    let disposition = c.nested_part.disposition;
+    let null = matches!(c.nested_part.body, PartBody::Null);
+    let draft = || {
+        let (text, md) = body_text(&c.nested_part).unwrap_or_default();
+        if md { MessageDraft::markdown(text) } else { MessageDraft::plain(text) }
+    };
+    let content = match (c.replaces, c.in_reply_to) {
+        (Some(r), _) if null && disposition == Disposition::Reaction => GroupContent::Unreact { replaces: to_id(&r)? },
+        (Some(r), _) if null => GroupContent::Delete { replaces: to_id(&r)? },
+        (Some(r), _) => GroupContent::Edit { replaces: to_id(&r)?, draft: draft() },
+        (None, Some(p)) if disposition == Disposition::Reaction => {
+            GroupContent::Reaction { in_reply_to: to_id(&p)?, key: draft().body }
+        }
+        (None, p) => GroupContent::Message { draft: draft(), in_reply_to: p.as_ref().map(to_id).transpose()? },
+    };
+    Ok((id, GroupMessage { portal: portal.clone(), sender, content }))
+}

@@ -1,0 +1,498 @@
+//! [`Provider`]: the in-process shell around the hub and follower state machines — the store, the wake-ups of
+//! waiting clients, the queue of notifies for followers. It does no network IO itself: the HTTP layer
+//! (`src/mimi_http.rs`) drains [`Provider::take_outbound`] and calls [`Provider::accept_entries`] for notifies
+//! and log pages it receives.
+//!
+//! Every accepted message is durable (log entry, idempotency index and room state in one batch) before anyone
+//! hears of it.
+
+use super::follower::{FollowerAction, FollowerRoom};
+use super::hub::{Accepted, HubAction, HubRoom, JoinPolicy, Origin, Refusal};
+use super::inspect::{Inspected, inspect};
+use super::log::{Records, RoomRecord, UserRecord, write};
+use super::wire::{MlsMessageBytes, SequencedFanout};
+use crate::store::{Batch, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Why a provider operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// No such room here (HTTP 404).
+    #[error("unknown room {0}")]
+    UnknownRoom(String),
+    /// We follow this room; submissions go to its hub.
+    #[error("room {room} is hosted by {hub}")]
+    NotHub {
+        /// The room.
+        room: String,
+        /// The hub's domain.
+        hub: String,
+    },
+    /// The hub refused the message.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A user or room already exists with other parameters.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// No such user.
+    #[error("unknown user {0}")]
+    UnknownUser(String),
+    /// Bad input (HTTP 400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A notify to send to a follower: the log entry `seq` of `room`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNotify {
+    /// The follower's domain.
+    pub peer: String,
+    /// The room.
+    pub room: String,
+    /// The entry.
+    pub seq: u64,
+}
+
+enum Role {
+    Hub(HubRoom),
+    Follower { state: FollowerRoom, hub: String },
+}
+
+struct Room {
+    role: Role,
+    last: watch::Sender<u64>,
+    group_info: Option<Vec<u8>>,
+}
+
+struct Inner {
+    domain: String,
+    store: Store,
+    rooms: Mutex<HashMap<String, Room>>,
+    outbound: mpsc::UnboundedSender<PeerNotify>,
+    outbound_rx: Mutex<Option<mpsc::UnboundedReceiver<PeerNotify>>>,
+    /// Serialises follower appends per process (they are rare and short).
+    follower_lock: tokio::sync::Mutex<()>,
+}
+
+/// The MIMI provider of this daemon: hub of its rooms, follower of others, home of native users.
+#[derive(Clone)]
+pub struct Provider {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("domain", &self.inner.domain).finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the UNIX epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The domain of a `mimi://DOMAIN/...` URI.
+pub fn uri_domain(uri: &str) -> Option<&str> {
+    uri.strip_prefix("mimi://")?.split('/').next().filter(|d| !d.is_empty())
+}
+
+impl Provider {
+    /// Opens the provider of `domain` on `store`, restoring its rooms.
+    pub fn open(domain: &str, store: Store) -> Result<Self, ProviderError> {
+        let (outbound, rx) = mpsc::unbounded_channel();
+        let recs = Records(&store);
+        let mut rooms = HashMap::new();
+        for rec in recs.rooms()? {
+            match rec {
+                RoomRecord::Hub(state) => {
+                    let name = state.room.clone();
+                    let last = state.next_seq - 1;
+                    let has_portal = uri_domain(&name) == Some(domain);
+                    let hub = HubRoom::restore(state, recs.digests(&name)?, has_portal);
+                    let (tx, _) = watch::channel(last);
+                    rooms.insert(name, Room { role: Role::Hub(hub), last: tx, group_info: None });
+                }
+                RoomRecord::Follower { room, hub } => {
+                    let last = recs.last_seq(&room, 0)?;
+                    let (tx, _) = watch::channel(last);
+                    let state = FollowerRoom::new(&room, last);
+                    rooms.insert(room, Room { role: Role::Follower { state, hub }, last: tx, group_info: None });
+                }
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                domain: domain.to_owned(),
+                store,
+                rooms: Mutex::new(rooms),
+                outbound,
+                outbound_rx: Mutex::new(Some(rx)),
+                follower_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// This provider's domain.
+    pub fn domain(&self) -> &str {
+        &self.inner.domain
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The queue of notifies for followers (once; the HTTP layer's sender task owns it).
+    pub fn take_outbound(&self) -> Option<mpsc::UnboundedReceiver<PeerNotify>> {
+        lock(&self.inner.outbound_rx).take()
+    }
+
+    /// Creates a room we host (idempotent): MLS group `group_id` at `epoch`, first participant `creator`.
+    /// `has_portal`: the bridge's own member is in it.
+    pub async fn create_room(
+        &self,
+        room: &str,
+        group_id: &[u8],
+        epoch: u64,
+        creator: &str,
+        policy: JoinPolicy,
+        has_portal: bool,
+    ) -> Result<(), ProviderError> {
+        let durable = {
+            let mut rooms = lock(&self.inner.rooms);
+            if let Some(r) = rooms.get(room) {
+                return match &r.role {
+                    Role::Hub(h) if h.state().group_id == group_id => Ok(()),
+                    _ => Err(ProviderError::Exists(room.to_owned())),
+                };
+            }
+            let hub = HubRoom::new(room, group_id, epoch, creator, policy, has_portal);
+            let mut b = Batch::new();
+            write::room(&mut b, &RoomRecord::Hub(hub.state().clone()))?;
+            let (tx, _) = watch::channel(0);
+            rooms.insert(room.to_owned(), Room { role: Role::Hub(hub), last: tx, group_info: None });
+            self.inner.store.commit_later(b)
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(())
+    }
+
+    /// Starts following `room` hosted by `hub` (idempotent).
+    pub async fn follow(&self, room: &str, hub: &str) -> Result<(), ProviderError> {
+        let durable = {
+            let mut rooms = lock(&self.inner.rooms);
+            if rooms.contains_key(room) {
+                return Ok(());
+            }
+            let mut b = Batch::new();
+            write::room(&mut b, &RoomRecord::Follower { room: room.to_owned(), hub: hub.to_owned() })?;
+            let (tx, _) = watch::channel(0);
+            let state = FollowerRoom::new(room, 0);
+            rooms.insert(
+                room.to_owned(),
+                Room { role: Role::Follower { state, hub: hub.to_owned() }, last: tx, group_info: None },
+            );
+            self.inner.store.commit_later(b)
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(())
+    }
+
+    /// The rooms we follow, with their hubs.
+    pub fn followed(&self) -> Vec<(String, String)> {
+        lock(&self.inner.rooms)
+            .iter()
+            .filter_map(|(k, r)| match &r.role {
+                Role::Follower { hub, .. } => Some((k.clone(), hub.clone())),
+                Role::Hub(_) => None,
+            })
+            .collect()
+    }
+
+    /// True if we host `room`.
+    pub fn is_hub(&self, room: &str) -> Result<bool, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+        Ok(matches!(r.role, Role::Hub(_)))
+    }
+
+    /// The hub's domain of a followed room (`None` if we are its hub).
+    pub fn hub_of(&self, room: &str) -> Result<Option<String>, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+        Ok(match &r.role {
+            Role::Hub(_) => None,
+            Role::Follower { hub, .. } => Some(hub.clone()),
+        })
+    }
+
+    /// The hub's epoch of a room we host.
+    pub fn epoch(&self, room: &str) -> Result<u64, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        match rooms.get(room).map(|r| &r.role) {
+            Some(Role::Hub(h)) => Ok(h.epoch()),
+            Some(Role::Follower { hub, .. }) => Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() }),
+            None => Err(ProviderError::UnknownRoom(room.to_owned())),
+        }
+    }
+
+    /// Submits a message to a room we host. Returns once the entry is durable (or was already sequenced).
+    pub async fn submit(
+        &self,
+        room: &str,
+        message: MlsMessageBytes,
+        sending_uri: &str,
+        origin: Origin,
+    ) -> Result<Accepted, ProviderError> {
+        let welcome = matches!(inspect(&message), Ok(Inspected::Welcome { .. }));
+        let (accepted, actions, durable) = {
+            let mut rooms = lock(&self.inner.rooms);
+            let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+            let hub = match &mut r.role {
+                Role::Hub(h) => h,
+                Role::Follower { hub, .. } => {
+                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+                }
+            };
+            let (accepted, actions) = hub.submit(message, sending_uri, &origin, now_ms())?;
+            let mut b = Batch::new();
+            for a in &actions {
+                if let HubAction::Append { entry, digest, state } = a {
+                    write::entry(&mut b, room, entry)?;
+                    write::digest(&mut b, room, digest, entry.seq);
+                    write::room(&mut b, &RoomRecord::Hub(state.clone()))?;
+                    if welcome {
+                        self.route_welcome(&mut b, room, entry)?;
+                    }
+                }
+            }
+            let durable = (!b.is_empty()).then(|| self.inner.store.commit_later(b));
+            (accepted, actions, durable)
+        };
+        if let Some(d) = durable {
+            d.await.unwrap_or(Err(StoreError::Closed))?;
+        } else if accepted.duplicate {
+            // A retry of an entry whose batch may still be in flight: wait until it is readable.
+            self.wait(room, accepted.seq - 1, Duration::from_secs(5)).await?;
+        }
+        for a in actions {
+            match a {
+                HubAction::Append { .. } => {}
+                HubAction::Notify { peer, seq } => {
+                    let _ = self.inner.outbound.send(PeerNotify { peer, room: room.to_owned(), seq });
+                }
+                HubAction::WakeClients { seq } | HubAction::DeliverPortal { seq } => self.wake(room, seq),
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Records, for a Welcome, which of our users it is for (by the KeyPackageRefs they handed out).
+    fn route_welcome(&self, b: &mut Batch, room: &str, entry: &SequencedFanout) -> Result<(), StoreError> {
+        if let Ok(Inspected::Welcome { new_members }) = inspect(&entry.fanout.message) {
+            for r in new_members {
+                if let Some(user) = Records(&self.inner.store).claimed_by(&r)? {
+                    write::invite(b, &user, room, entry.seq);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wake(&self, room: &str, seq: u64) {
+        if let Some(r) = lock(&self.inner.rooms).get(room) {
+            r.last.send_if_modified(|l| {
+                let grew = seq > *l;
+                if grew {
+                    *l = seq;
+                }
+                grew
+            });
+        }
+    }
+
+    /// Puts `uri` on a hosted room's participant list (an invite); `follower` is its provider if not us.
+    pub async fn add_participant(&self, room: &str, uri: &str) -> Result<(), ProviderError> {
+        let durable = {
+            let mut rooms = lock(&self.inner.rooms);
+            let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+            let Role::Hub(h) = &mut r.role else {
+                return Err(ProviderError::BadRequest("invite through the room's hub".into()));
+            };
+            let follower = uri_domain(uri).filter(|d| *d != self.inner.domain);
+            let state = h.add_participant(uri, follower);
+            let mut b = Batch::new();
+            write::room(&mut b, &RoomRecord::Hub(state))?;
+            self.inner.store.commit_later(b)
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(())
+    }
+
+    /// The last sequence number of a room's log here.
+    pub fn last_seq(&self, room: &str) -> Result<u64, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        rooms.get(room).map(|r| *r.last.borrow()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
+    }
+
+    /// Up to `max` log entries after `after`.
+    pub fn entries_after(&self, room: &str, after: u64, max: usize) -> Result<Vec<SequencedFanout>, ProviderError> {
+        let last = self.last_seq(room)?;
+        if after >= last {
+            return Ok(Vec::new());
+        }
+        let max = max.min(usize::try_from(last - after).unwrap_or(usize::MAX));
+        Ok(Records(&self.inner.store).entries_after(room, after, max)?)
+    }
+
+    /// Waits until the room's log goes past `after` or `timeout` passes; returns the last sequence number.
+    pub async fn wait(&self, room: &str, after: u64, timeout: Duration) -> Result<u64, ProviderError> {
+        let mut rx = {
+            let rooms = lock(&self.inner.rooms);
+            rooms.get(room).map(|r| r.last.subscribe()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?
+        };
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|l| *l > after)).await;
+        let last = *rx.borrow();
+        Ok(last)
+    }
+
+    /// A watch on the room's last sequence number.
+    pub fn subscribe(&self, room: &str) -> Result<watch::Receiver<u64>, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        rooms.get(room).map(|r| r.last.subscribe()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
+    }
+
+    /// Stores the room's current GroupInfo (MLSMessage, with the ratchet tree), served to external joiners.
+    pub fn set_group_info(&self, room: &str, group_info: Vec<u8>) {
+        if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
+            r.group_info = Some(group_info);
+        }
+    }
+
+    /// The room's current GroupInfo, if known.
+    pub fn group_info(&self, room: &str) -> Result<Option<Vec<u8>>, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        rooms.get(room).map(|r| r.group_info.clone()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
+    }
+
+    /// Entries of a followed room from the hub (notify or log page). Appends what continues the local copy,
+    /// durably and in order; returns `Some(after)` if the hub's log must be fetched after `after`.
+    pub async fn accept_entries(
+        &self,
+        room: &str,
+        entries: Vec<SequencedFanout>,
+        page: bool,
+    ) -> Result<Option<u64>, ProviderError> {
+        let _serial = self.inner.follower_lock.lock().await;
+        let actions = {
+            let mut rooms = lock(&self.inner.rooms);
+            let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+            let Role::Follower { state, .. } = &mut r.role else {
+                return Err(ProviderError::BadRequest("we are the hub of this room".into()));
+            };
+            if page { state.on_log_page(entries) } else { state.on_notify(entries) }
+        };
+        let mut fetch = None;
+        for a in actions {
+            match a {
+                FollowerAction::Append(run) => {
+                    let mut b = Batch::new();
+                    let mut last = 0;
+                    for e in &run {
+                        write::entry(&mut b, room, e)?;
+                        self.route_welcome(&mut b, room, e)?;
+                        last = e.seq;
+                    }
+                    self.inner.store.commit(b).await?;
+                    self.wake(room, last);
+                }
+                FollowerAction::Fetch { after } => fetch = Some(after),
+            }
+        }
+        Ok(fetch)
+    }
+
+    /// A failed fetch of a followed room's log (the hub is unreachable).
+    pub fn fetch_failed(&self, room: &str) {
+        if let Some(Room { role: Role::Follower { state, .. }, .. }) = lock(&self.inner.rooms).get_mut(room) {
+            state.on_fetch_failed();
+        }
+    }
+
+    /// Registers a native user with the SHA-256 (hex) of its API token. Re-registering with the same token is a
+    /// no-op; another token is refused.
+    pub async fn register_user(&self, uri: &str, token_sha256: &str) -> Result<(), ProviderError> {
+        if uri_domain(uri) != Some(self.inner.domain.as_str()) {
+            return Err(ProviderError::BadRequest(format!("{uri} is not a user of {}", self.inner.domain)));
+        }
+        if let Some(u) = Records(&self.inner.store).user(uri)? {
+            return if u.token_sha256 == token_sha256 { Ok(()) } else { Err(ProviderError::Exists(uri.to_owned())) };
+        }
+        let mut b = Batch::new();
+        write::user(&mut b, &UserRecord { uri: uri.to_owned(), token_sha256: token_sha256.to_owned() })?;
+        self.inner.store.commit(b).await?;
+        Ok(())
+    }
+
+    /// The user record.
+    pub fn user(&self, uri: &str) -> Result<Option<UserRecord>, ProviderError> {
+        Ok(Records(&self.inner.store).user(uri)?)
+    }
+
+    /// Stores KeyPackages (MLSMessages) of a user.
+    pub async fn upload_key_packages(&self, user: &str, kps: &[MlsMessageBytes]) -> Result<(), ProviderError> {
+        if Records(&self.inner.store).user(user)?.is_none() {
+            return Err(ProviderError::UnknownUser(user.to_owned()));
+        }
+        let mut b = Batch::new();
+        let base = now_ms().saturating_mul(1000);
+        for (i, kp) in kps.iter().enumerate() {
+            if !matches!(inspect(kp), Ok(Inspected::KeyPackage)) {
+                return Err(ProviderError::BadRequest("not a KeyPackage".into()));
+            }
+            write::key_package(&mut b, user, base + i as u64, kp.as_bytes());
+        }
+        self.inner.store.commit(b).await?;
+        Ok(())
+    }
+
+    /// Claims one KeyPackage of `user` (removing it, remembering its ref to route the Welcome).
+    pub async fn claim_key_package(&self, user: &str) -> Result<Option<Vec<u8>>, ProviderError> {
+        use openmls::prelude::tls_codec::Deserialize as _;
+        use openmls::prelude::{KeyPackageIn, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
+        use openmls_rust_crypto::RustCrypto;
+        let kps = Records(&self.inner.store).key_packages(user)?;
+        let Some((id, bytes)) = kps.into_iter().next() else { return Ok(None) };
+        let mut slice = bytes.as_slice();
+        let parsed = MlsMessageIn::tls_deserialize(&mut slice).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+        let MlsMessageBodyIn::KeyPackage(kp) = parsed.extract() else {
+            return Err(ProviderError::BadRequest("stored KeyPackage is not one".into()));
+        };
+        let _: &KeyPackageIn = &kp;
+        let crypto = RustCrypto::default();
+        let kp = kp.validate(&crypto, ProtocolVersion::Mls10).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+        let r = kp.hash_ref(&crypto).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+        let mut b = Batch::new();
+        write::claimed(&mut b, user, id, r.as_slice());
+        self.inner.store.commit(b).await?;
+        Ok(Some(bytes))
+    }
+
+    /// Welcomes waiting for `user`: `(room, seq of the Welcome)`.
+    pub fn invites(&self, user: &str) -> Result<Vec<(String, u64)>, ProviderError> {
+        Ok(Records(&self.inner.store).invites(user)?)
+    }
+}

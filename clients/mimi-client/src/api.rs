@@ -1,0 +1,80 @@
+//! The daemon's client API over plain HTTP/1.1 (one connection per request; loopback development mode).
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+
+/// A client-API connection target with this user's credentials.
+pub struct Api {
+    authority: String,
+    user: String,
+    token: String,
+}
+
+impl Api {
+    /// `server` is `http://HOST:PORT`.
+    pub fn new(server: &str, user: &str, token: &str) -> Self {
+        let authority = server.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        Self { authority, user: user.to_owned(), token: token.to_owned() }
+    }
+
+    async fn call(&self, method: &str, path: &str, ctype: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+        let fut = async {
+            let stream = tokio::net::TcpStream::connect(&self.authority)
+                .await
+                .map_err(|e| format!("cannot reach {}: {e}", self.authority))?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", &self.authority)
+                .header("content-type", ctype);
+            if !self.user.is_empty() {
+                req = req.header("mimi-user", &self.user).header("authorization", format!("Bearer {}", self.token));
+            }
+            let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+            let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+            Ok((status, body))
+        };
+        tokio::time::timeout(Duration::from_secs(90), fut).await.map_err(|_| "request timed out".to_string())?
+    }
+
+    fn check((status, body): (u16, Vec<u8>)) -> Result<Vec<u8>, String> {
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+        }
+    }
+
+    /// `GET path` (2xx required).
+    pub async fn get(&self, path: &str) -> Result<Vec<u8>, String> {
+        Self::check(self.call("GET", path, "application/octet-stream", Vec::new()).await?)
+    }
+
+    /// `PUT path` with a binary body (2xx required).
+    pub async fn put(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        Self::check(self.call("PUT", path, "application/octet-stream", body).await?)
+    }
+
+    /// `POST path` with a binary body; status and body.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+        self.call("POST", path, "application/octet-stream", body).await
+    }
+
+    /// `POST path` with a binary body (2xx required).
+    pub async fn post_raw_ok(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        Self::check(self.post_raw(path, body).await?)
+    }
+
+    /// `POST path` with JSON (2xx required); the JSON answer.
+    pub async fn post_json(&self, path: &str, v: serde_json::Value) -> Result<serde_json::Value, String> {
+        let body = Self::check(self.call("POST", path, "application/json", v.to_string().into_bytes()).await?)?;
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,85 @@
+//! Two (then three) native clients on one provider, through the real client API over HTTP on loopback, with the
+//! `mimi-client` binary as a person would run it.
+
+use bridge_core::provider::Provider;
+use bridge_core::store::{Backend, CommitConfig, open_data_dir};
+use mimi_bridge::mimi_http::{MimiState, Registration, router};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+fn client(state: &Path, server: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mimi-client"))
+        .arg("--state")
+        .arg(state)
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .output()
+        .expect("mimi-client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "mimi-client {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn texts(listen_json: &str) -> Vec<String> {
+    listen_json
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json line")["text"].as_str().unwrap_or("").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn two_native_clients_talk_through_the_client_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let server = rt.block_on(async {
+        let store =
+            open_data_dir(&dir.path().join("daemon"), Some(Backend::Redb), CommitConfig::default()).expect("store");
+        let provider = Provider::open("a.test", store).expect("provider");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let state = MimiState {
+            provider,
+            room: None,
+            public_url: url.clone(),
+            registration: Registration::Open,
+            peers: Arc::new(HashMap::new()),
+        };
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        url
+    });
+    let (a, b, c) = (dir.path().join("alice"), dir.path().join("bob"), dir.path().join("carol"));
+    assert_eq!(client(&a, &server, &["register", "alice"]).trim(), "mimi://a.test/u/alice");
+    client(&b, &server, &["register", "bob"]);
+    let created = client(&a, &server, &["create-room", "club"]);
+    let room = created.lines().last().expect("room line").to_owned();
+    assert_eq!(room, "mimi://a.test/r/club");
+    client(&a, &server, &["invite", &room, "bob"]);
+    client(&b, &server, &["join", &room]);
+    client(&a, &server, &["send", &room, "hello bob"]);
+    let got = client(&b, &server, &["listen", &room, "--json", "--count", "1", "--timeout", "10"]);
+    assert_eq!(texts(&got), ["hello bob"]);
+    let line: serde_json::Value = serde_json::from_str(got.lines().next().expect("line")).expect("json");
+    assert_eq!(line["sender"], "mimi://a.test/u/alice");
+    assert_eq!(line["message_id"].as_str().map(str::len), Some(64));
+
+    // A third user joins the open room by external commit; everybody follows the new epoch.
+    client(&c, &server, &["register", "carol"]);
+    client(&c, &server, &["join", &room]);
+    client(&b, &server, &["send", &room, "hi both"]);
+    assert_eq!(
+        texts(&client(&a, &server, &["listen", &room, "--json", "--count", "1", "--timeout", "10"])),
+        ["hi both"]
+    );
+    assert_eq!(
+        texts(&client(&c, &server, &["listen", &room, "--json", "--count", "1", "--timeout", "10"])),
+        ["hi both"]
+    );
+    // Own messages are not echoed; nothing else is pending.
+    assert_eq!(client(&b, &server, &["listen", &room, "--json", "--timeout", "1"]), "");
+    drop(rt);
+}
