@@ -21,6 +21,7 @@ pub mod event;
 pub mod group;
 pub mod ids;
 mod leg;
+pub mod lines;
 pub mod mls;
 pub mod portal;
 pub mod provider;

@@ -8,8 +8,9 @@ use super::kv::{Batch, Entries, KvStore, Op, StoreError, composite_key, prefix_e
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// How long [`SledStore::open`] waits for sled's file lock.
-pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long [`SledStore::open`] waits for sled's file lock (sled lets go of it only after its I/O threads end, which
+/// took over 2 s on a loaded 2-core machine).
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A sled database holding every tree.
 pub struct SledStore {

@@ -9,12 +9,13 @@ use async_trait::async_trait;
 use bridge_core::capability::Capabilities;
 use bridge_core::connector::{Delivery, SendError};
 use bridge_core::event::OutboundEvent;
+use bridge_core::lines::{Line, read_bounded_line};
 use bridge_core::{Account, AccountContext, AccountId, ConnectorError, Health, InboundSink, NativeId};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -176,27 +177,10 @@ impl ToychatAccount {
 
 /// Reads one line of at most [`proto::MAX_LINE`] bytes; a longer line ends the session (a broken server).
 async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<Option<String>, String> {
-    let mut buf = Vec::new();
-    loop {
-        let chunk = r.fill_buf().await.map_err(|e| e.to_string())?;
-        if chunk.is_empty() {
-            return Ok(None);
-        }
-        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        buf.extend_from_slice(&chunk[..take]);
-        r.consume(take);
-        if buf.len() > proto::MAX_LINE + 2 {
-            return Err(format!("line longer than {} bytes", proto::MAX_LINE));
-        }
-        if done {
-            while matches!(buf.last(), Some(b'\n' | b'\r')) {
-                buf.pop();
-            }
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
-        }
+    match read_bounded_line(r, proto::MAX_LINE).await.map_err(|e| e.to_string())? {
+        Some(Line::Text(l)) => Ok(Some(l)),
+        Some(Line::TooLong) => Err(format!("line longer than {} bytes", proto::MAX_LINE)),
+        None => Ok(None),
     }
 }
 
