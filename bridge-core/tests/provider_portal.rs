@@ -120,7 +120,13 @@ async fn native_client_and_irc_leg_talk_through_a_portal() {
     let room = room_uri(DOMAIN, &portal);
 
     let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
-    let members = room_of_record.members(&portal).await.expect("members");
+    // The bridge's portal worker applies alice's external commit from the hub log asynchronously.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut members = room_of_record.members(&portal).await.expect("members");
+    while members.len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        members = room_of_record.members(&portal).await.expect("members");
+    }
     assert_eq!(members.len(), 2, "the bridge and alice");
 
     // Legacy → MLS: the IRC user's line arrives decrypted at the native client, attributed to the legacy sender.

@@ -77,12 +77,13 @@ pub(super) async fn run<H: Harness>(h: &mut H, opt: KitOptions) -> Report {
             return report;
         }
     };
-    let names: [&str; 11] = [
+    let names: [&str; 12] = [
         "health",
         "inbound",
         "outbound",
         "ordering",
         "echo",
+        "dedup",
         "replies",
         "edits",
         "deletes",
@@ -101,6 +102,14 @@ pub(super) async fn run<H: Harness>(h: &mut H, opt: KitOptions) -> Report {
             "outbound" => kit.outbound().await,
             "ordering" => kit.ordering().await,
             "echo" => kit.echo().await,
+            "dedup" => match kit.dedup().await {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    report.skip(name, "the network never redelivers events");
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
             "replies" => kit.feature(Feature::Replies).await,
             "edits" => kit.feature(Feature::Edits).await,
             "deletes" => kit.feature(Feature::Deletes).await,
@@ -324,6 +333,26 @@ impl<'h, H: Harness> Kit<'h, H> {
             return Err(format!("the connector submitted the bridge's own messages back as inbound: {echoes:?}"));
         }
         Ok(())
+    }
+
+    /// The network delivers the last inbound event twice; the other side must get it once.
+    async fn dedup(&mut self) -> Result<bool, String> {
+        let text = self.fresh("dedup");
+        let user = self.user.clone();
+        self.h.act(&user, NativeAction::Message { text: text.clone() }).await?;
+        self.await_lb(&format!("{text:?}"), |e| body(e).contains(&text)).await?;
+        if !self.h.redeliver_last().await? {
+            return Ok(false);
+        }
+        // A message after the redelivered copy: once it arrived, the copy (if bridged) has arrived too.
+        let after = self.fresh("after-dedup");
+        self.h.act(&user, NativeAction::Message { text: after.clone() }).await?;
+        self.await_lb(&format!("{after:?}"), |e| body(e).contains(&after)).await?;
+        let n = self.lb.delivered().iter().filter(|e| body(e).contains(&text)).count();
+        if n != 1 {
+            return Err(format!("a redelivered event reached the other side {n} times (its native id must be stable)"));
+        }
+        Ok(true)
     }
 
     /// A parent message from the other side, as the test user sees it: (core native id on lb, user's native id).

@@ -12,6 +12,7 @@
 //! | `outbound` | a message from the other side reaches the test user once |
 //! | `ordering` | 10 messages each way arrive in order |
 //! | `echo` | the bridge's own deliveries never come back as inbound events |
+//! | `dedup` | an event the network delivers twice reaches the other side once (skipped where the network never redelivers) |
 //! | `replies`, `edits`, `deletes`, `reactions` | outbound, per the declared [`Grade`]: `full` arrives as that feature, `degraded` as the harness's documented fallback text, `notice` as a notice message, `unsupported` is refused and the sender is told; inbound, `full` features round-trip |
 //! | `hostile` | text with CR/LF, protocol keywords and HTML arrives as text only; the connection survives |
 //! | `reconnect` | after the server drops the connection, the account reconnects by itself and messages flow both ways |
@@ -155,6 +156,14 @@ pub trait Harness: Send {
 
     /// Everything `user` saw in the room since the last call, waiting up to `wait` for at least one new item.
     async fn observe(&mut self, user: &TestUser, wait: Duration) -> Result<Vec<Observed>, String>;
+
+    /// Makes the network deliver the most recent event the bridge account received a second time, as a network
+    /// with at-least-once delivery does after a lost acknowledgement (a Matrix appservice transaction retried, an
+    /// XMPP stream-management resend). `Ok(false)`: this network never redelivers, and the `dedup` check is skipped
+    /// with that reason.
+    async fn redeliver_last(&mut self) -> Result<bool, String> {
+        Ok(false)
+    }
 
     /// Makes the server drop the bridge account's connection (kill and restart the server, or kick the
     /// connection), so the kit can check reconnection.

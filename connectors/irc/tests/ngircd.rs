@@ -169,7 +169,7 @@ async fn irc_passes_the_conformance_kit_against_ngircd() {
     let report = testkit::run(&mut h, KitOptions::default()).await;
     println!("{report}");
     report.assert_passed();
-    assert_eq!(report.checks.len(), 11);
+    assert_eq!(report.checks.len(), 12);
 }
 
 /// Router + store + loopback leg + the IRC account in one portal.

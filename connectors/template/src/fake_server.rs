@@ -21,6 +21,7 @@ struct State {
     next_id: u64,
     conns: HashMap<u64, Conn>,
     authors: HashMap<String, String>,
+    last_event: Option<String>,
 }
 
 /// A running fake server; stops when dropped.
@@ -44,6 +45,18 @@ impl FakeServer {
             }
         });
         Ok(Self { addr, state, task })
+    }
+
+    /// Sends the last room event again to every connection of `nick` (an at-least-once network redelivering
+    /// after a lost acknowledgement); returns how many got it.
+    pub fn redeliver_last(&self, nick: &str) -> usize {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(last) = st.last_event.clone() else { return 0 };
+        st.conns
+            .values()
+            .filter(|c| c.nick.as_deref() == Some(nick))
+            .filter(|c| c.tx.send(last.clone()).is_ok())
+            .count()
     }
 
     /// Drops every connection of `nick`; returns how many were dropped.
@@ -137,6 +150,7 @@ fn handle(state: &Mutex<State>, conn: u64, line: &str) {
             reply(&st, ServerLine::Ack { tag, id: id.clone() });
             let room = verb.room().to_owned();
             let evt = ServerLine::Evt { id, nick, verb }.to_line();
+            st.last_event = Some(evt.clone());
             for c in st.conns.values().filter(|c| c.rooms.contains(&room)) {
                 let _ = c.tx.send(evt.clone());
             }

@@ -218,6 +218,13 @@ impl Harness for ToyHarness {
         Ok(out)
     }
 
+    async fn redeliver_last(&mut self) -> Result<bool, String> {
+        match self.server.redeliver_last(BRIDGE_NICK) {
+            0 => Err("nothing to redeliver".into()),
+            _ => Ok(true),
+        }
+    }
+
     async fn drop_bridge_connection(&mut self) -> Result<(), String> {
         match self.server.kick(BRIDGE_NICK) {
             0 => Err("the bridge was not connected".into()),
@@ -236,7 +243,8 @@ async fn template_passes_the_conformance_kit() {
     let report = testkit::run(&mut h, KitOptions::default()).await;
     println!("{report}");
     report.assert_passed();
-    assert_eq!(report.checks.len(), 11, "every check ran");
+    assert_eq!(report.checks.len(), 12, "every check ran");
+    assert_eq!(report.get("dedup"), Some(&CheckResult::Passed), "toychat redelivers, so dedup is checked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
