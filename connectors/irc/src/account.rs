@@ -1,333 +1,340 @@
-//! The IO shell of an IRC account: one TCP connection driven by [`Session`], reconnected with jittered
-//! exponential backoff; outgoing PRIVMSGs paced by the flood [`Bucket`] without ever blocking reads (PINGs are
-//! answered at once); channel lines translated by [`crate::inbound`] and handed to the core.
+//! The IO shell of an IRC account: the bot connection (which reads the channels for inbound in both modes and
+//! sends relayed lines) and, in per-user mode, a pool of per-sender connections opened lazily, registered as
+//! ghosts with the core, reaped when idle, capped (beyond the cap, the bot relays). The decisions are made by the
+//! sans-IO [`crate::pool`]; each connection is a `conn::Conn` with its own flood bucket and reconnect backoff.
 
-use crate::flood::Bucket;
+use crate::conn::{Conn, Role, Settings, View};
 use crate::inbound::{self, Conventions, History, Line};
-use crate::isupport::{CaseMapping, valid_channel};
-use crate::message::{MAX_LINE, MAX_TAGS, Message};
+use crate::isupport::valid_channel;
+use crate::message::Message;
+use crate::pool::{self, ConnState, Pool, Route, Via};
 use crate::render::{self, RenderConfig};
-use crate::session::{Action, Identity, Sasl, Session};
-use crate::{Config, capabilities};
+use crate::session::{AltNicks, Identity, Sasl, Session};
+use crate::tls::Tls;
+use crate::{Config, Connections, capabilities};
 use async_trait::async_trait;
 use bridge_core::capability::Capabilities;
 use bridge_core::connector::{Delivery, SendError};
 use bridge_core::event::{OutboundEvent, OutboundKind};
 use bridge_core::{Account, AccountContext, AccountId, ConnectorError, Health, InboundSink, NativeId};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(120);
-/// How long a send waits for its lines to be written before the core is told to retry.
-const SEND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a message waits for its sender's new connection to register before it is relayed by the bot.
+const USER_CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long a message waits for its sender's connection to join the channel before it is relayed by the bot.
+const USER_JOIN_WAIT: Duration = Duration::from_secs(10);
 
-enum Control {
-    Join(String),
-    Part(String),
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Signals that the last line of an [`Outgoing`] was written (or could not be).
-type Done = oneshot::Sender<Result<(), String>>;
+/// Nicks of the account's per-user connections (their lines are the bridge's own).
+type Ghosts = Arc<Mutex<HashSet<String>>>;
 
-struct Outgoing {
-    lines: Vec<Message>,
-    done: Done,
-}
-
-/// What the connection task shares with `send` (the renderer needs the real prefix and case mapping).
-#[derive(Debug, Clone)]
-struct View {
-    registered: bool,
-    nick: String,
-    own_source: Option<String>,
-    casemapping: CaseMapping,
-    isupport: crate::isupport::Isupport,
-}
-
-/// One relay-mode IRC connection.
+/// An IRC account: the bot connection plus, in per-user mode, the per-sender connections.
 pub struct IrcAccount {
     id: AccountId,
     config: Config,
     render: RenderConfig,
-    health: watch::Sender<Health>,
-    ctl: mpsc::UnboundedSender<Control>,
-    out: mpsc::Sender<Outgoing>,
-    view: Mutex<View>,
-    history: Mutex<History>,
-    next_out: AtomicU64,
+    user_render: RenderConfig,
+    bot: Conn,
+    history: Arc<Mutex<History>>,
+    next_out: Arc<AtomicU64>,
     tag: String,
+    per_user: Option<Arc<PerUser>>,
+}
+
+/// Per-user mode state.
+struct PerUser {
+    ctx: AccountContext,
+    settings: Settings,
+    identity: Identity,
+    pool: Mutex<Pool>,
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    ghosts: Ghosts,
     stop: watch::Sender<bool>,
 }
 
 impl IrcAccount {
-    /// Starts the account's connection task; returns at once.
+    /// Starts the account's connection task(s); returns at once.
     pub fn start(id: AccountId, config: Config, ctx: AccountContext) -> Result<Arc<dyn Account>, ConnectorError> {
-        let password = config.password.clone();
-        let sasl = match (&config.sasl_account, &config.sasl_password) {
-            (Some(account), Some(password)) => {
+        let bad = |reason: String| ConnectorError::Config { account: id.clone(), reason };
+        let sasl = match (&config.sasl_account, &config.sasl_password, config.sasl_external) {
+            (_, _, true) => Some(Sasl::External),
+            (Some(account), Some(password), false) => {
                 Some(Sasl::Plain { account: account.clone(), password: password.clone() })
             }
             _ => None,
         };
+        let user = config.username.clone().unwrap_or_else(|| config.nick.clone());
         let identity = Identity {
             nick: config.nick.clone(),
-            user: config.username.clone().unwrap_or_else(|| config.nick.clone()),
+            user: user.clone(),
             realname: config.realname.clone(),
-            password,
+            password: config.password.clone(),
             sasl,
+            alternatives: AltNicks::Underscores,
         };
-        let (health, _) = watch::channel(Health::Connecting);
-        let (ctl, ctl_rx) = mpsc::unbounded_channel();
-        let (out, out_rx) = mpsc::channel(1);
-        let (stop, _) = watch::channel(false);
+        let tls = if config.tls { Some(Tls::from_config(&config).map_err(bad)?) } else { None };
+        let settings = Settings {
+            label: id.to_string(),
+            server: config.server.clone(),
+            tls,
+            flood_burst: config.flood_burst,
+            flood_rate: config.flood_rate,
+            quit_message: "mimi-bridge shutting down".into(),
+        };
         let render = RenderConfig {
             max_lines: config.max_lines,
             edits: config.edits,
             reactions: config.reactions,
             anti_ping: config.anti_ping,
+            puppet: false,
         };
-        let view = View {
-            registered: false,
-            nick: config.nick.clone(),
-            own_source: None,
-            casemapping: CaseMapping::default(),
-            isupport: Default::default(),
-        };
-        let acc = Arc::new(Self {
-            id,
-            config,
-            render,
-            health,
-            ctl,
-            out,
-            view: Mutex::new(view),
-            history: Mutex::default(),
-            next_out: AtomicU64::new(1),
-            tag: format!("{:08x}", rand::random::<u32>()),
-            stop,
-        });
-        tokio::spawn(acc.clone().run(Session::new(identity), ctl_rx, out_rx, ctx.inbound));
-        Ok(acc)
-    }
-
-    fn view(&self) -> View {
-        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn set_view(&self, s: &Session) {
-        let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        v.registered = s.registered();
-        v.nick = s.nick.clone();
-        v.own_source = s.own_source.clone();
-        v.casemapping = s.isupport.casemapping;
-        v.isupport = s.isupport.clone();
-    }
-
-    async fn run(
-        self: Arc<Self>,
-        mut session: Session,
-        mut ctl: mpsc::UnboundedReceiver<Control>,
-        mut out: mpsc::Receiver<Outgoing>,
-        sink: InboundSink,
-    ) {
-        let mut stop = self.stop.subscribe();
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            if *stop.borrow() {
-                break;
-            }
-            self.health.send_replace(Health::Connecting);
-            session.reset();
-            let result = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.config.server)).await {
-                Ok(Ok(stream)) => self.connection(stream, &mut session, &mut ctl, &mut out, &sink, &mut stop).await,
-                Ok(Err(e)) => Err(format!("connect to {}: {e}", self.config.server)),
-                Err(_) => Err(format!("connect to {}: timed out", self.config.server)),
+        let user_render = RenderConfig { puppet: true, ..render.clone() };
+        let history = Arc::new(Mutex::new(History::default()));
+        let next_out = Arc::new(AtomicU64::new(1));
+        let tag = format!("{:08x}", rand::random::<u32>());
+        let ghosts: Ghosts = Arc::default();
+        let per_user = if config.connections == Connections::PerUser {
+            // Per-user connections do not present the bot's client certificate (it would identify them as the
+            // bot's services account) and do not log in.
+            let user_tls = if config.tls {
+                let plain = Config {
+                    tls_client_cert_file: None,
+                    tls_client_key_file: None,
+                    sasl_external: false,
+                    ..config.clone()
+                };
+                Some(Tls::from_config(&plain).map_err(bad)?)
+            } else {
+                None
             };
-            self.set_view(&Session::new(Identity {
-                nick: session.nick.clone(),
-                user: String::new(),
-                realname: String::new(),
-                password: None,
-                sasl: None,
-            }));
-            match result {
-                Ok(Outcome::Stopped) => break,
-                Ok(Outcome::BadCredentials(reason)) => {
-                    tracing::error!(account = %self.id, %reason, "IRC login refused; not retrying until reconfigured");
-                    self.health.send_replace(Health::BadCredentials { reason });
-                    return;
-                }
-                Ok(Outcome::Registered(reason)) => {
-                    backoff = BACKOFF_MIN;
-                    self.back_off(reason, backoff, &mut stop).await;
-                }
-                Err(reason) => self.back_off(reason, backoff, &mut stop).await,
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let (stop, _) = watch::channel(false);
+            Some(Arc::new(PerUser {
+                ctx: ctx.clone(),
+                settings: Settings { tls: user_tls, quit_message: "idle".into(), ..settings.clone() },
+                identity: Identity { sasl: None, user, ..identity.clone() },
+                pool: Mutex::new(Pool::new(config.max_user_connections, Duration::from_secs(config.user_idle_secs))),
+                conns: Mutex::default(),
+                ghosts: ghosts.clone(),
+                stop,
+            }))
+        } else {
+            None
+        };
+        let role = Arc::new(BotRole {
+            id: id.clone(),
+            history: history.clone(),
+            next_out: next_out.clone(),
+            tag: tag.clone(),
+            sink: ctx.inbound.clone(),
+            conv: Conventions {
+                reply_window: Duration::from_secs(config.reply_window_secs),
+                edit_window: Duration::from_secs(config.edit_window_secs),
+            },
+            ghosts,
+        });
+        let bot = Conn::spawn(settings, Session::new(identity), role);
+        if let Some(pu) = &per_user {
+            tokio::spawn(reaper(pu.clone()));
         }
-        self.health.send_replace(Health::Stopped);
+        Ok(Arc::new(Self { id, config, render, user_render, bot, history, next_out, tag, per_user }))
     }
 
-    async fn back_off(&self, reason: String, base: Duration, stop: &mut watch::Receiver<bool>) {
-        // ±25 % jitter so many bridges do not reconnect in lockstep.
-        let jitter = 0.75 + rand::random::<f64>() * 0.5;
-        let wait = base.mul_f64(jitter);
-        tracing::warn!(account = %self.id, %reason, retry_in = ?wait, "IRC connection lost");
-        self.health.send_replace(Health::BackingOff { retry_in: wait, reason });
+    fn ids(&self, n: usize) -> Vec<NativeId> {
+        (0..n).map(|_| NativeId(format!("{}-o{}", self.tag, self.next_out.fetch_add(1, Ordering::Relaxed)))).collect()
+    }
+
+    fn record(&self, view: &View, name: &str, event: &OutboundEvent, first: Option<&NativeId>) {
+        if let (OutboundKind::Message { draft, .. }, Some(first)) = (&event.kind, first) {
+            // So that `name: text` on IRC resolves to this message.
+            lock(&self.history).record(
+                view.isupport.casemapping,
+                &event.leg.room,
+                name,
+                first.clone(),
+                &draft.body,
+                Instant::now(),
+            );
+        }
+    }
+
+    /// Sends through the bot as `<name> text`.
+    async fn relay(&self, event: &OutboundEvent, view: &View) -> Result<Delivery, SendError> {
+        let budget = render::text_budget(&view.source(), &event.leg.room);
+        let lines = render::render(event, &self.render, budget)?;
+        if lines.is_empty() {
+            return Ok(Delivery::default());
+        }
+        let ids = self.ids(lines.len());
+        self.bot.send(lines).await?;
+        self.record(view, &event.sender.display_name, event, ids.first());
+        Ok(Delivery { native_ids: ids })
+    }
+
+    /// True if `event` is shown through its sender's own connection in per-user mode.
+    fn wants_own_connection(&self, event: &OutboundEvent) -> bool {
+        let from_here = event.sender.legacy.as_ref().is_some_and(|u| u.account == self.id);
+        !from_here
+            && matches!(
+                event.kind,
+                OutboundKind::Message { .. } | OutboundKind::Edit { .. } | OutboundKind::ReactionAdd { .. }
+            )
+    }
+
+    /// Sends through the sender's own connection; `None` means "relay it instead".
+    async fn send_as_user(
+        &self,
+        pu: &PerUser,
+        event: &OutboundEvent,
+        bot: &View,
+    ) -> Option<Result<Delivery, SendError>> {
+        let uri = event.sender.uri.as_str();
+        let route = lock(&pu.pool).begin(uri, Instant::now());
+        let existing = lock(&pu.conns).get(uri).cloned();
+        let conn = match (route, existing) {
+            (Route::Relay, _) => return None,
+            (Route::Existing, Some(c)) => c,
+            (_, _) => self.open_user_connection(pu, event, bot),
+        };
+        let r = self.deliver_as_user(&conn, event).await;
+        lock(&pu.pool).done(uri, Instant::now());
+        r
+    }
+
+    fn open_user_connection(&self, pu: &PerUser, event: &OutboundEvent, bot: &View) -> Arc<Conn> {
+        let uri = event.sender.uri.clone();
+        let display = &event.sender.display_name;
+        let mut conns = lock(&pu.conns);
+        let mut taken: Vec<String> = conns.values().map(|c| c.view().nick).collect();
+        taken.push(bot.nick.clone());
+        let taken_refs: Vec<&str> = taken.iter().map(String::as_str).collect();
+        let nicklen = bot.isupport.nicklen;
+        let suffix = &self.config.user_nick_suffix;
+        let (nick, first) = pool::derive_nick(display, suffix, nicklen, bot.isupport.casemapping, &taken_refs);
+        let realname: String =
+            format!("{display} via mimi-bridge").chars().filter(|c| !c.is_control()).take(100).collect();
+        let identity = Identity {
+            nick: nick.clone(),
+            realname,
+            alternatives: AltNicks::Numbered { display_name: display.clone(), suffix: suffix.clone(), first, nicklen },
+            ..pu.identity.clone()
+        };
+        let settings = Settings { label: format!("{}/{nick}", self.id), ..pu.settings.clone() };
+        let role = Arc::new(UserRole { ctx: pu.ctx.clone(), uri: uri.clone(), ghosts: pu.ghosts.clone() });
+        tracing::info!(account = %self.id, %nick, sender = %uri, "opening a per-user IRC connection");
+        let conn = Arc::new(Conn::spawn(settings, Session::new(identity), role));
+        conns.insert(uri, conn.clone());
+        conn
+    }
+
+    async fn deliver_as_user(&self, conn: &Conn, event: &OutboundEvent) -> Option<Result<Delivery, SendError>> {
+        let started = Instant::now();
+        let mut health = conn.health();
+        loop {
+            let state = match &*health.borrow_and_update() {
+                Health::Connected => ConnState::Ready,
+                Health::Connecting => ConnState::Connecting,
+                _ => ConnState::Down,
+            };
+            match pool::via(state, started.elapsed(), USER_CONNECT_WAIT) {
+                Via::Own => break,
+                Via::Bot => return None,
+                Via::Wait => {
+                    let left = USER_CONNECT_WAIT.saturating_sub(started.elapsed());
+                    let _ = tokio::time::timeout(left, health.changed()).await;
+                }
+            }
+        }
+        let room = &event.leg.room;
+        if !conn.join(room) || !conn.joined(room, USER_JOIN_WAIT).await {
+            tracing::warn!(account = %self.id, %room, "per-user connection could not join; relaying instead");
+            return None;
+        }
+        let view = conn.view();
+        let budget = render::text_budget(&view.source(), room);
+        let lines = match render::render(event, &self.user_render, budget) {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        if lines.is_empty() {
+            return Some(Ok(Delivery::default()));
+        }
+        let ids = self.ids(lines.len());
+        if let Err(e) = conn.send(lines).await {
+            return Some(Err(e));
+        }
+        self.record(&view, &view.nick, event, ids.first());
+        Some(Ok(Delivery { native_ids: ids }))
+    }
+}
+
+/// Closes per-user connections that have been idle for `user_idle_secs`.
+async fn reaper(pu: Arc<PerUser>) {
+    let mut stop = pu.stop.subscribe();
+    loop {
+        let next = lock(&pu.pool).next_reap();
+        // New connections are never due before existing ones; an empty pool is looked at again after a second.
+        let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = stop.changed() => return,
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn connection(
-        &self,
-        stream: TcpStream,
-        session: &mut Session,
-        ctl: &mut mpsc::UnboundedReceiver<Control>,
-        out: &mut mpsc::Receiver<Outgoing>,
-        sink: &InboundSink,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<Outcome, String> {
-        let (r, mut w) = stream.into_split();
-        let mut reader = BufReader::with_capacity(16 * 1024, r);
-        for m in session.start() {
-            write(&mut w, &m).await?;
-        }
-        let mut bucket = Bucket::new(self.config.flood_burst, self.config.flood_rate, Instant::now());
-        let mut queue: VecDeque<(Message, Option<Done>)> = VecDeque::new();
-        let mut ever_registered = false;
-        let conv = Conventions {
-            reply_window: Duration::from_secs(self.config.reply_window_secs),
-            edit_window: Duration::from_secs(self.config.edit_window_secs),
-        };
-        let result = loop {
-            let ready = bucket.ready_at(Instant::now());
-            tokio::select! {
-                line = read_line(&mut reader) => {
-                    let line = match line {
-                        Ok(Some(l)) => l,
-                        Ok(None) => break Err("the server closed the connection".to_owned()),
-                        Err(e) => break Err(e),
-                    };
-                    let msg = match Message::parse(&line) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(account = %self.id, error = %e, "malformed IRC line dropped");
-                            continue;
-                        }
-                    };
-                    for action in session.handle(msg) {
-                        match action {
-                            Action::Send(m) => write(&mut w, &m).await?,
-                            Action::Registered => {
-                                ever_registered = true;
-                                self.set_view(session);
-                                tracing::info!(account = %self.id, nick = %session.nick, "IRC registered");
-                                self.health.send_replace(Health::Connected);
-                            }
-                            Action::Joined(c) => {
-                                self.set_view(session);
-                                tracing::info!(account = %self.id, channel = %c, "joined");
-                            }
-                            Action::Left(c) => tracing::warn!(account = %self.id, channel = %c, "removed from channel"),
-                            Action::Privmsg { msg, target, text, notice } => {
-                                self.inbound(session, &conv, msg, &target, &text, notice, sink).await;
-                            }
-                            Action::BadCredentials(reason) => return Ok(Outcome::BadCredentials(reason)),
-                            Action::Closing(reason) => tracing::warn!(account = %self.id, %reason, "server closing link"),
-                        }
-                    }
-                }
-                c = ctl.recv() => {
-                    let msgs = match c {
-                        Some(Control::Join(ch)) => session.join(&ch),
-                        Some(Control::Part(ch)) => session.part(&ch),
-                        None => return Ok(Outcome::Stopped),
-                    };
-                    for m in msgs {
-                        write(&mut w, &m).await?;
-                    }
-                }
-                o = out.recv(), if queue.is_empty() && session.registered() => {
-                    let Some(o) = o else { return Ok(Outcome::Stopped) };
-                    let n = o.lines.len();
-                    let mut done = Some(o.done);
-                    for (i, l) in o.lines.into_iter().enumerate() {
-                        queue.push_back((l, if i + 1 == n { done.take() } else { None }));
-                    }
-                    if let Some(d) = done {
-                        let _ = d.send(Ok(()));
-                    }
-                }
-                _ = tokio::time::sleep_until(ready.into()), if !queue.is_empty() => {
-                    if bucket.try_take(Instant::now())
-                        && let Some((m, done)) = queue.pop_front()
-                    {
-                        write(&mut w, &m).await?;
-                        if let Some(d) = done {
-                            let _ = d.send(Ok(()));
-                        }
-                    }
-                }
-                _ = stop.changed() => {
-                    let _ = write(&mut w, &Message::new("QUIT", &["mimi-bridge shutting down"])).await;
-                    let _ = w.shutdown().await;
-                    return Ok(Outcome::Stopped);
-                }
-            }
-        };
-        // Lines not written yet: their senders get an error and the core retries them after reconnecting.
-        for (_, done) in queue {
-            if let Some(d) = done {
-                let _ = d.send(Err("connection lost".into()));
+        // The pool stays locked while the connections go, so a message starting now opens a fresh connection
+        // rather than picking one that is quitting.
+        let mut pool = lock(&pu.pool);
+        for uri in pool.reap(Instant::now()) {
+            if let Some(c) = lock(&pu.conns).remove(&uri) {
+                let nick = c.view().nick;
+                tracing::info!(%nick, sender = %uri, "per-user IRC connection idle: quitting");
+                lock(&pu.ghosts).remove(&nick);
+                c.quit("idle");
             }
         }
-        match result {
-            Err(e) if ever_registered => Ok(Outcome::Registered(e)),
-            other => other,
-        }
+        drop(pool);
+    }
+}
+
+/// The bot connection's role: channel lines become inbound events.
+struct BotRole {
+    id: AccountId,
+    history: Arc<Mutex<History>>,
+    next_out: Arc<AtomicU64>,
+    tag: String,
+    sink: InboundSink,
+    conv: Conventions,
+    ghosts: Ghosts,
+}
+
+#[async_trait]
+impl Role for BotRole {
+    async fn registered(&self, _nick: &str) -> Result<(), String> {
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn inbound(
-        &self,
-        session: &Session,
-        conv: &Conventions,
-        msg: Message,
-        target: &str,
-        text: &str,
-        notice: bool,
-        sink: &InboundSink,
-    ) {
+    async fn privmsg(&self, session: &Session, msg: Message, target: &str, text: &str, notice: bool) {
         let Some(nick) = msg.source_nick() else { return };
         if !session.isupport.is_channel(target) {
-            return; // private messages are not bridged in relay mode
+            return; // private messages are not bridged
         }
-        let from_bridge = session.is_me(nick);
-        if from_bridge {
-            return; // our own line, echoed back (echo-message)
+        let cm = session.isupport.casemapping;
+        if session.is_me(nick) || lock(&self.ghosts).iter().any(|g| cm.eq(g, nick)) {
+            return; // our own line (echo-message) or one of our per-user connections
         }
         let native = match msg.tag("msgid") {
             Some(id) => NativeId(id.to_owned()),
             None => NativeId(format!("{}-i{}", self.tag, self.next_out.fetch_add(1, Ordering::Relaxed))),
         };
-        let line = Line { account: &self.id, channel: target, nick, native_id: native, text, notice, from_bridge };
-        let ev = {
-            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-            inbound::translate(line, &mut h, conv, session.isupport.casemapping, Instant::now())
-        };
+        let line =
+            Line { account: &self.id, channel: target, nick, native_id: native, text, notice, from_bridge: false };
+        let ev = inbound::translate(line, &mut lock(&self.history), &self.conv, cm, Instant::now());
         let Some(ev) = ev else { return };
-        match sink.enqueue(ev).await {
+        match self.sink.enqueue(ev).await {
             Ok(ack) => {
                 let account = self.id.clone();
                 tokio::spawn(async move {
@@ -341,54 +348,24 @@ impl IrcAccount {
     }
 }
 
-enum Outcome {
-    Stopped,
-    BadCredentials(String),
-    /// The connection ended after registering (reset the backoff).
-    Registered(String),
+/// A per-user connection's role: register its nick as a ghost before it joins anything; read nothing.
+struct UserRole {
+    ctx: AccountContext,
+    uri: String,
+    ghosts: Ghosts,
 }
 
-async fn write(w: &mut OwnedWriteHalf, m: &Message) -> Result<(), String> {
-    let mut line = m.to_line();
-    line.push_str("\r\n");
-    w.write_all(line.as_bytes()).await.map_err(|e| format!("write: {e}"))
-}
+#[async_trait]
+impl Role for UserRole {
+    async fn registered(&self, nick: &str) -> Result<(), String> {
+        // Durable before the connection says anything, so its lines are never bridged back.
+        self.ctx.register_ghost(nick, &self.uri).await.map_err(|e| format!("registering ghost {nick}: {e}"))?;
+        lock(&self.ghosts).insert(nick.to_owned());
+        Ok(())
+    }
 
-/// Reads one line, bounded to the IRCv3 maximum (tags + 512); a longer line is consumed and skipped, so a
-/// server sending garbage cannot exhaust memory.
-async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<Option<String>, String> {
-    let max = MAX_TAGS + MAX_LINE;
-    let mut buf = Vec::new();
-    let mut overlong = false;
-    loop {
-        let chunk = r.fill_buf().await.map_err(|e| format!("read: {e}"))?;
-        if chunk.is_empty() {
-            return Ok(None);
-        }
-        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        if !overlong {
-            buf.extend_from_slice(&chunk[..take]);
-            if buf.len() > max {
-                overlong = true;
-                buf.clear();
-            }
-        }
-        r.consume(take);
-        if done {
-            if overlong {
-                tracing::warn!("IRC line longer than {max} bytes skipped");
-                overlong = false;
-                continue;
-            }
-            while matches!(buf.last(), Some(b'\n' | b'\r')) {
-                buf.pop();
-            }
-            // IRC has no declared encoding; invalid UTF-8 is replaced rather than dropped.
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
-        }
+    async fn privmsg(&self, _: &Session, _: Message, _: &str, _: &str, _: bool) {
+        // The bot reads the channels; private messages to a per-user nick are not bridged.
     }
 }
 
@@ -403,71 +380,57 @@ impl Account for IrcAccount {
     }
 
     async fn join(&self, room: &str) -> Result<(), ConnectorError> {
-        if !valid_channel(room, &self.view().isupport) {
+        if !valid_channel(room, &self.bot.view().isupport) {
             return Err(ConnectorError::Room {
                 account: self.id.clone(),
                 room: room.to_owned(),
                 reason: "not a valid IRC channel name".into(),
             });
         }
-        self.ctl.send(Control::Join(room.to_owned())).map_err(|_| ConnectorError::Other {
-            account: self.id.clone(),
-            reason: "the connection task has stopped".into(),
-        })
+        if !self.bot.join(room) {
+            return Err(ConnectorError::Other {
+                account: self.id.clone(),
+                reason: "the connection task has stopped".into(),
+            });
+        }
+        Ok(())
     }
 
     async fn leave(&self, room: &str) -> Result<(), ConnectorError> {
-        let _ = self.ctl.send(Control::Part(room.to_owned()));
+        self.bot.part(room);
+        if let Some(pu) = &self.per_user {
+            for c in lock(&pu.conns).values() {
+                c.part(room);
+            }
+        }
         Ok(())
     }
 
     async fn send(&self, event: &OutboundEvent) -> Result<Delivery, SendError> {
-        let view = self.view();
+        let view = self.bot.view();
         if !view.registered {
             return Err(SendError::Retry("not connected to IRC".into()));
         }
-        let source =
-            view.own_source.clone().unwrap_or_else(|| format!("{}!{}@{}", view.nick, "x".repeat(10), "h".repeat(63)));
-        let budget = render::text_budget(&source, &event.leg.room);
-        let lines = render::render(event, &self.render, budget)?;
-        if lines.is_empty() {
-            return Ok(Delivery::default());
+        if let Some(pu) = &self.per_user
+            && self.wants_own_connection(event)
+            && let Some(result) = self.send_as_user(pu, event, &view).await
+        {
+            return result;
         }
-        let ids: Vec<NativeId> = lines
-            .iter()
-            .map(|_| NativeId(format!("{}-o{}", self.tag, self.next_out.fetch_add(1, Ordering::Relaxed))))
-            .collect();
-        let (done, wait) = oneshot::channel();
-        self.out
-            .send(Outgoing { lines, done })
-            .await
-            .map_err(|_| SendError::Retry("connection task stopped".into()))?;
-        match tokio::time::timeout(SEND_TIMEOUT, wait).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(SendError::Retry(e)),
-            Ok(Err(_)) => return Err(SendError::Retry("connection lost".into())),
-            Err(_) => return Err(SendError::Retry("timed out waiting for the flood queue".into())),
-        }
-        if let (OutboundKind::Message { draft, .. }, Some(first)) = (&event.kind, ids.first()) {
-            // So that `name: text` on IRC resolves to this message.
-            let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-            h.record(
-                view.casemapping,
-                &event.leg.room,
-                &event.sender.display_name,
-                first.clone(),
-                &draft.body,
-                Instant::now(),
-            );
-        }
-        Ok(Delivery { native_ids: ids })
+        self.relay(event, &view).await
     }
 
     fn health(&self) -> watch::Receiver<Health> {
-        self.health.subscribe()
+        self.bot.health()
     }
 
     async fn shutdown(&self) {
-        let _ = self.stop.send(true);
+        if let Some(pu) = &self.per_user {
+            let _ = pu.stop.send(true);
+            for (_, c) in lock(&pu.conns).drain() {
+                c.quit("mimi-bridge shutting down");
+            }
+        }
+        self.bot.quit("mimi-bridge shutting down");
     }
 }

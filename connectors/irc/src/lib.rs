@@ -1,29 +1,35 @@
 //! # connector-irc
 //!
-//! The IRC connector: relay mode (one bot connection per account, messages shown as `<name> text`), IRCv3 CAP
-//! negotiation, SASL PLAIN/EXTERNAL, ISUPPORT-aware nick and channel handling, flood control, reconnect with
-//! jittered backoff. Laid out like every connector ([`docs/connector-guide.md`]):
+//! The IRC connector: relay mode (one bot connection per account, messages shown as `<name> text`) and per-user
+//! mode (one IRC connection per active non-IRC sender, see [`pool`]), TLS with rustls ([`tls`]), IRCv3 CAP
+//! negotiation, SASL PLAIN/EXTERNAL, ISUPPORT-aware nick and channel handling, flood control per connection,
+//! reconnect with jittered backoff per connection. Laid out like every connector ([`docs/connector-guide.md`]):
 //!
 //! * sans IO: [`message`] (wire format), [`session`] (registration/CAP/SASL state machine), [`isupport`],
 //!   [`format`] (IRC codes ⇄ markdown), [`render`] (outbound rendering and splitting), [`inbound`] (inbound
-//!   translation with the reply/edit conventions), [`flood`] (token bucket);
-//! * IO shell: [`account`].
+//!   translation with the reply/edit conventions), [`flood`] (token bucket), [`pool`] (per-user nicks and
+//!   connection decisions);
+//! * IO shell: [`account`] (the account: bot + per-user pool), `conn` (one connection), [`tls`].
 //!
 //! [`docs/connector-guide.md`]: https://example.invalid/docs/connector-guide.md
 
 pub mod account;
+mod conn;
 pub mod flood;
 pub mod format;
 pub mod inbound;
 pub mod isupport;
 pub mod message;
+pub mod pool;
 pub mod render;
 pub mod session;
+pub mod tls;
 
 use async_trait::async_trait;
 use bridge_core::capability::{Capabilities, Feature, Grade, Limits};
 use bridge_core::{Account, AccountContext, AccountId, Connector, ConnectorError};
 use serde::Deserialize;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How an account reaches IRC.
@@ -33,7 +39,8 @@ pub enum Connections {
     /// One bot connection; other networks' users are shown as `<name> text`.
     #[default]
     Relay,
-    /// One connection per active non-IRC user (not built yet: refused by `validate`).
+    /// One connection per active non-IRC user (up to `max_user_connections`), reaped when idle; the bot still
+    /// reads the channels and relays for senders beyond the cap.
     PerUser,
 }
 
@@ -43,9 +50,18 @@ pub enum Connections {
 pub struct Config {
     /// `host:port`.
     pub server: String,
-    /// TLS (not built yet: refused by `validate`).
+    /// Connect with TLS (rustls; the server's certificate and name are verified).
     #[serde(default)]
     pub tls: bool,
+    /// PEM file of the CA certificates to trust instead of the system store (for a private CA). Needs `tls`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of the TLS client certificate chain (CertFP / SASL EXTERNAL). Needs `tls` and `tls_client_key_file`.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM file of the TLS client certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_client_key_file: Option<PathBuf>,
+    /// Log in with SASL EXTERNAL (the client certificate) instead of PLAIN.
+    #[serde(default)]
+    pub sasl_external: bool,
     /// The bridge's nick.
     pub nick: String,
     /// Username (ident); defaults to the nick.
@@ -63,6 +79,15 @@ pub struct Config {
     /// Relay or per-user connections.
     #[serde(default)]
     pub connections: Connections,
+    /// Per-user mode: most connections besides the bot's; senders beyond it are relayed through the bot.
+    #[serde(default = "default_max_user_connections")]
+    pub max_user_connections: usize,
+    /// Per-user mode: a user's connection quits after this many seconds without a message from them.
+    #[serde(default = "default_user_idle")]
+    pub user_idle_secs: u64,
+    /// Per-user mode: appended to the nicks derived from display names (marks them as bridged; "" for none).
+    #[serde(default = "default_user_nick_suffix")]
+    pub user_nick_suffix: String,
     /// Most lines one bridged message may take before it is shortened.
     #[serde(default = "default_max_lines")]
     pub max_lines: usize,
@@ -89,6 +114,15 @@ pub struct Config {
     pub flood_rate: f64,
 }
 
+fn default_max_user_connections() -> usize {
+    50
+}
+fn default_user_idle() -> u64 {
+    6 * 3600
+}
+fn default_user_nick_suffix() -> String {
+    "[m]".into()
+}
 fn default_realname() -> String {
     "mimi-bridge".into()
 }
@@ -117,6 +151,10 @@ impl Config {
         Self {
             server: server.into(),
             tls: false,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            sasl_external: false,
             nick: nick.into(),
             username: None,
             realname: default_realname(),
@@ -124,6 +162,9 @@ impl Config {
             sasl_account: None,
             sasl_password: None,
             connections: Connections::Relay,
+            max_user_connections: default_max_user_connections(),
+            user_idle_secs: default_user_idle(),
+            user_nick_suffix: default_user_nick_suffix(),
             max_lines: default_max_lines(),
             edits: render::EditMode::Diff,
             reactions: false,
@@ -183,14 +224,35 @@ impl Connector for IrcConnector {
         if !c.server.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
             return bad(format!("server {:?} must be HOST:PORT", c.server));
         }
-        if c.tls {
-            return bad("TLS is not built into this connector yet; use a local TLS tunnel or tls = false".into());
+        let tls_files = c.tls_ca_file.is_some() || c.tls_client_cert_file.is_some() || c.tls_client_key_file.is_some();
+        if tls_files && !c.tls {
+            return bad("tls_ca_file and tls_client_*_file need tls = true".into());
         }
-        if c.connections == Connections::PerUser {
-            return bad("connections = \"per-user\" is not built yet; use \"relay\"".into());
+        if c.tls
+            && let Err(e) = tls::Tls::from_config(c)
+        {
+            return bad(e);
         }
         if c.sasl_account.is_some() != c.sasl_password.is_some() {
             return bad("sasl_account and sasl_password (or sasl_password_file) go together".into());
+        }
+        if c.sasl_external && (c.sasl_account.is_some() || c.tls_client_cert_file.is_none()) {
+            return bad("sasl_external needs tls_client_cert_file and tls_client_key_file, and no sasl_account".into());
+        }
+        if c.connections == Connections::PerUser {
+            if c.max_user_connections == 0 || c.user_idle_secs == 0 {
+                return bad(
+                    "max_user_connections and user_idle_secs must be positive (or use connections = \"relay\")".into(),
+                );
+            }
+            let suffix_ok = c.user_nick_suffix.len() <= 10
+                && c.user_nick_suffix.chars().all(|ch| ch.is_ascii_alphanumeric() || "[]\\`_^{|}-".contains(ch));
+            if !suffix_ok {
+                return bad(format!(
+                    "user_nick_suffix {:?}: up to 10 of A-Z a-z 0-9 [ ] \\ ` _ ^ {{ | }} -",
+                    c.user_nick_suffix
+                ));
+            }
         }
         if c.max_lines == 0 || c.flood_burst == 0 || c.flood_rate.is_nan() || c.flood_rate <= 0.0 {
             return bad("max_lines, flood_burst and flood_rate must be positive".into());

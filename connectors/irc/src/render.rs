@@ -11,6 +11,8 @@
 //!   resends the text marked `(edit)`; `resend` always resends; `suppress` sends nothing.
 //! * **Reactions**, only with `reactions = true`: `* name reacted 👍 to nick: “excerpt”`. Otherwise refused.
 //! * **Deletes** are refused: IRC cannot delete.
+//! * **Per-user connections** (`puppet`): the sender's own nick says who speaks, so there is no `<name>` prefix;
+//!   emotes and reactions are CTCP ACTIONs (`/me`), everything else as above.
 //! * No CR, LF or NUL from the event ever reaches a line: text is split on them and other control characters
 //!   (except IRC formatting codes produced by [`crate::format`]) are removed.
 
@@ -44,11 +46,13 @@ pub struct RenderConfig {
     pub reactions: bool,
     /// Insert a zero-width space into relayed names.
     pub anti_ping: bool,
+    /// Sent through the sender's own connection: no name prefix, emotes as CTCP ACTION.
+    pub puppet: bool,
 }
 
 impl Default for RenderConfig {
     fn default() -> Self {
-        Self { max_lines: 5, edits: EditMode::Diff, reactions: false, anti_ping: true }
+        Self { max_lines: 5, edits: EditMode::Diff, reactions: false, anti_ping: true, puppet: false }
     }
 }
 
@@ -144,12 +148,14 @@ pub fn render(ev: &OutboundEvent, cfg: &RenderConfig, budget: usize) -> Result<V
             return Err(SendError::Rejected(format!("relay mode does not show {}", ev.kind.name())));
         }
     };
-    let prefix = match style {
-        MessageStyle::Emote => format!("* {name} "),
-        _ => format!("<{name}> "),
+    let (prefix, suffix) = match (style, cfg.puppet) {
+        (MessageStyle::Emote, false) => (format!("* {name} "), ""),
+        (_, false) => (format!("<{name}> "), ""),
+        (MessageStyle::Emote, true) => ("\x01ACTION ".to_owned(), "\x01"),
+        (_, true) => (String::new(), ""),
     };
     let command = if style == MessageStyle::Notice { "NOTICE" } else { "PRIVMSG" };
-    let room = budget.saturating_sub(prefix.len()).max(16);
+    let room = budget.saturating_sub(prefix.len() + suffix.len()).max(16);
     let mut lines: Vec<String> = Vec::new();
     for (i, raw) in text.split(['\n', '\r']).map(clean_line).filter(|l| !l.trim().is_empty()).enumerate() {
         let l = if i == 0 { format!("{lead}{raw}") } else { raw };
@@ -164,7 +170,7 @@ pub fn render(ev: &OutboundEvent, cfg: &RenderConfig, budget: usize) -> Result<V
         lines.truncate(max - 1);
         lines.push(format!("… ({more} more lines)"));
     }
-    Ok(lines.into_iter().map(|l| Message::new(command, &[target, &format!("{prefix}{l}")])).collect())
+    Ok(lines.into_iter().map(|l| Message::new(command, &[target, &format!("{prefix}{l}{suffix}")])).collect())
 }
 
 /// `s/old/new/` for a small, unambiguous change of `old` into `new`; `None` when a resend is clearer.
@@ -315,6 +321,28 @@ mod tests {
             texts(&render(&msg(d), &RenderConfig::default(), 400).expect("ok")),
             [format!("<{ZW}> \x02hi\x02 there"), format!("<{ZW}> f.png: https://x/f.png")]
         );
+    }
+
+    #[test]
+    fn per_user_connections_speak_as_themselves() {
+        let cfg = RenderConfig { puppet: true, reactions: true, ..Default::default() };
+        assert_eq!(texts(&render(&msg(MessageDraft::plain("hi")), &cfg, 400).expect("ok")), ["hi"]);
+        let mut d = MessageDraft::plain("waves");
+        d.style = MessageStyle::Emote;
+        assert_eq!(texts(&render(&msg(d), &cfg, 400).expect("ok")), ["\x01ACTION waves\x01"]);
+        // Hostile text cannot start a CTCP or a new command.
+        let d = MessageDraft::plain("\x01VERSION\x01\r\nQUIT :x");
+        assert_eq!(texts(&render(&msg(d), &cfg, 400).expect("ok")), ["VERSION", "QUIT :x"]);
+        let parent =
+            ParentRef { native_id: None, message_id: mid(), sender_name: "bob".into(), excerpt: "the fox".into() };
+        let react = ev(OutboundKind::ReactionAdd { target: parent, key: "👍".into(), set_after: vec![] });
+        assert_eq!(texts(&render(&react, &cfg, 400).expect("ok")), ["\x01ACTION reacted 👍 to bob: “the fox”\x01"]);
+        // Long emotes keep every piece inside the budget, ACTION wrapper included.
+        let mut d = MessageDraft::plain("word ".repeat(100));
+        d.style = MessageStyle::Emote;
+        for l in render(&msg(d), &RenderConfig { max_lines: 50, ..cfg }, 100).expect("ok") {
+            assert!(l.params[1].len() <= 100 && l.params[1].ends_with('\x01'), "{:?}", l.params[1]);
+        }
     }
 
     #[test]

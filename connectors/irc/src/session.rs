@@ -48,6 +48,27 @@ pub struct Identity {
     pub password: Option<String>,
     /// SASL, if any.
     pub sasl: Option<Sasl>,
+    /// How to pick another nick when the server refuses one during registration.
+    pub alternatives: AltNicks,
+}
+
+/// How a connection picks another nick when the server says it is taken (433) or invalid (432).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AltNicks {
+    /// Append underscores (`bridge_`, `bridge__`…): the bot.
+    #[default]
+    Underscores,
+    /// Numbered candidates from [`crate::pool::nick_candidate`]: a per-user connection.
+    Numbered {
+        /// The display name the nick is derived from.
+        display_name: String,
+        /// The configured suffix.
+        suffix: String,
+        /// The attempt number of the wanted nick (the next one is tried first).
+        first: usize,
+        /// NICKLEN as the bot saw it (005 arrives only after registration).
+        nicklen: usize,
+    },
 }
 
 /// What the IO shell must do.
@@ -249,6 +270,9 @@ impl Session {
     }
 
     fn alternative_nick(&self) -> String {
+        if let AltNicks::Numbered { display_name, suffix, first, nicklen } = &self.id.alternatives {
+            return crate::pool::nick_candidate(display_name, suffix, first + self.nick_attempt, *nicklen);
+        }
         let max = self.isupport.nicklen.max(2);
         let base: String = self.id.nick.chars().take(max.saturating_sub(self.nick_attempt.min(max - 1))).collect();
         let n = format!("{base}{}", "_".repeat(self.nick_attempt.min(max - 1)));
@@ -342,7 +366,14 @@ mod tests {
     use super::*;
 
     fn id(sasl: Option<Sasl>) -> Identity {
-        Identity { nick: "bridge".into(), user: "mimi".into(), realname: "mimi-bridge".into(), password: None, sasl }
+        Identity {
+            nick: "bridge".into(),
+            user: "mimi".into(),
+            realname: "mimi-bridge".into(),
+            password: None,
+            sasl,
+            alternatives: AltNicks::Underscores,
+        }
     }
 
     fn feed(s: &mut Session, lines: &[&str]) -> Vec<Action> {
@@ -429,6 +460,41 @@ mod tests {
         assert_eq!(sent(&a), ["JOIN #a"], "rejoins after a kick");
         let a = feed(&mut s, &[":al!u@h PRIVMSG #a :hi there"]);
         assert!(matches!(&a[0], Action::Privmsg { text, notice: false, .. } if text == "hi there"));
+    }
+
+    /// SASL EXTERNAL (the TLS client certificate authenticates): the payload is the empty response `+`.
+    #[test]
+    fn sasl_external_transcript() {
+        let mut s = Session::new(id(Some(Sasl::External)));
+        s.start();
+        let a = feed(&mut s, &[":x CAP * LS :sasl=EXTERNAL message-tags"]);
+        assert_eq!(sent(&a), ["CAP REQ :message-tags sasl"]);
+        assert_eq!(sent(&feed(&mut s, &[":x CAP * ACK :message-tags sasl"])), ["AUTHENTICATE EXTERNAL"]);
+        assert_eq!(sent(&feed(&mut s, &["AUTHENTICATE +"])), ["AUTHENTICATE +"]);
+        assert_eq!(sent(&feed(&mut s, &[":x 903 bridge :SASL authentication successful"])), ["CAP END"]);
+        // And with a server that offers no SASL at all, EXTERNAL is a configuration problem, not a retry.
+        let mut s = Session::new(id(Some(Sasl::External)));
+        s.start();
+        feed(&mut s, &[":x CAP * LS :multi-prefix"]);
+        let a = feed(&mut s, &[":x CAP * ACK :multi-prefix"]);
+        assert!(a.iter().any(|a| matches!(a, Action::BadCredentials(_))));
+    }
+
+    #[test]
+    fn per_user_connections_pick_numbered_nicks() {
+        let mut s = Session::new(Identity {
+            nick: "alice[m]".into(),
+            alternatives: AltNicks::Numbered {
+                display_name: "alice".into(),
+                suffix: "[m]".into(),
+                first: 0,
+                nicklen: 31,
+            },
+            ..id(None)
+        });
+        s.start();
+        assert_eq!(sent(&feed(&mut s, &[":x 433 * alice[m] :in use"])), ["NICK alice2[m]"]);
+        assert_eq!(sent(&feed(&mut s, &[":x 433 * alice2[m] :in use"])), ["NICK alice3[m]"]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The IRC connector against a real ngIRCd (started by `tests/harness` on a free port): the conformance kit, a
-//! 500-message burst, and a server restart mid-stream.
+//! The IRC connector against a real ngIRCd (started by `tests/harness` on a free port): the conformance kit in
+//! relay and per-user mode, a 500-message burst, a server restart mid-stream, per-user connections (distinct
+//! nicks, no echo, collisions, idle reaping, the cap), and TLS (ngIRCd's GnuTLS port with a CA and certificates
+//! made by rcgen in the test: verification, hostname mismatch, unknown CA, a client certificate).
 
 use async_trait::async_trait;
 use bridge_core::capability::Feature;
@@ -13,8 +15,8 @@ use bridge_core::testkit::{self, Harness, KitOptions, NativeAction, Observed, Te
 use bridge_core::{Account, AccountContext, AccountId, Connector, Health, LegId, PortalId};
 use connector_irc::message::Message;
 use connector_irc::render::{RenderConfig, render};
-use connector_irc::{Config, IrcConnector};
-use harness::Ngircd;
+use connector_irc::{Config, Connections, IrcConnector};
+use harness::{Ngircd, NgircdOptions, NgircdTls};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -59,7 +61,8 @@ impl Client {
             }
         });
         let _ = tx.send(format!("NICK {nick}"));
-        let _ = tx.send(format!("USER {nick} 0 * :{nick}"));
+        // The user name is fixed: ngIRCd refuses some nick characters (`[`, `]`) in user names.
+        let _ = tx.send(format!("USER test 0 * :{nick}"));
         let _ = tx.send(format!("JOIN {channel}"));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
@@ -80,6 +83,7 @@ impl Client {
 struct IrcHarness {
     server: Ngircd,
     user: Option<Mutex<Client>>,
+    per_user: bool,
 }
 
 #[async_trait]
@@ -89,7 +93,10 @@ impl Harness for IrcHarness {
     }
 
     async fn start_account(&mut self, ctx: AccountContext) -> Result<Arc<dyn Account>, String> {
-        let cfg = Config::new(self.server.addr(), BRIDGE);
+        let mut cfg = Config::new(self.server.addr(), BRIDGE);
+        if self.per_user {
+            cfg.connections = Connections::PerUser;
+        }
         IrcConnector.start(self.account_id(), cfg, ctx).await.map_err(|e| e.to_string())
     }
 
@@ -153,7 +160,8 @@ impl Harness for IrcHarness {
 
     fn degraded_contains(&self, feature: Feature, event: &OutboundEvent) -> Option<String> {
         // The documented fallback is exactly what the connector's renderer produces.
-        let lines = render(event, &RenderConfig::default(), 400).ok()?;
+        let cfg = RenderConfig { puppet: self.per_user, ..RenderConfig::default() };
+        let lines = render(event, &cfg, 400).ok()?;
         let first = lines.first()?.param(1)?.to_owned();
         match feature {
             Feature::Replies | Feature::Edits => Some(first),
@@ -165,11 +173,30 @@ impl Harness for IrcHarness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn irc_passes_the_conformance_kit_against_ngircd() {
     let server = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
-    let mut h = IrcHarness { server, user: None };
+    let mut h = IrcHarness { server, user: None, per_user: false };
     let report = testkit::run(&mut h, KitOptions::default()).await;
     println!("{report}");
     report.assert_passed();
     assert_eq!(report.checks.len(), 12);
+}
+
+/// The same kit with `connections = "per-user"`: the other side's user speaks through their own connection
+/// (`kitbob[m]`), and nothing it says comes back (the `echo` check), across a server restart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irc_per_user_mode_passes_the_conformance_kit_against_ngircd() {
+    let server = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
+    let mut h = IrcHarness { server, user: None, per_user: true };
+    let report = testkit::run(&mut h, KitOptions::default()).await;
+    println!("{report}");
+    report.assert_passed();
+    assert_eq!(report.checks.len(), 12);
+    let skipped: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|(_, r)| matches!(r, testkit::CheckResult::Skipped(_)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(skipped.iter().all(|n| *n == "dedup"), "only dedup (IRC never redelivers) may be skipped: {skipped:?}");
 }
 
 /// Router + store + loopback leg + the IRC account in one portal.
@@ -228,7 +255,7 @@ async fn a_burst_of_500_arrives_complete_and_in_order_without_a_flood_kill() {
     // Stock ngIRCd flood control; the connector paces itself (burst 5, then 2 lines/s by default). To keep the
     // test short the account is configured at 20 lines/s and ngIRCd's penalty delays are off
     // (`MaxPenaltyTime = 0`, see peers.md); the 3-commands-per-read cap stays.
-    let server = Ngircd::start_with(harness::NgircdOptions { no_penalty: true }).expect("ngircd");
+    let server = Ngircd::start_with(NgircdOptions { no_penalty: true, ..Default::default() }).expect("ngircd");
     let s = slice(&server, |c| {
         c.flood_burst = 10;
         c.flood_rate = 20.0;
@@ -290,5 +317,323 @@ async fn ngircd_restart_mid_stream_loses_nothing() {
     let st = s.router.status().await;
     let failed: u64 = st.iter().flat_map(|p| &p.legs).map(|l| l.failed).sum();
     assert_eq!(failed, 0, "nothing given up: {st:?}");
+    s.router.shutdown().await;
+}
+
+/// Channel PRIVMSGs and QUIT/JOINs the client saw, as `(nick, command, text)`, until `done` says so or time runs out.
+async fn watch(
+    c: &mut Client,
+    timeout: Duration,
+    mut done: impl FnMut(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done(&got) {
+        match tokio::time::timeout_at(deadline, c.lines.recv()).await {
+            Ok(Some(m)) if matches!(m.command.as_str(), "PRIVMSG" | "QUIT" | "JOIN" | "NICK") => {
+                let text = m.params.last().cloned().unwrap_or_default();
+                got.push((m.source_nick().unwrap_or_default().to_owned(), m.command.clone(), text));
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    got
+}
+
+async fn lb_say(s: &Slice, nick: &str, id: &str, text: &str) {
+    let kind = InboundKind::Message { draft: MessageDraft::plain(text), reply_to: None };
+    s.lb.say_with_id("#lb", nick, id, kind).await.expect("accepted");
+}
+
+fn per_user(c: &mut Config) {
+    c.connections = Connections::PerUser;
+    c.flood_rate = 10.0;
+}
+
+fn bridged_back(s: &Slice, needle: &str) -> Vec<String> {
+    s.lb.delivered()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            bridge_core::event::OutboundKind::Message { draft, .. } if draft.body.contains(needle) => {
+                Some(draft.body.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_mode_shows_distinct_nicks_handles_collisions_and_bridges_nothing_back() {
+    let server = Ngircd::start().expect("ngircd");
+    let s = slice(&server, per_user).await;
+    let mut watcher = Client::connect(server.port, "watcher", CHANNEL).await.expect("watcher");
+    // A real IRC user already holds the nick carol's connection would get.
+    let _squatter = Client::connect(server.port, "carol[m]", CHANNEL).await.expect("squatter");
+    lb_say(&s, "alice", "pu-a1", "hello from alice").await;
+    lb_say(&s, "bob", "pu-b1", "hello from bob").await;
+    lb_say(&s, "alice", "pu-a2", "alice again").await;
+    lb_say(&s, "carol", "pu-c1", "hello from carol").await;
+    let got =
+        watch(&mut watcher, Duration::from_secs(30), |g| g.iter().filter(|(_, cmd, _)| cmd == "PRIVMSG").count() >= 4)
+            .await;
+    let says: Vec<(&str, &str)> =
+        got.iter().filter(|(_, c, _)| c == "PRIVMSG").map(|(n, _, t)| (n.as_str(), t.as_str())).collect();
+    assert_eq!(
+        says,
+        [
+            ("alice[m]", "hello from alice"),
+            ("bob[m]", "hello from bob"),
+            ("alice[m]", "alice again"),
+            ("carol2[m]", "hello from carol"),
+        ],
+        "each sender speaks through their own connection, no relay prefix; carol's nick collided: {got:?}"
+    );
+    // The bot still reads the channel: an IRC user's line reaches the other side…
+    watcher.say(CHANNEL, "irc user speaking");
+    let d = s.lb.wait_delivered(1, Duration::from_secs(10)).await;
+    assert!(d.iter().any(|e| matches!(&e.kind, bridge_core::event::OutboundKind::Message { draft, .. } if draft.body == "irc user speaking")), "{d:?}");
+    // …but none of the per-user connections' lines came back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for needle in ["hello from", "alice again"] {
+        assert!(bridged_back(&s, needle).is_empty(), "bridged back: {:?}", bridged_back(&s, needle));
+    }
+    // An IRC reply to a per-user nick resolves to that user's message.
+    watcher.say(CHANNEL, "alice[m]: agreed");
+    let d = s.lb.wait_delivered(2, Duration::from_secs(10)).await;
+    let reply = d.iter().find_map(|e| match &e.kind {
+        bridge_core::event::OutboundKind::Message { draft, reply_to } if draft.body == "agreed" => {
+            Some(reply_to.clone())
+        }
+        _ => None,
+    });
+    let parent = reply.expect("the reply arrived").expect("as a reply");
+    assert_eq!(parent.native_id.map(|n| n.0), Some("pu-a2".to_owned()), "to alice's latest message");
+    s.router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_per_user_connections_quit_and_come_back_when_needed() {
+    let server = Ngircd::start().expect("ngircd");
+    let s = slice(&server, |c| {
+        per_user(c);
+        c.user_idle_secs = 2;
+    })
+    .await;
+    let mut watcher = Client::connect(server.port, "watcher", CHANNEL).await.expect("watcher");
+    let t0 = Instant::now();
+    lb_say(&s, "alice", "idle-1", "before idling").await;
+    let got =
+        watch(&mut watcher, Duration::from_secs(20), |g| g.iter().any(|(n, c, _)| n == "alice[m]" && c == "QUIT"))
+            .await;
+    let idle_for = t0.elapsed();
+    let quit = got.iter().find(|(n, c, _)| n == "alice[m]" && c == "QUIT").expect("alice's connection quit");
+    assert!(quit.2.contains("idle"), "QUIT reason: {quit:?}");
+    assert!(got.iter().any(|(n, c, t)| n == "alice[m]" && c == "PRIVMSG" && t == "before idling"), "{got:?}");
+    assert!(idle_for >= Duration::from_secs(2), "not before the idle time: {idle_for:?}");
+    println!("reaped after {idle_for:?}");
+    // The next message opens a new connection (and the old nick is free again).
+    lb_say(&s, "alice", "idle-2", "after idling").await;
+    let got = watch(&mut watcher, Duration::from_secs(20), |g| g.iter().any(|(_, c, _)| c == "PRIVMSG")).await;
+    assert!(got.iter().any(|(n, c, _)| n == "alice[m]" && c == "JOIN"), "{got:?}");
+    assert!(got.iter().any(|(n, c, t)| n == "alice[m]" && c == "PRIVMSG" && t == "after idling"), "{got:?}");
+    s.router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_connection_cap_the_bot_relays() {
+    let server = Ngircd::start().expect("ngircd");
+    let s = slice(&server, |c| {
+        per_user(c);
+        c.max_user_connections = 1;
+    })
+    .await;
+    let mut watcher = Client::connect(server.port, "watcher", CHANNEL).await.expect("watcher");
+    lb_say(&s, "alice", "cap-a", "alice has a connection").await;
+    lb_say(&s, "bob", "cap-b", "bob is relayed").await;
+    let got =
+        watch(&mut watcher, Duration::from_secs(20), |g| g.iter().filter(|(_, c, _)| c == "PRIVMSG").count() >= 2)
+            .await;
+    let says: Vec<(&str, &str)> =
+        got.iter().filter(|(_, c, _)| c == "PRIVMSG").map(|(n, _, t)| (n.as_str(), t.as_str())).collect();
+    assert_eq!(says, [("alice[m]", "alice has a connection"), (BRIDGE, "<b\u{200B}ob> bob is relayed")]);
+    assert!(!got.iter().any(|(n, _, _)| n.starts_with("bob")), "no connection for bob: {got:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(bridged_back(&s, "alice has").is_empty() && bridged_back(&s, "bob is").is_empty());
+    s.router.shutdown().await;
+}
+
+/// A CA, and a server certificate for `sans` signed by it, written as PEM files into `dir`.
+struct Pki {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+}
+
+fn pki(dir: &std::path::Path, name: &str, sans: &[&str]) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, "irc.test");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &ca).expect("server cert");
+    let client_key = KeyPair::generate().expect("key");
+    let mut cp = CertificateParams::new(Vec::<String>::new()).expect("params");
+    cp.distinguished_name.push(DnType::CommonName, "bridge");
+    cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client = cp.signed_by(&client_key, &ca).expect("client cert");
+    let w = |file: &str, pem: String| {
+        let p = dir.join(format!("{name}-{file}"));
+        std::fs::write(&p, pem).expect("write pem");
+        p
+    };
+    Pki {
+        ca: w("ca.pem", ca.pem()),
+        cert: w("cert.pem", cert.pem()),
+        key: w("key.pem", key.serialize_pem()),
+        client_cert: w("client.pem", client.pem()),
+        client_key: w("client-key.pem", client_key.serialize_pem()),
+    }
+}
+
+async fn health_reason(account: &Arc<dyn Account>, timeout: Duration) -> Health {
+    let mut h = account.health();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let now = h.borrow_and_update().clone();
+        if matches!(now, Health::BackingOff { .. } | Health::BadCredentials { .. }) {
+            return now;
+        }
+        if tokio::time::timeout_at(deadline, h.changed()).await.is_err() {
+            return now;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_ngircd_verifies_the_server_and_carries_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = pki(dir.path(), "good", &["localhost"]);
+    let other = pki(dir.path(), "other", &["localhost"]);
+    let tls = NgircdTls { cert_file: good.cert.clone(), key_file: good.key.clone() };
+    let server = Ngircd::start_with(NgircdOptions { tls: Some(tls), ..Default::default() })
+        .expect("ngircd with TLS (Debian's ngircd is built with GnuTLS)");
+    let tls_port = server.tls_port.expect("TLS port");
+    let started = Instant::now();
+    // Through TLS, verified against the private CA, by host name, presenting a client certificate: both ways.
+    let s = slice(&server, |c| {
+        c.server = format!("localhost:{tls_port}");
+        c.tls = true;
+        c.tls_ca_file = Some(good.ca.clone());
+        c.tls_client_cert_file = Some(good.client_cert.clone());
+        c.tls_client_key_file = Some(good.client_key.clone());
+    })
+    .await;
+    println!("TLS connect + register + join in {:?}", started.elapsed());
+    let mut watcher = Client::connect(server.port, "watcher", CHANNEL).await.expect("watcher (plain port)");
+    lb_say(&s, "alice", "tls-1", "through TLS").await;
+    assert_eq!(collect(&mut watcher, 1, Duration::from_secs(15)).await, ["<a\u{200B}lice> through TLS"]);
+    watcher.say(CHANNEL, "back through TLS");
+    let d = s.lb.wait_delivered(1, Duration::from_secs(10)).await;
+    assert!(d.iter().any(|e| matches!(&e.kind, bridge_core::event::OutboundKind::Message { draft, .. } if draft.body == "back through TLS")), "{d:?}");
+    // ngIRCd saw the bridge's connection as TLS (WHOIS 275 "is connected via SSL"). (ngIRCd 26 does not show
+    // client certificate fingerprints, so that the certificate was presented is not checked here.)
+    let _ = watcher.tx.send(format!("WHOIS {BRIDGE}"));
+    let mut numerics = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, watcher.lines.recv()).await {
+        if m.command == "318" {
+            break;
+        }
+        numerics.push(m.command.clone());
+    }
+    assert!(numerics.iter().any(|n| n == "275"), "WHOIS shows a secure connection: {numerics:?}");
+    println!("WHOIS numerics for the bridge: {numerics:?}");
+    s.router.shutdown().await;
+
+    // Wrong host name (the certificate is for "localhost" only), and an unknown CA: clear errors, no connection.
+    let id = AccountId::parse("irc.bad").expect("id");
+    for (server_addr, ca, want) in [
+        (format!("127.0.0.1:{tls_port}"), &good.ca, "not valid for"),
+        (format!("localhost:{tls_port}"), &other.ca, "not signed by a trusted CA"),
+    ] {
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let store = open_data_dir(dir2.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+        let router =
+            RouterHandle::start(RouterConfig::new("irc.test"), store, Arc::new(LocalRoom)).await.expect("router");
+        let mut c = Config::new(server_addr.clone(), "badtls");
+        c.tls = true;
+        c.tls_ca_file = Some(ca.clone());
+        let acc = IrcConnector
+            .start(id.clone(), c, AccountContext::new(id.clone(), router.clone(), "irc.test"))
+            .await
+            .expect("start returns at once");
+        let h = health_reason(&acc, Duration::from_secs(15)).await;
+        match &h {
+            Health::BackingOff { reason, .. } => assert!(reason.contains(want), "{server_addr}: {reason}"),
+            other => panic!("{server_addr}: expected BackingOff with {want:?}, got {other:?}"),
+        }
+        println!("{server_addr}: {h:?}");
+        acc.shutdown().await;
+        router.shutdown().await;
+    }
+    // SASL EXTERNAL needs a server offering SASL: ngIRCd does not, so it is reported as a credentials problem.
+    let mut c = Config::new(format!("localhost:{tls_port}"), "extbot");
+    c.tls = true;
+    c.tls_ca_file = Some(good.ca.clone());
+    c.tls_client_cert_file = Some(good.client_cert.clone());
+    c.tls_client_key_file = Some(good.client_key.clone());
+    c.sasl_external = true;
+    let dir3 = tempfile::tempdir().expect("tempdir");
+    let store = open_data_dir(dir3.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+    let router = RouterHandle::start(RouterConfig::new("irc.test"), store, Arc::new(LocalRoom)).await.expect("router");
+    let acc =
+        IrcConnector.start(id.clone(), c, AccountContext::new(id, router.clone(), "irc.test")).await.expect("start");
+    match health_reason(&acc, Duration::from_secs(15)).await {
+        Health::BadCredentials { reason } => assert!(reason.contains("SASL"), "{reason}"),
+        other => panic!("expected BadCredentials, got {other:?}"),
+    }
+    acc.shutdown().await;
+    router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_connections_use_tls_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = pki(dir.path(), "pu", &["localhost", "127.0.0.1"]);
+    let tls = NgircdTls { cert_file: good.cert.clone(), key_file: good.key.clone() };
+    let server = Ngircd::start_with(NgircdOptions { tls: Some(tls), ..Default::default() }).expect("ngircd TLS");
+    let tls_port = server.tls_port.expect("TLS port");
+    let s = slice(&server, |c| {
+        per_user(c);
+        c.server = format!("127.0.0.1:{tls_port}");
+        c.tls = true;
+        c.tls_ca_file = Some(good.ca.clone());
+    })
+    .await;
+    let mut watcher = Client::connect(server.port, "watcher", CHANNEL).await.expect("watcher");
+    lb_say(&s, "dave", "tls-pu", "dave over TLS").await;
+    let got = watch(&mut watcher, Duration::from_secs(20), |g| g.iter().any(|(_, c, _)| c == "PRIVMSG")).await;
+    assert!(got.iter().any(|(n, c, t)| n == "dave[m]" && c == "PRIVMSG" && t == "dave over TLS"), "{got:?}");
+    let _ = watcher.tx.send("WHOIS dave[m]".to_owned());
+    let mut secure = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, watcher.lines.recv()).await {
+        secure |= m.command == "275";
+        if m.command == "318" {
+            break;
+        }
+    }
+    assert!(secure, "dave[m]'s own connection is TLS too");
     s.router.shutdown().await;
 }

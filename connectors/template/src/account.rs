@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use bridge_core::capability::Capabilities;
 use bridge_core::connector::{Delivery, SendError};
 use bridge_core::event::OutboundEvent;
-use bridge_core::lines::{Line, read_bounded_line};
+use bridge_core::lines::{Line, LineReader};
 use bridge_core::{Account, AccountContext, AccountId, ConnectorError, Health, InboundSink, NativeId};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -97,10 +97,11 @@ impl ToychatAccount {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
         let (r, mut w) = stream.into_split();
-        let mut reader = BufReader::new(r);
+        // Cancel-safe: it sits in the select! below.
+        let mut reader = LineReader::new(r, proto::MAX_LINE);
         let hello = ClientLine::Hello(config.nick.clone()).to_line();
         w.write_all(format!("{hello}\n").as_bytes()).await.map_err(|e| e.to_string())?;
-        match tokio::time::timeout(ACK_TIMEOUT, read_line(&mut reader)).await {
+        match tokio::time::timeout(ACK_TIMEOUT, next_line(&mut reader)).await {
             Ok(Ok(Some(l))) if matches!(ServerLine::parse(&l), Ok(ServerLine::Welcome(_))) => {}
             other => return Err(format!("no WELCOME from the server: {other:?}")),
         }
@@ -121,7 +122,7 @@ impl ToychatAccount {
         tracing::info!(account = %self.id, server = %config.server, "toychat connected");
         loop {
             tokio::select! {
-                line = read_line(&mut reader) => match line {
+                line = next_line(&mut reader) => match line {
                     Ok(Some(l)) => self.handle(&l, &config.nick, sink).await,
                     Ok(None) => return Err("server closed the connection".into()),
                     Err(e) => return Err(e),
@@ -175,9 +176,9 @@ impl ToychatAccount {
     }
 }
 
-/// Reads one line of at most [`proto::MAX_LINE`] bytes; a longer line ends the session (a broken server).
-async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<Option<String>, String> {
-    match read_bounded_line(r, proto::MAX_LINE).await.map_err(|e| e.to_string())? {
+/// The next line; a line over [`proto::MAX_LINE`] ends the session (toychat servers never send one).
+async fn next_line<R: AsyncRead + Unpin>(r: &mut LineReader<R>) -> Result<Option<String>, String> {
+    match r.next().await.map_err(|e| e.to_string())? {
         Some(Line::Text(l)) => Ok(Some(l)),
         Some(Line::TooLong) => Err(format!("line longer than {} bytes", proto::MAX_LINE)),
         None => Ok(None),

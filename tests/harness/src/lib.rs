@@ -62,12 +62,27 @@ pub struct NgircdOptions {
     /// Disable ngIRCd's penalty delays (`[Limits] MaxPenaltyTime = 0`), for benchmarks. Tests keep the stock
     /// flood control, which a bridge must live with.
     pub no_penalty: bool,
+    /// Also listen for TLS on a second free port ([`Ngircd::tls_port`]) with this certificate and key (ngIRCd's
+    /// `[SSL] Ports/CertFile/KeyFile`). Debian's ngIRCd is built with GnuTLS; a build without TLS support fails
+    /// to start with this set (the error says so), it never silently skips.
+    pub tls: Option<NgircdTls>,
+}
+
+/// Certificate and key files for ngIRCd's TLS port (PEM).
+#[derive(Debug, Clone)]
+pub struct NgircdTls {
+    /// Server certificate (chain), PEM.
+    pub cert_file: PathBuf,
+    /// Server private key, PEM (unencrypted).
+    pub key_file: PathBuf,
 }
 
 /// An ngIRCd server on a free loopback port.
 pub struct Ngircd {
     /// The port clients connect to.
     pub port: u16,
+    /// The TLS port, when started with [`NgircdOptions::tls`].
+    pub tls_port: Option<u16>,
     /// Operator name and password configured (for tests that need `OPER`).
     pub oper: (String, String),
     child: Child,
@@ -91,26 +106,50 @@ impl Ngircd {
         let motd = dir.path().join("motd");
         std::fs::write(&motd, "test server\n").map_err(|e| HarnessError(e.to_string()))?;
         let limits = if opts.no_penalty { "MaxPenaltyTime = 0\n" } else { "" };
+        let (tls_port, ssl) = match &opts.tls {
+            Some(t) => {
+                let p = free_port()?;
+                let section = format!(
+                    "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {p}\n",
+                    t.cert_file.display(),
+                    t.key_file.display()
+                );
+                (Some(p), section)
+            }
+            None => (None, String::new()),
+        };
         let conf = format!(
             "[Global]\nName = irc.test\nInfo = mimi-bridge test server\nListen = 127.0.0.1\nPorts = {port}\n\
              MotdFile = {motd}\nPidFile = {pid}\n\
              [Limits]\nMaxConnectionsIP = 0\nMaxNickLength = 31\nPingTimeout = 120\nPongTimeout = 60\n{limits}\
              [Options]\nPAM = no\nDNS = no\nIdent = no\n\
-             [Operator]\nName = oper\nPassword = operpass\n",
+             [Operator]\nName = oper\nPassword = operpass\n{ssl}",
             motd = motd.display(),
             pid = dir.path().join("ngircd.pid").display(),
         );
         let conf_path = dir.path().join("ngircd.conf");
         std::fs::write(&conf_path, conf).map_err(|e| HarnessError(e.to_string()))?;
         let log = dir.path().join("ngircd.log");
-        let child = spawn_ngircd(&bin, &conf_path, &log, port)?;
-        Ok(Self { port, oper: ("oper".into(), "operpass".into()), child, bin, conf: conf_path, log, _dir: dir })
+        if tls_port.is_some() {
+            check_tls_support(&bin)?;
+        }
+        let child = spawn_ngircd(&bin, &conf_path, &log, port, tls_port)?;
+        Ok(Self {
+            port,
+            tls_port,
+            oper: ("oper".into(), "operpass".into()),
+            child,
+            bin,
+            conf: conf_path,
+            log,
+            _dir: dir,
+        })
     }
 
     /// Kills the server and starts it again on the same port (every client is disconnected).
     pub fn restart(&mut self) -> Result<(), HarnessError> {
         self.kill();
-        self.child = spawn_ngircd(&self.bin, &self.conf, &self.log, self.port)?;
+        self.child = spawn_ngircd(&self.bin, &self.conf, &self.log, self.port, self.tls_port)?;
         Ok(())
     }
 
@@ -132,7 +171,18 @@ impl Drop for Ngircd {
     }
 }
 
-fn spawn_ngircd(bin: &Path, conf: &Path, log: &Path, port: u16) -> Result<Child, HarnessError> {
+/// Fails unless `ngircd -V` lists SSL among its features.
+fn check_tls_support(bin: &Path) -> Result<(), HarnessError> {
+    let out = Command::new(bin).arg("-V").output().map_err(|e| HarnessError(format!("ngircd -V: {e}")))?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    if version.lines().next().is_some_and(|l| l.contains("+SSL")) {
+        Ok(())
+    } else {
+        Err(HarnessError(format!("this ngircd is built without TLS support (`ngircd -V`: {})", version.trim())))
+    }
+}
+
+fn spawn_ngircd(bin: &Path, conf: &Path, log: &Path, port: u16, tls_port: Option<u16>) -> Result<Child, HarnessError> {
     let log_file = std::fs::File::create(log).map_err(|e| HarnessError(e.to_string()))?;
     let log_err = log_file.try_clone().map_err(|e| HarnessError(e.to_string()))?;
     let mut child = Command::new(bin)
@@ -143,9 +193,11 @@ fn spawn_ngircd(bin: &Path, conf: &Path, log: &Path, port: u16) -> Result<Child,
         .stderr(log_err)
         .spawn()
         .map_err(|e| HarnessError(format!("cannot start ngircd: {e}")))?;
-    if let Err(e) = wait_for_port(port, &mut child, "ngircd", log) {
-        let _ = child.kill();
-        return Err(e);
+    for p in std::iter::once(port).chain(tls_port) {
+        if let Err(e) = wait_for_port(p, &mut child, "ngircd", log) {
+            let _ = child.kill();
+            return Err(e);
+        }
     }
     Ok(child)
 }
