@@ -43,6 +43,7 @@ pub struct Daemon {
     mimi_addr: SocketAddr,
     mimi_task: JoinHandle<()>,
     room: Arc<MlsRoom>,
+    store_closed: watch::Receiver<bool>,
     probe_task: JoinHandle<()>,
     shutdown_timeout: Duration,
 }
@@ -63,6 +64,7 @@ impl Daemon {
             );
         }
         let store = open_data_dir(data_dir, Some(cfg.bridge.store), CommitConfig::default())?;
+        let store_closed = store.closed();
         data_dir::check(data_dir).map_err(|e| e.to_string())?;
         tracing::info!(data_dir = %data_dir.display(), backend = %cfg.bridge.store, "store open");
 
@@ -138,9 +140,16 @@ impl Daemon {
             mimi_addr,
             mimi_task,
             room,
+            store_closed,
             probe_task,
             shutdown_timeout: Duration::from_secs(*cfg.bridge.shutdown_timeout.get_ref()),
         })
+    }
+
+    /// Turns `true` once the store is closed: after [`Daemon::shutdown`] and once every account handle a test
+    /// attached is dropped. A test that restarts the daemon in the same process waits for it.
+    pub fn store_closed(&self) -> watch::Receiver<bool> {
+        self.store_closed.clone()
     }
 
     /// The router (tests attach accounts to it).
@@ -174,12 +183,13 @@ impl Daemon {
         }
         self.probe_task.abort();
         let _ = self.probe_task.await;
+        let shutdown_timeout = self.shutdown_timeout;
         match drained {
             Ok(()) => {
                 tracing::info!("stopped");
                 Ok(())
             }
-            Err(_) => Err(ShutdownTimeout(self.shutdown_timeout)),
+            Err(_) => Err(ShutdownTimeout(shutdown_timeout)),
         }
     }
 }
@@ -297,6 +307,8 @@ async fn serve_mimi(
         }
         notifier.abort();
         resync.abort();
+        let _ = notifier.await;
+        let _ = resync.await;
     });
     tracing::info!(%addr, "MIMI endpoints and client API listening");
     Ok((addr, task))

@@ -114,6 +114,7 @@ async fn shutdown_under_load_loses_nothing_acknowledged() {
     let metrics_text = admin(&d, &cfg.bridge.data_dir, "GET", "/metrics", None).await.body;
     b.down.store(true, Ordering::Relaxed); // …stalls again, so a backlog is certainly in the outbox…
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut closed = d.store_closed();
     d.shutdown().await.expect("shutdown finishes within the bound"); // …and shutdown comes mid-flood.
 
     let mut acked = Vec::new();
@@ -127,6 +128,10 @@ async fn shutdown_under_load_loses_nothing_acknowledged() {
     let first = bodies(&b.delivered());
     // The accounts hold router handles (and so the store): let them go, as the process's exit would.
     drop((a, b));
+    tokio::time::timeout(Duration::from_secs(10), closed.wait_for(|c| *c))
+        .await
+        .expect("the store closes once the last handle is gone")
+        .expect("closed signal");
     assert!(acked.len() > 100, "the load was real: {} acknowledged", acked.len());
     assert!(
         first.len() < acked.len(),

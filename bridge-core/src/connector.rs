@@ -190,6 +190,12 @@ impl AccountContext {
     pub async fn register_ghost(&self, native_user: &str, for_uri: &str) -> Result<(), RouteError> {
         self.inbound.router.register_ghost(&self.inbound.account, native_user, for_uri).await
     }
+
+    /// Forgets a ghost once the bridge has given the native user name up (a per-user connection that quit), so
+    /// a real user who takes the name later is bridged again. Durable on return.
+    pub async fn unregister_ghost(&self, native_user: &str) -> Result<(), RouteError> {
+        self.inbound.router.unregister_ghost(&self.inbound.account, native_user).await
+    }
 }
 
 /// Where an account hands inbound events to the core.

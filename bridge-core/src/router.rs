@@ -368,6 +368,14 @@ impl RouterHandle {
         Ok(())
     }
 
+    /// Forgets a ghost (see [`crate::AccountContext::unregister_ghost`]).
+    pub async fn unregister_ghost(&self, account: &AccountId, native_user: &str) -> Result<(), RouteError> {
+        let mut b = Batch::new();
+        write::unghost(&mut b, account, native_user);
+        self.inner.store.commit(b).await?;
+        Ok(())
+    }
+
     /// Status of every portal: queue depth and per-leg pending/failed deliveries.
     pub async fn status(&self) -> Vec<PortalStatus> {
         let portals = self.inner.portals.lock().await;

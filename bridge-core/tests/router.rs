@@ -120,9 +120,13 @@ async fn duplicates_are_processed_once_and_echoes_are_suppressed() {
     w.b.context().register_ghost("alice_", "mimi://bridge.test/u/lb.a~alice").await.expect("ghost");
     ev.from_bridge = false;
     ev.sender = w.b.user("alice_");
-    assert_eq!(w.b.context().inbound.submit(ev).await.expect("ok"), Accepted::Echo);
+    assert_eq!(w.b.context().inbound.submit(ev.clone()).await.expect("ok"), Accepted::Echo);
+    // Once the bridge gives the name up, a real user with that name is bridged again.
+    w.b.context().unregister_ghost("alice_").await.expect("unghost");
+    ev.native_id = Some(NativeId("after-unghost".into()));
+    assert!(matches!(w.b.context().inbound.submit(ev).await.expect("ok"), Accepted::Bridged(_)));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(w.a.delivered().len(), 0, "no echo reached leg a");
+    assert_eq!(w.a.delivered().len(), 1, "no echo reached leg a, only the real user's message");
     assert_eq!(w.b.delivered().len(), 1);
     w.router.shutdown().await;
 }

@@ -51,6 +51,8 @@ pub struct Store {
 struct Committer {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set once the committer has written its last batch and stopped ([`Store::closed`]).
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Committer {
@@ -59,6 +61,7 @@ impl Drop for Committer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.closed.send_replace(true);
     }
 }
 
@@ -78,7 +81,15 @@ impl Store {
                 None
             }
         };
-        Self { kv, committer: Arc::new(Committer { jobs: Some(tx), thread }) }
+        let (closed, _) = tokio::sync::watch::channel(false);
+        Self { kv, committer: Arc::new(Committer { jobs: Some(tx), thread, closed }) }
+    }
+
+    /// Turns `true` once the last clone of this store is gone and its committer has stopped. The backend closes
+    /// when the last reference to it goes too (usually the same moment; a backend reference handed out by
+    /// [`Store::kv`] keeps it open longer). A daemon that restarts in-process waits for this.
+    pub fn closed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.committer.closed.subscribe()
     }
 
     /// The backend, for reads and for tools that need the raw trait.

@@ -391,6 +391,11 @@ pub mod write {
         b.put(GHOSTS, ghost_key(account, native_user), for_uri.as_bytes());
     }
 
+    /// Forgets a ghost (the bridge gave the native user name up; a real user may take it).
+    pub fn unghost(b: &mut Batch, account: &AccountId, native_user: &str) {
+        b.delete(GHOSTS, ghost_key(account, native_user));
+    }
+
     /// Queues a delivery.
     pub fn outbox(b: &mut Batch, seq: u64, ev: &OutboundEvent) {
         b.put(OUTBOX, seq_key(&ev.leg, seq), enc(ev));

@@ -171,7 +171,36 @@ impl<'h, H: Harness> Kit<'h, H> {
         router.link(lb.leg(LB_ROOM), &portal).await.map_err(|e| e.to_string())?;
         account.join(&room).await.map_err(|e| format!("join {room}: {e}"))?;
         let user = h.create_user("kituser").await.map_err(|e| format!("create_user: {e}"))?;
-        Ok(Kit { h, opt, router, lb, account, health_log, user, seen: Vec::new(), caps, tag: 0, _dir: dir })
+        let mut kit = Kit { h, opt, router, lb, account, health_log, user, seen: Vec::new(), caps, tag: 0, _dir: dir };
+        kit.warm_up().await?;
+        Ok(kit)
+    }
+
+    /// Setup, not a check: joining happens in the background, and a line said in the room before the bridge is in
+    /// it never reaches the bridge. The test user says a warm-up line every half second until the other side gets
+    /// one; the checks start after that.
+    async fn warm_up(&mut self) -> Result<(), String> {
+        self.await_health(|h| *h == Health::Connected, self.opt.timeout)
+            .await
+            .map_err(|e| format!("the account did not connect: {e}"))?;
+        let user = self.user.clone();
+        let deadline = Instant::now() + self.opt.timeout;
+        for i in 0.. {
+            let text = format!("kit warm-up {i}");
+            self.h.act(&user, NativeAction::Message { text }).await?;
+            let got = tokio::time::timeout(
+                Duration::from_millis(500),
+                self.await_lb("a warm-up line", |e| body(e).starts_with("kit warm-up")),
+            )
+            .await;
+            if let Ok(Ok(_)) = got {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err("the bridge never received anything the test user said in the room".into());
+            }
+        }
+        Ok(())
     }
 
     fn fresh(&mut self, what: &str) -> String {

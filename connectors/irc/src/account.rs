@@ -287,16 +287,26 @@ async fn reaper(pu: Arc<PerUser>) {
         }
         // The pool stays locked while the connections go, so a message starting now opens a fresh connection
         // rather than picking one that is quitting.
-        let mut pool = lock(&pu.pool);
-        for uri in pool.reap(Instant::now()) {
-            if let Some(c) = lock(&pu.conns).remove(&uri) {
-                let nick = c.view().nick;
-                tracing::info!(%nick, sender = %uri, "per-user IRC connection idle: quitting");
-                lock(&pu.ghosts).remove(&nick);
-                c.quit("idle");
+        let gone = {
+            let mut pool = lock(&pu.pool);
+            let mut gone = Vec::new();
+            for uri in pool.reap(Instant::now()) {
+                if let Some(c) = lock(&pu.conns).remove(&uri) {
+                    let nick = c.view().nick;
+                    tracing::info!(%nick, sender = %uri, "per-user IRC connection idle: quitting");
+                    lock(&pu.ghosts).remove(&nick);
+                    c.quit("idle");
+                    gone.push(nick);
+                }
+            }
+            gone
+        };
+        // The nicks are free again: a real IRC user who takes one later must be bridged, not dropped as a ghost.
+        for nick in gone {
+            if let Err(e) = pu.ctx.unregister_ghost(&nick).await {
+                tracing::warn!(%nick, error = %e, "could not forget a ghost nick");
             }
         }
-        drop(pool);
     }
 }
 
