@@ -246,6 +246,7 @@ impl Worker {
         // Reverse order so the first id wins the message → native direction.
         for n in native_ids.iter().rev() {
             write::native(&mut b, &self.leg, n, &ev.message_id, false);
+            self.shared.note_delivery(&self.leg, n, ev.message_id);
         }
         if let Some(first) = native_ids.first() {
             if self.recent.len() > 4096 {

@@ -20,7 +20,7 @@ use crate::ids::{LegId, MessageId, NativeId, TxnId};
 use crate::leg::{self, LegWork, LegWorker};
 use crate::router::{Accepted, RouteError, Shared, count_error};
 use crate::store::Batch;
-use crate::store::repo::{MessageRecord, ReactionSet, RecordKind, Repo, write};
+use crate::store::repo::{IdEntry, MessageRecord, ReactionSet, RecordKind, Repo, write};
 use crate::uri::LegacyUser;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -264,15 +264,19 @@ impl Portal {
             return Ok(Accepted::Echo);
         }
         let store = self.shared.store.clone();
+        let shared = self.shared.clone();
         {
             let repo = Repo::with_pending(&store, batch);
             if repo.ghost(&ev.sender.account, &ev.sender.native_id)?.is_some() {
                 return Ok(Accepted::Echo);
             }
-            if let Some(n) = &ev.native_id
-                && let Some(entry) = repo.lookup_native(&ev.leg, n)?
-            {
-                return Ok(if entry.origin { Accepted::Duplicate(entry.message_id) } else { Accepted::Echo });
+            if let Some(n) = &ev.native_id {
+                if let Some(entry) = repo.lookup_native(&ev.leg, n)? {
+                    return Ok(if entry.origin { Accepted::Duplicate(entry.message_id) } else { Accepted::Echo });
+                }
+                if self.shared.recent_delivery(&ev.leg, n).is_some() {
+                    return Ok(Accepted::Echo); // our delivery, echoed before its record is durable
+                }
             }
         }
         let sender = self.sender_of(&ev.sender);
@@ -281,7 +285,14 @@ impl Portal {
         // Resolve a native id on the source leg to a message, following edits to the original.
         let resolve = |batch: &Batch, n: &NativeId| -> Result<Option<(MessageId, Option<MessageRecord>)>, RouteError> {
             let repo = Repo::with_pending(&store, batch);
-            let Some(e) = repo.lookup_native(&ev.leg, n)? else { return Ok(None) };
+            let e = match repo.lookup_native(&ev.leg, n)? {
+                Some(e) => e,
+                // Delivered a moment ago: the network accepted it, its record is still on its way to disk.
+                None => match shared.recent_delivery(&ev.leg, n) {
+                    Some(message_id) => IdEntry { message_id, origin: false },
+                    None => return Ok(None),
+                },
+            };
             let rec = repo.message(&e.message_id)?;
             Ok(Some(match rec {
                 Some(MessageRecord { kind: RecordKind::Edit { target }, .. }) => {

@@ -157,9 +157,29 @@ pub(crate) struct Shared {
     pub(crate) accounts: Accounts,
     pub(crate) shutdown: watch::Receiver<bool>,
     legs: RwLock<HashMap<LegId, PortalId>>,
+    /// Native ids of deliveries whose record may not be durable yet (see [`Shared::recent_delivery`]).
+    recent: std::sync::Mutex<HashMap<(LegId, NativeId), MessageId>>,
     portals: tokio::sync::Mutex<HashMap<PortalId, PortalHandle>>,
     senders: RwLock<HashMap<PortalId, mpsc::Sender<PortalInput>>>,
     stop: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Remembers that `native` on `leg` is `message` the moment a network accepted a delivery, before its record
+    /// is durable: a reply to it from that leg, arriving a few milliseconds later, still resolves.
+    pub(crate) fn note_delivery(&self, leg: &LegId, native: &NativeId, message: MessageId) {
+        if let Ok(mut m) = self.recent.lock() {
+            if m.len() >= 4096 {
+                m.clear();
+            }
+            m.insert((leg.clone(), native.clone()), message);
+        }
+    }
+
+    /// A delivery noted by [`Shared::note_delivery`].
+    pub(crate) fn recent_delivery(&self, leg: &LegId, native: &NativeId) -> Option<MessageId> {
+        self.recent.lock().ok()?.get(&(leg.clone(), native.clone())).copied()
+    }
 }
 
 /// A handle on the router; cheap to clone.
@@ -190,6 +210,7 @@ impl RouterHandle {
             accounts: Arc::default(),
             shutdown,
             legs: RwLock::default(),
+            recent: std::sync::Mutex::default(),
             portals: tokio::sync::Mutex::default(),
             senders: RwLock::default(),
             stop,

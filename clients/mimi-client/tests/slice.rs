@@ -75,5 +75,35 @@ fn irc_channel_to_native_mls_client_and_back() {
         "{line}"
     );
 
+    // IRC's conventions reach the MLS side as MIMI structure: `alice: …` is a reply to alice's message
+    // (inReplyTo), `s/old/new/` an edit of the IRC user's previous message (replaces).
+    ircuser.send("PRIVMSG #lobby :alice: nice to meet you").expect("send");
+    let m = messages(&client(&alice, &server, &["listen", room, "--json", "--count", "1", "--timeout", "10"]));
+    let m = m.first().expect("the reply arrived");
+    assert_eq!(m["text"], "nice to meet you", "{m}");
+    assert!(m["in_reply_to"].is_string(), "a MIMI reply: {m}");
+    ircuser.send("PRIVMSG #lobby :s/meet/see/").expect("send");
+    let m = messages(&client(&alice, &server, &["listen", room, "--json", "--count", "1", "--timeout", "10"]));
+    let m = m.first().expect("the edit arrived");
+    assert_eq!(m["text"], "nice to see you", "{m}");
+    assert!(m["replaces"].is_string(), "a MIMI edit: {m}");
+    // A long IRC line arrives whole.
+    let long = format!("long {}", "word ".repeat(80).trim_end());
+    ircuser.send(&format!("PRIVMSG #lobby :{long}")).expect("send");
+    let m = messages(&client(&alice, &server, &["listen", room, "--json", "--count", "1", "--timeout", "10"]));
+    assert_eq!(m.first().expect("the long line arrived")["text"], long.as_str());
+
+    // A multi-line, long message from the native client becomes several IRC lines, none over the limit.
+    let text = format!("first line\nsecond line\n{}", "x".repeat(600));
+    client(&alice, &server, &["send", room, &text]);
+    let l1 = ircuser.read_until(|l| l.contains("first line")).expect("line 1");
+    let l2 = ircuser.read_until(|l| l.contains("second line")).expect("line 2");
+    let l3 = ircuser.read_until(|l| l.contains("xxxx")).expect("line 3");
+    let l4 = ircuser.read_until(|l| l.contains("xxxx")).expect("line 4: the 600 x are split");
+    for l in [&l1, &l2, &l3, &l4] {
+        assert!(l.len() + 2 <= 512, "{} bytes: {l}", l.len());
+        assert!(l.starts_with(":bridge!"), "{l}");
+    }
+
     rt.block_on(daemon.shutdown()).expect("clean shutdown");
 }
