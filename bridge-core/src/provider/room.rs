@@ -19,7 +19,7 @@ use super::service::{Provider, ProviderError};
 use super::wire::{MlsMessageBytes, wire_format};
 use crate::content::builder::ContentBuilder;
 use crate::content::{Disposition, Message, MimiContent, NestedPart, PartBody};
-use crate::event::{MessageDraft, Sender, TextFormat};
+use crate::event::{MessageDraft, MessageStyle, Sender, TextFormat};
 use crate::group::{GroupContent, GroupError, GroupMessage, RoomOfRecord};
 use crate::ids::{MessageId, PortalId};
 use crate::mls::{BridgeProvider, EngineConfig, LegacySender, LocalMember, MlsError, PortalGroup, Received};
@@ -344,7 +344,8 @@ pub fn encode_outgoing(msg: &GroupMessage, bridge_uri: &str, room: &str, domain:
     let refused = |e: &dyn std::fmt::Display| GroupError::Refused(e.to_string());
     let mut b = ContentBuilder::new(bridge_uri, room);
     let text = |b: ContentBuilder, d: &MessageDraft| {
-        let mut body = d.body.clone();
+        // MIMI has no emotes: an emote travels as "/me action", which native clients know to show as one.
+        let mut body = if d.style == MessageStyle::Emote { format!("/me {}", d.body) } else { d.body.clone() };
         for a in &d.attachments {
             if !body.is_empty() {
                 body.push('\n');
@@ -432,7 +433,14 @@ pub fn decode_incoming(
     let null = matches!(c.nested_part.body, PartBody::Null);
     let draft = || {
         let (text, md) = body_text(&c.nested_part).unwrap_or_default();
-        if md { MessageDraft::markdown(text) } else { MessageDraft::plain(text) }
+        // MIMI has no emotes; a native client's "/me waves" is one (the common chat-client convention).
+        let (text, style) = match text.strip_prefix("/me ") {
+            Some(action) => (action.to_owned(), MessageStyle::Emote),
+            None => (text, MessageStyle::Normal),
+        };
+        let mut d = if md { MessageDraft::markdown(text) } else { MessageDraft::plain(text) };
+        d.style = style;
+        d
     };
     let content = match (c.replaces, c.in_reply_to) {
         (Some(r), _) if null && disposition == Disposition::Reaction => GroupContent::Unreact { replaces: to_id(&r)? },

@@ -47,8 +47,18 @@ enum Cmd {
     Invite { room: String, user: String },
     /// Joins ROOM: from a Welcome if invited, else by external commit.
     Join { room: String },
-    /// Sends TEXT to ROOM.
-    Send { room: String, text: String },
+    /// Sends TEXT to ROOM; prints the message id. `--reply-to ID` makes it a reply, `--edit ID` a new version of
+    /// your message ID (ids in hex, as `send` and `listen --json` print them).
+    Send {
+        room: String,
+        text: String,
+        /// Reply to this message.
+        #[arg(long, value_name = "ID", conflicts_with = "edit")]
+        reply_to: Option<String>,
+        /// Replace (edit) this message of yours.
+        #[arg(long, value_name = "ID")]
+        edit: Option<String>,
+    },
     /// Prints messages of ROOM not seen yet, then new ones.
     Listen {
         room: String,
@@ -328,10 +338,19 @@ async fn run(cli: Cli) -> Res<()> {
             save_state(dir, &st)?;
             println!("joined {room}");
         }
-        Cmd::Send { room, text } => {
+        Cmd::Send { room, text, reply_to, edit } => {
             let room = room_uri(&st, &room);
-            let msg =
-                ContentBuilder::new(&st.uri, &room).plain_text(&text).build_message().map_err(|e| e.to_string())?;
+            let id_arg = |s: &str| -> Result<[u8; 32], String> {
+                hex::decode(s).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| format!("{s:?} is not a message id"))
+            };
+            let mut b = ContentBuilder::new(&st.uri, &room).plain_text(&text);
+            if let Some(r) = &reply_to {
+                b = b.reply_to(id_arg(r)?);
+            }
+            if let Some(e) = &edit {
+                b = b.edit(id_arg(e)?);
+            }
+            let msg = b.build_message().map_err(|e| e.to_string())?;
             loop {
                 let mut group = catch_up(&api, &k, &mut st, &room, 0).await?;
                 let ct = group.encrypt(msg.bytes()).durable().await.map_err(|e| e.to_string())?;

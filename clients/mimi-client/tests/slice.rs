@@ -63,6 +63,7 @@ fn irc_channel_to_native_mls_client_and_back() {
         }
     }
     let m = heard.first().expect("the native client received the IRC line");
+    let irc_message_id = m["message_id"].as_str().expect("message id").to_owned();
     assert_eq!(m["text"], "hello from irc", "{m}");
     assert_eq!(m["room"], room, "{m}");
     assert!(m.to_string().contains("irc.t~ircbob"), "the legacy sender travels with the message: {m}");
@@ -104,6 +105,24 @@ fn irc_channel_to_native_mls_client_and_back() {
         assert!(l.len() + 2 <= 512, "{} bytes: {l}", l.len());
         assert!(l.starts_with(":bridge!"), "{l}");
     }
+
+    // A reply and an edit from the native side, in IRC's fallback forms.
+    client(&alice, &server, &["send", room, "welcome aboard", "--reply-to", &irc_message_id]);
+    let line = ircuser.read_until(|l| l.contains("welcome aboard")).expect("the reply");
+    assert!(line.ends_with(":<a\u{200B}lice> ircbob: welcome aboard"), "{line}");
+    let mine = client(&alice, &server, &["send", room, "the meeting is at noon"]);
+    ircuser.read_until(|l| l.contains("the meeting is at noon")).expect("the original");
+    client(&alice, &server, &["send", room, "the meeting is at ten", "--edit", mine.trim()]);
+    let line = ircuser.read_until(|l| l.contains("s/") || l.contains("(edit)")).expect("the edit");
+    assert!(line.ends_with(":<a\u{200B}lice> s/noon/ten/"), "{line}");
+
+    // Emotes: MIMI has none, so they travel as "/me …" and come out as IRC actions on the other side.
+    ircuser.send("PRIVMSG #lobby :\u{1}ACTION waves\u{1}").expect("send");
+    let m = messages(&client(&alice, &server, &["listen", room, "--json", "--count", "1", "--timeout", "10"]));
+    assert_eq!(m.first().expect("the emote arrived")["text"], "/me waves");
+    client(&alice, &server, &["send", room, "/me waves back"]);
+    let line = ircuser.read_until(|l| l.contains("waves back")).expect("the emote");
+    assert!(line.ends_with(":* a\u{200B}lice waves back"), "{line}");
 
     rt.block_on(daemon.shutdown()).expect("clean shutdown");
 }

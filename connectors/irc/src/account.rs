@@ -172,8 +172,9 @@ impl IrcAccount {
             return Ok(Delivery::default());
         }
         let ids = self.ids(lines.len());
-        self.bot.send(lines).await?;
+        // Recorded before sending: an IRC user can answer `name: …` before `send` returns.
         self.record(view, &event.sender.display_name, event, ids.first());
+        self.bot.send(lines).await?;
         Ok(Delivery { native_ids: ids })
     }
 
@@ -266,10 +267,11 @@ impl IrcAccount {
             return Some(Ok(Delivery::default()));
         }
         let ids = self.ids(lines.len());
+        // Recorded before sending: an IRC user can answer `nick: …` before `send` returns.
+        self.record(&view, &view.nick, event, ids.first());
         if let Err(e) = conn.send(lines).await {
             return Some(Err(e));
         }
-        self.record(&view, &view.nick, event, ids.first());
         Some(Ok(Delivery { native_ids: ids }))
     }
 }
