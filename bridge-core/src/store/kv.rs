@@ -191,6 +191,28 @@ pub(crate) fn split_key(k: &[u8]) -> Option<(&str, &[u8])> {
     Some((tree, &k[nul + 1..]))
 }
 
+/// Every tree name in a composite keyspace, jumping from tree to tree instead of walking every key.
+/// `first_from(cursor)` returns the first key ≥ `cursor`, if any.
+pub(crate) fn tree_names(
+    mut first_from: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<Vec<String>, StoreError> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut cursor: Vec<u8> = Vec::new();
+    while let Some(k) = first_from(&cursor)? {
+        let Some((tree, _)) = split_key(&k) else {
+            return Err(StoreError::Corrupt { tree: "?".into(), message: "key without tree prefix".into() });
+        };
+        names.insert(tree.to_owned());
+        let mut p = tree.as_bytes().to_vec();
+        p.push(0);
+        match prefix_end(&p) {
+            Some(end) => cursor = end,
+            None => break,
+        }
+    }
+    Ok(names.into_iter().collect())
+}
+
 /// The exclusive upper bound of all keys starting with `prefix`, or `None` if there is none (all 0xFF).
 pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();

@@ -4,9 +4,8 @@
 //! batches it is given in one write transaction committed with `Durability::Immediate` (one fsync for the group).
 //! A transaction is all-or-nothing, so each batch is atomic (the group as a whole is too).
 
-use super::kv::{Batch, Entries, KvStore, Op, StoreError, composite_key, prefix_end, split_key};
+use super::kv::{Batch, Entries, KvStore, Op, StoreError, composite_key, prefix_end, tree_names};
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -98,23 +97,9 @@ impl KvStore for RedbStore {
     fn trees(&self) -> Result<Vec<String>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.e(e))?;
         let t = tx.open_table(KV).map_err(|e| self.e(e))?;
-        let mut names = BTreeSet::new();
-        let mut cursor: Vec<u8> = Vec::new();
-        loop {
-            let next = t.range(cursor.as_slice()..).map_err(|e| self.e(e))?.next();
-            let Some(item) = next else { break };
-            let (k, _) = item.map_err(|e| self.e(e))?;
-            let Some((tree, _)) = split_key(k.value()) else {
-                return Err(StoreError::Corrupt { tree: "?".into(), message: "key without tree prefix".into() });
-            };
-            names.insert(tree.to_owned());
-            let mut p = tree.as_bytes().to_vec();
-            p.push(0);
-            match prefix_end(&p) {
-                Some(end) => cursor = end,
-                None => break,
-            }
-        }
-        Ok(names.into_iter().collect())
+        tree_names(|cursor| match t.range(cursor..).map_err(|e| self.e(e))?.next() {
+            Some(item) => Ok(Some(item.map_err(|e| self.e(e))?.0.value().to_vec())),
+            None => Ok(None),
+        })
     }
 }

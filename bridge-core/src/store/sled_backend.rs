@@ -4,8 +4,7 @@
 //! `sled::Batch` — atomic without sled's multi-tree transactions. sled makes writes durable only on `flush()`, so
 //! [`KvStore::write`] applies every batch and then flushes once.
 
-use super::kv::{Batch, Entries, KvStore, Op, StoreError, composite_key, prefix_end, split_key};
-use std::collections::BTreeSet;
+use super::kv::{Batch, Entries, KvStore, Op, StoreError, composite_key, tree_names};
 use std::path::{Path, PathBuf};
 
 /// How long [`SledStore::open`] waits for sled's file lock (sled lets go of it only after its I/O threads end, which
@@ -101,24 +100,9 @@ impl KvStore for SledStore {
     }
 
     fn trees(&self) -> Result<Vec<String>, StoreError> {
-        let mut names = BTreeSet::new();
-        let mut cursor: Vec<u8> = Vec::new();
-        // Jump from tree to tree instead of walking every key.
-        loop {
-            let next = self.db.range(cursor.clone()..).next();
-            let Some(item) = next else { break };
-            let (k, _) = item.map_err(|e| self.e(e))?;
-            let Some((tree, _)) = split_key(&k) else {
-                return Err(StoreError::Corrupt { tree: "?".into(), message: "key without tree prefix".into() });
-            };
-            names.insert(tree.to_owned());
-            let mut p = tree.as_bytes().to_vec();
-            p.push(0);
-            match prefix_end(&p) {
-                Some(end) => cursor = end,
-                None => break,
-            }
-        }
-        Ok(names.into_iter().collect())
+        tree_names(|cursor| match self.db.range(cursor.to_vec()..).next() {
+            Some(item) => Ok(Some(item.map_err(|e| self.e(e))?.0.to_vec())),
+            None => Ok(None),
+        })
     }
 }
