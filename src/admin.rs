@@ -89,6 +89,8 @@ pub struct AdminState {
     pub configured_accounts: Vec<AccountId>,
     /// When the daemon started.
     pub started: Instant,
+    /// The MIMI provider, for each portal's MLS epoch (absent in tests that run without MLS).
+    pub provider: Option<bridge_core::provider::Provider>,
 }
 
 impl AdminState {
@@ -109,7 +111,14 @@ impl AdminState {
             public_metrics,
             configured_accounts,
             started: Instant::now(),
+            provider: None,
         }
+    }
+
+    /// Reports each portal's MLS epoch from `provider`.
+    pub fn with_provider(mut self, provider: bridge_core::provider::Provider) -> Self {
+        self.provider = Some(provider);
+        self
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -317,7 +326,10 @@ pub async fn status_report(st: &AdminState) -> StatusReport {
         .map(|p| PortalReport {
             name: p.id.to_string(),
             queue_depth: p.queue_depth,
-            mls_epoch: None,
+            mls_epoch: st
+                .provider
+                .as_ref()
+                .and_then(|pr| pr.epoch(&bridge_core::provider::room::room_uri(pr.domain(), &p.id)).ok()),
             legs: p.legs.iter().map(leg_report).collect(),
         })
         .collect();

@@ -102,14 +102,17 @@ impl Daemon {
         let configured = start_accounts(cfg, networks, &router).await?;
 
         let readiness = Arc::new(Readiness::default());
-        let state = Arc::new(AdminState::new(
-            router.clone(),
-            readiness.clone(),
-            &token,
-            metrics.clone(),
-            cfg.admin.public_metrics,
-            configured,
-        ));
+        let state = Arc::new(
+            AdminState::new(
+                router.clone(),
+                readiness.clone(),
+                &token,
+                metrics.clone(),
+                cfg.admin.public_metrics,
+                configured,
+            )
+            .with_provider(room.provider().clone()),
+        );
         let listener = tokio::net::TcpListener::bind(cfg.admin.listen.get_ref())
             .await
             .map_err(|e| format!("admin.listen {}: {e}", cfg.admin.listen.get_ref()))?;
@@ -126,7 +129,7 @@ impl Daemon {
         });
         tracing::info!(%admin_addr, "admin API listening");
 
-        let probe_task = tokio::spawn(probe(router.clone(), readiness.clone(), metrics));
+        let probe_task = tokio::spawn(probe(router.clone(), readiness.clone(), metrics, room.provider().clone()));
         readiness.set_started();
         let legs = router.legs().len();
         tracing::info!(portals = cfg.portal.len(), legs, "bridge running");
@@ -227,6 +230,7 @@ async fn probe(
     router: RouterHandle,
     readiness: Arc<Readiness>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    provider: bridge_core::provider::Provider,
 ) {
     let watchdog = notify::watchdog_interval();
     // sd_watchdog_enabled(3): notify at half the interval. Without a watchdog, probe every 5 s for /health.
@@ -240,6 +244,10 @@ async fn probe(
             Ok(portals) => {
                 readiness.set_loop_ok(true);
                 for p in &portals {
+                    let room = bridge_core::provider::room::room_uri(provider.domain(), &p.id);
+                    if let Ok(epoch) = provider.epoch(&room) {
+                        metrics::gauge!(telemetry::MLS_EPOCH, "portal" => p.id.to_string()).set(epoch as f64);
+                    }
                     for l in &p.legs {
                         metrics::gauge!(telemetry::LEG_PENDING, "leg" => l.leg.to_string()).set(l.pending as f64);
                     }

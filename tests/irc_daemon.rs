@@ -44,6 +44,13 @@ fn two_irc_channels_bridged_through_one_portal_by_the_real_daemon() {
     let got = bob.read_until(|l| l.contains("PRIVMSG #b")).expect("bob sees it");
     assert!(got.starts_with(":bridge!"), "{got}");
 
+    // `status` shows each portal's MLS group epoch (the portal's group exists from the start).
+    let (code, out, err) = cli(&["status", "--config", cfg_s, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    let lobby = status["portals"].as_array().expect("portals").iter().find(|p| p["name"] == "rust").expect("portal");
+    assert!(lobby["mls_epoch"].is_u64(), "{status}");
+
     assert_eq!(d.terminate(Duration::from_secs(30)), Some(0));
     let quit = alice.read_until(|l| l.contains("QUIT")).expect("the bridge says goodbye");
     assert!(quit.starts_with(":bridge!"), "{quit}");
