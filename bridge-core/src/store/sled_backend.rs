@@ -33,7 +33,11 @@ impl SledStore {
                 .open();
             match opened {
                 Ok(db) => return Ok(Self { db, path: path.to_owned() }),
-                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // sled reports a held lock either as WouldBlock or wrapped as "could not acquire lock on …".
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock") =>
+                {
                     if std::time::Instant::now() >= deadline {
                         return Err(StoreError::Backend {
                             backend: "sled",
