@@ -277,3 +277,65 @@ fn key_packages_include_a_last_resort_one_and_are_consumed() {
             .durable_blocking();
     assert!(matches!(r, Err(MlsError::Welcome(_))), "a consumed one-time KeyPackage: {r:?}");
 }
+
+/// Rewrites every single-CBOR value of the MLS tree the way `ciborium` writes it (byte strings as arrays of
+/// integers): the format before the byte-string encoder. Returns how many values were rewritten.
+fn rewrite_as_ciborium_arrays(store: &bridge_core::store::Store) -> usize {
+    fn arrays(v: ciborium::Value) -> ciborium::Value {
+        use ciborium::Value;
+        match v {
+            Value::Bytes(b) => Value::Array(b.into_iter().map(|x| Value::Integer(x.into())).collect()),
+            Value::Array(a) => Value::Array(a.into_iter().map(arrays).collect()),
+            Value::Map(m) => Value::Map(m.into_iter().map(|(k, v)| (arrays(k), arrays(v))).collect()),
+            Value::Tag(t, v) => Value::Tag(t, Box::new(arrays(*v))),
+            other => other,
+        }
+    }
+    let mut batch = bridge_core::store::Batch::new();
+    for (key, value) in store.scan_prefix(bridge_core::mls::MLS_TREE, b"").expect("scan") {
+        let mut rest = &value[..];
+        // Lists (length-prefixed items) do not parse as exactly one CBOR item: left as they are.
+        let Ok(parsed) = ciborium::from_reader::<ciborium::Value, _>(&mut rest) else { continue };
+        if !rest.is_empty() {
+            continue;
+        }
+        let mut old = Vec::new();
+        ciborium::into_writer(&arrays(parsed), &mut old).expect("encode");
+        if old != value {
+            batch.put(bridge_core::mls::MLS_TREE, key, old);
+        }
+    }
+    let n = batch.ops.len();
+    store.commit_blocking(batch).expect("rewrite");
+    n
+}
+
+#[test]
+fn state_written_in_the_earlier_integer_array_format_still_loads() {
+    let bridge_dir = tempfile::tempdir().expect("tempdir");
+    let peers_dir = tempfile::tempdir().expect("tempdir");
+    let peers = open_store(peers_dir.path());
+    let bob = Client::new(&peers, "bob");
+    let mut gb = {
+        let store = open_store(bridge_dir.path());
+        let (_bridge, mut g, mut gb) = {
+            let bridge = Client::new(&store, "bridge");
+            let mut g = bridge.create(GROUP);
+            let out = g.add_members(&[&bob.key_package()]).durable_blocking().expect("add bob");
+            g.merge_pending_commit().durable_blocking().expect("merge");
+            let gb = bob.join(out.welcome.as_deref().expect("welcome"));
+            (bridge, g, gb)
+        };
+        send(&mut g, &mut [&mut gb], "before the rewrite");
+        gb
+    };
+    let store = open_store(bridge_dir.path());
+    assert!(rewrite_as_ciborium_arrays(&store) > 5, "the group's records were rewritten");
+    let bridge = Client::new(&store, "bridge");
+    let mut g = bridge.load(GROUP);
+    send(&mut g, &mut [&mut gb], "after the rewrite");
+    send(&mut gb, &mut [&mut g], "bob after the rewrite");
+    let out = g.self_update().durable_blocking().expect("commit");
+    apply_commit(&mut g, &out.commit, &mut [&mut gb]);
+    send(&mut g, &mut [&mut gb], "next epoch");
+}

@@ -3,7 +3,8 @@
 //!
 //! If a ciphertext had been released before the ratchet state behind it was durable, the restarted bridge would
 //! reuse a generation and bob would refuse its next message as a replay; if a commit's state were lost, the
-//! epochs would disagree. Both are checked.
+//! epochs would disagree. Both are checked, also for ciphertexts released after one wait for a burst of
+//! encrypts (group commit of the write-behind state).
 
 mod mls_support;
 
@@ -61,6 +62,24 @@ fn restart_child_process() {
     write_file(&xfer, "commit", &out.commit);
     let ct = g.encrypt(b"last before the kill").durable_blocking().expect("encrypt");
     write_file(&xfer, "bridge.last", &ct);
+    // Pipelined: ten encrypts and a single wait, on the last. Its state is handed off to group commit together
+    // with the nine before it (one batch); durable means all ten are, so all ten may be released.
+    let mut cts = Vec::new();
+    let mut last = None;
+    for i in 0..10 {
+        let (ct, durability) = g.encrypt(format!("pipelined {i}").as_bytes()).into_parts();
+        cts.push(ct.expect("encrypt"));
+        last = Some(durability);
+    }
+    last.expect("ten").wait_blocking().expect("durable");
+    for (i, ct) in cts.iter().enumerate() {
+        write_file(&xfer, &format!("pipe.{i}"), ct);
+    }
+    // Encrypted, never waited for and never released: the kill may lose this state, and nobody saw the output.
+    for _ in 0..3 {
+        let (ct, _not_durable) = g.encrypt(b"never released").into_parts();
+        drop(ct);
+    }
     println!("CHILD STATE epoch={} members={}", g.epoch(), g.members().len());
     write_file(&xfer, "state", format!("{}", g.epoch()).as_bytes());
     // Wait to be killed.
@@ -101,6 +120,12 @@ fn restart_after_sigkill_continues_with_the_same_member() {
         gb.process(&wait_file(&xfer, "bridge.last")).durable_blocking(),
         Ok(Received::Application { .. })
     ));
+    for i in 0..10 {
+        match gb.process(&wait_file(&xfer, &format!("pipe.{i}"))).durable_blocking().expect("bob decrypts") {
+            Received::Application { plaintext, .. } => assert_eq!(plaintext, format!("pipelined {i}").as_bytes()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     let child_epoch: u64 = String::from_utf8(wait_file(&xfer, "state")).expect("utf8").parse().expect("epoch");
 
     // SIGKILL (Child::kill sends SIGKILL on Unix): no destructor, no flush.

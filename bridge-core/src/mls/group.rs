@@ -485,6 +485,23 @@ impl PortalGroup {
         }
     }
 
+    /// Reads one of the engine's own records in this member's storage.
+    pub(crate) fn storage_record<V: serde::de::DeserializeOwned>(&self, name: &[u8]) -> Result<Option<V>, MlsError> {
+        Ok(self.storage().app_get(name)?)
+    }
+
+    /// Writes one of the engine's own records in this member's storage; it goes into the batch of this member's
+    /// next operation.
+    pub(crate) fn put_storage_record<V: serde::Serialize>(&self, name: &[u8], value: &V) -> Result<(), MlsError> {
+        Ok(self.storage().app_put(name, value)?)
+    }
+
+    /// Deletes this member's state of the group (after it was removed, or to forget a group for good).
+    pub fn delete(mut self) -> Pending<()> {
+        let result = self.group.delete(self.provider.storage()).map_err(MlsError::from);
+        self.finish(result)
+    }
+
     /// Bytes of MLS state this member's storage holds in memory (all its groups).
     pub fn cached_state_bytes(&self) -> usize {
         self.storage().cached_bytes()

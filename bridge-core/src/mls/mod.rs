@@ -4,17 +4,21 @@
 //!   write-behind through group commit, one atomic batch per MLS operation;
 //! * [`provider`] — the OpenMLS provider (RustCrypto + that storage) and [`Pending`], the wrapper that hands out an
 //!   operation's output only once the state behind it is durable;
+//! * [`cbor`] — the CBOR serializer of the stored values (byte strings for byte sequences);
 //! * [`config`] — ciphersuites, wire-format policy, ratchet tolerances;
 //! * [`member`] — a local MLS member: the bridge's leaf (basic credential = its MIMI URI) or a per-user leaf;
 //! * [`key_packages`] — KeyPackages to publish, including the last-resort one;
 //! * [`group`] — [`PortalGroup`]: create, join, add, remove, self-update, encrypt, decrypt, process commits,
 //!   export GroupInfo and ratchet tree, rejoin by external commit;
 //! * [`legacy_sender`] — the MIMI content extension carrying the legacy sender behind a shared leaf;
+//! * [`user_leaves`] — [`UserLeaves`]: per-user leaves (`mls_identity = "per-user"`), added lazily, removed when
+//!   idle, capped per portal;
 //! * [`error`] — [`MlsError`], typed so that callers can tell a replay from a non-member from a lost group.
 //!
 //! Everything is synchronous and IO-free except the durability wait, which is a future ([`Pending::durable`]) or
 //! a blocking call ([`Pending::durable_blocking`]).
 
+pub mod cbor;
 pub mod config;
 pub mod error;
 pub mod group;
@@ -23,6 +27,7 @@ pub mod legacy_sender;
 pub mod member;
 pub mod provider;
 pub mod storage;
+pub mod user_leaves;
 
 pub use config::{EngineConfig, HandshakeWireFormat};
 pub use error::MlsError;
@@ -31,3 +36,4 @@ pub use legacy_sender::LegacySender;
 pub use member::LocalMember;
 pub use provider::{BridgeProvider, Pending};
 pub use storage::{Durability, MLS_TREE, MlsStorage, MlsStorageError};
+pub use user_leaves::{AddLeaf, LeafChange, LeafPolicy, UserLeaves};

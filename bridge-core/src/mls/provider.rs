@@ -84,6 +84,11 @@ impl<T> Pending<T> {
         (self.value, self.durability)
     }
 
+    /// Adds `other` to the state this output waits for (an operation spanning several local members).
+    pub fn and_durable(self, other: Durability) -> Pending<T> {
+        Pending { value: self.value, durability: self.durability.and(other) }
+    }
+
     /// Maps the output, keeping the durability.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Pending<U> {
         Pending { value: self.value.map(f), durability: self.durability }
