@@ -227,6 +227,10 @@ fn default_admin_listen() -> Spanned<SocketAddr> {
     Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 8449)))
 }
 
+fn default_mls_identity() -> Spanned<MlsIdentity> {
+    Spanned::new(0..0, MlsIdentity::Shared)
+}
+
 /// `[[portal]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,8 +238,8 @@ pub struct PortalConfig {
     /// Portal name; room URI `mimi://DOMAIN/r/NAME`.
     pub name: Spanned<String>,
     /// How legacy senders appear in the MLS group.
-    #[serde(default)]
-    pub mls_identity: MlsIdentity,
+    #[serde(default = "default_mls_identity")]
+    pub mls_identity: Spanned<MlsIdentity>,
     /// Linked legacy rooms.
     #[serde(default)]
     pub legs: Vec<LegConfig>,
@@ -618,6 +622,17 @@ impl Config {
             if !names.insert(id.clone()) {
                 return Err(at(file, text, p.name.span(), "portal.name", format!("portal {id:?} is defined twice")));
             }
+            if *p.mls_identity.get_ref() == MlsIdentity::PerUser {
+                return Err(at(
+                    file,
+                    text,
+                    p.mls_identity.span(),
+                    "portal.mls_identity",
+                    "\"per-user\" is not available yet: the MLS engine has per-user leaves, but portals do not use \
+                     them yet",
+                )
+                .with_hint("use \"shared\""));
+            }
             for leg in &p.legs {
                 let acct = AccountId::parse(leg.account.get_ref())
                     .map_err(|e| at(file, text, leg.account.span(), "portal.legs.account", e.to_string()))?;
@@ -905,6 +920,13 @@ mod tests {
                     "unknown variant `peruser`",
                 )
             },
+            case(
+                "per-user identities not wired to portals yet",
+                format!("{MIN}[[portal]]\nname = \"a\"\nmls_identity = \"per-user\"\n"),
+                6,
+                "portal.mls_identity",
+                "\"per-user\" is not available yet",
+            ),
             case(
                 "listen not an address",
                 format!("{MIN}[mimi]\nlisten = \"localhost\"\n"),

@@ -80,7 +80,7 @@ impl Daemon {
         // The config's portals and legs are ensured at every start; links made at runtime persist in the store.
         for p in &cfg.portal {
             let id = PortalId::new(p.name.get_ref().clone())?;
-            router.create_portal(PortalRecord { id: id.clone(), mls_identity: p.mls_identity }).await?;
+            router.create_portal(PortalRecord { id: id.clone(), mls_identity: *p.mls_identity.get_ref() }).await?;
             for leg in &p.legs {
                 let leg_id = LegId::new(AccountId::parse(leg.account.get_ref())?, leg.room.get_ref().clone())?;
                 router.link(leg_id, &id).await?;
