@@ -1,27 +1,15 @@
 //! Two (then three) native clients on one provider, through the real client API over HTTP on loopback, with the
 //! `mimi-client` binary as a person would run it.
 
+mod common;
+
+use common::client;
+
 use bridge_core::provider::Provider;
 use bridge_core::store::{Backend, CommitConfig, open_data_dir};
 use mimi_bridge::mimi_http::{MimiState, Registration, router};
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
-
-fn client(state: &Path, server: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mimi-client"))
-        .arg("--state")
-        .arg(state)
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("mimi-client runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "mimi-client {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
 
 fn texts(listen_json: &str) -> Vec<String> {
     listen_json

@@ -1,25 +1,13 @@
 //! The first vertical slice, end to end: an IRC channel on a real ngIRCd ⇄ the daemon (portal, MLS group, its own
 //! MIMI hub) ⇄ a native MLS client holding its own keys (the real `mimi-client` binary over the client API).
 
+mod common;
+
+use common::client;
+
 use harness::{IrcClient, Ngircd};
 use mimi_bridge::config::Config;
 use mimi_bridge::daemon::Daemon;
-use std::path::Path;
-use std::process::Command;
-
-fn client(state: &Path, server: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mimi-client"))
-        .arg("--state")
-        .arg(state)
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("mimi-client runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "mimi-client {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
 
 fn messages(listen_json: &str) -> Vec<serde_json::Value> {
     listen_json.lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
