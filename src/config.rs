@@ -371,20 +371,24 @@ fn from_toml(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
         (true, _) => key.clone(),
     };
     let mut err = at(file, text, span, &full_key, msg.clone());
-    // serde: "unknown field `nik`, expected one of `server`, `nick`" / "expected `a` or `b`".
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        let bad = rest.split('`').next().unwrap_or("");
-        let expected: Vec<&str> = rest.split("expected").nth(1).unwrap_or("").split('`').skip(1).step_by(2).collect();
+    if let Some((bad, expected)) = serde_unknown(&msg, "unknown field `") {
         err.hint = closest(bad, expected.iter().copied())
             .map(|c| format!("did you mean `{c}`?"))
             .or_else(|| (!expected.is_empty()).then(|| format!("valid keys: {}", expected.join(", "))));
     }
-    if let Some(rest) = msg.strip_prefix("unknown variant `") {
-        let bad = rest.split('`').next().unwrap_or("");
-        let expected: Vec<&str> = rest.split("expected").nth(1).unwrap_or("").split('`').skip(1).step_by(2).collect();
+    if let Some((bad, expected)) = serde_unknown(&msg, "unknown variant `") {
         err.hint = closest(bad, expected.iter().copied()).map(|c| format!("did you mean `{c}`?"));
     }
     err
+}
+
+/// Splits serde's "unknown field `nik`, expected one of `server`, `nick`" (or "… expected `a` or `b`") into the
+/// unknown name and the expected ones, if `msg` starts with `prefix` (e.g. "unknown field `").
+fn serde_unknown<'m>(msg: &'m str, prefix: &str) -> Option<(&'m str, Vec<&'m str>)> {
+    let rest = msg.strip_prefix(prefix)?;
+    let bad = rest.split('`').next().unwrap_or("");
+    let expected = rest.split("expected").nth(1).unwrap_or("").split('`').skip(1).step_by(2).collect();
+    Some((bad, expected))
 }
 
 /// The table's shape for validation without reading secrets: each `KEY_file` of a secret key becomes `KEY`.
@@ -438,10 +442,8 @@ fn account_error(
             }
             offset += line.len();
         }
-        if reason.starts_with("unknown field") {
-            let expected: Vec<&str> =
-                reason.split("expected").nth(1).unwrap_or("").split('`').skip(1).step_by(2).collect();
-            err.hint = closest(f, expected.iter().copied()).map(|c| format!("did you mean `{c}`?"));
+        if let Some((bad, expected)) = serde_unknown(&reason, "unknown field `") {
+            err.hint = closest(bad, expected.iter().copied()).map(|c| format!("did you mean `{c}`?"));
         }
     }
     err
