@@ -92,6 +92,15 @@ fn excerpt(s: &str) -> String {
     out
 }
 
+/// What a native id on a leg stands for: the ID map, or a delivery the network accepted a moment ago whose record
+/// is still on its way to disk (so an echo of it, or a quick reply to it, is recognised).
+fn lookup_native(repo: &Repo<'_>, shared: &Shared, leg: &LegId, n: &NativeId) -> Result<Option<IdEntry>, RouteError> {
+    if let Some(e) = repo.lookup_native(leg, n)? {
+        return Ok(Some(e));
+    }
+    Ok(shared.recent_delivery(leg, n).map(|message_id| IdEntry { message_id, origin: false }))
+}
+
 fn ephemeral_id() -> MessageId {
     let mut b: [u8; 32] = rand::random();
     b[0] = 0x01;
@@ -270,13 +279,10 @@ impl Portal {
             if repo.ghost(&ev.sender.account, &ev.sender.native_id)?.is_some() {
                 return Ok(Accepted::Echo);
             }
-            if let Some(n) = &ev.native_id {
-                if let Some(entry) = repo.lookup_native(&ev.leg, n)? {
-                    return Ok(if entry.origin { Accepted::Duplicate(entry.message_id) } else { Accepted::Echo });
-                }
-                if self.shared.recent_delivery(&ev.leg, n).is_some() {
-                    return Ok(Accepted::Echo); // our delivery, echoed before its record is durable
-                }
+            if let Some(n) = &ev.native_id
+                && let Some(entry) = lookup_native(&repo, &self.shared, &ev.leg, n)?
+            {
+                return Ok(if entry.origin { Accepted::Duplicate(entry.message_id) } else { Accepted::Echo });
             }
         }
         let sender = self.sender_of(&ev.sender);
@@ -285,14 +291,7 @@ impl Portal {
         // Resolve a native id on the source leg to a message, following edits to the original.
         let resolve = |batch: &Batch, n: &NativeId| -> Result<Option<(MessageId, Option<MessageRecord>)>, RouteError> {
             let repo = Repo::with_pending(&store, batch);
-            let e = match repo.lookup_native(&ev.leg, n)? {
-                Some(e) => e,
-                // Delivered a moment ago: the network accepted it, its record is still on its way to disk.
-                None => match shared.recent_delivery(&ev.leg, n) {
-                    Some(message_id) => IdEntry { message_id, origin: false },
-                    None => return Ok(None),
-                },
-            };
+            let Some(e) = lookup_native(&repo, &shared, &ev.leg, n)? else { return Ok(None) };
             let rec = repo.message(&e.message_id)?;
             Ok(Some(match rec {
                 Some(MessageRecord { kind: RecordKind::Edit { target }, .. }) => {
