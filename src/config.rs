@@ -8,6 +8,7 @@
 //! account tables follow the `KEY_file` / `"env:NAME"` convention of [`crate::secrets`].
 
 use crate::secrets::{self, Secret};
+use bridge_core::mls::LeafPolicy;
 use bridge_core::store::Backend;
 use bridge_core::store::repo::MlsIdentity;
 use bridge_core::{AccountId, PortalId};
@@ -240,9 +241,28 @@ pub struct PortalConfig {
     /// How legacy senders appear in the MLS group.
     #[serde(default = "default_mls_identity")]
     pub mls_identity: Spanned<MlsIdentity>,
+    /// With `mls_identity = "per-user"`: most legacy users with a leaf of their own at once (default 100); the
+    /// others speak through the bridge's shared leaf.
+    pub max_user_leaves: Option<Spanned<usize>>,
+    /// With `mls_identity = "per-user"`: seconds of silence after which a user's leaf is removed (default 3600).
+    pub user_leaf_idle_secs: Option<Spanned<u64>>,
     /// Linked legacy rooms.
     #[serde(default)]
     pub legs: Vec<LegConfig>,
+}
+
+impl PortalConfig {
+    /// The per-user leaf limits (defaults where not set).
+    pub fn leaf_policy(&self) -> LeafPolicy {
+        let mut policy = LeafPolicy::default();
+        if let Some(n) = &self.max_user_leaves {
+            policy.max_leaves = *n.get_ref();
+        }
+        if let Some(secs) = &self.user_leaf_idle_secs {
+            policy.idle_after = std::time::Duration::from_secs(*secs.get_ref());
+        }
+        policy
+    }
 }
 
 /// One entry of `legs`.
@@ -624,16 +644,20 @@ impl Config {
             if !names.insert(id.clone()) {
                 return Err(at(file, text, p.name.span(), "portal.name", format!("portal {id:?} is defined twice")));
             }
-            if *p.mls_identity.get_ref() == MlsIdentity::PerUser {
-                return Err(at(
-                    file,
-                    text,
-                    p.mls_identity.span(),
-                    "portal.mls_identity",
-                    "\"per-user\" is not available yet: the MLS engine has per-user leaves, but portals do not use \
-                     them yet",
-                )
-                .with_hint("use \"shared\""));
+            let leaf_keys = [
+                ("max_user_leaves", p.max_user_leaves.as_ref().map(|v| (v.span(), *v.get_ref() as u64))),
+                ("user_leaf_idle_secs", p.user_leaf_idle_secs.as_ref().map(|v| (v.span(), *v.get_ref()))),
+            ];
+            for (key, value) in leaf_keys {
+                let Some((span, value)) = value else { continue };
+                let key = format!("portal.{key}");
+                if *p.mls_identity.get_ref() != MlsIdentity::PerUser {
+                    return Err(at(file, text, span, &key, "only applies with mls_identity = \"per-user\"")
+                        .with_hint("remove it, or set mls_identity = \"per-user\""));
+                }
+                if value == 0 {
+                    return Err(at(file, text, span, &key, "must be at least 1"));
+                }
             }
             for leg in &p.legs {
                 let acct = AccountId::parse(leg.account.get_ref())
@@ -743,6 +767,18 @@ mod tests {
         assert_eq!(c.bridge.store, Backend::Redb);
         assert_eq!(c.mimi.listen.get_ref().port(), 8448);
         assert!(c.portal.is_empty());
+    }
+
+    #[test]
+    fn per_user_portals_take_leaf_limits() {
+        let c = parse(&format!(
+            "{MIN}[[portal]]\nname = \"a\"\nmls_identity = \"per-user\"\nmax_user_leaves = 7\nuser_leaf_idle_secs = 90\n\
+             [[portal]]\nname = \"b\"\nmls_identity = \"per-user\"\n"
+        ))
+        .expect("valid");
+        let (a, b) = (c.portal[0].leaf_policy(), c.portal[1].leaf_policy());
+        assert_eq!((a.max_leaves, a.idle_after.as_secs()), (7, 90));
+        assert_eq!((b.max_leaves, b.idle_after.as_secs()), (100, 3600), "defaults");
     }
 
     #[test]
@@ -923,12 +959,22 @@ mod tests {
                 )
             },
             case(
-                "per-user identities not wired to portals yet",
-                format!("{MIN}[[portal]]\nname = \"a\"\nmls_identity = \"per-user\"\n"),
-                6,
-                "portal.mls_identity",
-                "\"per-user\" is not available yet",
+                "no leaves at all",
+                format!("{MIN}[[portal]]\nname = \"a\"\nmls_identity = \"per-user\"\nmax_user_leaves = 0\n"),
+                7,
+                "portal.max_user_leaves",
+                "must be at least 1",
             ),
+            Case {
+                hint: Some("remove it, or set mls_identity = \"per-user\""),
+                ..case(
+                    "leaf settings on a shared portal",
+                    format!("{MIN}[[portal]]\nname = \"a\"\nuser_leaf_idle_secs = 60\n"),
+                    6,
+                    "portal.user_leaf_idle_secs",
+                    "only applies with mls_identity",
+                )
+            },
             case(
                 "listen not an address",
                 format!("{MIN}[mimi]\nlisten = \"localhost\"\n"),

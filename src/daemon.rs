@@ -81,6 +81,7 @@ impl Daemon {
         for p in &cfg.portal {
             let id = PortalId::new(p.name.get_ref().clone())?;
             router.create_portal(PortalRecord { id: id.clone(), mls_identity: *p.mls_identity.get_ref() }).await?;
+            room.set_leaf_policy(&id, p.leaf_policy());
             for leg in &p.legs {
                 let leg_id = LegId::new(AccountId::parse(leg.account.get_ref())?, leg.room.get_ref().clone())?;
                 router.link(leg_id, &id).await?;
@@ -158,6 +159,11 @@ impl Daemon {
     /// The router (tests attach accounts to it).
     pub fn router(&self) -> &RouterHandle {
         &self.router
+    }
+
+    /// The portals' room of record (MLS groups on this daemon's hub), for tests and status.
+    pub fn room_of_record(&self) -> &Arc<MlsRoom> {
+        &self.room
     }
 
     /// The address the MIMI endpoints and client API listen on (useful with port 0).

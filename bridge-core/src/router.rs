@@ -267,9 +267,17 @@ impl RouterHandle {
         self.inner.accounts.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
-    /// Creates a portal (durably) if it does not exist yet, and starts its task.
+    /// Creates a portal (durably) if it does not exist yet, and starts its task. For an existing portal, a changed
+    /// record is stored (see below).
     pub async fn create_portal(&self, rec: PortalRecord) -> Result<(), RouteError> {
         if self.inner.portals.lock().await.contains_key(&rec.id) {
+            // An existing portal keeps its history; a changed record (e.g. `mls_identity` in the config) is stored
+            // and takes effect when the room of record next opens the portal's group (at start).
+            if Repo::new(&self.inner.store).portal(&rec.id)?.as_ref() != Some(&rec) {
+                let mut b = Batch::new();
+                write::portal(&mut b, &rec);
+                self.inner.store.commit(b).await?;
+            }
             return Ok(());
         }
         let mut b = Batch::new();

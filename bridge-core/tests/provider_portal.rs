@@ -6,7 +6,7 @@ use bridge_core::content::builder::ContentBuilder;
 use bridge_core::content::{Message, PartBody};
 use bridge_core::event::OutboundKind;
 use bridge_core::loopback::LoopbackNetwork;
-use bridge_core::mls::{BridgeProvider, EngineConfig, LegacySender, LocalMember, PortalGroup, Received};
+use bridge_core::mls::{BridgeProvider, EngineConfig, LeafPolicy, LegacySender, LocalMember, PortalGroup, Received};
 use bridge_core::provider::room::room_uri;
 use bridge_core::provider::wire::MlsMessageBytes;
 use bridge_core::provider::{JoinPolicy, MlsRoom, Origin, Provider, ProviderError, Refusal};
@@ -99,35 +99,62 @@ fn text(m: &Message) -> String {
     }
 }
 
+/// A bridge (store, hub, room of record, router) with a loopback IRC leg `#rust` linked to portal `rust`.
+struct Bridge {
+    _dir: tempfile::TempDir,
+    provider: Provider,
+    room_of_record: Arc<MlsRoom>,
+    router: RouterHandle,
+    net: Arc<LoopbackNetwork>,
+    portal: PortalId,
+    room: String,
+}
+
+impl Bridge {
+    async fn start(mls_identity: MlsIdentity, leaves: Option<LeafPolicy>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = store(dir.path());
+        let provider = Provider::open(DOMAIN, st.clone()).expect("provider");
+        let (mls, me) = member(&st, "bridge", &format!("mimi://{DOMAIN}/u/bridge")).await;
+        let room_of_record = MlsRoom::new(provider.clone(), mls, me, EngineConfig::default(), JoinPolicy::Open);
+        let router =
+            RouterHandle::start(RouterConfig::new(DOMAIN), st.clone(), room_of_record.clone()).await.expect("router");
+        room_of_record.attach_router(router.clone());
+        let id = AccountId::parse("lb.irc").expect("account");
+        let net = LoopbackNetwork::new(id.clone(), AccountContext::new(id, router.clone(), DOMAIN));
+        router.add_account(net.clone());
+        let portal = PortalId::new("rust").expect("portal id");
+        router.create_portal(PortalRecord { id: portal.clone(), mls_identity }).await.expect("portal");
+        router.link(net.leg("#rust"), &portal).await.expect("link");
+        if let Some(policy) = leaves {
+            room_of_record.set_leaf_policy(&portal, policy);
+        }
+        room_of_record.ensure_portal(&portal).await.expect("group");
+        let room = room_uri(DOMAIN, &portal);
+        Self { _dir: dir, provider, room_of_record, router, net, portal, room }
+    }
+
+    /// Waits until the bridge's group has `n` members (its worker applies commits from the log asynchronously).
+    async fn wait_members(&self, n: usize) -> Vec<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let members = self.room_of_record.members(&self.portal).await.expect("members");
+            if members.len() == n || tokio::time::Instant::now() > deadline {
+                return members;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_client_and_irc_leg_talk_through_a_portal() {
-    let bridge_dir = tempfile::tempdir().expect("tempdir");
     let client_dir = tempfile::tempdir().expect("tempdir");
-    let st = store(bridge_dir.path());
-    let provider = Provider::open(DOMAIN, st.clone()).expect("provider");
-    let (mls, me) = member(&st, "bridge", &format!("mimi://{DOMAIN}/u/bridge")).await;
-    let room_of_record = MlsRoom::new(provider.clone(), mls, me, EngineConfig::default(), JoinPolicy::Open);
-    let router =
-        RouterHandle::start(RouterConfig::new(DOMAIN), st.clone(), room_of_record.clone()).await.expect("router");
-    room_of_record.attach_router(router.clone());
-    let id = AccountId::parse("lb.irc").expect("account");
-    let net = LoopbackNetwork::new(id.clone(), AccountContext::new(id, router.clone(), DOMAIN));
-    router.add_account(net.clone());
-    let portal = PortalId::new("rust").expect("portal id");
-    router.create_portal(PortalRecord { id: portal.clone(), mls_identity: MlsIdentity::Shared }).await.expect("portal");
-    router.link(net.leg("#rust"), &portal).await.expect("link");
-    room_of_record.ensure_portal(&portal).await.expect("group");
-    let room = room_uri(DOMAIN, &portal);
-
+    let b = Bridge::start(MlsIdentity::Shared, None).await;
+    let (provider, room, net, router) = (&b.provider, &b.room, &b.net, &b.router);
+    let (provider, room) = (provider.clone(), room.clone());
     let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
-    // The bridge's portal worker applies alice's external commit from the hub log asynchronously.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut members = room_of_record.members(&portal).await.expect("members");
-    while members.len() < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        members = room_of_record.members(&portal).await.expect("members");
-    }
-    assert_eq!(members.len(), 2, "the bridge and alice");
+    assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
 
     // Legacy → MLS: the IRC user's line arrives decrypted at the native client, attributed to the legacy sender.
     let (_, verdict) = net.say("#rust", "bob", "hello from irc").await;
@@ -163,4 +190,73 @@ async fn native_client_and_irc_leg_talk_through_a_portal() {
     let (_, m) = bob.next(&provider, &room).await;
     assert_eq!(text(&m), "second");
     router.shutdown().await;
+}
+
+/// `mls_identity = "per-user"`: an IRC user speaks from a leaf of their own (added by the bridge the first time
+/// they speak, seen by the native member as a real member), the cap sends the rest from the shared leaf, idle
+/// leaves are removed, and a returning user gets a new leaf the native member can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_portal_gives_each_active_irc_user_a_leaf() {
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let policy = LeafPolicy { idle_after: Duration::from_secs(2), max_leaves: 2 };
+    let b = Bridge::start(MlsIdentity::PerUser, Some(policy)).await;
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
+    let uri = |nick: &str| format!("mimi://{DOMAIN}/u/lb.irc~{nick}");
+
+    // bob's first line: a leaf for bob, then the line from it.
+    b.net.say("#rust", "bob", "first from bob").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (uri("bob").as_str(), "first from bob"));
+    assert_eq!(m.content().extensions.sender_uri.as_deref(), Some(uri("bob").as_str()), "content names bob too");
+    assert!(alice.group.member_index(uri("bob").as_bytes()).is_some(), "alice sees bob as a member");
+    let epoch = alice.group.epoch();
+    // bob again: no new leaf, no new commit.
+    b.net.say("#rust", "bob", "second from bob").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (uri("bob").as_str(), "second from bob"));
+    assert_eq!(alice.group.epoch(), epoch, "bob's second line needed no commit");
+    // erin joins (a commit bob's leaf must process): bob's next line reaches both natives.
+    let erin_dir = tempfile::tempdir().expect("tempdir");
+    let mut erin = Native::join(&provider, erin_dir.path(), "erin", &room).await;
+    assert_eq!(b.wait_members(4).await.len(), 4, "bridge, alice, bob, erin");
+    b.net.say("#rust", "bob", "third from bob").await.1.expect("bridged");
+    for native in [&mut alice, &mut erin] {
+        let (sender, m) = native.next(&provider, &room).await;
+        assert_eq!((sender.as_str(), text(&m).as_str()), (uri("bob").as_str(), "third from bob"));
+    }
+
+    // carol takes the second (last) leaf; dave, over the cap, speaks through the shared leaf.
+    b.net.say("#rust", "carol", "hi from carol").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (uri("carol").as_str(), "hi from carol"));
+    b.net.say("#rust", "dave", "hi from dave").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (format!("mimi://{DOMAIN}/u/bridge").as_str(), "hi from dave"));
+    let legacy = LegacySender::from_extensions(&m.content().extensions).expect("extension").expect("legacy sender");
+    assert_eq!(legacy.uri, uri("dave"));
+    assert_eq!(b.room_of_record.leaf_users(&b.portal).await.expect("leaves"), vec![uri("bob"), uri("carol")]);
+    assert_eq!(b.wait_members(5).await.len(), 5, "bridge, alice, erin, bob, carol");
+
+    // alice's reply reaches IRC; the bridge does not bridge its own leaves' lines back.
+    alice.send(&provider, &room, "hello irc").await.expect("hub accepts");
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    assert_eq!(delivered.len(), 1, "exactly alice's line reached the leg: {delivered:?}");
+
+    // Silent for longer than idle_after: both leaves go, in one commit of the bridge.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !b.room_of_record.leaf_users(&b.portal).await.expect("leaves").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "idle leaves were not removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.wait_members(3).await.len(), 3, "the bridge, alice and erin again");
+
+    // bob comes back: a new leaf, and alice (who processed the removal) reads him.
+    b.net.say("#rust", "bob", "bob is back").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (uri("bob").as_str(), "bob is back"));
+    assert_eq!(alice.group.members().len(), 4, "bridge, alice, erin, bob");
+    assert_eq!(b.net.wait_delivered(1, Duration::from_millis(200)).await.len(), 1, "nothing echoed to IRC");
+    b.router.shutdown().await;
 }

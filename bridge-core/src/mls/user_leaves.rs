@@ -20,7 +20,8 @@
 //! Each leaf has a storage namespace of its own per portal (`leaf/<portal>/<uri>`: leaves in the same group
 //! must not share keys, and one storage exists per namespace). The list of a portal's leaves is an engine record
 //! in the bridge's storage, written in the same batch as the bridge's merge of the commit, so that
-//! [`UserLeaves::open`] finds them again after a restart. The idle clock restarts with the process.
+//! [`UserLeaves::open`] finds them again after a restart (a leaf a native member removed meanwhile is skipped).
+//! The idle clock restarts with the process. The portals use them through `provider::room` (`room/leaves.rs`).
 
 use super::config::EngineConfig;
 use super::error::MlsError;
@@ -144,8 +145,17 @@ impl UserLeaves {
         for uri in record.uris {
             // Listed leaves have their signature key stored already: nothing new to wait for.
             let (id, _) = me.identity(&uri)?;
-            let group = PortalGroup::load(id.provider, id.member, &me.group_id)?;
-            me.leaves.insert(uri, Leaf { group, last_active: now });
+            match PortalGroup::load(id.provider, id.member, &me.group_id) {
+                Ok(group) => {
+                    me.leaves.insert(uri, Leaf { group, last_active: now });
+                }
+                // Removed by a native member's commit (its state was deleted then, the list is rewritten with the
+                // next change of leaves): not a leaf any more.
+                Err(MlsError::UnknownGroup(_)) => {
+                    tracing::info!(user = %uri, "a listed per-user leaf has no group state: it was removed");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(me)
     }
@@ -294,6 +304,13 @@ impl UserLeaves {
         if change.added.is_some() {
             self.adding = None;
         }
+        bridge.clear_pending_commit()
+    }
+
+    /// The pending add could not be sent at all (its commit never became durable, or the hub could not be
+    /// reached): the bridge drops its pending commit and a later [`UserLeaves::add`] starts afresh.
+    pub fn cancel(&mut self, bridge: &mut PortalGroup) -> Pending<()> {
+        self.adding = None;
         bridge.clear_pending_commit()
     }
 

@@ -11,7 +11,15 @@
 //! handed to [`RouterHandle::from_group`] in log order by a forwarder task — never from inside `publish`, which
 //! runs on the portal's own task. The worker's position is stored (`hub_log` cursor `bridge`).
 //!
+//! Per-user leaves (`mls_identity = "per-user"` in the portal's record): a legacy user's message is sent from a
+//! leaf of their own ([`UserLeaves`]), added by the bridge's commit the first time they speak, removed after
+//! [`LeafPolicy::idle_after`] of silence by the portal worker's sweep, and capped at [`LeafPolicy::max_leaves`]
+//! (beyond it the shared leaf speaks for them, with the `legacySender` extension). Every handshake of the log is
+//! fed to the local leaves too. See [`leaves`].
+//!
 //! Room URI of portal `P` on domain `D`: `mimi://D/r/P`; its MLS group id is that URI's bytes.
+
+mod leaves;
 
 use super::hub::{JoinPolicy, Origin, Refusal};
 use super::log::{Records, write};
@@ -22,9 +30,13 @@ use crate::content::{Disposition, Message, MimiContent, NestedPart, PartBody};
 use crate::event::{MessageDraft, MessageStyle, Sender, TextFormat};
 use crate::group::{GroupContent, GroupError, GroupMessage, RoomOfRecord};
 use crate::ids::{MessageId, PortalId};
-use crate::mls::{BridgeProvider, EngineConfig, LegacySender, LocalMember, MlsError, PortalGroup, Received};
+use crate::mls::{
+    BridgeProvider, CommitOutput, EngineConfig, LeafPolicy, LegacySender, LocalMember, MlsError, PortalGroup, Received,
+    UserLeaves,
+};
 use crate::router::RouterHandle;
 use crate::store::Batch;
+use crate::store::repo::{MlsIdentity, Repo};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -45,6 +57,8 @@ struct Slot {
     room: String,
     applied: u64,
     own: HashSet<u64>,
+    /// The per-user leaves, in a portal with `mls_identity = "per-user"`.
+    leaves: Option<UserLeaves>,
 }
 
 /// The portals' room of record: MLS groups sequenced by the local hub. See the module documentation.
@@ -55,6 +69,8 @@ pub struct MlsRoom {
     config: EngineConfig,
     policy: JoinPolicy,
     slots: Mutex<HashMap<PortalId, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Per-user leaf limits by portal ([`MlsRoom::set_leaf_policy`]); the default otherwise.
+    leaf_policies: Mutex<HashMap<PortalId, LeafPolicy>>,
     inbound: mpsc::UnboundedSender<(MessageId, GroupMessage)>,
     inbound_rx: Mutex<Option<mpsc::UnboundedReceiver<(MessageId, GroupMessage)>>>,
     /// Set once the router is attached (a flag, not the handle: the router owns this room, so holding its handle
@@ -93,6 +109,7 @@ impl MlsRoom {
             config,
             policy,
             slots: Mutex::default(),
+            leaf_policies: Mutex::default(),
             inbound,
             inbound_rx: Mutex::new(Some(rx)),
             attached: std::sync::atomic::AtomicBool::new(false),
@@ -156,6 +173,14 @@ impl MlsRoom {
         }
     }
 
+    /// Sets the per-user leaf limits of `portal` (used when its slot opens: call before
+    /// [`MlsRoom::ensure_portal`]). Portals without one get [`LeafPolicy::default`].
+    pub fn set_leaf_policy(&self, portal: &PortalId, policy: LeafPolicy) {
+        if let Ok(mut p) = self.leaf_policies.lock() {
+            p.insert(portal.clone(), policy);
+        }
+    }
+
     /// Opens (creating if needed) the group and hub room of `portal` and starts its worker. Idempotent.
     pub async fn ensure_portal(&self, portal: &PortalId) -> Result<(), GroupError> {
         self.slot(portal).await.map(|_| ())
@@ -186,7 +211,19 @@ impl MlsRoom {
             self.provider.set_group_info(&room, info);
         }
         let applied = Records(self.provider.store()).cursor(&room, CURSOR).map_err(unavailable)?;
-        let slot = Arc::new(tokio::sync::Mutex::new(Slot { group, room: room.clone(), applied, own: HashSet::new() }));
+        let store = self.provider.store();
+        let per_user = Repo::new(store)
+            .portal(portal)
+            .map_err(unavailable)?
+            .is_some_and(|r| r.mls_identity == MlsIdentity::PerUser);
+        let leaves = if per_user {
+            let policy = self.leaf_policies.lock().map_err(unavailable)?.get(portal).cloned().unwrap_or_default();
+            Some(UserLeaves::open(store.clone(), self.config.clone(), policy, &group).map_err(unavailable)?)
+        } else {
+            None
+        };
+        let slot =
+            Arc::new(tokio::sync::Mutex::new(Slot { group, room: room.clone(), applied, own: HashSet::new(), leaves }));
         let slot = {
             let mut slots = self.slots.lock().map_err(unavailable)?;
             if let Some(existing) = slots.get(portal) {
@@ -209,6 +246,7 @@ impl MlsRoom {
         let me = self.me.clone();
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
+            let mut sweep_at: Option<tokio::time::Instant> = None;
             loop {
                 let Some(this) = me.upgrade() else { return };
                 {
@@ -216,10 +254,27 @@ impl MlsRoom {
                     if let Err(e) = this.catch_up(&portal, &mut s).await {
                         tracing::warn!(portal = %portal, error = %e, "catching up with the room log failed");
                     }
+                    let now = tokio::time::Instant::now();
+                    if let Some(every) = leaves::sweep_interval(&s) {
+                        if sweep_at.is_some_and(|t| t <= now) {
+                            if let Err(e) = this.sweep_idle_leaves(&portal, &mut s).await {
+                                tracing::warn!(portal = %portal, error = %e, "removing idle per-user leaves failed");
+                            }
+                            sweep_at = None;
+                        }
+                        sweep_at = sweep_at.or(Some(now + every));
+                    }
                 }
                 drop(this);
+                let sweep = async {
+                    match sweep_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },
+                    _ = sweep => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }
@@ -254,6 +309,10 @@ impl MlsRoom {
     /// Processes one message of the log; true if it was a commit.
     async fn apply(&self, portal: &PortalId, s: &mut Slot, bytes: &[u8]) -> bool {
         match s.group.process(bytes).durable().await {
+            Ok(Received::Application { sender_identity, .. }) if leaves::is_local_leaf(s, &sender_identity) => {
+                // One of our per-user leaves spoke (an own message seen again after a restart): not bridged again.
+                false
+            }
             Ok(Received::Application { sender_identity, plaintext, .. }) => {
                 match decode_incoming(portal, &s.room, &sender_identity, &plaintext) {
                     Ok((id, msg)) => {
@@ -263,8 +322,15 @@ impl MlsRoom {
                 }
                 false
             }
-            Ok(Received::Commit { .. }) => true,
-            Ok(Received::Own | Received::Proposal { .. }) => false,
+            Ok(Received::Commit { .. }) => {
+                leaves::feed_handshake(portal, s, bytes).await;
+                true
+            }
+            Ok(Received::Proposal { .. }) => {
+                leaves::feed_handshake(portal, s, bytes).await;
+                false
+            }
+            Ok(Received::Own) => false,
             Err(e) => {
                 tracing::debug!(portal = %portal, error = %e, "log entry not applied");
                 false
@@ -279,27 +345,47 @@ impl MlsRoom {
         self.catch_up(portal, &mut s).await?;
         let kps: Vec<&[u8]> = key_packages.iter().map(Vec::as_slice).collect();
         let out = s.group.add_members(&kps).durable().await.map_err(unavailable)?;
-        let commit = MlsMessageBytes::new(out.commit).map_err(unavailable)?;
-        let room = s.room.clone();
-        match self.provider.submit(&room, commit, self.member.uri(), Origin::Portal).await {
-            Ok(a) => {
-                s.own.insert(a.seq);
-                s.group.merge_pending_commit().durable().await.map_err(unavailable)?;
-            }
-            Err(e) => {
-                let _ = s.group.clear_pending_commit().durable().await;
-                return Err(unavailable(e));
-            }
+        let welcome = out.welcome.clone();
+        if !self.submit_own_commit(&mut s, out).await? {
+            return Err(GroupError::Unavailable("the room moved to a newer epoch; add again".into()));
         }
-        if let Some(w) = out.welcome {
+        if let Some(w) = welcome {
             let w = MlsMessageBytes::new(w).map_err(unavailable)?;
+            let room = s.room.clone();
             let a = self.provider.submit(&room, w, self.member.uri(), Origin::Portal).await.map_err(unavailable)?;
             s.own.insert(a.seq);
         }
-        if let Ok(info) = s.group.export_group_info(true) {
-            self.provider.set_group_info(&room, info);
-        }
         Ok(())
+    }
+
+    /// Sends a commit of the bridge's leaf (pending on its group) to the hub: merged if accepted (the local
+    /// per-user leaves process it and the served GroupInfo is refreshed; `true`), dropped if the hub moved to a
+    /// newer epoch first (`false`: catch up and commit again) or refused it (an error).
+    async fn submit_own_commit(&self, s: &mut Slot, out: CommitOutput) -> Result<bool, GroupError> {
+        let room = s.room.clone();
+        let sent = match MlsMessageBytes::new(out.commit.clone()) {
+            Ok(commit) => self.provider.submit(&room, commit, self.member.uri(), Origin::Portal).await,
+            Err(e) => Err(ProviderError::BadRequest(e.to_string())),
+        };
+        match sent {
+            Ok(a) => {
+                s.own.insert(a.seq);
+                s.group.merge_pending_commit().durable().await.map_err(unavailable)?;
+                leaves::feed_own_commit(s, &out.commit).await;
+                if let Ok(info) = s.group.export_group_info(true) {
+                    self.provider.set_group_info(&room, info);
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = s.group.clear_pending_commit().durable().await;
+                match e {
+                    ProviderError::Refused(Refusal::EpochTooOld { .. }) => Ok(false),
+                    ProviderError::Refused(r) => Err(GroupError::Refused(r.to_string())),
+                    e => Err(unavailable(e)),
+                }
+            }
+        }
     }
 
     /// The portal group's member identities (for tests and status).
@@ -307,6 +393,13 @@ impl MlsRoom {
         let slot = self.slot(portal).await?;
         let s = slot.lock().await;
         Ok(s.group.members().into_iter().map(|m| m.identity).collect())
+    }
+
+    /// The users with a per-user leaf in `portal` (empty for a shared-leaf portal).
+    pub async fn leaf_users(&self, portal: &PortalId) -> Result<Vec<String>, GroupError> {
+        let slot = self.slot(portal).await?;
+        let s = slot.lock().await;
+        Ok(s.leaves.as_ref().map(leaves::users).unwrap_or_default())
     }
 }
 
@@ -316,14 +409,31 @@ impl RoomOfRecord for MlsRoom {
         let slot = self.slot(&msg.portal).await?;
         let mut s = slot.lock().await;
         let domain = self.provider.domain().to_owned();
-        let content = encode_outgoing(msg, self.member.uri(), &s.room, &domain)?;
-        let id = content.message_id().map_err(|e| GroupError::Refused(e.to_string()))?;
-        let id = MessageId::from_bytes(&id).map_err(|e| GroupError::Refused(e.to_string()))?;
         for _ in 0..=EPOCH_RETRIES {
-            let ct = s.group.encrypt(content.bytes()).durable().await.map_err(unavailable)?;
+            // In a per-user portal the legacy author speaks from their own leaf (added now if they have none).
+            let leaf = match (&s.leaves, &msg.sender.legacy) {
+                (Some(_), Some(user)) => {
+                    let uri = user.uri(&domain);
+                    self.ensure_leaf(&msg.portal, &mut s, &uri).await?.then_some(uri)
+                }
+                _ => None,
+            };
+            let sender = leaf.as_deref().unwrap_or(self.member.uri());
+            let content = encode_outgoing(msg, sender, &s.room, &domain)?;
+            let id = content.message_id().map_err(|e| GroupError::Refused(e.to_string()))?;
+            let id = MessageId::from_bytes(&id).map_err(|e| GroupError::Refused(e.to_string()))?;
+            let encrypted = match &leaf {
+                Some(uri) => match s.leaves.as_mut().and_then(|l| l.group_mut(uri, std::time::Instant::now())) {
+                    Some(g) => g.encrypt(content.bytes()),
+                    // Removed by a commit processed while catching up: add it again on the next round.
+                    None => continue,
+                },
+                None => s.group.encrypt(content.bytes()),
+            };
+            let ct = encrypted.durable().await.map_err(unavailable)?;
             let ct = MlsMessageBytes::new(ct).map_err(unavailable)?;
             let room = s.room.clone();
-            match self.provider.submit(&room, ct, self.member.uri(), Origin::Portal).await {
+            match self.provider.submit(&room, ct, sender, Origin::Portal).await {
                 Ok(a) => {
                     s.own.insert(a.seq);
                     return Ok(id);

@@ -114,3 +114,74 @@ fn irc_channel_to_native_mls_client_and_back() {
 
     rt.block_on(daemon.shutdown()).expect("clean shutdown");
 }
+
+/// `mls_identity = "per-user"`: the IRC user is a member of the MLS group in their own right — the native client
+/// sees their URI as the MLS sender — and their leaf survives a restart of the daemon.
+#[test]
+fn per_user_portal_irc_user_is_an_mls_member() {
+    let ircd = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "[bridge]\ndomain = \"bridge.test\"\ndata_dir = {:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \
+         \"127.0.0.1:0\"\n\n[irc.t]\nserver = \"{}\"\nnick = \"bridge\"\n\n[[portal]]\nname = \"lobby\"\nmls_identity = \
+         \"per-user\"\nlegs = [{{ account = \"irc.t\", room = \"#lobby\" }}]\n",
+        dir.path().join("data").display().to_string(),
+        ircd.addr()
+    );
+    let cfg_path = dir.path().join("config.toml");
+    std::fs::write(&cfg_path, &text).expect("config");
+    let cfg = Config::parse(&cfg_path, &text).expect("valid config");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let daemon = rt.block_on(Daemon::start(&cfg, &mimi_bridge::networks::built_in())).expect("daemon starts");
+    let server = format!("http://{}", daemon.mimi_addr());
+    let room = "mimi://bridge.test/r/lobby";
+    let alice = dir.path().join("alice");
+    client(&alice, &server, &["register", "alice"]);
+    client(&alice, &server, &["join", room]);
+
+    let mut ircuser = IrcClient::connect(&ircd.addr(), "ircbob").expect("irc user connects");
+    ircuser.join("#lobby").expect("joins");
+    let mut heard = Vec::new();
+    for _ in 0..20 {
+        ircuser.send("PRIVMSG #lobby :hello as a member").expect("send");
+        heard = messages(&client(&alice, &server, &["listen", room, "--json", "--count", "1", "--timeout", "2"]));
+        if !heard.is_empty() {
+            break;
+        }
+    }
+    let m = heard.first().expect("the native client received the IRC line");
+    assert_eq!(m["text"], "hello as a member", "{m}");
+    assert_eq!(m["sender"], "mimi://bridge.test/u/irc.t~ircbob", "the IRC user's own leaf sent it: {m}");
+    client(&alice, &server, &["send", room, "welcome, member"]);
+    let line = ircuser.read_until(|l| l.contains("welcome, member")).expect("the IRC user reads the reply");
+    assert!(line.starts_with(":bridge!"), "{line}");
+    let lobby = bridge_core::PortalId::new("lobby").expect("portal id");
+    let leaves = |d: &Daemon| rt.block_on(d.room_of_record().leaf_users(&lobby)).expect("leaves");
+    let epoch = |d: &Daemon| d.room_of_record().provider().epoch(room).expect("epoch");
+    assert_eq!(leaves(&daemon), vec!["mimi://bridge.test/u/irc.t~ircbob".to_owned()]);
+    let epoch_before = epoch(&daemon);
+    let mut closed = daemon.store_closed();
+    rt.block_on(daemon.shutdown()).expect("clean shutdown");
+    rt.block_on(closed.wait_for(|c| *c)).expect("store closed");
+
+    // After a restart the leaf is still there: the next line comes from it again.
+    let daemon = rt.block_on(Daemon::start(&cfg, &mimi_bridge::networks::built_in())).expect("daemon restarts");
+    let server = format!("http://{}", daemon.mimi_addr());
+    let mut heard = Vec::new();
+    for _ in 0..20 {
+        ircuser.send("PRIVMSG #lobby :still a member").expect("send");
+        heard = messages(&client(&alice, &server, &["listen", room, "--json", "--count", "1", "--timeout", "2"]));
+        if !heard.is_empty() {
+            break;
+        }
+    }
+    let m = heard.first().expect("the line after the restart arrived");
+    assert_eq!(leaves(&daemon), vec!["mimi://bridge.test/u/irc.t~ircbob".to_owned()], "the leaf was reloaded");
+    assert_eq!(epoch(&daemon), epoch_before, "no new commit: the same leaf spoke");
+    assert_eq!(
+        (m["text"].as_str(), m["sender"].as_str()),
+        (Some("still a member"), Some("mimi://bridge.test/u/irc.t~ircbob")),
+        "{m}"
+    );
+    rt.block_on(daemon.shutdown()).expect("clean shutdown");
+}
