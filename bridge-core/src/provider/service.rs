@@ -12,7 +12,7 @@ use super::inspect::{Inspected, inspect};
 use super::log::{Records, RoomRecord, UserRecord, write};
 use super::wire::{MlsMessageBytes, SequencedFanout};
 use crate::store::{Batch, Store, StoreError};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -68,6 +68,42 @@ struct Room {
     role: Role,
     last: watch::Sender<u64>,
     group_info: Option<Vec<u8>>,
+    /// The newest log entries (at most [`TAIL`], contiguous, in order), so that long-polling clients woken by a
+    /// new entry read it from memory instead of each opening a store transaction. Entries are added in sequence
+    /// order when they are appended; readers never see past `last`, which moves only once they are durable.
+    tail: VecDeque<SequencedFanout>,
+}
+
+/// Most log entries kept in memory per room.
+const TAIL: usize = 1024;
+
+impl Room {
+    fn new(role: Role, last: watch::Sender<u64>) -> Self {
+        Self { role, last, group_info: None, tail: VecDeque::new() }
+    }
+
+    /// Remembers a newly appended entry; the tail restarts if it would not be contiguous.
+    fn remember(&mut self, entry: &SequencedFanout) {
+        if self.tail.back().is_some_and(|e| e.seq + 1 != entry.seq) {
+            self.tail.clear();
+        }
+        if self.tail.len() == TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(entry.clone());
+    }
+
+    /// Entries `after+1 ..= up_to` (at most `max`) if the tail holds them all.
+    fn tail_entries(&self, after: u64, up_to: u64, max: usize) -> Option<Vec<SequencedFanout>> {
+        let first = self.tail.front()?.seq;
+        if after + 1 < first {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).ok()?;
+        let out: Vec<_> = self.tail.iter().skip(skip).take_while(|e| e.seq <= up_to).take(max).cloned().collect();
+        let want = usize::try_from(up_to - after).unwrap_or(usize::MAX).min(max);
+        (out.len() == want).then_some(out)
+    }
 }
 
 struct Inner {
@@ -123,13 +159,13 @@ impl Provider {
                     let has_portal = uri_domain(&name) == Some(domain);
                     let hub = HubRoom::restore(state, recs.digests(&name)?, has_portal);
                     let (tx, _) = watch::channel(last);
-                    rooms.insert(name, Room { role: Role::Hub(hub), last: tx, group_info: None });
+                    rooms.insert(name, Room::new(Role::Hub(hub), tx));
                 }
                 RoomRecord::Follower { room, hub } => {
                     let last = recs.last_seq(&room, 0)?;
                     let (tx, _) = watch::channel(last);
                     let state = FollowerRoom::new(&room, last);
-                    rooms.insert(room, Room { role: Role::Follower { state, hub }, last: tx, group_info: None });
+                    rooms.insert(room, Room::new(Role::Follower { state, hub }, tx));
                 }
             }
         }
@@ -183,7 +219,7 @@ impl Provider {
             let mut b = Batch::new();
             write::room(&mut b, &RoomRecord::Hub(hub.state().clone()))?;
             let (tx, _) = watch::channel(0);
-            rooms.insert(room.to_owned(), Room { role: Role::Hub(hub), last: tx, group_info: None });
+            rooms.insert(room.to_owned(), Room::new(Role::Hub(hub), tx));
             self.inner.store.commit_later(b)
         };
         durable.await.unwrap_or(Err(StoreError::Closed))?;
@@ -201,10 +237,7 @@ impl Provider {
             write::room(&mut b, &RoomRecord::Follower { room: room.to_owned(), hub: hub.to_owned() })?;
             let (tx, _) = watch::channel(0);
             let state = FollowerRoom::new(room, 0);
-            rooms.insert(
-                room.to_owned(),
-                Room { role: Role::Follower { state, hub: hub.to_owned() }, last: tx, group_info: None },
-            );
+            rooms.insert(room.to_owned(), Room::new(Role::Follower { state, hub: hub.to_owned() }, tx));
             self.inner.store.commit_later(b)
         };
         durable.await.unwrap_or(Err(StoreError::Closed))?;
@@ -271,6 +304,7 @@ impl Provider {
             let mut b = Batch::new();
             for a in &actions {
                 if let HubAction::Append { entry, digest, state } = a {
+                    r.remember(entry);
                     write::entry(&mut b, room, entry)?;
                     write::digest(&mut b, room, digest, entry.seq);
                     write::room(&mut b, &RoomRecord::Hub(state.clone()))?;
@@ -350,10 +384,18 @@ impl Provider {
 
     /// Up to `max` log entries after `after`.
     pub fn entries_after(&self, room: &str, after: u64, max: usize) -> Result<Vec<SequencedFanout>, ProviderError> {
-        let last = self.last_seq(room)?;
-        if after >= last {
-            return Ok(Vec::new());
-        }
+        let last = {
+            let rooms = lock(&self.inner.rooms);
+            let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+            let last = *r.last.borrow();
+            if after >= last {
+                return Ok(Vec::new());
+            }
+            if let Some(entries) = r.tail_entries(after, last, max) {
+                return Ok(entries);
+            }
+            last
+        };
         let max = max.min(usize::try_from(last - after).unwrap_or(usize::MAX));
         Ok(Records(&self.inner.store).entries_after(room, after, max)?)
     }
@@ -417,6 +459,9 @@ impl Provider {
                         last = e.seq;
                     }
                     self.inner.store.commit(b).await?;
+                    if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
+                        run.iter().for_each(|e| r.remember(e));
+                    }
                     self.wake(room, last);
                 }
                 FollowerAction::Fetch { after } => fetch = Some(after),
@@ -494,5 +539,48 @@ impl Provider {
     /// Welcomes waiting for `user`: `(room, seq of the Welcome)`.
     pub fn invites(&self, user: &str) -> Result<Vec<(String, u64)>, ProviderError> {
         Ok(Records(&self.inner.store).invites(user)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::tests_support::private_message;
+    use crate::provider::wire::FanoutMessage;
+
+    fn room_with(seqs: impl IntoIterator<Item = u64>) -> Room {
+        let msg = MlsMessageBytes::new(private_message()).expect("framed");
+        let mut r = Room::new(
+            Role::Follower { state: FollowerRoom::new("mimi://a.test/r/x", 0), hub: "a".into() },
+            watch::channel(0).0,
+        );
+        for seq in seqs {
+            r.remember(&SequencedFanout { seq, fanout: FanoutMessage::plain(seq, msg.clone()) });
+        }
+        r
+    }
+
+    fn seqs(v: Option<Vec<SequencedFanout>>) -> Option<Vec<u64>> {
+        v.map(|v| v.into_iter().map(|e| e.seq).collect())
+    }
+
+    #[test]
+    fn the_tail_serves_contiguous_runs_up_to_last_and_max() {
+        let r = room_with(1..=10);
+        assert_eq!(seqs(r.tail_entries(0, 10, 256)), Some((1..=10).collect()));
+        assert_eq!(seqs(r.tail_entries(4, 7, 256)), Some(vec![5, 6, 7]), "never past `last`");
+        assert_eq!(seqs(r.tail_entries(4, 10, 2)), Some(vec![5, 6]), "at most max");
+        assert_eq!(seqs(r.tail_entries(9, 10, 256)), Some(vec![10]));
+        assert_eq!(seqs(r.tail_entries(3, 12, 256)), None, "entries it does not hold: read the store");
+    }
+
+    #[test]
+    fn the_tail_forgets_the_oldest_and_restarts_on_a_gap() {
+        let r = room_with(1..=(TAIL as u64 + 5));
+        assert_eq!(seqs(r.tail_entries(0, 3, 256)), None, "evicted: read the store");
+        assert_eq!(seqs(r.tail_entries(5, 7, 256)), Some(vec![6, 7]));
+        let r = room_with([1, 2, 3, 7, 8]);
+        assert_eq!(seqs(r.tail_entries(2, 8, 256)), None, "3 is gone with the gap");
+        assert_eq!(seqs(r.tail_entries(6, 8, 256)), Some(vec![7, 8]));
     }
 }
