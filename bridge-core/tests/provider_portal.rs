@@ -101,7 +101,8 @@ fn text(m: &Message) -> String {
 
 /// A bridge (store, hub, room of record, router) with a loopback IRC leg `#rust` linked to portal `rust`.
 struct Bridge {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+    store: Store,
     provider: Provider,
     room_of_record: Arc<MlsRoom>,
     router: RouterHandle,
@@ -113,13 +114,22 @@ struct Bridge {
 impl Bridge {
     async fn start(mls_identity: MlsIdentity, leaves: Option<LeafPolicy>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let st = store(dir.path());
+        let mut b = Self::start_at(dir.path(), mls_identity, leaves, true).await;
+        b._dir = Some(dir);
+        b
+    }
+
+    /// A bridge on the data in `dir`; `attach`: connect the room of record's incoming path to the router.
+    async fn start_at(dir: &Path, mls_identity: MlsIdentity, leaves: Option<LeafPolicy>, attach: bool) -> Self {
+        let st = store(dir);
         let provider = Provider::open(DOMAIN, st.clone()).expect("provider");
         let (mls, me) = member(&st, "bridge", &format!("mimi://{DOMAIN}/u/bridge")).await;
         let room_of_record = MlsRoom::new(provider.clone(), mls, me, EngineConfig::default(), JoinPolicy::Open);
         let router =
             RouterHandle::start(RouterConfig::new(DOMAIN), st.clone(), room_of_record.clone()).await.expect("router");
-        room_of_record.attach_router(router.clone());
+        if attach {
+            room_of_record.attach_router(router.clone());
+        }
         let id = AccountId::parse("lb.irc").expect("account");
         let net = LoopbackNetwork::new(id.clone(), AccountContext::new(id, router.clone(), DOMAIN));
         router.add_account(net.clone());
@@ -131,7 +141,16 @@ impl Bridge {
         }
         room_of_record.ensure_portal(&portal).await.expect("group");
         let room = room_uri(DOMAIN, &portal);
-        Self { _dir: dir, provider, room_of_record, router, net, portal, room }
+        Self { _dir: None, store: st, provider, room_of_record, router, net, portal, room }
+    }
+
+    /// Stops everything and waits until the store is closed (so it can be opened again).
+    async fn stop(self) {
+        let mut closed = self.store.closed();
+        self.router.shutdown().await;
+        self.room_of_record.shutdown();
+        drop(self);
+        tokio::time::timeout(WAIT, closed.wait_for(|c| *c)).await.expect("store closes").expect("closed");
     }
 
     /// Waits until the bridge's group has `n` members (its worker applies commits from the log asynchronously).
@@ -259,4 +278,46 @@ async fn per_user_portal_gives_each_active_irc_user_a_leaf() {
     assert_eq!(alice.group.members().len(), 4, "bridge, alice, erin, bob");
     assert_eq!(b.net.wait_delivered(1, Duration::from_millis(200)).await.len(), 1, "nothing echoed to IRC");
     b.router.shutdown().await;
+}
+
+/// The MLS ratchet decrypts a message once: a message decrypted (its state change durable) but not yet taken by
+/// the router when the bridge stops must still reach the legs after the restart, and only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_decrypted_before_a_stop_is_bridged_after_the_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    // The incoming path is not attached: the worker decrypts, nothing takes the message (as if the process died
+    // between the decryption and the router's commit).
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, false).await;
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    let seq = alice.send(&provider, &room, "said just before the stop").await.expect("hub accepts");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.room_of_record.position(&b.portal).await.expect("position") < seq {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never applied the message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(b.net.wait_delivered(1, Duration::from_millis(300)).await.is_empty(), "nothing bridged yet");
+    drop(provider);
+    b.stop().await;
+
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true).await;
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    assert_eq!(delivered.len(), 1, "the kept message reached the leg after the restart");
+    match &delivered[0].kind {
+        OutboundKind::Message { draft, .. } => assert_eq!(draft.body, "said just before the stop"),
+        other => panic!("unexpected delivery {other:?}"),
+    }
+    // Once taken, it is not bridged again by a later restart.
+    let next = alice.send(&b.provider, &room, "after the restart").await.expect("hub accepts");
+    assert_eq!(b.net.wait_delivered(2, WAIT).await.len(), 2);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.room_of_record.position(&b.portal).await.expect("position") < next {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never applied the message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.stop().await;
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true).await;
+    assert!(b.net.wait_delivered(1, Duration::from_millis(500)).await.is_empty(), "nothing delivered twice");
+    b.stop().await;
 }

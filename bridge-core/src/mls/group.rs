@@ -63,6 +63,17 @@ pub enum Received {
     },
 }
 
+/// An application message decrypted by [`PortalGroup::process_and_keep`] and not yet handed on for good.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeptMessage {
+    /// Its log position.
+    pub seq: u64,
+    /// The sender's credential identity.
+    pub sender_identity: Vec<u8>,
+    /// The decrypted content.
+    pub plaintext: Vec<u8>,
+}
+
 /// The messages an own commit produced: send `commit` to the group (via the hub), `welcome` to new members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitOutput {
@@ -483,6 +494,45 @@ impl PortalGroup {
                 Ok(Received::Commit { epoch: self.epoch(), added, removed })
             }
         }
+    }
+
+    /// Processes `message`, log entry `seq`, like [`PortalGroup::process`]; an application message is also added
+    /// to the kept list `list` **in the same atomic batch as the state change that decrypted it**, so a crash after
+    /// the decryption cannot lose the plaintext (the ratchet will not decrypt it twice). Entries of the list up to
+    /// `handed_on` (those the caller has handed on for good) are dropped from it on the way.
+    pub fn process_and_keep(&mut self, message: &[u8], seq: u64, list: &[u8], handed_on: u64) -> Pending<Received> {
+        let result = self.process_inner(message);
+        match &result {
+            Ok(Received::Application { sender_identity, plaintext, .. }) => {
+                let kept = self.storage_record::<Vec<KeptMessage>>(list).and_then(|old| {
+                    let mut kept: Vec<KeptMessage> = old.unwrap_or_default();
+                    kept.retain(|k| k.seq > handed_on);
+                    kept.push(KeptMessage {
+                        seq,
+                        sender_identity: sender_identity.clone(),
+                        plaintext: plaintext.clone(),
+                    });
+                    self.put_storage_record(list, &kept)
+                });
+                if let Err(e) = kept {
+                    tracing::warn!(error = %e, seq, "a decrypted message could not be kept for a crash");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                group = %hex::encode(self.group.group_id().as_slice()),
+                epoch = self.epoch(),
+                kind = e.kind(),
+                error = %e,
+                "MLS message refused"
+            ),
+        }
+        self.finish(result)
+    }
+
+    /// The kept list `list` (see [`PortalGroup::process_and_keep`]), oldest first.
+    pub fn kept_messages(&self, list: &[u8]) -> Result<Vec<KeptMessage>, MlsError> {
+        Ok(self.storage_record(list)?.unwrap_or_default())
     }
 
     /// Reads one of the engine's own records in this member's storage.

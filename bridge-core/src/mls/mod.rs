@@ -31,7 +31,7 @@ pub mod user_leaves;
 
 pub use config::{EngineConfig, HandshakeWireFormat};
 pub use error::MlsError;
-pub use group::{CommitOutput, PortalGroup, Received};
+pub use group::{CommitOutput, KeptMessage, PortalGroup, Received};
 pub use legacy_sender::LegacySender;
 pub use member::LocalMember;
 pub use provider::{BridgeProvider, Pending};

@@ -11,6 +11,12 @@
 //! handed to [`RouterHandle::from_group`] in log order by a forwarder task — never from inside `publish`, which
 //! runs on the portal's own task. The worker's position is stored (`hub_log` cursor `bridge`).
 //!
+//! Nothing decrypted is lost: the MLS ratchet decrypts a message once, so the plaintext is kept (the room's kept
+//! list in the bridge's MLS storage) in the same atomic batch as the state change that decrypted it
+//! ([`PortalGroup::process_and_keep`]). When the router has taken a message, its entry is dropped from the list
+//! with the next one; when the portal's group opens (at start), whatever is still listed goes to the router again,
+//! which drops what it already has by message id.
+//!
 //! Per-user leaves (`mls_identity = "per-user"` in the portal's record): a legacy user's message is sent from a
 //! leaf of their own ([`UserLeaves`]), added by the bridge's commit the first time they speak, removed after
 //! [`LeafPolicy::idle_after`] of silence by the portal worker's sweep, and capped at [`LeafPolicy::max_leaves`]
@@ -47,6 +53,14 @@ const CURSOR: &str = "bridge";
 /// How many times `publish` catches up and re-encrypts after `epochTooOld`.
 const EPOCH_RETRIES: usize = 3;
 
+/// A native member's message on its way to the router: room, log position, id, content.
+type Forward = (String, u64, MessageId, GroupMessage);
+
+/// The name of a room's kept list ([`PortalGroup::process_and_keep`]) in the bridge's MLS storage.
+fn kept_list(room: &str) -> Vec<u8> {
+    format!("kept/{room}").into_bytes()
+}
+
 /// The room URI of a portal.
 pub fn room_uri(domain: &str, portal: &PortalId) -> String {
     format!("mimi://{domain}/r/{portal}")
@@ -71,8 +85,11 @@ pub struct MlsRoom {
     slots: Mutex<HashMap<PortalId, Arc<tokio::sync::Mutex<Slot>>>>,
     /// Per-user leaf limits by portal ([`MlsRoom::set_leaf_policy`]); the default otherwise.
     leaf_policies: Mutex<HashMap<PortalId, LeafPolicy>>,
-    inbound: mpsc::UnboundedSender<(MessageId, GroupMessage)>,
-    inbound_rx: Mutex<Option<mpsc::UnboundedReceiver<(MessageId, GroupMessage)>>>,
+    inbound: mpsc::UnboundedSender<Forward>,
+    inbound_rx: Mutex<Option<mpsc::UnboundedReceiver<Forward>>>,
+    /// Per room: the last log position whose message the router has taken (or refused for good); kept messages
+    /// up to it are dropped from the room's kept list.
+    handed_on: Arc<Mutex<HashMap<String, u64>>>,
     /// Set once the router is attached (a flag, not the handle: the router owns this room, so holding its handle
     /// here would be a reference cycle that keeps the store open after shutdown).
     attached: std::sync::atomic::AtomicBool,
@@ -112,6 +129,7 @@ impl MlsRoom {
             leaf_policies: Mutex::default(),
             inbound,
             inbound_rx: Mutex::new(Some(rx)),
+            handed_on: Arc::default(),
             attached: std::sync::atomic::AtomicBool::new(false),
             stop: tokio::sync::watch::channel(false).0,
             me: me.clone(),
@@ -146,18 +164,28 @@ impl MlsRoom {
         }
         let mut stop = self.stop.subscribe();
         let rx = self.inbound_rx.lock().ok().and_then(|mut g| g.take());
+        let handed_on = self.handed_on.clone();
         if let Some(mut rx) = rx {
             tokio::spawn(async move {
                 loop {
-                    let (id, msg) = tokio::select! {
+                    let (room, seq, id, msg) = tokio::select! {
                         m = rx.recv() => match m {
                             Some(m) => m,
                             None => break,
                         },
                         _ = stop.wait_for(|s| *s) => break,
                     };
-                    if let Err(e) = router.from_group(id, msg).await {
-                        tracing::warn!(error = %e, message_id = %id.to_hex(), "message from the group not bridged");
+                    match router.from_group(id, msg).await {
+                        // Shutting down: the message stays kept and is handed on after the restart.
+                        Err(crate::router::RouteError::Closed) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, message_id = %id.to_hex(), "message from the group not bridged")
+                        }
+                        Ok(_) => {}
+                    }
+                    if let Ok(mut h) = handed_on.lock() {
+                        let last = h.entry(room).or_default();
+                        *last = (*last).max(seq);
                     }
                 }
             });
@@ -222,6 +250,19 @@ impl MlsRoom {
         } else {
             None
         };
+        // Messages decrypted before the last stop but maybe never taken by the router go to it again (it drops
+        // what it already has by message id).
+        for k in group.kept_messages(&kept_list(&room)).map_err(unavailable)? {
+            if leaves.as_ref().is_some_and(|l| std::str::from_utf8(&k.sender_identity).is_ok_and(|u| l.contains(u))) {
+                continue;
+            }
+            match decode_incoming(portal, &room, &k.sender_identity, &k.plaintext) {
+                Ok((id, msg)) => {
+                    let _ = self.inbound.send((room.clone(), k.seq, id, msg));
+                }
+                Err(e) => tracing::debug!(portal = %portal, error = %e, "kept message discarded"),
+            }
+        }
         let slot =
             Arc::new(tokio::sync::Mutex::new(Slot { group, room: room.clone(), applied, own: HashSet::new(), leaves }));
         let slot = {
@@ -293,7 +334,7 @@ impl MlsRoom {
             for e in entries {
                 let seq = e.seq;
                 if !s.own.remove(&seq) && e.fanout.message.wire_format() != wire_format::WELCOME {
-                    commits |= self.apply(portal, s, e.fanout.message.as_bytes()).await;
+                    commits |= self.apply(portal, s, seq, e.fanout.message.as_bytes()).await;
                 }
                 s.applied = seq;
             }
@@ -307,8 +348,9 @@ impl MlsRoom {
     }
 
     /// Processes one message of the log; true if it was a commit.
-    async fn apply(&self, portal: &PortalId, s: &mut Slot, bytes: &[u8]) -> bool {
-        match s.group.process(bytes).durable().await {
+    async fn apply(&self, portal: &PortalId, s: &mut Slot, seq: u64, bytes: &[u8]) -> bool {
+        let handed_on = self.handed_on.lock().ok().and_then(|h| h.get(&s.room).copied()).unwrap_or(0);
+        match s.group.process_and_keep(bytes, seq, &kept_list(&s.room), handed_on).durable().await {
             Ok(Received::Application { sender_identity, .. }) if leaves::is_local_leaf(s, &sender_identity) => {
                 // One of our per-user leaves spoke (an own message seen again after a restart): not bridged again.
                 false
@@ -316,7 +358,7 @@ impl MlsRoom {
             Ok(Received::Application { sender_identity, plaintext, .. }) => {
                 match decode_incoming(portal, &s.room, &sender_identity, &plaintext) {
                     Ok((id, msg)) => {
-                        let _ = self.inbound.send((id, msg));
+                        let _ = self.inbound.send((s.room.clone(), seq, id, msg));
                     }
                     Err(e) => tracing::warn!(portal = %portal, error = %e, "MIMI content discarded"),
                 }
@@ -393,6 +435,13 @@ impl MlsRoom {
         let slot = self.slot(portal).await?;
         let s = slot.lock().await;
         Ok(s.group.members().into_iter().map(|m| m.identity).collect())
+    }
+
+    /// The last position of the room's log the portal's worker has applied.
+    pub async fn position(&self, portal: &PortalId) -> Result<u64, GroupError> {
+        let slot = self.slot(portal).await?;
+        let s = slot.lock().await;
+        Ok(s.applied)
     }
 
     /// The users with a per-user leaf in `portal` (empty for a shared-leaf portal).
