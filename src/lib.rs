@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod data_dir;
 pub mod logging;
 pub mod mimi_http;
+pub mod mimi_tls;
 pub mod networks;
 pub mod notify;
 pub mod secrets;

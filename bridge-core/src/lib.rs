@@ -27,6 +27,7 @@ pub mod portal;
 pub mod provider;
 pub mod router;
 pub mod store;
+pub mod tls;
 pub mod uri;
 
 #[cfg(any(test, feature = "testkit"))]

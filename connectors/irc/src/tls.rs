@@ -7,10 +7,8 @@
 //! process-wide default provider being installed.
 
 use crate::Config;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
-use std::path::Path;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -35,15 +33,6 @@ pub fn host_of(server: &str) -> &str {
     host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
-fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    let certs = iter.collect::<Result<Vec<_>, _>>().map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{what} {}: no PEM certificate in the file", path.display()));
-    }
-    Ok(certs)
-}
-
 impl Tls {
     /// Builds the TLS settings for `config` (reads the CA and client certificate files). Errors name the key and
     /// the file at fault.
@@ -51,36 +40,16 @@ impl Tls {
         let host = host_of(&config.server);
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| format!("server host {host:?} is neither a DNS name nor an IP address (needed for TLS)"))?;
-        let mut roots = RootCertStore::empty();
-        match &config.tls_ca_file {
-            Some(path) => {
-                for c in load_certs(path, "tls_ca_file")? {
-                    roots.add(c).map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?;
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                let (added, _) = roots.add_parsable_certificates(found.certs);
-                if added == 0 {
-                    let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
-                    return Err(format!(
-                        "no trusted CA certificates in the system store (install ca-certificates, or set tls_ca_file \
-                         for a private CA){}",
-                        if errors.is_empty() { String::new() } else { format!(": {}", errors.join("; ")) }
-                    ));
-                }
-            }
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let roots = bridge_core::tls::roots(config.tls_ca_file.as_deref(), "tls_ca_file")?;
+        let provider = bridge_core::tls::provider();
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS setup: {e}"))?
             .with_root_certificates(roots);
         let client = match (&config.tls_client_cert_file, &config.tls_client_key_file) {
             (Some(cert), Some(key)) => {
-                let chain = load_certs(cert, "tls_client_cert_file")?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("tls_client_key_file {}: {e}", key.display()))?;
+                let chain = bridge_core::tls::load_certs(cert, "tls_client_cert_file")?;
+                let key = bridge_core::tls::load_key(key, "tls_client_key_file")?;
                 builder.with_client_auth_cert(chain, key).map_err(|e| format!("TLS client certificate: {e}"))?
             }
             (None, None) => builder.with_no_client_auth(),

@@ -463,7 +463,7 @@ async fn beyond_the_connection_cap_the_bot_relays() {
     s.router.shutdown().await;
 }
 
-/// A CA, and a server certificate for `sans` signed by it, written as PEM files into `dir`.
+/// A CA, a server certificate for `sans` and a client certificate, signed by it, written as PEM files into `dir`.
 struct Pki {
     ca: std::path::PathBuf,
     cert: std::path::PathBuf,
@@ -473,37 +473,10 @@ struct Pki {
 }
 
 fn pki(dir: &std::path::Path, name: &str, sans: &[&str]) -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, "irc.test");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &ca).expect("server cert");
-    let client_key = KeyPair::generate().expect("key");
-    let mut cp = CertificateParams::new(Vec::<String>::new()).expect("params");
-    cp.distinguished_name.push(DnType::CommonName, "bridge");
-    cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client = cp.signed_by(&client_key, &ca).expect("client cert");
-    let w = |file: &str, pem: String| {
-        let p = dir.join(format!("{name}-{file}"));
-        std::fs::write(&p, pem).expect("write pem");
-        p
-    };
-    Pki {
-        ca: w("ca.pem", ca.pem()),
-        cert: w("cert.pem", cert.pem()),
-        key: w("key.pem", key.serialize_pem()),
-        client_cert: w("client.pem", client.pem()),
-        client_key: w("client-key.pem", client_key.serialize_pem()),
-    }
+    let ca = harness::pki::Ca::new(dir, name);
+    let server = ca.issue("server", sans, true, false);
+    let client = ca.issue("client", &[], false, true);
+    Pki { ca: ca.cert.clone(), cert: server.cert, key: server.key, client_cert: client.cert, client_key: client.key }
 }
 
 async fn health_reason(account: &Arc<dyn Account>, timeout: Duration) -> Health {

@@ -4,7 +4,10 @@
 //! an error that says how to install it — tests fail loudly, they never skip. Each server is stopped (killed) and
 //! its temp dir removed when its handle is dropped.
 //!
-//! Available: [`Ngircd`] (IRC). Prosody and Synapse follow with their connectors.
+//! Available: [`Ngircd`] (IRC), and [`pki`] (test CAs and certificates). Prosody and Synapse follow with their
+//! connectors.
+
+pub mod pki;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

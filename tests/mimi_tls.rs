@@ -1,0 +1,137 @@
+//! Mutual TLS on the MIMI endpoints, over real sockets: a peer with a certificate valid for the domain it claims
+//! is heard on `/v1/…`; a peer claiming another domain, a client without a certificate, and a certificate from an
+//! untrusted CA are refused; native clients (no certificate) still reach the client API.
+
+use axum::Router;
+use axum::routing::get;
+use harness::pki::{Ca, Issued};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use mimi_bridge::mimi_tls::{MimiTls, PeerInfo, require_peer};
+use std::path::Path;
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: Ca,
+    a: Issued,
+    b: Issued,
+    rogue: Issued,
+    rogue_ca: Ca,
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new(dir.path(), "federation");
+    let a = ca.issue("a", &["a.test", "localhost"], true, true);
+    let b = ca.issue("b", &["b.test", "localhost"], true, true);
+    let rogue_ca = Ca::new(dir.path(), "rogue");
+    let rogue = rogue_ca.issue("b", &["b.test", "localhost"], true, true);
+    Pki { _dir: dir, ca, a, b, rogue, rogue_ca }
+}
+
+fn tls(id: &Issued, anchors: &Path) -> MimiTls {
+    MimiTls::load(&id.cert, &id.key, Some(anchors)).expect("TLS settings load")
+}
+
+/// Serves `/v1/ping` (behind [`require_peer`]) and `/client/ping` with `server`'s TLS; returns `localhost:PORT`.
+async fn serve(server: MimiTls) -> String {
+    let peer_routes =
+        Router::new().route("/v1/ping", get(|| async { "pong" })).layer(axum::middleware::from_fn(require_peer));
+    let app = Router::new().merge(peer_routes).route("/client/ping", get(|| async { "client pong" }));
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = tcp.local_addr().expect("addr").port();
+    let listener = server.listener(tcp);
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<PeerInfo>()).await.expect("serve");
+    });
+    format!("localhost:{port}")
+}
+
+/// GET `path` over a TLS connection made by `client`, claiming `from`; (status, body) or the connection error.
+async fn get_as(client: &MimiTls, authority: &str, path: &str, from: Option<&str>) -> Result<(u16, String), String> {
+    let stream = client.connect(authority).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path).header("host", authority);
+    if let Some(f) = from {
+        req = req.header("from", format!("mimi@{f}"));
+    }
+    let resp = send.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test]
+async fn peers_are_authenticated_by_certificate_and_domain() {
+    let p = pki();
+    let authority = serve(tls(&p.a, &p.ca.cert)).await;
+    let b = tls(&p.b, &p.ca.cert);
+
+    assert_eq!(get_as(&b, &authority, "/v1/ping", Some("b.test")).await, Ok((200, "pong".into())));
+    // b's certificate is not valid for a.test (nor for c.test).
+    for claimed in ["a.test", "c.test"] {
+        let (status, body) = get_as(&b, &authority, "/v1/ping", Some(claimed)).await.expect("answered");
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("not valid for"), "{body}");
+    }
+    let (status, body) = get_as(&b, &authority, "/v1/ping", None).await.expect("answered");
+    assert_eq!((status, body.contains("From")), (403, true), "{body}");
+    // Native clients need no certificate on the client API.
+    assert_eq!(get_as(&b, &authority, "/client/ping", None).await, Ok((200, "client pong".into())));
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_reaches_the_client_api_only() {
+    let p = pki();
+    let authority = serve(tls(&p.a, &p.ca.cert)).await;
+    // A TLS client that trusts the CA but presents no certificate (a native MLS client).
+    let roots = bridge_core::tls::roots(Some(&p.ca.cert), "ca").expect("roots");
+    let config = rustls::ClientConfig::builder_with_provider(bridge_core::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&authority).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.expect("TLS");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("http");
+    tokio::spawn(conn);
+    for (path, want) in [("/v1/ping", 403), ("/client/ping", 200)] {
+        let req = hyper::Request::get(path)
+            .header("host", &authority)
+            .header("from", "mimi@b.test")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("answer");
+        assert_eq!(resp.status().as_u16(), want, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_from_an_untrusted_ca_is_refused_at_the_handshake() {
+    let p = pki();
+    let authority = serve(tls(&p.a, &p.ca.cert)).await;
+    // The rogue peer trusts our CA (so it accepts our server certificate) but its own is signed by another CA.
+    let rogue = tls(&p.rogue, &p.ca.cert);
+    let r = get_as(&rogue, &authority, "/v1/ping", Some("b.test")).await;
+    assert!(r.is_err(), "the server must refuse the rogue certificate: {r:?}");
+    // And a server with a certificate we do not trust is refused by our client.
+    let rogue_server = serve(tls(&p.rogue, &p.rogue_ca.cert)).await;
+    let r = get_as(&tls(&p.b, &p.ca.cert), &rogue_server, "/client/ping", None).await;
+    let e = r.expect_err("our client must refuse the rogue server");
+    assert!(e.contains("TLS with"), "{e}");
+}
+
+#[test]
+fn bad_files_are_named_in_errors() {
+    let p = pki();
+    let e = MimiTls::load(Path::new("/nonexistent/cert.pem"), &p.a.key, Some(&p.ca.cert)).expect_err("no cert");
+    assert!(e.contains("mimi.tls_cert") && e.contains("/nonexistent/cert.pem"), "{e}");
+    let e = MimiTls::load(&p.a.cert, Path::new("/nonexistent/key.pem"), Some(&p.ca.cert)).expect_err("no key");
+    assert!(e.contains("mimi.tls_key"), "{e}");
+    let e = MimiTls::load(&p.a.cert, &p.a.key, Some(&p.a.key)).expect_err("a key is no CA");
+    assert!(e.contains("mimi.trust_anchors"), "{e}");
+}
