@@ -432,15 +432,19 @@ impl PortalGroup {
     pub fn process(&mut self, message: &[u8]) -> Pending<Received> {
         let result = self.process_inner(message);
         if let Err(e) = &result {
-            tracing::warn!(
-                group = %hex::encode(self.group.group_id().as_slice()),
-                epoch = self.epoch(),
-                kind = e.kind(),
-                error = %e,
-                "MLS message refused"
-            );
+            self.log_refused(e);
         }
         self.finish(result)
+    }
+
+    fn log_refused(&self, e: &MlsError) {
+        tracing::warn!(
+            group = %hex::encode(self.group.group_id().as_slice()),
+            epoch = self.epoch(),
+            kind = e.kind(),
+            error = %e,
+            "MLS message refused"
+        );
     }
 
     fn process_inner(&mut self, message: &[u8]) -> Result<Received, MlsError> {
@@ -519,13 +523,7 @@ impl PortalGroup {
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(
-                group = %hex::encode(self.group.group_id().as_slice()),
-                epoch = self.epoch(),
-                kind = e.kind(),
-                error = %e,
-                "MLS message refused"
-            ),
+            Err(e) => self.log_refused(e),
         }
         self.finish(result)
     }

@@ -13,20 +13,44 @@ fn messages(listen_json: &str) -> Vec<serde_json::Value> {
     listen_json.lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
 }
 
+/// The config of a daemon in `dir` bridging `#lobby` on `ircd` to portal `lobby` (`portal_extra`: more keys).
+fn lobby_config(dir: &std::path::Path, ircd: &Ngircd, portal_extra: &str) -> Config {
+    let text = format!(
+        "[bridge]\ndomain = \"bridge.test\"\ndata_dir = {:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \
+         \"127.0.0.1:0\"\n\n[irc.t]\nserver = \"{}\"\nnick = \"bridge\"\n\n[[portal]]\nname = \"lobby\"\n{portal_extra}legs = \
+         [{{ account = \"irc.t\", room = \"#lobby\" }}]\n",
+        dir.join("data").display().to_string(),
+        ircd.addr()
+    );
+    let cfg_path = dir.join("config.toml");
+    std::fs::write(&cfg_path, &text).expect("config");
+    Config::parse(&cfg_path, &text).expect("valid config")
+}
+
+/// Says `line` in `#lobby` until the native client `state` hears a message (the bridge joins in the
+/// background), and returns what it heard.
+fn say_until_heard(
+    irc: &mut IrcClient,
+    state: &std::path::Path,
+    server: &str,
+    room: &str,
+    line: &str,
+) -> serde_json::Value {
+    for _ in 0..20 {
+        irc.send(&format!("PRIVMSG #lobby :{line}")).expect("send");
+        let heard = messages(&client(state, server, &["listen", room, "--json", "--count", "1", "--timeout", "2"]));
+        if let Some(m) = heard.into_iter().next() {
+            return m;
+        }
+    }
+    panic!("the native client never heard {line:?}")
+}
+
 #[test]
 fn irc_channel_to_native_mls_client_and_back() {
     let ircd = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = format!(
-        "[bridge]\ndomain = \"bridge.test\"\ndata_dir = {:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \
-         \"127.0.0.1:0\"\n\n[irc.t]\nserver = \"{}\"\nnick = \"bridge\"\n\n[[portal]]\nname = \"lobby\"\nlegs = [{{ \
-         account = \"irc.t\", room = \"#lobby\" }}]\n",
-        dir.path().join("data").display().to_string(),
-        ircd.addr()
-    );
-    let cfg_path = dir.path().join("config.toml");
-    std::fs::write(&cfg_path, &text).expect("config");
-    let cfg = Config::parse(&cfg_path, &text).expect("valid config");
+    let cfg = lobby_config(dir.path(), &ircd, "");
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let daemon = rt.block_on(Daemon::start(&cfg, &mimi_bridge::networks::built_in())).expect("daemon starts");
@@ -42,15 +66,7 @@ fn irc_channel_to_native_mls_client_and_back() {
     let mut ircuser = IrcClient::connect(&ircd.addr(), "ircbob").expect("irc user connects");
     ircuser.join("#lobby").expect("joins");
     // The bridge joins #lobby in the background; say it until the bridge is there to hear it.
-    let mut heard = Vec::new();
-    for _ in 0..20 {
-        ircuser.send("PRIVMSG #lobby :hello from irc").expect("send");
-        heard = messages(&client(&alice, &server, &["listen", room, "--json", "--count", "1", "--timeout", "2"]));
-        if !heard.is_empty() {
-            break;
-        }
-    }
-    let m = heard.first().expect("the native client received the IRC line");
+    let m = say_until_heard(&mut ircuser, &alice, &server, room, "hello from irc");
     let irc_message_id = m["message_id"].as_str().expect("message id").to_owned();
     assert_eq!(m["text"], "hello from irc", "{m}");
     assert_eq!(m["room"], room, "{m}");
@@ -121,16 +137,7 @@ fn irc_channel_to_native_mls_client_and_back() {
 fn per_user_portal_irc_user_is_an_mls_member() {
     let ircd = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = format!(
-        "[bridge]\ndomain = \"bridge.test\"\ndata_dir = {:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \
-         \"127.0.0.1:0\"\n\n[irc.t]\nserver = \"{}\"\nnick = \"bridge\"\n\n[[portal]]\nname = \"lobby\"\nmls_identity = \
-         \"per-user\"\nlegs = [{{ account = \"irc.t\", room = \"#lobby\" }}]\n",
-        dir.path().join("data").display().to_string(),
-        ircd.addr()
-    );
-    let cfg_path = dir.path().join("config.toml");
-    std::fs::write(&cfg_path, &text).expect("config");
-    let cfg = Config::parse(&cfg_path, &text).expect("valid config");
+    let cfg = lobby_config(dir.path(), &ircd, "mls_identity = \"per-user\"\n");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let daemon = rt.block_on(Daemon::start(&cfg, &mimi_bridge::networks::built_in())).expect("daemon starts");
     let server = format!("http://{}", daemon.mimi_addr());
@@ -141,15 +148,7 @@ fn per_user_portal_irc_user_is_an_mls_member() {
 
     let mut ircuser = IrcClient::connect(&ircd.addr(), "ircbob").expect("irc user connects");
     ircuser.join("#lobby").expect("joins");
-    let mut heard = Vec::new();
-    for _ in 0..20 {
-        ircuser.send("PRIVMSG #lobby :hello as a member").expect("send");
-        heard = messages(&client(&alice, &server, &["listen", room, "--json", "--count", "1", "--timeout", "2"]));
-        if !heard.is_empty() {
-            break;
-        }
-    }
-    let m = heard.first().expect("the native client received the IRC line");
+    let m = say_until_heard(&mut ircuser, &alice, &server, room, "hello as a member");
     assert_eq!(m["text"], "hello as a member", "{m}");
     assert_eq!(m["sender"], "mimi://bridge.test/u/irc.t~ircbob", "the IRC user's own leaf sent it: {m}");
     client(&alice, &server, &["send", room, "welcome, member"]);
@@ -167,15 +166,7 @@ fn per_user_portal_irc_user_is_an_mls_member() {
     // After a restart the leaf is still there: the next line comes from it again.
     let daemon = rt.block_on(Daemon::start(&cfg, &mimi_bridge::networks::built_in())).expect("daemon restarts");
     let server = format!("http://{}", daemon.mimi_addr());
-    let mut heard = Vec::new();
-    for _ in 0..20 {
-        ircuser.send("PRIVMSG #lobby :still a member").expect("send");
-        heard = messages(&client(&alice, &server, &["listen", room, "--json", "--count", "1", "--timeout", "2"]));
-        if !heard.is_empty() {
-            break;
-        }
-    }
-    let m = heard.first().expect("the line after the restart arrived");
+    let m = say_until_heard(&mut ircuser, &alice, &server, room, "still a member");
     assert_eq!(leaves(&daemon), vec!["mimi://bridge.test/u/irc.t~ircbob".to_owned()], "the leaf was reloaded");
     assert_eq!(epoch(&daemon), epoch_before, "no new commit: the same leaf spoke");
     assert_eq!(
