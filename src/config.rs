@@ -80,6 +80,16 @@ pub struct BridgeConfig {
     /// Seconds a graceful shutdown may take before the daemon gives up and exits non-zero.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Spanned<u64>,
+    /// Seconds between key updates of each of the bridge's MLS leaves (post-compromise security); 0: never.
+    #[serde(default = "default_key_update")]
+    pub mls_key_update_secs: Spanned<u64>,
+}
+
+impl BridgeConfig {
+    /// The key-update interval of the bridge's MLS leaves (`None`: never).
+    pub fn key_update_interval(&self) -> Option<std::time::Duration> {
+        Some(*self.mls_key_update_secs.get_ref()).filter(|s| *s > 0).map(std::time::Duration::from_secs)
+    }
 }
 
 fn default_store() -> Backend {
@@ -87,6 +97,9 @@ fn default_store() -> Backend {
 }
 fn default_queue_depth() -> Spanned<usize> {
     Spanned::new(0..0, 256)
+}
+fn default_key_update() -> Spanned<u64> {
+    Spanned::new(0..0, bridge_core::provider::room::DEFAULT_KEY_UPDATE.as_secs())
 }
 fn default_shutdown_timeout() -> Spanned<u64> {
     Spanned::new(0..0, 30)
@@ -610,6 +623,16 @@ impl Config {
                 "must be between 1 and 3600 seconds",
             ));
         }
+        let key_update = *self.bridge.mls_key_update_secs.get_ref();
+        if (1..60).contains(&key_update) {
+            return Err(at(
+                file,
+                text,
+                self.bridge.mls_key_update_secs.span(),
+                "bridge.mls_key_update_secs",
+                "must be 0 (never) or at least 60 seconds: every update is a commit every member processes",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(self.log.level.get_ref()) {
             return Err(at(file, text, self.log.level.span(), "log.level", format!("not a log filter: {e}"))
                 .with_hint("e.g. \"info\" or \"info,bridge_core=debug\""));
@@ -905,6 +928,13 @@ mod tests {
                 4,
                 "bridge.shutdown_timeout",
                 "between 1 and 3600",
+            ),
+            case(
+                "key updates too often",
+                format!("{MIN}mls_key_update_secs = 5\n"),
+                4,
+                "bridge.mls_key_update_secs",
+                "at least 60 seconds",
             ),
             case("bad portal name", format!("{MIN}[[portal]]\nname = \"Bad Name\"\n"), 5, "portal.name", "portal name"),
             case(

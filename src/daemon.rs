@@ -74,6 +74,7 @@ impl Daemon {
         // The room of record: one MLS group per portal, sequenced by this daemon's own MIMI hub.
         let domain = cfg.bridge.domain.get_ref().clone();
         let room = MlsRoom::open(store.clone(), &domain, JoinPolicy::Open).await?;
+        room.set_key_update_interval(cfg.bridge.key_update_interval());
         let router = RouterHandle::start(rc, store, room.clone()).await?;
         room.attach_router(router.clone());
 

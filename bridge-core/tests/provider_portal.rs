@@ -7,7 +7,8 @@ use bridge_core::content::{Message, PartBody};
 use bridge_core::event::OutboundKind;
 use bridge_core::loopback::LoopbackNetwork;
 use bridge_core::mls::{BridgeProvider, EngineConfig, LeafPolicy, LegacySender, LocalMember, PortalGroup, Received};
-use bridge_core::provider::room::room_uri;
+use bridge_core::provider::inspect::{Inspected, PublicSender, inspect};
+use bridge_core::provider::room::{DEFAULT_KEY_UPDATE, room_uri};
 use bridge_core::provider::wire::MlsMessageBytes;
 use bridge_core::provider::{JoinPolicy, MlsRoom, Origin, Provider, ProviderError, Refusal};
 use bridge_core::router::{RouterConfig, RouterHandle};
@@ -113,18 +114,30 @@ struct Bridge {
 
 impl Bridge {
     async fn start(mls_identity: MlsIdentity, leaves: Option<LeafPolicy>) -> Self {
+        Self::start_with(mls_identity, leaves, Some(DEFAULT_KEY_UPDATE)).await
+    }
+
+    /// A bridge whose members update their keys every `key_update`.
+    async fn start_with(mls_identity: MlsIdentity, leaves: Option<LeafPolicy>, key_update: Option<Duration>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = Self::start_at(dir.path(), mls_identity, leaves, true).await;
+        let mut b = Self::start_at(dir.path(), mls_identity, leaves, true, key_update).await;
         b._dir = Some(dir);
         b
     }
 
     /// A bridge on the data in `dir`; `attach`: connect the room of record's incoming path to the router.
-    async fn start_at(dir: &Path, mls_identity: MlsIdentity, leaves: Option<LeafPolicy>, attach: bool) -> Self {
+    async fn start_at(
+        dir: &Path,
+        mls_identity: MlsIdentity,
+        leaves: Option<LeafPolicy>,
+        attach: bool,
+        key_update: Option<Duration>,
+    ) -> Self {
         let st = store(dir);
         let provider = Provider::open(DOMAIN, st.clone()).expect("provider");
         let (mls, me) = member(&st, "bridge", &format!("mimi://{DOMAIN}/u/bridge")).await;
         let room_of_record = MlsRoom::new(provider.clone(), mls, me, EngineConfig::default(), JoinPolicy::Open);
+        room_of_record.set_key_update_interval(key_update);
         let router =
             RouterHandle::start(RouterConfig::new(DOMAIN), st.clone(), room_of_record.clone()).await.expect("router");
         if attach {
@@ -288,7 +301,7 @@ async fn a_message_decrypted_before_a_stop_is_bridged_after_the_restart() {
     let client_dir = tempfile::tempdir().expect("tempdir");
     // The incoming path is not attached: the worker decrypts, nothing takes the message (as if the process died
     // between the decryption and the router's commit).
-    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, false).await;
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, false, None).await;
     let (provider, room) = (b.provider.clone(), b.room.clone());
     let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
     let seq = alice.send(&provider, &room, "said just before the stop").await.expect("hub accepts");
@@ -301,7 +314,7 @@ async fn a_message_decrypted_before_a_stop_is_bridged_after_the_restart() {
     drop(provider);
     b.stop().await;
 
-    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true).await;
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
     let delivered = b.net.wait_delivered(1, WAIT).await;
     assert_eq!(delivered.len(), 1, "the kept message reached the leg after the restart");
     match &delivered[0].kind {
@@ -317,7 +330,53 @@ async fn a_message_decrypted_before_a_stop_is_bridged_after_the_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     b.stop().await;
-    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true).await;
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
     assert!(b.net.wait_delivered(1, Duration::from_millis(500)).await.is_empty(), "nothing delivered twice");
     b.stop().await;
+}
+
+/// Post-compromise security: the bridge's leaf and each per-user leaf commit fresh keys once their last ones are
+/// older than the key-update interval; native members follow and the conversation goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_and_its_leaves_update_their_keys() {
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let policy = LeafPolicy { idle_after: Duration::from_secs(3600), max_leaves: 10 };
+    let b = Bridge::start_with(MlsIdentity::PerUser, Some(policy), Some(Duration::from_secs(2))).await;
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    let bob = format!("mimi://{DOMAIN}/u/lb.irc~bob");
+    b.net.say("#rust", "bob", "before").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (bob.as_str(), "before"));
+    let (from_seq, from_epoch) = (provider.last_seq(&room).expect("log"), provider.epoch(&room).expect("epoch"));
+
+    // Within a few intervals both local members have committed an update (and nobody else has).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut committers = std::collections::BTreeSet::new();
+    while committers.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no key updates; committers so far: {committers:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        committers = provider
+            .entries_after(&room, from_seq, 100)
+            .expect("log")
+            .iter()
+            .filter_map(|e| match inspect(&e.fanout.message) {
+                Ok(Inspected::Public { commit: true, sender: PublicSender::Member(i), .. }) => Some(i),
+                _ => None,
+            })
+            .collect();
+    }
+    let bridge_index = alice.group.member_index(format!("mimi://{DOMAIN}/u/bridge").as_bytes()).expect("bridge");
+    let bob_index = alice.group.member_index(bob.as_bytes()).expect("bob's leaf");
+    assert_eq!(committers, [bridge_index, bob_index].into_iter().collect(), "the bridge's and bob's leaf updated");
+    assert!(provider.epoch(&room).expect("epoch") >= from_epoch + 2);
+
+    // alice processes the updates on her way to bob's next line, and the bridge reads alice.
+    b.net.say("#rust", "bob", "after the updates").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (bob.as_str(), "after the updates"));
+    alice.send(&provider, &room, "still reading you").await.expect("hub accepts");
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    b.router.shutdown().await;
 }

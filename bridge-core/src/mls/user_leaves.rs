@@ -3,7 +3,7 @@
 //! members instead of "alice (IRC)" behind the bridge's shared leaf.
 //!
 //! * **Lazily added**: [`UserLeaves::add`] when a user without a leaf first speaks. The *bridge's* leaf commits
-//!   the add (a user leaf never commits); once the hub accepted that commit, [`UserLeaves::complete`] merges it,
+//!   the add (a user leaf commits only its own key updates); once the hub accepted that commit, [`UserLeaves::complete`] merges it,
 //!   lets the other local leaves process it and joins the new leaf from the Welcome. The user's message is then
 //!   encrypted by [`UserLeaves::group_mut`].
 //! * **Removed when idle**: [`UserLeaves::idle`] lists leaves silent for longer than
@@ -21,7 +21,8 @@
 //! must not share keys, and one storage exists per namespace). The list of a portal's leaves is an engine record
 //! in the bridge's storage, written in the same batch as the bridge's merge of the commit, so that
 //! [`UserLeaves::open`] finds them again after a restart (a leaf a native member removed meanwhile is skipped).
-//! The idle clock restarts with the process. The portals use them through `provider::room` (`room/leaves.rs`).
+//! The idle clock restarts with the process. The portals use them through `provider::room` (`room/leaves.rs`);
+//! a leaf commits only its own key updates ([`UserLeaves::update`], driven by `room/keys.rs`).
 
 use super::config::EngineConfig;
 use super::error::MlsError;
@@ -305,6 +306,41 @@ impl UserLeaves {
             self.adding = None;
         }
         bridge.clear_pending_commit()
+    }
+
+    /// Commits, from `uri`'s own leaf, a fresh leaf key for it (post-compromise security: a user leaf's keys
+    /// change even though it never commits otherwise). The commit stays pending on the leaf: send it, then call
+    /// [`UserLeaves::complete_update`] or [`UserLeaves::abandon_update`].
+    pub fn update(&mut self, uri: &str) -> Pending<CommitOutput> {
+        match self.leaves.get_mut(uri) {
+            Some(leaf) => leaf.group.self_update(),
+            None => Pending::failed(MlsError::NoSuchMember(uri.to_owned())),
+        }
+    }
+
+    /// The hub accepted `uri`'s update `commit`: the leaf merges it, the other local leaves process it (the
+    /// bridge's leaf processes it like any member's commit, from the caller).
+    pub fn complete_update(&mut self, uri: &str, commit: &[u8]) -> Pending<()> {
+        let Some(leaf) = self.leaves.get_mut(uri) else {
+            return Pending::failed(MlsError::NoSuchMember(uri.to_owned()));
+        };
+        let (merged, mut durability) = leaf.group.merge_pending_commit().into_parts();
+        for (other, leaf) in self.leaves.iter_mut().filter(|(u, _)| u.as_str() != uri) {
+            let (r, d) = leaf.group.process(commit).into_parts();
+            if let Err(e) = r {
+                tracing::warn!(user = %other, error = %e, "a per-user leaf could not process another leaf's update");
+            }
+            durability = durability.and(d);
+        }
+        Pending::from_result(merged, durability)
+    }
+
+    /// The hub refused `uri`'s update: the leaf drops its pending commit.
+    pub fn abandon_update(&mut self, uri: &str) -> Pending<()> {
+        match self.leaves.get_mut(uri) {
+            Some(leaf) => leaf.group.clear_pending_commit(),
+            None => Pending::failed(MlsError::NoSuchMember(uri.to_owned())),
+        }
     }
 
     /// The pending add could not be sent at all (its commit never became durable, or the hub could not be

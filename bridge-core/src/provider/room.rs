@@ -25,7 +25,10 @@
 //!
 //! Room URI of portal `P` on domain `D`: `mimi://D/r/P`; its MLS group id is that URI's bytes.
 
+mod keys;
 mod leaves;
+
+pub use keys::DEFAULT_KEY_UPDATE;
 
 use super::hub::{JoinPolicy, Origin, Refusal};
 use super::log::{Records, write};
@@ -46,6 +49,7 @@ use crate::store::repo::{MlsIdentity, Repo};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Name of the bridge's cursor in each room's log.
@@ -83,6 +87,8 @@ pub struct MlsRoom {
     config: EngineConfig,
     policy: JoinPolicy,
     slots: Mutex<HashMap<PortalId, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Interval between key updates of each local member, in milliseconds; 0: never ([`keys`]).
+    key_update_ms: std::sync::atomic::AtomicU64,
     /// Per-user leaf limits by portal ([`MlsRoom::set_leaf_policy`]); the default otherwise.
     leaf_policies: Mutex<HashMap<PortalId, LeafPolicy>>,
     inbound: mpsc::UnboundedSender<Forward>,
@@ -127,6 +133,7 @@ impl MlsRoom {
             policy,
             slots: Mutex::default(),
             leaf_policies: Mutex::default(),
+            key_update_ms: std::sync::atomic::AtomicU64::new(DEFAULT_KEY_UPDATE.as_millis() as u64),
             inbound,
             inbound_rx: Mutex::new(Some(rx)),
             handed_on: Arc::default(),
@@ -206,6 +213,21 @@ impl MlsRoom {
     pub fn set_leaf_policy(&self, portal: &PortalId, policy: LeafPolicy) {
         if let Ok(mut p) = self.leaf_policies.lock() {
             p.insert(portal.clone(), policy);
+        }
+    }
+
+    /// How often each local member of a portal's group (the bridge's leaf, per-user leaves) commits a fresh leaf
+    /// key; `None`: never. Default [`DEFAULT_KEY_UPDATE`].
+    pub fn set_key_update_interval(&self, every: Option<Duration>) {
+        let ms = every.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.key_update_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The key-update interval ([`MlsRoom::set_key_update_interval`]).
+    pub fn key_update_interval(&self) -> Option<Duration> {
+        match self.key_update_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
         }
     }
 
@@ -296,10 +318,13 @@ impl MlsRoom {
                         tracing::warn!(portal = %portal, error = %e, "catching up with the room log failed");
                     }
                     let now = tokio::time::Instant::now();
-                    if let Some(every) = leaves::sweep_interval(&s) {
+                    if let Some(every) = leaves::sweep_interval(&s, this.key_update_interval()) {
                         if sweep_at.is_some_and(|t| t <= now) {
                             if let Err(e) = this.sweep_idle_leaves(&portal, &mut s).await {
                                 tracing::warn!(portal = %portal, error = %e, "removing idle per-user leaves failed");
+                            }
+                            if let Err(e) = this.refresh_keys(&portal, &mut s).await {
+                                tracing::warn!(portal = %portal, error = %e, "key update failed; retried later");
                             }
                             sweep_at = None;
                         }

@@ -21,11 +21,16 @@ use std::time::{Duration, Instant};
 /// Longest pause between two idle sweeps of a portal.
 const MAX_SWEEP: Duration = Duration::from_secs(30);
 
-/// How often the portal worker looks for idle leaves: a quarter of the idle time, at most [`MAX_SWEEP`]; `None`
-/// for a portal without per-user leaves.
-pub(super) fn sweep_interval(s: &Slot) -> Option<Duration> {
-    let policy = s.leaves.as_ref()?.policy();
-    Some((policy.idle_after / 4).clamp(Duration::from_millis(50), MAX_SWEEP))
+/// How often the portal worker sweeps (idle leaves, key updates): a quarter of the leaves' idle time or an eighth
+/// of the key-update interval, whichever is shorter, at most [`MAX_SWEEP`]; `None` if there is nothing to sweep.
+pub(super) fn sweep_interval(s: &Slot, key_update: Option<Duration>) -> Option<Duration> {
+    let idle = s.leaves.as_ref().map(|l| l.policy().idle_after / 4);
+    let keys = key_update.map(|k| k / 8);
+    let every = match (idle, keys) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(every.clamp(Duration::from_millis(50), MAX_SWEEP))
 }
 
 /// True if `identity` (an MLS sender's credential) is one of the portal's local per-user leaves.
