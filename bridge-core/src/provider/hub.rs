@@ -8,14 +8,18 @@
 //! * a handshake message is a PublicMessage (so the hub follows the epoch) of the current epoch; a commit moves
 //!   the hub to the next epoch; an external commit (`new_member_commit`) is allowed only if the room is open or
 //!   its sender was invited; other external senders are refused;
-//! * a Welcome is logged after the commit that made it.
+//! * a Welcome is logged after the commit that made it;
+//! * a follower provider speaks only for its own users (the sender URI's domain is the follower's);
+//! * an update's GroupInfo is of the room's group and of the epoch its commit makes ([`check_bundle`]).
 //!
 //! Sequencing: every accepted message gets the next sequence number (1, 2, …, no gaps) and becomes a
 //! [`SequencedFanout`] log entry. The same bytes submitted again (a retry) get the *same* sequence number back and
-//! produce no new entry and no fan-out.
+//! produce no new entry and no fan-out. Every follower provider is notified of every entry, the provider the
+//! message came from included (its copy of the log then has no gap).
 
 use super::inspect::{Inspected, PublicSender, inspect};
-use super::wire::{FanoutMessage, MlsMessageBytes, SequencedFanout};
+use super::service::uri_domain;
+use super::wire::{FanoutMessage, MlsMessageBytes, SequencedFanout, UpdateRequest};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
@@ -195,6 +199,11 @@ impl HubRoom {
             return Ok((Accepted { seq, timestamp: now_ms, duplicate: true }, Vec::new()));
         }
         let info = inspect(&message).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        if let Origin::Follower(f) = origin
+            && uri_domain(sending_uri) != Some(f.as_str())
+        {
+            return Err(Refusal::NotAllowed(format!("{f} cannot speak for {sending_uri:?}")));
+        }
         let mut next = self.state.clone();
         match info {
             Inspected::Private { group_id, epoch, application } => {
@@ -238,10 +247,10 @@ impl HubRoom {
         next.next_seq += 1;
         let entry = SequencedFanout { seq, fanout: FanoutMessage::plain(now_ms, message) };
         let mut actions = vec![HubAction::Append { entry, digest: d, state: next.clone() }];
+        // Every follower hears of every entry, the origin's provider included: the draft does not expect it
+        // (§5.5) but allows it, and it keeps the follower's copy of the log free of gaps for its other clients.
         for peer in &next.followers {
-            if *origin != Origin::Follower(peer.clone()) {
-                actions.push(HubAction::Notify { peer: peer.clone(), seq });
-            }
+            actions.push(HubAction::Notify { peer: peer.clone(), seq });
         }
         actions.push(HubAction::WakeClients { seq });
         if self.has_portal && *origin != Origin::Portal {
@@ -250,6 +259,18 @@ impl HubRoom {
         self.state = next;
         self.seen.insert(d, seq);
         Ok((Accepted { seq, timestamp: now_ms, duplicate: false }, actions))
+    }
+
+    /// Checks what the hub can see of an update before sequencing it (see [`check_bundle`]) and that it is for
+    /// this room's group.
+    pub fn check_update(&self, req: &UpdateRequest) -> Result<(), Refusal> {
+        check_bundle(req)?;
+        if let UpdateRequest::Commit { group_info, .. } = req
+            && let Ok(Inspected::GroupInfo { group_id, .. }) = inspect(&group_info.0)
+        {
+            self.check_group(&group_id)?;
+        }
+        Ok(())
     }
 
     fn check_group(&self, group_id: &[u8]) -> Result<(), Refusal> {
@@ -267,6 +288,24 @@ impl HubRoom {
             Less => Err(Refusal::EpochTooOld { current_epoch: self.state.epoch }),
             Greater => Err(Refusal::NotAllowed(format!("epoch {epoch} is ahead of the room ({})", self.state.epoch))),
         }
+    }
+}
+
+/// Checks an `UpdateRequest` (HandshakeBundle, §5.3) as far as public data allows: a commit's GroupInfo must be
+/// of the commit's group and of the epoch the commit leads to (it is what external joiners get next).
+pub fn check_bundle(req: &UpdateRequest) -> Result<(), Refusal> {
+    let UpdateRequest::Commit { commit, group_info, .. } = req else { return Ok(()) };
+    let malformed = |e: super::wire::WireError| Refusal::Malformed(e.to_string());
+    let Inspected::Public { group_id, epoch, commit: true, .. } = inspect(commit).map_err(malformed)? else {
+        return Err(Refusal::Malformed("proposalOrCommit is not a commit PublicMessage".into()));
+    };
+    match inspect(&group_info.0).map_err(malformed)? {
+        Inspected::GroupInfo { group_id: g, epoch: e } if g == group_id && e == epoch + 1 => Ok(()),
+        Inspected::GroupInfo { epoch: e, .. } => Err(Refusal::NotAllowed(format!(
+            "the GroupInfo (epoch {e}) is not of the group and epoch the commit makes ({})",
+            epoch + 1
+        ))),
+        _ => Err(Refusal::Malformed("groupInfo is not a GroupInfo".into())),
     }
 }
 
@@ -300,9 +339,15 @@ mod tests {
         assert_eq!((again.seq, again.duplicate), (1, true));
         assert!(actions.is_empty(), "a retry produces no new entry and no fan-out");
         let m2 = bytes(g.encrypt(b"two").durable_blocking().expect("encrypt"));
-        let (a, actions) = hub.submit(m2, ALICE, &Origin::Follower("b.test".into()), 7).expect("accepted");
+        let from_b = Origin::Follower("b.test".into());
+        let r = hub.submit(m2.clone(), ALICE, &from_b, 7);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "a follower speaks only for its own users: {r:?}");
+        let (a, actions) = hub.submit(m2, "mimi://b.test/u/bob", &from_b, 7).expect("accepted");
         assert_eq!(a.seq, 2);
-        assert!(!actions.iter().any(|x| matches!(x, HubAction::Notify { .. })), "the origin gets no notify");
+        assert!(
+            actions.contains(&HubAction::Notify { peer: "b.test".into(), seq: 2 }),
+            "the origin's provider hears of it too, so its copy of the log has no gap"
+        );
         assert_eq!(hub.last_seq(), 2);
     }
 
@@ -322,6 +367,34 @@ mod tests {
         assert_eq!((a.seq, hub.epoch()), (1, 1));
         assert_eq!(hub.submit(old, ALICE, &Origin::Portal, 3), Err(Refusal::EpochTooOld { current_epoch: 1 }));
         assert_eq!(hub.last_seq(), 1, "refusals leave no entry");
+    }
+
+    #[test]
+    fn an_update_carries_the_group_info_of_the_epoch_its_commit_makes() {
+        use crate::provider::wire::{GroupInfoOption, RatchetTreeOption};
+        let (_d, mut g) = group(ROOM.as_bytes());
+        let hub = HubRoom::new(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false);
+        let old_info = bytes(g.export_group_info(true).expect("group info"));
+        let out = g.self_update().durable_blocking().expect("commit");
+        let bundle = |gi: MlsMessageBytes| UpdateRequest::Commit {
+            commit: bytes(out.commit.clone()),
+            welcome: None,
+            group_info: GroupInfoOption(gi),
+            ratchet_tree: RatchetTreeOption::DistributionService,
+        };
+        let next_info = bytes(out.group_info.clone().expect("OpenMLS makes the next GroupInfo"));
+        assert_eq!(hub.check_update(&bundle(next_info)), Ok(()));
+        assert!(matches!(hub.check_update(&bundle(old_info)), Err(Refusal::NotAllowed(_))));
+        let (_d2, mut other) = group(b"mimi://a.test/r/other");
+        let foreign = other.self_update().durable_blocking().expect("commit");
+        let foreign = UpdateRequest::Commit {
+            commit: bytes(foreign.commit),
+            welcome: None,
+            group_info: GroupInfoOption(bytes(foreign.group_info.expect("group info"))),
+            ratchet_tree: RatchetTreeOption::DistributionService,
+        };
+        assert_eq!(check_bundle(&foreign), Ok(()), "consistent in itself");
+        assert!(matches!(hub.check_update(&foreign), Err(Refusal::NotAllowed(_))), "but for another group");
     }
 
     #[test]

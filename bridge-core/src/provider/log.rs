@@ -7,6 +7,7 @@
 //! lp(room) 'D' sha256       → seq (u64 BE)                idempotency index of the hub
 //! lp(room) 'S'              → RoomRecord (JSON)           hub state, or the hub a follower follows
 //! lp(room) 'C' name         → seq (u64 BE)                cursor of a local consumer (the bridge's member)
+//! lp(room) 'G'              → GroupInfo (MLSMessage)      hub: the GroupInfo members last handed in
 //! ```
 //!
 //! Tree [`MIMI_USERS`] (`mimi_users`): native users of this provider.
@@ -101,6 +102,11 @@ pub mod write {
         let v = serde_json::to_vec(rec).map_err(|e| decode_err("room record", e))?;
         b.put(HUB_LOG, room_key(name, b'S', b""), v);
         Ok(())
+    }
+
+    /// The GroupInfo external joiners get.
+    pub fn group_info(b: &mut Batch, room: &str, group_info: &[u8]) {
+        b.put(HUB_LOG, room_key(room, b'G', b""), group_info.to_vec());
     }
 
     /// A consumer's cursor.
@@ -208,6 +214,11 @@ impl Records<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// The stored GroupInfo of a room.
+    pub fn group_info(&self, room: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(HUB_LOG, &room_key(room, b'G', b""))
     }
 
     /// A consumer's cursor (0 if none).

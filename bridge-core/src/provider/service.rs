@@ -1,7 +1,12 @@
 //! [`Provider`]: the in-process shell around the hub and follower state machines — the store, the wake-ups of
 //! waiting clients, the queue of notifies for followers. It does no network IO itself: the HTTP layer
-//! (`src/mimi_http.rs`) drains [`Provider::take_outbound`] and calls [`Provider::accept_entries`] for notifies
-//! and log pages it receives.
+//! (`src/mimi_http/`) asks [`Provider::route`] where a request goes, forwards what belongs to another hub, drains
+//! [`Provider::take_outbound`], and calls [`Provider::accept_entries`] for notifies and log pages it receives.
+//!
+//! A room is followed ([`Provider::follow`]) when one of our users joins it by external commit or is handed one
+//! of our KeyPackages for it; from then on its hub notifies us of every entry, and we catch up from its log after
+//! a gap or a restart. On open, the hub announces each room's last entry to its followers again (notifies queued
+//! by the previous run are not kept).
 //!
 //! Every accepted message is durable (log entry, idempotency index and room state in one batch) before anyone
 //! hears of it.
@@ -10,7 +15,7 @@ use super::follower::{FollowerAction, FollowerRoom};
 use super::hub::{Accepted, HubAction, HubRoom, JoinPolicy, Origin, Refusal};
 use super::inspect::{Inspected, inspect};
 use super::log::{Records, RoomRecord, UserRecord, write};
-use super::wire::{MlsMessageBytes, SequencedFanout};
+use super::wire::{MlsMessageBytes, SequencedFanout, UpdateRequest};
 use crate::store::{Batch, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -57,6 +62,23 @@ pub struct PeerNotify {
     pub room: String,
     /// The entry.
     pub seq: u64,
+}
+
+/// Where requests about a room go, as far as this provider knows ([`Provider::route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// We host it.
+    Hub,
+    /// We follow it; its hub is this domain.
+    Follower {
+        /// The hub's domain.
+        hub: String,
+    },
+    /// We neither host nor follow it; it is named after this other provider's domain (its hub, if it exists).
+    Remote {
+        /// The domain of the room's URI.
+        domain: String,
+    },
 }
 
 enum Role {
@@ -157,9 +179,19 @@ impl Provider {
                     let name = state.room.clone();
                     let last = state.next_seq - 1;
                     let has_portal = uri_domain(&name) == Some(domain);
+                    // Followers may have missed notifies the previous run had queued: announce the last entry
+                    // (a follower that has it ignores it; one that lacks it fetches the log).
+                    if last > 0 {
+                        for peer in &state.followers {
+                            let _ = outbound.send(PeerNotify { peer: peer.clone(), room: name.clone(), seq: last });
+                        }
+                    }
+                    let group_info = recs.group_info(&name)?;
                     let hub = HubRoom::restore(state, recs.digests(&name)?, has_portal);
                     let (tx, _) = watch::channel(last);
-                    rooms.insert(name, Room::new(Role::Hub(hub), tx));
+                    let mut r = Room::new(Role::Hub(hub), tx);
+                    r.group_info = group_info;
+                    rooms.insert(name, r);
                 }
                 RoomRecord::Follower { room, hub } => {
                     let last = recs.last_seq(&room, 0)?;
@@ -272,6 +304,32 @@ impl Provider {
         })
     }
 
+    /// Where requests about `room` go: we host it, we follow it, or it is another provider's. An unknown room
+    /// of our own domain is [`ProviderError::UnknownRoom`].
+    pub fn route(&self, room: &str) -> Result<Route, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        match rooms.get(room).map(|r| &r.role) {
+            Some(Role::Hub(_)) => Ok(Route::Hub),
+            Some(Role::Follower { hub, .. }) => Ok(Route::Follower { hub: hub.clone() }),
+            None => match uri_domain(room) {
+                Some(d) if d != self.inner.domain && room.len() > "mimi://".len() + d.len() + 1 => {
+                    Ok(Route::Remote { domain: d.to_owned() })
+                }
+                _ => Err(ProviderError::UnknownRoom(room.to_owned())),
+            },
+        }
+    }
+
+    /// True if provider `domain` follows `room`, which we host (it has participants there and may read the log).
+    pub fn has_follower(&self, room: &str, domain: &str) -> Result<bool, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        match rooms.get(room).map(|r| &r.role) {
+            Some(Role::Hub(h)) => Ok(h.state().followers.contains(domain)),
+            Some(Role::Follower { hub, .. }) => Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() }),
+            None => Err(ProviderError::UnknownRoom(room.to_owned())),
+        }
+    }
+
     /// The hub's epoch of a room we host.
     pub fn epoch(&self, room: &str) -> Result<u64, ProviderError> {
         let rooms = lock(&self.inner.rooms);
@@ -334,6 +392,74 @@ impl Provider {
         Ok(accepted)
     }
 
+    /// Applies an update (`HandshakeBundle`, draft §5.3) to a room we host: sequences the proposal or commit; for
+    /// a commit, keeps its GroupInfo (durably) for external joiners and sequences the Welcome right after it.
+    /// Returns the verdict on the proposal or commit.
+    pub async fn update(
+        &self,
+        room: &str,
+        req: UpdateRequest,
+        requester: &str,
+        origin: Origin,
+    ) -> Result<Accepted, ProviderError> {
+        {
+            let rooms = lock(&self.inner.rooms);
+            match rooms.get(room).map(|r| &r.role) {
+                Some(Role::Hub(h)) => h.check_update(&req)?,
+                Some(Role::Follower { hub, .. }) => {
+                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+                }
+                None => return Err(ProviderError::UnknownRoom(room.to_owned())),
+            }
+        }
+        let accepted = self.submit(room, req.message().clone(), requester, origin.clone()).await?;
+        if let UpdateRequest::Commit { welcome, group_info, .. } = req {
+            // Kept unless this was a retry, or another commit already moved the room on.
+            let current = matches!(inspect(&group_info.0), Ok(Inspected::GroupInfo { epoch, .. })
+                if self.epoch(room).ok() == Some(epoch));
+            if !accepted.duplicate && current {
+                self.store_group_info(room, group_info.0.into_bytes()).await?;
+            }
+            if let Some(w) = welcome {
+                self.submit(room, w, requester, origin).await?;
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// A member hands in the GroupInfo of a room we host (as the client API's `PUT groupInfo`): it must be of the
+    /// room's group and current epoch. Kept durably.
+    pub async fn put_group_info(&self, room: &str, group_info: MlsMessageBytes) -> Result<(), ProviderError> {
+        let Ok(Inspected::GroupInfo { group_id, epoch }) = inspect(&group_info) else {
+            return Err(ProviderError::BadRequest("not a GroupInfo".into()));
+        };
+        {
+            let rooms = lock(&self.inner.rooms);
+            match rooms.get(room).map(|r| &r.role) {
+                Some(Role::Hub(h)) if h.state().group_id != group_id => {
+                    return Err(Refusal::NotAllowed("GroupInfo of another group".into()).into());
+                }
+                Some(Role::Hub(h)) if h.epoch() != epoch => {
+                    return Err(Refusal::EpochTooOld { current_epoch: h.epoch() }.into());
+                }
+                Some(Role::Hub(_)) => {}
+                Some(Role::Follower { hub, .. }) => {
+                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+                }
+                None => return Err(ProviderError::UnknownRoom(room.to_owned())),
+            }
+        }
+        self.store_group_info(room, group_info.into_bytes()).await
+    }
+
+    async fn store_group_info(&self, room: &str, group_info: Vec<u8>) -> Result<(), ProviderError> {
+        let mut b = Batch::new();
+        write::group_info(&mut b, room, &group_info);
+        self.inner.store.commit(b).await?;
+        self.set_group_info(room, group_info);
+        Ok(())
+    }
+
     /// Records, for a Welcome, which of our users it is for (by the KeyPackageRefs they handed out).
     fn route_welcome(&self, b: &mut Batch, room: &str, entry: &SequencedFanout) -> Result<(), StoreError> {
         if let Ok(Inspected::Welcome { new_members }) = inspect(&entry.fanout.message) {
@@ -382,6 +508,11 @@ impl Provider {
         rooms.get(room).map(|r| *r.last.borrow()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
     }
 
+    /// Log entry `seq`, once it is durable (even before local clients were woken for it).
+    pub fn entry(&self, room: &str, seq: u64) -> Result<Option<SequencedFanout>, ProviderError> {
+        Ok(Records(&self.inner.store).entry(room, seq)?)
+    }
+
     /// Up to `max` log entries after `after`.
     pub fn entries_after(&self, room: &str, after: u64, max: usize) -> Result<Vec<SequencedFanout>, ProviderError> {
         let last = {
@@ -417,7 +548,8 @@ impl Provider {
         rooms.get(room).map(|r| r.last.subscribe()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
     }
 
-    /// Stores the room's current GroupInfo (MLSMessage, with the ratchet tree), served to external joiners.
+    /// Sets the room's current GroupInfo (MLSMessage, with the ratchet tree), served to external joiners, in
+    /// memory (the portals' room of record republishes it at every start; see [`Provider::put_group_info`]).
     pub fn set_group_info(&self, room: &str, group_info: Vec<u8>) {
         if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
             r.group_info = Some(group_info);

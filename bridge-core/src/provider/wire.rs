@@ -6,16 +6,23 @@
 //! MLS object is refused as a whole.
 //!
 //! Implemented: `SubmitMessageRequest`/`SubmitMessageResponse` (§5.4), `FanoutMessage` (§5.5), `UpdateRequest`
-//! (`HandshakeBundle`) / `UpdateRoomResponse` (§5.3), `IdentifierUri`. Franks are never produced (the optional
-//! `Frank` is always absent), `PartialGroupInfo` and `SemiPrivateMessage` are not supported.
+//! (`HandshakeBundle`) / `UpdateRoomResponse` (§5.3), `KeyMaterialRequest`/`KeyMaterialResponse` (§5.2, in
+//! [`key_material`]; requests are unsigned), `IdentifierUri`. Franks are never produced (the optional `Frank` is
+//! always absent), `PartialGroupInfo` and `SemiPrivateMessage` are not supported.
 //!
 //! One extension of ours, since the draft has no way for a follower to catch up after downtime:
 //! [`SequencedFanout`] (`uint64 seq; FanoutMessage fanout;`), the hub's log entry, served by the hub's log
-//! endpoint and announced on `/notify` with the `Mimi-Sequence` header (see `src/mimi_http.rs`).
+//! endpoint and announced on `/notify` with the `Mimi-Sequence` header; the hub's answers to `/submitMessage`
+//! and `/update` carry the sequence number it gave in the same header (see `src/mimi_http/`).
 
 use openmls::prelude::MlsMessageIn;
 use openmls::prelude::tls_codec::Deserialize as _;
 use tls_codec::{DeserializeBytes, Serialize, VLBytes};
+
+pub mod key_material;
+pub use key_material::{
+    ClientKeyMaterial, ClientMaterial, KeyMaterialRequest, KeyMaterialResponse, KeyMaterialUserCode,
+};
 
 /// Why a body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

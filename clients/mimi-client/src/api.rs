@@ -1,9 +1,20 @@
 //! The daemon's client API over plain HTTP/1.1 (one connection per request; loopback development mode).
+//!
+//! Errors are strings; those that say the server could not be reached or answered that it cannot serve now (502,
+//! 503, 504) start with [`UNREACHABLE`], so a caller can wait and retry ([`is_unreachable`]).
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
+
+/// The start of the errors that are worth a retry.
+pub const UNREACHABLE: &str = "server unreachable";
+
+/// True if `error` says the server could not be reached (or could not serve now).
+pub fn is_unreachable(error: &str) -> bool {
+    error.starts_with(UNREACHABLE)
+}
 
 /// A client-API connection target with this user's credentials.
 pub struct Api {
@@ -21,11 +32,10 @@ impl Api {
 
     async fn call(&self, method: &str, path: &str, ctype: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
         let fut = async {
-            let stream = tokio::net::TcpStream::connect(&self.authority)
-                .await
-                .map_err(|e| format!("cannot reach {}: {e}", self.authority))?;
+            let lost = |e: &dyn std::fmt::Display| format!("{UNREACHABLE}: {}: {e}", self.authority);
+            let stream = tokio::net::TcpStream::connect(&self.authority).await.map_err(|e| lost(&e))?;
             let (mut send, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| lost(&e))?;
             tokio::spawn(conn);
             let mut req = hyper::Request::builder()
                 .method(method)
@@ -36,19 +46,21 @@ impl Api {
                 req = req.header("mimi-user", &self.user).header("authorization", format!("Bearer {}", self.token));
             }
             let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
-            let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+            let resp = send.send_request(req).await.map_err(|e| lost(&e))?;
             let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+            let body = resp.into_body().collect().await.map_err(|e| lost(&e))?.to_bytes().to_vec();
             Ok((status, body))
         };
-        tokio::time::timeout(Duration::from_secs(90), fut).await.map_err(|_| "request timed out".to_string())?
+        tokio::time::timeout(Duration::from_secs(90), fut)
+            .await
+            .map_err(|_| format!("{UNREACHABLE}: {}: request timed out", self.authority))?
     }
 
     fn check((status, body): (u16, Vec<u8>)) -> Result<Vec<u8>, String> {
-        if (200..300).contains(&status) {
-            Ok(body)
-        } else {
-            Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+        match status {
+            200..=299 => Ok(body),
+            502..=504 => Err(format!("{UNREACHABLE}: HTTP {status}: {}", String::from_utf8_lossy(&body))),
+            _ => Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body))),
         }
     }
 

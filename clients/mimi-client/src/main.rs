@@ -1,22 +1,25 @@
-//! `mimi-client`: a native MLS client of a mimi-bridge daemon's client API (see `src/mimi_http.rs` there).
+//! `mimi-client`: a native MLS client of a mimi-bridge daemon's client API (see `src/mimi_http/` there).
 //!
 //! It holds its own keys and group state in `--state DIR` (an embedded store plus `client.json`); the daemon
-//! only ever sees MLS messages. Commands: `register USER`, `create-room NAME`, `invite ROOM USER`, `join ROOM`,
-//! `send ROOM TEXT`, `listen ROOM [--json] [--count N] [--timeout SECS]`.
+//! only ever sees MLS messages. Commands: `register USER`, `create-room NAME`, `invite ROOM USER`, `invites`,
+//! `join ROOM`, `send ROOM TEXT`, `listen ROOM [--json] [--count N] [--timeout SECS]`. Rooms may be hosted by the
+//! client's own server or by another provider it federates with (`mimi://other.example/r/NAME`); the server
+//! forwards.
 //!
 //! Messages decrypted while catching up before a `send` are kept in the state file and printed by the next
-//! `listen`, so nothing is skipped.
+//! `listen`, so nothing is skipped. `listen` rides out a server restart: it retries until its timeout.
 
 mod api;
+mod room;
 
 use api::Api;
 use bridge_core::content::builder::ContentBuilder;
-use bridge_core::content::{Message, PartBody};
-use bridge_core::mls::{BridgeProvider, EngineConfig, LegacySender, LocalMember, PortalGroup, Received, key_packages};
+use bridge_core::mls::{BridgeProvider, EngineConfig, LocalMember, PortalGroup, key_packages};
 use bridge_core::provider::wire::{LogPage, WireMessage};
 use bridge_core::store::{Backend, CommitConfig, Store, open_data_dir};
 use clap::{Parser, Subcommand};
 use openmls::prelude::SignatureScheme;
+use room::{Verdict, catch_up, publish_group_info, room_path};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -43,8 +46,10 @@ enum Cmd {
     Register { user: String },
     /// Creates a room hosted by the server; prints its URI on the last line.
     CreateRoom { name: String },
-    /// Adds USER to ROOM from one of their KeyPackages.
+    /// Adds USER (a local name or a mimi:// URI, also of another provider) to ROOM from one of their KeyPackages.
     Invite { room: String, user: String },
+    /// Prints the rooms this user was invited to (one `ROOM SEQ` line each; SEQ is the Welcome's place in the log).
+    Invites,
     /// Joins ROOM: from a Welcome if invited, else by external commit.
     Join { room: String },
     /// Sends TEXT to ROOM; prints the message id. `--reply-to ID` makes it a reply, `--edit ID` a new version of
@@ -73,6 +78,9 @@ enum Cmd {
         timeout: u64,
     },
 }
+
+/// How many times `send`, `invite` and `join` try again after the room moved to a newer epoch.
+const EPOCH_RETRIES: usize = 20;
 
 /// What `client.json` holds.
 #[derive(Serialize, Deserialize, Default)]
@@ -129,88 +137,25 @@ fn room_uri(s: &State, room: &str) -> String {
     }
 }
 
-fn room_path(room: &str) -> &str {
-    room.trim_start_matches("mimi://")
+/// The Welcomes waiting for this user: `(room, seq)`.
+async fn invites(api: &Api) -> Res<Vec<(String, u64)>> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&api.get("/client/v1/invites").await?).map_err(|e| e.to_string())?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| Some((i["room"].as_str()?.to_owned(), i["seq"].as_u64()?)))
+        .collect())
 }
 
-/// The JSON line of a received message.
-fn describe(sender: &str, m: &Message, room: &str) -> serde_json::Value {
-    let c = m.content();
-    let mut text = String::new();
-    c.nested_part.walk(&mut |p| {
-        if let PartBody::Single(s) = &p.body
-            && text.is_empty()
-            && s.content_type.starts_with("text/")
-        {
-            text = String::from_utf8_lossy(&s.content).into_owned();
-        }
-    });
-    let id = m.message_id_with(Some(sender), Some(room)).map(hex::encode).unwrap_or_default();
-    let legacy = LegacySender::from_extensions(&c.extensions).ok().flatten();
-    serde_json::json!({
-        "sender": sender,
-        "legacy_sender": legacy.as_ref().map(|l| serde_json::json!({"uri": l.uri, "name": l.display_name, "network": l.network})),
-        "message_id": id,
-        "text": text,
-        "room": c.extensions.room_uri,
-        "in_reply_to": c.in_reply_to.map(hex::encode),
-        "replaces": c.replaces.map(hex::encode),
-        "disposition": format!("{:?}", c.nested_part.disposition),
-    })
-}
-
-/// Processes the room's log after the cursor; decrypted messages go to the inbox. Returns the group.
-async fn catch_up(api: &Api, k: &Keys, st: &mut State, room: &str, wait: u64) -> Res<PortalGroup> {
-    let mut group =
-        PortalGroup::load(k.provider.clone(), k.member.clone(), room.as_bytes()).map_err(|e| e.to_string())?;
-    let mut first = true;
-    loop {
-        let rs = st.rooms.entry(room.to_owned()).or_default();
-        let w = if first { wait } else { 0 };
-        first = false;
-        let body = api.get(&format!("/client/v1/messages/{}?after={}&wait={w}", room_path(room), rs.cursor)).await?;
-        let page = LogPage::decode(&body).map_err(|e| e.to_string())?;
-        if page.0.is_empty() {
-            return Ok(group);
-        }
-        for e in page.0 {
-            rs.cursor = e.seq;
-            if rs.own.remove(&e.seq) {
-                continue;
-            }
-            match group.process(e.fanout.message.as_bytes()).durable().await {
-                Ok(Received::Application { sender_identity, plaintext, .. }) => {
-                    let sender = String::from_utf8_lossy(&sender_identity).into_owned();
-                    match Message::decode(&plaintext) {
-                        Ok(m) => rs.inbox.push(describe(&sender, &m, room)),
-                        Err(e) => eprintln!("discarded a message that is not MIMI content: {e}"),
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => eprintln!("entry {}: {e}", e_seq(&e, rs.cursor)),
-            }
-        }
+/// After `epoch_too_old`: wait a little (longer each time), or give up after [`EPOCH_RETRIES`].
+async fn epoch_moved(tries: &mut usize) -> Res<()> {
+    *tries += 1;
+    if *tries > EPOCH_RETRIES {
+        return Err("the room keeps moving to newer epochs; try again later".into());
     }
-}
-
-fn e_seq<E>(_: &E, seq: u64) -> u64 {
-    seq
-}
-
-/// Submits an MLS message; `Ok(Some(seq))` if accepted, `Ok(None)` on epoch_too_old.
-async fn submit(api: &Api, room: &str, msg: Vec<u8>) -> Res<Option<u64>> {
-    let (status, body) = api.post_raw(&format!("/client/v1/submit/{}", room_path(room)), msg).await?;
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    match status {
-        200 => Ok(Some(v["seq"].as_u64().unwrap_or(0))),
-        409 if v["error"] == "epoch_too_old" => Ok(None),
-        s => Err(format!("submit: HTTP {s}: {}", v["error"])),
-    }
-}
-
-async fn publish_group_info(api: &Api, group: &PortalGroup, room: &str) -> Res<()> {
-    let gi = group.export_group_info(true).map_err(|e| e.to_string())?;
-    api.put(&format!("/client/v1/groupInfo/{}", room_path(room)), gi).await.map(|_| ())
+    tokio::time::sleep(Duration::from_millis(50) * u32::try_from(*tries).unwrap_or(u32::MAX)).await;
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Res<()> {
@@ -264,44 +209,40 @@ async fn run(cli: Cli) -> Res<()> {
                 format!("/client/v1/keyPackage/{}?room={}", target.trim_start_matches("mimi://"), room_path(&room));
             let (status, kp) = api.post_raw(&path, Vec::new()).await?;
             if status != 200 {
-                return Err(format!("no KeyPackage for {target}: HTTP {status}"));
+                let why = serde_json::from_slice::<serde_json::Value>(&kp).unwrap_or_default();
+                return Err(format!("no KeyPackage for {target}: HTTP {status}: {}", why["error"]));
             }
+            let mut tries = 0;
             loop {
                 let mut group = catch_up(&api, &k, &mut st, &room, 0).await?;
                 let out = group.add_members(&[&kp]).durable().await.map_err(|e| e.to_string())?;
-                match submit(&api, &room, out.commit).await? {
-                    Some(seq) => {
-                        st.rooms.entry(room.clone()).or_default().own.insert(seq);
+                match room::update_with(&api, &room, out).await? {
+                    Verdict::Accepted(seq) => {
+                        st.rooms.entry(room.clone()).or_default().own.extend(seq);
                         group.merge_pending_commit().durable().await.map_err(|e| e.to_string())?;
-                        if let Some(w) = out.welcome
-                            && let Some(seq) = submit(&api, &room, w).await?
-                        {
-                            st.rooms.entry(room.clone()).or_default().own.insert(seq);
-                        }
-                        publish_group_info(&api, &group, &room).await?;
                         break;
                     }
-                    None => {
+                    Verdict::EpochTooOld => {
                         group.clear_pending_commit().durable().await.map_err(|e| e.to_string())?;
+                        epoch_moved(&mut tries).await?;
                     }
                 }
             }
             save_state(dir, &st)?;
             println!("invited {target} to {room}");
         }
+        Cmd::Invites => {
+            for (room, seq) in invites(&api).await? {
+                println!("{room} {seq}");
+            }
+        }
         Cmd::Join { room } => {
             let room = room_uri(&st, &room);
-            let invites: serde_json::Value =
-                serde_json::from_slice(&api.get("/client/v1/invites").await?).map_err(|e| e.to_string())?;
-            let invite = invites
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|i| i["room"] == room.as_str())
-                .and_then(|i| i["seq"].as_u64());
+            let invite = invites(&api).await?.into_iter().find(|(r, _)| *r == room).map(|(_, seq)| seq);
             if let Some(seq) = invite {
-                let body =
-                    api.get(&format!("/client/v1/messages/{}?after={}&wait=0", room_path(&room), seq - 1)).await?;
+                let body = api
+                    .get(&format!("/client/v1/messages/{}?after={}&wait=0", room_path(&room), seq.saturating_sub(1)))
+                    .await?;
                 let page = LogPage::decode(&body).map_err(|e| e.to_string())?;
                 let entry = page.0.into_iter().next().ok_or("the Welcome is gone from the log")?;
                 PortalGroup::join_from_welcome(
@@ -316,6 +257,7 @@ async fn run(cli: Cli) -> Res<()> {
                 .map_err(|e| e.to_string())?;
                 st.rooms.entry(room.clone()).or_default().cursor = seq;
             } else {
+                let mut tries = 0;
                 loop {
                     let gi = api.get(&format!("/client/v1/groupInfo/{}", room_path(&room))).await?;
                     let (mut group, commit) =
@@ -323,15 +265,16 @@ async fn run(cli: Cli) -> Res<()> {
                             .durable()
                             .await
                             .map_err(|e| e.to_string())?;
-                    match submit(&api, &room, commit).await? {
-                        Some(seq) => {
-                            group.merge_pending_commit().durable().await.map_err(|e| e.to_string())?;
-                            let rs = st.rooms.entry(room.clone()).or_default();
-                            rs.cursor = seq;
-                            publish_group_info(&api, &group, &room).await?;
+                    // The GroupInfo of the new epoch travels with the commit, so the commit is merged first; if the
+                    // hub refuses it, the join starts over from a fresh GroupInfo (which replaces this state).
+                    group.merge_pending_commit().durable().await.map_err(|e| e.to_string())?;
+                    let next = group.export_group_info(true).map_err(|e| e.to_string())?;
+                    match room::update(&api, &room, commit, None, next).await? {
+                        Verdict::Accepted(seq) => {
+                            st.rooms.entry(room.clone()).or_default().cursor = seq.unwrap_or(0);
                             break;
                         }
-                        None => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Verdict::EpochTooOld => epoch_moved(&mut tries).await?,
                     }
                 }
             }
@@ -351,14 +294,17 @@ async fn run(cli: Cli) -> Res<()> {
                 b = b.edit(id_arg(e)?);
             }
             let msg = b.build_message().map_err(|e| e.to_string())?;
+            let mut tries = 0;
             loop {
                 let mut group = catch_up(&api, &k, &mut st, &room, 0).await?;
                 let ct = group.encrypt(msg.bytes()).durable().await.map_err(|e| e.to_string())?;
-                if let Some(seq) = submit(&api, &room, ct).await? {
-                    if seq > 0 {
-                        st.rooms.entry(room.clone()).or_default().own.insert(seq);
+                match room::submit(&api, &room, ct).await? {
+                    Verdict::Accepted(seq) => {
+                        st.rooms.entry(room.clone()).or_default().own.extend(seq);
+                        break;
                     }
-                    break;
+                    // The room moved on (the server caught up with it): catch up and encrypt again.
+                    Verdict::EpochTooOld => epoch_moved(&mut tries).await?,
                 }
             }
             save_state(dir, &st)?;
@@ -392,7 +338,15 @@ async fn run(cli: Cli) -> Res<()> {
                 if count.is_some_and(|c| printed >= c) || left.is_zero() {
                     break;
                 }
-                catch_up(&api, &k, &mut st, &room, left.as_secs().clamp(1, 25)).await?;
+                match catch_up(&api, &k, &mut st, &room, left.as_secs().clamp(1, 25)).await {
+                    Ok(_) => {}
+                    // The server restarts (or its hub is away): keep what was decrypted, wait, ask again.
+                    Err(e) if api::is_unreachable(&e) => {
+                        eprintln!("{e}; retrying");
+                        tokio::time::sleep(left.min(Duration::from_millis(300))).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
     }

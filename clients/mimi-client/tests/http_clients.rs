@@ -3,22 +3,13 @@
 
 mod common;
 
-use common::client;
+use common::{client, texts};
 
 use bridge_core::provider::Provider;
 use bridge_core::store::{Backend, CommitConfig, open_data_dir};
 use mimi_bridge::mimi_http::{MimiState, Registration, router};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-fn texts(listen_json: &str) -> Vec<String> {
-    listen_json
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).expect("json line")["text"].as_str().unwrap_or("").to_owned()
-        })
-        .collect()
-}
 
 #[test]
 fn two_native_clients_talk_through_the_client_api() {

@@ -1,0 +1,109 @@
+//! Tests of [`Provider`](super::Provider): routing, updates with their GroupInfo, notifies after a restart, and a
+//! follower's copy of the log.
+
+use super::hub::{JoinPolicy, Origin, Refusal};
+use super::service::{PeerNotify, Provider, ProviderError, Route};
+use super::tests_support::group;
+use super::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest};
+use crate::store::{Backend, CommitConfig, Store, open_data_dir};
+
+const ROOM: &str = "mimi://a.test/r/club";
+const ALICE: &str = "mimi://a.test/u/alice";
+const BOB: &str = "mimi://b.test/u/bob";
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_data_dir(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+    (dir, store)
+}
+
+fn bytes(v: Vec<u8>) -> MlsMessageBytes {
+    MlsMessageBytes::new(v).expect("framed")
+}
+
+#[tokio::test]
+async fn a_hub_applies_updates_keeps_their_group_info_and_renotifies_followers_after_a_restart() {
+    let (_d, st) = store();
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    let mut outbound = a.take_outbound().expect("queue");
+    assert!(matches!(a.route(ROOM), Err(ProviderError::UnknownRoom(_))), "our own domain, unknown");
+    assert_eq!(a.route("mimi://b.test/r/x").expect("route"), Route::Remote { domain: "b.test".into() });
+    assert!(a.route("mimi://b.test").is_err(), "not a room URI");
+
+    let (_g, mut g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false).await.expect("room");
+    assert_eq!(a.route(ROOM).expect("route"), Route::Hub);
+    let info0 = bytes(g.export_group_info(true).expect("group info"));
+    a.put_group_info(ROOM, info0.clone()).await.expect("current epoch");
+    a.add_participant(ROOM, BOB).await.expect("invite");
+
+    let out = g.self_update().durable_blocking().expect("commit");
+    let update = UpdateRequest::Commit {
+        commit: bytes(out.commit),
+        welcome: None,
+        group_info: GroupInfoOption(bytes(out.group_info.expect("group info"))),
+        ratchet_tree: RatchetTreeOption::DistributionService,
+    };
+    let next_info = match &update {
+        UpdateRequest::Commit { group_info, .. } => group_info.0.clone(),
+        UpdateRequest::Proposals { .. } => unreachable!(),
+    };
+    let from_b = Origin::Follower("b.test".into());
+    let r = a.update(ROOM, update.clone(), ALICE, from_b.clone()).await;
+    assert!(matches!(r, Err(ProviderError::Refused(Refusal::NotAllowed(_)))), "b.test speaks for b.test: {r:?}");
+    let accepted = a.update(ROOM, update.clone(), BOB, from_b.clone()).await.expect("accepted");
+    assert_eq!((accepted.seq, a.epoch(ROOM).expect("epoch")), (1, 1));
+    assert_eq!(a.group_info(ROOM).expect("room"), Some(next_info.as_bytes().to_vec()));
+    let again = a.update(ROOM, update, BOB, from_b).await.expect("a retry");
+    assert_eq!((again.seq, again.duplicate), (1, true));
+    assert_eq!(
+        outbound.try_recv().expect("notify"),
+        PeerNotify { peer: "b.test".into(), room: ROOM.into(), seq: 1 },
+        "the origin's provider is notified too"
+    );
+    assert!(outbound.try_recv().is_err(), "a retry is not notified again");
+    let stale = a.put_group_info(ROOM, info0).await;
+    assert!(matches!(stale, Err(ProviderError::Refused(Refusal::EpochTooOld { current_epoch: 1 }))), "{stale:?}");
+
+    // A restart: the GroupInfo is still served, and followers hear of the last entry again.
+    drop(a);
+    let a = Provider::open("a.test", st).expect("reopen");
+    let mut outbound = a.take_outbound().expect("queue");
+    assert_eq!(a.group_info(ROOM).expect("room"), Some(next_info.as_bytes().to_vec()));
+    assert_eq!(outbound.try_recv().expect("renotify"), PeerNotify { peer: "b.test".into(), room: ROOM.into(), seq: 1 });
+}
+
+#[tokio::test]
+async fn a_follower_keeps_a_copy_of_the_log_and_sends_updates_to_the_hub() {
+    let (_da, sa) = store();
+    let (_db, sb) = store();
+    let a = Provider::open("a.test", sa).expect("hub");
+    let b = Provider::open("b.test", sb.clone()).expect("follower");
+    let (_g, mut g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false).await.expect("room");
+    for text in [&b"one"[..], b"two", b"three"] {
+        let m = bytes(g.encrypt(text).durable_blocking().expect("encrypt"));
+        a.submit(ROOM, m, ALICE, Origin::Client(ALICE.into())).await.expect("accepted");
+    }
+    assert_eq!(b.route(ROOM).expect("route"), Route::Remote { domain: "a.test".into() });
+    b.follow(ROOM, "a.test").await.expect("follow");
+    assert_eq!(b.route(ROOM).expect("route"), Route::Follower { hub: "a.test".into() });
+    let info = bytes(g.export_group_info(true).expect("group info"));
+    assert!(matches!(b.put_group_info(ROOM, info).await, Err(ProviderError::NotHub { .. })));
+
+    // Entry 3 arrives first: a gap, so the follower asks for the log after 0; the page fills it.
+    let entries = a.entries_after(ROOM, 0, 10).expect("log");
+    let fetch = b.accept_entries(ROOM, entries[2..].to_vec(), false).await.expect("notify");
+    assert_eq!(fetch, Some(0));
+    assert_eq!(b.last_seq(ROOM).expect("room"), 0);
+    let more = b.accept_entries(ROOM, entries.clone(), true).await.expect("page");
+    assert_eq!(more, Some(3), "asks for a further page");
+    assert_eq!(b.accept_entries(ROOM, Vec::new(), true).await.expect("empty page"), None);
+    assert_eq!(b.entries_after(ROOM, 0, 10).expect("copy"), entries);
+
+    // After a restart the copy and the role are still there.
+    drop(b);
+    let b = Provider::open("b.test", sb).expect("reopen");
+    assert_eq!(b.followed(), vec![(ROOM.to_owned(), "a.test".to_owned())]);
+    assert_eq!(b.last_seq(ROOM).expect("room"), 3);
+}

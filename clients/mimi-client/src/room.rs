@@ -1,0 +1,136 @@
+//! One room as its members see it through the client API: catching up with the room's log (decrypting into the
+//! inbox), and sending MLS messages — application messages with `submit`, commits with `update` (the draft's
+//! HandshakeBundle: commit, Welcome, GroupInfo of the new epoch). Works the same whether the server hosts the
+//! room or forwards to its hub.
+
+use crate::api::Api;
+use crate::{Keys, Res, State};
+use bridge_core::content::{Message, PartBody};
+use bridge_core::mls::{CommitOutput, LegacySender, PortalGroup, Received};
+use bridge_core::provider::wire::{
+    GroupInfoOption, LogPage, MlsMessageBytes, RatchetTreeOption, UpdateRequest, WireMessage, wire_format,
+};
+
+/// The `{roomId}` of a room URI in the API's paths.
+pub fn room_path(room: &str) -> &str {
+    room.trim_start_matches("mimi://")
+}
+
+/// The JSON line of a received message.
+fn describe(sender: &str, m: &Message, room: &str) -> serde_json::Value {
+    let c = m.content();
+    let mut text = String::new();
+    c.nested_part.walk(&mut |p| {
+        if let PartBody::Single(s) = &p.body
+            && text.is_empty()
+            && s.content_type.starts_with("text/")
+        {
+            text = String::from_utf8_lossy(&s.content).into_owned();
+        }
+    });
+    let id = m.message_id_with(Some(sender), Some(room)).map(hex::encode).unwrap_or_default();
+    let legacy = LegacySender::from_extensions(&c.extensions).ok().flatten();
+    serde_json::json!({
+        "sender": sender,
+        "legacy_sender": legacy.as_ref().map(|l| serde_json::json!({"uri": l.uri, "name": l.display_name, "network": l.network})),
+        "message_id": id,
+        "text": text,
+        "room": c.extensions.room_uri,
+        "in_reply_to": c.in_reply_to.map(hex::encode),
+        "replaces": c.replaces.map(hex::encode),
+        "disposition": format!("{:?}", c.nested_part.disposition),
+    })
+}
+
+/// Processes the room's log after the cursor; decrypted messages go to the inbox. Returns the group. `wait`:
+/// how long the first request may wait for news.
+pub async fn catch_up(api: &Api, k: &Keys, st: &mut State, room: &str, wait: u64) -> Res<PortalGroup> {
+    let mut group =
+        PortalGroup::load(k.provider.clone(), k.member.clone(), room.as_bytes()).map_err(|e| e.to_string())?;
+    let mut first = true;
+    loop {
+        let rs = st.rooms.entry(room.to_owned()).or_default();
+        let w = if first { wait } else { 0 };
+        first = false;
+        let body = api.get(&format!("/client/v1/messages/{}?after={}&wait={w}", room_path(room), rs.cursor)).await?;
+        let page = LogPage::decode(&body).map_err(|e| e.to_string())?;
+        if page.0.is_empty() {
+            return Ok(group);
+        }
+        for e in page.0 {
+            rs.cursor = e.seq;
+            // Our own messages, and Welcomes (for those who join, not for members), are not for us to process.
+            if rs.own.remove(&e.seq) || e.fanout.message.wire_format() == wire_format::WELCOME {
+                continue;
+            }
+            match group.process(e.fanout.message.as_bytes()).durable().await {
+                Ok(Received::Application { sender_identity, plaintext, .. }) => {
+                    let sender = String::from_utf8_lossy(&sender_identity).into_owned();
+                    match Message::decode(&plaintext) {
+                        Ok(m) => rs.inbox.push(describe(&sender, &m, room)),
+                        Err(err) => eprintln!("discarded a message that is not MIMI content: {err}"),
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => eprintln!("entry {}: {err}", e.seq),
+            }
+        }
+    }
+}
+
+/// What the server said to a message: accepted at this sequence number (`None` if the hub did not say), or the
+/// room moved to a newer epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted.
+    Accepted(Option<u64>),
+    /// `epoch_too_old`: catch up and try again.
+    EpochTooOld,
+}
+
+async fn post(api: &Api, path: &str, body: Vec<u8>) -> Res<Verdict> {
+    let (status, body) = api.post_raw(path, body).await?;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    match status {
+        200 => Ok(Verdict::Accepted(v["seq"].as_u64())),
+        409 if v["error"] == "epoch_too_old" => Ok(Verdict::EpochTooOld),
+        s => Err(format!("{path}: HTTP {s}: {}", v["error"])),
+    }
+}
+
+/// Submits an application message (MLSMessage).
+pub async fn submit(api: &Api, room: &str, msg: Vec<u8>) -> Res<Verdict> {
+    post(api, &format!("/client/v1/submit/{}", room_path(room)), msg).await
+}
+
+/// Sends a commit with what new members and external joiners need: the Welcome (if any) and the GroupInfo of
+/// the epoch the commit makes.
+pub async fn update(
+    api: &Api,
+    room: &str,
+    commit: Vec<u8>,
+    welcome: Option<Vec<u8>>,
+    group_info: Vec<u8>,
+) -> Res<Verdict> {
+    let framed = |b: Vec<u8>| MlsMessageBytes::new(b).map_err(|e| e.to_string());
+    let req = UpdateRequest::Commit {
+        commit: framed(commit)?,
+        welcome: welcome.map(framed).transpose()?,
+        group_info: GroupInfoOption(framed(group_info)?),
+        ratchet_tree: RatchetTreeOption::DistributionService,
+    };
+    let body = req.encode().map_err(|e| e.to_string())?;
+    post(api, &format!("/client/v1/update/{}", room_path(room)), body).await
+}
+
+/// Sends an own commit (as [`update`]) made by [`PortalGroup::add_members`] and friends.
+pub async fn update_with(api: &Api, room: &str, out: CommitOutput) -> Res<Verdict> {
+    let gi = out.group_info.ok_or("the MLS engine made no GroupInfo for the new epoch")?;
+    update(api, room, out.commit, out.welcome, gi).await
+}
+
+/// Hands the room's current GroupInfo to the server (after creating a room it hosts).
+pub async fn publish_group_info(api: &Api, group: &PortalGroup, room: &str) -> Res<()> {
+    let gi = group.export_group_info(true).map_err(|e| e.to_string())?;
+    api.put(&format!("/client/v1/groupInfo/{}", room_path(room)), gi).await.map(|_| ())
+}

@@ -1,0 +1,237 @@
+//! The client API for native MLS clients (`/client/v1/...`; see the table in the [module above](super)). Requests
+//! about rooms hosted by a peer go to the [outbound module](super::outbound).
+
+use super::{
+    Fail, MAX_WAIT, MimiState, PAGE, Registration, accepted, bad, encode, epoch_too_old, outbound, query, query_u64,
+    room_of,
+};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use bridge_core::provider::hub::{Accepted, JoinPolicy, Origin, Refusal};
+use bridge_core::provider::service::{ProviderError, Route, uri_domain};
+use bridge_core::provider::wire::{LogPage, MlsMessageBytes, UpdateRequest, WireMessage};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+#[derive(Deserialize)]
+pub(super) struct RegisterBody {
+    user: String,
+    token: Option<String>,
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sha256_hex(s: &str) -> String {
+    to_hex(&Sha256::digest(s.as_bytes()))
+}
+
+/// The answer to a message our hub sequenced (or refused).
+fn verdict(r: Result<Accepted, ProviderError>) -> Result<Response, Fail> {
+    match r {
+        Ok(a) => Ok(accepted(Some(a.seq))),
+        Err(ProviderError::Refused(Refusal::EpochTooOld { current_epoch })) => Ok(epoch_too_old(current_epoch)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The hub of a room hosted elsewhere (`None` if we host it): the one we follow it from, or the domain it is named
+/// after if that is a configured peer. An unknown room otherwise.
+fn remote_hub(s: &MimiState, room: &str) -> Result<Option<String>, Fail> {
+    match s.provider.route(room)? {
+        Route::Hub => Ok(None),
+        Route::Follower { hub } => Ok(Some(hub)),
+        Route::Remote { domain } if s.peers.contains_key(&domain) => Ok(Some(domain)),
+        Route::Remote { domain } => {
+            Err(Fail(StatusCode::NOT_FOUND, format!("unknown room {room} ({domain} is not a configured peer)")))
+        }
+    }
+}
+
+pub(super) async fn register(State(s): State<MimiState>, Json(b): Json<RegisterBody>) -> Result<Response, Fail> {
+    match &s.registration {
+        Registration::Open => {}
+        Registration::Token(t) if b.token.as_deref() == Some(t.as_str()) => {}
+        Registration::Token(_) => return Err(Fail(StatusCode::FORBIDDEN, "registration needs a valid token".into())),
+        Registration::Closed => return Err(Fail(StatusCode::FORBIDDEN, "registration is closed".into())),
+    }
+    let uri = if b.user.starts_with("mimi://") {
+        b.user.clone()
+    } else {
+        format!("mimi://{}/u/{}", s.provider.domain(), b.user)
+    };
+    if b.user.is_empty() || b.user.contains(char::is_whitespace) {
+        return Err(bad("bad user name"));
+    }
+    let token = to_hex(&rand::random::<[u8; 32]>());
+    s.provider.register_user(&uri, &sha256_hex(&token)).await?;
+    Ok(Json(serde_json::json!({ "uri": uri, "token": token })).into_response())
+}
+
+/// The authenticated user of a client request.
+fn user(s: &MimiState, headers: &HeaderMap) -> Result<String, Fail> {
+    let unauthorized = || Fail(StatusCode::UNAUTHORIZED, "missing or bad credentials".into());
+    let uri = headers.get("mimi-user").and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    let rec = s.provider.user(uri)?.ok_or_else(unauthorized)?;
+    let given = sha256_hex(token);
+    if subtle::ConstantTimeEq::ct_eq(given.as_bytes(), rec.token_sha256.as_bytes()).into() {
+        Ok(uri.to_owned())
+    } else {
+        Err(unauthorized())
+    }
+}
+
+pub(super) async fn upload_key_packages(
+    State(s): State<MimiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Fail> {
+    let u = user(&s, &headers)?;
+    let mut r = bridge_core::provider::wire::Reader::new(&body);
+    let mut kps = Vec::new();
+    while r.finish().is_err() {
+        kps.push(r.mls_message().map_err(bad)?);
+    }
+    s.provider.upload_key_packages(&u, &kps).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct CreateRoom {
+    name: String,
+    epoch: u64,
+    #[serde(default)]
+    invite_only: bool,
+}
+
+pub(super) async fn create_room(
+    State(s): State<MimiState>,
+    headers: HeaderMap,
+    Json(b): Json<CreateRoom>,
+) -> Result<Response, Fail> {
+    let u = user(&s, &headers)?;
+    if b.name.is_empty() || b.name.contains(['/', ' ']) {
+        return Err(bad("bad room name"));
+    }
+    let room = format!("mimi://{}/r/{}", s.provider.domain(), b.name);
+    let policy = if b.invite_only { JoinPolicy::Invite } else { JoinPolicy::Open };
+    s.provider.create_room(&room, room.as_bytes(), b.epoch, &u, policy, false).await?;
+    Ok(Json(serde_json::json!({ "room": room })).into_response())
+}
+
+pub(super) async fn group_info(
+    State(s): State<MimiState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Fail> {
+    user(&s, &headers)?;
+    let room = room_of(&room);
+    match remote_hub(&s, &room)? {
+        None => super::peer::local_group_info(&s, &room),
+        Some(hub) => outbound::group_info(&s, &room, &hub).await,
+    }
+}
+
+pub(super) async fn put_group_info(
+    State(s): State<MimiState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Fail> {
+    user(&s, &headers)?;
+    let gi = MlsMessageBytes::new(body.to_vec()).map_err(bad)?;
+    s.provider.put_group_info(&room_of(&room), gi).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn claim_key_package(
+    State(s): State<MimiState>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, Fail> {
+    let u = user(&s, &headers)?;
+    let target = if target.starts_with("mimi:") { target } else { room_of(&target) };
+    let room = query(&uri, "room").map(|r| room_of(r.trim_start_matches("mimi://")));
+    if let Some(room) = &room {
+        s.provider.add_participant(room, &target).await?;
+    }
+    let domain = uri_domain(&target).ok_or_else(|| bad(format!("bad user URI {target:?}")))?;
+    if domain != s.provider.domain() {
+        return outbound::key_package(&s, &u, &target, domain, room.as_deref().unwrap_or("")).await;
+    }
+    match s.provider.claim_key_package(&target).await? {
+        Some(kp) => Ok(super::tls(kp)),
+        None => Err(Fail(StatusCode::NOT_FOUND, format!("no KeyPackage left for {target}"))),
+    }
+}
+
+pub(super) async fn update(
+    State(s): State<MimiState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Fail> {
+    let u = user(&s, &headers)?;
+    let room = room_of(&room);
+    let req = UpdateRequest::decode(&body).map_err(bad)?;
+    let Some(hub) = remote_hub(&s, &room)? else {
+        return verdict(s.provider.update(&room, req, &u, Origin::Client(u.clone())).await);
+    };
+    // Follow before the hub hears of us, so that its first notify finds the room.
+    s.provider.follow(&room, &hub).await?;
+    outbound::update(&s, &room, &hub, &u, body.to_vec()).await
+}
+
+pub(super) async fn submit(
+    State(s): State<MimiState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Fail> {
+    let u = user(&s, &headers)?;
+    let room = room_of(&room);
+    let msg = MlsMessageBytes::new(body.to_vec()).map_err(bad)?;
+    match s.provider.route(&room)? {
+        Route::Hub => verdict(s.provider.submit(&room, msg, &u, Origin::Client(u.clone())).await),
+        Route::Follower { hub } => outbound::submit(&s, &room, &hub, &u, msg).await,
+        Route::Remote { .. } => Err(ProviderError::UnknownRoom(room).into()),
+    }
+}
+
+pub(super) async fn messages(
+    State(s): State<MimiState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, Fail> {
+    user(&s, &headers)?;
+    let room = room_of(&room);
+    let after = query_u64(&uri, "after")?;
+    let wait = Duration::from_secs(query_u64(&uri, "wait")?).min(MAX_WAIT);
+    if s.provider.last_seq(&room)? <= after && !wait.is_zero() {
+        s.provider.wait(&room, after, wait).await?;
+    }
+    encode(&LogPage(s.provider.entries_after(&room, after, PAGE)?))
+}
+
+pub(super) async fn invites(State(s): State<MimiState>, headers: HeaderMap) -> Result<Response, Fail> {
+    let u = user(&s, &headers)?;
+    let list: Vec<_> = s
+        .provider
+        .invites(&u)?
+        .into_iter()
+        .map(|(room, seq)| serde_json::json!({ "room": room, "seq": seq }))
+        .collect();
+    Ok(Json(list).into_response())
+}

@@ -1,0 +1,212 @@
+//! The MIMI endpoints (draft-ietf-mimi-protocol-06 §5) and the client API for native MLS users, over axum.
+//! Thin: every decision is taken by `bridge_core::provider` ([`Provider`], [`MlsRoom`]).
+//!
+//! * [`peer`] — the provider-to-provider endpoints we serve;
+//! * [`client_api`] — the native clients' API;
+//! * [`outbound`] — what we ask of peers: forwarding to another room's hub, KeyPackages of other providers'
+//!   users, catch-up from a hub's log, notifies to our followers;
+//! * [`http`] — the small HTTP client behind it.
+//!
+//! # Provider-to-provider (`/v1/...`), bodies in TLS presentation language
+//!
+//! `{roomId}` is the room URI without `mimi://` (`a.example/r/clubhouse`). The source provider names itself in
+//! `From: mimi@DOMAIN`; in the plain-HTTP development mode that header is trusted (loopback only), and a peer
+//! must be configured (`[[mimi.peer]]`) to be heard (403 otherwise).
+//!
+//! | endpoint | body → answer |
+//! |---|---|
+//! | `GET /.well-known/mimi-protocol-directory` | JSON directory of absolute URLs |
+//! | `POST /v1/submitMessage/{roomId}` | `SubmitMessageRequest` → `SubmitMessageResponse`; accepted: header `Mimi-Sequence: N` (hub) |
+//! | `POST /v1/update/{roomId}` | `UpdateRequest`, header `Mimi-User: REQUESTER` → `UpdateRoomResponse`; success: `Mimi-Sequence: N` (hub) |
+//! | `POST /v1/notify/{roomId}` | `FanoutMessage`, header `Mimi-Sequence: N` → 201 (follower; only from the room's hub) |
+//! | `POST /v1/groupInfo/{roomId}` | (body ignored) → the room's GroupInfo MLSMessage, unencrypted (deviation) (hub) |
+//! | `POST /v1/keyMaterial/{targetUser}` | `KeyMaterialRequest` (unsigned: deviation) → `KeyMaterialResponse` |
+//! | `GET /v1/log/{roomId}?after=N` | our extension: `LogPage` of the hub's log after N, for the room's followers |
+//!
+//! `Mimi-Sequence` in answers is our extension: the hub's sequence number of the accepted message, so the
+//! follower can tell its client where the message is in the log. A `KeyMaterialRequest` that names a room hosted
+//! by the requesting peer makes us follow that room (the Welcome will come through its log). Errors: malformed
+//! body → 400 with a reason; unknown room → 404; peer not allowed (or not a follower of the room, for `/log`) →
+//! 403; body over [`MAX_BODY`] → 413.
+//!
+//! # Client API (`/client/v1/...`) for native MLS clients
+//!
+//! The daemon never sees a client's private keys or plaintext: clients send MLS messages they made themselves.
+//! Authentication: `Authorization: Bearer TOKEN` and `Mimi-User: URI` (from `register`).
+//!
+//! | request | body → answer |
+//! |---|---|
+//! | `POST /client/v1/register` | JSON `{"user": NAME-or-URI, "token"?: REG-TOKEN}` → `{"uri","token"}` |
+//! | `POST /client/v1/keyPackages` | concatenated KeyPackage MLSMessages → 204 |
+//! | `POST /client/v1/rooms` | JSON `{"name", "epoch"}` (group id = room URI) → `{"room"}` (creator's room) |
+//! | `GET /client/v1/groupInfo/{roomId}` | → GroupInfo MLSMessage (with ratchet tree) |
+//! | `PUT /client/v1/groupInfo/{roomId}` | GroupInfo MLSMessage of the current epoch → 204 (hosted rooms) |
+//! | `POST /client/v1/keyPackage/{userUri}?room=R` | → one claimed KeyPackage of the user; adds them to R's participants (R hosted here) |
+//! | `POST /client/v1/update/{roomId}` | `UpdateRequest` (commit + Welcome + GroupInfo, or proposals) → `{"seq"}`; 409 `{"error":"epoch_too_old","current_epoch"}` |
+//! | `POST /client/v1/submit/{roomId}` | one MLSMessage (application message; here also a proposal, commit or Welcome) → `{"seq"}`; 409 as above |
+//! | `GET /client/v1/messages/{roomId}?after=N&wait=SECS` | long-poll → `LogPage` (TLS) of entries after N |
+//! | `GET /client/v1/invites` | → JSON `[{"room","seq"}]`: Welcomes for this user |
+//!
+//! ## Rooms hosted by another provider
+//!
+//! For a room whose hub is a configured peer the daemon is its clients' go-between: `groupInfo` is fetched from
+//! the hub (`/v1/groupInfo`), `update` goes to the hub's `/v1/update` (and from then on we follow the room),
+//! `submit` — application messages only — to its `/v1/submitMessage`, and `messages` reads our copy of the hub's
+//! log. When the hub answers that the room moved to a newer epoch, we catch up from its log before answering 409,
+//! so the client finds the commit it missed. `keyPackage` of another provider's user is claimed from that
+//! provider (`/v1/keyMaterial`, naming the room). A room on an unconfigured domain is unknown (404).
+
+pub mod client_api;
+pub mod http;
+pub mod outbound;
+pub mod peer;
+
+pub use outbound::{catch_up, resync_followed, run_notifier};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bridge_core::provider::MlsRoom;
+use bridge_core::provider::hub::Refusal;
+use bridge_core::provider::service::{Provider, ProviderError};
+use bridge_core::provider::wire::WireMessage;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body accepted (413 above).
+pub const MAX_BODY: usize = 1 << 20;
+/// Longest long-poll wait.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Most log entries per answer.
+const PAGE: usize = 256;
+
+/// Who may register native users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// Anyone (development mode on loopback).
+    Open,
+    /// Whoever presents this token.
+    Token(String),
+    /// Nobody.
+    Closed,
+}
+
+/// What the endpoints need.
+#[derive(Clone)]
+pub struct MimiState {
+    /// The provider.
+    pub provider: Provider,
+    /// The portals' room of record, if the daemon bridges (for status only; may be `None`).
+    pub room: Option<Arc<MlsRoom>>,
+    /// Base URL under which this server is reached (`http://127.0.0.1:8448`), for the directory.
+    pub public_url: String,
+    /// Registration policy.
+    pub registration: Registration,
+    /// Peers: domain → base URL.
+    pub peers: Arc<HashMap<String, String>>,
+}
+
+/// The router of the MIMI endpoints and the client API.
+pub fn router(state: MimiState) -> Router {
+    Router::new()
+        .route("/.well-known/mimi-protocol-directory", get(peer::directory))
+        .route("/v1/submitMessage/{*room}", post(peer::submit_message))
+        .route("/v1/update/{*room}", post(peer::update))
+        .route("/v1/notify/{*room}", post(peer::notify))
+        .route("/v1/groupInfo/{*room}", post(peer::group_info))
+        .route("/v1/keyMaterial/{*user}", post(peer::key_material))
+        .route("/v1/log/{*room}", get(peer::log))
+        .route("/client/v1/register", post(client_api::register))
+        .route("/client/v1/keyPackages", post(client_api::upload_key_packages))
+        .route("/client/v1/rooms", post(client_api::create_room))
+        .route("/client/v1/groupInfo/{*room}", get(client_api::group_info).put(client_api::put_group_info))
+        .route("/client/v1/keyPackage/{*user}", post(client_api::claim_key_package))
+        .route("/client/v1/update/{*room}", post(client_api::update))
+        .route("/client/v1/submit/{*room}", post(client_api::submit))
+        .route("/client/v1/messages/{*room}", get(client_api::messages))
+        .route("/client/v1/invites", get(client_api::invites))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// An error answer: status and reason.
+#[derive(Debug)]
+struct Fail(StatusCode, String);
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<ProviderError> for Fail {
+    fn from(e: ProviderError) -> Self {
+        let status = match &e {
+            ProviderError::UnknownRoom(_) | ProviderError::UnknownUser(_) => StatusCode::NOT_FOUND,
+            ProviderError::NotHub { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProviderError::Refused(Refusal::Malformed(_)) | ProviderError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProviderError::Refused(Refusal::NotAllowed(_)) => StatusCode::FORBIDDEN,
+            ProviderError::Refused(Refusal::EpochTooOld { .. }) | ProviderError::Exists(_) => StatusCode::CONFLICT,
+            ProviderError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Fail(status, e.to_string())
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> Fail {
+    Fail(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+fn tls(bytes: Vec<u8>) -> Response {
+    ([("content-type", "application/mimi-protocol")], bytes).into_response()
+}
+
+fn encode(m: &impl WireMessage) -> Result<Response, Fail> {
+    m.encode().map(tls).map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The client API's answer to an accepted message: its sequence number in the hub's log (`null` if a remote hub
+/// did not say).
+fn accepted(seq: Option<u64>) -> Response {
+    Json(serde_json::json!({ "seq": seq })).into_response()
+}
+
+/// The client API's answer when the hub moved past the message's epoch.
+fn epoch_too_old(current_epoch: u64) -> Response {
+    (StatusCode::CONFLICT, Json(serde_json::json!({ "error": "epoch_too_old", "current_epoch": current_epoch })))
+        .into_response()
+}
+
+/// `{roomId}` (or `{targetUser}`) → URI.
+fn room_of(path: &str) -> String {
+    format!("mimi://{}", path.trim_start_matches('/'))
+}
+
+/// `{roomId}` of a room URI.
+fn path_of(uri: &str) -> &str {
+    uri.trim_start_matches("mimi://")
+}
+
+fn query(uri: &Uri, key: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_owned())
+    })
+}
+
+fn query_u64(uri: &Uri, key: &str) -> Result<u64, Fail> {
+    query(uri, key).map(|v| v.parse().map_err(|_| bad(format!("bad {key}")))).unwrap_or(Ok(0))
+}
+
+/// The configured peer named by `From: mimi@DOMAIN`, or 403.
+fn peer_of(state: &MimiState, headers: &HeaderMap) -> Result<String, Fail> {
+    let from = headers.get("from").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let domain = from.strip_prefix("mimi@").unwrap_or("");
+    if domain.is_empty() || !state.peers.contains_key(domain) {
+        return Err(Fail(StatusCode::FORBIDDEN, format!("peer {from:?} is not configured")));
+    }
+    Ok(domain.to_owned())
+}

@@ -1,0 +1,247 @@
+//! What this provider asks of its peers: forwarding our clients' messages to the hub of a room hosted elsewhere,
+//! fetching its GroupInfo, claiming KeyPackages of other providers' users, catching up from a hub's log, and — as a
+//! hub — notifying our followers (one [`NotifyQueue`] per follower).
+
+use super::http::{self, Answer};
+use super::{Fail, MimiState, accepted, epoch_too_old, path_of, tls};
+use axum::http::StatusCode;
+use axum::response::Response;
+use bridge_core::provider::notifier::Outcome;
+use bridge_core::provider::service::Provider;
+use bridge_core::provider::wire::{
+    KeyMaterialRequest, KeyMaterialResponse, KeyMaterialUserCode, LogPage, MlsMessageBytes, SubmitMessageRequest,
+    SubmitMessageResponse, UpdateRoomResponse, WireMessage, wire_format,
+};
+use bridge_core::provider::{NotifyQueue, PeerNotify};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+fn bad_gateway(e: impl std::fmt::Display) -> Fail {
+    Fail(StatusCode::BAD_GATEWAY, e.to_string())
+}
+
+/// The base URL of the configured peer `domain`.
+fn base<'a>(s: &'a MimiState, domain: &str) -> Result<&'a str, Fail> {
+    s.peers
+        .get(domain)
+        .map(|b| b.trim_end_matches('/'))
+        .ok_or_else(|| bad_gateway(format!("{domain} is not a configured peer")))
+}
+
+/// A peer's answer that is not the success we expected: 404 and 403 pass through, the rest is a bad gateway.
+fn unexpected(a: &Answer, what: &str) -> Fail {
+    let reason = serde_json::from_slice::<serde_json::Value>(&a.body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let status = match a.status {
+        403 => StatusCode::FORBIDDEN,
+        404 => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    Fail(status, format!("{what}: the hub answered {}: {reason}", a.status))
+}
+
+/// Submits a client's application message to the hub of `room` (`/v1/submitMessage`).
+pub(super) async fn submit(
+    s: &MimiState,
+    room: &str,
+    hub: &str,
+    user: &str,
+    msg: MlsMessageBytes,
+) -> Result<Response, Fail> {
+    if msg.wire_format() != wire_format::PRIVATE {
+        return Err(super::bad(format!(
+            "{room} is hosted by {hub}: submit carries application messages there; commits and proposals go \
+             through /client/v1/update"
+        )));
+    }
+    let body = SubmitMessageRequest { app_message: msg, sending_uri: user.to_owned() }.encode().map_err(super::bad)?;
+    let url = format!("{}/v1/submitMessage/{}", base(s, hub)?, path_of(room));
+    let a = http::request("POST", &url, s.provider.domain(), &[], body).await.map_err(bad_gateway)?;
+    if a.status != 200 {
+        return Err(unexpected(&a, "submitMessage"));
+    }
+    match SubmitMessageResponse::decode(&a.body).map_err(bad_gateway)? {
+        SubmitMessageResponse::Accepted { .. } => Ok(accepted(a.sequence)),
+        SubmitMessageResponse::EpochTooOld { current_epoch } => {
+            catch_up_now(s, room).await;
+            Ok(epoch_too_old(current_epoch))
+        }
+        SubmitMessageResponse::NotAllowed => Err(Fail(StatusCode::FORBIDDEN, "the hub refused the message".into())),
+    }
+}
+
+/// Sends a client's update (a verified `UpdateRequest`, as received) to the hub of `room` (`/v1/update`).
+pub(super) async fn update(s: &MimiState, room: &str, hub: &str, user: &str, body: Vec<u8>) -> Result<Response, Fail> {
+    let url = format!("{}/v1/update/{}", base(s, hub)?, path_of(room));
+    let a =
+        http::request("POST", &url, s.provider.domain(), &[("mimi-user", user)], body).await.map_err(bad_gateway)?;
+    if a.status != 200 {
+        return Err(unexpected(&a, "update"));
+    }
+    match UpdateRoomResponse::decode(&a.body).map_err(bad_gateway)? {
+        UpdateRoomResponse::Success { .. } => Ok(accepted(a.sequence)),
+        UpdateRoomResponse::WrongEpoch { current_epoch, .. } => {
+            catch_up_now(s, room).await;
+            Ok(epoch_too_old(current_epoch))
+        }
+        UpdateRoomResponse::NotAllowed { description } | UpdateRoomResponse::InvalidProposal { description } => {
+            Err(Fail(StatusCode::FORBIDDEN, format!("the hub refused the update: {description}")))
+        }
+    }
+}
+
+/// The GroupInfo of a room hosted by `hub` (`/v1/groupInfo`).
+pub(super) async fn group_info(s: &MimiState, room: &str, hub: &str) -> Result<Response, Fail> {
+    let url = format!("{}/v1/groupInfo/{}", base(s, hub)?, path_of(room));
+    let a = http::request("POST", &url, s.provider.domain(), &[], Vec::new()).await.map_err(bad_gateway)?;
+    if a.status != 200 {
+        return Err(unexpected(&a, "groupInfo"));
+    }
+    let gi = MlsMessageBytes::new(a.body).map_err(bad_gateway)?;
+    if gi.wire_format() != wire_format::GROUP_INFO {
+        return Err(bad_gateway("the hub's answer is not a GroupInfo"));
+    }
+    Ok(tls(gi.into_bytes()))
+}
+
+/// Claims a KeyPackage of `target`, another provider's user, for `room` on behalf of our `requester`
+/// (`/v1/keyMaterial`).
+pub(super) async fn key_package(
+    s: &MimiState,
+    requester: &str,
+    target: &str,
+    domain: &str,
+    room: &str,
+) -> Result<Response, Fail> {
+    let base =
+        s.peers.get(domain).ok_or_else(|| Fail(StatusCode::NOT_FOUND, format!("{domain} is not a configured peer")))?;
+    let url = format!("{}/v1/keyMaterial/{}", base.trim_end_matches('/'), path_of(target));
+    let body = KeyMaterialRequest::new(requester, target, room).encode().map_err(super::bad)?;
+    let a = http::request("POST", &url, s.provider.domain(), &[], body).await.map_err(bad_gateway)?;
+    if a.status != 200 {
+        return Err(unexpected(&a, "keyMaterial"));
+    }
+    let resp = KeyMaterialResponse::decode(&a.body).map_err(bad_gateway)?;
+    match (resp.user_status, resp.first_key_package()) {
+        (KeyMaterialUserCode::Success | KeyMaterialUserCode::PartialSuccess, Some(kp)) => {
+            Ok(tls(kp.as_bytes().to_vec()))
+        }
+        (status, _) => Err(Fail(StatusCode::NOT_FOUND, format!("no KeyPackage of {target} ({status:?})"))),
+    }
+}
+
+/// Catches up `room` from its hub now (the hub said it moved on), so the client finds the commit it missed.
+async fn catch_up_now(s: &MimiState, room: &str) {
+    if let Ok(after) = s.provider.last_seq(room) {
+        catch_up(&s.provider, &s.peers, room, after).await;
+    }
+}
+
+/// Fetches the hub's log of `room` after `after` until the local copy is complete.
+pub async fn catch_up(provider: &Provider, peers: &HashMap<String, String>, room: &str, mut after: u64) {
+    let Ok(Some(hub)) = provider.hub_of(room) else { return };
+    let Some(base) = peers.get(&hub) else {
+        tracing::warn!(room, hub, "the hub of a followed room is not a configured peer");
+        return;
+    };
+    loop {
+        let url = format!("{}/v1/log/{}?after={after}", base.trim_end_matches('/'), path_of(room));
+        let page = match http::request("GET", &url, provider.domain(), &[], Vec::new()).await {
+            Ok(a) if a.status == 200 => LogPage::decode(&a.body).map_err(|e| e.to_string()),
+            Ok(a) => Err(format!("HTTP {}", a.status)),
+            Err(e) => Err(e),
+        };
+        match page {
+            Ok(page) => match provider.accept_entries(room, page.0, true).await {
+                Ok(Some(next)) => after = next,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(room, error = %e, "catch-up failed");
+                    provider.fetch_failed(room);
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::info!(room, error = %e, "hub unreachable; catch-up later");
+                provider.fetch_failed(room);
+                return;
+            }
+        }
+    }
+}
+
+/// On start: catch up every followed room.
+pub async fn resync_followed(provider: Provider, peers: Arc<HashMap<String, String>>) {
+    for (room, _) in provider.followed() {
+        let after = provider.last_seq(&room).unwrap_or(0);
+        catch_up(&provider, &peers, &room, after).await;
+    }
+}
+
+/// Sends the hub's notifies to followers, forever (spawn it once): one task per follower, each draining its
+/// [`NotifyQueue`] in order, with backoff while the follower is unreachable. Aborting this task stops them all.
+pub async fn run_notifier(provider: Provider, peers: Arc<HashMap<String, String>>) {
+    let Some(mut rx) = provider.take_outbound() else { return };
+    let mut workers: HashMap<String, mpsc::UnboundedSender<(String, u64)>> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(PeerNotify { peer, room, seq }) = rx.recv().await {
+        let Some(base) = peers.get(&peer) else {
+            tracing::warn!(peer, room, "a follower of the room is not a configured peer; not notified");
+            continue;
+        };
+        let tx = workers.entry(peer.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.spawn(notify_peer(provider.clone(), peer, base.trim_end_matches('/').to_owned(), rx));
+            tx
+        });
+        let _ = tx.send((room, seq));
+    }
+}
+
+/// The notifies of one follower.
+async fn notify_peer(provider: Provider, peer: String, base: String, mut rx: mpsc::UnboundedReceiver<(String, u64)>) {
+    let mut queue = NotifyQueue::default();
+    loop {
+        while let Ok((room, seq)) = rx.try_recv() {
+            queue.push(&room, seq);
+        }
+        let Some((room, seq)) = queue.next().map(|(r, s)| (r.to_owned(), s)) else {
+            match rx.recv().await {
+                Some((room, seq)) => queue.push(&room, seq),
+                None => return,
+            }
+            continue;
+        };
+        let outcome = send_notify(&provider, &base, &room, seq).await;
+        if outcome != Outcome::Delivered {
+            tracing::debug!(peer, room, seq, ?outcome, "notify not delivered");
+        }
+        if let Some(wait) = queue.on_result(outcome) {
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => break,
+                    m = rx.recv() => match m {
+                        Some((room, seq)) => queue.push(&room, seq),
+                        None => return,
+                    },
+                }
+            }
+        }
+    }
+}
+
+async fn send_notify(provider: &Provider, base: &str, room: &str, seq: u64) -> Outcome {
+    let Some(body) = provider.entry(room, seq).ok().flatten().and_then(|e| e.fanout.encode().ok()) else {
+        tracing::warn!(room, seq, "a log entry to notify is unreadable; skipped");
+        return Outcome::Refused;
+    };
+    let url = format!("{base}/v1/notify/{}", path_of(room));
+    match http::request("POST", &url, provider.domain(), &[("mimi-sequence", &seq.to_string())], body).await {
+        Ok(a) => Outcome::of_status(a.status),
+        Err(_) => Outcome::Unreachable,
+    }
+}
