@@ -132,8 +132,11 @@ pub struct MimiConfig {
     pub tls_cert: Option<Spanned<PathBuf>>,
     /// TLS key (PEM); must not be readable by other users.
     pub tls_key: Option<Spanned<PathBuf>>,
-    /// CA certificates for peer authentication (PEM).
+    /// CA certificates for peer authentication (PEM); the system store when not set.
     pub trust_anchors: Option<Spanned<PathBuf>>,
+    /// The base URL peers and clients reach these endpoints under (`https://mimi.example.org`), for the
+    /// discovery directory; default: `http(s)://` + the listen address.
+    pub public_url: Option<String>,
     /// Who may register native clients.
     #[serde(default)]
     pub registration: Registration,
@@ -153,6 +156,7 @@ impl Default for MimiConfig {
             tls_cert: None,
             tls_key: None,
             trust_anchors: None,
+            public_url: None,
             registration: Registration::Open,
             registration_token: None,
             registration_token_file: None,
@@ -741,6 +745,42 @@ impl Config {
         {
             return Err(at(file, text, k.span(), "mimi.tls_key", e.to_string()));
         }
+        match (&self.mimi.tls_cert, &self.mimi.tls_key) {
+            (Some(c), None) => {
+                return Err(at(file, text, c.span(), "mimi.tls_cert", "needs mimi.tls_key (they go together)"));
+            }
+            (None, Some(k)) => {
+                return Err(at(file, text, k.span(), "mimi.tls_key", "needs mimi.tls_cert (they go together)"));
+            }
+            (Some(c), Some(k)) => {
+                let anchors = self.mimi.trust_anchors.as_ref();
+                if let Err(e) =
+                    crate::mimi_tls::MimiTls::load(c.get_ref(), k.get_ref(), anchors.map(|a| a.get_ref().as_path()))
+                {
+                    let (key, span) = match e.split_once(' ') {
+                        Some(("mimi.tls_key", _)) => ("mimi.tls_key", k.span()),
+                        Some(("mimi.trust_anchors", _)) => {
+                            ("mimi.trust_anchors", anchors.map_or(c.span(), |a| a.span()))
+                        }
+                        _ => ("mimi.tls_cert", c.span()),
+                    };
+                    return Err(at(file, text, span, key, e));
+                }
+            }
+            (None, None) => {}
+        }
+        let tls = self.mimi.tls_cert.is_some();
+        for peer in &self.mimi.peer {
+            let scheme = if tls { "https://" } else { "http://" };
+            if !peer.url.get_ref().starts_with(scheme) {
+                let why = if tls {
+                    "with TLS configured, peers are reached over https:// (mutual TLS)"
+                } else {
+                    "without mimi.tls_cert, peers are reached over plain http:// (loopback development mode)"
+                };
+                return Err(at(file, text, peer.url.span(), "mimi.peer.url", why));
+            }
+        }
         let listen = self.mimi.listen.get_ref();
         if !listen.ip().is_loopback() && (self.mimi.tls_cert.is_none() || self.mimi.tls_key.is_none()) {
             return Err(at(
@@ -870,6 +910,9 @@ mod tests {
         let open_token = dir.join("open.token");
         std::fs::write(&open_token, "t0ken\n").expect("write");
         std::fs::set_permissions(&open_token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let private_key = dir.join("private.key");
+        std::fs::write(&private_key, "not PEM").expect("write");
+        std::fs::set_permissions(&private_key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let open_key = dir.join("open.key");
         std::fs::write(&open_key, "key").expect("write");
         std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
@@ -1049,6 +1092,31 @@ mod tests {
                 5,
                 "mimi.tls_key",
                 "readable by other users",
+            ),
+            case(
+                "TLS certificate without its key",
+                format!("{MIN}[mimi]\ntls_cert = {:?}\n", private_key.display().to_string()),
+                5,
+                "mimi.tls_cert",
+                "needs mimi.tls_key",
+            ),
+            case(
+                "TLS certificate that is no certificate",
+                format!(
+                    "{MIN}[mimi]\ntls_cert = {:?}\ntls_key = {:?}\n",
+                    private_key.display().to_string(),
+                    private_key.display().to_string()
+                ),
+                5,
+                "mimi.tls_cert",
+                "no PEM certificate",
+            ),
+            case(
+                "https peer in plain-HTTP mode",
+                format!("{MIN}[[mimi.peer]]\ndomain = \"o.example\"\nurl = \"https://o.example\"\n"),
+                6,
+                "mimi.peer.url",
+                "without mimi.tls_cert",
             ),
             case(
                 "admin off loopback without token",

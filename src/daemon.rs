@@ -285,12 +285,15 @@ async fn serve_mimi(
 ) -> Result<(SocketAddr, JoinHandle<()>), Error> {
     use crate::mimi_http::{self, MimiState, Registration};
     let listen = *cfg.mimi.listen.get_ref();
-    if cfg.mimi.tls_cert.is_some() || !listen.ip().is_loopback() {
-        return Err(format!(
-            "mimi.listen {listen}: TLS for the MIMI endpoints is not built yet; listen on a loopback address"
-        )
-        .into());
-    }
+    let tls = match (&cfg.mimi.tls_cert, &cfg.mimi.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::mimi_tls::MimiTls::load(
+            cert.get_ref(),
+            key.get_ref(),
+            cfg.mimi.trust_anchors.as_ref().map(|t| t.get_ref().as_path()),
+        )?),
+        // check-config refuses one without the other, and plain HTTP off loopback.
+        _ => None,
+    };
     let registration = match cfg.mimi.registration {
         crate::config::Registration::Open => Registration::Open,
         crate::config::Registration::Closed => Registration::Closed,
@@ -298,15 +301,16 @@ async fn serve_mimi(
             cfg.registration_token()?.map(|s| s.expose().to_owned()).ok_or("mimi.registration_token missing")?,
         ),
     };
-    let peers: Arc<std::collections::HashMap<String, String>> =
-        Arc::new(cfg.mimi.peer.iter().map(|p| (p.domain.clone(), p.url.get_ref().clone())).collect());
+    let urls = cfg.mimi.peer.iter().map(|p| (p.domain.clone(), p.url.get_ref().clone())).collect();
+    let peers = Arc::new(mimi_http::http::Peers::new(urls, tls.clone()));
     let provider = room.provider().clone();
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("mimi.listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let state = MimiState {
         provider: provider.clone(),
         room: Some(room),
-        public_url: format!("http://{addr}"),
+        public_url: cfg.mimi.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")),
         registration,
         peers: peers.clone(),
     };
@@ -317,7 +321,14 @@ async fn serve_mimi(
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        let served = match tls {
+            Some(tls) => {
+                let app = app.into_make_service_with_connect_info::<crate::mimi_tls::PeerInfo>();
+                axum::serve(tls.listener(listener), app).with_graceful_shutdown(stopped).await
+            }
+            None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "MIMI endpoints failed");
         }
         notifier.abort();
@@ -325,7 +336,7 @@ async fn serve_mimi(
         let _ = notifier.await;
         let _ = resync.await;
     });
-    tracing::info!(%addr, "MIMI endpoints and client API listening");
+    tracing::info!(%addr, tls = scheme == "https", "MIMI endpoints and client API listening");
     Ok((addr, task))
 }
 

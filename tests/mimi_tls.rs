@@ -135,3 +135,102 @@ fn bad_files_are_named_in_errors() {
     let e = MimiTls::load(&p.a.cert, &p.a.key, Some(&p.a.key)).expect_err("a key is no CA");
     assert!(e.contains("mimi.trust_anchors"), "{e}");
 }
+
+/// Writes a daemon config for `domain` serving TLS with `id` on `port`, its one peer `peer` at `peer_port`, and
+/// a portal `lobby` (a room this daemon hosts). The key is made private first (the daemon refuses it otherwise).
+fn tls_daemon_config(
+    dir: &Path,
+    domain: &str,
+    port: u16,
+    id: &Issued,
+    anchors: &Path,
+    peer: (&str, u16),
+) -> mimi_bridge::config::Config {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&id.key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    let text = format!(
+        "[bridge]\ndomain = \"{domain}\"\ndata_dir = {data:?}\n\n[mimi]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \
+         {cert:?}\ntls_key = {key:?}\ntrust_anchors = {anchors:?}\n\n[[mimi.peer]]\ndomain = \"{}\"\nurl = \
+         \"https://localhost:{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[portal]]\nname = \"lobby\"\n",
+        peer.0,
+        peer.1,
+        data = dir.join(domain).display().to_string(),
+        cert = id.cert.display().to_string(),
+        key = id.key.display().to_string(),
+        anchors = anchors.display().to_string(),
+    );
+    let path = dir.join(format!("{domain}.toml"));
+    std::fs::write(&path, &text).expect("config");
+    mimi_bridge::config::Config::parse(&path, &text).expect("valid config")
+}
+
+/// A request with a body to a daemon's client API over TLS (the client presents `client`'s certificate, which
+/// the client API does not need).
+async fn call(
+    client: &MimiTls,
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<u8>) {
+    let stream = client.connect(authority).await.expect("TLS to the daemon");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("http");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", authority)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Full::new(Bytes::from(body.to_owned()))).expect("request");
+    let resp = send.send_request(req).await.expect("answer");
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.expect("body").to_bytes().to_vec())
+}
+
+/// Two daemons federating over mutual TLS: B fetches the GroupInfo of a room A hosts (A's `/v1/groupInfo`) for
+/// its native client. A daemon whose certificate is for another domain than the one it claims is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_federate_over_mutual_tls() {
+    let p = pki();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pa, pb) = (harness::free_port().expect("port"), harness::free_port().expect("port"));
+    let cfg_a = tls_daemon_config(dir.path(), "a.test", pa, &p.a, &p.ca.cert, ("b.test", pb));
+    let cfg_b = tls_daemon_config(dir.path(), "b.test", pb, &p.b, &p.ca.cert, ("a.test", pa));
+    let networks = mimi_bridge::networks::built_in();
+    let a = mimi_bridge::daemon::Daemon::start(&cfg_a, &networks).await.expect("A starts");
+    let b = mimi_bridge::daemon::Daemon::start(&cfg_b, &networks).await.expect("B starts");
+
+    let bob = tls(&p.b, &p.ca.cert);
+    let b_at = format!("localhost:{pb}");
+    let (status, body) = call(&bob, &b_at, "POST", "/client/v1/register", &[], r#"{"user":"bob"}"#).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let reg: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let (uri, token) = (reg["uri"].as_str().expect("uri"), reg["token"].as_str().expect("token"));
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str()), ("mimi-user", uri)];
+    let (status, body) = call(&bob, &b_at, "GET", "/client/v1/groupInfo/a.test/r/lobby", &headers, "").await;
+    assert_eq!(status, 200, "B fetched A's GroupInfo over mTLS: {}", String::from_utf8_lossy(&body));
+    assert_eq!(body.get(..4), Some(&[0, 1, 0, 4][..]), "an MLS 1.0 GroupInfo");
+    b.shutdown().await.expect("B stops");
+
+    // B again, claiming b.test with a certificate for c.test: A refuses it.
+    let c = p.ca.issue("c", &["c.test", "localhost"], true, true);
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let cfg_b2 = tls_daemon_config(dir2.path(), "b.test", pb, &c, &p.ca.cert, ("a.test", pa));
+    let b2 = mimi_bridge::daemon::Daemon::start(&cfg_b2, &networks).await.expect("B' starts");
+    let (status, body) = call(&bob, &b_at, "POST", "/client/v1/register", &[], r#"{"user":"bob"}"#).await;
+    assert_eq!(status, 200);
+    let reg: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let auth = format!("Bearer {}", reg["token"].as_str().expect("token"));
+    let headers = [("authorization", auth.as_str()), ("mimi-user", reg["uri"].as_str().expect("uri"))];
+    let (status, body) = call(&bob, &b_at, "GET", "/client/v1/groupInfo/a.test/r/lobby", &headers, "").await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not valid for"), "{body}");
+    b2.shutdown().await.expect("B' stops");
+    a.shutdown().await.expect("A stops");
+}

@@ -1,9 +1,15 @@
-//! A minimal plain-HTTP/1.1 client for provider-to-provider requests (development mode; mTLS not yet).
+//! The HTTP/1.1 client for provider-to-provider requests, and the configured peers it talks to. With TLS
+//! configured (`[mimi] tls_cert`), peers are reached over `https://` with mutual TLS (we present our certificate;
+//! theirs must chain to `mimi.trust_anchors` and be valid for the URL's host); without it, only `http://` peers
+//! are reached (the loopback development mode).
 
+use crate::mimi_tls::MimiTls;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,7 +26,67 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-/// Sends one request; returns the answer, or why there is none. `from_domain` goes into `From: mimi@DOMAIN`.
+/// The configured peers (`[[mimi.peer]]`: domain → base URL) and how to reach them.
+#[derive(Debug, Default)]
+pub struct Peers {
+    urls: HashMap<String, String>,
+    tls: Option<MimiTls>,
+}
+
+impl Peers {
+    /// Peers `urls` (domain → base URL), reached with `tls` (mutual TLS) or over plain HTTP when `None`.
+    pub fn new(urls: HashMap<String, String>, tls: Option<MimiTls>) -> Self {
+        Self { urls, tls }
+    }
+
+    /// The base URL of peer `domain`, if configured.
+    pub fn get(&self, domain: &str) -> Option<&String> {
+        self.urls.get(domain)
+    }
+
+    /// True if `domain` is a configured peer.
+    pub fn contains_key(&self, domain: &str) -> bool {
+        self.urls.contains_key(domain)
+    }
+
+    /// Sends one request; returns the answer, or why there is none. `from_domain` goes into `From: mimi@DOMAIN`.
+    pub async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        from_domain: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Answer, String> {
+        let (tls, rest) = match (url.split_once("://"), &self.tls) {
+            (Some(("https", rest)), Some(tls)) => (Some(tls), rest),
+            (Some(("https", _)), None) => {
+                return Err(format!("{url}: https:// peers need [mimi] tls_cert and tls_key"));
+            }
+            (Some(("http", _)), Some(_)) => {
+                return Err(format!("{url}: with TLS configured, peers are reached over https:// only"));
+            }
+            (Some(("http", rest)), None) => (None, rest),
+            _ => return Err(format!("{url}: not an http(s):// URL")),
+        };
+        let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+        let fut = async {
+            match tls {
+                Some(tls) => {
+                    exchange(tls.connect(authority).await?, method, authority, &path, from_domain, headers, body).await
+                }
+                None => {
+                    let tcp =
+                        tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("{authority}: {e}"))?;
+                    exchange(tcp, method, authority, &path, from_domain, headers, body).await
+                }
+            }
+        };
+        tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| "timed out".to_string())?
+    }
+}
+
+/// One plain-HTTP request (no peers configured, no TLS): for tools and tests on loopback.
 pub async fn request(
     method: &str,
     url: &str,
@@ -28,28 +94,35 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<Answer, String> {
-    let rest = url.strip_prefix("http://").ok_or("only http:// peers in development mode")?;
-    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let fut = async {
-        let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| e.to_string())?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", authority)
-            .header("from", format!("mimi@{from_domain}"))
-            .header("content-type", "application/mimi-protocol");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let sequence = resp.headers().get("mimi-sequence").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
-        Ok(Answer { status, sequence, body })
-    };
-    tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| "timed out".to_string())?
+    Peers::default().request(method, url, from_domain, headers, body).await
+}
+
+/// One request and its answer over an open connection.
+async fn exchange(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    method: &str,
+    authority: &str,
+    path: &str,
+    from_domain: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Answer, String> {
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", authority)
+        .header("from", format!("mimi@{from_domain}"))
+        .header("content-type", "application/mimi-protocol");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let sequence = resp.headers().get("mimi-sequence").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+    Ok(Answer { status, sequence, body })
 }

@@ -5,13 +5,15 @@
 //! * [`client_api`] — the native clients' API;
 //! * [`outbound`] — what we ask of peers: forwarding to another room's hub, KeyPackages of other providers'
 //!   users, catch-up from a hub's log, notifies to our followers;
-//! * [`http`] — the small HTTP client behind it.
+//! * [`http`] — the configured peers and the small HTTP(S) client that reaches them.
 //!
 //! # Provider-to-provider (`/v1/...`), bodies in TLS presentation language
 //!
 //! `{roomId}` is the room URI without `mimi://` (`a.example/r/clubhouse`). The source provider names itself in
-//! `From: mimi@DOMAIN`; in the plain-HTTP development mode that header is trusted (loopback only), and a peer
-//! must be configured (`[[mimi.peer]]`) to be heard (403 otherwise).
+//! `From: mimi@DOMAIN`, and a peer must be configured (`[[mimi.peer]]`) to be heard (403 otherwise). With TLS
+//! (`[mimi] tls_cert`), the peer must present a client certificate valid for that domain and chaining to
+//! `mimi.trust_anchors` ([`crate::mimi_tls`]); in the plain-HTTP development mode (loopback only) the header is
+//! trusted.
 //!
 //! | endpoint | body → answer |
 //! |---|---|
@@ -72,7 +74,6 @@ use bridge_core::provider::MlsRoom;
 use bridge_core::provider::hub::Refusal;
 use bridge_core::provider::service::{Provider, ProviderError};
 use bridge_core::provider::wire::WireMessage;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,19 +107,23 @@ pub struct MimiState {
     /// Registration policy.
     pub registration: Registration,
     /// Peers: domain → base URL.
-    pub peers: Arc<HashMap<String, String>>,
+    pub peers: Arc<http::Peers>,
 }
 
 /// The router of the MIMI endpoints and the client API.
 pub fn router(state: MimiState) -> Router {
-    Router::new()
-        .route("/.well-known/mimi-protocol-directory", get(peer::directory))
+    // Over TLS, a peer's certificate must be valid for the domain it claims (`mimi_tls::require_peer`).
+    let peer_routes = Router::new()
         .route("/v1/submitMessage/{*room}", post(peer::submit_message))
         .route("/v1/update/{*room}", post(peer::update))
         .route("/v1/notify/{*room}", post(peer::notify))
         .route("/v1/groupInfo/{*room}", post(peer::group_info))
         .route("/v1/keyMaterial/{*user}", post(peer::key_material))
         .route("/v1/log/{*room}", get(peer::log))
+        .layer(axum::middleware::from_fn(crate::mimi_tls::require_peer));
+    Router::new()
+        .merge(peer_routes)
+        .route("/.well-known/mimi-protocol-directory", get(peer::directory))
         .route("/client/v1/register", post(client_api::register))
         .route("/client/v1/keyPackages", post(client_api::upload_key_packages))
         .route("/client/v1/rooms", post(client_api::create_room))

@@ -2,7 +2,7 @@
 //! fetching its GroupInfo, claiming KeyPackages of other providers' users, catching up from a hub's log, and — as a
 //! hub — notifying our followers (one [`NotifyQueue`] per follower).
 
-use super::http::{self, Answer};
+use super::http::{Answer, Peers};
 use super::{Fail, MimiState, accepted, epoch_too_old, path_of, tls};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -59,7 +59,7 @@ pub(super) async fn submit(
     }
     let body = SubmitMessageRequest { app_message: msg, sending_uri: user.to_owned() }.encode().map_err(super::bad)?;
     let url = format!("{}/v1/submitMessage/{}", base(s, hub)?, path_of(room));
-    let a = http::request("POST", &url, s.provider.domain(), &[], body).await.map_err(bad_gateway)?;
+    let a = s.peers.request("POST", &url, s.provider.domain(), &[], body).await.map_err(bad_gateway)?;
     if a.status != 200 {
         return Err(unexpected(&a, "submitMessage"));
     }
@@ -77,7 +77,7 @@ pub(super) async fn submit(
 pub(super) async fn update(s: &MimiState, room: &str, hub: &str, user: &str, body: Vec<u8>) -> Result<Response, Fail> {
     let url = format!("{}/v1/update/{}", base(s, hub)?, path_of(room));
     let a =
-        http::request("POST", &url, s.provider.domain(), &[("mimi-user", user)], body).await.map_err(bad_gateway)?;
+        s.peers.request("POST", &url, s.provider.domain(), &[("mimi-user", user)], body).await.map_err(bad_gateway)?;
     if a.status != 200 {
         return Err(unexpected(&a, "update"));
     }
@@ -96,7 +96,7 @@ pub(super) async fn update(s: &MimiState, room: &str, hub: &str, user: &str, bod
 /// The GroupInfo of a room hosted by `hub` (`/v1/groupInfo`).
 pub(super) async fn group_info(s: &MimiState, room: &str, hub: &str) -> Result<Response, Fail> {
     let url = format!("{}/v1/groupInfo/{}", base(s, hub)?, path_of(room));
-    let a = http::request("POST", &url, s.provider.domain(), &[], Vec::new()).await.map_err(bad_gateway)?;
+    let a = s.peers.request("POST", &url, s.provider.domain(), &[], Vec::new()).await.map_err(bad_gateway)?;
     if a.status != 200 {
         return Err(unexpected(&a, "groupInfo"));
     }
@@ -120,7 +120,7 @@ pub(super) async fn key_package(
         s.peers.get(domain).ok_or_else(|| Fail(StatusCode::NOT_FOUND, format!("{domain} is not a configured peer")))?;
     let url = format!("{}/v1/keyMaterial/{}", base.trim_end_matches('/'), path_of(target));
     let body = KeyMaterialRequest::new(requester, target, room).encode().map_err(super::bad)?;
-    let a = http::request("POST", &url, s.provider.domain(), &[], body).await.map_err(bad_gateway)?;
+    let a = s.peers.request("POST", &url, s.provider.domain(), &[], body).await.map_err(bad_gateway)?;
     if a.status != 200 {
         return Err(unexpected(&a, "keyMaterial"));
     }
@@ -141,7 +141,7 @@ async fn catch_up_now(s: &MimiState, room: &str) {
 }
 
 /// Fetches the hub's log of `room` after `after` until the local copy is complete.
-pub async fn catch_up(provider: &Provider, peers: &HashMap<String, String>, room: &str, mut after: u64) {
+pub async fn catch_up(provider: &Provider, peers: &Peers, room: &str, mut after: u64) {
     let Ok(Some(hub)) = provider.hub_of(room) else { return };
     let Some(base) = peers.get(&hub) else {
         tracing::warn!(room, hub, "the hub of a followed room is not a configured peer");
@@ -149,7 +149,7 @@ pub async fn catch_up(provider: &Provider, peers: &HashMap<String, String>, room
     };
     loop {
         let url = format!("{}/v1/log/{}?after={after}", base.trim_end_matches('/'), path_of(room));
-        let page = match http::request("GET", &url, provider.domain(), &[], Vec::new()).await {
+        let page = match peers.request("GET", &url, provider.domain(), &[], Vec::new()).await {
             Ok(a) if a.status == 200 => LogPage::decode(&a.body).map_err(|e| e.to_string()),
             Ok(a) => Err(format!("HTTP {}", a.status)),
             Err(e) => Err(e),
@@ -174,7 +174,7 @@ pub async fn catch_up(provider: &Provider, peers: &HashMap<String, String>, room
 }
 
 /// On start: catch up every followed room.
-pub async fn resync_followed(provider: Provider, peers: Arc<HashMap<String, String>>) {
+pub async fn resync_followed(provider: Provider, peers: Arc<Peers>) {
     for (room, _) in provider.followed() {
         let after = provider.last_seq(&room).unwrap_or(0);
         catch_up(&provider, &peers, &room, after).await;
@@ -183,7 +183,7 @@ pub async fn resync_followed(provider: Provider, peers: Arc<HashMap<String, Stri
 
 /// Sends the hub's notifies to followers, forever (spawn it once): one task per follower, each draining its
 /// [`NotifyQueue`] in order, with backoff while the follower is unreachable. Aborting this task stops them all.
-pub async fn run_notifier(provider: Provider, peers: Arc<HashMap<String, String>>) {
+pub async fn run_notifier(provider: Provider, peers: Arc<Peers>) {
     let Some(mut rx) = provider.take_outbound() else { return };
     let mut workers: HashMap<String, mpsc::UnboundedSender<(String, u64)>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -194,7 +194,8 @@ pub async fn run_notifier(provider: Provider, peers: Arc<HashMap<String, String>
         };
         let tx = workers.entry(peer.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tasks.spawn(notify_peer(provider.clone(), peer, base.trim_end_matches('/').to_owned(), rx));
+            let base = base.trim_end_matches('/').to_owned();
+            tasks.spawn(notify_peer(provider.clone(), peers.clone(), peer, base, rx));
             tx
         });
         let _ = tx.send((room, seq));
@@ -202,7 +203,13 @@ pub async fn run_notifier(provider: Provider, peers: Arc<HashMap<String, String>
 }
 
 /// The notifies of one follower.
-async fn notify_peer(provider: Provider, peer: String, base: String, mut rx: mpsc::UnboundedReceiver<(String, u64)>) {
+async fn notify_peer(
+    provider: Provider,
+    peers: Arc<Peers>,
+    peer: String,
+    base: String,
+    mut rx: mpsc::UnboundedReceiver<(String, u64)>,
+) {
     let mut queue = NotifyQueue::default();
     loop {
         while let Ok((room, seq)) = rx.try_recv() {
@@ -215,7 +222,7 @@ async fn notify_peer(provider: Provider, peer: String, base: String, mut rx: mps
             }
             continue;
         };
-        let outcome = send_notify(&provider, &base, &room, seq).await;
+        let outcome = send_notify(&provider, &peers, &base, &room, seq).await;
         if outcome != Outcome::Delivered {
             tracing::debug!(peer, room, seq, ?outcome, "notify not delivered");
         }
@@ -234,13 +241,13 @@ async fn notify_peer(provider: Provider, peer: String, base: String, mut rx: mps
     }
 }
 
-async fn send_notify(provider: &Provider, base: &str, room: &str, seq: u64) -> Outcome {
+async fn send_notify(provider: &Provider, peers: &Peers, base: &str, room: &str, seq: u64) -> Outcome {
     let Some(body) = provider.entry(room, seq).ok().flatten().and_then(|e| e.fanout.encode().ok()) else {
         tracing::warn!(room, seq, "a log entry to notify is unreadable; skipped");
         return Outcome::Refused;
     };
     let url = format!("{base}/v1/notify/{}", path_of(room));
-    match http::request("POST", &url, provider.domain(), &[("mimi-sequence", &seq.to_string())], body).await {
+    match peers.request("POST", &url, provider.domain(), &[("mimi-sequence", &seq.to_string())], body).await {
         Ok(a) => Outcome::of_status(a.status),
         Err(_) => Outcome::Unreachable,
     }

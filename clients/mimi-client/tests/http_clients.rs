@@ -8,7 +8,6 @@ use common::{client, texts};
 use bridge_core::provider::Provider;
 use bridge_core::store::{Backend, CommitConfig, open_data_dir};
 use mimi_bridge::mimi_http::{MimiState, Registration, router};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 #[test]
@@ -26,7 +25,7 @@ fn two_native_clients_talk_through_the_client_api() {
             room: None,
             public_url: url.clone(),
             registration: Registration::Open,
-            peers: Arc::new(HashMap::new()),
+            peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
         };
         tokio::spawn(async move { axum::serve(listener, router(state)).await });
         url
