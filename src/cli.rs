@@ -2,6 +2,7 @@
 
 use crate::config::{self, Config};
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,10 +31,20 @@ pub enum Command {
     /// the watchdog while its event loop answers, and reports STOPPING. SIGTERM stops intake, lets every portal
     /// finish what it accepted, closes the accounts, flushes the store and exits 0 — or exits 1 if that takes
     /// longer than `bridge.shutdown_timeout`. A second signal exits at once (accepted events are durable).
+    ///
+    /// `--data-dir` and `--listen` override the file's `[bridge] data_dir` and `[mimi] listen`, so several
+    /// instances can run side by side from one config file (give each its own `[admin] listen` port, or port 0).
     Run {
         /// The config file.
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
+        /// The data directory, instead of `[bridge] data_dir`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The address of the MIMI endpoints and the client API, instead of `[mimi] listen` (plain HTTP only on
+        /// loopback, as in the file).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
     },
     /// Check a config file and exit: 0 if valid, 1 with `FILE:LINE:COLUMN: key ...: problem` if not.
     ///
@@ -68,15 +79,22 @@ pub enum Command {
     /// Back up, inspect, check and move the embedded store (run while the daemon is stopped).
     #[command(subcommand)]
     Store(crate::store_cmd::StoreCommand),
+    /// The native MLS client (the `mimi-client` binary's commands): `--state DIR --server URL COMMAND`.
+    ///
+    /// Holds its own keys in `--state DIR` and talks to a daemon's client API (`[mimi] listen`) at `--server`
+    /// (`http://` on loopback, or `https://` verified against `--ca-file` or the system's CAs). `chat ROOM` is
+    /// the interactive mode.
+    Client(mimi_client::ClientArgs),
 }
 
 /// Runs a parsed command line; the exit code on success.
 pub fn dispatch(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Run { config } => {
-            let cfg = Config::load(&config)?;
+        Command::Run { config, data_dir, listen } => {
+            let cfg = Config::load(&config)?.with_overrides(data_dir, listen)?;
             crate::daemon::run(cfg).map_err(|e| e as Box<dyn std::error::Error>)
         }
+        Command::Client(args) => mimi_client::run(args).map(|()| ExitCode::SUCCESS).map_err(Into::into),
         Command::Content(cmd) => crate::content_cmd::run(cmd).map(|()| ExitCode::SUCCESS).map_err(Into::into),
         Command::Status { config, json } => {
             crate::admin_cmd::status(&Config::load(&config)?, json).map(|()| ExitCode::SUCCESS)

@@ -781,17 +781,7 @@ impl Config {
                 return Err(at(file, text, peer.url.span(), "mimi.peer.url", why));
             }
         }
-        let listen = self.mimi.listen.get_ref();
-        if !listen.ip().is_loopback() && (self.mimi.tls_cert.is_none() || self.mimi.tls_key.is_none()) {
-            return Err(at(
-                file,
-                text,
-                self.mimi.listen.span(),
-                "mimi.listen",
-                format!("{listen} is not a loopback address: plain HTTP is allowed only on loopback"),
-            )
-            .with_hint("set mimi.tls_cert and mimi.tls_key, or listen on 127.0.0.1"));
-        }
+        self.check_mimi_listen(file, text)?;
         let admin = self.admin.listen.get_ref();
         if !admin.ip().is_loopback() && self.admin.token_file.is_none() && self.admin.token.is_none() {
             return Err(at(
@@ -804,6 +794,44 @@ impl Config {
             .with_hint("set admin.token_file, or listen on 127.0.0.1"));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// `mimi.listen`: plain HTTP only on loopback.
+    fn check_mimi_listen(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
+        let listen = self.mimi.listen.get_ref();
+        if !listen.ip().is_loopback() && (self.mimi.tls_cert.is_none() || self.mimi.tls_key.is_none()) {
+            return Err(at(
+                file,
+                text,
+                self.mimi.listen.span(),
+                "mimi.listen",
+                format!("{listen} is not a loopback address: plain HTTP is allowed only on loopback"),
+            )
+            .with_hint("set mimi.tls_cert and mimi.tls_key, or listen on 127.0.0.1"));
+        }
+        Ok(())
+    }
+
+    /// `mimi-bridge run --data-dir DIR --listen ADDR`: `data_dir` replaces `[bridge] data_dir`, `listen`
+    /// replaces `[mimi] listen`, and the file's checks apply to them (an error names the option).
+    pub fn with_overrides(
+        mut self,
+        data_dir: Option<PathBuf>,
+        listen: Option<SocketAddr>,
+    ) -> Result<Config, ConfigError> {
+        if let Some(dir) = data_dir {
+            self.bridge.data_dir = dir;
+        }
+        if let Some(addr) = listen {
+            self.mimi.listen = Spanned::new(0..0, addr);
+            self.check_mimi_listen(&self.source.path, "").map_err(|mut e| {
+                e.message = format!("--listen {}", e.message);
+                e
+            })?;
+        }
+        Ok(self)
     }
 }
 
@@ -882,6 +910,22 @@ mod tests {
         assert_eq!((e.line, e.key.as_str()), (5, "mimi.listen"));
         let e = parse("[bridge]\ndomain = \"bad domain\"\ndata_dir = \"/x\"\n").expect_err("domain");
         assert_eq!((e.line, e.key.as_str()), (2, "bridge.domain"));
+    }
+
+    #[test]
+    fn run_overrides_replace_data_dir_and_listen_and_are_checked() {
+        let addr: SocketAddr = "127.0.0.2:9000".parse().expect("addr");
+        let c = parse(MIN).expect("valid").with_overrides(Some("/srv/two".into()), Some(addr)).expect("overrides");
+        assert_eq!((c.bridge.data_dir.as_path(), *c.mimi.listen.get_ref()), (Path::new("/srv/two"), addr));
+        let c = parse(MIN).expect("valid").with_overrides(None, None).expect("no overrides");
+        assert_eq!((c.bridge.data_dir.as_path(), c.mimi.listen.get_ref().port()), (Path::new("/tmp/x"), 8448));
+        let off = "0.0.0.0:8448".parse().ok();
+        let e = parse(MIN).expect("valid").with_overrides(None, off).expect_err("plain HTTP off loopback");
+        assert_eq!(
+            e.to_string(),
+            "test.toml: key `mimi.listen`: --listen 0.0.0.0:8448 is not a loopback address: plain HTTP is allowed \
+             only on loopback (set mimi.tls_cert and mimi.tls_key, or listen on 127.0.0.1)"
+        );
     }
 
     #[test]

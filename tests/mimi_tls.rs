@@ -191,8 +191,28 @@ async fn call(
     (status, resp.into_body().collect().await.expect("body").to_bytes().to_vec())
 }
 
+/// `mimi-bridge client --state STATE --server SERVER --ca-file CA ARGS…` (the real binary); its output.
+fn client(state: &Path, server: &str, ca: &Path, args: &[String]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mimi-bridge"))
+        .arg("client")
+        .arg("--state")
+        .arg(state)
+        .arg("--server")
+        .arg(server)
+        .arg("--ca-file")
+        .arg(ca)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("mimi-bridge client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "client {args:?}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
 /// Two daemons federating over mutual TLS: B fetches the GroupInfo of a room A hosts (A's `/v1/groupInfo`) for
-/// its native client. A daemon whose certificate is for another domain than the one it claims is refused.
+/// its native client; native clients on both sides, over HTTPS, share a room A hosts. A daemon whose certificate
+/// is for another domain than the one it claims is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_federate_over_mutual_tls() {
     let p = pki();
@@ -215,6 +235,38 @@ async fn two_daemons_federate_over_mutual_tls() {
     let (status, body) = call(&bob, &b_at, "GET", "/client/v1/groupInfo/a.test/r/lobby", &headers, "").await;
     assert_eq!(status, 200, "B fetched A's GroupInfo over mTLS: {}", String::from_utf8_lossy(&body));
     assert_eq!(body.get(..4), Some(&[0, 1, 0, 4][..]), "an MLS 1.0 GroupInfo");
+
+    // Native clients on each side, over HTTPS, in a room A hosts: B follows it through A over mutual TLS.
+    let (sa, sb) = (format!("https://localhost:{pa}"), format!("https://localhost:{pb}"));
+    let (alice, bob_state) = (dir.path().join("alice"), dir.path().join("bob"));
+    let ca = p.ca.cert.clone();
+    let run = move |state: std::path::PathBuf, server: String, args: Vec<String>| {
+        let ca = ca.clone();
+        tokio::task::spawn_blocking(move || client(&state, &server, &ca, &args))
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    run(alice.clone(), sa.clone(), args(&["register", "alice"])).await.expect("alice registers");
+    let created = run(alice.clone(), sa.clone(), args(&["create-room", "club"])).await.expect("room");
+    let club = created.lines().last().expect("room URI").trim().to_owned();
+    assert_eq!(club, "mimi://a.test/r/club");
+    run(bob_state.clone(), sb.clone(), args(&["register", "bobby"])).await.expect("bob registers");
+    run(bob_state.clone(), sb.clone(), args(&["join", &club])).await.expect("bob joins through B");
+    run(alice.clone(), sa.clone(), args(&["send", &club, "hello over mutual TLS"])).await.expect("alice sends");
+    let heard =
+        run(bob_state.clone(), sb.clone(), args(&["listen", &club, "--json", "--count", "1", "--timeout", "20"]))
+            .await
+            .expect("bob listens");
+    let m: serde_json::Value = serde_json::from_str(heard.lines().next().expect("a message")).expect("json");
+    assert_eq!(
+        (m["text"].as_str(), m["sender"].as_str()),
+        (Some("hello over mutual TLS"), Some("mimi://a.test/u/alice"))
+    );
+    run(bob_state.clone(), sb.clone(), args(&["send", &club, "and back"])).await.expect("bob sends");
+    let heard = run(alice.clone(), sa.clone(), args(&["listen", &club, "--json", "--count", "1", "--timeout", "20"]))
+        .await
+        .expect("alice listens");
+    let m: serde_json::Value = serde_json::from_str(heard.lines().next().expect("a message")).expect("json");
+    assert_eq!((m["text"].as_str(), m["sender"].as_str()), (Some("and back"), Some("mimi://b.test/u/bobby")));
     b.shutdown().await.expect("B stops");
 
     // B again, claiming b.test with a certificate for c.test: A refuses it.

@@ -1,6 +1,9 @@
 //! Helpers shared by the daemon's integration tests: a strict Prometheus text-format checker, a tiny HTTP
-//! client (std only, independent of the daemon's own client) and a way to run the real binary.
+//! client (std only, independent of the daemon's own client), a way to run the real binary, and its native
+//! client (`mimi-bridge client`, [`client`]).
 #![allow(dead_code)]
+
+pub mod client;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -286,6 +289,17 @@ pub fn write_config(dir: &Path, extra: &str) -> (PathBuf, SocketAddr) {
     (path, addr)
 }
 
+/// The lines of a child's output as they come (read by a thread of their own).
+pub fn lines_of(output: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 /// A running daemon process with its stdout lines.
 pub struct Daemon {
     /// The process.
@@ -299,21 +313,20 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `mimi-bridge run --config cfg` with extra environment and waits for "bridge running".
     pub fn start(cfg: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::start_with(cfg, &[], env)
+    }
+
+    /// Starts `mimi-bridge run --config cfg args…` with extra environment and waits for "bridge running".
+    pub fn start_with(cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(bin());
-        cmd.args(["run", "--config"]).arg(cfg).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["run", "--config"]).arg(cfg).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("JOURNAL_STREAM");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut d = Daemon { child, lines: rx, seen: Vec::new() };
+        let lines = lines_of(child.stdout.take().expect("stdout"));
+        let mut d = Daemon { child, lines, seen: Vec::new() };
         assert!(d.wait_line("bridge running", Duration::from_secs(30)), "daemon did not start: {:?}", d.seen);
         d
     }

@@ -1,8 +1,10 @@
-//! The daemon's client API over plain HTTP/1.1 (one connection per request; loopback development mode).
+//! The daemon's client API over HTTP/1.1 or HTTPS (one connection per request; see [`crate::transport`]).
 //!
 //! Errors are strings; those that say the server could not be reached or answered that it cannot serve now (502,
-//! 503, 504) start with [`UNREACHABLE`], so a caller can wait and retry ([`is_unreachable`]).
+//! 503, 504) start with [`UNREACHABLE`], so a caller can wait and retry ([`is_unreachable`]). A refused TLS
+//! handshake (e.g. an untrusted certificate) is not one of them.
 
+use crate::transport::{ConnectError, Server, Stream};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -17,43 +19,51 @@ pub fn is_unreachable(error: &str) -> bool {
 }
 
 /// A client-API connection target with this user's credentials.
+#[derive(Clone)]
 pub struct Api {
-    authority: String,
+    server: Server,
     user: String,
     token: String,
 }
 
+/// Sends `req` over `stream`; the status and body, or why there is none.
+async fn exchange<S>(stream: S, req: hyper::Request<Full<Bytes>>) -> Result<(u16, Vec<u8>), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+    Ok((status, body))
+}
+
 impl Api {
-    /// `server` is `http://HOST:PORT`.
-    pub fn new(server: &str, user: &str, token: &str) -> Self {
-        let authority = server.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        Self { authority, user: user.to_owned(), token: token.to_owned() }
+    /// The API of `server`, as `user` with `token` (both empty before registration).
+    pub fn new(server: &Server, user: &str, token: &str) -> Self {
+        Self { server: server.clone(), user: user.to_owned(), token: token.to_owned() }
     }
 
     async fn call(&self, method: &str, path: &str, ctype: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+        let authority = self.server.authority();
+        let lost = |e: &dyn std::fmt::Display| format!("{UNREACHABLE}: {authority}: {e}");
+        let mut req =
+            hyper::Request::builder().method(method).uri(path).header("host", authority).header("content-type", ctype);
+        if !self.user.is_empty() {
+            req = req.header("mimi-user", &self.user).header("authorization", format!("Bearer {}", self.token));
+        }
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
         let fut = async {
-            let lost = |e: &dyn std::fmt::Display| format!("{UNREACHABLE}: {}: {e}", self.authority);
-            let stream = tokio::net::TcpStream::connect(&self.authority).await.map_err(|e| lost(&e))?;
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| lost(&e))?;
-            tokio::spawn(conn);
-            let mut req = hyper::Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", &self.authority)
-                .header("content-type", ctype);
-            if !self.user.is_empty() {
-                req = req.header("mimi-user", &self.user).header("authorization", format!("Bearer {}", self.token));
+            match self.server.connect().await {
+                Ok(Stream::Plain(s)) => exchange(s, req).await.map_err(|e| lost(&e)),
+                Ok(Stream::Tls(s)) => exchange(*s, req).await.map_err(|e| lost(&e)),
+                Err(ConnectError::Unreachable(e)) => Err(lost(&e)),
+                Err(ConnectError::Refused(e)) => Err(format!("{authority}: {e}")),
             }
-            let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
-            let resp = send.send_request(req).await.map_err(|e| lost(&e))?;
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map_err(|e| lost(&e))?.to_bytes().to_vec();
-            Ok((status, body))
         };
-        tokio::time::timeout(Duration::from_secs(90), fut)
-            .await
-            .map_err(|_| format!("{UNREACHABLE}: {}: request timed out", self.authority))?
+        tokio::time::timeout(Duration::from_secs(90), fut).await.map_err(|_| lost(&"request timed out"))?
     }
 
     fn check((status, body): (u16, Vec<u8>)) -> Result<Vec<u8>, String> {

@@ -4,7 +4,7 @@
 //! room or forwards to its hub.
 
 use crate::api::Api;
-use crate::{Keys, Res, State};
+use crate::session::{Res, Session};
 use bridge_core::content::{Message, PartBody};
 use bridge_core::mls::{CommitOutput, LegacySender, PortalGroup, Received};
 use bridge_core::provider::wire::{
@@ -42,21 +42,25 @@ fn describe(sender: &str, m: &Message, room: &str) -> serde_json::Value {
     })
 }
 
+/// Up to one page of the room's log after `after`; `wait`: how long the server may wait for news (seconds).
+pub async fn fetch(api: &Api, room: &str, after: u64, wait: u64) -> Res<LogPage> {
+    let body = api.get(&format!("/client/v1/messages/{}?after={after}&wait={wait}", room_path(room))).await?;
+    LogPage::decode(&body).map_err(|e| e.to_string())
+}
+
 /// Processes the room's log after the cursor; decrypted messages go to the inbox. Returns the group. `wait`:
 /// how long the first request may wait for news.
-pub async fn catch_up(api: &Api, k: &Keys, st: &mut State, room: &str, wait: u64) -> Res<PortalGroup> {
-    let mut group =
-        PortalGroup::load(k.provider.clone(), k.member.clone(), room.as_bytes()).map_err(|e| e.to_string())?;
-    let mut first = true;
-    loop {
-        let rs = st.rooms.entry(room.to_owned()).or_default();
-        let w = if first { wait } else { 0 };
-        first = false;
-        let body = api.get(&format!("/client/v1/messages/{}?after={}&wait={w}", room_path(room), rs.cursor)).await?;
-        let page = LogPage::decode(&body).map_err(|e| e.to_string())?;
-        if page.0.is_empty() {
-            return Ok(group);
-        }
+pub async fn catch_up(s: &mut Session, room: &str, wait: u64) -> Res<PortalGroup> {
+    let page = fetch(&s.api, room, s.cursor(room), wait).await?;
+    catch_up_from(s, room, page).await
+}
+
+/// [`catch_up`] with its first page already fetched.
+pub async fn catch_up_from(s: &mut Session, room: &str, mut page: LogPage) -> Res<PortalGroup> {
+    let (provider, member) = (s.keys.provider.clone(), s.keys.member.clone());
+    let mut group = PortalGroup::load(provider, member, room.as_bytes()).map_err(|e| e.to_string())?;
+    while !page.0.is_empty() {
+        let rs = s.room(room);
         for e in page.0 {
             rs.cursor = e.seq;
             // Our own messages, and Welcomes (for those who join, not for members), are not for us to process.
@@ -75,7 +79,9 @@ pub async fn catch_up(api: &Api, k: &Keys, st: &mut State, room: &str, wait: u64
                 Err(err) => eprintln!("entry {}: {err}", e.seq),
             }
         }
+        page = fetch(&s.api, room, s.cursor(room), 0).await?;
     }
+    Ok(group)
 }
 
 /// What the server said to a message: accepted at this sequence number (`None` if the hub did not say), or the
@@ -133,4 +139,17 @@ pub async fn update_with(api: &Api, room: &str, out: CommitOutput) -> Res<Verdic
 pub async fn publish_group_info(api: &Api, group: &PortalGroup, room: &str) -> Res<()> {
     let gi = group.export_group_info(true).map_err(|e| e.to_string())?;
     api.put(&format!("/client/v1/groupInfo/{}", room_path(room)), gi).await.map(|_| ())
+}
+
+/// How many times `send`, `invite` and `join` try again after the room moved to a newer epoch.
+const EPOCH_RETRIES: usize = 20;
+
+/// After `epoch_too_old`: wait a little (longer each time), or give up after [`EPOCH_RETRIES`].
+pub async fn epoch_moved(tries: &mut usize) -> Res<()> {
+    *tries += 1;
+    if *tries > EPOCH_RETRIES {
+        return Err("the room keeps moving to newer epochs; try again later".into());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50) * u32::try_from(*tries).unwrap_or(u32::MAX)).await;
+    Ok(())
 }

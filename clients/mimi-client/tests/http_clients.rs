@@ -5,31 +5,11 @@ mod common;
 
 use common::{client, texts};
 
-use bridge_core::provider::Provider;
-use bridge_core::store::{Backend, CommitConfig, open_data_dir};
-use mimi_bridge::mimi_http::{MimiState, Registration, router};
-use std::sync::Arc;
-
 #[test]
 fn two_native_clients_talk_through_the_client_api() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let server = rt.block_on(async {
-        let store =
-            open_data_dir(&dir.path().join("daemon"), Some(Backend::Redb), CommitConfig::default()).expect("store");
-        let provider = Provider::open("a.test", store).expect("provider");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let state = MimiState {
-            provider,
-            room: None,
-            public_url: url.clone(),
-            registration: Registration::Open,
-            peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
-        };
-        tokio::spawn(async move { axum::serve(listener, router(state)).await });
-        url
-    });
+    let server = common::server::serve(&rt, &dir.path().join("daemon"), "a.test", None);
     let (a, b, c) = (dir.path().join("alice"), dir.path().join("bob"), dir.path().join("carol"));
     assert_eq!(client(&a, &server, &["register", "alice"]).trim(), "mimi://a.test/u/alice");
     client(&b, &server, &["register", "bob"]);

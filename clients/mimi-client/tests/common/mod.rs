@@ -1,14 +1,16 @@
 //! Helpers shared by the client's integration tests: running the `mimi-client` binary, reading its `listen
-//! --json` output, running `mimi-bridge run` daemons in their own processes ([`daemon`]) and a transparent relay
-//! between two daemons that a test can hold back and watch ([`relay`]).
+//! --json` output, serving the client API in-process ([`server`]), running `mimi-bridge run` daemons in their own
+//! processes ([`daemon`]) and a transparent relay between two daemons that a test can hold back and watch
+//! ([`relay`]).
 #![allow(dead_code)] // each test file uses some of these
 
 pub mod daemon;
 pub mod relay;
+pub mod server;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +20,15 @@ fn client_command(state: &Path, server: &str, args: &[&str]) -> Command {
     c
 }
 
+/// Runs the real `mimi-client` binary with `--state state --server server args…`; whatever it did.
+pub fn try_client(state: &Path, server: &str, args: &[&str]) -> Output {
+    client_command(state, server, args).output().expect("mimi-client runs")
+}
+
 /// Runs the real `mimi-client` binary with `--state state --server server args…`; panics unless it succeeds;
 /// returns its standard output.
 pub fn client(state: &Path, server: &str, args: &[&str]) -> String {
-    let out = client_command(state, server, args).output().expect("mimi-client runs");
+    let out = try_client(state, server, args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "mimi-client {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     stdout

@@ -1,0 +1,137 @@
+//! Who is in which room: registering, creating rooms, inviting, listing invitations, joining.
+
+use crate::api::Api;
+use crate::room::{self, Verdict, catch_up, epoch_moved, publish_group_info, room_path};
+use crate::session::{Res, Session, State};
+use crate::transport::Server;
+use bridge_core::mls::{EngineConfig, PortalGroup, key_packages};
+use bridge_core::provider::wire::LogPage;
+use std::path::Path;
+
+/// Registers `user` with the server, creates their keys in `dir` and uploads KeyPackages; prints the URI.
+pub async fn register(dir: &Path, server: &Server, user: &str) -> Res<()> {
+    let v = Api::new(server, "", "").post_json("/client/v1/register", serde_json::json!({ "user": user })).await?;
+    let field =
+        |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(|| format!("the server's answer has no {k}: {v}"));
+    let st = State { uri: field("uri")?, token: field("token")?, rooms: Default::default() };
+    let s = Session::with_state(dir, server, st).await?;
+    let kps = key_packages::generate(&s.keys.provider, &s.keys.member, &EngineConfig::default(), 10, true)
+        .durable()
+        .await
+        .map_err(|e| e.to_string())?;
+    s.api.post_raw_ok("/client/v1/keyPackages", kps.concat()).await?;
+    s.save()?;
+    println!("{}", s.st.uri);
+    Ok(())
+}
+
+/// Creates room `name` on the server; prints its URI.
+pub async fn create_room(s: &mut Session, name: &str) -> Res<()> {
+    let room = s.room_uri(name);
+    let (provider, member) = (s.keys.provider.clone(), s.keys.member.clone());
+    let group = PortalGroup::create(provider, member, &EngineConfig::default(), room.as_bytes())
+        .durable()
+        .await
+        .map_err(|e| e.to_string())?;
+    s.api.post_json("/client/v1/rooms", serde_json::json!({ "name": name, "epoch": group.epoch() })).await?;
+    publish_group_info(&s.api, &group, &room).await?;
+    s.room(&room);
+    s.save()?;
+    println!("{room}");
+    Ok(())
+}
+
+/// Adds `user` to `room` from one of their KeyPackages.
+pub async fn invite(s: &mut Session, room: &str, user: &str) -> Res<()> {
+    let room = s.room_uri(room);
+    let target = if user.starts_with("mimi://") {
+        user.to_owned()
+    } else {
+        format!("{}/u/{user}", s.st.uri.rsplit_once("/u/").map_or("", |x| x.0))
+    };
+    let path = format!("/client/v1/keyPackage/{}?room={}", target.trim_start_matches("mimi://"), room_path(&room));
+    let (status, kp) = s.api.post_raw(&path, Vec::new()).await?;
+    if status != 200 {
+        let why = serde_json::from_slice::<serde_json::Value>(&kp).unwrap_or_default();
+        return Err(format!("no KeyPackage for {target}: HTTP {status}: {}", why["error"]));
+    }
+    let mut tries = 0;
+    loop {
+        let mut group = catch_up(s, &room, 0).await?;
+        let out = group.add_members(&[&kp]).durable().await.map_err(|e| e.to_string())?;
+        match room::update_with(&s.api, &room, out).await? {
+            Verdict::Accepted(seq) => {
+                s.room(&room).own.extend(seq);
+                group.merge_pending_commit().durable().await.map_err(|e| e.to_string())?;
+                break;
+            }
+            Verdict::EpochTooOld => {
+                group.clear_pending_commit().durable().await.map_err(|e| e.to_string())?;
+                epoch_moved(&mut tries).await?;
+            }
+        }
+    }
+    s.save()?;
+    println!("invited {target} to {room}");
+    Ok(())
+}
+
+/// The Welcomes waiting for this user: `(room, seq)`.
+pub async fn invites(api: &Api) -> Res<Vec<(String, u64)>> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&api.get("/client/v1/invites").await?).map_err(|e| e.to_string())?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| Some((i["room"].as_str()?.to_owned(), i["seq"].as_u64()?)))
+        .collect())
+}
+
+/// Joins `room`: from the Welcome if invited, else by external commit.
+pub async fn join(s: &mut Session, room: &str) -> Res<()> {
+    let room = s.room_uri(room);
+    let invite = invites(&s.api).await?.into_iter().find(|(r, _)| *r == room).map(|(_, seq)| seq);
+    let cursor = match invite {
+        Some(seq) => join_from_welcome(s, &room, seq).await?,
+        None => join_by_external_commit(s, &room).await?,
+    };
+    s.room(&room).cursor = cursor;
+    s.save()?;
+    println!("joined {room}");
+    Ok(())
+}
+
+/// Joins from the Welcome at `seq` in the room's log; the cursor after it.
+async fn join_from_welcome(s: &mut Session, room: &str, seq: u64) -> Res<u64> {
+    let page: LogPage = room::fetch(&s.api, room, seq.saturating_sub(1), 0).await?;
+    let entry = page.0.into_iter().next().ok_or("the Welcome is gone from the log")?;
+    let (provider, member) = (s.keys.provider.clone(), s.keys.member.clone());
+    let welcome = entry.fanout.message.as_bytes();
+    PortalGroup::join_from_welcome(provider, member, &EngineConfig::default(), welcome, None)
+        .durable()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(seq)
+}
+
+/// Joins by external commit from the room's GroupInfo; the cursor after the commit.
+async fn join_by_external_commit(s: &mut Session, room: &str) -> Res<u64> {
+    let mut tries = 0;
+    loop {
+        let gi = s.api.get(&format!("/client/v1/groupInfo/{}", room_path(room))).await?;
+        let (provider, member) = (s.keys.provider.clone(), s.keys.member.clone());
+        let (mut group, commit) =
+            PortalGroup::rejoin_by_external_commit(provider, member, &EngineConfig::default(), &gi, None)
+                .durable()
+                .await
+                .map_err(|e| e.to_string())?;
+        // The GroupInfo of the new epoch travels with the commit, so the commit is merged first; if the hub
+        // refuses it, the join starts over from a fresh GroupInfo (which replaces this state).
+        group.merge_pending_commit().durable().await.map_err(|e| e.to_string())?;
+        let next = group.export_group_info(true).map_err(|e| e.to_string())?;
+        match room::update(&s.api, room, commit, None, next).await? {
+            Verdict::Accepted(seq) => return Ok(seq.unwrap_or(0)),
+            Verdict::EpochTooOld => epoch_moved(&mut tries).await?,
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Sending and receiving messages: `send`, `listen` (and the sending half of `chat`).
+
+use crate::api;
+use crate::render::Transcript;
+use crate::room::{self, Verdict, catch_up, epoch_moved};
+use crate::session::{Res, Session};
+use bridge_core::content::builder::ContentBuilder;
+use std::time::Duration;
+
+/// What to send: a text, possibly a reply to or an edit of another message (ids in hex).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The text; a text starting with `/me ` is an emote.
+    pub text: &'a str,
+    /// The message it replies to.
+    pub reply_to: Option<&'a str>,
+    /// The message of ours it replaces.
+    pub edit: Option<&'a str>,
+}
+
+/// Sends `msg` to `room` (a URI), catching up first (and again if the room moved on); the message id in hex.
+/// Messages decrypted on the way wait in the room's inbox.
+pub async fn send(s: &mut Session, room: &str, msg: Outgoing<'_>) -> Res<String> {
+    let id_arg = |v: &str| -> Res<[u8; 32]> {
+        hex::decode(v).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| format!("{v:?} is not a message id"))
+    };
+    let mut b = ContentBuilder::new(&s.st.uri, room).plain_text(msg.text);
+    if let Some(r) = msg.reply_to {
+        b = b.reply_to(id_arg(r)?);
+    }
+    if let Some(e) = msg.edit {
+        b = b.edit(id_arg(e)?);
+    }
+    let content = b.build_message().map_err(|e| e.to_string())?;
+    let mut tries = 0;
+    loop {
+        let mut group = catch_up(s, room, 0).await?;
+        let ct = group.encrypt(content.bytes()).durable().await.map_err(|e| e.to_string())?;
+        match room::submit(&s.api, room, ct).await? {
+            Verdict::Accepted(seq) => {
+                s.room(room).own.extend(seq);
+                break;
+            }
+            // The room moved on (the server caught up with it): catch up and encrypt again.
+            Verdict::EpochTooOld => epoch_moved(&mut tries).await?,
+        }
+    }
+    s.save()?;
+    Ok(content.message_id_with(Some(&s.st.uri), Some(room)).map(hex::encode).unwrap_or_default())
+}
+
+/// How `listen` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenOptions {
+    /// One JSON object per line instead of [`Transcript::line`]s.
+    pub json: bool,
+    /// Stop after this many messages.
+    pub count: Option<usize>,
+    /// Stop after this long.
+    pub timeout: Duration,
+}
+
+/// Prints the messages of `room` not printed yet, then new ones, until the count or the timeout; rides out a
+/// server that is away meanwhile.
+pub async fn listen(s: &mut Session, room: &str, opts: ListenOptions) -> Res<()> {
+    let deadline = tokio::time::Instant::now() + opts.timeout;
+    let mut transcript = Transcript::default();
+    let mut printed = 0;
+    loop {
+        let rs = s.room(room);
+        let take = opts.count.map_or(rs.inbox.len(), |c| c.saturating_sub(printed).min(rs.inbox.len()));
+        for m in rs.inbox.drain(..take) {
+            println!("{}", if opts.json { m.to_string() } else { transcript.line(&m) });
+            printed += 1;
+        }
+        s.save()?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if opts.count.is_some_and(|c| printed >= c) || left.is_zero() {
+            return Ok(());
+        }
+        if let Err(e) = catch_up(s, room, left.as_secs().clamp(1, 25)).await {
+            // The server restarts (or its hub is away): keep what was decrypted, wait, ask again.
+            if !api::is_unreachable(&e) {
+                return Err(e);
+            }
+            eprintln!("{e}; retrying");
+            tokio::time::sleep(left.min(Duration::from_millis(300))).await;
+        }
+    }
+}
