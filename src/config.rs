@@ -811,6 +811,16 @@ impl Config {
             )
             .with_hint("set mimi.tls_cert and mimi.tls_key, or listen on 127.0.0.1"));
         }
+        if !listen.ip().is_loopback() && self.mimi.registration == Registration::Open {
+            return Err(at(
+                file,
+                text,
+                self.mimi.listen.span(),
+                "mimi.registration",
+                format!("registration = \"open\" would let anyone who reaches {listen} register native users"),
+            )
+            .with_hint("set mimi.registration = \"token\" (with registration_token_file) or \"closed\""));
+        }
         Ok(())
     }
 
@@ -858,6 +868,26 @@ mod tests {
         assert_eq!(c.bridge.store, Backend::Redb);
         assert_eq!(c.mimi.listen.get_ref().port(), 8448);
         assert!(c.portal.is_empty());
+    }
+
+    #[test]
+    fn off_loopback_needs_tls_and_closed_or_token_registration() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = harness::pki::Ca::new(dir.path(), "t");
+        let id = ca.issue("me", &["bridge.example.org"], true, true);
+        std::fs::set_permissions(&id.key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let tls = format!(
+            "[mimi]\nlisten = \"0.0.0.0:8448\"\ntls_cert = {:?}\ntls_key = {:?}\ntrust_anchors = {:?}\n",
+            id.cert.display().to_string(),
+            id.key.display().to_string(),
+            ca.cert.display().to_string()
+        );
+        let e = parse(&format!("{MIN}{tls}")).expect_err("open registration off loopback");
+        assert_eq!(e.key, "mimi.registration", "{e}");
+        assert!(e.message.contains("anyone"), "{e}");
+        let c = parse(&format!("{MIN}{tls}registration = \"closed\"\n")).expect("TLS, closed registration");
+        assert!(c.mimi.tls_cert.is_some());
     }
 
     #[test]

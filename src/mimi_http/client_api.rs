@@ -148,9 +148,11 @@ pub(super) async fn put_group_info(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Fail> {
-    user(&s, &headers)?;
+    let u = user(&s, &headers)?;
+    let room = room_of(&room);
+    require_participant(&s, &room, &u)?;
     let gi = MlsMessageBytes::new(body.to_vec()).map_err(bad)?;
-    s.provider.put_group_info(&room_of(&room), gi).await?;
+    s.provider.put_group_info(&room, gi).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -164,15 +166,30 @@ pub(super) async fn claim_key_package(
     let target = if target.starts_with("mimi:") { target } else { room_of(&target) };
     let room = query(&uri, "room").map(|r| room_of(r.trim_start_matches("mimi://")));
     if let Some(room) = &room {
-        s.provider.add_participant(room, &target).await?;
+        require_participant(&s, room, &u)?;
     }
     let domain = uri_domain(&target).ok_or_else(|| bad(format!("bad user URI {target:?}")))?;
-    if domain != s.provider.domain() {
-        return outbound::key_package(&s, &u, &target, domain, room.as_deref().unwrap_or("")).await;
+    let answer = if domain != s.provider.domain() {
+        outbound::key_package(&s, &u, &target, domain, room.as_deref().unwrap_or("")).await?
+    } else {
+        match s.provider.claim_key_package(&target).await? {
+            Some(kp) => super::tls(kp),
+            None => return Err(Fail(StatusCode::NOT_FOUND, format!("no KeyPackage left for {target}"))),
+        }
+    };
+    // The invitee goes on the participant list only once there is a KeyPackage to add them with.
+    if let Some(room) = &room {
+        s.provider.add_participant(room, &target).await?;
     }
-    match s.provider.claim_key_package(&target).await? {
-        Some(kp) => Ok(super::tls(kp)),
-        None => Err(Fail(StatusCode::NOT_FOUND, format!("no KeyPackage left for {target}"))),
+    Ok(answer)
+}
+
+/// 403 unless `user` is a participant of `room` (hosted here): only members invite or publish GroupInfo.
+fn require_participant(s: &MimiState, room: &str, user: &str) -> Result<(), Fail> {
+    if s.provider.is_participant(room, user)? {
+        Ok(())
+    } else {
+        Err(Fail(StatusCode::FORBIDDEN, format!("{user} is not a participant of {room}")))
     }
 }
 

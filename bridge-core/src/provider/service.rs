@@ -330,6 +330,16 @@ impl Provider {
         }
     }
 
+    /// True if `uri` is on the participant list of `room`, which we host.
+    pub fn is_participant(&self, room: &str, uri: &str) -> Result<bool, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        match rooms.get(room).map(|r| &r.role) {
+            Some(Role::Hub(h)) => Ok(h.state().participants.contains(uri)),
+            Some(Role::Follower { hub, .. }) => Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() }),
+            None => Err(ProviderError::UnknownRoom(room.to_owned())),
+        }
+    }
+
     /// The hub's epoch of a room we host.
     pub fn epoch(&self, room: &str) -> Result<u64, ProviderError> {
         let rooms = lock(&self.inner.rooms);
