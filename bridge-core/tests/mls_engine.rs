@@ -339,3 +339,26 @@ fn state_written_in_the_earlier_integer_array_format_still_loads() {
     apply_commit(&mut g, &out.commit, &mut [&mut gb]);
     send(&mut g, &mut [&mut gb], "next epoch");
 }
+
+/// The hub sequenced our commit but the process stopped before merging it: reading the commit back from the log
+/// (after a reload of the state) merges it, so the group does not stay an epoch behind.
+#[test]
+fn an_own_commit_read_back_before_its_merge_is_merged() {
+    let (bd, pd) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let peers = Client::new(&open_store(pd.path()), "carol");
+    let (bridge, mut g, mut bob) = pair(bd.path(), &peers);
+    let update = g.self_update().durable_blocking().expect("commit");
+    let before = g.epoch();
+    drop(g);
+    // The state is reloaded as after a restart; the commit is still pending there.
+    let mut g = bridge.load(GROUP);
+    assert_eq!(g.epoch(), before);
+    match g.process(&update.commit).durable_blocking() {
+        Ok(Received::Commit { epoch, .. }) => assert_eq!(epoch, before + 1),
+        other => panic!("expected our commit merged, got {other:?}"),
+    }
+    assert!(matches!(bob.process(&update.commit).durable_blocking(), Ok(Received::Commit { .. })));
+    assert_eq!(bob.epoch(), g.epoch());
+    send(&mut g, &mut [&mut bob], "after the late merge");
+    send(&mut bob, &mut [&mut g], "and back");
+}

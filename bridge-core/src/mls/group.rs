@@ -473,7 +473,15 @@ impl PortalGroup {
                 epoch,
                 plaintext: app.into_bytes(),
             }),
-            ProcessedMessageContent::OwnPrivateMessage | ProcessedMessageContent::OwnPendingCommit => Ok(Received::Own),
+            ProcessedMessageContent::OwnPrivateMessage => Ok(Received::Own),
+            // Our own commit, sequenced by the hub but not merged here (the process stopped in between, or the
+            // merge failed): merge it now, or the group stays an epoch behind for good.
+            ProcessedMessageContent::OwnPendingCommit => {
+                self.group
+                    .merge_pending_commit(self.provider.as_ref())
+                    .map_err(|e| MlsError::GroupState(e.to_string()))?;
+                Ok(Received::Commit { epoch: self.epoch(), added: Vec::new(), removed: Vec::new() })
+            }
             ProcessedMessageContent::ProposalMessage(p) => {
                 self.group.store_pending_proposal(self.provider.storage(), *p)?;
                 Ok(Received::Proposal { sender })

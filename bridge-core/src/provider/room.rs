@@ -43,7 +43,7 @@ use crate::mls::{
     BridgeProvider, CommitOutput, EngineConfig, LeafPolicy, LegacySender, LocalMember, MlsError, PortalGroup, Received,
     UserLeaves,
 };
-use crate::router::RouterHandle;
+use crate::router::{RouteError, RouterHandle};
 use crate::store::Batch;
 use crate::store::repo::{MlsIdentity, Repo};
 use async_trait::async_trait;
@@ -182,13 +182,27 @@ impl MlsRoom {
                         },
                         _ = stop.wait_for(|s| *s) => break,
                     };
-                    match router.from_group(id, msg).await {
-                        // Shutting down: the message stays kept and is handed on after the restart.
-                        Err(crate::router::RouteError::Closed) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, message_id = %id.to_hex(), "message from the group not bridged")
+                    // A transient failure (store, room of record) is retried with backoff: the kept plaintext
+                    // is dropped only once the router took the message or refused it for good.
+                    let mut backoff = std::time::Duration::from_millis(100);
+                    loop {
+                        match router.from_group(id, msg.clone()).await {
+                            Ok(_) => break,
+                            // Shutting down: the message stays kept and is handed on after the restart.
+                            Err(RouteError::Closed) => return,
+                            Err(e @ (RouteError::Store(_) | RouteError::Group(_))) => {
+                                tracing::warn!(error = %e, message_id = %id.to_hex(), retry_in = ?backoff, "message from the group not taken yet");
+                                tokio::select! {
+                                    _ = tokio::time::sleep(backoff) => {}
+                                    _ = stop.wait_for(|s| *s) => return,
+                                }
+                                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, message_id = %id.to_hex(), "message from the group refused by the router");
+                                break;
+                            }
                         }
-                        Ok(_) => {}
                     }
                     if let Ok(mut h) = handed_on.lock() {
                         let last = h.entry(room).or_default();
@@ -436,8 +450,10 @@ impl MlsRoom {
         };
         match sent {
             Ok(a) => {
-                s.own.insert(a.seq);
+                // Marked as ours only once merged: if the merge does not happen, the worker meets the commit in
+                // the log and merges it then.
                 s.group.merge_pending_commit().durable().await.map_err(unavailable)?;
+                s.own.insert(a.seq);
                 leaves::feed_own_commit(s, &out.commit).await;
                 if let Ok(info) = s.group.export_group_info(true) {
                     self.provider.set_group_info(&room, info);

@@ -85,9 +85,9 @@ impl MlsRoom {
         };
         match sent {
             Ok(a) => {
-                own.insert(a.seq);
                 group.process(&out.commit).durable().await.map_err(unavailable)?;
                 leaves.complete_update(uri, &out.commit).durable().await.map_err(unavailable)?;
+                own.insert(a.seq);
                 if let Ok(info) = group.export_group_info(true) {
                     self.provider.set_group_info(room, info);
                 }

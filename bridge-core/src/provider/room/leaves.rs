@@ -118,23 +118,21 @@ impl MlsRoom {
         }
         .await;
         match sent {
-            Ok(a) => {
-                own.insert(a.seq);
-                match leaves.complete(group, change, Instant::now()).durable().await {
-                    Ok(()) => {
-                        tracing::info!(portal = %portal, user = %uri, leaves = leaves.len(), "per-user leaf added");
-                        if let Ok(info) = group.export_group_info(true) {
-                            self.provider.set_group_info(room, info);
-                        }
-                        Ok(Attempt::Ready)
+            Ok(a) => match leaves.complete(group, change, Instant::now()).durable().await {
+                Ok(()) => {
+                    own.insert(a.seq);
+                    tracing::info!(portal = %portal, user = %uri, leaves = leaves.len(), "per-user leaf added");
+                    if let Ok(info) = group.export_group_info(true) {
+                        self.provider.set_group_info(room, info);
                     }
-                    Err(e) => {
-                        tracing::warn!(portal = %portal, user = %uri, error = %e, "the per-user leaf could not join: removing its slot, the shared leaf speaks");
-                        self.remove_orphan(portal, s, uri).await;
-                        Ok(Attempt::Shared)
-                    }
+                    Ok(Attempt::Ready)
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(portal = %portal, user = %uri, error = %e, "the per-user leaf could not join: removing its slot, the shared leaf speaks");
+                    self.remove_orphan(portal, s, uri).await;
+                    Ok(Attempt::Shared)
+                }
+            },
             Err(e) => {
                 let _ = leaves.abandon(group, change).durable().await;
                 match e {
@@ -182,8 +180,8 @@ impl MlsRoom {
         };
         match sent {
             Ok(a) => {
-                own.insert(a.seq);
                 leaves.complete(group, change, now).durable().await.map_err(unavailable)?;
+                own.insert(a.seq);
                 tracing::info!(portal = %portal, removed = idle.len(), left = leaves.len(), "idle per-user leaves removed");
                 if let Ok(info) = group.export_group_info(true) {
                     self.provider.set_group_info(room, info);
