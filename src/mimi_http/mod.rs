@@ -42,8 +42,8 @@
 //! | `POST /client/v1/keyPackages` | concatenated KeyPackage MLSMessages → 204 |
 //! | `POST /client/v1/rooms` | JSON `{"name", "epoch"}` (group id = room URI) → `{"room"}` (creator's room) |
 //! | `GET /client/v1/groupInfo/{roomId}` | → GroupInfo MLSMessage (with ratchet tree) |
-//! | `PUT /client/v1/groupInfo/{roomId}` | GroupInfo MLSMessage of the current epoch → 204 (hosted rooms) |
-//! | `POST /client/v1/keyPackage/{userUri}?room=R` | → one claimed KeyPackage of the user; adds them to R's participants (R hosted here) |
+//! | `PUT /client/v1/groupInfo/{roomId}` | GroupInfo MLSMessage of the current epoch → 204 (hosted rooms; participants only, 403 otherwise) |
+//! | `POST /client/v1/keyPackage/{userUri}?room=R` | → one claimed KeyPackage of the user; once claimed, adds them to R's participants (R hosted here; the caller must be a participant, 403 otherwise) |
 //! | `POST /client/v1/update/{roomId}` | `UpdateRequest` (commit + Welcome + GroupInfo, or proposals) → `{"seq"}`; 409 `{"error":"epoch_too_old","current_epoch"}` |
 //! | `POST /client/v1/submit/{roomId}` | one MLSMessage (application message; here also a proposal, commit or Welcome) → `{"seq"}`; 409 as above |
 //! | `GET /client/v1/messages/{roomId}?after=N&wait=SECS` | long-poll → `LogPage` (TLS) of entries after N |
