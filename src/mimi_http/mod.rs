@@ -29,7 +29,8 @@
 //! follower can tell its client where the message is in the log. A `KeyMaterialRequest` that names a room hosted
 //! by the requesting peer makes us follow that room (the Welcome will come through its log). Errors: malformed
 //! body → 400 with a reason; unknown room → 404; peer not allowed (or not a follower of the room, for `/log`) →
-//! 403; body over [`MAX_BODY`] → 413.
+//! 403; a room we only follow where its hub is needed (e.g. `/v1/log`, `/v1/submitMessage` sent to a follower) → 421;
+//! body over [`MAX_BODY`] → 413.
 //!
 //! # Client API (`/client/v1/...`) for native MLS clients
 //!
