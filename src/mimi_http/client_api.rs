@@ -1,9 +1,10 @@
 //! The client API for native MLS clients (`/client/v1/...`; see the table in the [module above](super)). Requests
 //! about rooms hosted by a peer go to the [outbound module](super::outbound).
 
+use super::outbound::HubVerdict;
 use super::{
-    Fail, MAX_WAIT, MimiState, PAGE, Registration, accepted, bad, encode, epoch_too_old, outbound, query, query_u64,
-    room_of,
+    Fail, MAX_PAGE_BYTES, MAX_WAIT, MimiState, PAGE, Registration, accepted, bad, encode, epoch_too_old, log_page,
+    outbound, query, query_u64, room_of,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -12,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bridge_core::provider::hub::{Accepted, JoinPolicy, Origin, Refusal};
 use bridge_core::provider::service::{ProviderError, Route, uri_domain};
-use bridge_core::provider::wire::{LogPage, MlsMessageBytes, UpdateRequest, WireMessage};
+use bridge_core::provider::wire::{MlsMessageBytes, UpdateRequest, WireMessage};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -205,9 +206,21 @@ pub(super) async fn update(
     let Some(hub) = remote_hub(&s, &room)? else {
         return verdict(s.provider.update(&room, req, &u, Origin::Client(u.clone())).await);
     };
-    // Follow before the hub hears of us, so that its first notify finds the room.
-    s.provider.follow(&room, &hub).await?;
-    outbound::update(&s, &room, &hub, &u, body.to_vec()).await
+    // Follow before the hub hears of us, so that its first notify finds the room; a room we did not follow yet is
+    // followed tentatively, and forgotten again if the hub refuses (else anyone could make us keep follow records
+    // of any room). In a task of its own, so that a client hanging up cannot leave the follow unsettled.
+    let task = tokio::spawn(async move {
+        if let Err(e) = s.provider.follow_for_update(&room, &hub).await {
+            let _ = s.provider.update_settled(&room, false).await;
+            return Err(e.into());
+        }
+        let (verdict, answer) = outbound::update(&s, &room, &hub, &u, body.to_vec()).await;
+        if let Err(e) = s.provider.update_settled(&room, verdict != HubVerdict::Refused).await {
+            tracing::warn!(room, error = %e, "could not forget a room the hub refused us");
+        }
+        answer
+    });
+    task.await.unwrap_or_else(|e| Err(Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())))
 }
 
 pub(super) async fn submit(
@@ -239,7 +252,7 @@ pub(super) async fn messages(
     if s.provider.last_seq(&room)? <= after && !wait.is_zero() {
         s.provider.wait(&room, after, wait).await?;
     }
-    encode(&LogPage(s.provider.entries_after(&room, after, PAGE)?))
+    encode(&log_page(s.provider.entries_after(&room, after, PAGE)?, MAX_PAGE_BYTES))
 }
 
 pub(super) async fn invites(State(s): State<MimiState>, headers: HeaderMap) -> Result<Response, Fail> {

@@ -1,10 +1,10 @@
 //! The HTTP/1.1 client for provider-to-provider requests, and the configured peers it talks to. With TLS
 //! configured (`[mimi] tls_cert`), peers are reached over `https://` with mutual TLS (we present our certificate;
 //! theirs must chain to `mimi.trust_anchors` and be valid for the URL's host); without it, only `http://` peers
-//! are reached (the loopback development mode).
+//! are reached (the loopback development mode). An answer body over [`MAX_ANSWER`] bytes fails the request.
 
 use crate::mimi_tls::MimiTls;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
@@ -13,6 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer body read from a peer; a longer one fails the request. Well above the largest log page a hub
+/// serves ([`super::MAX_PAGE_BYTES`] plus one entry).
+pub const MAX_ANSWER: usize = 16 << 20;
 
 /// A peer's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,12 +76,13 @@ impl Peers {
         let fut = async {
             match tls {
                 Some(tls) => {
-                    exchange(tls.connect(authority).await?, method, authority, &path, from_domain, headers, body).await
+                    let stream = tls.connect(authority).await?;
+                    exchange(stream, method, authority, &path, from_domain, headers, body, MAX_ANSWER).await
                 }
                 None => {
                     let tcp =
                         tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("{authority}: {e}"))?;
-                    exchange(tcp, method, authority, &path, from_domain, headers, body).await
+                    exchange(tcp, method, authority, &path, from_domain, headers, body, MAX_ANSWER).await
                 }
             }
         };
@@ -97,7 +101,8 @@ pub async fn request(
     Peers::default().request(method, url, from_domain, headers, body).await
 }
 
-/// One request and its answer over an open connection.
+/// One request and its answer over an open connection; an answer body over `limit` bytes is an error.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     method: &str,
@@ -106,6 +111,7 @@ async fn exchange(
     from_domain: &str,
     headers: &[(&str, &str)],
     body: Vec<u8>,
+    limit: usize,
 ) -> Result<Answer, String> {
     let (mut send, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
@@ -123,6 +129,52 @@ async fn exchange(
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let sequence = resp.headers().get("mimi-sequence").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+    let body = Limited::new(resp.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| format!("{authority}: answer unreadable or over {limit} bytes: {e}"))?
+        .to_bytes()
+        .to_vec();
     Ok(Answer { status, sequence, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A peer answering `body` (as announced by Content-Length, or chunked) over an in-memory connection.
+    async fn answer(body: Vec<u8>, chunked: bool, limit: usize) -> Result<Answer, String> {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut req = vec![0u8; 4096];
+            let _ = server.read(&mut req).await;
+            let head = if chunked {
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+            } else {
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
+            };
+            let _ = server.write_all(head.as_bytes()).await;
+            if chunked {
+                for c in body.chunks(1000) {
+                    let _ = server.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await;
+                    let _ = server.write_all(c).await;
+                    let _ = server.write_all(b"\r\n").await;
+                }
+                let _ = server.write_all(b"0\r\n\r\n").await;
+            } else {
+                let _ = server.write_all(&body).await;
+            }
+        });
+        exchange(client, "GET", "peer.test", "/v1/log/x", "us.test", &[], Vec::new(), limit).await
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_limit_fail_whole_ones_under_it_are_read() {
+        let a = answer(vec![7; 5000], false, 5000).await.expect("at the limit");
+        assert_eq!((a.status, a.body.len()), (200, 5000));
+        assert!(answer(vec![7; 5001], false, 5000).await.is_err(), "announced over the limit");
+        assert!(answer(vec![7; 50_000], true, 5000).await.is_err(), "streamed over the limit");
+        assert_eq!(answer(vec![7; 4000], true, 5000).await.expect("chunked").body.len(), 4000);
+    }
 }

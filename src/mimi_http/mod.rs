@@ -23,14 +23,14 @@
 //! | `POST /v1/notify/{roomId}` | `FanoutMessage`, header `Mimi-Sequence: N` → 201 (follower; only from the room's hub) |
 //! | `POST /v1/groupInfo/{roomId}` | (body ignored) → the room's GroupInfo MLSMessage, unencrypted (deviation) (hub) |
 //! | `POST /v1/keyMaterial/{targetUser}` | `KeyMaterialRequest` (unsigned: deviation) → `KeyMaterialResponse` |
-//! | `GET /v1/log/{roomId}?after=N` | our extension: `LogPage` of the hub's log after N, for the room's followers |
+//! | `GET /v1/log/{roomId}?after=N` | our extension: `LogPage` of the hub's log after N (at most 256 entries and [`MAX_PAGE_BYTES`], one entry at least), for the room's followers |
 //!
 //! `Mimi-Sequence` in answers is our extension: the hub's sequence number of the accepted message, so the
 //! follower can tell its client where the message is in the log. A `KeyMaterialRequest` that names a room hosted
 //! by the requesting peer makes us follow that room (the Welcome will come through its log). Errors: malformed
 //! body → 400 with a reason; unknown room → 404; peer not allowed (or not a follower of the room, for `/log`) →
 //! 403; a room we only follow where its hub is needed (e.g. `/v1/log`, `/v1/submitMessage` sent to a follower) → 421;
-//! body over [`MAX_BODY`] → 413.
+//! body over [`MAX_BODY`] → 413. Answers we read from peers are limited to [`http::MAX_ANSWER`] bytes.
 //!
 //! # Client API (`/client/v1/...`) for native MLS clients
 //!
@@ -47,13 +47,15 @@
 //! | `POST /client/v1/keyPackage/{userUri}?room=R` | → one claimed KeyPackage of the user; once claimed, adds them to R's participants (R hosted here; the caller must be a participant, 403 otherwise) |
 //! | `POST /client/v1/update/{roomId}` | `UpdateRequest` (commit + Welcome + GroupInfo, or proposals) → `{"seq"}`; 409 `{"error":"epoch_too_old","current_epoch"}` |
 //! | `POST /client/v1/submit/{roomId}` | one MLSMessage (application message; here also a proposal, commit or Welcome) → `{"seq"}`; 409 as above |
-//! | `GET /client/v1/messages/{roomId}?after=N&wait=SECS` | long-poll → `LogPage` (TLS) of entries after N |
+//! | `GET /client/v1/messages/{roomId}?after=N&wait=SECS` | long-poll → `LogPage` (TLS) of entries after N (bounded as `/v1/log`) |
 //! | `GET /client/v1/invites` | → JSON `[{"room","seq"}]`: Welcomes for this user |
 //!
 //! ## Rooms hosted by another provider
 //!
 //! For a room whose hub is a configured peer the daemon is its clients' go-between: `groupInfo` is fetched from
-//! the hub (`/v1/groupInfo`), `update` goes to the hub's `/v1/update` (and from then on we follow the room),
+//! the hub (`/v1/groupInfo`), `update` goes to the hub's `/v1/update` (we follow the room from then on; a room we
+//! did not follow yet is followed tentatively and forgotten again if the hub refuses the update:
+//! [`Provider::follow_for_update`]),
 //! `submit` — application messages only — to its `/v1/submitMessage`, and `messages` reads our copy of the hub's
 //! log. When the hub answers that the room moved to a newer epoch, we catch up from its log before answering 409,
 //! so the client finds the commit it missed. `keyPackage` of another provider's user is claimed from that
@@ -74,7 +76,7 @@ use axum::{Json, Router};
 use bridge_core::provider::MlsRoom;
 use bridge_core::provider::hub::Refusal;
 use bridge_core::provider::service::{Provider, ProviderError};
-use bridge_core::provider::wire::WireMessage;
+use bridge_core::provider::wire::{LogPage, SequencedFanout, WireMessage};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +86,9 @@ pub const MAX_BODY: usize = 1 << 20;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Most log entries per answer.
 const PAGE: usize = 256;
+/// Most bytes of log entries per answer (a longer run is cut; the first entry is always served, and is at most
+/// about [`MAX_BODY`]).
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
 
 /// Who may register native users.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +175,21 @@ fn tls(bytes: Vec<u8>) -> Response {
     ([("content-type", "application/mimi-protocol")], bytes).into_response()
 }
 
+/// A log page of the first `entries` that fit in `max_bytes` (encoded), the first one always.
+fn log_page(mut entries: Vec<SequencedFanout>, max_bytes: usize) -> LogPage {
+    let mut total = 0usize;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total = total.saturating_add(e.encode().map_or(usize::MAX, |v| v.len()));
+            total > max_bytes
+        })
+        .unwrap_or(entries.len())
+        .max(1);
+    entries.truncate(keep);
+    LogPage(entries)
+}
+
 fn encode(m: &impl WireMessage) -> Result<Response, Fail> {
     m.encode().map(tls).map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
@@ -215,4 +235,35 @@ fn peer_of(state: &MimiState, headers: &HeaderMap) -> Result<String, Fail> {
         return Err(Fail(StatusCode::FORBIDDEN, format!("peer {from:?} is not configured")));
     }
     Ok(domain.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bridge_core::provider::wire::{FanoutMessage, MlsMessageBytes};
+
+    /// Log entry `seq`: a made-up PrivateMessage with `len` bytes of ciphertext.
+    pub(super) fn entry(seq: u64, len: usize) -> SequencedFanout {
+        // A PrivateMessage (mls10, wire format 2): group id "x", epoch 1, application content, no authenticated
+        // data, one byte of sender data, `len` (< 16384) bytes of ciphertext.
+        let mut m = vec![0, 1, 0, 2, 1, b'x', 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 0];
+        match u8::try_from(len) {
+            Ok(short) if short < 64 => m.push(short),
+            _ => m.extend((u16::try_from(len).expect("short") | 0x4000).to_be_bytes()),
+        }
+        m.extend(std::iter::repeat_n(0u8, len));
+        let msg = MlsMessageBytes::new(m).expect("framed");
+        SequencedFanout { seq, fanout: FanoutMessage::plain(seq, msg) }
+    }
+
+    #[test]
+    fn log_pages_are_cut_by_bytes_but_never_empty() {
+        let entries: Vec<_> = (1..=10).map(|s| entry(s, 1000)).collect();
+        let one = entries[0].encode().expect("encode").len();
+        assert_eq!(log_page(entries.clone(), usize::MAX).0.len(), 10);
+        assert_eq!(log_page(entries.clone(), 3 * one).0.len(), 3);
+        assert_eq!(log_page(entries.clone(), 3 * one - 1).0.len(), 2);
+        assert_eq!(log_page(entries.clone(), 10).0.len(), 1, "one entry even if larger");
+        assert!(log_page(Vec::new(), 10).0.is_empty());
+    }
 }

@@ -6,6 +6,7 @@ use super::http::{Answer, Peers};
 use super::{Fail, MimiState, accepted, epoch_too_old, path_of, tls};
 use axum::http::StatusCode;
 use axum::response::Response;
+use bridge_core::provider::follower::{CatchUpBackoff, CatchUpStep};
 use bridge_core::provider::notifier::Outcome;
 use bridge_core::provider::service::Provider;
 use bridge_core::provider::wire::{
@@ -73,22 +74,47 @@ pub(super) async fn submit(
     }
 }
 
+/// What the hub made of an update we forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HubVerdict {
+    /// Sequenced.
+    Accepted,
+    /// Refused (or never sent): the hub did not sequence it.
+    Refused,
+    /// No clear answer (unreachable, 5xx, unreadable): it may have been sequenced.
+    Unclear,
+}
+
 /// Sends a client's update (a verified `UpdateRequest`, as received) to the hub of `room` (`/v1/update`).
-pub(super) async fn update(s: &MimiState, room: &str, hub: &str, user: &str, body: Vec<u8>) -> Result<Response, Fail> {
-    let url = format!("{}/v1/update/{}", base(s, hub)?, path_of(room));
-    let a =
-        s.peers.request("POST", &url, s.provider.domain(), &[("mimi-user", user)], body).await.map_err(bad_gateway)?;
+pub(super) async fn update(
+    s: &MimiState,
+    room: &str,
+    hub: &str,
+    user: &str,
+    body: Vec<u8>,
+) -> (HubVerdict, Result<Response, Fail>) {
+    let url = match base(s, hub) {
+        Ok(b) => format!("{b}/v1/update/{}", path_of(room)),
+        Err(e) => return (HubVerdict::Refused, Err(e)),
+    };
+    let a = match s.peers.request("POST", &url, s.provider.domain(), &[("mimi-user", user)], body).await {
+        Ok(a) => a,
+        Err(e) => return (HubVerdict::Unclear, Err(bad_gateway(e))),
+    };
     if a.status != 200 {
-        return Err(unexpected(&a, "update"));
+        let verdict = if (400..500).contains(&a.status) { HubVerdict::Refused } else { HubVerdict::Unclear };
+        return (verdict, Err(unexpected(&a, "update")));
     }
-    match UpdateRoomResponse::decode(&a.body).map_err(bad_gateway)? {
-        UpdateRoomResponse::Success { .. } => Ok(accepted(a.sequence)),
-        UpdateRoomResponse::WrongEpoch { current_epoch, .. } => {
+    match UpdateRoomResponse::decode(&a.body) {
+        Err(e) => (HubVerdict::Unclear, Err(bad_gateway(e))),
+        Ok(UpdateRoomResponse::Success { .. }) => (HubVerdict::Accepted, Ok(accepted(a.sequence))),
+        Ok(UpdateRoomResponse::WrongEpoch { current_epoch, .. }) => {
             catch_up_now(s, room).await;
-            Ok(epoch_too_old(current_epoch))
+            (HubVerdict::Refused, Ok(epoch_too_old(current_epoch)))
         }
-        UpdateRoomResponse::NotAllowed { description } | UpdateRoomResponse::InvalidProposal { description } => {
-            Err(Fail(StatusCode::FORBIDDEN, format!("the hub refused the update: {description}")))
+        Ok(UpdateRoomResponse::NotAllowed { description } | UpdateRoomResponse::InvalidProposal { description }) => {
+            let refusal = Fail(StatusCode::FORBIDDEN, format!("the hub refused the update: {description}"));
+            (HubVerdict::Refused, Err(refusal))
         }
     }
 }
@@ -140,13 +166,17 @@ async fn catch_up_now(s: &MimiState, room: &str) {
     }
 }
 
-/// Fetches the hub's log of `room` after `after` until the local copy is complete.
+/// Fetches the hub's log of `room` after `after` until the local copy is complete. A page that makes no progress
+/// (the hub's log does not hold what the follower waits for, yet) is asked for again after a backoff
+/// ([`CatchUpBackoff`]); after too many such pages the catch-up stops and leaves the gap to the next notify or
+/// resync.
 pub async fn catch_up(provider: &Provider, peers: &Peers, room: &str, mut after: u64) {
     let Ok(Some(hub)) = provider.hub_of(room) else { return };
     let Some(base) = peers.get(&hub) else {
         tracing::warn!(room, hub, "the hub of a followed room is not a configured peer");
         return;
     };
+    let mut pace = CatchUpBackoff::default();
     loop {
         let url = format!("{}/v1/log/{}?after={after}", base.trim_end_matches('/'), path_of(room));
         let page = match peers.request("GET", &url, provider.domain(), &[], Vec::new()).await {
@@ -156,7 +186,19 @@ pub async fn catch_up(provider: &Provider, peers: &Peers, room: &str, mut after:
         };
         match page {
             Ok(page) => match provider.accept_entries(room, page.0, true).await {
-                Ok(Some(next)) => after = next,
+                Ok(Some(next)) => match pace.on_page(after, next) {
+                    CatchUpStep::Now => after = next,
+                    CatchUpStep::Wait(wait) => {
+                        tracing::debug!(room, after, ?wait, "the hub's log page made no progress; asking again later");
+                        tokio::time::sleep(wait).await;
+                        after = next;
+                    }
+                    CatchUpStep::GiveUp => {
+                        tracing::warn!(room, after, "the hub's log makes no progress; catch-up at the next notify");
+                        provider.fetch_failed(room);
+                        return;
+                    }
+                },
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(room, error = %e, "catch-up failed");
@@ -250,5 +292,50 @@ async fn send_notify(provider: &Provider, peers: &Peers, base: &str, room: &str,
     match peers.request("POST", &url, provider.domain(), &[("mimi-sequence", &seq.to_string())], body).await {
         Ok(a) => Outcome::of_status(a.status),
         Err(_) => Outcome::Unreachable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mimi_http::tests::entry;
+    use axum::routing::get;
+    use bridge_core::store::{Backend, CommitConfig, open_data_dir};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const ROOM: &str = "mimi://a.test/r/x";
+
+    #[tokio::test]
+    async fn a_catch_up_whose_pages_make_no_progress_backs_off_instead_of_spinning() {
+        // A hub whose log is empty, although it notified entry 2.
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let hub = axum::Router::new().route(
+            "/v1/log/{*room}",
+            get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { LogPage(Vec::new()).encode().expect("encode") }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move { axum::serve(listener, hub).await });
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_data_dir(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+        let provider = Provider::open("b.test", store).expect("provider");
+        provider.follow(ROOM, "a.test").await.expect("follow");
+        let fetch = provider.accept_entries(ROOM, vec![entry(2, 10)], false).await.expect("notify");
+        assert_eq!(fetch, Some(0), "a gap");
+        let peers = Peers::new(HashMap::from([("a.test".to_owned(), url)]), None);
+
+        let p = provider.clone();
+        let task = tokio::spawn(async move { catch_up(&p, &peers, ROOM, 0).await });
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        let n = asked.load(Ordering::SeqCst);
+        assert!((2..=4).contains(&n), "200 ms, then 400 ms between pages that make no progress: {n} requests");
+        assert!(!task.is_finished(), "still trying");
+        task.abort();
+        server.abort();
     }
 }

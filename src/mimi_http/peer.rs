@@ -1,6 +1,6 @@
 //! The provider-to-provider endpoints we serve (`/v1/...`; see the table in the [module above](super)).
 
-use super::{Fail, MimiState, PAGE, bad, encode, peer_of, query_u64, room_of, tls};
+use super::{Fail, MAX_PAGE_BYTES, MimiState, PAGE, bad, encode, log_page, peer_of, query_u64, room_of, tls};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -11,8 +11,8 @@ use bridge_core::provider::service::{ProviderError, Route, uri_domain};
 use bridge_core::provider::wire::key_material::CIPHERSUITE_1;
 use bridge_core::provider::wire::{
     ClientKeyMaterial, ClientMaterial, FanoutMessage, KeyMaterialRequest, KeyMaterialResponse, KeyMaterialUserCode,
-    LogPage, MlsMessageBytes, SequencedFanout, SubmitMessageRequest, SubmitMessageResponse, UpdateRequest,
-    UpdateRoomResponse, WireMessage,
+    MlsMessageBytes, SequencedFanout, SubmitMessageRequest, SubmitMessageResponse, UpdateRequest, UpdateRoomResponse,
+    WireMessage,
 };
 
 /// An encoded answer with our `Mimi-Sequence` header.
@@ -166,5 +166,5 @@ pub(super) async fn log(
         return Err(Fail(StatusCode::FORBIDDEN, format!("{from} does not follow {room}")));
     }
     let after = query_u64(&uri, "after")?;
-    encode(&LogPage(s.provider.entries_after(&room, after, PAGE)?))
+    encode(&log_page(s.provider.entries_after(&room, after, PAGE)?, MAX_PAGE_BYTES))
 }

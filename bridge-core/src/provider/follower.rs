@@ -4,14 +4,28 @@
 //! Feed it the entries of `/notify` ([`FollowerRoom::on_notify`]) and of log pages it fetched
 //! ([`FollowerRoom::on_log_page`]); it answers with [`FollowerAction`]s: append these entries (in order), or fetch
 //! the hub's log after a sequence number. Entries ahead of a gap are held in memory (bounded) until the gap is
-//! filled.
+//! filled: past [`MAX_HELD`] the highest are dropped (a later page brings them again), never the entry that
+//! continues the local copy, so every page that holds it makes progress.
+//!
+//! A log page that does not move the local copy on (an empty page while entries are held, or one of entries
+//! already held) still answers [`FollowerAction::Fetch`] with the same `after`: the IO shell sees that it made no
+//! progress and backs off ([`CatchUpBackoff`]) instead of asking again at once; it gives up after a few tries and
+//! calls [`FollowerRoom::on_fetch_failed`], leaving the gap to the next notify or resync.
 
 use super::wire::SequencedFanout;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-/// Most out-of-order entries held while a gap is being fetched; beyond this they are dropped (the fetch brings
-/// them again).
+/// Most out-of-order entries held while a gap is being fetched; beyond this the highest are dropped (the fetch
+/// brings them again).
 pub const MAX_HELD: usize = 1024;
+
+/// First wait after a log page that made no progress.
+pub const FIRST_STALL_WAIT: Duration = Duration::from_millis(200);
+/// Longest wait between two fetches of a page that makes no progress.
+pub const MAX_STALL_WAIT: Duration = Duration::from_secs(5);
+/// Pages in a row without progress after which a catch-up gives up (until the next notify or resync).
+pub const MAX_STALLS: u32 = 7;
 
 /// What the follower asks its IO shell to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +96,14 @@ impl FollowerRoom {
 
     fn take(&mut self, entries: Vec<SequencedFanout>) -> Vec<FollowerAction> {
         for e in entries {
-            if e.seq > self.last && self.held.len() < MAX_HELD {
+            // Full: only an entry below the highest held one gets in (the lowest are the ones that fill the gap;
+            // `last + 1` always does), and the highest goes.
+            let room = self.held.len() < MAX_HELD || self.held.last_key_value().is_some_and(|(k, _)| e.seq < *k);
+            if e.seq > self.last && room {
                 self.held.entry(e.seq).or_insert(e);
+                while self.held.len() > MAX_HELD {
+                    self.held.pop_last();
+                }
             }
         }
         let mut run = Vec::new();
@@ -100,6 +120,44 @@ impl FollowerRoom {
             actions.push(FollowerAction::Fetch { after: self.last });
         }
         actions
+    }
+}
+
+/// What a catch-up does after a log page ([`CatchUpBackoff::on_page`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUpStep {
+    /// The page made progress: fetch the next one now.
+    Now,
+    /// The page made no progress: wait this long, then fetch again.
+    Wait(Duration),
+    /// Too many pages in a row made no progress: stop, and report the fetch as failed.
+    GiveUp,
+}
+
+/// The pace of one catch-up (the IO shell's loop of [`FollowerAction::Fetch`]es) while its pages make no
+/// progress: capped exponential backoff ([`FIRST_STALL_WAIT`] doubling to [`MAX_STALL_WAIT`]), giving up after
+/// [`MAX_STALLS`] pages in a row.
+#[derive(Debug, Clone, Default)]
+pub struct CatchUpBackoff {
+    stalls: u32,
+    wait: Option<Duration>,
+}
+
+impl CatchUpBackoff {
+    /// A page was fetched after `after` and the follower answered `Fetch { after: next }`.
+    pub fn on_page(&mut self, after: u64, next: u64) -> CatchUpStep {
+        if next > after {
+            self.stalls = 0;
+            self.wait = None;
+            return CatchUpStep::Now;
+        }
+        self.stalls += 1;
+        if self.stalls >= MAX_STALLS {
+            return CatchUpStep::GiveUp;
+        }
+        let wait = self.wait.map_or(FIRST_STALL_WAIT, |d| (d * 2).min(MAX_STALL_WAIT));
+        self.wait = Some(wait);
+        CatchUpStep::Wait(wait)
     }
 }
 
@@ -156,5 +214,59 @@ mod tests {
         f.on_log_page(Vec::new());
         f.on_fetch_failed();
         assert_eq!(f.last(), 21);
+    }
+
+    #[test]
+    fn a_full_hold_still_takes_the_entry_that_fills_the_gap() {
+        // Entry 1 was missed; more than MAX_HELD later notifies arrived.
+        let mut f = FollowerRoom::new("mimi://a/r/x", 0);
+        let n = MAX_HELD as u64 + 10;
+        assert_eq!(f.on_notify(vec![entry(2)]), vec![FollowerAction::Fetch { after: 0 }]);
+        for seq in 3..=n + 1 {
+            assert!(f.on_notify(vec![entry(seq)]).is_empty());
+        }
+        // The page brings 1..=256: every entry of it below the highest held gets in, the highest held go.
+        let a = f.on_log_page((1..=256).map(entry).collect());
+        assert_eq!(seqs(&a), (1..=MAX_HELD as u64).collect::<Vec<_>>(), "the whole held run follows the gap");
+        assert_eq!(a.last(), Some(&FollowerAction::Fetch { after: MAX_HELD as u64 }), "the rest from the log");
+        assert_eq!(f.last(), MAX_HELD as u64);
+        // A page of just the missing entry after a full hold: taken too.
+        let mut f = FollowerRoom::new("mimi://a/r/x", 0);
+        for seq in 2..=n {
+            f.on_notify(vec![entry(seq)]);
+        }
+        let a = f.on_log_page(vec![entry(1)]);
+        assert_eq!(seqs(&a), (1..=MAX_HELD as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_page_without_progress_asks_again_and_the_catch_up_backs_off_then_gives_up() {
+        let mut f = FollowerRoom::new("mimi://a/r/x", 3);
+        assert_eq!(f.on_notify(vec![entry(6)]), vec![FollowerAction::Fetch { after: 3 }]);
+        // The hub answers an empty page although we hold 6: the same fetch, which the shell paces.
+        let mut pace = CatchUpBackoff::default();
+        let mut waits = Vec::new();
+        loop {
+            let a = f.on_log_page(Vec::new());
+            assert_eq!(a, vec![FollowerAction::Fetch { after: 3 }]);
+            match pace.on_page(3, 3) {
+                CatchUpStep::Wait(w) => waits.push(w),
+                CatchUpStep::GiveUp => break,
+                CatchUpStep::Now => panic!("no progress was made"),
+            }
+        }
+        assert_eq!(waits.len(), MAX_STALLS as usize - 1);
+        assert_eq!(waits[0], FIRST_STALL_WAIT);
+        assert!(waits.windows(2).all(|w| w[1] == (w[0] * 2).min(MAX_STALL_WAIT)));
+        assert_eq!(waits.last(), Some(&MAX_STALL_WAIT));
+        f.on_fetch_failed();
+        // The next notify asks again; a page with progress resets the pace.
+        assert_eq!(f.on_notify(vec![entry(7)]), vec![FollowerAction::Fetch { after: 3 }]);
+        let a = f.on_log_page(vec![entry(4), entry(5)]);
+        assert_eq!(seqs(&a), [4, 5, 6, 7]);
+        let mut pace = CatchUpBackoff::default();
+        assert_eq!(pace.on_page(3, 3), CatchUpStep::Wait(FIRST_STALL_WAIT));
+        assert_eq!(pace.on_page(3, 7), CatchUpStep::Now);
+        assert_eq!(pace.on_page(7, 7), CatchUpStep::Wait(FIRST_STALL_WAIT), "reset by progress");
     }
 }

@@ -104,6 +104,11 @@ pub mod write {
         Ok(())
     }
 
+    /// Forgets the record of a room (a follow undone before any entry came).
+    pub fn forget_room(b: &mut Batch, room: &str) {
+        b.delete(HUB_LOG, room_key(room, b'S', b""));
+    }
+
     /// The GroupInfo external joiners get.
     pub fn group_info(b: &mut Batch, room: &str, group_info: &[u8]) {
         b.put(HUB_LOG, room_key(room, b'G', b""), group_info.to_vec());

@@ -1,16 +1,17 @@
-//! The notifies a hub owes one follower provider, sans-IO: in order, retried with capped exponential backoff
-//! while the follower is unreachable, never given up.
+//! The notifies a hub owes one follower provider, sans-IO: rooms in the order their entries came, retried with
+//! capped exponential backoff while the follower is unreachable, never given up.
 //!
-//! While the follower is unreachable the queue keeps only the newest entry of each room: a follower that
-//! receives entry `n` while it holds less fetches the rest from the hub's log (see
-//! [`FollowerRoom`](super::FollowerRoom)), so older notifies add nothing. Memory is thus bounded by the number of
-//! rooms the follower is in, however long it is down. A follower that refuses a notify (4xx: it does not follow
-//! the room, or does not know us) is not asked again for that entry.
+//! The queue keeps at most one pending notify per room, the newest entry: a follower that receives entry `n`
+//! while it holds less fetches the rest from the hub's log (see [`FollowerRoom`](super::FollowerRoom)), so older
+//! notifies add nothing. Memory is thus bounded by the number of rooms the follower is in, however long it is
+//! down or however slowly it answers, and each push costs O(1). A room keeps its place in the queue while its
+//! pending entry is replaced by newer ones; once sent, its next entry goes to the back. A follower that refuses a
+//! notify (4xx: it does not follow the room, or does not know us) is not asked again for that entry.
 //!
 //! The IO shell (`src/mimi_http/outbound.rs`) runs one queue per follower: it sends [`NotifyQueue::next`], reports
 //! the [`Outcome`], and waits as long as [`NotifyQueue::on_result`] says before the next attempt.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 /// First wait after a failed attempt.
@@ -41,37 +42,45 @@ impl Outcome {
     }
 }
 
-/// The notifies waiting for one follower: `(room, seq)` in the order the hub accepted them.
+/// The notifies waiting for one follower: per room the newest entry, rooms in the order their first pending
+/// entry was queued.
 #[derive(Debug, Clone, Default)]
 pub struct NotifyQueue {
-    pending: VecDeque<(String, u64)>,
+    /// Rooms with a pending notify, in order.
+    order: VecDeque<String>,
+    /// The pending entry of each room in `order`.
+    newest: HashMap<String, u64>,
     /// The current wait between attempts, while the follower is unreachable.
     retry: Option<Duration>,
 }
 
 impl NotifyQueue {
-    /// Queues entry `seq` of `room`.
+    /// Queues entry `seq` of `room` (replacing an older pending entry of the room). Not between
+    /// [`NotifyQueue::next`] and its [`NotifyQueue::on_result`]: the result would then settle the newer entry.
     pub fn push(&mut self, room: &str, seq: u64) {
-        if let Some(e) = self.pending.iter_mut().find(|(r, s)| r == room && (*s == seq || self.retry.is_some())) {
-            e.1 = e.1.max(seq);
-            return;
+        match self.newest.get_mut(room) {
+            Some(s) => *s = (*s).max(seq),
+            None => {
+                self.newest.insert(room.to_owned(), seq);
+                self.order.push_back(room.to_owned());
+            }
         }
-        self.pending.push_back((room.to_owned(), seq));
     }
 
     /// The notify to send now, if any.
     pub fn next(&self) -> Option<(&str, u64)> {
-        self.pending.front().map(|(r, s)| (r.as_str(), *s))
+        let room = self.order.front()?;
+        self.newest.get(room).map(|s| (room.as_str(), *s))
     }
 
     /// How many notifies wait.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.order.len()
     }
 
     /// True if none waits.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.order.is_empty()
     }
 
     /// True while the follower is unreachable.
@@ -83,29 +92,18 @@ impl NotifyQueue {
     pub fn on_result(&mut self, outcome: Outcome) -> Option<Duration> {
         match outcome {
             Outcome::Delivered | Outcome::Refused => {
-                self.pending.pop_front();
+                if let Some(room) = self.order.pop_front() {
+                    self.newest.remove(&room);
+                }
                 self.retry = None;
                 None
             }
             Outcome::Unreachable => {
                 let wait = self.retry.map_or(FIRST_RETRY, |d| (d * 2).min(MAX_RETRY));
                 self.retry = Some(wait);
-                self.coalesce();
                 Some(wait)
             }
         }
-    }
-
-    /// Keeps the newest entry of each room, where the room's first entry was.
-    fn coalesce(&mut self) {
-        let mut out: VecDeque<(String, u64)> = VecDeque::with_capacity(self.pending.len());
-        for (room, seq) in self.pending.drain(..) {
-            match out.iter_mut().find(|(r, _)| *r == room) {
-                Some(e) => e.1 = e.1.max(seq),
-                None => out.push_back((room, seq)),
-            }
-        }
-        self.pending = out;
     }
 }
 
@@ -114,21 +112,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delivers_in_order_and_drops_refused_entries() {
+    fn delivers_rooms_in_order_and_drops_refused_entries() {
         let mut q = NotifyQueue::default();
         q.push("r1", 1);
         q.push("r2", 1);
         q.push("r1", 2);
         q.push("r1", 2);
-        assert_eq!(q.len(), 3, "an entry queued twice is sent once");
-        assert_eq!(q.next(), Some(("r1", 1)));
+        assert_eq!(q.len(), 2, "one pending notify per room");
+        assert_eq!(q.next(), Some(("r1", 2)), "the newest entry, where the room's first one was");
         assert_eq!(q.on_result(Outcome::Delivered), None);
-        assert_eq!(q.next(), Some(("r2", 1)));
+        q.push("r1", 3);
+        assert_eq!(q.next(), Some(("r2", 1)), "a room sent goes to the back");
         assert_eq!(q.on_result(Outcome::Refused), None, "a refusal is final for that entry");
-        assert_eq!(q.next(), Some(("r1", 2)));
+        assert_eq!(q.next(), Some(("r1", 3)));
         q.on_result(Outcome::Delivered);
         assert!(q.is_empty());
         assert_eq!(q.next(), None);
+    }
+
+    #[test]
+    fn a_reachable_but_slow_follower_keeps_one_entry_per_room() {
+        let mut q = NotifyQueue::default();
+        for seq in 1..=10_000 {
+            q.push("busy", seq);
+            q.push(&format!("r{}", seq % 3), seq);
+            if seq % 100 == 0 {
+                // Now and then a notify is delivered: never a backoff.
+                assert_eq!(q.on_result(Outcome::Delivered), None);
+            }
+        }
+        assert!(!q.backing_off());
+        assert!(q.len() <= 4, "bounded by the rooms, not by the entries: {}", q.len());
+        let mut sent = Vec::new();
+        while let Some((room, seq)) = q.next() {
+            sent.push((room.to_owned(), seq));
+            q.on_result(Outcome::Delivered);
+        }
+        assert!(sent.contains(&("busy".to_owned(), 10_000)), "the newest entry is what is sent: {sent:?}");
     }
 
     #[test]
@@ -160,7 +180,10 @@ mod tests {
         assert_eq!(q.next(), Some(("r2", 9)));
         q.push("r1", 101);
         q.push("r1", 102);
-        assert_eq!(q.len(), 3);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.next(), Some(("r2", 9)));
+        q.on_result(Outcome::Delivered);
+        assert_eq!(q.next(), Some(("r1", 102)));
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! (`src/mimi_http/`) asks [`Provider::route`] where a request goes, forwards what belongs to another hub, drains
 //! [`Provider::take_outbound`], and calls [`Provider::accept_entries`] for notifies and log pages it receives.
 //!
-//! A room is followed ([`Provider::follow`]) when one of our users joins it by external commit or is handed one
-//! of our KeyPackages for it; from then on its hub notifies us of every entry, and we catch up from its log after
-//! a gap or a restart. On open, the hub announces each room's last entry to its followers again (notifies queued
+//! A room is followed ([`Provider::follow`]) when one of our KeyPackages is handed out for it, or — tentatively,
+//! until the hub accepts it ([`Provider::follow_for_update`]) — when one of our users sends it an update (an
+//! external commit); from then on its hub notifies us of every entry, and we catch up from its log after a gap or
+//! a restart. On open, the hub announces each room's last entry to its followers again (notifies queued
 //! by the previous run are not kept).
 //!
 //! Every accepted message is durable (log entry, idempotency index and room state in one batch) before anyone
-//! hears of it.
+//! hears of it. A room's GroupInfo only moves forward: one is kept only if it is of the hub's current epoch (checked
+//! and written in one step), and the copy served is never replaced by an older epoch's.
 
 use super::follower::{FollowerAction, FollowerRoom};
 use super::hub::{Accepted, HubAction, HubRoom, JoinPolicy, Origin, Refusal};
@@ -89,7 +91,11 @@ enum Role {
 struct Room {
     role: Role,
     last: watch::Sender<u64>,
-    group_info: Option<Vec<u8>>,
+    /// The GroupInfo served to external joiners, with its epoch; replaced only by one of the same or a newer epoch.
+    group_info: Option<(u64, Vec<u8>)>,
+    /// For a room followed only for our clients' updates still on their way to the hub: how many, and whether the
+    /// hub accepted one ([`Provider::follow_for_update`]).
+    tentative: Option<Tentative>,
     /// The newest log entries (at most [`TAIL`], contiguous, in order), so that long-polling clients woken by a
     /// new entry read it from memory instead of each opening a store transaction. Entries are added in sequence
     /// order when they are appended; readers never see past `last`, which moves only once they are durable.
@@ -99,9 +105,34 @@ struct Room {
 /// Most log entries kept in memory per room.
 const TAIL: usize = 1024;
 
+/// A follow that holds only while our clients' updates to the room's hub are in flight.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tentative {
+    in_flight: usize,
+    accepted: bool,
+}
+
+/// The epoch of a GroupInfo MLSMessage, if it is one.
+fn group_info_epoch(group_info: &[u8]) -> Option<u64> {
+    let m = MlsMessageBytes::new(group_info.to_vec()).ok()?;
+    match inspect(&m) {
+        Ok(Inspected::GroupInfo { epoch, .. }) => Some(epoch),
+        _ => None,
+    }
+}
+
 impl Room {
     fn new(role: Role, last: watch::Sender<u64>) -> Self {
-        Self { role, last, group_info: None, tail: VecDeque::new() }
+        Self { role, last, group_info: None, tentative: None, tail: VecDeque::new() }
+    }
+
+    /// Serves `group_info` of `epoch` from now on unless the one served is of a newer epoch; true if it does.
+    fn install_group_info(&mut self, epoch: u64, group_info: Vec<u8>) -> bool {
+        if self.group_info.as_ref().is_some_and(|(e, _)| *e > epoch) {
+            return false;
+        }
+        self.group_info = Some((epoch, group_info));
+        true
     }
 
     /// Remembers a newly appended entry; the tail restarts if it would not be contiguous.
@@ -190,7 +221,7 @@ impl Provider {
                     let hub = HubRoom::restore(state, recs.digests(&name)?, has_portal);
                     let (tx, _) = watch::channel(last);
                     let mut r = Room::new(Role::Hub(hub), tx);
-                    r.group_info = group_info;
+                    r.group_info = group_info.map(|g| (group_info_epoch(&g).unwrap_or(0), g));
                     rooms.insert(name, r);
                 }
                 RoomRecord::Follower { room, hub } => {
@@ -258,18 +289,30 @@ impl Provider {
         Ok(())
     }
 
-    /// Starts following `room` hosted by `hub` (idempotent).
+    /// Starts following `room` hosted by `hub` (idempotent; a follow for updates in flight becomes a lasting one).
     pub async fn follow(&self, room: &str, hub: &str) -> Result<(), ProviderError> {
+        self.follow_as(room, hub, false).await
+    }
+
+    /// [`Provider::follow`], or with `for_update` [`Provider::follow_for_update`].
+    async fn follow_as(&self, room: &str, hub: &str, for_update: bool) -> Result<(), ProviderError> {
         let durable = {
             let mut rooms = lock(&self.inner.rooms);
-            if rooms.contains_key(room) {
+            if let Some(r) = rooms.get_mut(room) {
+                match (&mut r.tentative, for_update) {
+                    (Some(t), true) => t.in_flight += 1,
+                    (t, false) => *t = None,
+                    (None, true) => {}
+                }
                 return Ok(());
             }
             let mut b = Batch::new();
             write::room(&mut b, &RoomRecord::Follower { room: room.to_owned(), hub: hub.to_owned() })?;
             let (tx, _) = watch::channel(0);
             let state = FollowerRoom::new(room, 0);
-            rooms.insert(room.to_owned(), Room::new(Role::Follower { state, hub: hub.to_owned() }, tx));
+            let mut r = Room::new(Role::Follower { state, hub: hub.to_owned() }, tx);
+            r.tentative = for_update.then_some(Tentative { in_flight: 1, accepted: false });
+            rooms.insert(room.to_owned(), r);
             self.inner.store.commit_later(b)
         };
         durable.await.unwrap_or(Err(StoreError::Closed))?;
@@ -424,11 +467,13 @@ impl Provider {
         }
         let accepted = self.submit(room, req.message().clone(), requester, origin.clone()).await?;
         if let UpdateRequest::Commit { welcome, group_info, .. } = req {
-            // Kept unless this was a retry, or another commit already moved the room on.
-            let current = matches!(inspect(&group_info.0), Ok(Inspected::GroupInfo { epoch, .. })
-                if self.epoch(room).ok() == Some(epoch));
-            if !accepted.duplicate && current {
-                self.store_group_info(room, group_info.0.into_bytes()).await?;
+            // Kept unless this was a retry, or another commit already moved the room on (checked again where it
+            // is written: a newer commit may be accepted meanwhile).
+            if !accepted.duplicate {
+                match self.store_group_info(room, group_info.0).await {
+                    Ok(()) | Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => {}
+                    Err(e) => return Err(e),
+                }
             }
             if let Some(w) = welcome {
                 self.submit(room, w, requester, origin).await?;
@@ -440,10 +485,18 @@ impl Provider {
     /// A member hands in the GroupInfo of a room we host (as the client API's `PUT groupInfo`): it must be of the
     /// room's group and current epoch. Kept durably.
     pub async fn put_group_info(&self, room: &str, group_info: MlsMessageBytes) -> Result<(), ProviderError> {
+        self.store_group_info(room, group_info).await
+    }
+
+    /// Keeps `group_info` of a room we host, durably, if it is of the room's group and current epoch. The check
+    /// and the write to the store are one step under the rooms lock (the hub's epoch only moves on, so the store
+    /// never goes back to an older GroupInfo); once durable it is served, unless a newer one is already.
+    async fn store_group_info(&self, room: &str, group_info: MlsMessageBytes) -> Result<(), ProviderError> {
         let Ok(Inspected::GroupInfo { group_id, epoch }) = inspect(&group_info) else {
             return Err(ProviderError::BadRequest("not a GroupInfo".into()));
         };
-        {
+        let group_info = group_info.into_bytes();
+        let durable = {
             let rooms = lock(&self.inner.rooms);
             match rooms.get(room).map(|r| &r.role) {
                 Some(Role::Hub(h)) if h.state().group_id != group_id => {
@@ -458,15 +511,14 @@ impl Provider {
                 }
                 None => return Err(ProviderError::UnknownRoom(room.to_owned())),
             }
+            let mut b = Batch::new();
+            write::group_info(&mut b, room, &group_info);
+            self.inner.store.commit_later(b)
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
+            r.install_group_info(epoch, group_info);
         }
-        self.store_group_info(room, group_info.into_bytes()).await
-    }
-
-    async fn store_group_info(&self, room: &str, group_info: Vec<u8>) -> Result<(), ProviderError> {
-        let mut b = Batch::new();
-        write::group_info(&mut b, room, &group_info);
-        self.inner.store.commit(b).await?;
-        self.set_group_info(room, group_info);
         Ok(())
     }
 
@@ -560,16 +612,19 @@ impl Provider {
 
     /// Sets the room's current GroupInfo (MLSMessage, with the ratchet tree), served to external joiners, in
     /// memory (the portals' room of record republishes it at every start; see [`Provider::put_group_info`]).
-    pub fn set_group_info(&self, room: &str, group_info: Vec<u8>) {
-        if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
-            r.group_info = Some(group_info);
-        }
+    /// Ignored (false) if it is not a GroupInfo, or one of a newer epoch is served already.
+    pub fn set_group_info(&self, room: &str, group_info: Vec<u8>) -> bool {
+        let Some(epoch) = group_info_epoch(&group_info) else { return false };
+        lock(&self.inner.rooms).get_mut(room).is_some_and(|r| r.install_group_info(epoch, group_info))
     }
 
     /// The room's current GroupInfo, if known.
     pub fn group_info(&self, room: &str) -> Result<Option<Vec<u8>>, ProviderError> {
         let rooms = lock(&self.inner.rooms);
-        rooms.get(room).map(|r| r.group_info.clone()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
+        rooms
+            .get(room)
+            .map(|r| r.group_info.as_ref().map(|(_, g)| g.clone()))
+            .ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
     }
 
     /// Entries of a followed room from the hub (notify or log page). Appends what continues the local copy,
@@ -681,6 +736,40 @@ impl Provider {
     /// Welcomes waiting for `user`: `(room, seq of the Welcome)`.
     pub fn invites(&self, user: &str) -> Result<Vec<(String, u64)>, ProviderError> {
         Ok(Records(&self.inner.store).invites(user)?)
+    }
+
+    /// Follows `room` hosted by `hub` for an update one of our clients is about to send there, so that the hub's
+    /// first notify finds the room. A room we did not follow yet is followed tentatively: unless the hub accepts
+    /// one of the updates in flight ([`Provider::update_settled`]), or we receive an entry of the room, or it is
+    /// followed for good meanwhile ([`Provider::follow`]), the follow is undone when the last one settles.
+    pub async fn follow_for_update(&self, room: &str, hub: &str) -> Result<(), ProviderError> {
+        self.follow_as(room, hub, true).await
+    }
+
+    /// The hub answered an update announced with [`Provider::follow_for_update`]: `accepted`, or refused. When the
+    /// last update in flight settles and the hub accepted none (and no entry came), the follow is undone.
+    pub async fn update_settled(&self, room: &str, accepted: bool) -> Result<(), ProviderError> {
+        let durable = {
+            let mut rooms = lock(&self.inner.rooms);
+            let Some(r) = rooms.get_mut(room) else { return Ok(()) };
+            let Some(t) = &mut r.tentative else { return Ok(()) };
+            t.in_flight = t.in_flight.saturating_sub(1);
+            t.accepted |= accepted;
+            if t.in_flight > 0 {
+                return Ok(());
+            }
+            let keep = t.accepted || *r.last.borrow() > 0;
+            r.tentative = None;
+            if keep {
+                return Ok(());
+            }
+            rooms.remove(room);
+            let mut b = Batch::new();
+            write::forget_room(&mut b, room);
+            self.inner.store.commit_later(b)
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(())
     }
 }
 

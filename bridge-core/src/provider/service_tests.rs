@@ -107,3 +107,73 @@ async fn a_follower_keeps_a_copy_of_the_log_and_sends_updates_to_the_hub() {
     assert_eq!(b.followed(), vec![(ROOM.to_owned(), "a.test".to_owned())]);
     assert_eq!(b.last_seq(ROOM).expect("room"), 3);
 }
+
+#[tokio::test]
+async fn a_stale_group_info_never_replaces_a_newer_one() {
+    let (_d, st) = store();
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    let (_g, mut g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false).await.expect("room");
+    let info0 = g.export_group_info(true).expect("group info");
+    let mut infos = Vec::new();
+    for _ in 0..2 {
+        let out = g.self_update().durable_blocking().expect("commit");
+        let info = bytes(out.group_info.expect("group info"));
+        let update = UpdateRequest::Commit {
+            commit: bytes(out.commit),
+            welcome: None,
+            group_info: GroupInfoOption(info.clone()),
+            ratchet_tree: RatchetTreeOption::DistributionService,
+        };
+        a.update(ROOM, update, ALICE, Origin::Client(ALICE.into())).await.expect("accepted");
+        g.merge_pending_commit().durable_blocking().expect("merge");
+        infos.push(info);
+    }
+    assert_eq!(a.epoch(ROOM).expect("epoch"), 2);
+    assert_eq!(a.group_info(ROOM).expect("room"), Some(infos[1].as_bytes().to_vec()));
+    // The first update's GroupInfo, late (it lost the race with the second commit): refused, nothing replaced.
+    let late = a.put_group_info(ROOM, infos[0].clone()).await;
+    assert!(matches!(late, Err(ProviderError::Refused(Refusal::EpochTooOld { current_epoch: 2 }))), "{late:?}");
+    // The room of record's in-memory copy only moves forward too.
+    assert!(!a.set_group_info(ROOM, info0), "an older epoch's GroupInfo is ignored");
+    assert!(!a.set_group_info(ROOM, vec![1, 2, 3]), "not a GroupInfo");
+    assert_eq!(a.group_info(ROOM).expect("room"), Some(infos[1].as_bytes().to_vec()));
+    assert!(a.set_group_info(ROOM, infos[1].as_bytes().to_vec()), "the same epoch's is taken");
+    drop(a);
+    let a = Provider::open("a.test", st).expect("reopen");
+    assert_eq!(a.group_info(ROOM).expect("room"), Some(infos[1].as_bytes().to_vec()), "the store has the newest");
+}
+
+#[tokio::test]
+async fn a_follow_for_an_update_the_hub_refuses_is_forgotten() {
+    let (_d, st) = store();
+    let b = Provider::open("b.test", st.clone()).expect("provider");
+    let other = "mimi://a.test/r/other";
+    // Refused: the room is forgotten, durably.
+    b.follow_for_update(ROOM, "a.test").await.expect("follow");
+    assert_eq!(b.route(ROOM).expect("route"), Route::Follower { hub: "a.test".into() });
+    b.update_settled(ROOM, false).await.expect("settled");
+    assert_eq!(b.route(ROOM).expect("route"), Route::Remote { domain: "a.test".into() });
+    // Two updates in flight, the first refused, the second accepted (answers in either order): kept.
+    b.follow_for_update(other, "a.test").await.expect("follow");
+    b.follow_for_update(other, "a.test").await.expect("follow");
+    b.update_settled(other, false).await.expect("settled");
+    assert_eq!(b.route(other).expect("route"), Route::Follower { hub: "a.test".into() }, "one still in flight");
+    b.update_settled(other, true).await.expect("settled");
+    // A room followed for good is never forgotten by a refusal.
+    b.follow_for_update(other, "a.test").await.expect("follow");
+    b.update_settled(other, false).await.expect("settled");
+    assert_eq!(b.route(other).expect("route"), Route::Follower { hub: "a.test".into() });
+    b.follow_for_update(ROOM, "a.test").await.expect("follow");
+    b.follow(ROOM, "a.test").await.expect("invited meanwhile");
+    b.update_settled(ROOM, false).await.expect("settled");
+    assert_eq!(b.route(ROOM).expect("route"), Route::Follower { hub: "a.test".into() });
+    let third = "mimi://a.test/r/third";
+    b.follow_for_update(third, "a.test").await.expect("follow");
+    b.update_settled(third, false).await.expect("settled");
+    drop(b);
+    let b = Provider::open("b.test", st).expect("reopen");
+    let mut followed = b.followed();
+    followed.sort();
+    assert_eq!(followed, vec![(ROOM.to_owned(), "a.test".to_owned()), (other.to_owned(), "a.test".to_owned())]);
+}
