@@ -72,12 +72,13 @@ fn stdin_lines() -> mpsc::Receiver<String> {
 async fn converse(s: &mut Session, room: &str, mut input: mpsc::Receiver<String>, out: &mut impl Write) -> Res<()> {
     let mut transcript = Transcript::default();
     loop {
-        for m in std::mem::take(&mut s.room(room).inbox) {
-            writeln!(out, "{}", transcript.line(&m)).map_err(|e| format!("standard output: {e}"))?;
+        let pending = s.unprinted(room)?;
+        for u in &pending {
+            writeln!(out, "{}", transcript.line(&u.json)).map_err(|e| format!("standard output: {e}"))?;
         }
         out.flush().map_err(|e| format!("standard output: {e}"))?;
-        s.save()?;
-        let (api, after) = (s.api.clone(), s.cursor(room));
+        s.printed(room, &pending).await?;
+        let (api, after) = (s.api.clone(), s.room(room)?.cursor);
         tokio::select! {
             line = input.recv() => {
                 let Some(line) = line else { break };
@@ -109,7 +110,7 @@ async fn converse(s: &mut Session, room: &str, mut input: mpsc::Receiver<String>
             }
         }
     }
-    s.save()
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,15 +1,16 @@
 //! `mimi-client`: a native MLS client of a mimi-bridge daemon's client API (see `src/mimi_http/` there), as a
 //! library behind two command lines: the `mimi-client` binary and `mimi-bridge client`.
 //!
-//! It holds its own keys and group state in `--state DIR` (an embedded store plus `client.json`); the daemon
-//! only ever sees MLS messages. Commands ([`ClientCommand`]): `register USER`, `create-room NAME`,
+//! It holds its own keys and group state in `--state DIR` (an embedded store plus `client.json`, which holds the
+//! user's URI and token); the daemon only ever sees MLS messages. Commands ([`ClientCommand`]): `register USER`, `create-room NAME`,
 //! `invite ROOM USER`, `invites`, `join ROOM`, `send ROOM TEXT`, `listen ROOM [--json] [--count N]
 //! [--timeout SECS]`, and `chat ROOM` for people. Rooms may be hosted by the client's own server or by another
 //! provider it federates with (`mimi://other.example/r/NAME`); the server forwards. `--server` may be
 //! `https://`: the certificate is checked against `--ca-file` (or the system's CAs) and the URL's host.
 //!
-//! Messages decrypted while catching up before a `send` are kept in the state file and printed by the next
-//! `listen`, so nothing is skipped. `listen` rides out a server restart: it retries until its timeout.
+//! A message decrypted while catching up (before a `send`, say) is kept in the store in the same atomic batch as
+//! the ratchet step that decrypted it, and stays there until `listen` or `chat` has printed it: a crash, or a
+//! `send` that fails afterwards, loses nothing. `listen` rides out a server restart: it retries until its timeout.
 
 mod api;
 mod chat;

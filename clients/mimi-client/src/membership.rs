@@ -35,8 +35,6 @@ pub async fn create_room(s: &mut Session, name: &str) -> Res<()> {
         .map_err(|e| e.to_string())?;
     s.api.post_json("/client/v1/rooms", serde_json::json!({ "name": name, "epoch": group.epoch() })).await?;
     publish_group_info(&s.api, &group, &room).await?;
-    s.room(&room);
-    s.save()?;
     println!("{room}");
     Ok(())
 }
@@ -61,7 +59,7 @@ pub async fn invite(s: &mut Session, room: &str, user: &str) -> Res<()> {
         let out = group.add_members(&[&kp]).durable().await.map_err(|e| e.to_string())?;
         match room::update_with(&s.api, &room, out).await? {
             Verdict::Accepted(seq) => {
-                s.room(&room).own.extend(seq);
+                s.sent(&room, seq).await?;
                 group.merge_pending_commit().durable().await.map_err(|e| e.to_string())?;
                 break;
             }
@@ -71,7 +69,6 @@ pub async fn invite(s: &mut Session, room: &str, user: &str) -> Res<()> {
             }
         }
     }
-    s.save()?;
     println!("invited {target} to {room}");
     Ok(())
 }
@@ -95,8 +92,9 @@ pub async fn join(s: &mut Session, room: &str) -> Res<()> {
         Some(seq) => join_from_welcome(s, &room, seq).await?,
         None => join_by_external_commit(s, &room).await?,
     };
-    s.room(&room).cursor = cursor;
-    s.save()?;
+    let mut rs = s.room(&room)?;
+    rs.cursor = cursor;
+    s.save_room(&room, &rs).await?;
     println!("joined {room}");
     Ok(())
 }

@@ -19,7 +19,8 @@ pub struct Outgoing<'a> {
 }
 
 /// Sends `msg` to `room` (a URI), catching up first (and again if the room moved on); the message id in hex.
-/// Messages decrypted on the way wait in the room's inbox.
+/// Messages decrypted on the way are kept in the store (even if the sending fails) until `listen` or `chat`
+/// prints them.
 pub async fn send(s: &mut Session, room: &str, msg: Outgoing<'_>) -> Res<String> {
     let id_arg = |v: &str| -> Res<[u8; 32]> {
         hex::decode(v).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| format!("{v:?} is not a message id"))
@@ -38,14 +39,13 @@ pub async fn send(s: &mut Session, room: &str, msg: Outgoing<'_>) -> Res<String>
         let ct = group.encrypt(content.bytes()).durable().await.map_err(|e| e.to_string())?;
         match room::submit(&s.api, room, ct).await? {
             Verdict::Accepted(seq) => {
-                s.room(room).own.extend(seq);
+                s.sent(room, seq).await?;
                 break;
             }
             // The room moved on (the server caught up with it): catch up and encrypt again.
             Verdict::EpochTooOld => epoch_moved(&mut tries).await?,
         }
     }
-    s.save()?;
     Ok(content.message_id_with(Some(&s.st.uri), Some(room)).map(hex::encode).unwrap_or_default())
 }
 
@@ -67,19 +67,19 @@ pub async fn listen(s: &mut Session, room: &str, opts: ListenOptions) -> Res<()>
     let mut transcript = Transcript::default();
     let mut printed = 0;
     loop {
-        let rs = s.room(room);
-        let take = opts.count.map_or(rs.inbox.len(), |c| c.saturating_sub(printed).min(rs.inbox.len()));
-        for m in rs.inbox.drain(..take) {
-            println!("{}", if opts.json { m.to_string() } else { transcript.line(&m) });
-            printed += 1;
+        let pending = s.unprinted(room)?;
+        let take = opts.count.map_or(pending.len(), |c| c.saturating_sub(printed).min(pending.len()));
+        for u in &pending[..take] {
+            println!("{}", if opts.json { u.json.to_string() } else { transcript.line(&u.json) });
         }
-        s.save()?;
+        printed += take;
+        s.printed(room, &pending[..take]).await?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if opts.count.is_some_and(|c| printed >= c) || left.is_zero() {
             return Ok(());
         }
         if let Err(e) = catch_up(s, room, left.as_secs().clamp(1, 25)).await {
-            // The server restarts (or its hub is away): keep what was decrypted, wait, ask again.
+            // The server restarts (or its hub is away): wait, ask again (what was decrypted is kept).
             if !api::is_unreachable(&e) {
                 return Err(e);
             }

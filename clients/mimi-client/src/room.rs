@@ -1,12 +1,12 @@
-//! One room as its members see it through the client API: catching up with the room's log (decrypting into the
-//! inbox), and sending MLS messages — application messages with `submit`, commits with `update` (the draft's
-//! HandshakeBundle: commit, Welcome, GroupInfo of the new epoch). Works the same whether the server hosts the
-//! room or forwards to its hub.
+//! One room as its members see it through the client API: catching up with the room's log (decrypted messages
+//! kept in the store until printed), and sending MLS messages — application messages with `submit`, commits with
+//! `update` (the draft's HandshakeBundle: commit, Welcome, GroupInfo of the new epoch). Works the same whether the
+//! server hosts the room or forwards to its hub.
 
 use crate::api::Api;
-use crate::session::{Res, Session};
+use crate::session::{Res, Session, kept_list};
 use bridge_core::content::{Message, PartBody};
-use bridge_core::mls::{CommitOutput, LegacySender, PortalGroup, Received};
+use bridge_core::mls::{CommitOutput, KeptMessage, LegacySender, MlsError, PortalGroup, Received};
 use bridge_core::provider::wire::{
     GroupInfoOption, LogPage, MlsMessageBytes, RatchetTreeOption, UpdateRequest, WireMessage, wire_format,
 };
@@ -42,44 +42,60 @@ fn describe(sender: &str, m: &Message, room: &str) -> serde_json::Value {
     })
 }
 
+/// The JSON line of kept message `k` of `room`; `None` if it is not MIMI content ([`catch_up`] says so).
+pub fn describe_kept(k: &KeptMessage, room: &str) -> Option<serde_json::Value> {
+    let m = Message::decode(&k.plaintext).ok()?;
+    Some(describe(&String::from_utf8_lossy(&k.sender_identity), &m, room))
+}
+
 /// Up to one page of the room's log after `after`; `wait`: how long the server may wait for news (seconds).
 pub async fn fetch(api: &Api, room: &str, after: u64, wait: u64) -> Res<LogPage> {
     let body = api.get(&format!("/client/v1/messages/{}?after={after}&wait={wait}", room_path(room))).await?;
     LogPage::decode(&body).map_err(|e| e.to_string())
 }
 
-/// Processes the room's log after the cursor; decrypted messages go to the inbox. Returns the group. `wait`:
-/// how long the first request may wait for news.
-pub async fn catch_up(s: &mut Session, room: &str, wait: u64) -> Res<PortalGroup> {
-    let page = fetch(&s.api, room, s.cursor(room), wait).await?;
+/// Processes the room's log after the cursor; decrypted messages are kept in the store until printed (see
+/// [`crate::session`]). Returns the group. `wait`: how long the first request may wait for news.
+pub async fn catch_up(s: &Session, room: &str, wait: u64) -> Res<PortalGroup> {
+    let page = fetch(&s.api, room, s.room(room)?.cursor, wait).await?;
     catch_up_from(s, room, page).await
 }
 
 /// [`catch_up`] with its first page already fetched.
-pub async fn catch_up_from(s: &mut Session, room: &str, mut page: LogPage) -> Res<PortalGroup> {
+///
+/// Each entry's ratchet step, the plaintext it yields and the cursor past the entry are one atomic batch of the
+/// store, durable before the next entry is looked at: an error or a crash at any point (a page that cannot be
+/// fetched, a `send` whose submit fails afterwards) loses no decrypted message and processes no entry twice.
+pub async fn catch_up_from(s: &Session, room: &str, mut page: LogPage) -> Res<PortalGroup> {
     let (provider, member) = (s.keys.provider.clone(), s.keys.member.clone());
     let mut group = PortalGroup::load(provider, member, room.as_bytes()).map_err(|e| e.to_string())?;
+    let list = kept_list(room);
+    let mut rs = s.room(room)?;
     while !page.0.is_empty() {
-        let rs = s.room(room);
         for e in page.0 {
             rs.cursor = e.seq;
             // Our own messages, and Welcomes (for those who join, not for members), are not for us to process.
             if rs.own.remove(&e.seq) || e.fanout.message.wire_format() == wire_format::WELCOME {
                 continue;
             }
-            match group.process(e.fanout.message.as_bytes()).durable().await {
-                Ok(Received::Application { sender_identity, plaintext, .. }) => {
-                    let sender = String::from_utf8_lossy(&sender_identity).into_owned();
-                    match Message::decode(&plaintext) {
-                        Ok(m) => rs.inbox.push(describe(&sender, &m, room)),
-                        Err(err) => eprintln!("discarded a message that is not MIMI content: {err}"),
+            // The cursor joins the batch of the ratchet step (and of the kept plaintext).
+            s.put_room(room, &rs)?;
+            match group.process_and_keep(e.fanout.message.as_bytes(), e.seq, &list, rs.printed).durable().await {
+                Ok(Received::Application { plaintext, .. }) => {
+                    if let Err(err) = Message::decode(&plaintext) {
+                        eprintln!("discarded a message that is not MIMI content: {err}");
                     }
                 }
                 Ok(_) => {}
+                Err(err @ (MlsError::NotDurable(_) | MlsError::Storage(_))) => {
+                    return Err(format!("the client's store: {err}"));
+                }
                 Err(err) => eprintln!("entry {}: {err}", e.seq),
             }
         }
-        page = fetch(&s.api, room, s.cursor(room), 0).await?;
+        // The cursor past entries skipped at the end of the page.
+        s.save_room(room, &rs).await?;
+        page = fetch(&s.api, room, rs.cursor, 0).await?;
     }
     Ok(group)
 }
