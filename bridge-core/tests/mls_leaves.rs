@@ -157,3 +157,30 @@ fn leaves_are_found_again_after_a_restart() {
     add_leaf(&mut leaves, &mut g, &mut gb, CAROL);
     leaf_says(&mut leaves, ALICE, "alice still works", &mut [&mut gb]);
 }
+
+/// The idle clock survives a restart: a leaf silent for 50 s before it is past a 40 s idle time right after.
+#[test]
+fn a_leafs_silence_counts_across_a_restart() {
+    let (bd, pd) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let ps = open_store(pd.path());
+    let policy = LeafPolicy { idle_after: Duration::from_secs(40), max_leaves: 10 };
+    let _gb = {
+        let bs = open_store(bd.path());
+        let (mut g, mut gb) = portal(&bs, &ps);
+        let mut leaves = UserLeaves::open(bs.clone(), EngineConfig::default(), policy.clone(), &g).expect("open");
+        add_leaf(&mut leaves, &mut g, &mut gb, ALICE);
+        add_leaf(&mut leaves, &mut g, &mut gb, CAROL);
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(50)).expect("clock");
+        leaves.group_mut(ALICE, long_ago).expect("alice");
+        leaves.group_mut(CAROL, Instant::now()).expect("carol");
+        assert_eq!(leaves.idle(Instant::now()), vec![ALICE.to_owned()]);
+        leaves.save_activity(&g).expect("saved");
+        // The record goes to disk with the bridge's next operation.
+        g.encrypt(b"x").durable_blocking().expect("an operation");
+        gb
+    };
+    let bs = open_store(bd.path());
+    let g = Client::new(&bs, "bridge").load(GROUP);
+    let leaves = UserLeaves::open(bs.clone(), EngineConfig::default(), policy, &g).expect("reopen");
+    assert_eq!(leaves.idle(Instant::now()), vec![ALICE.to_owned()], "alice was silent before the restart too");
+}

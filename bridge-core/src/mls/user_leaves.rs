@@ -21,7 +21,8 @@
 //! must not share keys, and one storage exists per namespace). The list of a portal's leaves is an engine record
 //! in the bridge's storage, written in the same batch as the bridge's merge of the commit, so that
 //! [`UserLeaves::open`] finds them again after a restart (a leaf a native member removed meanwhile is skipped).
-//! The idle clock restarts with the process. The portals use them through `provider::room` (`room/leaves.rs`);
+//! When each leaf last spoke is saved by the periodic sweep, so the idle clock survives restarts (to within one
+//! sweep). The portals use them through `provider::room` (`room/leaves.rs`);
 //! a leaf commits only its own key updates ([`UserLeaves::update`], driven by `room/keys.rs`).
 
 use super::config::EngineConfig;
@@ -91,10 +92,17 @@ struct Leaf {
     last_active: Instant,
 }
 
-/// The list of a portal's leaves, as stored.
+/// The list of a portal's leaves, as stored, with when each was last active (UNIX seconds; written by
+/// [`UserLeaves::save_activity`], so the idle clock survives restarts to within one sweep).
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct LeavesRecord {
     uris: Vec<String>,
+    #[serde(default)]
+    active: BTreeMap<String, u64>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The per-user leaves of one portal. See the module documentation.
@@ -109,6 +117,8 @@ pub struct UserLeaves {
     leaves: BTreeMap<String, Leaf>,
     /// The leaf being added (identity and KeyPackage made, commit pending).
     adding: Option<String>,
+    /// A leaf spoke since the activity was last saved.
+    activity_unsaved: bool,
 }
 
 impl std::fmt::Debug for UserLeaves {
@@ -140,15 +150,19 @@ impl UserLeaves {
             identities: HashMap::new(),
             leaves: BTreeMap::new(),
             adding: None,
+            activity_unsaved: false,
         };
         let record: LeavesRecord = bridge.storage_record(&me.record_name())?.unwrap_or_default();
-        let now = Instant::now();
+        let (now, unix) = (Instant::now(), unix_now());
         for uri in record.uris {
+            // A leaf last active N seconds ago (as saved) is that much closer to its idle removal.
+            let silent = Duration::from_secs(unix.saturating_sub(record.active.get(&uri).copied().unwrap_or(unix)));
+            let last_active = now.checked_sub(silent).unwrap_or(now);
             // Listed leaves have their signature key stored already: nothing new to wait for.
             let (id, _) = me.identity(&uri)?;
             match PortalGroup::load(id.provider, id.member, &me.group_id) {
                 Ok(group) => {
-                    me.leaves.insert(uri, Leaf { group, last_active: now });
+                    me.leaves.insert(uri, Leaf { group, last_active });
                 }
                 // Removed by a native member's commit (its state was deleted then, the list is rewritten with the
                 // next change of leaves): not a leaf any more.
@@ -208,6 +222,7 @@ impl UserLeaves {
     pub fn group_mut(&mut self, uri: &str, now: Instant) -> Option<&mut PortalGroup> {
         let leaf = self.leaves.get_mut(uri)?;
         leaf.last_active = now;
+        self.activity_unsaved = true;
         Some(&mut leaf.group)
     }
 
@@ -232,6 +247,26 @@ impl UserLeaves {
         let added = Some(uri.to_owned());
         let commit = bridge.add_members(&[&kp]).map(|commit| LeafChange { commit, added, removed: vec![] });
         Ok(AddLeaf::Committed(commit.and_durable(made.and(kp_durable))))
+    }
+
+    /// The stored form of the list of leaves and their activity.
+    fn record(&self) -> LeavesRecord {
+        let (now, unix) = (Instant::now(), unix_now());
+        let active = self
+            .leaves
+            .iter()
+            .map(|(u, l)| (u.clone(), unix.saturating_sub(now.saturating_duration_since(l.last_active).as_secs())))
+            .collect();
+        LeavesRecord { uris: self.leaves.keys().cloned().collect(), active }
+    }
+
+    /// Saves when each leaf was last active, if a leaf spoke since the last save, into the bridge's storage (it
+    /// goes to disk with the bridge's next operation). Called by the periodic sweep, not per message.
+    pub fn save_activity(&mut self, bridge: &PortalGroup) -> Result<(), MlsError> {
+        if std::mem::take(&mut self.activity_unsaved) {
+            bridge.put_storage_record(&self.record_name(), &self.record())?;
+        }
+        Ok(())
     }
 
     /// The users whose leaves were silent for longer than [`LeafPolicy::idle_after`] at `now`.
@@ -291,7 +326,7 @@ impl UserLeaves {
             None => Ok(()),
         };
         // The list of leaves goes into the bridge's batch with its merge.
-        let record = LeavesRecord { uris: self.leaves.keys().cloned().collect() };
+        let record = self.record();
         if let Err(e) = bridge.put_storage_record(&self.record_name(), &record) {
             return Pending::failed(e);
         }

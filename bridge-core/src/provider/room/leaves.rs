@@ -160,8 +160,14 @@ impl MlsRoom {
         }
     }
 
-    /// Removes the leaves silent for longer than the portal's idle time, in one commit by the bridge's leaf.
+    /// Saves the leaves' activity, then removes the leaves silent for longer than the portal's idle time, in one
+    /// commit by the bridge's leaf.
     pub(super) async fn sweep_idle_leaves(&self, portal: &PortalId, s: &mut Slot) -> Result<(), GroupError> {
+        if let Slot { group, leaves: Some(leaves), .. } = s
+            && let Err(e) = leaves.save_activity(group)
+        {
+            tracing::warn!(portal = %portal, error = %e, "per-user leaves' activity not saved");
+        }
         let now = Instant::now();
         if s.leaves.as_ref().is_none_or(|l| l.idle(now).is_empty()) {
             return Ok(());
