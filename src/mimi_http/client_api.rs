@@ -143,6 +143,24 @@ pub(super) async fn group_info(
     }
 }
 
+/// `POST /client/v1/groupInfo/{roomId}`: a client's own signed `GroupInfoRequest` → the hub's
+/// `GroupInfoResponse` (ours, or the remote hub's unchanged).
+pub(super) async fn post_group_info(
+    State(s): State<MimiState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Fail> {
+    user(&s, &headers)?;
+    let room = room_of(&room);
+    let request = super::peer::verified_group_info_request(&body)?;
+    match remote_hub(&s, &room) {
+        Ok(None) | Err(Fail(StatusCode::NOT_FOUND, _)) => super::peer::answer_group_info(&s, &room, &request).await,
+        Ok(Some(hub)) => outbound::group_info_request(&s, &room, &hub, body.to_vec()).await,
+        Err(e) => Err(e),
+    }
+}
+
 pub(super) async fn put_group_info(
     State(s): State<MimiState>,
     Path(room): Path<String>,

@@ -21,7 +21,7 @@
 //! | `POST /v1/submitMessage/{roomId}` | `SubmitMessageRequest` → `SubmitMessageResponse`; accepted: header `Mimi-Sequence: N` (hub) |
 //! | `POST /v1/update/{roomId}` | `UpdateRequest`, header `Mimi-User: REQUESTER` → `UpdateRoomResponse`; success: `Mimi-Sequence: N` (hub) |
 //! | `POST /v1/notify/{roomId}` | `FanoutMessage`, header `Mimi-Sequence: N` → 201 (follower; only from the room's hub) |
-//! | `POST /v1/groupInfo/{roomId}` | (body ignored) → the room's GroupInfo MLSMessage, unencrypted (deviation) (hub) |
+//! | `POST /v1/groupInfo/{roomId}` | `GroupInfoRequest` (signature checked: 400 if bad) → `GroupInfoResponse`: `notAuthorized` for an invite-only room unless the requester's basic credential is a participant, `noSuchRoom` for an unknown room; the GroupInfo keeps its embedded ratchet tree (`RatchetTreeOption` `distributionService`) (hub) |
 //! | `POST /v1/keyMaterial/{targetUser}` | `KeyMaterialRequest` (unsigned: deviation) → `KeyMaterialResponse` |
 //! | `GET /v1/log/{roomId}?after=N` | our extension: `LogPage` of the hub's log after N (at most 256 entries and [`MAX_PAGE_BYTES`], one entry at least), for the room's followers |
 //!
@@ -42,7 +42,8 @@
 //! | `POST /client/v1/register` | JSON `{"user": NAME-or-URI, "token"?: REG-TOKEN}` → `{"uri","token"}` |
 //! | `POST /client/v1/keyPackages` | concatenated KeyPackage MLSMessages → 204 |
 //! | `POST /client/v1/rooms` | JSON `{"name", "epoch"}` (group id = room URI) → `{"room"}` (creator's room) |
-//! | `GET /client/v1/groupInfo/{roomId}` | → GroupInfo MLSMessage (with ratchet tree) |
+//! | `POST /client/v1/groupInfo/{roomId}` | the client's own signed `GroupInfoRequest` → the hub's `GroupInfoResponse` (ours, or the remote hub's from its `/v1/groupInfo`, unchanged); the client verifies and decrypts it |
+//! | `GET /client/v1/groupInfo/{roomId}` | legacy → GroupInfo MLSMessage (with ratchet tree); for a remote hub the daemon asks with a request signed by its own hub key (`mimi://DOMAIN`), so only open rooms answer |
 //! | `PUT /client/v1/groupInfo/{roomId}` | GroupInfo MLSMessage of the current epoch → 204 (hosted rooms; participants only, 403 otherwise) |
 //! | `POST /client/v1/keyPackage/{userUri}?room=R` | → one claimed KeyPackage of the user; once claimed, adds them to R's participants (R hosted here; the caller must be a participant, 403 otherwise) |
 //! | `POST /client/v1/update/{roomId}` | `UpdateRequest` (commit + Welcome + GroupInfo, or proposals) → `{"seq"}`; 409 `{"error":"epoch_too_old","current_epoch"}` |
@@ -52,8 +53,8 @@
 //!
 //! ## Rooms hosted by another provider
 //!
-//! For a room whose hub is a configured peer the daemon is its clients' go-between: `groupInfo` is fetched from
-//! the hub (`/v1/groupInfo`), `update` goes to the hub's `/v1/update` (we follow the room from then on; a room we
+//! For a room whose hub is a configured peer the daemon is its clients' go-between: a client's `GroupInfoRequest` is passed
+//! to the hub's `/v1/groupInfo`, `update` goes to the hub's `/v1/update` (we follow the room from then on; a room we
 //! did not follow yet is followed tentatively and forgotten again if the hub refuses the update:
 //! [`Provider::follow_for_update`]),
 //! `submit` — application messages only — to its `/v1/submitMessage`, and `messages` reads our copy of the hub's
@@ -133,7 +134,10 @@ pub fn router(state: MimiState) -> Router {
         .route("/client/v1/register", post(client_api::register))
         .route("/client/v1/keyPackages", post(client_api::upload_key_packages))
         .route("/client/v1/rooms", post(client_api::create_room))
-        .route("/client/v1/groupInfo/{*room}", get(client_api::group_info).put(client_api::put_group_info))
+        .route(
+            "/client/v1/groupInfo/{*room}",
+            get(client_api::group_info).post(client_api::post_group_info).put(client_api::put_group_info),
+        )
         .route("/client/v1/keyPackage/{*user}", post(client_api::claim_key_package))
         .route("/client/v1/update/{*room}", post(client_api::update))
         .route("/client/v1/submit/{*room}", post(client_api::submit))

@@ -10,8 +10,9 @@ use bridge_core::provider::follower::{CatchUpBackoff, CatchUpStep};
 use bridge_core::provider::notifier::Outcome;
 use bridge_core::provider::service::Provider;
 use bridge_core::provider::wire::{
-    KeyMaterialRequest, KeyMaterialResponse, KeyMaterialUserCode, LogPage, MlsMessageBytes, SubmitMessageRequest,
-    SubmitMessageResponse, UpdateRoomResponse, WireMessage, wire_format,
+    DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, KeyMaterialRequest, KeyMaterialResponse,
+    KeyMaterialUserCode, LogPage, MlsMessageBytes, SubmitMessageRequest, SubmitMessageResponse, UpdateRoomResponse,
+    WireMessage, wire_format,
 };
 use bridge_core::provider::{NotifyQueue, PeerNotify};
 use std::collections::HashMap;
@@ -119,18 +120,48 @@ pub(super) async fn update(
     }
 }
 
-/// The GroupInfo of a room hosted by `hub` (`/v1/groupInfo`).
-pub(super) async fn group_info(s: &MimiState, room: &str, hub: &str) -> Result<Response, Fail> {
+/// Passes a client's `GroupInfoRequest` for a room hosted by `hub` to its `/v1/groupInfo` and answers the hub's
+/// `GroupInfoResponse` unchanged (checked to decode; the client verifies and decrypts it).
+pub(super) async fn group_info_request(
+    s: &MimiState,
+    room: &str,
+    hub: &str,
+    request: Vec<u8>,
+) -> Result<Response, Fail> {
     let url = format!("{}/v1/groupInfo/{}", base(s, hub)?, path_of(room));
-    let a = s.peers.request("POST", &url, s.provider.domain(), &[], Vec::new()).await.map_err(bad_gateway)?;
+    let a = s.peers.request("POST", &url, s.provider.domain(), &[], request).await.map_err(bad_gateway)?;
     if a.status != 200 {
         return Err(unexpected(&a, "groupInfo"));
     }
-    let gi = MlsMessageBytes::new(a.body).map_err(bad_gateway)?;
-    if gi.wire_format() != wire_format::GROUP_INFO {
-        return Err(bad_gateway("the hub's answer is not a GroupInfo"));
+    GroupInfoResponse::decode(&a.body).map_err(bad_gateway)?;
+    Ok(tls(a.body))
+}
+
+/// The GroupInfo MLSMessage of a room hosted by `hub`, fetched with a `GroupInfoRequest` signed by this provider's
+/// own key and credential (`mimi://DOMAIN`; so only open rooms answer) — for the client API's legacy `GET`.
+pub(super) async fn group_info(s: &MimiState, room: &str, hub: &str) -> Result<Response, Fail> {
+    let signer = s.provider.hub_signer().await?;
+    let internal = |e: &dyn std::fmt::Display| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let credential = signer.sender.credential.credential().map_err(|e| internal(&e))?;
+    let (request, secret) =
+        GroupInfoRequest::new(DEFAULT_CIPHERSUITE, &signer, &signer.sender.signature_key, &credential, None)
+            .map_err(|e| internal(&e))?;
+    let body = request.encode().map_err(|e| internal(&e))?;
+    let url = format!("{}/v1/groupInfo/{}", base(s, hub)?, path_of(room));
+    let a = s.peers.request("POST", &url, s.provider.domain(), &[], body).await.map_err(bad_gateway)?;
+    if a.status != 200 {
+        return Err(unexpected(&a, "groupInfo"));
     }
-    Ok(tls(gi.into_bytes()))
+    let response = GroupInfoResponse::decode(&a.body).map_err(bad_gateway)?;
+    match response.status() {
+        GroupInfoCode::Success => {}
+        GroupInfoCode::NotAuthorized => {
+            return Err(Fail(StatusCode::FORBIDDEN, "the hub refused the GroupInfo".into()));
+        }
+        GroupInfoCode::NoSuchRoom => return Err(Fail(StatusCode::NOT_FOUND, format!("unknown room {room}"))),
+    }
+    let tbe = response.open(room.as_bytes(), &secret).map_err(bad_gateway)?;
+    Ok(tls(tbe.group_info.into_bytes()))
 }
 
 /// Claims a KeyPackage of `target`, another provider's user, for `room` on behalf of our `requester`

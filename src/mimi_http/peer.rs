@@ -10,9 +10,9 @@ use bridge_core::provider::hub::{Origin, Refusal};
 use bridge_core::provider::service::{ProviderError, Route, uri_domain};
 use bridge_core::provider::wire::key_material::CIPHERSUITE_1;
 use bridge_core::provider::wire::{
-    ClientKeyMaterial, ClientMaterial, FanoutMessage, KeyMaterialRequest, KeyMaterialResponse, KeyMaterialUserCode,
-    MlsMessageBytes, SequencedFanout, SubmitMessageRequest, SubmitMessageResponse, UpdateRequest, UpdateRoomResponse,
-    WireMessage,
+    ClientKeyMaterial, ClientMaterial, FanoutMessage, GroupInfoRequest, KeyMaterialRequest, KeyMaterialResponse,
+    KeyMaterialUserCode, MlsMessageBytes, SequencedFanout, SubmitMessageRequest, SubmitMessageResponse, UpdateRequest,
+    UpdateRoomResponse, WireMessage,
 };
 
 /// An encoded answer with our `Mimi-Sequence` header.
@@ -103,12 +103,27 @@ pub(super) async fn group_info(
     State(s): State<MimiState>,
     Path(room): Path<String>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Response, Fail> {
     peer_of(&s, &headers)?;
-    local_group_info(&s, &room_of(&room))
+    let request = verified_group_info_request(&body)?;
+    answer_group_info(&s, &room_of(&room), &request).await
 }
 
-/// The GroupInfo of a room we host.
+/// A `GroupInfoRequest` whose signature verifies (400 otherwise).
+pub(super) fn verified_group_info_request(body: &[u8]) -> Result<GroupInfoRequest, Fail> {
+    let request = GroupInfoRequest::decode(body).map_err(bad)?;
+    request.verify().map_err(|e| bad(format!("GroupInfoRequest: {e}")))?;
+    Ok(request)
+}
+
+/// Our answer, as the room's hub, to a verified `GroupInfoRequest`: a `GroupInfoResponse` (`noSuchRoom` for a
+/// room we do not know), 421 for a room we follow.
+pub(super) async fn answer_group_info(s: &MimiState, room: &str, request: &GroupInfoRequest) -> Result<Response, Fail> {
+    encode(&s.provider.answer_group_info(room, request).await?)
+}
+
+/// The GroupInfo MLSMessage of a room we host (for the client API's `GET`).
 pub(super) fn local_group_info(s: &MimiState, room: &str) -> Result<Response, Fail> {
     if let Route::Follower { hub } = s.provider.route(room)? {
         return Err(ProviderError::NotHub { room: room.to_owned(), hub }.into());

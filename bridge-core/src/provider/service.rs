@@ -16,8 +16,11 @@
 use super::follower::{FollowerAction, FollowerRoom};
 use super::hub::{Accepted, HubAction, HubRoom, JoinPolicy, Origin, Refusal};
 use super::inspect::{Inspected, inspect};
-use super::log::{Records, RoomRecord, UserRecord, write};
-use super::wire::{MlsMessageBytes, SequencedFanout, UpdateRequest};
+use super::log::{HUB_LOG, Records, RoomRecord, UserRecord, write};
+use super::wire::{
+    GroupInfoCode, GroupInfoRatchetTreeTbe, GroupInfoRequest, GroupInfoResponse, HubSigner, MlsMessageBytes,
+    RatchetTreeOption, SequencedFanout, UpdateRequest, WireMessage,
+};
 use crate::store::{Batch, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -167,6 +170,8 @@ struct Inner {
     outbound_rx: Mutex<Option<mpsc::UnboundedReceiver<PeerNotify>>>,
     /// Serialises follower appends per process (they are rare and short).
     follower_lock: tokio::sync::Mutex<()>,
+    /// The key `GroupInfoResponse`s are signed with (loaded or made on first use).
+    hub_signer: tokio::sync::OnceCell<HubSigner>,
 }
 
 /// The MIMI provider of this daemon: hub of its rooms, follower of others, home of native users.
@@ -240,6 +245,7 @@ impl Provider {
                 outbound,
                 outbound_rx: Mutex::new(Some(rx)),
                 follower_lock: tokio::sync::Mutex::new(()),
+                hub_signer: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -616,6 +622,71 @@ impl Provider {
     pub fn set_group_info(&self, room: &str, group_info: Vec<u8>) -> bool {
         let Some(epoch) = group_info_epoch(&group_info) else { return false };
         lock(&self.inner.rooms).get_mut(room).is_some_and(|r| r.install_group_info(epoch, group_info))
+    }
+
+    /// This provider's signing identity as a hub (`hub_sender` of `GroupInfoResponse`s): an Ed25519 key made once
+    /// and kept in the store, with a basic credential `mimi://DOMAIN`.
+    pub async fn hub_signer(&self) -> Result<HubSigner, ProviderError> {
+        const KEY: &[u8] = b"\0hub_signer";
+        let signer = self
+            .inner
+            .hub_signer
+            .get_or_try_init(|| async {
+                if let Some(bytes) = self.inner.store.get(HUB_LOG, KEY)? {
+                    return HubSigner::decode(&bytes)
+                        .map_err(|e| ProviderError::BadRequest(format!("stored hub key: {e}")));
+                }
+                let identity = format!("mimi://{}", self.inner.domain);
+                let signer = HubSigner::generate(identity.as_bytes())
+                    .map_err(|e| ProviderError::BadRequest(format!("hub key: {e}")))?;
+                let bytes = signer.encode().map_err(|e| ProviderError::BadRequest(format!("hub key: {e}")))?;
+                let mut b = Batch::new();
+                b.put(HUB_LOG, KEY.to_vec(), bytes);
+                self.inner.store.commit(b).await?;
+                Ok::<_, ProviderError>(signer)
+            })
+            .await?;
+        Ok(signer.clone())
+    }
+
+    /// The hub's answer to a `GroupInfoRequest` for `room` (draft-ietf-mimi-protocol-06 §5.6), whose signature
+    /// the caller has checked. Open rooms answer anyone; invite-only rooms only a requester whose basic
+    /// credential's identity is on the participant list (else `notAuthorized`). Unknown rooms, and rooms without
+    /// a GroupInfo yet, answer `noSuchRoom`; a room we follow is [`ProviderError::NotHub`]. The GroupInfo keeps
+    /// its embedded ratchet tree (`RatchetTreeOption::DistributionService`); no pending proposals are listed.
+    pub async fn answer_group_info(
+        &self,
+        room: &str,
+        request: &GroupInfoRequest,
+    ) -> Result<GroupInfoResponse, ProviderError> {
+        let failure = |status| GroupInfoResponse::Failure { room_id: room.as_bytes().to_vec(), status };
+        let identity = request.tbs.requesting_credential.basic_identity().and_then(|i| String::from_utf8(i).ok());
+        let group_info = {
+            let rooms = lock(&self.inner.rooms);
+            let Some(r) = rooms.get(room) else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };
+            match &r.role {
+                Role::Follower { hub, .. } => {
+                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+                }
+                Role::Hub(h) => {
+                    let st = h.state();
+                    let allowed =
+                        st.policy == JoinPolicy::Open || identity.as_ref().is_some_and(|i| st.participants.contains(i));
+                    if !allowed {
+                        return Ok(failure(GroupInfoCode::NotAuthorized));
+                    }
+                }
+            }
+            r.group_info.as_ref().map(|(_, g)| g.clone())
+        };
+        let Some(group_info) = group_info else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };
+        let tbe = GroupInfoRatchetTreeTbe {
+            group_info: MlsMessageBytes::new(group_info).map_err(|e| ProviderError::BadRequest(e.to_string()))?,
+            ratchet_tree: RatchetTreeOption::DistributionService,
+            pending_proposals: Vec::new(),
+        };
+        let signer = self.hub_signer().await?;
+        signer.respond(request, room.as_bytes(), &tbe).map_err(|e| ProviderError::BadRequest(e.to_string()))
     }
 
     /// The room's current GroupInfo, if known.

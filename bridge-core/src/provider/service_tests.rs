@@ -177,3 +177,40 @@ async fn a_follow_for_an_update_the_hub_refuses_is_forgotten() {
     followed.sort();
     assert_eq!(followed, vec![(ROOM.to_owned(), "a.test".to_owned()), (other.to_owned(), "a.test".to_owned())]);
 }
+
+#[tokio::test]
+async fn an_invite_only_hub_answers_group_info_requests_of_participants_only() {
+    use super::wire::{
+        DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, HubSigner, WireMessage,
+    };
+    let (_d, st) = store();
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    let (_g, g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Invite, false).await.expect("room");
+    a.put_group_info(ROOM, bytes(g.export_group_info(true).expect("group info"))).await.expect("group info");
+    let ask = |who: &str| {
+        let key = HubSigner::generate(who.as_bytes()).expect("key");
+        let credential = key.sender.credential.credential().expect("credential");
+        GroupInfoRequest::new(DEFAULT_CIPHERSUITE, &key, &key.sender.signature_key, &credential, None).expect("req")
+    };
+    let (mallory, _) = ask("mimi://b.test/u/mallory");
+    mallory.verify().expect("signed");
+    let answer = a.answer_group_info(ROOM, &mallory).await.expect("answer");
+    assert_eq!(answer.status(), GroupInfoCode::NotAuthorized);
+    assert_eq!(GroupInfoResponse::decode(&answer.encode().expect("enc")).expect("dec"), answer);
+
+    let (alice, secret) = ask(ALICE);
+    let answer = a.answer_group_info(ROOM, &alice).await.expect("answer");
+    let tbe = answer.open(ROOM.as_bytes(), &secret).expect("opens");
+    assert_eq!(tbe.group_info.as_bytes(), a.group_info(ROOM).expect("room").expect("gi").as_slice());
+    assert_eq!(
+        a.answer_group_info("mimi://a.test/r/nowhere", &alice).await.expect("answer").status(),
+        GroupInfoCode::NoSuchRoom
+    );
+
+    // The hub key survives a restart.
+    let key = a.hub_signer().await.expect("key").sender;
+    drop(a);
+    let a = Provider::open("a.test", st).expect("reopen");
+    assert_eq!(a.hub_signer().await.expect("key").sender, key);
+}

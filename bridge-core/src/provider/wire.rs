@@ -7,7 +7,7 @@
 //!
 //! Implemented: `SubmitMessageRequest`/`SubmitMessageResponse` (§5.4), `FanoutMessage` (§5.5), `UpdateRequest`
 //! (`HandshakeBundle`) / `UpdateRoomResponse` (§5.3), `KeyMaterialRequest`/`KeyMaterialResponse` (§5.2, in
-//! [`key_material`]; requests are unsigned), `IdentifierUri`. Franks are never produced (the optional `Frank` is
+//! [`key_material`]; requests are unsigned), `GroupInfoRequest`/`GroupInfoResponse` (§5.6, in [`group_info`]), `IdentifierUri`. Franks are never produced (the optional `Frank` is
 //! always absent), `PartialGroupInfo` and `SemiPrivateMessage` are not supported.
 //!
 //! One extension of ours, since the draft has no way for a follower to catch up after downtime:
@@ -19,7 +19,12 @@ use openmls::prelude::MlsMessageIn;
 use openmls::prelude::tls_codec::Deserialize as _;
 use tls_codec::{DeserializeBytes, Serialize, VLBytes};
 
+pub mod group_info;
 pub mod key_material;
+pub use group_info::{
+    DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRatchetTreeTbe, GroupInfoRequest, GroupInfoRequestSecret,
+    GroupInfoRequestTbs, GroupInfoResponse, GroupInfoResponseTbs, HubSigner, PendingProposal,
+};
 pub use key_material::{
     ClientKeyMaterial, ClientMaterial, KeyMaterialRequest, KeyMaterialResponse, KeyMaterialUserCode,
 };

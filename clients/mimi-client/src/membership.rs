@@ -5,7 +5,9 @@ use crate::room::{self, Verdict, catch_up, epoch_moved, publish_group_info, room
 use crate::session::{Res, Session, State};
 use crate::transport::Server;
 use bridge_core::mls::{EngineConfig, PortalGroup, key_packages};
-use bridge_core::provider::wire::LogPage;
+use bridge_core::provider::wire::{
+    DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, LogPage, WireMessage,
+};
 use std::path::Path;
 
 /// Registers `user` with the server, creates their keys in `dir` and uploads KeyPackages; prints the URI.
@@ -112,11 +114,38 @@ async fn join_from_welcome(s: &mut Session, room: &str, seq: u64) -> Res<u64> {
     Ok(seq)
 }
 
+/// The room's GroupInfo MLSMessage (with its ratchet tree embedded), claimed from the hub with a
+/// `GroupInfoRequest` signed by our member key (draft-ietf-mimi-protocol-06 §5.6): the answer is checked against
+/// the signature key the hub names in it (trusting that key rests on TLS to our provider and the provider-to-provider
+/// mTLS to the room's hub) and decrypted with the request's one-time HPKE key.
+async fn fetch_group_info(s: &Session, room: &str) -> Res<Vec<u8>> {
+    let member = &s.keys.member;
+    let cwk = member.credential();
+    let (request, secret) = GroupInfoRequest::new(
+        DEFAULT_CIPHERSUITE,
+        member.signer(),
+        cwk.signature_key.as_slice(),
+        &cwk.credential,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let body = request.encode().map_err(|e| e.to_string())?;
+    let answer = s.api.post_raw_ok(&format!("/client/v1/groupInfo/{}", room_path(room)), body).await?;
+    let response = GroupInfoResponse::decode(&answer).map_err(|e| format!("the GroupInfo answer: {e}"))?;
+    match response.status() {
+        GroupInfoCode::Success => {}
+        GroupInfoCode::NotAuthorized => return Err(format!("not allowed to join {room}")),
+        GroupInfoCode::NoSuchRoom => return Err(format!("no such room {room}")),
+    }
+    let tbe = response.open(room.as_bytes(), &secret).map_err(|e| format!("the GroupInfo answer: {e}"))?;
+    Ok(tbe.group_info.into_bytes())
+}
+
 /// Joins by external commit from the room's GroupInfo; the cursor after the commit.
 async fn join_by_external_commit(s: &mut Session, room: &str) -> Res<u64> {
     let mut tries = 0;
     loop {
-        let gi = s.api.get(&format!("/client/v1/groupInfo/{}", room_path(room))).await?;
+        let gi = fetch_group_info(s, room).await?;
         let (provider, member) = (s.keys.provider.clone(), s.keys.member.clone());
         let (mut group, commit) =
             PortalGroup::rejoin_by_external_commit(provider, member, &EngineConfig::default(), &gi, None)

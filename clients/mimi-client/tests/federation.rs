@@ -8,7 +8,10 @@
 
 mod common;
 
-use bridge_core::provider::wire::{SubmitMessageResponse, WireMessage};
+use bridge_core::provider::wire::{
+    DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, HubSigner, SubmitMessageResponse,
+    WireMessage,
+};
 use common::daemon::{Daemon, free_port};
 use common::relay::Relay;
 use common::{Spawned, client, texts};
@@ -47,7 +50,17 @@ fn two_daemons_share_a_room_across_a_crash_and_an_epoch_change() {
     assert_eq!(status(notify, "a.test", &[("mimi-sequence", "1")], vec![0, 1]), 400, "malformed FanoutMessage");
     let key_material = format!("{server_b}/v1/keyMaterial/b.test/u/bob");
     assert_eq!(status(key_material, "a.test", &[], b"\x01junk".to_vec()), 400, "malformed KeyMaterialRequest");
-    assert_eq!(status(format!("{server_a}/v1/groupInfo/a.test/r/nowhere"), "b.test", &[], Vec::new()), 404);
+    let group_info = format!("{server_a}/v1/groupInfo/a.test/r/nowhere");
+    assert_eq!(status(group_info.clone(), "b.test", &[], Vec::new()), 400, "malformed GroupInfoRequest");
+    let key = HubSigner::generate(b"mimi://b.test/u/mallory").expect("key");
+    let credential = key.sender.credential.credential().expect("credential");
+    let (mut gi_request, _) =
+        GroupInfoRequest::new(DEFAULT_CIPHERSUITE, &key, &key.sender.signature_key, &credential, None).expect("req");
+    let answer = rt.block_on(request("POST", &group_info, "b.test", &[], gi_request.encode().expect("enc")));
+    let answer = GroupInfoResponse::decode(&answer.expect("answer").body).expect("a GroupInfoResponse");
+    assert_eq!(answer.status(), GroupInfoCode::NoSuchRoom);
+    gi_request.tbs.joining_code = Some(b"tampered".to_vec());
+    assert_eq!(status(group_info, "b.test", &[], gi_request.encode().expect("enc")), 400, "bad signature");
     let huge = vec![0; 2 << 20];
     assert_eq!(status(format!("{server_a}/v1/submitMessage/a.test/r/club"), "b.test", &[], huge), 413);
 
