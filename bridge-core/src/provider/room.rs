@@ -271,9 +271,7 @@ impl MlsRoom {
             .create_room(&room, gid, group.epoch(), self.member.uri(), self.policy, true)
             .await
             .map_err(unavailable)?;
-        if let Ok(info) = group.export_group_info(true) {
-            self.provider.set_group_info(&room, info);
-        }
+        self.serve_group_info(&room, &group);
         let applied = Records(self.provider.store()).cursor(&room, CURSOR).map_err(unavailable)?;
         let store = self.provider.store();
         let per_user = Repo::new(store)
@@ -377,8 +375,8 @@ impl MlsRoom {
                 }
                 s.applied = seq;
             }
-            if commits && let Ok(info) = s.group.export_group_info(true) {
-                self.provider.set_group_info(&s.room, info);
+            if commits {
+                self.serve_group_info(&s.room, &s.group);
             }
             let mut b = Batch::new();
             write::cursor(&mut b, &s.room, CURSOR, s.applied);
@@ -443,31 +441,40 @@ impl MlsRoom {
     /// per-user leaves process it and the served GroupInfo is refreshed; `true`), dropped if the hub moved to a
     /// newer epoch first (`false`: catch up and commit again) or refused it (an error).
     async fn submit_own_commit(&self, s: &mut Slot, out: CommitOutput) -> Result<bool, GroupError> {
-        let room = s.room.clone();
-        let sent = match MlsMessageBytes::new(out.commit.clone()) {
-            Ok(commit) => self.provider.submit(&room, commit, self.member.uri(), Origin::Portal).await,
-            Err(e) => Err(ProviderError::BadRequest(e.to_string())),
-        };
-        match sent {
-            Ok(a) => {
+        match self.send_commit(&s.room, &out.commit, self.member.uri()).await {
+            Ok(Some(seq)) => {
                 // Marked as ours only once merged: if the merge does not happen, the worker meets the commit in
                 // the log and merges it then.
                 s.group.merge_pending_commit().durable().await.map_err(unavailable)?;
-                s.own.insert(a.seq);
+                s.own.insert(seq);
                 leaves::feed_own_commit(s, &out.commit).await;
-                if let Ok(info) = s.group.export_group_info(true) {
-                    self.provider.set_group_info(&room, info);
-                }
+                self.serve_group_info(&s.room, &s.group);
                 Ok(true)
             }
-            Err(e) => {
+            sent => {
                 let _ = s.group.clear_pending_commit().durable().await;
-                match e {
-                    ProviderError::Refused(Refusal::EpochTooOld { .. }) => Ok(false),
-                    ProviderError::Refused(r) => Err(GroupError::Refused(r.to_string())),
-                    e => Err(unavailable(e)),
-                }
+                sent.map(|_| false)
             }
+        }
+    }
+
+    /// Sends a commit (MLSMessage bytes) of the local member `sender` to the room's hub: `Some(seq)` if the hub
+    /// sequenced it, `None` if the hub moved to a newer epoch first (catch up and commit again), an error if it
+    /// refused the commit or could not be reached. The caller merges or drops its pending commit accordingly.
+    async fn send_commit(&self, room: &str, commit: &[u8], sender: &str) -> Result<Option<u64>, GroupError> {
+        let commit = MlsMessageBytes::new(commit.to_vec()).map_err(unavailable)?;
+        match self.provider.submit(room, commit, sender, Origin::Portal).await {
+            Ok(a) => Ok(Some(a.seq)),
+            Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => Ok(None),
+            Err(ProviderError::Refused(r)) => Err(GroupError::Refused(r.to_string())),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Serves `group`'s current GroupInfo (with the ratchet tree) for external joins of `room`.
+    fn serve_group_info(&self, room: &str, group: &PortalGroup) {
+        if let Ok(info) = group.export_group_info(true) {
+            self.provider.set_group_info(room, info);
         }
     }
 

@@ -10,9 +10,6 @@
 use super::{MlsRoom, Slot, unavailable};
 use crate::group::GroupError;
 use crate::ids::PortalId;
-use crate::provider::hub::{Origin, Refusal};
-use crate::provider::service::ProviderError;
-use crate::provider::wire::MlsMessageBytes;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,27 +76,17 @@ impl MlsRoom {
         let Slot { group, leaves, room, own, .. } = s;
         let Some(leaves) = leaves.as_mut().filter(|l| l.contains(uri)) else { return Ok(false) };
         let out = leaves.update(uri).durable().await.map_err(unavailable)?;
-        let sent = match MlsMessageBytes::new(out.commit.clone()) {
-            Ok(commit) => self.provider.submit(room, commit, uri, Origin::Portal).await,
-            Err(e) => Err(ProviderError::BadRequest(e.to_string())),
-        };
-        match sent {
-            Ok(a) => {
+        match self.send_commit(room, &out.commit, uri).await {
+            Ok(Some(seq)) => {
                 group.process(&out.commit).durable().await.map_err(unavailable)?;
                 leaves.complete_update(uri, &out.commit).durable().await.map_err(unavailable)?;
-                own.insert(a.seq);
-                if let Ok(info) = group.export_group_info(true) {
-                    self.provider.set_group_info(room, info);
-                }
+                own.insert(seq);
+                self.serve_group_info(room, group);
                 Ok(true)
             }
-            Err(e) => {
+            sent => {
                 let _ = leaves.abandon_update(uri).durable().await;
-                match e {
-                    ProviderError::Refused(Refusal::EpochTooOld { .. }) => Ok(false),
-                    ProviderError::Refused(r) => Err(GroupError::Refused(r.to_string())),
-                    e => Err(unavailable(e)),
-                }
+                sent.map(|_| false)
             }
         }
     }

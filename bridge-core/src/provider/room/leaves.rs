@@ -13,9 +13,6 @@ use super::{EPOCH_RETRIES, MlsRoom, Slot, unavailable};
 use crate::group::GroupError;
 use crate::ids::PortalId;
 use crate::mls::{AddLeaf, UserLeaves};
-use crate::provider::hub::{Origin, Refusal};
-use crate::provider::service::ProviderError;
-use crate::provider::wire::MlsMessageBytes;
 use std::time::{Duration, Instant};
 
 /// Longest pause between two idle sweeps of a portal.
@@ -110,21 +107,16 @@ impl MlsRoom {
                 return Err(unavailable(e));
             }
         };
-        let sent = async {
-            self.provider.add_participant(room, uri).await?;
-            let commit = MlsMessageBytes::new(change.commit.commit.clone())
-                .map_err(|e| ProviderError::BadRequest(e.to_string()))?;
-            self.provider.submit(room, commit, self.member.uri(), Origin::Portal).await
-        }
-        .await;
+        let sent = match self.provider.add_participant(room, uri).await {
+            Ok(()) => self.send_commit(room, &change.commit.commit, self.member.uri()).await,
+            Err(e) => Err(unavailable(e)),
+        };
         match sent {
-            Ok(a) => match leaves.complete(group, change, Instant::now()).durable().await {
+            Ok(Some(seq)) => match leaves.complete(group, change, Instant::now()).durable().await {
                 Ok(()) => {
-                    own.insert(a.seq);
+                    own.insert(seq);
                     tracing::info!(portal = %portal, user = %uri, leaves = leaves.len(), "per-user leaf added");
-                    if let Ok(info) = group.export_group_info(true) {
-                        self.provider.set_group_info(room, info);
-                    }
+                    self.serve_group_info(room, group);
                     Ok(Attempt::Ready)
                 }
                 Err(e) => {
@@ -133,13 +125,9 @@ impl MlsRoom {
                     Ok(Attempt::Shared)
                 }
             },
-            Err(e) => {
+            sent => {
                 let _ = leaves.abandon(group, change).durable().await;
-                match e {
-                    ProviderError::Refused(Refusal::EpochTooOld { .. }) => Ok(Attempt::Retry),
-                    ProviderError::Refused(r) => Err(GroupError::Refused(r.to_string())),
-                    e => Err(unavailable(e)),
-                }
+                sent.map(|_| Attempt::Retry)
             }
         }
     }
@@ -180,24 +168,18 @@ impl MlsRoom {
             return Ok(());
         }
         let change = leaves.remove(group, &idle).durable().await.map_err(unavailable)?;
-        let sent = match MlsMessageBytes::new(change.commit.commit.clone()) {
-            Ok(commit) => self.provider.submit(room, commit, self.member.uri(), Origin::Portal).await,
-            Err(e) => Err(ProviderError::BadRequest(e.to_string())),
-        };
-        match sent {
-            Ok(a) => {
+        match self.send_commit(room, &change.commit.commit, self.member.uri()).await {
+            Ok(Some(seq)) => {
                 leaves.complete(group, change, now).durable().await.map_err(unavailable)?;
-                own.insert(a.seq);
+                own.insert(seq);
                 tracing::info!(portal = %portal, removed = idle.len(), left = leaves.len(), "idle per-user leaves removed");
-                if let Ok(info) = group.export_group_info(true) {
-                    self.provider.set_group_info(room, info);
-                }
+                self.serve_group_info(room, group);
                 Ok(())
             }
-            // Another commit won the epoch: the next sweep tries again.
-            Err(e) => {
+            // Another commit won the epoch (or the hub is unreachable): the next sweep tries again.
+            sent => {
                 let _ = leaves.abandon(group, change).durable().await;
-                Err(unavailable(e))
+                sent.and(Err(GroupError::Unavailable("the room moved to a newer epoch; the next sweep retries".into())))
             }
         }
     }
