@@ -19,10 +19,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bridge_core::connector::Health;
+use bridge_api::connector::Health;
+use bridge_api::{AccountId, LegId, PortalId};
 use bridge_core::portal::LegStatus;
 use bridge_core::router::{RouteError, RouterHandle};
-use bridge_core::{AccountId, LegId, PortalId};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -90,7 +90,7 @@ pub struct AdminState {
     /// When the daemon started.
     pub started: Instant,
     /// The MIMI provider, for each portal's MLS epoch (absent in tests that run without MLS).
-    pub provider: Option<bridge_core::provider::Provider>,
+    pub provider: Option<mimi_provider::Provider>,
 }
 
 impl AdminState {
@@ -116,7 +116,7 @@ impl AdminState {
     }
 
     /// Reports each portal's MLS epoch from `provider`.
-    pub fn with_provider(mut self, provider: bridge_core::provider::Provider) -> Self {
+    pub fn with_provider(mut self, provider: mimi_provider::Provider) -> Self {
         self.provider = Some(provider);
         self
     }
@@ -329,7 +329,7 @@ pub async fn status_report(st: &AdminState) -> StatusReport {
             mls_epoch: st
                 .provider
                 .as_ref()
-                .and_then(|pr| pr.epoch(&bridge_core::provider::room::room_uri(pr.domain(), &p.id)).ok()),
+                .and_then(|pr| pr.epoch(&bridge_core::mls_rooms::room_uri(pr.domain(), &p.id)).ok()),
             legs: p.legs.iter().map(leg_report).collect(),
         })
         .collect();

@@ -5,7 +5,7 @@ use crate::client::{AdminClient, Answer};
 use crate::config::Config;
 use crate::data_dir::ADMIN_TOKEN_FILE;
 use crate::secrets;
-use bridge_core::connector::Health;
+use bridge_api::connector::Health;
 use clap::Subcommand;
 use std::fmt::Write as _;
 

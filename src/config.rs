@@ -8,10 +8,10 @@
 //! account tables follow the `KEY_file` / `"env:NAME"` convention of [`crate::secrets`].
 
 use crate::secrets::{self, Secret};
-use bridge_core::mls::LeafPolicy;
-use bridge_core::store::Backend;
-use bridge_core::store::repo::MlsIdentity;
-use bridge_core::{AccountId, PortalId};
+use bridge_api::{AccountId, PortalId};
+use bridge_core::repo::MlsIdentity;
+use mimi_mls::LeafPolicy;
+use mimi_store::Backend;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -99,7 +99,7 @@ fn default_queue_depth() -> Spanned<usize> {
     Spanned::new(0..0, 256)
 }
 fn default_key_update() -> Spanned<u64> {
-    Spanned::new(0..0, bridge_core::provider::room::DEFAULT_KEY_UPDATE.as_secs())
+    Spanned::new(0..0, bridge_core::mls_rooms::DEFAULT_KEY_UPDATE.as_secs())
 }
 fn default_shutdown_timeout() -> Spanned<u64> {
     Spanned::new(0..0, 30)
@@ -446,10 +446,10 @@ fn account_error(
     text: &str,
     span: std::ops::Range<usize>,
     table: &str,
-    e: bridge_core::ConnectorError,
+    e: bridge_api::ConnectorError,
 ) -> ConfigError {
     let reason = match e {
-        bridge_core::ConnectorError::Config { reason, .. } => reason,
+        bridge_api::ConnectorError::Config { reason, .. } => reason,
         other => other.to_string(),
     };
     // The table's keys run from its header to the next header (toml's span of a table may cover only the header).

@@ -1,7 +1,7 @@
 //! `mimi-bridge content …`: MIMI content messages for people debugging interop and for scripted checks.
 
-use bridge_core::content::json;
 use clap::Subcommand;
+use mimi_content::json;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 

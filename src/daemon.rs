@@ -12,12 +12,13 @@ use crate::admin::{self, AdminState, Readiness};
 use crate::config::Config;
 use crate::networks::Network;
 use crate::{data_dir, notify, telemetry};
-use bridge_core::connector::AccountContext;
-use bridge_core::provider::{JoinPolicy, MlsRoom};
+use bridge_api::connector::AccountContext;
+use bridge_api::{AccountId, LegId, PortalId};
+use bridge_core::MlsRooms;
+use bridge_core::repo::PortalRecord;
 use bridge_core::router::{RouterConfig, RouterHandle};
-use bridge_core::store::repo::PortalRecord;
-use bridge_core::store::{CommitConfig, open_data_dir};
-use bridge_core::{AccountId, LegId, PortalId};
+use mimi_provider::JoinPolicy;
+use mimi_store::CommitConfig;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub struct Daemon {
     admin_task: JoinHandle<()>,
     mimi_addr: SocketAddr,
     mimi_task: JoinHandle<()>,
-    room: Arc<MlsRoom>,
+    room: Arc<MlsRooms>,
     store_closed: watch::Receiver<bool>,
     probe_task: JoinHandle<()>,
     shutdown_timeout: Duration,
@@ -56,14 +57,14 @@ impl Daemon {
         data_dir::private_umask();
         data_dir::check(data_dir).map_err(|e| e.to_string())?;
         let metrics = telemetry::install();
-        if cfg.bridge.store == bridge_core::store::Backend::Sled {
+        if cfg.bridge.store == mimi_store::Backend::Sled {
             tracing::warn!(
                 "store = \"sled\": sled 0.34 may fail to reopen after a crash or kill -9 (upstream sled#1509) and \
                  makes writes durable with sync_file_range, not fsync; redb is the crash-tested default — move with \
                  `mimi-bridge store export` / `store import --backend redb`"
             );
         }
-        let store = open_data_dir(data_dir, Some(cfg.bridge.store), CommitConfig::default())?;
+        let store = bridge_core::open_store(data_dir, Some(cfg.bridge.store), CommitConfig::default())?;
         let store_closed = store.closed();
         data_dir::check(data_dir).map_err(|e| e.to_string())?;
         tracing::info!(data_dir = %data_dir.display(), backend = %cfg.bridge.store, "store open");
@@ -73,7 +74,7 @@ impl Daemon {
         rc.max_event_bytes = cfg.bridge.max_event_bytes;
         // The room of record: one MLS group per portal, sequenced by this daemon's own MIMI hub.
         let domain = cfg.bridge.domain.get_ref().clone();
-        let room = MlsRoom::open(store.clone(), &domain, JoinPolicy::Open).await?;
+        let room = MlsRooms::open(store.clone(), &domain, JoinPolicy::Open).await?;
         room.set_key_update_interval(cfg.bridge.key_update_interval());
         let router = RouterHandle::start(rc, store, room.clone()).await?;
         room.attach_router(router.clone());
@@ -163,7 +164,7 @@ impl Daemon {
     }
 
     /// The portals' room of record (MLS groups on this daemon's hub), for tests and status.
-    pub fn room_of_record(&self) -> &Arc<MlsRoom> {
+    pub fn room_of_record(&self) -> &Arc<MlsRooms> {
         &self.room
     }
 
@@ -237,7 +238,7 @@ async fn probe(
     router: RouterHandle,
     readiness: Arc<Readiness>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    provider: bridge_core::provider::Provider,
+    provider: mimi_provider::Provider,
 ) {
     let watchdog = notify::watchdog_interval();
     // sd_watchdog_enabled(3): notify at half the interval. Without a watchdog, probe every 5 s for /health.
@@ -251,7 +252,7 @@ async fn probe(
             Ok(portals) => {
                 readiness.set_loop_ok(true);
                 for p in &portals {
-                    let room = bridge_core::provider::room::room_uri(provider.domain(), &p.id);
+                    let room = bridge_core::mls_rooms::room_uri(provider.domain(), &p.id);
                     if let Ok(epoch) = provider.epoch(&room) {
                         metrics::gauge!(telemetry::MLS_EPOCH, "portal" => p.id.to_string()).set(epoch as f64);
                     }
@@ -280,7 +281,7 @@ async fn probe(
 /// notify followers and catch up followed rooms. Plain HTTP only on loopback (mTLS is not built yet).
 async fn serve_mimi(
     cfg: &Config,
-    room: Arc<MlsRoom>,
+    room: Arc<MlsRooms>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), Error> {
     use crate::mimi_http::{self, MimiState, Registration};

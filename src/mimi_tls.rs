@@ -49,10 +49,10 @@ impl MimiTls {
     /// Loads our certificate chain and key, and the trust anchors for peers (`None`: the system store, for
     /// peers with publicly issued certificates). Errors name the setting and the file.
     pub fn load(cert: &Path, key: &Path, trust_anchors: Option<&Path>) -> Result<Self, String> {
-        let chain = bridge_core::tls::load_certs(cert, "mimi.tls_cert")?;
-        let key = bridge_core::tls::load_key(key, "mimi.tls_key")?;
-        let roots = Arc::new(bridge_core::tls::roots(trust_anchors, "mimi.trust_anchors")?);
-        let provider = bridge_core::tls::provider();
+        let chain = bridge_net::tls::load_certs(cert, "mimi.tls_cert")?;
+        let key = bridge_net::tls::load_key(key, "mimi.tls_key")?;
+        let roots = Arc::new(bridge_net::tls::roots(trust_anchors, "mimi.trust_anchors")?);
+        let provider = bridge_net::tls::provider();
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .allow_unauthenticated()
             .build()

@@ -1,13 +1,13 @@
 //! The connectors compiled into this build, type-erased so the daemon can start accounts from TOML tables.
 //!
-//! A connector crate implements [`bridge_core::Connector`]; registering it here (`Box::new(Typed(IrcConnector))`
+//! A connector crate implements [`bridge_api::Connector`]; registering it here (`Box::new(Typed(IrcConnector))`
 //! in [`built_in`]) and adding its network name to [`crate::config::BUILT_NETWORKS`] is all the daemon needs:
 //! accounts start with their resolved tables, show their health in `status` and `/metrics`, and stop politely at
 //! shutdown.
 
 use async_trait::async_trait;
-use bridge_core::AccountId;
-use bridge_core::connector::{Account, AccountContext, Connector, ConnectorError};
+use bridge_api::AccountId;
+use bridge_api::connector::{Account, AccountContext, Connector, ConnectorError};
 use std::sync::Arc;
 
 /// One network kind, type-erased.

@@ -4,8 +4,8 @@
 //! an error that says so.
 
 use crate::config::Config;
-use bridge_core::store::{Backend, CommitConfig, export, open_data_dir, schema};
 use clap::Subcommand;
+use mimi_store::{Backend, CommitConfig, export, schema};
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -65,7 +65,7 @@ pub fn run(cmd: StoreCommand) -> Result<bool, String> {
             let kv = schema::open_backend(&dir, None).map_err(|e| e.to_string())?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let n = export::export(kv.as_ref(), &mut out).map_err(|e| e.to_string())?;
+            let n = export::export(kv.as_ref(), &mut out, &bridge_core::SCHEMA).map_err(|e| e.to_string())?;
             out.flush().map_err(|e| format!("standard output: {e}"))?;
             eprintln!("exported {n} entries from {} ({})", dir.display(), kv.backend());
             Ok(true)
@@ -76,12 +76,23 @@ pub fn run(cmd: StoreCommand) -> Result<bool, String> {
                 Some(b) => Backend::parse(&b).ok_or_else(|| format!("unknown backend {b:?}: use redb or sled"))?,
                 None => cfg_backend.unwrap_or(Backend::Redb),
             };
-            let store = open_data_dir(&dir, Some(wanted), CommitConfig::default()).map_err(|e| e.to_string())?;
+            let store =
+                bridge_core::open_store(&dir, Some(wanted), CommitConfig::default()).map_err(|e| e.to_string())?;
             let n = if file.as_os_str() == "-" {
-                export::import(store.kv().as_ref(), &mut std::io::stdin().lock())
+                export::import(
+                    store.kv().as_ref(),
+                    &mut std::io::stdin().lock(),
+                    &bridge_core::SCHEMA,
+                    &bridge_core::known_trees(),
+                )
             } else {
                 let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-                export::import(store.kv().as_ref(), &mut BufReader::new(f))
+                export::import(
+                    store.kv().as_ref(),
+                    &mut BufReader::new(f),
+                    &bridge_core::SCHEMA,
+                    &bridge_core::known_trees(),
+                )
             }
             .map_err(|e| format!("{}: {e}", file.display()))?;
             eprintln!("imported {n} entries into {} ({wanted})", dir.display());
@@ -90,7 +101,7 @@ pub fn run(cmd: StoreCommand) -> Result<bool, String> {
         StoreCommand::Check { config, data_dir } => {
             let (dir, _) = locate(&config, data_dir)?;
             let kv = schema::open_backend(&dir, None).map_err(|e| e.to_string())?;
-            let report = export::check(kv.as_ref(), &dir).map_err(|e| e.to_string())?;
+            let report = bridge_core::check::check(kv.as_ref(), &dir).map_err(|e| e.to_string())?;
             println!("{report}");
             Ok(report.is_ok())
         }

@@ -4,8 +4,8 @@
 //! process-wide Prometheus recorder once and renders it for `GET /metrics`. Histograms get fixed buckets so they
 //! are exported as real Prometheus histograms (not summaries) and can be aggregated across instances.
 
-use bridge_core::AccountId;
-use bridge_core::connector::Health;
+use bridge_api::AccountId;
+use bridge_api::connector::Health;
 use bridge_core::router::RouterHandle;
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};

@@ -11,9 +11,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use bridge_core::provider::hub::{Accepted, JoinPolicy, Origin, Refusal};
-use bridge_core::provider::service::{ProviderError, Route, uri_domain};
-use bridge_core::provider::wire::{MlsMessageBytes, UpdateRequest, WireMessage};
+use mimi_protocol::hub::{JoinPolicy, Origin, Refusal, Sequenced};
+use mimi_protocol::wire::{MlsMessageBytes, UpdateRequest, WireMessage};
+use mimi_provider::service::{ProviderError, RoomRoute, uri_domain};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -33,7 +33,7 @@ fn sha256_hex(s: &str) -> String {
 }
 
 /// The answer to a message our hub sequenced (or refused).
-fn verdict(r: Result<Accepted, ProviderError>) -> Result<Response, Fail> {
+fn verdict(r: Result<Sequenced, ProviderError>) -> Result<Response, Fail> {
     match r {
         Ok(a) => Ok(accepted(Some(a.seq))),
         Err(ProviderError::Refused(Refusal::EpochTooOld { current_epoch })) => Ok(epoch_too_old(current_epoch)),
@@ -45,10 +45,10 @@ fn verdict(r: Result<Accepted, ProviderError>) -> Result<Response, Fail> {
 /// after if that is a configured peer. An unknown room otherwise.
 fn remote_hub(s: &MimiState, room: &str) -> Result<Option<String>, Fail> {
     match s.provider.route(room)? {
-        Route::Hub => Ok(None),
-        Route::Follower { hub } => Ok(Some(hub)),
-        Route::Remote { domain } if s.peers.contains_key(&domain) => Ok(Some(domain)),
-        Route::Remote { domain } => {
+        RoomRoute::Hub => Ok(None),
+        RoomRoute::Follower { hub } => Ok(Some(hub)),
+        RoomRoute::Remote { domain } if s.peers.contains_key(&domain) => Ok(Some(domain)),
+        RoomRoute::Remote { domain } => {
             Err(Fail(StatusCode::NOT_FOUND, format!("unknown room {room} ({domain} is not a configured peer)")))
         }
     }
@@ -98,7 +98,7 @@ pub(super) async fn upload_key_packages(
     body: Bytes,
 ) -> Result<Response, Fail> {
     let u = user(&s, &headers)?;
-    let mut r = bridge_core::provider::wire::Reader::new(&body);
+    let mut r = mimi_protocol::wire::Reader::new(&body);
     let mut kps = Vec::new();
     while r.finish().is_err() {
         kps.push(r.mls_message().map_err(bad)?);
@@ -251,9 +251,9 @@ pub(super) async fn submit(
     let room = room_of(&room);
     let msg = MlsMessageBytes::new(body.to_vec()).map_err(bad)?;
     match s.provider.route(&room)? {
-        Route::Hub => verdict(s.provider.submit(&room, msg, &u, Origin::Client(u.clone())).await),
-        Route::Follower { hub } => outbound::submit(&s, &room, &hub, &u, msg).await,
-        Route::Remote { .. } => Err(ProviderError::UnknownRoom(room).into()),
+        RoomRoute::Hub => verdict(s.provider.submit(&room, msg, &u, Origin::Client(u.clone())).await),
+        RoomRoute::Follower { hub } => outbound::submit(&s, &room, &hub, &u, msg).await,
+        RoomRoute::Remote { .. } => Err(ProviderError::UnknownRoom(room).into()),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The MIMI endpoints (draft-ietf-mimi-protocol-06 §5) and the client API for native MLS users, over axum.
-//! Thin: every decision is taken by `bridge_core::provider` ([`Provider`], [`MlsRoom`]).
+//! Thin: every decision is taken by `mimi_provider` ([`Provider`], [`MlsRooms`]).
 //!
 //! * [`peer`] — the provider-to-provider endpoints we serve;
 //! * [`client_api`] — the native clients' API;
@@ -74,10 +74,10 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bridge_core::provider::MlsRoom;
-use bridge_core::provider::hub::Refusal;
-use bridge_core::provider::service::{Provider, ProviderError};
-use bridge_core::provider::wire::{LogPage, SequencedFanout, WireMessage};
+use bridge_core::mls_rooms::MlsRooms;
+use mimi_protocol::hub::Refusal;
+use mimi_protocol::wire::{LogPage, SequencedFanout, WireMessage};
+use mimi_provider::service::{Provider, ProviderError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +108,7 @@ pub struct MimiState {
     /// The provider.
     pub provider: Provider,
     /// The portals' room of record, if the daemon bridges (for status only; may be `None`).
-    pub room: Option<Arc<MlsRoom>>,
+    pub room: Option<Arc<MlsRooms>>,
     /// Base URL under which this server is reached (`http://127.0.0.1:8448`), for the directory.
     pub public_url: String,
     /// Registration policy.
@@ -244,7 +244,7 @@ fn peer_of(state: &MimiState, headers: &HeaderMap) -> Result<String, Fail> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bridge_core::provider::wire::{FanoutMessage, MlsMessageBytes};
+    use mimi_protocol::wire::{FanoutMessage, MlsMessageBytes};
 
     /// Log entry `seq`: a made-up PrivateMessage with `len` bytes of ciphertext.
     pub(super) fn entry(seq: u64, len: usize) -> SequencedFanout {

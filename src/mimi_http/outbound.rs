@@ -6,15 +6,16 @@ use super::http::{Answer, Peers};
 use super::{Fail, MimiState, accepted, epoch_too_old, path_of, tls};
 use axum::http::StatusCode;
 use axum::response::Response;
-use bridge_core::provider::follower::{CatchUpBackoff, CatchUpStep};
-use bridge_core::provider::notifier::Outcome;
-use bridge_core::provider::service::Provider;
-use bridge_core::provider::wire::{
+use mimi_protocol::NotifyQueue;
+use mimi_protocol::follower::{CatchUpBackoff, CatchUpStep};
+use mimi_protocol::notifier::Outcome;
+use mimi_protocol::wire::{
     DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, KeyMaterialRequest, KeyMaterialResponse,
     KeyMaterialUserCode, LogPage, MlsMessageBytes, SubmitMessageRequest, SubmitMessageResponse, UpdateRoomResponse,
     WireMessage, wire_format,
 };
-use bridge_core::provider::{NotifyQueue, PeerNotify};
+use mimi_provider::PeerNotify;
+use mimi_provider::service::Provider;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -331,7 +332,7 @@ mod tests {
     use super::*;
     use crate::mimi_http::tests::entry;
     use axum::routing::get;
-    use bridge_core::store::{Backend, CommitConfig, open_data_dir};
+    use mimi_store::{Backend, CommitConfig};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const ROOM: &str = "mimi://a.test/r/x";
@@ -353,7 +354,7 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(listener, hub).await });
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_data_dir(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+        let store = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
         let provider = Provider::open("b.test", store).expect("provider");
         provider.follow(ROOM, "a.test").await.expect("follow");
         let fetch = provider.accept_entries(ROOM, vec![entry(2, 10)], false).await.expect("notify");

@@ -6,14 +6,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use bridge_core::provider::hub::{Origin, Refusal};
-use bridge_core::provider::service::{ProviderError, Route, uri_domain};
-use bridge_core::provider::wire::key_material::CIPHERSUITE_1;
-use bridge_core::provider::wire::{
+use mimi_protocol::hub::{Origin, Refusal};
+use mimi_protocol::wire::key_material::CIPHERSUITE_1;
+use mimi_protocol::wire::{
     ClientKeyMaterial, ClientMaterial, FanoutMessage, GroupInfoRequest, KeyMaterialRequest, KeyMaterialResponse,
     KeyMaterialUserCode, MlsMessageBytes, SequencedFanout, SubmitMessageRequest, SubmitMessageResponse, UpdateRequest,
     UpdateRoomResponse, WireMessage,
 };
+use mimi_provider::service::{ProviderError, RoomRoute, uri_domain};
 
 /// An encoded answer with our `Mimi-Sequence` header.
 fn with_sequence(m: &impl WireMessage, seq: u64) -> Result<Response, Fail> {
@@ -125,7 +125,7 @@ pub(super) async fn answer_group_info(s: &MimiState, room: &str, request: &Group
 
 /// The GroupInfo MLSMessage of a room we host (for the client API's `GET`).
 pub(super) fn local_group_info(s: &MimiState, room: &str) -> Result<Response, Fail> {
-    if let Route::Follower { hub } = s.provider.route(room)? {
+    if let RoomRoute::Follower { hub } = s.provider.route(room)? {
         return Err(ProviderError::NotHub { room: room.to_owned(), hub }.into());
     }
     match s.provider.group_info(room)? {

@@ -4,8 +4,8 @@ use crate::api::Api;
 use crate::room::{self, Verdict, catch_up, epoch_moved, publish_group_info, room_path};
 use crate::session::{Res, Session, State};
 use crate::transport::Server;
-use bridge_core::mls::{EngineConfig, PortalGroup, key_packages};
-use bridge_core::provider::wire::{
+use mimi_mls::{EngineConfig, PortalGroup, key_packages};
+use mimi_protocol::wire::{
     DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, LogPage, WireMessage,
 };
 use std::path::Path;

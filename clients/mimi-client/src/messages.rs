@@ -4,7 +4,7 @@ use crate::api;
 use crate::render::Transcript;
 use crate::room::{self, Verdict, catch_up, epoch_moved};
 use crate::session::{Res, Session};
-use bridge_core::content::builder::ContentBuilder;
+use mimi_content::builder::ContentBuilder;
 use std::time::Duration;
 
 /// What to send: a text, possibly a reply to or an edit of another message (ids in hex).

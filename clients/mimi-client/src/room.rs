@@ -5,9 +5,9 @@
 
 use crate::api::Api;
 use crate::session::{Res, Session, kept_list};
-use bridge_core::content::{Message, PartBody};
-use bridge_core::mls::{CommitOutput, KeptMessage, LegacySender, MlsError, PortalGroup, Received};
-use bridge_core::provider::wire::{
+use mimi_content::{Message, PartBody};
+use mimi_mls::{CommitOutput, KeptMessage, LegacySender, MlsError, PortalGroup, Received};
+use mimi_protocol::wire::{
     GroupInfoOption, LogPage, MlsMessageBytes, RatchetTreeOption, UpdateRequest, WireMessage, wire_format,
 };
 

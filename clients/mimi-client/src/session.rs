@@ -10,8 +10,9 @@
 
 use crate::api::Api;
 use crate::transport::Server;
-use bridge_core::mls::{BridgeProvider, LocalMember, PortalGroup};
-use bridge_core::store::{Backend, CommitConfig, Store, open_data_dir};
+use mimi_mls::{LocalMember, MlsBackend, PortalGroup};
+use mimi_store::schema::Schema;
+use mimi_store::{Backend, CommitConfig, Store, open_data_dir};
 use openmls::prelude::{OpenMlsProvider, SignatureScheme};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -98,17 +99,21 @@ fn sync_dir(_dir: &Path) -> std::io::Result<()> {
 /// This client's MLS keys.
 pub struct Keys {
     /// The crypto and storage provider on the client's store.
-    pub provider: Arc<BridgeProvider>,
+    pub provider: Arc<MlsBackend>,
     /// The user's MLS member (credential and signature key).
     pub member: Arc<LocalMember>,
 }
 
+/// The shape of the client's store (its MLS state, decrypted messages not printed yet): unchanged since the first.
+const STORE_SCHEMA: Schema = Schema::FIRST;
+
 impl Keys {
     /// Opens the store in `dir` and loads (or creates) the keys of `uri`.
     pub async fn open(dir: &Path, uri: &str) -> Res<Self> {
-        let store: Store = open_data_dir(&dir.join("store"), Some(Backend::Redb), CommitConfig::default())
-            .map_err(|e| e.to_string())?;
-        let provider = Arc::new(BridgeProvider::new(store, "client").map_err(|e| e.to_string())?);
+        let store: Store =
+            open_data_dir(&dir.join("store"), Some(Backend::Redb), CommitConfig::default(), &STORE_SCHEMA)
+                .map_err(|e| e.to_string())?;
+        let provider = Arc::new(MlsBackend::new(store, "client").map_err(|e| e.to_string())?);
         let member = LocalMember::load_or_create(&provider, uri, SignatureScheme::ED25519)
             .map_err(|e| e.to_string())?
             .durable()

@@ -107,8 +107,8 @@ fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
 
 /// A TLS client configuration trusting the CAs in `ca_file` (or the system's), speaking HTTP/1.1.
 fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, String> {
-    let roots = bridge_core::tls::roots(ca_file, "--ca-file")?;
-    let mut config = ClientConfig::builder_with_provider(bridge_core::tls::provider())
+    let roots = bridge_net::tls::roots(ca_file, "--ca-file")?;
+    let mut config = ClientConfig::builder_with_provider(bridge_net::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_root_certificates(roots)

@@ -9,9 +9,9 @@ use crate::message::{MAX_LINE, MAX_TAGS, Message};
 use crate::session::{Action, Session};
 use crate::tls::{Io, Tls};
 use async_trait::async_trait;
-use bridge_core::Health;
-use bridge_core::connector::SendError;
-use bridge_core::lines::Line;
+use bridge_api::Health;
+use bridge_api::connector::SendError;
+use bridge_net::lines::Line;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -409,14 +409,14 @@ async fn write(w: &mut Writer, m: &Message) -> Result<(), String> {
 }
 
 /// Reads IRC lines, bounded to the IRCv3 maximum (tags + 512): a longer line is consumed and skipped, so a server
-/// sending garbage cannot exhaust memory. Cancel-safe ([`bridge_core::lines::LineReader`]), so it can sit in a
+/// sending garbage cannot exhaust memory. Cancel-safe ([`bridge_net::lines::LineReader`]), so it can sit in a
 /// `select!`.
-pub(crate) struct LineReader<R>(bridge_core::lines::LineReader<R>);
+pub(crate) struct LineReader<R>(bridge_net::lines::LineReader<R>);
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     /// Wraps `inner`.
     pub fn new(inner: R) -> Self {
-        Self(bridge_core::lines::LineReader::new(inner, MAX_TAGS + MAX_LINE))
+        Self(bridge_net::lines::LineReader::new(inner, MAX_TAGS + MAX_LINE))
     }
 
     /// The next line without CR/LF; `None` at the end of the stream.

@@ -42,7 +42,7 @@ pub fn markdown_to_irc(md: &str) -> String {
 }
 
 /// Escapes markdown's inline specials in a piece of plain text (spaces are kept as they are, unlike
-/// `bridge_core::content::markdown::plain_to_markdown`, which works on whole messages).
+/// `mimi_content::markdown::plain_to_markdown`, which works on whole messages).
 fn escape_inline(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

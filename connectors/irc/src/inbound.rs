@@ -11,8 +11,8 @@
 
 use crate::format::irc_to_markdown;
 use crate::isupport::CaseMapping;
-use bridge_core::event::{InboundEvent, InboundKind, MessageDraft, MessageStyle, TextFormat};
-use bridge_core::{AccountId, LegId, LegacyUser, NativeId};
+use bridge_api::event::{InboundEvent, InboundKind, MessageDraft, MessageStyle, TextFormat};
+use bridge_api::{AccountId, LegId, LegacyUser, NativeId};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

@@ -26,8 +26,8 @@ pub mod session;
 pub mod tls;
 
 use async_trait::async_trait;
-use bridge_core::capability::{Capabilities, Feature, Grade, Limits};
-use bridge_core::{Account, AccountContext, AccountId, Connector, ConnectorError};
+use bridge_api::capability::{Capabilities, Feature, Grade, Limits};
+use bridge_api::{Account, AccountContext, AccountId, Connector, ConnectorError};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -18,8 +18,8 @@
 
 use crate::format::markdown_to_irc;
 use crate::message::Message;
-use bridge_core::connector::SendError;
-use bridge_core::event::{MessageDraft, MessageStyle, OutboundEvent, OutboundKind, TextFormat};
+use bridge_api::connector::SendError;
+use bridge_api::event::{MessageDraft, MessageStyle, OutboundEvent, OutboundKind, TextFormat};
 use serde::Deserialize;
 
 /// How edits are shown on IRC.
@@ -203,8 +203,8 @@ pub fn sed(old: &str, new: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bridge_core::event::{Attachment, ParentRef, Sender};
-    use bridge_core::{AccountId, LegId, MessageId, PortalId, TxnId};
+    use bridge_api::event::{Attachment, ParentRef, Sender};
+    use bridge_api::{AccountId, LegId, MessageId, PortalId, TxnId};
 
     fn mid() -> MessageId {
         let mut b = [3u8; 32];

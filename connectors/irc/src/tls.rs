@@ -40,16 +40,16 @@ impl Tls {
         let host = host_of(&config.server);
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| format!("server host {host:?} is neither a DNS name nor an IP address (needed for TLS)"))?;
-        let roots = bridge_core::tls::roots(config.tls_ca_file.as_deref(), "tls_ca_file")?;
-        let provider = bridge_core::tls::provider();
+        let roots = bridge_net::tls::roots(config.tls_ca_file.as_deref(), "tls_ca_file")?;
+        let provider = bridge_net::tls::provider();
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS setup: {e}"))?
             .with_root_certificates(roots);
         let client = match (&config.tls_client_cert_file, &config.tls_client_key_file) {
             (Some(cert), Some(key)) => {
-                let chain = bridge_core::tls::load_certs(cert, "tls_client_cert_file")?;
-                let key = bridge_core::tls::load_key(key, "tls_client_key_file")?;
+                let chain = bridge_net::tls::load_certs(cert, "tls_client_cert_file")?;
+                let key = bridge_net::tls::load_key(key, "tls_client_key_file")?;
                 builder.with_client_auth_cert(chain, key).map_err(|e| format!("TLS client certificate: {e}"))?
             }
             (None, None) => builder.with_no_client_auth(),

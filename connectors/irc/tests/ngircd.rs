@@ -4,19 +4,19 @@
 //! made by rcgen in the test: verification, hostname mismatch, unknown CA, a client certificate).
 
 use async_trait::async_trait;
-use bridge_core::capability::Feature;
-use bridge_core::event::{InboundKind, MessageDraft, OutboundEvent};
-use bridge_core::group::LocalRoom;
-use bridge_core::loopback::LoopbackNetwork;
+use bridge_api::capability::Feature;
+use bridge_api::event::{InboundKind, MessageDraft, OutboundEvent};
+use bridge_api::{Account, AccountContext, AccountId, Connector, Health, LegId, PortalId};
+use bridge_core::repo::{MlsIdentity, PortalRecord};
+use bridge_core::room_of_record::LocalRoom;
 use bridge_core::router::{RouterConfig, RouterHandle};
-use bridge_core::store::repo::{MlsIdentity, PortalRecord};
-use bridge_core::store::{Backend, CommitConfig, open_data_dir};
-use bridge_core::testkit::{self, Harness, KitOptions, NativeAction, Observed, TestUser};
-use bridge_core::{Account, AccountContext, AccountId, Connector, Health, LegId, PortalId};
+use bridge_testkit::loopback::LoopbackNetwork;
+use bridge_testkit::{Harness, KitOptions, NativeAction, Observed, TestUser};
 use connector_irc::message::Message;
 use connector_irc::render::{RenderConfig, render};
 use connector_irc::{Config, Connections, IrcConnector};
 use harness::{Ngircd, NgircdOptions, NgircdTls};
+use mimi_store::{Backend, CommitConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -174,7 +174,7 @@ impl Harness for IrcHarness {
 async fn irc_passes_the_conformance_kit_against_ngircd() {
     let server = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
     let mut h = IrcHarness { server, user: None, per_user: false };
-    let report = testkit::run(&mut h, KitOptions::default()).await;
+    let report = bridge_testkit::run(&mut h, KitOptions::default()).await;
     println!("{report}");
     report.assert_passed();
     assert_eq!(report.checks.len(), 12);
@@ -186,14 +186,14 @@ async fn irc_passes_the_conformance_kit_against_ngircd() {
 async fn irc_per_user_mode_passes_the_conformance_kit_against_ngircd() {
     let server = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
     let mut h = IrcHarness { server, user: None, per_user: true };
-    let report = testkit::run(&mut h, KitOptions::default()).await;
+    let report = bridge_testkit::run(&mut h, KitOptions::default()).await;
     println!("{report}");
     report.assert_passed();
     assert_eq!(report.checks.len(), 12);
     let skipped: Vec<&str> = report
         .checks
         .iter()
-        .filter(|(_, r)| matches!(r, testkit::CheckResult::Skipped(_)))
+        .filter(|(_, r)| matches!(r, bridge_testkit::CheckResult::Skipped(_)))
         .map(|(n, _)| n.as_str())
         .collect();
     assert!(skipped.iter().all(|n| *n == "dedup"), "only dedup (IRC never redelivers) may be skipped: {skipped:?}");
@@ -209,7 +209,7 @@ struct Slice {
 
 async fn slice(server: &Ngircd, cfg: impl FnOnce(&mut Config)) -> Slice {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open_data_dir(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+    let store = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
     let router = RouterHandle::start(RouterConfig::new("irc.test"), store, Arc::new(LocalRoom)).await.expect("router");
     let lb_id = AccountId::parse("lb.other").expect("id");
     let lb = LoopbackNetwork::new(lb_id.clone(), AccountContext::new(lb_id, router.clone(), "irc.test"));
@@ -308,7 +308,9 @@ async fn ngircd_restart_mid_stream_loses_nothing() {
     watcher.say(CHANNEL, "back again");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if s.lb.delivered().iter().any(|e| matches!(&e.kind, bridge_core::event::OutboundKind::Message { draft, .. } if draft.body == "back again")) {
+        if s.lb.delivered().iter().any(
+            |e| matches!(&e.kind, bridge_api::event::OutboundKind::Message { draft, .. } if draft.body == "back again"),
+        ) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "IRC → bridge after reconnect");
@@ -355,7 +357,7 @@ fn bridged_back(s: &Slice, needle: &str) -> Vec<String> {
     s.lb.delivered()
         .iter()
         .filter_map(|e| match &e.kind {
-            bridge_core::event::OutboundKind::Message { draft, .. } if draft.body.contains(needle) => {
+            bridge_api::event::OutboundKind::Message { draft, .. } if draft.body.contains(needle) => {
                 Some(draft.body.clone())
             }
             _ => None,
@@ -392,7 +394,7 @@ async fn per_user_mode_shows_distinct_nicks_handles_collisions_and_bridges_nothi
     // The bot still reads the channel: an IRC user's line reaches the other side…
     watcher.say(CHANNEL, "irc user speaking");
     let d = s.lb.wait_delivered(1, Duration::from_secs(10)).await;
-    assert!(d.iter().any(|e| matches!(&e.kind, bridge_core::event::OutboundKind::Message { draft, .. } if draft.body == "irc user speaking")), "{d:?}");
+    assert!(d.iter().any(|e| matches!(&e.kind, bridge_api::event::OutboundKind::Message { draft, .. } if draft.body == "irc user speaking")), "{d:?}");
     // …but none of the per-user connections' lines came back.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for needle in ["hello from", "alice again"] {
@@ -402,7 +404,7 @@ async fn per_user_mode_shows_distinct_nicks_handles_collisions_and_bridges_nothi
     watcher.say(CHANNEL, "alice[m]: agreed");
     let d = s.lb.wait_delivered(2, Duration::from_secs(10)).await;
     let reply = d.iter().find_map(|e| match &e.kind {
-        bridge_core::event::OutboundKind::Message { draft, reply_to } if draft.body == "agreed" => {
+        bridge_api::event::OutboundKind::Message { draft, reply_to } if draft.body == "agreed" => {
             Some(reply_to.clone())
         }
         _ => None,
@@ -518,7 +520,7 @@ async fn tls_to_ngircd_verifies_the_server_and_carries_messages() {
     assert_eq!(collect(&mut watcher, 1, Duration::from_secs(15)).await, ["<a\u{200B}lice> through TLS"]);
     watcher.say(CHANNEL, "back through TLS");
     let d = s.lb.wait_delivered(1, Duration::from_secs(10)).await;
-    assert!(d.iter().any(|e| matches!(&e.kind, bridge_core::event::OutboundKind::Message { draft, .. } if draft.body == "back through TLS")), "{d:?}");
+    assert!(d.iter().any(|e| matches!(&e.kind, bridge_api::event::OutboundKind::Message { draft, .. } if draft.body == "back through TLS")), "{d:?}");
     // ngIRCd saw the bridge's connection as TLS (WHOIS 275 "is connected via SSL"). (ngIRCd 26 does not show
     // client certificate fingerprints, so that the certificate was presented is not checked here.)
     let _ = watcher.tx.send(format!("WHOIS {BRIDGE}"));
@@ -541,7 +543,7 @@ async fn tls_to_ngircd_verifies_the_server_and_carries_messages() {
         (format!("localhost:{tls_port}"), &other.ca, "not signed by a trusted CA"),
     ] {
         let dir2 = tempfile::tempdir().expect("tempdir");
-        let store = open_data_dir(dir2.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+        let store = bridge_core::open_store(dir2.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
         let router =
             RouterHandle::start(RouterConfig::new("irc.test"), store, Arc::new(LocalRoom)).await.expect("router");
         let mut c = Config::new(server_addr.clone(), "badtls");
@@ -568,7 +570,7 @@ async fn tls_to_ngircd_verifies_the_server_and_carries_messages() {
     c.tls_client_key_file = Some(good.client_key.clone());
     c.sasl_external = true;
     let dir3 = tempfile::tempdir().expect("tempdir");
-    let store = open_data_dir(dir3.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+    let store = bridge_core::open_store(dir3.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
     let router = RouterHandle::start(RouterConfig::new("irc.test"), store, Arc::new(LocalRoom)).await.expect("router");
     let acc =
         IrcConnector.start(id.clone(), c, AccountContext::new(id, router.clone(), "irc.test")).await.expect("start");

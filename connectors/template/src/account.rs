@@ -6,11 +6,11 @@
 use crate::proto::{self, ClientLine, ServerLine};
 use crate::{Config, translate};
 use async_trait::async_trait;
-use bridge_core::capability::Capabilities;
-use bridge_core::connector::{Delivery, SendError};
-use bridge_core::event::OutboundEvent;
-use bridge_core::lines::{Line, LineReader};
-use bridge_core::{Account, AccountContext, AccountId, ConnectorError, Health, InboundSink, NativeId};
+use bridge_api::capability::Capabilities;
+use bridge_api::connector::{Delivery, SendError};
+use bridge_api::event::OutboundEvent;
+use bridge_api::{Account, AccountContext, AccountId, ConnectorError, Health, InboundSink, NativeId};
+use bridge_net::lines::{Line, LineReader};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

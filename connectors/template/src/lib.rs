@@ -7,8 +7,8 @@
 //!
 //! * [`proto`] — **sans-IO protocol**: parse and serialise the network's wire format. Pure functions, no sockets,
 //!   unit-tested exhaustively. Hostile input is an error value, never a panic.
-//! * [`translate`] — **sans-IO translation**: native events ⇄ core events ([`bridge_core::InboundEvent`],
-//!   [`bridge_core::OutboundEvent`]). Pure functions. Rendering rules (how a reply or a multi-line message looks on
+//! * [`translate`] — **sans-IO translation**: native events ⇄ core events ([`bridge_api::InboundEvent`],
+//!   [`bridge_api::OutboundEvent`]). Pure functions. Rendering rules (how a reply or a multi-line message looks on
 //!   this network) live here and are documented by the capabilities the connector declares.
 //! * [`account`] — **the IO shell**: the socket, reconnects with backoff, health, matching sends to their
 //!   acknowledgements. No protocol knowledge beyond calling the two modules above.
@@ -28,8 +28,8 @@ pub mod proto;
 pub mod translate;
 
 use async_trait::async_trait;
-use bridge_core::capability::{Capabilities, Feature, Grade, Limits};
-use bridge_core::{Account, AccountContext, AccountId, Connector, ConnectorError};
+use bridge_api::capability::{Capabilities, Feature, Grade, Limits};
+use bridge_api::{Account, AccountContext, AccountId, Connector, ConnectorError};
 use serde::Deserialize;
 use std::sync::Arc;
 

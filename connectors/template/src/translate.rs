@@ -8,12 +8,12 @@
 //! * Typing and membership have no toychat form and are refused.
 
 use crate::proto::Verb;
-use bridge_core::connector::SendError;
-use bridge_core::content::markdown;
-use bridge_core::event::{
+use bridge_api::connector::SendError;
+use bridge_api::event::{
     InboundEvent, InboundKind, MessageDraft, MessageStyle, OutboundEvent, OutboundKind, TextFormat,
 };
-use bridge_core::{AccountId, LegId, LegacyUser, NativeId};
+use bridge_api::{AccountId, LegId, LegacyUser, NativeId};
+use mimi_content::markdown;
 
 /// A toychat event seen in a room → the core's inbound event. `None` for events that are not for a room leg.
 pub fn inbound(account: &AccountId, own_nick: &str, id: &str, nick: &str, verb: Verb) -> Option<InboundEvent> {
@@ -61,7 +61,7 @@ fn render(ev: &OutboundEvent, draft: &MessageDraft) -> String {
 /// a message that never reached it).
 pub fn outbound(ev: &OutboundEvent) -> Result<Option<Verb>, SendError> {
     let room = ev.leg.room.clone();
-    let native = |p: &bridge_core::event::ParentRef| p.native_id.as_ref().map(|n| n.0.clone());
+    let native = |p: &bridge_api::event::ParentRef| p.native_id.as_ref().map(|n| n.0.clone());
     Ok(match &ev.kind {
         OutboundKind::Message { draft, reply_to } => {
             let text = render(ev, draft);
@@ -89,8 +89,8 @@ pub fn outbound(ev: &OutboundEvent) -> Result<Option<Verb>, SendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bridge_core::event::{ParentRef, Sender};
-    use bridge_core::{MessageId, PortalId, TxnId};
+    use bridge_api::event::{ParentRef, Sender};
+    use bridge_api::{MessageId, PortalId, TxnId};
 
     fn ev(kind: OutboundKind) -> OutboundEvent {
         let mut id = [7u8; 32];

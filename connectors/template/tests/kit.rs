@@ -2,11 +2,11 @@
 //! broken variant fails it with a message that says what is wrong (the kit's own test).
 
 use async_trait::async_trait;
-use bridge_core::capability::{Capabilities, Feature, Grade};
-use bridge_core::connector::{Delivery, SendError};
-use bridge_core::event::{OutboundEvent, OutboundKind};
-use bridge_core::testkit::{self, CheckResult, Harness, KitOptions, NativeAction, Observed, TestUser};
-use bridge_core::{Account, AccountContext, AccountId, Connector, ConnectorError, Health};
+use bridge_api::capability::{Capabilities, Feature, Grade};
+use bridge_api::connector::{Delivery, SendError};
+use bridge_api::event::{OutboundEvent, OutboundKind};
+use bridge_api::{Account, AccountContext, AccountId, Connector, ConnectorError, Health};
+use bridge_testkit::{CheckResult, Harness, KitOptions, NativeAction, Observed, TestUser};
 use connector_template::fake_server::FakeServer;
 use connector_template::proto::{ClientLine, ServerLine, Verb};
 use connector_template::{Config, ToychatConnector};
@@ -240,7 +240,7 @@ async fn harness(breakage: Breakage) -> ToyHarness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn template_passes_the_conformance_kit() {
     let mut h = harness(Breakage::None).await;
-    let report = testkit::run(&mut h, KitOptions::default()).await;
+    let report = bridge_testkit::run(&mut h, KitOptions::default()).await;
     println!("{report}");
     report.assert_passed();
     assert_eq!(report.checks.len(), 12, "every check ran");
@@ -251,7 +251,7 @@ async fn template_passes_the_conformance_kit() {
 async fn a_broken_connector_fails_the_kit_with_a_clear_message() {
     let mut h = harness(Breakage::EditsAsMessages).await;
     let opts = KitOptions { timeout: Duration::from_secs(3), ..KitOptions::default() };
-    let report = testkit::run(&mut h, opts).await;
+    let report = bridge_testkit::run(&mut h, opts).await;
     println!("{report}");
     match report.get("edits") {
         Some(CheckResult::Failed(msg)) => assert!(msg.contains("never saw a native Edits"), "{msg}"),

@@ -1,0 +1,298 @@
+//! Delivery to one leg: a task per leg that drains the durable outbox in order.
+//!
+//! The portal writes each outbound event to the `outbox` tree in the same batch that records the message, and
+//! only then hands it to this worker. The worker performs it through the leg's account, retrying with backoff
+//! while the network is unreachable (order is kept: a later event waits for an earlier one), and records the
+//! result (the native ids, the outbox entry removed) in one batch. A restart reloads the outbox, so nothing
+//! accepted is lost; a delivery that is refused, or still failing after `give_up_after`, moves to the `failed`
+//! tree and is reported to the portal, which tells the sender's leg.
+
+use crate::portal::PortalInput;
+use crate::repo::{Repo, write};
+use crate::router::Shared;
+use bridge_api::connector::SendError;
+use bridge_api::event::{OutboundEvent, OutboundKind, ParentRef};
+use bridge_api::ids::{LegId, MessageId, NativeId};
+use mimi_store::Batch;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+/// One delivery for a leg.
+#[derive(Debug, Clone)]
+pub(crate) struct LegWork {
+    /// Outbox sequence number; `None` for ephemeral events (typing, membership, notices) that are not stored and
+    /// not retried.
+    pub seq: Option<u64>,
+    /// The event.
+    pub event: OutboundEvent,
+    /// When it was queued (or loaded from the outbox), for the delivery latency histogram.
+    pub queued: Instant,
+}
+
+impl LegWork {
+    /// Work queued now.
+    pub fn new(seq: Option<u64>, event: OutboundEvent) -> Self {
+        Self { seq, event, queued: Instant::now() }
+    }
+}
+
+/// Counters of one leg, shared between its worker and status queries.
+#[derive(Debug, Default)]
+pub(crate) struct LegCounters {
+    pub pending: AtomicU64,
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    /// Set when the portal could not queue work because the channel was full: the worker reloads the outbox.
+    pub overflow: AtomicBool,
+}
+
+/// The portal's handle on a leg's worker.
+pub(crate) struct LegWorker {
+    pub tx: mpsc::Sender<LegWork>,
+    /// Stops this worker alone (unlink); pending deliveries stay in the outbox.
+    pub stop: watch::Sender<bool>,
+    pub counters: Arc<LegCounters>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl LegWorker {
+    /// Queues work; never waits (the outbox is the buffer of record).
+    pub fn push(&self, work: LegWork) {
+        if work.seq.is_some() {
+            self.counters.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(mpsc::error::TrySendError::Full(w) | mpsc::error::TrySendError::Closed(w)) = self.tx.try_send(work)
+            && w.seq.is_some()
+        {
+            // Still in the outbox: the worker picks it up when it reloads.
+            self.counters.overflow.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Starts the worker of `leg`, loading its outbox first.
+pub(crate) fn spawn(shared: Arc<Shared>, leg: LegId, portal_tx: mpsc::Sender<PortalInput>) -> LegWorker {
+    let (tx, rx) = mpsc::channel(1024);
+    let counters = Arc::new(LegCounters::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let w = Worker {
+        stop: stop_rx,
+        shared,
+        leg,
+        portal_tx,
+        counters: counters.clone(),
+        recent: HashMap::new(),
+        high_water: 0,
+    };
+    let span = tracing::info_span!("leg", leg = %w.leg);
+    let task = tokio::spawn(w.run(rx).instrument(span));
+    LegWorker { tx, stop, counters, task }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    leg: LegId,
+    portal_tx: mpsc::Sender<PortalInput>,
+    counters: Arc<LegCounters>,
+    /// Native ids of recent deliveries on this leg, so a reply to a message delivered a moment ago resolves even
+    /// before that delivery's record is durable.
+    recent: HashMap<MessageId, NativeId>,
+    /// Highest outbox sequence number queued so far.
+    high_water: u64,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<LegWork>) {
+        let mut queue = VecDeque::new();
+        self.reload(&mut queue, true);
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut stop = self.stop.clone();
+        loop {
+            if *shutdown.borrow() || *stop.borrow() {
+                break;
+            }
+            let work = match queue.pop_front() {
+                Some(w) => w,
+                None => {
+                    if self.counters.overflow.swap(false, Ordering::AcqRel) {
+                        self.reload(&mut queue, false);
+                        continue;
+                    }
+                    let w = tokio::select! {
+                        w = rx.recv() => match w {
+                            Some(w) => w,
+                            None => break,
+                        },
+                        _ = shutdown.changed() => break,
+                        _ = stop.changed() => break,
+                    };
+                    if let Some(seq) = w.seq {
+                        if seq <= self.high_water {
+                            // Already loaded from the outbox.
+                            continue;
+                        }
+                        self.high_water = seq;
+                    }
+                    w
+                }
+            };
+            let span = tracing::info_span!("deliver", message = %work.event.message_id, kind = work.event.kind.name());
+            self.deliver(work).instrument(span).await;
+        }
+    }
+
+    /// Loads outbox entries above the high-water mark.
+    fn reload(&mut self, queue: &mut VecDeque<LegWork>, first: bool) {
+        match Repo::new(&self.shared.store).outbox(&self.leg) {
+            Ok(items) => {
+                for (seq, event) in items {
+                    if seq > self.high_water {
+                        self.high_water = seq;
+                        queue.push_back(LegWork::new(Some(seq), event));
+                    }
+                }
+                if first {
+                    self.counters.pending.store(queue.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Err(e) => tracing::error!(leg = %self.leg, error = %e, "cannot read the outbox"),
+        }
+    }
+
+    /// Fills in native ids the portal could not know when it queued the event.
+    fn refresh(&self, ev: &mut OutboundEvent) {
+        let repo = Repo::new(&self.shared.store);
+        let fill = |p: &mut ParentRef| {
+            if p.native_id.is_none() {
+                p.native_id = self
+                    .recent
+                    .get(&p.message_id)
+                    .cloned()
+                    .or_else(|| repo.native_on(&p.message_id, &self.leg).ok().flatten());
+            }
+        };
+        match &mut ev.kind {
+            OutboundKind::Message { reply_to: Some(p), .. } => fill(p),
+            OutboundKind::Edit { target, .. } | OutboundKind::Delete { target } => fill(target),
+            OutboundKind::ReactionAdd { target, .. } => fill(target),
+            OutboundKind::ReactionRemove { target, .. } => fill(target),
+            _ => {}
+        }
+        if let OutboundKind::ReactionRemove { reaction, reaction_native_id: r @ None, .. } = &mut ev.kind {
+            *r = self.recent.get(reaction).cloned().or_else(|| repo.native_on(reaction, &self.leg).ok().flatten());
+        }
+    }
+
+    async fn deliver(&mut self, mut work: LegWork) {
+        let started = Instant::now();
+        let mut delay = self.shared.cfg.retry_initial;
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut stop = self.stop.clone();
+        let mut warned = false;
+        loop {
+            if *shutdown.borrow() || *stop.borrow() {
+                return;
+            }
+            self.refresh(&mut work.event);
+            let account = self.shared.accounts.read().ok().and_then(|m| m.get(&self.leg.account).cloned());
+            let result = match &account {
+                None => Err(SendError::Retry(format!("account {} is not running", self.leg.account))),
+                Some(a) => a.send(&work.event).await,
+            };
+            let reason = match result {
+                Ok(delivery) => {
+                    self.delivered(&work, &delivery.native_ids);
+                    return;
+                }
+                Err(SendError::Rejected(r)) => r,
+                Err(SendError::Retry(r)) => {
+                    if work.seq.is_none() {
+                        tracing::debug!(leg = %self.leg, reason = %r, "ephemeral event dropped");
+                        return;
+                    }
+                    if started.elapsed() < self.shared.cfg.give_up_after {
+                        if !warned {
+                            metrics::counter!("mimi_bridge_errors_total", "kind" => "delivery_delayed").increment(1);
+                            tracing::warn!(leg = %self.leg, message = %work.event.message_id, reason = %r,
+                                "delivery delayed; retrying");
+                            warned = true;
+                        }
+                        let mut health = account.as_ref().map(|a| a.health());
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = async { match health.as_mut() { Some(h) => { let _ = h.changed().await; } None => std::future::pending::<()>().await } } => {}
+                            _ = shutdown.changed() => return,
+                            _ = stop.changed() => return,
+                        }
+                        delay = (delay * 2).min(self.shared.cfg.retry_max);
+                        continue;
+                    }
+                    format!("gave up after {:?}: {r}", self.shared.cfg.give_up_after)
+                }
+            };
+            self.failed(&work, &reason).await;
+            return;
+        }
+    }
+
+    fn delivered(&mut self, work: &LegWork, native_ids: &[NativeId]) {
+        let ev = &work.event;
+        let mut b = Batch::new();
+        // Reverse order so the first id wins the message → native direction.
+        for n in native_ids.iter().rev() {
+            write::native(&mut b, &self.leg, n, &ev.message_id, false);
+            self.shared.note_delivery(&self.leg, n, ev.message_id);
+        }
+        if let Some(first) = native_ids.first() {
+            if self.recent.len() > 4096 {
+                self.recent.clear();
+            }
+            self.recent.insert(ev.message_id, first.clone());
+        }
+        let leg = self.leg.to_string();
+        metrics::counter!("mimi_bridge_messages_out_total", "leg" => leg, "result" => "delivered").increment(1);
+        metrics::histogram!("mimi_bridge_delivery_latency_seconds", "network" => self.leg.account.network().to_owned())
+            .record(work.queued.elapsed().as_secs_f64());
+        if let Some(seq) = work.seq {
+            write::outbox_done(&mut b, &self.leg, seq);
+            self.counters.pending.fetch_sub(1, Ordering::Relaxed);
+            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        if b.is_empty() {
+            return;
+        }
+        // Group commit keeps FIFO order, so the next delivery need not wait for this fsync.
+        let done = self.shared.store.commit_later(b);
+        let leg = self.leg.clone();
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = done.await {
+                tracing::error!(leg = %leg, error = %e, "recording a delivery failed; it may be repeated after a restart");
+            }
+        });
+    }
+
+    async fn failed(&mut self, work: &LegWork, reason: &str) {
+        tracing::warn!(leg = %self.leg, message = %work.event.message_id, kind = work.event.kind.name(), %reason,
+            "undeliverable");
+        metrics::counter!("mimi_bridge_messages_out_total", "leg" => self.leg.to_string(), "result" => "failed")
+            .increment(1);
+        metrics::counter!("mimi_bridge_errors_total", "kind" => "undeliverable").increment(1);
+        let Some(seq) = work.seq else { return };
+        let mut b = Batch::new();
+        write::failed(&mut b, seq, &work.event, reason);
+        if let Err(e) = self.shared.store.commit(b).await {
+            tracing::error!(leg = %self.leg, error = %e, "recording an undeliverable event failed");
+        }
+        self.counters.pending.fetch_sub(1, Ordering::Relaxed);
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .portal_tx
+            .send(PortalInput::Undeliverable { event: Box::new(work.event.clone()), reason: reason.to_owned() })
+            .await;
+    }
+}

@@ -1,0 +1,50 @@
+//! # bridge-core
+//!
+//! The bridge's engine, free of any legacy chat protocol: it takes events from connectors (through
+//! `bridge-api`'s `InboundSink`), orders them per portal, publishes them to the portal's room of record (an MLS
+//! group), and delivers them to every other leg.
+//!
+//! * [`router`] and [`portal`] — ordering, dedup, echo prevention, the ID map and fan-out;
+//! * `leg` — one delivery worker per leg draining the durable outbox;
+//! * [`repo`] — the bridge's trees and their typed records;
+//! * [`room_of_record`] — the seam between a portal and its room of record;
+//! * [`mls_rooms`] — [`MlsRooms`], the room of record of every portal on MLS: one group per portal, hosted by this
+//!   daemon's MIMI provider;
+//! * [`check`] — `store check`: the bridge's records verified offline.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the invariants these modules keep.
+
+pub mod check;
+mod leg;
+pub mod mls_rooms;
+pub mod portal;
+pub mod repo;
+pub mod room_of_record;
+pub mod router;
+
+pub use mls_rooms::MlsRooms;
+
+/// Every tree a data dir of this build holds, each declared by the crate that owns it (for `store import` and
+/// `store check`, which refuse trees they do not know).
+pub fn known_trees() -> Vec<&'static str> {
+    let mut t = vec![mimi_store::schema::META];
+    t.extend_from_slice(repo::TREES);
+    t.push(mimi_mls::MLS_TREE);
+    t.extend_from_slice(mimi_provider::TREES);
+    t
+}
+
+/// The shape of the daemon's data directory (every tree in [`known_trees`]): no migration yet.
+pub const SCHEMA: mimi_store::schema::Schema = mimi_store::schema::Schema::FIRST;
+
+/// Opens the daemon's store in `data_dir`, migrating it to [`SCHEMA`].
+pub fn open_store(
+    data_dir: &std::path::Path,
+    backend: Option<mimi_store::Backend>,
+    commit: mimi_store::CommitConfig,
+) -> Result<mimi_store::Store, mimi_store::StoreError> {
+    mimi_store::open_data_dir(data_dir, backend, commit, &SCHEMA)
+}
+
+/// The schema version of the daemon's data directory this build writes.
+pub const SCHEMA_VERSION: u32 = SCHEMA.version();

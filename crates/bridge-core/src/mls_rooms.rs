@@ -1,0 +1,664 @@
+//! [`MlsRooms`]: the room of record of the portals as real MLS groups sequenced by this provider's hub.
+//!
+//! Outgoing ([`RoomOfRecord::publish`]): the portal's [`GroupMessage`] becomes MIMI content (`senderUri` = the
+//! bridge's member, `roomUri` = the portal's room, the legacy author in the `legacySender` extension), is
+//! encrypted with the portal's [`PortalGroup`], made durable, and sequenced by the hub; the MIMI message id is
+//! returned. If the hub moved to a newer epoch, the group first catches up with the log and the message is
+//! encrypted again.
+//!
+//! Incoming: one worker per portal follows the room's log. Each entry not sent by the bridge itself is processed
+//! by the group (commits merged, application messages decrypted), decoded and validated as MIMI content, and
+//! handed to [`RouterHandle::from_group`] in log order by a forwarder task — never from inside `publish`, which
+//! runs on the portal's own task. The worker's position is stored (`hub_log` cursor `bridge`).
+//!
+//! Nothing decrypted is lost: the MLS ratchet decrypts a message once, so the plaintext is kept (the room's kept
+//! list in the bridge's MLS storage) in the same atomic batch as the state change that decrypted it
+//! ([`PortalGroup::process_and_keep`]). When the router has taken a message, its entry is dropped from the list
+//! with the next one; when the portal's group opens (at start), whatever is still listed goes to the router again,
+//! which drops what it already has by message id.
+//!
+//! Per-user leaves (`mls_identity = "per-user"` in the portal's record): a legacy user's message is sent from a
+//! leaf of their own ([`UserLeaves`]), added by the bridge's commit the first time they speak, removed after
+//! [`LeafPolicy::idle_after`] of silence by the portal worker's sweep, and capped at [`LeafPolicy::max_leaves`]
+//! (beyond it the shared leaf speaks for them, with the `legacySender` extension). Every handshake of the log is
+//! fed to the local leaves too. See [`leaves`].
+//!
+//! Room URI of portal `P` on domain `D`: `mimi://D/r/P`; its MLS group id is that URI's bytes.
+
+mod keys;
+mod leaves;
+
+pub use keys::DEFAULT_KEY_UPDATE;
+
+use crate::repo::{MlsIdentity, Repo};
+use crate::room_of_record::{GroupContent, GroupMessage, RoomOfRecord};
+use crate::router::RouterHandle;
+use async_trait::async_trait;
+use bridge_api::RoomError;
+use bridge_api::RouteError;
+use bridge_api::event::{MessageDraft, MessageStyle, Sender, TextFormat};
+use bridge_api::ids::{MessageId, PortalId};
+use mimi_content::builder::ContentBuilder;
+use mimi_content::{Disposition, Message, MimiContent, NestedPart, PartBody};
+use mimi_mls::{
+    CommitOutput, EngineConfig, LeafPolicy, LegacySender, LocalMember, MlsBackend, MlsError, PortalGroup, Received,
+    UserLeaves,
+};
+use mimi_protocol::hub::{JoinPolicy, Origin, Refusal};
+use mimi_protocol::wire::{MlsMessageBytes, wire_format};
+use mimi_provider::log::{Records, write};
+use mimi_provider::service::{Provider, ProviderError};
+use mimi_store::Batch;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Name of the bridge's cursor in each room's log.
+const CURSOR: &str = "bridge";
+/// How many times `publish` catches up and re-encrypts after `epochTooOld`.
+const EPOCH_RETRIES: usize = 3;
+
+/// A native member's message on its way to the router: room, log position, id, content.
+type Forward = (String, u64, MessageId, GroupMessage);
+
+/// The name of a room's kept list ([`PortalGroup::process_and_keep`]) in the bridge's MLS storage.
+fn kept_list(room: &str) -> Vec<u8> {
+    format!("kept/{room}").into_bytes()
+}
+
+/// The room URI of a portal.
+pub fn room_uri(domain: &str, portal: &PortalId) -> String {
+    format!("mimi://{domain}/r/{portal}")
+}
+
+struct Slot {
+    group: PortalGroup,
+    room: String,
+    applied: u64,
+    own: HashSet<u64>,
+    /// The per-user leaves, in a portal with `mls_identity = "per-user"`.
+    leaves: Option<UserLeaves>,
+}
+
+/// The portals' room of record: MLS groups sequenced by the local hub. See the module documentation.
+pub struct MlsRooms {
+    provider: Provider,
+    mls: Arc<MlsBackend>,
+    member: Arc<LocalMember>,
+    config: EngineConfig,
+    policy: JoinPolicy,
+    slots: Mutex<HashMap<PortalId, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Interval between key updates of each local member, in milliseconds; 0: never ([`keys`]).
+    key_update_ms: std::sync::atomic::AtomicU64,
+    /// Per-user leaf limits by portal ([`MlsRooms::set_leaf_policy`]); the default otherwise.
+    leaf_policies: Mutex<HashMap<PortalId, LeafPolicy>>,
+    inbound: mpsc::UnboundedSender<Forward>,
+    inbound_rx: Mutex<Option<mpsc::UnboundedReceiver<Forward>>>,
+    /// Per room: the last log position whose message the router has taken (or refused for good); kept messages
+    /// up to it are dropped from the room's kept list.
+    handed_on: Arc<Mutex<HashMap<String, u64>>>,
+    /// Set once the router is attached (a flag, not the handle: the router owns this room, so holding its handle
+    /// here would be a reference cycle that keeps the store open after shutdown).
+    attached: std::sync::atomic::AtomicBool,
+    /// Stops the forwarder to the router ([`MlsRooms::shutdown`]).
+    stop: tokio::sync::watch::Sender<bool>,
+    me: Weak<MlsRooms>,
+}
+
+impl std::fmt::Debug for MlsRooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlsRooms").field("member", &self.member.uri()).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> RoomError {
+    RoomError::Unavailable(e.to_string())
+}
+
+impl MlsRooms {
+    /// The room of record of `member` (the bridge's MLS identity, stored in `mls`) on `provider`. New portal rooms
+    /// get join policy `policy`.
+    pub fn new(
+        provider: Provider,
+        mls: Arc<MlsBackend>,
+        member: Arc<LocalMember>,
+        config: EngineConfig,
+        policy: JoinPolicy,
+    ) -> Arc<Self> {
+        let (inbound, rx) = mpsc::unbounded_channel();
+        Arc::new_cyclic(|me| Self {
+            provider,
+            mls,
+            member,
+            config,
+            policy,
+            slots: Mutex::default(),
+            leaf_policies: Mutex::default(),
+            key_update_ms: std::sync::atomic::AtomicU64::new(DEFAULT_KEY_UPDATE.as_millis() as u64),
+            inbound,
+            inbound_rx: Mutex::new(Some(rx)),
+            handed_on: Arc::default(),
+            attached: std::sync::atomic::AtomicBool::new(false),
+            stop: tokio::sync::watch::channel(false).0,
+            me: me.clone(),
+        })
+    }
+
+    /// Everything the daemon needs in one call: the provider (hub) on `store` for `domain`, the bridge's MLS
+    /// identity `mimi://DOMAIN/u/bridge` (created with an Ed25519 key on first start, loaded afterwards) and the
+    /// room of record with the default engine configuration. Waits until a newly created identity is durable.
+    pub async fn open(store: mimi_store::Store, domain: &str, policy: JoinPolicy) -> Result<Arc<Self>, RoomError> {
+        let provider = Provider::open(domain, store.clone()).map_err(unavailable)?;
+        let mls = Arc::new(MlsBackend::new(store, "bridge").map_err(unavailable)?);
+        let uri = format!("mimi://{domain}/u/bridge");
+        let member = LocalMember::load_or_create(&mls, &uri, openmls::prelude::SignatureScheme::ED25519)
+            .map_err(unavailable)?
+            .durable()
+            .await
+            .map_err(unavailable)?;
+        Ok(Self::new(provider, mls, Arc::new(member), EngineConfig::default(), policy))
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    /// Connects the incoming path to the router (call once, after `RouterHandle::start`): messages from native
+    /// members go to [`RouterHandle::from_group`] in log order.
+    pub fn attach_router(&self, router: RouterHandle) {
+        if self.attached.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let mut stop = self.stop.subscribe();
+        let rx = self.inbound_rx.lock().ok().and_then(|mut g| g.take());
+        let handed_on = self.handed_on.clone();
+        if let Some(mut rx) = rx {
+            tokio::spawn(async move {
+                loop {
+                    let (room, seq, id, msg) = tokio::select! {
+                        m = rx.recv() => match m {
+                            Some(m) => m,
+                            None => break,
+                        },
+                        _ = stop.wait_for(|s| *s) => break,
+                    };
+                    // A transient failure (store, room of record) is retried with backoff: the kept plaintext
+                    // is dropped only once the router took the message or refused it for good.
+                    let mut backoff = std::time::Duration::from_millis(100);
+                    loop {
+                        match router.from_group(id, msg.clone()).await {
+                            Ok(_) => break,
+                            // Shutting down: the message stays kept and is handed on after the restart.
+                            Err(RouteError::Closed) => return,
+                            Err(e @ (RouteError::Store(_) | RouteError::Room(_))) => {
+                                tracing::warn!(error = %e, message_id = %id.to_hex(), retry_in = ?backoff, "message from the group not taken yet");
+                                tokio::select! {
+                                    _ = tokio::time::sleep(backoff) => {}
+                                    _ = stop.wait_for(|s| *s) => return,
+                                }
+                                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, message_id = %id.to_hex(), "message from the group refused by the router");
+                                break;
+                            }
+                        }
+                    }
+                    if let Ok(mut h) = handed_on.lock() {
+                        let last = h.entry(room).or_default();
+                        *last = (*last).max(seq);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Stops forwarding messages from the group to the router and the portal workers, releasing the router (and
+    /// with it the store). Call after the router has shut down.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.clear();
+        }
+    }
+
+    /// Sets the per-user leaf limits of `portal` (used when its slot opens: call before
+    /// [`MlsRooms::ensure_portal`]). Portals without one get [`LeafPolicy::default`].
+    pub fn set_leaf_policy(&self, portal: &PortalId, policy: LeafPolicy) {
+        if let Ok(mut p) = self.leaf_policies.lock() {
+            p.insert(portal.clone(), policy);
+        }
+    }
+
+    /// How often each local member of a portal's group (the bridge's leaf, per-user leaves) commits a fresh leaf
+    /// key; `None`: never. Default [`DEFAULT_KEY_UPDATE`].
+    pub fn set_key_update_interval(&self, every: Option<Duration>) {
+        let ms = every.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.key_update_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The key-update interval ([`MlsRooms::set_key_update_interval`]).
+    pub fn key_update_interval(&self) -> Option<Duration> {
+        match self.key_update_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Opens (creating if needed) the group and hub room of `portal` and starts its worker. Idempotent.
+    pub async fn ensure_portal(&self, portal: &PortalId) -> Result<(), RoomError> {
+        self.slot(portal).await.map(|_| ())
+    }
+
+    async fn slot(&self, portal: &PortalId) -> Result<Arc<tokio::sync::Mutex<Slot>>, RoomError> {
+        if let Some(s) = self.slots.lock().map_err(unavailable)?.get(portal) {
+            return Ok(s.clone());
+        }
+        let domain = self.provider.domain().to_owned();
+        let room = room_uri(&domain, portal);
+        let gid = room.as_bytes();
+        let group = match PortalGroup::load(self.mls.clone(), self.member.clone(), gid) {
+            Ok(g) => g,
+            Err(MlsError::UnknownGroup(_)) => {
+                PortalGroup::create(self.mls.clone(), self.member.clone(), &self.config, gid)
+                    .durable()
+                    .await
+                    .map_err(unavailable)?
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        self.provider
+            .create_room(&room, gid, group.epoch(), self.member.uri(), self.policy, true)
+            .await
+            .map_err(unavailable)?;
+        self.serve_group_info(&room, &group);
+        let applied = Records(self.provider.store()).cursor(&room, CURSOR).map_err(unavailable)?;
+        let store = self.provider.store();
+        let per_user = Repo::new(store)
+            .portal(portal)
+            .map_err(unavailable)?
+            .is_some_and(|r| r.mls_identity == MlsIdentity::PerUser);
+        let leaves = if per_user {
+            let policy = self.leaf_policies.lock().map_err(unavailable)?.get(portal).cloned().unwrap_or_default();
+            Some(UserLeaves::open(store.clone(), self.config.clone(), policy, &group).map_err(unavailable)?)
+        } else {
+            None
+        };
+        // Messages decrypted before the last stop but maybe never taken by the router go to it again (it drops
+        // what it already has by message id).
+        for k in group.kept_messages(&kept_list(&room)).map_err(unavailable)? {
+            if leaves.as_ref().is_some_and(|l| std::str::from_utf8(&k.sender_identity).is_ok_and(|u| l.contains(u))) {
+                continue;
+            }
+            match decode_incoming(portal, &room, &k.sender_identity, &k.plaintext) {
+                Ok((id, msg)) => {
+                    let _ = self.inbound.send((room.clone(), k.seq, id, msg));
+                }
+                Err(e) => tracing::debug!(portal = %portal, error = %e, "kept message discarded"),
+            }
+        }
+        let slot =
+            Arc::new(tokio::sync::Mutex::new(Slot { group, room: room.clone(), applied, own: HashSet::new(), leaves }));
+        let slot = {
+            let mut slots = self.slots.lock().map_err(unavailable)?;
+            if let Some(existing) = slots.get(portal) {
+                return Ok(existing.clone());
+            }
+            slots.insert(portal.clone(), slot.clone());
+            slot
+        };
+        self.spawn_worker(portal.clone(), room, slot.clone())?;
+        Ok(slot)
+    }
+
+    fn spawn_worker(
+        &self,
+        portal: PortalId,
+        room: String,
+        slot: Arc<tokio::sync::Mutex<Slot>>,
+    ) -> Result<(), RoomError> {
+        let mut rx = self.provider.subscribe(&room).map_err(unavailable)?;
+        let me = self.me.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let mut sweep_at: Option<tokio::time::Instant> = None;
+            loop {
+                let Some(this) = me.upgrade() else { return };
+                {
+                    let mut s = slot.lock().await;
+                    if let Err(e) = this.catch_up(&portal, &mut s).await {
+                        tracing::warn!(portal = %portal, error = %e, "catching up with the room log failed");
+                    }
+                    let now = tokio::time::Instant::now();
+                    if let Some(every) = leaves::sweep_interval(&s, this.key_update_interval()) {
+                        if sweep_at.is_some_and(|t| t <= now) {
+                            if let Err(e) = this.sweep_idle_leaves(&portal, &mut s).await {
+                                tracing::warn!(portal = %portal, error = %e, "removing idle per-user leaves failed");
+                            }
+                            if let Err(e) = this.refresh_keys(&portal, &mut s).await {
+                                tracing::warn!(portal = %portal, error = %e, "key update failed; retried later");
+                            }
+                            sweep_at = None;
+                        }
+                        sweep_at = sweep_at.or(Some(now + every));
+                    }
+                }
+                drop(this);
+                let sweep = async {
+                    match sweep_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    _ = sweep => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Applies every log entry after the slot's position, in order.
+    async fn catch_up(&self, portal: &PortalId, s: &mut Slot) -> Result<(), RoomError> {
+        loop {
+            let entries = self.provider.entries_after(&s.room, s.applied, 256).map_err(unavailable)?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let mut commits = false;
+            for e in entries {
+                let seq = e.seq;
+                if !s.own.remove(&seq) && e.fanout.message.wire_format() != wire_format::WELCOME {
+                    commits |= self.apply(portal, s, seq, e.fanout.message.as_bytes()).await;
+                }
+                s.applied = seq;
+            }
+            if commits {
+                self.serve_group_info(&s.room, &s.group);
+            }
+            let mut b = Batch::new();
+            write::cursor(&mut b, &s.room, CURSOR, s.applied);
+            self.provider.store().commit(b).await.map_err(unavailable)?;
+        }
+    }
+
+    /// Processes one message of the log; true if it was a commit.
+    async fn apply(&self, portal: &PortalId, s: &mut Slot, seq: u64, bytes: &[u8]) -> bool {
+        let handed_on = self.handed_on.lock().ok().and_then(|h| h.get(&s.room).copied()).unwrap_or(0);
+        match s.group.process_and_keep(bytes, seq, &kept_list(&s.room), handed_on).durable().await {
+            Ok(Received::Application { sender_identity, .. }) if leaves::is_local_leaf(s, &sender_identity) => {
+                // One of our per-user leaves spoke (an own message seen again after a restart): not bridged again.
+                false
+            }
+            Ok(Received::Application { sender_identity, plaintext, .. }) => {
+                match decode_incoming(portal, &s.room, &sender_identity, &plaintext) {
+                    Ok((id, msg)) => {
+                        let _ = self.inbound.send((s.room.clone(), seq, id, msg));
+                    }
+                    Err(e) => tracing::warn!(portal = %portal, error = %e, "MIMI content discarded"),
+                }
+                false
+            }
+            Ok(Received::Commit { .. }) => {
+                leaves::feed_handshake(portal, s, bytes).await;
+                true
+            }
+            Ok(Received::Proposal { .. }) => {
+                leaves::feed_handshake(portal, s, bytes).await;
+                false
+            }
+            Ok(Received::Own) => false,
+            Err(e) => {
+                tracing::debug!(portal = %portal, error = %e, "log entry not applied");
+                false
+            }
+        }
+    }
+
+    /// Adds members from KeyPackages (MLSMessages) to the portal's group: commit and Welcome go through the hub.
+    pub async fn add_members(&self, portal: &PortalId, key_packages: &[Vec<u8>]) -> Result<(), RoomError> {
+        let slot = self.slot(portal).await?;
+        let mut s = slot.lock().await;
+        self.catch_up(portal, &mut s).await?;
+        let kps: Vec<&[u8]> = key_packages.iter().map(Vec::as_slice).collect();
+        let out = s.group.add_members(&kps).durable().await.map_err(unavailable)?;
+        let welcome = out.welcome.clone();
+        if !self.submit_own_commit(&mut s, out).await? {
+            return Err(RoomError::Unavailable("the room moved to a newer epoch; add again".into()));
+        }
+        if let Some(w) = welcome {
+            let w = MlsMessageBytes::new(w).map_err(unavailable)?;
+            let room = s.room.clone();
+            let a = self.provider.submit(&room, w, self.member.uri(), Origin::Portal).await.map_err(unavailable)?;
+            s.own.insert(a.seq);
+        }
+        Ok(())
+    }
+
+    /// Sends a commit of the bridge's leaf (pending on its group) to the hub: merged if accepted (the local
+    /// per-user leaves process it and the served GroupInfo is refreshed; `true`), dropped if the hub moved to a
+    /// newer epoch first (`false`: catch up and commit again) or refused it (an error).
+    async fn submit_own_commit(&self, s: &mut Slot, out: CommitOutput) -> Result<bool, RoomError> {
+        match self.send_commit(&s.room, &out.commit, self.member.uri()).await {
+            Ok(Some(seq)) => {
+                // Marked as ours only once merged: if the merge does not happen, the worker meets the commit in
+                // the log and merges it then.
+                s.group.merge_pending_commit().durable().await.map_err(unavailable)?;
+                s.own.insert(seq);
+                leaves::feed_own_commit(s, &out.commit).await;
+                self.serve_group_info(&s.room, &s.group);
+                Ok(true)
+            }
+            sent => {
+                let _ = s.group.clear_pending_commit().durable().await;
+                sent.map(|_| false)
+            }
+        }
+    }
+
+    /// Sends a commit (MLSMessage bytes) of the local member `sender` to the room's hub: `Some(seq)` if the hub
+    /// sequenced it, `None` if the hub moved to a newer epoch first (catch up and commit again), an error if it
+    /// refused the commit or could not be reached. The caller merges or drops its pending commit accordingly.
+    async fn send_commit(&self, room: &str, commit: &[u8], sender: &str) -> Result<Option<u64>, RoomError> {
+        let commit = MlsMessageBytes::new(commit.to_vec()).map_err(unavailable)?;
+        match self.provider.submit(room, commit, sender, Origin::Portal).await {
+            Ok(a) => Ok(Some(a.seq)),
+            Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => Ok(None),
+            Err(ProviderError::Refused(r)) => Err(RoomError::Refused(r.to_string())),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Serves `group`'s current GroupInfo (with the ratchet tree) for external joins of `room`.
+    fn serve_group_info(&self, room: &str, group: &PortalGroup) {
+        if let Ok(info) = group.export_group_info(true) {
+            self.provider.set_group_info(room, info);
+        }
+    }
+
+    /// The portal group's member identities (for tests and status).
+    pub async fn members(&self, portal: &PortalId) -> Result<Vec<Vec<u8>>, RoomError> {
+        let slot = self.slot(portal).await?;
+        let s = slot.lock().await;
+        Ok(s.group.members().into_iter().map(|m| m.identity).collect())
+    }
+
+    /// The last position of the room's log the portal's worker has applied.
+    pub async fn position(&self, portal: &PortalId) -> Result<u64, RoomError> {
+        let slot = self.slot(portal).await?;
+        let s = slot.lock().await;
+        Ok(s.applied)
+    }
+
+    /// The users with a per-user leaf in `portal` (empty for a shared-leaf portal).
+    pub async fn leaf_users(&self, portal: &PortalId) -> Result<Vec<String>, RoomError> {
+        let slot = self.slot(portal).await?;
+        let s = slot.lock().await;
+        Ok(s.leaves.as_ref().map(leaves::users).unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl RoomOfRecord for MlsRooms {
+    async fn publish(&self, msg: &GroupMessage) -> Result<MessageId, RoomError> {
+        let slot = self.slot(&msg.portal).await?;
+        let mut s = slot.lock().await;
+        let domain = self.provider.domain().to_owned();
+        for _ in 0..=EPOCH_RETRIES {
+            // In a per-user portal the legacy author speaks from their own leaf (added now if they have none).
+            let leaf = match (&s.leaves, &msg.sender.legacy) {
+                (Some(_), Some(user)) => {
+                    let uri = user.uri(&domain);
+                    self.ensure_leaf(&msg.portal, &mut s, &uri).await?.then_some(uri)
+                }
+                _ => None,
+            };
+            let sender = leaf.as_deref().unwrap_or(self.member.uri());
+            let content = encode_outgoing(msg, sender, &s.room, &domain)?;
+            let id = content.message_id().map_err(|e| RoomError::Refused(e.to_string()))?;
+            let id = MessageId::from_bytes(&id).map_err(|e| RoomError::Refused(e.to_string()))?;
+            let encrypted = match &leaf {
+                Some(uri) => match s.leaves.as_mut().and_then(|l| l.group_mut(uri, std::time::Instant::now())) {
+                    Some(g) => g.encrypt(content.bytes()),
+                    // Removed by a commit processed while catching up: add it again on the next round.
+                    None => continue,
+                },
+                None => s.group.encrypt(content.bytes()),
+            };
+            let ct = encrypted.durable().await.map_err(unavailable)?;
+            let ct = MlsMessageBytes::new(ct).map_err(unavailable)?;
+            let room = s.room.clone();
+            match self.provider.submit(&room, ct, sender, Origin::Portal).await {
+                Ok(a) => {
+                    s.own.insert(a.seq);
+                    return Ok(id);
+                }
+                Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => {
+                    self.catch_up(&msg.portal, &mut s).await?;
+                }
+                Err(ProviderError::Refused(r)) => return Err(RoomError::Refused(r.to_string())),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(RoomError::Unavailable("the room's epoch keeps moving".into()))
+    }
+}
+
+/// The MIMI content of a portal message, sent from the bridge's leaf `bridge_uri`.
+pub fn encode_outgoing(msg: &GroupMessage, bridge_uri: &str, room: &str, domain: &str) -> Result<Message, RoomError> {
+    let refused = |e: &dyn std::fmt::Display| RoomError::Refused(e.to_string());
+    let mut b = ContentBuilder::new(bridge_uri, room);
+    let text = |b: ContentBuilder, d: &MessageDraft| {
+        // MIMI has no emotes: an emote travels as "/me action", which native clients know to show as one.
+        let mut body = if d.style == MessageStyle::Emote { format!("/me {}", d.body) } else { d.body.clone() };
+        for a in &d.attachments {
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            body.push_str(&a.url);
+        }
+        match d.format {
+            TextFormat::Markdown => b.markdown(&body),
+            TextFormat::Plain => b.plain_text(&body),
+        }
+    };
+    b = match &msg.content {
+        GroupContent::Message { draft, in_reply_to } => {
+            let b = text(b, draft);
+            match in_reply_to {
+                Some(p) => b.reply_to(*p.as_bytes()),
+                None => b,
+            }
+        }
+        GroupContent::Edit { replaces, draft } => text(b, draft).edit(*replaces.as_bytes()),
+        GroupContent::Delete { replaces } => b.delete(*replaces.as_bytes()),
+        GroupContent::Reaction { in_reply_to, key } => b.reaction(*in_reply_to.as_bytes(), key),
+        GroupContent::Unreact { replaces } => b.unreact(*replaces.as_bytes()),
+    };
+    let mut content = b.build().map_err(|e| refused(&e))?;
+    if let Some(user) = &msg.sender.legacy {
+        LegacySender::from_user(user, domain).attach(&mut content.extensions).map_err(|e| refused(&e))?;
+    }
+    Message::encode(content).map_err(|e| refused(&e))
+}
+
+/// The first text of a body: `(text, markdown?)`.
+fn body_text(part: &NestedPart) -> Option<(String, bool)> {
+    let mut found = None;
+    part.walk(&mut |p| {
+        if found.is_some() {
+            return;
+        }
+        if let PartBody::Single(s) = &p.body {
+            let md = s.content_type.starts_with("text/markdown");
+            if md || s.content_type.starts_with("text/plain") {
+                found = Some((String::from_utf8_lossy(&s.content).into_owned(), md));
+            }
+        }
+    });
+    found
+}
+
+/// Why an incoming message was discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum IncomingError {
+    /// Not valid MIMI content.
+    #[error(transparent)]
+    Content(#[from] mimi_content::ContentError),
+    /// The content's room is not this room.
+    #[error("content for room {0:?}")]
+    WrongRoom(Option<String>),
+    /// A bad message id.
+    #[error("message id: {0}")]
+    Id(String),
+}
+
+/// Decodes and validates MIMI content `plaintext` received in `room` from the MLS member `sender_identity`
+/// (its credential, a MIMI URI), into what the router takes.
+pub fn decode_incoming(
+    portal: &PortalId,
+    room: &str,
+    sender_identity: &[u8],
+    plaintext: &[u8],
+) -> Result<(MessageId, GroupMessage), IncomingError> {
+    let msg = Message::decode(plaintext)?;
+    mimi_content::validate(msg.content())?;
+    let c: &MimiContent = msg.content();
+    if c.extensions.room_uri.as_deref().is_some_and(|r| r != room) {
+        return Err(IncomingError::WrongRoom(c.extensions.room_uri.clone()));
+    }
+    // The MLS-authenticated sender wins over what the content claims.
+    let sender_uri = String::from_utf8_lossy(sender_identity).into_owned();
+    let id = msg.message_id_with(Some(&sender_uri), Some(room))?;
+    let id = MessageId::from_bytes(&id).map_err(|e| IncomingError::Id(e.to_string()))?;
+    let display_name = sender_uri.rsplit('/').next().unwrap_or(&sender_uri).to_owned();
+    let sender = Sender { uri: sender_uri.clone(), display_name, network: "mimi".into(), legacy: None };
+    let to_id = |b: &[u8; 32]| MessageId::from_bytes(b).map_err(|e| IncomingError::Id(e.to_string()));
+    let disposition = c.nested_part.disposition;
+    let null = matches!(c.nested_part.body, PartBody::Null);
+    let draft = || {
+        let (text, md) = body_text(&c.nested_part).unwrap_or_default();
+        // MIMI has no emotes; a native client's "/me waves" is one (the common chat-client convention).
+        let (text, style) = match text.strip_prefix("/me ") {
+            Some(action) => (action.to_owned(), MessageStyle::Emote),
+            None => (text, MessageStyle::Normal),
+        };
+        let mut d = if md { MessageDraft::markdown(text) } else { MessageDraft::plain(text) };
+        d.style = style;
+        d
+    };
+    let content = match (c.replaces, c.in_reply_to) {
+        (Some(r), _) if null && disposition == Disposition::Reaction => GroupContent::Unreact { replaces: to_id(&r)? },
+        (Some(r), _) if null => GroupContent::Delete { replaces: to_id(&r)? },
+        (Some(r), _) => GroupContent::Edit { replaces: to_id(&r)?, draft: draft() },
+        (None, Some(p)) if disposition == Disposition::Reaction => {
+            GroupContent::Reaction { in_reply_to: to_id(&p)?, key: draft().body }
+        }
+        (None, p) => GroupContent::Message { draft: draft(), in_reply_to: p.as_ref().map(to_id).transpose()? },
+    };
+    Ok((id, GroupMessage { portal: portal.clone(), sender, content }))
+}

@@ -1,0 +1,191 @@
+//! Per-user leaves in a portal's room ([`UserLeaves`] wired to the hub): adding a leaf before its user's first
+//! message, feeding every handshake of the log to the local leaves, and the idle sweep.
+//!
+//! Order of an add: the bridge's leaf commits the add ([`UserLeaves::add`], durable with the new leaf's
+//! KeyPackage keys), the user becomes a participant of the hub room (so the hub takes the leaf's messages), the
+//! hub sequences the commit, then [`UserLeaves::complete`] merges it and joins the leaf from the Welcome (which
+//! never leaves the process: nobody else needs it). If the hub moved to a newer epoch first, the change is
+//! abandoned, the slot catches up and the add is tried again. If the leaf cannot join after the bridge merged the
+//! add, its now ownerless slot in the group is removed by another commit and the message goes out from the shared
+//! leaf, so nothing is lost and no dead member stays behind.
+
+use super::{EPOCH_RETRIES, MlsRooms, Slot, unavailable};
+use bridge_api::RoomError;
+use bridge_api::ids::PortalId;
+use mimi_mls::{AddLeaf, UserLeaves};
+use std::time::{Duration, Instant};
+
+/// Longest pause between two idle sweeps of a portal.
+const MAX_SWEEP: Duration = Duration::from_secs(30);
+
+/// How often the portal worker sweeps (idle leaves, key updates): a quarter of the leaves' idle time or an eighth
+/// of the key-update interval, whichever is shorter, at most [`MAX_SWEEP`]; `None` if there is nothing to sweep.
+pub(super) fn sweep_interval(s: &Slot, key_update: Option<Duration>) -> Option<Duration> {
+    let idle = s.leaves.as_ref().map(|l| l.policy().idle_after / 4);
+    let keys = key_update.map(|k| k / 8);
+    let every = match (idle, keys) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(every.clamp(Duration::from_millis(50), MAX_SWEEP))
+}
+
+/// True if `identity` (an MLS sender's credential) is one of the portal's local per-user leaves.
+pub(super) fn is_local_leaf(s: &Slot, identity: &[u8]) -> bool {
+    s.leaves.as_ref().is_some_and(|l| std::str::from_utf8(identity).is_ok_and(|u| l.contains(u)))
+}
+
+/// A handshake message someone else sent (already processed by the bridge's leaf) goes to every local leaf.
+pub(super) async fn feed_handshake(portal: &PortalId, s: &mut Slot, bytes: &[u8]) {
+    let Some(leaves) = s.leaves.as_mut() else { return };
+    let before = leaves.len();
+    match leaves.process_handshake(bytes).durable().await {
+        Ok(results) => {
+            for (user, r) in results {
+                if let Err(e) = r {
+                    tracing::warn!(portal = %portal, user = %user, error = %e, "a per-user leaf could not process a handshake");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(portal = %portal, error = %e, "per-user leaves' state not stored"),
+    }
+    if leaves.len() < before {
+        tracing::info!(portal = %portal, removed = before - leaves.len(), "per-user leaves removed by a member's commit");
+    }
+}
+
+/// The bridge's own commit (merged) goes to every local leaf.
+pub(super) async fn feed_own_commit(s: &mut Slot, commit: &[u8]) {
+    let Some(leaves) = s.leaves.as_mut() else { return };
+    if leaves.is_empty() {
+        return;
+    }
+    if let Err(e) = leaves.process_handshake(commit).durable().await {
+        tracing::warn!(error = %e, "per-user leaves could not process the bridge's commit");
+    }
+}
+
+/// What one attempt to add a leaf came to.
+enum Attempt {
+    /// The user has a leaf now.
+    Ready,
+    /// Send from the shared leaf (cap reached, or the leaf could not join).
+    Shared,
+    /// The hub moved on: catch up and try again.
+    Retry,
+}
+
+impl MlsRooms {
+    /// Makes sure the legacy user `uri` has a leaf in the per-user portal of slot `s`: true if they have one
+    /// (now), false if their message must go out from the shared leaf (the portal is at its cap).
+    pub(super) async fn ensure_leaf(&self, portal: &PortalId, s: &mut Slot, uri: &str) -> Result<bool, RoomError> {
+        for _ in 0..=EPOCH_RETRIES {
+            match self.try_add_leaf(portal, s, uri).await? {
+                Attempt::Ready => return Ok(true),
+                Attempt::Shared => return Ok(false),
+                Attempt::Retry => self.catch_up(portal, s).await?,
+            }
+        }
+        Err(RoomError::Unavailable("the room's epoch keeps moving".into()))
+    }
+
+    async fn try_add_leaf(&self, portal: &PortalId, s: &mut Slot, uri: &str) -> Result<Attempt, RoomError> {
+        let Slot { group, leaves, room, own, .. } = s;
+        let Some(leaves) = leaves.as_mut() else { return Ok(Attempt::Shared) };
+        let pending = match leaves.add(group, uri).map_err(unavailable)? {
+            AddLeaf::Present => return Ok(Attempt::Ready),
+            AddLeaf::Full => {
+                tracing::debug!(portal = %portal, user = %uri, "per-user leaf cap reached: the shared leaf speaks");
+                return Ok(Attempt::Shared);
+            }
+            AddLeaf::Committed(p) => p,
+        };
+        let change = match pending.durable().await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = leaves.cancel(group).durable().await;
+                return Err(unavailable(e));
+            }
+        };
+        let sent = match self.provider.add_participant(room, uri).await {
+            Ok(()) => self.send_commit(room, &change.commit.commit, self.member.uri()).await,
+            Err(e) => Err(unavailable(e)),
+        };
+        match sent {
+            Ok(Some(seq)) => match leaves.complete(group, change, Instant::now()).durable().await {
+                Ok(()) => {
+                    own.insert(seq);
+                    tracing::info!(portal = %portal, user = %uri, leaves = leaves.len(), "per-user leaf added");
+                    self.serve_group_info(room, group);
+                    Ok(Attempt::Ready)
+                }
+                Err(e) => {
+                    tracing::warn!(portal = %portal, user = %uri, error = %e, "the per-user leaf could not join: removing its slot, the shared leaf speaks");
+                    self.remove_orphan(portal, s, uri).await;
+                    Ok(Attempt::Shared)
+                }
+            },
+            sent => {
+                let _ = leaves.abandon(group, change).durable().await;
+                sent.map(|_| Attempt::Retry)
+            }
+        }
+    }
+
+    /// Removes the member `uri` from the group when it is there without a local leaf (its join failed after the
+    /// bridge merged the add). Best effort: a failure is logged.
+    async fn remove_orphan(&self, portal: &PortalId, s: &mut Slot, uri: &str) {
+        if s.leaves.as_ref().is_some_and(|l| l.contains(uri)) {
+            return;
+        }
+        let Some(index) = s.group.member_index(uri.as_bytes()) else { return };
+        let removed = match s.group.remove_members(&[index]).durable().await {
+            Ok(out) => self.submit_own_commit(s, out).await,
+            Err(e) => Err(unavailable(e)),
+        };
+        if !matches!(removed, Ok(true)) {
+            tracing::warn!(portal = %portal, user = %uri, result = ?removed.err(), "the ownerless leaf stays in the group for now");
+        }
+    }
+
+    /// Saves the leaves' activity, then removes the leaves silent for longer than the portal's idle time, in one
+    /// commit by the bridge's leaf.
+    pub(super) async fn sweep_idle_leaves(&self, portal: &PortalId, s: &mut Slot) -> Result<(), RoomError> {
+        if let Slot { group, leaves: Some(leaves), .. } = s
+            && let Err(e) = leaves.save_activity(group)
+        {
+            tracing::warn!(portal = %portal, error = %e, "per-user leaves' activity not saved");
+        }
+        let now = Instant::now();
+        if s.leaves.as_ref().is_none_or(|l| l.idle(now).is_empty()) {
+            return Ok(());
+        }
+        self.catch_up(portal, s).await?;
+        let Slot { group, leaves, room, own, .. } = s;
+        let Some(leaves) = leaves.as_mut() else { return Ok(()) };
+        let idle = leaves.idle(now);
+        if idle.is_empty() {
+            return Ok(());
+        }
+        let change = leaves.remove(group, &idle).durable().await.map_err(unavailable)?;
+        match self.send_commit(room, &change.commit.commit, self.member.uri()).await {
+            Ok(Some(seq)) => {
+                leaves.complete(group, change, now).durable().await.map_err(unavailable)?;
+                own.insert(seq);
+                tracing::info!(portal = %portal, removed = idle.len(), left = leaves.len(), "idle per-user leaves removed");
+                self.serve_group_info(room, group);
+                Ok(())
+            }
+            // Another commit won the epoch (or the hub is unreachable): the next sweep tries again.
+            sent => {
+                let _ = leaves.abandon(group, change).durable().await;
+                sent.and(Err(RoomError::Unavailable("the room moved to a newer epoch; the next sweep retries".into())))
+            }
+        }
+    }
+}
+
+/// The per-user leaves of a slot, for tests and status.
+pub(super) fn users(leaves: &UserLeaves) -> Vec<String> {
+    leaves.users().map(str::to_owned).collect()
+}

@@ -1,0 +1,620 @@
+//! A portal: one bridged room. One task per portal sequences everything that happens in it.
+//!
+//! For each inbound event the portal, in order:
+//! 1. drops the bridge's own echoes (`from_bridge`, ghosts, native ids it recorded for a delivery) and
+//!    duplicates (a native id already seen from that leg);
+//! 2. resolves native references (reply parent, edit/delete/reaction target) through the ID map;
+//! 3. publishes the message to the room of record ([`crate::room_of_record::RoomOfRecord`]) and gets its [`MessageId`];
+//! 4. writes — in one batch, shared with the other events of the same drain, committed once — the message
+//!    record, the ID-map entry of the source, the reaction set, the sequence counter and an outbox entry for every
+//!    *other* leg;
+//! 5. acknowledges to the connector, then hands the outbox entries to the legs' delivery workers ([`crate::leg`]).
+//!
+//! Typing and membership events are ephemeral: passed to the other legs, never stored.
+
+use crate::leg::{self, LegWork, LegWorker};
+use crate::repo::{IdEntry, MessageRecord, ReactionSet, RecordKind, Repo, write};
+use crate::room_of_record::{GroupContent, GroupMessage};
+use crate::router::{Shared, count_error, store_error};
+use bridge_api::event::{
+    InboundEvent, InboundKind, MessageDraft, MessageStyle, OutboundEvent, OutboundKind, ParentRef, Sender,
+};
+use bridge_api::ids::{LegId, MessageId, NativeId, TxnId};
+use bridge_api::uri::LegacyUser;
+use bridge_api::{Accepted, RouteError};
+use mimi_store::Batch;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+pub use crate::repo::PortalRecord;
+
+/// One leg in a status report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LegStatus {
+    /// The leg.
+    pub leg: LegId,
+    /// Deliveries waiting (in the outbox).
+    pub pending: u64,
+    /// Deliveries done since start.
+    pub delivered: u64,
+    /// Deliveries given up since start.
+    pub failed: u64,
+}
+
+/// What a portal task receives.
+pub(crate) enum PortalInput {
+    Inbound { event: Box<InboundEvent>, ack: oneshot::Sender<Result<Accepted, RouteError>> },
+    FromGroup { id: MessageId, msg: Box<GroupMessage>, ack: oneshot::Sender<Result<Accepted, RouteError>> },
+    Link { leg: LegId, done: oneshot::Sender<Result<(), RouteError>> },
+    Unlink { leg: LegId, done: oneshot::Sender<Result<(), RouteError>> },
+    Undeliverable { event: Box<OutboundEvent>, reason: String },
+    Status { reply: oneshot::Sender<Vec<LegStatus>> },
+}
+
+/// Longest excerpt kept for reply/edit fallbacks, in characters.
+const EXCERPT_CHARS: usize = 100;
+
+struct Portal {
+    shared: Arc<Shared>,
+    rec: PortalRecord,
+    legs: BTreeMap<LegId, LegWorker>,
+    next_seq: u64,
+    self_tx: mpsc::Sender<PortalInput>,
+}
+
+/// A result waiting for the drain's commit.
+type Ack = (oneshot::Sender<Result<Accepted, RouteError>>, Result<Accepted, RouteError>);
+
+/// Starts a portal's task (and its legs' delivery workers).
+pub(crate) async fn spawn(
+    shared: Arc<Shared>,
+    rec: PortalRecord,
+    legs: Vec<LegId>,
+    rx: mpsc::Receiver<PortalInput>,
+    self_tx: mpsc::Sender<PortalInput>,
+) -> Result<tokio::task::JoinHandle<()>, RouteError> {
+    let next_seq = Repo::new(&shared.store).next_seq(&rec.id).map_err(store_error)?;
+    let span = tracing::info_span!("portal", portal = %rec.id);
+    let mut p = Portal { shared, rec, legs: BTreeMap::new(), next_seq, self_tx };
+    for l in legs {
+        p.start_leg(l);
+    }
+    Ok(tokio::spawn(p.run(rx).instrument(span)))
+}
+
+fn excerpt(s: &str) -> String {
+    let mut out: String = s.chars().take(EXCERPT_CHARS).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// What a native id on a leg stands for: the ID map, or a delivery the network accepted a moment ago whose record
+/// is still on its way to disk (so an echo of it, or a quick reply to it, is recognised).
+fn lookup_native(repo: &Repo<'_>, shared: &Shared, leg: &LegId, n: &NativeId) -> Result<Option<IdEntry>, RouteError> {
+    if let Some(e) = repo.lookup_native(leg, n).map_err(store_error)? {
+        return Ok(Some(e));
+    }
+    Ok(shared.recent_delivery(leg, n).map(|message_id| IdEntry { message_id, origin: false }))
+}
+
+fn ephemeral_id() -> MessageId {
+    let mut b: [u8; 32] = rand::random();
+    b[0] = 0x01;
+    // 32 bytes starting with 0x01 are always a valid id.
+    MessageId::from_bytes(&b).unwrap_or_else(|_| unreachable!())
+}
+
+impl Portal {
+    fn start_leg(&mut self, leg: LegId) {
+        let w = leg::spawn(self.shared.clone(), leg.clone(), self.self_tx.clone());
+        self.legs.insert(leg, w);
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<PortalInput>) {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let first = tokio::select! {
+                biased;
+                i = rx.recv() => match i { Some(i) => i, None => break },
+                _ = shutdown.changed() => {
+                    // Finish what was queued, then stop.
+                    let mut rest = Vec::new();
+                    while let Ok(i) = rx.try_recv() { rest.push(i); }
+                    if !rest.is_empty() { self.drain(rest).await; }
+                    break;
+                }
+            };
+            let mut inputs = vec![first];
+            while inputs.len() < self.shared.cfg.drain_max {
+                match rx.try_recv() {
+                    Ok(i) => inputs.push(i),
+                    Err(_) => break,
+                }
+            }
+            self.drain(inputs).await;
+            let depth = self.self_tx.max_capacity() - self.self_tx.capacity();
+            metrics::gauge!("mimi_bridge_portal_queue_depth", "portal" => self.rec.id.to_string()).set(depth as f64);
+        }
+        for (_, w) in std::mem::take(&mut self.legs) {
+            drop(w.tx);
+            let _ = w.task.await;
+        }
+    }
+
+    /// Processes a group of inputs with one commit.
+    async fn drain(&mut self, inputs: Vec<PortalInput>) {
+        let mut batch = Batch::new();
+        let mut acks: Vec<Ack> = Vec::new();
+        let mut work: Vec<(LegId, LegWork)> = Vec::new();
+        for input in inputs {
+            match input {
+                PortalInput::Inbound { event, ack } => {
+                    let leg = event.leg.to_string();
+                    let span = tracing::info_span!("inbound", leg = %leg,
+                        native = event.native_id.as_ref().map(|n| n.0.as_str()), message = tracing::field::Empty);
+                    let r = self.inbound(*event, &mut batch, &mut work).instrument(span.clone()).await;
+                    let outcome = match &r {
+                        Ok(Accepted::Bridged(id)) => {
+                            span.record("message", tracing::field::display(id));
+                            "bridged"
+                        }
+                        Ok(Accepted::Duplicate(_)) => "duplicate",
+                        Ok(Accepted::Echo) => "echo",
+                        Ok(Accepted::Ephemeral) => "ephemeral",
+                        Ok(Accepted::Ignored(_)) => "ignored",
+                        Err(e) => {
+                            span.in_scope(|| tracing::warn!(error = %e, "inbound event not bridged"));
+                            count_error(e);
+                            "refused"
+                        }
+                    };
+                    metrics::counter!("mimi_bridge_messages_in_total", "leg" => leg, "outcome" => outcome).increment(1);
+                    acks.push((ack, r));
+                }
+                PortalInput::FromGroup { id, msg, ack } => {
+                    let r = self.group_message(id, *msg, &mut batch, &mut work);
+                    acks.push((ack, r));
+                }
+                PortalInput::Undeliverable { event, reason } => self.report_undeliverable(&event, &reason, &mut work),
+                PortalInput::Status { reply } => {
+                    let _ = reply.send(self.status());
+                }
+                control @ (PortalInput::Link { .. } | PortalInput::Unlink { .. }) => {
+                    // Links change who gets what: settle everything before them first.
+                    self.settle(std::mem::take(&mut batch), std::mem::take(&mut acks), std::mem::take(&mut work)).await;
+                    self.control(control).await;
+                }
+            }
+        }
+        self.settle(batch, acks, work).await;
+    }
+
+    /// Commits, acknowledges, and hands work to the legs.
+    async fn settle(&mut self, batch: Batch, acks: Vec<Ack>, work: Vec<(LegId, LegWork)>) {
+        if let Err(e) = self.shared.store.commit(batch).await {
+            tracing::error!(error = %e, "commit failed; events of this group are not accepted");
+            metrics::counter!("mimi_bridge_errors_total", "kind" => "store_commit").increment(1);
+            for (ack, r) in acks {
+                let _ = ack.send(r.and(Err(RouteError::Store(e.to_string()))));
+            }
+            return;
+        }
+        for (ack, r) in acks {
+            let _ = ack.send(r);
+        }
+        for (leg, w) in work {
+            if let Some(worker) = self.legs.get(&leg) {
+                worker.push(w);
+            }
+        }
+    }
+
+    async fn control(&mut self, input: PortalInput) {
+        match input {
+            PortalInput::Link { leg, done } => {
+                let mut b = Batch::new();
+                write::link(&mut b, &leg, &self.rec.id);
+                let r = self.shared.store.commit(b).await.map_err(store_error);
+                if r.is_ok() && !self.legs.contains_key(&leg) {
+                    tracing::info!(%leg, "leg linked");
+                    self.start_leg(leg);
+                }
+                let _ = done.send(r);
+            }
+            PortalInput::Unlink { leg, done } => {
+                let mut b = Batch::new();
+                write::unlink(&mut b, &leg);
+                let r = self.shared.store.commit(b).await.map_err(store_error);
+                if r.is_ok() {
+                    if let Some(w) = self.legs.remove(&leg) {
+                        let _ = w.stop.send(true);
+                        let _ = w.task.await;
+                    }
+                    tracing::info!(%leg, "leg unlinked");
+                }
+                let _ = done.send(r);
+            }
+            _ => {}
+        }
+    }
+
+    fn status(&self) -> Vec<LegStatus> {
+        self.legs
+            .iter()
+            .map(|(leg, w)| LegStatus {
+                leg: leg.clone(),
+                pending: w.counters.pending.load(Ordering::Relaxed),
+                delivered: w.counters.delivered.load(Ordering::Relaxed),
+                failed: w.counters.failed.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn sender_of(&self, u: &LegacyUser) -> Sender {
+        Sender {
+            uri: u.uri(&self.shared.cfg.domain),
+            display_name: u.shown_name().to_owned(),
+            network: u.account.network().to_owned(),
+            legacy: Some(u.clone()),
+        }
+    }
+
+    async fn inbound(
+        &mut self,
+        ev: InboundEvent,
+        batch: &mut Batch,
+        work: &mut Vec<(LegId, LegWork)>,
+    ) -> Result<Accepted, RouteError> {
+        if ev.from_bridge {
+            return Ok(Accepted::Echo);
+        }
+        let store = self.shared.store.clone();
+        let shared = self.shared.clone();
+        {
+            let repo = Repo::with_pending(&store, batch);
+            if repo.ghost(&ev.sender.account, &ev.sender.native_id).map_err(store_error)?.is_some() {
+                return Ok(Accepted::Echo);
+            }
+            if let Some(n) = &ev.native_id
+                && let Some(entry) = lookup_native(&repo, &self.shared, &ev.leg, n)?
+            {
+                return Ok(if entry.origin { Accepted::Duplicate(entry.message_id) } else { Accepted::Echo });
+            }
+        }
+        let sender = self.sender_of(&ev.sender);
+        let native = ev.native_id.clone();
+        let origin = Some((ev.leg.clone(), native.clone()));
+        // Resolve a native id on the source leg to a message, following edits to the original.
+        let resolve = |batch: &Batch, n: &NativeId| -> Result<Option<(MessageId, Option<MessageRecord>)>, RouteError> {
+            let repo = Repo::with_pending(&store, batch);
+            let Some(e) = lookup_native(&repo, &shared, &ev.leg, n)? else { return Ok(None) };
+            let rec = repo.message(&e.message_id).map_err(store_error)?;
+            Ok(Some(match rec {
+                Some(MessageRecord { kind: RecordKind::Edit { target }, .. }) => {
+                    let orig = repo.message(&target).map_err(store_error)?;
+                    (target, orig)
+                }
+                other => (e.message_id, other),
+            }))
+        };
+        let content = match ev.kind {
+            InboundKind::Typing { .. } | InboundKind::Membership { .. } => {
+                self.ephemeral(&ev.leg, sender, ev.kind, work);
+                return Ok(Accepted::Ephemeral);
+            }
+            InboundKind::Message { draft, reply_to } => {
+                let in_reply_to = match &reply_to {
+                    Some(n) => resolve(batch, n)?.map(|(id, _)| id),
+                    None => None,
+                };
+                GroupContent::Message { draft, in_reply_to }
+            }
+            InboundKind::Edit { target, draft } => {
+                let Some((replaces, _)) = resolve(batch, &target)? else {
+                    return Ok(Accepted::Ignored("edit of a message the bridge never saw"));
+                };
+                GroupContent::Edit { replaces, draft }
+            }
+            InboundKind::Delete { target } => match resolve(batch, &target)? {
+                None => return Ok(Accepted::Ignored("delete of a message the bridge never saw")),
+                Some((rid, Some(MessageRecord { kind: RecordKind::Reaction { target, key }, .. }))) => {
+                    let _ = rid;
+                    return self.unreact(&target, &key, &sender, origin, batch, work).await;
+                }
+                Some((replaces, _)) => GroupContent::Delete { replaces },
+            },
+            InboundKind::ReactionAdd { target, key } => {
+                let Some((t, _)) = resolve(batch, &target)? else {
+                    return Ok(Accepted::Ignored("reaction to a message the bridge never saw"));
+                };
+                return self.react(&t, &key, &sender, origin, batch, work).await;
+            }
+            InboundKind::ReactionRemove { target, key } => {
+                let Some((t, _)) = resolve(batch, &target)? else {
+                    return Ok(Accepted::Ignored("reaction to a message the bridge never saw"));
+                };
+                return self.unreact(&t, &key, &sender, origin, batch, work).await;
+            }
+            InboundKind::ReactionSet { target, keys } => {
+                let Some((t, _)) = resolve(batch, &target)? else {
+                    return Ok(Accepted::Ignored("reaction to a message the bridge never saw"));
+                };
+                let current = Repo::with_pending(&store, batch).reactions(&t, &sender.uri).map_err(store_error)?;
+                let mut last = Ok(Accepted::Ignored("reaction set unchanged"));
+                // Only the last change carries the event's native id (for dedup of a redelivery).
+                let removed: Vec<String> = current.keys().filter(|k| !keys.contains(k)).cloned().collect();
+                let added: Vec<String> = keys.iter().filter(|k| !current.contains_key(*k)).cloned().collect();
+                let n = removed.len() + added.len();
+                for (i, k) in removed.iter().enumerate() {
+                    let o = if i + 1 == n { origin.clone() } else { origin.clone().map(|(l, _)| (l, None)) };
+                    last = self.unreact(&t, k, &sender, o, batch, work).await;
+                }
+                for (i, k) in added.iter().enumerate() {
+                    let o = if removed.len() + i + 1 == n {
+                        origin.clone()
+                    } else {
+                        origin.clone().map(|(l, _)| (l, None))
+                    };
+                    last = self.react(&t, k, &sender, o, batch, work).await;
+                }
+                return last;
+            }
+        };
+        let kind = match &content {
+            GroupContent::Edit { replaces, .. } => RecordKind::Edit { target: *replaces },
+            GroupContent::Delete { replaces } => RecordKind::Delete { target: *replaces },
+            _ => RecordKind::Message,
+        };
+        let id = self.publish(sender, content, kind, origin, None, batch, work).await?;
+        Ok(Accepted::Bridged(id))
+    }
+
+    async fn react(
+        &mut self,
+        target: &MessageId,
+        key: &str,
+        sender: &Sender,
+        origin: Option<(LegId, Option<NativeId>)>,
+        batch: &mut Batch,
+        work: &mut Vec<(LegId, LegWork)>,
+    ) -> Result<Accepted, RouteError> {
+        let mut set =
+            Repo::with_pending(&self.shared.store, batch).reactions(target, &sender.uri).map_err(store_error)?;
+        if set.contains_key(key) {
+            return Ok(Accepted::Ignored("reaction already present"));
+        }
+        let content = GroupContent::Reaction { in_reply_to: *target, key: key.to_owned() };
+        let kind = RecordKind::Reaction { target: *target, key: key.to_owned() };
+        let mut after: Vec<String> = set.keys().cloned().collect();
+        after.push(key.to_owned());
+        after.sort();
+        let id = self.publish(sender.clone(), content, kind, origin, Some(after), batch, work).await?;
+        set.insert(key.to_owned(), id);
+        write::reactions(batch, target, &sender.uri, &set);
+        Ok(Accepted::Bridged(id))
+    }
+
+    async fn unreact(
+        &mut self,
+        target: &MessageId,
+        key: &str,
+        sender: &Sender,
+        origin: Option<(LegId, Option<NativeId>)>,
+        batch: &mut Batch,
+        work: &mut Vec<(LegId, LegWork)>,
+    ) -> Result<Accepted, RouteError> {
+        let mut set: ReactionSet =
+            Repo::with_pending(&self.shared.store, batch).reactions(target, &sender.uri).map_err(store_error)?;
+        let Some(reaction) = set.remove(key) else {
+            return Ok(Accepted::Ignored("no such reaction"));
+        };
+        let after: Vec<String> = set.keys().cloned().collect();
+        let content = GroupContent::Unreact { replaces: reaction };
+        let kind = RecordKind::Unreact { reaction };
+        let id = self.publish(sender.clone(), content, kind, origin, Some(after), batch, work).await?;
+        write::reactions(batch, target, &sender.uri, &set);
+        Ok(Accepted::Bridged(id))
+    }
+
+    /// Publishes to the room of record, then records and queues deliveries. `origin` is the source leg (and the
+    /// event's native id, if this message is the one it maps to); its leg gets no delivery.
+    #[allow(clippy::too_many_arguments)]
+    async fn publish(
+        &mut self,
+        sender: Sender,
+        content: GroupContent,
+        kind: RecordKind,
+        origin: Option<(LegId, Option<NativeId>)>,
+        set_after: Option<Vec<String>>,
+        batch: &mut Batch,
+        work: &mut Vec<(LegId, LegWork)>,
+    ) -> Result<MessageId, RouteError> {
+        let msg = GroupMessage { portal: self.rec.id.clone(), sender, content };
+        let id = self.shared.group.publish(&msg).await?;
+        let mut b = Batch::new();
+        self.record(id, &msg, kind, origin.as_ref().map(|(l, _)| l.clone()), set_after, batch, &mut b, work)?;
+        if let Some((leg, Some(native))) = &origin {
+            write::native(&mut b, leg, native, &id, true);
+        }
+        batch.extend(b);
+        Ok(id)
+    }
+
+    /// Writes the message record and one outbox entry per leg other than `origin` into `b`.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        id: MessageId,
+        msg: &GroupMessage,
+        kind: RecordKind,
+        origin: Option<LegId>,
+        set_after: Option<Vec<String>>,
+        pending: &Batch,
+        b: &mut Batch,
+        work: &mut Vec<(LegId, LegWork)>,
+    ) -> Result<(), RouteError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let body = match &msg.content {
+            GroupContent::Message { draft, .. } | GroupContent::Edit { draft, .. } => excerpt(&draft.body),
+            _ => String::new(),
+        };
+        let rec = MessageRecord {
+            portal: self.rec.id.clone(),
+            seq,
+            kind,
+            sender: msg.sender.clone(),
+            origin: origin.clone(),
+            excerpt: body,
+        };
+        write::message(b, &id, &rec);
+        write::next_seq(b, &self.rec.id, self.next_seq);
+        let repo = Repo::with_pending(&self.shared.store, pending);
+        let targets: Vec<LegId> = self.legs.keys().filter(|l| Some(*l) != origin.as_ref()).cloned().collect();
+        for leg in targets {
+            let kind = self.outbound_kind(&repo, &leg, &msg.content, set_after.clone())?;
+            let event = OutboundEvent {
+                portal: self.rec.id.clone(),
+                txn_id: TxnId::for_delivery(&id, &leg),
+                leg: leg.clone(),
+                message_id: id,
+                sender: msg.sender.clone(),
+                kind,
+            };
+            write::outbox(b, seq, &event);
+            work.push((leg, LegWork::new(Some(seq), event)));
+        }
+        Ok(())
+    }
+
+    fn parent_ref(&self, repo: &Repo<'_>, leg: &LegId, id: MessageId) -> Result<ParentRef, RouteError> {
+        let rec = repo.message(&id).map_err(store_error)?;
+        Ok(ParentRef {
+            native_id: repo.native_on(&id, leg).map_err(store_error)?,
+            message_id: id,
+            sender_name: rec.as_ref().map(|r| r.sender.display_name.clone()).unwrap_or_default(),
+            excerpt: rec.map(|r| r.excerpt).unwrap_or_default(),
+        })
+    }
+
+    fn outbound_kind(
+        &self,
+        repo: &Repo<'_>,
+        leg: &LegId,
+        content: &GroupContent,
+        set_after: Option<Vec<String>>,
+    ) -> Result<OutboundKind, RouteError> {
+        Ok(match content {
+            GroupContent::Message { draft, in_reply_to } => OutboundKind::Message {
+                draft: draft.clone(),
+                reply_to: in_reply_to.map(|p| self.parent_ref(repo, leg, p)).transpose()?,
+            },
+            GroupContent::Edit { replaces, draft } => {
+                OutboundKind::Edit { target: self.parent_ref(repo, leg, *replaces)?, draft: draft.clone() }
+            }
+            GroupContent::Delete { replaces } => {
+                OutboundKind::Delete { target: self.parent_ref(repo, leg, *replaces)? }
+            }
+            GroupContent::Reaction { in_reply_to, key } => OutboundKind::ReactionAdd {
+                target: self.parent_ref(repo, leg, *in_reply_to)?,
+                key: key.clone(),
+                set_after: set_after.unwrap_or_else(|| vec![key.clone()]),
+            },
+            GroupContent::Unreact { replaces } => {
+                let (target, key) = match repo.message(replaces).map_err(store_error)? {
+                    Some(MessageRecord { kind: RecordKind::Reaction { target, key }, .. }) => (target, key),
+                    _ => (*replaces, String::new()),
+                };
+                OutboundKind::ReactionRemove {
+                    target: self.parent_ref(repo, leg, target)?,
+                    key,
+                    reaction: *replaces,
+                    reaction_native_id: repo.native_on(replaces, leg).map_err(store_error)?,
+                    set_after: set_after.unwrap_or_default(),
+                }
+            }
+        })
+    }
+
+    /// A message from the room of record (a native MLS member): delivered to every leg.
+    fn group_message(
+        &mut self,
+        id: MessageId,
+        msg: GroupMessage,
+        batch: &mut Batch,
+        work: &mut Vec<(LegId, LegWork)>,
+    ) -> Result<Accepted, RouteError> {
+        if Repo::with_pending(&self.shared.store, batch).message(&id).map_err(store_error)?.is_some() {
+            return Ok(Accepted::Duplicate(id));
+        }
+        let kind = match &msg.content {
+            GroupContent::Message { .. } => RecordKind::Message,
+            GroupContent::Edit { replaces, .. } => RecordKind::Edit { target: *replaces },
+            GroupContent::Delete { replaces } => RecordKind::Delete { target: *replaces },
+            GroupContent::Reaction { in_reply_to, key } => {
+                RecordKind::Reaction { target: *in_reply_to, key: key.clone() }
+            }
+            GroupContent::Unreact { replaces } => RecordKind::Unreact { reaction: *replaces },
+        };
+        let mut b = Batch::new();
+        self.record(id, &msg, kind, None, None, batch, &mut b, work)?;
+        batch.extend(b);
+        Ok(Accepted::Bridged(id))
+    }
+
+    fn ephemeral(&self, origin: &LegId, sender: Sender, kind: InboundKind, work: &mut Vec<(LegId, LegWork)>) {
+        let out = match kind {
+            InboundKind::Typing { active } => OutboundKind::Typing { active },
+            InboundKind::Membership { change } => OutboundKind::Membership { change },
+            _ => return,
+        };
+        let id = ephemeral_id();
+        for leg in self.legs.keys().filter(|l| *l != origin) {
+            let event = OutboundEvent {
+                portal: self.rec.id.clone(),
+                leg: leg.clone(),
+                message_id: id,
+                txn_id: TxnId::for_delivery(&id, leg),
+                sender: sender.clone(),
+                kind: out.clone(),
+            };
+            work.push((leg.clone(), LegWork::new(None, event)));
+        }
+    }
+
+    /// Tells the leg a message came from that it could not be delivered somewhere.
+    fn report_undeliverable(&self, event: &OutboundEvent, reason: &str, work: &mut Vec<(LegId, LegWork)>) {
+        let origin = match Repo::new(&self.shared.store).message(&event.message_id) {
+            Ok(Some(MessageRecord { origin: Some(o), .. })) => o,
+            _ => return,
+        };
+        if origin == event.leg {
+            return;
+        }
+        let domain = &self.shared.cfg.domain;
+        let draft = MessageDraft {
+            body: format!("⚠ not delivered to {}: {}", event.leg, reason),
+            style: MessageStyle::Notice,
+            ..MessageDraft::default()
+        };
+        let notice = OutboundEvent {
+            portal: self.rec.id.clone(),
+            leg: origin.clone(),
+            message_id: event.message_id,
+            txn_id: TxnId(format!("undeliverable-{}", event.txn_id)),
+            sender: Sender {
+                uri: format!("mimi://{domain}/u/bridge"),
+                display_name: "mimi-bridge".into(),
+                network: "mimi".into(),
+                legacy: None,
+            },
+            kind: OutboundKind::Message { draft, reply_to: None },
+        };
+        work.push((origin, LegWork::new(None, notice)));
+    }
+}

@@ -1,0 +1,397 @@
+//! Typed repositories: the bridge's non-MLS data, written once on [`KvStore`](super::KvStore).
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | `schema_version`, `seq` ‖ portal | u32 / u64, big-endian |
+//! | `portals` | portal name | [`PortalRecord`] |
+//! | `legs` | lp(leg key) | portal name |
+//! | `ghosts` | lp(account) ‖ native user id | URI of the user the ghost stands for |
+//! | `msgs` | message id (32 bytes) | [`MessageRecord`] |
+//! | `ids` | `m` ‖ message id ‖ lp(leg key) | native id on that leg |
+//! | `ids` | `n` ‖ lp(leg key) ‖ native id | [`IdEntry`] (message id, and whether the event came *from* that leg) |
+//! | `reactions` | target message id ‖ sender URI | [`ReactionSet`] |
+//! | `outbox` | lp(leg key) ‖ seq (u64 BE) | pending [`OutboundEvent`] |
+//! | `failed` | lp(leg key) ‖ seq (u64 BE) | [`FailedDelivery`] |
+//!
+//! `lp(x)` is `x` prefixed with its length as u16 BE, so variable-length parts never run into each other and
+//! prefix scans stay exact. Values are JSON: readable in `store export`, and small enough at bridge rates.
+//!
+//! Dedup and echo prevention share one lookup: the `n` entries map a leg's native id to a message id, with
+//! `origin = true` for events that came *from* the leg (a redelivery is a duplicate) and `origin = false` for
+//! events the bridge delivered *to* it (seeing it come back is an echo).
+
+use bridge_api::event::{OutboundEvent, Sender};
+use bridge_api::ids::{AccountId, LegId, MessageId, NativeId, PortalId};
+use mimi_store::Store;
+use mimi_store::schema::META;
+use mimi_store::{Batch, Op, StoreError};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::collections::BTreeMap;
+
+/// The trees the bridge's records live in (the engine's and the provider's own trees are declared by their crates;
+/// [`crate::known_trees`] lists them all).
+pub const TREES: &[&str] = &[PORTALS, LEGS, GHOSTS, MSGS, IDS, REACTIONS, OUTBOX, FAILED];
+/// Portal records.
+pub const PORTALS: &str = "portals";
+/// Leg → portal links.
+pub const LEGS: &str = "legs";
+/// Ghosts: native users the bridge itself controls.
+pub const GHOSTS: &str = "ghosts";
+/// Message records.
+pub const MSGS: &str = "msgs";
+/// The ID map, both directions.
+pub const IDS: &str = "ids";
+/// Reaction sets.
+pub const REACTIONS: &str = "reactions";
+/// Pending deliveries.
+pub const OUTBOX: &str = "outbox";
+/// Deliveries given up on.
+pub const FAILED: &str = "failed";
+
+/// How a portal's legacy senders appear in the MLS group (design.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MlsIdentity {
+    /// One bridge leaf per portal; the legacy sender travels in a MIMI extension.
+    #[default]
+    Shared,
+    /// One leaf per active legacy user.
+    PerUser,
+}
+
+/// A portal as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalRecord {
+    /// The portal.
+    pub id: PortalId,
+    /// Identity mode of its legacy senders.
+    #[serde(default)]
+    pub mls_identity: MlsIdentity,
+}
+
+/// What a message record is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum RecordKind {
+    /// A message (possibly edited later).
+    Message,
+    /// An edit of `target`.
+    Edit {
+        /// The message edited.
+        target: MessageId,
+    },
+    /// A deletion of `target`.
+    Delete {
+        /// The message deleted.
+        target: MessageId,
+    },
+    /// A reaction to `target`.
+    Reaction {
+        /// The message reacted to.
+        target: MessageId,
+        /// The reaction.
+        key: String,
+    },
+    /// Removal of the reaction `reaction`.
+    Unreact {
+        /// The reaction message removed.
+        reaction: MessageId,
+    },
+}
+
+/// A sequenced message of a portal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The portal.
+    pub portal: PortalId,
+    /// Position in the portal's order.
+    pub seq: u64,
+    /// What it is.
+    pub kind: RecordKind,
+    /// Who sent it.
+    pub sender: Sender,
+    /// The leg it came from (None for messages from the MLS side).
+    pub origin: Option<LegId>,
+    /// Start of the text, for reply/edit fallbacks.
+    pub excerpt: String,
+}
+
+/// A native id's meaning on one leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdEntry {
+    /// The message.
+    pub message_id: MessageId,
+    /// True if the event came from this leg; false if the bridge delivered it here.
+    pub origin: bool,
+}
+
+/// One sender's reactions on one message: key → the reaction's message id.
+pub type ReactionSet = BTreeMap<String, MessageId>;
+
+/// A delivery that was given up on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedDelivery {
+    /// What could not be delivered.
+    pub event: OutboundEvent,
+    /// Why.
+    pub reason: String,
+}
+
+fn lp(out: &mut Vec<u8>, b: &[u8]) {
+    let n = u16::try_from(b.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(&b[..n as usize]);
+}
+
+fn leg_prefix(leg: &LegId) -> Vec<u8> {
+    let mut k = Vec::new();
+    lp(&mut k, &leg.key());
+    k
+}
+
+fn seq_key(leg: &LegId, seq: u64) -> Vec<u8> {
+    let mut k = leg_prefix(leg);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn delivered_key(msg: &MessageId, leg: &LegId) -> Vec<u8> {
+    let mut k = vec![b'm'];
+    k.extend_from_slice(msg.as_bytes());
+    lp(&mut k, &leg.key());
+    k
+}
+
+fn native_key(leg: &LegId, native: &NativeId) -> Vec<u8> {
+    let mut k = vec![b'n'];
+    lp(&mut k, &leg.key());
+    k.extend_from_slice(native.0.as_bytes());
+    k
+}
+
+fn ghost_key(account: &AccountId, native_user: &str) -> Vec<u8> {
+    let mut k = Vec::new();
+    lp(&mut k, account.to_string().as_bytes());
+    k.extend_from_slice(native_user.as_bytes());
+    k
+}
+
+fn reaction_key(target: &MessageId, sender_uri: &str) -> Vec<u8> {
+    let mut k = target.as_bytes().to_vec();
+    k.extend_from_slice(sender_uri.as_bytes());
+    k
+}
+
+fn seq_meta_key(portal: &PortalId) -> Vec<u8> {
+    let mut k = b"seq/".to_vec();
+    k.extend_from_slice(portal.as_str().as_bytes());
+    k
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our record types serialise infallibly (no maps with non-string keys, no failing Serialize impls).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn dec<T: DeserializeOwned>(tree: &str, v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt { tree: tree.into(), message: e.to_string() })
+}
+
+/// Reads with a pending, not yet committed batch laid over the store, so a portal processing several events
+/// before one group commit sees its own writes.
+pub struct Repo<'a> {
+    store: &'a Store,
+    pending: Option<&'a Batch>,
+}
+
+impl<'a> Repo<'a> {
+    /// Reads straight from the store.
+    pub fn new(store: &'a Store) -> Self {
+        Self { store, pending: None }
+    }
+
+    /// Reads from the store with `pending` laid over it.
+    pub fn with_pending(store: &'a Store, pending: &'a Batch) -> Self {
+        Self { store, pending: Some(pending) }
+    }
+
+    fn get(&self, tree: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(p) = self.pending {
+            for op in p.ops.iter().rev() {
+                match op {
+                    Op::Put { tree: t, key: k, value } if *t == tree && k == key => return Ok(Some(value.clone())),
+                    Op::Delete { tree: t, key: k } if *t == tree && k == key => return Ok(None),
+                    _ => {}
+                }
+            }
+        }
+        self.store.get(tree, key)
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, tree: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.get(tree, key)?.map(|v| dec(tree, &v)).transpose()
+    }
+
+    // ---- portals and legs ----
+
+    /// Every stored portal.
+    pub fn portals(&self) -> Result<Vec<PortalRecord>, StoreError> {
+        self.store.scan_prefix(PORTALS, b"")?.iter().map(|(_, v)| dec(PORTALS, v)).collect()
+    }
+
+    /// One portal.
+    pub fn portal(&self, id: &PortalId) -> Result<Option<PortalRecord>, StoreError> {
+        self.get_json(PORTALS, id.as_str().as_bytes())
+    }
+
+    /// Every leg with its portal.
+    pub fn legs(&self) -> Result<Vec<(LegId, PortalId)>, StoreError> {
+        self.store.scan_prefix(LEGS, b"")?.iter().map(|(_, v)| dec(LEGS, v)).collect()
+    }
+
+    /// The portal a leg is linked to.
+    pub fn portal_of(&self, leg: &LegId) -> Result<Option<PortalId>, StoreError> {
+        Ok(self.get_json::<(LegId, PortalId)>(LEGS, &leg_prefix(leg))?.map(|(_, p)| p))
+    }
+
+    /// The next sequence number of a portal.
+    pub fn next_seq(&self, portal: &PortalId) -> Result<u64, StoreError> {
+        match self.get(META, &seq_meta_key(portal))? {
+            None => Ok(1),
+            Some(v) => {
+                let arr: [u8; 8] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                    tree: META.into(),
+                    message: "sequence counter is not 8 bytes".into(),
+                })?;
+                Ok(u64::from_be_bytes(arr))
+            }
+        }
+    }
+
+    // ---- messages and the ID map ----
+
+    /// A message record.
+    pub fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        self.get_json(MSGS, id.as_bytes())
+    }
+
+    /// What a native id on a leg stands for.
+    pub fn lookup_native(&self, leg: &LegId, native: &NativeId) -> Result<Option<IdEntry>, StoreError> {
+        self.get_json(IDS, &native_key(leg, native))
+    }
+
+    /// A message's native id on a leg (where it came from or was delivered to).
+    pub fn native_on(&self, msg: &MessageId, leg: &LegId) -> Result<Option<NativeId>, StoreError> {
+        Ok(self.get(IDS, &delivered_key(msg, leg))?.map(|v| NativeId(String::from_utf8_lossy(&v).into_owned())))
+    }
+
+    /// A sender's reactions on a message.
+    pub fn reactions(&self, target: &MessageId, sender_uri: &str) -> Result<ReactionSet, StoreError> {
+        Ok(self.get_json(REACTIONS, &reaction_key(target, sender_uri))?.unwrap_or_default())
+    }
+
+    // ---- ghosts ----
+
+    /// If `native_user` on `account` is one of the bridge's own ghosts, the URI it stands for.
+    pub fn ghost(&self, account: &AccountId, native_user: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.get(GHOSTS, &ghost_key(account, native_user))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    // ---- outbox ----
+
+    /// Pending deliveries to a leg, in order.
+    pub fn outbox(&self, leg: &LegId) -> Result<Vec<(u64, OutboundEvent)>, StoreError> {
+        let prefix = leg_prefix(leg);
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan_prefix(OUTBOX, &prefix)? {
+            let seq_bytes: [u8; 8] = k[prefix.len()..].try_into().map_err(|_| StoreError::Corrupt {
+                tree: OUTBOX.into(),
+                message: "outbox key without sequence number".into(),
+            })?;
+            out.push((u64::from_be_bytes(seq_bytes), dec(OUTBOX, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Deliveries given up on, for one leg.
+    pub fn failed(&self, leg: &LegId) -> Result<Vec<FailedDelivery>, StoreError> {
+        self.store.scan_prefix(FAILED, &leg_prefix(leg))?.iter().map(|(_, v)| dec(FAILED, v)).collect()
+    }
+}
+
+/// Writes, added to a [`Batch`] so that what belongs together commits together.
+pub mod write {
+    use super::*;
+
+    /// Stores a portal record.
+    pub fn portal(b: &mut Batch, rec: &PortalRecord) {
+        b.put(PORTALS, rec.id.as_str().as_bytes(), enc(rec));
+    }
+
+    /// Links a leg to a portal.
+    pub fn link(b: &mut Batch, leg: &LegId, portal: &PortalId) {
+        b.put(LEGS, leg_prefix(leg), enc(&(leg, portal)));
+    }
+
+    /// Unlinks a leg.
+    pub fn unlink(b: &mut Batch, leg: &LegId) {
+        b.delete(LEGS, leg_prefix(leg));
+    }
+
+    /// Removes a portal record (its legs must be unlinked separately).
+    pub fn remove_portal(b: &mut Batch, portal: &PortalId) {
+        b.delete(PORTALS, portal.as_str().as_bytes());
+    }
+
+    /// Records the next sequence number of a portal.
+    pub fn next_seq(b: &mut Batch, portal: &PortalId, next: u64) {
+        b.put(META, seq_meta_key(portal), next.to_be_bytes());
+    }
+
+    /// Stores a message record.
+    pub fn message(b: &mut Batch, id: &MessageId, rec: &MessageRecord) {
+        b.put(MSGS, id.as_bytes().to_vec(), enc(rec));
+    }
+
+    /// Maps `native` on `leg` to `msg` in both directions; `origin` as in [`IdEntry`].
+    pub fn native(b: &mut Batch, leg: &LegId, native: &NativeId, msg: &MessageId, origin: bool) {
+        b.put(IDS, native_key(leg, native), enc(&IdEntry { message_id: *msg, origin }));
+        b.put(IDS, delivered_key(msg, leg), native.0.as_bytes());
+    }
+
+    /// Stores a sender's reaction set on a message (empty removes the entry).
+    pub fn reactions(b: &mut Batch, target: &MessageId, sender_uri: &str, set: &ReactionSet) {
+        let k = reaction_key(target, sender_uri);
+        if set.is_empty() {
+            b.delete(REACTIONS, k);
+        } else {
+            b.put(REACTIONS, k, enc(set));
+        }
+    }
+
+    /// Registers a ghost: `native_user` on `account` is the bridge's own stand-in for `for_uri`.
+    pub fn ghost(b: &mut Batch, account: &AccountId, native_user: &str, for_uri: &str) {
+        b.put(GHOSTS, ghost_key(account, native_user), for_uri.as_bytes());
+    }
+
+    /// Forgets a ghost (the bridge gave the native user name up; a real user may take it).
+    pub fn unghost(b: &mut Batch, account: &AccountId, native_user: &str) {
+        b.delete(GHOSTS, ghost_key(account, native_user));
+    }
+
+    /// Queues a delivery.
+    pub fn outbox(b: &mut Batch, seq: u64, ev: &OutboundEvent) {
+        b.put(OUTBOX, seq_key(&ev.leg, seq), enc(ev));
+    }
+
+    /// Removes a delivery from the outbox.
+    pub fn outbox_done(b: &mut Batch, leg: &LegId, seq: u64) {
+        b.delete(OUTBOX, seq_key(leg, seq));
+    }
+
+    /// Moves a delivery from the outbox to `failed`.
+    pub fn failed(b: &mut Batch, seq: u64, ev: &OutboundEvent, reason: &str) {
+        b.delete(OUTBOX, seq_key(&ev.leg, seq));
+        b.put(FAILED, seq_key(&ev.leg, seq), enc(&FailedDelivery { event: ev.clone(), reason: reason.to_owned() }));
+    }
+}

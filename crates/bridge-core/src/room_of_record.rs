@@ -1,0 +1,102 @@
+//! The seam between a portal and its room of record.
+//!
+//! Invariant (ARCHITECTURE.md): the MLS group is the room of record. A portal hands every message it accepts
+//! from a leg to a [`RoomOfRecord`] and uses the [`MessageId`] it gets back; only then do other legs see it.
+//!
+//! This trait is deliberately small — one call — so that the MLS engine (encode as MIMI content, encrypt,
+//! submit to the hub, wait for sequencing) replaces [`LocalRoom`] without touching the router or portals.
+//! [`LocalRoom`] is the stand-in until then: it sequences locally and derives message ids the MIMI way
+//! (`0x01 ‖ SHA-256(…)[..31]`) over a JSON encoding of the content.
+
+use async_trait::async_trait;
+use bridge_api::RoomError;
+use bridge_api::event::{MessageDraft, Sender};
+use bridge_api::ids::{MessageId, PortalId};
+use serde::Serialize;
+
+/// What a portal publishes into its group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupMessage {
+    /// The portal (room) it belongs to.
+    pub portal: PortalId,
+    /// The sender, as the MIMI `senderUri` extension and the legacy-sender extension will carry it.
+    pub sender: Sender,
+    /// The content.
+    pub content: GroupContent,
+}
+
+/// The MIMI shapes a portal produces (draft-ietf-mimi-content §5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum GroupContent {
+    /// A message, optionally `inReplyTo` another.
+    Message {
+        /// The body.
+        draft: MessageDraft,
+        /// inReplyTo.
+        in_reply_to: Option<MessageId>,
+    },
+    /// An edit: `replaces` the target, new body.
+    Edit {
+        /// The message replaced.
+        replaces: MessageId,
+        /// The new body.
+        draft: MessageDraft,
+    },
+    /// A deletion: `replaces` the target, null body.
+    Delete {
+        /// The message deleted.
+        replaces: MessageId,
+    },
+    /// A reaction: `inReplyTo` the target, disposition reaction.
+    Reaction {
+        /// The message reacted to.
+        in_reply_to: MessageId,
+        /// The reaction.
+        key: String,
+    },
+    /// Removal of a reaction: `replaces` the reaction message, null body.
+    Unreact {
+        /// The reaction removed.
+        replaces: MessageId,
+    },
+}
+
+/// The room of record of the portals: publishes a message and returns its id once it is sequenced.
+#[async_trait]
+pub trait RoomOfRecord: Send + Sync + 'static {
+    /// Publishes `msg`; returns its message id once the hub has sequenced it.
+    async fn publish(&self, msg: &GroupMessage) -> Result<MessageId, RoomError>;
+}
+
+/// Stand-in room of record: sequences locally, ids as MIMI does (over a JSON encoding, with a random salt).
+#[derive(Debug, Default)]
+pub struct LocalRoom;
+
+#[async_trait]
+impl RoomOfRecord for LocalRoom {
+    async fn publish(&self, msg: &GroupMessage) -> Result<MessageId, RoomError> {
+        use sha2::{Digest, Sha256};
+        let encoded = serde_json::to_vec(&msg.content).map_err(|e| RoomError::Refused(e.to_string()))?;
+        let salt = rand_salt();
+        let room = format!("r/{}", msg.portal);
+        let mut h = Sha256::new();
+        for part in [msg.sender.uri.as_bytes(), room.as_bytes()] {
+            let len = u16::try_from(part.len()).map_err(|_| RoomError::Refused("URI too long".into()))?;
+            h.update(len.to_be_bytes());
+            h.update(part);
+        }
+        h.update(&encoded);
+        h.update(salt);
+        let digest = h.finalize();
+        let mut id = [0u8; 32];
+        id[0] = 0x01;
+        id[1..].copy_from_slice(&digest[..31]);
+        MessageId::from_bytes(&id).map_err(|e| RoomError::Refused(e.to_string()))
+    }
+}
+
+/// A fresh random salt (draft-ietf-mimi-content §3.3: 16 bytes from a CSPRNG).
+fn rand_salt() -> [u8; 16] {
+    rand::random()
+}

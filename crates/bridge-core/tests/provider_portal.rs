@@ -1,0 +1,383 @@
+//! A native MLS client joins a portal's group (external commit from the GroupInfo the hub serves) and talks
+//! with a loopback leg through the portal: legacy → MLS arrives decrypted at the client, MLS → legacy arrives
+//! at the leg. All in process, on real MLS groups and a real store; no sockets.
+
+use bridge_api::event::OutboundKind;
+use bridge_api::{AccountContext, AccountId, PortalId};
+use bridge_core::MlsRooms;
+use bridge_core::mls_rooms::{DEFAULT_KEY_UPDATE, room_uri};
+use bridge_core::repo::{MlsIdentity, PortalRecord};
+use bridge_core::router::{RouterConfig, RouterHandle};
+use bridge_testkit::loopback::LoopbackNetwork;
+use mimi_content::builder::ContentBuilder;
+use mimi_content::{Message, PartBody};
+use mimi_mls::{EngineConfig, LeafPolicy, LegacySender, LocalMember, MlsBackend, PortalGroup, Received};
+use mimi_protocol::inspect::{Inspected, PublicSender, inspect};
+use mimi_protocol::wire::MlsMessageBytes;
+use mimi_provider::{JoinPolicy, Origin, Provider, ProviderError, Refusal};
+use mimi_store::{Backend, CommitConfig, Store};
+use openmls::prelude::SignatureScheme;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const DOMAIN: &str = "bridge.test";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn store(dir: &Path) -> Store {
+    bridge_core::open_store(dir, Some(Backend::Redb), CommitConfig::default()).expect("store opens")
+}
+
+async fn member(store: &Store, ns: &str, uri: &str) -> (Arc<MlsBackend>, Arc<LocalMember>) {
+    let p = Arc::new(MlsBackend::new(store.clone(), ns).expect("provider"));
+    let m = LocalMember::load_or_create(&p, uri, SignatureScheme::ED25519)
+        .expect("member")
+        .durable()
+        .await
+        .expect("durable");
+    (p, Arc::new(m))
+}
+
+/// A native client: its own store, keys and group; reads the hub's log like the client API does.
+struct Native {
+    uri: String,
+    group: PortalGroup,
+    cursor: u64,
+}
+
+impl Native {
+    async fn join(provider: &Provider, dir: &Path, user: &str, room: &str) -> Self {
+        let uri = format!("mimi://{DOMAIN}/u/{user}");
+        let st = store(dir);
+        let (p, m) = member(&st, user, &uri).await;
+        let info = provider.group_info(room).expect("room").expect("group info served");
+        let (mut group, commit) = PortalGroup::rejoin_by_external_commit(p, m, &EngineConfig::default(), &info, None)
+            .durable()
+            .await
+            .expect("external commit");
+        let commit = MlsMessageBytes::new(commit).expect("framed");
+        let a = provider.submit(room, commit.clone(), &uri, Origin::Client(uri.clone())).await.expect("hub accepts");
+        group.merge_pending_commit().durable().await.expect("merge");
+        // A retry of the same commit gets the same sequence number and adds nothing.
+        let again = provider.submit(room, commit, &uri, Origin::Client(uri.clone())).await.expect("retry accepted");
+        assert_eq!((again.seq, again.duplicate), (a.seq, true));
+        assert_eq!(provider.last_seq(room).expect("room"), a.seq);
+        Self { uri, group, cursor: a.seq }
+    }
+
+    async fn send(&mut self, provider: &Provider, room: &str, text: &str) -> Result<u64, ProviderError> {
+        let msg = ContentBuilder::new(&self.uri, room).plain_text(text).build_message().expect("content");
+        let ct = self.group.encrypt(msg.bytes()).durable().await.expect("encrypt");
+        let ct = MlsMessageBytes::new(ct).expect("framed");
+        let a = provider.submit(room, ct, &self.uri, Origin::Client(self.uri.clone())).await?;
+        Ok(a.seq)
+    }
+
+    /// Next application message from the log: (sender identity, content).
+    async fn next(&mut self, provider: &Provider, room: &str) -> (String, Message) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            for e in provider.entries_after(room, self.cursor, 16).expect("log") {
+                self.cursor = e.seq;
+                match self.group.process(e.fanout.message.as_bytes()).durable().await {
+                    Ok(Received::Application { sender_identity, plaintext, .. }) => {
+                        let m = Message::decode(&plaintext).expect("MIMI content");
+                        return (String::from_utf8(sender_identity).expect("utf-8"), m);
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("native client cannot process entry {}: {e}", self.cursor),
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no message for the native client");
+            provider.wait(room, self.cursor, Duration::from_millis(500)).await.expect("wait");
+        }
+    }
+}
+
+fn text(m: &Message) -> String {
+    match &m.content().nested_part.body {
+        PartBody::Single(s) => String::from_utf8_lossy(&s.content).into_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A bridge (store, hub, room of record, router) with a loopback IRC leg `#rust` linked to portal `rust`.
+struct Bridge {
+    _dir: Option<tempfile::TempDir>,
+    store: Store,
+    provider: Provider,
+    room_of_record: Arc<MlsRooms>,
+    router: RouterHandle,
+    net: Arc<LoopbackNetwork>,
+    portal: PortalId,
+    room: String,
+}
+
+impl Bridge {
+    async fn start(mls_identity: MlsIdentity, leaves: Option<LeafPolicy>) -> Self {
+        Self::start_with(mls_identity, leaves, Some(DEFAULT_KEY_UPDATE)).await
+    }
+
+    /// A bridge whose members update their keys every `key_update`.
+    async fn start_with(mls_identity: MlsIdentity, leaves: Option<LeafPolicy>, key_update: Option<Duration>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut b = Self::start_at(dir.path(), mls_identity, leaves, true, key_update).await;
+        b._dir = Some(dir);
+        b
+    }
+
+    /// A bridge on the data in `dir`; `attach`: connect the room of record's incoming path to the router.
+    async fn start_at(
+        dir: &Path,
+        mls_identity: MlsIdentity,
+        leaves: Option<LeafPolicy>,
+        attach: bool,
+        key_update: Option<Duration>,
+    ) -> Self {
+        let st = store(dir);
+        let provider = Provider::open(DOMAIN, st.clone()).expect("provider");
+        let (mls, me) = member(&st, "bridge", &format!("mimi://{DOMAIN}/u/bridge")).await;
+        let room_of_record = MlsRooms::new(provider.clone(), mls, me, EngineConfig::default(), JoinPolicy::Open);
+        room_of_record.set_key_update_interval(key_update);
+        let router =
+            RouterHandle::start(RouterConfig::new(DOMAIN), st.clone(), room_of_record.clone()).await.expect("router");
+        if attach {
+            room_of_record.attach_router(router.clone());
+        }
+        let id = AccountId::parse("lb.irc").expect("account");
+        let net = LoopbackNetwork::new(id.clone(), AccountContext::new(id, router.clone(), DOMAIN));
+        router.add_account(net.clone());
+        let portal = PortalId::new("rust").expect("portal id");
+        router.create_portal(PortalRecord { id: portal.clone(), mls_identity }).await.expect("portal");
+        router.link(net.leg("#rust"), &portal).await.expect("link");
+        if let Some(policy) = leaves {
+            room_of_record.set_leaf_policy(&portal, policy);
+        }
+        room_of_record.ensure_portal(&portal).await.expect("group");
+        let room = room_uri(DOMAIN, &portal);
+        Self { _dir: None, store: st, provider, room_of_record, router, net, portal, room }
+    }
+
+    /// Stops everything and waits until the store is closed (so it can be opened again).
+    async fn stop(self) {
+        let mut closed = self.store.closed();
+        self.router.shutdown().await;
+        self.room_of_record.shutdown();
+        drop(self);
+        tokio::time::timeout(WAIT, closed.wait_for(|c| *c)).await.expect("store closes").expect("closed");
+    }
+
+    /// Waits until the bridge's group has `n` members (its worker applies commits from the log asynchronously).
+    async fn wait_members(&self, n: usize) -> Vec<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let members = self.room_of_record.members(&self.portal).await.expect("members");
+            if members.len() == n || tokio::time::Instant::now() > deadline {
+                return members;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_client_and_irc_leg_talk_through_a_portal() {
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let b = Bridge::start(MlsIdentity::Shared, None).await;
+    let (provider, room, net, router) = (&b.provider, &b.room, &b.net, &b.router);
+    let (provider, room) = (provider.clone(), room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
+
+    // Legacy → MLS: the IRC user's line arrives decrypted at the native client, attributed to the legacy sender.
+    let (_, verdict) = net.say("#rust", "bob", "hello from irc").await;
+    verdict.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!(sender, format!("mimi://{DOMAIN}/u/bridge"));
+    assert_eq!(text(&m), "hello from irc");
+    let legacy = LegacySender::from_extensions(&m.content().extensions).expect("extension").expect("legacy sender");
+    assert_eq!(legacy.uri, format!("mimi://{DOMAIN}/u/lb.irc~bob"));
+    assert_eq!(m.content().extensions.room_uri.as_deref(), Some(room.as_str()));
+
+    // MLS → legacy: the native client's message reaches the IRC leg.
+    alice.send(&provider, &room, "hi from mls").await.expect("hub accepts");
+    let delivered = net.wait_delivered(1, WAIT).await;
+    assert_eq!(delivered.len(), 1, "one delivery to the leg");
+    match &delivered[0].kind {
+        OutboundKind::Message { draft, .. } => assert_eq!(draft.body, "hi from mls"),
+        other => panic!("unexpected delivery {other:?}"),
+    }
+
+    // A message for an epoch the hub has moved past is refused with the current epoch.
+    let stale = ContentBuilder::new(&alice.uri, &room).plain_text("late").build_message().expect("content");
+    let stale_ct = alice.group.encrypt(stale.bytes()).durable().await.expect("encrypt");
+    let mut bob = Native::join(&provider, tempfile::tempdir().expect("tempdir").path(), "carol", &room).await;
+    let r = provider
+        .submit(&room, MlsMessageBytes::new(stale_ct).expect("framed"), &alice.uri, Origin::Client(alice.uri.clone()))
+        .await;
+    assert!(matches!(r, Err(ProviderError::Refused(Refusal::EpochTooOld { .. }))), "{r:?}");
+    // Both natives follow the bridge's next line, sent in the new epoch.
+    net.say("#rust", "bob", "second").await.1.expect("bridged");
+    let (_, m) = alice.next(&provider, &room).await;
+    assert_eq!(text(&m), "second");
+    let (_, m) = bob.next(&provider, &room).await;
+    assert_eq!(text(&m), "second");
+    router.shutdown().await;
+}
+
+/// `mls_identity = "per-user"`: an IRC user speaks from a leaf of their own (added by the bridge the first time
+/// they speak, seen by the native member as a real member), the cap sends the rest from the shared leaf, idle
+/// leaves are removed, and a returning user gets a new leaf the native member can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_portal_gives_each_active_irc_user_a_leaf() {
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let policy = LeafPolicy { idle_after: Duration::from_secs(2), max_leaves: 2 };
+    let b = Bridge::start(MlsIdentity::PerUser, Some(policy)).await;
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
+    let uri = |nick: &str| format!("mimi://{DOMAIN}/u/lb.irc~{nick}");
+
+    // bob's first line: a leaf for bob, then the line from it.
+    b.net.say("#rust", "bob", "first from bob").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (uri("bob").as_str(), "first from bob"));
+    assert_eq!(m.content().extensions.sender_uri.as_deref(), Some(uri("bob").as_str()), "content names bob too");
+    assert!(alice.group.member_index(uri("bob").as_bytes()).is_some(), "alice sees bob as a member");
+    let epoch = alice.group.epoch();
+    // bob again: no new leaf, no new commit.
+    b.net.say("#rust", "bob", "second from bob").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (uri("bob").as_str(), "second from bob"));
+    assert_eq!(alice.group.epoch(), epoch, "bob's second line needed no commit");
+    // erin joins (a commit bob's leaf must process): bob's next line reaches both natives.
+    let erin_dir = tempfile::tempdir().expect("tempdir");
+    let mut erin = Native::join(&provider, erin_dir.path(), "erin", &room).await;
+    assert_eq!(b.wait_members(4).await.len(), 4, "bridge, alice, bob, erin");
+    b.net.say("#rust", "bob", "third from bob").await.1.expect("bridged");
+    for native in [&mut alice, &mut erin] {
+        let (sender, m) = native.next(&provider, &room).await;
+        assert_eq!((sender.as_str(), text(&m).as_str()), (uri("bob").as_str(), "third from bob"));
+    }
+
+    // carol takes the second (last) leaf; dave, over the cap, speaks through the shared leaf.
+    b.net.say("#rust", "carol", "hi from carol").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (uri("carol").as_str(), "hi from carol"));
+    b.net.say("#rust", "dave", "hi from dave").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (format!("mimi://{DOMAIN}/u/bridge").as_str(), "hi from dave"));
+    let legacy = LegacySender::from_extensions(&m.content().extensions).expect("extension").expect("legacy sender");
+    assert_eq!(legacy.uri, uri("dave"));
+    assert_eq!(b.room_of_record.leaf_users(&b.portal).await.expect("leaves"), vec![uri("bob"), uri("carol")]);
+    assert_eq!(b.wait_members(5).await.len(), 5, "bridge, alice, erin, bob, carol");
+
+    // alice's reply reaches IRC; the bridge does not bridge its own leaves' lines back.
+    alice.send(&provider, &room, "hello irc").await.expect("hub accepts");
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    assert_eq!(delivered.len(), 1, "exactly alice's line reached the leg: {delivered:?}");
+
+    // Silent for longer than idle_after: both leaves go, in one commit of the bridge.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !b.room_of_record.leaf_users(&b.portal).await.expect("leaves").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "idle leaves were not removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.wait_members(3).await.len(), 3, "the bridge, alice and erin again");
+
+    // bob comes back: a new leaf, and alice (who processed the removal) reads him.
+    b.net.say("#rust", "bob", "bob is back").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (uri("bob").as_str(), "bob is back"));
+    assert_eq!(alice.group.members().len(), 4, "bridge, alice, erin, bob");
+    assert_eq!(b.net.wait_delivered(1, Duration::from_millis(200)).await.len(), 1, "nothing echoed to IRC");
+    b.router.shutdown().await;
+}
+
+/// The MLS ratchet decrypts a message once: a message decrypted (its state change durable) but not yet taken by
+/// the router when the bridge stops must still reach the legs after the restart, and only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_decrypted_before_a_stop_is_bridged_after_the_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    // The incoming path is not attached: the worker decrypts, nothing takes the message (as if the process died
+    // between the decryption and the router's commit).
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, false, None).await;
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    let seq = alice.send(&provider, &room, "said just before the stop").await.expect("hub accepts");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.room_of_record.position(&b.portal).await.expect("position") < seq {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never applied the message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(b.net.wait_delivered(1, Duration::from_millis(300)).await.is_empty(), "nothing bridged yet");
+    drop(provider);
+    b.stop().await;
+
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    assert_eq!(delivered.len(), 1, "the kept message reached the leg after the restart");
+    match &delivered[0].kind {
+        OutboundKind::Message { draft, .. } => assert_eq!(draft.body, "said just before the stop"),
+        other => panic!("unexpected delivery {other:?}"),
+    }
+    // Once taken, it is not bridged again by a later restart.
+    let next = alice.send(&b.provider, &room, "after the restart").await.expect("hub accepts");
+    assert_eq!(b.net.wait_delivered(2, WAIT).await.len(), 2);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.room_of_record.position(&b.portal).await.expect("position") < next {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never applied the message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.stop().await;
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    assert!(b.net.wait_delivered(1, Duration::from_millis(500)).await.is_empty(), "nothing delivered twice");
+    b.stop().await;
+}
+
+/// Post-compromise security: the bridge's leaf and each per-user leaf commit fresh keys once their last ones are
+/// older than the key-update interval; native members follow and the conversation goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_and_its_leaves_update_their_keys() {
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let policy = LeafPolicy { idle_after: Duration::from_secs(3600), max_leaves: 10 };
+    let b = Bridge::start_with(MlsIdentity::PerUser, Some(policy), Some(Duration::from_secs(2))).await;
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    let bob = format!("mimi://{DOMAIN}/u/lb.irc~bob");
+    b.net.say("#rust", "bob", "before").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (bob.as_str(), "before"));
+    let (from_seq, from_epoch) = (provider.last_seq(&room).expect("log"), provider.epoch(&room).expect("epoch"));
+
+    // Within a few intervals both local members have committed an update (and nobody else has).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut committers = std::collections::BTreeSet::new();
+    while committers.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no key updates; committers so far: {committers:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        committers = provider
+            .entries_after(&room, from_seq, 100)
+            .expect("log")
+            .iter()
+            .filter_map(|e| match inspect(&e.fanout.message) {
+                Ok(Inspected::Public { commit: true, sender: PublicSender::Member(i), .. }) => Some(i),
+                _ => None,
+            })
+            .collect();
+    }
+    let bridge_index = alice.group.member_index(format!("mimi://{DOMAIN}/u/bridge").as_bytes()).expect("bridge");
+    let bob_index = alice.group.member_index(bob.as_bytes()).expect("bob's leaf");
+    assert_eq!(committers, [bridge_index, bob_index].into_iter().collect(), "the bridge's and bob's leaf updated");
+    assert!(provider.epoch(&room).expect("epoch") >= from_epoch + 2);
+
+    // alice processes the updates on her way to bob's next line, and the bridge reads alice.
+    b.net.say("#rust", "bob", "after the updates").await.1.expect("bridged");
+    let (sender, m) = alice.next(&provider, &room).await;
+    assert_eq!((sender.as_str(), text(&m).as_str()), (bob.as_str(), "after the updates"));
+    alice.send(&provider, &room, "still reading you").await.expect("hub accepts");
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    b.router.shutdown().await;
+}

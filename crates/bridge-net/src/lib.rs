@@ -1,0 +1,12 @@
+//! # bridge-net
+//!
+//! What connectors share for talking to their networks' sockets, so no connector copies it:
+//!
+//! * [`lines`] — a bounded, cancel-safe line reader for line protocols (IRC, the template's toychat);
+//! * [`tls`] — rustls client configurations: the one crypto provider (aws-lc-rs), trust roots from the system or
+//!   a CA file, client certificates.
+//!
+//! No MLS, no store, no router: a connector depends on this and on `bridge-api` only.
+
+pub mod lines;
+pub mod tls;

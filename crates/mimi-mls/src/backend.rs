@@ -1,0 +1,96 @@
+//! The OpenMLS provider of one local member, and [`Pending`]: an operation's output held back until the state
+//! behind it is durable.
+
+use super::error::MlsError;
+use super::storage::{Durability, MlsStorage};
+use mimi_store::Store;
+use openmls_rust_crypto::RustCrypto;
+use openmls_traits::OpenMlsProvider;
+
+/// RustCrypto for crypto and randomness, [`MlsStorage`] for state. One per local member (namespace).
+#[derive(Debug)]
+pub struct MlsBackend {
+    crypto: RustCrypto,
+    storage: MlsStorage,
+}
+
+impl MlsBackend {
+    /// The provider of local member `namespace` on `store`.
+    pub fn new(store: Store, namespace: &str) -> Result<Self, MlsError> {
+        Ok(Self { crypto: RustCrypto::default(), storage: MlsStorage::new(store, namespace)? })
+    }
+}
+
+impl OpenMlsProvider for MlsBackend {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = MlsStorage;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+/// The output of an MLS operation (or its error) together with the durability of the state the operation wrote.
+///
+/// The output is reachable only through [`Pending::durable`] / [`Pending::durable_blocking`], which wait for the
+/// state first: a ciphertext, commit or Welcome can therefore not be sent before the epoch and ratchet state
+/// behind it would survive a crash. Errors wait too, because a refused message may have consumed ratchet state.
+/// [`Pending::into_parts`] exists for measurements and for callers that pipeline the wait themselves; they take
+/// over that duty.
+#[derive(Debug)]
+#[must_use = "the output is only available once the state is durable"]
+pub struct Pending<T> {
+    value: Result<T, MlsError>,
+    durability: Durability,
+}
+
+impl<T> Pending<T> {
+    pub(crate) fn new(value: T, durability: Durability) -> Self {
+        Self { value: Ok(value), durability }
+    }
+
+    pub(crate) fn from_result(value: Result<T, MlsError>, durability: Durability) -> Self {
+        Self { value, durability }
+    }
+
+    pub(crate) fn failed(e: MlsError) -> Self {
+        Self { value: Err(e), durability: Durability::ready() }
+    }
+
+    /// Waits until the state is durable, then returns the output (or the operation's error).
+    pub async fn durable(self) -> Result<T, MlsError> {
+        self.durability.wait().await?;
+        self.value
+    }
+
+    /// Blocking version of [`Pending::durable`] (not from inside an async task).
+    pub fn durable_blocking(self) -> Result<T, MlsError> {
+        self.durability.wait_blocking()?;
+        self.value
+    }
+
+    /// The output and the durability handle, separately. The caller must not release the output before the
+    /// handle resolved `Ok`.
+    pub fn into_parts(self) -> (Result<T, MlsError>, Durability) {
+        (self.value, self.durability)
+    }
+
+    /// Adds `other` to the state this output waits for (an operation spanning several local members).
+    pub fn and_durable(self, other: Durability) -> Pending<T> {
+        Pending { value: self.value, durability: self.durability.and(other) }
+    }
+
+    /// Maps the output, keeping the durability.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Pending<U> {
+        Pending { value: self.value.map(f), durability: self.durability }
+    }
+}

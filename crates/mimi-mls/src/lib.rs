@@ -1,0 +1,39 @@
+//! The MLS engine (RFC 9420) on OpenMLS 0.9: one MLS group per portal, with the bridge as a member.
+//!
+//! * [`storage`] — OpenMLS's `StorageProvider` on the bridge's store: compact CBOR values, an in-memory cache,
+//!   write-behind through group commit, one atomic batch per MLS operation;
+//! * [`backend`] — [`MlsBackend`], the OpenMLS provider (RustCrypto + that storage), and [`Pending`], the wrapper that hands out an
+//!   operation's output only once the state behind it is durable;
+//! * [`cbor`] — the CBOR serializer of the stored values (byte strings for byte sequences);
+//! * [`config`] — ciphersuites, wire-format policy, ratchet tolerances;
+//! * [`member`] — a local MLS member: the bridge's leaf (basic credential = its MIMI URI) or a per-user leaf;
+//! * [`key_packages`] — KeyPackages to publish, including the last-resort one;
+//! * [`portal_group`] — [`PortalGroup`]: create, join, add, remove, self-update, encrypt, decrypt, process commits,
+//!   export GroupInfo and ratchet tree, rejoin by external commit;
+//! * [`legacy_sender`] — the MIMI content extension carrying the legacy sender behind a shared leaf;
+//! * [`user_leaves`] — [`UserLeaves`]: per-user leaves (`mls_identity = "per-user"`), added lazily, removed when
+//!   idle, capped per portal;
+//! * [`error`] — [`MlsError`], typed so that callers can tell a replay from a non-member from a lost group.
+//!
+//! Everything is synchronous and IO-free except the durability wait, which is a future ([`Pending::durable`]) or
+//! a blocking call ([`Pending::durable_blocking`]).
+
+pub mod backend;
+pub mod cbor;
+pub mod config;
+pub mod error;
+pub mod key_packages;
+pub mod legacy_sender;
+pub mod member;
+pub mod portal_group;
+pub mod storage;
+pub mod user_leaves;
+
+pub use backend::{MlsBackend, Pending};
+pub use config::{EngineConfig, HandshakeWireFormat};
+pub use error::MlsError;
+pub use legacy_sender::LegacySender;
+pub use member::LocalMember;
+pub use portal_group::{CommitOutput, KeptMessage, PortalGroup, Received};
+pub use storage::{Durability, MLS_TREE, MlsStorage, MlsStorageError};
+pub use user_leaves::{AddLeaf, LeafChange, LeafPolicy, UserLeaves};

@@ -1,0 +1,1284 @@
+//! OpenMLS's [`StorageProvider`] written on the bridge's store ([`Store`] / [`KvStore`](mimi_store::KvStore)).
+//!
+//! # Layout
+//!
+//! Everything lives in the tree [`MLS_TREE`] (`"mls"`), under one namespace per local member (the bridge's shared
+//! leaf, or one per per-user leaf: a per-user leaf is in the *same* group as the bridge leaf, so the two must not
+//! share keys):
+//!
+//! ```text
+//! key   = lp(namespace) ‖ version (u16 BE) ‖ label (u8) ‖ CBOR(openmls key …)
+//! value = CBOR(openmls entity)                      for single values
+//!       = (u32 BE length ‖ CBOR(item))*             for lists (own leaf nodes, proposal refs, epoch key pairs)
+//! ```
+//!
+//! `lp(x)` is `x` prefixed with its length as u16 BE. Values are CBOR through serde: openmls's types need a
+//! *self-describing* serde format (`tls_codec`'s byte vectors and one of its configs deserialize with
+//! `deserialize_any`), which rules out postcard/bincode. They are written by [`super::cbor`], which turns
+//! sequences of bytes (serde hands OpenMLS's `Vec<u8>` secrets over one byte at a time) into CBOR byte strings,
+//! and read by `ciborium`, which accepts both that and the arrays of integers that `ciborium` itself writes.
+//! The CBOR inside *keys* stays `ciborium`'s (keys must not change). A secret tree costs a fraction of the JSON
+//! that `openmls_memory_storage` writes.
+//!
+//! # Cache, write-behind and group commit
+//!
+//! OpenMLS calls the provider synchronously, many times per operation, and rewrites the group's message secrets on
+//! every encrypt and decrypt. The provider therefore never writes through: each write updates an in-memory cache
+//! (the authoritative copy for this process) and marks the key *dirty* in a partition — the group the key belongs
+//! to, or the *global* partition for key packages, signature keys and leaf-update key pairs. Reads are served from
+//! the cache, falling back to the store on a miss (and remembering the answer, including "absent").
+//!
+//! After an MLS operation the engine calls [`MlsStorage::submit_group`]: the dirty keys of that group (and the
+//! global partition) are **sealed** — their values at the end of the operation are set aside (shared, not copied)
+//! under the next sequence number — and the returned [`Durability`] resolves when that state is on disk. Sealing
+//! makes no system call: the sealed state is **handed off** to the store's group commit only when someone waits
+//! for a [`Durability`] (or the sealed state grows past [`HAND_OFF_BYTES`], or the storage is dropped). One hand-off
+//! takes everything sealed so far, keeping the last value of each key, as **one atomic batch**: it is the state
+//! after the last sealed operation, so every operation stays all-or-nothing on disk, and a burst of operations (one
+//! portal's, or many portals' on the same member) costs one batch, one wake-up of the committer and one fsync.
+//! Sealing and hand-offs happen under locks, in order, and the committer writes batches in order: when a batch is
+//! durable, every operation sealed before it is too. (Waking the committer thread once per operation cost more CPU
+//! than encoding the state: a futex wake and, in a VM, an inter-processor interrupt.)
+//!
+//! The engine awaits the [`Durability`] of an encrypt *before* releasing the ciphertext (reusing a generation after
+//! a crash would reuse an AEAD nonce), and of a commit before sending it.
+//!
+//! When an operation fails half-way, whatever OpenMLS wrote is submitted all the same: OpenMLS keeps the same
+//! state in its in-memory `MlsGroup`, so the durable state must follow it, not the state before the operation.
+//!
+//! Only one [`MlsStorage`] may exist per namespace and store in a process (the engine keeps it that way): the
+//! cache assumes it sees every write.
+
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
+use mimi_store::{Batch, Store, StoreError};
+use openmls_traits::storage::{CURRENT_VERSION, Entity, StorageProvider, traits};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The store tree holding all OpenMLS state.
+pub const MLS_TREE: &str = "mls";
+
+/// Why the MLS storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MlsStorageError {
+    /// The store failed (read, or the durable write of a batch).
+    #[error("MLS storage: {0}")]
+    Store(#[from] StoreError),
+    /// A value could not be encoded.
+    #[error("MLS storage: cannot encode {what}: {message}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's message.
+        message: String,
+    },
+    /// A stored value could not be decoded: the record is corrupt or from an incompatible version.
+    #[error("MLS storage: corrupt {what} record: {message}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// The decoder's message.
+        message: String,
+    },
+}
+
+// Labels: one byte each, stable (they are part of the on-disk format).
+const KEY_PACKAGE: u8 = 1;
+const PSK: u8 = 2;
+const ENCRYPTION_KEY_PAIR: u8 = 3;
+const SIGNATURE_KEY_PAIR: u8 = 4;
+const EPOCH_KEY_PAIRS: u8 = 5;
+const TREE: u8 = 10;
+const GROUP_CONTEXT: u8 = 11;
+const INTERIM_TRANSCRIPT_HASH: u8 = 12;
+const CONFIRMATION_TAG: u8 = 13;
+const JOIN_CONFIG: u8 = 20;
+const OWN_LEAF_NODES: u8 = 21;
+const GROUP_STATE: u8 = 22;
+const QUEUED_PROPOSAL: u8 = 23;
+const PROPOSAL_QUEUE_REFS: u8 = 24;
+const OWN_LEAF_INDEX: u8 = 25;
+const EPOCH_SECRETS: u8 = 26;
+const RESUMPTION_PSK_STORE: u8 = 27;
+const MESSAGE_SECRETS: u8 = 28;
+/// The engine's own records (who the member is), not OpenMLS's.
+const APP: u8 = 0x40;
+
+/// Encodes a value as CBOR, sequences of bytes as byte strings ([`super::cbor`]).
+pub(crate) fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, MlsStorageError> {
+    let mut out = Vec::with_capacity(64);
+    super::cbor::to_vec_into(value, &mut out).map_err(|e| MlsStorageError::Encode { what, message: e.to_string() })?;
+    Ok(out)
+}
+
+/// Encodes a value that is part of a store *key* (group ids, public keys, references, epochs) with `ciborium`, as
+/// the first version of the format did: keys must not change encoding, or stored state would not be found again.
+fn encode_key<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, MlsStorageError> {
+    let mut out = Vec::with_capacity(32);
+    ciborium::into_writer(value, &mut out).map_err(|e| MlsStorageError::Encode { what, message: e.to_string() })?;
+    Ok(out)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, MlsStorageError> {
+    ciborium::from_reader(bytes).map_err(|e| MlsStorageError::Decode { what, message: e.to_string() })
+}
+
+/// Appends `(u32 BE length ‖ item)` to a list value.
+fn push_item(list: &mut Vec<u8>, item: &[u8]) -> Result<(), MlsStorageError> {
+    let len = u32::try_from(item.len())
+        .map_err(|_| MlsStorageError::Encode { what: "list item", message: "longer than 4 GiB".into() })?;
+    list.extend_from_slice(&len.to_be_bytes());
+    list.extend_from_slice(item);
+    Ok(())
+}
+
+/// Splits a list value into its items.
+fn items<'a>(what: &'static str, mut list: &'a [u8]) -> Result<Vec<&'a [u8]>, MlsStorageError> {
+    let mut out = Vec::new();
+    while !list.is_empty() {
+        let corrupt = || MlsStorageError::Decode { what, message: "truncated list".into() };
+        let (len, rest) = list.split_first_chunk::<4>().ok_or_else(corrupt)?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(corrupt());
+        }
+        let (item, rest) = rest.split_at(len);
+        out.push(item);
+        list = rest;
+    }
+    Ok(out)
+}
+
+/// A handle that resolves once the state an operation wrote is durable.
+///
+/// Await it (or [`Durability::wait_blocking`]) before releasing anything the operation produced — a ciphertext, a
+/// commit, a Welcome. Waiting hands the sealed state to group commit if nobody did yet. Dropping the handle
+/// unwaited leaves the state sealed in memory until the next wait on the same storage (or [`HAND_OFF_BYTES`], or
+/// the storage's drop): the operation's output was then never released, so nothing depends on it being durable.
+#[derive(Debug)]
+#[must_use = "release the operation's output only after its state is durable"]
+pub struct Durability(Vec<Ticket>);
+
+/// The claim of one sealed operation: durable once the writer's flights reach `seq`.
+#[derive(Debug)]
+struct Ticket {
+    writer: Arc<Writer>,
+    seq: u64,
+}
+
+impl Durability {
+    /// A handle that is already resolved (nothing was written).
+    pub fn ready() -> Self {
+        Self(Vec::new())
+    }
+
+    /// A handle that resolves when both `self` and `other` did (an operation that wrote to several local
+    /// members' storages, e.g. per-user leaves).
+    pub fn and(mut self, other: Durability) -> Durability {
+        self.0.extend(other.0);
+        self
+    }
+
+    /// The flights to wait for, handing the sealed state off first if needed (none: already durable).
+    fn flights(self) -> Vec<Flight> {
+        self.0.into_iter().filter_map(|t| t.writer.flight_for(t.seq)).collect()
+    }
+
+    /// Waits until the state is durable.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        for f in self.flights() {
+            f.await.map_err(unshare)?;
+        }
+        Ok(())
+    }
+
+    /// Blocking version of [`Durability::wait`], for threads outside the async runtime.
+    pub fn wait_blocking(self) -> Result<(), StoreError> {
+        for f in self.flights() {
+            block_on(f).map_err(unshare)?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of one hand-off, shared by every handle it covers.
+type Flight = Shared<BoxFuture<'static, Result<(), Arc<StoreError>>>>;
+
+/// A shared store error back as an owned one (the error types are not `Clone`).
+fn unshare(e: Arc<StoreError>) -> StoreError {
+    Arc::try_unwrap(e).unwrap_or_else(|e| match &*e {
+        StoreError::Closed => StoreError::Closed,
+        StoreError::Backend { backend, path, message } => {
+            StoreError::Backend { backend, path: path.clone(), message: message.clone() }
+        }
+        other => StoreError::Corrupt { tree: MLS_TREE.into(), message: other.to_string() },
+    })
+}
+
+/// Runs `f` to completion on this thread (it only waits for the committer's reply).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// Sealed state above this many bytes is handed off at once, without waiting for a waiter.
+pub const HAND_OFF_BYTES: usize = 4 << 20;
+
+/// Sealed state and the hand-offs to group commit (shared with the [`Durability`] handles).
+struct Writer {
+    store: Store,
+    state: Mutex<WriterState>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct WriterState {
+    /// Sealed, not yet handed off: key → value at the end of the last operation that sealed it (`None`: delete).
+    sealed: BTreeMap<Vec<u8>, Cached>,
+    /// Bytes of values in `sealed`.
+    sealed_bytes: usize,
+    /// Sequence number of the last sealed operation.
+    sealed_seq: u64,
+    /// Every operation up to this one is handed off.
+    handed_seq: u64,
+    /// Every operation up to this one is known durable.
+    durable_seq: u64,
+    /// Hand-offs not known to be durable yet, oldest first, each with the last sequence number it covers.
+    flights: VecDeque<(u64, Flight)>,
+}
+
+impl Writer {
+    fn lock(&self) -> MutexGuard<'_, WriterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seals `values` as operation `sealed_seq + 1` and returns its number.
+    fn seal(&self, values: impl IntoIterator<Item = (Vec<u8>, Cached)>) -> u64 {
+        let mut st = self.lock();
+        for (k, v) in values {
+            st.sealed_bytes += v.as_ref().map_or(0, |v| v.len());
+            if let Some(Some(old)) = st.sealed.insert(k, v) {
+                st.sealed_bytes -= old.len();
+            }
+        }
+        st.sealed_seq += 1;
+        let seq = st.sealed_seq;
+        if st.sealed_bytes > HAND_OFF_BYTES {
+            self.hand_off(&mut st);
+        }
+        seq
+    }
+
+    /// Hands everything sealed to group commit as one batch (under the lock: batches reach the committer in order).
+    fn hand_off(&self, st: &mut WriterState) {
+        if st.handed_seq == st.sealed_seq {
+            return;
+        }
+        let mut batch = Batch::new();
+        for (key, value) in std::mem::take(&mut st.sealed) {
+            match value {
+                // Usually the cache holds a newer value by now, and the sealed one moves into the batch uncopied.
+                Some(v) => batch.put(MLS_TREE, key, Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone())),
+                None => batch.delete(MLS_TREE, key),
+            };
+        }
+        st.sealed_bytes = 0;
+        st.handed_seq = st.sealed_seq;
+        let own = if batch.is_empty() { None } else { Some(self.store.commit_later(batch)) };
+        // Each flight resolves only after the one before it, with its error if it failed: a batch that did not
+        // make it to disk fails every later wait too (their state builds on it), and a resolved flight proves
+        // all earlier ones durable.
+        let prev = st.flights.back().map(|(_, f)| f.clone());
+        let flight: Flight = async move {
+            if let Some(prev) = prev {
+                prev.await?;
+            }
+            match own {
+                None => Ok(()),
+                Some(rx) => match rx.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(Arc::new(e)),
+                    Err(_) => Err(Arc::new(StoreError::Closed)),
+                },
+            }
+        }
+        .boxed()
+        .shared();
+        st.flights.push_back((st.handed_seq, flight));
+    }
+
+    /// The flight that makes operation `seq` durable (handing off first if needed), `None` if it already is.
+    fn flight_for(&self, seq: u64) -> Option<Flight> {
+        let mut st = self.lock();
+        if seq <= st.durable_seq {
+            return None;
+        }
+        if st.handed_seq < seq {
+            self.hand_off(&mut st);
+        }
+        // Forget the flights up to the newest one known to be done: done means every earlier one is too.
+        if let Some(i) = st.flights.iter().rposition(|(_, f)| f.peek().is_some()) {
+            let (s, f) = st.flights[i].clone();
+            if matches!(f.peek(), Some(Ok(()))) {
+                st.durable_seq = s;
+                st.flights.drain(..=i);
+            } else {
+                // Failed: keep it as the head, so that every later wait fails the same way.
+                st.flights.drain(..i);
+            }
+        }
+        if seq <= st.durable_seq {
+            return None;
+        }
+        st.flights.iter().find(|(s, _)| *s >= seq).map(|(_, f)| f.clone())
+    }
+}
+
+/// What the cache knows about one key (`None`: absent). Shared with the sealed state, so sealing copies nothing.
+type Cached = Option<Arc<Vec<u8>>>;
+
+#[derive(Default)]
+struct Inner {
+    /// Full store key → value (`None`: known to be absent). Authoritative for this process.
+    cache: HashMap<Vec<u8>, Cached>,
+    /// Dirty keys per partition (CBOR of the group id; empty for the global partition).
+    dirty: HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+}
+
+/// OpenMLS storage for one local member (namespace) on the bridge's [`Store`]. See the module documentation.
+pub struct MlsStorage {
+    store: Store,
+    writer: Arc<Writer>,
+    /// `lp(namespace) ‖ version`.
+    prefix: Vec<u8>,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for MlsStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlsStorage").field("prefix", &hex::encode(&self.prefix)).finish_non_exhaustive()
+    }
+}
+
+/// The global partition (key packages, signature keys, leaf-update key pairs, PSKs).
+const GLOBAL: &[u8] = &[];
+
+impl MlsStorage {
+    /// Storage for the local member `namespace` (e.g. `"bridge"` or a per-user leaf's URI) on `store`.
+    pub fn new(store: Store, namespace: &str) -> Result<Self, MlsStorageError> {
+        let ns = namespace.as_bytes();
+        let len = u16::try_from(ns.len())
+            .map_err(|_| MlsStorageError::Encode { what: "namespace", message: "longer than 65535 bytes".into() })?;
+        let mut prefix = Vec::with_capacity(ns.len() + 4);
+        prefix.extend_from_slice(&len.to_be_bytes());
+        prefix.extend_from_slice(ns);
+        prefix.extend_from_slice(&CURRENT_VERSION.to_be_bytes());
+        let writer = Arc::new(Writer { store: store.clone(), state: Mutex::new(WriterState::default()) });
+        Ok(Self { store, writer, prefix, inner: Mutex::new(Inner::default()) })
+    }
+
+    /// The store this storage writes to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the cache as consistent as any single write: keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key(&self, label: u8, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + 1 + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.push(label);
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// The partition of a group: the CBOR of its id.
+    pub fn partition<G: Serialize>(group_id: &G) -> Result<Vec<u8>, MlsStorageError> {
+        encode_key("group id", group_id)
+    }
+
+    fn set(&self, partition: &[u8], key: Vec<u8>, value: Option<Vec<u8>>) {
+        let mut inner = self.lock();
+        match inner.dirty.get_mut(partition) {
+            Some(keys) => {
+                keys.insert(key.clone());
+            }
+            None => {
+                inner.dirty.insert(partition.to_vec(), BTreeSet::from([key.clone()]));
+            }
+        }
+        inner.cache.insert(key, value.map(Arc::new));
+    }
+
+    /// Runs `f` on the current value of `key` (cache, then store).
+    fn with<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<R, MlsStorageError>,
+    ) -> Result<R, MlsStorageError> {
+        let mut inner = self.lock();
+        if !inner.cache.contains_key(key) {
+            let loaded = self.store.get(MLS_TREE, key)?;
+            inner.cache.insert(key.to_vec(), loaded.map(Arc::new));
+        }
+        f(inner.cache.get(key).and_then(|v| v.as_deref()).map(Vec::as_slice))
+    }
+
+    fn read<V: Entity<CURRENT_VERSION>>(&self, what: &'static str, key: &[u8]) -> Result<Option<V>, MlsStorageError> {
+        self.with(key, |v| v.map(|bytes| decode(what, bytes)).transpose())
+    }
+
+    fn read_list<V: Entity<CURRENT_VERSION>>(&self, what: &'static str, key: &[u8]) -> Result<Vec<V>, MlsStorageError> {
+        self.with(key, |v| match v {
+            None => Ok(Vec::new()),
+            Some(list) => items(what, list)?.into_iter().map(|item| decode(what, item)).collect(),
+        })
+    }
+
+    /// Appends (`remove = false`) or removes the first equal item (`remove = true`) in a list value.
+    fn edit_list(&self, partition: &[u8], key: Vec<u8>, item: &[u8], remove: bool) -> Result<(), MlsStorageError> {
+        let current = self.with(&key, |v| Ok(v.map(<[u8]>::to_vec)))?;
+        let mut list = Vec::new();
+        let mut removed = false;
+        if let Some(cur) = &current {
+            for existing in items("list", cur)? {
+                if remove && !removed && existing == item {
+                    removed = true;
+                    continue;
+                }
+                push_item(&mut list, existing)?;
+            }
+        }
+        if !remove {
+            push_item(&mut list, item)?;
+        }
+        self.set(partition, key, if list.is_empty() { None } else { Some(list) });
+        Ok(())
+    }
+
+    fn write_group<G: Serialize, V: Serialize>(
+        &self,
+        label: u8,
+        what: &'static str,
+        group_id: &G,
+        value: &V,
+    ) -> Result<(), MlsStorageError> {
+        let partition = Self::partition(group_id)?;
+        let key = self.key(label, &partition);
+        self.set(&partition, key, Some(encode(what, value)?));
+        Ok(())
+    }
+
+    fn read_group<G: Serialize, V: Entity<CURRENT_VERSION>>(
+        &self,
+        label: u8,
+        what: &'static str,
+        group_id: &G,
+    ) -> Result<Option<V>, MlsStorageError> {
+        let key = self.key(label, &Self::partition(group_id)?);
+        self.read(what, &key)
+    }
+
+    fn delete_group<G: Serialize>(&self, label: u8, group_id: &G) -> Result<(), MlsStorageError> {
+        let partition = Self::partition(group_id)?;
+        let key = self.key(label, &partition);
+        self.set(&partition, key, None);
+        Ok(())
+    }
+
+    fn write_global<K: Serialize, V: Serialize>(
+        &self,
+        label: u8,
+        what: &'static str,
+        key: &K,
+        value: &V,
+    ) -> Result<(), MlsStorageError> {
+        let key = self.key(label, &encode_key(what, key)?);
+        self.set(GLOBAL, key, Some(encode(what, value)?));
+        Ok(())
+    }
+
+    fn read_global<K: Serialize, V: Entity<CURRENT_VERSION>>(
+        &self,
+        label: u8,
+        what: &'static str,
+        key: &K,
+    ) -> Result<Option<V>, MlsStorageError> {
+        let key = self.key(label, &encode_key(what, key)?);
+        self.read(what, &key)
+    }
+
+    fn delete_global<K: Serialize>(&self, label: u8, what: &'static str, key: &K) -> Result<(), MlsStorageError> {
+        let key = self.key(label, &encode_key(what, key)?);
+        self.set(GLOBAL, key, None);
+        Ok(())
+    }
+
+    fn epoch_key_pairs_key<G: Serialize, E: Serialize>(
+        &self,
+        group_id: &G,
+        epoch: &E,
+        leaf_index: u32,
+    ) -> Result<(Vec<u8>, Vec<u8>), MlsStorageError> {
+        let partition = Self::partition(group_id)?;
+        let mut k = partition.clone();
+        k.extend_from_slice(&encode_key("epoch", epoch)?);
+        k.extend_from_slice(&leaf_index.to_be_bytes());
+        Ok((partition, self.key(EPOCH_KEY_PAIRS, &k)))
+    }
+
+    /// Seals the dirty keys of the group whose partition is `partition` (see [`MlsStorage::partition`]) and of the
+    /// global partition as one operation, and returns the handle that resolves when they are durable (see the
+    /// module documentation: the hand-off to group commit happens when someone waits).
+    pub fn submit(&self, partition: &[u8]) -> Durability {
+        let mut inner = self.lock();
+        let mut keys = inner.dirty.remove(partition).unwrap_or_default();
+        if let Some(global) = inner.dirty.remove(GLOBAL) {
+            keys.extend(global);
+        }
+        self.seal(&inner, keys)
+    }
+
+    /// Seals `keys` with their cached values (called with the cache locked: operations seal in order).
+    fn seal(&self, inner: &Inner, keys: BTreeSet<Vec<u8>>) -> Durability {
+        if keys.is_empty() {
+            // Nothing new, but the output may rest on state sealed before: wait for that too.
+            let seq = self.writer.lock().sealed_seq;
+            return if seq == 0 { Durability::ready() } else { self.ticket(seq) };
+        }
+        let values = keys.into_iter().map(|k| {
+            let v = inner.cache.get(&k).cloned().flatten();
+            (k, v)
+        });
+        let seq = self.writer.seal(values);
+        self.ticket(seq)
+    }
+
+    fn ticket(&self, seq: u64) -> Durability {
+        Durability(vec![Ticket { writer: self.writer.clone(), seq }])
+    }
+
+    /// [`MlsStorage::submit`] for a group id.
+    pub fn submit_group<G: Serialize>(&self, group_id: &G) -> Result<Durability, MlsStorageError> {
+        Ok(self.submit(&Self::partition(group_id)?))
+    }
+
+    /// Submits the global partition only (after generating key packages or signature keys).
+    pub fn submit_global(&self) -> Durability {
+        self.submit(GLOBAL)
+    }
+
+    /// Seals every dirty key of every partition as one operation.
+    pub fn submit_all(&self) -> Durability {
+        let mut inner = self.lock();
+        let keys: BTreeSet<Vec<u8>> = std::mem::take(&mut inner.dirty).into_values().flatten().collect();
+        self.seal(&inner, keys)
+    }
+
+    /// Writes one of the engine's own records (global partition; submitted with the next batch).
+    pub fn app_put<V: Serialize>(&self, name: &[u8], value: &V) -> Result<(), MlsStorageError> {
+        let key = self.key(APP, name);
+        self.set(GLOBAL, key, Some(encode("engine record", value)?));
+        Ok(())
+    }
+
+    /// Reads one of the engine's own records.
+    pub fn app_get<V: serde::de::DeserializeOwned>(&self, name: &[u8]) -> Result<Option<V>, MlsStorageError> {
+        let key = self.key(APP, name);
+        self.with(&key, |v| v.map(|bytes| decode("engine record", bytes)).transpose())
+    }
+
+    /// Deletes one of the engine's own records.
+    pub fn app_delete(&self, name: &[u8]) {
+        let key = self.key(APP, name);
+        self.set(GLOBAL, key, None);
+    }
+
+    /// Number of bytes of state cached (keys and values), for the memory-per-group figures.
+    pub fn cached_bytes(&self) -> usize {
+        let inner = self.lock();
+        inner.cache.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len())).sum()
+    }
+}
+
+impl Drop for MlsStorage {
+    fn drop(&mut self) {
+        // Hand off what is sealed (without waiting): a clean shutdown loses nothing that was not in flight.
+        let mut st = self.writer.lock();
+        self.writer.hand_off(&mut st);
+    }
+}
+
+impl StorageProvider<CURRENT_VERSION> for MlsStorage {
+    type Error = MlsStorageError;
+
+    fn write_mls_join_config<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        MlsGroupJoinConfig: traits::MlsGroupJoinConfig<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        config: &MlsGroupJoinConfig,
+    ) -> Result<(), Self::Error> {
+        self.write_group(JOIN_CONFIG, "join config", group_id, config)
+    }
+
+    fn append_own_leaf_node<GroupId: traits::GroupId<CURRENT_VERSION>, LeafNode: traits::LeafNode<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+        leaf_node: &LeafNode,
+    ) -> Result<(), Self::Error> {
+        let partition = Self::partition(group_id)?;
+        let key = self.key(OWN_LEAF_NODES, &partition);
+        self.edit_list(&partition, key, &encode("own leaf node", leaf_node)?, false)
+    }
+
+    fn queue_proposal<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ProposalRef: traits::ProposalRef<CURRENT_VERSION>,
+        QueuedProposal: traits::QueuedProposal<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        proposal_ref: &ProposalRef,
+        proposal: &QueuedProposal,
+    ) -> Result<(), Self::Error> {
+        let partition = Self::partition(group_id)?;
+        let reference = encode_key("proposal ref", proposal_ref)?;
+        let mut k = partition.clone();
+        k.extend_from_slice(&reference);
+        self.set(&partition, self.key(QUEUED_PROPOSAL, &k), Some(encode("queued proposal", proposal)?));
+        let list_key = self.key(PROPOSAL_QUEUE_REFS, &partition);
+        self.edit_list(&partition, list_key, &reference, false)
+    }
+
+    fn write_tree<GroupId: traits::GroupId<CURRENT_VERSION>, TreeSync: traits::TreeSync<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+        tree: &TreeSync,
+    ) -> Result<(), Self::Error> {
+        self.write_group(TREE, "tree", group_id, tree)
+    }
+
+    fn write_interim_transcript_hash<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        InterimTranscriptHash: traits::InterimTranscriptHash<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        interim_transcript_hash: &InterimTranscriptHash,
+    ) -> Result<(), Self::Error> {
+        self.write_group(INTERIM_TRANSCRIPT_HASH, "interim transcript hash", group_id, interim_transcript_hash)
+    }
+
+    fn write_context<GroupId: traits::GroupId<CURRENT_VERSION>, GroupContext: traits::GroupContext<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+        group_context: &GroupContext,
+    ) -> Result<(), Self::Error> {
+        self.write_group(GROUP_CONTEXT, "group context", group_id, group_context)
+    }
+
+    fn write_confirmation_tag<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ConfirmationTag: traits::ConfirmationTag<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        confirmation_tag: &ConfirmationTag,
+    ) -> Result<(), Self::Error> {
+        self.write_group(CONFIRMATION_TAG, "confirmation tag", group_id, confirmation_tag)
+    }
+
+    fn write_group_state<GroupState: traits::GroupState<CURRENT_VERSION>, GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+        group_state: &GroupState,
+    ) -> Result<(), Self::Error> {
+        self.write_group(GROUP_STATE, "group state", group_id, group_state)
+    }
+
+    fn write_message_secrets<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        MessageSecrets: traits::MessageSecrets<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        message_secrets: &MessageSecrets,
+    ) -> Result<(), Self::Error> {
+        self.write_group(MESSAGE_SECRETS, "message secrets", group_id, message_secrets)
+    }
+
+    fn write_resumption_psk_store<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ResumptionPskStore: traits::ResumptionPskStore<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        resumption_psk_store: &ResumptionPskStore,
+    ) -> Result<(), Self::Error> {
+        self.write_group(RESUMPTION_PSK_STORE, "resumption psk store", group_id, resumption_psk_store)
+    }
+
+    fn write_own_leaf_index<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        LeafNodeIndex: traits::LeafNodeIndex<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        own_leaf_index: &LeafNodeIndex,
+    ) -> Result<(), Self::Error> {
+        self.write_group(OWN_LEAF_INDEX, "own leaf index", group_id, own_leaf_index)
+    }
+
+    fn write_group_epoch_secrets<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        GroupEpochSecrets: traits::GroupEpochSecrets<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        group_epoch_secrets: &GroupEpochSecrets,
+    ) -> Result<(), Self::Error> {
+        self.write_group(EPOCH_SECRETS, "epoch secrets", group_id, group_epoch_secrets)
+    }
+
+    fn write_signature_key_pair<
+        SignaturePublicKey: traits::SignaturePublicKey<CURRENT_VERSION>,
+        SignatureKeyPair: traits::SignatureKeyPair<CURRENT_VERSION>,
+    >(
+        &self,
+        public_key: &SignaturePublicKey,
+        signature_key_pair: &SignatureKeyPair,
+    ) -> Result<(), Self::Error> {
+        self.write_global(SIGNATURE_KEY_PAIR, "signature key pair", public_key, signature_key_pair)
+    }
+
+    fn write_encryption_key_pair<
+        EncryptionKey: traits::EncryptionKey<CURRENT_VERSION>,
+        HpkeKeyPair: traits::HpkeKeyPair<CURRENT_VERSION>,
+    >(
+        &self,
+        public_key: &EncryptionKey,
+        key_pair: &HpkeKeyPair,
+    ) -> Result<(), Self::Error> {
+        self.write_global(ENCRYPTION_KEY_PAIR, "encryption key pair", public_key, key_pair)
+    }
+
+    fn write_encryption_epoch_key_pairs<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        EpochKey: traits::EpochKey<CURRENT_VERSION>,
+        HpkeKeyPair: traits::HpkeKeyPair<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        epoch: &EpochKey,
+        leaf_index: u32,
+        key_pairs: &[HpkeKeyPair],
+    ) -> Result<(), Self::Error> {
+        let (partition, key) = self.epoch_key_pairs_key(group_id, epoch, leaf_index)?;
+        let mut list = Vec::new();
+        for kp in key_pairs {
+            push_item(&mut list, &encode("epoch key pair", kp)?)?;
+        }
+        self.set(&partition, key, Some(list));
+        Ok(())
+    }
+
+    fn write_key_package<
+        HashReference: traits::HashReference<CURRENT_VERSION>,
+        KeyPackage: traits::KeyPackage<CURRENT_VERSION>,
+    >(
+        &self,
+        hash_ref: &HashReference,
+        key_package: &KeyPackage,
+    ) -> Result<(), Self::Error> {
+        self.write_global(KEY_PACKAGE, "key package", hash_ref, key_package)
+    }
+
+    fn write_psk<PskId: traits::PskId<CURRENT_VERSION>, PskBundle: traits::PskBundle<CURRENT_VERSION>>(
+        &self,
+        psk_id: &PskId,
+        psk: &PskBundle,
+    ) -> Result<(), Self::Error> {
+        self.write_global(PSK, "psk", psk_id, psk)
+    }
+
+    fn mls_group_join_config<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        MlsGroupJoinConfig: traits::MlsGroupJoinConfig<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<MlsGroupJoinConfig>, Self::Error> {
+        self.read_group(JOIN_CONFIG, "join config", group_id)
+    }
+
+    fn own_leaf_nodes<GroupId: traits::GroupId<CURRENT_VERSION>, LeafNode: traits::LeafNode<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Vec<LeafNode>, Self::Error> {
+        let key = self.key(OWN_LEAF_NODES, &Self::partition(group_id)?);
+        self.read_list("own leaf nodes", &key)
+    }
+
+    fn queued_proposal_refs<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ProposalRef: traits::ProposalRef<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Vec<ProposalRef>, Self::Error> {
+        let key = self.key(PROPOSAL_QUEUE_REFS, &Self::partition(group_id)?);
+        self.read_list("proposal refs", &key)
+    }
+
+    fn queued_proposals<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ProposalRef: traits::ProposalRef<CURRENT_VERSION>,
+        QueuedProposal: traits::QueuedProposal<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Vec<(ProposalRef, QueuedProposal)>, Self::Error> {
+        let partition = Self::partition(group_id)?;
+        let refs: Vec<ProposalRef> = self.queued_proposal_refs(group_id)?;
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            let mut k = partition.clone();
+            k.extend_from_slice(&encode_key("proposal ref", &r)?);
+            let key = self.key(QUEUED_PROPOSAL, &k);
+            if let Some(p) = self.read("queued proposal", &key)? {
+                out.push((r, p));
+            }
+        }
+        Ok(out)
+    }
+
+    fn tree<GroupId: traits::GroupId<CURRENT_VERSION>, TreeSync: traits::TreeSync<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<TreeSync>, Self::Error> {
+        self.read_group(TREE, "tree", group_id)
+    }
+
+    fn group_context<GroupId: traits::GroupId<CURRENT_VERSION>, GroupContext: traits::GroupContext<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<GroupContext>, Self::Error> {
+        self.read_group(GROUP_CONTEXT, "group context", group_id)
+    }
+
+    fn interim_transcript_hash<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        InterimTranscriptHash: traits::InterimTranscriptHash<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<InterimTranscriptHash>, Self::Error> {
+        self.read_group(INTERIM_TRANSCRIPT_HASH, "interim transcript hash", group_id)
+    }
+
+    fn confirmation_tag<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ConfirmationTag: traits::ConfirmationTag<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<ConfirmationTag>, Self::Error> {
+        self.read_group(CONFIRMATION_TAG, "confirmation tag", group_id)
+    }
+
+    fn group_state<GroupState: traits::GroupState<CURRENT_VERSION>, GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<GroupState>, Self::Error> {
+        self.read_group(GROUP_STATE, "group state", group_id)
+    }
+
+    fn message_secrets<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        MessageSecrets: traits::MessageSecrets<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<MessageSecrets>, Self::Error> {
+        self.read_group(MESSAGE_SECRETS, "message secrets", group_id)
+    }
+
+    fn resumption_psk_store<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ResumptionPskStore: traits::ResumptionPskStore<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<ResumptionPskStore>, Self::Error> {
+        self.read_group(RESUMPTION_PSK_STORE, "resumption psk store", group_id)
+    }
+
+    fn own_leaf_index<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        LeafNodeIndex: traits::LeafNodeIndex<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<LeafNodeIndex>, Self::Error> {
+        self.read_group(OWN_LEAF_INDEX, "own leaf index", group_id)
+    }
+
+    fn group_epoch_secrets<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        GroupEpochSecrets: traits::GroupEpochSecrets<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<GroupEpochSecrets>, Self::Error> {
+        self.read_group(EPOCH_SECRETS, "epoch secrets", group_id)
+    }
+
+    fn signature_key_pair<
+        SignaturePublicKey: traits::SignaturePublicKey<CURRENT_VERSION>,
+        SignatureKeyPair: traits::SignatureKeyPair<CURRENT_VERSION>,
+    >(
+        &self,
+        public_key: &SignaturePublicKey,
+    ) -> Result<Option<SignatureKeyPair>, Self::Error> {
+        self.read_global(SIGNATURE_KEY_PAIR, "signature key pair", public_key)
+    }
+
+    fn encryption_key_pair<
+        HpkeKeyPair: traits::HpkeKeyPair<CURRENT_VERSION>,
+        EncryptionKey: traits::EncryptionKey<CURRENT_VERSION>,
+    >(
+        &self,
+        public_key: &EncryptionKey,
+    ) -> Result<Option<HpkeKeyPair>, Self::Error> {
+        self.read_global(ENCRYPTION_KEY_PAIR, "encryption key pair", public_key)
+    }
+
+    fn encryption_epoch_key_pairs<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        EpochKey: traits::EpochKey<CURRENT_VERSION>,
+        HpkeKeyPair: traits::HpkeKeyPair<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        epoch: &EpochKey,
+        leaf_index: u32,
+    ) -> Result<Vec<HpkeKeyPair>, Self::Error> {
+        let (_, key) = self.epoch_key_pairs_key(group_id, epoch, leaf_index)?;
+        self.read_list("epoch key pairs", &key)
+    }
+
+    fn key_package<
+        KeyPackageRef: traits::HashReference<CURRENT_VERSION>,
+        KeyPackage: traits::KeyPackage<CURRENT_VERSION>,
+    >(
+        &self,
+        hash_ref: &KeyPackageRef,
+    ) -> Result<Option<KeyPackage>, Self::Error> {
+        self.read_global(KEY_PACKAGE, "key package", hash_ref)
+    }
+
+    fn psk<PskBundle: traits::PskBundle<CURRENT_VERSION>, PskId: traits::PskId<CURRENT_VERSION>>(
+        &self,
+        psk_id: &PskId,
+    ) -> Result<Option<PskBundle>, Self::Error> {
+        self.read_global(PSK, "psk", psk_id)
+    }
+
+    fn remove_proposal<GroupId: traits::GroupId<CURRENT_VERSION>, ProposalRef: traits::ProposalRef<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+        proposal_ref: &ProposalRef,
+    ) -> Result<(), Self::Error> {
+        let partition = Self::partition(group_id)?;
+        let reference = encode_key("proposal ref", proposal_ref)?;
+        let list_key = self.key(PROPOSAL_QUEUE_REFS, &partition);
+        self.edit_list(&partition, list_key, &reference, true)?;
+        let mut k = partition.clone();
+        k.extend_from_slice(&reference);
+        self.set(&partition, self.key(QUEUED_PROPOSAL, &k), None);
+        Ok(())
+    }
+
+    fn delete_own_leaf_nodes<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete_group(OWN_LEAF_NODES, group_id)
+    }
+
+    fn delete_group_config<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete_group(JOIN_CONFIG, group_id)
+    }
+
+    fn delete_tree<GroupId: traits::GroupId<CURRENT_VERSION>>(&self, group_id: &GroupId) -> Result<(), Self::Error> {
+        self.delete_group(TREE, group_id)
+    }
+
+    fn delete_confirmation_tag<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete_group(CONFIRMATION_TAG, group_id)
+    }
+
+    fn delete_group_state<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete_group(GROUP_STATE, group_id)
+    }
+
+    fn delete_context<GroupId: traits::GroupId<CURRENT_VERSION>>(&self, group_id: &GroupId) -> Result<(), Self::Error> {
+        self.delete_group(GROUP_CONTEXT, group_id)
+    }
+
+    fn delete_interim_transcript_hash<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete_group(INTERIM_TRANSCRIPT_HASH, group_id)
+    }
+
+    fn delete_message_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete_group(MESSAGE_SECRETS, group_id)
+    }
+
+    fn delete_all_resumption_psk_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete_group(RESUMPTION_PSK_STORE, group_id)
+    }
+
+    fn delete_own_leaf_index<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete_group(OWN_LEAF_INDEX, group_id)
+    }
+
+    fn delete_group_epoch_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        self.delete_group(EPOCH_SECRETS, group_id)
+    }
+
+    fn clear_proposal_queue<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        ProposalRef: traits::ProposalRef<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<(), Self::Error> {
+        let partition = Self::partition(group_id)?;
+        let refs: Vec<ProposalRef> = self.queued_proposal_refs(group_id)?;
+        for r in refs {
+            let mut k = partition.clone();
+            k.extend_from_slice(&encode_key("proposal ref", &r)?);
+            self.set(&partition, self.key(QUEUED_PROPOSAL, &k), None);
+        }
+        self.delete_group(PROPOSAL_QUEUE_REFS, group_id)
+    }
+
+    fn delete_signature_key_pair<SignaturePublicKey: traits::SignaturePublicKey<CURRENT_VERSION>>(
+        &self,
+        public_key: &SignaturePublicKey,
+    ) -> Result<(), Self::Error> {
+        self.delete_global(SIGNATURE_KEY_PAIR, "signature public key", public_key)
+    }
+
+    fn delete_encryption_key_pair<EncryptionKey: traits::EncryptionKey<CURRENT_VERSION>>(
+        &self,
+        public_key: &EncryptionKey,
+    ) -> Result<(), Self::Error> {
+        self.delete_global(ENCRYPTION_KEY_PAIR, "encryption key", public_key)
+    }
+
+    fn delete_encryption_epoch_key_pairs<
+        GroupId: traits::GroupId<CURRENT_VERSION>,
+        EpochKey: traits::EpochKey<CURRENT_VERSION>,
+    >(
+        &self,
+        group_id: &GroupId,
+        epoch: &EpochKey,
+        leaf_index: u32,
+    ) -> Result<(), Self::Error> {
+        let (partition, key) = self.epoch_key_pairs_key(group_id, epoch, leaf_index)?;
+        self.set(&partition, key, None);
+        Ok(())
+    }
+
+    fn delete_key_package<KeyPackageRef: traits::HashReference<CURRENT_VERSION>>(
+        &self,
+        hash_ref: &KeyPackageRef,
+    ) -> Result<(), Self::Error> {
+        self.delete_global(KEY_PACKAGE, "key package ref", hash_ref)
+    }
+
+    fn delete_psk<PskKey: traits::PskId<CURRENT_VERSION>>(&self, psk_id: &PskKey) -> Result<(), Self::Error> {
+        self.delete_global(PSK, "psk id", psk_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mimi_store::{CommitConfig, Entries, KvStore, Op};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A backend in memory that counts its writes and can be told to fail them.
+    #[derive(Default)]
+    struct Counting {
+        writes: AtomicUsize,
+        fail: AtomicBool,
+        data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    }
+
+    impl KvStore for Counting {
+        fn backend(&self) -> &'static str {
+            "counting"
+        }
+        fn get(&self, _: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.data.lock().expect("lock").get(key).cloned())
+        }
+        fn scan_prefix(&self, _: &str, _: &[u8]) -> Result<Entries, StoreError> {
+            Ok(Vec::new())
+        }
+        fn write(&self, batches: &[Batch]) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Corrupt { tree: "test".into(), message: "disk on fire".into() });
+            }
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            let mut data = self.data.lock().expect("lock");
+            for op in batches.iter().flat_map(|b| &b.ops) {
+                match op {
+                    Op::Put { key, value, .. } => data.insert(key.clone(), value.clone()),
+                    Op::Delete { key, .. } => data.remove(key),
+                };
+            }
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn trees(&self) -> Result<Vec<String>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn storage() -> (Arc<Counting>, MlsStorage) {
+        let kv = Arc::new(Counting::default());
+        let store = Store::new(kv.clone(), CommitConfig::default());
+        (kv, MlsStorage::new(store, "test").expect("storage"))
+    }
+
+    /// One "operation": writes record `name` = `value` and seals it.
+    fn op(s: &MlsStorage, name: &str, value: u32) -> Durability {
+        s.app_put(name.as_bytes(), &value).expect("put");
+        s.submit_global()
+    }
+
+    fn stored(kv: &Counting, s: &MlsStorage, name: &str) -> Option<u32> {
+        let bytes = kv.data.lock().expect("lock").get(&s.key(APP, name.as_bytes())).cloned()?;
+        Some(decode("test", &bytes).expect("decode"))
+    }
+
+    #[test]
+    fn a_burst_of_operations_is_one_batch_handed_off_by_the_first_wait() {
+        let (kv, s) = storage();
+        let handles: Vec<Durability> = (0..10).map(|i| op(&s, &format!("k{i}"), i)).collect();
+        // Sealing makes no write and wakes nobody.
+        assert_eq!(kv.writes.load(Ordering::SeqCst), 0);
+        let mut handles = handles.into_iter().rev();
+        handles.next().expect("last").wait_blocking().expect("durable");
+        assert_eq!(kv.writes.load(Ordering::SeqCst), 1, "ten operations, one batch");
+        for i in 0..10 {
+            assert_eq!(stored(&kv, &s, &format!("k{i}")), Some(i));
+        }
+        // The earlier handles are durable too, without another write.
+        for h in handles {
+            h.wait_blocking().expect("durable");
+        }
+        assert_eq!(kv.writes.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_key_rewritten_by_several_operations_is_written_once_with_its_last_value() {
+        let (kv, s) = storage();
+        let first = op(&s, "secrets", 1);
+        let second = op(&s, "secrets", 2);
+        second.wait_blocking().expect("durable");
+        first.wait_blocking().expect("durable");
+        assert_eq!(stored(&kv, &s, "secrets"), Some(2));
+        assert_eq!(kv.writes.load(Ordering::SeqCst), 1);
+        // Later operations make later batches.
+        op(&s, "secrets", 3).wait_blocking().expect("durable");
+        assert_eq!(stored(&kv, &s, "secrets"), Some(3));
+        assert_eq!(kv.writes.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn after_a_failed_batch_every_later_wait_fails() {
+        let (kv, s) = storage();
+        kv.fail.store(true, Ordering::SeqCst);
+        assert!(op(&s, "a", 1).wait_blocking().is_err());
+        kv.fail.store(false, Ordering::SeqCst);
+        // The disk lacks "a": state sealed after it builds on it and must not be reported durable.
+        assert!(op(&s, "b", 2).wait_blocking().is_err());
+    }
+
+    #[test]
+    fn async_and_blocking_waiters_share_one_hand_off() {
+        let (kv, s) = storage();
+        let a = op(&s, "a", 1);
+        let b = op(&s, "b", 2);
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        rt.block_on(b.wait()).expect("durable");
+        a.wait_blocking().expect("durable");
+        assert_eq!(kv.writes.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn dropping_the_storage_hands_off_what_nobody_waited_for() {
+        let (kv, s) = storage();
+        let unwaited = op(&s, "a", 7);
+        drop(unwaited);
+        assert_eq!(kv.writes.load(Ordering::SeqCst), 0);
+        let key = s.key(APP, b"a");
+        drop(s);
+        // The store (and its committer) closed with the storage: the batch was written before it stopped.
+        assert!(kv.data.lock().expect("lock").contains_key(&key));
+    }
+}

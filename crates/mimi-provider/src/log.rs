@@ -1,0 +1,275 @@
+//! The provider's durable records, on the bridge's store.
+//!
+//! Tree [`HUB_LOG`] (`hub_log`), keys prefixed by the room URI (`lp(room)`, u16 BE length + bytes):
+//!
+//! ```text
+//! lp(room) 'L' seq(u64 BE)  → SequencedFanout (TLS)       the room log (hub: the original; follower: the copy)
+//! lp(room) 'D' sha256       → seq (u64 BE)                idempotency index of the hub
+//! lp(room) 'S'              → RoomRecord (JSON)           hub state, or the hub a follower follows
+//! lp(room) 'C' name         → seq (u64 BE)                cursor of a local consumer (the bridge's member)
+//! lp(room) 'G'              → GroupInfo (MLSMessage)      hub: the GroupInfo members last handed in
+//! ```
+//!
+//! Tree [`MIMI_USERS`] (`mimi_users`): native users of this provider.
+//!
+//! ```text
+//! 'U' user-uri                       → UserRecord (JSON)
+//! 'K' lp(user-uri) id(u64 BE)        → KeyPackage (MLSMessage)
+//! 'R' key-package-ref                → user-uri            claimed KeyPackages, to route Welcomes
+//! 'I' lp(user-uri) lp(room) seq      → ()                  Welcomes waiting for the user
+//! ```
+
+use mimi_protocol::hub::HubState;
+use mimi_protocol::wire::{SequencedFanout, WireMessage};
+use mimi_store::{Batch, Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+/// Tree of room logs and room state.
+pub const HUB_LOG: &str = "hub_log";
+/// Tree of native users, KeyPackages and invitations.
+pub const MIMI_USERS: &str = "mimi_users";
+
+/// What this provider is for a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "role")]
+pub enum RoomRecord {
+    /// We host it.
+    Hub(HubState),
+    /// We follow it; `hub` is the hub's domain.
+    Follower {
+        /// The room URI.
+        room: String,
+        /// The hub's domain.
+        hub: String,
+    },
+}
+
+/// A native user of this provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The user's URI.
+    pub uri: String,
+    /// SHA-256 of the user's API token (hex).
+    pub token_sha256: String,
+}
+
+/// `lp(x)`.
+pub fn lp(x: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(x.len()).unwrap_or(u16::MAX);
+    let mut k = Vec::with_capacity(2 + x.len());
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(&x[..usize::from(len)]);
+    k
+}
+
+fn room_key(room: &str, tag: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = lp(room.as_bytes());
+    k.push(tag);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn decode_err(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{what}: {e}") }
+}
+
+fn be64(v: &[u8]) -> Option<u64> {
+    v.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// Writes into a batch.
+pub mod write {
+    use super::*;
+
+    /// A log entry.
+    pub fn entry(b: &mut Batch, room: &str, e: &SequencedFanout) -> Result<(), StoreError> {
+        let v = e.encode().map_err(|e| decode_err("log entry", e))?;
+        b.put(HUB_LOG, room_key(room, b'L', &e.seq.to_be_bytes()), v);
+        Ok(())
+    }
+
+    /// The idempotency index.
+    pub fn digest(b: &mut Batch, room: &str, digest: &[u8; 32], seq: u64) {
+        b.put(HUB_LOG, room_key(room, b'D', digest), seq.to_be_bytes().to_vec());
+    }
+
+    /// The room record.
+    pub fn room(b: &mut Batch, rec: &RoomRecord) -> Result<(), StoreError> {
+        let name = match rec {
+            RoomRecord::Hub(s) => &s.room,
+            RoomRecord::Follower { room, .. } => room,
+        };
+        let v = serde_json::to_vec(rec).map_err(|e| decode_err("room record", e))?;
+        b.put(HUB_LOG, room_key(name, b'S', b""), v);
+        Ok(())
+    }
+
+    /// Forgets the record of a room (a follow undone before any entry came).
+    pub fn forget_room(b: &mut Batch, room: &str) {
+        b.delete(HUB_LOG, room_key(room, b'S', b""));
+    }
+
+    /// The GroupInfo external joiners get.
+    pub fn group_info(b: &mut Batch, room: &str, group_info: &[u8]) {
+        b.put(HUB_LOG, room_key(room, b'G', b""), group_info.to_vec());
+    }
+
+    /// A consumer's cursor.
+    pub fn cursor(b: &mut Batch, room: &str, name: &str, seq: u64) {
+        b.put(HUB_LOG, room_key(room, b'C', name.as_bytes()), seq.to_be_bytes().to_vec());
+    }
+
+    /// A user.
+    pub fn user(b: &mut Batch, u: &UserRecord) -> Result<(), StoreError> {
+        let mut k = vec![b'U'];
+        k.extend_from_slice(u.uri.as_bytes());
+        b.put(MIMI_USERS, k, serde_json::to_vec(u).map_err(|e| decode_err("user", e))?);
+        Ok(())
+    }
+
+    /// A KeyPackage of `user`.
+    pub fn key_package(b: &mut Batch, user: &str, id: u64, kp: &[u8]) {
+        let mut k = vec![b'K'];
+        k.extend(lp(user.as_bytes()));
+        k.extend_from_slice(&id.to_be_bytes());
+        b.put(MIMI_USERS, k, kp.to_vec());
+    }
+
+    /// A claimed KeyPackage's ref → its user.
+    pub fn claimed(b: &mut Batch, user: &str, id: u64, kp_ref: &[u8]) {
+        let mut k = vec![b'K'];
+        k.extend(lp(user.as_bytes()));
+        k.extend_from_slice(&id.to_be_bytes());
+        b.delete(MIMI_USERS, k);
+        let mut r = vec![b'R'];
+        r.extend_from_slice(kp_ref);
+        b.put(MIMI_USERS, r, user.as_bytes().to_vec());
+    }
+
+    /// A Welcome for `user` at `seq` of `room`.
+    pub fn invite(b: &mut Batch, user: &str, room: &str, seq: u64) {
+        let mut k = vec![b'I'];
+        k.extend(lp(user.as_bytes()));
+        k.extend(lp(room.as_bytes()));
+        k.extend_from_slice(&seq.to_be_bytes());
+        b.put(MIMI_USERS, k, Vec::new());
+    }
+}
+
+/// Typed reads.
+#[derive(Clone)]
+pub struct Records<'a>(pub &'a Store);
+
+impl std::fmt::Debug for Records<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Records")
+    }
+}
+
+impl Records<'_> {
+    /// One log entry.
+    pub fn entry(&self, room: &str, seq: u64) -> Result<Option<SequencedFanout>, StoreError> {
+        self.0
+            .get(HUB_LOG, &room_key(room, b'L', &seq.to_be_bytes()))?
+            .map(|v| SequencedFanout::decode(&v).map_err(|e| decode_err("log entry", e)))
+            .transpose()
+    }
+
+    /// Up to `max` entries after `after`, in order.
+    pub fn entries_after(&self, room: &str, after: u64, max: usize) -> Result<Vec<SequencedFanout>, StoreError> {
+        let mut out = Vec::new();
+        let mut seq = after + 1;
+        while out.len() < max {
+            match self.entry(room, seq)? {
+                Some(e) => out.push(e),
+                None => break,
+            }
+            seq += 1;
+        }
+        Ok(out)
+    }
+
+    /// The last sequence number in the room's log (0 if empty), found from `hint` onwards.
+    pub fn last_seq(&self, room: &str, hint: u64) -> Result<u64, StoreError> {
+        let mut seq = hint;
+        while self.0.get(HUB_LOG, &room_key(room, b'L', &(seq + 1).to_be_bytes()))?.is_some() {
+            seq += 1;
+        }
+        Ok(seq)
+    }
+
+    /// The idempotency index of a room.
+    pub fn digests(&self, room: &str) -> Result<Vec<([u8; 32], u64)>, StoreError> {
+        let prefix = room_key(room, b'D', b"");
+        let mut out = Vec::new();
+        for (k, v) in self.0.scan_prefix(HUB_LOG, &prefix)? {
+            let d: [u8; 32] = k[prefix.len()..].try_into().map_err(|_| decode_err("digest key", "length"))?;
+            out.push((d, be64(&v).ok_or_else(|| decode_err("digest value", "length"))?));
+        }
+        Ok(out)
+    }
+
+    /// Every room record.
+    pub fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
+        let mut out = Vec::new();
+        for (k, v) in self.0.scan_prefix(HUB_LOG, b"")? {
+            let Some(len) = k.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else { continue };
+            if k.get(2 + len) == Some(&b'S') && k.len() == 3 + len {
+                out.push(serde_json::from_slice(&v).map_err(|e| decode_err("room record", e))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored GroupInfo of a room.
+    pub fn group_info(&self, room: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(HUB_LOG, &room_key(room, b'G', b""))
+    }
+
+    /// A consumer's cursor (0 if none).
+    pub fn cursor(&self, room: &str, name: &str) -> Result<u64, StoreError> {
+        Ok(self.0.get(HUB_LOG, &room_key(room, b'C', name.as_bytes()))?.as_deref().and_then(be64).unwrap_or(0))
+    }
+
+    /// A user.
+    pub fn user(&self, uri: &str) -> Result<Option<UserRecord>, StoreError> {
+        let mut k = vec![b'U'];
+        k.extend_from_slice(uri.as_bytes());
+        self.0.get(MIMI_USERS, &k)?.map(|v| serde_json::from_slice(&v).map_err(|e| decode_err("user", e))).transpose()
+    }
+
+    /// The unclaimed KeyPackages of `user`, `(id, MLSMessage)`.
+    pub fn key_packages(&self, user: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut prefix = vec![b'K'];
+        prefix.extend(lp(user.as_bytes()));
+        let mut out = Vec::new();
+        for (k, v) in self.0.scan_prefix(MIMI_USERS, &prefix)? {
+            out.push((be64(&k[prefix.len()..]).ok_or_else(|| decode_err("key package id", "length"))?, v));
+        }
+        Ok(out)
+    }
+
+    /// The user who claimed-for KeyPackage `kp_ref`.
+    pub fn claimed_by(&self, kp_ref: &[u8]) -> Result<Option<String>, StoreError> {
+        let mut r = vec![b'R'];
+        r.extend_from_slice(kp_ref);
+        Ok(self.0.get(MIMI_USERS, &r)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Welcomes waiting for `user`: `(room, seq)`.
+    pub fn invites(&self, user: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut prefix = vec![b'I'];
+        prefix.extend(lp(user.as_bytes()));
+        let mut out = Vec::new();
+        for (k, _) in self.0.scan_prefix(MIMI_USERS, &prefix)? {
+            let rest = &k[prefix.len()..];
+            let Some(len) = rest.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else { continue };
+            let room = rest.get(2..2 + len).map(|r| String::from_utf8_lossy(r).into_owned());
+            let seq = rest.get(2 + len..).and_then(be64);
+            if let (Some(room), Some(seq)) = (room, seq) {
+                out.push((room, seq));
+            }
+        }
+        Ok(out)
+    }
+}

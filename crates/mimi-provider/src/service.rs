@@ -1,0 +1,885 @@
+//! [`Provider`]: the in-process shell around the hub and follower state machines — the store, the wake-ups of
+//! waiting clients, the queue of notifies for followers. It does no network IO itself: the HTTP layer
+//! (`src/mimi_http/`) asks [`Provider::route`] where a request goes, forwards what belongs to another hub, drains
+//! [`Provider::take_outbound`], and calls [`Provider::accept_entries`] for notifies and log pages it receives.
+//!
+//! A room is followed ([`Provider::follow`]) when one of our KeyPackages is handed out for it, or — tentatively,
+//! until the hub accepts it ([`Provider::follow_for_update`]) — when one of our users sends it an update (an
+//! external commit); from then on its hub notifies us of every entry, and we catch up from its log after a gap or
+//! a restart. On open, the hub announces each room's last entry to its followers again (notifies queued
+//! by the previous run are not kept).
+//!
+//! Every accepted message is durable (log entry, idempotency index and room state in one batch) before anyone
+//! hears of it. A room's GroupInfo only moves forward: one is kept only if it is of the hub's current epoch (checked
+//! and written in one step), and the copy served is never replaced by an older epoch's.
+
+use super::log::{HUB_LOG, Records, RoomRecord, UserRecord, write};
+use mimi_protocol::follower::{FollowerAction, FollowerRoom};
+use mimi_protocol::hub::{HubAction, HubRoom, JoinPolicy, Origin, Refusal, Sequenced};
+use mimi_protocol::inspect::{Inspected, inspect};
+use mimi_protocol::wire::{
+    GroupInfoCode, GroupInfoRatchetTreeTbe, GroupInfoRequest, GroupInfoResponse, HubSigner, MlsMessageBytes,
+    RatchetTreeOption, SequencedFanout, UpdateRequest, WireMessage,
+};
+use mimi_store::{Batch, Store, StoreError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Why a provider operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// No such room here (HTTP 404).
+    #[error("unknown room {0}")]
+    UnknownRoom(String),
+    /// We follow this room; submissions go to its hub.
+    #[error("room {room} is hosted by {hub}")]
+    NotHub {
+        /// The room.
+        room: String,
+        /// The hub's domain.
+        hub: String,
+    },
+    /// The hub refused the message.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A user or room already exists with other parameters.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// No such user.
+    #[error("unknown user {0}")]
+    UnknownUser(String),
+    /// Bad input (HTTP 400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A notify to send to a follower: the log entry `seq` of `room`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNotify {
+    /// The follower's domain.
+    pub peer: String,
+    /// The room.
+    pub room: String,
+    /// The entry.
+    pub seq: u64,
+}
+
+/// Where requests about a room go, as far as this provider knows ([`Provider::route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomRoute {
+    /// We host it.
+    Hub,
+    /// We follow it; its hub is this domain.
+    Follower {
+        /// The hub's domain.
+        hub: String,
+    },
+    /// We neither host nor follow it; it is named after this other provider's domain (its hub, if it exists).
+    Remote {
+        /// The domain of the room's URI.
+        domain: String,
+    },
+}
+
+enum Role {
+    Hub(HubRoom),
+    Follower { state: FollowerRoom, hub: String },
+}
+
+struct Room {
+    role: Role,
+    last: watch::Sender<u64>,
+    /// The GroupInfo served to external joiners, with its epoch; replaced only by one of the same or a newer epoch.
+    group_info: Option<(u64, Vec<u8>)>,
+    /// For a room followed only for our clients' updates still on their way to the hub: how many, and whether the
+    /// hub accepted one ([`Provider::follow_for_update`]).
+    tentative: Option<Tentative>,
+    /// The newest log entries (at most [`TAIL`], contiguous, in order), so that long-polling clients woken by a
+    /// new entry read it from memory instead of each opening a store transaction. Entries are added in sequence
+    /// order when they are appended; readers never see past `last`, which moves only once they are durable.
+    tail: VecDeque<SequencedFanout>,
+}
+
+/// Most log entries kept in memory per room.
+const TAIL: usize = 1024;
+
+/// A follow that holds only while our clients' updates to the room's hub are in flight.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tentative {
+    in_flight: usize,
+    accepted: bool,
+}
+
+/// The epoch of a GroupInfo MLSMessage, if it is one.
+fn group_info_epoch(group_info: &[u8]) -> Option<u64> {
+    let m = MlsMessageBytes::new(group_info.to_vec()).ok()?;
+    match inspect(&m) {
+        Ok(Inspected::GroupInfo { epoch, .. }) => Some(epoch),
+        _ => None,
+    }
+}
+
+impl Room {
+    fn new(role: Role, last: watch::Sender<u64>) -> Self {
+        Self { role, last, group_info: None, tentative: None, tail: VecDeque::new() }
+    }
+
+    /// Serves `group_info` of `epoch` from now on unless the one served is of a newer epoch; true if it does.
+    fn install_group_info(&mut self, epoch: u64, group_info: Vec<u8>) -> bool {
+        if self.group_info.as_ref().is_some_and(|(e, _)| *e > epoch) {
+            return false;
+        }
+        self.group_info = Some((epoch, group_info));
+        true
+    }
+
+    /// Remembers a newly appended entry; the tail restarts if it would not be contiguous.
+    fn remember(&mut self, entry: &SequencedFanout) {
+        if self.tail.back().is_some_and(|e| e.seq + 1 != entry.seq) {
+            self.tail.clear();
+        }
+        if self.tail.len() == TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(entry.clone());
+    }
+
+    /// Entries `after+1 ..= up_to` (at most `max`) if the tail holds them all.
+    fn tail_entries(&self, after: u64, up_to: u64, max: usize) -> Option<Vec<SequencedFanout>> {
+        let first = self.tail.front()?.seq;
+        if after + 1 < first {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).ok()?;
+        let out: Vec<_> = self.tail.iter().skip(skip).take_while(|e| e.seq <= up_to).take(max).cloned().collect();
+        let want = usize::try_from(up_to - after).unwrap_or(usize::MAX).min(max);
+        (out.len() == want).then_some(out)
+    }
+}
+
+struct Inner {
+    domain: String,
+    store: Store,
+    rooms: Mutex<HashMap<String, Room>>,
+    outbound: mpsc::UnboundedSender<PeerNotify>,
+    outbound_rx: Mutex<Option<mpsc::UnboundedReceiver<PeerNotify>>>,
+    /// Serialises follower appends per process (they are rare and short).
+    follower_lock: tokio::sync::Mutex<()>,
+    /// The key `GroupInfoResponse`s are signed with (loaded or made on first use).
+    hub_signer: tokio::sync::OnceCell<HubSigner>,
+}
+
+/// The MIMI provider of this daemon: hub of its rooms, follower of others, home of native users.
+#[derive(Clone)]
+pub struct Provider {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("domain", &self.inner.domain).finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the UNIX epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub use mimi_protocol::uri_domain;
+
+impl Provider {
+    /// Opens the provider of `domain` on `store`, restoring its rooms.
+    pub fn open(domain: &str, store: Store) -> Result<Self, ProviderError> {
+        let (outbound, rx) = mpsc::unbounded_channel();
+        let recs = Records(&store);
+        let mut rooms = HashMap::new();
+        for rec in recs.rooms()? {
+            match rec {
+                RoomRecord::Hub(state) => {
+                    let name = state.room.clone();
+                    let last = state.next_seq - 1;
+                    let has_portal = uri_domain(&name) == Some(domain);
+                    // Followers may have missed notifies the previous run had queued: announce the last entry
+                    // (a follower that has it ignores it; one that lacks it fetches the log).
+                    if last > 0 {
+                        for peer in &state.followers {
+                            let _ = outbound.send(PeerNotify { peer: peer.clone(), room: name.clone(), seq: last });
+                        }
+                    }
+                    let group_info = recs.group_info(&name)?;
+                    let hub = HubRoom::restore(state, recs.digests(&name)?, has_portal);
+                    let (tx, _) = watch::channel(last);
+                    let mut r = Room::new(Role::Hub(hub), tx);
+                    r.group_info = group_info.map(|g| (group_info_epoch(&g).unwrap_or(0), g));
+                    rooms.insert(name, r);
+                }
+                RoomRecord::Follower { room, hub } => {
+                    let last = recs.last_seq(&room, 0)?;
+                    let (tx, _) = watch::channel(last);
+                    let state = FollowerRoom::new(&room, last);
+                    rooms.insert(room, Room::new(Role::Follower { state, hub }, tx));
+                }
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                domain: domain.to_owned(),
+                store,
+                rooms: Mutex::new(rooms),
+                outbound,
+                outbound_rx: Mutex::new(Some(rx)),
+                follower_lock: tokio::sync::Mutex::new(()),
+                hub_signer: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    /// This provider's domain.
+    pub fn domain(&self) -> &str {
+        &self.inner.domain
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The queue of notifies for followers (once; the HTTP layer's sender task owns it).
+    pub fn take_outbound(&self) -> Option<mpsc::UnboundedReceiver<PeerNotify>> {
+        lock(&self.inner.outbound_rx).take()
+    }
+
+    /// Creates a room we host (idempotent): MLS group `group_id` at `epoch`, first participant `creator`.
+    /// `has_portal`: the bridge's own member is in it.
+    pub async fn create_room(
+        &self,
+        room: &str,
+        group_id: &[u8],
+        epoch: u64,
+        creator: &str,
+        policy: JoinPolicy,
+        has_portal: bool,
+    ) -> Result<(), ProviderError> {
+        let durable = {
+            let mut rooms = lock(&self.inner.rooms);
+            if let Some(r) = rooms.get(room) {
+                return match &r.role {
+                    Role::Hub(h) if h.state().group_id == group_id => Ok(()),
+                    _ => Err(ProviderError::Exists(room.to_owned())),
+                };
+            }
+            let hub = HubRoom::new(room, group_id, epoch, creator, policy, has_portal);
+            let mut b = Batch::new();
+            write::room(&mut b, &RoomRecord::Hub(hub.state().clone()))?;
+            let (tx, _) = watch::channel(0);
+            rooms.insert(room.to_owned(), Room::new(Role::Hub(hub), tx));
+            self.inner.store.commit_later(b)
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(())
+    }
+
+    /// Starts following `room` hosted by `hub` (idempotent; a follow for updates in flight becomes a lasting one).
+    pub async fn follow(&self, room: &str, hub: &str) -> Result<(), ProviderError> {
+        self.follow_as(room, hub, false).await
+    }
+
+    /// [`Provider::follow`], or with `for_update` [`Provider::follow_for_update`].
+    async fn follow_as(&self, room: &str, hub: &str, for_update: bool) -> Result<(), ProviderError> {
+        let durable = {
+            let mut rooms = lock(&self.inner.rooms);
+            if let Some(r) = rooms.get_mut(room) {
+                match (&mut r.tentative, for_update) {
+                    (Some(t), true) => t.in_flight += 1,
+                    (t, false) => *t = None,
+                    (None, true) => {}
+                }
+                return Ok(());
+            }
+            let mut b = Batch::new();
+            write::room(&mut b, &RoomRecord::Follower { room: room.to_owned(), hub: hub.to_owned() })?;
+            let (tx, _) = watch::channel(0);
+            let state = FollowerRoom::new(room, 0);
+            let mut r = Room::new(Role::Follower { state, hub: hub.to_owned() }, tx);
+            r.tentative = for_update.then_some(Tentative { in_flight: 1, accepted: false });
+            rooms.insert(room.to_owned(), r);
+            self.inner.store.commit_later(b)
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(())
+    }
+
+    /// The rooms we follow, with their hubs.
+    pub fn followed(&self) -> Vec<(String, String)> {
+        lock(&self.inner.rooms)
+            .iter()
+            .filter_map(|(k, r)| match &r.role {
+                Role::Follower { hub, .. } => Some((k.clone(), hub.clone())),
+                Role::Hub(_) => None,
+            })
+            .collect()
+    }
+
+    /// True if we host `room`.
+    pub fn is_hub(&self, room: &str) -> Result<bool, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+        Ok(matches!(r.role, Role::Hub(_)))
+    }
+
+    /// The hub's domain of a followed room (`None` if we are its hub).
+    pub fn hub_of(&self, room: &str) -> Result<Option<String>, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+        Ok(match &r.role {
+            Role::Hub(_) => None,
+            Role::Follower { hub, .. } => Some(hub.clone()),
+        })
+    }
+
+    /// Where requests about `room` go: we host it, we follow it, or it is another provider's. An unknown room
+    /// of our own domain is [`ProviderError::UnknownRoom`].
+    pub fn route(&self, room: &str) -> Result<RoomRoute, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        match rooms.get(room).map(|r| &r.role) {
+            Some(Role::Hub(_)) => Ok(RoomRoute::Hub),
+            Some(Role::Follower { hub, .. }) => Ok(RoomRoute::Follower { hub: hub.clone() }),
+            None => match uri_domain(room) {
+                Some(d) if d != self.inner.domain && room.len() > "mimi://".len() + d.len() + 1 => {
+                    Ok(RoomRoute::Remote { domain: d.to_owned() })
+                }
+                _ => Err(ProviderError::UnknownRoom(room.to_owned())),
+            },
+        }
+    }
+
+    /// True if provider `domain` follows `room`, which we host (it has participants there and may read the log).
+    pub fn has_follower(&self, room: &str, domain: &str) -> Result<bool, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        match rooms.get(room).map(|r| &r.role) {
+            Some(Role::Hub(h)) => Ok(h.state().followers.contains(domain)),
+            Some(Role::Follower { hub, .. }) => Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() }),
+            None => Err(ProviderError::UnknownRoom(room.to_owned())),
+        }
+    }
+
+    /// True if `uri` is on the participant list of `room`, which we host.
+    pub fn is_participant(&self, room: &str, uri: &str) -> Result<bool, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        match rooms.get(room).map(|r| &r.role) {
+            Some(Role::Hub(h)) => Ok(h.state().participants.contains(uri)),
+            Some(Role::Follower { hub, .. }) => Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() }),
+            None => Err(ProviderError::UnknownRoom(room.to_owned())),
+        }
+    }
+
+    /// The hub's epoch of a room we host.
+    pub fn epoch(&self, room: &str) -> Result<u64, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        match rooms.get(room).map(|r| &r.role) {
+            Some(Role::Hub(h)) => Ok(h.epoch()),
+            Some(Role::Follower { hub, .. }) => Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() }),
+            None => Err(ProviderError::UnknownRoom(room.to_owned())),
+        }
+    }
+
+    /// Submits a message to a room we host. Returns once the entry is durable (or was already sequenced).
+    pub async fn submit(
+        &self,
+        room: &str,
+        message: MlsMessageBytes,
+        sending_uri: &str,
+        origin: Origin,
+    ) -> Result<Sequenced, ProviderError> {
+        let welcome = matches!(inspect(&message), Ok(Inspected::Welcome { .. }));
+        let (accepted, actions, durable) = {
+            let mut rooms = lock(&self.inner.rooms);
+            let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+            let hub = match &mut r.role {
+                Role::Hub(h) => h,
+                Role::Follower { hub, .. } => {
+                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+                }
+            };
+            let (accepted, actions) = hub.submit(message, sending_uri, &origin, now_ms())?;
+            let mut b = Batch::new();
+            for a in &actions {
+                if let HubAction::Append { entry, digest, state } = a {
+                    r.remember(entry);
+                    write::entry(&mut b, room, entry)?;
+                    write::digest(&mut b, room, digest, entry.seq);
+                    write::room(&mut b, &RoomRecord::Hub(state.clone()))?;
+                    if welcome {
+                        self.route_welcome(&mut b, room, entry)?;
+                    }
+                }
+            }
+            let durable = (!b.is_empty()).then(|| self.inner.store.commit_later(b));
+            (accepted, actions, durable)
+        };
+        if let Some(d) = durable {
+            d.await.unwrap_or(Err(StoreError::Closed))?;
+        } else if accepted.duplicate {
+            // A retry of an entry whose batch may still be in flight: wait until it is readable.
+            self.wait(room, accepted.seq - 1, Duration::from_secs(5)).await?;
+        }
+        for a in actions {
+            match a {
+                HubAction::Append { .. } => {}
+                HubAction::Notify { peer, seq } => {
+                    let _ = self.inner.outbound.send(PeerNotify { peer, room: room.to_owned(), seq });
+                }
+                HubAction::WakeClients { seq } | HubAction::DeliverPortal { seq } => self.wake(room, seq),
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Applies an update (`HandshakeBundle`, draft §5.3) to a room we host: sequences the proposal or commit; for
+    /// a commit, keeps its GroupInfo (durably) for external joiners and sequences the Welcome right after it.
+    /// Returns the verdict on the proposal or commit.
+    pub async fn update(
+        &self,
+        room: &str,
+        req: UpdateRequest,
+        requester: &str,
+        origin: Origin,
+    ) -> Result<Sequenced, ProviderError> {
+        {
+            let rooms = lock(&self.inner.rooms);
+            match rooms.get(room).map(|r| &r.role) {
+                Some(Role::Hub(h)) => h.check_update(&req)?,
+                Some(Role::Follower { hub, .. }) => {
+                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+                }
+                None => return Err(ProviderError::UnknownRoom(room.to_owned())),
+            }
+        }
+        let accepted = self.submit(room, req.message().clone(), requester, origin.clone()).await?;
+        if let UpdateRequest::Commit { welcome, group_info, .. } = req {
+            // Kept unless this was a retry, or another commit already moved the room on (checked again where it
+            // is written: a newer commit may be accepted meanwhile).
+            if !accepted.duplicate {
+                match self.store_group_info(room, group_info.0).await {
+                    Ok(()) | Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(w) = welcome {
+                self.submit(room, w, requester, origin).await?;
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// A member hands in the GroupInfo of a room we host (as the client API's `PUT groupInfo`): it must be of the
+    /// room's group and current epoch. Kept durably.
+    pub async fn put_group_info(&self, room: &str, group_info: MlsMessageBytes) -> Result<(), ProviderError> {
+        self.store_group_info(room, group_info).await
+    }
+
+    /// Keeps `group_info` of a room we host, durably, if it is of the room's group and current epoch. The check
+    /// and the write to the store are one step under the rooms lock (the hub's epoch only moves on, so the store
+    /// never goes back to an older GroupInfo); once durable it is served, unless a newer one is already.
+    async fn store_group_info(&self, room: &str, group_info: MlsMessageBytes) -> Result<(), ProviderError> {
+        let Ok(Inspected::GroupInfo { group_id, epoch }) = inspect(&group_info) else {
+            return Err(ProviderError::BadRequest("not a GroupInfo".into()));
+        };
+        let group_info = group_info.into_bytes();
+        let durable = {
+            let rooms = lock(&self.inner.rooms);
+            match rooms.get(room).map(|r| &r.role) {
+                Some(Role::Hub(h)) if h.state().group_id != group_id => {
+                    return Err(Refusal::NotAllowed("GroupInfo of another group".into()).into());
+                }
+                Some(Role::Hub(h)) if h.epoch() != epoch => {
+                    return Err(Refusal::EpochTooOld { current_epoch: h.epoch() }.into());
+                }
+                Some(Role::Hub(_)) => {}
+                Some(Role::Follower { hub, .. }) => {
+                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+                }
+                None => return Err(ProviderError::UnknownRoom(room.to_owned())),
+            }
+            let mut b = Batch::new();
+            write::group_info(&mut b, room, &group_info);
+            self.inner.store.commit_later(b)
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
+            r.install_group_info(epoch, group_info);
+        }
+        Ok(())
+    }
+
+    /// Records, for a Welcome, which of our users it is for (by the KeyPackageRefs they handed out).
+    fn route_welcome(&self, b: &mut Batch, room: &str, entry: &SequencedFanout) -> Result<(), StoreError> {
+        if let Ok(Inspected::Welcome { new_members }) = inspect(&entry.fanout.message) {
+            for r in new_members {
+                if let Some(user) = Records(&self.inner.store).claimed_by(&r)? {
+                    write::invite(b, &user, room, entry.seq);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wake(&self, room: &str, seq: u64) {
+        if let Some(r) = lock(&self.inner.rooms).get(room) {
+            r.last.send_if_modified(|l| {
+                let grew = seq > *l;
+                if grew {
+                    *l = seq;
+                }
+                grew
+            });
+        }
+    }
+
+    /// Puts `uri` on a hosted room's participant list (an invite); `follower` is its provider if not us.
+    pub async fn add_participant(&self, room: &str, uri: &str) -> Result<(), ProviderError> {
+        let durable = {
+            let mut rooms = lock(&self.inner.rooms);
+            let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+            let Role::Hub(h) = &mut r.role else {
+                return Err(ProviderError::BadRequest("invite through the room's hub".into()));
+            };
+            let follower = uri_domain(uri).filter(|d| *d != self.inner.domain);
+            let state = h.add_participant(uri, follower);
+            let mut b = Batch::new();
+            write::room(&mut b, &RoomRecord::Hub(state))?;
+            self.inner.store.commit_later(b)
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(())
+    }
+
+    /// The last sequence number of a room's log here.
+    pub fn last_seq(&self, room: &str) -> Result<u64, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        rooms.get(room).map(|r| *r.last.borrow()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
+    }
+
+    /// Log entry `seq`, once it is durable (even before local clients were woken for it).
+    pub fn entry(&self, room: &str, seq: u64) -> Result<Option<SequencedFanout>, ProviderError> {
+        Ok(Records(&self.inner.store).entry(room, seq)?)
+    }
+
+    /// Up to `max` log entries after `after`.
+    pub fn entries_after(&self, room: &str, after: u64, max: usize) -> Result<Vec<SequencedFanout>, ProviderError> {
+        let last = {
+            let rooms = lock(&self.inner.rooms);
+            let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+            let last = *r.last.borrow();
+            if after >= last {
+                return Ok(Vec::new());
+            }
+            if let Some(entries) = r.tail_entries(after, last, max) {
+                return Ok(entries);
+            }
+            last
+        };
+        let max = max.min(usize::try_from(last - after).unwrap_or(usize::MAX));
+        Ok(Records(&self.inner.store).entries_after(room, after, max)?)
+    }
+
+    /// Waits until the room's log goes past `after` or `timeout` passes; returns the last sequence number.
+    pub async fn wait(&self, room: &str, after: u64, timeout: Duration) -> Result<u64, ProviderError> {
+        let mut rx = {
+            let rooms = lock(&self.inner.rooms);
+            rooms.get(room).map(|r| r.last.subscribe()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?
+        };
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|l| *l > after)).await;
+        let last = *rx.borrow();
+        Ok(last)
+    }
+
+    /// A watch on the room's last sequence number.
+    pub fn subscribe(&self, room: &str) -> Result<watch::Receiver<u64>, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        rooms.get(room).map(|r| r.last.subscribe()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
+    }
+
+    /// Sets the room's current GroupInfo (MLSMessage, with the ratchet tree), served to external joiners, in
+    /// memory (the portals' room of record republishes it at every start; see [`Provider::put_group_info`]).
+    /// Ignored (false) if it is not a GroupInfo, or one of a newer epoch is served already.
+    pub fn set_group_info(&self, room: &str, group_info: Vec<u8>) -> bool {
+        let Some(epoch) = group_info_epoch(&group_info) else { return false };
+        lock(&self.inner.rooms).get_mut(room).is_some_and(|r| r.install_group_info(epoch, group_info))
+    }
+
+    /// This provider's signing identity as a hub (`hub_sender` of `GroupInfoResponse`s): an Ed25519 key made once
+    /// and kept in the store, with a basic credential `mimi://DOMAIN`.
+    pub async fn hub_signer(&self) -> Result<HubSigner, ProviderError> {
+        const KEY: &[u8] = b"\0hub_signer";
+        let signer = self
+            .inner
+            .hub_signer
+            .get_or_try_init(|| async {
+                if let Some(bytes) = self.inner.store.get(HUB_LOG, KEY)? {
+                    return HubSigner::decode(&bytes)
+                        .map_err(|e| ProviderError::BadRequest(format!("stored hub key: {e}")));
+                }
+                let identity = format!("mimi://{}", self.inner.domain);
+                let signer = HubSigner::generate(identity.as_bytes())
+                    .map_err(|e| ProviderError::BadRequest(format!("hub key: {e}")))?;
+                let bytes = signer.encode().map_err(|e| ProviderError::BadRequest(format!("hub key: {e}")))?;
+                let mut b = Batch::new();
+                b.put(HUB_LOG, KEY.to_vec(), bytes);
+                self.inner.store.commit(b).await?;
+                Ok::<_, ProviderError>(signer)
+            })
+            .await?;
+        Ok(signer.clone())
+    }
+
+    /// The hub's answer to a `GroupInfoRequest` for `room` (draft-ietf-mimi-protocol-06 §5.6), whose signature
+    /// the caller has checked. Open rooms answer anyone; invite-only rooms only a requester whose basic
+    /// credential's identity is on the participant list (else `notAuthorized`). Unknown rooms, and rooms without
+    /// a GroupInfo yet, answer `noSuchRoom`; a room we follow is [`ProviderError::NotHub`]. The GroupInfo keeps
+    /// its embedded ratchet tree (`RatchetTreeOption::DistributionService`); no pending proposals are listed.
+    pub async fn answer_group_info(
+        &self,
+        room: &str,
+        request: &GroupInfoRequest,
+    ) -> Result<GroupInfoResponse, ProviderError> {
+        let failure = |status| GroupInfoResponse::Failure { room_id: room.as_bytes().to_vec(), status };
+        let identity = request.tbs.requesting_credential.basic_identity().and_then(|i| String::from_utf8(i).ok());
+        let group_info = {
+            let rooms = lock(&self.inner.rooms);
+            let Some(r) = rooms.get(room) else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };
+            match &r.role {
+                Role::Follower { hub, .. } => {
+                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+                }
+                Role::Hub(h) => {
+                    let st = h.state();
+                    let allowed =
+                        st.policy == JoinPolicy::Open || identity.as_ref().is_some_and(|i| st.participants.contains(i));
+                    if !allowed {
+                        return Ok(failure(GroupInfoCode::NotAuthorized));
+                    }
+                }
+            }
+            r.group_info.as_ref().map(|(_, g)| g.clone())
+        };
+        let Some(group_info) = group_info else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };
+        let tbe = GroupInfoRatchetTreeTbe {
+            group_info: MlsMessageBytes::new(group_info).map_err(|e| ProviderError::BadRequest(e.to_string()))?,
+            ratchet_tree: RatchetTreeOption::DistributionService,
+            pending_proposals: Vec::new(),
+        };
+        let signer = self.hub_signer().await?;
+        signer.respond(request, room.as_bytes(), &tbe).map_err(|e| ProviderError::BadRequest(e.to_string()))
+    }
+
+    /// The room's current GroupInfo, if known.
+    pub fn group_info(&self, room: &str) -> Result<Option<Vec<u8>>, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        rooms
+            .get(room)
+            .map(|r| r.group_info.as_ref().map(|(_, g)| g.clone()))
+            .ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
+    }
+
+    /// Entries of a followed room from the hub (notify or log page). Appends what continues the local copy,
+    /// durably and in order; returns `Some(after)` if the hub's log must be fetched after `after`.
+    pub async fn accept_entries(
+        &self,
+        room: &str,
+        entries: Vec<SequencedFanout>,
+        page: bool,
+    ) -> Result<Option<u64>, ProviderError> {
+        let _serial = self.inner.follower_lock.lock().await;
+        let actions = {
+            let mut rooms = lock(&self.inner.rooms);
+            let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+            let Role::Follower { state, .. } = &mut r.role else {
+                return Err(ProviderError::BadRequest("we are the hub of this room".into()));
+            };
+            if page { state.on_log_page(entries) } else { state.on_notify(entries) }
+        };
+        let mut fetch = None;
+        for a in actions {
+            match a {
+                FollowerAction::Append(run) => {
+                    let mut b = Batch::new();
+                    let mut last = 0;
+                    for e in &run {
+                        write::entry(&mut b, room, e)?;
+                        self.route_welcome(&mut b, room, e)?;
+                        last = e.seq;
+                    }
+                    self.inner.store.commit(b).await?;
+                    if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
+                        run.iter().for_each(|e| r.remember(e));
+                    }
+                    self.wake(room, last);
+                }
+                FollowerAction::Fetch { after } => fetch = Some(after),
+            }
+        }
+        Ok(fetch)
+    }
+
+    /// A failed fetch of a followed room's log (the hub is unreachable).
+    pub fn fetch_failed(&self, room: &str) {
+        if let Some(Room { role: Role::Follower { state, .. }, .. }) = lock(&self.inner.rooms).get_mut(room) {
+            state.on_fetch_failed();
+        }
+    }
+
+    /// Registers a native user with the SHA-256 (hex) of its API token. Re-registering with the same token is a
+    /// no-op; another token is refused.
+    pub async fn register_user(&self, uri: &str, token_sha256: &str) -> Result<(), ProviderError> {
+        if uri_domain(uri) != Some(self.inner.domain.as_str()) {
+            return Err(ProviderError::BadRequest(format!("{uri} is not a user of {}", self.inner.domain)));
+        }
+        if let Some(u) = Records(&self.inner.store).user(uri)? {
+            return if u.token_sha256 == token_sha256 { Ok(()) } else { Err(ProviderError::Exists(uri.to_owned())) };
+        }
+        let mut b = Batch::new();
+        write::user(&mut b, &UserRecord { uri: uri.to_owned(), token_sha256: token_sha256.to_owned() })?;
+        self.inner.store.commit(b).await?;
+        Ok(())
+    }
+
+    /// The user record.
+    pub fn user(&self, uri: &str) -> Result<Option<UserRecord>, ProviderError> {
+        Ok(Records(&self.inner.store).user(uri)?)
+    }
+
+    /// Stores KeyPackages (MLSMessages) of a user.
+    pub async fn upload_key_packages(&self, user: &str, kps: &[MlsMessageBytes]) -> Result<(), ProviderError> {
+        if Records(&self.inner.store).user(user)?.is_none() {
+            return Err(ProviderError::UnknownUser(user.to_owned()));
+        }
+        let mut b = Batch::new();
+        let base = now_ms().saturating_mul(1000);
+        for (i, kp) in kps.iter().enumerate() {
+            if !matches!(inspect(kp), Ok(Inspected::KeyPackage)) {
+                return Err(ProviderError::BadRequest("not a KeyPackage".into()));
+            }
+            write::key_package(&mut b, user, base + i as u64, kp.as_bytes());
+        }
+        self.inner.store.commit(b).await?;
+        Ok(())
+    }
+
+    /// Claims one KeyPackage of `user` (removing it, remembering its ref to route the Welcome).
+    pub async fn claim_key_package(&self, user: &str) -> Result<Option<Vec<u8>>, ProviderError> {
+        use openmls::prelude::tls_codec::Deserialize as _;
+        use openmls::prelude::{KeyPackageIn, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
+        use openmls_rust_crypto::RustCrypto;
+        let kps = Records(&self.inner.store).key_packages(user)?;
+        let Some((id, bytes)) = kps.into_iter().next() else { return Ok(None) };
+        let mut slice = bytes.as_slice();
+        let parsed = MlsMessageIn::tls_deserialize(&mut slice).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+        let MlsMessageBodyIn::KeyPackage(kp) = parsed.extract() else {
+            return Err(ProviderError::BadRequest("stored KeyPackage is not one".into()));
+        };
+        let _: &KeyPackageIn = &kp;
+        let crypto = RustCrypto::default();
+        let kp = kp.validate(&crypto, ProtocolVersion::Mls10).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+        let r = kp.hash_ref(&crypto).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+        let mut b = Batch::new();
+        write::claimed(&mut b, user, id, r.as_slice());
+        self.inner.store.commit(b).await?;
+        Ok(Some(bytes))
+    }
+
+    /// Welcomes waiting for `user`: `(room, seq of the Welcome)`.
+    pub fn invites(&self, user: &str) -> Result<Vec<(String, u64)>, ProviderError> {
+        Ok(Records(&self.inner.store).invites(user)?)
+    }
+
+    /// Follows `room` hosted by `hub` for an update one of our clients is about to send there, so that the hub's
+    /// first notify finds the room. A room we did not follow yet is followed tentatively: unless the hub accepts
+    /// one of the updates in flight ([`Provider::update_settled`]), or we receive an entry of the room, or it is
+    /// followed for good meanwhile ([`Provider::follow`]), the follow is undone when the last one settles.
+    pub async fn follow_for_update(&self, room: &str, hub: &str) -> Result<(), ProviderError> {
+        self.follow_as(room, hub, true).await
+    }
+
+    /// The hub answered an update announced with [`Provider::follow_for_update`]: `accepted`, or refused. When the
+    /// last update in flight settles and the hub accepted none (and no entry came), the follow is undone.
+    pub async fn update_settled(&self, room: &str, accepted: bool) -> Result<(), ProviderError> {
+        let durable = {
+            let mut rooms = lock(&self.inner.rooms);
+            let Some(r) = rooms.get_mut(room) else { return Ok(()) };
+            let Some(t) = &mut r.tentative else { return Ok(()) };
+            t.in_flight = t.in_flight.saturating_sub(1);
+            t.accepted |= accepted;
+            if t.in_flight > 0 {
+                return Ok(());
+            }
+            let keep = t.accepted || *r.last.borrow() > 0;
+            r.tentative = None;
+            if keep {
+                return Ok(());
+            }
+            rooms.remove(room);
+            let mut b = Batch::new();
+            write::forget_room(&mut b, room);
+            self.inner.store.commit_later(b)
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests_support::private_message;
+    use mimi_protocol::wire::FanoutMessage;
+
+    fn room_with(seqs: impl IntoIterator<Item = u64>) -> Room {
+        let msg = MlsMessageBytes::new(private_message()).expect("framed");
+        let mut r = Room::new(
+            Role::Follower { state: FollowerRoom::new("mimi://a.test/r/x", 0), hub: "a".into() },
+            watch::channel(0).0,
+        );
+        for seq in seqs {
+            r.remember(&SequencedFanout { seq, fanout: FanoutMessage::plain(seq, msg.clone()) });
+        }
+        r
+    }
+
+    fn seqs(v: Option<Vec<SequencedFanout>>) -> Option<Vec<u64>> {
+        v.map(|v| v.into_iter().map(|e| e.seq).collect())
+    }
+
+    #[test]
+    fn the_tail_serves_contiguous_runs_up_to_last_and_max() {
+        let r = room_with(1..=10);
+        assert_eq!(seqs(r.tail_entries(0, 10, 256)), Some((1..=10).collect()));
+        assert_eq!(seqs(r.tail_entries(4, 7, 256)), Some(vec![5, 6, 7]), "never past `last`");
+        assert_eq!(seqs(r.tail_entries(4, 10, 2)), Some(vec![5, 6]), "at most max");
+        assert_eq!(seqs(r.tail_entries(9, 10, 256)), Some(vec![10]));
+        assert_eq!(seqs(r.tail_entries(3, 12, 256)), None, "entries it does not hold: read the store");
+    }
+
+    #[test]
+    fn the_tail_forgets_the_oldest_and_restarts_on_a_gap() {
+        let r = room_with(1..=(TAIL as u64 + 5));
+        assert_eq!(seqs(r.tail_entries(0, 3, 256)), None, "evicted: read the store");
+        assert_eq!(seqs(r.tail_entries(5, 7, 256)), Some(vec![6, 7]));
+        let r = room_with([1, 2, 3, 7, 8]);
+        assert_eq!(seqs(r.tail_entries(2, 8, 256)), None, "3 is gone with the gap");
+        assert_eq!(seqs(r.tail_entries(6, 8, 256)), Some(vec![7, 8]));
+    }
+}

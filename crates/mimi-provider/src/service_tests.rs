@@ -1,0 +1,218 @@
+//! Tests of [`Provider`](super::Provider): routing, updates with their GroupInfo, notifies after a restart, and a
+//! follower's copy of the log.
+
+use super::service::{PeerNotify, Provider, ProviderError, RoomRoute};
+use super::tests_support::group;
+use mimi_protocol::hub::{JoinPolicy, Origin, Refusal};
+use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest};
+use mimi_store::{Backend, CommitConfig, Store, open_data_dir};
+
+const ROOM: &str = "mimi://a.test/r/club";
+const ALICE: &str = "mimi://a.test/u/alice";
+const BOB: &str = "mimi://b.test/u/bob";
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        open_data_dir(dir.path(), Some(Backend::Redb), CommitConfig::default(), &mimi_store::schema::Schema::FIRST)
+            .expect("store");
+    (dir, store)
+}
+
+fn bytes(v: Vec<u8>) -> MlsMessageBytes {
+    MlsMessageBytes::new(v).expect("framed")
+}
+
+#[tokio::test]
+async fn a_hub_applies_updates_keeps_their_group_info_and_renotifies_followers_after_a_restart() {
+    let (_d, st) = store();
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    let mut outbound = a.take_outbound().expect("queue");
+    assert!(matches!(a.route(ROOM), Err(ProviderError::UnknownRoom(_))), "our own domain, unknown");
+    assert_eq!(a.route("mimi://b.test/r/x").expect("route"), RoomRoute::Remote { domain: "b.test".into() });
+    assert!(a.route("mimi://b.test").is_err(), "not a room URI");
+
+    let (_g, mut g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false).await.expect("room");
+    assert_eq!(a.route(ROOM).expect("route"), RoomRoute::Hub);
+    let info0 = bytes(g.export_group_info(true).expect("group info"));
+    a.put_group_info(ROOM, info0.clone()).await.expect("current epoch");
+    a.add_participant(ROOM, BOB).await.expect("invite");
+
+    let out = g.self_update().durable_blocking().expect("commit");
+    let update = UpdateRequest::Commit {
+        commit: bytes(out.commit),
+        welcome: None,
+        group_info: GroupInfoOption(bytes(out.group_info.expect("group info"))),
+        ratchet_tree: RatchetTreeOption::DistributionService,
+    };
+    let next_info = match &update {
+        UpdateRequest::Commit { group_info, .. } => group_info.0.clone(),
+        UpdateRequest::Proposals { .. } => unreachable!(),
+    };
+    let from_b = Origin::Follower("b.test".into());
+    let r = a.update(ROOM, update.clone(), ALICE, from_b.clone()).await;
+    assert!(matches!(r, Err(ProviderError::Refused(Refusal::NotAllowed(_)))), "b.test speaks for b.test: {r:?}");
+    let accepted = a.update(ROOM, update.clone(), BOB, from_b.clone()).await.expect("accepted");
+    assert_eq!((accepted.seq, a.epoch(ROOM).expect("epoch")), (1, 1));
+    assert_eq!(a.group_info(ROOM).expect("room"), Some(next_info.as_bytes().to_vec()));
+    let again = a.update(ROOM, update, BOB, from_b).await.expect("a retry");
+    assert_eq!((again.seq, again.duplicate), (1, true));
+    assert_eq!(
+        outbound.try_recv().expect("notify"),
+        PeerNotify { peer: "b.test".into(), room: ROOM.into(), seq: 1 },
+        "the origin's provider is notified too"
+    );
+    assert!(outbound.try_recv().is_err(), "a retry is not notified again");
+    let stale = a.put_group_info(ROOM, info0).await;
+    assert!(matches!(stale, Err(ProviderError::Refused(Refusal::EpochTooOld { current_epoch: 1 }))), "{stale:?}");
+
+    // A restart: the GroupInfo is still served, and followers hear of the last entry again.
+    drop(a);
+    let a = Provider::open("a.test", st).expect("reopen");
+    let mut outbound = a.take_outbound().expect("queue");
+    assert_eq!(a.group_info(ROOM).expect("room"), Some(next_info.as_bytes().to_vec()));
+    assert_eq!(outbound.try_recv().expect("renotify"), PeerNotify { peer: "b.test".into(), room: ROOM.into(), seq: 1 });
+}
+
+#[tokio::test]
+async fn a_follower_keeps_a_copy_of_the_log_and_sends_updates_to_the_hub() {
+    let (_da, sa) = store();
+    let (_db, sb) = store();
+    let a = Provider::open("a.test", sa).expect("hub");
+    let b = Provider::open("b.test", sb.clone()).expect("follower");
+    let (_g, mut g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false).await.expect("room");
+    for text in [&b"one"[..], b"two", b"three"] {
+        let m = bytes(g.encrypt(text).durable_blocking().expect("encrypt"));
+        a.submit(ROOM, m, ALICE, Origin::Client(ALICE.into())).await.expect("accepted");
+    }
+    assert_eq!(b.route(ROOM).expect("route"), RoomRoute::Remote { domain: "a.test".into() });
+    b.follow(ROOM, "a.test").await.expect("follow");
+    assert_eq!(b.route(ROOM).expect("route"), RoomRoute::Follower { hub: "a.test".into() });
+    let info = bytes(g.export_group_info(true).expect("group info"));
+    assert!(matches!(b.put_group_info(ROOM, info).await, Err(ProviderError::NotHub { .. })));
+
+    // Entry 3 arrives first: a gap, so the follower asks for the log after 0; the page fills it.
+    let entries = a.entries_after(ROOM, 0, 10).expect("log");
+    let fetch = b.accept_entries(ROOM, entries[2..].to_vec(), false).await.expect("notify");
+    assert_eq!(fetch, Some(0));
+    assert_eq!(b.last_seq(ROOM).expect("room"), 0);
+    let more = b.accept_entries(ROOM, entries.clone(), true).await.expect("page");
+    assert_eq!(more, Some(3), "asks for a further page");
+    assert_eq!(b.accept_entries(ROOM, Vec::new(), true).await.expect("empty page"), None);
+    assert_eq!(b.entries_after(ROOM, 0, 10).expect("copy"), entries);
+
+    // After a restart the copy and the role are still there.
+    drop(b);
+    let b = Provider::open("b.test", sb).expect("reopen");
+    assert_eq!(b.followed(), vec![(ROOM.to_owned(), "a.test".to_owned())]);
+    assert_eq!(b.last_seq(ROOM).expect("room"), 3);
+}
+
+#[tokio::test]
+async fn a_stale_group_info_never_replaces_a_newer_one() {
+    let (_d, st) = store();
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    let (_g, mut g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false).await.expect("room");
+    let info0 = g.export_group_info(true).expect("group info");
+    let mut infos = Vec::new();
+    for _ in 0..2 {
+        let out = g.self_update().durable_blocking().expect("commit");
+        let info = bytes(out.group_info.expect("group info"));
+        let update = UpdateRequest::Commit {
+            commit: bytes(out.commit),
+            welcome: None,
+            group_info: GroupInfoOption(info.clone()),
+            ratchet_tree: RatchetTreeOption::DistributionService,
+        };
+        a.update(ROOM, update, ALICE, Origin::Client(ALICE.into())).await.expect("accepted");
+        g.merge_pending_commit().durable_blocking().expect("merge");
+        infos.push(info);
+    }
+    assert_eq!(a.epoch(ROOM).expect("epoch"), 2);
+    assert_eq!(a.group_info(ROOM).expect("room"), Some(infos[1].as_bytes().to_vec()));
+    // The first update's GroupInfo, late (it lost the race with the second commit): refused, nothing replaced.
+    let late = a.put_group_info(ROOM, infos[0].clone()).await;
+    assert!(matches!(late, Err(ProviderError::Refused(Refusal::EpochTooOld { current_epoch: 2 }))), "{late:?}");
+    // The room of record's in-memory copy only moves forward too.
+    assert!(!a.set_group_info(ROOM, info0), "an older epoch's GroupInfo is ignored");
+    assert!(!a.set_group_info(ROOM, vec![1, 2, 3]), "not a GroupInfo");
+    assert_eq!(a.group_info(ROOM).expect("room"), Some(infos[1].as_bytes().to_vec()));
+    assert!(a.set_group_info(ROOM, infos[1].as_bytes().to_vec()), "the same epoch's is taken");
+    drop(a);
+    let a = Provider::open("a.test", st).expect("reopen");
+    assert_eq!(a.group_info(ROOM).expect("room"), Some(infos[1].as_bytes().to_vec()), "the store has the newest");
+}
+
+#[tokio::test]
+async fn a_follow_for_an_update_the_hub_refuses_is_forgotten() {
+    let (_d, st) = store();
+    let b = Provider::open("b.test", st.clone()).expect("provider");
+    let other = "mimi://a.test/r/other";
+    // Refused: the room is forgotten, durably.
+    b.follow_for_update(ROOM, "a.test").await.expect("follow");
+    assert_eq!(b.route(ROOM).expect("route"), RoomRoute::Follower { hub: "a.test".into() });
+    b.update_settled(ROOM, false).await.expect("settled");
+    assert_eq!(b.route(ROOM).expect("route"), RoomRoute::Remote { domain: "a.test".into() });
+    // Two updates in flight, the first refused, the second accepted (answers in either order): kept.
+    b.follow_for_update(other, "a.test").await.expect("follow");
+    b.follow_for_update(other, "a.test").await.expect("follow");
+    b.update_settled(other, false).await.expect("settled");
+    assert_eq!(b.route(other).expect("route"), RoomRoute::Follower { hub: "a.test".into() }, "one still in flight");
+    b.update_settled(other, true).await.expect("settled");
+    // A room followed for good is never forgotten by a refusal.
+    b.follow_for_update(other, "a.test").await.expect("follow");
+    b.update_settled(other, false).await.expect("settled");
+    assert_eq!(b.route(other).expect("route"), RoomRoute::Follower { hub: "a.test".into() });
+    b.follow_for_update(ROOM, "a.test").await.expect("follow");
+    b.follow(ROOM, "a.test").await.expect("invited meanwhile");
+    b.update_settled(ROOM, false).await.expect("settled");
+    assert_eq!(b.route(ROOM).expect("route"), RoomRoute::Follower { hub: "a.test".into() });
+    let third = "mimi://a.test/r/third";
+    b.follow_for_update(third, "a.test").await.expect("follow");
+    b.update_settled(third, false).await.expect("settled");
+    drop(b);
+    let b = Provider::open("b.test", st).expect("reopen");
+    let mut followed = b.followed();
+    followed.sort();
+    assert_eq!(followed, vec![(ROOM.to_owned(), "a.test".to_owned()), (other.to_owned(), "a.test".to_owned())]);
+}
+
+#[tokio::test]
+async fn an_invite_only_hub_answers_group_info_requests_of_participants_only() {
+    use mimi_protocol::wire::{
+        DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, HubSigner, WireMessage,
+    };
+    let (_d, st) = store();
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    let (_g, g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Invite, false).await.expect("room");
+    a.put_group_info(ROOM, bytes(g.export_group_info(true).expect("group info"))).await.expect("group info");
+    let ask = |who: &str| {
+        let key = HubSigner::generate(who.as_bytes()).expect("key");
+        let credential = key.sender.credential.credential().expect("credential");
+        GroupInfoRequest::new(DEFAULT_CIPHERSUITE, &key, &key.sender.signature_key, &credential, None).expect("req")
+    };
+    let (mallory, _) = ask("mimi://b.test/u/mallory");
+    mallory.verify().expect("signed");
+    let answer = a.answer_group_info(ROOM, &mallory).await.expect("answer");
+    assert_eq!(answer.status(), GroupInfoCode::NotAuthorized);
+    assert_eq!(GroupInfoResponse::decode(&answer.encode().expect("enc")).expect("dec"), answer);
+
+    let (alice, secret) = ask(ALICE);
+    let answer = a.answer_group_info(ROOM, &alice).await.expect("answer");
+    let tbe = answer.open(ROOM.as_bytes(), &secret).expect("opens");
+    assert_eq!(tbe.group_info.as_bytes(), a.group_info(ROOM).expect("room").expect("gi").as_slice());
+    assert_eq!(
+        a.answer_group_info("mimi://a.test/r/nowhere", &alice).await.expect("answer").status(),
+        GroupInfoCode::NoSuchRoom
+    );
+
+    // The hub key survives a restart.
+    let key = a.hub_signer().await.expect("key").sender;
+    drop(a);
+    let a = Provider::open("a.test", st).expect("reopen");
+    assert_eq!(a.hub_signer().await.expect("key").sender, key);
+}

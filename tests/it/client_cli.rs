@@ -1,0 +1,130 @@
+//! The native client inside the daemon binary, as operators and scripts run it: `mimi-bridge client --state DIR
+//! --server URL COMMAND` against a running `mimi-bridge run`; and `chat`, the interactive mode, driven through a
+//! pipe as a person would type.
+
+use crate::common::client::{client, command, messages, server_of};
+use crate::common::{Daemon, lines_of, write_config};
+use std::io::Write;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+const ALICE: &str = "mimi://bridge.example.org/u/alice";
+const BOB: &str = "mimi://bridge.example.org/u/bob";
+
+/// A running daemon with alice and bob registered and both in room `club`; the server URL and the room.
+fn two_users_in_a_room(dir: &std::path::Path) -> (Daemon, String, String) {
+    let (cfg, _) = write_config(dir, "");
+    let daemon = Daemon::start(&cfg, &[]);
+    let server = server_of(&cfg);
+    let (alice, bob) = (dir.join("alice"), dir.join("bob"));
+    assert_eq!(client(&alice, &server, &["register", "alice"]).trim(), ALICE);
+    assert_eq!(client(&bob, &server, &["register", "bob"]).trim(), BOB);
+    let room = client(&alice, &server, &["create-room", "club"]).lines().last().expect("room line").to_owned();
+    assert_eq!(room, "mimi://bridge.example.org/r/club");
+    client(&bob, &server, &["join", &room]);
+    (daemon, server, room)
+}
+
+/// One message from alice's `listen --json`.
+fn alice_hears(dir: &std::path::Path, server: &str, room: &str) -> serde_json::Value {
+    let got =
+        messages(&client(&dir.join("alice"), server, &["listen", room, "--json", "--count", "1", "--timeout", "15"]));
+    got.into_iter().next().expect("alice heard a message")
+}
+
+#[test]
+fn client_subcommand_registers_creates_a_room_sends_and_listens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_daemon, server, room) = two_users_in_a_room(dir.path());
+    let id = client(&dir.path().join("bob"), &server, &["send", &room, "hello from mimi-bridge client"]);
+    let m = alice_hears(dir.path(), &server, &room);
+    assert_eq!(m["text"], "hello from mimi-bridge client", "{m}");
+    assert_eq!(m["sender"], BOB, "{m}");
+    assert_eq!(m["message_id"], id.trim(), "{m}");
+}
+
+/// `mimi-bridge client … chat ROOM` with its standard input and output piped.
+struct Chat {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl Chat {
+    fn start(state: &std::path::Path, server: &str, room: &str) -> Self {
+        let mut child = command(state, server, &["chat", room])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("chat starts");
+        let lines = lines_of(child.stdout.take().expect("stdout"));
+        Self { stdin: child.stdin.take(), child, lines }
+    }
+
+    /// Types `line` (and Enter).
+    fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("typed");
+    }
+
+    /// The next line the chat printed; panics after a while.
+    fn next_line(&self) -> String {
+        self.lines.recv_timeout(Duration::from_secs(15)).expect("the chat printed a line")
+    }
+
+    /// Waits for it to end; true if it exited 0.
+    fn ended_well(mut self) -> bool {
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        panic!("the chat did not end within 10 s");
+    }
+}
+
+#[test]
+fn chat_prints_arrivals_and_sends_typed_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_daemon, server, room) = two_users_in_a_room(dir.path());
+    let alice = dir.path().join("alice");
+    let alice_says = |args: &[&str]| client(&alice, &server, &[&["send", room.as_str()], args].concat());
+
+    // A message sent before the chat started is printed too.
+    alice_says(&["hello bob"]);
+    let mut chat = Chat::start(&dir.path().join("bob"), &server, "club");
+    assert_eq!(chat.next_line(), format!("<{ALICE}> hello bob"));
+
+    // Typed lines are sent; `/me` is an emote the way `send` makes one.
+    chat.say("hi alice");
+    let hi = alice_hears(dir.path(), &server, &room);
+    assert_eq!((hi["text"].as_str(), hi["sender"].as_str()), (Some("hi alice"), Some(BOB)), "{hi}");
+    chat.say("/me waves");
+    assert_eq!(alice_hears(dir.path(), &server, &room)["text"], "/me waves");
+    chat.say("/nonsense is not sent");
+    chat.say("//etc is a path");
+    assert_eq!(alice_hears(dir.path(), &server, &room)["text"], "/etc is a path");
+
+    // Replies, edits and emotes arriving are marked.
+    let hi_id = hi["message_id"].as_str().expect("id");
+    let glad = alice_says(&["glad you're here", "--reply-to", hi_id]);
+    assert_eq!(chat.next_line(), format!("<{ALICE}> [re {BOB}: hi alice] glad you're here"));
+    alice_says(&["glad you are here", "--edit", glad.trim()]);
+    assert_eq!(chat.next_line(), format!("<{ALICE}> [edit: glad you're here] glad you are here"));
+    alice_says(&["/me waves back"]);
+    assert_eq!(chat.next_line(), format!("* {ALICE} waves back"));
+
+    chat.say("/quit");
+    assert!(chat.ended_well(), "/quit ends the chat with status 0");
+
+    // The end of the input ends it too.
+    let mut chat = Chat::start(&dir.path().join("bob"), &server, &room);
+    chat.say("last words");
+    chat.stdin = None;
+    assert!(chat.ended_well(), "end of input ends the chat with status 0");
+    assert_eq!(alice_hears(dir.path(), &server, &room)["text"], "last words");
+}

@@ -1,0 +1,37 @@
+//! The daemon's MIMI endpoints and client API served in-process on a free loopback port (the real router on a
+//! fresh provider), over plain HTTP or over TLS with the daemon's own TLS listener.
+
+use mimi_bridge::mimi_http::{MimiState, Registration, router};
+use mimi_bridge::mimi_tls::MimiTls;
+use mimi_provider::Provider;
+use mimi_store::{Backend, CommitConfig};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Serves provider `domain` (store in `dir`) until `rt` ends; returns its base URL: `http://127.0.0.1:PORT`, or
+/// with `tls`, `https://localhost:PORT`.
+pub fn serve(rt: &tokio::runtime::Runtime, dir: &Path, domain: &str, tls: Option<MimiTls>) -> String {
+    rt.block_on(async {
+        let store = bridge_core::open_store(dir, Some(Backend::Redb), CommitConfig::default()).expect("store");
+        let provider = Provider::open(domain, store).expect("provider");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let url = match tls {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        let state = MimiState {
+            provider,
+            room: None,
+            public_url: url.clone(),
+            registration: Registration::Open,
+            peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
+        };
+        let app = router(state);
+        match tls {
+            Some(tls) => tokio::spawn(async move { axum::serve(tls.listener(listener), app).await }),
+            None => tokio::spawn(async move { axum::serve(listener, app).await }),
+        };
+        url
+    })
+}

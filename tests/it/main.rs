@@ -1,0 +1,21 @@
+//! The daemon's integration tests, scenarios a user would recognise, run against the real `mimi-bridge` binary and
+//! real servers: one test binary, so the workspace links it once.
+
+mod client_support;
+mod common;
+
+mod admin_api;
+mod client_api_auth;
+mod client_cli;
+mod content_cli;
+mod daemon;
+mod federation;
+mod http_clients;
+mod https;
+mod irc_daemon;
+mod mimi_tls;
+mod no_loss;
+mod run_overrides;
+mod shutdown_load;
+mod slice;
+mod systemd_unit;
