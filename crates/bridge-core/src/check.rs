@@ -1,8 +1,8 @@
 //! `store check`: the bridge's records verified offline — schema version, known trees, and the invariants
 //! between trees.
 
-use crate::repo::{self, FailedDelivery, IdEntry, MessageRecord, PortalRecord, ReactionSet};
-use bridge_api::event::OutboundEvent;
+use crate::outbox::{DeliveryRecord, FailedRecord};
+use crate::repo::{self, IdEntry, MessageRecord, PortalRecord, ReactionSet};
 use bridge_api::ids::{LegId, MessageId, PortalId};
 use mimi_store::export::{MAX_LISTED_PROBLEMS, for_each_entry, stored_schema_version};
 use mimi_store::schema::{self, META};
@@ -280,9 +280,9 @@ pub fn check(kv: &dyn KvStore, data_dir: &Path) -> Result<CheckReport, StoreErro
                 return Ok(());
             };
             let leg = if tree == repo::OUTBOX {
-                serde_json::from_slice::<OutboundEvent>(v).map(|ev| ev.leg)
+                serde_json::from_slice::<DeliveryRecord>(v).map(|d| d.leg)
             } else {
-                serde_json::from_slice::<FailedDelivery>(v).map(|f| f.event.leg)
+                serde_json::from_slice::<FailedRecord>(v).map(|f| f.event.leg)
             };
             match leg {
                 Err(e) => r.problem(format!("{tree} {}: does not decode: {e}", show(k))),

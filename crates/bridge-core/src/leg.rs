@@ -7,6 +7,7 @@
 //! accepted is lost; a delivery that is refused, or still failing after `give_up_after`, moves to the `failed`
 //! tree and is reported to the portal, which tells the sender's leg.
 
+use crate::outbox::{DeliveryRecord, now_ms};
 use crate::portal::PortalInput;
 use crate::repo::{Repo, write};
 use crate::router::Shared;
@@ -17,7 +18,7 @@ use mimi_store::Batch;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
@@ -29,14 +30,24 @@ pub(crate) struct LegWork {
     pub seq: Option<u64>,
     /// The event.
     pub event: OutboundEvent,
-    /// When it was queued (or loaded from the outbox), for the delivery latency histogram.
+    /// When it was queued (as stored in the outbox across restarts), for the delivery latency histogram.
     pub queued: Instant,
+    /// The same, as stored (milliseconds since the Unix epoch).
+    pub queued_at_ms: u64,
 }
 
 impl LegWork {
     /// Work queued now.
     pub fn new(seq: Option<u64>, event: OutboundEvent) -> Self {
-        Self { seq, event, queued: Instant::now() }
+        Self { seq, event, queued: Instant::now(), queued_at_ms: now_ms() }
+    }
+
+    /// Work loaded from the outbox, queued at `queued_at_ms`.
+    fn stored(seq: u64, record: &DeliveryRecord) -> Self {
+        let age = Duration::from_millis(now_ms().saturating_sub(record.queued_at_ms));
+        let now = Instant::now();
+        let queued = now.checked_sub(age).unwrap_or(now);
+        Self { seq: Some(seq), event: record.to_event(), queued, queued_at_ms: record.queued_at_ms }
     }
 }
 
@@ -150,10 +161,10 @@ impl Worker {
     fn reload(&mut self, queue: &mut VecDeque<LegWork>, first: bool) {
         match Repo::new(&self.shared.store).outbox(&self.leg) {
             Ok(items) => {
-                for (seq, event) in items {
+                for (seq, record) in items {
                     if seq > self.high_water {
                         self.high_water = seq;
-                        queue.push_back(LegWork::new(Some(seq), event));
+                        queue.push_back(LegWork::stored(seq, &record));
                     }
                 }
                 if first {
@@ -284,7 +295,7 @@ impl Worker {
         metrics::counter!("mimi_bridge_errors_total", "kind" => "undeliverable").increment(1);
         let Some(seq) = work.seq else { return };
         let mut b = Batch::new();
-        write::failed(&mut b, seq, &work.event, reason);
+        write::failed(&mut b, seq, &work.event, work.queued_at_ms, reason);
         if let Err(e) = self.shared.store.commit(b).await {
             tracing::error!(leg = %self.leg, error = %e, "recording an undeliverable event failed");
         }

@@ -6,7 +6,7 @@
 //!
 //! * [`router`] and [`portal`] — ordering, dedup, echo prevention, the ID map and fan-out;
 //! * `leg` — one delivery worker per leg draining the durable outbox;
-//! * [`repo`] — the bridge's trees and their typed records;
+//! * [`repo`] — the bridge's trees and their typed records; [`outbox`] — the stored form of a pending delivery;
 //! * [`room_of_record`] — the seam between a portal and its room of record;
 //! * [`mls_rooms`] — [`MlsRooms`], the room of record of every portal on MLS: one group per portal, hosted by this
 //!   daemon's MIMI provider;
@@ -17,6 +17,7 @@
 pub mod check;
 mod leg;
 pub mod mls_rooms;
+pub mod outbox;
 pub mod portal;
 pub mod repo;
 pub mod room_of_record;
@@ -34,8 +35,11 @@ pub fn known_trees() -> Vec<&'static str> {
     t
 }
 
-/// The shape of the daemon's data directory (every tree in [`known_trees`]): no migration yet.
-pub const SCHEMA: mimi_store::schema::Schema = mimi_store::schema::Schema::FIRST;
+/// The shape of the daemon's data directory (every tree in [`known_trees`]) and its migrations.
+///
+/// * 1 → 2: the outbox and `failed` trees hold records of their own ([`outbox`]) instead of the API's
+///   `OutboundEvent`, with the times they were queued and given up on.
+pub const SCHEMA: mimi_store::schema::Schema = mimi_store::schema::Schema { migrations: &[outbox::migrate_v1_to_v2] };
 
 /// Opens the daemon's store in `data_dir`, migrating it to [`SCHEMA`].
 pub fn open_store(

@@ -20,6 +20,7 @@
 //! `origin = true` for events that came *from* the leg (a redelivery is a duplicate) and `origin = false` for
 //! events the bridge delivered *to* it (seeing it come back is an echo).
 
+use crate::outbox::{DeliveryRecord, FailedRecord, now_ms};
 use bridge_api::event::{OutboundEvent, Sender};
 use bridge_api::ids::{AccountId, LegId, MessageId, NativeId, PortalId};
 use mimi_store::Store;
@@ -127,15 +128,6 @@ pub struct IdEntry {
 
 /// One sender's reactions on one message: key → the reaction's message id.
 pub type ReactionSet = BTreeMap<String, MessageId>;
-
-/// A delivery that was given up on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailedDelivery {
-    /// What could not be delivered.
-    pub event: OutboundEvent,
-    /// Why.
-    pub reason: String,
-}
 
 fn lp(out: &mut Vec<u8>, b: &[u8]) {
     let n = u16::try_from(b.len()).unwrap_or(u16::MAX);
@@ -300,7 +292,7 @@ impl<'a> Repo<'a> {
     // ---- outbox ----
 
     /// Pending deliveries to a leg, in order.
-    pub fn outbox(&self, leg: &LegId) -> Result<Vec<(u64, OutboundEvent)>, StoreError> {
+    pub fn outbox(&self, leg: &LegId) -> Result<Vec<(u64, DeliveryRecord)>, StoreError> {
         let prefix = leg_prefix(leg);
         let mut out = Vec::new();
         for (k, v) in self.store.scan_prefix(OUTBOX, &prefix)? {
@@ -314,7 +306,7 @@ impl<'a> Repo<'a> {
     }
 
     /// Deliveries given up on, for one leg.
-    pub fn failed(&self, leg: &LegId) -> Result<Vec<FailedDelivery>, StoreError> {
+    pub fn failed(&self, leg: &LegId) -> Result<Vec<FailedRecord>, StoreError> {
         self.store.scan_prefix(FAILED, &leg_prefix(leg))?.iter().map(|(_, v)| dec(FAILED, v)).collect()
     }
 }
@@ -379,9 +371,9 @@ pub mod write {
         b.delete(GHOSTS, ghost_key(account, native_user));
     }
 
-    /// Queues a delivery.
+    /// Queues a delivery (stored as a [`DeliveryRecord`], queued now).
     pub fn outbox(b: &mut Batch, seq: u64, ev: &OutboundEvent) {
-        b.put(OUTBOX, seq_key(&ev.leg, seq), enc(ev));
+        b.put(OUTBOX, seq_key(&ev.leg, seq), enc(&DeliveryRecord::new(ev, now_ms())));
     }
 
     /// Removes a delivery from the outbox.
@@ -389,9 +381,14 @@ pub mod write {
         b.delete(OUTBOX, seq_key(leg, seq));
     }
 
-    /// Moves a delivery from the outbox to `failed`.
-    pub fn failed(b: &mut Batch, seq: u64, ev: &OutboundEvent, reason: &str) {
+    /// Moves a delivery from the outbox to `failed` (stored as a [`FailedRecord`], failed now).
+    pub fn failed(b: &mut Batch, seq: u64, ev: &OutboundEvent, queued_at_ms: u64, reason: &str) {
         b.delete(OUTBOX, seq_key(&ev.leg, seq));
-        b.put(FAILED, seq_key(&ev.leg, seq), enc(&FailedDelivery { event: ev.clone(), reason: reason.to_owned() }));
+        let rec = FailedRecord {
+            event: DeliveryRecord::new(ev, queued_at_ms),
+            reason: reason.to_owned(),
+            failed_at_ms: now_ms(),
+        };
+        b.put(FAILED, seq_key(&ev.leg, seq), enc(&rec));
     }
 }

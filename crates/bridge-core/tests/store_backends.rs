@@ -116,7 +116,7 @@ fn fill_repo(store: &Store) {
         write::native(&mut b, &leg(2), &NativeId(format!("$ev{n}:example.org")), &id, false);
         write::outbox(&mut b, n, &outbound(&leg(2), id));
     }
-    write::failed(&mut b, 21, &outbound(&leg(2), msg_id(21)), "gave up after 10 attempts");
+    write::failed(&mut b, 21, &outbound(&leg(2), msg_id(21)), 7, "gave up after 10 attempts");
     let mut set = ReactionSet::new();
     set.insert("👍".into(), msg_id(30));
     write::reactions(&mut b, &msg_id(1), "mimi://example.org/u/bob", &set);
