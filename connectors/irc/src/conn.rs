@@ -11,7 +11,7 @@ use crate::tls::{Io, Tls};
 use async_trait::async_trait;
 use bridge_api::Health;
 use bridge_api::connector::SendError;
-use bridge_net::lines::Line;
+use bridge_net::lines::LineRead;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -423,8 +423,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     pub async fn next(&mut self) -> Result<Option<String>, String> {
         loop {
             match self.0.next().await.map_err(|e| format!("read: {e}"))? {
-                Some(Line::Text(l)) => return Ok(Some(l)),
-                Some(Line::TooLong) => tracing::warn!("IRC line longer than {} bytes skipped", MAX_TAGS + MAX_LINE),
+                Some(LineRead::Text(l)) => return Ok(Some(l)),
+                Some(LineRead::TooLong) => tracing::warn!("IRC line longer than {} bytes skipped", MAX_TAGS + MAX_LINE),
                 None => return Ok(None),
             }
         }

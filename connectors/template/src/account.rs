@@ -10,7 +10,7 @@ use bridge_api::capability::Capabilities;
 use bridge_api::connector::{Delivery, SendError};
 use bridge_api::event::OutboundEvent;
 use bridge_api::{Account, AccountContext, AccountId, ConnectorError, Health, InboundSink, NativeId};
-use bridge_net::lines::{Line, LineReader};
+use bridge_net::lines::{LineRead, LineReader};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -179,8 +179,8 @@ impl ToychatAccount {
 /// The next line; a line over [`proto::MAX_LINE`] ends the session (toychat servers never send one).
 async fn next_line<R: AsyncRead + Unpin>(r: &mut LineReader<R>) -> Result<Option<String>, String> {
     match r.next().await.map_err(|e| e.to_string())? {
-        Some(Line::Text(l)) => Ok(Some(l)),
-        Some(Line::TooLong) => Err(format!("line longer than {} bytes", proto::MAX_LINE)),
+        Some(LineRead::Text(l)) => Ok(Some(l)),
+        Some(LineRead::TooLong) => Err(format!("line longer than {} bytes", proto::MAX_LINE)),
         None => Ok(None),
     }
 }

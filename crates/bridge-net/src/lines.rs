@@ -5,7 +5,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 /// One read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
+pub enum LineRead {
     /// A line, without its `\r\n` / `\n`; invalid UTF-8 replaced (line protocols rarely declare an encoding).
     Text(String),
     /// A line longer than the limit: it was consumed and dropped (never buffered beyond the limit).
@@ -28,7 +28,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 
     /// The next line; `Ok(None)` at the end of the stream (an unterminated last line is not a line).
-    pub async fn next(&mut self) -> std::io::Result<Option<Line>> {
+    pub async fn next(&mut self) -> std::io::Result<Option<LineRead>> {
         loop {
             let chunk = self.inner.fill_buf().await?;
             if chunk.is_empty() {
@@ -49,13 +49,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             self.inner.consume(take);
             if done {
                 if std::mem::take(&mut self.overlong) {
-                    return Ok(Some(Line::TooLong));
+                    return Ok(Some(LineRead::TooLong));
                 }
                 let mut line = std::mem::take(&mut self.buf);
                 while matches!(line.last(), Some(b'\n' | b'\r')) {
                     line.pop();
                 }
-                return Ok(Some(Line::Text(String::from_utf8_lossy(&line).into_owned())));
+                return Ok(Some(LineRead::Text(String::from_utf8_lossy(&line).into_owned())));
             }
         }
     }
@@ -72,10 +72,10 @@ mod tests {
         let mut input = format!("a\r\nbb\n{big}\nc").into_bytes();
         input.extend_from_slice(b"\xff\nlast");
         let mut r = LineReader::new(input.as_slice(), 8);
-        assert_eq!(r.next().await.expect("io"), Some(Line::Text("a".into())));
-        assert_eq!(r.next().await.expect("io"), Some(Line::Text("bb".into())));
-        assert_eq!(r.next().await.expect("io"), Some(Line::TooLong));
-        assert_eq!(r.next().await.expect("io"), Some(Line::Text("c\u{FFFD}".into())));
+        assert_eq!(r.next().await.expect("io"), Some(LineRead::Text("a".into())));
+        assert_eq!(r.next().await.expect("io"), Some(LineRead::Text("bb".into())));
+        assert_eq!(r.next().await.expect("io"), Some(LineRead::TooLong));
+        assert_eq!(r.next().await.expect("io"), Some(LineRead::Text("c\u{FFFD}".into())));
         assert_eq!(r.next().await.expect("io"), None);
     }
 
@@ -89,6 +89,6 @@ mod tests {
         assert!(cancelled.is_err());
         // …and the rest completes the same line.
         tx.write_all(b"lo\n").await.expect("write");
-        assert_eq!(r.next().await.expect("io"), Some(Line::Text("hello".into())));
+        assert_eq!(r.next().await.expect("io"), Some(LineRead::Text("hello".into())));
     }
 }
