@@ -379,22 +379,17 @@ async fn link(State(st): State<Arc<AdminState>>, Json(req): Json<LinkRequest>) -
         Ok(p) => p,
         Err(e) => return fail(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
-    let running = st.router.account(&leg.account);
-    if running.is_none() && !st.configured_accounts.contains(&leg.account) && !req.force {
+    let running = st.router.account(&leg.account).is_some();
+    if !running && !st.configured_accounts.contains(&leg.account) && !req.force {
         return fail(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("no account {} is configured or running (force links it anyway)", leg.account),
         );
     }
-    if let Err(e) = st.router.link(leg.clone(), &portal).await {
+    if let Err(e) = st.router.link_and_join(leg.clone(), &portal).await {
         return route_error(e);
     }
     tracing::info!(%leg, %portal, "linked through the admin API");
-    if let Some(account) = running
-        && let Err(e) = account.join(&leg.room).await
-    {
-        tracing::warn!(%leg, error = %e, "joining the linked room failed; the account retries on reconnect");
-    }
     (
         StatusCode::OK,
         Json(serde_json::json!({ "linked": { "portal": portal, "account": req.account, "room": req.room } })),
@@ -408,15 +403,10 @@ async fn unlink(State(st): State<Arc<AdminState>>, Json(req): Json<UnlinkRequest
         Err(e) => return fail(StatusCode::UNPROCESSABLE_ENTITY, e),
     };
     let portal = st.router.portal_of(&leg);
-    if let Err(e) = st.router.unlink(&leg).await {
+    if let Err(e) = st.router.unlink_and_leave(&leg).await {
         return route_error(e);
     }
     tracing::info!(%leg, "unlinked through the admin API");
-    if let Some(account) = st.router.account(&leg.account)
-        && let Err(e) = account.leave(&leg.room).await
-    {
-        tracing::warn!(%leg, error = %e, "leaving the unlinked room failed");
-    }
     (
         StatusCode::OK,
         Json(serde_json::json!({ "unlinked": { "portal": portal, "account": req.account, "room": req.room } })),

@@ -220,12 +220,7 @@ async fn start_accounts(
         let ctx = AccountContext::new(id.clone(), router.clone(), router.domain());
         // A failure here is a configuration problem; unreachable servers never fail `start`.
         let account = network.start(id.clone(), table, ctx).await?;
-        router.add_account(account.clone());
-        for (leg, _) in router.legs().into_iter().filter(|(l, _)| l.account == id) {
-            if let Err(e) = account.join(&leg.room).await {
-                tracing::warn!(%leg, error = %e, "join failed; the account retries on reconnect");
-            }
-        }
+        router.attach_account(account).await;
         tracing::info!(account = %id, "account started");
         ids.push(id);
     }

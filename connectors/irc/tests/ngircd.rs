@@ -224,9 +224,9 @@ async fn slice(server: &Ngircd, cfg: impl FnOnce(&mut Config)) -> Slice {
     router.add_account(account.clone());
     let p = PortalId::new("p").expect("portal");
     router.create_portal(PortalRecord { id: p.clone(), mls_identity: MlsIdentity::Shared }).await.expect("portal");
-    router.link(LegId::new(id, CHANNEL).expect("leg"), &p).await.expect("link");
     router.link(lb.leg("#lb"), &p).await.expect("link");
-    account.join(CHANNEL).await.expect("join");
+    let joined = router.link_and_join(LegId::new(id, CHANNEL).expect("leg"), &p).await.expect("link");
+    joined.expect("the account runs").expect("join");
     let mut h = account.health();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while *h.borrow_and_update() != Health::Connected {

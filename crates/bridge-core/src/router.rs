@@ -8,7 +8,7 @@
 use crate::portal::{self, LegStatus, PortalInput};
 use crate::repo::{PortalRecord, Repo, write};
 use crate::room_of_record::{GroupMessage, RoomOfRecord};
-use bridge_api::connector::Account;
+use bridge_api::connector::{Account, ConnectorError};
 use bridge_api::event::{InboundEvent, InboundKind};
 use bridge_api::ids::{AccountId, LegId, MessageId, NativeId, PortalId};
 pub use bridge_api::{Accepted, RoomError, RouteError};
@@ -230,6 +230,47 @@ impl RouterHandle {
         wait.await.map_err(|_| RouteError::Closed)??;
         self.inner.legs.write().map_err(|_| RouteError::Closed)?.remove(leg);
         Ok(())
+    }
+
+    /// Links `leg` to `portal` ([`RouterHandle::link`]) and, if the leg's account is running, has it join the
+    /// room: the one way a leg linked at runtime gets its account into the room. The link stands whether or not
+    /// the join succeeds (an account rejoins its rooms on reconnect); the join's outcome is returned (`None`: the
+    /// account is not running) for callers that report it.
+    pub async fn link_and_join(
+        &self,
+        leg: LegId,
+        portal: &PortalId,
+    ) -> Result<Option<Result<(), ConnectorError>>, RouteError> {
+        self.link(leg.clone(), portal).await?;
+        let Some(account) = self.account(&leg.account) else { return Ok(None) };
+        let joined = account.join(&leg.room).await;
+        if let Err(e) = &joined {
+            tracing::warn!(%leg, error = %e, "joining the linked room failed; the account retries on reconnect");
+        }
+        Ok(Some(joined))
+    }
+
+    /// Unlinks `leg` ([`RouterHandle::unlink`]) and, if its account is running, has it leave the room (a failure
+    /// to leave is logged).
+    pub async fn unlink_and_leave(&self, leg: &LegId) -> Result<(), RouteError> {
+        self.unlink(leg).await?;
+        if let Some(account) = self.account(&leg.account)
+            && let Err(e) = account.leave(&leg.room).await
+        {
+            tracing::warn!(%leg, error = %e, "leaving the unlinked room failed");
+        }
+        Ok(())
+    }
+
+    /// Registers a started account ([`RouterHandle::add_account`]) and has it join every room linked to it; a
+    /// failed join is logged (the account retries on reconnect).
+    pub async fn attach_account(&self, account: Arc<dyn Account>) {
+        self.add_account(account.clone());
+        for (leg, _) in self.legs().into_iter().filter(|(l, _)| l.account == *account.id()) {
+            if let Err(e) = account.join(&leg.room).await {
+                tracing::warn!(%leg, error = %e, "join failed; the account retries on reconnect");
+            }
+        }
     }
 
     async fn send_control(&self, portal: &PortalId, input: PortalInput) -> Result<(), RouteError> {

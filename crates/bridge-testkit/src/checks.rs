@@ -167,9 +167,12 @@ impl<'h, H: Harness> Kit<'h, H> {
             .map_err(|e| e.to_string())?;
         let room = h.room();
         let leg = bridge_api::ids::LegId::new(account.id().clone(), room.clone()).map_err(|e| e.to_string())?;
-        router.link(leg, &portal).await.map_err(|e| e.to_string())?;
         router.link(lb.leg(LB_ROOM), &portal).await.map_err(|e| e.to_string())?;
-        account.join(&room).await.map_err(|e| format!("join {room}: {e}"))?;
+        match router.link_and_join(leg, &portal).await.map_err(|e| e.to_string())? {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(format!("join {room}: {e}")),
+            None => return Err(format!("the account of {room} is not registered with the router")),
+        }
         let user = h.create_user("kituser").await.map_err(|e| format!("create_user: {e}"))?;
         let mut kit = Kit { h, opt, router, lb, account, health_log, user, seen: Vec::new(), caps, tag: 0, _dir: dir };
         kit.warm_up().await?;
