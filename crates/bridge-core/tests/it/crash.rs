@@ -297,7 +297,7 @@ fn crash_run(backend: Backend) {
     let (mut acked_total, mut present_total, mut during_startup) = (0u64, 0u64, 0u32);
     for iter in 0..ITERATIONS {
         let mut child = Command::new(&exe)
-            .args(["--ignored", "--exact", "child_writer", "--nocapture", "--test-threads=1"])
+            .args(["--ignored", "--exact", "crash::child_writer", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, format!("{} {iter} {}", backend.name(), dir.display()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -6,10 +6,8 @@
 //! epochs would disagree. Both are checked, also for ciphertexts released after one wait for a burst of
 //! encrypts (group commit of the write-behind state).
 
-mod mls_support;
-
+use crate::mls_support::{Client, apply_commit, open_store, send};
 use mimi_mls::Received;
-use mls_support::{Client, apply_commit, open_store, send};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,7 +97,7 @@ fn restart_after_sigkill_continues_with_the_same_member() {
 
     let exe = std::env::current_exe().expect("test binary");
     let mut child = Command::new(exe)
-        .args(["restart_child_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["mls_restart::restart_child_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir.path())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())

@@ -2,14 +2,12 @@
 //! (OpenMLS) created, from a Welcome, and both exchange application messages; then the mls-rs client commits and
 //! the bridge follows, and the bridge commits and the mls-rs client follows.
 
-mod mls_support;
-
+use crate::mls_support::{Client as BridgeClient, open_store};
 use mimi_mls::{PortalGroup, Received};
 use mls_rs::identity::SigningIdentity;
 use mls_rs::identity::basic::{BasicCredential, BasicIdentityProvider};
 use mls_rs::{CipherSuite, CipherSuiteProvider, Client, CryptoProvider, MlsMessage};
 use mls_rs_crypto_rustcrypto::RustCryptoProvider;
-use mls_support::{Client as BridgeClient, open_store};
 
 const GROUP: &[u8] = b"mimi://bridge.example.org/r/interop";
 const ALICE: &str = "mimi://other.example.net/u/alice";

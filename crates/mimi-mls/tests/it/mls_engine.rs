@@ -2,10 +2,8 @@
 //! self-update, others' commits, reopen mid-life, continue with a member that did not restart), and the security
 //! behaviour (non-member, replay, wrong and too-old epochs, removal of the bridge).
 
-mod mls_support;
-
+use crate::mls_support::{Client, apply_commit, open_store, send};
 use mimi_mls::{EngineConfig, MlsError, PortalGroup, Received};
-use mls_support::{Client, apply_commit, open_store, send};
 
 const GROUP: &[u8] = b"mimi://bridge.example.org/r/rust";
 

@@ -2,11 +2,9 @@
 //! leaf, seen by native members as a real member, removed when idle, capped per portal, found again after a
 //! restart.
 
-mod mls_support;
-
+use crate::mls_support::{Client, open_store, send};
 use mimi_mls::{AddLeaf, EngineConfig, LeafChange, LeafPolicy, PortalGroup, Received, UserLeaves};
 use mimi_store::Store;
-use mls_support::{Client, open_store, send};
 use std::time::{Duration, Instant};
 
 const GROUP: &[u8] = b"mimi://bridge.example.org/r/leaves";

@@ -1,0 +1,7 @@
+//! bridge-core's integration tests: one test binary, so the crate links its tests once.
+
+mod crash;
+mod provider_portal;
+mod router;
+mod schema_v1;
+mod store_backends;

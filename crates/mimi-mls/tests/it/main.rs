@@ -1,0 +1,8 @@
+//! mimi-mls's integration tests: one test binary, so the crate links its tests once.
+
+mod mls_support;
+
+mod mls_engine;
+mod mls_interop;
+mod mls_leaves;
+mod mls_restart;
