@@ -9,6 +9,7 @@ mod client_api_auth;
 mod client_cli;
 mod content_cli;
 mod daemon;
+mod docs_paths;
 mod federation;
 mod http_clients;
 mod https;
