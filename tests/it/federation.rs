@@ -6,7 +6,7 @@
 //! Each daemon's `[[mimi.peer]]` URL for the other points at a transparent relay the test controls
 //! (`crate::client_support::relay`): it lets the test hold back the hub's notifies and see the hub's answers.
 
-use crate::client_support::daemon::{Daemon, free_port};
+use crate::client_support::daemon::{free_port, start, url};
 use crate::client_support::relay::Relay;
 use crate::client_support::{Spawned, client, texts};
 use mimi_bridge::mimi_http::http::request;
@@ -29,9 +29,9 @@ fn two_daemons_share_a_room_across_a_crash_and_an_epoch_change() {
     let (port_a, port_b) = (free_port(), free_port());
     let to_a = Relay::start(&rt, &format!("http://127.0.0.1:{port_a}"));
     let to_b = Relay::start(&rt, &format!("http://127.0.0.1:{port_b}"));
-    let a = Daemon::start(dir.path(), "a.test", port_a, &[("b.test", &to_b.url)]);
-    let mut b = Daemon::start(dir.path(), "b.test", port_b, &[("a.test", &to_a.url)]);
-    let (server_a, server_b) = (a.url(), b.url());
+    let a = start(dir.path(), "a.test", port_a, &[("b.test", &to_b.url)]);
+    let mut b = start(dir.path(), "b.test", port_b, &[("a.test", &to_a.url)]);
+    let (server_a, server_b) = (url(port_a), url(port_b));
 
     // Bad input at the provider-to-provider endpoints.
     let status = |url: String, from: &str, headers: &[(&str, &str)], body: Vec<u8>| {

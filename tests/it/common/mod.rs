@@ -300,7 +300,8 @@ pub fn lines_of(output: impl Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
-/// A running daemon process with its stdout lines.
+/// A `mimi-bridge run` process with its stdout lines: the one way the tests run the daemon as a process. It can
+/// be killed with SIGKILL and started again on the same config (same data directory and ports).
 pub struct Daemon {
     /// The process.
     pub child: Child,
@@ -308,6 +309,8 @@ pub struct Daemon {
     pub lines: Receiver<String>,
     /// Every line seen so far.
     pub seen: Vec<String>,
+    cmd: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -318,23 +321,66 @@ impl Daemon {
 
     /// Starts `mimi-bridge run --config cfg args…` with extra environment and waits for "bridge running".
     pub fn start_with(cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = vec!["run".to_owned(), "--config".to_owned(), cfg.display().to_string()];
+        cmd.extend(args.iter().map(|a| (*a).to_owned()));
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let (child, lines) = Self::spawn(&cmd, &env);
+        let mut d = Daemon { child, lines, seen: Vec::new(), cmd, env };
+        d.wait_started();
+        d
+    }
+
+    fn spawn(args: &[String], env: &[(String, String)]) -> (Child, Receiver<String>) {
         let mut cmd = Command::new(bin());
-        cmd.args(["run", "--config"]).arg(cfg).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("JOURNAL_STREAM");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("starts");
         let lines = lines_of(child.stdout.take().expect("stdout"));
-        let mut d = Daemon { child, lines, seen: Vec::new() };
-        assert!(d.wait_line("bridge running", Duration::from_secs(30)), "daemon did not start: {:?}", d.seen);
-        d
+        (child, lines)
+    }
+
+    fn wait_started(&mut self) {
+        let started = self.wait_line_after(self.seen.len(), "bridge running", Duration::from_secs(30));
+        assert!(started, "daemon did not start: {}", self.log());
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills it if it runs and starts it again with the same command line; returns once it runs.
+    pub fn restart(&mut self) {
+        self.kill();
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        let (child, lines) = Self::spawn(&self.cmd, &self.env);
+        (self.child, self.lines) = (child, lines);
+        self.wait_started();
+    }
+
+    /// Everything it printed so far (all runs).
+    pub fn log(&mut self) -> String {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        self.seen.join("\n")
     }
 
     /// Waits for a stdout line containing `needle`.
     pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> bool {
+        self.wait_line_after(0, needle, timeout)
+    }
+
+    /// Waits for a stdout line containing `needle` among the lines after the first `skip`.
+    fn wait_line_after(&mut self, skip: usize, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        if self.seen.iter().any(|l| l.contains(needle)) {
+        if self.seen.iter().skip(skip).any(|l| l.contains(needle)) {
             return true;
         }
         while Instant::now() < deadline {
@@ -369,8 +415,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
