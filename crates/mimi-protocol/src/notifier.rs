@@ -8,7 +8,7 @@
 //! pending entry is replaced by newer ones; once sent, its next entry goes to the back. A follower that refuses a
 //! notify (4xx: it does not follow the room, or does not know us) is not asked again for that entry.
 //!
-//! The IO shell (`src/mimi_http/outbound.rs`) runs one queue per follower: it sends [`NotifyQueue::next`], reports
+//! The IO shell (`mimi-provider`'s `federation::notify`) runs one queue per follower: it sends [`NotifyQueue::next`], reports
 //! the [`Outcome`], and waits as long as [`NotifyQueue::on_result`] says before the next attempt.
 
 use std::collections::{HashMap, VecDeque};

@@ -1,14 +1,23 @@
 //! # mimi-provider
 //!
-//! The MIMI provider service: the IO shell around `mimi-protocol`'s state machines.
+//! The MIMI provider service: the IO shell around `mimi-protocol`'s state machines, and everything a provider
+//! decides, whatever carries its requests (HTTP in the daemon, in-process in tests).
 //!
 //! * [`service`] — [`Provider`]: rooms this daemon hosts (hub) or follows, native users and their KeyPackages,
 //!   wake-ups of long-polls, the notifies owed to followers;
-//! * [`log`] — the durable records (`hub_log`, `mimi_users` trees).
+//! * [`log`] — the durable records (`hub_log`, `mimi_users` trees);
+//! * [`peer_client`] — [`PeerClient`]: what a provider asks of a peer, typed (the daemon implements it over HTTP);
+//! * [`federation`] — [`Federation`]: a provider with its peers, and the federation procedures: forwarding our
+//!   clients' messages and updates to other hubs, GroupInfo and KeyPackages from other providers, catch-up from a
+//!   hub's log, notifies to our followers;
+//! * [`failure`] — [`Failure`]: a request not served, with its HTTP-like status;
 //!
-//! What crosses the network (HTTP endpoints, requests to peers) lives in the daemon (`src/mimi_http/`).
+//! The daemon's HTTP layer (`src/mimi_http/`) serves the endpoints.
 
+pub mod failure;
+pub mod federation;
 pub mod log;
+pub mod peer_client;
 pub mod service;
 
 #[cfg(test)]
@@ -16,7 +25,10 @@ mod service_tests;
 #[cfg(test)]
 pub(crate) mod tests_support;
 
+pub use failure::{Failure, Status};
+pub use federation::{Federation, HubVerdict, Verdict};
 pub use mimi_protocol::{JoinPolicy, Origin, Refusal, Sequenced};
+pub use peer_client::{HubAnswer, PeerClient, PeerError};
 pub use service::{PeerNotify, Provider, ProviderError, RoomRoute};
 
 /// The trees this crate owns.

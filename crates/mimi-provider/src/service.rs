@@ -1,7 +1,8 @@
 //! [`Provider`]: the in-process shell around the hub and follower state machines — the store, the wake-ups of
-//! waiting clients, the queue of notifies for followers. It does no network IO itself: the HTTP layer
-//! (`src/mimi_http/`) asks [`Provider::route`] where a request goes, forwards what belongs to another hub, drains
-//! [`Provider::take_outbound`], and calls [`Provider::accept_entries`] for notifies and log pages it receives.
+//! waiting clients, the queue of notifies for followers. It does no network IO itself: the
+//! [federation procedures](crate::federation) ask [`Provider::route`] where a request goes, forward what belongs
+//! to another hub, drain [`Provider::take_outbound`], and call [`Provider::accept_entries`] for notifies and log
+//! pages they receive.
 //!
 //! A room is followed ([`Provider::follow`]) when one of our KeyPackages is handed out for it, or — tentatively,
 //! until the hub accepts it ([`Provider::follow_for_update`]) — when one of our users sends it an update (an
@@ -257,7 +258,7 @@ impl Provider {
         &self.inner.store
     }
 
-    /// The queue of notifies for followers (once; the HTTP layer's sender task owns it).
+    /// The queue of notifies for followers (once; [`Federation::run_notifier`](crate::Federation::run_notifier) owns it).
     pub fn take_outbound(&self) -> Option<mpsc::UnboundedReceiver<PeerNotify>> {
         lock(&self.inner.outbound_rx).take()
     }

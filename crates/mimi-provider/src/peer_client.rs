@@ -1,0 +1,113 @@
+//! [`PeerClient`]: what a provider asks of another provider (draft-ietf-mimi-protocol-06 §5, and our `/v1/log`),
+//! with typed requests and answers. The daemon implements it over HTTP(S); [`crate::testing`] routes it to other
+//! [`Provider`](crate::Provider)s in the same process.
+
+use crate::failure::{Failure, Status};
+use async_trait::async_trait;
+use mimi_protocol::wire::{
+    FanoutMessage, GroupInfoRequest, GroupInfoResponse, KeyMaterialRequest, KeyMaterialResponse, LogPage,
+    SubmitMessageRequest, SubmitMessageResponse, UpdateRequest, UpdateRoomResponse,
+};
+
+/// A hub's answer to a submitted message or an update, with the sequence number it gave the message in its log
+/// (our `Mimi-Sequence` extension; `None` if the hub did not say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubAnswer<T> {
+    /// The answer.
+    pub answer: T,
+    /// The hub's sequence number of the accepted message.
+    pub seq: Option<u64>,
+}
+
+/// Why a peer gave no successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The domain is not a configured peer: nothing was sent.
+    #[error("{0} is not a configured peer")]
+    NotAPeer(String),
+    /// The request could not be made (nothing was sent).
+    #[error("{0}")]
+    Local(String),
+    /// No answer, or none we could read (unreachable, timed out, over the size limit, undecodable): the peer
+    /// may have acted on the request.
+    #[error("{0}")]
+    Unclear(String),
+    /// The peer answered with this HTTP-like status instead of success, and this reason.
+    #[error("the hub answered {status}: {reason}")]
+    Status {
+        /// The status code.
+        status: u16,
+        /// The peer's reason (the `error` of its JSON body, or empty).
+        reason: String,
+    },
+}
+
+impl PeerError {
+    /// What our client is answered when its request to the peer failed: a refusal of the peer with 403 or 404
+    /// passes through, the rest is a bad gateway. `what` names the request (`"update"`).
+    pub fn failure(&self, what: &str) -> Failure {
+        match self {
+            Self::NotAPeer(_) | Self::Unclear(_) => Failure::bad_gateway(self),
+            Self::Local(_) => Failure::bad_request(self),
+            Self::Status { status, reason } => {
+                let kind = match status {
+                    403 => Status::Forbidden,
+                    404 => Status::NotFound,
+                    _ => Status::BadGateway,
+                };
+                Failure::new(kind, format!("{what}: the hub answered {status}: {reason}"))
+            }
+        }
+    }
+
+    /// True if the peer surely did not act on the request: nothing was sent, or it answered with a 4xx.
+    pub fn surely_refused(&self) -> bool {
+        match self {
+            Self::NotAPeer(_) | Self::Local(_) => true,
+            Self::Unclear(_) => false,
+            Self::Status { status, .. } => (400..500).contains(status),
+        }
+    }
+}
+
+/// What a provider asks of a peer. `hub`, `peer` and `follower` are the asked provider's domain; the asking
+/// provider is the one the client belongs to (it names itself: `From: mimi@DOMAIN` over HTTP).
+#[async_trait]
+pub trait PeerClient: Send + Sync {
+    /// True if `domain` is a peer we talk to (configured): only those are asked, and only those are heard.
+    fn is_peer(&self, domain: &str) -> bool;
+
+    /// `POST /v1/submitMessage/{room}`: an application message of one of our users, to the room's hub.
+    async fn submit_message(
+        &self,
+        hub: &str,
+        room: &str,
+        request: &SubmitMessageRequest,
+    ) -> Result<HubAnswer<SubmitMessageResponse>, PeerError>;
+
+    /// `POST /v1/update/{room}`: a commit or proposals of our user `requester`, to the room's hub.
+    async fn update(
+        &self,
+        hub: &str,
+        room: &str,
+        requester: &str,
+        request: &UpdateRequest,
+    ) -> Result<HubAnswer<UpdateRoomResponse>, PeerError>;
+
+    /// `POST /v1/groupInfo/{room}`: the room's GroupInfo, asked of its hub with a signed request.
+    async fn group_info(
+        &self,
+        hub: &str,
+        room: &str,
+        request: &GroupInfoRequest,
+    ) -> Result<GroupInfoResponse, PeerError>;
+
+    /// `POST /v1/keyMaterial/{targetUser}`: claims KeyPackages of `request.target_user`, a user of `peer`.
+    async fn key_material(&self, peer: &str, request: &KeyMaterialRequest) -> Result<KeyMaterialResponse, PeerError>;
+
+    /// `GET /v1/log/{room}?after=N`: a page of the hub's log of `room` after `after`.
+    async fn log(&self, hub: &str, room: &str, after: u64) -> Result<LogPage, PeerError>;
+
+    /// `POST /v1/notify/{room}`: entry `seq` of a room we host, to one of its followers.
+    async fn notify(&self, follower: &str, room: &str, seq: u64, fanout: &FanoutMessage) -> Result<(), PeerError>;
+}
