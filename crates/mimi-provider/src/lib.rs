@@ -10,15 +10,24 @@
 //! * [`federation`] — [`Federation`]: a provider with its peers, and the federation procedures: forwarding our
 //!   clients' messages and updates to other hubs, GroupInfo and KeyPackages from other providers, catch-up from a
 //!   hub's log, notifies to our followers;
+//! * [`native_clients`] — [`NativeClients`]: the client API's policy (registration, authentication, names,
+//!   participants, where a request goes);
+//! * [`peer_api`] — [`PeerApi`]: what we serve our peers, and who may ask what;
+//! * [`pages`] — pages of a room's log;
 //! * [`failure`] — [`Failure`]: a request not served, with its HTTP-like status;
+//! * [`testing`] — [`testing::MemoryNetwork`]: providers of one process reaching each other, for tests.
 //!
-//! The daemon's HTTP layer (`src/mimi_http/`) serves the endpoints.
+//! The daemon (`src/mimi_http/`) only decodes requests, calls one method here, and encodes the answer.
 
 pub mod failure;
 pub mod federation;
 pub mod log;
+pub mod native_clients;
+pub mod pages;
+pub mod peer_api;
 pub mod peer_client;
 pub mod service;
+pub mod testing;
 
 #[cfg(test)]
 mod service_tests;
@@ -28,6 +37,8 @@ pub(crate) mod tests_support;
 pub use failure::{Failure, Status};
 pub use federation::{Federation, HubVerdict, Verdict};
 pub use mimi_protocol::{JoinPolicy, Origin, Refusal, Sequenced};
+pub use native_clients::{Client, NativeClients, Registered, Registration};
+pub use peer_api::{HeardPeer, PeerApi};
 pub use peer_client::{HubAnswer, PeerClient, PeerError};
 pub use service::{PeerNotify, Provider, ProviderError, RoomRoute};
 

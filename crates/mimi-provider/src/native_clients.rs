@@ -1,0 +1,272 @@
+//! The client API's policy for native MLS clients (the daemon's `/client/v1/...`), whatever carries it: who may
+//! register ([`Registration`]), who a request is from ([`NativeClients::authenticate`]: user URI and bearer
+//! token against the stored SHA-256), which names are valid, that only participants invite or publish a room's
+//! GroupInfo, and where a request about a room goes — our hub, or, through [`Federation`], the hub of a room
+//! hosted elsewhere.
+//!
+//! The provider never sees a client's private keys or plaintext: clients send MLS messages they made themselves.
+
+use crate::failure::{Failure, Status};
+use crate::federation::{Federation, Verdict};
+use crate::pages::page_after;
+use crate::service::{Provider, RoomRoute, uri_domain};
+use mimi_protocol::hub::{JoinPolicy, Origin};
+use mimi_protocol::wire::{GroupInfoRequest, GroupInfoResponse, LogPage, MlsMessageBytes, UpdateRequest};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// Longest long-poll wait of [`NativeClients::messages`].
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Who may register native users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// Anyone (development mode on loopback).
+    Open,
+    /// Whoever presents this token (compared in constant time).
+    Token(String),
+    /// Nobody.
+    Closed,
+}
+
+/// A native user whose request carried valid credentials (only [`NativeClients::authenticate`] makes one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    uri: String,
+}
+
+impl Client {
+    /// The user's URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+}
+
+/// A newly registered user: its URI and its API token (only its SHA-256 is kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The user's URI.
+    pub uri: String,
+    /// The bearer token for its requests.
+    pub token: String,
+}
+
+/// The native clients of a provider.
+#[derive(Debug, Clone)]
+pub struct NativeClients {
+    federation: Federation,
+    registration: Registration,
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sha256_hex(s: &str) -> String {
+    to_hex(&Sha256::digest(s.as_bytes()))
+}
+
+fn same_secret(a: &str, b: &str) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()).into()
+}
+
+/// 400 unless `user` (a name or a URI) is a valid user name.
+fn check_user_name(user: &str) -> Result<(), Failure> {
+    if user.is_empty() || user.contains(char::is_whitespace) {
+        return Err(Failure::bad_request("bad user name"));
+    }
+    Ok(())
+}
+
+/// 400 unless `name` is a valid room name (the last segment of the room's URI).
+fn check_room_name(name: &str) -> Result<(), Failure> {
+    if name.is_empty() || name.contains(['/', ' ']) {
+        return Err(Failure::bad_request("bad room name"));
+    }
+    Ok(())
+}
+
+/// A `GroupInfoRequest` whose signature verifies (400 otherwise).
+pub(crate) fn verified(request: &GroupInfoRequest) -> Result<(), Failure> {
+    request.verify().map_err(|e| Failure::bad_request(format!("GroupInfoRequest: {e}")))
+}
+
+impl NativeClients {
+    /// The native clients of `federation`'s provider, registered under `registration`.
+    pub fn new(federation: Federation, registration: Registration) -> Self {
+        Self { federation, registration }
+    }
+
+    /// The provider and its peers.
+    pub fn federation(&self) -> &Federation {
+        &self.federation
+    }
+
+    fn provider(&self) -> &Provider {
+        self.federation.provider()
+    }
+
+    /// Registers `user` (a name, or a URI of our domain), if the registration policy lets the holder of `token`
+    /// in; a fresh API token for it. Registering again needs the same token (409 otherwise).
+    pub async fn register(&self, user: &str, token: Option<&str>) -> Result<Registered, Failure> {
+        match &self.registration {
+            Registration::Open => {}
+            Registration::Token(t) if token.is_some_and(|given| same_secret(given, t)) => {}
+            Registration::Token(_) => return Err(Failure::forbidden("registration needs a valid token")),
+            Registration::Closed => return Err(Failure::forbidden("registration is closed")),
+        }
+        let uri = if user.starts_with("mimi://") {
+            user.to_owned()
+        } else {
+            format!("mimi://{}/u/{user}", self.provider().domain())
+        };
+        check_user_name(user)?;
+        let token = to_hex(&rand::random::<[u8; 32]>());
+        self.provider().register_user(&uri, &sha256_hex(&token)).await?;
+        Ok(Registered { uri, token })
+    }
+
+    /// The user of a request that names `user` and presents the bearer `token` (401 unless both are there and the
+    /// token's SHA-256 is the one stored for the user; compared in constant time).
+    pub fn authenticate(&self, user: Option<&str>, token: Option<&str>) -> Result<Client, Failure> {
+        let unauthorized = || Failure::new(Status::Unauthorized, "missing or bad credentials");
+        let (uri, token) = user.zip(token).ok_or_else(unauthorized)?;
+        let rec = self.provider().user(uri)?.ok_or_else(unauthorized)?;
+        if same_secret(&sha256_hex(token), &rec.token_sha256) {
+            Ok(Client { uri: uri.to_owned() })
+        } else {
+            Err(unauthorized())
+        }
+    }
+
+    /// Stores KeyPackages (MLSMessages) the client made.
+    pub async fn upload_key_packages(&self, client: &Client, key_packages: &[MlsMessageBytes]) -> Result<(), Failure> {
+        Ok(self.provider().upload_key_packages(&client.uri, key_packages).await?)
+    }
+
+    /// Creates room `name` of our domain (group id = its URI) at `epoch`, with the client as first participant;
+    /// the room's URI.
+    pub async fn create_room(
+        &self,
+        client: &Client,
+        name: &str,
+        epoch: u64,
+        invite_only: bool,
+    ) -> Result<String, Failure> {
+        check_room_name(name)?;
+        let room = format!("mimi://{}/r/{name}", self.provider().domain());
+        let policy = if invite_only { JoinPolicy::Invite } else { JoinPolicy::Open };
+        self.provider().create_room(&room, room.as_bytes(), epoch, &client.uri, policy, false).await?;
+        Ok(room)
+    }
+
+    /// The GroupInfo MLSMessage (with ratchet tree) of `room`: ours, or for a room hosted elsewhere the hub's,
+    /// asked for with a request signed by our own hub key (so only open rooms answer).
+    pub async fn group_info(&self, _client: &Client, room: &str) -> Result<Vec<u8>, Failure> {
+        match self.federation.remote_hub(room)? {
+            None => {
+                self.provider().group_info(room)?.ok_or_else(|| Failure::not_found("no GroupInfo for this room yet"))
+            }
+            Some(hub) => self.federation.fetch_group_info(room, &hub).await,
+        }
+    }
+
+    /// The hub's answer to the client's own signed `GroupInfoRequest` (400 if its signature does not verify):
+    /// ours (`noSuchRoom` for a room unknown here), or the remote hub's, unchanged.
+    pub async fn request_group_info(
+        &self,
+        _client: &Client,
+        room: &str,
+        request: &GroupInfoRequest,
+    ) -> Result<GroupInfoResponse, Failure> {
+        verified(request)?;
+        match self.federation.remote_hub(room) {
+            Ok(None) => Ok(self.provider().answer_group_info(room, request).await?),
+            Err(f) if f.status == Status::NotFound => Ok(self.provider().answer_group_info(room, request).await?),
+            Ok(Some(hub)) => self.federation.relay_group_info_request(room, &hub, request).await,
+            Err(f) => Err(f),
+        }
+    }
+
+    /// 403 unless the client is a participant of `room` (hosted here): only members invite or publish GroupInfo.
+    pub fn require_participant(&self, client: &Client, room: &str) -> Result<(), Failure> {
+        if self.provider().is_participant(room, &client.uri)? {
+            Ok(())
+        } else {
+            Err(Failure::forbidden(format!("{} is not a participant of {room}", client.uri)))
+        }
+    }
+
+    /// A participant hands in the GroupInfo MLSMessage of the current epoch of `room` (hosted here).
+    pub async fn put_group_info(&self, client: &Client, room: &str, group_info: Vec<u8>) -> Result<(), Failure> {
+        self.require_participant(client, room)?;
+        let group_info = MlsMessageBytes::new(group_info).map_err(Failure::bad_request)?;
+        Ok(self.provider().put_group_info(room, group_info).await?)
+    }
+
+    /// Claims one KeyPackage (MLSMessage) of user `target`: ours, or from its provider. With `room` (hosted here;
+    /// the client must be a participant), the target goes on the room's participant list once a KeyPackage was
+    /// claimed — an invite.
+    pub async fn claim_key_package(
+        &self,
+        client: &Client,
+        target: &str,
+        room: Option<&str>,
+    ) -> Result<Vec<u8>, Failure> {
+        if let Some(room) = room {
+            self.require_participant(client, room)?;
+        }
+        let domain = uri_domain(target).ok_or_else(|| Failure::bad_request(format!("bad user URI {target:?}")))?;
+        let key_package = if domain != self.provider().domain() {
+            self.federation.claim_remote_key_package(&client.uri, target, domain, room.unwrap_or("")).await?
+        } else {
+            self.provider()
+                .claim_key_package(target)
+                .await?
+                .ok_or_else(|| Failure::not_found(format!("no KeyPackage left for {target}")))?
+        };
+        // The invitee goes on the participant list only once there is a KeyPackage to add them with.
+        if let Some(room) = room {
+            self.provider().add_participant(room, target).await?;
+        }
+        Ok(key_package)
+    }
+
+    /// The client's update (commit with Welcome and GroupInfo, or proposals) for `room`: sequenced by our hub, or
+    /// sent to the room's hub ([`Federation::update_through_hub`]).
+    pub async fn update(&self, client: &Client, room: &str, request: UpdateRequest) -> Result<Verdict, Failure> {
+        let user = &client.uri;
+        match self.federation.remote_hub(room)? {
+            None => Verdict::of_local(self.provider().update(room, request, user, Origin::Client(user.clone())).await),
+            Some(hub) => self.federation.update_through_hub(room, &hub, user, request).await,
+        }
+    }
+
+    /// The client's MLSMessage for `room`: sequenced by our hub, or — an application message — submitted to the
+    /// hub of a room we follow.
+    pub async fn submit(&self, client: &Client, room: &str, message: MlsMessageBytes) -> Result<Verdict, Failure> {
+        let user = &client.uri;
+        match self.provider().route(room)? {
+            RoomRoute::Hub => {
+                Verdict::of_local(self.provider().submit(room, message, user, Origin::Client(user.clone())).await)
+            }
+            RoomRoute::Follower { hub } => self.federation.forward_submit(room, &hub, user, message).await,
+            RoomRoute::Remote { .. } => Err(crate::ProviderError::UnknownRoom(room.to_owned()).into()),
+        }
+    }
+
+    /// The entries of `room` (ours, or our copy of the hub's log) after `after`, waiting up to `wait` (at most
+    /// [`MAX_WAIT`]) for one if there is none yet.
+    pub async fn messages(&self, _client: &Client, room: &str, after: u64, wait: Duration) -> Result<LogPage, Failure> {
+        let wait = wait.min(MAX_WAIT);
+        if self.provider().last_seq(room)? <= after && !wait.is_zero() {
+            self.provider().wait(room, after, wait).await?;
+        }
+        page_after(self.provider(), room, after)
+    }
+
+    /// The Welcomes waiting for the client: `(room, seq)`.
+    pub fn invites(&self, client: &Client) -> Result<Vec<(String, u64)>, Failure> {
+        Ok(self.provider().invites(&client.uri)?)
+    }
+}
