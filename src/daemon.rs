@@ -299,19 +299,19 @@ async fn serve_mimi(
     };
     let urls = cfg.mimi.peer.iter().map(|p| (p.domain.clone(), p.url.get_ref().clone())).collect();
     let peers = Arc::new(mimi_http::http::Peers::new(urls, tls.clone()));
-    let provider = room.provider().clone();
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("mimi.listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let state = MimiState {
-        provider: provider.clone(),
+        provider: room.provider().clone(),
         room: Some(room),
         public_url: cfg.mimi.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")),
         registration,
-        peers: peers.clone(),
+        peers,
     };
-    let notifier = tokio::spawn(mimi_http::run_notifier(provider.clone(), peers.clone()));
-    let resync = tokio::spawn(mimi_http::resync_followed(provider, peers));
+    let federation = state.federation();
+    let notifier = tokio::spawn(federation.clone().run_notifier());
+    let resync = tokio::spawn(async move { federation.resync_followed().await });
     let app = mimi_http::router(state);
     let task = tokio::spawn(async move {
         let stopped = async move {

@@ -1,10 +1,14 @@
 //! The MIMI endpoints (draft-ietf-mimi-protocol-06 §5) and the client API for native MLS users, over axum.
-//! Thin: every decision is taken by `mimi_provider` ([`Provider`], [`MlsRooms`]).
+//! Thin: every decision is taken by `mimi_provider` — [`PeerApi`] for what peers ask of us, [`NativeClients`] for
+//! what native clients ask, [`Federation`] for what we ask of peers (forwarding to another room's hub, GroupInfo
+//! and KeyPackages from other providers, catch-up from a hub's log, notifies to our followers). Each handler
+//! decodes the request, calls one method of theirs, and encodes the answer; the extractors `Peer` and
+//! `ClientUser` ask them who a request is from.
 //!
 //! * [`peer`] — the provider-to-provider endpoints we serve;
 //! * [`client_api`] — the native clients' API;
-//! * [`outbound`] — what we ask of peers: forwarding to another room's hub, KeyPackages of other providers'
-//!   users, catch-up from a hub's log, notifies to our followers;
+//! * [`peer_client`] — [`HttpPeerClient`], the provider's [`PeerClient`](mimi_provider::PeerClient) over HTTP(S):
+//!   how our requests to peers are encoded, sent and their answers read;
 //! * [`http`] — the configured peers and the small HTTP(S) client that reaches them.
 //!
 //! # Provider-to-provider (`/v1/...`), bodies in TLS presentation language
@@ -56,7 +60,7 @@
 //! For a room whose hub is a configured peer the daemon is its clients' go-between: a client's `GroupInfoRequest` is passed
 //! to the hub's `/v1/groupInfo`, `update` goes to the hub's `/v1/update` (we follow the room from then on; a room we
 //! did not follow yet is followed tentatively and forgotten again if the hub refuses the update:
-//! [`Provider::follow_for_update`]),
+//! [`Federation::update_through_hub`]),
 //! `submit` — application messages only — to its `/v1/submitMessage`, and `messages` reads our copy of the hub's
 //! log. When the hub answers that the room moved to a newer epoch, we catch up from its log before answering 409,
 //! so the client finds the commit it missed. `keyPackage` of another provider's user is claimed from that
@@ -64,43 +68,26 @@
 
 pub mod client_api;
 pub mod http;
-pub mod outbound;
 pub mod peer;
+pub mod peer_client;
 
-pub use outbound::{catch_up, resync_followed, run_notifier};
+pub use mimi_provider::Registration;
+pub use mimi_provider::pages::MAX_PAGE_BYTES;
+pub use peer_client::HttpPeerClient;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bridge_core::mls_rooms::MlsRooms;
-use mimi_protocol::hub::Refusal;
-use mimi_protocol::wire::{LogPage, SequencedFanout, WireMessage};
-use mimi_provider::service::{Provider, ProviderError};
+use mimi_protocol::wire::WireMessage;
+use mimi_provider::{Client, Failure, Federation, HeardPeer, NativeClients, PeerApi, Provider, Verdict};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Largest request body accepted (413 above).
 pub const MAX_BODY: usize = 1 << 20;
-/// Longest long-poll wait.
-const MAX_WAIT: Duration = Duration::from_secs(60);
-/// Most log entries per answer.
-const PAGE: usize = 256;
-/// Most bytes of log entries per answer (a longer run is cut; the first entry is always served, and is at most
-/// about [`MAX_BODY`]).
-pub const MAX_PAGE_BYTES: usize = 4 << 20;
-
-/// Who may register native users.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Registration {
-    /// Anyone (development mode on loopback).
-    Open,
-    /// Whoever presents this token.
-    Token(String),
-    /// Nobody.
-    Closed,
-}
 
 /// What the endpoints need.
 #[derive(Clone)]
@@ -117,8 +104,32 @@ pub struct MimiState {
     pub peers: Arc<http::Peers>,
 }
 
+impl MimiState {
+    /// The provider with its peers reached over HTTP(S): for the notifier and the resync at start.
+    pub fn federation(&self) -> Federation {
+        Federation::new(
+            self.provider.clone(),
+            Arc::new(HttpPeerClient::new(self.peers.clone(), self.provider.domain())),
+        )
+    }
+}
+
+/// The state of the handlers: the provider's services.
+#[derive(Clone)]
+struct Served {
+    clients: NativeClients,
+    peers: PeerApi,
+    public_url: Arc<str>,
+}
+
 /// The router of the MIMI endpoints and the client API.
 pub fn router(state: MimiState) -> Router {
+    let federation = state.federation();
+    let served = Served {
+        clients: NativeClients::new(federation.clone(), state.registration.clone()),
+        peers: PeerApi::new(federation),
+        public_url: state.public_url.as_str().into(),
+    };
     // Over TLS, a peer's certificate must be valid for the domain it claims (`mimi_tls::require_peer`).
     let peer_routes = Router::new()
         .route("/v1/submitMessage/{*room}", post(peer::submit_message))
@@ -144,7 +155,7 @@ pub fn router(state: MimiState) -> Router {
         .route("/client/v1/messages/{*room}", get(client_api::messages))
         .route("/client/v1/invites", get(client_api::invites))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .with_state(served)
 }
 
 /// An error answer: status and reason.
@@ -157,20 +168,13 @@ impl IntoResponse for Fail {
     }
 }
 
-impl From<ProviderError> for Fail {
-    fn from(e: ProviderError) -> Self {
-        let status = match &e {
-            ProviderError::UnknownRoom(_) | ProviderError::UnknownUser(_) => StatusCode::NOT_FOUND,
-            ProviderError::NotHub { .. } => StatusCode::MISDIRECTED_REQUEST,
-            ProviderError::Refused(Refusal::Malformed(_)) | ProviderError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProviderError::Refused(Refusal::NotAllowed(_)) => StatusCode::FORBIDDEN,
-            ProviderError::Refused(Refusal::EpochTooOld { .. }) | ProviderError::Exists(_) => StatusCode::CONFLICT,
-            ProviderError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        Fail(status, e.to_string())
+impl From<Failure> for Fail {
+    fn from(f: Failure) -> Self {
+        Fail(StatusCode::from_u16(f.status.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), f.reason)
     }
 }
 
+/// A request we could not decode: 400.
 fn bad(e: impl std::fmt::Display) -> Fail {
     Fail(StatusCode::BAD_REQUEST, e.to_string())
 }
@@ -179,35 +183,21 @@ fn tls(bytes: Vec<u8>) -> Response {
     ([("content-type", "application/mimi-protocol")], bytes).into_response()
 }
 
-/// A log page of the first `entries` that fit in `max_bytes` (encoded), the first one always.
-fn log_page(mut entries: Vec<SequencedFanout>, max_bytes: usize) -> LogPage {
-    let mut total = 0usize;
-    let keep = entries
-        .iter()
-        .position(|e| {
-            total = total.saturating_add(e.encode().map_or(usize::MAX, |v| v.len()));
-            total > max_bytes
-        })
-        .unwrap_or(entries.len())
-        .max(1);
-    entries.truncate(keep);
-    LogPage(entries)
-}
-
 fn encode(m: &impl WireMessage) -> Result<Response, Fail> {
     m.encode().map(tls).map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-/// The client API's answer to an accepted message: its sequence number in the hub's log (`null` if a remote hub
-/// did not say).
-fn accepted(seq: Option<u64>) -> Response {
-    Json(serde_json::json!({ "seq": seq })).into_response()
-}
-
-/// The client API's answer when the hub moved past the message's epoch.
-fn epoch_too_old(current_epoch: u64) -> Response {
-    (StatusCode::CONFLICT, Json(serde_json::json!({ "error": "epoch_too_old", "current_epoch": current_epoch })))
-        .into_response()
+/// The client API's answer to a message: `{"seq"}` once sequenced (`null` if a remote hub did not say), or 409
+/// `{"error":"epoch_too_old","current_epoch"}` when the hub moved past the message's epoch.
+fn verdict(v: Result<Verdict, Failure>) -> Result<Response, Fail> {
+    Ok(match v? {
+        Verdict::Accepted { seq } => Json(serde_json::json!({ "seq": seq })).into_response(),
+        Verdict::EpochTooOld { current_epoch } => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({ "error": "epoch_too_old", "current_epoch": current_epoch })),
+        )
+            .into_response(),
+    })
 }
 
 /// `{roomId}` (or `{targetUser}`) → URI.
@@ -231,43 +221,31 @@ fn query_u64(uri: &Uri, key: &str) -> Result<u64, Fail> {
     query(uri, key).map(|v| v.parse().map_err(|_| bad(format!("bad {key}")))).unwrap_or(Ok(0))
 }
 
-/// The configured peer named by `From: mimi@DOMAIN`, or 403.
-fn peer_of(state: &MimiState, headers: &HeaderMap) -> Result<String, Fail> {
-    let from = headers.get("from").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let domain = from.strip_prefix("mimi@").unwrap_or("");
-    if domain.is_empty() || !state.peers.contains_key(domain) {
-        return Err(Fail(StatusCode::FORBIDDEN, format!("peer {from:?} is not configured")));
-    }
-    Ok(domain.to_owned())
+fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mimi_protocol::wire::{FanoutMessage, MlsMessageBytes};
+/// The configured peer a provider-to-provider request comes from (`From: mimi@DOMAIN`), as [`PeerApi::hear`]
+/// hears it (403 otherwise). Taken before the body is read, so an unknown peer learns nothing of its body.
+struct Peer(HeardPeer);
 
-    /// Log entry `seq`: a made-up PrivateMessage with `len` bytes of ciphertext.
-    pub(super) fn entry(seq: u64, len: usize) -> SequencedFanout {
-        // A PrivateMessage (mls10, wire format 2): group id "x", epoch 1, application content, no authenticated
-        // data, one byte of sender data, `len` (< 16384) bytes of ciphertext.
-        let mut m = vec![0, 1, 0, 2, 1, b'x', 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 0];
-        match u8::try_from(len) {
-            Ok(short) if short < 64 => m.push(short),
-            _ => m.extend((u16::try_from(len).expect("short") | 0x4000).to_be_bytes()),
-        }
-        m.extend(std::iter::repeat_n(0u8, len));
-        let msg = MlsMessageBytes::new(m).expect("framed");
-        SequencedFanout { seq, fanout: FanoutMessage::plain(seq, msg) }
+impl FromRequestParts<Served> for Peer {
+    type Rejection = Fail;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Served) -> Result<Self, Fail> {
+        Ok(Self(s.peers.hear(header(parts, "from").unwrap_or(""))?))
     }
+}
 
-    #[test]
-    fn log_pages_are_cut_by_bytes_but_never_empty() {
-        let entries: Vec<_> = (1..=10).map(|s| entry(s, 1000)).collect();
-        let one = entries[0].encode().expect("encode").len();
-        assert_eq!(log_page(entries.clone(), usize::MAX).0.len(), 10);
-        assert_eq!(log_page(entries.clone(), 3 * one).0.len(), 3);
-        assert_eq!(log_page(entries.clone(), 3 * one - 1).0.len(), 2);
-        assert_eq!(log_page(entries.clone(), 10).0.len(), 1, "one entry even if larger");
-        assert!(log_page(Vec::new(), 10).0.is_empty());
+/// The native user of a client request (`Mimi-User` and `Authorization: Bearer`), as
+/// [`NativeClients::authenticate`] finds it (401 otherwise). Taken before the body is read.
+struct ClientUser(Client);
+
+impl FromRequestParts<Served> for ClientUser {
+    type Rejection = Fail;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Served) -> Result<Self, Fail> {
+        let token = header(parts, "authorization").and_then(|v| v.strip_prefix("Bearer "));
+        Ok(Self(s.clients.authenticate(header(parts, "mimi-user"), token)?))
     }
 }
