@@ -8,7 +8,7 @@
 //!   certificate is optional at the TLS layer because native MLS clients authenticate with bearer tokens;
 //!   [`require_peer`] makes it mandatory on the provider-to-provider routes and checks that it is valid for the
 //!   domain the request claims (`From: mimi@DOMAIN`), with webpki's own name matching.
-//! * Client side: [`MimiTls::connector`] opens TLS to a peer, presenting our certificate (the same one we serve).
+//! * Client side: [`MimiTls::connect`] opens TLS to a peer, presenting our certificate (the same one we serve).
 //!
 //! Without `mimi.tls_cert`, the daemon runs in plain-HTTP development mode on loopback only (see `config.rs`).
 
