@@ -2,40 +2,11 @@
 //! KeyPackage "for" the room, which puts the invitee on the participant list) or publish its GroupInfo; an
 //! invitee goes on the list only once a KeyPackage was actually claimed.
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use mimi_bridge::mimi_http::{MimiState, Registration, router};
+use crate::common::api::{call, register, serve};
 use mimi_provider::{JoinPolicy, Provider};
 use mimi_store::{Backend, CommitConfig};
-use std::sync::Arc;
 
 const ROOM: &str = "mimi://a.test/r/private";
-
-async fn call(addr: &str, method: &str, path: &str, who: Option<&(String, String)>, body: &str) -> (u16, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("http");
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr)
-        .header("content-type", "application/json");
-    if let Some((uri, token)) = who {
-        req = req.header("authorization", format!("Bearer {token}")).header("mimi-user", uri);
-    }
-    let resp =
-        send.send_request(req.body(Full::new(Bytes::from(body.to_owned()))).expect("request")).await.expect("answer");
-    let status = resp.status().as_u16();
-    (status, String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes()).into_owned())
-}
-
-async fn register(addr: &str, name: &str) -> (String, String) {
-    let (status, body) = call(addr, "POST", "/client/v1/register", None, &format!(r#"{{"user":"{name}"}}"#)).await;
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    (v["uri"].as_str().expect("uri").to_owned(), v["token"].as_str().expect("token").to_owned())
-}
 
 #[tokio::test]
 async fn only_participants_invite_or_publish_group_info() {
@@ -44,16 +15,7 @@ async fn only_participants_invite_or_publish_group_info() {
     let provider = Provider::open("a.test", store).expect("provider");
     let alice = "mimi://a.test/u/alice";
     provider.create_room(ROOM, ROOM.as_bytes(), 0, alice, JoinPolicy::Invite, false).await.expect("room");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let state = MimiState {
-        provider: provider.clone(),
-        room: None,
-        public_url: format!("http://{addr}"),
-        registration: Registration::Open,
-        peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
-    };
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let addr = serve(&provider).await;
     let a = register(&addr, "alice").await;
     let m = register(&addr, "mallory").await;
     let path = |user: &str| format!("/client/v1/keyPackage/{user}?room={}", ROOM.trim_start_matches("mimi://"));

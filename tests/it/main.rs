@@ -13,6 +13,7 @@ mod docs_paths;
 mod federation;
 mod http_clients;
 mod https;
+mod identities;
 mod irc_daemon;
 mod mimi_tls;
 mod no_loss;

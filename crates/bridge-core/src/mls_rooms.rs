@@ -269,10 +269,16 @@ impl MlsRooms {
             }
             Err(e) => return Err(unavailable(e)),
         };
-        self.provider
-            .create_room(&room, gid, group.epoch(), self.member.uri(), self.policy, true)
-            .await
-            .map_err(unavailable)?;
+        match self.provider.create_room(&room, gid, group.epoch(), self.member.uri(), self.policy, true).await {
+            Ok(()) => {}
+            Err(ProviderError::Exists(_)) => {
+                return Err(RoomError::Refused(format!(
+                    "portal {portal}: the room {room} exists on this hub and was not created by the bridge (a native \
+                     user made it first); rename the portal or remove that room"
+                )));
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
         self.serve_group_info(&room, &group);
         let applied = Records(self.provider.store()).cursor(&room, CURSOR).map_err(unavailable)?;
         let store = self.provider.store();

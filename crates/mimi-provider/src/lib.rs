@@ -21,6 +21,7 @@
 
 pub mod failure;
 pub mod federation;
+pub mod key_packages;
 pub mod log;
 pub mod native_clients;
 pub mod pages;

@@ -135,15 +135,22 @@ pub mod write {
         b.put(MIMI_USERS, k, kp.to_vec());
     }
 
-    /// A claimed KeyPackage's ref → its user.
-    pub fn claimed(b: &mut Batch, user: &str, id: u64, kp_ref: &[u8]) {
+    /// A claimed KeyPackage's ref → its user; the KeyPackage itself is removed unless `keep` (a last-resort one).
+    pub fn claimed(b: &mut Batch, user: &str, id: u64, kp_ref: &[u8], keep: bool) {
+        if !keep {
+            drop_key_package(b, user, id);
+        }
+        let mut r = vec![b'R'];
+        r.extend_from_slice(kp_ref);
+        b.put(MIMI_USERS, r, user.as_bytes().to_vec());
+    }
+
+    /// Removes a stored KeyPackage of `user` (claimed, or no longer valid).
+    pub fn drop_key_package(b: &mut Batch, user: &str, id: u64) {
         let mut k = vec![b'K'];
         k.extend(lp(user.as_bytes()));
         k.extend_from_slice(&id.to_be_bytes());
         b.delete(MIMI_USERS, k);
-        let mut r = vec![b'R'];
-        r.extend_from_slice(kp_ref);
-        b.put(MIMI_USERS, r, user.as_bytes().to_vec());
     }
 
     /// A Welcome for `user` at `seq` of `room`.

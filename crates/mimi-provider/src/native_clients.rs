@@ -70,18 +70,45 @@ fn same_secret(a: &str, b: &str) -> bool {
     subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()).into()
 }
 
-/// 400 unless `user` (a name or a URI) is a valid user name.
-fn check_user_name(user: &str) -> Result<(), Failure> {
-    if user.is_empty() || user.contains(char::is_whitespace) {
-        return Err(Failure::bad_request("bad user name"));
+/// Longest user or room name (the last segment of its URI).
+pub const MAX_NAME: usize = 64;
+
+/// User names the bridge keeps for itself: its own MLS identity (`mimi://DOMAIN/u/bridge`). Legacy users'
+/// identities (`NETWORK.ACCOUNT~ESCAPED`) cannot be registered either: `~` is not a name character.
+pub const RESERVED_USERS: &[&str] = &["bridge"];
+
+/// True if `name` is 1 to [`MAX_NAME`] of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+fn is_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The URI a registration for `user` (a name, or a URI of `domain`) asks for: 400 unless the name is valid, 403 if
+/// it is reserved.
+fn user_uri(user: &str, domain: &str) -> Result<String, Failure> {
+    let name = match user.strip_prefix("mimi://") {
+        None => user,
+        Some(rest) => rest
+            .strip_prefix(domain)
+            .and_then(|r| r.strip_prefix("/u/"))
+            .ok_or_else(|| Failure::bad_request(format!("{user} is not a user URI of {domain}")))?,
+    };
+    if !is_name(name) {
+        return Err(Failure::bad_request(format!(
+            "bad user name {name:?}: 1 to {MAX_NAME} of A-Z a-z 0-9 . _ - (legacy users' names with ~ are the bridge's)"
+        )));
     }
-    Ok(())
+    if RESERVED_USERS.contains(&name) {
+        return Err(Failure::forbidden(format!("the user name {name:?} is reserved for the bridge")));
+    }
+    Ok(format!("mimi://{domain}/u/{name}"))
 }
 
 /// 400 unless `name` is a valid room name (the last segment of the room's URI).
 fn check_room_name(name: &str) -> Result<(), Failure> {
-    if name.is_empty() || name.contains(['/', ' ']) {
-        return Err(Failure::bad_request("bad room name"));
+    if !is_name(name) {
+        return Err(Failure::bad_request(format!("bad room name {name:?}: 1 to {MAX_NAME} of A-Z a-z 0-9 . _ -")));
     }
     Ok(())
 }
@@ -115,12 +142,7 @@ impl NativeClients {
             Registration::Token(_) => return Err(Failure::forbidden("registration needs a valid token")),
             Registration::Closed => return Err(Failure::forbidden("registration is closed")),
         }
-        let uri = if user.starts_with("mimi://") {
-            user.to_owned()
-        } else {
-            format!("mimi://{}/u/{user}", self.provider().domain())
-        };
-        check_user_name(user)?;
+        let uri = user_uri(user, self.provider().domain())?;
         let token = to_hex(&rand::random::<[u8; 32]>());
         self.provider().register_user(&uri, &sha256_hex(&token)).await?;
         Ok(Registered { uri, token })
@@ -175,11 +197,15 @@ impl NativeClients {
     /// ours (`noSuchRoom` for a room unknown here), or the remote hub's, unchanged.
     pub async fn request_group_info(
         &self,
-        _client: &Client,
+        client: &Client,
         room: &str,
         request: &GroupInfoRequest,
     ) -> Result<GroupInfoResponse, Failure> {
         verified(request)?;
+        // The request's credential is the one the join will use: it must be the authenticated user's.
+        if request.tbs.requesting_credential.basic_identity().as_deref() != Some(client.uri.as_bytes()) {
+            return Err(Failure::forbidden(format!("the GroupInfoRequest's credential is not {}'s", client.uri)));
+        }
         match self.federation.remote_hub(room) {
             Ok(None) => Ok(self.provider().answer_group_info(room, request).await?),
             Err(f) if f.status == Status::NotFound => Ok(self.provider().answer_group_info(room, request).await?),

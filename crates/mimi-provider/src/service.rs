@@ -15,6 +15,7 @@
 //! and written in one step), and the copy served is never replaced by an older epoch's.
 
 use super::log::{HUB_LOG, Records, RoomRecord, UserRecord, write};
+use crate::key_packages;
 use mimi_protocol::follower::{FollowerAction, FollowerRoom};
 use mimi_protocol::hub::{HubAction, HubRoom, JoinPolicy, Origin, Refusal, Sequenced};
 use mimi_protocol::inspect::{Inspected, inspect};
@@ -277,8 +278,12 @@ impl Provider {
         let durable = {
             let mut rooms = lock(&self.inner.rooms);
             if let Some(r) = rooms.get(room) {
+                // Creating again is a no-op only for its creator (still a participant): a room someone else made
+                // first — a user squatting a portal's name — is never adopted.
                 return match &r.role {
-                    Role::Hub(h) if h.state().group_id == group_id => Ok(()),
+                    Role::Hub(h) if h.state().group_id == group_id && h.state().participants.contains(creator) => {
+                        Ok(())
+                    }
                     _ => Err(ProviderError::Exists(room.to_owned())),
                 };
             }
@@ -763,43 +768,58 @@ impl Provider {
         Ok(Records(&self.inner.store).user(uri)?)
     }
 
-    /// Stores KeyPackages (MLSMessages) of a user.
+    /// Stores KeyPackages (MLSMessages) of a user: each must validate and name the user in its credential
+    /// ([`crate::key_packages`]); at most [`key_packages::MAX_STORED`] per user.
     pub async fn upload_key_packages(&self, user: &str, kps: &[MlsMessageBytes]) -> Result<(), ProviderError> {
         if Records(&self.inner.store).user(user)?.is_none() {
             return Err(ProviderError::UnknownUser(user.to_owned()));
         }
-        let mut b = Batch::new();
-        let base = now_ms().saturating_mul(1000);
+        let stored = Records(&self.inner.store).key_packages(user)?.len();
+        if stored + kps.len() > key_packages::MAX_STORED {
+            return Err(ProviderError::BadRequest(format!(
+                "{user} keeps {stored} KeyPackages; at most {} are stored",
+                key_packages::MAX_STORED
+            )));
+        }
         for (i, kp) in kps.iter().enumerate() {
-            if !matches!(inspect(kp), Ok(Inspected::KeyPackage)) {
-                return Err(ProviderError::BadRequest("not a KeyPackage".into()));
-            }
+            key_packages::check(kp.as_bytes(), user)
+                .map_err(|why| ProviderError::BadRequest(format!("KeyPackage {i}: {why}")))?;
+        }
+        // Ids order KeyPackages oldest first; the random middle keeps two uploads in the same millisecond apart.
+        let base = (now_ms() << 24) | (u64::from(rand::random::<u16>()) << 8);
+        let mut b = Batch::new();
+        for (i, kp) in kps.iter().enumerate() {
             write::key_package(&mut b, user, base + i as u64, kp.as_bytes());
         }
         self.inner.store.commit(b).await?;
         Ok(())
     }
 
-    /// Claims one KeyPackage of `user` (removing it, remembering its ref to route the Welcome).
+    /// Claims one KeyPackage of `user`, remembering its ref to route the Welcome: the oldest valid one, removed;
+    /// a last-resort one only when no other is left, and kept. KeyPackages that no longer validate are dropped.
     pub async fn claim_key_package(&self, user: &str) -> Result<Option<Vec<u8>>, ProviderError> {
-        use openmls::prelude::tls_codec::Deserialize as _;
-        use openmls::prelude::{KeyPackageIn, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
-        use openmls_rust_crypto::RustCrypto;
-        let kps = Records(&self.inner.store).key_packages(user)?;
-        let Some((id, bytes)) = kps.into_iter().next() else { return Ok(None) };
-        let mut slice = bytes.as_slice();
-        let parsed = MlsMessageIn::tls_deserialize(&mut slice).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
-        let MlsMessageBodyIn::KeyPackage(kp) = parsed.extract() else {
-            return Err(ProviderError::BadRequest("stored KeyPackage is not one".into()));
-        };
-        let _: &KeyPackageIn = &kp;
-        let crypto = RustCrypto::default();
-        let kp = kp.validate(&crypto, ProtocolVersion::Mls10).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
-        let r = kp.hash_ref(&crypto).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+        let stored = Records(&self.inner.store).key_packages(user)?;
+        let checked: Vec<_> = stored.iter().map(|(id, bytes)| (*id, key_packages::check(bytes, user))).collect();
+        let summary: Vec<_> =
+            checked.iter().map(|(id, c)| (*id, c.as_ref().map(|c| c.last_resort).map_err(Clone::clone))).collect();
+        let plan = key_packages::plan(&summary);
         let mut b = Batch::new();
-        write::claimed(&mut b, user, id, r.as_slice());
-        self.inner.store.commit(b).await?;
-        Ok(Some(bytes))
+        for id in &plan.drop {
+            tracing::info!(user, id, "a stored KeyPackage no longer validates; dropped");
+            write::drop_key_package(&mut b, user, *id);
+        }
+        let mut chosen = None;
+        if let Some((id, remove)) = plan.chosen
+            && let Some((_, Ok(c))) = checked.iter().find(|(i, _)| *i == id)
+            && let Some((_, bytes)) = stored.iter().find(|(i, _)| *i == id)
+        {
+            write::claimed(&mut b, user, id, &c.hash_ref, !remove);
+            chosen = Some(bytes.clone());
+        }
+        if !b.is_empty() {
+            self.inner.store.commit(b).await?;
+        }
+        Ok(chosen)
     }
 
     /// Welcomes waiting for `user`: `(room, seq of the Welcome)`.

@@ -3,6 +3,7 @@
 //! client (`mimi-bridge client`, [`client`]).
 #![allow(dead_code)]
 
+pub mod api;
 pub mod client;
 
 use std::collections::{BTreeMap, HashSet};

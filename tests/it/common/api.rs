@@ -1,0 +1,53 @@
+//! The client API over real HTTP/1.1, served in-process on a provider: raw requests with a user's credentials.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use mimi_bridge::mimi_http::{MimiState, Registration, router};
+use mimi_provider::Provider;
+use std::sync::Arc;
+
+/// A user's URI and API token.
+pub type Who = (String, String);
+
+/// Serves the MIMI endpoints and client API of `provider` (open registration) on a free loopback port; its
+/// address.
+pub async fn serve(provider: &Provider) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let state = MimiState {
+        provider: provider.clone(),
+        room: None,
+        public_url: format!("http://{addr}"),
+        registration: Registration::Open,
+        peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
+    };
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    addr
+}
+
+/// One request with `body`, as `who` if given; the status and the body of the answer.
+pub async fn call(addr: &str, method: &str, path: &str, who: Option<&Who>, body: impl Into<Bytes>) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("http");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr)
+        .header("content-type", "application/json");
+    if let Some((uri, token)) = who {
+        req = req.header("authorization", format!("Bearer {token}")).header("mimi-user", uri);
+    }
+    let resp = send.send_request(req.body(Full::new(body.into())).expect("request")).await.expect("answer");
+    let status = resp.status().as_u16();
+    (status, String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes()).into_owned())
+}
+
+/// Registers `name`; panics unless it worked.
+pub async fn register(addr: &str, name: &str) -> Who {
+    let (status, body) = call(addr, "POST", "/client/v1/register", None, format!(r#"{{"user":"{name}"}}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    (v["uri"].as_str().expect("uri").to_owned(), v["token"].as_str().expect("token").to_owned())
+}
