@@ -47,12 +47,12 @@
 //! | `POST /client/v1/keyPackages` | concatenated KeyPackage MLSMessages → 204; 400 unless each validates (signature, lifetime) and its credential is the caller's URI; at most 256 stored per user |
 //! | `POST /client/v1/rooms` | JSON `{"name", "epoch"}` (group id = room URI) → `{"room"}` (creator's room); 409 if the room exists and is not the caller's (a portal's room is never handed to a user, and a room a user made first is never adopted as a portal's: the daemon refuses to start that portal) |
 //! | `POST /client/v1/groupInfo/{roomId}` | the client's own signed `GroupInfoRequest` → the hub's `GroupInfoResponse` (ours, or the remote hub's from its `/v1/groupInfo`, unchanged); the client verifies and decrypts it; 403 unless the request's credential is the caller's URI |
-//! | `GET /client/v1/groupInfo/{roomId}` | legacy → GroupInfo MLSMessage (with ratchet tree); for a remote hub the daemon asks with a request signed by its own hub key (`mimi://DOMAIN`), so only open rooms answer |
+//! | `GET /client/v1/groupInfo/{roomId}` | legacy → GroupInfo MLSMessage (with ratchet tree); for a remote hub the daemon asks with a request signed by its own hub key (`mimi://DOMAIN`), so only open rooms answer; a hosted invite-only room only for its participants (403) |
 //! | `PUT /client/v1/groupInfo/{roomId}` | GroupInfo MLSMessage of the current epoch → 204 (hosted rooms; participants only, 403 otherwise) |
 //! | `POST /client/v1/keyPackage/{userUri}?room=R` | → one claimed KeyPackage of the user; once claimed, adds them to R's participants (R hosted here; the caller must be a participant, 403 otherwise); the oldest valid one, removed — KeyPackages that no longer validate are dropped, and a last-resort one is served only when no other is left, and kept |
 //! | `POST /client/v1/update/{roomId}` | `UpdateRequest` (commit + Welcome + GroupInfo, or proposals) → `{"seq"}`; 409 `{"error":"epoch_too_old","current_epoch"}` |
 //! | `POST /client/v1/submit/{roomId}` | one MLSMessage (application message; here also a proposal, commit or Welcome) → `{"seq"}`; 409 as above |
-//! | `GET /client/v1/messages/{roomId}?after=N&wait=SECS` | long-poll → `LogPage` (TLS) of entries after N (bounded as `/v1/log`) |
+//! | `GET /client/v1/messages/{roomId}?after=N&wait=SECS` | long-poll → `LogPage` (TLS) of entries after N (bounded as `/v1/log`); an invite-only room only for its participants (403) |
 //! | `GET /client/v1/invites` | → JSON `[{"room","seq"}]`: Welcomes for this user |
 //!
 //! ## Rooms hosted by another provider

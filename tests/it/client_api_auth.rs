@@ -1,6 +1,6 @@
 //! The client API's membership checks, over real HTTP: only a participant of a room may invite into it (claim a
 //! KeyPackage "for" the room, which puts the invitee on the participant list) or publish its GroupInfo; an
-//! invitee goes on the list only once a KeyPackage was actually claimed.
+//! invitee goes on the list only once a KeyPackage was actually claimed; only participants read an invite-only room.
 
 use crate::common::api::{call, register, serve};
 use mimi_provider::{JoinPolicy, Provider};
@@ -36,4 +36,34 @@ async fn only_participants_invite_or_publish_group_info() {
     let (status, body) = call(&addr, "POST", &path(&bob.0), Some(&a), "").await;
     assert_eq!(status, 404, "{body}");
     assert!(!provider.is_participant(ROOM, &bob.0).expect("room"), "no KeyPackage claimed, no invite");
+}
+
+#[tokio::test]
+async fn only_participants_read_an_invite_only_room() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+    let provider = Provider::open("a.test", store).expect("provider");
+    let open = "mimi://a.test/r/lobby";
+    provider
+        .create_room(ROOM, ROOM.as_bytes(), 0, "mimi://a.test/u/alice", JoinPolicy::Invite, false)
+        .await
+        .expect("room");
+    provider
+        .create_room(open, open.as_bytes(), 0, "mimi://a.test/u/alice", JoinPolicy::Open, false)
+        .await
+        .expect("room");
+    let addr = serve(&provider).await;
+    let a = register(&addr, "alice").await;
+    let m = register(&addr, "mallory").await;
+    let id = |room: &str| room.trim_start_matches("mimi://").to_owned();
+    for path in [format!("/client/v1/messages/{}?after=0", id(ROOM)), format!("/client/v1/groupInfo/{}", id(ROOM))] {
+        let (status, body) = call(&addr, "GET", &path, Some(&m), "").await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(body.contains("invite-only"), "{body}");
+    }
+    // Its participants read it; an open room anyone registered reads.
+    let (status, body) = call(&addr, "GET", &format!("/client/v1/messages/{}?after=0", id(ROOM)), Some(&a), "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(&addr, "GET", &format!("/client/v1/messages/{}?after=0", id(open)), Some(&m), "").await;
+    assert_eq!(status, 200, "{body}");
 }

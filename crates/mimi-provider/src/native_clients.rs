@@ -184,9 +184,10 @@ impl NativeClients {
 
     /// The GroupInfo MLSMessage (with ratchet tree) of `room`: ours, or for a room hosted elsewhere the hub's,
     /// asked for with a request signed by our own hub key (so only open rooms answer).
-    pub async fn group_info(&self, _client: &Client, room: &str) -> Result<Vec<u8>, Failure> {
+    pub async fn group_info(&self, client: &Client, room: &str) -> Result<Vec<u8>, Failure> {
         match self.federation.remote_hub(room)? {
             None => {
+                self.require_reader(client, room)?;
                 self.provider().group_info(room)?.ok_or_else(|| Failure::not_found("no GroupInfo for this room yet"))
             }
             Some(hub) => self.federation.fetch_group_info(room, &hub).await,
@@ -211,6 +212,15 @@ impl NativeClients {
             Err(f) if f.status == Status::NotFound => Ok(self.provider().answer_group_info(room, request).await?),
             Ok(Some(hub)) => self.federation.relay_group_info_request(room, &hub, request).await,
             Err(f) => Err(f),
+        }
+    }
+
+    /// 403 unless the client may read `room` ([`Provider::may_read`]: an invite-only room only its participants).
+    pub fn require_reader(&self, client: &Client, room: &str) -> Result<(), Failure> {
+        if self.provider().may_read(room, &client.uri)? {
+            Ok(())
+        } else {
+            Err(Failure::forbidden(format!("{room} is invite-only and {} is not a participant", client.uri)))
         }
     }
 
@@ -283,7 +293,8 @@ impl NativeClients {
 
     /// The entries of `room` (ours, or our copy of the hub's log) after `after`, waiting up to `wait` (at most
     /// [`MAX_WAIT`]) for one if there is none yet.
-    pub async fn messages(&self, _client: &Client, room: &str, after: u64, wait: Duration) -> Result<LogPage, Failure> {
+    pub async fn messages(&self, client: &Client, room: &str, after: u64, wait: Duration) -> Result<LogPage, Failure> {
+        self.require_reader(client, room)?;
         let wait = wait.min(MAX_WAIT);
         if self.provider().last_seq(room)? <= after && !wait.is_zero() {
             self.provider().wait(room, after, wait).await?;

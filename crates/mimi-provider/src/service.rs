@@ -382,6 +382,18 @@ impl Provider {
         }
     }
 
+    /// True if native user `uri` may read `room` (its log and GroupInfo): anyone for an open room we host, only
+    /// its participants for an invite-only one. A room we follow has its participant list at its hub: our copy of
+    /// its log is readable by our users (the hub decided which of them joined).
+    pub fn may_read(&self, room: &str, uri: &str) -> Result<bool, ProviderError> {
+        let rooms = lock(&self.inner.rooms);
+        match rooms.get(room).map(|r| &r.role) {
+            Some(Role::Hub(h)) => Ok(h.state().policy == JoinPolicy::Open || h.state().participants.contains(uri)),
+            Some(Role::Follower { .. }) => Ok(true),
+            None => Err(ProviderError::UnknownRoom(room.to_owned())),
+        }
+    }
+
     /// True if `uri` is on the participant list of `room`, which we host.
     pub fn is_participant(&self, room: &str, uri: &str) -> Result<bool, ProviderError> {
         let rooms = lock(&self.inner.rooms);
