@@ -37,6 +37,9 @@ pub struct Config {
     /// `[log]`.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[quota]`.
+    #[serde(default)]
+    pub quota: QuotaTable,
     /// `[irc.NAME]` tables.
     #[serde(default)]
     pub irc: BTreeMap<String, Spanned<toml::Table>>,
@@ -147,6 +150,45 @@ pub struct MimiConfig {
     /// `[[mimi.peer]]` entries.
     #[serde(default)]
     pub peer: Vec<PeerConfig>,
+}
+
+/// `[quota]`: what one native MLS user may put into rooms' logs (`mimi_provider::quota`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaTable {
+    /// Messages (application messages, handshakes, Welcomes, updates) per user and minute.
+    #[serde(default = "default_user_messages_per_minute")]
+    pub user_messages_per_minute: Spanned<u32>,
+    /// Bytes of those per user and minute.
+    #[serde(default = "default_user_bytes_per_minute")]
+    pub user_bytes_per_minute: Spanned<u64>,
+}
+
+fn default_user_messages_per_minute() -> Spanned<u32> {
+    Spanned::new(0..0, mimi_provider::quota::QuotaConfig::default().messages_per_minute)
+}
+
+fn default_user_bytes_per_minute() -> Spanned<u64> {
+    Spanned::new(0..0, mimi_provider::quota::QuotaConfig::default().bytes_per_minute)
+}
+
+impl Default for QuotaTable {
+    fn default() -> Self {
+        Self {
+            user_messages_per_minute: default_user_messages_per_minute(),
+            user_bytes_per_minute: default_user_bytes_per_minute(),
+        }
+    }
+}
+
+impl QuotaTable {
+    /// The quotas as the provider takes them.
+    pub fn config(&self) -> mimi_provider::quota::QuotaConfig {
+        mimi_provider::quota::QuotaConfig {
+            messages_per_minute: *self.user_messages_per_minute.get_ref(),
+            bytes_per_minute: *self.user_bytes_per_minute.get_ref(),
+        }
+    }
 }
 
 impl Default for MimiConfig {
@@ -637,6 +679,17 @@ impl Config {
                 "must be 0 (never) or at least 60 seconds: every update is a commit every member processes",
             ));
         }
+        if *self.quota.user_messages_per_minute.get_ref() == 0 {
+            let span = self.quota.user_messages_per_minute.span();
+            return Err(at(file, text, span, "quota.user_messages_per_minute", "must be at least 1"));
+        }
+        // A user must be able to send at least one message of the largest size the listener takes.
+        if *self.quota.user_bytes_per_minute.get_ref() < crate::mimi_http::MAX_BODY as u64 {
+            let span = self.quota.user_bytes_per_minute.span();
+            let why =
+                format!("must be at least {} (the largest message the listener takes)", crate::mimi_http::MAX_BODY);
+            return Err(at(file, text, span, "quota.user_bytes_per_minute", why));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(self.log.level.get_ref()) {
             return Err(at(file, text, self.log.level.span(), "log.level", format!("not a log filter: {e}"))
                 .with_hint("e.g. \"info\" or \"info,bridge_core=debug\""));
@@ -1052,6 +1105,20 @@ mod tests {
                 4,
                 "bridge.mls_key_update_secs",
                 "at least 60 seconds",
+            ),
+            case(
+                "zero message quota",
+                format!("{MIN}[quota]\nuser_messages_per_minute = 0\n"),
+                5,
+                "quota.user_messages_per_minute",
+                "at least 1",
+            ),
+            case(
+                "byte quota below one message",
+                format!("{MIN}[quota]\nuser_bytes_per_minute = 1000\n"),
+                5,
+                "quota.user_bytes_per_minute",
+                "at least 1048576",
             ),
             case("bad portal name", format!("{MIN}[[portal]]\nname = \"Bad Name\"\n"), 5, "portal.name", "portal name"),
             case(

@@ -308,6 +308,7 @@ async fn serve_mimi(
         public_url: cfg.mimi.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")),
         registration,
         peers,
+        quotas: cfg.quota.config(),
     };
     let federation = state.federation();
     let notifier = tokio::spawn(federation.clone().run_notifier());

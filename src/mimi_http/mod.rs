@@ -102,6 +102,8 @@ pub struct MimiState {
     pub registration: Registration,
     /// Peers: domain → base URL.
     pub peers: Arc<http::Peers>,
+    /// What one native user may put into rooms' logs per minute.
+    pub quotas: mimi_provider::quota::QuotaConfig,
 }
 
 impl MimiState {
@@ -126,7 +128,7 @@ struct Served {
 pub fn router(state: MimiState) -> Router {
     let federation = state.federation();
     let served = Served {
-        clients: NativeClients::new(federation.clone(), state.registration.clone()),
+        clients: NativeClients::new(federation.clone(), state.registration.clone()).with_quotas(state.quotas),
         peers: PeerApi::new(federation),
         public_url: state.public_url.as_str().into(),
     };

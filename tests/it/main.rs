@@ -17,6 +17,7 @@ mod identities;
 mod irc_daemon;
 mod mimi_tls;
 mod no_loss;
+mod quotas;
 mod run_overrides;
 mod shutdown_load;
 mod slice;

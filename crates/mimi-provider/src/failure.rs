@@ -20,6 +20,8 @@ pub enum Status {
     Conflict,
     /// 421: a room we only follow, where its hub is needed.
     Misdirected,
+    /// 429: over a quota ([`crate::quota`]).
+    TooManyRequests,
     /// 500: our own fault.
     Internal,
     /// 502: a peer gave no usable answer.
@@ -38,6 +40,7 @@ impl Status {
             Self::NotFound => 404,
             Self::Conflict => 409,
             Self::Misdirected => 421,
+            Self::TooManyRequests => 429,
             Self::Internal => 500,
             Self::BadGateway => 502,
             Self::Unavailable => 503,

@@ -27,6 +27,7 @@ pub mod native_clients;
 pub mod pages;
 pub mod peer_api;
 pub mod peer_client;
+pub mod quota;
 pub mod service;
 pub mod testing;
 

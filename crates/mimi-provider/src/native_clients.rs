@@ -9,11 +9,13 @@
 use crate::failure::{Failure, Status};
 use crate::federation::{Federation, Verdict};
 use crate::pages::page_after;
+use crate::quota::{QuotaConfig, Quotas};
 use crate::service::{Provider, RoomRoute, uri_domain};
 use mimi_protocol::hub::{JoinPolicy, Origin};
-use mimi_protocol::wire::{GroupInfoRequest, GroupInfoResponse, LogPage, MlsMessageBytes, UpdateRequest};
+use mimi_protocol::wire::{GroupInfoRequest, GroupInfoResponse, LogPage, MlsMessageBytes, UpdateRequest, WireMessage};
 use sha2::{Digest, Sha256};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Longest long-poll wait of [`NativeClients::messages`].
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -56,6 +58,7 @@ pub struct Registered {
 pub struct NativeClients {
     federation: Federation,
     registration: Registration,
+    quotas: Arc<Quotas>,
 }
 
 fn to_hex(b: &[u8]) -> String {
@@ -121,7 +124,20 @@ pub(crate) fn verified(request: &GroupInfoRequest) -> Result<(), Failure> {
 impl NativeClients {
     /// The native clients of `federation`'s provider, registered under `registration`.
     pub fn new(federation: Federation, registration: Registration) -> Self {
-        Self { federation, registration }
+        Self { federation, registration, quotas: Arc::new(Quotas::new(QuotaConfig::default())) }
+    }
+
+    /// The same, with these per-user quotas instead of the defaults.
+    pub fn with_quotas(mut self, quotas: QuotaConfig) -> Self {
+        self.quotas = Arc::new(Quotas::new(quotas));
+        self
+    }
+
+    /// 429 unless `client` may put one more message of `bytes` into a log now ([`Quotas::take`]).
+    fn take_quota(&self, client: &Client, bytes: usize) -> Result<(), Failure> {
+        self.quotas
+            .take(&client.uri, bytes, Instant::now())
+            .map_err(|why| Failure::new(Status::TooManyRequests, format!("{}: {why}", client.uri)))
     }
 
     /// The provider and its peers.
@@ -271,6 +287,7 @@ impl NativeClients {
     /// The client's update (commit with Welcome and GroupInfo, or proposals) for `room`: sequenced by our hub, or
     /// sent to the room's hub ([`Federation::update_through_hub`]).
     pub async fn update(&self, client: &Client, room: &str, request: UpdateRequest) -> Result<Verdict, Failure> {
+        self.take_quota(client, request.encode().map(|b| b.len()).map_err(Failure::bad_request)?)?;
         let user = &client.uri;
         match self.federation.remote_hub(room)? {
             None => Verdict::of_local(self.provider().update(room, request, user, Origin::Client(user.clone())).await),
@@ -281,6 +298,7 @@ impl NativeClients {
     /// The client's MLSMessage for `room`: sequenced by our hub, or — an application message — submitted to the
     /// hub of a room we follow.
     pub async fn submit(&self, client: &Client, room: &str, message: MlsMessageBytes) -> Result<Verdict, Failure> {
+        self.take_quota(client, message.as_bytes().len())?;
         let user = &client.uri;
         match self.provider().route(room)? {
             RoomRoute::Hub => {

@@ -26,6 +26,7 @@ pub fn serve(rt: &tokio::runtime::Runtime, dir: &Path, domain: &str, tls: Option
             public_url: url.clone(),
             registration: Registration::Open,
             peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
+            quotas: Default::default(),
         };
         let app = router(state);
         match tls {

@@ -21,6 +21,7 @@ pub async fn serve(provider: &Provider) -> String {
         public_url: format!("http://{addr}"),
         registration: Registration::Open,
         peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
+        quotas: Default::default(),
     };
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     addr

@@ -1,0 +1,68 @@
+//! Per-user quotas over real HTTP: a member who floods a room with 1 MB messages is stopped by the byte quota
+//! (429) after a minute's worth, and the log holds only what was accepted.
+
+use crate::common::api::{call, register, serve};
+use mimi_mls::{EngineConfig, LocalMember, MlsBackend, PortalGroup};
+use mimi_provider::{JoinPolicy, Provider};
+use mimi_store::{Backend, CommitConfig};
+use openmls::prelude::SignatureScheme;
+use std::sync::Arc;
+
+const ROOM: &str = "mimi://a.test/r/flood";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_a_room_is_stopped_by_the_byte_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        bridge_core::open_store(&dir.path().join("hub"), Some(Backend::Redb), CommitConfig::default()).expect("store");
+    let provider = Provider::open("a.test", store).expect("provider");
+    let addr = serve(&provider).await;
+    let alice = register(&addr, "alice").await;
+
+    // alice's own group, the room hosted here with her as its first participant.
+    let client_store = mimi_store::open_data_dir(
+        &dir.path().join("alice"),
+        Some(Backend::Redb),
+        CommitConfig::default(),
+        &mimi_store::schema::Schema::FIRST,
+    )
+    .expect("client store");
+    let backend = Arc::new(MlsBackend::new(client_store, "client").expect("backend"));
+    let member = LocalMember::load_or_create(&backend, &alice.0, SignatureScheme::ED25519)
+        .expect("member")
+        .durable()
+        .await
+        .expect("durable");
+    let mut group = PortalGroup::create(backend, Arc::new(member), &EngineConfig::default(), ROOM.as_bytes())
+        .durable()
+        .await
+        .expect("group");
+    provider
+        .create_room(ROOM, ROOM.as_bytes(), group.epoch(), &alice.0, JoinPolicy::Invite, false)
+        .await
+        .expect("room");
+
+    let path = format!("/client/v1/submit/{}", ROOM.trim_start_matches("mimi://"));
+    let quota = mimi_provider::quota::QuotaConfig::default().bytes_per_minute;
+    let (mut accepted, mut refused, mut bytes) = (0u64, 0u64, 0u64);
+    for _ in 0..20 {
+        let m = group.encrypt(&vec![b'x'; 1_000_000]).durable().await.expect("encrypt");
+        let len = m.len() as u64;
+        let (status, body) = call(&addr, "POST", &path, Some(&alice), m).await;
+        match status {
+            200 => {
+                assert_eq!(refused, 0, "nothing is accepted once the quota refused: {body}");
+                accepted += 1;
+                bytes += len;
+            }
+            429 => {
+                assert!(body.contains("bytes a minute"), "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(bytes <= quota && bytes + 1_000_200 > quota, "a minute's worth accepted: {accepted} ({bytes} bytes)");
+    assert_eq!(accepted + refused, 20);
+    assert_eq!(provider.last_seq(ROOM).expect("room"), accepted, "the log holds only what was accepted");
+}
