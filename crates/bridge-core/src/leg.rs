@@ -98,6 +98,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, leg: LegId, portal_tx: mpsc::Sender<Por
         counters: counters.clone(),
         recent: HashMap::new(),
         high_water: 0,
+        more: false,
     };
     let span = tracing::info_span!("leg", leg = %w.leg);
     let task = tokio::spawn(w.run(rx).instrument(span));
@@ -115,7 +116,12 @@ struct Worker {
     recent: HashMap<MessageId, NativeId>,
     /// Highest outbox sequence number queued so far.
     high_water: u64,
+    /// The last outbox page read was full: read the next one once the queue is empty.
+    more: bool,
 }
+
+/// Most outbox entries read into memory at once.
+const OUTBOX_PAGE: usize = 1000;
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<LegWork>) {
@@ -130,9 +136,11 @@ impl Worker {
             let work = match queue.pop_front() {
                 Some(w) => w,
                 None => {
-                    if self.counters.overflow.swap(false, Ordering::AcqRel) {
+                    if self.counters.overflow.swap(false, Ordering::AcqRel) || self.more {
                         self.reload(&mut queue, false);
-                        continue;
+                        if !queue.is_empty() {
+                            continue;
+                        }
                     }
                     let w = tokio::select! {
                         w = rx.recv() => match w {
@@ -157,10 +165,12 @@ impl Worker {
         }
     }
 
-    /// Loads outbox entries above the high-water mark.
+    /// Loads the next page of outbox entries above the high-water mark (a long backlog — a leg down for days —
+    /// is read a page at a time, never whole); sets `more` if there may be more.
     fn reload(&mut self, queue: &mut VecDeque<LegWork>, first: bool) {
-        match Repo::new(&self.shared.store).outbox(&self.leg) {
+        match Repo::new(&self.shared.store).outbox_page(&self.leg, self.high_water.saturating_add(1), OUTBOX_PAGE) {
             Ok(items) => {
+                self.more = items.len() == OUTBOX_PAGE;
                 for (seq, record) in items {
                     if seq > self.high_water {
                         self.high_water = seq;

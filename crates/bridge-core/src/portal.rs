@@ -54,6 +54,9 @@ pub(crate) enum PortalInput {
     Status { reply: oneshot::Sender<Vec<LegStatus>> },
 }
 
+/// Outbox entries moved to `failed` per batch when a leg is unlinked.
+const UNLINK_PAGE: usize = 1000;
+
 /// Longest excerpt kept for reply/edit fallbacks, in characters.
 const EXCERPT_CHARS: usize = 100;
 
@@ -227,20 +230,48 @@ impl Portal {
                 let _ = done.send(r);
             }
             PortalInput::Unlink { leg, done } => {
-                let mut b = Batch::new();
-                write::unlink(&mut b, &leg);
-                let r = self.shared.store.commit(b).await.map_err(store_error);
-                if r.is_ok() {
-                    if let Some(w) = self.legs.remove(&leg) {
-                        let _ = w.stop.send(true);
-                        let _ = w.task.await;
-                    }
-                    tracing::info!(%leg, "leg unlinked");
+                // The leg's worker stops first, so nothing it still holds is delivered after the unlink.
+                if let Some(w) = self.legs.remove(&leg) {
+                    let _ = w.stop.send(true);
+                    let _ = w.task.await;
+                }
+                let r = self.unlink(&leg).await;
+                if r.is_err() {
+                    // Still linked: its deliveries go on.
+                    self.start_leg(leg);
                 }
                 let _ = done.send(r);
             }
             _ => {}
         }
+    }
+
+    /// Unlinks `leg`. What is still in its outbox moves to `failed` ("unlinked before delivery") a page at a time,
+    /// the last page in the unlink's own batch: an unlinked leg keeps no outbox that nothing would ever drain.
+    async fn unlink(&self, leg: &LegId) -> Result<(), RouteError> {
+        let reason = format!("{leg} was unlinked from portal {} before this was delivered", self.rec.id);
+        let mut moved = 0usize;
+        loop {
+            let page = Repo::new(&self.shared.store).outbox_page(leg, 0, UNLINK_PAGE).map_err(store_error)?;
+            let last = page.len() < UNLINK_PAGE;
+            let mut b = Batch::new();
+            for (seq, d) in &page {
+                write::failed(&mut b, *seq, &d.to_event(), d.queued_at_ms, &reason);
+            }
+            moved += page.len();
+            if last {
+                write::unlink(&mut b, leg);
+                self.shared.store.commit(b).await.map_err(store_error)?;
+                break;
+            }
+            self.shared.store.commit(b).await.map_err(store_error)?;
+        }
+        if moved > 0 {
+            tracing::warn!(%leg, moved, "leg unlinked; its undelivered events moved to `failed`");
+        } else {
+            tracing::info!(%leg, "leg unlinked");
+        }
+        Ok(())
     }
 
     fn status(&self) -> Vec<LegStatus> {

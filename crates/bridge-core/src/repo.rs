@@ -293,9 +293,14 @@ impl<'a> Repo<'a> {
 
     /// Pending deliveries to a leg, in order.
     pub fn outbox(&self, leg: &LegId) -> Result<Vec<(u64, DeliveryRecord)>, StoreError> {
+        self.outbox_page(leg, 0, usize::MAX)
+    }
+
+    /// At most `limit` pending deliveries to a leg with sequence numbers from `from` on, in order.
+    pub fn outbox_page(&self, leg: &LegId, from: u64, limit: usize) -> Result<Vec<(u64, DeliveryRecord)>, StoreError> {
         let prefix = leg_prefix(leg);
         let mut out = Vec::new();
-        for (k, v) in self.store.scan_prefix(OUTBOX, &prefix)? {
+        for (k, v) in self.store.scan_prefix_from(OUTBOX, &prefix, &seq_key(leg, from), limit)? {
             let seq_bytes: [u8; 8] = k[prefix.len()..].try_into().map_err(|_| StoreError::Corrupt {
                 tree: OUTBOX.into(),
                 message: "outbox key without sequence number".into(),

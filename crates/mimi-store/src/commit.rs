@@ -107,6 +107,17 @@ impl Store {
         self.kv.scan_prefix(tree, prefix)
     }
 
+    /// A page of a prefix scan ([`KvStore::scan_prefix_from`]).
+    pub fn scan_prefix_from(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.kv.scan_prefix_from(tree, prefix, from, limit)
+    }
+
     /// Queues `batch` for the next group and returns a handle that resolves once it is durable. Lets a caller
     /// pipeline several batches without waiting for each.
     pub fn commit_later(&self, batch: Batch) -> oneshot::Receiver<Result<(), StoreError>> {

@@ -148,6 +148,13 @@ pub trait KvStore: Send + Sync + 'static {
     /// Every entry of `tree` whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Entries, StoreError>;
 
+    /// At most `limit` entries of `tree` whose key starts with `prefix` and is not before `from`, in key order:
+    /// a page of a prefix scan, for trees too large to read whole (`from` starts with `prefix`, or is it).
+    /// Backends read only the page; this default (for test doubles) filters a whole prefix scan.
+    fn scan_prefix_from(&self, tree: &str, prefix: &[u8], from: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        Ok(self.scan_prefix(tree, prefix)?.into_iter().filter(|(k, _)| k.as_slice() >= from).take(limit).collect())
+    }
+
     /// Applies `batches` in order, each atomically (a crash leaves each batch either fully applied or not at
     /// all), and returns only once all of them are durable. Backends make one flush/fsync for the whole slice:
     /// this is what group commit builds on.

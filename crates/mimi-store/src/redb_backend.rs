@@ -68,6 +68,25 @@ impl KvStore for RedbStore {
         Ok(out)
     }
 
+    fn scan_prefix_from(&self, tree: &str, prefix: &[u8], from: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.e(e))?;
+        let t = tx.open_table(KV).map_err(|e| self.e(e))?;
+        let start = composite_key(tree, from.max(prefix));
+        let skip = tree.len() + 1;
+        let end = prefix_end(&composite_key(tree, prefix));
+        let range = match &end {
+            Some(end) => t.range(start.as_slice()..end.as_slice()),
+            None => t.range(start.as_slice()..),
+        }
+        .map_err(|e| self.e(e))?;
+        let mut out = Vec::new();
+        for item in range.take(limit) {
+            let (k, v) = item.map_err(|e| self.e(e))?;
+            out.push((k.value()[skip..].to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     fn write(&self, batches: &[Batch]) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().map_err(|e| self.e(e))?;
         tx.set_durability(Durability::Immediate).map_err(|e| self.e(e))?;

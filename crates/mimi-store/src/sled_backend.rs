@@ -4,7 +4,7 @@
 //! `sled::Batch` — atomic without sled's multi-tree transactions. sled makes writes durable only on `flush()`, so
 //! [`KvStore::write`] applies every batch and then flushes once.
 
-use super::kv::{Batch, Entries, KvStore, Op, StoreError, composite_key, tree_names};
+use super::kv::{Batch, Entries, KvStore, Op, StoreError, composite_key, prefix_end, tree_names};
 use std::path::{Path, PathBuf};
 
 /// How long [`SledStore::open`] waits for sled's file lock (sled lets go of it only after its I/O threads end, which
@@ -78,6 +78,22 @@ impl KvStore for SledStore {
         let skip = tree.len() + 1;
         let mut out = Vec::new();
         for item in self.db.scan_prefix(&start) {
+            let (k, v) = item.map_err(|e| self.e(e))?;
+            out.push((k[skip..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn scan_prefix_from(&self, tree: &str, prefix: &[u8], from: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        let start = composite_key(tree, from.max(prefix));
+        let skip = tree.len() + 1;
+        let mut out = Vec::new();
+        let items: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            match prefix_end(&composite_key(tree, prefix)) {
+                Some(end) => Box::new(self.db.range(start..end)),
+                None => Box::new(self.db.range(start..)),
+            };
+        for item in items.take(limit) {
             let (k, v) = item.map_err(|e| self.e(e))?;
             out.push((k[skip..].to_vec(), v.to_vec()));
         }

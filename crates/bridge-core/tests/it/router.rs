@@ -3,11 +3,12 @@
 
 use bridge_api::event::{InboundKind, MessageDraft, OutboundKind};
 use bridge_api::{AccountContext, AccountId, LegId, NativeId, PortalId};
+use bridge_core::repo::Repo;
 use bridge_core::repo::{MlsIdentity, PortalRecord};
 use bridge_core::room_of_record::LocalRoom;
 use bridge_core::router::{Accepted, RouteError, RouterConfig, RouterHandle};
 use bridge_testkit::loopback::LoopbackNetwork;
-use mimi_store::{Backend, CommitConfig};
+use mimi_store::{Backend, CommitConfig, Store};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(20);
 
 struct World {
+    store: Store,
     router: RouterHandle,
     a: Arc<LoopbackNetwork>,
     b: Arc<LoopbackNetwork>,
@@ -25,7 +27,7 @@ async fn world(dir: &Path, backend: Backend, cfg: impl FnOnce(&mut RouterConfig)
     let store = bridge_core::open_store(dir, Some(backend), CommitConfig::default()).expect("store opens");
     let mut c = RouterConfig::new("bridge.test");
     cfg(&mut c);
-    let router = RouterHandle::start(c, store, Arc::new(LocalRoom)).await.expect("router starts");
+    let router = RouterHandle::start(c, store.clone(), Arc::new(LocalRoom)).await.expect("router starts");
     let mk = |name: &str| {
         let id = AccountId::parse(name).expect("account id");
         let net = LoopbackNetwork::new(id.clone(), AccountContext::new(id, router.clone(), "bridge.test"));
@@ -33,7 +35,7 @@ async fn world(dir: &Path, backend: Backend, cfg: impl FnOnce(&mut RouterConfig)
         net
     };
     let (a, b) = (mk("lb.a"), mk("lb.b"));
-    World { router, a, b }
+    World { store, router, a, b }
 }
 
 async fn portal(w: &World, name: &str, rooms: &[(&Arc<LoopbackNetwork>, &str)]) -> PortalId {
@@ -277,5 +279,55 @@ async fn unlink_takes_effect_at_once_and_persists() {
         w.router.legs(),
         vec![(LegId::new(w.a.leg("#u").account, "#u").expect("leg"), PortalId::new("u").expect("id"))]
     );
+    w.router.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unlinked_legs_undelivered_events_move_to_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world(dir.path(), Backend::Redb, |c| c.retry_initial = Duration::from_millis(20)).await;
+    portal(&w, "gone", &[(&w.a, "#g"), (&w.b, "#g")]).await;
+    let leg = w.b.leg("#g");
+    w.b.down.store(true, Ordering::Relaxed);
+    for i in 0..3 {
+        let (_, r) = w.a.say("#g", "alice", &format!("m{i}")).await;
+        assert!(matches!(r, Ok(Accepted::Bridged(_))), "{r:?}");
+    }
+    assert_eq!(Repo::new(&w.store).outbox(&leg).expect("outbox").len(), 3);
+    w.router.unlink(&leg).await.expect("unlink");
+    let repo = Repo::new(&w.store);
+    assert!(repo.outbox(&leg).expect("outbox").is_empty(), "nothing left that no worker would ever drain");
+    let failed = repo.failed(&leg).expect("failed");
+    assert_eq!(failed.len(), 3);
+    assert!(failed.iter().all(|f| f.reason.contains("unlinked")), "{failed:?}");
+    w.b.down.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(w.b.delivered().is_empty(), "an unlinked room gets nothing");
+    let report = bridge_core::check::check(w.store.kv().as_ref(), dir.path()).expect("check");
+    assert!(report.is_ok(), "{report}");
+    w.router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backlog_is_delivered_in_order_a_page_at_a_time() {
+    const N: usize = 2500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let w = world(dir.path(), Backend::Redb, |_| {}).await;
+        portal(&w, "backlog", &[(&w.a, "#l"), (&w.b, "#l")]).await;
+        w.b.down.store(true, Ordering::Relaxed);
+        for i in 0..N {
+            let (_, r) = w.a.say("#l", "alice", &format!("m{i}")).await;
+            assert!(matches!(r, Ok(Accepted::Bridged(_))), "{r:?}");
+        }
+        w.router.shutdown().await;
+    }
+    // Restarted with more than two pages waiting: every one arrives, in order, once.
+    let w = world(dir.path(), Backend::Redb, |_| {}).await;
+    let got = w.b.wait_delivered(N, Duration::from_secs(60)).await;
+    let bodies: Vec<String> = got.iter().map(body).collect();
+    assert_eq!(bodies, (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(w.b.delivered().len(), N, "nothing twice");
     w.router.shutdown().await;
 }

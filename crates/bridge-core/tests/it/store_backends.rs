@@ -287,6 +287,29 @@ fn reopen_after_drop(b: Backend) {
     assert_eq!(dump(store.kv().as_ref()), before, "a second reopen changes nothing");
 }
 
+fn prefix_scan_in_pages(b: Backend) {
+    let d = tmp();
+    let kv = open_kv(b, d.path());
+    let mut batch = Batch::new();
+    for k in [&b"a\x00"[..], b"a\x01", b"a\x02", b"a\x03", b"a\xff", b"b", b"\xff"] {
+        batch.put("outbox", k, b"v");
+    }
+    batch.put("portals", b"a\x02", b"other tree");
+    kv.write(&[batch]).expect("write");
+    let keys = |e: mimi_store::Entries| e.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    let page = |from: &[u8], limit| keys(kv.scan_prefix_from("outbox", b"a", from, limit).expect("scan"));
+    assert_eq!(page(b"a", 2), [b"a\x00".to_vec(), b"a\x01".to_vec()], "from the prefix itself");
+    assert_eq!(page(b"a\x02", 2), [b"a\x02".to_vec(), b"a\x03".to_vec()], "from a key, inclusive");
+    assert_eq!(page(b"a\x03", 10), [b"a\x03".to_vec(), b"a\xff".to_vec()], "never past the prefix");
+    assert!(page(b"a\xff\x00", 10).is_empty());
+    assert_eq!(keys(kv.scan_prefix_from("outbox", b"\xff", b"\xff", 10).expect("scan")), [b"\xff".to_vec()]);
+    assert_eq!(
+        keys(kv.scan_prefix_from("outbox", b"", b"", 3).expect("scan")).len(),
+        3,
+        "an empty prefix pages the tree"
+    );
+}
+
 fn trees_lists_non_empty(b: Backend) {
     let d = tmp();
     let kv = open_kv(b, d.path());
@@ -810,6 +833,10 @@ macro_rules! suite {
             #[test]
             fn reopen_after_drop() {
                 super::reopen_after_drop($backend)
+            }
+            #[test]
+            fn prefix_scan_in_pages() {
+                super::prefix_scan_in_pages($backend)
             }
             #[test]
             fn trees_lists_non_empty() {
