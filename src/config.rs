@@ -147,6 +147,21 @@ pub struct MimiConfig {
     pub registration_token: Option<Spanned<String>>,
     /// With `registration = "token"`: a file holding the token (not readable by other users).
     pub registration_token_file: Option<Spanned<PathBuf>>,
+    /// Connections open at once on the listener (TLS handshakes included); lowered to half of the soft
+    /// `RLIMIT_NOFILE` if that is less.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: Spanned<usize>,
+    /// Connections open at once from one IP address (IPv6: one /64).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: Spanned<usize>,
+    /// Seconds a client has to send a request head; also how long a new or idle keep-alive connection may send
+    /// nothing before it is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: Spanned<u64>,
+    /// Seconds the daemon waits, in the middle of a request, for the next bytes of its body or for the client to
+    /// take the next bytes of the answer; then the connection is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: Spanned<u64>,
     /// `[[mimi.peer]]` entries.
     #[serde(default)]
     pub peer: Vec<PeerConfig>,
@@ -191,6 +206,19 @@ impl QuotaTable {
     }
 }
 
+impl MimiConfig {
+    /// The listener's limits as configured (before [`Limits::within_nofile`](crate::listener::Limits::within_nofile)).
+    pub fn limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            max_connections: *self.max_connections.get_ref(),
+            max_connections_per_ip: *self.max_connections_per_ip.get_ref(),
+            header_timeout: std::time::Duration::from_secs(*self.header_timeout_secs.get_ref()),
+            idle_timeout: std::time::Duration::from_secs(*self.idle_timeout_secs.get_ref()),
+            ..crate::listener::Limits::default()
+        }
+    }
+}
+
 impl Default for MimiConfig {
     fn default() -> Self {
         Self {
@@ -202,9 +230,26 @@ impl Default for MimiConfig {
             registration: Registration::Open,
             registration_token: None,
             registration_token_file: None,
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            header_timeout_secs: default_header_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
             peer: Vec::new(),
         }
     }
+}
+
+fn default_max_connections() -> Spanned<usize> {
+    Spanned::new(0..0, crate::listener::Limits::default().max_connections)
+}
+fn default_max_connections_per_ip() -> Spanned<usize> {
+    Spanned::new(0..0, crate::listener::Limits::default().max_connections_per_ip)
+}
+fn default_header_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, crate::listener::Limits::default().header_timeout.as_secs())
+}
+fn default_idle_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, crate::listener::Limits::default().idle_timeout.as_secs())
 }
 
 fn default_mimi_listen_addr() -> SocketAddr {
@@ -835,6 +880,7 @@ impl Config {
             }
         }
         self.check_mimi_listen(file, text)?;
+        self.check_mimi_limits(file, text)?;
         let admin = self.admin.listen.get_ref();
         if !admin.ip().is_loopback() && self.admin.token_file.is_none() && self.admin.token.is_none() {
             return Err(at(
@@ -851,6 +897,41 @@ impl Config {
 }
 
 impl Config {
+    /// `mimi.max_connections`, `…_per_ip`, `…_timeout_secs`: within sane ranges.
+    fn check_mimi_limits(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
+        let m = &self.mimi;
+        let max = *m.max_connections.get_ref();
+        if !(1..=1_000_000).contains(&max) {
+            return Err(at(
+                file,
+                text,
+                m.max_connections.span(),
+                "mimi.max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        let per_ip = *m.max_connections_per_ip.get_ref();
+        if !(1..=max).contains(&per_ip) {
+            return Err(at(
+                file,
+                text,
+                m.max_connections_per_ip.span(),
+                "mimi.max_connections_per_ip",
+                format!("must be between 1 and mimi.max_connections ({max})"),
+            ));
+        }
+        let checks = [
+            ("mimi.header_timeout_secs", &m.header_timeout_secs, 300),
+            ("mimi.idle_timeout_secs", &m.idle_timeout_secs, 3600),
+        ];
+        for (key, value, most) in checks {
+            if !(1..=most).contains(value.get_ref()) {
+                return Err(at(file, text, value.span(), key, format!("must be between 1 and {most} seconds")));
+            }
+        }
+        Ok(())
+    }
+
     /// `mimi.listen`: plain HTTP only on loopback.
     fn check_mimi_listen(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
         let listen = self.mimi.listen.get_ref();

@@ -10,6 +10,7 @@
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::Config;
+use crate::listener::{self, Limits, Plain};
 use crate::networks::Network;
 use crate::{data_dir, notify, telemetry};
 use bridge_api::connector::AccountContext;
@@ -122,15 +123,14 @@ impl Daemon {
         let admin_addr = listener.local_addr()?;
         let mut stop_rx = admin_stop.subscribe();
         let app = admin::router(state);
+        let limits = bounded("admin", Limits::ADMIN, listener::ADMIN_NOFILE_DIVISOR);
         let admin_task = tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-                tracing::error!(error = %e, "admin API failed");
-            }
+            listener::serve("admin", listener, Plain, app, limits, stopped).await;
         });
-        tracing::info!(%admin_addr, "admin API listening");
+        tracing::info!(%admin_addr, max_connections = limits.max_connections, "admin API listening");
 
         let probe_task = tokio::spawn(probe(router.clone(), readiness.clone(), metrics, room.provider().clone()));
         readiness.set_started();
@@ -186,11 +186,13 @@ impl Daemon {
         let drained = tokio::time::timeout(self.shutdown_timeout, self.router.shutdown()).await;
         self.room.shutdown();
         let _ = self.admin_stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(2), self.admin_task).await.is_err() {
-            tracing::warn!("admin API connections still open at exit");
-        }
-        if tokio::time::timeout(Duration::from_secs(2), self.mimi_task).await.is_err() {
-            tracing::warn!("MIMI client connections (long polls) still open at exit");
+        // Both listeners close what is still open after their shutdown grace (`Limits::shutdown_grace`).
+        let listeners = async {
+            let _ = self.admin_task.await;
+            let _ = self.mimi_task.await;
+        };
+        if tokio::time::timeout(Duration::from_secs(5), listeners).await.is_err() {
+            tracing::warn!("listeners still open at exit");
         }
         self.probe_task.abort();
         let _ = self.probe_task.await;
@@ -314,27 +316,39 @@ async fn serve_mimi(
     let notifier = tokio::spawn(federation.clone().run_notifier());
     let resync = tokio::spawn(async move { federation.resync_followed().await });
     let app = mimi_http::router(state);
+    let limits = bounded("mimi", cfg.mimi.limits(), listener::MIMI_NOFILE_DIVISOR);
     let task = tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        let served = match tls {
-            Some(tls) => {
-                let app = app.into_make_service_with_connect_info::<crate::mimi_tls::PeerInfo>();
-                axum::serve(tls.listener(listener), app).with_graceful_shutdown(stopped).await
-            }
-            None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
-        };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "MIMI endpoints failed");
+        match tls {
+            Some(tls) => listener::serve("mimi", listener, tls, app, limits, stopped).await,
+            None => listener::serve("mimi", listener, Plain, app, limits, stopped).await,
         }
         notifier.abort();
         resync.abort();
         let _ = notifier.await;
         let _ = resync.await;
     });
-    tracing::info!(%addr, tls = scheme == "https", "MIMI endpoints and client API listening");
+    tracing::info!(%addr, tls = scheme == "https", max_connections = limits.max_connections,
+        max_connections_per_ip = limits.max_connections_per_ip, header_timeout = ?limits.header_timeout,
+        idle_timeout = ?limits.idle_timeout, "MIMI endpoints and client API listening");
     Ok((addr, task))
+}
+
+/// `limits` with the global cap lowered to `1/divisor` of the soft `RLIMIT_NOFILE` (logged when it is).
+fn bounded(name: &str, limits: Limits, divisor: u64) -> Limits {
+    let (bounded, lowered_by) = limits.within_nofile(divisor);
+    if let Some(nofile) = lowered_by {
+        tracing::warn!(
+            listener = name,
+            configured = limits.max_connections,
+            max_connections = bounded.max_connections,
+            nofile,
+            "connection cap lowered to 1/{divisor} of RLIMIT_NOFILE; raise LimitNOFILE= to allow more"
+        );
+    }
+    bounded
 }
 
 /// `mimi-bridge run`: the process around [`Daemon`]: logging, umask, runtime, signals, exit code.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod content_cmd;
 pub mod daemon;
 pub mod data_dir;
+pub mod listener;
 pub mod logging;
 pub mod mimi_http;
 pub mod mimi_tls;

@@ -2,9 +2,10 @@
 //! a peer presents a certificate valid for its domain, signed by a trust anchor we configured
 //! (`mimi.trust_anchors`).
 //!
-//! * Server side: [`TlsListener`] accepts TCP connections, runs the handshake off the accept loop (bounded by
-//!   [`HANDSHAKE_TIMEOUT`], so a slow client cannot stall others) and hands axum the TLS stream with a
-//!   [`PeerInfo`]: the remote address and the client's verified certificate, if it sent one. A client
+//! * Server side: [`MimiTls`] is the TLS [`Handshake`](crate::listener::Handshake) of the daemon's listener
+//!   ([`crate::listener::serve`]): the handshake runs in each connection's task (bounded by [`HANDSHAKE_TIMEOUT`],
+//!   so a slow client cannot stall others) and handlers get a [`PeerInfo`] as `ConnectInfo<PeerInfo>`: the
+//!   remote address and the client's verified certificate, if it sent one. A client
 //!   certificate is optional at the TLS layer because native MLS clients authenticate with bearer tokens;
 //!   [`require_peer`] makes it mandatory on the provider-to-provider routes and checks that it is valid for the
 //!   domain the request claims (`From: mimi@DOMAIN`), with webpki's own name matching.
@@ -12,12 +13,10 @@
 //!
 //! Without `mimi.tls_cert`, the daemon runs in plain-HTTP development mode on loopback only (see `config.rs`).
 
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
@@ -25,8 +24,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Longest a TLS handshake may take before the connection is dropped.
@@ -87,11 +85,6 @@ impl MimiTls {
             Err(_) => Err(format!("TLS with {authority}: handshake timed out")),
         }
     }
-
-    /// A listener serving TLS on `tcp`.
-    pub fn listener(&self, tcp: TcpListener) -> TlsListener {
-        TlsListener::new(tcp, TlsAcceptor::from(self.server.clone()))
-    }
 }
 
 /// Who is on the other end of a TLS connection.
@@ -111,72 +104,29 @@ impl PeerInfo {
     }
 }
 
-/// TLS connections, handshaken, for `axum::serve`.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, PeerInfo)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> Self {
-        let local = tcp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    a = tcp.accept() => a,
-                    _ = tx.closed() => return,
-                };
-                let (stream, remote) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let certificate = tls
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .map(|c| c.clone().into_owned());
-                            let _ = tx.send((tls, PeerInfo { remote, certificate })).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Self { ready, local }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
+impl crate::listener::Handshake for MimiTls {
     type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = PeerInfo;
+    type Info = PeerInfo;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accept task only ends when this listener is dropped; never resolve otherwise.
-            None => std::future::pending().await,
+    /// The server side of the handshake, bounded by [`HANDSHAKE_TIMEOUT`]; runs in the connection's own task (see
+    /// [`crate::listener`]), so a slow client stalls nobody else and counts under the listener's caps.
+    async fn handshake(&self, tcp: TcpStream, remote: SocketAddr) -> Option<(Self::Io, PeerInfo)> {
+        let accept = TlsAcceptor::from(self.server.clone()).accept(tcp);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+            Ok(Ok(tls)) => {
+                let certificate =
+                    tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+                Some((tls, PeerInfo { remote, certificate }))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "TLS handshake timed out");
+                None
+            }
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(PeerInfo { remote: self.local, certificate: None })
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        stream.remote_addr().clone()
     }
 }
 

@@ -32,6 +32,10 @@ pub const ERRORS: &str = "mimi_bridge_errors_total";
 pub const MLS_EPOCH: &str = "mimi_bridge_mls_epoch";
 /// 1 while the daemon is ready (the same condition as `/health`).
 pub const READY: &str = "mimi_bridge_ready";
+/// Connections accepted and closed at once because a listener's cap was reached, per listener (`mimi`, `admin`).
+pub const CONNECTIONS_REFUSED: &str = "mimi_bridge_connections_refused_total";
+/// Connections open on a listener (TLS handshakes in progress included), per listener.
+pub const CONNECTIONS_OPEN: &str = "mimi_bridge_connections_open";
 /// Always 1; the `version` label carries the build's version.
 pub const BUILD_INFO: &str = "mimi_bridge_build_info";
 
@@ -74,6 +78,8 @@ fn describe() {
     describe_counter!(ERRORS, "Errors by kind.");
     describe_gauge!(MLS_EPOCH, "MLS epoch of each portal's group.");
     describe_gauge!(READY, "1 while the daemon is ready (as /health).");
+    describe_counter!(CONNECTIONS_REFUSED, "Connections closed at once because a listener's cap was reached.");
+    describe_gauge!(CONNECTIONS_OPEN, "Connections open on a listener.");
     describe_gauge!(BUILD_INFO, "Build information.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

@@ -15,6 +15,7 @@ mod http_clients;
 mod https;
 mod identities;
 mod irc_daemon;
+mod listener_bounds;
 mod mimi_tls;
 mod no_loss;
 mod quotas;

@@ -8,7 +8,8 @@ use harness::pki::{Ca, Issued};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use mimi_bridge::mimi_tls::{MimiTls, PeerInfo, require_peer};
+use mimi_bridge::listener::{self, Limits};
+use mimi_bridge::mimi_tls::{MimiTls, require_peer};
 use std::path::Path;
 
 struct Pki {
@@ -41,10 +42,7 @@ async fn serve(server: MimiTls) -> String {
     let app = Router::new().merge(peer_routes).route("/client/ping", get(|| async { "client pong" }));
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = tcp.local_addr().expect("addr").port();
-    let listener = server.listener(tcp);
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<PeerInfo>()).await.expect("serve");
-    });
+    tokio::spawn(listener::serve("test", tcp, server, app, Limits::default(), std::future::pending()));
     format!("localhost:{port}")
 }
 

@@ -1,6 +1,7 @@
 //! The daemon's MIMI endpoints and client API served in-process on a free loopback port (the real router on a
-//! fresh provider), over plain HTTP or over TLS with the daemon's own TLS listener.
+//! fresh provider), over plain HTTP or over TLS with the daemon's own listener.
 
+use mimi_bridge::listener::{self, Limits, Plain};
 use mimi_bridge::mimi_http::{MimiState, Registration, router};
 use mimi_bridge::mimi_tls::MimiTls;
 use mimi_provider::Provider;
@@ -29,9 +30,10 @@ pub fn serve(rt: &tokio::runtime::Runtime, dir: &Path, domain: &str, tls: Option
             quotas: Default::default(),
         };
         let app = router(state);
+        let (limits, forever) = (Limits::default(), std::future::pending());
         match tls {
-            Some(tls) => tokio::spawn(async move { axum::serve(tls.listener(listener), app).await }),
-            None => tokio::spawn(async move { axum::serve(listener, app).await }),
+            Some(tls) => tokio::spawn(listener::serve("test", listener, tls, app, limits, forever)),
+            None => tokio::spawn(listener::serve("test", listener, Plain, app, limits, forever)),
         };
         url
     })

@@ -312,6 +312,7 @@ pub struct Daemon {
     pub seen: Vec<String>,
     cmd: Vec<String>,
     env: Vec<(String, String)>,
+    wrapper: Vec<String>,
 }
 
 impl Daemon {
@@ -322,17 +323,31 @@ impl Daemon {
 
     /// Starts `mimi-bridge run --config cfg args…` with extra environment and waits for "bridge running".
     pub fn start_with(cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::start_under(&[], cfg, args, env)
+    }
+
+    /// As [`Daemon::start_with`], run through `wrapper` (a command that execs its arguments, such as `prlimit
+    /// --nofile=256:256 --`), so that the process id is still the daemon's.
+    pub fn start_under(wrapper: &[&str], cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = vec!["run".to_owned(), "--config".to_owned(), cfg.display().to_string()];
         cmd.extend(args.iter().map(|a| (*a).to_owned()));
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        let (child, lines) = Self::spawn(&cmd, &env);
-        let mut d = Daemon { child, lines, seen: Vec::new(), cmd, env };
+        let wrapper: Vec<String> = wrapper.iter().map(|w| (*w).to_owned()).collect();
+        let (child, lines) = Self::spawn(&wrapper, &cmd, &env);
+        let mut d = Daemon { child, lines, seen: Vec::new(), cmd, env, wrapper };
         d.wait_started();
         d
     }
 
-    fn spawn(args: &[String], env: &[(String, String)]) -> (Child, Receiver<String>) {
-        let mut cmd = Command::new(bin());
+    fn spawn(wrapper: &[String], args: &[String], env: &[(String, String)]) -> (Child, Receiver<String>) {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args).arg(bin());
+                cmd
+            }
+            None => Command::new(bin()),
+        };
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("JOURNAL_STREAM");
         for (k, v) in env {
@@ -360,7 +375,7 @@ impl Daemon {
         while let Ok(l) = self.lines.try_recv() {
             self.seen.push(l);
         }
-        let (child, lines) = Self::spawn(&self.cmd, &self.env);
+        let (child, lines) = Self::spawn(&self.wrapper, &self.cmd, &self.env);
         (self.child, self.lines) = (child, lines);
         self.wait_started();
     }
