@@ -117,8 +117,7 @@ impl Daemon {
             )
             .with_provider(room.provider().clone()),
         );
-        let listener = tokio::net::TcpListener::bind(cfg.admin.listen.get_ref())
-            .await
+        let listener = crate::listener::bind(*cfg.admin.listen.get_ref())
             .map_err(|e| format!("admin.listen {}: {e}", cfg.admin.listen.get_ref()))?;
         let admin_addr = listener.local_addr()?;
         let mut stop_rx = admin_stop.subscribe();
@@ -301,7 +300,7 @@ async fn serve_mimi(
     };
     let urls = cfg.mimi.peer.iter().map(|p| (p.domain.clone(), p.url.get_ref().clone())).collect();
     let peers = Arc::new(mimi_http::http::Peers::new(urls, tls.clone()));
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("mimi.listen {listen}: {e}"))?;
+    let listener = crate::listener::bind(listen).map_err(|e| format!("mimi.listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let state = MimiState {

@@ -44,6 +44,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
+/// Connections the kernel may hold for us before `accept` (the listen backlog; capped by `net.core.somaxconn`).
+/// Large, so that during a flood — which the accept loop works through, closing what is over a cap — a legitimate
+/// client's connection waits in the queue instead of having its SYN dropped (a second's retransmit).
+pub const BACKLOG: u32 = 4096;
+
+/// Binds a listening socket on `addr` with [`BACKLOG`] (`SO_REUSEADDR`, as `std` and tokio set it).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// The bounds of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

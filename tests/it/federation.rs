@@ -23,6 +23,7 @@ fn listen(state: &std::path::Path, server: &str, room: &str, count: usize) -> Ve
 
 #[test]
 fn two_daemons_share_a_room_across_a_crash_and_an_epoch_change() {
+    let _heavy = crate::common::heavy();
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");

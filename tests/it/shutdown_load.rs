@@ -70,8 +70,14 @@ async fn start(cfg: &Config) -> Daemon {
     Daemon::start(cfg, &[]).await.expect("daemon starts")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_under_load_loses_nothing_acknowledged() {
+#[test]
+fn shutdown_under_load_loses_nothing_acknowledged() {
+    let _heavy = crate::common::heavy();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(under_load());
+}
+
+async fn under_load() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path(), 20);
     let d = start(&cfg).await;

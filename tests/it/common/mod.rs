@@ -269,6 +269,13 @@ pub fn http(
     Ok(Http { status, headers, body })
 }
 
+/// Serializes the tests that load the machine (floods, shutdown under load, several daemons, timings): the test
+/// binary runs its tests in parallel, and on a 2-core machine two of these at once starve each other.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The daemon binary.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_mimi-bridge")
