@@ -39,7 +39,11 @@ pub(super) async fn upload_key_packages(
 #[derive(Deserialize)]
 pub(super) struct CreateRoom {
     name: String,
-    epoch: u64,
+    /// The GroupInfo MLSMessage of the room's group, hex.
+    group_info: String,
+    /// The ratchet tree (TLS), hex; if absent, the GroupInfo's `ratchet_tree` extension.
+    #[serde(default)]
+    ratchet_tree: Option<String>,
     #[serde(default)]
     invite_only: bool,
 }
@@ -49,7 +53,9 @@ pub(super) async fn create_room(
     ClientUser(c): ClientUser,
     Json(b): Json<CreateRoom>,
 ) -> Result<Response, Fail> {
-    let room = s.clients.create_room(&c, &b.name, b.epoch, b.invite_only).await?;
+    let group_info = MlsMessageBytes::new(hex::decode(&b.group_info).map_err(bad)?).map_err(bad)?;
+    let tree = b.ratchet_tree.as_deref().map(hex::decode).transpose().map_err(bad)?;
+    let room = s.clients.create_room(&c, &b.name, &group_info, tree.as_deref(), b.invite_only).await?;
     Ok(Json(serde_json::json!({ "room": room })).into_response())
 }
 

@@ -2,7 +2,7 @@
 //! KeyPackage "for" the room, which puts the invitee on the participant list) or publish its GroupInfo; an
 //! invitee goes on the list only once a KeyPackage was actually claimed; only participants read an invite-only room.
 
-use crate::common::api::{call, register, serve};
+use crate::common::api::{call, group_info, register, serve};
 use mimi_provider::{JoinPolicy, Provider};
 use mimi_store::{Backend, CommitConfig};
 
@@ -14,7 +14,8 @@ async fn only_participants_invite_or_publish_group_info() {
     let store = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
     let provider = Provider::open("a.test", store).expect("provider");
     let alice = "mimi://a.test/u/alice";
-    provider.create_room(ROOM, ROOM.as_bytes(), 0, alice, JoinPolicy::Invite, false).await.expect("room");
+    let (_keys, info) = group_info(dir.path(), alice, ROOM).await;
+    provider.create_room(ROOM, &info, None, alice, JoinPolicy::Invite, false).await.expect("room");
     let addr = serve(&provider).await;
     let a = register(&addr, "alice").await;
     let m = register(&addr, "mallory").await;
@@ -43,15 +44,11 @@ async fn only_participants_read_an_invite_only_room() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
     let provider = Provider::open("a.test", store).expect("provider");
-    let open = "mimi://a.test/r/lobby";
-    provider
-        .create_room(ROOM, ROOM.as_bytes(), 0, "mimi://a.test/u/alice", JoinPolicy::Invite, false)
-        .await
-        .expect("room");
-    provider
-        .create_room(open, open.as_bytes(), 0, "mimi://a.test/u/alice", JoinPolicy::Open, false)
-        .await
-        .expect("room");
+    let (open, alice) = ("mimi://a.test/r/lobby", "mimi://a.test/u/alice");
+    let (_k1, info) = group_info(&dir.path().join("k1"), alice, ROOM).await;
+    provider.create_room(ROOM, &info, None, alice, JoinPolicy::Invite, false).await.expect("room");
+    let (_k2, info) = group_info(&dir.path().join("k2"), alice, open).await;
+    provider.create_room(open, &info, None, alice, JoinPolicy::Open, false).await.expect("room");
     let addr = serve(&provider).await;
     let a = register(&addr, "alice").await;
     let m = register(&addr, "mallory").await;

@@ -2,7 +2,7 @@
 //! registered, KeyPackages and GroupInfo requests carry the authenticated user's credential, a claim never
 //! consumes the last-resort KeyPackage, and a room a user made first is never adopted as a portal's.
 
-use crate::common::api::{Who, call, register, serve};
+use crate::common::api::{Who, call, group_info, register, serve};
 use bridge_api::PortalId;
 use bridge_core::MlsRooms;
 use mimi_mls::{EngineConfig, LocalMember, MlsBackend, key_packages};
@@ -122,10 +122,8 @@ async fn a_group_info_request_must_carry_the_requesters_own_credential() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_store, provider) = provider(dir.path());
     let room = "mimi://a.test/r/club";
-    provider
-        .create_room(room, room.as_bytes(), 0, "mimi://a.test/u/alice", JoinPolicy::Open, false)
-        .await
-        .expect("room");
+    let (_keys, info) = group_info(&dir.path().join("room"), "mimi://a.test/u/alice", room).await;
+    provider.create_room(room, &info, None, "mimi://a.test/u/alice", JoinPolicy::Open, false).await.expect("room");
     let addr = serve(&provider).await;
     let _alice = register(&addr, "alice").await;
     let mallory = register(&addr, "mallory").await;
@@ -158,8 +156,16 @@ async fn a_room_a_user_made_first_is_never_adopted_as_a_portals() {
     let (store, provider) = provider(dir.path());
     let addr = serve(&provider).await;
     let mallory = register(&addr, "mallory").await;
-    let (status, body) =
-        call(&addr, "POST", "/client/v1/rooms", Some(&mallory), r#"{"name":"dev","epoch":0,"invite_only":true}"#).await;
+    // The body of mallory's create-room request for `name`: her own group's GroupInfo.
+    let create = |name: &'static str| {
+        let (dir, mallory) = (dir.path().join(format!("mallory-{name}")), mallory.0.clone());
+        async move {
+            let (_keys, info) = group_info(&dir, &mallory, &format!("mimi://a.test/r/{name}")).await;
+            serde_json::json!({ "name": name, "group_info": hex::encode(info.as_bytes()), "invite_only": true })
+                .to_string()
+        }
+    };
+    let (status, body) = call(&addr, "POST", "/client/v1/rooms", Some(&mallory), create("dev").await).await;
     assert_eq!(status, 200, "{body}");
     drop(provider);
 
@@ -171,8 +177,7 @@ async fn a_room_a_user_made_first_is_never_adopted_as_a_portals() {
     // A portal the bridge made first cannot be taken over by a user's create-room either.
     rooms.ensure_portal(&PortalId::new("ops").expect("portal")).await.expect("portal ops");
     let addr = serve(rooms.provider()).await;
-    let (status, body) =
-        call(&addr, "POST", "/client/v1/rooms", Some(&mallory), r#"{"name":"ops","epoch":0,"invite_only":true}"#).await;
+    let (status, body) = call(&addr, "POST", "/client/v1/rooms", Some(&mallory), create("ops").await).await;
     assert_eq!(status, 409, "{body}");
     assert!(!rooms.provider().is_participant("mimi://a.test/r/ops", &mallory.0).expect("room"));
 }

@@ -3,6 +3,7 @@
 
 use crate::common::api::{call, register, serve};
 use mimi_mls::{EngineConfig, LocalMember, MlsBackend, PortalGroup};
+use mimi_protocol::wire::MlsMessageBytes;
 use mimi_provider::{JoinPolicy, Provider};
 use mimi_store::{Backend, CommitConfig};
 use openmls::prelude::SignatureScheme;
@@ -37,10 +38,8 @@ async fn a_member_flooding_a_room_is_stopped_by_the_byte_quota() {
         .durable()
         .await
         .expect("group");
-    provider
-        .create_room(ROOM, ROOM.as_bytes(), group.epoch(), &alice.0, JoinPolicy::Invite, false)
-        .await
-        .expect("room");
+    let info = MlsMessageBytes::new(group.export_group_info(true).expect("group info")).expect("framed");
+    provider.create_room(ROOM, &info, None, &alice.0, JoinPolicy::Invite, false).await.expect("room");
 
     let path = format!("/client/v1/submit/{}", ROOM.trim_start_matches("mimi://"));
     let quota = mimi_provider::quota::QuotaConfig::default().bytes_per_minute;

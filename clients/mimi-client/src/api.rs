@@ -79,11 +79,6 @@ impl Api {
         Self::check(self.call("GET", path, "application/octet-stream", Vec::new()).await?)
     }
 
-    /// `PUT path` with a binary body (2xx required).
-    pub async fn put(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
-        Self::check(self.call("PUT", path, "application/octet-stream", body).await?)
-    }
-
     /// `POST path` with a binary body; status and body.
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
         self.call("POST", path, "application/octet-stream", body).await

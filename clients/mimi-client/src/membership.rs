@@ -1,12 +1,12 @@
 //! Who is in which room: registering, creating rooms, inviting, listing invitations, joining.
 
 use crate::api::Api;
-use crate::room::{self, Verdict, catch_up, epoch_moved, publish_group_info, room_path};
+use crate::room::{self, Verdict, catch_up, epoch_moved, room_path};
 use crate::session::{Res, Session, State};
 use crate::transport::Server;
 use mimi_mls::{EngineConfig, PortalGroup, key_packages};
 use mimi_protocol::wire::{
-    DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, LogPage, WireMessage,
+    DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, LogPage, RatchetTreeOption, WireMessage,
 };
 use std::path::Path;
 
@@ -35,8 +35,9 @@ pub async fn create_room(s: &mut Session, name: &str) -> Res<()> {
         .durable()
         .await
         .map_err(|e| e.to_string())?;
-    s.api.post_json("/client/v1/rooms", serde_json::json!({ "name": name, "epoch": group.epoch() })).await?;
-    publish_group_info(&s.api, &group, &room).await?;
+    // The hub keeps the group's public state from its GroupInfo (with the ratchet tree) and serves that GroupInfo.
+    let gi = group.export_group_info(true).map_err(|e| e.to_string())?;
+    s.api.post_json("/client/v1/rooms", serde_json::json!({ "name": name, "group_info": hex::encode(gi) })).await?;
     println!("{room}");
     Ok(())
 }
@@ -118,7 +119,8 @@ async fn join_from_welcome(s: &mut Session, room: &str, seq: u64) -> Res<u64> {
 /// `GroupInfoRequest` signed by our member key (draft-ietf-mimi-protocol-06 §5.6): the answer is checked against
 /// the signature key the hub names in it (trusting that key rests on TLS to our provider and the provider-to-provider
 /// mTLS to the room's hub) and decrypted with the request's one-time HPKE key.
-async fn fetch_group_info(s: &Session, room: &str) -> Res<Vec<u8>> {
+/// The hub sends its own ratchet tree along when the GroupInfo it keeps does not embed one.
+async fn fetch_group_info(s: &Session, room: &str) -> Res<(Vec<u8>, Option<Vec<u8>>)> {
     let member = &s.keys.member;
     let cwk = member.credential();
     let (request, secret) = GroupInfoRequest::new(
@@ -138,17 +140,21 @@ async fn fetch_group_info(s: &Session, room: &str) -> Res<Vec<u8>> {
         GroupInfoCode::NoSuchRoom => return Err(format!("no such room {room}")),
     }
     let tbe = response.open(room.as_bytes(), &secret).map_err(|e| format!("the GroupInfo answer: {e}"))?;
-    Ok(tbe.group_info.into_bytes())
+    let tree = match tbe.ratchet_tree {
+        RatchetTreeOption::Full(tree) => Some(tree),
+        _ => None,
+    };
+    Ok((tbe.group_info.into_bytes(), tree))
 }
 
 /// Joins by external commit from the room's GroupInfo; the cursor after the commit.
 async fn join_by_external_commit(s: &mut Session, room: &str) -> Res<u64> {
     let mut tries = 0;
     loop {
-        let gi = fetch_group_info(s, room).await?;
+        let (gi, tree) = fetch_group_info(s, room).await?;
         let (provider, member) = (s.keys.provider.clone(), s.keys.member.clone());
         let (mut group, commit) =
-            PortalGroup::rejoin_by_external_commit(provider, member, &EngineConfig::default(), &gi, None)
+            PortalGroup::rejoin_by_external_commit(provider, member, &EngineConfig::default(), &gi, tree.as_deref())
                 .durable()
                 .await
                 .map_err(|e| e.to_string())?;

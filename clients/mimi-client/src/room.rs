@@ -151,12 +151,6 @@ pub async fn update_with(api: &Api, room: &str, out: CommitOutput) -> Res<Verdic
     update(api, room, out.commit, out.welcome, gi).await
 }
 
-/// Hands the room's current GroupInfo to the server (after creating a room it hosts).
-pub async fn publish_group_info(api: &Api, group: &PortalGroup, room: &str) -> Res<()> {
-    let gi = group.export_group_info(true).map_err(|e| e.to_string())?;
-    api.put(&format!("/client/v1/groupInfo/{}", room_path(room)), gi).await.map(|_| ())
-}
-
 /// How many times `send`, `invite` and `join` try again after the room moved to a newer epoch.
 const EPOCH_RETRIES: usize = 20;
 

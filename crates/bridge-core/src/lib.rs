@@ -39,7 +39,10 @@ pub fn known_trees() -> Vec<&'static str> {
 ///
 /// * 1 → 2: the outbox and `failed` trees hold records of their own ([`outbox`]) instead of the API's
 ///   `OutboundEvent`, with the times they were queued and given up on.
-pub const SCHEMA: mimi_store::schema::Schema = mimi_store::schema::Schema { migrations: &[outbox::migrate_v1_to_v2] };
+/// * 2 → 3: every room this provider hosts gets the public state of its MLS group (`hub_log` `'P'`), with which
+///   the hub validates handshakes, built from the room's stored GroupInfo ([`mimi_provider::log::migrate_v2_to_v3`]).
+pub const SCHEMA: mimi_store::schema::Schema =
+    mimi_store::schema::Schema { migrations: &[outbox::migrate_v1_to_v2, mimi_provider::log::migrate_v2_to_v3] };
 
 /// Opens the daemon's store in `data_dir`, migrating it to [`SCHEMA`].
 pub fn open_store(

@@ -45,7 +45,7 @@ use mimi_mls::{
     UserLeaves,
 };
 use mimi_protocol::hub::{JoinPolicy, Origin, Refusal};
-use mimi_protocol::wire::{MlsMessageBytes, wire_format};
+use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest, wire_format};
 use mimi_provider::log::{Records, write};
 use mimi_provider::service::{Provider, ProviderError};
 use mimi_store::Batch;
@@ -269,7 +269,12 @@ impl MlsRooms {
             }
             Err(e) => return Err(unavailable(e)),
         };
-        match self.provider.create_room(&room, gid, group.epoch(), self.member.uri(), self.policy, true).await {
+        // The hub keeps the public state of the group from its GroupInfo (with the ratchet tree), and validates
+        // every handshake against it, the portal's own included. (A room made by an earlier build, whose hub does
+        // not know its group yet, learns it here if the group is at the hub's epoch.)
+        let info = group.export_group_info(true).map_err(unavailable)?;
+        let info = MlsMessageBytes::new(info).map_err(unavailable)?;
+        match self.provider.create_room(&room, &info, None, self.member.uri(), self.policy, true).await {
             Ok(()) => {}
             Err(ProviderError::Exists(_)) => {
                 return Err(RoomError::Refused(format!(
@@ -432,16 +437,31 @@ impl MlsRooms {
         self.catch_up(portal, &mut s).await?;
         let kps: Vec<&[u8]> = key_packages.iter().map(Vec::as_slice).collect();
         let out = s.group.add_members(&kps).durable().await.map_err(unavailable)?;
-        let welcome = out.welcome.clone();
-        if !self.submit_own_commit(&mut s, out).await? {
+        // The Welcome goes to the hub only with the commit it belongs to (and the GroupInfo of the new epoch).
+        let framed = |b: Vec<u8>| MlsMessageBytes::new(b).map_err(unavailable);
+        let info = out.group_info.clone().ok_or_else(|| unavailable("the MLS engine made no GroupInfo"))?;
+        let bundle = UpdateRequest::Commit {
+            commit: framed(out.commit.clone())?,
+            welcome: out.welcome.clone().map(framed).transpose()?,
+            group_info: GroupInfoOption(framed(info)?),
+            ratchet_tree: RatchetTreeOption::DistributionService,
+        };
+        let room = s.room.clone();
+        let sent = match self.provider.update(&room, bundle, self.member.uri(), Origin::Portal).await {
+            Ok(a) => Ok(Some(a.seq)),
+            Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => Ok(None),
+            Err(ProviderError::Refused(r)) => Err(RoomError::Refused(r.to_string())),
+            Err(e) => Err(unavailable(e)),
+        };
+        let welcome_seq = match (&sent, &out.welcome) {
+            // The Welcome follows its commit in the log: it is ours too.
+            (Ok(Some(seq)), Some(_)) => Some(seq + 1),
+            _ => None,
+        };
+        if !self.complete_own_commit(&mut s, out, sent).await? {
             return Err(RoomError::Unavailable("the room moved to a newer epoch; add again".into()));
         }
-        if let Some(w) = welcome {
-            let w = MlsMessageBytes::new(w).map_err(unavailable)?;
-            let room = s.room.clone();
-            let a = self.provider.submit(&room, w, self.member.uri(), Origin::Portal).await.map_err(unavailable)?;
-            s.own.insert(a.seq);
-        }
+        s.own.extend(welcome_seq);
         Ok(())
     }
 
@@ -449,7 +469,19 @@ impl MlsRooms {
     /// per-user leaves process it and the served GroupInfo is refreshed; `true`), dropped if the hub moved to a
     /// newer epoch first (`false`: catch up and commit again) or refused it (an error).
     async fn submit_own_commit(&self, s: &mut Slot, out: CommitOutput) -> Result<bool, RoomError> {
-        match self.send_commit(&s.room, &out.commit, self.member.uri()).await {
+        let sent = self.send_commit(&s.room, &out.commit, self.member.uri()).await;
+        self.complete_own_commit(s, out, sent).await
+    }
+
+    /// Merges or drops the pending commit `out` of the bridge's leaf after the hub's answer `sent` (see
+    /// [`MlsRooms::send_commit`]).
+    async fn complete_own_commit(
+        &self,
+        s: &mut Slot,
+        out: CommitOutput,
+        sent: Result<Option<u64>, RoomError>,
+    ) -> Result<bool, RoomError> {
+        match sent {
             Ok(Some(seq)) => {
                 // Marked as ours only once merged: if the merge does not happen, the worker meets the commit in
                 // the log and merges it then.

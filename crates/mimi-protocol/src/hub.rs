@@ -18,8 +18,11 @@
 //! message came from included (its copy of the log then has no gap).
 
 use super::inspect::{Inspected, PublicSender, inspect};
+use super::public::{PublicState, identity};
 use super::wire::{FanoutMessage, MlsMessageBytes, SequencedFanout, UpdateRequest};
 use crate::uri_domain;
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{MlsMessageIn, ProcessedMessageContent, ProtocolMessage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
@@ -95,6 +98,10 @@ pub enum HubAction {
         digest: [u8; 32],
         /// The room state after it.
         state: HubState,
+        /// The group's public state after it ([`PublicState::encode`]), if the entry changed it (a handshake).
+        public: Option<Vec<u8>>,
+        /// For a commit sent in an update: the GroupInfo of the epoch it makes (verified), to keep and serve.
+        group_info: Option<MlsMessageBytes>,
     },
     /// Send the entry to a follower (`POST /notify`), retrying until it answers 201.
     Notify {
@@ -132,37 +139,90 @@ pub fn digest(m: &MlsMessageBytes) -> [u8; 32] {
 }
 
 /// The hub of one room.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HubRoom {
     state: HubState,
+    /// The group's public state; `None` only for a room stored before the hub kept it, until a member hands in
+    /// the current GroupInfo ([`HubRoom::adopt`]).
+    public: Option<Box<PublicState>>,
     seen: HashMap<[u8; 32], u64>,
     has_portal: bool,
 }
 
+/// What the hub decided about one message before sequencing it: the room state and public state after it.
+struct Judged {
+    state: HubState,
+    /// The public state after the message, if it changes it (handshakes).
+    public: Option<PublicState>,
+    /// For a commit: the KeyPackageRefs of the members it adds.
+    added: Option<BTreeSet<Vec<u8>>>,
+}
+
+fn not_allowed(why: impl Into<String>) -> Refusal {
+    Refusal::NotAllowed(why.into())
+}
+
+/// The ProtocolMessage of a PublicMessage or PrivateMessage.
+fn protocol_message(m: &MlsMessageBytes) -> Result<ProtocolMessage, Refusal> {
+    let msg = MlsMessageIn::tls_deserialize_exact(m.as_bytes()).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    msg.try_into_protocol_message().map_err(|_| Refusal::Malformed("not a PublicMessage or PrivateMessage".into()))
+}
+
 impl HubRoom {
-    /// A new room: group `group_id` at `epoch`, first participant `creator`. `has_portal` says whether the
+    /// A new room of the group that `group_info` (an MLSMessage) describes, with its ratchet tree (`ratchet_tree`,
+    /// the TLS encoding of `optional<Node> ratchet_tree<V>`, or else the GroupInfo's `ratchet_tree` extension):
+    /// OpenMLS checks both, and the GroupInfo's signature. The room starts at the GroupInfo's epoch, with
+    /// `creator` — who must be a member of that group — as first participant. `has_portal` says whether the
     /// bridge's own member is in the room (it then gets [`HubAction::DeliverPortal`]).
-    pub fn new(room: &str, group_id: &[u8], epoch: u64, creator: &str, policy: JoinPolicy, has_portal: bool) -> Self {
+    pub fn new(
+        room: &str,
+        group_info: &MlsMessageBytes,
+        ratchet_tree: Option<&[u8]>,
+        creator: &str,
+        policy: JoinPolicy,
+        has_portal: bool,
+    ) -> Result<Self, Refusal> {
+        let public = PublicState::from_group_info(group_info, ratchet_tree)?;
+        if !public.identities().contains(creator) {
+            return Err(not_allowed(format!("{creator} is not a member of the group it hands in")));
+        }
         let state = HubState {
             room: room.to_owned(),
-            group_id: group_id.to_vec(),
-            epoch,
+            group_id: public.group_id().to_vec(),
+            epoch: public.epoch(),
             next_seq: 1,
             policy,
             participants: BTreeSet::from([creator.to_owned()]),
             followers: BTreeSet::new(),
         };
-        Self { state, seen: HashMap::new(), has_portal }
+        Ok(Self { state, public: Some(Box::new(public)), seen: HashMap::new(), has_portal })
     }
 
-    /// A room restored from its durable state and the digests of its log entries (`(digest, seq)`).
-    pub fn restore(state: HubState, seen: impl IntoIterator<Item = ([u8; 32], u64)>, has_portal: bool) -> Self {
-        Self { state, seen: seen.into_iter().collect(), has_portal }
+    /// A room restored from its durable state, its public state ([`HubRoom::public_state`]; `None` for a room
+    /// stored before the hub kept it) and the digests of its log entries (`(digest, seq)`).
+    pub fn restore(
+        state: HubState,
+        public: Option<&[u8]>,
+        seen: impl IntoIterator<Item = ([u8; 32], u64)>,
+        has_portal: bool,
+    ) -> Result<Self, Refusal> {
+        let public = public.map(PublicState::decode).transpose()?.map(Box::new);
+        Ok(Self { state, public, seen: seen.into_iter().collect(), has_portal })
     }
 
     /// The room state.
     pub fn state(&self) -> &HubState {
         &self.state
+    }
+
+    /// The group's public state as bytes, to persist (`None` if the hub does not know it).
+    pub fn public_state(&self) -> Result<Option<Vec<u8>>, Refusal> {
+        self.public.as_deref().map(PublicState::encode).transpose()
+    }
+
+    /// The current ratchet tree (TLS encoding), if the hub knows the group's public state.
+    pub fn ratchet_tree(&self) -> Option<Vec<u8>> {
+        self.public.as_deref().map(PublicState::ratchet_tree)
     }
 
     /// The epoch the hub is at.
@@ -185,8 +245,51 @@ impl HubRoom {
         self.state.clone()
     }
 
+    /// For a room stored before the hub kept the group's public state: takes it from `group_info` and
+    /// `ratchet_tree` (as [`HubRoom::new`]) handed in by the participant `by`, if they are of the room's group and
+    /// current epoch. Returns the public state to persist; `None` if the hub knew it already (nothing changes).
+    pub fn adopt(
+        &mut self,
+        group_info: &MlsMessageBytes,
+        ratchet_tree: Option<&[u8]>,
+        by: &str,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        if self.public.is_some() {
+            return Ok(None);
+        }
+        if !self.state.participants.contains(by) {
+            return Err(not_allowed(format!("{by} is not a participant")));
+        }
+        let public = PublicState::from_group_info(group_info, ratchet_tree)?;
+        self.check_group(public.group_id())?;
+        self.check_epoch(public.epoch())?;
+        let bytes = public.encode()?;
+        self.public = Some(Box::new(public));
+        Ok(Some(bytes))
+    }
+
+    /// Checks a GroupInfo (an MLSMessage) handed in for the room's current epoch: of the room's group and epoch
+    /// (an older epoch is [`Refusal::EpochTooOld`]), and — if the hub knows the group's public state — signed by
+    /// the member at its signer leaf, with the hub's GroupContext and confirmation tag.
+    pub fn check_group_info(&self, group_info: &MlsMessageBytes) -> Result<(), Refusal> {
+        let Ok(Inspected::GroupInfo { group_id, epoch }) = inspect(group_info) else {
+            return Err(Refusal::Malformed("not a GroupInfo".into()));
+        };
+        if group_id != self.state.group_id {
+            return Err(not_allowed("GroupInfo of another group"));
+        }
+        if epoch != self.state.epoch {
+            return Err(Refusal::EpochTooOld { current_epoch: self.state.epoch });
+        }
+        match &self.public {
+            Some(p) => p.check_group_info(group_info),
+            None => Ok(()),
+        }
+    }
+
     /// Submits `message` from `origin`. `sending_uri` is the sender's URI (from `SubmitMessageRequest`, or the
-    /// requester of an update). `now_ms` is the acceptance time.
+    /// requester of an update). `now_ms` is the acceptance time. A Welcome is refused: it travels in an update,
+    /// with its commit ([`HubRoom::update`]).
     pub fn submit(
         &mut self,
         message: MlsMessageBytes,
@@ -198,67 +301,187 @@ impl HubRoom {
         if let Some(&seq) = self.seen.get(&d) {
             return Ok((Sequenced { seq, timestamp: now_ms, duplicate: true }, Vec::new()));
         }
-        let info = inspect(&message).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let judged = self.judge(&message, sending_uri, origin)?;
+        let entries = vec![(message, d, judged.state, judged.public, None)];
+        self.sequence(entries, origin, now_ms)
+    }
+
+    /// Applies an update (`HandshakeBundle`, §5.3) from `origin`. Proposals: the first is submitted as by
+    /// [`HubRoom::submit`]. A commit: validated as there, then its GroupInfo must verify against its signer's leaf
+    /// in the group the commit makes and carry that group's GroupContext and confirmation tag, and its Welcome (if
+    /// any) must be for exactly the KeyPackages the commit adds. The commit and its Welcome become two consecutive
+    /// entries (one [`HubAction::Append`] each, to be made durable together); the commit's carries the GroupInfo.
+    /// Returns the verdict on the commit.
+    pub fn update(
+        &mut self,
+        req: &UpdateRequest,
+        sending_uri: &str,
+        origin: &Origin,
+        now_ms: u64,
+    ) -> Result<(Sequenced, Vec<HubAction>), Refusal> {
+        let UpdateRequest::Commit { commit, welcome, group_info, .. } = req else {
+            return self.submit(req.message().clone(), sending_uri, origin, now_ms);
+        };
+        let d = digest(commit);
+        if let Some(&seq) = self.seen.get(&d) {
+            return Ok((Sequenced { seq, timestamp: now_ms, duplicate: true }, Vec::new()));
+        }
+        check_bundle(req)?;
+        let judged = self.judge(commit, sending_uri, origin)?;
+        let after = judged.public.as_ref().ok_or_else(|| not_allowed("not a commit"))?;
+        after.check_group_info(&group_info.0)?;
+        let mut entries = vec![(commit.clone(), d, judged.state.clone(), judged.public, Some(group_info.0.clone()))];
+        if let Some(w) = welcome {
+            let Ok(Inspected::Welcome { new_members }) = inspect(w) else {
+                return Err(Refusal::Malformed("the welcome is not a Welcome".into()));
+            };
+            let refs: BTreeSet<Vec<u8>> = new_members.iter().cloned().collect();
+            if refs.is_empty() || refs.len() != new_members.len() || judged.added.as_ref() != Some(&refs) {
+                return Err(not_allowed("the Welcome is not for the members its commit adds"));
+            }
+            let wd = digest(w);
+            if self.seen.contains_key(&wd) {
+                return Err(not_allowed("this Welcome was sequenced already"));
+            }
+            let mut state = judged.state;
+            state.next_seq += 1;
+            entries.push((w.clone(), wd, state, None, None));
+        }
+        self.sequence(entries, origin, now_ms)
+    }
+
+    /// Decides on one message (not a Welcome): what the room and its public state become. Changes nothing.
+    fn judge(&self, message: &MlsMessageBytes, sending_uri: &str, origin: &Origin) -> Result<Judged, Refusal> {
+        let info = inspect(message).map_err(|e| Refusal::Malformed(e.to_string()))?;
         if let Origin::Follower(f) = origin
             && uri_domain(sending_uri) != Some(f.as_str())
         {
-            return Err(Refusal::NotAllowed(format!("{f} cannot speak for {sending_uri:?}")));
+            return Err(not_allowed(format!("{f} cannot speak for {sending_uri:?}")));
         }
         let mut next = self.state.clone();
         match info {
             Inspected::Private { group_id, epoch, application } => {
                 self.check_group(&group_id)?;
                 if !application {
-                    return Err(Refusal::NotAllowed("handshake messages must be PublicMessages".into()));
+                    return Err(not_allowed("handshake messages must be PublicMessages"));
                 }
                 self.check_epoch(epoch)?;
                 if !self.state.participants.contains(sending_uri) {
-                    return Err(Refusal::NotAllowed(format!("{sending_uri} is not a participant")));
+                    return Err(not_allowed(format!("{sending_uri} is not a participant")));
                 }
+                Ok(Judged { state: next, public: None, added: None })
             }
-            Inspected::Public { group_id, epoch, commit, sender } => {
+            Inspected::Public { group_id, epoch, sender, .. } => {
                 self.check_group(&group_id)?;
                 self.check_epoch(epoch)?;
-                match sender {
-                    PublicSender::Member(_) => {}
-                    PublicSender::NewMemberCommit | PublicSender::NewMemberProposal => {
-                        if self.state.policy == JoinPolicy::Invite && !self.state.participants.contains(sending_uri) {
-                            return Err(Refusal::NotAllowed("the room is invite-only".into()));
-                        }
-                        next.participants.insert(sending_uri.to_owned());
-                        if let Origin::Follower(f) = origin {
-                            next.followers.insert(f.clone());
-                        }
+                if sender == PublicSender::External {
+                    return Err(not_allowed("no external senders are configured"));
+                }
+                let public = self.public.as_ref().ok_or_else(|| {
+                    not_allowed("the hub does not know the room's group yet: a member must hand in its GroupInfo")
+                })?;
+                let processed = public.process(protocol_message(message)?)?;
+                if matches!(sender, PublicSender::NewMemberCommit | PublicSender::NewMemberProposal) {
+                    let who = identity(processed.credential())
+                        .ok_or_else(|| not_allowed("the joiner's credential is not a basic credential"))?;
+                    if who != sending_uri {
+                        return Err(not_allowed(format!("{sending_uri} cannot join as {who}")));
                     }
-                    PublicSender::External => {
-                        return Err(Refusal::NotAllowed("no external senders are configured".into()));
+                    if self.state.policy == JoinPolicy::Invite && !self.state.participants.contains(&who) {
+                        return Err(not_allowed("the room is invite-only"));
+                    }
+                    next.participants.insert(who);
+                    if let Origin::Follower(f) = origin {
+                        next.followers.insert(f.clone());
                     }
                 }
-                if commit {
-                    next.epoch += 1;
+                match processed.into_content() {
+                    ProcessedMessageContent::StagedCommitMessage(staged) => {
+                        let added = PublicState::added_refs(&staged)?;
+                        let removed: Vec<String> = staged
+                            .remove_proposals()
+                            .filter_map(|r| public.identity_at(r.remove_proposal().removed()))
+                            .collect();
+                        let joined: Vec<String> = staged
+                            .add_proposals()
+                            .filter_map(|a| identity(a.add_proposal().key_package().leaf_node().credential()))
+                            .collect();
+                        let after = public.with_commit(*staged)?;
+                        let members = after.identities();
+                        for gone in removed.iter().filter(|id| !members.contains(*id)) {
+                            next.participants.remove(gone);
+                        }
+                        next.participants.extend(joined);
+                        next.epoch = after.epoch();
+                        Ok(Judged { state: next, public: Some(after), added: Some(added) })
+                    }
+                    ProcessedMessageContent::ProposalMessage(p)
+                    | ProcessedMessageContent::ExternalJoinProposalMessage(p) => {
+                        Ok(Judged { state: next, public: Some(public.with_proposal(*p)?), added: None })
+                    }
+                    _ => Err(not_allowed("not a handshake message")),
                 }
             }
-            Inspected::Welcome { .. } => {}
+            Inspected::Welcome { .. } => {
+                Err(not_allowed("a Welcome is accepted only in an update, with the commit it belongs to"))
+            }
             Inspected::GroupInfo { .. } | Inspected::KeyPackage => {
-                return Err(Refusal::Malformed("GroupInfo and KeyPackage are not room messages".into()));
+                Err(Refusal::Malformed("GroupInfo and KeyPackage are not room messages".into()))
             }
         }
-        let seq = next.next_seq;
-        next.next_seq += 1;
-        let entry = SequencedFanout { seq, fanout: FanoutMessage::plain(now_ms, message) };
-        let mut actions = vec![HubAction::Append { entry, digest: d, state: next.clone() }];
+    }
+
+    /// Sequences judged entries, in order (each `state` already counts the entries before it): one
+    /// [`HubAction::Append`] each, then the fan-out. The room moves on to the last entry's state.
+    #[allow(clippy::type_complexity)]
+    fn sequence(
+        &mut self,
+        entries: Vec<(MlsMessageBytes, [u8; 32], HubState, Option<PublicState>, Option<MlsMessageBytes>)>,
+        origin: &Origin,
+        now_ms: u64,
+    ) -> Result<(Sequenced, Vec<HubAction>), Refusal> {
+        let mut actions = Vec::new();
+        let mut seqs = Vec::new();
+        let mut last_public = None;
+        let mut last_state = None;
+        for (message, d, mut state, public, group_info) in entries {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let public_bytes = public.as_ref().map(PublicState::encode).transpose()?;
+            let entry = SequencedFanout { seq, fanout: FanoutMessage::plain(now_ms, message) };
+            actions.push(HubAction::Append {
+                entry,
+                digest: d,
+                state: state.clone(),
+                public: public_bytes,
+                group_info,
+            });
+            seqs.push((seq, d));
+            if public.is_some() {
+                last_public = public;
+            }
+            last_state = Some(state);
+        }
+        let (Some(state), Some(&(first, _)), Some(&(last, _))) = (last_state, seqs.first(), seqs.last()) else {
+            return Err(not_allowed("nothing to sequence"));
+        };
         // Every follower hears of every entry, the origin's provider included: the draft does not expect it
         // (§5.5) but allows it, and it keeps the follower's copy of the log free of gaps for its other clients.
-        for peer in &next.followers {
-            actions.push(HubAction::Notify { peer: peer.clone(), seq });
+        for &(seq, _) in &seqs {
+            for peer in &state.followers {
+                actions.push(HubAction::Notify { peer: peer.clone(), seq });
+            }
         }
-        actions.push(HubAction::WakeClients { seq });
+        actions.push(HubAction::WakeClients { seq: last });
         if self.has_portal && *origin != Origin::Portal {
-            actions.push(HubAction::DeliverPortal { seq });
+            actions.push(HubAction::DeliverPortal { seq: last });
         }
-        self.state = next;
-        self.seen.insert(d, seq);
-        Ok((Sequenced { seq, timestamp: now_ms, duplicate: false }, actions))
+        self.state = state;
+        if let Some(p) = last_public {
+            self.public = Some(Box::new(p));
+        }
+        self.seen.extend(seqs.iter().map(|&(seq, d)| (d, seq)));
+        Ok((Sequenced { seq: first, timestamp: now_ms, duplicate: false }, actions))
     }
 
     /// Checks what the hub can see of an update before sequencing it (see [`check_bundle`]) and that it is for
@@ -312,19 +535,29 @@ pub fn check_bundle(req: &UpdateRequest) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_group::group;
+    use crate::test_group::{TestClient, TestGroup, forged_commit, group};
+    use crate::wire::{GroupInfoOption, RatchetTreeOption};
 
     const ROOM: &str = "mimi://a.test/r/x";
     const ALICE: &str = "mimi://a.test/u/alice";
+    const BOB: &str = "mimi://a.test/u/bob";
+    const CAROL: &str = "mimi://b.test/u/carol";
+    const MALLORY: &str = "mimi://a.test/u/mallory";
 
     fn bytes(v: Vec<u8>) -> MlsMessageBytes {
         MlsMessageBytes::new(v).expect("framed")
     }
 
+    /// The hub room of `g`'s group, created from its GroupInfo (with the ratchet tree).
+    fn hub_of(g: &TestGroup, room: &str, policy: JoinPolicy, has_portal: bool) -> HubRoom {
+        let gi = bytes(g.export_group_info(true).expect("group info"));
+        HubRoom::new(room, &gi, None, ALICE, policy, has_portal).expect("room")
+    }
+
     #[test]
     fn sequences_fans_out_and_answers_retries_with_the_same_number() {
         let (_d, mut g) = group(ROOM.as_bytes());
-        let mut hub = HubRoom::new(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, true);
+        let mut hub = hub_of(&g, ROOM, JoinPolicy::Open, true);
         hub.add_participant("mimi://b.test/u/bob", Some("b.test"));
         let m1 = bytes(g.encrypt(b"one").expect("encrypt"));
         let (a, actions) = hub.submit(m1.clone(), ALICE, &Origin::Client(ALICE.into()), 5).expect("accepted");
@@ -354,11 +587,12 @@ mod tests {
     #[test]
     fn refuses_non_participants_other_groups_and_stale_epochs() {
         let (_d, mut g) = group(ROOM.as_bytes());
-        let mut hub = HubRoom::new(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Invite, false);
+        let mut hub = hub_of(&g, ROOM, JoinPolicy::Invite, false);
         let m = bytes(g.encrypt(b"x").expect("encrypt"));
         let r = hub.submit(m.clone(), "mimi://a.test/u/mallory", &Origin::Client("m".into()), 1);
         assert!(matches!(r, Err(Refusal::NotAllowed(_))), "{r:?}");
-        let mut other = HubRoom::new("mimi://a.test/r/y", b"y", g.epoch(), ALICE, JoinPolicy::Open, false);
+        let (_d2, y) = group(b"y");
+        let mut other = hub_of(&y, "mimi://a.test/r/y", JoinPolicy::Open, false);
         assert!(matches!(other.submit(m, ALICE, &Origin::Portal, 1), Err(Refusal::NotAllowed(_))));
         // A commit moves the hub to the next epoch; a message of the old epoch is then too old.
         let old = bytes(g.encrypt(b"old").expect("encrypt"));
@@ -373,7 +607,7 @@ mod tests {
     fn an_update_carries_the_group_info_of_the_epoch_its_commit_makes() {
         use crate::wire::{GroupInfoOption, RatchetTreeOption};
         let (_d, mut g) = group(ROOM.as_bytes());
-        let hub = HubRoom::new(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false);
+        let hub = hub_of(&g, ROOM, JoinPolicy::Open, false);
         let old_info = bytes(g.export_group_info(true).expect("group info"));
         let out = g.self_update().expect("commit");
         let bundle = |gi: MlsMessageBytes| UpdateRequest::Commit {
@@ -395,6 +629,183 @@ mod tests {
         };
         assert_eq!(check_bundle(&foreign), Ok(()), "consistent in itself");
         assert!(matches!(hub.check_update(&foreign), Err(Refusal::NotAllowed(_))), "but for another group");
+    }
+
+    /// What a refusal must leave untouched: room state, public state, last sequence number.
+    fn snapshot(hub: &HubRoom) -> (HubState, Option<Vec<u8>>, u64) {
+        (hub.state().clone(), hub.public_state().expect("encodes"), hub.last_seq())
+    }
+
+    fn commit_bundle(c: &crate::test_group::TestCommit) -> UpdateRequest {
+        UpdateRequest::Commit {
+            commit: bytes(c.commit.clone()),
+            welcome: c.welcome.clone().map(bytes),
+            group_info: GroupInfoOption(bytes(c.group_info.clone().expect("group info"))),
+            ratchet_tree: RatchetTreeOption::DistributionService,
+        }
+    }
+
+    /// Alice's room with Bob added (through an update: commit, Welcome, GroupInfo) and joined.
+    fn room_with_bob() -> (TestGroup, TestGroup, HubRoom) {
+        let (_d, mut alice) = group(ROOM.as_bytes());
+        let mut hub = hub_of(&alice, ROOM, JoinPolicy::Open, false);
+        let bob = TestClient::new(BOB);
+        let add = alice.add(&[bob.key_package()]);
+        let (a, actions) = hub.update(&commit_bundle(&add), ALICE, &Origin::Client(ALICE.into()), 1).expect("add");
+        alice.merge();
+        assert_eq!((a.seq, hub.last_seq(), hub.epoch()), (1, 2, 1), "the commit, then its Welcome");
+        let appended: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                HubAction::Append { entry, public, group_info, .. } => {
+                    Some((entry.seq, public.is_some(), group_info.is_some()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(appended, vec![(1, true, true), (2, false, false)]);
+        assert!(hub.state().participants.contains(BOB), "an Add makes a participant");
+        let bob = bob.join_from_welcome(add.welcome.as_ref().expect("welcome"));
+        (alice, bob, hub)
+    }
+
+    #[test]
+    fn a_forged_commit_is_refused_and_changes_nothing() {
+        let (_d, mut alice) = group(ROOM.as_bytes());
+        let mut hub = hub_of(&alice, ROOM, JoinPolicy::Open, false);
+        let before = snapshot(&hub);
+        let mallory = Origin::Client(MALLORY.into());
+        // Issue #15: member 0, random signature and tags, the room's epoch.
+        let forged = bytes(forged_commit(ROOM.as_bytes(), hub.epoch()));
+        let r = hub.submit(forged, MALLORY, &mallory, 1);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "{r:?}");
+        // A genuine commit whose signature was tampered with. (Its last 131 bytes are signature<V> (65),
+        // confirmation_tag<V> (33) and membership_tag<V> (33); a hub can check only the first.)
+        let mut real = alice.self_update().expect("commit").commit;
+        let n = real.len();
+        real[n - 100] ^= 1;
+        let r = hub.submit(bytes(real), ALICE, &Origin::Client(ALICE.into()), 1);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "{r:?}");
+        assert_eq!(snapshot(&hub), before, "a refusal changes nothing");
+        // The room keeps working: a message and a commit of its member.
+        alice.clear();
+        let m = bytes(alice.encrypt(b"still here").expect("encrypt"));
+        hub.submit(m, ALICE, &Origin::Client(ALICE.into()), 2).expect("message");
+        let c = alice.self_update().expect("commit");
+        hub.update(&commit_bundle(&c), ALICE, &Origin::Client(ALICE.into()), 3).expect("commit");
+        assert_eq!(hub.epoch(), 1);
+    }
+
+    #[test]
+    fn a_non_member_s_commits_and_proposals_are_refused() {
+        let (_d, alice) = group(ROOM.as_bytes());
+        let mut hub = hub_of(&alice, ROOM, JoinPolicy::Open, false);
+        // Mallory's own group with the room's group id and epoch: well-formed, signed — by no member.
+        let mut mallory = TestClient::new(MALLORY).create(ROOM.as_bytes());
+        let before = snapshot(&hub);
+        let from = Origin::Client(MALLORY.into());
+        let c = mallory.self_update().expect("commit");
+        assert!(matches!(hub.update(&commit_bundle(&c), MALLORY, &from, 1), Err(Refusal::NotAllowed(_))));
+        assert!(matches!(hub.submit(bytes(c.commit), MALLORY, &from, 1), Err(Refusal::NotAllowed(_))));
+        mallory.clear();
+        let p = bytes(mallory.propose_remove(0));
+        assert!(matches!(hub.submit(p, MALLORY, &from, 1), Err(Refusal::NotAllowed(_))));
+        assert_eq!(snapshot(&hub), before);
+    }
+
+    #[test]
+    fn a_member_s_handshakes_are_applied_and_removals_remove() {
+        let (mut alice, mut bob, mut hub) = room_with_bob();
+        // Bob's proposal, then Bob's commit (he is member 1).
+        assert_eq!(bob.own_index(), 1);
+        let p = bob.propose_remove(0);
+        let (a, actions) = hub.submit(bytes(p.clone()), BOB, &Origin::Client(BOB.into()), 2).expect("proposal");
+        assert!(matches!(&actions[0], HubAction::Append { public: Some(_), .. }), "a proposal changes the state");
+        assert_eq!((a.seq, hub.epoch()), (3, 1));
+        alice.process(&p);
+        bob.clear_proposals();
+        alice.clear_proposals();
+        let c = bob.self_update().expect("commit");
+        hub.update(&commit_bundle(&c), BOB, &Origin::Client(BOB.into()), 3).expect("bob's commit");
+        bob.merge();
+        alice.process(&c.commit);
+        assert_eq!(hub.epoch(), 2);
+        // Alice removes Bob: he is no participant any more, his messages are refused.
+        let m = bytes(bob.encrypt(b"before").expect("encrypt"));
+        hub.submit(m, BOB, &Origin::Client(BOB.into()), 4).expect("a participant's message");
+        let r = alice.remove(&[1]);
+        hub.update(&commit_bundle(&r), ALICE, &Origin::Client(ALICE.into()), 5).expect("removal");
+        assert!(!hub.state().participants.contains(BOB), "removals remove");
+        let stale = bytes(bob.encrypt(b"after").expect("encrypt"));
+        assert!(hub.submit(stale, BOB, &Origin::Client(BOB.into()), 6).is_err());
+    }
+
+    #[test]
+    fn welcomes_travel_only_with_the_commit_that_adds_their_members() {
+        let (_d, mut alice) = group(ROOM.as_bytes());
+        let mut hub = hub_of(&alice, ROOM, JoinPolicy::Open, false);
+        let from = Origin::Client(ALICE.into());
+        let add_bob = alice.add(&[TestClient::new(BOB).key_package()]);
+        let before = snapshot(&hub);
+        let welcome = bytes(add_bob.welcome.clone().expect("welcome"));
+        let r = hub.submit(welcome, ALICE, &from, 1);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "a Welcome without its commit: {r:?}");
+        // The same commit with a Welcome for someone else.
+        let (_d2, mut other) = group(ROOM.as_bytes());
+        let add_carol = other.add(&[TestClient::new(CAROL).key_package()]);
+        let mut mismatched = commit_bundle(&add_bob);
+        if let UpdateRequest::Commit { welcome, .. } = &mut mismatched {
+            *welcome = add_carol.welcome.clone().map(bytes);
+        }
+        let r = hub.update(&mismatched, ALICE, &from, 1);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "a mismatched Welcome: {r:?}");
+        // A GroupInfo of the right group and epoch that is not the group the commit makes.
+        let mut wrong_info = commit_bundle(&add_bob);
+        if let UpdateRequest::Commit { group_info, .. } = &mut wrong_info {
+            *group_info = GroupInfoOption(bytes(add_carol.group_info.clone().expect("group info")));
+        }
+        let r = hub.update(&wrong_info, ALICE, &from, 1);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "a foreign GroupInfo: {r:?}");
+        assert_eq!(snapshot(&hub), before, "refusals change nothing");
+        hub.update(&commit_bundle(&add_bob), ALICE, &from, 1).expect("the real bundle");
+        assert_eq!(hub.last_seq(), 2);
+    }
+
+    #[test]
+    fn external_joiners_follow_the_join_policy_and_join_as_themselves() {
+        let (_d, alice) = group(ROOM.as_bytes());
+        let gi = alice.export_group_info(true).expect("group info");
+        let mut invite_only = hub_of(&alice, ROOM, JoinPolicy::Invite, false);
+        let (_, join) = TestClient::new(CAROL).join_by_external_commit(&gi);
+        let from_b = Origin::Follower("b.test".into());
+        let r = invite_only.update(&commit_bundle(&join), CAROL, &from_b, 1);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "not invited: {r:?}");
+        invite_only.add_participant(CAROL, Some("b.test"));
+        invite_only.update(&commit_bundle(&join), CAROL, &from_b, 1).expect("invited");
+        let mut open = hub_of(&alice, ROOM, JoinPolicy::Open, false);
+        let (_, join) = TestClient::new(CAROL).join_by_external_commit(&gi);
+        let r = open.update(&commit_bundle(&join), "mimi://b.test/u/dave", &from_b, 1);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "joining under another name: {r:?}");
+        open.update(&commit_bundle(&join), CAROL, &from_b, 1).expect("open room");
+        assert!(open.state().participants.contains(CAROL));
+        assert!(open.state().followers.contains("b.test"));
+    }
+
+    #[test]
+    fn a_room_restores_its_public_state_and_adopts_one_only_from_a_participant() {
+        let (mut alice, _bob, hub) = room_with_bob();
+        let public = hub.public_state().expect("encodes");
+        let mut restored = HubRoom::restore(hub.state().clone(), public.as_deref(), [], false).expect("restored");
+        let c = alice.self_update().expect("commit");
+        restored.update(&commit_bundle(&c), ALICE, &Origin::Client(ALICE.into()), 1).expect("validated after restore");
+        // A room stored before the hub kept public state: handshakes wait for a participant's GroupInfo.
+        let mut legacy = HubRoom::restore(hub.state().clone(), None, [], false).expect("restored");
+        let r = legacy.update(&commit_bundle(&c), ALICE, &Origin::Client(ALICE.into()), 1);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "{r:?}");
+        let gi = bytes(alice.export_group_info(true).expect("group info"));
+        assert!(legacy.adopt(&gi, None, MALLORY).is_err(), "not a participant");
+        assert!(legacy.adopt(&gi, None, ALICE).expect("adopted").is_some());
+        legacy.update(&commit_bundle(&c), ALICE, &Origin::Client(ALICE.into()), 1).expect("validated now");
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! * [`wire`] — the protocol messages in TLS presentation-language encoding;
 //! * [`inspect`] — what a hub can read of an MLS message without being a member;
 //! * [`hub`] — [`HubRoom`], the hub state machine of one room: checks, sequencing, fan-out actions, retries;
+//! * [`public`] — [`public::PublicState`], the public state of a room's MLS group with which the hub validates
+//!   every handshake;
 //! * [`follower`] — [`FollowerRoom`], the follower state machine: in-order copy of the hub's log, catch-up;
 //! * [`notifier`] — [`NotifyQueue`], the hub's notifies owed to one follower: order, backoff, coalescing.
 
@@ -13,6 +15,7 @@ pub mod follower;
 pub mod hub;
 pub mod inspect;
 pub mod notifier;
+pub mod public;
 pub mod wire;
 
 #[cfg(test)]

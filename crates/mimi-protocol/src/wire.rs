@@ -100,6 +100,10 @@ impl Writer {
     pub fn vl_bytes(&mut self, v: &[u8]) -> Result<(), WireError> {
         self.prim(&VLBytes::new(v.to_vec()))
     }
+    /// The bytes written.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
     /// Raw bytes (an embedded MLS object, already encoded).
     pub fn raw(&mut self, v: &[u8]) {
         self.0.extend_from_slice(v);
@@ -143,9 +147,17 @@ impl<'a> Reader<'a> {
     pub fn u16(&mut self) -> Result<u16, WireError> {
         self.prim()
     }
+    /// `uint32`.
+    pub fn u32(&mut self) -> Result<u32, WireError> {
+        self.prim()
+    }
     /// `uint64`.
     pub fn u64(&mut self) -> Result<u64, WireError> {
         self.prim()
+    }
+    /// What is left to read.
+    pub fn rest(&self) -> &'a [u8] {
+        self.0
     }
     /// `opaque x<V>`: the variable-size length of RFC 9420 §2.1.2 (1, 2 or 4 bytes, minimal), then the bytes.
     /// Decoded by hand: `tls_codec`'s `VLBytes` asserts (panics in debug builds) on a truncated body.

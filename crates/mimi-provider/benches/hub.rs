@@ -45,7 +45,7 @@ fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
 }
 
 /// Pre-encrypted application messages of one member of the room's group, all in the room's current epoch.
-async fn messages(store: &Store, n: usize) -> (Vec<u8>, u64, Vec<MlsMessageBytes>) {
+async fn messages(store: &Store, n: usize) -> (MlsMessageBytes, Vec<MlsMessageBytes>) {
     let mls = Arc::new(MlsBackend::new(store.clone(), "alice").expect("provider"));
     let me = LocalMember::load_or_create(&mls, SENDER, SignatureScheme::ED25519)
         .expect("member")
@@ -63,7 +63,7 @@ async fn messages(store: &Store, n: usize) -> (Vec<u8>, u64, Vec<MlsMessageBytes
         let ct = group.encrypt(content.bytes()).durable().await.expect("encrypt");
         out.push(MlsMessageBytes::new(ct).expect("framed"));
     }
-    (group.group_id().to_vec(), group.epoch(), out)
+    (MlsMessageBytes::new(group.export_group_info(true).expect("group info")).expect("framed"), out)
 }
 
 struct Run {
@@ -89,8 +89,8 @@ async fn hub_run(n: usize, subscribers: usize, submitters: usize) -> Run {
         open_data_dir(dir.path(), Some(Backend::Redb), CommitConfig::default(), &mimi_store::schema::Schema::FIRST)
             .expect("store");
     let provider = Provider::open(DOMAIN, store.clone()).expect("provider");
-    let (gid, epoch, msgs) = messages(&store, n).await;
-    provider.create_room(ROOM, &gid, epoch, SENDER, JoinPolicy::Open, false).await.expect("room");
+    let (group_info, msgs) = messages(&store, n).await;
+    provider.create_room(ROOM, &group_info, None, SENDER, JoinPolicy::Open, false).await.expect("room");
 
     // Per sequence number (1-based): how many subscribers have it, and when the last one got it (ns from t0).
     let got: Arc<Vec<AtomicUsize>> = Arc::new((0..=n).map(|_| AtomicUsize::new(0)).collect());

@@ -8,7 +8,12 @@
 //! lp(room) 'S'              → RoomRecord (JSON)           hub state, or the hub a follower follows
 //! lp(room) 'C' name         → seq (u64 BE)                cursor of a local consumer (the bridge's member)
 //! lp(room) 'G'              → GroupInfo (MLSMessage)      hub: the GroupInfo members last handed in
+//! lp(room) 'P'              → public group state          hub: `PublicState::encode` (schema 3 on)
 //! ```
+//!
+//! The hub's public state of a room's group (`P`) is written in the same batch as the log entry that changed it
+//! (a handshake), next to the room state (`S`). Rooms stored before schema 3 get it from their stored GroupInfo
+//! ([`migrate_v2_to_v3`]).
 //!
 //! Tree [`MIMI_USERS`] (`mimi_users`): native users of this provider.
 //!
@@ -20,8 +25,9 @@
 //! ```
 
 use mimi_protocol::hub::HubState;
-use mimi_protocol::wire::{SequencedFanout, WireMessage};
-use mimi_store::{Batch, Store, StoreError};
+use mimi_protocol::public::PublicState;
+use mimi_protocol::wire::{MlsMessageBytes, SequencedFanout, WireMessage};
+use mimi_store::{Batch, KvStore, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// Tree of room logs and room state.
@@ -112,6 +118,11 @@ pub mod write {
     /// The GroupInfo external joiners get.
     pub fn group_info(b: &mut Batch, room: &str, group_info: &[u8]) {
         b.put(HUB_LOG, room_key(room, b'G', b""), group_info.to_vec());
+    }
+
+    /// The hub's public state of the room's group.
+    pub fn public_state(b: &mut Batch, room: &str, state: &[u8]) {
+        b.put(HUB_LOG, room_key(room, b'P', b""), state.to_vec());
     }
 
     /// A consumer's cursor.
@@ -233,6 +244,11 @@ impl Records<'_> {
         self.0.get(HUB_LOG, &room_key(room, b'G', b""))
     }
 
+    /// The hub's public state of a room's group (`None` for a room stored before schema 3 and not migrated).
+    pub fn public_state(&self, room: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(HUB_LOG, &room_key(room, b'P', b""))
+    }
+
     /// A consumer's cursor (0 if none).
     pub fn cursor(&self, room: &str, name: &str) -> Result<u64, StoreError> {
         Ok(self.0.get(HUB_LOG, &room_key(room, b'C', name.as_bytes()))?.as_deref().and_then(be64).unwrap_or(0))
@@ -279,4 +295,31 @@ impl Records<'_> {
         }
         Ok(out)
     }
+}
+
+/// Schema migration 2 → 3 of the daemon's store: every hosted room gets the public state of its group
+/// (`'P'`), built from its stored GroupInfo (which embeds the ratchet tree) if that GroupInfo is of the room's group
+/// and current epoch and verifies. Rooms without one (a portal's room keeps its GroupInfo in memory only) are
+/// left without: the hub then refuses their handshakes until a participant hands in the current GroupInfo again
+/// ([`crate::Provider::create_room`], which every portal calls at start). One atomic batch.
+pub fn migrate_v2_to_v3(kv: &dyn KvStore) -> Result<(), StoreError> {
+    let mut b = Batch::new();
+    for (k, v) in kv.scan_prefix(HUB_LOG, b"")? {
+        let Some(len) = k.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else { continue };
+        if k.get(2 + len) != Some(&b'S') || k.len() != 3 + len {
+            continue;
+        }
+        let Ok(RoomRecord::Hub(state)) = serde_json::from_slice::<RoomRecord>(&v) else { continue };
+        let Some(gi) = kv.get(HUB_LOG, &room_key(&state.room, b'G', b""))? else { continue };
+        let public = MlsMessageBytes::new(gi)
+            .ok()
+            .and_then(|gi| PublicState::from_group_info(&gi, None).ok())
+            .filter(|p| p.group_id() == state.group_id.as_slice() && p.epoch() == state.epoch)
+            .and_then(|p| p.encode().ok());
+        match public {
+            Some(p) => write::public_state(&mut b, &state.room, &p),
+            None => tracing::warn!(room = %state.room, "no current GroupInfo: the room's handshakes wait for one"),
+        }
+    }
+    if b.is_empty() { Ok(()) } else { kv.write(&[b]) }
 }

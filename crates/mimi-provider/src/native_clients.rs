@@ -182,19 +182,25 @@ impl NativeClients {
         Ok(self.provider().upload_key_packages(&client.uri, key_packages).await?)
     }
 
-    /// Creates room `name` of our domain (group id = its URI) at `epoch`, with the client as first participant;
-    /// the room's URI.
+    /// Creates room `name` of our domain for the MLS group that `group_info` (MLSMessage) and `ratchet_tree`
+    /// (TLS encoding; else the GroupInfo's `ratchet_tree` extension) describe — its group id must be the room's
+    /// URI, and the client one of its members — with the client as first participant; the room's URI.
     pub async fn create_room(
         &self,
         client: &Client,
         name: &str,
-        epoch: u64,
+        group_info: &MlsMessageBytes,
+        ratchet_tree: Option<&[u8]>,
         invite_only: bool,
     ) -> Result<String, Failure> {
         check_room_name(name)?;
         let room = format!("mimi://{}/r/{name}", self.provider().domain());
+        match mimi_protocol::inspect::inspect(group_info) {
+            Ok(mimi_protocol::inspect::Inspected::GroupInfo { group_id, .. }) if group_id == room.as_bytes() => {}
+            _ => return Err(Failure::bad_request(format!("not a GroupInfo of group {room:?}"))),
+        }
         let policy = if invite_only { JoinPolicy::Invite } else { JoinPolicy::Open };
-        self.provider().create_room(&room, room.as_bytes(), epoch, &client.uri, policy, false).await?;
+        self.provider().create_room(&room, group_info, ratchet_tree, &client.uri, policy, false).await?;
         Ok(room)
     }
 

@@ -19,9 +19,10 @@ use crate::key_packages;
 use mimi_protocol::follower::{FollowerAction, FollowerRoom};
 use mimi_protocol::hub::{HubAction, HubRoom, JoinPolicy, Origin, Refusal, Sequenced};
 use mimi_protocol::inspect::{Inspected, inspect};
+use mimi_protocol::public::PublicState;
 use mimi_protocol::wire::{
     GroupInfoCode, GroupInfoRatchetTreeTbe, GroupInfoRequest, GroupInfoResponse, HubSigner, MlsMessageBytes,
-    RatchetTreeOption, SequencedFanout, UpdateRequest, WireMessage,
+    RatchetTreeOption, SequencedFanout, UpdateRequest, WireMessage, wire_format,
 };
 use mimi_store::{Batch, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
@@ -222,7 +223,11 @@ impl Provider {
                         }
                     }
                     let group_info = recs.group_info(&name)?;
-                    let hub = HubRoom::restore(state, recs.digests(&name)?, has_portal);
+                    let public = recs.public_state(&name)?;
+                    let hub =
+                        HubRoom::restore(state, public.as_deref(), recs.digests(&name)?, has_portal).map_err(|e| {
+                            StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{name}: {e}") }
+                        })?;
                     let (tx, _) = watch::channel(last);
                     let mut r = Room::new(Role::Hub(hub), tx);
                     r.group_info = group_info.map(|g| (group_info_epoch(&g).unwrap_or(0), g));
@@ -264,35 +269,60 @@ impl Provider {
         lock(&self.inner.outbound_rx).take()
     }
 
-    /// Creates a room we host (idempotent): MLS group `group_id` at `epoch`, first participant `creator`.
-    /// `has_portal`: the bridge's own member is in it.
+    /// Creates a room we host (idempotent) from the GroupInfo (MLSMessage) of its MLS group and its ratchet tree
+    /// (`ratchet_tree`, TLS `optional<Node> ratchet_tree<V>`; else the GroupInfo's `ratchet_tree` extension): the
+    /// hub keeps the group's public state, checked by OpenMLS, and validates every handshake against it. The room
+    /// starts at the GroupInfo's epoch with first participant `creator`, who must be a member of the group; the
+    /// GroupInfo is served to external joiners. `has_portal`: the bridge's own member is in it.
+    ///
+    /// For a room that exists with this group: nothing changes — except for a room stored before the hub kept
+    /// public state, which takes it from here if `creator` is a participant and the GroupInfo is of the current
+    /// epoch ([`HubRoom::adopt`]; if not, the room stays as it is and its handshakes keep being refused).
     pub async fn create_room(
         &self,
         room: &str,
-        group_id: &[u8],
-        epoch: u64,
+        group_info: &MlsMessageBytes,
+        ratchet_tree: Option<&[u8]>,
         creator: &str,
         policy: JoinPolicy,
         has_portal: bool,
     ) -> Result<(), ProviderError> {
+        let Ok(Inspected::GroupInfo { group_id, epoch }) = inspect(group_info) else {
+            return Err(ProviderError::BadRequest("not a GroupInfo".into()));
+        };
         let durable = {
             let mut rooms = lock(&self.inner.rooms);
-            if let Some(r) = rooms.get(room) {
-                // Creating again is a no-op only for its creator (still a participant): a room someone else made
-                // first — a user squatting a portal's name — is never adopted.
-                return match &r.role {
+            if let Some(r) = rooms.get_mut(room) {
+                let adopted = match &mut r.role {
+                    // Best effort: the room exists, and works for application messages, either way.
+                    // Creating again is a no-op only for its creator (still a participant): a room someone else
+                    // made first — a user squatting a portal's name — is never adopted.
                     Role::Hub(h) if h.state().group_id == group_id && h.state().participants.contains(creator) => {
-                        Ok(())
+                        h.adopt(group_info, ratchet_tree, creator).unwrap_or_else(|e| {
+                            tracing::warn!(room, error = %e, "the room's group state is still unknown");
+                            None
+                        })
                     }
-                    _ => Err(ProviderError::Exists(room.to_owned())),
+                    _ => return Err(ProviderError::Exists(room.to_owned())),
                 };
+                let Some(public) = adopted else { return Ok(()) };
+                let mut b = Batch::new();
+                write::public_state(&mut b, room, &public);
+                self.inner.store.commit_later(b)
+            } else {
+                let hub = HubRoom::new(room, group_info, ratchet_tree, creator, policy, has_portal)?;
+                let mut b = Batch::new();
+                write::room(&mut b, &RoomRecord::Hub(hub.state().clone()))?;
+                if let Some(public) = hub.public_state()? {
+                    write::public_state(&mut b, room, &public);
+                }
+                write::group_info(&mut b, room, group_info.as_bytes());
+                let (tx, _) = watch::channel(0);
+                let mut r = Room::new(Role::Hub(hub), tx);
+                r.group_info = Some((epoch, group_info.as_bytes().to_vec()));
+                rooms.insert(room.to_owned(), r);
+                self.inner.store.commit_later(b)
             }
-            let hub = HubRoom::new(room, group_id, epoch, creator, policy, has_portal);
-            let mut b = Batch::new();
-            write::room(&mut b, &RoomRecord::Hub(hub.state().clone()))?;
-            let (tx, _) = watch::channel(0);
-            rooms.insert(room.to_owned(), Room::new(Role::Hub(hub), tx));
-            self.inner.store.commit_later(b)
         };
         durable.await.unwrap_or(Err(StoreError::Closed))?;
         Ok(())
@@ -422,8 +452,31 @@ impl Provider {
         sending_uri: &str,
         origin: Origin,
     ) -> Result<Sequenced, ProviderError> {
-        let welcome = matches!(inspect(&message), Ok(Inspected::Welcome { .. }));
-        let (accepted, actions, durable) = {
+        self.sequence(room, |hub| hub.submit(message, sending_uri, &origin, now_ms())).await
+    }
+
+    /// Applies an update (`HandshakeBundle`, draft §5.3) to a room we host ([`HubRoom::update`]: the commit is
+    /// validated against the group's public state, its GroupInfo against the group it makes, its Welcome against
+    /// its Adds). The commit, its Welcome and its GroupInfo (kept for external joiners) are durable in one batch
+    /// before anyone hears of them. Returns the verdict on the proposal or commit.
+    pub async fn update(
+        &self,
+        room: &str,
+        req: UpdateRequest,
+        requester: &str,
+        origin: Origin,
+    ) -> Result<Sequenced, ProviderError> {
+        self.sequence(room, |hub| hub.update(&req, requester, &origin, now_ms())).await
+    }
+
+    /// Runs `decide` on the hub of `room`, makes what it appends durable (entries, idempotency index, room state,
+    /// public state, GroupInfo: one batch), then fans out.
+    async fn sequence(
+        &self,
+        room: &str,
+        decide: impl FnOnce(&mut HubRoom) -> Result<(Sequenced, Vec<HubAction>), Refusal>,
+    ) -> Result<Sequenced, ProviderError> {
+        let (accepted, actions, durable, group_info) = {
             let mut rooms = lock(&self.inner.rooms);
             let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
             let hub = match &mut r.role {
@@ -432,27 +485,40 @@ impl Provider {
                     return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
                 }
             };
-            let (accepted, actions) = hub.submit(message, sending_uri, &origin, now_ms())?;
+            let (accepted, actions) = decide(hub)?;
             let mut b = Batch::new();
+            let mut kept = None;
             for a in &actions {
-                if let HubAction::Append { entry, digest, state } = a {
+                if let HubAction::Append { entry, digest, state, public, group_info } = a {
                     r.remember(entry);
                     write::entry(&mut b, room, entry)?;
                     write::digest(&mut b, room, digest, entry.seq);
                     write::room(&mut b, &RoomRecord::Hub(state.clone()))?;
-                    if welcome {
+                    if let Some(p) = public {
+                        write::public_state(&mut b, room, p);
+                    }
+                    if let Some(gi) = group_info {
+                        write::group_info(&mut b, room, gi.as_bytes());
+                        kept = Some((state.epoch, gi.as_bytes().to_vec()));
+                    }
+                    if entry.fanout.message.wire_format() == wire_format::WELCOME {
                         self.route_welcome(&mut b, room, entry)?;
                     }
                 }
             }
             let durable = (!b.is_empty()).then(|| self.inner.store.commit_later(b));
-            (accepted, actions, durable)
+            (accepted, actions, durable, kept)
         };
         if let Some(d) = durable {
             d.await.unwrap_or(Err(StoreError::Closed))?;
         } else if accepted.duplicate {
             // A retry of an entry whose batch may still be in flight: wait until it is readable.
             self.wait(room, accepted.seq - 1, Duration::from_secs(5)).await?;
+        }
+        if let Some((epoch, gi)) = group_info
+            && let Some(r) = lock(&self.inner.rooms).get_mut(room)
+        {
+            r.install_group_info(epoch, gi);
         }
         for a in actions {
             match a {
@@ -461,43 +527,6 @@ impl Provider {
                     let _ = self.inner.outbound.send(PeerNotify { peer, room: room.to_owned(), seq });
                 }
                 HubAction::WakeClients { seq } | HubAction::DeliverPortal { seq } => self.wake(room, seq),
-            }
-        }
-        Ok(accepted)
-    }
-
-    /// Applies an update (`HandshakeBundle`, draft §5.3) to a room we host: sequences the proposal or commit; for
-    /// a commit, keeps its GroupInfo (durably) for external joiners and sequences the Welcome right after it.
-    /// Returns the verdict on the proposal or commit.
-    pub async fn update(
-        &self,
-        room: &str,
-        req: UpdateRequest,
-        requester: &str,
-        origin: Origin,
-    ) -> Result<Sequenced, ProviderError> {
-        {
-            let rooms = lock(&self.inner.rooms);
-            match rooms.get(room).map(|r| &r.role) {
-                Some(Role::Hub(h)) => h.check_update(&req)?,
-                Some(Role::Follower { hub, .. }) => {
-                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
-                }
-                None => return Err(ProviderError::UnknownRoom(room.to_owned())),
-            }
-        }
-        let accepted = self.submit(room, req.message().clone(), requester, origin.clone()).await?;
-        if let UpdateRequest::Commit { welcome, group_info, .. } = req {
-            // Kept unless this was a retry, or another commit already moved the room on (checked again where it
-            // is written: a newer commit may be accepted meanwhile).
-            if !accepted.duplicate {
-                match self.store_group_info(room, group_info.0).await {
-                    Ok(()) | Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if let Some(w) = welcome {
-                self.submit(room, w, requester, origin).await?;
             }
         }
         Ok(accepted)
@@ -513,32 +542,25 @@ impl Provider {
     /// and the write to the store are one step under the rooms lock (the hub's epoch only moves on, so the store
     /// never goes back to an older GroupInfo); once durable it is served, unless a newer one is already.
     async fn store_group_info(&self, room: &str, group_info: MlsMessageBytes) -> Result<(), ProviderError> {
-        let Ok(Inspected::GroupInfo { group_id, epoch }) = inspect(&group_info) else {
+        let Ok(Inspected::GroupInfo { epoch, .. }) = inspect(&group_info) else {
             return Err(ProviderError::BadRequest("not a GroupInfo".into()));
         };
-        let group_info = group_info.into_bytes();
         let durable = {
             let rooms = lock(&self.inner.rooms);
             match rooms.get(room).map(|r| &r.role) {
-                Some(Role::Hub(h)) if h.state().group_id != group_id => {
-                    return Err(Refusal::NotAllowed("GroupInfo of another group".into()).into());
-                }
-                Some(Role::Hub(h)) if h.epoch() != epoch => {
-                    return Err(Refusal::EpochTooOld { current_epoch: h.epoch() }.into());
-                }
-                Some(Role::Hub(_)) => {}
+                Some(Role::Hub(h)) => h.check_group_info(&group_info)?,
                 Some(Role::Follower { hub, .. }) => {
                     return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
                 }
                 None => return Err(ProviderError::UnknownRoom(room.to_owned())),
             }
             let mut b = Batch::new();
-            write::group_info(&mut b, room, &group_info);
+            write::group_info(&mut b, room, group_info.as_bytes());
             self.inner.store.commit_later(b)
         };
         durable.await.unwrap_or(Err(StoreError::Closed))?;
         if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
-            r.install_group_info(epoch, group_info);
+            r.install_group_info(epoch, group_info.into_bytes());
         }
         Ok(())
     }
@@ -633,10 +655,19 @@ impl Provider {
 
     /// Sets the room's current GroupInfo (MLSMessage, with the ratchet tree), served to external joiners, in
     /// memory (the portals' room of record republishes it at every start; see [`Provider::put_group_info`]).
-    /// Ignored (false) if it is not a GroupInfo, or one of a newer epoch is served already.
+    /// Ignored (false) if it is not a GroupInfo, one of a newer epoch is served already, or — in a room we host —
+    /// it does not describe the hub's current group ([`HubRoom::check_group_info`]).
     pub fn set_group_info(&self, room: &str, group_info: Vec<u8>) -> bool {
         let Some(epoch) = group_info_epoch(&group_info) else { return false };
-        lock(&self.inner.rooms).get_mut(room).is_some_and(|r| r.install_group_info(epoch, group_info))
+        let Ok(framed) = MlsMessageBytes::new(group_info) else { return false };
+        let mut rooms = lock(&self.inner.rooms);
+        let Some(r) = rooms.get_mut(room) else { return false };
+        if let Role::Hub(h) = &r.role
+            && h.check_group_info(&framed).is_err()
+        {
+            return false;
+        }
+        r.install_group_info(epoch, framed.into_bytes())
     }
 
     /// This provider's signing identity as a hub (`hub_sender` of `GroupInfoResponse`s): an Ed25519 key made once
@@ -692,12 +723,19 @@ impl Provider {
                     }
                 }
             }
-            r.group_info.as_ref().map(|(_, g)| g.clone())
+            let Some((epoch, gi)) = r.group_info.clone() else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };
+            let gi = MlsMessageBytes::new(gi).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+            // A GroupInfo handed in without the tree: the hub's own tree of that epoch goes with it.
+            let tree = match &r.role {
+                Role::Hub(h) if h.epoch() == epoch && !PublicState::has_ratchet_tree(&gi) => h.ratchet_tree(),
+                _ => None,
+            };
+            (gi, tree)
         };
-        let Some(group_info) = group_info else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };
+        let (group_info, tree) = group_info;
         let tbe = GroupInfoRatchetTreeTbe {
-            group_info: MlsMessageBytes::new(group_info).map_err(|e| ProviderError::BadRequest(e.to_string()))?,
-            ratchet_tree: RatchetTreeOption::DistributionService,
+            group_info,
+            ratchet_tree: tree.map_or(RatchetTreeOption::DistributionService, RatchetTreeOption::Full),
             pending_proposals: Vec::new(),
         };
         let signer = self.hub_signer().await?;

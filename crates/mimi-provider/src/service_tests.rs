@@ -33,7 +33,9 @@ async fn a_hub_applies_updates_keeps_their_group_info_and_renotifies_followers_a
     assert!(a.route("mimi://b.test").is_err(), "not a room URI");
 
     let (_g, mut g) = group(ROOM.as_bytes());
-    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false).await.expect("room");
+    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
+        .await
+        .expect("room");
     assert_eq!(a.route(ROOM).expect("route"), RoomRoute::Hub);
     let info0 = bytes(g.export_group_info(true).expect("group info"));
     a.put_group_info(ROOM, info0.clone()).await.expect("current epoch");
@@ -82,7 +84,9 @@ async fn a_follower_keeps_a_copy_of_the_log_and_sends_updates_to_the_hub() {
     let a = Provider::open("a.test", sa).expect("hub");
     let b = Provider::open("b.test", sb.clone()).expect("follower");
     let (_g, mut g) = group(ROOM.as_bytes());
-    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false).await.expect("room");
+    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
+        .await
+        .expect("room");
     for text in [&b"one"[..], b"two", b"three"] {
         let m = bytes(g.encrypt(text).durable_blocking().expect("encrypt"));
         a.submit(ROOM, m, ALICE, Origin::Client(ALICE.into())).await.expect("accepted");
@@ -115,7 +119,9 @@ async fn a_stale_group_info_never_replaces_a_newer_one() {
     let (_d, st) = store();
     let a = Provider::open("a.test", st.clone()).expect("provider");
     let (_g, mut g) = group(ROOM.as_bytes());
-    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Open, false).await.expect("room");
+    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
+        .await
+        .expect("room");
     let info0 = g.export_group_info(true).expect("group info");
     let mut infos = Vec::new();
     for _ in 0..2 {
@@ -188,7 +194,9 @@ async fn an_invite_only_hub_answers_group_info_requests_of_participants_only() {
     let (_d, st) = store();
     let a = Provider::open("a.test", st.clone()).expect("provider");
     let (_g, g) = group(ROOM.as_bytes());
-    a.create_room(ROOM, ROOM.as_bytes(), g.epoch(), ALICE, JoinPolicy::Invite, false).await.expect("room");
+    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Invite, false)
+        .await
+        .expect("room");
     a.put_group_info(ROOM, bytes(g.export_group_info(true).expect("group info"))).await.expect("group info");
     let ask = |who: &str| {
         let key = HubSigner::generate(who.as_bytes()).expect("key");

@@ -4,7 +4,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use mimi_bridge::mimi_http::{MimiState, Registration, router};
+use mimi_mls::{EngineConfig, LocalMember, MlsBackend, PortalGroup};
+use mimi_protocol::wire::MlsMessageBytes;
 use mimi_provider::Provider;
+use mimi_store::{Backend, CommitConfig};
 use std::sync::Arc;
 
 /// A user's URI and API token.
@@ -51,4 +54,24 @@ pub async fn register(addr: &str, name: &str) -> Who {
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     (v["uri"].as_str().expect("uri").to_owned(), v["token"].as_str().expect("token").to_owned())
+}
+
+/// The GroupInfo (with the ratchet tree) of a new group `room` of `uri`, its keys in a store under `dir`.
+pub async fn group_info(dir: &std::path::Path, uri: &str, room: &str) -> (mimi_store::Store, MlsMessageBytes) {
+    let store = mimi_store::open_data_dir(
+        &dir.join("keys"),
+        Some(Backend::Redb),
+        CommitConfig::default(),
+        &mimi_store::schema::Schema::FIRST,
+    )
+    .expect("store");
+    let p = Arc::new(MlsBackend::new(store.clone(), "t").expect("provider"));
+    let m = LocalMember::load_or_create(&p, uri, openmls::prelude::SignatureScheme::ED25519)
+        .expect("member")
+        .durable()
+        .await
+        .expect("durable");
+    let g =
+        PortalGroup::create(p, Arc::new(m), &EngineConfig::default(), room.as_bytes()).durable().await.expect("group");
+    (store, MlsMessageBytes::new(g.export_group_info(true).expect("group info")).expect("framed"))
 }

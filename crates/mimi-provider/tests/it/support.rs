@@ -146,9 +146,10 @@ impl User {
                 .durable()
                 .await
                 .expect("group");
-        let created = node.clients.create_room(&self.client, name, group.epoch(), false).await.expect("room");
-        assert_eq!(created, room);
         let gi = group.export_group_info(true).expect("group info");
+        let created =
+            node.clients.create_room(&self.client, name, &framed(gi.clone()), None, false).await.expect("room");
+        assert_eq!(created, room);
         node.clients.put_group_info(&self.client, &room, gi).await.expect("group info");
         self.group = Some(group);
         room
