@@ -13,6 +13,7 @@ mod docs_paths;
 mod federation;
 mod http_clients;
 mod https;
+mod hub_validation;
 mod identities;
 mod irc_daemon;
 mod listener_bounds;
