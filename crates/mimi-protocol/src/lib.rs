@@ -19,6 +19,8 @@ pub mod public;
 pub mod wire;
 
 #[cfg(test)]
+mod hub_props;
+#[cfg(test)]
 pub(crate) mod test_group;
 
 pub use follower::{FollowerAction, FollowerRoom};
