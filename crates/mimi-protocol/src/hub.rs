@@ -1,16 +1,35 @@
 //! The hub of one room, sans-IO: it is fed submitted MLS messages and answers with a verdict and the
 //! [`HubAction`]s the caller performs (persist the log entry first, then fan out).
 //!
-//! What the hub checks, from public data only (it is not a member and never decrypts):
+//! The hub keeps the public state of the room's MLS group ([`PublicState`]: OpenMLS's `PublicGroup`), made at
+//! creation from a GroupInfo and ratchet tree, and checks, from public data only (it is not a member and never
+//! decrypts):
 //! * the message is for this room's group;
 //! * an application message is a PrivateMessage of the hub's current epoch (older epoch → `epochTooOld` with the
 //!   current one, newer → `notAllowed`), sent by a URI on the participant list;
-//! * a handshake message is a PublicMessage (so the hub follows the epoch) of the current epoch; a commit moves
-//!   the hub to the next epoch; an external commit (`new_member_commit`) is allowed only if the room is open or
-//!   its sender was invited; other external senders are refused;
-//! * a Welcome is logged after the commit that made it;
-//! * a follower provider speaks only for its own users (the sender URI's domain is the follower's);
-//! * an update's GroupInfo is of the room's group and of the epoch its commit makes ([`check_bundle`]).
+//! * a handshake message is a PublicMessage of the current epoch (PrivateMessage handshakes are refused) that
+//!   OpenMLS's `process_message` accepts against the public state: the sender is a member (its leaf's key
+//!   verifies the signature over content bound to the current GroupContext) or an external joiner; a commit's
+//!   proposals are valid and it applies to the public tree. An external commit or join proposal is allowed only if
+//!   the room is open or the joiner was invited, and only under the URI it is sent with; other external senders
+//!   are refused;
+//! * a Welcome comes only in an update ([`HubRoom::update`]) with the commit it belongs to, for exactly the
+//!   KeyPackages that commit adds, and is logged right after it;
+//! * an update's GroupInfo is signed by its signer's leaf in the group the commit makes and carries that group's
+//!   GroupContext and confirmation tag (what external joiners get next);
+//! * a follower provider speaks only for its own users (the sender URI's domain is the follower's).
+//!
+//! What no hub can check, for want of the epoch secrets: the membership tag, the confirmation tag and the path
+//! secrets of a commit. A *member* can therefore still sequence a commit the other members cannot process; that
+//! is beyond a hub's reach.
+//!
+//! The participant list follows the group: an Add or an external join puts the new member's identity on it, a
+//! removal takes it off (unless another leaf of that identity remains); invites ([`HubRoom::add_participant`])
+//! put invitees on it before they are added.
+//!
+//! A refusal changes nothing: the state after a message is computed on a copy, and taken only when the message
+//! is sequenced; each [`HubAction::Append`] carries the room state, the public state (if it changed) and the
+//! GroupInfo (of an update) that must be durable with its entry before anything else is done.
 //!
 //! Sequencing: every accepted message gets the next sequence number (1, 2, …, no gaps) and becomes a
 //! [`SequencedFanout`] log entry. The same bytes submitted again (a retry) get the *same* sequence number back and
