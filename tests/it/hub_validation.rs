@@ -4,37 +4,8 @@
 //! room keeps working for its members; a non-member's Welcome (1 MB of it) is refused too.
 
 use crate::client_support::{client, texts};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use crate::common::api::{call, register, request};
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest, WireMessage};
-
-/// One request to `base` (`http://HOST:PORT`): status and body.
-async fn call(base: &str, path: &str, who: Option<&(String, String)>, ctype: &str, body: Vec<u8>) -> (u16, String) {
-    let (status, body) = request(base, "POST", path, who, ctype, body).await;
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn request(
-    base: &str,
-    method: &str,
-    path: &str,
-    who: Option<&(String, String)>,
-    ctype: &str,
-    body: Vec<u8>,
-) -> (u16, Vec<u8>) {
-    let addr = base.trim_start_matches("http://");
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("http");
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder().method(method).uri(path).header("host", addr).header("content-type", ctype);
-    if let Some((uri, token)) = who {
-        req = req.header("authorization", format!("Bearer {token}")).header("mimi-user", uri);
-    }
-    let resp = send.send_request(req.body(Full::new(Bytes::from(body))).expect("request")).await.expect("answer");
-    let status = resp.status().as_u16();
-    (status, resp.into_body().collect().await.expect("body").to_bytes().to_vec())
-}
 
 /// `opaque x<V>` (RFC 9420 §2.1.2).
 fn vl(out: &mut Vec<u8>, b: &[u8]) {
@@ -83,14 +54,6 @@ fn junk_welcome(size: usize) -> Vec<u8> {
     m
 }
 
-fn register(rt: &tokio::runtime::Runtime, server: &str, name: &str) -> (String, String) {
-    let body = format!(r#"{{"user":"{name}"}}"#).into_bytes();
-    let (status, body) = rt.block_on(call(server, "/client/v1/register", None, "application/json", body));
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    (v["uri"].as_str().expect("uri").to_owned(), v["token"].as_str().expect("token").to_owned())
-}
-
 #[test]
 fn a_non_members_forged_commit_and_welcome_are_refused_and_the_room_keeps_working() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -103,12 +66,12 @@ fn a_non_members_forged_commit_and_welcome_are_refused_and_the_room_keeps_workin
     client(&a, &server, &["invite", &room, "bob"]);
     client(&b, &server, &["join", &room]);
     let path = |what: &str| format!("/client/v1/{what}/{}", room.trim_start_matches("mimi://"));
-    let mls = "application/mimi-protocol";
 
     // Mallory, registered but no member, learns the room's epoch from a refused probe.
-    let mallory = register(&rt, &server, "mallory");
+    let addr = server.trim_start_matches("http://").to_owned();
+    let mallory = rt.block_on(register(&addr, "mallory"));
     let probe = forged_commit(room.as_bytes(), 1000);
-    let (status, body) = rt.block_on(call(&server, &path("submit"), Some(&mallory), mls, probe));
+    let (status, body) = rt.block_on(call(&addr, "POST", &path("submit"), Some(&mallory), probe));
     assert_eq!(status, 403, "{body}");
     let epoch: u64 = body
         .split("ahead of the room (")
@@ -121,15 +84,15 @@ fn a_non_members_forged_commit_and_welcome_are_refused_and_the_room_keeps_workin
     // The forged commit of the room's epoch: refused, with no sequence number, by submit and by update.
     let forged = forged_commit(room.as_bytes(), epoch);
     assert!(forged.len() < 200, "a small message: {} bytes", forged.len());
-    let (status, body) = rt.block_on(call(&server, &path("submit"), Some(&mallory), mls, forged.clone()));
+    let (status, body) = rt.block_on(call(&addr, "POST", &path("submit"), Some(&mallory), forged.clone()));
     assert_eq!(status, 403, "forged commit submitted: {body}");
     assert!(!body.contains("seq"), "{body}");
 
     // A non-member's 1 MB Welcome: refused alone, and refused with the forged commit as an update.
     let welcome = junk_welcome(1_000_000);
-    let (status, body) = rt.block_on(call(&server, &path("submit"), Some(&mallory), mls, welcome.clone()));
+    let (status, body) = rt.block_on(call(&addr, "POST", &path("submit"), Some(&mallory), welcome.clone()));
     assert_eq!(status, 403, "a Welcome on its own: {body}");
-    let (status, info) = rt.block_on(request(&server, "GET", &path("groupInfo"), Some(&mallory), mls, Vec::new()));
+    let (status, info) = rt.block_on(request(&addr, "GET", &path("groupInfo"), Some(&mallory), Vec::new()));
     assert_eq!(status, 200, "the open room's GroupInfo");
     let framed = |b: Vec<u8>| MlsMessageBytes::new(b).expect("framed");
     let update = UpdateRequest::Commit {
@@ -139,7 +102,7 @@ fn a_non_members_forged_commit_and_welcome_are_refused_and_the_room_keeps_workin
         ratchet_tree: RatchetTreeOption::DistributionService,
     };
     let update = update.encode().expect("encode");
-    let (status, body) = rt.block_on(call(&server, &path("update"), Some(&mallory), mls, update));
+    let (status, body) = rt.block_on(call(&addr, "POST", &path("update"), Some(&mallory), update));
     assert!((400..500).contains(&status), "forged commit with a 1 MB Welcome: {status} {body}");
     assert!(!body.contains("seq"), "{body}");
 

@@ -30,8 +30,20 @@ pub async fn serve(provider: &Provider) -> String {
     addr
 }
 
-/// One request with `body`, as `who` if given; the status and the body of the answer.
+/// One request with `body`, as `who` if given; the status and the body of the answer (as text).
 pub async fn call(addr: &str, method: &str, path: &str, who: Option<&Who>, body: impl Into<Bytes>) -> (u16, String) {
+    let (status, body) = request(addr, method, path, who, body).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One request with `body`, as `who` if given; the status and the bytes of the answer.
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    who: Option<&Who>,
+    body: impl Into<Bytes>,
+) -> (u16, Vec<u8>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("http");
     tokio::spawn(conn);
@@ -45,7 +57,7 @@ pub async fn call(addr: &str, method: &str, path: &str, who: Option<&Who>, body:
     }
     let resp = send.send_request(req.body(Full::new(body.into())).expect("request")).await.expect("answer");
     let status = resp.status().as_u16();
-    (status, String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes()).into_owned())
+    (status, resp.into_body().collect().await.expect("body").to_bytes().to_vec())
 }
 
 /// Registers `name`; panics unless it worked.
