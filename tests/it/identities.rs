@@ -106,7 +106,13 @@ async fn key_packages_name_their_uploader_and_the_last_resort_one_is_never_used_
     let (bob_backend, bob_member) = member(dir.path(), &bob.0).await;
     let body = key_package_body(&bob_backend, &bob_member, 1, true).await;
     assert_eq!(upload(&addr, &bob, body).await.0, 204);
-    let path = format!("/client/v1/keyPackage/{}", bob.0.trim_start_matches("mimi://"));
+    let bare = format!("/client/v1/keyPackage/{}", bob.0.trim_start_matches("mimi://"));
+    let (status, body) = call(&addr, "POST", &bare, Some(&alice), "").await;
+    assert_eq!(status, 400, "KeyPackages are claimed only to invite to a room: {body}");
+    let room = "mimi://a.test/r/club";
+    let (_keys, info) = group_info(&dir.path().join("room"), &alice.0, room).await;
+    provider.create_room(room, &info, None, &alice.0, JoinPolicy::Open, false).await.expect("room");
+    let path = format!("{bare}?room=a.test/r/club");
     let mut claimed = Vec::new();
     for _ in 0..4 {
         let (status, kp) = call(&addr, "POST", &path, Some(&alice), "").await;

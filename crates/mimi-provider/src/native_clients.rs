@@ -262,21 +262,23 @@ impl NativeClients {
         Ok(self.provider().put_group_info(room, group_info).await?)
     }
 
-    /// Claims one KeyPackage (MLSMessage) of user `target`: ours, or from its provider. With `room` (hosted here;
-    /// the client must be a participant), the target goes on the room's participant list once a KeyPackage was
-    /// claimed — an invite.
+    /// Claims one KeyPackage (MLSMessage) of user `target` — ours, or from its provider — to invite them to `room`
+    /// (hosted here; the client must be a participant): the target goes on the room's participant list once a
+    /// KeyPackage was claimed. Without a room, 400: nobody drains another user's KeyPackages.
     pub async fn claim_key_package(
         &self,
         client: &Client,
         target: &str,
         room: Option<&str>,
     ) -> Result<Vec<u8>, Failure> {
-        if let Some(room) = room {
-            self.require_participant(client, room)?;
-        }
+        // KeyPackages are one-time keys: they are handed out only for an invitation, by a participant of the room.
+        let Some(room) = room else {
+            return Err(Failure::bad_request("a KeyPackage is claimed to invite its user: name the room (?room=R)"));
+        };
+        self.require_participant(client, room)?;
         let domain = uri_domain(target).ok_or_else(|| Failure::bad_request(format!("bad user URI {target:?}")))?;
         let key_package = if domain != self.provider().domain() {
-            self.federation.claim_remote_key_package(&client.uri, target, domain, room.unwrap_or("")).await?
+            self.federation.claim_remote_key_package(&client.uri, target, domain, room).await?
         } else {
             self.provider()
                 .claim_key_package(target)
@@ -284,9 +286,7 @@ impl NativeClients {
                 .ok_or_else(|| Failure::not_found(format!("no KeyPackage left for {target}")))?
         };
         // The invitee goes on the participant list only once there is a KeyPackage to add them with.
-        if let Some(room) = room {
-            self.provider().add_participant(room, target).await?;
-        }
+        self.provider().add_participant(room, target).await?;
         Ok(key_package)
     }
 

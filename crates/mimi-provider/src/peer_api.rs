@@ -148,7 +148,10 @@ impl PeerApi {
                 request.target_user
             )));
         }
-        if !request.room_id.is_empty() && uri_domain(&request.room_id) != Some(from) {
+        if request.room_id.is_empty() {
+            return Err(Failure::bad_request("a KeyPackage is claimed to invite its user: the request names no room"));
+        }
+        if uri_domain(&request.room_id) != Some(from) {
             return Err(Failure::forbidden(format!("{from} does not host {}", request.room_id)));
         }
         let answer = |user_status, clients| KeyMaterialResponse { user_status, user_uri: target.to_owned(), clients };
@@ -162,10 +165,8 @@ impl PeerApi {
             let exhausted = ClientKeyMaterial { client_uri: target.to_owned(), material: ClientMaterial::Exhausted };
             return Ok(answer(KeyMaterialUserCode::NoCompatibleMaterial, vec![exhausted]));
         };
-        if !request.room_id.is_empty() {
-            // The Welcome that uses this KeyPackage will come through the room's log.
-            self.provider().follow(&request.room_id, from).await?;
-        }
+        // The Welcome that uses this KeyPackage will come through the room's log.
+        self.provider().follow(&request.room_id, from).await?;
         let kp = MlsMessageBytes::new(kp).map_err(Failure::internal)?;
         let client = ClientKeyMaterial { client_uri: target.to_owned(), material: ClientMaterial::Success(kp) };
         Ok(answer(KeyMaterialUserCode::Success, vec![client]))
