@@ -75,6 +75,18 @@ fn room_key(room: &str, tag: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The first key after every key that starts with `prefix` (`None`: there is none).
+fn next_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 fn decode_err(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{what}: {e}") }
 }
@@ -227,13 +239,27 @@ impl Records<'_> {
         Ok(out)
     }
 
-    /// Every room record.
+    /// Every room record. Reads one key per room (a skip scan over the rooms' key prefixes), never the rooms'
+    /// logs: a provider with a long log starts without reading it.
     pub fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
         let mut out = Vec::new();
-        for (k, v) in self.0.scan_prefix(HUB_LOG, b"")? {
-            let Some(len) = k.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else { continue };
-            if k.get(2 + len) == Some(&b'S') && k.len() == 3 + len {
+        let mut from = Vec::new();
+        while let Some((k, _)) = self.0.scan_prefix_from(HUB_LOG, b"", &from, 1)?.into_iter().next() {
+            let len = k.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+            let Some(room_prefix) = len.and_then(|len| k.get(..2 + len)) else {
+                // Not a room's key (the hub's signing key): the next key.
+                from = k;
+                from.push(0);
+                continue;
+            };
+            let mut state = room_prefix.to_vec();
+            state.push(b'S');
+            if let Some(v) = self.0.get(HUB_LOG, &state)? {
                 out.push(serde_json::from_slice(&v).map_err(|e| decode_err("room record", e))?);
+            }
+            match next_prefix(room_prefix) {
+                Some(next) => from = next,
+                None => break,
             }
         }
         Ok(out)

@@ -106,10 +106,14 @@ struct Room {
     /// new entry read it from memory instead of each opening a store transaction. Entries are added in sequence
     /// order when they are appended; readers never see past `last`, which moves only once they are durable.
     tail: VecDeque<SequencedFanout>,
+    /// Bytes of the messages in `tail`.
+    tail_bytes: usize,
 }
 
 /// Most log entries kept in memory per room.
 const TAIL: usize = 1024;
+/// Most bytes of messages kept in memory per room (a tail of 1 MB messages would otherwise hold a gigabyte).
+const TAIL_BYTES: usize = 4 << 20;
 
 /// A follow that holds only while our clients' updates to the room's hub are in flight.
 #[derive(Debug, Clone, Copy, Default)]
@@ -129,7 +133,7 @@ fn group_info_epoch(group_info: &[u8]) -> Option<u64> {
 
 impl Room {
     fn new(role: Role, last: watch::Sender<u64>) -> Self {
-        Self { role, last, group_info: None, tentative: None, tail: VecDeque::new() }
+        Self { role, last, group_info: None, tentative: None, tail: VecDeque::new(), tail_bytes: 0 }
     }
 
     /// Serves `group_info` of `epoch` from now on unless the one served is of a newer epoch; true if it does.
@@ -141,14 +145,20 @@ impl Room {
         true
     }
 
-    /// Remembers a newly appended entry; the tail restarts if it would not be contiguous.
+    /// Remembers a newly appended entry; the tail restarts if it would not be contiguous, and keeps at most
+    /// [`TAIL`] entries and [`TAIL_BYTES`] bytes.
     fn remember(&mut self, entry: &SequencedFanout) {
         if self.tail.back().is_some_and(|e| e.seq + 1 != entry.seq) {
             self.tail.clear();
+            self.tail_bytes = 0;
         }
-        if self.tail.len() == TAIL {
-            self.tail.pop_front();
+        let size = entry.fanout.message.as_bytes().len();
+        while self.tail.len() == TAIL || (!self.tail.is_empty() && self.tail_bytes + size > TAIL_BYTES) {
+            if let Some(e) = self.tail.pop_front() {
+                self.tail_bytes -= e.fanout.message.as_bytes().len();
+            }
         }
+        self.tail_bytes += size;
         self.tail.push_back(entry.clone());
     }
 
@@ -942,6 +952,21 @@ mod tests {
         assert_eq!(seqs(r.tail_entries(4, 10, 2)), Some(vec![5, 6]), "at most max");
         assert_eq!(seqs(r.tail_entries(9, 10, 256)), Some(vec![10]));
         assert_eq!(seqs(r.tail_entries(3, 12, 256)), None, "entries it does not hold: read the store");
+    }
+
+    #[test]
+    fn the_tail_holds_at_most_its_bytes() {
+        let (_dir, mut g) = crate::tests_support::group(b"mimi://a.test/r/x");
+        let big =
+            MlsMessageBytes::new(g.encrypt(&vec![7; 500_000]).durable_blocking().expect("encrypt")).expect("framed");
+        let mut r = room_with([]);
+        for seq in 1..=20 {
+            r.remember(&SequencedFanout { seq, fanout: FanoutMessage::plain(seq, big.clone()) });
+        }
+        assert!(r.tail_bytes <= TAIL_BYTES, "{} bytes held", r.tail_bytes);
+        assert_eq!(r.tail.len(), TAIL_BYTES / big.as_bytes().len(), "as many as fit");
+        assert_eq!(seqs(r.tail_entries(18, 20, 256)), Some(vec![19, 20]));
+        assert_eq!(seqs(r.tail_entries(0, 20, 256)), None, "the older ones are read from the store");
     }
 
     #[test]

@@ -224,3 +224,30 @@ async fn an_invite_only_hub_answers_group_info_requests_of_participants_only() {
     let a = Provider::open("a.test", st).expect("reopen");
     assert_eq!(a.hub_signer().await.expect("key").sender, key);
 }
+
+#[tokio::test]
+async fn a_restart_finds_every_room_without_reading_the_logs() {
+    let (_d, st) = store();
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    a.hub_signer().await.expect("a key that is no room's");
+    let names = ["mimi://a.test/r/x", "mimi://a.test/r/a-much-longer-room-name", "mimi://a.test/r/é"];
+    let mut groups = Vec::new();
+    for name in names {
+        let (dir, mut g) = group(name.as_bytes());
+        let info = bytes(g.export_group_info(true).expect("group info"));
+        a.create_room(name, &info, None, ALICE, JoinPolicy::Open, false).await.expect("room");
+        for i in 0..3 {
+            let m = bytes(g.encrypt(format!("{i}").as_bytes()).durable_blocking().expect("encrypt"));
+            a.submit(name, m, ALICE, Origin::Client(ALICE.into())).await.expect("sequenced");
+        }
+        groups.push((dir, g));
+    }
+    a.follow("mimi://b.test/r/y", "b.test").await.expect("follow");
+    drop(a);
+    let a = Provider::open("a.test", st).expect("reopen");
+    for name in names {
+        assert_eq!(a.route(name).expect("route"), RoomRoute::Hub, "{name}");
+        assert_eq!(a.last_seq(name).expect("room"), 3, "{name}");
+    }
+    assert_eq!(a.route("mimi://b.test/r/y").expect("route"), RoomRoute::Follower { hub: "b.test".into() });
+}
