@@ -332,6 +332,21 @@ fn default_admin_listen() -> Spanned<SocketAddr> {
     Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 8449)))
 }
 
+/// `[[portal]] join`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PortalJoin {
+    /// Anyone who can fetch the GroupInfo.
+    #[default]
+    Open,
+    /// Only users a member invited.
+    Invite,
+}
+
+fn default_join() -> Spanned<PortalJoin> {
+    Spanned::new(0..0, PortalJoin::Open)
+}
+
 fn default_mls_identity() -> Spanned<MlsIdentity> {
     Spanned::new(0..0, MlsIdentity::Shared)
 }
@@ -345,6 +360,10 @@ pub struct PortalConfig {
     /// How legacy senders appear in the MLS group.
     #[serde(default = "default_mls_identity")]
     pub mls_identity: Spanned<MlsIdentity>,
+    /// Who may join the portal's MLS group by external commit: anyone who can fetch its GroupInfo (`open`, the
+    /// default) or only users invited by a member (`invite`).
+    #[serde(default = "default_join")]
+    pub join: Spanned<PortalJoin>,
     /// With `mls_identity = "per-user"`: most legacy users with a leaf of their own at once (default 100); the
     /// others speak through the bridge's shared leaf.
     pub max_user_leaves: Option<Spanned<usize>>,
@@ -356,6 +375,14 @@ pub struct PortalConfig {
 }
 
 impl PortalConfig {
+    /// The hub's join policy of the portal's room.
+    pub fn join_policy(&self) -> mimi_protocol::JoinPolicy {
+        match self.join.get_ref() {
+            PortalJoin::Open => mimi_protocol::JoinPolicy::Open,
+            PortalJoin::Invite => mimi_protocol::JoinPolicy::Invite,
+        }
+    }
+
     /// The per-user leaf limits (defaults where not set).
     pub fn leaf_policy(&self) -> LeafPolicy {
         let mut policy = LeafPolicy::default();
@@ -1200,6 +1227,13 @@ mod tests {
                 5,
                 "quota.user_bytes_per_minute",
                 "at least 1048576",
+            ),
+            case(
+                "bad join policy",
+                format!("{MIN}[[portal]]\nname = \"a\"\njoin = \"closed\"\n"),
+                6,
+                "portal.join",
+                "closed",
             ),
             case("bad portal name", format!("{MIN}[[portal]]\nname = \"Bad Name\"\n"), 5, "portal.name", "portal name"),
             case(

@@ -85,6 +85,7 @@ impl Daemon {
             let id = PortalId::new(p.name.get_ref().clone())?;
             router.create_portal(PortalRecord { id: id.clone(), mls_identity: *p.mls_identity.get_ref() }).await?;
             room.set_leaf_policy(&id, p.leaf_policy());
+            room.set_join_policy(&id, p.join_policy());
             for leg in &p.legs {
                 let leg_id = LegId::new(AccountId::parse(leg.account.get_ref())?, leg.room.get_ref().clone())?;
                 router.link(leg_id, &id).await?;

@@ -128,3 +128,17 @@ fn chat_prints_arrivals_and_sends_typed_lines() {
     assert!(chat.ended_well(), "end of input ends the chat with status 0");
     assert_eq!(alice_hears(dir.path(), &server, &room)["text"], "last words");
 }
+
+#[test]
+fn an_invite_only_portal_refuses_external_joins_and_an_open_one_takes_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, _) = write_config(dir.path(), "\n[[portal]]\nname = \"vip\"\njoin = \"invite\"\n");
+    let _daemon = Daemon::start(&cfg, &[]);
+    let server = server_of(&cfg);
+    let eve = dir.path().join("eve");
+    client(&eve, &server, &["register", "eve"]);
+    let out = command(&eve, &server, &["join", "mimi://bridge.example.org/r/vip"]).output().expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "eve joined an invite-only portal uninvited: {err}");
+    client(&eve, &server, &["join", "mimi://bridge.example.org/r/lobby"]);
+}

@@ -93,6 +93,8 @@ pub struct MlsRooms {
     key_update_ms: std::sync::atomic::AtomicU64,
     /// Per-user leaf limits by portal ([`MlsRooms::set_leaf_policy`]); the default otherwise.
     leaf_policies: Mutex<HashMap<PortalId, LeafPolicy>>,
+    /// Join policies by portal ([`MlsRooms::set_join_policy`]); `policy` otherwise.
+    join_policies: Mutex<HashMap<PortalId, JoinPolicy>>,
     inbound: mpsc::UnboundedSender<Forward>,
     inbound_rx: Mutex<Option<mpsc::UnboundedReceiver<Forward>>>,
     /// Per room: the last log position whose message the router has taken (or refused for good); kept messages
@@ -135,6 +137,7 @@ impl MlsRooms {
             policy,
             slots: Mutex::default(),
             leaf_policies: Mutex::default(),
+            join_policies: Mutex::default(),
             key_update_ms: std::sync::atomic::AtomicU64::new(DEFAULT_KEY_UPDATE.as_millis() as u64),
             inbound,
             inbound_rx: Mutex::new(Some(rx)),
@@ -232,6 +235,15 @@ impl MlsRooms {
         }
     }
 
+    /// Sets who may join `portal`'s room by external commit (used when its slot opens: call before
+    /// [`MlsRooms::ensure_portal`]); a room made earlier with another policy is changed to it. Portals without one
+    /// get the policy [`MlsRooms::open`] was given.
+    pub fn set_join_policy(&self, portal: &PortalId, policy: JoinPolicy) {
+        if let Ok(mut p) = self.join_policies.lock() {
+            p.insert(portal.clone(), policy);
+        }
+    }
+
     /// How often each local member of a portal's group (the bridge's leaf, per-user leaves) commits a fresh leaf
     /// key; `None`: never. Default [`DEFAULT_KEY_UPDATE`].
     pub fn set_key_update_interval(&self, every: Option<Duration>) {
@@ -274,8 +286,9 @@ impl MlsRooms {
         // not know its group yet, learns it here if the group is at the hub's epoch.)
         let info = group.export_group_info(true).map_err(unavailable)?;
         let info = MlsMessageBytes::new(info).map_err(unavailable)?;
-        match self.provider.create_room(&room, &info, None, self.member.uri(), self.policy, true).await {
-            Ok(()) => {}
+        let policy = self.join_policies.lock().map_err(unavailable)?.get(portal).copied().unwrap_or(self.policy);
+        match self.provider.create_room(&room, &info, None, self.member.uri(), policy, true).await {
+            Ok(()) => self.provider.set_join_policy(&room, policy).await.map_err(unavailable)?,
             Err(ProviderError::Exists(_)) => {
                 return Err(RoomError::Refused(format!(
                     "portal {portal}: the room {room} exists on this hub and was not created by the bridge (a native \

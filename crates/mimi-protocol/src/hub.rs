@@ -234,6 +234,12 @@ impl HubRoom {
         &self.state
     }
 
+    /// Changes who may join by external commit (the operator changed a portal's `join`); persist
+    /// [`HubRoom::state`] afterwards.
+    pub fn set_policy(&mut self, policy: JoinPolicy) {
+        self.state.policy = policy;
+    }
+
     /// The group's public state as bytes, to persist (`None` if the hub does not know it).
     pub fn public_state(&self) -> Result<Option<Vec<u8>>, Refusal> {
         self.public.as_deref().map(PublicState::encode).transpose()

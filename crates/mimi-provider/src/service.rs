@@ -434,6 +434,28 @@ impl Provider {
         }
     }
 
+    /// Sets who may join `room` (hosted here) by external commit; durable on return. A no-op if it already is.
+    pub async fn set_join_policy(&self, room: &str, policy: JoinPolicy) -> Result<(), ProviderError> {
+        let durable = {
+            let mut rooms = lock(&self.inner.rooms);
+            match rooms.get_mut(room).map(|r| &mut r.role) {
+                Some(Role::Hub(h)) if h.state().policy == policy => return Ok(()),
+                Some(Role::Hub(h)) => {
+                    h.set_policy(policy);
+                    let mut b = Batch::new();
+                    write::room(&mut b, &RoomRecord::Hub(h.state().clone()))?;
+                    self.inner.store.commit_later(b)
+                }
+                Some(Role::Follower { hub, .. }) => {
+                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+                }
+                None => return Err(ProviderError::UnknownRoom(room.to_owned())),
+            }
+        };
+        durable.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(())
+    }
+
     /// True if `uri` is on the participant list of `room`, which we host.
     pub fn is_participant(&self, room: &str, uri: &str) -> Result<bool, ProviderError> {
         let rooms = lock(&self.inner.rooms);
