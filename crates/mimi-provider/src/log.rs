@@ -75,18 +75,6 @@ fn room_key(room: &str, tag: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The first key after every key that starts with `prefix` (`None`: there is none).
-fn next_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 fn decode_err(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{what}: {e}") }
 }
@@ -257,7 +245,7 @@ impl Records<'_> {
             if let Some(v) = self.0.get(HUB_LOG, &state)? {
                 out.push(serde_json::from_slice(&v).map_err(|e| decode_err("room record", e))?);
             }
-            match next_prefix(room_prefix) {
+            match mimi_store::prefix_end(room_prefix) {
                 Some(next) => from = next,
                 None => break,
             }

@@ -221,7 +221,7 @@ pub(crate) fn tree_names(
 }
 
 /// The exclusive upper bound of all keys starting with `prefix`, or `None` if there is none (all 0xFF).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xFF {

@@ -16,5 +16,5 @@ pub mod schema;
 pub mod sled_backend;
 
 pub use commit::{CommitConfig, Store};
-pub use kv::{Batch, Entries, KvStore, Op, StoreError};
+pub use kv::{Batch, Entries, KvStore, Op, StoreError, prefix_end};
 pub use schema::{Backend, open_data_dir};
