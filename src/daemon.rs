@@ -46,6 +46,7 @@ pub struct Daemon {
     mimi_task: JoinHandle<()>,
     room: Arc<MlsRooms>,
     store_closed: watch::Receiver<bool>,
+    store_failed: watch::Receiver<bool>,
     probe_task: JoinHandle<()>,
     shutdown_timeout: Duration,
 }
@@ -67,6 +68,7 @@ impl Daemon {
         }
         let store = bridge_core::open_store(data_dir, Some(cfg.bridge.store), CommitConfig::default())?;
         let store_closed = store.closed();
+        let store_failed = store.failed();
         data_dir::check(data_dir).map_err(|e| e.to_string())?;
         tracing::info!(data_dir = %data_dir.display(), backend = %cfg.bridge.store, "store open");
 
@@ -147,6 +149,7 @@ impl Daemon {
             mimi_task,
             room,
             store_closed,
+            store_failed,
             probe_task,
             shutdown_timeout: Duration::from_secs(*cfg.bridge.shutdown_timeout.get_ref()),
         })
@@ -365,11 +368,23 @@ pub fn run(cfg: Config) -> Result<ExitCode, Error> {
                 return Ok::<_, Error>(ExitCode::SUCCESS);
             }
         };
-        let s = signals.recv().await;
-        tracing::info!(signal = s, "signal received");
+        let mut store_failed = daemon.store_failed.clone();
+        let store_failure = tokio::select! {
+            s = signals.recv() => {
+                tracing::info!(signal = s, "signal received");
+                false
+            }
+            _ = store_failed.wait_for(|f| *f) => {
+                // Fail-stop: state in memory is ahead of the disk; nothing more is written. Stop, and let the
+                // service manager restart us from what is on disk (accepted events are durable).
+                tracing::error!("a durable write failed: stopping (exit status 1) to restart from what is on disk");
+                true
+            }
+        };
         tokio::select! {
             r = daemon.shutdown() => Ok(match r {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) if !store_failure => ExitCode::SUCCESS,
+                Ok(()) => ExitCode::FAILURE,
                 Err(e) => {
                     tracing::error!(error = %e, "exiting with status 1");
                     ExitCode::FAILURE

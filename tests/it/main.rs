@@ -23,4 +23,5 @@ mod quotas;
 mod run_overrides;
 mod shutdown_load;
 mod slice;
+mod store_failure;
 mod systemd_unit;

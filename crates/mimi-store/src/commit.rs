@@ -6,6 +6,12 @@
 //! it is writing, the next group queues up, so under load the number of fsyncs per batch falls by itself.
 //!
 //! A writer's `commit` returns `Ok` only after its data is durable.
+//!
+//! **Fail-stop.** Once a durable write fails, the store writes nothing more: every later commit fails with
+//! [`StoreError::Failed`] and [`Store::failed`] turns `true`. What its users built in memory on the failed batch
+//! (a hub's next sequence number, an MLS epoch, a portal's counters) is then ahead of the disk, and a later batch
+//! written on top of it would store a state that depends on the lost one (log entry N+1 without N). The daemon
+//! stops on it; a restart continues from what is on disk.
 
 use super::kv::{Batch, Entries, KvStore, StoreError};
 use std::sync::Arc;
@@ -53,6 +59,8 @@ struct Committer {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Set once the committer has written its last batch and stopped ([`Store::closed`]).
     closed: tokio::sync::watch::Sender<bool>,
+    /// Set when a durable write failed ([`Store::failed`]).
+    failed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Drop for Committer {
@@ -70,9 +78,11 @@ impl Store {
     pub fn new(kv: Arc<dyn KvStore>, config: CommitConfig) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let backend = kv.clone();
+        let failed = Arc::new(tokio::sync::watch::channel(false).0);
+        let failed_flag = failed.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("{}-commit", kv.backend()))
-            .spawn(move || committer(backend, rx, config));
+            .spawn(move || committer(backend, rx, config, &failed_flag));
         let thread = match spawned {
             Ok(t) => Some(t),
             Err(e) => {
@@ -82,7 +92,12 @@ impl Store {
             }
         };
         let (closed, _) = tokio::sync::watch::channel(false);
-        Self { kv, committer: Arc::new(Committer { jobs: Some(tx), thread, closed }) }
+        Self { kv, committer: Arc::new(Committer { jobs: Some(tx), thread, closed, failed }) }
+    }
+
+    /// Turns `true` when a durable write failed: from then on every commit fails (fail-stop, see the module docs).
+    pub fn failed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.committer.failed.subscribe()
     }
 
     /// Turns `true` once the last clone of this store is gone and its committer has stopped. The backend closes
@@ -155,8 +170,14 @@ impl Store {
     }
 }
 
-fn committer(kv: Arc<dyn KvStore>, rx: mpsc::Receiver<Job>, config: CommitConfig) {
+fn committer(
+    kv: Arc<dyn KvStore>,
+    rx: mpsc::Receiver<Job>,
+    config: CommitConfig,
+    failed: &tokio::sync::watch::Sender<bool>,
+) {
     let max = config.max_batches.max(1);
+    let mut failure: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         let deadline = Instant::now() + config.max_delay;
@@ -179,6 +200,12 @@ fn committer(kv: Arc<dyn KvStore>, rx: mpsc::Receiver<Job>, config: CommitConfig
             }
         }
         let (batches, replies): (Vec<Batch>, Vec<Reply>) = jobs.into_iter().map(|j| (j.batch, j.reply)).unzip();
+        if let Some(why) = &failure {
+            for r in replies {
+                let _ = r.send(Err(StoreError::Failed(why.clone())));
+            }
+            continue;
+        }
         match kv.write(&batches) {
             Ok(()) => {
                 for r in replies {
@@ -186,7 +213,9 @@ fn committer(kv: Arc<dyn KvStore>, rx: mpsc::Receiver<Job>, config: CommitConfig
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, batches = batches.len(), "durable write failed");
+                tracing::error!(error = %e, batches = batches.len(), "durable write failed: the store writes nothing more");
+                failure = Some(e.to_string());
+                failed.send_replace(true);
                 for r in replies {
                     let _ = r.send(Err(duplicate(&e, kv.backend())));
                 }
@@ -210,5 +239,57 @@ fn duplicate(e: &StoreError, backend: &'static str) -> StoreError {
         }
         StoreError::Closed => StoreError::Closed,
         other => StoreError::Backend { backend, path: Default::default(), message: other.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod fail_stop_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A backend whose first write fails.
+    #[derive(Default)]
+    struct FailsOnce(AtomicUsize);
+
+    impl KvStore for FailsOnce {
+        fn backend(&self) -> &'static str {
+            "test"
+        }
+        fn get(&self, _: &str, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+        fn scan_prefix(&self, _: &str, _: &[u8]) -> Result<Entries, StoreError> {
+            Ok(Vec::new())
+        }
+        fn write(&self, _: &[Batch]) -> Result<(), StoreError> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(StoreError::Backend { backend: "test", path: "/x".into(), message: "disk full".into() });
+            }
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn trees(&self) -> Result<Vec<String>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn after_a_failed_write_nothing_more_is_written() {
+        let kv = Arc::new(FailsOnce::default());
+        let store = Store::new(kv.clone(), CommitConfig::default());
+        let failed = store.failed();
+        let batch = || {
+            let mut b = Batch::new();
+            b.put("t", b"k", b"v");
+            b
+        };
+        assert!(matches!(store.commit_blocking(batch()), Err(StoreError::Backend { .. })));
+        assert!(*failed.borrow(), "the failure is announced");
+        for _ in 0..3 {
+            assert!(matches!(store.commit_blocking(batch()), Err(StoreError::Failed(_))), "fail-stop");
+        }
+        assert_eq!(kv.0.load(Ordering::SeqCst), 1, "the backend was asked to write once");
     }
 }

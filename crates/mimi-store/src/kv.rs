@@ -76,6 +76,9 @@ pub enum StoreError {
     /// The group-commit thread is gone (the store was closed).
     #[error("the store is closed")]
     Closed,
+    /// An earlier durable write failed, so this store writes nothing more ([`crate::Store::failed`]).
+    #[error("the store refuses writes since a durable write failed ({0}); restart to continue from what is on disk")]
+    Failed(String),
 }
 
 /// Entries returned by a prefix scan: `(key without tree prefix, value)`, in key order.
