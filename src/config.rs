@@ -177,6 +177,13 @@ pub struct QuotaTable {
     /// Bytes of those per user and minute.
     #[serde(default = "default_user_bytes_per_minute")]
     pub user_bytes_per_minute: Spanned<u64>,
+    /// Rooms one user may create on this daemon.
+    #[serde(default = "default_user_rooms")]
+    pub user_rooms: Spanned<usize>,
+}
+
+fn default_user_rooms() -> Spanned<usize> {
+    Spanned::new(0..0, mimi_provider::quota::QuotaConfig::default().rooms)
 }
 
 fn default_user_messages_per_minute() -> Spanned<u32> {
@@ -192,6 +199,7 @@ impl Default for QuotaTable {
         Self {
             user_messages_per_minute: default_user_messages_per_minute(),
             user_bytes_per_minute: default_user_bytes_per_minute(),
+            user_rooms: default_user_rooms(),
         }
     }
 }
@@ -202,6 +210,7 @@ impl QuotaTable {
         mimi_provider::quota::QuotaConfig {
             messages_per_minute: *self.user_messages_per_minute.get_ref(),
             bytes_per_minute: *self.user_bytes_per_minute.get_ref(),
+            rooms: *self.user_rooms.get_ref(),
         }
     }
 }

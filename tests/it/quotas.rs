@@ -65,3 +65,27 @@ async fn a_member_flooding_a_room_is_stopped_by_the_byte_quota() {
     assert_eq!(accepted + refused, 20);
     assert_eq!(provider.last_seq(ROOM).expect("room"), accepted, "the log holds only what was accepted");
 }
+
+#[tokio::test]
+async fn a_user_creates_at_most_their_quota_of_rooms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        bridge_core::open_store(&dir.path().join("hub"), Some(Backend::Redb), CommitConfig::default()).expect("store");
+    let provider = Provider::open("a.test", store).expect("provider");
+    let quotas = mimi_provider::quota::QuotaConfig { rooms: 2, ..Default::default() };
+    let addr = crate::common::api::serve_with(&provider, quotas).await;
+    let alice = register(&addr, "alice").await;
+    let mut statuses = Vec::new();
+    for name in ["one", "two", "three"] {
+        let room = format!("mimi://a.test/r/{name}");
+        let (_keys, info) = crate::common::api::group_info(&dir.path().join(name), &alice.0, &room).await;
+        let body = serde_json::json!({ "name": name, "group_info": hex::encode(info.as_bytes()) }).to_string();
+        let (status, answer) = call(&addr, "POST", "/client/v1/rooms", Some(&alice), body).await;
+        statuses.push(status);
+        if name == "three" {
+            assert!(answer.contains("created 2 rooms"), "{answer}");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(provider.rooms_created_by(&alice.0), 2);
+}

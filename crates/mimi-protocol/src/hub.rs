@@ -85,6 +85,9 @@ pub struct HubState {
     pub participants: BTreeSet<String>,
     /// Follower providers (domains) with participants in the room.
     pub followers: BTreeSet<String>,
+    /// Who created the room (for per-user room quotas; absent in rooms stored before it was kept).
+    #[serde(default)]
+    pub creator: Option<String>,
 }
 
 /// Why the hub refused a message.
@@ -213,6 +216,7 @@ impl HubRoom {
             policy,
             participants: BTreeSet::from([creator.to_owned()]),
             followers: BTreeSet::new(),
+            creator: Some(creator.to_owned()),
         };
         Ok(Self { state, public: Some(Box::new(public)), seen: HashMap::new(), has_portal })
     }

@@ -16,12 +16,14 @@ pub struct QuotaConfig {
     pub messages_per_minute: u32,
     /// Bytes of those per minute.
     pub bytes_per_minute: u64,
+    /// Rooms one user may create on this provider.
+    pub rooms: usize,
 }
 
 impl Default for QuotaConfig {
     /// 120 messages and 8 MiB a minute: a busy human and a client catching up on key updates stay well within.
     fn default() -> Self {
-        Self { messages_per_minute: 120, bytes_per_minute: 8 << 20 }
+        Self { messages_per_minute: 120, bytes_per_minute: 8 << 20, rooms: 100 }
     }
 }
 
@@ -101,7 +103,7 @@ mod tests {
 
     #[test]
     fn a_burst_of_a_minutes_worth_then_the_refill_rate() {
-        let q = Quotas::new(QuotaConfig { messages_per_minute: 3, bytes_per_minute: 1000 });
+        let q = Quotas::new(QuotaConfig { messages_per_minute: 3, bytes_per_minute: 1000, rooms: 1 });
         let t0 = Instant::now();
         for _ in 0..3 {
             q.take("a", 10, t0).expect("within the burst");

@@ -456,6 +456,14 @@ impl Provider {
         Ok(())
     }
 
+    /// How many rooms hosted here `uri` created.
+    pub fn rooms_created_by(&self, uri: &str) -> usize {
+        lock(&self.inner.rooms)
+            .values()
+            .filter(|r| matches!(&r.role, Role::Hub(h) if h.state().creator.as_deref() == Some(uri)))
+            .count()
+    }
+
     /// True if `uri` is on the participant list of `room`, which we host.
     pub fn is_participant(&self, room: &str, uri: &str) -> Result<bool, ProviderError> {
         let rooms = lock(&self.inner.rooms);

@@ -16,6 +16,11 @@ pub type Who = (String, String);
 /// Serves the MIMI endpoints and client API of `provider` (open registration) on a free loopback port; its
 /// address.
 pub async fn serve(provider: &Provider) -> String {
+    serve_with(provider, Default::default()).await
+}
+
+/// [`serve`] with these per-user quotas.
+pub async fn serve_with(provider: &Provider, quotas: mimi_provider::quota::QuotaConfig) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let state = MimiState {
@@ -24,7 +29,7 @@ pub async fn serve(provider: &Provider) -> String {
         public_url: format!("http://{addr}"),
         registration: Registration::Open,
         peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
-        quotas: Default::default(),
+        quotas,
     };
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     addr
