@@ -86,7 +86,15 @@ impl LegWorker {
 }
 
 /// Starts the worker of `leg`, loading its outbox first.
-pub(crate) fn spawn(shared: Arc<Shared>, leg: LegId, portal_tx: mpsc::Sender<PortalInput>) -> LegWorker {
+/// Starts the delivery worker of `leg`. Outbox entries with sequence numbers below `counted_from` were queued
+/// before it (a restart, a backlog): it counts them as pending when it loads them; later ones are counted by
+/// [`LegWorker::push`].
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    leg: LegId,
+    portal_tx: mpsc::Sender<PortalInput>,
+    counted_from: u64,
+) -> LegWorker {
     let (tx, rx) = mpsc::channel(1024);
     let counters = Arc::new(LegCounters::default());
     let (stop, stop_rx) = watch::channel(false);
@@ -99,6 +107,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, leg: LegId, portal_tx: mpsc::Sender<Por
         recent: HashMap::new(),
         high_water: 0,
         more: false,
+        counted_from,
     };
     let span = tracing::info_span!("leg", leg = %w.leg);
     let task = tokio::spawn(w.run(rx).instrument(span));
@@ -118,6 +127,9 @@ struct Worker {
     high_water: u64,
     /// The last outbox page read was full: read the next one once the queue is empty.
     more: bool,
+    /// Outbox entries below this sequence number were not counted by [`LegWorker::push`] ([`spawn`]); the worker
+    /// counts them once when it starts.
+    counted_from: u64,
 }
 
 /// Most outbox entries read into memory at once.
@@ -126,7 +138,14 @@ const OUTBOX_PAGE: usize = 1000;
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<LegWork>) {
         let mut queue = VecDeque::new();
-        self.reload(&mut queue, true);
+        // What waited before this worker started (a restart's backlog, perhaps many pages) is pending too.
+        match Repo::new(&self.shared.store).outbox_len_below(&self.leg, self.counted_from) {
+            Ok(n) => {
+                self.counters.pending.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(leg = %self.leg, error = %e, "cannot count the outbox"),
+        }
+        self.reload(&mut queue);
         let mut shutdown = self.shared.shutdown.clone();
         let mut stop = self.stop.clone();
         loop {
@@ -137,7 +156,7 @@ impl Worker {
                 Some(w) => w,
                 None => {
                     if self.counters.overflow.swap(false, Ordering::AcqRel) || self.more {
-                        self.reload(&mut queue, false);
+                        self.reload(&mut queue);
                         if !queue.is_empty() {
                             continue;
                         }
@@ -167,7 +186,7 @@ impl Worker {
 
     /// Loads the next page of outbox entries above the high-water mark (a long backlog — a leg down for days —
     /// is read a page at a time, never whole); sets `more` if there may be more.
-    fn reload(&mut self, queue: &mut VecDeque<LegWork>, first: bool) {
+    fn reload(&mut self, queue: &mut VecDeque<LegWork>) {
         match Repo::new(&self.shared.store).outbox_page(&self.leg, self.high_water.saturating_add(1), OUTBOX_PAGE) {
             Ok(items) => {
                 self.more = items.len() == OUTBOX_PAGE;
@@ -176,9 +195,6 @@ impl Worker {
                         self.high_water = seq;
                         queue.push_back(LegWork::stored(seq, &record));
                     }
-                }
-                if first {
-                    self.counters.pending.store(queue.len() as u64, Ordering::Relaxed);
                 }
             }
             Err(e) => tracing::error!(leg = %self.leg, error = %e, "cannot read the outbox"),

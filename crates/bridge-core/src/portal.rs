@@ -114,7 +114,7 @@ fn ephemeral_id() -> MessageId {
 
 impl Portal {
     fn start_leg(&mut self, leg: LegId) {
-        let w = leg::spawn(self.shared.clone(), leg.clone(), self.self_tx.clone());
+        let w = leg::spawn(self.shared.clone(), leg.clone(), self.self_tx.clone(), self.next_seq);
         self.legs.insert(leg, w);
     }
 

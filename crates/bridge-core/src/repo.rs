@@ -296,6 +296,32 @@ impl<'a> Repo<'a> {
         self.outbox_page(leg, 0, usize::MAX)
     }
 
+    /// How many deliveries to a leg wait with sequence numbers below `below` (read a page at a time, not decoded).
+    pub fn outbox_len_below(&self, leg: &LegId, below: u64) -> Result<u64, StoreError> {
+        const PAGE: usize = 1000;
+        let prefix = leg_prefix(leg);
+        let (mut from, mut n) = (seq_key(leg, 0), 0u64);
+        loop {
+            let page = self.store.scan_prefix_from(OUTBOX, &prefix, &from, PAGE)?;
+            let full = page.len() == PAGE;
+            for (k, _) in &page {
+                let seq = k.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
+                match seq {
+                    Some(seq) if seq < below => n += 1,
+                    Some(_) => return Ok(n),
+                    None => {}
+                }
+            }
+            match page.last() {
+                Some((k, _)) if full => {
+                    from = k.clone();
+                    from.push(0);
+                }
+                _ => return Ok(n),
+            }
+        }
+    }
+
     /// At most `limit` pending deliveries to a leg with sequence numbers from `from` on, in order.
     pub fn outbox_page(&self, leg: &LegId, from: u64, limit: usize) -> Result<Vec<(u64, DeliveryRecord)>, StoreError> {
         let prefix = leg_prefix(leg);

@@ -322,12 +322,21 @@ async fn a_long_backlog_is_delivered_in_order_a_page_at_a_time() {
         }
         w.router.shutdown().await;
     }
-    // Restarted with more than two pages waiting: every one arrives, in order, once.
-    let w = world(dir.path(), Backend::Redb, |_| {}).await;
+    // Restarted with more than two pages waiting: every one arrives, in order, once; status counts them all.
+    let w = world(dir.path(), Backend::Redb, |c| c.retry_initial = Duration::from_millis(20)).await;
+    w.b.down.store(true, Ordering::Relaxed);
+    let pending = |st: Vec<bridge_core::router::PortalStatus>| st[0].legs.iter().map(|l| l.pending).sum::<u64>();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pending(w.router.status().await) != N as u64 {
+        assert!(std::time::Instant::now() < deadline, "status: {:?}", w.router.status().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.b.down.store(false, Ordering::Relaxed);
     let got = w.b.wait_delivered(N, Duration::from_secs(60)).await;
     let bodies: Vec<String> = got.iter().map(body).collect();
     assert_eq!(bodies, (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(w.b.delivered().len(), N, "nothing twice");
+    assert_eq!(pending(w.router.status().await), 0, "every delivery counted off");
     w.router.shutdown().await;
 }
