@@ -164,8 +164,13 @@ impl Store {
         self.commit_later(batch).blocking_recv().unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Makes everything written so far durable (all commits already are; this flushes backend caches).
+    /// Makes everything written so far durable (all commits already are; this flushes backend caches). After a
+    /// failed write nothing is flushed: a backend may hold part of the failed group in memory (sled applies a
+    /// batch before it syncs), and those writers were told it failed.
     pub fn flush(&self) -> Result<(), StoreError> {
+        if *self.committer.failed.borrow() {
+            return Err(StoreError::Failed("a durable write failed earlier".into()));
+        }
         self.kv.flush()
     }
 }
@@ -222,7 +227,10 @@ fn committer(
             }
         }
     }
-    if let Err(e) = kv.flush() {
+    // After a failure nothing more reaches the disk, not even what the backend holds of the failed group.
+    if failure.is_none()
+        && let Err(e) = kv.flush()
+    {
         tracing::error!(error = %e, "final flush failed");
     }
 }
@@ -291,5 +299,6 @@ mod fail_stop_tests {
             assert!(matches!(store.commit_blocking(batch()), Err(StoreError::Failed(_))), "fail-stop");
         }
         assert_eq!(kv.0.load(Ordering::SeqCst), 1, "the backend was asked to write once");
+        assert!(matches!(store.flush(), Err(StoreError::Failed(_))), "nor to flush what it holds of the failed group");
     }
 }
