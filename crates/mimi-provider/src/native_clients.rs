@@ -275,11 +275,14 @@ impl NativeClients {
         target: &str,
         room: Option<&str>,
     ) -> Result<Vec<u8>, Failure> {
-        // KeyPackages are one-time keys: they are handed out only for an invitation, by a participant of the room.
+        // KeyPackages are one-time keys: they are handed out only for an invitation, by a participant of the room,
+        // and each claim counts as a message against the claimer's quota (a user's own rooms are no way to drain
+        // another user's KeyPackages fast; the last-resort one is never used up).
         let Some(room) = room else {
             return Err(Failure::bad_request("a KeyPackage is claimed to invite its user: name the room (?room=R)"));
         };
         self.require_participant(client, room)?;
+        self.take_quota(client, 0)?;
         let domain = uri_domain(target).ok_or_else(|| Failure::bad_request(format!("bad user URI {target:?}")))?;
         let key_package = if domain != self.provider().domain() {
             self.federation.claim_remote_key_package(&client.uri, target, domain, room).await?

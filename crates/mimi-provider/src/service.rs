@@ -305,9 +305,16 @@ impl Provider {
             if let Some(r) = rooms.get_mut(room) {
                 let adopted = match &mut r.role {
                     // Best effort: the room exists, and works for application messages, either way.
-                    // Creating again is a no-op only for its creator (still a participant): a room someone else
-                    // made first — a user squatting a portal's name — is never adopted.
-                    Role::Hub(h) if h.state().group_id == group_id && h.state().participants.contains(creator) => {
+                    // Creating again is a no-op only for its creator (for rooms stored before creators were kept:
+                    // a participant): a room someone else made first — a user squatting a portal's name — is never
+                    // adopted.
+                    Role::Hub(h)
+                        if h.state().group_id == group_id
+                            && match &h.state().creator {
+                                Some(c) => c == creator,
+                                None => h.state().participants.contains(creator),
+                            } =>
+                    {
                         h.adopt(group_info, ratchet_tree, creator).unwrap_or_else(|e| {
                             tracing::warn!(room, error = %e, "the room's group state is still unknown");
                             None
