@@ -187,3 +187,26 @@ async fn a_room_a_user_made_first_is_never_adopted_as_a_portals() {
     assert_eq!(status, 409, "{body}");
     assert!(!rooms.provider().is_participant("mimi://a.test/r/ops", &mallory.0).expect("room"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_never_hand_out_the_same_key_package() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, provider) = provider(dir.path());
+    let addr = serve(&provider).await;
+    let bob = register(&addr, "bob").await;
+    let (backend, member) = member(dir.path(), &bob.0).await;
+    assert_eq!(upload(&addr, &bob, key_package_body(&backend, &member, 8, false).await).await.0, 204);
+    let claims: Vec<_> = (0..8)
+        .map(|_| {
+            let p = provider.clone();
+            let user = bob.0.clone();
+            tokio::spawn(async move { p.claim_key_package(&user).await.expect("claim").expect("one left") })
+        })
+        .collect();
+    let mut got = std::collections::BTreeSet::new();
+    for c in claims {
+        got.insert(c.await.expect("task"));
+    }
+    assert_eq!(got.len(), 8, "eight claims at once, eight different KeyPackages");
+    assert_eq!(provider.claim_key_package(&bob.0).await.expect("claim"), None, "all used up");
+}

@@ -183,6 +183,9 @@ struct Inner {
     outbound_rx: Mutex<Option<mpsc::UnboundedReceiver<PeerNotify>>>,
     /// Serialises follower appends per process (they are rare and short).
     follower_lock: tokio::sync::Mutex<()>,
+    /// Serialises KeyPackage uploads and claims (read, decide, write), so that two claims never hand out the same
+    /// one-time KeyPackage and two uploads never pass the cap together.
+    key_package_lock: tokio::sync::Mutex<()>,
     /// The key `GroupInfoResponse`s are signed with (loaded or made on first use).
     hub_signer: tokio::sync::OnceCell<HubSigner>,
 }
@@ -259,6 +262,7 @@ impl Provider {
                 outbound,
                 outbound_rx: Mutex::new(Some(rx)),
                 follower_lock: tokio::sync::Mutex::new(()),
+                key_package_lock: tokio::sync::Mutex::new(()),
                 hub_signer: tokio::sync::OnceCell::new(),
             }),
         })
@@ -868,6 +872,7 @@ impl Provider {
     /// Stores KeyPackages (MLSMessages) of a user: each must validate and name the user in its credential
     /// ([`crate::key_packages`]); at most [`key_packages::MAX_STORED`] per user.
     pub async fn upload_key_packages(&self, user: &str, kps: &[MlsMessageBytes]) -> Result<(), ProviderError> {
+        let _serial = self.inner.key_package_lock.lock().await;
         if Records(&self.inner.store).user(user)?.is_none() {
             return Err(ProviderError::UnknownUser(user.to_owned()));
         }
@@ -895,6 +900,7 @@ impl Provider {
     /// Claims one KeyPackage of `user`, remembering its ref to route the Welcome: the oldest valid one, removed;
     /// a last-resort one only when no other is left, and kept. KeyPackages that no longer validate are dropped.
     pub async fn claim_key_package(&self, user: &str) -> Result<Option<Vec<u8>>, ProviderError> {
+        let _serial = self.inner.key_package_lock.lock().await;
         let stored = Records(&self.inner.store).key_packages(user)?;
         let checked: Vec<_> = stored.iter().map(|(id, bytes)| (*id, key_packages::check(bytes, user))).collect();
         let summary: Vec<_> =
