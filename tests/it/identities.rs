@@ -2,36 +2,17 @@
 //! registered, KeyPackages and GroupInfo requests carry the authenticated user's credential, a claim never
 //! consumes the last-resort KeyPackage, and a room a user made first is never adopted as a portal's.
 
-use crate::common::api::{Who, call, group_info, register, serve};
+use crate::common::api::{Who, call, client_member, group_info, register, serve};
 use bridge_api::PortalId;
 use bridge_core::MlsRooms;
 use mimi_mls::{EngineConfig, LocalMember, MlsBackend, key_packages};
 use mimi_protocol::wire::{DEFAULT_CIPHERSUITE, GroupInfoRequest, WireMessage};
 use mimi_provider::{JoinPolicy, Provider};
 use mimi_store::{Backend, CommitConfig, Store};
-use openmls::prelude::SignatureScheme;
 
 fn provider(dir: &std::path::Path) -> (Store, Provider) {
     let store = bridge_core::open_store(dir, Some(Backend::Redb), CommitConfig::default()).expect("store");
     (store.clone(), Provider::open("a.test", store).expect("provider"))
-}
-
-/// A client-side MLS identity `uri` (its keys in a store of its own under `dir`).
-async fn member(dir: &std::path::Path, uri: &str) -> (MlsBackend, LocalMember) {
-    let store = mimi_store::open_data_dir(
-        &dir.join(uri.replace(['/', ':'], "_")),
-        Some(Backend::Redb),
-        CommitConfig::default(),
-        &mimi_store::schema::Schema::FIRST,
-    )
-    .expect("client store");
-    let backend = MlsBackend::new(store, "client").expect("backend");
-    let m = LocalMember::load_or_create(&backend, uri, SignatureScheme::ED25519)
-        .expect("member")
-        .durable()
-        .await
-        .expect("durable");
-    (backend, m)
 }
 
 /// `n` KeyPackages of `m` (the last one last-resort if asked), as the upload body.
@@ -91,7 +72,7 @@ async fn key_packages_name_their_uploader_and_the_last_resort_one_is_never_used_
     let bob = register(&addr, "bob").await;
 
     // mallory cannot publish KeyPackages in alice's name (anyone adding "alice" would add mallory's key).
-    let (alice_backend, alice_member) = member(dir.path(), &alice.0).await;
+    let (alice_backend, alice_member) = client_member(dir.path(), &alice.0).await;
     let forged = key_package_body(&alice_backend, &alice_member, 1, false).await;
     let (status, body) = upload(&addr, &mallory, forged.clone()).await;
     assert_eq!(status, 400, "{body}");
@@ -103,7 +84,7 @@ async fn key_packages_name_their_uploader_and_the_last_resort_one_is_never_used_
 
     // bob has one ordinary and one last-resort KeyPackage: claims take the ordinary one first, then the
     // last-resort one again and again, so bob stays invitable.
-    let (bob_backend, bob_member) = member(dir.path(), &bob.0).await;
+    let (bob_backend, bob_member) = client_member(dir.path(), &bob.0).await;
     let body = key_package_body(&bob_backend, &bob_member, 1, true).await;
     assert_eq!(upload(&addr, &bob, body).await.0, 204);
     let bare = format!("/client/v1/keyPackage/{}", bob.0.trim_start_matches("mimi://"));
@@ -146,12 +127,12 @@ async fn a_group_info_request_must_carry_the_requesters_own_credential() {
     };
     let path = format!("/client/v1/groupInfo/{}", room.trim_start_matches("mimi://"));
     // A request signed with a key of "alice" but sent by mallory: refused before the hub looks at the room.
-    let (_, as_alice) = member(dir.path(), "mimi://a.test/u/alice").await;
+    let (_, as_alice) = client_member(dir.path(), "mimi://a.test/u/alice").await;
     let (status, body) = call(&addr, "POST", &path, Some(&mallory), request_as(&as_alice)).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("credential"), "{body}");
     // Her own is answered (the room has no GroupInfo yet: a GroupInfoResponse all the same).
-    let (_, as_mallory) = member(dir.path(), &mallory.0).await;
+    let (_, as_mallory) = client_member(dir.path(), &mallory.0).await;
     let (status, body) = call(&addr, "POST", &path, Some(&mallory), request_as(&as_mallory)).await;
     assert_eq!(status, 200, "{body}");
 }
@@ -194,7 +175,7 @@ async fn concurrent_claims_never_hand_out_the_same_key_package() {
     let (_store, provider) = provider(dir.path());
     let addr = serve(&provider).await;
     let bob = register(&addr, "bob").await;
-    let (backend, member) = member(dir.path(), &bob.0).await;
+    let (backend, member) = client_member(dir.path(), &bob.0).await;
     assert_eq!(upload(&addr, &bob, key_package_body(&backend, &member, 8, false).await).await.0, 204);
     let claims: Vec<_> = (0..8)
         .map(|_| {

@@ -1,13 +1,9 @@
 //! Per-user quotas over real HTTP: a member who floods a room with 1 MB messages is stopped by the byte quota
 //! (429) after a minute's worth, and the log holds only what was accepted.
 
-use crate::common::api::{call, register, serve};
-use mimi_mls::{EngineConfig, LocalMember, MlsBackend, PortalGroup};
-use mimi_protocol::wire::MlsMessageBytes;
+use crate::common::api::{call, group_info, register, serve};
 use mimi_provider::{JoinPolicy, Provider};
 use mimi_store::{Backend, CommitConfig};
-use openmls::prelude::SignatureScheme;
-use std::sync::Arc;
 
 const ROOM: &str = "mimi://a.test/r/flood";
 
@@ -21,24 +17,7 @@ async fn a_member_flooding_a_room_is_stopped_by_the_byte_quota() {
     let alice = register(&addr, "alice").await;
 
     // alice's own group, the room hosted here with her as its first participant.
-    let client_store = mimi_store::open_data_dir(
-        &dir.path().join("alice"),
-        Some(Backend::Redb),
-        CommitConfig::default(),
-        &mimi_store::schema::Schema::FIRST,
-    )
-    .expect("client store");
-    let backend = Arc::new(MlsBackend::new(client_store, "client").expect("backend"));
-    let member = LocalMember::load_or_create(&backend, &alice.0, SignatureScheme::ED25519)
-        .expect("member")
-        .durable()
-        .await
-        .expect("durable");
-    let mut group = PortalGroup::create(backend, Arc::new(member), &EngineConfig::default(), ROOM.as_bytes())
-        .durable()
-        .await
-        .expect("group");
-    let info = MlsMessageBytes::new(group.export_group_info(true).expect("group info")).expect("framed");
+    let (mut group, info) = group_info(dir.path(), &alice.0, ROOM).await;
     provider.create_room(ROOM, &info, None, &alice.0, JoinPolicy::Invite, false).await.expect("room");
 
     let path = format!("/client/v1/submit/{}", ROOM.trim_start_matches("mimi://"));
@@ -78,7 +57,7 @@ async fn a_user_creates_at_most_their_quota_of_rooms() {
     let mut statuses = Vec::new();
     for name in ["one", "two", "three"] {
         let room = format!("mimi://a.test/r/{name}");
-        let (_keys, info) = crate::common::api::group_info(&dir.path().join(name), &alice.0, &room).await;
+        let (_keys, info) = group_info(&dir.path().join(name), &alice.0, &room).await;
         let body = serde_json::json!({ "name": name, "group_info": hex::encode(info.as_bytes()) }).to_string();
         let (status, answer) = call(&addr, "POST", "/client/v1/rooms", Some(&alice), body).await;
         statuses.push(status);

@@ -1,14 +1,10 @@
 //! Fail-stop: when the store fails a durable write (here: a full disk), the daemon writes nothing more and stops
 //! with status 1, so that no state built in memory on the lost write survives; a restart continues from disk.
 
-use crate::common::api::{register, request};
+use crate::common::api::{group_info, register, request};
 use crate::common::client::server_of;
 use crate::common::{Daemon, write_config};
-use mimi_mls::{EngineConfig, LocalMember, MlsBackend, PortalGroup};
-use mimi_store::{Backend, CommitConfig};
-use openmls::prelude::SignatureScheme;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Mounts a tmpfs of `size` (mode 0700) at `at`; unmounted when dropped. Fails loudly unless root may mount.
@@ -52,25 +48,8 @@ fn a_full_disk_stops_the_daemon_instead_of_running_ahead_of_it() {
     // alice (keys outside the small disk) makes a room and fills the daemon's disk with 900 kB messages.
     let statuses = rt.block_on(async {
         let alice = register(&addr, "alice").await;
-        let keys = mimi_store::open_data_dir(
-            &dir.path().join("alice"),
-            Some(Backend::Redb),
-            CommitConfig::default(),
-            &mimi_store::schema::Schema::FIRST,
-        )
-        .expect("client store");
-        let backend = Arc::new(MlsBackend::new(keys, "client").expect("backend"));
-        let member = LocalMember::load_or_create(&backend, &alice.0, SignatureScheme::ED25519)
-            .expect("member")
-            .durable()
-            .await
-            .expect("durable");
-        let mut group = PortalGroup::create(backend, Arc::new(member), &EngineConfig::default(), room.as_bytes())
-            .durable()
-            .await
-            .expect("group");
-        let info = group.export_group_info(true).expect("group info");
-        let body = serde_json::json!({ "name": "big", "group_info": hex::encode(&info) }).to_string();
+        let (mut group, info) = group_info(&dir.path().join("alice"), &alice.0, room).await;
+        let body = serde_json::json!({ "name": "big", "group_info": hex::encode(info.as_bytes()) }).to_string();
         let (status, answer) = request(&addr, "POST", "/client/v1/rooms", Some(&alice), body).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
         let path = format!("/client/v1/submit/{}", room.trim_start_matches("mimi://"));

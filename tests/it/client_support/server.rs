@@ -2,12 +2,11 @@
 //! fresh provider), over plain HTTP or over TLS with the daemon's own listener.
 
 use mimi_bridge::listener::{self, Limits, Plain};
-use mimi_bridge::mimi_http::{MimiState, Registration, router};
+use mimi_bridge::mimi_http::router;
 use mimi_bridge::mimi_tls::MimiTls;
 use mimi_provider::Provider;
 use mimi_store::{Backend, CommitConfig};
 use std::path::Path;
-use std::sync::Arc;
 
 /// Serves provider `domain` (store in `dir`) until `rt` ends; returns its base URL: `http://127.0.0.1:PORT`, or
 /// with `tls`, `https://localhost:PORT`.
@@ -21,15 +20,7 @@ pub fn serve(rt: &tokio::runtime::Runtime, dir: &Path, domain: &str, tls: Option
             Some(_) => format!("https://localhost:{port}"),
             None => format!("http://127.0.0.1:{port}"),
         };
-        let state = MimiState {
-            provider,
-            room: None,
-            public_url: url.clone(),
-            registration: Registration::Open,
-            peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
-            quotas: Default::default(),
-        };
-        let app = router(state);
+        let app = router(crate::common::api::state(provider, url.clone(), Default::default()));
         let (limits, forever) = (Limits::default(), std::future::pending());
         match tls {
             Some(tls) => tokio::spawn(listener::serve("test", listener, tls, app, limits, forever)),

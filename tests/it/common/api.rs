@@ -23,16 +23,21 @@ pub async fn serve(provider: &Provider) -> String {
 pub async fn serve_with(provider: &Provider, quotas: mimi_provider::quota::QuotaConfig) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
-    let state = MimiState {
-        provider: provider.clone(),
+    let state = state(provider.clone(), format!("http://{addr}"), quotas);
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    addr
+}
+
+/// What the endpoints of a test provider reached at `url` need: open registration, no peers, `quotas`.
+pub fn state(provider: Provider, url: String, quotas: mimi_provider::quota::QuotaConfig) -> MimiState {
+    MimiState {
+        provider,
         room: None,
-        public_url: format!("http://{addr}"),
+        public_url: url,
         registration: Registration::Open,
         peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
         quotas,
-    };
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    addr
+    }
 }
 
 /// One request with `body`, as `who` if given; the status and the body of the answer (as text).
@@ -73,22 +78,33 @@ pub async fn register(addr: &str, name: &str) -> Who {
     (v["uri"].as_str().expect("uri").to_owned(), v["token"].as_str().expect("token").to_owned())
 }
 
-/// The GroupInfo (with the ratchet tree) of a new group `room` of `uri`, its keys in a store under `dir`.
-pub async fn group_info(dir: &std::path::Path, uri: &str, room: &str) -> (mimi_store::Store, MlsMessageBytes) {
+/// A native client's MLS identity `uri`, its keys in a store of their own (a folder per identity under `dir`).
+pub async fn client_member(dir: &std::path::Path, uri: &str) -> (Arc<MlsBackend>, LocalMember) {
     let store = mimi_store::open_data_dir(
-        &dir.join("keys"),
+        &dir.join(uri.replace(['/', ':'], "_")),
         Some(Backend::Redb),
         CommitConfig::default(),
         &mimi_store::schema::Schema::FIRST,
     )
-    .expect("store");
-    let p = Arc::new(MlsBackend::new(store.clone(), "t").expect("provider"));
-    let m = LocalMember::load_or_create(&p, uri, openmls::prelude::SignatureScheme::ED25519)
+    .expect("client store");
+    let backend = Arc::new(MlsBackend::new(store, "client").expect("backend"));
+    let m = LocalMember::load_or_create(&backend, uri, openmls::prelude::SignatureScheme::ED25519)
         .expect("member")
         .durable()
         .await
         .expect("durable");
-    let g =
-        PortalGroup::create(p, Arc::new(m), &EngineConfig::default(), room.as_bytes()).durable().await.expect("group");
-    (store, MlsMessageBytes::new(g.export_group_info(true).expect("group info")).expect("framed"))
+    (backend, m)
+}
+
+/// A new MLS group of `uri` for `room` (group id = the room's URI), its keys under `dir`.
+pub async fn client_group(dir: &std::path::Path, uri: &str, room: &str) -> PortalGroup {
+    let (backend, m) = client_member(dir, uri).await;
+    PortalGroup::create(backend, Arc::new(m), &EngineConfig::default(), room.as_bytes()).durable().await.expect("group")
+}
+
+/// The GroupInfo (with the ratchet tree) of a new group `room` of `uri`, its keys under `dir`; the group too.
+pub async fn group_info(dir: &std::path::Path, uri: &str, room: &str) -> (PortalGroup, MlsMessageBytes) {
+    let g = client_group(dir, uri, room).await;
+    let info = MlsMessageBytes::new(g.export_group_info(true).expect("group info")).expect("framed");
+    (g, info)
 }
