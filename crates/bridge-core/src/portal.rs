@@ -255,10 +255,10 @@ impl Portal {
             let page = Repo::new(&self.shared.store).outbox_page(leg, 0, UNLINK_PAGE).map_err(store_error)?;
             let last = page.len() < UNLINK_PAGE;
             let mut b = Batch::new();
-            for (seq, d) in &page {
-                write::failed(&mut b, *seq, &d.to_event(), d.queued_at_ms, &reason);
-            }
             moved += page.len();
+            for (seq, d) in page {
+                write::failed_record(&mut b, seq, d, &reason);
+            }
             if last {
                 write::unlink(&mut b, leg);
                 self.shared.store.commit(b).await.map_err(store_error)?;

@@ -141,6 +141,13 @@ fn leg_prefix(leg: &LegId) -> Vec<u8> {
     k
 }
 
+/// The sequence number of an outbox key under `prefix` (the leg's).
+fn outbox_seq(prefix: &[u8], key: &[u8]) -> Result<u64, StoreError> {
+    key.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes).ok_or_else(|| {
+        StoreError::Corrupt { tree: OUTBOX.into(), message: "outbox key without sequence number".into() }
+    })
+}
+
 fn seq_key(leg: &LegId, seq: u64) -> Vec<u8> {
     let mut k = leg_prefix(leg);
     k.extend_from_slice(&seq.to_be_bytes());
@@ -300,24 +307,19 @@ impl<'a> Repo<'a> {
     pub fn outbox_len_below(&self, leg: &LegId, below: u64) -> Result<u64, StoreError> {
         const PAGE: usize = 1000;
         let prefix = leg_prefix(leg);
-        let (mut from, mut n) = (seq_key(leg, 0), 0u64);
+        let (mut from, mut n) = (0u64, 0u64);
         loop {
-            let page = self.store.scan_prefix_from(OUTBOX, &prefix, &from, PAGE)?;
-            let full = page.len() == PAGE;
+            let page = self.store.scan_prefix_from(OUTBOX, &prefix, &seq_key(leg, from), PAGE)?;
             for (k, _) in &page {
-                let seq = k.get(prefix.len()..).and_then(|s| <[u8; 8]>::try_from(s).ok()).map(u64::from_be_bytes);
-                match seq {
-                    Some(seq) if seq < below => n += 1,
-                    Some(_) => return Ok(n),
-                    None => {}
+                let seq = outbox_seq(&prefix, k)?;
+                if seq >= below {
+                    return Ok(n);
                 }
+                n += 1;
+                from = seq + 1;
             }
-            match page.last() {
-                Some((k, _)) if full => {
-                    from = k.clone();
-                    from.push(0);
-                }
-                _ => return Ok(n),
+            if page.len() < PAGE {
+                return Ok(n);
             }
         }
     }
@@ -327,11 +329,7 @@ impl<'a> Repo<'a> {
         let prefix = leg_prefix(leg);
         let mut out = Vec::new();
         for (k, v) in self.store.scan_prefix_from(OUTBOX, &prefix, &seq_key(leg, from), limit)? {
-            let seq_bytes: [u8; 8] = k[prefix.len()..].try_into().map_err(|_| StoreError::Corrupt {
-                tree: OUTBOX.into(),
-                message: "outbox key without sequence number".into(),
-            })?;
-            out.push((u64::from_be_bytes(seq_bytes), dec(OUTBOX, &v)?));
+            out.push((outbox_seq(&prefix, &k)?, dec(OUTBOX, &v)?));
         }
         Ok(out)
     }
@@ -414,12 +412,13 @@ pub mod write {
 
     /// Moves a delivery from the outbox to `failed` (stored as a [`FailedRecord`], failed now).
     pub fn failed(b: &mut Batch, seq: u64, ev: &OutboundEvent, queued_at_ms: u64, reason: &str) {
-        b.delete(OUTBOX, seq_key(&ev.leg, seq));
-        let rec = FailedRecord {
-            event: DeliveryRecord::new(ev, queued_at_ms),
-            reason: reason.to_owned(),
-            failed_at_ms: now_ms(),
-        };
-        b.put(FAILED, seq_key(&ev.leg, seq), enc(&rec));
+        failed_record(b, seq, DeliveryRecord::new(ev, queued_at_ms), reason);
+    }
+
+    /// [`failed`] for a delivery read from the outbox as it is stored.
+    pub fn failed_record(b: &mut Batch, seq: u64, event: DeliveryRecord, reason: &str) {
+        let key = seq_key(&event.leg, seq);
+        b.delete(OUTBOX, key.clone());
+        b.put(FAILED, key, enc(&FailedRecord { event, reason: reason.to_owned(), failed_at_ms: now_ms() }));
     }
 }
