@@ -1,12 +1,16 @@
 //! Identities are bound to authentication, over real HTTP: the bridge's own and legacy users' URIs cannot be
 //! registered, KeyPackages and GroupInfo requests carry the authenticated user's credential, a claim never
-//! consumes the last-resort KeyPackage, and a room a user made first is never adopted as a portal's.
+//! consumes the last-resort KeyPackage, a commit adds a local user only with a KeyPackage handed out for them, and a
+//! room a user made first is never adopted as a portal's.
 
-use crate::common::api::{Who, call, client_member, group_info, register, serve};
+use crate::common::api::{Who, call, client_member, group_info, register, request, serve};
 use bridge_api::PortalId;
 use bridge_core::MlsRooms;
 use mimi_mls::{EngineConfig, LocalMember, MlsBackend, key_packages};
-use mimi_protocol::wire::{DEFAULT_CIPHERSUITE, GroupInfoRequest, WireMessage};
+use mimi_protocol::wire::{
+    DEFAULT_CIPHERSUITE, GroupInfoOption, GroupInfoRequest, MlsMessageBytes, RatchetTreeOption, UpdateRequest,
+    WireMessage,
+};
 use mimi_provider::{JoinPolicy, Provider};
 use mimi_store::{Backend, CommitConfig, Store};
 
@@ -190,4 +194,53 @@ async fn concurrent_claims_never_hand_out_the_same_key_package() {
     }
     assert_eq!(got.len(), 8, "eight claims at once, eight different KeyPackages");
     assert_eq!(provider.claim_key_package(&bob.0).await.expect("claim"), None, "all used up");
+}
+
+#[tokio::test]
+async fn a_commit_adds_a_local_user_only_with_a_key_package_handed_out_for_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, provider) = provider(dir.path());
+    let addr = serve(&provider).await;
+    let alice = register(&addr, "alice").await;
+    let bob = register(&addr, "bob").await;
+    let room = "mimi://a.test/r/club";
+    let (mut g, info) = group_info(&dir.path().join("alice-room"), &alice.0, room).await;
+    let body = serde_json::json!({ "name": "club", "group_info": hex::encode(info.as_bytes()), "invite_only": true });
+    let (status, body) = call(&addr, "POST", "/client/v1/rooms", Some(&alice), body.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let update = |out: mimi_mls::CommitOutput| {
+        let framed = |b: Vec<u8>| MlsMessageBytes::new(b).expect("framed");
+        UpdateRequest::Commit {
+            commit: framed(out.commit),
+            welcome: out.welcome.map(framed),
+            group_info: GroupInfoOption(framed(out.group_info.expect("group info"))),
+            ratchet_tree: RatchetTreeOption::DistributionService,
+        }
+        .encode()
+        .expect("encode")
+    };
+    let path = "/client/v1/update/a.test/r/club";
+
+    // alice, a member, adds leaves under bob's name and under a legacy user's with keys of her own making.
+    for (forged_as, says) in [(bob.0.as_str(), "handed out"), ("mimi://a.test/u/irc.libera~carol", "the bridge's")] {
+        let (backend, fake) = client_member(&dir.path().join("forgeries"), forged_as).await;
+        let kp = key_package_body(&backend, &fake, 1, false).await;
+        let out = g.add_members(&[&kp]).durable().await.expect("commit");
+        let (status, body) = call(&addr, "POST", path, Some(&alice), update(out)).await;
+        assert_eq!(status, 403, "{forged_as}: {body}");
+        assert!(body.contains(says), "{body}");
+        g.clear_pending_commit().durable().await.expect("clear");
+    }
+    assert!(!provider.is_participant(room, &bob.0).expect("room"), "refused adds change nothing");
+
+    // bob's own KeyPackage, claimed by alice for the room: added.
+    let (bob_backend, bob_member) = client_member(dir.path(), &bob.0).await;
+    assert_eq!(upload(&addr, &bob, key_package_body(&bob_backend, &bob_member, 1, false).await).await.0, 204);
+    let claim = format!("/client/v1/keyPackage/{}?room=a.test/r/club", bob.0.trim_start_matches("mimi://"));
+    let (status, kp) = request(&addr, "POST", &claim, Some(&alice), Vec::new()).await;
+    assert_eq!(status, 200);
+    let out = g.add_members(&[&kp]).durable().await.expect("commit");
+    let (status, body) = call(&addr, "POST", path, Some(&alice), update(out)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(provider.is_participant(room, &bob.0).expect("room"));
 }

@@ -13,6 +13,9 @@
 //!   proposals are valid and it applies to the public tree. An external commit or join proposal is allowed only if
 //!   the room is open or the joiner was invited, and only under the URI it is sent with; other external senders
 //!   are refused;
+//! * a commit changes no remaining member's credential (an update path or Update proposal keeps the identity of
+//!   the leaf), and every member it adds passes the room's [`AddRule`] (the provider's: a local user only with a
+//!   KeyPackage it handed out for that user);
 //! * a Welcome comes only in an update ([`HubRoom::update`]) with the commit it belongs to, for exactly the
 //!   KeyPackages that commit adds, and is logged right after it;
 //! * an update's GroupInfo is signed by its signer's leaf in the group the commit makes and carries that group's
@@ -45,6 +48,7 @@ use openmls::prelude::{MlsMessageIn, ProcessedMessageContent, ProtocolMessage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Who may join a room by external commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -169,6 +173,16 @@ pub struct HubRoom {
     public: Option<Box<PublicState>>,
     seen: HashMap<[u8; 32], u64>,
     has_portal: bool,
+    /// Consulted for every member a commit adds (`None`: anyone with a valid KeyPackage).
+    add_rule: Option<Arc<dyn AddRule>>,
+}
+
+/// Who a commit may add to a room: the provider's record of the KeyPackages it handed out, consulted by the hub
+/// for every Add of a commit before sequencing it (a lookup; the hub does no IO of its own).
+pub trait AddRule: Send + Sync + std::fmt::Debug {
+    /// `Err(why)` if a commit handed in by `origin` may not add `identity` with the KeyPackage whose
+    /// KeyPackageRef is `kp_ref`.
+    fn check(&self, identity: &str, kp_ref: &[u8], origin: &Origin) -> Result<(), String>;
 }
 
 /// What the hub decided about one message before sequencing it: the room state and public state after it.
@@ -218,7 +232,7 @@ impl HubRoom {
             followers: BTreeSet::new(),
             creator: Some(creator.to_owned()),
         };
-        Ok(Self { state, public: Some(Box::new(public)), seen: HashMap::new(), has_portal })
+        Ok(Self { state, public: Some(Box::new(public)), seen: HashMap::new(), has_portal, add_rule: None })
     }
 
     /// A room restored from its durable state, its public state ([`HubRoom::public_state`]; `None` for a room
@@ -230,7 +244,13 @@ impl HubRoom {
         has_portal: bool,
     ) -> Result<Self, Refusal> {
         let public = public.map(PublicState::decode).transpose()?.map(Box::new);
-        Ok(Self { state, public, seen: seen.into_iter().collect(), has_portal })
+        Ok(Self { state, public, seen: seen.into_iter().collect(), has_portal, add_rule: None })
+    }
+
+    /// The room with `rule` consulted for every member a commit adds.
+    pub fn with_add_rule(mut self, rule: Arc<dyn AddRule>) -> Self {
+        self.add_rule = Some(rule);
+        self
     }
 
     /// The room state.
@@ -426,16 +446,31 @@ impl HubRoom {
                 }
                 match processed.into_content() {
                     ProcessedMessageContent::StagedCommitMessage(staged) => {
-                        let added = PublicState::added_refs(&staged)?;
-                        let removed: Vec<String> = staged
-                            .remove_proposals()
-                            .filter_map(|r| public.identity_at(r.remove_proposal().removed()))
-                            .collect();
-                        let joined: Vec<String> = staged
-                            .add_proposals()
-                            .filter_map(|a| identity(a.add_proposal().key_package().leaf_node().credential()))
-                            .collect();
+                        let adds = PublicState::adds(&staged)?;
+                        let mut joined = Vec::with_capacity(adds.len());
+                        for (who, kp_ref) in &adds {
+                            let who = who.as_deref().ok_or_else(|| {
+                                not_allowed("an added member's credential is not a UTF-8 basic credential")
+                            })?;
+                            if let Some(rule) = &self.add_rule {
+                                rule.check(who, kp_ref, origin).map_err(not_allowed)?;
+                            }
+                            joined.push(who.to_owned());
+                        }
+                        let added: BTreeSet<Vec<u8>> = adds.into_iter().map(|(_, r)| r).collect();
+                        let removed_leaves = PublicState::removed_leaves(&staged);
+                        let removed: Vec<String> =
+                            removed_leaves.iter().filter_map(|&leaf| public.identity_at(leaf)).collect();
                         let after = public.with_commit(*staged)?;
+                        for (leaf, who) in public.leaf_identities() {
+                            if !removed_leaves.contains(&leaf) && after.identity_at(leaf) != who {
+                                return Err(not_allowed(format!(
+                                    "the commit changes the credential of the member at leaf {} ({})",
+                                    leaf.u32(),
+                                    who.as_deref().unwrap_or("?")
+                                )));
+                            }
+                        }
                         let members = after.identities();
                         for gone in removed.iter().filter(|id| !members.contains(*id)) {
                             next.participants.remove(gone);
@@ -740,6 +775,70 @@ mod tests {
         let p = bytes(mallory.propose_remove(0));
         assert!(matches!(hub.submit(p, MALLORY, &from, 1), Err(Refusal::NotAllowed(_))));
         assert_eq!(snapshot(&hub), before);
+    }
+
+    #[test]
+    fn a_commit_may_not_change_a_member_s_credential() {
+        let (_d, mut alice) = group(ROOM.as_bytes());
+        let mut hub = hub_of(&alice, ROOM, JoinPolicy::Open, false);
+        let before = snapshot(&hub);
+        let c = alice.self_update_as(MALLORY).expect("commit");
+        let r = hub.update(&commit_bundle(&c), ALICE, &Origin::Client(ALICE.into()), 1);
+        match r {
+            Err(Refusal::NotAllowed(why)) => assert!(why.contains("changes the credential"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(snapshot(&hub), before);
+        alice.clear();
+        let c = alice.self_update().expect("commit");
+        hub.update(&commit_bundle(&c), ALICE, &Origin::Client(ALICE.into()), 2).expect("same identity, new keys");
+    }
+
+    /// An [`AddRule`] that lets `BOB` in only with the KeyPackage `allowed`.
+    #[derive(Debug)]
+    struct OnlyKeyPackage(Vec<u8>);
+
+    impl AddRule for OnlyKeyPackage {
+        fn check(&self, identity: &str, kp_ref: &[u8], _origin: &Origin) -> Result<(), String> {
+            if identity != BOB || kp_ref == self.0.as_slice() {
+                Ok(())
+            } else {
+                Err(format!("{identity}'s KeyPackage was not handed out"))
+            }
+        }
+    }
+
+    fn kp_ref(kp: &[u8]) -> Vec<u8> {
+        use openmls::prelude::{KeyPackageIn, MlsMessageBodyIn, ProtocolVersion};
+        use openmls_rust_crypto::RustCrypto;
+        let MlsMessageBodyIn::KeyPackage(k) = MlsMessageIn::tls_deserialize_exact(kp).expect("kp").extract() else {
+            panic!("not a KeyPackage")
+        };
+        let k: KeyPackageIn = k;
+        let crypto = RustCrypto::default();
+        let k = k.validate(&crypto, ProtocolVersion::Mls10).expect("valid");
+        k.hash_ref(&crypto).expect("ref").as_slice().to_vec()
+    }
+
+    #[test]
+    fn adds_pass_the_room_s_add_rule() {
+        let (_d, mut alice) = group(ROOM.as_bytes());
+        let bob = TestClient::new(BOB);
+        let (handed_out, forged) = (bob.key_package(), TestClient::new(BOB).key_package());
+        let mut hub =
+            hub_of(&alice, ROOM, JoinPolicy::Open, false).with_add_rule(Arc::new(OnlyKeyPackage(kp_ref(&handed_out))));
+        let before = snapshot(&hub);
+        let from = Origin::Client(ALICE.into());
+        let add = alice.add(&[forged]);
+        match hub.update(&commit_bundle(&add), ALICE, &from, 1) {
+            Err(Refusal::NotAllowed(why)) => assert!(why.contains("not handed out"), "{why}"),
+            other => panic!("an Add under a KeyPackage not handed out: {other:?}"),
+        }
+        assert_eq!(snapshot(&hub), before);
+        alice.clear();
+        let add = alice.add(&[handed_out]);
+        hub.update(&commit_bundle(&add), ALICE, &from, 2).expect("the KeyPackage handed out");
+        assert!(hub.state().participants.contains(BOB));
     }
 
     #[test]

@@ -27,6 +27,9 @@ use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 use std::collections::{BTreeSet, HashMap};
 
+/// A member a commit adds: its identity (if a UTF-8 basic credential) and its KeyPackageRef.
+pub(crate) type Added = (Option<String>, Vec<u8>);
+
 /// Version byte of [`PublicState::encode`]'s format.
 const FORMAT: u8 = 1;
 
@@ -179,19 +182,27 @@ impl PublicState {
             .map_err(|e| Refusal::NotAllowed(format!("the handshake does not verify against the room's group: {e}")))
     }
 
-    /// The KeyPackageRefs of the members a staged commit adds.
-    pub(crate) fn added_refs(staged: &StagedCommit) -> Result<BTreeSet<Vec<u8>>, Refusal> {
+    /// The members a staged commit adds: each one's identity (if a UTF-8 basic credential) and KeyPackageRef.
+    pub(crate) fn adds(staged: &StagedCommit) -> Result<Vec<Added>, Refusal> {
         let crypto = RustCrypto::default();
         staged
             .add_proposals()
             .map(|a| {
-                a.add_proposal()
-                    .key_package()
-                    .hash_ref(&crypto)
-                    .map(|r| r.as_slice().to_vec())
-                    .map_err(|e| refused("KeyPackageRef", e))
+                let kp = a.add_proposal().key_package();
+                let r = kp.hash_ref(&crypto).map_err(|e| refused("KeyPackageRef", e))?;
+                Ok((identity(kp.leaf_node().credential()), r.as_slice().to_vec()))
             })
             .collect()
+    }
+
+    /// The leaves a staged commit removes.
+    pub(crate) fn removed_leaves(staged: &StagedCommit) -> BTreeSet<LeafNodeIndex> {
+        staged.remove_proposals().map(|r| r.remove_proposal().removed()).collect()
+    }
+
+    /// Every member's leaf and identity.
+    pub(crate) fn leaf_identities(&self) -> Vec<(LeafNodeIndex, Option<String>)> {
+        self.group.members().map(|m| (m.index, identity(&m.credential))).collect()
     }
 
     /// The state after `staged` (validated by [`PublicState::process`] on `self`); `self` is left as it was.

@@ -156,6 +156,23 @@ impl TestGroup {
         })
     }
 
+    /// A self-update commit whose new leaf names `uri` instead (same signature key), left pending.
+    pub(crate) fn self_update_as(&mut self, uri: &str) -> Result<TestCommit, String> {
+        let cwk = CredentialWithKey {
+            credential: BasicCredential::new(uri.as_bytes().to_vec()).into(),
+            signature_key: self.client.signer.public().into(),
+        };
+        let params = LeafNodeParameters::builder().with_credential_with_key(cwk).build();
+        let bundle =
+            self.group.self_update(&self.client.provider, &self.client.signer, params).map_err(|e| e.to_string())?;
+        let (commit, welcome, info) = bundle.into_messages();
+        Ok(TestCommit {
+            commit: bytes(&commit),
+            welcome: welcome.as_ref().map(bytes),
+            group_info: info.as_ref().map(bytes),
+        })
+    }
+
     /// A commit adding the members of `key_packages` (MLSMessages), left pending.
     pub(crate) fn add(&mut self, key_packages: &[Vec<u8>]) -> TestCommit {
         let kps: Vec<KeyPackage> = key_packages

@@ -5,6 +5,8 @@
 //!
 //! * [`service`] — [`Provider`]: rooms this daemon hosts (hub) or follows, native users and their KeyPackages,
 //!   wake-ups of long-polls, the notifies owed to followers;
+//! * [`add_rule`] — [`add_rule::LocalAdds`]: who a commit may add (a local user only with a KeyPackage we handed
+//!   out for them);
 //! * [`log`] — the durable records (`hub_log`, `mimi_users` trees);
 //! * [`peer_client`] — [`PeerClient`]: what a provider asks of a peer, typed (the daemon implements it over HTTP);
 //! * [`federation`] — [`Federation`]: a provider with its peers, and the federation procedures: forwarding our
@@ -19,6 +21,7 @@
 //!
 //! The daemon (`src/mimi_http/`) only decodes requests, calls one method here, and encodes the answer.
 
+pub mod add_rule;
 pub mod failure;
 pub mod federation;
 pub mod key_packages;

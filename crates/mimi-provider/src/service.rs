@@ -15,6 +15,7 @@
 //! and written in one step), and the copy served is never replaced by an older epoch's.
 
 use super::log::{HUB_LOG, Records, RoomRecord, UserRecord, write};
+use crate::add_rule::LocalAdds;
 use crate::key_packages;
 use mimi_protocol::follower::{FollowerAction, FollowerRoom};
 use mimi_protocol::hub::{HubAction, HubRoom, JoinPolicy, Origin, Refusal, Sequenced};
@@ -237,10 +238,9 @@ impl Provider {
                     }
                     let group_info = recs.group_info(&name)?;
                     let public = recs.public_state(&name)?;
-                    let hub =
-                        HubRoom::restore(state, public.as_deref(), recs.digests(&name)?, has_portal).map_err(|e| {
-                            StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{name}: {e}") }
-                        })?;
+                    let hub = HubRoom::restore(state, public.as_deref(), recs.digests(&name)?, has_portal)
+                        .map_err(|e| StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{name}: {e}") })?
+                        .with_add_rule(Arc::new(LocalAdds::new(store.clone(), domain)));
                     let (tx, _) = watch::channel(last);
                     let mut r = Room::new(Role::Hub(hub), tx);
                     r.group_info = group_info.map(|g| (group_info_epoch(&g).unwrap_or(0), g));
@@ -331,7 +331,8 @@ impl Provider {
                 write::public_state(&mut b, room, &public);
                 self.inner.store.commit_later(b)
             } else {
-                let hub = HubRoom::new(room, group_info, ratchet_tree, creator, policy, has_portal)?;
+                let hub = HubRoom::new(room, group_info, ratchet_tree, creator, policy, has_portal)?
+                    .with_add_rule(Arc::new(LocalAdds::new(self.inner.store.clone(), &self.inner.domain)));
                 let mut b = Batch::new();
                 write::room(&mut b, &RoomRecord::Hub(hub.state().clone()))?;
                 if let Some(public) = hub.public_state()? {
