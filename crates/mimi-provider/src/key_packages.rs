@@ -1,8 +1,8 @@
 //! Native users' KeyPackages as the provider keeps and hands them out.
 //!
 //! * **Upload**: each must be a KeyPackage that validates (signature, protocol version, lifetime) and whose basic
-//!   credential names the uploader — nobody publishes KeyPackages in another user's name. A user keeps at most
-//!   [`MAX_STORED`].
+//!   credential names the uploader — nobody publishes KeyPackages in another user's name. Each is at most
+//!   [`MAX_BYTES`] long and a user keeps at most [`MAX_STORED`], so one user's KeyPackages take at most 4 MiB.
 //! * **Claim**: the oldest valid one is handed out and removed; one that no longer validates (expired) is dropped,
 //!   never served. A last-resort KeyPackage (RFC 9420 §16.8, `last_resort` extension) is served only when no other
 //!   is left, and kept: it is never consumed, so a user stays invitable.
@@ -14,6 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Most KeyPackages stored for one user (an upload that would exceed it is refused).
 pub const MAX_STORED: usize = 256;
+
+/// Longest KeyPackage taken (one with a basic credential is about 300 bytes; this leaves room for extensions).
+pub const MAX_BYTES: usize = 16 * 1024;
 
 /// A KeyPackage that passed [`check`].
 pub(crate) struct Checked {
@@ -29,6 +32,9 @@ fn now_secs() -> u64 {
 
 /// Parses and validates `bytes` (a KeyPackage MLSMessage) as a KeyPackage of `user`; why not otherwise.
 pub(crate) fn check(bytes: &[u8], user: &str) -> Result<Checked, String> {
+    if bytes.len() > MAX_BYTES {
+        return Err(format!("a KeyPackage of {} bytes: at most {MAX_BYTES} are taken", bytes.len()));
+    }
     let mut slice = bytes;
     let parsed = MlsMessageIn::tls_deserialize(&mut slice).map_err(|e| format!("not an MLSMessage: {e}"))?;
     if !slice.is_empty() {
@@ -84,6 +90,14 @@ pub(crate) fn plan(stored: &[(u64, Result<bool, String>)]) -> ClaimPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_key_package_is_refused_before_it_is_parsed() {
+        let e = check(&vec![0; MAX_BYTES + 1], "mimi://a.test/u/alice").err().expect("refused");
+        assert!(e.contains("at most 16384"), "{e}");
+        let e = check(&[0; 8], "mimi://a.test/u/alice").err().expect("refused");
+        assert!(e.contains("not an MLSMessage"), "a short one is parsed: {e}");
+    }
 
     #[test]
     fn a_claim_prefers_ordinary_key_packages_drops_invalid_ones_and_keeps_the_last_resort() {
