@@ -253,6 +253,17 @@ impl HubRoom {
         self
     }
 
+    /// True if the bridge's own member is in the room.
+    pub fn has_portal(&self) -> bool {
+        self.has_portal
+    }
+
+    /// Forgets the idempotency keys of entries before `first` (removed from the log by retention): a retry of
+    /// one of them is judged anew.
+    pub fn forget_before(&mut self, first: u64) {
+        self.seen.retain(|_, seq| *seq >= first);
+    }
+
     /// The room state.
     pub fn state(&self) -> &HubState {
         &self.state

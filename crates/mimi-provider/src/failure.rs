@@ -18,6 +18,8 @@ pub enum Status {
     NotFound,
     /// 409: a conflict (the room moved to a newer epoch, or exists with other parameters).
     Conflict,
+    /// 410: log entries removed by retention; the reader must rejoin.
+    Gone,
     /// 421: a room we only follow, where its hub is needed.
     Misdirected,
     /// 429: over a quota ([`crate::quota`]).
@@ -39,6 +41,7 @@ impl Status {
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::Conflict => 409,
+            Self::Gone => 410,
             Self::Misdirected => 421,
             Self::TooManyRequests => 429,
             Self::Internal => 500,
@@ -99,6 +102,7 @@ impl From<ProviderError> for Failure {
             ProviderError::Refused(Refusal::NotAllowed(_)) => Status::Forbidden,
             ProviderError::Refused(Refusal::EpochTooOld { .. }) | ProviderError::Exists(_) => Status::Conflict,
             ProviderError::Store(_) => Status::Unavailable,
+            ProviderError::Pruned { .. } => Status::Gone,
         };
         Self::new(status, e.to_string())
     }

@@ -9,6 +9,7 @@
 //! lp(room) 'C' name         → seq (u64 BE)                cursor of a local consumer (the bridge's member)
 //! lp(room) 'G'              → GroupInfo (MLSMessage)      hub: the GroupInfo members last handed in
 //! lp(room) 'P'              → public group state          hub: `PublicState::encode` (schema 3 on)
+//! lp(room) 'F'              → seq (u64 BE)                the first entry retention kept (absent: 1)
 //! ```
 //!
 //! The hub's public state of a room's group (`P`) is written in the same batch as the log entry that changed it
@@ -20,7 +21,8 @@
 //! ```text
 //! 'U' user-uri                       → UserRecord (JSON)
 //! 'K' lp(user-uri) id(u64 BE)        → KeyPackage (MLSMessage)
-//! 'R' key-package-ref                → user-uri            claimed KeyPackages, to route Welcomes
+//! 'R' key-package-ref                → user-uri [0 ms BE]  claimed KeyPackages (and when), to route Welcomes and
+//!                                                          check Adds; records of before retention have no time
 //! 'I' lp(user-uri) lp(room) seq      → ()                  Welcomes waiting for the user
 //! ```
 
@@ -151,9 +153,36 @@ pub mod write {
         if !keep {
             drop_key_package(b, user, id);
         }
-        let mut r = vec![b'R'];
-        r.extend_from_slice(kp_ref);
-        b.put(MIMI_USERS, r, user.as_bytes().to_vec());
+        stamp_claim(b, kp_ref, user, crate::service::now_ms());
+    }
+
+    /// A claim record as kept by [`claimed`], now stamped `at_ms` (records of before retention have no time).
+    pub fn stamp_claim(b: &mut Batch, kp_ref: &[u8], user: &str, at_ms: u64) {
+        let mut v = user.as_bytes().to_vec();
+        v.push(0);
+        v.extend_from_slice(&at_ms.to_be_bytes());
+        b.put(MIMI_USERS, claim_key(kp_ref), v);
+    }
+
+    /// Forgets a claim (retention).
+    pub fn drop_claim(b: &mut Batch, kp_ref: &[u8]) {
+        b.delete(MIMI_USERS, claim_key(kp_ref));
+    }
+
+    /// Forgets an invitation (its Welcome was removed by retention).
+    pub fn drop_invite(b: &mut Batch, key: &[u8]) {
+        b.delete(MIMI_USERS, key.to_vec());
+    }
+
+    /// Removes log entry `seq` of `room` and its idempotency key (retention).
+    pub fn drop_entry(b: &mut Batch, room: &str, seq: u64, digest: &[u8; 32]) {
+        b.delete(HUB_LOG, room_key(room, b'L', &seq.to_be_bytes()));
+        b.delete(HUB_LOG, room_key(room, b'D', digest));
+    }
+
+    /// The first entry of `room` retention kept.
+    pub fn first(b: &mut Batch, room: &str, seq: u64) {
+        b.put(HUB_LOG, room_key(room, b'F', b""), seq.to_be_bytes().to_vec());
     }
 
     /// Removes a stored KeyPackage of `user` (claimed, or no longer valid).
@@ -288,9 +317,38 @@ impl Records<'_> {
 
     /// The user who claimed-for KeyPackage `kp_ref`.
     pub fn claimed_by(&self, kp_ref: &[u8]) -> Result<Option<String>, StoreError> {
-        let mut r = vec![b'R'];
-        r.extend_from_slice(kp_ref);
-        Ok(self.0.get(MIMI_USERS, &r)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.0.get(MIMI_USERS, &claim_key(kp_ref))?.map(|v| Claim::parse(&v).user))
+    }
+
+    /// Up to `limit` claim records from the one for `from` on: `(kp_ref, claim)`.
+    pub fn claims(&self, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Claim)>, StoreError> {
+        Ok(self
+            .0
+            .scan_prefix_from(MIMI_USERS, b"R", &claim_key(from), limit)?
+            .into_iter()
+            .map(|(k, v)| (k[1..].to_vec(), Claim::parse(&v)))
+            .collect())
+    }
+
+    /// Up to `limit` invitations from key `from` on: `(key, room, seq)`.
+    pub fn invitations(&self, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for (k, _) in self.0.scan_prefix_from(MIMI_USERS, b"I", from, limit)? {
+            if let Some((room, seq)) = parse_invite(&k[1..]) {
+                out.push((k, room, seq));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first entry of `room`'s log that retention kept (1 if it never removed any).
+    pub fn first(&self, room: &str) -> Result<u64, StoreError> {
+        Ok(self.0.get(HUB_LOG, &room_key(room, b'F', b""))?.as_deref().and_then(be64).unwrap_or(1))
+    }
+
+    /// The cursors of the local consumers of `room`.
+    pub fn cursors(&self, room: &str) -> Result<Vec<u64>, StoreError> {
+        Ok(self.0.scan_prefix(HUB_LOG, &room_key(room, b'C', b""))?.into_iter().filter_map(|(_, v)| be64(&v)).collect())
     }
 
     /// Welcomes waiting for `user`: `(room, seq)`.
@@ -299,15 +357,46 @@ impl Records<'_> {
         prefix.extend(lp(user.as_bytes()));
         let mut out = Vec::new();
         for (k, _) in self.0.scan_prefix(MIMI_USERS, &prefix)? {
-            let rest = &k[prefix.len()..];
-            let Some(len) = rest.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else { continue };
-            let room = rest.get(2..2 + len).map(|r| String::from_utf8_lossy(r).into_owned());
-            let seq = rest.get(2 + len..).and_then(be64);
-            if let (Some(room), Some(seq)) = (room, seq) {
-                out.push((room, seq));
+            if let Some(i) = parse_invite(&k[1..]) {
+                out.push(i);
             }
         }
         Ok(out)
+    }
+}
+
+fn claim_key(kp_ref: &[u8]) -> Vec<u8> {
+    let mut k = vec![b'R'];
+    k.extend_from_slice(kp_ref);
+    k
+}
+
+/// `lp(user) lp(room) seq` of an invitation key (after its `'I'`): the room and the seq.
+fn parse_invite(k: &[u8]) -> Option<(String, u64)> {
+    let field = |at: usize| -> Option<(&[u8], usize)> {
+        let len = usize::from(u16::from_be_bytes(k.get(at..at + 2)?.try_into().ok()?));
+        Some((k.get(at + 2..at + 2 + len)?, at + 2 + len))
+    };
+    let (_user, at) = field(0)?;
+    let (room, at) = field(at)?;
+    Some((String::from_utf8_lossy(room).into_owned(), k.get(at..).and_then(be64)?))
+}
+
+/// A claim record: who claimed the KeyPackage, and when (`None` for records of before retention).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The user it was claimed for.
+    pub user: String,
+    /// When, ms since the UNIX epoch.
+    pub at_ms: Option<u64>,
+}
+
+impl Claim {
+    fn parse(v: &[u8]) -> Self {
+        match v.iter().position(|&b| b == 0) {
+            Some(nul) => Self { user: String::from_utf8_lossy(&v[..nul]).into_owned(), at_ms: be64(&v[nul + 1..]) },
+            None => Self { user: String::from_utf8_lossy(v).into_owned(), at_ms: None },
+        }
     }
 }
 

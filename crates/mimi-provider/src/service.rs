@@ -60,6 +60,17 @@ pub enum ProviderError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The entries asked for were removed by retention (HTTP 410): the reader must rejoin the room.
+    #[error(
+        "the log of {room} before entry {first} was removed by retention ([retention] hub_log_days): rejoin the \
+         room (external commit from its GroupInfo) to go on"
+    )]
+    Pruned {
+        /// The room.
+        room: String,
+        /// The first entry kept.
+        first: u64,
+    },
 }
 
 /// A notify to send to a follower: the log entry `seq` of `room`.
@@ -109,6 +120,8 @@ struct Room {
     tail: VecDeque<SequencedFanout>,
     /// Bytes of the messages in `tail`.
     tail_bytes: usize,
+    /// The first log entry retention kept (1 until it removes any).
+    first: u64,
 }
 
 /// Most log entries kept in memory per room.
@@ -134,7 +147,7 @@ fn group_info_epoch(group_info: &[u8]) -> Option<u64> {
 
 impl Room {
     fn new(role: Role, last: watch::Sender<u64>) -> Self {
-        Self { role, last, group_info: None, tentative: None, tail: VecDeque::new(), tail_bytes: 0 }
+        Self { role, last, group_info: None, tentative: None, tail: VecDeque::new(), tail_bytes: 0, first: 1 }
     }
 
     /// Serves `group_info` of `epoch` from now on unless the one served is of a newer epoch; true if it does.
@@ -217,6 +230,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub use mimi_protocol::uri_domain;
 
+mod retention;
+pub use retention::UserRecordsPruned;
+
 impl Provider {
     /// Opens the provider of `domain` on `store`, restoring its rooms.
     pub fn open(domain: &str, store: Store) -> Result<Self, ProviderError> {
@@ -244,13 +260,17 @@ impl Provider {
                     let (tx, _) = watch::channel(last);
                     let mut r = Room::new(Role::Hub(hub), tx);
                     r.group_info = group_info.map(|g| (group_info_epoch(&g).unwrap_or(0), g));
+                    r.first = recs.first(&name)?;
                     rooms.insert(name, r);
                 }
                 RoomRecord::Follower { room, hub } => {
-                    let last = recs.last_seq(&room, 0)?;
+                    let first = recs.first(&room)?;
+                    let last = recs.last_seq(&room, first.saturating_sub(1))?;
                     let (tx, _) = watch::channel(last);
                     let state = FollowerRoom::new(&room, last);
-                    rooms.insert(room, Room::new(Role::Follower { state, hub }, tx));
+                    let mut r = Room::new(Role::Follower { state, hub }, tx);
+                    r.first = first;
+                    rooms.insert(room, r);
                 }
             }
         }
@@ -678,6 +698,9 @@ impl Provider {
             let last = *r.last.borrow();
             if after >= last {
                 return Ok(Vec::new());
+            }
+            if after + 1 < r.first {
+                return Err(ProviderError::Pruned { room: room.to_owned(), first: r.first });
             }
             if let Some(entries) = r.tail_entries(after, last, max) {
                 return Ok(entries);
