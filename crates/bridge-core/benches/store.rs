@@ -58,6 +58,7 @@ fn message_batch(n: u64) -> Batch {
         sender: sender(),
         origin: Some(from.clone()),
         excerpt: "the quick brown fox jumps over the lazy dog, again and again".into(),
+        at_ms: None,
     };
     write::message(&mut b, &id, &rec);
     write::native(&mut b, &from, &NativeId(format!("$ev{n:040}:example.org")), &id, true);

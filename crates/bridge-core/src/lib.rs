@@ -10,6 +10,7 @@
 //! * [`room_of_record`] — the seam between a portal and its room of record;
 //! * [`mls_rooms`] — [`MlsRooms`], the room of record of every portal on MLS: one group per portal, hosted by this
 //!   daemon's MIMI provider;
+//! * [`retention`] — [`retention::Pruner`]: one pruner for everything that grows (`[retention]`);
 //! * [`check`] — `store check`: the bridge's records verified offline.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the invariants these modules keep.
@@ -20,6 +21,7 @@ pub mod mls_rooms;
 pub mod outbox;
 pub mod portal;
 pub mod repo;
+pub mod retention;
 pub mod room_of_record;
 pub mod router;
 

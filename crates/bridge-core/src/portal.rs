@@ -502,6 +502,7 @@ impl Portal {
             sender: msg.sender.clone(),
             origin: origin.clone(),
             excerpt: body,
+            at_ms: Some(crate::outbox::now_ms()),
         };
         write::message(b, &id, &rec);
         write::next_seq(b, &self.rec.id, self.next_seq);

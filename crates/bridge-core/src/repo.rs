@@ -115,6 +115,10 @@ pub struct MessageRecord {
     pub origin: Option<LegId>,
     /// Start of the text, for reply/edit fallbacks.
     pub excerpt: String,
+    /// When the bridge accepted it, ms since the UNIX epoch (for retention; records of before it have none, and
+    /// are stamped by the first pass of the pruner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
 }
 
 /// A native id's meaning on one leg.
@@ -332,6 +336,40 @@ impl<'a> Repo<'a> {
             out.push((outbox_seq(&prefix, &k)?, dec(OUTBOX, &v)?));
         }
         Ok(out)
+    }
+
+    // ---- retention (crate::retention) ----
+
+    /// At most `limit` message records with keys from `from` on: `(key, record)`.
+    pub fn messages_page(&self, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, MessageRecord)>, StoreError> {
+        self.store.scan_prefix_from(MSGS, b"", from, limit)?.into_iter().map(|(k, v)| Ok((k, dec(MSGS, &v)?))).collect()
+    }
+
+    /// Every key a message has in `msgs`, `ids` (both directions, on every leg) and `reactions` (as a target):
+    /// `(tree, key)`, to forget it.
+    pub fn message_keys(&self, key: &[u8]) -> Result<Vec<(&'static str, Vec<u8>)>, StoreError> {
+        let mut out = vec![(MSGS, key.to_vec())];
+        let mut delivered = vec![b'm'];
+        delivered.extend_from_slice(key);
+        for (k, native) in self.store.scan_prefix(IDS, &delivered)? {
+            // 'm' ‖ id ‖ lp(leg) → native id; its reverse is 'n' ‖ lp(leg) ‖ native id.
+            let mut reverse = vec![b'n'];
+            reverse.extend_from_slice(&k[delivered.len()..]);
+            reverse.extend_from_slice(&native);
+            out.push((IDS, k));
+            out.push((IDS, reverse));
+        }
+        out.extend(self.store.scan_prefix(REACTIONS, key)?.into_iter().map(|(k, _)| (REACTIONS, k)));
+        Ok(out)
+    }
+
+    /// At most `limit` failed deliveries (of every leg) with keys from `from` on: `(key, record)`.
+    pub fn failed_page(&self, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, FailedRecord)>, StoreError> {
+        self.store
+            .scan_prefix_from(FAILED, b"", from, limit)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, dec(FAILED, &v)?)))
+            .collect()
     }
 
     /// Deliveries given up on, for one leg.

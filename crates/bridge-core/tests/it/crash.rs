@@ -106,6 +106,7 @@ fn message_batch(iter: u32, w: u8, k: u32, previous: &[u64]) -> Batch {
         sender: sender(),
         origin: Some(origin_leg(w)),
         excerpt: format!("message {iter}/{w}/{k}: the quick brown fox jumps over the lazy dog"),
+        at_ms: None,
     };
     write::message(&mut b, &id, &rec);
     write::native(&mut b, &origin_leg(w), &origin_native(iter, w, k), &id, true);

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
 
-fn tmp() -> tempfile::TempDir {
+pub(crate) fn tmp() -> tempfile::TempDir {
     // Inside target/: the same file system as the build, so fsync behaves as it would for a real data dir.
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("create a temporary directory")
 }
@@ -32,7 +32,7 @@ fn open_kv(backend: Backend, dir: &Path) -> Arc<dyn KvStore> {
     kv
 }
 
-fn open_store(backend: Backend, dir: &Path) -> Store {
+pub(crate) fn open_store(backend: Backend, dir: &Path) -> Store {
     bridge_core::open_store(dir, Some(backend), CommitConfig::default()).expect("open the data dir")
 }
 
@@ -54,26 +54,26 @@ fn dump(kv: &dyn KvStore) -> BTreeMap<(String, Vec<u8>), Vec<u8>> {
     all
 }
 
-fn account() -> AccountId {
+pub(crate) fn account() -> AccountId {
     AccountId::new("irc", "libera").expect("valid account")
 }
 
-fn leg(n: usize) -> LegId {
+pub(crate) fn leg(n: usize) -> LegId {
     LegId::new(account(), format!("#room{n}")).expect("valid leg")
 }
 
-fn portal() -> PortalId {
+pub(crate) fn portal() -> PortalId {
     PortalId::new("rust").expect("valid portal")
 }
 
-fn msg_id(n: u64) -> MessageId {
+pub(crate) fn msg_id(n: u64) -> MessageId {
     let mut b = [0u8; 32];
     b[0] = 1;
     b[24..].copy_from_slice(&n.to_be_bytes());
     MessageId::from_bytes(&b).expect("valid message id")
 }
 
-fn sender() -> Sender {
+pub(crate) fn sender() -> Sender {
     Sender {
         uri: "mimi://example.org/u/alice".into(),
         display_name: "alice".into(),
@@ -82,7 +82,7 @@ fn sender() -> Sender {
     }
 }
 
-fn outbound(leg: &LegId, msg: MessageId) -> OutboundEvent {
+pub(crate) fn outbound(leg: &LegId, msg: MessageId) -> OutboundEvent {
     OutboundEvent {
         portal: portal(),
         leg: leg.clone(),
@@ -95,7 +95,7 @@ fn outbound(leg: &LegId, msg: MessageId) -> OutboundEvent {
 
 /// A small but complete bridge store: a portal with two legs, messages with their ID map entries, pending and
 /// failed deliveries, reactions, a ghost, a sequence counter.
-fn fill_repo(store: &Store) {
+pub(crate) fn fill_repo(store: &Store) {
     let mut b = Batch::new();
     write::portal(&mut b, &PortalRecord { id: portal(), mls_identity: MlsIdentity::Shared });
     write::link(&mut b, &leg(1), &portal());
@@ -110,6 +110,7 @@ fn fill_repo(store: &Store) {
             sender: sender(),
             origin: Some(leg(1)),
             excerpt: format!("message {n}"),
+            at_ms: None,
         };
         write::message(&mut b, &id, &rec);
         write::native(&mut b, &leg(1), &NativeId(format!("irc-{n}")), &id, true);

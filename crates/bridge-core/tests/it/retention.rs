@@ -1,0 +1,90 @@
+//! The retention pruner on a filled store: old message records go with their ID-map entries and reactions, old
+//! failed deliveries go, pending deliveries stay, records from before retention are stamped (not dropped), and
+//! registered kinds are pruned in the same pass. What it leaves passes `store check`.
+
+use crate::store_backends::{fill_repo, leg, msg_id, open_store, tmp};
+use bridge_api::ids::NativeId;
+use bridge_core::check;
+use bridge_core::repo::Repo;
+use bridge_core::retention::{Pruner, Retained, RetentionConfig};
+use mimi_provider::Provider;
+use mimi_store::{Backend, StoreError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+/// A registered kind that records when it was asked to prune.
+struct Blobs(AtomicU64);
+
+#[async_trait::async_trait]
+impl Retained for Blobs {
+    fn name(&self) -> &str {
+        "blobs"
+    }
+    async fn prune(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.0.store(now_ms, Ordering::SeqCst);
+        Ok(3)
+    }
+}
+
+/// A filled store (written with blocking commits, before the runtime) and a runtime to prune it on.
+fn filled() -> (tempfile::TempDir, mimi_store::Store, tokio::runtime::Runtime) {
+    let dir = tmp();
+    let store = open_store(Backend::Redb, dir.path());
+    fill_repo(&store);
+    (dir, store, tokio::runtime::Runtime::new().expect("runtime"))
+}
+
+#[test]
+fn old_messages_go_with_their_id_map_and_reactions_and_pending_deliveries_stay() {
+    let (dir, store, rt) = filled();
+    rt.block_on(async {
+        let provider = Provider::open("example.org", store.clone()).expect("provider");
+        let mut pruner = Pruner::new(store.clone(), provider, RetentionConfig::default());
+        let blobs = Arc::new(Blobs(AtomicU64::new(0)));
+        pruner.register(blobs.clone());
+        let now = bridge_core::outbox::now_ms();
+
+        // First pass: the 20 messages of before retention are stamped, nothing is old enough to go.
+        let r = pruner.prune(now).await.expect("pass");
+        assert_eq!((r.stamped, r.messages, r.failed), (20, 0, 0), "{r:?}");
+        assert_eq!(r.others, vec![("blobs".to_owned(), 3)]);
+        assert_eq!(blobs.0.load(Ordering::SeqCst), now);
+        let repo = Repo::new(&store);
+        assert!(repo.message(&msg_id(1)).expect("read").is_some());
+
+        // 89 days on, messages stay; the failed delivery (30 days) goes.
+        let r = pruner.prune(now + 89 * DAY_MS).await.expect("pass");
+        assert_eq!((r.stamped, r.messages, r.failed), (0, 0, 1), "{r:?}");
+        assert!(repo.failed(&leg(2)).expect("read").is_empty());
+
+        // 91 days on: every message goes, with both directions of its ID map and the reactions on it.
+        let r = pruner.prune(now + 91 * DAY_MS).await.expect("pass");
+        assert_eq!(r.messages, 20, "{r:?}");
+        assert!(repo.message(&msg_id(1)).expect("read").is_none());
+        assert!(repo.lookup_native(&leg(1), &NativeId("irc-1".into())).expect("read").is_none());
+        assert!(repo.lookup_native(&leg(2), &NativeId("$ev1:example.org".into())).expect("read").is_none());
+        assert!(repo.native_on(&msg_id(1), &leg(2)).expect("read").is_none());
+        assert!(repo.reactions(&msg_id(1), "mimi://example.org/u/bob").expect("read").is_empty());
+        assert_eq!(repo.outbox(&leg(2)).expect("read").len(), 20, "pending deliveries are never pruned");
+        for tree in [bridge_core::repo::MSGS, bridge_core::repo::IDS, bridge_core::repo::REACTIONS] {
+            assert!(store.scan_prefix(tree, b"").expect("scan").is_empty(), "{tree} is empty");
+        }
+    });
+    let report = check::check(store.kv().as_ref(), dir.path()).expect("check");
+    assert!(report.is_ok(), "{report:?}");
+}
+
+#[test]
+fn a_kind_set_to_none_is_kept_forever() {
+    let (_dir, store, rt) = filled();
+    rt.block_on(async {
+        let provider = Provider::open("example.org", store.clone()).expect("provider");
+        let config = RetentionConfig { messages: None, failed: None, ..RetentionConfig::default() };
+        let pruner = Pruner::new(store.clone(), provider, config);
+        let r = pruner.prune(bridge_core::outbox::now_ms() + 3650 * DAY_MS).await.expect("pass");
+        assert_eq!((r.stamped, r.messages, r.failed), (0, 0, 0), "{r:?}");
+        assert_eq!(Repo::new(&store).failed(&leg(2)).expect("read").len(), 1);
+    });
+}
