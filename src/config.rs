@@ -19,6 +19,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+mod retention;
+pub use retention::RetentionTable;
+
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/mimi-bridge/config.toml";
 
@@ -40,6 +43,9 @@ pub struct Config {
     /// `[quota]`.
     #[serde(default)]
     pub quota: QuotaTable,
+    /// `[retention]`.
+    #[serde(default)]
+    pub retention: RetentionTable,
     /// `[irc.NAME]` tables.
     #[serde(default)]
     pub irc: BTreeMap<String, Spanned<toml::Table>>,
@@ -771,6 +777,7 @@ impl Config {
                 format!("must be at least {} (the largest message the listener takes)", crate::mimi_http::MAX_BODY);
             return Err(at(file, text, span, "quota.user_bytes_per_minute", why));
         }
+        self.retention.validate(file, text)?;
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(self.log.level.get_ref()) {
             return Err(at(file, text, self.log.level.span(), "log.level", format!("not a log filter: {e}"))
                 .with_hint("e.g. \"info\" or \"info,bridge_core=debug\""));
@@ -1236,6 +1243,20 @@ mod tests {
                 5,
                 "quota.user_bytes_per_minute",
                 "at least 1048576",
+            ),
+            case(
+                "retention interval too short",
+                format!("{MIN}[retention]\ninterval_secs = 5\n"),
+                5,
+                "retention.interval_secs",
+                "between 60 and 86400",
+            ),
+            case(
+                "retention beyond a century",
+                format!("{MIN}[retention]\nmessages_days = 100000\n"),
+                5,
+                "retention.messages_days",
+                "0 (forever) to 36500",
             ),
             case(
                 "bad join policy",

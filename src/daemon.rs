@@ -48,6 +48,8 @@ pub struct Daemon {
     store_closed: watch::Receiver<bool>,
     store_failed: watch::Receiver<bool>,
     probe_task: JoinHandle<()>,
+    /// The retention pruner (`[retention]`); stops with the listeners.
+    pruner_task: JoinHandle<()>,
     shutdown_timeout: Duration,
 }
 
@@ -79,6 +81,8 @@ impl Daemon {
         let domain = cfg.bridge.domain.get_ref().clone();
         let room = MlsRooms::open(store.clone(), &domain, JoinPolicy::Open).await?;
         room.set_key_update_interval(cfg.bridge.key_update_interval());
+        let pruner =
+            bridge_core::retention::Pruner::new(store.clone(), room.provider().clone(), cfg.retention.config());
         let router = RouterHandle::start(rc, store, room.clone()).await?;
         room.attach_router(router.clone());
 
@@ -135,6 +139,7 @@ impl Daemon {
         tracing::info!(%admin_addr, max_connections = limits.max_connections, "admin API listening");
 
         let probe_task = tokio::spawn(probe(router.clone(), readiness.clone(), metrics, room.provider().clone()));
+        let pruner_task = tokio::spawn(pruner.run(admin_stop.subscribe()));
         readiness.set_started();
         let legs = router.legs().len();
         tracing::info!(portals = cfg.portal.len(), legs, "bridge running");
@@ -151,6 +156,7 @@ impl Daemon {
             store_closed,
             store_failed,
             probe_task,
+            pruner_task,
             shutdown_timeout: Duration::from_secs(*cfg.bridge.shutdown_timeout.get_ref()),
         })
     }
@@ -198,6 +204,10 @@ impl Daemon {
             tracing::warn!("listeners still open at exit");
         }
         self.probe_task.abort();
+        // A pass in progress ends with its current batch (each is atomic).
+        if tokio::time::timeout(Duration::from_secs(5), self.pruner_task).await.is_err() {
+            tracing::warn!("retention pass still running at exit");
+        }
         let _ = self.probe_task.await;
         let shutdown_timeout = self.shutdown_timeout;
         match drained {

@@ -20,6 +20,7 @@ mod listener_bounds;
 mod mimi_tls;
 mod no_loss;
 mod quotas;
+mod retention;
 mod run_overrides;
 mod shutdown_load;
 mod slice;
