@@ -68,3 +68,35 @@ async fn a_user_creates_at_most_their_quota_of_rooms() {
     assert_eq!(statuses, [200, 200, 429]);
     assert_eq!(provider.rooms_created_by(&alice.0), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_creates_cannot_pass_the_room_quota_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        bridge_core::open_store(&dir.path().join("hub"), Some(Backend::Redb), CommitConfig::default()).expect("store");
+    let provider = Provider::open("a.test", store).expect("provider");
+    let quotas = mimi_provider::quota::QuotaConfig { rooms: 3, ..Default::default() };
+    let addr = crate::common::api::serve_with(&provider, quotas).await;
+    let alice = register(&addr, "alice").await;
+    // Ten create requests, made ready first, then sent at once.
+    let mut bodies = Vec::new();
+    for n in 0..10 {
+        let (name, room) = (format!("r{n}"), format!("mimi://a.test/r/r{n}"));
+        let (_keys, info) = group_info(&dir.path().join(&name), &alice.0, &room).await;
+        bodies.push(serde_json::json!({ "name": name, "group_info": hex::encode(info.as_bytes()) }).to_string());
+    }
+    let sends: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let (addr, alice) = (addr.clone(), alice.clone());
+            tokio::spawn(async move { call(&addr, "POST", "/client/v1/rooms", Some(&alice), body).await.0 })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for s in sends {
+        statuses.push(s.await.expect("task"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429, 429, 429, 429, 429]);
+    assert_eq!(provider.rooms_created_by(&alice.0), 3);
+}

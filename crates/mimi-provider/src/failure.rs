@@ -103,6 +103,7 @@ impl From<ProviderError> for Failure {
             ProviderError::Refused(Refusal::EpochTooOld { .. }) | ProviderError::Exists(_) => Status::Conflict,
             ProviderError::Store(_) => Status::Unavailable,
             ProviderError::Pruned { .. } => Status::Gone,
+            ProviderError::Quota(_) => Status::TooManyRequests,
         };
         Self::new(status, e.to_string())
     }

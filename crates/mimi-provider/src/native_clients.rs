@@ -201,10 +201,7 @@ impl NativeClients {
         }
         let policy = if invite_only { JoinPolicy::Invite } else { JoinPolicy::Open };
         let quota = self.quotas.config().rooms;
-        if self.provider().rooms_created_by(&client.uri) >= quota && self.provider().route(&room).is_err() {
-            return Err(Failure::new(Status::TooManyRequests, format!("{} created {quota} rooms already", client.uri)));
-        }
-        self.provider().create_room(&room, group_info, ratchet_tree, &client.uri, policy, false).await?;
+        self.provider().create_user_room(&room, group_info, ratchet_tree, &client.uri, policy, quota).await?;
         Ok(room)
     }
 

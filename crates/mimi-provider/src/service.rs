@@ -60,6 +60,9 @@ pub enum ProviderError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Over a per-user quota (HTTP 429).
+    #[error("{0}")]
+    Quota(String),
     /// The entries asked for were removed by retention (HTTP 410): the reader must rejoin the room.
     #[error(
         "the log of {room} before entry {first} was removed by retention ([retention] hub_log_days): rejoin the \
@@ -321,6 +324,34 @@ impl Provider {
         policy: JoinPolicy,
         has_portal: bool,
     ) -> Result<(), ProviderError> {
+        self.create(room, group_info, ratchet_tree, creator, policy, has_portal, None).await
+    }
+
+    /// [`Provider::create_room`] for a native user's room: refused ([`ProviderError::Quota`]) if `creator` made
+    /// `max_rooms` rooms already — counted and created under one lock, so parallel requests cannot both pass.
+    pub async fn create_user_room(
+        &self,
+        room: &str,
+        group_info: &MlsMessageBytes,
+        ratchet_tree: Option<&[u8]>,
+        creator: &str,
+        policy: JoinPolicy,
+        max_rooms: usize,
+    ) -> Result<(), ProviderError> {
+        self.create(room, group_info, ratchet_tree, creator, policy, false, Some(max_rooms)).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &self,
+        room: &str,
+        group_info: &MlsMessageBytes,
+        ratchet_tree: Option<&[u8]>,
+        creator: &str,
+        policy: JoinPolicy,
+        has_portal: bool,
+        max_rooms: Option<usize>,
+    ) -> Result<(), ProviderError> {
         let Ok(Inspected::GroupInfo { group_id, epoch }) = inspect(group_info) else {
             return Err(ProviderError::BadRequest("not a GroupInfo".into()));
         };
@@ -351,6 +382,12 @@ impl Provider {
                 write::public_state(&mut b, room, &public);
                 self.inner.store.commit_later(b)
             } else {
+                let made = |r: &Room| matches!(&r.role, Role::Hub(h) if h.state().creator.as_deref() == Some(creator));
+                if let Some(max) = max_rooms
+                    && rooms.values().filter(|r| made(r)).count() >= max
+                {
+                    return Err(ProviderError::Quota(format!("{creator} created {max} rooms already")));
+                }
                 let hub = HubRoom::new(room, group_info, ratchet_tree, creator, policy, has_portal)?
                     .with_add_rule(Arc::new(LocalAdds::new(self.inner.store.clone(), &self.inner.domain)));
                 let mut b = Batch::new();
