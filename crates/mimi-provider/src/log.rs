@@ -10,6 +10,7 @@
 //! lp(room) 'G'              → GroupInfo (MLSMessage)      hub: the GroupInfo members last handed in
 //! lp(room) 'P'              → public group state          hub: `PublicState::encode` (schema 3 on)
 //! lp(room) 'F'              → seq (u64 BE)                the first entry retention kept (absent: 1)
+//! lp(room) 'M' user-uri     → ()                          follower: a local user the hub let in (may read the copy)
 //! ```
 //!
 //! The hub's public state of a room's group (`P`) is written in the same batch as the log entry that changed it
@@ -180,6 +181,11 @@ pub mod write {
         b.delete(HUB_LOG, room_key(room, b'D', digest));
     }
 
+    /// `user` (ours) may read our copy of followed `room`: the hub sequenced their join or a Welcome for them.
+    pub fn reader(b: &mut Batch, room: &str, user: &str) {
+        b.put(HUB_LOG, room_key(room, b'M', user.as_bytes()), Vec::new());
+    }
+
     /// The first entry of `room` retention kept.
     pub fn first(b: &mut Batch, room: &str, seq: u64) {
         b.put(HUB_LOG, room_key(room, b'F', b""), seq.to_be_bytes().to_vec());
@@ -344,6 +350,11 @@ impl Records<'_> {
     /// The first entry of `room`'s log that retention kept (1 if it never removed any).
     pub fn first(&self, room: &str) -> Result<u64, StoreError> {
         Ok(self.0.get(HUB_LOG, &room_key(room, b'F', b""))?.as_deref().and_then(be64).unwrap_or(1))
+    }
+
+    /// True if `user` may read our copy of followed `room` ([`write::reader`]).
+    pub fn is_reader(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        Ok(self.0.get(HUB_LOG, &room_key(room, b'M', user.as_bytes()))?.is_some())
     }
 
     /// The cursors of the local consumers of `room`.

@@ -493,14 +493,28 @@ impl Provider {
 
     /// True if native user `uri` may read `room` (its log and GroupInfo): anyone for an open room we host, only
     /// its participants for an invite-only one. A room we follow has its participant list at its hub: our copy of
-    /// its log is readable by our users (the hub decided which of them joined).
+    /// its log is readable by those of our users the hub let in — whose join through us it sequenced, or for whom
+    /// it sequenced a Welcome ([`Provider::add_reader`]).
     pub fn may_read(&self, room: &str, uri: &str) -> Result<bool, ProviderError> {
-        let rooms = lock(&self.inner.rooms);
-        match rooms.get(room).map(|r| &r.role) {
-            Some(Role::Hub(h)) => Ok(h.state().policy == JoinPolicy::Open || h.state().participants.contains(uri)),
-            Some(Role::Follower { .. }) => Ok(true),
-            None => Err(ProviderError::UnknownRoom(room.to_owned())),
+        {
+            let rooms = lock(&self.inner.rooms);
+            match rooms.get(room).map(|r| &r.role) {
+                Some(Role::Hub(h)) => {
+                    return Ok(h.state().policy == JoinPolicy::Open || h.state().participants.contains(uri));
+                }
+                Some(Role::Follower { .. }) => {}
+                None => return Err(ProviderError::UnknownRoom(room.to_owned())),
+            }
         }
+        Ok(Records(&self.inner.store).is_reader(room, uri)?)
+    }
+
+    /// Our user `uri` may read our copy of followed `room` from now on: its hub sequenced their join (durable on
+    /// return).
+    pub async fn add_reader(&self, room: &str, uri: &str) -> Result<(), ProviderError> {
+        let mut b = Batch::new();
+        write::reader(&mut b, room, uri);
+        Ok(self.inner.store.commit_later(b).await.unwrap_or(Err(StoreError::Closed))?)
     }
 
     /// Sets who may join `room` (hosted here) by external commit; durable on return. A no-op if it already is.
@@ -680,6 +694,7 @@ impl Provider {
             for r in new_members {
                 if let Some(user) = Records(&self.inner.store).claimed_by(&r)? {
                     write::invite(b, &user, room, entry.seq);
+                    write::reader(b, room, &user);
                 }
             }
         }

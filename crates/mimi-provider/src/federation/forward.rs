@@ -98,6 +98,13 @@ impl Federation {
                 return Err(e.into());
             }
             let (verdict, answer) = this.forward_update(&room, &hub, &user, &request).await;
+            // The hub sequenced our user's handshake (an external join, or a commit of a member): they may read
+            // our copy of the room.
+            if verdict == HubVerdict::Accepted
+                && let Err(e) = this.provider.add_reader(&room, &user).await
+            {
+                tracing::warn!(room, user, error = %e, "could not record a reader of a followed room");
+            }
             if let Err(e) = this.provider.update_settled(&room, verdict != HubVerdict::Refused).await {
                 tracing::warn!(room, error = %e, "could not forget a room the hub refused us");
             }

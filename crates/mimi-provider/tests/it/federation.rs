@@ -60,8 +60,13 @@ async fn two_providers_share_a_room_across_an_invite_a_join_and_an_outage() {
     assert_eq!(refused.status, Status::NotFound, "{refused:?}");
     assert_eq!(b.provider.route(nowhere).expect("route"), RoomRoute::Remote { domain: "a.test".into() }, "forgotten");
 
+    // b.test's copy of the room is for those of its users the hub let in: carol (a Welcome), not yet bob.
+    assert!(b.provider.may_read(&room, &carol.uri).expect("followed"));
+    assert!(!b.provider.may_read(&room, &bob.uri).expect("followed"), "bob has not joined yet");
+
     // bob (b.test) joins by external commit through b.test.
     assert_eq!(b.clients.update(&bob.client, &room, join).await, Ok(accepted(3)));
+    assert!(b.provider.may_read(&room, &bob.uri).expect("followed"), "the hub sequenced bob's join");
     bob.joined_at(3);
     assert_eq!(alice.read(&a, &room).await, Vec::<String>::new());
     until("b.test has bob's commit", || b.last_seq(&room) == 3).await;
