@@ -425,7 +425,7 @@ impl HubRoom {
                 if !application {
                     return Err(not_allowed("handshake messages must be PublicMessages"));
                 }
-                self.check_epoch(epoch)?;
+                self.check_epoch_for(epoch, sending_uri)?;
                 if !self.state.participants.contains(sending_uri) {
                     return Err(not_allowed(format!("{sending_uri} is not a participant")));
                 }
@@ -433,7 +433,7 @@ impl HubRoom {
             }
             Inspected::Public { group_id, epoch, sender, .. } => {
                 self.check_group(&group_id)?;
-                self.check_epoch(epoch)?;
+                self.check_epoch_for(epoch, sending_uri)?;
                 if sender == PublicSender::External {
                     return Err(not_allowed("no external senders are configured"));
                 }
@@ -587,6 +587,17 @@ impl HubRoom {
             Greater => Err(Refusal::NotAllowed(format!("epoch {epoch} is ahead of the room ({})", self.state.epoch))),
         }
     }
+
+    /// [`HubRoom::check_epoch`] for a message sent as `sending_uri`: the room's epoch is told only to those who
+    /// may know it — participants, and anyone for an open room (whose GroupInfo anyone reads). Others learn only
+    /// that the epoch is not the room's, so a probe of an invite-only room tells nothing.
+    fn check_epoch_for(&self, epoch: u64, sending_uri: &str) -> Result<(), Refusal> {
+        let may_know = self.state.policy == JoinPolicy::Open || self.state.participants.contains(sending_uri);
+        match self.check_epoch(epoch) {
+            Err(_) if !may_know => Err(not_allowed(format!("{sending_uri} is not a participant"))),
+            other => other,
+        }
+    }
 }
 
 /// Checks an `UpdateRequest` (HandshakeBundle, §5.3) as far as public data allows: a commit's GroupInfo must be
@@ -674,8 +685,21 @@ mod tests {
         let commit = g.self_update().expect("commit").commit;
         let (a, _) = hub.submit(bytes(commit), ALICE, &Origin::Portal, 2).expect("commit accepted");
         assert_eq!((a.seq, hub.epoch()), (1, 1));
-        assert_eq!(hub.submit(old, ALICE, &Origin::Portal, 3), Err(Refusal::EpochTooOld { current_epoch: 1 }));
+        assert_eq!(hub.submit(old.clone(), ALICE, &Origin::Portal, 3), Err(Refusal::EpochTooOld { current_epoch: 1 }));
         assert_eq!(hub.last_seq(), 1, "refusals leave no entry");
+        // Who is no participant of this invite-only room does not learn its epoch, whatever epoch they try.
+        let mallory = Origin::Client(MALLORY.into());
+        for probe in [old, bytes(forged_commit(ROOM.as_bytes(), 1000)), bytes(forged_commit(ROOM.as_bytes(), 0))] {
+            match hub.submit(probe, MALLORY, &mallory, 4) {
+                Err(Refusal::NotAllowed(why)) => assert!(!why.contains('1'), "the epoch leaks: {why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let probe = bytes(forged_commit(ROOM.as_bytes(), 1000));
+        match hub.submit(probe, ALICE, &Origin::Client(ALICE.into()), 4) {
+            Err(Refusal::NotAllowed(why)) => assert!(why.contains("ahead of the room (1)"), "a participant may: {why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
