@@ -42,7 +42,7 @@ fn forged_commit(gid: &[u8], epoch: u64) -> Vec<u8> {
 }
 
 /// A Welcome MLSMessage of about `size` bytes for a made-up KeyPackageRef: random "encrypted" contents.
-fn junk_welcome(size: usize) -> Vec<u8> {
+pub(crate) fn junk_welcome(size: usize) -> Vec<u8> {
     let mut m = vec![0, 1, 0, 3, 0, 1]; // mls10, mls_welcome, cipher suite 1
     let mut secret = Vec::new();
     vl(&mut secret, &random(16)); // new_member
