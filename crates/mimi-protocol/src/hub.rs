@@ -171,10 +171,49 @@ pub struct HubRoom {
     /// The group's public state; `None` only for a room stored before the hub kept it, until a member hands in
     /// the current GroupInfo ([`HubRoom::adopt`]).
     public: Option<Box<PublicState>>,
-    seen: HashMap<[u8; 32], u64>,
+    /// Idempotency keys of the most recent entries (at most [`RECENT`]): retries that race their own entry's
+    /// write. Older ones are the IO shell's to look up in its durable index before submitting.
+    seen: RecentDigests,
     has_portal: bool,
     /// Consulted for every member a commit adds (`None`: anyone with a valid KeyPackage).
     add_rule: Option<Arc<dyn AddRule>>,
+}
+
+/// Most idempotency keys a hub keeps in memory ([`HubRoom`]'s `seen`).
+pub const RECENT: usize = 4096;
+
+/// The idempotency keys of the most recent entries, oldest dropped first.
+#[derive(Debug, Default)]
+struct RecentDigests {
+    seq_of: HashMap<[u8; 32], u64>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl RecentDigests {
+    fn get(&self, d: &[u8; 32]) -> Option<&u64> {
+        self.seq_of.get(d)
+    }
+
+    fn contains_key(&self, d: &[u8; 32]) -> bool {
+        self.seq_of.contains_key(d)
+    }
+
+    fn insert(&mut self, d: [u8; 32], seq: u64) {
+        if self.seq_of.insert(d, seq).is_none() {
+            self.order.push_back(d);
+        }
+        while self.order.len() > RECENT {
+            if let Some(old) = self.order.pop_front() {
+                self.seq_of.remove(&old);
+            }
+        }
+    }
+
+    fn retain_from(&mut self, first: u64) {
+        self.seq_of.retain(|_, seq| *seq >= first);
+        let seq_of = &self.seq_of;
+        self.order.retain(|d| seq_of.contains_key(d));
+    }
 }
 
 /// Who a commit may add to a room: the provider's record of the KeyPackages it handed out, consulted by the hub
@@ -232,11 +271,12 @@ impl HubRoom {
             followers: BTreeSet::new(),
             creator: Some(creator.to_owned()),
         };
-        Ok(Self { state, public: Some(Box::new(public)), seen: HashMap::new(), has_portal, add_rule: None })
+        Ok(Self { state, public: Some(Box::new(public)), seen: RecentDigests::default(), has_portal, add_rule: None })
     }
 
     /// A room restored from its durable state, its public state ([`HubRoom::public_state`]; `None` for a room
-    /// stored before the hub kept it) and the digests of its log entries (`(digest, seq)`).
+    /// stored before the hub kept it) and digests of its latest log entries (`(digest, seq)`; the last [`RECENT`]
+    /// are kept — the IO shell finds older retries in its durable index).
     pub fn restore(
         state: HubState,
         public: Option<&[u8]>,
@@ -244,7 +284,11 @@ impl HubRoom {
         has_portal: bool,
     ) -> Result<Self, Refusal> {
         let public = public.map(PublicState::decode).transpose()?.map(Box::new);
-        Ok(Self { state, public, seen: seen.into_iter().collect(), has_portal, add_rule: None })
+        let mut recent = RecentDigests::default();
+        for (d, seq) in seen {
+            recent.insert(d, seq);
+        }
+        Ok(Self { state, public, seen: recent, has_portal, add_rule: None })
     }
 
     /// The room with `rule` consulted for every member a commit adds.
@@ -261,7 +305,7 @@ impl HubRoom {
     /// Forgets the idempotency keys of entries before `first` (removed from the log by retention): a retry of
     /// one of them is judged anew.
     pub fn forget_before(&mut self, first: u64) {
-        self.seen.retain(|_, seq| *seq >= first);
+        self.seen.retain_from(first);
     }
 
     /// The room state.
@@ -555,7 +599,9 @@ impl HubRoom {
         if let Some(p) = last_public {
             self.public = Some(Box::new(p));
         }
-        self.seen.extend(seqs.iter().map(|&(seq, d)| (d, seq)));
+        for &(seq, d) in &seqs {
+            self.seen.insert(d, seq);
+        }
         Ok((Sequenced { seq: first, timestamp: now_ms, duplicate: false }, actions))
     }
 
@@ -810,6 +856,24 @@ mod tests {
         let p = bytes(mallory.propose_remove(0));
         assert!(matches!(hub.submit(p, MALLORY, &from, 1), Err(Refusal::NotAllowed(_))));
         assert_eq!(snapshot(&hub), before);
+    }
+
+    #[test]
+    fn the_hub_keeps_only_the_newest_idempotency_keys() {
+        let key = |i: u64| {
+            let mut d = [0u8; 32];
+            d[..8].copy_from_slice(&i.to_be_bytes());
+            d
+        };
+        let mut recent = RecentDigests::default();
+        let n = RECENT as u64 + 10;
+        for i in 1..=n {
+            recent.insert(key(i), i);
+        }
+        assert_eq!((recent.seq_of.len(), recent.order.len()), (RECENT, RECENT));
+        assert!(!recent.contains_key(&key(10)) && recent.get(&key(11)) == Some(&11));
+        recent.retain_from(n);
+        assert_eq!((recent.seq_of.len(), recent.order.len()), (1, 1));
     }
 
     #[test]

@@ -251,6 +251,11 @@ impl Records<'_> {
         Ok(seq)
     }
 
+    /// The sequence number of the entry of `room` whose idempotency key is `digest`, if it is in the log.
+    pub fn digest_seq(&self, room: &str, digest: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        Ok(self.0.get(HUB_LOG, &room_key(room, b'D', digest))?.as_deref().and_then(be64))
+    }
+
     /// The idempotency index of a room.
     pub fn digests(&self, room: &str) -> Result<Vec<([u8; 32], u64)>, StoreError> {
         let prefix = room_key(room, b'D', b"");

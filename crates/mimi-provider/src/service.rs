@@ -257,7 +257,8 @@ impl Provider {
                     }
                     let group_info = recs.group_info(&name)?;
                     let public = recs.public_state(&name)?;
-                    let hub = HubRoom::restore(state, public.as_deref(), recs.digests(&name)?, has_portal)
+                    // No idempotency keys are read: retries of older entries are found in the store ([`Provider::retry_of`]).
+                    let hub = HubRoom::restore(state, public.as_deref(), [], has_portal)
                         .map_err(|e| StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{name}: {e}") })?
                         .with_add_rule(Arc::new(LocalAdds::new(store.clone(), domain)));
                     let (tx, _) = watch::channel(last);
@@ -575,7 +576,17 @@ impl Provider {
         sending_uri: &str,
         origin: Origin,
     ) -> Result<Sequenced, ProviderError> {
+        if let Some(again) = self.retry_of(room, &message)? {
+            return Ok(again);
+        }
         self.sequence(room, |hub| hub.submit(message, sending_uri, &origin, now_ms())).await
+    }
+
+    /// A retry of a message already in `room`'s log: its verdict from the durable idempotency index (the hub
+    /// keeps only the newest keys in memory, [`mimi_protocol::hub::RECENT`]).
+    fn retry_of(&self, room: &str, message: &MlsMessageBytes) -> Result<Option<Sequenced>, ProviderError> {
+        let seq = Records(&self.inner.store).digest_seq(room, &mimi_protocol::hub::digest(message))?;
+        Ok(seq.map(|seq| Sequenced { seq, timestamp: now_ms(), duplicate: true }))
     }
 
     /// Applies an update (`HandshakeBundle`, draft §5.3) to a room we host ([`HubRoom::update`]: the commit is
@@ -589,6 +600,9 @@ impl Provider {
         requester: &str,
         origin: Origin,
     ) -> Result<Sequenced, ProviderError> {
+        if let Some(again) = self.retry_of(room, req.message())? {
+            return Ok(again);
+        }
         self.sequence(room, |hub| hub.update(&req, requester, &origin, now_ms())).await
     }
 

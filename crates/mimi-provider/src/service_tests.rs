@@ -251,3 +251,21 @@ async fn a_restart_finds_every_room_without_reading_the_logs() {
     }
     assert_eq!(a.route("mimi://b.test/r/y").expect("route"), RoomRoute::Follower { hub: "b.test".into() });
 }
+
+#[tokio::test]
+async fn a_retry_after_a_restart_gets_its_first_number_from_the_store() {
+    let (_d, st) = store();
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    let (_g, mut g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
+        .await
+        .expect("room");
+    let m = bytes(g.encrypt(b"once").durable_blocking().expect("encrypt"));
+    let first = a.submit(ROOM, m.clone(), ALICE, Origin::Client(ALICE.into())).await.expect("sequenced");
+    drop(a);
+    // The restarted hub holds no idempotency keys in memory: the retry is found in the durable index.
+    let a = Provider::open("a.test", st).expect("reopen");
+    let again = a.submit(ROOM, m, ALICE, Origin::Client(ALICE.into())).await.expect("retry");
+    assert_eq!((again.seq, again.duplicate), (first.seq, true));
+    assert_eq!(a.last_seq(ROOM).expect("room"), 1, "no second entry");
+}
