@@ -134,7 +134,8 @@ impl PeerApi {
     }
 
     /// `keyMaterial`: one KeyPackage of our user `target` (the user of the request's path), claimed by `from` for
-    /// a room it hosts (403 for a room of another domain); we follow that room from then on.
+    /// a room it hosts (403 for a room of another domain) with a request it signed as itself (400 if the signature
+    /// does not verify, 403 if its credential is not `mimi://FROM`); we follow that room from then on.
     pub async fn key_material(
         &self,
         from: &HeardPeer,
@@ -142,6 +143,11 @@ impl PeerApi {
         request: KeyMaterialRequest,
     ) -> Result<KeyMaterialResponse, Failure> {
         let from = from.domain.as_str();
+        // Signed by the requesting provider as itself (its hub key and credential `mimi://DOMAIN`).
+        request.verify().map_err(|e| Failure::bad_request(format!("KeyMaterialRequest: {e}")))?;
+        if request.requester_credential.basic_identity().as_deref() != Some(format!("mimi://{from}").as_bytes()) {
+            return Err(Failure::forbidden(format!("the KeyMaterialRequest's credential is not {from}'s")));
+        }
         if request.target_user != target {
             return Err(Failure::bad_request(format!(
                 "targetUser {:?} is not the user of the path ({target})",

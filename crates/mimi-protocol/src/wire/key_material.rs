@@ -1,18 +1,16 @@
 //! `KeyMaterialRequest` / `KeyMaterialResponse` (draft-ietf-mimi-protocol-06 §5.2): a provider claims KeyPackages
 //! of another provider's user, naming the room they are for.
 //!
-//! Deviation: the request is not signed. A provider asks on behalf of its client without holding the client's
-//! key, so `requesterSignatureKey` and `key_material_request_signature` are empty and `requesterCredential` is a
-//! basic credential with the requesting user's URI. Peers are authenticated by the transport (mTLS, later).
+//! The request is signed (`SignWithLabel(requesterSignatureKey, "KeyMaterialRequestTBS", …)`). A provider asks on
+//! behalf of its client without holding the client's key, so it signs with its own hub key, and
+//! `requesterCredential` is the provider's (`mimi://DOMAIN`, as in the GroupInfoRequests it makes itself); the
+//! receiver checks the signature and that the credential names the peer the transport (mTLS) authenticated.
 
+use super::group_info::{CredentialBytes, GroupInfoCryptoError, HubSigner, sign_with_label, verify_with_label};
 use super::{MlsMessageBytes, Reader, WireError, WireMessage, Writer, invalid, read_protocol, wire_format};
 
 /// MLS ciphersuite `MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519` (0x0001), the one this bridge speaks.
 pub const CIPHERSUITE_1: u16 = 1;
-/// `CredentialType basic(1)`.
-const BASIC: u16 = 1;
-/// `CredentialType x509(2)`.
-const X509: u16 = 2;
 
 /// `KeyMaterialRequest` (§5.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,17 +23,59 @@ pub struct KeyMaterialRequest {
     pub room_id: String,
     /// `acceptableCiphersuites`.
     pub ciphersuites: Vec<u16>,
+    /// `requesterSignatureKey`.
+    pub requester_signature_key: Vec<u8>,
+    /// `requesterCredential`.
+    pub requester_credential: CredentialBytes,
+    /// `key_material_request_signature`.
+    pub signature: Vec<u8>,
 }
 
+/// The signature label of `KeyMaterialRequestTBS`.
+const LABEL: &str = "KeyMaterialRequestTBS";
+
 impl KeyMaterialRequest {
-    /// A request for `target_user`'s KeyPackages for `room_id`, on behalf of `requesting_user`, ciphersuite 1.
-    pub fn new(requesting_user: &str, target_user: &str, room_id: &str) -> Self {
-        Self {
+    /// A request for `target_user`'s KeyPackages for `room_id`, on behalf of `requesting_user`, ciphersuite 1,
+    /// signed by the requesting provider's hub key `signer` (see the module documentation).
+    pub fn new(
+        requesting_user: &str,
+        target_user: &str,
+        room_id: &str,
+        signer: &HubSigner,
+    ) -> Result<Self, GroupInfoCryptoError> {
+        let mut req = Self {
             requesting_user: requesting_user.to_owned(),
             target_user: target_user.to_owned(),
             room_id: room_id.to_owned(),
             ciphersuites: vec![CIPHERSUITE_1],
+            requester_signature_key: signer.sender.signature_key.clone(),
+            requester_credential: signer.sender.credential.clone(),
+            signature: Vec::new(),
+        };
+        req.signature = sign_with_label(CIPHERSUITE_1, &signer.private_key, LABEL, &req.tbs()?)?;
+        Ok(req)
+    }
+
+    /// `KeyMaterialRequestTBS`: everything but the signature.
+    fn tbs(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = Writer::default();
+        out.u8(1)?; // Protocol mls10
+        write_uri(&mut out, &self.requesting_user)?;
+        write_uri(&mut out, &self.target_user)?;
+        write_uri(&mut out, &self.room_id)?;
+        out.vl_list(&self.ciphersuites, |w, c| w.u16(*c))?;
+        // RequiredCapabilities: extension_types<V>, proposal_types<V>, credential_types<V>, all empty.
+        for _ in 0..3 {
+            out.vl_bytes(b"")?;
         }
+        out.vl_bytes(&self.requester_signature_key)?;
+        self.requester_credential.write(&mut out)?;
+        Ok(out.0)
+    }
+
+    /// Checks the signature against `requesterSignatureKey` (ciphersuite 1's signature scheme).
+    pub fn verify(&self) -> Result<(), GroupInfoCryptoError> {
+        verify_with_label(CIPHERSUITE_1, &self.requester_signature_key, LABEL, &self.tbs()?, &self.signature)
     }
 }
 
@@ -49,19 +89,8 @@ fn read_uri(r: &mut Reader<'_>) -> Result<String, WireError> {
 
 impl WireMessage for KeyMaterialRequest {
     fn write(&self, out: &mut Writer) -> Result<(), WireError> {
-        out.u8(1)?;
-        write_uri(out, &self.requesting_user)?;
-        write_uri(out, &self.target_user)?;
-        write_uri(out, &self.room_id)?;
-        out.vl_list(&self.ciphersuites, |w, c| w.u16(*c))?;
-        // RequiredCapabilities: extension_types<V>, proposal_types<V>, credential_types<V>, all empty.
-        for _ in 0..3 {
-            out.vl_bytes(b"")?;
-        }
-        out.vl_bytes(b"")?; // requesterSignatureKey (unsigned: see the module documentation)
-        out.u16(BASIC)?;
-        out.vl_bytes(self.requesting_user.as_bytes())?;
-        out.vl_bytes(b"") // key_material_request_signature
+        out.raw(&self.tbs()?);
+        out.vl_bytes(&self.signature)
     }
     fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
         read_protocol(r)?;
@@ -72,18 +101,18 @@ impl WireMessage for KeyMaterialRequest {
         for _ in 0..3 {
             r.vl_bytes()?;
         }
-        r.vl_bytes()?;
-        match r.u16()? {
-            BASIC => {
-                r.vl_bytes()?;
-            }
-            X509 => {
-                r.vl_list(|r| r.vl_bytes())?;
-            }
-            t => return Err(invalid(format!("credential type {t}"))),
-        }
-        r.vl_bytes()?;
-        Ok(Self { requesting_user, target_user, room_id, ciphersuites })
+        let requester_signature_key = r.vl_bytes()?;
+        let requester_credential = CredentialBytes::read(r)?;
+        let signature = r.vl_bytes()?;
+        Ok(Self {
+            requesting_user,
+            target_user,
+            room_id,
+            ciphersuites,
+            requester_signature_key,
+            requester_credential,
+            signature,
+        })
     }
 }
 
@@ -230,8 +259,15 @@ mod tests {
     }
 
     #[test]
-    fn request_round_trips_and_refuses_truncation() {
-        let req = KeyMaterialRequest::new("mimi://a.test/u/alice", "mimi://b.test/u/bob", "mimi://a.test/r/club");
+    fn request_round_trips_verifies_and_refuses_truncation_and_tampering() {
+        let signer = HubSigner::generate(b"mimi://a.test").expect("key");
+        let req =
+            KeyMaterialRequest::new("mimi://a.test/u/alice", "mimi://b.test/u/bob", "mimi://a.test/r/club", &signer)
+                .expect("signed");
+        req.verify().expect("verifies");
+        let mut other_room = req.clone();
+        other_room.room_id = "mimi://a.test/r/elsewhere".into();
+        assert!(other_room.verify().is_err(), "the signature covers the room");
         let enc = req.encode().expect("encode");
         assert_eq!(KeyMaterialRequest::decode(&enc).expect("decode"), req);
         for cut in 0..enc.len() {

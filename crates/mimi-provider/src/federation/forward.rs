@@ -181,7 +181,8 @@ impl Federation {
         if !self.peers.is_peer(domain) {
             return Err(Failure::not_found(format!("{domain} is not a configured peer")));
         }
-        let request = KeyMaterialRequest::new(requester, target, room);
+        let signer = self.provider.hub_signer().await?;
+        let request = KeyMaterialRequest::new(requester, target, room, &signer).map_err(Failure::internal)?;
         let resp = self.peers.key_material(domain, &request).await.map_err(|e| e.failure("keyMaterial"))?;
         match (resp.user_status, resp.first_key_package()) {
             (KeyMaterialUserCode::Success | KeyMaterialUserCode::PartialSuccess, Some(kp)) => {

@@ -157,3 +157,30 @@ async fn an_epoch_too_old_from_the_hub_makes_the_follower_catch_up_before_it_ans
     until("b.test has every entry", || b.last_seq(&room) == 5).await;
     assert_eq!(b.log(&room), a.log(&room));
 }
+
+#[tokio::test]
+async fn a_key_material_request_must_be_signed_by_the_peer_it_comes_from() {
+    use mimi_protocol::wire::{HubSigner, KeyMaterialRequest, KeyMaterialUserCode};
+    let (_net, a, b) = two_providers();
+    let carol = User::register(&b, "carol").await;
+    carol.upload_key_packages(&b, 2).await;
+    let api = mimi_provider::PeerApi::new(b.federation.clone());
+    let from = api.hear("mimi@a.test").expect("a.test is b.test's peer");
+    let (alice, room) = ("mimi://a.test/u/alice", "mimi://a.test/r/club");
+
+    // Signed by a key that says it is c.test: a.test's transport brought it, so it is not a.test's request.
+    let stranger = HubSigner::generate(b"mimi://c.test").expect("key");
+    let req = KeyMaterialRequest::new(alice, &carol.uri, room, &stranger).expect("signed");
+    let e = api.key_material(&from, &carol.uri, req).await.expect_err("someone else's request");
+    assert_eq!(e.status, Status::Forbidden, "{e}");
+    // a.test's own, altered after signing.
+    let own = a.provider.hub_signer().await.expect("a.test's key");
+    let mut req = KeyMaterialRequest::new(alice, &carol.uri, room, &own).expect("signed");
+    req.requesting_user = "mimi://a.test/u/mallory".into();
+    let e = api.key_material(&from, &carol.uri, req).await.expect_err("tampered");
+    assert_eq!(e.status, Status::BadRequest, "{e}");
+    // a.test's own, as signed: carol's KeyPackage.
+    let req = KeyMaterialRequest::new(alice, &carol.uri, room, &own).expect("signed");
+    let answer = api.key_material(&from, &carol.uri, req).await.expect("served");
+    assert_eq!(answer.user_status, KeyMaterialUserCode::Success);
+}
