@@ -196,12 +196,20 @@ pub struct AccountContext {
     pub inbound: InboundSink,
     /// The bridge's MIMI domain (for building URIs).
     pub domain: String,
+    /// The daemon's media blob store, if it runs one (see [`crate::media`]).
+    pub media: Option<Arc<dyn crate::media::MediaStore>>,
 }
 
 impl AccountContext {
     /// Creates a context for `account` feeding `route` (the router).
     pub fn new(account: AccountId, route: impl InboundRoute, domain: impl Into<String>) -> Self {
-        Self { inbound: InboundSink { account, route: Arc::new(route) }, domain: domain.into() }
+        Self { inbound: InboundSink { account, route: Arc::new(route) }, domain: domain.into(), media: None }
+    }
+
+    /// The same context with the daemon's media store.
+    pub fn with_media(mut self, media: Arc<dyn crate::media::MediaStore>) -> Self {
+        self.media = Some(media);
+        self
     }
 
     /// Registers `native_user` on this account as a ghost the bridge controls on behalf of `for_uri` (a puppet
