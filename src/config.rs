@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+mod media;
 mod retention;
+pub use media::MediaTable;
 pub use retention::RetentionTable;
 
 /// Where the daemon looks for its config when `--config` is not given.
@@ -46,6 +48,9 @@ pub struct Config {
     /// `[retention]`.
     #[serde(default)]
     pub retention: RetentionTable,
+    /// `[media]`.
+    #[serde(default)]
+    pub media: MediaTable,
     /// `[irc.NAME]` tables.
     #[serde(default)]
     pub irc: BTreeMap<String, Spanned<toml::Table>>,
@@ -778,6 +783,7 @@ impl Config {
             return Err(at(file, text, span, "quota.user_bytes_per_minute", why));
         }
         self.retention.validate(file, text)?;
+        self.media.validate(file, text)?;
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(self.log.level.get_ref()) {
             return Err(at(file, text, self.log.level.span(), "log.level", format!("not a log filter: {e}"))
                 .with_hint("e.g. \"info\" or \"info,bridge_core=debug\""));
@@ -1243,6 +1249,13 @@ mod tests {
                 5,
                 "quota.user_bytes_per_minute",
                 "at least 1048576",
+            ),
+            case(
+                "media file limit above the quota",
+                format!("{MIN}[media]\nmax_bytes = 2000\nquota_bytes = 1000\n"),
+                5,
+                "media.max_bytes",
+                "between 1 and media.quota_bytes (1000)",
             ),
             case(
                 "retention interval too short",

@@ -81,7 +81,7 @@ impl Daemon {
         let domain = cfg.bridge.domain.get_ref().clone();
         let room = MlsRooms::open(store.clone(), &domain, JoinPolicy::Open).await?;
         room.set_key_update_interval(cfg.bridge.key_update_interval());
-        let pruner =
+        let mut pruner =
             bridge_core::retention::Pruner::new(store.clone(), room.provider().clone(), cfg.retention.config());
         let router = RouterHandle::start(rc, store, room.clone()).await?;
         room.attach_router(router.clone());
@@ -104,13 +104,14 @@ impl Daemon {
         }
         // One stop signal for both HTTP servers (admin API and MIMI endpoints).
         let (admin_stop, _) = watch::channel(false);
-        let (mimi_addr, mimi_task) = serve_mimi(cfg, room.clone(), admin_stop.subscribe()).await?;
+        let (mimi_addr, mimi_task, media) = serve_mimi(cfg, room.clone(), admin_stop.subscribe()).await?;
+        pruner.register(Arc::new(crate::media::PrunedMedia(media.clone())));
 
         let token = match cfg.admin_token()? {
             Some(t) => t,
             None => data_dir::write_admin_token(data_dir)?,
         };
-        let configured = start_accounts(cfg, networks, &router).await?;
+        let configured = start_accounts(cfg, networks, &router, media).await?;
 
         let readiness = Arc::new(Readiness::default());
         let state = Arc::new(
@@ -225,6 +226,7 @@ async fn start_accounts(
     cfg: &Config,
     networks: &[Box<dyn Network>],
     router: &RouterHandle,
+    media: Arc<bridge_media::FileMediaStore>,
 ) -> Result<Vec<AccountId>, Error> {
     let mut ids = Vec::new();
     for (id, table) in cfg.resolved_accounts()? {
@@ -232,7 +234,7 @@ async fn start_accounts(
             .iter()
             .find(|n| n.name() == id.network())
             .ok_or_else(|| format!("this build has no {} connector", id.network()))?;
-        let ctx = AccountContext::new(id.clone(), router.clone(), router.domain());
+        let ctx = AccountContext::new(id.clone(), router.clone(), router.domain()).with_media(media.clone());
         // A failure here is a configuration problem; unreachable servers never fail `start`.
         let account = network.start(id.clone(), table, ctx).await?;
         router.attach_account(account).await;
@@ -287,13 +289,14 @@ async fn probe(
     }
 }
 
-/// Serves the MIMI endpoints and the native-client API on `[mimi] listen` until `stop`, and starts the tasks that
-/// notify followers and catch up followed rooms. Plain HTTP only on loopback (mTLS is not built yet).
+/// Serves the MIMI endpoints, the native-client API and the media store's files on `[mimi] listen` until `stop`,
+/// and starts the tasks that notify followers and catch up followed rooms. Plain HTTP only on loopback. Returns the
+/// media store too (its links are under the listener's public URL).
 async fn serve_mimi(
     cfg: &Config,
     room: Arc<MlsRooms>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(SocketAddr, JoinHandle<()>), Error> {
+) -> Result<(SocketAddr, JoinHandle<()>, Arc<bridge_media::FileMediaStore>), Error> {
     use crate::mimi_http::{self, MimiState, Registration};
     let listen = *cfg.mimi.listen.get_ref();
     let tls = match (&cfg.mimi.tls_cert, &cfg.mimi.tls_key) {
@@ -317,13 +320,16 @@ async fn serve_mimi(
     let listener = crate::listener::bind(listen).map_err(|e| format!("mimi.listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let public_url = cfg.mimi.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
+    let media = crate::media::open(&cfg.media, &cfg.bridge.data_dir, &public_url)?;
     let state = MimiState {
         provider: room.provider().clone(),
         room: Some(room),
-        public_url: cfg.mimi.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")),
+        public_url,
         registration,
         peers,
         quotas: cfg.quota.config(),
+        media: Some(media.clone()),
     };
     let federation = state.federation();
     let notifier = tokio::spawn(federation.clone().run_notifier());
@@ -346,7 +352,7 @@ async fn serve_mimi(
     tracing::info!(%addr, tls = scheme == "https", max_connections = limits.max_connections,
         max_connections_per_ip = limits.max_connections_per_ip, header_timeout = ?limits.header_timeout,
         idle_timeout = ?limits.idle_timeout, "MIMI endpoints and client API listening");
-    Ok((addr, task))
+    Ok((addr, task, media))
 }
 
 /// `limits` with the global cap lowered to `1/divisor` of the soft `RLIMIT_NOFILE` (logged when it is).

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod data_dir;
 pub mod listener;
 pub mod logging;
+pub mod media;
 pub mod mimi_http;
 pub mod mimi_tls;
 pub mod networks;

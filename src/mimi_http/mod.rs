@@ -68,6 +68,7 @@
 
 pub mod client_api;
 pub mod http;
+mod media;
 pub mod peer;
 pub mod peer_client;
 
@@ -104,6 +105,8 @@ pub struct MimiState {
     pub peers: Arc<http::Peers>,
     /// What one native user may put into rooms' logs per minute.
     pub quotas: mimi_provider::quota::QuotaConfig,
+    /// The media store whose files `/media/v1/…` serves (`None`: 404).
+    pub media: Option<Arc<bridge_media::FileMediaStore>>,
 }
 
 impl MimiState {
@@ -122,6 +125,7 @@ struct Served {
     clients: NativeClients,
     peers: PeerApi,
     public_url: Arc<str>,
+    media: Option<Arc<bridge_media::FileMediaStore>>,
 }
 
 /// The router of the MIMI endpoints and the client API.
@@ -131,6 +135,7 @@ pub fn router(state: MimiState) -> Router {
         clients: NativeClients::new(federation.clone(), state.registration.clone()).with_quotas(state.quotas),
         peers: PeerApi::new(federation),
         public_url: state.public_url.as_str().into(),
+        media: state.media.clone(),
     };
     // Over TLS, a peer's certificate must be valid for the domain it claims (`mimi_tls::require_peer`).
     let peer_routes = Router::new()
@@ -156,6 +161,7 @@ pub fn router(state: MimiState) -> Router {
         .route("/client/v1/submit/{*room}", post(client_api::submit))
         .route("/client/v1/messages/{*room}", get(client_api::messages))
         .route("/client/v1/invites", get(client_api::invites))
+        .route("/media/v1/{token}/{name}", get(media::file))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(served)
 }

@@ -17,6 +17,7 @@ mod hub_validation;
 mod identities;
 mod irc_daemon;
 mod listener_bounds;
+mod media;
 mod memory_bounds;
 mod mimi_tls;
 mod no_loss;

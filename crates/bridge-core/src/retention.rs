@@ -57,8 +57,9 @@ impl Default for RetentionConfig {
 pub trait Retained: Send + Sync {
     /// A name for logs and reports.
     fn name(&self) -> &str;
-    /// Removes what its own retention lets go at `now_ms`; how many records it removed.
-    async fn prune(&self, now_ms: u64) -> Result<u64, StoreError>;
+    /// Removes what its own retention lets go at `now_ms`; how many records it removed, or why it could not
+    /// (logged; the pass goes on with the other kinds).
+    async fn prune(&self, now_ms: u64) -> Result<u64, String>;
 }
 
 /// What one pass removed, by kind.
@@ -121,7 +122,10 @@ impl Pruner {
             report.failed = self.prune_failed(before).await?;
         }
         for other in &self.others {
-            report.others.push((other.name().to_owned(), other.prune(now_ms).await?));
+            match other.prune(now_ms).await {
+                Ok(n) => report.others.push((other.name().to_owned(), n)),
+                Err(e) => tracing::error!(kind = other.name(), error = %e, "retention of a registered kind failed"),
+            }
         }
         Ok(report)
     }

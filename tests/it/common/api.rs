@@ -37,6 +37,7 @@ pub fn state(provider: Provider, url: String, quotas: mimi_provider::quota::Quot
         registration: Registration::Open,
         peers: Arc::new(mimi_bridge::mimi_http::http::Peers::default()),
         quotas,
+        media: None,
     }
 }
 

@@ -8,7 +8,7 @@ use bridge_core::check;
 use bridge_core::repo::Repo;
 use bridge_core::retention::{Pruner, Retained, RetentionConfig};
 use mimi_provider::Provider;
-use mimi_store::{Backend, StoreError};
+use mimi_store::Backend;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,7 +22,7 @@ impl Retained for Blobs {
     fn name(&self) -> &str {
         "blobs"
     }
-    async fn prune(&self, now_ms: u64) -> Result<u64, StoreError> {
+    async fn prune(&self, now_ms: u64) -> Result<u64, String> {
         self.0.store(now_ms, Ordering::SeqCst);
         Ok(3)
     }
