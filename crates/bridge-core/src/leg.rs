@@ -108,6 +108,7 @@ pub(crate) fn spawn(
         high_water: 0,
         more: false,
         counted_from,
+        recording: None,
     };
     let span = tracing::info_span!("leg", leg = %w.leg);
     let task = tokio::spawn(w.run(rx).instrument(span));
@@ -130,6 +131,10 @@ struct Worker {
     /// Outbox entries below this sequence number were not counted by [`LegWorker::push`] ([`spawn`]); the worker
     /// counts them once when it starts.
     counted_from: u64,
+    /// The task waiting for the latest delivery record to be durable (group commit is FIFO: once it is, so are
+    /// all before it). The worker waits for it before it ends, so an unlink never reads an outbox entry whose
+    /// delivery is recorded but not yet written, and lists a delivered event as undeliverable.
+    recording: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Most outbox entries read into memory at once.
@@ -181,6 +186,9 @@ impl Worker {
             };
             let span = tracing::info_span!("deliver", message = %work.event.message_id, kind = work.event.kind.name());
             self.deliver(work).instrument(span).await;
+        }
+        if let Some(recording) = self.recording.take() {
+            let _ = recording.await;
         }
     }
 
@@ -306,11 +314,11 @@ impl Worker {
         // Group commit keeps FIFO order, so the next delivery need not wait for this fsync.
         let done = self.shared.store.commit_later(b);
         let leg = self.leg.clone();
-        tokio::spawn(async move {
+        self.recording = Some(tokio::spawn(async move {
             if let Ok(Err(e)) = done.await {
                 tracing::error!(leg = %leg, error = %e, "recording a delivery failed; it may be repeated after a restart");
             }
-        });
+        }));
     }
 
     async fn failed(&mut self, work: &LegWork, reason: &str) {
