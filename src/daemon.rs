@@ -106,6 +106,7 @@ impl Daemon {
         let (admin_stop, _) = watch::channel(false);
         let (mimi_addr, mimi_task, media) = serve_mimi(cfg, room.clone(), admin_stop.subscribe()).await?;
         pruner.register(Arc::new(crate::media::PrunedMedia(media.clone())));
+        room.set_media(media.clone());
 
         let token = match cfg.admin_token()? {
             Some(t) => t,

@@ -1,6 +1,7 @@
-//! `GET /media/v1/{token}/{name}`: a file of the media store, decrypted, as a download — never rendered by a
-//! browser in the daemon's origin (`Content-Disposition: attachment`, `nosniff`, a sandboxing CSP), and with a
+//! The media store's links. `GET /media/v1/{token}/{name}`: a file, decrypted, as a download — never rendered by
+//! a browser in the daemon's origin (`Content-Disposition: attachment`, `nosniff`, a sandboxing CSP), and with a
 //! media type from a short list of inert ones (anything else is `application/octet-stream`).
+//! `GET /media/v1/{token}`: the file as stored (AES-128-GCM ciphertext), which a MIMI external part points at.
 
 use super::Served;
 use axum::extract::{Path, State};
@@ -42,6 +43,26 @@ pub(super) async fn file(State(s): State<Served>, Path((token, _name)): Path<(St
             h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
             h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
+            r
+        }
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "serving a media file");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The ciphertext behind `token` (what a MIMI external part's `url` names).
+pub(super) async fn ciphertext(State(s): State<Served>, Path(token): Path<String>) -> Response {
+    let Some(media) = &s.media else { return StatusCode::NOT_FOUND.into_response() };
+    match media.ciphertext(&token).await {
+        Ok(Some(bytes)) => {
+            let mut r = bytes.into_response();
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
             r
         }
         Ok(None) => StatusCode::NOT_FOUND.into_response(),

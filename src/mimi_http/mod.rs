@@ -161,6 +161,7 @@ pub fn router(state: MimiState) -> Router {
         .route("/client/v1/submit/{*room}", post(client_api::submit))
         .route("/client/v1/messages/{*room}", get(client_api::messages))
         .route("/client/v1/invites", get(client_api::invites))
+        .route("/media/v1/{token}", get(media::ciphertext))
         .route("/media/v1/{token}/{name}", get(media::file))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(served)

@@ -39,6 +39,7 @@ use bridge_api::RouteError;
 use bridge_api::event::{MessageDraft, MessageStyle, Sender, TextFormat};
 use bridge_api::ids::{MessageId, PortalId};
 use mimi_content::builder::ContentBuilder;
+use mimi_content::model::{ExternalPart, MultiPart, PartSemantics};
 use mimi_content::{Disposition, Message, MimiContent, NestedPart, PartBody};
 use mimi_mls::{
     CommitOutput, EngineConfig, LeafPolicy, LegacySender, LocalMember, MlsBackend, MlsError, PortalGroup, Received,
@@ -60,7 +61,7 @@ const CURSOR: &str = "bridge";
 const EPOCH_RETRIES: usize = 3;
 
 /// A native member's message on its way to the router: room, log position, id, content.
-type Forward = (String, u64, MessageId, GroupMessage);
+type Forward = (String, u64, MessageId, GroupMessage, Vec<ExternalPart>);
 
 /// The name of a room's kept list ([`PortalGroup::process_and_keep`]) in the bridge's MLS storage.
 fn kept_list(room: &str) -> Vec<u8> {
@@ -105,6 +106,9 @@ pub struct MlsRooms {
     attached: std::sync::atomic::AtomicBool,
     /// Stops the forwarder to the router ([`MlsRooms::shutdown`]).
     stop: tokio::sync::watch::Sender<bool>,
+    /// The daemon's media store ([`MlsRooms::set_media`]): files travel to members as MIMI external parts, and
+    /// members' external parts reach other networks as its links.
+    media: Arc<std::sync::OnceLock<Arc<bridge_media::FileMediaStore>>>,
     me: Weak<MlsRooms>,
 }
 
@@ -144,6 +148,7 @@ impl MlsRooms {
             handed_on: Arc::default(),
             attached: std::sync::atomic::AtomicBool::new(false),
             stop: tokio::sync::watch::channel(false).0,
+            media: Arc::default(),
             me: me.clone(),
         })
     }
@@ -168,6 +173,13 @@ impl MlsRooms {
         &self.provider
     }
 
+    /// Sets the media store (once): attachments it holds go to members as MIMI external parts, and members'
+    /// external parts are fetched into it for other networks. Without one, attachments travel as links in the
+    /// text and members' external parts are reported as not bridged.
+    pub fn set_media(&self, media: Arc<bridge_media::FileMediaStore>) {
+        let _ = self.media.set(media);
+    }
+
     /// Connects the incoming path to the router (call once, after `RouterHandle::start`): messages from native
     /// members go to [`RouterHandle::from_group`] in log order.
     pub fn attach_router(&self, router: RouterHandle) {
@@ -177,16 +189,20 @@ impl MlsRooms {
         let mut stop = self.stop.subscribe();
         let rx = self.inbound_rx.lock().ok().and_then(|mut g| g.take());
         let handed_on = self.handed_on.clone();
+        let media = self.media.clone();
         if let Some(mut rx) = rx {
             tokio::spawn(async move {
                 loop {
-                    let (room, seq, id, msg) = tokio::select! {
+                    let (room, seq, id, mut msg, parts) = tokio::select! {
                         m = rx.recv() => match m {
                             Some(m) => m,
                             None => break,
                         },
                         _ = stop.wait_for(|s| *s) => break,
                     };
+                    if !parts.is_empty() {
+                        take_external_parts(media.get(), &mut msg, &parts).await;
+                    }
                     // A transient failure (store, room of record) is retried with backoff: the kept plaintext
                     // is dropped only once the router took the message or refused it for good.
                     let mut backoff = std::time::Duration::from_millis(100);
@@ -316,9 +332,9 @@ impl MlsRooms {
             if leaves.as_ref().is_some_and(|l| std::str::from_utf8(&k.sender_identity).is_ok_and(|u| l.contains(u))) {
                 continue;
             }
-            match decode_incoming(portal, &room, &k.sender_identity, &k.plaintext) {
-                Ok((id, msg)) => {
-                    let _ = self.inbound.send((room.clone(), k.seq, id, msg));
+            match decode_incoming_with_parts(portal, &room, &k.sender_identity, &k.plaintext) {
+                Ok((id, msg, parts)) => {
+                    let _ = self.inbound.send((room.clone(), k.seq, id, msg, parts));
                 }
                 Err(e) => tracing::debug!(portal = %portal, error = %e, "kept message discarded"),
             }
@@ -419,9 +435,9 @@ impl MlsRooms {
                 false
             }
             Ok(Received::Application { sender_identity, plaintext, .. }) => {
-                match decode_incoming(portal, &s.room, &sender_identity, &plaintext) {
-                    Ok((id, msg)) => {
-                        let _ = self.inbound.send((s.room.clone(), seq, id, msg));
+                match decode_incoming_with_parts(portal, &s.room, &sender_identity, &plaintext) {
+                    Ok((id, msg, parts)) => {
+                        let _ = self.inbound.send((s.room.clone(), seq, id, msg, parts));
                     }
                     Err(e) => tracing::warn!(portal = %portal, error = %e, "MIMI content discarded"),
                 }
@@ -569,7 +585,7 @@ impl RoomOfRecord for MlsRooms {
                 _ => None,
             };
             let sender = leaf.as_deref().unwrap_or(self.member.uri());
-            let content = encode_outgoing(msg, sender, &s.room, &domain)?;
+            let content = encode_outgoing_with(msg, sender, &s.room, &domain, self.media.get().map(|m| &**m))?;
             let id = content.message_id().map_err(|e| RoomError::Refused(e.to_string()))?;
             let id = MessageId::from_bytes(&id).map_err(|e| RoomError::Refused(e.to_string()))?;
             let encrypted = match &leaf {
@@ -599,14 +615,32 @@ impl RoomOfRecord for MlsRooms {
     }
 }
 
-/// The MIMI content of a portal message, sent from the bridge's leaf `bridge_uri`.
+/// The MIMI content of a portal message, sent from the bridge's leaf `bridge_uri`; attachments as links in the
+/// text.
 pub fn encode_outgoing(msg: &GroupMessage, bridge_uri: &str, room: &str, domain: &str) -> Result<Message, RoomError> {
+    encode_outgoing_with(msg, bridge_uri, room, domain, None)
+}
+
+/// [`encode_outgoing`], with the attachments `media` holds as MIMI external parts (the text, then each part, in
+/// a `processAll` multipart); other attachments as links in the text.
+pub fn encode_outgoing_with(
+    msg: &GroupMessage,
+    bridge_uri: &str,
+    room: &str,
+    domain: &str,
+    media: Option<&bridge_media::FileMediaStore>,
+) -> Result<Message, RoomError> {
     let refused = |e: &dyn std::fmt::Display| RoomError::Refused(e.to_string());
     let mut b = ContentBuilder::new(bridge_uri, room);
-    let text = |b: ContentBuilder, d: &MessageDraft| {
+    let mut parts = Vec::new();
+    let mut text = |b: ContentBuilder, d: &MessageDraft| {
         // MIMI has no emotes: an emote travels as "/me action", which native clients know to show as one.
         let mut body = if d.style == MessageStyle::Emote { format!("/me {}", d.body) } else { d.body.clone() };
         for a in &d.attachments {
+            if let Some(part) = media.and_then(|m| m.external_part(&a.url)) {
+                parts.push(part);
+                continue;
+            }
             if !body.is_empty() {
                 body.push('\n');
             }
@@ -631,6 +665,20 @@ pub fn encode_outgoing(msg: &GroupMessage, bridge_uri: &str, room: &str, domain:
         GroupContent::Unreact { replaces } => b.unreact(*replaces.as_bytes()),
     };
     let mut content = b.build().map_err(|e| refused(&e))?;
+    if !parts.is_empty() {
+        let text = std::mem::replace(&mut content.nested_part, NestedPart::single("text/plain", Vec::new()));
+        let mut all = vec![text];
+        all.extend(parts.into_iter().map(|p| NestedPart {
+            disposition: Disposition::Attachment,
+            language: String::new(),
+            body: PartBody::External(Box::new(p)),
+        }));
+        content.nested_part = NestedPart {
+            disposition: Disposition::Render,
+            language: String::new(),
+            body: PartBody::Multi(MultiPart { semantics: PartSemantics::ProcessAll, parts: all }),
+        };
+    }
     if let Some(user) = &msg.sender.legacy {
         LegacySender::from_user(user, domain).attach(&mut content.extensions).map_err(|e| refused(&e))?;
     }
@@ -676,6 +724,16 @@ pub fn decode_incoming(
     sender_identity: &[u8],
     plaintext: &[u8],
 ) -> Result<(MessageId, GroupMessage), IncomingError> {
+    decode_incoming_with_parts(portal, room, sender_identity, plaintext).map(|(id, msg, _)| (id, msg))
+}
+
+/// [`decode_incoming`], with the external parts (attachments) of the content, for [`take_external_parts`].
+pub fn decode_incoming_with_parts(
+    portal: &PortalId,
+    room: &str,
+    sender_identity: &[u8],
+    plaintext: &[u8],
+) -> Result<(MessageId, GroupMessage, Vec<ExternalPart>), IncomingError> {
     let msg = Message::decode(plaintext)?;
     mimi_content::validate(msg.content())?;
     let c: &MimiContent = msg.content();
@@ -711,5 +769,41 @@ pub fn decode_incoming(
         }
         (None, p) => GroupContent::Message { draft: draft(), in_reply_to: p.as_ref().map(to_id).transpose()? },
     };
-    Ok((id, GroupMessage { portal: portal.clone(), sender, content }))
+    let mut parts = Vec::new();
+    c.nested_part.walk(&mut |p| {
+        if let PartBody::External(e) = &p.body {
+            parts.push((**e).clone());
+        }
+    });
+    Ok((id, GroupMessage { portal: portal.clone(), sender, content }, parts))
+}
+
+/// Turns a member's external parts into attachments of `msg` other networks can open: each is fetched, checked
+/// and decrypted into `media`. One that cannot be is not dropped silently: the text says which and why.
+pub async fn take_external_parts(
+    media: Option<&Arc<bridge_media::FileMediaStore>>,
+    msg: &mut GroupMessage,
+    parts: &[ExternalPart],
+) {
+    let draft = match &mut msg.content {
+        GroupContent::Message { draft, .. } | GroupContent::Edit { draft, .. } => draft,
+        _ => return,
+    };
+    for part in parts {
+        let taken = match media {
+            Some(m) => m.import_part(part).await.map_err(|e| e.to_string()),
+            None => Err("this bridge keeps no media store".to_owned()),
+        };
+        match taken {
+            Ok(a) => draft.attachments.push(a),
+            Err(why) => {
+                let name = if part.filename.is_empty() { part.content_type.as_str() } else { part.filename.as_str() };
+                tracing::warn!(attachment = name, error = %why, "a member's attachment is not bridged");
+                if !draft.body.is_empty() {
+                    draft.body.push('\n');
+                }
+                draft.body.push_str(&format!("[attachment {name} not bridged: {why}]"));
+            }
+        }
+    }
 }

@@ -6,8 +6,10 @@
 //! TOKEN.json  its record: key, nonce, SHA-256 of TOKEN.bin, media type, file name, size, when it was stored
 //! ```
 //!
-//! `TOKEN` is 16 random bytes in hex: the link `PUBLIC_URL/media/v1/TOKEN/NAME` is unguessable, and it is the only
-//! way to a file (the daemon serves it decrypted, as a download). Both files are written to a temporary name,
+//! `TOKEN` is 16 random bytes in hex: the links are unguessable, and they are the only way to a file. The daemon
+//! serves `PUBLIC_URL/media/v1/TOKEN/NAME` decrypted, as a download (for networks without end-to-end encrypted
+//! files), and `PUBLIC_URL/media/v1/TOKEN` as stored (the ciphertext a MIMI external part points at: MLS members
+//! hold its key). Both files are written to a temporary name,
 //! synced and renamed, the record last: a crash leaves no record without its content. Files are private to the
 //! daemon's user (its umask). At most [`MediaConfig::max_bytes`] per file and [`MediaConfig::quota_bytes`] in
 //! all; [`FileMediaStore::prune`] removes what is older than [`MediaConfig::retention`].
@@ -129,6 +131,74 @@ impl FileMediaStore {
     /// The link of a file.
     fn link(&self, token: &str, filename: Option<&str>) -> String {
         format!("{}/media/v1/{token}/{}", self.config.public_url.trim_end_matches('/'), safe_name(filename))
+    }
+
+    /// The link of a file's ciphertext (a MIMI external part's `url`).
+    fn cipher_link(&self, token: &str) -> String {
+        format!("{}/media/v1/{token}", self.config.public_url.trim_end_matches('/'))
+    }
+
+    fn record(&self, token: &str) -> Result<Option<Record>, MediaError> {
+        match std::fs::read(self.config.dir.join(format!("{token}.json"))) {
+            Ok(v) => serde_json::from_slice(&v).map(Some).map_err(io),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// The MIMI external part of a file this store holds, by either of its links (`None` if it is not ours or
+    /// is gone): the ciphertext link with the key, nonce and hash members need to fetch, check and decrypt it.
+    pub fn external_part(&self, url: &str) -> Option<mimi_content::model::ExternalPart> {
+        let token = self.token_of(url)?;
+        let r = self.record(token).ok()??;
+        let size = std::fs::metadata(self.config.dir.join(format!("{token}.bin"))).ok()?.len();
+        Some(mimi_content::model::ExternalPart {
+            content_type: r.media_type,
+            url: self.cipher_link(token),
+            expires: 0,
+            size,
+            enc_alg: mimi_content::model::EncAlg::AES_128_GCM,
+            key: hex::decode(&r.key).ok()?,
+            nonce: hex::decode(&r.nonce).ok()?,
+            aad: Vec::new(),
+            hash_alg: mimi_content::model::HashAlg::Sha256,
+            content_hash: hex::decode(&r.sha256).ok()?,
+            description: String::new(),
+            filename: r.filename.unwrap_or_default(),
+        })
+    }
+
+    /// The stored ciphertext behind `token` (`None` if there is none).
+    pub async fn ciphertext(&self, token: &str) -> Result<Option<Vec<u8>>, MediaError> {
+        if !is_token(token) {
+            return Ok(None);
+        }
+        match tokio::fs::read(self.config.dir.join(format!("{token}.bin"))).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Takes a file a MIMI member sent as an external part: fetched (from this store if the link is ours, else
+    /// with the [`Fetcher`]'s guards), checked against its size and hash, decrypted, and kept as a new file — an
+    /// attachment other networks can open.
+    pub async fn import_part(&self, part: &mimi_content::model::ExternalPart) -> Result<Attachment, MediaError> {
+        // The ciphertext is the content plus a 16-byte tag at most; a part claiming more is refused before fetching.
+        let limit = self.config.max_bytes + 16;
+        let ciphertext = match self.token_of(&part.url) {
+            Some(token) => self.ciphertext(token).await?.ok_or_else(|| io("the linked file is gone"))?,
+            None => {
+                self.fetcher
+                    .fetch(&part.url, limit)
+                    .await
+                    .map_err(|e| io(format!("fetching the attachment: {e}")))?
+                    .bytes
+            }
+        };
+        let plaintext = mimi_content::attachment::verify_and_decrypt(part, &ciphertext).map_err(io)?;
+        let name = (!part.filename.is_empty()).then_some(part.filename.as_str());
+        self.put(plaintext, &part.content_type, name).await
     }
 
     /// The token of one of our links.

@@ -381,3 +381,84 @@ async fn the_bridge_and_its_leaves_update_their_keys() {
     assert_eq!(delivered.len(), 1, "{delivered:?}");
     b.router.shutdown().await;
 }
+
+/// A media store for the bridge at `dir`, its links under `https://bridge.test`.
+fn media_store(dir: &Path) -> Arc<bridge_media::FileMediaStore> {
+    let config = bridge_media::MediaConfig {
+        dir: dir.to_path_buf(),
+        public_url: "https://bridge.test".into(),
+        max_bytes: 1 << 20,
+        quota_bytes: 1 << 24,
+        retention: None,
+    };
+    let fetcher = bridge_media::fetch::Fetcher::new(rustls::RootCertStore::empty(), false).expect("fetcher");
+    Arc::new(bridge_media::FileMediaStore::open(config, fetcher).expect("media store"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_travel_to_members_as_encrypted_external_parts_and_back_as_links() {
+    use bridge_api::event::{InboundKind, MessageDraft};
+    use bridge_api::media::MediaStore;
+    let (client_dir, media_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let b = Bridge::start(MlsIdentity::Shared, None).await;
+    let media = media_store(media_dir.path());
+    b.room_of_record.set_media(media.clone());
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    assert_eq!(b.wait_members(2).await.len(), 2);
+
+    // Legacy → MLS: a file the IRC side's connector put in the store reaches the member as an external part
+    // (the text, then the part), whose ciphertext decrypts to the file.
+    let mut draft = MessageDraft::plain("a picture");
+    draft.attachments.push(media.put(b"\x89PNG pixels".to_vec(), "image/png", Some("cat.png")).await.expect("put"));
+    b.net.say_with_id("#rust", "bob", "lb-pic", InboundKind::Message { draft, reply_to: None }).await.expect("bridged");
+    let (_, m) = alice.next(&provider, &room).await;
+    let mut parts = Vec::new();
+    m.content().nested_part.walk(&mut |p| parts.push(p.body.clone()));
+    let external = parts
+        .iter()
+        .find_map(|p| match p {
+            PartBody::External(e) => Some(e.clone()),
+            _ => None,
+        })
+        .expect("an external part");
+    assert!(parts.iter().any(|p| matches!(p, PartBody::Single(s) if s.content == b"a picture")), "{parts:?}");
+    assert_eq!((external.content_type.as_str(), external.filename.as_str()), ("image/png", "cat.png"));
+    let token = external.url.strip_prefix("https://bridge.test/media/v1/").expect("a ciphertext link");
+    let ciphertext = media.ciphertext(token).await.expect("read").expect("stored");
+    assert_ne!(ciphertext, b"\x89PNG pixels", "encrypted");
+    let plain = mimi_content::attachment::verify_and_decrypt(&external, &ciphertext).expect("decrypts");
+    assert_eq!(plain, b"\x89PNG pixels");
+
+    // MLS → legacy: the member sends the same part back with a line; the leg gets a link the daemon serves, and
+    // a part that cannot be fetched is reported in the text, not dropped.
+    let mut unreachable = (*external).clone();
+    unreachable.url = "https://127.0.0.1:9/secret".into();
+    unreachable.filename = "lost.png".into();
+    let mut content = ContentBuilder::new(&alice.uri, &room).plain_text("back to you").build().expect("content");
+    let text_part = std::mem::replace(&mut content.nested_part, mimi_content::NestedPart::single("text/plain", ""));
+    let attach = |e: mimi_content::model::ExternalPart| mimi_content::NestedPart {
+        disposition: mimi_content::Disposition::Attachment,
+        language: String::new(),
+        body: PartBody::External(Box::new(e)),
+    };
+    content.nested_part = mimi_content::NestedPart {
+        disposition: mimi_content::Disposition::Render,
+        language: String::new(),
+        body: PartBody::Multi(mimi_content::model::MultiPart {
+            semantics: mimi_content::model::PartSemantics::ProcessAll,
+            parts: vec![text_part, attach((*external).clone()), attach(unreachable)],
+        }),
+    };
+    let msg = Message::encode(content).expect("encode");
+    let ct = MlsMessageBytes::new(alice.group.encrypt(msg.bytes()).durable().await.expect("encrypt")).expect("framed");
+    provider.submit(&room, ct, &alice.uri, Origin::Client(alice.uri.clone())).await.expect("hub accepts");
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    let OutboundKind::Message { draft, .. } = &delivered[0].kind else { panic!("{:?}", delivered[0].kind) };
+    assert!(draft.body.starts_with("back to you\n[attachment lost.png not bridged: "), "{}", draft.body);
+    assert_eq!(draft.attachments.len(), 1, "{draft:?}");
+    let a = &draft.attachments[0];
+    assert_eq!((a.media_type.as_str(), a.filename.as_deref()), ("image/png", Some("cat.png")));
+    assert_eq!(media.get(&a.url).await.expect("get"), Some((b"\x89PNG pixels".to_vec(), "image/png".to_owned())));
+    b.router.shutdown().await;
+}
