@@ -4,10 +4,13 @@
 //! an error that says how to install it — tests fail loudly, they never skip. Each server is stopped (killed) and
 //! its temp dir removed when its handle is dropped.
 //!
-//! Available: [`Ngircd`] (IRC), and [`pki`] (test CAs and certificates). Prosody and Synapse follow with their
-//! connectors.
+//! Available: [`Ngircd`] (IRC), [`Synapse`] (Matrix), and [`pki`] (test CAs and certificates). Prosody follows
+//! with its connector.
 
 pub mod pki;
+pub mod synapse;
+
+pub use synapse::{MatrixUser, Synapse, SynapseOptions};
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
