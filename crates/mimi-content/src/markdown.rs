@@ -7,7 +7,7 @@
 //! * [`to_plain_text`]: for IRC and other plain-text networks.
 //! * [`to_html`]: safe HTML (raw HTML is escaped, only safe link schemes).
 //! * [`plain_to_markdown`]: escapes plain text so it renders literally.
-//! * [`mention_link`] / [`mentions`]: `[@Name](mimi://…/u/…)` links.
+//! * [`mention_link`] / [`mentions`]: `[@Name](mimi://…/u/…)` links; [`push_link_destination`] for other links.
 
 use pulldown_cmark::{CowStr, Event, LinkType, Options, Parser, Tag, TagEnd, html};
 
@@ -249,7 +249,15 @@ pub fn mention_link(display: &str, user_uri: &str) -> String {
     let mut out = String::from("[@");
     escape_inline(&display.replace(['\n', '\r'], " "), &mut out);
     out.push_str("](");
-    for c in user_uri.chars() {
+    push_link_destination(user_uri, &mut out);
+    out.push(')');
+    out
+}
+
+/// Writes `url` as an inline link destination that markdown reads back as `url`: the characters that would end
+/// or change it (blank, parentheses, angle brackets, backslash) are percent-encoded, control characters dropped.
+pub fn push_link_destination(url: &str, out: &mut String) {
+    for c in url.chars() {
         match c {
             ' ' => out.push_str("%20"),
             '(' => out.push_str("%28"),
@@ -261,8 +269,6 @@ pub fn mention_link(display: &str, user_uri: &str) -> String {
             c => out.push(c),
         }
     }
-    out.push(')');
-    out
 }
 
 /// The mentions in a markdown text: (link text, target URI) for every link

@@ -1,0 +1,188 @@
+//! Matrix timeline events → core events (sans-IO).
+//!
+//! | Matrix | core |
+//! |---|---|
+//! | `m.room.message` `m.text` / `m.notice` / `m.emote` | `Message` (style normal / notice / emote) |
+//! | … with `m.relates_to.m.in_reply_to` | `Message` with `reply_to` (plain reply fallback stripped) |
+//! | … with `rel_type: m.replace` | `Edit` of the original, with `m.new_content` |
+//! | `m.reaction` (`m.annotation`) | `ReactionAdd` |
+//! | `m.room.redaction` | `Delete` (of a message or a reaction: the core tells them apart) |
+//! | `m.room.member` | `Membership` (join, leave, kick, ban), display names on the sender |
+//!
+//! `formatted_body` becomes MIMI markdown ([`crate::format::html_to_markdown`]); user pills and `m.mentions`
+//! become `mimi://` user links. Events of the bridge's own users are marked `from_bridge`.
+
+use crate::format;
+use crate::translate::Translator;
+use bridge_api::event::{Membership, MessageDraft, MessageStyle};
+use bridge_api::{InboundEvent, InboundKind, LegId, LegacyUser, NativeId};
+use mimi_content::markdown;
+use ruma::events::room::member::{MembershipState, RoomMemberEvent};
+use ruma::events::room::message::{MessageFormat, MessageType, Relation, RoomMessageEvent};
+use ruma::events::{AnyMessageLikeEvent, AnyStateEvent, AnyTimelineEvent, Mentions};
+
+/// Why an event gives no core event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skipped {
+    /// Nothing to bridge (state other than membership, an invite, a display-name-only change…).
+    #[error("not bridged: {0}")]
+    Ignored(&'static str),
+    /// A kind of content this connector does not bridge (yet): media, locations…
+    #[error("unsupported content: {0}")]
+    Unsupported(String),
+    /// The room id is not a valid leg name.
+    #[error("bad room id: {0}")]
+    BadRoom(String),
+}
+
+impl Translator {
+    /// Translates one timeline event. `sender_name` is the sender's display name in the room, if known.
+    pub fn inbound(&self, event: &AnyTimelineEvent, sender_name: Option<&str>) -> Result<InboundEvent, Skipped> {
+        let leg =
+            LegId::new(self.account.clone(), event.room_id().as_str()).map_err(|e| Skipped::BadRoom(e.to_string()))?;
+        let mut sender = event.sender().as_str();
+        let mut name = sender_name.map(str::to_owned);
+        let kind = match event {
+            AnyTimelineEvent::MessageLike(AnyMessageLikeEvent::RoomMessage(RoomMessageEvent::Original(m))) => {
+                self.message_kind(&m.content.msgtype, m.content.relates_to.as_ref(), m.content.mentions.as_ref())?
+            }
+            AnyTimelineEvent::MessageLike(AnyMessageLikeEvent::Reaction(r)) => {
+                let r = r.as_original().ok_or(Skipped::Ignored("redacted reaction"))?;
+                let a = &r.content.relates_to;
+                InboundKind::ReactionAdd { target: NativeId(a.event_id.to_string()), key: a.key.clone() }
+            }
+            AnyTimelineEvent::MessageLike(AnyMessageLikeEvent::RoomRedaction(r)) => {
+                let r = r.as_original().ok_or(Skipped::Ignored("redacted redaction"))?;
+                let target = r.redacts.as_ref().or(r.content.redacts.as_ref()).ok_or(Skipped::Ignored("no target"))?;
+                InboundKind::Delete { target: NativeId(target.to_string()) }
+            }
+            AnyTimelineEvent::State(AnyStateEvent::RoomMember(RoomMemberEvent::Original(m))) => {
+                sender = m.state_key.as_str();
+                let prev = m.unsigned.prev_content.as_ref();
+                let was_joined = prev.is_some_and(|p| p.membership == MembershipState::Join);
+                let change = match &m.content.membership {
+                    MembershipState::Join => {
+                        let old_name = prev.and_then(|p| p.displayname.as_deref());
+                        if was_joined && old_name == m.content.displayname.as_deref() {
+                            return Err(Skipped::Ignored("profile change"));
+                        }
+                        name = m.content.displayname.clone().or(name);
+                        Membership::Join
+                    }
+                    MembershipState::Leave if m.sender == m.state_key => Membership::Leave,
+                    MembershipState::Leave if was_joined => Membership::Kick,
+                    MembershipState::Ban => Membership::Ban,
+                    _ => return Err(Skipped::Ignored("invite, knock or rejection")),
+                };
+                if name.is_none() {
+                    name = prev.and_then(|p| p.displayname.clone());
+                }
+                InboundKind::Membership { change }
+            }
+            AnyTimelineEvent::MessageLike(AnyMessageLikeEvent::RoomMessage(_)) => {
+                return Err(Skipped::Ignored("redacted message"));
+            }
+            _ => return Err(Skipped::Ignored("event type")),
+        };
+        Ok(InboundEvent {
+            leg,
+            sender: LegacyUser { account: self.account.clone(), native_id: sender.to_owned(), display_name: name },
+            native_id: Some(NativeId(event.event_id().to_string())),
+            from_bridge: self.is_bridge_user(sender),
+            kind,
+        })
+    }
+
+    /// A message, reply or edit.
+    fn message_kind<C: HasMsgtype>(
+        &self,
+        msgtype: &MessageType,
+        relation: Option<&Relation<C>>,
+        mentions: Option<&Mentions>,
+    ) -> Result<InboundKind, Skipped> {
+        Ok(match relation {
+            Some(Relation::Replacement(r)) => InboundKind::Edit {
+                target: NativeId(r.event_id.to_string()),
+                draft: self.draft(r.new_content.msgtype(), r.new_content.mentions().or(mentions), false)?,
+            },
+            Some(Relation::Reply(r)) => InboundKind::Message {
+                draft: self.draft(msgtype, mentions, true)?,
+                reply_to: Some(NativeId(r.in_reply_to.event_id.to_string())),
+            },
+            Some(Relation::Thread(t)) => {
+                let parent = t.in_reply_to.as_ref().filter(|_| !t.is_falling_back).map_or(&t.event_id, |r| &r.event_id);
+                InboundKind::Message {
+                    draft: self.draft(msgtype, mentions, true)?,
+                    reply_to: Some(NativeId(parent.to_string())),
+                }
+            }
+            _ => InboundKind::Message { draft: self.draft(msgtype, mentions, false)?, reply_to: None },
+        })
+    }
+
+    /// The content of a text, notice or emote.
+    fn draft(&self, msgtype: &MessageType, mentions: Option<&Mentions>, reply: bool) -> Result<MessageDraft, Skipped> {
+        let (style, body, formatted) = match msgtype {
+            MessageType::Text(t) => (MessageStyle::Normal, &t.body, t.formatted.as_ref()),
+            MessageType::Notice(n) => (MessageStyle::Notice, &n.body, n.formatted.as_ref()),
+            MessageType::Emote(e) => (MessageStyle::Emote, &e.body, e.formatted.as_ref()),
+            other => return Err(Skipped::Unsupported(other.msgtype().to_owned())),
+        };
+        let body = if reply { strip_plain_reply_fallback(body) } else { body.as_str() };
+        let html = formatted.filter(|f| f.format == MessageFormat::Html).map(|f| f.body.as_str());
+        let unlinked: Vec<&str> = mentions
+            .map(|m| m.user_ids.iter().map(|u| u.as_str()).filter(|u| !html.is_some_and(|h| h.contains(*u))).collect())
+            .unwrap_or_default();
+        let draft = match html {
+            Some(html) => MessageDraft::markdown(format::html_to_markdown(html, &|u| self.user_uri(u))),
+            None if unlinked.iter().any(|u| body.contains(u)) => {
+                // A plain body with `m.mentions`: the user ids written in it become user links.
+                let mut md = markdown::plain_to_markdown(body);
+                for user in &unlinked {
+                    let escaped = markdown::plain_to_markdown(user);
+                    md = md
+                        .replace(&escaped, &markdown::mention_link(user.trim_start_matches('@'), &self.user_uri(user)));
+                }
+                MessageDraft::markdown(md)
+            }
+            None => MessageDraft::plain(body),
+        };
+        Ok(MessageDraft { style, ..draft })
+    }
+}
+
+/// Access to the content of `m.new_content` and of a whole message alike.
+pub trait HasMsgtype {
+    /// The message type and its content.
+    fn msgtype(&self) -> &MessageType;
+    /// The mentions.
+    fn mentions(&self) -> Option<&Mentions>;
+}
+
+impl HasMsgtype for ruma::events::room::message::RoomMessageEventContentWithoutRelation {
+    fn msgtype(&self) -> &MessageType {
+        &self.msgtype
+    }
+    fn mentions(&self) -> Option<&Mentions> {
+        self.mentions.as_ref()
+    }
+}
+
+/// Removes a plain-text reply fallback (`> <@user:server> quoted` lines and the blank line after them).
+fn strip_plain_reply_fallback(body: &str) -> &str {
+    if !body.starts_with("> <") {
+        return body;
+    }
+    let mut rest = body;
+    while let Some(line_end) = rest.strip_prefix('>').and_then(|_| rest.find('\n')) {
+        rest = &rest[line_end + 1..];
+    }
+    if rest.starts_with('>') {
+        return body; // all quote, no answer: keep it as written
+    }
+    rest.strip_prefix('\n').unwrap_or(rest)
+}
+
+#[cfg(test)]
+#[path = "inbound_tests.rs"]
+mod tests;

@@ -1,0 +1,212 @@
+//! Core events → Matrix client-server API calls (sans-IO): what to send, as which ghost, with which transaction id.
+//!
+//! | core | Matrix |
+//! |---|---|
+//! | `Message` (normal / notice / emote) | `m.room.message` `m.text` / `m.notice` / `m.emote` |
+//! | … with a parent delivered here | `m.relates_to.m.in_reply_to` (no reply fallback: removed in Matrix v1.13) |
+//! | … with a parent not delivered here | the parent quoted above the text |
+//! | `Edit` | `m.replace` with `m.new_content` (a `* ` message when the original is not here) |
+//! | `Delete` | redaction |
+//! | `ReactionAdd` / `ReactionRemove` | `m.reaction` (`m.annotation`) / redaction of it |
+//! | `Membership` | the ghost joins / leaves |
+//! | `Typing` | typing notification |
+//!
+//! Markdown becomes `formatted_body` with [`crate::format::markdown_to_html`] (raw HTML escaped); `mimi://` user
+//! links become pills and `m.mentions`. Transaction ids are the core's [`bridge_api::TxnId`], derived from the MIMI
+//! message id and the leg, so a retried send is the same Matrix transaction.
+
+use crate::format;
+use crate::translate::Translator;
+use bridge_api::event::{Membership, MessageDraft, MessageStyle, ParentRef, TextFormat};
+use bridge_api::{OutboundEvent, OutboundKind};
+use mimi_content::markdown;
+use serde_json::{Value, json};
+
+/// One client-server API call, made as the ghost `as_user` (`?user_id=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatrixAction {
+    /// `PUT /rooms/{room}/send/{event_type}/{txn_id}`.
+    Send {
+        /// The room id.
+        room: String,
+        /// The ghost sending it.
+        as_user: String,
+        /// `m.room.message` or `m.reaction`.
+        event_type: &'static str,
+        /// The transaction id (stable across retries).
+        txn_id: String,
+        /// The event content.
+        content: Value,
+    },
+    /// `PUT /rooms/{room}/redact/{event_id}/{txn_id}`.
+    Redact {
+        /// The room id.
+        room: String,
+        /// The ghost redacting.
+        as_user: String,
+        /// The event removed.
+        event_id: String,
+        /// The transaction id.
+        txn_id: String,
+    },
+    /// Make sure the ghost exists, has `display_name`, and is in the room.
+    Join {
+        /// The room id.
+        room: String,
+        /// The ghost.
+        as_user: String,
+        /// The name to show.
+        display_name: String,
+    },
+    /// The ghost leaves the room.
+    Leave {
+        /// The room id.
+        room: String,
+        /// The ghost.
+        as_user: String,
+    },
+    /// `PUT /rooms/{room}/typing/{as_user}`.
+    Typing {
+        /// The room id.
+        room: String,
+        /// The ghost.
+        as_user: String,
+        /// Typing or not.
+        active: bool,
+    },
+}
+
+/// Why a core event cannot be performed on Matrix (never will be).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboundError {
+    /// The sender can have no ghost.
+    #[error(transparent)]
+    Ghost(#[from] crate::ghost::GhostError),
+    /// Attachments need the media store, which this connector does not have yet.
+    #[error("attachments are not bridged to Matrix yet")]
+    Attachments,
+}
+
+impl Translator {
+    /// The calls that perform `ev`, in order. Empty when there is nothing to do on Matrix (a reaction to, or the
+    /// deletion of, a message that was never delivered here).
+    pub fn outbound(&self, ev: &OutboundEvent) -> Result<Vec<MatrixAction>, OutboundError> {
+        let room = ev.leg.room.clone();
+        let as_user = self.ghosts.user_id(&ev.sender.uri)?;
+        let txn_id = ev.txn_id.0.clone();
+        let send = |event_type, content| MatrixAction::Send {
+            room: room.clone(),
+            as_user: as_user.clone(),
+            event_type,
+            txn_id: txn_id.clone(),
+            content,
+        };
+        let redact = |event_id: &str| MatrixAction::Redact {
+            room: room.clone(),
+            as_user: as_user.clone(),
+            event_id: event_id.to_owned(),
+            txn_id: txn_id.clone(),
+        };
+        Ok(match &ev.kind {
+            OutboundKind::Message { draft, reply_to } => {
+                let (draft, parent) = match reply_to {
+                    Some(ParentRef { native_id: Some(id), .. }) => (draft.clone(), Some(id.0.as_str())),
+                    Some(p) => (quoted(p, draft), None),
+                    None => (draft.clone(), None),
+                };
+                let mut content = self.content(&draft)?;
+                if let Some(parent) = parent {
+                    content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": parent}});
+                }
+                vec![send("m.room.message", content)]
+            }
+            OutboundKind::Edit { target, draft } => {
+                let new_content = self.content(draft)?;
+                let mut content = new_content.clone();
+                prefix_body(&mut content, "* ");
+                if let Some(id) = &target.native_id {
+                    content["m.new_content"] = new_content;
+                    content["m.relates_to"] = json!({"rel_type": "m.replace", "event_id": id.0});
+                    // Mentions of the edit itself notify no one again.
+                    content["m.mentions"] = json!({});
+                }
+                vec![send("m.room.message", content)]
+            }
+            OutboundKind::Delete { target } => target.native_id.iter().map(|id| redact(&id.0)).collect(),
+            OutboundKind::ReactionAdd { target, key, .. } => match &target.native_id {
+                Some(id) => vec![send(
+                    "m.reaction",
+                    json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": id.0, "key": key}}),
+                )],
+                None => Vec::new(),
+            },
+            OutboundKind::ReactionRemove { reaction_native_id, .. } => {
+                reaction_native_id.iter().map(|id| redact(&id.0)).collect()
+            }
+            OutboundKind::Membership { change: Membership::Join } => {
+                vec![MatrixAction::Join { room, as_user, display_name: ev.sender.display_name.clone() }]
+            }
+            OutboundKind::Membership { .. } => vec![MatrixAction::Leave { room, as_user }],
+            OutboundKind::Typing { active } => vec![MatrixAction::Typing { room, as_user, active: *active }],
+        })
+    }
+
+    /// The `m.room.message` content of a draft.
+    fn content(&self, draft: &MessageDraft) -> Result<Value, OutboundError> {
+        if !draft.attachments.is_empty() {
+            return Err(OutboundError::Attachments);
+        }
+        let msgtype = match draft.style {
+            MessageStyle::Normal => "m.text",
+            MessageStyle::Emote => "m.emote",
+            MessageStyle::Notice => "m.notice",
+        };
+        let mut content = json!({"msgtype": msgtype, "m.mentions": {}});
+        match draft.format {
+            TextFormat::Plain => content["body"] = json!(draft.body),
+            TextFormat::Markdown => {
+                let md = markdown::sanitize_gfm_mimi(&draft.body);
+                content["body"] = json!(markdown::to_plain_text(&md));
+                let mut users: Vec<String> =
+                    markdown::mentions(&md).iter().filter_map(|(_, uri)| self.matrix_user(uri)).collect();
+                users.sort();
+                users.dedup();
+                if !users.is_empty() {
+                    content["m.mentions"] = json!({"user_ids": users});
+                }
+                if !format::is_plain(&md) {
+                    content["format"] = json!("org.matrix.custom.html");
+                    content["formatted_body"] = json!(format::markdown_to_html(&md, &|uri| self.matrix_user(uri)));
+                }
+            }
+        }
+        Ok(content)
+    }
+}
+
+/// A reply whose parent is not in this room: the parent quoted above the text.
+fn quoted(parent: &ParentRef, draft: &MessageDraft) -> MessageDraft {
+    let body = match draft.format {
+        TextFormat::Plain => markdown::plain_to_markdown(&draft.body),
+        TextFormat::Markdown => draft.body.clone(),
+    };
+    let quote = format!(
+        "> **{}**: {}\n\n{body}",
+        markdown::plain_to_markdown(&parent.sender_name),
+        markdown::plain_to_markdown(&parent.excerpt)
+    );
+    MessageDraft { body: quote, format: TextFormat::Markdown, ..draft.clone() }
+}
+
+/// Prefixes `body` and `formatted_body` (an edit's fallback for clients without edits).
+fn prefix_body(content: &mut Value, prefix: &str) {
+    for key in ["body", "formatted_body"] {
+        if let Some(text) = content[key].as_str() {
+            content[key] = json!(format!("{prefix}{text}"));
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "outbound_tests.rs"]
+mod tests;
