@@ -1,18 +1,115 @@
-//! The Matrix connector.
+//! The Matrix connector: an application service with ghost users.
 //!
 //! * Translation, sans-IO (no sockets, no tokio; unit-tested on event JSON): [`inbound`] (Matrix events → core
 //!   events), [`outbound`] (core events → client-server API calls), [`format`] (Matrix HTML ⇄ MIMI markdown),
 //!   [`ghost`] (ghost user ids), [`translate`] (who is who).
+//! * Appservice mode (IO shell): [`server`] (the appservice API the homeserver calls, an axum router),
+//!   [`homeserver`] (client-server calls as ghosts), [`account`] (the [`bridge_api::Account`]), [`registration`]
+//!   (the registration file), [`config`] (`[matrix.NAME]`).
 //!
-//! Appservice mode (the IO shell) builds on these.
+//! The appservice API is served on a listener of its own, by the function the daemon gives
+//! [`MatrixConnector::new`] (its bounded listener: connection caps, timeouts).
 
+pub mod account;
+pub mod config;
 pub mod format;
 pub mod ghost;
+pub mod homeserver;
 pub mod inbound;
 pub mod outbound;
+pub mod registration;
+pub mod server;
 pub mod translate;
 
+pub use config::{Config, Mode};
 pub use ghost::{GhostError, GhostNames};
 pub use inbound::Skipped;
 pub use outbound::{MatrixAction, OutboundError};
 pub use translate::Translator;
+
+use async_trait::async_trait;
+use bridge_api::capability::{Feature, Grade, Limits};
+use bridge_api::{Account, AccountContext, AccountId, Capabilities, Connector, ConnectorError, Health};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A future the serving function runs (and the shutdown signal it is given).
+pub type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves an axum router on a bound listener until the shutdown future resolves.
+pub type Serve = Arc<dyn Fn(tokio::net::TcpListener, axum::Router, ServeFuture) -> ServeFuture + Send + Sync>;
+
+/// The Matrix network kind.
+pub struct MatrixConnector {
+    serve: Serve,
+}
+
+impl MatrixConnector {
+    /// A connector whose appservice listeners are served by `serve` (the daemon passes its bounded listener).
+    pub fn new(serve: Serve) -> Self {
+        Self { serve }
+    }
+
+    /// A connector serving with plain `axum::serve` (for tests of the connector on its own).
+    pub fn with_axum_serve() -> Self {
+        Self::new(Arc::new(|tcp, app, stop| {
+            Box::pin(async move {
+                if let Err(e) = axum::serve(tcp, app).with_graceful_shutdown(stop).await {
+                    tracing::warn!(error = %e, "appservice listener failed");
+                }
+            })
+        }))
+    }
+}
+
+/// What an appservice account carries: everything Matrix has natively except media (not bridged yet).
+pub fn capabilities() -> Capabilities {
+    Capabilities::all(Grade::Full).with(Feature::Attachments, Grade::Unsupported).with_limits(Limits {
+        max_text_bytes: Some(32 * 1024),
+        max_lines: None,
+        max_attachment_bytes: None,
+    })
+}
+
+#[async_trait]
+impl Connector for MatrixConnector {
+    type Config = Config;
+
+    fn network(&self) -> &'static str {
+        "matrix"
+    }
+
+    fn capabilities(&self, _config: &Config) -> Capabilities {
+        capabilities()
+    }
+
+    fn secret_keys(&self) -> &'static [&'static str] {
+        &["as_token", "hs_token"]
+    }
+
+    fn validate(&self, id: &AccountId, config: &Config) -> Result<(), ConnectorError> {
+        config.check().map_err(|reason| ConnectorError::Config { account: id.clone(), reason })
+    }
+
+    async fn start(
+        &self,
+        id: AccountId,
+        config: Config,
+        ctx: AccountContext,
+    ) -> Result<Arc<dyn Account>, ConnectorError> {
+        let listen = config.listen;
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| ConnectorError::Config { account: id.clone(), reason: format!("`listen` {listen}: {e}") })?;
+        let hs_token = config.hs_token.clone();
+        let account = account::MatrixAccount::start(id.clone(), config, ctx, capabilities())
+            .map_err(|reason| ConnectorError::Config { account: id, reason })?;
+        let mut health = account.health();
+        let stop: ServeFuture = Box::pin(async move {
+            let _ = health.wait_for(|h| *h == Health::Stopped).await;
+        });
+        tokio::spawn((self.serve)(tcp, server::router(&hs_token, account.transactions()), stop));
+        Ok(Arc::new(account))
+    }
+}

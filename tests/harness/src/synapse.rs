@@ -29,6 +29,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct SynapseOptions {
     /// Appservice registration files (YAML) to load (`app_service_config_files`).
     pub appservice_registrations: Vec<PathBuf>,
+    /// The server name; `hsPORT.test` if unset (set it when a registration's namespace must name it).
+    pub server_name: Option<String>,
 }
 
 /// A registered test user.
@@ -48,6 +50,8 @@ pub struct Synapse {
     pub server_name: String,
     shared_secret: String,
     child: Child,
+    python: PathBuf,
+    conf: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -63,7 +67,7 @@ impl Synapse {
         let python = venv_python()?;
         let dir = tempfile::tempdir().map_err(|e| HarnessError(format!("tempdir: {e}")))?;
         let port = free_port()?;
-        let server_name = format!("hs{port}.test");
+        let server_name = opts.server_name.clone().unwrap_or_else(|| format!("hs{port}.test"));
         let shared_secret = format!("test-shared-secret-{port}");
         let conf_path = dir.path().join("homeserver.yaml");
         let conf = config(dir.path(), port, &server_name, &shared_secret, &opts);
@@ -82,20 +86,23 @@ impl Synapse {
                 String::from_utf8_lossy(&generate.stderr)
             )));
         }
-        let log_file = std::fs::File::create(&log).map_err(|e| HarnessError(e.to_string()))?;
-        let log_err = log_file.try_clone().map_err(|e| HarnessError(e.to_string()))?;
-        let child = Command::new(&python)
-            .args(["-m", "synapse.app.homeserver", "-c"])
-            .arg(&conf_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| HarnessError(format!("cannot start synapse: {e}")))?;
-        let mut server = Self { port, server_name, shared_secret, child, log, _dir: dir };
+        let child = spawn(&python, &conf_path, dir.path(), &log)?;
+        let mut server = Self { port, server_name, shared_secret, child, python, conf: conf_path, log, _dir: dir };
         server.wait_ready()?;
         Ok(server)
+    }
+
+    /// Kills the server and starts it again on the same port with the same database; returns once it answers.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        self.child = spawn(&self.python, &self.conf, self._dir.path(), &self.log)?;
+        self.wait_ready()
+    }
+
+    /// Kills the server (for outage tests); [`Synapse::restart`] brings it back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// `http://127.0.0.1:PORT`, the homeserver URL clients and the bridge use.
@@ -167,9 +174,27 @@ impl Synapse {
 
 impl Drop for Synapse {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// Starts the homeserver process with `conf`, its output appended to `log`.
+fn spawn(python: &Path, conf: &Path, dir: &Path, log: &Path) -> Result<Child, HarnessError> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| HarnessError(format!("synapse log: {e}")))?;
+    let log_err = log_file.try_clone().map_err(|e| HarnessError(e.to_string()))?;
+    Command::new(python)
+        .args(["-m", "synapse.app.homeserver", "-c"])
+        .arg(conf)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| HarnessError(format!("cannot start synapse: {e}")))
 }
 
 /// The venv's python, or an error saying how to install Synapse.

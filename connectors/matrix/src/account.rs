@@ -1,0 +1,375 @@
+//! The appservice account (IO shell): pings the homeserver, joins the linked rooms as the appservice user, hands
+//! transactions to the core and performs outbound events as ghosts created and joined on demand.
+//!
+//! Health: `Connecting` until the homeserver answers the appservice ping (it calls our ping endpoint, so this
+//! proves both directions), `BackingOff` while it is unreachable or cannot reach us (retried with backoff),
+//! `BadCredentials` when it refuses the `as_token`. A send that finds the homeserver down returns `Retry` (the core
+//! keeps it in its outbox and retries in order) and starts pinging again.
+
+use crate::config::Config;
+use crate::homeserver::{Homeserver, HsError};
+use crate::outbound::MatrixAction;
+use crate::server::Transactions;
+use crate::translate::Translator;
+use async_trait::async_trait;
+use bridge_api::connector::{Delivery, SendError};
+use bridge_api::{
+    Account, AccountContext, AccountId, Capabilities, ConnectorError, Health, NativeId, OutboundEvent, RouteError,
+};
+use ruma::events::room::member::{MembershipState, RoomMemberEvent};
+use ruma::events::{AnyStateEvent, AnyTimelineEvent};
+use ruma::serde::Raw;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// The longest wait between two pings while the homeserver is unavailable.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One Matrix appservice account.
+pub struct MatrixAccount {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    id: AccountId,
+    cfg: Config,
+    hs: Homeserver,
+    tr: Translator,
+    ctx: AccountContext,
+    caps: Capabilities,
+    health: watch::Sender<Health>,
+    /// Wakes the ping loop (a send found the homeserver down, or shutdown).
+    recheck: Notify,
+    state: Mutex<State>,
+}
+
+/// What the account remembers (rooms, ghosts, names); rebuilt from the homeserver after a restart.
+#[derive(Default)]
+struct State {
+    /// Linked rooms: room id → the name the leg uses (an id or an alias as configured).
+    rooms: HashMap<String, String>,
+    /// Rooms as configured whose join has not succeeded yet.
+    wanted: HashSet<String>,
+    /// Ghosts registered (and handed to the core as ghosts), with the display name set.
+    ghosts: HashMap<String, String>,
+    /// (room id, ghost) pairs joined.
+    joined: HashSet<(String, String)>,
+    /// Display names seen in member events: (room id, user) → name.
+    names: HashMap<(String, String), String>,
+    stopped: bool,
+}
+
+impl MatrixAccount {
+    /// Creates the account and starts its ping loop; the caller serves [`MatrixAccount::transactions`].
+    pub(crate) fn start(id: AccountId, cfg: Config, ctx: AccountContext, caps: Capabilities) -> Result<Self, String> {
+        let hs = Homeserver::new(&cfg.homeserver_url, &cfg.as_token)?;
+        let tr = Translator {
+            account: id.clone(),
+            domain: ctx.domain.clone(),
+            ghosts: crate::GhostNames::new(cfg.ghost_prefix.clone(), cfg.server_name.clone()),
+            bot_user_id: cfg.bot_user_id(),
+        };
+        let (health, _) = watch::channel(Health::Connecting);
+        let inner = Arc::new(Inner {
+            id,
+            cfg,
+            hs,
+            tr,
+            ctx,
+            caps,
+            health,
+            recheck: Notify::new(),
+            state: Mutex::new(State::default()),
+        });
+        tokio::spawn(ping_loop(inner.clone()));
+        Ok(Self { inner })
+    }
+
+    /// The handler of the appservice API for this account.
+    pub(crate) fn transactions(&self) -> Arc<dyn Transactions> {
+        self.inner.clone()
+    }
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The room id a leg's room name stands for.
+    fn room_id(&self, leg_room: &str) -> String {
+        let st = self.state();
+        st.rooms
+            .iter()
+            .find(|(_, name)| name.as_str() == leg_room)
+            .map_or_else(|| leg_room.to_owned(), |(id, _)| id.clone())
+    }
+
+    /// Joins `room` as the appservice user and records it as linked.
+    async fn join_room(&self, room: &str) -> Result<(), HsError> {
+        let bot = self.cfg.bot_user_id();
+        self.hs.register(&self.cfg.bot_localpart).await?;
+        let room_id = self.hs.join(room, &bot).await?;
+        let mut st = self.state();
+        st.rooms.insert(room_id, room.to_owned());
+        st.wanted.remove(room);
+        Ok(())
+    }
+
+    /// Makes sure `ghost` exists with `name` and is in `room_id` (invited by the appservice user if need be).
+    async fn ensure_ghost(&self, room_id: &str, ghost: &str, name: &str, uri: &str) -> Result<(), HsError> {
+        let known = self.state().ghosts.get(ghost).cloned();
+        if known.is_none() {
+            let localpart = ghost.trim_start_matches('@').split(':').next().unwrap_or_default();
+            self.hs.register(localpart).await?;
+            if let Err(e) = self.ctx.register_ghost(ghost, uri).await {
+                return Err(HsError::Unavailable(format!("recording the ghost: {e}")));
+            }
+        }
+        if known.as_deref() != Some(name) {
+            self.hs.set_display_name(ghost, name).await?;
+            self.state().ghosts.insert(ghost.to_owned(), name.to_owned());
+        }
+        let key = (room_id.to_owned(), ghost.to_owned());
+        if self.state().joined.contains(&key) {
+            return Ok(());
+        }
+        match self.hs.join(room_id, ghost).await {
+            Err(HsError::Refused { status: 403, .. }) => {
+                self.hs.invite(room_id, &self.cfg.bot_user_id(), ghost).await?;
+                self.hs.join(room_id, ghost).await?;
+            }
+            other => {
+                other?;
+            }
+        }
+        self.state().joined.insert(key);
+        Ok(())
+    }
+
+    /// Performs one translated call; returns the event id it created, if any.
+    async fn perform(&self, action: MatrixAction, ev: &OutboundEvent) -> Result<Option<String>, HsError> {
+        let (name, uri) = (ev.sender.display_name.as_str(), ev.sender.uri.as_str());
+        match action {
+            MatrixAction::Send { room, as_user, event_type, txn_id, content } => {
+                let room = self.room_id(&room);
+                self.ensure_ghost(&room, &as_user, name, uri).await?;
+                self.hs.send(&room, event_type, &txn_id, &content, &as_user).await.map(Some)
+            }
+            MatrixAction::Redact { room, as_user, event_id, txn_id } => {
+                let room = self.room_id(&room);
+                self.ensure_ghost(&room, &as_user, name, uri).await?;
+                self.hs.redact(&room, &event_id, &txn_id, &as_user).await.map(Some)
+            }
+            MatrixAction::Join { room, as_user, display_name } => {
+                let room = self.room_id(&room);
+                self.ensure_ghost(&room, &as_user, &display_name, uri).await.map(|()| None)
+            }
+            MatrixAction::Leave { room, as_user } => {
+                let room = self.room_id(&room);
+                self.hs.leave(&room, &as_user).await?;
+                self.state().joined.remove(&(room, as_user));
+                Ok(None)
+            }
+            MatrixAction::Typing { room, as_user, active } => {
+                let room = self.room_id(&room);
+                self.ensure_ghost(&room, &as_user, name, uri).await?;
+                self.hs.typing(&room, &as_user, active).await.map(|()| None)
+            }
+        }
+    }
+
+    /// The display name of `user` in `room_id`: from member events seen, else asked once.
+    async fn sender_name(&self, room_id: &str, user: &str) -> Option<String> {
+        let key = (room_id.to_owned(), user.to_owned());
+        if let Some(n) = self.state().names.get(&key) {
+            return Some(n.clone());
+        }
+        if self.tr.is_bridge_user(user) {
+            return None;
+        }
+        let name = self.hs.member_name(room_id, &self.cfg.bot_user_id(), user).await.ok().flatten()?;
+        self.state().names.insert(key, name.clone());
+        Some(name)
+    }
+
+    fn set_health(&self, h: Health) {
+        self.health.send_if_modified(|cur| {
+            let changed = *cur != h;
+            *cur = h;
+            changed
+        });
+    }
+}
+
+/// Pings the homeserver until it answers, then (re)joins the rooms waiting for it; again whenever woken.
+async fn ping_loop(inner: Arc<Inner>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if inner.state().stopped {
+            return;
+        }
+        match inner.hs.ping(&inner.cfg.registration_id).await {
+            Ok(()) => {
+                backoff = Duration::from_secs(1);
+                let wanted: Vec<String> = inner.state().wanted.iter().cloned().collect();
+                for room in wanted {
+                    if let Err(e) = inner.join_room(&room).await {
+                        tracing::warn!(account = %inner.id, %room, error = %e, "cannot join the linked room");
+                    }
+                }
+                inner.set_health(Health::Connected);
+                inner.recheck.notified().await;
+            }
+            Err(HsError::Refused { status: 401 | 403, errcode, error }) => {
+                let reason = format!("the homeserver refused the appservice token ({errcode}: {error})");
+                tracing::error!(account = %inner.id, %reason, "check as_token and the registration file");
+                inner.set_health(Health::BadCredentials { reason });
+                return;
+            }
+            Err(e) => {
+                let reason = match &e {
+                    HsError::Refused { errcode, error, .. } => format!("appservice ping refused ({errcode}: {error})"),
+                    HsError::Unavailable(m) => format!("appservice ping to {} failed: {m}", inner.cfg.homeserver_url),
+                };
+                tracing::warn!(account = %inner.id, %reason, retry_in = ?backoff, "homeserver not ready for the appservice");
+                inner.set_health(Health::BackingOff { retry_in: backoff, reason });
+                // Sends failing meanwhile wake nothing: the backoff runs its course (shutdown is seen at the next round).
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Whether the core's refusal is temporary (answer the transaction 500, the homeserver retries it).
+fn temporary(e: &RouteError) -> bool {
+    matches!(e, RouteError::Store(_) | RouteError::Closed | RouteError::Room(bridge_api::RoomError::Unavailable(_)))
+}
+
+#[async_trait]
+impl Transactions for Inner {
+    async fn handle(&self, events: Vec<Raw<AnyTimelineEvent>>) -> Result<(), String> {
+        let mut pending = Vec::new();
+        for raw in events {
+            let ev = match raw.deserialize() {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::debug!(account = %self.id, error = %e, "undecodable event dropped");
+                    continue;
+                }
+            };
+            let room_id = ev.room_id().to_string();
+            let Some(leg_room) = self.state().rooms.get(&room_id).cloned() else { continue };
+            if let AnyTimelineEvent::State(AnyStateEvent::RoomMember(RoomMemberEvent::Original(m))) = &ev
+                && m.content.membership == MembershipState::Join
+                && let Some(name) = &m.content.displayname
+            {
+                self.state().names.insert((room_id.clone(), m.state_key.to_string()), name.clone());
+            }
+            let name = self.sender_name(&room_id, ev.sender().as_str()).await;
+            match self.tr.inbound(&ev, name.as_deref()) {
+                Ok(mut inbound) => {
+                    inbound.leg.room = leg_room;
+                    match self.ctx.inbound.enqueue(inbound).await {
+                        Ok(ack) => pending.push(ack),
+                        Err(e) if temporary(&e) => return Err(e.to_string()),
+                        Err(e) => tracing::warn!(account = %self.id, error = %e, "event refused by the core"),
+                    }
+                }
+                Err(skip) => tracing::debug!(account = %self.id, event = %ev.event_id(), %skip, "not bridged"),
+            }
+        }
+        for ack in pending {
+            match ack.wait().await {
+                Ok(_) => {}
+                Err(e) if temporary(&e) => return Err(e.to_string()),
+                Err(e) => tracing::warn!(account = %self.id, error = %e, "event refused by the core"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn query_user(&self, user_id: &str) -> bool {
+        let Some(uri) = self.tr.ghosts.identity(user_id) else { return false };
+        let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
+        if self.hs.register(localpart).await.is_err() {
+            return false;
+        }
+        self.ctx.register_ghost(user_id, &uri).await.is_ok()
+    }
+}
+
+#[async_trait]
+impl Account for MatrixAccount {
+    fn id(&self) -> &AccountId {
+        &self.inner.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.caps.clone()
+    }
+
+    async fn join(&self, room: &str) -> Result<(), ConnectorError> {
+        self.inner.state().wanted.insert(room.to_owned());
+        match self.inner.join_room(room).await {
+            Ok(()) => Ok(()),
+            // Joined once the homeserver is back (the ping loop retries).
+            Err(HsError::Unavailable(e)) => {
+                tracing::warn!(account = %self.inner.id, %room, error = %e, "room joined once the homeserver is back");
+                self.inner.recheck.notify_one();
+                Ok(())
+            }
+            Err(e) => Err(ConnectorError::Room {
+                account: self.inner.id.clone(),
+                room: room.to_owned(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    async fn leave(&self, room: &str) -> Result<(), ConnectorError> {
+        let room_id = self.inner.room_id(room);
+        self.inner.state().wanted.remove(room);
+        match self.inner.hs.leave(&room_id, &self.inner.cfg.bot_user_id()).await {
+            Ok(()) | Err(HsError::Refused { .. }) => {
+                self.inner.state().rooms.remove(&room_id);
+                Ok(())
+            }
+            Err(e) => Err(ConnectorError::Room {
+                account: self.inner.id.clone(),
+                room: room.to_owned(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    async fn send(&self, event: &OutboundEvent) -> Result<Delivery, SendError> {
+        let actions = self.inner.tr.outbound(event).map_err(|e| SendError::Rejected(e.to_string()))?;
+        let mut native_ids = Vec::new();
+        for action in actions {
+            match self.inner.perform(action, event).await {
+                Ok(Some(id)) => native_ids.push(NativeId(id)),
+                Ok(None) => {}
+                Err(HsError::Unavailable(e)) => {
+                    self.inner.recheck.notify_one();
+                    return Err(SendError::Retry(e));
+                }
+                Err(e) => return Err(SendError::Rejected(e.to_string())),
+            }
+        }
+        Ok(Delivery { native_ids })
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.inner.health.subscribe()
+    }
+
+    async fn shutdown(&self) {
+        self.inner.state().stopped = true;
+        self.inner.set_health(Health::Stopped);
+        self.inner.recheck.notify_one();
+    }
+}

@@ -1,0 +1,222 @@
+//! Calls to the homeserver's client-server API, as the appservice (`as_token`) on behalf of a user (`?user_id=`).
+//!
+//! A 429 is waited out (its `retry_after_ms`, or `Retry-After`) and the same call made again, so calls stay in
+//! order; an unreachable homeserver or a 5xx is [`HsError::Unavailable`] (the caller retries later), anything else
+//! the homeserver refuses is [`HsError::Refused`].
+
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// How long one call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest 429 wait honoured inside one call; a longer one makes the call [`HsError::Unavailable`].
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HsError {
+    /// Not now: unreachable, 5xx, or rate-limited for longer than we wait.
+    #[error("homeserver unavailable: {0}")]
+    Unavailable(String),
+    /// The homeserver refused the call.
+    #[error("homeserver refused ({status} {errcode}): {error}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Matrix error code (`M_FORBIDDEN`…).
+        errcode: String,
+        /// The homeserver's message.
+        error: String,
+    },
+}
+
+impl HsError {
+    /// The Matrix error code, if the homeserver refused.
+    pub fn errcode(&self) -> Option<&str> {
+        match self {
+            HsError::Refused { errcode, .. } => Some(errcode),
+            HsError::Unavailable(_) => None,
+        }
+    }
+}
+
+/// A client of one homeserver, as one appservice.
+#[derive(Clone)]
+pub struct Homeserver {
+    http: reqwest::Client,
+    base: Url,
+    as_token: String,
+}
+
+impl std::fmt::Debug for Homeserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Homeserver").field("base", &self.base.as_str()).finish_non_exhaustive()
+    }
+}
+
+impl Homeserver {
+    /// A client of the homeserver at `base_url`, authenticating with `as_token`.
+    pub fn new(base_url: &str, as_token: &str) -> Result<Self, String> {
+        let base = Url::parse(base_url).map_err(|e| format!("homeserver_url {base_url:?}: {e}"))?;
+        let http = reqwest::Client::builder().timeout(CALL_TIMEOUT).build().map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Self { http, base, as_token: as_token.to_owned() })
+    }
+
+    /// One call: `method` on the path made of `segments` (each percent-encoded), as `user_id` if given.
+    pub async fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        user_id: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value, HsError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| HsError::Unavailable("homeserver_url cannot be a base".into()))?
+            .extend(segments);
+        if let Some(user) = user_id {
+            url.query_pairs_mut().append_pair("user_id", user);
+        }
+        let mut waited = Duration::ZERO;
+        loop {
+            let mut req = self.http.request(method.clone(), url.clone()).bearer_auth(&self.as_token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.map_err(|e| HsError::Unavailable(without_url(&e)))?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let text = resp.text().await.map_err(|e| HsError::Unavailable(without_url(&e)))?;
+            let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if status.is_success() {
+                return Ok(json);
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let wait = json["retry_after_ms"]
+                    .as_u64()
+                    .map(Duration::from_millis)
+                    .or(retry_after)
+                    .unwrap_or(Duration::from_secs(1));
+                if waited + wait > MAX_RATE_LIMIT_WAIT {
+                    return Err(HsError::Unavailable(format!("rate-limited for {wait:?}")));
+                }
+                tracing::debug!(?wait, "homeserver rate limit; waiting");
+                tokio::time::sleep(wait).await;
+                waited += wait;
+                continue;
+            }
+            let errcode = json["errcode"].as_str().unwrap_or("").to_owned();
+            let error = json["error"].as_str().unwrap_or("").chars().take(300).collect();
+            if status.is_server_error() {
+                return Err(HsError::Unavailable(format!("{status} {errcode}: {error}")));
+            }
+            return Err(HsError::Refused { status: status.as_u16(), errcode, error });
+        }
+    }
+
+    /// `POST /_matrix/client/v1/appservice/{id}/ping`: the homeserver calls our ping endpoint and reports whether
+    /// it could.
+    pub async fn ping(&self, registration_id: &str) -> Result<(), HsError> {
+        let path = ["_matrix", "client", "v1", "appservice", registration_id, "ping"];
+        self.call(Method::POST, &path, None, Some(&json!({"transaction_id": "mimi-bridge-ping"}))).await.map(drop)
+    }
+
+    /// Registers a user of the appservice's namespace; one that exists already is fine.
+    pub async fn register(&self, localpart: &str) -> Result<(), HsError> {
+        let body = json!({"type": "m.login.application_service", "username": localpart, "inhibit_login": true});
+        match self.call(Method::POST, &["_matrix", "client", "v3", "register"], None, Some(&body)).await {
+            Err(e) if e.errcode() == Some("M_USER_IN_USE") => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// Sets `user_id`'s global display name.
+    pub async fn set_display_name(&self, user_id: &str, name: &str) -> Result<(), HsError> {
+        let path = ["_matrix", "client", "v3", "profile", user_id, "displayname"];
+        self.call(Method::PUT, &path, Some(user_id), Some(&json!({"displayname": name}))).await.map(drop)
+    }
+
+    /// `user_id` joins `room` (an id or alias); returns the room id.
+    pub async fn join(&self, room: &str, user_id: &str) -> Result<String, HsError> {
+        let v = self
+            .call(Method::POST, &["_matrix", "client", "v3", "join", room], Some(user_id), Some(&json!({})))
+            .await?;
+        Ok(v["room_id"].as_str().unwrap_or(room).to_owned())
+    }
+
+    /// `inviter` invites `user_id` to `room`.
+    pub async fn invite(&self, room: &str, inviter: &str, user_id: &str) -> Result<(), HsError> {
+        let path = ["_matrix", "client", "v3", "rooms", room, "invite"];
+        self.call(Method::POST, &path, Some(inviter), Some(&json!({"user_id": user_id}))).await.map(drop)
+    }
+
+    /// `user_id` leaves `room`.
+    pub async fn leave(&self, room: &str, user_id: &str) -> Result<(), HsError> {
+        let path = ["_matrix", "client", "v3", "rooms", room, "leave"];
+        self.call(Method::POST, &path, Some(user_id), Some(&json!({}))).await.map(drop)
+    }
+
+    /// Sends an event as `user_id` with transaction id `txn_id`; returns its event id.
+    pub async fn send(
+        &self,
+        room: &str,
+        event_type: &str,
+        txn_id: &str,
+        content: &Value,
+        user_id: &str,
+    ) -> Result<String, HsError> {
+        let path = ["_matrix", "client", "v3", "rooms", room, "send", event_type, txn_id];
+        let v = self.call(Method::PUT, &path, Some(user_id), Some(content)).await?;
+        event_id(&v)
+    }
+
+    /// Redacts `event_id` as `user_id`; returns the redaction's event id.
+    pub async fn redact(&self, room: &str, event_id_: &str, txn_id: &str, user_id: &str) -> Result<String, HsError> {
+        let path = ["_matrix", "client", "v3", "rooms", room, "redact", event_id_, txn_id];
+        let v = self.call(Method::PUT, &path, Some(user_id), Some(&json!({}))).await?;
+        event_id(&v)
+    }
+
+    /// Sets `user_id`'s typing state in `room`.
+    pub async fn typing(&self, room: &str, user_id: &str, active: bool) -> Result<(), HsError> {
+        let path = ["_matrix", "client", "v3", "rooms", room, "typing", user_id];
+        let body = if active { json!({"typing": true, "timeout": 30000}) } else { json!({"typing": false}) };
+        self.call(Method::PUT, &path, Some(user_id), Some(&body)).await.map(drop)
+    }
+
+    /// `user_id`'s display name in `room`, read as `reader`.
+    pub async fn member_name(&self, room: &str, reader: &str, user_id: &str) -> Result<Option<String>, HsError> {
+        let path = ["_matrix", "client", "v3", "rooms", room, "state", "m.room.member", user_id];
+        let v = self.call(Method::GET, &path, Some(reader), None).await?;
+        Ok(v["displayname"].as_str().map(str::to_owned))
+    }
+}
+
+/// The `event_id` of a send's answer.
+fn event_id(v: &Value) -> Result<String, HsError> {
+    v["event_id"].as_str().map(str::to_owned).ok_or_else(|| HsError::Unavailable("answer without event_id".into()))
+}
+
+/// A reqwest error without its URL (which carries `user_id` but never tokens; kept short for logs).
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "cannot connect"
+    } else if e.is_timeout() {
+        "timed out"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() { kind.to_owned() } else { format!("{kind}: {detail}") }
+}

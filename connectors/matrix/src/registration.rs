@@ -1,0 +1,63 @@
+//! The appservice registration file the homeserver loads (`app_service_config_files` in Synapse).
+//!
+//! Written as YAML whose strings are JSON string literals (valid YAML double-quoted scalars), so no value can
+//! break the file. The user namespace (the ghost prefix) is exclusive, the appservice user is the
+//! `bot_localpart`, there are no alias or room namespaces, and `rate_limited: false`: a bridge speaks for many
+//! people.
+
+use crate::config::Config;
+use crate::ghost::GhostNames;
+
+/// The registration YAML for `config` (tokens as the config has them).
+pub fn registration_yaml(config: &Config) -> String {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let ghosts = GhostNames::new(config.ghost_prefix.clone(), config.server_name.clone());
+    format!(
+        "# Appservice registration of mimi-bridge (`mimi-bridge generate-registration`). Contains secrets.\n\
+         id: {id}\n\
+         url: {url}\n\
+         as_token: {as_token}\n\
+         hs_token: {hs_token}\n\
+         sender_localpart: {bot}\n\
+         rate_limited: false\n\
+         namespaces:\n  users:\n    - exclusive: true\n      regex: {regex}\n  aliases: []\n  rooms: []\n",
+        id = q(&config.registration_id),
+        url = q(&config.appservice_url()),
+        as_token = q(&config.as_token),
+        hs_token = q(&config.hs_token),
+        bot = q(&config.bot_localpart),
+        regex = q(&ghosts.namespace_regex()),
+    )
+}
+
+/// A fresh random token (256 bits, hex).
+pub fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registration_names_the_namespace_tokens_and_url() {
+        let config: Config = serde_json::from_value(serde_json::json!({
+            "mode": "appservice", "homeserver_url": "http://127.0.0.1:8008", "server_name": "hs.test",
+            "listen": "127.0.0.1:9000", "as_token": "a\"b", "hs_token": "h",
+        }))
+        .expect("valid");
+        let yaml = registration_yaml(&config);
+        assert!(yaml.contains("\nas_token: \"a\\\"b\"\n"), "{yaml}");
+        assert!(yaml.contains("\nurl: \"http://127.0.0.1:9000\"\n"), "{yaml}");
+        assert!(yaml.contains("\nrate_limited: false\n"), "{yaml}");
+        assert!(yaml.contains("    - exclusive: true\n      regex: \"@mimi_.*:hs\\\\.test\"\n"), "{yaml}");
+    }
+
+    #[test]
+    fn tokens_are_random_and_long() {
+        let (a, b) = (random_token(), random_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+    }
+}

@@ -1,0 +1,405 @@
+//! The Matrix connector in appservice mode against a real Synapse (started by `tests/harness` on a free port, with
+//! the registration the connector writes): the conformance kit, and a homeserver outage in the middle of sends.
+//! Test users are plain Matrix clients driven with reqwest on the client-server API.
+
+use async_trait::async_trait;
+use bridge_api::{Account, AccountContext, AccountId, Connector, Health};
+use bridge_testkit::{CheckResult, Harness, KitOptions, NativeAction, Observed, TestUser};
+use connector_matrix::{Config, MatrixConnector, Mode, registration};
+use harness::{MatrixUser, Synapse, SynapseOptions};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const SERVER_NAME: &str = "hs.test";
+
+/// A Matrix user of the tests, on the client-server API.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    user: MatrixUser,
+    since: Option<String>,
+}
+
+static TXN: AtomicU64 = AtomicU64::new(0);
+
+impl Client {
+    fn new(base: &str, user: MatrixUser) -> Self {
+        Self { http: reqwest::Client::new(), base: base.to_owned(), user, since: None }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.user.access_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() { Ok(v) } else { Err(format!("{path}: {status} {v}")) }
+    }
+
+    async fn send(&self, room: &str, event_type: &str, content: Value) -> Result<String, String> {
+        let txn = TXN.fetch_add(1, Ordering::SeqCst);
+        let path = format!("/_matrix/client/v3/rooms/{}/send/{event_type}/t{txn}", enc(room));
+        let v = self.call(reqwest::Method::PUT, &path, Some(content)).await?;
+        v["event_id"].as_str().map(str::to_owned).ok_or_else(|| format!("no event id: {v}"))
+    }
+
+    async fn join(&self, room: &str) -> Result<(), String> {
+        self.call(reqwest::Method::POST, &format!("/_matrix/client/v3/join/{}", enc(room)), Some(json!({})))
+            .await
+            .map(drop)
+    }
+
+    /// The timeline events of `room` since the last call, waiting up to `wait` for some.
+    async fn sync(&mut self, room: &str, wait: Duration) -> Result<Vec<Value>, String> {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={}", wait.as_millis());
+        if let Some(s) = &self.since {
+            path.push_str(&format!("&since={}", enc(s)));
+        }
+        let v = self.call(reqwest::Method::GET, &path, None).await?;
+        self.since = v["next_batch"].as_str().map(str::to_owned);
+        Ok(v["rooms"]["join"][room]["timeline"]["events"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// Percent-encodes a path segment.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// What a test user saw, from one timeline event of someone else.
+fn observed(ev: &Value) -> Option<Observed> {
+    let from = ev["sender"].as_str()?.to_owned();
+    let c = &ev["content"];
+    match ev["type"].as_str()? {
+        "m.room.message" => {
+            if c["m.relates_to"]["rel_type"] == "m.replace" {
+                let text = c["m.new_content"]["body"].as_str()?.to_owned();
+                let target = c["m.relates_to"]["event_id"].as_str()?.to_owned();
+                return Some(Observed::Edit { from, text, target });
+            }
+            let text = c["body"].as_str()?.to_owned();
+            if let Some(to) = c["m.relates_to"]["m.in_reply_to"]["event_id"].as_str() {
+                return Some(Observed::Reply { from, text, to: to.to_owned() });
+            }
+            let native_id = ev["event_id"].as_str().map(str::to_owned);
+            Some(Observed::Message { from, text, native_id, notice: c["msgtype"] == "m.notice" })
+        }
+        "m.reaction" => Some(Observed::Reaction {
+            from,
+            key: c["m.relates_to"]["key"].as_str()?.to_owned(),
+            target: c["m.relates_to"]["event_id"].as_str()?.to_owned(),
+        }),
+        "m.room.redaction" => {
+            let target = ev["redacts"].as_str().or(c["redacts"].as_str())?.to_owned();
+            Some(Observed::Delete { from, target })
+        }
+        _ => None,
+    }
+}
+
+/// A Synapse with the connector's registration, and a public room made by its owner.
+struct Setup {
+    hs: Synapse,
+    config: Config,
+    room: String,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = format!("127.0.0.1:{}", harness::free_port().expect("port")).parse().expect("addr");
+    let mut config = Config {
+        mode: Mode::Appservice,
+        homeserver_url: String::new(),
+        server_name: SERVER_NAME.into(),
+        listen,
+        url: None,
+        registration_id: "mimi-bridge-test".into(),
+        ghost_prefix: "mimi_".into(),
+        bot_localpart: "mimi-bridge".into(),
+        as_token: registration::random_token(),
+        hs_token: registration::random_token(),
+    };
+    let reg = dir.path().join("registration.yaml");
+    std::fs::write(&reg, registration::registration_yaml(&config)).expect("write registration");
+    let opts = SynapseOptions { appservice_registrations: vec![reg], server_name: Some(SERVER_NAME.into()) };
+    let hs = Synapse::start_with(opts).expect("synapse starts (installed by ./scripts/test)");
+    config.homeserver_url = hs.url();
+    let owner = hs.register_user("owner").expect("owner");
+    let (status, room) = hs
+        .request(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&owner.access_token),
+            Some(&json!({"preset": "public_chat", "name": "kit"})),
+        )
+        .expect("createRoom");
+    assert_eq!(status, 200, "{room}");
+    let room = room["room_id"].as_str().expect("room id").to_owned();
+    Setup { hs, config, room, _dir: dir }
+}
+
+struct MatrixHarness {
+    s: Setup,
+    users: HashMap<String, Client>,
+    last_seen_by_bridge: Option<Value>,
+}
+
+impl MatrixHarness {
+    fn user(&mut self, u: &TestUser) -> Result<&mut Client, String> {
+        self.users.get_mut(&u.native_id).ok_or_else(|| format!("no user {}", u.native_id))
+    }
+}
+
+#[async_trait]
+impl Harness for MatrixHarness {
+    fn account_id(&self) -> AccountId {
+        AccountId::parse("matrix.kit").expect("account id")
+    }
+
+    async fn start_account(&mut self, ctx: AccountContext) -> Result<Arc<dyn Account>, String> {
+        MatrixConnector::with_axum_serve()
+            .start(self.account_id(), self.s.config.clone(), ctx)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn room(&self) -> String {
+        self.s.room.clone()
+    }
+
+    async fn create_user(&mut self, name: &str) -> Result<TestUser, String> {
+        let user = self.s.hs.register_user(name).map_err(|e| e.to_string())?;
+        let mut c = Client::new(&self.s.hs.url(), user.clone());
+        c.join(&self.s.room).await?;
+        c.sync(&self.s.room, Duration::ZERO).await?;
+        self.users.insert(user.user_id.clone(), c);
+        Ok(TestUser { name: name.into(), native_id: user.user_id })
+    }
+
+    async fn act(&mut self, user: &TestUser, action: NativeAction) -> Result<Option<String>, String> {
+        let room = self.s.room.clone();
+        let c = self.user(user)?;
+        let (ty, content) = match action {
+            NativeAction::Message { text } => ("m.room.message", json!({"msgtype": "m.text", "body": text})),
+            NativeAction::Reply { to, text } => (
+                "m.room.message",
+                json!({"msgtype": "m.text", "body": text, "m.relates_to": {"m.in_reply_to": {"event_id": to}}}),
+            ),
+            NativeAction::Edit { target, text } => (
+                "m.room.message",
+                json!({"msgtype": "m.text", "body": format!("* {text}"),
+                       "m.new_content": {"msgtype": "m.text", "body": text},
+                       "m.relates_to": {"rel_type": "m.replace", "event_id": target}}),
+            ),
+            NativeAction::React { target, key } => {
+                ("m.reaction", json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": key}}))
+            }
+            NativeAction::Delete { target } => {
+                let txn = TXN.fetch_add(1, Ordering::SeqCst);
+                let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/r{txn}", enc(&room), enc(&target));
+                let v = c.call(reqwest::Method::PUT, &path, Some(json!({}))).await?;
+                return Ok(v["event_id"].as_str().map(str::to_owned));
+            }
+        };
+        let id = c.send(&room, ty, content.clone()).await?;
+        self.last_seen_by_bridge = Some(json!({
+            "type": ty, "event_id": id, "sender": user.native_id, "room_id": room,
+            "origin_server_ts": 1, "content": content,
+        }));
+        Ok(Some(id))
+    }
+
+    async fn observe(&mut self, user: &TestUser, wait: Duration) -> Result<Vec<Observed>, String> {
+        let room = self.s.room.clone();
+        let me = user.native_id.clone();
+        let c = self.user(user)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let events = c.sync(&room, left).await?;
+            let seen: Vec<Observed> =
+                events.iter().filter(|e| e["sender"] != me.as_str()).filter_map(observed).collect();
+            if !seen.is_empty() || left.is_zero() {
+                return Ok(seen);
+            }
+        }
+    }
+
+    /// Synapse retries a transaction whose answer was lost; the retry of the last event the test user sent is
+    /// made here with a new transaction id, so what is checked is the core's deduplication by event id (a
+    /// transaction id seen before is tested in `server_tests.rs` and by the daemon test).
+    async fn redeliver_last(&mut self) -> Result<bool, String> {
+        let ev = self.last_seen_by_bridge.clone().ok_or("nothing sent yet")?;
+        let url = format!(
+            "http://{}/_matrix/app/v1/transactions/redeliver-{}",
+            self.s.config.listen,
+            TXN.fetch_add(1, Ordering::SeqCst)
+        );
+        let resp = reqwest::Client::new()
+            .put(url)
+            .bearer_auth(&self.s.config.hs_token)
+            .json(&json!({"events": [ev]}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("redelivery answered {}", resp.status()));
+        }
+        Ok(true)
+    }
+
+    async fn drop_bridge_connection(&mut self) -> Result<(), String> {
+        Err("an appservice has no connection to drop (see matrix_homeserver_outage_*)".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_appservice_passes_the_conformance_kit_against_synapse() {
+    let mut h = MatrixHarness { s: setup(), users: HashMap::new(), last_seen_by_bridge: None };
+    let opts = KitOptions {
+        skip: vec![(
+            "reconnect",
+            "an appservice holds no connection the server could drop; homeserver outages are covered by \
+             matrix_homeserver_outage_delays_sends_and_loses_nothing",
+        )],
+        ..KitOptions::default()
+    };
+    let report = bridge_testkit::run(&mut h, opts).await;
+    println!("{report}");
+    report.assert_passed();
+    let skipped: Vec<&str> =
+        report.checks.iter().filter(|(_, r)| matches!(r, CheckResult::Skipped(_))).map(|(n, _)| n.as_str()).collect();
+    assert_eq!(skipped, ["reconnect"], "only reconnect is skipped");
+}
+
+/// Waits until `account` reports `want`.
+async fn wait_health(account: &Arc<dyn Account>, want: impl Fn(&Health) -> bool, what: &str) {
+    let mut h = account.health();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !want(&h.borrow_and_update()) {
+        tokio::time::timeout_at(deadline, h.changed())
+            .await
+            .unwrap_or_else(|_| panic!("{what} in time"))
+            .expect("health");
+    }
+}
+
+/// Wrong `as_token`: health says the credentials are bad, with the homeserver's reason, and it does not retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_as_token_is_reported_as_bad_credentials() {
+    let s = setup();
+    let mut config = s.config.clone();
+    config.as_token = "wrong".into();
+    let (router, _dir) = router().await;
+    let id = AccountId::parse("matrix.bad").expect("id");
+    let account = MatrixConnector::with_axum_serve()
+        .start(id.clone(), config, AccountContext::new(id, router.clone(), "b.test"))
+        .await
+        .expect("start returns at once");
+    wait_health(&account, |h| matches!(h, Health::BadCredentials { .. }), "bad credentials").await;
+    let h = account.health().borrow().clone();
+    assert!(matches!(&h, Health::BadCredentials { reason } if reason.contains("M_UNKNOWN_TOKEN")), "{h:?}");
+    router.shutdown().await;
+}
+
+/// A router on a fresh store.
+async fn router() -> (bridge_core::router::RouterHandle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        bridge_core::open_store(dir.path(), Some(mimi_store::Backend::Redb), mimi_store::CommitConfig::default())
+            .expect("store");
+    let router = bridge_core::router::RouterHandle::start(
+        bridge_core::router::RouterConfig::new("b.test"),
+        store,
+        Arc::new(bridge_core::room_of_record::LocalRoom),
+    )
+    .await
+    .expect("router");
+    (router, dir)
+}
+
+/// Synapse killed while the other side keeps talking: sends fail as `Retry`, the account backs off, and once
+/// Synapse is back every message arrives in the room once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_homeserver_outage_delays_sends_and_loses_nothing() {
+    use bridge_api::event::{InboundKind, MessageDraft};
+    use bridge_core::repo::{MlsIdentity, PortalRecord};
+    use bridge_testkit::loopback::LoopbackNetwork;
+
+    let mut s = setup();
+    let (router, _dir) = router().await;
+    let lb_id = AccountId::parse("lb.other").expect("id");
+    let lb = LoopbackNetwork::new(lb_id.clone(), AccountContext::new(lb_id, router.clone(), "b.test"));
+    router.add_account(lb.clone());
+    let id = AccountId::parse("matrix.hs").expect("id");
+    let account = MatrixConnector::with_axum_serve()
+        .start(id.clone(), s.config.clone(), AccountContext::new(id.clone(), router.clone(), "b.test"))
+        .await
+        .expect("start");
+    router.add_account(account.clone());
+    let p = bridge_api::PortalId::new("p").expect("portal");
+    router.create_portal(PortalRecord { id: p.clone(), mls_identity: MlsIdentity::Shared }).await.expect("portal");
+    router.link(lb.leg("#lb"), &p).await.expect("link");
+    wait_health(&account, |h| *h == Health::Connected, "connected").await;
+    let leg = bridge_api::LegId::new(id, s.room.clone()).expect("leg");
+    router.link_and_join(leg, &p).await.expect("link").expect("running").expect("join");
+    let say = |i: usize, word: &'static str| {
+        let lb = lb.clone();
+        async move {
+            let kind = InboundKind::Message { draft: MessageDraft::plain(format!("{word} {i}")), reply_to: None };
+            lb.say_with_id("#lb", "alice", &format!("{word}{i}"), kind).await.expect("accepted");
+        }
+    };
+    for i in 0..5 {
+        say(i, "before").await;
+    }
+    let t0 = std::time::Instant::now();
+    s.hs.kill();
+    for i in 0..5 {
+        say(i, "during").await;
+    }
+    wait_health(&account, |h| matches!(h, Health::BackingOff { .. }), "backing off while Synapse is down").await;
+    println!("backing off after {:?}", t0.elapsed());
+    s.hs.restart().expect("synapse restarts");
+    println!("synapse back after {:?}", t0.elapsed());
+    wait_health(&account, |h| *h == Health::Connected, "connected again").await;
+    println!("connected after {:?}", t0.elapsed());
+    let watcher = s.hs.register_user("watcher").expect("watcher");
+    let c = Client::new(&s.hs.url(), watcher);
+    c.join(&s.room).await.expect("join");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let bodies = loop {
+        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=200", enc(&s.room));
+        let v = c.call(reqwest::Method::GET, &path, None).await.expect("messages");
+        let bodies: Vec<String> = v["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.message")
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect();
+        if bodies.iter().any(|b| b == "during 4") || tokio::time::Instant::now() > deadline {
+            break bodies;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("all arrived after {:?}", t0.elapsed());
+    let want: Vec<String> =
+        (0..5).map(|i| format!("before {i}")).chain((0..5).map(|i| format!("during {i}"))).collect();
+    assert_eq!(bodies, want, "every message once, in order");
+    router.shutdown().await;
+}
