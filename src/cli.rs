@@ -54,6 +54,21 @@ pub enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Write the appservice registration file of a `[matrix.NAME]` account, for the homeserver to load.
+    ///
+    /// Token files named by `as_token_file` / `hs_token_file` that do not exist yet are created with random
+    /// tokens (mode 0600). The registration holds both tokens and is written mode 0600.
+    GenerateRegistration {
+        /// The config file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The Matrix account (`NAME` of `[matrix.NAME]`); needed only when there are several.
+        #[arg(long)]
+        account: Option<String>,
+        /// Where to write the registration (YAML).
+        #[arg(long, short)]
+        out: PathBuf,
+    },
     /// Show the running daemon's health: every account, every portal's queue depth and MLS epoch, every leg's
     /// pending, delivered and failed deliveries.
     Status {
@@ -93,6 +108,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Run { config, data_dir, listen } => {
             let cfg = Config::load(&config)?.with_overrides(data_dir, listen)?;
             crate::daemon::run(cfg).map_err(|e| e as Box<dyn std::error::Error>)
+        }
+        Command::GenerateRegistration { config, account, out } => {
+            crate::registration_cmd::run(&config, account.as_deref(), &out).map(|()| ExitCode::SUCCESS)
         }
         Command::Client(args) => mimi_client::run(args).map(|()| ExitCode::SUCCESS).map_err(Into::into),
         Command::Content(cmd) => crate::content_cmd::run(cmd).map(|()| ExitCode::SUCCESS).map_err(Into::into),

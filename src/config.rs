@@ -621,7 +621,7 @@ fn account_error(
 }
 
 /// The networks this build has connectors for.
-pub const BUILT_NETWORKS: &[&str] = &["irc"];
+pub const BUILT_NETWORKS: &[&str] = &["irc", "matrix"];
 
 impl Config {
     /// Reads and validates `path`.
@@ -1143,9 +1143,9 @@ mod tests {
 
     #[test]
     fn accounts_of_networks_without_a_connector_are_refused() {
-        let e = parse(&format!("{MIN}[matrix.hs]\nhomeserver = \"x\"\n")).expect_err("no matrix yet");
-        assert_eq!(e.key, "matrix.hs");
-        assert!(e.message.contains("no matrix connector"), "{e}");
+        let e = parse(&format!("{MIN}[xmpp.hs]\nserver = \"x\"\n")).expect_err("no xmpp yet");
+        assert_eq!(e.key, "xmpp.hs");
+        assert!(e.message.contains("no xmpp connector"), "{e}");
     }
 
     /// One malformed config: the text, and the line, key and message fragment its error must carry.
@@ -1459,10 +1459,20 @@ mod tests {
             case("bad log filter", format!("{MIN}[log]\nlevel = \"info,=[\"\n"), 5, "log.level", "not a log filter"),
             case(
                 "network without a connector",
-                format!("{MIN}[matrix.hs]\nhomeserver = \"x\"\n"),
+                format!("{MIN}[xmpp.hs]\nserver = \"x\"\n"),
                 4,
-                "matrix.hs",
-                "no matrix connector",
+                "xmpp.hs",
+                "no xmpp connector",
+            ),
+            case(
+                "matrix bot mode",
+                format!(
+                    "{MIN}[matrix.hs]\nhomeserver_url = \"http://127.0.0.1:8008\"\nmode = \"bot\"\n\
+                     server_name = \"hs\"\nlisten = \"127.0.0.1:9000\"\nas_token = \"a\"\nhs_token = \"h\"\n"
+                ),
+                6,
+                "matrix.hs.mode",
+                "\"bot\" is not available yet",
             ),
             case("syntax error", "[bridge]\ndomain = \n".into(), 2, "bridge.domain", "string values must be quoted"),
         ]

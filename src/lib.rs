@@ -17,6 +17,7 @@ pub mod mimi_http;
 pub mod mimi_tls;
 pub mod networks;
 pub mod notify;
+pub mod registration_cmd;
 pub mod secrets;
 pub mod store_cmd;
 pub mod telemetry;

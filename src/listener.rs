@@ -1,5 +1,5 @@
 //! Serving an axum [`Router`] on a TCP listener with bounded resources: the daemon's one HTTP server, used by the
-//! admin API and by the MIMI endpoints / client API (plain or TLS).
+//! admin API, by the MIMI endpoints / client API (plain or TLS) and by Matrix appservice APIs.
 //!
 //! * **Connection caps.** At most [`Limits::max_connections`] connections at once, and at most
 //!   [`Limits::max_connections_per_ip`] from one address (IPv6: one /64, what one host is usually given). A

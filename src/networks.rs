@@ -64,7 +64,21 @@ impl<C: Connector> Network for Typed<C> {
 
 /// The networks of this build.
 pub fn built_in() -> Vec<Box<dyn Network>> {
-    vec![Box::new(Typed(connector_irc::IrcConnector))]
+    vec![
+        Box::new(Typed(connector_irc::IrcConnector)),
+        Box::new(Typed(connector_matrix::MatrixConnector::new(Arc::new(serve_appservice)))),
+    ]
+}
+
+/// Serves a Matrix appservice API on its own listener, under the daemon's bounds (src/listener.rs): only the
+/// homeserver connects there, so the caps are the admin listener's.
+fn serve_appservice(
+    tcp: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: connector_matrix::ServeFuture,
+) -> connector_matrix::ServeFuture {
+    let (limits, _) = crate::listener::Limits::ADMIN.within_nofile(crate::listener::ADMIN_NOFILE_DIVISOR);
+    Box::pin(crate::listener::serve("matrix", tcp, crate::listener::Plain, app, limits, stop))
 }
 
 #[cfg(test)]

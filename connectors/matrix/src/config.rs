@@ -79,8 +79,10 @@ impl Config {
                 return Err(format!("`{key}` {url:?}: must be an http or https URL"));
             }
         }
-        if self.as_token.is_empty() || self.hs_token.is_empty() || self.as_token == self.hs_token {
-            return Err("`as_token` and `hs_token` must be set and differ".into());
+        for (key, token) in [("as_token", &self.as_token), ("hs_token", &self.hs_token)] {
+            if token.trim().is_empty() {
+                return Err(format!("`{key}` must be set (`{key}_file` or \"env:NAME\")"));
+            }
         }
         Ok(())
     }
@@ -143,7 +145,7 @@ mod tests {
             ("ghost_prefix", "Mimi", "`ghost_prefix`"),
             ("bot_localpart", "mimi_bot", "must not start with the ghost prefix"),
             ("homeserver_url", "ftp://x", "`homeserver_url`"),
-            ("hs_token", "a", "must be set and differ"),
+            ("hs_token", " ", "`hs_token` must be set"),
         ] {
             let mut j = base();
             j[key] = value.into();
