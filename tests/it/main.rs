@@ -17,6 +17,7 @@ mod hub_validation;
 mod identities;
 mod irc_daemon;
 mod listener_bounds;
+mod matrix_daemon;
 mod media;
 mod memory_bounds;
 mod mimi_tls;
