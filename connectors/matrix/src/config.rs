@@ -3,8 +3,8 @@
 use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
 
-/// One Matrix account: an appservice registered with one homeserver.
-#[derive(Debug, Clone, Deserialize)]
+/// One Matrix account: an appservice registered with one homeserver. Its `Debug` never shows the tokens.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// How the bridge attaches: only `"appservice"` so far.
@@ -31,6 +31,21 @@ pub struct Config {
     pub as_token: String,
     /// The token the homeserver presents to the bridge (a secret: `hs_token_file` or `env:`).
     pub hs_token: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("mode", &self.mode)
+            .field("homeserver_url", &self.homeserver_url)
+            .field("server_name", &self.server_name)
+            .field("listen", &self.listen)
+            .field("url", &self.url)
+            .field("registration_id", &self.registration_id)
+            .field("ghost_prefix", &self.ghost_prefix)
+            .field("bot_localpart", &self.bot_localpart)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_registration_id() -> String {
@@ -129,6 +144,15 @@ mod tests {
         assert_eq!(c.appservice_url(), "http://127.0.0.1:9000");
         assert_eq!(c.bot_user_id(), "@mimi-bridge:hs.test");
         assert_eq!(c.ghost_prefix, "mimi_");
+    }
+
+    #[test]
+    fn debug_never_shows_the_tokens() {
+        let mut j = base();
+        j["as_token"] = "as-secret-value".into();
+        j["hs_token"] = "hs-secret-value".into();
+        let shown = format!("{:?}", parse(j).expect("valid"));
+        assert!(!shown.contains("secret-value") && shown.contains("hs.test"), "{shown}");
     }
 
     #[test]
