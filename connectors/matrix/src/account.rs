@@ -232,6 +232,10 @@ async fn ping_loop(inner: Arc<Inner>) {
             Err(e) => {
                 let reason = match &e {
                     HsError::Refused { errcode, error, .. } => format!("appservice ping refused ({errcode}: {error})"),
+                    // Synapse answers 502 M_CONNECTION_FAILED / M_CONNECTION_TIMEOUT when it cannot call us.
+                    HsError::Unavailable(m) if m.contains("M_CONNECTION_") => {
+                        format!("the homeserver cannot reach the appservice at {}: {m}", inner.cfg.appservice_url())
+                    }
                     HsError::Unavailable(m) => format!("appservice ping to {} failed: {m}", inner.cfg.homeserver_url),
                 };
                 tracing::warn!(account = %inner.id, %reason, retry_in = ?backoff, "homeserver not ready for the appservice");

@@ -220,3 +220,7 @@ fn without_url(e: &reqwest::Error) -> String {
     }
     if detail.is_empty() { kind.to_owned() } else { format!("{kind}: {detail}") }
 }
+
+#[cfg(test)]
+#[path = "homeserver_tests.rs"]
+mod tests;

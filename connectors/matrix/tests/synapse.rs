@@ -119,6 +119,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(|_| {})
+}
+
+/// [`setup`], with the config changed by `edit` before the registration is written.
+fn setup_with(edit: impl FnOnce(&mut Config)) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = format!("127.0.0.1:{}", harness::free_port().expect("port")).parse().expect("addr");
     let mut config = Config {
@@ -133,6 +138,7 @@ fn setup() -> Setup {
         as_token: registration::random_token(),
         hs_token: registration::random_token(),
     };
+    edit(&mut config);
     let reg = dir.path().join("registration.yaml");
     std::fs::write(&reg, registration::registration_yaml(&config)).expect("write registration");
     let opts = SynapseOptions { appservice_registrations: vec![reg], server_name: Some(SERVER_NAME.into()) };
@@ -313,6 +319,29 @@ async fn a_wrong_as_token_is_reported_as_bad_credentials() {
     wait_health(&account, |h| matches!(h, Health::BadCredentials { .. }), "bad credentials").await;
     let h = account.health().borrow().clone();
     assert!(matches!(&h, Health::BadCredentials { reason } if reason.contains("M_UNKNOWN_TOKEN")), "{h:?}");
+    router.shutdown().await;
+}
+
+/// A registration whose `url` the homeserver cannot reach: the ping fails, health says why, and the account keeps
+/// trying (backing off) instead of pretending to be connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_homeserver_that_cannot_reach_the_appservice_is_reported() {
+    let nowhere = harness::free_port().expect("port");
+    let s = setup_with(|c| c.url = Some(format!("http://127.0.0.1:{nowhere}")));
+    let (router, _dir) = router().await;
+    let id = AccountId::parse("matrix.unreachable").expect("id");
+    let account = MatrixConnector::with_axum_serve()
+        .start(id.clone(), s.config.clone(), AccountContext::new(id, router.clone(), "b.test"))
+        .await
+        .expect("start returns at once");
+    wait_health(&account, |h| matches!(h, Health::BackingOff { .. }), "backing off").await;
+    let h = account.health().borrow().clone();
+    println!("{h:?}");
+    let want = format!("the homeserver cannot reach the appservice at http://127.0.0.1:{nowhere}");
+    assert!(
+        matches!(&h, Health::BackingOff { reason, .. } if reason.contains(&want) && reason.contains("M_CONNECTION_FAILED")),
+        "{h:?}"
+    );
     router.shutdown().await;
 }
 
