@@ -1,8 +1,8 @@
 //! The daemon binary with a real Matrix appservice account: `generate-registration` writes what Synapse loads, a
 //! Matrix room, an IRC channel (ngIRCd) and a native MLS client share one portal. A Matrix user's message, emote,
 //! reply, edit, reaction and redaction reach the native client as the right MIMI content; the native client's
-//! message, reply and edit reach the Matrix room as its ghost; a transaction delivered twice is processed once;
-//! the IRC channel and the Matrix room talk through the portal.
+//! message, reply, edit and emote reach the Matrix room as its ghost; a transaction delivered twice is processed
+//! once; the IRC channel and the Matrix room talk through the portal.
 
 use crate::common::client::{client, messages, server_of};
 use crate::common::{Daemon, cli, write_config};
@@ -171,6 +171,13 @@ fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_dae
         e["content"]["m.new_content"]["body"] == "hello from mimi, edited"
     });
     assert_eq!(ev["content"]["m.relates_to"], json!({"rel_type": "m.replace", "event_id": mine_event}), "{ev}");
+    client(&alice, &server, &["send", ROOM, "/me dances"]);
+    let ev = await_matrix(&hs, &mx, &room, "the native emote", |e| e["content"]["body"] == "dances");
+    assert_eq!(
+        (ev["content"]["msgtype"].as_str(), ev["sender"].as_str()),
+        (Some("m.emote"), Some(ghost.as_str())),
+        "{ev}"
+    );
 
     // IRC → Matrix, through the portal, as the IRC user's ghost.
     ircuser.send("PRIVMSG #chan :hello from irc").expect("send");
