@@ -1,6 +1,9 @@
 //! The appservice account (IO shell): pings the homeserver, joins the linked rooms as the appservice user, hands
 //! transactions to the core and performs outbound events as ghosts created and joined on demand.
 //!
+//! A ghost that someone kicked or banned is not rejoined: what it would send is refused (the core reports it to
+//! the sender as undelivered).
+//!
 //! Health: `Connecting` until the homeserver answers the appservice ping (it calls our ping endpoint, so this
 //! proves both directions), `BackingOff` while it is unreachable or cannot reach us (retried with backoff),
 //! `BadCredentials` when it refuses the `as_token`. A send that finds the homeserver down returns `Retry` (the core
@@ -136,6 +139,18 @@ impl Inner {
         if self.state().joined.contains(&key) {
             return Ok(());
         }
+        // A ghost someone kicked or banned stays out: the room's members decided (checked on the homeserver, so
+        // it holds across restarts). Sends as it are refused; the core tells the sender.
+        let bot = self.cfg.bot_user_id();
+        if let Some((membership, by)) = self.hs.membership(room_id, &bot, ghost).await?
+            && (membership == "ban" || (membership == "leave" && by != ghost && by != bot))
+        {
+            return Err(HsError::Refused {
+                status: 403,
+                errcode: "M_FORBIDDEN".into(),
+                error: format!("{by} removed {ghost} from the room ({membership}); the bridge does not rejoin it"),
+            });
+        }
         match self.hs.join(room_id, ghost).await {
             Err(HsError::Refused { status: 403, .. }) => {
                 self.hs.invite(room_id, &self.cfg.bot_user_id(), ghost).await?;
@@ -156,7 +171,15 @@ impl Inner {
             MatrixAction::Send { room, as_user, event_type, txn_id, content } => {
                 let room = self.room_id(&room);
                 self.ensure_ghost(&room, &as_user, name, uri).await?;
-                self.hs.send(&room, event_type, &txn_id, &content, &as_user).await.map(Some)
+                match self.hs.send(&room, event_type, &txn_id, &content, &as_user).await {
+                    // What we knew of the ghost's membership is stale (kicked, banned): look again, once.
+                    Err(HsError::Refused { status: 403, .. }) => {
+                        self.state().joined.remove(&(room.clone(), as_user.clone()));
+                        self.ensure_ghost(&room, &as_user, name, uri).await?;
+                        self.hs.send(&room, event_type, &txn_id, &content, &as_user).await.map(Some)
+                    }
+                    other => other.map(Some),
+                }
             }
             MatrixAction::Redact { room, as_user, event_id, txn_id } => {
                 let room = self.room_id(&room);
@@ -267,11 +290,19 @@ impl Transactions for Inner {
             };
             let room_id = ev.room_id().to_string();
             let Some(leg_room) = self.state().rooms.get(&room_id).cloned() else { continue };
-            if let AnyTimelineEvent::State(AnyStateEvent::RoomMember(RoomMemberEvent::Original(m))) = &ev
-                && m.content.membership == MembershipState::Join
-                && let Some(name) = &m.content.displayname
-            {
-                self.state().names.insert((room_id.clone(), m.state_key.to_string()), name.clone());
+            if let AnyTimelineEvent::State(AnyStateEvent::RoomMember(RoomMemberEvent::Original(m))) = &ev {
+                let key = (room_id.clone(), m.state_key.to_string());
+                let mut st = self.state();
+                match (&m.content.membership, &m.content.displayname) {
+                    (MembershipState::Join, Some(name)) => {
+                        st.names.insert(key, name.clone());
+                    }
+                    (MembershipState::Join, None) => {}
+                    // A ghost that left or was removed is in the room no more: the next send checks why.
+                    _ => {
+                        st.joined.remove(&key);
+                    }
+                }
             }
             let name = self.sender_name(&room_id, ev.sender().as_str()).await;
             match self.tr.inbound(&ev, name.as_deref()) {

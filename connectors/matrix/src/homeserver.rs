@@ -71,12 +71,24 @@ impl Homeserver {
         user_id: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Value, HsError> {
+        let query: Vec<(&str, &str)> = user_id.map(|u| ("user_id", u)).into_iter().collect();
+        self.call_with_query(method, segments, &query, body).await
+    }
+
+    /// [`Homeserver::call`] with query parameters of its own (`user_id` among them to act as a user).
+    pub async fn call_with_query(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value, HsError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|()| HsError::Unavailable("homeserver_url cannot be a base".into()))?
             .extend(segments);
-        if let Some(user) = user_id {
-            url.query_pairs_mut().append_pair("user_id", user);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
         }
         let mut waited = Duration::ZERO;
         loop {
@@ -195,6 +207,28 @@ impl Homeserver {
         let path = ["_matrix", "client", "v3", "rooms", room, "state", "m.room.member", user_id];
         let v = self.call(Method::GET, &path, Some(reader), None).await?;
         Ok(v["displayname"].as_str().map(str::to_owned))
+    }
+}
+
+impl Homeserver {
+    /// Who last changed `user_id`'s membership of `room` and to what (`join`, `leave`, `ban`…), read as `reader`;
+    /// `None` if the user was never in the room.
+    pub async fn membership(
+        &self,
+        room: &str,
+        reader: &str,
+        user_id: &str,
+    ) -> Result<Option<(String, String)>, HsError> {
+        let path = ["_matrix", "client", "v3", "rooms", room, "state", "m.room.member", user_id];
+        let query = [("user_id", reader), ("format", "event")];
+        match self.call_with_query(Method::GET, &path, &query, None).await {
+            Ok(v) => {
+                let membership = v["content"]["membership"].as_str().unwrap_or_default().to_owned();
+                Ok(Some((membership, v["sender"].as_str().unwrap_or_default().to_owned())))
+            }
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -115,6 +115,7 @@ struct Setup {
     hs: Synapse,
     config: Config,
     room: String,
+    owner: MatrixUser,
     _dir: tempfile::TempDir,
 }
 
@@ -155,7 +156,7 @@ fn setup_with(edit: impl FnOnce(&mut Config)) -> Setup {
         .expect("createRoom");
     assert_eq!(status, 200, "{room}");
     let room = room["room_id"].as_str().expect("room id").to_owned();
-    Setup { hs, config, room, _dir: dir }
+    Setup { hs, config, room, owner, _dir: dir }
 }
 
 struct MatrixHarness {
@@ -345,6 +346,91 @@ async fn a_homeserver_that_cannot_reach_the_appservice_is_reported() {
     router.shutdown().await;
 }
 
+/// A ghost kicked from the room is not rejoined: what it would send is refused and the sender told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_ghost_is_not_rejoined() {
+    use bridge_api::event::{InboundKind, MessageDraft, OutboundKind};
+    let s = setup();
+    let sl = slice(&s).await;
+    let say = |word: &'static str| {
+        let lb = sl.lb.clone();
+        async move {
+            let kind = InboundKind::Message { draft: MessageDraft::plain(word), reply_to: None };
+            lb.say_with_id("#lb", "alice", word, kind).await.expect("accepted");
+        }
+    };
+    say("first").await;
+    let creator = Client::new(&s.hs.url(), s.owner.clone());
+    let first = await_body(&creator, &s.room, "first").await;
+    let ghost = first["sender"].as_str().expect("sender").to_owned();
+    // The room's creator kicks the ghost.
+    let path = format!("/_matrix/client/v3/rooms/{}/kick", enc(&s.room));
+    creator.call(reqwest::Method::POST, &path, Some(json!({"user_id": ghost, "reason": "test"}))).await.expect("kick");
+    // The next message is refused, not sent by a rejoined ghost (whether or not the bridge has seen the kick yet).
+    say("second").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let notice = sl.lb.delivered().into_iter().find_map(|e| match e.kind {
+            OutboundKind::Message { draft, .. } if draft.body.contains("not delivered") => Some(draft.body),
+            _ => None,
+        });
+        if let Some(n) = notice {
+            assert!(n.contains("does not rejoin"), "{n}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the sender was never told");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let members = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&s.room));
+    let joined = creator.call(reqwest::Method::GET, &members, None).await.expect("members");
+    assert!(joined["joined"].get(&ghost).is_none(), "the ghost stayed out: {joined}");
+    sl.router.shutdown().await;
+}
+
+/// The first message event with `body` in the room, waiting for it.
+async fn await_body(c: &Client, room: &str, body: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=200", enc(room));
+        let v = c.call(reqwest::Method::GET, &path, None).await.expect("messages");
+        if let Some(e) = v["chunk"].as_array().into_iter().flatten().find(|e| e["content"]["body"] == body) {
+            return e.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body:?} never arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A router, a loopback leg and the Matrix account linked into one portal, the account connected.
+struct Slice {
+    router: bridge_core::router::RouterHandle,
+    lb: Arc<bridge_testkit::loopback::LoopbackNetwork>,
+    account: Arc<dyn Account>,
+    _dir: tempfile::TempDir,
+}
+
+async fn slice(s: &Setup) -> Slice {
+    use bridge_core::repo::{MlsIdentity, PortalRecord};
+    use bridge_testkit::loopback::LoopbackNetwork;
+    let (router, dir) = router().await;
+    let lb_id = AccountId::parse("lb.other").expect("id");
+    let lb = LoopbackNetwork::new(lb_id.clone(), AccountContext::new(lb_id, router.clone(), "b.test"));
+    router.add_account(lb.clone());
+    let id = AccountId::parse("matrix.hs").expect("id");
+    let account = MatrixConnector::with_axum_serve()
+        .start(id.clone(), s.config.clone(), AccountContext::new(id.clone(), router.clone(), "b.test"))
+        .await
+        .expect("start");
+    router.add_account(account.clone());
+    let p = bridge_api::PortalId::new("p").expect("portal");
+    router.create_portal(PortalRecord { id: p.clone(), mls_identity: MlsIdentity::Shared }).await.expect("portal");
+    router.link(lb.leg("#lb"), &p).await.expect("link");
+    wait_health(&account, |h| *h == Health::Connected, "connected").await;
+    let leg = bridge_api::LegId::new(id, s.room.clone()).expect("leg");
+    router.link_and_join(leg, &p).await.expect("link").expect("running").expect("join");
+    Slice { router, lb, account, _dir: dir }
+}
+
 /// A router on a fresh store.
 async fn router() -> (bridge_core::router::RouterHandle, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -366,26 +452,9 @@ async fn router() -> (bridge_core::router::RouterHandle, tempfile::TempDir) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_homeserver_outage_delays_sends_and_loses_nothing() {
     use bridge_api::event::{InboundKind, MessageDraft};
-    use bridge_core::repo::{MlsIdentity, PortalRecord};
-    use bridge_testkit::loopback::LoopbackNetwork;
 
     let mut s = setup();
-    let (router, _dir) = router().await;
-    let lb_id = AccountId::parse("lb.other").expect("id");
-    let lb = LoopbackNetwork::new(lb_id.clone(), AccountContext::new(lb_id, router.clone(), "b.test"));
-    router.add_account(lb.clone());
-    let id = AccountId::parse("matrix.hs").expect("id");
-    let account = MatrixConnector::with_axum_serve()
-        .start(id.clone(), s.config.clone(), AccountContext::new(id.clone(), router.clone(), "b.test"))
-        .await
-        .expect("start");
-    router.add_account(account.clone());
-    let p = bridge_api::PortalId::new("p").expect("portal");
-    router.create_portal(PortalRecord { id: p.clone(), mls_identity: MlsIdentity::Shared }).await.expect("portal");
-    router.link(lb.leg("#lb"), &p).await.expect("link");
-    wait_health(&account, |h| *h == Health::Connected, "connected").await;
-    let leg = bridge_api::LegId::new(id, s.room.clone()).expect("leg");
-    router.link_and_join(leg, &p).await.expect("link").expect("running").expect("join");
+    let Slice { router, lb, account, _dir } = slice(&s).await;
     let say = |i: usize, word: &'static str| {
         let lb = lb.clone();
         async move {
