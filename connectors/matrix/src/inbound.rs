@@ -8,6 +8,7 @@
 //! | `m.reaction` (`m.annotation`) | `ReactionAdd` |
 //! | `m.room.redaction` | `Delete` (of a message or a reaction: the core tells them apart) |
 //! | `m.room.member` | `Membership` (join, leave, kick, ban), display names on the sender |
+//! | … kicking or banning a ghost | a notice from whoever did it (`removed NAME from the Matrix room: reason`) |
 //!
 //! `formatted_body` becomes MIMI markdown ([`crate::format::html_to_markdown`]); user pills and `m.mentions`
 //! become `mimi://` user links. Events of the bridge's own users are marked `from_bridge`.
@@ -58,6 +59,9 @@ impl Translator {
             }
             AnyTimelineEvent::State(AnyStateEvent::RoomMember(RoomMemberEvent::Original(m))) => {
                 sender = m.state_key.as_str();
+                if m.sender != m.state_key {
+                    name = None; // `sender_name` is the name of whoever changed the membership
+                }
                 let prev = m.unsigned.prev_content.as_ref();
                 let was_joined = prev.is_some_and(|p| p.membership == MembershipState::Join);
                 let change = match &m.content.membership {
@@ -77,7 +81,20 @@ impl Translator {
                 if name.is_none() {
                     name = prev.and_then(|p| p.displayname.clone());
                 }
-                InboundKind::Membership { change }
+                if self.is_bridge_user(sender) && matches!(change, Membership::Kick | Membership::Ban) {
+                    // A ghost removed by someone: the portal hears it from them (the bridge does not rejoin it).
+                    let who =
+                        name.clone().or_else(|| self.ghosts.identity(sender)).unwrap_or_else(|| sender.to_owned());
+                    let verb = if change == Membership::Ban { "banned" } else { "removed" };
+                    let reason = m.content.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                    let text = format!("{verb} {who} from the Matrix room{reason}");
+                    sender = m.sender.as_str();
+                    name = sender_name.map(str::to_owned);
+                    let draft = MessageDraft { style: MessageStyle::Notice, ..MessageDraft::plain(text) };
+                    InboundKind::Message { draft, reply_to: None }
+                } else {
+                    InboundKind::Membership { change }
+                }
             }
             AnyTimelineEvent::MessageLike(AnyMessageLikeEvent::RoomMessage(_)) => {
                 return Err(Skipped::Ignored("redacted message"));

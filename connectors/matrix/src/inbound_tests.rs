@@ -187,3 +187,40 @@ fn membership_changes_and_display_names() {
     assert_eq!(ban.kind, InboundKind::Membership { change: Membership::Ban });
     assert!(member("@mod:hs.test", "@alice:hs.test", json!({"membership": "invite"}), None).is_err());
 }
+
+#[test]
+fn a_kicked_member_is_not_shown_with_the_kickers_name() {
+    let ev = serde_json::from_value(json!({
+        "type": "m.room.member", "event_id": "$k", "sender": "@mod:hs.test", "state_key": "@alice:hs.test",
+        "room_id": ROOM, "origin_server_ts": 1, "content": {"membership": "leave"},
+        "unsigned": {"prev_content": {"membership": "join", "displayname": "Alice"}},
+    }))
+    .expect("valid member fixture");
+    let kick = translator().inbound(&ev, Some("Moderator")).expect("kick");
+    assert_eq!(kick.sender.display_name.as_deref(), Some("Alice"));
+}
+
+#[test]
+fn a_ghost_kicked_or_banned_becomes_a_notice_from_whoever_did_it() {
+    let t = translator();
+    let ghost = t.matrix_user("mimi://b.test/u/irc.libera~bob").expect("ghost");
+    for (membership, verb) in [("leave", "removed"), ("ban", "banned")] {
+        let ev = serde_json::from_value(json!({
+            "type": "m.room.member", "event_id": "$k", "sender": "@mod:hs.test", "state_key": ghost,
+            "room_id": ROOM, "origin_server_ts": 1, "content": {"membership": membership, "reason": "spam"},
+            "unsigned": {"prev_content": {"membership": "join", "displayname": "bob"}},
+        }))
+        .expect("valid member fixture");
+        let ev = t.inbound(&ev, Some("Moderator")).expect("notice");
+        assert!(!ev.from_bridge);
+        assert_eq!(
+            (ev.sender.native_id.as_str(), ev.sender.display_name.as_deref()),
+            ("@mod:hs.test", Some("Moderator"))
+        );
+        let want = MessageDraft {
+            style: MessageStyle::Notice,
+            ..MessageDraft::plain(format!("{verb} bob from the Matrix room: spam"))
+        };
+        assert_eq!(ev.kind, InboundKind::Message { draft: want, reply_to: None });
+    }
+}

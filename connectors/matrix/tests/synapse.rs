@@ -366,6 +366,14 @@ async fn a_kicked_ghost_is_not_rejoined() {
     // The room's creator kicks the ghost.
     let path = format!("/_matrix/client/v3/rooms/{}/kick", enc(&s.room));
     creator.call(reqwest::Method::POST, &path, Some(json!({"user_id": ghost, "reason": "test"}))).await.expect("kick");
+    // The portal hears of it, from the room's creator.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !sl.lb.delivered().iter().any(|e| {
+        matches!(&e.kind, OutboundKind::Message { draft, .. } if draft.body == "removed alice from the Matrix room: test")
+    }) {
+        assert!(tokio::time::Instant::now() < deadline, "no notice of the kick: {:?}", sl.lb.delivered());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The next message is refused, not sent by a rejoined ghost (whether or not the bridge has seen the kick yet).
     say("second").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
