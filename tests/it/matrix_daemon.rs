@@ -1,8 +1,8 @@
-//! The daemon binary with a real Matrix appservice account: `generate-registration` writes what Synapse loads, a
-//! Matrix room, an IRC channel (ngIRCd) and a native MLS client share one portal. A Matrix user's message, emote,
-//! reply, edit, reaction and redaction reach the native client as the right MIMI content; the native client's
-//! message, reply, edit and emote reach the Matrix room as its ghost; a transaction delivered twice is processed
-//! once; the IRC channel and the Matrix room talk through the portal.
+//! The daemon binary with a real Matrix appservice account: `generate-registration` writes what Synapse loads, a Matrix
+//! room, an IRC channel (ngIRCd) and a native MLS client share one portal. A Matrix user's message, emote, reply, edit,
+//! reaction, its redaction and a message's redaction reach the native client as the right MIMI content; the native
+//! client's message, reply, edit and emote reach the Matrix room as its ghost; a transaction delivered twice is
+//! processed once; the IRC channel and the Matrix room talk through the portal.
 
 use crate::common::client::{client, messages, server_of};
 use crate::common::{Daemon, cli, write_config};
@@ -129,9 +129,10 @@ fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_dae
                       "m.relates_to": {"rel_type": "m.replace", "event_id": first}});
     send(&hs, &mx, &room, "m4", "m.room.message", edit);
     let reaction = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": first, "key": "👍"}});
-    send(&hs, &mx, &room, "m5", "m.reaction", reaction);
+    let reaction = send(&hs, &mx, &room, "m5", "m.reaction", reaction);
+    call(&hs, &mx, "PUT", &format!("/_matrix/client/v3/rooms/{room}/redact/{reaction}/m5r"), Some(json!({})));
     call(&hs, &mx, "PUT", &format!("/_matrix/client/v3/rooms/{room}/redact/{first}/m6"), Some(json!({})));
-    let got = hear(&alice, &server, 5);
+    let got = hear(&alice, &server, 6);
     assert_eq!(got[0]["text"], "/me waves", "emote: {got:?}");
     assert_eq!(
         (got[1]["text"].as_str(), got[1]["in_reply_to"].as_str()),
@@ -148,9 +149,15 @@ fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_dae
         (Some("👍"), Some(first_id.as_str()), Some("Reaction")),
         "reaction: {got:?}"
     );
+    // The redaction of a reaction withdraws it (the core tells it from a message's deletion).
     assert_eq!(
-        (got[4]["text"].as_str(), got[4]["replaces"].as_str()),
-        (Some(""), Some(first_id.as_str())),
+        (got[4]["text"].as_str(), got[4]["replaces"].as_str(), got[4]["disposition"].as_str()),
+        (Some(""), got[3]["message_id"].as_str(), Some("Reaction")),
+        "unreact: {got:?}"
+    );
+    assert_eq!(
+        (got[5]["text"].as_str(), got[5]["replaces"].as_str(), got[5]["disposition"].as_str()),
+        (Some(""), Some(first_id.as_str()), Some("Render")),
         "delete: {got:?}"
     );
 
