@@ -1,7 +1,7 @@
 //! The daemon binary with a real Matrix appservice account: `generate-registration` writes what Synapse loads, a Matrix
 //! room, an IRC channel (ngIRCd) and a native MLS client share one portal. A Matrix user's message, emote, reply, edit,
-//! reaction, its redaction and a message's redaction reach the native client as the right MIMI content; the native
-//! client's message, reply, edit and emote reach the Matrix room as its ghost; a transaction delivered twice is
+//! reaction, its redaction, a message's redaction and a mention reach the native client as the right MIMI content; the
+//! native client's message, reply, edit and emote reach the Matrix room as its ghost; a transaction delivered twice is
 //! processed once; the IRC channel and the Matrix room talk through the portal.
 
 use crate::common::client::{client, messages, server_of};
@@ -185,6 +185,15 @@ fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_dae
         (Some("m.emote"), Some(ghost.as_str())),
         "{ev}"
     );
+
+    // A Matrix pill of alice's ghost is a mention of alice herself for the native client.
+    let pill = json!({"msgtype": "m.text", "body": "alice: look",
+                      "format": "org.matrix.custom.html",
+                      "formatted_body": format!("<a href=\"https://matrix.to/#/{ghost}\">alice</a>: <b>look</b>"),
+                      "m.mentions": {"user_ids": [ghost]}});
+    send(&hs, &mx, &room, "m9", "m.room.message", pill);
+    let got = hear(&alice, &server, 1);
+    assert_eq!(got[0]["text"], "[@alice](mimi://bridge.example.org/u/alice)\\: **look**", "{got:?}");
 
     // IRC → Matrix, through the portal, as the IRC user's ghost.
     ircuser.send("PRIVMSG #chan :hello from irc").expect("send");
