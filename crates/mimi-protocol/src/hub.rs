@@ -36,7 +36,9 @@
 //!
 //! Sequencing: every accepted message gets the next sequence number (1, 2, …, no gaps) and becomes a
 //! [`SequencedFanout`] log entry. The same bytes submitted again (a retry) get the *same* sequence number back and
-//! produce no new entry and no fan-out. Every follower provider is notified of every entry, the provider the
+//! produce no new entry and no fan-out — as long as the entry is kept (the newest [`RECENT`] keys here, older ones
+//! in the IO shell's durable index; after retention removed an entry, the same bytes are judged anew, and a
+//! message of a past epoch is refused as too old). Every follower provider is notified of every entry, the provider the
 //! message came from included (its copy of the log then has no gap).
 
 use super::inspect::{Inspected, PublicSender, inspect};
@@ -44,7 +46,7 @@ use super::public::{PublicState, identity};
 use super::wire::{FanoutMessage, MlsMessageBytes, SequencedFanout, UpdateRequest};
 use crate::uri_domain;
 use openmls::prelude::tls_codec::Deserialize as _;
-use openmls::prelude::{MlsMessageIn, ProcessedMessageContent, ProtocolMessage};
+use openmls::prelude::{MlsMessageIn, ProcessedMessageContent, Proposal, ProtocolMessage, Sender};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
@@ -462,6 +464,11 @@ impl HubRoom {
         {
             return Err(not_allowed(format!("{f} cannot speak for {sending_uri:?}")));
         }
+        // Strangers to an invite-only room learn nothing of it, whatever they send (invited joiners are on the
+        // list already).
+        if self.state.policy == JoinPolicy::Invite && !self.state.participants.contains(sending_uri) {
+            return Err(not_allowed(format!("{sending_uri} is not a participant")));
+        }
         let mut next = self.state.clone();
         match info {
             Inspected::Private { group_id, epoch, application } => {
@@ -534,8 +541,36 @@ impl HubRoom {
                         next.epoch = after.epoch();
                         Ok(Judged { state: next, public: Some(after), added: Some(added) })
                     }
-                    ProcessedMessageContent::ProposalMessage(p)
-                    | ProcessedMessageContent::ExternalJoinProposalMessage(p) => {
+                    ProcessedMessageContent::ProposalMessage(p) => {
+                        // A proposal sent on its own is judged as the commit that would include it: whoever
+                        // commits it later (the bridge's own member, say) does not launder it.
+                        match p.proposal() {
+                            Proposal::Add(a) => {
+                                let (who, kp_ref) = PublicState::add_of(a.key_package())?;
+                                let who = who.ok_or_else(|| {
+                                    not_allowed("an added member's credential is not a UTF-8 basic credential")
+                                })?;
+                                if let Some(rule) = &self.add_rule {
+                                    rule.check(&who, &kp_ref, origin).map_err(not_allowed)?;
+                                }
+                            }
+                            Proposal::Update(u) => {
+                                let leaf = match p.sender() {
+                                    Sender::Member(leaf) => *leaf,
+                                    _ => return Err(not_allowed("an Update proposal from a non-member")),
+                                };
+                                if public.identity_at(leaf) != identity(u.leaf_node().credential()) {
+                                    return Err(not_allowed(format!(
+                                        "the proposal changes the credential of the member at leaf {}",
+                                        leaf.u32()
+                                    )));
+                                }
+                            }
+                            _ => {}
+                        }
+                        Ok(Judged { state: next, public: Some(public.with_proposal(*p)?), added: None })
+                    }
+                    ProcessedMessageContent::ExternalJoinProposalMessage(p) => {
                         Ok(Judged { state: next, public: Some(public.with_proposal(*p)?), added: None })
                     }
                     _ => Err(not_allowed("not a handshake message")),
@@ -735,7 +770,10 @@ mod tests {
         assert_eq!(hub.last_seq(), 1, "refusals leave no entry");
         // Who is no participant of this invite-only room does not learn its epoch, whatever epoch they try.
         let mallory = Origin::Client(MALLORY.into());
-        for probe in [old, bytes(forged_commit(ROOM.as_bytes(), 1000)), bytes(forged_commit(ROOM.as_bytes(), 0))] {
+        let current = bytes(forged_commit(ROOM.as_bytes(), 1));
+        for probe in
+            [old, bytes(forged_commit(ROOM.as_bytes(), 1000)), bytes(forged_commit(ROOM.as_bytes(), 0)), current]
+        {
             match hub.submit(probe, MALLORY, &mallory, 4) {
                 Err(Refusal::NotAllowed(why)) => assert!(!why.contains('1'), "the epoch leaks: {why}"),
                 other => panic!("{other:?}"),
@@ -938,6 +976,31 @@ mod tests {
         let add = alice.add(&[handed_out]);
         hub.update(&commit_bundle(&add), ALICE, &from, 2).expect("the KeyPackage handed out");
         assert!(hub.state().participants.contains(BOB));
+    }
+
+    #[test]
+    fn proposals_sent_alone_pass_the_same_rules_as_commits() {
+        let (_alice, mut bob, hub) = room_with_bob();
+        let handed_out = TestClient::new(CAROL).key_package();
+        let mut hub = hub.with_add_rule(Arc::new(OnlyKeyPackage(kp_ref(&handed_out))));
+        let before = snapshot(&hub);
+        let from = Origin::Client(BOB.into());
+        // An Add of bob's own making for a name the rule guards; then a rename of bob's leaf.
+        let forged = bob.propose_add(&TestClient::new(BOB).key_package());
+        match hub.submit(bytes(forged), BOB, &from, 2) {
+            Err(Refusal::NotAllowed(why)) => assert!(why.contains("not handed out"), "{why}"),
+            other => panic!("an Add proposal past the rule: {other:?}"),
+        }
+        bob.clear_proposals();
+        let rename = bob.propose_update_as(MALLORY);
+        match hub.submit(bytes(rename), BOB, &from, 2) {
+            Err(Refusal::NotAllowed(why)) => assert!(why.contains("changes the credential"), "{why}"),
+            other => panic!("a renaming Update proposal: {other:?}"),
+        }
+        assert_eq!(snapshot(&hub), before, "refusals change nothing");
+        bob.clear_proposals();
+        let fine = bob.propose_add(&handed_out);
+        hub.submit(bytes(fine), BOB, &from, 3).expect("an Add the rule allows");
     }
 
     #[test]

@@ -184,15 +184,13 @@ impl PublicState {
 
     /// The members a staged commit adds: each one's identity (if a UTF-8 basic credential) and KeyPackageRef.
     pub(crate) fn adds(staged: &StagedCommit) -> Result<Vec<Added>, Refusal> {
-        let crypto = RustCrypto::default();
-        staged
-            .add_proposals()
-            .map(|a| {
-                let kp = a.add_proposal().key_package();
-                let r = kp.hash_ref(&crypto).map_err(|e| refused("KeyPackageRef", e))?;
-                Ok((identity(kp.leaf_node().credential()), r.as_slice().to_vec()))
-            })
-            .collect()
+        staged.add_proposals().map(|a| Self::add_of(a.add_proposal().key_package())).collect()
+    }
+
+    /// The member an Add of `kp` adds: identity and KeyPackageRef.
+    pub(crate) fn add_of(kp: &openmls::prelude::KeyPackage) -> Result<Added, Refusal> {
+        let r = kp.hash_ref(&RustCrypto::default()).map_err(|e| refused("KeyPackageRef", e))?;
+        Ok((identity(kp.leaf_node().credential()), r.as_slice().to_vec()))
     }
 
     /// The leaves a staged commit removes.

@@ -173,6 +173,29 @@ impl TestGroup {
         })
     }
 
+    /// A proposal (PublicMessage) to add the member of `key_package` (an MLSMessage), kept in the proposal store.
+    pub(crate) fn propose_add(&mut self, key_package: &[u8]) -> Vec<u8> {
+        let MlsMessageBodyIn::KeyPackage(k) = MlsMessageIn::tls_deserialize_exact(key_package).expect("kp").extract()
+        else {
+            panic!("not a KeyPackage")
+        };
+        let k = k.validate(self.client.provider.crypto(), ProtocolVersion::Mls10).expect("valid");
+        let (m, _) = self.group.propose_add_member(&self.client.provider, &self.client.signer, &k).expect("proposal");
+        bytes(&m)
+    }
+
+    /// A proposal to update this member's leaf to one naming `uri` (same signature key).
+    pub(crate) fn propose_update_as(&mut self, uri: &str) -> Vec<u8> {
+        let cwk = CredentialWithKey {
+            credential: BasicCredential::new(uri.as_bytes().to_vec()).into(),
+            signature_key: self.client.signer.public().into(),
+        };
+        let params = LeafNodeParameters::builder().with_credential_with_key(cwk).build();
+        let (m, _) =
+            self.group.propose_self_update(&self.client.provider, &self.client.signer, params).expect("proposal");
+        bytes(&m)
+    }
+
     /// A commit adding the members of `key_packages` (MLSMessages), left pending.
     pub(crate) fn add(&mut self, key_packages: &[Vec<u8>]) -> TestCommit {
         let kps: Vec<KeyPackage> = key_packages
