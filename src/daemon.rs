@@ -206,9 +206,13 @@ impl Daemon {
             tracing::warn!("listeners still open at exit");
         }
         self.probe_task.abort();
-        // A pass in progress ends with its current batch (each is atomic).
-        if tokio::time::timeout(Duration::from_secs(5), self.pruner_task).await.is_err() {
-            tracing::warn!("retention pass still running at exit");
+        // A pass in progress is stopped after 5 s: each of its batches is atomic, so a stopped pass leaves every
+        // record either kept or removed whole, and the next start's pass goes on from there.
+        let mut pruner = self.pruner_task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut pruner).await.is_err() {
+            tracing::warn!("retention pass still running at exit: stopped");
+            pruner.abort();
+            let _ = pruner.await;
         }
         let _ = self.probe_task.await;
         let shutdown_timeout = self.shutdown_timeout;

@@ -288,9 +288,8 @@ impl Worker {
     fn delivered(&mut self, work: &LegWork, native_ids: &[NativeId]) {
         let ev = &work.event;
         let mut b = Batch::new();
-        // Reverse order so the first id wins the message → native direction.
-        for n in native_ids.iter().rev() {
-            write::native(&mut b, &self.leg, n, &ev.message_id, false);
+        write::natives(&mut b, &self.leg, native_ids, &ev.message_id, false);
+        for n in native_ids {
             self.shared.note_delivery(&self.leg, n, ev.message_id);
         }
         if let Some(first) = native_ids.first() {

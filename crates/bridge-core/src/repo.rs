@@ -7,7 +7,7 @@
 //! | `legs` | lp(leg key) | portal name |
 //! | `ghosts` | lp(account) ‖ native user id | URI of the user the ghost stands for |
 //! | `msgs` | message id (32 bytes) | [`MessageRecord`] |
-//! | `ids` | `m` ‖ message id ‖ lp(leg key) | native id on that leg |
+//! | `ids` | `m` ‖ message id ‖ lp(leg key) | native ids on that leg, NUL-separated (the first is the one references resolve to) |
 //! | `ids` | `n` ‖ lp(leg key) ‖ native id | [`IdEntry`] (message id, and whether the event came *from* that leg) |
 //! | `reactions` | target message id ‖ sender URI | [`ReactionSet`] |
 //! | `outbox` | lp(leg key) ‖ seq (u64 BE) | pending [`OutboundEvent`] |
@@ -285,7 +285,12 @@ impl<'a> Repo<'a> {
 
     /// A message's native id on a leg (where it came from or was delivered to).
     pub fn native_on(&self, msg: &MessageId, leg: &LegId) -> Result<Option<NativeId>, StoreError> {
-        Ok(self.get(IDS, &delivered_key(msg, leg))?.map(|v| NativeId(String::from_utf8_lossy(&v).into_owned())))
+        // The value lists every native id the message got on the leg (a NUL between them); the first is the one
+        // later references resolve to.
+        Ok(self.get(IDS, &delivered_key(msg, leg))?.map(|v| {
+            let first = v.split(|&b| b == 0).next().unwrap_or(&[]);
+            NativeId(String::from_utf8_lossy(first).into_owned())
+        }))
     }
 
     /// A sender's reactions on a message.
@@ -351,13 +356,15 @@ impl<'a> Repo<'a> {
         let mut out = vec![(MSGS, key.to_vec())];
         let mut delivered = vec![b'm'];
         delivered.extend_from_slice(key);
-        for (k, native) in self.store.scan_prefix(IDS, &delivered)? {
-            // 'm' ‖ id ‖ lp(leg) → native id; its reverse is 'n' ‖ lp(leg) ‖ native id.
-            let mut reverse = vec![b'n'];
-            reverse.extend_from_slice(&k[delivered.len()..]);
-            reverse.extend_from_slice(&native);
+        for (k, natives) in self.store.scan_prefix(IDS, &delivered)? {
+            // 'm' ‖ id ‖ lp(leg) → native ids (NUL between them); each one's reverse is 'n' ‖ lp(leg) ‖ native id.
+            for native in natives.split(|&b| b == 0) {
+                let mut reverse = vec![b'n'];
+                reverse.extend_from_slice(&k[delivered.len()..]);
+                reverse.extend_from_slice(native);
+                out.push((IDS, reverse));
+            }
             out.push((IDS, k));
-            out.push((IDS, reverse));
         }
         out.extend(self.store.scan_prefix(REACTIONS, key)?.into_iter().map(|(k, _)| (REACTIONS, k)));
         Ok(out)
@@ -414,8 +421,19 @@ pub mod write {
 
     /// Maps `native` on `leg` to `msg` in both directions; `origin` as in [`IdEntry`].
     pub fn native(b: &mut Batch, leg: &LegId, native: &NativeId, msg: &MessageId, origin: bool) {
-        b.put(IDS, native_key(leg, native), enc(&IdEntry { message_id: *msg, origin }));
-        b.put(IDS, delivered_key(msg, leg), native.0.as_bytes());
+        natives(b, leg, std::slice::from_ref(native), msg, origin);
+    }
+
+    /// Maps every id of `natives` (a message delivered as several, such as IRC lines) on `leg` to `msg`, and
+    /// `msg` to all of them, the first first (the one later references resolve to). Retention forgets them all.
+    pub fn natives(b: &mut Batch, leg: &LegId, natives: &[NativeId], msg: &MessageId, origin: bool) {
+        for n in natives {
+            b.put(IDS, native_key(leg, n), enc(&IdEntry { message_id: *msg, origin }));
+        }
+        let all: Vec<&[u8]> = natives.iter().map(|n| n.0.as_bytes()).collect();
+        if !all.is_empty() {
+            b.put(IDS, delivered_key(msg, leg), all.join(&0u8));
+        }
     }
 
     /// Stores a sender's reaction set on a message (empty removes the entry).

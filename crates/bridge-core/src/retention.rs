@@ -6,15 +6,17 @@
 //! | room log entries (hub and follower copies) | [`RetentionConfig::hub_log`] | [`mimi_provider::Provider::prune_log`]: never the last entry nor one the bridge's member has not read; readers behind are told to rejoin (410) |
 //! | message records, their ID-map entries and reactions | [`RetentionConfig::messages`] | `msgs`, `ids`, `reactions`: edits, replies and reactions to a forgotten message are bridged as new messages |
 //! | failed deliveries | [`RetentionConfig::failed`] | `failed` |
-//! | claimed-KeyPackage records, invitations to removed Welcomes | [`RetentionConfig::claims`] | [`mimi_provider::Provider::prune_users`]: an Add with a KeyPackage claimed longer ago is refused |
+//! | claimed-KeyPackage records | [`RetentionConfig::claims`] | [`mimi_provider::Provider::prune_claims`]: an Add with a KeyPackage claimed longer ago is refused |
+//! | invitations to Welcomes removed from the log | with the log | [`mimi_provider::Provider::prune_invitations`] |
 //! | whatever else registers ([`Retained`]: media blobs of the connectors) | its own setting | its own |
 //!
 //! `None` keeps a kind forever. Records written before retention existed have no time: the first pass stamps
-//! them, so they go one period after the upgrade. Each pass works in pages, never reading a tree whole.
+//! them, so they go one period after the upgrade. Each pass works in pages, never reading a tree whole; a kind
+//! that fails is logged and retried at the next pass, the others are pruned all the same.
 
 use crate::outbox::now_ms;
 use crate::repo::Repo;
-use mimi_provider::{Provider, ProviderError};
+use mimi_provider::Provider;
 use mimi_store::{Batch, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +81,12 @@ pub struct PruneReport {
     pub stamped: u64,
     /// Registered kinds: name and count.
     pub others: Vec<(String, u64)>,
+    /// Kinds whose pruning failed this pass (logged; retried at the next): name and why.
+    pub failures: Vec<(String, String)>,
+}
+
+fn report_failure(kind: &str, e: &dyn std::fmt::Display) -> (String, String) {
+    (kind.to_owned(), e.to_string())
 }
 
 /// The daemon's pruner: [`Pruner::run`] makes a pass every [`RetentionConfig::interval`].
@@ -105,29 +113,48 @@ impl Pruner {
     }
 
     /// One pass at time `now_ms`.
-    pub async fn prune(&self, now_ms: u64) -> Result<PruneReport, ProviderError> {
+    pub async fn prune(&self, now_ms: u64) -> PruneReport {
         let mut report = PruneReport::default();
+        let failed = |kind: &str, e: &dyn std::fmt::Display| {
+            tracing::error!(kind, error = %e, "retention of one kind failed; the pass goes on");
+            report_failure(kind, e)
+        };
+        let mut failures = Vec::new();
         if let Some(before) = cutoff(now_ms, self.config.hub_log) {
-            report.log_entries = self.provider.prune_log(before).await?;
+            match self.provider.prune_log(before).await {
+                Ok(n) => report.log_entries = n,
+                Err(e) => failures.push(failed("hub log", &e)),
+            }
+            match self.provider.prune_invitations().await {
+                Ok(n) => report.invitations = n,
+                Err(e) => failures.push(failed("invitations", &e)),
+            }
         }
         if let Some(before) = cutoff(now_ms, self.config.claims) {
-            let users = self.provider.prune_users(before).await?;
-            report.claims = users.claims;
-            report.invitations = users.invitations;
+            match self.provider.prune_claims(before).await {
+                Ok(n) => report.claims = n,
+                Err(e) => failures.push(failed("claims", &e)),
+            }
         }
-        if let Some(before) = cutoff(now_ms, self.config.messages) {
-            self.prune_messages(now_ms, before, &mut report).await?;
+        if let Some(before) = cutoff(now_ms, self.config.messages)
+            && let Err(e) = self.prune_messages(now_ms, before, &mut report).await
+        {
+            failures.push(failed("messages", &e));
         }
         if let Some(before) = cutoff(now_ms, self.config.failed) {
-            report.failed = self.prune_failed(before).await?;
+            match self.prune_failed(before).await {
+                Ok(n) => report.failed = n,
+                Err(e) => failures.push(failed("failed deliveries", &e)),
+            }
         }
         for other in &self.others {
             match other.prune(now_ms).await {
                 Ok(n) => report.others.push((other.name().to_owned(), n)),
-                Err(e) => tracing::error!(kind = other.name(), error = %e, "retention of a registered kind failed"),
+                Err(e) => failures.push(failed(other.name(), &e)),
             }
         }
-        Ok(report)
+        report.failures = failures;
+        report
     }
 
     async fn prune_messages(&self, now_ms: u64, before: u64, report: &mut PruneReport) -> Result<(), StoreError> {
@@ -195,10 +222,8 @@ impl Pruner {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            match self.prune(now_ms()).await {
-                Ok(r) => tracing::info!(report = ?r, "retention pass"),
-                Err(e) => tracing::error!(error = %e, "retention pass failed; retrying at the next interval"),
-            }
+            let r = self.prune(now_ms()).await;
+            tracing::info!(report = ?r, "retention pass");
         }
     }
 }

@@ -234,7 +234,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub use mimi_protocol::uri_domain;
 
 mod retention;
-pub use retention::UserRecordsPruned;
 
 impl Provider {
     /// Opens the provider of `domain` on `store`, restoring its rooms.
@@ -247,7 +246,13 @@ impl Provider {
                 RoomRecord::Hub(state) => {
                     let name = state.room.clone();
                     let last = state.next_seq - 1;
-                    let has_portal = uri_domain(&name) == Some(domain);
+                    // The bridge's own member is in the rooms it created (rooms stored before creators were kept:
+                    // every room of our domain, as before).
+                    let bridge = format!("mimi://{domain}/u/bridge");
+                    let has_portal = match &state.creator {
+                        Some(c) => *c == bridge,
+                        None => uri_domain(&name) == Some(domain),
+                    };
                     // Followers may have missed notifies the previous run had queued: announce the last entry
                     // (a follower that has it ignores it; one that lacks it fetches the log).
                     if last > 0 {

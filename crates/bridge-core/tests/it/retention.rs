@@ -17,6 +17,19 @@ const DAY_MS: u64 = 24 * 3600 * 1000;
 /// A registered kind that records when it was asked to prune.
 struct Blobs(AtomicU64);
 
+/// A registered kind that always fails.
+struct Broken;
+
+#[async_trait::async_trait]
+impl Retained for Broken {
+    fn name(&self) -> &str {
+        "broken"
+    }
+    async fn prune(&self, _: u64) -> Result<u64, String> {
+        Err("disk on fire".into())
+    }
+}
+
 #[async_trait::async_trait]
 impl Retained for Blobs {
     fn name(&self) -> &str {
@@ -33,6 +46,11 @@ fn filled() -> (tempfile::TempDir, mimi_store::Store, tokio::runtime::Runtime) {
     let dir = tmp();
     let store = open_store(Backend::Redb, dir.path());
     fill_repo(&store);
+    // One message delivered to leg 3 as two native ids (two IRC lines).
+    let mut b = mimi_store::Batch::new();
+    let lines = [NativeId("line-1".into()), NativeId("line-2".into())];
+    bridge_core::repo::write::natives(&mut b, &leg(3), &lines, &msg_id(5), false);
+    store.commit_blocking(b).expect("two lines");
     (dir, store, tokio::runtime::Runtime::new().expect("runtime"))
 }
 
@@ -43,24 +61,35 @@ fn old_messages_go_with_their_id_map_and_reactions_and_pending_deliveries_stay()
         let provider = Provider::open("example.org", store.clone()).expect("provider");
         let mut pruner = Pruner::new(store.clone(), provider, RetentionConfig::default());
         let blobs = Arc::new(Blobs(AtomicU64::new(0)));
+        pruner.register(Arc::new(Broken));
         pruner.register(blobs.clone());
         let now = bridge_core::outbox::now_ms();
 
         // First pass: the 20 messages of before retention are stamped, nothing is old enough to go.
-        let r = pruner.prune(now).await.expect("pass");
+        let r = pruner.prune(now).await;
         assert_eq!((r.stamped, r.messages, r.failed), (20, 0, 0), "{r:?}");
+        assert_eq!(r.failures, vec![("broken".to_owned(), "disk on fire".to_owned())], "reported; the pass went on");
         assert_eq!(r.others, vec![("blobs".to_owned(), 3)]);
         assert_eq!(blobs.0.load(Ordering::SeqCst), now);
         let repo = Repo::new(&store);
         assert!(repo.message(&msg_id(1)).expect("read").is_some());
+        assert_eq!(
+            repo.native_on(&msg_id(5), &leg(3)).expect("read"),
+            Some(NativeId("line-1".into())),
+            "the first line"
+        );
+        assert_eq!(
+            repo.lookup_native(&leg(3), &NativeId("line-2".into())).expect("read").map(|e| e.message_id),
+            Some(msg_id(5))
+        );
 
         // 89 days on, messages stay; the failed delivery (30 days) goes.
-        let r = pruner.prune(now + 89 * DAY_MS).await.expect("pass");
+        let r = pruner.prune(now + 89 * DAY_MS).await;
         assert_eq!((r.stamped, r.messages, r.failed), (0, 0, 1), "{r:?}");
         assert!(repo.failed(&leg(2)).expect("read").is_empty());
 
         // 91 days on: every message goes, with both directions of its ID map and the reactions on it.
-        let r = pruner.prune(now + 91 * DAY_MS).await.expect("pass");
+        let r = pruner.prune(now + 91 * DAY_MS).await;
         assert_eq!(r.messages, 20, "{r:?}");
         assert!(repo.message(&msg_id(1)).expect("read").is_none());
         assert!(repo.lookup_native(&leg(1), &NativeId("irc-1".into())).expect("read").is_none());
@@ -83,7 +112,7 @@ fn a_kind_set_to_none_is_kept_forever() {
         let provider = Provider::open("example.org", store.clone()).expect("provider");
         let config = RetentionConfig { messages: None, failed: None, ..RetentionConfig::default() };
         let pruner = Pruner::new(store.clone(), provider, config);
-        let r = pruner.prune(bridge_core::outbox::now_ms() + 3650 * DAY_MS).await.expect("pass");
+        let r = pruner.prune(bridge_core::outbox::now_ms() + 3650 * DAY_MS).await;
         assert_eq!((r.stamped, r.messages, r.failed), (0, 0, 0), "{r:?}");
         assert_eq!(Repo::new(&store).failed(&leg(2)).expect("read").len(), 1);
     });

@@ -1,5 +1,5 @@
 //! Retention of what the provider keeps: room logs ([`Provider::prune_log`]) and the claim and invitation records
-//! of native users ([`Provider::prune_users`]). The daemon's pruner (`bridge_core::retention`) calls them.
+//! of native users ([`Provider::prune_claims`], [`Provider::prune_invitations`]). The daemon's pruner (`bridge_core::retention`) calls them.
 //!
 //! A room's log loses the entries the hub accepted before the cut-off, oldest first, in batches — never its last
 //! entry (the log's length is found from it) and never one a local consumer has not read yet (the bridge's own
@@ -14,15 +14,6 @@ use mimi_store::{Batch, StoreError};
 
 /// Most log entries removed in one batch.
 const BATCH: usize = 1024;
-
-/// What [`Provider::prune_users`] removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UserRecordsPruned {
-    /// Claim records of KeyPackages.
-    pub claims: u64,
-    /// Invitations whose Welcome was removed.
-    pub invitations: u64,
-}
 
 impl Provider {
     /// Removes, in every room here (hosted or followed), the log entries accepted before `before_ms` (see the
@@ -82,14 +73,15 @@ impl Provider {
     }
 
     /// Removes the claim records of KeyPackages claimed before `before_ms` (an Add with such a KeyPackage is then
-    /// refused: the invitation has expired) and the invitations whose Welcome retention removed from the log.
-    /// Claim records of before retention have no time: they are stamped now and expire a retention period later.
-    pub async fn prune_users(&self, before_ms: u64) -> Result<UserRecordsPruned, ProviderError> {
+    /// refused: the invitation has expired); how many. Claim records of before retention have no time: they are
+    /// stamped now and expire a retention period later. Each page is read and written under the KeyPackage lock,
+    /// so a claim made meanwhile (a last-resort KeyPackage claimed again) is never lost.
+    pub async fn prune_claims(&self, before_ms: u64) -> Result<u64, ProviderError> {
         let recs = Records(&self.inner.store);
-        let mut pruned = UserRecordsPruned::default();
-        let now = now_ms();
+        let (mut removed, now) = (0, now_ms());
         let mut from = Vec::new();
         loop {
+            let _serial = self.inner.key_package_lock.lock().await;
             let page = recs.claims(&from, BATCH)?;
             let mut b = Batch::new();
             for (kp_ref, claim) in &page {
@@ -97,7 +89,7 @@ impl Provider {
                     None => write::stamp_claim(&mut b, kp_ref, &claim.user, now),
                     Some(at) if at < before_ms => {
                         write::drop_claim(&mut b, kp_ref);
-                        pruned.claims += 1;
+                        removed += 1;
                     }
                     Some(_) => {}
                 }
@@ -105,9 +97,16 @@ impl Provider {
             self.commit(b).await?;
             match page.last() {
                 Some((last, _)) if page.len() == BATCH => from = [last.as_slice(), &[0]].concat(),
-                _ => break,
+                _ => return Ok(removed),
             }
         }
+    }
+
+    /// Removes the invitations whose Welcome is no longer in the log (retention removed it, or the room is gone);
+    /// how many.
+    pub async fn prune_invitations(&self) -> Result<u64, ProviderError> {
+        let recs = Records(&self.inner.store);
+        let mut removed = 0;
         let mut from = b"I".to_vec();
         loop {
             let page = recs.invitations(&from, BATCH)?;
@@ -117,17 +116,16 @@ impl Provider {
                 for (key, room, seq) in &page {
                     if rooms.get(room).is_none_or(|r| *seq < r.first) {
                         write::drop_invite(&mut b, key);
-                        pruned.invitations += 1;
+                        removed += 1;
                     }
                 }
             }
             self.commit(b).await?;
             match page.last() {
                 Some((last, _, _)) if page.len() == BATCH => from = [last.as_slice(), &[0]].concat(),
-                _ => break,
+                _ => return Ok(removed),
             }
         }
-        Ok(pruned)
     }
 
     async fn commit(&self, b: Batch) -> Result<(), ProviderError> {
@@ -192,11 +190,13 @@ mod tests {
         st.commit_later(b).await.expect("task").expect("cursor");
         assert_eq!(p.prune_log(now_ms() + 1).await.expect("prune"), 2, "portal: entries 1 and 2, read");
 
-        // Restarted: the cut is remembered.
+        // Restarted: the cut is remembered, and a user's room (no bridge member in it) is still pruned.
         drop(p);
         let p = Provider::open("a.test", st).expect("reopen");
         assert_eq!(p.last_seq(room).expect("room"), 6);
-        assert!(matches!(p.entries_after(room, 0, 10), Err(ProviderError::Pruned { first: 6, .. })));
+        p.submit(room, sent[1].clone(), ALICE, Origin::Client(ALICE.into())).await.expect("entry 7");
+        assert_eq!(p.prune_log(now_ms() + 1).await.expect("prune"), 1, "entry 6 of the user's room");
+        assert!(matches!(p.entries_after(room, 0, 10), Err(ProviderError::Pruned { first: 7, .. })));
         assert!(matches!(p.entries_after(portal, 1, 10), Err(ProviderError::Pruned { first: 3, .. })));
         assert_eq!(p.entries_after(portal, 2, 10).expect("entries").len(), 2);
     }
@@ -217,8 +217,8 @@ mod tests {
         st.commit_later(b).await.expect("task").expect("records");
         p.prune_log(now_ms() + 1).await.expect("prune");
 
-        let pruned = p.prune_users(now_ms() - 60_000).await.expect("prune");
-        assert_eq!(pruned, UserRecordsPruned { claims: 1, invitations: 2 });
+        assert_eq!(p.prune_claims(now_ms() - 60_000).await.expect("prune"), 1);
+        assert_eq!(p.prune_invitations().await.expect("prune"), 2);
         let recs = Records(&st);
         assert_eq!(recs.claimed_by(b"old").expect("read"), None);
         assert_eq!(recs.claimed_by(b"new").expect("read").as_deref(), Some(ALICE));
