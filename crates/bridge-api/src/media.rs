@@ -37,7 +37,7 @@ pub enum MediaError {
 /// The daemon's media blob store.
 #[async_trait::async_trait]
 pub trait MediaStore: Send + Sync {
-    /// Keeps `bytes` (encrypted at rest) and describes them as an attachment served by the daemon.
+    /// Keeps `bytes` (encrypted, its key kept beside it) and describes them as an attachment served by the daemon.
     async fn put(&self, bytes: Vec<u8>, media_type: &str, filename: Option<&str>) -> Result<Attachment, MediaError>;
 
     /// Downloads `url` — a file another network links to — and keeps it as [`MediaStore::put`] does. The download

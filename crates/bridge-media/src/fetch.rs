@@ -74,16 +74,22 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let o = v6.octets();
+            let v4 = |a: usize| IpAddr::V4(std::net::Ipv4Addr::new(o[a], o[a + 1], o[a + 2], o[a + 3]));
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0xdb8)
+            // Forms that carry an IPv4 address: judged by it (NAT64 64:ff9b::/96, IPv4-compatible ::/96, 6to4).
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || seg[..6] == [0; 6] {
+                return is_public(v4(12));
+            }
+            if seg[0] == 0x2002 {
+                return is_public(v4(2));
+            }
+            // Otherwise only global unicast (2000::/3), less documentation (2001:db8::/32), Teredo and the IETF
+            // protocol assignments (2001::/23).
+            (seg[0] & 0xe000) == 0x2000 && !(seg[0] == 0x2001 && (seg[1] == 0xdb8 || seg[1] < 0x200))
         }
     }
 }
@@ -159,7 +165,8 @@ impl Fetcher {
         }
         let addr = *addrs.first().ok_or_else(|| FetchError::Failed(format!("{host} has no address")))?;
         let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| failed(&e))?;
-        let authority = if port == if tls { 443 } else { 80 } { host.clone() } else { format!("{host}:{port}") };
+        let bracketed = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        let authority = if port == if tls { 443 } else { 80 } { bracketed } else { format!("{bracketed}:{port}") };
         let request = hyper::Request::get(path)
             .header(hyper::header::HOST, authority)
             .header(hyper::header::USER_AGENT, "mimi-bridge")
@@ -226,6 +233,13 @@ mod tests {
     fn internal_addresses_are_not_public() {
         for ip in [
             "127.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "::a00:1",
+            "2002:a00:1::1",
+            "fec0::1",
+            "100::1",
+            "2001::1",
             "10.1.2.3",
             "172.16.0.1",
             "192.168.1.1",
@@ -245,7 +259,9 @@ mod tests {
         ] {
             assert!(!is_public(ip.parse().expect("ip")), "{ip}");
         }
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "::ffff:1.1.1.1"] {
+        for ip in
+            ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "::ffff:1.1.1.1", "64:ff9b::101:101", "2002:101:101::1"]
+        {
             assert!(is_public(ip.parse().expect("ip")), "{ip}");
         }
     }

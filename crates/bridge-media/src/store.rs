@@ -66,7 +66,13 @@ pub struct FileMediaStore {
     config: MediaConfig,
     used: AtomicU64,
     fetcher: Fetcher,
+    /// Files read into memory at once (each up to `max_bytes`, twice while decrypting): a public link fetched by
+    /// many at once queues instead of exhausting memory.
+    reading: tokio::sync::Semaphore,
 }
+
+/// Most files read at once ([`FileMediaStore`]'s `reading`).
+const READING: usize = 4;
 
 fn io(e: impl std::fmt::Display) -> MediaError {
     MediaError::Io(e.to_string())
@@ -116,11 +122,13 @@ impl FileMediaStore {
             let path = entry.path();
             match path.extension().and_then(|e| e.to_str()) {
                 Some("tmp") => std::fs::remove_file(&path).map_err(io)?,
+                // Content without its record (a crash between the two writes) is unreachable: removed.
+                Some("bin") if !path.with_extension("json").exists() => std::fs::remove_file(&path).map_err(io)?,
                 Some("bin") => used += entry.metadata().map_err(io)?.len(),
                 _ => {}
             }
         }
-        Ok(Self { config, used: AtomicU64::new(used), fetcher })
+        Ok(Self { config, used: AtomicU64::new(used), fetcher, reading: tokio::sync::Semaphore::new(READING) })
     }
 
     /// Bytes stored.
@@ -173,6 +181,7 @@ impl FileMediaStore {
         if !is_token(token) {
             return Ok(None);
         }
+        let _permit = self.reading.acquire().await.map_err(io)?;
         match tokio::fs::read(self.config.dir.join(format!("{token}.bin"))).await {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -212,6 +221,7 @@ impl FileMediaStore {
         if !is_token(token) {
             return Ok(None);
         }
+        let _permit = self.reading.acquire().await.map_err(io)?;
         let (meta, bin) = (self.config.dir.join(format!("{token}.json")), self.config.dir.join(format!("{token}.bin")));
         tokio::task::spawn_blocking(move || {
             let record: Record = match std::fs::read(&meta) {
@@ -388,7 +398,8 @@ mod tests {
         let first = s.put(vec![1; 100], "application/octet-stream", None).await.expect("fits");
         assert!(matches!(s.put(vec![2; 100], "application/octet-stream", None).await, Err(MediaError::Full { .. })));
         assert_eq!(s.used(), 116, "ciphertext and tag");
-        // A reopened store counts what it holds.
+        // A reopened store counts what it holds, and drops content a crash left without its record.
+        std::fs::write(dir.path().join("media/0123456789abcdef0123456789abcdef.bin"), [0u8; 50]).expect("orphan");
         drop(s);
         let s = store(dir.path(), 100, 150);
         assert_eq!(s.used(), 116);
