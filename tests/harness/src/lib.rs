@@ -4,12 +4,14 @@
 //! an error that says how to install it — tests fail loudly, they never skip. Each server is stopped (killed) and
 //! its temp dir removed when its handle is dropped.
 //!
-//! Available: [`Ngircd`] (IRC), [`Synapse`] (Matrix), and [`pki`] (test CAs and certificates). Prosody follows
-//! with its connector.
+//! Available: [`Ngircd`] (IRC), [`Prosody`] (XMPP), [`Synapse`] (Matrix), and [`pki`] (test CAs and
+//! certificates).
 
 pub mod pki;
+pub mod prosody;
 pub mod synapse;
 
+pub use prosody::Prosody;
 pub use synapse::{MatrixUser, Synapse, SynapseOptions};
 
 use std::io::{BufRead, BufReader, Write};
