@@ -252,9 +252,8 @@ impl Task {
     }
 
     async fn back_off(&self, reason: String, base: Duration, stop: &mut watch::Receiver<Option<String>>) {
-        // ±25 % jitter so many bridges (and many per-user connections) do not reconnect in lockstep.
-        let jitter = 0.75 + rand::random::<f64>() * 0.5;
-        let wait = base.mul_f64(jitter);
+        // Jittered so many bridges (and many per-user connections) do not reconnect in lockstep.
+        let wait = bridge_net::backoff::jitter(base);
         tracing::warn!(connection = %self.settings.label, %reason, retry_in = ?wait, "IRC connection lost");
         self.health.send_replace(Health::BackingOff { retry_in: wait, reason });
         tokio::select! {
