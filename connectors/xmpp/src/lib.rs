@@ -1,18 +1,163 @@
 //! # connector-xmpp
 //!
-//! The XMPP connector: multi-user chats (XEP-0045) bridged either through an external component (XEP-0114, each
-//! bridged user a puppet occupant) or through one ordinary client account. Laid out like every connector
+//! The XMPP connector: multi-user chats (XEP-0045) bridged through one ordinary client account that relays
+//! every bridged user as `name: text` (client mode). Component mode (XEP-0114, each bridged user a puppet
+//! occupant) is not built yet: its config is refused with a clear error. Laid out like every connector
 //! (`docs/connector-guide.md`):
 //!
 //! * sans IO: [`inbound`] (stanzas → core events), [`outbound`] (core events → stanzas), [`styling`] (XEP-0393
-//!   ⇄ markdown), [`escape`] (puppet JID localparts), [`ns`];
-//! * IO shell: follows.
+//!   ⇄ markdown), [`escape`] (puppet JID localparts, for component mode), [`ns`];
+//! * IO shell: [`account`] (the account: reconnects, joins, relays), [`client`] (one client-to-server stream),
+//!   [`link`] (a stream as the account sees it).
 //!
 //! Never enable the `component` feature of `tokio-xmpp` or `xmpp-parsers`: it switches the stanza namespace of
 //! the typed parsers for the whole workspace.
 
+pub mod account;
+pub mod client;
 pub mod escape;
 pub mod inbound;
+pub mod link;
 pub mod ns;
 pub mod outbound;
 pub mod styling;
+
+use async_trait::async_trait;
+use bridge_api::capability::{Capabilities, Feature, Grade, Limits};
+use bridge_api::{Account, AccountContext, AccountId, Connector, ConnectorError};
+use serde::Deserialize;
+use std::sync::Arc;
+use xmpp_parsers::jid::Jid;
+
+pub use client::Transport;
+
+/// How the bridge attaches to the XMPP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// One ordinary account joins the rooms and relays everyone as `name: text`.
+    Client,
+    /// An external component (XEP-0114) with a puppet occupant per bridged user. Not built yet: refused.
+    Component,
+}
+
+/// The body of an `[xmpp.NAME]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `client` or `component`.
+    pub mode: Mode,
+    /// `host:port` of the server's client port (client mode).
+    pub server: String,
+    /// The account's JID, `user@domain` (client mode).
+    pub jid: Option<String>,
+    /// The account's password (client mode). A secret: give it as `password_file = "/path"` or
+    /// `password = "env:NAME"`.
+    pub password: Option<String>,
+    /// `starttls` (default; the certificate is checked against the system roots) or `insecure-tcp` (a server on
+    /// the same host or a test server only).
+    #[serde(default)]
+    pub transport: Transport,
+    /// The bridge's nick in the rooms (an underscore is appended while it is taken).
+    #[serde(default = "default_nick")]
+    pub nick: String,
+}
+
+fn default_nick() -> String {
+    "mimi-bridge".into()
+}
+
+impl Config {
+    /// A client-mode config with every default.
+    pub fn client(server: impl Into<String>, jid: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            mode: Mode::Client,
+            server: server.into(),
+            jid: Some(jid.into()),
+            password: Some(password.into()),
+            transport: Transport::default(),
+            nick: default_nick(),
+        }
+    }
+}
+
+/// What a client-mode account can express: messages with styling, XEP-0461 replies, XEP-0308 corrections,
+/// XEP-0424 retractions; reactions as a text line (one account cannot hold a reaction set per bridged user).
+pub fn capabilities(_config: &Config) -> Capabilities {
+    Capabilities::none()
+        .with(Feature::Formatting, Grade::Full)
+        .with(Feature::Replies, Grade::Full)
+        .with(Feature::Edits, Grade::Full)
+        .with(Feature::Deletes, Grade::Full)
+        .with(Feature::Reactions, Grade::Degraded)
+        .with(Feature::MultiLine, Grade::Full)
+        .with_limits(Limits { max_text_bytes: Some(inbound::MAX_BODY), max_lines: None, max_attachment_bytes: None })
+}
+
+/// The XMPP connector.
+#[derive(Debug, Default)]
+pub struct XmppConnector;
+
+fn config_error(id: &AccountId, reason: impl Into<String>) -> ConnectorError {
+    ConnectorError::Config { account: id.clone(), reason: reason.into() }
+}
+
+fn login(id: &AccountId, config: &Config) -> Result<client::Login, ConnectorError> {
+    if config.mode == Mode::Component {
+        return Err(config_error(id, "mode = \"component\" is not built yet; use mode = \"client\""));
+    }
+    let jid = config.jid.as_deref().ok_or_else(|| config_error(id, "client mode needs `jid`"))?;
+    let jid = Jid::new(jid).map_err(|e| config_error(id, format!("jid {jid:?}: {e}")))?;
+    if jid.node().is_none() || jid.resource().is_some() {
+        return Err(config_error(id, "`jid` must be user@domain (no resource)"));
+    }
+    let password = config.password.clone().ok_or_else(|| config_error(id, "client mode needs `password`"))?;
+    if !config.server.contains(':') {
+        return Err(config_error(id, format!("server {:?} must be host:port", config.server)));
+    }
+    if config.nick.is_empty() || config.nick.len() > 64 {
+        return Err(config_error(id, "nick must be 1 to 64 bytes"));
+    }
+    Ok(client::Login {
+        server: config.server.clone(),
+        jid,
+        password,
+        transport: config.transport,
+        resource: format!("mimi-bridge-{}", id.name()),
+    })
+}
+
+#[async_trait]
+impl Connector for XmppConnector {
+    type Config = Config;
+
+    fn network(&self) -> &'static str {
+        "xmpp"
+    }
+
+    fn capabilities(&self, config: &Config) -> Capabilities {
+        capabilities(config)
+    }
+
+    fn secret_keys(&self) -> &'static [&'static str] {
+        &["password"]
+    }
+
+    fn validate(&self, id: &AccountId, config: &Config) -> Result<(), ConnectorError> {
+        login(id, config).map(|_| ())
+    }
+
+    async fn start(
+        &self,
+        id: AccountId,
+        config: Config,
+        ctx: AccountContext,
+    ) -> Result<Arc<dyn Account>, ConnectorError> {
+        let settings = account::Settings {
+            login: login(&id, &config)?,
+            nick: config.nick.clone(),
+            capabilities: capabilities(&config),
+        };
+        Ok(Arc::new(account::XmppAccount::start(id, settings, ctx)))
+    }
+}

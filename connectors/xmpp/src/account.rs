@@ -1,0 +1,394 @@
+//! IO shell: the account. Keeps one stream up (reconnecting with jittered backoff), joins the linked MUCs on
+//! every new stream, feeds what the rooms say through [`crate::inbound`] to the core, and performs outbound
+//! events rendered by [`crate::outbound`], waiting for the room's reflection to learn the stanza-id the room gave
+//! each message (the id XMPP users' replies, reactions and retractions will name).
+
+use crate::client::{self, Login};
+use crate::inbound::{Outcome, RoomState};
+use crate::link::{ConnectError, Link};
+use crate::outbound::{self, Voice};
+use async_trait::async_trait;
+use bridge_api::capability::Capabilities;
+use bridge_api::connector::{Delivery, SendError};
+use bridge_api::event::OutboundEvent;
+use bridge_api::{Account, AccountContext, AccountId, ConnectorError, Health, LegId, NativeId};
+use bridge_net::backoff::Backoff;
+use minidom::Element;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::presence::{Presence, Type as PresenceType};
+use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+
+/// How long `send` waits for the room to reflect a message.
+const REFLECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `join` waits for the room to confirm.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many origin-ids of our own stanzas are remembered to recognise their reflections.
+const OWN_ORIGINS: usize = 4096;
+
+/// The settings an account runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How to log in.
+    pub login: Login,
+    /// The nick the bridge uses in every room.
+    pub nick: String,
+    /// What the account can express.
+    pub capabilities: Capabilities,
+}
+
+#[derive(Default)]
+struct State {
+    rooms: HashMap<BareJid, RoomState>,
+    nicks: HashMap<BareJid, String>,
+    outbound: Option<mpsc::Sender<Stanza>>,
+    pending: HashMap<String, oneshot::Sender<Option<String>>>,
+    own_origins: HashSet<String>,
+    own_order: VecDeque<String>,
+    joined: HashMap<BareJid, Vec<oneshot::Sender<()>>>,
+}
+
+impl State {
+    fn remember_origin(&mut self, id: &str) {
+        if self.own_origins.insert(id.to_owned()) {
+            self.own_order.push_back(id.to_owned());
+            while self.own_order.len() > OWN_ORIGINS {
+                if let Some(old) = self.own_order.pop_front() {
+                    self.own_origins.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+struct Shared {
+    id: AccountId,
+    settings: Settings,
+    ctx: AccountContext,
+    state: Mutex<State>,
+    health: watch::Sender<Health>,
+    stop: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A client-mode account.
+pub struct XmppAccount {
+    shared: Arc<Shared>,
+}
+
+impl XmppAccount {
+    /// Starts the account's connection task and returns at once.
+    pub fn start(id: AccountId, settings: Settings, ctx: AccountContext) -> Self {
+        let (health, _) = watch::channel(Health::Connecting);
+        let (stop, _) = watch::channel(false);
+        let shared = Arc::new(Shared { id, settings, ctx, state: Mutex::default(), health, stop });
+        tokio::spawn(run(shared.clone()));
+        Self { shared }
+    }
+
+    fn room_jid(&self, room: &str) -> Result<BareJid, ConnectorError> {
+        BareJid::new(room).map_err(|e| ConnectorError::Room {
+            account: self.shared.id.clone(),
+            room: room.to_owned(),
+            reason: format!("not a room JID: {e}"),
+        })
+    }
+}
+
+fn join_presence(room: &BareJid, nick: &str) -> Option<Stanza> {
+    let to = room.with_resource_str(nick).ok()?;
+    let mut p = Presence::available().with_to(Jid::from(to));
+    // No room history on join: what was said before is not replayed (the archive is the catch-up path).
+    p.payloads.push(
+        Element::builder("x", xmpp_parsers::ns::MUC)
+            .append(
+                Element::builder("history", xmpp_parsers::ns::MUC)
+                    .attr(minidom::rxml::xml_ncname!("maxstanzas").into(), "0"),
+            )
+            .build(),
+    );
+    Some(Stanza::Presence(p))
+}
+
+async fn run(shared: Arc<Shared>) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(120));
+    let mut stop = shared.stop.subscribe();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        shared.health.send_replace(Health::Connecting);
+        let reason = match client::connect(&shared.settings.login).await {
+            Ok(link) => {
+                backoff.reset();
+                let why = connection(&shared, link, &mut stop).await;
+                disconnected(&shared);
+                why
+            }
+            Err(ConnectError::Auth(reason)) | Err(ConnectError::Config(reason)) => {
+                tracing::error!(account = %shared.id, %reason, "XMPP login refused; not retrying until reconfigured");
+                shared.health.send_replace(Health::BadCredentials { reason });
+                while !*stop.borrow() {
+                    if stop.changed().await.is_err() {
+                        break;
+                    }
+                }
+                break;
+            }
+            Err(ConnectError::Other(reason)) => reason,
+        };
+        if *stop.borrow() {
+            break;
+        }
+        let wait = backoff.next_delay();
+        tracing::warn!(account = %shared.id, %reason, retry_in = ?wait, "XMPP connection lost");
+        shared.health.send_replace(Health::BackingOff { retry_in: wait, reason });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    shared.health.send_replace(Health::Stopped);
+}
+
+/// Forgets everything tied to the stream that ended: rooms must be joined again, pending sends are retried.
+fn disconnected(shared: &Shared) {
+    let mut st = shared.state();
+    st.outbound = None;
+    st.pending.clear();
+    st.joined.clear();
+    for room in st.rooms.values_mut() {
+        room.reset();
+    }
+}
+
+/// Runs one stream until it ends; returns why.
+async fn connection(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Receiver<bool>) -> String {
+    let joins: Vec<Stanza> = {
+        let mut st = shared.state();
+        st.outbound = Some(link.outbound.clone());
+        let nicks = st.nicks.clone();
+        st.rooms.keys().filter_map(|r| join_presence(r, nicks.get(r).unwrap_or(&shared.settings.nick))).collect()
+    };
+    for j in joins {
+        if link.outbound.send(j).await.is_err() {
+            return "stream closed while joining".into();
+        }
+    }
+    tracing::info!(account = %shared.id, jid = %link.jid, "XMPP stream up");
+    shared.health.send_replace(Health::Connected);
+    loop {
+        tokio::select! {
+            s = link.inbound.recv() => match s {
+                Some(stanza) => handle(shared, stanza, &link.outbound).await,
+                None => return "stream closed".into(),
+            },
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    return "shutdown".into();
+                }
+            }
+        }
+    }
+}
+
+async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>) {
+    let outcome = match stanza {
+        Stanza::Message(msg) => {
+            let Some(room) = msg.from.as_ref().map(|f| f.to_bare()) else { return };
+            let mut st = shared.state();
+            let nick = st.nicks.get(&room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
+            let State { rooms, own_origins, .. } = &mut *st;
+            let Some(r) = rooms.get_mut(&room) else { return };
+            r.message(msg, |n| n == nick, |o| own_origins.contains(o))
+        }
+        Stanza::Presence(p) => {
+            let Some(room) = p.from.as_ref().map(|f| f.to_bare()) else { return };
+            if p.type_ == PresenceType::Error {
+                nick_conflict(shared, &room, out).await;
+                return;
+            }
+            let mut st = shared.state();
+            let nick = st.nicks.get(&room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
+            let Some(r) = st.rooms.get_mut(&room) else { return };
+            let outcome = r.presence(p, |n| n == nick);
+            if outcome == Outcome::Joined {
+                for w in st.joined.remove(&room).unwrap_or_default() {
+                    let _ = w.send(());
+                }
+            }
+            outcome
+        }
+        Stanza::Iq(iq) => {
+            answer_iq(iq, out).await;
+            return;
+        }
+    };
+    match outcome {
+        Outcome::Event(ev) => {
+            if ev.from_bridge {
+                return;
+            }
+            let kind = ev.kind.name();
+            if let Err(e) = shared.ctx.inbound.submit(*ev).await {
+                tracing::warn!(account = %shared.id, kind, "the core refused an inbound event: {e}");
+            }
+        }
+        Outcome::Reflection { origin_id, stanza_id } => {
+            if let Some(w) = shared.state().pending.remove(&origin_id) {
+                let _ = w.send(stanza_id);
+            }
+        }
+        Outcome::Joined => tracing::info!(account = %shared.id, "joined a room"),
+        Outcome::Ignored(why) => tracing::trace!(account = %shared.id, why, "stanza ignored"),
+    }
+}
+
+/// Our nick is taken (or refused) in `room`: try again with an underscore appended.
+async fn nick_conflict(shared: &Shared, room: &BareJid, out: &mpsc::Sender<Stanza>) {
+    let join = {
+        let mut st = shared.state();
+        if !st.rooms.contains_key(room) || st.rooms.get(room).is_some_and(RoomState::is_joined) {
+            return;
+        }
+        let nick = format!("{}_", st.nicks.get(room).cloned().unwrap_or_else(|| shared.settings.nick.clone()));
+        if nick.len() > 64 {
+            tracing::error!(account = %shared.id, %room, "cannot find a free nick in the room");
+            return;
+        }
+        tracing::warn!(account = %shared.id, %room, %nick, "nick refused in the room; trying another");
+        st.nicks.insert(room.clone(), nick.clone());
+        join_presence(room, &nick)
+    };
+    if let Some(j) = join {
+        let _ = out.send(j).await;
+    }
+}
+
+/// Answers pings (XEP-0199); every other request gets `service-unavailable`.
+async fn answer_iq(iq: Iq, out: &mpsc::Sender<Stanza>) {
+    let reply = match iq {
+        Iq::Get { from, id, payload, .. } | Iq::Set { from, id, payload, .. } => {
+            if payload.is("ping", xmpp_parsers::ns::PING) {
+                Iq::Result { from: None, to: from, id, payload: None }
+            } else {
+                let error =
+                    StanzaError::new(ErrorType::Cancel, DefinedCondition::ServiceUnavailable, "en", "not supported");
+                Iq::Error { from: None, to: from, id, error, payload: None }
+            }
+        }
+        _ => return,
+    };
+    let _ = out.send(Stanza::Iq(reply)).await;
+}
+
+#[async_trait]
+impl Account for XmppAccount {
+    fn id(&self) -> &AccountId {
+        &self.shared.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.shared.settings.capabilities.clone()
+    }
+
+    async fn join(&self, room: &str) -> Result<(), ConnectorError> {
+        let jid = self.room_jid(room)?;
+        let leg = LegId::new(self.shared.id.clone(), room).map_err(|e| ConnectorError::Room {
+            account: self.shared.id.clone(),
+            room: room.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let (wait, send) = {
+            let mut st = self.shared.state();
+            if st.rooms.get(&jid).is_some_and(RoomState::is_joined) {
+                return Ok(());
+            }
+            st.rooms.entry(jid.clone()).or_insert_with(|| RoomState::new(leg, jid.clone()));
+            let (tx, rx) = oneshot::channel();
+            st.joined.entry(jid.clone()).or_default().push(tx);
+            let nick = st.nicks.get(&jid).cloned().unwrap_or_else(|| self.shared.settings.nick.clone());
+            (rx, st.outbound.clone().zip(join_presence(&jid, &nick)))
+        };
+        // Not connected: the room is joined as soon as the stream is up.
+        let Some((out, presence)) = send else { return Ok(()) };
+        let _ = out.send(presence).await;
+        match tokio::time::timeout(JOIN_TIMEOUT, wait).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(ConnectorError::Room {
+                account: self.shared.id.clone(),
+                room: room.to_owned(),
+                reason: "the room did not confirm the join in time".into(),
+            }),
+        }
+    }
+
+    async fn leave(&self, room: &str) -> Result<(), ConnectorError> {
+        let jid = self.room_jid(room)?;
+        let out = {
+            let mut st = self.shared.state();
+            st.rooms.remove(&jid);
+            let nick = st.nicks.remove(&jid).unwrap_or_else(|| self.shared.settings.nick.clone());
+            st.outbound.clone().zip(jid.with_resource_str(&nick).ok())
+        };
+        if let Some((out, to)) = out {
+            let _ = out.send(Stanza::Presence(Presence::unavailable().with_to(Jid::from(to)))).await;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, event: &OutboundEvent) -> Result<Delivery, SendError> {
+        let room = BareJid::new(&event.leg.room).map_err(|e| SendError::Rejected(format!("not a room JID: {e}")))?;
+        tracing::debug!(account = %self.shared.id, kind = event.kind.name(), %room, "sending");
+        let Some(rendered) = outbound::render(event, &room, Voice::Relay)? else { return Ok(Delivery::default()) };
+        let (out, reflection) = {
+            let mut st = self.shared.state();
+            if !st.rooms.get(&room).is_some_and(RoomState::is_joined) {
+                return Err(SendError::Retry("not in the room (yet)".into()));
+            }
+            let Some(out) = st.outbound.clone() else { return Err(SendError::Retry("not connected".into())) };
+            st.remember_origin(&rendered.origin_id);
+            let reflection = rendered.referenceable.then(|| {
+                let (tx, rx) = oneshot::channel();
+                st.pending.insert(rendered.origin_id.clone(), tx);
+                rx
+            });
+            (out, reflection)
+        };
+        out.send(Stanza::Message(rendered.message)).await.map_err(|_| SendError::Retry("stream closed".into()))?;
+        let origin = NativeId(rendered.origin_id.clone());
+        let Some(reflection) = reflection else { return Ok(Delivery { native_ids: vec![origin] }) };
+        match tokio::time::timeout(REFLECTION_TIMEOUT, reflection).await {
+            Ok(Ok(Some(stanza_id))) => {
+                tracing::debug!(account = %self.shared.id, %stanza_id, "reflected");
+                Ok(Delivery { native_ids: vec![NativeId(stanza_id), origin] })
+            }
+            Ok(Ok(None)) => Ok(Delivery { native_ids: vec![origin] }),
+            Ok(Err(_)) | Err(_) => {
+                self.shared.state().pending.remove(&rendered.origin_id);
+                tracing::warn!(account = %self.shared.id, "no reflection from the room; its stanza-id is unknown");
+                Ok(Delivery { native_ids: vec![origin] })
+            }
+        }
+    }
+
+    fn health(&self) -> watch::Receiver<Health> {
+        self.shared.health.subscribe()
+    }
+
+    async fn shutdown(&self) {
+        self.shared.stop.send_replace(true);
+        let out = self.shared.state().outbound.take();
+        drop(out);
+    }
+}

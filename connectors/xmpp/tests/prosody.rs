@@ -1,0 +1,297 @@
+//! The conformance kit against a real Prosody (tests/harness starts it), client mode. The test users are real
+//! XMPP clients: tokio-xmpp streams (the connector's own `client::connect`), logged in as ordinary accounts.
+
+use async_trait::async_trait;
+use bridge_api::capability::Feature;
+use bridge_api::event::{OutboundEvent, OutboundKind};
+use bridge_api::{Account, AccountContext, AccountId, Connector};
+use bridge_testkit::{Harness, KitOptions, NativeAction, Observed, TestUser};
+use connector_xmpp::client::{self, Login, Transport};
+use connector_xmpp::link::Link;
+use connector_xmpp::{Config, XmppConnector, ns};
+use harness::Prosody;
+use minidom::Element;
+use minidom::rxml::xml_ncname;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::message::{Id, Lang, Message, MessageType};
+use xmpp_parsers::presence::Presence;
+use xmpp_parsers::stanza::Stanza;
+
+const ROOM: &str = "kit@muc.localhost";
+
+/// A test user: a logged-in stream joined to the room.
+struct User {
+    nick: String,
+    link: Link,
+    /// (sender nick, id attribute) → stanza-id, for corrections the user sees.
+    ids: HashMap<(String, String), String>,
+    /// Our own stanza-ids → the id attribute we gave the message (to correct it).
+    own: HashMap<String, String>,
+    /// Stanzas read while waiting for a reflection, not yet observed.
+    backlog: Vec<Stanza>,
+    counter: u64,
+}
+
+struct XmppHarness {
+    server: Prosody,
+    users: HashMap<String, User>,
+}
+
+fn login(server: &Prosody, user: &str) -> Login {
+    Login {
+        server: server.c2s_addr(),
+        jid: Jid::new(&format!("{user}@localhost")).expect("jid"),
+        password: format!("pw-{user}"),
+        transport: Transport::InsecureTcp,
+        resource: "test".into(),
+    }
+}
+
+fn room() -> BareJid {
+    BareJid::new(ROOM).expect("room jid")
+}
+
+async fn join(server: &Prosody, nick: &str) -> Result<Link, String> {
+    let mut link = client::connect(&login(server, nick)).await.map_err(|e| format!("{nick} logs in: {e}"))?;
+    let to = room().with_resource_str(nick).map_err(|e| e.to_string())?;
+    let mut p = Presence::available().with_to(Jid::from(to));
+    p.payloads.push(
+        Element::builder("x", xmpp_parsers::ns::MUC)
+            .append(Element::builder("history", xmpp_parsers::ns::MUC).attr(xml_ncname!("maxstanzas").into(), "0"))
+            .build(),
+    );
+    link.outbound.send(Stanza::Presence(p)).await.map_err(|e| e.to_string())?;
+    // Wait for our own presence (status 110).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = tokio::time::timeout_at(deadline, link.inbound.recv())
+            .await
+            .map_err(|_| format!("{nick}: no self-presence from the room"))?
+            .ok_or("stream closed while joining")?;
+        if let Stanza::Presence(p) = s
+            && p.from.as_ref().and_then(|f| f.resource()).map(|r| r.as_str()) == Some(nick)
+        {
+            return Ok(link);
+        }
+    }
+}
+
+impl User {
+    fn next_id(&mut self) -> String {
+        self.counter += 1;
+        format!("{}-{}", self.nick, self.counter)
+    }
+
+    fn message(&mut self, body: Option<&str>) -> (Message, String) {
+        let id = self.next_id();
+        let mut m = Message::new_with_type(MessageType::Groupchat, Some(Jid::from(room())));
+        m.id = Some(Id(id.clone()));
+        if let Some(b) = body {
+            m.bodies.insert(Lang::new(), b.to_owned());
+        }
+        m.payloads.push(
+            Element::builder("origin-id", xmpp_parsers::ns::SID).attr(xml_ncname!("id").into(), id.as_str()).build(),
+        );
+        (m, id)
+    }
+
+    /// Sends and waits for the room's reflection; returns its stanza-id. Other stanzas read meanwhile are
+    /// kept for `observe`.
+    async fn send(&mut self, m: Message, id: &str, seen: &mut Vec<Stanza>) -> Result<String, String> {
+        self.link.outbound.send(Stanza::Message(m)).await.map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = tokio::time::timeout_at(deadline, self.link.inbound.recv())
+                .await
+                .map_err(|_| "no reflection".to_string())?
+                .ok_or("stream closed")?;
+            if let Stanza::Message(m) = &s
+                && m.id.as_ref().map(|i| i.0.as_str()) == Some(id)
+            {
+                return stanza_id(m).ok_or_else(|| "reflection without stanza-id".into());
+            }
+            seen.push(s);
+        }
+    }
+}
+
+fn stanza_id(m: &Message) -> Option<String> {
+    m.payloads
+        .iter()
+        .find(|p| p.is("stanza-id", xmpp_parsers::ns::SID) && p.attr("by") == Some(ROOM))?
+        .attr("id")
+        .map(str::to_owned)
+}
+
+fn observed(user: &mut User, s: Stanza) -> Vec<Observed> {
+    let Stanza::Message(m) = s else { return vec![] };
+    let Some(from) = m.from.as_ref().and_then(|f| f.resource()).map(|r| r.to_string()) else { return vec![] };
+    if from == user.nick || m.type_ != MessageType::Groupchat {
+        return vec![];
+    }
+    let sid = stanza_id(&m);
+    if let (Some(id), Some(sid)) = (m.id.as_ref(), sid.as_ref()) {
+        user.ids.insert((from.clone(), id.0.clone()), sid.clone());
+    }
+    let p = &m.payloads;
+    if let Some(r) = p.iter().find(|e| e.is("retract", ns::RETRACT)) {
+        return vec![Observed::Delete { from, target: r.attr("id").unwrap_or_default().to_owned() }];
+    }
+    if let Some(r) = p.iter().find(|e| e.is("reactions", xmpp_parsers::ns::REACTIONS)) {
+        let target = r.attr("id").unwrap_or_default().to_owned();
+        return r
+            .children()
+            .map(|c| Observed::Reaction { from: from.clone(), key: c.text(), target: target.clone() })
+            .collect();
+    }
+    let body = m.bodies.get("").or_else(|| m.bodies.values().next()).cloned().unwrap_or_default();
+    if let Some(r) = p.iter().find(|e| e.is("replace", xmpp_parsers::ns::MESSAGE_CORRECT)) {
+        let id = r.attr("id").unwrap_or_default().to_owned();
+        let target = user.ids.get(&(from.clone(), id.clone())).cloned().unwrap_or(id);
+        return vec![Observed::Edit { from, text: body, target }];
+    }
+    if let Some(r) = p.iter().find(|e| e.is("reply", ns::REPLY)) {
+        let text = connector_xmpp::inbound::strip_fallbacks(&body, p, &[ns::REPLY]);
+        return vec![Observed::Reply { from, text, to: r.attr("id").unwrap_or_default().to_owned() }];
+    }
+    if body.is_empty() {
+        return vec![];
+    }
+    vec![Observed::Message { from, text: body, native_id: sid, notice: false }]
+}
+
+#[async_trait]
+impl Harness for XmppHarness {
+    fn account_id(&self) -> AccountId {
+        AccountId::new("xmpp", "kit").expect("account id")
+    }
+
+    async fn start_account(&mut self, ctx: AccountContext) -> Result<Arc<dyn Account>, String> {
+        self.server.register("bridge", "pw-bridge").map_err(|e| e.to_string())?;
+        let mut config = Config::client(self.server.c2s_addr(), "bridge@localhost", "pw-bridge");
+        config.transport = Transport::InsecureTcp;
+        XmppConnector.start(self.account_id(), config, ctx).await.map_err(|e| e.to_string())
+    }
+
+    fn room(&self) -> String {
+        ROOM.into()
+    }
+
+    async fn create_user(&mut self, name: &str) -> Result<TestUser, String> {
+        let nick: String = name.to_lowercase().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        self.server.register(&nick, &format!("pw-{nick}")).map_err(|e| e.to_string())?;
+        let link = join(&self.server, &nick).await?;
+        let native_id = format!("{ROOM}/{nick}");
+        self.users.insert(
+            nick.clone(),
+            User {
+                nick: nick.clone(),
+                link,
+                ids: HashMap::new(),
+                own: HashMap::new(),
+                backlog: Vec::new(),
+                counter: 0,
+            },
+        );
+        Ok(TestUser { name: nick, native_id })
+    }
+
+    async fn act(&mut self, user: &TestUser, action: NativeAction) -> Result<Option<String>, String> {
+        let u = self.users.get_mut(&user.name).ok_or("unknown user")?;
+        let mut seen = Vec::new();
+        let (mut m, id) = match &action {
+            NativeAction::Message { text } | NativeAction::Reply { text, .. } | NativeAction::Edit { text, .. } => {
+                u.message(Some(text))
+            }
+            NativeAction::Delete { .. } => u.message(Some("retracted")),
+            NativeAction::React { .. } => u.message(None),
+        };
+        match &action {
+            NativeAction::Message { .. } => {}
+            NativeAction::Reply { to, .. } => m
+                .payloads
+                .push(Element::builder("reply", ns::REPLY).attr(xml_ncname!("id").into(), to.as_str()).build()),
+            NativeAction::Edit { target, .. } => {
+                let original = u.own.get(target).cloned().ok_or("editing a message the user did not send")?;
+                m.payloads.push(
+                    Element::builder("replace", xmpp_parsers::ns::MESSAGE_CORRECT)
+                        .attr(xml_ncname!("id").into(), original)
+                        .build(),
+                )
+            }
+            NativeAction::Delete { target } => m
+                .payloads
+                .push(Element::builder("retract", ns::RETRACT).attr(xml_ncname!("id").into(), target.as_str()).build()),
+            NativeAction::React { target, key } => m.payloads.push(
+                Element::builder("reactions", xmpp_parsers::ns::REACTIONS)
+                    .attr(xml_ncname!("id").into(), target.as_str())
+                    .append(Element::builder("reaction", xmpp_parsers::ns::REACTIONS).append(key.as_str()))
+                    .build(),
+            ),
+        }
+        let sid = u.send(m, &id, &mut seen).await?;
+        u.own.insert(sid.clone(), id);
+        u.backlog.extend(seen);
+        Ok(Some(sid))
+    }
+
+    async fn observe(&mut self, user: &TestUser, wait: Duration) -> Result<Vec<Observed>, String> {
+        let u = self.users.get_mut(&user.name).ok_or("unknown user")?;
+        let mut out = Vec::new();
+        for s in std::mem::take(&mut u.backlog) {
+            out.extend(observed(u, s));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let s = if out.is_empty() {
+                match tokio::time::timeout_at(deadline, u.link.inbound.recv()).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return Err("the test user's stream closed".into()),
+                    Err(_) => return Ok(out),
+                }
+            } else {
+                match u.link.inbound.try_recv() {
+                    Ok(s) => s,
+                    Err(_) => return Ok(out),
+                }
+            };
+            out.extend(observed(u, s));
+        }
+    }
+
+    async fn drop_bridge_connection(&mut self) -> Result<(), String> {
+        self.server.restart().map_err(|e| e.to_string())?;
+        // Every stream ended with the server: the test users come back too.
+        let nicks: Vec<String> = self.users.keys().cloned().collect();
+        for nick in nicks {
+            let link = join(&self.server, &nick).await?;
+            if let Some(u) = self.users.get_mut(&nick) {
+                u.link = link;
+            }
+        }
+        Ok(())
+    }
+
+    fn degraded_contains(&self, feature: Feature, event: &OutboundEvent) -> Option<String> {
+        match (feature, &event.kind) {
+            (Feature::Reactions, OutboundKind::ReactionAdd { key, .. }) => Some(format!("reacted with {key}")),
+            _ => None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mode_passes_the_conformance_kit_against_prosody() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    let mut h = XmppHarness { server, users: HashMap::new() };
+    let report = bridge_testkit::run(&mut h, KitOptions::default()).await;
+    println!("{report}");
+    report.assert_passed();
+}
