@@ -621,7 +621,7 @@ fn account_error(
 }
 
 /// The networks this build has connectors for.
-pub const BUILT_NETWORKS: &[&str] = &["irc", "matrix"];
+pub const BUILT_NETWORKS: &[&str] = &["irc", "matrix", "xmpp"];
 
 impl Config {
     /// Reads and validates `path`.
@@ -1142,10 +1142,18 @@ mod tests {
     }
 
     #[test]
-    fn accounts_of_networks_without_a_connector_are_refused() {
-        let e = parse(&format!("{MIN}[xmpp.hs]\nserver = \"x\"\n")).expect_err("no xmpp yet");
-        assert_eq!(e.key, "xmpp.hs");
-        assert!(e.message.contains("no xmpp connector"), "{e}");
+    fn xmpp_tables_are_checked_by_the_connector_with_the_key_named() {
+        let ok = "[xmpp.lobby]\nmode = \"client\"\nserver = \"xmpp.example.org:5222\"\njid = \"bridge@example.org\"\n\
+                  password = \"env:XMPP_PW\"\n";
+        parse(&format!("{MIN}{ok}")).expect("a client-mode table is accepted");
+        let e = parse(&format!("{MIN}[xmpp.lobby]\nmode = \"client\"\nserver = \"x:5222\"\nnik = \"b\"\n"))
+            .expect_err("typo");
+        assert_eq!((e.key.as_str(), e.line), ("xmpp.lobby.nik", 7), "{e}");
+        let e = parse(&format!("{MIN}[xmpp.lobby]\nmode = \"client\"\nserver = \"x:5222\"\n")).expect_err("no jid");
+        assert!(e.message.contains("needs `jid`"), "{e}");
+        let e = parse(&format!("{MIN}[xmpp.lobby]\nmode = \"ghost\"\nserver = \"x:5222\"\n")).expect_err("bad mode");
+        // Like every enum value of an account table, the error names the table (serde does not name the field).
+        assert!(e.key == "xmpp.lobby" && e.line == 4 && e.message.contains("unknown variant `ghost`"), "{e}");
     }
 
     /// One malformed config: the text, and the line, key and message fragment its error must carry.
@@ -1457,13 +1465,6 @@ mod tests {
                 )
             },
             case("bad log filter", format!("{MIN}[log]\nlevel = \"info,=[\"\n"), 5, "log.level", "not a log filter"),
-            case(
-                "network without a connector",
-                format!("{MIN}[xmpp.hs]\nserver = \"x\"\n"),
-                4,
-                "xmpp.hs",
-                "no xmpp connector",
-            ),
             case(
                 "matrix bot mode",
                 format!(

@@ -67,6 +67,7 @@ pub fn built_in() -> Vec<Box<dyn Network>> {
     vec![
         Box::new(Typed(connector_irc::IrcConnector)),
         Box::new(Typed(connector_matrix::MatrixConnector::new(Arc::new(serve_appservice)))),
+        Box::new(Typed(connector_xmpp::XmppConnector)),
     ]
 }
 

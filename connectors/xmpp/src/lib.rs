@@ -104,7 +104,7 @@ fn config_error(id: &AccountId, reason: impl Into<String>) -> ConnectorError {
 
 fn login(id: &AccountId, config: &Config) -> Result<client::Login, ConnectorError> {
     if config.mode == Mode::Component {
-        return Err(config_error(id, "mode = \"component\" is not built yet; use mode = \"client\""));
+        return Err(config_error(id, "`mode` = \"component\" is not built yet; use mode = \"client\""));
     }
     let jid = config.jid.as_deref().ok_or_else(|| config_error(id, "client mode needs `jid`"))?;
     let jid = Jid::new(jid).map_err(|e| config_error(id, format!("jid {jid:?}: {e}")))?;
