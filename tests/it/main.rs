@@ -29,3 +29,4 @@ mod shutdown_load;
 mod slice;
 mod store_failure;
 mod systemd_unit;
+mod xmpp_daemon;

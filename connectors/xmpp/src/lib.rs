@@ -30,6 +30,8 @@ use std::sync::Arc;
 use xmpp_parsers::jid::Jid;
 
 pub use client::Transport;
+/// The XML and stanza crates of this connector's API (for tests and tools that speak XMPP next to it).
+pub use {minidom, xmpp_parsers};
 
 /// How the bridge attaches to the XMPP server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
