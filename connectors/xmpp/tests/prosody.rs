@@ -295,3 +295,62 @@ async fn client_mode_passes_the_conformance_kit_against_prosody() {
     println!("{report}");
     report.assert_passed();
 }
+
+/// The core side of a context for tests that never route anything (every event is refused).
+struct NoRoute;
+
+#[async_trait]
+impl bridge_api::InboundRoute for NoRoute {
+    async fn route(
+        &self,
+        event: bridge_api::InboundEvent,
+    ) -> Result<
+        tokio::sync::oneshot::Receiver<Result<bridge_api::Accepted, bridge_api::RouteError>>,
+        bridge_api::RouteError,
+    > {
+        Err(bridge_api::RouteError::UnknownLeg(event.leg))
+    }
+    async fn register_ghost(&self, _: &AccountId, _: &str, _: &str) -> Result<(), bridge_api::RouteError> {
+        Ok(())
+    }
+    async fn unregister_ghost(&self, _: &AccountId, _: &str) -> Result<(), bridge_api::RouteError> {
+        Ok(())
+    }
+    fn message_for(&self, _: &bridge_api::LegId, _: &bridge_api::NativeId) -> Option<bridge_api::MessageId> {
+        None
+    }
+}
+
+/// A password the server refuses is `BadCredentials` at once, and the account does not retry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_password_is_bad_credentials_not_a_reconnect_loop() {
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("bridge", "right").expect("register");
+    let id = AccountId::new("xmpp", "badpw").expect("account id");
+    let mut config = Config::client(server.c2s_addr(), "bridge@localhost", "wrong");
+    config.transport = Transport::InsecureTcp;
+    let account = XmppConnector
+        .start(id.clone(), config, AccountContext::new(id, NoRoute, "bridge.test"))
+        .await
+        .expect("start returns at once");
+    let mut health = account.health();
+    let bad = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let bridge_api::Health::BadCredentials { reason } = health.borrow_and_update().clone() {
+                return reason;
+            }
+            health.changed().await.expect("health stays observable");
+        }
+    })
+    .await
+    .expect("the refusal is reported within 10 s");
+    assert!(bad.contains("not-authorized") || bad.contains("NotAuthorized"), "{bad}");
+    // No retry: no new connection reaches the server (a loop would reconnect within about a second), and the
+    // health does not change again.
+    let connections = || server.log().matches("Client connected").count();
+    let before = connections();
+    assert!(before >= 1, "the log counts connections:\n{}", server.log());
+    assert!(tokio::time::timeout(Duration::from_secs(3), health.changed()).await.is_err(), "the account retried");
+    assert_eq!(connections(), before, "the account connected again:\n{}", server.log());
+    account.shutdown().await;
+}
