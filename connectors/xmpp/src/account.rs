@@ -47,7 +47,7 @@ struct State {
     rooms: HashMap<BareJid, RoomState>,
     nicks: HashMap<BareJid, String>,
     outbound: Option<mpsc::Sender<Stanza>>,
-    pending: HashMap<String, oneshot::Sender<Option<String>>>,
+    pending: HashMap<String, oneshot::Sender<Result<Option<String>, String>>>,
     own_origins: HashSet<String>,
     own_order: VecDeque<String>,
     joined: HashMap<BareJid, Vec<oneshot::Sender<()>>>,
@@ -246,7 +246,13 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
         }
         Outcome::Reflection { origin_id, stanza_id } => {
             if let Some(w) = shared.state().pending.remove(&origin_id) {
-                let _ = w.send(stanza_id);
+                let _ = w.send(Ok(stanza_id));
+            }
+        }
+        Outcome::Refused { origin_id, reason } => {
+            tracing::warn!(account = %shared.id, %reason, "the room refused a bridged stanza");
+            if let Some(w) = shared.state().pending.remove(&origin_id) {
+                let _ = w.send(Err(reason));
             }
         }
         Outcome::Joined => tracing::info!(account = %shared.id, "joined a room"),
@@ -358,22 +364,21 @@ impl Account for XmppAccount {
             }
             let Some(out) = st.outbound.clone() else { return Err(SendError::Retry("not connected".into())) };
             st.remember_origin(&rendered.origin_id);
-            let reflection = rendered.referenceable.then(|| {
-                let (tx, rx) = oneshot::channel();
-                st.pending.insert(rendered.origin_id.clone(), tx);
-                rx
-            });
-            (out, reflection)
+            // Every groupchat stanza comes back: as its reflection, or as the room's error (which must reach the
+            // sender as "not delivered", never silence).
+            let (tx, rx) = oneshot::channel();
+            st.pending.insert(rendered.origin_id.clone(), tx);
+            (out, rx)
         };
         out.send(Stanza::Message(rendered.message)).await.map_err(|_| SendError::Retry("stream closed".into()))?;
         let origin = NativeId(rendered.origin_id.clone());
-        let Some(reflection) = reflection else { return Ok(Delivery { native_ids: vec![origin] }) };
         match tokio::time::timeout(REFLECTION_TIMEOUT, reflection).await {
-            Ok(Ok(Some(stanza_id))) => {
+            Ok(Ok(Err(reason))) => Err(SendError::Rejected(format!("the room refused it: {reason}"))),
+            Ok(Ok(Ok(Some(stanza_id)))) if rendered.referenceable => {
                 tracing::debug!(account = %self.shared.id, %stanza_id, "reflected");
                 Ok(Delivery { native_ids: vec![NativeId(stanza_id), origin] })
             }
-            Ok(Ok(None)) => Ok(Delivery { native_ids: vec![origin] }),
+            Ok(Ok(Ok(_))) => Ok(Delivery { native_ids: vec![origin] }),
             Ok(Err(_)) | Err(_) => {
                 self.shared.state().pending.remove(&rendered.origin_id);
                 tracing::warn!(account = %self.shared.id, "no reflection from the room; its stanza-id is unknown");

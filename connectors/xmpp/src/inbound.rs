@@ -48,6 +48,14 @@ pub enum Outcome {
         /// The room's stanza-id, if any.
         stanza_id: Option<String>,
     },
+    /// The room refused a stanza the bridge sent (moderated room without voice, not a member, …): the error
+    /// names the stanza by its `id`, which is the bridge's origin-id.
+    Refused {
+        /// The origin-id of the refused stanza.
+        origin_id: String,
+        /// The room's reason, for the sender's "not delivered" notice.
+        reason: String,
+    },
     /// The bridge's own presence in the room arrived: joined (`110`).
     Joined,
     /// Nothing to do; why (for logs).
@@ -127,6 +135,12 @@ impl RoomState {
         is_own_nick: impl Fn(&str) -> bool,
         is_own_origin: impl Fn(&str) -> bool,
     ) -> Outcome {
+        if msg.type_ == MessageType::Error {
+            return match msg.id.as_ref().map(|i| i.0.clone()).filter(|id| is_own_origin(id)) {
+                Some(origin_id) => Outcome::Refused { origin_id, reason: error_reason(&msg.payloads) },
+                None => Outcome::Ignored("an error about a stanza the bridge did not send"),
+            };
+        }
         if msg.type_ != MessageType::Groupchat {
             return Outcome::Ignored("not a groupchat message");
         }
@@ -327,6 +341,19 @@ impl RoomState {
             kind: InboundKind::Membership { change },
         }))
     }
+}
+
+/// The condition and text of a stanza error, for people to read.
+fn error_reason(payloads: &[Element]) -> String {
+    let Some(e) = payloads.iter().find(|e| e.name() == "error") else { return "refused by the room".into() };
+    let condition = e.children().find(|c| c.ns() == xmpp_parsers::ns::XMPP_STANZAS && c.name() != "text");
+    let text = e.children().find(|c| c.name() == "text").map(|t| t.text());
+    let mut reason = condition.map_or("refused", |c| c.name()).to_owned();
+    if let Some(t) = text.filter(|t| !t.is_empty()) {
+        reason.push_str(": ");
+        reason.extend(t.chars().take(200));
+    }
+    reason
 }
 
 fn child<'a>(payloads: &'a [Element], name: &str, ns: &str) -> Option<&'a Element> {

@@ -354,3 +354,112 @@ async fn a_refused_password_is_bad_credentials_not_a_reconnect_loop() {
     assert_eq!(connections(), before, "the account connected again:\n{}", server.log());
     account.shutdown().await;
 }
+
+/// In a moderated room the bridge, a visitor, may not speak: the room's error becomes `Rejected` (the core then
+/// tells the sender "not delivered"), not a silent success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_room_refuses_is_rejected_not_lost() {
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    const MODERATED: &str = "quiet@muc.localhost";
+    // The owner creates the room and makes it moderated (XEP-0045 §10.2).
+    server.register("owner", "pw-owner").expect("register");
+    let mut owner = client::connect(&login(&server, "owner")).await.expect("owner logs in");
+    let to = BareJid::new(MODERATED).expect("jid").with_resource_str("owner").expect("occupant");
+    let mut join = Presence::available().with_to(Jid::from(to));
+    join.payloads.push(Element::builder("x", xmpp_parsers::ns::MUC).build());
+    owner.outbound.send(Stanza::Presence(join)).await.expect("join");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Stanza::Presence(p) = owner.inbound.recv().await.expect("owner stream open") {
+                assert_ne!(p.type_, xmpp_parsers::presence::Type::Error, "the owner's join failed: {p:?}");
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the room is created");
+    let field = |var: &str, value: &str| {
+        Element::builder("field", "jabber:x:data")
+            .attr(xml_ncname!("var").into(), var)
+            .append(Element::builder("value", "jabber:x:data").append(value))
+    };
+    let form = Element::builder("query", "http://jabber.org/protocol/muc#owner")
+        .append(
+            Element::builder("x", "jabber:x:data")
+                .attr(xml_ncname!("type").into(), "submit")
+                .append(field("FORM_TYPE", "http://jabber.org/protocol/muc#roomconfig"))
+                .append(field("muc#roomconfig_moderatedroom", "1")),
+        )
+        .build();
+    let iq = xmpp_parsers::iq::Iq::Set {
+        from: None,
+        to: Some(Jid::new(MODERATED).expect("jid")),
+        id: "cfg".into(),
+        payload: form,
+    };
+    owner.outbound.send(Stanza::Iq(iq)).await.expect("configure");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match owner.inbound.recv().await.expect("owner stream open") {
+                Stanza::Iq(xmpp_parsers::iq::Iq::Result { id, .. }) if id == "cfg" => break,
+                Stanza::Iq(xmpp_parsers::iq::Iq::Error { id, error, .. }) if id == "cfg" => {
+                    panic!("the room refused its configuration: {error:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the room is configured");
+
+    server.register("bridge", "pw-bridge").expect("register");
+    let id = AccountId::new("xmpp", "visitor").expect("account id");
+    let mut config = Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge");
+    config.transport = Transport::InsecureTcp;
+    let account = XmppConnector
+        .start(id.clone(), config, AccountContext::new(id.clone(), NoRoute, "bridge.test"))
+        .await
+        .expect("start");
+    let mut joined = Err(String::new());
+    for _ in 0..50 {
+        joined = account.join(MODERATED).await.map_err(|e| e.to_string());
+        if joined.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    joined.expect("the bridge joins the moderated room as a visitor");
+    let mut mid = [7u8; 32];
+    mid[0] = 1;
+    let message_id = bridge_api::MessageId::from_bytes(&mid).expect("message id");
+    let leg = bridge_api::LegId::new(id, MODERATED).expect("leg");
+    let event = OutboundEvent {
+        portal: bridge_api::PortalId::new("p").expect("portal"),
+        txn_id: bridge_api::TxnId::for_delivery(&message_id, &leg),
+        leg,
+        message_id,
+        sender: bridge_api::event::Sender {
+            uri: "mimi://bridge.test/u/alice".into(),
+            display_name: "alice".into(),
+            network: "mimi".into(),
+            legacy: None,
+        },
+        kind: OutboundKind::Message { draft: bridge_api::event::MessageDraft::plain("may I?"), reply_to: None },
+    };
+    // Until the stream is up and the room joined, send answers Retry (the core would retry it later too).
+    let mut result = account.send(&event).await;
+    for _ in 0..50 {
+        if !matches!(result, Err(bridge_api::connector::SendError::Retry(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        result = account.send(&event).await;
+    }
+    match result {
+        Err(bridge_api::connector::SendError::Rejected(reason)) => {
+            assert!(reason.contains("forbidden"), "{reason}")
+        }
+        other => panic!("a refused message must be Rejected, got {other:?}"),
+    }
+    account.shutdown().await;
+}

@@ -243,3 +243,21 @@ fn occupants_present_at_join_are_not_announced_later_ones_are() {
     r.reset();
     assert!(!r.is_joined());
 }
+
+#[test]
+fn a_rooms_error_about_our_stanza_is_a_refusal_with_its_reason() {
+    let mut r = room();
+    let xml = format!(
+        "<message xmlns='jabber:client' type='error' from='{ROOM}' id='txn9'><body>x</body>\
+         <error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>You are not currently connected to this chat</text></error></message>"
+    );
+    match r.message(msg(&xml), none, |o| o == "txn9") {
+        Outcome::Refused { origin_id, reason } => {
+            assert_eq!(origin_id, "txn9");
+            assert_eq!(reason, "forbidden: You are not currently connected to this chat");
+        }
+        o => panic!("{o:?}"),
+    }
+    assert!(matches!(r.message(msg(&xml), none, none), Outcome::Ignored(_)), "not ours: ignored");
+}
