@@ -203,6 +203,10 @@ async fn connection(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Rece
 }
 
 async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>) {
+    let room_of_refusal = match &stanza {
+        Stanza::Presence(p) if p.type_ == PresenceType::Error => p.from.as_ref().map(|f| f.to_bare()),
+        _ => None,
+    };
     let outcome = match stanza {
         Stanza::Message(msg) => {
             let Some(room) = msg.from.as_ref().map(|f| f.to_bare()) else { return };
@@ -214,10 +218,6 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
         }
         Stanza::Presence(p) => {
             let Some(room) = p.from.as_ref().map(|f| f.to_bare()) else { return };
-            if p.type_ == PresenceType::Error {
-                nick_conflict(shared, &room, out).await;
-                return;
-            }
             let mut st = shared.state();
             let nick = st.nicks.get(&room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
             let Some(r) = st.rooms.get_mut(&room) else { return };
@@ -253,6 +253,18 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
             tracing::warn!(account = %shared.id, %reason, "the room refused a bridged stanza");
             if let Some(w) = shared.state().pending.remove(&origin_id) {
                 let _ = w.send(Err(reason));
+            }
+        }
+        Outcome::JoinRefused { nick_conflict: true, .. } => {
+            if let Some(room) = room_of_refusal {
+                nick_conflict(shared, &room, out).await;
+            }
+        }
+        Outcome::JoinRefused { nick_conflict: false, reason } => {
+            // Not something another nick fixes (members only, banned…): the join fails with the room's reason.
+            tracing::error!(account = %shared.id, %reason, "the room refused the bridge");
+            if let Some(room) = room_of_refusal {
+                shared.state().joined.remove(&room);
             }
         }
         Outcome::Joined => tracing::info!(account = %shared.id, "joined a room"),

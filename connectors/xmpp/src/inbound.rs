@@ -56,6 +56,13 @@ pub enum Outcome {
         /// The room's reason, for the sender's "not delivered" notice.
         reason: String,
     },
+    /// The room refused the bridge's join.
+    JoinRefused {
+        /// The nick is taken (`conflict`): try another.
+        nick_conflict: bool,
+        /// The room's condition and text.
+        reason: String,
+    },
     /// The bridge's own presence in the room arrived: joined (`110`).
     Joined,
     /// Nothing to do; why (for logs).
@@ -289,6 +296,14 @@ impl RoomState {
         let Some(from) = presence.from.clone() else { return Outcome::Ignored("presence without from") };
         if from.to_bare() != self.jid {
             return Outcome::Ignored("presence from another room");
+        }
+        if presence.type_ == PresenceType::Error {
+            let nick_conflict = presence
+                .payloads
+                .iter()
+                .filter(|e| e.name() == "error")
+                .any(|e| e.has_child("conflict", xmpp_parsers::ns::XMPP_STANZAS));
+            return Outcome::JoinRefused { nick_conflict, reason: error_reason(&presence.payloads) };
         }
         let Some(nick) = from.resource().map(|r| r.as_str().to_owned()) else {
             return Outcome::Ignored("presence from the room itself");

@@ -463,3 +463,44 @@ async fn a_message_the_room_refuses_is_rejected_not_lost() {
     }
     account.shutdown().await;
 }
+
+/// A taken nick: the bridge joins under the next free variant (`_` appended) and relays from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_nick_is_resolved_with_a_variant() {
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    // A user holds the bridge's nick first (test user names are [a-z0-9_]: register under another name).
+    server.register("squatter", "pw-squatter").expect("register");
+    let mut squatter = client::connect(&login(&server, "squatter")).await.expect("logs in");
+    let to = room().with_resource_str("mimi-bridge").expect("occupant");
+    let mut join = Presence::available().with_to(Jid::from(to));
+    join.payloads.push(Element::builder("x", xmpp_parsers::ns::MUC).build());
+    squatter.outbound.send(Stanza::Presence(join)).await.expect("join");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(squatter.inbound.recv().await.expect("stream open"), Stanza::Presence(_)) {}
+    })
+    .await
+    .expect("the squatter is in the room");
+
+    server.register("bridge", "pw-bridge").expect("register");
+    let id = AccountId::new("xmpp", "nick").expect("account id");
+    let mut config = Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge");
+    config.transport = Transport::InsecureTcp;
+    let account =
+        XmppConnector.start(id.clone(), config, AccountContext::new(id, NoRoute, "bridge.test")).await.expect("start");
+    account.join(ROOM).await.expect("join");
+    let seen = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Stanza::Presence(p) = squatter.inbound.recv().await.expect("stream open")
+                && p.type_ == xmpp_parsers::presence::Type::None
+                && let Some(nick) = p.from.as_ref().and_then(|f| f.resource()).map(|r| r.to_string())
+                && nick != "mimi-bridge"
+            {
+                return nick;
+            }
+        }
+    })
+    .await
+    .expect("the bridge shows up in the room");
+    assert_eq!(seen, "mimi-bridge_");
+    account.shutdown().await;
+}

@@ -261,3 +261,22 @@ fn a_rooms_error_about_our_stanza_is_a_refusal_with_its_reason() {
     }
     assert!(matches!(r.message(msg(&xml), none, none), Outcome::Ignored(_)), "not ours: ignored");
 }
+
+#[test]
+fn a_refused_join_says_whether_the_nick_was_taken() {
+    let mut r = room();
+    let refusal = |condition: &str| {
+        pres(&format!(
+            "<presence xmlns='jabber:client' type='error' from='{ROOM}/bridge'><x xmlns='http://jabber.org/protocol/muc'/>\
+             <error type='cancel'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+        ))
+    };
+    assert_eq!(
+        r.presence(refusal("conflict"), none),
+        Outcome::JoinRefused { nick_conflict: true, reason: "conflict".into() }
+    );
+    assert_eq!(
+        r.presence(refusal("registration-required"), none),
+        Outcome::JoinRefused { nick_conflict: false, reason: "registration-required".into() }
+    );
+}
