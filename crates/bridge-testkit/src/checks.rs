@@ -392,6 +392,15 @@ impl<'h, H: Harness> Kit<'h, H> {
         let text = self.fresh(what);
         let lb_id = self.lb_say(&text, None).await?;
         let seen = self.await_seen(&format!("{text:?}"), |o| o.text().is_some_and(|t| t.contains(&text))).await?;
+        // The test user may see the parent before the connector's send() returns (it may wait for the network's
+        // answer): wait until the delivery is recorded, so that the next recorded send is the feature's own.
+        let deadline = Instant::now() + self.opt.timeout;
+        while !self.account.sent.lock().map(|s| s.iter().any(|(e, _)| body(e).contains(&text))).unwrap_or(true) {
+            if Instant::now() >= deadline {
+                return Err(format!("send() of {text:?} never returned"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let native = match seen {
             Observed::Message { native_id, .. } => native_id,
             _ => None,
