@@ -55,7 +55,7 @@ pub fn message_stanza_id(message: &bridge_api::MessageId, leg: &LegId) -> String
 
 /// Renders `ev` for the room `room`; `Ok(None)` when nothing is to be sent for it.
 pub fn render(ev: &OutboundEvent, room: &BareJid, voice: Voice) -> Result<Option<Rendered>, SendError> {
-    let name = ev.sender.display_name.replace(['\n', '\r'], " ");
+    let name = xml_text(&ev.sender.display_name.replace(['\n', '\r'], " "));
     let mut msg = Message::groupchat(Some(Jid::from(room.clone())));
     let origin = ev.txn_id.0.clone();
     msg.id = Some(Id(origin.clone()));
@@ -107,7 +107,7 @@ pub fn render(ev: &OutboundEvent, room: &BareJid, voice: Voice) -> Result<Option
                     let reactions = set_after.iter().fold(
                         Element::builder("reactions", xmpp_parsers::ns::REACTIONS)
                             .attr(xml_ncname!("id").into(), id.0.as_str()),
-                        |b, k| b.append(Element::builder("reaction", xmpp_parsers::ns::REACTIONS).append(k.as_str())),
+                        |b, k| b.append(Element::builder("reaction", xmpp_parsers::ns::REACTIONS).append(xml_text(k))),
                     );
                     msg.payloads.push(reactions.build());
                     msg.payloads.push(Element::builder("store", ns::HINTS).build());
@@ -139,7 +139,15 @@ pub fn render(ev: &OutboundEvent, room: &BareJid, voice: Voice) -> Result<Option
 }
 
 fn set_body(msg: &mut Message, text: String) {
-    msg.bodies.insert(Lang::new(), text);
+    msg.bodies.insert(Lang::new(), xml_text(&text));
+}
+
+/// `s` without the characters XML 1.0 cannot carry (C0 controls but tab, newline and carriage return; U+FFFE,
+/// U+FFFF): text from other networks may hold them, and no escaping makes them legal.
+pub fn xml_text(s: &str) -> String {
+    s.chars()
+        .filter(|&c| !matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}'))
+        .collect()
 }
 
 fn unstyled() -> Element {

@@ -70,6 +70,16 @@ fn a_message_carries_origin_id_and_relay_prefix() {
 }
 
 #[test]
+fn characters_xml_cannot_carry_are_dropped_not_a_broken_stream() {
+    let r = render(&event(message(MessageDraft::plain("a\u{0}b\u{1b}[31mc\td"))), &room(), Voice::Puppet)
+        .expect("ok")
+        .expect("some");
+    assert_eq!(body(&r), "ab[31mc\td");
+    let back: Element = xml(&r).parse().expect("the stanza serialises and parses");
+    assert_eq!(back.get_child("body", ns::CLIENT).map(|b| b.text()).as_deref(), Some("ab[31mc\td"));
+}
+
+#[test]
 fn hostile_text_stays_text() {
     let evil = "</body></message><message to='x'><body>injected";
     let r = render(&event(message(MessageDraft::plain(evil))), &room(), Voice::Puppet).expect("ok").expect("some");
