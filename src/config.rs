@@ -1149,6 +1149,12 @@ mod tests {
         let e = parse(&format!("{MIN}[xmpp.lobby]\nmode = \"client\"\nserver = \"x:5222\"\nnik = \"b\"\n"))
             .expect_err("typo");
         assert_eq!((e.key.as_str(), e.line), ("xmpp.lobby.nik", 7), "{e}");
+        let component = "[xmpp.lobby]\nmode = \"component\"\nserver = \"127.0.0.1:5347\"\ndomain = \"mimi.example.org\"\n\
+                         secret = \"env:XMPP_SECRET\"\n";
+        parse(&format!("{MIN}{component}")).expect("a component-mode table is accepted");
+        let e = parse(&format!("{MIN}[xmpp.lobby]\nmode = \"component\"\nserver = \"x:5347\"\nsecret = \"s\"\n"))
+            .expect_err("no domain");
+        assert!(e.message.contains("needs `domain`"), "{e}");
         let e = parse(&format!("{MIN}[xmpp.lobby]\nmode = \"client\"\nserver = \"x:5222\"\n")).expect_err("no jid");
         assert!(e.message.contains("needs `jid`"), "{e}");
         let e = parse(&format!("{MIN}[xmpp.lobby]\nmode = \"ghost\"\nserver = \"x:5222\"\n")).expect_err("bad mode");

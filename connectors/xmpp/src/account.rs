@@ -4,13 +4,15 @@
 //! each message (the id XMPP users' replies, reactions and retractions will name).
 
 use crate::client::{self, Login};
+use crate::component::{self, ComponentLogin};
 use crate::inbound::{Outcome, RoomState};
 use crate::link::{ConnectError, Link};
 use crate::outbound::{self, Voice};
+use crate::puppets::{self, Puppet, Puppets};
 use async_trait::async_trait;
 use bridge_api::capability::Capabilities;
 use bridge_api::connector::{Delivery, SendError};
-use bridge_api::event::OutboundEvent;
+use bridge_api::event::{Membership, OutboundEvent, OutboundKind};
 use bridge_api::{Account, AccountContext, AccountId, ConnectorError, Health, LegId, NativeId};
 use bridge_net::backoff::Backoff;
 use minidom::Element;
@@ -19,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use xmpp_parsers::iq::Iq;
-use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::jid::{BareJid, FullJid, Jid};
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
@@ -31,11 +33,20 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many origin-ids of our own stanzas are remembered to recognise their reflections.
 const OWN_ORIGINS: usize = 4096;
 
+/// How the account attaches to the server.
+#[derive(Debug, Clone)]
+pub enum Attach {
+    /// Client mode: one account relays everyone.
+    Client(Login),
+    /// Component mode: a puppet occupant per bridged user.
+    Component(ComponentLogin),
+}
+
 /// The settings an account runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// How to log in.
-    pub login: Login,
+    /// How to attach.
+    pub attach: Attach,
     /// The nick the bridge uses in every room.
     pub nick: String,
     /// What the account can express.
@@ -51,6 +62,10 @@ struct State {
     own_origins: HashSet<String>,
     own_order: VecDeque<String>,
     joined: HashMap<BareJid, Vec<oneshot::Sender<()>>>,
+    /// Component mode: the component's own JID (the occupant that reads the rooms); `None` in client mode.
+    me: Option<FullJid>,
+    puppets: Puppets,
+    puppet_joined: HashMap<FullJid, Vec<oneshot::Sender<Result<(), String>>>>,
 }
 
 impl State {
@@ -96,6 +111,21 @@ impl XmppAccount {
         Self { shared }
     }
 
+    /// Component mode: `uri`'s puppet leaves `room`.
+    async fn leave_puppet(&self, room: &BareJid, uri: &str) {
+        let (puppet, out) = {
+            let mut st = self.shared.state();
+            (st.puppets.remove(room, uri), st.outbound.clone())
+        };
+        if let (Some(p), Some(out)) = (puppet, out)
+            && let Ok(to) = room.with_resource_str(&p.nick)
+        {
+            let mut leave = Presence::unavailable().with_to(Jid::from(to));
+            leave.from = Some(Jid::from(p.jid));
+            let _ = out.send(Stanza::Presence(leave)).await;
+        }
+    }
+
     fn room_jid(&self, room: &str) -> Result<BareJid, ConnectorError> {
         BareJid::new(room).map_err(|e| ConnectorError::Room {
             account: self.shared.id.clone(),
@@ -105,9 +135,10 @@ impl XmppAccount {
     }
 }
 
-fn join_presence(room: &BareJid, nick: &str) -> Option<Stanza> {
+fn join_presence(room: &BareJid, nick: &str, from: Option<&FullJid>) -> Option<Stanza> {
     let to = room.with_resource_str(nick).ok()?;
     let mut p = Presence::available().with_to(Jid::from(to));
+    p.from = from.cloned().map(Jid::from);
     // No room history on join: what was said before is not replayed (the archive is the catch-up path).
     p.payloads.push(
         Element::builder("x", xmpp_parsers::ns::MUC)
@@ -128,7 +159,11 @@ async fn run(shared: Arc<Shared>) {
             break;
         }
         shared.health.send_replace(Health::Connecting);
-        let reason = match client::connect(&shared.settings.login).await {
+        let link = match &shared.settings.attach {
+            Attach::Client(login) => client::connect(login).await,
+            Attach::Component(login) => component::connect(login).await,
+        };
+        let reason = match link {
             Ok(link) => {
                 backoff.reset();
                 let why = connection(&shared, link, &mut stop).await;
@@ -167,6 +202,8 @@ fn disconnected(shared: &Shared) {
     st.outbound = None;
     st.pending.clear();
     st.joined.clear();
+    st.puppet_joined.clear();
+    st.puppets.reset();
     for room in st.rooms.values_mut() {
         room.reset();
     }
@@ -177,8 +214,13 @@ async fn connection(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Rece
     let joins: Vec<Stanza> = {
         let mut st = shared.state();
         st.outbound = Some(link.outbound.clone());
+        st.me = matches!(shared.settings.attach, Attach::Component(_)).then(|| link.jid.clone());
         let nicks = st.nicks.clone();
-        st.rooms.keys().filter_map(|r| join_presence(r, nicks.get(r).unwrap_or(&shared.settings.nick))).collect()
+        let me = st.me.clone();
+        st.rooms
+            .keys()
+            .filter_map(|r| join_presence(r, nicks.get(r).unwrap_or(&shared.settings.nick), me.as_ref()))
+            .collect()
     };
     for j in joins {
         if link.outbound.send(j).await.is_err() {
@@ -203,6 +245,18 @@ async fn connection(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Rece
 }
 
 async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>) {
+    let to = match &stanza {
+        Stanza::Message(m) => m.to.clone(),
+        Stanza::Presence(p) => p.to.clone(),
+        Stanza::Iq(_) => None,
+    };
+    let me = shared.state().me.clone();
+    if let (Some(me), Some(Ok(to))) = (me, to.map(Jid::try_into_full))
+        && to != me
+    {
+        puppet_stanza(shared, stanza, to, out).await;
+        return;
+    }
     let room_of_refusal = match &stanza {
         Stanza::Presence(p) if p.type_ == PresenceType::Error => p.from.as_ref().map(|f| f.to_bare()),
         _ => None,
@@ -212,16 +266,17 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
             let Some(room) = msg.from.as_ref().map(|f| f.to_bare()) else { return };
             let mut st = shared.state();
             let nick = st.nicks.get(&room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
-            let State { rooms, own_origins, .. } = &mut *st;
+            let State { rooms, own_origins, puppets, .. } = &mut *st;
             let Some(r) = rooms.get_mut(&room) else { return };
-            r.message(msg, |n| n == nick, |o| own_origins.contains(o))
+            r.message(msg, |n| n == nick || puppets.is_puppet_nick(&room, n), |o| own_origins.contains(o))
         }
         Stanza::Presence(p) => {
             let Some(room) = p.from.as_ref().map(|f| f.to_bare()) else { return };
             let mut st = shared.state();
             let nick = st.nicks.get(&room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
-            let Some(r) = st.rooms.get_mut(&room) else { return };
-            let outcome = r.presence(p, |n| n == nick);
+            let State { rooms, puppets, .. } = &mut *st;
+            let Some(r) = rooms.get_mut(&room) else { return };
+            let outcome = r.presence(p, |n| n == nick || puppets.is_puppet_nick(&room, n));
             if outcome == Outcome::Joined {
                 for w in st.joined.remove(&room).unwrap_or_default() {
                     let _ = w.send(());
@@ -272,6 +327,116 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
     }
 }
 
+/// Component mode: a stanza addressed to one of the puppets. The rooms are read through the component's own
+/// occupant, so only what concerns the puppet itself counts here: its joins and the room's errors.
+async fn puppet_stanza(shared: &Arc<Shared>, stanza: Stanza, to: FullJid, out: &mpsc::Sender<Stanza>) {
+    match stanza {
+        Stanza::Presence(p) => {
+            let Some(room) = p.from.as_ref().map(|f| f.to_bare()) else { return };
+            let refusal = {
+                let mut st = shared.state();
+                let State { rooms, puppets, puppet_joined, .. } = &mut *st;
+                let Some(r) = rooms.get_mut(&room) else { return };
+                let Some(puppet) = puppets.by_jid_mut(&room, &to) else { return };
+                if let Some(joined) = puppets::self_presence(&p) {
+                    puppet.joined = joined;
+                    if joined {
+                        for w in puppet_joined.remove(&to).unwrap_or_default() {
+                            let _ = w.send(Ok(()));
+                        }
+                    }
+                    return;
+                }
+                match r.presence(p, |_| true) {
+                    Outcome::JoinRefused { nick_conflict: true, .. } if puppet.nick.len() < puppets::MAX_NICK + 8 => {
+                        puppet.nick.push('_');
+                        Ok(join_presence(&room, &puppet.nick, Some(&puppet.jid)))
+                    }
+                    Outcome::JoinRefused { reason, .. } => Err(reason),
+                    _ => return,
+                }
+            };
+            match refusal {
+                Ok(Some(join)) => {
+                    let _ = out.send(join).await;
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    for w in shared.state().puppet_joined.remove(&to).unwrap_or_default() {
+                        let _ = w.send(Err(reason.clone()));
+                    }
+                }
+            }
+        }
+        Stanza::Message(m) => {
+            let Some(room) = m.from.as_ref().map(|f| f.to_bare()) else { return };
+            let outcome = {
+                let mut st = shared.state();
+                let State { rooms, own_origins, .. } = &mut *st;
+                let Some(r) = rooms.get_mut(&room) else { return };
+                if m.type_ != xmpp_parsers::message::MessageType::Error {
+                    return;
+                }
+                r.message(m, |_| true, |o| own_origins.contains(o))
+            };
+            if let Outcome::Refused { origin_id, reason } = outcome {
+                tracing::warn!(account = %shared.id, %reason, "the room refused a puppet's stanza");
+                if let Some(w) = shared.state().pending.remove(&origin_id) {
+                    let _ = w.send(Err(reason));
+                }
+            }
+        }
+        Stanza::Iq(iq) => answer_iq(iq, out).await,
+    }
+}
+
+/// Component mode: the puppet of `sender` in `room`, joined (it joins now if it is not yet).
+async fn ensure_puppet(
+    shared: &Arc<Shared>,
+    room: &BareJid,
+    sender: &bridge_api::event::Sender,
+    domain: &str,
+) -> Result<Puppet, SendError> {
+    let (wait, join, out) = {
+        let mut st = shared.state();
+        if let Some(p) = st.puppets.get(room, &sender.uri).filter(|p| p.joined) {
+            return Ok(p.clone());
+        }
+        let Some(out) = st.outbound.clone() else { return Err(SendError::Retry("not connected".into())) };
+        let puppet = match st.puppets.get(room, &sender.uri) {
+            Some(p) => p.clone(),
+            None => {
+                let jid = puppets::jid_for(&sender.uri, domain).map_err(SendError::Rejected)?;
+                Puppet { jid, nick: puppets::nick_for(&sender.display_name), joined: false }
+            }
+        };
+        st.puppets.insert(room, &sender.uri, puppet.clone());
+        let (tx, rx) = oneshot::channel();
+        st.puppet_joined.entry(puppet.jid.clone()).or_default().push(tx);
+        (rx, join_presence(room, &puppet.nick, Some(&puppet.jid)), out)
+    };
+    if let Some(j) = join {
+        out.send(j).await.map_err(|_| SendError::Retry("stream closed".into()))?;
+    }
+    match tokio::time::timeout(JOIN_TIMEOUT, wait).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(reason))) => return Err(SendError::Rejected(format!("the room refused the puppet: {reason}"))),
+        _ => return Err(SendError::Retry("the room did not confirm the puppet's join".into())),
+    }
+    let puppet = shared
+        .state()
+        .puppets
+        .get(room, &sender.uri)
+        .cloned()
+        .ok_or_else(|| SendError::Retry("the puppet left".into()))?;
+    // Its occupant is the bridge's own: events from it are never bridged back.
+    let occupant = format!("{room}/{}", puppet.nick);
+    if let Err(e) = shared.ctx.register_ghost(&occupant, &sender.uri).await {
+        tracing::warn!(account = %shared.id, "could not register a puppet as a ghost: {e}");
+    }
+    Ok(puppet)
+}
+
 /// Our nick is taken (or refused) in `room`: try again with an underscore appended.
 async fn nick_conflict(shared: &Shared, room: &BareJid, out: &mpsc::Sender<Stanza>) {
     let join = {
@@ -286,7 +451,7 @@ async fn nick_conflict(shared: &Shared, room: &BareJid, out: &mpsc::Sender<Stanz
         }
         tracing::warn!(account = %shared.id, %room, %nick, "nick refused in the room; trying another");
         st.nicks.insert(room.clone(), nick.clone());
-        join_presence(room, &nick)
+        join_presence(room, &nick, st.me.as_ref())
     };
     if let Some(j) = join {
         let _ = out.send(j).await;
@@ -336,7 +501,7 @@ impl Account for XmppAccount {
             let (tx, rx) = oneshot::channel();
             st.joined.entry(jid.clone()).or_default().push(tx);
             let nick = st.nicks.get(&jid).cloned().unwrap_or_else(|| self.shared.settings.nick.clone());
-            (rx, st.outbound.clone().zip(join_presence(&jid, &nick)))
+            (rx, st.outbound.clone().zip(join_presence(&jid, &nick, st.me.as_ref())))
         };
         // Not connected: the room is joined as soon as the stream is up.
         let Some((out, presence)) = send else { return Ok(()) };
@@ -368,7 +533,26 @@ impl Account for XmppAccount {
     async fn send(&self, event: &OutboundEvent) -> Result<Delivery, SendError> {
         let room = BareJid::new(&event.leg.room).map_err(|e| SendError::Rejected(format!("not a room JID: {e}")))?;
         tracing::debug!(account = %self.shared.id, kind = event.kind.name(), %room, "sending");
-        let Some(rendered) = outbound::render(event, &room, Voice::Relay)? else { return Ok(Delivery::default()) };
+        let puppet = match &self.shared.settings.attach {
+            Attach::Client(_) => None,
+            Attach::Component(login) => {
+                if !self.shared.state().rooms.get(&room).is_some_and(RoomState::is_joined) {
+                    return Err(SendError::Retry("not in the room (yet)".into()));
+                }
+                if let OutboundKind::Membership { change } = &event.kind {
+                    if *change == Membership::Join {
+                        ensure_puppet(&self.shared, &room, &event.sender, &login.domain).await?;
+                    } else {
+                        self.leave_puppet(&room, &event.sender.uri).await;
+                    }
+                    return Ok(Delivery::default());
+                }
+                Some(ensure_puppet(&self.shared, &room, &event.sender, &login.domain).await?)
+            }
+        };
+        let voice = if puppet.is_some() { Voice::Puppet } else { Voice::Relay };
+        let Some(mut rendered) = outbound::render(event, &room, voice)? else { return Ok(Delivery::default()) };
+        rendered.message.from = puppet.map(|p| Jid::from(p.jid));
         let (out, reflection) = {
             let mut st = self.shared.state();
             if !st.rooms.get(&room).is_some_and(RoomState::is_joined) {

@@ -1,25 +1,29 @@
 //! # connector-xmpp
 //!
-//! The XMPP connector: multi-user chats (XEP-0045) bridged through one ordinary client account that relays
-//! every bridged user as `name: text` (client mode). Component mode (XEP-0114, each bridged user a puppet
-//! occupant) is not built yet: its config is refused with a clear error. Laid out like every connector
+//! The XMPP connector: multi-user chats (XEP-0045) bridged either through an external component (XEP-0114, each
+//! bridged user a puppet occupant with its own JID and nick: component mode) or through one ordinary client
+//! account that relays every bridged user as `name: text` (client mode). Laid out like every connector
 //! (`docs/connector-guide.md`):
 //!
 //! * sans IO: [`inbound`] (stanzas → core events), [`outbound`] (core events → stanzas), [`styling`] (XEP-0393
-//!   ⇄ markdown), [`escape`] (puppet JID localparts, for component mode), [`ns`];
-//! * IO shell: [`account`] (the account: reconnects, joins, relays), [`client`] (one client-to-server stream),
-//!   [`link`] (a stream as the account sees it).
+//!   ⇄ markdown), [`escape`] (puppet JID localparts), [`puppets`] (puppet JIDs and nicks), [`framing`]
+//!   (component stream → bounded stanzas, namespace rewrite), [`ns`];
+//! * IO shell: [`account`] (the account: reconnects, joins, relays, puppets), [`client`] (one client-to-server
+//!   stream), [`component`] (one XEP-0114 stream), [`link`] (a stream as the account sees it).
 //!
 //! Never enable the `component` feature of `tokio-xmpp` or `xmpp-parsers`: it switches the stanza namespace of
 //! the typed parsers for the whole workspace.
 
 pub mod account;
 pub mod client;
+pub mod component;
 pub mod escape;
+pub mod framing;
 pub mod inbound;
 pub mod link;
 pub mod ns;
 pub mod outbound;
+pub mod puppets;
 pub mod styling;
 
 use async_trait::async_trait;
@@ -39,7 +43,7 @@ pub use {minidom, xmpp_parsers};
 pub enum Mode {
     /// One ordinary account joins the rooms and relays everyone as `name: text`.
     Client,
-    /// An external component (XEP-0114) with a puppet occupant per bridged user. Not built yet: refused.
+    /// An external component (XEP-0114) with a puppet occupant per bridged user.
     Component,
 }
 
@@ -49,8 +53,13 @@ pub enum Mode {
 pub struct Config {
     /// `client` or `component`.
     pub mode: Mode,
-    /// `host:port` of the server's client port (client mode).
+    /// `host:port` of the server's client port (client mode) or component port (component mode).
     pub server: String,
+    /// The component's domain, e.g. `mimi.example.org` (component mode).
+    pub domain: Option<String>,
+    /// The component's shared secret (component mode). A secret: give it as `secret_file = "/path"` or
+    /// `secret = "env:NAME"`.
+    pub secret: Option<String>,
     /// The account's JID, `user@domain` (client mode).
     pub jid: Option<String>,
     /// The account's password (client mode). A secret: give it as `password_file = "/path"` or
@@ -75,23 +84,43 @@ impl Config {
         Self {
             mode: Mode::Client,
             server: server.into(),
+            domain: None,
+            secret: None,
             jid: Some(jid.into()),
             password: Some(password.into()),
             transport: Transport::default(),
             nick: default_nick(),
         }
     }
+
+    /// A component-mode config with every default.
+    pub fn component(server: impl Into<String>, domain: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self {
+            mode: Mode::Component,
+            server: server.into(),
+            domain: Some(domain.into()),
+            secret: Some(secret.into()),
+            jid: None,
+            password: None,
+            transport: Transport::default(),
+            nick: default_nick(),
+        }
+    }
 }
 
-/// What a client-mode account can express: messages with styling, XEP-0461 replies, XEP-0308 corrections,
-/// XEP-0424 retractions; reactions as a text line (one account cannot hold a reaction set per bridged user).
-pub fn capabilities(_config: &Config) -> Capabilities {
+/// What an account can express: messages with styling, XEP-0461 replies, XEP-0308 corrections, XEP-0424
+/// retractions; reactions as XEP-0444 sets from each puppet in component mode, as a text line in client mode
+/// (one account cannot hold a reaction set per bridged user); joins and leaves as puppet presence in component
+/// mode.
+pub fn capabilities(config: &Config) -> Capabilities {
+    let component = config.mode == Mode::Component;
     Capabilities::none()
         .with(Feature::Formatting, Grade::Full)
         .with(Feature::Replies, Grade::Full)
         .with(Feature::Edits, Grade::Full)
         .with(Feature::Deletes, Grade::Full)
-        .with(Feature::Reactions, Grade::Degraded)
+        .with(Feature::Reactions, if component { Grade::Full } else { Grade::Degraded })
+        .with(Feature::Membership, if component { Grade::Full } else { Grade::Unsupported })
         .with(Feature::MultiLine, Grade::Full)
         .with_limits(Limits { max_text_bytes: Some(inbound::MAX_BODY), max_lines: None, max_attachment_bytes: None })
 }
@@ -104,19 +133,32 @@ fn config_error(id: &AccountId, reason: impl Into<String>) -> ConnectorError {
     ConnectorError::Config { account: id.clone(), reason: reason.into() }
 }
 
-fn login(id: &AccountId, config: &Config) -> Result<client::Login, ConnectorError> {
-    if config.mode == Mode::Component {
-        return Err(config_error(id, "`mode` = \"component\" is not built yet; use mode = \"client\""));
+fn attach(id: &AccountId, config: &Config) -> Result<account::Attach, ConnectorError> {
+    if !config.server.contains(':') {
+        return Err(config_error(id, format!("server {:?} must be host:port", config.server)));
     }
+    match config.mode {
+        Mode::Client => login(id, config).map(account::Attach::Client),
+        Mode::Component => {
+            let domain = config.domain.clone().ok_or_else(|| config_error(id, "component mode needs `domain`"))?;
+            let parsed = xmpp_parsers::jid::BareJid::new(&domain)
+                .map_err(|e| config_error(id, format!("`domain` {domain:?}: {e}")))?;
+            if parsed.node().is_some() {
+                return Err(config_error(id, "`domain` is a domain (mimi.example.org), not a JID"));
+            }
+            let secret = config.secret.clone().ok_or_else(|| config_error(id, "component mode needs `secret`"))?;
+            Ok(account::Attach::Component(component::ComponentLogin { server: config.server.clone(), domain, secret }))
+        }
+    }
+}
+
+fn login(id: &AccountId, config: &Config) -> Result<client::Login, ConnectorError> {
     let jid = config.jid.as_deref().ok_or_else(|| config_error(id, "client mode needs `jid`"))?;
     let jid = Jid::new(jid).map_err(|e| config_error(id, format!("jid {jid:?}: {e}")))?;
     if jid.node().is_none() || jid.resource().is_some() {
         return Err(config_error(id, "`jid` must be user@domain (no resource)"));
     }
     let password = config.password.clone().ok_or_else(|| config_error(id, "client mode needs `password`"))?;
-    if !config.server.contains(':') {
-        return Err(config_error(id, format!("server {:?} must be host:port", config.server)));
-    }
     if config.nick.is_empty() || config.nick.len() > 64 {
         return Err(config_error(id, "nick must be 1 to 64 bytes"));
     }
@@ -142,11 +184,14 @@ impl Connector for XmppConnector {
     }
 
     fn secret_keys(&self) -> &'static [&'static str] {
-        &["password"]
+        &["password", "secret"]
     }
 
     fn validate(&self, id: &AccountId, config: &Config) -> Result<(), ConnectorError> {
-        login(id, config).map(|_| ())
+        if config.nick.is_empty() || config.nick.len() > 64 {
+            return Err(config_error(id, "nick must be 1 to 64 bytes"));
+        }
+        attach(id, config).map(|_| ())
     }
 
     async fn start(
@@ -156,7 +201,7 @@ impl Connector for XmppConnector {
         ctx: AccountContext,
     ) -> Result<Arc<dyn Account>, ConnectorError> {
         let settings = account::Settings {
-            login: login(&id, &config)?,
+            attach: attach(&id, &config)?,
             nick: config.nick.clone(),
             capabilities: capabilities(&config),
         };

@@ -1,5 +1,6 @@
-//! The conformance kit against a real Prosody (tests/harness starts it), client mode. The test users are real
-//! XMPP clients: tokio-xmpp streams (the connector's own `client::connect`), logged in as ordinary accounts.
+//! The conformance kit against a real Prosody (tests/harness starts it), in client and in component mode, and the
+//! account's behaviour on refusals. The test users are real XMPP clients: tokio-xmpp streams (the connector's
+//! own `client::connect`), logged in as ordinary accounts.
 
 use async_trait::async_trait;
 use bridge_api::capability::Feature;
@@ -38,6 +39,7 @@ struct User {
 struct XmppHarness {
     server: Prosody,
     users: HashMap<String, User>,
+    component: bool,
 }
 
 fn login(server: &Prosody, user: &str) -> Login {
@@ -170,9 +172,15 @@ impl Harness for XmppHarness {
     }
 
     async fn start_account(&mut self, ctx: AccountContext) -> Result<Arc<dyn Account>, String> {
-        self.server.register("bridge", "pw-bridge").map_err(|e| e.to_string())?;
-        let mut config = Config::client(self.server.c2s_addr(), "bridge@localhost", "pw-bridge");
-        config.transport = Transport::InsecureTcp;
+        let config = if self.component {
+            let s = &self.server;
+            Config::component(s.component_addr(), s.component_domain.clone(), s.component_secret.clone())
+        } else {
+            self.server.register("bridge", "pw-bridge").map_err(|e| e.to_string())?;
+            let mut config = Config::client(self.server.c2s_addr(), "bridge@localhost", "pw-bridge");
+            config.transport = Transport::InsecureTcp;
+            config
+        };
         XmppConnector.start(self.account_id(), config, ctx).await.map_err(|e| e.to_string())
     }
 
@@ -232,6 +240,10 @@ impl Harness for XmppHarness {
                     .build(),
             ),
         }
+        // As clients do (XEP-0444 §5): Prosody archives, and gives a stanza-id to, a bodiless message only with it.
+        if let NativeAction::React { .. } = &action {
+            m.payloads.push(Element::builder("store", ns::HINTS).build());
+        }
         let sid = u.send(m, &id, &mut seen).await?;
         u.own.insert(sid.clone(), id);
         u.backlog.extend(seen);
@@ -290,10 +302,58 @@ async fn client_mode_passes_the_conformance_kit_against_prosody() {
         .with_test_writer()
         .try_init();
     let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    let mut h = XmppHarness { server, users: HashMap::new() };
+    let mut h = XmppHarness { server, users: HashMap::new(), component: false };
     let report = bridge_testkit::run(&mut h, KitOptions::default()).await;
     println!("{report}");
     report.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_mode_passes_the_conformance_kit_against_prosody() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    let mut h = XmppHarness { server, users: HashMap::new(), component: true };
+    let report = bridge_testkit::run(&mut h, KitOptions::default()).await;
+    println!("{report}");
+    report.assert_passed();
+}
+
+/// Starts account `name` with `config` and waits (10 s at most) for `BadCredentials`; returns its reason.
+async fn refused(
+    config: Config,
+    name: &str,
+) -> (Arc<dyn Account>, tokio::sync::watch::Receiver<bridge_api::Health>, String) {
+    let id = AccountId::new("xmpp", name).expect("account id");
+    let account = XmppConnector
+        .start(id.clone(), config, AccountContext::new(id, NoRoute, "bridge.test"))
+        .await
+        .expect("start returns at once");
+    let mut health = account.health();
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let bridge_api::Health::BadCredentials { reason } = health.borrow_and_update().clone() {
+                return reason;
+            }
+            health.changed().await.expect("health stays observable");
+        }
+    })
+    .await
+    .expect("the refusal is reported within 10 s");
+    (account, health, reason)
+}
+
+/// A wrong component secret is `BadCredentials` with the server's answer, not a reconnect loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_component_secret_is_a_clear_error_not_a_reconnect_loop() {
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    let config = Config::component(server.component_addr(), server.component_domain.clone(), "wrong");
+    let (account, mut health, bad) = refused(config, "badsecret").await;
+    assert!(bad.contains("component secret"), "{bad}");
+    assert!(tokio::time::timeout(Duration::from_secs(3), health.changed()).await.is_err(), "the account retried");
+    account.shutdown().await;
 }
 
 /// The core side of a context for tests that never route anything (every event is refused).
@@ -326,24 +386,9 @@ impl bridge_api::InboundRoute for NoRoute {
 async fn a_refused_password_is_bad_credentials_not_a_reconnect_loop() {
     let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
     server.register("bridge", "right").expect("register");
-    let id = AccountId::new("xmpp", "badpw").expect("account id");
     let mut config = Config::client(server.c2s_addr(), "bridge@localhost", "wrong");
     config.transport = Transport::InsecureTcp;
-    let account = XmppConnector
-        .start(id.clone(), config, AccountContext::new(id, NoRoute, "bridge.test"))
-        .await
-        .expect("start returns at once");
-    let mut health = account.health();
-    let bad = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let bridge_api::Health::BadCredentials { reason } = health.borrow_and_update().clone() {
-                return reason;
-            }
-            health.changed().await.expect("health stays observable");
-        }
-    })
-    .await
-    .expect("the refusal is reported within 10 s");
+    let (account, mut health, bad) = refused(config, "badpw").await;
     assert!(bad.contains("not-authorized") || bad.contains("NotAuthorized"), "{bad}");
     // No retry: no new connection reaches the server (a loop would reconnect within about a second), and the
     // health does not change again.
