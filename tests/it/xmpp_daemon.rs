@@ -259,3 +259,61 @@ fn listen_first_id(
     let id = m.first().expect("the message arrived")["message_id"].as_str().unwrap_or_default().to_owned();
     (id, sid)
 }
+
+/// Component mode through the daemon: the native MLS user appears in the MUC as an occupant of their own
+/// (a puppet with their nick), and the MUC's messages reach the native client.
+#[test]
+fn component_mode_shows_the_native_user_as_their_own_occupant() {
+    let prosody = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("component.secret");
+    std::fs::write(&secret_file, &prosody.component_secret).expect("secret file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let text = format!(
+        "[bridge]\ndomain = \"bridge.test\"\ndata_dir = {:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \
+         \"127.0.0.1:0\"\n\n[xmpp.c]\nmode = \"component\"\nserver = \"{}\"\ndomain = \"{}\"\nsecret_file = {:?}\n\n\
+         [[portal]]\nname = \"lobby\"\nlegs = [{{ account = \"xmpp.c\", room = \"{ROOM_JID}\" }}]\n",
+        dir.path().join("data").display().to_string(),
+        prosody.component_addr(),
+        prosody.component_domain,
+        secret_file.display().to_string(),
+    );
+    let cfg_path = dir.path().join("config.toml");
+    std::fs::write(&cfg_path, &text).expect("config");
+    let cfg = Config::parse(&cfg_path, &text).expect("valid config");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let daemon = rt.block_on(Daemon::start(&cfg, &mimi_bridge::networks::built_in())).expect("daemon starts");
+    let server = format!("http://{}", daemon.mimi_addr());
+    let alice = dir.path().join("alice");
+    client(&alice, &server, &["register", "Alice"]);
+    client(&alice, &server, &["join", PORTAL]);
+    let mut x = rt.block_on(XUser::join(&prosody, "xavier"));
+
+    // XMPP → MLS.
+    let mut heard = false;
+    for i in 0..20 {
+        rt.block_on(x.send(Some(&format!("hi from xmpp {i}")), vec![]));
+        if let Some(m) = listen(&alice, &server, "2").into_iter().next() {
+            assert!(m["text"].as_str().is_some_and(|t| t.starts_with("hi from xmpp")), "{m}");
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "the native client heard the XMPP user");
+
+    // MLS → XMPP: from the puppet occupant `Alice`, the text as it is (no relay prefix).
+    client(&alice, &server, &["send", PORTAL, "hello as myself"]);
+    let got = match rt.block_on(
+        x.next(|s| matches!(s, Stanza::Message(m) if m.bodies.values().any(|b| b.contains("hello as myself")))),
+    ) {
+        Stanza::Message(m) => m,
+        _ => unreachable!("matched a message"),
+    };
+    assert_eq!(got.from.as_ref().and_then(|f| f.resource()).map(|r| r.to_string()).as_deref(), Some("Alice"));
+    assert_eq!(body(&got), "hello as myself");
+    rt.block_on(daemon.shutdown()).expect("clean shutdown");
+}
