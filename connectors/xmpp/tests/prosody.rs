@@ -400,6 +400,76 @@ async fn a_refused_password_is_bad_credentials_not_a_reconnect_loop() {
     account.shutdown().await;
 }
 
+/// A message from the MIMI user `name` into `room`, as the core would hand it to the account (`n` makes the ids).
+fn message_event(account: AccountId, room: &str, n: u8, name: &str, text: &str) -> OutboundEvent {
+    let mut mid = [n; 32];
+    mid[0] = 1;
+    let message_id = bridge_api::MessageId::from_bytes(&mid).expect("message id");
+    let leg = bridge_api::LegId::new(account, room).expect("leg");
+    OutboundEvent {
+        portal: bridge_api::PortalId::new("p").expect("portal"),
+        txn_id: bridge_api::TxnId::for_delivery(&message_id, &leg),
+        leg,
+        message_id,
+        sender: bridge_api::event::Sender {
+            uri: format!("mimi://bridge.test/u/{name}"),
+            display_name: name.into(),
+            network: "mimi".into(),
+            legacy: None,
+        },
+        kind: OutboundKind::Message { draft: bridge_api::event::MessageDraft::plain(text), reply_to: None },
+    }
+}
+
+/// Sends `event`; until the stream is up and the room joined, send answers Retry (the core would retry later
+/// too), so it is tried again for up to 10 s.
+async fn send_when_ready(
+    account: &dyn Account,
+    event: &OutboundEvent,
+) -> Result<bridge_api::connector::Delivery, bridge_api::connector::SendError> {
+    let mut result = account.send(event).await;
+    for _ in 0..50 {
+        if !matches!(result, Err(bridge_api::connector::SendError::Retry(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        result = account.send(event).await;
+    }
+    result
+}
+
+/// Component mode: a puppet whose nick is taken joins as the next variant, and speaks from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puppets_taken_nick_is_resolved_with_a_variant() {
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("alice", "pw-alice").expect("register");
+    let mut real = join(&server, "alice").await.expect("the real alice joins");
+    let id = AccountId::new("xmpp", "comp").expect("account id");
+    let config =
+        Config::component(server.component_addr(), server.component_domain.clone(), server.component_secret.clone());
+    let account = XmppConnector
+        .start(id.clone(), config, AccountContext::new(id.clone(), NoRoute, "bridge.test"))
+        .await
+        .expect("start");
+    account.join(ROOM).await.expect("join");
+    let event = message_event(id, ROOM, 9, "alice", "hello from the other alice");
+    let delivery = send_when_ready(account.as_ref(), &event).await.expect("delivered");
+    assert!(!delivery.native_ids.is_empty());
+    let from = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Stanza::Message(m) = real.inbound.recv().await.expect("stream open")
+                && m.bodies.values().any(|b| b == "hello from the other alice")
+            {
+                return m.from.and_then(|f| f.resource().map(|r| r.to_string()));
+            }
+        }
+    })
+    .await
+    .expect("the real alice sees the puppet's message");
+    assert_eq!(from.as_deref(), Some("alice_"));
+    account.shutdown().await;
+}
+
 /// In a moderated room the bridge, a visitor, may not speak: the room's error becomes `Rejected` (the core then
 /// tells the sender "not delivered"), not a silent success.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,32 +544,8 @@ async fn a_message_the_room_refuses_is_rejected_not_lost() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     joined.expect("the bridge joins the moderated room as a visitor");
-    let mut mid = [7u8; 32];
-    mid[0] = 1;
-    let message_id = bridge_api::MessageId::from_bytes(&mid).expect("message id");
-    let leg = bridge_api::LegId::new(id, MODERATED).expect("leg");
-    let event = OutboundEvent {
-        portal: bridge_api::PortalId::new("p").expect("portal"),
-        txn_id: bridge_api::TxnId::for_delivery(&message_id, &leg),
-        leg,
-        message_id,
-        sender: bridge_api::event::Sender {
-            uri: "mimi://bridge.test/u/alice".into(),
-            display_name: "alice".into(),
-            network: "mimi".into(),
-            legacy: None,
-        },
-        kind: OutboundKind::Message { draft: bridge_api::event::MessageDraft::plain("may I?"), reply_to: None },
-    };
-    // Until the stream is up and the room joined, send answers Retry (the core would retry it later too).
-    let mut result = account.send(&event).await;
-    for _ in 0..50 {
-        if !matches!(result, Err(bridge_api::connector::SendError::Retry(_))) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        result = account.send(&event).await;
-    }
+    let event = message_event(id, MODERATED, 7, "alice", "may I?");
+    let result = send_when_ready(account.as_ref(), &event).await;
     match result {
         Err(bridge_api::connector::SendError::Rejected(reason)) => {
             assert!(reason.contains("forbidden"), "{reason}")
