@@ -110,6 +110,27 @@ fn body(m: &Message) -> String {
     m.bodies.values().next().cloned().unwrap_or_default()
 }
 
+/// A daemon config in `dir` with `accounts` (TOML tables) and portal `lobby` linked to `legs`.
+fn daemon_config(dir: &std::path::Path, accounts: &str, legs: &str) -> Config {
+    let text = format!(
+        "[bridge]\ndomain = \"bridge.test\"\ndata_dir = {:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \
+         \"127.0.0.1:0\"\n\n{accounts}\n[[portal]]\nname = \"lobby\"\nlegs = [{legs}]\n",
+        dir.join("data").display().to_string(),
+    );
+    let cfg_path = dir.join("config.toml");
+    std::fs::write(&cfg_path, &text).expect("config");
+    Config::parse(&cfg_path, &text).expect("valid config")
+}
+
+/// The `[xmpp.t]` client-mode table for the account `bridge@localhost` (password `bridge-pw`).
+fn client_account(prosody: &Prosody) -> String {
+    format!(
+        "[xmpp.t]\nmode = \"client\"\nserver = \"{}\"\njid = \"bridge@localhost\"\npassword = \"bridge-pw\"\n\
+         transport = \"insecure-tcp\"\n",
+        prosody.c2s_addr()
+    )
+}
+
 fn el(name: &str, ns: &str, id: &str) -> Element {
     Element::builder(name, ns).attr(xml_ncname!("id").into(), id).build()
 }
@@ -120,18 +141,10 @@ fn an_xmpp_muc_a_native_mls_client_and_an_irc_channel_share_one_portal() {
     let ircd = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
     prosody.register("bridge", "bridge-pw").expect("register the bridge");
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = format!(
-        "[bridge]\ndomain = \"bridge.test\"\ndata_dir = {:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \
-         \"127.0.0.1:0\"\n\n[xmpp.t]\nmode = \"client\"\nserver = \"{}\"\njid = \"bridge@localhost\"\npassword = \
-         \"bridge-pw\"\ntransport = \"insecure-tcp\"\n\n[irc.t]\nserver = \"{}\"\nnick = \"bridge\"\n\n[[portal]]\n\
-         name = \"lobby\"\nlegs = [{{ account = \"xmpp.t\", room = \"{ROOM_JID}\" }}, {{ account = \"irc.t\", room = \"#lobby\" }}]\n",
-        dir.path().join("data").display().to_string(),
-        prosody.c2s_addr(),
-        ircd.addr(),
-    );
-    let cfg_path = dir.path().join("config.toml");
-    std::fs::write(&cfg_path, &text).expect("config");
-    let cfg = Config::parse(&cfg_path, &text).expect("valid config");
+    let accounts = format!("{}[irc.t]\nserver = \"{}\"\nnick = \"bridge\"\n", client_account(&prosody), ircd.addr());
+    let legs =
+        format!("{{ account = \"xmpp.t\", room = \"{ROOM_JID}\" }}, {{ account = \"irc.t\", room = \"#lobby\" }}");
+    let cfg = daemon_config(dir.path(), &accounts, &legs);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let daemon = rt.block_on(Daemon::start(&cfg, &mimi_bridge::networks::built_in())).expect("daemon starts");
@@ -273,18 +286,13 @@ fn component_mode_shows_the_native_user_as_their_own_occupant() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
-    let text = format!(
-        "[bridge]\ndomain = \"bridge.test\"\ndata_dir = {:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \
-         \"127.0.0.1:0\"\n\n[xmpp.c]\nmode = \"component\"\nserver = \"{}\"\ndomain = \"{}\"\nsecret_file = {:?}\n\n\
-         [[portal]]\nname = \"lobby\"\nlegs = [{{ account = \"xmpp.c\", room = \"{ROOM_JID}\" }}]\n",
-        dir.path().join("data").display().to_string(),
+    let accounts = format!(
+        "[xmpp.c]\nmode = \"component\"\nserver = \"{}\"\ndomain = \"{}\"\nsecret_file = {:?}\n",
         prosody.component_addr(),
         prosody.component_domain,
         secret_file.display().to_string(),
     );
-    let cfg_path = dir.path().join("config.toml");
-    std::fs::write(&cfg_path, &text).expect("config");
-    let cfg = Config::parse(&cfg_path, &text).expect("valid config");
+    let cfg = daemon_config(dir.path(), &accounts, &format!("{{ account = \"xmpp.c\", room = \"{ROOM_JID}\" }}"));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let daemon = rt.block_on(Daemon::start(&cfg, &mimi_bridge::networks::built_in())).expect("daemon starts");
     let server = format!("http://{}", daemon.mimi_addr());
@@ -315,5 +323,57 @@ fn component_mode_shows_the_native_user_as_their_own_occupant() {
     };
     assert_eq!(got.from.as_ref().and_then(|f| f.resource()).map(|r| r.to_string()).as_deref(), Some("Alice"));
     assert_eq!(body(&got), "hello as myself");
+    rt.block_on(daemon.shutdown()).expect("clean shutdown");
+}
+
+/// Messages said in the MUC while the daemon was down are bridged once, in order, after it restarts (from the
+/// room's archive, after the newest message the bridge had accepted).
+#[test]
+fn what_the_muc_said_while_the_daemon_was_down_arrives_once_after_restart() {
+    let prosody = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    prosody.register("bridge", "bridge-pw").expect("register the bridge");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = daemon_config(
+        dir.path(),
+        &client_account(&prosody),
+        &format!("{{ account = \"xmpp.t\", room = \"{ROOM_JID}\" }}"),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let daemon = rt.block_on(Daemon::start(&cfg, &mimi_bridge::networks::built_in())).expect("daemon starts");
+    let server = format!("http://{}", daemon.mimi_addr());
+    let alice = dir.path().join("alice");
+    client(&alice, &server, &["register", "alice"]);
+    client(&alice, &server, &["join", PORTAL]);
+    let mut x = rt.block_on(XUser::join(&prosody, "xavier"));
+    let mut heard = false;
+    for i in 0..20 {
+        rt.block_on(x.send(Some(&format!("before {i}")), vec![]));
+        if !listen(&alice, &server, "2").is_empty() {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "the bridge relays before the restart");
+    while !listen(&alice, &server, "1").is_empty() {}
+    rt.block_on(daemon.shutdown()).expect("clean shutdown");
+
+    // While the daemon is down.
+    rt.block_on(x.send(Some("while down 1"), vec![]));
+    rt.block_on(x.send(Some("while down 2"), vec![]));
+
+    let daemon = rt.block_on(Daemon::start(&cfg, &mimi_bridge::networks::built_in())).expect("daemon restarts");
+    let server = format!("http://{}", daemon.mimi_addr());
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.extend(listen(&alice, &server, "3").into_iter().filter_map(|m| m["text"].as_str().map(str::to_owned)));
+        if got.len() >= 2 {
+            break;
+        }
+    }
+    assert_eq!(got, ["while down 1", "while down 2"], "each once, in order");
+    // Nothing else (no old history, no duplicate) follows, and live messages flow again.
+    rt.block_on(x.send(Some("after restart"), vec![]));
+    let next = listen(&alice, &server, "10");
+    assert_eq!(next.first().and_then(|m| m["text"].as_str()), Some("after restart"), "{next:?}");
     rt.block_on(daemon.shutdown()).expect("clean shutdown");
 }

@@ -3,6 +3,7 @@
 //! events rendered by [`crate::outbound`], waiting for the room's reflection to learn the stanza-id the room gave
 //! each message (the id XMPP users' replies, reactions and retractions will name).
 
+use crate::catchup;
 use crate::client::{self, Login};
 use crate::component::{self, ComponentLogin};
 use crate::inbound::{Outcome, RoomState};
@@ -66,6 +67,9 @@ struct State {
     me: Option<FullJid>,
     puppets: Puppets,
     puppet_joined: HashMap<FullJid, Vec<oneshot::Sender<Result<(), String>>>>,
+    /// Archive queries in flight: query id → the room and the page so far (oldest first).
+    catchup: HashMap<String, (BareJid, Vec<(String, xmpp_parsers::message::Message)>)>,
+    queries: u64,
 }
 
 impl State {
@@ -203,6 +207,7 @@ fn disconnected(shared: &Shared) {
     st.pending.clear();
     st.joined.clear();
     st.puppet_joined.clear();
+    st.catchup.clear();
     st.puppets.reset();
     for room in st.rooms.values_mut() {
         room.reset();
@@ -261,6 +266,7 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
         Stanza::Presence(p) if p.type_ == PresenceType::Error => p.from.as_ref().map(|f| f.to_bare()),
         _ => None,
     };
+    let mut catchup_query = None;
     let outcome = match stanza {
         Stanza::Message(msg) => {
             let Some(room) = msg.from.as_ref().map(|f| f.to_bare()) else { return };
@@ -268,6 +274,12 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
             let nick = st.nicks.get(&room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
             let State { rooms, own_origins, puppets, .. } = &mut *st;
             let Some(r) = rooms.get_mut(&room) else { return };
+            if let Some((query, id, archived)) = catchup::archived(&msg, &room) {
+                if let Some((_, page)) = st.catchup.get_mut(&query).filter(|(q_room, _)| *q_room == room) {
+                    page.push((id, archived));
+                }
+                return;
+            }
             r.message(msg, |n| n == nick || puppets.is_puppet_nick(&room, n), |o| own_origins.contains(o))
         }
         Stanza::Presence(p) => {
@@ -281,24 +293,35 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
                 for w in st.joined.remove(&room).unwrap_or_default() {
                     let _ = w.send(());
                 }
+                // What was said while the bridge was away comes from the archive.
+                st.queries += 1;
+                let query_id = format!("catchup-{}", st.queries);
+                st.catchup.insert(query_id.clone(), (room.clone(), Vec::new()));
+                let mut q = catchup::query(&room, &query_id);
+                if let Iq::Set { from, .. } = &mut q {
+                    *from = st.me.clone().map(Jid::from);
+                }
+                catchup_query = Some(Stanza::Iq(q));
             }
             outcome
         }
         Stanza::Iq(iq) => {
-            answer_iq(iq, out).await;
+            let done = match &iq {
+                Iq::Result { id, .. } | Iq::Error { id, .. } => shared.state().catchup.remove(id),
+                _ => None,
+            };
+            match done {
+                Some((room, page)) => replay(shared, &room, page).await,
+                None => answer_iq(iq, out).await,
+            }
             return;
         }
     };
+    if let Some(q) = catchup_query {
+        let _ = out.send(q).await;
+    }
     match outcome {
-        Outcome::Event(ev) => {
-            if ev.from_bridge {
-                return;
-            }
-            let kind = ev.kind.name();
-            if let Err(e) = shared.ctx.inbound.submit(*ev).await {
-                tracing::warn!(account = %shared.id, kind, "the core refused an inbound event: {e}");
-            }
-        }
+        Outcome::Event(ev) => submit(shared, *ev).await,
         Outcome::Reflection { origin_id, stanza_id } => {
             if let Some(w) = shared.state().pending.remove(&origin_id) {
                 let _ = w.send(Ok(stanza_id));
@@ -324,6 +347,43 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
         }
         Outcome::Joined => tracing::info!(account = %shared.id, "joined a room"),
         Outcome::Ignored(why) => tracing::trace!(account = %shared.id, why, "stanza ignored"),
+    }
+}
+
+/// Hands one event to the core (the bridge's own are not: the core would drop them).
+async fn submit(shared: &Shared, ev: bridge_api::InboundEvent) {
+    if ev.from_bridge {
+        return;
+    }
+    let kind = ev.kind.name();
+    if let Err(e) = shared.ctx.inbound.submit(ev).await {
+        tracing::warn!(account = %shared.id, kind, "the core refused an inbound event: {e}");
+    }
+}
+
+/// Passes on what the archive page holds after the newest message the core knows (see [`catchup`]).
+async fn replay(shared: &Arc<Shared>, room: &BareJid, page: Vec<(String, xmpp_parsers::message::Message)>) {
+    let Some(leg) = shared.state().rooms.get(room).map(|r| r.leg.clone()) else { return };
+    let seen = page.len();
+    let missed =
+        catchup::to_replay(page, |id| shared.ctx.inbound.message_for(&leg, &NativeId(id.to_owned())).is_some());
+    if seen > 0 && missed.is_empty() {
+        tracing::debug!(account = %shared.id, %room, "nothing to catch up (or no known message in the last page)");
+    }
+    if !missed.is_empty() {
+        tracing::info!(account = %shared.id, %room, count = missed.len(), "catching up from the room's archive");
+    }
+    for m in missed {
+        let outcome = {
+            let mut st = shared.state();
+            let nick = st.nicks.get(room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
+            let State { rooms, own_origins, puppets, .. } = &mut *st;
+            let Some(r) = rooms.get_mut(room) else { return };
+            r.message(m, |n| n == nick || puppets.is_puppet_nick(room, n), |o| own_origins.contains(o))
+        };
+        if let Outcome::Event(ev) = outcome {
+            submit(shared, *ev).await;
+        }
     }
 }
 

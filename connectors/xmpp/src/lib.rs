@@ -15,6 +15,7 @@
 //! the typed parsers for the whole workspace.
 
 pub mod account;
+pub mod catchup;
 pub mod client;
 pub mod component;
 pub mod escape;
