@@ -3,13 +3,13 @@
 //! events rendered by [`crate::outbound`], waiting for the room's reflection to learn the stanza-id the room gave
 //! each message (the id XMPP users' replies, reactions and retractions will name).
 
-use crate::catchup;
 use crate::client::{self, Login};
 use crate::component::{self, ComponentLogin};
 use crate::inbound::{Outcome, RoomState};
 use crate::link::{ConnectError, Link};
 use crate::outbound::{self, Voice};
 use crate::puppets::{self, Puppet, Puppets};
+use crate::{catchup, selfping};
 use async_trait::async_trait;
 use bridge_api::capability::Capabilities;
 use bridge_api::connector::{Delivery, SendError};
@@ -52,6 +52,9 @@ pub struct Settings {
     pub nick: String,
     /// What the account can express.
     pub capabilities: Capabilities,
+    /// How often each joined room is self-pinged (XEP-0410); an unanswered ping by the next one ends the stream.
+    /// `None`: never.
+    pub self_ping: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -70,6 +73,8 @@ struct State {
     /// Archive queries in flight: query id → the room and the page so far (oldest first).
     catchup: HashMap<String, (BareJid, Vec<(String, xmpp_parsers::message::Message)>)>,
     queries: u64,
+    /// Self-pings in flight: iq id → the room.
+    self_pings: HashMap<String, BareJid>,
 }
 
 impl State {
@@ -208,6 +213,7 @@ fn disconnected(shared: &Shared) {
     st.joined.clear();
     st.puppet_joined.clear();
     st.catchup.clear();
+    st.self_pings.clear();
     st.puppets.reset();
     for room in st.rooms.values_mut() {
         room.reset();
@@ -234,8 +240,15 @@ async fn connection(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Rece
     }
     tracing::info!(account = %shared.id, jid = %link.jid, "XMPP stream up");
     shared.health.send_replace(Health::Connected);
+    let mut pings = tokio::time::interval(shared.settings.self_ping.unwrap_or(Duration::from_secs(3600)));
+    pings.reset();
     loop {
         tokio::select! {
+            _ = pings.tick(), if shared.settings.self_ping.is_some() => {
+                if self_ping(shared, &link.outbound).await.is_none() {
+                    return "a MUC self-ping got no answer: the stream is dead".into();
+                }
+            }
             s = link.inbound.recv() => match s {
                 Some(stanza) => handle(shared, stanza, &link.outbound).await,
                 None => return "stream closed".into(),
@@ -306,6 +319,14 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
             outcome
         }
         Stanza::Iq(iq) => {
+            let pinged = match &iq {
+                Iq::Result { id, .. } | Iq::Error { id, .. } => shared.state().self_pings.remove(id),
+                _ => None,
+            };
+            if let Some(room) = pinged {
+                self_ping_answer(shared, room, &iq, out).await;
+                return;
+            }
             let done = match &iq {
                 Iq::Result { id, .. } | Iq::Error { id, .. } => shared.state().catchup.remove(id),
                 _ => None,
@@ -347,6 +368,59 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
         }
         Outcome::Joined => tracing::info!(account = %shared.id, "joined a room"),
         Outcome::Ignored(why) => tracing::trace!(account = %shared.id, why, "stanza ignored"),
+    }
+}
+
+/// Sends a self-ping (XEP-0410) into every joined room; `None` if one sent at the previous tick is unanswered.
+async fn self_ping(shared: &Shared, out: &mpsc::Sender<Stanza>) -> Option<()> {
+    let pings: Vec<Stanza> = {
+        let mut st = shared.state();
+        if !st.self_pings.is_empty() {
+            return None;
+        }
+        let me = st.me.clone();
+        let joined: Vec<(BareJid, String)> = st
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.is_joined())
+            .map(|(j, _)| (j.clone(), st.nicks.get(j).cloned().unwrap_or_else(|| shared.settings.nick.clone())))
+            .collect();
+        let mut pings = Vec::new();
+        for (room, nick) in joined {
+            let Ok(occupant) = room.with_resource_str(&nick) else { continue };
+            st.queries += 1;
+            let id = format!("selfping-{}", st.queries);
+            let mut iq = selfping::ping(&occupant, &id);
+            if let Iq::Get { from, .. } = &mut iq {
+                *from = me.clone().map(Jid::from);
+            }
+            st.self_pings.insert(id, room);
+            pings.push(Stanza::Iq(iq));
+        }
+        pings
+    };
+    for p in pings {
+        let _ = out.send(p).await;
+    }
+    Some(())
+}
+
+/// Acts on a self-ping's answer: a room that forgot the bridge is joined again.
+async fn self_ping_answer(shared: &Shared, room: BareJid, answer: &Iq, out: &mpsc::Sender<Stanza>) {
+    if selfping::verdict(answer) != selfping::Verdict::NotJoined {
+        return;
+    }
+    tracing::warn!(account = %shared.id, %room, "the room no longer has the bridge as an occupant; joining again");
+    let join = {
+        let mut st = shared.state();
+        let nick = st.nicks.get(&room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
+        let me = st.me.clone();
+        let Some(r) = st.rooms.get_mut(&room) else { return };
+        r.reset();
+        join_presence(&room, &nick, me.as_ref())
+    };
+    if let Some(j) = join {
+        let _ = out.send(j).await;
     }
 }
 

@@ -25,6 +25,7 @@ pub mod link;
 pub mod ns;
 pub mod outbound;
 pub mod puppets;
+pub mod selfping;
 pub mod styling;
 
 use async_trait::async_trait;
@@ -73,6 +74,14 @@ pub struct Config {
     /// The bridge's nick in the rooms (an underscore is appended while it is taken).
     #[serde(default = "default_nick")]
     pub nick: String,
+    /// Seconds between MUC self-pings (XEP-0410) of each joined room: a room that forgot the bridge is joined
+    /// again, and a ping unanswered by the next one ends the stream (reconnect). 0: never.
+    #[serde(default = "default_self_ping")]
+    pub self_ping_secs: u64,
+}
+
+fn default_self_ping() -> u64 {
+    300
 }
 
 fn default_nick() -> String {
@@ -91,6 +100,7 @@ impl Config {
             password: Some(password.into()),
             transport: Transport::default(),
             nick: default_nick(),
+            self_ping_secs: default_self_ping(),
         }
     }
 
@@ -105,6 +115,7 @@ impl Config {
             password: None,
             transport: Transport::default(),
             nick: default_nick(),
+            self_ping_secs: default_self_ping(),
         }
     }
 }
@@ -205,6 +216,7 @@ impl Connector for XmppConnector {
             attach: attach(&id, &config)?,
             nick: config.nick.clone(),
             capabilities: capabilities(&config),
+            self_ping: (config.self_ping_secs > 0).then(|| std::time::Duration::from_secs(config.self_ping_secs)),
         };
         Ok(Arc::new(account::XmppAccount::start(id, settings, ctx)))
     }

@@ -595,3 +595,98 @@ async fn a_taken_nick_is_resolved_with_a_variant() {
     assert_eq!(seen, "mimi-bridge_");
     account.shutdown().await;
 }
+
+/// A TCP relay to a server whose established connections can be frozen: bytes stop flowing both ways while the
+/// sockets stay open, as on a silently dead network path. Connections made after the freeze work.
+struct FreezingRelay {
+    addr: String,
+    frozen_before: Arc<std::sync::atomic::AtomicU64>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FreezingRelay {
+    async fn start(target: String) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let frozen_before = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(1));
+        let (fb, nx) = (frozen_before.clone(), next.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let generation = nx.fetch_add(1, Ordering::SeqCst);
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                for (mut r, mut w) in [
+                    (
+                        Box::new(ri) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(ro), Box::new(wi)),
+                ] {
+                    let fb = fb.clone();
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = r.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            if generation < fb.load(Ordering::SeqCst) {
+                                continue; // frozen: swallowed, the socket stays open
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { addr, frozen_before, next }
+    }
+
+    /// Freezes every connection made so far.
+    fn freeze(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_before.store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+/// A silently dead stream is noticed by the MUC self-ping (XEP-0410): the account reconnects, rejoins and relays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_stream_is_noticed_by_the_self_ping_and_replaced() {
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("bridge", "pw-bridge").expect("register");
+    let relay = FreezingRelay::start(server.c2s_addr()).await;
+    let id = AccountId::new("xmpp", "ping").expect("account id");
+    let mut config = Config::client(relay.addr.clone(), "bridge@localhost", "pw-bridge");
+    config.transport = Transport::InsecureTcp;
+    config.self_ping_secs = 1;
+    let account = XmppConnector
+        .start(id.clone(), config, AccountContext::new(id.clone(), NoRoute, "bridge.test"))
+        .await
+        .expect("start");
+    account.join(ROOM).await.expect("join");
+    send_when_ready(account.as_ref(), &message_event(id.clone(), ROOM, 11, "alice", "before")).await.expect("sent");
+    let mut health = account.health();
+    health.borrow_and_update();
+    relay.freeze();
+    let wait_for = |want_connected: bool, mut h: tokio::sync::watch::Receiver<bridge_api::Health>| async move {
+        tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                if (*h.borrow_and_update() == bridge_api::Health::Connected) == want_connected {
+                    return h;
+                }
+                h.changed().await.expect("health observable");
+            }
+        })
+        .await
+    };
+    let health = wait_for(false, health).await.expect("the dead stream is noticed within 15 s");
+    wait_for(true, health).await.expect("a new stream is up within 15 s");
+    let delivery = send_when_ready(account.as_ref(), &message_event(id, ROOM, 12, "alice", "after")).await;
+    assert!(delivery.is_ok_and(|d| d.native_ids.len() == 2), "the room reflects the bridge's message again");
+    account.shutdown().await;
+}
