@@ -221,8 +221,14 @@ async fn a_commit_adds_a_local_user_only_with_a_key_package_handed_out_for_them(
     };
     let path = "/client/v1/update/a.test/r/club";
 
-    // alice, a member, adds leaves under bob's name and under a legacy user's with keys of her own making.
-    for (forged_as, says) in [(bob.0.as_str(), "handed out"), ("mimi://a.test/u/irc.libera~carol", "the bridge's")] {
+    // alice, a member, adds leaves with keys of her own making: under bob's name, a legacy user's, a user of
+    // another provider, and bob's again in another spelling of our domain.
+    for (forged_as, says) in [
+        (bob.0.as_str(), "handed out"),
+        ("mimi://a.test/u/irc.libera~carol", "the bridge's"),
+        ("mimi://b.test/u/eve", "fetched from their provider"),
+        ("mimi://A.test/u/bob", "another spelling"),
+    ] {
         let (backend, fake) = client_member(&dir.path().join("forgeries"), forged_as).await;
         let kp = key_package_body(&backend, &fake, 1, false).await;
         let out = g.add_members(&[&kp]).durable().await.expect("commit");

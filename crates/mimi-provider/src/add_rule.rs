@@ -3,8 +3,10 @@
 //! A member of this provider's domain is added only with a KeyPackage this provider handed out for that user (a
 //! claim, recorded under `'R'` in `mimi_users`), so nobody can put a leaf under a local user's name with keys of
 //! their own. The bridge's identities (`…/u/bridge` and legacy users' `…/u/NET.ACCT~…`) are added only by the
-//! bridge's own member (its per-user leaves). Users of other domains are their provider's business: their
-//! KeyPackages come from there.
+//! bridge's own member (its per-user leaves). A user of another domain is added by our users only with a
+//! KeyPackage we fetched for them from their provider (recorded the same way); a follower provider's commits are
+//! its own users' business (it fetched the KeyPackages). A URI naming our domain in another spelling (case, a
+//! trailing dot, a port) is refused.
 
 use crate::log::Records;
 use crate::native_clients::RESERVED_USERS;
@@ -40,8 +42,22 @@ impl LocalAdds {
 
 impl AddRule for LocalAdds {
     fn check(&self, identity: &str, kp_ref: &[u8], origin: &Origin) -> Result<(), String> {
-        if uri_domain(identity) != Some(self.domain.as_str()) {
-            return Ok(());
+        let domain = uri_domain(identity).unwrap_or("");
+        let canonical = domain.to_ascii_lowercase();
+        let canonical = canonical.trim_end_matches('.');
+        let canonical = canonical.split(':').next().unwrap_or("");
+        if domain != self.domain && canonical == self.domain {
+            return Err(format!("{identity} names this provider's domain in another spelling"));
+        }
+        if domain != self.domain {
+            return match origin {
+                Origin::Follower(_) => Ok(()),
+                _ => match Records(&self.store).claimed_by(kp_ref) {
+                    Ok(Some(user)) if user == identity => Ok(()),
+                    Ok(_) => Err(format!("{identity} may be added only with a KeyPackage fetched from their provider")),
+                    Err(e) => Err(format!("the KeyPackage records cannot be read: {e}")),
+                },
+            };
         }
         if self.is_bridge_identity(identity) {
             return match origin {

@@ -62,6 +62,16 @@ pub(crate) fn check(bytes: &[u8], user: &str) -> Result<Checked, String> {
     Ok(Checked { hash_ref, last_resort })
 }
 
+/// The KeyPackageRef of `bytes` (a KeyPackage MLSMessage that validates), whoever it names.
+pub(crate) fn hash_ref_of(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let parsed = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| format!("not an MLSMessage: {e}"))?;
+    let MlsMessageBodyIn::KeyPackage(kp) = parsed.extract() else { return Err("not a KeyPackage".into()) };
+    let crypto = RustCrypto::default();
+    let kp: KeyPackage =
+        kp.validate(&crypto, ProtocolVersion::Mls10).map_err(|e| format!("invalid KeyPackage: {e}"))?;
+    Ok(kp.hash_ref(&crypto).map_err(|e| e.to_string())?.as_slice().to_vec())
+}
+
 /// What a claim does with a user's stored KeyPackages (oldest first).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ClaimPlan {

@@ -512,7 +512,17 @@ impl Provider {
                 None => return Err(ProviderError::UnknownRoom(room.to_owned())),
             }
         }
-        Ok(Records(&self.inner.store).is_reader(room, uri)?)
+        // Readers of before the record existed: an invitation (a Welcome routed to them) lets them in too.
+        let recs = Records(&self.inner.store);
+        Ok(recs.is_reader(room, uri)? || recs.invites(uri)?.iter().any(|(r, _)| r == room))
+    }
+
+    /// Records that the KeyPackage `kp_ref` of `user` (another provider's) was handed to one of our users, durably:
+    /// the add rule lets our users add `user` only with KeyPackages recorded so.
+    pub async fn record_claim(&self, kp_ref: &[u8], user: &str) -> Result<(), ProviderError> {
+        let mut b = Batch::new();
+        write::stamp_claim(&mut b, kp_ref, user, now_ms());
+        Ok(self.inner.store.commit_later(b).await.unwrap_or(Err(StoreError::Closed))?)
     }
 
     /// Our user `uri` may read our copy of followed `room` from now on: its hub sequenced their join (durable on

@@ -71,7 +71,13 @@ impl Federation {
         let request = SubmitMessageRequest { app_message: msg, sending_uri: user.to_owned() };
         let a = self.peers.submit_message(hub, room, &request).await.map_err(|e| e.failure("submitMessage"))?;
         match a.answer {
-            SubmitMessageResponse::Accepted { .. } => Ok(Verdict::Accepted { seq: a.seq }),
+            SubmitMessageResponse::Accepted { .. } => {
+                // The hub takes our user's messages: they are in the room, and may read our copy of it.
+                if let Err(e) = self.provider.add_reader(room, user).await {
+                    tracing::warn!(room, user, error = %e, "could not record a reader of a followed room");
+                }
+                Ok(Verdict::Accepted { seq: a.seq })
+            }
             SubmitMessageResponse::EpochTooOld { current_epoch } => {
                 self.catch_up_now(room).await;
                 Ok(Verdict::EpochTooOld { current_epoch })
@@ -186,6 +192,11 @@ impl Federation {
         let resp = self.peers.key_material(domain, &request).await.map_err(|e| e.failure("keyMaterial"))?;
         match (resp.user_status, resp.first_key_package()) {
             (KeyMaterialUserCode::Success | KeyMaterialUserCode::PartialSuccess, Some(kp)) => {
+                // Recorded like a claim of our own users' KeyPackages: our users may add `target` with it, and
+                // with no KeyPackage of theirs not handed out this way (crate::add_rule).
+                let kp_ref = crate::key_packages::hash_ref_of(kp.as_bytes())
+                    .map_err(|e| Failure::bad_gateway(format!("{domain}'s KeyPackage for {target}: {e}")))?;
+                self.provider.record_claim(&kp_ref, target).await?;
                 Ok(kp.as_bytes().to_vec())
             }
             (status, _) => Err(Failure::not_found(format!("no KeyPackage of {target} ({status:?})"))),
