@@ -49,6 +49,26 @@ struct Record {
     stored_at_ms: u64,
 }
 
+impl Record {
+    /// The MIMI external part describing this file's ciphertext (`size` bytes) at `url`.
+    fn part(&self, url: String, size: u64) -> Result<mimi_content::model::ExternalPart, MediaError> {
+        Ok(mimi_content::model::ExternalPart {
+            content_type: self.media_type.clone(),
+            url,
+            expires: 0,
+            size,
+            enc_alg: mimi_content::model::EncAlg::AES_128_GCM,
+            key: hex::decode(&self.key).map_err(io)?,
+            nonce: hex::decode(&self.nonce).map_err(io)?,
+            aad: Vec::new(),
+            hash_alg: mimi_content::model::HashAlg::Sha256,
+            content_hash: hex::decode(&self.sha256).map_err(io)?,
+            description: String::new(),
+            filename: self.filename.clone().unwrap_or_default(),
+        })
+    }
+}
+
 /// A file the store holds, decrypted.
 #[derive(Debug, Clone)]
 pub struct Media {
@@ -160,20 +180,7 @@ impl FileMediaStore {
         let token = self.token_of(url)?;
         let r = self.record(token).ok()??;
         let size = std::fs::metadata(self.config.dir.join(format!("{token}.bin"))).ok()?.len();
-        Some(mimi_content::model::ExternalPart {
-            content_type: r.media_type,
-            url: self.cipher_link(token),
-            expires: 0,
-            size,
-            enc_alg: mimi_content::model::EncAlg::AES_128_GCM,
-            key: hex::decode(&r.key).ok()?,
-            nonce: hex::decode(&r.nonce).ok()?,
-            aad: Vec::new(),
-            hash_alg: mimi_content::model::HashAlg::Sha256,
-            content_hash: hex::decode(&r.sha256).ok()?,
-            description: String::new(),
-            filename: r.filename.unwrap_or_default(),
-        })
+        r.part(self.cipher_link(token), size).ok()
     }
 
     /// The stored ciphertext behind `token` (`None` if there is none).
@@ -230,20 +237,7 @@ impl FileMediaStore {
                 Err(e) => return Err(io(e)),
             };
             let ciphertext = std::fs::read(&bin).map_err(io)?;
-            let part = mimi_content::model::ExternalPart {
-                content_type: record.media_type.clone(),
-                url: String::new(),
-                expires: 0,
-                size: ciphertext.len() as u64,
-                enc_alg: mimi_content::model::EncAlg::AES_128_GCM,
-                key: hex::decode(&record.key).map_err(io)?,
-                nonce: hex::decode(&record.nonce).map_err(io)?,
-                aad: Vec::new(),
-                hash_alg: mimi_content::model::HashAlg::Sha256,
-                content_hash: hex::decode(&record.sha256).map_err(io)?,
-                description: String::new(),
-                filename: String::new(),
-            };
+            let part = record.part(String::new(), ciphertext.len() as u64)?;
             let bytes = mimi_content::attachment::verify_and_decrypt(&part, &ciphertext).map_err(io)?;
             Ok(Some(Media { bytes, media_type: record.media_type, filename: record.filename }))
         })

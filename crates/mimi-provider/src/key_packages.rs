@@ -35,15 +35,8 @@ pub(crate) fn check(bytes: &[u8], user: &str) -> Result<Checked, String> {
     if bytes.len() > MAX_BYTES {
         return Err(format!("a KeyPackage of {} bytes: at most {MAX_BYTES} are taken", bytes.len()));
     }
-    let mut slice = bytes;
-    let parsed = MlsMessageIn::tls_deserialize(&mut slice).map_err(|e| format!("not an MLSMessage: {e}"))?;
-    if !slice.is_empty() {
-        return Err(format!("{} bytes after the KeyPackage", slice.len()));
-    }
-    let MlsMessageBodyIn::KeyPackage(kp) = parsed.extract() else { return Err("not a KeyPackage".into()) };
     let crypto = RustCrypto::default();
-    let kp: KeyPackage =
-        kp.validate(&crypto, ProtocolVersion::Mls10).map_err(|e| format!("invalid KeyPackage: {e}"))?;
+    let kp = parse_valid(bytes, &crypto)?;
     let lifetime = kp.life_time();
     let now = now_secs();
     if now < lifetime.not_before() || now > lifetime.not_after() {
@@ -64,12 +57,20 @@ pub(crate) fn check(bytes: &[u8], user: &str) -> Result<Checked, String> {
 
 /// The KeyPackageRef of `bytes` (a KeyPackage MLSMessage that validates), whoever it names.
 pub(crate) fn hash_ref_of(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let parsed = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| format!("not an MLSMessage: {e}"))?;
-    let MlsMessageBodyIn::KeyPackage(kp) = parsed.extract() else { return Err("not a KeyPackage".into()) };
     let crypto = RustCrypto::default();
-    let kp: KeyPackage =
-        kp.validate(&crypto, ProtocolVersion::Mls10).map_err(|e| format!("invalid KeyPackage: {e}"))?;
+    let kp = parse_valid(bytes, &crypto)?;
     Ok(kp.hash_ref(&crypto).map_err(|e| e.to_string())?.as_slice().to_vec())
+}
+
+/// `bytes` as a KeyPackage MLSMessage (nothing after it) whose signature and version validate.
+fn parse_valid(bytes: &[u8], crypto: &RustCrypto) -> Result<KeyPackage, String> {
+    let mut slice = bytes;
+    let parsed = MlsMessageIn::tls_deserialize(&mut slice).map_err(|e| format!("not an MLSMessage: {e}"))?;
+    if !slice.is_empty() {
+        return Err(format!("{} bytes after the KeyPackage", slice.len()));
+    }
+    let MlsMessageBodyIn::KeyPackage(kp) = parsed.extract() else { return Err("not a KeyPackage".into()) };
+    kp.validate(crypto, ProtocolVersion::Mls10).map_err(|e| format!("invalid KeyPackage: {e}"))
 }
 
 /// What a claim does with a user's stored KeyPackages (oldest first).

@@ -139,6 +139,11 @@ struct Tentative {
     accepted: bool,
 }
 
+/// How many of `rooms` we host were created by `uri`.
+fn created_by(rooms: &HashMap<String, Room>, uri: &str) -> usize {
+    rooms.values().filter(|r| matches!(&r.role, Role::Hub(h) if h.state().creator.as_deref() == Some(uri))).count()
+}
+
 /// The epoch of a GroupInfo MLSMessage, if it is one.
 fn group_info_epoch(group_info: &[u8]) -> Option<u64> {
     let m = MlsMessageBytes::new(group_info.to_vec()).ok()?;
@@ -388,9 +393,8 @@ impl Provider {
                 write::public_state(&mut b, room, &public);
                 self.inner.store.commit_later(b)
             } else {
-                let made = |r: &Room| matches!(&r.role, Role::Hub(h) if h.state().creator.as_deref() == Some(creator));
                 if let Some(max) = max_rooms
-                    && rooms.values().filter(|r| made(r)).count() >= max
+                    && created_by(&rooms, creator) >= max
                 {
                     return Err(ProviderError::Quota(format!("{creator} created {max} rooms already")));
                 }
@@ -557,10 +561,7 @@ impl Provider {
 
     /// How many rooms hosted here `uri` created.
     pub fn rooms_created_by(&self, uri: &str) -> usize {
-        lock(&self.inner.rooms)
-            .values()
-            .filter(|r| matches!(&r.role, Role::Hub(h) if h.state().creator.as_deref() == Some(uri)))
-            .count()
+        created_by(&lock(&self.inner.rooms), uri)
     }
 
     /// True if `uri` is on the participant list of `room`, which we host.
