@@ -189,6 +189,7 @@ pub fn capabilities(config: &Config) -> Capabilities {
         .with(Feature::Reactions, if config.reactions { Grade::Degraded } else { Grade::Unsupported })
         .with(Feature::Attachments, Grade::Degraded)
         .with(Feature::MultiLine, Grade::Degraded)
+        .with(Feature::Mentions, Grade::Degraded)
         .with_limits(Limits {
             max_text_bytes: Some(400),
             max_lines: Some(config.max_lines),

@@ -56,6 +56,7 @@ pub fn capabilities() -> Capabilities {
         .with(Feature::Reactions, Grade::Full)
         .with(Feature::MultiLine, Grade::Degraded)
         .with(Feature::Formatting, Grade::Degraded)
+        .with(Feature::Mentions, Grade::Degraded)
         .with_limits(Limits { max_text_bytes: Some(proto::MAX_TEXT), max_lines: Some(1), max_attachment_bytes: None })
 }
 

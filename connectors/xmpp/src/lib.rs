@@ -134,6 +134,7 @@ pub fn capabilities(config: &Config) -> Capabilities {
         .with(Feature::Reactions, if component { Grade::Full } else { Grade::Degraded })
         .with(Feature::Membership, if component { Grade::Full } else { Grade::Unsupported })
         .with(Feature::MultiLine, Grade::Full)
+        .with(Feature::Mentions, Grade::Degraded)
         .with_limits(Limits { max_text_bytes: Some(inbound::MAX_BODY), max_lines: None, max_attachment_bytes: None })
 }
 

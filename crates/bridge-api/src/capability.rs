@@ -48,11 +48,14 @@ pub enum Feature {
     Membership,
     /// Messages with more than one line.
     MultiLine,
+    /// Mentions of a user (MIMI user links, draft-ietf-mimi-content §5.4): a notification on networks that have
+    /// one (Matrix `m.mentions`, XMPP references), the name as plain text on the others.
+    Mentions,
 }
 
 impl Feature {
     /// Every feature, in a fixed order.
-    pub const ALL: [Feature; 9] = [
+    pub const ALL: [Feature; 10] = [
         Feature::Formatting,
         Feature::Replies,
         Feature::Edits,
@@ -62,6 +65,7 @@ impl Feature {
         Feature::Typing,
         Feature::Membership,
         Feature::MultiLine,
+        Feature::Mentions,
     ];
 }
 
@@ -133,7 +137,7 @@ mod tests {
         let c = Capabilities::none().with(Feature::Replies, Grade::Degraded);
         assert_eq!(c.grade(Feature::Replies), Grade::Degraded);
         assert_eq!(c.grade(Feature::Edits), Grade::Unsupported);
-        assert_eq!(Capabilities::all(Grade::Full).iter().filter(|(_, g)| *g == Grade::Full).count(), 9);
+        assert_eq!(Capabilities::all(Grade::Full).iter().filter(|(_, g)| *g == Grade::Full).count(), 10);
         assert!(Grade::Full > Grade::Degraded && Grade::Degraded > Grade::Notice && Grade::Notice > Grade::Unsupported);
     }
 }
