@@ -69,6 +69,15 @@ pub enum Command {
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// Print, as markdown, what each network can express and what crosses from one network to another.
+    ///
+    /// Without `--config`: one reference account per network and mode (this is docs/capabilities.md). With it: the
+    /// file's own accounts, with their settings.
+    Capabilities {
+        /// Describe this config file's accounts instead of the reference ones.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Show the running daemon's health: every account, every portal's queue depth and MLS epoch, every leg's
     /// pending, delivered and failed deliveries.
     Status {
@@ -111,6 +120,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::GenerateRegistration { config, account, out } => {
             crate::registration_cmd::run(&config, account.as_deref(), &out).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Capabilities { config } => {
+            print!("{}", crate::capabilities_cmd::run(config.as_deref())?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Client(args) => mimi_client::run(args).map(|()| ExitCode::SUCCESS).map_err(Into::into),
         Command::Content(cmd) => crate::content_cmd::run(cmd).map(|()| ExitCode::SUCCESS).map_err(Into::into),

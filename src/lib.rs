@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admin_cmd;
+pub mod capabilities_cmd;
 pub mod cli;
 pub mod client;
 pub mod config;

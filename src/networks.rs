@@ -7,6 +7,7 @@
 
 use async_trait::async_trait;
 use bridge_api::AccountId;
+use bridge_api::capability::Capabilities;
 use bridge_api::connector::{Account, AccountContext, Connector, ConnectorError};
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ pub trait Network: Send + Sync {
     fn secret_keys(&self) -> &'static [&'static str];
     /// Deserialises (unknown keys rejected by the connector's config type) and validates an account table.
     fn validate(&self, id: &AccountId, table: &toml::Table) -> Result<(), ConnectorError>;
+    /// What an account with this table can express ([`Connector::capabilities`]).
+    fn capabilities(&self, id: &AccountId, table: &toml::Table) -> Result<Capabilities, ConnectorError>;
     /// Starts an account; returns at once (connecting happens in the background).
     async fn start(
         &self,
@@ -49,6 +52,9 @@ impl<C: Connector> Network for Typed<C> {
     fn validate(&self, id: &AccountId, table: &toml::Table) -> Result<(), ConnectorError> {
         let cfg = config::<C>(id, table)?;
         self.0.validate(id, &cfg)
+    }
+    fn capabilities(&self, id: &AccountId, table: &toml::Table) -> Result<Capabilities, ConnectorError> {
+        Ok(self.0.capabilities(&config::<C>(id, table)?))
     }
     async fn start(
         &self,

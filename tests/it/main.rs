@@ -5,6 +5,7 @@ mod client_support;
 mod common;
 
 mod admin_api;
+mod capability_matrix;
 mod client_api_auth;
 mod client_cli;
 mod content_cli;
