@@ -11,7 +11,7 @@ fn docs_capabilities_is_what_the_connectors_declare() {
         .expect("docs/capabilities.md exists");
     assert!(
         doc == out,
-        "docs/capabilities.md is stale: regenerate it with `cargo run -q -- capabilities > docs/capabilities.md`"
+        "docs/capabilities.md is stale: regenerate it with `cargo run -q --bin mimi-bridge -- capabilities > docs/capabilities.md`"
     );
     for feature in ["replies", "mentions", "attachments"] {
         assert!(out.contains(&format!("### {feature}\n")), "no crossing table for {feature}");
