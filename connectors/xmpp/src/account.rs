@@ -18,6 +18,7 @@ use bridge_api::{Account, AccountContext, AccountId, ConnectorError, Health, Leg
 use bridge_net::backoff::Backoff;
 use minidom::Element;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,6 +32,8 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 const REFLECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `join` waits for the room to confirm.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `send` waits for a room's catch-up (the archive walk after a join).
+const CATCHUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many origin-ids of our own stanzas are remembered to recognise their reflections.
 const OWN_ORIGINS: usize = 4096;
 
@@ -72,6 +75,16 @@ struct State {
     puppet_joined: HashMap<FullJid, Vec<oneshot::Sender<Result<(), String>>>>,
     /// Archive queries in flight: query id → the room and the page so far (oldest first).
     catchup: HashMap<String, (BareJid, Vec<(String, xmpp_parsers::message::Message)>)>,
+    /// Each room's walk back through its archive, while it lasts.
+    walks: HashMap<BareJid, catchup::Walk>,
+    /// Rooms whose archive was read since they were last joined.
+    caught_up: HashSet<BareJid>,
+    /// Sends waiting for a room's catch-up.
+    catchup_waiters: HashMap<BareJid, Vec<oneshot::Sender<()>>>,
+    /// origin-id → stanza-id of what the last catch-up of each room saw in its archive.
+    archived_origins: HashMap<BareJid, HashMap<String, String>>,
+    /// Rooms that refused an archive query (no MAM): a resend there cannot be checked.
+    no_mam: HashSet<BareJid>,
     queries: u64,
     /// Self-pings in flight: iq id → the room.
     self_pings: HashMap<String, BareJid>,
@@ -97,6 +110,8 @@ struct Shared {
     state: Mutex<State>,
     health: watch::Sender<Health>,
     stop: watch::Sender<bool>,
+    /// Resends into rooms without an archive, which may have doubled a message (see [`XmppAccount::send`]).
+    possible_duplicates: AtomicU64,
 }
 
 impl Shared {
@@ -115,7 +130,15 @@ impl XmppAccount {
     pub fn start(id: AccountId, settings: Settings, ctx: AccountContext) -> Self {
         let (health, _) = watch::channel(Health::Connecting);
         let (stop, _) = watch::channel(false);
-        let shared = Arc::new(Shared { id, settings, ctx, state: Mutex::default(), health, stop });
+        let shared = Arc::new(Shared {
+            id,
+            settings,
+            ctx,
+            state: Mutex::default(),
+            health,
+            stop,
+            possible_duplicates: AtomicU64::new(0),
+        });
         tokio::spawn(run(shared.clone()));
         Self { shared }
     }
@@ -213,6 +236,9 @@ fn disconnected(shared: &Shared) {
     st.joined.clear();
     st.puppet_joined.clear();
     st.catchup.clear();
+    st.walks.clear();
+    st.caught_up.clear();
+    st.catchup_waiters.clear();
     st.self_pings.clear();
     st.puppets.reset();
     for room in st.rooms.values_mut() {
@@ -307,14 +333,9 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
                     let _ = w.send(());
                 }
                 // What was said while the bridge was away comes from the archive.
-                st.queries += 1;
-                let query_id = format!("catchup-{}", st.queries);
-                st.catchup.insert(query_id.clone(), (room.clone(), Vec::new()));
-                let mut q = catchup::query(&room, &query_id);
-                if let Iq::Set { from, .. } = &mut q {
-                    *from = st.me.clone().map(Jid::from);
-                }
-                catchup_query = Some(Stanza::Iq(q));
+                st.caught_up.remove(&room);
+                st.walks.insert(room.clone(), catchup::Walk::default());
+                catchup_query = Some(archive_query(&mut st, &room, None));
             }
             outcome
         }
@@ -332,7 +353,7 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
                 _ => None,
             };
             match done {
-                Some((room, page)) => replay(shared, &room, page).await,
+                Some((room, page)) => catchup_page(shared, room, page, &iq, out).await,
                 None => answer_iq(iq, out).await,
             }
             return;
@@ -417,6 +438,7 @@ async fn self_ping_answer(shared: &Shared, room: BareJid, answer: &Iq, out: &mps
         let me = st.me.clone();
         let Some(r) = st.rooms.get_mut(&room) else { return };
         r.reset();
+        st.caught_up.remove(&room);
         join_presence(&room, &nick, me.as_ref())
     };
     if let Some(j) = join {
@@ -435,29 +457,100 @@ async fn submit(shared: &Shared, ev: bridge_api::InboundEvent) {
     }
 }
 
-/// Passes on what the archive page holds after the newest message the core knows (see [`catchup`]).
-async fn replay(shared: &Arc<Shared>, room: &BareJid, page: Vec<(String, xmpp_parsers::message::Message)>) {
-    let Some(leg) = shared.state().rooms.get(room).map(|r| r.leg.clone()) else { return };
-    let seen = page.len();
-    let missed =
-        catchup::to_replay(page, |id| shared.ctx.inbound.message_for(&leg, &NativeId(id.to_owned())).is_some());
-    if seen > 0 && missed.is_empty() {
-        tracing::debug!(account = %shared.id, %room, "nothing to catch up (or no known message in the last page)");
+/// The next archive query of `room`'s catch-up (the newest page, or the one before `before`).
+fn archive_query(st: &mut State, room: &BareJid, before: Option<&str>) -> Stanza {
+    st.queries += 1;
+    let query_id = format!("catchup-{}", st.queries);
+    st.catchup.insert(query_id.clone(), (room.clone(), Vec::new()));
+    let mut q = catchup::query(room, &query_id, before);
+    if let Iq::Set { from, .. } = &mut q {
+        *from = st.me.clone().map(Jid::from);
     }
-    if !missed.is_empty() {
-        tracing::info!(account = %shared.id, %room, count = missed.len(), "catching up from the room's archive");
+    Stanza::Iq(q)
+}
+
+/// One page of a room's catch-up is complete (`answer` ends it): asks for the one before it, or ends the walk
+/// (see [`catchup`]), passes on what was missed and lets the sends waiting for the room go.
+async fn catchup_page(
+    shared: &Arc<Shared>,
+    room: BareJid,
+    page: Vec<(String, xmpp_parsers::message::Message)>,
+    answer: &Iq,
+    out: &mpsc::Sender<Stanza>,
+) {
+    let Some(leg) = shared.state().rooms.get(&room).map(|r| r.leg.clone()) else { return };
+    let known = |id: &str| shared.ctx.inbound.message_for(&leg, &NativeId(id.to_owned())).is_some();
+    let (next, done) = {
+        let mut st = shared.state();
+        let State { walks, no_mam, .. } = &mut *st;
+        let Some(walk) = walks.get_mut(&room) else { return };
+        let step = match answer {
+            Iq::Result { payload, .. } => {
+                let end = payload.as_ref().and_then(catchup::page_end).unwrap_or_default();
+                walk.page(page, &end, known)
+            }
+            _ => {
+                if walk.is_fresh() {
+                    tracing::warn!(account = %shared.id, %room, "the room has no archive: no catch-up, and a \
+                                   resend after a lost stream cannot be checked");
+                    no_mam.insert(room.clone());
+                }
+                catchup::Step::Done(walk.finish(known))
+            }
+        };
+        match step {
+            catchup::Step::More(before) => (Some(archive_query(&mut st, &room, Some(&before))), None),
+            catchup::Step::Done(done) => {
+                st.walks.remove(&room);
+                st.caught_up.insert(room.clone());
+                st.archived_origins.insert(room.clone(), done.origins.clone());
+                for w in st.catchup_waiters.remove(&room).unwrap_or_default() {
+                    let _ = w.send(());
+                }
+                (None, Some(done))
+            }
+        }
+    };
+    if let Some(q) = next {
+        let _ = out.send(q).await;
+        return;
     }
-    for m in missed {
+    let Some(done) = done else { return };
+    if done.no_anchor {
+        tracing::info!(account = %shared.id, %room, seen = done.seen, "no known message in the room's archive: \
+                       nothing replayed (first join, or more missed than one catch-up reads)");
+    }
+    if !done.replay.is_empty() {
+        tracing::info!(account = %shared.id, %room, count = done.replay.len(), "catching up from the room's archive");
+    }
+    for m in done.replay {
         let outcome = {
             let mut st = shared.state();
-            let nick = st.nicks.get(room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
+            let nick = st.nicks.get(&room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
             let State { rooms, own_origins, puppets, .. } = &mut *st;
-            let Some(r) = rooms.get_mut(room) else { return };
-            r.message(m, |n| n == nick || puppets.is_puppet_nick(room, n), |o| own_origins.contains(o))
+            let Some(r) = rooms.get_mut(&room) else { return };
+            r.message(m, |n| n == nick || puppets.is_puppet_nick(&room, n), |o| own_origins.contains(o))
         };
         if let Outcome::Event(ev) = outcome {
             submit(shared, *ev).await;
         }
+    }
+}
+
+/// Waits until `room`'s catch-up is done: a send must see what the archive holds of its earlier attempts.
+async fn caught_up(shared: &Shared, room: &BareJid) -> Result<(), SendError> {
+    let wait = {
+        let mut st = shared.state();
+        if st.caught_up.contains(room) {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        st.catchup_waiters.entry(room.clone()).or_default().push(tx);
+        rx
+    };
+    match tokio::time::timeout(CATCHUP_TIMEOUT, wait).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(SendError::Retry("not in the room, or its archive is still being read".into())),
     }
 }
 
@@ -687,10 +780,27 @@ impl Account for XmppAccount {
         let voice = if puppet.is_some() { Voice::Puppet } else { Voice::Relay };
         let Some(mut rendered) = outbound::render(event, &room, voice)? else { return Ok(Delivery::default()) };
         rendered.message.from = puppet.map(|p| Jid::from(p.jid));
+        caught_up(&self.shared, &room).await?;
+        let origin = NativeId(rendered.origin_id.clone());
         let (out, reflection) = {
             let mut st = self.shared.state();
             if !st.rooms.get(&room).is_some_and(RoomState::is_joined) {
                 return Err(SendError::Retry("not in the room (yet)".into()));
+            }
+            // Handed over again after a lost stream or a crash: if the room archived the earlier attempt, it is
+            // there already (the origin-id is the core's txn id, stable across retries).
+            if let Some(stanza_id) = st.archived_origins.get(&room).and_then(|o| o.get(&rendered.origin_id)) {
+                tracing::info!(account = %self.shared.id, %stanza_id, "already in the room's archive: not sent again");
+                let mut native_ids = vec![origin];
+                if rendered.referenceable {
+                    native_ids.insert(0, NativeId(stanza_id.clone()));
+                }
+                return Ok(Delivery { native_ids });
+            }
+            if st.no_mam.contains(&room) && st.own_origins.contains(&rendered.origin_id) {
+                let n = self.shared.possible_duplicates.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(account = %self.shared.id, %room, possible_duplicates_total = n,
+                               "resending into a room without an archive: the first attempt may have arrived");
             }
             let Some(out) = st.outbound.clone() else { return Err(SendError::Retry("not connected".into())) };
             st.remember_origin(&rendered.origin_id);
@@ -701,7 +811,6 @@ impl Account for XmppAccount {
             (out, rx)
         };
         out.send(Stanza::Message(rendered.message)).await.map_err(|_| SendError::Retry("stream closed".into()))?;
-        let origin = NativeId(rendered.origin_id.clone());
         match tokio::time::timeout(REFLECTION_TIMEOUT, reflection).await {
             Ok(Ok(Err(reason))) => Err(SendError::Rejected(format!("the room refused it: {reason}"))),
             Ok(Ok(Ok(Some(stanza_id)))) if rendered.referenceable => {
@@ -709,7 +818,10 @@ impl Account for XmppAccount {
                 Ok(Delivery { native_ids: vec![NativeId(stanza_id), origin] })
             }
             Ok(Ok(Ok(_))) => Ok(Delivery { native_ids: vec![origin] }),
-            Ok(Err(_)) | Err(_) => {
+            // The stream ended first: whether the room took it is unknown. The core hands it over again, and
+            // the catch-up after the rejoin finds it in the archive if it arrived.
+            Ok(Err(_)) => Err(SendError::Retry("the stream ended before the room confirmed the message".into())),
+            Err(_) => {
                 self.shared.state().pending.remove(&rendered.origin_id);
                 tracing::warn!(account = %self.shared.id, "no reflection from the room; its stanza-id is unknown");
                 Ok(Delivery { native_ids: vec![origin] })

@@ -1,27 +1,37 @@
-//! Sans IO: catch-up from a room's archive (XEP-0313) after a (re)join.
+//! Sans IO: catch-up from a room's archive (XEP-0313) after a (re)join, and what the archive says about our own
+//! earlier sends.
 //!
 //! Room history is not replayed on join (`maxstanzas='0'`); instead, once the room confirms the join, the bridge
-//! asks the room's archive for its last [`PAGE`] messages and passes on those that come *after* the newest one
-//! the core already knows (its stanza-id is in the core's ID map: bridged from here, or delivered here by the
-//! bridge). The core deduplicates by stanza-id as well, so a message is never bridged twice. Without any known
-//! message in the page (the bridge's first join of the room, or more than a page missed) nothing is replayed:
+//! pages backwards through the room's archive ([`PAGE`] messages a page, RSM `<before/>`) until a page holds a
+//! message the core already knows (its stanza-id is in the core's ID map: bridged from here, or delivered here by
+//! the bridge), the archive's start, or [`MAX_PAGES`]. It then passes on what comes *after* the newest known
+//! message. The core deduplicates by stanza-id as well, so a message is never bridged twice. Without any known
+//! message (the bridge's first join of the room, or more than [`MAX_PAGES`] pages missed) nothing is replayed:
 //! a first join must not flood the portal with old history (the gap is logged).
+//!
+//! The same walk collects the XEP-0359 origin-id of every message it saw ([`Done::origins`]): a delivery the core
+//! hands over again after a lost stream or a crash (its txn id is the origin-id the bridge gave it) is found
+//! there and not sent a second time.
 
 use crate::ns;
 use minidom::Element;
 use minidom::rxml::xml_ncname;
+use std::collections::HashMap;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::Message;
 
-/// How many archived messages one catch-up looks at.
+/// How many archived messages one page holds.
 pub const PAGE: usize = 50;
+/// How many pages one catch-up reads at most (2 500 messages).
+pub const MAX_PAGES: usize = 50;
 
-/// The archive query for the last [`PAGE`] messages of `room`, tagged `query_id` (also the iq id).
-pub fn query(room: &BareJid, query_id: &str) -> Iq {
+/// The archive query for the [`PAGE`] messages of `room` before the archive id `before` (the newest page when
+/// `None`), tagged `query_id` (also the iq id).
+pub fn query(room: &BareJid, query_id: &str, before: Option<&str>) -> Iq {
     let rsm = Element::builder("set", xmpp_parsers::ns::RSM)
         .append(Element::builder("max", xmpp_parsers::ns::RSM).append(PAGE.to_string()))
-        .append(Element::builder("before", xmpp_parsers::ns::RSM))
+        .append(Element::builder("before", xmpp_parsers::ns::RSM).append(before.unwrap_or_default()))
         .build();
     let q = Element::builder("query", xmpp_parsers::ns::MAM)
         .attr(xml_ncname!("queryid").into(), query_id)
@@ -30,8 +40,8 @@ pub fn query(room: &BareJid, query_id: &str) -> Iq {
     Iq::Set { from: None, to: Some(Jid::from(room.clone())), id: query_id.to_owned(), payload: q }
 }
 
-/// If `msg` carries an archive result for `query_id`: its stanza-id and the archived message, with the stanza-id
-/// added as the room's `<stanza-id/>` (the archive gives it as the result's id) and the delay dropped.
+/// If `msg` carries an archive result: its query id, its archive (stanza-)id and the archived message, with the
+/// stanza-id added as the room's `<stanza-id/>` (the archive gives it as the result's id) and the delay dropped.
 pub fn archived(msg: &Message, room: &BareJid) -> Option<(String, String, Message)> {
     let result = msg.payloads.iter().find(|p| p.is("result", xmpp_parsers::ns::MAM))?;
     let query_id = result.attr("queryid")?.to_owned();
@@ -48,12 +58,92 @@ pub fn archived(msg: &Message, room: &BareJid) -> Option<(String, String, Messag
     Some((query_id, id, m))
 }
 
-/// What to replay from a page (oldest first): everything after the newest message `known` to the core; nothing
-/// if none is.
-pub fn to_replay(page: Vec<(String, Message)>, known: impl Fn(&str) -> bool) -> Vec<Message> {
-    match page.iter().rposition(|(id, _)| known(id)) {
-        Some(last) => page.into_iter().skip(last + 1).map(|(_, m)| m).collect(),
-        None => Vec::new(),
+/// The end of one page, from the iq result's `<fin/>`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PageEnd {
+    /// The archive id of the page's oldest message (where the next, older page ends).
+    pub first: Option<String>,
+    /// The page reaches the archive's start.
+    pub complete: bool,
+}
+
+/// Reads the `<fin/>` of an archive query's result; `None` if `payload` is not one.
+pub fn page_end(payload: &Element) -> Option<PageEnd> {
+    if !payload.is("fin", xmpp_parsers::ns::MAM) {
+        return None;
+    }
+    let first = payload
+        .get_child("set", xmpp_parsers::ns::RSM)
+        .and_then(|s| s.get_child("first", xmpp_parsers::ns::RSM))
+        .map(Element::text)
+        .filter(|t| !t.is_empty());
+    Some(PageEnd { first, complete: matches!(payload.attr("complete"), Some("true" | "1")) })
+}
+
+/// A message's XEP-0359 origin-id.
+pub fn origin_id(msg: &Message) -> Option<&str> {
+    msg.payloads.iter().find(|p| p.is("origin-id", xmpp_parsers::ns::SID)).and_then(|p| p.attr("id"))
+}
+
+/// What one catch-up found.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// What to pass on, oldest first.
+    pub replay: Vec<Message>,
+    /// origin-id → archive (stanza-)id of every message the walk saw.
+    pub origins: HashMap<String, String>,
+    /// How many messages the walk read.
+    pub seen: usize,
+    /// No known message was found: what was missed (if anything) is not replayed.
+    pub no_anchor: bool,
+}
+
+/// The next step of a catch-up.
+#[derive(Debug)]
+pub enum Step {
+    /// Ask for the page before this archive id.
+    More(String),
+    /// Finished.
+    Done(Done),
+}
+
+/// One room's walk back through its archive.
+#[derive(Debug, Default)]
+pub struct Walk {
+    seen: Vec<(String, Message)>,
+    pages: usize,
+}
+
+impl Walk {
+    /// No page has been read yet.
+    pub fn is_fresh(&self) -> bool {
+        self.pages == 0
+    }
+
+    /// Takes the next (older) page, oldest first, and its end; `known` says whether the core knows a stanza-id.
+    pub fn page(&mut self, mut page: Vec<(String, Message)>, end: &PageEnd, known: impl Fn(&str) -> bool) -> Step {
+        self.pages += 1;
+        let anchored = page.iter().any(|(id, _)| known(id));
+        let empty = page.is_empty();
+        page.append(&mut self.seen);
+        self.seen = page;
+        match &end.first {
+            Some(first) if !anchored && !end.complete && !empty && self.pages < MAX_PAGES => Step::More(first.clone()),
+            _ => Step::Done(self.finish(known)),
+        }
+    }
+
+    /// Ends the walk (also when the archive refused a page) with what it has seen.
+    pub fn finish(&mut self, known: impl Fn(&str) -> bool) -> Done {
+        let seen = std::mem::take(&mut self.seen);
+        let origins = seen.iter().filter_map(|(id, m)| origin_id(m).map(|o| (o.to_owned(), id.clone()))).collect();
+        let count = seen.len();
+        let last = seen.iter().rposition(|(id, _)| known(id));
+        let replay = match last {
+            Some(last) => seen.into_iter().skip(last + 1).map(|(_, m)| m).collect(),
+            None => Vec::new(),
+        };
+        Done { replay, origins, seen: count, no_anchor: last.is_none() && count > 0 }
     }
 }
 
@@ -67,13 +157,87 @@ mod tests {
         m
     }
 
+    fn page(ids: &[&str]) -> Vec<(String, Message)> {
+        ids.iter().map(|id| ((*id).to_owned(), m(id))).collect()
+    }
+
+    fn bodies(v: &[Message]) -> Vec<String> {
+        v.iter().map(|m| m.bodies[""].clone()).collect()
+    }
+
+    fn end(first: &str, complete: bool) -> PageEnd {
+        PageEnd { first: Some(first.into()), complete }
+    }
+
     #[test]
     fn replays_only_what_follows_the_newest_known_message() {
-        let page = vec![("a".into(), m("1")), ("b".into(), m("2")), ("c".into(), m("3")), ("d".into(), m("4"))];
-        let bodies = |v: Vec<Message>| v.iter().map(|m| m.bodies[""].clone()).collect::<Vec<_>>();
-        assert_eq!(bodies(to_replay(page.clone(), |id| id == "a" || id == "b")), ["3", "4"]);
-        assert!(to_replay(page.clone(), |id| id == "d").is_empty());
-        assert!(to_replay(page, |_| false).is_empty(), "no anchor: a first join replays nothing");
+        let Step::Done(d) = Walk::default().page(page(&["a", "b", "c", "d"]), &end("a", false), |id| id <= "b") else {
+            panic!("an anchored page ends the walk")
+        };
+        assert_eq!(bodies(&d.replay), ["c", "d"]);
+        assert!(!d.no_anchor);
+        let Step::Done(d) = Walk::default().page(page(&["a", "b"]), &end("a", false), |id| id == "b") else {
+            panic!("anchored")
+        };
+        assert!(d.replay.is_empty());
+    }
+
+    #[test]
+    fn pages_back_until_a_known_message_and_replays_across_pages_in_order() {
+        let known = |id: &str| id == "b";
+        let mut walk = Walk::default();
+        let Step::More(before) = walk.page(page(&["e", "f"]), &end("e", false), known) else {
+            panic!("no anchor yet: page on")
+        };
+        assert_eq!(before, "e");
+        let Step::Done(d) = walk.page(page(&["a", "b", "c", "d"]), &end("a", false), known) else {
+            panic!("anchored on the second page")
+        };
+        assert_eq!(bodies(&d.replay), ["c", "d", "e", "f"]);
+        assert_eq!(d.seen, 6);
+    }
+
+    #[test]
+    fn without_a_known_message_nothing_is_replayed_and_the_walk_stops() {
+        let none = |_: &str| false;
+        let mut walk = Walk::default();
+        let Step::Done(d) = walk.page(page(&["a"]), &end("a", true), none) else { panic!("complete") };
+        assert!(d.replay.is_empty() && d.no_anchor, "a first join replays nothing");
+        let mut walk = Walk::default();
+        for n in 1..MAX_PAGES {
+            assert!(matches!(walk.page(page(&["x"]), &end("x", false), none), Step::More(_)), "page {n}");
+        }
+        assert!(matches!(walk.page(page(&["x"]), &end("x", false), none), Step::Done(_)), "capped");
+        let Step::Done(d) = Walk::default().page(Vec::new(), &PageEnd::default(), none) else { panic!("empty") };
+        assert!(!d.no_anchor, "an empty archive is no gap");
+    }
+
+    #[test]
+    fn the_walk_collects_the_origin_ids_it_saw() {
+        let mut own = m("ours");
+        own.payloads
+            .push(Element::builder("origin-id", xmpp_parsers::ns::SID).attr(xml_ncname!("id").into(), "txn-1").build());
+        let Step::Done(d) =
+            Walk::default().page(vec![("S1".into(), own), ("S2".into(), m("x"))], &end("S1", true), |_| false)
+        else {
+            panic!("complete")
+        };
+        assert_eq!(d.origins.get("txn-1").map(String::as_str), Some("S1"));
+        assert_eq!(d.origins.len(), 1);
+    }
+
+    #[test]
+    fn a_fin_gives_the_page_start_and_completeness() {
+        let fin: Element = "<fin xmlns='urn:xmpp:mam:2' complete='true'><set xmlns='http://jabber.org/protocol/rsm'>\
+                            <first index='0'>S1</first><last>S9</last></set></fin>"
+            .parse()
+            .expect("xml");
+        assert_eq!(page_end(&fin), Some(end("S1", true)));
+        let fin: Element =
+            "<fin xmlns='urn:xmpp:mam:2'><set xmlns='http://jabber.org/protocol/rsm'/></fin>".parse().expect("xml");
+        assert_eq!(page_end(&fin), Some(PageEnd::default()));
+        let other: Element = "<query xmlns='urn:xmpp:mam:2'/>".parse().expect("xml");
+        assert_eq!(page_end(&other), None);
     }
 
     #[test]
@@ -90,7 +254,9 @@ mod tests {
         let sid = inner.payloads.iter().find(|p| p.is("stanza-id", xmpp_parsers::ns::SID)).expect("stanza-id");
         assert_eq!((sid.attr("id"), sid.attr("by")), (Some("SID1"), Some("r@muc.example")));
         assert_eq!(inner.bodies[""], "while you were away");
-        let q = String::from(&Element::from(query(&room, "q1")));
+        let q = String::from(&Element::from(query(&room, "q1", None)));
         assert!(q.contains("urn:xmpp:mam:2") && q.contains("<max>50</max>"), "{q}");
+        let q = String::from(&Element::from(query(&room, "q2", Some("S1"))));
+        assert!(q.contains("<before>S1</before>"), "{q}");
     }
 }

@@ -2,12 +2,14 @@
 //! account's behaviour on refusals. The test users are real XMPP clients: tokio-xmpp streams (the connector's
 //! own `client::connect`), logged in as ordinary accounts.
 
+mod common;
+
 use async_trait::async_trait;
 use bridge_api::capability::Feature;
 use bridge_api::event::{OutboundEvent, OutboundKind};
 use bridge_api::{Account, AccountContext, AccountId, Connector};
 use bridge_testkit::{Harness, KitOptions, NativeAction, Observed, TestUser};
-use connector_xmpp::client::{self, Login, Transport};
+use connector_xmpp::client::{self, Transport};
 use connector_xmpp::link::Link;
 use connector_xmpp::{Config, XmppConnector, ns};
 use harness::Prosody;
@@ -21,7 +23,7 @@ use xmpp_parsers::message::{Id, Lang, Message, MessageType};
 use xmpp_parsers::presence::Presence;
 use xmpp_parsers::stanza::Stanza;
 
-const ROOM: &str = "kit@muc.localhost";
+use common::{NoRoute, ROOM, join, login, message_event, room, send_when_ready};
 
 /// A test user: a logged-in stream joined to the room.
 struct User {
@@ -40,45 +42,6 @@ struct XmppHarness {
     server: Prosody,
     users: HashMap<String, User>,
     component: bool,
-}
-
-fn login(server: &Prosody, user: &str) -> Login {
-    Login {
-        server: server.c2s_addr(),
-        jid: Jid::new(&format!("{user}@localhost")).expect("jid"),
-        password: format!("pw-{user}"),
-        transport: Transport::InsecureTcp,
-        resource: "test".into(),
-    }
-}
-
-fn room() -> BareJid {
-    BareJid::new(ROOM).expect("room jid")
-}
-
-async fn join(server: &Prosody, nick: &str) -> Result<Link, String> {
-    let mut link = client::connect(&login(server, nick)).await.map_err(|e| format!("{nick} logs in: {e}"))?;
-    let to = room().with_resource_str(nick).map_err(|e| e.to_string())?;
-    let mut p = Presence::available().with_to(Jid::from(to));
-    p.payloads.push(
-        Element::builder("x", xmpp_parsers::ns::MUC)
-            .append(Element::builder("history", xmpp_parsers::ns::MUC).attr(xml_ncname!("maxstanzas").into(), "0"))
-            .build(),
-    );
-    link.outbound.send(Stanza::Presence(p)).await.map_err(|e| e.to_string())?;
-    // Wait for our own presence (status 110).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = tokio::time::timeout_at(deadline, link.inbound.recv())
-            .await
-            .map_err(|_| format!("{nick}: no self-presence from the room"))?
-            .ok_or("stream closed while joining")?;
-        if let Stanza::Presence(p) = s
-            && p.from.as_ref().and_then(|f| f.resource()).map(|r| r.as_str()) == Some(nick)
-        {
-            return Ok(link);
-        }
-    }
 }
 
 impl User {
@@ -356,31 +319,6 @@ async fn a_wrong_component_secret_is_a_clear_error_not_a_reconnect_loop() {
     account.shutdown().await;
 }
 
-/// The core side of a context for tests that never route anything (every event is refused).
-struct NoRoute;
-
-#[async_trait]
-impl bridge_api::InboundRoute for NoRoute {
-    async fn route(
-        &self,
-        event: bridge_api::InboundEvent,
-    ) -> Result<
-        tokio::sync::oneshot::Receiver<Result<bridge_api::Accepted, bridge_api::RouteError>>,
-        bridge_api::RouteError,
-    > {
-        Err(bridge_api::RouteError::UnknownLeg(event.leg))
-    }
-    async fn register_ghost(&self, _: &AccountId, _: &str, _: &str) -> Result<(), bridge_api::RouteError> {
-        Ok(())
-    }
-    async fn unregister_ghost(&self, _: &AccountId, _: &str) -> Result<(), bridge_api::RouteError> {
-        Ok(())
-    }
-    fn message_for(&self, _: &bridge_api::LegId, _: &bridge_api::NativeId) -> Option<bridge_api::MessageId> {
-        None
-    }
-}
-
 /// A password the server refuses is `BadCredentials` at once, and the account does not retry it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_password_is_bad_credentials_not_a_reconnect_loop() {
@@ -398,44 +336,6 @@ async fn a_refused_password_is_bad_credentials_not_a_reconnect_loop() {
     assert!(tokio::time::timeout(Duration::from_secs(3), health.changed()).await.is_err(), "the account retried");
     assert_eq!(connections(), before, "the account connected again:\n{}", server.log());
     account.shutdown().await;
-}
-
-/// A message from the MIMI user `name` into `room`, as the core would hand it to the account (`n` makes the ids).
-fn message_event(account: AccountId, room: &str, n: u8, name: &str, text: &str) -> OutboundEvent {
-    let mut mid = [n; 32];
-    mid[0] = 1;
-    let message_id = bridge_api::MessageId::from_bytes(&mid).expect("message id");
-    let leg = bridge_api::LegId::new(account, room).expect("leg");
-    OutboundEvent {
-        portal: bridge_api::PortalId::new("p").expect("portal"),
-        txn_id: bridge_api::TxnId::for_delivery(&message_id, &leg),
-        leg,
-        message_id,
-        sender: bridge_api::event::Sender {
-            uri: format!("mimi://bridge.test/u/{name}"),
-            display_name: name.into(),
-            network: "mimi".into(),
-            legacy: None,
-        },
-        kind: OutboundKind::Message { draft: bridge_api::event::MessageDraft::plain(text), reply_to: None },
-    }
-}
-
-/// Sends `event`; until the stream is up and the room joined, send answers Retry (the core would retry later
-/// too), so it is tried again for up to 10 s.
-async fn send_when_ready(
-    account: &dyn Account,
-    event: &OutboundEvent,
-) -> Result<bridge_api::connector::Delivery, bridge_api::connector::SendError> {
-    let mut result = account.send(event).await;
-    for _ in 0..50 {
-        if !matches!(result, Err(bridge_api::connector::SendError::Retry(_))) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        result = account.send(event).await;
-    }
-    result
 }
 
 /// Component mode: a puppet whose nick is taken joins as the next variant, and speaks from there.

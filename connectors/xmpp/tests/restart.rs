@@ -1,0 +1,98 @@
+//! Nothing lost, nothing doubled when Prosody restarts mid-stream: the account reconnects, rejoins, catches up
+//! from the room's archive (XEP-0313), and a delivery the core hands over again after the lost stream is looked
+//! up there (by its origin-id) before it is sent a second time. Both modes, against a real Prosody.
+
+mod common;
+
+use bridge_api::{Account, AccountContext, AccountId, Connector};
+use common::{ROOM, RecordingRoute, archive_bodies, join, message_event, say, send_like_the_core};
+use connector_xmpp::client::Transport;
+use connector_xmpp::{Config, XmppConnector};
+use harness::Prosody;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How many messages the MLS side sends while the server restarts.
+const OUT: u8 = 24;
+
+async fn restart_mid_stream(component: bool) {
+    let _ = tracing_subscriber::fmt().with_env_filter("connector_xmpp=debug").with_test_writer().try_init();
+    let mut server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("alice", "pw-alice").expect("register");
+    server.register("bridge", "pw-bridge").expect("register");
+    let id = AccountId::new("xmpp", "r").expect("account id");
+    let mut config = if component {
+        Config::component(server.component_addr(), server.component_domain.clone(), server.component_secret.clone())
+    } else {
+        Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge")
+    };
+    config.transport = Transport::InsecureTcp;
+    let route = RecordingRoute::default();
+    let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test");
+    let account: Arc<dyn Account> = XmppConnector.start(id.clone(), config, ctx).await.expect("start");
+    account.join(ROOM).await.expect("the bridge joins");
+    let alice = join(&server, "alice").await.expect("alice joins");
+    say(&alice, "a-1", "in-before").await.expect("alice speaks");
+
+    // The MLS side sends a stream of messages; the server restarts in the middle of it.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let (account, route, accepted, id) = (account.clone(), route.clone(), accepted.clone(), id.clone());
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for n in 1..=OUT {
+                let event = message_event(id.clone(), ROOM, n, "bob", &format!("out-{n}"));
+                match send_like_the_core(account.as_ref(), &event, Duration::from_secs(60)).await {
+                    Ok(d) => {
+                        route.delivered(&event, &d.native_ids);
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => failures.push(format!("out-{n}: {e}")),
+                }
+            }
+            failures
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while accepted.load(Ordering::SeqCst) < usize::from(OUT) / 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the first messages were not delivered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.restart().expect("prosody restarts on the same ports and data");
+    let failures = tokio::time::timeout(Duration::from_secs(120), sender).await.expect("in time").expect("task");
+    assert!(failures.is_empty(), "every message is delivered after the restart: {failures:?}");
+
+    // Alice (her stream died with the server) comes back and speaks again.
+    let alice = join(&server, "alice").await.expect("alice joins again");
+    say(&alice, "a-2", "in-after").await.expect("alice speaks");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !route.bodies().iter().any(|b| b == "in-after") {
+        assert!(tokio::time::Instant::now() < deadline, "in-after never reached the core: {:?}", route.bodies());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let archive = archive_bodies(&server, "alice").await.expect("the room's archive");
+    for n in 1..=OUT {
+        let body = format!("out-{n}");
+        // Client mode relays as `name: text`.
+        let copies = archive.iter().filter(|b| **b == body || b.ends_with(&format!(": {body}"))).count();
+        assert_eq!(copies, 1, "{body} is in the room once: {archive:?}");
+    }
+    let inbound = route.bodies();
+    for body in ["in-before", "in-after"] {
+        assert_eq!(inbound.iter().filter(|b| *b == body).count(), 1, "{body} reached the core once: {inbound:?}");
+    }
+    assert!(inbound.iter().all(|b| !b.contains("out-")), "the bridge's own messages came back: {inbound:?}");
+    account.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mode_a_prosody_restart_mid_stream_loses_nothing_and_doubles_nothing() {
+    restart_mid_stream(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_mode_a_prosody_restart_mid_stream_loses_nothing_and_doubles_nothing() {
+    restart_mid_stream(true).await;
+}
