@@ -30,4 +30,5 @@ mod shutdown_load;
 mod slice;
 mod store_failure;
 mod systemd_unit;
+mod xmpp_crash;
 mod xmpp_daemon;

@@ -17,7 +17,7 @@ use mimi_bridge::config::Config;
 use mimi_bridge::daemon::Daemon;
 use std::time::Duration;
 
-const ROOM_JID: &str = "lobby@muc.localhost";
+pub(crate) const ROOM_JID: &str = "lobby@muc.localhost";
 const PORTAL: &str = "mimi://bridge.test/r/lobby";
 
 fn messages(listen_json: &str) -> Vec<serde_json::Value> {
@@ -29,14 +29,14 @@ fn listen(state: &std::path::Path, server: &str, secs: &str) -> Vec<serde_json::
 }
 
 /// An XMPP user in the MUC.
-struct XUser {
-    link: Link,
+pub(crate) struct XUser {
+    pub(crate) link: Link,
     nick: String,
     n: u32,
 }
 
 impl XUser {
-    async fn join(prosody: &Prosody, nick: &str) -> Self {
+    pub(crate) async fn join(prosody: &Prosody, nick: &str) -> Self {
         prosody.register(nick, "pw").expect("register");
         let login = Login {
             server: prosody.c2s_addr(),
@@ -57,7 +57,7 @@ impl XUser {
     }
 
     /// Sends a groupchat message with `payloads`; returns its id attribute and the room's stanza-id.
-    async fn send(&mut self, body: Option<&str>, payloads: Vec<Element>) -> (String, String) {
+    pub(crate) async fn send(&mut self, body: Option<&str>, payloads: Vec<Element>) -> (String, String) {
         self.n += 1;
         let id = format!("{}-{}", self.nick, self.n);
         let mut m =

@@ -112,6 +112,24 @@ impl Prosody {
         let _ = self.child.wait();
     }
 
+    /// Stops the server's process (SIGSTOP): streams stay open, nothing is read or answered until [`Prosody::resume`].
+    pub fn pause(&self) -> Result<(), HarnessError> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused server go on (SIGCONT): it reads what was sent to it meanwhile.
+    pub fn resume(&self) -> Result<(), HarnessError> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> Result<(), HarnessError> {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .map_err(|e| HarnessError(format!("kill {signal}: {e}")))?;
+        if status.success() { Ok(()) } else { Err(HarnessError(format!("kill {signal} failed: {status}"))) }
+    }
+
     /// Kills the server and starts it again on the same ports with the same data (persistent rooms and their
     /// archives survive).
     pub fn restart(&mut self) -> Result<(), HarnessError> {

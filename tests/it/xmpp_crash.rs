@@ -1,0 +1,138 @@
+//! The daemon killed with SIGKILL while it relays between a native MLS client and an XMPP MUC (client mode, a
+//! real Prosody): after the restart, what the native client sent (and the daemon accepted) is in the MUC once,
+//! including the message that was on the wire when the daemon died, and what the MUC said while the daemon was
+//! down reaches the native client once, in order.
+
+use crate::client_support::{client, texts};
+use crate::common::client::server_of;
+use crate::common::{Daemon, heavy, write_config};
+use crate::xmpp_daemon::{ROOM_JID, XUser};
+use connector_xmpp::catchup;
+use connector_xmpp::client::{Login, Transport, connect};
+use connector_xmpp::xmpp_parsers::iq::Iq;
+use connector_xmpp::xmpp_parsers::jid::{BareJid, Jid};
+use connector_xmpp::xmpp_parsers::stanza::Stanza;
+use harness::Prosody;
+use std::path::Path;
+use std::time::Duration;
+
+const PORTAL: &str = "mimi://bridge.example.org/r/rust";
+
+/// How many messages the native client sends just before the crash.
+const BURST: usize = 4;
+
+/// The bodies of the room's archive (XEP-0313, the newest page), read by `nick` on a stream of its own.
+async fn archive(prosody: &Prosody, nick: &str) -> Vec<String> {
+    let login = Login {
+        server: prosody.c2s_addr(),
+        jid: Jid::new(&format!("{nick}@localhost")).expect("jid"),
+        password: "pw".into(),
+        transport: Transport::InsecureTcp,
+        resource: "archive".into(),
+    };
+    let mut link = connect(&login).await.expect("logs in");
+    let room = BareJid::new(ROOM_JID).expect("room");
+    link.outbound.send(Stanza::Iq(catchup::query(&room, "all", None))).await.expect("query");
+    let mut bodies = Vec::new();
+    loop {
+        let s = tokio::time::timeout(Duration::from_secs(10), link.inbound.recv())
+            .await
+            .expect("the archive answers in time")
+            .expect("stream open");
+        match s {
+            Stanza::Message(m) => {
+                if let Some((_, _, inner)) = catchup::archived(&m, &room) {
+                    bodies.extend(inner.bodies.values().next().cloned());
+                }
+            }
+            Stanza::Iq(Iq::Result { id, .. }) if id == "all" => return bodies,
+            Stanza::Iq(Iq::Error { id, error, .. }) if id == "all" => panic!("archive query refused: {error:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Up to `count` texts the native client hears within about `secs` seconds.
+fn hear(state: &Path, server: &str, count: usize, secs: u64) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while got.len() < count && std::time::Instant::now() < deadline {
+        let left = (count - got.len()).to_string();
+        got.extend(texts(&client(state, server, &["listen", PORTAL, "--json", "--count", &left, "--timeout", "3"])));
+    }
+    got
+}
+
+#[test]
+fn a_sigkilled_daemon_loses_and_doubles_nothing_between_mls_and_xmpp() {
+    let _heavy = heavy();
+    let prosody = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    prosody.register("bridge", "bridge-pw").expect("register the bridge");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = format!(
+        "legs = [{{ account = \"xmpp.t\", room = \"{ROOM_JID}\" }}]\n\n[xmpp.t]\nmode = \"client\"\nserver = \"{}\"\n\
+         jid = \"bridge@localhost\"\npassword = \"bridge-pw\"\ntransport = \"insecure-tcp\"\n",
+        prosody.c2s_addr()
+    );
+    let (cfg, _) = write_config(dir.path(), &extra);
+    let mut daemon = Daemon::start(&cfg, &[]);
+    let server = server_of(&cfg);
+    let alice = dir.path().join("alice");
+    client(&alice, &server, &["register", "alice"]);
+    client(&alice, &server, &["join", PORTAL]);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let mut x = rt.block_on(XUser::join(&prosody, "xavier"));
+
+    // The bridge relays (its join may still be under way at first).
+    let mut heard = false;
+    for i in 0..20 {
+        rt.block_on(x.send(Some(&format!("warm-up {i}")), vec![]));
+        if !hear(&alice, &server, 1, 2).is_empty() {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "the bridge relays before the crash:\n{}", daemon.log());
+    while !hear(&alice, &server, 1, 1).is_empty() {}
+
+    // A burst from the native client while the server is paused: the daemon writes the first message to the
+    // room and waits for its reflection; it is killed (SIGKILL) before the reflection comes, so it never records
+    // the delivery. The server then goes on and takes that message: after the restart, the daemon must find it
+    // in the room's archive (by its origin-id) instead of sending it again.
+    prosody.pause().expect("pause prosody");
+    for n in 1..=BURST {
+        client(&alice, &server, &["send", PORTAL, &format!("burst {n}")]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.kill();
+    prosody.resume().expect("resume prosody");
+
+    // While the daemon is down.
+    rt.block_on(x.send(Some("while down 1"), vec![]));
+    rt.block_on(x.send(Some("while down 2"), vec![]));
+
+    daemon.restart();
+    let got = hear(&alice, &server, 2, 30);
+    assert_eq!(got, ["while down 1", "while down 2"], "each once, in order:\n{}", daemon.log());
+
+    // Every message of the burst reaches the MUC once (the room's archive is the record).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let relayed = |bodies: &[String], n: usize| bodies.iter().filter(|b| b.ends_with(&format!(": burst {n}"))).count();
+    let bodies = loop {
+        let bodies = rt.block_on(archive(&prosody, "xavier"));
+        if (1..=BURST).all(|n| relayed(&bodies, n) >= 1) || std::time::Instant::now() >= deadline {
+            break bodies;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for n in 1..=BURST {
+        assert_eq!(relayed(&bodies, n), 1, "burst {n} is in the MUC once: {bodies:?}\n{}", daemon.log());
+    }
+
+    let log = daemon.log();
+    assert!(log.contains("already in the room's archive"), "the resend was looked up in the archive:\n{log}");
+    // Nothing else follows (no old history, no duplicate), and live messages flow again.
+    rt.block_on(x.send(Some("after restart"), vec![]));
+    assert_eq!(hear(&alice, &server, 1, 15), ["after restart"]);
+    assert_eq!(relayed(&rt.block_on(archive(&prosody, "xavier")), BURST), 1, "no late duplicate");
+}
