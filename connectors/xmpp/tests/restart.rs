@@ -96,3 +96,57 @@ async fn client_mode_a_prosody_restart_mid_stream_loses_nothing_and_doubles_noth
 async fn component_mode_a_prosody_restart_mid_stream_loses_nothing_and_doubles_nothing() {
     restart_mid_stream(true).await;
 }
+
+/// More than one archive page missed (the account was away while 120 messages were said): the catch-up pages
+/// back (RSM) to the last message the core knows and passes on every one of them once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_longer_than_one_archive_page_misses_nothing() {
+    const MISSED: usize = 120;
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("alice", "pw-alice").expect("register");
+    server.register("bridge", "pw-bridge").expect("register");
+    let id = AccountId::new("xmpp", "p").expect("account id");
+    let mut config = Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge");
+    config.transport = Transport::InsecureTcp;
+    let route = RecordingRoute::default();
+    let start = |route: &RecordingRoute| {
+        let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test");
+        XmppConnector.start(id.clone(), config.clone(), ctx)
+    };
+    let account = start(&route).await.expect("start");
+    account.join(ROOM).await.expect("the bridge joins");
+    let alice = join(&server, "alice").await.expect("alice joins");
+    say(&alice, "anchor", "anchor").await.expect("alice speaks");
+    let until = |n: usize| {
+        let route = route.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while route.bodies().len() < n && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            route.bodies()
+        }
+    };
+    assert_eq!(until(1).await, ["anchor"]);
+    account.shutdown().await;
+    // Wait until the room no longer has the bridge as an occupant, so nothing below reaches it live.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for n in 1..=MISSED {
+        say(&alice, &format!("m-{n}"), &format!("missed {n}")).await.expect("alice speaks");
+    }
+    // Every message is in the archive before the bridge comes back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !archive_bodies(&server, "alice").await.expect("archive").iter().any(|b| *b == format!("missed {MISSED}")) {
+        assert!(tokio::time::Instant::now() < deadline, "the archive took alice's messages");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let account = start(&route).await.expect("start again");
+    account.join(ROOM).await.expect("the bridge joins again");
+    let got = until(1 + MISSED).await;
+    let expected: Vec<String> =
+        std::iter::once("anchor".to_owned()).chain((1..=MISSED).map(|n| format!("missed {n}"))).collect();
+    assert_eq!(got, expected, "each missed message once, in order");
+    account.shutdown().await;
+}

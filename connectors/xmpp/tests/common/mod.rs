@@ -135,12 +135,15 @@ pub async fn say(link: &Link, id: &str, text: &str) -> Result<(), String> {
     link.outbound.send(Stanza::Message(m)).await.map_err(|e| e.to_string())
 }
 
-/// Every body in the room's archive (XEP-0313), oldest first, read by a fresh stream of `user` (at most 50: one
-/// page, all these tests need).
+/// The bodies of the newest 50 messages of the room's archive (XEP-0313), oldest first, read by a fresh stream
+/// of `user`.
 pub async fn archive_bodies(server: &Prosody, user: &str) -> Result<Vec<String>, String> {
-    let mut link = client::connect(&login(server, user)).await.map_err(|e| format!("{user} logs in: {e}"))?;
+    // A resource of its own: the user's joined stream (resource `test`) must not be replaced.
+    let login = Login { resource: "archive".into(), ..login(server, user) };
+    let mut link = client::connect(&login).await.map_err(|e| format!("{user} logs in: {e}"))?;
     let rsm = Element::builder("set", xmpp_parsers::ns::RSM)
         .append(Element::builder("max", xmpp_parsers::ns::RSM).append("50"))
+        .append(Element::builder("before", xmpp_parsers::ns::RSM))
         .build();
     let q = Element::builder("query", xmpp_parsers::ns::MAM).attr(xml_ncname!("queryid").into(), "all").append(rsm);
     let iq = Iq::Set { from: None, to: Some(Jid::from(room())), id: "all".into(), payload: q.build() };
