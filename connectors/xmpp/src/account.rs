@@ -447,14 +447,42 @@ async fn self_ping_answer(shared: &Shared, room: BareJid, answer: &Iq, out: &mps
 }
 
 /// Hands one event to the core (the bridge's own are not: the core would drop them).
-async fn submit(shared: &Shared, ev: bridge_api::InboundEvent) {
+async fn submit(shared: &Shared, mut ev: bridge_api::InboundEvent) {
     if ev.from_bridge {
         return;
+    }
+    if let bridge_api::InboundKind::Message { draft, .. } = &mut ev.kind {
+        import_attachments(shared, draft).await;
     }
     let kind = ev.kind.name();
     if let Err(e) = shared.ctx.inbound.submit(ev).await {
         tracing::warn!(account = %shared.id, kind, "the core refused an inbound event: {e}");
     }
+}
+
+/// Has the daemon's media store fetch each linked file (guarded against internal addresses, size-capped) and
+/// keep it: the attachment then points at the store, and the core sends it on as a MIMI external part. A file
+/// that cannot be fetched stays a link in the text, with the reason, never silently dropped.
+async fn import_attachments(shared: &Shared, draft: &mut bridge_api::event::MessageDraft) {
+    let mut kept = Vec::new();
+    for a in std::mem::take(&mut draft.attachments) {
+        let why = match &shared.ctx.media {
+            None => "this bridge keeps no media store".to_owned(),
+            Some(media) => match media.import(&a.url, a.filename.as_deref()).await {
+                Ok(stored) => {
+                    kept.push(stored);
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            },
+        };
+        tracing::warn!(account = %shared.id, url = %a.url, %why, "an attachment was not fetched; passed on as a link");
+        if !draft.body.is_empty() {
+            draft.body.push('\n');
+        }
+        draft.body.push_str(&format!("{} (file not bridged: {why})", a.url));
+    }
+    draft.attachments = kept;
 }
 
 /// The next archive query of `room`'s catch-up (the newest page, or the one before `before`).

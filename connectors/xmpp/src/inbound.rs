@@ -255,7 +255,9 @@ impl RoomState {
             return Ok(InboundKind::Edit { target: NativeId(target.clone()), draft: draft(&body) });
         }
         let reply_to = child(p, "reply", ns::REPLY).and_then(|r| r.attr("id")).map(|id| NativeId(id.to_owned()));
-        if body.trim().is_empty() {
+        let (rest, attachments) = crate::oob::inbound(p, &body);
+        body = rest;
+        if body.trim().is_empty() && attachments.is_empty() {
             return Err("empty body");
         }
         let emote = body.starts_with("/me ");
@@ -266,6 +268,7 @@ impl RoomState {
         if emote {
             d.style = MessageStyle::Emote;
         }
+        d.attachments = attachments;
         Ok(InboundKind::Message { draft: d, reply_to })
     }
 

@@ -6,7 +6,7 @@
 //! (`docs/connector-guide.md`):
 //!
 //! * sans IO: [`inbound`] (stanzas → core events), [`outbound`] (core events → stanzas), [`styling`] (XEP-0393
-//!   ⇄ markdown), [`escape`] (puppet JID localparts), [`puppets`] (puppet JIDs and nicks), [`framing`]
+//!   ⇄ markdown), [`oob`] (attachments as XEP-0066 links), [`escape`] (puppet JID localparts), [`puppets`] (puppet JIDs and nicks), [`framing`]
 //!   (component stream → bounded stanzas, namespace rewrite), [`ns`];
 //! * IO shell: [`account`] (the account: reconnects, joins, relays, puppets), [`client`] (one client-to-server
 //!   stream), [`component`] (one XEP-0114 stream), [`link`] (a stream as the account sees it).
@@ -23,6 +23,7 @@ pub mod framing;
 pub mod inbound;
 pub mod link;
 pub mod ns;
+pub mod oob;
 pub mod outbound;
 pub mod puppets;
 pub mod selfping;
@@ -120,7 +121,8 @@ impl Config {
     }
 }
 
-/// What an account can express: messages with styling, XEP-0461 replies, XEP-0308 corrections, XEP-0424
+/// What an account can express: messages with styling, attachments (XEP-0066 links; inbound files go through
+/// the daemon's media store), XEP-0461 replies, XEP-0308 corrections, XEP-0424
 /// retractions; reactions as XEP-0444 sets from each puppet in component mode, as a text line in client mode
 /// (one account cannot hold a reaction set per bridged user); joins and leaves as puppet presence in component
 /// mode.
@@ -135,6 +137,7 @@ pub fn capabilities(config: &Config) -> Capabilities {
         .with(Feature::Membership, if component { Grade::Full } else { Grade::Unsupported })
         .with(Feature::MultiLine, Grade::Full)
         .with(Feature::Mentions, Grade::Degraded)
+        .with(Feature::Attachments, Grade::Full)
         .with_limits(Limits { max_text_bytes: Some(inbound::MAX_BODY), max_lines: None, max_attachment_bytes: None })
 }
 

@@ -9,7 +9,7 @@
 //!
 //! | core event | stanza |
 //! |---|---|
-//! | message | `<body/>` (markdown → XEP-0393 styling; plain text that looks styled gets `<unstyled/>`) |
+//! | message | `<body/>` (markdown → XEP-0393 styling; plain text that looks styled gets `<unstyled/>`); each attachment a line with its link and a XEP-0066 `<x xmlns='jabber:x:oob'/>` |
 //! | reply | XEP-0461 `<reply id='stanza-id'/>` + a `> quote` fallback marked with XEP-0428; a quote only when the parent never reached the room |
 //! | edit | XEP-0308 `<replace id='original id'/>` |
 //! | delete | XEP-0424 `<retract id='stanza-id'/>` with a fallback body |
@@ -64,10 +64,16 @@ pub fn render(ev: &OutboundEvent, room: &BareJid, voice: Voice) -> Result<Option
     );
     let referenceable = match &ev.kind {
         OutboundKind::Message { draft, reply_to } => {
-            if draft.body.trim().is_empty() {
-                return Err(SendError::Rejected("attachments are not bridged to XMPP (yet)".into()));
+            if draft.body.trim().is_empty() && draft.attachments.is_empty() {
+                return Err(SendError::Rejected("an empty message".into()));
             }
-            let text = body_text(draft, &name, voice, &mut msg.payloads);
+            let text = match voice {
+                _ if !draft.body.trim().is_empty() => body_text(draft, &name, voice, &mut msg.payloads),
+                Voice::Puppet => String::new(),
+                Voice::Relay => format!("{name}:"),
+            };
+            let (text, links) = crate::oob::outbound(&text, &draft.attachments);
+            msg.payloads.extend(links);
             match reply_to {
                 Some(parent) => add_reply(&mut msg, parent, &text),
                 None => set_body(&mut msg, text),

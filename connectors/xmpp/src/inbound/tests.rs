@@ -280,3 +280,21 @@ fn a_refused_join_says_whether_the_nick_was_taken() {
         Outcome::JoinRefused { nick_conflict: false, reason: "registration-required".into() }
     );
 }
+
+#[test]
+fn an_http_upload_becomes_an_attachment_without_its_url_body() {
+    let url = "https://upload.example.org/x1/photo.jpg";
+    let inner = format!("<body>{url}</body><x xmlns='jabber:x:oob'><url>{url}</url></x>");
+    let e = event(room().message(msg(&groupchat("Alice", "m1", "S1", &inner)), none, none));
+    match e.kind {
+        InboundKind::Message { draft, .. } => {
+            assert_eq!(draft.body, "");
+            assert_eq!(draft.attachments.len(), 1);
+            assert_eq!(draft.attachments[0].url, url);
+            assert_eq!(draft.attachments[0].filename.as_deref(), Some("photo.jpg"));
+        }
+        k => panic!("{k:?}"),
+    }
+    let inner = "<body> </body><x xmlns='jabber:x:oob'><url>file:///etc/passwd</url></x>";
+    assert!(matches!(room().message(msg(&groupchat("Alice", "m2", "S2", inner)), none, none), Outcome::Ignored(_)));
+}

@@ -180,5 +180,12 @@ fn typing_membership_and_attachments() {
         size: None,
         filename: None,
     });
-    assert!(matches!(render(&event(message(d)), &room(), Voice::Puppet), Err(SendError::Rejected(_))));
+    let r = render(&event(message(d.clone())), &room(), Voice::Puppet).expect("ok").expect("some");
+    assert_eq!(body(&r), "https://x/y.png", "a file alone: its link is the body (clients show it inline)");
+    let oob = r.message.payloads.iter().find(|p| p.is("x", crate::oob::OOB)).expect("XEP-0066 element");
+    assert_eq!(oob.get_child("url", crate::oob::OOB).map(Element::text).as_deref(), Some("https://x/y.png"));
+    let r = render(&event(message(d)), &room(), Voice::Relay).expect("ok").expect("some");
+    assert!(body(&r).ends_with(": \nhttps://x/y.png") || body(&r).ends_with(":\nhttps://x/y.png"), "{}", body(&r));
+    let empty = MessageDraft::plain(" ");
+    assert!(matches!(render(&event(message(empty)), &room(), Voice::Puppet), Err(SendError::Rejected(_))));
 }

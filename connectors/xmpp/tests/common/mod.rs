@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use async_trait::async_trait;
-use bridge_api::event::OutboundEvent;
 use bridge_api::event::OutboundKind;
+use bridge_api::event::{MessageDraft, OutboundEvent};
 use bridge_api::{Account, AccountId, InboundEvent, LegId, MessageId, NativeId};
 use connector_xmpp::client::{self, Login, Transport};
 use connector_xmpp::link::Link;
@@ -193,11 +193,16 @@ struct Recorded {
 impl RecordingRoute {
     /// Bodies of the messages accepted so far, in order.
     pub fn bodies(&self) -> Vec<String> {
+        self.drafts().into_iter().map(|d| d.body).collect()
+    }
+
+    /// The messages accepted so far, in order.
+    pub fn drafts(&self) -> Vec<MessageDraft> {
         let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         r.events
             .iter()
             .filter_map(|e| match &e.kind {
-                bridge_api::InboundKind::Message { draft, .. } => Some(draft.body.clone()),
+                bridge_api::InboundKind::Message { draft, .. } => Some(draft.clone()),
                 _ => None,
             })
             .collect()
