@@ -652,17 +652,25 @@ async fn ensure_puppet(
     sender: &bridge_api::event::Sender,
     domain: &str,
 ) -> Result<Puppet, SendError> {
+    let wanted = puppets::nick_for(&sender.display_name);
     let (wait, join, out) = {
         let mut st = shared.state();
-        if let Some(p) = st.puppets.get(room, &sender.uri).filter(|p| p.joined) {
+        if let Some(p) =
+            st.puppets.get(room, &sender.uri).filter(|p| p.joined && puppets::is_variant_of(&p.nick, &wanted))
+        {
             return Ok(p.clone());
         }
         let Some(out) = st.outbound.clone() else { return Err(SendError::Retry("not connected".into())) };
         let puppet = match st.puppets.get(room, &sender.uri) {
-            Some(p) => p.clone(),
+            Some(p) if puppets::is_variant_of(&p.nick, &wanted) => p.clone(),
+            // Its user was renamed: a presence to the new nick changes the puppet's nick (XEP-0045 §7.6).
+            Some(p) => {
+                tracing::info!(account = %shared.id, %room, from = %p.nick, to = %wanted, "a puppet changes nick");
+                Puppet { nick: wanted.clone(), joined: false, ..p.clone() }
+            }
             None => {
                 let jid = puppets::jid_for(&sender.uri, domain).map_err(SendError::Rejected)?;
-                Puppet { jid, nick: puppets::nick_for(&sender.display_name), joined: false }
+                Puppet { jid, nick: wanted, joined: false }
             }
         };
         st.puppets.insert(room, &sender.uri, puppet.clone());

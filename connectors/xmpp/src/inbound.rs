@@ -14,6 +14,9 @@
 //! * **Moderation** (XEP-0425) and **retraction** (XEP-0424, both the current and the `fasten` forms) → delete.
 //! * **Membership**: occupants present when the bridge joined are not announced; later arrivals and departures
 //!   are (`307` kick, `301` ban, `303` nick change is not a departure).
+//! * **Nick changes** (`303`): the occupant stays the same bridged user. Its native id stays the occupant JID
+//!   it had when the bridge first saw it (only its display name follows the new nick), its corrections of
+//!   messages sent under the old nick are still accepted, and the new nick's arrival is not a join.
 //! * **Encrypted** messages (OMEMO, XEP-0380) become a notice saying the bridge cannot read them.
 
 use crate::ns;
@@ -27,6 +30,8 @@ use xmpp_parsers::message::{Message, MessageType};
 use xmpp_parsers::muc::user::{MucUser, Status};
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 
+/// How many renamed occupants a room remembers (beyond it, all are forgotten and start afresh).
+const MAX_RENAMED: usize = 4096;
 /// How many `id` → stanza-id pairs a room remembers for corrections.
 pub const MAX_REMEMBERED: usize = 4096;
 /// Longest body accepted, in bytes (larger messages are dropped and logged).
@@ -81,6 +86,10 @@ pub struct RoomState {
     occupants: HashSet<String>,
     ids: HashMap<(String, String), String>,
     order: VecDeque<(String, String)>,
+    /// Nick → the occupant JID the bridged user was first seen as, for occupants that changed nick.
+    renamed: HashMap<String, String>,
+    /// New nicks announced by a `303` whose arrival is still to come (not a join).
+    arriving: HashSet<String>,
 }
 
 impl RoomState {
@@ -95,6 +104,8 @@ impl RoomState {
             occupants: HashSet::new(),
             ids: HashMap::new(),
             order: VecDeque::new(),
+            renamed: HashMap::new(),
+            arriving: HashSet::new(),
         }
     }
 
@@ -102,6 +113,7 @@ impl RoomState {
     pub fn reset(&mut self) {
         self.joined = false;
         self.occupants.clear();
+        self.arriving.clear();
     }
 
     /// Whether the bridge's own presence has come back since the last [`RoomState::reset`].
@@ -114,16 +126,21 @@ impl RoomState {
         format!("{}/{nick}", self.jid)
     }
 
+    /// Who `nick` is: the occupant JID it was first seen as (see the nick changes in the module documentation).
+    fn identity(&self, nick: &str) -> String {
+        self.renamed.get(nick).cloned().unwrap_or_else(|| self.occupant_id(nick))
+    }
+
     fn user(&self, nick: &str) -> LegacyUser {
         LegacyUser {
             account: self.account.clone(),
-            native_id: self.occupant_id(nick),
+            native_id: self.identity(nick),
             display_name: Some(nick.to_owned()),
         }
     }
 
     fn remember(&mut self, nick: &str, id: &str, stanza_id: &str) {
-        let key = (nick.to_owned(), id.to_owned());
+        let key = (self.identity(nick), id.to_owned());
         if self.ids.insert(key.clone(), stanza_id.to_owned()).is_none() {
             self.order.push_back(key);
             while self.order.len() > MAX_REMEMBERED {
@@ -250,7 +267,7 @@ impl RoomState {
             let id = replaced.attr("id").ok_or("correction without id")?;
             let target = self
                 .ids
-                .get(&(nick.to_owned(), id.to_owned()))
+                .get(&(self.identity(nick), id.to_owned()))
                 .ok_or("correction of a message this occupant did not send (or that is no longer remembered)")?;
             return Ok(InboundKind::Edit { target: NativeId(target.clone()), draft: draft(&body) });
         }
@@ -328,9 +345,13 @@ impl RoomState {
             self.reset();
             return Outcome::Ignored("the bridge left the room");
         }
+        let sender = self.user(&nick);
         let change = if available {
             if !self.occupants.insert(nick.clone()) {
                 return Outcome::Ignored("presence update of a known occupant");
+            }
+            if self.arriving.remove(&nick) {
+                return Outcome::Ignored("an occupant's new nick");
             }
             if !self.joined {
                 return Outcome::Ignored("occupant already present when the bridge joined");
@@ -339,8 +360,27 @@ impl RoomState {
         } else if presence.type_ == PresenceType::Unavailable {
             self.occupants.remove(&nick);
             if status.contains(&Status::NewNick) {
+                let new = presence
+                    .payloads
+                    .iter()
+                    .find(|e| e.is("x", xmpp_parsers::ns::MUC_USER))
+                    .and_then(|x| x.children().find(|c| c.name() == "item"))
+                    .and_then(|i| i.attr("nick"))
+                    .filter(|n| !n.is_empty() && n.len() <= 1023 && *n != nick);
+                if let Some(new) = new {
+                    let identity = self.identity(&nick);
+                    self.renamed.remove(&nick);
+                    if identity != self.occupant_id(new) {
+                        if self.renamed.len() >= MAX_RENAMED {
+                            self.renamed.clear();
+                        }
+                        self.renamed.insert(new.to_owned(), identity);
+                    }
+                    self.arriving.insert(new.to_owned());
+                }
                 return Outcome::Ignored("nick change");
             }
+            self.renamed.remove(&nick);
             if status.contains(&Status::Banned) {
                 Membership::Ban
             } else if status.contains(&Status::Kicked) {
@@ -353,7 +393,7 @@ impl RoomState {
         };
         Outcome::Event(Box::new(InboundEvent {
             leg: self.leg.clone(),
-            sender: self.user(&nick),
+            sender,
             native_id: None,
             from_bridge: is_own_nick(&nick),
             kind: InboundKind::Membership { change },

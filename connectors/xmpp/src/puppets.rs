@@ -48,6 +48,12 @@ pub fn nick_for(display: &str) -> String {
     if nick.is_empty() { "user".to_owned() } else { nick }
 }
 
+/// Whether `nick` is `wanted` or one of its collision variants (`wanted` with underscores appended): a
+/// puppet whose nick is not follows its user's new display name.
+pub fn is_variant_of(nick: &str, wanted: &str) -> bool {
+    nick.strip_prefix(wanted).is_some_and(|rest| rest.chars().all(|c| c == '_'))
+}
+
 /// `Some(true)`: the room confirms its occupant (status 110) is in; `Some(false)`: it is out; `None`: neither.
 pub fn self_presence(p: &Presence) -> Option<bool> {
     let own = p
@@ -108,5 +114,7 @@ mod tests {
         assert_eq!(nick_for(" Bob\n\u{7}Smith "), "BobSmith");
         assert_eq!(nick_for("\n"), "user");
         assert!(nick_for(&"é".repeat(40)).len() <= MAX_NICK);
+        assert!(is_variant_of("Bob", "Bob") && is_variant_of("Bob__", "Bob"));
+        assert!(!is_variant_of("Bobby", "Bob") && !is_variant_of("Bob", "Robert") && !is_variant_of("Bo", "Bob"));
     }
 }

@@ -298,3 +298,40 @@ fn an_http_upload_becomes_an_attachment_without_its_url_body() {
     let inner = "<body> </body><x xmlns='jabber:x:oob'><url>file:///etc/passwd</url></x>";
     assert!(matches!(room().message(msg(&groupchat("Alice", "m2", "S2", inner)), none, none), Outcome::Ignored(_)));
 }
+
+#[test]
+fn an_occupant_that_changes_nick_stays_the_same_bridged_user() {
+    let mut r = room();
+    let presence = |nick: &str, kind: &str, item: &str, status: &str| {
+        pres(&format!(
+            "<presence xmlns='jabber:client' {kind} from='{ROOM}/{nick}'><x xmlns='http://jabber.org/protocol/muc#user'>\
+             <item affiliation='none' role='participant'{item}/>{status}</x></presence>"
+        ))
+    };
+    assert_eq!(r.presence(presence("bridge", "", "", "<status code='110'/>"), none), Outcome::Joined);
+    assert!(matches!(event(r.presence(presence("Alice", "", "", ""), none)).kind, InboundKind::Membership { .. }));
+    let e = event(r.message(msg(&groupchat("Alice", "m1", "S1", "<body>hi</body>")), none, none));
+    assert_eq!(e.sender.native_id, format!("{ROOM}/Alice"));
+    // Alice becomes Alicia, then Ally: the unavailable presence with 303 names the new nick.
+    for (old, new) in [("Alice", "Alicia"), ("Alicia", "Ally")] {
+        let change = presence(old, "type='unavailable'", &format!(" nick='{new}'"), "<status code='303'/>");
+        assert_eq!(r.presence(change, none), Outcome::Ignored("nick change"));
+        assert!(matches!(r.presence(presence(new, "", "", ""), none), Outcome::Ignored(_)), "{new} is no newcomer");
+    }
+    let e = event(r.message(msg(&groupchat("Ally", "m2", "S2", "<body>renamed</body>")), none, none));
+    assert_eq!(e.sender.native_id, format!("{ROOM}/Alice"), "the same bridged user");
+    assert_eq!(e.sender.display_name.as_deref(), Some("Ally"), "shown with the new nick");
+    let fix = "<body>hello</body><replace xmlns='urn:xmpp:message-correct:0' id='m1'/>";
+    let e = event(r.message(msg(&groupchat("Ally", "m3", "S3", fix)), none, none));
+    assert_eq!(e.kind, InboundKind::Edit { target: NativeId("S1".into()), draft: MessageDraft::plain("hello") });
+    // Someone new who takes the old nick is someone else.
+    assert!(matches!(event(r.presence(presence("Alice", "", "", ""), none)).kind, InboundKind::Membership { .. }));
+    let e = event(r.message(msg(&groupchat("Alice", "m4", "S4", "<body>I am new</body>")), none, none));
+    assert_eq!(e.sender.native_id, format!("{ROOM}/Alice"));
+    // A departure ends the identity: whoever takes Ally later is a new user.
+    let e = event(r.presence(presence("Ally", "type='unavailable'", "", ""), none));
+    assert_eq!(e.sender.native_id, format!("{ROOM}/Alice"));
+    assert!(matches!(event(r.presence(presence("Ally", "", "", ""), none)).kind, InboundKind::Membership { .. }));
+    let e = event(r.message(msg(&groupchat("Ally", "m5", "S5", "<body>another</body>")), none, none));
+    assert_eq!(e.sender.native_id, format!("{ROOM}/Ally"));
+}

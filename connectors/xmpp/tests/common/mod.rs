@@ -196,6 +196,11 @@ impl RecordingRoute {
         self.drafts().into_iter().map(|d| d.body).collect()
     }
 
+    /// Every event accepted so far, in order.
+    pub fn events(&self) -> Vec<InboundEvent> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).events.clone()
+    }
+
     /// The messages accepted so far, in order.
     pub fn drafts(&self) -> Vec<MessageDraft> {
         let r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
