@@ -816,6 +816,13 @@ impl Account for XmppAccount {
         let voice = if puppet.is_some() { Voice::Puppet } else { Voice::Relay };
         let Some(mut rendered) = outbound::render(event, &room, voice)? else { return Ok(Delivery::default()) };
         rendered.message.from = puppet.map(|p| Jid::from(p.jid));
+        if let OutboundKind::Typing { .. } = event.kind {
+            // A chat state is not stored and nothing refers to it: sent, not waited for.
+            let out = self.shared.state().outbound.clone();
+            let out = out.ok_or_else(|| SendError::Retry("not connected".into()))?;
+            out.send(Stanza::Message(rendered.message)).await.map_err(|_| SendError::Retry("stream closed".into()))?;
+            return Ok(Delivery::default());
+        }
         caught_up(&self.shared, &room).await?;
         let origin = NativeId(rendered.origin_id.clone());
         let (out, reflection) = {

@@ -124,8 +124,9 @@ impl Config {
 /// What an account can express: messages with styling, attachments (XEP-0066 links; inbound files go through
 /// the daemon's media store), XEP-0461 replies, XEP-0308 corrections, XEP-0424
 /// retractions; reactions as XEP-0444 sets from each puppet in component mode, as a text line in client mode
-/// (one account cannot hold a reaction set per bridged user); joins and leaves as puppet presence in component
-/// mode.
+/// (one account cannot hold a reaction set per bridged user); joins and leaves as puppet presence, and typing as
+/// the puppet's XEP-0085 chat states, in component mode (in client mode the one relay account would show
+/// everyone's typing as its own, so none is sent).
 pub fn capabilities(config: &Config) -> Capabilities {
     let component = config.mode == Mode::Component;
     Capabilities::none()
@@ -138,6 +139,7 @@ pub fn capabilities(config: &Config) -> Capabilities {
         .with(Feature::MultiLine, Grade::Full)
         .with(Feature::Mentions, Grade::Degraded)
         .with(Feature::Attachments, Grade::Full)
+        .with(Feature::Typing, if component { Grade::Full } else { Grade::Unsupported })
         .with_limits(Limits { max_text_bytes: Some(inbound::MAX_BODY), max_lines: None, max_attachment_bytes: None })
 }
 

@@ -14,7 +14,7 @@
 //! | edit | XEP-0308 `<replace id='original id'/>` |
 //! | delete | XEP-0424 `<retract id='stanza-id'/>` with a fallback body |
 //! | reaction add/remove | component mode: XEP-0444 `<reactions/>` with the sender's whole set; client mode: a text line |
-//! | typing | component mode: XEP-0085 `<composing/>`/`<active/>`; client mode: nothing |
+//! | typing | component mode: XEP-0085 `<composing/>`/`<paused/>` from the puppet; client mode: nothing (the one relay account would show everyone's typing as its own) |
 //! | membership | nothing here (component mode joins or leaves the puppet) |
 //!
 //! In client mode one account speaks for everyone, so messages are prefixed `name: ` and emotes `* name`.
@@ -134,7 +134,7 @@ pub fn render(ev: &OutboundEvent, room: &BareJid, voice: Voice) -> Result<Option
             if voice == Voice::Relay {
                 return Ok(None);
             }
-            let state = if *active { "composing" } else { "active" };
+            let state = if *active { "composing" } else { "paused" };
             msg.payloads.push(Element::builder(state, xmpp_parsers::ns::CHATSTATES).build());
             msg.payloads.push(Element::builder("no-store", ns::HINTS).build());
             false

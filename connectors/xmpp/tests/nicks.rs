@@ -4,27 +4,15 @@
 
 mod common;
 
+use bridge_api::InboundKind;
 use bridge_api::event::OutboundEvent;
-use bridge_api::{Account, AccountContext, AccountId, Connector, InboundKind};
-use common::{ROOM, RecordingRoute, join, message_event, room, say, send_like_the_core};
-use connector_xmpp::{Config, XmppConnector};
+use common::{ROOM, RecordingRoute, component, join, message_event, room, say, send_like_the_core};
 use harness::Prosody;
 use minidom::Element;
-use std::sync::Arc;
 use std::time::Duration;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::presence::Presence;
 use xmpp_parsers::stanza::Stanza;
-
-async fn component(server: &Prosody, route: &RecordingRoute) -> (AccountId, Arc<dyn Account>) {
-    let id = AccountId::new("xmpp", "n").expect("account id");
-    let config =
-        Config::component(server.component_addr(), server.component_domain.clone(), server.component_secret.clone());
-    let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test");
-    let account = XmppConnector.start(id.clone(), config, ctx).await.expect("start");
-    account.join(ROOM).await.expect("the bridge joins");
-    (id, account)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_xmpp_user_who_changes_nick_stays_the_same_bridged_user() {

@@ -171,6 +171,9 @@ fn typing_membership_and_attachments() {
     assert_eq!(render(&event(OutboundKind::Typing { active: true }), &room(), Voice::Relay), Ok(None));
     let r = render(&event(OutboundKind::Typing { active: true }), &room(), Voice::Puppet).expect("ok").expect("some");
     assert!(r.message.payloads.iter().any(|p| p.is("composing", xmpp_parsers::ns::CHATSTATES)));
+    assert!(r.message.bodies.is_empty() && !r.referenceable);
+    let r = render(&event(OutboundKind::Typing { active: false }), &room(), Voice::Puppet).expect("ok").expect("some");
+    assert!(r.message.payloads.iter().any(|p| p.is("paused", xmpp_parsers::ns::CHATSTATES)));
     let m = OutboundKind::Membership { change: bridge_api::event::Membership::Join };
     assert_eq!(render(&event(m), &room(), Voice::Puppet), Ok(None));
     let mut d = MessageDraft::plain("");

@@ -280,3 +280,18 @@ pub async fn send_like_the_core(
         }
     }
 }
+
+/// A component-mode account (`xmpp.n`) of `server` feeding `route`, joined to the room.
+pub async fn component(server: &Prosody, route: &RecordingRoute) -> (AccountId, Arc<dyn Account>) {
+    let id = AccountId::new("xmpp", "n").expect("account id");
+    let config = connector_xmpp::Config::component(
+        server.component_addr(),
+        server.component_domain.clone(),
+        server.component_secret.clone(),
+    );
+    let ctx = bridge_api::AccountContext::new(id.clone(), route.clone(), "bridge.test");
+    let account =
+        bridge_api::Connector::start(&connector_xmpp::XmppConnector, id.clone(), config, ctx).await.expect("start");
+    account.join(ROOM).await.expect("the bridge joins");
+    (id, account)
+}
