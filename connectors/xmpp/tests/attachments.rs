@@ -74,7 +74,7 @@ async fn files_travel_through_the_media_store_both_ways() {
     let route = RecordingRoute::default();
     let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test").with_media(store.clone());
     let account = XmppConnector.start(id.clone(), config, ctx).await.expect("start");
-    account.join(ROOM).await.expect("the bridge joins");
+    common::joined(account.as_ref()).await;
     let mut alice = join(&server, "alice").await.expect("alice joins");
 
     // XMPP → MIMI: the file is fetched into the store.

@@ -31,7 +31,7 @@ async fn restart_mid_stream(component: bool) {
     let route = RecordingRoute::default();
     let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test");
     let account: Arc<dyn Account> = XmppConnector.start(id.clone(), config, ctx).await.expect("start");
-    account.join(ROOM).await.expect("the bridge joins");
+    common::joined(account.as_ref()).await;
     let alice = join(&server, "alice").await.expect("alice joins");
     say(&alice, "a-1", "in-before").await.expect("alice speaks");
 
@@ -114,7 +114,7 @@ async fn a_catch_up_longer_than_one_archive_page_misses_nothing() {
         XmppConnector.start(id.clone(), config.clone(), ctx)
     };
     let account = start(&route).await.expect("start");
-    account.join(ROOM).await.expect("the bridge joins");
+    common::joined(account.as_ref()).await;
     let alice = join(&server, "alice").await.expect("alice joins");
     say(&alice, "anchor", "anchor").await.expect("alice speaks");
     let until = |n: usize| {
@@ -143,7 +143,7 @@ async fn a_catch_up_longer_than_one_archive_page_misses_nothing() {
     }
 
     let account = start(&route).await.expect("start again");
-    account.join(ROOM).await.expect("the bridge joins again");
+    common::joined(account.as_ref()).await;
     let got = until(1 + MISSED).await;
     let expected: Vec<String> =
         std::iter::once("anchor".to_owned()).chain((1..=MISSED).map(|n| format!("missed {n}"))).collect();

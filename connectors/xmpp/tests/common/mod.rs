@@ -292,6 +292,17 @@ pub async fn component(server: &Prosody, route: &RecordingRoute) -> (AccountId, 
     let ctx = bridge_api::AccountContext::new(id.clone(), route.clone(), "bridge.test");
     let account =
         bridge_api::Connector::start(&connector_xmpp::XmppConnector, id.clone(), config, ctx).await.expect("start");
-    account.join(ROOM).await.expect("the bridge joins");
+    joined(account.as_ref()).await;
     (id, account)
+}
+
+/// Waits until `account` is connected and in the room (`join` before the stream is up returns at once, and what
+/// is said before the bridge is in the room is history it does not replay).
+pub async fn joined(account: &dyn Account) {
+    let mut health = account.health();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while *health.borrow_and_update() != bridge_api::Health::Connected {
+        tokio::time::timeout_at(deadline, health.changed()).await.expect("connected in time").expect("health");
+    }
+    account.join(ROOM).await.expect("the bridge joins");
 }
