@@ -592,9 +592,15 @@ async fn puppet_stanza(shared: &Arc<Shared>, stanza: Stanza, to: FullJid, out: &
                 let mut st = shared.state();
                 let State { rooms, puppets, puppet_joined, .. } = &mut *st;
                 let Some(r) = rooms.get_mut(&room) else { return };
+                let uri = puppets.uri_of(&room, &to).map(str::to_owned);
                 let Some(puppet) = puppets.by_jid_mut(&room, &to) else { return };
                 if let Some(joined) = puppets::self_presence(&p) {
                     puppet.joined = joined;
+                    // Mentions of the puppet's nick are mentions of its user.
+                    let nick = p.from.as_ref().and_then(|f| f.resource()).map(|n| n.to_string());
+                    if let Some(nick) = nick {
+                        r.set_bridged(&nick, uri.as_deref().filter(|_| joined));
+                    }
                     if joined {
                         for w in puppet_joined.remove(&to).unwrap_or_default() {
                             let _ = w.send(Ok(()));
@@ -760,7 +766,9 @@ impl Account for XmppAccount {
             if st.rooms.get(&jid).is_some_and(RoomState::is_joined) {
                 return Ok(());
             }
-            st.rooms.entry(jid.clone()).or_insert_with(|| RoomState::new(leg, jid.clone()));
+            st.rooms
+                .entry(jid.clone())
+                .or_insert_with(|| RoomState::new(leg, jid.clone()).with_domain(&self.shared.ctx.domain));
             let (tx, rx) = oneshot::channel();
             st.joined.entry(jid.clone()).or_default().push(tx);
             let nick = st.nicks.get(&jid).cloned().unwrap_or_else(|| self.shared.settings.nick.clone());

@@ -90,12 +90,19 @@ pub struct RoomState {
     renamed: HashMap<String, String>,
     /// New nicks announced by a `303` whose arrival is still to come (not a join).
     arriving: HashSet<String>,
+    /// The room's JID as text (to recognise references to its occupants).
+    room_str: String,
+    /// The bridge's MIMI domain (mentioned occupants' URIs); empty: mentions stay text.
+    domain: String,
+    /// Nicks of the bridge's own occupants (puppets) → the MIMI URI of the user each stands for.
+    bridged: HashMap<String, String>,
 }
 
 impl RoomState {
     /// A room not joined yet.
     pub fn new(leg: LegId, jid: BareJid) -> Self {
         let account = leg.account.clone();
+        let room_str = jid.to_string();
         Self {
             leg,
             jid,
@@ -106,7 +113,32 @@ impl RoomState {
             order: VecDeque::new(),
             renamed: HashMap::new(),
             arriving: HashSet::new(),
+            room_str,
+            domain: String::new(),
+            bridged: HashMap::new(),
         }
+    }
+
+    /// The same room with the bridge's MIMI domain: XEP-0372 mentions of occupants become MIMI mentions.
+    pub fn with_domain(mut self, domain: &str) -> Self {
+        self.domain = domain.to_owned();
+        self
+    }
+
+    /// Component mode: the puppet `nick` stands for the MIMI user `uri` (`None`: it left).
+    pub fn set_bridged(&mut self, nick: &str, uri: Option<&str>) {
+        match uri {
+            Some(uri) => self.bridged.insert(nick.to_owned(), uri.to_owned()),
+            None => self.bridged.remove(nick),
+        };
+    }
+
+    /// The MIMI URI a mention of the occupant `nick` links to.
+    fn mention_uri(&self, nick: &str) -> Option<String> {
+        if let Some(uri) = self.bridged.get(nick) {
+            return Some(uri.clone());
+        }
+        (!self.domain.is_empty()).then(|| self.user(nick).uri(&self.domain))
     }
 
     /// Forgets the occupant list (after a stream reset the room is joined again).
@@ -262,6 +294,8 @@ impl RoomState {
             }
             return Err("message without body");
         };
+        let cut = fallback_cut(&body, p, &[ns::REPLY]);
+        let references = crate::mentions::references(p, cut.len());
         let mut body = strip_fallbacks(&body, p, &[ns::REPLY]);
         if let Some(replaced) = child(p, "replace", xmpp_parsers::ns::MESSAGE_CORRECT) {
             let id = replaced.attr("id").ok_or("correction without id")?;
@@ -281,7 +315,20 @@ impl RoomState {
         if emote {
             body = body["/me ".len()..].to_owned();
         }
-        let mut d = draft(&body);
+        let skip = if emote { "/me ".len() } else { 0 };
+        let links: Vec<(usize, usize, String)> = crate::mentions::shift(references, &cut, skip)
+            .into_iter()
+            .filter(|r| !body.is_empty() && r.end <= body.chars().count())
+            .filter_map(|r| {
+                let mentioned = crate::mentions::occupant_nick(&r.uri, &self.room_str)?;
+                Some((r.begin, r.end, self.mention_uri(mentioned)?))
+            })
+            .collect();
+        let mut d = if links.is_empty() {
+            draft(&body)
+        } else {
+            MessageDraft::markdown(crate::mentions::to_markdown(&body, &links))
+        };
         if emote {
             d.style = MessageStyle::Emote;
         }
@@ -464,8 +511,14 @@ fn chat_state(p: &[Element]) -> Option<bool> {
 /// Cuts the fallback ranges (XEP-0428) for the namespaces `fors` from `body`. Offsets count Unicode code points;
 /// ranges that do not fit the body are ignored.
 pub fn strip_fallbacks(body: &str, payloads: &[Element], fors: &[&str]) -> String {
-    let chars: Vec<char> = body.chars().collect();
-    let mut cut = vec![false; chars.len()];
+    let cut = fallback_cut(body, payloads, fors);
+    body.chars().zip(cut).filter(|(_, c)| !c).map(|(ch, _)| ch).collect()
+}
+
+/// Which code points of `body` the fallback ranges for `fors` cover.
+fn fallback_cut(body: &str, payloads: &[Element], fors: &[&str]) -> Vec<bool> {
+    let len = body.chars().count();
+    let mut cut = vec![false; len];
     for fb in payloads.iter().filter(|e| e.is("fallback", ns::FALLBACK)) {
         if !fb.attr("for").is_some_and(|f| fors.contains(&f)) {
             continue;
@@ -475,13 +528,13 @@ pub fn strip_fallbacks(body: &str, payloads: &[Element], fors: &[&str]) -> Strin
             let end = b.attr("end").and_then(|s| s.parse::<usize>().ok());
             if let (Some(s), Some(e)) = (start, end)
                 && s <= e
-                && e <= chars.len()
+                && e <= len
             {
                 cut[s..e].iter_mut().for_each(|c| *c = true);
             }
         }
     }
-    chars.iter().zip(cut).filter(|(_, c)| !c).map(|(ch, _)| ch).collect()
+    cut
 }
 
 #[cfg(test)]

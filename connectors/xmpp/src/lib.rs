@@ -6,7 +6,7 @@
 //! (`docs/connector-guide.md`):
 //!
 //! * sans IO: [`inbound`] (stanzas → core events), [`outbound`] (core events → stanzas), [`styling`] (XEP-0393
-//!   ⇄ markdown), [`oob`] (attachments as XEP-0066 links), [`escape`] (puppet JID localparts), [`puppets`] (puppet JIDs and nicks), [`framing`]
+//!   ⇄ markdown), [`oob`] (attachments as XEP-0066 links), [`mentions`] (XEP-0372 references), [`escape`] (puppet JID localparts), [`puppets`] (puppet JIDs and nicks), [`framing`]
 //!   (component stream → bounded stanzas, namespace rewrite), [`ns`];
 //! * IO shell: [`account`] (the account: reconnects, joins, relays, puppets), [`client`] (one client-to-server
 //!   stream), [`component`] (one XEP-0114 stream), [`link`] (a stream as the account sees it).
@@ -22,6 +22,7 @@ pub mod escape;
 pub mod framing;
 pub mod inbound;
 pub mod link;
+pub mod mentions;
 pub mod ns;
 pub mod oob;
 pub mod outbound;

@@ -85,6 +85,11 @@ impl Puppets {
         self.rooms.get_mut(room)?.values_mut().find(|p| &p.jid == jid)
     }
 
+    /// The MIMI URI of the user whose puppet in `room` is `jid`.
+    pub fn uri_of(&self, room: &BareJid, jid: &FullJid) -> Option<&str> {
+        self.rooms.get(room)?.iter().find(|(_, p)| &p.jid == jid).map(|(uri, _)| uri.as_str())
+    }
+
     /// Whether `nick` in `room` is one of ours.
     pub fn is_puppet_nick(&self, room: &BareJid, nick: &str) -> bool {
         self.rooms.get(room).is_some_and(|r| r.values().any(|p| p.nick == nick))

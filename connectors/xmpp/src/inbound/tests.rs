@@ -335,3 +335,32 @@ fn an_occupant_that_changes_nick_stays_the_same_bridged_user() {
     let e = event(r.message(msg(&groupchat("Ally", "m5", "S5", "<body>another</body>")), none, none));
     assert_eq!(e.sender.native_id, format!("{ROOM}/Ally"));
 }
+
+#[test]
+fn xep_0372_mentions_become_mimi_mentions_after_a_cut_reply_fallback() {
+    let mut r = room().with_domain("bridge.test");
+    r.set_bridged("Bob", Some("mimi://bridge.test/u/bob"));
+    // "> Carol: hi\n" (12 code points) is the reply fallback; the mentions follow it.
+    let inner = format!(
+        "<body>&gt; Carol: hi\n@Bob and Dan, ok?</body>\
+         <reply xmlns='urn:xmpp:reply:0' id='S0'/>\
+         <fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'><body start='0' end='12'/></fallback>\
+         <reference xmlns='urn:xmpp:reference:0' type='mention' begin='12' end='16' uri='xmpp:{ROOM}/Bob'/>\
+         <reference xmlns='urn:xmpp:reference:0' type='mention' begin='21' end='24' uri='xmpp:{ROOM}/Dan'/>\
+         <reference xmlns='urn:xmpp:reference:0' type='mention' begin='0' end='3' uri='xmpp:{ROOM}/Carol'/>"
+    );
+    let e = event(r.message(msg(&groupchat("Alice", "m1", "S1", &inner)), none, none));
+    let InboundKind::Message { draft, .. } = e.kind else { panic!("a message") };
+    assert_eq!(draft.format, TextFormat::Markdown);
+    let dan = LegacyUser::new(AccountId::new("xmpp", "test").expect("id"), format!("{ROOM}/Dan")).uri("bridge.test");
+    assert_eq!(
+        mimi_content::markdown::mentions(&draft.body),
+        [("@Bob".to_owned(), "mimi://bridge.test/u/bob".to_owned()), ("@Dan".to_owned(), dan)],
+        "{}",
+        draft.body
+    );
+    // Without a domain (or references) the body is what it was.
+    let e = event(room().message(msg(&groupchat("Alice", "m2", "S2", &inner)), none, none));
+    let InboundKind::Message { draft, .. } = e.kind else { panic!("a message") };
+    assert_eq!((draft.body.as_str(), draft.format), ("@Bob and Dan, ok?", TextFormat::Plain));
+}

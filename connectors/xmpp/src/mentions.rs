@@ -1,0 +1,162 @@
+//! Sans IO: mentions as XEP-0372 references (`<reference xmlns='urn:xmpp:reference:0' type='mention'
+//! begin='…' end='…' uri='xmpp:room@service/nick'/>`), whose offsets count Unicode code points of the body.
+//!
+//! Inbound, a reference to an occupant of the room becomes a MIMI mention link (`[@nick](mimi://…/u/…)`, see
+//! `mimi_content::markdown::mention_link`) around the text it covered; the rest of the body becomes markdown as
+//! it would without mentions. References that do not fit the body, overlap, or name no occupant stay text.
+
+use crate::styling;
+use mimi_content::markdown::{mention_link, plain_to_markdown};
+use minidom::Element;
+
+/// The XEP-0372 namespace.
+pub const REFERENCE: &str = "urn:xmpp:reference:0";
+/// Most references read from one message.
+pub const MAX_REFERENCES: usize = 32;
+
+/// A mention reference: the code-point range `begin..end` of the body, and the `xmpp:` URI it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    /// First code point covered.
+    pub begin: usize,
+    /// One past the last code point covered.
+    pub end: usize,
+    /// The mentioned entity (`xmpp:room@service/nick` for an occupant).
+    pub uri: String,
+}
+
+/// The mention references of a message whose body has `len` code points, in order, without overlaps.
+pub fn references(payloads: &[Element], len: usize) -> Vec<Reference> {
+    let mut refs: Vec<Reference> = payloads
+        .iter()
+        .filter(|p| p.is("reference", REFERENCE) && p.attr("type") == Some("mention"))
+        .filter_map(|p| {
+            let begin = p.attr("begin")?.parse::<usize>().ok()?;
+            let end = p.attr("end")?.parse::<usize>().ok()?;
+            let uri = p.attr("uri")?.to_owned();
+            (begin < end && end <= len && uri.starts_with("xmpp:") && uri.len() <= 3072).then_some(Reference {
+                begin,
+                end,
+                uri,
+            })
+        })
+        .take(MAX_REFERENCES)
+        .collect();
+    refs.sort_by_key(|r| r.begin);
+    let mut last_end = 0;
+    refs.retain(|r| {
+        let ok = r.begin >= last_end;
+        if ok {
+            last_end = r.end;
+        }
+        ok
+    });
+    refs
+}
+
+/// The references moved to a body from which the code points marked in `cut` were removed (and then the first
+/// `skip` code points); those touching removed text are dropped.
+pub fn shift(refs: Vec<Reference>, cut: &[bool], skip: usize) -> Vec<Reference> {
+    let removed_before = |i: usize| cut.iter().take(i).filter(|c| **c).count();
+    refs.into_iter()
+        .filter(|r| !cut.get(r.begin..r.end).is_some_and(|s| s.iter().any(|c| *c)))
+        .filter_map(|r| {
+            let (b, e) = (r.begin - removed_before(r.begin), r.end - removed_before(r.begin));
+            (b >= skip).then(|| Reference { begin: b - skip, end: e - skip, uri: r.uri })
+        })
+        .collect()
+}
+
+/// The nick of an occupant reference `uri` into `room` (`xmpp:room/nick`), if it is one.
+pub fn occupant_nick<'a>(uri: &'a str, room: &str) -> Option<&'a str> {
+    let rest = uri.strip_prefix("xmpp:")?.strip_prefix(room)?.strip_prefix('/')?;
+    (!rest.is_empty()).then_some(rest)
+}
+
+/// `body` as MIMI markdown with each `(begin, end, user URI)` range (code points, in order, no overlaps) as a
+/// mention link; the rest is converted as a message without mentions would be (the whole body at once, each
+/// mention held by a private-use placeholder meanwhile, so the conversion sees the text as it is).
+pub fn to_markdown(body: &str, mentions: &[(usize, usize, String)]) -> String {
+    let convert = |s: &str| if styling::has_styling(s) { styling::styled_to_markdown(s) } else { plain_to_markdown(s) };
+    let placeholder = |i: usize| char::from_u32(PLACEHOLDERS + i as u32).unwrap_or(char::REPLACEMENT_CHARACTER);
+    let reserved = |c: char| (PLACEHOLDERS..PLACEHOLDERS + MAX_REFERENCES as u32).contains(&u32::from(c));
+    if mentions.len() > MAX_REFERENCES || body.chars().any(reserved) {
+        return convert(body);
+    }
+    let chars: Vec<char> = body.chars().collect();
+    let mut held = String::new();
+    let mut at = 0;
+    for (i, (begin, end, _)) in mentions.iter().enumerate() {
+        held.extend(&chars[at..*begin]);
+        held.push(placeholder(i));
+        at = *end;
+    }
+    held.extend(&chars[at..]);
+    let mut md = convert(&held);
+    for (i, (begin, end, uri)) in mentions.iter().enumerate() {
+        let shown: String = chars[*begin..*end].iter().collect();
+        md = md.replacen(placeholder(i), &mention_link(shown.trim_start_matches('@'), uri), 1);
+    }
+    md
+}
+
+/// The first of the private-use code points that hold mentions while the text is converted.
+const PLACEHOLDERS: u32 = 0xF0000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minidom::rxml::xml_ncname;
+
+    fn reference(begin: &str, end: &str, uri: &str) -> Element {
+        Element::builder("reference", REFERENCE)
+            .attr(xml_ncname!("type").into(), "mention")
+            .attr(xml_ncname!("begin").into(), begin)
+            .attr(xml_ncname!("end").into(), end)
+            .attr(xml_ncname!("uri").into(), uri)
+            .build()
+    }
+
+    #[test]
+    fn references_that_fit_are_read_in_order_and_others_dropped() {
+        let r = references(
+            &[
+                reference("6", "9", "xmpp:r@m/Bob"),
+                reference("0", "5", "xmpp:r@m/Ann"),
+                reference("3", "7", "xmpp:r@m/overlap"),
+                reference("9", "99", "xmpp:r@m/past-the-end"),
+                reference("x", "2", "xmpp:r@m/bad"),
+                reference("0", "2", "https://not-xmpp"),
+            ],
+            12,
+        );
+        assert_eq!(r.iter().map(|r| r.uri.as_str()).collect::<Vec<_>>(), ["xmpp:r@m/Ann", "xmpp:r@m/Bob"]);
+    }
+
+    #[test]
+    fn references_follow_a_cut_fallback_and_a_skipped_prefix() {
+        let refs = vec![
+            Reference { begin: 1, end: 3, uri: "in-cut".into() },
+            Reference { begin: 6, end: 9, uri: "after".into() },
+        ];
+        let cut = [true, true, true, true, false, false, false, false, false, false];
+        assert_eq!(shift(refs.clone(), &cut, 0), [Reference { begin: 2, end: 5, uri: "after".into() }]);
+        assert_eq!(shift(refs, &cut, 2), [Reference { begin: 0, end: 3, uri: "after".into() }]);
+    }
+
+    #[test]
+    fn mentions_become_links_and_the_rest_stays_as_it_was() {
+        assert_eq!(occupant_nick("xmpp:r@m.example/Bob Smith", "r@m.example"), Some("Bob Smith"));
+        assert_eq!(occupant_nick("xmpp:other@m.example/Bob", "r@m.example"), None);
+        let uri = "mimi://b.test/u/xmpp.t~r%40m%2FBob".to_owned();
+        let md = to_markdown("héllo @Bob: [this]", &[(6, 10, uri.clone())]);
+        assert_eq!(md, format!("héllo {}\\: \\[this\\]", mention_link("Bob", &uri)), "plain text escaped");
+        assert_eq!(mimi_content::markdown::mentions(&md), [("@Bob".to_owned(), uri.clone())]);
+        assert_eq!(mimi_content::markdown::to_plain_text(&md).trim(), "héllo @Bob: [this]");
+        // Styled text around a mention is converted as it would be without it (XEP-0393 *strong*).
+        let md = to_markdown("@Bob *see* this", &[(0, 4, uri.clone())]);
+        assert_eq!(md, format!("{} **see** this", mention_link("Bob", &uri)));
+        let found = mimi_content::markdown::mentions(&md);
+        assert_eq!(found, [("@Bob".to_owned(), uri)]);
+    }
+}
