@@ -460,6 +460,42 @@ async fn submit(shared: &Shared, mut ev: bridge_api::InboundEvent) {
     }
 }
 
+/// Outbound mentions (see [`crate::mentions`]): `event` with its mention links held, and what they hold; `None`
+/// when it has none. A mentioned user's nick here is their puppet's, or, for an XMPP user of this room, their
+/// occupant's current nick.
+fn hold_mentions(
+    shared: &Shared,
+    event: &OutboundEvent,
+    room: &BareJid,
+) -> Option<(OutboundEvent, Vec<(String, bool)>)> {
+    let (OutboundKind::Message { draft, .. } | OutboundKind::Edit { draft, .. }) = &event.kind else { return None };
+    if draft.format != bridge_api::event::TextFormat::Markdown {
+        return None;
+    }
+    let (md, held) = {
+        let st = shared.state();
+        let nick_of = |uri: &str| -> Option<String> {
+            if let Some(p) = st.puppets.get(room, uri).filter(|p| p.joined) {
+                return Some(p.nick.clone());
+            }
+            let user = bridge_api::uri::LegacyUser::from_uri(uri, &shared.ctx.domain).ok()?;
+            if user.account != shared.id {
+                return None;
+            }
+            st.rooms.get(room)?.nick_of(&user.native_id)
+        };
+        crate::mentions::hold(&draft.body, nick_of)
+    };
+    if held.is_empty() {
+        return None;
+    }
+    let mut held_event = event.clone();
+    if let OutboundKind::Message { draft, .. } | OutboundKind::Edit { draft, .. } = &mut held_event.kind {
+        draft.body = md;
+    }
+    Some((held_event, held))
+}
+
 /// Has the daemon's media store fetch each linked file (guarded against internal addresses, size-capped) and
 /// keep it: the attachment then points at the store, and the core sends it on as a MIMI external part. A file
 /// that cannot be fetched stays a link in the text, with the reason, never silently dropped.
@@ -822,7 +858,16 @@ impl Account for XmppAccount {
             }
         };
         let voice = if puppet.is_some() { Voice::Puppet } else { Voice::Relay };
-        let Some(mut rendered) = outbound::render(event, &room, voice)? else { return Ok(Delivery::default()) };
+        let held = hold_mentions(&self.shared, event, &room);
+        let to_render = held.as_ref().map_or(event, |(e, _)| e);
+        let Some(mut rendered) = outbound::render(to_render, &room, voice)? else { return Ok(Delivery::default()) };
+        if let Some((_, held)) = &held
+            && let Some(body) = rendered.message.bodies.get_mut(&xmpp_parsers::message::Lang::new())
+        {
+            let (text, references) = crate::mentions::place(body, held, &room.to_string());
+            *body = text;
+            rendered.message.payloads.extend(references);
+        }
         rendered.message.from = puppet.map(|p| Jid::from(p.jid));
         if let OutboundKind::Typing { .. } = event.kind {
             // A chat state is not stored and nothing refers to it: sent, not waited for.

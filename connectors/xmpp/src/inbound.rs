@@ -133,6 +133,14 @@ impl RoomState {
         };
     }
 
+    /// The nick the bridged XMPP user `identity` (an occupant JID, see [`RoomState::occupant_id`]) has now.
+    pub fn nick_of(&self, identity: &str) -> Option<String> {
+        if let Some((nick, _)) = self.renamed.iter().find(|(_, id)| id.as_str() == identity) {
+            return Some(nick.clone());
+        }
+        identity.strip_prefix(&self.room_str)?.strip_prefix('/').filter(|n| !n.is_empty()).map(str::to_owned)
+    }
+
     /// The MIMI URI a mention of the occupant `nick` links to.
     fn mention_uri(&self, nick: &str) -> Option<String> {
         if let Some(uri) = self.bridged.get(nick) {

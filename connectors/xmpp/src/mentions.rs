@@ -4,10 +4,15 @@
 //! Inbound, a reference to an occupant of the room becomes a MIMI mention link (`[@nick](mimi://…/u/…)`, see
 //! `mimi_content::markdown::mention_link`) around the text it covered; the rest of the body becomes markdown as
 //! it would without mentions. References that do not fit the body, overlap, or name no occupant stay text.
+//!
+//! Outbound, a MIMI mention of a user whose nick in the room is known (an XMPP occupant, or a bridged user's
+//! puppet) becomes that nick in the body plus a reference to `xmpp:room/nick` ([`hold`], then [`place`] on the
+//! rendered body); any other mention becomes its link text (never the `mimi:` URI).
 
 use crate::styling;
 use mimi_content::markdown::{mention_link, plain_to_markdown};
 use minidom::Element;
+use minidom::rxml::xml_ncname;
 
 /// The XEP-0372 namespace.
 pub const REFERENCE: &str = "urn:xmpp:reference:0";
@@ -78,8 +83,6 @@ pub fn occupant_nick<'a>(uri: &'a str, room: &str) -> Option<&'a str> {
 /// mention held by a private-use placeholder meanwhile, so the conversion sees the text as it is).
 pub fn to_markdown(body: &str, mentions: &[(usize, usize, String)]) -> String {
     let convert = |s: &str| if styling::has_styling(s) { styling::styled_to_markdown(s) } else { plain_to_markdown(s) };
-    let placeholder = |i: usize| char::from_u32(PLACEHOLDERS + i as u32).unwrap_or(char::REPLACEMENT_CHARACTER);
-    let reserved = |c: char| (PLACEHOLDERS..PLACEHOLDERS + MAX_REFERENCES as u32).contains(&u32::from(c));
     if mentions.len() > MAX_REFERENCES || body.chars().any(reserved) {
         return convert(body);
     }
@@ -103,10 +106,95 @@ pub fn to_markdown(body: &str, mentions: &[(usize, usize, String)]) -> String {
 /// The first of the private-use code points that hold mentions while the text is converted.
 const PLACEHOLDERS: u32 = 0xF0000;
 
+/// Outbound, step one: `md` (MIMI markdown) with each mention link replaced by a placeholder, and what each
+/// placeholder stands for: `(nick, true)` when `nick_of` knows the mentioned user's nick in the room (their
+/// occupant, or their puppet), else `(link text, false)`. The markdown then renders as usual; [`place`] puts the
+/// text back and makes the references. Unchanged (and nothing held) if `md` already holds placeholder code points.
+pub fn hold(md: &str, nick_of: impl Fn(&str) -> Option<String>) -> (String, Vec<(String, bool)>) {
+    use pulldown_cmark::{Event, Parser, Tag, TagEnd};
+    if md.chars().any(reserved) {
+        return (md.to_owned(), Vec::new());
+    }
+    let mut out = String::new();
+    let mut held = Vec::new();
+    let mut at = 0;
+    let mut open: Option<(std::ops::Range<usize>, String, String)> = None;
+    for (ev, range) in Parser::new(md).into_offset_iter() {
+        match ev {
+            Event::Start(Tag::Link { dest_url, .. })
+                if open.is_none() && dest_url.starts_with("mimi:") && dest_url.contains("/u/") =>
+            {
+                open = Some((range, dest_url.to_string(), String::new()));
+            }
+            Event::Text(t) | Event::Code(t) => {
+                if let Some((_, _, text)) = open.as_mut() {
+                    text.push_str(&t);
+                }
+            }
+            Event::End(TagEnd::Link) => {
+                let Some((range, uri, text)) = open.take() else { continue };
+                if held.len() >= MAX_REFERENCES || range.start < at {
+                    continue;
+                }
+                out.push_str(&md[at..range.start]);
+                out.push(placeholder(held.len()));
+                at = range.end;
+                held.push(match nick_of(&uri) {
+                    Some(nick) => (nick, true),
+                    None => (text, false),
+                });
+            }
+            _ => {}
+        }
+    }
+    out.push_str(&md[at..]);
+    (out, held)
+}
+
+/// Outbound, step two: `body` with the placeholders of [`hold`] replaced by their text, and a XEP-0372 mention
+/// reference (code-point offsets into the returned body) for each known nick of `room`.
+pub fn place(body: &str, held: &[(String, bool)], room: &str) -> (String, Vec<Element>) {
+    let mut out = String::new();
+    let mut len = 0;
+    let mut refs = Vec::new();
+    for c in body.chars() {
+        let index = u32::from(c).checked_sub(PLACEHOLDERS).map(|i| i as usize);
+        match index.and_then(|i| held.get(i)) {
+            Some((text, is_nick)) => {
+                let begin = len;
+                out.push_str(text);
+                len += text.chars().count();
+                if *is_nick {
+                    refs.push(
+                        Element::builder("reference", REFERENCE)
+                            .attr(xml_ncname!("type").into(), "mention")
+                            .attr(xml_ncname!("begin").into(), begin.to_string())
+                            .attr(xml_ncname!("end").into(), len.to_string())
+                            .attr(xml_ncname!("uri").into(), format!("xmpp:{room}/{text}"))
+                            .build(),
+                    );
+                }
+            }
+            None => {
+                out.push(c);
+                len += 1;
+            }
+        }
+    }
+    (out, refs)
+}
+
+fn placeholder(i: usize) -> char {
+    char::from_u32(PLACEHOLDERS + i as u32).unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
+fn reserved(c: char) -> bool {
+    (PLACEHOLDERS..PLACEHOLDERS + MAX_REFERENCES as u32).contains(&u32::from(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use minidom::rxml::xml_ncname;
 
     fn reference(begin: &str, end: &str, uri: &str) -> Element {
         Element::builder("reference", REFERENCE)
@@ -142,6 +230,35 @@ mod tests {
         let cut = [true, true, true, true, false, false, false, false, false, false];
         assert_eq!(shift(refs.clone(), &cut, 0), [Reference { begin: 2, end: 5, uri: "after".into() }]);
         assert_eq!(shift(refs, &cut, 2), [Reference { begin: 0, end: 3, uri: "after".into() }]);
+    }
+
+    #[test]
+    fn outbound_mentions_become_nicks_with_references_in_code_points() {
+        let bob = "mimi://b.test/u/bob";
+        let md = format!(
+            "héllo {} and {}, **ok**?",
+            mention_link("Bob Smith", bob),
+            mention_link("Zed", "mimi://b.test/u/z")
+        );
+        let (held_md, held) = hold(&md, |uri| (uri == bob).then(|| "bobby".to_owned()));
+        assert_eq!(held, [("bobby".to_owned(), true), ("@Zed".to_owned(), false)]);
+        // The placeholders survive rendering (here: the XEP-0393 conversion, with a relay prefix added).
+        let styled = format!("Ann: {}", styling::markdown_to_styled(&held_md));
+        let (body, refs) = place(&styled, &held, "r@m.example");
+        assert_eq!(body.trim_end(), "Ann: héllo bobby and @Zed, *ok*?");
+        assert_eq!(refs.len(), 1);
+        let r = &refs[0];
+        assert_eq!(
+            (r.attr("begin"), r.attr("end"), r.attr("uri")),
+            (Some("11"), Some("16"), Some("xmpp:r@m.example/bobby"))
+        );
+        let chars: Vec<char> = body.chars().collect();
+        assert_eq!(chars[11..16].iter().collect::<String>(), "bobby");
+        // Read back by our own inbound side: the same range.
+        assert_eq!(
+            references(&refs, chars.len())[0],
+            Reference { begin: 11, end: 16, uri: "xmpp:r@m.example/bobby".into() }
+        );
     }
 
     #[test]

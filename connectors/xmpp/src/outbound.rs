@@ -10,6 +10,7 @@
 //! | core event | stanza |
 //! |---|---|
 //! | message | `<body/>` (markdown → XEP-0393 styling; plain text that looks styled gets `<unstyled/>`); each attachment a line with its link and a XEP-0066 `<x xmlns='jabber:x:oob'/>` |
+//! | mention | the mentioned user's nick in the room plus a XEP-0372 reference (the account holds and places them around this rendering, `mentions`); the link text when they have no nick here |
 //! | reply | XEP-0461 `<reply id='stanza-id'/>` + a `> quote` fallback marked with XEP-0428; a quote only when the parent never reached the room |
 //! | edit | XEP-0308 `<replace id='original id'/>` |
 //! | delete | XEP-0424 `<retract id='stanza-id'/>` with a fallback body |

@@ -1,5 +1,6 @@
 //! Mentions against a real Prosody (component mode): an XMPP user's XEP-0372 reference to a puppet becomes a
-//! MIMI mention of the user the puppet stands for.
+//! MIMI mention of the user the puppet stands for, and a MIMI mention of an XMPP user becomes their nick with a
+//! reference.
 
 mod common;
 
@@ -45,6 +46,45 @@ async fn a_reference_to_a_puppet_is_a_mention_of_its_user() {
         [("@bob".to_owned(), "mimi://bridge.test/u/bob".to_owned())],
         "{}",
         draft.body
+    );
+    account.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mimi_mention_of_an_xmpp_user_is_their_nick_with_a_reference() {
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("alice", "pw-alice").expect("register");
+    let route = RecordingRoute::default();
+    let (id, account) = component(&server, &route).await;
+    let mut alice = join(&server, "alice").await.expect("alice joins");
+    let alice_uri = bridge_api::LegacyUser::new(id.clone(), format!("{ROOM}/alice")).uri("bridge.test");
+    let mut e = message_event(id.clone(), ROOM, 2, "bob", "");
+    e.kind = bridge_api::event::OutboundKind::Message {
+        draft: bridge_api::event::MessageDraft::markdown(format!(
+            "{} look at **this**",
+            mimi_content::markdown::mention_link("Alice", &alice_uri)
+        )),
+        reply_to: None,
+    };
+    send_like_the_core(account.as_ref(), &e, Duration::from_secs(20)).await.expect("sent");
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Stanza::Message(m)) = alice.inbound.recv().await
+                && !m.bodies.is_empty()
+            {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("alice sees bob's message");
+    let body = got.bodies.values().next().cloned().unwrap_or_default();
+    assert_eq!(body, "alice look at *this*", "her nick, not a mimi: link");
+    let r = got.payloads.iter().find(|p| p.is("reference", "urn:xmpp:reference:0")).expect("a XEP-0372 reference");
+    let room_jid = format!("xmpp:{ROOM}/alice");
+    assert_eq!(
+        (r.attr("type"), r.attr("begin"), r.attr("end"), r.attr("uri")),
+        (Some("mention"), Some("0"), Some("5"), Some(room_jid.as_str()))
     );
     account.shutdown().await;
 }
