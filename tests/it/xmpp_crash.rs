@@ -6,11 +6,11 @@
 use crate::client_support::{client, texts};
 use crate::common::client::server_of;
 use crate::common::{Daemon, heavy, write_config};
-use crate::xmpp_daemon::{ROOM_JID, XUser};
+use crate::xmpp_daemon::{ROOM_JID, XUser, login};
 use connector_xmpp::catchup;
-use connector_xmpp::client::{Login, Transport, connect};
+use connector_xmpp::client::connect;
 use connector_xmpp::xmpp_parsers::iq::Iq;
-use connector_xmpp::xmpp_parsers::jid::{BareJid, Jid};
+use connector_xmpp::xmpp_parsers::jid::BareJid;
 use connector_xmpp::xmpp_parsers::stanza::Stanza;
 use harness::Prosody;
 use std::path::Path;
@@ -23,14 +23,7 @@ const BURST: usize = 4;
 
 /// The bodies of the room's archive (XEP-0313, the newest page), read by `nick` on a stream of its own.
 async fn archive(prosody: &Prosody, nick: &str) -> Vec<String> {
-    let login = Login {
-        server: prosody.c2s_addr(),
-        jid: Jid::new(&format!("{nick}@localhost")).expect("jid"),
-        password: "pw".into(),
-        transport: Transport::InsecureTcp,
-        resource: "archive".into(),
-    };
-    let mut link = connect(&login).await.expect("logs in");
+    let mut link = connect(&login(prosody, nick, "archive")).await.expect("logs in");
     let room = BareJid::new(ROOM_JID).expect("room");
     link.outbound.send(Stanza::Iq(catchup::query(&room, "all", None))).await.expect("query");
     let mut bodies = Vec::new();

@@ -35,17 +35,21 @@ pub(crate) struct XUser {
     n: u32,
 }
 
+/// The login of the test user `nick` (password `pw`) with `resource`.
+pub(crate) fn login(prosody: &Prosody, nick: &str, resource: &str) -> Login {
+    Login {
+        server: prosody.c2s_addr(),
+        jid: Jid::new(&format!("{nick}@localhost")).expect("jid"),
+        password: "pw".into(),
+        transport: Transport::InsecureTcp,
+        resource: resource.into(),
+    }
+}
+
 impl XUser {
     pub(crate) async fn join(prosody: &Prosody, nick: &str) -> Self {
         prosody.register(nick, "pw").expect("register");
-        let login = Login {
-            server: prosody.c2s_addr(),
-            jid: Jid::new(&format!("{nick}@localhost")).expect("jid"),
-            password: "pw".into(),
-            transport: Transport::InsecureTcp,
-            resource: "e2e".into(),
-        };
-        let link = connect(&login).await.expect("the XMPP user logs in");
+        let link = connect(&login(prosody, nick, "e2e")).await.expect("the XMPP user logs in");
         let to = BareJid::new(ROOM_JID).expect("room").with_resource_str(nick).expect("occupant");
         let mut p = Presence::available().with_to(Jid::from(to));
         p.payloads.push(Element::builder("x", connector_xmpp::xmpp_parsers::ns::MUC).build());

@@ -4,18 +4,13 @@
 mod common;
 
 use bridge_api::event::OutboundKind;
-use common::{ROOM, RecordingRoute, component, join, message_event, send_like_the_core};
-use harness::Prosody;
+use common::{ComponentRoom, ROOM, component_room, message_event, send_like_the_core};
 use std::time::Duration;
 use xmpp_parsers::stanza::Stanza;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_the_room_as_the_puppets_chat_states() {
-    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    server.register("alice", "pw-alice").expect("register");
-    let route = RecordingRoute::default();
-    let (id, account) = component(&server, &route).await;
-    let mut alice = join(&server, "alice").await.expect("alice joins");
+    let ComponentRoom { id, account, mut alice, server: _server, .. } = component_room().await;
     for (n, active) in [(1, true), (2, false)] {
         let mut e = message_event(id.clone(), ROOM, n, "bob", "");
         e.kind = OutboundKind::Typing { active };

@@ -4,8 +4,7 @@
 
 mod common;
 
-use common::{ROOM, RecordingRoute, component, join, message_event, room, send_like_the_core};
-use harness::Prosody;
+use common::{ComponentRoom, ROOM, component_room, message_event, room, send_like_the_core};
 use minidom::Element;
 use minidom::rxml::xml_ncname;
 use std::time::Duration;
@@ -15,11 +14,7 @@ use xmpp_parsers::stanza::Stanza;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reference_to_a_puppet_is_a_mention_of_its_user() {
-    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    server.register("alice", "pw-alice").expect("register");
-    let route = RecordingRoute::default();
-    let (id, account) = component(&server, &route).await;
-    let alice = join(&server, "alice").await.expect("alice joins");
+    let ComponentRoom { route, id, account, alice, server: _server } = component_room().await;
     // Bob (a MIMI user) speaks: his puppet `bob` joins the room.
     let hello = message_event(id.clone(), ROOM, 1, "bob", "hello");
     send_like_the_core(account.as_ref(), &hello, Duration::from_secs(20)).await.expect("sent");
@@ -52,11 +47,7 @@ async fn a_reference_to_a_puppet_is_a_mention_of_its_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mimi_mention_of_an_xmpp_user_is_their_nick_with_a_reference() {
-    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    server.register("alice", "pw-alice").expect("register");
-    let route = RecordingRoute::default();
-    let (id, account) = component(&server, &route).await;
-    let mut alice = join(&server, "alice").await.expect("alice joins");
+    let ComponentRoom { id, account, mut alice, server: _server, .. } = component_room().await;
     let alice_uri = bridge_api::LegacyUser::new(id.clone(), format!("{ROOM}/alice")).uri("bridge.test");
     let mut e = message_event(id.clone(), ROOM, 2, "bob", "");
     e.kind = bridge_api::event::OutboundKind::Message {

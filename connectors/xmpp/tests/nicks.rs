@@ -6,8 +6,7 @@ mod common;
 
 use bridge_api::InboundKind;
 use bridge_api::event::OutboundEvent;
-use common::{ROOM, RecordingRoute, component, join, message_event, room, say, send_like_the_core};
-use harness::Prosody;
+use common::{ComponentRoom, ROOM, component_room, message_event, room, say, send_like_the_core};
 use minidom::Element;
 use std::time::Duration;
 use xmpp_parsers::jid::Jid;
@@ -16,11 +15,7 @@ use xmpp_parsers::stanza::Stanza;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_xmpp_user_who_changes_nick_stays_the_same_bridged_user() {
-    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    server.register("alice", "pw-alice").expect("register");
-    let route = RecordingRoute::default();
-    let (_, account) = component(&server, &route).await;
-    let alice = join(&server, "alice").await.expect("alice joins");
+    let ComponentRoom { route, account, alice, server: _server, .. } = component_room().await;
     say(&alice, "a-1", "as alice").await.expect("alice speaks");
     let to = room().with_resource_str("alicia").expect("occupant");
     let mut rename = Presence::available().with_to(Jid::from(to));
@@ -51,11 +46,7 @@ async fn an_xmpp_user_who_changes_nick_stays_the_same_bridged_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_bridged_users_puppet_changes_nick() {
-    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    server.register("alice", "pw-alice").expect("register");
-    let route = RecordingRoute::default();
-    let (id, account) = component(&server, &route).await;
-    let mut alice = join(&server, "alice").await.expect("alice joins");
+    let ComponentRoom { id, account, mut alice, server: _server, .. } = component_room().await;
     let said = |n: u8, name: &str, text: &str| -> OutboundEvent {
         let mut e = message_event(id.clone(), ROOM, n, "bob", text);
         e.sender.display_name = name.to_owned();

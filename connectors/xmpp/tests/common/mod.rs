@@ -306,3 +306,27 @@ pub async fn joined(account: &dyn Account) {
     }
     account.join(ROOM).await.expect("the bridge joins");
 }
+
+/// A Prosody with the user `alice` and a component-mode account, both in the room.
+pub struct ComponentRoom {
+    /// The server (stopped when this is dropped).
+    pub server: Prosody,
+    /// The core side of the account.
+    pub route: RecordingRoute,
+    /// The account's id.
+    pub id: AccountId,
+    /// The account, joined.
+    pub account: Arc<dyn Account>,
+    /// Alice's stream, joined.
+    pub alice: Link,
+}
+
+/// Starts a [`ComponentRoom`].
+pub async fn component_room() -> ComponentRoom {
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("alice", "pw-alice").expect("register");
+    let route = RecordingRoute::default();
+    let (id, account) = component(&server, &route).await;
+    let alice = join(&server, "alice").await.expect("alice joins");
+    ComponentRoom { server, route, id, account, alice }
+}
