@@ -150,3 +150,42 @@ async fn a_catch_up_longer_than_one_archive_page_misses_nothing() {
     assert_eq!(got, expected, "each missed message once, in order");
     account.shutdown().await;
 }
+
+/// A room without an archive (its service refuses archive queries): the catch-up ends at once instead of holding
+/// sends back, and messages flow both ways, before and after a server restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_without_an_archive_still_relays_across_a_restart() {
+    let _ = tracing_subscriber::fmt().with_env_filter("connector_xmpp=debug").with_test_writer().try_init();
+    let mut server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("alice", "pw-alice").expect("register");
+    server.register("bridge", "pw-bridge").expect("register");
+    let room = format!("plain@{}", server.nomam_domain);
+    let id = AccountId::new("xmpp", "q").expect("account id");
+    let mut config = Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge");
+    config.transport = Transport::InsecureTcp;
+    let route = RecordingRoute::default();
+    let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test");
+    let account = XmppConnector.start(id.clone(), config, ctx).await.expect("start");
+    let mut health = account.health();
+    for round in 1..=2u8 {
+        while *health.borrow_and_update() != bridge_api::Health::Connected {
+            tokio::time::timeout(Duration::from_secs(30), health.changed()).await.expect("connected").expect("health");
+        }
+        account.join(&room).await.expect("the bridge joins");
+        let alice = common::join_room(&server, "alice", &room).await.expect("alice joins");
+        let event = message_event(id.clone(), &room, round, "bob", &format!("out-{round}"));
+        let started = tokio::time::Instant::now();
+        send_like_the_core(account.as_ref(), &event, Duration::from_secs(30)).await.expect("delivered");
+        assert!(started.elapsed() < Duration::from_secs(5), "the send waited {:?}", started.elapsed());
+        common::say_in(&alice, &room, &format!("a-{round}"), &format!("in-{round}")).await.expect("alice speaks");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !route.bodies().contains(&format!("in-{round}")) {
+            assert!(tokio::time::Instant::now() < deadline, "in-{round} reached the core: {:?}", route.bodies());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if round == 1 {
+            server.restart().expect("prosody restarts");
+        }
+    }
+    account.shutdown().await;
+}

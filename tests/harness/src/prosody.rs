@@ -1,7 +1,7 @@
 //! A throw-away Prosody (XMPP server) on free loopback ports in a temp dir.
 //!
 //! One virtual host (`localhost`), a MUC component (`muc.localhost`, rooms persistent by default, `muc_mam` on so
-//! rooms keep an archive) and an external component (XEP-0114, `bridge.localhost`) with a secret. TLS, s2s and
+//! rooms keep an archive), a second MUC component without archives (`nomam.localhost`) and an external component (XEP-0114, `bridge.localhost`) with a secret. TLS, s2s and
 //! rate limits are off; clients log in with PLAIN over plain TCP. Accounts are created by writing Prosody's
 //! internal storage files ([`Prosody::register`]), which Prosody reads at each login.
 //!
@@ -22,6 +22,8 @@ pub struct Prosody {
     pub domain: String,
     /// The MUC component's domain (`muc.localhost`).
     pub muc_domain: String,
+    /// A MUC component whose rooms have no archive (`nomam.localhost`): archive queries are refused.
+    pub nomam_domain: String,
     /// The external component's domain (`bridge.localhost`).
     pub component_domain: String,
     /// The external component's handshake secret.
@@ -62,6 +64,7 @@ impl Prosody {
         let mut server = Self {
             domain: "localhost".into(),
             muc_domain: "muc.localhost".into(),
+            nomam_domain: "nomam.localhost".into(),
             component_domain: "bridge.localhost".into(),
             component_secret: secret,
             c2s_port,
@@ -226,6 +229,10 @@ Component "muc.localhost" "muc"
     muc_room_default_public = true
     muc_room_locking = false
     max_history_messages = 50
+
+Component "nomam.localhost" "muc"
+    muc_room_default_persistent = true
+    muc_room_locking = false
 
 Component "bridge.localhost"
     component_secret = "{secret}"

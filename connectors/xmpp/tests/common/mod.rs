@@ -38,9 +38,16 @@ pub fn room() -> BareJid {
     BareJid::new(ROOM).expect("room jid")
 }
 
+/// `nick` logs in and joins the room; returns once the room confirms.
 pub async fn join(server: &Prosody, nick: &str) -> Result<Link, String> {
+    join_room(server, nick, ROOM).await
+}
+
+/// `nick` logs in and joins `room`; returns once the room confirms.
+pub async fn join_room(server: &Prosody, nick: &str, room: &str) -> Result<Link, String> {
     let mut link = client::connect(&login(server, nick)).await.map_err(|e| format!("{nick} logs in: {e}"))?;
-    let to = room().with_resource_str(nick).map_err(|e| e.to_string())?;
+    let room = BareJid::new(room).map_err(|e| e.to_string())?;
+    let to = room.with_resource_str(nick).map_err(|e| e.to_string())?;
     let mut p = Presence::available().with_to(Jid::from(to));
     p.payloads.push(
         Element::builder("x", xmpp_parsers::ns::MUC)
@@ -128,7 +135,13 @@ pub async fn send_when_ready(
 
 /// `user` says `text` in the room (with an origin-id of `id`), without waiting for the reflection.
 pub async fn say(link: &Link, id: &str, text: &str) -> Result<(), String> {
-    let mut m = Message::new_with_type(MessageType::Groupchat, Some(Jid::from(room())));
+    say_in(link, ROOM, id, text).await
+}
+
+/// As [`say`], in `room`.
+pub async fn say_in(link: &Link, room: &str, id: &str, text: &str) -> Result<(), String> {
+    let room = BareJid::new(room).map_err(|e| e.to_string())?;
+    let mut m = Message::new_with_type(MessageType::Groupchat, Some(Jid::from(room)));
     m.id = Some(Id(id.to_owned()));
     m.bodies.insert(Lang::new(), text.to_owned());
     m.payloads.push(Element::builder("origin-id", xmpp_parsers::ns::SID).attr(xml_ncname!("id").into(), id).build());
@@ -175,8 +188,8 @@ pub async fn archive_bodies(server: &Prosody, user: &str) -> Result<Vec<String>,
 }
 
 /// The core side of a context, enough for recovery tests: accepts every event, records it, and knows the native
-/// ids of what it accepted (clones share what they record) and of what [`RecordingRoute::delivered`] was told (the core's ID map); events from
-/// registered ghosts are the bridge's own, as in the core.
+/// ids of what it accepted and of what [`RecordingRoute::delivered`] was told (the core's ID map); events from
+/// registered ghosts are the bridge's own, as in the core. Clones share what they record.
 #[derive(Default, Clone)]
 pub struct RecordingRoute {
     inner: Arc<Mutex<Recorded>>,
