@@ -6,8 +6,9 @@
 //! (`docs/connector-guide.md`):
 //!
 //! * sans IO: [`inbound`] (stanzas → core events), [`outbound`] (core events → stanzas), [`styling`] (XEP-0393
-//!   ⇄ markdown), [`oob`] (attachments as XEP-0066 links), [`mentions`] (XEP-0372 references), [`escape`] (puppet JID localparts), [`puppets`] (puppet JIDs and nicks), [`framing`]
-//!   (component stream → bounded stanzas, namespace rewrite), [`ns`];
+//!   ⇄ markdown), [`oob`] (attachments as XEP-0066 links), [`mentions`] (XEP-0372 references), [`escape`]
+//!   (puppet JID localparts), [`puppets`] (puppet JIDs and nicks), [`catchup`] (the archive after a join),
+//!   [`selfping`], [`framing`] (component stream → bounded stanzas, namespace rewrite), [`ns`];
 //! * IO shell: [`account`] (the account: reconnects, joins, relays, puppets), [`client`] (one client-to-server
 //!   stream), [`component`] (one XEP-0114 stream), [`link`] (a stream as the account sees it).
 //!
@@ -123,8 +124,9 @@ impl Config {
 }
 
 /// What an account can express: messages with styling, attachments (XEP-0066 links; inbound files go through
-/// the daemon's media store), XEP-0461 replies, XEP-0308 corrections, XEP-0424
-/// retractions; reactions as XEP-0444 sets from each puppet in component mode, as a text line in client mode
+/// the daemon's media store), XEP-0461 replies, XEP-0308 corrections, XEP-0424 retractions; mentions as XEP-0372
+/// references around the mentioned user's nick (in client mode bridged users have no nick in the room, so a
+/// mention of one is their name as text: degraded); reactions as XEP-0444 sets from each puppet in component mode, as a text line in client mode
 /// (one account cannot hold a reaction set per bridged user); joins and leaves as puppet presence, and typing as
 /// the puppet's XEP-0085 chat states, in component mode (in client mode the one relay account would show
 /// everyone's typing as its own, so none is sent).
@@ -138,7 +140,7 @@ pub fn capabilities(config: &Config) -> Capabilities {
         .with(Feature::Reactions, if component { Grade::Full } else { Grade::Degraded })
         .with(Feature::Membership, if component { Grade::Full } else { Grade::Unsupported })
         .with(Feature::MultiLine, Grade::Full)
-        .with(Feature::Mentions, Grade::Degraded)
+        .with(Feature::Mentions, if component { Grade::Full } else { Grade::Degraded })
         .with(Feature::Attachments, Grade::Full)
         .with(Feature::Typing, if component { Grade::Full } else { Grade::Unsupported })
         .with_limits(Limits { max_text_bytes: Some(inbound::MAX_BODY), max_lines: None, max_attachment_bytes: None })
