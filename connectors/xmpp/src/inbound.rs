@@ -16,7 +16,8 @@
 //!   are (`307` kick, `301` ban, `303` nick change is not a departure).
 //! * **Nick changes** (`303`): the occupant stays the same bridged user. Its native id stays the occupant JID
 //!   it had when the bridge first saw it (only its display name follows the new nick), its corrections of
-//!   messages sent under the old nick are still accepted, and the new nick's arrival is not a join.
+//!   messages sent under the old nick are still accepted, and the new nick's arrival is not a join. Someone
+//!   who then takes the old nick gets an identity of their own (the occupant JID with `#N`).
 //! * **Encrypted** messages (OMEMO, XEP-0380) become a notice saying the bridge cannot read them.
 
 use crate::ns;
@@ -90,6 +91,8 @@ pub struct RoomState {
     renamed: HashMap<String, String>,
     /// New nicks announced by a `303` whose arrival is still to come (not a join).
     arriving: HashSet<String>,
+    /// How many newcomers took a nick a renamed occupant was first seen as (see `newcomer`).
+    others: u64,
     /// The room's JID as text (to recognise references to its occupants).
     room_str: String,
     /// The bridge's MIMI domain (mentioned occupants' URIs); empty: mentions stay text.
@@ -113,6 +116,7 @@ impl RoomState {
             order: VecDeque::new(),
             renamed: HashMap::new(),
             arriving: HashSet::new(),
+            others: 0,
             room_str,
             domain: String::new(),
             bridged: HashMap::new(),
@@ -164,6 +168,19 @@ impl RoomState {
     /// The occupant JID `room@service/nick`: the native id of a MUC user.
     pub fn occupant_id(&self, nick: &str) -> String {
         format!("{}/{nick}", self.jid)
+    }
+
+    /// A newcomer who takes the nick a renamed occupant was first seen as is someone else: an identity of its
+    /// own (the occupant JID with `#N`), not the renamed occupant's.
+    fn newcomer(&mut self, nick: &str) {
+        if self.arriving.contains(nick) || self.renamed.contains_key(nick) {
+            return;
+        }
+        let plain = self.occupant_id(nick);
+        if self.renamed.values().any(|id| *id == plain) {
+            self.others += 1;
+            self.renamed.insert(nick.to_owned(), format!("{plain}#{}", self.others));
+        }
     }
 
     /// Who `nick` is: the occupant JID it was first seen as (see the nick changes in the module documentation).
@@ -399,6 +416,9 @@ impl RoomState {
             }
             self.reset();
             return Outcome::Ignored("the bridge left the room");
+        }
+        if available && !self.occupants.contains(&nick) {
+            self.newcomer(&nick);
         }
         let sender = self.user(&nick);
         let change = if available {

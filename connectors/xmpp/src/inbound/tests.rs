@@ -325,9 +325,14 @@ fn an_occupant_that_changes_nick_stays_the_same_bridged_user() {
     let e = event(r.message(msg(&groupchat("Ally", "m3", "S3", fix)), none, none));
     assert_eq!(e.kind, InboundKind::Edit { target: NativeId("S1".into()), draft: MessageDraft::plain("hello") });
     // Someone new who takes the old nick is someone else.
-    assert!(matches!(event(r.presence(presence("Alice", "", "", ""), none)).kind, InboundKind::Membership { .. }));
+    let joined = event(r.presence(presence("Alice", "", "", ""), none));
+    assert!(matches!(joined.kind, InboundKind::Membership { .. }));
     let e = event(r.message(msg(&groupchat("Alice", "m4", "S4", "<body>I am new</body>")), none, none));
-    assert_eq!(e.sender.native_id, format!("{ROOM}/Alice"));
+    assert_ne!(e.sender.native_id, format!("{ROOM}/Alice"), "not the renamed occupant");
+    assert_eq!(e.sender.native_id, joined.sender.native_id);
+    assert_eq!(e.sender.display_name.as_deref(), Some("Alice"));
+    let e = event(r.message(msg(&groupchat("Ally", "m6", "S6", "<body>still me</body>")), none, none));
+    assert_eq!(e.sender.native_id, format!("{ROOM}/Alice"), "the renamed occupant keeps theirs");
     // A departure ends the identity: whoever takes Ally later is a new user.
     let e = event(r.presence(presence("Ally", "type='unavailable'", "", ""), none));
     assert_eq!(e.sender.native_id, format!("{ROOM}/Alice"));
