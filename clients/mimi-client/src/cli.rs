@@ -61,6 +61,19 @@ pub enum ClientCommand {
         /// Replace (edit) this message of yours.
         #[arg(long, value_name = "ID")]
         edit: Option<String>,
+        /// Attach this file: encrypted with a fresh key, the ciphertext written to `--upload-dir` (named by its
+        /// hash) and linked at `--upload-url`/HASH as a MIMI external part — for a static file host you run.
+        #[arg(long, value_name = "PATH", requires_all = ["upload_dir", "upload_url"])]
+        attach: Option<PathBuf>,
+        /// The media type of the attached file.
+        #[arg(long, value_name = "TYPE", default_value = "application/octet-stream")]
+        attach_type: String,
+        /// Where the attached file's ciphertext is written.
+        #[arg(long, value_name = "DIR")]
+        upload_dir: Option<PathBuf>,
+        /// The URL under which `--upload-dir` is served.
+        #[arg(long, value_name = "URL")]
+        upload_url: Option<String>,
     },
     /// Prints messages of ROOM not seen yet, then new ones.
     Listen {

@@ -53,9 +53,13 @@ async fn execute(args: ClientArgs) -> Res<()> {
             Ok(())
         }
         ClientCommand::Join { room } => membership::join(&mut s, &room).await,
-        ClientCommand::Send { room, text, reply_to, edit } => {
+        ClientCommand::Send { room, text, reply_to, edit, attach, attach_type, upload_dir, upload_url } => {
             let room = s.room_uri(&room);
-            let msg = Outgoing { text: &text, reply_to: reply_to.as_deref(), edit: edit.as_deref() };
+            let attachment = match (attach, upload_dir, upload_url) {
+                (Some(path), Some(dir), Some(url)) => Some(messages::upload(&path, &attach_type, &dir, &url)?),
+                _ => None,
+            };
+            let msg = Outgoing { text: &text, reply_to: reply_to.as_deref(), edit: edit.as_deref(), attachment };
             println!("{}", messages::send(&mut s, &room, msg).await?);
             Ok(())
         }

@@ -4,11 +4,13 @@ use crate::api;
 use crate::render::Transcript;
 use crate::room::{self, Verdict, catch_up, epoch_moved};
 use crate::session::{Res, Session};
+use mimi_content::attachment::{self, Description};
 use mimi_content::builder::ContentBuilder;
+use mimi_content::model::{Disposition, ExternalPart, MultiPart, NestedPart, PartBody, PartSemantics};
 use std::time::Duration;
 
-/// What to send: a text, possibly a reply to or an edit of another message (ids in hex).
-#[derive(Debug, Default, Clone, Copy)]
+/// What to send: a text, possibly a reply to or an edit of another message (ids in hex), possibly with a file.
+#[derive(Debug, Default, Clone)]
 pub struct Outgoing<'a> {
     /// The text; a text starting with `/me ` is an emote.
     pub text: &'a str,
@@ -16,6 +18,25 @@ pub struct Outgoing<'a> {
     pub reply_to: Option<&'a str>,
     /// The message of ours it replaces.
     pub edit: Option<&'a str>,
+    /// An attached file, uploaded already ([`upload`]).
+    pub attachment: Option<ExternalPart>,
+}
+
+/// Encrypts the file at `path` (of media type `media_type`) for a MIMI external part: the ciphertext is written to
+/// `dir`, named by its SHA-256 in hex, and the part links it as `base_url/HEX`.
+pub fn upload(path: &std::path::Path, media_type: &str, dir: &std::path::Path, base_url: &str) -> Res<ExternalPart> {
+    let plaintext = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let blob = attachment::encrypt(&plaintext).map_err(|e| e.to_string())?;
+    let name = hex::encode(blob.hash);
+    std::fs::write(dir.join(&name), &blob.ciphertext).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let filename = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let url = format!("{}/{name}", base_url.trim_end_matches('/'));
+    Ok(blob.describe(&Description {
+        url: &url,
+        content_type: media_type,
+        filename: &filename,
+        ..Description::default()
+    }))
 }
 
 /// Sends `msg` to `room` (a URI), catching up first (and again if the room moved on); the message id in hex.
@@ -26,6 +47,22 @@ pub async fn send(s: &mut Session, room: &str, msg: Outgoing<'_>) -> Res<String>
         hex::decode(v).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| format!("{v:?} is not a message id"))
     };
     let mut b = ContentBuilder::new(&s.st.uri, room).plain_text(msg.text);
+    if let Some(part) = msg.attachment {
+        // The text, then the file, each processed (multipart processAll).
+        let parts = vec![
+            NestedPart::single("text/plain;charset=utf-8", msg.text.as_bytes()),
+            NestedPart {
+                disposition: Disposition::Attachment,
+                language: String::new(),
+                body: PartBody::External(Box::new(part)),
+            },
+        ];
+        b = b.body(NestedPart {
+            disposition: Disposition::Render,
+            language: String::new(),
+            body: PartBody::Multi(MultiPart { semantics: PartSemantics::ProcessAll, parts }),
+        });
+    }
     if let Some(r) = msg.reply_to {
         b = b.reply_to(id_arg(r)?);
     }

@@ -20,13 +20,18 @@ pub fn room_path(room: &str) -> &str {
 fn describe(sender: &str, m: &Message, room: &str) -> serde_json::Value {
     let c = m.content();
     let mut text = String::new();
-    c.nested_part.walk(&mut |p| {
-        if let PartBody::Single(s) = &p.body
-            && text.is_empty()
-            && s.content_type.starts_with("text/")
-        {
+    let mut attachments = Vec::new();
+    c.nested_part.walk(&mut |p| match &p.body {
+        PartBody::Single(s) if text.is_empty() && s.content_type.starts_with("text/") => {
             text = String::from_utf8_lossy(&s.content).into_owned();
         }
+        // What it takes to fetch and decrypt the file (the message's own content, shown to its reader).
+        PartBody::External(e) => attachments.push(serde_json::json!({
+            "url": e.url, "content_type": e.content_type, "filename": e.filename, "size": e.size,
+            "enc_alg": e.enc_alg.0, "key": hex::encode(&e.key), "nonce": hex::encode(&e.nonce),
+            "hash_alg": e.hash_alg as u8, "content_hash": hex::encode(&e.content_hash),
+        })),
+        _ => {}
     });
     let id = m.message_id_with(Some(sender), Some(room)).map(hex::encode).unwrap_or_default();
     let legacy = LegacySender::from_extensions(&c.extensions).ok().flatten();
@@ -39,6 +44,7 @@ fn describe(sender: &str, m: &Message, room: &str) -> serde_json::Value {
         "in_reply_to": c.in_reply_to.map(hex::encode),
         "replaces": c.replaces.map(hex::encode),
         "disposition": format!("{:?}", c.nested_part.disposition),
+        "attachments": attachments,
     })
 }
 
