@@ -19,6 +19,7 @@ mod identities;
 mod irc_daemon;
 mod listener_bounds;
 mod matrix_daemon;
+mod matrix_media;
 mod media;
 mod memory_bounds;
 mod mimi_tls;

@@ -8,11 +8,11 @@ use crate::common::client::{client, messages, server_of};
 use crate::common::{Daemon, cli, write_config};
 use harness::{IrcClient, MatrixUser, Ngircd, Synapse, SynapseOptions};
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const SERVER_NAME: &str = "hs.test";
-const ROOM: &str = "mimi://bridge.example.org/r/rust";
+pub(crate) const ROOM: &str = "mimi://bridge.example.org/r/rust";
 
 /// The `[matrix.hs]` table (tokens in files the registration command creates) and the `rust` portal's legs.
 fn matrix_config(dir: &Path, homeserver: &str, listen: u16, room_id: &str, irc: &str) -> String {
@@ -27,26 +27,32 @@ fn matrix_config(dir: &Path, homeserver: &str, listen: u16, room_id: &str, irc: 
 }
 
 /// A Matrix user's client-server call; panics unless it succeeds.
-fn call(hs: &Synapse, user: &MatrixUser, method: &str, path: &str, body: Option<Value>) -> Value {
+pub(crate) fn call(hs: &Synapse, user: &MatrixUser, method: &str, path: &str, body: Option<Value>) -> Value {
     let (status, v) = hs.request(method, path, Some(&user.access_token), body.as_ref()).expect("homeserver answers");
     assert_eq!(status, 200, "{method} {path}: {v}");
     v
 }
 
 /// Sends an event as `user`; its event id.
-fn send(hs: &Synapse, user: &MatrixUser, room: &str, txn: &str, event_type: &str, content: Value) -> String {
+pub(crate) fn send(hs: &Synapse, user: &MatrixUser, room: &str, txn: &str, event_type: &str, content: Value) -> String {
     let v = call(hs, user, "PUT", &format!("/_matrix/client/v3/rooms/{room}/send/{event_type}/{txn}"), Some(content));
     v["event_id"].as_str().expect("event id").to_owned()
 }
 
 /// The room's timeline events of type `m.room.message`, oldest first, as `user` sees them.
-fn room_messages(hs: &Synapse, user: &MatrixUser, room: &str) -> Vec<Value> {
+pub(crate) fn room_messages(hs: &Synapse, user: &MatrixUser, room: &str) -> Vec<Value> {
     let v = call(hs, user, "GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=500"), None);
     v["chunk"].as_array().into_iter().flatten().filter(|e| e["type"] == "m.room.message").cloned().collect()
 }
 
 /// Waits until the room has a message event `pred` accepts; returns it.
-fn await_matrix(hs: &Synapse, user: &MatrixUser, room: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn await_matrix(
+    hs: &Synapse,
+    user: &MatrixUser,
+    room: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(e) = room_messages(hs, user, room).into_iter().find(|e| pred(e)) {
@@ -58,15 +64,29 @@ fn await_matrix(hs: &Synapse, user: &MatrixUser, room: &str, what: &str, pred: i
 }
 
 /// The next `n` messages the native client hears.
-fn hear(state: &Path, server: &str, n: usize) -> Vec<Value> {
+pub(crate) fn hear(state: &Path, server: &str, n: usize) -> Vec<Value> {
     let got =
         messages(&client(state, server, &["listen", ROOM, "--json", "--count", &n.to_string(), "--timeout", "30"]));
     assert_eq!(got.len(), n, "the native client heard {got:?}");
     got
 }
 
-#[test]
-fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_daemon() {
+/// A running bridge: Synapse with the generated registration, ngIRCd, the daemon with a `rust` portal linking a
+/// Matrix room (created by `mx`) and `#chan`, and alice, a native client who joined the portal.
+pub(crate) struct Bridge {
+    pub dir: tempfile::TempDir,
+    pub hs: Synapse,
+    pub irc: Ngircd,
+    pub mx: MatrixUser,
+    pub room: String,
+    pub d: Daemon,
+    pub listen: u16,
+    pub server: String,
+    pub alice: PathBuf,
+}
+
+/// Starts a [`Bridge`]; `extra` is appended to the daemon's config.
+pub(crate) fn start_bridge(extra: &str) -> Bridge {
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = harness::free_port().expect("port");
     // The registration comes first (Synapse loads it at start); the homeserver URL is not in it.
@@ -90,7 +110,8 @@ fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_dae
     let mx = hs.register_user("mxuser").expect("matrix user");
     let room = call(&hs, &mx, "POST", "/_matrix/client/v3/createRoom", Some(json!({"preset": "public_chat"})));
     let room = room["room_id"].as_str().expect("room id").to_owned();
-    let (cfg, _) = write_config(dir.path(), &matrix_config(dir.path(), &hs.url(), listen, &room, &irc.addr()));
+    let config = format!("{}{extra}", matrix_config(dir.path(), &hs.url(), listen, &room, &irc.addr()));
+    let (cfg, _) = write_config(dir.path(), &config);
     let cfg_s = cfg.to_str().expect("utf-8");
     let (code, out, err) = cli(&["check-config", cfg_s]);
     assert_eq!(code, 0, "{out}{err}");
@@ -103,12 +124,17 @@ fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_dae
         assert!(Instant::now() < deadline, "the appservice user never joined: {}", d.log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(d.wait_line("channel=#chan", Duration::from_secs(30)), "bridge joined #chan: {:?}", d.seen);
-
     let server = server_of(&cfg);
     let alice = dir.path().join("alice");
     client(&alice, &server, &["register", "alice"]);
     client(&alice, &server, &["join", ROOM]);
+    Bridge { dir, hs, irc, mx, room, d, listen, server, alice }
+}
+
+#[test]
+fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_daemon() {
+    let Bridge { dir, hs, irc, mx, room, mut d, listen, server, alice } = start_bridge("");
+    assert!(d.wait_line("channel=#chan", Duration::from_secs(30)), "bridge joined #chan: {:?}", d.seen);
     let mut ircuser = IrcClient::connect(&irc.addr(), "ircuser").expect("irc user");
     ircuser.join("#chan").expect("join #chan");
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// GET `path` from `addr`: status, headers, body.
-async fn get(addr: &str, path: &str) -> (u16, hyper::HeaderMap, Vec<u8>) {
+pub(crate) async fn get(addr: &str, path: &str) -> (u16, hyper::HeaderMap, Vec<u8>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("http");
     tokio::spawn(conn);

@@ -11,13 +11,15 @@
 
 use crate::config::Config;
 use crate::homeserver::{Homeserver, HsError};
+use crate::media_transfer;
 use crate::outbound::MatrixAction;
 use crate::server::Transactions;
 use crate::translate::Translator;
 use async_trait::async_trait;
 use bridge_api::connector::{Delivery, SendError};
 use bridge_api::{
-    Account, AccountContext, AccountId, Capabilities, ConnectorError, Health, NativeId, OutboundEvent, RouteError,
+    Account, AccountContext, AccountId, Capabilities, ConnectorError, Health, InboundKind, NativeId, OutboundEvent,
+    RouteError,
 };
 use ruma::events::room::member::{MembershipState, RoomMemberEvent};
 use ruma::events::{AnyStateEvent, AnyTimelineEvent};
@@ -181,6 +183,14 @@ impl Inner {
                     other => other.map(Some),
                 }
             }
+            MatrixAction::SendMedia { room, as_user, txn_id, attachment, content } => {
+                let room = self.room_id(&room);
+                self.ensure_ghost(&room, &as_user, name, uri).await?;
+                let content =
+                    media_transfer::upload(&self.hs, self.ctx.media.as_ref(), &attachment.url, content, &as_user)
+                        .await?;
+                self.hs.send(&room, "m.room.message", &txn_id, &content, &as_user).await.map(Some)
+            }
             MatrixAction::Redact { room, as_user, event_id, txn_id } => {
                 let room = self.room_id(&room);
                 self.ensure_ghost(&room, &as_user, name, uri).await?;
@@ -308,6 +318,10 @@ impl Transactions for Inner {
             match self.tr.inbound(&ev, name.as_deref()) {
                 Ok(mut inbound) => {
                     inbound.leg.room = leg_room;
+                    if let InboundKind::Message { draft, .. } | InboundKind::Edit { draft, .. } = &mut inbound.kind {
+                        let reader = self.cfg.bot_user_id();
+                        media_transfer::download_all(&self.hs, self.ctx.media.as_ref(), &reader, draft).await?;
+                    }
                     match self.ctx.inbound.enqueue(inbound).await {
                         Ok(ack) => pending.push(ack),
                         Err(e) if temporary(&e) => return Err(e.to_string()),

@@ -12,6 +12,19 @@ use std::time::Duration;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest 429 wait honoured inside one call; a longer one makes the call [`HsError::Unavailable`].
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+/// The largest JSON answer read.
+const MAX_JSON_BYTES: u64 = 16 << 20;
+
+/// What a request carries.
+enum Body {
+    Empty,
+    Json(Value),
+    /// A file, with its media type.
+    File {
+        bytes: Vec<u8>,
+        media_type: String,
+    },
+}
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +96,20 @@ impl Homeserver {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value, HsError> {
+        let body = body.map(|b| Body::Json(b.clone())).unwrap_or(Body::Empty);
+        let (_, bytes) = self.exchange(method, segments, query, body, MAX_JSON_BYTES).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// One request; the answer's media type and body (at most `limit` bytes) if it succeeded. 429s are waited out.
+    async fn exchange(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Body,
+        limit: u64,
+    ) -> Result<(String, Vec<u8>), HsError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|()| HsError::Unavailable("homeserver_url cannot be a base".into()))?
@@ -93,22 +120,35 @@ impl Homeserver {
         let mut waited = Duration::ZERO;
         loop {
             let mut req = self.http.request(method.clone(), url.clone()).bearer_auth(&self.as_token);
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            let resp = req.send().await.map_err(|e| HsError::Unavailable(without_url(&e)))?;
+            req = match &body {
+                Body::Empty => req,
+                Body::Json(b) => req.json(b),
+                Body::File { bytes, media_type } => {
+                    req.header(reqwest::header::CONTENT_TYPE, media_type.as_str()).body(bytes.clone())
+                }
+            };
+            let mut resp = req.send().await.map_err(|e| HsError::Unavailable(without_url(&e)))?;
             let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let text = resp.text().await.map_err(|e| HsError::Unavailable(without_url(&e)))?;
-            let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            if status.is_success() {
-                return Ok(json);
+            let header = |name| resp.headers().get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok());
+            let retry_after =
+                header(reqwest::header::RETRY_AFTER).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
+            let media_type = header(reqwest::header::CONTENT_TYPE).unwrap_or("application/octet-stream").to_owned();
+            let limit = if status.is_success() { limit } else { MAX_JSON_BYTES };
+            let mut bytes = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| HsError::Unavailable(without_url(&e)))? {
+                if (bytes.len() + chunk.len()) as u64 > limit {
+                    return Err(HsError::Refused {
+                        status: 413,
+                        errcode: "M_TOO_LARGE".into(),
+                        error: format!("the answer is larger than {limit} bytes"),
+                    });
+                }
+                bytes.extend_from_slice(&chunk);
             }
+            if status.is_success() {
+                return Ok((media_type, bytes));
+            }
+            let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let wait = json["retry_after_ms"]
                     .as_u64()
@@ -130,6 +170,39 @@ impl Homeserver {
             }
             return Err(HsError::Refused { status: status.as_u16(), errcode, error });
         }
+    }
+
+    /// Downloads the file of an `mxc://` URI through authenticated media
+    /// (`GET /_matrix/client/v1/media/download/{server}/{id}`) as `user_id`: its media type and bytes, at most
+    /// `limit` of them.
+    pub async fn download(&self, mxc: &str, user_id: &str, limit: u64) -> Result<(String, Vec<u8>), HsError> {
+        let Some((server, id)) = crate::media::mxc_parts(mxc) else {
+            return Err(HsError::Refused { status: 400, errcode: "M_INVALID_PARAM".into(), error: format!("{mxc:?}") });
+        };
+        let path = ["_matrix", "client", "v1", "media", "download", server, id];
+        self.exchange(Method::GET, &path, &[("user_id", user_id)], Body::Empty, limit).await
+    }
+
+    /// Uploads a file as `user_id` (`POST /_matrix/media/v3/upload`); returns its `mxc://` URI.
+    pub async fn upload(
+        &self,
+        bytes: Vec<u8>,
+        media_type: &str,
+        filename: Option<&str>,
+        user_id: &str,
+    ) -> Result<String, HsError> {
+        let mut query = vec![("user_id", user_id)];
+        if let Some(f) = filename {
+            query.push(("filename", f));
+        }
+        let body = Body::File { bytes, media_type: media_type.to_owned() };
+        let (_, answer) =
+            self.exchange(Method::POST, &["_matrix", "media", "v3", "upload"], &query, body, MAX_JSON_BYTES).await?;
+        let v: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+        v["content_uri"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| HsError::Unavailable("upload answer without content_uri".into()))
     }
 
     /// `POST /_matrix/client/v1/appservice/{id}/ping`: the homeserver calls our ping endpoint and reports whether

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `m.room.message` `m.text` / `m.notice` / `m.emote` | `Message` (style normal / notice / emote) |
 //! | … with `m.relates_to.m.in_reply_to` | `Message` with `reply_to` (plain reply fallback stripped) |
+//! | `m.image` / `m.file` / `m.video` / `m.audio` | `Message` with an attachment (its `url` the `mxc://` URI, which the IO shell downloads into the media store) and the caption, if any |
 //! | … with `rel_type: m.replace` | `Edit` of the original, with `m.new_content` |
 //! | `m.reaction` (`m.annotation`) | `ReactionAdd` |
 //! | `m.room.redaction` | `Delete` (of a message or a reaction: the core tells them apart) |
@@ -13,8 +14,8 @@
 //! `formatted_body` becomes MIMI markdown ([`crate::format::html_to_markdown`]); user pills and `m.mentions`
 //! become `mimi://` user links. Events of the bridge's own users are marked `from_bridge`.
 
-use crate::format;
 use crate::translate::Translator;
+use crate::{format, media};
 use bridge_api::event::{Membership, MessageDraft, MessageStyle};
 use bridge_api::{InboundEvent, InboundKind, LegId, LegacyUser, NativeId};
 use mimi_content::markdown;
@@ -28,7 +29,7 @@ pub enum Skipped {
     /// Nothing to bridge (state other than membership, an invite, a display-name-only change…).
     #[error("not bridged: {0}")]
     Ignored(&'static str),
-    /// A kind of content this connector does not bridge (yet): media, locations…
+    /// A kind of content this connector does not bridge (yet): locations, encrypted media…
     #[error("unsupported content: {0}")]
     Unsupported(String),
     /// The room id is not a valid leg name.
@@ -139,6 +140,13 @@ impl Translator {
 
     /// The content of a text, notice or emote.
     fn draft(&self, msgtype: &MessageType, mentions: Option<&Mentions>, reply: bool) -> Result<MessageDraft, Skipped> {
+        if let Some(file) = media::inbound(msgtype) {
+            let (attachment, caption) = file.map_err(|why| Skipped::Unsupported(why.to_owned()))?;
+            return Ok(MessageDraft {
+                attachments: vec![attachment],
+                ..MessageDraft::plain(caption.unwrap_or_default())
+            });
+        }
         let (style, body, formatted) = match msgtype {
             MessageType::Text(t) => (MessageStyle::Normal, &t.body, t.formatted.as_ref()),
             MessageType::Notice(n) => (MessageStyle::Notice, &n.body, n.formatted.as_ref()),

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::translate::fixtures::translator;
+use bridge_api::event::Attachment;
 use serde_json::{Value, json};
 
 const ROOM: &str = "!room:hs.test";
@@ -128,14 +129,24 @@ fn events_of_ghosts_and_the_bot_are_the_bridges_own() {
 }
 
 #[test]
-fn media_and_other_events_are_not_bridged() {
+fn media_become_attachments_with_their_caption_and_other_events_are_not_bridged() {
     let t = translator();
-    let img = event(
+    let img = json!({"msgtype": "m.image", "body": "look at this", "filename": "a.png", "url": "mxc://hs.test/x",
+                     "info": {"mimetype": "image/png", "size": 7}});
+    let ev = message(img);
+    let a = Attachment {
+        url: "mxc://hs.test/x".into(),
+        media_type: "image/png".into(),
+        size: Some(7),
+        filename: Some("a.png".into()),
+    };
+    assert_eq!(draft_of(&ev), &MessageDraft { attachments: vec![a], ..MessageDraft::plain("look at this") });
+    let loc = event(
         "m.room.message",
         "@alice:hs.test",
-        json!({"msgtype": "m.image", "body": "a.png", "url": "mxc://hs.test/x"}),
+        json!({"msgtype": "m.location", "body": "here", "geo_uri": "geo:1,2"}),
     );
-    assert_eq!(t.inbound(&img, None), Err(Skipped::Unsupported("m.image".into())));
+    assert_eq!(t.inbound(&loc, None), Err(Skipped::Unsupported("m.location".into())));
     let topic = event("m.room.topic", "@alice:hs.test", json!({"topic": "t"}));
     assert!(matches!(t.inbound(&topic, None), Err(Skipped::Ignored(_))));
 }

@@ -2,10 +2,11 @@
 //!
 //! * Translation, sans-IO (no sockets, no tokio; unit-tested on event JSON): [`inbound`] (Matrix events → core
 //!   events), [`outbound`] (core events → client-server API calls), [`format`] (Matrix HTML ⇄ MIMI markdown),
-//!   [`ghost`] (ghost user ids), [`translate`] (who is who).
+//!   [`ghost`] (ghost user ids), [`translate`] (who is who), [`media`] (media events ⇄ attachments).
 //! * Appservice mode (IO shell): [`server`] (the appservice API the homeserver calls, an axum router),
 //!   [`homeserver`] (client-server calls as ghosts), [`account`] (the [`bridge_api::Account`]), [`registration`]
-//!   (the registration file), [`config`] (`[matrix.NAME]`).
+//!   (the registration file), [`config`] (`[matrix.NAME]`), [`media_transfer`] (files between the homeserver and
+//!   the daemon's media store).
 //!
 //! The appservice API is served on a listener of its own, by the function the daemon gives
 //! [`MatrixConnector::new`] (its bounded listener: connection caps, timeouts).
@@ -16,6 +17,8 @@ pub mod format;
 pub mod ghost;
 pub mod homeserver;
 pub mod inbound;
+pub mod media;
+pub mod media_transfer;
 pub mod outbound;
 pub mod registration;
 pub mod server;
@@ -28,7 +31,7 @@ pub use outbound::{MatrixAction, OutboundError};
 pub use translate::Translator;
 
 use async_trait::async_trait;
-use bridge_api::capability::{Feature, Grade, Limits};
+use bridge_api::capability::{Grade, Limits};
 use bridge_api::{Account, AccountContext, AccountId, Capabilities, Connector, ConnectorError, Health};
 use std::future::Future;
 use std::pin::Pin;
@@ -63,9 +66,10 @@ impl MatrixConnector {
     }
 }
 
-/// What an appservice account carries: everything Matrix has natively except media (not bridged yet).
+/// What an appservice account carries: everything Matrix has natively, files included (through the daemon's media
+/// store).
 pub fn capabilities() -> Capabilities {
-    Capabilities::all(Grade::Full).with(Feature::Attachments, Grade::Unsupported).with_limits(Limits {
+    Capabilities::all(Grade::Full).with_limits(Limits {
         max_text_bytes: Some(32 * 1024),
         max_lines: None,
         max_attachment_bytes: None,

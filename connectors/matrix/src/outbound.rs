@@ -5,6 +5,7 @@
 //! | `Message` (normal / notice / emote) | `m.room.message` `m.text` / `m.notice` / `m.emote` |
 //! | … with a parent delivered here | `m.relates_to.m.in_reply_to` (no reply fallback: removed in Matrix v1.13) |
 //! | … with a parent not delivered here | the parent quoted above the text |
+//! | … with attachments | the text (if any), then one `m.image` / `m.video` / `m.audio` / `m.file` per file, uploaded |
 //! | `Edit` | `m.replace` with `m.new_content` (a `* ` message when the original is not here) |
 //! | `Delete` | redaction |
 //! | `ReactionAdd` / `ReactionRemove` | `m.reaction` (`m.annotation`) / redaction of it |
@@ -15,9 +16,9 @@
 //! links become pills and `m.mentions`. Transaction ids are the core's [`bridge_api::TxnId`], derived from the MIMI
 //! message id and the leg, so a retried send is the same Matrix transaction.
 
-use crate::format;
 use crate::translate::Translator;
-use bridge_api::event::{Membership, MessageDraft, MessageStyle, ParentRef, TextFormat};
+use crate::{format, media};
+use bridge_api::event::{Attachment, Membership, MessageDraft, MessageStyle, ParentRef, TextFormat};
 use bridge_api::{OutboundEvent, OutboundKind};
 use mimi_content::markdown;
 use serde_json::{Value, json};
@@ -36,6 +37,20 @@ pub enum MatrixAction {
         /// The transaction id (stable across retries).
         txn_id: String,
         /// The event content.
+        content: Value,
+    },
+    /// Upload the file of `attachment` (from the media store) as the ghost, complete `content` with it
+    /// ([`crate::media::complete`]) and send it as an `m.room.message`.
+    SendMedia {
+        /// The room id.
+        room: String,
+        /// The ghost sending it.
+        as_user: String,
+        /// The transaction id (stable across retries).
+        txn_id: String,
+        /// The file, in the daemon's media store.
+        attachment: Attachment,
+        /// The event content, without `url`.
         content: Value,
     },
     /// `PUT /rooms/{room}/redact/{event_id}/{txn_id}`.
@@ -82,9 +97,9 @@ pub enum OutboundError {
     /// The sender can have no ghost.
     #[error(transparent)]
     Ghost(#[from] crate::ghost::GhostError),
-    /// Attachments need the media store, which this connector does not have yet.
-    #[error("attachments are not bridged to Matrix yet")]
-    Attachments,
+    /// An edit cannot change the files of a Matrix message.
+    #[error("an edit cannot change attachments on Matrix")]
+    EditedAttachments,
 }
 
 impl Translator {
@@ -114,14 +129,34 @@ impl Translator {
                     Some(p) => (quoted(p, draft), None),
                     None => (draft.clone(), None),
                 };
-                let mut content = self.content(&draft)?;
-                if let Some(parent) = parent {
+                // The text, then one event per file (its transaction id derived from the message's).
+                let mut actions = Vec::new();
+                if !draft.body.is_empty() || draft.attachments.is_empty() {
+                    actions.push(send("m.room.message", self.content(&draft)));
+                }
+                for (i, a) in draft.attachments.iter().enumerate() {
+                    actions.push(MatrixAction::SendMedia {
+                        room: room.clone(),
+                        as_user: as_user.clone(),
+                        txn_id: format!("{txn_id}-a{i}"),
+                        attachment: a.clone(),
+                        content: media::content(a),
+                    });
+                }
+                if let (
+                    Some(parent),
+                    Some(MatrixAction::Send { content, .. } | MatrixAction::SendMedia { content, .. }),
+                ) = (parent, actions.first_mut())
+                {
                     content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": parent}});
                 }
-                vec![send("m.room.message", content)]
+                actions
             }
             OutboundKind::Edit { target, draft } => {
-                let new_content = self.content(draft)?;
+                if !draft.attachments.is_empty() {
+                    return Err(OutboundError::EditedAttachments);
+                }
+                let new_content = self.content(draft);
                 let mut content = new_content.clone();
                 prefix_body(&mut content, "* ");
                 if let Some(id) = &target.native_id {
@@ -151,11 +186,8 @@ impl Translator {
         })
     }
 
-    /// The `m.room.message` content of a draft.
-    fn content(&self, draft: &MessageDraft) -> Result<Value, OutboundError> {
-        if !draft.attachments.is_empty() {
-            return Err(OutboundError::Attachments);
-        }
+    /// The `m.room.message` content of a draft's text.
+    fn content(&self, draft: &MessageDraft) -> Value {
         let msgtype = match draft.style {
             MessageStyle::Normal => "m.text",
             MessageStyle::Emote => "m.emote",
@@ -180,7 +212,7 @@ impl Translator {
                 }
             }
         }
-        Ok(content)
+        content
     }
 }
 

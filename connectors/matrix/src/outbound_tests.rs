@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::translate::fixtures::translator;
-use bridge_api::event::Sender;
+use bridge_api::event::{Attachment, Sender};
 use bridge_api::{LegId, MessageId, NativeId, PortalId, TxnId};
 
 const ROOM: &str = "!room:hs.test";
@@ -185,14 +185,57 @@ fn membership_and_typing_act_as_the_ghost() {
     assert_eq!(typing, [MatrixAction::Typing { room: ROOM.into(), as_user: ghost(), active: true }]);
 }
 
+fn png(url: &str) -> Attachment {
+    Attachment { url: url.into(), media_type: "image/png".into(), size: Some(5), filename: Some("a.png".into()) }
+}
+
 #[test]
-fn attachments_are_refused_not_dropped() {
-    let mut draft = MessageDraft::plain("pic");
-    draft.attachments.push(bridge_api::event::Attachment {
-        url: "https://x.test/a.png".into(),
-        media_type: "image/png".into(),
-        size: None,
-        filename: None,
+fn attachments_follow_the_text_one_media_event_each_and_a_reply_relates_the_first() {
+    let ev = event(OutboundKind::Message {
+        draft: MessageDraft {
+            attachments: vec![png("https://b.test/media/v1/t1/a.png")],
+            ..MessageDraft::plain("pic")
+        },
+        reply_to: None,
     });
-    assert_eq!(translator().outbound(&event(message(draft))), Err(OutboundError::Attachments));
+    let actions = translator().outbound(&ev).expect("translated");
+    let txn = ev.txn_id.0.clone();
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert!(
+        matches!(&actions[0], MatrixAction::Send { content, txn_id, .. } if content["body"] == "pic" && *txn_id == txn)
+    );
+    assert_eq!(
+        actions[1],
+        MatrixAction::SendMedia {
+            room: ROOM.into(),
+            as_user: ghost(),
+            txn_id: format!("{txn}-a0"),
+            attachment: png("https://b.test/media/v1/t1/a.png"),
+            content: json!({"msgtype": "m.image", "body": "a.png", "filename": "a.png",
+                            "info": {"mimetype": "image/png", "size": 5}, "m.mentions": {}}),
+        }
+    );
+
+    // A file alone is one media event; as a reply, it carries the relation.
+    let draft = MessageDraft { attachments: vec![png("u1"), png("u2")], ..MessageDraft::default() };
+    let ev = event(OutboundKind::Message { draft, reply_to: Some(parent(Some("$q"))) });
+    let actions = translator().outbound(&ev).expect("translated");
+    let contents: Vec<&Value> = actions
+        .iter()
+        .map(|a| match a {
+            MatrixAction::SendMedia { content, .. } => content,
+            other => panic!("media only: {other:?}"),
+        })
+        .collect();
+    assert_eq!(contents.len(), 2);
+    assert_eq!(contents[0]["m.relates_to"], json!({"m.in_reply_to": {"event_id": "$q"}}));
+    assert!(contents[1].get("m.relates_to").is_none());
+}
+
+#[test]
+fn an_edit_changing_attachments_is_refused_not_dropped() {
+    let draft = MessageDraft { attachments: vec![png("u")], ..MessageDraft::plain("pic") };
+    let target = ParentRef { native_id: Some(NativeId("$orig".into())), ..parent(None) };
+    let ev = event(OutboundKind::Edit { target, draft });
+    assert_eq!(translator().outbound(&ev), Err(OutboundError::EditedAttachments));
 }

@@ -1,0 +1,108 @@
+//! Matrix media ⇄ attachments (sans-IO): what an `m.image` / `m.file` / `m.video` / `m.audio` event says about its
+//! file, and the content of the event that carries an attachment to Matrix.
+//!
+//! Inbound, an event's file becomes an [`Attachment`] whose `url` is still the event's `mxc://` URI: the IO shell
+//! downloads it (authenticated media) into the daemon's media store and replaces the attachment with the store's
+//! ([`is_mxc`] tells which attachments still need that). Outbound, [`content`] is the event without its `url`: the IO
+//! shell uploads the bytes as the ghost and sets it (and the image size, when [`image_size`] can read it).
+
+use bridge_api::event::Attachment;
+use ruma::events::room::MediaSource;
+use ruma::events::room::message::MessageType;
+use serde_json::{Value, json};
+
+/// A media event's file and caption: the attachment (its `url` the `mxc://` URI) and the caption, if the event has
+/// one (Matrix v1.10: a `filename` other than `body` makes `body` a caption). `None` for other message types.
+pub fn inbound(msgtype: &MessageType) -> Option<Result<(Attachment, Option<String>), &'static str>> {
+    // The four media contents have the same fields, of different info types.
+    macro_rules! file_of {
+        ($m:expr) => {{
+            let info = $m.info.as_deref();
+            (&$m.body, &$m.filename, &$m.source, info.and_then(|i| i.mimetype.clone()), info.and_then(|i| i.size))
+        }};
+    }
+    let (body, filename, source, mimetype, size) = match msgtype {
+        MessageType::Image(m) => file_of!(m),
+        MessageType::File(m) => file_of!(m),
+        MessageType::Video(m) => file_of!(m),
+        MessageType::Audio(m) => file_of!(m),
+        _ => return None,
+    };
+    let MediaSource::Plain(uri) = source else {
+        return Some(Err("encrypted media (an encrypted room)"));
+    };
+    let (name, caption) = match filename.as_deref() {
+        Some(f) if f != body => (f, Some(body.clone())),
+        _ => (body.as_str(), None),
+    };
+    let attachment = Attachment {
+        url: uri.to_string(),
+        media_type: mimetype.unwrap_or_else(|| "application/octet-stream".to_owned()),
+        size: size.map(u64::from),
+        filename: (!name.is_empty()).then(|| name.to_owned()),
+    };
+    Some(Ok((attachment, caption)))
+}
+
+/// Whether `url` is a Matrix content URI, not downloaded yet.
+pub fn is_mxc(url: &str) -> bool {
+    url.starts_with("mxc://")
+}
+
+/// The `server_name` and `media_id` of an `mxc://` URI (`None` if it is not a valid one).
+pub fn mxc_parts(url: &str) -> Option<(&str, &str)> {
+    let (server, id) = url.strip_prefix("mxc://")?.split_once('/')?;
+    let valid = |s: &str| !s.is_empty() && !s.contains(['/', '?', '#']);
+    (valid(server) && valid(id)).then_some((server, id))
+}
+
+/// The message type a file of `media_type` is sent as.
+pub fn msgtype(media_type: &str) -> &'static str {
+    match media_type.split('/').next().unwrap_or_default() {
+        "image" => "m.image",
+        "video" => "m.video",
+        "audio" => "m.audio",
+        _ => "m.file",
+    }
+}
+
+/// The `m.room.message` content carrying `a`, without its `url`: message type from the media type, the file name as
+/// `body` and `filename`, `info` with the media type and size.
+pub fn content(a: &Attachment) -> Value {
+    let name = a.filename.clone().unwrap_or_else(|| "attachment".to_owned());
+    let mut info = json!({"mimetype": a.media_type});
+    if let Some(size) = a.size {
+        info["size"] = json!(size);
+    }
+    json!({"msgtype": msgtype(&a.media_type), "body": name, "filename": name, "info": info, "m.mentions": {}})
+}
+
+/// Completes a [`content`] with the uploaded file's `url`, its size in bytes and, for an image, its width and height
+/// if known ([`image_size`]).
+pub fn complete(content: &mut Value, mxc: &str, size: usize, dimensions: Option<(u32, u32)>) {
+    content["url"] = json!(mxc);
+    content["info"]["size"] = json!(size);
+    if content["msgtype"] == "m.image"
+        && let Some((w, h)) = dimensions
+    {
+        content["info"]["w"] = json!(w);
+        content["info"]["h"] = json!(h);
+    }
+}
+
+/// The width and height of a PNG or GIF image, read from its header.
+pub fn image_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let be = |at: usize| bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+    let le16 = |at: usize| bytes.get(at..at + 2).map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])));
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.get(12..16) == Some(b"IHDR") {
+        return Some((be(16)?, be(20)?));
+    }
+    if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        return Some((le16(6)?, le16(8)?));
+    }
+    None
+}
+
+#[cfg(test)]
+#[path = "media_tests.rs"]
+mod tests;

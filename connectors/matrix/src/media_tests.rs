@@ -1,0 +1,91 @@
+use super::*;
+use ruma::events::room::message::RoomMessageEventContent;
+
+fn msgtype_of(content: Value) -> MessageType {
+    serde_json::from_value::<RoomMessageEventContent>(content).expect("valid content").msgtype
+}
+
+#[test]
+fn an_image_event_gives_its_mxc_uri_type_size_and_name() {
+    let m = msgtype_of(json!({"msgtype": "m.image", "body": "cat.png", "url": "mxc://hs.test/abc",
+                              "info": {"mimetype": "image/png", "size": 1234, "w": 2, "h": 3}}));
+    let (a, caption) = inbound(&m).expect("media").expect("plain");
+    assert_eq!(
+        a,
+        Attachment {
+            url: "mxc://hs.test/abc".into(),
+            media_type: "image/png".into(),
+            size: Some(1234),
+            filename: Some("cat.png".into()),
+        }
+    );
+    assert_eq!(caption, None);
+}
+
+#[test]
+fn a_filename_other_than_the_body_makes_the_body_a_caption() {
+    let m = msgtype_of(json!({"msgtype": "m.file", "body": "the report", "filename": "r.pdf",
+                              "url": "mxc://hs.test/r"}));
+    let (a, caption) = inbound(&m).expect("media").expect("plain");
+    assert_eq!((a.filename.as_deref(), caption.as_deref()), (Some("r.pdf"), Some("the report")));
+    assert_eq!((a.media_type.as_str(), a.size), ("application/octet-stream", None), "no info: a generic file");
+    for t in ["m.video", "m.audio"] {
+        let m =
+            msgtype_of(json!({"msgtype": t, "body": "x", "url": "mxc://hs.test/x", "info": {"mimetype": "video/mp4"}}));
+        assert_eq!(inbound(&m).expect("media").expect("plain").0.media_type, "video/mp4", "{t}");
+    }
+}
+
+#[test]
+fn encrypted_media_and_text_are_not_files_to_download() {
+    let file = json!({"url": "mxc://hs.test/e", "key": {"kty": "oct", "key_ops": ["encrypt", "decrypt"], "alg": "A256CTR",
+                      "k": "qcHVMSgYg-71CauWBezXI5qkaRb0LuIy-Wx5kIaHMIA", "ext": true},
+                      "iv": "X85+XgHN+HEAAAAAAAAAAA", "hashes": {"sha256": "5qG4fFnbbVdlAB1Q72JDKwCagV6Dbkx9uds4rSak37c"},
+                      "v": "v2"});
+    let m = msgtype_of(json!({"msgtype": "m.image", "body": "secret.png", "file": file}));
+    assert!(inbound(&m).expect("media").is_err());
+    assert!(inbound(&msgtype_of(json!({"msgtype": "m.text", "body": "hi"}))).is_none());
+}
+
+#[test]
+fn mxc_uris_split_into_server_and_media_id() {
+    assert_eq!(mxc_parts("mxc://hs.test/abc"), Some(("hs.test", "abc")));
+    for bad in ["https://hs.test/abc", "mxc://hs.test", "mxc:///abc", "mxc://hs.test/a/b", "mxc://hs.test/a?b"] {
+        assert_eq!(mxc_parts(bad), None, "{bad}");
+    }
+    assert!(is_mxc("mxc://hs.test/abc") && !is_mxc("https://bridge.example.org/media/v1/t/x"));
+}
+
+#[test]
+fn attachments_are_sent_as_the_message_type_of_their_media_type() {
+    let a = |t: &str| Attachment { url: "u".into(), media_type: t.into(), size: Some(9), filename: None };
+    let got: Vec<Value> = ["image/png", "video/webm", "audio/ogg", "application/pdf"]
+        .iter()
+        .map(|t| content(&a(t))["msgtype"].clone())
+        .collect();
+    assert_eq!(got, [json!("m.image"), json!("m.video"), json!("m.audio"), json!("m.file")]);
+    let c = content(&Attachment { filename: Some("cat.png".into()), ..a("image/png") });
+    assert_eq!(
+        c,
+        json!({"msgtype": "m.image", "body": "cat.png", "filename": "cat.png",
+               "info": {"mimetype": "image/png", "size": 9}, "m.mentions": {}})
+    );
+}
+
+#[test]
+fn completing_adds_the_url_size_and_image_dimensions() {
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    png.extend_from_slice(&640u32.to_be_bytes());
+    png.extend_from_slice(&480u32.to_be_bytes());
+    let a = Attachment { url: "u".into(), media_type: "image/png".into(), size: None, filename: None };
+    let mut c = content(&a);
+    complete(&mut c, "mxc://hs.test/up", png.len(), image_size(&png));
+    assert_eq!(c["url"], "mxc://hs.test/up");
+    assert_eq!(c["info"], json!({"mimetype": "image/png", "size": png.len(), "w": 640, "h": 480}));
+    assert_eq!(image_size(b"GIF89a\x10\x00\x20\x00rest"), Some((16, 32)));
+    assert_eq!(image_size(b"\x89PNG\r\n\x1a\n"), None, "truncated");
+    assert_eq!(image_size(b"\xff\xd8\xff"), None, "JPEG sizes are not read");
+    let mut file = content(&Attachment { media_type: "application/pdf".into(), ..a });
+    complete(&mut file, "mxc://hs.test/f", png.len(), Some((1, 1)));
+    assert!(file["info"].get("w").is_none(), "only images have a size");
+}

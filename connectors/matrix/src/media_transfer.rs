@@ -1,0 +1,89 @@
+//! Moving files between the homeserver and the daemon's media store (IO shell of [`crate::media`]).
+//!
+//! Inbound: each `mxc://` attachment of a translated message is downloaded through authenticated media and kept in
+//! the store, which gives the link the core turns into a MIMI external part. A file that cannot be had for good
+//! (gone, too large, no store) leaves a visible note in the text instead; a homeserver that is down is temporary
+//! (the transaction is answered 500 and the homeserver retries it).
+//!
+//! Outbound: the bytes of an attachment the store holds are uploaded as the ghost and the event content completed.
+
+use crate::homeserver::{Homeserver, HsError};
+use crate::media;
+use bridge_api::MediaStore;
+use bridge_api::event::MessageDraft;
+use bridge_api::media::MediaError;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The largest file downloaded from the homeserver (the media store may take less: `[media] max_bytes`).
+const MAX_DOWNLOAD_BYTES: u64 = 256 << 20;
+
+/// Replaces the `mxc://` attachments of `draft` with files kept in `store`, downloaded as `reader`. `Err` when it
+/// is worth trying again later (homeserver unavailable, store failing).
+pub async fn download_all(
+    hs: &Homeserver,
+    store: Option<&Arc<dyn MediaStore>>,
+    reader: &str,
+    draft: &mut MessageDraft,
+) -> Result<(), String> {
+    let mut notes = Vec::new();
+    for a in &mut draft.attachments {
+        if !media::is_mxc(&a.url) {
+            continue;
+        }
+        let name = a.filename.clone().unwrap_or_else(|| a.media_type.clone());
+        let kept = match store {
+            None => Err("this bridge keeps no media store".to_owned()),
+            Some(store) => match hs.download(&a.url, reader, MAX_DOWNLOAD_BYTES).await {
+                Err(HsError::Unavailable(e)) => return Err(format!("downloading {}: {e}", a.url)),
+                Err(e) => Err(e.to_string()),
+                Ok((served_type, bytes)) => {
+                    let media_type =
+                        if a.media_type == "application/octet-stream" { &served_type } else { &a.media_type };
+                    match store.put(bytes, media_type, a.filename.as_deref()).await {
+                        Err(MediaError::Io(e)) => return Err(format!("keeping {}: {e}", a.url)),
+                        other => other.map_err(|e| e.to_string()),
+                    }
+                }
+            },
+        };
+        match kept {
+            Ok(stored) => *a = stored,
+            Err(why) => {
+                tracing::warn!(file = %a.url, error = %why, "a Matrix file is not bridged");
+                notes.push(format!("[attachment {name} not bridged: {why}]"));
+                a.url.clear();
+            }
+        }
+    }
+    draft.attachments.retain(|a| !a.url.is_empty());
+    for note in notes {
+        if !draft.body.is_empty() {
+            draft.body.push('\n');
+        }
+        draft.body.push_str(&note);
+    }
+    Ok(())
+}
+
+/// Uploads the file of `url` (a link of `store`) as `user_id` and completes `content` with it.
+pub async fn upload(
+    hs: &Homeserver,
+    store: Option<&Arc<dyn MediaStore>>,
+    url: &str,
+    mut content: Value,
+    user_id: &str,
+) -> Result<Value, HsError> {
+    let refused = |error: String| HsError::Refused { status: 0, errcode: "M_NOT_FOUND".into(), error };
+    let store = store.ok_or_else(|| refused("this bridge keeps no media store".into()))?;
+    let (bytes, media_type) = match store.get(url).await {
+        Ok(Some(file)) => file,
+        Ok(None) => return Err(refused(format!("the file {url} is no longer kept"))),
+        Err(e) => return Err(HsError::Unavailable(e.to_string())),
+    };
+    let filename = content["filename"].as_str().map(str::to_owned);
+    let (size, dimensions) = (bytes.len(), media::image_size(&bytes));
+    let mxc = hs.upload(bytes, &media_type, filename.as_deref(), user_id).await?;
+    media::complete(&mut content, &mxc, size, dimensions);
+    Ok(content)
+}
