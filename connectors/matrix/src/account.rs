@@ -29,6 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
+/// The device every ghost sends from (MSC4190), so that the homeserver deduplicates a retried send durably.
+pub const GHOST_DEVICE: &str = "MIMIBRIDGE";
+
 /// The longest wait between two pings while the homeserver is unavailable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -63,6 +66,10 @@ struct State {
     joined: HashSet<(String, String)>,
     /// Display names seen in member events: (room id, user) → name.
     names: HashMap<(String, String), String>,
+    /// Ghosts that have their device ([`GHOST_DEVICE`]).
+    devices: HashSet<String>,
+    /// The homeserver refused to create a device: ghosts send without one.
+    no_devices: bool,
     stopped: bool,
 }
 
@@ -132,6 +139,7 @@ impl Inner {
             if let Err(e) = self.ctx.register_ghost(ghost, uri).await {
                 return Err(HsError::Unavailable(format!("recording the ghost: {e}")));
             }
+            self.ensure_device(ghost).await?;
         }
         if known.as_deref() != Some(name) {
             self.hs.set_display_name(ghost, name).await?;
@@ -166,6 +174,33 @@ impl Inner {
         Ok(())
     }
 
+    /// Gives `ghost` its device ([`GHOST_DEVICE`]), so that the homeserver keeps its transaction ids durably. A
+    /// homeserver that refuses (no MSC4190) is told once in the log; the ghost's sends then go without a device and
+    /// the homeserver's deduplication of a retried send lasts only until it restarts.
+    async fn ensure_device(&self, ghost: &str) -> Result<(), HsError> {
+        if self.state().no_devices {
+            return Ok(());
+        }
+        match self.hs.create_device(ghost, GHOST_DEVICE).await {
+            Ok(()) => {
+                self.state().devices.insert(ghost.to_owned());
+                Ok(())
+            }
+            Err(HsError::Refused { status, errcode, error }) => {
+                tracing::warn!(account = %self.id, status, %errcode, %error, "the homeserver creates no devices for \
+                    ghosts (MSC4190): a send retried after it restarts may appear twice");
+                self.state().no_devices = true;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Who a call is made as: `user_id`, on its device if it has one.
+    fn actor<'a>(&self, user_id: &'a str) -> (&'a str, Option<&'a str>) {
+        (user_id, self.state().devices.contains(user_id).then_some(GHOST_DEVICE))
+    }
+
     /// Performs one translated call; returns the event id it created, if any.
     async fn perform(&self, action: MatrixAction, ev: &OutboundEvent) -> Result<Option<String>, HsError> {
         let (name, uri) = (ev.sender.display_name.as_str(), ev.sender.uri.as_str());
@@ -173,12 +208,12 @@ impl Inner {
             MatrixAction::Send { room, as_user, event_type, txn_id, content } => {
                 let room = self.room_id(&room);
                 self.ensure_ghost(&room, &as_user, name, uri).await?;
-                match self.hs.send(&room, event_type, &txn_id, &content, &as_user).await {
+                match self.hs.send(&room, event_type, &txn_id, &content, self.actor(&as_user)).await {
                     // What we knew of the ghost's membership is stale (kicked, banned): look again, once.
                     Err(HsError::Refused { status: 403, .. }) => {
                         self.state().joined.remove(&(room.clone(), as_user.clone()));
                         self.ensure_ghost(&room, &as_user, name, uri).await?;
-                        self.hs.send(&room, event_type, &txn_id, &content, &as_user).await.map(Some)
+                        self.hs.send(&room, event_type, &txn_id, &content, self.actor(&as_user)).await.map(Some)
                     }
                     other => other.map(Some),
                 }
@@ -189,12 +224,12 @@ impl Inner {
                 let content =
                     media_transfer::upload(&self.hs, self.ctx.media.as_ref(), &attachment.url, content, &as_user)
                         .await?;
-                self.hs.send(&room, "m.room.message", &txn_id, &content, &as_user).await.map(Some)
+                self.hs.send(&room, "m.room.message", &txn_id, &content, self.actor(&as_user)).await.map(Some)
             }
             MatrixAction::Redact { room, as_user, event_id, txn_id } => {
                 let room = self.room_id(&room);
                 self.ensure_ghost(&room, &as_user, name, uri).await?;
-                self.hs.redact(&room, &event_id, &txn_id, &as_user).await.map(Some)
+                self.hs.redact(&room, &event_id, &txn_id, self.actor(&as_user)).await.map(Some)
             }
             MatrixAction::Join { room, as_user, display_name } => {
                 let room = self.room_id(&room);

@@ -247,25 +247,39 @@ impl Homeserver {
         self.call(Method::POST, &path, Some(user_id), Some(&json!({}))).await.map(drop)
     }
 
-    /// Sends an event as `user_id` with transaction id `txn_id`; returns its event id.
+    /// Sends an event as `user_id` (on `device_id`, if given) with transaction id `txn_id`; returns its event id.
+    /// Synapse remembers the transaction ids of a device for a day, in its database; without a device only in memory.
     pub async fn send(
         &self,
         room: &str,
         event_type: &str,
         txn_id: &str,
         content: &Value,
-        user_id: &str,
+        (user_id, device_id): (&str, Option<&str>),
     ) -> Result<String, HsError> {
         let path = ["_matrix", "client", "v3", "rooms", room, "send", event_type, txn_id];
-        let v = self.call(Method::PUT, &path, Some(user_id), Some(content)).await?;
+        let v = self.call_with_query(Method::PUT, &path, &as_device(user_id, device_id), Some(content)).await?;
         event_id(&v)
     }
 
-    /// Redacts `event_id` as `user_id`; returns the redaction's event id.
-    pub async fn redact(&self, room: &str, event_id_: &str, txn_id: &str, user_id: &str) -> Result<String, HsError> {
+    /// Redacts `event_id` as `user_id` (on `device_id`, if given); returns the redaction's event id.
+    pub async fn redact(
+        &self,
+        room: &str,
+        event_id_: &str,
+        txn_id: &str,
+        (user_id, device_id): (&str, Option<&str>),
+    ) -> Result<String, HsError> {
         let path = ["_matrix", "client", "v3", "rooms", room, "redact", event_id_, txn_id];
-        let v = self.call(Method::PUT, &path, Some(user_id), Some(&json!({}))).await?;
+        let v = self.call_with_query(Method::PUT, &path, &as_device(user_id, device_id), Some(&json!({}))).await?;
         event_id(&v)
+    }
+
+    /// Creates (or keeps) the device `device_id` of `user_id`, a user of the appservice's namespace (MSC4190:
+    /// `PUT /devices/{id}?user_id=`, no login needed).
+    pub async fn create_device(&self, user_id: &str, device_id: &str) -> Result<(), HsError> {
+        let path = ["_matrix", "client", "v3", "devices", device_id];
+        self.call(Method::PUT, &path, Some(user_id), Some(&json!({"display_name": "mimi-bridge"}))).await.map(drop)
     }
 
     /// Sets `user_id`'s typing state in `room`.
@@ -303,6 +317,15 @@ impl Homeserver {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The query acting as `user_id`, on `device_id` if given.
+fn as_device<'a>(user_id: &'a str, device_id: Option<&'a str>) -> Vec<(&'static str, &'a str)> {
+    let mut query = vec![("user_id", user_id)];
+    if let Some(d) = device_id {
+        query.push(("device_id", d));
+    }
+    query
 }
 
 /// The `event_id` of a send's answer.

@@ -57,10 +57,10 @@ async fn a_429_is_waited_out_and_the_same_call_made_again_in_order() {
     let (url, seen) = scripted().await;
     let hs = Homeserver::new(&url, "as-token").expect("client");
     let started = Instant::now();
-    let a = hs.send("!r:hs", "m.room.message", "t1", &json!({"body": "a"}), "@mimi_x:hs").await;
+    let a = hs.send("!r:hs", "m.room.message", "t1", &json!({"body": "a"}), ("@mimi_x:hs", None)).await;
     assert_eq!(a.as_deref(), Ok("$ev-t1"));
     assert!(started.elapsed() >= Duration::from_millis(300), "waited {:?}", started.elapsed());
-    let b = hs.send("!r:hs", "m.room.message", "t2", &json!({"body": "b"}), "@mimi_x:hs").await;
+    let b = hs.send("!r:hs", "m.room.message", "t2", &json!({"body": "b"}), ("@mimi_x:hs", None)).await;
     assert_eq!(b.as_deref(), Ok("$ev-t2"));
     let seen = seen.lock().expect("lock").clone();
     let order: Vec<&str> = seen.iter().map(|(p, _, _)| p.as_str()).collect();
@@ -74,10 +74,10 @@ async fn server_errors_are_temporary_refusals_are_not() {
     let (url, _) = scripted().await;
     let hs = Homeserver::new(&url, "t").expect("client");
     // The first call takes the 429.
-    let _ = hs.send("!r:hs", "m.room.message", "warmup", &json!({}), "@u:hs").await;
-    let e = hs.send("!r:hs", "m.room.message", "fail500", &json!({}), "@u:hs").await;
+    let _ = hs.send("!r:hs", "m.room.message", "warmup", &json!({}), ("@u:hs", None)).await;
+    let e = hs.send("!r:hs", "m.room.message", "fail500", &json!({}), ("@u:hs", None)).await;
     assert!(matches!(e, Err(HsError::Unavailable(_))), "{e:?}");
-    let e = hs.send("!r:hs", "m.room.message", "forbidden", &json!({}), "@u:hs").await;
+    let e = hs.send("!r:hs", "m.room.message", "forbidden", &json!({}), ("@u:hs", None)).await;
     assert!(matches!(&e, Err(HsError::Refused { status: 403, errcode, .. }) if errcode == "M_FORBIDDEN"), "{e:?}");
 }
 

@@ -3,7 +3,7 @@
 //! Written as YAML whose strings are JSON string literals (valid YAML double-quoted scalars), so no value can
 //! break the file. The user namespace (the ghost prefix) is exclusive, the appservice user is the
 //! `bot_localpart`, there are no alias or room namespaces, and `rate_limited: false`: a bridge speaks for many
-//! people.
+//! people. `io.element.msc4190: true` lets the appservice create its ghosts' devices without logging them in.
 
 use crate::config::Config;
 use crate::ghost::GhostNames;
@@ -20,6 +20,7 @@ pub fn registration_yaml(config: &Config) -> String {
          hs_token: {hs_token}\n\
          sender_localpart: {bot}\n\
          rate_limited: false\n\
+         io.element.msc4190: true\n\
          namespaces:\n  users:\n    - exclusive: true\n      regex: {regex}\n  aliases: []\n  rooms: []\n",
         id = q(&config.registration_id),
         url = q(&config.appservice_url()),
@@ -51,6 +52,7 @@ mod tests {
         assert!(yaml.contains("\nas_token: \"a\\\"b\"\n"), "{yaml}");
         assert!(yaml.contains("\nurl: \"http://127.0.0.1:9000\"\n"), "{yaml}");
         assert!(yaml.contains("\nrate_limited: false\n"), "{yaml}");
+        assert!(yaml.contains("\nio.element.msc4190: true\n"), "ghosts get devices: {yaml}");
         assert!(yaml.contains("    - exclusive: true\n      regex: \"@mimi_.*:hs\\\\.test\"\n"), "{yaml}");
     }
 

@@ -509,3 +509,53 @@ async fn matrix_homeserver_outage_delays_sends_and_loses_nothing() {
     assert_eq!(bodies, want, "every message once, in order");
     router.shutdown().await;
 }
+
+/// A send retried after the homeserver restarted is still one event: ghosts send from a device of their own
+/// (MSC4190), whose transaction ids Synapse keeps in its database. Without a device it keeps them only in memory,
+/// and the same retry makes a second event (the control at the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_retried_after_a_homeserver_restart_is_one_event() {
+    use bridge_api::event::{MessageDraft, OutboundKind, Sender};
+    use bridge_api::{LegId, MessageId, OutboundEvent, PortalId, TxnId};
+    use connector_matrix::homeserver::Homeserver;
+
+    let mut s = setup();
+    let Slice { router, account, .. } = slice(&s).await;
+    let leg = LegId::new(AccountId::parse("matrix.hs").expect("id"), s.room.clone()).expect("leg");
+    let mut id = [7u8; 32];
+    id[0] = 1;
+    let message_id = MessageId::from_bytes(&id).expect("message id");
+    let event = OutboundEvent {
+        portal: PortalId::new("p").expect("portal"),
+        txn_id: TxnId::for_delivery(&message_id, &leg),
+        leg,
+        message_id,
+        sender: Sender {
+            uri: "mimi://b.test/u/carol".into(),
+            display_name: "carol".into(),
+            network: "mimi".into(),
+            legacy: None,
+        },
+        kind: OutboundKind::Message { draft: MessageDraft::plain("exactly once"), reply_to: None },
+    };
+    let first = account.send(&event).await.expect("sent");
+    s.hs.restart().expect("synapse restarts");
+    let again = account.send(&event).await.expect("sent again");
+    assert_eq!(again.native_ids, first.native_ids, "the retry is the same event");
+    let creator = Client::new(&s.hs.url(), s.owner.clone());
+    let ev = await_body(&creator, &s.room, "exactly once").await;
+    let ghost = ev["sender"].as_str().expect("sender").to_owned();
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=200", enc(&s.room));
+    let v = creator.call(reqwest::Method::GET, &path, None).await.expect("messages");
+    let copies = v["chunk"].as_array().into_iter().flatten().filter(|e| e["content"]["body"] == "exactly once").count();
+    assert_eq!(copies, 1, "one event in the room");
+
+    // The control: the same ghost retrying without its device after a restart makes a second event.
+    let hs = Homeserver::new(&s.hs.url(), &s.config.as_token).expect("client");
+    let content = json!({"msgtype": "m.text", "body": "twice"});
+    let a = hs.send(&s.room, "m.room.message", "control", &content, (&ghost, None)).await.expect("send");
+    s.hs.restart().expect("synapse restarts");
+    let b = hs.send(&s.room, "m.room.message", "control", &content, (&ghost, None)).await.expect("send");
+    assert_ne!(a, b, "without a device Synapse forgets transaction ids when it restarts");
+    router.shutdown().await;
+}
