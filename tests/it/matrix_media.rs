@@ -2,7 +2,8 @@
 //! Matrix user's image is downloaded through authenticated media into the daemon's store and reaches the native
 //! client as a MIMI external part whose link and key give back the same bytes; the native client's image (an
 //! external part on a file host of its own) is uploaded as its ghost and arrives as an `m.image` with its size,
-//! dimensions, media type and name, whose download gives back the same bytes.
+//! dimensions, media type and name, whose download gives back the same bytes. A file's caption is the text; a file
+//! the homeserver does not have is named in the text with the reason.
 
 use crate::common::client::client;
 use crate::matrix_daemon::{Bridge, ROOM, await_matrix, hear, send, start_bridge};
@@ -88,6 +89,27 @@ fn an_image_crosses_both_ways_between_a_matrix_room_and_a_native_client() {
         (Some("image/png"), Some("cat.png"))
     );
     assert_eq!(open_attachment(&files[0]), png, "the native client gets the Matrix user's bytes");
+
+    // A file with a caption (Matrix v1.10: a filename other than the body); a file the homeserver does not have is
+    // named in the text with the reason, not dropped.
+    let (_, up) = hs
+        .request_raw("POST", "/_matrix/media/v3/upload", Some(&mx.access_token), "application/pdf", b"%PDF-1.7 report")
+        .expect("upload");
+    let up: Value = serde_json::from_slice(&up).expect("json");
+    let report = json!({"msgtype": "m.file", "body": "the report", "filename": "r.pdf",
+                        "url": up["content_uri"], "info": {"mimetype": "application/pdf"}});
+    send(&hs, &mx, &room, "file1", "m.room.message", report);
+    let gone = json!({"msgtype": "m.image", "body": "gone.png", "url": "mxc://hs.test/nosuchfile",
+                      "info": {"mimetype": "image/png"}});
+    send(&hs, &mx, &room, "img2", "m.room.message", gone);
+    let got = hear(&alice, &server, 2);
+    assert_eq!(got[0]["text"], "the report", "{got:?}");
+    let files = got[0]["attachments"].as_array().expect("attachments");
+    assert_eq!((files.len(), files[0]["filename"].as_str()), (1, Some("r.pdf")), "{got:?}");
+    assert_eq!(open_attachment(&files[0]), b"%PDF-1.7 report");
+    let note = got[1]["text"].as_str().expect("text");
+    assert!(note.starts_with("[attachment gone.png not bridged: ") && note.contains("M_NOT_FOUND"), "{got:?}");
+    assert_eq!(got[1]["attachments"], json!([]), "{got:?}");
 
     // Native client → Matrix: an external part on the client's own file host, sent on as its ghost.
     let host = dir.path().join("files");
