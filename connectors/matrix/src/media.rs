@@ -90,7 +90,7 @@ pub fn complete(content: &mut Value, mxc: &str, size: usize, dimensions: Option<
     }
 }
 
-/// The width and height of a PNG or GIF image, read from its header.
+/// The width and height of a PNG, GIF or JPEG image, read from its header.
 pub fn image_size(bytes: &[u8]) -> Option<(u32, u32)> {
     let be = |at: usize| bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
     let le16 = |at: usize| bytes.get(at..at + 2).map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])));
@@ -100,7 +100,30 @@ pub fn image_size(bytes: &[u8]) -> Option<(u32, u32)> {
     if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
         return Some((le16(6)?, le16(8)?));
     }
+    if bytes.starts_with(b"\xff\xd8") {
+        return jpeg_size(bytes);
+    }
     None
+}
+
+/// The width and height in a JPEG's start-of-frame segment, found by walking the segments before it.
+fn jpeg_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let be16 = |at: usize| bytes.get(at..at + 2).map(|b| u32::from(u16::from_be_bytes([b[0], b[1]])));
+    let mut at = 2;
+    loop {
+        if *bytes.get(at)? != 0xff {
+            return None;
+        }
+        let marker = *bytes.get(at + 1)?;
+        match marker {
+            0xff => at += 1,                      // fill byte
+            0xd8 | 0x01 | 0xd0..=0xd7 => at += 2, // segments without a length
+            // SOF0–SOF15 but DHT (c4), JPG (c8) and DAC (cc): length, precision, height, width.
+            0xc0..=0xcf if !matches!(marker, 0xc4 | 0xc8 | 0xcc) => return Some((be16(at + 7)?, be16(at + 5)?)),
+            0xd9 | 0xda => return None, // end of image, or scan data before any frame header
+            _ => at += 2 + usize::try_from(be16(at + 2)?).ok()?,
+        }
+    }
 }
 
 #[cfg(test)]

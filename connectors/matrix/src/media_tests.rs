@@ -84,8 +84,23 @@ fn completing_adds_the_url_size_and_image_dimensions() {
     assert_eq!(c["info"], json!({"mimetype": "image/png", "size": png.len(), "w": 640, "h": 480}));
     assert_eq!(image_size(b"GIF89a\x10\x00\x20\x00rest"), Some((16, 32)));
     assert_eq!(image_size(b"\x89PNG\r\n\x1a\n"), None, "truncated");
-    assert_eq!(image_size(b"\xff\xd8\xff"), None, "JPEG sizes are not read");
+    // A JPEG: SOI, an APP0 segment, then SOF0 (length 17, precision 8, height 480, width 640).
+    let jpeg = b"\xff\xd8\xff\xe0\x00\x04ab\xff\xc0\x00\x11\x08\x01\xe0\x02\x80\x03";
+    assert_eq!(image_size(jpeg), Some((640, 480)));
+    assert_eq!(image_size(b"\xff\xd8\xff\xe0\x00\x04ab\xff\xda\x00\x02"), None, "no frame header before the scan");
+    assert_eq!(image_size(b"\xff\xd8\xff\xe0\xff\xff"), None, "a segment longer than the file");
+    assert_eq!(image_size(b"\xff\xd8\xff"), None, "truncated");
     let mut file = content(&Attachment { media_type: "application/pdf".into(), ..a });
     complete(&mut file, "mxc://hs.test/f", png.len(), Some((1, 1)));
     assert!(file["info"].get("w").is_none(), "only images have a size");
+}
+
+proptest::proptest! {
+    /// Headers read from files of other networks never panic, whatever the bytes.
+    #[test]
+    fn any_bytes_give_a_size_or_none(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+        for head in [&b"\xff\xd8"[..], b"\xff\xd8\xff\xc0", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", b"GIF89a"] {
+            let _ = image_size(&[head, &tail].concat());
+        }
+    }
 }
