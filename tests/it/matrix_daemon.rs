@@ -2,7 +2,8 @@
 //! room, an IRC channel (ngIRCd) and a native MLS client share one portal. A Matrix user's message, emote, reply, edit,
 //! reaction, its redaction, a message's redaction and a mention reach the native client as the right MIMI content; the
 //! native client's message, reply, edit and emote reach the Matrix room as its ghost; a transaction delivered twice is
-//! processed once; the IRC channel and the Matrix room talk through the portal.
+//! processed once; the IRC channel and the Matrix room talk through the portal; an encrypted message the bridge cannot
+//! read reaches the portal as a notice.
 
 use crate::common::client::{client, messages, server_of};
 use crate::common::{Daemon, cli, write_config};
@@ -241,6 +242,19 @@ fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_dae
     let texts: Vec<String> =
         hear(&alice, &server, 3).iter().filter_map(|m| m["text"].as_str().map(str::to_owned)).collect();
     assert_eq!(texts, ["hello from irc", "once only", "after the duplicates"]);
+
+    // The room turns on encryption: what the bridge cannot read reaches the portal as a notice, never silence.
+    let path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.encryption/");
+    call(&hs, &mx, "PUT", &path, Some(json!({"algorithm": "m.megolm.v1.aes-sha2"})));
+    let sealed = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnAb", "device_id": "DEV",
+                        "sender_key": "k", "session_id": "s"});
+    send(&hs, &mx, &room, "e1", "m.room.encrypted", sealed);
+    let got = hear(&alice, &server, 1);
+    assert_eq!(got[0]["text"], connector_matrix::inbound::ENCRYPTED_NOTICE, "{got:?}");
+    assert_eq!(
+        got[0]["legacy_sender"]["uri"],
+        format!("mimi://bridge.example.org/u/matrix.hs~%40mxuser%3A{SERVER_NAME}")
+    );
 
     assert_eq!(d.terminate(Duration::from_secs(30)), Some(0));
 }

@@ -10,6 +10,7 @@
 //! | `m.room.redaction` | `Delete` (of a message or a reaction: the core tells them apart) |
 //! | `m.room.member` | `Membership` (join, leave, kick, ban), display names on the sender |
 //! | … kicking or banning a ghost | a notice from whoever did it (`removed NAME from the Matrix room: reason`) |
+//! | `m.room.encrypted` | a notice from its sender that the bridge cannot read it ([`ENCRYPTED_NOTICE`]) |
 //!
 //! `formatted_body` becomes MIMI markdown ([`crate::format::html_to_markdown`]); user pills and `m.mentions`
 //! become `mimi://` user links. Events of the bridge's own users are marked `from_bridge`.
@@ -22,6 +23,11 @@ use mimi_content::markdown;
 use ruma::events::room::member::{MembershipState, RoomMemberEvent};
 use ruma::events::room::message::{MessageFormat, MessageType, Relation, RoomMessageEvent};
 use ruma::events::{AnyMessageLikeEvent, AnyStateEvent, AnyTimelineEvent, Mentions};
+
+/// What the portal hears, from its sender, in place of an encrypted message (appservice mode has no end-to-end
+/// encryption).
+pub const ENCRYPTED_NOTICE: &str =
+    "sent an end-to-end encrypted message, which this bridge cannot read: ask them to write in an unencrypted room";
 
 /// Why an event gives no core event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +105,11 @@ impl Translator {
             }
             AnyTimelineEvent::MessageLike(AnyMessageLikeEvent::RoomMessage(_)) => {
                 return Err(Skipped::Ignored("redacted message"));
+            }
+            // Never silence: the portal hears that something was said that the bridge cannot read.
+            AnyTimelineEvent::MessageLike(AnyMessageLikeEvent::RoomEncrypted(e)) if e.as_original().is_some() => {
+                let draft = MessageDraft { style: MessageStyle::Notice, ..MessageDraft::plain(ENCRYPTED_NOTICE) };
+                InboundKind::Message { draft, reply_to: None }
             }
             _ => return Err(Skipped::Ignored("event type")),
         };

@@ -235,3 +235,14 @@ fn a_ghost_kicked_or_banned_becomes_a_notice_from_whoever_did_it() {
         assert_eq!(ev.kind, InboundKind::Message { draft: want, reply_to: None });
     }
 }
+
+#[test]
+fn an_encrypted_message_gives_a_notice_from_its_sender_never_silence() {
+    let content = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEn...", "device_id": "DEV",
+                         "sender_key": "abc", "session_id": "s1"});
+    let ev =
+        translator().inbound(&event("m.room.encrypted", "@alice:hs.test", content), Some("Alice")).expect("bridged");
+    assert_eq!((ev.sender.native_id.as_str(), ev.native_id.clone()), ("@alice:hs.test", Some(NativeId("$ev1".into()))));
+    let draft = draft_of(&ev);
+    assert_eq!((draft.style, draft.body.as_str()), (MessageStyle::Notice, ENCRYPTED_NOTICE));
+}
