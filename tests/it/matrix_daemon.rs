@@ -84,6 +84,7 @@ pub(crate) struct Bridge {
     pub listen: u16,
     pub server: String,
     pub alice: PathBuf,
+    pub cfg: PathBuf,
 }
 
 /// Starts a [`Bridge`]; `extra` is appended to the daemon's config.
@@ -129,12 +130,13 @@ pub(crate) fn start_bridge(extra: &str) -> Bridge {
     let alice = dir.path().join("alice");
     client(&alice, &server, &["register", "alice"]);
     client(&alice, &server, &["join", ROOM]);
-    Bridge { dir, hs, irc, mx, room, d, listen, server, alice }
+    Bridge { dir, hs, irc, mx, room, d, listen, server, alice, cfg }
 }
 
 #[test]
 fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_daemon() {
-    let Bridge { dir, hs, irc, mx, room, mut d, listen, server, alice } = start_bridge("");
+    let Bridge { dir, hs, irc, mx, room, mut d, listen, server, alice, cfg } = start_bridge("");
+    let bot = format!("@mimi-bridge:{SERVER_NAME}");
     assert!(d.wait_line("channel=#chan", Duration::from_secs(30)), "bridge joined #chan: {:?}", d.seen);
     let mut ircuser = IrcClient::connect(&irc.addr(), "ircuser").expect("irc user");
     ircuser.join("#chan").expect("join #chan");
@@ -255,6 +257,18 @@ fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_dae
         got[0]["legacy_sender"]["uri"],
         format!("mimi://bridge.example.org/u/matrix.hs~%40mxuser%3A{SERVER_NAME}")
     );
+    // The bridge says in the room that it cannot encrypt or decrypt there; after a restart it looks again when it
+    // joins, and the notice stays one event (its transaction id comes from the encryption event, sent as a device).
+    let notice = connector_matrix::account::ENCRYPTED_ROOM_NOTICE;
+    let ev = await_matrix(&hs, &mx, &room, "the encryption notice", |e| e["content"]["body"] == notice);
+    assert_eq!((ev["sender"].as_str(), ev["content"]["msgtype"].as_str()), (Some(bot.as_str()), Some("m.notice")));
+    assert_eq!(d.terminate(Duration::from_secs(30)), Some(0));
+    let mut d = Daemon::start(&cfg, &[]);
+    assert!(d.wait_line("encrypted room: notice posted", Duration::from_secs(30)), "{}", d.log());
+    let line = d.seen.iter().find(|l| l.contains("encrypted room: notice posted")).expect("seen").clone();
+    assert!(line.contains(ev["event_id"].as_str().expect("event id")), "the same event again: {line}");
+    let notices = room_messages(&hs, &mx, &room).iter().filter(|e| e["content"]["body"] == notice).count();
+    assert_eq!(notices, 1, "one notice in the room");
 
     assert_eq!(d.terminate(Duration::from_secs(30)), Some(0));
 }

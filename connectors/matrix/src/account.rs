@@ -32,6 +32,12 @@ use tokio::sync::{Notify, watch};
 /// The device every ghost sends from (MSC4190), so that the homeserver deduplicates a retried send durably.
 pub const GHOST_DEVICE: &str = "MIMIBRIDGE";
 
+/// What the appservice user says in a linked room that is (or becomes) end-to-end encrypted: the bridge is the
+/// trust boundary, and appservice mode has no end-to-end encryption.
+pub const ENCRYPTED_ROOM_NOTICE: &str = "This room is end-to-end encrypted, but this bridge cannot decrypt or \
+    encrypt here: encrypted messages are not bridged (the other side is told), and messages from the other networks \
+    arrive unencrypted.";
+
 /// The longest wait between two pings while the homeserver is unavailable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -124,9 +130,33 @@ impl Inner {
         let bot = self.cfg.bot_user_id();
         self.hs.register(&self.cfg.bot_localpart).await?;
         let room_id = self.hs.join(room, &bot).await?;
+        if let Some(encryption) = self.hs.state_event(&room_id, &bot, "m.room.encryption", "").await? {
+            let event_id = encryption["event_id"].as_str().unwrap_or_default();
+            match self.tell_room_is_not_encrypted_for_us(&room_id, event_id).await {
+                Err(HsError::Unavailable(e)) => return Err(HsError::Unavailable(e)),
+                Err(e) => {
+                    tracing::warn!(account = %self.id, room = %room_id, error = %e, "cannot post the encryption notice")
+                }
+                Ok(()) => {}
+            }
+        }
         let mut st = self.state();
         st.rooms.insert(room_id, room.to_owned());
         st.wanted.remove(room);
+        Ok(())
+    }
+
+    /// Posts [`ENCRYPTED_ROOM_NOTICE`] in `room_id` as the appservice user, once per `m.room.encryption` event
+    /// (the transaction id is made from its id, sent from the appservice user's device).
+    async fn tell_room_is_not_encrypted_for_us(&self, room_id: &str, encryption_event: &str) -> Result<(), HsError> {
+        let bot = self.cfg.bot_user_id();
+        if !self.state().devices.contains(&bot) {
+            self.ensure_device(&bot).await?;
+        }
+        let txn = format!("mimi-encrypted-room-{}", encryption_event.trim_start_matches('$'));
+        let content = serde_json::json!({"msgtype": "m.notice", "body": ENCRYPTED_ROOM_NOTICE, "m.mentions": {}});
+        let notice = self.hs.send(room_id, "m.room.message", &txn, &content, self.actor(&bot)).await?;
+        tracing::info!(account = %self.id, room = %room_id, event_id = %notice, "encrypted room: notice posted");
         Ok(())
     }
 
@@ -335,6 +365,11 @@ impl Transactions for Inner {
             };
             let room_id = ev.room_id().to_string();
             let Some(leg_room) = self.state().rooms.get(&room_id).cloned() else { continue };
+            if let AnyTimelineEvent::State(AnyStateEvent::RoomEncryption(e)) = &ev
+                && let Err(e) = self.tell_room_is_not_encrypted_for_us(&room_id, e.event_id().as_str()).await
+            {
+                tracing::warn!(account = %self.id, room = %room_id, error = %e, "cannot post the encryption notice");
+            }
             if let AnyTimelineEvent::State(AnyStateEvent::RoomMember(RoomMemberEvent::Original(m))) = &ev {
                 let key = (room_id.clone(), m.state_key.to_string());
                 let mut st = self.state();

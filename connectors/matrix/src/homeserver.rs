@@ -306,13 +306,25 @@ impl Homeserver {
         reader: &str,
         user_id: &str,
     ) -> Result<Option<(String, String)>, HsError> {
-        let path = ["_matrix", "client", "v3", "rooms", room, "state", "m.room.member", user_id];
+        Ok(self.state_event(room, reader, "m.room.member", user_id).await?.map(|v| {
+            let membership = v["content"]["membership"].as_str().unwrap_or_default().to_owned();
+            (membership, v["sender"].as_str().unwrap_or_default().to_owned())
+        }))
+    }
+
+    /// The current state event of `event_type` and `state_key` in `room` (the whole event), read as `reader`;
+    /// `None` if there is none.
+    pub async fn state_event(
+        &self,
+        room: &str,
+        reader: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<Value>, HsError> {
+        let path = ["_matrix", "client", "v3", "rooms", room, "state", event_type, state_key];
         let query = [("user_id", reader), ("format", "event")];
         match self.call_with_query(Method::GET, &path, &query, None).await {
-            Ok(v) => {
-                let membership = v["content"]["membership"].as_str().unwrap_or_default().to_owned();
-                Ok(Some((membership, v["sender"].as_str().unwrap_or_default().to_owned())))
-            }
+            Ok(v) => Ok(Some(v)),
             Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(None),
             Err(e) => Err(e),
         }
