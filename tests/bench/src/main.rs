@@ -1,0 +1,374 @@
+//! `mimi-bench`: end-to-end latency through mimi-bridge beside heisenbridge (Matrix ⇄ IRC) and biboumi (XMPP ⇄
+//! IRC), in one run, on the same real servers (ngIRCd, Synapse, Prosody from tests/harness). Run it through
+//! `scripts/bench`, which installs the peers and builds everything in release mode.
+//!
+//! One portal links an IRC channel, a Matrix room (appservice) and an XMPP MUC (client mode; biboumi holds the
+//! Prosody harness's one external component). heisenbridge gets its own channel and room, biboumi its own channel
+//! and MUC. Every direction sends `--messages` messages at `--rate` per second from a real client and times each
+//! from just before the send call to its arrival at the reading client (all clients in this process, one
+//! monotonic clock). Printed: a markdown table (p50, p99, max, lost, duplicated) and the bridges' RSS when idle.
+
+use harness::{Ngircd, Prosody, Synapse, SynapseOptions};
+use mimi_bench::irc::IrcUser;
+use mimi_bench::matrix::MatrixClient;
+use mimi_bench::measure::{Arrivals, Summary, marker, summarize};
+use mimi_bench::peers::{Proc, heisenbridge_python, rss_kib};
+use mimi_bench::xmpp::XmppUser;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SERVER_NAME: &str = "hs.bench";
+const OUR_MUC: &str = "mimi@muc.localhost";
+const BIBOUMI_HOST: &str = "bridge.localhost";
+
+struct Args {
+    messages: usize,
+    rate: f64,
+    wait: Duration,
+    bin: PathBuf,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args { messages: 20, rate: 1.0, wait: Duration::from_secs(30), bin: PathBuf::from("mimi-bridge") };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--messages" => a.messages = value()?.parse().map_err(|e| format!("--messages: {e}"))?,
+            "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--wait-secs" => a.wait = Duration::from_secs(value()?.parse().map_err(|e| format!("--wait-secs: {e}"))?),
+            "--bin" => a.bin = PathBuf::from(value()?),
+            _ => {
+                return Err(format!("unknown argument {flag} (--messages N --rate R --wait-secs S --bin MIMI_BRIDGE)"));
+            }
+        }
+    }
+    if a.messages == 0 || a.rate <= 0.0 || !a.rate.is_finite() {
+        return Err("--messages and --rate must be positive".into());
+    }
+    Ok(a)
+}
+
+#[tokio::main]
+async fn main() {
+    let code = match args() {
+        Ok(a) => match run(&a).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("mimi-bench: {e}");
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("mimi-bench: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Who sends one direction's messages.
+enum From<'a> {
+    Irc(&'a IrcUser),
+    Matrix(&'a Arc<MatrixClient>, &'a str),
+    Xmpp(&'a mut XmppUser, &'a str),
+}
+
+impl From<'_> {
+    async fn say(&mut self, text: &str) -> Result<(), String> {
+        match self {
+            From::Irc(u) => u.say(text).await,
+            From::Matrix(c, room) => {
+                let (c, room, text) = (Arc::clone(c), room.to_string(), text.to_owned());
+                tokio::task::spawn_blocking(move || c.say(&room, &text)).await.map_err(|e| e.to_string())?
+            }
+            From::Xmpp(u, room) => u.say(room, text).await,
+        }
+    }
+}
+
+/// Sends `n` messages of direction `dir` at `rate`, then waits (at most `wait`) for them at `reader`.
+async fn direction(
+    arrivals: &Arrivals,
+    dir: usize,
+    from: &mut From<'_>,
+    reader: &str,
+    n: usize,
+    rate: f64,
+    wait: Duration,
+) -> Result<Summary, String> {
+    let start = tokio::time::Instant::now();
+    let mut sent = Vec::with_capacity(n);
+    for i in 0..n {
+        let m = marker(dir, i);
+        let t0 = Instant::now();
+        from.say(&format!("bench {m} the quick brown fox")).await?;
+        sent.push((m, t0));
+        tokio::time::sleep_until(start + Duration::from_secs_f64((i + 1) as f64 / rate)).await;
+    }
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline && sent.iter().any(|(m, _)| arrivals.get(reader, m).is_none()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Late duplicates show up within a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(summarize(arrivals, reader, &sent))
+}
+
+/// Sends one unmeasured message and waits for it (creates ghosts and puppets before the clock runs).
+async fn warm_up(arrivals: &Arrivals, dir: usize, from: &mut From<'_>, reader: &str) -> Result<(), String> {
+    let s = direction(arrivals, dir, from, reader, 1, 1.0, Duration::from_secs(60)).await?;
+    if s.lost > 0 {
+        return Err(format!("warm-up message {dir} never reached {reader}"));
+    }
+    Ok(())
+}
+
+fn run_cli(bin: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(bin).args(args).output().map_err(|e| format!("{}: {e}", bin.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} {args:?}: {}{}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn our_config(dir: &Path, homeserver: &str, as_port: u16, room: &str, irc: &str, prosody: &Prosody) -> String {
+    format!(
+        "[bridge]\ndomain = \"bench.test\"\ndata_dir = {data:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\nlevel = \"warn\"\n\n\
+         [matrix.hs]\nmode = \"appservice\"\nhomeserver_url = \"{homeserver}\"\nserver_name = \"{SERVER_NAME}\"\n\
+         listen = \"127.0.0.1:{as_port}\"\nas_token_file = {as_token:?}\nhs_token_file = {hs_token:?}\n\
+         registration_id = \"mimi-bench\"\n\n\
+         [irc.net]\nserver = \"{irc}\"\nnick = \"mimibridge\"\n\n\
+         [xmpp.x]\nmode = \"client\"\nserver = \"{c2s}\"\njid = \"mimibridge@localhost\"\npassword = \"pw\"\n\
+         transport = \"insecure-tcp\"\nnick = \"mimi-bridge\"\n\n\
+         [[portal]]\nname = \"bench\"\nlegs = [{{ account = \"matrix.hs\", room = \"{room}\" }}, \
+         {{ account = \"irc.net\", room = \"#mimi\" }}, {{ account = \"xmpp.x\", room = \"{OUR_MUC}\" }}]\n",
+        data = dir.join("data").display().to_string(),
+        as_token = dir.join("as.token").display().to_string(),
+        hs_token = dir.join("hs.token").display().to_string(),
+        c2s = prosody.c2s_addr(),
+    )
+}
+
+async fn run(a: &Args) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let d = dir.path();
+    let arrivals = Arrivals::default();
+    let e = |e: harness::HarnessError| e.to_string();
+    let ngircd = Ngircd::start().map_err(e)?;
+    let prosody = Prosody::start().map_err(e)?;
+    for user in ["xuser", "xbib", "mimibridge"] {
+        prosody.register(user, "pw").map_err(e)?;
+    }
+
+    // Registrations first: Synapse loads them at start.
+    let as_port = harness::free_port().map_err(e)?;
+    let cfg = d.join("mimi-bridge.toml");
+    let write = |text: String| std::fs::write(&cfg, text).map_err(|e| e.to_string());
+    write(our_config(d, "http://127.0.0.1:1", as_port, "!x:hs.bench", &ngircd.addr(), &prosody))?;
+    let reg = d.join("mimi-registration.yaml");
+    let cfg_s = cfg.to_str().ok_or("temp path is not UTF-8")?;
+    run_cli(&a.bin, &["generate-registration", "--config", cfg_s, "--out", reg.to_str().ok_or("utf-8")?])?;
+    let python = heisenbridge_python()?;
+    let hb_port = harness::free_port().map_err(e)?;
+    let hreg = d.join("heisenbridge.yaml");
+    let out = Command::new(&python)
+        .args(["-m", "heisenbridge", "-c"])
+        .arg(&hreg)
+        .args(["--generate", "--listen-address", "127.0.0.1", "--listen-port", &hb_port.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("heisenbridge --generate: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let hs = Arc::new(
+        Synapse::start_with(SynapseOptions {
+            appservice_registrations: vec![reg, hreg.clone()],
+            server_name: Some(SERVER_NAME.into()),
+        })
+        .map_err(e)?,
+    );
+    let mx = Arc::new(MatrixClient::register(hs.clone(), "mxuser", arrivals.clone())?);
+    let owner = Arc::new(MatrixClient::register(hs.clone(), "hbowner", arrivals.clone())?);
+    let room = mx.call("POST", "/_matrix/client/v3/createRoom", Some(json!({"preset": "public_chat"})))?;
+    let room = room["room_id"].as_str().ok_or("no room id")?.to_owned();
+
+    // The three bridges.
+    write(our_config(d, &hs.url(), as_port, &room, &ngircd.addr(), &prosody))?;
+    let mut ours = Proc::spawn(
+        {
+            let mut c = Command::new(&a.bin);
+            c.args(["run", "--config", cfg_s]);
+            c
+        },
+        &d.join("mimi-bridge.log"),
+    )?;
+    let mut heis = Proc::spawn(
+        {
+            let mut c = Command::new(&python);
+            c.args(["-m", "heisenbridge", "-c"]).arg(&hreg);
+            c.args(["-o", &owner.user.user_id, "-l", "127.0.0.1", "-p", &hb_port.to_string(), &hs.url()]);
+            c
+        },
+        &d.join("heisenbridge.log"),
+    )?;
+    let biboumi_cfg = d.join("biboumi.cfg");
+    std::fs::write(
+        &biboumi_cfg,
+        format!(
+            "hostname={BIBOUMI_HOST}\npassword={}\nxmpp_server_ip=127.0.0.1\nport={}\ndb_name={}\nidentd_port=0\n\
+             policy_directory={}\nlog_level=2\nrealname_customization=true\n",
+            prosody.component_secret,
+            prosody.component_port,
+            d.join("biboumi.sqlite").display(),
+            d.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let biboumi = harness::find_binary("biboumi", "apt-get install biboumi").map_err(e)?;
+    let mut bib = Proc::spawn(
+        {
+            let mut c = Command::new(biboumi);
+            c.arg(&biboumi_cfg);
+            c
+        },
+        &d.join("biboumi.log"),
+    )?;
+
+    // Clients.
+    let irc_mimi = IrcUser::join(&ngircd.addr(), "ircmimi", "#mimi", "irc:#mimi", arrivals.clone()).await?;
+    let irc_heis = IrcUser::join(&ngircd.addr(), "ircheis", "#heis", "irc:#heis", arrivals.clone()).await?;
+    let irc_bib = IrcUser::join(&ngircd.addr(), "ircbib", "#bibou", "irc:#bibou", arrivals.clone()).await?;
+    let mut xuser = XmppUser::login(&prosody.c2s_addr(), "xuser", "xuser", arrivals.clone()).await?;
+    let mut xbib = XmppUser::login(&prosody.c2s_addr(), "xbib", "xbib", arrivals.clone()).await?;
+
+    // mimi-bridge ready: in the Matrix room, the IRC channel and the MUC.
+    let bot = format!("@mimi-bridge:{SERVER_NAME}");
+    let (mx2, room2) = (mx.clone(), room.clone());
+    tokio::task::spawn_blocking(move || mx2.wait_member(&room2, &bot)).await.map_err(|e| e.to_string())??;
+    irc_mimi.wait_member("mimibridge").await?;
+    xuser.join(OUR_MUC).await?;
+    xuser.wait_occupant(OUR_MUC, "mimi-bridge").await?;
+    ours.alive("mimi-bridge")?;
+
+    // heisenbridge: control room → network → channel, as its README scripts it.
+    let irc_port = ngircd.addr().rsplit(':').next().unwrap_or_default().to_owned();
+    let owner2 = owner.clone();
+    let port2 = irc_port.clone();
+    let hb_room = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        let control = owner2.accept_next_invite(&[])?;
+        for cmd in ["ADDNETWORK bench".to_owned(), format!("ADDSERVER bench 127.0.0.1 {port2}"), "OPEN bench".into()] {
+            owner2.say(&control, &cmd)?;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let network = owner2.accept_next_invite(std::slice::from_ref(&control))?;
+        owner2.say(&network, "NICK mxbench")?;
+        std::thread::sleep(Duration::from_millis(500));
+        owner2.say(&network, "CONNECT")?;
+        owner2.wait_body(&network, "heisenbridge connecting", |b| b.contains("Welcome"))?;
+        owner2.say(&network, "JOIN #heis")?;
+        owner2.accept_next_invite(&[control, network])
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let hb_room = hb_room.map_err(|e| format!("{e}\n{}", heis.alive("heisenbridge").err().unwrap_or_default()))?;
+    irc_heis.wait_member("mxbench").await?;
+
+    // biboumi: point it at ngIRCd's port, throttle off (its strongest setting), then join through it.
+    let bib_muc = format!("#bibou%127.0.0.1@{BIBOUMI_HOST}");
+    xbib.ad_hoc(
+        &format!("127.0.0.1@{BIBOUMI_HOST}"),
+        "configure",
+        &[("ports", &[irc_port.as_str()]), ("tls_ports", &[]), ("throttle_limit", &["-1"])],
+    )
+    .await
+    .map_err(|e| format!("{e}\n{}", bib.alive("biboumi").err().unwrap_or_default()))?;
+    xbib.join(&bib_muc).await?;
+    irc_bib.wait_member("xbib").await?;
+
+    let our_mx = format!("mx:{room}");
+    let hb_mx = format!("mx:{hb_room}");
+    let our_x = format!("xmpp:{OUR_MUC}");
+    let bib_x = format!("xmpp:{bib_muc}");
+    // Warm-up: ghosts, puppets and connections exist before the clock runs.
+    warm_up(&arrivals, 90, &mut From::Matrix(&mx, &room), "irc:#mimi").await?;
+    warm_up(&arrivals, 91, &mut From::Irc(&irc_mimi), &our_mx).await?;
+    warm_up(&arrivals, 92, &mut From::Xmpp(&mut xuser, OUR_MUC), "irc:#mimi").await?;
+    warm_up(&arrivals, 93, &mut From::Irc(&irc_mimi), &our_x).await?;
+    warm_up(&arrivals, 94, &mut From::Matrix(&owner, &hb_room), "irc:#heis").await?;
+    warm_up(&arrivals, 95, &mut From::Irc(&irc_heis), &hb_mx).await?;
+    warm_up(&arrivals, 96, &mut From::Xmpp(&mut xbib, &bib_muc), "irc:#bibou").await?;
+    warm_up(&arrivals, 97, &mut From::Irc(&irc_bib), &bib_x).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = [("mimi-bridge (3 legs)", ours.pid()), ("heisenbridge", heis.pid()), ("biboumi", bib.pid())]
+        .map(|(n, pid)| (n, rss_kib(pid)));
+
+    let (n, rate, wait) = (a.messages, a.rate, a.wait);
+    let mut rows: Vec<(&str, &str, Summary)> = Vec::new();
+    rows.push((
+        "Matrix → IRC",
+        "mimi-bridge",
+        direction(&arrivals, 1, &mut From::Matrix(&mx, &room), "irc:#mimi", n, rate, wait).await?,
+    ));
+    rows.push((
+        "Matrix → IRC",
+        "heisenbridge",
+        direction(&arrivals, 2, &mut From::Matrix(&owner, &hb_room), "irc:#heis", n, rate, wait).await?,
+    ));
+    rows.push((
+        "IRC → Matrix",
+        "mimi-bridge",
+        direction(&arrivals, 3, &mut From::Irc(&irc_mimi), &our_mx, n, rate, wait).await?,
+    ));
+    rows.push((
+        "IRC → Matrix",
+        "heisenbridge",
+        direction(&arrivals, 4, &mut From::Irc(&irc_heis), &hb_mx, n, rate, wait).await?,
+    ));
+    rows.push((
+        "XMPP → IRC",
+        "mimi-bridge",
+        direction(&arrivals, 5, &mut From::Xmpp(&mut xuser, OUR_MUC), "irc:#mimi", n, rate, wait).await?,
+    ));
+    rows.push((
+        "XMPP → IRC",
+        "biboumi",
+        direction(&arrivals, 6, &mut From::Xmpp(&mut xbib, &bib_muc), "irc:#bibou", n, rate, wait).await?,
+    ));
+    rows.push((
+        "IRC → XMPP",
+        "mimi-bridge",
+        direction(&arrivals, 7, &mut From::Irc(&irc_mimi), &our_x, n, rate, wait).await?,
+    ));
+    rows.push((
+        "IRC → XMPP",
+        "biboumi",
+        direction(&arrivals, 8, &mut From::Irc(&irc_bib), &bib_x, n, rate, wait).await?,
+    ));
+    ours.alive("mimi-bridge")?;
+
+    println!("{n} messages at {rate} msg/s per direction (latency: send call → arrival at the reading client)\n");
+    println!("| direction | bridge | sent | p50 ms | p99 ms | max ms | not arrived | duplicated |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for (what, bridge, s) in &rows {
+        println!(
+            "| {what} | {bridge} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            s.sent, s.p50_ms, s.p99_ms, s.max_ms, s.lost, s.duplicates
+        );
+    }
+    println!("\n| idle RSS after warm-up | MiB |\n|---|---:|");
+    for (name, kib) in rss {
+        println!("| {name} | {} |", kib.map_or("?".to_string(), |k| format!("{:.1}", k as f64 / 1024.0)));
+    }
+    Ok(())
+}
