@@ -31,5 +31,6 @@ mod shutdown_load;
 mod slice;
 mod store_failure;
 mod systemd_unit;
+mod three_networks;
 mod xmpp_crash;
 mod xmpp_daemon;
