@@ -314,7 +314,9 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
             let State { rooms, own_origins, puppets, .. } = &mut *st;
             let Some(r) = rooms.get_mut(&room) else { return };
             if let Some((query, id, archived)) = catchup::archived(&msg, &room) {
-                if let Some((_, page)) = st.catchup.get_mut(&query).filter(|(q_room, _)| *q_room == room) {
+                if let Some((_, page)) = st.catchup.get_mut(&query).filter(|(q_room, _)| *q_room == room)
+                    && page.len() < catchup::PAGE
+                {
                     page.push((id, archived));
                 }
                 return;
@@ -524,7 +526,9 @@ async fn import_attachments(shared: &Shared, draft: &mut bridge_api::event::Mess
 /// The next archive query of `room`'s catch-up (the newest page, or the one before `before`).
 fn archive_query(st: &mut State, room: &BareJid, before: Option<&str>) -> Stanza {
     st.queries += 1;
-    let query_id = format!("catchup-{}", st.queries);
+    // Unguessable as well as unique (the per-process random keys of the std hasher).
+    let salt = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), st.queries);
+    let query_id = format!("catchup-{}-{salt:016x}", st.queries);
     st.catchup.insert(query_id.clone(), (room.clone(), Vec::new()));
     let mut q = catchup::query(room, &query_id, before);
     if let Iq::Set { from, .. } = &mut q {

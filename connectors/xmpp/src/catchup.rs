@@ -42,7 +42,15 @@ pub fn query(room: &BareJid, query_id: &str, before: Option<&str>) -> Iq {
 
 /// If `msg` carries an archive result: its query id, its archive (stanza-)id and the archived message, with the
 /// stanza-id added as the room's `<stanza-id/>` (the archive gives it as the result's id) and the delay dropped.
+///
+/// Only the room itself sends results: from its bare JID, never as groupchat. A result inside an occupant's
+/// message (`room/nick`) is not one, or any occupant could put words in others' mouths during a catch-up, or
+/// make the bridge believe the archive already holds a message it is about to resend.
 pub fn archived(msg: &Message, room: &BareJid) -> Option<(String, String, Message)> {
+    let from_room = msg.from.as_ref().is_some_and(|f| f.resource().is_none() && f.to_bare() == *room);
+    if !from_room || msg.type_ == xmpp_parsers::message::MessageType::Groupchat {
+        return None;
+    }
     let result = msg.payloads.iter().find(|p| p.is("result", xmpp_parsers::ns::MAM))?;
     let query_id = result.attr("queryid")?.to_owned();
     let id = result.attr("id")?.to_owned();
@@ -167,6 +175,24 @@ mod tests {
 
     fn end(first: &str, complete: bool) -> PageEnd {
         PageEnd { first: Some(first.into()), complete }
+    }
+
+    #[test]
+    fn only_the_room_itself_sends_archive_results() {
+        let room = BareJid::new("lobby@muc.localhost").expect("jid");
+        let result = |from: &str, kind: &str| {
+            let xml = format!(
+                "<message xmlns='jabber:client' from='{from}' {kind}><result xmlns='urn:xmpp:mam:2' queryid='q1' \
+                 id='A1'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' type='groupchat' \
+                 from='lobby@muc.localhost/carol'><body>hi</body></message></forwarded></result></message>"
+            );
+            Message::try_from(xml.parse::<Element>().expect("xml")).expect("message")
+        };
+        assert!(archived(&result("lobby@muc.localhost", ""), &room).is_some());
+        assert!(archived(&result("lobby@muc.localhost/mallory", "type='groupchat'"), &room).is_none());
+        assert!(archived(&result("lobby@muc.localhost/mallory", ""), &room).is_none());
+        assert!(archived(&result("lobby@muc.localhost", "type='groupchat'"), &room).is_none());
+        assert!(archived(&result("other@muc.localhost", ""), &room).is_none());
     }
 
     #[test]
