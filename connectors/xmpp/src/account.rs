@@ -511,10 +511,19 @@ async fn import_attachments(shared: &Shared, draft: &mut bridge_api::event::Mess
                     kept.push(stored);
                     continue;
                 }
-                Err(e) => e.to_string(),
+                Err(e) => {
+                    tracing::warn!(account = %shared.id, url = %a.url, error = %e, "an attachment was not fetched");
+                    // The room is told the kind of failure only: a fetch error can name internal addresses, and
+                    // the bridge must not resolve them for room members.
+                    match e {
+                        bridge_api::media::MediaError::TooLarge { .. } => "too large".to_owned(),
+                        bridge_api::media::MediaError::Full { .. } => "the bridge's media store is full".to_owned(),
+                        bridge_api::media::MediaError::Io(_) => "it could not be fetched".to_owned(),
+                    }
+                }
             },
         };
-        tracing::warn!(account = %shared.id, url = %a.url, %why, "an attachment was not fetched; passed on as a link");
+        tracing::debug!(account = %shared.id, url = %a.url, %why, "passed on as a link");
         if !draft.body.is_empty() {
             draft.body.push('\n');
         }
