@@ -150,7 +150,8 @@ impl RoomState {
         if let Some(uri) = self.bridged.get(nick) {
             return Some(uri.clone());
         }
-        (!self.domain.is_empty()).then(|| self.user(nick).uri(&self.domain))
+        // A reference to a nick no one holds names no one: it stays text.
+        (!self.domain.is_empty() && self.occupants.contains(nick)).then(|| self.user(nick).uri(&self.domain))
     }
 
     /// Forgets the occupant list (after a stream reset the room is joined again).

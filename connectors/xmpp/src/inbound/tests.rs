@@ -345,6 +345,13 @@ fn an_occupant_that_changes_nick_stays_the_same_bridged_user() {
 fn xep_0372_mentions_become_mimi_mentions_after_a_cut_reply_fallback() {
     let mut r = room().with_domain("bridge.test");
     r.set_bridged("Bob", Some("mimi://bridge.test/u/bob"));
+    let mut without_dan = room().with_domain("bridge.test");
+    without_dan.set_bridged("Bob", Some("mimi://bridge.test/u/bob"));
+    let dan_here = format!(
+        "<presence xmlns='jabber:client' from='{ROOM}/Dan'><x xmlns='http://jabber.org/protocol/muc#user'>\
+         <item affiliation='none' role='participant'/></x></presence>"
+    );
+    let _ = r.presence(pres(&dan_here), none);
     // "> Carol: hi\n" (12 code points) is the reply fallback; the mentions follow it.
     let inner = format!(
         "<body>&gt; Carol: hi\n@Bob and Dan, ok?</body>\
@@ -361,6 +368,15 @@ fn xep_0372_mentions_become_mimi_mentions_after_a_cut_reply_fallback() {
     assert_eq!(
         mimi_content::markdown::mentions(&draft.body),
         [("@Bob".to_owned(), "mimi://bridge.test/u/bob".to_owned()), ("@Dan".to_owned(), dan)],
+        "{}",
+        draft.body
+    );
+    // A reference to a nick no occupant holds names no one: it stays text.
+    let e = event(without_dan.message(msg(&groupchat("Alice", "m3", "S3", &inner)), none, none));
+    let InboundKind::Message { draft, .. } = e.kind else { panic!("a message") };
+    assert_eq!(
+        mimi_content::markdown::mentions(&draft.body),
+        [("@Bob".to_owned(), "mimi://bridge.test/u/bob".to_owned())],
         "{}",
         draft.body
     );
