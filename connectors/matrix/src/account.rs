@@ -390,7 +390,8 @@ impl Transactions for Inner {
                     inbound.leg.room = leg_room;
                     if let InboundKind::Message { draft, .. } | InboundKind::Edit { draft, .. } = &mut inbound.kind {
                         let reader = self.cfg.bot_user_id();
-                        media_transfer::download_all(&self.hs, self.ctx.media.as_ref(), &reader, draft).await?;
+                        let (hs, store) = (&self.hs, self.ctx.media.as_ref());
+                        media_transfer::download_all(hs, store, &reader, &self.cfg.server_name, draft).await?;
                     }
                     match self.ctx.inbound.enqueue(inbound).await {
                         Ok(ack) => pending.push(ack),

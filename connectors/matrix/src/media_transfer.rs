@@ -2,8 +2,10 @@
 //!
 //! Inbound: each `mxc://` attachment of a translated message is downloaded through authenticated media and kept in
 //! the store, which gives the link the core turns into a MIMI external part. A file that cannot be had for good
-//! (gone, too large, no store) leaves a visible note in the text instead; a homeserver that is down is temporary
-//! (the transaction is answered 500 and the homeserver retries it).
+//! (gone, too large, no store) leaves a visible note in the text instead. Only our own homeserver being down is
+//! temporary for a file of its own server (the transaction is answered 500 and the homeserver retries it); a file
+//! of another server that cannot be fetched now (the homeserver answers 502 for a dead remote, or times out)
+//! becomes a note too, or one dead remote file would hold up every later event of the appservice.
 //!
 //! Outbound: the bytes of an attachment the store holds are uploaded as the ghost and the event content completed.
 
@@ -19,11 +21,13 @@ use std::sync::Arc;
 const MAX_DOWNLOAD_BYTES: u64 = 256 << 20;
 
 /// Replaces the `mxc://` attachments of `draft` with files kept in `store`, downloaded as `reader`. `Err` when it
-/// is worth trying again later (homeserver unavailable, store failing).
+/// is worth trying again later (the homeserver of `server_name` unavailable for one of its own files, store
+/// failing).
 pub async fn download_all(
     hs: &Homeserver,
     store: Option<&Arc<dyn MediaStore>>,
     reader: &str,
+    server_name: &str,
     draft: &mut MessageDraft,
 ) -> Result<(), String> {
     let mut notes = Vec::new();
@@ -35,7 +39,9 @@ pub async fn download_all(
         let kept = match store {
             None => Err("this bridge keeps no media store".to_owned()),
             Some(store) => match hs.download(&a.url, reader, MAX_DOWNLOAD_BYTES).await {
-                Err(HsError::Unavailable(e)) => return Err(format!("downloading {}: {e}", a.url)),
+                Err(HsError::Unavailable(e)) if media::mxc_parts(&a.url).is_some_and(|(s, _)| s == server_name) => {
+                    return Err(format!("downloading {}: {e}", a.url));
+                }
                 Err(e) => Err(e.to_string()),
                 Ok((served_type, bytes)) => {
                     let media_type =
