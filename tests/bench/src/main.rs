@@ -23,6 +23,17 @@ use std::time::{Duration, Instant};
 const SERVER_NAME: &str = "hs.bench";
 const OUR_MUC: &str = "mimi@muc.localhost";
 const BIBOUMI_HOST: &str = "bridge.localhost";
+/// The measured directions, in the order they run: (direction, bridge).
+const DIRECTIONS: [(&str, &str); 8] = [
+    ("Matrix → IRC", "mimi-bridge"),
+    ("Matrix → IRC", "heisenbridge"),
+    ("IRC → Matrix", "mimi-bridge"),
+    ("IRC → Matrix", "heisenbridge"),
+    ("XMPP → IRC", "mimi-bridge"),
+    ("XMPP → IRC", "biboumi"),
+    ("IRC → XMPP", "mimi-bridge"),
+    ("IRC → XMPP", "biboumi"),
+];
 
 struct Args {
     messages: usize,
@@ -86,6 +97,35 @@ impl From<'_> {
                 tokio::task::spawn_blocking(move || c.say(&room, &text)).await.map_err(|e| e.to_string())?
             }
             From::Xmpp(u, room) => u.say(room, text).await,
+        }
+    }
+}
+
+/// Every sending client, to pick the sender of a direction.
+struct Sides<'a> {
+    mx: &'a Arc<MatrixClient>,
+    room: &'a str,
+    owner: &'a Arc<MatrixClient>,
+    hb_room: &'a str,
+    irc_mimi: &'a IrcUser,
+    irc_heis: &'a IrcUser,
+    irc_bib: &'a IrcUser,
+    xuser: &'a mut XmppUser,
+    xbib: &'a mut XmppUser,
+    bib_muc: &'a str,
+}
+
+impl Sides<'_> {
+    /// The sender of direction `i` of [`DIRECTIONS`].
+    fn from(&mut self, i: usize) -> From<'_> {
+        match i {
+            0 => From::Matrix(self.mx, self.room),
+            1 => From::Matrix(self.owner, self.hb_room),
+            2 | 6 => From::Irc(self.irc_mimi),
+            3 => From::Irc(self.irc_heis),
+            4 => From::Xmpp(self.xuser, OUR_MUC),
+            5 => From::Xmpp(self.xbib, self.bib_muc),
+            _ => From::Irc(self.irc_bib),
         }
     }
 }
@@ -296,65 +336,43 @@ async fn run(a: &Args) -> Result<(), String> {
     xbib.join(&bib_muc).await?;
     irc_bib.wait_member("xbib").await?;
 
-    let our_mx = format!("mx:{room}");
-    let hb_mx = format!("mx:{hb_room}");
-    let our_x = format!("xmpp:{OUR_MUC}");
-    let bib_x = format!("xmpp:{bib_muc}");
+    // Where each direction of DIRECTIONS is read, in its order.
+    let readers = [
+        "irc:#mimi".to_owned(),
+        "irc:#heis".to_owned(),
+        format!("mx:{room}"),
+        format!("mx:{hb_room}"),
+        "irc:#mimi".to_owned(),
+        "irc:#bibou".to_owned(),
+        format!("xmpp:{OUR_MUC}"),
+        format!("xmpp:{bib_muc}"),
+    ];
+    let mut sides = Sides {
+        mx: &mx,
+        room: &room,
+        owner: &owner,
+        hb_room: &hb_room,
+        irc_mimi: &irc_mimi,
+        irc_heis: &irc_heis,
+        irc_bib: &irc_bib,
+        xuser: &mut xuser,
+        xbib: &mut xbib,
+        bib_muc: &bib_muc,
+    };
     // Warm-up: ghosts, puppets and connections exist before the clock runs.
-    warm_up(&arrivals, 90, &mut From::Matrix(&mx, &room), "irc:#mimi").await?;
-    warm_up(&arrivals, 91, &mut From::Irc(&irc_mimi), &our_mx).await?;
-    warm_up(&arrivals, 92, &mut From::Xmpp(&mut xuser, OUR_MUC), "irc:#mimi").await?;
-    warm_up(&arrivals, 93, &mut From::Irc(&irc_mimi), &our_x).await?;
-    warm_up(&arrivals, 94, &mut From::Matrix(&owner, &hb_room), "irc:#heis").await?;
-    warm_up(&arrivals, 95, &mut From::Irc(&irc_heis), &hb_mx).await?;
-    warm_up(&arrivals, 96, &mut From::Xmpp(&mut xbib, &bib_muc), "irc:#bibou").await?;
-    warm_up(&arrivals, 97, &mut From::Irc(&irc_bib), &bib_x).await?;
+    for (i, reader) in readers.iter().enumerate() {
+        warm_up(&arrivals, 90 + i, &mut sides.from(i), reader).await?;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = [("mimi-bridge (3 legs)", ours.pid()), ("heisenbridge", heis.pid()), ("biboumi", bib.pid())]
         .map(|(n, pid)| (n, rss_kib(pid)));
 
     let (n, rate, wait) = (a.messages, a.rate, a.wait);
     let mut rows: Vec<(&str, &str, Summary)> = Vec::new();
-    rows.push((
-        "Matrix → IRC",
-        "mimi-bridge",
-        direction(&arrivals, 1, &mut From::Matrix(&mx, &room), "irc:#mimi", n, rate, wait).await?,
-    ));
-    rows.push((
-        "Matrix → IRC",
-        "heisenbridge",
-        direction(&arrivals, 2, &mut From::Matrix(&owner, &hb_room), "irc:#heis", n, rate, wait).await?,
-    ));
-    rows.push((
-        "IRC → Matrix",
-        "mimi-bridge",
-        direction(&arrivals, 3, &mut From::Irc(&irc_mimi), &our_mx, n, rate, wait).await?,
-    ));
-    rows.push((
-        "IRC → Matrix",
-        "heisenbridge",
-        direction(&arrivals, 4, &mut From::Irc(&irc_heis), &hb_mx, n, rate, wait).await?,
-    ));
-    rows.push((
-        "XMPP → IRC",
-        "mimi-bridge",
-        direction(&arrivals, 5, &mut From::Xmpp(&mut xuser, OUR_MUC), "irc:#mimi", n, rate, wait).await?,
-    ));
-    rows.push((
-        "XMPP → IRC",
-        "biboumi",
-        direction(&arrivals, 6, &mut From::Xmpp(&mut xbib, &bib_muc), "irc:#bibou", n, rate, wait).await?,
-    ));
-    rows.push((
-        "IRC → XMPP",
-        "mimi-bridge",
-        direction(&arrivals, 7, &mut From::Irc(&irc_mimi), &our_x, n, rate, wait).await?,
-    ));
-    rows.push((
-        "IRC → XMPP",
-        "biboumi",
-        direction(&arrivals, 8, &mut From::Irc(&irc_bib), &bib_x, n, rate, wait).await?,
-    ));
+    for (i, ((what, bridge), reader)) in DIRECTIONS.iter().zip(&readers).enumerate() {
+        let summary = direction(&arrivals, i + 1, &mut sides.from(i), reader, n, rate, wait).await?;
+        rows.push((what, bridge, summary));
+    }
     ours.alive("mimi-bridge")?;
 
     println!("{n} messages at {rate} msg/s per direction (latency: send call → arrival at the reading client)\n");
