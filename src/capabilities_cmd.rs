@@ -44,13 +44,23 @@ pub fn run(config: Option<&Path>) -> Result<String, Box<dyn std::error::Error>> 
             }
         }
         Some(path) => {
-            for (id, table) in Config::load(path)?.resolved_accounts()? {
-                let caps = capabilities(&networks, &id, &table)?;
+            for (id, caps) in accounts(&Config::load(path)?)? {
                 columns.push((id.to_string(), caps));
             }
         }
     }
     Ok(render(&columns, config.is_none()))
+}
+
+/// What each account of `config` can express, with its settings.
+pub fn accounts(config: &Config) -> Result<Vec<(AccountId, Capabilities)>, Box<dyn std::error::Error>> {
+    let networks = built_in();
+    let mut out = Vec::new();
+    for (id, table) in config.resolved_accounts()? {
+        let caps = capabilities(&networks, &id, &table)?;
+        out.push((id, caps));
+    }
+    Ok(out)
 }
 
 fn capabilities(

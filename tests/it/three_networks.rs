@@ -48,13 +48,10 @@ fn accounts(dir: &Path, homeserver: &str, listen: u16, room_id: &str, irc: &str,
 /// declare it.
 fn crossing(cfg: &Path, from: &str, to: &str, feature: Feature) -> Grade {
     let cfg = mimi_bridge::config::Config::load(cfg).expect("valid config");
-    let tables = cfg.resolved_accounts().expect("accounts");
-    let networks = mimi_bridge::networks::built_in();
+    let accounts = mimi_bridge::capabilities_cmd::accounts(&cfg).expect("capabilities");
     let caps = |name: &str| {
         let id = AccountId::parse(name).expect("account id");
-        let (_, table) = tables.iter().find(|(i, _)| *i == id).expect("configured");
-        let net = networks.iter().find(|n| n.name() == id.network()).expect("built in");
-        net.capabilities(&id, table).expect("capabilities")
+        accounts.iter().find(|(i, _)| *i == id).map(|(_, c)| c.clone()).expect("configured")
     };
     mimi_bridge::capabilities_cmd::crossing(&caps(from), &caps(to), feature)
 }
