@@ -32,8 +32,40 @@ impl std::fmt::Display for HarnessError {
 
 impl std::error::Error for HarnessError {}
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine).
+/// A free TCP port on 127.0.0.1, for a server a test starts next.
+///
+/// Ports come from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port the kernel handed
+/// out from that range can be taken, between this call and the server's bind, as the local port of any outgoing
+/// connection on the machine — a test's HTTP client, Synapse's, a daemon's — and the server then fails to start
+/// with "address in use". Below the range only another listener can take it; each port is handed out once per
+/// process, from a start that differs between processes, and is checked bindable first.
 pub fn free_port() -> Result<u16, HarnessError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 12_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|l| l.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    if span < 1_000 {
+        return kernel_port();
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span;
+    let _ = NEXT.compare_exchange(0, start + 1, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(LOWEST + n % span) else { continue };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    kernel_port()
+}
+
+/// A port the kernel picks (from the ephemeral range): the fallback of [`free_port`].
+fn kernel_port() -> Result<u16, HarnessError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError(format!("no free port: {e}")))?;
     l.local_addr().map(|a| a.port()).map_err(|e| HarnessError(format!("no free port: {e}")))
 }
