@@ -317,6 +317,8 @@ pub struct Daemon {
     pub lines: Receiver<String>,
     /// Every line seen so far.
     pub seen: Vec<String>,
+    /// Its stderr, line by line (read so that a full pipe never blocks it; shown when it fails to start).
+    errors: Receiver<String>,
     cmd: Vec<String>,
     env: Vec<(String, String)>,
     wrapper: Vec<String>,
@@ -340,13 +342,17 @@ impl Daemon {
         cmd.extend(args.iter().map(|a| (*a).to_owned()));
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         let wrapper: Vec<String> = wrapper.iter().map(|w| (*w).to_owned()).collect();
-        let (child, lines) = Self::spawn(&wrapper, &cmd, &env);
-        let mut d = Daemon { child, lines, seen: Vec::new(), cmd, env, wrapper };
+        let (child, lines, errors) = Self::spawn(&wrapper, &cmd, &env);
+        let mut d = Daemon { child, lines, seen: Vec::new(), errors, cmd, env, wrapper };
         d.wait_started();
         d
     }
 
-    fn spawn(wrapper: &[String], args: &[String], env: &[(String, String)]) -> (Child, Receiver<String>) {
+    fn spawn(
+        wrapper: &[String],
+        args: &[String],
+        env: &[(String, String)],
+    ) -> (Child, Receiver<String>, Receiver<String>) {
         let mut cmd = match wrapper.split_first() {
             Some((program, wrapper_args)) => {
                 let mut cmd = Command::new(program);
@@ -362,12 +368,21 @@ impl Daemon {
         }
         let mut child = cmd.spawn().expect("starts");
         let lines = lines_of(child.stdout.take().expect("stdout"));
-        (child, lines)
+        let errors = lines_of(child.stderr.take().expect("stderr"));
+        (child, lines, errors)
     }
 
     fn wait_started(&mut self) {
         let started = self.wait_line_after(self.seen.len(), "bridge running", Duration::from_secs(30));
-        assert!(started, "daemon did not start: {}", self.log());
+        if !started {
+            let status = match self.child.try_wait() {
+                Ok(Some(status)) => format!("it exited with {status}"),
+                _ => "it still runs after 30 s".to_owned(),
+            };
+            std::thread::sleep(Duration::from_millis(200));
+            let errors: Vec<String> = self.errors.try_iter().collect();
+            panic!("daemon did not start ({status}); stdout:\n{}\nstderr:\n{}", self.log(), errors.join("\n"));
+        }
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -382,8 +397,8 @@ impl Daemon {
         while let Ok(l) = self.lines.try_recv() {
             self.seen.push(l);
         }
-        let (child, lines) = Self::spawn(&self.wrapper, &self.cmd, &self.env);
-        (self.child, self.lines) = (child, lines);
+        let (child, lines, errors) = Self::spawn(&self.wrapper, &self.cmd, &self.env);
+        (self.child, self.lines, self.errors) = (child, lines, errors);
         self.wait_started();
     }
 
