@@ -27,11 +27,12 @@
 
 mod keys;
 mod leaves;
+mod order;
 
 pub use keys::DEFAULT_KEY_UPDATE;
 
 use crate::repo::{MlsIdentity, Repo};
-use crate::room_of_record::{GroupContent, GroupMessage, RoomOfRecord};
+use crate::room_of_record::{GroupContent, GroupMessage, Published, RoomOfRecord};
 use crate::router::RouterHandle;
 use async_trait::async_trait;
 use bridge_api::RoomError;
@@ -571,7 +572,7 @@ impl MlsRooms {
 
 #[async_trait]
 impl RoomOfRecord for MlsRooms {
-    async fn publish(&self, msg: &GroupMessage) -> Result<MessageId, RoomError> {
+    async fn publish(&self, msg: &GroupMessage) -> Result<Published, RoomError> {
         let slot = self.slot(&msg.portal).await?;
         let mut s = slot.lock().await;
         let domain = self.provider.domain().to_owned();
@@ -602,7 +603,8 @@ impl RoomOfRecord for MlsRooms {
             match self.provider.submit(&room, ct, sender, Origin::Portal).await {
                 Ok(a) => {
                     s.own.insert(a.seq);
-                    return Ok(id);
+                    let earlier = self.sequenced_before(&msg.portal, &mut s, a.seq).await;
+                    return Ok(Published { id, earlier });
                 }
                 Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => {
                     self.catch_up(&msg.portal, &mut s).await?;

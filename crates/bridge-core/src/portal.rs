@@ -4,7 +4,9 @@
 //! 1. drops the bridge's own echoes (`from_bridge`, ghosts, native ids it recorded for a delivery) and
 //!    duplicates (a native id already seen from that leg);
 //! 2. resolves native references (reply parent, edit/delete/reaction target) through the ID map;
-//! 3. publishes the message to the room of record ([`crate::room_of_record::RoomOfRecord`]) and gets its [`MessageId`];
+//! 3. publishes the message to the room of record ([`crate::room_of_record::RoomOfRecord`]) and gets its
+//!    [`MessageId`], with the group's messages sequenced before it that the portal has not recorded yet (recorded
+//!    first, so that every leg sees the group's order);
 //! 4. writes — in one batch, shared with the other events of the same drain, committed once — the message
 //!    record, the ID-map entry of the source, the reaction set, the sequence counter and an outbox entry for every
 //!    *other* leg;
@@ -466,7 +468,14 @@ impl Portal {
         work: &mut Vec<(LegId, LegWork)>,
     ) -> Result<MessageId, RouteError> {
         let msg = GroupMessage { portal: self.rec.id.clone(), sender, content };
-        let id = self.shared.group.publish(&msg).await?;
+        let published = self.shared.group.publish(&msg).await?;
+        // What the group sequenced before this message goes to the legs before it (see `room_of_record`).
+        for (earlier, m) in published.earlier {
+            if let Err(e) = self.group_message(earlier, m, batch, work) {
+                tracing::warn!(error = %e, message = %earlier, "a message sequenced earlier is left to its own turn");
+            }
+        }
+        let id = published.id;
         let mut b = Batch::new();
         self.record(id, &msg, kind, origin.as_ref().map(|(l, _)| l.clone()), set_after, batch, &mut b, work)?;
         if let Some((leg, Some(native))) = &origin {

@@ -3,6 +3,12 @@
 //! Invariant (ARCHITECTURE.md): the MLS group is the room of record. A portal hands every message it accepts
 //! from a leg to a [`RoomOfRecord`] and uses the [`MessageId`] it gets back; only then do other legs see it.
 //!
+//! One order: a [`RoomOfRecord`] returns, with the id of what a portal published, the messages of other members
+//! the hub sequenced before it that the portal has not been handed yet ([`Published::earlier`]). The portal records
+//! those first, so that every leg gets the group's order, not the order in which the portal happened to learn of
+//! the messages (a native member's message sequenced just before a bridged one would otherwise reach the legs
+//! after it, while native members see it before).
+//!
 //! This trait is deliberately small — one call — so that the MLS engine (encode as MIMI content, encrypt,
 //! submit to the hub, wait for sequencing) replaces [`LocalRoom`] without touching the router or portals.
 //! [`LocalRoom`] is the stand-in until then: it sequences locally and derives message ids the MIMI way
@@ -62,11 +68,22 @@ pub enum GroupContent {
     },
 }
 
+/// A message the room of record sequenced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Its MIMI message id.
+    pub id: MessageId,
+    /// Messages of other members sequenced before it that were not yet handed to the router, in the group's
+    /// order. The portal records them before `id`; when they reach it again later it drops them by message id.
+    pub earlier: Vec<(MessageId, GroupMessage)>,
+}
+
 /// The room of record of the portals: publishes a message and returns its id once it is sequenced.
 #[async_trait]
 pub trait RoomOfRecord: Send + Sync + 'static {
-    /// Publishes `msg`; returns its message id once the hub has sequenced it.
-    async fn publish(&self, msg: &GroupMessage) -> Result<MessageId, RoomError>;
+    /// Publishes `msg`; returns its message id once the hub has sequenced it, with the messages sequenced before
+    /// it that the portal has not seen yet.
+    async fn publish(&self, msg: &GroupMessage) -> Result<Published, RoomError>;
 }
 
 /// Stand-in room of record: sequences locally, ids as MIMI does (over a JSON encoding, with a random salt).
@@ -75,7 +92,7 @@ pub struct LocalRoom;
 
 #[async_trait]
 impl RoomOfRecord for LocalRoom {
-    async fn publish(&self, msg: &GroupMessage) -> Result<MessageId, RoomError> {
+    async fn publish(&self, msg: &GroupMessage) -> Result<Published, RoomError> {
         use sha2::{Digest, Sha256};
         let encoded = serde_json::to_vec(&msg.content).map_err(|e| RoomError::Refused(e.to_string()))?;
         let salt = rand_salt();
@@ -92,7 +109,8 @@ impl RoomOfRecord for LocalRoom {
         let mut id = [0u8; 32];
         id[0] = 0x01;
         id[1..].copy_from_slice(&digest[..31]);
-        MessageId::from_bytes(&id).map_err(|e| RoomError::Refused(e.to_string()))
+        let id = MessageId::from_bytes(&id).map_err(|e| RoomError::Refused(e.to_string()))?;
+        Ok(Published { id, earlier: Vec::new() })
     }
 }
 

@@ -225,6 +225,55 @@ async fn native_client_and_irc_leg_talk_through_a_portal() {
     router.shutdown().await;
 }
 
+/// One order on every leg: a native member's message the hub sequenced before a bridged one reaches the other legs
+/// before it, even when the portal publishes its own message before the incoming path has handed it the native
+/// one. (The incoming path is connected only afterwards here, so that race is certain; the native message then
+/// arriving that way is dropped as a duplicate.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_message_sequenced_first_reaches_the_legs_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, false, None).await;
+    let other = b.net.leg("#other");
+    b.router.link(other.clone(), &b.portal).await.expect("second leg");
+    let mut alice = Native::join(&b.provider, client_dir.path(), "alice", &b.room).await;
+    assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
+
+    alice.send(&b.provider, &b.room, "first, from mls").await.expect("hub accepts");
+    b.net.say("#rust", "bob", "second, from irc").await.1.expect("bridged");
+    let bodies = |events: Vec<bridge_api::event::OutboundEvent>| -> Vec<(String, String)> {
+        events
+            .into_iter()
+            .map(|e| match e.kind {
+                OutboundKind::Message { draft, .. } => (e.leg.room.clone(), draft.body),
+                other => (e.leg.room.clone(), format!("{other:?}")),
+            })
+            .collect()
+    };
+    let on = |leg: &str, v: &[(String, String)]| -> Vec<String> {
+        v.iter().filter(|(l, _)| l == leg).map(|(_, t)| t.clone()).collect()
+    };
+    let mut got = bodies(b.net.wait_delivered(3, WAIT).await);
+    assert_eq!(on("#other", &got), ["first, from mls", "second, from irc"], "the group's order on the other leg");
+    assert_eq!(on("#rust", &got), ["first, from mls"], "the source leg gets the native message only");
+
+    // The native message arriving now by the usual path is not delivered again: it comes before alice's next one
+    // on that path, so once that one is delivered, a duplicate would have been too.
+    b.room_of_record.attach_router(b.router.clone());
+    let (_, m) = alice.next(&b.provider, &b.room).await;
+    assert_eq!(text(&m), "second, from irc");
+    b.net.say("#rust", "bob", "third, from irc").await.1.expect("bridged");
+    alice.send(&b.provider, &b.room, "fourth, from mls").await.expect("hub accepts");
+    got = bodies(b.net.wait_delivered(6, WAIT).await);
+    assert_eq!(
+        on("#other", &got),
+        ["first, from mls", "second, from irc", "third, from irc", "fourth, from mls"],
+        "no duplicate"
+    );
+    assert_eq!(on("#rust", &got), ["first, from mls", "fourth, from mls"], "no duplicate");
+    b.stop().await;
+}
+
 /// `mls_identity = "per-user"`: an IRC user speaks from a leaf of their own (added by the bridge the first time
 /// they speak, seen by the native member as a real member), the cap sends the rest from the shared leaf, idle
 /// leaves are removed, and a returning user gets a new leaf the native member can read.
