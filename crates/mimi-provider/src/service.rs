@@ -772,24 +772,26 @@ impl Provider {
         Ok(Records(&self.inner.store).entry(room, seq)?)
     }
 
-    /// Up to `max` log entries after `after`.
+    /// Up to `max` log entries after `after`: every durable one, even those local readers were not woken for yet
+    /// (so that what a reader learnt elsewhere — an invitation stored with its Welcome — is in the log it reads).
     pub fn entries_after(&self, room: &str, after: u64, max: usize) -> Result<Vec<SequencedFanout>, ProviderError> {
-        let last = {
+        let max = {
             let rooms = lock(&self.inner.rooms);
             let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
             let last = *r.last.borrow();
-            if after >= last {
-                return Ok(Vec::new());
-            }
             if after + 1 < r.first {
                 return Err(ProviderError::Pruned { room: room.to_owned(), first: r.first });
             }
-            if let Some(entries) = r.tail_entries(after, last, max) {
-                return Ok(entries);
+            if after < last {
+                if let Some(entries) = r.tail_entries(after, last, max) {
+                    return Ok(entries);
+                }
+                max.min(usize::try_from(last - after).unwrap_or(usize::MAX))
+            } else {
+                // `last` moves just after entries are durable: ask the store what it already has.
+                max
             }
-            last
         };
-        let max = max.min(usize::try_from(last - after).unwrap_or(usize::MAX));
         Ok(Records(&self.inner.store).entries_after(room, after, max)?)
     }
 
