@@ -5,23 +5,15 @@
 //! docs/capabilities.md shows): as a correction where the crossing is full, as a text fallback where it is
 //! degraded.
 
-use crate::common::client::{client, messages, server_of};
-use crate::common::{Daemon, cli, write_config};
+use crate::common::client::{client, messages};
+use crate::common::three::{MUC, ROOM, Three};
 use bridge_api::AccountId;
 use bridge_api::capability::{Feature, Grade};
-use harness::{Ngircd, Prosody, Synapse, SynapseOptions};
-use mimi_bench::irc::IrcUser;
-use mimi_bench::matrix::MatrixClient;
 use mimi_bench::measure::{Arrivals, marker, markers};
-use mimi_bench::xmpp::XmppUser;
 use serde_json::json;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SERVER_NAME: &str = "hs.test";
-const ROOM: &str = "mimi://bridge.example.org/r/rust";
-const MUC: &str = "lobby@muc.localhost";
 const ROUNDS: usize = 2;
 /// Senders, in the order they speak in each round.
 const MATRIX: usize = 1;
@@ -29,20 +21,6 @@ const IRC: usize = 2;
 const XMPP: usize = 3;
 const ALICE: usize = 4;
 const BOB: usize = 5;
-
-fn accounts(dir: &Path, homeserver: &str, listen: u16, room_id: &str, irc: &str, c2s: &str) -> String {
-    format!(
-        "legs = [{{ account = \"matrix.hs\", room = \"{room_id}\" }}, {{ account = \"irc.t\", room = \"#chan\" }}, \
-         {{ account = \"xmpp.t\", room = \"{MUC}\" }}]\n\n\
-         [matrix.hs]\nmode = \"appservice\"\nhomeserver_url = \"{homeserver}\"\nserver_name = \"{SERVER_NAME}\"\n\
-         listen = \"127.0.0.1:{listen}\"\nas_token_file = {as_token:?}\nhs_token_file = {hs_token:?}\n\
-         registration_id = \"mimi-bridge-it\"\n\n[irc.t]\nserver = \"{irc}\"\nnick = \"bridge\"\n\n\
-         [xmpp.t]\nmode = \"client\"\nserver = \"{c2s}\"\njid = \"bridge@localhost\"\npassword = \"bridge-pw\"\n\
-         transport = \"insecure-tcp\"\n",
-        as_token = dir.join("as.token").display().to_string(),
-        hs_token = dir.join("hs.token").display().to_string(),
-    )
-}
 
 /// The grade at which `feature` crosses from account `from` to account `to` of the config, as the connectors
 /// declare it.
@@ -90,74 +68,29 @@ fn same_order(a_name: &str, a: &[String], b_name: &str, b: &[String]) {
 
 #[test]
 fn matrix_xmpp_irc_and_two_native_clients_in_one_portal_see_every_message_once_in_one_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let listen = harness::free_port().expect("port");
-    let prosody = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    prosody.register("bridge", "bridge-pw").expect("bridge account");
-    prosody.register("xavier", "pw").expect("xmpp user");
-    let irc = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
-    let (cfg, _) = write_config(
-        dir.path(),
-        &accounts(dir.path(), "http://127.0.0.1:1", listen, "!x:hs.test", &irc.addr(), &prosody.c2s_addr()),
-    );
-    let cfg_s = cfg.to_str().expect("utf-8").to_owned();
-    let reg = dir.path().join("registration.yaml");
-    let (code, out, err) = cli(&["generate-registration", "--config", &cfg_s, "--out", reg.to_str().expect("utf-8")]);
-    assert_eq!(code, 0, "{out}{err}");
-    let hs = Arc::new(
-        Synapse::start_with(SynapseOptions {
-            appservice_registrations: vec![reg],
-            server_name: Some(SERVER_NAME.into()),
-        })
-        .expect("synapse starts (installed by ./scripts/test)"),
-    );
-    let arrivals = Arrivals::default();
-    let mx = MatrixClient::register(hs.clone(), "mxuser", arrivals.clone()).expect("matrix user");
-    let room = mx.call("POST", "/_matrix/client/v3/createRoom", Some(json!({"preset": "public_chat"}))).expect("room");
-    let room = room["room_id"].as_str().expect("room id").to_owned();
-    write_config(dir.path(), &accounts(dir.path(), &hs.url(), listen, &room, &irc.addr(), &prosody.c2s_addr()));
-    let mut d = Daemon::start(&cfg, &[]);
-    let server = server_of(&cfg);
-
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (ircuser, mut xavier) = rt.block_on(async {
-        let ircuser =
-            IrcUser::join(&irc.addr(), "ircuser", "#chan", "irc", arrivals.clone()).await.expect("IRC user joins");
-        let xavier =
-            XmppUser::login(&prosody.c2s_addr(), "xavier", "xavier", arrivals.clone()).await.expect("XMPP login");
-        xavier.join(MUC).await.expect("xavier joins the MUC");
-        xavier.wait_occupant(MUC, "mimi-bridge").await.expect("the bridge is in the MUC");
-        ircuser.wait_member("bridge").await.expect("the bridge is in #chan");
-        (ircuser, xavier)
-    });
-    mx.wait_member(&room, &format!("@mimi-bridge:{SERVER_NAME}")).unwrap_or_else(|e| panic!("{e}: {}", d.log()));
-    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
-    for (state, name) in [(&alice, "alice"), (&bob, "bob")] {
-        client(state, &server, &["register", name]);
-        client(state, &server, &["join", ROOM]);
-    }
-
+    let mut t = Three::start();
+    let Three { xavier, ircuser, mx, rt, d, arrivals, room, cfg, server, alice, bob, .. } = &mut t;
     // Everyone speaks, without waiting for anyone's message to arrive.
     for i in 0..ROUNDS {
-        mx.say(&room, &format!("from matrix {}", marker(MATRIX, i))).expect("matrix send");
+        mx.say(room, &format!("from matrix {}", marker(MATRIX, i))).expect("matrix send");
         rt.block_on(ircuser.say(&format!("from irc {}", marker(IRC, i)))).expect("irc send");
         rt.block_on(xavier.say(MUC, &format!("from xmpp {}", marker(XMPP, i)))).expect("xmpp send");
-        client(&alice, &server, &["send", ROOM, &format!("from alice {}", marker(ALICE, i))]);
-        client(&bob, &server, &["send", ROOM, &format!("from bob {}", marker(BOB, i))]);
+        client(alice, server, &["send", ROOM, &format!("from alice {}", marker(ALICE, i))]);
+        client(bob, server, &["send", ROOM, &format!("from bob {}", marker(BOB, i))]);
     }
 
     let mx_reader = format!("mx:{room}");
-    let on_matrix = arrived_in_order(&arrivals, &mx_reader, &others(MATRIX));
-    let on_irc = arrived_in_order(&arrivals, "irc", &others(IRC));
+    let on_matrix = arrived_in_order(arrivals, &mx_reader, &others(MATRIX));
+    let on_irc = arrived_in_order(arrivals, "irc", &others(IRC));
     let x_reader = format!("xmpp:{MUC}");
-    let on_xmpp = arrived_in_order(&arrivals, &x_reader, &others(XMPP));
+    let on_xmpp = arrived_in_order(arrivals, &x_reader, &others(XMPP));
     let native = |state: &Path, me: usize| -> Vec<String> {
         let n = others(me).len().to_string();
-        let got = messages(&client(state, &server, &["listen", ROOM, "--json", "--count", &n, "--timeout", "60"]));
+        let got = messages(&client(state, server, &["listen", ROOM, "--json", "--count", &n, "--timeout", "60"]));
         got.iter().flat_map(|m| markers(m["text"].as_str().unwrap_or_default())).collect()
     };
-    let on_alice = native(&alice, ALICE);
-    let on_bob = native(&bob, BOB);
+    let on_alice = native(alice, ALICE);
+    let on_bob = native(bob, BOB);
     for (name, seen, me) in [("alice", &on_alice, ALICE), ("bob", &on_bob, BOB)] {
         let mut sorted = seen.clone();
         sorted.sort();
@@ -203,7 +136,7 @@ fn matrix_xmpp_irc_and_two_native_clients_in_one_portal_see_every_message_once_i
                       "m.new_content": {"msgtype": "m.text", "body": edited},
                       "m.relates_to": {"rel_type": "m.replace", "event_id": first}});
     mx.call("PUT", &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/edit1"), Some(edit)).expect("edit");
-    assert_eq!(crossing(&cfg, "matrix.hs", "xmpp.t", Feature::Edits), Grade::Full);
+    assert_eq!(crossing(cfg, "matrix.hs", "xmpp.t", Feature::Edits), Grade::Full);
     let correction = rt
         .block_on(xavier.wait("the correction", |e| {
             e.name() == "message"
@@ -212,7 +145,7 @@ fn matrix_xmpp_irc_and_two_native_clients_in_one_portal_see_every_message_once_i
         }))
         .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
     assert!(correction.get_child("replace", "urn:xmpp:message-correct:0").and_then(|r| r.attr("id")).is_some());
-    assert_eq!(crossing(&cfg, "matrix.hs", "irc.t", Feature::Edits), Grade::Degraded);
+    assert_eq!(crossing(cfg, "matrix.hs", "irc.t", Feature::Edits), Grade::Degraded);
     // `edits = "diff"` (the default): a rewrite too large for `s/old/new/` is the new text marked as an edit.
     let edit_line = marker(6, 0);
     rt.block_on(
@@ -220,11 +153,10 @@ fn matrix_xmpp_irc_and_two_native_clients_in_one_portal_see_every_message_once_i
     )
     .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
     for (name, state) in [("alice", &alice), ("bob", &bob)] {
-        let got = messages(&client(state, &server, &["listen", ROOM, "--json", "--count", "1", "--timeout", "30"]));
+        let got = messages(&client(state, server, &["listen", ROOM, "--json", "--count", "1", "--timeout", "30"]));
         assert!(
             got.first().is_some_and(|m| m["replaces"].is_string() && m["text"] == edited.as_str()),
             "{name} got the edit as an edit: {got:?}"
         );
     }
-    drop(xavier);
 }

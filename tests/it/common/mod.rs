@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod client;
+pub mod three;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
