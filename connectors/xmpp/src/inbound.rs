@@ -35,7 +35,8 @@ use xmpp_parsers::presence::{Presence, Type as PresenceType};
 const MAX_RENAMED: usize = 4096;
 /// How many `id` → stanza-id pairs a room remembers for corrections.
 pub const MAX_REMEMBERED: usize = 4096;
-/// Longest body accepted, in bytes (larger messages are dropped and logged).
+/// Longest body the connector sends, in bytes (its `Limits::max_text_bytes`). Longer bodies that arrive (the
+/// stream's stanza limit bounds them) go to the core, whose `max_event_bytes` decides and tells the sender.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Most reactions one user may have on one message.
 pub const MAX_REACTIONS: usize = 32;
@@ -247,9 +248,6 @@ impl RoomState {
             return Outcome::Ignored("message without stanza-id or origin-id");
         };
         let body = msg.bodies.get("").or_else(|| msg.bodies.values().next()).cloned();
-        if body.as_ref().is_some_and(|b| b.len() > MAX_BODY) {
-            return Outcome::Ignored("body too large");
-        }
         let kind = match self.kind(&nick, &msg, body) {
             Ok(kind) => kind,
             Err(why) => return Outcome::Ignored(why),

@@ -48,12 +48,36 @@ pub struct LegStatus {
 
 /// What a portal task receives.
 pub(crate) enum PortalInput {
-    Inbound { event: Box<InboundEvent>, ack: oneshot::Sender<Result<Accepted, RouteError>> },
-    FromGroup { id: MessageId, msg: Box<GroupMessage>, ack: oneshot::Sender<Result<Accepted, RouteError>> },
-    Link { leg: LegId, done: oneshot::Sender<Result<(), RouteError>> },
-    Unlink { leg: LegId, done: oneshot::Sender<Result<(), RouteError>> },
-    Undeliverable { event: Box<OutboundEvent>, reason: String },
-    Status { reply: oneshot::Sender<Vec<LegStatus>> },
+    Inbound {
+        event: Box<InboundEvent>,
+        ack: oneshot::Sender<Result<Accepted, RouteError>>,
+    },
+    FromGroup {
+        id: MessageId,
+        msg: Box<GroupMessage>,
+        ack: oneshot::Sender<Result<Accepted, RouteError>>,
+    },
+    Link {
+        leg: LegId,
+        done: oneshot::Sender<Result<(), RouteError>>,
+    },
+    Unlink {
+        leg: LegId,
+        done: oneshot::Sender<Result<(), RouteError>>,
+    },
+    Undeliverable {
+        event: Box<OutboundEvent>,
+        reason: String,
+    },
+    /// An inbound event refused before it reached the portal (too large): its sender is told on its leg.
+    Refused {
+        leg: LegId,
+        sender: LegacyUser,
+        reason: String,
+    },
+    Status {
+        reply: oneshot::Sender<Vec<LegStatus>>,
+    },
 }
 
 /// Outbox entries moved to `failed` per batch when a leg is unlinked.
@@ -186,6 +210,11 @@ impl Portal {
                     acks.push((ack, r));
                 }
                 PortalInput::Undeliverable { event, reason } => self.report_undeliverable(&event, &reason, &mut work),
+                PortalInput::Refused { leg, sender, reason } => {
+                    let body = format!("⚠ {}: your message was not bridged: {reason}", sender.shown_name());
+                    let id = ephemeral_id();
+                    self.notice(leg, id, TxnId(format!("refused-{}", id.to_hex())), body, &mut work);
+                }
                 PortalInput::Status { reply } => {
                     let _ = reply.send(self.status());
                 }
@@ -637,17 +666,19 @@ impl Portal {
         if origin == event.leg {
             return;
         }
+        let body = format!("⚠ not delivered to {}: {}", event.leg, reason);
+        self.notice(origin, event.message_id, TxnId(format!("undeliverable-{}", event.txn_id)), body, work);
+    }
+
+    /// Queues a notice from the bridge itself to `leg` (not stored: a notice lost in a crash is not re-sent).
+    fn notice(&self, leg: LegId, message_id: MessageId, txn_id: TxnId, body: String, work: &mut Vec<(LegId, LegWork)>) {
         let domain = &self.shared.cfg.domain;
-        let draft = MessageDraft {
-            body: format!("⚠ not delivered to {}: {}", event.leg, reason),
-            style: MessageStyle::Notice,
-            ..MessageDraft::default()
-        };
+        let draft = MessageDraft { body, style: MessageStyle::Notice, ..MessageDraft::default() };
         let notice = OutboundEvent {
             portal: self.rec.id.clone(),
-            leg: origin.clone(),
-            message_id: event.message_id,
-            txn_id: TxnId(format!("undeliverable-{}", event.txn_id)),
+            leg: leg.clone(),
+            message_id,
+            txn_id,
             sender: Sender {
                 uri: format!("mimi://{domain}/u/bridge"),
                 display_name: "mimi-bridge".into(),
@@ -656,6 +687,6 @@ impl Portal {
             },
             kind: OutboundKind::Message { draft, reply_to: None },
         };
-        work.push((origin, LegWork::new(None, notice)));
+        work.push((leg, LegWork::new(None, notice)));
     }
 }

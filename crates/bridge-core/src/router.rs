@@ -310,6 +310,12 @@ impl RouterHandle {
             let e = RouteError::TooLarge { size, max };
             tracing::warn!(leg = %event.leg, error = %e, "inbound event refused");
             count_error(&e);
+            // Its sender is told, in the room they wrote in (if the portal has room in its queue for that).
+            if let Some(tx) = self.portal_of(&event.leg).and_then(|p| self.sender(&p)) {
+                let reason = format!("it is too large ({size} bytes; this bridge takes at most {max})");
+                let _ =
+                    tx.try_send(PortalInput::Refused { leg: event.leg.clone(), sender: event.sender.clone(), reason });
+            }
             return Err(e);
         }
         if event.native_id.is_none()

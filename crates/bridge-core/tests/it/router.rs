@@ -1,7 +1,7 @@
 //! Scenarios of the router and portals with in-memory loopback networks and the local room of record.
 //! (Loopback legs test the core only; real connectors are tested against real servers.)
 
-use bridge_api::event::{InboundKind, MessageDraft, OutboundKind};
+use bridge_api::event::{InboundKind, MessageDraft, MessageStyle, OutboundKind};
 use bridge_api::{AccountContext, AccountId, LegId, NativeId, PortalId};
 use bridge_core::repo::Repo;
 use bridge_core::repo::{MlsIdentity, PortalRecord};
@@ -198,6 +198,17 @@ async fn bad_input_gets_typed_errors() {
     assert!(matches!(r, Err(RouteError::UnknownLeg(_))), "{r:?}");
     let (_, r) = w.a.say("#b", "alice", &"x".repeat(101)).await;
     assert!(matches!(r, Err(RouteError::TooLarge { size: 101, max: 100 })), "{r:?}");
+    // alice is told in #b, as a notice from the bridge; b gets nothing.
+    let told = w.a.wait_delivered(1, Duration::from_secs(5)).await;
+    match told.first().map(|e| &e.kind) {
+        Some(OutboundKind::Message { draft, .. }) => {
+            assert_eq!(draft.style, MessageStyle::Notice);
+            assert!(draft.body.contains("alice") && draft.body.contains("too large (101 bytes"), "{}", draft.body);
+        }
+        other => panic!("no refusal notice: {other:?}"),
+    }
+    assert_eq!(told[0].leg, w.a.leg("#b"));
+    assert!(w.b.delivered().is_empty());
     let ev = bridge_api::InboundEvent {
         leg: w.a.leg("#b"),
         sender: w.a.user("alice"),
