@@ -12,6 +12,7 @@ mod content_cli;
 mod daemon;
 mod docs_paths;
 mod federation;
+mod hostile_input;
 mod http_clients;
 mod https;
 mod hub_validation;

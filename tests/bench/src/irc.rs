@@ -55,6 +55,11 @@ impl IrcUser {
         self.raw(&format!("PRIVMSG {} :{text}\r\n", self.channel)).await
     }
 
+    /// Every line read so far (PINGs excepted), as it came.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Waits (30 s at most) until a line read so far satisfies `pred`.
     pub async fn wait(&self, pred: impl Fn(&str) -> bool, what: &str) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);

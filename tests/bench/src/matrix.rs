@@ -76,6 +76,27 @@ impl MatrixClient {
         }
     }
 
+    /// Waits (60 s at most) until the last 50 events of `room` hold a message whose content satisfies `pred`;
+    /// returns that content (read from the room's history, so every field the homeserver kept is there).
+    pub fn wait_content(&self, room: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let page = self.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"), None)?;
+            let found = page["chunk"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["type"] == "m.room.message" && pred(&e["content"]));
+            if let Some(e) = found {
+                return Ok(e["content"].clone());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{what}: not seen in {room} within 60 s"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits (60 s at most) until `user` is a joined member of `room`.
     pub fn wait_member(&self, room: &str, user: &str) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
