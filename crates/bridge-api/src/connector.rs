@@ -187,6 +187,12 @@ pub trait InboundRoute: Send + Sync + 'static {
 
     /// The MIMI message a native id on a leg stands for, if the core knows it.
     fn message_for(&self, leg: &LegId, native: &NativeId) -> Option<MessageId>;
+
+    /// The rooms of `account` linked to a portal now (see [`InboundSink::linked_rooms`]). The default knows none.
+    fn linked_rooms(&self, account: &AccountId) -> Vec<String> {
+        let _ = account;
+        Vec::new()
+    }
 }
 
 /// What the core gives an account when it starts.
@@ -246,6 +252,13 @@ impl InboundSink {
     /// The account this sink belongs to.
     pub fn account(&self) -> &AccountId {
         &self.account
+    }
+
+    /// The native names of this account's rooms that are linked to a portal now. The core asks the account to
+    /// [`Account::join`] each after starting it, so an account that hears of a room before that (a homeserver
+    /// retrying a transaction right after a restart) can tell "linked, not joined yet" from "not linked".
+    pub fn linked_rooms(&self) -> Vec<String> {
+        self.route.linked_rooms(&self.account)
     }
 
     /// Submits one event and waits until it is durably accepted (or rejected).

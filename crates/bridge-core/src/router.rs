@@ -435,4 +435,8 @@ impl bridge_api::InboundRoute for RouterHandle {
     fn message_for(&self, leg: &LegId, native: &NativeId) -> Option<MessageId> {
         RouterHandle::message_for(self, leg, native)
     }
+
+    fn linked_rooms(&self, account: &AccountId) -> Vec<String> {
+        self.legs().into_iter().filter(|(l, _)| l.account == *account).map(|(l, _)| l.room).collect()
+    }
 }
