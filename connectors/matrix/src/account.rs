@@ -26,7 +26,7 @@ use ruma::events::{AnyStateEvent, AnyTimelineEvent};
 use ruma::serde::Raw;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 /// The device every ghost sends from (MSC4190), so that the homeserver deduplicates a retried send durably.
@@ -66,6 +66,8 @@ struct State {
     rooms: HashMap<String, String>,
     /// Rooms as configured whose join has not succeeded yet.
     wanted: HashSet<String>,
+    /// Linked rooms the homeserver refused to let the bot join, and when (tried again a minute later).
+    join_refused: HashMap<String, Instant>,
     /// Ghosts registered (and handed to the core as ghosts), with the display name set.
     ghosts: HashMap<String, String>,
     /// (room id, ghost) pairs joined.
@@ -346,6 +348,42 @@ async fn ping_loop(inner: Arc<Inner>) {
     }
 }
 
+impl Inner {
+    /// The leg room of `room_id`, or `None` if it is not linked. A transaction can come before the core has asked
+    /// for the joins of the linked rooms (the homeserver retries the one a crash interrupted as soon as the
+    /// listener is back): linked rooms not joined yet are joined first, and while one of them waits for the
+    /// homeserver the transaction is refused (500), so that it comes again rather than being dropped.
+    async fn leg_of(&self, room_id: &str) -> Result<Option<String>, String> {
+        if let Some(r) = self.state().rooms.get(room_id).cloned() {
+            return Ok(Some(r));
+        }
+        let pending: Vec<String> = {
+            let st = self.state();
+            let recent = |r: &String| st.join_refused.get(r).is_some_and(|t| t.elapsed() < JOIN_RETRY);
+            self.ctx
+                .inbound
+                .linked_rooms()
+                .into_iter()
+                .filter(|r| !st.rooms.values().any(|v| v == r) && !recent(r))
+                .collect()
+        };
+        for room in pending {
+            match self.join_room(&room).await {
+                Ok(()) => {}
+                Err(HsError::Unavailable(e)) => return Err(format!("linked room {room} not joined yet: {e}")),
+                Err(e) => {
+                    tracing::warn!(account = %self.id, %room, error = %e, "cannot join the linked room");
+                    self.state().join_refused.insert(room, Instant::now());
+                }
+            }
+        }
+        Ok(self.state().rooms.get(room_id).cloned())
+    }
+}
+
+/// How long a linked room the homeserver refused to let the bot join is left alone.
+const JOIN_RETRY: Duration = Duration::from_secs(60);
+
 /// Whether the core's refusal is temporary (answer the transaction 500, the homeserver retries it).
 fn temporary(e: &RouteError) -> bool {
     matches!(e, RouteError::Store(_) | RouteError::Closed | RouteError::Room(bridge_api::RoomError::Unavailable(_)))
@@ -364,7 +402,7 @@ impl Transactions for Inner {
                 }
             };
             let room_id = ev.room_id().to_string();
-            let Some(leg_room) = self.state().rooms.get(&room_id).cloned() else { continue };
+            let Some(leg_room) = self.leg_of(&room_id).await? else { continue };
             if let AnyTimelineEvent::State(AnyStateEvent::RoomEncryption(e)) = &ev
                 && let Err(e) = self.tell_room_is_not_encrypted_for_us(&room_id, e.event_id().as_str()).await
             {
