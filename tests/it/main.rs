@@ -11,6 +11,7 @@ mod client_cli;
 mod content_cli;
 mod daemon;
 mod docs_paths;
+mod fault_injection;
 mod federation;
 mod hostile_input;
 mod http_clients;

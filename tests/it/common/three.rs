@@ -4,7 +4,7 @@
 
 use crate::common::client::{client, server_of};
 use crate::common::{Daemon, cli, write_config};
-use harness::{Ngircd, Prosody, Synapse, SynapseOptions};
+use harness::{Ngircd, NgircdOptions, Prosody, Synapse, SynapseOptions};
 use mimi_bench::irc::IrcUser;
 use mimi_bench::matrix::MatrixClient;
 use mimi_bench::measure::Arrivals;
@@ -53,33 +53,57 @@ pub struct Three {
     _dir: tempfile::TempDir,
 }
 
+/// How [`Three::start_with`] sets things up.
+#[derive(Debug, Default, Clone)]
+pub struct ThreeOptions {
+    /// ngIRCd without its penalty delays, for streams faster than a person types.
+    pub irc_no_penalty: bool,
+    /// Lines added to the IRC account's section of the daemon's config.
+    pub irc_account: String,
+}
+
 /// The accounts and the portal's legs of the daemon's config.
-fn accounts(dir: &Path, homeserver: &str, listen: u16, room_id: &str, irc: &str, c2s: &str) -> String {
+fn accounts(
+    dir: &Path,
+    homeserver: &str,
+    listen: u16,
+    room_id: &str,
+    irc: &str,
+    c2s: &str,
+    opts: &ThreeOptions,
+) -> String {
     format!(
         "legs = [{{ account = \"matrix.hs\", room = \"{room_id}\" }}, {{ account = \"irc.t\", room = \"{CHANNEL}\" }}, \
          {{ account = \"xmpp.t\", room = \"{MUC}\" }}]\n\n\
          [matrix.hs]\nmode = \"appservice\"\nhomeserver_url = \"{homeserver}\"\nserver_name = \"{SERVER_NAME}\"\n\
          listen = \"127.0.0.1:{listen}\"\nas_token_file = {as_token:?}\nhs_token_file = {hs_token:?}\n\
-         registration_id = \"mimi-bridge-it\"\n\n[irc.t]\nserver = \"{irc}\"\nnick = \"bridge\"\n\n\
+         registration_id = \"mimi-bridge-it\"\n\n[irc.t]\nserver = \"{irc}\"\nnick = \"bridge\"\n{irc_account}\n\
          [xmpp.t]\nmode = \"client\"\nserver = \"{c2s}\"\njid = \"bridge@localhost\"\npassword = \"bridge-pw\"\n\
          transport = \"insecure-tcp\"\n",
         as_token = dir.join("as.token").display().to_string(),
         hs_token = dir.join("hs.token").display().to_string(),
+        irc_account = opts.irc_account,
     )
 }
 
 impl Three {
     /// Starts the servers and the daemon, and waits until every user and the bridge are in their rooms.
     pub fn start() -> Three {
+        Self::start_with(&ThreeOptions::default())
+    }
+
+    /// As [`Three::start`], set up as `opts` says.
+    pub fn start_with(opts: &ThreeOptions) -> Three {
         let dir = tempfile::tempdir().expect("tempdir");
         let listen = harness::free_port().expect("port");
         let prosody = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
         prosody.register("bridge", "bridge-pw").expect("bridge account");
         prosody.register("xavier", "pw").expect("xmpp user");
-        let irc = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
+        let irc = Ngircd::start_with(NgircdOptions { no_penalty: opts.irc_no_penalty, ..NgircdOptions::default() })
+            .expect("ngircd starts (installed by ./scripts/test)");
         let (cfg, _) = write_config(
             dir.path(),
-            &accounts(dir.path(), "http://127.0.0.1:1", listen, "!x:hs.test", &irc.addr(), &prosody.c2s_addr()),
+            &accounts(dir.path(), "http://127.0.0.1:1", listen, "!x:hs.test", &irc.addr(), &prosody.c2s_addr(), opts),
         );
         let cfg_s = cfg.to_str().expect("utf-8").to_owned();
         let reg = dir.path().join("registration.yaml");
@@ -98,7 +122,8 @@ impl Three {
         let room =
             mx.call("POST", "/_matrix/client/v3/createRoom", Some(json!({"preset": "public_chat"}))).expect("room");
         let room = room["room_id"].as_str().expect("room id").to_owned();
-        write_config(dir.path(), &accounts(dir.path(), &hs.url(), listen, &room, &irc.addr(), &prosody.c2s_addr()));
+        let text = accounts(dir.path(), &hs.url(), listen, &room, &irc.addr(), &prosody.c2s_addr(), opts);
+        write_config(dir.path(), &text);
         let mut d = Daemon::start(&cfg, &[]);
         let server = server_of(&cfg);
 
