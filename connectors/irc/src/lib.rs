@@ -20,6 +20,7 @@ pub mod format;
 pub mod inbound;
 pub mod isupport;
 pub mod message;
+pub mod pace;
 pub mod pool;
 pub mod render;
 pub mod session;
