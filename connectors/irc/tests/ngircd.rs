@@ -3,82 +3,23 @@
 //! nicks, no echo, collisions, idle reaping, the cap), and TLS (ngIRCd's GnuTLS port with a CA and certificates
 //! made by rcgen in the test: verification, hostname mismatch, unknown CA, a client certificate).
 
+mod common;
+
 use async_trait::async_trait;
 use bridge_api::capability::Feature;
 use bridge_api::event::{InboundKind, MessageDraft, OutboundEvent};
-use bridge_api::{Account, AccountContext, AccountId, Connector, Health, LegId, PortalId};
-use bridge_core::repo::{MlsIdentity, PortalRecord};
+use bridge_api::{Account, AccountContext, AccountId, Connector, Health};
 use bridge_core::room_of_record::LocalRoom;
 use bridge_core::router::{RouterConfig, RouterHandle};
-use bridge_testkit::loopback::LoopbackNetwork;
 use bridge_testkit::{Harness, KitOptions, NativeAction, Observed, TestUser};
-use connector_irc::message::Message;
+use common::{BRIDGE, CHANNEL, Client, Slice, collect, slice};
 use connector_irc::render::{RenderConfig, render};
 use connector_irc::{Config, Connections, IrcConnector};
 use harness::{Ngircd, NgircdOptions, NgircdTls};
 use mimi_store::{Backend, CommitConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::sync::{Mutex, mpsc};
-
-const CHANNEL: &str = "#kit";
-const BRIDGE: &str = "bridge";
-
-/// A plain IRC client, as a test user.
-struct Client {
-    nick: String,
-    lines: mpsc::UnboundedReceiver<Message>,
-    tx: mpsc::UnboundedSender<String>,
-}
-
-impl Client {
-    async fn connect(port: u16, nick: &str, channel: &str) -> Result<Self, String> {
-        let s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-        let (r, mut w) = s.into_split();
-        let (tx, mut out) = mpsc::unbounded_channel::<String>();
-        let (in_tx, mut lines) = mpsc::unbounded_channel();
-        let pong = tx.clone();
-        tokio::spawn(async move {
-            while let Some(l) = out.recv().await {
-                if w.write_all(format!("{l}\r\n").as_bytes()).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            let mut r = BufReader::new(r).lines();
-            while let Ok(Some(l)) = r.next_line().await {
-                let Ok(m) = Message::parse(&l) else { continue };
-                if m.command == "PING" {
-                    let _ = pong.send(format!("PONG :{}", m.param(0).unwrap_or_default()));
-                    continue;
-                }
-                if in_tx.send(m).is_err() {
-                    break;
-                }
-            }
-        });
-        let _ = tx.send(format!("NICK {nick}"));
-        // The user name is fixed: ngIRCd refuses some nick characters (`[`, `]`) in user names.
-        let _ = tx.send(format!("USER test 0 * :{nick}"));
-        let _ = tx.send(format!("JOIN {channel}"));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            match tokio::time::timeout_at(deadline, lines.recv()).await {
-                Ok(Some(m)) if m.command == "366" => break,
-                Ok(Some(_)) => {}
-                _ => return Err(format!("{nick} could not join {channel}")),
-            }
-        }
-        Ok(Self { nick: nick.into(), lines, tx })
-    }
-
-    fn say(&self, channel: &str, text: &str) {
-        let _ = self.tx.send(format!("PRIVMSG {channel} :{text}"));
-    }
-}
+use tokio::sync::Mutex;
 
 struct IrcHarness {
     server: Ngircd,
@@ -199,64 +140,13 @@ async fn irc_per_user_mode_passes_the_conformance_kit_against_ngircd() {
     assert!(skipped.iter().all(|n| *n == "dedup"), "only dedup (IRC never redelivers) may be skipped: {skipped:?}");
 }
 
-/// Router + store + loopback leg + the IRC account in one portal.
-struct Slice {
-    router: RouterHandle,
-    lb: Arc<LoopbackNetwork>,
-    account: Arc<dyn Account>,
-    _dir: tempfile::TempDir,
-}
-
-async fn slice(server: &Ngircd, cfg: impl FnOnce(&mut Config)) -> Slice {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
-    let router = RouterHandle::start(RouterConfig::new("irc.test"), store, Arc::new(LocalRoom)).await.expect("router");
-    let lb_id = AccountId::parse("lb.other").expect("id");
-    let lb = LoopbackNetwork::new(lb_id.clone(), AccountContext::new(lb_id, router.clone(), "irc.test"));
-    router.add_account(lb.clone());
-    let id = AccountId::parse("irc.t").expect("id");
-    let mut c = Config::new(server.addr(), BRIDGE);
-    cfg(&mut c);
-    let account = IrcConnector
-        .start(id.clone(), c, AccountContext::new(id.clone(), router.clone(), "irc.test"))
-        .await
-        .expect("start");
-    router.add_account(account.clone());
-    let p = PortalId::new("p").expect("portal");
-    router.create_portal(PortalRecord { id: p.clone(), mls_identity: MlsIdentity::Shared }).await.expect("portal");
-    router.link(lb.leg("#lb"), &p).await.expect("link");
-    let joined = router.link_and_join(LegId::new(id, CHANNEL).expect("leg"), &p).await.expect("link");
-    joined.expect("the account runs").expect("join");
-    let mut h = account.health();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while *h.borrow_and_update() != Health::Connected {
-        tokio::time::timeout_at(deadline, h.changed()).await.expect("connects in time").expect("health");
-    }
-    Slice { router, lb, account, _dir: dir }
-}
-
-async fn collect(c: &mut Client, n: usize, timeout: Duration) -> Vec<String> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    while got.len() < n {
-        match tokio::time::timeout_at(deadline, c.lines.recv()).await {
-            Ok(Some(m)) if m.command == "PRIVMSG" && m.source_nick() == Some(BRIDGE) => {
-                got.push(m.param(1).unwrap_or_default().to_owned())
-            }
-            Ok(Some(_)) => {}
-            _ => break,
-        }
-    }
-    got
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_500_arrives_complete_and_in_order_without_a_flood_kill() {
     // Stock ngIRCd flood control; the connector paces itself (burst 5, then 2 lines/s by default). To keep the
     // test short the account is configured at 20 lines/s and ngIRCd's penalty delays are off
     // (`MaxPenaltyTime = 0`, see peers.md); the 3-commands-per-read cap stays.
     let server = Ngircd::start_with(NgircdOptions { no_penalty: true, ..Default::default() }).expect("ngircd");
-    let s = slice(&server, |c| {
+    let s = slice(&server.addr(), |c| {
         c.flood_burst = 10;
         c.flood_rate = 20.0;
     })
@@ -280,7 +170,7 @@ async fn a_burst_of_500_arrives_complete_and_in_order_without_a_flood_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ngircd_restart_mid_stream_loses_nothing() {
     let mut server = Ngircd::start().expect("ngircd");
-    let s = slice(&server, |c| c.flood_rate = 10.0).await;
+    let s = slice(&server.addr(), |c| c.flood_rate = 10.0).await;
     for i in 0..20 {
         let kind = InboundKind::Message { draft: MessageDraft::plain(format!("before {i}")), reply_to: None };
         s.lb.say_with_id("#lb", "alice", &format!("a{i}"), kind).await.expect("accepted");
@@ -368,7 +258,7 @@ fn bridged_back(s: &Slice, needle: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_mode_shows_distinct_nicks_handles_collisions_and_bridges_nothing_back() {
     let server = Ngircd::start().expect("ngircd");
-    let s = slice(&server, per_user).await;
+    let s = slice(&server.addr(), per_user).await;
     let mut watcher = Client::connect(server.port, "watcher", CHANNEL).await.expect("watcher");
     // A real IRC user already holds the nick carol's connection would get.
     let _squatter = Client::connect(server.port, "carol[m]", CHANNEL).await.expect("squatter");
@@ -417,7 +307,7 @@ async fn per_user_mode_shows_distinct_nicks_handles_collisions_and_bridges_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_per_user_connections_quit_and_come_back_when_needed() {
     let server = Ngircd::start().expect("ngircd");
-    let s = slice(&server, |c| {
+    let s = slice(&server.addr(), |c| {
         per_user(c);
         c.user_idle_secs = 2;
     })
@@ -445,7 +335,7 @@ async fn idle_per_user_connections_quit_and_come_back_when_needed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_connection_cap_the_bot_relays() {
     let server = Ngircd::start().expect("ngircd");
-    let s = slice(&server, |c| {
+    let s = slice(&server.addr(), |c| {
         per_user(c);
         c.max_user_connections = 1;
     })
@@ -506,7 +396,7 @@ async fn tls_to_ngircd_verifies_the_server_and_carries_messages() {
     let tls_port = server.tls_port.expect("TLS port");
     let started = Instant::now();
     // Through TLS, verified against the private CA, by host name, presenting a client certificate: both ways.
-    let s = slice(&server, |c| {
+    let s = slice(&server.addr(), |c| {
         c.server = format!("localhost:{tls_port}");
         c.tls = true;
         c.tls_ca_file = Some(good.ca.clone());
@@ -589,7 +479,7 @@ async fn per_user_connections_use_tls_too() {
     let tls = NgircdTls { cert_file: good.cert.clone(), key_file: good.key.clone() };
     let server = Ngircd::start_with(NgircdOptions { tls: Some(tls), ..Default::default() }).expect("ngircd TLS");
     let tls_port = server.tls_port.expect("TLS port");
-    let s = slice(&server, |c| {
+    let s = slice(&server.addr(), |c| {
         per_user(c);
         c.server = format!("127.0.0.1:{tls_port}");
         c.tls = true;
