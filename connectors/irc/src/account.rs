@@ -1,12 +1,13 @@
 //! The IO shell of an IRC account: the bot connection (which reads the channels for inbound in both modes and
 //! sends relayed lines) and, in per-user mode, a pool of per-sender connections opened lazily, registered as
 //! ghosts with the core, reaped when idle, capped (beyond the cap, the bot relays). The decisions are made by the
-//! sans-IO [`crate::pool`]; each connection is a `conn::Conn` with its own flood bucket and reconnect backoff.
+//! sans-IO [`crate::pool`]; each connection is a `conn::Conn` with its own flood control ([`crate::pace`]) and reconnect backoff.
 
 use crate::conn::{Conn, Role, Settings, View};
 use crate::inbound::{self, Conventions, History, Line};
 use crate::isupport::valid_channel;
 use crate::message::Message;
+use crate::pace::{PaceConfig, WINDOW_BYTES};
 use crate::pool::{self, ConnState, Pool, Route, Via};
 use crate::render::{self, RenderConfig};
 use crate::session::{AltNicks, Identity, Sasl, Session};
@@ -84,8 +85,11 @@ impl IrcAccount {
             label: id.to_string(),
             server: config.server.clone(),
             tls,
-            flood_burst: config.flood_burst,
-            flood_rate: config.flood_rate,
+            pace: PaceConfig {
+                window_lines: config.flood_burst,
+                window_bytes: WINDOW_BYTES,
+                max_rate: config.flood_rate,
+            },
             quit_message: "mimi-bridge shutting down".into(),
         };
         let render = RenderConfig {

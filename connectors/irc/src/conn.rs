@@ -1,11 +1,12 @@
 //! One IRC connection (the bot's, or one user's in per-user mode), IO shell: TCP or TLS, driven by [`Session`],
-//! reconnected with jittered exponential backoff; outgoing lines paced by its own flood [`Bucket`] without ever
-//! blocking reads (PINGs are answered at once). What it does with channel lines and with registration is its
+//! reconnected with jittered exponential backoff; outgoing lines paced by its [`Pacer`] (the server's own pace,
+//! learnt from PONGs to our PINGs, and an optional rate cap) without ever blocking reads (the server's PINGs are
+//! answered at once). What it does with channel lines and with registration is its
 //! [`Role`]'s business.
 
-use crate::flood::Bucket;
 use crate::isupport::Isupport;
 use crate::message::{MAX_LINE, MAX_TAGS, Message};
+use crate::pace::{PONG_TIMEOUT, Pace, PaceConfig, Pacer};
 use crate::session::{Action, Session};
 use crate::tls::{Io, Tls};
 use async_trait::async_trait;
@@ -78,8 +79,8 @@ pub(crate) struct Settings {
     pub label: String,
     pub server: String,
     pub tls: Option<Tls>,
-    pub flood_burst: u32,
-    pub flood_rate: f64,
+    /// Flood control.
+    pub pace: PaceConfig,
     /// Reason given in QUIT on shutdown.
     pub quit_message: String,
 }
@@ -276,11 +277,31 @@ impl Task {
         for m in session.start() {
             write(&mut w, &m).await?;
         }
-        let mut bucket = Bucket::new(self.settings.flood_burst, self.settings.flood_rate, Instant::now());
+        // Every line written counts as in flight; registration lines are settled by 001, when it starts afresh.
+        let mut pacer = Pacer::new(self.settings.pace.clone(), Instant::now());
         let mut queue: VecDeque<(Message, Option<Done>)> = VecDeque::new();
         let mut ever_registered = false;
         let result = loop {
-            let ready = bucket.ready_at(Instant::now());
+            // Our PINGs go out first; then the next queued line when the window (and the cap) allow.
+            let now = Instant::now();
+            let mut pace = Pace::Wait(None);
+            if session.registered() {
+                let next = queue.front().map(|(m, _)| wire_len(m));
+                pace = loop {
+                    match pacer.poll(next, now) {
+                        Pace::Ping(m) => {
+                            write(&mut w, &m).await?;
+                        }
+                        other => break other,
+                    }
+                };
+            }
+            let wake = match pace {
+                Pace::Send => Some(now),
+                Pace::Wait(at) => at,
+                Pace::Ping(_) => None,
+                Pace::Stalled => break Err(format!("no PONG to a flood-control PING within {PONG_TIMEOUT:?}")),
+            };
             tokio::select! {
                 line = reader.next() => {
                     let line = match line {
@@ -295,10 +316,15 @@ impl Task {
                             continue;
                         }
                     };
+                    // A PONG to our own PING confirms what preceded it; any other PONG is the session's business.
+                    if msg.command == "PONG" && msg.params.iter().any(|p| pacer.pong(p)) {
+                        continue;
+                    }
                     for action in session.handle(msg) {
                         match action {
-                            Action::Send(m) => write(&mut w, &m).await?,
+                            Action::Send(m) => pacer.wrote(write(&mut w, &m).await?),
                             Action::Registered => {
+                                pacer = Pacer::new(self.settings.pace.clone(), Instant::now());
                                 if let Err(e) = self.role.registered(&session.nick).await {
                                     break_quit(&mut w, "bridge error").await;
                                     return Err(e);
@@ -336,7 +362,7 @@ impl Task {
                         }
                     };
                     for m in msgs {
-                        write(&mut w, &m).await?;
+                        pacer.wrote(write(&mut w, &m).await?);
                     }
                 }
                 o = out.recv(), if queue.is_empty() && session.registered() => {
@@ -354,11 +380,12 @@ impl Task {
                         let _ = d.send(Ok(()));
                     }
                 }
-                _ = tokio::time::sleep_until(ready.into()), if !queue.is_empty() => {
-                    if bucket.try_take(Instant::now())
+                // Poll again at `wake` (the cap's next token, or the PING's deadline); send now if allowed.
+                _ = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {
+                    if matches!(pace, Pace::Send)
                         && let Some((m, done)) = queue.pop_front()
                     {
-                        write(&mut w, &m).await?;
+                        pacer.paced(write(&mut w, &m).await?, Instant::now());
                         if let Some(d) = done {
                             let _ = d.send(Ok(()));
                         }
@@ -399,12 +426,19 @@ async fn break_quit(w: &mut Writer, reason: &str) {
     let _ = w.shutdown().await;
 }
 
-async fn write(w: &mut Writer, m: &Message) -> Result<(), String> {
+/// Writes `m` and CRLF; returns the bytes written.
+async fn write(w: &mut Writer, m: &Message) -> Result<usize, String> {
     let mut line = m.to_line();
     line.push_str("\r\n");
     w.write_all(line.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
     // TLS buffers records: push them out now.
-    w.flush().await.map_err(|e| format!("write: {e}"))
+    w.flush().await.map_err(|e| format!("write: {e}"))?;
+    Ok(line.len())
+}
+
+/// The bytes `m` takes on the wire, CRLF included.
+fn wire_len(m: &Message) -> usize {
+    m.to_line().len() + 2
 }
 
 /// Reads IRC lines, bounded to the IRCv3 maximum (tags + 512): a longer line is consumed and skipped, so a server

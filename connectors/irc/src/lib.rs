@@ -7,8 +7,9 @@
 //!
 //! * sans IO: [`message`] (wire format), [`session`] (registration/CAP/SASL state machine), [`isupport`],
 //!   [`format`] (IRC codes ⇄ markdown), [`render`] (outbound rendering and splitting), [`inbound`] (inbound
-//!   translation with the reply/edit conventions), [`flood`] (token bucket), [`pool`] (per-user nicks and
-//!   connection decisions);
+//!   translation with the reply/edit conventions), [`pace`] (flood control following the server's pace by
+//!   PING/PONG), [`flood`] (token bucket, the optional rate cap), [`pool`] (per-user nicks and connection
+//!   decisions);
 //! * IO shell: [`account`] (the account: bot + per-user pool), `conn` (one connection), [`tls`].
 //!
 //! [`docs/connector-guide.md`]: https://example.invalid/docs/connector-guide.md
@@ -107,12 +108,12 @@ pub struct Config {
     /// `s/old/new/` is an edit if the user spoke within this many seconds (0 disables).
     #[serde(default = "default_edit_window")]
     pub edit_window_secs: u64,
-    /// Lines that may be sent at once.
+    /// Flood control: most lines in flight — written but not yet processed by the server, as a PONG to the
+    /// bridge's own PING shows ([`pace`]); with `flood_rate`, also the burst of its token bucket.
     #[serde(default = "default_burst")]
     pub flood_burst: u32,
-    /// Lines per second after the burst.
-    #[serde(default = "default_rate")]
-    pub flood_rate: f64,
+    /// Optional hard cap in lines per second on top of the window; none by default (the server's pace rules).
+    pub flood_rate: Option<f64>,
 }
 
 fn default_max_user_connections() -> usize {
@@ -140,10 +141,7 @@ fn default_edit_window() -> u64 {
     300
 }
 fn default_burst() -> u32 {
-    5
-}
-fn default_rate() -> f64 {
-    2.0
+    pace::DEFAULT_WINDOW_LINES
 }
 
 impl Config {
@@ -173,7 +171,7 @@ impl Config {
             reply_window_secs: default_reply_window(),
             edit_window_secs: default_edit_window(),
             flood_burst: default_burst(),
-            flood_rate: default_rate(),
+            flood_rate: None,
         }
     }
 }
@@ -256,8 +254,14 @@ impl Connector for IrcConnector {
                 ));
             }
         }
-        if c.max_lines == 0 || c.flood_burst == 0 || c.flood_rate.is_nan() || c.flood_rate <= 0.0 {
-            return bad("max_lines, flood_burst and flood_rate must be positive".into());
+        if c.max_lines == 0 {
+            return bad("`max_lines` must be positive".into());
+        }
+        if c.flood_burst == 0 {
+            return bad("`flood_burst` must be at least 1 (lines in flight)".into());
+        }
+        if c.flood_rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+            return bad("`flood_rate` must be a positive number of lines per second (leave it out for no cap)".into());
         }
         Ok(())
     }

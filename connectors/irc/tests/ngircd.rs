@@ -142,13 +142,13 @@ async fn irc_per_user_mode_passes_the_conformance_kit_against_ngircd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_500_arrives_complete_and_in_order_without_a_flood_kill() {
-    // Stock ngIRCd flood control; the connector paces itself (burst 5, then 2 lines/s by default). To keep the
-    // test short the account is configured at 20 lines/s and ngIRCd's penalty delays are off
+    // The connector paces itself by the server's PONGs (16 lines in flight by default) and here also by a rate cap
+    // (a burst of 10, then 20 lines/s). To keep the test short ngIRCd's penalty delays are off
     // (`MaxPenaltyTime = 0`, see peers.md); the 3-commands-per-read cap stays.
     let server = Ngircd::start_with(NgircdOptions { no_penalty: true, ..Default::default() }).expect("ngircd");
     let s = slice(&server.addr(), |c| {
         c.flood_burst = 10;
-        c.flood_rate = 20.0;
+        c.flood_rate = Some(20.0);
     })
     .await;
     let mut watcher = Client::connect(server.port, "watcher", CHANNEL).await.expect("watcher");
@@ -170,7 +170,7 @@ async fn a_burst_of_500_arrives_complete_and_in_order_without_a_flood_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ngircd_restart_mid_stream_loses_nothing() {
     let mut server = Ngircd::start().expect("ngircd");
-    let s = slice(&server.addr(), |c| c.flood_rate = 10.0).await;
+    let s = slice(&server.addr(), |c| c.flood_rate = Some(10.0)).await;
     for i in 0..20 {
         let kind = InboundKind::Message { draft: MessageDraft::plain(format!("before {i}")), reply_to: None };
         s.lb.say_with_id("#lb", "alice", &format!("a{i}"), kind).await.expect("accepted");
@@ -240,7 +240,7 @@ async fn lb_say(s: &Slice, nick: &str, id: &str, text: &str) {
 
 fn per_user(c: &mut Config) {
     c.connections = Connections::PerUser;
-    c.flood_rate = 10.0;
+    c.flood_rate = Some(10.0);
 }
 
 fn bridged_back(s: &Slice, needle: &str) -> Vec<String> {
