@@ -3,6 +3,8 @@
 // Each test file uses a part of these.
 #![allow(dead_code)]
 
+pub mod fake_ircd;
+
 use bridge_api::{Account, AccountContext, AccountId, Connector, Health, LegId, PortalId};
 use bridge_core::repo::{MlsIdentity, PortalRecord};
 use bridge_core::room_of_record::LocalRoom;
@@ -12,7 +14,7 @@ use connector_irc::message::Message;
 use connector_irc::{Config, IrcConnector};
 use mimi_store::{Backend, CommitConfig};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -128,4 +130,19 @@ pub async fn collect(c: &mut Client, n: usize, timeout: Duration) -> Vec<String>
         }
     }
     got
+}
+
+/// Lines per second over `times` (arrivals, in order), leaving out the first `skip` (the burst): the slope of a
+/// least-squares line through (arrival time, index), so that servers releasing lines in batches (ngIRCd: 3 per
+/// second) are measured at their average pace.
+pub fn sustained_rate(times: &[Instant], skip: usize) -> f64 {
+    let window = &times[skip.min(times.len())..];
+    let Some(first) = window.first() else { return 0.0 };
+    let xs: Vec<f64> = window.iter().map(|t| (*t - *first).as_secs_f64()).collect();
+    let n = xs.len() as f64;
+    let mean_x = xs.iter().sum::<f64>() / n;
+    let mean_y = (n - 1.0) / 2.0;
+    let cov: f64 = xs.iter().enumerate().map(|(i, x)| (x - mean_x) * (i as f64 - mean_y)).sum();
+    let var: f64 = xs.iter().map(|x| (x - mean_x).powi(2)).sum();
+    if var > 0.0 { cov / var } else { f64::INFINITY }
 }
