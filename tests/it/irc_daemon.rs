@@ -91,3 +91,23 @@ fn irc_account_errors_name_line_key_and_suggestion() {
     assert_eq!(code, 1);
     assert!(err.contains("key `irc.t`") && err.contains("not a valid IRC nick"), "{err}");
 }
+
+/// Flood control keys (issue #19): an old config with a fixed `flood_rate` still loads (the rate is now a cap), and
+/// a bad value names its file, line and key.
+#[test]
+fn irc_flood_keys_keep_old_configs_and_name_bad_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let account = "\n[irc.t]\nserver = \"127.0.0.1:6667\"\nnick = \"bridge\"\n";
+    let (cfg, _) = write_config(dir.path(), &format!("{account}flood_burst = 5\nflood_rate = 2.0\n"));
+    let (code, out, err) = cli(&["check-config", cfg.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "the old defaults, written out, still load: {out}{err}");
+    for (bad, key) in [("flood_rate = 0.0", "flood_rate"), ("flood_burst = 0", "flood_burst")] {
+        let (cfg, _) = write_config(dir.path(), &format!("{account}{bad}\n"));
+        let text = std::fs::read_to_string(&cfg).expect("config");
+        let line = text.lines().position(|l| l == bad).expect("line") + 1;
+        let (code, _, err) = cli(&["check-config", cfg.to_str().expect("utf-8")]);
+        assert_eq!(code, 1, "{bad}");
+        assert!(err.contains("config.toml"), "{err}");
+        assert!(err.contains(&format!(":{line}:1: key `irc.t.{key}`")), "{bad}: {err}");
+    }
+}
