@@ -58,31 +58,20 @@ pub struct Three {
 pub struct ThreeOptions {
     /// ngIRCd without its penalty delays, for streams faster than a person types.
     pub irc_no_penalty: bool,
-    /// Lines added to the IRC account's section of the daemon's config.
-    pub irc_account: String,
 }
 
 /// The accounts and the portal's legs of the daemon's config.
-fn accounts(
-    dir: &Path,
-    homeserver: &str,
-    listen: u16,
-    room_id: &str,
-    irc: &str,
-    c2s: &str,
-    opts: &ThreeOptions,
-) -> String {
+fn accounts(dir: &Path, homeserver: &str, listen: u16, room_id: &str, irc: &str, c2s: &str) -> String {
     format!(
         "legs = [{{ account = \"matrix.hs\", room = \"{room_id}\" }}, {{ account = \"irc.t\", room = \"{CHANNEL}\" }}, \
          {{ account = \"xmpp.t\", room = \"{MUC}\" }}]\n\n\
          [matrix.hs]\nmode = \"appservice\"\nhomeserver_url = \"{homeserver}\"\nserver_name = \"{SERVER_NAME}\"\n\
          listen = \"127.0.0.1:{listen}\"\nas_token_file = {as_token:?}\nhs_token_file = {hs_token:?}\n\
-         registration_id = \"mimi-bridge-it\"\n\n[irc.t]\nserver = \"{irc}\"\nnick = \"bridge\"\n{irc_account}\n\
+         registration_id = \"mimi-bridge-it\"\n\n[irc.t]\nserver = \"{irc}\"\nnick = \"bridge\"\n\n\
          [xmpp.t]\nmode = \"client\"\nserver = \"{c2s}\"\njid = \"bridge@localhost\"\npassword = \"bridge-pw\"\n\
          transport = \"insecure-tcp\"\n",
         as_token = dir.join("as.token").display().to_string(),
         hs_token = dir.join("hs.token").display().to_string(),
-        irc_account = opts.irc_account,
     )
 }
 
@@ -103,7 +92,7 @@ impl Three {
             .expect("ngircd starts (installed by ./scripts/test)");
         let (cfg, _) = write_config(
             dir.path(),
-            &accounts(dir.path(), "http://127.0.0.1:1", listen, "!x:hs.test", &irc.addr(), &prosody.c2s_addr(), opts),
+            &accounts(dir.path(), "http://127.0.0.1:1", listen, "!x:hs.test", &irc.addr(), &prosody.c2s_addr()),
         );
         let cfg_s = cfg.to_str().expect("utf-8").to_owned();
         let reg = dir.path().join("registration.yaml");
@@ -122,7 +111,7 @@ impl Three {
         let room =
             mx.call("POST", "/_matrix/client/v3/createRoom", Some(json!({"preset": "public_chat"}))).expect("room");
         let room = room["room_id"].as_str().expect("room id").to_owned();
-        let text = accounts(dir.path(), &hs.url(), listen, &room, &irc.addr(), &prosody.c2s_addr(), opts);
+        let text = accounts(dir.path(), &hs.url(), listen, &room, &irc.addr(), &prosody.c2s_addr());
         write_config(dir.path(), &text);
         let mut d = Daemon::start(&cfg, &[]);
         let server = server_of(&cfg);
