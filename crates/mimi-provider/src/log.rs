@@ -231,13 +231,15 @@ impl Records<'_> {
     /// Up to `max` entries after `after`, in order.
     pub fn entries_after(&self, room: &str, after: u64, max: usize) -> Result<Vec<SequencedFanout>, StoreError> {
         let mut out = Vec::new();
-        let mut seq = after + 1;
-        while out.len() < max {
+        let mut next = after.checked_add(1);
+        while let Some(seq) = next
+            && out.len() < max
+        {
             match self.entry(room, seq)? {
                 Some(e) => out.push(e),
                 None => break,
             }
-            seq += 1;
+            next = seq.checked_add(1);
         }
         Ok(out)
     }

@@ -184,3 +184,13 @@ async fn a_key_material_request_must_be_signed_by_the_peer_it_comes_from() {
     let answer = api.key_material(&from, &carol.uri, req).await.expect("served");
     assert_eq!(answer.user_status, KeyMaterialUserCode::Success);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_the_largest_sequence_number_is_empty_not_a_panic() {
+    let (_net, a, _b) = two_providers();
+    let mut alice = User::register(&a, "alice").await;
+    let room = alice.create_room(&a, "club").await;
+    // `after` comes from clients and peers as they please.
+    assert!(a.provider.entries_after(&room, u64::MAX, 10).expect("a page").is_empty());
+    assert!(a.provider.entries_after(&room, u64::MAX - 1, 10).expect("a page").is_empty());
+}
