@@ -20,6 +20,7 @@ mod leg;
 pub mod mls_rooms;
 pub mod outbox;
 pub mod portal;
+mod refusals;
 pub mod repo;
 pub mod retention;
 pub mod room_of_record;

@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     legs: RwLock<HashMap<LegId, PortalId>>,
     /// Native ids of deliveries whose record may not be durable yet (see [`Shared::recent_delivery`]).
     recent: std::sync::Mutex<HashMap<(LegId, NativeId), MessageId>>,
+    /// Events refused at intake lately, so that their senders are told once ([`crate::refusals`]).
+    refusals: std::sync::Mutex<crate::refusals::Refusals>,
     portals: tokio::sync::Mutex<HashMap<PortalId, PortalHandle>>,
     senders: RwLock<HashMap<PortalId, mpsc::Sender<PortalInput>>>,
     stop: watch::Sender<bool>,
@@ -132,6 +134,7 @@ impl RouterHandle {
             shutdown,
             legs: RwLock::default(),
             recent: std::sync::Mutex::default(),
+            refusals: std::sync::Mutex::default(),
             portals: tokio::sync::Mutex::default(),
             senders: RwLock::default(),
             stop,
@@ -310,8 +313,12 @@ impl RouterHandle {
             let e = RouteError::TooLarge { size, max };
             tracing::warn!(leg = %event.leg, error = %e, "inbound event refused");
             count_error(&e);
-            // Its sender is told, in the room they wrote in (if the portal has room in its queue for that).
-            if let Some(tx) = self.portal_of(&event.leg).and_then(|p| self.sender(&p)) {
+            // Its sender is told, in the room they wrote in (if the portal has room in its queue for that), once.
+            let tell = !event.from_bridge
+                && self.inner.refusals.lock().is_ok_and(|mut r| {
+                    r.refused(&event.leg, event.native_id.as_ref(), &event.sender.native_id, std::time::Instant::now())
+                });
+            if tell && let Some(tx) = self.portal_of(&event.leg).and_then(|p| self.sender(&p)) {
                 let reason = format!("it is too large ({size} bytes; this bridge takes at most {max})");
                 let _ =
                     tx.try_send(PortalInput::Refused { leg: event.leg.clone(), sender: event.sender.clone(), reason });

@@ -208,7 +208,27 @@ async fn bad_input_gets_typed_errors() {
         other => panic!("no refusal notice: {other:?}"),
     }
     assert_eq!(told[0].leg, w.a.leg("#b"));
-    assert!(w.b.delivered().is_empty());
+    // The same event again (a network redelivering it), and another one at once: no second notice. Then a message
+    // that fits crosses: b gets only that one.
+    let big = "x".repeat(101);
+    let again = bridge_api::InboundEvent {
+        leg: w.a.leg("#b"),
+        sender: w.a.user("alice"),
+        native_id: Some(NativeId("big-1".into())),
+        from_bridge: false,
+        kind: InboundKind::Message { draft: MessageDraft::plain(big.clone()), reply_to: None },
+    };
+    for _ in 0..2 {
+        let r = w.a.context().inbound.submit(again.clone()).await;
+        assert!(matches!(r, Err(RouteError::TooLarge { .. })), "{r:?}");
+    }
+    let (_, r) = w.a.say("#b", "alice", &big).await;
+    assert!(matches!(r, Err(RouteError::TooLarge { .. })), "{r:?}");
+    let (_, r) = w.a.say("#b", "alice", "fits").await;
+    assert!(matches!(r, Ok(Accepted::Bridged(_))), "{r:?}");
+    let got = w.b.wait_delivered(1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "b gets the message that fits, and no notice: {got:?}");
+    assert_eq!(w.a.delivered().len(), 1, "one notice to alice");
     let ev = bridge_api::InboundEvent {
         leg: w.a.leg("#b"),
         sender: w.a.user("alice"),
