@@ -66,8 +66,8 @@ struct State {
     rooms: HashMap<String, String>,
     /// Rooms as configured whose join has not succeeded yet.
     wanted: HashSet<String>,
-    /// Linked rooms the homeserver refused to let the bot join, and when (tried again a minute later).
-    join_refused: HashMap<String, Instant>,
+    /// Linked rooms the bot could not join from a transaction, and when (not tried from one again for a minute).
+    join_failed: HashMap<String, Instant>,
     /// Ghosts registered (and handed to the core as ghosts), with the display name set.
     ghosts: HashMap<String, String>,
     /// (room id, ghost) pairs joined.
@@ -351,15 +351,17 @@ async fn ping_loop(inner: Arc<Inner>) {
 impl Inner {
     /// The leg room of `room_id`, or `None` if it is not linked. A transaction can come before the core has asked
     /// for the joins of the linked rooms (the homeserver retries the one a crash interrupted as soon as the
-    /// listener is back): linked rooms not joined yet are joined first, and while one of them waits for the
-    /// homeserver the transaction is refused (500), so that it comes again rather than being dropped.
+    /// listener is back). So a linked room not joined yet that may be this one — its id, or an alias the directory
+    /// resolves to it — is joined first, and while the homeserver cannot let the bot in, the transaction is
+    /// refused (500) so that it comes again rather than being dropped. Events of other rooms (anyone can invite
+    /// the bot somewhere) never wait on a linked room's join: those are the ping loop's.
     async fn leg_of(&self, room_id: &str) -> Result<Option<String>, String> {
         if let Some(r) = self.state().rooms.get(room_id).cloned() {
             return Ok(Some(r));
         }
         let pending: Vec<String> = {
             let st = self.state();
-            let recent = |r: &String| st.join_refused.get(r).is_some_and(|t| t.elapsed() < JOIN_RETRY);
+            let recent = |r: &String| st.join_failed.get(r).is_some_and(|t| t.elapsed() < JOIN_RETRY);
             self.ctx
                 .inbound
                 .linked_rooms()
@@ -367,13 +369,32 @@ impl Inner {
                 .filter(|r| !st.rooms.values().any(|v| v == r) && !recent(r))
                 .collect()
         };
+        let bot = self.cfg.bot_user_id();
         for room in pending {
+            let this_one = if room.starts_with('#') {
+                match self.hs.resolve_alias(&room, &bot).await {
+                    Ok(id) => id == room_id,
+                    // Cannot tell now: assume it may be, and leave it alone for a while if the join fails too.
+                    Err(HsError::Unavailable(_)) => true,
+                    Err(_) => false,
+                }
+            } else {
+                room == room_id
+            };
+            if !this_one {
+                continue;
+            }
             match self.join_room(&room).await {
                 Ok(()) => {}
-                Err(HsError::Unavailable(e)) => return Err(format!("linked room {room} not joined yet: {e}")),
+                Err(HsError::Unavailable(e)) => {
+                    if room != room_id {
+                        self.state().join_failed.insert(room.clone(), Instant::now());
+                    }
+                    return Err(format!("linked room {room} not joined yet: {e}"));
+                }
                 Err(e) => {
                     tracing::warn!(account = %self.id, %room, error = %e, "cannot join the linked room");
-                    self.state().join_refused.insert(room, Instant::now());
+                    self.state().join_failed.insert(room, Instant::now());
                 }
             }
         }
@@ -381,7 +402,7 @@ impl Inner {
     }
 }
 
-/// How long a linked room the homeserver refused to let the bot join is left alone.
+/// How long a linked room the bot could not join from a transaction is left to the ping loop.
 const JOIN_RETRY: Duration = Duration::from_secs(60);
 
 /// Whether the core's refusal is temporary (answer the transaction 500, the homeserver retries it).

@@ -235,6 +235,14 @@ impl Homeserver {
         Ok(v["room_id"].as_str().unwrap_or(room).to_owned())
     }
 
+    /// The room id an alias (`#room:server`) names, from the room directory, asked as `user_id`.
+    pub async fn resolve_alias(&self, alias: &str, user_id: &str) -> Result<String, HsError> {
+        let v = self
+            .call(Method::GET, &["_matrix", "client", "v3", "directory", "room", alias], Some(user_id), None)
+            .await?;
+        v["room_id"].as_str().map(str::to_owned).ok_or_else(|| HsError::Unavailable(format!("no room id for {alias}")))
+    }
+
     /// `inviter` invites `user_id` to `room`.
     pub async fn invite(&self, room: &str, inviter: &str, user_id: &str) -> Result<(), HsError> {
         let path = ["_matrix", "client", "v3", "rooms", room, "invite"];
