@@ -461,7 +461,7 @@ async fn router() -> (bridge_core::router::RouterHandle, tempfile::TempDir) {
 async fn matrix_homeserver_outage_delays_sends_and_loses_nothing() {
     use bridge_api::event::{InboundKind, MessageDraft};
 
-    let mut s = setup();
+    let s = setup();
     let Slice { router, lb, account, _dir } = slice(&s).await;
     let say = |i: usize, word: &'static str| {
         let lb = lb.clone();
@@ -519,7 +519,7 @@ async fn a_send_retried_after_a_homeserver_restart_is_one_event() {
     use bridge_api::{LegId, MessageId, OutboundEvent, PortalId, TxnId};
     use connector_matrix::homeserver::Homeserver;
 
-    let mut s = setup();
+    let s = setup();
     let Slice { router, account, .. } = slice(&s).await;
     let leg = LegId::new(AccountId::parse("matrix.hs").expect("id"), s.room.clone()).expect("leg");
     let mut id = [7u8; 32];

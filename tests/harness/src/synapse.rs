@@ -16,6 +16,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The environment variable naming the venv Synapse is installed in.
@@ -49,7 +50,8 @@ pub struct Synapse {
     /// The server name (the part after `:` in user ids).
     pub server_name: String,
     shared_secret: String,
-    child: Child,
+    /// The process; behind a lock so that a server shared by several clients (an `Arc`) can be restarted.
+    child: Mutex<Child>,
     python: PathBuf,
     conf: PathBuf,
     log: PathBuf,
@@ -87,22 +89,36 @@ impl Synapse {
             )));
         }
         let child = spawn(&python, &conf_path, dir.path(), &log)?;
-        let mut server = Self { port, server_name, shared_secret, child, python, conf: conf_path, log, _dir: dir };
+        let server = Self {
+            port,
+            server_name,
+            shared_secret,
+            child: Mutex::new(child),
+            python,
+            conf: conf_path,
+            log,
+            _dir: dir,
+        };
         server.wait_ready()?;
         Ok(server)
     }
 
     /// Kills the server and starts it again on the same port with the same database; returns once it answers.
-    pub fn restart(&mut self) -> Result<(), HarnessError> {
+    pub fn restart(&self) -> Result<(), HarnessError> {
         self.kill();
-        self.child = spawn(&self.python, &self.conf, self._dir.path(), &self.log)?;
+        *self.process() = spawn(&self.python, &self.conf, self._dir.path(), &self.log)?;
         self.wait_ready()
     }
 
     /// Kills the server (for outage tests); [`Synapse::restart`] brings it back.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn kill(&self) {
+        let mut child = self.process();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn process(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `http://127.0.0.1:PORT`, the homeserver URL clients and the bridge use.
@@ -199,13 +215,13 @@ impl Synapse {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_ready(&mut self) -> Result<(), HarnessError> {
+    fn wait_ready(&self) -> Result<(), HarnessError> {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok((200, _)) = self.request("GET", "/_matrix/client/versions", None, None) {
                 return Ok(());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.process().try_wait() {
                 return Err(HarnessError(format!("synapse exited with {status} before answering:\n{}", self.log())));
             }
             std::thread::sleep(Duration::from_millis(100));
