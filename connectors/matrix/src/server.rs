@@ -122,6 +122,7 @@ async fn transaction(
     if let Some(h) = req.headers_mut() {
         *h = headers;
     }
+    let body_bytes = body.clone();
     let request =
         match req.body(body).map_err(|e| e.to_string()).and_then(|r| {
             push_events::v1::Request::try_from_http_request(r, &[txn_id.as_str()]).map_err(|e| e.to_string())
@@ -129,15 +130,24 @@ async fn transaction(
             Ok(r) => r,
             Err(e) => return error(StatusCode::BAD_REQUEST, "M_BAD_JSON", &format!("not a transaction: {e}")),
         };
+    // Synapse numbers transactions from its database again after a restart (with SQLite, from the highest id of
+    // the transactions it still holds — none once all were answered): an id alone does not make a transaction
+    // seen before, its id and content together do.
+    let key = format!("{}:{:016x}", request.txn_id, {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        body_bytes.hash(&mut h);
+        h.finish()
+    });
     // One transaction at a time: the homeserver sends them in order and waits for each answer.
     let mut seen = state.seen.lock().await;
-    if seen.set.contains(request.txn_id.as_str()) {
+    if seen.set.contains(&key) {
         tracing::debug!(txn = %request.txn_id, "transaction seen before; not processed again");
         return ok();
     }
     match state.handler.handle(request.events).await {
         Ok(()) => {
-            seen.insert(request.txn_id.to_string());
+            seen.insert(key);
             ok()
         }
         Err(e) => {

@@ -81,6 +81,25 @@ async fn a_transaction_seen_before_is_answered_without_processing() {
 }
 
 #[tokio::test]
+async fn a_transaction_id_used_again_for_other_events_is_processed() {
+    // Synapse (on SQLite) numbers transactions afresh after a restart.
+    let rec = Arc::new(Recorder::default());
+    let base = serve(rec.clone()).await;
+    assert_eq!(put_txn(&base, "1", Some("hs-secret")).await, 200);
+    let mut other = txn_body();
+    other["events"][0]["event_id"] = json!("$f");
+    let put = reqwest::Client::new()
+        .put(format!("{base}/_matrix/app/v1/transactions/1"))
+        .json(&other)
+        .bearer_auth("hs-secret")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(put.status(), 200);
+    assert_eq!(*rec.batches.lock().expect("lock"), [1, 1], "both processed");
+}
+
+#[tokio::test]
 async fn a_transaction_not_accepted_is_answered_500_and_processed_on_retry() {
     let rec = Arc::new(Recorder::default());
     let base = serve(rec.clone()).await;
