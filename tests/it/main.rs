@@ -29,6 +29,7 @@ mod no_loss;
 mod quotas;
 mod retention;
 mod run_overrides;
+mod server_restarts;
 mod shutdown_load;
 mod slice;
 mod store_failure;

@@ -22,7 +22,7 @@ const PORTAL: &str = "mimi://bridge.example.org/r/rust";
 const BURST: usize = 4;
 
 /// The bodies of the room's archive (XEP-0313, the newest page), read by `nick` on a stream of its own.
-async fn archive(prosody: &Prosody, nick: &str) -> Vec<String> {
+pub(crate) async fn archive(prosody: &Prosody, nick: &str) -> Vec<String> {
     let mut link = connect(&login(prosody, nick, "archive")).await.expect("logs in");
     let room = BareJid::new(ROOM_JID).expect("room");
     link.outbound.send(Stanza::Iq(catchup::query(&room, "all", None))).await.expect("query");

@@ -48,8 +48,10 @@ pub struct Three {
     pub bob: PathBuf,
     /// Synapse.
     pub hs: Arc<Synapse>,
-    _irc: Ngircd,
-    _prosody: Prosody,
+    /// ngIRCd.
+    pub irc: Ngircd,
+    /// Prosody.
+    pub prosody: Prosody,
     _dir: tempfile::TempDir,
 }
 
@@ -133,23 +135,7 @@ impl Three {
             client(state, &server, &["register", name]);
             client(state, &server, &["join", ROOM]);
         }
-        Three {
-            xavier,
-            ircuser,
-            mx,
-            rt,
-            d,
-            arrivals,
-            room,
-            cfg,
-            server,
-            alice,
-            bob,
-            hs,
-            _irc: irc,
-            _prosody: prosody,
-            _dir: dir,
-        }
+        Three { xavier, ircuser, mx, rt, d, arrivals, room, cfg, server, alice, bob, hs, irc, prosody, _dir: dir }
     }
 
     /// The reader name of the Matrix user in [`Three::arrivals`].
