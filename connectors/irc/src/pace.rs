@@ -24,7 +24,9 @@
 //! Hence the defaults: [`DEFAULT_WINDOW_LINES`] = 16 lines, our PING included (with a few unpaced lines such as
 //! PONGs and JOINs on top, still under solanum's 20), and [`WINDOW_BYTES`] = 2048 bytes (under hybrid's 2560). The
 //! PING goes out when 7/8 of the window is in flight, so with 63-byte lines there is one PING per 14 lines (7 % of
-//! the lines) and the server's queue never runs dry while the PONG travels back.
+//! the lines). With one PING outstanding, only the window's last eighth is queued while the PONG travels back:
+//! throughput is about W / (W / R + RTT) for a window W, a server rate R and a round trip RTT — the server's pace
+//! when the round trip is short next to W / R (a pacing server; loopback), less on a distant fast server.
 //!
 //! A server that processes everything at once and counts a rate instead (InspIRCd with `fakelag="no"`) is not
 //! paced by a window: an optional rate ceiling (the [`Bucket`] of `flood_rate`) caps the paced lines as well.
