@@ -423,7 +423,10 @@ impl Transactions for Inner {
                 }
             };
             let room_id = ev.room_id().to_string();
-            let Some(leg_room) = self.leg_of(&room_id).await? else { continue };
+            let Some(leg_room) = self.leg_of(&room_id).await? else {
+                tracing::debug!(account = %self.id, room = %room_id, event = %ev.event_id(), "event of an unlinked room");
+                continue;
+            };
             if let AnyTimelineEvent::State(AnyStateEvent::RoomEncryption(e)) = &ev
                 && let Err(e) = self.tell_room_is_not_encrypted_for_us(&room_id, e.event_id().as_str()).await
             {

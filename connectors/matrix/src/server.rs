@@ -145,6 +145,7 @@ async fn transaction(
         tracing::debug!(txn = %request.txn_id, "transaction seen before; not processed again");
         return ok();
     }
+    tracing::debug!(txn = %request.txn_id, events = request.events.len(), "transaction");
     match state.handler.handle(request.events).await {
         Ok(()) => {
             seen.insert(key);
