@@ -188,6 +188,13 @@ pub trait InboundRoute: Send + Sync + 'static {
     /// The MIMI message a native id on a leg stands for, if the core knows it.
     fn message_for(&self, leg: &LegId, native: &NativeId) -> Option<MessageId>;
 
+    /// Whether the core took `native` from `leg` (`Some(true)`), delivered it there (`Some(false)`), or does not
+    /// know it (`None`); see [`InboundSink::taken_from_leg`]. The default tells the first two apart by nothing: a
+    /// known id counts as a delivery.
+    fn taken_from_leg(&self, leg: &LegId, native: &NativeId) -> Option<bool> {
+        self.message_for(leg, native).map(|_| false)
+    }
+
     /// The rooms of `account` linked to a portal now (see [`InboundSink::linked_rooms`]). The default knows none.
     fn linked_rooms(&self, account: &AccountId) -> Vec<String> {
         let _ = account;
@@ -278,5 +285,13 @@ impl InboundSink {
     /// references itself).
     pub fn message_for(&self, leg: &LegId, native: &NativeId) -> Option<MessageId> {
         self.route.message_for(leg, native)
+    }
+
+    /// Whether the core took the event `native` from `leg` (`Some(true)`: it was bridged from there), delivered
+    /// it there (`Some(false)`: the network's id of one of the bridge's deliveries), or does not know it. A
+    /// network's history read after a crash is complete from the newest event taken from the leg on: deliveries
+    /// reflected later say nothing about what the leg said before them.
+    pub fn taken_from_leg(&self, leg: &LegId, native: &NativeId) -> Option<bool> {
+        self.route.taken_from_leg(leg, native)
     }
 }

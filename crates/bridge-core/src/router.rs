@@ -443,6 +443,13 @@ impl bridge_api::InboundRoute for RouterHandle {
         RouterHandle::message_for(self, leg, native)
     }
 
+    fn taken_from_leg(&self, leg: &LegId, native: &NativeId) -> Option<bool> {
+        match Repo::new(&self.inner.store).lookup_native(leg, native).ok().flatten() {
+            Some(e) => Some(e.origin),
+            None => self.inner.recent_delivery(leg, native).map(|_| false),
+        }
+    }
+
     fn linked_rooms(&self, account: &AccountId) -> Vec<String> {
         self.legs().into_iter().filter(|(l, _)| l.account == *account).map(|(l, _)| l.room).collect()
     }
