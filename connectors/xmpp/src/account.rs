@@ -556,7 +556,7 @@ async fn catchup_page(
     out: &mpsc::Sender<Stanza>,
 ) {
     let Some(leg) = shared.state().rooms.get(&room).map(|r| r.leg.clone()) else { return };
-    let known = |id: &str| shared.ctx.inbound.message_for(&leg, &NativeId(id.to_owned())).is_some();
+    let known = |id: &str| shared.ctx.inbound.taken_from_leg(&leg, &NativeId(id.to_owned()));
     let (next, done) = {
         let mut st = shared.state();
         let State { walks, no_mam, .. } = &mut *st;

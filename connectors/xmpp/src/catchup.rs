@@ -3,11 +3,13 @@
 //!
 //! Room history is not replayed on join (`maxstanzas='0'`); instead, once the room confirms the join, the bridge
 //! pages backwards through the room's archive ([`PAGE`] messages a page, RSM `<before/>`) until a page holds a
-//! message the core already knows (its stanza-id is in the core's ID map: bridged from here, or delivered here by
-//! the bridge), the archive's start, or [`MAX_PAGES`]. It then passes on what comes *after* the newest known
-//! message. The core deduplicates by stanza-id as well, so a message is never bridged twice. Without any known
-//! message (the bridge's first join of the room, or more than [`MAX_PAGES`] pages missed) nothing is replayed:
-//! a first join must not flood the portal with old history (the gap is logged).
+//! message the core took from this room (its stanza-id is in the core's ID map as bridged from here), the
+//! archive's start, or [`MAX_PAGES`]. It then passes on every message after the newest such one that the core
+//! does not know. A delivery of the bridge's own is no anchor: reflected after messages the bridge never took (it
+//! was killed before it could), it would hide them. Without a message taken from here, the newest known one (a
+//! delivery) anchors instead. The core deduplicates by stanza-id as well, so a message is never bridged twice.
+//! Without any known message (the bridge's first join of the room, or more than [`MAX_PAGES`] pages missed)
+//! nothing is replayed: a first join must not flood the portal with old history (the gap is logged).
 //!
 //! The same walk collects the XEP-0359 origin-id of every message it saw ([`Done::origins`]): a delivery the core
 //! hands over again after a lost stream or a crash (its txn id is the origin-id the bridge gave it) is found
@@ -128,10 +130,16 @@ impl Walk {
         self.pages == 0
     }
 
-    /// Takes the next (older) page, oldest first, and its end; `known` says whether the core knows a stanza-id.
-    pub fn page(&mut self, mut page: Vec<(String, Message)>, end: &PageEnd, known: impl Fn(&str) -> bool) -> Step {
+    /// Takes the next (older) page, oldest first, and its end; `known` says whether the core took a stanza-id from
+    /// this room (`Some(true)`), delivered it here (`Some(false)`) or does not know it (`None`).
+    pub fn page(
+        &mut self,
+        mut page: Vec<(String, Message)>,
+        end: &PageEnd,
+        known: impl Fn(&str) -> Option<bool>,
+    ) -> Step {
         self.pages += 1;
-        let anchored = page.iter().any(|(id, _)| known(id));
+        let anchored = page.iter().any(|(id, _)| known(id) == Some(true));
         let empty = page.is_empty();
         page.append(&mut self.seen);
         self.seen = page;
@@ -142,16 +150,17 @@ impl Walk {
     }
 
     /// Ends the walk (also when the archive refused a page) with what it has seen.
-    pub fn finish(&mut self, known: impl Fn(&str) -> bool) -> Done {
+    pub fn finish(&mut self, known: impl Fn(&str) -> Option<bool>) -> Done {
         let seen = std::mem::take(&mut self.seen);
         let origins = seen.iter().filter_map(|(id, m)| origin_id(m).map(|o| (o.to_owned(), id.clone()))).collect();
         let count = seen.len();
-        let last = seen.iter().rposition(|(id, _)| known(id));
-        let replay = match last {
-            Some(last) => seen.into_iter().skip(last + 1).map(|(_, m)| m).collect(),
+        let taken = seen.iter().rposition(|(id, _)| known(id) == Some(true));
+        let anchor = taken.or_else(|| seen.iter().rposition(|(id, _)| known(id).is_some()));
+        let replay = match anchor {
+            Some(at) => seen.into_iter().skip(at + 1).filter(|(id, _)| known(id).is_none()).map(|(_, m)| m).collect(),
             None => Vec::new(),
         };
-        Done { replay, origins, seen: count, no_anchor: last.is_none() && count > 0 }
+        Done { replay, origins, seen: count, no_anchor: anchor.is_none() && count > 0 }
     }
 }
 
@@ -195,22 +204,51 @@ mod tests {
         assert!(archived(&result("other@muc.localhost", ""), &room).is_none());
     }
 
+    /// Taken from the room: ids starting with `t`; delivered here: `d`; anything else is unknown.
+    fn kind(id: &str) -> Option<bool> {
+        match id.chars().next() {
+            Some('t') => Some(true),
+            Some('d') => Some(false),
+            _ => None,
+        }
+    }
+
     #[test]
     fn replays_only_what_follows_the_newest_known_message() {
-        let Step::Done(d) = Walk::default().page(page(&["a", "b", "c", "d"]), &end("a", false), |id| id <= "b") else {
+        let Step::Done(d) = Walk::default().page(page(&["ta", "tb", "c", "e"]), &end("ta", false), kind) else {
             panic!("an anchored page ends the walk")
         };
-        assert_eq!(bodies(&d.replay), ["c", "d"]);
+        assert_eq!(bodies(&d.replay), ["c", "e"]);
         assert!(!d.no_anchor);
-        let Step::Done(d) = Walk::default().page(page(&["a", "b"]), &end("a", false), |id| id == "b") else {
+        let Step::Done(d) = Walk::default().page(page(&["a", "tb"]), &end("a", false), kind) else {
             panic!("anchored")
         };
         assert!(d.replay.is_empty());
     }
 
     #[test]
+    fn a_delivery_reflected_after_messages_never_taken_does_not_hide_them() {
+        // The bridge was killed after the room took u1 and u2 and before it took them itself; a delivery (d1) it
+        // had made was reflected after them.
+        let Step::Done(d) = Walk::default().page(page(&["t0", "u1", "u2", "d1", "u3"]), &end("t0", false), kind) else {
+            panic!("anchored on t0")
+        };
+        assert_eq!(bodies(&d.replay), ["u1", "u2", "u3"], "the delivery is not replayed, the rest is");
+        // Without a message taken from the room, the newest delivery anchors.
+        let Step::Done(d) = Walk::default().page(page(&["u0", "d1", "u1"]), &end("u0", true), kind) else {
+            panic!("complete")
+        };
+        assert_eq!(bodies(&d.replay), ["u1"]);
+        // A page with deliveries only does not end the walk.
+        let mut walk = Walk::default();
+        assert!(matches!(walk.page(page(&["d5", "u6"]), &end("d5", false), kind), Step::More(_)));
+        let Step::Done(d) = walk.page(page(&["t3", "u4"]), &end("t3", false), kind) else { panic!("anchored") };
+        assert_eq!(bodies(&d.replay), ["u4", "u6"]);
+    }
+
+    #[test]
     fn pages_back_until_a_known_message_and_replays_across_pages_in_order() {
-        let known = |id: &str| id == "b";
+        let known = |id: &str| (id == "b").then_some(true);
         let mut walk = Walk::default();
         let Step::More(before) = walk.page(page(&["e", "f"]), &end("e", false), known) else {
             panic!("no anchor yet: page on")
@@ -225,7 +263,7 @@ mod tests {
 
     #[test]
     fn without_a_known_message_nothing_is_replayed_and_the_walk_stops() {
-        let none = |_: &str| false;
+        let none = |_: &str| None;
         let mut walk = Walk::default();
         let Step::Done(d) = walk.page(page(&["a"]), &end("a", true), none) else { panic!("complete") };
         assert!(d.replay.is_empty() && d.no_anchor, "a first join replays nothing");
@@ -244,7 +282,7 @@ mod tests {
         own.payloads
             .push(Element::builder("origin-id", xmpp_parsers::ns::SID).attr(xml_ncname!("id").into(), "txn-1").build());
         let Step::Done(d) =
-            Walk::default().page(vec![("S1".into(), own), ("S2".into(), m("x"))], &end("S1", true), |_| false)
+            Walk::default().page(vec![("S1".into(), own), ("S2".into(), m("x"))], &end("S1", true), |_| None)
         else {
             panic!("complete")
         };
