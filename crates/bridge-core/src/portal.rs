@@ -124,7 +124,12 @@ fn excerpt(s: &str) -> String {
 
 /// What a native id on a leg stands for: the ID map, or a delivery the network accepted a moment ago whose record
 /// is still on its way to disk (so an echo of it, or a quick reply to it, is recognised).
-fn lookup_native(repo: &Repo<'_>, shared: &Shared, leg: &LegId, n: &NativeId) -> Result<Option<IdEntry>, RouteError> {
+pub(crate) fn lookup_native(
+    repo: &Repo<'_>,
+    shared: &Shared,
+    leg: &LegId,
+    n: &NativeId,
+) -> Result<Option<IdEntry>, RouteError> {
     if let Some(e) = repo.lookup_native(leg, n).map_err(store_error)? {
         return Ok(Some(e));
     }

@@ -444,10 +444,10 @@ impl bridge_api::InboundRoute for RouterHandle {
     }
 
     fn taken_from_leg(&self, leg: &LegId, native: &NativeId) -> Option<bool> {
-        match Repo::new(&self.inner.store).lookup_native(leg, native).ok().flatten() {
-            Some(e) => Some(e.origin),
-            None => self.inner.recent_delivery(leg, native).map(|_| false),
-        }
+        crate::portal::lookup_native(&Repo::new(&self.inner.store), &self.inner, leg, native)
+            .ok()
+            .flatten()
+            .map(|e| e.origin)
     }
 
     fn linked_rooms(&self, account: &AccountId) -> Vec<String> {
