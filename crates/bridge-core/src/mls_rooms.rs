@@ -329,16 +329,10 @@ impl MlsRooms {
         };
         // Messages decrypted before the last stop but maybe never taken by the router go to it again (it drops
         // what it already has by message id).
-        for k in group.kept_messages(&kept_list(&room)).map_err(unavailable)? {
-            if leaves.as_ref().is_some_and(|l| std::str::from_utf8(&k.sender_identity).is_ok_and(|u| l.contains(u))) {
-                continue;
-            }
-            match decode_incoming_with_parts(portal, &room, &k.sender_identity, &k.plaintext) {
-                Ok((id, msg, parts)) => {
-                    let _ = self.inbound.send((room.clone(), k.seq, id, msg, parts));
-                }
-                Err(e) => tracing::debug!(portal = %portal, error = %e, "kept message discarded"),
-            }
+        for (seq, id, msg, parts) in
+            order::decoded_kept(&group, portal, &room, leaves.as_ref(), |_| true).map_err(unavailable)?
+        {
+            let _ = self.inbound.send((room.clone(), seq, id, msg, parts));
         }
         let slot =
             Arc::new(tokio::sync::Mutex::new(Slot { group, room: room.clone(), applied, own: HashSet::new(), leaves }));
