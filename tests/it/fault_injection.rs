@@ -164,16 +164,13 @@ fn three_sigkills_during_a_stream_across_three_networks_and_mls_lose_nothing_acc
         (x_reader.as_str(), all(MATRIX).chain(accepted_alice.iter().cloned()).collect()),
     ];
     let deadline = Instant::now() + Duration::from_secs(120);
-    let missing_at = |reader: &str, want: &[String]| -> Vec<String> {
-        want.iter().filter(|m| arrivals.get(reader, m).is_none()).cloned().collect()
-    };
-    while expect.iter().any(|(r, want)| !missing_at(r, want).is_empty()) && Instant::now() < deadline {
+    while expect.iter().any(|(r, want)| !arrivals.missing(r, want).is_empty()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
     // Every finding is collected, so that one run shows them all.
     let mut problems: Vec<String> = Vec::new();
     for (reader, want) in &expect {
-        let missing = missing_at(reader, want);
+        let missing = arrivals.missing(reader, want);
         if !missing.is_empty() {
             problems.push(format!("{reader} never got {} messages: {missing:?}", missing.len()));
         }

@@ -34,7 +34,7 @@ fn sent(phase: usize, s: usize) -> Vec<String> {
 fn wait_for(t: &Three, reader: &str, want: &[String], secs: u64) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let missing: Vec<String> = want.iter().filter(|m| t.arrivals.get(reader, m).is_none()).cloned().collect();
+        let missing = t.arrivals.missing(reader, want);
         if missing.is_empty() || Instant::now() > deadline {
             return missing;
         }

@@ -63,6 +63,11 @@ impl Arrivals {
         }
     }
 
+    /// The markers of `want` that have not reached `reader` (yet).
+    pub fn missing(&self, reader: &str, want: &[String]) -> Vec<String> {
+        want.iter().filter(|m| self.get(reader, m).is_none()).cloned().collect()
+    }
+
     /// When `marker` first reached `reader`, and how often.
     pub fn get(&self, reader: &str, marker: &str) -> Option<(Instant, u32)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&(reader.to_owned(), marker.to_owned())).copied()
