@@ -56,5 +56,15 @@ pub fn open_store(
     mimi_store::open_data_dir(data_dir, backend, commit, &SCHEMA)
 }
 
+/// [`open_store`] for a data directory whose store may be in PostgreSQL (`postgres` says how to reach it).
+pub fn open_store_at(
+    data_dir: &std::path::Path,
+    backend: Option<mimi_store::Backend>,
+    postgres: Option<&mimi_store::PostgresConfig>,
+    commit: mimi_store::CommitConfig,
+) -> Result<mimi_store::Store, mimi_store::StoreError> {
+    mimi_store::open_data_dir_at(data_dir, backend, postgres, commit, &SCHEMA)
+}
+
 /// The schema version of the daemon's data directory this build writes.
 pub const SCHEMA_VERSION: u32 = SCHEMA.version();

@@ -7,7 +7,8 @@
 //!
 //! A writer's `commit` returns `Ok` only after its data is durable.
 //!
-//! **Fail-stop.** Once a durable write fails, the store writes nothing more: every later commit fails with
+//! **Fail-stop.** Once a durable write fails, or the backend says it can write nothing more
+//! ([`KvStore::health`]: a lost PostgreSQL connection or leader lease), the store writes nothing more: every later commit fails with
 //! [`StoreError::Failed`] and [`Store::failed`] turns `true`. What its users built in memory on the failed batch
 //! (a hub's next sequence number, an MLS epoch, a portal's counters) is then ahead of the disk, and a later batch
 //! written on top of it would store a state that depends on the lost one (log entry N+1 without N). The daemon
@@ -35,6 +36,9 @@ impl Default for CommitConfig {
         Self { max_delay: Duration::ZERO, max_batches: 1024 }
     }
 }
+
+/// How often an idle committer asks the backend whether it can still write ([`KvStore::health`]).
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -183,7 +187,21 @@ fn committer(
 ) {
     let max = config.max_batches.max(1);
     let mut failure: Option<String> = None;
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(HEALTH_EVERY) {
+            Ok(j) => j,
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                if failure.is_none()
+                    && let Err(e) = kv.health()
+                {
+                    tracing::error!(error = %e, "the store can write nothing more: it stops");
+                    failure = Some(e.to_string());
+                    failed.send_replace(true);
+                }
+                continue;
+            }
+        };
         let mut jobs = vec![first];
         let deadline = Instant::now() + config.max_delay;
         'gather: while jobs.len() < max {

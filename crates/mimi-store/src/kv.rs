@@ -8,9 +8,9 @@ pub enum StoreError {
     /// The backend reported an error (I/O, corruption, full disk…).
     #[error("{backend} store at {path}: {message}")]
     Backend {
-        /// `sled` or `redb`.
+        /// `sled`, `redb` or `postgres`.
         backend: &'static str,
-        /// The data directory or file.
+        /// The data directory or file, or the PostgreSQL server (without password).
         path: PathBuf,
         /// The backend's message.
         message: String,
@@ -137,12 +137,13 @@ impl Batch {
     }
 }
 
-/// A key-value store with named trees and ordered keys. Implemented by [`super::sled_backend::SledStore`] and
-/// [`super::redb_backend::RedbStore`]; everything else is written on this trait.
+/// A key-value store with named trees and ordered keys. Implemented by [`super::sled_backend::SledStore`],
+/// [`super::redb_backend::RedbStore`] and [`super::postgres::PostgresStore`]; everything else is written on this
+/// trait.
 ///
 /// Methods block: call them from a blocking thread (the [`super::Store`] wrapper does).
 pub trait KvStore: Send + Sync + 'static {
-    /// The backend's name, `sled` or `redb`.
+    /// The backend's name, `sled`, `redb` or `postgres`.
     fn backend(&self) -> &'static str;
 
     /// Reads one key.
@@ -168,6 +169,14 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Every tree name that holds at least one key (for export and checks).
     fn trees(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Whether the backend can still write: an error once it cannot, for good (a lost server connection, a lost
+    /// leader lease). The group-commit thread asks every second and fails the store on an error (fail-stop), so
+    /// a daemon that can write nothing more stops even when it has nothing to write. Embedded backends never fail
+    /// it.
+    fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Convenience: one durable put.
     fn put(&self, tree: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {

@@ -1,4 +1,4 @@
-//! Durable storage: one small key-value trait ([`KvStore`]) with two backends (sled and redb), group commit
+//! Durable storage: one small key-value trait ([`KvStore`]) with three backends (redb, sled, PostgreSQL), group commit
 //! ([`Store`]), the data directory's schema version and migrations ([`schema`]), and export/import
 //! ([`export`]).
 //!
@@ -11,10 +11,12 @@
 pub mod commit;
 pub mod export;
 pub mod kv;
+pub mod postgres;
 pub mod redb_backend;
 pub mod schema;
 pub mod sled_backend;
 
 pub use commit::{CommitConfig, Store};
 pub use kv::{Batch, Entries, KvStore, Op, StoreError, prefix_end};
-pub use schema::{Backend, open_data_dir};
+pub use postgres::{PostgresConfig, PostgresStore};
+pub use schema::{Backend, open_data_dir, open_data_dir_at};

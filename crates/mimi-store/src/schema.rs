@@ -4,16 +4,20 @@
 //!
 //! ```text
 //! data_dir/
-//!   BACKEND          "sled" or "redb": written on first start, checked on every start
+//!   BACKEND          "sled", "redb" or "postgres": written on first start, checked on every start
 //!   store.redb       the redb database file          (backend redb)
 //!   sled/            the sled database directory     (backend sled)
 //! ```
+//!
+//! With `postgres` the data lives in the PostgreSQL database the connection string names
+//! ([`crate::postgres::PostgresConfig`]); the data directory keeps the marker (and the daemon's other files).
 //!
 //! The schema version lives in the `meta` tree. A store from a newer mimi-bridge is refused; an older one is
 //! migrated step by step by the [`Schema`]'s migrations; a directory that holds something else is refused, never reset.
 
 use super::commit::{CommitConfig, Store};
 use super::kv::{Batch, KvStore, StoreError};
+use super::postgres::{PostgresConfig, PostgresStore};
 use super::redb_backend::RedbStore;
 use super::sled_backend::SledStore;
 use serde::{Deserialize, Serialize};
@@ -56,6 +60,8 @@ pub enum Backend {
     Sled,
     /// redb 4.
     Redb,
+    /// A PostgreSQL server (tokio-postgres 0.7).
+    Postgres,
 }
 
 impl Backend {
@@ -64,6 +70,7 @@ impl Backend {
         match self {
             Backend::Sled => "sled",
             Backend::Redb => "redb",
+            Backend::Postgres => "postgres",
         }
     }
 
@@ -72,6 +79,7 @@ impl Backend {
         match s {
             "sled" => Some(Backend::Sled),
             "redb" => Some(Backend::Redb),
+            "postgres" => Some(Backend::Postgres),
             _ => None,
         }
     }
@@ -104,6 +112,16 @@ pub fn recorded_backend(data_dir: &Path) -> Result<Option<Backend>, StoreError> 
 /// With `wanted = None` the recorded backend is used (tools like `store export` do this); it is an error if
 /// there is none.
 pub fn open_backend(data_dir: &Path, wanted: Option<Backend>) -> Result<Arc<dyn KvStore>, StoreError> {
+    open_backend_at(data_dir, wanted, None)
+}
+
+/// [`open_backend`] for a data directory whose store may be in PostgreSQL: `postgres` says how to reach the server
+/// (needed only when the backend is, or is to be, `postgres`).
+pub fn open_backend_at(
+    data_dir: &Path,
+    wanted: Option<Backend>,
+    postgres: Option<&PostgresConfig>,
+) -> Result<Arc<dyn KvStore>, StoreError> {
     let recorded = if data_dir.exists() { recorded_backend(data_dir)? } else { None };
     let backend = match (recorded, wanted) {
         (Some(r), Some(w)) if r != w => {
@@ -137,7 +155,7 @@ pub fn open_backend(data_dir: &Path, wanted: Option<Backend>) -> Result<Arc<dyn 
         }
     };
     let db_path = backend_path(data_dir, backend);
-    if recorded.is_some() && !db_path.exists() {
+    if recorded.is_some() && backend != Backend::Postgres && !db_path.exists() {
         // The marker says a database was created here: opening would silently start an empty one.
         return Err(StoreError::Foreign {
             path: db_path,
@@ -151,6 +169,18 @@ pub fn open_backend(data_dir: &Path, wanted: Option<Backend>) -> Result<Arc<dyn 
     let kv: Arc<dyn KvStore> = match backend {
         Backend::Sled => Arc::new(SledStore::open(&db_path)?),
         Backend::Redb => Arc::new(RedbStore::open(&db_path)?),
+        Backend::Postgres => {
+            let Some(cfg) = postgres else {
+                return Err(StoreError::Backend {
+                    backend: "postgres",
+                    path: data_dir.to_owned(),
+                    message: "this data directory's store is in PostgreSQL, but no connection string is set: set \
+                              MIMI_BRIDGE_POSTGRES_URL or bridge.postgres_url_file"
+                        .into(),
+                });
+            };
+            Arc::new(PostgresStore::open(cfg)?)
+        }
     };
     Ok(kv)
 }
@@ -162,7 +192,18 @@ pub fn open_data_dir(
     commit: CommitConfig,
     schema: &Schema,
 ) -> Result<Store, StoreError> {
-    let kv = open_backend(data_dir, wanted)?;
+    open_data_dir_at(data_dir, wanted, None, commit, schema)
+}
+
+/// [`open_data_dir`] for a data directory whose store may be in PostgreSQL (see [`open_backend_at`]).
+pub fn open_data_dir_at(
+    data_dir: &Path,
+    wanted: Option<Backend>,
+    postgres: Option<&PostgresConfig>,
+    commit: CommitConfig,
+    schema: &Schema,
+) -> Result<Store, StoreError> {
+    let kv = open_backend_at(data_dir, wanted, postgres)?;
     check_schema(kv.as_ref(), data_dir, true, schema)?;
     Ok(Store::new(kv, commit))
 }
@@ -243,10 +284,11 @@ pub fn create_dir_private(dir: &Path) -> Result<(), StoreError> {
     b.create(dir).map_err(io(dir))
 }
 
-/// Where the backend's files are inside `data_dir`.
+/// Where the backend's files are inside `data_dir` (`data_dir` itself for PostgreSQL, whose data is elsewhere).
 pub fn backend_path(data_dir: &Path, backend: Backend) -> PathBuf {
     match backend {
         Backend::Sled => data_dir.join("sled"),
         Backend::Redb => data_dir.join("store.redb"),
+        Backend::Postgres => data_dir.to_owned(),
     }
 }

@@ -4,13 +4,15 @@
 //! an error that says how to install it — tests fail loudly, they never skip. Each server is stopped (killed) and
 //! its temp dir removed when its handle is dropped.
 //!
-//! Available: [`Ngircd`] (IRC), [`Prosody`] (XMPP), [`Synapse`] (Matrix), and [`pki`] (test CAs and
-//! certificates).
+//! Available: [`Ngircd`] (IRC), [`Prosody`] (XMPP), [`Synapse`] (Matrix), [`Postgres`] (the PostgreSQL store),
+//! and [`pki`] (test CAs and certificates).
 
 pub mod pki;
+pub mod postgres;
 pub mod prosody;
 pub mod synapse;
 
+pub use postgres::{Postgres, PostgresOptions};
 pub use prosody::Prosody;
 pub use synapse::{MatrixUser, Synapse, SynapseOptions};
 

@@ -2,7 +2,7 @@
 //! was acknowledged; the parent kills it with SIGKILL at random moments, 200 times per backend, reopens the store
 //! and checks that every acknowledged batch is complete and that no batch is half-applied.
 //!
-//! `cargo test crash` runs `crash_sled` and `crash_redb`. The child is this test binary itself, re-executed with
+//! `cargo test crash` runs `crash_redb` and `crash_postgres` (and `crash_sled` with `--include-ignored`). The child is this test binary itself, re-executed with
 //! `--ignored --exact child_writer` and the job in an environment variable.
 //!
 //! Each batch is one bridged message: its record (`msgs`), its ID map entries in both directions on its origin leg
@@ -16,7 +16,7 @@ use bridge_core::SCHEMA_VERSION;
 use bridge_core::check;
 use bridge_core::repo::{self, MessageRecord, MlsIdentity, PortalRecord, RecordKind, Repo, write};
 use mimi_store::schema;
-use mimi_store::{Backend, Batch, CommitConfig, KvStore};
+use mimi_store::{Backend, Batch, CommitConfig, KvStore, PostgresConfig};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -27,6 +27,13 @@ use std::time::{Duration, Instant};
 const ITERATIONS: u32 = 200;
 const WRITERS: u8 = 4;
 const CHILD_ENV: &str = "MIMI_BRIDGE_CRASH_CHILD";
+/// The child's PostgreSQL connection string, for `crash_postgres`.
+const CHILD_PG_ENV: &str = "MIMI_BRIDGE_CRASH_PG_URL";
+
+/// How the child and the parent reach the PostgreSQL database (`None` for the embedded backends).
+fn child_postgres() -> Option<PostgresConfig> {
+    std::env::var(CHILD_PG_ENV).ok().filter(|u| !u.is_empty()).map(PostgresConfig::new)
+}
 
 fn account() -> AccountId {
     AccountId::new("irc", "libera").expect("valid account")
@@ -139,8 +146,8 @@ fn child_writer() {
     let backend = Backend::parse(parts.next().expect("backend")).expect("known backend");
     let iter: u32 = parts.next().expect("iteration").parse().expect("iteration number");
     let dir = PathBuf::from(parts.next().expect("data dir"));
-    let store =
-        bridge_core::open_store(&dir, Some(backend), CommitConfig::default()).expect("open the store after a crash");
+    let store = bridge_core::open_store_at(&dir, Some(backend), child_postgres().as_ref(), CommitConfig::default())
+        .expect("open the store after a crash");
     println!("READY");
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
@@ -169,8 +176,8 @@ fn child_writer() {
     }
 }
 
-fn setup(backend: Backend, dir: &Path) {
-    let store = bridge_core::open_store(dir, Some(backend), CommitConfig::default()).expect("create the store");
+fn setup(backend: Backend, dir: &Path, pg: Option<&PostgresConfig>) {
+    let store = bridge_core::open_store_at(dir, Some(backend), pg, CommitConfig::default()).expect("create the store");
     let mut b = Batch::new();
     write::portal(&mut b, &PortalRecord { id: portal(), mls_identity: MlsIdentity::Shared });
     for w in 0..WRITERS {
@@ -291,7 +298,8 @@ fn crash_run(backend: Backend) {
     let started = Instant::now();
     let d = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
     let dir = d.path().join("data");
-    setup(backend, &dir);
+    let pg = (backend == Backend::Postgres).then(|| super::store_backends::postgres_for(&dir));
+    setup(backend, &dir, pg.as_ref());
     let exe = std::env::current_exe().expect("the test binary");
     let mut rng = rand::rng();
     let mut violations: Vec<String> = Vec::new();
@@ -300,6 +308,7 @@ fn crash_run(backend: Backend) {
         let mut child = Command::new(&exe)
             .args(["--ignored", "--exact", "crash::child_writer", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, format!("{} {iter} {}", backend.name(), dir.display()))
+            .env(CHILD_PG_ENV, pg.as_ref().map(|c| c.url.as_str()).unwrap_or_default())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -358,8 +367,15 @@ fn crash_run(backend: Backend) {
         }
         acked_total += acks.values().map(|s| s.len() as u64).sum::<u64>();
 
-        // Reopen: must work, without any repair, and hold every acknowledged batch, whole.
-        let kv = match schema::open_backend(&dir, Some(backend)) {
+        // Reopen: must work, without any repair, and hold every acknowledged batch, whole. The killed child's
+        // PostgreSQL lease would run out by itself; the parent, which saw it die, ends it at once.
+        if let Some(cfg) = &pg {
+            let db = cfg.url.rsplit('/').next().and_then(|s| s.split('?').next()).unwrap_or_default();
+            super::store_backends::postgres_cluster()
+                .psql(db, "UPDATE mimi_leader SET expires_at = 'epoch'")
+                .expect("end the killed child's lease");
+        }
+        let kv = match schema::open_backend_at(&dir, Some(backend), pg.as_ref()) {
             Ok(kv) => kv,
             Err(e) => {
                 violations.push(format!("iteration {iter}: the store does not reopen after SIGKILL: {e}"));
@@ -375,7 +391,7 @@ fn crash_run(backend: Backend) {
         drop(kv);
     }
     // Finally, the whole store satisfies every invariant `store check` knows.
-    if let Ok(kv) = schema::open_backend(&dir, Some(backend)) {
+    if let Ok(kv) = schema::open_backend_at(&dir, Some(backend), pg.as_ref()) {
         let report = check::check(kv.as_ref(), &dir).expect("check");
         if !report.is_ok() {
             violations.push(format!("store check after {ITERATIONS} kills:\n{report}"));
@@ -407,4 +423,11 @@ fn crash_sled() {
 #[test]
 fn crash_redb() {
     crash_run(Backend::Redb);
+}
+
+/// The same on PostgreSQL: every acknowledged group was committed, no batch is half-applied after the writer's
+/// connections died with it.
+#[test]
+fn crash_postgres() {
+    crash_run(Backend::Postgres);
 }

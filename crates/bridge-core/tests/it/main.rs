@@ -6,3 +6,4 @@ mod retention;
 mod router;
 mod schema_v1;
 mod store_backends;
+mod store_postgres;

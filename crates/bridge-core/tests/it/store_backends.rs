@@ -1,9 +1,10 @@
-//! The store test suite, run against both backends (sled and redb): the key-value trait, group commit, the data
+//! The store test suite, run against every backend (sled, redb, and PostgreSQL on a throw-away cluster): the key-value trait, group commit, the data
 //! directory's schema and backend checks, bad input (corrupted, foreign, missing, full), and `store export` /
 //! `import` / `check`, including moving a store between backends.
 //!
 //! Every test is a generic function over [`Backend`]; the `suite!` macro instantiates it once per backend, so the
-//! tests are named `on_sled::NAME` and `on_redb::NAME`.
+//! tests are named `on_sled::NAME`, `on_redb::NAME` and `on_postgres::NAME`. Three are for the embedded backends
+//! only: a corrupted or missing database file and a full disk are about files in the data directory.
 
 use bridge_api::event::{MessageDraft, OutboundEvent, OutboundKind, Sender};
 use bridge_api::ids::{AccountId, LegId, MessageId, NativeId, PortalId, TxnId};
@@ -26,20 +27,63 @@ pub(crate) fn tmp() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("create a temporary directory")
 }
 
+/// The PostgreSQL cluster of this test binary, started on first use (it stops when the binary exits).
+pub(crate) fn postgres_cluster() -> &'static harness::Postgres {
+    static CLUSTER: std::sync::OnceLock<harness::Postgres> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| harness::Postgres::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}")))
+}
+
+/// The PostgreSQL database of data directory `dir`: one per directory, named after it, created on first use.
+pub(crate) fn postgres_for(dir: &Path) -> mimi_store::PostgresConfig {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    let name = format!("d{:016x}", h.finish());
+    let pg = postgres_cluster();
+    if let Err(e) = pg.create_database(&name)
+        && !e.to_string().contains("already exists")
+    {
+        panic!("creating database {name}: {e}");
+    }
+    mimi_store::PostgresConfig::new(pg.url(&name))
+}
+
+/// How to reach the PostgreSQL database of `dir`, when `wanted` or the directory's marker says PostgreSQL.
+fn postgres_if_needed(dir: &Path, wanted: Option<Backend>) -> Option<mimi_store::PostgresConfig> {
+    let recorded = schema::recorded_backend(dir).ok().flatten();
+    (wanted == Some(Backend::Postgres) || recorded == Some(Backend::Postgres)).then(|| postgres_for(dir))
+}
+
+/// Opens the raw backend of `dir` (PostgreSQL included).
+pub(crate) fn open_raw(dir: &Path, wanted: Option<Backend>) -> Result<Arc<dyn KvStore>, StoreError> {
+    schema::open_backend_at(dir, wanted, postgres_if_needed(dir, wanted).as_ref())
+}
+
+/// Opens the daemon's store in `dir` (PostgreSQL included).
+pub(crate) fn open_store_res(backend: Backend, dir: &Path) -> Result<Store, StoreError> {
+    bridge_core::open_store_at(
+        dir,
+        Some(backend),
+        postgres_if_needed(dir, Some(backend)).as_ref(),
+        CommitConfig::default(),
+    )
+}
+
 fn open_kv(backend: Backend, dir: &Path) -> Arc<dyn KvStore> {
-    let kv = schema::open_backend(dir, Some(backend)).expect("open the backend");
+    let kv = open_raw(dir, Some(backend)).expect("open the backend");
     schema::check_schema(kv.as_ref(), dir, true, &bridge_core::SCHEMA).expect("stamp the schema");
     kv
 }
 
 pub(crate) fn open_store(backend: Backend, dir: &Path) -> Store {
-    bridge_core::open_store(dir, Some(backend), CommitConfig::default()).expect("open the data dir")
+    open_store_res(backend, dir).expect("open the data dir")
 }
 
 fn other(backend: Backend) -> Backend {
     match backend {
         Backend::Sled => Backend::Redb,
         Backend::Redb => Backend::Sled,
+        Backend::Postgres => Backend::Redb,
     }
 }
 
@@ -435,8 +479,7 @@ fn newer_schema_refused(b: Backend) {
     let kv = open_kv(b, d.path());
     kv.put("meta", b"schema_version", &(SCHEMA_VERSION + 1).to_be_bytes()).expect("put");
     drop(kv);
-    let err =
-        bridge_core::open_store(d.path(), Some(b), CommitConfig::default()).err().expect("a newer schema is refused");
+    let err = open_store_res(b, d.path()).err().expect("a newer schema is refused");
     match &err {
         StoreError::NewerSchema { path, found, supported } => {
             assert_eq!(path, d.path());
@@ -446,15 +489,14 @@ fn newer_schema_refused(b: Backend) {
     }
     assert!(err.to_string().contains(&d.path().display().to_string()), "{err}");
     // Refusing did not rewrite anything.
-    let kv = schema::open_backend(d.path(), None).expect("open raw");
+    let kv = open_raw(d.path(), None).expect("open raw");
     assert_eq!(kv.get("meta", b"schema_version").expect("get"), Some((SCHEMA_VERSION + 1).to_be_bytes().to_vec()));
 }
 
 fn foreign_dir_refused(b: Backend) {
     let d = tmp();
     std::fs::write(d.path().join("notes.txt"), "my files").expect("write");
-    let err =
-        bridge_core::open_store(d.path(), Some(b), CommitConfig::default()).err().expect("a foreign dir is refused");
+    let err = open_store_res(b, d.path()).err().expect("a foreign dir is refused");
     assert!(matches!(err, StoreError::Foreign { ref path, .. } if path == d.path()), "{err}");
     assert!(err.to_string().contains(&d.path().display().to_string()), "{err}");
     assert_eq!(std::fs::read_to_string(d.path().join("notes.txt")).expect("still there"), "my files");
@@ -462,26 +504,23 @@ fn foreign_dir_refused(b: Backend) {
 
     // A store with data but no schema version is not ours either.
     let d = tmp();
-    let kv = schema::open_backend(d.path(), Some(b)).expect("open raw");
+    let kv = open_raw(d.path(), Some(b)).expect("open raw");
     kv.put("portals", b"p", b"{}").expect("put");
     drop(kv);
-    let err =
-        bridge_core::open_store(d.path(), Some(b), CommitConfig::default()).err().expect("unversioned data refused");
+    let err = open_store_res(b, d.path()).err().expect("unversioned data refused");
     assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
 
     // A BACKEND marker naming something unknown.
     let d = tmp();
     std::fs::write(d.path().join("BACKEND"), "lmdb").expect("write");
-    let err =
-        bridge_core::open_store(d.path(), Some(b), CommitConfig::default()).err().expect("unknown marker refused");
+    let err = open_store_res(b, d.path()).err().expect("unknown marker refused");
     assert!(err.to_string().contains("lmdb") && err.to_string().contains("BACKEND"), "{err}");
 }
 
 fn backend_mismatch_refused(b: Backend) {
     let d = tmp();
     drop(open_store(b, d.path()));
-    let err =
-        bridge_core::open_store(d.path(), Some(other(b)), CommitConfig::default()).err().expect("mismatch refused");
+    let err = open_store_res(other(b), d.path()).err().expect("mismatch refused");
     match &err {
         StoreError::BackendMismatch { path, found, wanted } => {
             assert_eq!(path, d.path());
@@ -490,7 +529,7 @@ fn backend_mismatch_refused(b: Backend) {
         other => panic!("expected BackendMismatch, got {other}"),
     }
     // Without a wish, the recorded backend is used.
-    let kv = schema::open_backend(d.path(), None).expect("detect the backend");
+    let kv = open_raw(d.path(), None).expect("detect the backend");
     assert_eq!(kv.backend(), b.name());
 }
 
@@ -499,24 +538,28 @@ fn missing_dir_created_private(b: Backend) {
     let d = tmp();
     let dir = d.path().join("a").join("data");
     // Tools that only read (export, check) do not create anything.
-    let err = schema::open_backend(&dir, None).err().expect("nothing to read");
+    let err = open_raw(&dir, None).err().expect("nothing to read");
     assert!(err.to_string().contains("does not exist") && err.to_string().contains(&dir.display().to_string()));
     assert!(!dir.exists());
-    let store = open_store(b, &dir);
+    drop(open_store(b, &dir));
     let mode = std::fs::metadata(&dir).expect("metadata").permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "data dir mode {mode:o}");
     assert_eq!(std::fs::read_to_string(dir.join("BACKEND")).expect("marker"), b.name());
-    drop(store);
+}
 
-    // The marker says there is a database, but it is gone: refuse, never start an empty one.
+/// The marker says there is a database in the data directory, but it is gone: refuse, never start an empty one.
+/// (Embedded backends only: a PostgreSQL store is not in the data directory.)
+fn missing_database_refused(b: Backend) {
+    let d = tmp();
+    let dir = d.path().join("data");
+    drop(open_store(b, &dir));
     let db = schema::backend_path(&dir, b);
     if db.is_dir() {
         std::fs::remove_dir_all(&db).expect("remove");
     } else {
         std::fs::remove_file(&db).expect("remove");
     }
-    let err =
-        bridge_core::open_store(&dir, Some(b), CommitConfig::default()).err().expect("a missing database is refused");
+    let err = open_store_res(b, &dir).err().expect("a missing database is refused");
     assert!(err.to_string().contains(&db.display().to_string()) && err.to_string().contains("missing"), "{err}");
     assert!(!db.exists(), "no empty database created");
 }
@@ -543,7 +586,7 @@ fn corrupted_store_refused(b: Backend) {
         damaged.push(db.clone());
     }
     assert!(!damaged.is_empty());
-    let res = std::panic::catch_unwind(|| bridge_core::open_store(d.path(), Some(b), CommitConfig::default()).err());
+    let res = std::panic::catch_unwind(|| open_store_res(b, d.path()).err());
     let err = res.expect("opening a corrupted store must return an error, not panic").expect("corruption detected");
     let msg = err.to_string();
     assert!(msg.contains(&db.display().to_string()), "error does not name {}: {msg}", db.display());
@@ -740,8 +783,7 @@ fn import_refuses_bad_input(b: Backend) {
     let truncated = l.join("\n");
     let (err, dst) = try_import(truncated);
     assert!(err.to_string().contains("truncated") && err.to_string().contains("partial"), "{err}");
-    let refused =
-        bridge_core::open_store(dst.path(), Some(b), CommitConfig::default()).err().expect("partial import refused");
+    let refused = open_store_res(b, dst.path()).err().expect("partial import refused");
     assert!(matches!(refused, StoreError::Foreign { .. }), "{refused}");
 
     // End line with the wrong count, and data after the end line.
@@ -815,8 +857,10 @@ fn check_finds_violations(b: Backend) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
+/// Instantiates every common test for `$backend` in module `$module`, plus the tests listed in brackets (those
+/// that apply to some backends only).
 macro_rules! suite {
-    ($module:ident, $backend:expr) => {
+    ($module:ident, $backend:expr, [$($only:ident),*]) => {
         mod $module {
             use super::*;
             #[test]
@@ -868,14 +912,6 @@ macro_rules! suite {
                 super::missing_dir_created_private($backend)
             }
             #[test]
-            fn corrupted_store_refused() {
-                super::corrupted_store_refused($backend)
-            }
-            #[test]
-            fn full_disk() {
-                super::full_disk($backend)
-            }
-            #[test]
             fn export_import_same_backend() {
                 super::export_import_roundtrip($backend, $backend)
             }
@@ -891,9 +927,16 @@ macro_rules! suite {
             fn check_finds_violations() {
                 super::check_finds_violations($backend)
             }
+            $(
+                #[test]
+                fn $only() {
+                    super::$only($backend)
+                }
+            )*
         }
     };
 }
 
-suite!(on_sled, Backend::Sled);
-suite!(on_redb, Backend::Redb);
+suite!(on_sled, Backend::Sled, [corrupted_store_refused, full_disk, missing_database_refused]);
+suite!(on_redb, Backend::Redb, [corrupted_store_refused, full_disk, missing_database_refused]);
+suite!(on_postgres, Backend::Postgres, []);
