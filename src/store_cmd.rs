@@ -59,6 +59,9 @@ fn locate(config: &Path, data_dir: Option<PathBuf>) -> Result<(PathBuf, Option<B
 
 /// Runs a `store` subcommand; `Ok(false)` means "ran, found problems" (exit 1).
 pub fn run(cmd: StoreCommand) -> Result<bool, String> {
+    // What `import` creates (the data directory, its marker, a database file) is private, as if the daemon had
+    // created it: the daemon refuses a data directory others can read.
+    crate::data_dir::private_umask();
     match cmd {
         StoreCommand::Export { config, data_dir } => {
             let (dir, _) = locate(&config, data_dir)?;
