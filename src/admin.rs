@@ -2,7 +2,7 @@
 //!
 //! | method and path | auth | answer |
 //! |---|---|---|
-//! | `GET /health` | none | 200 `ready` once started and while the event loop answers; 503 otherwise |
+//! | `GET /health` | none | 200 `ready` once started and while the event loop answers; 503 otherwise (`standby` on a PostgreSQL standby, [`crate::standby`]) |
 //! | `GET /metrics` | token (unless `admin.public_metrics`) | Prometheus text format 0.0.4 |
 //! | `GET /v1/status` | token | [`StatusReport`] |
 //! | `GET /v1/portals` | token | [`PortalList`] |
@@ -91,6 +91,8 @@ pub struct AdminState {
     pub started: Instant,
     /// The MIMI provider, for each portal's MLS epoch (absent in tests that run without MLS).
     pub provider: Option<mimi_provider::Provider>,
+    /// The store, as the status report shows it.
+    pub store: StoreReport,
 }
 
 impl AdminState {
@@ -112,7 +114,15 @@ impl AdminState {
             configured_accounts,
             started: Instant::now(),
             provider: None,
+            store: StoreReport::default(),
         }
+    }
+
+    /// Reports the store's backend and leader lease.
+    pub fn with_store(mut self, kv: &dyn mimi_store::KvStore) -> Self {
+        self.store =
+            StoreReport { backend: kv.backend().to_owned(), role: "active".into(), lease_epoch: kv.lease_epoch() };
+        self
     }
 
     /// Reports each portal's MLS epoch from `provider`.
@@ -169,6 +179,18 @@ pub struct LegReport {
     pub failed: u64,
 }
 
+/// The store in [`StatusReport`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoreReport {
+    /// `redb`, `sled` or `postgres`.
+    pub backend: String,
+    /// `active`: this daemon writes the store (a standby answers 503 instead of a report, see
+    /// [`crate::standby`]).
+    pub role: String,
+    /// PostgreSQL: the epoch of the leader lease this daemon holds (grows by one at every takeover).
+    pub lease_epoch: Option<i64>,
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -182,6 +204,9 @@ pub struct StatusReport {
     pub accounts: Vec<AccountStatus>,
     /// Every portal.
     pub portals: Vec<PortalReport>,
+    /// The store and this daemon's role.
+    #[serde(default)]
+    pub store: StoreReport,
 }
 
 /// One portal in [`PortalList`].
@@ -339,6 +364,7 @@ pub async fn status_report(st: &AdminState) -> StatusReport {
         uptime_secs: st.started.elapsed().as_secs(),
         accounts,
         portals,
+        store: st.store.clone(),
     }
 }
 

@@ -4,7 +4,7 @@ use crate::admin::{ApiError, PortalList, StatusReport};
 use crate::client::{AdminClient, Answer};
 use crate::config::Config;
 use crate::data_dir::ADMIN_TOKEN_FILE;
-use crate::secrets;
+use crate::secrets::{self, Secret};
 use bridge_api::connector::Health;
 use clap::Subcommand;
 use std::fmt::Write as _;
@@ -94,6 +94,10 @@ pub fn render_status(s: &StatusReport) -> String {
         if s.ready { "ready" } else { "NOT READY" },
         s.uptime_secs
     );
+    if !s.store.backend.is_empty() {
+        let epoch = s.store.lease_epoch.map(|e| format!(" (leader lease epoch {e})")).unwrap_or_default();
+        let _ = writeln!(o, "store {}: {}{epoch}", s.store.backend, s.store.role);
+    }
     let _ = writeln!(o, "\naccounts:");
     if s.accounts.is_empty() {
         let _ = writeln!(o, "  (none)");
@@ -119,8 +123,19 @@ pub fn render_status(s: &StatusReport) -> String {
     o
 }
 
+/// Whether the daemon on `cfg`'s admin address is a standby (its `/health` says so; no token needed).
+fn is_standby(cfg: &Config) -> bool {
+    let c = AdminClient::new(*cfg.admin.listen.get_ref(), Secret::new("-"));
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return false };
+    rt.block_on(c.get("/health")).is_ok_and(|a| a.body.starts_with(b"standby"))
+}
+
 /// `mimi-bridge status`.
 pub fn status(cfg: &Config, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    // A standby that never ran has written no admin token yet; it answers without one.
+    if client(cfg).is_err() && is_standby(cfg) {
+        return Err(crate::standby::STANDBY_STATUS.into());
+    }
     call(
         cfg,
         async |c| c.get("/v1/status").await,

@@ -97,6 +97,23 @@ pub struct BridgeConfig {
     /// Seconds between key updates of each of the bridge's MLS leaves (post-compromise security); 0: never.
     #[serde(default = "default_key_update")]
     pub mls_key_update_secs: Spanned<u64>,
+    /// `store = "postgres"`: a file (not accessible to others) holding the connection string.
+    #[serde(default)]
+    pub postgres_url_file: Option<Spanned<PathBuf>>,
+    /// `store = "postgres"`: `"env:NAME"`, the environment variable holding the connection string (a literal
+    /// connection string in the file is refused: it may hold a password).
+    #[serde(default)]
+    pub postgres_url: Option<Spanned<String>>,
+    /// The CA that signs the PostgreSQL server's certificate (`sslmode=require`); default: the system store.
+    #[serde(default)]
+    pub postgres_ca_file: Option<PathBuf>,
+    /// Seconds the leader lease lasts without renewal: a standby takes over this long after the active daemon
+    /// died.
+    #[serde(default = "default_postgres_lease")]
+    pub postgres_lease_secs: Spanned<u64>,
+    /// When another daemon is active on the database: wait for its lease (a standby) instead of failing.
+    #[serde(default)]
+    pub postgres_standby: bool,
 }
 
 impl BridgeConfig {
@@ -108,6 +125,9 @@ impl BridgeConfig {
 
 fn default_store() -> Backend {
     Backend::Redb
+}
+fn default_postgres_lease() -> Spanned<u64> {
+    Spanned::new(0..0, 5)
 }
 fn default_queue_depth() -> Spanned<usize> {
     Spanned::new(0..0, 256)
@@ -644,6 +664,7 @@ impl Config {
         cfg.validate(path, text)?;
         cfg.source = Source { path: path.to_owned(), text: text.to_owned() };
         cfg.admin_token()?;
+        cfg.postgres()?;
         Ok(cfg)
     }
 
@@ -674,6 +695,49 @@ impl Config {
             },
             (None, None) => Ok(None),
         }
+    }
+
+    /// How to reach the PostgreSQL store, for `store = "postgres"` (`None` otherwise): the connection string read
+    /// now from `bridge.postgres_url_file` or `bridge.postgres_url = "env:NAME"`.
+    pub fn postgres(&self) -> Result<Option<mimi_store::PostgresConfig>, ConfigError> {
+        if self.bridge.store != Backend::Postgres {
+            return Ok(None);
+        }
+        let url = match (&self.bridge.postgres_url_file, &self.bridge.postgres_url) {
+            (Some(_), Some(u)) => {
+                return Err(self.error_at(
+                    u.span(),
+                    "bridge.postgres_url",
+                    "set either bridge.postgres_url or bridge.postgres_url_file, not both",
+                ));
+            }
+            (Some(f), None) => secrets::from_file(f.get_ref())
+                .map_err(|e| self.error_at(f.span(), "bridge.postgres_url_file", e.to_string()))?,
+            (None, Some(u)) => match secrets::from_env_ref(u.get_ref()) {
+                Some(r) => r.map_err(|e| self.error_at(u.span(), "bridge.postgres_url", e.to_string()))?,
+                None => {
+                    return Err(self
+                        .error_at(
+                            u.span(),
+                            "bridge.postgres_url",
+                            "a literal connection string in the config file is refused",
+                        )
+                        .with_hint("use postgres_url_file = \"/path\" (mode 0600) or postgres_url = \"env:NAME\""));
+                }
+            },
+            (None, None) => {
+                return Err(self
+                    .error_at(0..0, "bridge.store", "store = \"postgres\" needs a connection string")
+                    .with_hint(
+                        "set bridge.postgres_url_file = \"/path\" (mode 0600) or bridge.postgres_url = \"env:NAME\"",
+                    ));
+            }
+        };
+        let mut pg = mimi_store::PostgresConfig::new(url.expose());
+        pg.ca_file = self.bridge.postgres_ca_file.clone();
+        pg.lease = std::time::Duration::from_secs(*self.bridge.postgres_lease_secs.get_ref());
+        pg.wait_for_lease = self.bridge.postgres_standby;
+        Ok(Some(pg))
     }
 
     /// The native-client registration token, for `registration = "token"` (`None` otherwise).
@@ -759,6 +823,16 @@ impl Config {
                 self.bridge.shutdown_timeout.span(),
                 "bridge.shutdown_timeout",
                 "must be between 1 and 3600 seconds",
+            ));
+        }
+        let lease = *self.bridge.postgres_lease_secs.get_ref();
+        if !(2..=300).contains(&lease) {
+            return Err(at(
+                file,
+                text,
+                self.bridge.postgres_lease_secs.span(),
+                "bridge.postgres_lease_secs",
+                "must be between 2 and 300 seconds",
             ));
         }
         let key_update = *self.bridge.mls_key_update_secs.get_ref();
@@ -1093,6 +1167,36 @@ mod tests {
         assert_eq!(e.hint.as_deref(), Some("did you mean `data_dir`?"), "{e}");
         let shown = e.to_string();
         assert!(shown.starts_with("test.toml:4:1: key `bridge.data_dri`: unknown field"), "{shown}");
+    }
+
+    #[test]
+    fn the_postgres_connection_string_comes_from_a_file_or_the_environment() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let pg = |extra: &str| parse(&format!("{MIN}store = \"postgres\"\n{extra}"));
+        let e = pg("").expect_err("no connection string");
+        assert_eq!(e.key, "bridge.store", "{e}");
+        assert!(e.hint.as_deref().is_some_and(|h| h.contains("postgres_url_file")), "{e}");
+        let e = pg("postgres_url = \"postgresql://u:pw@db/mimi\"\n").expect_err("a literal");
+        assert_eq!((e.line, e.key.as_str()), (5, "bridge.postgres_url"), "{e}");
+        assert!(!e.to_string().contains("pw@"), "the error repeats the secret: {e}");
+        let e = pg("postgres_url = \"env:MIMI_TEST_UNSET_PG_URL\"\n").expect_err("unset variable");
+        assert!(e.message.contains("MIMI_TEST_UNSET_PG_URL"), "{e}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pg-url");
+        std::fs::write(&file, "postgresql://u:pw@db/mimi\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let line = format!("postgres_url_file = {:?}\n", file.display().to_string());
+        let e = pg(&line).expect_err("a file others can read");
+        assert_eq!(e.key, "bridge.postgres_url_file", "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = pg(&format!("{line}postgres_standby = true\npostgres_lease_secs = 3\n")).expect("valid");
+        let p = c.postgres().expect("resolves").expect("postgres");
+        assert_eq!(p.url, "postgresql://u:pw@db/mimi");
+        assert!(p.wait_for_lease);
+        assert_eq!(p.lease, std::time::Duration::from_secs(3));
+        let e = pg(&format!("{line}postgres_lease_secs = 1\n")).expect_err("too short a lease");
+        assert_eq!(e.key, "bridge.postgres_lease_secs", "{e}");
+        assert!(parse(MIN).expect("valid").postgres().expect("no postgres").is_none());
     }
 
     #[test]

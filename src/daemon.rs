@@ -68,9 +68,10 @@ impl Daemon {
                  `mimi-bridge store export` / `store import --backend redb`"
             );
         }
-        let store = bridge_core::open_store(data_dir, Some(cfg.bridge.store), CommitConfig::default())?;
+        let store = open_store(cfg).await?;
         let store_closed = store.closed();
         let store_failed = store.failed();
+        let store_kv = store.kv().clone();
         data_dir::check(data_dir).map_err(|e| e.to_string())?;
         tracing::info!(data_dir = %data_dir.display(), backend = %cfg.bridge.store, "store open");
 
@@ -124,7 +125,8 @@ impl Daemon {
                 cfg.admin.public_metrics,
                 configured,
             )
-            .with_provider(room.provider().clone()),
+            .with_provider(room.provider().clone())
+            .with_store(store_kv.as_ref()),
         );
         let listener = crate::listener::bind(*cfg.admin.listen.get_ref())
             .map_err(|e| format!("admin.listen {}: {e}", cfg.admin.listen.get_ref()))?;
@@ -375,6 +377,33 @@ fn bounded(name: &str, limits: Limits, divisor: u64) -> Limits {
     bounded
 }
 
+/// Opens the store. A PostgreSQL standby waits here for the leader lease, off the async executor, while the admin
+/// address says "standby" ([`crate::standby`]).
+async fn open_store(cfg: &Config) -> Result<mimi_store::Store, Error> {
+    let postgres = cfg.postgres()?;
+    let standby = postgres.as_ref().is_some_and(|p| p.wait_for_lease);
+    let (data_dir, backend) = (cfg.bridge.data_dir.clone(), cfg.bridge.store);
+    let mut opening = tokio::task::spawn_blocking(move || {
+        bridge_core::open_store_at(&data_dir, Some(backend), postgres.as_ref(), CommitConfig::default())
+    });
+    let opened = if standby {
+        // Answer on the admin address only if the lease is not taken at once.
+        match tokio::time::timeout(Duration::from_millis(500), &mut opening).await {
+            Ok(r) => r,
+            Err(_) => {
+                let addr = *cfg.admin.listen.get_ref();
+                let waiting = crate::standby::Standby::serve(addr).map_err(|e| format!("admin.listen {addr}: {e}"))?;
+                let r = opening.await;
+                waiting.stop().await;
+                r
+            }
+        }
+    } else {
+        opening.await
+    };
+    Ok(opened.map_err(|e| format!("opening the store: {e}"))??)
+}
+
 /// `mimi-bridge run`: the process around [`Daemon`]: logging, umask, runtime, signals, exit code.
 pub fn run(cfg: Config) -> Result<ExitCode, Error> {
     crate::logging::init(&cfg.log);
@@ -398,7 +427,10 @@ pub fn run(cfg: Config) -> Result<ExitCode, Error> {
             _ = store_failed.wait_for(|f| *f) => {
                 // Fail-stop: state in memory is ahead of the disk; nothing more is written. Stop, and let the
                 // service manager restart us from what is on disk (accepted events are durable).
-                tracing::error!("a durable write failed: stopping (exit status 1) to restart from what is on disk");
+                tracing::error!(
+                    "the store can write nothing more (a durable write failed, or the PostgreSQL connection or \
+                     leader lease was lost): stopping (exit status 1) to restart from what is on disk"
+                );
                 true
             }
         };

@@ -20,5 +20,6 @@ pub mod networks;
 pub mod notify;
 pub mod registration_cmd;
 pub mod secrets;
+pub mod standby;
 pub mod store_cmd;
 pub mod telemetry;

@@ -15,6 +15,11 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// A status line for `systemctl status`, before READY (a standby says it waits).
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
 /// The event loop answered its health probe in time.
 pub fn watchdog() {
     send(&[NotifyState::Watchdog]);

@@ -1,7 +1,10 @@
 //! `mimi-bridge store …`: back up, inspect, check and move the embedded store between backends.
 //!
-//! Run these while the daemon is stopped: both backends lock their files, and a second opener is refused with
-//! an error that says so.
+//! Run these while the daemon is stopped: the embedded backends lock their files, PostgreSQL has its leader lease,
+//! and a second opener is refused with an error that says so.
+//!
+//! Moving between backends: `store export` with the old config, then `store import` into a new, empty data
+//! directory with the new config (`bridge.store`, and for PostgreSQL its connection settings).
 
 use crate::config::Config;
 use clap::Subcommand;
@@ -31,7 +34,8 @@ pub enum StoreCommand {
         /// Use this data directory instead of the config's.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Backend for a new data directory: `redb` or `sled` (default: the config's `bridge.store`).
+        /// Backend for a new data directory: `redb`, `sled` or `postgres` (default: the config's `bridge.store`;
+        /// `postgres` needs the config's connection settings).
         #[arg(long)]
         backend: Option<String>,
     },
@@ -46,15 +50,28 @@ pub enum StoreCommand {
     },
 }
 
-/// The data dir from `--data-dir`, else from the config (and the config's backend, if it was loaded).
-fn locate(config: &Path, data_dir: Option<PathBuf>) -> Result<(PathBuf, Option<Backend>), String> {
-    match data_dir {
-        Some(d) => Ok((d, None)),
-        None => {
-            let cfg = Config::load(config).map_err(|e| e.to_string())?;
-            Ok((cfg.bridge.data_dir.clone(), Some(cfg.bridge.store)))
-        }
-    }
+/// Where a command works: the data dir (from `--data-dir`, else from the config), the config's backend and its
+/// PostgreSQL connection, when the config was loaded. With `--data-dir` the config is read only if it exists.
+struct Place {
+    dir: PathBuf,
+    backend: Option<Backend>,
+    postgres: Option<mimi_store::PostgresConfig>,
+}
+
+fn locate(config: &Path, data_dir: Option<PathBuf>) -> Result<Place, String> {
+    let cfg = match &data_dir {
+        Some(_) if !config.exists() => None,
+        _ => Some(Config::load(config).map_err(|e| e.to_string())?),
+    };
+    let postgres = match &cfg {
+        Some(c) => c.postgres().map_err(|e| e.to_string())?,
+        None => None,
+    };
+    Ok(Place {
+        dir: data_dir.or_else(|| cfg.as_ref().map(|c| c.bridge.data_dir.clone())).unwrap_or_default(),
+        backend: cfg.as_ref().map(|c| c.bridge.store),
+        postgres,
+    })
 }
 
 /// Runs a `store` subcommand; `Ok(false)` means "ran, found problems" (exit 1).
@@ -64,8 +81,8 @@ pub fn run(cmd: StoreCommand) -> Result<bool, String> {
     crate::data_dir::private_umask();
     match cmd {
         StoreCommand::Export { config, data_dir } => {
-            let (dir, _) = locate(&config, data_dir)?;
-            let kv = schema::open_backend(&dir, None).map_err(|e| e.to_string())?;
+            let Place { dir, postgres, .. } = locate(&config, data_dir)?;
+            let kv = schema::open_backend_at(&dir, None, postgres.as_ref()).map_err(|e| e.to_string())?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let n = export::export(kv.as_ref(), &mut out, &bridge_core::SCHEMA).map_err(|e| e.to_string())?;
@@ -74,13 +91,22 @@ pub fn run(cmd: StoreCommand) -> Result<bool, String> {
             Ok(true)
         }
         StoreCommand::Import { file, config, data_dir, backend } => {
-            let (dir, cfg_backend) = locate(&config, data_dir)?;
+            let Place { dir, backend: cfg_backend, postgres } = locate(&config, data_dir)?;
             let wanted = match backend {
-                Some(b) => Backend::parse(&b).ok_or_else(|| format!("unknown backend {b:?}: use redb or sled"))?,
+                Some(b) => {
+                    Backend::parse(&b).ok_or_else(|| format!("unknown backend {b:?}: use redb, sled or postgres"))?
+                }
                 None => cfg_backend.unwrap_or(Backend::Redb),
             };
-            let store =
-                bridge_core::open_store(&dir, Some(wanted), CommitConfig::default()).map_err(|e| e.to_string())?;
+            if wanted == Backend::Postgres && postgres.is_none() {
+                return Err(format!(
+                    "importing into PostgreSQL needs its connection settings: set bridge.store = \"postgres\" and \
+                     bridge.postgres_url_file (or postgres_url = \"env:NAME\") in {}",
+                    config.display()
+                ));
+            }
+            let store = bridge_core::open_store_at(&dir, Some(wanted), postgres.as_ref(), CommitConfig::default())
+                .map_err(|e| e.to_string())?;
             let n = if file.as_os_str() == "-" {
                 export::import(
                     store.kv().as_ref(),
@@ -102,8 +128,8 @@ pub fn run(cmd: StoreCommand) -> Result<bool, String> {
             Ok(true)
         }
         StoreCommand::Check { config, data_dir } => {
-            let (dir, _) = locate(&config, data_dir)?;
-            let kv = schema::open_backend(&dir, None).map_err(|e| e.to_string())?;
+            let Place { dir, postgres, .. } = locate(&config, data_dir)?;
+            let kv = schema::open_backend_at(&dir, None, postgres.as_ref()).map_err(|e| e.to_string())?;
             let report = bridge_core::check::check(kv.as_ref(), &dir).map_err(|e| e.to_string())?;
             println!("{report}");
             Ok(report.is_ok())

@@ -178,6 +178,12 @@ pub trait KvStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The epoch of the leader lease this store writes under (PostgreSQL: the fencing token, see
+    /// [`crate::postgres::lease`]); `None` for the embedded backends, which one process holds by file lock.
+    fn lease_epoch(&self) -> Option<i64> {
+        None
+    }
+
     /// Convenience: one durable put.
     fn put(&self, tree: &'static str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         let mut b = Batch::new();

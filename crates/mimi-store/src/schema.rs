@@ -175,7 +175,7 @@ pub fn open_backend_at(
                     backend: "postgres",
                     path: data_dir.to_owned(),
                     message: "this data directory's store is in PostgreSQL, but no connection string is set: set \
-                              MIMI_BRIDGE_POSTGRES_URL or bridge.postgres_url_file"
+                              bridge.store = \"postgres\" and bridge.postgres_url_file or bridge.postgres_url"
                         .into(),
                 });
             };

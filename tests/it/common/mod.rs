@@ -349,6 +349,20 @@ impl Daemon {
         d
     }
 
+    /// Starts `mimi-bridge run --config cfg` and waits only for a stdout line containing `needle` (a standby
+    /// that waits for the leader lease never says "bridge running" until it takes over).
+    pub fn start_until(cfg: &Path, needle: &str, env: &[(&str, &str)]) -> Daemon {
+        let cmd = vec!["run".to_owned(), "--config".to_owned(), cfg.display().to_string()];
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let (child, lines, errors) = Self::spawn(&[], &cmd, &env);
+        let mut d = Daemon { child, lines, seen: Vec::new(), errors, cmd, env, wrapper: Vec::new() };
+        if !d.wait_line(needle, Duration::from_secs(30)) {
+            let errors: Vec<String> = d.errors.try_iter().collect();
+            panic!("daemon never said {needle:?}; stdout:\n{}\nstderr:\n{}", d.log(), errors.join("\n"));
+        }
+        d
+    }
+
     fn spawn(
         wrapper: &[String],
         args: &[String],
@@ -432,6 +446,24 @@ impl Daemon {
             }
         }
         false
+    }
+
+    /// Waits (up to `timeout`) for the process to exit by itself; its exit code, or `None` if it still runs (or
+    /// was killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(l);
+                }
+                return status.code();
+            }
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.seen.push(l);
+            }
+        }
+        None
     }
 
     /// Sends SIGTERM and waits (up to `timeout`) for the exit status code.

@@ -342,6 +342,10 @@ impl KvStore for PostgresStore {
         self.read(|r| (r.trees.clone(), Vec::new()), |rows| rows.into_iter().map(|r| r.get::<_, String>(0)).collect())
     }
 
+    fn lease_epoch(&self) -> Option<i64> {
+        Some(self.lease.epoch)
+    }
+
     fn health(&self) -> Result<(), StoreError> {
         if let Some(why) = self.lease_state.lost() {
             return Err(self.e(why));
