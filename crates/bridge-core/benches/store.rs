@@ -1,4 +1,5 @@
-//! Store benchmark, both backends in one run:
+//! Store benchmark, every backend in one run (sled, redb, and PostgreSQL on a throw-away local cluster started by
+//! tests/harness, default settings: `fsync` and `synchronous_commit` on):
 //!
 //! * durable batches/s through group commit ([`Store::commit`]) at 1, 8 and 64 concurrent writers, each batch one
 //!   bridged message (message record, ID map both ways on two legs, outbox entry, sequence counter: 6 keys,
@@ -8,7 +9,9 @@
 //!   `n` and `m`), written 1000 mappings per durable batch.
 //!
 //! `cargo bench -p bridge-core --bench store` prints criterion's report and then a summary table. Data lives in
-//! target/tmp (the build's file system), so fsync costs what it costs there.
+//! target/tmp (the build's file system), so fsync costs what it costs there; PostgreSQL's cluster lives in the
+//! system temp dir and is reached over loopback TCP. PostgreSQL's size is `pg_total_relation_size` of its table
+//! (indexes and TOAST included).
 
 use bridge_api::event::{MessageDraft, OutboundEvent, OutboundKind, Sender};
 use bridge_api::ids::{AccountId, LegId, MessageId, NativeId, PortalId, TxnId};
@@ -152,11 +155,31 @@ struct SizeRow {
     write_time: Duration,
 }
 
-/// Writes 1 000 000 ID-map entries in durable batches and measures the data directory.
-fn size_on_disk(backend: Backend) -> SizeRow {
+/// The PostgreSQL cluster of this run, and a new database in it for each data directory.
+struct Postgres {
+    cluster: harness::Postgres,
+    databases: AtomicU64,
+}
+
+impl Postgres {
+    /// A fresh database's connection settings (`None` for the embedded backends); its name.
+    fn database(&self, backend: Backend) -> Option<(mimi_store::PostgresConfig, String)> {
+        if backend != Backend::Postgres {
+            return None;
+        }
+        let name = format!("bench{}", self.databases.fetch_add(1, Ordering::Relaxed));
+        let url = self.cluster.create_database(&name).expect("create a database");
+        Some((mimi_store::PostgresConfig::new(url), name))
+    }
+}
+
+/// Writes 1 000 000 ID-map entries in durable batches and measures the data directory (PostgreSQL: its table).
+fn size_on_disk(backend: Backend, pg: &Postgres) -> SizeRow {
     let d = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
     let dir = d.path().join("data");
-    let kv: Arc<dyn KvStore> = schema::open_backend(&dir, Some(backend)).expect("open");
+    let database = pg.database(backend);
+    let kv: Arc<dyn KvStore> =
+        schema::open_backend_at(&dir, Some(backend), database.as_ref().map(|(c, _)| c)).expect("open");
     schema::check_schema(kv.as_ref(), &dir, true, &bridge_core::SCHEMA).expect("schema");
     let start = Instant::now();
     let mut n = 0u64;
@@ -171,7 +194,14 @@ fn size_on_disk(backend: Backend) -> SizeRow {
     kv.flush().expect("flush");
     let write_time = start.elapsed();
     drop(kv);
-    let (apparent, allocated) = dir_size(&dir);
+    let (apparent, allocated) = match &database {
+        Some((_, name)) => {
+            let size = pg.cluster.psql(name, "SELECT pg_total_relation_size('mimi_kv')").expect("table size");
+            let bytes = size.trim().parse().expect("a size in bytes");
+            (bytes, bytes)
+        }
+        None => dir_size(&dir),
+    };
     SizeRow { backend, apparent, allocated, write_time }
 }
 
@@ -182,12 +212,23 @@ fn main() {
         .measurement_time(Duration::from_secs(5))
         .configure_from_args();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let pg = Postgres {
+        cluster: harness::Postgres::start().expect("PostgreSQL (installed by ./scripts/test)"),
+        databases: AtomicU64::new(0),
+    };
+    let backends = [Backend::Sled, Backend::Redb, Backend::Postgres];
     let mut rows: Vec<(Backend, usize, Measured)> = Vec::new();
     let mut dirs = Vec::new();
-    for backend in [Backend::Sled, Backend::Redb] {
+    for backend in backends {
         let d = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temporary directory");
-        let store =
-            bridge_core::open_store(&d.path().join("data"), Some(backend), CommitConfig::default()).expect("open");
+        let database = pg.database(backend);
+        let store = bridge_core::open_store_at(
+            &d.path().join("data"),
+            Some(backend),
+            database.as_ref().map(|(c, _)| c),
+            CommitConfig::default(),
+        )
+        .expect("open");
         let next = AtomicU64::new(0);
         let mut group = c.benchmark_group(format!("commit_{backend}"));
         group.throughput(Throughput::Elements(1));
@@ -204,16 +245,16 @@ fn main() {
     }
     c.final_summary();
 
-    let sizes: Vec<SizeRow> = [Backend::Sled, Backend::Redb].into_iter().map(size_on_disk).collect();
+    let sizes: Vec<SizeRow> = backends.into_iter().map(|b| size_on_disk(b, &pg)).collect();
 
     println!();
     println!("== store summary (durable = acknowledged by group commit; latency = commit → ack) ==");
-    println!("{:<6} {:>8} {:>12} {:>10} {:>10} {:>10}", "store", "writers", "batches/s", "p50 ms", "p99 ms", "commits");
+    println!("{:<8} {:>8} {:>12} {:>10} {:>10} {:>10}", "store", "writers", "batches/s", "p50 ms", "p99 ms", "commits");
     for (backend, writers, mut m) in rows {
         m.latencies.sort();
         let rate = m.batches as f64 / m.elapsed.as_secs_f64().max(f64::EPSILON);
         println!(
-            "{:<6} {:>8} {:>12.0} {:>10.3} {:>10.3} {:>10}",
+            "{:<8} {:>8} {:>12.0} {:>10.3} {:>10.3} {:>10}",
             backend.name(),
             writers,
             rate,
@@ -227,10 +268,10 @@ fn main() {
         "size on disk after {ID_MAP_ENTRIES} ID-map entries ({} keys), {ENTRIES_PER_BATCH} entries per durable batch:",
         2 * ID_MAP_ENTRIES
     );
-    println!("{:<6} {:>14} {:>14} {:>12}", "store", "apparent MiB", "allocated MiB", "write s");
+    println!("{:<8} {:>14} {:>14} {:>12}", "store", "apparent MiB", "allocated MiB", "write s");
     for s in sizes {
         println!(
-            "{:<6} {:>14.1} {:>14.1} {:>12.1}",
+            "{:<8} {:>14.1} {:>14.1} {:>12.1}",
             s.backend.name(),
             s.apparent as f64 / 1048576.0,
             s.allocated as f64 / 1048576.0,
