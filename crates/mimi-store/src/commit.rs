@@ -37,7 +37,7 @@ impl Default for CommitConfig {
     }
 }
 
-/// How often an idle committer asks the backend whether it can still write ([`KvStore::health`]).
+/// How often the committer asks the backend whether it can still write ([`KvStore::health`]).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
@@ -109,6 +109,13 @@ impl Store {
     /// [`Store::kv`] keeps it open longer). A daemon that restarts in-process waits for this.
     pub fn closed(&self) -> tokio::sync::watch::Receiver<bool> {
         self.committer.closed.subscribe()
+    }
+
+    /// Whether this store may still act: not failed, and the backend says it can write ([`KvStore::health`]: for
+    /// PostgreSQL, the leader lease is this daemon's on its own clock). Cheap; asked before anything leaves the
+    /// daemon on the strength of the store (a delivery), so that a daemon that lost its lease sends nothing more.
+    pub fn healthy(&self) -> bool {
+        !*self.committer.failed.borrow() && self.kv.health().is_ok()
     }
 
     /// The backend, for reads and for tools that need the raw trait.
@@ -187,20 +194,22 @@ fn committer(
 ) {
     let max = config.max_batches.max(1);
     let mut failure: Option<String> = None;
+    let mut checked = Instant::now();
     loop {
+        // Every second, busy or idle: a backend that can write nothing more fails the store even when nothing is
+        // written, and even while writes keep coming (a lost read connection does not fail the writes).
+        if failure.is_none() && checked.elapsed() >= HEALTH_EVERY {
+            checked = Instant::now();
+            if let Err(e) = kv.health() {
+                tracing::error!(error = %e, "the store can write nothing more: it stops");
+                failure = Some(e.to_string());
+                failed.send_replace(true);
+            }
+        }
         let first = match rx.recv_timeout(HEALTH_EVERY) {
             Ok(j) => j,
             Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                if failure.is_none()
-                    && let Err(e) = kv.health()
-                {
-                    tracing::error!(error = %e, "the store can write nothing more: it stops");
-                    failure = Some(e.to_string());
-                    failed.send_replace(true);
-                }
-                continue;
-            }
+            Err(RecvTimeoutError::Timeout) => continue,
         };
         let mut jobs = vec![first];
         let deadline = Instant::now() + config.max_delay;

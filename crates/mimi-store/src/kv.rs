@@ -171,9 +171,10 @@ pub trait KvStore: Send + Sync + 'static {
     fn trees(&self) -> Result<Vec<String>, StoreError>;
 
     /// Whether the backend can still write: an error once it cannot, for good (a lost server connection, a lost
-    /// leader lease). The group-commit thread asks every second and fails the store on an error (fail-stop), so
-    /// a daemon that can write nothing more stops even when it has nothing to write. Embedded backends never fail
-    /// it.
+    /// or run-out leader lease). The group-commit thread asks every second and fails the store on an error
+    /// (fail-stop), so a daemon that can write nothing more stops even when it has nothing to write; the
+    /// daemon's delivery workers ask before each delivery ([`crate::Store::healthy`]). Must be cheap (no I/O).
+    /// Embedded backends never fail it.
     fn health(&self) -> Result<(), StoreError> {
         Ok(())
     }

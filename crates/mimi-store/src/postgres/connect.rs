@@ -65,6 +65,18 @@ impl PostgresConfig {
         if c.get_application_name().is_none() {
             c.application_name("mimi-bridge");
         }
+        let remote = c.get_hosts().iter().any(|h| match h {
+            Host::Tcp(name) => !matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1"),
+            Host::Unix(_) => false,
+        });
+        if remote && c.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+            tracing::warn!(
+                server = %self.display(),
+                "the PostgreSQL connection string allows an unencrypted connection to a remote server (sslmode is not \
+                 `require`): someone on the path could read or change the store, MLS keys included; add \
+                 `sslmode=require`"
+            );
+        }
         Ok(c)
     }
 
@@ -91,7 +103,7 @@ impl PostgresConfig {
 /// contract), and they may be called from the daemon's async tasks, where blocking on the daemon's own runtime
 /// would deadlock it.
 pub(crate) struct Runtime {
-    rt: tokio::runtime::Runtime,
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Runtime {
@@ -102,29 +114,38 @@ impl Runtime {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Io { path: PathBuf::from("<postgres runtime>"), source: e })?;
-        Ok(Self { rt })
+        Ok(Self { rt: Some(rt) })
     }
 
     /// Runs `fut` on the store's runtime and blocks the calling thread until it is done. Safe to call from any
-    /// thread, an async task's included.
+    /// thread, an async task's included; never from a future running on this runtime.
     pub(crate) fn run<T: Send + 'static>(
         &self,
         fut: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let rt = self.rt.as_ref().ok_or(StoreError::Closed)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
+        rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
         rx.recv().map_err(|_| StoreError::Closed)
     }
 
-    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
-        self.rt.handle()
+    /// Starts a task on the store's runtime.
+    pub(crate) fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(rt) = &self.rt {
+            rt.spawn(fut);
+        }
     }
+}
 
-    /// Stops the runtime without waiting for its tasks (allowed from an async context, unlike a plain drop).
-    pub(crate) fn shutdown(self) {
-        self.rt.shutdown_background();
+impl Drop for Runtime {
+    /// Stops the runtime without waiting for its tasks: a plain drop panics in an async context, where the last
+    /// reference to a store may well go.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 

@@ -51,9 +51,8 @@ pub struct Lease {
 impl Lease {
     /// A fresh holder name for this process.
     pub(crate) fn holder_name() -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "unknown-host".into());
+        // uname(2), not /proc: the shipped systemd unit hides /proc/sys (ProcSubset=pid).
+        let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
         let nonce: u32 =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
                 ^ std::process::id().rotate_left(16);
@@ -112,7 +111,9 @@ impl LeaseState {
                 Renewal::Again(self.interval())
             }
             Ok(false) => {
-                inner.lost = Some("another mimi-bridge took over the leader lease".into());
+                inner.lost = Some(
+                    "the leader lease is no longer this daemon's (it ran out, or another mimi-bridge took over)".into(),
+                );
                 Renewal::Lost
             }
             Err(e) if now >= inner.valid_until => {
@@ -129,6 +130,19 @@ impl LeaseState {
     /// Why the lease is lost, if it is.
     pub(crate) fn lost(&self) -> Option<String> {
         self.inner().lost.clone()
+    }
+
+    /// Why this daemon may not act as the leader at `now`, if it may not: the lease is lost, or it ran out on our
+    /// own clock without a renewal (a process resumed after a pause learns so here before any renewal fails).
+    pub(crate) fn refused_at(&self, now: Instant) -> Option<String> {
+        let inner = self.inner();
+        if let Some(why) = &inner.lost {
+            return Some(why.clone());
+        }
+        (now >= inner.valid_until).then(|| {
+            "the leader lease ran out without a renewal (was this daemon paused?): another mimi-bridge may be active"
+                .to_owned()
+        })
     }
 
     /// Marks the lease lost (a write's fence found it so).
@@ -165,5 +179,15 @@ mod tests {
         assert_eq!(s.renewed(t0, Ok(false), t0), Renewal::Lost);
         assert_eq!(s.renewed(t0, Ok(true), t0), Renewal::Lost, "a later renewal does not bring it back");
         assert!(s.lost().is_some_and(|w| w.contains("took over")));
+    }
+
+    #[test]
+    fn a_lease_run_out_on_our_clock_refuses_before_any_renewal_fails() {
+        let t0 = Instant::now();
+        let s = LeaseState::new(Duration::from_secs(3), t0);
+        assert_eq!(s.refused_at(t0 + Duration::from_secs(2)), None);
+        let resumed = t0 + Duration::from_secs(10);
+        assert!(s.refused_at(resumed).is_some_and(|w| w.contains("paused")), "a resumed process refuses at once");
+        assert!(s.lost().is_none(), "without calling it lost: a renewal decides that");
     }
 }

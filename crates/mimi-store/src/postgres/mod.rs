@@ -71,6 +71,8 @@ pub struct PostgresStore {
     server: String,
     reads: Reads,
     writes: Mutex<Writes>,
+    /// How long the lease lasts: also the longest a write transaction may take.
+    lease_length: Duration,
     lease: Lease,
     lease_state: Arc<LeaseState>,
     lease_client: Arc<Client>,
@@ -88,40 +90,31 @@ impl PostgresStore {
         let lease_client = connect::connect(&rt, cfg)?;
         let c = lease_client.clone();
         rt.run(async move { schema_sql::migrate(&c).await })?.map_err(&fail)?;
-        let lease = acquire(&rt, &lease_client, cfg, &fail)?;
-        let lease_state = Arc::new(LeaseState::new(cfg.lease, Instant::now()));
-        tracing::info!(server = %server, holder = %lease.holder, epoch = lease.epoch, "PostgreSQL store: leader lease taken");
-
-        let read_client = connect::connect(&rt, cfg)?;
-        let write_client = connect::connect(&rt, cfg)?;
-        let (rc, wc) = (read_client.clone(), write_client.clone());
-        // A daemon stopped in the middle of a transaction must not hold the lease row's lock for long: the server
-        // ends such a session after a third of the lease.
-        let idle_ms = (cfg.lease.as_millis() / 3).max(100);
-        let prepared = rt.run(async move {
-            wc.batch_execute(&format!(
-                "SET synchronous_commit = on; SET idle_in_transaction_session_timeout = {idle_ms}"
-            ))
-            .await?;
-            let reads = (
-                rc.prepare(GET).await?,
-                rc.prepare(SCAN).await?,
-                rc.prepare(SCAN_OPEN).await?,
-                rc.prepare(PAGE).await?,
-                rc.prepare(PAGE_OPEN).await?,
-                rc.prepare(TREES).await?,
-            );
-            let writes = (wc.prepare(lease::FENCE).await?, wc.prepare(DELETE).await?, wc.prepare(UPSERT).await?);
-            Ok::<_, tokio_postgres::Error>((reads, writes))
-        })?;
-        let ((get, scan, scan_open, page, page_open, trees), (fence, delete, upsert)) =
-            prepared.map_err(|e| fail(format!("preparing statements: {e}")))?;
+        let (lease, asked) = acquire(&rt, &lease_client, cfg, &fail)?;
+        // Valid from when we asked, not from when the answer came: the server's expiry is later than ours.
+        let lease_state = Arc::new(LeaseState::new(cfg.lease, asked));
+        // Renewing starts at once: the other connections may take a while (TLS, a slow server).
         let (stop_renewing, stopped) = tokio::sync::oneshot::channel();
-        rt.handle().spawn(renew(lease_client.clone(), lease.clone(), lease_state.clone(), cfg.lease, stopped));
+        rt.spawn(renew(lease_client.clone(), lease.clone(), lease_state.clone(), cfg.lease, stopped));
+        tracing::info!(server = %server, holder = %lease.holder, epoch = lease.epoch, "PostgreSQL store: leader lease taken");
+        let connections = connect_data(&rt, cfg).map_err(|e| match e {
+            StoreError::Backend { .. } => e,
+            other => fail(other.to_string()),
+        });
+        let (reads, writes) = match connections {
+            Ok(c) => c,
+            Err(e) => {
+                // Hand the lease back instead of leaving it to run out: a standby takes over at once.
+                let _ = stop_renewing.send(());
+                release(&rt, &lease_client, &lease);
+                return Err(e);
+            }
+        };
         Ok(Self {
             server,
-            reads: Reads { client: read_client, get, scan, scan_open, page, page_open, trees },
-            writes: Mutex::new(Writes { client: write_client, fence, delete, upsert }),
+            reads,
+            writes: Mutex::new(writes),
+            lease_length: cfg.lease,
             lease,
             lease_state,
             lease_client,
@@ -180,18 +173,70 @@ fn entries(rows: Vec<tokio_postgres::Row>) -> Entries {
     rows.into_iter().map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1))).collect()
 }
 
+/// The read and write connections with their prepared statements.
+fn connect_data(rt: &Runtime, cfg: &PostgresConfig) -> Result<(Reads, Writes), StoreError> {
+    let read_client = connect::connect(rt, cfg)?;
+    let write_client = connect::connect(rt, cfg)?;
+    let (rc, wc) = (read_client.clone(), write_client.clone());
+    // A daemon stopped in the middle of a transaction must not hold the lease row's lock for long: the server ends
+    // such a session after a third of the lease; no statement waits longer than the lease for a lock.
+    let idle_ms = (cfg.lease.as_millis() / 3).max(100);
+    let lock_ms = cfg.lease.as_millis().max(100);
+    let prepared = rt.run(async move {
+        wc.batch_execute(&format!(
+            "SET synchronous_commit = on; SET idle_in_transaction_session_timeout = {idle_ms}; \
+             SET lock_timeout = {lock_ms}"
+        ))
+        .await?;
+        let reads = (
+            rc.prepare(GET).await?,
+            rc.prepare(SCAN).await?,
+            rc.prepare(SCAN_OPEN).await?,
+            rc.prepare(PAGE).await?,
+            rc.prepare(PAGE_OPEN).await?,
+            rc.prepare(TREES).await?,
+        );
+        let writes = (wc.prepare(lease::FENCE).await?, wc.prepare(DELETE).await?, wc.prepare(UPSERT).await?);
+        Ok::<_, tokio_postgres::Error>((reads, writes))
+    })?;
+    let ((get, scan, scan_open, page, page_open, trees), (fence, delete, upsert)) =
+        prepared.map_err(|e| StoreError::Backend {
+            backend: "postgres",
+            path: PathBuf::from(cfg.display()),
+            message: format!("preparing statements: {e}"),
+        })?;
+    Ok((
+        Reads { client: read_client, get, scan, scan_open, page, page_open, trees },
+        Writes { client: write_client, fence, delete, upsert },
+    ))
+}
+
+/// Gives the lease up (within 2 s), so that a standby takes over at once.
+fn release(rt: &Runtime, client: &Arc<Client>, lease: &Lease) {
+    let (c, l) = (client.clone(), lease.clone());
+    let released = rt.run(async move {
+        tokio::time::timeout(Duration::from_secs(2), c.execute(lease::RELEASE, &[&l.holder, &l.epoch])).await
+    });
+    match released {
+        Ok(Ok(Ok(_))) => tracing::info!(epoch = lease.epoch, "leader lease released"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "could not release the leader lease; it runs out by itself"),
+        _ => tracing::warn!("could not release the leader lease in time; it runs out by itself"),
+    }
+}
+
 /// Takes the lease, or waits for it (a standby), or says who holds it.
 fn acquire(
     rt: &Runtime,
     client: &Arc<Client>,
     cfg: &PostgresConfig,
     fail: &impl Fn(String) -> StoreError,
-) -> Result<Lease, StoreError> {
+) -> Result<(Lease, Instant), StoreError> {
     let holder = Lease::holder_name();
     let secs = cfg.lease.as_secs_f64();
     let mut announced: Option<String> = None;
     loop {
         let (c, h) = (client.clone(), holder.clone());
+        let asked = Instant::now();
         let taken = rt.run(async move {
             let row = c.query_opt(lease::ACQUIRE, &[&h, &secs]).await?;
             match row {
@@ -203,11 +248,11 @@ fn acquire(
             }
         })?;
         match taken.map_err(|e: tokio_postgres::Error| fail(format!("taking the leader lease: {e}")))? {
-            Ok(epoch) => return Ok(Lease { holder, epoch }),
+            Ok(epoch) => return Ok((Lease { holder, epoch }, asked)),
             Err((other, left)) if !cfg.wait_for_lease => {
                 return Err(fail(format!(
                     "another mimi-bridge ({other}) is active on this database (its lease runs {left:.1} s more unless \
-                     renewed): stop it first, or run this one as its standby (`bridge.postgres_standby = true`)"
+                     renewed): stop it first (a daemon waits for it instead with `bridge.postgres_standby = true`)"
                 )));
             }
             Err((other, _)) => {
@@ -281,7 +326,7 @@ impl KvStore for PostgresStore {
     }
 
     fn write(&self, batches: &[Batch]) -> Result<(), StoreError> {
-        if let Some(why) = self.lease_state.lost() {
+        if let Some(why) = self.lease_state.refused_at(Instant::now()) {
             return Err(self.e(why));
         }
         let (deletes, puts) = fold(batches);
@@ -292,7 +337,8 @@ impl KvStore for PostgresStore {
         let (client, fence, delete, upsert) =
             (writes.client.clone(), writes.fence.clone(), writes.delete.clone(), writes.upsert.clone());
         let (holder, epoch) = (self.lease.holder.clone(), self.lease.epoch);
-        let outcome = self.rt()?.run(async move {
+        let limit = self.lease_length;
+        let transaction = async move {
             client.batch_execute("BEGIN").await.map_err(|e| Written::Failed(e.to_string()))?;
             let body = async {
                 if client.query_opt(&fence, &[&holder, &epoch]).await?.is_none() {
@@ -307,7 +353,9 @@ impl KvStore for PostgresStore {
                 Ok::<_, tokio_postgres::Error>(true)
             };
             match body.await {
-                Ok(true) => client.batch_execute("COMMIT").await.map_err(|e| Written::Failed(e.to_string())),
+                Ok(true) => client.batch_execute("COMMIT").await.map_err(|e| {
+                    Written::Failed(format!("COMMIT failed, so the outcome is unknown (it may be committed): {e}"))
+                }),
                 Ok(false) => {
                     let _ = client.batch_execute("ROLLBACK").await;
                     Err(Written::Fenced)
@@ -317,6 +365,17 @@ impl KvStore for PostgresStore {
                     Err(Written::Failed(e.to_string()))
                 }
             }
+        };
+        // A write that hangs (a synchronous replica gone, a table lock) holds the lease row: it must not outlast
+        // the lease, or no standby could take over. The store then fails and the daemon exits, which ends the
+        // connection and its transaction.
+        let outcome = self.rt()?.run(async move {
+            tokio::time::timeout(limit, transaction).await.unwrap_or_else(|_| {
+                Err(Written::Failed(format!(
+                    "no answer within {} s, so the outcome is unknown (it may be committed)",
+                    limit.as_secs_f64()
+                )))
+            })
         })?;
         drop(writes);
         match outcome {
@@ -347,7 +406,7 @@ impl KvStore for PostgresStore {
     }
 
     fn health(&self) -> Result<(), StoreError> {
-        if let Some(why) = self.lease_state.lost() {
+        if let Some(why) = self.lease_state.refused_at(Instant::now()) {
             return Err(self.e(why));
         }
         let writes = self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -406,19 +465,9 @@ impl Drop for PostgresStore {
         }
         if let Some(rt) = self.rt.take() {
             if self.lease_state.lost().is_none() {
-                let (c, l) = (self.lease_client.clone(), self.lease.clone());
-                let released = rt.run(async move {
-                    tokio::time::timeout(Duration::from_secs(2), c.execute(lease::RELEASE, &[&l.holder, &l.epoch]))
-                        .await
-                });
-                match released {
-                    Ok(Ok(Ok(_))) => tracing::info!(epoch = self.lease.epoch, "leader lease released"),
-                    other => {
-                        tracing::warn!(result = ?other.map(|r| r.map(|r| r.map_err(|e| e.to_string()))), "could not release the leader lease; it runs out by itself")
-                    }
-                }
+                release(&rt, &self.lease_client, &self.lease);
             }
-            rt.shutdown();
+            drop(rt);
         }
     }
 }
