@@ -191,6 +191,21 @@ impl Daemon {
         self.admin_addr
     }
 
+    /// After a store failure: no drain (nothing could be recorded, and a delivery now may repeat what another
+    /// daemon delivers), only the listeners finish the answers they are writing — the 500 of the request whose
+    /// write failed among them — within their shutdown grace, at most 2 s.
+    pub async fn stop_after_store_failure(self) {
+        self.readiness.set_stopping();
+        let _ = self.admin_stop.send(true);
+        let listeners = async {
+            let _ = self.admin_task.await;
+            let _ = self.mimi_task.await;
+        };
+        if tokio::time::timeout(Duration::from_secs(2), listeners).await.is_err() {
+            tracing::warn!("listeners still open at exit");
+        }
+    }
+
     /// Stops intake, drains, closes accounts, flushes; bounded by `bridge.shutdown_timeout`.
     pub async fn shutdown(self) -> Result<(), ShutdownTimeout> {
         self.readiness.set_stopping();
@@ -419,25 +434,26 @@ pub fn run(cfg: Config) -> Result<ExitCode, Error> {
             }
         };
         let mut store_failed = daemon.store_failed.clone();
-        let store_failure = tokio::select! {
+        tokio::select! {
             s = signals.recv() => {
                 tracing::info!(signal = s, "signal received");
-                false
             }
             _ = store_failed.wait_for(|f| *f) => {
-                // Fail-stop: state in memory is ahead of the disk; nothing more is written. Stop, and let the
-                // service manager restart us from what is on disk (accepted events are durable).
+                // Fail-stop: state in memory is ahead of what is stored and nothing more can be recorded, so
+                // nothing more is done either: no drain (a delivery now could not be recorded, and with a lost
+                // PostgreSQL lease another daemon is active and delivers the same from the outbox). Exit, and let
+                // the service manager restart us from what is stored (accepted events are durable).
                 tracing::error!(
                     "the store can write nothing more (a durable write failed, or the PostgreSQL connection or \
-                     leader lease was lost): stopping (exit status 1) to restart from what is on disk"
+                     leader lease was lost): exiting with status 1, without a drain, to restart from what is stored"
                 );
-                true
+                daemon.stop_after_store_failure().await;
+                return Ok(ExitCode::FAILURE);
             }
-        };
+        }
         tokio::select! {
             r = daemon.shutdown() => Ok(match r {
-                Ok(()) if !store_failure => ExitCode::SUCCESS,
-                Ok(()) => ExitCode::FAILURE,
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "exiting with status 1");
                     ExitCode::FAILURE

@@ -243,6 +243,14 @@ impl Worker {
             if *shutdown.borrow() || *stop.borrow() {
                 return;
             }
+            // A store that can write nothing more (a failed write; a PostgreSQL lease lost or run out, as in a
+            // daemon resumed after a pause while a standby took over) could not record the delivery, and whoever
+            // is active delivers from the outbox: send nothing. The event stays in the outbox.
+            if !self.shared.store.healthy() {
+                tracing::warn!(leg = %self.leg, message = %work.event.message_id,
+                    "not delivered: the store can write nothing more (this daemon stops)");
+                return;
+            }
             self.refresh(&mut work.event);
             let account = self.shared.accounts.read().ok().and_then(|m| m.get(&self.leg.account).cloned());
             let result = match &account {
