@@ -141,8 +141,12 @@ pub fn open_backend_at(
                     why: "the directory is not empty and has no BACKEND marker".into(),
                 });
             }
-            let marker = data_dir.join(MARKER);
-            write_synced(&marker, w.name().as_bytes()).map_err(io(&marker))?;
+            // An embedded database's marker goes on disk before the database it describes; PostgreSQL's only once
+            // the server was reached (below), so that a first start that could not connect leaves no marker.
+            if w != Backend::Postgres {
+                let marker = data_dir.join(MARKER);
+                write_synced(&marker, w.name().as_bytes()).map_err(io(&marker))?;
+            }
             w
         }
         (None, None) => {
@@ -179,7 +183,12 @@ pub fn open_backend_at(
                         .into(),
                 });
             };
-            Arc::new(PostgresStore::open(cfg)?)
+            let store = PostgresStore::open(cfg)?;
+            if recorded.is_none() {
+                let marker = data_dir.join(MARKER);
+                write_synced(&marker, backend.name().as_bytes()).map_err(io(&marker))?;
+            }
+            Arc::new(store)
         }
     };
     Ok(kv)
@@ -203,7 +212,20 @@ pub fn open_data_dir_at(
     commit: CommitConfig,
     schema: &Schema,
 ) -> Result<Store, StoreError> {
+    let recorded = if data_dir.exists() { recorded_backend(data_dir)? } else { None };
     let kv = open_backend_at(data_dir, wanted, postgres)?;
+    // An embedded store that vanished is caught by its missing file; a PostgreSQL one by an empty database
+    // behind a data directory that was used before (a wrong database name, a server moved without its data).
+    if recorded == Some(Backend::Postgres) && kv.get(META, VERSION_KEY)?.is_none() {
+        return Err(StoreError::Foreign {
+            path: data_dir.to_owned(),
+            why: format!(
+                "this data directory's store is in PostgreSQL, but the database at {} holds no mimi-bridge store: \
+                 check bridge.postgres_url_file; to start an empty store on purpose, use a new data directory",
+                postgres.map(|p| p.display()).unwrap_or_default()
+            ),
+        });
+    }
     check_schema(kv.as_ref(), data_dir, true, schema)?;
     Ok(Store::new(kv, commit))
 }

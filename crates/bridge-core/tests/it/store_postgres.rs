@@ -127,3 +127,22 @@ fn tls_to_the_server_checks_its_certificate() {
         .expect("pg_stat_ssl");
     assert_eq!(encrypted, "3", "all three connections (reads, writes, lease) use TLS");
 }
+
+#[test]
+fn a_used_data_directory_refuses_an_empty_database() {
+    let d = tmp();
+    let cfg = postgres_for(d.path());
+    let store = open(d.path(), &cfg).expect("open");
+    put(&store, "a").expect("write");
+    drop(store);
+    // The same data directory pointed at another, empty database (a typo, a server moved without its data).
+    let other = postgres_for(tmp().path());
+    let err = open(d.path(), &other).err().expect("an empty database behind a used data directory is refused");
+    let msg = err.to_string();
+    assert!(msg.contains("holds no mimi-bridge store") && msg.contains(&db_name(&other)), "{msg}");
+    assert!(
+        postgres_cluster().psql(&db_name(&other), "SELECT count(*) FROM mimi_kv").expect("count") == "0",
+        "nothing was stamped into the wrong database"
+    );
+    open(d.path(), &cfg).expect("the right database still opens");
+}
