@@ -63,8 +63,12 @@ fn locate(config: &Path, data_dir: Option<PathBuf>) -> Result<Place, String> {
         Some(_) if !config.exists() => None,
         _ => Some(Config::load(config).map_err(|e| e.to_string())?),
     };
+    // A tool never waits for the lease like a standby: it fails at once while a daemon is active.
     let postgres = match &cfg {
-        Some(c) => c.postgres().map_err(|e| e.to_string())?,
+        Some(c) => c.postgres().map_err(|e| e.to_string())?.map(|mut p| {
+            p.wait_for_lease = false;
+            p
+        }),
         None => None,
     };
     Ok(Place {
