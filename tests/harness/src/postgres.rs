@@ -3,9 +3,10 @@
 //! ([`Postgres::create_database`]), so one cluster serves a whole test binary.
 //!
 //! PostgreSQL refuses to run as root: when the tests do (CI), the cluster runs as the `postgres` user the Debian
-//! package creates, in a temp dir handed over to it. The server is started through a small shell that stops it
-//! when this process goes away (its standard input, a pipe from us, reaches end of file), so a cluster kept in a
-//! `static` does not outlive the test binary.
+//! package creates, in a temp dir handed over to it (so the temp dir must be one that user can reach: /tmp, not
+//! a `TMPDIR` under /root). The server is started through a small shell that stops it when this process goes
+//! away (its standard input, a pipe from us, reaches end of file), so a cluster kept in a `static` does not
+//! outlive the test binary.
 
 use super::{HarnessError, free_port, wait_for_port};
 use std::path::{Path, PathBuf};
@@ -139,13 +140,14 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // Closing the watchdog shell's standard input stops the server (fast shutdown).
+        // Closing the watcher's standard input stops the server (fast shutdown); the shell ends with it.
         drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
 }
 
-/// Starts `postgres` under a shell that stops it when our end of its standard input closes, then removes `dir`.
+/// Starts `postgres` under a shell that ends with it, and stops it (then removes `dir`) when our end of its standard
+/// input closes.
 fn spawn(
     bin: &Path,
     dir: &Path,
@@ -155,10 +157,13 @@ fn spawn(
     log: &Path,
     as_user: Option<(u32, u32)>,
 ) -> Result<Child, HarnessError> {
-    // After the server stopped, the shell also removes the cluster's temp dir: a cluster kept in a `static` is
-    // never dropped, so its `TempDir` would not.
-    let script = "\"$0\" \"$@\" </dev/null & pg=$!; cat >/dev/null; kill -INT $pg 2>/dev/null; wait $pg; \
-                  rm -rf \"$MIMI_TEST_PG_DIR\"";
+    // The shell ends with the server, so that a server that fails to start is seen at once. A watcher reads our
+    // end of its standard input: at end of file (this process gone, or the handle dropped) it stops the server
+    // and then removes the cluster's temp dir, which a cluster kept in a `static` is never dropped to do.
+    let script = "exec 3<&0; \"$0\" \"$@\" </dev/null & pg=$!; \
+                  ( cat <&3 >/dev/null; kill -INT $pg 2>/dev/null; \
+                    while kill -0 $pg 2>/dev/null; do sleep 0.1; done; rm -rf \"$MIMI_TEST_PG_DIR\" ) & \
+                  wait $pg";
     let log_file = std::fs::File::create(log).map_err(|e| HarnessError(e.to_string()))?;
     if let Some((uid, gid)) = as_user {
         std::os::unix::fs::chown(log, Some(uid), Some(gid)).map_err(|e| HarnessError(e.to_string()))?;
