@@ -4,11 +4,14 @@
 //!
 //! 1. The active one is killed with SIGKILL in the middle of a stream (1 000 lines from IRC, 100 messages from the
 //!    native client). The standby takes over within 10 s. Every message the native client had accepted reaches
-//!    IRC once; every IRC line the store holds reaches the native client once, nothing twice; the only IRC lines
-//!    missing are those said while no daemon was in the channel (IRC keeps no history for a newcomer).
-//! 2. The new active daemon is paused with SIGSTOP; the killed one, restarted as a standby, takes over; IRC lines
-//!    said meanwhile land in the paused daemon's socket too. Resumed with SIGCONT, the old leader finds its lease
-//!    gone and exits with status 1: the lines it had read reach the native client once, through the new leader.
+//!    IRC, at most one twice (IRC gives no receipt: a line written just before the kill is sent again); every IRC
+//!    line the store holds reaches the native client once, nothing twice; the only IRC lines missing are those
+//!    said while no daemon was in the channel (IRC keeps no history for a newcomer).
+//! 2. The new active daemon is paused with SIGSTOP right after the native client sent a burst through it; the
+//!    killed one, restarted as a standby, takes over and delivers what was left in the outbox; IRC lines said
+//!    meanwhile land in the paused daemon's socket too. Resumed with SIGCONT, the old leader finds its lease gone,
+//!    sends and records nothing, and exits with status 1: the lines it had read reach the native client once,
+//!    through the new leader, and the burst reaches IRC (at most one twice).
 
 use crate::common::client::{command, server_of};
 use crate::common::{Daemon, heavy};
@@ -30,10 +33,13 @@ const KILL_AT: usize = 300;
 const ALICE_MESSAGES: usize = 100;
 /// IRC lines said while the second leader is paused.
 const PAUSED_LINES: usize = 20;
-/// Marker senders: IRC stream, native client, IRC during the pause.
+/// Messages the native client sends through the second leader just before it is paused.
+const BURST: usize = 5;
+/// Marker senders: IRC stream, native client, IRC during the pause, the native client's burst before it.
 const IRC: usize = 1;
 const ALICE: usize = 2;
 const PAUSED: usize = 3;
+const ALICE_BURST: usize = 4;
 
 /// One daemon's config: same database and IRC account as its twin, its own data directory and ports.
 fn config(dir: &Path, name: &str, url_file: &Path, irc: &str) -> PathBuf {
@@ -93,6 +99,11 @@ fn markers_in_store(cfg: &Path) -> BTreeSet<String> {
         found.extend(markers(&String::from_utf8_lossy(&value)));
     }
     found
+}
+
+/// How often each marker occurs in what `ivan` read on IRC so far.
+fn on_irc_now(ivan: &IrcUser) -> BTreeMap<String, u32> {
+    counts(&ivan.lines())
 }
 
 /// Whether marker `m` is sender `sender`'s.
@@ -218,10 +229,11 @@ fn a_standby_takes_over_from_a_killed_leader_and_a_resumed_old_leader_writes_not
     }
     let on_irc = counts(&ivan.lines());
     let mut problems = Vec::new();
+    // IRC gives no delivery receipt: a line written just before the kill and not yet recorded is sent again by
+    // the new leader. At most one such duplicate per failure (issue #19's bound), and nothing lost.
     for m in &accepted_alice {
-        let n = on_irc.get(m).copied().unwrap_or(0);
-        if n != 1 {
-            problems.push(format!("alice's accepted {m} reached IRC {n} times"));
+        if !on_irc.contains_key(m) {
+            problems.push(format!("alice's accepted {m} never reached IRC"));
         }
     }
     for (m, n) in &heard_counts {
@@ -229,14 +241,18 @@ fn a_standby_takes_over_from_a_killed_leader_and_a_resumed_old_leader_writes_not
             problems.push(format!("{m} reached the native client {n} times"));
         }
     }
-    for (m, n) in on_irc.iter().filter(|(m, _)| from(ALICE, m)) {
-        if *n > 1 {
-            problems.push(format!("alice's {m} reached IRC {n} times"));
-        }
+    let irc_duplicates = |from_sender: usize| -> u32 {
+        on_irc_now(&ivan).iter().filter(|(m, _)| from(from_sender, m)).map(|(_, n)| n.saturating_sub(1)).sum()
+    };
+    let first_duplicates = irc_duplicates(ALICE);
+    if first_duplicates > 1 {
+        problems.push(format!("{first_duplicates} of alice's messages reached IRC twice after one SIGKILL"));
     }
     let missing: Vec<&(String, Instant)> = irc_said.iter().filter(|(m, _)| !heard_counts.contains_key(m)).collect();
     // A line said while no daemon was in the channel is not accepted by anyone: the only ones allowed missing.
-    let gap_start = killed_at - Duration::from_secs(1);
+    // The killed daemon had read a line said just before the kill only if it had also bridged it (IRC → MLS
+    // takes milliseconds): 300 ms of lines before the kill may be lost with it.
+    let gap_start = killed_at - Duration::from_millis(300);
     for (m, at) in &missing {
         if *at < gap_start || *at > joined_at {
             problems.push(format!(
@@ -250,6 +266,15 @@ fn a_standby_takes_over_from_a_killed_leader_and_a_resumed_old_leader_writes_not
     let mut a = Daemon::start_until(&cfg_a, "standby: waiting", &[]);
     let joins = || ivan.lines().iter().filter(|l| l.contains(" JOIN ")).count();
     let joins_before = joins();
+    // A burst through the second leader, paused while it delivers: what it had not recorded, the next leader
+    // delivers from the outbox, and the resumed one must not send it again.
+    let burst: Vec<String> = (0..BURST).map(|i| marker(ALICE_BURST, i)).collect();
+    for m in &burst {
+        assert!(
+            command(&alice, &server_b, &["send", ROOM, &format!("burst {m}")]).status().expect("client").success(),
+            "the second leader accepts {m}"
+        );
+    }
     signal(&b, "-STOP");
     let paused = Instant::now();
     assert!(a.wait_line("bridge running", Duration::from_secs(30)), "the restarted standby never took over");
@@ -284,10 +309,22 @@ fn a_standby_takes_over_from_a_killed_leader_and_a_resumed_old_leader_writes_not
     if exit != Some(1) {
         problems.push(format!("the resumed old leader exited with {exit:?}, not 1"));
     }
-    let lease_lines: Vec<&str> = b_log.lines().filter(|l| l.contains("lease")).collect();
+    let lease_lines: Vec<&str> = b_log.lines().filter(|l| l.contains("lease")).take(5).collect();
     eprintln!("the resumed old leader said:\n{}", lease_lines.join("\n"));
-    if !lease_lines.iter().any(|l| l.contains("leader lease lost") || l.contains("no longer this daemon's")) {
+    if !lease_lines.iter().any(|l| ["lease lost", "no longer this daemon's", "ran out"].iter().any(|w| l.contains(w))) {
         problems.push("the resumed old leader's log does not say it lost the lease".into());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !arrivals.missing("irc", &burst).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for m in arrivals.missing("irc", &burst) {
+        problems.push(format!("alice's {m}, accepted by the paused leader, never reached IRC"));
+    }
+    let burst_duplicates = irc_duplicates(ALICE_BURST);
+    if burst_duplicates > 1 {
+        problems.push(format!("{burst_duplicates} of the burst reached IRC twice after one pause"));
     }
     let (ok, text) = status(&cfg_a);
     if !(ok && text.contains("leader lease epoch 3")) {
@@ -305,7 +342,8 @@ fn a_standby_takes_over_from_a_killed_leader_and_a_resumed_old_leader_writes_not
     }
     eprintln!(
         "failover: takeover {:.1} s after SIGKILL, {:.1} s after SIGSTOP; IRC lines {} said, {} heard, {} missing \
-         (said while no daemon was in the channel); alice {} accepted of {}; {} problems",
+         (said while no daemon was in the channel); alice {} accepted of {}; IRC duplicates {} after the kill, {} \
+         after the pause; {} problems",
         took_over.as_secs_f64(),
         second_takeover.as_secs_f64(),
         irc_said.len(),
@@ -313,6 +351,8 @@ fn a_standby_takes_over_from_a_killed_leader_and_a_resumed_old_leader_writes_not
         missing.len(),
         accepted_alice.len(),
         ALICE_MESSAGES,
+        first_duplicates,
+        burst_duplicates,
         problems.len()
     );
     assert!(took_over < Duration::from_secs(10), "the standby took {took_over:?} to take over");
