@@ -239,7 +239,12 @@ pub fn check(kv: &dyn KvStore, data_dir: &Path) -> Result<CheckReport, StoreErro
                     reverse_missing.push((k.to_vec(), m));
                 }
             },
-            _ => r.problem(format!("ids {}: key is neither an `m` nor an `n` entry", show(k))),
+            Some(b'p') => {
+                if split_lp(&k[1..]).is_none() || serde_json::from_slice::<repo::SentMarker>(v).is_err() {
+                    r.problem(format!("ids {}: malformed published-not-recorded marker", show(k)));
+                }
+            }
+            _ => r.problem(format!("ids {}: key is neither an `m`, an `n` nor a `p` entry", show(k))),
         }
         // Check reverse entries in chunks so memory stays bounded.
         if reverse_missing.len() >= 4096 {

@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use bridge_api::RoomError;
 use bridge_api::RouteError;
 use bridge_api::event::{MessageDraft, MessageStyle, Sender, TextFormat};
-use bridge_api::ids::{MessageId, PortalId};
+use bridge_api::ids::{LegId, MessageId, NativeId, PortalId};
 use mimi_content::builder::ContentBuilder;
 use mimi_content::model::{ExternalPart, MultiPart, PartSemantics};
 use mimi_content::{Disposition, Message, MimiContent, NestedPart, PartBody};
@@ -566,7 +566,7 @@ impl MlsRooms {
 
 #[async_trait]
 impl RoomOfRecord for MlsRooms {
-    async fn publish(&self, msg: &GroupMessage) -> Result<Published, RoomError> {
+    async fn publish(&self, msg: &GroupMessage, source: Option<(&LegId, &NativeId)>) -> Result<Published, RoomError> {
         let slot = self.slot(&msg.portal).await?;
         let mut s = slot.lock().await;
         let domain = self.provider.domain().to_owned();
@@ -594,7 +594,12 @@ impl RoomOfRecord for MlsRooms {
             let ct = encrypted.durable().await.map_err(unavailable)?;
             let ct = MlsMessageBytes::new(ct).map_err(unavailable)?;
             let room = s.room.clone();
-            match self.provider.submit(&room, ct, sender, Origin::Portal).await {
+            // Marked in the batch that sequences it: a restart before the portal records the event finds it.
+            let mut with = Batch::new();
+            if let Some((leg, native)) = source {
+                crate::repo::write::sent(&mut with, leg, native, &id, crate::outbox::now_ms());
+            }
+            match self.provider.submit_with(&room, ct, sender, Origin::Portal, with).await {
                 Ok(a) => {
                     s.own.insert(a.seq);
                     let earlier = self.sequenced_before(&msg.portal, &mut s, a.seq).await;

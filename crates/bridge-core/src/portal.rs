@@ -16,7 +16,7 @@
 
 use crate::leg::{self, LegWork, LegWorker};
 use crate::repo::{IdEntry, MessageRecord, ReactionSet, RecordKind, Repo, write};
-use crate::room_of_record::{GroupContent, GroupMessage};
+use crate::room_of_record::{GroupContent, GroupMessage, Published};
 use crate::router::{Shared, count_error, store_error};
 use bridge_api::event::{
     InboundEvent, InboundKind, MessageDraft, MessageStyle, OutboundEvent, OutboundKind, ParentRef, Sender,
@@ -502,7 +502,21 @@ impl Portal {
         work: &mut Vec<(LegId, LegWork)>,
     ) -> Result<MessageId, RouteError> {
         let msg = GroupMessage { portal: self.rec.id.clone(), sender, content };
-        let published = self.shared.group.publish(&msg).await?;
+        let source = origin.as_ref().and_then(|(leg, native)| native.as_ref().map(|n| (leg, n)));
+        // Published before a restart that came before its record: record it under that id, never publish twice.
+        let sent = match source {
+            Some((leg, native)) => {
+                Repo::with_pending(&self.shared.store, batch).sent(leg, native).map_err(store_error)?
+            }
+            None => None,
+        };
+        let published = match sent {
+            Some(id) => {
+                tracing::info!(message = %id, "an event published before a restart is recorded, not published again");
+                Published { id, earlier: Vec::new() }
+            }
+            None => self.shared.group.publish(&msg, source).await?,
+        };
         // What the group sequenced before this message goes to the legs before it (see `room_of_record`).
         for (earlier, m) in published.earlier {
             if let Err(e) = self.group_message(earlier, m, batch, work) {
@@ -514,6 +528,7 @@ impl Portal {
         self.record(id, &msg, kind, origin.as_ref().map(|(l, _)| l.clone()), set_after, batch, &mut b, work)?;
         if let Some((leg, Some(native))) = &origin {
             write::native(&mut b, leg, native, &id, true);
+            write::forget_sent(&mut b, leg, native);
         }
         batch.extend(b);
         Ok(id)

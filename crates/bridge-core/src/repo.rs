@@ -130,6 +130,16 @@ pub struct IdEntry {
     pub origin: bool,
 }
 
+/// An inbound event the hub sequenced before the portal recorded it: the `p` entries of `ids`
+/// ([`write::sent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentMarker {
+    /// The id the event was published under.
+    pub message_id: MessageId,
+    /// When, ms since the UNIX epoch (for a marker whose event never comes back).
+    pub at_ms: u64,
+}
+
 /// One sender's reactions on one message: key → the reaction's message id.
 pub type ReactionSet = BTreeMap<String, MessageId>;
 
@@ -167,6 +177,14 @@ fn delivered_key(msg: &MessageId, leg: &LegId) -> Vec<u8> {
 
 fn native_key(leg: &LegId, native: &NativeId) -> Vec<u8> {
     let mut k = vec![b'n'];
+    lp(&mut k, &leg.key());
+    k.extend_from_slice(native.0.as_bytes());
+    k
+}
+
+/// The marker of an inbound event published but not yet recorded (see [`write::sent`]).
+fn sent_key(leg: &LegId, native: &NativeId) -> Vec<u8> {
+    let mut k = vec![b'p'];
     lp(&mut k, &leg.key());
     k.extend_from_slice(native.0.as_bytes());
     k
@@ -281,6 +299,12 @@ impl<'a> Repo<'a> {
     /// What a native id on a leg stands for.
     pub fn lookup_native(&self, leg: &LegId, native: &NativeId) -> Result<Option<IdEntry>, StoreError> {
         self.get_json(IDS, &native_key(leg, native))
+    }
+
+    /// The message id an inbound event was published under, if the hub sequenced it and the portal has not
+    /// recorded it yet (a restart between the two: [`write::sent`]).
+    pub fn sent(&self, leg: &LegId, native: &NativeId) -> Result<Option<MessageId>, StoreError> {
+        Ok(self.get_json::<SentMarker>(IDS, &sent_key(leg, native))?.map(|m| m.message_id))
     }
 
     /// A message's native id on a leg (where it came from or was delivered to).
@@ -417,6 +441,19 @@ pub mod write {
     /// Stores a message record.
     pub fn message(b: &mut Batch, id: &MessageId, rec: &MessageRecord) {
         b.put(MSGS, id.as_bytes().to_vec(), enc(rec));
+    }
+
+    /// Marks the inbound event `native` on `leg` as published under `msg`: written in the hub's batch that
+    /// sequences the message, so that it exists exactly when the message is in the room's log. If the daemon
+    /// stops before the portal recorded the event, the network's redelivery finds the marker
+    /// ([`Repo::sent`]) and is recorded under `msg` instead of being published a second time.
+    pub fn sent(b: &mut Batch, leg: &LegId, native: &NativeId, msg: &MessageId, at_ms: u64) {
+        b.put(IDS, sent_key(leg, native), enc(&SentMarker { message_id: *msg, at_ms }));
+    }
+
+    /// Removes the marker of [`sent`] (the portal recorded the event).
+    pub fn forget_sent(b: &mut Batch, leg: &LegId, native: &NativeId) {
+        b.delete(IDS, sent_key(leg, native));
     }
 
     /// Maps `native` on `leg` to `msg` in both directions; `origin` as in [`IdEntry`].

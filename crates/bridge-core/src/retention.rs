@@ -79,6 +79,9 @@ pub struct PruneReport {
     pub invitations: u64,
     /// Records stamped with a time (written before retention existed).
     pub stamped: u64,
+    /// Markers of inbound events published but never recorded, whose network never redelivered them
+    /// ([`crate::repo::write::sent`]), after the failed deliveries' retention.
+    pub sent_markers: u64,
     /// Registered kinds: name and count.
     pub others: Vec<(String, u64)>,
     /// Kinds whose pruning failed this pass (logged; retried at the next): name and why.
@@ -146,6 +149,10 @@ impl Pruner {
                 Ok(n) => report.failed = n,
                 Err(e) => failures.push(failed("failed deliveries", &e)),
             }
+            match self.prune_sent_markers(before).await {
+                Ok(n) => report.sent_markers = n,
+                Err(e) => failures.push(failed("published-not-recorded markers", &e)),
+            }
         }
         for other in &self.others {
             match other.prune(now_ms).await {
@@ -195,6 +202,26 @@ impl Pruner {
             for (key, _) in page.iter().filter(|(_, r)| r.failed_at_ms < before) {
                 b.delete(crate::repo::FAILED, key.clone());
                 removed += 1;
+            }
+            self.commit(b).await?;
+            match page.last() {
+                Some((last, _)) if page.len() == PAGE => from = [last.as_slice(), &[0]].concat(),
+                _ => return Ok(removed),
+            }
+        }
+    }
+
+    async fn prune_sent_markers(&self, before: u64) -> Result<u64, StoreError> {
+        let (mut from, mut removed) = (b"p".to_vec(), 0);
+        loop {
+            let page = self.store.scan_prefix_from(crate::repo::IDS, b"p", &from, PAGE)?;
+            let mut b = Batch::new();
+            for (key, value) in &page {
+                let stale = serde_json::from_slice::<crate::repo::SentMarker>(value).map_or(true, |m| m.at_ms < before);
+                if stale {
+                    b.delete(crate::repo::IDS, key.clone());
+                    removed += 1;
+                }
             }
             self.commit(b).await?;
             match page.last() {

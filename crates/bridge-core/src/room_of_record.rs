@@ -17,7 +17,7 @@
 use async_trait::async_trait;
 use bridge_api::RoomError;
 use bridge_api::event::{MessageDraft, Sender};
-use bridge_api::ids::{MessageId, PortalId};
+use bridge_api::ids::{LegId, MessageId, NativeId, PortalId};
 use serde::Serialize;
 
 /// What a portal publishes into its group.
@@ -82,8 +82,9 @@ pub struct Published {
 #[async_trait]
 pub trait RoomOfRecord: Send + Sync + 'static {
     /// Publishes `msg`; returns its message id once the hub has sequenced it, with the messages sequenced before
-    /// it that the portal has not seen yet.
-    async fn publish(&self, msg: &GroupMessage) -> Result<Published, RoomError>;
+    /// it that the portal has not seen yet. `source` is the inbound event `msg` carries, if any: a durable room
+    /// marks it published in the batch that sequences it ([`crate::repo::write::sent`]).
+    async fn publish(&self, msg: &GroupMessage, source: Option<(&LegId, &NativeId)>) -> Result<Published, RoomError>;
 }
 
 /// Stand-in room of record: sequences locally, ids as MIMI does (over a JSON encoding, with a random salt).
@@ -92,7 +93,7 @@ pub struct LocalRoom;
 
 #[async_trait]
 impl RoomOfRecord for LocalRoom {
-    async fn publish(&self, msg: &GroupMessage) -> Result<Published, RoomError> {
+    async fn publish(&self, msg: &GroupMessage, _source: Option<(&LegId, &NativeId)>) -> Result<Published, RoomError> {
         use sha2::{Digest, Sha256};
         let encoded = serde_json::to_vec(&msg.content).map_err(|e| RoomError::Refused(e.to_string()))?;
         let salt = rand_salt();

@@ -592,10 +592,24 @@ impl Provider {
         sending_uri: &str,
         origin: Origin,
     ) -> Result<Sequenced, ProviderError> {
+        self.submit_with(room, message, sending_uri, origin, Batch::new()).await
+    }
+
+    /// [`Provider::submit`], writing `with` in the same atomic batch as the entry, only if the message is
+    /// appended (not when refused, nor when it is a retry of an entry already in the log). The store is the
+    /// caller's too: the bridge marks there which inbound event the entry carries.
+    pub async fn submit_with(
+        &self,
+        room: &str,
+        message: MlsMessageBytes,
+        sending_uri: &str,
+        origin: Origin,
+        with: Batch,
+    ) -> Result<Sequenced, ProviderError> {
         if let Some(again) = self.retry_of(room, &message)? {
             return Ok(again);
         }
-        self.sequence(room, |hub| hub.submit(message, sending_uri, &origin, now_ms())).await
+        self.sequence(room, with, |hub| hub.submit(message, sending_uri, &origin, now_ms())).await
     }
 
     /// A retry of a message already in `room`'s log: its verdict from the durable idempotency index (the hub
@@ -619,7 +633,7 @@ impl Provider {
         if let Some(again) = self.retry_of(room, req.message())? {
             return Ok(again);
         }
-        self.sequence(room, |hub| hub.update(&req, requester, &origin, now_ms())).await
+        self.sequence(room, Batch::new(), |hub| hub.update(&req, requester, &origin, now_ms())).await
     }
 
     /// Runs `decide` on the hub of `room`, makes what it appends durable (entries, idempotency index, room state,
@@ -627,6 +641,7 @@ impl Provider {
     async fn sequence(
         &self,
         room: &str,
+        with: Batch,
         decide: impl FnOnce(&mut HubRoom) -> Result<(Sequenced, Vec<HubAction>), Refusal>,
     ) -> Result<Sequenced, ProviderError> {
         let (accepted, actions, durable, group_info) = {
@@ -658,6 +673,9 @@ impl Provider {
                         self.route_welcome(&mut b, room, entry)?;
                     }
                 }
+            }
+            if !b.is_empty() {
+                b.extend(with);
             }
             let durable = (!b.is_empty()).then(|| self.inner.store.commit_later(b));
             (accepted, actions, durable, kept)

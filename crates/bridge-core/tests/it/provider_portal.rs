@@ -2,11 +2,14 @@
 //! with a loopback leg through the portal: legacy → MLS arrives decrypted at the client, MLS → legacy arrives
 //! at the leg. All in process, on real MLS groups and a real store; no sockets.
 
-use bridge_api::event::OutboundKind;
+use bridge_api::Accepted;
+use bridge_api::event::{InboundKind, MessageDraft, OutboundKind, Sender};
+use bridge_api::ids::NativeId;
 use bridge_api::{AccountContext, AccountId, PortalId};
 use bridge_core::MlsRooms;
 use bridge_core::mls_rooms::{DEFAULT_KEY_UPDATE, room_uri};
-use bridge_core::repo::{MlsIdentity, PortalRecord};
+use bridge_core::repo::{MlsIdentity, PortalRecord, Repo};
+use bridge_core::room_of_record::{GroupContent, GroupMessage, RoomOfRecord};
 use bridge_core::router::{RouterConfig, RouterHandle};
 use bridge_testkit::loopback::LoopbackNetwork;
 use mimi_content::builder::ContentBuilder;
@@ -382,6 +385,51 @@ async fn a_message_decrypted_before_a_stop_is_bridged_after_the_restart() {
     b.stop().await;
     let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
     assert!(b.net.wait_delivered(1, Duration::from_millis(500)).await.is_empty(), "nothing delivered twice");
+    b.stop().await;
+}
+
+/// The hub sequenced the message the portal published for an inbound event, and the bridge stopped before the
+/// portal recorded the event (a SIGKILL between the two): the network redelivers the event after the restart
+/// (Synapse retries the transaction, XMPP catches up from the archive), and it is recorded under the id it was
+/// published with, never published a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sequenced_before_a_stop_is_recorded_not_published_again_when_redelivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    let (leg, native, bob) = (b.net.leg("#rust"), NativeId("irc-line-1".into()), b.net.user("bob"));
+    let said = || InboundKind::Message { draft: MessageDraft::plain("said once"), reply_to: None };
+    // The room of record publishes and the hub sequences it (with the marker); the portal never records it.
+    let msg = GroupMessage {
+        portal: b.portal.clone(),
+        sender: Sender {
+            uri: bob.uri(DOMAIN),
+            display_name: "bob".into(),
+            network: bob.account.network().to_owned(),
+            legacy: Some(bob.clone()),
+        },
+        content: GroupContent::Message { draft: MessageDraft::plain("said once"), in_reply_to: None },
+    };
+    let published = b.room_of_record.publish(&msg, Some((&leg, &native))).await.expect("sequenced");
+    assert_eq!(Repo::new(&b.store).sent(&leg, &native).expect("read"), Some(published.id), "marked published");
+    let last = provider.last_seq(&room).expect("log");
+    drop(provider);
+    b.stop().await;
+
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    let verdict = b.net.say_with_id("#rust", "bob", &native.0, said()).await.expect("accepted");
+    assert_eq!(verdict, Accepted::Bridged(published.id), "recorded under the id it was published with");
+    assert_eq!(b.provider.last_seq(&room).expect("log"), last, "not published again");
+    assert_eq!(Repo::new(&b.store).sent(&leg, &native).expect("read"), None, "the marker is gone with the record");
+    let again = b.net.say_with_id("#rust", "bob", &native.0, said()).await.expect("accepted");
+    assert_eq!(again, Accepted::Duplicate(published.id), "a later redelivery is a duplicate");
+    // The native client reads it once, then the next line.
+    b.net.say("#rust", "bob", "the next line").await.1.expect("bridged");
+    let (_, first) = alice.next(&b.provider, &room).await;
+    let (_, second) = alice.next(&b.provider, &room).await;
+    assert_eq!((text(&first).as_str(), text(&second).as_str()), ("said once", "the next line"));
     b.stop().await;
 }
 

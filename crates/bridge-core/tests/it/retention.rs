@@ -105,6 +105,28 @@ fn old_messages_go_with_their_id_map_and_reactions_and_pending_deliveries_stay()
     assert!(report.is_ok(), "{report:?}");
 }
 
+/// A marker of an event published but never recorded, whose network never redelivered it, goes after the failed
+/// deliveries' retention (30 days); a recent one stays, and `store check` accepts both.
+#[test]
+fn published_but_never_recorded_markers_go_after_a_while() {
+    let (dir, store, rt) = filled();
+    let now = bridge_core::outbox::now_ms();
+    let mut b = mimi_store::Batch::new();
+    bridge_core::repo::write::sent(&mut b, &leg(1), &NativeId("old".into()), &msg_id(90), now - 31 * DAY_MS);
+    bridge_core::repo::write::sent(&mut b, &leg(1), &NativeId("new".into()), &msg_id(91), now);
+    store.commit_blocking(b).expect("markers");
+    assert!(check::check(store.kv().as_ref(), dir.path()).expect("check").is_ok(), "markers are valid entries");
+    rt.block_on(async {
+        let provider = Provider::open("example.org", store.clone()).expect("provider");
+        let pruner = Pruner::new(store.clone(), provider, RetentionConfig::default());
+        let r = pruner.prune(now).await;
+        assert_eq!(r.sent_markers, 1, "{r:?}");
+    });
+    let repo = Repo::new(&store);
+    assert_eq!(repo.sent(&leg(1), &NativeId("old".into())).expect("read"), None);
+    assert_eq!(repo.sent(&leg(1), &NativeId("new".into())).expect("read"), Some(msg_id(91)));
+}
+
 #[test]
 fn a_kind_set_to_none_is_kept_forever() {
     let (_dir, store, rt) = filled();
