@@ -13,7 +13,7 @@ use crate::{catchup, selfping};
 use async_trait::async_trait;
 use bridge_api::capability::Capabilities;
 use bridge_api::connector::{Delivery, SendError};
-use bridge_api::event::{Membership, OutboundEvent, OutboundKind};
+use bridge_api::event::{InboundEvent, Membership, OutboundEvent, OutboundKind};
 use bridge_api::{Account, AccountContext, AccountId, ConnectorError, Health, LegId, NativeId};
 use bridge_net::backoff::Backoff;
 use minidom::Element;
@@ -36,6 +36,8 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 const CATCHUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many origin-ids of our own stanzas are remembered to recognise their reflections.
 const OWN_ORIGINS: usize = 4096;
+/// Most live messages of one room held while its archive is read (beyond it they are passed on at once).
+const HELD_MAX: usize = 1000;
 
 /// How the account attaches to the server.
 #[derive(Debug, Clone)]
@@ -85,6 +87,10 @@ struct State {
     archived_origins: HashMap<BareJid, HashMap<String, String>>,
     /// Rooms that refused an archive query (no MAM): a resend there cannot be checked.
     no_mam: HashSet<BareJid>,
+    /// Live messages of a room that arrived while its archive was being read, in order: passed on after what the
+    /// catch-up replays. Taken at once, they would become the walk's anchor (the newest message taken from the
+    /// room) and hide what was said between the bridge's last message and its rejoin.
+    held: HashMap<BareJid, Vec<InboundEvent>>,
     queries: u64,
     /// Self-pings in flight: iq id → the room.
     self_pings: HashMap<String, BareJid>,
@@ -237,6 +243,8 @@ fn disconnected(shared: &Shared) {
     st.puppet_joined.clear();
     st.catchup.clear();
     st.walks.clear();
+    // Never taken: the next catch-up finds them in the archive.
+    st.held.clear();
     st.caught_up.clear();
     st.catchup_waiters.clear();
     st.self_pings.clear();
@@ -321,7 +329,19 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
                 }
                 return;
             }
-            r.message(msg, |n| n == nick || puppets.is_puppet_nick(&room, n), |o| own_origins.contains(o))
+            let outcome =
+                r.message(msg, |n| n == nick || puppets.is_puppet_nick(&room, n), |o| own_origins.contains(o));
+            match outcome {
+                Outcome::Event(ev) if st.walks.contains_key(&room) => {
+                    let held = st.held.entry(room).or_default();
+                    if held.len() < HELD_MAX {
+                        held.push(*ev);
+                        return;
+                    }
+                    Outcome::Event(ev)
+                }
+                other => other,
+            }
         }
         Stanza::Presence(p) => {
             let Some(room) = p.from.as_ref().map(|f| f.to_bare()) else { return };
@@ -611,6 +631,11 @@ async fn catchup_page(
         if let Outcome::Event(ev) = outcome {
             submit(shared, *ev).await;
         }
+    }
+    // Then what was said live during the walk (a message replayed above too is a duplicate to the core).
+    let held = shared.state().held.remove(&room).unwrap_or_default();
+    for ev in held {
+        submit(shared, ev).await;
     }
 }
 
