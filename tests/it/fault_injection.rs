@@ -77,10 +77,11 @@ fn drain_native(state: &Path, server: &str) -> HashMap<String, u32> {
 }
 
 #[test]
-#[ignore = "finds losses not fixed yet (issue #19): messages said near a kill that no reader gets (a Matrix \
-            message in 2 of 8 runs; in 1 of 2 runs on 2026-12-02, 14 XMPP messages around one kill), cause not found. \
-            The MLS-side duplicate it found is fixed (portal: sequenced-before-restart events are recorded, not \
-            published again). Run: cargo test -p mimi-bridge --test it fault_injection -- --ignored"]
+#[ignore = "finds a loss not fixed yet (issue #19): a Matrix message said near a kill that no reader gets (2 of 8 \
+            runs earlier; on 2026-12-02 after the fixes below, 2 of 4 runs passed, 1 lost one Matrix message, 1 \
+            failed on a check whose output was not kept), cause not found. Fixed since: the MLS-side duplicate \
+            and the XMPP messages lost behind live ones after a restart. Run: cargo test -p mimi-bridge --test it \
+            fault_injection -- --ignored"]
 fn three_sigkills_during_a_stream_across_three_networks_and_mls_lose_nothing_accepted() {
     let _heavy = heavy();
     // The IRC account keeps its default flood control: it follows the server's pace.
