@@ -91,6 +91,10 @@ struct State {
     /// catch-up replays. Taken at once, they would become the walk's anchor (the newest message taken from the
     /// room) and hide what was said between the bridge's last message and its rejoin.
     held: HashMap<BareJid, Vec<InboundEvent>>,
+    /// Rooms whose live messages are held, with their walk's number (from `walks_started`), so that a walk's
+    /// deadline ends the hold of that walk and no later one.
+    walk_ids: HashMap<BareJid, u64>,
+    walks_started: u64,
     queries: u64,
     /// Self-pings in flight: iq id → the room.
     self_pings: HashMap<String, BareJid>,
@@ -245,6 +249,7 @@ fn disconnected(shared: &Shared) {
     st.walks.clear();
     // Never taken: the next catch-up finds them in the archive.
     st.held.clear();
+    st.walk_ids.clear();
     st.caught_up.clear();
     st.catchup_waiters.clear();
     st.self_pings.clear();
@@ -332,7 +337,7 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
             let outcome =
                 r.message(msg, |n| n == nick || puppets.is_puppet_nick(&room, n), |o| own_origins.contains(o));
             match outcome {
-                Outcome::Event(ev) if st.walks.contains_key(&room) => {
+                Outcome::Event(ev) if st.walk_ids.contains_key(&room) => {
                     let held = st.held.entry(room).or_default();
                     if held.len() < HELD_MAX {
                         held.push(*ev);
@@ -357,6 +362,10 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
                 // What was said while the bridge was away comes from the archive.
                 st.caught_up.remove(&room);
                 st.walks.insert(room.clone(), catchup::Walk::default());
+                st.walks_started += 1;
+                let walk = st.walks_started;
+                st.walk_ids.insert(room.clone(), walk);
+                tokio::spawn(walk_deadline(Arc::downgrade(shared), room.clone(), walk));
                 catchup_query = Some(archive_query(&mut st, &room, None));
             }
             outcome
@@ -599,6 +608,7 @@ async fn catchup_page(
             catchup::Step::More(before) => (Some(archive_query(&mut st, &room, Some(&before))), None),
             catchup::Step::Done(done) => {
                 st.walks.remove(&room);
+                st.walk_ids.remove(&room);
                 st.caught_up.insert(room.clone());
                 st.archived_origins.insert(room.clone(), done.origins.clone());
                 for w in st.catchup_waiters.remove(&room).unwrap_or_default() {
@@ -636,6 +646,29 @@ async fn catchup_page(
     let held = shared.state().held.remove(&room).unwrap_or_default();
     for ev in held {
         submit(shared, ev).await;
+    }
+}
+
+/// Stops holding `room`'s live messages if its walk number `walk` has not ended within [`CATCHUP_TIMEOUT`]: what was
+/// held goes on now rather than wait for an archive that may never answer. The walk itself goes on, and replays
+/// what it finds if the archive answers later.
+///
+/// It holds the account weakly: a stopped account (and the store behind its context) is not kept alive by it.
+async fn walk_deadline(shared: std::sync::Weak<Shared>, room: BareJid, walk: u64) {
+    tokio::time::sleep(CATCHUP_TIMEOUT).await;
+    let Some(shared) = shared.upgrade() else { return };
+    let held = {
+        let mut st = shared.state();
+        if st.walk_ids.get(&room) != Some(&walk) {
+            return;
+        }
+        st.walk_ids.remove(&room);
+        st.held.remove(&room).unwrap_or_default()
+    };
+    tracing::warn!(account = %shared.id, %room, held = held.len(),
+        "the room's archive is slow to answer: live messages go on before its catch-up");
+    for ev in held {
+        submit(&shared, ev).await;
     }
 }
 
@@ -866,6 +899,10 @@ impl Account for XmppAccount {
         let out = {
             let mut st = self.shared.state();
             st.rooms.remove(&jid);
+            // A room left is read no more: its walk ends, and what it held is not bridged.
+            st.walks.remove(&jid);
+            st.walk_ids.remove(&jid);
+            st.held.remove(&jid);
             let nick = st.nicks.remove(&jid).unwrap_or_else(|| self.shared.settings.nick.clone());
             st.outbound.clone().zip(jid.with_resource_str(&nick).ok())
         };
