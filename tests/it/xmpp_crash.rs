@@ -56,37 +56,55 @@ fn hear(state: &Path, server: &str, count: usize, secs: u64) -> Vec<String> {
     got
 }
 
+/// A daemon relaying between a native client (`alice`) and a MUC with an archive (client mode, a real Prosody),
+/// with an XMPP user in the MUC, once a first message went through.
+struct Relaying {
+    prosody: Prosody,
+    daemon: Daemon,
+    server: String,
+    alice: std::path::PathBuf,
+    rt: tokio::runtime::Runtime,
+    x: XUser,
+    _dir: tempfile::TempDir,
+}
+
+impl Relaying {
+    fn start() -> Self {
+        let prosody = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+        prosody.register("bridge", "bridge-pw").expect("register the bridge");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let extra = format!(
+            "legs = [{{ account = \"xmpp.t\", room = \"{ROOM_JID}\" }}]\n\n[xmpp.t]\nmode = \"client\"\nserver = \"{}\"\n\
+             jid = \"bridge@localhost\"\npassword = \"bridge-pw\"\ntransport = \"insecure-tcp\"\n",
+            prosody.c2s_addr()
+        );
+        let (cfg, _) = write_config(dir.path(), &extra);
+        let mut daemon = Daemon::start(&cfg, &[]);
+        let server = server_of(&cfg);
+        let alice = dir.path().join("alice");
+        client(&alice, &server, &["register", "alice"]);
+        client(&alice, &server, &["join", PORTAL]);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let mut x = rt.block_on(XUser::join(&prosody, "xavier"));
+        // The bridge relays (its join may still be under way at first).
+        let mut heard = false;
+        for i in 0..20 {
+            rt.block_on(x.send(Some(&format!("warm-up {i}")), vec![]));
+            if !hear(&alice, &server, 1, 2).is_empty() {
+                heard = true;
+                break;
+            }
+        }
+        assert!(heard, "the bridge relays before the crash:\n{}", daemon.log());
+        while !hear(&alice, &server, 1, 1).is_empty() {}
+        Self { prosody, daemon, server, alice, rt, x, _dir: dir }
+    }
+}
+
 #[test]
 fn a_sigkilled_daemon_loses_and_doubles_nothing_between_mls_and_xmpp() {
     let _heavy = heavy();
-    let prosody = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    prosody.register("bridge", "bridge-pw").expect("register the bridge");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let extra = format!(
-        "legs = [{{ account = \"xmpp.t\", room = \"{ROOM_JID}\" }}]\n\n[xmpp.t]\nmode = \"client\"\nserver = \"{}\"\n\
-         jid = \"bridge@localhost\"\npassword = \"bridge-pw\"\ntransport = \"insecure-tcp\"\n",
-        prosody.c2s_addr()
-    );
-    let (cfg, _) = write_config(dir.path(), &extra);
-    let mut daemon = Daemon::start(&cfg, &[]);
-    let server = server_of(&cfg);
-    let alice = dir.path().join("alice");
-    client(&alice, &server, &["register", "alice"]);
-    client(&alice, &server, &["join", PORTAL]);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let mut x = rt.block_on(XUser::join(&prosody, "xavier"));
-
-    // The bridge relays (its join may still be under way at first).
-    let mut heard = false;
-    for i in 0..20 {
-        rt.block_on(x.send(Some(&format!("warm-up {i}")), vec![]));
-        if !hear(&alice, &server, 1, 2).is_empty() {
-            heard = true;
-            break;
-        }
-    }
-    assert!(heard, "the bridge relays before the crash:\n{}", daemon.log());
-    while !hear(&alice, &server, 1, 1).is_empty() {}
+    let Relaying { prosody, mut daemon, server, alice, rt, mut x, _dir } = Relaying::start();
 
     // A burst from the native client while the server is paused: the daemon writes the first message to the
     // room and waits for its reflection; it is killed (SIGKILL) before the reflection comes, so it never records
@@ -138,32 +156,7 @@ fn a_sigkilled_daemon_loses_and_doubles_nothing_between_mls_and_xmpp() {
 #[test]
 fn what_the_muc_said_while_the_daemon_was_down_arrives_though_the_room_keeps_talking() {
     let _heavy = heavy();
-    let prosody = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    prosody.register("bridge", "bridge-pw").expect("register the bridge");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let extra = format!(
-        "legs = [{{ account = \"xmpp.t\", room = \"{ROOM_JID}\" }}]\n\n[xmpp.t]\nmode = \"client\"\nserver = \"{}\"\n\
-         jid = \"bridge@localhost\"\npassword = \"bridge-pw\"\ntransport = \"insecure-tcp\"\n",
-        prosody.c2s_addr()
-    );
-    let (cfg, _) = write_config(dir.path(), &extra);
-    let mut daemon = Daemon::start(&cfg, &[]);
-    let server = server_of(&cfg);
-    let alice = dir.path().join("alice");
-    client(&alice, &server, &["register", "alice"]);
-    client(&alice, &server, &["join", PORTAL]);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let mut x = rt.block_on(XUser::join(&prosody, "xavier"));
-    let mut heard = false;
-    for i in 0..20 {
-        rt.block_on(x.send(Some(&format!("warm-up {i}")), vec![]));
-        if !hear(&alice, &server, 1, 2).is_empty() {
-            heard = true;
-            break;
-        }
-    }
-    assert!(heard, "the bridge relays before the crash:\n{}", daemon.log());
-    while !hear(&alice, &server, 1, 1).is_empty() {}
+    let Relaying { prosody: _prosody, mut daemon, server, alice, rt, mut x, _dir } = Relaying::start();
 
     // xavier talks every 10 ms (and his round trip) from before the kill until well after the restart: live
     // messages arrive while the bridge reads the archive.
