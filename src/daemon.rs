@@ -196,14 +196,7 @@ impl Daemon {
     /// write failed among them — within their shutdown grace, at most 2 s.
     pub async fn stop_after_store_failure(self) {
         self.readiness.set_stopping();
-        let _ = self.admin_stop.send(true);
-        let listeners = async {
-            let _ = self.admin_task.await;
-            let _ = self.mimi_task.await;
-        };
-        if tokio::time::timeout(Duration::from_secs(2), listeners).await.is_err() {
-            tracing::warn!("listeners still open at exit");
-        }
+        close_listeners(&self.admin_stop, self.admin_task, self.mimi_task, Duration::from_secs(2)).await;
     }
 
     /// Stops intake, drains, closes accounts, flushes; bounded by `bridge.shutdown_timeout`.
@@ -213,15 +206,7 @@ impl Daemon {
         tracing::info!(timeout = ?self.shutdown_timeout, "stopping: intake closed, draining portal queues");
         let drained = tokio::time::timeout(self.shutdown_timeout, self.router.shutdown()).await;
         self.room.shutdown();
-        let _ = self.admin_stop.send(true);
-        // Both listeners close what is still open after their shutdown grace (`Limits::shutdown_grace`).
-        let listeners = async {
-            let _ = self.admin_task.await;
-            let _ = self.mimi_task.await;
-        };
-        if tokio::time::timeout(Duration::from_secs(5), listeners).await.is_err() {
-            tracing::warn!("listeners still open at exit");
-        }
+        close_listeners(&self.admin_stop, self.admin_task, self.mimi_task, Duration::from_secs(5)).await;
         self.probe_task.abort();
         // A pass in progress is stopped after 5 s: each of its batches is atomic, so a stopped pass leaves every
         // record either kept or removed whole, and the next start's pass goes on from there.
@@ -240,6 +225,19 @@ impl Daemon {
             }
             Err(_) => Err(ShutdownTimeout(shutdown_timeout)),
         }
+    }
+}
+
+/// Stops both HTTP listeners (admin API and MIMI endpoints) and waits, at most `within`, until they closed: each
+/// closes what is still open after its shutdown grace (`Limits::shutdown_grace`).
+async fn close_listeners(stop: &watch::Sender<bool>, admin: JoinHandle<()>, mimi: JoinHandle<()>, within: Duration) {
+    let _ = stop.send(true);
+    let listeners = async {
+        let _ = admin.await;
+        let _ = mimi.await;
+    };
+    if tokio::time::timeout(within, listeners).await.is_err() {
+        tracing::warn!("listeners still open at exit");
     }
 }
 

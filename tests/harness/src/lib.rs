@@ -72,6 +72,15 @@ fn kernel_port() -> Result<u16, HarnessError> {
     l.local_addr().map(|a| a.port()).map_err(|e| HarnessError(format!("no free port: {e}")))
 }
 
+/// Whether this process runs with effective uid 0 (Prosody then needs `run_as_root = true`; PostgreSQL must run
+/// as another user).
+fn effective_uid_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|r| r.split_whitespace().nth(1) == Some("0"))))
+        .unwrap_or(false)
+}
+
 /// Finds `name` on PATH or in the usual sbin directories.
 pub fn find_binary(name: &str, install_hint: &str) -> Result<PathBuf, HarnessError> {
     let mut dirs: Vec<PathBuf> =

@@ -46,7 +46,7 @@ impl Postgres {
     pub fn start_with(opts: PostgresOptions) -> Result<Self, HarnessError> {
         let bin = bin_dir()?;
         let dir = tempfile::tempdir().map_err(|e| HarnessError(format!("tempdir: {e}")))?;
-        let as_user = if is_root() { Some(postgres_user()?) } else { None };
+        let as_user = if super::effective_uid_is_root() { Some(postgres_user()?) } else { None };
         let data = dir.path().join("data");
         let socket_dir = dir.path().join("run");
         let pwfile = dir.path().join("pwfile");
@@ -211,13 +211,6 @@ fn bin_dir() -> Result<PathBuf, HarnessError> {
                 .into(),
         )
     })
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|r| r.split_whitespace().nth(1) == Some("0"))))
-        .unwrap_or(false)
 }
 
 /// The uid and gid of the `postgres` user (PostgreSQL does not run as root).

@@ -57,7 +57,7 @@ impl Prosody {
             c2s_port,
             component_port,
             secret: &secret,
-            as_root: effective_uid_is_root(),
+            as_root: super::effective_uid_is_root(),
         });
         let conf_path = dir.path().join("prosody.cfg.lua");
         std::fs::write(&conf_path, conf).map_err(|e| HarnessError(e.to_string()))?;
@@ -284,14 +284,6 @@ fn stream_answer(port: u16, header: &str, until: &str) -> Result<String, String>
     }
     let _ = s.write_all(b"</stream:stream>");
     Ok(String::from_utf8_lossy(&got).into_owned())
-}
-
-/// Whether this process runs with effective uid 0 (Prosody then needs `run_as_root = true`).
-fn effective_uid_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|r| r.split_whitespace().nth(1) == Some("0"))))
-        .unwrap_or(false)
 }
 
 #[cfg(test)]
