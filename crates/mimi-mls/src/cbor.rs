@@ -36,7 +36,30 @@ impl ser::Error for Error {
 
 /// Appends the CBOR of `value` to `out`.
 pub fn to_vec_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
-    value.serialize(&mut Encoder { out })
+    value.serialize(&mut Encoder { out, splice: None })
+}
+
+/// One field of one struct whose encoding is remembered, and written again from memory instead of serializing the
+/// value while the caller knows the value did not change ([`to_vec_with_splice`]). CBOR items are self-delimiting,
+/// so the remembered bytes stand in for the value exactly.
+#[derive(Debug, Default)]
+pub struct Splice {
+    /// The encoding of the field's value the last time it was serialized.
+    pub cached: Option<Vec<u8>>,
+    /// Write `cached` (when there is one) instead of serializing the value.
+    pub reuse: bool,
+}
+
+/// [`to_vec_into`], remembering the encoding of field `field` of struct `name` in `splice`, or writing the one
+/// remembered if `splice.reuse` says the value is unchanged.
+pub fn to_vec_with_splice<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+    name: &'static str,
+    field: &'static str,
+    splice: &mut Splice,
+) -> Result<(), Error> {
+    value.serialize(&mut Encoder { out, splice: Some((name, field, splice)) })
 }
 
 const POS: u8 = 0;
@@ -52,6 +75,8 @@ const BREAK: u8 = 0xff;
 
 struct Encoder<'a> {
     out: &'a mut Vec<u8>,
+    /// Struct name, field name, and the remembered encoding of that field ([`Splice`]).
+    splice: Option<(&'static str, &'static str, &'a mut Splice)>,
 }
 
 impl Encoder<'_> {
@@ -278,6 +303,8 @@ struct Compound<'a, 'b> {
     enc: &'b mut Encoder<'a>,
     /// Indefinite length: write a break at the end.
     ending: bool,
+    /// The struct's name (structs only).
+    name: Option<&'static str>,
 }
 
 impl ser::SerializeTupleStruct for Compound<'_, '_> {
@@ -324,7 +351,30 @@ impl ser::SerializeStruct for Compound<'_, '_> {
     type Error = Error;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
         self.enc.text(key);
-        value.serialize(&mut *self.enc)
+        let spliced = match &self.enc.splice {
+            Some((name, field, _)) => Some(*name) == self.name && *field == key,
+            None => false,
+        };
+        if !spliced {
+            return value.serialize(&mut *self.enc);
+        }
+        // The remembered field: write it from memory if it may be reused, else serialize it (without splicing
+        // inside it) and remember it.
+        let Some((name, field, splice)) = self.enc.splice.take() else { return value.serialize(&mut *self.enc) };
+        let result = match (&splice.cached, splice.reuse) {
+            (Some(bytes), true) => {
+                self.enc.out.extend_from_slice(bytes);
+                Ok(())
+            }
+            _ => {
+                let start = self.enc.out.len();
+                let r = value.serialize(&mut *self.enc);
+                splice.cached = r.is_ok().then(|| self.enc.out[start..].to_vec());
+                r
+            }
+        };
+        self.enc.splice = Some((name, field, splice));
+        result
     }
     fn end(self) -> Result<(), Error> {
         Ok(())
@@ -463,7 +513,7 @@ impl<'a, 'b> ser::Serializer for &'b mut Encoder<'a> {
     }
     fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<Compound<'a, 'b>, Error> {
         self.head(ARRAY, len as u64);
-        Ok(Compound { enc: self, ending: false })
+        Ok(Compound { enc: self, ending: false, name: None })
     }
     fn serialize_tuple_variant(
         self,
@@ -475,15 +525,15 @@ impl<'a, 'b> ser::Serializer for &'b mut Encoder<'a> {
         self.head(MAP, 1);
         self.text(variant);
         self.head(ARRAY, len as u64);
-        Ok(Compound { enc: self, ending: false })
+        Ok(Compound { enc: self, ending: false, name: None })
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Compound<'a, 'b>, Error> {
         self.collection(MAP, len);
-        Ok(Compound { enc: self, ending: len.is_none() })
+        Ok(Compound { enc: self, ending: len.is_none(), name: None })
     }
-    fn serialize_struct(self, _: &'static str, len: usize) -> Result<Compound<'a, 'b>, Error> {
+    fn serialize_struct(self, name: &'static str, len: usize) -> Result<Compound<'a, 'b>, Error> {
         self.head(MAP, len as u64);
-        Ok(Compound { enc: self, ending: false })
+        Ok(Compound { enc: self, ending: false, name: Some(name) })
     }
     fn serialize_struct_variant(
         self,
@@ -495,7 +545,7 @@ impl<'a, 'b> ser::Serializer for &'b mut Encoder<'a> {
         self.head(MAP, 1);
         self.text(variant);
         self.head(MAP, len as u64);
-        Ok(Compound { enc: self, ending: false })
+        Ok(Compound { enc: self, ending: false, name: None })
     }
     fn is_human_readable(&self) -> bool {
         false
@@ -507,6 +557,43 @@ mod tests {
     use super::*;
     use serde::{Deserialize, Serialize};
     use std::collections::BTreeMap;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Store {
+        max: u32,
+        past: Vec<Kind>,
+        current: Vec<u8>,
+    }
+
+    #[test]
+    fn a_spliced_field_is_written_as_serialized_and_reused_only_when_told() {
+        let mut value = Store { max: 2, past: vec![Kind::New(vec![1, 2, 3]), Kind::Unit], current: vec![9; 40] };
+        let mut plain = Vec::new();
+        to_vec_into(&value, &mut plain).expect("encode");
+        let mut splice = Splice::default();
+        let mut first = Vec::new();
+        to_vec_with_splice(&value, &mut first, "Store", "past", &mut splice).expect("encode");
+        assert_eq!(first, plain, "splicing changes nothing on the first encoding");
+        let mut past = Vec::new();
+        to_vec_into(&value.past, &mut past).expect("encode");
+        assert_eq!(splice.cached.as_deref(), Some(&past[..]));
+
+        // Told the field is unchanged: its remembered bytes stand in, the rest is encoded anew.
+        value.current = vec![7; 3];
+        splice.reuse = true;
+        let mut second = Vec::new();
+        to_vec_with_splice(&value, &mut second, "Store", "past", &mut splice).expect("encode");
+        let back: Store = ciborium::from_reader(&second[..]).expect("decode");
+        assert_eq!(back, value);
+
+        // Not told: a changed field is serialized again.
+        value.past.push(Kind::Tuple(1, "x".into()));
+        splice.reuse = false;
+        let mut third = Vec::new();
+        to_vec_with_splice(&value, &mut third, "Store", "past", &mut splice).expect("encode");
+        let back: Store = ciborium::from_reader(&third[..]).expect("decode");
+        assert_eq!(back, value);
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     enum Kind {
