@@ -7,17 +7,37 @@ use mimi_store::Store;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
 
+/// Operations between two encodings of a group's message secrets by default ([`crate::write_behind`]). Well
+/// below the ratchets' `maximum_forward_distance` (1000 by default), which bounds how far a receiver can skip.
+pub const WRITE_BEHIND_OPS: u64 = 200;
+
 /// RustCrypto for crypto and randomness, [`MlsStorage`] for state. One per local member (namespace).
 #[derive(Debug)]
 pub struct MlsBackend {
     crypto: RustCrypto,
     storage: MlsStorage,
+    write_behind_ops: std::sync::atomic::AtomicU64,
 }
 
 impl MlsBackend {
     /// The provider of local member `namespace` on `store`.
     pub fn new(store: Store, namespace: &str) -> Result<Self, MlsError> {
-        Ok(Self { crypto: RustCrypto::default(), storage: MlsStorage::new(store, namespace)? })
+        Ok(Self {
+            crypto: RustCrypto::default(),
+            storage: MlsStorage::new(store, namespace)?,
+            write_behind_ops: WRITE_BEHIND_OPS.into(),
+        })
+    }
+
+    /// Sets how many application messages a group may encrypt or decrypt between two encodings of its message
+    /// secrets ([`crate::write_behind`]); 0 writes them through on every message (O(N) each, the behaviour before
+    /// write-behind). Capped at 250. Takes effect for groups opened afterwards.
+    pub fn set_write_behind_ops(&self, ops: u64) {
+        self.write_behind_ops.store(ops.min(250), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn write_behind_ops(&self) -> u64 {
+        self.write_behind_ops.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -13,6 +13,8 @@
 //! * [`legacy_sender`] — the MIMI content extension carrying the legacy sender behind a shared leaf;
 //! * [`user_leaves`] — [`UserLeaves`]: per-user leaves (`mls_identity = "per-user"`), added lazily, removed when
 //!   idle, capped per portal;
+//! * [`write_behind`] — when a group's message secrets are encoded (not on every message: that is O(N)), and the
+//!   reservations that keep a sender from reusing a generation after a crash;
 //! * [`error`] — [`MlsError`], typed so that callers can tell a replay from a non-member from a lost group.
 //!
 //! Everything is synchronous and IO-free except the durability wait, which is a future ([`Pending::durable`]) or
@@ -28,8 +30,9 @@ pub mod member;
 pub mod portal_group;
 pub mod storage;
 pub mod user_leaves;
+pub mod write_behind;
 
-pub use backend::{MlsBackend, Pending};
+pub use backend::{MlsBackend, Pending, WRITE_BEHIND_OPS};
 pub use config::{EngineConfig, HandshakeWireFormat};
 pub use error::MlsError;
 pub use legacy_sender::LegacySender;

@@ -3,7 +3,9 @@
 //! Every mutating operation runs OpenMLS synchronously, then submits the group's dirty state as one atomic batch
 //! and returns a [`Pending`]: its output (ciphertext, commit, Welcome, decrypted message, or error) is handed out
 //! only once that batch is durable. Refused incoming messages go through the same path, because OpenMLS may have
-//! consumed ratchet state while refusing them and the durable state must follow the in-memory one.
+//! consumed ratchet state while refusing them and the durable state must follow the in-memory one. Application
+//! messages defer their ratchet state instead ([`crate::write_behind`]): an encrypt is handed out once its
+//! reservation is durable, a decrypt once what it wrote (its kept plaintext) is.
 //!
 //! Commits from others are merged as soon as they are processed (the hub has already sequenced them). The
 //! bridge's own commits stay *pending* until the caller knows the hub accepted them:
@@ -14,13 +16,16 @@ use super::config::EngineConfig;
 use super::error::MlsError;
 use super::member::LocalMember;
 use super::storage::{Durability, MlsStorage};
+use super::write_behind::{self, BeforeEncrypt, Extend, Reservation, WriteBehind};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsMessageBodyIn, MlsMessageIn,
-    MlsMessageOut, ProcessedMessageContent, ProtocolMessage, ProtocolVersion, RatchetTreeIn, Sender, StagedWelcome,
+    ContentType, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsMessageBodyIn,
+    MlsMessageIn, MlsMessageOut, ProcessedMessageContent, ProtocolMessage, ProtocolVersion, RatchetTreeIn, Sender,
+    StagedWelcome,
 };
 use openmls_traits::OpenMlsProvider;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A member as the group lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +96,15 @@ pub struct PortalGroup {
     provider: Arc<MlsBackend>,
     member: Arc<LocalMember>,
     partition: Vec<u8>,
+    /// When the message secrets are encoded ([`write_behind`]).
+    write_behind: WriteBehind,
+    /// A reservation record was written and not yet sealed.
+    record_written: bool,
+    /// This object's claim on the group's partition ([`MlsStorage::claim`]).
+    claim: u64,
+    /// The past epochs' message secrets did not change since they were last encoded: only current-epoch
+    /// application messages were encrypted and decrypted ([`MlsStorage::reuse_past_epochs`]).
+    past_epochs_unchanged: bool,
 }
 
 impl std::fmt::Debug for PortalGroup {
@@ -120,6 +134,14 @@ fn parse_message(bytes: &[u8]) -> Result<MlsMessageBodyIn, MlsError> {
     Ok(msg.extract())
 }
 
+/// The encoding interval of `group` ([`write_behind`]): the backend's, at most a quarter of the group's
+/// `maximum_forward_distance` (how far behind a receiver's state on disk may be, and how far a sender may jump
+/// after a crash, both count against it).
+fn interval(provider: &MlsBackend, group: &MlsGroup) -> u64 {
+    let forward = u64::from(group.configuration().sender_ratchet_configuration().maximum_forward_distance());
+    provider.write_behind_ops().min(forward / 4)
+}
+
 fn parse_tree(bytes: Option<&[u8]>) -> Result<Option<RatchetTreeIn>, MlsError> {
     bytes
         .map(|mut b| {
@@ -141,22 +163,98 @@ pub fn parse_key_package(provider: &MlsBackend, bytes: &[u8]) -> Result<KeyPacka
 }
 
 impl PortalGroup {
+    /// A group whose state was just written through (created, joined).
     fn wrap(group: MlsGroup, provider: Arc<MlsBackend>, member: Arc<LocalMember>) -> Result<Self, MlsError> {
         let partition = MlsStorage::partition(group.group_id())?;
-        Ok(Self { group, provider, member, partition })
+        let write_behind = WriteBehind::fresh(interval(&provider, &group), group.epoch().as_u64(), Instant::now());
+        let claim = provider.storage().claim(&partition);
+        Ok(Self {
+            group,
+            provider,
+            member,
+            partition,
+            write_behind,
+            record_written: false,
+            claim,
+            past_epochs_unchanged: false,
+        })
     }
 
     fn storage(&self) -> &MlsStorage {
         self.provider.storage()
     }
 
-    fn submit(&self) -> Durability {
-        self.storage().submit(&self.partition)
+    /// Seals the group's writes, with the reservation record if the operation encoded the message secrets.
+    fn submit(&mut self) -> Durability {
+        if self.storage().take_secrets_encoded(&self.partition)
+            && let Err(e) = self.seal_reservation(Extend::Keep)
+        {
+            // The state is written without its record: a crash could burn too few generations. Encode the
+            // state again with the next encrypt, which then waits for the record.
+            tracing::warn!(error = %e, "ratchet reservation not written");
+            self.write_behind.unreserve();
+        }
+        let d = self.storage().submit(&self.partition);
+        if std::mem::take(&mut self.record_written) {
+            self.write_behind.sealed(d.seq());
+        }
+        d
+    }
+
+    /// Writes the reservation record that goes with an encoding of the message secrets (into the same batch).
+    fn seal_reservation(&mut self, extend: Extend) -> Result<(), MlsError> {
+        if !self.write_behind.enabled() {
+            return Ok(());
+        }
+        let record: Reservation = self.write_behind.encoded(self.epoch(), extend, Instant::now());
+        if let Err(e) = self.storage().group_record_put(&self.partition, write_behind::RECORD, &record) {
+            // The reservation in memory was never written: nothing may rest on it.
+            self.write_behind.unreserve();
+            return Err(e.into());
+        }
+        self.record_written = true;
+        Ok(())
+    }
+
+    /// Encodes the message secrets now (they are behind after deferred operations) and the reservation record.
+    fn encode_secrets(&mut self, extend: Extend) -> Result<(), MlsError> {
+        if !self.storage().may_write(&self.partition, self.claim) {
+            return Err(MlsError::GroupState("the group was opened again elsewhere; this copy is stale".into()));
+        }
+        if self.write_behind.behind() > 0 {
+            self.storage().reuse_past_epochs(&self.partition, self.past_epochs_unchanged);
+            let policy = self.group.past_epoch_deletion_policy().clone();
+            let written = self.group.set_past_epoch_deletion_policy(self.provider.as_ref(), policy).map_err(lib);
+            // Whatever happened, no later write may splice (only this one was told nothing changed).
+            self.storage().reuse_past_epochs(&self.partition, false);
+            written?;
+            // Taken here: the record goes with it.
+            self.storage().take_secrets_encoded(&self.partition);
+            self.past_epochs_unchanged = true;
+        }
+        self.seal_reservation(extend)
     }
 
     /// Submits the group's writes and packs `result` with their durability.
-    fn finish<T>(&self, result: Result<T, MlsError>) -> Pending<T> {
-        Pending::from_result(result, self.submit())
+    fn finish<T>(&mut self, result: Result<T, MlsError>) -> Pending<T> {
+        // Any operation but a current-epoch application message may have changed the past epochs' secrets.
+        self.past_epochs_unchanged = false;
+        let d = self.submit();
+        Pending::from_result(result, d)
+    }
+
+    /// Runs `f` with the group's message-secrets writes deferred ([`write_behind`]); deferral ends even if `f`
+    /// panics (a group left deferred would skip the writes of its commits too).
+    fn deferred<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        struct Undefer(Arc<MlsBackend>, Vec<u8>);
+        impl Drop for Undefer {
+            fn drop(&mut self) {
+                self.0.storage().defer_message_secrets(&self.1, false);
+            }
+        }
+        self.storage().defer_message_secrets(&self.partition, true);
+        let _undefer = Undefer(self.provider.clone(), self.partition.clone());
+        f(self)
     }
 
     /// Creates the group `group_id` (e.g. the portal's room URI) with `member` as its only member.
@@ -174,12 +272,16 @@ impl PortalGroup {
             gid.clone(),
             member.credential().clone(),
         );
-        let durability = match MlsStorage::partition(&gid) {
-            Ok(p) => provider.storage().submit(&p),
-            Err(e) => return Pending::failed(e.into()),
-        };
-        let result = created.map_err(lib).and_then(|g| Self::wrap(g, provider.clone(), member));
-        Pending::from_result(result, durability)
+        match created.map_err(lib).and_then(|g| Self::wrap(g, provider.clone(), member)) {
+            Ok(mut g) => {
+                let d = g.submit();
+                Pending::new(g, d)
+            }
+            Err(e) => match MlsStorage::partition(&gid) {
+                Ok(p) => Pending::from_result(Err(e), provider.storage().submit(&p)),
+                Err(pe) => Pending::failed(pe.into()),
+            },
+        }
     }
 
     /// Loads the group `group_id` from storage (after a restart).
@@ -187,7 +289,21 @@ impl PortalGroup {
         let gid = GroupId::from_slice(group_id);
         let group = MlsGroup::load(provider.storage(), &gid)?
             .ok_or_else(|| MlsError::UnknownGroup(String::from_utf8_lossy(group_id).into_owned()))?;
-        Self::wrap(group, provider, member)
+        let partition = MlsStorage::partition(group.group_id())?;
+        let record = provider.storage().group_record_get::<Reservation>(&partition, write_behind::RECORD)?;
+        let write_behind =
+            WriteBehind::loaded(interval(&provider, &group), group.epoch().as_u64(), record, Instant::now());
+        let claim = provider.storage().claim(&partition);
+        Ok(Self {
+            group,
+            provider,
+            member,
+            partition,
+            write_behind,
+            record_written: false,
+            claim,
+            past_epochs_unchanged: false,
+        })
     }
 
     /// Joins a group from a Welcome (MLSMessage) addressed to one of `member`'s KeyPackages. `ratchet_tree` is
@@ -210,7 +326,7 @@ impl PortalGroup {
             Self::wrap(group, provider.clone(), member)
         })();
         match joined {
-            Ok(g) => {
+            Ok(mut g) => {
                 let d = g.submit();
                 Pending::new(g, d)
             }
@@ -258,7 +374,7 @@ impl PortalGroup {
             Ok((Self::wrap(group, provider.clone(), member)?, commit))
         })();
         match joined {
-            Ok((g, commit)) => {
+            Ok((mut g, commit)) => {
                 let d = g.submit();
                 Pending::new((g, commit), d)
             }
@@ -337,16 +453,87 @@ impl PortalGroup {
     }
 
     /// Encrypts an application message. The ciphertext (MLSMessage) is available once the ratchet state that
-    /// produced it is durable.
+    /// produced it — or the reservation covering it ([`write_behind`]) — is durable.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Pending<Vec<u8>> {
-        let result = self.check_active().and_then(|()| {
-            let msg = self
-                .group
-                .create_message(self.provider.as_ref(), self.member.signer(), plaintext)
-                .map_err(|e| MlsError::GroupState(e.to_string()))?;
-            to_bytes(&msg)
+        if let Err(e) = self.check_active() {
+            return self.finish(Err(e));
+        }
+        if !self.storage().may_write(&self.partition, self.claim) {
+            return Pending::failed(MlsError::GroupState(
+                "the group was opened again elsewhere; this copy may not send".into(),
+            ));
+        }
+        if let BeforeEncrypt::Burn(n) = self.write_behind.before_encrypt()
+            && let Err(e) = self.burn(n)
+        {
+            return self.finish(Err(e));
+        }
+        if !self.write_behind.enabled() {
+            let result = self.create_message(plaintext);
+            return self.finish(result);
+        }
+        if self.write_behind.before_encrypt() == BeforeEncrypt::Reserve
+            && let Err(e) = self.encode_secrets(Extend::Grow)
+        {
+            return self.finish(Err(e));
+        }
+        let result = self.deferred(|g| {
+            g.write_behind.encrypted();
+            g.create_message(plaintext)
         });
-        self.finish(result)
+        // What this operation wrote (a new reservation), then the reservation the ciphertext rests on.
+        let mut d = self.submit_deferred(false);
+        if let Some(seq) = self.write_behind.reservation_seq() {
+            d = d.and(self.storage().ticket_for(seq));
+        }
+        Pending::from_result(result, d)
+    }
+
+    fn create_message(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, MlsError> {
+        let msg = self
+            .group
+            .create_message(self.provider.as_ref(), self.member.signer(), plaintext)
+            .map_err(|e| MlsError::GroupState(e.to_string()))?;
+        to_bytes(&msg)
+    }
+
+    /// Throws `n` generations away: after a crash, ciphertexts up to the reservation may be out there, made by a
+    /// newer state than the one loaded ([`write_behind`]).
+    fn burn(&mut self, n: u64) -> Result<(), MlsError> {
+        tracing::info!(group = %hex::encode(self.group.group_id().as_slice()), generations = n,
+            "skipping the generations reserved before an unclean stop");
+        let (burnt, failed) = self.deferred(|g| {
+            for i in 0..n {
+                // A failed encrypt (e.g. proposals pending) did not advance the ratchet: stop and count the rest.
+                if let Err(e) = g.group.create_message(g.provider.as_ref(), g.member.signer(), &[]) {
+                    return (i, Some(e));
+                }
+            }
+            (n, None)
+        });
+        self.write_behind.burnt(burnt);
+        match failed {
+            None => Ok(()),
+            Some(e) => Err(MlsError::GroupState(format!(
+                "{} generations reserved before an unclean stop are still to skip: {e}",
+                n - burnt
+            ))),
+        }
+    }
+
+    /// Seals what a deferred operation wrote besides the message secrets; ready at once when it wrote nothing
+    /// (`wrote` false). When it did write (a reservation, a kept message), the handle covers everything sealed so
+    /// far: another group's operation may have sealed this one's writes in the shared partition already.
+    fn submit_deferred(&mut self, wrote: bool) -> Durability {
+        let d = if wrote || self.record_written {
+            self.storage().submit(&self.partition)
+        } else {
+            self.storage().submit_if_dirty(&self.partition)
+        };
+        if std::mem::take(&mut self.record_written) {
+            self.write_behind.sealed(d.seq());
+        }
+        d
     }
 
     fn commit_output(
@@ -430,11 +617,27 @@ impl PortalGroup {
     /// Refusals come back as typed errors ([`MlsError::is_refusal`]); a commit that removes the bridge is merged
     /// (the group becomes inactive) and reported as [`MlsError::Removed`].
     pub fn process(&mut self, message: &[u8]) -> Pending<Received> {
-        let result = self.process_inner(message);
+        let (result, deferred) = self.process_inner(message);
         if let Err(e) = &result {
             self.log_refused(e);
         }
-        self.finish(result)
+        self.finish_process(result, deferred, false)
+    }
+
+    /// Seals what processing wrote: an application message deferred its message secrets ([`write_behind`]) and
+    /// waits only for what it did write (a kept message, an encoding due every so many messages).
+    /// `kept`: the operation wrote a kept message.
+    fn finish_process(&mut self, result: Result<Received, MlsError>, deferred: bool, kept: bool) -> Pending<Received> {
+        if !deferred {
+            return self.finish(result);
+        }
+        if self.write_behind.decrypted(Instant::now())
+            && let Err(e) = self.encode_secrets(Extend::Keep)
+        {
+            tracing::warn!(error = %e, "message secrets not encoded");
+        }
+        let d = self.submit_deferred(kept);
+        Pending::from_result(result, d)
     }
 
     fn log_refused(&self, e: &MlsError) {
@@ -447,12 +650,26 @@ impl PortalGroup {
         );
     }
 
-    fn process_inner(&mut self, message: &[u8]) -> Result<Received, MlsError> {
-        let protocol: ProtocolMessage = match parse_message(message)? {
-            MlsMessageBodyIn::PublicMessage(m) => m.into(),
-            MlsMessageBodyIn::PrivateMessage(m) => m.into(),
-            _ => return Err(MlsError::Malformed("not an application or handshake message".into())),
+    /// Processes `message`; true with it if it was an application message, whose writes were deferred.
+    fn process_inner(&mut self, message: &[u8]) -> (Result<Received, MlsError>, bool) {
+        let protocol: ProtocolMessage = match parse_message(message) {
+            Ok(MlsMessageBodyIn::PublicMessage(m)) => m.into(),
+            Ok(MlsMessageBodyIn::PrivateMessage(m)) => m.into(),
+            Ok(_) => return (Err(MlsError::Malformed("not an application or handshake message".into())), false),
+            Err(e) => return (Err(e), false),
         };
+        if self.write_behind.enabled() && protocol.content_type() == ContentType::Application {
+            if protocol.epoch().as_u64() != self.epoch() {
+                // Decrypted (or refused) with a past epoch's secrets.
+                self.past_epochs_unchanged = false;
+            }
+            (self.deferred(|g| g.process_protocol(protocol)), true)
+        } else {
+            (self.process_protocol(protocol), false)
+        }
+    }
+
+    fn process_protocol(&mut self, protocol: ProtocolMessage) -> Result<Received, MlsError> {
         self.check_active()?;
         let message_epoch = protocol.epoch().as_u64();
         let group_epoch = self.epoch();
@@ -513,7 +730,8 @@ impl PortalGroup {
     /// the decryption cannot lose the plaintext (the ratchet will not decrypt it twice). Entries of the list up to
     /// `handed_on` (those the caller has handed on for good) are dropped from it on the way.
     pub fn process_and_keep(&mut self, message: &[u8], seq: u64, list: &[u8], handed_on: u64) -> Pending<Received> {
-        let result = self.process_inner(message);
+        let (result, deferred) = self.process_inner(message);
+        let kept = matches!(result, Ok(Received::Application { .. }));
         match &result {
             Ok(Received::Application { sender_identity, plaintext, .. }) => {
                 let kept = self.storage_record::<Vec<KeptMessage>>(list).and_then(|old| {
@@ -533,7 +751,7 @@ impl PortalGroup {
             Ok(_) => {}
             Err(e) => self.log_refused(e),
         }
-        self.finish(result)
+        self.finish_process(result, deferred, kept)
     }
 
     /// The kept list `list` (see [`PortalGroup::process_and_keep`]), oldest first.
@@ -554,12 +772,32 @@ impl PortalGroup {
 
     /// Deletes this member's state of the group (after it was removed, or to forget a group for good).
     pub fn delete(mut self) -> Pending<()> {
+        self.write_behind.forget();
+        self.storage().group_record_delete(&self.partition, write_behind::RECORD);
         let result = self.group.delete(self.provider.storage()).map_err(MlsError::from);
+        self.storage().take_secrets_encoded(&self.partition);
         self.finish(result)
     }
 
     /// Bytes of MLS state this member's storage holds in memory (all its groups).
     pub fn cached_state_bytes(&self) -> usize {
         self.storage().cached_bytes()
+    }
+}
+
+impl Drop for PortalGroup {
+    /// Encodes message secrets left behind by deferred operations, so that the store holds the group's state
+    /// after a clean stop (a restart then burns no generation and decrypts nothing twice). Not when the group
+    /// was opened again since (its state is the new object's now).
+    fn drop(&mut self) {
+        let dirty = self.write_behind.behind() > 0 || self.write_behind.reserved_ahead();
+        if dirty && self.group.is_active() && self.storage().may_write(&self.partition, self.claim) {
+            match self.encode_secrets(Extend::Shrink) {
+                // Sealed, not waited for: handed off with the storage's next wait, or when it is dropped.
+                Ok(()) => drop(self.submit()),
+                Err(e) => tracing::warn!(error = %e, "message secrets not encoded when the group was closed"),
+            }
+        }
+        self.storage().release_claim(&self.partition, self.claim);
     }
 }

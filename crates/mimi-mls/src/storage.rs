@@ -43,6 +43,11 @@
 //! The engine awaits the [`Durability`] of an encrypt *before* releasing the ciphertext (reusing a generation after
 //! a crash would reuse an AEAD nonce), and of a commit before sending it.
 //!
+//! Application messages are the exception to "every write goes into the operation's batch": the engine *defers*
+//! their writes of the message secrets (O(N) to encode) and encodes them every so many operations, under the rules
+//! of [`crate::write_behind`]. A deferred encrypt waits for its reservation instead; a deferred decrypt waits only
+//! for what it did write (its kept plaintext), or not at all.
+//!
 //! When an operation fails half-way, whatever OpenMLS wrote is submitted all the same: OpenMLS keeps the same
 //! state in its in-memory `MlsGroup`, so the durable state must follow it, not the state before the operation.
 //!
@@ -105,6 +110,8 @@ const RESUMPTION_PSK_STORE: u8 = 27;
 const MESSAGE_SECRETS: u8 = 28;
 /// The engine's own records (who the member is), not OpenMLS's.
 const APP: u8 = 0x40;
+/// The engine's own records about one group, in that group's partition (sealed only by that group's operations).
+const GROUP_RECORD: u8 = 0x41;
 
 /// Encodes a value as CBOR, sequences of bytes as byte strings ([`super::cbor`]).
 pub(crate) fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, MlsStorageError> {
@@ -184,6 +191,14 @@ impl Durability {
     /// The flights to wait for, handing the sealed state off first if needed (none: already durable).
     fn flights(self) -> Vec<Flight> {
         self.0.into_iter().filter_map(|t| t.writer.flight_for(t.seq)).collect()
+    }
+
+    /// The operation this handle waits for, if it waits for exactly one ([`MlsStorage::ticket_for`]).
+    pub(crate) fn seq(&self) -> Option<u64> {
+        match self.0.as_slice() {
+            [t] => Some(t.seq),
+            _ => None,
+        }
     }
 
     /// Waits until the state is durable.
@@ -363,6 +378,14 @@ struct Inner {
     cache: HashMap<Vec<u8>, Cached>,
     /// Dirty keys per partition (CBOR of the group id; empty for the global partition).
     dirty: HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+    /// Partitions whose message-secrets writes are skipped for now ([`MlsStorage::defer_message_secrets`]).
+    deferred: BTreeSet<Vec<u8>>,
+    /// Partitions whose message secrets were encoded since [`MlsStorage::take_secrets_encoded`] last asked.
+    secrets_encoded: BTreeSet<Vec<u8>>,
+    /// The last claim on each partition by an open group ([`MlsStorage::claim`]).
+    claims: HashMap<Vec<u8>, u64>,
+    /// Per partition, the encoding of the past epochs' message secrets ([`MlsStorage::reuse_past_epochs`]).
+    past_epochs: HashMap<Vec<u8>, super::cbor::Splice>,
 }
 
 /// OpenMLS storage for one local member (namespace) on the bridge's [`Store`]. See the module documentation.
@@ -598,6 +621,112 @@ impl MlsStorage {
         self.seal(&inner, keys)
     }
 
+    /// Like [`MlsStorage::submit`], but resolved at once when the operation wrote nothing: for operations whose
+    /// output does not rest on earlier state being durable (an encrypt under a durable reservation, see
+    /// [`crate::write_behind`]).
+    pub(crate) fn submit_if_dirty(&self, partition: &[u8]) -> Durability {
+        let mut inner = self.lock();
+        let mut keys = inner.dirty.remove(partition).unwrap_or_default();
+        if let Some(global) = inner.dirty.remove(GLOBAL) {
+            keys.extend(global);
+        }
+        if keys.is_empty() { Durability::ready() } else { self.seal(&inner, keys) }
+    }
+
+    /// A handle on operation `seq` of this storage (one that [`Durability::seq`] returned).
+    pub(crate) fn ticket_for(&self, seq: u64) -> Durability {
+        self.ticket(seq)
+    }
+
+    /// While `on`, OpenMLS's writes of the message secrets of the group whose partition is `partition` are
+    /// skipped: the cache keeps the last encoding, and the group's in-memory state is ahead of it until the next
+    /// write that is not skipped ([`crate::write_behind`] decides when, and keeps that safe).
+    pub(crate) fn defer_message_secrets(&self, partition: &[u8], on: bool) {
+        let mut inner = self.lock();
+        if on {
+            inner.deferred.insert(partition.to_vec());
+        } else {
+            inner.deferred.remove(partition);
+        }
+    }
+
+    /// Claims `partition` for a group object just opened (created, joined, loaded) and returns the claim: a group
+    /// object whose claim is no longer the last one (the group was opened again, e.g. rejoined) must not write
+    /// its state any more.
+    pub(crate) fn claim(&self, partition: &[u8]) -> u64 {
+        let mut inner = self.lock();
+        let next = inner.claims.get(partition).map_or(1, |c| c + 1);
+        inner.claims.insert(partition.to_vec(), next);
+        next
+    }
+
+    /// Whether the group object holding `claim` may still write `partition`'s state and send in it: its claim is
+    /// the last one. (An older object never gets it back, even when the newer one is closed: its ratchet state is
+    /// older than what the newer one may have used.)
+    pub(crate) fn may_write(&self, partition: &[u8], claim: u64) -> bool {
+        self.lock().claims.get(partition) == Some(&claim)
+    }
+
+    /// The group object holding `claim` is closed: the copy of its past epochs' encoding is dropped.
+    pub(crate) fn release_claim(&self, partition: &[u8], claim: u64) {
+        let mut inner = self.lock();
+        if inner.claims.get(partition) == Some(&claim) {
+            inner.past_epochs.remove(partition);
+        }
+    }
+
+    /// The next encoding of the message secrets of the group whose partition is `partition` may write its past
+    /// epochs from their last encoding: the group knows they did not change since (it only encrypted and
+    /// decrypted in the current epoch). Applies to one write.
+    pub(crate) fn reuse_past_epochs(&self, partition: &[u8], on: bool) {
+        if let Some(s) = self.lock().past_epochs.get_mut(partition) {
+            s.reuse = on;
+        }
+    }
+
+    /// True if the message secrets of the group whose partition is `partition` were encoded (written, not
+    /// skipped) since the last call.
+    pub(crate) fn take_secrets_encoded(&self, partition: &[u8]) -> bool {
+        self.lock().secrets_encoded.remove(partition)
+    }
+
+    /// Writes one of the engine's own records about a group, in the group's partition: it is sealed with that
+    /// group's next operation, never with another group's.
+    pub(crate) fn group_record_put<V: Serialize>(
+        &self,
+        partition: &[u8],
+        name: &[u8],
+        value: &V,
+    ) -> Result<(), MlsStorageError> {
+        let key = self.group_record_key(partition, name);
+        self.set(partition, key, Some(encode("engine group record", value)?));
+        Ok(())
+    }
+
+    /// Reads one of the engine's own records about a group.
+    pub(crate) fn group_record_get<V: serde::de::DeserializeOwned>(
+        &self,
+        partition: &[u8],
+        name: &[u8],
+    ) -> Result<Option<V>, MlsStorageError> {
+        let key = self.group_record_key(partition, name);
+        self.with(&key, |v| v.map(|bytes| decode("engine group record", bytes)).transpose())
+    }
+
+    /// Deletes one of the engine's own records about a group.
+    pub(crate) fn group_record_delete(&self, partition: &[u8], name: &[u8]) {
+        let key = self.group_record_key(partition, name);
+        self.set(partition, key, None);
+    }
+
+    fn group_record_key(&self, partition: &[u8], name: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(partition.len() + 2 + name.len());
+        k.extend_from_slice(&(partition.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        k.extend_from_slice(partition);
+        k.extend_from_slice(name);
+        self.key(GROUP_RECORD, &k)
+    }
+
     /// Writes one of the engine's own records (global partition; submitted with the next batch).
     pub fn app_put<V: Serialize>(&self, name: &[u8], value: &V) -> Result<(), MlsStorageError> {
         let key = self.key(APP, name);
@@ -620,7 +749,9 @@ impl MlsStorage {
     /// Number of bytes of state cached (keys and values), for the memory-per-group figures.
     pub fn cached_bytes(&self) -> usize {
         let inner = self.lock();
-        inner.cache.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len())).sum()
+        let values: usize = inner.cache.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len())).sum();
+        let past: usize = inner.past_epochs.values().map(|s| s.cached.as_ref().map_or(0, Vec::len)).sum();
+        values + past
     }
 }
 
@@ -729,7 +860,31 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         group_id: &GroupId,
         message_secrets: &MessageSecrets,
     ) -> Result<(), Self::Error> {
-        self.write_group(MESSAGE_SECRETS, "message secrets", group_id, message_secrets)
+        let partition = Self::partition(group_id)?;
+        let mut splice = {
+            let mut inner = self.lock();
+            if inner.deferred.contains(&partition) {
+                return Ok(());
+            }
+            inner.secrets_encoded.insert(partition.clone());
+            inner.past_epochs.remove(&partition).unwrap_or_default()
+        };
+        // The past epochs' secrets (with their member lists: O(N) each) are written from their last encoding when
+        // the group says they did not change since.
+        let mut value = Vec::with_capacity(splice.cached.as_ref().map_or(64, |c| c.len() + 4096));
+        let encoded = super::cbor::to_vec_with_splice(
+            message_secrets,
+            &mut value,
+            "MessageSecretsStore",
+            "past_epoch_trees",
+            &mut splice,
+        );
+        splice.reuse = false;
+        self.lock().past_epochs.insert(partition.clone(), splice);
+        encoded.map_err(|e| MlsStorageError::Encode { what: "message secrets", message: e.to_string() })?;
+        let key = self.key(MESSAGE_SECRETS, &partition);
+        self.set(&partition, key, Some(value));
+        Ok(())
     }
 
     fn write_resumption_psk_store<
@@ -1071,6 +1226,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
+        self.lock().past_epochs.remove(&Self::partition(group_id)?);
         self.delete_group(MESSAGE_SECRETS, group_id)
     }
 

@@ -2,6 +2,7 @@
 
 mod mls_support;
 
+mod mls_crash;
 mod mls_engine;
 mod mls_interop;
 mod mls_leaves;
