@@ -21,7 +21,10 @@
 //!
 //! `MLS_PROFILE=encrypt|decrypt:N:iters` runs a profiling loop instead (see `profile`).
 //!
-//! Run: `cargo bench -p bridge-core --bench mls`.
+//! mls-rs (in-memory state, no storage calls) is timed beside them for `encrypt` and `decrypt`.
+//! `MLS_BENCH_WRITE_BEHIND=0` runs the engine with its message secrets written through on every message.
+//!
+//! Run: `cargo bench -p mimi-mls --bench mls`.
 
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, measurement::WallTime};
 use mimi_mls::{
@@ -44,14 +47,27 @@ const SEAT_BATCH: usize = 200;
 /// Counter naming the engine's joiners (one namespace each).
 static JOINERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Mean time per iteration recorded by each benchmark, for the ratio table.
-static MEANS: Mutex<BTreeMap<(usize, &'static str, &'static str), f64>> = Mutex::new(BTreeMap::new());
+/// Time and iterations recorded by each benchmark over all its samples (warm-up included), for the ratio table:
+/// the mean over everything run, so that costs paid every so many operations (the engine's periodic encoding of
+/// the message secrets) count in full, as they do in criterion's own estimate.
+static MEANS: Mutex<Recorded> = Mutex::new(BTreeMap::new());
+
+/// (N, operation, side) → (total time, iterations).
+type Recorded = BTreeMap<(usize, &'static str, &'static str), (Duration, u64)>;
 
 fn record(n: usize, op: &'static str, side: &'static str, total: Duration, iters: u64) {
-    let mean = total.as_secs_f64() / iters.max(1) as f64;
     let mut m = MEANS.lock().unwrap_or_else(|p| p.into_inner());
-    let e = m.entry((n, op, side)).or_insert(mean);
-    *e = e.min(mean);
+    let e = m.entry((n, op, side)).or_insert((Duration::ZERO, 0));
+    e.0 += total;
+    e.1 += iters;
+}
+
+/// The mean time per iteration recorded for `(n, op, side)`, in seconds.
+fn mean(
+    m: &BTreeMap<(usize, &'static str, &'static str), (Duration, u64)>,
+    key: (usize, &'static str, &'static str),
+) -> Option<f64> {
+    m.get(&key).filter(|(_, iters)| *iters > 0).map(|(t, iters)| t.as_secs_f64() / *iters as f64)
 }
 
 // ---------- raw OpenMLS, in-memory storage ----------
@@ -168,6 +184,11 @@ struct Eng {
 
 fn eng_member(store: &Store, name: &str) -> (Arc<MlsBackend>, Arc<LocalMember>) {
     let p = Arc::new(MlsBackend::new(store.clone(), name).expect("provider"));
+    // `MLS_BENCH_WRITE_BEHIND=0`: message secrets written through on every message (the engine before
+    // write-behind), to compare.
+    if let Some(ops) = std::env::var("MLS_BENCH_WRITE_BEHIND").ok().and_then(|v| v.parse().ok()) {
+        p.set_write_behind_ops(ops);
+    }
     let m = LocalMember::load_or_create(&p, &format!("mimi://bench.test/u/{name}"), SignatureScheme::ED25519)
         .expect("member")
         .durable_blocking()
@@ -477,6 +498,81 @@ fn bench_size(g: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
         "state held by the non-committing member at N={n}: raw OpenMLS (JSON) {raw_mem} B, engine (CBOR) {eng_mem} B"
     );
     let _ = (&eng.alice, &eng.alice_m, &eng.bob, &eng.bob_m);
+}
+
+// ---------- mls-rs, in-memory state ----------
+
+fn rs_client(name: &str) -> mls_rs::Client<impl mls_rs::client_builder::MlsConfig> {
+    use mls_rs::{CipherSuiteProvider as _, CryptoProvider as _};
+    let crypto = mls_rs_crypto_rustcrypto::RustCryptoProvider::default();
+    let suite = crypto.cipher_suite_provider(mls_rs::CipherSuite::CURVE25519_AES128).expect("suite 0x0001");
+    let (secret, public) = suite.signature_key_generate().expect("signature key");
+    let credential = mls_rs::identity::basic::BasicCredential::new(name.as_bytes().to_vec()).into_credential();
+    mls_rs::Client::builder()
+        .identity_provider(mls_rs::identity::basic::BasicIdentityProvider)
+        .crypto_provider(crypto)
+        .signing_identity(
+            mls_rs::identity::SigningIdentity::new(credential, public),
+            secret,
+            mls_rs::CipherSuite::CURVE25519_AES128,
+        )
+        .build()
+}
+
+fn rs_kp(name: &str) -> mls_rs::MlsMessage {
+    rs_client(name).generate_key_package_message(Default::default(), Default::default(), None).expect("kp")
+}
+
+/// `encrypt/mls-rs/N`, `decrypt/mls-rs/N`: an mls-rs group of `n` members, seated like the others (commits of
+/// `SEAT_BATCH` adds); alice encrypts, bob decrypts.
+fn bench_mls_rs(g: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
+    let alice = rs_client("alice");
+    let bob = rs_client("bob");
+    let mut ga = alice.create_group(Default::default(), Default::default(), None).expect("create");
+    let bob_kp = bob.generate_key_package_message(Default::default(), Default::default(), None).expect("kp");
+    let out = ga.commit_builder().add_member(bob_kp).expect("add").build().expect("commit");
+    ga.apply_pending_commit().expect("apply");
+    let (mut gb, _) = bob.join_group(None, &out.welcome_messages[0], None).expect("join");
+    let mut left = n.saturating_sub(2);
+    while left > 0 {
+        let k = left.min(SEAT_BATCH);
+        let mut builder = ga.commit_builder();
+        for i in 0..k {
+            builder = builder.add_member(rs_kp(&format!("m{left}.{i}"))).expect("add");
+        }
+        let out = builder.build().expect("seat");
+        ga.apply_pending_commit().expect("apply");
+        gb.process_incoming_message(out.commit_message).expect("process seat");
+        left -= k;
+    }
+    g.bench_function(format!("encrypt/mls-rs/{n}"), |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                std::hint::black_box(ga.encrypt_application_message(b"hello", Vec::new()).expect("enc"));
+            }
+            let total = t.elapsed();
+            record(n, "encrypt", "mls-rs", total, iters);
+            total
+        })
+    });
+    // A fresh epoch: bob never saw the generations alice used above (beyond mls-rs's forward distance).
+    let out = ga.commit(Vec::new()).expect("commit");
+    ga.apply_pending_commit().expect("apply");
+    gb.process_incoming_message(out.commit_message).expect("process commit");
+    g.bench_function(format!("decrypt/mls-rs/{n}"), |b| {
+        b.iter_custom(|iters| {
+            let cts: Vec<mls_rs::MlsMessage> =
+                (0..iters).map(|_| ga.encrypt_application_message(b"hello", Vec::new()).expect("enc")).collect();
+            let t = Instant::now();
+            for ct in cts {
+                std::hint::black_box(gb.process_incoming_message(ct).expect("dec"));
+            }
+            let total = t.elapsed();
+            record(n, "decrypt", "mls-rs", total, iters);
+            total
+        })
+    });
 }
 
 // ---------- profile mode ----------
@@ -805,6 +901,7 @@ fn main() {
             // Big groups: operations take up to seconds; flat sampling keeps it to 10 iterations per benchmark.
             g.sampling_mode(if n >= 5000 { SamplingMode::Flat } else { SamplingMode::Auto });
             bench_size(&mut g, n);
+            bench_mls_rs(&mut g, n);
         }
         for &k in &leaf_counts {
             bench_leaves(&mut g, k);
@@ -813,10 +910,10 @@ fn main() {
     }
     c.final_summary();
 
-    println!("\nratios vs raw OpenMLS (best mean per iteration across samples)");
+    println!("\nratios vs raw OpenMLS (mean per iteration over all samples)");
     println!(
-        "{:>6} {:>14} {:>12} {:>12} {:>8} {:>16} {:>8}",
-        "N", "op", "raw", "engine", "ratio", "engine+durable", "ratio"
+        "{:>6} {:>14} {:>12} {:>12} {:>8} {:>16} {:>8} {:>12}",
+        "N", "op", "raw", "engine", "ratio", "engine+durable", "ratio", "mls-rs"
     );
     let m = MEANS.lock().unwrap_or_else(|p| p.into_inner());
     let rows = sizes
@@ -827,12 +924,13 @@ fn main() {
         .chain(leaf_counts.iter().map(|&k| (k, "leaves_process")));
     for (n, op) in rows {
         let (Some(raw), Some(e), Some(ed)) =
-            (m.get(&(n, op, "raw")), m.get(&(n, op, "engine")), m.get(&(n, op, "engine+durable")))
+            (mean(&m, (n, op, "raw")), mean(&m, (n, op, "engine")), mean(&m, (n, op, "engine+durable")))
         else {
             continue;
         };
+        let rs = mean(&m, (n, op, "mls-rs")).map_or_else(|| "-".to_owned(), |v| format!("{:.1}µs", v * 1e6));
         println!(
-            "{n:>6} {op:>14} {:>10.1}µs {:>10.1}µs {:>7.2}× {:>14.1}µs {:>7.2}×",
+            "{n:>6} {op:>14} {:>10.1}µs {:>10.1}µs {:>7.2}× {:>14.1}µs {:>7.2}× {rs:>12}",
             raw * 1e6,
             e * 1e6,
             e / raw,
