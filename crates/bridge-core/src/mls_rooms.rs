@@ -27,6 +27,7 @@
 
 mod keys;
 mod leaves;
+mod offload;
 mod order;
 
 pub use keys::DEFAULT_KEY_UPDATE;
@@ -51,6 +52,7 @@ use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, U
 use mimi_provider::log::{Records, write};
 use mimi_provider::service::{Provider, ProviderError};
 use mimi_store::Batch;
+use offload::offload;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -288,6 +290,8 @@ impl MlsRooms {
         let domain = self.provider.domain().to_owned();
         let room = room_uri(&domain, portal);
         let gid = room.as_bytes();
+        // Loaded inline: its size is unknown before, and handing the worker over for each of thousands of small
+        // portals opening at a start would cost more than the occasional big group's load (once per open).
         let group = match PortalGroup::load(self.mls.clone(), self.member.clone(), gid) {
             Ok(g) => g,
             Err(MlsError::UnknownGroup(_)) => {
@@ -301,7 +305,7 @@ impl MlsRooms {
         // The hub keeps the public state of the group from its GroupInfo (with the ratchet tree), and validates
         // every handshake against it, the portal's own included. (A room made by an earlier build, whose hub does
         // not know its group yet, learns it here if the group is at the hub's epoch.)
-        let info = group.export_group_info(true).map_err(unavailable)?;
+        let info = offload(group.member_count(), || group.export_group_info(true)).await.map_err(unavailable)?;
         let info = MlsMessageBytes::new(info).map_err(unavailable)?;
         let policy = self.join_policies.lock().map_err(unavailable)?.get(portal).copied().unwrap_or(self.policy);
         match self.provider.create_room(&room, &info, None, self.member.uri(), policy, true).await {
@@ -314,7 +318,7 @@ impl MlsRooms {
             }
             Err(e) => return Err(unavailable(e)),
         }
-        self.serve_group_info(&room, &group);
+        self.serve_group_info(&room, &group).await;
         let applied = Records(self.provider.store()).cursor(&room, CURSOR).map_err(unavailable)?;
         let store = self.provider.store();
         let per_user = Repo::new(store)
@@ -323,7 +327,8 @@ impl MlsRooms {
             .is_some_and(|r| r.mls_identity == MlsIdentity::PerUser);
         let leaves = if per_user {
             let policy = self.leaf_policies.lock().map_err(unavailable)?.get(portal).cloned().unwrap_or_default();
-            Some(UserLeaves::open(store.clone(), self.config.clone(), policy, &group).map_err(unavailable)?)
+            let open = || UserLeaves::open(store.clone(), self.config.clone(), policy, &group);
+            Some(offload(group.member_count(), open).await.map_err(unavailable)?)
         } else {
             None
         };
@@ -413,7 +418,7 @@ impl MlsRooms {
                 s.applied = seq;
             }
             if commits {
-                self.serve_group_info(&s.room, &s.group);
+                self.serve_group_info(&s.room, &s.group).await;
             }
             let mut b = Batch::new();
             write::cursor(&mut b, &s.room, CURSOR, s.applied);
@@ -424,7 +429,9 @@ impl MlsRooms {
     /// Processes one message of the log; true if it was a commit.
     async fn apply(&self, portal: &PortalId, s: &mut Slot, seq: u64, bytes: &[u8]) -> bool {
         let handed_on = self.handed_on.lock().ok().and_then(|h| h.get(&s.room).copied()).unwrap_or(0);
-        match s.group.process_and_keep(bytes, seq, &kept_list(&s.room), handed_on).durable().await {
+        let list = kept_list(&s.room);
+        let processed = offload(s.group.member_count(), || s.group.process_and_keep(bytes, seq, &list, handed_on));
+        match processed.await.durable().await {
             Ok(Received::Application { sender_identity, .. }) if leaves::is_local_leaf(s, &sender_identity) => {
                 // One of our per-user leaves spoke (an own message seen again after a restart): not bridged again.
                 false
@@ -460,7 +467,8 @@ impl MlsRooms {
         let mut s = slot.lock().await;
         self.catch_up(portal, &mut s).await?;
         let kps: Vec<&[u8]> = key_packages.iter().map(Vec::as_slice).collect();
-        let out = s.group.add_members(&kps).durable().await.map_err(unavailable)?;
+        let out = offload(s.group.member_count(), || s.group.add_members(&kps)).await;
+        let out = out.durable().await.map_err(unavailable)?;
         // The Welcome goes to the hub only with the commit it belongs to (and the GroupInfo of the new epoch).
         let framed = |b: Vec<u8>| MlsMessageBytes::new(b).map_err(unavailable);
         let info = out.group_info.clone().ok_or_else(|| unavailable("the MLS engine made no GroupInfo"))?;
@@ -509,10 +517,11 @@ impl MlsRooms {
             Ok(Some(seq)) => {
                 // Marked as ours only once merged: if the merge does not happen, the worker meets the commit in
                 // the log and merges it then.
-                s.group.merge_pending_commit().durable().await.map_err(unavailable)?;
+                let merged = offload(s.group.member_count(), || s.group.merge_pending_commit()).await;
+                merged.durable().await.map_err(unavailable)?;
                 s.own.insert(seq);
                 leaves::feed_own_commit(s, &out.commit).await;
-                self.serve_group_info(&s.room, &s.group);
+                self.serve_group_info(&s.room, &s.group).await;
                 Ok(true)
             }
             sent => {
@@ -536,8 +545,8 @@ impl MlsRooms {
     }
 
     /// Serves `group`'s current GroupInfo (with the ratchet tree) for external joins of `room`.
-    fn serve_group_info(&self, room: &str, group: &PortalGroup) {
-        if let Ok(info) = group.export_group_info(true) {
+    async fn serve_group_info(&self, room: &str, group: &PortalGroup) {
+        if let Ok(info) = offload(group.member_count(), || group.export_group_info(true)).await {
             self.provider.set_group_info(room, info);
         }
     }
@@ -585,11 +594,11 @@ impl RoomOfRecord for MlsRooms {
             let id = MessageId::from_bytes(&id).map_err(|e| RoomError::Refused(e.to_string()))?;
             let encrypted = match &leaf {
                 Some(uri) => match s.leaves.as_mut().and_then(|l| l.group_mut(uri, std::time::Instant::now())) {
-                    Some(g) => g.encrypt(content.bytes()),
+                    Some(g) => offload(g.member_count(), || g.encrypt(content.bytes())).await,
                     // Removed by a commit processed while catching up: add it again on the next round.
                     None => continue,
                 },
-                None => s.group.encrypt(content.bytes()),
+                None => offload(s.group.member_count(), || s.group.encrypt(content.bytes())).await,
             };
             let ct = encrypted.durable().await.map_err(unavailable)?;
             let ct = MlsMessageBytes::new(ct).map_err(unavailable)?;

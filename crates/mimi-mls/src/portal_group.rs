@@ -102,6 +102,8 @@ pub struct PortalGroup {
     record_written: bool,
     /// This object's claim on the group's partition ([`MlsStorage::claim`]).
     claim: u64,
+    /// The number of members, and the epoch it was counted at.
+    counted: (u64, usize),
     /// The past epochs' message secrets did not change since they were last encoded: only current-epoch
     /// application messages were encrypted and decrypted ([`MlsStorage::reuse_past_epochs`]).
     past_epochs_unchanged: bool,
@@ -168,6 +170,7 @@ impl PortalGroup {
         let partition = MlsStorage::partition(group.group_id())?;
         let write_behind = WriteBehind::fresh(interval(&provider, &group), group.epoch().as_u64(), Instant::now());
         let claim = provider.storage().claim(&partition);
+        let counted = (group.epoch().as_u64(), group.members().count());
         Ok(Self {
             group,
             provider,
@@ -176,6 +179,7 @@ impl PortalGroup {
             write_behind,
             record_written: false,
             claim,
+            counted,
             past_epochs_unchanged: false,
         })
     }
@@ -197,6 +201,9 @@ impl PortalGroup {
         let d = self.storage().submit(&self.partition);
         if std::mem::take(&mut self.record_written) {
             self.write_behind.sealed(d.seq());
+        }
+        if self.counted.0 != self.epoch() {
+            self.counted = (self.epoch(), self.group.members().count());
         }
         d
     }
@@ -294,6 +301,7 @@ impl PortalGroup {
         let write_behind =
             WriteBehind::loaded(interval(&provider, &group), group.epoch().as_u64(), record, Instant::now());
         let claim = provider.storage().claim(&partition);
+        let counted = (group.epoch().as_u64(), group.members().count());
         Ok(Self {
             group,
             provider,
@@ -302,6 +310,7 @@ impl PortalGroup {
             write_behind,
             record_written: false,
             claim,
+            counted,
             past_epochs_unchanged: false,
         })
     }
@@ -405,6 +414,11 @@ impl PortalGroup {
     /// Our leaf index.
     pub fn own_index(&self) -> u32 {
         self.group.own_leaf_index().u32()
+    }
+
+    /// The number of members (counted once per epoch: cheap to ask).
+    pub fn member_count(&self) -> usize {
+        self.counted.1
     }
 
     /// The members, in leaf order.

@@ -7,6 +7,7 @@
 //! bridge's MLS storage (`updated/<room>`): a daemon restarted more often than the interval still updates. A
 //! member seen for the first time counts as updated now.
 
+use super::offload::offload;
 use super::{MlsRooms, Slot, unavailable};
 use bridge_api::RoomError;
 use bridge_api::ids::PortalId;
@@ -52,7 +53,8 @@ impl MlsRooms {
         if let Some(uri) = due {
             self.catch_up(portal, s).await?;
             let updated = if uri == self.member.uri() {
-                let out = s.group.self_update().durable().await.map_err(unavailable)?;
+                let out = offload(s.group.member_count(), || s.group.self_update()).await;
+                let out = out.durable().await.map_err(unavailable)?;
                 self.submit_own_commit(s, out).await?
             } else {
                 self.update_leaf(s, &uri).await?
@@ -75,13 +77,22 @@ impl MlsRooms {
     async fn update_leaf(&self, s: &mut Slot, uri: &str) -> Result<bool, RoomError> {
         let Slot { group, leaves, room, own, .. } = s;
         let Some(leaves) = leaves.as_mut().filter(|l| l.contains(uri)) else { return Ok(false) };
-        let out = leaves.update(uri).durable().await.map_err(unavailable)?;
+        let out = offload(group.member_count(), || leaves.update(uri)).await.durable().await.map_err(unavailable)?;
         match self.send_commit(room, &out.commit, uri).await {
             Ok(Some(seq)) => {
-                group.process(&out.commit).durable().await.map_err(unavailable)?;
-                leaves.complete_update(uri, &out.commit).durable().await.map_err(unavailable)?;
+                offload(group.member_count(), || group.process(&out.commit))
+                    .await
+                    .durable()
+                    .await
+                    .map_err(unavailable)?;
+                let members = group.member_count().saturating_mul(leaves.len());
+                offload(members, || leaves.complete_update(uri, &out.commit))
+                    .await
+                    .durable()
+                    .await
+                    .map_err(unavailable)?;
                 own.insert(seq);
-                self.serve_group_info(room, group);
+                self.serve_group_info(room, group).await;
                 Ok(true)
             }
             sent => {

@@ -9,6 +9,7 @@
 //! add, its now ownerless slot in the group is removed by another commit and the message goes out from the shared
 //! leaf, so nothing is lost and no dead member stays behind.
 
+use super::offload::offload;
 use super::{EPOCH_RETRIES, MlsRooms, Slot, unavailable};
 use bridge_api::RoomError;
 use bridge_api::ids::PortalId;
@@ -37,9 +38,12 @@ pub(super) fn is_local_leaf(s: &Slot, identity: &[u8]) -> bool {
 
 /// A handshake message someone else sent (already processed by the bridge's leaf) goes to every local leaf.
 pub(super) async fn feed_handshake(portal: &PortalId, s: &mut Slot, bytes: &[u8]) {
+    let members = s.group.member_count();
     let Some(leaves) = s.leaves.as_mut() else { return };
     let before = leaves.len();
-    match leaves.process_handshake(bytes).durable().await {
+    // K leaves each process the handshake: offloaded by the work, K times the group's size.
+    let processed = offload(members.saturating_mul(leaves.len()), || leaves.process_handshake(bytes)).await;
+    match processed.durable().await {
         Ok(results) => {
             for (user, r) in results {
                 if let Err(e) = r {
@@ -56,11 +60,13 @@ pub(super) async fn feed_handshake(portal: &PortalId, s: &mut Slot, bytes: &[u8]
 
 /// The bridge's own commit (merged) goes to every local leaf.
 pub(super) async fn feed_own_commit(s: &mut Slot, commit: &[u8]) {
+    let members = s.group.member_count();
     let Some(leaves) = s.leaves.as_mut() else { return };
     if leaves.is_empty() {
         return;
     }
-    if let Err(e) = leaves.process_handshake(commit).durable().await {
+    let processed = offload(members.saturating_mul(leaves.len()), || leaves.process_handshake(commit)).await;
+    if let Err(e) = processed.durable().await {
         tracing::warn!(error = %e, "per-user leaves could not process the bridge's commit");
     }
 }
@@ -92,7 +98,7 @@ impl MlsRooms {
     async fn try_add_leaf(&self, portal: &PortalId, s: &mut Slot, uri: &str) -> Result<Attempt, RoomError> {
         let Slot { group, leaves, room, own, .. } = s;
         let Some(leaves) = leaves.as_mut() else { return Ok(Attempt::Shared) };
-        let pending = match leaves.add(group, uri).map_err(unavailable)? {
+        let pending = match offload(group.member_count(), || leaves.add(group, uri)).await.map_err(unavailable)? {
             AddLeaf::Present => return Ok(Attempt::Ready),
             AddLeaf::Full => {
                 tracing::debug!(portal = %portal, user = %uri, "per-user leaf cap reached: the shared leaf speaks");
@@ -112,11 +118,15 @@ impl MlsRooms {
             Err(e) => Err(unavailable(e)),
         };
         match sent {
-            Ok(Some(seq)) => match leaves.complete(group, change, Instant::now()).durable().await {
+            Ok(Some(seq)) => match offload(group.member_count(), || leaves.complete(group, change, Instant::now()))
+                .await
+                .durable()
+                .await
+            {
                 Ok(()) => {
                     own.insert(seq);
                     tracing::info!(portal = %portal, user = %uri, leaves = leaves.len(), "per-user leaf added");
-                    self.serve_group_info(room, group);
+                    self.serve_group_info(room, group).await;
                     Ok(Attempt::Ready)
                 }
                 Err(e) => {
@@ -139,7 +149,7 @@ impl MlsRooms {
             return;
         }
         let Some(index) = s.group.member_index(uri.as_bytes()) else { return };
-        let removed = match s.group.remove_members(&[index]).durable().await {
+        let removed = match offload(s.group.member_count(), || s.group.remove_members(&[index])).await.durable().await {
             Ok(out) => self.submit_own_commit(s, out).await,
             Err(e) => Err(unavailable(e)),
         };
@@ -167,13 +177,15 @@ impl MlsRooms {
         if idle.is_empty() {
             return Ok(());
         }
-        let change = leaves.remove(group, &idle).durable().await.map_err(unavailable)?;
+        let change = offload(group.member_count(), || leaves.remove(group, &idle)).await;
+        let change = change.durable().await.map_err(unavailable)?;
         match self.send_commit(room, &change.commit.commit, self.member.uri()).await {
             Ok(Some(seq)) => {
-                leaves.complete(group, change, now).durable().await.map_err(unavailable)?;
+                let completed = offload(group.member_count(), || leaves.complete(group, change, now)).await;
+                completed.durable().await.map_err(unavailable)?;
                 own.insert(seq);
                 tracing::info!(portal = %portal, removed = idle.len(), left = leaves.len(), "idle per-user leaves removed");
-                self.serve_group_info(room, group);
+                self.serve_group_info(room, group).await;
                 Ok(())
             }
             // Another commit won the epoch (or the hub is unreachable): the next sweep tries again.
