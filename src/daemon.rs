@@ -218,6 +218,15 @@ impl Daemon {
         }
         let _ = self.probe_task.await;
         let shutdown_timeout = self.shutdown_timeout;
+        // The store closes when its last handle goes. Drop ours, then give the tasks that still hold one a moment
+        // (portal workers seeing the stop, a group closing — which writes its last state), so that a daemon
+        // started again in this process finds the store free. A handle held outside the daemon (a test's
+        // attached account) keeps it open longer: that is the holder's to drop.
+        let mut closed = self.store_closed.clone();
+        drop((self.router, self.room, self.readiness));
+        if tokio::time::timeout(Duration::from_secs(2), closed.wait_for(|c| *c)).await.is_err() {
+            tracing::debug!("the store is still open: a handle outside the daemon holds it");
+        }
         match drained {
             Ok(()) => {
                 tracing::info!("stopped");
