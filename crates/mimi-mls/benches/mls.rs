@@ -21,7 +21,8 @@
 //!
 //! `MLS_PROFILE=encrypt|decrypt:N:iters` runs a profiling loop instead (see `profile`).
 //!
-//! mls-rs (in-memory state, no storage calls) is timed beside them for `encrypt` and `decrypt`.
+//! mls-rs (in-memory state, no storage calls) is timed beside them for `encrypt` and `decrypt`. How long seating
+//! each group took (KeyPackages made, commits of 200 adds created and processed) is printed too.
 //! `MLS_BENCH_WRITE_BEHIND=0` runs the engine with its message secrets written through on every message.
 //!
 //! Run: `cargo bench -p mimi-mls --bench mls`.
@@ -265,9 +266,17 @@ fn time_engine(durable: bool, op: impl FnOnce() -> Durability) -> Duration {
     if durable { t.elapsed() } else { cpu }
 }
 
+/// Prints how long seating a group of `n` took (the committer adding the members in commits of `SEAT_BATCH`, the
+/// second member processing each commit).
+fn seated(side: &str, n: usize, since: Instant) {
+    println!("seating N={n} ({side}): {:.2} s", since.elapsed().as_secs_f64());
+}
+
 fn bench_size(g: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
     // ----- raw -----
+    let t = Instant::now();
     let (alice, mut ga, bob, mut gb) = raw_group(n);
+    seated("raw OpenMLS", n, t);
     g.bench_function(format!("add_commit/raw/{n}"), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -366,7 +375,9 @@ fn bench_size(g: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
     drop((ga, gb));
 
     // ----- engine -----
+    let t = Instant::now();
     let (eng, mut ea, mut eb) = eng_group(n);
+    seated("engine", n, t);
     for (side, durable) in [("engine", false), ("engine+durable", true)] {
         g.bench_function(format!("add_commit/{side}/{n}"), |b| {
             b.iter_custom(|iters| {
@@ -526,6 +537,7 @@ fn rs_kp(name: &str) -> mls_rs::MlsMessage {
 /// `encrypt/mls-rs/N`, `decrypt/mls-rs/N`: an mls-rs group of `n` members, seated like the others (commits of
 /// `SEAT_BATCH` adds); alice encrypts, bob decrypts.
 fn bench_mls_rs(g: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
+    let t = Instant::now();
     let alice = rs_client("alice");
     let bob = rs_client("bob");
     let mut ga = alice.create_group(Default::default(), Default::default(), None).expect("create");
@@ -545,6 +557,7 @@ fn bench_mls_rs(g: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
         gb.process_incoming_message(out.commit_message).expect("process seat");
         left -= k;
     }
+    seated("mls-rs", n, t);
     g.bench_function(format!("encrypt/mls-rs/{n}"), |b| {
         b.iter_custom(|iters| {
             let t = Instant::now();
