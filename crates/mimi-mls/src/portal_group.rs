@@ -167,8 +167,19 @@ pub fn parse_key_package(provider: &MlsBackend, bytes: &[u8]) -> Result<KeyPacka
 impl PortalGroup {
     /// A group whose state was just written through (created, joined).
     fn wrap(group: MlsGroup, provider: Arc<MlsBackend>, member: Arc<LocalMember>) -> Result<Self, MlsError> {
+        Self::open(group, provider, member, None)
+    }
+
+    /// The object for `group`, whose reservation on disk is `record` ([`write_behind`]).
+    fn open(
+        group: MlsGroup,
+        provider: Arc<MlsBackend>,
+        member: Arc<LocalMember>,
+        record: Option<Reservation>,
+    ) -> Result<Self, MlsError> {
         let partition = MlsStorage::partition(group.group_id())?;
-        let write_behind = WriteBehind::fresh(interval(&provider, &group), group.epoch().as_u64(), Instant::now());
+        let write_behind =
+            WriteBehind::loaded(interval(&provider, &group), group.epoch().as_u64(), record, Instant::now());
         let claim = provider.storage().claim(&partition);
         let counted = (group.epoch().as_u64(), group.members().count());
         Ok(Self {
@@ -298,21 +309,7 @@ impl PortalGroup {
             .ok_or_else(|| MlsError::UnknownGroup(String::from_utf8_lossy(group_id).into_owned()))?;
         let partition = MlsStorage::partition(group.group_id())?;
         let record = provider.storage().group_record_get::<Reservation>(&partition, write_behind::RECORD)?;
-        let write_behind =
-            WriteBehind::loaded(interval(&provider, &group), group.epoch().as_u64(), record, Instant::now());
-        let claim = provider.storage().claim(&partition);
-        let counted = (group.epoch().as_u64(), group.members().count());
-        Ok(Self {
-            group,
-            provider,
-            member,
-            partition,
-            write_behind,
-            record_written: false,
-            claim,
-            counted,
-            past_epochs_unchanged: false,
-        })
+        Self::open(group, provider, member, record)
     }
 
     /// Joins a group from a Welcome (MLSMessage) addressed to one of `member`'s KeyPackages. `ratchet_tree` is

@@ -129,6 +129,7 @@ impl WriteBehind {
     }
 
     /// Bookkeeping for a group just created or joined (its state was written through).
+    #[cfg(test)]
     pub(crate) fn fresh(every: u64, epoch: u64, now: Instant) -> Self {
         Self::loaded(every, epoch, None, now)
     }
