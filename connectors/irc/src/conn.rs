@@ -26,6 +26,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(120);
 const SEND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for the server to close the link after our QUIT.
 const QUIT_WAIT: Duration = Duration::from_secs(5);
+/// How long after registration the connection waits for the server to answer its JOINs before it calls itself
+/// connected anyway (a server that ignores a JOIN).
+const JOIN_WAIT: Duration = Duration::from_secs(10);
 
 /// Channel membership requests.
 pub(crate) enum Control {
@@ -281,6 +284,8 @@ impl Task {
         let mut pacer = Pacer::new(self.settings.pace.clone(), Instant::now());
         let mut queue: VecDeque<(Message, Option<Done>)> = VecDeque::new();
         let mut ever_registered = false;
+        // Registered, not yet in its channels: connected once every JOIN is answered, or at this deadline.
+        let mut in_channels_by: Option<Instant> = None;
         let result = loop {
             // Our PINGs go out first; then the next queued line when the window (and the cap) allow.
             let now = Instant::now();
@@ -332,11 +337,20 @@ impl Task {
                                 ever_registered = true;
                                 self.set_view(session);
                                 tracing::info!(connection = %label, nick = %session.nick, "IRC registered");
+                                in_channels_by = Some(Instant::now() + JOIN_WAIT);
+                            }
+                            // Connected means the connection hears its channels: a line said before it rejoined
+                            // them after a reconnect would never reach the bridge.
+                            Action::InChannels => {
+                                in_channels_by = None;
                                 self.health.send_replace(Health::Connected);
                             }
                             Action::Joined(c) => {
                                 self.set_view(session);
                                 tracing::info!(connection = %label, channel = %c, "joined");
+                            }
+                            Action::JoinRefused { channel, reason } => {
+                                tracing::warn!(connection = %label, %channel, %reason, "the server refused to let us into the channel");
                             }
                             Action::Left(c) => {
                                 self.set_view(session);
@@ -390,6 +404,11 @@ impl Task {
                             let _ = d.send(Ok(()));
                         }
                     }
+                }
+                _ = tokio::time::sleep_until(in_channels_by.unwrap_or(now).into()), if in_channels_by.is_some() => {
+                    in_channels_by = None;
+                    tracing::warn!(connection = %label, "some JOINs unanswered after {JOIN_WAIT:?}: connected anyway");
+                    self.health.send_replace(Health::Connected);
                 }
                 _ = stop.changed() => {
                     let reason = stop.borrow().clone().filter(|r| !r.is_empty());

@@ -80,6 +80,16 @@ pub enum Action {
     Registered,
     /// We are now in this channel.
     Joined(String),
+    /// Every channel wanted at registration was joined or refused: the connection hears its rooms now (what
+    /// "connected" means to the bridge: a line said before this may not reach us).
+    InChannels,
+    /// The server refused to let us into this channel (numeric, reason).
+    JoinRefused {
+        /// The channel.
+        channel: String,
+        /// The server's numeric and text.
+        reason: String,
+    },
     /// We were removed from this channel (KICK/PART).
     Left(String),
     /// A message or notice from someone else (or our own, echoed with echo-message).
@@ -125,6 +135,8 @@ pub struct Session {
     wanted_channels: BTreeSet<String>,
     /// Channels we are in.
     pub joined: BTreeSet<String>,
+    /// Channels wanted at registration whose JOIN is not answered yet (`None`: [`Action::InChannels`] was given).
+    settling: Option<BTreeSet<String>>,
     nick_attempt: usize,
 }
 
@@ -142,6 +154,7 @@ impl Session {
             own_source: None,
             wanted_channels: BTreeSet::new(),
             joined: BTreeSet::new(),
+            settling: None,
             nick_attempt: 0,
         }
     }
@@ -211,6 +224,17 @@ impl Session {
                 }
                 let mut out = vec![Action::Registered];
                 out.extend(self.wanted_channels.iter().map(|c| send(Message::new("JOIN", &[c]))));
+                self.settling = Some(self.wanted_channels.clone());
+                out.extend(self.settled(None));
+                out
+            }
+            // A JOIN refused: no such channel, too many channels, full, invite only, banned, bad key, needs an
+            // account.
+            "403" | "405" | "471" | "473" | "474" | "475" | "477" if self.registered() => {
+                let Some(chan) = msg.param(1).map(str::to_owned) else { return Vec::new() };
+                let reason = format!("{} {}", msg.command, msg.params.last().map(String::as_str).unwrap_or_default());
+                let mut out = vec![Action::JoinRefused { channel: chan.clone(), reason }];
+                out.extend(self.settled(Some(&chan)));
                 out
             }
             "005" if msg.params.len() > 2 => {
@@ -229,7 +253,9 @@ impl Session {
                 if self.is_me(nick) {
                     self.own_source = msg.source.clone();
                     self.joined.insert(chan.to_owned());
-                    return vec![Action::Joined(chan.to_owned())];
+                    let mut out = vec![Action::Joined(chan.to_owned())];
+                    out.extend(self.settled(Some(chan)));
+                    return out;
                 }
                 Vec::new()
             }
@@ -266,6 +292,22 @@ impl Session {
             }
             "ERROR" => vec![Action::Closing(msg.params.last().cloned().unwrap_or_default())],
             _ => Vec::new(),
+        }
+    }
+
+    /// `channel`'s JOIN was answered (joined or refused); [`Action::InChannels`] once every channel wanted at
+    /// registration was.
+    fn settled(&mut self, channel: Option<&str>) -> Option<Action> {
+        let casemapping = self.isupport.casemapping;
+        let waiting = self.settling.as_mut()?;
+        if let Some(c) = channel {
+            waiting.retain(|w| !casemapping.eq(w, c));
+        }
+        if waiting.is_empty() {
+            self.settling = None;
+            Some(Action::InChannels)
+        } else {
+            None
         }
     }
 
@@ -421,6 +463,32 @@ mod tests {
     }
 
     #[test]
+    fn in_channels_once_every_wanted_channel_is_joined_or_refused() {
+        let mut s = Session::new(id(None));
+        s.join("#a");
+        s.join("#b");
+        let a = feed(&mut s, &[":irc.test 001 bridge :Welcome"]);
+        assert!(!a.contains(&Action::InChannels), "registered is not yet in the channels");
+        let a = feed(&mut s, &[":bridge!~m@h JOIN #A"]);
+        assert!(!a.contains(&Action::InChannels));
+        let a = feed(&mut s, &[":irc.test 474 bridge #b :Cannot join channel (+b)"]);
+        assert!(
+            a.contains(&Action::JoinRefused { channel: "#b".into(), reason: "474 Cannot join channel (+b)".into() })
+        );
+        assert!(a.contains(&Action::InChannels));
+        // Once per registration.
+        let a = feed(&mut s, &[":bridge!~m@h JOIN #b"]);
+        assert!(!a.contains(&Action::InChannels));
+    }
+
+    #[test]
+    fn without_channels_it_is_in_channels_at_registration() {
+        let mut s = Session::new(id(None));
+        let a = feed(&mut s, &[":irc.test 001 bridge :Welcome"]);
+        assert!(a.contains(&Action::Registered) && a.contains(&Action::InChannels));
+    }
+
+    #[test]
     fn sasl_failure_is_bad_credentials() {
         let mut s = Session::new(id(Some(Sasl::Plain { account: "a".into(), password: "b".into() })));
         s.start();
@@ -451,7 +519,7 @@ mod tests {
         assert_eq!(sent(&a), ["JOIN #A"]);
         assert_eq!((s.nick.as_str(), s.isupport.nicklen), ("bridge_", 31));
         let a = feed(&mut s, &[":bridge_!~mimi@localhost JOIN #a"]);
-        assert_eq!(a, [Action::Joined("#a".into())]);
+        assert_eq!(a, [Action::Joined("#a".into()), Action::InChannels], "in its one channel: connected");
         assert!(s.is_joined("#A"));
         assert_eq!(s.own_source.as_deref(), Some("bridge_!~mimi@localhost"));
         let a = feed(&mut s, &["PING :123"]);
