@@ -6,6 +6,8 @@
 //! interleaved. Printed per mode: messages/s, the latency of a user's first line (per-user: it includes the
 //! commit adding their leaf) and of the others (p50 / p99 in ms), and the shared/per-user throughput ratio.
 //!
+//! The MLS group's member count at the end is printed too (`leaves`). `PORTAL_BENCH_MODES=shared` runs one mode.
+//!
 //! Run: `cargo bench -p bridge-core --bench portal_mls`.
 
 use bridge_api::{AccountContext, AccountId, PortalId};
@@ -30,6 +32,8 @@ struct Figures {
     msgs_per_s: f64,
     first: Vec<f64>,
     rest: Vec<f64>,
+    /// Members of the portal's MLS group at the end (leaves: the bridge's, and one per user in per-user mode).
+    leaves: usize,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -72,11 +76,12 @@ async fn run(mode: MlsIdentity, users: usize, per_user: usize) -> Figures {
         }
     }
     let msgs_per_s = (users * per_user) as f64 / start.elapsed().as_secs_f64();
+    let leaves = room.members(&portal).await.expect("members").len();
     router.shutdown().await;
     room.shutdown();
     first.sort_by(f64::total_cmp);
     rest.sort_by(f64::total_cmp);
-    Figures { msgs_per_s, first, rest }
+    Figures { msgs_per_s, first, rest, leaves }
 }
 
 fn main() {
@@ -85,19 +90,26 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     println!("portal on MLS: {users} legacy users x {per_user} lines, one at a time (redb)");
     println!(
-        "{:>9} {:>10} {:>14} {:>14} {:>13} {:>13}",
-        "mode", "msg/s", "first p50 ms", "first p99 ms", "rest p50 ms", "rest p99 ms"
+        "{:>9} {:>10} {:>14} {:>14} {:>13} {:>13} {:>8}",
+        "mode", "msg/s", "first p50 ms", "first p99 ms", "rest p50 ms", "rest p99 ms", "leaves"
     );
+    // `PORTAL_BENCH_MODES=shared` (or `per-user`) runs one mode only: a room of thousands of users in shared mode,
+    // where per-user mode would commit a leaf for each.
+    let modes = std::env::var("PORTAL_BENCH_MODES").unwrap_or_else(|_| "shared,per-user".into());
     let mut rates = Vec::new();
     for (name, mode) in [("shared", MlsIdentity::Shared), ("per-user", MlsIdentity::PerUser)] {
+        if !modes.split(',').any(|m| m.trim() == name) {
+            continue;
+        }
         let f = rt.block_on(run(mode, users, per_user));
         println!(
-            "{name:>9} {:>10.0} {:>14.2} {:>14.2} {:>13.2} {:>13.2}",
+            "{name:>9} {:>10.0} {:>14.2} {:>14.2} {:>13.2} {:>13.2} {:>8}",
             f.msgs_per_s,
             pct(&f.first, 0.5),
             pct(&f.first, 0.99),
             pct(&f.rest, 0.5),
-            pct(&f.rest, 0.99)
+            pct(&f.rest, 0.99),
+            f.leaves
         );
         rates.push(f.msgs_per_s);
     }
