@@ -578,11 +578,17 @@ impl MlsStorage {
     /// module documentation: the hand-off to group commit happens when someone waits).
     pub fn submit(&self, partition: &[u8]) -> Durability {
         let mut inner = self.lock();
+        let keys = Self::take_dirty(&mut inner, partition);
+        self.seal(&inner, keys)
+    }
+
+    /// The dirty keys of `partition` and of the global partition, no longer dirty.
+    fn take_dirty(inner: &mut Inner, partition: &[u8]) -> BTreeSet<Vec<u8>> {
         let mut keys = inner.dirty.remove(partition).unwrap_or_default();
         if let Some(global) = inner.dirty.remove(GLOBAL) {
             keys.extend(global);
         }
-        self.seal(&inner, keys)
+        keys
     }
 
     /// Seals `keys` with their cached values (called with the cache locked: operations seal in order).
@@ -626,10 +632,7 @@ impl MlsStorage {
     /// [`crate::write_behind`]).
     pub(crate) fn submit_if_dirty(&self, partition: &[u8]) -> Durability {
         let mut inner = self.lock();
-        let mut keys = inner.dirty.remove(partition).unwrap_or_default();
-        if let Some(global) = inner.dirty.remove(GLOBAL) {
-            keys.extend(global);
-        }
+        let keys = Self::take_dirty(&mut inner, partition);
         if keys.is_empty() { Durability::ready() } else { self.seal(&inner, keys) }
     }
 
