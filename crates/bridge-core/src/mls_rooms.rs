@@ -27,7 +27,6 @@
 
 mod keys;
 mod leaves;
-mod offload;
 mod order;
 
 pub use keys::DEFAULT_KEY_UPDATE;
@@ -45,14 +44,13 @@ use mimi_content::model::{ExternalPart, MultiPart, PartSemantics};
 use mimi_content::{Disposition, Message, MimiContent, NestedPart, PartBody};
 use mimi_mls::{
     CommitOutput, EngineConfig, LeafPolicy, LegacySender, LocalMember, MlsBackend, MlsError, PortalGroup, Received,
-    UserLeaves,
+    UserLeaves, offload,
 };
 use mimi_protocol::hub::{JoinPolicy, Origin, Refusal};
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest, wire_format};
 use mimi_provider::log::{Records, write};
 use mimi_provider::service::{Provider, ProviderError};
 use mimi_store::Batch;
-use offload::offload;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;

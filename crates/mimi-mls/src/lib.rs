@@ -13,6 +13,7 @@
 //! * [`legacy_sender`] — the MIMI content extension carrying the legacy sender behind a shared leaf;
 //! * [`user_leaves`] — [`UserLeaves`]: per-user leaves (`mls_identity = "per-user"`), added lazily, removed when
 //!   idle, capped per portal;
+//! * [`offload`] — [`offload()`]: MLS operations of big groups run off the async executor, one per core;
 //! * [`write_behind`] — when a group's message secrets are encoded (not on every message: that is O(N)), and the
 //!   reservations that keep a sender from reusing a generation after a crash;
 //! * [`error`] — [`MlsError`], typed so that callers can tell a replay from a non-member from a lost group.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod key_packages;
 pub mod legacy_sender;
 pub mod member;
+pub mod offload;
 pub mod portal_group;
 pub mod storage;
 pub mod user_leaves;
@@ -37,6 +39,7 @@ pub use config::{EngineConfig, HandshakeWireFormat};
 pub use error::MlsError;
 pub use legacy_sender::LegacySender;
 pub use member::LocalMember;
+pub use offload::{OFFLOAD_MEMBERS, offload};
 pub use portal_group::{CommitOutput, KeptMessage, PortalGroup, Received};
 pub use storage::{Durability, MLS_TREE, MlsStorage, MlsStorageError};
 pub use user_leaves::{AddLeaf, LeafChange, LeafPolicy, UserLeaves};

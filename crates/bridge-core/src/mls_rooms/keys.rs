@@ -7,10 +7,10 @@
 //! bridge's MLS storage (`updated/<room>`): a daemon restarted more often than the interval still updates. A
 //! member seen for the first time counts as updated now.
 
-use super::offload::offload;
 use super::{MlsRooms, Slot, unavailable};
 use bridge_api::RoomError;
 use bridge_api::ids::PortalId;
+use mimi_mls::offload;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

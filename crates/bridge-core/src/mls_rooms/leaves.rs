@@ -9,10 +9,10 @@
 //! add, its now ownerless slot in the group is removed by another commit and the message goes out from the shared
 //! leaf, so nothing is lost and no dead member stays behind.
 
-use super::offload::offload;
 use super::{EPOCH_RETRIES, MlsRooms, Slot, unavailable};
 use bridge_api::RoomError;
 use bridge_api::ids::PortalId;
+use mimi_mls::offload;
 use mimi_mls::{AddLeaf, UserLeaves};
 use std::time::{Duration, Instant};
 

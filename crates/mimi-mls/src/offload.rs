@@ -1,8 +1,10 @@
-//! MLS work of big groups off the async executor.
+//! MLS work of big groups off the async executor: the bridge's member of a portal and the hub validating a
+//! room's commits share it.
 //!
 //! A commit in a group of thousands of members takes tens to hundreds of milliseconds (processing it, merging it,
-//! exporting the GroupInfo with the ratchet tree). Run inline on a worker thread of the runtime, it would hold up
-//! every task queued on that worker — the messages of other portals. So the MLS operations of a group with at least
+//! exporting the GroupInfo with the ratchet tree, the hub's validation against the public state). Run inline on a
+//! worker thread of the runtime, it would hold up every task queued on that worker — the messages of other
+//! portals. So the MLS operations of a group with at least
 //! [`OFFLOAD_MEMBERS`] members run in [`tokio::task::block_in_place`]: the worker's queue moves to another thread
 //! while the operation runs. At most one such operation per core runs at once ([`OFFLOADED`]); the others wait
 //! their turn without blocking anything.
@@ -15,14 +17,14 @@ use tokio::sync::Semaphore;
 
 /// Groups with at least this many members run their MLS operations off the executor's workers. Below it, an
 /// operation costs less than handing the worker's queue over.
-pub(super) const OFFLOAD_MEMBERS: usize = 500;
+pub const OFFLOAD_MEMBERS: usize = 500;
 
 /// Offloaded operations running at once: one per core.
 static OFFLOADED: LazyLock<Semaphore> =
     LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
 
 /// Runs `op`, an MLS operation on a group of `members` members, off the executor if the group is big.
-pub(super) async fn offload<R>(members: usize, op: impl FnOnce() -> R) -> R {
+pub async fn offload<R>(members: usize, op: impl FnOnce() -> R) -> R {
     if members < OFFLOAD_MEMBERS || !multi_thread() {
         return op();
     }
