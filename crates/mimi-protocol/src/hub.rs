@@ -31,7 +31,9 @@
 //! put invitees on it before they are added.
 //!
 //! A refusal changes nothing: the state after a message is computed on a copy, and taken only when the message
-//! is sequenced; each [`HubAction::Append`] carries the room state, the public state (if it changed) and the
+//! is sequenced. Judging ([`HubView`], a snapshot of the room) and sequencing ([`HubRoom::apply`]) are two steps,
+//! so that the IO shell can judge without holding the room — validating a commit of a 10 000-member group takes a
+//! tenth of a second; the room takes a judgement only if it has not changed since ([`HubRoom::is_current`]); each [`HubAction::Append`] carries the room state, the public state (if it changed) and the
 //! GroupInfo (of an update) that must be durable with its entry before anything else is done.
 //!
 //! Sequencing: every accepted message gets the next sequence number (1, 2, …, no gaps) and becomes a
@@ -172,13 +174,49 @@ pub struct HubRoom {
     state: HubState,
     /// The group's public state; `None` only for a room stored before the hub kept it, until a member hands in
     /// the current GroupInfo ([`HubRoom::adopt`]).
-    public: Option<Box<PublicState>>,
+    public: Option<Arc<PublicState>>,
     /// Idempotency keys of the most recent entries (at most [`RECENT`]): retries that race their own entry's
     /// write. Older ones are the IO shell's to look up in its durable index before submitting.
     seen: RecentDigests,
     has_portal: bool,
     /// Consulted for every member a commit adds (`None`: anyone with a valid KeyPackage).
     add_rule: Option<Arc<dyn AddRule>>,
+    /// Moves on with every change a judgement depends on ([`HubRoom::is_current`]).
+    version: u64,
+}
+
+/// A hub room as it is at one moment ([`HubRoom::view`]). Messages are judged against it without holding the
+/// room — a commit of a 10 000-member group takes a tenth of a second to validate, and the rooms beside it must
+/// not wait —, and [`HubRoom::apply`] takes the judgement only if the room has not changed since.
+#[derive(Debug, Clone)]
+pub struct HubView {
+    state: HubState,
+    public: Option<Arc<PublicState>>,
+    add_rule: Option<Arc<dyn AddRule>>,
+    version: u64,
+}
+
+/// Messages judged against a [`HubView`], to be sequenced by [`HubRoom::apply`]: one, or a commit and its
+/// Welcome. The public state after a handshake is encoded already (it is O(N) for the room's N members).
+#[derive(Debug)]
+pub struct Judgement {
+    entries: Vec<JudgedEntry>,
+    /// The room judged against, and its version then.
+    room: String,
+    version: u64,
+}
+
+/// One message of a [`Judgement`].
+#[derive(Debug)]
+struct JudgedEntry {
+    message: MlsMessageBytes,
+    digest: [u8; 32],
+    /// The room state after it (counting the entries before it).
+    state: HubState,
+    /// The public state after it, and its encoding, if it changes it.
+    public: Option<(Arc<PublicState>, Vec<u8>)>,
+    /// For a commit sent in an update: the GroupInfo of the epoch it makes.
+    group_info: Option<MlsMessageBytes>,
 }
 
 /// Most idempotency keys a hub keeps in memory ([`HubRoom`]'s `seen`).
@@ -273,7 +311,14 @@ impl HubRoom {
             followers: BTreeSet::new(),
             creator: Some(creator.to_owned()),
         };
-        Ok(Self { state, public: Some(Box::new(public)), seen: RecentDigests::default(), has_portal, add_rule: None })
+        Ok(Self {
+            state,
+            public: Some(Arc::new(public)),
+            seen: RecentDigests::default(),
+            has_portal,
+            add_rule: None,
+            version: 0,
+        })
     }
 
     /// A room restored from its durable state, its public state ([`HubRoom::public_state`]; `None` for a room
@@ -285,12 +330,12 @@ impl HubRoom {
         seen: impl IntoIterator<Item = ([u8; 32], u64)>,
         has_portal: bool,
     ) -> Result<Self, Refusal> {
-        let public = public.map(PublicState::decode).transpose()?.map(Box::new);
+        let public = public.map(PublicState::decode).transpose()?.map(Arc::new);
         let mut recent = RecentDigests::default();
         for (d, seq) in seen {
             recent.insert(d, seq);
         }
-        Ok(Self { state, public, seen: recent, has_portal, add_rule: None })
+        Ok(Self { state, public, seen: recent, has_portal, add_rule: None, version: 0 })
     }
 
     /// The room with `rule` consulted for every member a commit adds.
@@ -319,6 +364,7 @@ impl HubRoom {
     /// [`HubRoom::state`] afterwards.
     pub fn set_policy(&mut self, policy: JoinPolicy) {
         self.state.policy = policy;
+        self.version += 1;
     }
 
     /// The group's public state as bytes, to persist (`None` if the hub does not know it).
@@ -344,9 +390,13 @@ impl HubRoom {
     /// Puts `uri` on the participant list (an invite); `follower` is its provider's domain if not ours.
     /// Returns the new state, to persist.
     pub fn add_participant(&mut self, uri: &str, follower: Option<&str>) -> HubState {
-        self.state.participants.insert(uri.to_owned());
+        let mut changed = self.state.participants.insert(uri.to_owned());
         if let Some(f) = follower {
-            self.state.followers.insert(f.to_owned());
+            changed |= self.state.followers.insert(f.to_owned());
+        }
+        // An invite of a participant changes nothing a judgement depends on.
+        if changed {
+            self.version += 1;
         }
         self.state.clone()
     }
@@ -370,7 +420,8 @@ impl HubRoom {
         self.check_group(public.group_id())?;
         self.check_epoch(public.epoch())?;
         let bytes = public.encode()?;
-        self.public = Some(Box::new(public));
+        self.public = Some(Arc::new(public));
+        self.version += 1;
         Ok(Some(bytes))
     }
 
@@ -395,7 +446,8 @@ impl HubRoom {
 
     /// Submits `message` from `origin`. `sending_uri` is the sender's URI (from `SubmitMessageRequest`, or the
     /// requester of an update). `now_ms` is the acceptance time. A Welcome is refused: it travels in an update,
-    /// with its commit ([`HubRoom::update`]).
+    /// with its commit ([`HubRoom::update`]). The same as [`HubRoom::retry`], then [`HubView::judge_submit`] on
+    /// [`HubRoom::view`], then [`HubRoom::apply`], in one step.
     pub fn submit(
         &mut self,
         message: MlsMessageBytes,
@@ -403,21 +455,15 @@ impl HubRoom {
         origin: &Origin,
         now_ms: u64,
     ) -> Result<(Sequenced, Vec<HubAction>), Refusal> {
-        let d = digest(&message);
-        if let Some(&seq) = self.seen.get(&d) {
+        if let Some(seq) = self.retry(&message) {
             return Ok((Sequenced { seq, timestamp: now_ms, duplicate: true }, Vec::new()));
         }
-        let judged = self.judge(&message, sending_uri, origin)?;
-        let entries = vec![(message, d, judged.state, judged.public, None)];
-        self.sequence(entries, origin, now_ms)
+        let judged = self.view().judge_submit(message, sending_uri, origin)?;
+        self.apply(judged, origin, now_ms)
     }
 
-    /// Applies an update (`HandshakeBundle`, §5.3) from `origin`. Proposals: the first is submitted as by
-    /// [`HubRoom::submit`]. A commit: validated as there, then its GroupInfo must verify against its signer's leaf
-    /// in the group the commit makes and carry that group's GroupContext and confirmation tag, and its Welcome (if
-    /// any) must be for exactly the KeyPackages the commit adds. The commit and its Welcome become two consecutive
-    /// entries (one [`HubAction::Append`] each, to be made durable together); the commit's carries the GroupInfo.
-    /// Returns the verdict on the commit.
+    /// Applies an update (`HandshakeBundle`, §5.3) from `origin`, as [`HubView::judge_update`] judges it, in one
+    /// step (as [`HubRoom::submit`]). Returns the verdict on the commit (or on the first proposal).
     pub fn update(
         &mut self,
         req: &UpdateRequest,
@@ -425,18 +471,202 @@ impl HubRoom {
         origin: &Origin,
         now_ms: u64,
     ) -> Result<(Sequenced, Vec<HubAction>), Refusal> {
-        let UpdateRequest::Commit { commit, welcome, group_info, .. } = req else {
-            return self.submit(req.message().clone(), sending_uri, origin, now_ms);
-        };
-        let d = digest(commit);
-        if let Some(&seq) = self.seen.get(&d) {
+        if let Some(seq) = self.retry(req.message()) {
             return Ok((Sequenced { seq, timestamp: now_ms, duplicate: true }, Vec::new()));
         }
+        let judged = self.view().judge_update(req, sending_uri, origin)?;
+        self.apply(judged, origin, now_ms)
+    }
+
+    /// The sequence number of `message` (of an update: its commit, [`UpdateRequest::message`]) if it is one of
+    /// the newest entries: a retry, answered with that number and not judged again.
+    pub fn retry(&self, message: &MlsMessageBytes) -> Option<u64> {
+        self.seen.get(&digest(message)).copied()
+    }
+
+    /// The room as it is now, to judge messages against ([`HubView`]).
+    pub fn view(&self) -> HubView {
+        HubView {
+            state: self.state.clone(),
+            public: self.public.clone(),
+            add_rule: self.add_rule.clone(),
+            version: self.version,
+        }
+    }
+
+    /// True if the room has not changed since the view `judged` was judged against: [`HubRoom::apply`] may take
+    /// it. Otherwise judge the message again.
+    pub fn is_current(&self, judged: &Judgement) -> bool {
+        judged.version == self.version && judged.room == self.state.room
+    }
+
+    /// Sequences what a view of this room judged ([`HubView::judge_submit`], [`HubView::judge_update`]): one
+    /// [`HubAction::Append`] per entry, then the fan-out; the room moves on to the last entry's state. A message
+    /// sequenced meanwhile (a retry that raced its first copy) gets its sequence number back and nothing is
+    /// appended. Refused if the room changed since the view ([`HubRoom::is_current`]).
+    pub fn apply(
+        &mut self,
+        judged: Judgement,
+        origin: &Origin,
+        now_ms: u64,
+    ) -> Result<(Sequenced, Vec<HubAction>), Refusal> {
+        if !self.is_current(&judged) {
+            return Err(not_allowed("the room changed while the message was judged: judge it again"));
+        }
+        let entries = judged.entries;
+        if let Some(&seq) = entries.first().and_then(|e| self.seen.get(&e.digest)) {
+            return Ok((Sequenced { seq, timestamp: now_ms, duplicate: true }, Vec::new()));
+        }
+        if entries.iter().skip(1).any(|e| self.seen.contains_key(&e.digest)) {
+            return Err(not_allowed("this Welcome was sequenced already"));
+        }
+        self.sequence(entries, origin, now_ms)
+    }
+
+    /// Sequences judged entries, in order (each `state` already counts the entries before it): one
+    /// [`HubAction::Append`] each, then the fan-out. The room moves on to the last entry's state.
+    fn sequence(
+        &mut self,
+        entries: Vec<JudgedEntry>,
+        origin: &Origin,
+        now_ms: u64,
+    ) -> Result<(Sequenced, Vec<HubAction>), Refusal> {
+        let mut actions = Vec::new();
+        let mut seqs = Vec::new();
+        let mut last_public = None;
+        let mut last_state = None;
+        for JudgedEntry { message, digest: d, mut state, public, group_info } in entries {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let (public, public_bytes) = public.unzip();
+            let entry = SequencedFanout { seq, fanout: FanoutMessage::plain(now_ms, message) };
+            actions.push(HubAction::Append {
+                entry,
+                digest: d,
+                state: state.clone(),
+                public: public_bytes,
+                group_info,
+            });
+            seqs.push((seq, d));
+            if public.is_some() {
+                last_public = public;
+            }
+            last_state = Some(state);
+        }
+        let (Some(state), Some(&(first, _)), Some(&(last, _))) = (last_state, seqs.first(), seqs.last()) else {
+            return Err(not_allowed("nothing to sequence"));
+        };
+        // Every follower hears of every entry, the origin's provider included: the draft does not expect it
+        // (§5.5) but allows it, and it keeps the follower's copy of the log free of gaps for its other clients.
+        for &(seq, _) in &seqs {
+            for peer in &state.followers {
+                actions.push(HubAction::Notify { peer: peer.clone(), seq });
+            }
+        }
+        actions.push(HubAction::WakeClients { seq: last });
+        if self.has_portal && *origin != Origin::Portal {
+            actions.push(HubAction::DeliverPortal { seq: last });
+        }
+        self.state = state;
+        if let Some(p) = last_public {
+            self.public = Some(p);
+        }
+        for &(seq, d) in &seqs {
+            self.seen.insert(d, seq);
+        }
+        self.version += 1;
+        Ok((Sequenced { seq: first, timestamp: now_ms, duplicate: false }, actions))
+    }
+
+    /// Checks what the hub can see of an update before sequencing it (see [`check_bundle`]) and that it is for
+    /// this room's group.
+    pub fn check_update(&self, req: &UpdateRequest) -> Result<(), Refusal> {
+        check_bundle(req)?;
+        if let UpdateRequest::Commit { group_info, .. } = req
+            && let Ok(Inspected::GroupInfo { group_id, .. }) = inspect(&group_info.0)
+        {
+            self.check_group(&group_id)?;
+        }
+        Ok(())
+    }
+
+    fn check_group(&self, group_id: &[u8]) -> Result<(), Refusal> {
+        check_group(&self.state, group_id)
+    }
+
+    fn check_epoch(&self, epoch: u64) -> Result<(), Refusal> {
+        check_epoch(&self.state, epoch)
+    }
+}
+
+/// The message is for the room's group.
+fn check_group(state: &HubState, group_id: &[u8]) -> Result<(), Refusal> {
+    if group_id == state.group_id { Ok(()) } else { Err(Refusal::NotAllowed("message for another group".into())) }
+}
+
+/// The message is of the room's epoch: an older one is [`Refusal::EpochTooOld`].
+fn check_epoch(state: &HubState, epoch: u64) -> Result<(), Refusal> {
+    use std::cmp::Ordering::*;
+    match epoch.cmp(&state.epoch) {
+        Equal => Ok(()),
+        Less => Err(Refusal::EpochTooOld { current_epoch: state.epoch }),
+        Greater => Err(Refusal::NotAllowed(format!("epoch {epoch} is ahead of the room ({})", state.epoch))),
+    }
+}
+
+/// [`check_epoch`] for a message sent as `sending_uri`: the room's epoch is told only to those who may know it —
+/// participants, and anyone for an open room (whose GroupInfo anyone reads). Others learn only that the epoch is
+/// not the room's, so a probe of an invite-only room tells nothing.
+fn check_epoch_for(state: &HubState, epoch: u64, sending_uri: &str) -> Result<(), Refusal> {
+    let may_know = state.policy == JoinPolicy::Open || state.participants.contains(sending_uri);
+    match check_epoch(state, epoch) {
+        Err(_) if !may_know => Err(not_allowed(format!("{sending_uri} is not a participant"))),
+        other => other,
+    }
+}
+
+impl HubView {
+    /// How many members the room's group has (the size of the tree a handshake is validated against), as far as
+    /// the hub knows: else its participants.
+    pub fn members(&self) -> usize {
+        self.public.as_ref().map_or(self.state.participants.len(), |p| p.members())
+    }
+
+    /// Judges `message` from `origin` as [`HubRoom::submit`] would sequence it, changing nothing.
+    pub fn judge_submit(
+        &self,
+        message: MlsMessageBytes,
+        sending_uri: &str,
+        origin: &Origin,
+    ) -> Result<Judgement, Refusal> {
+        let d = digest(&message);
+        let judged = self.judge(&message, sending_uri, origin)?;
+        let entry = JudgedEntry::new(message, d, judged.state, judged.public, None)?;
+        Ok(Judgement { entries: vec![entry], room: self.state.room.clone(), version: self.version })
+    }
+
+    /// Judges an update (`HandshakeBundle`, §5.3) from `origin`, changing nothing. Proposals: the first is judged
+    /// as by [`HubView::judge_submit`]. A commit: judged as there, then its GroupInfo must verify against its
+    /// signer's leaf in the group the commit makes and carry that group's GroupContext and confirmation tag, and
+    /// its Welcome (if any) must be for exactly the KeyPackages the commit adds. The commit and its Welcome become
+    /// two consecutive entries (one [`HubAction::Append`] each, to be made durable together); the commit's
+    /// carries the GroupInfo.
+    pub fn judge_update(&self, req: &UpdateRequest, sending_uri: &str, origin: &Origin) -> Result<Judgement, Refusal> {
+        let UpdateRequest::Commit { commit, welcome, group_info, .. } = req else {
+            return self.judge_submit(req.message().clone(), sending_uri, origin);
+        };
         check_bundle(req)?;
         let judged = self.judge(commit, sending_uri, origin)?;
         let after = judged.public.as_ref().ok_or_else(|| not_allowed("not a commit"))?;
         after.check_group_info(&group_info.0)?;
-        let mut entries = vec![(commit.clone(), d, judged.state.clone(), judged.public, Some(group_info.0.clone()))];
+        let welcome_state = judged.state.clone();
+        let mut entries = vec![JudgedEntry::new(
+            commit.clone(),
+            digest(commit),
+            judged.state,
+            judged.public,
+            Some(group_info.0.clone()),
+        )?];
         if let Some(w) = welcome {
             let Ok(Inspected::Welcome { new_members }) = inspect(w) else {
                 return Err(Refusal::Malformed("the welcome is not a Welcome".into()));
@@ -445,15 +675,11 @@ impl HubRoom {
             if refs.is_empty() || refs.len() != new_members.len() || judged.added.as_ref() != Some(&refs) {
                 return Err(not_allowed("the Welcome is not for the members its commit adds"));
             }
-            let wd = digest(w);
-            if self.seen.contains_key(&wd) {
-                return Err(not_allowed("this Welcome was sequenced already"));
-            }
-            let mut state = judged.state;
+            let mut state = welcome_state;
             state.next_seq += 1;
-            entries.push((w.clone(), wd, state, None, None));
+            entries.push(JudgedEntry::new(w.clone(), digest(w), state, None, None)?);
         }
-        self.sequence(entries, origin, now_ms)
+        Ok(Judgement { entries, room: self.state.room.clone(), version: self.version })
     }
 
     /// Decides on one message (not a Welcome): what the room and its public state become. Changes nothing.
@@ -585,99 +811,31 @@ impl HubRoom {
         }
     }
 
-    /// Sequences judged entries, in order (each `state` already counts the entries before it): one
-    /// [`HubAction::Append`] each, then the fan-out. The room moves on to the last entry's state.
-    #[allow(clippy::type_complexity)]
-    fn sequence(
-        &mut self,
-        entries: Vec<(MlsMessageBytes, [u8; 32], HubState, Option<PublicState>, Option<MlsMessageBytes>)>,
-        origin: &Origin,
-        now_ms: u64,
-    ) -> Result<(Sequenced, Vec<HubAction>), Refusal> {
-        let mut actions = Vec::new();
-        let mut seqs = Vec::new();
-        let mut last_public = None;
-        let mut last_state = None;
-        for (message, d, mut state, public, group_info) in entries {
-            let seq = state.next_seq;
-            state.next_seq += 1;
-            let public_bytes = public.as_ref().map(PublicState::encode).transpose()?;
-            let entry = SequencedFanout { seq, fanout: FanoutMessage::plain(now_ms, message) };
-            actions.push(HubAction::Append {
-                entry,
-                digest: d,
-                state: state.clone(),
-                public: public_bytes,
-                group_info,
-            });
-            seqs.push((seq, d));
-            if public.is_some() {
-                last_public = public;
-            }
-            last_state = Some(state);
-        }
-        let (Some(state), Some(&(first, _)), Some(&(last, _))) = (last_state, seqs.first(), seqs.last()) else {
-            return Err(not_allowed("nothing to sequence"));
-        };
-        // Every follower hears of every entry, the origin's provider included: the draft does not expect it
-        // (§5.5) but allows it, and it keeps the follower's copy of the log free of gaps for its other clients.
-        for &(seq, _) in &seqs {
-            for peer in &state.followers {
-                actions.push(HubAction::Notify { peer: peer.clone(), seq });
-            }
-        }
-        actions.push(HubAction::WakeClients { seq: last });
-        if self.has_portal && *origin != Origin::Portal {
-            actions.push(HubAction::DeliverPortal { seq: last });
-        }
-        self.state = state;
-        if let Some(p) = last_public {
-            self.public = Some(Box::new(p));
-        }
-        for &(seq, d) in &seqs {
-            self.seen.insert(d, seq);
-        }
-        Ok((Sequenced { seq: first, timestamp: now_ms, duplicate: false }, actions))
-    }
-
-    /// Checks what the hub can see of an update before sequencing it (see [`check_bundle`]) and that it is for
-    /// this room's group.
-    pub fn check_update(&self, req: &UpdateRequest) -> Result<(), Refusal> {
-        check_bundle(req)?;
-        if let UpdateRequest::Commit { group_info, .. } = req
-            && let Ok(Inspected::GroupInfo { group_id, .. }) = inspect(&group_info.0)
-        {
-            self.check_group(&group_id)?;
-        }
-        Ok(())
-    }
-
     fn check_group(&self, group_id: &[u8]) -> Result<(), Refusal> {
-        if group_id == self.state.group_id {
-            Ok(())
-        } else {
-            Err(Refusal::NotAllowed("message for another group".into()))
-        }
+        check_group(&self.state, group_id)
     }
 
-    fn check_epoch(&self, epoch: u64) -> Result<(), Refusal> {
-        use std::cmp::Ordering::*;
-        match epoch.cmp(&self.state.epoch) {
-            Equal => Ok(()),
-            Less => Err(Refusal::EpochTooOld { current_epoch: self.state.epoch }),
-            Greater => Err(Refusal::NotAllowed(format!("epoch {epoch} is ahead of the room ({})", self.state.epoch))),
-        }
-    }
-
-    /// [`HubRoom::check_epoch`] for a message sent as `sending_uri`: the room's epoch is told only to those who
-    /// may know it — participants, and anyone for an open room (whose GroupInfo anyone reads). Others learn only
-    /// that the epoch is not the room's, so a probe of an invite-only room tells nothing.
     fn check_epoch_for(&self, epoch: u64, sending_uri: &str) -> Result<(), Refusal> {
-        let may_know = self.state.policy == JoinPolicy::Open || self.state.participants.contains(sending_uri);
-        match self.check_epoch(epoch) {
-            Err(_) if !may_know => Err(not_allowed(format!("{sending_uri} is not a participant"))),
-            other => other,
-        }
+        check_epoch_for(&self.state, epoch, sending_uri)
+    }
+}
+
+impl JudgedEntry {
+    fn new(
+        message: MlsMessageBytes,
+        digest: [u8; 32],
+        state: HubState,
+        public: Option<PublicState>,
+        group_info: Option<MlsMessageBytes>,
+    ) -> Result<Self, Refusal> {
+        let public = match public {
+            Some(p) => {
+                let bytes = p.encode()?;
+                Some((Arc::new(p), bytes))
+            }
+            None => None,
+        };
+        Ok(Self { message, digest, state, public, group_info })
     }
 }
 
@@ -749,6 +907,33 @@ mod tests {
             "the origin's provider hears of it too, so its copy of the log has no gap"
         );
         assert_eq!(hub.last_seq(), 2);
+    }
+
+    /// A judgement is taken only by the room as it was judged against: a change meanwhile (an invite, a policy,
+    /// another entry) refuses it, and judged again it is sequenced; two judgements of one message sequence it once.
+    #[test]
+    fn a_judgement_is_applied_only_to_the_room_it_was_judged_against() {
+        let (_d, mut g) = group(ROOM.as_bytes());
+        let mut hub = hub_of(&g, ROOM, JoinPolicy::Open, false);
+        let from = Origin::Client(ALICE.into());
+        let m1 = bytes(g.encrypt(b"one").expect("encrypt"));
+        let judged = hub.view().judge_submit(m1.clone(), ALICE, &from).expect("judged");
+        let twice = hub.view().judge_submit(m1.clone(), ALICE, &from).expect("judged");
+        hub.add_participant("mimi://a.test/u/carol", None);
+        assert!(!hub.is_current(&judged), "an invite changes the room");
+        let r = hub.apply(judged, &from, 1);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "{r:?}");
+        assert_eq!(hub.last_seq(), 0, "a refused judgement appends nothing");
+        let again = hub.view().judge_submit(m1.clone(), ALICE, &from).expect("judged again");
+        let (a, actions) = hub.apply(again, &from, 2).expect("sequenced");
+        assert_eq!((a.seq, a.duplicate), (1, false));
+        assert!(matches!(&actions[0], HubAction::Append { entry, .. } if entry.seq == 1));
+        assert!(!hub.is_current(&twice), "an entry changes the room");
+        let copy = hub.view().judge_submit(m1.clone(), ALICE, &from).expect("judged");
+        let (a, actions) = hub.apply(copy, &from, 3).expect("a copy judged before the first was applied");
+        assert_eq!((a.seq, a.duplicate), (1, true));
+        assert!(actions.is_empty(), "sequenced once");
+        assert_eq!(hub.retry(&m1), Some(1));
     }
 
     #[test]

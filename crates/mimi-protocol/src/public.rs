@@ -38,6 +38,8 @@ const FORMAT: u8 = 1;
 pub struct PublicState {
     group: PublicGroup,
     storage: MemoryStorage,
+    /// How many members the group has (counted when the state is made: counting walks the tree).
+    members: usize,
 }
 
 fn refused(what: &str, e: impl std::fmt::Debug) -> Refusal {
@@ -102,7 +104,12 @@ impl PublicState {
         let storage = MemoryStorage::default();
         let (group, _) = PublicGroup::from_external(&RustCrypto::default(), &storage, tree, vgi, ProposalStore::new())
             .map_err(|e| refused("the GroupInfo and ratchet tree do not make a valid group", e))?;
-        Ok(Self { group, storage })
+        Ok(Self::counted(group, storage))
+    }
+
+    fn counted(group: PublicGroup, storage: MemoryStorage) -> Self {
+        let members = group.members().count();
+        Self { group, storage, members }
     }
 
     /// The state from [`PublicState::encode`]'s bytes.
@@ -125,7 +132,7 @@ impl PublicState {
         let group = PublicGroup::load(&storage, gid)
             .map_err(|e| malformed("stored public state", e))?
             .ok_or_else(|| Refusal::Malformed("stored public state: incomplete".into()))?;
-        Ok(Self { group, storage })
+        Ok(Self::counted(group, storage))
     }
 
     /// The state as bytes, to persist: format byte, group id, then the storage's key/value pairs in key order.
@@ -148,6 +155,11 @@ impl PublicState {
     fn copy(&self) -> Result<Self, Refusal> {
         let values = self.storage.values.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         Self::load(MemoryStorage { values: values.into() }, self.group.group_id())
+    }
+
+    /// How many members the group has.
+    pub fn members(&self) -> usize {
+        self.members
     }
 
     /// The epoch.
@@ -207,6 +219,7 @@ impl PublicState {
     pub(crate) fn with_commit(&self, staged: StagedCommit) -> Result<Self, Refusal> {
         let mut next = self.copy()?;
         next.group.merge_commit(&next.storage, staged).map_err(|e| refused("merging the commit", e))?;
+        next.members = next.group.members().count();
         Ok(next)
     }
 
