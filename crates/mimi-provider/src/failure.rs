@@ -101,7 +101,7 @@ impl From<ProviderError> for Failure {
             ProviderError::Refused(Refusal::Malformed(_)) | ProviderError::BadRequest(_) => Status::BadRequest,
             ProviderError::Refused(Refusal::NotAllowed(_)) => Status::Forbidden,
             ProviderError::Refused(Refusal::EpochTooOld { .. }) | ProviderError::Exists(_) => Status::Conflict,
-            ProviderError::Store(_) => Status::Unavailable,
+            ProviderError::Store(_) | ProviderError::Busy(_) => Status::Unavailable,
             ProviderError::Pruned { .. } => Status::Gone,
             ProviderError::Quota(_) => Status::TooManyRequests,
         };

@@ -18,7 +18,7 @@ use super::log::{HUB_LOG, Records, RoomRecord, UserRecord, write};
 use crate::add_rule::LocalAdds;
 use crate::key_packages;
 use mimi_protocol::follower::{FollowerAction, FollowerRoom};
-use mimi_protocol::hub::{HubAction, HubRoom, JoinPolicy, Origin, Refusal, Sequenced};
+use mimi_protocol::hub::{HubAction, HubRoom, HubView, JoinPolicy, Judgement, Origin, Refusal, Sequenced};
 use mimi_protocol::inspect::{Inspected, inspect};
 use mimi_protocol::public::PublicState;
 use mimi_protocol::wire::{
@@ -74,6 +74,9 @@ pub enum ProviderError {
         /// The first entry kept.
         first: u64,
     },
+    /// The room changed every time the message was judged (HTTP 503): send it again.
+    #[error("{0} changed {JUDGED_AGAIN} times while a message was judged: send it again")]
+    Busy(String),
 }
 
 /// A notify to send to a follower: the log entry `seq` of `room`.
@@ -125,10 +128,16 @@ struct Room {
     tail_bytes: usize,
     /// The first log entry retention kept (1 until it removes any).
     first: u64,
+    /// Held while a message of the room is judged and sequenced ([`Provider::sequence`]): one at a time per room,
+    /// in the order they come, while other rooms go on.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Most log entries kept in memory per room.
 const TAIL: usize = 1024;
+/// How many times a message is judged again because its room changed meanwhile (by invites or policy changes:
+/// messages take their turn) before it is refused.
+const JUDGED_AGAIN: usize = 8;
 /// Most bytes of messages kept in memory per room (a tail of 1 MB messages would otherwise hold a gigabyte).
 const TAIL_BYTES: usize = 4 << 20;
 
@@ -155,7 +164,16 @@ fn group_info_epoch(group_info: &[u8]) -> Option<u64> {
 
 impl Room {
     fn new(role: Role, last: watch::Sender<u64>) -> Self {
-        Self { role, last, group_info: None, tentative: None, tail: VecDeque::new(), tail_bytes: 0, first: 1 }
+        Self {
+            role,
+            last,
+            group_info: None,
+            tentative: None,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            first: 1,
+            turn: Arc::default(),
+        }
     }
 
     /// Serves `group_info` of `epoch` from now on unless the one served is of a newer epoch; true if it does.
@@ -609,7 +627,8 @@ impl Provider {
         if let Some(again) = self.retry_of(room, &message)? {
             return Ok(again);
         }
-        self.sequence(room, with, |hub| hub.submit(message, sending_uri, &origin, now_ms())).await
+        let judge = |view: &HubView| view.judge_submit(message.clone(), sending_uri, &origin);
+        self.sequence(room, with, &message, &origin, judge).await
     }
 
     /// A retry of a message already in `room`'s log: its verdict from the durable idempotency index (the hub
@@ -633,27 +652,69 @@ impl Provider {
         if let Some(again) = self.retry_of(room, req.message())? {
             return Ok(again);
         }
-        self.sequence(room, Batch::new(), |hub| hub.update(&req, requester, &origin, now_ms())).await
+        let judge = |view: &HubView| view.judge_update(&req, requester, &origin);
+        self.sequence(room, Batch::new(), req.message(), &origin, judge).await
     }
 
-    /// Runs `decide` on the hub of `room`, makes what it appends durable (entries, idempotency index, room state,
-    /// public state, GroupInfo: one batch), then fans out.
+    /// The room `room` of `rooms`, which must be one we host.
+    fn hosted<'a>(rooms: &'a mut HashMap<String, Room>, room: &str) -> Result<&'a mut Room, ProviderError> {
+        let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+        Self::hub_in(r, room)?;
+        Ok(r)
+    }
+
+    /// The hub of `r`, the room `room`, if we host it.
+    fn hub_in<'a>(r: &'a mut Room, room: &str) -> Result<&'a mut HubRoom, ProviderError> {
+        match &mut r.role {
+            Role::Hub(h) => Ok(h),
+            Role::Follower { hub, .. } => Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() }),
+        }
+    }
+
+    /// Sequences `message` (of an update: its commit) in `room`, which we host, as `judge` judges it on a view of
+    /// the room; makes what it appends durable (entries, idempotency index, room state, public state, GroupInfo,
+    /// and `with`: one batch), then fans out.
+    ///
+    /// The room's messages take their turn one at a time, but the judging runs outside the lock over all rooms —
+    /// off the executor's workers for big groups ([`mimi_mls::offload`]) — so a commit of a 10 000-member room
+    /// holds up no other room. The room is changed only under the lock, by a judgement of its current state (an
+    /// invite or a policy change that slipped in meanwhile has the message judged again).
     async fn sequence(
         &self,
         room: &str,
         with: Batch,
-        decide: impl FnOnce(&mut HubRoom) -> Result<(Sequenced, Vec<HubAction>), Refusal>,
+        message: &MlsMessageBytes,
+        origin: &Origin,
+        judge: impl Fn(&HubView) -> Result<Judgement, Refusal>,
     ) -> Result<Sequenced, ProviderError> {
-        let (accepted, actions, durable, group_info) = {
-            let mut rooms = lock(&self.inner.rooms);
-            let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
-            let hub = match &mut r.role {
-                Role::Hub(h) => h,
-                Role::Follower { hub, .. } => {
-                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+        let turn = Self::hosted(&mut lock(&self.inner.rooms), room)?.turn.clone();
+        let my_turn = turn.lock_owned().await;
+        let mut with = Some(with);
+        let mut judged_again = 0;
+        let (accepted, actions, durable, group_info) = loop {
+            let view = {
+                let mut rooms = lock(&self.inner.rooms);
+                let hub = Self::hub_in(Self::hosted(&mut rooms, room)?, room)?;
+                match hub.retry(message) {
+                    // A retry that raced its first copy: answered as that one, appending nothing.
+                    Some(seq) => {
+                        break (Sequenced { seq, timestamp: now_ms(), duplicate: true }, Vec::new(), None, None);
+                    }
+                    None => hub.view(),
                 }
             };
-            let (accepted, actions) = decide(hub)?;
+            let judged = mimi_mls::offload(view.members(), || judge(&view)).await?;
+            let mut rooms = lock(&self.inner.rooms);
+            let r = Self::hosted(&mut rooms, room)?;
+            let hub = Self::hub_in(r, room)?;
+            if !hub.is_current(&judged) {
+                judged_again += 1;
+                if judged_again > JUDGED_AGAIN {
+                    return Err(ProviderError::Busy(room.to_owned()));
+                }
+                continue;
+            }
+            let (accepted, actions) = hub.apply(judged, origin, now_ms())?;
             let mut b = Batch::new();
             let mut kept = None;
             for a in &actions {
@@ -674,12 +735,17 @@ impl Provider {
                     }
                 }
             }
-            if !b.is_empty() {
+            if !b.is_empty()
+                && let Some(with) = with.take()
+            {
                 b.extend(with);
             }
             let durable = (!b.is_empty()).then(|| self.inner.store.commit_later(b));
-            (accepted, actions, durable, kept)
+            break (accepted, actions, durable, kept);
         };
+        // The batch's place in the store's order is taken: the next message's turn may come before this one is
+        // durable (they are committed together).
+        drop(my_turn);
         if let Some(d) = durable {
             d.await.unwrap_or(Err(StoreError::Closed))?;
         } else if accepted.duplicate {
@@ -1148,5 +1214,59 @@ mod tests {
         let r = room_with([1, 2, 3, 7, 8]);
         assert_eq!(seqs(r.tail_entries(2, 8, 256)), None, "3 is gone with the gap");
         assert_eq!(seqs(r.tail_entries(6, 8, 256)), Some(vec![7, 8]));
+    }
+}
+
+#[cfg(test)]
+mod turn_tests {
+    use super::*;
+    use crate::tests_support::{group, store};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const ALICE: &str = "mimi://a.test/u/alice";
+
+    /// While a message of one room is being judged (here: held until the other room's message is sequenced, at
+    /// most 10 s), a message of another room is sequenced. Under one lock over all rooms, it would wait the 10 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_being_judged_holds_up_no_other_room() {
+        let (_d, st) = store();
+        let p = Provider::open("a.test", st).expect("provider");
+        let mut messages = Vec::new();
+        let mut dirs = Vec::new();
+        for room in ["mimi://a.test/r/big", "mimi://a.test/r/small"] {
+            let (dir, mut g) = group(room.as_bytes());
+            let info = MlsMessageBytes::new(g.export_group_info(true).expect("group info")).expect("framed");
+            p.create_room(room, &info, None, ALICE, JoinPolicy::Open, false).await.expect("room");
+            let m = MlsMessageBytes::new(g.encrypt(b"hello").durable_blocking().expect("encrypt")).expect("framed");
+            messages.push((room, m));
+            dirs.push((dir, g));
+        }
+        let [(big, slow), (small, fast)] = <[_; 2]>::try_from(messages).expect("two rooms");
+        let (sequenced, heard) = std::sync::mpsc::channel::<()>();
+        let heard = Mutex::new(heard);
+        let (started, judging_now) = tokio::sync::oneshot::channel::<()>();
+        let started = Mutex::new(Some(started));
+        let waited = Arc::new(AtomicBool::new(false));
+        let judging = {
+            let (p, waited) = (p.clone(), waited.clone());
+            tokio::spawn(async move {
+                let judge = |view: &HubView| {
+                    if let Some(s) = lock(&started).take() {
+                        let _ = s.send(());
+                    }
+                    let heard = lock(&heard).recv_timeout(Duration::from_secs(10));
+                    waited.store(heard.is_ok(), Ordering::SeqCst);
+                    view.judge_submit(slow.clone(), ALICE, &Origin::Portal)
+                };
+                p.sequence(big, Batch::new(), &slow, &Origin::Portal, judge).await
+            })
+        };
+        // The other room's message comes while the judgement is under way.
+        judging_now.await.expect("the judgement started");
+        let other = p.submit(small, fast, ALICE, Origin::Portal).await.expect("the other room's message");
+        sequenced.send(()).expect("the judge waits");
+        let first = judging.await.expect("task").expect("the judged message");
+        assert!(waited.load(Ordering::SeqCst), "the other room waited for the judgement");
+        assert_eq!((other.seq, first.seq), (1, 1));
     }
 }
