@@ -1,0 +1,235 @@
+//! The hub beside a big room: what one commit of a `HUB_SCALE_MEMBERS`-member room (default 10 000) costs the
+//! hub, what the room's public state holds in memory, and how long a small room's messages wait while the big
+//! room's commits are sequenced.
+//!
+//! Setup (untimed, printed): a native member's group seated with the members in commits of `HUB_SCALE_BATCH`
+//! (default 200) adds; a redb store and a [`Provider`] hosting the big room (from the group's GroupInfo with its
+//! ratchet tree) and a small room of two members; `HUB_SCALE_COMMITS` (default 20) commits of the big group made
+//! ahead (self-updates: a full update path each, with the GroupInfo of the epoch they make), and application
+//! messages of the small room.
+//!
+//! Timed:
+//! * **validate** — [`HubView::judge_update`] on a hub room of its own ([`HubRoom`], the same public state): what
+//!   the hub checks of a commit with OpenMLS's `PublicGroup` (signature, path, proposals, the new tree, the
+//!   GroupInfo against it) and the encoding of the new public state. Per commit, mean and max.
+//! * **update** — [`Provider::update`] of the same commits: validation, the batch (entry, room state, public state,
+//!   GroupInfo) durable, fan-out. Per commit; the size of the encoded public state is printed.
+//! * **small room p50/p99** — [`Provider::submit`] of the small room's messages, one every 5 ms, until the answer
+//!   (durable): alone (the baseline, same run), then while the big room's commits are handed in back to back.
+//! * **RSS** — the process's resident set before and after the hub opens the big room (the public state of its
+//!   group), from `/proc/self/status`.
+//!
+//! Run: `cargo bench -p mimi-provider --bench hub_scale`.
+
+use mimi_mls::{EngineConfig, LocalMember, MlsBackend, PortalGroup};
+use mimi_protocol::hub::HubRoom;
+use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest};
+use mimi_provider::{JoinPolicy, Origin, Provider};
+use mimi_store::{Backend, CommitConfig, Store, open_data_dir};
+use openmls::prelude::{BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsMessageOut, SignatureScheme};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DOMAIN: &str = "hub.bench";
+const BIG: &str = "mimi://hub.bench/r/big";
+const SMALL: &str = "mimi://hub.bench/r/small";
+const ALICE: &str = "mimi://hub.bench/u/alice";
+const CS: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
+
+fn store(dir: &tempfile::TempDir) -> Store {
+    open_data_dir(dir.path(), Some(Backend::Redb), CommitConfig::default(), &mimi_store::schema::Schema::FIRST)
+        .expect("store")
+}
+
+fn framed(v: Vec<u8>) -> MlsMessageBytes {
+    MlsMessageBytes::new(v).expect("framed")
+}
+
+/// A KeyPackage of a new member `k`, with a signature key of its own (a group refuses duplicate keys).
+fn key_package(k: usize) -> Vec<u8> {
+    let provider = OpenMlsRustCrypto::default();
+    let signer = SignatureKeyPair::new(CS.signature_algorithm()).expect("key");
+    let cred = CredentialWithKey {
+        credential: BasicCredential::new(format!("mimi://hub.bench/u/m{k}").into_bytes()).into(),
+        signature_key: signer.to_public_vec().into(),
+    };
+    let b = KeyPackage::builder().build(CS, &provider, &signer, cred).expect("kp");
+    MlsMessageOut::from(b.key_package().clone()).to_bytes().expect("bytes")
+}
+
+/// Alice's group `gid` (on `store`) with `members` members in all, seated in commits of `batch` adds.
+fn seated_group(store: &Store, gid: &str, members: usize, batch: usize) -> PortalGroup {
+    let p = Arc::new(MlsBackend::new(store.clone(), gid).expect("backend"));
+    let me = LocalMember::load_or_create(&p, ALICE, SignatureScheme::ED25519)
+        .expect("member")
+        .durable_blocking()
+        .expect("durable");
+    let mut g =
+        PortalGroup::create(p, Arc::new(me), &EngineConfig::default(), gid.as_bytes()).durable_blocking().expect("g");
+    let mut seated = 1;
+    while seated < members {
+        let k = batch.min(members - seated);
+        let kps: Vec<Vec<u8>> = (seated..seated + k).map(key_package).collect();
+        let refs: Vec<&[u8]> = kps.iter().map(Vec::as_slice).collect();
+        g.add_members(&refs).durable_blocking().expect("seat");
+        g.merge_pending_commit().durable_blocking().expect("merge");
+        seated += k;
+    }
+    g
+}
+
+/// A self-update of `g` as an update request (commit and the GroupInfo of its epoch), merged.
+fn commit(g: &mut PortalGroup) -> UpdateRequest {
+    let out = g.self_update().durable_blocking().expect("commit");
+    g.merge_pending_commit().durable_blocking().expect("merge");
+    UpdateRequest::Commit {
+        commit: framed(out.commit),
+        welcome: None,
+        group_info: GroupInfoOption(framed(out.group_info.expect("group info"))),
+        ratchet_tree: RatchetTreeOption::DistributionService,
+    }
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Hands `messages` to the small room, one every 5 ms, until `until` says stop (at least `min` of them); the
+/// answer times in ms, sorted.
+async fn small_room(
+    provider: &Provider,
+    messages: &mut impl Iterator<Item = MlsMessageBytes>,
+    min: usize,
+    until: impl Fn() -> bool,
+) -> Vec<f64> {
+    let mut answers = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    while answers.len() < min || !until() {
+        tick.tick().await;
+        let Some(m) = messages.next() else { break };
+        let t = Instant::now();
+        provider.submit(SMALL, m, ALICE, Origin::Client(ALICE.into())).await.expect("small room");
+        answers.push(ms(t.elapsed()));
+    }
+    answers.sort_by(f64::total_cmp);
+    answers
+}
+
+fn main() {
+    let members = env_usize("HUB_SCALE_MEMBERS", 10_000);
+    let batch = env_usize("HUB_SCALE_BATCH", 200);
+    let commits = env_usize("HUB_SCALE_COMMITS", 20);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+
+    let member_dir = tempfile::tempdir().expect("tempdir");
+    let member_store = store(&member_dir);
+    let t = Instant::now();
+    let mut big = seated_group(&member_store, BIG, members, batch);
+    println!("seated {members} members in commits of {batch}: {:.1} s", t.elapsed().as_secs_f64());
+    let big_info = framed(big.export_group_info(true).expect("group info"));
+    let mut small = seated_group(&member_store, SMALL, 2, batch);
+    let small_info = framed(small.export_group_info(true).expect("group info"));
+    let t = Instant::now();
+    let updates: Vec<UpdateRequest> = (0..commits).map(|_| commit(&mut big)).collect();
+    println!("{commits} commits made ahead: {:.1} s", t.elapsed().as_secs_f64());
+    let small_messages: Vec<MlsMessageBytes> =
+        (0..4000).map(|i| framed(small.encrypt(format!("m{i}").as_bytes()).durable_blocking().expect("enc"))).collect();
+    let mut small_messages = small_messages.into_iter();
+
+    // Validation alone, on a hub room of its own.
+    let mut hub = HubRoom::new(BIG, &big_info, None, ALICE, JoinPolicy::Open, false).expect("hub room");
+    let origin = Origin::Client(ALICE.into());
+    let mut validate = Vec::new();
+    for u in &updates {
+        let t = Instant::now();
+        let judged = hub.view().judge_update(u, ALICE, &origin).expect("valid");
+        validate.push(ms(t.elapsed()));
+        hub.apply(judged, &origin, 0).expect("applied");
+    }
+    let public_bytes = hub.public_state().expect("encoded").map_or(0, |p| p.len());
+    drop(hub);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::open(DOMAIN, store(&dir)).expect("provider");
+    let before = rss_kib();
+    let t = Instant::now();
+    rt.block_on(provider.create_room(BIG, &big_info, None, ALICE, JoinPolicy::Open, false)).expect("big room");
+    let opened = t.elapsed();
+    let after = rss_kib();
+    rt.block_on(provider.create_room(SMALL, &small_info, None, ALICE, JoinPolicy::Open, false)).expect("small");
+
+    let alone = rt.block_on(small_room(&provider, &mut small_messages, 400, || true));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (beside, update) = rt.block_on(async {
+        let committer = {
+            let (provider, done) = (provider.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut took = Vec::new();
+                for u in updates {
+                    let t = Instant::now();
+                    provider.update(BIG, u, ALICE, Origin::Client(ALICE.into())).await.expect("commit");
+                    took.push(ms(t.elapsed()));
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                took
+            })
+        };
+        let beside =
+            small_room(&provider, &mut small_messages, 10, || done.load(std::sync::atomic::Ordering::SeqCst)).await;
+        (beside, committer.await.expect("committer"))
+    });
+
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+    println!("hub at {members} members ({commits} self-update commits; redb, fsync per group commit)");
+    println!("  validate (HubView::judge_update): mean {:.1} ms, max {:.1} ms", mean(&validate), max(&validate));
+    println!(
+        "  update (Provider::update, durable, with the public state of {:.1} MiB): mean {:.1} ms, max {:.1} ms",
+        public_bytes as f64 / (1 << 20) as f64,
+        mean(&update),
+        max(&update)
+    );
+    println!(
+        "  room opened in {:.2} s; RSS {:.1} MiB before, {:.1} MiB after: {:.1} MiB for the room",
+        opened.as_secs_f64(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        after.saturating_sub(before) as f64 / 1024.0
+    );
+    println!(
+        "  small room, alone: p50 {:.2} ms, p99 {:.2} ms ({} messages)",
+        percentile(&alone, 0.5),
+        percentile(&alone, 0.99),
+        alone.len()
+    );
+    println!(
+        "  small room, beside the commits: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} messages)",
+        percentile(&beside, 0.5),
+        percentile(&beside, 0.99),
+        max(&beside),
+        beside.len()
+    );
+}
