@@ -4,7 +4,8 @@
 //!   write-behind through group commit, one atomic batch per MLS operation;
 //! * [`backend`] — [`MlsBackend`], the OpenMLS provider (RustCrypto + that storage), and [`Pending`], the wrapper that hands out an
 //!   operation's output only once the state behind it is durable;
-//! * [`cbor`] — the CBOR serializer of the stored values (byte strings for byte sequences);
+//! * [`cbor`] — the CBOR serializer of the stored values (byte strings for byte sequences), from mimi-protocol,
+//!   whose hub stores its groups' public state with it;
 //! * [`config`] — ciphersuites, wire-format policy, ratchet tolerances;
 //! * [`member`] — a local MLS member: the bridge's leaf (basic credential = its MIMI URI) or a per-user leaf;
 //! * [`key_packages`] — KeyPackages to publish, including the last-resort one;
@@ -22,7 +23,7 @@
 //! a blocking call ([`Pending::durable_blocking`]).
 
 pub mod backend;
-pub mod cbor;
+pub use mimi_protocol::cbor;
 pub mod config;
 pub mod error;
 pub mod key_packages;

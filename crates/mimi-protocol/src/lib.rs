@@ -4,6 +4,8 @@
 //! own their state, are fed events and return actions; the `mimi-provider` crate is their IO shell.
 //!
 //! * [`wire`] — the protocol messages in TLS presentation-language encoding;
+//! * [`cbor`] — the compact CBOR encoding of OpenMLS's stored state (byte sequences as byte strings), shared with
+//!   the MLS engine;
 //! * [`inspect`] — what a hub can read of an MLS message without being a member;
 //! * [`hub`] — [`HubRoom`], the hub state machine of one room: checks, sequencing, fan-out actions, retries;
 //! * [`public`] — [`public::PublicState`], the public state of a room's MLS group with which the hub validates
@@ -11,6 +13,7 @@
 //! * [`follower`] — [`FollowerRoom`], the follower state machine: in-order copy of the hub's log, catch-up;
 //! * [`notifier`] — [`NotifyQueue`], the hub's notifies owed to one follower: order, backoff, coalescing.
 
+pub mod cbor;
 pub mod follower;
 pub mod hub;
 pub mod inspect;
