@@ -9,10 +9,11 @@
 //! *member* can still send a commit the other members cannot process. PrivateMessage handshakes cannot be
 //! validated at all and are refused.
 //!
-//! Storage: the [`PublicStorageProvider`](openmls_traits::public_storage::PublicStorageProvider) is OpenMLS's own
-//! in-memory one; [`PublicState::encode`] turns its contents into one record that the hub's IO shell writes in
-//! the same atomic batch as the log entry that changed it (see [`crate::hub::HubAction::Append`]). Only
-//! handshakes change it, so application messages cost no write of it.
+//! Storage: the [`PublicStorageProvider`](openmls_traits::public_storage::PublicStorageProvider) is an in-memory
+//! one whose values are compact CBOR ([`storage`]); [`PublicState::encode`] turns its contents into one record
+//! that the hub's IO shell writes in the same atomic batch as the log entry that changed it (see
+//! [`crate::hub::HubAction::Append`]). Only handshakes change it, so application messages cost no write of it.
+//! Records of the first format (OpenMLS's `MemoryStorage`, JSON) are still read.
 
 use crate::hub::Refusal;
 use crate::wire::{MlsMessageBytes, Reader};
@@ -25,19 +26,24 @@ use openmls::prelude::{
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use storage::{FromJson, PublicStorage};
+
+pub mod storage;
 
 /// A member a commit adds: its identity (if a UTF-8 basic credential) and its KeyPackageRef.
 pub(crate) type Added = (Option<String>, Vec<u8>);
 
-/// Version byte of [`PublicState::encode`]'s format.
-const FORMAT: u8 = 1;
+/// Version byte of [`PublicState::encode`]'s format: 2, values in CBOR ([`storage`]).
+const FORMAT: u8 = 2;
+/// The first format: values as OpenMLS's `MemoryStorage` writes them (JSON), keys as it makes them.
+const FORMAT_JSON: u8 = 1;
 
 /// The public state of one MLS group (see the module documentation).
 #[derive(Debug)]
 pub struct PublicState {
     group: PublicGroup,
-    storage: MemoryStorage,
+    storage: PublicStorage,
     /// How many members the group has (counted when the state is made: counting walks the tree).
     members: usize,
 }
@@ -101,34 +107,43 @@ impl PublicState {
                 .map(|e| e.ratchet_tree().clone())
                 .ok_or_else(|| Refusal::Malformed("no ratchet tree, and none in the GroupInfo".into()))?,
         };
-        let storage = MemoryStorage::default();
+        let storage = PublicStorage::default();
         let (group, _) = PublicGroup::from_external(&RustCrypto::default(), &storage, tree, vgi, ProposalStore::new())
             .map_err(|e| refused("the GroupInfo and ratchet tree do not make a valid group", e))?;
         Ok(Self::counted(group, storage))
     }
 
-    fn counted(group: PublicGroup, storage: MemoryStorage) -> Self {
+    fn counted(group: PublicGroup, storage: PublicStorage) -> Self {
         let members = group.members().count();
         Self { group, storage, members }
     }
 
-    /// The state from [`PublicState::encode`]'s bytes.
+    /// The state from [`PublicState::encode`]'s bytes (either format).
     pub fn decode(bytes: &[u8]) -> Result<Self, Refusal> {
         let bad = |e: crate::wire::WireError| malformed("stored public state", e);
         let mut r = Reader::new(bytes);
-        if r.u8().map_err(bad)? != FORMAT {
+        let format = r.u8().map_err(bad)?;
+        if format != FORMAT && format != FORMAT_JSON {
             return Err(Refusal::Malformed("stored public state: unknown format".into()));
         }
         let gid = GroupId::from_slice(&r.vl_bytes().map_err(bad)?);
-        let mut values = HashMap::new();
+        let mut values = BTreeMap::new();
         while !r.rest().is_empty() {
             let k = r.vl_bytes().map_err(bad)?;
             values.insert(k, r.vl_bytes().map_err(bad)?);
         }
-        Self::load(MemoryStorage { values: values.into() }, &gid)
+        if format == FORMAT {
+            return Self::load(PublicStorage::from_values(values), &gid);
+        }
+        let json = MemoryStorage { values: HashMap::from_iter(values).into() };
+        let storage = PublicStorage::default();
+        let group = PublicGroup::load(&FromJson { from: &json, into: &storage }, &gid)
+            .map_err(|e| malformed("stored public state", e))?
+            .ok_or_else(|| Refusal::Malformed("stored public state: incomplete".into()))?;
+        Ok(Self::counted(group, storage))
     }
 
-    fn load(storage: MemoryStorage, gid: &GroupId) -> Result<Self, Refusal> {
+    fn load(storage: PublicStorage, gid: &GroupId) -> Result<Self, Refusal> {
         let group = PublicGroup::load(&storage, gid)
             .map_err(|e| malformed("stored public state", e))?
             .ok_or_else(|| Refusal::Malformed("stored public state: incomplete".into()))?;
@@ -138,13 +153,11 @@ impl PublicState {
     /// The state as bytes, to persist: format byte, group id, then the storage's key/value pairs in key order.
     pub fn encode(&self) -> Result<Vec<u8>, Refusal> {
         let bad = |e: crate::wire::WireError| Refusal::NotAllowed(format!("the room's public state: {e}"));
-        let values = self.storage.values.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut pairs: Vec<_> = values.iter().collect();
-        pairs.sort();
+        let values = self.storage.values();
         let mut w = crate::wire::Writer::default();
         w.u8(FORMAT).map_err(bad)?;
         w.vl_bytes(self.group.group_id().as_slice()).map_err(bad)?;
-        for (k, v) in pairs {
+        for (k, v) in values.iter() {
             w.vl_bytes(k).map_err(bad)?;
             w.vl_bytes(v).map_err(bad)?;
         }
@@ -153,8 +166,8 @@ impl PublicState {
 
     /// A copy (through the storage: OpenMLS's `PublicGroup` is not `Clone`).
     fn copy(&self) -> Result<Self, Refusal> {
-        let values = self.storage.values.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        Self::load(MemoryStorage { values: values.into() }, self.group.group_id())
+        let values = self.storage.values().clone();
+        Self::load(PublicStorage::from_values(values), self.group.group_id())
     }
 
     /// How many members the group has.
@@ -259,5 +272,77 @@ impl PublicState {
     /// True if `group_info` (an MLSMessage) carries the `ratchet_tree` extension.
     pub fn has_ratchet_tree(group_info: &MlsMessageBytes) -> bool {
         group_info_of(group_info).is_ok_and(|g| g.extensions().ratchet_tree().is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_group::{TestClient, group};
+
+    fn framed(v: Vec<u8>) -> MlsMessageBytes {
+        MlsMessageBytes::new(v).expect("framed")
+    }
+
+    /// The first format's record of `gid`'s state in `json`: format byte, group id, key/value pairs in key order.
+    fn first_format(gid: &[u8], json: &MemoryStorage) -> Vec<u8> {
+        let values = json.values.read().expect("values");
+        let mut pairs: Vec<_> = values.iter().collect();
+        pairs.sort();
+        let mut w = crate::wire::Writer::default();
+        w.u8(FORMAT_JSON).expect("format");
+        w.vl_bytes(gid).expect("gid");
+        for (k, v) in pairs {
+            w.vl_bytes(k).expect("key");
+            w.vl_bytes(v).expect("value");
+        }
+        w.into_bytes()
+    }
+
+    fn queued(p: &PublicState) -> usize {
+        p.group.queued_proposals(&p.storage).expect("queued").len()
+    }
+
+    /// A record written by the first format (OpenMLS's JSON storage), with a proposal queued, is read as the same
+    /// state — tree, context, queue — and written again in CBOR, smaller, which reads back the same.
+    #[test]
+    fn a_state_of_the_first_format_is_read_and_written_again_in_cbor() {
+        let (_d, mut alice) = group(b"room");
+        for i in 0..8 {
+            let kp = TestClient::new(&format!("mimi://a.test/u/m{i}")).key_package();
+            alice.add(&[kp]);
+            alice.merge();
+        }
+        let info = framed(alice.export_group_info(true).expect("group info"));
+        let vgi = group_info_of(&info).expect("group info");
+        let tree = vgi.extensions().ratchet_tree().expect("tree").ratchet_tree().clone();
+        let json = MemoryStorage::default();
+        let (mut public, _) =
+            PublicGroup::from_external(&RustCrypto::default(), &json, tree, vgi, ProposalStore::new()).expect("group");
+        let proposal = alice.propose_add(&TestClient::new("mimi://a.test/u/bob").key_package());
+        let msg = MlsMessageIn::tls_deserialize_exact(&proposal[..]).expect("message");
+        let processed = public
+            .process_message(&RustCrypto::default(), msg.try_into_protocol_message().expect("public"))
+            .expect("ok");
+        let openmls::prelude::ProcessedMessageContent::ProposalMessage(p) = processed.into_content() else {
+            panic!("not a proposal")
+        };
+        public.add_proposal(&json, *p).expect("queued");
+        let old = first_format(b"room", &json);
+
+        let read = PublicState::decode(&old).expect("the first format is read");
+        assert_eq!(read.members(), 9);
+        assert_eq!(queued(&read), 1, "the queued proposal is carried");
+        let cbor = read.encode().expect("encoded");
+        assert_eq!(cbor[0], FORMAT);
+        assert!(cbor.len() * 2 < old.len(), "CBOR {} bytes, JSON {} bytes", cbor.len(), old.len());
+        let again = PublicState::decode(&cbor).expect("the new format is read");
+        assert_eq!(again.encode().expect("encoded"), cbor, "decoding and encoding again changes nothing");
+        assert_eq!(again.ratchet_tree(), read.ratchet_tree());
+        assert_eq!(again.identities(), read.identities());
+        assert_eq!(again.epoch(), read.epoch());
+        assert_eq!(queued(&again), 1);
+        let direct = PublicState::from_group_info(&info, None).expect("from the GroupInfo");
+        assert_eq!(direct.ratchet_tree(), again.ratchet_tree(), "the same tree as made from the GroupInfo");
     }
 }
