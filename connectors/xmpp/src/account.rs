@@ -38,6 +38,9 @@ const CATCHUP_TIMEOUT: Duration = Duration::from_secs(20);
 const OWN_ORIGINS: usize = 4096;
 /// Most live messages of one room held while its archive is read (beyond it they are passed on at once).
 const HELD_MAX: usize = 1000;
+/// Inbound events waiting, in the order they came, for their attachments to be fetched and for the core
+/// ([`deliver_inbound`]). When it is full the stream waits.
+const INBOUND_QUEUE: usize = 256;
 
 /// How the account attaches to the server.
 #[derive(Debug, Clone)]
@@ -122,6 +125,18 @@ struct Shared {
     stop: watch::Sender<bool>,
     /// Resends into rooms without an archive, which may have doubled a message (see [`XmppAccount::send`]).
     possible_duplicates: AtomicU64,
+    /// To [`deliver_inbound`]: what the rooms said, for the core.
+    inbound: mpsc::Sender<InboundEvent>,
+    /// The events queued for the core and not handed to it yet.
+    in_flight: InFlight,
+}
+
+/// Events queued for the core and not handed to it yet, by leg and native id: a room's catch-up counts them as
+/// taken (they are on their way), so that its walk back through the archive stops at the newest of them.
+type InFlight = Arc<Mutex<HashSet<(LegId, NativeId)>>>;
+
+fn lock_in_flight(in_flight: &InFlight) -> MutexGuard<'_, HashSet<(LegId, NativeId)>> {
+    in_flight.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -139,7 +154,10 @@ impl XmppAccount {
     /// Starts the account's connection task and returns at once.
     pub fn start(id: AccountId, settings: Settings, ctx: AccountContext) -> Self {
         let (health, _) = watch::channel(Health::Connecting);
-        let (stop, _) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
+        let (inbound, queue) = mpsc::channel(INBOUND_QUEUE);
+        let in_flight = InFlight::default();
+        tokio::spawn(deliver_inbound(id.clone(), ctx.clone(), queue, in_flight.clone(), stopped));
         let shared = Arc::new(Shared {
             id,
             settings,
@@ -148,6 +166,8 @@ impl XmppAccount {
             health,
             stop,
             possible_duplicates: AtomicU64::new(0),
+            inbound,
+            in_flight,
         });
         tokio::spawn(run(shared.clone()));
         Self { shared }
@@ -477,17 +497,80 @@ async fn self_ping_answer(shared: &Shared, room: BareJid, answer: &Iq, out: &mps
     }
 }
 
-/// Hands one event to the core (the bridge's own are not: the core would drop them).
-async fn submit(shared: &Shared, mut ev: bridge_api::InboundEvent) {
+/// Queues one event for the core (the bridge's own are not: the core would drop them), behind the events before
+/// it ([`deliver_inbound`]).
+async fn submit(shared: &Shared, ev: InboundEvent) {
     if ev.from_bridge {
         return;
     }
-    if let bridge_api::InboundKind::Message { draft, .. } = &mut ev.kind {
-        import_attachments(shared, draft).await;
+    let key = ev.native_id.clone().map(|n| (ev.leg.clone(), n));
+    if let Some(k) = &key {
+        lock_in_flight(&shared.in_flight).insert(k.clone());
     }
-    let kind = ev.kind.name();
-    if let Err(e) = shared.ctx.inbound.submit(ev).await {
-        tracing::warn!(account = %shared.id, kind, "the core refused an inbound event: {e}");
+    if shared.inbound.send(ev).await.is_err() {
+        if let Some(k) = &key {
+            lock_in_flight(&shared.in_flight).remove(k);
+        }
+        tracing::warn!(account = %shared.id, "the account is stopping: an inbound event is left to the catch-up");
+    }
+}
+
+/// Hands the rooms' events to the core in the order they came, each once its attachments are fetched into the
+/// media store. It runs beside the stream: a slow download holds up the events after it (their order is kept)
+/// but not the stream — self-pings, reflections of what the bridge sends and archive pages go on.
+///
+/// It stops when the account does (`stop`), even in the middle of a download. What it had not handed on then is
+/// not bridged: messages come back with the next catch-up from a room's archive (the core has not taken them);
+/// presence, nick changes and chat states are not replayed. An event whose handling panics (a bug) is dropped
+/// with an error, and the task goes on with the next one.
+async fn deliver_inbound(
+    id: AccountId,
+    ctx: AccountContext,
+    mut queue: mpsc::Receiver<InboundEvent>,
+    in_flight: InFlight,
+    mut stop: watch::Receiver<bool>,
+) {
+    use futures::FutureExt as _;
+    loop {
+        let mut ev = tokio::select! {
+            biased;
+            () = stopped(&mut stop) => return,
+            ev = queue.recv() => match ev {
+                Some(ev) => ev,
+                None => return,
+            },
+        };
+        let key = ev.native_id.clone().map(|n| (ev.leg.clone(), n));
+        let hand_on = std::panic::AssertUnwindSafe(async {
+            if let bridge_api::InboundKind::Message { draft, .. } = &mut ev.kind {
+                import_attachments(&id, &ctx, draft).await;
+            }
+            let kind = ev.kind.name();
+            if let Err(e) = ctx.inbound.submit(ev).await {
+                tracing::warn!(account = %id, kind, "the core refused an inbound event: {e}");
+            }
+        })
+        .catch_unwind();
+        let outcome = tokio::select! {
+            biased;
+            () = stopped(&mut stop) => return,
+            outcome = hand_on => outcome,
+        };
+        if let Some(k) = &key {
+            lock_in_flight(&in_flight).remove(k);
+        }
+        if outcome.is_err() {
+            tracing::error!(account = %id, "handing an inbound event to the core panicked: the event is dropped");
+        }
+    }
+}
+
+/// Returns once the account is stopping (or gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -530,10 +613,10 @@ fn hold_mentions(
 /// Has the daemon's media store fetch each linked file (guarded against internal addresses, size-capped) and
 /// keep it: the attachment then points at the store, and the core sends it on as a MIMI external part. A file
 /// that cannot be fetched stays a link in the text, with the reason, never silently dropped.
-async fn import_attachments(shared: &Shared, draft: &mut bridge_api::event::MessageDraft) {
+async fn import_attachments(id: &AccountId, ctx: &AccountContext, draft: &mut bridge_api::event::MessageDraft) {
     let mut kept = Vec::new();
     for a in std::mem::take(&mut draft.attachments) {
-        let why = match &shared.ctx.media {
+        let why = match &ctx.media {
             None => "this bridge keeps no media store".to_owned(),
             Some(media) => match media.import(&a.url, a.filename.as_deref()).await {
                 Ok(stored) => {
@@ -541,7 +624,7 @@ async fn import_attachments(shared: &Shared, draft: &mut bridge_api::event::Mess
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(account = %shared.id, url = %a.url, error = %e, "an attachment was not fetched");
+                    tracing::warn!(account = %id, url = %a.url, error = %e, "an attachment was not fetched");
                     // The room is told the kind of failure only: a fetch error can name internal addresses, and
                     // the bridge must not resolve them for room members.
                     match e {
@@ -552,7 +635,7 @@ async fn import_attachments(shared: &Shared, draft: &mut bridge_api::event::Mess
                 }
             },
         };
-        tracing::debug!(account = %shared.id, url = %a.url, %why, "passed on as a link");
+        tracing::debug!(account = %id, url = %a.url, %why, "passed on as a link");
         if !draft.body.is_empty() {
             draft.body.push('\n');
         }
@@ -585,7 +668,14 @@ async fn catchup_page(
     out: &mpsc::Sender<Stanza>,
 ) {
     let Some(leg) = shared.state().rooms.get(&room).map(|r| r.leg.clone()) else { return };
-    let known = |id: &str| shared.ctx.inbound.taken_from_leg(&leg, &NativeId(id.to_owned()));
+    let known = |id: &str| {
+        let native = NativeId(id.to_owned());
+        // On its way to the core: as good as taken.
+        if lock_in_flight(&shared.in_flight).contains(&(leg.clone(), native.clone())) {
+            return Some(true);
+        }
+        shared.ctx.inbound.taken_from_leg(&leg, &native)
+    };
     let (next, done) = {
         let mut st = shared.state();
         let State { walks, no_mam, .. } = &mut *st;

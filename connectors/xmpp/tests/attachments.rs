@@ -1,7 +1,7 @@
 //! Attachments through the daemon's media store against a real Prosody: an XMPP user's upload (XEP-0363 style:
 //! the URL as body and as XEP-0066 OOB) is fetched into the store and reaches the core as the store's file; a
 //! file too large for the store stays a link with the reason; a MIMI attachment reaches the room as its public
-//! link, as body and OOB.
+//! link, as body and OOB; a slow download holds up the messages after it, in order, but not the stream.
 
 mod common;
 
@@ -39,6 +39,73 @@ async fn serve(content: Vec<u8>, name: &str) -> String {
     format!("http://127.0.0.1:{port}/up/{name}")
 }
 
+/// An HTTP server on loopback that answers every request with `content` only after `delay`; its URL for `name`.
+async fn serve_slowly(content: Vec<u8>, name: &str, delay: Duration) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let content = content.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(delay).await;
+                let head =
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n", content.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&content).await;
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/up/{name}")
+}
+
+/// The daemon's media store in `dir`, fetching from loopback (the test's file servers).
+fn media_store(dir: &std::path::Path) -> Arc<FileMediaStore> {
+    let roots = bridge_net::tls::roots(None, "media").expect("roots");
+    Arc::new(
+        FileMediaStore::open(
+            MediaConfig {
+                dir: dir.join("media"),
+                public_url: "https://bridge.example/".into(),
+                max_bytes: 1000,
+                quota_bytes: 100_000,
+                retention: None,
+            },
+            // The test's file server is on loopback: the guard's internal-address check is off for this test only.
+            Fetcher::new(roots, true).expect("fetcher"),
+        )
+        .expect("media store"),
+    )
+}
+
+/// A Prosody with users `alice` and `bridge`, and a client-mode account of the bridge on it with a media store,
+/// joined to the room.
+struct MediaBridge {
+    server: Prosody,
+    _dir: tempfile::TempDir,
+    store: Arc<FileMediaStore>,
+    id: AccountId,
+    route: RecordingRoute,
+    account: Arc<dyn bridge_api::Account>,
+}
+
+async fn bridge_with_media() -> MediaBridge {
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("alice", "pw-alice").expect("register");
+    server.register("bridge", "pw-bridge").expect("register");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = media_store(dir.path());
+    let id = AccountId::new("xmpp", "m").expect("account id");
+    let mut config = Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge");
+    config.transport = Transport::InsecureTcp;
+    let route = RecordingRoute::default();
+    let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test").with_media(store.clone());
+    let account = XmppConnector.start(id.clone(), config, ctx).await.expect("start");
+    common::joined(account.as_ref()).await;
+    MediaBridge { server, _dir: dir, store, id, route, account }
+}
+
 /// An upload announcement: the URL as body and as OOB.
 fn upload(url: &str) -> Message {
     let mut m = Message::new_with_type(MessageType::Groupchat, Some(Jid::from(room())));
@@ -49,32 +116,7 @@ fn upload(url: &str) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_travel_through_the_media_store_both_ways() {
-    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    server.register("alice", "pw-alice").expect("register");
-    server.register("bridge", "pw-bridge").expect("register");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let roots = bridge_net::tls::roots(None, "media").expect("roots");
-    let store = Arc::new(
-        FileMediaStore::open(
-            MediaConfig {
-                dir: dir.path().join("media"),
-                public_url: "https://bridge.example/".into(),
-                max_bytes: 1000,
-                quota_bytes: 100_000,
-                retention: None,
-            },
-            // The test's file server is on loopback: the guard's internal-address check is off for this test only.
-            Fetcher::new(roots, true).expect("fetcher"),
-        )
-        .expect("media store"),
-    );
-    let id = AccountId::new("xmpp", "m").expect("account id");
-    let mut config = Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge");
-    config.transport = Transport::InsecureTcp;
-    let route = RecordingRoute::default();
-    let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test").with_media(store.clone());
-    let account = XmppConnector.start(id.clone(), config, ctx).await.expect("start");
-    common::joined(account.as_ref()).await;
+    let MediaBridge { server, _dir, store, id, route, account } = bridge_with_media().await;
     let mut alice = join(&server, "alice").await.expect("alice joins");
 
     // XMPP → MIMI: the file is fetched into the store.
@@ -123,5 +165,43 @@ async fn files_travel_through_the_media_store_both_ways() {
     assert!(body.ends_with(&file.url), "the link is in the body: {body}");
     let x = got.payloads.iter().find(|p| p.is("x", oob::OOB)).expect("oob");
     assert_eq!(x.get_child("url", oob::OOB).map(Element::text), Some(file.url.clone()));
+    account.shutdown().await;
+}
+
+/// While an XMPP user's file takes 5 s to download, the stream goes on: a message from MIMI reaches the room (its
+/// reflection is read from the stream) long before the download ends. The user's next message still reaches the
+/// core after the file's, in order. When the download held up the stream, the send waited for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_download_holds_up_the_messages_after_it_but_not_the_stream() {
+    let MediaBridge { server, _dir, store: _, id, route, account } = bridge_with_media().await;
+    let alice = join(&server, "alice").await.expect("alice joins");
+    // The stream is up and the room caught up: a first send goes through.
+    let first = message_event(id.clone(), ROOM, 1, "bob", "hello");
+    send_like_the_core(account.as_ref(), &first, Duration::from_secs(20)).await.expect("delivered");
+
+    let download = Duration::from_secs(5);
+    let url = serve_slowly(b"\x89PNG slow".to_vec(), "slow.png", download).await;
+    let started = tokio::time::Instant::now();
+    alice.outbound.send(Stanza::Message(upload(&url))).await.expect("alice uploads");
+    let mut after = Message::new_with_type(MessageType::Groupchat, Some(Jid::from(room())));
+    after.bodies.insert(Lang::new(), "after the file".to_owned());
+    alice.outbound.send(Stanza::Message(after)).await.expect("alice speaks");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let during = message_event(id.clone(), ROOM, 2, "bob", "while the file downloads");
+    account.send(&during).await.expect("delivered while the file downloads");
+    let sent_after = started.elapsed();
+    assert!(sent_after < Duration::from_secs(3), "the send waited {sent_after:?} for the download");
+    assert!(route.drafts().is_empty(), "nothing overtook the file: {:?}", route.drafts());
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while route.drafts().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "alice's messages reached the core: {:?}", route.drafts());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drafts = route.drafts();
+    assert_eq!(drafts[0].attachments.len(), 1, "the file first: {drafts:?}");
+    assert!(started.elapsed() >= download, "the file was fetched, not passed on as a link: {drafts:?}");
+    assert_eq!(drafts[1].body, "after the file", "then the message after it: {drafts:?}");
     account.shutdown().await;
 }
