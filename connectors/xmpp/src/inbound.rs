@@ -345,7 +345,7 @@ impl RoomState {
             .filter(|r| !body.is_empty() && r.end <= body.chars().count())
             .filter_map(|r| {
                 let mentioned = crate::mentions::occupant_nick(&r.uri, &self.room_str)?;
-                Some((r.begin, r.end, self.mention_uri(mentioned)?))
+                Some((r.begin, r.end, self.mention_uri(&mentioned)?))
             })
             .collect();
         let mut d = if links.is_empty() {

@@ -13,6 +13,7 @@ use crate::styling;
 use mimi_content::markdown::{mention_link, plain_to_markdown};
 use minidom::Element;
 use minidom::rxml::xml_ncname;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 /// The XEP-0372 namespace.
 pub const REFERENCE: &str = "urn:xmpp:reference:0";
@@ -72,10 +73,41 @@ pub fn shift(refs: Vec<Reference>, cut: &[bool], skip: usize) -> Vec<Reference> 
         .collect()
 }
 
-/// The nick of an occupant reference `uri` into `room` (`xmpp:room/nick`), if it is one.
-pub fn occupant_nick<'a>(uri: &'a str, room: &str) -> Option<&'a str> {
-    let rest = uri.strip_prefix("xmpp:")?.strip_prefix(room)?.strip_prefix('/')?;
-    (!rest.is_empty()).then_some(rest)
+/// What an `xmpp:` URI (RFC 5122 §2.2) escapes in a room's bare JID: everything but the unreserved characters and
+/// `!$&'()*+,;=:@` (`@` separates node and domain) — spaces, `/`, `?`, `#`, `%` and every non-ASCII byte of the
+/// UTF-8 encoding.
+const ESCAPED_ROOM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@');
+/// What it escapes in a resource (a nick): the same and `@` (RFC 5122's `resallow` has no `@`).
+const ESCAPED_NICK: &AsciiSet = &ESCAPED_ROOM.add(b'@');
+
+/// The `xmpp:` URI of the occupant `nick` of `room` (`xmpp:room@service/nick`), escaped as RFC 5122 requires.
+pub fn occupant_uri(room: &str, nick: &str) -> String {
+    format!("xmpp:{}/{}", utf8_percent_encode(room, ESCAPED_ROOM), utf8_percent_encode(nick, ESCAPED_NICK))
+}
+
+/// The nick of an occupant reference `uri` into `room` (`xmpp:room/nick`), if it is one. The URI's escapes
+/// are undone (`Bob%20Smith` is `Bob Smith`); characters a client left unescaped are taken as they are.
+pub fn occupant_nick(uri: &str, room: &str) -> Option<String> {
+    let unescaped = percent_decode_str(uri.strip_prefix("xmpp:")?).decode_utf8().ok()?;
+    let nick = unescaped.strip_prefix(room)?.strip_prefix('/')?;
+    (!nick.is_empty()).then(|| nick.to_owned())
 }
 
 /// `body` as MIMI markdown with each `(begin, end, user URI)` range (code points, in order, no overlaps) as a
@@ -170,7 +202,7 @@ pub fn place(body: &str, held: &[(String, bool)], room: &str) -> (String, Vec<El
                             .attr(xml_ncname!("type").into(), "mention")
                             .attr(xml_ncname!("begin").into(), begin.to_string())
                             .attr(xml_ncname!("end").into(), len.to_string())
-                            .attr(xml_ncname!("uri").into(), format!("xmpp:{room}/{text}"))
+                            .attr(xml_ncname!("uri").into(), occupant_uri(room, text))
                             .build(),
                     );
                 }
@@ -263,7 +295,7 @@ mod tests {
 
     #[test]
     fn mentions_become_links_and_the_rest_stays_as_it_was() {
-        assert_eq!(occupant_nick("xmpp:r@m.example/Bob Smith", "r@m.example"), Some("Bob Smith"));
+        assert_eq!(occupant_nick("xmpp:r@m.example/Bob Smith", "r@m.example").as_deref(), Some("Bob Smith"));
         assert_eq!(occupant_nick("xmpp:other@m.example/Bob", "r@m.example"), None);
         let uri = "mimi://b.test/u/xmpp.t~r%40m%2FBob".to_owned();
         let md = to_markdown("héllo @Bob: [this]", &[(6, 10, uri.clone())]);
@@ -275,5 +307,25 @@ mod tests {
         assert_eq!(md, format!("{} **see** this", mention_link("Bob", &uri)));
         let found = mimi_content::markdown::mentions(&md);
         assert_eq!(found, [("@Bob".to_owned(), uri)]);
+    }
+
+    /// Occupant URIs are escaped as RFC 5122 asks and read back, escaped or not, to the same nick.
+    #[test]
+    fn occupant_uris_escape_their_nick_and_read_back() {
+        let room = "r@m.example";
+        for (nick, uri) in [
+            ("Bob Smith", "xmpp:r@m.example/Bob%20Smith"),
+            ("Zoë", "xmpp:r@m.example/Zo%C3%AB"),
+            ("a/b?c#d%e", "xmpp:r@m.example/a%2Fb%3Fc%23d%25e"),
+            ("it's(me)!", "xmpp:r@m.example/it's(me)!"),
+            ("bob@home", "xmpp:r@m.example/bob%40home"),
+        ] {
+            assert_eq!(occupant_uri(room, nick), uri);
+            assert_eq!(occupant_nick(uri, room).as_deref(), Some(nick), "{uri}");
+        }
+        assert_eq!(occupant_nick("xmpp:r@m.example/Zoë", room).as_deref(), Some("Zoë"), "an IRI as it came");
+        assert_eq!(occupant_nick("xmpp:r%40m.example/Bob", room).as_deref(), Some("Bob"), "an escaped room");
+        assert_eq!(occupant_nick("xmpp:r@m.example/%FF", room), None, "not UTF-8");
+        assert_eq!(occupant_nick("xmpp:r@m.example/", room), None);
     }
 }
