@@ -36,8 +36,11 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 const CATCHUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many origin-ids of our own stanzas are remembered to recognise their reflections.
 const OWN_ORIGINS: usize = 4096;
-/// Most live messages of one room held while its archive is read (beyond it they are passed on at once).
+/// Most live messages of one room held while its archive is read (beyond it they are passed on at once, ahead
+/// of what the archive replays).
 const HELD_MAX: usize = 1000;
+/// Most bytes of message content of one room held while its archive is read (beyond it, as beyond [`HELD_MAX`]).
+const HELD_BYTES: usize = 4 << 20;
 /// Inbound events waiting, in the order they came, for their attachments to be fetched and for the core
 /// ([`deliver_inbound`]). When it is full the stream waits.
 const INBOUND_QUEUE: usize = 256;
@@ -93,7 +96,7 @@ struct State {
     /// Live messages of a room that arrived while its archive was being read, in order: passed on after what the
     /// catch-up replays. Taken at once, they would become the walk's anchor (the newest message taken from the
     /// room) and hide what was said between the bridge's last message and its rejoin.
-    held: HashMap<BareJid, Vec<InboundEvent>>,
+    held: HashMap<BareJid, Held>,
     /// Rooms whose live messages are held, with their walk's number (from `walks_started`), so that a walk's
     /// deadline ends the hold of that walk and no later one.
     walk_ids: HashMap<BareJid, u64>,
@@ -137,6 +140,28 @@ type InFlight = Arc<Mutex<HashSet<(LegId, NativeId)>>>;
 
 fn lock_in_flight(in_flight: &InFlight) -> MutexGuard<'_, HashSet<(LegId, NativeId)>> {
     in_flight.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A room's live messages held during its catch-up, at most [`HELD_MAX`] of them and [`HELD_BYTES`].
+#[derive(Default)]
+struct Held {
+    events: Vec<InboundEvent>,
+    bytes: usize,
+    /// Whether a message was passed on at once because the hold was full (told once per hold).
+    overflowed: bool,
+}
+
+impl Held {
+    /// Holds `ev`, or gives it back if the hold is full.
+    fn hold(&mut self, ev: Box<InboundEvent>) -> Result<(), Box<InboundEvent>> {
+        let size = ev.kind.size();
+        if self.events.len() >= HELD_MAX || self.bytes + size > HELD_BYTES {
+            return Err(ev);
+        }
+        self.bytes += size;
+        self.events.push(*ev);
+        Ok(())
+    }
 }
 
 impl Shared {
@@ -358,12 +383,18 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
                 r.message(msg, |n| n == nick || puppets.is_puppet_nick(&room, n), |o| own_origins.contains(o));
             match outcome {
                 Outcome::Event(ev) if st.walk_ids.contains_key(&room) => {
-                    let held = st.held.entry(room).or_default();
-                    if held.len() < HELD_MAX {
-                        held.push(*ev);
-                        return;
+                    let held = st.held.entry(room.clone()).or_default();
+                    match held.hold(ev) {
+                        Ok(()) => return,
+                        Err(ev) => {
+                            if !std::mem::replace(&mut held.overflowed, true) {
+                                tracing::warn!(account = %shared.id, %room, held = held.events.len(), bytes = held.bytes,
+                                    "too much said during the room's catch-up to hold: later messages go on at once, \
+                                     before what the archive replays");
+                            }
+                            Outcome::Event(ev)
+                        }
                     }
-                    Outcome::Event(ev)
                 }
                 other => other,
             }
@@ -734,7 +765,7 @@ async fn catchup_page(
     }
     // Then what was said live during the walk (a message replayed above too is a duplicate to the core).
     let held = shared.state().held.remove(&room).unwrap_or_default();
-    for ev in held {
+    for ev in held.events {
         submit(shared, ev).await;
     }
 }
@@ -753,7 +784,7 @@ async fn walk_deadline(shared: std::sync::Weak<Shared>, room: BareJid, walk: u64
             return;
         }
         st.walk_ids.remove(&room);
-        st.held.remove(&room).unwrap_or_default()
+        st.held.remove(&room).unwrap_or_default().events
     };
     tracing::warn!(account = %shared.id, %room, held = held.len(),
         "the room's archive is slow to answer: live messages go on before its catch-up");
@@ -1098,5 +1129,40 @@ impl Account for XmppAccount {
         self.shared.stop.send_replace(true);
         let out = self.shared.state().outbound.take();
         drop(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bridge_api::LegacyUser;
+    use bridge_api::event::{InboundKind, MessageDraft};
+
+    fn message(text: &str) -> Box<InboundEvent> {
+        let id = AccountId::new("xmpp", "t").expect("account");
+        Box::new(InboundEvent {
+            leg: LegId::new(id.clone(), "r@m.example").expect("leg"),
+            sender: LegacyUser::new(id, "r@m.example/alice"),
+            native_id: Some(NativeId(text.to_owned())),
+            from_bridge: false,
+            kind: InboundKind::Message { draft: MessageDraft::plain(text), reply_to: None },
+        })
+    }
+
+    /// A hold takes at most HELD_MAX messages and HELD_BYTES of content; what does not fit is given back.
+    #[test]
+    fn a_hold_is_bounded_in_messages_and_bytes() {
+        let mut held = Held::default();
+        for i in 0..HELD_MAX {
+            assert!(held.hold(message(&format!("m{i}"))).is_ok());
+        }
+        assert_eq!(held.hold(message("one more")).map_err(|e| e.native_id), Err(Some(NativeId("one more".into()))));
+        let big = "x".repeat(HELD_BYTES / 3);
+        let mut held = Held::default();
+        assert!(held.hold(message(&big)).is_ok() && held.hold(message(&big)).is_ok());
+        assert!(held.hold(message(&"y".repeat(HELD_BYTES / 2))).is_err(), "past the byte cap");
+        assert!(held.hold(message("small")).is_ok(), "a small one still fits");
+        assert_eq!(held.events.len(), 3);
+        assert!(held.bytes <= HELD_BYTES);
     }
 }
