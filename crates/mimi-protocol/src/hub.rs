@@ -206,6 +206,14 @@ pub struct Judgement {
     version: u64,
 }
 
+impl Judgement {
+    /// For each entry, in order, the encoded public state after it, if it changes it: what each
+    /// [`HubAction::Append`] of [`HubRoom::apply`] will carry, here for the IO shell to prepare its write.
+    pub fn public_states(&self) -> impl Iterator<Item = Option<&[u8]>> {
+        self.entries.iter().map(|e| e.public.as_ref().map(|(_, bytes)| bytes.as_slice()))
+    }
+}
+
 /// One message of a [`Judgement`].
 #[derive(Debug)]
 struct JudgedEntry {

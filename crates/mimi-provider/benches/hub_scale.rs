@@ -12,8 +12,9 @@
 //! * **validate** — [`HubView::judge_update`] on a hub room of its own ([`HubRoom`], the same public state): what
 //!   the hub checks of a commit with OpenMLS's `PublicGroup` (signature, path, proposals, the new tree, the
 //!   GroupInfo against it) and the encoding of the new public state. Per commit, mean and max.
-//! * **update** — [`Provider::update`] of the same commits: validation, the batch (entry, room state, public state,
-//!   GroupInfo) durable, fan-out. Per commit; the size of the encoded public state is printed.
+//! * **update** — [`Provider::update`] of the same commits: validation, the batch (entry, room state, the public
+//!   state's chunks that changed, GroupInfo) durable, fan-out. Per commit; the size of the encoded public state,
+//!   and how much of it a commit rewrites, are printed.
 //! * **small room p50/p99** — [`Provider::submit`] of the small room's messages, one every 5 ms, until the answer
 //!   (durable): alone (the baseline, same run), then while the big room's commits are handed in back to back.
 //! * **RSS** — the process's resident set before and after the hub opens the big room (the public state of its
@@ -24,6 +25,7 @@
 use mimi_mls::{EngineConfig, LocalMember, MlsBackend, PortalGroup};
 use mimi_protocol::hub::HubRoom;
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest};
+use mimi_provider::chunks::split;
 use mimi_provider::{JoinPolicy, Origin, Provider};
 use mimi_store::{Backend, CommitConfig, Store, open_data_dir};
 use openmls::prelude::{BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsMessageOut, SignatureScheme};
@@ -163,11 +165,22 @@ fn main() {
     let mut hub = HubRoom::new(BIG, &big_info, None, ALICE, JoinPolicy::Open, false).expect("hub room");
     let origin = Origin::Client(ALICE.into());
     let mut validate = Vec::new();
+    // What each commit rewrites of the stored public state (chunks not stored before, `mimi_provider::chunks`).
+    let mut stored = split(&hub.public_state().expect("encoded").unwrap_or_default());
+    let mut rewritten = Vec::new();
     for u in &updates {
         let t = Instant::now();
         let judged = hub.view().judge_update(u, ALICE, &origin).expect("valid");
         validate.push(ms(t.elapsed()));
         hub.apply(judged, &origin, 0).expect("applied");
+        let state = hub.public_state().expect("encoded").unwrap_or_default();
+        let now = split(&state);
+        let new: usize = (0..now.hashes.len())
+            .filter(|&i| !stored.hashes.contains(&now.hashes[i]))
+            .map(|i| now.chunk(&state, i).len())
+            .sum();
+        rewritten.push(new as f64 / 1024.0);
+        stored = now;
     }
     let public_bytes = hub.public_state().expect("encoded").map_or(0, |p| p.len());
     drop(hub);
@@ -206,6 +219,11 @@ fn main() {
     let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
     println!("hub at {members} members ({commits} self-update commits; redb, fsync per group commit)");
     println!("  validate (HubView::judge_update): mean {:.1} ms, max {:.1} ms", mean(&validate), max(&validate));
+    println!(
+        "  public state rewritten per commit: mean {:.0} KiB, max {:.0} KiB (chunks not stored before)",
+        mean(&rewritten),
+        max(&rewritten)
+    );
     println!(
         "  update (Provider::update, durable, with the public state of {:.1} MiB): mean {:.1} ms, max {:.1} ms",
         public_bytes as f64 / (1 << 20) as f64,

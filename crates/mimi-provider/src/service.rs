@@ -16,6 +16,7 @@
 
 use super::log::{HUB_LOG, Records, RoomRecord, UserRecord, write};
 use crate::add_rule::LocalAdds;
+use crate::chunks::{self, Chunked};
 use crate::key_packages;
 use mimi_protocol::follower::{FollowerAction, FollowerRoom};
 use mimi_protocol::hub::{HubAction, HubRoom, HubView, JoinPolicy, Judgement, Origin, Refusal, Sequenced};
@@ -128,6 +129,8 @@ struct Room {
     tail_bytes: usize,
     /// The first log entry retention kept (1 until it removes any).
     first: u64,
+    /// The chunks the hub's public state is stored in (`log.rs`: `'Q'`; none while it is stored whole).
+    public_chunks: Vec<[u8; 32]>,
     /// Held while a message of the room is judged and sequenced ([`Provider::sequence`]): one at a time per room,
     /// in the order they come, while other rooms go on.
     turn: Arc<tokio::sync::Mutex<()>>,
@@ -172,6 +175,7 @@ impl Room {
             tail: VecDeque::new(),
             tail_bytes: 0,
             first: 1,
+            public_chunks: Vec::new(),
             turn: Arc::default(),
         }
     }
@@ -284,7 +288,7 @@ impl Provider {
                         }
                     }
                     let group_info = recs.group_info(&name)?;
-                    let public = recs.public_state(&name)?;
+                    let (public, public_chunks) = recs.public_state(&name)?.unzip();
                     // No idempotency keys are read: retries of older entries are found in the store ([`Provider::retry_of`]).
                     let hub = HubRoom::restore(state, public.as_deref(), [], has_portal)
                         .map_err(|e| StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{name}: {e}") })?
@@ -293,6 +297,7 @@ impl Provider {
                     let mut r = Room::new(Role::Hub(hub), tx);
                     r.group_info = group_info.map(|g| (group_info_epoch(&g).unwrap_or(0), g));
                     r.first = recs.first(&name)?;
+                    r.public_chunks = public_chunks.unwrap_or_default();
                     rooms.insert(name, r);
                 }
                 RoomRecord::Follower { room, hub } => {
@@ -408,7 +413,11 @@ impl Provider {
                 };
                 let Some(public) = adopted else { return Ok(()) };
                 let mut b = Batch::new();
-                write::public_state(&mut b, room, &public);
+                let chunked = chunks::split(&public);
+                if let Some(r) = rooms.get_mut(room) {
+                    write::public_chunks(&mut b, room, &public, &chunked, &r.public_chunks);
+                    r.public_chunks = chunked.hashes;
+                }
                 self.inner.store.commit_later(b)
             } else {
                 if let Some(max) = max_rooms
@@ -420,12 +429,16 @@ impl Provider {
                     .with_add_rule(Arc::new(LocalAdds::new(self.inner.store.clone(), &self.inner.domain)));
                 let mut b = Batch::new();
                 write::room(&mut b, &RoomRecord::Hub(hub.state().clone()))?;
+                let mut public_chunks = Vec::new();
                 if let Some(public) = hub.public_state()? {
-                    write::public_state(&mut b, room, &public);
+                    let chunked = chunks::split(&public);
+                    write::public_chunks(&mut b, room, &public, &chunked, &[]);
+                    public_chunks = chunked.hashes;
                 }
                 write::group_info(&mut b, room, group_info.as_bytes());
                 let (tx, _) = watch::channel(0);
                 let mut r = Room::new(Role::Hub(hub), tx);
+                r.public_chunks = public_chunks;
                 r.group_info = Some((epoch, group_info.as_bytes().to_vec()));
                 rooms.insert(room.to_owned(), r);
                 self.inner.store.commit_later(b)
@@ -703,7 +716,14 @@ impl Provider {
                     None => hub.view(),
                 }
             };
-            let judged = mimi_mls::offload(view.members(), || judge(&view)).await?;
+            // The public state after a handshake is cut into chunks here too, off the lock (hashing megabytes).
+            let (judged, chunked) = mimi_mls::offload(view.members(), || {
+                judge(&view).map(|j| {
+                    let chunked: Vec<Option<Chunked>> = j.public_states().map(|p| p.map(chunks::split)).collect();
+                    (j, chunked)
+                })
+            })
+            .await?;
             let mut rooms = lock(&self.inner.rooms);
             let r = Self::hosted(&mut rooms, room)?;
             let hub = Self::hub_in(r, room)?;
@@ -717,14 +737,21 @@ impl Provider {
             let (accepted, actions) = hub.apply(judged, origin, now_ms())?;
             let mut b = Batch::new();
             let mut kept = None;
+            let mut chunked = chunked.into_iter();
+            // The chunks the public state will be stored in, once this batch is built.
+            let mut public_chunks: Option<Vec<[u8; 32]>> = None;
             for a in &actions {
                 if let HubAction::Append { entry, digest, state, public, group_info } = a {
                     r.remember(entry);
                     write::entry(&mut b, room, entry)?;
                     write::digest(&mut b, room, digest, entry.seq);
                     write::room(&mut b, &RoomRecord::Hub(state.clone()))?;
+                    let chunks = chunked.next().flatten();
                     if let Some(p) = public {
-                        write::public_state(&mut b, room, p);
+                        let chunks = chunks.unwrap_or_else(|| chunks::split(p));
+                        let stored = public_chunks.as_deref().unwrap_or(&r.public_chunks);
+                        write::public_chunks(&mut b, room, p, &chunks, stored);
+                        public_chunks = Some(chunks.hashes);
                     }
                     if let Some(gi) = group_info {
                         write::group_info(&mut b, room, gi.as_bytes());
@@ -734,6 +761,9 @@ impl Provider {
                         self.route_welcome(&mut b, room, entry)?;
                     }
                 }
+            }
+            if let Some(c) = public_chunks {
+                r.public_chunks = c;
             }
             if !b.is_empty()
                 && let Some(with) = with.take()

@@ -269,3 +269,94 @@ async fn a_retry_after_a_restart_gets_its_first_number_from_the_store() {
     assert_eq!((again.seq, again.duplicate), (first.seq, true));
     assert_eq!(a.last_seq(ROOM).expect("room"), 1, "no second entry");
 }
+
+/// The hub's public state is stored as a manifest and its chunks: after each commit the room's chunks are
+/// exactly the manifest's (none left behind), a restart reads the state back (the next commit is judged against
+/// it), and a state stored whole, as schema 3 first wrote it, is still read and then stored in chunks.
+#[tokio::test]
+async fn the_public_state_is_stored_in_chunks_and_none_is_left_behind() {
+    use super::chunks::parse_manifest;
+    use super::log::{HUB_LOG, lp, write};
+    use openmls::prelude::{BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsMessageOut};
+    use openmls_basic_credential::SignatureKeyPair;
+    use std::collections::BTreeSet;
+
+    let (_d, st) = store();
+    let (_g, mut g) = group(ROOM.as_bytes());
+    // Enough members that the state spans a few dozen chunks.
+    let cs = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+    let kps: Vec<Vec<u8>> = (0..400)
+        .map(|i| {
+            let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+            let signer = SignatureKeyPair::new(cs.signature_algorithm()).expect("key");
+            let credential = CredentialWithKey {
+                credential: BasicCredential::new(format!("mimi://a.test/u/m{i}").into_bytes()).into(),
+                signature_key: signer.to_public_vec().into(),
+            };
+            let bundle = KeyPackage::builder().build(cs, &provider, &signer, credential).expect("kp");
+            MlsMessageOut::from(bundle.key_package().clone()).to_bytes().expect("bytes")
+        })
+        .collect();
+    let refs: Vec<&[u8]> = kps.iter().map(Vec::as_slice).collect();
+    g.add_members(&refs).durable_blocking().expect("add");
+    g.merge_pending_commit().durable_blocking().expect("merge");
+    let info = bytes(g.export_group_info(true).expect("group info"));
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    a.create_room(ROOM, &info, None, ALICE, JoinPolicy::Open, false).await.expect("room");
+
+    let stored = |st: &Store| -> (usize, BTreeSet<Vec<u8>>, BTreeSet<Vec<u8>>) {
+        let mut key = lp(ROOM.as_bytes());
+        key.push(b'P');
+        let manifest = st.get(HUB_LOG, &key).expect("read").expect("a public state");
+        let (len, hashes) = parse_manifest(&manifest).expect("a manifest");
+        key.pop();
+        key.push(b'Q');
+        let chunks = st.scan_prefix(HUB_LOG, &key).expect("scan").into_iter().map(|(k, _)| k[key.len()..].to_vec());
+        (len as usize, hashes.into_iter().map(|h| h.to_vec()).collect(), chunks.collect())
+    };
+    let commit = |g: &mut mimi_mls::PortalGroup| {
+        let out = g.self_update().durable_blocking().expect("commit");
+        g.merge_pending_commit().durable_blocking().expect("merge");
+        UpdateRequest::Commit {
+            commit: bytes(out.commit),
+            welcome: None,
+            group_info: GroupInfoOption(bytes(out.group_info.expect("group info"))),
+            ratchet_tree: RatchetTreeOption::DistributionService,
+        }
+    };
+    let (len, manifest, chunks) = stored(&st);
+    assert!(manifest.len() > 1, "{len} bytes in {} chunks", manifest.len());
+    assert_eq!(chunks, manifest);
+    let mut before = manifest;
+    for _ in 0..3 {
+        a.update(ROOM, commit(&mut g), ALICE, Origin::Client(ALICE.into())).await.expect("accepted");
+        let (_, now, chunks) = stored(&st);
+        assert_eq!(chunks, now, "the room's chunks are the manifest's");
+        let rewritten = now.difference(&before).count();
+        assert!(rewritten < now.len(), "a commit rewrites part of the state: {rewritten} of {}", now.len());
+        before = now;
+    }
+
+    // A restart reads the state back from its chunks.
+    drop(a);
+    let a = Provider::open("a.test", st.clone()).expect("reopen");
+    a.update(ROOM, commit(&mut g), ALICE, Origin::Client(ALICE.into())).await.expect("judged after a restart");
+
+    // Stored whole (the first layout): read, and the next commit stores it in chunks, the old record replaced.
+    drop(a);
+    let whole = super::log::Records(&st).public_state(ROOM).expect("read").expect("stored").0;
+    let mut b = mimi_store::Batch::new();
+    write::public_state(&mut b, ROOM, &whole);
+    let (_, _, chunks) = stored(&st);
+    for h in chunks {
+        let mut key = lp(ROOM.as_bytes());
+        key.push(b'Q');
+        key.extend(h);
+        b.delete(HUB_LOG, key);
+    }
+    st.commit(b).await.expect("whole");
+    let a = Provider::open("a.test", st.clone()).expect("reopen");
+    a.update(ROOM, commit(&mut g), ALICE, Origin::Client(ALICE.into())).await.expect("judged against a whole record");
+    let (_, manifest, chunks) = stored(&st);
+    assert_eq!(chunks, manifest);
+}
