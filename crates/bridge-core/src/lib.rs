@@ -44,8 +44,11 @@ pub fn known_trees() -> Vec<&'static str> {
 ///   `OutboundEvent`, with the times they were queued and given up on.
 /// * 2 → 3: every room this provider hosts gets the public state of its MLS group (`hub_log` `'P'`), with which
 ///   the hub validates handshakes, built from the room's stored GroupInfo ([`mimi_provider::log::migrate_v2_to_v3`]).
-pub const SCHEMA: mimi_store::schema::Schema =
-    mimi_store::schema::Schema { migrations: &[outbox::migrate_v1_to_v2, mimi_provider::log::migrate_v2_to_v3] };
+/// * 3 → 4: those public states are stored in CBOR and in content-defined chunks (`hub_log` `'P'` a manifest,
+///   `'Q'` the chunks; [`mimi_provider::log::migrate_v3_to_v4`]).
+pub const SCHEMA: mimi_store::schema::Schema = mimi_store::schema::Schema {
+    migrations: &[outbox::migrate_v1_to_v2, mimi_provider::log::migrate_v2_to_v3, mimi_provider::log::migrate_v3_to_v4],
+};
 
 /// Opens the daemon's store in `data_dir`, migrating it to [`SCHEMA`].
 pub fn open_store(

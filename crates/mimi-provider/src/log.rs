@@ -9,8 +9,8 @@
 //! lp(room) 'C' name         → seq (u64 BE)                cursor of a local consumer (the bridge's member)
 //! lp(room) 'G'              → GroupInfo (MLSMessage)      hub: the GroupInfo members last handed in
 //! lp(room) 'P'              → public group state          hub: a manifest of chunks (`chunks.rs`) of
-//!                                                         `PublicState::encode`, or (as first written,
-//!                                                         schema 3 on) that encoding whole
+//!                                                         `PublicState::encode` (schema 4 on; in schema 3,
+//!                                                         that encoding whole, still read)
 //! lp(room) 'Q' sha256       → chunk                       hub: a chunk of the public state, by its hash
 //! lp(room) 'F'              → seq (u64 BE)                the first entry retention kept (absent: 1)
 //! lp(room) 'M' user-uri     → ()                          follower: a local user the hub let in (may read the copy)
@@ -487,6 +487,27 @@ pub fn migrate_v2_to_v3(kv: &dyn KvStore) -> Result<(), StoreError> {
         match public {
             Some(p) => write::public_state(&mut b, &state.room, &p),
             None => tracing::warn!(room = %state.room, "no current GroupInfo: the room's handshakes wait for one"),
+        }
+    }
+    if b.is_empty() { Ok(()) } else { kv.write(&[b]) }
+}
+
+/// Schema migration 3 → 4 of the daemon's store: the public state of every hosted room (`'P'`, stored whole) is
+/// written again in this build's form — its OpenMLS values in CBOR ([`PublicState`]'s second format) and cut
+/// into chunks (`'Q'`, [`crate::chunks`]). A build that knows neither then refuses the data directory as newer
+/// instead of failing on a record it cannot read. A record that does not decode is left as it is (the hub
+/// refuses the room's handshakes until a participant hands in the current GroupInfo). One atomic batch.
+pub fn migrate_v3_to_v4(kv: &dyn KvStore) -> Result<(), StoreError> {
+    let mut b = Batch::new();
+    for (k, v) in kv.scan_prefix(HUB_LOG, b"")? {
+        let Some(len) = k.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else { continue };
+        if k.get(2 + len) != Some(&b'P') || k.len() != 3 + len || chunks::parse_manifest(&v).is_some() {
+            continue;
+        }
+        let room = String::from_utf8_lossy(&k[2..2 + len]).into_owned();
+        match PublicState::decode(&v).and_then(|p| p.encode()) {
+            Ok(state) => write::public_chunks(&mut b, &room, &state, &chunks::split(&state), &[]),
+            Err(e) => tracing::warn!(%room, error = %e, "the room's public state does not decode: left as it is"),
         }
     }
     if b.is_empty() { Ok(()) } else { kv.write(&[b]) }

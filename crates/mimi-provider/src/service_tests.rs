@@ -360,3 +360,43 @@ async fn the_public_state_is_stored_in_chunks_and_none_is_left_behind() {
     let (_, manifest, chunks) = stored(&st);
     assert_eq!(chunks, manifest);
 }
+
+/// Migration 3 → 4: a public state stored whole becomes a manifest and its chunks (the same state), and the
+/// provider opens on it; a record that does not decode is left alone; a second run changes nothing. (That the
+/// first format, OpenMLS's JSON storage, decodes is `mimi_protocol::public`'s test.)
+#[tokio::test]
+async fn migration_3_to_4_stores_public_states_in_chunks() {
+    use super::chunks::parse_manifest;
+    use super::log::{HUB_LOG, lp, migrate_v3_to_v4, write};
+
+    let (_d, st) = store();
+    let (_g, g) = group(ROOM.as_bytes());
+    let info = bytes(g.export_group_info(true).expect("group info"));
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    a.create_room(ROOM, &info, None, ALICE, JoinPolicy::Open, false).await.expect("room");
+    drop(a);
+    let whole = super::log::Records(&st).public_state(ROOM).expect("read").expect("stored").0;
+    let mut b = mimi_store::Batch::new();
+    write::public_state(&mut b, ROOM, &whole);
+    write::public_state(&mut b, "mimi://a.test/r/broken", b"\x02not a state");
+    st.commit(b).await.expect("whole records");
+
+    migrate_v3_to_v4(st.kv().as_ref()).expect("migrated");
+    let key = |room: &str| {
+        let mut k = lp(room.as_bytes());
+        k.push(b'P');
+        k
+    };
+    let manifest = st.get(HUB_LOG, &key(ROOM)).expect("read").expect("kept");
+    let (len, hashes) = parse_manifest(&manifest).expect("a manifest now");
+    assert_eq!((len as usize, !hashes.is_empty()), (whole.len(), true));
+    assert_eq!(super::log::Records(&st).public_state(ROOM).expect("read").expect("stored").0, whole);
+    assert_eq!(
+        st.get(HUB_LOG, &key("mimi://a.test/r/broken")).expect("read").as_deref(),
+        Some(&b"\x02not a state"[..])
+    );
+    let a = Provider::open("a.test", st.clone()).expect("opens on the migrated store");
+    assert_eq!(a.epoch(ROOM).expect("room"), 0);
+    migrate_v3_to_v4(st.kv().as_ref()).expect("a second run changes nothing");
+    assert_eq!(st.get(HUB_LOG, &key(ROOM)).expect("read"), Some(manifest));
+}
