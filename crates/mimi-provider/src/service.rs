@@ -641,7 +641,7 @@ impl Provider {
             return Ok(again);
         }
         let judge = |view: &HubView| view.judge_submit(message.clone(), sending_uri, &origin);
-        self.sequence(room, with, &message, &origin, judge).await
+        self.sequence(room, with, &message, &origin, &[], judge).await
     }
 
     /// A retry of a message already in `room`'s log: its verdict from the durable idempotency index (the hub
@@ -665,8 +665,13 @@ impl Provider {
         if let Some(again) = self.retry_of(room, req.message())? {
             return Ok(again);
         }
+        // Read before the room is changed: nothing that can fail comes after it (see `sequence`).
+        let welcomed = match &req {
+            UpdateRequest::Commit { welcome: Some(w), .. } => self.welcomed(w)?,
+            _ => Vec::new(),
+        };
         let judge = |view: &HubView| view.judge_update(&req, requester, &origin);
-        self.sequence(room, Batch::new(), req.message(), &origin, judge).await
+        self.sequence(room, Batch::new(), req.message(), &origin, &welcomed, judge).await
     }
 
     /// The room `room` of `rooms`, which must be one we host.
@@ -688,6 +693,9 @@ impl Provider {
     /// the room; makes what it appends durable (entries, idempotency index, room state, public state, GroupInfo,
     /// and `with`: one batch), then fans out.
     ///
+    /// `welcomed`: the users of ours a Welcome in it is for, read by the caller (no store read is made once the
+    /// room has changed; what follows `apply` only builds the batch).
+    ///
     /// The room's messages take their turn one at a time, but the judging runs outside the lock over all rooms —
     /// off the executor's workers for big groups ([`mimi_mls::offload`]) — so a commit of a 10 000-member room
     /// holds up no other room. The room is changed only under the lock, by a judgement of its current state (an
@@ -698,6 +706,7 @@ impl Provider {
         with: Batch,
         message: &MlsMessageBytes,
         origin: &Origin,
+        welcomed: &[String],
         judge: impl Fn(&HubView) -> Result<Judgement, Refusal>,
     ) -> Result<Sequenced, ProviderError> {
         let turn = Self::hosted(&mut lock(&self.inner.rooms), room)?.turn.clone();
@@ -758,7 +767,10 @@ impl Provider {
                         kept = Some((state.epoch, gi.as_bytes().to_vec()));
                     }
                     if entry.fanout.message.wire_format() == wire_format::WELCOME {
-                        self.route_welcome(&mut b, room, entry)?;
+                        for user in welcomed {
+                            write::invite(&mut b, user, room, entry.seq);
+                            write::reader(&mut b, room, user);
+                        }
                     }
                 }
             }
@@ -834,15 +846,21 @@ impl Provider {
 
     /// Records, for a Welcome, which of our users it is for (by the KeyPackageRefs they handed out).
     fn route_welcome(&self, b: &mut Batch, room: &str, entry: &SequencedFanout) -> Result<(), StoreError> {
-        if let Ok(Inspected::Welcome { new_members }) = inspect(&entry.fanout.message) {
-            for r in new_members {
-                if let Some(user) = Records(&self.inner.store).claimed_by(&r)? {
-                    write::invite(b, &user, room, entry.seq);
-                    write::reader(b, room, &user);
-                }
-            }
+        for user in self.welcomed(&entry.fanout.message)? {
+            write::invite(b, &user, room, entry.seq);
+            write::reader(b, room, &user);
         }
         Ok(())
+    }
+
+    /// Which of our users `message`, if it is a Welcome, is for (by the KeyPackageRefs they handed out).
+    fn welcomed(&self, message: &MlsMessageBytes) -> Result<Vec<String>, StoreError> {
+        let Ok(Inspected::Welcome { new_members }) = inspect(message) else { return Ok(Vec::new()) };
+        let mut users = Vec::new();
+        for r in new_members {
+            users.extend(Records(&self.inner.store).claimed_by(&r)?);
+        }
+        Ok(users)
     }
 
     fn wake(&self, room: &str, seq: u64) {
@@ -1288,7 +1306,7 @@ mod turn_tests {
                     waited.store(heard.is_ok(), Ordering::SeqCst);
                     view.judge_submit(slow.clone(), ALICE, &Origin::Portal)
                 };
-                p.sequence(big, Batch::new(), &slow, &Origin::Portal, judge).await
+                p.sequence(big, Batch::new(), &slow, &Origin::Portal, &[], judge).await
             })
         };
         // The other room's message comes while the judgement is under way.
