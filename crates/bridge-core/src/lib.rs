@@ -46,8 +46,15 @@ pub fn known_trees() -> Vec<&'static str> {
 ///   the hub validates handshakes, built from the room's stored GroupInfo ([`mimi_provider::log::migrate_v2_to_v3`]).
 /// * 3 → 4: those public states are stored in CBOR and in content-defined chunks (`hub_log` `'P'` a manifest,
 ///   `'Q'` the chunks; [`mimi_provider::log::migrate_v3_to_v4`]).
+/// * 4 → 5: a hosted room's participants have a key each (`hub_log` `'U'`) instead of being in its record, which
+///   is rewritten with every message ([`mimi_provider::log::migrate_v4_to_v5`]).
 pub const SCHEMA: mimi_store::schema::Schema = mimi_store::schema::Schema {
-    migrations: &[outbox::migrate_v1_to_v2, mimi_provider::log::migrate_v2_to_v3, mimi_provider::log::migrate_v3_to_v4],
+    migrations: &[
+        outbox::migrate_v1_to_v2,
+        mimi_provider::log::migrate_v2_to_v3,
+        mimi_provider::log::migrate_v3_to_v4,
+        mimi_provider::log::migrate_v4_to_v5,
+    ],
 };
 
 /// Opens the daemon's store in `data_dir`, migrating it to [`SCHEMA`].

@@ -33,8 +33,11 @@
 //! A refusal changes nothing: the state after a message is computed on a copy, and taken only when the message
 //! is sequenced. Judging ([`HubView`], a snapshot of the room) and sequencing ([`HubRoom::apply`]) are two steps,
 //! so that the IO shell can judge without holding the room — validating a commit of a 10 000-member group takes a
-//! tenth of a second; the room takes a judgement only if it has not changed since ([`HubRoom::is_current`]); each [`HubAction::Append`] carries the room state, the public state (if it changed) and the
-//! GroupInfo (of an update) that must be durable with its entry before anything else is done.
+//! tenth of a second; the room takes a judgement only if it has not changed since ([`HubRoom::is_current`]).
+//! Each [`HubAction::Append`] carries the public state (if it changed) and the GroupInfo (of an update) that must
+//! be durable with its entry, with the room state ([`HubRoom::state`] after the apply), before anything else is
+//! done. The room state is shared with the views judged against it and copied only when a handshake, an invite
+//! or a policy change changes it: an application message in a 10 000-member room costs no copy of it.
 //!
 //! Sequencing: every accepted message gets the next sequence number (1, 2, …, no gaps) and becomes a
 //! [`SequencedFanout`] log entry. The same bytes submitted again (a retry) get the *same* sequence number back and
@@ -76,7 +79,8 @@ pub enum Origin {
     Follower(String),
 }
 
-/// The durable state of a hub room (written with every log entry).
+/// The durable state of a hub room (the IO shell writes it with every batch of log entries; only handshakes,
+/// invites and policy change more than its next sequence number).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HubState {
     /// The room URI.
@@ -89,7 +93,8 @@ pub struct HubState {
     pub next_seq: u64,
     /// Join policy.
     pub policy: JoinPolicy,
-    /// Participant URIs.
+    /// Participant URIs. (The provider stores them one key each, not in the room's record: absent there.)
+    #[serde(default)]
     pub participants: BTreeSet<String>,
     /// Follower providers (domains) with participants in the room.
     pub followers: BTreeSet<String>,
@@ -119,15 +124,14 @@ pub enum Refusal {
 #[allow(clippy::large_enum_variant)] // short-lived, one `Append` per accepted message
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HubAction {
-    /// Append `entry` to the durable room log together with `state`, under `digest` (for idempotency). Nothing
-    /// below may be done before it is durable.
+    /// Append `entry` to the durable room log under `digest` (for idempotency), together with the room state
+    /// as [`HubRoom::state`] has it after the [`HubRoom::apply`] that made it (an application message moves only
+    /// its next sequence number; a handshake may change more). Nothing below may be done before it is durable.
     Append {
         /// The entry.
         entry: SequencedFanout,
         /// Its idempotency key.
         digest: [u8; 32],
-        /// The room state after it.
-        state: HubState,
         /// The group's public state after it ([`PublicState::encode`]), if the entry changed it (a handshake).
         public: Option<Vec<u8>>,
         /// For a commit sent in an update: the GroupInfo of the epoch it makes (verified), to keep and serve.
@@ -171,7 +175,8 @@ pub fn digest(m: &MlsMessageBytes) -> [u8; 32] {
 /// The hub of one room.
 #[derive(Debug)]
 pub struct HubRoom {
-    state: HubState,
+    /// Shared with the views judged against it; copied only when it changes while a view holds it.
+    state: Arc<HubState>,
     /// The group's public state; `None` only for a room stored before the hub kept it, until a member hands in
     /// the current GroupInfo ([`HubRoom::adopt`]).
     public: Option<Arc<PublicState>>,
@@ -190,7 +195,7 @@ pub struct HubRoom {
 /// not wait —, and [`HubRoom::apply`] takes the judgement only if the room has not changed since.
 #[derive(Debug, Clone)]
 pub struct HubView {
-    state: HubState,
+    state: Arc<HubState>,
     public: Option<Arc<PublicState>>,
     add_rule: Option<Arc<dyn AddRule>>,
     version: u64,
@@ -201,12 +206,33 @@ pub struct HubView {
 #[derive(Debug)]
 pub struct Judgement {
     entries: Vec<JudgedEntry>,
+    /// The participants the entries add and remove (computed with the judging, off the IO shell's lock).
+    participants: ParticipantsChange,
     /// The room judged against, and its version then.
     room: String,
     version: u64,
 }
 
+/// How a judgement changes a room's participant list.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ParticipantsChange {
+    /// URIs put on the list.
+    pub added: Vec<String>,
+    /// URIs taken off it.
+    pub removed: Vec<String>,
+}
+
 impl Judgement {
+    /// How the entries change the participant list (empty for application messages).
+    pub fn participants(&self) -> &ParticipantsChange {
+        &self.participants
+    }
+
+    /// [`Judgement::participants`], taken out (the judgement then changes no participant for the IO shell).
+    pub fn take_participants(&mut self) -> ParticipantsChange {
+        std::mem::take(&mut self.participants)
+    }
+
     /// For each entry, in order, the encoded public state after it, if it changes it: what each
     /// [`HubAction::Append`] of [`HubRoom::apply`] will carry, here for the IO shell to prepare its write.
     pub fn public_states(&self) -> impl Iterator<Item = Option<&[u8]>> {
@@ -219,8 +245,8 @@ impl Judgement {
 struct JudgedEntry {
     message: MlsMessageBytes,
     digest: [u8; 32],
-    /// The room state after it (counting the entries before it).
-    state: HubState,
+    /// The room state after it, if it changes more than the next sequence number.
+    state: Option<HubState>,
     /// The public state after it, and its encoding, if it changes it.
     public: Option<(Arc<PublicState>, Vec<u8>)>,
     /// For a commit sent in an update: the GroupInfo of the epoch it makes.
@@ -274,7 +300,8 @@ pub trait AddRule: Send + Sync + std::fmt::Debug {
 
 /// What the hub decided about one message before sequencing it: the room state and public state after it.
 struct Judged {
-    state: HubState,
+    /// `None` for an application message: the room state stays as it is.
+    state: Option<HubState>,
     /// The public state after the message, if it changes it (handshakes).
     public: Option<PublicState>,
     /// For a commit: the KeyPackageRefs of the members it adds.
@@ -320,7 +347,7 @@ impl HubRoom {
             creator: Some(creator.to_owned()),
         };
         Ok(Self {
-            state,
+            state: Arc::new(state),
             public: Some(Arc::new(public)),
             seen: RecentDigests::default(),
             has_portal,
@@ -343,7 +370,7 @@ impl HubRoom {
         for (d, seq) in seen {
             recent.insert(d, seq);
         }
-        Ok(Self { state, public, seen: recent, has_portal, add_rule: None, version: 0 })
+        Ok(Self { state: Arc::new(state), public, seen: recent, has_portal, add_rule: None, version: 0 })
     }
 
     /// The room with `rule` consulted for every member a commit adds.
@@ -371,7 +398,7 @@ impl HubRoom {
     /// Changes who may join by external commit (the operator changed a portal's `join`); persist
     /// [`HubRoom::state`] afterwards.
     pub fn set_policy(&mut self, policy: JoinPolicy) {
-        self.state.policy = policy;
+        Arc::make_mut(&mut self.state).policy = policy;
         self.version += 1;
     }
 
@@ -396,17 +423,19 @@ impl HubRoom {
     }
 
     /// Puts `uri` on the participant list (an invite); `follower` is its provider's domain if not ours.
-    /// Returns the new state, to persist.
-    pub fn add_participant(&mut self, uri: &str, follower: Option<&str>) -> HubState {
-        let mut changed = self.state.participants.insert(uri.to_owned());
-        if let Some(f) = follower {
-            changed |= self.state.followers.insert(f.to_owned());
-        }
+    /// Returns whether that changed the state (then persist [`HubRoom::state`]).
+    pub fn add_participant(&mut self, uri: &str, follower: Option<&str>) -> bool {
+        let known = self.state.participants.contains(uri) && follower.is_none_or(|f| self.state.followers.contains(f));
         // An invite of a participant changes nothing a judgement depends on.
-        if changed {
+        if !known {
+            let state = Arc::make_mut(&mut self.state);
+            state.participants.insert(uri.to_owned());
+            if let Some(f) = follower {
+                state.followers.insert(f.to_owned());
+            }
             self.version += 1;
         }
-        self.state.clone()
+        !known
     }
 
     /// For a room stored before the hub kept the group's public state: takes it from `group_info` and
@@ -509,7 +538,8 @@ impl HubRoom {
     }
 
     /// Sequences what a view of this room judged ([`HubView::judge_submit`], [`HubView::judge_update`]): one
-    /// [`HubAction::Append`] per entry, then the fan-out; the room moves on to the last entry's state. A message
+    /// [`HubAction::Append`] per entry, then the fan-out; the room takes the last state an entry changed and
+    /// moves past the entries. A message
     /// sequenced meanwhile (a retry that raced its first copy) gets its sequence number back and nothing is
     /// appended. Refused if the room changed since the view ([`HubRoom::is_current`]).
     pub fn apply(
@@ -531,8 +561,9 @@ impl HubRoom {
         self.sequence(entries, origin, now_ms)
     }
 
-    /// Sequences judged entries, in order (each `state` already counts the entries before it): one
-    /// [`HubAction::Append`] each, then the fan-out. The room moves on to the last entry's state.
+    /// Sequences judged entries, in order: one [`HubAction::Append`] each (numbered from the room's next
+    /// sequence number), then the fan-out. The room moves on to the last state an entry changed, and past the
+    /// entries.
     fn sequence(
         &mut self,
         entries: Vec<JudgedEntry>,
@@ -542,32 +573,39 @@ impl HubRoom {
         let mut actions = Vec::new();
         let mut seqs = Vec::new();
         let mut last_public = None;
-        let mut last_state = None;
-        for JudgedEntry { message, digest: d, mut state, public, group_info } in entries {
-            let seq = state.next_seq;
-            state.next_seq += 1;
+        let mut changed: Option<Arc<HubState>> = None;
+        let mut next = self.state.next_seq;
+        // A changed state is the room's once all the entries are appended (a commit's, past its Welcome).
+        let end = next + entries.len() as u64;
+        for JudgedEntry { message, digest: d, state, public, group_info } in entries {
+            let seq = next;
+            next += 1;
+            let state = state.map(|mut s| {
+                s.next_seq = end;
+                Arc::new(s)
+            });
+            if state.is_some() {
+                changed.clone_from(&state);
+            }
             let (public, public_bytes) = public.unzip();
             let entry = SequencedFanout { seq, fanout: FanoutMessage::plain(now_ms, message) };
-            actions.push(HubAction::Append {
-                entry,
-                digest: d,
-                state: state.clone(),
-                public: public_bytes,
-                group_info,
-            });
+            actions.push(HubAction::Append { entry, digest: d, public: public_bytes, group_info });
             seqs.push((seq, d));
             if public.is_some() {
                 last_public = public;
             }
-            last_state = Some(state);
         }
-        let (Some(state), Some(&(first, _)), Some(&(last, _))) = (last_state, seqs.first(), seqs.last()) else {
+        let (Some(&(first, _)), Some(&(last, _))) = (seqs.first(), seqs.last()) else {
             return Err(not_allowed("nothing to sequence"));
         };
+        match changed {
+            Some(s) => self.state = s,
+            None => Arc::make_mut(&mut self.state).next_seq = next,
+        }
         // Every follower hears of every entry, the origin's provider included: the draft does not expect it
         // (§5.5) but allows it, and it keeps the follower's copy of the log free of gaps for its other clients.
         for &(seq, _) in &seqs {
-            for peer in &state.followers {
+            for peer in &self.state.followers {
                 actions.push(HubAction::Notify { peer: peer.clone(), seq });
             }
         }
@@ -575,7 +613,6 @@ impl HubRoom {
         if self.has_portal && *origin != Origin::Portal {
             actions.push(HubAction::DeliverPortal { seq: last });
         }
-        self.state = state;
         if let Some(p) = last_public {
             self.public = Some(p);
         }
@@ -650,7 +687,7 @@ impl HubView {
         let d = digest(&message);
         let judged = self.judge(&message, sending_uri, origin)?;
         let entry = JudgedEntry::new(message, d, judged.state, judged.public, None)?;
-        Ok(Judgement { entries: vec![entry], room: self.state.room.clone(), version: self.version })
+        Ok(self.judgement(vec![entry]))
     }
 
     /// Judges an update (`HandshakeBundle`, §5.3) from `origin`, changing nothing. Proposals: the first is judged
@@ -667,7 +704,6 @@ impl HubView {
         let judged = self.judge(commit, sending_uri, origin)?;
         let after = judged.public.as_ref().ok_or_else(|| not_allowed("not a commit"))?;
         after.check_group_info(&group_info.0)?;
-        let welcome_state = judged.state.clone();
         let mut entries = vec![JudgedEntry::new(
             commit.clone(),
             digest(commit),
@@ -683,11 +719,23 @@ impl HubView {
             if refs.is_empty() || refs.len() != new_members.len() || judged.added.as_ref() != Some(&refs) {
                 return Err(not_allowed("the Welcome is not for the members its commit adds"));
             }
-            let mut state = welcome_state;
-            state.next_seq += 1;
-            entries.push(JudgedEntry::new(w.clone(), digest(w), state, None, None)?);
+            // The Welcome changes nothing of the room but its length.
+            entries.push(JudgedEntry::new(w.clone(), digest(w), None, None, None)?);
         }
-        Ok(Judgement { entries, room: self.state.room.clone(), version: self.version })
+        Ok(self.judgement(entries))
+    }
+
+    /// The judgement of `entries` against this view, with the change of participants the last state an entry
+    /// changed makes.
+    fn judgement(&self, entries: Vec<JudgedEntry>) -> Judgement {
+        let participants = match entries.iter().rev().find_map(|e| e.state.as_ref()) {
+            Some(after) => ParticipantsChange {
+                added: after.participants.difference(&self.state.participants).cloned().collect(),
+                removed: self.state.participants.difference(&after.participants).cloned().collect(),
+            },
+            None => ParticipantsChange::default(),
+        };
+        Judgement { entries, participants, room: self.state.room.clone(), version: self.version }
     }
 
     /// Decides on one message (not a Welcome): what the room and its public state become. Changes nothing.
@@ -703,7 +751,6 @@ impl HubView {
         if self.state.policy == JoinPolicy::Invite && !self.state.participants.contains(sending_uri) {
             return Err(not_allowed(format!("{sending_uri} is not a participant")));
         }
-        let mut next = self.state.clone();
         match info {
             Inspected::Private { group_id, epoch, application } => {
                 self.check_group(&group_id)?;
@@ -714,10 +761,11 @@ impl HubView {
                 if !self.state.participants.contains(sending_uri) {
                     return Err(not_allowed(format!("{sending_uri} is not a participant")));
                 }
-                Ok(Judged { state: next, public: None, added: None })
+                Ok(Judged { state: None, public: None, added: None })
             }
             Inspected::Public { group_id, epoch, sender, .. } => {
                 self.check_group(&group_id)?;
+                let mut next = (*self.state).clone();
                 self.check_epoch_for(epoch, sending_uri)?;
                 if sender == PublicSender::External {
                     return Err(not_allowed("no external senders are configured"));
@@ -773,7 +821,7 @@ impl HubView {
                         }
                         next.participants.extend(joined);
                         next.epoch = after.epoch();
-                        Ok(Judged { state: next, public: Some(after), added: Some(added) })
+                        Ok(Judged { state: Some(next), public: Some(after), added: Some(added) })
                     }
                     ProcessedMessageContent::ProposalMessage(p) => {
                         // A proposal sent on its own is judged as the commit that would include it: whoever
@@ -802,10 +850,10 @@ impl HubView {
                             }
                             _ => {}
                         }
-                        Ok(Judged { state: next, public: Some(public.with_proposal(*p)?), added: None })
+                        Ok(Judged { state: Some(next), public: Some(public.with_proposal(*p)?), added: None })
                     }
                     ProcessedMessageContent::ExternalJoinProposalMessage(p) => {
-                        Ok(Judged { state: next, public: Some(public.with_proposal(*p)?), added: None })
+                        Ok(Judged { state: Some(next), public: Some(public.with_proposal(*p)?), added: None })
                     }
                     _ => Err(not_allowed("not a handshake message")),
                 }
@@ -832,7 +880,7 @@ impl JudgedEntry {
     fn new(
         message: MlsMessageBytes,
         digest: [u8; 32],
-        state: HubState,
+        state: Option<HubState>,
         public: Option<PublicState>,
         group_info: Option<MlsMessageBytes>,
     ) -> Result<Self, Refusal> {

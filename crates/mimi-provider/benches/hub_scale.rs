@@ -2,9 +2,9 @@
 //! hub, what the room's public state holds in memory, and how long a small room's messages wait while the big
 //! room's commits are sequenced.
 //!
-//! Setup (untimed, printed): a native member's group seated with the members in commits of `HUB_SCALE_BATCH`
-//! (default 200) adds; a redb store and a [`Provider`] hosting the big room (from the group's GroupInfo with its
-//! ratchet tree) and a small room of two members; `HUB_SCALE_COMMITS` (default 20) commits of the big group made
+//! Setup (untimed, printed): a redb store and a [`Provider`] hosting the big room from its first member on; the
+//! member's group seated with the others in commits of `HUB_SCALE_BATCH` (default 200) adds, each sequenced by
+//! the hub (whose participant list grows with them, as a portal's does); a small room of two members; `HUB_SCALE_COMMITS` (default 20) commits of the big group made
 //! ahead (self-updates: a full update path each, with the GroupInfo of the epoch they make), and application
 //! messages of the small room.
 //!
@@ -17,8 +17,10 @@
 //!   and how much of it a commit rewrites, are printed.
 //! * **small room p50/p99** — [`Provider::submit`] of the small room's messages, one every 5 ms, until the answer
 //!   (durable): alone (the baseline, same run), then while the big room's commits are handed in back to back.
-//! * **RSS** — the process's resident set before and after the hub opens the big room (the public state of its
-//!   group), from `/proc/self/status`.
+//! * **big room's messages** — [`Provider::submit`] of the big room's own application messages, one after the
+//!   other, until durable (beside the small room's alone: what a message costs the hub in a room of N members).
+//! * **RSS** — the process's resident set before and after a second provider opens the big room from its
+//!   GroupInfo (the public state of its group), from `/proc/self/status`.
 //!
 //! Run: `cargo bench -p mimi-provider --bench hub_scale`.
 
@@ -38,6 +40,9 @@ const DOMAIN: &str = "hub.bench";
 const BIG: &str = "mimi://hub.bench/r/big";
 const SMALL: &str = "mimi://hub.bench/r/small";
 const ALICE: &str = "mimi://hub.bench/u/alice";
+/// The provider of the big room's other members; the seating commits come from it (a follower, so the hub's
+/// rule for Adds of users of its own does not apply).
+const MEMBERS: &str = "members.example";
 const CS: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -58,7 +63,7 @@ fn key_package(k: usize) -> Vec<u8> {
     let provider = OpenMlsRustCrypto::default();
     let signer = SignatureKeyPair::new(CS.signature_algorithm()).expect("key");
     let cred = CredentialWithKey {
-        credential: BasicCredential::new(format!("mimi://hub.bench/u/m{k}").into_bytes()).into(),
+        credential: BasicCredential::new(format!("mimi://{MEMBERS}/u/m{k}").into_bytes()).into(),
         signature_key: signer.to_public_vec().into(),
     };
     let b = KeyPackage::builder().build(CS, &provider, &signer, cred).expect("kp");
@@ -148,9 +153,32 @@ fn main() {
 
     let member_dir = tempfile::tempdir().expect("tempdir");
     let member_store = store(&member_dir);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provider = Provider::open(DOMAIN, store(&dir)).expect("provider");
+    // The big room is hosted from its first member on, and every seating commit goes through its hub (which
+    // puts the members on its participant list, as in a portal that grew).
     let t = Instant::now();
-    let mut big = seated_group(&member_store, BIG, members, batch);
-    println!("seated {members} members in commits of {batch}: {:.1} s", t.elapsed().as_secs_f64());
+    let mut big = seated_group(&member_store, BIG, 1, batch);
+    let first_info = framed(big.export_group_info(true).expect("group info"));
+    rt.block_on(provider.create_room(BIG, &first_info, None, ALICE, JoinPolicy::Open, false)).expect("big room");
+    let seater = format!("mimi://{MEMBERS}/u/seater");
+    let mut seated = 1;
+    while seated < members {
+        let k = batch.min(members - seated);
+        let kps: Vec<Vec<u8>> = (seated..seated + k).map(key_package).collect();
+        let refs: Vec<&[u8]> = kps.iter().map(Vec::as_slice).collect();
+        let out = big.add_members(&refs).durable_blocking().expect("seat");
+        let update = UpdateRequest::Commit {
+            commit: framed(out.commit),
+            welcome: out.welcome.map(framed),
+            group_info: GroupInfoOption(framed(out.group_info.expect("group info"))),
+            ratchet_tree: RatchetTreeOption::DistributionService,
+        };
+        rt.block_on(provider.update(BIG, update, &seater, Origin::Follower(MEMBERS.into()))).expect("seated");
+        big.merge_pending_commit().durable_blocking().expect("merge");
+        seated += k;
+    }
+    println!("seated {members} members in commits of {batch}, through the hub: {:.1} s", t.elapsed().as_secs_f64());
     let big_info = framed(big.export_group_info(true).expect("group info"));
     let mut small = seated_group(&member_store, SMALL, 2, batch);
     let small_info = framed(small.export_group_info(true).expect("group info"));
@@ -160,6 +188,9 @@ fn main() {
     let small_messages: Vec<MlsMessageBytes> =
         (0..4000).map(|i| framed(small.encrypt(format!("m{i}").as_bytes()).durable_blocking().expect("enc"))).collect();
     let mut small_messages = small_messages.into_iter();
+    // Application messages of the big room, in the epoch its last commit makes.
+    let big_messages: Vec<MlsMessageBytes> =
+        (0..200).map(|i| framed(big.encrypt(format!("b{i}").as_bytes()).durable_blocking().expect("enc"))).collect();
 
     // Validation alone, on a hub room of its own.
     let mut hub = HubRoom::new(BIG, &big_info, None, ALICE, JoinPolicy::Open, false).expect("hub room");
@@ -185,13 +216,15 @@ fn main() {
     let public_bytes = hub.public_state().expect("encoded").map_or(0, |p| p.len());
     drop(hub);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let provider = Provider::open(DOMAIN, store(&dir)).expect("provider");
+    // The hub's memory for a room of this size: a second provider opening the same room from its GroupInfo.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = Provider::open(DOMAIN, store(&other_dir)).expect("provider");
     let before = rss_kib();
     let t = Instant::now();
-    rt.block_on(provider.create_room(BIG, &big_info, None, ALICE, JoinPolicy::Open, false)).expect("big room");
+    rt.block_on(other.create_room(BIG, &big_info, None, ALICE, JoinPolicy::Open, false)).expect("big room");
     let opened = t.elapsed();
     let after = rss_kib();
+    drop(other);
     rt.block_on(provider.create_room(SMALL, &small_info, None, ALICE, JoinPolicy::Open, false)).expect("small");
 
     let alone = rt.block_on(small_room(&provider, &mut small_messages, 400, || true));
@@ -213,6 +246,18 @@ fn main() {
         let beside =
             small_room(&provider, &mut small_messages, 10, || done.load(std::sync::atomic::Ordering::SeqCst)).await;
         (beside, committer.await.expect("committer"))
+    });
+
+    // The big room's own messages, one after the other, once its commits are in.
+    let big_room = rt.block_on(async {
+        let mut answers = Vec::new();
+        for m in big_messages {
+            let t = Instant::now();
+            provider.submit(BIG, m, ALICE, Origin::Client(ALICE.into())).await.expect("big room message");
+            answers.push(ms(t.elapsed()));
+        }
+        answers.sort_by(f64::total_cmp);
+        answers
     });
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
@@ -242,6 +287,12 @@ fn main() {
         percentile(&alone, 0.5),
         percentile(&alone, 0.99),
         alone.len()
+    );
+    println!(
+        "  big room's own messages, one at a time: p50 {:.2} ms, p99 {:.2} ms ({} messages)",
+        percentile(&big_room, 0.5),
+        percentile(&big_room, 0.99),
+        big_room.len()
     );
     println!(
         "  small room, beside the commits: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} messages)",

@@ -5,7 +5,9 @@
 //! ```text
 //! lp(room) 'L' seq(u64 BE)  → SequencedFanout (TLS)       the room log (hub: the original; follower: the copy)
 //! lp(room) 'D' sha256       → seq (u64 BE)                idempotency index of the hub
-//! lp(room) 'S'              → RoomRecord (JSON)           hub state, or the hub a follower follows
+//! lp(room) 'S'              → RoomRecord (JSON)           hub state (without its participants, schema 5 on),
+//!                                                         or the hub a follower follows
+//! lp(room) 'U' user-uri     → ()                          hub: a participant (schema 5 on)
 //! lp(room) 'C' name         → seq (u64 BE)                cursor of a local consumer (the bridge's member)
 //! lp(room) 'G'              → GroupInfo (MLSMessage)      hub: the GroupInfo members last handed in
 //! lp(room) 'P'              → public group state          hub: a manifest of chunks (`chunks.rs`) of
@@ -39,7 +41,7 @@ use mimi_protocol::wire::{MlsMessageBytes, SequencedFanout, WireMessage};
 use mimi_store::{Batch, KvStore, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 /// Tree of room logs and room state.
 pub const HUB_LOG: &str = "hub_log";
@@ -63,6 +65,64 @@ pub enum RoomRecord {
         /// The hub's domain.
         hub: String,
     },
+}
+
+/// The `'S'` key and value of every room in `hub_log`, by a skip scan over the rooms' key prefixes: `first_from`
+/// gives the first entry at or after a key, `get` reads one; one record is read per room, never a room's log.
+#[allow(clippy::type_complexity)]
+fn room_records(
+    first_from: impl Fn(&[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>,
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let mut out = Vec::new();
+    let mut from = Vec::new();
+    while let Some((k, _)) = first_from(&from)? {
+        let len = k.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+        let Some(room_prefix) = len.and_then(|len| k.get(..2 + len)) else {
+            // Not a room's key (the hub's signing key): the next key.
+            from = k;
+            from.push(0);
+            continue;
+        };
+        let mut state = room_prefix.to_vec();
+        state.push(b'S');
+        if let Some(v) = get(&state)? {
+            out.push((state, v));
+        }
+        match mimi_store::prefix_end(room_prefix) {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// How a hub's [`RoomRecord`] is written: its [`HubState`] without the participants (read back as an empty list,
+/// filled from their keys, [`Records::participants`]).
+#[derive(Serialize)]
+#[serde(tag = "role", rename = "hub")]
+struct HubRecord<'a> {
+    room: &'a str,
+    group_id: &'a [u8],
+    epoch: u64,
+    next_seq: u64,
+    policy: mimi_protocol::hub::JoinPolicy,
+    followers: &'a BTreeSet<String>,
+    creator: &'a Option<String>,
+}
+
+impl<'a> HubRecord<'a> {
+    fn of(s: &'a HubState) -> Self {
+        Self {
+            room: &s.room,
+            group_id: &s.group_id,
+            epoch: s.epoch,
+            next_seq: s.next_seq,
+            policy: s.policy,
+            followers: &s.followers,
+            creator: &s.creator,
+        }
+    }
 }
 
 /// A native user of this provider.
@@ -116,13 +176,39 @@ pub mod write {
 
     /// The room record.
     pub fn room(b: &mut Batch, rec: &RoomRecord) -> Result<(), StoreError> {
-        let name = match rec {
-            RoomRecord::Hub(s) => &s.room,
-            RoomRecord::Follower { room, .. } => room,
-        };
-        let v = serde_json::to_vec(rec).map_err(|e| decode_err("room record", e))?;
-        b.put(HUB_LOG, room_key(name, b'S', b""), v);
+        match rec {
+            RoomRecord::Hub(s) => hub(b, s),
+            RoomRecord::Follower { room, .. } => {
+                let v = serde_json::to_vec(rec).map_err(|e| decode_err("room record", e))?;
+                b.put(HUB_LOG, room_key(room, b'S', b""), v);
+                Ok(())
+            }
+        }
+    }
+
+    /// The record of a room we host. Its participants are not in it ([`write::participants`]): the record of a
+    /// 10 000-member room stays small enough to write with every message.
+    pub fn hub(b: &mut Batch, state: &HubState) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(&HubRecord::of(state)).map_err(|e| decode_err("room record", e))?;
+        b.put(HUB_LOG, room_key(&state.room, b'S', b""), v);
         Ok(())
+    }
+
+    /// The changes of a hub's participant list from `before` to `after` (both in URI order).
+    pub fn participants(b: &mut Batch, room: &str, before: &BTreeSet<String>, after: &BTreeSet<String>) {
+        let added: Vec<&String> = after.difference(before).collect();
+        let removed: Vec<&String> = before.difference(after).collect();
+        participants_change(b, room, &added, &removed);
+    }
+
+    /// Participants put on a hub's list (`added`) and taken off it (`removed`).
+    pub fn participants_change(b: &mut Batch, room: &str, added: &[impl AsRef<str>], removed: &[impl AsRef<str>]) {
+        for gone in removed {
+            b.delete(HUB_LOG, room_key(room, b'U', gone.as_ref().as_bytes()));
+        }
+        for new in added {
+            b.put(HUB_LOG, room_key(room, b'U', new.as_ref().as_bytes()), Vec::new());
+        }
     }
 
     /// Forgets the record of a room (a follow undone before any entry came).
@@ -300,25 +386,18 @@ impl Records<'_> {
     /// Every room record. Reads one key per room (a skip scan over the rooms' key prefixes), never the rooms'
     /// logs: a provider with a long log starts without reading it.
     pub fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
-        let mut out = Vec::new();
-        let mut from = Vec::new();
-        while let Some((k, _)) = self.0.scan_prefix_from(HUB_LOG, b"", &from, 1)?.into_iter().next() {
-            let len = k.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
-            let Some(room_prefix) = len.and_then(|len| k.get(..2 + len)) else {
-                // Not a room's key (the hub's signing key): the next key.
-                from = k;
-                from.push(0);
-                continue;
-            };
-            let mut state = room_prefix.to_vec();
-            state.push(b'S');
-            if let Some(v) = self.0.get(HUB_LOG, &state)? {
-                out.push(serde_json::from_slice(&v).map_err(|e| decode_err("room record", e))?);
-            }
-            match mimi_store::prefix_end(room_prefix) {
-                Some(next) => from = next,
-                None => break,
-            }
+        let first_from = |from: &[u8]| Ok(self.0.scan_prefix_from(HUB_LOG, b"", from, 1)?.into_iter().next());
+        let records = room_records(first_from, |k| self.0.get(HUB_LOG, k))?;
+        records.iter().map(|(_, v)| serde_json::from_slice(v).map_err(|e| decode_err("room record", e))).collect()
+    }
+
+    /// A hosted room's participants (schema 5 on; before, they were in the room's record).
+    pub fn participants(&self, room: &str) -> Result<BTreeSet<String>, StoreError> {
+        let prefix = room_key(room, b'U', b"");
+        let mut out = BTreeSet::new();
+        for (k, _) in self.0.scan_prefix(HUB_LOG, &prefix)? {
+            let uri = String::from_utf8(k[prefix.len()..].to_vec()).map_err(|e| decode_err("participant", e))?;
+            out.insert(uri);
         }
         Ok(out)
     }
@@ -509,6 +588,21 @@ pub fn migrate_v3_to_v4(kv: &dyn KvStore) -> Result<(), StoreError> {
             Ok(state) => write::public_chunks(&mut b, &room, &state, &chunks::split(&state), &[]),
             Err(e) => tracing::warn!(%room, error = %e, "the room's public state does not decode: left as it is"),
         }
+    }
+    if b.is_empty() { Ok(()) } else { kv.write(&[b]) }
+}
+
+/// Schema migration 4 → 5 of the daemon's store: the participants of every hosted room move from the room's
+/// record (`'S'`, rewritten with every message: 400 KB of JSON at 10 000 participants) to one key each (`'U'`).
+/// One atomic batch.
+pub fn migrate_v4_to_v5(kv: &dyn KvStore) -> Result<(), StoreError> {
+    let mut b = Batch::new();
+    // One record per room, not the logs and public states.
+    let first_from = |from: &[u8]| Ok(kv.scan_prefix_from(HUB_LOG, b"", from, 1)?.into_iter().next());
+    for (_, v) in room_records(first_from, |k| kv.get(HUB_LOG, k))? {
+        let Ok(RoomRecord::Hub(state)) = serde_json::from_slice::<RoomRecord>(&v) else { continue };
+        write::participants(&mut b, &state.room, &BTreeSet::new(), &state.participants);
+        write::hub(&mut b, &state)?;
     }
     if b.is_empty() { Ok(()) } else { kv.write(&[b]) }
 }

@@ -27,7 +27,7 @@ use mimi_protocol::wire::{
     RatchetTreeOption, SequencedFanout, UpdateRequest, WireMessage, wire_format,
 };
 use mimi_store::{Batch, Store, StoreError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -270,8 +270,10 @@ impl Provider {
         let mut rooms = HashMap::new();
         for rec in recs.rooms()? {
             match rec {
-                RoomRecord::Hub(state) => {
+                RoomRecord::Hub(mut state) => {
                     let name = state.room.clone();
+                    // Participants have keys of their own (schema 5); a record of before holds them itself.
+                    state.participants.extend(recs.participants(&name)?);
                     let last = state.next_seq - 1;
                     // The bridge's own member is in the rooms it created (rooms stored before creators were kept:
                     // every room of our domain, as before).
@@ -428,7 +430,8 @@ impl Provider {
                 let hub = HubRoom::new(room, group_info, ratchet_tree, creator, policy, has_portal)?
                     .with_add_rule(Arc::new(LocalAdds::new(self.inner.store.clone(), &self.inner.domain)));
                 let mut b = Batch::new();
-                write::room(&mut b, &RoomRecord::Hub(hub.state().clone()))?;
+                write::hub(&mut b, hub.state())?;
+                write::participants(&mut b, room, &BTreeSet::new(), &hub.state().participants);
                 let mut public_chunks = Vec::new();
                 if let Some(public) = hub.public_state()? {
                     let chunked = chunks::split(&public);
@@ -577,7 +580,7 @@ impl Provider {
                 Some(Role::Hub(h)) => {
                     h.set_policy(policy);
                     let mut b = Batch::new();
-                    write::room(&mut b, &RoomRecord::Hub(h.state().clone()))?;
+                    write::hub(&mut b, h.state())?;
                     self.inner.store.commit_later(b)
                 }
                 Some(Role::Follower { hub, .. }) => {
@@ -733,6 +736,8 @@ impl Provider {
                 })
             })
             .await?;
+            // The view shares the room's state: gone, the room moves on without copying it.
+            drop(view);
             let mut rooms = lock(&self.inner.rooms);
             let r = Self::hosted(&mut rooms, room)?;
             let hub = Self::hub_in(r, room)?;
@@ -743,18 +748,25 @@ impl Provider {
                 }
                 continue;
             }
+            // A handshake may change the participants: their keys follow the list.
+            let mut judged = judged;
+            let participants = judged.take_participants();
             let (accepted, actions) = hub.apply(judged, origin, now_ms())?;
             let mut b = Batch::new();
+            let epoch = hub.epoch();
+            if !actions.is_empty() {
+                write::hub(&mut b, hub.state())?;
+                write::participants_change(&mut b, room, &participants.added, &participants.removed);
+            }
             let mut kept = None;
             let mut chunked = chunked.into_iter();
             // The chunks the public state will be stored in, once this batch is built.
             let mut public_chunks: Option<Vec<[u8; 32]>> = None;
             for a in &actions {
-                if let HubAction::Append { entry, digest, state, public, group_info } = a {
+                if let HubAction::Append { entry, digest, public, group_info } = a {
                     r.remember(entry);
                     write::entry(&mut b, room, entry)?;
                     write::digest(&mut b, room, digest, entry.seq);
-                    write::room(&mut b, &RoomRecord::Hub(state.clone()))?;
                     let chunks = chunked.next().flatten();
                     if let Some(p) = public {
                         let chunks = chunks.unwrap_or_else(|| chunks::split(p));
@@ -762,9 +774,10 @@ impl Provider {
                         write::public_chunks(&mut b, room, p, &chunks, stored);
                         public_chunks = Some(chunks.hashes);
                     }
+                    // A commit's, of the epoch it made (a Welcome after it changes none).
                     if let Some(gi) = group_info {
                         write::group_info(&mut b, room, gi.as_bytes());
-                        kept = Some((state.epoch, gi.as_bytes().to_vec()));
+                        kept = Some((epoch, gi.as_bytes().to_vec()));
                     }
                     if entry.fanout.message.wire_format() == wire_format::WELCOME {
                         for user in welcomed {
@@ -884,9 +897,11 @@ impl Provider {
                 return Err(ProviderError::BadRequest("invite through the room's hub".into()));
             };
             let follower = uri_domain(uri).filter(|d| *d != self.inner.domain);
-            let state = h.add_participant(uri, follower);
+            // Written even when the list had them: the caller learns the invite is durable only from this batch.
+            h.add_participant(uri, follower);
             let mut b = Batch::new();
-            write::room(&mut b, &RoomRecord::Hub(state))?;
+            write::hub(&mut b, h.state())?;
+            write::participants(&mut b, room, &BTreeSet::new(), &BTreeSet::from([uri.to_owned()]));
             self.inner.store.commit_later(b)
         };
         durable.await.unwrap_or(Err(StoreError::Closed))?;

@@ -277,26 +277,12 @@ async fn a_retry_after_a_restart_gets_its_first_number_from_the_store() {
 async fn the_public_state_is_stored_in_chunks_and_none_is_left_behind() {
     use super::chunks::parse_manifest;
     use super::log::{HUB_LOG, lp, write};
-    use openmls::prelude::{BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsMessageOut};
-    use openmls_basic_credential::SignatureKeyPair;
     use std::collections::BTreeSet;
 
     let (_d, st) = store();
     let (_g, mut g) = group(ROOM.as_bytes());
     // Enough members that the state spans a few dozen chunks.
-    let cs = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-    let kps: Vec<Vec<u8>> = (0..400)
-        .map(|i| {
-            let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
-            let signer = SignatureKeyPair::new(cs.signature_algorithm()).expect("key");
-            let credential = CredentialWithKey {
-                credential: BasicCredential::new(format!("mimi://a.test/u/m{i}").into_bytes()).into(),
-                signature_key: signer.to_public_vec().into(),
-            };
-            let bundle = KeyPackage::builder().build(cs, &provider, &signer, credential).expect("kp");
-            MlsMessageOut::from(bundle.key_package().clone()).to_bytes().expect("bytes")
-        })
-        .collect();
+    let kps: Vec<Vec<u8>> = (0..400).map(|i| raw_key_package(&format!("mimi://a.test/u/m{i}"))).collect();
     let refs: Vec<&[u8]> = kps.iter().map(Vec::as_slice).collect();
     g.add_members(&refs).durable_blocking().expect("add");
     g.merge_pending_commit().durable_blocking().expect("merge");
@@ -314,16 +300,7 @@ async fn the_public_state_is_stored_in_chunks_and_none_is_left_behind() {
         let chunks = st.scan_prefix(HUB_LOG, &key).expect("scan").into_iter().map(|(k, _)| k[key.len()..].to_vec());
         (len as usize, hashes.into_iter().map(|h| h.to_vec()).collect(), chunks.collect())
     };
-    let commit = |g: &mut mimi_mls::PortalGroup| {
-        let out = g.self_update().durable_blocking().expect("commit");
-        g.merge_pending_commit().durable_blocking().expect("merge");
-        UpdateRequest::Commit {
-            commit: bytes(out.commit),
-            welcome: None,
-            group_info: GroupInfoOption(bytes(out.group_info.expect("group info"))),
-            ratchet_tree: RatchetTreeOption::DistributionService,
-        }
-    };
+    let commit = |g: &mut mimi_mls::PortalGroup| merged(g, |g| g.self_update());
     let (len, manifest, chunks) = stored(&st);
     assert!(manifest.len() > 1, "{len} bytes in {} chunks", manifest.len());
     assert_eq!(chunks, manifest);
@@ -399,4 +376,123 @@ async fn migration_3_to_4_stores_public_states_in_chunks() {
     assert_eq!(a.epoch(ROOM).expect("room"), 0);
     migrate_v3_to_v4(st.kv().as_ref()).expect("a second run changes nothing");
     assert_eq!(st.get(HUB_LOG, &key(ROOM)).expect("read"), Some(manifest));
+}
+
+/// The commit `make` makes on `g`, merged, as an update (with its Welcome and the GroupInfo of its epoch).
+fn merged(
+    g: &mut mimi_mls::PortalGroup,
+    make: impl FnOnce(&mut mimi_mls::PortalGroup) -> mimi_mls::Pending<mimi_mls::CommitOutput>,
+) -> UpdateRequest {
+    let out = make(g).durable_blocking().expect("commit");
+    g.merge_pending_commit().durable_blocking().expect("merge");
+    UpdateRequest::Commit {
+        commit: bytes(out.commit),
+        welcome: out.welcome.map(bytes),
+        group_info: GroupInfoOption(bytes(out.group_info.expect("group info"))),
+        ratchet_tree: RatchetTreeOption::DistributionService,
+    }
+}
+
+/// A raw KeyPackage (MLSMessage) of a new member `uri`.
+fn raw_key_package(uri: &str) -> Vec<u8> {
+    use openmls::prelude::{BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsMessageOut};
+    let cs = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+    let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let signer = openmls_basic_credential::SignatureKeyPair::new(cs.signature_algorithm()).expect("key");
+    let credential = CredentialWithKey {
+        credential: BasicCredential::new(uri.as_bytes().to_vec()).into(),
+        signature_key: signer.to_public_vec().into(),
+    };
+    let bundle = KeyPackage::builder().build(cs, &provider, &signer, credential).expect("kp");
+    MlsMessageOut::from(bundle.key_package().clone()).to_bytes().expect("bytes")
+}
+
+/// The keys of `ROOM`'s participants in the store, and its record as JSON.
+fn stored_participants(st: &Store) -> (Vec<String>, serde_json::Value) {
+    use super::log::{HUB_LOG, lp};
+    let mut key = lp(ROOM.as_bytes());
+    key.push(b'U');
+    let users = st.scan_prefix(HUB_LOG, &key).expect("scan");
+    let users = users.into_iter().map(|(k, _)| String::from_utf8(k[key.len()..].to_vec()).expect("utf8")).collect();
+    key.pop();
+    key.push(b'S');
+    let record = st.get(HUB_LOG, &key).expect("read").expect("a record");
+    (users, serde_json::from_slice(&record).expect("json"))
+}
+
+/// A hosted room's participants have a key each, follow invites, adds and removals, and come back after a
+/// restart; the room's record (written with every message) does not hold them.
+#[tokio::test]
+async fn participants_have_keys_of_their_own_and_survive_a_restart() {
+    let (_d, st) = store();
+    let (_g, mut g) = group(ROOM.as_bytes());
+    let info = bytes(g.export_group_info(true).expect("group info"));
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    a.create_room(ROOM, &info, None, ALICE, JoinPolicy::Open, false).await.expect("room");
+    a.add_participant(ROOM, "mimi://a.test/u/dave").await.expect("invite");
+    // A member of another provider is added (its provider hands the commit in), then removed.
+    let carol = "mimi://b.test/u/carol";
+    let kp = raw_key_package(carol);
+    let add = merged(&mut g, |g| g.add_members(&[&kp]));
+    let from_b = Origin::Follower("b.test".into());
+    a.update(ROOM, add, "mimi://b.test/u/carol", from_b.clone()).await.expect("added");
+    let (users, record) = stored_participants(&st);
+    assert_eq!(users, [ALICE, "mimi://a.test/u/dave", carol].map(String::from).to_vec());
+    assert!(record.get("participants").is_none(), "not in the record: {record}");
+    assert_eq!(record["next_seq"], 3, "commit and Welcome");
+    let m = bytes(g.encrypt(b"hello").durable_blocking().expect("encrypt"));
+    a.submit(ROOM, m, ALICE, Origin::Client(ALICE.into())).await.expect("message");
+    assert_eq!(stored_participants(&st).1["next_seq"], 4, "the record follows the log");
+
+    drop(a);
+    let a = Provider::open("a.test", st.clone()).expect("reopen");
+    for who in [ALICE, carol, "mimi://a.test/u/dave"] {
+        assert!(a.is_participant(ROOM, who).expect("room"), "{who} after a restart");
+    }
+    let remove = merged(&mut g, |g| g.remove_members(&[1]));
+    a.update(ROOM, remove, ALICE, Origin::Client(ALICE.into())).await.expect("removed");
+    assert!(!a.is_participant(ROOM, carol).expect("room"));
+    assert_eq!(stored_participants(&st).0, [ALICE, "mimi://a.test/u/dave"].map(String::from).to_vec());
+}
+
+/// Migration 4 → 5: the participants of a record written with them move to keys of their own.
+#[tokio::test]
+async fn migration_4_to_5_moves_participants_to_their_keys() {
+    use super::log::{HUB_LOG, RoomRecord, lp, migrate_v4_to_v5};
+    let (_d, st) = store();
+    let (_g, mut g) = group(ROOM.as_bytes());
+    let info = bytes(g.export_group_info(true).expect("group info"));
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    a.create_room(ROOM, &info, None, ALICE, JoinPolicy::Open, false).await.expect("room");
+    drop(a);
+    // The record as schema 4 wrote it: the whole state, participants in it, and no keys.
+    let mut key = lp(ROOM.as_bytes());
+    key.push(b'S');
+    let RoomRecord::Hub(mut state) =
+        serde_json::from_slice(&st.get(HUB_LOG, &key).expect("read").expect("record")).expect("json")
+    else {
+        panic!("not a hub record")
+    };
+    state.participants = [ALICE, BOB].map(String::from).into();
+    let mut b = mimi_store::Batch::new();
+    b.put(HUB_LOG, key.clone(), serde_json::to_vec(&RoomRecord::Hub(state)).expect("json"));
+    let mut users = lp(ROOM.as_bytes());
+    users.push(b'U');
+    users.extend(ALICE.as_bytes());
+    b.delete(HUB_LOG, users);
+    st.commit(b).await.expect("an old record");
+
+    migrate_v4_to_v5(st.kv().as_ref()).expect("migrated");
+    let (users, record) = stored_participants(&st);
+    assert_eq!(users, [ALICE, BOB].map(String::from).to_vec());
+    assert!(record.get("participants").is_none(), "{record}");
+    migrate_v4_to_v5(st.kv().as_ref()).expect("a second run");
+    assert_eq!(stored_participants(&st), (users, record), "changes nothing");
+    // The record is rewritten with the next message; the participants stay, from their keys.
+    let a = Provider::open("a.test", st.clone()).expect("opens");
+    let m = bytes(g.encrypt(b"after").durable_blocking().expect("encrypt"));
+    a.submit(ROOM, m, ALICE, Origin::Client(ALICE.into())).await.expect("message");
+    drop(a);
+    let a = Provider::open("a.test", st.clone()).expect("reopens");
+    assert!(a.is_participant(ROOM, BOB).expect("room"), "bob, from his key");
 }
