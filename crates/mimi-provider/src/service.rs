@@ -857,15 +857,6 @@ impl Provider {
         Ok(())
     }
 
-    /// Records, for a Welcome, which of our users it is for (by the KeyPackageRefs they handed out).
-    fn route_welcome(&self, b: &mut Batch, room: &str, entry: &SequencedFanout) -> Result<(), StoreError> {
-        for user in self.welcomed(&entry.fanout.message)? {
-            write::invite(b, &user, room, entry.seq);
-            write::reader(b, room, &user);
-        }
-        Ok(())
-    }
-
     /// Which of our users `message`, if it is a Welcome, is for (by the KeyPackageRefs they handed out).
     fn welcomed(&self, message: &MlsMessageBytes) -> Result<Vec<String>, StoreError> {
         let Ok(Inspected::Welcome { new_members }) = inspect(message) else { return Ok(Vec::new()) };
@@ -1068,6 +1059,14 @@ impl Provider {
         page: bool,
     ) -> Result<Option<u64>, ProviderError> {
         let _serial = self.inner.follower_lock.lock().await;
+        // Read before the room moves on: nothing that can fail but the write comes after it.
+        let mut welcomed = HashMap::new();
+        for e in &entries {
+            let users = self.welcomed(&e.fanout.message)?;
+            if !users.is_empty() {
+                welcomed.insert(e.seq, users);
+            }
+        }
         let actions = {
             let mut rooms = lock(&self.inner.rooms);
             let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
@@ -1084,7 +1083,10 @@ impl Provider {
                     let mut last = 0;
                     for e in &run {
                         write::entry(&mut b, room, e)?;
-                        self.route_welcome(&mut b, room, e)?;
+                        for user in welcomed.get(&e.seq).into_iter().flatten() {
+                            write::invite(&mut b, user, room, e.seq);
+                            write::reader(&mut b, room, user);
+                        }
                         last = e.seq;
                     }
                     self.inner.store.commit(b).await?;
