@@ -194,20 +194,27 @@ pub mod write {
         Ok(())
     }
 
-    /// The changes of a hub's participant list from `before` to `after` (both in URI order).
-    pub fn participants(b: &mut Batch, room: &str, before: &BTreeSet<String>, after: &BTreeSet<String>) {
-        let added: Vec<&String> = after.difference(before).collect();
-        let removed: Vec<&String> = before.difference(after).collect();
-        participants_change(b, room, &added, &removed);
-    }
-
     /// Participants put on a hub's list (`added`) and taken off it (`removed`).
-    pub fn participants_change(b: &mut Batch, room: &str, added: &[impl AsRef<str>], removed: &[impl AsRef<str>]) {
+    pub fn participants<S: AsRef<str>>(
+        b: &mut Batch,
+        room: &str,
+        added: impl IntoIterator<Item = S>,
+        removed: impl IntoIterator<Item = S>,
+    ) {
         for gone in removed {
             b.delete(HUB_LOG, room_key(room, b'U', gone.as_ref().as_bytes()));
         }
         for new in added {
             b.put(HUB_LOG, room_key(room, b'U', new.as_ref().as_bytes()), Vec::new());
+        }
+    }
+
+    /// For a Welcome logged as entry `seq` of `room`: the invitations of the users of ours it is for, who may
+    /// then read the room's copy of the log.
+    pub fn welcomed(b: &mut Batch, room: &str, seq: u64, users: &[String]) {
+        for user in users {
+            invite(b, user, room, seq);
+            reader(b, room, user);
         }
     }
 
@@ -601,7 +608,7 @@ pub fn migrate_v4_to_v5(kv: &dyn KvStore) -> Result<(), StoreError> {
     let first_from = |from: &[u8]| Ok(kv.scan_prefix_from(HUB_LOG, b"", from, 1)?.into_iter().next());
     for (_, v) in room_records(first_from, |k| kv.get(HUB_LOG, k))? {
         let Ok(RoomRecord::Hub(state)) = serde_json::from_slice::<RoomRecord>(&v) else { continue };
-        write::participants(&mut b, &state.room, &BTreeSet::new(), &state.participants);
+        write::participants(&mut b, &state.room, &state.participants, []);
         write::hub(&mut b, &state)?;
     }
     if b.is_empty() { Ok(()) } else { kv.write(&[b]) }

@@ -27,7 +27,7 @@ use mimi_protocol::wire::{
     RatchetTreeOption, SequencedFanout, UpdateRequest, WireMessage, wire_format,
 };
 use mimi_store::{Batch, Store, StoreError};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -431,7 +431,7 @@ impl Provider {
                     .with_add_rule(Arc::new(LocalAdds::new(self.inner.store.clone(), &self.inner.domain)));
                 let mut b = Batch::new();
                 write::hub(&mut b, hub.state())?;
-                write::participants(&mut b, room, &BTreeSet::new(), &hub.state().participants);
+                write::participants(&mut b, room, &hub.state().participants, []);
                 let mut public_chunks = Vec::new();
                 if let Some(public) = hub.public_state()? {
                     let chunked = chunks::split(&public);
@@ -756,7 +756,7 @@ impl Provider {
             let epoch = hub.epoch();
             if !actions.is_empty() {
                 write::hub(&mut b, hub.state())?;
-                write::participants_change(&mut b, room, &participants.added, &participants.removed);
+                write::participants(&mut b, room, &participants.added, &participants.removed);
             }
             let mut kept = None;
             let mut chunked = chunked.into_iter();
@@ -780,10 +780,7 @@ impl Provider {
                         kept = Some((epoch, gi.as_bytes().to_vec()));
                     }
                     if entry.fanout.message.wire_format() == wire_format::WELCOME {
-                        for user in welcomed {
-                            write::invite(&mut b, user, room, entry.seq);
-                            write::reader(&mut b, room, user);
-                        }
+                        write::welcomed(&mut b, room, entry.seq, welcomed);
                     }
                 }
             }
@@ -892,7 +889,7 @@ impl Provider {
             h.add_participant(uri, follower);
             let mut b = Batch::new();
             write::hub(&mut b, h.state())?;
-            write::participants(&mut b, room, &BTreeSet::new(), &BTreeSet::from([uri.to_owned()]));
+            write::participants(&mut b, room, [uri], []);
             self.inner.store.commit_later(b)
         };
         durable.await.unwrap_or(Err(StoreError::Closed))?;
@@ -1083,9 +1080,8 @@ impl Provider {
                     let mut last = 0;
                     for e in &run {
                         write::entry(&mut b, room, e)?;
-                        for user in welcomed.get(&e.seq).into_iter().flatten() {
-                            write::invite(&mut b, user, room, e.seq);
-                            write::reader(&mut b, room, user);
+                        if let Some(users) = welcomed.get(&e.seq) {
+                            write::welcomed(&mut b, room, e.seq, users);
                         }
                         last = e.seq;
                     }
