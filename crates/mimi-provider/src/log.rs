@@ -585,12 +585,16 @@ pub fn migrate_v2_to_v3(kv: &dyn KvStore) -> Result<(), StoreError> {
 /// refuses the room's handshakes until a participant hands in the current GroupInfo). One atomic batch.
 pub fn migrate_v3_to_v4(kv: &dyn KvStore) -> Result<(), StoreError> {
     let mut b = Batch::new();
-    for (k, v) in kv.scan_prefix(HUB_LOG, b"")? {
-        let Some(len) = k.get(..2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else { continue };
-        if k.get(2 + len) != Some(&b'P') || k.len() != 3 + len || chunks::parse_manifest(&v).is_some() {
+    // One record per room ('S', then its 'P'), not the logs.
+    let first_from = |from: &[u8]| Ok(kv.scan_prefix_from(HUB_LOG, b"", from, 1)?.into_iter().next());
+    for (mut k, _) in room_records(first_from, |k| kv.get(HUB_LOG, k))? {
+        k.pop();
+        let room = String::from_utf8_lossy(&k[2..]).into_owned();
+        k.push(b'P');
+        let Some(v) = kv.get(HUB_LOG, &k)? else { continue };
+        if chunks::parse_manifest(&v).is_some() {
             continue;
         }
-        let room = String::from_utf8_lossy(&k[2..2 + len]).into_owned();
         match PublicState::decode(&v).and_then(|p| p.encode()) {
             Ok(state) => write::public_chunks(&mut b, &room, &state, &chunks::split(&state), &[]),
             Err(e) => tracing::warn!(%room, error = %e, "the room's public state does not decode: left as it is"),
