@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
+/// redb's page cache. Its default (1 GiB) grows with whatever is read — at a start that reads every room, the whole
+/// file — and stays; the kernel's page cache keeps the file's hot pages beyond this.
+const CACHE_BYTES: usize = 16 << 20;
+
 /// A redb database file holding every tree.
 pub struct RedbStore {
     db: Database,
@@ -19,7 +23,7 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) the database file `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| err(path, e))?;
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| err(path, e))?;
         let s = Self { db, path: path.to_owned() };
         // Create the table up front so reads never see "table does not exist".
         let tx = s.db.begin_write().map_err(|e| s.e(e))?;
