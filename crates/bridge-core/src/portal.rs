@@ -58,11 +58,11 @@ pub(crate) enum PortalInput {
         ack: oneshot::Sender<Result<Accepted, RouteError>>,
     },
     Link {
-        leg: LegId,
+        leg: Box<LegId>,
         done: oneshot::Sender<Result<(), RouteError>>,
     },
     Unlink {
-        leg: LegId,
+        leg: Box<LegId>,
         done: oneshot::Sender<Result<(), RouteError>>,
     },
     Undeliverable {
@@ -71,8 +71,8 @@ pub(crate) enum PortalInput {
     },
     /// An inbound event refused before it reached the portal (too large): its sender is told on its leg.
     Refused {
-        leg: LegId,
-        sender: LegacyUser,
+        leg: Box<LegId>,
+        sender: Box<LegacyUser>,
         reason: String,
     },
     Status {
@@ -159,7 +159,7 @@ impl Portal {
                     // Finish what was queued, then stop.
                     let mut rest = Vec::new();
                     while let Ok(i) = rx.try_recv() { rest.push(i); }
-                    if !rest.is_empty() { self.drain(rest).await; }
+                    if !rest.is_empty() { Box::pin(self.drain(rest)).await; }
                     break;
                 }
             };
@@ -170,7 +170,9 @@ impl Portal {
                     Err(_) => break,
                 }
             }
-            self.drain(inputs).await;
+            // Boxed: the drain's state is large, and a portal's task waits here most of its life (thousands of idle
+            // portals would each hold it).
+            Box::pin(self.drain(inputs)).await;
             let depth = self.self_tx.max_capacity() - self.self_tx.capacity();
             metrics::gauge!("mimi_bridge_portal_queue_depth", "portal" => self.rec.id.to_string()).set(depth as f64);
         }
@@ -218,7 +220,7 @@ impl Portal {
                 PortalInput::Refused { leg, sender, reason } => {
                     let body = format!("⚠ {}: your message was not bridged: {reason}", sender.shown_name());
                     let id = ephemeral_id();
-                    self.notice(leg, id, TxnId(format!("refused-{}", id.to_hex())), body, &mut work);
+                    self.notice(*leg, id, TxnId(format!("refused-{}", id.to_hex())), body, &mut work);
                 }
                 PortalInput::Status { reply } => {
                     let _ = reply.send(self.status());
@@ -256,6 +258,7 @@ impl Portal {
     async fn control(&mut self, input: PortalInput) {
         match input {
             PortalInput::Link { leg, done } => {
+                let leg = *leg;
                 let mut b = Batch::new();
                 write::link(&mut b, &leg, &self.rec.id);
                 let r = self.shared.store.commit(b).await.map_err(store_error);
@@ -266,6 +269,7 @@ impl Portal {
                 let _ = done.send(r);
             }
             PortalInput::Unlink { leg, done } => {
+                let leg = *leg;
                 // The leg's worker stops first, so nothing it still holds is delivered after the unlink.
                 if let Some(w) = self.legs.remove(&leg) {
                     let _ = w.stop.send(true);

@@ -219,7 +219,7 @@ impl RouterHandle {
             return Err(RouteError::AlreadyLinked { leg, portal: p });
         }
         let (done, wait) = oneshot::channel();
-        self.send_control(portal, PortalInput::Link { leg: leg.clone(), done }).await?;
+        self.send_control(portal, PortalInput::Link { leg: Box::new(leg.clone()), done }).await?;
         wait.await.map_err(|_| RouteError::Closed)??;
         self.inner.legs.write().map_err(|_| RouteError::Closed)?.insert(leg, portal.clone());
         Ok(())
@@ -229,7 +229,7 @@ impl RouterHandle {
     pub async fn unlink(&self, leg: &LegId) -> Result<(), RouteError> {
         let portal = self.portal_of(leg).ok_or_else(|| RouteError::UnknownLeg(leg.clone()))?;
         let (done, wait) = oneshot::channel();
-        self.send_control(&portal, PortalInput::Unlink { leg: leg.clone(), done }).await?;
+        self.send_control(&portal, PortalInput::Unlink { leg: Box::new(leg.clone()), done }).await?;
         wait.await.map_err(|_| RouteError::Closed)??;
         self.inner.legs.write().map_err(|_| RouteError::Closed)?.remove(leg);
         Ok(())
@@ -320,8 +320,11 @@ impl RouterHandle {
                 });
             if tell && let Some(tx) = self.portal_of(&event.leg).and_then(|p| self.sender(&p)) {
                 let reason = format!("it is too large ({size} bytes; this bridge takes at most {max})");
-                let _ =
-                    tx.try_send(PortalInput::Refused { leg: event.leg.clone(), sender: event.sender.clone(), reason });
+                let _ = tx.try_send(PortalInput::Refused {
+                    leg: Box::new(event.leg.clone()),
+                    sender: Box::new(event.sender.clone()),
+                    reason,
+                });
             }
             return Err(e);
         }
