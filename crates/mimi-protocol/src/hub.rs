@@ -407,6 +407,11 @@ impl HubRoom {
         self.public.as_deref().map(PublicState::encode).transpose()
     }
 
+    /// True if the hub knows the group's public state (rooms stored before it kept one do not).
+    pub fn knows_public_state(&self) -> bool {
+        self.public.is_some()
+    }
+
     /// The current ratchet tree (TLS encoding), if the hub knows the group's public state.
     pub fn ratchet_tree(&self) -> Option<Vec<u8>> {
         self.public.as_deref().map(PublicState::ratchet_tree)

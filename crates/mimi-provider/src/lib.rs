@@ -47,7 +47,7 @@ pub use mimi_protocol::{JoinPolicy, Origin, Refusal, Sequenced};
 pub use native_clients::{Client, NativeClients, Registered, Registration};
 pub use peer_api::{HeardPeer, PeerApi};
 pub use peer_client::{HubAnswer, PeerClient, PeerError};
-pub use service::{PeerNotify, Provider, ProviderError, RoomRoute};
+pub use service::{PeerNotify, PortalRoom, Provider, ProviderError, RoomRoute};
 
 /// The trees this crate owns.
 pub const TREES: &[&str] = &[log::HUB_LOG, log::MIMI_USERS];

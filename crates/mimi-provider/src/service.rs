@@ -30,7 +30,7 @@ use mimi_store::{Batch, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Why a provider operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +118,8 @@ struct Room {
     last: watch::Sender<u64>,
     /// The GroupInfo served to external joiners, with its epoch; replaced only by one of the same or a newer epoch.
     group_info: Option<(u64, Vec<u8>)>,
+    /// Whether `group_info` is the one in the store (not only in memory: [`Provider::set_group_info`]).
+    group_info_stored: bool,
     /// For a room followed only for our clients' updates still on their way to the hub: how many, and whether the
     /// hub accepted one ([`Provider::follow_for_update`]).
     tentative: Option<Tentative>,
@@ -171,6 +173,7 @@ impl Room {
             role,
             last,
             group_info: None,
+            group_info_stored: false,
             tentative: None,
             tail: VecDeque::new(),
             tail_bytes: 0,
@@ -181,11 +184,13 @@ impl Room {
     }
 
     /// Serves `group_info` of `epoch` from now on unless the one served is of a newer epoch; true if it does.
-    fn install_group_info(&mut self, epoch: u64, group_info: Vec<u8>) -> bool {
+    /// `stored`: it is the one in the store.
+    fn install_group_info(&mut self, epoch: u64, group_info: Vec<u8>, stored: bool) -> bool {
         if self.group_info.as_ref().is_some_and(|(e, _)| *e > epoch) {
             return false;
         }
         self.group_info = Some((epoch, group_info));
+        self.group_info_stored = stored;
         true
     }
 
@@ -232,6 +237,26 @@ struct Inner {
     key_package_lock: tokio::sync::Mutex<()>,
     /// The key `GroupInfoResponse`s are signed with (loaded or made on first use).
     hub_signer: tokio::sync::OnceCell<HubSigner>,
+    /// The name of every room whose log grew ([`Provider::appended`]).
+    appended: broadcast::Sender<Arc<str>>,
+}
+
+/// Room names [`Provider::appended`] holds for a slow receiver before it lags.
+const APPENDED_BACKLOG: usize = 1024;
+
+/// What the hub knows of a portal's room ([`Provider::portal_room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortalRoom {
+    /// No room of that name here, or one the hub cannot judge handshakes in yet (stored before the hub kept
+    /// public state), or one someone else made: the portal's group has to be opened to create or adopt it.
+    Open,
+    /// A room `creator` made, with its public state.
+    Ready {
+        /// The last sequence number of its log.
+        last: u64,
+        /// Whether the GroupInfo served to external joiners is stored and of the hub's current epoch.
+        group_info_current: bool,
+    },
 }
 
 /// The MIMI provider of this daemon: hub of its rooms, follower of others, home of native users.
@@ -297,6 +322,7 @@ impl Provider {
                         .with_add_rule(Arc::new(LocalAdds::new(store.clone(), domain)));
                     let (tx, _) = watch::channel(last);
                     let mut r = Room::new(Role::Hub(hub), tx);
+                    r.group_info_stored = group_info.is_some();
                     r.group_info = group_info.map(|g| (group_info_epoch(&g).unwrap_or(0), g));
                     r.first = recs.first(&name)?;
                     r.public_chunks = public_chunks.unwrap_or_default();
@@ -323,6 +349,7 @@ impl Provider {
                 follower_lock: tokio::sync::Mutex::new(()),
                 key_package_lock: tokio::sync::Mutex::new(()),
                 hub_signer: tokio::sync::OnceCell::new(),
+                appended: broadcast::channel(APPENDED_BACKLOG).0,
             }),
         })
     }
@@ -443,6 +470,7 @@ impl Provider {
                 let mut r = Room::new(Role::Hub(hub), tx);
                 r.public_chunks = public_chunks;
                 r.group_info = Some((epoch, group_info.as_bytes().to_vec()));
+                r.group_info_stored = true;
                 rooms.insert(room.to_owned(), r);
                 self.inner.store.commit_later(b)
             }
@@ -807,7 +835,7 @@ impl Provider {
         if let Some((epoch, gi)) = group_info
             && let Some(r) = lock(&self.inner.rooms).get_mut(room)
         {
-            r.install_group_info(epoch, gi);
+            r.install_group_info(epoch, gi, true);
         }
         for a in actions {
             match a {
@@ -836,7 +864,14 @@ impl Provider {
         };
         let durable = {
             let rooms = lock(&self.inner.rooms);
-            match rooms.get(room).map(|r| &r.role) {
+            let r = rooms.get(room);
+            if r.is_some_and(|r| {
+                r.group_info_stored && r.group_info.as_ref().is_some_and(|(_, g)| g == group_info.as_bytes())
+            }) {
+                // Served and stored already (a portal's group opening again hands in the same one).
+                return Ok(());
+            }
+            match r.map(|r| &r.role) {
                 Some(Role::Hub(h)) => h.check_group_info(&group_info)?,
                 Some(Role::Follower { hub, .. }) => {
                     return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
@@ -849,7 +884,7 @@ impl Provider {
         };
         durable.await.unwrap_or(Err(StoreError::Closed))?;
         if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
-            r.install_group_info(epoch, group_info.into_bytes());
+            r.install_group_info(epoch, group_info.into_bytes(), true);
         }
         Ok(())
     }
@@ -865,14 +900,41 @@ impl Provider {
     }
 
     fn wake(&self, room: &str, seq: u64) {
-        if let Some(r) = lock(&self.inner.rooms).get(room) {
+        let grew = lock(&self.inner.rooms).get(room).is_some_and(|r| {
             r.last.send_if_modified(|l| {
                 let grew = seq > *l;
                 if grew {
                     *l = seq;
                 }
                 grew
-            });
+            })
+        });
+        if grew {
+            let _ = self.inner.appended.send(Arc::from(room));
+        }
+    }
+
+    /// The names of the rooms whose log grows from now on, once per wake-up of their subscribers (a receiver that
+    /// falls more than 1024 names behind gets `Lagged` and should look at every room it cares about). For whoever
+    /// follows many rooms without a [`Provider::subscribe`] watch on each: the portals' room of record wakes a
+    /// portal that is not open.
+    pub fn appended(&self) -> broadcast::Receiver<Arc<str>> {
+        self.inner.appended.subscribe()
+    }
+
+    /// Whether `room` is one `creator` made here and the hub can judge its handshakes without the creator's
+    /// group being opened ([`PortalRoom`]).
+    pub fn portal_room(&self, room: &str, creator: &str) -> PortalRoom {
+        let rooms = lock(&self.inner.rooms);
+        match rooms.get(room) {
+            Some(r @ Room { role: Role::Hub(h), .. })
+                if h.state().creator.as_deref() == Some(creator) && h.knows_public_state() =>
+            {
+                let group_info_current =
+                    r.group_info_stored && r.group_info.as_ref().is_some_and(|(epoch, _)| *epoch == h.epoch());
+                PortalRoom::Ready { last: h.last_seq(), group_info_current }
+            }
+            _ => PortalRoom::Open,
         }
     }
 
@@ -950,7 +1012,8 @@ impl Provider {
     }
 
     /// Sets the room's current GroupInfo (MLSMessage, with the ratchet tree), served to external joiners, in
-    /// memory (the portals' room of record republishes it at every start; see [`Provider::put_group_info`]).
+    /// memory only (the portals' room of record does so for groups too big to store it at every commit, and opens
+    /// their portals at every start to serve it again; see [`Provider::put_group_info`]).
     /// Ignored (false) if it is not a GroupInfo, one of a newer epoch is served already, or — in a room we host —
     /// it does not describe the hub's current group ([`HubRoom::check_group_info`]).
     pub fn set_group_info(&self, room: &str, group_info: Vec<u8>) -> bool {
@@ -963,7 +1026,7 @@ impl Provider {
         {
             return false;
         }
-        r.install_group_info(epoch, framed.into_bytes())
+        r.install_group_info(epoch, framed.into_bytes(), false)
     }
 
     /// This provider's signing identity as a hub (`hub_sender` of `GroupInfoResponse`s): an Ed25519 key made once
