@@ -99,9 +99,10 @@ impl Daemon {
             }
         }
 
-        // Every portal's group exists (and its GroupInfo is served) before anyone posts.
-        for p in router.status().await {
-            room.ensure_portal(&p.id).await?;
+        // Every portal's group and room exist (and its GroupInfo is served) before anyone posts; a portal whose
+        // room is ready stays closed until it is used.
+        for p in router.portal_ids() {
+            room.register_portal(&p).await?;
         }
         // One stop signal for both HTTP servers (admin API and MIMI endpoints).
         let (admin_stop, _) = watch::channel(false);

@@ -6,7 +6,8 @@
 //! returned. If the hub moved to a newer epoch, the group first catches up with the log and the message is
 //! encrypted again.
 //!
-//! Incoming: one worker per portal follows the room's log. Each entry not sent by the bridge itself is processed
+//! Incoming: one worker per open portal follows the room's log (a portal is open only while it is used:
+//! [`dormant`]). Each entry not sent by the bridge itself is processed
 //! by the group (commits merged, application messages decrypted), decoded and validated as MIMI content, and
 //! handed to [`RouterHandle::from_group`] in log order by a forwarder task — never from inside `publish`, which
 //! runs on the portal's own task. The worker's position is stored (`hub_log` cursor `bridge`).
@@ -14,7 +15,8 @@
 //! Nothing decrypted is lost: the MLS ratchet decrypts a message once, so the plaintext is kept (the room's kept
 //! list in the bridge's MLS storage) in the same atomic batch as the state change that decrypted it
 //! ([`PortalGroup::process_and_keep`]). When the router has taken a message, its entry is dropped from the list
-//! with the next one; when the portal's group opens (at start), whatever is still listed goes to the router again,
+//! with the next one; when the portal's group opens (or a closed portal is registered at start), whatever is still
+//! listed goes to the router again,
 //! which drops what it already has by message id.
 //!
 //! Per-user leaves (`mls_identity = "per-user"` in the portal's record): a legacy user's message is sent from a
@@ -25,10 +27,12 @@
 //!
 //! Room URI of portal `P` on domain `D`: `mimi://D/r/P`; its MLS group id is that URI's bytes.
 
+mod dormant;
 mod keys;
 mod leaves;
 mod order;
 
+pub use dormant::DEFAULT_IDLE_CLOSE;
 pub use keys::DEFAULT_KEY_UPDATE;
 
 use crate::repo::{MlsIdentity, Repo};
@@ -43,8 +47,8 @@ use mimi_content::builder::ContentBuilder;
 use mimi_content::model::{ExternalPart, MultiPart, PartSemantics};
 use mimi_content::{Disposition, Message, MimiContent, NestedPart, PartBody};
 use mimi_mls::{
-    CommitOutput, EngineConfig, LeafPolicy, LegacySender, LocalMember, MlsBackend, MlsError, PortalGroup, Received,
-    UserLeaves, offload,
+    CommitOutput, EngineConfig, LeafPolicy, LegacySender, LocalMember, MlsBackend, MlsError, OFFLOAD_MEMBERS,
+    PortalGroup, Received, UserLeaves, offload,
 };
 use mimi_protocol::hub::{JoinPolicy, Origin, Refusal};
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest, wire_format};
@@ -81,6 +85,12 @@ struct Slot {
     own: HashSet<u64>,
     /// The per-user leaves, in a portal with `mls_identity = "per-user"`.
     leaves: Option<UserLeaves>,
+    /// When the portal last published or applied a log entry ([`dormant`]: it closes after a while without).
+    active: std::time::Instant,
+    /// Tells the worker that the slot was closed ([`MlsRooms::close_if_unused`]).
+    closed: Arc<tokio::sync::Notify>,
+    /// Opened for a key update only: the worker closes it once it has applied the log ([`dormant`]).
+    close_when_caught_up: bool,
 }
 
 /// The portals' room of record: MLS groups sequenced by the local hub. See the module documentation.
@@ -90,7 +100,14 @@ pub struct MlsRooms {
     member: Arc<LocalMember>,
     config: EngineConfig,
     policy: JoinPolicy,
+    /// The open portals ([`dormant`]).
     slots: Mutex<HashMap<PortalId, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Every portal opened or registered, by room URI: the closed ones among them are woken by their room's log.
+    known: Mutex<HashMap<String, PortalId>>,
+    /// One gate per portal being opened, so that two callers never load its group twice ([`dormant`]).
+    opening: Mutex<HashMap<PortalId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Milliseconds without a message after which a portal's group closes; 0: never ([`dormant`]).
+    idle_close_ms: std::sync::atomic::AtomicU64,
     /// Interval between key updates of each local member, in milliseconds; 0: never ([`keys`]).
     key_update_ms: std::sync::atomic::AtomicU64,
     /// Per-user leaf limits by portal ([`MlsRooms::set_leaf_policy`]); the default otherwise.
@@ -141,6 +158,9 @@ impl MlsRooms {
             config,
             policy,
             slots: Mutex::default(),
+            known: Mutex::default(),
+            opening: Mutex::default(),
+            idle_close_ms: std::sync::atomic::AtomicU64::new(DEFAULT_IDLE_CLOSE.as_millis() as u64),
             leaf_policies: Mutex::default(),
             join_policies: Mutex::default(),
             key_update_ms: std::sync::atomic::AtomicU64::new(DEFAULT_KEY_UPDATE.as_millis() as u64),
@@ -187,6 +207,8 @@ impl MlsRooms {
         if self.attached.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
+        self.spawn_waker();
+        self.spawn_key_pass();
         let mut stop = self.stop.subscribe();
         let rx = self.inbound_rx.lock().ok().and_then(|mut g| g.take());
         let handed_on = self.handed_on.clone();
@@ -285,6 +307,31 @@ impl MlsRooms {
         if let Some(s) = self.slots.lock().map_err(unavailable)?.get(portal) {
             return Ok(s.clone());
         }
+        if *self.stop.borrow() {
+            return Err(RoomError::Unavailable("the room of record is shutting down".into()));
+        }
+        // One opener at a time per portal: two loads of one group would leave the first without the right to
+        // send (each load takes the group's storage claim).
+        let gate = self.opening.lock().map_err(unavailable)?.entry(portal.clone()).or_default().clone();
+        let opened = {
+            let _open = gate.lock().await;
+            let open = self.slots.lock().map_err(unavailable)?.get(portal).cloned();
+            match open {
+                Some(s) => Ok(s),
+                None => self.open_slot(portal).await,
+            }
+        };
+        if let Ok(mut gates) = self.opening.lock()
+            && Arc::strong_count(&gate) == 2
+        {
+            // Nobody else waits at it (a waiter clones it under this lock first).
+            gates.remove(portal);
+        }
+        opened
+    }
+
+    /// Loads (or creates) `portal`'s group and starts its worker; see [`MlsRooms::slot`].
+    async fn open_slot(&self, portal: &PortalId) -> Result<Arc<tokio::sync::Mutex<Slot>>, RoomError> {
         let domain = self.provider.domain().to_owned();
         let room = room_uri(&domain, portal);
         let gid = room.as_bytes();
@@ -330,24 +377,39 @@ impl MlsRooms {
         } else {
             None
         };
-        // Messages decrypted before the last stop but maybe never taken by the router go to it again (it drops
-        // what it already has by message id).
+        // Messages decrypted before the last stop (or before the portal closed) but maybe never taken by the
+        // router go to it again (it drops what it already has by message id).
+        let handed_on = self.handed_on.lock().ok().and_then(|h| h.get(&room).copied()).unwrap_or(0);
         for (seq, id, msg, parts) in
-            order::decoded_kept(&group, portal, &room, leaves.as_ref(), |_| true).map_err(unavailable)?
+            order::decoded_kept(&group, portal, &room, leaves.as_ref(), |k| k > handed_on).map_err(unavailable)?
         {
             let _ = self.inbound.send((room.clone(), seq, id, msg, parts));
         }
-        let slot =
-            Arc::new(tokio::sync::Mutex::new(Slot { group, room: room.clone(), applied, own: HashSet::new(), leaves }));
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+            group,
+            room: room.clone(),
+            applied,
+            own: HashSet::new(),
+            leaves,
+            active: std::time::Instant::now(),
+            closed: closed.clone(),
+            close_when_caught_up: false,
+        }));
         let slot = {
             let mut slots = self.slots.lock().map_err(unavailable)?;
             if let Some(existing) = slots.get(portal) {
                 return Ok(existing.clone());
             }
+            // Shut down while it was loading: the map stays empty.
+            if *self.stop.borrow() {
+                return Err(RoomError::Unavailable("the room of record is shutting down".into()));
+            }
             slots.insert(portal.clone(), slot.clone());
             slot
         };
-        self.spawn_worker(portal.clone(), room, slot.clone())?;
+        self.known.lock().map_err(unavailable)?.insert(room.clone(), portal.clone());
+        self.spawn_worker(portal.clone(), room, slot.clone(), closed)?;
         Ok(slot)
     }
 
@@ -356,16 +418,25 @@ impl MlsRooms {
         portal: PortalId,
         room: String,
         slot: Arc<tokio::sync::Mutex<Slot>>,
+        closed: Arc<tokio::sync::Notify>,
     ) -> Result<(), RoomError> {
         let mut rx = self.provider.subscribe(&room).map_err(unavailable)?;
         let me = self.me.clone();
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             let mut sweep_at: Option<tokio::time::Instant> = None;
+            // After a close that could not happen (the slot in use, a message just in): not before this.
+            let mut retry_close = tokio::time::Instant::now();
             loop {
                 let Some(this) = me.upgrade() else { return };
+                let close_at;
+                let close_now;
                 {
                     let mut s = slot.lock().await;
+                    // Closed while this worker waited for the lock: the portal's group is another object now.
+                    if !this.slots.lock().is_ok_and(|m| m.get(&portal).is_some_and(|o| Arc::ptr_eq(o, &slot))) {
+                        return;
+                    }
                     if let Err(e) = this.catch_up(&portal, &mut s).await {
                         tracing::warn!(portal = %portal, error = %e, "catching up with the room log failed");
                     }
@@ -382,8 +453,24 @@ impl MlsRooms {
                         }
                         sweep_at = sweep_at.or(Some(now + every));
                     }
+                    // A portal with per-user leaves stays open (their idle sweep runs here).
+                    let closable = s.leaves.as_ref().is_none_or(|l| l.is_empty());
+                    close_at = this
+                        .idle_close()
+                        .filter(|_| closable)
+                        .map(|d| (tokio::time::Instant::from_std(s.active) + d).max(retry_close));
+                    close_now = s.close_when_caught_up;
+                }
+                if close_now && this.close_if_unused(&portal, None) {
+                    return;
                 }
                 drop(this);
+                let idle = async {
+                    match close_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let sweep = async {
                     match sweep_at {
                         Some(t) => tokio::time::sleep_until(t).await,
@@ -393,6 +480,14 @@ impl MlsRooms {
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },
                     _ = sweep => {}
+                    _ = idle => {
+                        let Some(this) = me.upgrade() else { return };
+                        if this.close_if_unused(&portal, this.idle_close()) {
+                            return;
+                        }
+                        retry_close = tokio::time::Instant::now() + Duration::from_secs(1);
+                    }
+                    _ = closed.notified() => return,
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }
@@ -408,6 +503,7 @@ impl MlsRooms {
                 return Ok(());
             }
             let mut commits = false;
+            s.active = std::time::Instant::now();
             for e in entries {
                 let seq = e.seq;
                 if !s.own.remove(&seq) && e.fanout.message.wire_format() != wire_format::WELCOME {
@@ -543,9 +639,22 @@ impl MlsRooms {
     }
 
     /// Serves `group`'s current GroupInfo (with the ratchet tree) for external joins of `room`.
+    ///
+    /// A group below [`OFFLOAD_MEMBERS`] members also stores it (one write per commit), so that its portal can stay
+    /// closed after a restart ([`dormant`]); a bigger group's GroupInfo (megabytes with the tree) is served from
+    /// memory, and its portal opens at every start to serve it again.
     async fn serve_group_info(&self, room: &str, group: &PortalGroup) {
-        if let Ok(info) = offload(group.member_count(), || group.export_group_info(true)).await {
+        let Ok(info) = offload(group.member_count(), || group.export_group_info(true)).await else { return };
+        if group.member_count() >= OFFLOAD_MEMBERS {
             self.provider.set_group_info(room, info);
+            return;
+        }
+        let stored = match MlsMessageBytes::new(info) {
+            Ok(info) => self.provider.put_group_info(room, info).await,
+            Err(e) => Err(ProviderError::BadRequest(e.to_string())),
+        };
+        if let Err(e) = stored {
+            tracing::debug!(room, error = %e, "GroupInfo not stored");
         }
     }
 
@@ -576,6 +685,7 @@ impl RoomOfRecord for MlsRooms {
     async fn publish(&self, msg: &GroupMessage, source: Option<(&LegId, &NativeId)>) -> Result<Published, RoomError> {
         let slot = self.slot(&msg.portal).await?;
         let mut s = slot.lock().await;
+        s.active = std::time::Instant::now();
         let domain = self.provider.domain().to_owned();
         for _ in 0..=EPOCH_RETRIES {
             // In a per-user portal the legacy author speaks from their own leaf (added now if they have none).

@@ -383,6 +383,13 @@ impl RouterHandle {
         Ok(())
     }
 
+    /// Every portal's id, sorted (without asking the portals anything, unlike [`RouterHandle::status`]).
+    pub fn portal_ids(&self) -> Vec<PortalId> {
+        let mut ids: Vec<PortalId> = self.inner.senders.read().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
     /// Status of every portal: queue depth and per-leg pending/failed deliveries.
     pub async fn status(&self) -> Vec<PortalStatus> {
         let portals = self.inner.portals.lock().await;

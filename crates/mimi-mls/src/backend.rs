@@ -36,6 +36,11 @@ impl MlsBackend {
         self.write_behind_ops.store(ops.min(250), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Reads one of the engine's own records ([`crate::PortalGroup::storage_record`]) without opening a group.
+    pub fn app_record<V: serde::de::DeserializeOwned>(&self, name: &[u8]) -> Result<Option<V>, MlsError> {
+        Ok(self.storage.app_get(name)?)
+    }
+
     pub(crate) fn write_behind_ops(&self) -> u64 {
         self.write_behind_ops.load(std::sync::atomic::Ordering::Relaxed)
     }

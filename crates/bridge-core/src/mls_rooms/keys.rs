@@ -10,7 +10,7 @@
 use super::{MlsRooms, Slot, unavailable};
 use bridge_api::RoomError;
 use bridge_api::ids::PortalId;
-use mimi_mls::offload;
+use mimi_mls::{MlsBackend, offload};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +23,28 @@ fn record_name(room: &str) -> Vec<u8> {
 
 fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// True if the stored update time of the local member `member` in `room` is older than `every`. A room without
+/// one is not due: the time is set when its group opens.
+pub(super) fn due(mls: &MlsBackend, room: &str, member: &str, every: Duration) -> bool {
+    let times: Option<BTreeMap<String, u64>> = mls.app_record(&record_name(room)).ok().flatten();
+    times.and_then(|t| t.get(member).copied()).is_some_and(|t| unix_secs().saturating_sub(t) >= every.as_secs())
+}
+
+/// Makes sure the stored update times of `s` know the bridge leaf `member` (as updated now if they did not), so
+/// that [`due`] can tell when its key is due while the portal is closed.
+pub(super) fn note_member(s: &Slot, member: &str) {
+    let name = record_name(&s.room);
+    let mut times: BTreeMap<String, u64> = match s.group.storage_record(&name) {
+        Ok(t) => t.unwrap_or_default(),
+        Err(_) => return,
+    };
+    if !times.contains_key(member) {
+        times.insert(member.to_owned(), unix_secs());
+        // Goes to disk with the member's next operation in any portal.
+        let _ = s.group.put_storage_record(&name, &times);
+    }
 }
 
 impl MlsRooms {

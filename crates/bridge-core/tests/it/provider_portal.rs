@@ -156,7 +156,8 @@ impl Bridge {
         if let Some(policy) = leaves {
             room_of_record.set_leaf_policy(&portal, policy);
         }
-        room_of_record.ensure_portal(&portal).await.expect("group");
+        // As the daemon does: a portal whose room is ready stays closed until it is used.
+        room_of_record.register_portal(&portal).await.expect("group");
         let room = room_uri(DOMAIN, &portal);
         Self { _dir: None, store: st, provider, room_of_record, router, net, portal, room }
     }
@@ -557,5 +558,98 @@ async fn files_travel_to_members_as_encrypted_external_parts_and_back_as_links()
     let a = &draft.attachments[0];
     assert_eq!((a.media_type.as_str(), a.filename.as_deref()), ("image/png", Some("cat.png")));
     assert_eq!(media.get(&a.url).await.expect("get"), Some((b"\x89PNG pixels".to_vec(), "image/png".to_owned())));
+    b.router.shutdown().await;
+}
+
+/// Waits until `portal`'s group is open (`true`) or closed.
+async fn wait_open(rooms: &MlsRooms, portal: &PortalId, open: bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while rooms.is_open(portal) != open {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the portal never became {}",
+            if open { "open" } else { "closed" }
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Idle portals cost nothing: a portal's group closes after a while without a message, opens again for a
+/// member's message (woken by its room's log) and for a leg's, and a restarted bridge leaves it closed until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_portal_closes_and_opens_again_when_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
+    b.room_of_record.set_idle_close(Some(Duration::from_millis(300)));
+    // The next idle round closes it (the worker's timer was armed with the default before).
+    net_say_and_read(&b, &mut alice, "arms the short timer").await;
+    wait_open(&b.room_of_record, &b.portal, false).await;
+
+    // A member's message opens it: the waker follows the room's log.
+    alice.send(&provider, &room, "to a closed portal").await.expect("hub accepts");
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    assert_eq!(delivered.len(), 1, "delivered through the reopened portal");
+    match &delivered[0].kind {
+        OutboundKind::Message { draft, .. } => assert_eq!(draft.body, "to a closed portal"),
+        other => panic!("unexpected delivery {other:?}"),
+    }
+    wait_open(&b.room_of_record, &b.portal, false).await;
+    // A leg's message opens it too, and the member reads it in order.
+    net_say_and_read(&b, &mut alice, "from irc to a closed portal").await;
+    drop(provider);
+    b.stop().await;
+
+    // After a restart the portal stays closed (its room is ready and it applied the whole log) ...
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    assert!(!b.room_of_record.is_open(&b.portal), "a ready portal is not opened at start");
+    // ... its GroupInfo is served from the store, so one more member joins while it is closed (the join's commit
+    // in the log then wakes it) ...
+    let carol_dir = tempfile::tempdir().expect("tempdir");
+    let mut carol = Native::join(&b.provider, carol_dir.path(), "carol", &room).await;
+    // ... and carol's first message reaches the leg, in the epoch the portal learns from the log: delivered once.
+    carol.send(&b.provider, &room, "after the restart").await.expect("hub accepts");
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    match &delivered[..] {
+        [d] => match &d.kind {
+            OutboundKind::Message { draft, .. } => assert_eq!(draft.body, "after the restart"),
+            other => panic!("unexpected delivery {other:?}"),
+        },
+        other => panic!("expected one delivery, got {other:?}"),
+    }
+    assert!(b.room_of_record.is_open(&b.portal));
+    assert_eq!(b.net.wait_delivered(2, Duration::from_millis(500)).await.len(), 1, "nothing doubled");
+    b.stop().await;
+}
+
+/// An IRC line through the portal, read by `alice`.
+async fn net_say_and_read(b: &Bridge, alice: &mut Native, line: &str) {
+    b.net.say("#rust", "bob", line).await.1.expect("bridged");
+    let (_, m) = alice.next(&b.provider, &b.room).await;
+    assert_eq!(text(&m), line);
+}
+
+/// A closed portal's bridge leaf still updates its key when due: the waker opens the portal for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_portal_updates_its_key_when_due() {
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let b = Bridge::start_with(MlsIdentity::Shared, None, Some(Duration::from_secs(2))).await;
+    b.room_of_record.set_idle_close(Some(Duration::from_millis(100)));
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    net_say_and_read(&b, &mut alice, "hello").await;
+    let from_epoch = provider.epoch(&room).expect("epoch");
+    // Closed soon after; the update (due 2 s after the group first opened) comes while it is closed.
+    wait_open(&b.room_of_record, &b.portal, false).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while provider.epoch(&room).expect("epoch") == from_epoch {
+        assert!(tokio::time::Instant::now() < deadline, "no key update from the closed portal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // alice follows the update on her way to the next line.
+    net_say_and_read(&b, &mut alice, "after the update").await;
     b.router.shutdown().await;
 }

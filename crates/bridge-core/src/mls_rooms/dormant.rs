@@ -1,0 +1,226 @@
+//! Portals opened on demand: a portal's group is open — in memory, with a worker following the room's log — only
+//! while it is used, so that thousands of idle portals cost the daemon neither memory nor start-up time.
+//!
+//! At start ([`MlsRooms::register_portal`]) a portal stays closed if the hub holds its room, made by the bridge,
+//! with the group's public state and a stored GroupInfo of the current epoch, and the portal has applied the whole
+//! log; messages it kept for the router (decrypted before the last stop) are handed on without opening it. Any
+//! other portal opens at once (creating its group and room if needed), and so does every per-user portal (its
+//! leaves' idle sweep runs on the worker).
+//!
+//! A closed portal opens when the router publishes into it, when its room's log grows past what it applied (the
+//! waker follows [`Provider::appended`]; if it falls behind, it compares every closed portal's cursor with its
+//! room's log), and when the bridge leaf's key update is due ([`super::keys`]: a key pass looks at closed portals'
+//! update times every eighth of the interval, at most every 15 minutes; each closes again once it has applied its
+//! update). One opener at a time per portal: two loads of one group would leave the first unable to send.
+//!
+//! An open portal closes after [`MlsRooms::set_idle_close`] without a message, unless it has per-user leaves or
+//! has not applied its room's whole log. Closing drops the group cleanly (its message secrets are encoded, as at a
+//! stop) and is safe against a concurrent open: the slot leaves the map only under the map's lock, when nobody but
+//! its worker holds it and it is not locked, so nobody can be holding a group that is no longer the portal's. An
+//! entry appended meanwhile is seen either by the close (which then does not happen) or by the waker, after it.
+//!
+//! [`Provider::appended`]: mimi_provider::service::Provider::appended
+
+use super::{CURSOR, MlsRooms, Slot, decode_incoming_with_parts, kept_list, keys, unavailable};
+use crate::repo::{MlsIdentity, Repo};
+use bridge_api::RoomError;
+use bridge_api::ids::PortalId;
+use mimi_mls::KeptMessage;
+use mimi_provider::PortalRoom;
+use mimi_provider::log::Records;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+/// How long an open portal stays open without a message by default ([`MlsRooms::set_idle_close`]).
+pub const DEFAULT_IDLE_CLOSE: Duration = Duration::from_secs(300);
+/// The longest pause between two looks at closed portals' key-update times.
+const MAX_KEY_PASS: Duration = Duration::from_secs(15 * 60);
+
+impl MlsRooms {
+    /// Closes a portal's group after `after` without a message (`None`: never). Default [`DEFAULT_IDLE_CLOSE`].
+    pub fn set_idle_close(&self, after: Option<Duration>) {
+        let ms = after.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.idle_close_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The idle time after which a portal's group closes ([`MlsRooms::set_idle_close`]).
+    pub fn idle_close(&self) -> Option<Duration> {
+        match self.idle_close_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Whether `portal`'s group is open now (for tests and status).
+    pub fn is_open(&self, portal: &PortalId) -> bool {
+        self.slots.lock().is_ok_and(|s| s.contains_key(portal))
+    }
+
+    /// Makes `portal` known at start: its group opens now only if it has to (see the module documentation);
+    /// otherwise when it is used. Call after [`MlsRooms::set_join_policy`] and [`MlsRooms::set_leaf_policy`].
+    pub async fn register_portal(&self, portal: &PortalId) -> Result<(), RoomError> {
+        let room = super::room_uri(self.provider.domain(), portal);
+        let store = self.provider.store();
+        let per_user = Repo::new(store)
+            .portal(portal)
+            .map_err(unavailable)?
+            .is_some_and(|r| r.mls_identity == MlsIdentity::PerUser);
+        // Known before anything is read: an append from now on wakes it.
+        self.known.lock().map_err(unavailable)?.insert(room.clone(), portal.clone());
+        let PortalRoom::Ready { last, group_info_current: true } = self.provider.portal_room(&room, self.member.uri())
+        else {
+            return self.ensure_portal(portal).await;
+        };
+        let applied = Records(store).cursor(&room, CURSOR).map_err(unavailable)?;
+        if per_user || applied < last {
+            return self.ensure_portal(portal).await;
+        }
+        let policy = self.join_policies.lock().map_err(unavailable)?.get(portal).copied();
+        if let Some(policy) = policy {
+            self.provider.set_join_policy(&room, policy).await.map_err(unavailable)?;
+        }
+        // Decrypted before the last stop but maybe never taken: to the router again (it drops what it has).
+        let kept: Vec<KeptMessage> = self.mls.app_record(&kept_list(&room)).map_err(unavailable)?.unwrap_or_default();
+        for k in kept {
+            match decode_incoming_with_parts(portal, &room, &k.sender_identity, &k.plaintext) {
+                Ok((id, msg, parts)) => {
+                    let _ = self.inbound.send((room.clone(), k.seq, id, msg, parts));
+                }
+                Err(e) => tracing::debug!(portal = %portal, error = %e, "kept message discarded"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the waker of closed portals (once; with the incoming path, [`MlsRooms::attach_router`]).
+    pub(super) fn spawn_waker(&self) {
+        let mut appended = self.provider.appended();
+        let me = self.me.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    r = appended.recv() => r,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let Some(this) = me.upgrade() else { return };
+                match event {
+                    Ok(room) => this.wake(&room),
+                    Err(RecvError::Lagged(_)) => this.wake_behind(),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// Starts the key pass over closed portals (once, beside the waker): every eighth of the key-update
+    /// interval, at most every 15 minutes.
+    pub(super) fn spawn_key_pass(&self) {
+        let me = self.me.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let Some(this) = me.upgrade() else { return };
+                let pass = this.key_update_interval().map(|k| (k / 8).clamp(Duration::from_millis(50), MAX_KEY_PASS));
+                drop(this);
+                tokio::select! {
+                    _ = tokio::time::sleep(pass.unwrap_or(MAX_KEY_PASS)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let Some(this) = me.upgrade() else { return };
+                if pass.is_some() {
+                    this.update_closed_keys().await;
+                }
+            }
+        });
+    }
+
+    /// Opens the portal of `room` (in a task of its own) if it is known, closed, and behind the room's log (a
+    /// closed portal that applied it all — its own key update, say — stays closed).
+    fn wake(&self, room: &str) {
+        let Some(portal) = self.known.lock().ok().and_then(|k| k.get(room).cloned()) else { return };
+        if self.is_open(&portal) {
+            return;
+        }
+        let last = self.provider.last_seq(room).unwrap_or(u64::MAX);
+        if Records(self.provider.store()).cursor(room, CURSOR).is_ok_and(|applied| applied >= last) {
+            return;
+        }
+        let Some(this) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            if let Err(e) = this.ensure_portal(&portal).await {
+                tracing::warn!(portal = %portal, error = %e, "opening the portal for a new message failed");
+            }
+        });
+    }
+
+    /// After the waker fell behind: opens every closed portal whose room's log is ahead of it.
+    fn wake_behind(&self) {
+        let known: Vec<String> = self.known.lock().map(|k| k.keys().cloned().collect()).unwrap_or_default();
+        let records = Records(self.provider.store());
+        for room in known {
+            let last = self.provider.last_seq(&room).unwrap_or(0);
+            if records.cursor(&room, CURSOR).is_ok_and(|applied| applied < last) {
+                self.wake(&room);
+            }
+        }
+    }
+
+    /// Opens each closed portal whose bridge leaf is due for a key update, updates it, and closes it again.
+    async fn update_closed_keys(&self) {
+        let Some(every) = self.key_update_interval() else { return };
+        let closed: Vec<(String, PortalId)> =
+            self.known.lock().map(|k| k.iter().map(|(r, p)| (r.clone(), p.clone())).collect()).unwrap_or_default();
+        for (room, portal) in closed {
+            if self.is_open(&portal) || !keys::due(&self.mls, &room, self.member.uri(), every) {
+                continue;
+            }
+            let slot = match self.slot(&portal).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(portal = %portal, error = %e, "opening the portal for its key update failed");
+                    continue;
+                }
+            };
+            let mut s = slot.lock().await;
+            if let Err(e) = self.refresh_keys(&portal, &mut s).await {
+                tracing::warn!(portal = %portal, error = %e, "key update failed; retried later");
+            }
+            // Its worker closes it once it has applied the log (the update's commit among it).
+            s.close_when_caught_up = true;
+            drop(s);
+            drop(slot);
+            self.close_if_unused(&portal, None);
+        }
+    }
+
+    /// Closes `portal`'s group if nobody but its worker holds it, it is not locked, it has no per-user leaves, it
+    /// has applied its room's whole log and (with `idle`) it has seen no message for that long. True if it was
+    /// closed. (An entry appended after the check finds the portal closed and wakes it again: the waker looks
+    /// under the same lock.)
+    pub(super) fn close_if_unused(&self, portal: &PortalId, idle: Option<Duration>) -> bool {
+        let Ok(mut slots) = self.slots.lock() else { return false };
+        let Some(slot) = slots.get(portal) else { return false };
+        // The map's reference and the worker's: a caller of `slot` holds a third until it is done.
+        if Arc::strong_count(slot) > 2 {
+            return false;
+        }
+        let Ok(s) = slot.try_lock() else { return false };
+        if !closable(&s, idle) || self.provider.last_seq(&s.room).is_ok_and(|last| s.applied < last) {
+            return false;
+        }
+        keys::note_member(&s, self.member.uri());
+        let closed = s.closed.clone();
+        drop(s);
+        slots.remove(portal);
+        closed.notify_one();
+        tracing::debug!(portal = %portal, "portal closed until it is used again");
+        true
+    }
+}
+
+fn closable(s: &Slot, idle: Option<Duration>) -> bool {
+    s.leaves.as_ref().is_none_or(|l| l.is_empty()) && idle.is_none_or(|d| s.active.elapsed() >= d)
+}
