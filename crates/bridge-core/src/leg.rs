@@ -72,6 +72,49 @@ pub(crate) struct LegWorker {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// A portal's legs and their workers, in leg order: a sorted vector, not a `BTreeMap` (whose first node holds
+/// room for 11 entries — a kilobyte per idle portal with one leg).
+#[derive(Default)]
+pub(crate) struct LegWorkers(Vec<(LegId, LegWorker)>);
+
+impl LegWorkers {
+    pub fn insert(&mut self, leg: LegId, worker: LegWorker) {
+        match self.0.binary_search_by(|(l, _)| l.cmp(&leg)) {
+            Ok(i) => self.0[i].1 = worker,
+            Err(i) => self.0.insert(i, (leg, worker)),
+        }
+    }
+
+    pub fn get(&self, leg: &LegId) -> Option<&LegWorker> {
+        self.0.binary_search_by(|(l, _)| l.cmp(leg)).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, leg: &LegId) -> bool {
+        self.get(leg).is_some()
+    }
+
+    pub fn remove(&mut self, leg: &LegId) -> Option<LegWorker> {
+        self.0.binary_search_by(|(l, _)| l.cmp(leg)).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &LegId> {
+        self.0.iter().map(|(l, _)| l)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&LegId, &LegWorker)> {
+        self.0.iter().map(|(l, w)| (l, w))
+    }
+}
+
+impl IntoIterator for LegWorkers {
+    type Item = (LegId, LegWorker);
+    type IntoIter = std::vec::IntoIter<(LegId, LegWorker)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 impl LegWorker {
     /// Queues work; never waits (the outbox is the buffer of record).
     pub fn push(&self, work: LegWork) {

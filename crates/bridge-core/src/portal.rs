@@ -14,7 +14,7 @@
 //!
 //! Typing and membership events are ephemeral: passed to the other legs, never stored.
 
-use crate::leg::{self, LegWork, LegWorker};
+use crate::leg::{self, LegWork, LegWorkers};
 use crate::repo::{IdEntry, MessageRecord, ReactionSet, RecordKind, Repo, write};
 use crate::room_of_record::{GroupContent, GroupMessage, Published};
 use crate::router::{Shared, count_error, store_error};
@@ -25,7 +25,6 @@ use bridge_api::ids::{LegId, MessageId, NativeId, TxnId};
 use bridge_api::uri::LegacyUser;
 use bridge_api::{Accepted, RouteError};
 use mimi_store::Batch;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
@@ -89,7 +88,7 @@ const EXCERPT_CHARS: usize = 100;
 struct Portal {
     shared: Arc<Shared>,
     rec: PortalRecord,
-    legs: BTreeMap<LegId, LegWorker>,
+    legs: LegWorkers,
     next_seq: u64,
     self_tx: mpsc::Sender<PortalInput>,
 }
@@ -107,7 +106,7 @@ pub(crate) async fn spawn(
 ) -> Result<tokio::task::JoinHandle<()>, RouteError> {
     let next_seq = Repo::new(&shared.store).next_seq(&rec.id).map_err(store_error)?;
     let span = tracing::info_span!("portal", portal = %rec.id);
-    let mut p = Portal { shared, rec, legs: BTreeMap::new(), next_seq, self_tx };
+    let mut p = Portal { shared, rec, legs: LegWorkers::default(), next_seq, self_tx };
     for l in legs {
         p.start_leg(l);
     }
