@@ -646,7 +646,7 @@ impl MlsRooms {
     async fn serve_group_info(&self, room: &str, group: &PortalGroup) {
         let Ok(info) = offload(group.member_count(), || group.export_group_info(true)).await else { return };
         if group.member_count() >= OFFLOAD_MEMBERS {
-            self.provider.set_group_info(room, info);
+            self.provider.set_group_info(room, info).await;
             return;
         }
         let stored = match MlsMessageBytes::new(info) {

@@ -178,8 +178,11 @@ pub struct HubRoom {
     /// Shared with the views judged against it; copied only when it changes while a view holds it.
     state: Arc<HubState>,
     /// The group's public state; `None` only for a room stored before the hub kept it, until a member hands in
-    /// the current GroupInfo ([`HubRoom::adopt`]).
+    /// the current GroupInfo ([`HubRoom::adopt`]), or while it is in the IO shell's store only.
     public: Option<Arc<PublicState>>,
+    /// The public state is in the IO shell's store, not loaded yet ([`HubRoom::with_public_in_store`]): a room at
+    /// rest costs no memory for it. Nothing that needs it runs until [`HubRoom::install_public`].
+    public_in_store: bool,
     /// Idempotency keys of the most recent entries (at most [`RECENT`]): retries that race their own entry's
     /// write. Older ones are the IO shell's to look up in its durable index before submitting.
     seen: RecentDigests,
@@ -197,6 +200,8 @@ pub struct HubRoom {
 pub struct HubView {
     state: Arc<HubState>,
     public: Option<Arc<PublicState>>,
+    /// Taken from a room whose public state was not loaded: nothing is judged against it.
+    public_in_store: bool,
     add_rule: Option<Arc<dyn AddRule>>,
     version: u64,
 }
@@ -312,6 +317,12 @@ fn not_allowed(why: impl Into<String>) -> Refusal {
     Refusal::NotAllowed(why.into())
 }
 
+/// The IO shell asked the room to judge before it loaded the public state ([`HubRoom::needs_public`]): its bug,
+/// refused rather than judged without the group's state.
+fn not_loaded() -> Refusal {
+    Refusal::NotAllowed("the hub has not loaded the room's group state yet".into())
+}
+
 /// The ProtocolMessage of a PublicMessage or PrivateMessage.
 fn protocol_message(m: &MlsMessageBytes) -> Result<ProtocolMessage, Refusal> {
     let msg = MlsMessageIn::tls_deserialize_exact(m.as_bytes()).map_err(|e| Refusal::Malformed(e.to_string()))?;
@@ -349,6 +360,7 @@ impl HubRoom {
         Ok(Self {
             state: Arc::new(state),
             public: Some(Arc::new(public)),
+            public_in_store: false,
             seen: RecentDigests::default(),
             has_portal,
             add_rule: None,
@@ -370,7 +382,38 @@ impl HubRoom {
         for (d, seq) in seen {
             recent.insert(d, seq);
         }
-        Ok(Self { state: Arc::new(state), public, seen: recent, has_portal, add_rule: None, version: 0 })
+        Ok(Self {
+            state: Arc::new(state),
+            public,
+            public_in_store: false,
+            seen: recent,
+            has_portal,
+            add_rule: None,
+            version: 0,
+        })
+    }
+
+    /// A room restored without its public state, which the IO shell keeps in its store: it is loaded
+    /// ([`HubRoom::install_public`]) before the room judges a message or checks a GroupInfo
+    /// ([`HubRoom::needs_public`]).
+    pub fn with_public_in_store(mut self) -> Self {
+        self.public_in_store = self.public.is_none();
+        self
+    }
+
+    /// True while the public state is in the IO shell's store only: load it before [`HubRoom::view`],
+    /// [`HubRoom::submit`], [`HubRoom::update`] or [`HubRoom::check_group_info`].
+    pub fn needs_public(&self) -> bool {
+        self.public_in_store
+    }
+
+    /// Installs the public state read from the IO shell's store ([`PublicState::decode`] of the bytes
+    /// [`HubRoom::public_state`] gave). Ignored unless [`HubRoom::needs_public`].
+    pub fn install_public(&mut self, public: PublicState) {
+        if self.public_in_store {
+            self.public = Some(Arc::new(public));
+            self.public_in_store = false;
+        }
     }
 
     /// The room with `rule` consulted for every member a commit adds.
@@ -409,7 +452,7 @@ impl HubRoom {
 
     /// True if the hub knows the group's public state (rooms stored before it kept one do not).
     pub fn knows_public_state(&self) -> bool {
-        self.public.is_some()
+        self.public.is_some() || self.public_in_store
     }
 
     /// The current ratchet tree (TLS encoding), if the hub knows the group's public state.
@@ -452,7 +495,7 @@ impl HubRoom {
         ratchet_tree: Option<&[u8]>,
         by: &str,
     ) -> Result<Option<Vec<u8>>, Refusal> {
-        if self.public.is_some() {
+        if self.knows_public_state() {
             return Ok(None);
         }
         if !self.state.participants.contains(by) {
@@ -482,6 +525,7 @@ impl HubRoom {
         }
         match &self.public {
             Some(p) => p.check_group_info(group_info),
+            None if self.public_in_store => Err(not_loaded()),
             None => Ok(()),
         }
     }
@@ -531,6 +575,7 @@ impl HubRoom {
         HubView {
             state: self.state.clone(),
             public: self.public.clone(),
+            public_in_store: self.public_in_store,
             add_rule: self.add_rule.clone(),
             version: self.version,
         }
@@ -745,6 +790,9 @@ impl HubView {
 
     /// Decides on one message (not a Welcome): what the room and its public state become. Changes nothing.
     fn judge(&self, message: &MlsMessageBytes, sending_uri: &str, origin: &Origin) -> Result<Judged, Refusal> {
+        if self.public_in_store {
+            return Err(not_loaded());
+        }
         let info = inspect(message).map_err(|e| Refusal::Malformed(e.to_string()))?;
         if let Origin::Follower(f) = origin
             && uri_domain(sending_uri) != Some(f.as_str())

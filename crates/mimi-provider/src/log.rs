@@ -414,6 +414,13 @@ impl Records<'_> {
         self.0.get(HUB_LOG, &room_key(room, b'G', b""))
     }
 
+    /// The hashes of the chunks the hub's public state of `room` is stored in (empty for a state stored whole),
+    /// without reading the chunks; `None` if none is stored.
+    pub fn public_manifest(&self, room: &str) -> Result<Option<Vec<[u8; 32]>>, StoreError> {
+        let Some(value) = self.0.get(HUB_LOG, &room_key(room, b'P', b""))? else { return Ok(None) };
+        Ok(Some(chunks::parse_manifest(&value).map(|(_, hashes)| hashes).unwrap_or_default()))
+    }
+
     /// The hub's public state of a room's group (`None` for a room stored before schema 3 and not migrated),
     /// with the hashes of the chunks it is stored in (none if it is stored whole). Every chunk is checked
     /// against its hash.

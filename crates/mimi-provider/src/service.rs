@@ -315,11 +315,16 @@ impl Provider {
                         }
                     }
                     let group_info = recs.group_info(&name)?;
-                    let (public, public_chunks) = recs.public_state(&name)?.unzip();
+                    // The public state stays in the store until a message or a GroupInfo needs it
+                    // ([`Provider::load_public`]): idle rooms cost no memory or start-up time for it.
+                    let public_chunks = recs.public_manifest(&name)?;
                     // No idempotency keys are read: retries of older entries are found in the store ([`Provider::retry_of`]).
-                    let hub = HubRoom::restore(state, public.as_deref(), [], has_portal)
+                    let mut hub = HubRoom::restore(state, None, [], has_portal)
                         .map_err(|e| StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{name}: {e}") })?
                         .with_add_rule(Arc::new(LocalAdds::new(store.clone(), domain)));
+                    if public_chunks.is_some() {
+                        hub = hub.with_public_in_store();
+                    }
                     let (tx, _) = watch::channel(last);
                     let mut r = Room::new(Role::Hub(hub), tx);
                     r.group_info_stored = group_info.is_some();
@@ -705,6 +710,35 @@ impl Provider {
         self.sequence(room, Batch::new(), req.message(), &origin, &welcomed, judge).await
     }
 
+    /// Loads the hub's public state of `room` if it is still in the store only (a room restored at start keeps it
+    /// there until a message or a GroupInfo needs it), reading and decoding it off the rooms lock.
+    async fn load_public(&self, room: &str) -> Result<(), ProviderError> {
+        let needs = |rooms: &HashMap<String, Room>| matches!(rooms.get(room).map(|r| &r.role), Some(Role::Hub(h)) if h.needs_public());
+        if !needs(&lock(&self.inner.rooms)) {
+            return Ok(());
+        }
+        let (store, name) = (self.inner.store.clone(), room.to_owned());
+        let corrupt = |message: String| StoreError::Corrupt { tree: HUB_LOG.to_owned(), message };
+        let (public, hashes) = tokio::task::spawn_blocking(move || {
+            let (bytes, hashes) = Records(&store)
+                .public_state(&name)?
+                .ok_or_else(|| corrupt(format!("{name}: the public state is gone from the store")))?;
+            let public = PublicState::decode(&bytes).map_err(|e| corrupt(format!("{name}: {e}")))?;
+            Ok::<_, StoreError>((public, hashes))
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{room}: {e}") })??;
+        let mut rooms = lock(&self.inner.rooms);
+        if needs(&rooms)
+            && let Some(r) = rooms.get_mut(room)
+            && let Role::Hub(h) = &mut r.role
+        {
+            h.install_public(public);
+            r.public_chunks = hashes;
+        }
+        Ok(())
+    }
+
     /// The room `room` of `rooms`, which must be one we host.
     fn hosted<'a>(rooms: &'a mut HashMap<String, Room>, room: &str) -> Result<&'a mut Room, ProviderError> {
         let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
@@ -742,6 +776,7 @@ impl Provider {
     ) -> Result<Sequenced, ProviderError> {
         let turn = Self::hosted(&mut lock(&self.inner.rooms), room)?.turn.clone();
         let my_turn = turn.lock_owned().await;
+        self.load_public(room).await?;
         let mut with = Some(with);
         let mut judged_again = 0;
         let (accepted, actions, durable, group_info) = loop {
@@ -862,16 +897,23 @@ impl Provider {
         let Ok(Inspected::GroupInfo { epoch, .. }) = inspect(&group_info) else {
             return Err(ProviderError::BadRequest("not a GroupInfo".into()));
         };
+        let stored = |rooms: &HashMap<String, Room>| {
+            rooms.get(room).is_some_and(|r| {
+                r.group_info_stored && r.group_info.as_ref().is_some_and(|(_, g)| g == group_info.as_bytes())
+            })
+        };
+        if stored(&lock(&self.inner.rooms)) {
+            // Served and stored already (a portal's group opening again hands in the same one): nothing to check,
+            // and the room's public state can stay in the store.
+            return Ok(());
+        }
+        self.load_public(room).await?;
         let durable = {
             let rooms = lock(&self.inner.rooms);
-            let r = rooms.get(room);
-            if r.is_some_and(|r| {
-                r.group_info_stored && r.group_info.as_ref().is_some_and(|(_, g)| g == group_info.as_bytes())
-            }) {
-                // Served and stored already (a portal's group opening again hands in the same one).
+            if stored(&rooms) {
                 return Ok(());
             }
-            match r.map(|r| &r.role) {
+            match rooms.get(room).map(|r| &r.role) {
                 Some(Role::Hub(h)) => h.check_group_info(&group_info)?,
                 Some(Role::Follower { hub, .. }) => {
                     return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
@@ -1016,8 +1058,12 @@ impl Provider {
     /// their portals at every start to serve it again; see [`Provider::put_group_info`]).
     /// Ignored (false) if it is not a GroupInfo, one of a newer epoch is served already, or — in a room we host —
     /// it does not describe the hub's current group ([`HubRoom::check_group_info`]).
-    pub fn set_group_info(&self, room: &str, group_info: Vec<u8>) -> bool {
+    pub async fn set_group_info(&self, room: &str, group_info: Vec<u8>) -> bool {
         let Some(epoch) = group_info_epoch(&group_info) else { return false };
+        if let Err(e) = self.load_public(room).await {
+            tracing::warn!(room, error = %e, "the room's public state could not be loaded; GroupInfo not served");
+            return false;
+        }
         let Ok(framed) = MlsMessageBytes::new(group_info) else { return false };
         let mut rooms = lock(&self.inner.rooms);
         let Some(r) = rooms.get_mut(room) else { return false };
@@ -1066,6 +1112,8 @@ impl Provider {
     ) -> Result<GroupInfoResponse, ProviderError> {
         let failure = |status| GroupInfoResponse::Failure { room_id: room.as_bytes().to_vec(), status };
         let identity = request.tbs.requesting_credential.basic_identity().and_then(|i| String::from_utf8(i).ok());
+        // The ratchet tree goes with the GroupInfo when the stored one lacks it: from the public state.
+        self.load_public(room).await?;
         let group_info = {
             let rooms = lock(&self.inner.rooms);
             let Some(r) = rooms.get(room) else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };

@@ -75,6 +75,14 @@ async fn a_hub_applies_updates_keeps_their_group_info_and_renotifies_followers_a
     let mut outbound = a.take_outbound().expect("queue");
     assert_eq!(a.group_info(ROOM).expect("room"), Some(next_info.as_bytes().to_vec()));
     assert_eq!(outbound.try_recv().expect("renotify"), PeerNotify { peer: "b.test".into(), room: ROOM.into(), seq: 1 });
+
+    // The group's public state stayed in the store at the restart; the first GroupInfo handed in and the first
+    // commit load it (without it, both would be refused as not judged).
+    g.merge_pending_commit().durable_blocking().expect("merge");
+    a.put_group_info(ROOM, bytes(g.export_group_info(true).expect("group info"))).await.expect("checked, stored");
+    let update = merged(&mut g, |g| g.self_update());
+    let accepted = a.update(ROOM, update, BOB, Origin::Follower("b.test".into())).await.expect("judged and accepted");
+    assert_eq!((accepted.seq, a.epoch(ROOM).expect("epoch")), (2, 2));
 }
 
 #[tokio::test]
@@ -143,10 +151,10 @@ async fn a_stale_group_info_never_replaces_a_newer_one() {
     let late = a.put_group_info(ROOM, infos[0].clone()).await;
     assert!(matches!(late, Err(ProviderError::Refused(Refusal::EpochTooOld { current_epoch: 2 }))), "{late:?}");
     // The room of record's in-memory copy only moves forward too.
-    assert!(!a.set_group_info(ROOM, info0), "an older epoch's GroupInfo is ignored");
-    assert!(!a.set_group_info(ROOM, vec![1, 2, 3]), "not a GroupInfo");
+    assert!(!a.set_group_info(ROOM, info0).await, "an older epoch's GroupInfo is ignored");
+    assert!(!a.set_group_info(ROOM, vec![1, 2, 3]).await, "not a GroupInfo");
     assert_eq!(a.group_info(ROOM).expect("room"), Some(infos[1].as_bytes().to_vec()));
-    assert!(a.set_group_info(ROOM, infos[1].as_bytes().to_vec()), "the same epoch's is taken");
+    assert!(a.set_group_info(ROOM, infos[1].as_bytes().to_vec()).await, "the same epoch's is taken");
     drop(a);
     let a = Provider::open("a.test", st).expect("reopen");
     assert_eq!(a.group_info(ROOM).expect("room"), Some(infos[1].as_bytes().to_vec()), "the store has the newest");
@@ -220,9 +228,15 @@ async fn an_invite_only_hub_answers_group_info_requests_of_participants_only() {
 
     // The hub key survives a restart.
     let key = a.hub_signer().await.expect("key").sender;
+    // A GroupInfo handed in without the tree is answered with the hub's tree, after a restart too (when the
+    // room's public state is still in the store).
+    a.put_group_info(ROOM, bytes(g.export_group_info(false).expect("group info"))).await.expect("without tree");
     drop(a);
     let a = Provider::open("a.test", st).expect("reopen");
     assert_eq!(a.hub_signer().await.expect("key").sender, key);
+    let answer = a.answer_group_info(ROOM, &alice).await.expect("answer");
+    let tbe = answer.open(ROOM.as_bytes(), &secret).expect("opens");
+    assert!(matches!(tbe.ratchet_tree, RatchetTreeOption::Full(_)), "the tree is served: {:?}", tbe.ratchet_tree);
 }
 
 #[tokio::test]
