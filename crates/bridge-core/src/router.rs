@@ -141,9 +141,13 @@ impl RouterHandle {
         });
         let me = Self { inner };
         let repo = Repo::new(&me.inner.store);
-        let legs = repo.legs().map_err(store_error)?;
+        // Grouped once: a scan of every leg for each portal is quadratic (half a second at 10 000 of each).
+        let mut legs: HashMap<PortalId, Vec<LegId>> = HashMap::new();
+        for (leg, portal) in repo.legs().map_err(store_error)? {
+            legs.entry(portal).or_default().push(leg);
+        }
         for rec in repo.portals().map_err(store_error)? {
-            let mine: Vec<LegId> = legs.iter().filter(|(_, p)| *p == rec.id).map(|(l, _)| l.clone()).collect();
+            let mine = legs.remove(&rec.id).unwrap_or_default();
             me.spawn_portal(rec, mine).await?;
         }
         Ok(me)
