@@ -81,7 +81,11 @@ impl LegWorkers {
     pub fn insert(&mut self, leg: LegId, worker: LegWorker) {
         match self.0.binary_search_by(|(l, _)| l.cmp(&leg)) {
             Ok(i) => self.0[i].1 = worker,
-            Err(i) => self.0.insert(i, (leg, worker)),
+            Err(i) => {
+                self.0.insert(i, (leg, worker));
+                // A vector grows to room for four: most portals have one or two legs.
+                self.0.shrink_to_fit();
+            }
         }
     }
 
@@ -138,7 +142,7 @@ impl LegWorker {
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     leg: LegId,
-    portal_tx: mpsc::Sender<PortalInput>,
+    portal_tx: mpsc::Sender<Box<PortalInput>>,
     counted_from: u64,
 ) -> LegWorker {
     let (tx, rx) = mpsc::channel(1024);
@@ -165,7 +169,7 @@ struct Worker {
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     leg: LegId,
-    portal_tx: mpsc::Sender<PortalInput>,
+    portal_tx: mpsc::Sender<Box<PortalInput>>,
     counters: Arc<LegCounters>,
     /// Native ids of recent deliveries on this leg, so a reply to a message delivered a moment ago resolves even
     /// before that delivery's record is durable.
@@ -188,7 +192,8 @@ const OUTBOX_PAGE: usize = 1000;
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Box<LegWork>>) {
-        let mut queue = VecDeque::new();
+        // Boxed, as what the queue brings: an event held in the task's own state would cost every idle leg its size.
+        let mut queue: VecDeque<Box<LegWork>> = VecDeque::new();
         // What waited before this worker started (a restart's backlog, perhaps many pages) is pending too.
         match Repo::new(&self.shared.store).outbox_len_below(&self.leg, self.counted_from) {
             Ok(n) => {
@@ -227,7 +232,7 @@ impl Worker {
                         }
                         self.high_water = seq;
                     }
-                    *w
+                    w
                 }
             };
             let span = tracing::info_span!("deliver", message = %work.event.message_id, kind = work.event.kind.name());
@@ -241,14 +246,14 @@ impl Worker {
 
     /// Loads the next page of outbox entries above the high-water mark (a long backlog — a leg down for days —
     /// is read a page at a time, never whole); sets `more` if there may be more.
-    fn reload(&mut self, queue: &mut VecDeque<LegWork>) {
+    fn reload(&mut self, queue: &mut VecDeque<Box<LegWork>>) {
         match Repo::new(&self.shared.store).outbox_page(&self.leg, self.high_water.saturating_add(1), OUTBOX_PAGE) {
             Ok(items) => {
                 self.more = items.len() == OUTBOX_PAGE;
                 for (seq, record) in items {
                     if seq > self.high_water {
                         self.high_water = seq;
-                        queue.push_back(LegWork::stored(seq, &record));
+                        queue.push_back(Box::new(LegWork::stored(seq, &record)));
                     }
                 }
             }
@@ -280,7 +285,8 @@ impl Worker {
         }
     }
 
-    async fn deliver(&mut self, mut work: LegWork) {
+    async fn deliver(&mut self, work: Box<LegWork>) {
+        let mut work = *work;
         let started = Instant::now();
         let mut delay = self.shared.cfg.retry_initial;
         let mut shutdown = self.shared.shutdown.clone();
@@ -391,7 +397,10 @@ impl Worker {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
         let _ = self
             .portal_tx
-            .send(PortalInput::Undeliverable { event: Box::new(work.event.clone()), reason: reason.to_owned() })
+            .send(Box::new(PortalInput::Undeliverable {
+                event: Box::new(work.event.clone()),
+                reason: reason.to_owned(),
+            }))
             .await;
     }
 }

@@ -45,7 +45,8 @@ pub struct LegStatus {
     pub failed: u64,
 }
 
-/// What a portal task receives.
+/// What a portal task receives, boxed: a queue's memory is allocated in blocks of 32 slots when it is made, and
+/// a slot of the largest input's size would cost every idle portal kilobytes.
 pub(crate) enum PortalInput {
     Inbound {
         event: Box<InboundEvent>,
@@ -57,11 +58,11 @@ pub(crate) enum PortalInput {
         ack: oneshot::Sender<Result<Accepted, RouteError>>,
     },
     Link {
-        leg: Box<LegId>,
+        leg: LegId,
         done: oneshot::Sender<Result<(), RouteError>>,
     },
     Unlink {
-        leg: Box<LegId>,
+        leg: LegId,
         done: oneshot::Sender<Result<(), RouteError>>,
     },
     Undeliverable {
@@ -70,8 +71,8 @@ pub(crate) enum PortalInput {
     },
     /// An inbound event refused before it reached the portal (too large): its sender is told on its leg.
     Refused {
-        leg: Box<LegId>,
-        sender: Box<LegacyUser>,
+        leg: LegId,
+        sender: LegacyUser,
         reason: String,
     },
     Status {
@@ -90,7 +91,7 @@ struct Portal {
     rec: PortalRecord,
     legs: LegWorkers,
     next_seq: u64,
-    self_tx: mpsc::Sender<PortalInput>,
+    self_tx: mpsc::Sender<Box<PortalInput>>,
 }
 
 /// A result waiting for the drain's commit.
@@ -101,8 +102,8 @@ pub(crate) async fn spawn(
     shared: Arc<Shared>,
     rec: PortalRecord,
     legs: Vec<LegId>,
-    rx: mpsc::Receiver<PortalInput>,
-    self_tx: mpsc::Sender<PortalInput>,
+    rx: mpsc::Receiver<Box<PortalInput>>,
+    self_tx: mpsc::Sender<Box<PortalInput>>,
 ) -> Result<tokio::task::JoinHandle<()>, RouteError> {
     let next_seq = Repo::new(&shared.store).next_seq(&rec.id).map_err(store_error)?;
     let span = tracing::info_span!("portal", portal = %rec.id);
@@ -148,16 +149,16 @@ impl Portal {
         self.legs.insert(leg, w);
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<PortalInput>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Box<PortalInput>>) {
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             let first = tokio::select! {
                 biased;
-                i = rx.recv() => match i { Some(i) => i, None => break },
+                i = rx.recv() => match i { Some(i) => *i, None => break },
                 _ = shutdown.changed() => {
                     // Finish what was queued, then stop.
                     let mut rest = Vec::new();
-                    while let Ok(i) = rx.try_recv() { rest.push(i); }
+                    while let Ok(i) = rx.try_recv() { rest.push(*i); }
                     if !rest.is_empty() { Box::pin(self.drain(rest)).await; }
                     break;
                 }
@@ -165,7 +166,7 @@ impl Portal {
             let mut inputs = vec![first];
             while inputs.len() < self.shared.cfg.drain_max {
                 match rx.try_recv() {
-                    Ok(i) => inputs.push(i),
+                    Ok(i) => inputs.push(*i),
                     Err(_) => break,
                 }
             }
@@ -219,7 +220,7 @@ impl Portal {
                 PortalInput::Refused { leg, sender, reason } => {
                     let body = format!("⚠ {}: your message was not bridged: {reason}", sender.shown_name());
                     let id = ephemeral_id();
-                    self.notice(*leg, id, TxnId(format!("refused-{}", id.to_hex())), body, &mut work);
+                    self.notice(leg, id, TxnId(format!("refused-{}", id.to_hex())), body, &mut work);
                 }
                 PortalInput::Status { reply } => {
                     let _ = reply.send(self.status());
@@ -257,7 +258,6 @@ impl Portal {
     async fn control(&mut self, input: PortalInput) {
         match input {
             PortalInput::Link { leg, done } => {
-                let leg = *leg;
                 let mut b = Batch::new();
                 write::link(&mut b, &leg, &self.rec.id);
                 let r = self.shared.store.commit(b).await.map_err(store_error);
@@ -268,7 +268,6 @@ impl Portal {
                 let _ = done.send(r);
             }
             PortalInput::Unlink { leg, done } => {
-                let leg = *leg;
                 // The leg's worker stops first, so nothing it still holds is delivered after the unlink.
                 if let Some(w) = self.legs.remove(&leg) {
                     let _ = w.stop.send(true);

@@ -67,7 +67,7 @@ impl RouterConfig {
 pub(crate) type Accounts = Arc<RwLock<HashMap<AccountId, Arc<dyn Account>>>>;
 
 struct PortalHandle {
-    tx: mpsc::Sender<PortalInput>,
+    tx: mpsc::Sender<Box<PortalInput>>,
     task: JoinHandle<()>,
 }
 
@@ -83,7 +83,7 @@ pub(crate) struct Shared {
     /// Events refused at intake lately, so that their senders are told once ([`crate::refusals`]).
     refusals: std::sync::Mutex<crate::refusals::Refusals>,
     portals: tokio::sync::Mutex<HashMap<PortalId, PortalHandle>>,
-    senders: RwLock<HashMap<PortalId, mpsc::Sender<PortalInput>>>,
+    senders: RwLock<HashMap<PortalId, mpsc::Sender<Box<PortalInput>>>>,
     stop: watch::Sender<bool>,
 }
 
@@ -223,7 +223,7 @@ impl RouterHandle {
             return Err(RouteError::AlreadyLinked { leg, portal: p });
         }
         let (done, wait) = oneshot::channel();
-        self.send_control(portal, PortalInput::Link { leg: Box::new(leg.clone()), done }).await?;
+        self.send_control(portal, PortalInput::Link { leg: leg.clone(), done }).await?;
         wait.await.map_err(|_| RouteError::Closed)??;
         self.inner.legs.write().map_err(|_| RouteError::Closed)?.insert(leg, portal.clone());
         Ok(())
@@ -233,7 +233,7 @@ impl RouterHandle {
     pub async fn unlink(&self, leg: &LegId) -> Result<(), RouteError> {
         let portal = self.portal_of(leg).ok_or_else(|| RouteError::UnknownLeg(leg.clone()))?;
         let (done, wait) = oneshot::channel();
-        self.send_control(&portal, PortalInput::Unlink { leg: Box::new(leg.clone()), done }).await?;
+        self.send_control(&portal, PortalInput::Unlink { leg: leg.clone(), done }).await?;
         wait.await.map_err(|_| RouteError::Closed)??;
         self.inner.legs.write().map_err(|_| RouteError::Closed)?.remove(leg);
         Ok(())
@@ -285,10 +285,10 @@ impl RouterHandle {
             return Err(RouteError::Closed);
         }
         let tx = self.sender(portal).ok_or_else(|| RouteError::UnknownPortal(portal.clone()))?;
-        tx.send(input).await.map_err(|_| RouteError::Closed)
+        tx.send(Box::new(input)).await.map_err(|_| RouteError::Closed)
     }
 
-    fn sender(&self, portal: &PortalId) -> Option<mpsc::Sender<PortalInput>> {
+    fn sender(&self, portal: &PortalId) -> Option<mpsc::Sender<Box<PortalInput>>> {
         self.inner.senders.read().ok()?.get(portal).cloned()
     }
 
@@ -324,11 +324,11 @@ impl RouterHandle {
                 });
             if tell && let Some(tx) = self.portal_of(&event.leg).and_then(|p| self.sender(&p)) {
                 let reason = format!("it is too large ({size} bytes; this bridge takes at most {max})");
-                let _ = tx.try_send(PortalInput::Refused {
-                    leg: Box::new(event.leg.clone()),
-                    sender: Box::new(event.sender.clone()),
+                let _ = tx.try_send(Box::new(PortalInput::Refused {
+                    leg: event.leg.clone(),
+                    sender: event.sender.clone(),
                     reason,
-                });
+                }));
             }
             return Err(e);
         }
@@ -348,7 +348,9 @@ impl RouterHandle {
         };
         let tx = self.sender(&portal).ok_or(RouteError::UnknownPortal(portal))?;
         let (ack, rx) = oneshot::channel();
-        tx.send(PortalInput::Inbound { event: Box::new(event), ack }).await.map_err(|_| RouteError::Closed)?;
+        tx.send(Box::new(PortalInput::Inbound { event: Box::new(event), ack }))
+            .await
+            .map_err(|_| RouteError::Closed)?;
         Ok(rx)
     }
 
@@ -357,7 +359,9 @@ impl RouterHandle {
     pub async fn from_group(&self, id: MessageId, msg: GroupMessage) -> Result<Accepted, RouteError> {
         let tx = self.sender(&msg.portal).ok_or_else(|| RouteError::UnknownPortal(msg.portal.clone()))?;
         let (ack, rx) = oneshot::channel();
-        tx.send(PortalInput::FromGroup { id, msg: Box::new(msg), ack }).await.map_err(|_| RouteError::Closed)?;
+        tx.send(Box::new(PortalInput::FromGroup { id, msg: Box::new(msg), ack }))
+            .await
+            .map_err(|_| RouteError::Closed)?;
         rx.await.map_err(|_| RouteError::Closed)?
     }
 
@@ -400,7 +404,7 @@ impl RouterHandle {
         let mut out = Vec::new();
         for (id, h) in portals.iter() {
             let (tx, rx) = oneshot::channel();
-            let legs = match h.tx.try_send(PortalInput::Status { reply: tx }) {
+            let legs = match h.tx.try_send(Box::new(PortalInput::Status { reply: tx })) {
                 Ok(()) => rx.await.unwrap_or_default(),
                 Err(_) => Vec::new(),
             };
