@@ -156,15 +156,12 @@ impl MlsRooms {
         });
     }
 
-    /// After the waker fell behind: opens every closed portal whose room's log is ahead of it.
+    /// After the waker fell behind: every known room as if it had grown ([`MlsRooms::wake`] opens those whose
+    /// closed portal is behind the log).
     fn wake_behind(&self) {
         let known: Vec<String> = self.known.lock().map(|k| k.keys().cloned().collect()).unwrap_or_default();
-        let records = Records(self.provider.store());
         for room in known {
-            let last = self.provider.last_seq(&room).unwrap_or(0);
-            if records.cursor(&room, CURSOR).is_ok_and(|applied| applied < last) {
-                self.wake(&room);
-            }
+            self.wake(&room);
         }
     }
 
