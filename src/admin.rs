@@ -93,6 +93,8 @@ pub struct AdminState {
     pub provider: Option<mimi_provider::Provider>,
     /// The store, as the status report shows it.
     pub store: StoreReport,
+    /// What the store has made durable, for `/metrics`.
+    pub store_stats: Option<Arc<mimi_store::CommitStats>>,
 }
 
 impl AdminState {
@@ -115,13 +117,15 @@ impl AdminState {
             started: Instant::now(),
             provider: None,
             store: StoreReport::default(),
+            store_stats: None,
         }
     }
 
-    /// Reports the store's backend and leader lease.
-    pub fn with_store(mut self, kv: &dyn mimi_store::KvStore) -> Self {
+    /// Reports the store's backend and leader lease, and counts its durable writes in `/metrics`.
+    pub fn with_store(mut self, kv: &dyn mimi_store::KvStore, stats: Arc<mimi_store::CommitStats>) -> Self {
         self.store =
             StoreReport { backend: kv.backend().to_owned(), role: "active".into(), lease_epoch: kv.lease_epoch() };
+        self.store_stats = Some(stats);
         self
     }
 
@@ -320,6 +324,10 @@ async fn metrics(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Respo
         return fail(StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed");
     };
     metrics::gauge!(crate::telemetry::READY).set(if st.readiness.is_ready() { 1.0 } else { 0.0 });
+    if let Some(stats) = &st.store_stats {
+        metrics::counter!(crate::telemetry::STORE_WRITES).absolute(stats.writes());
+        metrics::counter!(crate::telemetry::STORE_BATCHES).absolute(stats.batches());
+    }
     let body = crate::telemetry::render(h);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

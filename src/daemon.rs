@@ -72,6 +72,7 @@ impl Daemon {
         let store_closed = store.closed();
         let store_failed = store.failed();
         let store_kv = store.kv().clone();
+        let store_stats = store.stats();
         data_dir::check(data_dir).map_err(|e| e.to_string())?;
         tracing::info!(data_dir = %data_dir.display(), backend = %cfg.bridge.store, "store open");
 
@@ -127,7 +128,7 @@ impl Daemon {
                 configured,
             )
             .with_provider(room.provider().clone())
-            .with_store(store_kv.as_ref()),
+            .with_store(store_kv.as_ref(), store_stats),
         );
         let listener = crate::listener::bind(*cfg.admin.listen.get_ref())
             .map_err(|e| format!("admin.listen {}: {e}", cfg.admin.listen.get_ref()))?;

@@ -36,6 +36,10 @@ pub const READY: &str = "mimi_bridge_ready";
 pub const CONNECTIONS_REFUSED: &str = "mimi_bridge_connections_refused_total";
 /// Connections open on a listener (TLS handshakes in progress included), per listener.
 pub const CONNECTIONS_OPEN: &str = "mimi_bridge_connections_open";
+/// Durable writes of the store (one fsync, or one PostgreSQL transaction, each).
+pub const STORE_WRITES: &str = "mimi_bridge_store_writes_total";
+/// Batches those durable writes carried (group commit puts several in one write).
+pub const STORE_BATCHES: &str = "mimi_bridge_store_batches_total";
 /// Always 1; the `version` label carries the build's version.
 pub const BUILD_INFO: &str = "mimi_bridge_build_info";
 
@@ -77,6 +81,8 @@ fn describe() {
     describe_gauge!(ACCOUNT_UP, "1 while the account is connected.");
     describe_counter!(ERRORS, "Errors by kind.");
     describe_gauge!(MLS_EPOCH, "MLS epoch of each portal's group.");
+    describe_counter!(STORE_WRITES, "Durable writes of the store (one fsync or transaction each).");
+    describe_counter!(STORE_BATCHES, "Batches carried by the store's durable writes.");
     describe_gauge!(READY, "1 while the daemon is ready (as /health).");
     describe_counter!(CONNECTIONS_REFUSED, "Connections closed at once because a listener's cap was reached.");
     describe_gauge!(CONNECTIONS_OPEN, "Connections open on a listener.");

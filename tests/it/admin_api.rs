@@ -40,6 +40,10 @@ fn the_admin_api_needs_the_token_and_serves_health_status_and_metrics() {
     let families = parse_prometheus(&m.body).unwrap_or_else(|e| panic!("{e}\n{}", m.body));
     assert_eq!(families.get("mimi_bridge_build_info").map(|f| f.kind.as_str()), Some("gauge"), "{}", m.body);
     assert_eq!(families.get("mimi_bridge_ready").map(|f| f.samples[0].2), Some(1.0), "{}", m.body);
+    // Creating the two portals at start wrote the store.
+    let sample = |name: &str| families.get(name).filter(|f| f.kind == "counter").map(|f| f.samples[0].2);
+    let (writes, batches) = (sample("mimi_bridge_store_writes_total"), sample("mimi_bridge_store_batches_total"));
+    assert!(writes.is_some_and(|w| w >= 1.0) && batches >= writes, "{writes:?} {batches:?}\n{}", m.body);
 
     assert_eq!(d.terminate(Duration::from_secs(30)), Some(0));
     let logs = d.seen.join("\n");

@@ -16,7 +16,7 @@ pub mod redb_backend;
 pub mod schema;
 pub mod sled_backend;
 
-pub use commit::{CommitConfig, Store};
+pub use commit::{CommitConfig, CommitStats, Store};
 pub use kv::{Batch, Entries, KvStore, Op, StoreError, prefix_end};
 pub use postgres::{PostgresConfig, PostgresStore};
 pub use schema::{Backend, open_data_dir, open_data_dir_at};
