@@ -207,7 +207,7 @@ impl Daemon {
         notify::stopping(self.shutdown_timeout + Duration::from_secs(5));
         tracing::info!(timeout = ?self.shutdown_timeout, "stopping: intake closed, draining portal queues");
         let drained = tokio::time::timeout(self.shutdown_timeout, self.router.shutdown()).await;
-        self.room.shutdown();
+        self.room.shutdown().await;
         close_listeners(&self.admin_stop, self.admin_task, self.mimi_task, Duration::from_secs(5)).await;
         self.probe_task.abort();
         // A pass in progress is stopped after 5 s: each of its batches is atomic, so a stopped pass leaves every

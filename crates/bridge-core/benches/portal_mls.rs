@@ -78,7 +78,7 @@ async fn run(mode: MlsIdentity, users: usize, per_user: usize) -> Figures {
     let msgs_per_s = (users * per_user) as f64 / start.elapsed().as_secs_f64();
     let leaves = room.members(&portal).await.expect("members").len();
     router.shutdown().await;
-    room.shutdown();
+    room.shutdown().await;
     first.sort_by(f64::total_cmp);
     rest.sort_by(f64::total_cmp);
     Figures { msgs_per_s, first, rest, leaves }

@@ -62,6 +62,8 @@ use tokio::sync::mpsc;
 
 /// Name of the bridge's cursor in each room's log.
 const CURSOR: &str = "bridge";
+/// How long after the portal's own last message its log cursor is written (see [`Slot::stored`]).
+const CURSOR_DELAY: Duration = Duration::from_millis(250);
 /// How many times `publish` catches up and re-encrypts after `epochTooOld`.
 const EPOCH_RETRIES: usize = 3;
 
@@ -82,6 +84,10 @@ struct Slot {
     group: PortalGroup,
     room: String,
     applied: u64,
+    /// `applied` as the store has it (the log cursor): behind it only by the portal's own messages, whose cursor
+    /// is written [`CURSOR_DELAY`] later (or by [`MlsRooms::shutdown`]) so that it does not hold up the message's
+    /// own batch.
+    stored: u64,
     own: HashSet<u64>,
     /// The per-user leaves, in a portal with `mls_identity = "per-user"`.
     leaves: Option<UserLeaves>,
@@ -258,11 +264,18 @@ impl MlsRooms {
     }
 
     /// Stops forwarding messages from the group to the router and the portal workers, releasing the router (and
-    /// with it the store). Call after the router has shut down.
-    pub fn shutdown(&self) {
+    /// with it the store). Call after the router has shut down. Each open portal's log cursor is stored first (a
+    /// clean stop leaves none behind, so a portal that was idle stays closed at the next start).
+    pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        if let Ok(mut slots) = self.slots.lock() {
-            slots.clear();
+        let open: Vec<_> = self.slots.lock().map(|mut m| m.drain().map(|(_, slot)| slot).collect()).unwrap_or_default();
+        // A publish still holding a slot finishes first; 5 s for all of them, as the daemon's stop is bounded.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for slot in open {
+            let Ok(mut s) = tokio::time::timeout_at(deadline, slot.lock()).await else { continue };
+            if let Err(e) = self.store_cursor(&mut s).await {
+                tracing::warn!(room = %s.room, error = %e, "storing the room log cursor failed");
+            }
         }
     }
 
@@ -390,6 +403,7 @@ impl MlsRooms {
             group,
             room: room.clone(),
             applied,
+            stored: applied,
             own: HashSet::new(),
             leaves,
             active: std::time::Instant::now(),
@@ -425,6 +439,8 @@ impl MlsRooms {
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             let mut sweep_at: Option<tokio::time::Instant> = None;
+            // When to write the cursor the portal's own messages left behind (`Slot::stored`).
+            let mut cursor_at: Option<tokio::time::Instant> = None;
             // After a close that could not happen (the slot in use, a message just in): not before this.
             let mut retry_close = tokio::time::Instant::now();
             loop {
@@ -460,27 +476,27 @@ impl MlsRooms {
                         .filter(|_| closable)
                         .map(|d| (tokio::time::Instant::from_std(s.active) + d).max(retry_close));
                     close_now = s.close_when_caught_up;
+                    if s.stored >= s.applied {
+                        cursor_at = None;
+                    } else if close_now || cursor_at.is_some_and(|t| t <= now) {
+                        cursor_at = None;
+                        if let Err(e) = this.store_cursor(&mut s).await {
+                            tracing::warn!(portal = %portal, error = %e, "storing the room log cursor failed");
+                            cursor_at = Some(now + CURSOR_DELAY);
+                        }
+                    } else {
+                        cursor_at = cursor_at.or(Some(now + CURSOR_DELAY));
+                    }
                 }
                 if close_now && this.close_if_unused(&portal, None) {
                     return;
                 }
                 drop(this);
-                let idle = async {
-                    match close_at {
-                        Some(t) => tokio::time::sleep_until(t).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let sweep = async {
-                    match sweep_at {
-                        Some(t) => tokio::time::sleep_until(t).await,
-                        None => std::future::pending().await,
-                    }
-                };
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },
-                    _ = sweep => {}
-                    _ = idle => {
+                    _ = sleep_until_some(sweep_at) => {}
+                    _ = sleep_until_some(cursor_at) => {}
+                    _ = sleep_until_some(close_at) => {
                         let Some(this) = me.upgrade() else { return };
                         if this.close_if_unused(&portal, this.idle_close()) {
                             return;
@@ -488,6 +504,7 @@ impl MlsRooms {
                         retry_close = tokio::time::Instant::now() + Duration::from_secs(1);
                     }
                     _ = closed.notified() => return,
+                    // `shutdown` stores the cursor.
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }
@@ -503,21 +520,40 @@ impl MlsRooms {
                 return Ok(());
             }
             let mut commits = false;
+            let mut others = false;
             s.active = std::time::Instant::now();
             for e in entries {
                 let seq = e.seq;
-                if !s.own.remove(&seq) && e.fanout.message.wire_format() != wire_format::WELCOME {
-                    commits |= self.apply(portal, s, seq, e.fanout.message.as_bytes()).await;
+                if !s.own.remove(&seq) {
+                    others = true;
+                    if e.fanout.message.wire_format() != wire_format::WELCOME {
+                        commits |= self.apply(portal, s, seq, e.fanout.message.as_bytes()).await;
+                    }
                 }
                 s.applied = seq;
             }
             if commits {
                 self.serve_group_info(&s.room, &s.group).await;
             }
-            let mut b = Batch::new();
-            write::cursor(&mut b, &s.room, CURSOR, s.applied);
-            self.provider.store().commit(b).await.map_err(unavailable)?;
+            // Only its own messages: nothing was applied that a restart would miss (it would find them its own
+            // again), so the cursor waits for the worker (`store_cursor`) instead of queueing its write in
+            // front of the batch that records the message for the legs.
+            if others {
+                self.store_cursor(s).await?;
+            }
         }
+    }
+
+    /// Writes the slot's log cursor if the store's is behind.
+    async fn store_cursor(&self, s: &mut Slot) -> Result<(), RoomError> {
+        if s.stored >= s.applied {
+            return Ok(());
+        }
+        let mut b = Batch::new();
+        write::cursor(&mut b, &s.room, CURSOR, s.applied);
+        self.provider.store().commit(b).await.map_err(unavailable)?;
+        s.stored = s.applied;
+        Ok(())
     }
 
     /// Processes one message of the log; true if it was a commit.
@@ -730,6 +766,14 @@ impl RoomOfRecord for MlsRooms {
             }
         }
         Err(RoomError::Unavailable("the room's epoch keeps moving".into()))
+    }
+}
+
+/// Sleeps until `at`; never wakes when it is `None` (a worker timer that is not armed).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

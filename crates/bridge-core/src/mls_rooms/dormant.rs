@@ -14,7 +14,7 @@
 //! update). One opener at a time per portal: two loads of one group would leave the first unable to send.
 //!
 //! An open portal closes after [`MlsRooms::set_idle_close`] without a message, unless it has per-user leaves or
-//! has not applied its room's whole log. Closing drops the group cleanly (its message secrets are encoded, as at a
+//! has not applied its room's whole log and stored its cursor there. Closing drops the group cleanly (its message secrets are encoded, as at a
 //! stop) and is safe against a concurrent open: the slot leaves the map only under the map's lock, when nobody but
 //! its worker holds it and it is not locked, so nobody can be holding a group that is no longer the portal's. An
 //! entry appended meanwhile is seen either by the close (which then does not happen) or by the waker, after it.
@@ -194,7 +194,8 @@ impl MlsRooms {
     }
 
     /// Closes `portal`'s group if nobody but its worker holds it, it is not locked, it has no per-user leaves, it
-    /// has applied its room's whole log and (with `idle`) it has seen no message for that long. True if it was
+    /// has applied its room's whole log and stored its cursor, and (with `idle`) it has seen no message for that
+    /// long. True if it was
     /// closed. (An entry appended after the check finds the portal closed and wakes it again: the waker looks
     /// under the same lock.)
     pub(super) fn close_if_unused(&self, portal: &PortalId, idle: Option<Duration>) -> bool {
@@ -205,7 +206,10 @@ impl MlsRooms {
             return false;
         }
         let Ok(s) = slot.try_lock() else { return false };
-        if !closable(&s, idle) || self.provider.last_seq(&s.room).is_ok_and(|last| s.applied < last) {
+        if !closable(&s, idle)
+            || s.stored < s.applied
+            || self.provider.last_seq(&s.room).is_ok_and(|last| s.applied < last)
+        {
             return false;
         }
         keys::note_member(&s, self.member.uri());
