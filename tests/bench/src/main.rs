@@ -6,13 +6,16 @@
 //! Prosody harness's one external component). heisenbridge gets its own channel and room, biboumi its own channel
 //! and MUC. Every direction sends `--messages` messages at `--rate` per second from a real client and times each
 //! from just before the send call to its arrival at the reading client (all clients in this process, one
-//! monotonic clock). Printed: a markdown table (p50, p99, max, lost, duplicated) and the bridges' RSS when idle.
+//! monotonic clock). Printed: a markdown table (p50, p99, max, lost, duplicated; for mimi-bridge also its store's
+//! durable writes per message, from its `/metrics`) and the bridges' RSS when idle,
+//! split into anonymous memory and mapped files. `MIMI_BENCH_SMAPS=FILE` keeps a copy of the daemon's
+//! `/proc/PID/smaps` from that moment, to see which mappings the RSS is made of.
 
 use harness::{Ngircd, Prosody, Synapse, SynapseOptions};
 use mimi_bench::irc::IrcUser;
 use mimi_bench::matrix::MatrixClient;
 use mimi_bench::measure::{Arrivals, Summary, marker, summarize};
-use mimi_bench::peers::{Proc, heisenbridge_python, rss_kib};
+use mimi_bench::peers::{Proc, daemon_metric, heisenbridge_python, rss_kib, status_kib};
 use mimi_bench::xmpp::XmppUser;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -181,10 +184,14 @@ fn run_cli(bin: &Path, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn our_config(dir: &Path, homeserver: &str, as_port: u16, room: &str, irc: &str, prosody: &Prosody) -> String {
+/// The daemon's durable writes so far (`mimi_bridge_store_writes_total`).
+const STORE_WRITES: &str = "mimi_bridge_store_writes_total";
+
+fn our_config(dir: &Path, homeserver: &str, ports: (u16, u16), room: &str, irc: &str, prosody: &Prosody) -> String {
+    let (as_port, admin_port) = ports;
     format!(
         "[bridge]\ndomain = \"bench.test\"\ndata_dir = {data:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\nlevel = \"warn\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\npublic_metrics = true\n\n[log]\nlevel = \"warn\"\n\n\
          [matrix.hs]\nmode = \"appservice\"\nhomeserver_url = \"{homeserver}\"\nserver_name = \"{SERVER_NAME}\"\n\
          listen = \"127.0.0.1:{as_port}\"\nas_token_file = {as_token:?}\nhs_token_file = {hs_token:?}\n\
          registration_id = \"mimi-bench\"\n\n\
@@ -212,10 +219,11 @@ async fn run(a: &Args) -> Result<(), String> {
     }
 
     // Registrations first: Synapse loads them at start.
-    let as_port = harness::free_port().map_err(e)?;
+    let ports = (harness::free_port().map_err(e)?, harness::free_port().map_err(e)?);
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], ports.1).into();
     let cfg = d.join("mimi-bridge.toml");
     let write = |text: String| std::fs::write(&cfg, text).map_err(|e| e.to_string());
-    write(our_config(d, "http://127.0.0.1:1", as_port, "!x:hs.bench", &ngircd.addr(), &prosody))?;
+    write(our_config(d, "http://127.0.0.1:1", ports, "!x:hs.bench", &ngircd.addr(), &prosody))?;
     let reg = d.join("mimi-registration.yaml");
     let cfg_s = cfg.to_str().ok_or("temp path is not UTF-8")?;
     run_cli(&a.bin, &["generate-registration", "--config", cfg_s, "--out", reg.to_str().ok_or("utf-8")?])?;
@@ -244,7 +252,7 @@ async fn run(a: &Args) -> Result<(), String> {
     let room = room["room_id"].as_str().ok_or("no room id")?.to_owned();
 
     // The three bridges.
-    write(our_config(d, &hs.url(), as_port, &room, &ngircd.addr(), &prosody))?;
+    write(our_config(d, &hs.url(), ports, &room, &ngircd.addr(), &prosody))?;
     let mut ours = Proc::spawn(
         {
             let mut c = Command::new(&a.bin);
@@ -365,28 +373,41 @@ async fn run(a: &Args) -> Result<(), String> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = [("mimi-bridge (3 legs)", ours.pid()), ("heisenbridge", heis.pid()), ("biboumi", bib.pid())]
-        .map(|(n, pid)| (n, rss_kib(pid)));
+        .map(|(n, pid)| (n, [rss_kib(pid), status_kib(pid, "RssAnon"), status_kib(pid, "RssFile")]));
+    if let Ok(to) = std::env::var("MIMI_BENCH_SMAPS") {
+        let _ = std::fs::copy(format!("/proc/{}/smaps", ours.pid()), to);
+    }
 
     let (n, rate, wait) = (a.messages, a.rate, a.wait);
-    let mut rows: Vec<(&str, &str, Summary)> = Vec::new();
+    let mut rows: Vec<(&str, &str, Summary, Option<f64>)> = Vec::new();
     for (i, ((what, bridge), reader)) in DIRECTIONS.iter().zip(&readers).enumerate() {
+        let before = daemon_metric(admin, STORE_WRITES);
         let summary = direction(&arrivals, i + 1, &mut sides.from(i), reader, n, rate, wait).await?;
-        rows.push((what, bridge, summary));
+        let writes = match (*bridge, before, daemon_metric(admin, STORE_WRITES)) {
+            ("mimi-bridge", Some(b), Some(a)) => Some((a - b) / n as f64),
+            _ => None,
+        };
+        rows.push((what, bridge, summary, writes));
     }
     ours.alive("mimi-bridge")?;
 
     println!("{n} messages at {rate} msg/s per direction (latency: send call → arrival at the reading client)\n");
-    println!("| direction | bridge | sent | p50 ms | p99 ms | max ms | not arrived | duplicated |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    for (what, bridge, s) in &rows {
+    println!(
+        "| direction | bridge | sent | p50 ms | p99 ms | max ms | not arrived | duplicated | durable writes/msg |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (what, bridge, s, writes) in &rows {
+        let writes = writes.map_or("–".to_string(), |w| format!("{w:.1}"));
         println!(
-            "| {what} | {bridge} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            "| {what} | {bridge} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {writes} |",
             s.sent, s.p50_ms, s.p99_ms, s.max_ms, s.lost, s.duplicates
         );
     }
-    println!("\n| idle RSS after warm-up | MiB |\n|---|---:|");
-    for (name, kib) in rss {
-        println!("| {name} | {} |", kib.map_or("?".to_string(), |k| format!("{:.1}", k as f64 / 1024.0)));
+    println!("\n| idle RSS after warm-up | MiB | of which anonymous | of which files (code, libraries) |");
+    println!("|---|---:|---:|---:|");
+    for (name, [all, anon, file]) in rss {
+        let mib = |kib: Option<u64>| kib.map_or("?".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+        println!("| {name} | {} | {} | {} |", mib(all), mib(anon), mib(file));
     }
     Ok(())
 }

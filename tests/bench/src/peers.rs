@@ -53,11 +53,29 @@ impl Drop for Proc {
 
 /// The resident set size of `pid` in KiB (from /proc).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// One resident set figure of `pid` in KiB from /proc/PID/status: `VmRSS` (all), `RssAnon` (heap and stacks),
+/// `RssFile` (mapped files: the program's code and libraries).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+/// The value of the un-labelled metric `name` in the daemon's `GET /metrics` on `admin` (served without a token:
+/// `admin.public_metrics`).
+pub fn daemon_metric(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The heisenbridge venv's python (`MIMI_BENCH_HEISENBRIDGE_VENV` or the cache dir `scripts/bench` installs into).
