@@ -7,4 +7,5 @@ pub mod irc;
 pub mod matrix;
 pub mod measure;
 pub mod peers;
+pub mod sustained;
 pub mod xmpp;

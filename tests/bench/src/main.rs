@@ -16,6 +16,7 @@ use mimi_bench::irc::IrcUser;
 use mimi_bench::matrix::MatrixClient;
 use mimi_bench::measure::{Arrivals, Summary, marker, summarize};
 use mimi_bench::peers::{Proc, daemon_metric, heisenbridge_python, rss_kib, status_kib};
+use mimi_bench::sustained::{self, RateSearch};
 use mimi_bench::xmpp::XmppUser;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -43,10 +44,21 @@ struct Args {
     rate: f64,
     wait: Duration,
     bin: PathBuf,
+    /// Search each direction's highest sustained rate instead of measuring latency at `rate`.
+    sustained: bool,
+    /// How long each trial of that search sends.
+    trial: Duration,
 }
 
 fn args() -> Result<Args, String> {
-    let mut a = Args { messages: 20, rate: 1.0, wait: Duration::from_secs(30), bin: PathBuf::from("mimi-bridge") };
+    let mut a = Args {
+        messages: 20,
+        rate: 1.0,
+        wait: Duration::from_secs(30),
+        bin: PathBuf::from("mimi-bridge"),
+        sustained: false,
+        trial: Duration::from_secs(10),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -55,8 +67,15 @@ fn args() -> Result<Args, String> {
             "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
             "--wait-secs" => a.wait = Duration::from_secs(value()?.parse().map_err(|e| format!("--wait-secs: {e}"))?),
             "--bin" => a.bin = PathBuf::from(value()?),
+            "--sustained" => a.sustained = true,
+            "--trial-secs" => {
+                a.trial = Duration::from_secs(value()?.parse().map_err(|e| format!("--trial-secs: {e}"))?);
+            }
             _ => {
-                return Err(format!("unknown argument {flag} (--messages N --rate R --wait-secs S --bin MIMI_BRIDGE)"));
+                return Err(format!(
+                    "unknown argument {flag} (--messages N --rate R --wait-secs S --bin MIMI_BRIDGE | --sustained \
+                     --trial-secs S)"
+                ));
             }
         }
     }
@@ -159,6 +178,54 @@ async fn direction(
     // Late duplicates show up within a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(summarize(arrivals, reader, &sent))
+}
+
+/// Searches the highest rate direction `i` sustains (see [`sustained`]): trials of `trial` at the rates the search
+/// picks, each with its own markers. After a trial that failed, what is still on its way drains (at most a
+/// minute) before the next one starts, so that one trial's backlog does not fail the next.
+async fn highest_sustained(
+    arrivals: &Arrivals,
+    i: usize,
+    from: &mut From<'_>,
+    reader: &str,
+    trial: Duration,
+) -> Result<RateSearch, String> {
+    let mut search = RateSearch::new(1.0, 0.25, 64.0, 4);
+    let mut trial_no = 0;
+    while let Some(rate) = search.next() {
+        let dir = 100 + i * 32 + trial_no;
+        trial_no += 1;
+        let n = ((rate * trial.as_secs_f64()).ceil() as usize).max(10);
+        let summary = direction(arrivals, dir, from, reader, n, rate, sustained::LATE).await?;
+        // A sender that could not keep the pace (a Matrix send is one HTTP request) proves nothing about the
+        // rate: the trial counts as not sustained, so the answer stays at what was really offered.
+        let kept_pace = summary.send_rate >= rate * 0.95;
+        let ok = sustained::sustained(&summary) && kept_pace;
+        eprintln!(
+            "mimi-bench: {reader} at {rate} msg/s (sent at {:.1}): {} sent, {} not arrived within {} s, max {:.0} ms: {}",
+            summary.send_rate,
+            summary.sent,
+            summary.lost,
+            sustained::LATE.as_secs(),
+            summary.max_ms,
+            if ok {
+                "sustained"
+            } else if kept_pace {
+                "not sustained"
+            } else {
+                "the sender fell behind"
+            }
+        );
+        search.record(rate, ok);
+        if !ok {
+            let want: Vec<String> = (0..n).map(|m| marker(dir, m)).collect();
+            let drain = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < drain && !arrivals.missing(reader, &want).is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(search)
 }
 
 /// Sends one unmeasured message and waits for it (creates ghosts and puppets before the clock runs).
@@ -376,6 +443,33 @@ async fn run(a: &Args) -> Result<(), String> {
         .map(|(n, pid)| (n, [rss_kib(pid), status_kib(pid, "RssAnon"), status_kib(pid, "RssFile")]));
     if let Ok(to) = std::env::var("MIMI_BENCH_SMAPS") {
         let _ = std::fs::copy(format!("/proc/{}/smaps", ours.pid()), to);
+    }
+
+    if a.sustained {
+        let mut rows = Vec::new();
+        for (i, ((what, bridge), reader)) in DIRECTIONS.iter().zip(&readers).enumerate() {
+            let search = highest_sustained(&arrivals, i, &mut sides.from(i), reader, a.trial).await?;
+            ours.alive("mimi-bridge")?;
+            rows.push((what, bridge, search));
+        }
+        println!(
+            "Highest rate sustained: every message arrived once, none later than {} s; trials of {} s each\n",
+            sustained::LATE.as_secs(),
+            a.trial.as_secs()
+        );
+        println!("| direction | bridge | highest sustained msg/s | trials (msg/s: ✓ sustained, ✗ not) |");
+        println!("|---|---|---:|---|");
+        for (what, bridge, search) in rows {
+            let best = match search.result() {
+                Some(r) if search.hit_ceiling() => format!("≥ {r}"),
+                Some(r) => format!("{r}"),
+                None => "< 0.25".into(),
+            };
+            let trials: Vec<String> =
+                search.trials().iter().map(|(r, ok)| format!("{r} {}", if *ok { "✓" } else { "✗" })).collect();
+            println!("| {what} | {bridge} | {best} | {} |", trials.join(", "));
+        }
+        return Ok(());
     }
 
     let (n, rate, wait) = (a.messages, a.rate, a.wait);

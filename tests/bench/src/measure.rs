@@ -89,6 +89,8 @@ pub struct Summary {
     pub p99_ms: f64,
     /// Slowest.
     pub max_ms: f64,
+    /// The rate the sender achieved: messages per second from its first send call to its last (0 for one).
+    pub send_rate: f64,
 }
 
 /// The summary of markers sent at `sent` (marker, instant) as seen by `reader`.
@@ -102,7 +104,12 @@ pub fn summarize(arrivals: &Arrivals, reader: &str, sent: &[(String, Instant)]) 
         }
     }
     lat.sort();
+    let span = match (sent.first(), sent.last()) {
+        (Some((_, a)), Some((_, b))) => b.saturating_duration_since(*a).as_secs_f64(),
+        _ => 0.0,
+    };
     Summary {
+        send_rate: if span > 0.0 { (sent.len() - 1) as f64 / span } else { 0.0 },
         sent: sent.len(),
         lost: sent.len() - lat.len(),
         duplicates,
