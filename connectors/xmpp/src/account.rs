@@ -5,7 +5,7 @@
 
 use crate::client::{self, Login};
 use crate::component::{self, ComponentLogin};
-use crate::inbound::{Outcome, RoomState};
+use crate::inbound::{Outcome, RoomState, Said};
 use crate::link::{ConnectError, Link};
 use crate::outbound::{self, Voice};
 use crate::puppets::{self, Puppet, Puppets};
@@ -36,11 +36,12 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 const CATCHUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many origin-ids of our own stanzas are remembered to recognise their reflections.
 const OWN_ORIGINS: usize = 4096;
-/// Most live messages of one room held while its archive is read (beyond it they are passed on at once, ahead
-/// of what the archive replays).
-const HELD_MAX: usize = 1000;
-/// Most bytes of message content of one room held while its archive is read (beyond it, as beyond [`HELD_MAX`]).
+/// Most bytes of one room's live messages held while its archive is read (beyond it, as beyond
+/// [`Settings::catchup_hold`] messages: see [`Held`]).
 const HELD_BYTES: usize = 4 << 20;
+/// Most stanza-ids remembered of messages passed on while a room's dropped messages wait for a walk (see
+/// [`Held::passed`]).
+const PASSED_MAX: usize = 10_000;
 /// Inbound events waiting, in the order they came, for their attachments to be fetched and for the core
 /// ([`deliver_inbound`]). When it is full the stream waits.
 const INBOUND_QUEUE: usize = 256;
@@ -66,6 +67,8 @@ pub struct Settings {
     /// How often each joined room is self-pinged (XEP-0410); an unanswered ping by the next one ends the stream.
     /// `None`: never.
     pub self_ping: Option<Duration>,
+    /// Most live messages of one room held while its archive is read after a join (see [`Held`]).
+    pub catchup_hold: usize,
 }
 
 #[derive(Default)]
@@ -97,6 +100,9 @@ struct State {
     /// catch-up replays. Taken at once, they would become the walk's anchor (the newest message taken from the
     /// room) and hide what was said between the bridge's last message and its rejoin.
     held: HashMap<BareJid, Held>,
+    /// Rooms whose current walk reads what a hold dropped (a walk after the one that followed the join): what it
+    /// learns of our origin-ids adds to the join's, rather than replacing it.
+    rewalks: HashSet<BareJid>,
     /// Rooms whose live messages are held, with their walk's number (from `walks_started`), so that a walk's
     /// deadline ends the hold of that walk and no later one.
     walk_ids: HashMap<BareJid, u64>,
@@ -142,25 +148,40 @@ fn lock_in_flight(in_flight: &InFlight) -> MutexGuard<'_, HashSet<(LegId, Native
     in_flight.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A room's live messages held during its catch-up, at most [`HELD_MAX`] of them and [`HELD_BYTES`].
+/// A room's live messages held during its catch-up, at most [`Settings::catchup_hold`] of them and [`HELD_BYTES`],
+/// as the room sent them: they are translated only when they are passed on, after what the archive replays, so
+/// that a correction of a replayed message finds it.
+///
+/// What does not fit is dropped when the archive has it (the room's stanza-id): once the walk is over and the
+/// hold passed on, another walk reads it back from the archive, anchored at the newest message passed on — in
+/// order, nothing lost (within what one walk reads, [`catchup::MAX_PAGES`] pages). A message without the room's stanza-id cannot be read again and goes on at once.
+///
+/// A walk whose archive does not answer within [`CATCHUP_TIMEOUT`] ends its hold early ([`walk_deadline`]): live
+/// messages go on at once from then, ahead of what the archive will give back. With drops pending, their
+/// stanza-ids are kept ([`Held::passed`]) so that the walks which read the dropped messages do not take them as
+/// anchors (which would skip what was dropped before them).
 #[derive(Default)]
 struct Held {
-    events: Vec<InboundEvent>,
+    stanzas: Vec<xmpp_parsers::message::Message>,
     bytes: usize,
-    /// Whether a message was passed on at once because the hold was full (told once per hold).
-    overflowed: bool,
+    /// Messages dropped because the hold was full: the walk after this one reads them.
+    dropped: usize,
+    /// Stanza-ids of live messages passed on at once while drops are pending (at most [`PASSED_MAX`]).
+    passed: HashSet<String>,
 }
 
 impl Held {
-    /// Holds `ev`, or gives it back if the hold is full.
-    fn hold(&mut self, ev: Box<InboundEvent>) -> Result<(), Box<InboundEvent>> {
-        let size = ev.kind.size();
-        if self.events.len() >= HELD_MAX || self.bytes + size > HELD_BYTES {
-            return Err(ev);
+    /// Holds `msg`, or gives it back if `max` messages or [`HELD_BYTES`] are held already.
+    fn hold(&mut self, msg: xmpp_parsers::message::Message, max: usize) -> Option<xmpp_parsers::message::Message> {
+        // The bodies and the payloads as serialised (what an occupant can make large), plus the envelope.
+        let payloads: usize = msg.payloads.iter().map(|p| String::from(p).len()).sum();
+        let size = msg.bodies.values().map(String::len).sum::<usize>() + payloads + 256;
+        if self.stanzas.len() >= max || self.bytes + size > HELD_BYTES {
+            return Some(msg);
         }
         self.bytes += size;
-        self.events.push(*ev);
-        Ok(())
+        self.stanzas.push(msg);
+        None
     }
 }
 
@@ -294,6 +315,7 @@ fn disconnected(shared: &Shared) {
     st.walks.clear();
     // Never taken: the next catch-up finds them in the archive.
     st.held.clear();
+    st.rewalks.clear();
     st.walk_ids.clear();
     st.caught_up.clear();
     st.catchup_waiters.clear();
@@ -367,37 +389,36 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
     let outcome = match stanza {
         Stanza::Message(msg) => {
             let Some(room) = msg.from.as_ref().map(|f| f.to_bare()) else { return };
-            let mut st = shared.state();
-            let nick = st.nicks.get(&room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
-            let State { rooms, own_origins, puppets, .. } = &mut *st;
-            let Some(r) = rooms.get_mut(&room) else { return };
-            if let Some((query, id, archived)) = catchup::archived(&msg, &room) {
-                if let Some((_, page)) = st.catchup.get_mut(&query).filter(|(q_room, _)| *q_room == room)
-                    && page.len() < catchup::PAGE
-                {
-                    page.push((id, archived));
+            let msg = {
+                let mut st = shared.state();
+                if !st.rooms.contains_key(&room) {
+                    return;
                 }
-                return;
-            }
-            let outcome =
-                r.message(msg, |n| n == nick || puppets.is_puppet_nick(&room, n), |o| own_origins.contains(o));
-            match outcome {
-                Outcome::Event(ev) if st.walk_ids.contains_key(&room) => {
-                    let held = st.held.entry(room.clone()).or_default();
-                    match held.hold(ev) {
-                        Ok(()) => return,
-                        Err(ev) => {
-                            if !std::mem::replace(&mut held.overflowed, true) {
-                                tracing::warn!(account = %shared.id, %room, held = held.events.len(), bytes = held.bytes,
-                                    "too much said during the room's catch-up to hold: later messages go on at once, \
-                                     before what the archive replays");
-                            }
-                            Outcome::Event(ev)
-                        }
+                if let Some((query, id, archived)) = catchup::archived(&msg, &room) {
+                    if let Some((_, page)) = st.catchup.get_mut(&query).filter(|(q_room, _)| *q_room == room)
+                        && page.len() < catchup::PAGE
+                    {
+                        page.push((id, archived));
                     }
+                    return;
                 }
-                other => other,
+                match hold(shared, &mut st, &room, msg) {
+                    Some(msg) => msg,
+                    None => return,
+                }
+            };
+            let Some(outcome) = translate(shared, &room, msg) else { return };
+            if let Outcome::Event(ev) = &outcome
+                && let Some(NativeId(id)) = &ev.native_id
+            {
+                let mut st = shared.state();
+                if let Some(held) = st.held.get_mut(&room).filter(|h| h.dropped > 0 || !h.passed.is_empty())
+                    && held.passed.len() < PASSED_MAX
+                {
+                    held.passed.insert(id.clone());
+                }
             }
+            outcome
         }
         Stanza::Presence(p) => {
             let Some(room) = p.from.as_ref().map(|f| f.to_bare()) else { return };
@@ -412,12 +433,8 @@ async fn handle(shared: &Arc<Shared>, stanza: Stanza, out: &mpsc::Sender<Stanza>
                 }
                 // What was said while the bridge was away comes from the archive.
                 st.caught_up.remove(&room);
-                st.walks.insert(room.clone(), catchup::Walk::default());
-                st.walks_started += 1;
-                let walk = st.walks_started;
-                st.walk_ids.insert(room.clone(), walk);
-                tokio::spawn(walk_deadline(Arc::downgrade(shared), room.clone(), walk));
-                catchup_query = Some(archive_query(&mut st, &room, None));
+                st.rewalks.remove(&room);
+                catchup_query = Some(start_walk(shared, &mut st, &room));
             }
             outcome
         }
@@ -675,6 +692,61 @@ async fn import_attachments(id: &AccountId, ctx: &AccountContext, draft: &mut br
     draft.attachments = kept;
 }
 
+/// During `room`'s walk, holds what an occupant said live (see [`Held`]); gives back what is to be translated now.
+fn hold(
+    shared: &Shared,
+    st: &mut State,
+    room: &BareJid,
+    msg: xmpp_parsers::message::Message,
+) -> Option<xmpp_parsers::message::Message> {
+    if !st.walk_ids.contains_key(room) {
+        return Some(msg);
+    }
+    let said = {
+        let State { rooms, own_origins, .. } = &*st;
+        rooms.get(room)?.said(&msg, |o| own_origins.contains(o))
+    };
+    let Some(said) = said else { return Some(msg) };
+    // A room that refused its archive cannot give a dropped message back.
+    let archived = matches!(said, Said::Archived(_)) && !st.no_mam.contains(room);
+    let held = st.held.entry(room.clone()).or_default();
+    // Once one is dropped, every later one the archive has is too (a smaller one held after it would anchor the
+    // walk that reads it back past it).
+    let msg = if archived && held.dropped > 0 { msg } else { held.hold(msg, shared.settings.catchup_hold)? };
+    if archived {
+        held.dropped += 1;
+        if held.dropped == 1 {
+            tracing::warn!(account = %shared.id, %room, held = held.stanzas.len(), bytes = held.bytes,
+                    "too much said during the room's catch-up to hold: the rest is read from its archive after it");
+        }
+        return None;
+    }
+    tracing::warn!(account = %shared.id, %room, "a live message the room's archive cannot give back, during the \
+                   room's catch-up, which is full: passed on at once, ahead of what the archive replays");
+    Some(msg)
+}
+
+/// Translates a message of `room` (live, held or replayed from its archive) in the room's state; `None` when the
+/// room is no longer joined.
+fn translate(shared: &Shared, room: &BareJid, msg: xmpp_parsers::message::Message) -> Option<Outcome> {
+    let mut st = shared.state();
+    let nick = st.nicks.get(room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
+    let State { rooms, own_origins, puppets, .. } = &mut *st;
+    let r = rooms.get_mut(room)?;
+    Some(r.message(msg, |n| n == nick || puppets.is_puppet_nick(room, n), |o| own_origins.contains(o)))
+}
+
+/// Starts a walk back through `room`'s archive: holds its live messages meanwhile, and ends the hold at the
+/// walk's deadline. Returns the walk's first query.
+fn start_walk(shared: &Arc<Shared>, st: &mut State, room: &BareJid) -> Stanza {
+    st.walks.insert(room.clone(), catchup::Walk::default());
+    st.walks_started += 1;
+    let walk = st.walks_started;
+    st.walk_ids.insert(room.clone(), walk);
+    tokio::spawn(walk_deadline(Arc::downgrade(shared), room.clone(), walk));
+    archive_query(st, room, None)
+}
+
 /// The next archive query of `room`'s catch-up (the newest page, or the one before `before`).
 fn archive_query(st: &mut State, room: &BareJid, before: Option<&str>) -> Stanza {
     st.queries += 1;
@@ -698,8 +770,16 @@ async fn catchup_page(
     answer: &Iq,
     out: &mpsc::Sender<Stanza>,
 ) {
-    let Some(leg) = shared.state().rooms.get(&room).map(|r| r.leg.clone()) else { return };
+    let (leg, passed) = {
+        let st = shared.state();
+        let Some(leg) = st.rooms.get(&room).map(|r| r.leg.clone()) else { return };
+        (leg, st.held.get(&room).map(|h| h.passed.clone()).unwrap_or_default())
+    };
     let known = |id: &str| {
+        // Passed on live while dropped messages wait for this walk or a later one: known, but no anchor.
+        if passed.contains(id) {
+            return Some(false);
+        }
         let native = NativeId(id.to_owned());
         // On its way to the core: as good as taken.
         if lock_in_flight(&shared.in_flight).contains(&(leg.clone(), native.clone())) {
@@ -731,7 +811,14 @@ async fn catchup_page(
                 st.walks.remove(&room);
                 st.walk_ids.remove(&room);
                 st.caught_up.insert(room.clone());
-                st.archived_origins.insert(room.clone(), done.origins.clone());
+                let rewalk = st.rewalks.remove(&room);
+                let origins = st.archived_origins.entry(room.clone()).or_default();
+                // A walk after a join replaces what the last join's walks learnt; one that reads what a hold
+                // dropped adds to it (bounded by what a few walks read).
+                if !rewalk || origins.len() > 4 * catchup::PAGE * catchup::MAX_PAGES {
+                    origins.clear();
+                }
+                origins.extend(done.origins.iter().map(|(o, s)| (o.clone(), s.clone())));
                 for w in st.catchup_waiters.remove(&room).unwrap_or_default() {
                     let _ = w.send(());
                 }
@@ -751,22 +838,42 @@ async fn catchup_page(
     if !done.replay.is_empty() {
         tracing::info!(account = %shared.id, %room, count = done.replay.len(), "catching up from the room's archive");
     }
-    for m in done.replay {
-        let outcome = {
-            let mut st = shared.state();
-            let nick = st.nicks.get(&room).cloned().unwrap_or_else(|| shared.settings.nick.clone());
-            let State { rooms, own_origins, puppets, .. } = &mut *st;
-            let Some(r) = rooms.get_mut(&room) else { return };
-            r.message(m, |n| n == nick || puppets.is_puppet_nick(&room, n), |o| own_origins.contains(o))
-        };
-        if let Outcome::Event(ev) = outcome {
-            submit(shared, *ev).await;
+    // Then what was said live during the walk, but for what the archive replayed already (said after the join,
+    // before the archive's answer).
+    let (held, live) = {
+        let mut st = shared.state();
+        let mut held = st.held.remove(&room).unwrap_or_default();
+        let Some(r) = st.rooms.get(&room) else { return };
+        let replayed: HashSet<String> = done.replay.iter().filter_map(|m| r.archive_id(m)).collect();
+        let live: Vec<_> = std::mem::take(&mut held.stanzas)
+            .into_iter()
+            .filter(|m| r.archive_id(m).is_none_or(|id| !replayed.contains(&id)))
+            .collect();
+        (held, live)
+    };
+    for m in done.replay.into_iter().chain(live) {
+        match translate(shared, &room, m) {
+            Some(Outcome::Event(ev)) => submit(shared, *ev).await,
+            Some(_) => {}
+            None => return,
         }
     }
-    // Then what was said live during the walk (a message replayed above too is a duplicate to the core).
-    let held = shared.state().held.remove(&room).unwrap_or_default();
-    for ev in held.events {
-        submit(shared, ev).await;
+    if held.dropped > 0 {
+        // Nothing newer than the hold has been passed on since (this runs on the stream's task), but for what a
+        // deadline let go on live, noted in `passed`: the next walk anchors at the hold's last message, or at the
+        // newest one before it, and reads the dropped ones.
+        tracing::info!(account = %shared.id, %room, dropped = held.dropped,
+            "reading what did not fit in the catch-up's hold from the room's archive");
+        let query = {
+            let mut st = shared.state();
+            if !st.rooms.contains_key(&room) {
+                return;
+            }
+            st.rewalks.insert(room.clone());
+            st.held.insert(room.clone(), Held { passed: held.passed, ..Held::default() });
+            start_walk(shared, &mut st, &room)
+        };
+        let _ = out.send(query).await;
     }
 }
 
@@ -784,12 +891,24 @@ async fn walk_deadline(shared: std::sync::Weak<Shared>, room: BareJid, walk: u64
             return;
         }
         st.walk_ids.remove(&room);
-        st.held.remove(&room).unwrap_or_default().events
+        let mut held = st.held.remove(&room).unwrap_or_default();
+        let stanzas = std::mem::take(&mut held.stanzas);
+        // Dropped messages wait for the walk's end (and one more walk): what goes on meanwhile is noted (also
+        // during a walk that reads dropped ones back, whose own hold ends here).
+        if held.dropped > 0 || !held.passed.is_empty() {
+            held.bytes = 0;
+            st.held.insert(room.clone(), held);
+        }
+        stanzas
     };
     tracing::warn!(account = %shared.id, %room, held = held.len(),
         "the room's archive is slow to answer: live messages go on before its catch-up");
-    for ev in held {
-        submit(&shared, ev).await;
+    for m in held {
+        match translate(&shared, &room, m) {
+            Some(Outcome::Event(ev)) => submit(&shared, *ev).await,
+            Some(_) => {}
+            None => return,
+        }
     }
 }
 
@@ -1024,6 +1143,7 @@ impl Account for XmppAccount {
             st.walks.remove(&jid);
             st.walk_ids.remove(&jid);
             st.held.remove(&jid);
+            st.rewalks.remove(&jid);
             let nick = st.nicks.remove(&jid).unwrap_or_else(|| self.shared.settings.nick.clone());
             st.outbound.clone().zip(jid.with_resource_str(&nick).ok())
         };
@@ -1135,34 +1255,28 @@ impl Account for XmppAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bridge_api::LegacyUser;
-    use bridge_api::event::{InboundKind, MessageDraft};
 
-    fn message(text: &str) -> Box<InboundEvent> {
-        let id = AccountId::new("xmpp", "t").expect("account");
-        Box::new(InboundEvent {
-            leg: LegId::new(id.clone(), "r@m.example").expect("leg"),
-            sender: LegacyUser::new(id, "r@m.example/alice"),
-            native_id: Some(NativeId(text.to_owned())),
-            from_bridge: false,
-            kind: InboundKind::Message { draft: MessageDraft::plain(text), reply_to: None },
-        })
+    fn message(text: &str) -> xmpp_parsers::message::Message {
+        let mut m = xmpp_parsers::message::Message::groupchat(None);
+        m.bodies.insert(xmpp_parsers::message::Lang::new(), text.to_owned());
+        m
     }
 
-    /// A hold takes at most HELD_MAX messages and HELD_BYTES of content; what does not fit is given back.
+    /// A hold takes at most `max` messages and HELD_BYTES of them; what does not fit is given back.
     #[test]
     fn a_hold_is_bounded_in_messages_and_bytes() {
         let mut held = Held::default();
-        for i in 0..HELD_MAX {
-            assert!(held.hold(message(&format!("m{i}"))).is_ok());
+        for i in 0..10 {
+            assert!(held.hold(message(&format!("m{i}")), 10).is_none());
         }
-        assert_eq!(held.hold(message("one more")).map_err(|e| e.native_id), Err(Some(NativeId("one more".into()))));
+        let back = held.hold(message("one more"), 10).map(|m| m.bodies[""].clone());
+        assert_eq!(back, Some("one more".to_owned()));
         let big = "x".repeat(HELD_BYTES / 3);
         let mut held = Held::default();
-        assert!(held.hold(message(&big)).is_ok() && held.hold(message(&big)).is_ok());
-        assert!(held.hold(message(&"y".repeat(HELD_BYTES / 2))).is_err(), "past the byte cap");
-        assert!(held.hold(message("small")).is_ok(), "a small one still fits");
-        assert_eq!(held.events.len(), 3);
+        assert!(held.hold(message(&big), 1000).is_none() && held.hold(message(&big), 1000).is_none());
+        assert!(held.hold(message(&"y".repeat(HELD_BYTES / 2)), 1000).is_some(), "past the byte cap");
+        assert!(held.hold(message("small"), 1000).is_none(), "a small one still fits");
+        assert_eq!(held.stanzas.len(), 3);
         assert!(held.bytes <= HELD_BYTES);
     }
 }

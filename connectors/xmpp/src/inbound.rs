@@ -43,6 +43,15 @@ pub const MAX_REACTIONS: usize = 32;
 /// Longest reaction, in bytes.
 pub const MAX_REACTION_BYTES: usize = 64;
 
+/// What an occupant said live ([`RoomState::said`]), by whether the room's archive can give it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Said {
+    /// It carries the room's stanza-id: the archive holds it under that id.
+    Archived(String),
+    /// No stanza-id from the room: once dropped, it could not be read again.
+    Unarchived,
+}
+
 /// What became of one stanza.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -210,6 +219,24 @@ impl RoomState {
         }
     }
 
+    /// What an occupant (or the room itself: a moderation) said live in this room, as a catch-up holds it back
+    /// until the archive's replay has been passed on (see `account`): `None` for anything else (an error, the
+    /// bridge's own reflection, the room's history, another room's).
+    pub fn said(&self, msg: &Message, is_own_origin: impl Fn(&str) -> bool) -> Option<Said> {
+        let from = msg.from.as_ref()?;
+        if msg.type_ != MessageType::Groupchat || from.to_bare() != self.jid {
+            return None;
+        }
+        let origin_id = child(&msg.payloads, "origin-id", xmpp_parsers::ns::SID).and_then(|e| e.attr("id"));
+        if origin_id.is_some_and(is_own_origin) || child(&msg.payloads, "delay", ns::DELAY).is_some() {
+            return None;
+        }
+        Some(match self.stanza_id(&msg.payloads) {
+            Some(id) => Said::Archived(id),
+            None => Said::Unarchived,
+        })
+    }
+
     /// Translates a groupchat message from this room. `is_own_nick` tells the bridge's own occupants (its nick in
     /// client mode, every puppet's in component mode) apart; `is_own_origin` the origin-ids the bridge sent.
     pub fn message(
@@ -267,6 +294,11 @@ impl RoomState {
             from_bridge,
             kind,
         }))
+    }
+
+    /// The stanza-id this room gave `msg` (XEP-0359), under which its archive holds it.
+    pub fn archive_id(&self, msg: &Message) -> Option<String> {
+        self.stanza_id(&msg.payloads)
     }
 
     fn stanza_id(&self, payloads: &[Element]) -> Option<String> {

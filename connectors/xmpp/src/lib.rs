@@ -81,6 +81,15 @@ pub struct Config {
     /// again, and a ping unanswered by the next one ends the stream (reconnect). 0: never.
     #[serde(default = "default_self_ping")]
     pub self_ping_secs: u64,
+    /// Most live messages of one room held while its archive is read after a join (see `account`): not a
+    /// setting of the config file; tests lower it to exercise what happens beyond it.
+    #[doc(hidden)]
+    #[serde(skip, default = "default_catchup_hold")]
+    pub catchup_hold: usize,
+}
+
+fn default_catchup_hold() -> usize {
+    1000
 }
 
 fn default_self_ping() -> u64 {
@@ -104,6 +113,7 @@ impl Config {
             transport: Transport::default(),
             nick: default_nick(),
             self_ping_secs: default_self_ping(),
+            catchup_hold: default_catchup_hold(),
         }
     }
 
@@ -119,6 +129,7 @@ impl Config {
             transport: Transport::default(),
             nick: default_nick(),
             self_ping_secs: default_self_ping(),
+            catchup_hold: default_catchup_hold(),
         }
     }
 }
@@ -226,6 +237,7 @@ impl Connector for XmppConnector {
             nick: config.nick.clone(),
             capabilities: capabilities(&config),
             self_ping: (config.self_ping_secs > 0).then(|| std::time::Duration::from_secs(config.self_ping_secs)),
+            catchup_hold: config.catchup_hold,
         };
         Ok(Arc::new(account::XmppAccount::start(id, settings, ctx)))
     }

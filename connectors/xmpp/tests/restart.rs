@@ -151,6 +151,117 @@ async fn a_catch_up_longer_than_one_archive_page_misses_nothing() {
     account.shutdown().await;
 }
 
+/// Said live while the bridge reads the room's archive after a rejoin: held until what the archive replays has
+/// been passed on, and beyond the hold (lowered to 2 here) read back from the archive after it — everything once,
+/// in order. A correction said during the walk lands on the message the walk replays (held as it came, it is
+/// read after the replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_said_during_a_catch_up_follows_it_once_in_order_even_beyond_the_hold() {
+    const MISSED: usize = 300;
+    const LIVE: usize = 30;
+    let _ = tracing_subscriber::fmt().with_env_filter("connector_xmpp=info").with_test_writer().try_init();
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("alice", "pw-alice").expect("register");
+    server.register("bridge", "pw-bridge").expect("register");
+    let id = AccountId::new("xmpp", "h").expect("account id");
+    let mut config = Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge");
+    config.transport = Transport::InsecureTcp;
+    config.catchup_hold = 2;
+    let route = RecordingRoute::default();
+    let start = |route: &RecordingRoute| {
+        let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test");
+        XmppConnector.start(id.clone(), config.clone(), ctx)
+    };
+    // What was said: messages and corrections (occupants' joins are events too).
+    let said = |route: &RecordingRoute| -> Vec<bridge_api::InboundEvent> {
+        let said = |e: &bridge_api::InboundEvent| {
+            matches!(e.kind, bridge_api::InboundKind::Message { .. } | bridge_api::InboundKind::Edit { .. })
+        };
+        route.events().into_iter().filter(said).collect()
+    };
+    let until = |n: usize| {
+        let route = route.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while said(&route).len() < n && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Anything more (a duplicate) would show up meanwhile.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            said(&route)
+        }
+    };
+    let account = start(&route).await.expect("start");
+    common::joined(account.as_ref()).await;
+    let mut alice = join(&server, "alice").await.expect("alice joins");
+    // Read what alice's stream receives (her own messages come back), or its stream stalls once the queue is full.
+    let mut inbound = std::mem::replace(&mut alice.inbound, tokio::sync::mpsc::channel(1).1);
+    tokio::spawn(async move { while inbound.recv().await.is_some() {} });
+    say(&alice, "anchor", "anchor").await.expect("alice speaks");
+    assert_eq!(until(1).await.len(), 1);
+    account.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    say(&alice, "orig", "original").await.expect("alice speaks");
+    for n in 1..=MISSED {
+        say(&alice, &format!("m-{n}"), &format!("missed {n}")).await.expect("alice speaks");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !archive_bodies(&server, "alice").await.expect("archive").iter().any(|b| *b == format!("missed {MISSED}")) {
+        assert!(tokio::time::Instant::now() < deadline, "the archive took alice's messages");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let account = start(&route).await.expect("start again");
+    common::joined(account.as_ref()).await;
+    // The bridge is reading the archive (seven pages) now.
+    correct(&alice, "fix", "orig", "corrected").await.expect("alice corrects");
+    for n in 1..=LIVE {
+        say(&alice, &format!("l-{n}"), &format!("live {n}")).await.expect("alice speaks");
+    }
+    let events = until(3 + MISSED + LIVE).await;
+    let expected: Vec<String> = ["anchor", "original"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((1..=MISSED).map(|n| format!("missed {n}")))
+        .chain(std::iter::once("corrected".to_owned()))
+        .chain((1..=LIVE).map(|n| format!("live {n}")))
+        .collect();
+    let got: Vec<String> = events
+        .iter()
+        .map(|e| match &e.kind {
+            bridge_api::InboundKind::Message { draft, .. } | bridge_api::InboundKind::Edit { draft, .. } => {
+                draft.body.clone()
+            }
+            _ => unreachable!("only messages and corrections"),
+        })
+        .collect();
+    assert_eq!(got, expected, "each message once, in order, the correction after what it corrects");
+    let original = events[1].native_id.clone().expect("the original's stanza-id");
+    let edit = &events[2 + MISSED];
+    assert!(
+        matches!(&edit.kind, bridge_api::InboundKind::Edit { target, .. } if *target == original),
+        "the correction names the replayed original: {edit:?}"
+    );
+    account.shutdown().await;
+}
+
+/// `link`'s user corrects their message `original` (its `id`).
+async fn correct(link: &connector_xmpp::link::Link, id: &str, original: &str, text: &str) -> Result<(), String> {
+    use minidom::Element;
+    use minidom::rxml::xml_ncname;
+    use xmpp_parsers::message::{Id, Lang, Message, MessageType};
+    let room = xmpp_parsers::jid::BareJid::new(ROOM).map_err(|e| e.to_string())?;
+    let mut m = Message::new_with_type(MessageType::Groupchat, Some(xmpp_parsers::jid::Jid::from(room)));
+    m.id = Some(Id(id.to_owned()));
+    m.bodies.insert(Lang::new(), text.to_owned());
+    m.payloads.push(Element::builder("origin-id", xmpp_parsers::ns::SID).attr(xml_ncname!("id").into(), id).build());
+    m.payloads.push(
+        Element::builder("replace", xmpp_parsers::ns::MESSAGE_CORRECT).attr(xml_ncname!("id").into(), original).build(),
+    );
+    link.outbound.send(xmpp_parsers::stanza::Stanza::Message(m)).await.map_err(|e| e.to_string())
+}
+
 /// A room without an archive (its service refuses archive queries): the catch-up ends at once instead of holding
 /// sends back, and messages flow both ways, before and after a server restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
