@@ -8,7 +8,15 @@
 //! proves both directions), `BackingOff` while it is unreachable or cannot reach us (retried with backoff),
 //! `BadCredentials` when it refuses the `as_token`. A send that finds the homeserver down returns `Retry` (the core
 //! keeps it in its outbox and retries in order) and starts pinging again.
+//!
+//! Catch-up (see [`crate::catchup`]): the homeserver may never push some events (Synapse can lose a transaction
+//! after a failed push), so each joined linked room's timeline is read back and what the core missed is replayed
+//! through the transaction path: after a room is joined, when the ping loop has (re)connected, and again
+//! [`CATCH_UP_AFTER`] after that or after the last transaction answered with an error (debounced, one task).
+//! A replay takes turns with the transactions (the walk before it does not hold them up); an event pushed while
+//! the walk reads may reach the core before the older events it replays.
 
+use crate::catchup::{self, Known};
 use crate::config::Config;
 use crate::homeserver::{Homeserver, HsError};
 use crate::media_transfer;
@@ -18,8 +26,8 @@ use crate::translate::Translator;
 use async_trait::async_trait;
 use bridge_api::connector::{Delivery, SendError};
 use bridge_api::{
-    Account, AccountContext, AccountId, Capabilities, ConnectorError, Health, InboundKind, NativeId, OutboundEvent,
-    RouteError,
+    Account, AccountContext, AccountId, Capabilities, ConnectorError, Health, InboundKind, LegId, NativeId,
+    OutboundEvent, RouteError,
 };
 use ruma::events::room::member::{MembershipState, RoomMemberEvent};
 use ruma::events::{AnyStateEvent, AnyTimelineEvent};
@@ -41,6 +49,13 @@ pub const ENCRYPTED_ROOM_NOTICE: &str = "This room is end-to-end encrypted, but 
 /// The longest wait between two pings while the homeserver is unavailable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How long after (re)connecting, or after the last transaction answered with an error, the rooms are caught up
+/// (again): the homeserver has retried what it still holds by then.
+pub const CATCH_UP_AFTER: Duration = Duration::from_secs(30);
+
+/// The most events of one room remembered as taken live while its catch-up is pending.
+const MAX_LIVE: usize = 10_000;
+
 /// One Matrix appservice account.
 pub struct MatrixAccount {
     inner: Arc<Inner>,
@@ -56,6 +71,12 @@ pub(crate) struct Inner {
     health: watch::Sender<Health>,
     /// Wakes the ping loop (a send found the homeserver down, or shutdown).
     recheck: Notify,
+    /// Wakes the catch-up task (a catch-up was called for, or shutdown).
+    catch_up: Notify,
+    /// How long after a refused transaction or a (re)connect the rooms are caught up (again).
+    catch_up_after: Duration,
+    /// Transactions and catch-ups take turns: what a catch-up replays is taken before what comes live after it.
+    turn: tokio::sync::Mutex<()>,
     state: Mutex<State>,
 }
 
@@ -78,7 +99,24 @@ struct State {
     devices: HashSet<String>,
     /// The homeserver refused to create a device: ghosts send without one.
     no_devices: bool,
+    /// Joined rooms whose catch-up is pending: room id → what was taken live meanwhile.
+    pending: HashMap<String, Pending>,
+    /// Counts the calls for a catch-up (tells a room called for again during its catch-up).
+    calls: u64,
+    /// A catch-up is due at once.
+    catch_up_now: bool,
+    /// A catch-up is due then.
+    catch_up_at: Option<Instant>,
     stopped: bool,
+}
+
+/// A room whose catch-up is pending.
+#[derive(Default)]
+struct Pending {
+    /// Events taken live since it was called for: they anchor nothing (see [`Known::Live`]).
+    live: HashSet<String>,
+    /// The call it is pending for (see [`State::calls`]).
+    call: u64,
 }
 
 impl MatrixAccount {
@@ -101,9 +139,13 @@ impl MatrixAccount {
             caps,
             health,
             recheck: Notify::new(),
+            catch_up: Notify::new(),
+            catch_up_after: CATCH_UP_AFTER,
+            turn: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
         });
         tokio::spawn(ping_loop(inner.clone()));
+        tokio::spawn(catch_up_loop(inner.clone()));
         Ok(Self { inner })
     }
 
@@ -143,8 +185,14 @@ impl Inner {
             }
         }
         let mut st = self.state();
-        st.rooms.insert(room_id, room.to_owned());
+        st.rooms.insert(room_id.clone(), room.to_owned());
         st.wanted.remove(room);
+        st.calls += 1;
+        let call = st.calls;
+        st.pending.entry(room_id).or_default().call = call;
+        st.catch_up_now = true;
+        drop(st);
+        self.catch_up.notify_one();
         Ok(())
     }
 
@@ -320,6 +368,7 @@ async fn ping_loop(inner: Arc<Inner>) {
                         tracing::warn!(account = %inner.id, %room, error = %e, "cannot join the linked room");
                     }
                 }
+                inner.call_for_catch_up(true);
                 inner.set_health(Health::Connected);
                 inner.recheck.notified().await;
             }
@@ -413,6 +462,29 @@ fn temporary(e: &RouteError) -> bool {
 #[async_trait]
 impl Transactions for Inner {
     async fn handle(&self, events: Vec<Raw<AnyTimelineEvent>>) -> Result<(), String> {
+        let _turn = self.turn.lock().await;
+        let taken = self.take(events).await;
+        if taken.is_err() {
+            // The homeserver retries it; what it may lose meanwhile is read back from the timeline.
+            self.call_for_catch_up(false);
+        }
+        taken
+    }
+
+    async fn query_user(&self, user_id: &str) -> bool {
+        let Some(uri) = self.tr.ghosts.identity(user_id) else { return false };
+        let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
+        if self.hs.register(localpart).await.is_err() {
+            return false;
+        }
+        self.ctx.register_ghost(user_id, &uri).await.is_ok()
+    }
+}
+
+impl Inner {
+    /// Translates events (of a transaction or a catch-up) and hands them to the core; `Ok` once they are durably
+    /// accepted (or deliberately dropped). The caller holds [`Inner::turn`].
+    async fn take(&self, events: Vec<Raw<AnyTimelineEvent>>) -> Result<(), String> {
         let mut pending = Vec::new();
         for raw in events {
             let ev = match raw.deserialize() {
@@ -456,7 +528,10 @@ impl Transactions for Inner {
                         media_transfer::download_all(hs, store, &reader, &self.cfg.server_name, draft).await?;
                     }
                     match self.ctx.inbound.enqueue(inbound).await {
-                        Ok(ack) => pending.push(ack),
+                        Ok(ack) => {
+                            self.taken_live(&room_id, ev.event_id().as_str());
+                            pending.push(ack);
+                        }
                         Err(e) if temporary(&e) => return Err(e.to_string()),
                         Err(e) => tracing::warn!(account = %self.id, error = %e, "event refused by the core"),
                     }
@@ -472,15 +547,6 @@ impl Transactions for Inner {
             }
         }
         Ok(())
-    }
-
-    async fn query_user(&self, user_id: &str) -> bool {
-        let Some(uri) = self.tr.ghosts.identity(user_id) else { return false };
-        let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
-        if self.hs.register(localpart).await.is_err() {
-            return false;
-        }
-        self.ctx.register_ghost(user_id, &uri).await.is_ok()
     }
 }
 
@@ -517,7 +583,9 @@ impl Account for MatrixAccount {
         self.inner.state().wanted.remove(room);
         match self.inner.hs.leave(&room_id, &self.inner.cfg.bot_user_id()).await {
             Ok(()) | Err(HsError::Refused { .. }) => {
-                self.inner.state().rooms.remove(&room_id);
+                let mut st = self.inner.state();
+                st.rooms.remove(&room_id);
+                st.pending.remove(&room_id);
                 Ok(())
             }
             Err(e) => Err(ConnectorError::Room {
@@ -553,5 +621,187 @@ impl Account for MatrixAccount {
         self.inner.state().stopped = true;
         self.inner.set_health(Health::Stopped);
         self.inner.recheck.notify_one();
+        self.inner.catch_up.notify_one();
+    }
+}
+
+impl Inner {
+    /// Calls for a catch-up of every joined room [`Inner::catch_up_after`] from now (a later call puts it off), and
+    /// at once as well if `now`.
+    fn call_for_catch_up(&self, now: bool) {
+        let mut st = self.state();
+        st.calls += 1;
+        let call = st.calls;
+        let rooms: Vec<String> = st.rooms.keys().cloned().collect();
+        for room in rooms {
+            st.pending.entry(room).or_default().call = call;
+        }
+        st.catch_up_now |= now;
+        st.catch_up_at = Some(Instant::now() + self.catch_up_after);
+        drop(st);
+        self.catch_up.notify_one();
+    }
+
+    /// Remembers that `event_id` of `room_id` was taken while the room's catch-up is pending.
+    fn taken_live(&self, room_id: &str, event_id: &str) {
+        if let Some(p) = self.state().pending.get_mut(room_id)
+            && p.live.len() < MAX_LIVE
+        {
+            p.live.insert(event_id.to_owned());
+        }
+    }
+
+    /// How long until a catch-up is due: `None` if none is called for.
+    fn catch_up_due_in(&self) -> Option<Duration> {
+        let st = self.state();
+        if st.catch_up_now {
+            return Some(Duration::ZERO);
+        }
+        st.catch_up_at.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Marks the catch-up due now as begun.
+    fn catch_up_begins(&self) {
+        let mut st = self.state();
+        st.catch_up_now = false;
+        if st.catch_up_at.is_some_and(|at| at <= Instant::now()) {
+            st.catch_up_at = None;
+        }
+    }
+
+    /// Catches up every joined room whose catch-up is pending; one that fails is tried again later.
+    async fn catch_up_rooms(&self) {
+        let rooms: Vec<(String, String)> = {
+            let st = self.state();
+            st.rooms
+                .iter()
+                .filter(|(id, _)| st.pending.contains_key(*id))
+                .map(|(i, r)| (i.clone(), r.clone()))
+                .collect()
+        };
+        for (room_id, leg_room) in rooms {
+            if self.state().stopped {
+                return;
+            }
+            match self.catch_up_room(&room_id, &leg_room).await {
+                Ok(0) => tracing::debug!(account = %self.id, room = %room_id, "caught up: nothing missed"),
+                Ok(n) => {
+                    tracing::info!(account = %self.id, room = %room_id, replayed = n, "caught up from the timeline")
+                }
+                Err(e) => {
+                    tracing::warn!(account = %self.id, room = %room_id, error = %e, retry_in = ?self.catch_up_after,
+                        "catch-up from the timeline failed");
+                    let mut st = self.state();
+                    st.catch_up_at.get_or_insert_with(|| Instant::now() + self.catch_up_after);
+                }
+            }
+        }
+    }
+
+    /// Reads `room_id`'s timeline back to an anchor and replays what the core missed (see [`crate::catchup`]);
+    /// returns how many events were replayed.
+    ///
+    /// The walk runs beside the transactions (pushes are not held up by it: a push that waits too long is one the
+    /// homeserver counts as failed); what they take meanwhile is live, read from the state at each look. Only the
+    /// replay takes the turn, and leaves out what was taken in the meantime.
+    async fn catch_up_room(&self, room_id: &str, leg_room: &str) -> Result<usize, String> {
+        let leg = LegId::new(self.id.clone(), leg_room).map_err(|e| e.to_string())?;
+        let call = self.state().pending.get(room_id).map_or(0, |p| p.call);
+        let taken = |id: &str| self.ctx.inbound.taken_from_leg(&leg, &NativeId(id.to_owned()));
+        let known = |id: &str| match taken(id) {
+            Some(true) if self.state().pending.get(room_id).is_some_and(|p| p.live.contains(id)) => Some(Known::Live),
+            Some(true) => Some(Known::FromLeg),
+            Some(false) => Some(Known::Delivery),
+            None => None,
+        };
+        let done = match self.walk(room_id, known).await {
+            Ok(done) => done,
+            // The homeserver will not let the bot read the room (it was kicked, the room is gone): trying again
+            // changes nothing until the room is joined again, which calls for a catch-up of its own.
+            Err(HsError::Refused { status, errcode, error }) => {
+                tracing::warn!(account = %self.id, room = %room_id, status, %errcode, %error,
+                    "the homeserver refuses to let the bot read the room: no catch-up");
+                self.state().pending.remove(room_id);
+                return Ok(0);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if done.no_anchor {
+            tracing::warn!(account = %self.id, room = %room_id, read = done.seen, "catch-up found nothing the core \
+                took from or delivered to the room (first link, or more missed than it reads): nothing replayed");
+        }
+        // State events (joins, leaves, the encryption switch) are not replayed: the core keeps no record of the
+        // membership changes it passes on, so every catch-up would pass the same ones on again.
+        let replay: Vec<_> = done.replay.into_iter().filter(|raw| !raw_is_state(raw)).collect();
+        let replayed = {
+            let _turn = self.turn.lock().await;
+            let replay: Vec<_> =
+                replay.into_iter().filter(|raw| raw_event_id(raw).is_some_and(|id| taken(&id).is_none())).collect();
+            let n = replay.len();
+            if n > 0 {
+                self.take(replay).await?;
+            }
+            n
+        };
+        // Pending still if called for since it began, or if a later catch-up is due (what is taken live until then
+        // anchors nothing).
+        let mut st = self.state();
+        if st.catch_up_at.is_none() && st.pending.get(room_id).is_some_and(|p| p.call == call) {
+            st.pending.remove(room_id);
+        }
+        Ok(replayed)
+    }
+
+    /// Walks `room_id`'s timeline backwards, as the appservice user, page by page (see [`catchup::Walk`]).
+    async fn walk(
+        &self,
+        room_id: &str,
+        known: impl Fn(&str) -> Option<Known>,
+    ) -> Result<catchup::Done<Raw<AnyTimelineEvent>>, HsError> {
+        let bot = self.cfg.bot_user_id();
+        let mut walk = catchup::Walk::default();
+        let mut from: Option<String> = None;
+        loop {
+            let page = self.hs.messages(room_id, &bot, from.as_deref(), catchup::PAGE).await?;
+            let events = page.chunk.into_iter().filter_map(|raw| Some((raw_event_id(&raw)?, raw))).collect();
+            match walk.page(events, page.end, &known) {
+                catchup::Step::More(token) => from = Some(token),
+                catchup::Step::Done(done) => return Ok(done),
+            }
+        }
+    }
+}
+
+/// Whether an event as the homeserver gave it is a state event (it has a `state_key`).
+fn raw_is_state(raw: &Raw<AnyTimelineEvent>) -> bool {
+    raw.get_field::<serde_json::Value>("state_key").ok().flatten().is_some()
+}
+
+/// The `event_id` of an event as the homeserver gave it, if it has one.
+fn raw_event_id(raw: &Raw<AnyTimelineEvent>) -> Option<String> {
+    raw.get_field::<String>("event_id").ok().flatten()
+}
+
+/// Runs the catch-ups called for (see [`Inner::call_for_catch_up`]), one at a time, until the account stops.
+async fn catch_up_loop(inner: Arc<Inner>) {
+    loop {
+        if inner.state().stopped {
+            return;
+        }
+        match inner.catch_up_due_in() {
+            None => {
+                inner.catch_up.notified().await;
+                continue;
+            }
+            Some(wait) if !wait.is_zero() => {
+                tokio::select! {
+                    () = inner.catch_up.notified() => continue,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+            Some(_) => {}
+        }
+        inner.catch_up_begins();
+        inner.catch_up_rooms().await;
     }
 }

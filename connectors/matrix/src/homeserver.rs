@@ -5,6 +5,8 @@
 //! the homeserver refuses is [`HsError::Refused`].
 
 use reqwest::{Method, StatusCode, Url};
+use ruma::events::AnyTimelineEvent;
+use ruma::serde::Raw;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -303,6 +305,50 @@ impl Homeserver {
         let v = self.call(Method::GET, &path, Some(reader), None).await?;
         Ok(v["displayname"].as_str().map(str::to_owned))
     }
+}
+
+/// One page of a room's timeline read backwards (`/messages?dir=b`).
+#[derive(Debug)]
+pub struct TimelinePage {
+    /// The events, newest first.
+    pub chunk: Vec<Raw<AnyTimelineEvent>>,
+    /// The token of the page before this one; `None` at the timeline's start.
+    pub end: Option<String>,
+}
+
+impl Homeserver {
+    /// `GET /rooms/{room}/messages?dir=b`: the `limit` events of `room` before `from` (the newest ones if `None`),
+    /// read as `reader`, newest first.
+    pub async fn messages(
+        &self,
+        room: &str,
+        reader: &str,
+        from: Option<&str>,
+        limit: usize,
+    ) -> Result<TimelinePage, HsError> {
+        let path = ["_matrix", "client", "v3", "rooms", room, "messages"];
+        let limit = limit.to_string();
+        let mut query = vec![("user_id", reader), ("dir", "b"), ("limit", limit.as_str())];
+        if let Some(token) = from {
+            query.push(("from", token));
+        }
+        let mut v = self.call_with_query(Method::GET, &path, &query, None).await?;
+        timeline_page(&mut v)
+    }
+}
+
+/// The page of a `/messages` answer (events that are not JSON objects are left out).
+fn timeline_page(v: &mut Value) -> Result<TimelinePage, HsError> {
+    let Some(chunk) = v.get_mut("chunk").and_then(Value::as_array_mut).map(std::mem::take) else {
+        return Err(HsError::Unavailable("a /messages answer without chunk".into()));
+    };
+    let chunk = chunk
+        .into_iter()
+        .filter(Value::is_object)
+        .filter_map(|e| serde_json::value::to_raw_value(&e).ok().map(Raw::from_json))
+        .collect();
+    let end = v["end"].as_str().map(str::to_owned);
+    Ok(TimelinePage { chunk, end })
 }
 
 impl Homeserver {

@@ -12,6 +12,7 @@
 //! [`MatrixConnector::new`] (its bounded listener: connection caps, timeouts).
 
 pub mod account;
+pub mod catchup;
 pub mod config;
 pub mod format;
 pub mod ghost;

@@ -210,6 +210,34 @@ impl Synapse {
         Ok((status, payload))
     }
 
+    /// The homeserver's sqlite database (for tests that look into, or tamper with, what Synapse keeps).
+    pub fn database(&self) -> PathBuf {
+        self._dir.path().join("homeserver.db")
+    }
+
+    /// Runs `sql` (one or more statements) on [`Synapse::database`] with the venv's python, while the server runs;
+    /// returns the rows of the last statement, one a line, columns separated by `|`.
+    pub fn sql(&self, sql: &str) -> Result<String, HarnessError> {
+        let script = "import sqlite3, sys\n\
+                      db = sqlite3.connect(sys.argv[1], timeout=30)\n\
+                      cur = db.cursor()\n\
+                      stmts = [s for s in sys.argv[2].split(';') if s.strip()]\n\
+                      for s in stmts: cur.execute(s)\n\
+                      rows = cur.fetchall()\n\
+                      db.commit()\n\
+                      print('\\n'.join('|'.join(str(c) for c in r) for r in rows))\n";
+        let out = Command::new(&self.python)
+            .args(["-c", script])
+            .arg(self.database())
+            .arg(sql)
+            .output()
+            .map_err(|e| HarnessError(format!("cannot run python for sql: {e}")))?;
+        if !out.status.success() {
+            return Err(HarnessError(format!("sql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// The server's log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
