@@ -8,10 +8,8 @@ mod common;
 
 use bridge_api::{AccountContext, AccountId, Connector, Health};
 use common::{ROOM, RecordingRoute, join, say};
-use connector_xmpp::client::Transport;
+use connector_xmpp::XmppConnector;
 use connector_xmpp::link::Link;
-use connector_xmpp::{Config, XmppConnector};
-use harness::Prosody;
 use minidom::Element;
 use minidom::rxml::xml_ncname;
 use std::time::Duration;
@@ -49,16 +47,8 @@ async fn send(link: &Link, m: Message) {
 
 async fn hostile_stanzas_leave_the_stream_up(component: bool) {
     let _ = tracing_subscriber::fmt().with_env_filter("connector_xmpp=info").with_test_writer().try_init();
-    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    server.register("alice", "pw-alice").expect("register");
-    server.register("bridge", "pw-bridge").expect("register");
+    let (server, config) = common::server_and_config(component);
     let id = AccountId::new("xmpp", "x").expect("account id");
-    let mut config = if component {
-        Config::component(server.component_addr(), server.component_domain.clone(), server.component_secret.clone())
-    } else {
-        Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge")
-    };
-    config.transport = Transport::InsecureTcp;
     let route = RecordingRoute::default();
     let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test");
     let account = XmppConnector.start(id, config, ctx).await.expect("start");

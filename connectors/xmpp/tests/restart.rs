@@ -18,16 +18,8 @@ const OUT: u8 = 24;
 
 async fn restart_mid_stream(component: bool) {
     let _ = tracing_subscriber::fmt().with_env_filter("connector_xmpp=debug").with_test_writer().try_init();
-    let mut server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
-    server.register("alice", "pw-alice").expect("register");
-    server.register("bridge", "pw-bridge").expect("register");
+    let (mut server, config) = common::server_and_config(component);
     let id = AccountId::new("xmpp", "r").expect("account id");
-    let mut config = if component {
-        Config::component(server.component_addr(), server.component_domain.clone(), server.component_secret.clone())
-    } else {
-        Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge")
-    };
-    config.transport = Transport::InsecureTcp;
     let route = RecordingRoute::default();
     let ctx = AccountContext::new(id.clone(), route.clone(), "bridge.test");
     let account: Arc<dyn Account> = XmppConnector.start(id.clone(), config, ctx).await.expect("start");

@@ -294,6 +294,25 @@ pub async fn send_like_the_core(
     }
 }
 
+/// A Prosody with the users `alice` and `bridge`, and the bridge's account config for it in either mode (plain
+/// TCP).
+pub fn server_and_config(component: bool) -> (Prosody, connector_xmpp::Config) {
+    let server = Prosody::start().expect("prosody starts (installed by ./scripts/test)");
+    server.register("alice", "pw-alice").expect("register");
+    server.register("bridge", "pw-bridge").expect("register");
+    let mut config = if component {
+        connector_xmpp::Config::component(
+            server.component_addr(),
+            server.component_domain.clone(),
+            server.component_secret.clone(),
+        )
+    } else {
+        connector_xmpp::Config::client(server.c2s_addr(), "bridge@localhost", "pw-bridge")
+    };
+    config.transport = Transport::InsecureTcp;
+    (server, config)
+}
+
 /// A component-mode account (`xmpp.n`) of `server` feeding `route`, joined to the room.
 pub async fn component(server: &Prosody, route: &RecordingRoute) -> (AccountId, Arc<dyn Account>) {
     let id = AccountId::new("xmpp", "n").expect("account id");
