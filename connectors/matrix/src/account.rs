@@ -759,11 +759,12 @@ impl Inner {
         known: impl Fn(&str) -> Option<Known>,
     ) -> Result<catchup::Done<Raw<AnyTimelineEvent>>, HsError> {
         let bot = self.cfg.bot_user_id();
-        let mut walk = catchup::Walk::default();
+        let mut walk = catchup::Walk::new(catchup::MAX_PAGES);
         let mut from: Option<String> = None;
         loop {
             let page = self.hs.messages(room_id, &bot, from.as_deref(), catchup::PAGE).await?;
-            let events = page.chunk.into_iter().filter_map(|raw| Some((raw_event_id(&raw)?, raw))).collect();
+            // `dir=b` gives the newest first; the walk takes pages oldest first.
+            let events = page.chunk.into_iter().rev().filter_map(|raw| Some((raw_event_id(&raw)?, raw))).collect();
             match walk.page(events, page.end, &known) {
                 catchup::Step::More(token) => from = Some(token),
                 catchup::Step::Done(done) => return Ok(done),

@@ -16,6 +16,7 @@
 //! there and not sent a second time.
 
 use crate::ns;
+use bridge_net::catchup::Known;
 use minidom::Element;
 use minidom::rxml::xml_ncname;
 use std::collections::HashMap;
@@ -117,50 +118,56 @@ pub enum Step {
     Done(Done),
 }
 
-/// One room's walk back through its archive.
-#[derive(Debug, Default)]
+/// One room's walk back through its archive: the connectors' shared walk ([`bridge_net::catchup::Walk`]), which
+/// also collects the origin-ids it sees.
+#[derive(Debug)]
 pub struct Walk {
-    seen: Vec<(String, Message)>,
-    pages: usize,
+    walk: bridge_net::catchup::Walk<Message>,
+    origins: HashMap<String, String>,
+}
+
+impl Default for Walk {
+    fn default() -> Self {
+        Self { walk: bridge_net::catchup::Walk::new(MAX_PAGES), origins: HashMap::new() }
+    }
+}
+
+/// What the shared walk knows of a stanza-id: taken from this room (`Some(true)`) anchors, delivered here
+/// (`Some(false)`) anchors only without one taken.
+fn as_known(known: Option<bool>) -> Option<Known> {
+    known.map(|taken| if taken { Known::FromLeg } else { Known::Delivery })
 }
 
 impl Walk {
     /// No page has been read yet.
     pub fn is_fresh(&self) -> bool {
-        self.pages == 0
+        self.walk.is_fresh()
     }
 
     /// Takes the next (older) page, oldest first, and its end; `known` says whether the core took a stanza-id from
     /// this room (`Some(true)`), delivered it here (`Some(false)`) or does not know it (`None`).
-    pub fn page(
-        &mut self,
-        mut page: Vec<(String, Message)>,
-        end: &PageEnd,
-        known: impl Fn(&str) -> Option<bool>,
-    ) -> Step {
-        self.pages += 1;
-        let anchored = page.iter().any(|(id, _)| known(id) == Some(true));
-        let empty = page.is_empty();
-        page.append(&mut self.seen);
-        self.seen = page;
-        match &end.first {
-            Some(first) if !anchored && !end.complete && !empty && self.pages < MAX_PAGES => Step::More(first.clone()),
-            _ => Step::Done(self.finish(known)),
+    pub fn page(&mut self, page: Vec<(String, Message)>, end: &PageEnd, known: impl Fn(&str) -> Option<bool>) -> Step {
+        for (id, m) in &page {
+            if let Some(o) = origin_id(m) {
+                self.origins.insert(o.to_owned(), id.clone());
+            }
+        }
+        let before = end.first.clone().filter(|_| !end.complete);
+        match self.walk.page(page, before, |id| as_known(known(id))) {
+            bridge_net::catchup::Step::More(before) => Step::More(before),
+            bridge_net::catchup::Step::Done(done) => Step::Done(self.done(done)),
         }
     }
 
     /// Ends the walk (also when the archive refused a page) with what it has seen.
     pub fn finish(&mut self, known: impl Fn(&str) -> Option<bool>) -> Done {
-        let seen = std::mem::take(&mut self.seen);
-        let origins = seen.iter().filter_map(|(id, m)| origin_id(m).map(|o| (o.to_owned(), id.clone()))).collect();
-        let count = seen.len();
-        let taken = seen.iter().rposition(|(id, _)| known(id) == Some(true));
-        let anchor = taken.or_else(|| seen.iter().rposition(|(id, _)| known(id).is_some()));
-        let replay = match anchor {
-            Some(at) => seen.into_iter().skip(at + 1).filter(|(id, _)| known(id).is_none()).map(|(_, m)| m).collect(),
-            None => Vec::new(),
-        };
-        Done { replay, origins, seen: count, no_anchor: anchor.is_none() && count > 0 }
+        let done = self.walk.finish(|id| as_known(known(id)));
+        self.done(done)
+    }
+
+    fn done(&mut self, done: bridge_net::catchup::Done<Message>) -> Done {
+        let origins = std::mem::take(&mut self.origins);
+        Done { replay: done.replay, origins, seen: done.seen, no_anchor: done.no_anchor }
     }
 }
 
