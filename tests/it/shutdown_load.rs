@@ -90,16 +90,21 @@ async fn under_load() {
     }
     b.down.store(true, Ordering::Relaxed);
 
+    // Acknowledged so far by all senders: the flood runs until enough is queued, however fast this machine is.
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let senders: Vec<_> = (0..8)
         .map(|t| {
-            let a = a.clone();
+            let (a, acks) = (a.clone(), acks.clone());
             tokio::spawn(async move {
                 let mut acked = Vec::new();
                 let mut refused = Vec::new();
                 for i in 0.. {
                     let text = format!("m-{t}-{i}");
                     match a.say("#in", &format!("user{t}"), &text).await.1 {
-                        Ok(Accepted::Bridged(_)) => acked.push(text),
+                        Ok(Accepted::Bridged(_)) => {
+                            acked.push(text);
+                            acks.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(other) => panic!("{text}: unexpected {other:?}"),
                         Err(e) => {
                             refused.push(e);
@@ -112,6 +117,11 @@ async fn under_load() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(400)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acks.load(Ordering::Relaxed) <= 100 {
+        assert!(tokio::time::Instant::now() < deadline, "the flood is acknowledged: {acks:?} in 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     b.down.store(false, Ordering::Relaxed); // the backlog starts draining…
     let flowing = b.wait_delivered(10, Duration::from_secs(10)).await;
     assert!(flowing.len() >= 10, "deliveries resumed");
