@@ -110,6 +110,16 @@ struct State {
     stopped: bool,
 }
 
+impl State {
+    /// Marks `rooms` as pending a catch-up, for a new call (see [`State::calls`]).
+    fn call_for(&mut self, rooms: Vec<String>) {
+        self.calls += 1;
+        for room in rooms {
+            self.pending.entry(room).or_default().call = self.calls;
+        }
+    }
+}
+
 /// A room whose catch-up is pending.
 #[derive(Default)]
 struct Pending {
@@ -187,9 +197,7 @@ impl Inner {
         let mut st = self.state();
         st.rooms.insert(room_id.clone(), room.to_owned());
         st.wanted.remove(room);
-        st.calls += 1;
-        let call = st.calls;
-        st.pending.entry(room_id).or_default().call = call;
+        st.call_for(vec![room_id]);
         st.catch_up_now = true;
         drop(st);
         self.catch_up.notify_one();
@@ -630,12 +638,8 @@ impl Inner {
     /// at once as well if `now`.
     fn call_for_catch_up(&self, now: bool) {
         let mut st = self.state();
-        st.calls += 1;
-        let call = st.calls;
         let rooms: Vec<String> = st.rooms.keys().cloned().collect();
-        for room in rooms {
-            st.pending.entry(room).or_default().call = call;
-        }
+        st.call_for(rooms);
         st.catch_up_now |= now;
         st.catch_up_at = Some(Instant::now() + self.catch_up_after);
         drop(st);
