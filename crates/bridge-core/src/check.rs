@@ -2,7 +2,7 @@
 //! between trees.
 
 use crate::outbox::{DeliveryRecord, FailedRecord};
-use crate::repo::{self, IdEntry, MessageRecord, PortalRecord, ReactionSet};
+use crate::repo::{self, IdEntry, MessageRecord, PortalRecord, ReactionSet, split_lp};
 use bridge_api::ids::{LegId, MessageId, PortalId};
 use mimi_store::export::{MAX_LISTED_PROBLEMS, for_each_entry, stored_schema_version};
 use mimi_store::schema::{self, META};
@@ -68,13 +68,7 @@ impl fmt::Display for CheckReport {
     }
 }
 
-/// Splits a u16-length-prefixed part off the front of `b`.
-fn split_lp(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    let n = u16::from_be_bytes(b.get(..2)?.try_into().ok()?) as usize;
-    let part = b.get(2..2 + n)?;
-    Some((part, &b[2 + n..]))
-}
-
+/// `b` with its length in front (u16, big-endian), as the store's keys have it.
 fn lp(b: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(b.len() + 2);
     let n = u16::try_from(b.len()).unwrap_or(u16::MAX);

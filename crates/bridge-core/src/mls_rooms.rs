@@ -41,8 +41,8 @@ use crate::router::RouterHandle;
 use async_trait::async_trait;
 use bridge_api::RoomError;
 use bridge_api::RouteError;
-use bridge_api::event::{MessageDraft, MessageStyle, Sender, TextFormat};
-use bridge_api::ids::{LegId, MessageId, NativeId, PortalId};
+use bridge_api::event::{InboundEvent, MessageDraft, MessageStyle, Sender, TextFormat};
+use bridge_api::ids::{MessageId, NativeId, PortalId};
 use mimi_content::builder::ContentBuilder;
 use mimi_content::model::{ExternalPart, MultiPart, PartSemantics};
 use mimi_content::{Disposition, Message, MimiContent, NestedPart, PartBody};
@@ -718,7 +718,11 @@ impl MlsRooms {
 
 #[async_trait]
 impl RoomOfRecord for MlsRooms {
-    async fn publish(&self, msg: &GroupMessage, source: Option<(&LegId, &NativeId)>) -> Result<Published, RoomError> {
+    async fn publish(
+        &self,
+        msg: &GroupMessage,
+        source: Option<(&InboundEvent, &NativeId)>,
+    ) -> Result<Published, RoomError> {
         let slot = self.slot(&msg.portal).await?;
         let mut s = slot.lock().await;
         s.active = std::time::Instant::now();
@@ -749,8 +753,8 @@ impl RoomOfRecord for MlsRooms {
             let room = s.room.clone();
             // Marked in the batch that sequences it: a restart before the portal records the event finds it.
             let mut with = Batch::new();
-            if let Some((leg, native)) = source {
-                crate::repo::write::sent(&mut with, leg, native, &id, crate::outbox::now_ms());
+            if let Some((event, native)) = source {
+                crate::repo::write::sent(&mut with, &msg.portal, event, native, &id, crate::outbox::now_ms());
             }
             match self.provider.submit_with(&room, ct, sender, Origin::Portal, with).await {
                 Ok(a) => {

@@ -136,6 +136,24 @@ pub(crate) fn lookup_native(
     Ok(shared.recent_delivery(leg, n).map(|message_id| IdEntry { message_id, origin: false }))
 }
 
+/// The inbound event a published message carries (kept with it until the portal records it, see
+/// [`RoomOfRecord::publish`]), and the native id the message stands for: the event's own, or, for each change of
+/// a reaction set but the last, one derived from it.
+#[derive(Debug, Clone)]
+struct Carried {
+    event: InboundEvent,
+    native: NativeId,
+}
+
+/// `origin` for one change of several an event makes (`tag` names the change).
+fn part(origin: &Option<(LegId, Option<Carried>)>, tag: &str) -> Option<(LegId, Option<Carried>)> {
+    origin.as_ref().map(|(leg, c)| {
+        let c =
+            c.as_ref().map(|c| Carried { event: c.event.clone(), native: NativeId(format!("{}#{tag}", c.native.0)) });
+        (leg.clone(), c)
+    })
+}
+
 fn ephemeral_id() -> MessageId {
     let mut b: [u8; 32] = rand::random();
     b[0] = 0x01;
@@ -356,8 +374,9 @@ impl Portal {
             }
         }
         let sender = self.sender_of(&ev.sender);
-        let native = ev.native_id.clone();
-        let origin = Some((ev.leg.clone(), native.clone()));
+        // The event goes with the message it maps to, kept until recorded (`RoomOfRecord::publish`).
+        let carried = ev.native_id.clone().map(|native| Carried { event: ev.clone(), native });
+        let origin = Some((ev.leg.clone(), carried));
         // Resolve a native id on the source leg to a message, following edits to the original.
         let resolve = |batch: &Batch, n: &NativeId| -> Result<Option<(MessageId, Option<MessageRecord>)>, RouteError> {
             let repo = Repo::with_pending(&store, batch);
@@ -415,20 +434,17 @@ impl Portal {
                 };
                 let current = Repo::with_pending(&store, batch).reactions(&t, &sender.uri).map_err(store_error)?;
                 let mut last = Ok(Accepted::Ignored("reaction set unchanged"));
-                // Only the last change carries the event's native id (for dedup of a redelivery).
+                // Only the last change maps the event's native id (for dedup of a redelivery); each other change
+                // stands for an id derived from it, so that a replay after a restart finds it published.
                 let removed: Vec<String> = current.keys().filter(|k| !keys.contains(k)).cloned().collect();
                 let added: Vec<String> = keys.iter().filter(|k| !current.contains_key(*k)).cloned().collect();
                 let n = removed.len() + added.len();
                 for (i, k) in removed.iter().enumerate() {
-                    let o = if i + 1 == n { origin.clone() } else { origin.clone().map(|(l, _)| (l, None)) };
+                    let o = if i + 1 == n { origin.clone() } else { part(&origin, &format!("-{k}")) };
                     last = self.unreact(&t, k, &sender, o, batch, work).await;
                 }
                 for (i, k) in added.iter().enumerate() {
-                    let o = if removed.len() + i + 1 == n {
-                        origin.clone()
-                    } else {
-                        origin.clone().map(|(l, _)| (l, None))
-                    };
+                    let o = if removed.len() + i + 1 == n { origin.clone() } else { part(&origin, &format!("+{k}")) };
                     last = self.react(&t, k, &sender, o, batch, work).await;
                 }
                 return last;
@@ -448,7 +464,7 @@ impl Portal {
         target: &MessageId,
         key: &str,
         sender: &Sender,
-        origin: Option<(LegId, Option<NativeId>)>,
+        origin: Option<(LegId, Option<Carried>)>,
         batch: &mut Batch,
         work: &mut Vec<(LegId, LegWork)>,
     ) -> Result<Accepted, RouteError> {
@@ -473,7 +489,7 @@ impl Portal {
         target: &MessageId,
         key: &str,
         sender: &Sender,
-        origin: Option<(LegId, Option<NativeId>)>,
+        origin: Option<(LegId, Option<Carried>)>,
         batch: &mut Batch,
         work: &mut Vec<(LegId, LegWork)>,
     ) -> Result<Accepted, RouteError> {
@@ -491,25 +507,29 @@ impl Portal {
     }
 
     /// Publishes to the room of record, then records and queues deliveries. `origin` is the source leg (and the
-    /// event's native id, if this message is the one it maps to); its leg gets no delivery.
+    /// inbound event, if this message is the one its native id maps to); its leg gets no delivery.
     #[allow(clippy::too_many_arguments)]
     async fn publish(
         &mut self,
         sender: Sender,
         content: GroupContent,
         kind: RecordKind,
-        origin: Option<(LegId, Option<NativeId>)>,
+        origin: Option<(LegId, Option<Carried>)>,
         set_after: Option<Vec<String>>,
         batch: &mut Batch,
         work: &mut Vec<(LegId, LegWork)>,
     ) -> Result<MessageId, RouteError> {
         let msg = GroupMessage { portal: self.rec.id.clone(), sender, content };
-        let source = origin.as_ref().and_then(|(leg, native)| native.as_ref().map(|n| (leg, n)));
+        let carried = origin.as_ref().and_then(|(_, c)| c.as_ref());
+        let source = carried.map(|c| (&c.event.leg, &c.native));
         // Published before a restart that came before its record: record it under that id, never publish twice.
         let sent = match source {
-            Some((leg, native)) => {
-                Repo::with_pending(&self.shared.store, batch).sent(leg, native).map_err(store_error)?
-            }
+            Some((leg, native)) => Repo::with_pending(&self.shared.store, batch)
+                .sent(leg, native)
+                .map_err(store_error)?
+                // Sequenced in another portal's group, which the leg left since: not this portal's message.
+                .filter(|m| m.portal.as_ref().is_none_or(|p| *p == self.rec.id))
+                .map(|m| m.message_id),
             None => None,
         };
         let published = match sent {
@@ -517,7 +537,7 @@ impl Portal {
                 tracing::info!(message = %id, "an event published before a restart is recorded, not published again");
                 Published { id, earlier: Vec::new() }
             }
-            None => self.shared.group.publish(&msg, source).await?,
+            None => self.shared.group.publish(&msg, carried.map(|c| (&c.event, &c.native))).await?,
         };
         // What the group sequenced before this message goes to the legs before it (see `room_of_record`).
         for (earlier, m) in published.earlier {
@@ -528,9 +548,11 @@ impl Portal {
         let id = published.id;
         let mut b = Batch::new();
         self.record(id, &msg, kind, origin.as_ref().map(|(l, _)| l.clone()), set_after, batch, &mut b, work)?;
-        if let Some((leg, Some(native))) = &origin {
-            write::native(&mut b, leg, native, &id, true);
-            write::forget_sent(&mut b, leg, native);
+        if let Some(c) = carried {
+            if c.event.native_id.as_ref() == Some(&c.native) {
+                write::native(&mut b, &c.event.leg, &c.native, &id, true);
+            }
+            write::forget_sent(&mut b, &c.event.leg, &c.native);
         }
         batch.extend(b);
         Ok(id)

@@ -21,7 +21,7 @@
 //! events the bridge delivered *to* it (seeing it come back is an echo).
 
 use crate::outbox::{DeliveryRecord, FailedRecord, now_ms};
-use bridge_api::event::{OutboundEvent, Sender};
+use bridge_api::event::{InboundEvent, OutboundEvent, Sender};
 use bridge_api::ids::{AccountId, LegId, MessageId, NativeId, PortalId};
 use mimi_store::Store;
 use mimi_store::schema::META;
@@ -132,12 +132,22 @@ pub struct IdEntry {
 
 /// An inbound event the hub sequenced before the portal recorded it: the `p` entries of `ids`
 /// ([`write::sent`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentMarker {
     /// The id the event was published under.
     pub message_id: MessageId,
     /// When, ms since the UNIX epoch (for a marker whose event never comes back).
     pub at_ms: u64,
+    /// The event itself, which the router records at its next start ([`Repo::unrecorded`]); absent in markers
+    /// written by builds before it was kept (their events are recorded only when the network sends them again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<InboundEvent>,
+    /// The portal whose group sequenced it: a marker found by a portal the leg was linked to later is not its.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal: Option<PortalId>,
+    /// Breaks ties between markers of one millisecond, in the order this process wrote them.
+    #[serde(default)]
+    pub order: u64,
 }
 
 /// One sender's reactions on one message: key → the reaction's message id.
@@ -147,6 +157,13 @@ fn lp(out: &mut Vec<u8>, b: &[u8]) {
     let n = u16::try_from(b.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&n.to_be_bytes());
     out.extend_from_slice(&b[..n as usize]);
+}
+
+/// Splits what [`lp`] wrote off the front of `b`: the part and the rest.
+pub(crate) fn split_lp(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let n = u16::from_be_bytes(b.get(..2)?.try_into().ok()?) as usize;
+    let part = b.get(2..2 + n)?;
+    Some((part, &b[2 + n..]))
 }
 
 fn leg_prefix(leg: &LegId) -> Vec<u8> {
@@ -303,8 +320,28 @@ impl<'a> Repo<'a> {
 
     /// The message id an inbound event was published under, if the hub sequenced it and the portal has not
     /// recorded it yet (a restart between the two: [`write::sent`]).
-    pub fn sent(&self, leg: &LegId, native: &NativeId) -> Result<Option<MessageId>, StoreError> {
-        Ok(self.get_json::<SentMarker>(IDS, &sent_key(leg, native))?.map(|m| m.message_id))
+    pub fn sent(&self, leg: &LegId, native: &NativeId) -> Result<Option<SentMarker>, StoreError> {
+        self.get_json::<SentMarker>(IDS, &sent_key(leg, native))
+    }
+
+    /// Every inbound event the hub sequenced but the portal never recorded (the daemon stopped between the two),
+    /// oldest first: none after a clean stop. Markers without their event are left out.
+    pub fn unrecorded(&self) -> Result<Vec<(MessageId, NativeId, InboundEvent)>, StoreError> {
+        let mut found = Vec::new();
+        for (key, value) in self.store.scan_prefix(IDS, b"p")? {
+            match serde_json::from_slice::<SentMarker>(&value) {
+                Ok(SentMarker { message_id, at_ms, event: Some(event), order, .. }) => {
+                    // The key: `p`, the leg (length-prefixed), the native id the message stands for.
+                    let Some((_, native)) = split_lp(&key[1..]) else { continue };
+                    let native = NativeId(String::from_utf8_lossy(native).into_owned());
+                    found.push(((at_ms, order), message_id, native, event))
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(key = ?String::from_utf8_lossy(&key), error = %e, "unreadable sent marker"),
+            }
+        }
+        found.sort_by_key(|(at, ..)| *at);
+        Ok(found.into_iter().map(|(_, id, native, event)| (id, native, event)).collect())
     }
 
     /// A message's native id on a leg (where it came from or was delivered to).
@@ -443,12 +480,24 @@ pub mod write {
         b.put(MSGS, id.as_bytes().to_vec(), enc(rec));
     }
 
-    /// Marks the inbound event `native` on `leg` as published under `msg`: written in the hub's batch that
-    /// sequences the message, so that it exists exactly when the message is in the room's log. If the daemon
-    /// stops before the portal recorded the event, the network's redelivery finds the marker
-    /// ([`Repo::sent`]) and is recorded under `msg` instead of being published a second time.
-    pub fn sent(b: &mut Batch, leg: &LegId, native: &NativeId, msg: &MessageId, at_ms: u64) {
-        b.put(IDS, sent_key(leg, native), enc(&SentMarker { message_id: *msg, at_ms }));
+    /// Marks the inbound `event` (its native id `native`) as published under `msg`: written in the hub's batch
+    /// that sequences the message, so that it exists exactly when the message is in the room's log. If the daemon
+    /// stops before the portal recorded the event, the router records it at its next start
+    /// ([`Repo::unrecorded`]), and a redelivery by the network finds the marker ([`Repo::sent`]): either way it
+    /// is recorded under `msg`, never published a second time.
+    pub fn sent(
+        b: &mut Batch,
+        portal: &PortalId,
+        event: &InboundEvent,
+        native: &NativeId,
+        msg: &MessageId,
+        at_ms: u64,
+    ) {
+        static ORDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let order = ORDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker =
+            SentMarker { message_id: *msg, at_ms, event: Some(event.clone()), portal: Some(portal.clone()), order };
+        b.put(IDS, sent_key(&event.leg, native), enc(&marker));
     }
 
     /// Removes the marker of [`sent`] (the portal recorded the event).

@@ -16,8 +16,8 @@
 
 use async_trait::async_trait;
 use bridge_api::RoomError;
-use bridge_api::event::{MessageDraft, Sender};
-use bridge_api::ids::{LegId, MessageId, NativeId, PortalId};
+use bridge_api::event::{InboundEvent, MessageDraft, Sender};
+use bridge_api::ids::{MessageId, NativeId, PortalId};
 use serde::Serialize;
 
 /// What a portal publishes into its group.
@@ -82,9 +82,16 @@ pub struct Published {
 #[async_trait]
 pub trait RoomOfRecord: Send + Sync + 'static {
     /// Publishes `msg`; returns its message id once the hub has sequenced it, with the messages sequenced before
-    /// it that the portal has not seen yet. `source` is the inbound event `msg` carries, if any: a durable room
-    /// marks it published in the batch that sequences it ([`crate::repo::write::sent`]).
-    async fn publish(&self, msg: &GroupMessage, source: Option<(&LegId, &NativeId)>) -> Result<Published, RoomError>;
+    /// it that the portal has not seen yet. `source` is the inbound event `msg` carries, with the native id `msg`
+    /// stands for (the event's own, or one derived from it for one of several changes the event makes): a
+    /// durable room keeps it, marked published under that id, in the batch that sequences `msg`
+    /// ([`crate::repo::write::sent`]), so that a restart before the portal recorded `msg` records it then
+    /// ([`crate::router::RouterHandle::start`]) instead of losing it for the other legs.
+    async fn publish(
+        &self,
+        msg: &GroupMessage,
+        source: Option<(&InboundEvent, &NativeId)>,
+    ) -> Result<Published, RoomError>;
 }
 
 /// Stand-in room of record: sequences locally, ids as MIMI does (over a JSON encoding, with a random salt).
@@ -93,7 +100,11 @@ pub struct LocalRoom;
 
 #[async_trait]
 impl RoomOfRecord for LocalRoom {
-    async fn publish(&self, msg: &GroupMessage, _source: Option<(&LegId, &NativeId)>) -> Result<Published, RoomError> {
+    async fn publish(
+        &self,
+        msg: &GroupMessage,
+        _source: Option<(&InboundEvent, &NativeId)>,
+    ) -> Result<Published, RoomError> {
         use sha2::{Digest, Sha256};
         let encoded = serde_json::to_vec(&msg.content).map_err(|e| RoomError::Refused(e.to_string()))?;
         let salt = rand_salt();

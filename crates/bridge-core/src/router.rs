@@ -150,7 +150,62 @@ impl RouterHandle {
             let mine = legs.remove(&rec.id).unwrap_or_default();
             me.spawn_portal(rec, mine).await?;
         }
+        me.record_unrecorded().await?;
         Ok(me)
+    }
+
+    /// Records, before anything new, each inbound event the hub sequenced but its portal never recorded (the
+    /// daemon stopped between the two, [`crate::repo::write::sent`]): it goes through its portal again, which
+    /// finds it published and records it under its message id for the other legs. Without this a network that
+    /// never sends an event again (IRC) would leave it with the MLS members only.
+    async fn record_unrecorded(&self) -> Result<(), RouteError> {
+        // Routed all at once (each portal's queue keeps their order), then awaited.
+        let mut pending = Vec::new();
+        let mut routed_events = std::collections::HashSet::new();
+        for (id, native, event) in Repo::new(&self.inner.store).unrecorded().map_err(store_error)? {
+            let leg = event.leg.clone();
+            // The changes of one reaction set share their event: it goes through once, and finds each published.
+            let routed = if routed_events.insert((leg.clone(), event.native_id.clone())) {
+                self.route(event).await.map(Some)
+            } else {
+                Ok(None)
+            };
+            pending.push((id, leg, native, routed));
+        }
+        for (id, leg, native, routed) in pending {
+            let outcome = match routed {
+                Ok(Some(rx)) => rx.await.unwrap_or(Err(RouteError::Closed)),
+                // Its event went through with an earlier marker (a reaction set's changes share it).
+                Ok(None) => Err(RouteError::Closed),
+                Err(e) => Err(e),
+            };
+            // Its portal forgets the marker in the batch that records the message.
+            let recorded = Repo::new(&self.inner.store).sent(&leg, &native).map_err(store_error)?.is_none();
+            let forget = match outcome {
+                _ if recorded => {
+                    tracing::info!(%leg, message = %id, "an event sequenced before the restart is recorded");
+                    false
+                }
+                // Transient: the marker stays for the next start (or the network's redelivery).
+                Err(e @ (RouteError::Store(_) | RouteError::Closed | RouteError::Room(_))) => {
+                    let what = "an event sequenced before the restart is not recorded yet";
+                    tracing::warn!(%leg, message = %id, error = %e, "{what}");
+                    false
+                }
+                // Recorded already, or never to be (its leg unlinked, or moved to another portal): nothing to keep.
+                other => {
+                    let what = "an event sequenced before the restart is not recorded; its marker is dropped";
+                    tracing::warn!(%leg, message = %id, outcome = ?other, "{what}");
+                    true
+                }
+            };
+            if forget {
+                let mut b = Batch::new();
+                write::forget_sent(&mut b, &leg, &native);
+                self.inner.store.commit(b).await.map_err(store_error)?;
+            }
+        }
+        Ok(())
     }
 
     async fn spawn_portal(&self, rec: PortalRecord, legs: Vec<LegId>) -> Result<(), RouteError> {

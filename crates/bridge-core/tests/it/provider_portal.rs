@@ -3,9 +3,9 @@
 //! at the leg. All in process, on real MLS groups and a real store; no sockets.
 
 use bridge_api::Accepted;
-use bridge_api::event::{InboundKind, MessageDraft, OutboundKind, Sender};
+use bridge_api::event::{InboundEvent, InboundKind, MessageDraft, OutboundKind, Sender};
 use bridge_api::ids::NativeId;
-use bridge_api::{AccountContext, AccountId, PortalId};
+use bridge_api::{AccountContext, AccountId, LegacyUser, PortalId};
 use bridge_core::MlsRooms;
 use bridge_core::mls_rooms::{DEFAULT_KEY_UPDATE, room_uri};
 use bridge_core::repo::{MlsIdentity, PortalRecord, Repo};
@@ -389,48 +389,137 @@ async fn a_message_decrypted_before_a_stop_is_bridged_after_the_restart() {
     b.stop().await;
 }
 
+/// How the portal names a legacy user as a sender (what it would publish for them).
+fn sender_of(user: &LegacyUser) -> Sender {
+    Sender {
+        uri: user.uri(DOMAIN),
+        display_name: user.shown_name().to_owned(),
+        network: user.account.network().to_owned(),
+        legacy: Some(user.clone()),
+    }
+}
+
 /// The hub sequenced the message the portal published for an inbound event, and the bridge stopped before the
-/// portal recorded the event (a SIGKILL between the two): the network redelivers the event after the restart
-/// (Synapse retries the transaction, XMPP catches up from the archive), and it is recorded under the id it was
-/// published with, never published a second time.
+/// portal recorded the event (a SIGKILL between the two). The router records it at the next start, before
+/// anything new, for the other legs — an IRC line is never sent again by its network — and a redelivery (Synapse
+/// retrying the transaction, XMPP catching up from the archive) is a duplicate: nothing is published twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_sequenced_before_a_stop_is_recorded_not_published_again_when_redelivered() {
+async fn an_event_sequenced_before_a_stop_is_recorded_at_the_next_start_not_published_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let client_dir = tempfile::tempdir().expect("tempdir");
     let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    b.router.link(b.net.leg("#other"), &b.portal).await.expect("second leg");
     let (provider, room) = (b.provider.clone(), b.room.clone());
     let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
     let (leg, native, bob) = (b.net.leg("#rust"), NativeId("irc-line-1".into()), b.net.user("bob"));
     let said = || InboundKind::Message { draft: MessageDraft::plain("said once"), reply_to: None };
+    let event = InboundEvent {
+        leg: leg.clone(),
+        sender: bob.clone(),
+        native_id: Some(native.clone()),
+        from_bridge: false,
+        kind: said(),
+    };
     // The room of record publishes and the hub sequences it (with the marker); the portal never records it.
     let msg = GroupMessage {
         portal: b.portal.clone(),
-        sender: Sender {
-            uri: bob.uri(DOMAIN),
-            display_name: "bob".into(),
-            network: bob.account.network().to_owned(),
-            legacy: Some(bob.clone()),
-        },
+        sender: sender_of(&bob),
         content: GroupContent::Message { draft: MessageDraft::plain("said once"), in_reply_to: None },
     };
-    let published = b.room_of_record.publish(&msg, Some((&leg, &native))).await.expect("sequenced");
-    assert_eq!(Repo::new(&b.store).sent(&leg, &native).expect("read"), Some(published.id), "marked published");
+    let published = b.room_of_record.publish(&msg, Some((&event, &native))).await.expect("sequenced");
+    let marker = Repo::new(&b.store).sent(&leg, &native).expect("read").expect("marked published");
+    assert_eq!((marker.message_id, marker.event.as_ref()), (published.id, Some(&event)), "with the event");
     let last = provider.last_seq(&room).expect("log");
     drop(provider);
     b.stop().await;
 
     let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
-    let verdict = b.net.say_with_id("#rust", "bob", &native.0, said()).await.expect("accepted");
-    assert_eq!(verdict, Accepted::Bridged(published.id), "recorded under the id it was published with");
+    assert_eq!(Repo::new(&b.store).sent(&leg, &native).expect("read"), None, "recorded at the start");
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!((&delivered[0].leg, delivered[0].message_id), (&b.net.leg("#other"), published.id), "to the other leg");
     assert_eq!(b.provider.last_seq(&room).expect("log"), last, "not published again");
-    assert_eq!(Repo::new(&b.store).sent(&leg, &native).expect("read"), None, "the marker is gone with the record");
     let again = b.net.say_with_id("#rust", "bob", &native.0, said()).await.expect("accepted");
-    assert_eq!(again, Accepted::Duplicate(published.id), "a later redelivery is a duplicate");
+    assert_eq!(again, Accepted::Duplicate(published.id), "a redelivery is a duplicate");
     // The native client reads it once, then the next line.
     b.net.say("#rust", "bob", "the next line").await.1.expect("bridged");
     let (_, first) = alice.next(&b.provider, &room).await;
     let (_, second) = alice.next(&b.provider, &room).await;
     assert_eq!((text(&first).as_str(), text(&second).as_str()), ("said once", "the next line"));
+    assert!(b.net.wait_delivered(2, Duration::from_millis(500)).await.len() == 2, "the next line to #other only");
+    b.stop().await;
+}
+
+/// A reaction set that makes two changes publishes two messages; the bridge stopped after the hub sequenced the
+/// first and before the portal recorded anything. At the next start the set goes through its portal again: the
+/// first change is found published (it carries the event under an id derived from the event's), only the second
+/// is published, and the sender ends with both reactions, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_set_cut_short_by_a_stop_is_finished_at_the_next_start_without_doubling() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    let plain = |t: &str| InboundKind::Message { draft: MessageDraft::plain(t), reply_to: None };
+    let Accepted::Bridged(target) = b.net.say_with_id("#rust", "bob", "t1", plain("react to me")).await.expect("ok")
+    else {
+        panic!("not bridged")
+    };
+    let bob = b.net.user("bob");
+    let set = InboundEvent {
+        leg: b.net.leg("#rust"),
+        sender: bob.clone(),
+        native_id: Some(NativeId("rs1".into())),
+        from_bridge: false,
+        kind: InboundKind::ReactionSet { target: NativeId("t1".into()), keys: vec!["a".into(), "b".into()] },
+    };
+    let sender = sender_of(&bob);
+    let first = GroupMessage {
+        portal: b.portal.clone(),
+        sender: sender.clone(),
+        content: GroupContent::Reaction { in_reply_to: target, key: "a".into() },
+    };
+    let part = NativeId("rs1#+a".into());
+    let published = b.room_of_record.publish(&first, Some((&set, &part))).await.expect("sequenced");
+    let last = b.provider.last_seq(&b.room).expect("log");
+    let room = b.room.clone();
+    b.stop().await;
+
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    assert_eq!(b.provider.last_seq(&room).expect("log"), last + 1, "only the second change is published");
+    let reactions = Repo::new(&b.store).reactions(&target, &sender.uri).expect("read");
+    assert_eq!(reactions.keys().map(String::as_str).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(reactions.get("a"), Some(&published.id), "the first change under the id it was published with");
+    assert!(Repo::new(&b.store).unrecorded().expect("read").is_empty(), "no marker left");
+    let again = b.net.say_with_id("#rust", "bob", "rs1", set.kind.clone()).await.expect("accepted");
+    assert!(matches!(again, Accepted::Duplicate(_)), "a redelivery is a duplicate: {again:?}");
+    b.stop().await;
+}
+
+/// A marker whose leg was unlinked before the restart is dropped at the start, not kept for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_event_of_an_unlinked_leg_is_dropped_at_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    b.router.link(b.net.leg("#gone"), &b.portal).await.expect("second leg");
+    let bob = b.net.user("bob");
+    let native = NativeId("gone-1".into());
+    let event = InboundEvent {
+        leg: b.net.leg("#gone"),
+        sender: bob.clone(),
+        native_id: Some(native.clone()),
+        from_bridge: false,
+        kind: InboundKind::Message { draft: MessageDraft::plain("said, then unlinked"), reply_to: None },
+    };
+    let msg = GroupMessage {
+        portal: b.portal.clone(),
+        sender: sender_of(&bob),
+        content: GroupContent::Message { draft: MessageDraft::plain("said, then unlinked"), in_reply_to: None },
+    };
+    b.room_of_record.publish(&msg, Some((&event, &native))).await.expect("sequenced");
+    b.router.unlink(&b.net.leg("#gone")).await.expect("unlink");
+    b.stop().await;
+
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    assert_eq!(Repo::new(&b.store).sent(&b.net.leg("#gone"), &native).expect("read"), None, "dropped");
     b.stop().await;
 }
 

@@ -3,7 +3,9 @@
 //! registered kinds are pruned in the same pass. What it leaves passes `store check`.
 
 use crate::store_backends::{fill_repo, leg, msg_id, open_store, tmp};
+use bridge_api::event::{InboundEvent, InboundKind, MessageDraft};
 use bridge_api::ids::NativeId;
+use bridge_api::uri::LegacyUser;
 use bridge_core::check;
 use bridge_core::repo::Repo;
 use bridge_core::retention::{Pruner, Retained, RetentionConfig};
@@ -112,8 +114,18 @@ fn published_but_never_recorded_markers_go_after_a_while() {
     let (dir, store, rt) = filled();
     let now = bridge_core::outbox::now_ms();
     let mut b = mimi_store::Batch::new();
-    bridge_core::repo::write::sent(&mut b, &leg(1), &NativeId("old".into()), &msg_id(90), now - 31 * DAY_MS);
-    bridge_core::repo::write::sent(&mut b, &leg(1), &NativeId("new".into()), &msg_id(91), now);
+    for (native, id, at) in [("old", 90, now - 31 * DAY_MS), ("new", 91, now)] {
+        let native = NativeId(native.into());
+        let event = InboundEvent {
+            leg: leg(1),
+            sender: LegacyUser::new(leg(1).account, "bob"),
+            native_id: Some(native.clone()),
+            from_bridge: false,
+            kind: InboundKind::Message { draft: MessageDraft::plain("hi"), reply_to: None },
+        };
+        let portal = bridge_api::ids::PortalId::new("p").expect("portal");
+        bridge_core::repo::write::sent(&mut b, &portal, &event, &native, &msg_id(id), at);
+    }
     store.commit_blocking(b).expect("markers");
     assert!(check::check(store.kv().as_ref(), dir.path()).expect("check").is_ok(), "markers are valid entries");
     rt.block_on(async {
@@ -124,7 +136,7 @@ fn published_but_never_recorded_markers_go_after_a_while() {
     });
     let repo = Repo::new(&store);
     assert_eq!(repo.sent(&leg(1), &NativeId("old".into())).expect("read"), None);
-    assert_eq!(repo.sent(&leg(1), &NativeId("new".into())).expect("read"), Some(msg_id(91)));
+    assert_eq!(repo.sent(&leg(1), &NativeId("new".into())).expect("read").map(|m| m.message_id), Some(msg_id(91)));
 }
 
 #[test]
