@@ -78,7 +78,7 @@ fn capabilities(
 /// A feature crosses from one account to another at the lower of the two grades: the sending network must be able
 /// to say it and the receiving one to show it.
 pub fn crossing(from: &Capabilities, to: &Capabilities, feature: Feature) -> Grade {
-    from.grade(feature).min(to.grade(feature))
+    from.says(feature).min(to.grade(feature))
 }
 
 fn feature_name(f: Feature) -> &'static str {
@@ -127,17 +127,23 @@ fn render(columns: &[(String, Capabilities)], reference: bool) -> String {
     out.push_str(
         "Grades: **full** arrives as the same feature; **degraded** arrives in a documented fallback form (a reply \
          as a quote, an edit as `s/old/new/`, a mention as the name in plain text); **notice**: a short notice is \
-         posted instead; **—**: not carried, and the sender is told where it could not be delivered.\n\n\
+         posted instead; **—**: not carried, and the sender is told where it could not be delivered. **says X, \
+         shows Y**: the network passes on its own users' use of the feature at X but shows other networks' at Y \
+         (IRC in relay mode passes on its users' joins and parts; others' are not shown in the channel).\n\n\
          Everything crosses through the portal's MLS group, whose native MIMI clients say and see every feature of \
-         MIMI content; typing has no MIMI form and passes from leg to leg only.\n\n## Per account\n\n",
+         MIMI content; typing, and the joins and parts of legacy users, have no MIMI form and pass from leg to leg only.\n\n## Per account\n\n",
     );
     row(&mut out, std::iter::once("feature".to_string()).chain(columns.iter().map(|(t, _)| t.clone())));
     row(&mut out, std::iter::repeat_n("---".to_string(), columns.len() + 1));
     for f in Feature::ALL {
         row(
             &mut out,
-            std::iter::once(feature_name(f).to_string())
-                .chain(columns.iter().map(|(_, c)| grade_name(c.grade(f)).to_string())),
+            std::iter::once(feature_name(f).to_string()).chain(columns.iter().map(|(_, c)| {
+                match (c.says(f), c.grade(f)) {
+                    (says, shows) if says == shows => grade_name(shows).to_string(),
+                    (says, shows) => format!("says {}, shows {}", grade_name(says), grade_name(shows)),
+                }
+            })),
         );
     }
     let bytes = |c: &Capabilities| c.limits.max_text_bytes.map_or("—".to_string(), |b| format!("{b} B"));

@@ -82,10 +82,14 @@ pub struct Limits {
 
 /// A network's (or one account's) capabilities: a grade per feature plus limits.
 ///
-/// Features not set explicitly are [`Grade::Unsupported`].
+/// Features not set explicitly are [`Grade::Unsupported`]. A grade is what the network shows of a feature coming
+/// from elsewhere and, unless [`Capabilities::saying`] sets it apart, what it says of it itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
     grades: BTreeMap<Feature, Grade>,
+    /// What the network says of a feature where that differs from what it shows.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    says: BTreeMap<Feature, Grade>,
     /// The network's hard limits.
     pub limits: Limits,
 }
@@ -111,15 +115,27 @@ impl Capabilities {
         self
     }
 
+    /// Builder: sets what the network says of `feature` apart from what it shows (IRC in relay mode passes on its
+    /// users' joins and parts but shows no one else's).
+    pub fn saying(mut self, feature: Feature, grade: Grade) -> Self {
+        self.says.insert(feature, grade);
+        self
+    }
+
     /// Builder: sets the limits.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
     }
 
-    /// The grade of `feature`.
+    /// The grade of `feature`: what the network shows of it.
     pub fn grade(&self, feature: Feature) -> Grade {
         self.grades.get(&feature).copied().unwrap_or(Grade::Unsupported)
+    }
+
+    /// What the network says of `feature` itself.
+    pub fn says(&self, feature: Feature) -> Grade {
+        self.says.get(&feature).copied().unwrap_or_else(|| self.grade(feature))
     }
 
     /// Every feature with its grade, in [`Feature::ALL`] order.
@@ -139,5 +155,8 @@ mod tests {
         assert_eq!(c.grade(Feature::Edits), Grade::Unsupported);
         assert_eq!(Capabilities::all(Grade::Full).iter().filter(|(_, g)| *g == Grade::Full).count(), 10);
         assert!(Grade::Full > Grade::Degraded && Grade::Degraded > Grade::Notice && Grade::Notice > Grade::Unsupported);
+        assert_eq!(c.says(Feature::Replies), Grade::Degraded, "says what it shows unless told otherwise");
+        let irc = Capabilities::none().saying(Feature::Membership, Grade::Full);
+        assert_eq!((irc.says(Feature::Membership), irc.grade(Feature::Membership)), (Grade::Full, Grade::Unsupported));
     }
 }
