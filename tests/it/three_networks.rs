@@ -6,9 +6,10 @@
 //! degraded.
 
 use crate::common::client::{client, messages};
-use crate::common::three::{MUC, ROOM, Three};
+use crate::common::three::{CHANNEL, MUC, ROOM, Three};
 use bridge_api::AccountId;
 use bridge_api::capability::{Feature, Grade};
+use mimi_bench::irc::IrcUser;
 use mimi_bench::measure::{Arrivals, marker, markers};
 use serde_json::json;
 use std::path::Path;
@@ -69,7 +70,7 @@ fn same_order(a_name: &str, a: &[String], b_name: &str, b: &[String]) {
 #[test]
 fn matrix_xmpp_irc_and_two_native_clients_in_one_portal_see_every_message_once_in_one_order() {
     let mut t = Three::start();
-    let Three { xavier, ircuser, mx, rt, d, arrivals, room, cfg, server, alice, bob, .. } = &mut t;
+    let Three { xavier, ircuser, mx, rt, d, arrivals, room, cfg, server, alice, bob, irc, .. } = &mut t;
     // Everyone speaks, without waiting for anyone's message to arrive.
     for i in 0..ROUNDS {
         mx.say(room, &format!("from matrix {}", marker(MATRIX, i))).expect("matrix send");
@@ -159,4 +160,26 @@ fn matrix_xmpp_irc_and_two_native_clients_in_one_portal_see_every_message_once_i
             "{name} got the edit as an edit: {got:?}"
         );
     }
+
+    // Membership: an IRC user who comes into the channel shows up in the Matrix room as a ghost (after the IRC
+    // connector's short hold, `roster::CHANGE_HOLD`) and leaves it when they quit.
+    assert_eq!(crossing(cfg, "irc.t", "matrix.hs", Feature::Membership), Grade::Full);
+    let mut ghost_joined = |want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let members = mx.call("GET", &format!("/_matrix/client/v3/rooms/{room}/joined_members"), None);
+            let members = members.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+            let there = members["joined"].as_object().is_some_and(|m| m.keys().any(|k| k.contains("newcomer")));
+            if there == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "newcomer's ghost joined: {there}, not {want}: {members}\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let newcomer =
+        rt.block_on(IrcUser::join(&irc.addr(), "newcomer", CHANNEL, "irc2", arrivals.clone())).expect("newcomer joins");
+    ghost_joined(true);
+    rt.block_on(newcomer.quit("bye")).expect("quit");
+    ghost_joined(false);
 }

@@ -10,6 +10,7 @@ use crate::message::Message;
 use crate::pace::{PaceConfig, WINDOW_BYTES};
 use crate::pool::{self, ConnState, Pool, Route, Via};
 use crate::render::{self, RenderConfig};
+use crate::roster::MemberChange;
 use crate::session::{AltNicks, Identity, Sasl, Session};
 use crate::tls::Tls;
 use crate::{Config, Connections, capabilities};
@@ -360,6 +361,22 @@ impl Role for BotRole {
                 });
             }
             Err(e) => tracing::debug!(account = %self.id, error = %e, "IRC line not routed"),
+        }
+    }
+
+    fn tracks_members(&self) -> bool {
+        true
+    }
+
+    fn is_ours(&self, nick: &str) -> bool {
+        lock(&self.ghosts).iter().any(|g| g.eq_ignore_ascii_case(nick))
+    }
+
+    async fn members(&self, _session: &Session, changes: Vec<MemberChange>) {
+        for ev in changes.into_iter().filter_map(|c| inbound::membership(&self.id, c)) {
+            if let Err(e) = self.sink.enqueue(ev).await {
+                tracing::debug!(account = %self.id, error = %e, "IRC membership change not routed");
+            }
         }
     }
 }

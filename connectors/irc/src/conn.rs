@@ -7,6 +7,7 @@
 use crate::isupport::Isupport;
 use crate::message::{MAX_LINE, MAX_TAGS, Message};
 use crate::pace::{PONG_TIMEOUT, Pace, PaceConfig, Pacer};
+use crate::roster::{MemberChange, Roster};
 use crate::session::{Action, Session};
 use crate::tls::{Io, Tls};
 use async_trait::async_trait;
@@ -73,6 +74,17 @@ pub(crate) trait Role: Send + Sync + 'static {
     async fn registered(&self, nick: &str) -> Result<(), String>;
     /// A PRIVMSG/NOTICE from someone else (awaiting it is the backpressure to the server).
     async fn privmsg(&self, session: &Session, msg: Message, target: &str, text: &str, notice: bool);
+    /// True if the connection keeps a [`Roster`] of its channels and passes their membership changes to
+    /// [`Role::members`].
+    fn tracks_members(&self) -> bool {
+        false
+    }
+    /// True if `nick` is one of the bridge's own connections (never tracked as a member).
+    fn is_ours(&self, _nick: &str) -> bool {
+        false
+    }
+    /// Membership changes in the connection's channels, damped by its [`Roster`], as they fall due.
+    async fn members(&self, _session: &Session, _changes: Vec<MemberChange>) {}
 }
 
 /// Where and how to connect.
@@ -217,6 +229,8 @@ impl Task {
     ) {
         let label = self.settings.label.clone();
         let mut backoff = BACKOFF_MIN;
+        // Outlives each connection: the NAMES replies after a reconnect are compared with what it knew.
+        let mut roster = self.role.tracks_members().then(Roster::new);
         loop {
             if stop.borrow().is_some() {
                 break;
@@ -224,7 +238,7 @@ impl Task {
             self.health.send_replace(Health::Connecting);
             session.reset();
             let result = match self.open().await {
-                Ok(stream) => self.connection(stream, &mut session, &mut ctl, &mut out, &mut stop).await,
+                Ok(stream) => self.connection(stream, &mut session, &mut roster, &mut ctl, &mut out, &mut stop).await,
                 Err(e) => Err(e),
             };
             self.view.send_modify(|v| {
@@ -270,6 +284,7 @@ impl Task {
         &self,
         stream: Box<dyn Io>,
         session: &mut Session,
+        roster: &mut Option<Roster>,
         ctl: &mut mpsc::UnboundedReceiver<Control>,
         out: &mut mpsc::Receiver<Outgoing>,
         stop: &mut watch::Receiver<Option<String>>,
@@ -301,6 +316,7 @@ impl Task {
                     }
                 };
             }
+            let members_due = roster.as_ref().and_then(Roster::next_due);
             let wake = match pace {
                 Pace::Send => Some(now),
                 Pace::Wait(at) => at,
@@ -324,6 +340,15 @@ impl Task {
                     // A PONG to our own PING confirms what preceded it; any other PONG is the session's business.
                     if msg.command == "PONG" && msg.params.iter().any(|p| pacer.pong(p)) {
                         continue;
+                    }
+                    // Before the session: it knows our nick as it was before this message (a NICK of ours).
+                    if let Some(r) = roster.as_mut() {
+                        let ours = |n: &str| self.role.is_ours(n) || session.could_be_me(n);
+                        r.handle(&msg, &session.nick, session.isupport.casemapping, &ours, Instant::now());
+                        let due = r.poll(Instant::now());
+                        if !due.is_empty() {
+                            self.role.members(session, due).await;
+                        }
                     }
                     for action in session.handle(msg) {
                         match action {
@@ -402,6 +427,14 @@ impl Task {
                         pacer.paced(write(&mut w, &m).await?, Instant::now());
                         if let Some(d) = done {
                             let _ = d.send(Ok(()));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(members_due.unwrap_or(now).into()), if members_due.is_some() => {
+                    if let Some(r) = roster.as_mut() {
+                        let due = r.poll(Instant::now());
+                        if !due.is_empty() {
+                            self.role.members(session, due).await;
                         }
                     }
                 }

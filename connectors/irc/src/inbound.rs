@@ -11,6 +11,7 @@
 
 use crate::format::irc_to_markdown;
 use crate::isupport::CaseMapping;
+use crate::roster::MemberChange;
 use bridge_api::event::{InboundEvent, InboundKind, MessageDraft, MessageStyle, TextFormat};
 use bridge_api::{AccountId, LegId, LegacyUser, NativeId};
 use std::collections::HashMap;
@@ -164,6 +165,21 @@ pub fn translate(
         InboundKind::Message { draft: draft(text), reply_to: None }
     });
     Some(InboundEvent { leg, sender, native_id: Some(line.native_id), from_bridge: line.from_bridge, kind })
+}
+
+/// A membership change in a channel ([`crate::roster`]) as an inbound event; `None` for a channel name that is
+/// not a room.
+pub fn membership(account: &AccountId, change: MemberChange) -> Option<InboundEvent> {
+    let leg = LegId::new(account.clone(), change.channel).ok()?;
+    let sender =
+        LegacyUser { account: account.clone(), native_id: change.nick.clone(), display_name: Some(change.nick) };
+    Some(InboundEvent {
+        leg,
+        sender,
+        native_id: None,
+        from_bridge: false,
+        kind: InboundKind::Membership { change: change.change },
+    })
 }
 
 #[cfg(test)]

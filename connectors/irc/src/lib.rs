@@ -9,7 +9,7 @@
 //!   [`format`] (IRC codes ⇄ markdown), [`render`] (outbound rendering and splitting), [`inbound`] (inbound
 //!   translation with the reply/edit conventions), [`pace`] (flood control following the server's pace by
 //!   PING/PONG), [`flood`] (token bucket, the optional rate cap), [`pool`] (per-user nicks and connection
-//!   decisions);
+//!   decisions), [`roster`] (who is in the bot's channels; joins, parts and netsplits damped);
 //! * IO shell: [`account`] (the account: bot + per-user pool), `conn` (one connection), [`tls`].
 //!
 //! [`docs/connector-guide.md`]: https://example.invalid/docs/connector-guide.md
@@ -24,6 +24,7 @@ pub mod message;
 pub mod pace;
 pub mod pool;
 pub mod render;
+pub mod roster;
 pub mod session;
 pub mod tls;
 
@@ -189,6 +190,8 @@ pub fn capabilities(config: &Config) -> Capabilities {
         .with(Feature::Attachments, Grade::Degraded)
         .with(Feature::MultiLine, Grade::Degraded)
         .with(Feature::Mentions, Grade::Degraded)
+        // Its users' joins, parts, quits and kicks, damped (`roster`); others' are not shown in the channel.
+        .saying(Feature::Membership, Grade::Full)
         .with_limits(Limits {
             max_text_bytes: Some(400),
             max_lines: Some(config.max_lines),

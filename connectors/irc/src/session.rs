@@ -197,6 +197,23 @@ impl Session {
         self.isupport.casemapping.eq(nick, &self.nick)
     }
 
+    /// True if `nick` is one this connection registers as: the configured nick or one of the alternatives it
+    /// falls back to (a connection of ours from before a reconnect may still hold one).
+    pub fn could_be_me(&self, nick: &str) -> bool {
+        let cm = self.isupport.casemapping;
+        if self.is_me(nick) || cm.eq(nick, &self.id.nick) {
+            return true;
+        }
+        match &self.id.alternatives {
+            // `bridge_`, `bridg__`…: a start of the configured nick, then underscores.
+            AltNicks::Underscores => {
+                let stem = nick.trim_end_matches('_');
+                !stem.is_empty() && stem.len() < nick.len() && cm.fold(&self.id.nick).starts_with(&cm.fold(stem))
+            }
+            AltNicks::Numbered { .. } => false,
+        }
+    }
+
     /// Forgets per-connection state before a reconnect (keeps wanted channels).
     pub fn reset(&mut self) {
         *self = Self { wanted_channels: std::mem::take(&mut self.wanted_channels), ..Self::new(self.id.clone()) };

@@ -7,7 +7,7 @@ mod common;
 
 use async_trait::async_trait;
 use bridge_api::capability::Feature;
-use bridge_api::event::{InboundKind, MessageDraft, OutboundEvent};
+use bridge_api::event::{InboundKind, Membership, MessageDraft, OutboundEvent, OutboundKind};
 use bridge_api::{Account, AccountContext, AccountId, Connector, Health};
 use bridge_core::room_of_record::LocalRoom;
 use bridge_core::router::{RouterConfig, RouterHandle};
@@ -238,6 +238,20 @@ async fn lb_say(s: &Slice, nick: &str, id: &str, text: &str) {
     s.lb.say_with_id("#lb", nick, id, kind).await.expect("accepted");
 }
 
+/// Waits until the loopback side got a message whose body is `body`; everything it got by then.
+async fn lb_got(s: &Slice, body: &str) -> Vec<OutboundEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = s.lb.delivered();
+        let is = |e: &OutboundEvent| matches!(&e.kind, OutboundKind::Message { draft, .. } if draft.body == body);
+        if d.iter().any(is) {
+            return d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body:?} never arrived: {d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn per_user(c: &mut Config) {
     c.connections = Connections::PerUser;
     c.flood_rate = Some(10.0);
@@ -283,8 +297,7 @@ async fn per_user_mode_shows_distinct_nicks_handles_collisions_and_bridges_nothi
     );
     // The bot still reads the channel: an IRC user's line reaches the other side…
     watcher.say(CHANNEL, "irc user speaking");
-    let d = s.lb.wait_delivered(1, Duration::from_secs(10)).await;
-    assert!(d.iter().any(|e| matches!(&e.kind, bridge_api::event::OutboundKind::Message { draft, .. } if draft.body == "irc user speaking")), "{d:?}");
+    lb_got(&s, "irc user speaking").await;
     // …but none of the per-user connections' lines came back.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for needle in ["hello from", "alice again"] {
@@ -292,7 +305,7 @@ async fn per_user_mode_shows_distinct_nicks_handles_collisions_and_bridges_nothi
     }
     // An IRC reply to a per-user nick resolves to that user's message.
     watcher.say(CHANNEL, "alice[m]: agreed");
-    let d = s.lb.wait_delivered(2, Duration::from_secs(10)).await;
+    let d = lb_got(&s, "agreed").await;
     let reply = d.iter().find_map(|e| match &e.kind {
         bridge_api::event::OutboundKind::Message { draft, reply_to } if draft.body == "agreed" => {
             Some(reply_to.clone())
@@ -409,8 +422,7 @@ async fn tls_to_ngircd_verifies_the_server_and_carries_messages() {
     lb_say(&s, "alice", "tls-1", "through TLS").await;
     assert_eq!(collect(&mut watcher, 1, Duration::from_secs(15)).await, ["<a\u{200B}lice> through TLS"]);
     watcher.say(CHANNEL, "back through TLS");
-    let d = s.lb.wait_delivered(1, Duration::from_secs(10)).await;
-    assert!(d.iter().any(|e| matches!(&e.kind, bridge_api::event::OutboundKind::Message { draft, .. } if draft.body == "back through TLS")), "{d:?}");
+    lb_got(&s, "back through TLS").await;
     // ngIRCd saw the bridge's connection as TLS (WHOIS 275 "is connected via SSL"). (ngIRCd 26 does not show
     // client certificate fingerprints, so that the certificate was presented is not checked here.)
     let _ = watcher.tx.send(format!("WHOIS {BRIDGE}"));
@@ -501,4 +513,69 @@ async fn per_user_connections_use_tls_too() {
     }
     assert!(secure, "dave[m]'s own connection is TLS too");
     s.router.shutdown().await;
+}
+
+/// The membership changes the loopback side got, as `(nick, change)`, in order.
+fn changes(s: &Slice) -> Vec<(String, Membership)> {
+    s.lb.delivered()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            OutboundKind::Membership { change } => Some((e.sender.display_name.clone(), *change)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// IRC users' joins, parts, quits and kicks reach the other side after a short hold; the people already in the
+/// channel when the bridge joined are not announced, and a join undone within the hold is never passed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irc_joins_parts_quits_and_kicks_reach_the_other_side_damped() {
+    let server = Ngircd::start().expect("ngircd");
+    let mut early = Client::connect(server.port, "early", CHANNEL).await.expect("early");
+    let s = slice(&server.addr(), |_| {}).await;
+    // In the channel (connected may come before the JOIN of a channel linked after registration).
+    let bot_joined = |got: &[(String, String, String)]| got.iter().any(|(n, c, _)| n == BRIDGE && c == "JOIN");
+    assert!(bot_joined(&watch(&mut early, Duration::from_secs(10), bot_joined).await), "the bridge joined");
+    let _walker = Client::connect(server.port, "walker", CHANNEL).await.expect("walker");
+    let drive_by = Client::connect(server.port, "driveby", CHANNEL).await.expect("drive-by");
+    let _ = drive_by.tx.send(format!("PART {CHANNEL} :oops"));
+    let quitter = Client::connect(server.port, "quitter", CHANNEL).await.expect("quitter");
+    let wait_for = |n: usize| {
+        let s = &s;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while changes(s).len() < n && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            changes(s)
+        }
+    };
+    let joined = wait_for(2).await;
+    assert_eq!(
+        joined,
+        [("walker".to_owned(), Membership::Join), ("quitter".to_owned(), Membership::Join)],
+        "the early user is not announced, the drive-by never"
+    );
+    // early is the channel's operator (first in): it kicks walker; quitter quits; early parts.
+    let _ = early.tx.send(format!("KICK {CHANNEL} walker :out"));
+    let _ = quitter.tx.send("QUIT :bye".to_owned());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = early.tx.send(format!("PART {CHANNEL} :later"));
+    let all = wait_for(5).await;
+    assert_eq!(
+        all[2..],
+        [
+            ("walker".to_owned(), Membership::Kick),
+            ("quitter".to_owned(), Membership::Leave),
+            ("early".to_owned(), Membership::Leave)
+        ],
+        "{all:?}"
+    );
+    tokio::time::sleep(roster_hold()).await;
+    assert_eq!(changes(&s).len(), 5, "nothing more: {:?}", changes(&s));
+    s.router.shutdown().await;
+}
+
+fn roster_hold() -> Duration {
+    connector_irc::roster::CHANGE_HOLD + Duration::from_millis(500)
 }

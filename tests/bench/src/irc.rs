@@ -55,6 +55,11 @@ impl IrcUser {
         self.raw(&format!("PRIVMSG {} :{text}\r\n", self.channel)).await
     }
 
+    /// Leaves IRC with QUIT `reason` (the server then closes the connection).
+    pub async fn quit(&self, reason: &str) -> Result<(), String> {
+        self.raw(&format!("QUIT :{reason}\r\n")).await
+    }
+
     /// Every line read so far (PINGs excepted), as it came.
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
