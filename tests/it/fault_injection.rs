@@ -3,9 +3,6 @@
 //! (real Prosody), an IRC channel (real ngIRCd, penalties off so the stream is not throttled to a person's pace)
 //! and a native MLS client; it is restarted each time.
 //!
-//! Ignored in the README's test run until the losses it finds are fixed (see the `ignore` reason); run it with
-//! `-- --ignored`.
-//!
 //! What must hold, on every reader (a Matrix user, an IRC user, an XMPP user and a second native client):
 //! * nothing accepted is lost: every message Synapse took, every message sent to the MUC (the bridge catches up
 //!   from its archive), every message the hub acknowledged to the native client, arrives;
@@ -77,13 +74,6 @@ fn drain_native(state: &Path, server: &str) -> HashMap<String, u32> {
 }
 
 #[test]
-#[ignore = "finds a loss not fixed yet (issue #19): an IRC line the hub sequenced just before a kill reaches the \
-            native clients but not the other legs (1 of 5 runs on 2026-12-03): the portal records a message for the \
-            legs only after `publish` returns, and IRC never sends the line again, so the `sent` marker written \
-            with it in the hub's batch is never looked up. Fixed since: the Matrix message lost near a kill (a \
-            transaction Synapse never sent; 4 runs in a row passed after), the MLS-side duplicate, the XMPP \
-            messages lost behind live ones after a restart. Run: cargo test -p mimi-bridge --test it \
-            fault_injection -- --ignored"]
 fn three_sigkills_during_a_stream_across_three_networks_and_mls_lose_nothing_accepted() {
     let _heavy = heavy();
     // The IRC account keeps its default flood control: it follows the server's pace.
