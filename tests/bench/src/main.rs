@@ -3,7 +3,8 @@
 //! `scripts/bench`, which installs the peers and builds everything in release mode.
 //!
 //! One portal links an IRC channel, a Matrix room (appservice) and an XMPP MUC (client mode; biboumi holds the
-//! Prosody harness's one external component). heisenbridge gets its own channel and room, biboumi its own channel
+//! Prosody harness's one external component); a native MLS client in the portal's room speaks through a
+//! `mimi-bridge client chat` session (no peer has that side). heisenbridge gets its own channel and room, biboumi its own channel
 //! and MUC. Every direction sends `--messages` messages at `--rate` per second from a real client and times each
 //! from just before the send call to its arrival at the reading client (all clients in this process, one
 //! monotonic clock). Printed: a markdown table (p50, p99, max, lost, duplicated; for mimi-bridge also its store's
@@ -27,8 +28,10 @@ use std::time::{Duration, Instant};
 const SERVER_NAME: &str = "hs.bench";
 const OUR_MUC: &str = "mimi@muc.localhost";
 const BIBOUMI_HOST: &str = "bridge.localhost";
+/// The room of record of our portal `bench` (domain `bench.test`), which the native MLS client joins.
+const OUR_ROOM: &str = "mimi://bench.test/r/bench";
 /// The measured directions, in the order they run: (direction, bridge).
-const DIRECTIONS: [(&str, &str); 8] = [
+const DIRECTIONS: [(&str, &str); 9] = [
     ("Matrix → IRC", "mimi-bridge"),
     ("Matrix → IRC", "heisenbridge"),
     ("IRC → Matrix", "mimi-bridge"),
@@ -37,6 +40,7 @@ const DIRECTIONS: [(&str, &str); 8] = [
     ("XMPP → IRC", "biboumi"),
     ("IRC → XMPP", "mimi-bridge"),
     ("IRC → XMPP", "biboumi"),
+    ("native MLS client → IRC", "mimi-bridge"),
 ];
 
 struct Args {
@@ -108,6 +112,8 @@ enum From<'a> {
     Irc(&'a IrcUser),
     Matrix(&'a Arc<MatrixClient>, &'a str),
     Xmpp(&'a mut XmppUser, &'a str),
+    /// A native MLS client's `chat` session: each line written to it is encrypted and sent to the hub.
+    Native(&'a mut std::process::ChildStdin),
 }
 
 impl From<'_> {
@@ -119,6 +125,10 @@ impl From<'_> {
                 tokio::task::spawn_blocking(move || c.say(&room, &text)).await.map_err(|e| e.to_string())?
             }
             From::Xmpp(u, room) => u.say(room, text).await,
+            From::Native(stdin) => {
+                use std::io::Write;
+                writeln!(stdin, "{text}").and_then(|()| stdin.flush()).map_err(|e| format!("native client: {e}"))
+            }
         }
     }
 }
@@ -135,6 +145,7 @@ struct Sides<'a> {
     xuser: &'a mut XmppUser,
     xbib: &'a mut XmppUser,
     bib_muc: &'a str,
+    native: &'a mut std::process::ChildStdin,
 }
 
 impl Sides<'_> {
@@ -147,6 +158,7 @@ impl Sides<'_> {
             3 => From::Irc(self.irc_heis),
             4 => From::Xmpp(self.xuser, OUR_MUC),
             5 => From::Xmpp(self.xbib, self.bib_muc),
+            8 => From::Native(self.native),
             _ => From::Irc(self.irc_bib),
         }
     }
@@ -254,10 +266,17 @@ fn run_cli(bin: &Path, args: &[&str]) -> Result<(), String> {
 /// The daemon's durable writes so far (`mimi_bridge_store_writes_total`).
 const STORE_WRITES: &str = "mimi_bridge_store_writes_total";
 
-fn our_config(dir: &Path, homeserver: &str, ports: (u16, u16), room: &str, irc: &str, prosody: &Prosody) -> String {
-    let (as_port, admin_port) = ports;
+fn our_config(
+    dir: &Path,
+    homeserver: &str,
+    ports: (u16, u16, u16),
+    room: &str,
+    irc: &str,
+    prosody: &Prosody,
+) -> String {
+    let (as_port, admin_port, mimi_port) = ports;
     format!(
-        "[bridge]\ndomain = \"bench.test\"\ndata_dir = {data:?}\n\n[mimi]\nlisten = \"127.0.0.1:0\"\n\n\
+        "[bridge]\ndomain = \"bench.test\"\ndata_dir = {data:?}\n\n[mimi]\nlisten = \"127.0.0.1:{mimi_port}\"\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\npublic_metrics = true\n\n[log]\nlevel = \"warn\"\n\n\
          [matrix.hs]\nmode = \"appservice\"\nhomeserver_url = \"{homeserver}\"\nserver_name = \"{SERVER_NAME}\"\n\
          listen = \"127.0.0.1:{as_port}\"\nas_token_file = {as_token:?}\nhs_token_file = {hs_token:?}\n\
@@ -286,7 +305,7 @@ async fn run(a: &Args) -> Result<(), String> {
     }
 
     // Registrations first: Synapse loads them at start.
-    let ports = (harness::free_port().map_err(e)?, harness::free_port().map_err(e)?);
+    let ports = (harness::free_port().map_err(e)?, harness::free_port().map_err(e)?, harness::free_port().map_err(e)?);
     let admin: std::net::SocketAddr = ([127, 0, 0, 1], ports.1).into();
     let cfg = d.join("mimi-bridge.toml");
     let write = |text: String| std::fs::write(&cfg, text).map_err(|e| e.to_string());
@@ -375,6 +394,26 @@ async fn run(a: &Args) -> Result<(), String> {
     xuser.join(OUR_MUC).await?;
     xuser.wait_occupant(OUR_MUC, "mimi-bridge").await?;
     ours.alive("mimi-bridge")?;
+    // A native MLS client in the portal's room, talking through a `chat` session (one process, lines on stdin).
+    let server = format!("http://127.0.0.1:{}", ports.2);
+    let native_state = d.join("native");
+    let native_dir = native_state.to_str().ok_or("temp path is not UTF-8")?;
+    let client = |args: &[&str]| {
+        let mut all = vec!["client", "--state", native_dir, "--server", &server];
+        all.extend_from_slice(args);
+        run_cli(&a.bin, &all)
+    };
+    client(&["register", "nativeuser"])?;
+    client(&["join", OUR_ROOM])?;
+    let chat_log = std::fs::File::create(d.join("native-chat.log")).map_err(|e| e.to_string())?;
+    let mut chat = Command::new(&a.bin)
+        .args(["client", "--state", native_dir, "--server", &server, "chat", OUR_ROOM])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(chat_log)
+        .spawn()
+        .map_err(|e| format!("native chat: {e}"))?;
+    let mut native = chat.stdin.take().ok_or("native chat has no stdin")?;
 
     // heisenbridge: control room → network → channel, as its README scripts it.
     let irc_port = ngircd.addr().rsplit(':').next().unwrap_or_default().to_owned();
@@ -421,6 +460,7 @@ async fn run(a: &Args) -> Result<(), String> {
         "irc:#bibou".to_owned(),
         format!("xmpp:{OUR_MUC}"),
         format!("xmpp:{bib_muc}"),
+        "irc:#mimi".to_owned(),
     ];
     let mut sides = Sides {
         mx: &mx,
@@ -433,6 +473,7 @@ async fn run(a: &Args) -> Result<(), String> {
         xuser: &mut xuser,
         xbib: &mut xbib,
         bib_muc: &bib_muc,
+        native: &mut native,
     };
     // Warm-up: ghosts, puppets and connections exist before the clock runs.
     for (i, reader) in readers.iter().enumerate() {
