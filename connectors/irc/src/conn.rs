@@ -269,6 +269,14 @@ impl Task {
         self.health.send_replace(Health::Stopped);
     }
 
+    /// Hands the role the membership changes of `roster` that are due now.
+    async fn pass_on_due(&self, roster: &mut Option<Roster>, session: &Session) {
+        let due = roster.as_mut().map(|r| r.poll(Instant::now())).unwrap_or_default();
+        if !due.is_empty() {
+            self.role.members(session, due).await;
+        }
+    }
+
     async fn back_off(&self, reason: String, base: Duration, stop: &mut watch::Receiver<Option<String>>) {
         // Jittered so many bridges (and many per-user connections) do not reconnect in lockstep.
         let wait = bridge_net::backoff::jitter(base);
@@ -345,11 +353,8 @@ impl Task {
                     if let Some(r) = roster.as_mut() {
                         let ours = |n: &str| self.role.is_ours(n) || session.could_be_me(n);
                         r.handle(&msg, &session.nick, session.isupport.casemapping, &ours, Instant::now());
-                        let due = r.poll(Instant::now());
-                        if !due.is_empty() {
-                            self.role.members(session, due).await;
-                        }
                     }
+                    self.pass_on_due(roster, session).await;
                     for action in session.handle(msg) {
                         match action {
                             Action::Send(m) => pacer.wrote(write(&mut w, &m).await?),
@@ -431,12 +436,7 @@ impl Task {
                     }
                 }
                 _ = tokio::time::sleep_until(members_due.unwrap_or(now).into()), if members_due.is_some() => {
-                    if let Some(r) = roster.as_mut() {
-                        let due = r.poll(Instant::now());
-                        if !due.is_empty() {
-                            self.role.members(session, due).await;
-                        }
-                    }
+                    self.pass_on_due(roster, session).await;
                 }
                 _ = tokio::time::sleep_until(in_channels_by.unwrap_or(now).into()), if in_channels_by.is_some() => {
                     in_channels_by = None;
