@@ -220,6 +220,7 @@ mod tests {
             txn_id: TxnId("t".into()),
             sender: Sender { uri: "u".into(), display_name: "alice".into(), network: "matrix".into(), legacy: None },
             kind,
+            queued_at_ms: 0,
         }
     }
 

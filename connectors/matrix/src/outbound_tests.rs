@@ -30,6 +30,7 @@ fn event(kind: OutboundKind) -> OutboundEvent {
         message_id,
         sender: Sender { uri: BOB.into(), display_name: "bob".into(), network: "irc".into(), legacy: None },
         kind,
+        queued_at_ms: 0,
     }
 }
 

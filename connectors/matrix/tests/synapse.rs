@@ -537,6 +537,7 @@ async fn a_send_retried_after_a_homeserver_restart_is_one_event() {
             legacy: None,
         },
         kind: OutboundKind::Message { draft: MessageDraft::plain("exactly once"), reply_to: None },
+        queued_at_ms: 0,
     };
     let first = account.send(&event).await.expect("sent");
     s.hs.restart().expect("synapse restarts");

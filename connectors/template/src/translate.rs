@@ -108,6 +108,7 @@ mod tests {
                 legacy: None,
             },
             kind,
+            queued_at_ms: 0,
         }
     }
 

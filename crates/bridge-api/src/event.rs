@@ -240,6 +240,11 @@ pub struct OutboundEvent {
     pub sender: Sender,
     /// What to do.
     pub kind: OutboundKind,
+    /// When the core first queued this delivery, in milliseconds since the Unix epoch (0: unknown). Retries keep
+    /// it. A network that remembers transaction ids only for a while (Matrix homeservers: about a day) lets a
+    /// connector look for an earlier attempt of an old delivery before sending it again.
+    #[serde(default)]
+    pub queued_at_ms: u64,
 }
 
 /// What to do, in an [`OutboundEvent`].

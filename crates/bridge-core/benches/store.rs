@@ -76,6 +76,7 @@ fn message_batch(n: u64) -> Batch {
             draft: MessageDraft::plain("the quick brown fox jumps over the lazy dog, again and again"),
             reply_to: None,
         },
+        queued_at_ms: 0,
     };
     write::outbox(&mut b, n, &ev);
     write::next_seq(&mut b, &portal, n + 1);

@@ -30,24 +30,26 @@ pub(crate) struct LegWork {
     pub seq: Option<u64>,
     /// The event.
     pub event: OutboundEvent,
-    /// When it was queued (as stored in the outbox across restarts), for the delivery latency histogram.
+    /// When it was queued (`event.queued_at_ms`, as stored in the outbox across restarts), for the delivery
+    /// latency histogram.
     pub queued: Instant,
-    /// The same, as stored (milliseconds since the Unix epoch).
-    pub queued_at_ms: u64,
 }
 
 impl LegWork {
-    /// Work queued now.
-    pub fn new(seq: Option<u64>, event: OutboundEvent) -> Self {
-        Self { seq, event, queued: Instant::now(), queued_at_ms: now_ms() }
+    /// Work queued now (or at `event.queued_at_ms`, if set).
+    pub fn new(seq: Option<u64>, mut event: OutboundEvent) -> Self {
+        if event.queued_at_ms == 0 {
+            event.queued_at_ms = now_ms();
+        }
+        Self { seq, event, queued: Instant::now() }
     }
 
-    /// Work loaded from the outbox, queued at `queued_at_ms`.
+    /// Work loaded from the outbox, queued at `record.queued_at_ms`.
     fn stored(seq: u64, record: &DeliveryRecord) -> Self {
         let age = Duration::from_millis(now_ms().saturating_sub(record.queued_at_ms));
         let now = Instant::now();
         let queued = now.checked_sub(age).unwrap_or(now);
-        Self { seq: Some(seq), event: record.to_event(), queued, queued_at_ms: record.queued_at_ms }
+        Self { seq: Some(seq), event: record.to_event(), queued }
     }
 }
 
@@ -389,7 +391,7 @@ impl Worker {
         metrics::counter!("mimi_bridge_errors_total", "kind" => "undeliverable").increment(1);
         let Some(seq) = work.seq else { return };
         let mut b = Batch::new();
-        write::failed(&mut b, seq, &work.event, work.queued_at_ms, reason);
+        write::failed(&mut b, seq, &work.event, work.event.queued_at_ms, reason);
         if let Err(e) = self.shared.store.commit(b).await {
             tracing::error!(leg = %self.leg, error = %e, "recording an undeliverable event failed");
         }

@@ -239,6 +239,7 @@ impl DeliveryRecord {
             txn_id: self.txn_id.clone(),
             sender: self.sender.to_api(),
             kind: self.kind.to_api(),
+            queued_at_ms: self.queued_at_ms,
         }
     }
 }
@@ -463,6 +464,7 @@ mod tests {
                 legacy: Some(LegacyUser { account, native_id: "alice".into(), display_name: Some("Alice".into()) }),
             },
             kind,
+            queued_at_ms: 0,
         }
     }
 
@@ -498,8 +500,8 @@ mod tests {
             OutboundKind::Typing { active: true },
         ];
         for kind in kinds {
-            let ev = event(kind);
-            let rec = DeliveryRecord::new(&ev, 42);
+            let ev = OutboundEvent { queued_at_ms: 42, ..event(kind) };
+            let rec = DeliveryRecord::new(&ev, ev.queued_at_ms);
             let json = serde_json::to_vec(&rec).expect("encode");
             let back: DeliveryRecord = serde_json::from_slice(&json).expect("decode");
             assert_eq!(back.to_event(), ev);

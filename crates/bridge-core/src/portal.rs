@@ -599,6 +599,7 @@ impl Portal {
                 message_id: id,
                 sender: msg.sender.clone(),
                 kind,
+                queued_at_ms: crate::outbox::now_ms(),
             };
             write::outbox(b, seq, &event);
             work.push((leg, LegWork::new(Some(seq), event)));
@@ -696,6 +697,7 @@ impl Portal {
                 txn_id: TxnId::for_delivery(&id, leg),
                 sender: sender.clone(),
                 kind: out.clone(),
+                queued_at_ms: crate::outbox::now_ms(),
             };
             work.push((leg.clone(), LegWork::new(None, event)));
         }
@@ -730,6 +732,7 @@ impl Portal {
                 legacy: None,
             },
             kind: OutboundKind::Message { draft, reply_to: None },
+            queued_at_ms: crate::outbox::now_ms(),
         };
         work.push((leg, LegWork::new(None, notice)));
     }

@@ -542,9 +542,10 @@ pub mod write {
         b.delete(GHOSTS, ghost_key(account, native_user));
     }
 
-    /// Queues a delivery (stored as a [`DeliveryRecord`], queued now).
+    /// Queues a delivery (stored as a [`DeliveryRecord`], queued at `ev.queued_at_ms`, or now if that is unknown).
     pub fn outbox(b: &mut Batch, seq: u64, ev: &OutboundEvent) {
-        b.put(OUTBOX, seq_key(&ev.leg, seq), enc(&DeliveryRecord::new(ev, now_ms())));
+        let queued_at_ms = if ev.queued_at_ms == 0 { now_ms() } else { ev.queued_at_ms };
+        b.put(OUTBOX, seq_key(&ev.leg, seq), enc(&DeliveryRecord::new(ev, queued_at_ms)));
     }
 
     /// Removes a delivery from the outbox.

@@ -33,6 +33,7 @@ fn event(kind: OutboundKind) -> OutboundEvent {
             legacy: None,
         },
         kind,
+        queued_at_ms: 0,
     }
 }
 

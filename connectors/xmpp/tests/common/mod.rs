@@ -113,6 +113,7 @@ pub fn message_event(account: AccountId, room: &str, n: u8, name: &str, text: &s
             legacy: None,
         },
         kind: OutboundKind::Message { draft: bridge_api::event::MessageDraft::plain(text), reply_to: None },
+        queued_at_ms: 0,
     }
 }
 

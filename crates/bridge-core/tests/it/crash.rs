@@ -128,6 +128,7 @@ fn message_batch(iter: u32, w: u8, k: u32, previous: &[u64]) -> Batch {
         txn_id: TxnId::for_delivery(&id, &origin_leg(w)),
         sender: sender(),
         kind: OutboundKind::Message { draft: MessageDraft::plain(rec.excerpt.clone()), reply_to: None },
+        queued_at_ms: 0,
     };
     write::outbox(&mut b, seq, &ev);
     write::next_seq(&mut b, &counter_portal(w), seq);

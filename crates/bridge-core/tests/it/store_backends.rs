@@ -134,6 +134,7 @@ pub(crate) fn outbound(leg: &LegId, msg: MessageId) -> OutboundEvent {
         txn_id: TxnId::for_delivery(&msg, leg),
         sender: sender(),
         kind: OutboundKind::Message { draft: MessageDraft::plain("hello"), reply_to: None },
+        queued_at_ms: 0,
     }
 }
 
