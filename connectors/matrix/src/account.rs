@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::homeserver::{Homeserver, HsError};
 use crate::media_transfer;
 use crate::outbound::MatrixAction;
+use crate::resend;
 use crate::server::Transactions;
 use crate::translate::Translator;
 use async_trait::async_trait;
@@ -55,6 +56,8 @@ pub const CATCH_UP_AFTER: Duration = Duration::from_secs(30);
 
 /// The most events of one room remembered as taken live while its catch-up is pending.
 const MAX_LIVE: usize = 10_000;
+/// Most walks remembered at once ([`State::walks`]).
+const MAX_WALKS: usize = 1_000;
 
 /// One Matrix appservice account.
 pub struct MatrixAccount {
@@ -107,6 +110,8 @@ struct State {
     catch_up_now: bool,
     /// A catch-up is due then.
     catch_up_at: Option<Instant>,
+    /// Recent walks of a timeline for old deliveries' earlier attempts, by (room id, ghost) ([`resend::Walk`]).
+    walks: HashMap<(String, String), resend::Walk>,
     stopped: bool,
 }
 
@@ -296,6 +301,9 @@ impl Inner {
             MatrixAction::Send { room, as_user, event_type, txn_id, content } => {
                 let room = self.room_id(&room);
                 self.ensure_ghost(&room, &as_user, name, uri).await?;
+                if let Some(earlier) = self.earlier_attempt(&room, &as_user, &txn_id, ev).await? {
+                    return Ok(Some(earlier));
+                }
                 match self.hs.send(&room, event_type, &txn_id, &content, self.actor(&as_user)).await {
                     // What we knew of the ghost's membership is stale (kicked, banned): look again, once.
                     Err(HsError::Refused { status: 403, .. }) => {
@@ -309,6 +317,9 @@ impl Inner {
             MatrixAction::SendMedia { room, as_user, txn_id, attachment, content } => {
                 let room = self.room_id(&room);
                 self.ensure_ghost(&room, &as_user, name, uri).await?;
+                if let Some(earlier) = self.earlier_attempt(&room, &as_user, &txn_id, ev).await? {
+                    return Ok(Some(earlier));
+                }
                 let content =
                     media_transfer::upload(&self.hs, self.ctx.media.as_ref(), &attachment.url, content, &as_user)
                         .await?;
@@ -317,6 +328,9 @@ impl Inner {
             MatrixAction::Redact { room, as_user, event_id, txn_id } => {
                 let room = self.room_id(&room);
                 self.ensure_ghost(&room, &as_user, name, uri).await?;
+                if let Some(earlier) = self.earlier_attempt(&room, &as_user, &txn_id, ev).await? {
+                    return Ok(Some(earlier));
+                }
                 self.hs.redact(&room, &event_id, &txn_id, self.actor(&as_user)).await.map(Some)
             }
             MatrixAction::Join { room, as_user, display_name } => {
@@ -335,6 +349,88 @@ impl Inner {
                 self.hs.typing(&room, &as_user, active).await.map(|()| None)
             }
         }
+    }
+
+    /// The event an earlier attempt of `ev` made in `room_id` as `as_user` with `txn_id`, if `ev` was queued long
+    /// enough ago that the homeserver may have forgotten the transaction id ([`resend`]); `None` if it is not in
+    /// the timeline, `ev` is recent, or the ghost has no device (the homeserver shows transaction ids to the
+    /// sending device only). Only an unreachable homeserver is an error: a walk refused otherwise sends anyway.
+    async fn earlier_attempt(
+        &self,
+        room_id: &str,
+        as_user: &str,
+        txn_id: &str,
+        ev: &OutboundEvent,
+    ) -> Result<Option<String>, HsError> {
+        let now_ms = u64::try_from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let actor = self.actor(as_user);
+        if !resend::due(ev.queued_at_ms, now_ms) || actor.1.is_none() {
+            return Ok(None);
+        }
+        let key = (room_id.to_owned(), as_user.to_owned());
+        let now = Instant::now();
+        let known = self.state().walks.get(&key).and_then(|w| w.answer(txn_id, ev.queued_at_ms, now));
+        let found = match known {
+            Some(answer) => answer,
+            None => {
+                let Some(walk) = self.walk_for_attempts(room_id, actor, ev.queued_at_ms).await? else {
+                    return Ok(None);
+                };
+                let found = walk.attempts.get(txn_id).cloned();
+                let mut st = self.state();
+                st.walks.retain(|_, w| now.saturating_duration_since(w.at) < resend::WALK_KEPT);
+                if st.walks.len() < MAX_WALKS {
+                    st.walks.insert(key, walk);
+                }
+                found
+            }
+        };
+        if let Some(event_id) = &found {
+            tracing::info!(account = %self.id, room = %room_id, %txn_id, %event_id,
+                "an old delivery was already in the room: not sent again");
+        }
+        Ok(found)
+    }
+
+    /// Reads `room_id`'s timeline back as `actor` to `since_ms` ([`resend::scan`]), at most [`resend::MAX_PAGES`];
+    /// `None` if the homeserver refused.
+    async fn walk_for_attempts(
+        &self,
+        room_id: &str,
+        actor: (&str, Option<&str>),
+        since_ms: u64,
+    ) -> Result<Option<resend::Walk>, HsError> {
+        let mut walk = resend::Walk::new(Instant::now());
+        let mut from = None;
+        for _ in 0..resend::MAX_PAGES {
+            let page = match self.hs.messages(room_id, actor, from.as_deref(), resend::PAGE).await {
+                Ok(page) => page,
+                Err(HsError::Unavailable(e)) => return Err(HsError::Unavailable(e)),
+                Err(e) => {
+                    tracing::warn!(account = %self.id, room = %room_id, error = %e,
+                        "cannot read the timeline back for an old delivery's earlier attempt: sent again");
+                    return Ok(None);
+                }
+            };
+            if resend::scan(&mut walk, &page.chunk, actor.0, &self.cfg.server_name, since_ms) {
+                return Ok(Some(walk));
+            }
+            match page.end {
+                Some(end) => from = Some(end),
+                None => {
+                    // The room's first event: everything the ghost ever sent here was seen.
+                    walk.covers_from_ms = 0;
+                    return Ok(Some(walk));
+                }
+            }
+        }
+        tracing::warn!(account = %self.id, room = %room_id, pages = resend::MAX_PAGES,
+            "the timeline's newest pages do not reach back to an old delivery: what is not among them is sent \
+            again, perhaps a second time");
+        Ok(Some(walk))
     }
 
     /// The display name of `user` in `room_id`: from member events seen, else asked once.
@@ -766,7 +862,7 @@ impl Inner {
         let mut walk = catchup::Walk::new(catchup::MAX_PAGES);
         let mut from: Option<String> = None;
         loop {
-            let page = self.hs.messages(room_id, &bot, from.as_deref(), catchup::PAGE).await?;
+            let page = self.hs.messages(room_id, (&bot, None), from.as_deref(), catchup::PAGE).await?;
             // `dir=b` gives the newest first; the walk takes pages oldest first.
             let events = page.chunk.into_iter().rev().filter_map(|raw| Some((raw_event_id(&raw)?, raw))).collect();
             match walk.page(events, page.end, &known) {

@@ -318,17 +318,19 @@ pub struct TimelinePage {
 
 impl Homeserver {
     /// `GET /rooms/{room}/messages?dir=b`: the `limit` events of `room` before `from` (the newest ones if `None`),
-    /// read as `reader`, newest first.
+    /// read as `user_id` (on `device_id`, if given: the homeserver shows that device the transaction ids of its own
+    /// events), newest first.
     pub async fn messages(
         &self,
         room: &str,
-        reader: &str,
+        (user_id, device_id): (&str, Option<&str>),
         from: Option<&str>,
         limit: usize,
     ) -> Result<TimelinePage, HsError> {
         let path = ["_matrix", "client", "v3", "rooms", room, "messages"];
         let limit = limit.to_string();
-        let mut query = vec![("user_id", reader), ("dir", "b"), ("limit", limit.as_str())];
+        let mut query = as_device(user_id, device_id);
+        query.extend([("dir", "b"), ("limit", limit.as_str())]);
         if let Some(token) = from {
             query.push(("from", token));
         }

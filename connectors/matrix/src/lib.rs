@@ -2,7 +2,8 @@
 //!
 //! * Translation, sans-IO (no sockets, no tokio; unit-tested on event JSON): [`inbound`] (Matrix events → core
 //!   events), [`outbound`] (core events → client-server API calls), [`format`] (Matrix HTML ⇄ MIMI markdown),
-//!   [`ghost`] (ghost user ids), [`translate`] (who is who), [`media`] (media events ⇄ attachments).
+//!   [`ghost`] (ghost user ids), [`translate`] (who is who), [`media`] (media events ⇄ attachments), [`resend`]
+//!   (finding an old delivery's earlier attempt in the timeline).
 //! * Appservice mode (IO shell): [`server`] (the appservice API the homeserver calls, an axum router),
 //!   [`homeserver`] (client-server calls as ghosts), [`account`] (the [`bridge_api::Account`]), [`registration`]
 //!   (the registration file), [`config`] (`[matrix.NAME]`), [`media_transfer`] (files between the homeserver and
@@ -22,6 +23,7 @@ pub mod media;
 pub mod media_transfer;
 pub mod outbound;
 pub mod registration;
+pub mod resend;
 pub mod server;
 pub mod translate;
 

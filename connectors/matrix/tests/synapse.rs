@@ -510,22 +510,15 @@ async fn matrix_homeserver_outage_delays_sends_and_loses_nothing() {
     router.shutdown().await;
 }
 
-/// A send retried after the homeserver restarted is still one event: ghosts send from a device of their own
-/// (MSC4190), whose transaction ids Synapse keeps in its database. Without a device it keeps them only in memory,
-/// and the same retry makes a second event (the control at the end).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_retried_after_a_homeserver_restart_is_one_event() {
+/// A message from carol (a native MIMI user) for the test room, the `n`th of the test, queued at `queued_at_ms`.
+fn delivery(s: &Setup, n: u8, body: &str, queued_at_ms: u64) -> bridge_api::OutboundEvent {
     use bridge_api::event::{MessageDraft, OutboundKind, Sender};
     use bridge_api::{LegId, MessageId, OutboundEvent, PortalId, TxnId};
-    use connector_matrix::homeserver::Homeserver;
-
-    let s = setup();
-    let Slice { router, account, .. } = slice(&s).await;
     let leg = LegId::new(AccountId::parse("matrix.hs").expect("id"), s.room.clone()).expect("leg");
-    let mut id = [7u8; 32];
+    let mut id = [n; 32];
     id[0] = 1;
     let message_id = MessageId::from_bytes(&id).expect("message id");
-    let event = OutboundEvent {
+    OutboundEvent {
         portal: PortalId::new("p").expect("portal"),
         txn_id: TxnId::for_delivery(&message_id, &leg),
         leg,
@@ -536,28 +529,87 @@ async fn a_send_retried_after_a_homeserver_restart_is_one_event() {
             network: "mimi".into(),
             legacy: None,
         },
-        kind: OutboundKind::Message { draft: MessageDraft::plain("exactly once"), reply_to: None },
-        queued_at_ms: 0,
-    };
+        kind: OutboundKind::Message { draft: MessageDraft::plain(body), reply_to: None },
+        queued_at_ms,
+    }
+}
+
+/// How many events of the room have `body`, read as its creator (who sees every event of the room).
+async fn copies(s: &Setup, body: &str) -> usize {
+    let creator = Client::new(&s.hs.url(), s.owner.clone());
+    await_body(&creator, &s.room, body).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200", enc(&s.room));
+    let v = creator.call(reqwest::Method::GET, &path, None).await.expect("messages");
+    v["chunk"].as_array().into_iter().flatten().filter(|e| e["content"]["body"] == body).count()
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+    u64::try_from(since.as_millis()).expect("ms fit")
+}
+
+/// A send retried after the homeserver restarted is still one event: ghosts send from a device of their own
+/// (MSC4190), whose transaction ids Synapse keeps in its database. Without a device it keeps them only in memory,
+/// and the same retry makes a second event (the control at the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_retried_after_a_homeserver_restart_is_one_event() {
+    use connector_matrix::homeserver::Homeserver;
+
+    let s = setup();
+    let Slice { router, account, .. } = slice(&s).await;
+    let event = delivery(&s, 7, "exactly once", now_ms());
     let first = account.send(&event).await.expect("sent");
     s.hs.restart().expect("synapse restarts");
     let again = account.send(&event).await.expect("sent again");
     assert_eq!(again.native_ids, first.native_ids, "the retry is the same event");
-    let creator = Client::new(&s.hs.url(), s.owner.clone());
-    let ev = await_body(&creator, &s.room, "exactly once").await;
-    let ghost = ev["sender"].as_str().expect("sender").to_owned();
-    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=200", enc(&s.room));
-    let v = creator.call(reqwest::Method::GET, &path, None).await.expect("messages");
-    let copies = v["chunk"].as_array().into_iter().flatten().filter(|e| e["content"]["body"] == "exactly once").count();
-    assert_eq!(copies, 1, "one event in the room");
+    assert_eq!(copies(&s, "exactly once").await, 1, "one event in the room");
 
     // The control: the same ghost retrying without its device after a restart makes a second event.
+    let creator = Client::new(&s.hs.url(), s.owner.clone());
+    let ghost = await_body(&creator, &s.room, "exactly once").await["sender"].as_str().expect("sender").to_owned();
     let hs = Homeserver::new(&s.hs.url(), &s.config.as_token).expect("client");
     let content = json!({"msgtype": "m.text", "body": "twice"});
     let a = hs.send(&s.room, "m.room.message", "control", &content, (&ghost, None)).await.expect("send");
     s.hs.restart().expect("synapse restarts");
     let b = hs.send(&s.room, "m.room.message", "control", &content, (&ghost, None)).await.expect("send");
     assert_ne!(a, b, "without a device Synapse forgets transaction ids when it restarts");
+    router.shutdown().await;
+}
+
+/// Synapse forgets a device's transaction ids after a day (`_cleanup_old_transaction_ids`; done here at once by
+/// emptying its table and restarting it, which also clears its in-memory cache). A delivery queued more than 23 hours
+/// ago is looked for in the room before it is sent again: its earlier attempt is found and it stays one event. The
+/// control: a recent delivery sent again after the same forgetting is a second event (it is not looked for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_delivery_sent_again_after_synapse_forgot_its_transaction_is_one_event() {
+    let s = setup();
+    let Slice { router, account, .. } = slice(&s).await;
+    let forget_transactions = || {
+        s.hs.sql("DELETE FROM event_txn_id_device_id").expect("transaction ids deleted");
+        s.hs.restart().expect("synapse restarts");
+    };
+
+    // The first attempt, when the delivery was young; its answer is lost (the daemon killed), and the retry comes
+    // a day later: the same delivery, queued a day before it.
+    let first = account.send(&delivery(&s, 8, "queued a day ago", now_ms())).await.expect("sent");
+    let old = delivery(&s, 8, "queued a day ago", now_ms() - 24 * 3600 * 1000);
+    // Someone speaks in between: the earlier attempt is not the newest event of the room.
+    let other = speaker(&s, "dora").await;
+    for i in 0..3 {
+        say_in_matrix(&other, &s.room, &format!("meanwhile {i}")).await;
+    }
+    forget_transactions();
+    let again = account.send(&old).await.expect("sent again");
+    assert_eq!(again.native_ids, first.native_ids, "the earlier attempt was found");
+    assert_eq!(copies(&s, "queued a day ago").await, 1, "one event in the room");
+
+    let recent = delivery(&s, 9, "queued just now", now_ms());
+    let first = account.send(&recent).await.expect("sent");
+    forget_transactions();
+    let again = account.send(&recent).await.expect("sent again");
+    assert_ne!(again.native_ids, first.native_ids, "a recent delivery is not looked for");
+    assert_eq!(copies(&s, "queued just now").await, 2, "the control makes a second event");
     router.shutdown().await;
 }
 
