@@ -352,7 +352,7 @@ impl Task {
                     // Before the session: it knows our nick as it was before this message (a NICK of ours).
                     if let Some(r) = roster.as_mut() {
                         let ours = |n: &str| self.role.is_ours(n) || session.could_be_me(n);
-                        r.handle(&msg, &session.nick, session.isupport.casemapping, &ours, Instant::now());
+                        r.handle(&msg, &session.nick, &session.isupport, &ours, Instant::now());
                     }
                     self.pass_on_due(roster, session).await;
                     for action in session.handle(msg) {

@@ -44,11 +44,19 @@ pub struct Isupport {
     pub casemapping: CaseMapping,
     /// Network name, if given.
     pub network: Option<String>,
+    /// The status prefixes a NAMES entry may carry (`PREFIX=(qaohv)~&@%+` gives `~&@%+`).
+    pub prefixes: String,
 }
 
 impl Default for Isupport {
     fn default() -> Self {
-        Self { nicklen: 9, chantypes: "#&".into(), casemapping: CaseMapping::Rfc1459, network: None }
+        Self {
+            nicklen: 9,
+            chantypes: "#&".into(),
+            casemapping: CaseMapping::Rfc1459,
+            network: None,
+            prefixes: "~&@%+".into(),
+        }
     }
 }
 
@@ -72,6 +80,12 @@ impl Isupport {
                     }
                 }
                 "NETWORK" => self.network = Some(v.to_owned()),
+                // `(modes)prefixes`; an empty value: no prefixes. Characters that could start a nick do not count.
+                "PREFIX" => {
+                    let prefixes = v.split_once(')').map_or("", |(_, p)| p);
+                    let starts_nick = |c: char| "[]\\`_^{|}".contains(c);
+                    self.prefixes = prefixes.chars().filter(|&c| c.is_ascii_punctuation() && !starts_nick(c)).collect();
+                }
                 _ => {}
             }
         }
@@ -122,5 +136,12 @@ mod tests {
         assert!(i.is_channel("#x") && !i.is_channel("&x"));
         assert!(valid_channel("#rust", &i) && !valid_channel("#a b", &i) && !valid_channel("#a,b", &i));
         assert!(valid_nick("alice_", 9) && !valid_nick("al ice", 9) && !valid_nick("1x", 9) && !valid_nick("a", 0));
+        assert_eq!(i.prefixes, "~&@%+", "the default");
+        i.apply(&["PREFIX=(Yqaohv)!~&@%+".to_owned()]);
+        assert_eq!(i.prefixes, "!~&@%+");
+        i.apply(&["PREFIX=(ov)@+[".to_owned()]);
+        assert_eq!(i.prefixes, "@+", "a character that may start a nick is no prefix");
+        i.apply(&["PREFIX=".to_owned()]);
+        assert_eq!(i.prefixes, "", "no prefixes");
     }
 }

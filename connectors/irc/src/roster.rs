@@ -15,7 +15,7 @@
 //! No change becomes an MLS commit: membership crosses from leg to leg only, and a legacy user's MLS leaf (in
 //! per-user portals) is added when they first speak, not when they join.
 
-use crate::isupport::CaseMapping;
+use crate::isupport::{CaseMapping, Isupport};
 use crate::message::Message;
 use bridge_api::event::Membership;
 use std::collections::{BTreeMap, HashMap};
@@ -29,9 +29,6 @@ pub const SPLIT_HOLD: Duration = Duration::from_secs(60);
 const MAX_MEMBERS: usize = 100_000;
 /// The most changes held at once; beyond it, changes are passed on without waiting.
 const MAX_HELD: usize = 10_000;
-/// Status prefixes a NAMES entry may carry (`multi-prefix` gives several).
-const PREFIXES: &[char] = &['~', '&', '@', '%', '+'];
-
 /// A change in a channel's membership, due to be passed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberChange {
@@ -57,13 +54,27 @@ struct Channel {
 }
 
 impl Channel {
-    /// Adds `nick` (not beyond [`MAX_MEMBERS`]); true if it was not a member.
+    /// Adds `nick` (not beyond [`MAX_MEMBERS`]); true if it was not a member. A NAMES reply being read gets it
+    /// too: the server listed the channel before this change, and the listing replaces the members at its end.
     fn add(&mut self, folded: String, nick: &str) -> bool {
+        // Into the listing even for a member: after a reconnect the members are who was there before, and a
+        // listing without them makes them leave at its end.
+        if let Some(listing) = self.listing.as_mut().filter(|l| l.len() < MAX_MEMBERS) {
+            listing.insert(folded.clone(), nick.to_owned());
+        }
         if self.members.len() >= MAX_MEMBERS || self.members.contains_key(&folded) {
             return false;
         }
         self.members.insert(folded, nick.to_owned());
         true
+    }
+
+    /// Removes a member (from a NAMES reply being read too); returns its nick as last seen.
+    fn remove(&mut self, folded: &str) -> Option<String> {
+        if let Some(listing) = self.listing.as_mut() {
+            listing.remove(folded);
+        }
+        self.members.remove(folded)
     }
 }
 
@@ -91,17 +102,12 @@ impl Roster {
         Self::default()
     }
 
-    /// Feeds one message from the server; `me` is the bot's nick before the message, `casemapping` the server's;
+    /// Feeds one message from the server; `me` is the bot's nick before the message, `isupport` what the server
+    /// told of itself (its case mapping, the status prefixes of NAMES entries);
     /// `ours` tells the nicks of the bridge's own connections (its per-user connections, the bot's own nicks),
     /// which are never tracked.
-    pub fn handle(
-        &mut self,
-        msg: &Message,
-        me: &str,
-        casemapping: CaseMapping,
-        ours: &dyn Fn(&str) -> bool,
-        now: Instant,
-    ) {
+    pub fn handle(&mut self, msg: &Message, me: &str, isupport: &Isupport, ours: &dyn Fn(&str) -> bool, now: Instant) {
+        let casemapping = isupport.casemapping;
         self.casemapping = casemapping;
         let fold = |s: &str| casemapping.fold(s);
         let is_me = |n: &str| casemapping.eq(n, me);
@@ -132,7 +138,7 @@ impl Roster {
                         self.channels.remove(&fold(chan));
                     }
                 } else if let Some(c) = self.channels.get_mut(&fold(chan))
-                    && let Some(nick) = c.members.remove(&fold(nick))
+                    && let Some(nick) = c.remove(&fold(nick))
                 {
                     let name = c.name.clone();
                     let (change, hold) =
@@ -178,9 +184,11 @@ impl Roster {
                 let (Some(chan), Some(names)) = (msg.param(2), msg.params.last()) else { return };
                 let Some(c) = self.channels.get_mut(&fold(chan)) else { return };
                 let listing = c.listing.get_or_insert_with(HashMap::new);
-                // `userhost-in-names` would give nick!user@host.
+                // Status prefixes as ISUPPORT PREFIX gives them (`multi-prefix`: several); `userhost-in-names`
+                // would give nick!user@host.
+                let status = |c: char| isupport.prefixes.contains(c);
                 let nicks =
-                    names.split(' ').map(|n| n.trim_start_matches(PREFIXES)).map(|n| n.split('!').next().unwrap_or(n));
+                    names.split(' ').map(|n| n.trim_start_matches(status)).map(|n| n.split('!').next().unwrap_or(n));
                 for n in nicks.filter(|n| !n.is_empty() && !is_me(n) && !ours(n)) {
                     if listing.len() >= MAX_MEMBERS {
                         break;
@@ -238,7 +246,7 @@ impl Roster {
     /// Removes `nick` from every channel; returns the names of those it was in, with the nick as last seen.
     fn remove_everywhere(&mut self, nick: &str) -> Vec<(String, String)> {
         let folded = self.casemapping.fold(nick);
-        self.channels.values_mut().filter_map(|c| c.members.remove(&folded).map(|n| (c.name.clone(), n))).collect()
+        self.channels.values_mut().filter_map(|c| c.remove(&folded).map(|n| (c.name.clone(), n))).collect()
     }
 
     /// Holds `change` of `nick` in `channel` for `hold`, unless it undoes a change still held: then neither is
@@ -282,7 +290,11 @@ mod tests {
     const ME: &str = "bridge";
 
     fn feed(r: &mut Roster, line: &str, at: Instant) {
-        r.handle(&Message::parse(line).expect("line"), ME, CaseMapping::Rfc1459, &|n| n.ends_with("[m]"), at);
+        feed_with(r, &Isupport::default(), line, at);
+    }
+
+    fn feed_with(r: &mut Roster, isupport: &Isupport, line: &str, at: Instant) {
+        r.handle(&Message::parse(line).expect("line"), ME, isupport, &|n| n.ends_with("[m]"), at);
     }
 
     /// The bot in #c with alice and bob already there.
@@ -310,6 +322,40 @@ mod tests {
         assert_eq!(r.next_due(), Some(t0 + CHANGE_HOLD));
         assert_eq!(r.poll(t0 + CHANGE_HOLD), [change("bob", Membership::Leave), change("carol", Membership::Join)]);
         assert_eq!(r.next_due(), None);
+    }
+
+    #[test]
+    fn changes_while_a_names_reply_is_read_are_not_undone_by_it() {
+        let t0 = Instant::now();
+        let mut r = in_channel(t0);
+        // A reconnect: the NAMES reply lists alice and bob, then bob quits and carol joins before its end.
+        feed(&mut r, ":bridge!b@h JOIN #c", t0);
+        feed(&mut r, ":srv 353 bridge = #c :@alice +bob bridge", t0);
+        feed(&mut r, ":bob!b@h QUIT :bye", t0);
+        feed(&mut r, ":carol!c@h JOIN #c", t0);
+        feed(&mut r, ":srv 366 bridge #c :End of NAMES list", t0);
+        assert_eq!(r.members("#c").expect("in #c"), ["alice", "carol"]);
+        assert_eq!(r.poll(t0 + CHANGE_HOLD), [change("bob", Membership::Leave), change("carol", Membership::Join)]);
+        // Another reconnect: alice, a member from before, was away when the server listed the channel, and is back
+        // before its end. She never left as far as anyone knows.
+        feed(&mut r, ":bridge!b@h JOIN #c", t0);
+        feed(&mut r, ":srv 353 bridge = #c :carol bridge", t0);
+        feed(&mut r, ":alice!a@h JOIN #c", t0);
+        feed(&mut r, ":srv 366 bridge #c :End of NAMES list", t0);
+        assert_eq!(r.members("#c").expect("in #c"), ["alice", "carol"]);
+        assert!(r.poll(t0 + SPLIT_HOLD).is_empty(), "nothing to pass on");
+    }
+
+    #[test]
+    fn names_lose_the_status_prefixes_the_server_announced() {
+        let t0 = Instant::now();
+        let mut isupport = Isupport::default();
+        isupport.apply(&["PREFIX=(Yqaohv)!~&@%+".to_owned()]);
+        let mut r = Roster::new();
+        feed_with(&mut r, &isupport, ":bridge!b@h JOIN #c", t0);
+        feed_with(&mut r, &isupport, ":srv 353 bridge = #c :!@alice ~+bob bridge", t0);
+        feed_with(&mut r, &isupport, ":srv 366 bridge #c :End of NAMES list", t0);
+        assert_eq!(r.members("#c").expect("in #c"), ["alice", "bob"]);
     }
 
     #[test]
