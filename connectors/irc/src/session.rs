@@ -205,10 +205,16 @@ impl Session {
             return true;
         }
         match &self.id.alternatives {
-            // `bridge_`, `bridg__`…: a start of the configured nick, then underscores.
+            // What `alternative_nick` makes: `k` underscores after the configured nick, cut to leave room for them
+            // within NICKLEN (`bridge_`, `bridge__`; `longnic_` where NICKLEN is 8). Not any start of the nick:
+            // a user called `bri_` is someone else.
             AltNicks::Underscores => {
-                let stem = nick.trim_end_matches('_');
-                !stem.is_empty() && stem.len() < nick.len() && cm.fold(&self.id.nick).starts_with(&cm.fold(stem))
+                let max = self.isupport.nicklen.max(2);
+                let underscores = nick.len() - nick.trim_end_matches('_').len();
+                (1..=underscores.min(max - 1)).any(|k| {
+                    let base: String = self.id.nick.chars().take(max - k).collect();
+                    cm.eq(&nick[..nick.len() - k], &base)
+                })
             }
             AltNicks::Numbered { .. } => false,
         }
@@ -512,6 +518,18 @@ mod tests {
         feed(&mut s, &[":x CAP * LS :sasl", ":x CAP * ACK :sasl", "AUTHENTICATE +"]);
         let a = feed(&mut s, &[":x 904 bridge :SASL authentication failed"]);
         assert!(a.iter().any(|a| matches!(a, Action::BadCredentials(_))));
+    }
+
+    #[test]
+    fn its_own_nicks_are_the_alternatives_it_would_take_not_any_start_of_its_nick() {
+        let mut s = Session::new(id(None));
+        feed(&mut s, &[":irc.test 005 bridge NICKLEN=7 :are supported by this server"]);
+        for ours in ["bridge", "BRIDGE", "bridge_", "bridg__", "brid___"] {
+            assert!(s.could_be_me(ours), "{ours}");
+        }
+        for theirs in ["bri_", "b_", "bridge1", "bridges", "_", "bridge__", "bridg_"] {
+            assert!(!s.could_be_me(theirs), "{theirs}");
+        }
     }
 
     /// ngIRCd 26 offers only multi-prefix and no SASL.
