@@ -339,7 +339,15 @@ impl Inner {
             }
             MatrixAction::Leave { room, as_user } => {
                 let room = self.room_id(&room);
-                self.hs.leave(&room, &as_user).await?;
+                match self.hs.leave(&room, &as_user).await {
+                    // Not in the room (someone from another network who never spoke here, so whose ghost never
+                    // joined; or a ghost never created): there is nothing to leave.
+                    Err(HsError::Refused { status: 403 | 404, errcode, error }) => {
+                        tracing::debug!(account = %self.id, room = %room, ghost = %as_user, %errcode, %error,
+                            "leave: the ghost is not in the room");
+                    }
+                    other => other?,
+                }
                 self.state().joined.remove(&(room, as_user));
                 Ok(None)
             }
