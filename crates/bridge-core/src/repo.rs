@@ -150,6 +150,19 @@ pub struct SentMarker {
     pub order: u64,
 }
 
+/// An event the room of record sequenced that its portal has not recorded ([`Repo::unrecorded`]).
+#[derive(Debug, Clone)]
+pub struct Unrecorded {
+    /// The id it was published under.
+    pub message_id: MessageId,
+    /// The native id the message stands for (the event's own, or one derived from it).
+    pub native: NativeId,
+    /// The event.
+    pub event: InboundEvent,
+    /// The portal whose group sequenced it, if the marker says.
+    pub portal: Option<PortalId>,
+}
+
 /// One sender's reactions on one message: key → the reaction's message id.
 pub type ReactionSet = BTreeMap<String, MessageId>;
 
@@ -326,22 +339,22 @@ impl<'a> Repo<'a> {
 
     /// Every inbound event the hub sequenced but the portal never recorded (the daemon stopped between the two),
     /// oldest first: none after a clean stop. Markers without their event are left out.
-    pub fn unrecorded(&self) -> Result<Vec<(MessageId, NativeId, InboundEvent)>, StoreError> {
+    pub fn unrecorded(&self) -> Result<Vec<Unrecorded>, StoreError> {
         let mut found = Vec::new();
         for (key, value) in self.store.scan_prefix(IDS, b"p")? {
             match serde_json::from_slice::<SentMarker>(&value) {
-                Ok(SentMarker { message_id, at_ms, event: Some(event), order, .. }) => {
+                Ok(SentMarker { message_id, at_ms, event: Some(event), order, portal }) => {
                     // The key: `p`, the leg (length-prefixed), the native id the message stands for.
                     let Some((_, native)) = split_lp(&key[1..]) else { continue };
                     let native = NativeId(String::from_utf8_lossy(native).into_owned());
-                    found.push(((at_ms, order), message_id, native, event))
+                    found.push(((at_ms, order), Unrecorded { message_id, native, event, portal }))
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(key = ?String::from_utf8_lossy(&key), error = %e, "unreadable sent marker"),
             }
         }
-        found.sort_by_key(|(at, ..)| *at);
-        Ok(found.into_iter().map(|(_, id, native, event)| (id, native, event)).collect())
+        found.sort_by_key(|(at, _)| *at);
+        Ok(found.into_iter().map(|(_, u)| u).collect())
     }
 
     /// A message's native id on a leg (where it came from or was delivered to).

@@ -162,10 +162,14 @@ impl RouterHandle {
         // Routed all at once (each portal's queue keeps their order), then awaited.
         let mut pending = Vec::new();
         let mut routed_events = std::collections::HashSet::new();
-        for (id, native, event) in Repo::new(&self.inner.store).unrecorded().map_err(store_error)? {
+        for u in Repo::new(&self.inner.store).unrecorded().map_err(store_error)? {
+            let (id, native, event) = (u.message_id, u.native, u.event);
             let leg = event.leg.clone();
             // The changes of one reaction set share their event: it goes through once, and finds each published.
-            let routed = if routed_events.insert((leg.clone(), event.native_id.clone())) {
+            let routed = if u.portal.is_some() && u.portal != self.portal_of(&leg) {
+                // Its leg is linked to another portal now, which would publish it afresh in its own group.
+                Err(RouteError::UnknownLeg(leg.clone()))
+            } else if routed_events.insert((leg.clone(), event.native_id.clone())) {
                 self.route(event).await.map(Some)
             } else {
                 Ok(None)
