@@ -433,21 +433,23 @@ impl Portal {
                     return Ok(Accepted::Ignored("reaction to a message the bridge never saw"));
                 };
                 let current = Repo::with_pending(&store, batch).reactions(&t, &sender.uri).map_err(store_error)?;
-                let mut last = Ok(Accepted::Ignored("reaction set unchanged"));
+                let mut last = Accepted::Ignored("reaction set unchanged");
                 // Only the last change maps the event's native id (for dedup of a redelivery); each other change
-                // stands for an id derived from it, so that a replay after a restart finds it published.
+                // stands for an id derived from it, so that a replay after a restart finds it published. A change
+                // that fails fails the event: a redelivery finds the changes made before it done, and makes the
+                // rest (a later change's success must not hide it).
                 let removed: Vec<String> = current.keys().filter(|k| !keys.contains(k)).cloned().collect();
                 let added: Vec<String> = keys.iter().filter(|k| !current.contains_key(*k)).cloned().collect();
                 let n = removed.len() + added.len();
                 for (i, k) in removed.iter().enumerate() {
                     let o = if i + 1 == n { origin.clone() } else { part(&origin, &format!("-{k}")) };
-                    last = self.unreact(&t, k, &sender, o, batch, work).await;
+                    last = self.unreact(&t, k, &sender, o, batch, work).await?;
                 }
                 for (i, k) in added.iter().enumerate() {
                     let o = if removed.len() + i + 1 == n { origin.clone() } else { part(&origin, &format!("+{k}")) };
-                    last = self.react(&t, k, &sender, o, batch, work).await;
+                    last = self.react(&t, k, &sender, o, batch, work).await?;
                 }
-                return last;
+                return Ok(last);
             }
         };
         let kind = match &content {
