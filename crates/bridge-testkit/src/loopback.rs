@@ -12,13 +12,15 @@ use bridge_api::uri::LegacyUser;
 use bridge_core::router::{Accepted, RouteError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// A fake network account.
 pub struct LoopbackNetwork {
     id: AccountId,
     ctx: AccountContext,
     delivered: Mutex<Vec<OutboundEvent>>,
+    /// Woken at every delivery.
+    arrived: Notify,
     next: AtomicU64,
     /// While set, `send` answers `Retry` (the network is "down").
     pub down: AtomicBool,
@@ -35,6 +37,7 @@ impl LoopbackNetwork {
             id,
             ctx,
             delivered: Mutex::default(),
+            arrived: Notify::new(),
             next: AtomicU64::new(1),
             down: AtomicBool::new(false),
             reject: AtomicBool::new(false),
@@ -92,11 +95,13 @@ impl LoopbackNetwork {
     pub async fn wait_delivered(&self, n: usize, timeout: std::time::Duration) -> Vec<OutboundEvent> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            let arrived = self.arrived.notified();
             let d = self.delivered();
             if d.len() >= n || tokio::time::Instant::now() >= deadline {
                 return d;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            // Registered before the check above: a delivery in between still wakes it.
+            let _ = tokio::time::timeout_at(deadline, arrived).await;
         }
     }
 }
@@ -126,6 +131,7 @@ impl Account for LoopbackNetwork {
         if let Ok(mut v) = self.delivered.lock() {
             v.push(event.clone());
         }
+        self.arrived.notify_waiters();
         Ok(Delivery { native_ids: vec![n] })
     }
     fn health(&self) -> watch::Receiver<Health> {
