@@ -10,19 +10,15 @@
 //!
 //! Run: `cargo bench -p bridge-core --bench portal_mls`.
 
-use bridge_api::{AccountContext, AccountId, PortalId};
-use bridge_core::MlsRooms;
-use bridge_core::repo::{MlsIdentity, PortalRecord};
-use bridge_core::router::{RouterConfig, RouterHandle};
-use bridge_testkit::loopback::LoopbackNetwork;
-use mimi_mls::{EngineConfig, LeafPolicy, LocalMember, MlsBackend};
-use mimi_provider::{JoinPolicy, Provider};
-use mimi_store::{Backend, CommitConfig};
-use openmls::prelude::SignatureScheme;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod support;
 
-const DOMAIN: &str = "bench.test";
+use bridge_api::{AccountContext, AccountId, PortalId};
+use bridge_core::repo::{MlsIdentity, PortalRecord};
+use bridge_core::router::RouterConfig;
+use bridge_testkit::loopback::LoopbackNetwork;
+use mimi_mls::LeafPolicy;
+use std::time::{Duration, Instant};
+use support::{DOMAIN, mls_router, pct};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
@@ -36,26 +32,9 @@ struct Figures {
     leaves: usize,
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
-}
-
 async fn run(mode: MlsIdentity, users: usize, per_user: usize) -> Figures {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
-    let provider = Provider::open(DOMAIN, store.clone()).expect("provider");
-    let mls = Arc::new(MlsBackend::new(store.clone(), "bridge").expect("mls"));
-    let me = LocalMember::load_or_create(&mls, &format!("mimi://{DOMAIN}/u/bridge"), SignatureScheme::ED25519)
-        .expect("member")
-        .durable()
-        .await
-        .expect("durable");
-    let room = MlsRooms::new(provider, mls, Arc::new(me), EngineConfig::default(), JoinPolicy::Open);
-    let router = RouterHandle::start(RouterConfig::new(DOMAIN), store, room.clone()).await.expect("router");
-    room.attach_router(router.clone());
+    let (router, room, _) = mls_router(dir.path(), RouterConfig::new(DOMAIN)).await;
     let id = AccountId::parse("lb.irc").expect("account");
     let net = LoopbackNetwork::new(id.clone(), AccountContext::new(id, router.clone(), DOMAIN));
     router.add_account(net.clone());

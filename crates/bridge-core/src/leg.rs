@@ -122,6 +122,21 @@ impl IntoIterator for LegWorkers {
 }
 
 impl LegWorker {
+    /// Queues work if the worker's queue has room; gives it back otherwise (then [`LegWorker::push`] it once its
+    /// outbox entry is durable: a full queue is caught up from the outbox, which must hold it by then).
+    pub fn try_push(&self, work: LegWork) -> Result<(), Box<LegWork>> {
+        let stored = work.seq.is_some();
+        match self.tx.try_send(Box::new(work)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
+                if stored {
+                    self.counters.pending.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(w)) => Err(w),
+        }
+    }
+
     /// Queues work; never waits (the outbox is the buffer of record).
     pub fn push(&self, work: LegWork) {
         if work.seq.is_some() {

@@ -771,6 +771,11 @@ impl RoomOfRecord for MlsRooms {
         }
         Err(RoomError::Unavailable("the room's epoch keeps moving".into()))
     }
+
+    /// The sent markers ([`crate::repo::write::sent`]) and the kept lists do that.
+    fn keeps_until_recorded(&self) -> bool {
+        true
+    }
 }
 
 /// Sleeps until `at`; never wakes when it is `None` (a worker timer that is not armed).

@@ -92,6 +92,9 @@ struct Portal {
     legs: LegWorkers,
     next_seq: u64,
     self_tx: mpsc::Sender<Box<PortalInput>>,
+    /// A message of the drain being processed was published without a source for the room of record to keep
+    /// (an event without a native id): its deliveries wait for the portal's record ([`Portal::settle`]).
+    unmarked: bool,
 }
 
 /// A result waiting for the drain's commit.
@@ -107,7 +110,7 @@ pub(crate) async fn spawn(
 ) -> Result<tokio::task::JoinHandle<()>, RouteError> {
     let next_seq = Repo::new(&shared.store).next_seq(&rec.id).map_err(store_error)?;
     let span = tracing::info_span!("portal", portal = %rec.id);
-    let mut p = Portal { shared, rec, legs: LegWorkers::default(), next_seq, self_tx };
+    let mut p = Portal { shared, rec, legs: LegWorkers::default(), next_seq, self_tx, unmarked: false };
     for l in legs {
         p.start_leg(l);
     }
@@ -254,8 +257,27 @@ impl Portal {
     }
 
     /// Commits, acknowledges, and hands work to the legs.
-    async fn settle(&mut self, batch: Batch, acks: Vec<Ack>, work: Vec<(LegId, LegWork)>) {
-        if let Err(e) = self.shared.store.commit(batch).await {
+    ///
+    /// Where the room of record keeps what it sequenced until the router has recorded it
+    /// ([`crate::room_of_record::RoomOfRecord::keeps_until_recorded`]; not for a message published without its
+    /// source event) and [`RouterConfig::deliver_before_durable`] is on, the work goes to the legs while the batch is being made durable, not after: a crash before it is
+    /// loses nothing (the next start records the messages again, and their deliveries go again: repeated on a
+    /// network without transaction ids, as a crash right after a delivery repeats it anyway), and a delivery saves
+    /// the wait for one fsync. Acknowledgements still wait for it.
+    ///
+    /// [`RouterConfig::deliver_before_durable`]: crate::router::RouterConfig::deliver_before_durable
+    async fn settle(&mut self, batch: Batch, acks: Vec<Ack>, mut work: Vec<(LegId, LegWork)>) {
+        let durable = (!batch.is_empty()).then(|| self.shared.store.commit_later(batch));
+        let unmarked = std::mem::take(&mut self.unmarked);
+        let kept = self.shared.group.keeps_until_recorded() && !unmarked;
+        if durable.is_some() && self.shared.cfg.deliver_before_durable && kept {
+            work = self.hand_over_now(work);
+        }
+        let committed = match durable {
+            Some(d) => d.await.unwrap_or(Err(mimi_store::StoreError::Closed)),
+            None => Ok(()),
+        };
+        if let Err(e) = committed {
             tracing::error!(error = %e, "commit failed; events of this group are not accepted");
             metrics::counter!("mimi_bridge_errors_total", "kind" => "store_commit").increment(1);
             for (ack, r) in acks {
@@ -271,6 +293,23 @@ impl Portal {
                 worker.push(w);
             }
         }
+    }
+
+    /// Hands `work` to the legs' queues while they have room, in order; returns what is left from the first item
+    /// a full queue refused on (pushed after the commit, so that the order holds).
+    fn hand_over_now(&self, work: Vec<(LegId, LegWork)>) -> Vec<(LegId, LegWork)> {
+        let mut left = Vec::new();
+        for (leg, w) in work {
+            if !left.is_empty() {
+                left.push((leg, w));
+                continue;
+            }
+            let Some(worker) = self.legs.get(&leg) else { continue };
+            if let Err(w) = worker.try_push(w) {
+                left.push((leg, *w));
+            }
+        }
+        left
     }
 
     async fn control(&mut self, input: PortalInput) {
@@ -539,7 +578,10 @@ impl Portal {
                 tracing::info!(message = %id, "an event published before a restart is recorded, not published again");
                 Published { id, earlier: Vec::new() }
             }
-            None => self.shared.group.publish(&msg, carried.map(|c| (&c.event, &c.native))).await?,
+            None => {
+                self.unmarked |= carried.is_none();
+                self.shared.group.publish(&msg, carried.map(|c| (&c.event, &c.native))).await?
+            }
         };
         // What the group sequenced before this message goes to the legs before it (see `room_of_record`).
         for (earlier, m) in published.earlier {

@@ -92,6 +92,14 @@ pub trait RoomOfRecord: Send + Sync + 'static {
         msg: &GroupMessage,
         source: Option<(&InboundEvent, &NativeId)>,
     ) -> Result<Published, RoomError>;
+
+    /// True if the room keeps, durably, what it sequenced until the router has recorded it: each published
+    /// message with its source (marked when `publish` returns), and each message of another member until the
+    /// router took it. A crash before the router's record is durable then loses nothing, and the portals hand
+    /// deliveries to the legs without waiting for that record (one fsync less per message). False by default.
+    fn keeps_until_recorded(&self) -> bool {
+        false
+    }
 }
 
 /// Stand-in room of record: sequences locally, ids as MIMI does (over a JSON encoding, with a random salt).
