@@ -412,12 +412,13 @@ impl Worker {
         }
         self.counters.pending.fetch_sub(1, Ordering::Relaxed);
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .portal_tx
-            .send(Box::new(PortalInput::Undeliverable {
-                event: Box::new(work.event.clone()),
-                reason: reason.to_owned(),
-            }))
-            .await;
+        // The portal reports it to the sender's leg. Not awaited here: a portal unlinking this leg waits for this
+        // worker to end, and with its queue full the two would wait for each other for ever.
+        let report =
+            Box::new(PortalInput::Undeliverable { event: Box::new(work.event.clone()), reason: reason.to_owned() });
+        let portal = self.portal_tx.clone();
+        tokio::spawn(async move {
+            let _ = portal.send(report).await;
+        });
     }
 }
