@@ -4,7 +4,7 @@
 use crate::measure::Arrivals;
 use harness::{MatrixUser, Synapse};
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,16 +16,27 @@ pub struct MatrixClient {
     invites: Arc<Mutex<Vec<String>>>,
     bodies: Arc<Mutex<Vec<(String, String, String)>>>,
     txn: AtomicU64,
+    /// Ends the sync loop.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for MatrixClient {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl MatrixClient {
-    /// Registers `localpart` and starts its sync loop (a thread that ends with the process).
+    /// Registers `localpart` and starts its sync loop: a thread that ends after the client is dropped, and holds
+    /// only the homeserver's port (holding the `Synapse` would keep its process alive past the test).
     pub fn register(hs: Arc<Synapse>, localpart: &str, arrivals: Arrivals) -> Result<Self, String> {
         let user = hs.register_user(localpart).map_err(|e| e.to_string())?;
         let (invites, bodies) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
-        let (hs2, token, inv2, bod2) = (hs.clone(), user.access_token.clone(), invites.clone(), bodies.clone());
-        std::thread::spawn(move || sync_loop(&hs2, &token, &arrivals, &inv2, &bod2));
-        Ok(Self { hs, user, invites, bodies, txn: AtomicU64::new(0) })
+        let stop = Arc::new(AtomicBool::new(false));
+        let (port, token, inv2, bod2, stop2) =
+            (hs.port, user.access_token.clone(), invites.clone(), bodies.clone(), stop.clone());
+        std::thread::spawn(move || sync_loop(port, &token, &arrivals, &inv2, &bod2, &stop2));
+        Ok(Self { hs, user, invites, bodies, txn: AtomicU64::new(0), stop })
     }
 
     /// One client-server call; an error unless it answers 200.
@@ -114,19 +125,20 @@ impl MatrixClient {
 }
 
 fn sync_loop(
-    hs: &Synapse,
+    port: u16,
     token: &str,
     arrivals: &Arrivals,
     invites: &Mutex<Vec<String>>,
     bodies: &Mutex<Vec<(String, String, String)>>,
+    stop: &AtomicBool,
 ) {
     let mut since: Option<String> = None;
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         let path = match &since {
             Some(s) => format!("/_matrix/client/v3/sync?timeout=10000&since={s}"),
             None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
         };
-        let Ok((200, v)) = hs.request("GET", &path, Some(token), None) else {
+        let Ok((200, v)) = harness::synapse::request_to(port, "GET", &path, Some(token), None) else {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         };

@@ -165,9 +165,7 @@ impl Synapse {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Result<(u16, Value), HarnessError> {
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let (status, payload) = self.request_raw(method, path, token, "application/json", body.as_bytes())?;
-        Ok((status, serde_json::from_slice(&payload).unwrap_or(Value::Null)))
+        request_to(self.port, method, path, token, body)
     }
 
     /// [`Synapse::request`] with a body of any media type (a media upload) and the answer's raw bytes (a media
@@ -180,34 +178,7 @@ impl Synapse {
         content_type: &str,
         body: &[u8],
     ) -> Result<(u16, Vec<u8>), HarnessError> {
-        let port = self.port;
-        let err = |e: std::io::Error| HarnessError(format!("{method} {path}: {e}"));
-        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(err)?;
-        s.set_read_timeout(Some(Duration::from_secs(60))).map_err(err)?;
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: {content_type}\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).and_then(|()| s.write_all(body)).map_err(err)?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).map_err(err)?;
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| HarnessError(format!("{method} {path}: no HTTP header in the answer")))?;
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut payload = raw[split + 4..].to_vec();
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| HarnessError(format!("{method} {path}: bad status line in {head:?}")))?;
-        if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked")) {
-            payload = dechunk(&payload);
-        }
-        Ok((status, payload))
+        request_raw_to(self.port, method, path, token, content_type, body)
     }
 
     /// The homeserver's sqlite database (for tests that look into, or tamper with, what Synapse keeps).
@@ -256,6 +227,58 @@ impl Synapse {
         }
         Err(HarnessError(format!("synapse did not answer /versions within {START_TIMEOUT:?}:\n{}", self.log())))
     }
+}
+
+/// [`Synapse::request`] to the homeserver on `port`, for a client that must not keep the [`Synapse`] (and so its
+/// process) alive: a sync loop on a thread of its own.
+pub fn request_to(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<(u16, Value), HarnessError> {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let (status, payload) = request_raw_to(port, method, path, token, "application/json", body.as_bytes())?;
+    Ok((status, serde_json::from_slice(&payload).unwrap_or(Value::Null)))
+}
+
+/// [`Synapse::request_raw`] to the homeserver on `port`.
+fn request_raw_to(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), HarnessError> {
+    let err = |e: std::io::Error| HarnessError(format!("{method} {path}: {e}"));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(err)?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(err)?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).and_then(|()| s.write_all(body)).map_err(err)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(err)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| HarnessError(format!("{method} {path}: no HTTP header in the answer")))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut payload = raw[split + 4..].to_vec();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| HarnessError(format!("{method} {path}: bad status line in {head:?}")))?;
+    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked")) {
+        payload = dechunk(&payload);
+    }
+    Ok((status, payload))
 }
 
 impl Drop for Synapse {
