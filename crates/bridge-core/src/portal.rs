@@ -260,10 +260,11 @@ impl Portal {
     ///
     /// Where the room of record keeps what it sequenced until the router has recorded it
     /// ([`crate::room_of_record::RoomOfRecord::keeps_until_recorded`]; not for a message published without its
-    /// source event) and [`RouterConfig::deliver_before_durable`] is on, the work goes to the legs while the batch is being made durable, not after: a crash before it is
-    /// loses nothing (the next start records the messages again, and their deliveries go again: repeated on a
-    /// network without transaction ids, as a crash right after a delivery repeats it anyway), and a delivery saves
-    /// the wait for one fsync. Acknowledgements still wait for it.
+    /// source event) and [`RouterConfig::deliver_before_durable`] is on, the work goes to the legs while the batch
+    /// is being made durable, not after: a crash before it is loses nothing (the next start records the messages
+    /// again, and their deliveries go again: repeated on a network without transaction ids, as a crash right after
+    /// a delivery repeats it anyway), and a delivery saves the wait for one fsync. Acknowledgements still wait for
+    /// it.
     ///
     /// [`RouterConfig::deliver_before_durable`]: crate::router::RouterConfig::deliver_before_durable
     async fn settle(&mut self, batch: Batch, acks: Vec<Ack>, mut work: Vec<(LegId, LegWork)>) {
@@ -621,6 +622,8 @@ impl Portal {
             GroupContent::Message { draft, .. } | GroupContent::Edit { draft, .. } => excerpt(&draft.body),
             _ => String::new(),
         };
+        // One time for the record and its deliveries' queue time.
+        let now = crate::outbox::now_ms();
         let rec = MessageRecord {
             portal: self.rec.id.clone(),
             seq,
@@ -628,7 +631,7 @@ impl Portal {
             sender: msg.sender.clone(),
             origin: origin.clone(),
             excerpt: body,
-            at_ms: Some(crate::outbox::now_ms()),
+            at_ms: Some(now),
         };
         write::message(b, &id, &rec);
         write::next_seq(b, &self.rec.id, self.next_seq);
@@ -643,7 +646,7 @@ impl Portal {
                 message_id: id,
                 sender: msg.sender.clone(),
                 kind,
-                queued_at_ms: crate::outbox::now_ms(),
+                queued_at_ms: now,
             };
             write::outbox(b, seq, &event);
             work.push((leg, LegWork::new(Some(seq), event)));
