@@ -752,14 +752,18 @@ impl RoomOfRecord for MlsRooms {
             let ct = MlsMessageBytes::new(ct).map_err(unavailable)?;
             let room = s.room.clone();
             // Marked in the batch that sequences it: a restart before the portal records the event finds it.
-            let mut with = Batch::new();
-            if let Some((event, native)) = source {
-                crate::repo::write::sent(&mut with, &msg.portal, event, native, &id, crate::outbox::now_ms());
-            }
+            let with = |seq| {
+                let mut with = Batch::new();
+                if let Some((event, native)) = source {
+                    let now = crate::outbox::now_ms();
+                    crate::repo::write::sent(&mut with, &msg.portal, event, native, &id, Some(seq), now);
+                }
+                with
+            };
             match self.provider.submit_with(&room, ct, sender, Origin::Portal, with).await {
                 Ok(a) => {
                     s.own.insert(a.seq);
-                    let earlier = self.sequenced_before(&msg.portal, &mut s, a.seq).await;
+                    let earlier = self.kept_before(&msg.portal, &mut s, a.seq).await;
                     return Ok(Published { id, earlier });
                 }
                 Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => {
@@ -775,6 +779,19 @@ impl RoomOfRecord for MlsRooms {
     /// The sent markers ([`crate::repo::write::sent`]) and the kept lists do that.
     fn keeps_until_recorded(&self) -> bool {
         true
+    }
+
+    /// From the kept list, after the log is applied up to now (the portal's room is opened if it was closed).
+    async fn sequenced_before(&self, portal: &PortalId, seq: u64) -> Vec<(MessageId, GroupMessage)> {
+        let slot = match self.slot(portal).await {
+            Ok(slot) => slot,
+            Err(e) => {
+                tracing::warn!(portal = %portal, error = %e, "messages sequenced earlier not read");
+                return Vec::new();
+            }
+        };
+        let mut s = slot.lock().await;
+        self.kept_before(portal, &mut s, seq).await
     }
 }
 

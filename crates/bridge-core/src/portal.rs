@@ -570,14 +570,19 @@ impl Portal {
                 .sent(leg, native)
                 .map_err(store_error)?
                 // Sequenced in another portal's group, which the leg left since: not this portal's message.
-                .filter(|m| m.portal.as_ref().is_none_or(|p| *p == self.rec.id))
-                .map(|m| m.message_id),
+                .filter(|m| m.portal.as_ref().is_none_or(|p| *p == self.rec.id)),
             None => None,
         };
         let published = match sent {
-            Some(id) => {
+            Some(marker) => {
+                let id = marker.message_id;
                 tracing::info!(message = %id, "an event published before a restart is recorded, not published again");
-                Published { id, earlier: Vec::new() }
+                // What the group sequenced before it, and the portal was not handed before the restart, first.
+                let earlier = match marker.seq {
+                    Some(seq) => self.shared.group.sequenced_before(&self.rec.id, seq).await,
+                    None => Vec::new(),
+                };
+                Published { id, earlier }
             }
             None => {
                 self.unmarked |= carried.is_none();

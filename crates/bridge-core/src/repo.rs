@@ -148,6 +148,12 @@ pub struct SentMarker {
     /// Breaks ties between markers of one millisecond, in the order this process wrote them.
     #[serde(default)]
     pub order: u64,
+    /// Its sequence number in the room of record's log, where it has one: the messages of other members sequenced
+    /// before it go to the legs before it ([`crate::room_of_record::RoomOfRecord::sequenced_before`]), and the
+    /// markers of one portal are recorded in this order, whatever the clock did. Absent in markers of builds before
+    /// it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// An event the room of record sequenced that its portal has not recorded ([`Repo::unrecorded`]).
@@ -337,23 +343,26 @@ impl<'a> Repo<'a> {
         self.get_json::<SentMarker>(IDS, &sent_key(leg, native))
     }
 
-    /// Every inbound event the hub sequenced but the portal never recorded (the daemon stopped between the two),
-    /// oldest first: none after a clean stop. Markers without their event are left out.
+    /// Every inbound event the hub sequenced but the portal never recorded (the daemon stopped between the two):
+    /// none after a clean stop. Those of one portal come in the order of its room's log (markers without a
+    /// sequence number, from older builds, after the others, by the time they were written). Markers without their
+    /// event are left out.
     pub fn unrecorded(&self) -> Result<Vec<Unrecorded>, StoreError> {
         let mut found = Vec::new();
         for (key, value) in self.store.scan_prefix(IDS, b"p")? {
             match serde_json::from_slice::<SentMarker>(&value) {
-                Ok(SentMarker { message_id, at_ms, event: Some(event), order, portal }) => {
+                Ok(SentMarker { message_id, at_ms, event: Some(event), order, portal, seq }) => {
                     // The key: `p`, the leg (length-prefixed), the native id the message stands for.
                     let Some((_, native)) = split_lp(&key[1..]) else { continue };
                     let native = NativeId(String::from_utf8_lossy(native).into_owned());
-                    found.push(((at_ms, order), Unrecorded { message_id, native, event, portal }))
+                    let at = (portal.clone(), seq.is_none(), seq, at_ms, order);
+                    found.push((at, Unrecorded { message_id, native, event, portal }))
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(key = ?String::from_utf8_lossy(&key), error = %e, "unreadable sent marker"),
             }
         }
-        found.sort_by_key(|(at, _)| *at);
+        found.sort_by(|(a, _), (b, _)| a.cmp(b));
         Ok(found.into_iter().map(|(_, u)| u).collect())
     }
 
@@ -493,23 +502,30 @@ pub mod write {
         b.put(MSGS, id.as_bytes().to_vec(), enc(rec));
     }
 
-    /// Marks the inbound `event` (its native id `native`) as published under `msg`: written in the hub's batch
-    /// that sequences the message, so that it exists exactly when the message is in the room's log. If the daemon
-    /// stops before the portal recorded the event, the router records it at its next start
-    /// ([`Repo::unrecorded`]), and a redelivery by the network finds the marker ([`Repo::sent`]): either way it
-    /// is recorded under `msg`, never published a second time.
+    /// Marks the inbound `event` (its native id `native`) as published under `msg`, at `seq` in the room's log:
+    /// written in the hub's batch that sequences the message, so that it exists exactly when the message is in the
+    /// room's log. If the daemon stops before the portal recorded the event, the router records it at its next
+    /// start ([`Repo::unrecorded`]), and a redelivery by the network finds the marker ([`Repo::sent`]): either way
+    /// it is recorded under `msg`, never published a second time.
     pub fn sent(
         b: &mut Batch,
         portal: &PortalId,
         event: &InboundEvent,
         native: &NativeId,
         msg: &MessageId,
+        seq: Option<u64>,
         at_ms: u64,
     ) {
         static ORDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let order = ORDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let marker =
-            SentMarker { message_id: *msg, at_ms, event: Some(event.clone()), portal: Some(portal.clone()), order };
+        let marker = SentMarker {
+            message_id: *msg,
+            at_ms,
+            event: Some(event.clone()),
+            portal: Some(portal.clone()),
+            order,
+            seq,
+        };
         b.put(IDS, sent_key(&event.leg, native), enc(&marker));
     }
 

@@ -93,6 +93,14 @@ pub trait RoomOfRecord: Send + Sync + 'static {
         source: Option<(&InboundEvent, &NativeId)>,
     ) -> Result<Published, RoomError>;
 
+    /// The messages of other members sequenced before `seq` in `portal`'s room that the portal may not have been
+    /// handed yet, in the group's order: for a message found published before a restart (its marker,
+    /// [`crate::repo::SentMarker::seq`]), which the portal records then, after them. Best effort: none where the
+    /// room cannot say (they then come by their usual path). None by default.
+    async fn sequenced_before(&self, _portal: &PortalId, _seq: u64) -> Vec<(MessageId, GroupMessage)> {
+        Vec::new()
+    }
+
     /// True if the room keeps, durably, what it sequenced until the router has recorded it: each published
     /// message with its source (marked when `publish` returns), and each message of another member until the
     /// router took it. A crash before the router's record is durable then loses nothing, and the portals hand

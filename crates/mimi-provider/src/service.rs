@@ -659,19 +659,20 @@ impl Provider {
         sending_uri: &str,
         origin: Origin,
     ) -> Result<Sequenced, ProviderError> {
-        self.submit_with(room, message, sending_uri, origin, Batch::new()).await
+        self.submit_with(room, message, sending_uri, origin, |_| Batch::new()).await
     }
 
-    /// [`Provider::submit`], writing `with` in the same atomic batch as the entry, only if the message is
-    /// appended (not when refused, nor when it is a retry of an entry already in the log). The store is the
-    /// caller's too: the bridge marks there which inbound event the entry carries.
+    /// [`Provider::submit`], writing the batch `with` makes of the entry's sequence number in the same atomic
+    /// batch as the entry, only if the message is appended (not when refused, nor when it is a retry of an entry
+    /// already in the log). The store is the caller's too: the bridge marks there which inbound event the entry
+    /// carries, and where in the log.
     pub async fn submit_with(
         &self,
         room: &str,
         message: MlsMessageBytes,
         sending_uri: &str,
         origin: Origin,
-        with: Batch,
+        with: impl FnOnce(u64) -> Batch,
     ) -> Result<Sequenced, ProviderError> {
         if let Some(again) = self.retry_of(room, &message)? {
             return Ok(again);
@@ -707,7 +708,7 @@ impl Provider {
             _ => Vec::new(),
         };
         let judge = |view: &HubView| view.judge_update(&req, requester, &origin);
-        self.sequence(room, Batch::new(), req.message(), &origin, &welcomed, judge).await
+        self.sequence(room, |_| Batch::new(), req.message(), &origin, &welcomed, judge).await
     }
 
     /// Loads the hub's public state of `room` if it is still in the store only (a room restored at start keeps it
@@ -756,7 +757,7 @@ impl Provider {
 
     /// Sequences `message` (of an update: its commit) in `room`, which we host, as `judge` judges it on a view of
     /// the room; makes what it appends durable (entries, idempotency index, room state, public state, GroupInfo,
-    /// and `with`: one batch), then fans out.
+    /// and what `with` makes of the entry's sequence number: one batch), then fans out.
     ///
     /// `welcomed`: the users of ours a Welcome in it is for, read by the caller (no store read is made once the
     /// room has changed; what follows `apply` only builds the batch).
@@ -768,7 +769,7 @@ impl Provider {
     async fn sequence(
         &self,
         room: &str,
-        with: Batch,
+        with: impl FnOnce(u64) -> Batch,
         message: &MlsMessageBytes,
         origin: &Origin,
         welcomed: &[String],
@@ -853,7 +854,7 @@ impl Provider {
             if !b.is_empty()
                 && let Some(with) = with.take()
             {
-                b.extend(with);
+                b.extend(with(accepted.seq));
             }
             let durable = (!b.is_empty()).then(|| self.inner.store.commit_later(b));
             break (accepted, actions, durable, kept);
@@ -1430,7 +1431,7 @@ mod turn_tests {
                     waited.store(heard.is_ok(), Ordering::SeqCst);
                     view.judge_submit(slow.clone(), ALICE, &Origin::Portal)
                 };
-                p.sequence(big, Batch::new(), &slow, &Origin::Portal, &[], judge).await
+                p.sequence(big, |_| Batch::new(), &slow, &Origin::Portal, &[], judge).await
             })
         };
         // The other room's message comes while the judgement is under way.

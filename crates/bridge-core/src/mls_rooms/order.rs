@@ -36,7 +36,7 @@ impl MlsRooms {
     /// The messages of other members the hub sequenced before `seq` that the router has not taken yet, in log
     /// order: the log is applied up to now first, so none is missing. (Each also goes the usual way, through the
     /// incoming path, where the portal drops it by message id.) A failure leaves them to that path alone.
-    pub(super) async fn sequenced_before(
+    pub(super) async fn kept_before(
         &self,
         portal: &PortalId,
         s: &mut Slot,

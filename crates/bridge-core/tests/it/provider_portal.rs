@@ -516,6 +516,67 @@ async fn leftover(b: &Bridge, room: &str, native: &str, text: &str) -> NativeId 
     native
 }
 
+/// Killed after the hub sequenced a native member's message G and then two bridged lines B1, B2, before the
+/// portal recorded any of them (G decrypted and kept, B1 and B2 marked). At the next start the other leg gets them
+/// in the log's order, G B1 B2: G is not left to come after the lines the markers bring back, and B2 does not
+/// overtake B1 though its marker says it was written earlier (a clock stepped back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_events_are_recorded_in_the_log_order_after_a_native_message_sequenced_before_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    // Not attached: the native message is decrypted and kept, never taken (the kill came first).
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, false, None).await;
+    b.router.link(b.net.leg("#other"), &b.portal).await.expect("second leg");
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
+    let seq = alice.send(&provider, &room, "G, from mls").await.expect("hub accepts");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.room_of_record.position(&b.portal).await.expect("position") < seq {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never applied the message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = leftover(&b, "#rust", "line-1", "B1, from irc").await;
+    let second = leftover(&b, "#rust", "line-2", "B2, from irc").await;
+    // B2's marker written, by the clock, before B1's.
+    let repo = Repo::new(&b.store);
+    let (one, two) = (repo.sent(&b.net.leg("#rust"), &first), repo.sent(&b.net.leg("#rust"), &second));
+    let (one, mut two) = (one.expect("read").expect("marked"), two.expect("read").expect("marked"));
+    assert!(one.seq.is_some_and(|s1| two.seq.is_some_and(|s2| seq < s1 && s1 < s2)), "{one:?} {two:?}");
+    two.at_ms = one.at_ms - 60_000;
+    let mut batch = mimi_store::Batch::new();
+    bridge_core::repo::write::sent(
+        &mut batch,
+        &b.portal,
+        two.event.as_ref().expect("event"),
+        &second,
+        &two.message_id,
+        two.seq,
+        two.at_ms,
+    );
+    b.store.commit(batch).await.expect("backdated");
+    assert!(b.net.wait_delivered(1, Duration::from_millis(300)).await.is_empty(), "nothing bridged yet");
+    drop(provider);
+    b.stop().await;
+
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    let got = b.net.wait_delivered(4, WAIT).await;
+    let on = |leg: &str| -> Vec<String> {
+        got.iter()
+            .filter(|e| e.leg.room == leg)
+            .map(|e| match &e.kind {
+                OutboundKind::Message { draft, .. } => draft.body.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(on("#other"), ["G, from mls", "B1, from irc", "B2, from irc"], "the log's order");
+    assert_eq!(on("#rust"), ["G, from mls"], "the source leg gets the native message only");
+    // G, taken again by its usual path, is not delivered twice.
+    assert_eq!(b.net.wait_delivered(5, Duration::from_millis(500)).await.len(), 4, "no duplicate");
+    b.stop().await;
+}
+
 /// A marker whose leg was unlinked before the restart is dropped at the start, not kept for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leftover_event_of_an_unlinked_leg_is_dropped_at_the_start() {

@@ -124,7 +124,7 @@ fn published_but_never_recorded_markers_go_after_a_while() {
             kind: InboundKind::Message { draft: MessageDraft::plain("hi"), reply_to: None },
         };
         let portal = bridge_api::ids::PortalId::new("p").expect("portal");
-        bridge_core::repo::write::sent(&mut b, &portal, &event, &native, &msg_id(id), at);
+        bridge_core::repo::write::sent(&mut b, &portal, &event, &native, &msg_id(id), None, at);
     }
     store.commit_blocking(b).expect("markers");
     assert!(check::check(store.kv().as_ref(), dir.path()).expect("check").is_ok(), "markers are valid entries");
