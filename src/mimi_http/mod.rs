@@ -167,25 +167,35 @@ pub fn router(state: MimiState) -> Router {
         .with_state(served)
 }
 
-/// An error answer: status and reason.
+/// An error answer: status and reason; over a quota, when to try again.
 #[derive(Debug)]
-struct Fail(StatusCode, String);
+struct Fail(StatusCode, String, Option<std::time::Duration>);
 
 impl IntoResponse for Fail {
+    /// `{"error"}`; with a retry time, also `"retry_after_ms"` and the `Retry-After` header (whole seconds,
+    /// rounded up).
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        match self.2 {
+            None => (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response(),
+            Some(after) => {
+                let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+                let body = Json(serde_json::json!({ "error": self.1, "retry_after_ms": ms }));
+                (self.0, [("retry-after", ms.div_ceil(1000).to_string())], body).into_response()
+            }
+        }
     }
 }
 
 impl From<Failure> for Fail {
     fn from(f: Failure) -> Self {
-        Fail(StatusCode::from_u16(f.status.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), f.reason)
+        let status = StatusCode::from_u16(f.status.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Fail(status, f.reason, f.retry_after)
     }
 }
 
 /// A request we could not decode: 400.
 fn bad(e: impl std::fmt::Display) -> Fail {
-    Fail(StatusCode::BAD_REQUEST, e.to_string())
+    Fail(StatusCode::BAD_REQUEST, e.to_string(), None)
 }
 
 fn tls(bytes: Vec<u8>) -> Response {
@@ -193,7 +203,7 @@ fn tls(bytes: Vec<u8>) -> Response {
 }
 
 fn encode(m: &impl WireMessage) -> Result<Response, Fail> {
-    m.encode().map(tls).map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    m.encode().map(tls).map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))
 }
 
 /// The client API's answer to a message: `{"seq"}` once sequenced (`null` if a remote hub did not say), or 409

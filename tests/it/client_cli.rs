@@ -142,3 +142,49 @@ fn an_invite_only_portal_refuses_external_joins_and_an_open_one_takes_them() {
     assert!(!out.status.success(), "eve joined an invite-only portal uninvited: {err}");
     client(&eve, &server, &["join", "mimi://bridge.example.org/r/lobby"]);
 }
+
+/// A burst of typed lines beyond the server's per-user quota (`[quota] user_messages_per_minute`) is sent late,
+/// not dropped: the server says when the quota has room again (429 with `Retry-After` and `retry_after_ms`), and
+/// the client waits that long and sends the line again. Every line reaches the room once, in order.
+#[test]
+fn a_burst_over_the_quota_is_sent_late_not_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 30 a minute: a burst of 30, then one every 2 s.
+    let (cfg, _) = write_config(dir.path(), "\n[quota]\nuser_messages_per_minute = 30\n");
+    let _daemon = Daemon::start(&cfg, &[]);
+    let server = server_of(&cfg);
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    client(&alice, &server, &["register", "alice"]);
+    client(&bob, &server, &["register", "bob"]);
+    let room = client(&alice, &server, &["create-room", "club"]).lines().last().expect("room line").to_owned();
+    client(&bob, &server, &["join", &room]);
+
+    // bob's join took one message of his minute; 33 lines go over by four.
+    const LINES: usize = 33;
+    let mut chat = command(&bob, &server, &["chat", &room])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chat starts");
+    let errors = lines_of(chat.stderr.take().expect("stderr"));
+    {
+        let mut stdin = chat.stdin.take().expect("stdin");
+        for n in 0..LINES {
+            writeln!(stdin, "line {n}").expect("typed");
+        }
+    }
+    let heard = messages(&client(
+        &alice,
+        &server,
+        &["listen", &room, "--json", "--count", &LINES.to_string(), "--timeout", "40"],
+    ));
+    let texts: Vec<&str> = heard.iter().filter_map(|m| m["text"].as_str()).collect();
+    let said: Vec<String> = (0..LINES).map(|n| format!("line {n}")).collect();
+    assert_eq!(texts, said, "every line once, in order");
+    let status = chat.wait().expect("chat ends at the end of its input");
+    assert!(status.success(), "{status}");
+    let errors: Vec<String> = errors.iter().collect();
+    assert!(errors.iter().any(|e| e.contains("over the server's quota")), "the quota was met: {errors:?}");
+    assert!(!errors.iter().any(|e| e.contains("not sent")), "{errors:?}");
+}

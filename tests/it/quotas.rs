@@ -34,7 +34,7 @@ async fn a_member_flooding_a_room_is_stopped_by_the_byte_quota() {
                 bytes += len;
             }
             429 => {
-                assert!(body.contains("bytes a minute"), "{body}");
+                assert!(body.contains("bytes a minute") && body.contains("retry_after_ms"), "{body}");
                 refused += 1;
             }
             other => panic!("unexpected {other}: {body}"),

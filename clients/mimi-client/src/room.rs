@@ -10,6 +10,7 @@ use mimi_mls::{CommitOutput, KeptMessage, LegacySender, MlsError, PortalGroup, R
 use mimi_protocol::wire::{
     GroupInfoOption, LogPage, MlsMessageBytes, RatchetTreeOption, UpdateRequest, WireMessage, wire_format,
 };
+use std::time::Duration;
 
 /// The `{roomId}` of a room URI in the API's paths.
 pub fn room_path(room: &str) -> &str {
@@ -116,13 +117,28 @@ pub enum Verdict {
     EpochTooOld,
 }
 
+/// The longest a message waits in all for the server's quota (which refills a minute's worth in a minute).
+const QUOTA_WAIT: Duration = Duration::from_secs(120);
+
+/// Posts `body` to `path`; over the server's quota (429 with `retry_after_ms`), waits that long and posts it
+/// again, for at most [`QUOTA_WAIT`] in all, so that a burst of lines is sent late rather than not at all.
 async fn post(api: &Api, path: &str, body: Vec<u8>) -> Res<Verdict> {
-    let (status, body) = api.post_raw(path, body).await?;
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    match status {
-        200 => Ok(Verdict::Accepted(v["seq"].as_u64())),
-        409 if v["error"] == "epoch_too_old" => Ok(Verdict::EpochTooOld),
-        s => Err(format!("{path}: HTTP {s}: {}", v["error"])),
+    let mut waited = Duration::ZERO;
+    loop {
+        let (status, answer) = api.post_raw(path, body.clone()).await?;
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+        match (status, v["retry_after_ms"].as_u64().map(Duration::from_millis)) {
+            (200, _) => return Ok(Verdict::Accepted(v["seq"].as_u64())),
+            (409, _) if v["error"] == "epoch_too_old" => return Ok(Verdict::EpochTooOld),
+            (429, Some(after)) if waited + after <= QUOTA_WAIT => {
+                eprintln!("over the server's quota ({}): sending again in {} ms", v["error"], after.as_millis());
+                // A few ms more: the bucket is full again exactly then, by the server's clock.
+                let after = after + Duration::from_millis(20);
+                tokio::time::sleep(after).await;
+                waited += after;
+            }
+            (s, _) => return Err(format!("{path}: HTTP {s}: {}", v["error"])),
+        }
     }
 }
 

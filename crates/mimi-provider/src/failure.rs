@@ -59,12 +59,19 @@ pub struct Failure {
     pub status: Status,
     /// Why.
     pub reason: String,
+    /// When the same request would be served (a 429 over a quota that refills): HTTP `Retry-After`.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Failure {
     /// A failure with `status` and `reason`.
     pub fn new(status: Status, reason: impl Into<String>) -> Self {
-        Self { status, reason: reason.into() }
+        Self { status, reason: reason.into(), retry_after: None }
+    }
+
+    /// 429: over a quota; the same request would be served after `retry_after`, if it ever would.
+    pub fn over_quota(reason: impl Into<String>, retry_after: Option<std::time::Duration>) -> Self {
+        Self { retry_after, ..Self::new(Status::TooManyRequests, reason) }
     }
 
     /// 400.

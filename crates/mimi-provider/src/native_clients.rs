@@ -137,7 +137,7 @@ impl NativeClients {
     fn take_quota(&self, client: &Client, bytes: usize) -> Result<(), Failure> {
         self.quotas
             .take(&client.uri, bytes, Instant::now())
-            .map_err(|why| Failure::new(Status::TooManyRequests, format!("{}: {why}", client.uri)))
+            .map_err(|why| Failure::over_quota(format!("{}: {why}", client.uri), why.retry_after))
     }
 
     /// The provider and its peers.
