@@ -205,16 +205,17 @@ impl Session {
             return true;
         }
         match &self.id.alternatives {
-            // What `alternative_nick` makes: `k` underscores after the configured nick, cut to leave room for them
-            // within NICKLEN (`bridge_`, `bridge__`; `longnic_` where NICKLEN is 8). Not any start of the nick:
-            // a user called `bri_` is someone else.
+            // What `alternative_nick` makes for some attempt: `k` underscores after the configured nick, cut to
+            // leave room for them within NICKLEN (`bridge_`, `bridge__`; `longnic_` where NICKLEN is 8), or `b{k}`
+            // where that is no valid nick. Not any start of the nick: a user called `bri_` is someone else.
             AltNicks::Underscores => {
-                let max = self.isupport.nicklen.max(2);
                 let underscores = nick.len() - nick.trim_end_matches('_').len();
-                (1..=underscores.min(max - 1)).any(|k| {
-                    let base: String = self.id.nick.chars().take(max - k).collect();
-                    cm.eq(&nick[..nick.len() - k], &base)
-                })
+                let numbered = nick.strip_prefix(['b', 'B']).and_then(|n| n.parse::<usize>().ok());
+                [Some(underscores), numbered]
+                    .into_iter()
+                    .flatten()
+                    .filter(|&k| k >= 1)
+                    .any(|k| cm.eq(nick, &self.underscore_alternative(k)))
             }
             AltNicks::Numbered { .. } => false,
         }
@@ -338,10 +339,17 @@ impl Session {
         if let AltNicks::Numbered { display_name, suffix, first, nicklen } = &self.id.alternatives {
             return crate::pool::nick_candidate(display_name, suffix, first + self.nick_attempt, *nicklen);
         }
+        self.underscore_alternative(self.nick_attempt)
+    }
+
+    /// The nick of `attempt` (≥ 1) with [`AltNicks::Underscores`]: the configured nick with underscores, within
+    /// NICKLEN, or `b{attempt}` where that is no valid nick.
+    fn underscore_alternative(&self, attempt: usize) -> String {
         let max = self.isupport.nicklen.max(2);
-        let base: String = self.id.nick.chars().take(max.saturating_sub(self.nick_attempt.min(max - 1))).collect();
-        let n = format!("{base}{}", "_".repeat(self.nick_attempt.min(max - 1)));
-        if valid_nick(&n, max) { n } else { format!("b{}", self.nick_attempt) }
+        let k = attempt.min(max - 1);
+        let base: String = self.id.nick.chars().take(max - k).collect();
+        let n = format!("{base}{}", "_".repeat(k));
+        if valid_nick(&n, max) { n } else { format!("b{attempt}") }
     }
 
     fn cap(&mut self, msg: &Message) -> Vec<Action> {
@@ -527,7 +535,21 @@ mod tests {
         for ours in ["bridge", "BRIDGE", "bridge_", "bridg__", "brid___"] {
             assert!(s.could_be_me(ours), "{ours}");
         }
-        for theirs in ["bri_", "b_", "bridge1", "bridges", "_", "bridge__", "bridg_"] {
+        for theirs in ["bri_", "b_", "bridge1", "bridges", "_", "bridge__", "bridg_", "b1", "b2"] {
+            assert!(!s.could_be_me(theirs), "{theirs}");
+        }
+    }
+
+    /// A configured nick whose underscore forms are no valid nicks (it starts with a digit) falls back to `b{n}`:
+    /// those are its own then, and only then.
+    #[test]
+    fn its_numbered_fallback_nicks_are_its_own() {
+        let mut s = Session::new(Identity { nick: "1bridge".into(), ..id(None) });
+        feed(&mut s, &[":irc.test 005 1bridge NICKLEN=9 :are supported by this server"]);
+        for ours in ["b1", "B2", "b17"] {
+            assert!(s.could_be_me(ours), "{ours}");
+        }
+        for theirs in ["b0", "b", "b007", "bb1", "1bridge_"] {
             assert!(!s.could_be_me(theirs), "{theirs}");
         }
     }
