@@ -365,6 +365,10 @@ impl Task {
                                     return Err(e);
                                 }
                                 ever_registered = true;
+                                // Channels unlinked while the connection was down are not joined again.
+                                if let Some(r) = roster.as_mut() {
+                                    r.keep_only(|c| session.wants(c));
+                                }
                                 self.set_view(session);
                                 tracing::info!(connection = %label, nick = %session.nick, "IRC registered");
                                 in_channels_by = Some(Instant::now() + JOIN_WAIT);

@@ -227,6 +227,12 @@ impl Roster {
         }
     }
 
+    /// Forgets the channels `wanted` says no: after a reconnect, those unlinked while the connection was down
+    /// (the bot never parted them). What is held for them still goes out.
+    pub fn keep_only(&mut self, wanted: impl Fn(&str) -> bool) {
+        self.channels.retain(|_, c| wanted(&c.name));
+    }
+
     /// The changes due at `now`, oldest first.
     pub fn poll(&mut self, now: Instant) -> Vec<MemberChange> {
         let mut out = Vec::new();
@@ -439,6 +445,19 @@ mod tests {
         // Not in the channel: nothing is tracked.
         feed(&mut r, ":frank!f@h JOIN #c", t0);
         assert_eq!(r.next_due(), None);
+    }
+
+    #[test]
+    fn a_channel_no_longer_wanted_at_a_reconnect_is_forgotten() {
+        let t0 = Instant::now();
+        let mut r = in_channel(t0);
+        feed(&mut r, ":erin!e@h JOIN #c", t0);
+        r.keep_only(|c| c == "#other");
+        assert!(r.members("#c").is_none());
+        assert_eq!(r.poll(t0 + CHANGE_HOLD), [change("erin", Membership::Join)]);
+        let mut r = in_channel(t0);
+        r.keep_only(|c| c == "#c");
+        assert!(r.members("#c").is_some(), "a wanted channel is kept");
     }
 
     #[test]

@@ -187,6 +187,11 @@ impl Session {
         if self.is_joined(channel) { vec![Message::new("PART", &[channel])] } else { Vec::new() }
     }
 
+    /// True if `channel` is wanted joined (case-folded).
+    pub fn wants(&self, channel: &str) -> bool {
+        self.wanted_channels.iter().any(|c| self.isupport.casemapping.eq(c, channel))
+    }
+
     /// True if we are in `channel` (case-folded).
     pub fn is_joined(&self, channel: &str) -> bool {
         self.joined.iter().any(|c| self.isupport.casemapping.eq(c, channel))
