@@ -10,74 +10,13 @@ use harness::{MatrixUser, Synapse, SynapseOptions};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+mod common;
+use common::{Client, TXN, await_body, await_delivered, delivered_bodies, enc, router, wait_health};
+
 const SERVER_NAME: &str = "hs.test";
-
-/// A Matrix user of the tests, on the client-server API.
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    user: MatrixUser,
-    since: Option<String>,
-}
-
-static TXN: AtomicU64 = AtomicU64::new(0);
-
-impl Client {
-    fn new(base: &str, user: MatrixUser) -> Self {
-        Self { http: reqwest::Client::new(), base: base.to_owned(), user, since: None }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.user.access_token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if status.is_success() { Ok(v) } else { Err(format!("{path}: {status} {v}")) }
-    }
-
-    async fn send(&self, room: &str, event_type: &str, content: Value) -> Result<String, String> {
-        let txn = TXN.fetch_add(1, Ordering::SeqCst);
-        let path = format!("/_matrix/client/v3/rooms/{}/send/{event_type}/t{txn}", enc(room));
-        let v = self.call(reqwest::Method::PUT, &path, Some(content)).await?;
-        v["event_id"].as_str().map(str::to_owned).ok_or_else(|| format!("no event id: {v}"))
-    }
-
-    async fn join(&self, room: &str) -> Result<(), String> {
-        self.call(reqwest::Method::POST, &format!("/_matrix/client/v3/join/{}", enc(room)), Some(json!({})))
-            .await
-            .map(drop)
-    }
-
-    /// The timeline events of `room` since the last call, waiting up to `wait` for some.
-    async fn sync(&mut self, room: &str, wait: Duration) -> Result<Vec<Value>, String> {
-        let mut path = format!("/_matrix/client/v3/sync?timeout={}", wait.as_millis());
-        if let Some(s) = &self.since {
-            path.push_str(&format!("&since={}", enc(s)));
-        }
-        let v = self.call(reqwest::Method::GET, &path, None).await?;
-        self.since = v["next_batch"].as_str().map(str::to_owned);
-        Ok(v["rooms"]["join"][room]["timeline"]["events"].as_array().cloned().unwrap_or_default())
-    }
-}
-
-/// Percent-encodes a path segment.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 /// What a test user saw, from one timeline event of someone else.
 fn observed(ev: &Value) -> Option<Observed> {
@@ -293,18 +232,6 @@ async fn matrix_appservice_passes_the_conformance_kit_against_synapse() {
     assert_eq!(skipped, ["reconnect"], "only reconnect is skipped");
 }
 
-/// Waits until `account` reports `want`.
-async fn wait_health(account: &Arc<dyn Account>, want: impl Fn(&Health) -> bool, what: &str) {
-    let mut h = account.health();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !want(&h.borrow_and_update()) {
-        tokio::time::timeout_at(deadline, h.changed())
-            .await
-            .unwrap_or_else(|_| panic!("{what} in time"))
-            .expect("health");
-    }
-}
-
 /// Wrong `as_token`: health says the credentials are bad, with the homeserver's reason, and it does not retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_as_token_is_reported_as_bad_credentials() {
@@ -395,20 +322,6 @@ async fn a_kicked_ghost_is_not_rejoined() {
     sl.router.shutdown().await;
 }
 
-/// The first message event with `body` in the room, waiting for it.
-async fn await_body(c: &Client, room: &str, body: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=200", enc(room));
-        let v = c.call(reqwest::Method::GET, &path, None).await.expect("messages");
-        if let Some(e) = v["chunk"].as_array().into_iter().flatten().find(|e| e["content"]["body"] == body) {
-            return e.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{body:?} never arrived");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// A router, a loopback leg and the Matrix account linked into one portal, the account connected.
 struct Slice {
     router: bridge_core::router::RouterHandle,
@@ -437,22 +350,6 @@ async fn slice(s: &Setup) -> Slice {
     let leg = bridge_api::LegId::new(id, s.room.clone()).expect("leg");
     router.link_and_join(leg, &p).await.expect("link").expect("running").expect("join");
     Slice { router, lb, account, _dir: dir }
-}
-
-/// A router on a fresh store.
-async fn router() -> (bridge_core::router::RouterHandle, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store =
-        bridge_core::open_store(dir.path(), Some(mimi_store::Backend::Redb), mimi_store::CommitConfig::default())
-            .expect("store");
-    let router = bridge_core::router::RouterHandle::start(
-        bridge_core::router::RouterConfig::new("b.test"),
-        store,
-        Arc::new(bridge_core::room_of_record::LocalRoom),
-    )
-    .await
-    .expect("router");
-    (router, dir)
 }
 
 /// Synapse killed while the other side keeps talking: sends fail as `Retry`, the account backs off, and once
@@ -611,31 +508,6 @@ async fn an_old_delivery_sent_again_after_synapse_forgot_its_transaction_is_one_
     assert_ne!(again.native_ids, first.native_ids, "a recent delivery is not looked for");
     assert_eq!(copies(&s, "queued just now").await, 2, "the control makes a second event");
     router.shutdown().await;
-}
-
-/// The message bodies the loopback leg was given, in order.
-fn delivered_bodies(lb: &bridge_testkit::loopback::LoopbackNetwork) -> Vec<String> {
-    use bridge_api::event::OutboundKind;
-    lb.delivered()
-        .into_iter()
-        .filter_map(|e| match e.kind {
-            OutboundKind::Message { draft, .. } => Some(draft.body),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Waits until the loopback leg was given `body`; returns every body it was given.
-async fn await_delivered(lb: &bridge_testkit::loopback::LoopbackNetwork, body: &str) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let bodies = delivered_bodies(lb);
-        if bodies.iter().any(|b| b == body) {
-            return bodies;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{body:?} never reached the portal: {bodies:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A Matrix user of the room, joined.
