@@ -265,7 +265,10 @@ async fn start_accounts(
             .iter()
             .find(|n| n.name() == id.network())
             .ok_or_else(|| format!("this build has no {} connector", id.network()))?;
-        let ctx = AccountContext::new(id.clone(), router.clone(), router.domain()).with_media(media.clone());
+        let state_dir = cfg.bridge.data_dir.join("accounts").join(id.to_string());
+        let ctx = AccountContext::new(id.clone(), router.clone(), router.domain())
+            .with_media(media.clone())
+            .with_state_dir(state_dir);
         // A failure here is a configuration problem; unreachable servers never fail `start`.
         let account = network.start(id.clone(), table, ctx).await?;
         router.attach_account(account).await;

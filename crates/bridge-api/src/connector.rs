@@ -211,12 +211,22 @@ pub struct AccountContext {
     pub domain: String,
     /// The daemon's media blob store, if it runs one (see [`crate::media`]).
     pub media: Option<Arc<dyn crate::media::MediaStore>>,
+    /// A directory of this account's own under the daemon's data directory (mode 0700), for state a connector
+    /// keeps outside the core's store (a client library's session and keys); `None` where there is none.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl AccountContext {
     /// Creates a context for `account` feeding `route` (the router).
     pub fn new(account: AccountId, route: impl InboundRoute, domain: impl Into<String>) -> Self {
-        Self { inbound: InboundSink { account, route: Arc::new(route) }, domain: domain.into(), media: None }
+        let inbound = InboundSink { account, route: Arc::new(route) };
+        Self { inbound, domain: domain.into(), media: None, state_dir: None }
+    }
+
+    /// The same context with the account's state directory.
+    pub fn with_state_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
     }
 
     /// The same context with the daemon's media store.
