@@ -20,6 +20,12 @@ const REFERENCE: &[(&str, &str, &str)] = &[
          listen = \"127.0.0.1:9009\"\nas_token = \"-\"\nhs_token = \"-\"\n",
     ),
     (
+        "Matrix (bot)",
+        "matrix",
+        "mode = \"bot\"\nhomeserver_url = \"https://matrix.example.org\"\nserver_name = \"example.org\"\n\
+         password = \"-\"\n",
+    ),
+    (
         "XMPP (component)",
         "xmpp",
         "mode = \"component\"\nserver = \"127.0.0.1:5347\"\ndomain = \"mimi.example.org\"\nsecret = \"-\"\n",

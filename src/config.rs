@@ -1576,14 +1576,14 @@ mod tests {
             },
             case("bad log filter", format!("{MIN}[log]\nlevel = \"info,=[\"\n"), 5, "log.level", "not a log filter"),
             case(
-                "matrix bot mode",
+                "matrix bot mode with appservice keys",
                 format!(
                     "{MIN}[matrix.hs]\nhomeserver_url = \"http://127.0.0.1:8008\"\nmode = \"bot\"\n\
-                     server_name = \"hs\"\nlisten = \"127.0.0.1:9000\"\nas_token = \"a\"\nhs_token = \"h\"\n"
+                     server_name = \"hs\"\nlisten = \"127.0.0.1:9000\"\npassword = \"p\"\n"
                 ),
-                6,
-                "matrix.hs.mode",
-                "\"bot\" is not available yet",
+                8,
+                "matrix.hs.listen",
+                "`listen` is for mode = \"appservice\"",
             ),
             case("syntax error", "[bridge]\ndomain = \n".into(), 2, "bridge.domain", "string values must be quoted"),
         ]

@@ -143,6 +143,7 @@ impl MatrixAccount {
             domain: ctx.domain.clone(),
             ghosts: crate::GhostNames::new(cfg.ghost_prefix.clone(), cfg.server_name.clone()),
             bot_user_id: cfg.bot_user_id(),
+            relay: None,
         };
         let (health, _) = watch::channel(Health::Connecting);
         let inner = Arc::new(Inner {
@@ -637,7 +638,8 @@ impl Inner {
                     if let InboundKind::Message { draft, .. } | InboundKind::Edit { draft, .. } = &mut inbound.kind {
                         let reader = self.cfg.bot_user_id();
                         let (hs, store) = (&self.hs, self.ctx.media.as_ref());
-                        media_transfer::download_all(hs, store, &reader, &self.cfg.server_name, draft).await?;
+                        let fetch = media_transfer::AsUser { hs, reader: &reader };
+                        media_transfer::download_all(&fetch, store, &self.cfg.server_name, draft).await?;
                     }
                     match self.ctx.inbound.enqueue(inbound).await {
                         Ok(ack) => {

@@ -36,6 +36,9 @@ pub enum GhostError {
         /// The user id's length.
         len: usize,
     },
+    /// The account has no ghosts (bot mode).
+    #[error("this Matrix account has no ghost users (bot mode)")]
+    NoGhosts,
 }
 
 /// The ghost namespace of one appservice: a localpart prefix on one homeserver.
@@ -51,6 +54,11 @@ impl GhostNames {
         Self { prefix: prefix.into(), server_name: server_name.into() }
     }
 
+    /// A namespace with no ghosts (bot mode): no user id is in it, no URI has one.
+    pub fn none() -> Self {
+        Self { prefix: String::new(), server_name: String::new() }
+    }
+
     /// The localpart prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -63,6 +71,9 @@ impl GhostNames {
 
     /// The ghost user id standing for the MIMI user `uri`.
     pub fn user_id(&self, uri: &str) -> Result<String, GhostError> {
+        if self.server_name.is_empty() {
+            return Err(GhostError::NoGhosts);
+        }
         let rest = uri.strip_prefix(SCHEME).ok_or_else(|| GhostError::NotMimiUri(uri.to_owned()))?;
         let id = format!("@{}{}:{}", self.prefix, escape(rest), self.server_name);
         if id.len() > MAX_USER_ID_BYTES {
@@ -85,7 +96,7 @@ impl GhostNames {
     /// The escaped part of a ghost's localpart.
     fn localpart<'a>(&self, user_id: &'a str) -> Option<&'a str> {
         let (local, server) = user_id.strip_prefix('@')?.split_once(':')?;
-        (server == self.server_name).then_some(())?;
+        (!server.is_empty() && server == self.server_name).then_some(())?;
         local.strip_prefix(self.prefix.as_str())
     }
 

@@ -151,7 +151,7 @@ impl Translator {
 
     /// The content of a text, notice or emote.
     fn draft(&self, msgtype: &MessageType, mentions: Option<&Mentions>, reply: bool) -> Result<MessageDraft, Skipped> {
-        if let Some(file) = media::inbound(msgtype) {
+        if let Some(file) = media::inbound(msgtype, self.relay.is_some()) {
             let (attachment, caption) = file.map_err(|why| Skipped::Unsupported(why.to_owned()))?;
             return Ok(MessageDraft {
                 attachments: vec![attachment],

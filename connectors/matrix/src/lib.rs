@@ -1,4 +1,4 @@
-//! The Matrix connector: an application service with ghost users.
+//! The Matrix connector: an application service with ghost users, or one bot account that relays everyone.
 //!
 //! * Translation, sans-IO (no sockets, no tokio; unit-tested on event JSON): [`inbound`] (Matrix events → core
 //!   events), [`outbound`] (core events → client-server API calls), [`format`] (Matrix HTML ⇄ MIMI markdown),
@@ -8,11 +8,14 @@
 //!   [`homeserver`] (client-server calls as ghosts), [`account`] (the [`bridge_api::Account`]), [`registration`]
 //!   (the registration file), [`config`] (`[matrix.NAME]`), [`media_transfer`] (files between the homeserver and
 //!   the daemon's media store).
+//! * Bot mode (IO shell): [`bot`] — one ordinary account through matrix-sdk (session, sync, end-to-end
+//!   encryption), relaying everyone as `name: text` with the same translation.
 //!
 //! The appservice API is served on a listener of its own, by the function the daemon gives
 //! [`MatrixConnector::new`] (its bounded listener: connection caps, timeouts).
 
 pub mod account;
+pub mod bot;
 pub mod catchup;
 pub mod config;
 pub mod format;
@@ -79,6 +82,32 @@ pub fn capabilities() -> Capabilities {
     })
 }
 
+/// What a bot-mode account carries: the bot relays everyone, so reactions are notices from it (`bob reacted with
+/// 👍`), files are links in the text, mentions of other networks' users are their names, and joins, leaves and
+/// typing are not shown. What Matrix users do themselves — their reactions, files, mentions, joins and leaves —
+/// is said in full.
+pub fn bot_capabilities() -> Capabilities {
+    use bridge_api::Feature;
+    capabilities()
+        .with(Feature::Reactions, Grade::Degraded)
+        .saying(Feature::Reactions, Grade::Full)
+        .with(Feature::Attachments, Grade::Degraded)
+        .saying(Feature::Attachments, Grade::Full)
+        .with(Feature::Mentions, Grade::Degraded)
+        .saying(Feature::Mentions, Grade::Full)
+        .with(Feature::Membership, Grade::Unsupported)
+        .saying(Feature::Membership, Grade::Full)
+        .with(Feature::Typing, Grade::Unsupported)
+}
+
+/// What an account of `config` carries.
+pub fn capabilities_of(config: &Config) -> Capabilities {
+    match config.mode {
+        Mode::Appservice => capabilities(),
+        Mode::Bot => bot_capabilities(),
+    }
+}
+
 #[async_trait]
 impl Connector for MatrixConnector {
     type Config = Config;
@@ -87,12 +116,12 @@ impl Connector for MatrixConnector {
         "matrix"
     }
 
-    fn capabilities(&self, _config: &Config) -> Capabilities {
-        capabilities()
+    fn capabilities(&self, config: &Config) -> Capabilities {
+        capabilities_of(config)
     }
 
     fn secret_keys(&self) -> &'static [&'static str] {
-        &["as_token", "hs_token"]
+        &["as_token", "hs_token", "password", "access_token"]
     }
 
     fn validate(&self, id: &AccountId, config: &Config) -> Result<(), ConnectorError> {
@@ -105,7 +134,14 @@ impl Connector for MatrixConnector {
         config: Config,
         ctx: AccountContext,
     ) -> Result<Arc<dyn Account>, ConnectorError> {
-        let listen = config.listen;
+        if config.mode == Mode::Bot {
+            let account = bot::BotAccount::start(id.clone(), config, ctx, bot_capabilities())
+                .map_err(|reason| ConnectorError::Config { account: id, reason })?;
+            return Ok(Arc::new(account));
+        }
+        let listen = config
+            .listen
+            .ok_or_else(|| ConnectorError::Config { account: id.clone(), reason: "`listen` must be set".into() })?;
         let tcp = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| ConnectorError::Config { account: id.clone(), reason: format!("`listen` {listen}: {e}") })?;

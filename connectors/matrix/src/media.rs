@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 
 /// A media event's file and caption: the attachment (its `url` the `mxc://` URI) and the caption, if the event has
 /// one (Matrix v1.10: a `filename` other than `body` makes `body` a caption). `None` for other message types.
-pub fn inbound(msgtype: &MessageType) -> Option<Result<(Attachment, Option<String>), &'static str>> {
+///
+/// A file of an encrypted room (an `EncryptedFile`) is taken only where the account can decrypt (`decrypting`: bot
+/// mode): its `url` is then [`encrypted_url`], which keeps the key for the download.
+pub fn inbound(msgtype: &MessageType, decrypting: bool) -> Option<Result<(Attachment, Option<String>), &'static str>> {
     // The four media contents have the same fields, of different info types.
     macro_rules! file_of {
         ($m:expr) => {{
@@ -28,20 +31,38 @@ pub fn inbound(msgtype: &MessageType) -> Option<Result<(Attachment, Option<Strin
         MessageType::Audio(m) => file_of!(m),
         _ => return None,
     };
-    let MediaSource::Plain(uri) = source else {
-        return Some(Err("encrypted media (an encrypted room)"));
+    let url = match source {
+        MediaSource::Plain(uri) => uri.to_string(),
+        MediaSource::Encrypted(file) if decrypting => encrypted_url(file),
+        MediaSource::Encrypted(_) => return Some(Err("encrypted media (an encrypted room)")),
     };
     let (name, caption) = match filename.as_deref() {
         Some(f) if f != body => (f, Some(body.clone())),
         _ => (body.as_str(), None),
     };
     let attachment = Attachment {
-        url: uri.to_string(),
+        url,
         media_type: mimetype.unwrap_or_else(|| "application/octet-stream".to_owned()),
         size: size.map(u64::from),
         filename: (!name.is_empty()).then(|| name.to_owned()),
     };
     Some(Ok((attachment, caption)))
+}
+
+/// The fragment after an encrypted file's `mxc://` URI that holds the file's key and hashes (hex JSON).
+const ENCRYPTED: &str = "#mimi-encrypted-file=";
+
+/// The `url` of an attachment standing for the encrypted file `file` until it is downloaded: its `mxc://` URI with
+/// the whole `EncryptedFile` (key, iv, hashes) in a fragment. It never leaves the connector: the download replaces
+/// the attachment, or drops it with a note.
+pub fn encrypted_url(file: &ruma::events::room::EncryptedFile) -> String {
+    format!("{}{ENCRYPTED}{}", file.url, hex::encode(serde_json::to_vec(file).unwrap_or_default()))
+}
+
+/// The encrypted file an [`encrypted_url`] stands for; `None` for a plain `mxc://` URI.
+pub fn encrypted_file(url: &str) -> Option<ruma::events::room::EncryptedFile> {
+    let (_, fragment) = url.split_once(ENCRYPTED)?;
+    serde_json::from_slice(&hex::decode(fragment).ok()?).ok()
 }
 
 /// Whether `url` is a Matrix content URI, not downloaded yet.

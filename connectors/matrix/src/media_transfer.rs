@@ -20,13 +20,34 @@ use std::sync::Arc;
 /// The largest file downloaded from the homeserver (the media store may take less: `[media] max_bytes`).
 const MAX_DOWNLOAD_BYTES: u64 = 256 << 20;
 
-/// Replaces the `mxc://` attachments of `draft` with files kept in `store`, downloaded as `reader`. `Err` when it
+/// Where an account downloads `mxc://` files from.
+#[async_trait::async_trait]
+pub trait Fetch: Send + Sync {
+    /// The file at `mxc`: the media type it is served with and its bytes, at most `max` of them.
+    async fn fetch(&self, mxc: &str, max: u64) -> Result<(String, Vec<u8>), HsError>;
+}
+
+/// The appservice's downloads: through authenticated media as the user `reader`.
+pub struct AsUser<'a> {
+    /// The homeserver.
+    pub hs: &'a Homeserver,
+    /// The user the download is made as.
+    pub reader: &'a str,
+}
+
+#[async_trait::async_trait]
+impl Fetch for AsUser<'_> {
+    async fn fetch(&self, mxc: &str, max: u64) -> Result<(String, Vec<u8>), HsError> {
+        self.hs.download(mxc, self.reader, max).await
+    }
+}
+
+/// Replaces the `mxc://` attachments of `draft` with files kept in `store`, downloaded from `fetch`. `Err` when it
 /// is worth trying again later (the homeserver of `server_name` unavailable for one of its own files, store
 /// failing).
 pub async fn download_all(
-    hs: &Homeserver,
+    fetch: &dyn Fetch,
     store: Option<&Arc<dyn MediaStore>>,
-    reader: &str,
     server_name: &str,
     draft: &mut MessageDraft,
 ) -> Result<(), String> {
@@ -38,7 +59,7 @@ pub async fn download_all(
         let name = a.filename.clone().unwrap_or_else(|| a.media_type.clone());
         let kept = match store {
             None => Err("this bridge keeps no media store".to_owned()),
-            Some(store) => match hs.download(&a.url, reader, MAX_DOWNLOAD_BYTES).await {
+            Some(store) => match fetch.fetch(&a.url, MAX_DOWNLOAD_BYTES).await {
                 Err(HsError::Unavailable(e)) if media::mxc_parts(&a.url).is_some_and(|(s, _)| s == server_name) => {
                     return Err(format!("downloading {}: {e}", a.url));
                 }

@@ -105,9 +105,20 @@ pub enum OutboundError {
 impl Translator {
     /// The calls that perform `ev`, in order. Empty when there is nothing to do on Matrix (a reaction to, or the
     /// deletion of, a message that was never delivered here).
+    ///
+    /// In bot mode ([`Translator::relay`]) the bot sends everything: texts and edits carry the sender's name
+    /// ([`relay_line`]), a reaction is a notice replying to its message (removed by redacting it), and joins,
+    /// leaves and typing are not shown.
     pub fn outbound(&self, ev: &OutboundEvent) -> Result<Vec<MatrixAction>, OutboundError> {
         let room = ev.leg.room.clone();
-        let as_user = self.ghosts.user_id(&ev.sender.uri)?;
+        let as_user = match &self.relay {
+            Some(_) => self.bot_user_id.clone(),
+            None => self.ghosts.user_id(&ev.sender.uri)?,
+        };
+        let relayed = |draft: &MessageDraft| match &self.relay {
+            Some(format) => relayed(format, &ev.sender.display_name, draft),
+            None => draft.clone(),
+        };
         let txn_id = ev.txn_id.0.clone();
         let send = |event_type, content| MatrixAction::Send {
             room: room.clone(),
@@ -124,6 +135,7 @@ impl Translator {
         };
         Ok(match &ev.kind {
             OutboundKind::Message { draft, reply_to } => {
+                let draft = &relayed(draft);
                 let (draft, parent) = match reply_to {
                     Some(ParentRef { native_id: Some(id), .. }) => (draft.clone(), Some(id.0.as_str())),
                     Some(p) => (quoted(p, draft), None),
@@ -156,7 +168,7 @@ impl Translator {
                 if !draft.attachments.is_empty() {
                     return Err(OutboundError::EditedAttachments);
                 }
-                let new_content = self.content(draft);
+                let new_content = self.content(&relayed(draft));
                 let mut content = new_content.clone();
                 prefix_body(&mut content, "* ");
                 if let Some(id) = &target.native_id {
@@ -169,6 +181,12 @@ impl Translator {
             }
             OutboundKind::Delete { target } => target.native_id.iter().map(|id| redact(&id.0)).collect(),
             OutboundKind::ReactionAdd { target, key, .. } => match &target.native_id {
+                Some(id) if self.relay.is_some() => {
+                    let text = format!("{} reacted with {key}", ev.sender.display_name);
+                    let mut content = json!({"msgtype": "m.notice", "body": text, "m.mentions": {}});
+                    content["m.relates_to"] = json!({"m.in_reply_to": {"event_id": id.0}});
+                    vec![send("m.room.message", content)]
+                }
                 Some(id) => vec![send(
                     "m.reaction",
                     json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": id.0, "key": key}}),
@@ -178,6 +196,7 @@ impl Translator {
             OutboundKind::ReactionRemove { reaction_native_id, .. } => {
                 reaction_native_id.iter().map(|id| redact(&id.0)).collect()
             }
+            OutboundKind::Membership { .. } | OutboundKind::Typing { .. } if self.relay.is_some() => Vec::new(),
             OutboundKind::Membership { change: Membership::Join } => {
                 vec![MatrixAction::Join { room, as_user, display_name: ev.sender.display_name.clone() }]
             }
@@ -214,6 +233,32 @@ impl Translator {
         }
         content
     }
+}
+
+/// One relayed line: `format` with `{name}` and `{text}` replaced; an emote is `* name text` whatever the format.
+pub fn relay_line(format: &str, name: &str, text: &str, emote: bool) -> String {
+    if emote { format!("* {name} {text}") } else { format.replace("{name}", name).replace("{text}", text) }
+}
+
+/// `draft` as the bot relays it for `name`: the line of [`relay_line`] (the name escaped in markdown), an emote as
+/// an ordinary message (a Matrix emote would show the bot's name), files as links after the text.
+fn relayed(format: &str, name: &str, draft: &MessageDraft) -> MessageDraft {
+    let emote = draft.style == MessageStyle::Emote;
+    let style = if emote { MessageStyle::Normal } else { draft.style };
+    let body = match draft.format {
+        TextFormat::Plain => relay_line(format, name, &draft.body, emote),
+        TextFormat::Markdown => relay_line(format, &markdown::plain_to_markdown(name), &draft.body, emote),
+    };
+    let mut body = if draft.body.is_empty() && !emote { body.trim_end().to_owned() } else { body };
+    // Files as links after the text: the bot has no way to show who sent a file event.
+    for a in &draft.attachments {
+        let label = a.filename.clone().unwrap_or_else(|| a.media_type.clone());
+        body.push_str(&match draft.format {
+            TextFormat::Plain => format!("\n{label}: {}", a.url),
+            TextFormat::Markdown => format!("\n\n{}: <{}>", markdown::plain_to_markdown(&label), a.url),
+        });
+    }
+    MessageDraft { body, style, attachments: Vec::new(), ..draft.clone() }
 }
 
 /// A reply whose parent is not in this room: the parent quoted above the text.

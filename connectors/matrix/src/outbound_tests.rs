@@ -240,3 +240,60 @@ fn an_edit_changing_attachments_is_refused_not_dropped() {
     let ev = event(OutboundKind::Edit { target, draft });
     assert_eq!(translator().outbound(&ev), Err(OutboundError::EditedAttachments));
 }
+
+/// Bot mode: the translator of a bot account relaying as `{name}: {text}`.
+fn bot_actions(kind: OutboundKind) -> Vec<MatrixAction> {
+    let t = Translator { relay: Some("{name}: {text}".into()), ..translator() };
+    t.outbound(&event(kind)).expect("translated")
+}
+
+/// The one `Send` of a bot-mode event, checked to be the bot's: (event type, content).
+fn bot_sent(kind: OutboundKind) -> (&'static str, Value) {
+    match bot_actions(kind).as_slice() {
+        [MatrixAction::Send { as_user, event_type, content, .. }] => {
+            assert_eq!(as_user, "@mimibot:hs.test", "the bot sends");
+            (event_type, content.clone())
+        }
+        other => panic!("expected one send, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_bot_relays_texts_with_the_senders_name_and_emotes_as_text() {
+    let (ty, content) = bot_sent(message(MessageDraft::plain("hello")));
+    assert_eq!(ty, "m.room.message");
+    assert_eq!(content, json!({"msgtype": "m.text", "body": "bob: hello", "m.mentions": {}}));
+    let emote = MessageDraft { style: MessageStyle::Emote, ..MessageDraft::plain("waves") };
+    assert_eq!(bot_sent(message(emote)).1, json!({"msgtype": "m.text", "body": "* bob waves", "m.mentions": {}}));
+    let (_, md) = bot_sent(message(MessageDraft::markdown("**hi**")));
+    assert_eq!(
+        (md["body"].as_str(), md["formatted_body"].as_str()),
+        (Some("bob: hi"), Some("<p>bob: <strong>hi</strong></p>"))
+    );
+    // A name that looks like markup stays text.
+    let mut ev = event(message(MessageDraft::markdown("*x*")));
+    ev.sender.display_name = "<b>eve</b>".into();
+    let t = Translator { relay: Some("{name}: {text}".into()), ..translator() };
+    match t.outbound(&ev).expect("translated").as_slice() {
+        [MatrixAction::Send { content, .. }] => {
+            assert_eq!(content["formatted_body"], "<p>&lt;b&gt;eve&lt;/b&gt;: <em>x</em></p>");
+        }
+        other => panic!("expected one send, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_bot_edits_with_the_name_reacts_with_a_notice_and_shows_no_membership_or_typing() {
+    let (_, edit) = bot_sent(OutboundKind::Edit { target: parent(Some("$orig")), draft: MessageDraft::plain("fixed") });
+    assert_eq!(
+        (edit["body"].as_str(), edit["m.new_content"]["body"].as_str()),
+        (Some("* bob: fixed"), Some("bob: fixed"))
+    );
+    let (ty, reaction) =
+        bot_sent(OutboundKind::ReactionAdd { target: parent(Some("$m")), key: "👍".into(), set_after: vec![] });
+    assert_eq!(ty, "m.room.message");
+    assert_eq!(reaction["body"], "bob reacted with 👍");
+    assert_eq!(reaction["m.relates_to"], json!({"m.in_reply_to": {"event_id": "$m"}}));
+    assert!(bot_actions(OutboundKind::Membership { change: Membership::Join }).is_empty());
+    assert!(bot_actions(OutboundKind::Typing { active: true }).is_empty());
+}

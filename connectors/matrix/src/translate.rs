@@ -15,8 +15,11 @@ pub struct Translator {
     pub domain: String,
     /// The appservice's ghost namespace.
     pub ghosts: GhostNames,
-    /// The appservice's own user (`sender_localpart`), whose events are the bridge's.
+    /// The appservice's own user (`sender_localpart`), or the bot-mode account: whose events are the bridge's.
     pub bot_user_id: String,
+    /// Bot mode: everything is sent by [`Translator::bot_user_id`], each line shown with this format (`{name}`,
+    /// `{text}`); `None` for an appservice, whose ghosts speak for themselves.
+    pub relay: Option<String>,
 }
 
 impl Translator {
@@ -33,10 +36,11 @@ impl Translator {
     }
 
     /// The Matrix user a MIMI user URI is shown as: the Matrix user itself when it is one of this account's, its
-    /// ghost otherwise; `None` when it can have no ghost.
+    /// ghost otherwise; `None` when it can have no ghost (or in bot mode, which has none).
     pub fn matrix_user(&self, uri: &str) -> Option<String> {
         match LegacyUser::from_uri(uri, &self.domain) {
             Ok(user) if user.account == self.account => Some(user.native_id),
+            _ if self.relay.is_some() => None,
             _ => self.ghosts.user_id(uri).ok(),
         }
     }
@@ -53,6 +57,7 @@ pub(crate) mod fixtures {
             domain: "b.test".into(),
             ghosts: GhostNames::new("mimi_", "hs.test"),
             bot_user_id: "@mimibot:hs.test".into(),
+            relay: None,
         }
     }
 

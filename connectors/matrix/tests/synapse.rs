@@ -70,13 +70,16 @@ fn setup_with(edit: impl FnOnce(&mut Config)) -> Setup {
         mode: Mode::Appservice,
         homeserver_url: String::new(),
         server_name: SERVER_NAME.into(),
-        listen,
+        listen: Some(listen),
         url: None,
         registration_id: "mimi-bridge-test".into(),
         ghost_prefix: "mimi_".into(),
         bot_localpart: "mimi-bridge".into(),
         as_token: registration::random_token(),
         hs_token: registration::random_token(),
+        password: None,
+        access_token: None,
+        relay_format: "{name}: {text}".into(),
     };
     edit(&mut config);
     let reg = dir.path().join("registration.yaml");
@@ -192,7 +195,7 @@ impl Harness for MatrixHarness {
         let ev = self.last_seen_by_bridge.clone().ok_or("nothing sent yet")?;
         let url = format!(
             "http://{}/_matrix/app/v1/transactions/redeliver-{}",
-            self.s.config.listen,
+            self.s.config.listen.expect("an appservice listens"),
             TXN.fetch_add(1, Ordering::SeqCst)
         );
         let resp = reqwest::Client::new()

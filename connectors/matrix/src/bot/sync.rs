@@ -1,0 +1,366 @@
+//! The bot's task: logs in (retrying while the homeserver is away), joins the linked rooms, then syncs. The events
+//! of each `/sync` response go to the core, and the stored position moves past them only once the core durably
+//! took them: a kill in between syncs the same response again, and the core drops what it has by event id.
+
+use super::Inner;
+use super::login::{self, LoginError};
+use super::position::{Position, PositionFile, Undecrypted};
+use crate::homeserver::HsError;
+use crate::media_transfer::{self, Fetch};
+use bridge_api::connector::PendingAck;
+use bridge_api::event::{InboundEvent, InboundKind, MessageDraft, MessageStyle};
+use bridge_api::{Health, LegId, LegacyUser, NativeId, RouteError};
+use bridge_net::backoff::Backoff;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::deserialized_responses::{TimelineEvent, TimelineEventKind};
+use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+use matrix_sdk::room::{MessagesOptions, Room};
+use matrix_sdk::ruma::events::AnySyncTimelineEvent;
+use matrix_sdk::ruma::events::room::MediaSource;
+use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::sync::JoinedRoomUpdate;
+use matrix_sdk::{Client, ruma::OwnedRoomId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long one `/sync` waits for news.
+const POLL: Duration = Duration::from_secs(30);
+/// Most `/messages` pages read back to the last event taken after a `limited` timeline.
+const BACKFILL_PAGES: usize = 20;
+
+/// What the portal is told when a message could not be decrypted yet.
+pub const UNDECRYPTED_NOTICE: &str =
+    "sent an encrypted message the bridge cannot decrypt yet; it follows here once its keys arrive";
+
+pub(super) async fn run(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let client = loop {
+        let attempt = tokio::select! {
+            r = login::client(&inner.cfg, &inner.dir) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match attempt {
+            Ok(c) => break c,
+            Err(LoginError::BadCredentials(reason)) => {
+                tracing::error!(account = %inner.id, %reason, "the Matrix bot cannot log in; fix its credentials");
+                inner.set_health(Health::BadCredentials { reason });
+                return;
+            }
+            Err(e) => {
+                let retry_in = backoff.next_delay();
+                tracing::warn!(account = %inner.id, error = %e, ?retry_in, "the Matrix bot is not logged in yet");
+                inner.set_health(Health::BackingOff { retry_in, reason: e.to_string() });
+                tokio::select! {
+                    _ = tokio::time::sleep(retry_in) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    };
+    let _ = inner.client.set(client.clone());
+    let file = PositionFile::new(&inner.dir);
+    let mut position = match file.load() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(account = %inner.id, error = %e, "the Matrix bot's sync position cannot be read; fix or remove it");
+            inner.set_health(Health::Stopped);
+            return;
+        }
+    };
+    backoff.reset();
+    // The first sync returns at once (it catches up); later ones wait for news.
+    let mut poll = Duration::ZERO;
+    loop {
+        join_linked(&inner).await;
+        let mut settings = SyncSettings::default().timeout(poll);
+        if let Some(token) = &position.token {
+            settings = settings.token(token.clone());
+        }
+        let synced = tokio::select! {
+            r = client.sync_once(settings) => r,
+            _ = stop.wait_for(|s| *s) => return,
+            _ = inner.rejoin.notified() => continue,
+        };
+        let outcome = match synced {
+            Ok(response) => {
+                let mut next = position.clone();
+                let first = next.token.is_none();
+                match take(&inner, &client, response.rooms.joined, &mut next, first).await {
+                    Ok(()) => {
+                        next.token = Some(response.next_batch);
+                        match file.save(&next) {
+                            Ok(()) => Ok(next),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(login::classify(&e).to_string()),
+        };
+        match outcome {
+            Ok(next) => {
+                position = next;
+                backoff.reset();
+                poll = POLL;
+                inner.set_health(Health::Connected);
+            }
+            Err(reason) => {
+                let retry_in = backoff.next_delay();
+                tracing::warn!(account = %inner.id, error = %reason, ?retry_in, "Matrix bot sync not taken; trying again");
+                inner.set_health(Health::BackingOff { retry_in, reason });
+                tokio::select! {
+                    _ = tokio::time::sleep(retry_in) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Joins the linked rooms the bot is not in yet (the first time, or invited since).
+async fn join_linked(inner: &Inner) {
+    let missing: Vec<String> = inner.rooms().iter().filter(|(_, id)| id.is_none()).map(|(n, _)| n.clone()).collect();
+    for name in missing {
+        if let Err(e) = inner.join_room(&name).await {
+            tracing::debug!(account = %inner.id, room = %name, error = %e, "the Matrix bot is not in the room yet");
+        }
+    }
+}
+
+/// Hands the events of the linked rooms in `joined` to the core and records how far they went in `position`;
+/// `Ok` once the core durably took them (or refused them for good). What was said before the bridge came is not
+/// bridged: the very first sync only marks where the rooms stand, and a room joined later starts after the join.
+async fn take(
+    inner: &Inner,
+    client: &Client,
+    joined: BTreeMap<OwnedRoomId, JoinedRoomUpdate>,
+    position: &mut Position,
+    first: bool,
+) -> Result<(), String> {
+    let mut pending = Vec::new();
+    for (room_id, update) in joined {
+        let (Some(leg_room), Some(room)) = (inner.linked_as(room_id.as_str()), client.get_room(&room_id)) else {
+            continue;
+        };
+        let mut events = update.timeline.events;
+        if !position.last_event.contains_key(room_id.as_str()) {
+            // A room new to the position starts after the bot's own join; what the timeline shows of before it
+            // was said before the bridge came.
+            let bot = inner.tr.bot_user_id.as_str();
+            let joined_at = events.iter().rposition(|ev| is_join_of(ev.raw(), bot));
+            if let Some(last) = events.iter().rev().find_map(TimelineEvent::event_id) {
+                position.last_event.insert(room_id.to_string(), last.to_string());
+            }
+            match joined_at {
+                Some(i) if !first => events.drain(..=i).for_each(drop),
+                _ => continue,
+            }
+        } else if update.timeline.limited
+            && let (Some(last), Some(from)) = (position.last_event.get(room_id.as_str()), update.timeline.prev_batch)
+        {
+            let mut older = backfill(&room, from, last).await?;
+            older.append(&mut events);
+            events = older;
+        }
+        for ev in events {
+            let Some(event_id) = ev.event_id() else { continue };
+            let inbound = match &ev.kind {
+                TimelineEventKind::UnableToDecrypt { event, .. } => {
+                    position.wait_for_keys(Undecrypted {
+                        room_id: room_id.to_string(),
+                        event_id: event_id.to_string(),
+                        event: serde_json::from_str(event.json().get()).unwrap_or_default(),
+                        at_ms: now_ms(),
+                    });
+                    undecrypted_notice(inner, &room, &leg_room, event).await
+                }
+                _ => translate(inner, client, &room, &leg_room, ev.raw()).await?,
+            };
+            if let Some(inbound) = inbound {
+                pending.extend(enqueue(inner, inbound).await?);
+            }
+            position.last_event.insert(room_id.to_string(), event_id.to_string());
+        }
+    }
+    decrypt_waiting(inner, client, position, &mut pending).await?;
+    for ack in pending {
+        match ack.wait().await {
+            Ok(_) => {}
+            Err(e) if temporary(&e) => return Err(e.to_string()),
+            Err(e) => tracing::warn!(account = %inner.id, error = %e, "event refused by the core"),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `raw` is `user`'s own join (a membership event of theirs that makes them joined).
+fn is_join_of(raw: &Raw<AnySyncTimelineEvent>, user: &str) -> bool {
+    let field = |name: &str| raw.get_field::<String>(name).ok().flatten();
+    field("type").as_deref() == Some("m.room.member")
+        && field("state_key").as_deref() == Some(user)
+        && raw.get_field::<serde_json::Value>("content").ok().flatten().is_some_and(|c| c["membership"] == "join")
+}
+
+/// The events before a `limited` timeline back to `last` (excluded), oldest first: at most [`BACKFILL_PAGES`]
+/// pages, beyond which what is older is logged as skipped.
+async fn backfill(room: &Room, from: String, last: &str) -> Result<Vec<TimelineEvent>, String> {
+    let mut older = Vec::new();
+    let mut from = Some(from);
+    for _ in 0..BACKFILL_PAGES {
+        let Some(token) = from.take() else { break };
+        let mut options = MessagesOptions::backward();
+        options.from = Some(token);
+        options.limit = 100u32.into();
+        let page = room.messages(options).await.map_err(|e| format!("backfilling {}: {e}", room.room_id()))?;
+        for ev in page.chunk {
+            if ev.event_id().is_some_and(|id| id.as_str() == last) {
+                older.reverse();
+                return Ok(older);
+            }
+            older.push(ev);
+        }
+        from = page.end;
+    }
+    if from.is_some() {
+        tracing::warn!(room = %room.room_id(), pages = BACKFILL_PAGES, "backfill stopped short of the last event taken: older events are not bridged");
+    }
+    older.reverse();
+    Ok(older)
+}
+
+/// The core event of one timeline event, with its files kept in the media store; `None` if it is not bridged.
+async fn translate(
+    inner: &Inner,
+    client: &Client,
+    room: &Room,
+    leg_room: &str,
+    raw: &Raw<AnySyncTimelineEvent>,
+) -> Result<Option<InboundEvent>, String> {
+    let ev = match raw.deserialize() {
+        Ok(ev) => ev.into_full_event(room.room_id().to_owned()),
+        Err(e) => {
+            tracing::debug!(account = %inner.id, error = %e, "undecodable event dropped");
+            return Ok(None);
+        }
+    };
+    let name = display_name(room, ev.sender()).await;
+    let mut inbound = match inner.tr.inbound(&ev, name.as_deref()) {
+        Ok(inbound) => inbound,
+        Err(skip) => {
+            tracing::debug!(account = %inner.id, event = %ev.event_id(), %skip, "not bridged");
+            return Ok(None);
+        }
+    };
+    inbound.leg.room = leg_room.to_owned();
+    if let InboundKind::Message { draft, .. } | InboundKind::Edit { draft, .. } = &mut inbound.kind {
+        let fetch = ClientFetch(client);
+        media_transfer::download_all(&fetch, inner.ctx.media.as_ref(), &inner.cfg.server_name, draft).await?;
+    }
+    Ok(Some(inbound))
+}
+
+/// The notice standing for an event the bot cannot decrypt yet: from its sender, under an id derived from the
+/// event's (the event itself is bridged under its own once decrypted).
+async fn undecrypted_notice(
+    inner: &Inner,
+    room: &Room,
+    leg_room: &str,
+    event: &Raw<AnySyncTimelineEvent>,
+) -> Option<InboundEvent> {
+    let sender = event.get_field::<String>("sender").ok().flatten()?;
+    let event_id = event.get_field::<String>("event_id").ok().flatten()?;
+    let user_id = matrix_sdk::ruma::OwnedUserId::try_from(sender.as_str()).ok()?;
+    let name = display_name(room, &user_id).await;
+    let draft = MessageDraft { style: MessageStyle::Notice, ..MessageDraft::plain(UNDECRYPTED_NOTICE) };
+    Some(InboundEvent {
+        leg: LegId::new(inner.id.clone(), leg_room).ok()?,
+        sender: LegacyUser { account: inner.id.clone(), native_id: sender, display_name: name },
+        native_id: Some(NativeId(format!("{event_id}#undecrypted"))),
+        from_bridge: false,
+        kind: InboundKind::Message { draft, reply_to: None },
+    })
+}
+
+/// Tries again the events waiting for their keys; those decrypted now go to the core (and stop waiting).
+async fn decrypt_waiting(
+    inner: &Inner,
+    client: &Client,
+    position: &mut Position,
+    pending: &mut Vec<PendingAck>,
+) -> Result<(), String> {
+    let mut still = Vec::new();
+    for waiting in std::mem::take(&mut position.undecrypted) {
+        let room_id = OwnedRoomId::try_from(waiting.room_id.as_str()).ok();
+        let (Some(room), Some(leg_room)) =
+            (room_id.and_then(|id| client.get_room(&id)), inner.linked_as(&waiting.room_id))
+        else {
+            continue; // the room is no longer linked
+        };
+        let Ok(raw) = serde_json::value::to_raw_value(&waiting.event) else { continue };
+        let decrypted = match room.decrypt_event(&Raw::from_json(raw), None).await {
+            Ok(ev) if matches!(ev.kind, TimelineEventKind::Decrypted(_)) => ev,
+            Ok(_) | Err(_) => {
+                still.push(waiting);
+                continue;
+            }
+        };
+        tracing::info!(account = %inner.id, event = %waiting.event_id, "an encrypted event is decrypted now");
+        if let Some(inbound) = translate(inner, client, &room, &leg_room, decrypted.raw()).await? {
+            pending.extend(enqueue(inner, inbound).await?);
+        }
+    }
+    position.undecrypted = still;
+    Ok(())
+}
+
+/// Queues `inbound` on its portal; `Err` when the core cannot take it now (the sync is taken again).
+async fn enqueue(inner: &Inner, inbound: InboundEvent) -> Result<Option<PendingAck>, String> {
+    match inner.ctx.inbound.enqueue(inbound).await {
+        Ok(ack) => Ok(Some(ack)),
+        Err(e) if temporary(&e) => Err(e.to_string()),
+        Err(e) => {
+            tracing::warn!(account = %inner.id, error = %e, "event refused by the core");
+            Ok(None)
+        }
+    }
+}
+
+fn temporary(e: &RouteError) -> bool {
+    matches!(e, RouteError::Store(_) | RouteError::Closed | RouteError::Room(bridge_api::RoomError::Unavailable(_)))
+}
+
+/// A member's display name in `room`, as the client's store knows it.
+async fn display_name(room: &Room, user: &matrix_sdk::ruma::UserId) -> Option<String> {
+    room.get_member_no_sync(user).await.ok().flatten().and_then(|m| m.display_name().map(str::to_owned))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Downloads through the bot's client (authenticated media).
+struct ClientFetch<'a>(&'a Client);
+
+#[async_trait::async_trait]
+impl Fetch for ClientFetch<'_> {
+    async fn fetch(&self, mxc: &str, max: u64) -> Result<(String, Vec<u8>), HsError> {
+        // A file of an encrypted room carries its key: the client decrypts it (and checks its hash).
+        let source = match crate::media::encrypted_file(mxc) {
+            Some(file) => MediaSource::Encrypted(Box::new(file)),
+            None => MediaSource::Plain(mxc.into()),
+        };
+        let request = MediaRequestParameters { source, format: MediaFormat::File };
+        let bytes = self.0.media().get_media_content(&request, false).await.map_err(|e| match login::classify(&e) {
+            LoginError::BadCredentials(error) => HsError::Refused { status: 400, errcode: String::new(), error },
+            other => HsError::Unavailable(other.to_string()),
+        })?;
+        if bytes.len() as u64 > max {
+            let error = format!("{} bytes, more than {max}", bytes.len());
+            return Err(HsError::Refused { status: 413, errcode: "M_TOO_LARGE".into(), error });
+        }
+        Ok(("application/octet-stream".into(), bytes))
+    }
+}

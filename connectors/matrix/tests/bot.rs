@@ -1,0 +1,291 @@
+//! The Matrix connector in bot mode against a real Synapse (no appservice registered): one ordinary account logs
+//! in, relays the other side as `name: text`, keeps one device across restarts, bridges once and in order what was
+//! said while it was down, and reads and writes an end-to-end-encrypted room (the Matrix user there is a
+//! matrix-sdk client with its own device).
+
+use bridge_api::event::{InboundKind, MessageDraft};
+use bridge_api::{Account, AccountContext, AccountId, Connector, Health, LegId, PortalId};
+use bridge_core::repo::{MlsIdentity, PortalRecord};
+use bridge_core::router::RouterHandle;
+use bridge_testkit::loopback::LoopbackNetwork;
+use connector_matrix::{Config, MatrixConnector, Mode};
+use harness::Synapse;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::deserialized_responses::TimelineEventKind;
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod common;
+use common::{Client, await_body, await_delivered, delivered_bodies, enc, router, wait_health};
+
+const BOT: &str = "relay";
+
+/// A valid 2×3 RGB PNG.
+const PNG: &str = "89504e470d0a1a0a0000000d4948445200000002000000030802000000368849d60000001049444154789c63f8cfc000440c28\
+                   140044d005fba4cfde800000000049454e44ae426082";
+
+/// Synapse with the bot's account (its registration device logged out: the bot's own login is its one device),
+/// alice, and a room of alice's (`initial_state` added to its creation).
+struct World {
+    hs: Synapse,
+    alice: Client,
+    room: String,
+}
+
+fn world(initial_state: Value) -> World {
+    let hs = Synapse::start().expect("synapse starts (installed by ./scripts/test)");
+    let bot = hs.register_user(BOT).expect("bot account");
+    let (status, v) =
+        hs.request("POST", "/_matrix/client/v3/logout", Some(&bot.access_token), Some(&json!({}))).expect("logout");
+    assert_eq!(status, 200, "{v}");
+    let alice = Client::new(&hs.url(), hs.register_user("alice").expect("alice"));
+    let body = json!({"preset": "public_chat", "name": "bot test", "initial_state": initial_state});
+    let (status, v) =
+        hs.request("POST", "/_matrix/client/v3/createRoom", Some(&alice.user.access_token), Some(&body)).expect("room");
+    assert_eq!(status, 200, "{v}");
+    let room = v["room_id"].as_str().expect("room id").to_owned();
+    World { hs, alice, room }
+}
+
+fn config(hs: &Synapse) -> Config {
+    Config {
+        mode: Mode::Bot,
+        homeserver_url: hs.url(),
+        server_name: hs.server_name.clone(),
+        listen: None,
+        url: None,
+        registration_id: String::new(),
+        ghost_prefix: "mimi_".into(),
+        bot_localpart: BOT.into(),
+        as_token: String::new(),
+        hs_token: String::new(),
+        password: Some(format!("pw-{BOT}")),
+        access_token: None,
+        relay_format: "{name}: {text}".into(),
+    }
+}
+
+/// A router with a loopback leg `#lb` and the bot, linked to the Matrix room in one portal.
+struct Bridge {
+    router: RouterHandle,
+    lb: Arc<LoopbackNetwork>,
+    bot: Arc<dyn Account>,
+    media: Arc<Kept>,
+    _store: tempfile::TempDir,
+}
+
+/// The daemon's media store as the bot sees it: what it was given, by the link it answered (the store itself is
+/// tested in `bridge-media`; here it only shows which bytes the bot fetched).
+#[derive(Default)]
+struct Kept(std::sync::Mutex<Vec<(String, Vec<u8>)>>);
+
+#[async_trait::async_trait]
+impl bridge_api::MediaStore for Kept {
+    async fn put(
+        &self,
+        bytes: Vec<u8>,
+        media_type: &str,
+        filename: Option<&str>,
+    ) -> Result<bridge_api::event::Attachment, bridge_api::MediaError> {
+        let mut kept = self.0.lock().expect("lock");
+        let url = format!("https://media.test/{}", kept.len());
+        kept.push((url.clone(), bytes.clone()));
+        let (media_type, filename) = (media_type.to_owned(), filename.map(str::to_owned));
+        Ok(bridge_api::event::Attachment { url, media_type, size: Some(bytes.len() as u64), filename })
+    }
+
+    async fn import(
+        &self,
+        _url: &str,
+        _name: Option<&str>,
+    ) -> Result<bridge_api::event::Attachment, bridge_api::MediaError> {
+        Err(bridge_api::MediaError::Io("no imports in this test".into()))
+    }
+
+    async fn get(&self, url: &str) -> Result<Option<(Vec<u8>, String)>, bridge_api::MediaError> {
+        let kept = self.0.lock().expect("lock");
+        Ok(kept.iter().find(|(u, _)| u == url).map(|(_, b)| (b.clone(), "application/octet-stream".to_owned())))
+    }
+}
+
+async fn bridge(w: &World, state: &Path) -> Bridge {
+    let (router, store) = router().await;
+    let lb_id = AccountId::parse("lb.irc").expect("id");
+    let lb = LoopbackNetwork::new(lb_id.clone(), AccountContext::new(lb_id, router.clone(), "b.test"));
+    router.add_account(lb.clone());
+    let portal = PortalId::new("p").expect("portal");
+    router.create_portal(PortalRecord { id: portal.clone(), mls_identity: MlsIdentity::Shared }).await.expect("portal");
+    router.link(lb.leg("#lb"), &portal).await.expect("link");
+    let media = Arc::new(Kept::default());
+    let bot = start_bot(w, state, &router, &media).await;
+    let leg = LegId::new(bot.id().clone(), w.room.clone()).expect("leg");
+    router.link_and_join(leg, &portal).await.expect("link").expect("running").expect("join");
+    Bridge { router, lb, bot, media, _store: store }
+}
+
+/// The bot account on `state` (as after a daemon restart), attached to `router`, connected.
+async fn start_bot(w: &World, state: &Path, router: &RouterHandle, media: &Arc<Kept>) -> Arc<dyn Account> {
+    let id = AccountId::parse("matrix.hs").expect("id");
+    let ctx = AccountContext::new(id.clone(), router.clone(), "b.test").with_state_dir(state).with_media(media.clone());
+    let bot = MatrixConnector::with_axum_serve().start(id, config(&w.hs), ctx).await.expect("bot starts");
+    router.attach_account(bot.clone()).await;
+    wait_health(&bot, |h| *h == Health::Connected, "the bot connected").await;
+    bot
+}
+
+/// The bot's devices, as the homeserver lists them (with the token of its kept session).
+fn bot_devices(w: &World, state: &Path) -> Vec<Value> {
+    let session: Value =
+        serde_json::from_slice(&std::fs::read(state.join("session.json")).expect("session kept")).expect("json");
+    let token = session["access_token"].as_str().expect("token");
+    let (status, v) = w.hs.request("GET", "/_matrix/client/v3/devices", Some(token), None).expect("devices");
+    assert_eq!(status, 200, "{v}");
+    v["devices"].as_array().cloned().unwrap_or_default()
+}
+
+/// bob says `text` on the loopback leg, with native id `id`.
+async fn say(lb: &LoopbackNetwork, id: &str, text: &str) {
+    let kind = InboundKind::Message { draft: MessageDraft::plain(text), reply_to: None };
+    lb.say_with_id("#lb", "bob", id, kind).await.expect("accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_relays_both_ways_keeps_one_device_and_bridges_what_was_said_while_down_once_in_order() {
+    let w = world(json!([]));
+    let state = tempfile::tempdir().expect("state dir");
+    let b = bridge(&w, state.path()).await;
+
+    // Matrix → the other side, under alice's name; the other side → Matrix, as the bot with bob's name.
+    w.alice
+        .send(&w.room, "m.room.message", json!({"msgtype": "m.text", "body": "hello from matrix"}))
+        .await
+        .expect("send");
+    await_delivered(&b.lb, "hello from matrix").await;
+    say(&b.lb, "l1", "hi from irc").await;
+    let relayed = await_body(&w.alice, &w.room, "bob: hi from irc").await;
+    assert_eq!(relayed["sender"], w.hs.user_id(BOT), "{relayed}");
+    let from_alice = b.lb.delivered().into_iter().find(|e| delivered_is(e, "hello from matrix")).expect("delivered");
+    let alice_id = bridge_api::LegacyUser::new(AccountId::parse("matrix.hs").expect("id"), &w.alice.user.user_id);
+    assert_eq!(from_alice.sender.uri, alice_id.uri("b.test"), "alice herself, not the bot");
+
+    // Down: 25 messages (more than a sync's timeline shows: the bot reads back from /messages), then up again.
+    b.bot.shutdown().await;
+    for i in 0..25 {
+        let body = format!("while down {i}");
+        w.alice.send(&w.room, "m.room.message", json!({"msgtype": "m.text", "body": body})).await.expect("send");
+    }
+    let bot = start_bot(&w, state.path(), &b.router, &b.media).await;
+    await_delivered(&b.lb, "while down 24").await;
+    let down: Vec<String> = delivered_bodies(&b.lb).into_iter().filter(|t| t.starts_with("while down")).collect();
+    let said: Vec<String> = (0..25).map(|i| format!("while down {i}")).collect();
+    assert_eq!(down, said, "each once, in order");
+
+    // Two more restarts: still one device, and nothing bridged again.
+    for _ in 0..2 {
+        bot.shutdown().await;
+        start_bot(&w, state.path(), &b.router, &b.media).await;
+    }
+    w.alice
+        .send(&w.room, "m.room.message", json!({"msgtype": "m.text", "body": "after restarts"}))
+        .await
+        .expect("send");
+    await_delivered(&b.lb, "after restarts").await;
+    let bodies = delivered_bodies(&b.lb);
+    assert_eq!(bodies.iter().filter(|t| t.starts_with("while down")).count(), 25, "nothing bridged twice: {bodies:?}");
+    assert_eq!(bodies.iter().filter(|t| *t == "hello from matrix").count(), 1, "{bodies:?}");
+    let devices = bot_devices(&w, state.path());
+    assert_eq!(devices.len(), 1, "one device after three restarts: {devices:?}");
+    assert_eq!(devices[0]["display_name"], "mimi-bridge");
+    b.router.shutdown().await;
+}
+
+fn delivered_is(e: &bridge_api::OutboundEvent, body: &str) -> bool {
+    matches!(&e.kind, bridge_api::OutboundKind::Message { draft, .. } if draft.body == body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_reads_and_writes_an_encrypted_room() {
+    let encryption =
+        json!([{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]);
+    let w = world(encryption);
+    let state = tempfile::tempdir().expect("state dir");
+    let b = bridge(&w, state.path()).await;
+
+    // alice's end-to-end-encrypting client, a device of her own.
+    let alice_store = tempfile::tempdir().expect("alice's store");
+    let alice = matrix_sdk::Client::builder()
+        .homeserver_url(w.hs.url())
+        .sqlite_store(alice_store.path(), None)
+        .build()
+        .await
+        .expect("client");
+    alice.matrix_auth().login_username(&w.alice.user.user_id, "pw-alice").send().await.expect("alice logs in");
+    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(w.room.as_str()).expect("room id");
+    let bot_id = matrix_sdk::ruma::OwnedUserId::try_from(w.hs.user_id(BOT)).expect("bot id");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let room = loop {
+        alice.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.expect("sync");
+        if let Some(room) = alice.get_room(&room_id)
+            && room.get_member_no_sync(&bot_id).await.ok().flatten().is_some()
+        {
+            break room;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "alice never saw the bot join");
+    };
+    room.send(RoomMessageEventContent::text_plain("a secret hello")).await.expect("alice sends, encrypted");
+    await_delivered(&b.lb, "a secret hello").await;
+    // The bot's device is cross-signed: its identity is published.
+    let query = json!({"device_keys": {w.hs.user_id(BOT): []}});
+    let keys = w.alice.call(reqwest::Method::POST, "/_matrix/client/v3/keys/query", Some(query)).await.expect("keys");
+    assert!(keys["master_keys"][w.hs.user_id(BOT)].is_object(), "cross-signing keys published: {keys}");
+    assert!(keys["self_signing_keys"][w.hs.user_id(BOT)].is_object(), "{keys}");
+
+    // The answer reaches alice encrypted, and she decrypts it.
+    say(&b.lb, "s1", "a secret reply").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    'found: loop {
+        let r = alice.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.expect("sync");
+        for ev in r.rooms.joined.get(&room_id).map(|u| u.timeline.events.clone()).unwrap_or_default() {
+            let body = ev.raw().get_field::<Value>("content").ok().flatten().map(|c| c["body"].clone());
+            if body == Some(json!("bob: a secret reply")) {
+                assert!(matches!(ev.kind, TimelineEventKind::Decrypted(_)), "sent encrypted: {:?}", ev.kind);
+                break 'found;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "alice never read the bot's answer");
+    }
+    // A file alice sends (uploaded encrypted, its key in the encrypted event) is decrypted by the bot.
+    let png = hex::decode(PNG).expect("png");
+    room.send_attachment("secret.png", &mime::IMAGE_PNG, png.clone(), Default::default()).await.expect("file sent");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let file = loop {
+        let files: Vec<_> =
+            b.lb.delivered()
+                .into_iter()
+                .filter_map(|e| match e.kind {
+                    bridge_api::OutboundKind::Message { draft, .. } => draft.attachments.into_iter().next(),
+                    _ => None,
+                })
+                .collect();
+        if let Some(f) = files.into_iter().next() {
+            break f;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "alice's file never reached the portal");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((file.filename.as_deref(), file.media_type.as_str()), (Some("secret.png"), "image/png"));
+    let kept = b.media.0.lock().expect("lock").iter().find(|(u, _)| *u == file.url).map(|(_, bytes)| bytes.clone());
+    assert_eq!(kept, Some(png), "the decrypted bytes, not the ciphertext");
+
+    // In the room itself it is an `m.room.encrypted` event: the homeserver never saw the text.
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", enc(&w.room));
+    let v = w.alice.call(reqwest::Method::GET, &path, None).await.expect("messages");
+    let from_bot: Vec<&Value> =
+        v["chunk"].as_array().into_iter().flatten().filter(|e| e["sender"] == w.hs.user_id(BOT).as_str()).collect();
+    assert!(from_bot.iter().any(|e| e["type"] == "m.room.encrypted"), "{from_bot:?}");
+    assert!(!v.to_string().contains("a secret reply"), "no plaintext on the homeserver");
+    b.router.shutdown().await;
+}
