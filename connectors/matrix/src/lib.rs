@@ -83,16 +83,14 @@ pub fn capabilities() -> Capabilities {
 }
 
 /// What a bot-mode account carries: the bot relays everyone, so reactions are notices from it (`bob reacted with
-/// 👍`), files are links in the text, mentions of other networks' users are their names, and joins, leaves and
-/// typing are not shown. What Matrix users do themselves — their reactions, files, mentions, joins and leaves —
-/// is said in full.
+/// 👍`), files are the bot's (after the sender's name), mentions of other networks' users are their names, and
+/// joins, leaves and typing are not shown. What Matrix users do themselves — their reactions, mentions, joins and
+/// leaves — is said in full.
 pub fn bot_capabilities() -> Capabilities {
     use bridge_api::Feature;
     capabilities()
         .with(Feature::Reactions, Grade::Degraded)
         .saying(Feature::Reactions, Grade::Full)
-        .with(Feature::Attachments, Grade::Degraded)
-        .saying(Feature::Attachments, Grade::Full)
         .with(Feature::Mentions, Grade::Degraded)
         .saying(Feature::Mentions, Grade::Full)
         .with(Feature::Membership, Grade::Unsupported)

@@ -241,7 +241,7 @@ pub fn relay_line(format: &str, name: &str, text: &str, emote: bool) -> String {
 }
 
 /// `draft` as the bot relays it for `name`: the line of [`relay_line`] (the name escaped in markdown), an emote as
-/// an ordinary message (a Matrix emote would show the bot's name), files as links after the text.
+/// an ordinary message (a Matrix emote would show the bot's name); its files follow as the bot's.
 fn relayed(format: &str, name: &str, draft: &MessageDraft) -> MessageDraft {
     let emote = draft.style == MessageStyle::Emote;
     let style = if emote { MessageStyle::Normal } else { draft.style };
@@ -249,16 +249,9 @@ fn relayed(format: &str, name: &str, draft: &MessageDraft) -> MessageDraft {
         TextFormat::Plain => relay_line(format, name, &draft.body, emote),
         TextFormat::Markdown => relay_line(format, &markdown::plain_to_markdown(name), &draft.body, emote),
     };
-    let mut body = if draft.body.is_empty() && !emote { body.trim_end().to_owned() } else { body };
-    // Files as links after the text: the bot has no way to show who sent a file event.
-    for a in &draft.attachments {
-        let label = a.filename.clone().unwrap_or_else(|| a.media_type.clone());
-        body.push_str(&match draft.format {
-            TextFormat::Plain => format!("\n{label}: {}", a.url),
-            TextFormat::Markdown => format!("\n\n{}: <{}>", markdown::plain_to_markdown(&label), a.url),
-        });
-    }
-    MessageDraft { body, style, attachments: Vec::new(), ..draft.clone() }
+    // Files alone still get the name: it is what says whose the file events after it are.
+    let body = if draft.body.is_empty() && !emote { body.trim_end().to_owned() } else { body };
+    MessageDraft { body, style, ..draft.clone() }
 }
 
 /// A reply whose parent is not in this room: the parent quoted above the text.

@@ -297,3 +297,16 @@ fn a_bot_edits_with_the_name_reacts_with_a_notice_and_shows_no_membership_or_typ
     assert!(bot_actions(OutboundKind::Membership { change: Membership::Join }).is_empty());
     assert!(bot_actions(OutboundKind::Typing { active: true }).is_empty());
 }
+
+#[test]
+fn a_bot_sends_files_after_the_senders_name() {
+    let draft = MessageDraft { attachments: vec![png("https://media.test/0")], ..MessageDraft::plain("") };
+    match bot_actions(message(draft)).as_slice() {
+        [MatrixAction::Send { as_user, content, .. }, MatrixAction::SendMedia { as_user: file_as, attachment, .. }] => {
+            assert_eq!((as_user.as_str(), file_as.as_str()), ("@mimibot:hs.test", "@mimibot:hs.test"));
+            assert_eq!(content["body"], "bob:");
+            assert_eq!(attachment.url, "https://media.test/0");
+        }
+        other => panic!("expected the name, then the file: {other:?}"),
+    }
+}

@@ -80,7 +80,7 @@ struct Bridge {
 /// The daemon's media store as the bot sees it: what it was given, by the link it answered (the store itself is
 /// tested in `bridge-media`; here it only shows which bytes the bot fetched).
 #[derive(Default)]
-struct Kept(std::sync::Mutex<Vec<(String, Vec<u8>)>>);
+struct Kept(std::sync::Mutex<Vec<(String, Vec<u8>, String)>>);
 
 #[async_trait::async_trait]
 impl bridge_api::MediaStore for Kept {
@@ -92,7 +92,7 @@ impl bridge_api::MediaStore for Kept {
     ) -> Result<bridge_api::event::Attachment, bridge_api::MediaError> {
         let mut kept = self.0.lock().expect("lock");
         let url = format!("https://media.test/{}", kept.len());
-        kept.push((url.clone(), bytes.clone()));
+        kept.push((url.clone(), bytes.clone(), media_type.to_owned()));
         let (media_type, filename) = (media_type.to_owned(), filename.map(str::to_owned));
         Ok(bridge_api::event::Attachment { url, media_type, size: Some(bytes.len() as u64), filename })
     }
@@ -107,7 +107,7 @@ impl bridge_api::MediaStore for Kept {
 
     async fn get(&self, url: &str) -> Result<Option<(Vec<u8>, String)>, bridge_api::MediaError> {
         let kept = self.0.lock().expect("lock");
-        Ok(kept.iter().find(|(u, _)| u == url).map(|(_, b)| (b.clone(), "application/octet-stream".to_owned())))
+        Ok(kept.iter().find(|(u, ..)| u == url).map(|(_, b, t)| (b.clone(), t.clone())))
     }
 }
 
@@ -257,6 +257,37 @@ async fn a_bot_reads_and_writes_an_encrypted_room() {
         }
         assert!(tokio::time::Instant::now() < deadline, "alice never read the bot's answer");
     }
+    // A file from the other side is the bot's, uploaded encrypted: alice downloads and decrypts the same bytes.
+    let png = hex::decode(PNG).expect("png");
+    let attachment =
+        bridge_api::MediaStore::put(&*b.media, png.clone(), "image/png", Some("from-irc.png")).await.expect("kept");
+    let draft = MessageDraft { attachments: vec![attachment], ..MessageDraft::plain("") };
+    b.lb.say_with_id("#lb", "bob", "f1", InboundKind::Message { draft, reply_to: None }).await.expect("accepted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let image = 'image: loop {
+        let r = alice.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.expect("sync");
+        for ev in r.rooms.joined.get(&room_id).map(|u| u.timeline.events.clone()).unwrap_or_default() {
+            use matrix_sdk::ruma::events::room::message::{MessageType, SyncRoomMessageEvent};
+            use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncTimelineEvent};
+            if let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                SyncRoomMessageEvent::Original(m),
+            ))) = ev.raw().deserialize()
+                && let MessageType::Image(image) = m.content.msgtype
+            {
+                assert!(matches!(ev.kind, TimelineEventKind::Decrypted(_)), "sent encrypted");
+                break 'image image;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the bot's file never reached alice");
+    };
+    assert!(matches!(image.source, matrix_sdk::ruma::events::room::MediaSource::Encrypted(_)), "an EncryptedFile");
+    let request = matrix_sdk::media::MediaRequestParameters {
+        source: image.source.clone(),
+        format: matrix_sdk::media::MediaFormat::File,
+    };
+    let got = alice.media().get_media_content(&request, false).await.expect("alice downloads it");
+    assert_eq!((got, image.body.as_str()), (png, "from-irc.png"), "the same bytes, decrypted by alice");
+
     // A file alice sends (uploaded encrypted, its key in the encrypted event) is decrypted by the bot.
     let png = hex::decode(PNG).expect("png");
     room.send_attachment("secret.png", &mime::IMAGE_PNG, png.clone(), Default::default()).await.expect("file sent");
@@ -277,7 +308,7 @@ async fn a_bot_reads_and_writes_an_encrypted_room() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!((file.filename.as_deref(), file.media_type.as_str()), (Some("secret.png"), "image/png"));
-    let kept = b.media.0.lock().expect("lock").iter().find(|(u, _)| *u == file.url).map(|(_, bytes)| bytes.clone());
+    let kept = b.media.0.lock().expect("lock").iter().find(|(u, ..)| *u == file.url).map(|(_, bytes, _)| bytes.clone());
     assert_eq!(kept, Some(png), "the decrypted bytes, not the ciphertext");
 
     // In the room itself it is an `m.room.encrypted` event: the homeserver never saw the text.

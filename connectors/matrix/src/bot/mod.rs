@@ -135,11 +135,30 @@ impl Inner {
                 room.redact(&event_id, None, Some(txn_id.into())).await.map_err(|e| failed(e.into()))?;
                 Ok(None)
             }
-            // Not made in bot mode: files travel as links in the text, and the rest is not shown.
-            MatrixAction::SendMedia { .. }
-            | MatrixAction::Join { .. }
-            | MatrixAction::Leave { .. }
-            | MatrixAction::Typing { .. } => Ok(None),
+            MatrixAction::SendMedia { room, txn_id, attachment, .. } => {
+                let room = room_of(&room)?;
+                let kept = match &self.ctx.media {
+                    Some(store) => store.get(&attachment.url).await.map_err(|e| SendError::Retry(e.to_string()))?,
+                    None => None,
+                };
+                let label = attachment.filename.clone().unwrap_or_else(|| attachment.media_type.clone());
+                let txn: OwnedTransactionId = txn_id.into();
+                let Some((bytes, media_type)) = kept else {
+                    // A file the store does not hold (any more): its link, so that nothing is silently lost.
+                    let content =
+                        serde_json::json!({"msgtype": "m.text", "body": format!("{label}: {}", attachment.url)});
+                    let sent =
+                        room.send_raw("m.room.message", content).with_transaction_id(&txn).await.map_err(failed)?;
+                    return Ok(Some(sent.response.event_id.to_string()));
+                };
+                // The client uploads it (encrypted, as an `EncryptedFile`, in an encrypted room).
+                let mime = media_type.parse().unwrap_or(mime::APPLICATION_OCTET_STREAM);
+                let config = matrix_sdk::attachment::AttachmentConfig::new().txn_id(txn);
+                let sent = room.send_attachment(label, &mime, bytes, config).await.map_err(failed)?;
+                Ok(Some(sent.event_id.to_string()))
+            }
+            // Not made in bot mode: other networks' joins, leaves and typing are not shown.
+            MatrixAction::Join { .. } | MatrixAction::Leave { .. } | MatrixAction::Typing { .. } => Ok(None),
         }
     }
 }
