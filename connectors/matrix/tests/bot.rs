@@ -206,19 +206,17 @@ fn delivered_is(e: &bridge_api::OutboundEvent, body: &str) -> bool {
     matches!(&e.kind, bridge_api::OutboundKind::Message { draft, .. } if draft.body == body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bot_reads_and_writes_an_encrypted_room() {
-    let encryption =
-        json!([{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]);
-    let w = world(encryption);
-    let state = tempfile::tempdir().expect("state dir");
-    let b = bridge(&w, state.path()).await;
+/// A world whose room is end-to-end encrypted.
+fn encrypted_world() -> World {
+    world(json!([{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]))
+}
 
-    // alice's end-to-end-encrypting client, a device of her own.
-    let alice_store = tempfile::tempdir().expect("alice's store");
+/// alice's end-to-end-encrypting client (a device of her own, its store in `store`) and the room, once she sees
+/// the bot in it.
+async fn alice_encrypting(w: &World, store: &Path) -> (matrix_sdk::Client, matrix_sdk::Room) {
     let alice = matrix_sdk::Client::builder()
         .homeserver_url(w.hs.url())
-        .sqlite_store(alice_store.path(), None)
+        .sqlite_store(store, None)
         .build()
         .await
         .expect("client");
@@ -226,15 +224,25 @@ async fn a_bot_reads_and_writes_an_encrypted_room() {
     let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(w.room.as_str()).expect("room id");
     let bot_id = matrix_sdk::ruma::OwnedUserId::try_from(w.hs.user_id(BOT)).expect("bot id");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let room = loop {
+    loop {
         alice.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.expect("sync");
         if let Some(room) = alice.get_room(&room_id)
             && room.get_member_no_sync(&bot_id).await.ok().flatten().is_some()
         {
-            break room;
+            return (alice, room);
         }
         assert!(tokio::time::Instant::now() < deadline, "alice never saw the bot join");
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_reads_and_writes_an_encrypted_room() {
+    let w = encrypted_world();
+    let state = tempfile::tempdir().expect("state dir");
+    let b = bridge(&w, state.path()).await;
+    let alice_store = tempfile::tempdir().expect("alice's store");
+    let (alice, room) = alice_encrypting(&w, alice_store.path()).await;
+    let room_id = room.room_id().to_owned();
     room.send(RoomMessageEventContent::text_plain("a secret hello")).await.expect("alice sends, encrypted");
     await_delivered(&b.lb, "a secret hello").await;
     // The bot's device is cross-signed: its identity is published.
@@ -318,5 +326,61 @@ async fn a_bot_reads_and_writes_an_encrypted_room() {
         v["chunk"].as_array().into_iter().flatten().filter(|e| e["sender"] == w.hs.user_id(BOT).as_str()).collect();
     assert!(from_bot.iter().any(|e| e["type"] == "m.room.encrypted"), "{from_bot:?}");
     assert!(!v.to_string().contains("a secret reply"), "no plaintext on the homeserver");
+    b.router.shutdown().await;
+}
+
+/// The keys of an encrypted message reach the bot only after the message: the portal hears at once that alice
+/// said something the bridge cannot decrypt yet, and the message itself once its keys arrive — once.
+///
+/// How the keys come late: alice starts a new room key while the bot is stopped and sends; the to-device message
+/// carrying the key to the bot's device is taken out of Synapse's inbox before the bot syncs, and sent to it again
+/// (the same Olm-encrypted content, from alice) after the bot has seen the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_message_whose_keys_come_late_is_a_notice_then_bridged_once() {
+    let w = encrypted_world();
+    let state = tempfile::tempdir().expect("state dir");
+    let b = bridge(&w, state.path()).await;
+    let alice_store = tempfile::tempdir().expect("alice's store");
+    let (_alice, room) = alice_encrypting(&w, alice_store.path()).await;
+    room.send(RoomMessageEventContent::text_plain("keys on time")).await.expect("sent");
+    await_delivered(&b.lb, "keys on time").await;
+
+    b.bot.shutdown().await;
+    room.discard_room_key().await.expect("a new room key for the next message");
+    room.send(RoomMessageEventContent::text_plain("keys come late")).await.expect("sent");
+    let session: Value =
+        serde_json::from_slice(&std::fs::read(state.path().join("session.json")).expect("session")).expect("json");
+    let device = session["device_id"].as_str().expect("device").to_owned();
+    let inbox = format!("FROM device_inbox WHERE user_id = '{}' AND device_id = '{device}'", w.hs.user_id(BOT));
+    let held = w.hs.sql(&format!("SELECT message_json {inbox}")).expect("inbox");
+    w.hs.sql(&format!("DELETE {inbox}")).expect("held back");
+    let held: Vec<Value> = held.lines().map(|l| serde_json::from_str(l).expect("a to-device message")).collect();
+    assert!(held.iter().any(|m| m["type"] == "m.room.encrypted"), "the key was on its way: {held:?}");
+
+    // The bot comes back: the message is there, its key is not.
+    start_bot(&w, state.path(), &b.router, &b.media).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !delivered_bodies(&b.lb).iter().any(|t| t.contains("cannot decrypt yet")) {
+        assert!(tokio::time::Instant::now() < deadline, "no notice: {:?}", delivered_bodies(&b.lb));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let notice = b.lb.delivered().into_iter().find(|e| delivered_is(e, connector_matrix::bot::UNDECRYPTED_NOTICE));
+    let notice = notice.expect("the notice");
+    let alice_id = bridge_api::LegacyUser::new(AccountId::parse("matrix.hs").expect("id"), &w.alice.user.user_id);
+    assert_eq!(notice.sender.uri, alice_id.uri("b.test"), "from alice");
+    assert!(!delivered_bodies(&b.lb).iter().any(|t| t == "keys come late"), "not decrypted without its key");
+
+    // The key comes: the message follows, once.
+    for (n, m) in held.iter().filter(|m| m["type"] == "m.room.encrypted").enumerate() {
+        let body = json!({"messages": {w.hs.user_id(BOT): {&device: m["content"]}}});
+        let path = format!("/_matrix/client/v3/sendToDevice/m.room.encrypted/late{n}");
+        w.alice.call(reqwest::Method::PUT, &path, Some(body)).await.expect("sent to the bot's device");
+    }
+    await_delivered(&b.lb, "keys come late").await;
+    w.alice.send(&w.room, "m.room.message", json!({"msgtype": "m.text", "body": "then on"})).await.expect("send");
+    await_delivered(&b.lb, "then on").await;
+    let bodies = delivered_bodies(&b.lb);
+    assert_eq!(bodies.iter().filter(|t| *t == "keys come late").count(), 1, "{bodies:?}");
+    assert_eq!(bodies.iter().filter(|t| t.contains("cannot decrypt yet")).count(), 1, "{bodies:?}");
     b.router.shutdown().await;
 }

@@ -14,6 +14,8 @@ pub mod login;
 pub mod position;
 mod sync;
 
+pub use sync::UNDECRYPTED_NOTICE;
+
 use crate::config::Config;
 use crate::outbound::MatrixAction;
 use crate::translate::Translator;
