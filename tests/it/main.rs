@@ -21,6 +21,7 @@ mod hub_validation;
 mod identities;
 mod irc_daemon;
 mod listener_bounds;
+mod matrix_bot_daemon;
 mod matrix_daemon;
 mod matrix_media;
 mod media;
