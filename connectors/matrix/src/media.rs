@@ -65,6 +65,11 @@ pub fn encrypted_file(url: &str) -> Option<ruma::events::room::EncryptedFile> {
     serde_json::from_slice(&hex::decode(fragment).ok()?).ok()
 }
 
+/// `url` as logs and errors may show it: without the fragment of an [`encrypted_url`], which holds the file's key.
+pub fn shown_url(url: &str) -> &str {
+    url.split_once('#').map_or(url, |(bare, _)| bare)
+}
+
 /// Whether `url` is a Matrix content URI, not downloaded yet.
 pub fn is_mxc(url: &str) -> bool {
     url.starts_with("mxc://")

@@ -48,6 +48,7 @@ fn encrypted_media_and_text_are_not_files_to_download() {
     // Where it can (bot mode), the file's key travels with its URI to the download, and back out of it.
     let (a, _) = inbound(&m, true).expect("media").expect("taken");
     assert!(is_mxc(&a.url) && a.url.starts_with("mxc://hs.test/e#"), "{}", a.url);
+    assert_eq!(shown_url(&a.url), "mxc://hs.test/e", "the key is never shown");
     let back = encrypted_file(&a.url).expect("the encrypted file");
     assert_eq!(serde_json::to_value(&back).expect("json")["hashes"], file["hashes"]);
     assert!(encrypted_file("mxc://hs.test/plain").is_none());

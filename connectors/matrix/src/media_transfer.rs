@@ -57,18 +57,24 @@ pub async fn download_all(
             continue;
         }
         let name = a.filename.clone().unwrap_or_else(|| a.media_type.clone());
+        // What logs and errors may show: an encrypted file's key stays out of them.
+        let shown = media::shown_url(&a.url).to_owned();
         let kept = match store {
             None => Err("this bridge keeps no media store".to_owned()),
+            // Refused before a byte is read when the event says it is too large (a download is held in memory).
+            Some(_) if a.size.is_some_and(|n| n > MAX_DOWNLOAD_BYTES) => {
+                Err(format!("{} bytes, more than {MAX_DOWNLOAD_BYTES}", a.size.unwrap_or_default()))
+            }
             Some(store) => match fetch.fetch(&a.url, MAX_DOWNLOAD_BYTES).await {
-                Err(HsError::Unavailable(e)) if media::mxc_parts(&a.url).is_some_and(|(s, _)| s == server_name) => {
-                    return Err(format!("downloading {}: {e}", a.url));
+                Err(HsError::Unavailable(e)) if media::mxc_parts(&shown).is_some_and(|(s, _)| s == server_name) => {
+                    return Err(format!("downloading {shown}: {e}"));
                 }
                 Err(e) => Err(e.to_string()),
                 Ok((served_type, bytes)) => {
                     let media_type =
                         if a.media_type == "application/octet-stream" { &served_type } else { &a.media_type };
                     match store.put(bytes, media_type, a.filename.as_deref()).await {
-                        Err(MediaError::Io(e)) => return Err(format!("keeping {}: {e}", a.url)),
+                        Err(MediaError::Io(e)) => return Err(format!("keeping {shown}: {e}")),
                         other => other.map_err(|e| e.to_string()),
                     }
                 }
@@ -77,7 +83,7 @@ pub async fn download_all(
         match kept {
             Ok(stored) => *a = stored,
             Err(why) => {
-                tracing::warn!(file = %a.url, error = %why, "a Matrix file is not bridged");
+                tracing::warn!(file = %shown, error = %why, "a Matrix file is not bridged");
                 notes.push(format!("[attachment {name} not bridged: {why}]"));
                 a.url.clear();
             }

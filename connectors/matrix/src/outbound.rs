@@ -237,7 +237,28 @@ impl Translator {
 
 /// One relayed line: `format` with `{name}` and `{text}` replaced; an emote is `* name text` whatever the format.
 pub fn relay_line(format: &str, name: &str, text: &str, emote: bool) -> String {
-    if emote { format!("* {name} {text}") } else { format.replace("{name}", name).replace("{text}", text) }
+    if emote {
+        return format!("* {name} {text}");
+    }
+    // One pass: a name or a text that holds `{text}` or `{name}` stays as it is.
+    let mut out = String::with_capacity(format.len() + name.len() + text.len());
+    let mut rest = format;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("{name}") {
+            out.push_str(name);
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("{text}") {
+            out.push_str(text);
+            rest = after;
+        } else {
+            out.push('{');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `draft` as the bot relays it for `name`: the line of [`relay_line`] (the name escaped in markdown), an emote as

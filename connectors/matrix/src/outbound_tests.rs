@@ -310,3 +310,11 @@ fn a_bot_sends_files_after_the_senders_name() {
         other => panic!("expected the name, then the file: {other:?}"),
     }
 }
+
+#[test]
+fn a_relay_line_fills_its_format_once() {
+    assert_eq!(relay_line("<{name}> {text}", "bob", "hi", false), "<bob> hi");
+    assert_eq!(relay_line("{name}: {text}", "{text}", "hi {name}", false), "{text}: hi {name}");
+    assert_eq!(relay_line("{x} {name}", "bob", "", false), "{x} bob");
+    assert_eq!(relay_line("{name}: {text}", "bob", "waves", true), "* bob waves");
+}

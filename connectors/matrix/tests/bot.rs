@@ -155,6 +155,8 @@ async fn say(lb: &LoopbackNetwork, id: &str, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_relays_both_ways_keeps_one_device_and_bridges_what_was_said_while_down_once_in_order() {
     let w = world(json!([]));
+    let before = json!({"msgtype": "m.text", "body": "said before the bridge came"});
+    w.alice.send(&w.room, "m.room.message", before).await.expect("send");
     let state = tempfile::tempdir().expect("state dir");
     let b = bridge(&w, state.path()).await;
 
@@ -199,6 +201,30 @@ async fn a_bot_relays_both_ways_keeps_one_device_and_bridges_what_was_said_while
     let devices = bot_devices(&w, state.path());
     assert_eq!(devices.len(), 1, "one device after three restarts: {devices:?}");
     assert_eq!(devices[0]["display_name"], "mimi-bridge");
+
+    // Unlinked, the bot leaves; what is said then is not bridged when the room is linked again.
+    let leg = LegId::new(AccountId::parse("matrix.hs").expect("id"), w.room.clone()).expect("leg");
+    b.router.unlink_and_leave(&leg).await.expect("unlinked");
+    let members = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&w.room));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while w.alice.call(reqwest::Method::GET, &members, None).await.expect("members")["joined"]
+        .get(w.hs.user_id(BOT))
+        .is_some()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the bot never left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.alice
+        .send(&w.room, "m.room.message", json!({"msgtype": "m.text", "body": "while unlinked"}))
+        .await
+        .expect("send");
+    let portal = PortalId::new("p").expect("portal");
+    b.router.link_and_join(leg, &portal).await.expect("link").expect("running").expect("join");
+    w.alice.send(&w.room, "m.room.message", json!({"msgtype": "m.text", "body": "linked again"})).await.expect("send");
+    let bodies = await_delivered(&b.lb, "linked again").await;
+    for never in ["said before the bridge came", "while unlinked"] {
+        assert!(!bodies.iter().any(|t| t == never), "{never:?} was bridged: {bodies:?}");
+    }
     b.router.shutdown().await;
 }
 

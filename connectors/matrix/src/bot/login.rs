@@ -40,6 +40,11 @@ pub fn classify(e: &matrix_sdk::Error) -> LoginError {
     }
 }
 
+/// Whether the homeserver says the session's token is not (or no longer) valid.
+pub fn is_unknown_token(e: &matrix_sdk::Error) -> bool {
+    matches!(e.client_api_error_kind(), Some(ErrorKind::UnknownToken(_)))
+}
+
 /// A client for the account of `cfg`, logged in (or restored), with its store in `dir`.
 pub async fn client(cfg: &Config, dir: &Path) -> Result<Client, LoginError> {
     let session_file = dir.join("session.json");
@@ -54,9 +59,23 @@ pub async fn client(cfg: &Config, dir: &Path) -> Result<Client, LoginError> {
             .await
             .map_err(|e| local("the Matrix client store", &e))
     };
-    if let Ok(bytes) = std::fs::read(&session_file) {
+    let kept = match std::fs::read(&session_file) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(local(&session_file.display().to_string(), &e)),
+    };
+    if let Some(bytes) = kept {
         let session: MatrixSession =
             serde_json::from_slice(&bytes).map_err(|e| local(&session_file.display().to_string(), &e))?;
+        if session.meta.user_id.as_str() != cfg.bot_user_id() {
+            return Err(LoginError::BadCredentials(format!(
+                "the kept session ({}) is {}'s, not {}'s: remove it and the store beside it to log in as the \
+                 configured account",
+                session_file.display(),
+                session.meta.user_id,
+                cfg.bot_user_id()
+            )));
+        }
         let client = build().await?;
         client.restore_session(session).await.map_err(|e| local("restoring the session", &e))?;
         match client.whoami().await {
@@ -65,11 +84,21 @@ pub async fn client(cfg: &Config, dir: &Path) -> Result<Client, LoginError> {
                 // Logged out elsewhere: a new device needs a new store (the keys are the old device's).
                 tracing::warn!(user = %cfg.bot_user_id(), "the bot's session was ended on the homeserver: logging in again");
                 drop(client);
-                std::fs::remove_file(&session_file).map_err(|e| local(&session_file.display().to_string(), &e))?;
-                std::fs::remove_dir_all(dir.join("sdk")).map_err(|e| local("the old Matrix client store", &e))?;
             }
             Err(e) => return Err(LoginError::Unavailable(e.to_string())),
         }
+    }
+    // A fresh device: the store of any earlier one goes first (its keys are not the new device's, and a login cut
+    // short before its session was kept left one behind), then the session that pointed at it.
+    match std::fs::remove_dir_all(dir.join("sdk")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(local("the old Matrix client store", &e)),
+        _ => {}
+    }
+    match std::fs::remove_file(&session_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(local(&session_file.display().to_string(), &e));
+        }
+        _ => {}
     }
     let client = build().await?;
     let user = cfg.bot_user_id();
@@ -109,12 +138,12 @@ pub async fn client(cfg: &Config, dir: &Path) -> Result<Client, LoginError> {
 /// The user and device of an access token (`GET /account/whoami`).
 async fn whoami(homeserver: &str, token: &str) -> Result<(String, String), LoginError> {
     let url = format!("{}/_matrix/client/v3/account/whoami", homeserver.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| LoginError::Unavailable(format!("whoami: {e}")))?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| LoginError::Local(format!("an HTTP client: {e}")))?;
+    let resp =
+        http.get(url).bearer_auth(token).send().await.map_err(|e| LoginError::Unavailable(format!("whoami: {e}")))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if status.is_client_error() && status.as_u16() != 429 {

@@ -27,7 +27,7 @@ use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, OnceCell, watch};
+use tokio::sync::{OnceCell, watch};
 
 /// A Matrix account in bot mode.
 pub struct BotAccount {
@@ -46,10 +46,8 @@ struct Inner {
     stop: watch::Sender<bool>,
     /// True once the account's task has ended (after a shutdown: nothing more is taken or written).
     ended: watch::Sender<bool>,
-    /// The linked rooms: each native name (a room id or an alias) and the room id it resolved to once joined.
+    /// The linked rooms: each native name (a room id or an alias) and the room id it resolved to.
     rooms: Mutex<BTreeMap<String, Option<OwnedRoomId>>>,
-    /// Wakes the sync loop to join rooms linked meanwhile.
-    rejoin: Notify,
 }
 
 impl BotAccount {
@@ -75,7 +73,6 @@ impl BotAccount {
             stop: watch::channel(false).0,
             ended: watch::channel(false).0,
             rooms: Mutex::default(),
-            rejoin: Notify::new(),
         });
         let task = inner.clone();
         tokio::spawn(async move {
@@ -120,7 +117,8 @@ impl Inner {
             id.and_then(|id| client.get_room(&id)).ok_or_else(|| SendError::Retry(format!("not in {name} yet")))
         };
         let failed = |e: matrix_sdk::Error| match login::classify(&e) {
-            login::LoginError::BadCredentials(r) => SendError::Rejected(r),
+            // A session the homeserver ended is the account's problem, not the message's: it waits.
+            login::LoginError::BadCredentials(r) if !login::is_unknown_token(&e) => SendError::Rejected(r),
             other => SendError::Retry(other.to_string()),
         };
         match action {
@@ -180,9 +178,8 @@ impl Account for BotAccount {
         match self.inner.join_room(room).await {
             Ok(()) => Ok(()),
             Err(e) => {
-                // Tried again by the sync loop (an invite may come later).
+                // Tried again before every sync (an invite may come later).
                 tracing::warn!(account = %self.inner.id, %room, error = %e, "the Matrix bot could not join the room yet");
-                self.inner.rejoin.notify_one();
                 Ok(())
             }
         }

@@ -11,7 +11,7 @@ use bridge_api::connector::PendingAck;
 use bridge_api::event::{InboundEvent, InboundKind, MessageDraft, MessageStyle};
 use bridge_api::{Health, LegId, LegacyUser, NativeId, RouteError};
 use bridge_net::backoff::Backoff;
-use matrix_sdk::config::SyncSettings;
+use matrix_sdk::config::{SyncSettings, SyncToken};
 use matrix_sdk::deserialized_responses::{TimelineEvent, TimelineEventKind};
 use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
 use matrix_sdk::room::{MessagesOptions, Room};
@@ -74,14 +74,15 @@ pub(super) async fn run(inner: Arc<Inner>) {
     let mut poll = Duration::ZERO;
     loop {
         join_linked(&inner).await;
-        let mut settings = SyncSettings::default().timeout(poll);
-        if let Some(token) = &position.token {
-            settings = settings.token(token.clone());
-        }
+        // Never the client's own stored token: only ours says what the core took.
+        let token = match &position.token {
+            Some(token) => SyncToken::Specific(token.clone()),
+            None => SyncToken::NoToken,
+        };
+        let settings = SyncSettings::default().timeout(poll).token(token);
         let synced = tokio::select! {
             r = client.sync_once(settings) => r,
             _ = stop.wait_for(|s| *s) => return,
-            _ = inner.rejoin.notified() => continue,
         };
         let outcome = match synced {
             Ok(response) => {
@@ -97,6 +98,12 @@ pub(super) async fn run(inner: Arc<Inner>) {
                     }
                     Err(e) => Err(e),
                 }
+            }
+            Err(e) if login::is_unknown_token(&e) => {
+                let reason = "the homeserver ended the bot's session; restart the daemon to log in again".to_owned();
+                tracing::error!(account = %inner.id, "{reason}");
+                inner.set_health(Health::BadCredentials { reason });
+                return;
             }
             Err(e) => Err(login::classify(&e).to_string()),
         };
@@ -122,7 +129,13 @@ pub(super) async fn run(inner: Arc<Inner>) {
 
 /// Joins the linked rooms the bot is not in yet (the first time, or invited since).
 async fn join_linked(inner: &Inner) {
-    let missing: Vec<String> = inner.rooms().iter().filter(|(_, id)| id.is_none()).map(|(n, _)| n.clone()).collect();
+    let Some(client) = inner.client.get() else { return };
+    let rooms: Vec<(String, Option<OwnedRoomId>)> =
+        inner.rooms().iter().map(|(n, id)| (n.clone(), id.clone())).collect();
+    let joined = |id: &Option<OwnedRoomId>| {
+        id.as_ref().and_then(|id| client.get_room(id)).is_some_and(|r| r.state() == matrix_sdk::RoomState::Joined)
+    };
+    let missing: Vec<String> = rooms.into_iter().filter(|(_, id)| !joined(id)).map(|(n, _)| n).collect();
     for name in missing {
         if let Err(e) = inner.join_room(&name).await {
             tracing::debug!(account = %inner.id, room = %name, error = %e, "the Matrix bot is not in the room yet");
@@ -141,29 +154,45 @@ async fn take(
     first: bool,
 ) -> Result<(), String> {
     let mut pending = Vec::new();
+    resolve_linked(inner, client).await?;
     for (room_id, update) in joined {
         let (Some(leg_room), Some(room)) = (inner.linked_as(room_id.as_str()), client.get_room(&room_id)) else {
             continue;
         };
         let mut events = update.timeline.events;
-        if !position.last_event.contains_key(room_id.as_str()) {
-            // A room new to the position starts after the bot's own join; what the timeline shows of before it
-            // was said before the bridge came.
-            let bot = inner.tr.bot_user_id.as_str();
-            let joined_at = events.iter().rposition(|ev| is_join_of(ev.raw(), bot));
-            if let Some(last) = events.iter().rev().find_map(TimelineEvent::event_id) {
-                position.last_event.insert(room_id.to_string(), last.to_string());
+        let bot = inner.tr.bot_user_id.as_str();
+        let known = position.last_event.contains_key(room_id.as_str());
+        match events.iter().rposition(|ev| is_join_of(ev.raw(), bot)) {
+            // The very first sync marks where the rooms stand: what was said before the bridge came is not bridged.
+            _ if first => {
+                if let Some(last) = events.iter().rev().find_map(TimelineEvent::event_id) {
+                    position.last_event.insert(room_id.to_string(), last.to_string());
+                }
+                continue;
             }
-            match joined_at {
-                Some(i) if !first => events.drain(..=i).for_each(drop),
-                _ => continue,
+            // The bot (re)joined: the room starts after its join, whatever it was before (a room linked again is
+            // not read back to when it was unlinked).
+            Some(i) => {
+                events.drain(..=i);
             }
-        } else if update.timeline.limited
-            && let (Some(last), Some(from)) = (position.last_event.get(room_id.as_str()), update.timeline.prev_batch)
-        {
-            let mut older = backfill(&room, from, last).await?;
-            older.append(&mut events);
-            events = older;
+            // Said after the last sync taken, in a room known before: read back what a `limited` timeline leaves out.
+            None if known && update.timeline.limited => {
+                if let (Some(last), Some(from)) =
+                    (position.last_event.get(room_id.as_str()), update.timeline.prev_batch)
+                {
+                    let mut older = backfill(&room, from, last).await;
+                    older.append(&mut events);
+                    events = older;
+                }
+            }
+            // A room the bot was in before it was linked: what comes now came after the last sync taken.
+            None => {}
+        }
+        if events.is_empty() && !known {
+            // Marked as known from the join on, so that a later `limited` timeline is read back.
+            if let Some(last) = update_last(&room).await {
+                position.last_event.insert(room_id.to_string(), last);
+            }
         }
         for ev in events {
             let Some(event_id) = ev.event_id() else { continue };
@@ -199,14 +228,52 @@ async fn take(
 /// Whether `raw` is `user`'s own join (a membership event of theirs that makes them joined).
 fn is_join_of(raw: &Raw<AnySyncTimelineEvent>, user: &str) -> bool {
     let field = |name: &str| raw.get_field::<String>(name).ok().flatten();
+    let value = |name: &str| raw.get_field::<serde_json::Value>(name).ok().flatten().unwrap_or_default();
     field("type").as_deref() == Some("m.room.member")
         && field("state_key").as_deref() == Some(user)
-        && raw.get_field::<serde_json::Value>("content").ok().flatten().is_some_and(|c| c["membership"] == "join")
+        && value("content")["membership"] == "join"
+        // Not a profile change of a member who was joined already.
+        && value("unsigned")["prev_content"]["membership"] != "join"
+}
+
+/// The newest event of `room` the client knows, once the bot is in it.
+async fn update_last(room: &Room) -> Option<String> {
+    let mut options = MessagesOptions::backward();
+    options.limit = 1u32.into();
+    let page = room.messages(options).await.ok()?;
+    page.chunk.first().and_then(TimelineEvent::event_id).map(|id| id.to_string())
+}
+
+/// Learns the room id of every linked room not joined yet (an id is its own; an alias is resolved), so that no
+/// event of a linked room is taken for one of an unlinked room. `Err` while an alias cannot be resolved: the sync
+/// is taken again.
+async fn resolve_linked(inner: &Inner, client: &Client) -> Result<(), String> {
+    let unresolved: Vec<String> = inner.rooms().iter().filter(|(_, id)| id.is_none()).map(|(n, _)| n.clone()).collect();
+    for name in unresolved {
+        let id = match OwnedRoomId::try_from(name.as_str()) {
+            Ok(id) => id,
+            Err(_) => {
+                let Ok(alias) = matrix_sdk::ruma::OwnedRoomAliasId::try_from(name.as_str()) else { continue };
+                match client.resolve_room_alias(&alias).await {
+                    Ok(r) => r.room_id,
+                    Err(e) => match login::classify(&e.into()) {
+                        LoginError::BadCredentials(why) => {
+                            tracing::warn!(account = %inner.id, room = %name, %why, "a linked alias does not resolve");
+                            continue;
+                        }
+                        other => return Err(format!("resolving {name}: {other}")),
+                    },
+                }
+            }
+        };
+        inner.rooms().entry(name).and_modify(|slot| *slot = slot.take().or(Some(id)));
+    }
+    Ok(())
 }
 
 /// The events before a `limited` timeline back to `last` (excluded), oldest first: at most [`BACKFILL_PAGES`]
 /// pages, beyond which what is older is logged as skipped.
-async fn backfill(room: &Room, from: String, last: &str) -> Result<Vec<TimelineEvent>, String> {
+async fn backfill(room: &Room, from: String, last: &str) -> Vec<TimelineEvent> {
     let mut older = Vec::new();
     let mut from = Some(from);
     for _ in 0..BACKFILL_PAGES {
@@ -214,11 +281,18 @@ async fn backfill(room: &Room, from: String, last: &str) -> Result<Vec<TimelineE
         let mut options = MessagesOptions::backward();
         options.from = Some(token);
         options.limit = 100u32.into();
-        let page = room.messages(options).await.map_err(|e| format!("backfilling {}: {e}", room.room_id()))?;
+        let page = match room.messages(options).await {
+            Ok(page) => page,
+            Err(e) => {
+                // Stopped where it is: what it read is bridged, the rest is logged (a retry would stall the room).
+                tracing::warn!(room = %room.room_id(), error = %e, "backfill failed: older events are not bridged");
+                break;
+            }
+        };
         for ev in page.chunk {
             if ev.event_id().is_some_and(|id| id.as_str() == last) {
                 older.reverse();
-                return Ok(older);
+                return older;
             }
             older.push(ev);
         }
@@ -228,7 +302,7 @@ async fn backfill(room: &Room, from: String, last: &str) -> Result<Vec<TimelineE
         tracing::warn!(room = %room.room_id(), pages = BACKFILL_PAGES, "backfill stopped short of the last event taken: older events are not bridged");
     }
     older.reverse();
-    Ok(older)
+    older
 }
 
 /// The core event of one timeline event, with its files kept in the media store; `None` if it is not bridged.
@@ -255,6 +329,9 @@ async fn translate(
         }
     };
     inbound.leg.room = leg_room.to_owned();
+    if inbound.from_bridge {
+        return Ok(Some(inbound));
+    }
     if let InboundKind::Message { draft, .. } | InboundKind::Edit { draft, .. } = &mut inbound.kind {
         let fetch = ClientFetch(client);
         media_transfer::download_all(&fetch, inner.ctx.media.as_ref(), &inner.cfg.server_name, draft).await?;
@@ -277,9 +354,9 @@ async fn undecrypted_notice(
     let draft = MessageDraft { style: MessageStyle::Notice, ..MessageDraft::plain(UNDECRYPTED_NOTICE) };
     Some(InboundEvent {
         leg: LegId::new(inner.id.clone(), leg_room).ok()?,
-        sender: LegacyUser { account: inner.id.clone(), native_id: sender, display_name: name },
+        sender: LegacyUser { account: inner.id.clone(), native_id: sender.clone(), display_name: name },
         native_id: Some(NativeId(format!("{event_id}#undecrypted"))),
-        from_bridge: false,
+        from_bridge: inner.tr.is_bridge_user(&sender),
         kind: InboundKind::Message { draft, reply_to: None },
     })
 }
@@ -353,9 +430,17 @@ impl Fetch for ClientFetch<'_> {
             None => MediaSource::Plain(mxc.into()),
         };
         let request = MediaRequestParameters { source, format: MediaFormat::File };
-        let bytes = self.0.media().get_media_content(&request, false).await.map_err(|e| match login::classify(&e) {
-            LoginError::BadCredentials(error) => HsError::Refused { status: 400, errcode: String::new(), error },
-            other => HsError::Unavailable(other.to_string()),
+        let bytes = self.0.media().get_media_content(&request, false).await.map_err(|e| {
+            // Only the homeserver being away is worth waiting for; a file that does not decrypt, fails its hash or
+            // is refused is a note in the text, or one bad file would hold up the whole account.
+            let status = e.as_client_api_error().map(|api| api.status_code.as_u16());
+            let away = matches!(e, matrix_sdk::Error::Http(ref h) if matches!(**h, matrix_sdk::HttpError::Reqwest(_)))
+                || status.is_some_and(|s| s == 429 || s >= 500);
+            if away {
+                HsError::Unavailable(e.to_string())
+            } else {
+                HsError::Refused { status: status.unwrap_or(0), errcode: String::new(), error: e.to_string() }
+            }
         })?;
         if bytes.len() as u64 > max {
             let error = format!("{} bytes, more than {max}", bytes.len());
