@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use bridge_api::connector::{Delivery, SendError};
 use bridge_api::{
     Account, AccountContext, AccountId, Capabilities, ConnectorError, Health, InboundKind, LegId, NativeId,
-    OutboundEvent, RouteError,
+    OutboundEvent,
 };
 use ruma::events::room::member::{MembershipState, RoomMemberEvent};
 use ruma::events::{AnyStateEvent, AnyTimelineEvent};
@@ -567,11 +567,6 @@ impl Inner {
 /// How long a linked room the bot could not join from a transaction is left to the ping loop.
 const JOIN_RETRY: Duration = Duration::from_secs(60);
 
-/// Whether the core's refusal is temporary (answer the transaction 500, the homeserver retries it).
-fn temporary(e: &RouteError) -> bool {
-    matches!(e, RouteError::Store(_) | RouteError::Closed | RouteError::Room(bridge_api::RoomError::Unavailable(_)))
-}
-
 #[async_trait]
 impl Transactions for Inner {
     async fn handle(&self, events: Vec<Raw<AnyTimelineEvent>>) -> Result<(), String> {
@@ -641,26 +636,15 @@ impl Inner {
                         let fetch = media_transfer::AsUser { hs, reader: &reader };
                         media_transfer::download_all(&fetch, store, &self.cfg.server_name, draft).await?;
                     }
-                    match self.ctx.inbound.enqueue(inbound).await {
-                        Ok(ack) => {
-                            self.taken_live(&room_id, ev.event_id().as_str());
-                            pending.push(ack);
-                        }
-                        Err(e) if temporary(&e) => return Err(e.to_string()),
-                        Err(e) => tracing::warn!(account = %self.id, error = %e, "event refused by the core"),
+                    if let Some(ack) = crate::handover::queue(&self.id, &self.ctx.inbound, inbound).await? {
+                        self.taken_live(&room_id, ev.event_id().as_str());
+                        pending.push(ack);
                     }
                 }
                 Err(skip) => tracing::debug!(account = %self.id, event = %ev.event_id(), %skip, "not bridged"),
             }
         }
-        for ack in pending {
-            match ack.wait().await {
-                Ok(_) => {}
-                Err(e) if temporary(&e) => return Err(e.to_string()),
-                Err(e) => tracing::warn!(account = %self.id, error = %e, "event refused by the core"),
-            }
-        }
-        Ok(())
+        crate::handover::settled(&self.id, pending).await
     }
 }
 

@@ -20,6 +20,7 @@ pub mod catchup;
 pub mod config;
 pub mod format;
 pub mod ghost;
+mod handover;
 pub mod homeserver;
 pub mod inbound;
 pub mod media;

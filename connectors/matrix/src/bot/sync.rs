@@ -9,7 +9,7 @@ use crate::homeserver::HsError;
 use crate::media_transfer::{self, Fetch};
 use bridge_api::connector::PendingAck;
 use bridge_api::event::{InboundEvent, InboundKind, MessageDraft, MessageStyle};
-use bridge_api::{Health, LegId, LegacyUser, NativeId, RouteError};
+use bridge_api::{Health, LegId, LegacyUser, NativeId};
 use bridge_net::backoff::Backoff;
 use matrix_sdk::config::{SyncSettings, SyncToken};
 use matrix_sdk::deserialized_responses::{TimelineEvent, TimelineEventKind};
@@ -209,20 +209,13 @@ async fn take(
                 _ => translate(inner, client, &room, &leg_room, ev.raw()).await?,
             };
             if let Some(inbound) = inbound {
-                pending.extend(enqueue(inner, inbound).await?);
+                pending.extend(crate::handover::queue(&inner.id, &inner.ctx.inbound, inbound).await?);
             }
             position.last_event.insert(room_id.to_string(), event_id.to_string());
         }
     }
     decrypt_waiting(inner, client, position, &mut pending).await?;
-    for ack in pending {
-        match ack.wait().await {
-            Ok(_) => {}
-            Err(e) if temporary(&e) => return Err(e.to_string()),
-            Err(e) => tracing::warn!(account = %inner.id, error = %e, "event refused by the core"),
-        }
-    }
-    Ok(())
+    crate::handover::settled(&inner.id, pending).await
 }
 
 /// Whether `raw` is `user`'s own join (a membership event of theirs that makes them joined).
@@ -386,27 +379,11 @@ async fn decrypt_waiting(
         };
         tracing::info!(account = %inner.id, event = %waiting.event_id, "an encrypted event is decrypted now");
         if let Some(inbound) = translate(inner, client, &room, &leg_room, decrypted.raw()).await? {
-            pending.extend(enqueue(inner, inbound).await?);
+            pending.extend(crate::handover::queue(&inner.id, &inner.ctx.inbound, inbound).await?);
         }
     }
     position.undecrypted = still;
     Ok(())
-}
-
-/// Queues `inbound` on its portal; `Err` when the core cannot take it now (the sync is taken again).
-async fn enqueue(inner: &Inner, inbound: InboundEvent) -> Result<Option<PendingAck>, String> {
-    match inner.ctx.inbound.enqueue(inbound).await {
-        Ok(ack) => Ok(Some(ack)),
-        Err(e) if temporary(&e) => Err(e.to_string()),
-        Err(e) => {
-            tracing::warn!(account = %inner.id, error = %e, "event refused by the core");
-            Ok(None)
-        }
-    }
-}
-
-fn temporary(e: &RouteError) -> bool {
-    matches!(e, RouteError::Store(_) | RouteError::Closed | RouteError::Room(bridge_api::RoomError::Unavailable(_)))
 }
 
 /// A member's display name in `room`, as the client's store knows it.
