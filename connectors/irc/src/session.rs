@@ -216,11 +216,15 @@ impl Session {
             AltNicks::Underscores => {
                 let underscores = nick.len() - nick.trim_end_matches('_').len();
                 let numbered = nick.strip_prefix(['b', 'B']).and_then(|n| n.parse::<usize>().ok());
+                // Under the server's NICKLEN, and under the default one where that is shorter: a nick taken at
+                // registration, before ISUPPORT told the real length, was cut to the default (a longer one cannot
+                // exist on the server).
+                let lengths = [self.isupport.nicklen, Isupport::default().nicklen.min(self.isupport.nicklen)];
                 [Some(underscores), numbered]
                     .into_iter()
                     .flatten()
                     .filter(|&k| k >= 1)
-                    .any(|k| cm.eq(nick, &self.underscore_alternative(k)))
+                    .any(|k| lengths.iter().any(|&len| cm.eq(nick, &underscore_alternative(&self.id.nick, k, len))))
             }
             AltNicks::Numbered { .. } => false,
         }
@@ -350,11 +354,7 @@ impl Session {
     /// The nick of `attempt` (≥ 1) with [`AltNicks::Underscores`]: the configured nick with underscores, within
     /// NICKLEN, or `b{attempt}` where that is no valid nick.
     fn underscore_alternative(&self, attempt: usize) -> String {
-        let max = self.isupport.nicklen.max(2);
-        let k = attempt.min(max - 1);
-        let base: String = self.id.nick.chars().take(max - k).collect();
-        let n = format!("{base}{}", "_".repeat(k));
-        if valid_nick(&n, max) { n } else { format!("b{attempt}") }
+        underscore_alternative(&self.id.nick, attempt, self.isupport.nicklen)
     }
 
     fn cap(&mut self, msg: &Message) -> Vec<Action> {
@@ -437,6 +437,16 @@ impl Session {
         }
         out
     }
+}
+
+/// The nick of `attempt` (≥ 1) for the configured `nick` within `nicklen`: see
+/// [`Session::underscore_alternative`].
+fn underscore_alternative(nick: &str, attempt: usize, nicklen: usize) -> String {
+    let max = nicklen.max(2);
+    let k = attempt.min(max - 1);
+    let base: String = nick.chars().take(max - k).collect();
+    let n = format!("{base}{}", "_".repeat(k));
+    if valid_nick(&n, max) { n } else { format!("b{attempt}") }
 }
 
 #[cfg(test)]
@@ -543,6 +553,17 @@ mod tests {
         for theirs in ["bri_", "b_", "bridge1", "bridges", "_", "bridge__", "bridg_", "b1", "b2"] {
             assert!(!s.could_be_me(theirs), "{theirs}");
         }
+    }
+
+    /// A nick taken at registration, before ISUPPORT, was cut to the default NICKLEN (9): still the bot's once the
+    /// server says its NICKLEN is longer.
+    #[test]
+    fn a_fallback_nick_cut_before_isupport_is_still_its_own() {
+        let mut s = Session::new(Identity { nick: "longbridge".into(), ..id(None) });
+        feed(&mut s, &[":irc.test 005 longbridge NICKLEN=30 :are supported by this server"]);
+        assert!(s.could_be_me("longbrid_"), "cut to 9 at registration");
+        assert!(s.could_be_me("longbridge_"), "as it would be cut now");
+        assert!(!s.could_be_me("longbri_"), "no length makes that one");
     }
 
     /// A configured nick whose underscore forms are no valid nicks (it starts with a digit) falls back to `b{n}`:
