@@ -29,6 +29,11 @@ use ruma::events::{AnyMessageLikeEvent, AnyStateEvent, AnyTimelineEvent, Mention
 pub const ENCRYPTED_NOTICE: &str =
     "sent an end-to-end encrypted message, which this bridge cannot read: ask them to write in an unencrypted room";
 
+/// What the portal hears, from its sender, in place of an encrypted message the bridge cannot decrypt yet (the
+/// message follows once its room key arrives).
+pub const UNDECRYPTED_NOTICE: &str =
+    "sent an encrypted message the bridge cannot decrypt yet; it follows here once its keys arrive";
+
 /// Why an event gives no core event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Skipped {
@@ -44,6 +49,30 @@ pub enum Skipped {
 }
 
 impl Translator {
+    /// The notice standing for the encrypted event `event_id` of `sender` (named `sender_name`) in `leg_room` that
+    /// cannot be decrypted yet ([`UNDECRYPTED_NOTICE`]), under an id derived from the event's: the event itself is
+    /// bridged under its own id once decrypted.
+    pub fn undecrypted_notice(
+        &self,
+        leg_room: &str,
+        sender: &str,
+        sender_name: Option<String>,
+        event_id: &str,
+    ) -> Option<InboundEvent> {
+        let draft = MessageDraft { style: MessageStyle::Notice, ..MessageDraft::plain(UNDECRYPTED_NOTICE) };
+        Some(InboundEvent {
+            leg: LegId::new(self.account.clone(), leg_room).ok()?,
+            sender: LegacyUser {
+                account: self.account.clone(),
+                native_id: sender.to_owned(),
+                display_name: sender_name,
+            },
+            native_id: Some(NativeId(format!("{event_id}#undecrypted"))),
+            from_bridge: self.is_bridge_user(sender),
+            kind: InboundKind::Message { draft, reply_to: None },
+        })
+    }
+
     /// Translates one timeline event. `sender_name` is the sender's display name in the room, if known.
     pub fn inbound(&self, event: &AnyTimelineEvent, sender_name: Option<&str>) -> Result<InboundEvent, Skipped> {
         let leg =

@@ -19,13 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
-use common::{Client, await_body, await_delivered, delivered_bodies, enc, router, wait_health};
+use common::{
+    Client, Kept, PNG, await_body, await_delivered, delivered_bodies, enc, encrypting_client, router, wait_health,
+};
 
 const BOT: &str = "relay";
-
-/// A valid 2×3 RGB PNG.
-const PNG: &str = "89504e470d0a1a0a0000000d4948445200000002000000030802000000368849d60000001049444154789c63f8cfc000440c28\
-                   140044d005fba4cfde800000000049454e44ae426082";
 
 /// Synapse with the bot's account (its registration device logged out: the bot's own login is its one device),
 /// alice, and a room of alice's (`initial_state` added to its creation).
@@ -75,40 +73,6 @@ struct Bridge {
     bot: Arc<dyn Account>,
     media: Arc<Kept>,
     _store: tempfile::TempDir,
-}
-
-/// The daemon's media store as the bot sees it: what it was given, by the link it answered (the store itself is
-/// tested in `bridge-media`; here it only shows which bytes the bot fetched).
-#[derive(Default)]
-struct Kept(std::sync::Mutex<Vec<(String, Vec<u8>, String)>>);
-
-#[async_trait::async_trait]
-impl bridge_api::MediaStore for Kept {
-    async fn put(
-        &self,
-        bytes: Vec<u8>,
-        media_type: &str,
-        filename: Option<&str>,
-    ) -> Result<bridge_api::event::Attachment, bridge_api::MediaError> {
-        let mut kept = self.0.lock().expect("lock");
-        let url = format!("https://media.test/{}", kept.len());
-        kept.push((url.clone(), bytes.clone(), media_type.to_owned()));
-        let (media_type, filename) = (media_type.to_owned(), filename.map(str::to_owned));
-        Ok(bridge_api::event::Attachment { url, media_type, size: Some(bytes.len() as u64), filename })
-    }
-
-    async fn import(
-        &self,
-        _url: &str,
-        _name: Option<&str>,
-    ) -> Result<bridge_api::event::Attachment, bridge_api::MediaError> {
-        Err(bridge_api::MediaError::Io("no imports in this test".into()))
-    }
-
-    async fn get(&self, url: &str) -> Result<Option<(Vec<u8>, String)>, bridge_api::MediaError> {
-        let kept = self.0.lock().expect("lock");
-        Ok(kept.iter().find(|(u, ..)| u == url).map(|(_, b, t)| (b.clone(), t.clone())))
-    }
 }
 
 async fn bridge(w: &World, state: &Path) -> Bridge {
@@ -240,25 +204,8 @@ fn encrypted_world() -> World {
 /// alice's end-to-end-encrypting client (a device of her own, its store in `store`) and the room, once she sees
 /// the bot in it.
 async fn alice_encrypting(w: &World, store: &Path) -> (matrix_sdk::Client, matrix_sdk::Room) {
-    let alice = matrix_sdk::Client::builder()
-        .homeserver_url(w.hs.url())
-        .sqlite_store(store, None)
-        .build()
-        .await
-        .expect("client");
-    alice.matrix_auth().login_username(&w.alice.user.user_id, "pw-alice").send().await.expect("alice logs in");
-    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(w.room.as_str()).expect("room id");
-    let bot_id = matrix_sdk::ruma::OwnedUserId::try_from(w.hs.user_id(BOT)).expect("bot id");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        alice.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.expect("sync");
-        if let Some(room) = alice.get_room(&room_id)
-            && room.get_member_no_sync(&bot_id).await.ok().flatten().is_some()
-        {
-            return (alice, room);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "alice never saw the bot join");
-    }
+    let trust = matrix_sdk_crypto::TrustRequirement::Untrusted;
+    encrypting_client(&w.hs.url(), &w.alice.user.user_id, store, trust, &w.room, &w.hs.user_id(BOT)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ pub mod login;
 pub mod position;
 mod sync;
 
-pub use sync::UNDECRYPTED_NOTICE;
+pub use crate::inbound::UNDECRYPTED_NOTICE;
 
 use crate::config::Config;
 use crate::outbound::MatrixAction;

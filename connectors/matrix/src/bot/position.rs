@@ -41,15 +41,20 @@ pub struct Position {
 impl Position {
     /// Keeps `event` until its keys arrive; past [`MAX_UNDECRYPTED`] the oldest is given up.
     pub fn wait_for_keys(&mut self, event: Undecrypted) {
-        if self.undecrypted.iter().any(|u| u.event_id == event.event_id) {
-            return;
-        }
-        self.undecrypted.push(event);
-        if self.undecrypted.len() > MAX_UNDECRYPTED {
-            let over = self.undecrypted.len() - MAX_UNDECRYPTED;
-            for u in self.undecrypted.drain(..over) {
-                tracing::warn!(room = %u.room_id, event = %u.event_id, "an undecrypted event is given up (too many wait)");
-            }
+        wait_for_keys(&mut self.undecrypted, event);
+    }
+}
+
+/// Adds `event` to `waiting` (oldest first) unless it is there; past [`MAX_UNDECRYPTED`] the oldest is given up.
+pub fn wait_for_keys(waiting: &mut Vec<Undecrypted>, event: Undecrypted) {
+    if waiting.iter().any(|u| u.event_id == event.event_id) {
+        return;
+    }
+    waiting.push(event);
+    if waiting.len() > MAX_UNDECRYPTED {
+        let over = waiting.len() - MAX_UNDECRYPTED;
+        for u in waiting.drain(..over) {
+            tracing::warn!(room = %u.room_id, event = %u.event_id, "an undecrypted event is given up (too many wait)");
         }
     }
 }

@@ -7,9 +7,9 @@ use super::login::{self, LoginError};
 use super::position::{Position, PositionFile, Undecrypted};
 use crate::homeserver::HsError;
 use crate::media_transfer::{self, Fetch};
+use bridge_api::Health;
 use bridge_api::connector::PendingAck;
-use bridge_api::event::{InboundEvent, InboundKind, MessageDraft, MessageStyle};
-use bridge_api::{Health, LegId, LegacyUser, NativeId};
+use bridge_api::event::{InboundEvent, InboundKind};
 use bridge_net::backoff::Backoff;
 use matrix_sdk::config::{SyncSettings, SyncToken};
 use matrix_sdk::deserialized_responses::{TimelineEvent, TimelineEventKind};
@@ -28,10 +28,6 @@ use std::time::Duration;
 const POLL: Duration = Duration::from_secs(30);
 /// Most `/messages` pages read back to the last event taken after a `limited` timeline.
 const BACKFILL_PAGES: usize = 20;
-
-/// What the portal is told when a message could not be decrypted yet.
-pub const UNDECRYPTED_NOTICE: &str =
-    "sent an encrypted message the bridge cannot decrypt yet; it follows here once its keys arrive";
 
 pub(super) async fn run(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
@@ -332,8 +328,7 @@ async fn translate(
     Ok(Some(inbound))
 }
 
-/// The notice standing for an event the bot cannot decrypt yet: from its sender, under an id derived from the
-/// event's (the event itself is bridged under its own once decrypted).
+/// The notice standing for an event the bot cannot decrypt yet ([`crate::Translator::undecrypted_notice`]).
 async fn undecrypted_notice(
     inner: &Inner,
     room: &Room,
@@ -344,14 +339,7 @@ async fn undecrypted_notice(
     let event_id = event.get_field::<String>("event_id").ok().flatten()?;
     let user_id = matrix_sdk::ruma::OwnedUserId::try_from(sender.as_str()).ok()?;
     let name = display_name(room, &user_id).await;
-    let draft = MessageDraft { style: MessageStyle::Notice, ..MessageDraft::plain(UNDECRYPTED_NOTICE) };
-    Some(InboundEvent {
-        leg: LegId::new(inner.id.clone(), leg_room).ok()?,
-        sender: LegacyUser { account: inner.id.clone(), native_id: sender.clone(), display_name: name },
-        native_id: Some(NativeId(format!("{event_id}#undecrypted"))),
-        from_bridge: inner.tr.is_bridge_user(&sender),
-        kind: InboundKind::Message { draft, reply_to: None },
-    })
+    inner.tr.undecrypted_notice(leg_room, &sender, name, &event_id)
 }
 
 /// Tries again the events waiting for their keys; those decrypted now go to the core (and stop waiting).

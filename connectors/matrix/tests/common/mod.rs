@@ -139,3 +139,76 @@ pub async fn await_delivered(lb: &bridge_testkit::loopback::LoopbackNetwork, bod
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A valid 2×3 RGB PNG.
+pub const PNG: &str = "89504e470d0a1a0a0000000d4948445200000002000000030802000000368849d60000001049444154789c63f8cfc000440c28\
+                   140044d005fba4cfde800000000049454e44ae426082";
+
+/// The daemon's media store as an account sees it: what it was given, by the link it answered (the store itself is
+/// tested in `bridge-media`; here it only shows which bytes the account fetched).
+#[derive(Default)]
+pub struct Kept(pub std::sync::Mutex<Vec<(String, Vec<u8>, String)>>);
+
+#[async_trait::async_trait]
+impl bridge_api::MediaStore for Kept {
+    async fn put(
+        &self,
+        bytes: Vec<u8>,
+        media_type: &str,
+        filename: Option<&str>,
+    ) -> Result<bridge_api::event::Attachment, bridge_api::MediaError> {
+        let mut kept = self.0.lock().expect("lock");
+        let url = format!("https://media.test/{}", kept.len());
+        kept.push((url.clone(), bytes.clone(), media_type.to_owned()));
+        let (media_type, filename) = (media_type.to_owned(), filename.map(str::to_owned));
+        Ok(bridge_api::event::Attachment { url, media_type, size: Some(bytes.len() as u64), filename })
+    }
+
+    async fn import(
+        &self,
+        _url: &str,
+        _name: Option<&str>,
+    ) -> Result<bridge_api::event::Attachment, bridge_api::MediaError> {
+        Err(bridge_api::MediaError::Io("no imports in this test".into()))
+    }
+
+    async fn get(&self, url: &str) -> Result<Option<(Vec<u8>, String)>, bridge_api::MediaError> {
+        let kept = self.0.lock().expect("lock");
+        Ok(kept.iter().find(|(u, ..)| u == url).map(|(_, b, t)| (b.clone(), t.clone())))
+    }
+}
+
+/// `user_id`'s end-to-end-encrypting client (password `pw-` and its localpart, a device of its own, its store in
+/// `store`, decrypting what `trust` lets it) and `room`, once it sees `member` in it.
+pub async fn encrypting_client(
+    hs_url: &str,
+    user_id: &str,
+    store: &std::path::Path,
+    trust: matrix_sdk_crypto::TrustRequirement,
+    room: &str,
+    member: &str,
+) -> (matrix_sdk::Client, matrix_sdk::Room) {
+    use matrix_sdk::config::SyncSettings;
+    let settings = matrix_sdk_crypto::DecryptionSettings { sender_device_trust_requirement: trust };
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(hs_url)
+        .sqlite_store(store, None)
+        .with_decryption_settings(settings)
+        .build()
+        .await
+        .expect("client");
+    let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
+    client.matrix_auth().login_username(user_id, &format!("pw-{localpart}")).send().await.expect("logs in");
+    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(room).expect("room id");
+    let member = matrix_sdk::ruma::OwnedUserId::try_from(member).expect("member id");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        client.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.expect("sync");
+        if let Some(room) = client.get_room(&room_id)
+            && room.get_member_no_sync(&member).await.ok().flatten().is_some()
+        {
+            return (client, room);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{user_id} never saw {member} join");
+    }
+}
