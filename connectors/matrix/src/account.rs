@@ -18,6 +18,11 @@
 
 use crate::catchup::{self, Known};
 use crate::config::Config;
+use crate::e2ee::{E2ee, Status};
+use account_e2ee::Intake;
+
+#[path = "account_e2ee.rs"]
+mod account_e2ee;
 use crate::homeserver::{Homeserver, HsError};
 use crate::media_transfer;
 use crate::outbound::MatrixAction;
@@ -30,6 +35,7 @@ use bridge_api::{
     Account, AccountContext, AccountId, Capabilities, ConnectorError, Health, InboundKind, LegId, NativeId,
     OutboundEvent,
 };
+use ruma::api::appservice::event::push_events;
 use ruma::events::room::member::{MembershipState, RoomMemberEvent};
 use ruma::events::{AnyStateEvent, AnyTimelineEvent};
 use ruma::serde::Raw;
@@ -41,11 +47,17 @@ use tokio::sync::{Notify, watch};
 /// The device every ghost sends from (MSC4190), so that the homeserver deduplicates a retried send durably.
 pub const GHOST_DEVICE: &str = "MIMIBRIDGE";
 
-/// What the appservice user says in a linked room that is (or becomes) end-to-end encrypted: the bridge is the
-/// trust boundary, and appservice mode has no end-to-end encryption.
+/// What the appservice user says in a linked room that is (or becomes) end-to-end encrypted where the bridge cannot
+/// take part in the encryption (the homeserver lacks what it takes: the reason follows).
 pub const ENCRYPTED_ROOM_NOTICE: &str = "This room is end-to-end encrypted, but this bridge cannot decrypt or \
     encrypt here: encrypted messages are not bridged (the other side is told), and messages from the other networks \
     arrive unencrypted.";
+
+/// What the appservice user says in a linked room that is (or becomes) end-to-end encrypted, where the bridge
+/// decrypts and encrypts: the bridge is the trust boundary, and says so.
+pub const ENCRYPTED_ROOM_BRIDGED_NOTICE: &str = "This room is end-to-end encrypted. The bridge decrypts what is said \
+    here to pass it on to the other networks of this portal, where it may not be end-to-end encrypted, and encrypts \
+    what comes from them: the encryption of this room ends at the bridge.";
 
 /// The longest wait between two pings while the homeserver is unavailable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -80,6 +92,8 @@ pub(crate) struct Inner {
     catch_up_after: Duration,
     /// Transactions and catch-ups take turns: what a catch-up replays is taken before what comes live after it.
     turn: tokio::sync::Mutex<()>,
+    /// End-to-end encryption ([`crate::e2ee`]); `None` without a state directory to keep its keys in.
+    e2ee: Option<Arc<E2ee>>,
     state: Mutex<State>,
 }
 
@@ -102,6 +116,10 @@ struct State {
     devices: HashSet<String>,
     /// The homeserver refused to create a device: ghosts send without one.
     no_devices: bool,
+    /// Linked rooms that are end-to-end encrypted.
+    encrypted: HashSet<String>,
+    /// Encrypted rooms whose notice waits for end-to-end encryption's status: (room id, `m.room.encryption` id).
+    notices_pending: Vec<(String, String)>,
     /// Joined rooms whose catch-up is pending: room id → what was taken live meanwhile.
     pending: HashMap<String, Pending>,
     /// Counts the calls for a catch-up (tells a room called for again during its catch-up).
@@ -145,6 +163,10 @@ impl MatrixAccount {
             bot_user_id: cfg.bot_user_id(),
             relay: None,
         };
+        let e2ee = match &ctx.state_dir {
+            Some(dir) => Some(Arc::new(E2ee::new(hs.clone(), dir.join("e2ee"), &cfg.bot_user_id())?)),
+            None => None,
+        };
         let (health, _) = watch::channel(Health::Connecting);
         let inner = Arc::new(Inner {
             id,
@@ -158,6 +180,7 @@ impl MatrixAccount {
             catch_up: Notify::new(),
             catch_up_after: CATCH_UP_AFTER,
             turn: tokio::sync::Mutex::new(()),
+            e2ee,
             state: Mutex::new(State::default()),
         });
         tokio::spawn(ping_loop(inner.clone()));
@@ -192,7 +215,7 @@ impl Inner {
         let room_id = self.hs.join(room, &bot).await?;
         if let Some(encryption) = self.hs.state_event(&room_id, &bot, "m.room.encryption", "").await? {
             let event_id = encryption["event_id"].as_str().unwrap_or_default();
-            match self.tell_room_is_not_encrypted_for_us(&room_id, event_id).await {
+            match self.tell_about_encryption(&room_id, event_id).await {
                 Err(HsError::Unavailable(e)) => return Err(HsError::Unavailable(e)),
                 Err(e) => {
                     tracing::warn!(account = %self.id, room = %room_id, error = %e, "cannot post the encryption notice")
@@ -210,18 +233,72 @@ impl Inner {
         Ok(())
     }
 
-    /// Posts [`ENCRYPTED_ROOM_NOTICE`] in `room_id` as the appservice user, once per `m.room.encryption` event
-    /// (the transaction id is made from its id, sent from the appservice user's device).
-    async fn tell_room_is_not_encrypted_for_us(&self, room_id: &str, encryption_event: &str) -> Result<(), HsError> {
+    /// Records `room_id` as encrypted and says in it what the bridge does there ([`ENCRYPTED_ROOM_BRIDGED_NOTICE`],
+    /// or [`ENCRYPTED_ROOM_NOTICE`] and why not), as the appservice user, once per `m.room.encryption` event (the
+    /// transaction id is made from its id, sent from the appservice user's device). Until end-to-end encryption's
+    /// status is known, the notice waits ([`Inner::post_pending_notices`]).
+    async fn tell_about_encryption(&self, room_id: &str, encryption_event: &str) -> Result<(), HsError> {
+        self.state().encrypted.insert(room_id.to_owned());
         let bot = self.cfg.bot_user_id();
+        let id = encryption_event.trim_start_matches('$');
+        let (txn, body) = match self.e2ee.as_ref().map(|e| e.status()) {
+            Some(Status::Starting) => {
+                self.state().notices_pending.push((room_id.to_owned(), encryption_event.to_owned()));
+                return Ok(());
+            }
+            Some(Status::Ready) => (format!("mimi-e2ee-room-{id}"), ENCRYPTED_ROOM_BRIDGED_NOTICE.to_owned()),
+            Some(Status::Unavailable(why)) => {
+                (format!("mimi-encrypted-room-{id}"), format!("{ENCRYPTED_ROOM_NOTICE} ({why})"))
+            }
+            None => (format!("mimi-encrypted-room-{id}"), ENCRYPTED_ROOM_NOTICE.to_owned()),
+        };
         if !self.state().devices.contains(&bot) {
             self.ensure_device(&bot).await?;
         }
-        let txn = format!("mimi-encrypted-room-{}", encryption_event.trim_start_matches('$'));
-        let content = serde_json::json!({"msgtype": "m.notice", "body": ENCRYPTED_ROOM_NOTICE, "m.mentions": {}});
-        let notice = self.hs.send(room_id, "m.room.message", &txn, &content, self.actor(&bot)).await?;
+        let content = serde_json::json!({"msgtype": "m.notice", "body": body, "m.mentions": {}});
+        let notice = self.send_as(room_id, "m.room.message", &txn, &content, &bot).await?;
         tracing::info!(account = %self.id, room = %room_id, event_id = %notice, "encrypted room: notice posted");
         Ok(())
+    }
+
+    /// Posts the notices of encrypted rooms that waited for end-to-end encryption's status.
+    async fn post_pending_notices(&self) {
+        let pending = std::mem::take(&mut self.state().notices_pending);
+        for (room_id, event_id) in pending {
+            if let Err(e) = self.tell_about_encryption(&room_id, &event_id).await {
+                tracing::warn!(account = %self.id, room = %room_id, error = %e, "cannot post the encryption notice");
+            }
+        }
+    }
+
+    /// Whether what the bridge sends in `room_id` is encrypted.
+    fn encrypts(&self, room_id: &str) -> Option<&E2ee> {
+        let e2ee = self.e2ee.as_deref()?;
+        (e2ee.status() == Status::Ready && self.state().encrypted.contains(room_id)).then_some(e2ee)
+    }
+
+    /// Sends an event of `event_type` as `user` in `room_id` with `txn_id`, encrypted by `user`'s device where the
+    /// room is encrypted and the bridge can; returns its event id.
+    async fn send_as(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        txn_id: &str,
+        content: &serde_json::Value,
+        user: &str,
+    ) -> Result<String, HsError> {
+        match self.encrypts(room_id) {
+            Some(e2ee) => {
+                let room = ruma::OwnedRoomId::try_from(room_id).map_err(|e| HsError::Refused {
+                    status: 0,
+                    errcode: "M_INVALID_PARAM".into(),
+                    error: e.to_string(),
+                })?;
+                let encrypted = e2ee.encrypt(&room, user, event_type, content).await?;
+                self.hs.send(room_id, "m.room.encrypted", txn_id, &encrypted, self.actor(user)).await
+            }
+            None => self.hs.send(room_id, event_type, txn_id, content, self.actor(user)).await,
+        }
     }
 
     /// Makes sure `ghost` exists with `name` and is in `room_id` (invited by the appservice user if need be).
@@ -254,6 +331,9 @@ impl Inner {
                 errcode: "M_FORBIDDEN".into(),
                 error: format!("{by} removed {ghost} from the room ({membership}); the bridge does not rejoin it"),
             });
+        }
+        if let Some(e2ee) = self.encrypts(room_id) {
+            e2ee.prepare(ghost).await?;
         }
         match self.hs.join(room_id, ghost).await {
             Err(HsError::Refused { status: 403, .. }) => {
@@ -305,12 +385,12 @@ impl Inner {
                 if let Some(earlier) = self.earlier_attempt(&room, &as_user, &txn_id, ev).await? {
                     return Ok(Some(earlier));
                 }
-                match self.hs.send(&room, event_type, &txn_id, &content, self.actor(&as_user)).await {
+                match self.send_as(&room, event_type, &txn_id, &content, &as_user).await {
                     // What we knew of the ghost's membership is stale (kicked, banned): look again, once.
                     Err(HsError::Refused { status: 403, .. }) => {
                         self.state().joined.remove(&(room.clone(), as_user.clone()));
                         self.ensure_ghost(&room, &as_user, name, uri).await?;
-                        self.hs.send(&room, event_type, &txn_id, &content, self.actor(&as_user)).await.map(Some)
+                        self.send_as(&room, event_type, &txn_id, &content, &as_user).await.map(Some)
                     }
                     other => other.map(Some),
                 }
@@ -321,10 +401,12 @@ impl Inner {
                 if let Some(earlier) = self.earlier_attempt(&room, &as_user, &txn_id, ev).await? {
                     return Ok(Some(earlier));
                 }
+                let encrypted = self.encrypts(&room).is_some();
+                let store = self.ctx.media.as_ref();
                 let content =
-                    media_transfer::upload(&self.hs, self.ctx.media.as_ref(), &attachment.url, content, &as_user)
+                    media_transfer::upload(&self.hs, store, &attachment.url, content, (as_user.as_str(), encrypted))
                         .await?;
-                self.hs.send(&room, "m.room.message", &txn_id, &content, self.actor(&as_user)).await.map(Some)
+                self.send_as(&room, "m.room.message", &txn_id, &content, &as_user).await.map(Some)
             }
             MatrixAction::Redact { room, as_user, event_id, txn_id } => {
                 let room = self.room_id(&room);
@@ -475,6 +557,24 @@ async fn ping_loop(inner: Arc<Inner>) {
         match inner.hs.ping(&inner.cfg.registration_id).await {
             Ok(()) => {
                 backoff = Duration::from_secs(1);
+                if let Some(e2ee) = &inner.e2ee {
+                    let known = e2ee.status() != Status::Starting;
+                    match e2ee.probe().await {
+                        Ok(_) if known => {}
+                        Ok(Status::Unavailable(why)) => tracing::error!(account = %inner.id, %why,
+                            "end-to-end encryption is not available: encrypted rooms are not bridged"),
+                        Ok(_) => tracing::info!(account = %inner.id, "end-to-end encryption is available"),
+                        Err(e) => {
+                            let reason = format!("setting up end-to-end encryption: {e}");
+                            tracing::warn!(account = %inner.id, %reason, retry_in = ?backoff, "homeserver not ready");
+                            inner.set_health(Health::BackingOff { retry_in: backoff, reason });
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            continue;
+                        }
+                    }
+                    inner.post_pending_notices().await;
+                }
                 let wanted: Vec<String> = inner.state().wanted.iter().cloned().collect();
                 for room in wanted {
                     if let Err(e) = inner.join_room(&room).await {
@@ -569,9 +669,16 @@ const JOIN_RETRY: Duration = Duration::from_secs(60);
 
 #[async_trait]
 impl Transactions for Inner {
-    async fn handle(&self, events: Vec<Raw<AnyTimelineEvent>>) -> Result<(), String> {
+    async fn handle(&self, txn: push_events::v1::Request) -> Result<(), String> {
         let _turn = self.turn.lock().await;
-        let taken = self.take(events).await;
+        let keys = match &self.e2ee {
+            Some(e2ee) => e2ee.receive(&txn).await?,
+            None => Vec::new(),
+        };
+        let mut taken = self.take(txn.events).await;
+        if taken.is_ok() && !keys.is_empty() {
+            taken = self.take_waiting(keys).await;
+        }
         if taken.is_err() {
             // The homeserver retries it; what it may lose meanwhile is read back from the timeline.
             self.call_for_catch_up(false);
@@ -595,6 +702,17 @@ impl Inner {
     async fn take(&self, events: Vec<Raw<AnyTimelineEvent>>) -> Result<(), String> {
         let mut pending = Vec::new();
         for raw in events {
+            let raw = match self.decrypted(raw).await? {
+                Intake::Event(raw) => raw,
+                Intake::Instead(notice) => {
+                    if let Some(notice) = notice
+                        && let Some(ack) = crate::handover::queue(&self.id, &self.ctx.inbound, *notice).await?
+                    {
+                        pending.push(ack);
+                    }
+                    continue;
+                }
+            };
             let ev = match raw.deserialize() {
                 Ok(ev) => ev,
                 Err(e) => {
@@ -608,7 +726,7 @@ impl Inner {
                 continue;
             };
             if let AnyTimelineEvent::State(AnyStateEvent::RoomEncryption(e)) = &ev
-                && let Err(e) = self.tell_room_is_not_encrypted_for_us(&room_id, e.event_id().as_str()).await
+                && let Err(e) = self.tell_about_encryption(&room_id, e.event_id().as_str()).await
             {
                 tracing::warn!(account = %self.id, room = %room_id, error = %e, "cannot post the encryption notice");
             }

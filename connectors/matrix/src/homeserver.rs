@@ -5,6 +5,7 @@
 //! the homeserver refuses is [`HsError::Refused`].
 
 use reqwest::{Method, StatusCode, Url};
+use ruma::api::auth_scheme::SendAccessToken;
 use ruma::events::AnyTimelineEvent;
 use ruma::serde::Raw;
 use serde_json::{Value, json};
@@ -119,6 +120,17 @@ impl Homeserver {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
+        self.exchange_at(method, url, body, limit).await
+    }
+
+    /// [`Homeserver::exchange`] at a whole URL.
+    async fn exchange_at(
+        &self,
+        method: Method,
+        url: Url,
+        body: Body,
+        limit: u64,
+    ) -> Result<(String, Vec<u8>), HsError> {
         let mut waited = Duration::ZERO;
         loop {
             let mut req = self.http.request(method.clone(), url.clone()).bearer_auth(&self.as_token);
@@ -304,6 +316,70 @@ impl Homeserver {
         let path = ["_matrix", "client", "v3", "rooms", room, "state", "m.room.member", user_id];
         let v = self.call(Method::GET, &path, Some(reader), None).await?;
         Ok(v["displayname"].as_str().map(str::to_owned))
+    }
+}
+
+impl Homeserver {
+    /// Sends a client-server API request of ruma's as `user_id` on `device_id` (the calls of the end-to-end
+    /// encryption machinery: key uploads, queries and claims, to-device messages); returns ruma's answer.
+    pub async fn send_ruma<R>(
+        &self,
+        request: R,
+        (user_id, device_id): (&str, Option<&str>),
+    ) -> Result<R::IncomingResponse, HsError>
+    where
+        R: ruma::api::OutgoingRequest<
+                PathBuilder = ruma::api::path_builder::VersionHistory,
+                Authentication = ruma::api::auth_scheme::AccessToken,
+            >,
+    {
+        use ruma::api::IncomingResponse;
+        let versions = ruma::api::SupportedVersions::from_parts(&["v1.11".to_owned()], &Default::default());
+        let http: axum::http::Request<Vec<u8>> = request
+            .try_into_http_request(
+                self.base.as_str().trim_end_matches('/'),
+                SendAccessToken::Always(&self.as_token),
+                std::borrow::Cow::Owned(versions),
+            )
+            .map_err(|e| HsError::Refused { status: 0, errcode: "M_BAD_JSON".into(), error: e.to_string() })?;
+        let mut url = Url::parse(&http.uri().to_string()).map_err(|e| HsError::Unavailable(e.to_string()))?;
+        url.query_pairs_mut().extend_pairs(as_device(user_id, device_id));
+        let method = http.method().clone();
+        let body = http.into_body();
+        let body = if body.is_empty() {
+            Body::Empty
+        } else {
+            Body::File { bytes: body, media_type: "application/json".into() }
+        };
+        let (_, bytes) = self.exchange_at(method, url, body, MAX_JSON_BYTES).await?;
+        let answer = axum::http::Response::builder()
+            .status(200)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes)
+            .map_err(|e| HsError::Unavailable(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(answer)
+            .map_err(|e| HsError::Unavailable(format!("an answer ruma cannot read: {e}")))
+    }
+
+    /// The users joined to `room`, read as `reader`.
+    pub async fn joined_members(&self, room: &str, reader: &str) -> Result<Vec<String>, HsError> {
+        let path = ["_matrix", "client", "v3", "rooms", room, "joined_members"];
+        let v = self.call(Method::GET, &path, Some(reader), None).await?;
+        Ok(v["joined"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default())
+    }
+
+    /// Sends a to-device message of `event_type` as `user_id` on `device_id` to `to_user`'s `to_device`.
+    pub async fn send_to_device(
+        &self,
+        (user_id, device_id): (&str, &str),
+        event_type: &str,
+        txn_id: &str,
+        (to_user, to_device): (&str, &str),
+        content: &Value,
+    ) -> Result<(), HsError> {
+        let path = ["_matrix", "client", "v3", "sendToDevice", event_type, txn_id];
+        let body = json!({"messages": {to_user: {to_device: content}}});
+        self.call_with_query(Method::PUT, &path, &as_device(user_id, Some(device_id)), Some(&body)).await.map(drop)
     }
 }
 

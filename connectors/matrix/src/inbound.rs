@@ -180,8 +180,7 @@ impl Translator {
 
     /// The content of a text, notice or emote.
     fn draft(&self, msgtype: &MessageType, mentions: Option<&Mentions>, reply: bool) -> Result<MessageDraft, Skipped> {
-        if let Some(file) = media::inbound(msgtype, self.relay.is_some()) {
-            let (attachment, caption) = file.map_err(|why| Skipped::Unsupported(why.to_owned()))?;
+        if let Some((attachment, caption)) = media::inbound(msgtype) {
             return Ok(MessageDraft {
                 attachments: vec![attachment],
                 ..MessageDraft::plain(caption.unwrap_or_default())

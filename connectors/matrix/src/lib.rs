@@ -7,7 +7,7 @@
 //! * Appservice mode (IO shell): [`server`] (the appservice API the homeserver calls, an axum router),
 //!   [`homeserver`] (client-server calls as ghosts), [`account`] (the [`bridge_api::Account`]), [`registration`]
 //!   (the registration file), [`config`] (`[matrix.NAME]`), [`media_transfer`] (files between the homeserver and
-//!   the daemon's media store).
+//!   the daemon's media store), [`e2ee`] (end-to-end encrypted rooms: a device per bridge user).
 //! * Bot mode (IO shell): [`bot`] — one ordinary account through matrix-sdk (session, sync, end-to-end
 //!   encryption), relaying everyone as `name: text` with the same translation.
 //!
@@ -18,6 +18,7 @@ pub mod account;
 pub mod bot;
 pub mod catchup;
 pub mod config;
+pub mod e2ee;
 pub mod format;
 pub mod ghost;
 mod handover;

@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 /// A media event's file and caption: the attachment (its `url` the `mxc://` URI) and the caption, if the event has
 /// one (Matrix v1.10: a `filename` other than `body` makes `body` a caption). `None` for other message types.
 ///
-/// A file of an encrypted room (an `EncryptedFile`) is taken only where the account can decrypt (`decrypting`: bot
-/// mode): its `url` is then [`encrypted_url`], which keeps the key for the download.
-pub fn inbound(msgtype: &MessageType, decrypting: bool) -> Option<Result<(Attachment, Option<String>), &'static str>> {
+/// A file of an encrypted room (an `EncryptedFile`: the event in the clear carries its key) has for `url` its
+/// [`encrypted_url`], which keeps the key for the download.
+pub fn inbound(msgtype: &MessageType) -> Option<(Attachment, Option<String>)> {
     // The four media contents have the same fields, of different info types.
     macro_rules! file_of {
         ($m:expr) => {{
@@ -33,8 +33,7 @@ pub fn inbound(msgtype: &MessageType, decrypting: bool) -> Option<Result<(Attach
     };
     let url = match source {
         MediaSource::Plain(uri) => uri.to_string(),
-        MediaSource::Encrypted(file) if decrypting => encrypted_url(file),
-        MediaSource::Encrypted(_) => return Some(Err("encrypted media (an encrypted room)")),
+        MediaSource::Encrypted(file) => encrypted_url(file),
     };
     let (name, caption) = match filename.as_deref() {
         Some(f) if f != body => (f, Some(body.clone())),
@@ -46,7 +45,7 @@ pub fn inbound(msgtype: &MessageType, decrypting: bool) -> Option<Result<(Attach
         size: size.map(u64::from),
         filename: (!name.is_empty()).then(|| name.to_owned()),
     };
-    Some(Ok((attachment, caption)))
+    Some((attachment, caption))
 }
 
 /// The fragment after an encrypted file's `mxc://` URI that holds the file's key and hashes (hex JSON).

@@ -9,7 +9,7 @@ fn msgtype_of(content: Value) -> MessageType {
 fn an_image_event_gives_its_mxc_uri_type_size_and_name() {
     let m = msgtype_of(json!({"msgtype": "m.image", "body": "cat.png", "url": "mxc://hs.test/abc",
                               "info": {"mimetype": "image/png", "size": 1234, "w": 2, "h": 3}}));
-    let (a, caption) = inbound(&m, false).expect("media").expect("plain");
+    let (a, caption) = inbound(&m).expect("media");
     assert_eq!(
         a,
         Attachment {
@@ -26,27 +26,26 @@ fn an_image_event_gives_its_mxc_uri_type_size_and_name() {
 fn a_filename_other_than_the_body_makes_the_body_a_caption() {
     let m = msgtype_of(json!({"msgtype": "m.file", "body": "the report", "filename": "r.pdf",
                               "url": "mxc://hs.test/r"}));
-    let (a, caption) = inbound(&m, false).expect("media").expect("plain");
+    let (a, caption) = inbound(&m).expect("media");
     assert_eq!((a.filename.as_deref(), caption.as_deref()), (Some("r.pdf"), Some("the report")));
     assert_eq!((a.media_type.as_str(), a.size), ("application/octet-stream", None), "no info: a generic file");
     for t in ["m.video", "m.audio"] {
         let m =
             msgtype_of(json!({"msgtype": t, "body": "x", "url": "mxc://hs.test/x", "info": {"mimetype": "video/mp4"}}));
-        assert_eq!(inbound(&m, false).expect("media").expect("plain").0.media_type, "video/mp4", "{t}");
+        assert_eq!(inbound(&m).expect("media").0.media_type, "video/mp4", "{t}");
     }
 }
 
 #[test]
-fn encrypted_media_and_text_are_not_files_to_download() {
+fn an_encrypted_file_keeps_its_key_to_the_download_and_text_is_no_file() {
     let file = json!({"url": "mxc://hs.test/e", "key": {"kty": "oct", "key_ops": ["encrypt", "decrypt"], "alg": "A256CTR",
                       "k": "qcHVMSgYg-71CauWBezXI5qkaRb0LuIy-Wx5kIaHMIA", "ext": true},
                       "iv": "X85+XgHN+HEAAAAAAAAAAA", "hashes": {"sha256": "5qG4fFnbbVdlAB1Q72JDKwCagV6Dbkx9uds4rSak37c"},
                       "v": "v2"});
     let m = msgtype_of(json!({"msgtype": "m.image", "body": "secret.png", "file": file}));
-    assert!(inbound(&m, false).expect("media").is_err(), "not where the account cannot decrypt");
-    assert!(inbound(&msgtype_of(json!({"msgtype": "m.text", "body": "hi"})), false).is_none());
-    // Where it can (bot mode), the file's key travels with its URI to the download, and back out of it.
-    let (a, _) = inbound(&m, true).expect("media").expect("taken");
+    assert!(inbound(&msgtype_of(json!({"msgtype": "m.text", "body": "hi"}))).is_none());
+    // The file's key travels with its URI to the download, and back out of it.
+    let (a, _) = inbound(&m).expect("media");
     assert!(is_mxc(&a.url) && a.url.starts_with("mxc://hs.test/e#"), "{}", a.url);
     assert_eq!(shown_url(&a.url), "mxc://hs.test/e", "the key is never shown");
     let back = encrypted_file(&a.url).expect("the encrypted file");

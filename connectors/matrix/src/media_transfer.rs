@@ -38,8 +38,28 @@ pub struct AsUser<'a> {
 #[async_trait::async_trait]
 impl Fetch for AsUser<'_> {
     async fn fetch(&self, mxc: &str, max: u64) -> Result<(String, Vec<u8>), HsError> {
-        self.hs.download(mxc, self.reader, max).await
+        let Some(file) = media::encrypted_file(mxc) else {
+            return self.hs.download(mxc, self.reader, max).await;
+        };
+        // A file of an encrypted room: downloaded as it is stored (encrypted), decrypted with the key its event
+        // carries, its hash checked.
+        let (_, bytes) = self.hs.download(file.url.as_str(), self.reader, max).await?;
+        let clear =
+            decrypt(file, bytes).map_err(|error| HsError::Refused { status: 0, errcode: String::new(), error })?;
+        Ok(("application/octet-stream".into(), clear))
     }
+}
+
+/// The bytes of the encrypted file `file` whose stored (encrypted) bytes are `stored`; `Err` if its hash or
+/// key does not match.
+pub fn decrypt(file: ruma::events::room::EncryptedFile, stored: Vec<u8>) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut cursor = std::io::Cursor::new(stored);
+    let mut decryptor = matrix_sdk_crypto::AttachmentDecryptor::new(&mut cursor, file.into())
+        .map_err(|e| format!("the file does not decrypt: {e}"))?;
+    let mut clear = Vec::new();
+    decryptor.read_to_end(&mut clear).map_err(|e| format!("the file does not decrypt: {e}"))?;
+    Ok(clear)
 }
 
 /// Replaces the `mxc://` attachments of `draft` with files kept in `store`, downloaded from `fetch`. `Err` when it
@@ -99,13 +119,14 @@ pub async fn download_all(
     Ok(())
 }
 
-/// Uploads the file of `url` (a link of `store`) as `user_id` and completes `content` with it.
+/// Uploads the file of `url` (a link of `store`) as `user_id` and completes `content` with it; for an encrypted
+/// room (`encrypted`), the file is encrypted first and `content` carries it as an `EncryptedFile`.
 pub async fn upload(
     hs: &Homeserver,
     store: Option<&Arc<dyn MediaStore>>,
     url: &str,
     mut content: Value,
-    user_id: &str,
+    (user_id, encrypted): (&str, bool),
 ) -> Result<Value, HsError> {
     let refused = |error: String| HsError::Refused { status: 0, errcode: "M_NOT_FOUND".into(), error };
     let store = store.ok_or_else(|| refused("this bridge keeps no media store".into()))?;
@@ -116,7 +137,47 @@ pub async fn upload(
     };
     let filename = content["filename"].as_str().map(str::to_owned);
     let (size, dimensions) = (bytes.len(), media::image_size(&bytes));
-    let mxc = hs.upload(bytes, &media_type, filename.as_deref(), user_id).await?;
+    if !encrypted {
+        let mxc = hs.upload(bytes, &media_type, filename.as_deref(), user_id).await?;
+        media::complete(&mut content, &mxc, size, dimensions);
+        return Ok(content);
+    }
+    let (stored, info) = encrypt(&bytes);
+    let mxc = hs.upload(stored, "application/octet-stream", None, user_id).await?;
     media::complete(&mut content, &mxc, size, dimensions);
+    let file = ruma::events::room::EncryptedFile::new(mxc.as_str().into(), info.encryption_info, info.hashes);
+    if let Some(c) = content.as_object_mut() {
+        c.remove("url");
+        c.insert("file".into(), serde_json::to_value(&file).unwrap_or_default());
+    }
     Ok(content)
+}
+
+/// `clear` encrypted as a file of an encrypted room (AES-CTR with a fresh key, SHA-256 of what is stored): the
+/// bytes to store and what decrypts them.
+pub fn encrypt(clear: &[u8]) -> (Vec<u8>, matrix_sdk_crypto::MediaEncryptionInfo) {
+    use std::io::Read;
+    let mut reader = clear;
+    let mut encryptor = matrix_sdk_crypto::AttachmentEncryptor::new(&mut reader);
+    let mut stored = Vec::with_capacity(clear.len());
+    // Reading from a slice cannot fail.
+    let _ = encryptor.read_to_end(&mut stored);
+    (stored, encryptor.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_encrypted_for_an_encrypted_room_decrypts_and_a_tampered_one_does_not() {
+        let clear = b"a picture, say".to_vec();
+        let (stored, info) = encrypt(&clear);
+        assert_ne!(stored, clear);
+        let file = ruma::events::room::EncryptedFile::new("mxc://hs.test/f".into(), info.encryption_info, info.hashes);
+        assert_eq!(decrypt(file.clone(), stored.clone()).expect("decrypts"), clear);
+        let mut tampered = stored;
+        tampered[0] ^= 1;
+        assert!(decrypt(file, tampered).is_err(), "the hash is checked");
+    }
 }

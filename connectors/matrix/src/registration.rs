@@ -3,7 +3,9 @@
 //! Written as YAML whose strings are JSON string literals (valid YAML double-quoted scalars), so no value can
 //! break the file. The user namespace (the ghost prefix) is exclusive, the appservice user is the
 //! `bot_localpart`, there are no alias or room namespaces, and `rate_limited: false`: a bridge speaks for many
-//! people. `io.element.msc4190: true` lets the appservice create its ghosts' devices without logging them in.
+//! people. `io.element.msc4190: true` lets the appservice create its ghosts' devices without logging them in;
+//! `receive_ephemeral: true` and `org.matrix.msc3202: true` bring the to-device messages, device list changes and
+//! key counts of end-to-end encryption in its transactions.
 
 use crate::config::Config;
 use crate::ghost::GhostNames;
@@ -21,6 +23,8 @@ pub fn registration_yaml(config: &Config) -> String {
          sender_localpart: {bot}\n\
          rate_limited: false\n\
          io.element.msc4190: true\n\
+         receive_ephemeral: true\n\
+         org.matrix.msc3202: true\n\
          namespaces:\n  users:\n    - exclusive: true\n      regex: {regex}\n  aliases: []\n  rooms: []\n",
         id = q(&config.registration_id),
         url = q(&config.appservice_url()),
@@ -53,6 +57,7 @@ mod tests {
         assert!(yaml.contains("\nurl: \"http://127.0.0.1:9000\"\n"), "{yaml}");
         assert!(yaml.contains("\nrate_limited: false\n"), "{yaml}");
         assert!(yaml.contains("\nio.element.msc4190: true\n"), "ghosts get devices: {yaml}");
+        assert!(yaml.contains("\nreceive_ephemeral: true\norg.matrix.msc3202: true\n"), "to-device: {yaml}");
         assert!(yaml.contains("    - exclusive: true\n      regex: \"@mimi_.*:hs\\\\.test\"\n"), "{yaml}");
     }
 

@@ -22,8 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use ruma::api::IncomingRequest;
 use ruma::api::appservice::event::push_events;
-use ruma::events::AnyTimelineEvent;
-use ruma::serde::Raw;
 use serde_json::json;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -38,8 +36,9 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 /// What the appservice API hands its work to.
 #[async_trait]
 pub trait Transactions: Send + Sync + 'static {
-    /// Processes a transaction's events; `Ok` once they are durably accepted (or deliberately dropped).
-    async fn handle(&self, events: Vec<Raw<AnyTimelineEvent>>) -> Result<(), String>;
+    /// Processes a transaction (its events, and the to-device messages, device list changes and key counts of
+    /// end-to-end encryption); `Ok` once its events are durably accepted (or deliberately dropped).
+    async fn handle(&self, txn: push_events::v1::Request) -> Result<(), String>;
     /// Whether `user_id` is a user of the namespace that may exist; creates it if so.
     async fn query_user(&self, user_id: &str) -> bool;
 }
@@ -146,13 +145,14 @@ async fn transaction(
         return ok();
     }
     tracing::debug!(txn = %request.txn_id, events = request.events.len(), "transaction");
-    match state.handler.handle(request.events).await {
+    let txn_id = request.txn_id.clone();
+    match state.handler.handle(request).await {
         Ok(()) => {
             seen.insert(key);
             ok()
         }
         Err(e) => {
-            tracing::warn!(txn = %request.txn_id, error = %e, "transaction not accepted; the homeserver will retry");
+            tracing::warn!(txn = %txn_id, error = %e, "transaction not accepted; the homeserver will retry");
             error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "not accepted yet")
         }
     }

@@ -11,11 +11,11 @@ struct Recorder {
 
 #[async_trait]
 impl Transactions for Recorder {
-    async fn handle(&self, events: Vec<Raw<AnyTimelineEvent>>) -> Result<(), String> {
+    async fn handle(&self, txn: push_events::v1::Request) -> Result<(), String> {
         if self.fail.load(Ordering::SeqCst) {
             return Err("store down".into());
         }
-        self.batches.lock().map_err(|e| e.to_string())?.push(events.len());
+        self.batches.lock().map_err(|e| e.to_string())?.push(txn.events.len());
         Ok(())
     }
     async fn query_user(&self, user_id: &str) -> bool {

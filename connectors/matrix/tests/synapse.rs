@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 mod common;
-use common::{Client, TXN, await_body, await_delivered, delivered_bodies, enc, router, wait_health};
+use common::{Client, Kept, PNG, TXN, await_body, await_delivered, delivered_bodies, enc, router, wait_health};
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 
 const SERVER_NAME: &str = "hs.test";
 
@@ -64,6 +65,11 @@ fn setup() -> Setup {
 
 /// [`setup`], with the config changed by `edit` before the registration is written.
 fn setup_with(edit: impl FnOnce(&mut Config)) -> Setup {
+    setup_registered(edit, |yaml| yaml)
+}
+
+/// [`setup_with`], with the registration the homeserver is given changed by `registration`.
+fn setup_registered(edit: impl FnOnce(&mut Config), registration: impl FnOnce(String) -> String) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = format!("127.0.0.1:{}", harness::free_port().expect("port")).parse().expect("addr");
     let mut config = Config {
@@ -83,7 +89,7 @@ fn setup_with(edit: impl FnOnce(&mut Config)) -> Setup {
     };
     edit(&mut config);
     let reg = dir.path().join("registration.yaml");
-    std::fs::write(&reg, registration::registration_yaml(&config)).expect("write registration");
+    std::fs::write(&reg, registration(registration::registration_yaml(&config))).expect("write registration");
     let opts = SynapseOptions { appservice_registrations: vec![reg], server_name: Some(SERVER_NAME.into()) };
     let hs = Synapse::start_with(opts).expect("synapse starts (installed by ./scripts/test)");
     config.homeserver_url = hs.url();
@@ -609,4 +615,313 @@ async fn a_restart_with_nothing_missed_replays_nothing() {
     assert_eq!(delivered_bodies(&lb), ["one", "two"], "no duplicates, no old history");
     account.shutdown().await;
     router.shutdown().await;
+}
+
+/// alice (who logs in with `pw-alice`) and an end-to-end encrypted room of hers.
+fn encrypted_room(s: &Setup) -> (MatrixUser, String) {
+    let alice = s.hs.register_user("alice").expect("alice");
+    let encryption =
+        json!({"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}});
+    let body = json!({"preset": "public_chat", "name": "secret", "initial_state": [encryption]});
+    let (status, v) =
+        s.hs.request("POST", "/_matrix/client/v3/createRoom", Some(&alice.access_token), Some(&body)).expect("room");
+    assert_eq!(status, 200, "{v}");
+    (alice, v["room_id"].as_str().expect("room id").to_owned())
+}
+
+/// `room` linked to a loopback leg by an account keeping its keys in `state` and its files in `media`.
+async fn encrypted_slice(s: &Setup, room: &str, state: &std::path::Path, media: &Arc<Kept>) -> Slice {
+    use bridge_core::repo::{MlsIdentity, PortalRecord};
+    use bridge_testkit::loopback::LoopbackNetwork;
+    let (router, dir) = router().await;
+    let lb_id = AccountId::parse("lb.other").expect("id");
+    let lb = LoopbackNetwork::new(lb_id.clone(), AccountContext::new(lb_id, router.clone(), "b.test"));
+    router.add_account(lb.clone());
+    let id = AccountId::parse("matrix.hs").expect("id");
+    let ctx = AccountContext::new(id.clone(), router.clone(), "b.test").with_state_dir(state).with_media(media.clone());
+    let account = MatrixConnector::with_axum_serve().start(id.clone(), s.config.clone(), ctx).await.expect("start");
+    router.add_account(account.clone());
+    let p = bridge_api::PortalId::new("p").expect("portal");
+    router.create_portal(PortalRecord { id: p.clone(), mls_identity: MlsIdentity::Shared }).await.expect("portal");
+    router.link(lb.leg("#lb"), &p).await.expect("link");
+    wait_health(&account, |h| *h == Health::Connected, "connected").await;
+    let leg = bridge_api::LegId::new(id, room).expect("leg");
+    router.link_and_join(leg, &p).await.expect("link").expect("running").expect("join");
+    Slice { router, lb, account, _dir: dir }
+}
+
+/// The first event of `room` whose content `client` decrypts to one that `matches`, syncing until it comes: the
+/// event as the client has it. An event the client could not decrypt when it came (its sender's device not known
+/// to it yet, say) is tried again at each round.
+async fn decrypted_by(
+    client: &matrix_sdk::Client,
+    room: &str,
+    matches: impl Fn(&Value) -> bool,
+) -> matrix_sdk::deserialized_responses::TimelineEvent {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::deserialized_responses::TimelineEventKind;
+    let room_id = matrix_sdk::ruma::OwnedRoomId::try_from(room).expect("room id");
+    let content = |ev: &matrix_sdk::deserialized_responses::TimelineEvent| {
+        ev.raw().get_field::<Value>("content").ok().flatten().unwrap_or_default()
+    };
+    let mut undecrypted = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.expect("sync");
+        for ev in r.rooms.joined.get(&room_id).map(|u| u.timeline.events.clone()).unwrap_or_default() {
+            if let TimelineEventKind::UnableToDecrypt { event, .. } = &ev.kind {
+                undecrypted.push(event.clone());
+            } else if matches(&content(&ev)) {
+                return ev;
+            }
+        }
+        if let Some(room) = client.get_room(&room_id) {
+            for raw in &undecrypted {
+                if let Ok(ev) = room.decrypt_event(raw.cast_ref_unchecked(), None).await
+                    && matches!(ev.kind, TimelineEventKind::Decrypted(_))
+                    && matches(&content(&ev))
+                {
+                    return ev;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never decrypted what was looked for: {undecrypted:?}");
+    }
+}
+
+/// An end-to-end encrypted room in appservice mode, against Synapse with the MSC2409/MSC3202/MSC4190 pieces: the
+/// bridge says in the room where its encryption ends; alice's encrypted message and file reach the portal in the
+/// clear; what the other side says arrives encrypted by the ghost's own cross-signed device, which alice's client
+/// decrypts even when it insists on cross-signed senders (`CrossSignedOrLegacy`), never as `MismatchedSender` or
+/// `UnsignedDevice`; a file arrives as an `EncryptedFile`; the homeserver sees no plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_room_is_bridged_both_ways_each_ghost_on_its_own_cross_signed_device() {
+    use bridge_api::event::{InboundKind, MessageDraft};
+    use matrix_sdk::deserialized_responses::{TimelineEventKind, VerificationLevel, VerificationState};
+    let s = setup();
+    let state = tempfile::tempdir().expect("state dir");
+    let media = Arc::new(Kept::default());
+    let (alice_user, room) = encrypted_room(&s);
+    // alice's device is there before the bridge comes (so that the bridge's first words are shared with it).
+    let alice_store = tempfile::tempdir().expect("alice's store");
+    let trust = matrix_sdk_crypto::TrustRequirement::CrossSignedOrLegacy;
+    let (alice, alice_room) = common::encrypting_client(
+        &s.hs.url(),
+        &alice_user.user_id,
+        alice_store.path(),
+        trust,
+        &room,
+        &alice_user.user_id,
+    )
+    .await;
+    let b = encrypted_slice(&s, &room, state.path(), &media).await;
+    let alice_http = Client::new(&s.hs.url(), alice_user.clone());
+
+    // The bridge says, encrypted, that the room's encryption ends at it.
+    let notice = decrypted_by(&alice, &room, |c| c["msgtype"] == "m.notice").await;
+    assert!(matches!(notice.kind, TimelineEventKind::Decrypted(_)), "the notice is encrypted: {:?}", notice.kind);
+    let text = notice.raw().get_field::<Value>("content").ok().flatten().unwrap_or_default()["body"].clone();
+    assert_eq!(text, json!(connector_matrix::account::ENCRYPTED_ROOM_BRIDGED_NOTICE));
+
+    // alice → the portal, decrypted.
+    alice_room.send(RoomMessageEventContent::text_plain("a secret hello")).await.expect("alice sends, encrypted");
+    await_delivered(&b.lb, "a secret hello").await;
+
+    // The other side → alice: encrypted by the ghost's own device, which its own identity signs.
+    let kind = InboundKind::Message { draft: MessageDraft::plain("a secret reply"), reply_to: None };
+    b.lb.say_with_id("#lb", "bob", "s1", kind).await.expect("accepted");
+    let reply = decrypted_by(&alice, &room, |c| c["body"] == "a secret reply").await;
+    let TimelineEventKind::Decrypted(decrypted) = &reply.kind else {
+        panic!("alice cannot decrypt the ghost's message: {:?}", reply.kind)
+    };
+    let ghost = reply.raw().get_field::<String>("sender").ok().flatten().expect("sender");
+    assert!(ghost.starts_with("@mimi_"), "said by bob's ghost: {ghost}");
+    let level = match &decrypted.encryption_info.verification_state {
+        VerificationState::Unverified(level) => Some(level.clone()),
+        VerificationState::Verified => None,
+    };
+    assert!(
+        !matches!(level, Some(VerificationLevel::UnsignedDevice | VerificationLevel::MismatchedSender)),
+        "the ghost's device is its own and signed: {level:?}"
+    );
+    let query = json!({"device_keys": {&ghost: []}});
+    let keys =
+        alice_http.call(reqwest::Method::POST, "/_matrix/client/v3/keys/query", Some(query)).await.expect("keys");
+    assert!(keys["master_keys"][&ghost].is_object() && keys["self_signing_keys"][&ghost].is_object(), "{keys}");
+
+    // A file of the other side → alice, as an `EncryptedFile` she decrypts to the same bytes.
+    let png = hex::decode(PNG).expect("png");
+    let attachment =
+        bridge_api::MediaStore::put(&*media, png.clone(), "image/png", Some("from-irc.png")).await.expect("kept");
+    let draft = MessageDraft { attachments: vec![attachment], ..MessageDraft::plain("") };
+    b.lb.say_with_id("#lb", "bob", "f1", InboundKind::Message { draft, reply_to: None }).await.expect("accepted");
+    let image = decrypted_by(&alice, &room, |c| c["msgtype"] == "m.image").await;
+    assert!(matches!(image.kind, TimelineEventKind::Decrypted(_)), "sent encrypted: {:?}", image.kind);
+    let content = image.raw().get_field::<Value>("content").ok().flatten().unwrap_or_default();
+    assert!(content["file"]["url"].is_string() && content.get("url").is_none(), "an EncryptedFile: {content}");
+    let file: matrix_sdk::ruma::events::room::EncryptedFile =
+        serde_json::from_value(content["file"].clone()).expect("encrypted file");
+    let request = matrix_sdk::media::MediaRequestParameters {
+        source: matrix_sdk::ruma::events::room::MediaSource::Encrypted(Box::new(file)),
+        format: matrix_sdk::media::MediaFormat::File,
+    };
+    let got = alice.media().get_media_content(&request, false).await.expect("alice downloads it");
+    assert_eq!(got, png, "the same bytes, decrypted by alice");
+
+    // alice's file → the portal, decrypted by the bridge.
+    alice_room.send_attachment("secret.png", &mime::IMAGE_PNG, png.clone(), Default::default()).await.expect("sent");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let file = loop {
+        let files: Vec<_> =
+            b.lb.delivered()
+                .into_iter()
+                .filter_map(|e| match e.kind {
+                    bridge_api::OutboundKind::Message { draft, .. } => draft.attachments.into_iter().next(),
+                    _ => None,
+                })
+                .collect();
+        if let Some(f) = files.into_iter().next() {
+            break f;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "alice's file never reached the portal");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kept = media.0.lock().expect("lock").iter().find(|(u, ..)| *u == file.url).map(|(_, bytes, _)| bytes.clone());
+    assert_eq!(kept, Some(png), "the decrypted bytes, not the ciphertext");
+
+    // The homeserver saw only ciphertext from the ghost.
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room));
+    let v = alice_http.call(reqwest::Method::GET, &path, None).await.expect("messages");
+    let from_ghost: Vec<&Value> =
+        v["chunk"].as_array().into_iter().flatten().filter(|e| e["sender"] == ghost.as_str()).collect();
+    assert!(from_ghost.iter().any(|e| e["type"] == "m.room.encrypted"), "{from_ghost:?}");
+    assert!(!from_ghost.iter().any(|e| e["type"] == "m.room.message"), "{from_ghost:?}");
+    assert!(!v.to_string().contains("a secret reply"), "no plaintext on the homeserver");
+    b.account.shutdown().await;
+    b.router.shutdown().await;
+}
+
+/// The key of an encrypted message reaches the bridge only after the message: the portal hears at once that alice
+/// said something the bridge cannot decrypt yet, and the message itself once the key arrives — once.
+///
+/// How the key comes late: alice starts a new room key while the account is stopped and sends. Synapse cannot push
+/// the to-device message carrying the key, and the transactions it pushes again later carry events only (its
+/// appservice catch-up does not keep to-device messages): the bridge sees the message without its key. The test then
+/// sends the same Olm-encrypted content, from alice, to the bridge's device again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_message_whose_key_comes_late_is_a_notice_then_bridged_once() {
+    let s = setup();
+    let state = tempfile::tempdir().expect("state dir");
+    let media = Arc::new(Kept::default());
+    let (alice_user, room) = encrypted_room(&s);
+    let alice_store = tempfile::tempdir().expect("alice's store");
+    let trust = matrix_sdk_crypto::TrustRequirement::Untrusted;
+    let (_alice, alice_room) = common::encrypting_client(
+        &s.hs.url(),
+        &alice_user.user_id,
+        alice_store.path(),
+        trust,
+        &room,
+        &alice_user.user_id,
+    )
+    .await;
+    let b = encrypted_slice(&s, &room, state.path(), &media).await;
+    let alice_http = Client::new(&s.hs.url(), alice_user.clone());
+    alice_room.send(RoomMessageEventContent::text_plain("key on time")).await.expect("sent");
+    await_delivered(&b.lb, "key on time").await;
+
+    b.account.shutdown().await;
+    let bot = s.hs.user_id("mimi-bridge");
+    let inbox = format!("FROM device_inbox WHERE user_id = '{bot}' AND device_id = 'MIMIBRIDGE'");
+    let before = s.hs.sql(&format!("SELECT COALESCE(MAX(stream_id), 0) {inbox}")).expect("inbox");
+    let before: i64 = before.trim().parse().expect("a stream id");
+    alice_room.discard_room_key().await.expect("a new room key for the next message");
+    alice_room.send(RoomMessageEventContent::text_plain("key comes late")).await.expect("sent");
+    let held = s.hs.sql(&format!("SELECT message_json {inbox} AND stream_id > {before}")).expect("inbox");
+    let held: Vec<Value> = held.lines().map(|l| serde_json::from_str(l).expect("a to-device message")).collect();
+    assert!(held.iter().any(|m| m["type"] == "m.room.encrypted"), "the key was on its way: {held:?}");
+
+    // The account comes back: the message is there, its key is not.
+    let id = AccountId::parse("matrix.hs").expect("id");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let account = loop {
+        let ctx = AccountContext::new(id.clone(), b.router.clone(), "b.test")
+            .with_state_dir(state.path())
+            .with_media(media.clone());
+        match MatrixConnector::with_axum_serve().start(id.clone(), s.config.clone(), ctx).await {
+            Ok(a) => break a,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "restart: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    b.router.attach_account(account.clone()).await;
+    wait_health(&account, |h| *h == Health::Connected, "connected again").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while !delivered_bodies(&b.lb).iter().any(|t| t.contains("cannot decrypt yet")) {
+        assert!(tokio::time::Instant::now() < deadline, "no notice: {:?}", delivered_bodies(&b.lb));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let notice = b.lb.delivered().into_iter().find(|e| {
+        matches!(&e.kind, bridge_api::OutboundKind::Message { draft, .. }
+            if draft.body == connector_matrix::inbound::UNDECRYPTED_NOTICE)
+    });
+    let alice_id = bridge_api::LegacyUser::new(id.clone(), &alice_user.user_id);
+    assert_eq!(notice.expect("the notice").sender.uri, alice_id.uri("b.test"), "from alice");
+    assert!(!delivered_bodies(&b.lb).iter().any(|t| t == "key comes late"), "not decrypted without its key");
+
+    // The key comes: the message follows, once.
+    for (n, m) in held.iter().filter(|m| m["type"] == "m.room.encrypted").enumerate() {
+        let body = json!({"messages": {&bot: {"MIMIBRIDGE": m["content"]}}});
+        let path = format!("/_matrix/client/v3/sendToDevice/m.room.encrypted/late{n}");
+        alice_http.call(reqwest::Method::PUT, &path, Some(body)).await.expect("sent to the bridge's device");
+    }
+    await_delivered(&b.lb, "key comes late").await;
+    alice_room.send(RoomMessageEventContent::text_plain("then on")).await.expect("sent");
+    await_delivered(&b.lb, "then on").await;
+    let bodies = delivered_bodies(&b.lb);
+    assert_eq!(bodies.iter().filter(|t| *t == "key comes late").count(), 1, "{bodies:?}");
+    assert_eq!(bodies.iter().filter(|t| t.contains("cannot decrypt yet")).count(), 1, "{bodies:?}");
+    account.shutdown().await;
+    b.router.shutdown().await;
+}
+
+/// A homeserver that does not push to-device messages to the appservice (its registration lacks
+/// `receive_ephemeral`): the start-up probe finds out, and an encrypted room is told that the bridge cannot read it,
+/// and why; an encrypted message reaches the portal as a notice that it cannot be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_to_device_pushes_an_encrypted_room_is_told_why_it_is_not_bridged() {
+    let s = setup_registered(|_| {}, |yaml| yaml.replace("receive_ephemeral: true\n", ""));
+    let state = tempfile::tempdir().expect("state dir");
+    let media = Arc::new(Kept::default());
+    let (alice_user, room) = encrypted_room(&s);
+    let b = encrypted_slice(&s, &room, state.path(), &media).await;
+    let alice = Client::new(&s.hs.url(), alice_user);
+    let notice = await_body_containing(&alice, &room, "cannot decrypt or encrypt here").await;
+    let body = notice["content"]["body"].as_str().unwrap_or_default();
+    assert!(body.contains("does not push to-device messages") && body.contains("receive_ephemeral"), "{body}");
+    let encrypted = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x", "sender_key": "k", "session_id": "s",
+                           "device_id": "D"});
+    alice.send(&room, "m.room.encrypted", encrypted).await.expect("send");
+    await_delivered(&b.lb, connector_matrix::inbound::ENCRYPTED_NOTICE).await;
+    b.account.shutdown().await;
+    b.router.shutdown().await;
+}
+
+/// The first event of `room` whose body contains `text`, waiting for it.
+async fn await_body_containing(c: &Client, room: &str, text: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=200", enc(room));
+        let v = c.call(reqwest::Method::GET, &path, None).await.expect("messages");
+        let found = v["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["content"]["body"].as_str().is_some_and(|b| b.contains(text)));
+        if let Some(e) = found {
+            return e.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text:?} never arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

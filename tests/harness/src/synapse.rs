@@ -362,6 +362,13 @@ fn config(dir: &Path, port: u16, server_name: &str, shared_secret: &str, opts: &
         "rc_presence": {"per_user": lots},
         "rc_delayed_event_mgmt": lots,
         "app_service_config_files": opts.appservice_registrations,
+        "rc_key_requests": lots,
+        // End-to-end encryption in appservice mode: to-device messages, device list changes and key counts in
+        // transactions.
+        "experimental_features": {
+            "msc2409_to_device_messages_enabled": true,
+            "msc3202_transaction_extensions": true,
+        },
     })
 }
 

@@ -1,0 +1,103 @@
+//! The appservice account's side of end-to-end encryption ([`crate::e2ee`]): encrypted events decrypted on their
+//! way in, and those that waited for their keys taken once the keys arrive.
+
+use super::Inner;
+use crate::bot::position::Undecrypted;
+use crate::e2ee::{Decrypted, Status};
+use bridge_api::InboundEvent;
+use matrix_sdk_crypto::store::types::RoomKeyInfo;
+use ruma::OwnedRoomId;
+use ruma::events::AnyTimelineEvent;
+use ruma::serde::Raw;
+use std::collections::BTreeMap;
+
+/// What an event of a transaction is taken as.
+pub(super) enum Intake {
+    /// This event (decrypted if it was encrypted and could be).
+    Event(Raw<AnyTimelineEvent>),
+    /// Instead of an event that cannot be decrypted yet: the notice that stands for it, if any.
+    Instead(Option<Box<InboundEvent>>),
+}
+
+impl Inner {
+    /// `raw` as the core should get it. An `m.room.encrypted` event of a linked room is decrypted by the appservice
+    /// user's device when end-to-end encryption is ready; one that cannot be decrypted yet waits for its key (kept
+    /// on disk before the transaction is answered) and the portal gets a notice from its sender in its place.
+    /// Without end-to-end encryption it goes to the translation as it is (which gives the notice that the bridge
+    /// cannot read it).
+    pub(super) async fn decrypted(&self, raw: Raw<AnyTimelineEvent>) -> Result<Intake, String> {
+        let (kind, room_id, event_id, sender) = {
+            let field = |name| raw.get_field::<String>(name).ok().flatten();
+            (field("type"), field("room_id"), field("event_id"), field("sender"))
+        };
+        if kind.as_deref() != Some("m.room.encrypted") {
+            return Ok(Intake::Event(raw));
+        }
+        // Before the start-up probe has answered (a transaction the homeserver held while the bridge was down comes
+        // first), the device decrypts what it can already: only a homeserver known to lack end-to-end encryption
+        // leaves encrypted events to the translation.
+        let Some(e2ee) = self.e2ee.as_deref().filter(|e| !matches!(e.status(), Status::Unavailable(_))) else {
+            return Ok(Intake::Event(raw));
+        };
+        let (Some(room_id), Some(event_id), Some(sender)) = (room_id, event_id, sender) else {
+            return Ok(Intake::Instead(None));
+        };
+        let (Ok(room), Some(leg_room)) = (OwnedRoomId::try_from(room_id.as_str()), self.leg_of(&room_id).await?) else {
+            return Ok(Intake::Instead(None));
+        };
+        let bot = self.cfg.bot_user_id();
+        if !self.state().devices.contains(&bot) {
+            self.ensure_device(&bot).await.map_err(|e| e.to_string())?;
+        }
+        let why = match e2ee.decrypt(&room, &raw).await? {
+            Decrypted::Clear(clear) => return Ok(Intake::Event(clear)),
+            Decrypted::NotYet(why) => why,
+        };
+        if self.tr.is_bridge_user(&sender) {
+            // The bridge's own message coming back: nothing to tell anyone.
+            return Ok(Intake::Instead(None));
+        }
+        tracing::info!(account = %self.id, room = %room_id, event = %event_id, %why,
+            "an encrypted event cannot be decrypted yet: it waits for its key");
+        let event = serde_json::from_str(raw.json().get()).unwrap_or_default();
+        e2ee.waiting.add(Undecrypted {
+            room_id: room_id.clone(),
+            event_id: event_id.clone(),
+            event,
+            at_ms: now_ms(),
+        })?;
+        let name = self.sender_name(&room_id, &sender).await;
+        Ok(Intake::Instead(self.tr.undecrypted_notice(&leg_room, &sender, name, &event_id).map(Box::new)))
+    }
+
+    /// Decrypts the waiting events that `keys` (room keys just received) open, and takes them. The caller holds
+    /// [`Inner::turn`].
+    pub(super) async fn take_waiting(&self, keys: Vec<RoomKeyInfo>) -> Result<(), String> {
+        let Some(e2ee) = self.e2ee.as_deref() else { return Ok(()) };
+        let mut sessions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for key in keys {
+            sessions.entry(key.room_id.to_string()).or_default().push(key.session_id);
+        }
+        let (mut clear, mut done) = (Vec::new(), Vec::new());
+        for (room_id, sessions) in sessions {
+            let Ok(room) = OwnedRoomId::try_from(room_id.as_str()) else { continue };
+            for waiting in e2ee.waiting.of_sessions(&room_id, &sessions) {
+                let Ok(json) = serde_json::value::to_raw_value(&waiting.event) else { continue };
+                if let Decrypted::Clear(event) = e2ee.decrypt(&room, &Raw::from_json(json)).await? {
+                    tracing::info!(account = %self.id, event = %waiting.event_id, "an encrypted event is decrypted now");
+                    clear.push(event);
+                    done.push(waiting.event_id);
+                }
+            }
+        }
+        if clear.is_empty() {
+            return Ok(());
+        }
+        self.take(clear).await?;
+        e2ee.waiting.remove(&done)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

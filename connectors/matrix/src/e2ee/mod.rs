@@ -1,0 +1,357 @@
+//! End-to-end encryption in appservice mode (IO shell around matrix-sdk-crypto's [`OlmMachine`], itself a sans-IO
+//! state machine: fed what the homeserver pushes, polled for the calls to make).
+//!
+//! Every user of the bridge that takes part in an encrypted room has its own device ([`GHOST_DEVICE`], created
+//! with MSC4190) with its own Olm account, kept in a sqlite crypto store under the account's state directory, and
+//! its own cross-signing identity that signs it: a ghost's message is encrypted by the ghost's device, so strict
+//! clients see it as the ghost's, never `MismatchedSender`. The appservice user's device decrypts what Matrix users
+//! say in the linked rooms.
+//!
+//! What the homeserver must offer (checked at start, see [`E2ee::probe`]): to-device messages and device list
+//! changes pushed in transactions (Synapse `experimental_features: {msc2409_to_device_messages_enabled: true,
+//! msc3202_transaction_extensions: true}`; registration `receive_ephemeral: true`, `org.matrix.msc3202: true`) and
+//! devices created by the appservice (`io.element.msc4190: true`). Without them [`E2ee::status`] says why, and
+//! encrypted rooms get the notice that the bridge cannot read them.
+//!
+//! An event that cannot be decrypted yet waits for its room key ([`waiting`], kept on disk) and is bridged once,
+//! when the key arrives.
+
+pub mod requests;
+pub mod waiting;
+
+use crate::account::GHOST_DEVICE;
+use crate::homeserver::{Homeserver, HsError};
+use matrix_sdk_crypto::store::types::RoomKeyInfo;
+use matrix_sdk_crypto::{DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement};
+use ruma::api::appservice::event::push_events;
+use ruma::api::client::sync::sync_events::DeviceLists;
+use ruma::events::AnyTimelineEvent;
+use ruma::serde::Raw;
+use ruma::{OwnedUserId, RoomId, UserId};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The to-device event type of the start-up probe (sent by the appservice user's device to itself).
+const PROBE_TYPE: &str = "org.mimi_bridge.probe";
+/// How long the probe waits for its message to come back in a transaction.
+pub const PROBE_WAIT: Duration = Duration::from_secs(30);
+/// How often the probe sends its message again meanwhile (a homeserver that thought the appservice down, after a
+/// restart, may drop the to-device messages of the transactions it holds back until then).
+const PROBE_AGAIN: Duration = Duration::from_secs(5);
+
+/// Whether the bridge can take part in encrypted rooms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Not known yet (the homeserver has not been reached).
+    Starting,
+    /// Encrypted rooms are decrypted and encrypted.
+    Ready,
+    /// The homeserver lacks what it takes; the reason says what.
+    Unavailable(String),
+}
+
+/// One bridge user's device: its Olm machine, and the lock that keeps its calls in turn.
+pub struct Device {
+    machine: OlmMachine,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// What one decryption gave.
+pub enum Decrypted {
+    /// The event in the clear (same id, sender and room).
+    Clear(Raw<AnyTimelineEvent>),
+    /// Not decryptable now; why.
+    NotYet(String),
+}
+
+/// The appservice's end-to-end encryption.
+pub struct E2ee {
+    hs: Homeserver,
+    /// Where the crypto stores are (one directory per user).
+    dir: PathBuf,
+    /// The appservice user (it decrypts).
+    bot: OwnedUserId,
+    devices: tokio::sync::Mutex<HashMap<OwnedUserId, Arc<Device>>>,
+    status: Mutex<Status>,
+    /// The probe's nonce, and what wakes it when its message came back.
+    probe: Mutex<Option<String>>,
+    probed: Notify,
+    /// Events waiting for their room keys.
+    pub waiting: waiting::Waiting,
+}
+
+impl E2ee {
+    /// The encryption of the appservice whose user is `bot`, its stores under `dir`.
+    pub fn new(hs: Homeserver, dir: PathBuf, bot: &str) -> Result<Self, String> {
+        let bot = OwnedUserId::try_from(bot).map_err(|e| format!("appservice user {bot}: {e}"))?;
+        // Key material: readable by the daemon's user only.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir.join("devices"))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let waiting = waiting::Waiting::load(&dir)?;
+        Ok(Self {
+            hs,
+            dir,
+            bot,
+            devices: Default::default(),
+            status: Mutex::new(Status::Starting),
+            probe: Mutex::new(None),
+            probed: Notify::new(),
+            waiting,
+        })
+    }
+
+    /// Whether encrypted rooms can be bridged.
+    pub fn status(&self) -> Status {
+        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set_status(&self, status: Status) {
+        *self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+    }
+
+    /// Sets up the appservice user's device (keys uploaded, cross-signed) and checks that the homeserver pushes
+    /// to-device messages to the appservice: the device sends one to itself and waits for it ([`PROBE_WAIT`]).
+    /// `Err` only while the homeserver is unavailable (try again); what it lacks makes [`Status::Unavailable`]. Once
+    /// known, the status holds until the account restarts (a homeserver's configuration changes with a restart).
+    pub async fn probe(&self) -> Result<Status, HsError> {
+        let known = self.status();
+        if known != Status::Starting {
+            return Ok(known);
+        }
+        let bot = self.bot.clone();
+        match self.hs.create_device(bot.as_str(), GHOST_DEVICE).await {
+            Err(HsError::Refused { errcode, error, .. }) => {
+                let why = format!(
+                    "the homeserver creates no devices for the appservice (MSC4190, \
+                    `io.element.msc4190: true` in the registration): {errcode} {error}"
+                );
+                self.set_status(Status::Unavailable(why.clone()));
+                return Ok(Status::Unavailable(why));
+            }
+            other => other?,
+        }
+        self.device(&bot).await?;
+        let nonce = crate::registration::random_token();
+        *self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(nonce.clone());
+        let woken = self.probed.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let to = (bot.as_str(), GHOST_DEVICE);
+        let content = serde_json::json!({"nonce": nonce});
+        let deadline = tokio::time::Instant::now() + PROBE_WAIT;
+        let mut came_back = false;
+        for n in 0.. {
+            self.hs.send_to_device(to, PROBE_TYPE, &format!("probe-{nonce}-{n}"), to, &content).await?;
+            let until = (tokio::time::Instant::now() + PROBE_AGAIN).min(deadline);
+            if tokio::time::timeout_at(until, woken.as_mut()).await.is_ok() {
+                came_back = true;
+                break;
+            }
+            if until >= deadline {
+                break;
+            }
+        }
+        let status = match came_back {
+            true => Status::Ready,
+            false => Status::Unavailable(format!(
+                "the homeserver does not push to-device messages to the appservice (none came back in {PROBE_WAIT:?}): \
+                 Synapse needs `experimental_features: {{msc2409_to_device_messages_enabled: true, \
+                 msc3202_transaction_extensions: true}}`, and the registration `receive_ephemeral: true` and \
+                 `org.matrix.msc3202: true` (`mimi-bridge generate-registration` writes them)"
+            )),
+        };
+        self.set_status(status.clone());
+        Ok(status)
+    }
+
+    /// The device of `user` (created on the homeserver beforehand), its machine loaded or made: keys uploaded and
+    /// cross-signed the first time.
+    pub async fn device(&self, user: &UserId) -> Result<Arc<Device>, HsError> {
+        let mut devices = self.devices.lock().await;
+        if let Some(d) = devices.get(user) {
+            return Ok(d.clone());
+        }
+        let dir = self.store_dir(user);
+        let fresh = !dir.join("cross-signed").exists();
+        let store = matrix_sdk::SqliteCryptoStore::open(&dir, None)
+            .await
+            .map_err(|e| HsError::Unavailable(format!("crypto store {}: {e}", dir.display())))?;
+        let device_id: &ruma::DeviceId = GHOST_DEVICE.into();
+        let machine = OlmMachine::with_store(user, device_id, store, None)
+            .await
+            .map_err(|e| HsError::Unavailable(format!("crypto store {}: {e}", dir.display())))?;
+        requests::send_all(&self.hs, &machine).await?;
+        if fresh {
+            requests::cross_sign(&self.hs, &machine).await?;
+            std::fs::write(dir.join("cross-signed"), b"")
+                .map_err(|e| HsError::Unavailable(format!("{}: {e}", dir.display())))?;
+            tracing::info!(user = %user, "a bridge device is cross-signed");
+        }
+        let device = Arc::new(Device { machine, turn: tokio::sync::Mutex::new(()) });
+        devices.insert(user.to_owned(), device.clone());
+        Ok(device)
+    }
+
+    /// Makes sure `user` has its device, keys uploaded and cross-signed: before it joins an encrypted room, so that
+    /// the members' clients know the device before it shares a room key with them.
+    pub async fn prepare(&self, user: &str) -> Result<(), HsError> {
+        let user = OwnedUserId::try_from(user).map_err(|e| HsError::Refused {
+            status: 0,
+            errcode: "M_INVALID_PARAM".into(),
+            error: e.to_string(),
+        })?;
+        self.device(&user).await.map(drop)
+    }
+
+    /// The device of `user` if it was ever made (its store is on disk).
+    async fn existing_device(&self, user: &UserId) -> Result<Option<Arc<Device>>, HsError> {
+        if let Some(d) = self.devices.lock().await.get(user) {
+            return Ok(Some(d.clone()));
+        }
+        if !self.store_dir(user).exists() {
+            return Ok(None);
+        }
+        self.device(user).await.map(Some)
+    }
+
+    /// The directory of `user`'s crypto store (named by a hash: user ids may be longer than a file name).
+    fn store_dir(&self, user: &UserId) -> PathBuf {
+        use sha2::Digest;
+        self.dir.join("devices").join(hex::encode(sha2::Sha256::digest(user.as_str().as_bytes())))
+    }
+
+    /// Feeds a transaction's to-device messages, device list changes and key counts to the devices they are for,
+    /// and makes the calls they ask for; returns the room keys the appservice user's device received. `Err` when
+    /// the homeserver or a store fails (the transaction is taken again).
+    pub async fn receive(&self, txn: &push_events::v1::Request) -> Result<Vec<RoomKeyInfo>, String> {
+        let mut to_device: BTreeMap<OwnedUserId, Vec<Raw<ruma::events::AnyToDeviceEvent>>> = BTreeMap::new();
+        for raw in &txn.to_device {
+            let field = |name: &str| raw.get_field::<String>(name).ok().flatten();
+            let Some(to) = field("to_user_id").and_then(|u| OwnedUserId::try_from(u).ok()) else { continue };
+            if field("type").as_deref() == Some(PROBE_TYPE)
+                && to == self.bot
+                && field("sender").as_deref() == Some(self.bot.as_str())
+            {
+                let nonce = raw.get_field::<Value>("content").ok().flatten().unwrap_or_default()["nonce"].clone();
+                let mine = self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                if mine.is_some_and(|n| nonce == n.as_str()) {
+                    self.probed.notify_one();
+                }
+            }
+            to_device.entry(to).or_default().push(raw.clone().cast_unchecked());
+        }
+        let mut users: Vec<OwnedUserId> = to_device.keys().cloned().collect();
+        users.extend(txn.device_one_time_keys_count.keys().cloned());
+        users.extend(txn.device_unused_fallback_key_types.keys().cloned());
+        if !txn.device_lists.is_empty() {
+            users.extend(self.devices.lock().await.keys().cloned());
+        }
+        users.sort();
+        users.dedup();
+        let mut changed = DeviceLists::new();
+        changed.changed = txn.device_lists.changed.clone();
+        changed.left = txn.device_lists.left.clone();
+        let device_id: &ruma::DeviceId = GHOST_DEVICE.into();
+        let settings = DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
+        let mut keys = Vec::new();
+        for user in users {
+            let Some(device) = self.existing_device(&user).await.map_err(|e| e.to_string())? else { continue };
+            let no_counts = BTreeMap::new();
+            let counts = txn.device_one_time_keys_count.get(&user).and_then(|d| d.get(device_id));
+            let fallback = txn.device_unused_fallback_key_types.get(&user).and_then(|d| d.get(device_id));
+            let changes = EncryptionSyncChanges {
+                to_device_events: to_device.remove(&user).unwrap_or_default(),
+                changed_devices: &changed,
+                one_time_keys_counts: counts.unwrap_or(&no_counts),
+                unused_fallback_keys: fallback.map(Vec::as_slice),
+                next_batch_token: None,
+            };
+            let _turn = device.turn.lock().await;
+            let (_, room_keys) = device
+                .machine
+                .receive_sync_changes(changes, &settings)
+                .await
+                .map_err(|e| format!("the crypto store of {user}: {e}"))?;
+            if user == self.bot {
+                keys.extend(room_keys);
+            }
+            if let Err(e) = requests::send_all(&self.hs, &device.machine).await {
+                // What is still queued goes with the next round.
+                tracing::warn!(%user, error = %e, "a bridge device's key calls failed; tried again later");
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Decrypts an `m.room.encrypted` event of `room_id` with the appservice user's device.
+    pub async fn decrypt(&self, room_id: &RoomId, raw: &Raw<AnyTimelineEvent>) -> Result<Decrypted, String> {
+        let device = self.device(&self.bot).await.map_err(|e| e.to_string())?;
+        let settings = DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
+        match device.machine.decrypt_room_event(raw.cast_ref_unchecked(), room_id, &settings).await {
+            Ok(clear) => Ok(Decrypted::Clear(clear.event)),
+            Err(matrix_sdk_crypto::MegolmError::Store(e)) => Err(format!("the crypto store: {e}")),
+            Err(e) => Ok(Decrypted::NotYet(e.to_string())),
+        }
+    }
+
+    /// Encrypts `content` (of `event_type`) for `room_id` with `user`'s device: the room's joined members' devices
+    /// are looked up, Olm sessions made where missing and the room key shared with them first. Returns the content
+    /// of the `m.room.encrypted` event to send.
+    pub async fn encrypt(
+        &self,
+        room_id: &RoomId,
+        user: &str,
+        event_type: &str,
+        content: &Value,
+    ) -> Result<Value, HsError> {
+        let user = OwnedUserId::try_from(user).map_err(|e| HsError::Refused {
+            status: 0,
+            errcode: "M_INVALID_PARAM".into(),
+            error: e.to_string(),
+        })?;
+        let device = self.device(&user).await?;
+        let _turn = device.turn.lock().await;
+        let machine = &device.machine;
+        let members: Vec<OwnedUserId> = self
+            .hs
+            .joined_members(room_id.as_str(), self.bot.as_str())
+            .await?
+            .into_iter()
+            .filter_map(|m| OwnedUserId::try_from(m).ok())
+            .collect();
+        // Owned iterators of references (no closure or `copied()` kept across an await: the future must stay `Send`).
+        let members: Vec<&UserId> = members.iter().map(|m| &**m).collect();
+        let store = |e: matrix_sdk_crypto::CryptoStoreError| HsError::Unavailable(format!("the crypto store: {e}"));
+        machine.update_tracked_users(members.clone()).await.map_err(store)?;
+        requests::send_all(&self.hs, machine).await?;
+        if let Some((id, claim)) = machine.get_missing_sessions(members.clone().into_iter()).await.map_err(store)? {
+            let answer = self.hs.send_ruma(claim, (user.as_str(), Some(GHOST_DEVICE))).await?;
+            machine
+                .mark_request_as_sent(&id, &answer)
+                .await
+                .map_err(|e| HsError::Unavailable(format!("the crypto store: {e}")))?;
+        }
+        let shares = machine
+            .share_room_key(room_id, members.clone().into_iter(), EncryptionSettings::default())
+            .await
+            .map_err(|e| HsError::Unavailable(format!("sharing the room key: {e}")))?;
+        for share in shares {
+            requests::to_device(&self.hs, machine, &share).await?;
+        }
+        let clear = serde_json::value::to_raw_value(content).map_err(|e| HsError::Refused {
+            status: 0,
+            errcode: "M_BAD_JSON".into(),
+            error: e.to_string(),
+        })?;
+        let encrypted = machine
+            .encrypt_room_event_raw(room_id, event_type, &Raw::from_json(clear))
+            .await
+            .map_err(|e| HsError::Unavailable(format!("encrypting: {e}")))?;
+        encrypted.content.deserialize_as_unchecked::<Value>().map_err(|e| HsError::Unavailable(e.to_string()))
+    }
+}
