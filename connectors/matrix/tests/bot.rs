@@ -272,22 +272,7 @@ async fn a_bot_reads_and_writes_an_encrypted_room() {
     // A file alice sends (uploaded encrypted, its key in the encrypted event) is decrypted by the bot.
     let png = hex::decode(PNG).expect("png");
     room.send_attachment("secret.png", &mime::IMAGE_PNG, png.clone(), Default::default()).await.expect("file sent");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let file = loop {
-        let files: Vec<_> =
-            b.lb.delivered()
-                .into_iter()
-                .filter_map(|e| match e.kind {
-                    bridge_api::OutboundKind::Message { draft, .. } => draft.attachments.into_iter().next(),
-                    _ => None,
-                })
-                .collect();
-        if let Some(f) = files.into_iter().next() {
-            break f;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "alice's file never reached the portal");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let file = common::await_delivered_file(&b.lb).await;
     assert_eq!((file.filename.as_deref(), file.media_type.as_str()), (Some("secret.png"), "image/png"));
     let kept = b.media.0.lock().expect("lock").iter().find(|(u, ..)| *u == file.url).map(|(_, bytes, _)| bytes.clone());
     assert_eq!(kept, Some(png), "the decrypted bytes, not the ciphertext");

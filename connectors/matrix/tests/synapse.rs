@@ -650,6 +650,36 @@ async fn encrypted_slice(s: &Setup, room: &str, state: &std::path::Path, media: 
     Slice { router, lb, account, _dir: dir }
 }
 
+/// An encrypted room of alice's linked by an account with a state directory and a media store, and alice's
+/// encrypting client (trusting senders as `trust` says), whose device is there before the bridge comes (so that the
+/// bridge's first words are shared with it).
+struct EncryptedWorld {
+    s: Setup,
+    state: tempfile::TempDir,
+    media: Arc<Kept>,
+    alice_user: MatrixUser,
+    room: String,
+    alice: matrix_sdk::Client,
+    alice_room: matrix_sdk::Room,
+    alice_http: Client,
+    b: Slice,
+    _alice_store: tempfile::TempDir,
+}
+
+async fn encrypted_world(trust: matrix_sdk_crypto::TrustRequirement) -> EncryptedWorld {
+    let s = setup();
+    let state = tempfile::tempdir().expect("state dir");
+    let media = Arc::new(Kept::default());
+    let (alice_user, room) = encrypted_room(&s);
+    let alice_store = tempfile::tempdir().expect("alice's store");
+    let (user_id, hs_url) = (alice_user.user_id.as_str(), s.hs.url());
+    let (alice, alice_room) =
+        common::encrypting_client(&hs_url, user_id, alice_store.path(), trust, &room, user_id).await;
+    let b = encrypted_slice(&s, &room, state.path(), &media).await;
+    let alice_http = Client::new(&hs_url, alice_user.clone());
+    EncryptedWorld { s, state, media, alice_user, room, alice, alice_room, alice_http, b, _alice_store: alice_store }
+}
+
 /// The first event of `room` whose content `client` decrypts to one that `matches`, syncing until it comes: the
 /// event as the client has it. An event the client could not decrypt when it came (its sender's device not known
 /// to it yet, say) is tried again at each round.
@@ -698,27 +728,11 @@ async fn decrypted_by(
 async fn an_encrypted_room_is_bridged_both_ways_each_ghost_on_its_own_cross_signed_device() {
     use bridge_api::event::{InboundKind, MessageDraft};
     use matrix_sdk::deserialized_responses::{TimelineEventKind, VerificationLevel, VerificationState};
-    let s = setup();
-    let state = tempfile::tempdir().expect("state dir");
-    let media = Arc::new(Kept::default());
-    let (alice_user, room) = encrypted_room(&s);
-    // alice's device is there before the bridge comes (so that the bridge's first words are shared with it).
-    let alice_store = tempfile::tempdir().expect("alice's store");
-    let trust = matrix_sdk_crypto::TrustRequirement::CrossSignedOrLegacy;
-    let (alice, alice_room) = common::encrypting_client(
-        &s.hs.url(),
-        &alice_user.user_id,
-        alice_store.path(),
-        trust,
-        &room,
-        &alice_user.user_id,
-    )
-    .await;
-    let b = encrypted_slice(&s, &room, state.path(), &media).await;
-    let alice_http = Client::new(&s.hs.url(), alice_user.clone());
+    let w = encrypted_world(matrix_sdk_crypto::TrustRequirement::CrossSignedOrLegacy).await;
+    let EncryptedWorld { media, room, alice, alice_room, alice_http, b, .. } = &w;
 
     // The bridge says, encrypted, that the room's encryption ends at it.
-    let notice = decrypted_by(&alice, &room, |c| c["msgtype"] == "m.notice").await;
+    let notice = decrypted_by(alice, room, |c| c["msgtype"] == "m.notice").await;
     assert!(matches!(notice.kind, TimelineEventKind::Decrypted(_)), "the notice is encrypted: {:?}", notice.kind);
     let text = notice.raw().get_field::<Value>("content").ok().flatten().unwrap_or_default()["body"].clone();
     assert_eq!(text, json!(connector_matrix::account::ENCRYPTED_ROOM_BRIDGED_NOTICE));
@@ -730,7 +744,7 @@ async fn an_encrypted_room_is_bridged_both_ways_each_ghost_on_its_own_cross_sign
     // The other side → alice: encrypted by the ghost's own device, which its own identity signs.
     let kind = InboundKind::Message { draft: MessageDraft::plain("a secret reply"), reply_to: None };
     b.lb.say_with_id("#lb", "bob", "s1", kind).await.expect("accepted");
-    let reply = decrypted_by(&alice, &room, |c| c["body"] == "a secret reply").await;
+    let reply = decrypted_by(alice, room, |c| c["body"] == "a secret reply").await;
     let TimelineEventKind::Decrypted(decrypted) = &reply.kind else {
         panic!("alice cannot decrypt the ghost's message: {:?}", reply.kind)
     };
@@ -752,10 +766,10 @@ async fn an_encrypted_room_is_bridged_both_ways_each_ghost_on_its_own_cross_sign
     // A file of the other side → alice, as an `EncryptedFile` she decrypts to the same bytes.
     let png = hex::decode(PNG).expect("png");
     let attachment =
-        bridge_api::MediaStore::put(&*media, png.clone(), "image/png", Some("from-irc.png")).await.expect("kept");
+        bridge_api::MediaStore::put(&**media, png.clone(), "image/png", Some("from-irc.png")).await.expect("kept");
     let draft = MessageDraft { attachments: vec![attachment], ..MessageDraft::plain("") };
     b.lb.say_with_id("#lb", "bob", "f1", InboundKind::Message { draft, reply_to: None }).await.expect("accepted");
-    let image = decrypted_by(&alice, &room, |c| c["msgtype"] == "m.image").await;
+    let image = decrypted_by(alice, room, |c| c["msgtype"] == "m.image").await;
     assert!(matches!(image.kind, TimelineEventKind::Decrypted(_)), "sent encrypted: {:?}", image.kind);
     let content = image.raw().get_field::<Value>("content").ok().flatten().unwrap_or_default();
     assert!(content["file"]["url"].is_string() && content.get("url").is_none(), "an EncryptedFile: {content}");
@@ -770,27 +784,12 @@ async fn an_encrypted_room_is_bridged_both_ways_each_ghost_on_its_own_cross_sign
 
     // alice's file → the portal, decrypted by the bridge.
     alice_room.send_attachment("secret.png", &mime::IMAGE_PNG, png.clone(), Default::default()).await.expect("sent");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let file = loop {
-        let files: Vec<_> =
-            b.lb.delivered()
-                .into_iter()
-                .filter_map(|e| match e.kind {
-                    bridge_api::OutboundKind::Message { draft, .. } => draft.attachments.into_iter().next(),
-                    _ => None,
-                })
-                .collect();
-        if let Some(f) = files.into_iter().next() {
-            break f;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "alice's file never reached the portal");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let file = common::await_delivered_file(&b.lb).await;
     let kept = media.0.lock().expect("lock").iter().find(|(u, ..)| *u == file.url).map(|(_, bytes, _)| bytes.clone());
     assert_eq!(kept, Some(png), "the decrypted bytes, not the ciphertext");
 
     // The homeserver saw only ciphertext from the ghost.
-    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room));
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(room));
     let v = alice_http.call(reqwest::Method::GET, &path, None).await.expect("messages");
     let from_ghost: Vec<&Value> =
         v["chunk"].as_array().into_iter().flatten().filter(|e| e["sender"] == ghost.as_str()).collect();
@@ -810,23 +809,8 @@ async fn an_encrypted_room_is_bridged_both_ways_each_ghost_on_its_own_cross_sign
 /// sends the same Olm-encrypted content, from alice, to the bridge's device again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_message_whose_key_comes_late_is_a_notice_then_bridged_once() {
-    let s = setup();
-    let state = tempfile::tempdir().expect("state dir");
-    let media = Arc::new(Kept::default());
-    let (alice_user, room) = encrypted_room(&s);
-    let alice_store = tempfile::tempdir().expect("alice's store");
-    let trust = matrix_sdk_crypto::TrustRequirement::Untrusted;
-    let (_alice, alice_room) = common::encrypting_client(
-        &s.hs.url(),
-        &alice_user.user_id,
-        alice_store.path(),
-        trust,
-        &room,
-        &alice_user.user_id,
-    )
-    .await;
-    let b = encrypted_slice(&s, &room, state.path(), &media).await;
-    let alice_http = Client::new(&s.hs.url(), alice_user.clone());
+    let w = encrypted_world(matrix_sdk_crypto::TrustRequirement::Untrusted).await;
+    let EncryptedWorld { s, state, media, alice_user, alice_room, alice_http, b, .. } = &w;
     alice_room.send(RoomMessageEventContent::text_plain("key on time")).await.expect("sent");
     await_delivered(&b.lb, "key on time").await;
 

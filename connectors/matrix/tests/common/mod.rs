@@ -212,3 +212,19 @@ pub async fn encrypting_client(
         assert!(tokio::time::Instant::now() < deadline, "{user_id} never saw {member} join");
     }
 }
+
+/// Waits until the loopback leg was given a message with a file; returns its first file.
+pub async fn await_delivered_file(lb: &bridge_testkit::loopback::LoopbackNetwork) -> bridge_api::event::Attachment {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let file = lb.delivered().into_iter().find_map(|e| match e.kind {
+            bridge_api::OutboundKind::Message { draft, .. } => draft.attachments.into_iter().next(),
+            _ => None,
+        });
+        if let Some(f) = file {
+            return f;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no file reached the portal");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
