@@ -94,6 +94,8 @@ pub(crate) struct Inner {
     turn: tokio::sync::Mutex<()>,
     /// End-to-end encryption ([`crate::e2ee`]); `None` without a state directory to keep its keys in.
     e2ee: Option<Arc<E2ee>>,
+    /// The events waiting for their keys are to be tried again (keys arrived, or the account started).
+    retry_waiting: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
 }
 
@@ -181,6 +183,7 @@ impl MatrixAccount {
             catch_up_after: CATCH_UP_AFTER,
             turn: tokio::sync::Mutex::new(()),
             e2ee,
+            retry_waiting: std::sync::atomic::AtomicBool::new(true),
             state: Mutex::new(State::default()),
         });
         tokio::spawn(ping_loop(inner.clone()));
@@ -271,10 +274,20 @@ impl Inner {
         }
     }
 
-    /// Whether what the bridge sends in `room_id` is encrypted.
-    fn encrypts(&self, room_id: &str) -> Option<&E2ee> {
-        let e2ee = self.e2ee.as_deref()?;
-        (e2ee.status() == Status::Ready && self.state().encrypted.contains(room_id)).then_some(e2ee)
+    /// Whether what the bridge sends in `room_id` is encrypted: `Some` where the room is encrypted and the bridge
+    /// can; `None` where the room is not, or the homeserver lacks what it takes (the room was told). While the
+    /// start-up probe has not answered yet, an encrypted room's sends wait (`Unavailable`: the core retries), so
+    /// that nothing goes into it in the clear that could have been encrypted.
+    fn encrypts(&self, room_id: &str) -> Result<Option<&E2ee>, HsError> {
+        let Some(e2ee) = self.e2ee.as_deref() else { return Ok(None) };
+        if !self.state().encrypted.contains(room_id) {
+            return Ok(None);
+        }
+        match e2ee.status() {
+            Status::Ready => Ok(Some(e2ee)),
+            Status::Unavailable(_) => Ok(None),
+            Status::Starting => Err(HsError::Unavailable("end-to-end encryption is still being set up".into())),
+        }
     }
 
     /// Sends an event of `event_type` as `user` in `room_id` with `txn_id`, encrypted by `user`'s device where the
@@ -287,7 +300,7 @@ impl Inner {
         content: &serde_json::Value,
         user: &str,
     ) -> Result<String, HsError> {
-        match self.encrypts(room_id) {
+        match self.encrypts(room_id)? {
             Some(e2ee) => {
                 let room = ruma::OwnedRoomId::try_from(room_id).map_err(|e| HsError::Refused {
                     status: 0,
@@ -332,7 +345,7 @@ impl Inner {
                 error: format!("{by} removed {ghost} from the room ({membership}); the bridge does not rejoin it"),
             });
         }
-        if let Some(e2ee) = self.encrypts(room_id) {
+        if let Some(e2ee) = self.encrypts(room_id)? {
             e2ee.prepare(ghost).await?;
         }
         match self.hs.join(room_id, ghost).await {
@@ -401,7 +414,7 @@ impl Inner {
                 if let Some(earlier) = self.earlier_attempt(&room, &as_user, &txn_id, ev).await? {
                     return Ok(Some(earlier));
                 }
-                let encrypted = self.encrypts(&room).is_some();
+                let encrypted = self.encrypts(&room)?.is_some();
                 let store = self.ctx.media.as_ref();
                 let content =
                     media_transfer::upload(&self.hs, store, &attachment.url, content, (as_user.as_str(), encrypted))
@@ -676,8 +689,16 @@ impl Transactions for Inner {
             None => Vec::new(),
         };
         let mut taken = self.take(txn.events).await;
-        if taken.is_ok() && !keys.is_empty() {
-            taken = self.take_waiting(keys).await;
+        // The keys are in the crypto store now, whatever happens next: the events they open are tried until they
+        // are taken (and at the first transaction after a start, for a crash between the two).
+        if !keys.is_empty() {
+            self.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if taken.is_ok() && self.retry_waiting.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            taken = self.take_waiting().await;
+            if taken.is_err() {
+                self.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
         }
         if taken.is_err() {
             // The homeserver retries it; what it may lose meanwhile is read back from the timeline.

@@ -5,11 +5,9 @@ use super::Inner;
 use crate::bot::position::Undecrypted;
 use crate::e2ee::{Decrypted, Status};
 use bridge_api::InboundEvent;
-use matrix_sdk_crypto::store::types::RoomKeyInfo;
 use ruma::OwnedRoomId;
 use ruma::events::AnyTimelineEvent;
 use ruma::serde::Raw;
-use std::collections::BTreeMap;
 
 /// What an event of a transaction is taken as.
 pub(super) enum Intake {
@@ -48,6 +46,10 @@ impl Inner {
         let bot = self.cfg.bot_user_id();
         if !self.state().devices.contains(&bot) {
             self.ensure_device(&bot).await.map_err(|e| e.to_string())?;
+            if !self.state().devices.contains(&bot) {
+                // The homeserver makes no devices for the appservice: nothing here can decrypt.
+                return Ok(Intake::Event(raw));
+            }
         }
         let why = match e2ee.decrypt(&room, &raw).await? {
             Decrypted::Clear(clear) => return Ok(Intake::Event(clear)),
@@ -70,24 +72,18 @@ impl Inner {
         Ok(Intake::Instead(self.tr.undecrypted_notice(&leg_room, &sender, name, &event_id).map(Box::new)))
     }
 
-    /// Decrypts the waiting events that `keys` (room keys just received) open, and takes them. The caller holds
+    /// Decrypts the waiting events that the keys in the crypto store open now, and takes them. The caller holds
     /// [`Inner::turn`].
-    pub(super) async fn take_waiting(&self, keys: Vec<RoomKeyInfo>) -> Result<(), String> {
-        let Some(e2ee) = self.e2ee.as_deref() else { return Ok(()) };
-        let mut sessions: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for key in keys {
-            sessions.entry(key.room_id.to_string()).or_default().push(key.session_id);
-        }
+    pub(super) async fn take_waiting(&self) -> Result<(), String> {
+        let Some(e2ee) = self.e2ee.as_deref().filter(|e| e.status() == Status::Ready) else { return Ok(()) };
         let (mut clear, mut done) = (Vec::new(), Vec::new());
-        for (room_id, sessions) in sessions {
-            let Ok(room) = OwnedRoomId::try_from(room_id.as_str()) else { continue };
-            for waiting in e2ee.waiting.of_sessions(&room_id, &sessions) {
-                let Ok(json) = serde_json::value::to_raw_value(&waiting.event) else { continue };
-                if let Decrypted::Clear(event) = e2ee.decrypt(&room, &Raw::from_json(json)).await? {
-                    tracing::info!(account = %self.id, event = %waiting.event_id, "an encrypted event is decrypted now");
-                    clear.push(event);
-                    done.push(waiting.event_id);
-                }
+        for waiting in e2ee.waiting.all() {
+            let Ok(room) = OwnedRoomId::try_from(waiting.room_id.as_str()) else { continue };
+            let Ok(json) = serde_json::value::to_raw_value(&waiting.event) else { continue };
+            if let Decrypted::Clear(event) = e2ee.decrypt(&room, &Raw::from_json(json)).await? {
+                tracing::info!(account = %self.id, event = %waiting.event_id, "an encrypted event is decrypted now");
+                clear.push(event);
+                done.push(waiting.event_id);
             }
         }
         if clear.is_empty() {

@@ -135,7 +135,19 @@ impl E2ee {
             }
             other => other?,
         }
-        self.device(&bot).await?;
+        // What the homeserver refuses for good (keys, signatures, to-device messages of the appservice user's
+        // device) makes encryption unavailable, said once; only its being away is tried again.
+        let unavailable = |e: HsError| match e {
+            HsError::Refused { status, errcode, error } => {
+                let why = format!("the homeserver refused the bridge's device ({status} {errcode}: {error})");
+                self.set_status(Status::Unavailable(why.clone()));
+                Ok(Status::Unavailable(why))
+            }
+            e => Err(e),
+        };
+        if let Err(e) = self.device(&bot).await {
+            return unavailable(e);
+        }
         let nonce = crate::registration::random_token();
         *self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(nonce.clone());
         let woken = self.probed.notified();
@@ -146,7 +158,9 @@ impl E2ee {
         let deadline = tokio::time::Instant::now() + PROBE_WAIT;
         let mut came_back = false;
         for n in 0.. {
-            self.hs.send_to_device(to, PROBE_TYPE, &format!("probe-{nonce}-{n}"), to, &content).await?;
+            if let Err(e) = self.hs.send_to_device(to, PROBE_TYPE, &format!("probe-{nonce}-{n}"), to, &content).await {
+                return unavailable(e);
+            }
             let until = (tokio::time::Instant::now() + PROBE_AGAIN).min(deadline);
             if tokio::time::timeout_at(until, woken.as_mut()).await.is_ok() {
                 came_back = true;
@@ -185,6 +199,13 @@ impl E2ee {
         let machine = OlmMachine::with_store(user, device_id, store, None)
             .await
             .map_err(|e| HsError::Unavailable(format!("crypto store {}: {e}", dir.display())))?;
+        if !fresh {
+            // Device lists that changed while this device was not loaded were given to no one: look again.
+            machine
+                .mark_all_tracked_users_as_dirty()
+                .await
+                .map_err(|e| HsError::Unavailable(format!("crypto store: {e}")))?;
+        }
         requests::send_all(&self.hs, &machine).await?;
         if fresh {
             requests::cross_sign(&self.hs, &machine).await?;
@@ -260,7 +281,16 @@ impl E2ee {
         let settings = DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
         let mut keys = Vec::new();
         for user in users {
-            let Some(device) = self.existing_device(&user).await.map_err(|e| e.to_string())? else { continue };
+            let device = match self.existing_device(&user).await {
+                Ok(Some(device)) => device,
+                Ok(None) => continue,
+                // A device the homeserver will not take (its keys or signatures refused) holds up no one else.
+                Err(HsError::Refused { status, errcode, error }) => {
+                    tracing::warn!(%user, status, %errcode, %error, "a bridge device is refused: its messages are skipped");
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             let no_counts = BTreeMap::new();
             let counts = txn.device_one_time_keys_count.get(&user).and_then(|d| d.get(device_id));
             let fallback = txn.device_unused_fallback_key_types.get(&user).and_then(|d| d.get(device_id));

@@ -63,7 +63,8 @@ pub async fn to_device(hs: &Homeserver, machine: &OlmMachine, r: &ToDeviceReques
 /// Gives `machine` a cross-signing identity and uploads it: master, self-signing and user-signing keys, and the
 /// device signed by the self-signing key (Synapse takes an appservice user's keys without interactive auth).
 pub async fn cross_sign(hs: &Homeserver, machine: &OlmMachine) -> Result<(), HsError> {
-    let requests = machine.bootstrap_cross_signing(true).await.map_err(store_error)?;
+    // Not a reset: an identity made before but not uploaded (a crash, a failed call) is uploaded as it is.
+    let requests = machine.bootstrap_cross_signing(false).await.map_err(store_error)?;
     if let Some(upload) = &requests.upload_keys_req {
         send(hs, machine, upload).await?;
     }
@@ -75,7 +76,11 @@ pub async fn cross_sign(hs: &Homeserver, machine: &OlmMachine) -> Result<(), HsE
     let as_device = (machine.user_id().as_str(), Some(machine.device_id().as_str()));
     hs.send_ruma(upload, as_device).await?;
     let signatures: upload_signatures::v3::Request = requests.upload_signatures_req;
-    hs.send_ruma(signatures, as_device).await?;
+    let answer = hs.send_ruma(signatures, as_device).await?;
+    if !answer.failures.is_empty() {
+        let error = format!("signatures refused: {:?}", answer.failures);
+        return Err(HsError::Refused { status: 400, errcode: "M_INVALID_SIGNATURE".into(), error });
+    }
     Ok(())
 }
 

@@ -35,14 +35,9 @@ impl Waiting {
         self.save(&events)
     }
 
-    /// The waiting events of `room_id` encrypted with one of `sessions` (their `session_id`).
-    pub fn of_sessions(&self, room_id: &str, sessions: &[String]) -> Vec<Undecrypted> {
-        self.events()
-            .iter()
-            .filter(|u| u.room_id == room_id)
-            .filter(|u| u.event["content"]["session_id"].as_str().is_some_and(|s| sessions.iter().any(|k| k == s)))
-            .cloned()
-            .collect()
+    /// The waiting events, oldest first.
+    pub fn all(&self) -> Vec<Undecrypted> {
+        self.events().clone()
     }
 
     /// Forgets the events of `event_ids` (bridged now), durably.
@@ -80,11 +75,10 @@ mod tests {
         w.add(event(1, "s1")).expect("kept once");
         let again = Waiting::load(dir.path()).expect("read back");
         let ids = |v: Vec<Undecrypted>| v.into_iter().map(|u| u.event_id).collect::<Vec<_>>();
-        assert_eq!(ids(again.of_sessions("!r:hs", &["s1".into()])), ["$e1"]);
-        assert!(again.of_sessions("!other:hs", &["s1".into()]).is_empty());
+        assert_eq!(ids(again.all()), ["$e1", "$e2"]);
         again.remove(&["$e1".into()]).expect("removed");
         let last = Waiting::load(dir.path()).expect("read back");
-        assert_eq!(ids(last.of_sessions("!r:hs", &["s1".into(), "s2".into()])), ["$e2"]);
+        assert_eq!(ids(last.all()), ["$e2"]);
         std::fs::write(dir.path().join("undecrypted.json"), b"[").expect("corrupt");
         assert!(Waiting::load(dir.path()).is_err(), "a corrupt file is an error, not an empty list");
     }
