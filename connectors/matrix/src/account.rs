@@ -19,10 +19,6 @@
 use crate::catchup::{self, Known};
 use crate::config::Config;
 use crate::e2ee::{E2ee, Status};
-use account_e2ee::Intake;
-
-#[path = "account_e2ee.rs"]
-mod account_e2ee;
 use crate::homeserver::{Homeserver, HsError};
 use crate::media_transfer;
 use crate::outbound::MatrixAction;
@@ -43,6 +39,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
+
+#[path = "account_e2ee.rs"]
+mod account_e2ee;
+use account_e2ee::Intake;
 
 /// The device every ghost sends from (MSC4190), so that the homeserver deduplicates a retried send durably.
 pub const GHOST_DEVICE: &str = "MIMIBRIDGE";
