@@ -137,16 +137,17 @@ async fn a_bot_relays_both_ways_keeps_one_device_and_bridges_what_was_said_while
     let alice_id = bridge_api::LegacyUser::new(AccountId::parse("matrix.hs").expect("id"), &w.alice.user.user_id);
     assert_eq!(from_alice.sender.uri, alice_id.uri("b.test"), "alice herself, not the bot");
 
-    // Down: 25 messages (more than a sync's timeline shows: the bot reads back from /messages), then up again.
+    // Down: 50 messages (five times what a sync's timeline shows — Synapse's default limit of 10, the bot syncs
+    // without a filter — so the bot reads back from /messages), then up again.
     b.bot.shutdown().await;
-    for i in 0..25 {
+    for i in 0..50 {
         let body = format!("while down {i}");
         w.alice.send(&w.room, "m.room.message", json!({"msgtype": "m.text", "body": body})).await.expect("send");
     }
     let bot = start_bot(&w, state.path(), &b.router, &b.media).await;
-    await_delivered(&b.lb, "while down 24").await;
+    await_delivered(&b.lb, "while down 49").await;
     let down: Vec<String> = delivered_bodies(&b.lb).into_iter().filter(|t| t.starts_with("while down")).collect();
-    let said: Vec<String> = (0..25).map(|i| format!("while down {i}")).collect();
+    let said: Vec<String> = (0..50).map(|i| format!("while down {i}")).collect();
     assert_eq!(down, said, "each once, in order");
 
     // Two more restarts: still one device, and nothing bridged again.
@@ -160,7 +161,7 @@ async fn a_bot_relays_both_ways_keeps_one_device_and_bridges_what_was_said_while
         .expect("send");
     await_delivered(&b.lb, "after restarts").await;
     let bodies = delivered_bodies(&b.lb);
-    assert_eq!(bodies.iter().filter(|t| t.starts_with("while down")).count(), 25, "nothing bridged twice: {bodies:?}");
+    assert_eq!(bodies.iter().filter(|t| t.starts_with("while down")).count(), 50, "nothing bridged twice: {bodies:?}");
     assert_eq!(bodies.iter().filter(|t| *t == "hello from matrix").count(), 1, "{bodies:?}");
     let devices = bot_devices(&w, state.path());
     assert_eq!(devices.len(), 1, "one device after three restarts: {devices:?}");
