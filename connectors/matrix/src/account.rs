@@ -302,12 +302,7 @@ impl Inner {
     ) -> Result<String, HsError> {
         match self.encrypts(room_id)? {
             Some(e2ee) => {
-                let room = ruma::OwnedRoomId::try_from(room_id).map_err(|e| HsError::Refused {
-                    status: 0,
-                    errcode: "M_INVALID_PARAM".into(),
-                    error: e.to_string(),
-                })?;
-                let encrypted = e2ee.encrypt(&room, user, event_type, content).await?;
+                let encrypted = e2ee.encrypt(room_id, user, event_type, content).await?;
                 self.hs.send(room_id, "m.room.encrypted", txn_id, &encrypted, self.actor(user)).await
             }
             None => self.hs.send(room_id, event_type, txn_id, content, self.actor(user)).await,
@@ -684,14 +679,14 @@ const JOIN_RETRY: Duration = Duration::from_secs(60);
 impl Transactions for Inner {
     async fn handle(&self, txn: push_events::v1::Request) -> Result<(), String> {
         let _turn = self.turn.lock().await;
-        let keys = match &self.e2ee {
+        let keys_came = match &self.e2ee {
             Some(e2ee) => e2ee.receive(&txn).await?,
-            None => Vec::new(),
+            None => false,
         };
         let mut taken = self.take(txn.events).await;
         // The keys are in the crypto store now, whatever happens next: the events they open are tried until they
         // are taken (and at the first transaction after a start, for a crash between the two).
-        if !keys.is_empty() {
+        if keys_came {
             self.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         if taken.is_ok() && self.retry_waiting.swap(false, std::sync::atomic::Ordering::SeqCst) {

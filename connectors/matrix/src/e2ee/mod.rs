@@ -21,13 +21,12 @@ pub mod waiting;
 
 use crate::account::GHOST_DEVICE;
 use crate::homeserver::{Homeserver, HsError};
-use matrix_sdk_crypto::store::types::RoomKeyInfo;
 use matrix_sdk_crypto::{DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement};
 use ruma::api::appservice::event::push_events;
 use ruma::api::client::sync::sync_events::DeviceLists;
 use ruma::events::AnyTimelineEvent;
 use ruma::serde::Raw;
-use ruma::{OwnedUserId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -42,6 +41,16 @@ pub const PROBE_WAIT: Duration = Duration::from_secs(30);
 /// How often the probe sends its message again meanwhile (a homeserver that thought the appservice down, after a
 /// restart, may drop the to-device messages of the transactions it holds back until then).
 const PROBE_AGAIN: Duration = Duration::from_secs(5);
+
+/// How the bridge's devices decrypt: from any sender (what the bridge passes on is the other networks' to trust;
+/// the clients in the room apply their own trust to what the bridge sends).
+const DECRYPTION: DecryptionSettings =
+    DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
+
+/// An id the homeserver would refuse.
+fn invalid(e: impl std::fmt::Display) -> HsError {
+    HsError::Refused { status: 0, errcode: "M_INVALID_PARAM".into(), error: e.to_string() }
+}
 
 /// Whether the bridge can take part in encrypted rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,10 +210,7 @@ impl E2ee {
             .map_err(|e| HsError::Unavailable(format!("crypto store {}: {e}", dir.display())))?;
         if !fresh {
             // Device lists that changed while this device was not loaded were given to no one: look again.
-            machine
-                .mark_all_tracked_users_as_dirty()
-                .await
-                .map_err(|e| HsError::Unavailable(format!("crypto store: {e}")))?;
+            machine.mark_all_tracked_users_as_dirty().await.map_err(requests::store_error)?;
         }
         requests::send_all(&self.hs, &machine).await?;
         if fresh {
@@ -221,11 +227,7 @@ impl E2ee {
     /// Makes sure `user` has its device, keys uploaded and cross-signed: before it joins an encrypted room, so that
     /// the members' clients know the device before it shares a room key with them.
     pub async fn prepare(&self, user: &str) -> Result<(), HsError> {
-        let user = OwnedUserId::try_from(user).map_err(|e| HsError::Refused {
-            status: 0,
-            errcode: "M_INVALID_PARAM".into(),
-            error: e.to_string(),
-        })?;
+        let user = OwnedUserId::try_from(user).map_err(invalid)?;
         self.device(&user).await.map(drop)
     }
 
@@ -247,9 +249,9 @@ impl E2ee {
     }
 
     /// Feeds a transaction's to-device messages, device list changes and key counts to the devices they are for,
-    /// and makes the calls they ask for; returns the room keys the appservice user's device received. `Err` when
+    /// and makes the calls they ask for; returns whether the appservice user's device received room keys. `Err` when
     /// the homeserver or a store fails (the transaction is taken again).
-    pub async fn receive(&self, txn: &push_events::v1::Request) -> Result<Vec<RoomKeyInfo>, String> {
+    pub async fn receive(&self, txn: &push_events::v1::Request) -> Result<bool, String> {
         let mut to_device: BTreeMap<OwnedUserId, Vec<Raw<ruma::events::AnyToDeviceEvent>>> = BTreeMap::new();
         for raw in &txn.to_device {
             let field = |name: &str| raw.get_field::<String>(name).ok().flatten();
@@ -278,8 +280,7 @@ impl E2ee {
         changed.changed = txn.device_lists.changed.clone();
         changed.left = txn.device_lists.left.clone();
         let device_id: &ruma::DeviceId = GHOST_DEVICE.into();
-        let settings = DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
-        let mut keys = Vec::new();
+        let mut keys_came = false;
         for user in users {
             let device = match self.existing_device(&user).await {
                 Ok(Some(device)) => device,
@@ -304,25 +305,22 @@ impl E2ee {
             let _turn = device.turn.lock().await;
             let (_, room_keys) = device
                 .machine
-                .receive_sync_changes(changes, &settings)
+                .receive_sync_changes(changes, &DECRYPTION)
                 .await
                 .map_err(|e| format!("the crypto store of {user}: {e}"))?;
-            if user == self.bot {
-                keys.extend(room_keys);
-            }
+            keys_came |= user == self.bot && !room_keys.is_empty();
             if let Err(e) = requests::send_all(&self.hs, &device.machine).await {
                 // What is still queued goes with the next round.
                 tracing::warn!(%user, error = %e, "a bridge device's key calls failed; tried again later");
             }
         }
-        Ok(keys)
+        Ok(keys_came)
     }
 
     /// Decrypts an `m.room.encrypted` event of `room_id` with the appservice user's device.
     pub async fn decrypt(&self, room_id: &RoomId, raw: &Raw<AnyTimelineEvent>) -> Result<Decrypted, String> {
         let device = self.device(&self.bot).await.map_err(|e| e.to_string())?;
-        let settings = DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
-        match device.machine.decrypt_room_event(raw.cast_ref_unchecked(), room_id, &settings).await {
+        match device.machine.decrypt_room_event(raw.cast_ref_unchecked(), room_id, &DECRYPTION).await {
             Ok(clear) => Ok(Decrypted::Clear(clear.event)),
             Err(matrix_sdk_crypto::MegolmError::Store(e)) => Err(format!("the crypto store: {e}")),
             Err(e) => Ok(Decrypted::NotYet(e.to_string())),
@@ -334,16 +332,14 @@ impl E2ee {
     /// of the `m.room.encrypted` event to send.
     pub async fn encrypt(
         &self,
-        room_id: &RoomId,
+        room_id: &str,
         user: &str,
         event_type: &str,
         content: &Value,
     ) -> Result<Value, HsError> {
-        let user = OwnedUserId::try_from(user).map_err(|e| HsError::Refused {
-            status: 0,
-            errcode: "M_INVALID_PARAM".into(),
-            error: e.to_string(),
-        })?;
+        let room = OwnedRoomId::try_from(room_id).map_err(invalid)?;
+        let room_id: &RoomId = &room;
+        let user = OwnedUserId::try_from(user).map_err(invalid)?;
         let device = self.device(&user).await?;
         let _turn = device.turn.lock().await;
         let machine = &device.machine;
@@ -356,15 +352,13 @@ impl E2ee {
             .collect();
         // Owned iterators of references (no closure or `copied()` kept across an await: the future must stay `Send`).
         let members: Vec<&UserId> = members.iter().map(|m| &**m).collect();
-        let store = |e: matrix_sdk_crypto::CryptoStoreError| HsError::Unavailable(format!("the crypto store: {e}"));
-        machine.update_tracked_users(members.clone()).await.map_err(store)?;
+        machine.update_tracked_users(members.clone()).await.map_err(requests::store_error)?;
         requests::send_all(&self.hs, machine).await?;
-        if let Some((id, claim)) = machine.get_missing_sessions(members.clone().into_iter()).await.map_err(store)? {
+        if let Some((id, claim)) =
+            machine.get_missing_sessions(members.clone().into_iter()).await.map_err(requests::store_error)?
+        {
             let answer = self.hs.send_ruma(claim, (user.as_str(), Some(GHOST_DEVICE))).await?;
-            machine
-                .mark_request_as_sent(&id, &answer)
-                .await
-                .map_err(|e| HsError::Unavailable(format!("the crypto store: {e}")))?;
+            machine.mark_request_as_sent(&id, &answer).await.map_err(requests::store_error)?;
         }
         let shares = machine
             .share_room_key(room_id, members.clone().into_iter(), EncryptionSettings::default())

@@ -45,7 +45,7 @@ pub async fn send(hs: &Homeserver, machine: &OlmMachine, request: &OutgoingReque
         // Verification requests in a room: the bridge's devices verify nobody interactively.
         AnyOutgoingRequest::RoomMessage(_) => return Ok(()),
     };
-    marked.map_err(|e| HsError::Unavailable(format!("the crypto store: {e}")))
+    marked.map_err(store_error)
 }
 
 /// Sends a to-device request (room keys, Olm messages) and tells `machine` it went.
@@ -54,10 +54,7 @@ pub async fn to_device(hs: &Homeserver, machine: &OlmMachine, r: &ToDeviceReques
     let request =
         send_event_to_device::v3::Request::new_raw(r.event_type.clone(), r.txn_id.clone(), r.messages.clone());
     let answer = hs.send_ruma(request, (user, Some(device))).await?;
-    machine
-        .mark_request_as_sent(&r.txn_id, &answer)
-        .await
-        .map_err(|e| HsError::Unavailable(format!("the crypto store: {e}")))
+    machine.mark_request_as_sent(&r.txn_id, &answer).await.map_err(store_error)
 }
 
 /// Gives `machine` a cross-signing identity and uploads it: master, self-signing and user-signing keys, and the
@@ -84,6 +81,7 @@ pub async fn cross_sign(hs: &Homeserver, machine: &OlmMachine) -> Result<(), HsE
     Ok(())
 }
 
-fn store_error(e: impl std::fmt::Display) -> HsError {
+/// A crypto store failure, as a temporary one (the call is made again).
+pub(super) fn store_error(e: impl std::fmt::Display) -> HsError {
     HsError::Unavailable(format!("the crypto store: {e}"))
 }
