@@ -188,6 +188,9 @@ impl MatrixAccount {
         });
         tokio::spawn(ping_loop(inner.clone()));
         tokio::spawn(catch_up_loop(inner.clone()));
+        if inner.e2ee.is_some() {
+            tokio::spawn(account_e2ee::inbox_loop(inner.clone()));
+        }
         Ok(Self { inner })
     }
 
@@ -571,7 +574,11 @@ async fn ping_loop(inner: Arc<Inner>) {
                         Ok(_) if known => {}
                         Ok(Status::Unavailable(why)) => tracing::error!(account = %inner.id, %why,
                             "end-to-end encryption is not available: encrypted rooms are not bridged"),
-                        Ok(_) => tracing::info!(account = %inner.id, "end-to-end encryption is available"),
+                        Ok(_) => {
+                            tracing::info!(account = %inner.id, "end-to-end encryption is available");
+                            // Events that waited for keys (the probe read the inbox before it sent its message).
+                            inner.read_inboxes(false).await;
+                        }
                         Err(e) => {
                             let reason = format!("setting up end-to-end encryption: {e}");
                             tracing::warn!(account = %inner.id, %reason, retry_in = ?backoff, "homeserver not ready");

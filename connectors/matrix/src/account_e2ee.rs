@@ -8,6 +8,7 @@ use bridge_api::InboundEvent;
 use ruma::OwnedRoomId;
 use ruma::events::AnyTimelineEvent;
 use ruma::serde::Raw;
+use std::time::Duration;
 
 /// What an event of a transaction is taken as.
 pub(super) enum Intake {
@@ -51,10 +52,26 @@ impl Inner {
                 return Ok(Intake::Event(raw));
             }
         }
-        let why = match e2ee.decrypt(&room, &raw).await? {
+        let mut why = match e2ee.decrypt(&room, &raw).await? {
             Decrypted::Clear(clear) => return Ok(Intake::Event(clear)),
             Decrypted::NotYet(why) => why,
         };
+        // The key may be in the device's inbox, from a transaction the homeserver could not push: read at start
+        // (a transaction held while the bridge was down comes as soon as it is back), or now.
+        let keys_came = match e2ee.status() {
+            Status::Starting => e2ee.start_read(START_READ_WAIT).await,
+            _ => e2ee.look_for_keys().await.unwrap_or_else(|e| {
+                tracing::warn!(account = %self.id, error = %e, "cannot read the bridge device's inbox");
+                false
+            }),
+        };
+        if keys_came {
+            self.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+            match e2ee.decrypt(&room, &raw).await? {
+                Decrypted::Clear(clear) => return Ok(Intake::Event(clear)),
+                Decrypted::NotYet(again) => why = again,
+            }
+        }
         if self.tr.is_bridge_user(&sender) {
             // The bridge's own message coming back: nothing to tell anyone.
             return Ok(Intake::Instead(None));
@@ -70,6 +87,31 @@ impl Inner {
         })?;
         let name = self.sender_name(&room_id, &sender).await;
         Ok(Intake::Instead(self.tr.undecrypted_notice(&leg_room, &sender, name, &event_id).map(Box::new)))
+    }
+
+    /// Reads the inbox of the appservice user's device ([`crate::e2ee::inbox`]; all loaded devices' with `all`),
+    /// and takes the waiting events its keys open.
+    pub(super) async fn read_inboxes(&self, all: bool) {
+        let Some(e2ee) = self.e2ee.as_deref() else { return };
+        let bot = self.cfg.bot_user_id();
+        let read = match all {
+            true => e2ee.read_all_inboxes().await,
+            false => match ruma::OwnedUserId::try_from(bot.as_str()) {
+                Ok(bot) => e2ee.read_inbox(&bot).await,
+                Err(_) => return,
+            },
+        };
+        match read {
+            Ok(keys_came) if keys_came || self.retry_waiting.swap(false, std::sync::atomic::Ordering::SeqCst) => {
+                let _turn = self.turn.lock().await;
+                if let Err(e) = self.take_waiting().await {
+                    self.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::warn!(account = %self.id, error = %e, "waiting events not taken yet");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(account = %self.id, error = %e, "cannot read the bridge devices' inboxes"),
+        }
     }
 
     /// Decrypts the waiting events that the keys in the crypto store open now, and takes them. The caller holds
@@ -93,6 +135,26 @@ impl Inner {
         e2ee.waiting.remove(&done)
     }
 }
+
+/// Reads every loaded device's inbox every [`crate::e2ee::inbox::INBOX_EVERY`] until the account stops.
+pub(super) async fn inbox_loop(inner: std::sync::Arc<Inner>) {
+    // Looks for the account's stop every minute meanwhile.
+    let mut next = tokio::time::Instant::now() + crate::e2ee::inbox::INBOX_EVERY;
+    loop {
+        tokio::time::sleep(Duration::from_secs(60).min(next.saturating_duration_since(tokio::time::Instant::now())))
+            .await;
+        if inner.state().stopped {
+            return;
+        }
+        if tokio::time::Instant::now() >= next {
+            inner.read_inboxes(true).await;
+            next = tokio::time::Instant::now() + crate::e2ee::inbox::INBOX_EVERY;
+        }
+    }
+}
+
+/// How long an event that arrives during the start waits for the start's inbox read before it is given up on.
+const START_READ_WAIT: Duration = Duration::from_secs(10);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

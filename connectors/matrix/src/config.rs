@@ -27,8 +27,9 @@ pub struct Config {
     /// Appservice: the localpart prefix of ghost users (`mimi_` gives `@mimi_…:server`).
     #[serde(default = "default_ghost_prefix")]
     pub ghost_prefix: String,
-    /// The bridge's own user's localpart: the appservice's `sender_localpart`, which joins the linked rooms and
-    /// invites ghosts; in bot mode the account that logs in and relays.
+    /// The bridge's own user's localpart: in appservice mode the user of the appservice's namespace that joins the
+    /// linked rooms, invites ghosts and decrypts (see [`Config::sender_localpart`]); in bot mode the account that
+    /// logs in and relays.
     #[serde(default = "default_bot_localpart")]
     pub bot_localpart: String,
     /// Appservice: the token the bridge presents to the homeserver (a secret: `as_token_file` or `env:`).
@@ -97,6 +98,13 @@ impl Config {
         format!("@{}:{}", self.bot_localpart, self.server_name)
     }
 
+    /// Appservice: the registration's `sender_localpart` (`BOT.appservice`), a user the bridge acts as only to
+    /// ping and register. Not the bot itself: a homeserver lets no appservice's sender user `/sync`, and the bot's
+    /// device reads its to-device inbox that way ([`crate::e2ee::inbox`]).
+    pub fn sender_localpart(&self) -> String {
+        format!("{}.appservice", self.bot_localpart)
+    }
+
     /// Checks what deserialising does not: localparts, the server name, the URLs, what each mode needs.
     pub fn check(&self) -> Result<(), String> {
         let localpart_ok = |s: &str| {
@@ -121,10 +129,13 @@ impl Config {
                 if !localpart_ok(&self.ghost_prefix) {
                     return Err(format!("`ghost_prefix` {:?}: only a-z 0-9 . _ = - are allowed", self.ghost_prefix));
                 }
-                if self.bot_localpart.starts_with(&self.ghost_prefix) {
+                if self.bot_localpart.starts_with(&self.ghost_prefix)
+                    || self.sender_localpart().starts_with(&self.ghost_prefix)
+                {
                     return Err(format!(
-                        "`bot_localpart` {:?} must not start with the ghost prefix",
-                        self.bot_localpart
+                        "`bot_localpart` {:?} (and {:?}, the appservice's own user) must not start with the ghost prefix",
+                        self.bot_localpart,
+                        self.sender_localpart()
                     ));
                 }
                 if self.listen.is_none() {

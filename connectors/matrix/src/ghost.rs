@@ -163,7 +163,7 @@ fn hex_digit(c: u8) -> Option<u8> {
 }
 
 /// Escapes regular-expression metacharacters.
-fn regex_escape(s: &str) -> String {
+pub(crate) fn regex_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if "\\.+*?()|[]{}^$#&-~".contains(c) {

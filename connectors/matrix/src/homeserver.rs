@@ -226,6 +226,12 @@ impl Homeserver {
         self.call(Method::POST, &path, None, Some(&json!({"transaction_id": "mimi-bridge-ping"}))).await.map(drop)
     }
 
+    /// The appservice's own user (the registration's `sender_localpart`): who the `as_token` is without `user_id`.
+    pub async fn sender(&self) -> Result<String, HsError> {
+        let v = self.call(Method::GET, &["_matrix", "client", "v3", "account", "whoami"], None, None).await?;
+        Ok(v["user_id"].as_str().unwrap_or_default().to_owned())
+    }
+
     /// Registers a user of the appservice's namespace; one that exists already is fine.
     pub async fn register(&self, localpart: &str) -> Result<(), HsError> {
         let body = json!({"type": "m.login.application_service", "username": localpart, "inhibit_login": true});

@@ -1,14 +1,15 @@
 //! The appservice registration file the homeserver loads (`app_service_config_files` in Synapse).
 //!
 //! Written as YAML whose strings are JSON string literals (valid YAML double-quoted scalars), so no value can
-//! break the file. The user namespace (the ghost prefix) is exclusive, the appservice user is the
-//! `bot_localpart`, there are no alias or room namespaces, and `rate_limited: false`: a bridge speaks for many
-//! people. `io.element.msc4190: true` lets the appservice create its ghosts' devices without logging them in;
+//! break the file. The user namespace (the ghost prefix, and the bot) is exclusive, the appservice's own user
+//! is `BOT.appservice` ([`Config::sender_localpart`]: the bot itself could not sync its device's inbox), there are
+//! no alias or room namespaces, and `rate_limited: false`: a bridge speaks for many people.
+//! `io.element.msc4190: true` lets the appservice create its ghosts' devices without logging them in;
 //! `receive_ephemeral: true` and `org.matrix.msc3202: true` bring the to-device messages, device list changes and
 //! key counts of end-to-end encryption in its transactions.
 
 use crate::config::Config;
-use crate::ghost::GhostNames;
+use crate::ghost::{GhostNames, regex_escape};
 
 /// The registration YAML for `config` (tokens as the config has them).
 pub fn registration_yaml(config: &Config) -> String {
@@ -20,17 +21,18 @@ pub fn registration_yaml(config: &Config) -> String {
          url: {url}\n\
          as_token: {as_token}\n\
          hs_token: {hs_token}\n\
-         sender_localpart: {bot}\n\
+         sender_localpart: {sender}\n\
          rate_limited: false\n\
          io.element.msc4190: true\n\
          receive_ephemeral: true\n\
          org.matrix.msc3202: true\n\
-         namespaces:\n  users:\n    - exclusive: true\n      regex: {regex}\n  aliases: []\n  rooms: []\n",
+         namespaces:\n  users:\n    - exclusive: true\n      regex: {regex}\n    - exclusive: true\n      regex: {bot}\n  aliases: []\n  rooms: []\n",
         id = q(&config.registration_id),
         url = q(&config.appservice_url()),
         as_token = q(&config.as_token),
         hs_token = q(&config.hs_token),
-        bot = q(&config.bot_localpart),
+        sender = q(&config.sender_localpart()),
+        bot = q(&format!("@{}:{}", regex_escape(&config.bot_localpart), regex_escape(&config.server_name))),
         regex = q(&ghosts.namespace_regex()),
     )
 }
@@ -59,6 +61,11 @@ mod tests {
         assert!(yaml.contains("\nio.element.msc4190: true\n"), "ghosts get devices: {yaml}");
         assert!(yaml.contains("\nreceive_ephemeral: true\norg.matrix.msc3202: true\n"), "to-device: {yaml}");
         assert!(yaml.contains("    - exclusive: true\n      regex: \"@mimi_.*:hs\\\\.test\"\n"), "{yaml}");
+        assert!(
+            yaml.contains("    - exclusive: true\n      regex: \"@mimi\\\\-bridge:hs\\\\.test\"\n"),
+            "the bot: {yaml}"
+        );
+        assert!(yaml.contains("\nsender_localpart: \"mimi-bridge.appservice\"\n"), "not the bot: {yaml}");
     }
 
     #[test]

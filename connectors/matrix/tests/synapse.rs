@@ -667,7 +667,11 @@ struct EncryptedWorld {
 }
 
 async fn encrypted_world(trust: matrix_sdk_crypto::TrustRequirement) -> EncryptedWorld {
-    let s = setup();
+    encrypted_world_on(setup(), trust).await
+}
+
+/// [`encrypted_world`] on a homeserver set up by the caller.
+async fn encrypted_world_on(s: Setup, trust: matrix_sdk_crypto::TrustRequirement) -> EncryptedWorld {
     let state = tempfile::tempdir().expect("state dir");
     let media = Arc::new(Kept::default());
     let (alice_user, room) = encrypted_room(&s);
@@ -800,46 +804,85 @@ async fn an_encrypted_room_is_bridged_both_ways_each_ghost_on_its_own_cross_sign
     b.router.shutdown().await;
 }
 
-/// The key of an encrypted message reaches the bridge only after the message: the portal hears at once that alice
-/// said something the bridge cannot decrypt yet, and the message itself once the key arrives — once.
-///
-/// How the key comes late: alice starts a new room key while the account is stopped and sends. Synapse cannot push
-/// the to-device message carrying the key, and the transactions it pushes again later carry events only (its
-/// appservice catch-up does not keep to-device messages): the bridge sees the message without its key. The test then
-/// sends the same Olm-encrypted content, from alice, to the bridge's device again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_encrypted_message_whose_key_comes_late_is_a_notice_then_bridged_once() {
-    let w = encrypted_world(matrix_sdk_crypto::TrustRequirement::Untrusted).await;
-    let EncryptedWorld { s, state, media, alice_user, alice_room, alice_http, b, .. } = &w;
-    alice_room.send(RoomMessageEventContent::text_plain("key on time")).await.expect("sent");
-    await_delivered(&b.lb, "key on time").await;
-
-    b.account.shutdown().await;
-    let bot = s.hs.user_id("mimi-bridge");
+/// Alice says `body` in a new room key while the account is stopped: Synapse cannot push the to-device message
+/// carrying the key, and the transaction it pushes again later carries events only (its appservice catch-up keeps
+/// no to-device messages). Returns the bridge's user id, the inbox's clause, the last inbox position before, and
+/// the to-device messages held for the bridge's device.
+async fn said_while_stopped(w: &EncryptedWorld, body: &str) -> (String, String, i64, Vec<Value>) {
+    w.b.account.shutdown().await;
+    let bot = w.s.hs.user_id("mimi-bridge");
     let inbox = format!("FROM device_inbox WHERE user_id = '{bot}' AND device_id = 'MIMIBRIDGE'");
-    let before = s.hs.sql(&format!("SELECT COALESCE(MAX(stream_id), 0) {inbox}")).expect("inbox");
+    let before = w.s.hs.sql(&format!("SELECT COALESCE(MAX(stream_id), 0) {inbox}")).expect("inbox");
     let before: i64 = before.trim().parse().expect("a stream id");
-    alice_room.discard_room_key().await.expect("a new room key for the next message");
-    alice_room.send(RoomMessageEventContent::text_plain("key comes late")).await.expect("sent");
-    let held = s.hs.sql(&format!("SELECT message_json {inbox} AND stream_id > {before}")).expect("inbox");
+    w.alice_room.discard_room_key().await.expect("a new room key for the next message");
+    w.alice_room.send(RoomMessageEventContent::text_plain(body)).await.expect("sent");
+    let held = w.s.hs.sql(&format!("SELECT message_json {inbox} AND stream_id > {before}")).expect("inbox");
     let held: Vec<Value> = held.lines().map(|l| serde_json::from_str(l).expect("a to-device message")).collect();
     assert!(held.iter().any(|m| m["type"] == "m.room.encrypted"), "the key was on its way: {held:?}");
+    (bot, inbox, before, held)
+}
 
-    // The account comes back: the message is there, its key is not.
+/// Starts the stopped account again (its state dir kept) and waits until it is connected.
+async fn restarted(w: &EncryptedWorld) -> Arc<dyn Account> {
     let id = AccountId::parse("matrix.hs").expect("id");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let account = loop {
-        let ctx = AccountContext::new(id.clone(), b.router.clone(), "b.test")
-            .with_state_dir(state.path())
-            .with_media(media.clone());
-        match MatrixConnector::with_axum_serve().start(id.clone(), s.config.clone(), ctx).await {
+        let ctx = AccountContext::new(id.clone(), w.b.router.clone(), "b.test")
+            .with_state_dir(w.state.path())
+            .with_media(w.media.clone());
+        match MatrixConnector::with_axum_serve().start(id.clone(), w.s.config.clone(), ctx).await {
             Ok(a) => break a,
             Err(e) => assert!(tokio::time::Instant::now() < deadline, "restart: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    b.router.attach_account(account.clone()).await;
+    w.b.router.attach_account(account.clone()).await;
     wait_health(&account, |h| *h == Health::Connected, "connected again").await;
+    account
+}
+
+/// A message said while the bridge was down, in a room key sent meanwhile: the bridge reads the key from its
+/// device's inbox (the transaction the homeserver pushes again lacks it) and bridges the message once, with no
+/// "cannot decrypt" notice; the inbox is emptied as it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_key_sent_while_the_bridge_was_down_is_read_from_its_inbox() {
+    let w = encrypted_world(matrix_sdk_crypto::TrustRequirement::Untrusted).await;
+    w.alice_room.send(RoomMessageEventContent::text_plain("key on time")).await.expect("sent");
+    await_delivered(&w.b.lb, "key on time").await;
+    let (_, inbox, _, _) = said_while_stopped(&w, "said while away").await;
+    let last = w.s.hs.sql(&format!("SELECT MAX(stream_id) {inbox}")).expect("inbox");
+
+    let account = restarted(&w).await;
+    await_delivered(&w.b.lb, "said while away").await;
+    w.alice_room.send(RoomMessageEventContent::text_plain("then on")).await.expect("sent");
+    await_delivered(&w.b.lb, "then on").await;
+    let bodies = delivered_bodies(&w.b.lb);
+    assert_eq!(bodies.iter().filter(|t| *t == "said while away").count(), 1, "{bodies:?}");
+    assert!(!bodies.iter().any(|t| t.contains("cannot decrypt yet")), "no notice: {bodies:?}");
+    // What the bridge read is gone from the homeserver.
+    let left = format!("SELECT COUNT(*) {inbox} AND stream_id <= {last}");
+    await_sql(&w.s.hs, &left, |n| n == "0", "the inbox read up to the held key").await;
+    account.shutdown().await;
+    w.b.router.shutdown().await;
+}
+
+/// The key of an encrypted message reaches the bridge only after the message: the portal hears at once that alice
+/// said something the bridge cannot decrypt yet, and the message itself once the key arrives — once.
+///
+/// How the key comes late: alice says it while the account is stopped ([`said_while_stopped`]), and the test takes
+/// the key out of the bridge device's inbox (a key still on its way), then sends the same Olm-encrypted content,
+/// from alice, to the bridge's device again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_message_whose_key_comes_late_is_a_notice_then_bridged_once() {
+    let w = encrypted_world(matrix_sdk_crypto::TrustRequirement::Untrusted).await;
+    let EncryptedWorld { s, alice_user, alice_room, alice_http, b, .. } = &w;
+    alice_room.send(RoomMessageEventContent::text_plain("key on time")).await.expect("sent");
+    await_delivered(&b.lb, "key on time").await;
+    let (bot, inbox, before, held) = said_while_stopped(&w, "key comes late").await;
+    s.hs.sql(&format!("DELETE {inbox} AND stream_id > {before}")).expect("the key taken out of the inbox");
+
+    // The account comes back: the message is there, its key is not.
+    let account = restarted(&w).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while !delivered_bodies(&b.lb).iter().any(|t| t.contains("cannot decrypt yet")) {
         assert!(tokio::time::Instant::now() < deadline, "no notice: {:?}", delivered_bodies(&b.lb));
@@ -849,7 +892,8 @@ async fn an_encrypted_message_whose_key_comes_late_is_a_notice_then_bridged_once
         matches!(&e.kind, bridge_api::OutboundKind::Message { draft, .. }
             if draft.body == connector_matrix::inbound::UNDECRYPTED_NOTICE)
     });
-    let alice_id = bridge_api::LegacyUser::new(id.clone(), &alice_user.user_id);
+    let id = AccountId::parse("matrix.hs").expect("id");
+    let alice_id = bridge_api::LegacyUser::new(id, &alice_user.user_id);
     assert_eq!(notice.expect("the notice").sender.uri, alice_id.uri("b.test"), "from alice");
     assert!(!delivered_bodies(&b.lb).iter().any(|t| t == "key comes late"), "not decrypted without its key");
 
@@ -867,6 +911,32 @@ async fn an_encrypted_message_whose_key_comes_late_is_a_notice_then_bridged_once
     assert_eq!(bodies.iter().filter(|t| t.contains("cannot decrypt yet")).count(), 1, "{bodies:?}");
     account.shutdown().await;
     b.router.shutdown().await;
+}
+
+/// A registration written before the bot was a user of the appservice's namespace (the bot is its sender, which
+/// the homeserver lets no `/sync`): the bot's device cannot read its inbox (the log says to write the registration
+/// again), and encrypted rooms are bridged as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_bot_as_the_registrations_sender_an_encrypted_room_is_still_bridged() {
+    let old = |yaml: String| {
+        let bot_namespace = "    - exclusive: true\n      regex: \"@mimi\\\\-bridge:hs\\\\.test\"\n";
+        assert!(yaml.contains(bot_namespace), "{yaml}");
+        yaml.replace(bot_namespace, "")
+            .replace("sender_localpart: \"mimi-bridge.appservice\"", "sender_localpart: \"mimi-bridge\"")
+    };
+    let w = encrypted_world_on(setup_registered(|_| {}, old), matrix_sdk_crypto::TrustRequirement::Untrusted).await;
+    w.alice_room.send(RoomMessageEventContent::text_plain("still read")).await.expect("sent");
+    await_delivered(&w.b.lb, "still read").await;
+    let kind = bridge_api::InboundKind::Message {
+        draft: bridge_api::event::MessageDraft::plain("still written"),
+        reply_to: None,
+    };
+    w.b.lb.say_with_id("#lb", "bob", "w1", kind).await.expect("accepted");
+    let reply = decrypted_by(&w.alice, &w.room, |c| c["body"] == "still written").await;
+    let decrypted = matches!(reply.kind, matrix_sdk::deserialized_responses::TimelineEventKind::Decrypted(_));
+    assert!(decrypted, "alice decrypts the ghost's message: {:?}", reply.kind);
+    w.b.account.shutdown().await;
+    w.b.router.shutdown().await;
 }
 
 /// A homeserver that does not push to-device messages to the appservice (its registration lacks

@@ -14,8 +14,10 @@
 //! encrypted rooms get the notice that the bridge cannot read them.
 //!
 //! An event that cannot be decrypted yet waits for its room key ([`waiting`], kept on disk) and is bridged once,
-//! when the key arrives.
+//! when the key arrives. Keys of transactions the homeserver could not push are read from the device's inbox
+//! ([`inbox`]).
 
+pub mod inbox;
 pub mod requests;
 pub mod waiting;
 
@@ -89,6 +91,12 @@ pub struct E2ee {
     /// The probe's nonce, and what wakes it when its message came back.
     probe: Mutex<Option<String>>,
     probed: Notify,
+    /// When the appservice user's device last read its inbox ([`inbox`]).
+    inbox_read: Mutex<Option<tokio::time::Instant>>,
+    /// The appservice user's inbox cannot be read (it is the registration's sender user).
+    inbox_unreadable: std::sync::atomic::AtomicBool,
+    /// Whether the start is past reading the appservice user's inbox (what came while the bridge was away).
+    start_read: tokio::sync::watch::Sender<bool>,
     /// Events waiting for their room keys.
     pub waiting: waiting::Waiting,
 }
@@ -110,6 +118,9 @@ impl E2ee {
             status: Mutex::new(Status::Starting),
             probe: Mutex::new(None),
             probed: Notify::new(),
+            inbox_read: Mutex::new(None),
+            inbox_unreadable: Default::default(),
+            start_read: tokio::sync::watch::Sender::new(false),
             waiting,
         })
     }
@@ -132,7 +143,24 @@ impl E2ee {
         if known != Status::Starting {
             return Ok(known);
         }
+        let probed = self.probe_once().await;
+        // Whatever came of it, events waiting for the start's inbox read wait no longer.
+        self.start_read.send_replace(true);
+        probed
+    }
+
+    /// [`E2ee::probe`], once.
+    async fn probe_once(&self) -> Result<Status, HsError> {
         let bot = self.bot.clone();
+        if self.hs.sender().await? == bot.as_str() {
+            // A registration written before the bot was a user of the namespace: everything works but this.
+            tracing::error!(%bot, "the appservice registration's `sender_localpart` is the bot: its device cannot read \
+                its to-device inbox, so room keys sent while the bridge was down are lost; write the registration \
+                again with `mimi-bridge generate-registration` (the sender becomes BOT.appservice)");
+            self.inbox_unreadable.store(true, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            self.hs.register(bot.localpart()).await?;
+        }
         match self.hs.create_device(bot.as_str(), GHOST_DEVICE).await {
             Err(HsError::Refused { errcode, error, .. }) => {
                 let why = format!(
@@ -157,6 +185,12 @@ impl E2ee {
         if let Err(e) = self.device(&bot).await {
             return unavailable(e);
         }
+        // What came while the bridge was away (before the probe's own message, which must come by push).
+        // A failure costs the keys read this way (a notice for the events they open, until the next read).
+        if let Err(e) = self.read_inbox_now(&bot).await {
+            tracing::warn!(%bot, error = %e, "the bridge device cannot read its inbox");
+        }
+        self.start_read.send_replace(true);
         let nonce = crate::registration::random_token();
         *self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(nonce.clone());
         let woken = self.probed.notified();
