@@ -166,7 +166,9 @@ impl MatrixAccount {
             relay: None,
         };
         let e2ee = match &ctx.state_dir {
-            Some(dir) => Some(Arc::new(E2ee::new(hs.clone(), dir.join("e2ee"), &cfg.bot_user_id())?)),
+            Some(dir) => {
+                Some(Arc::new(E2ee::new(hs.clone(), dir.join("e2ee"), &cfg.bot_user_id(), tr.ghosts.clone())?))
+            }
             None => None,
         };
         let (health, _) = watch::channel(Health::Connecting);

@@ -733,7 +733,7 @@ async fn an_encrypted_room_is_bridged_both_ways_each_ghost_on_its_own_cross_sign
     use bridge_api::event::{InboundKind, MessageDraft};
     use matrix_sdk::deserialized_responses::{TimelineEventKind, VerificationLevel, VerificationState};
     let w = encrypted_world(matrix_sdk_crypto::TrustRequirement::CrossSignedOrLegacy).await;
-    let EncryptedWorld { media, room, alice, alice_room, alice_http, b, .. } = &w;
+    let EncryptedWorld { s, media, room, alice, alice_room, alice_http, b, .. } = &w;
 
     // The bridge says, encrypted, that the room's encryption ends at it.
     let notice = decrypted_by(alice, room, |c| c["msgtype"] == "m.notice").await;
@@ -766,6 +766,15 @@ async fn an_encrypted_room_is_bridged_both_ways_each_ghost_on_its_own_cross_sign
     let keys =
         alice_http.call(reqwest::Method::POST, "/_matrix/client/v3/keys/query", Some(query)).await.expect("keys");
     assert!(keys["master_keys"][&ghost].is_object() && keys["self_signing_keys"][&ghost].is_object(), "{keys}");
+
+    // A second ghost: the room keys of the bridge's devices go to alice's device only, none to another of the
+    // bridge's (nothing the bridge says is read back by it).
+    let kind = InboundKind::Message { draft: MessageDraft::plain("a second voice"), reply_to: None };
+    b.lb.say_with_id("#lb", "carol", "c1", kind).await.expect("accepted");
+    decrypted_by(alice, room, |c| c["body"] == "a second voice").await;
+    let among_the_bridge = "SELECT COUNT(*) FROM device_inbox WHERE user_id LIKE '@mimi%' \
+        AND json_extract(message_json, '$.sender') LIKE '@mimi%' AND json_extract(message_json, '$.type') = 'm.room.encrypted'";
+    assert_eq!(s.hs.sql(among_the_bridge).expect("inbox"), "0", "no Olm messages between the bridge's devices");
 
     // A file of the other side → alice, as an `EncryptedFile` she decrypts to the same bytes.
     let png = hex::decode(PNG).expect("png");

@@ -86,6 +86,9 @@ pub struct E2ee {
     dir: PathBuf,
     /// The appservice user (it decrypts).
     bot: OwnedUserId,
+    /// The ghosts' names: their devices (and the appservice user's) get no room keys from the bridge's devices,
+    /// since nothing the bridge says is read back.
+    ghosts: crate::GhostNames,
     devices: tokio::sync::Mutex<HashMap<OwnedUserId, Arc<Device>>>,
     status: Mutex<Status>,
     /// The probe's nonce, and what wakes it when its message came back.
@@ -103,7 +106,7 @@ pub struct E2ee {
 
 impl E2ee {
     /// The encryption of the appservice whose user is `bot`, its stores under `dir`.
-    pub fn new(hs: Homeserver, dir: PathBuf, bot: &str) -> Result<Self, String> {
+    pub fn new(hs: Homeserver, dir: PathBuf, bot: &str, ghosts: crate::GhostNames) -> Result<Self, String> {
         let bot = OwnedUserId::try_from(bot).map_err(|e| format!("appservice user {bot}: {e}"))?;
         // Key material: readable by the daemon's user only.
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
@@ -114,6 +117,7 @@ impl E2ee {
             hs,
             dir,
             bot,
+            ghosts,
             devices: Default::default(),
             status: Mutex::new(Status::Starting),
             probe: Mutex::new(None),
@@ -361,9 +365,9 @@ impl E2ee {
         }
     }
 
-    /// Encrypts `content` (of `event_type`) for `room_id` with `user`'s device: the room's joined members' devices
-    /// are looked up, Olm sessions made where missing and the room key shared with them first. Returns the content
-    /// of the `m.room.encrypted` event to send.
+    /// Encrypts `content` (of `event_type`) for `room_id` with `user`'s device: the devices of the room's joined
+    /// members (other than the bridge's users) are looked up, Olm sessions made where missing and the room key
+    /// shared with them first. Returns the content of the `m.room.encrypted` event to send.
     pub async fn encrypt(
         &self,
         room_id: &str,
@@ -377,11 +381,14 @@ impl E2ee {
         let device = self.device(&user).await?;
         let _turn = device.turn.lock().await;
         let machine = &device.machine;
+        // The room's members but the bridge's own users: a ghost's room key shared with every other ghost would
+        // cost the homeserver a to-device message per ghost pair, for nothing.
         let members: Vec<OwnedUserId> = self
             .hs
             .joined_members(room_id.as_str(), self.bot.as_str())
             .await?
             .into_iter()
+            .filter(|m| *m != self.bot.as_str() && !self.ghosts.is_ghost(m))
             .filter_map(|m| OwnedUserId::try_from(m).ok())
             .collect();
         // Owned iterators of references (no closure or `copied()` kept across an await: the future must stay `Send`).
