@@ -69,6 +69,21 @@ pub enum Status {
 pub struct Device {
     machine: OlmMachine,
     turn: tokio::sync::Mutex<()>,
+    /// When it was last asked for (the least recently used are unloaded first, see [`MAX_LOADED`]).
+    used: Mutex<std::time::Instant>,
+}
+
+/// At most this many devices are loaded (an Olm machine and its sqlite store each); beyond, the least recently
+/// used one that nothing is using is unloaded (loaded again from its store when needed).
+pub const MAX_LOADED: usize = 256;
+
+/// Which of `loaded` (user, last use, in use) to unload so that at most `cap` stay: the least recently used ones
+/// not in use, never `keep`.
+fn to_unload<U: PartialEq + Clone>(loaded: &[(U, std::time::Instant, bool)], cap: usize, keep: &U) -> Vec<U> {
+    let mut idle: Vec<&(U, std::time::Instant, bool)> =
+        loaded.iter().filter(|(user, _, in_use)| !in_use && user != keep).collect();
+    idle.sort_by_key(|(_, used, _)| *used);
+    idle.into_iter().take(loaded.len().saturating_sub(cap)).map(|(user, _, _)| user.clone()).collect()
 }
 
 /// What one decryption gave.
@@ -235,6 +250,7 @@ impl E2ee {
     pub async fn device(&self, user: &UserId) -> Result<Arc<Device>, HsError> {
         let mut devices = self.devices.lock().await;
         if let Some(d) = devices.get(user) {
+            *d.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
             return Ok(d.clone());
         }
         let dir = self.store_dir(user);
@@ -257,8 +273,24 @@ impl E2ee {
                 .map_err(|e| HsError::Unavailable(format!("{}: {e}", dir.display())))?;
             tracing::info!(user = %user, "a bridge device is cross-signed");
         }
-        let device = Arc::new(Device { machine, turn: tokio::sync::Mutex::new(()) });
+        let device = Arc::new(Device {
+            machine,
+            turn: tokio::sync::Mutex::new(()),
+            used: Mutex::new(std::time::Instant::now()),
+        });
         devices.insert(user.to_owned(), device.clone());
+        // Only the map holds a device nothing uses; the map's lock keeps anyone from taking it meanwhile, so no
+        // two machines are ever loaded on one store.
+        let loaded: Vec<_> = devices
+            .iter()
+            .map(|(u, d)| {
+                let used = *d.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                (u.clone(), used, Arc::strong_count(d) > 1)
+            })
+            .collect();
+        for user in to_unload(&loaded, MAX_LOADED, &self.bot) {
+            devices.remove(&user);
+        }
         Ok(device)
     }
 
@@ -418,5 +450,27 @@ impl E2ee {
             .await
             .map_err(|e| HsError::Unavailable(format!("encrypting: {e}")))?;
         encrypted.content.deserialize_as_unchecked::<Value>().map_err(|e| HsError::Unavailable(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_unload;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_least_recently_used_idle_devices_are_unloaded_never_the_bot_nor_one_in_use() {
+        let t = Instant::now();
+        let at = |s| t + Duration::from_secs(s);
+        let loaded = [
+            ("bot", at(0), false),
+            ("old", at(1), false),
+            ("busy", at(2), true),
+            ("mid", at(3), false),
+            ("new", at(4), false),
+        ];
+        assert_eq!(to_unload(&loaded, 5, &"bot"), Vec::<&str>::new(), "within the cap");
+        assert_eq!(to_unload(&loaded, 3, &"bot"), vec!["old", "mid"]);
+        assert_eq!(to_unload(&loaded, 1, &"bot"), vec!["old", "mid", "new"], "as many as can go");
     }
 }
