@@ -80,7 +80,7 @@ pub async fn wait_health(account: &Arc<dyn Account>, want: impl Fn(&Health) -> b
     while !want(&h.borrow_and_update()) {
         tokio::time::timeout_at(deadline, h.changed())
             .await
-            .unwrap_or_else(|_| panic!("{what} in time"))
+            .unwrap_or_else(|_| panic!("{what} in time: {:?}", *h.borrow()))
             .expect("health");
     }
 }
