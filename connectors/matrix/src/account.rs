@@ -167,7 +167,14 @@ impl MatrixAccount {
         };
         let e2ee = match &ctx.state_dir {
             Some(dir) => {
-                Some(Arc::new(E2ee::new(hs.clone(), dir.join("e2ee"), &cfg.bot_user_id(), tr.ghosts.clone())?))
+                let passphrase = cfg.store_passphrase.clone();
+                Some(Arc::new(E2ee::new(
+                    hs.clone(),
+                    dir.join("e2ee"),
+                    &cfg.bot_user_id(),
+                    tr.ghosts.clone(),
+                    passphrase,
+                )?))
             }
             None => None,
         };

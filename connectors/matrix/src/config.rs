@@ -49,6 +49,11 @@ pub struct Config {
     /// `* {name} {text}`).
     #[serde(default = "default_relay_format")]
     pub relay_format: String,
+    /// The passphrase that encrypts the account's sqlite stores (keys, sessions; a secret: `store_passphrase_file`
+    /// or `env:`). Set it before the first start: stores made without one cannot take one later
+    /// ([`crate::store_passphrase`]).
+    #[serde(default)]
+    pub store_passphrase: Option<String>,
 }
 
 impl std::fmt::Debug for Config {

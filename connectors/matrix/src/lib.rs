@@ -30,6 +30,7 @@ pub mod outbound;
 pub mod registration;
 pub mod resend;
 pub mod server;
+pub mod store_passphrase;
 pub mod translate;
 
 pub use config::{Config, Mode};
@@ -121,7 +122,7 @@ impl Connector for MatrixConnector {
     }
 
     fn secret_keys(&self) -> &'static [&'static str] {
-        &["as_token", "hs_token", "password", "access_token"]
+        &["as_token", "hs_token", "password", "access_token", "store_passphrase"]
     }
 
     fn validate(&self, id: &AccountId, config: &Config) -> Result<(), ConnectorError> {

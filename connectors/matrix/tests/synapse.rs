@@ -86,6 +86,7 @@ fn setup_registered(edit: impl FnOnce(&mut Config), registration: impl FnOnce(St
         password: None,
         access_token: None,
         relay_format: "{name}: {text}".into(),
+        store_passphrase: None,
     };
     edit(&mut config);
     let reg = dir.path().join("registration.yaml");
@@ -852,10 +853,12 @@ async fn restarted(w: &EncryptedWorld) -> Arc<dyn Account> {
 
 /// A message said while the bridge was down, in a room key sent meanwhile: the bridge reads the key from its
 /// device's inbox (the transaction the homeserver pushes again lacks it) and bridges the message once, with no
-/// "cannot decrypt" notice; the inbox is emptied as it is read.
+/// "cannot decrypt" notice; the inbox is emptied as it is read. The account's stores are encrypted with a
+/// passphrase (they open again after the restart, and hold none of what they keep in the clear).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_key_sent_while_the_bridge_was_down_is_read_from_its_inbox() {
-    let w = encrypted_world(matrix_sdk_crypto::TrustRequirement::Untrusted).await;
+    let s = setup_with(|c| c.store_passphrase = Some("correct horse battery staple".into()));
+    let w = encrypted_world_on(s, matrix_sdk_crypto::TrustRequirement::Untrusted).await;
     w.alice_room.send(RoomMessageEventContent::text_plain("key on time")).await.expect("sent");
     await_delivered(&w.b.lb, "key on time").await;
     let (_, inbox, _, _) = said_while_stopped(&w, "said while away").await;
@@ -871,6 +874,19 @@ async fn a_room_key_sent_while_the_bridge_was_down_is_read_from_its_inbox() {
     // What the bridge read is gone from the homeserver.
     let left = format!("SELECT COUNT(*) {inbox} AND stream_id <= {last}");
     await_sql(&w.s.hs, &left, |n| n == "0", "the inbox read up to the held key").await;
+    // The crypto stores hold their users' ids only encrypted (the Olm accounts, sessions and keys with them).
+    let devices = w.state.path().join("e2ee/devices");
+    assert!(devices.join(connector_matrix::store_passphrase::MARKER).exists(), "marked as protected");
+    let mut files = 0;
+    for store in std::fs::read_dir(&devices).expect("stores").flatten().filter(|e| e.path().is_dir()) {
+        for file in std::fs::read_dir(store.path()).expect("store").flatten() {
+            let bytes = std::fs::read(file.path()).expect("store file");
+            let clear = bytes.windows(b"mimi-bridge:hs.test".len()).any(|w| w == b"mimi-bridge:hs.test");
+            assert!(!clear, "{} holds a user id in the clear", file.path().display());
+            files += 1;
+        }
+    }
+    assert!(files > 0, "the stores were read");
     account.shutdown().await;
     w.b.router.shutdown().await;
 }

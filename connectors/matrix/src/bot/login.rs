@@ -50,10 +50,13 @@ pub async fn client(cfg: &Config, dir: &Path) -> Result<Client, LoginError> {
     let session_file = dir.join("session.json");
     let local = |what: &str, e: &dyn std::fmt::Display| LoginError::Local(format!("{what}: {e}"));
     std::fs::create_dir_all(dir).map_err(|e| local(&dir.display().to_string(), &e))?;
+    // Checked as the store opens: a fresh login removes the store of any earlier device first.
     let build = || async {
+        let passphrase = crate::store_passphrase::check(&dir.join("sdk"), cfg.store_passphrase.as_deref())
+            .map_err(LoginError::Local)?;
         Client::builder()
             .homeserver_url(&cfg.homeserver_url)
-            .sqlite_store(dir.join("sdk"), None)
+            .sqlite_store(dir.join("sdk"), passphrase)
             .with_encryption_settings(EncryptionSettings { auto_enable_cross_signing: true, ..Default::default() })
             .build()
             .await

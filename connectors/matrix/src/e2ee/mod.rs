@@ -104,6 +104,8 @@ pub struct E2ee {
     /// The ghosts' names: their devices (and the appservice user's) get no room keys from the bridge's devices,
     /// since nothing the bridge says is read back.
     ghosts: crate::GhostNames,
+    /// What the crypto stores are encrypted with, if anything.
+    passphrase: Option<String>,
     devices: tokio::sync::Mutex<HashMap<OwnedUserId, Arc<Device>>>,
     status: Mutex<Status>,
     /// The probe's nonce, and what wakes it when its message came back.
@@ -120,9 +122,17 @@ pub struct E2ee {
 }
 
 impl E2ee {
-    /// The encryption of the appservice whose user is `bot`, its stores under `dir`.
-    pub fn new(hs: Homeserver, dir: PathBuf, bot: &str, ghosts: crate::GhostNames) -> Result<Self, String> {
+    /// The encryption of the appservice whose user is `bot`, its stores under `dir` (encrypted with `passphrase`
+    /// if set; see [`crate::store_passphrase`]).
+    pub fn new(
+        hs: Homeserver,
+        dir: PathBuf,
+        bot: &str,
+        ghosts: crate::GhostNames,
+        passphrase: Option<String>,
+    ) -> Result<Self, String> {
         let bot = OwnedUserId::try_from(bot).map_err(|e| format!("appservice user {bot}: {e}"))?;
+        crate::store_passphrase::check(&dir.join("devices"), passphrase.as_deref())?;
         // Key material: readable by the daemon's user only.
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(dir.join("devices"))
@@ -133,6 +143,7 @@ impl E2ee {
             dir,
             bot,
             ghosts,
+            passphrase,
             devices: Default::default(),
             status: Mutex::new(Status::Starting),
             probe: Mutex::new(None),
@@ -255,7 +266,7 @@ impl E2ee {
         }
         let dir = self.store_dir(user);
         let fresh = !dir.join("cross-signed").exists();
-        let store = matrix_sdk::SqliteCryptoStore::open(&dir, None)
+        let store = matrix_sdk::SqliteCryptoStore::open(&dir, self.passphrase.as_deref())
             .await
             .map_err(|e| HsError::Unavailable(format!("crypto store {}: {e}", dir.display())))?;
         let device_id: &ruma::DeviceId = GHOST_DEVICE.into();
