@@ -586,6 +586,7 @@ async fn ping_loop(inner: Arc<Inner>) {
                         Ok(_) => {
                             tracing::info!(account = %inner.id, "end-to-end encryption is available");
                             // Events that waited for keys (the probe read the inbox before it sent its message).
+                            inner.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
                             inner.read_inboxes(false).await;
                         }
                         Err(e) => {

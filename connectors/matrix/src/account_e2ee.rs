@@ -44,6 +44,10 @@ impl Inner {
         let (Ok(room), Some(leg_room)) = (OwnedRoomId::try_from(room_id.as_str()), self.leg_of(&room_id).await?) else {
             return Ok(Intake::Instead(None));
         };
+        if self.tr.is_bridge_user(&sender) {
+            // The bridge's own message coming back (its devices share no keys among themselves): nothing to tell.
+            return Ok(Intake::Instead(None));
+        }
         let bot = self.cfg.bot_user_id();
         if !self.state().devices.contains(&bot) {
             self.ensure_device(&bot).await.map_err(|e| e.to_string())?;
@@ -59,7 +63,7 @@ impl Inner {
         // The key may be in the device's inbox, from a transaction the homeserver could not push: read at start
         // (a transaction held while the bridge was down comes as soon as it is back), or now.
         let keys_came = match e2ee.status() {
-            Status::Starting => e2ee.start_read(START_READ_WAIT).await,
+            Status::Starting => e2ee.start_read().await,
             _ => e2ee.look_for_keys().await.unwrap_or_else(|e| {
                 tracing::warn!(account = %self.id, error = %e, "cannot read the bridge device's inbox");
                 false
@@ -71,10 +75,6 @@ impl Inner {
                 Decrypted::Clear(clear) => return Ok(Intake::Event(clear)),
                 Decrypted::NotYet(again) => why = again,
             }
-        }
-        if self.tr.is_bridge_user(&sender) {
-            // The bridge's own message coming back: nothing to tell anyone.
-            return Ok(Intake::Instead(None));
         }
         tracing::info!(account = %self.id, room = %room_id, event = %event_id, %why,
             "an encrypted event cannot be decrypted yet: it waits for its key");
@@ -117,7 +117,11 @@ impl Inner {
     /// Decrypts the waiting events that the keys in the crypto store open now, and takes them. The caller holds
     /// [`Inner::turn`].
     pub(super) async fn take_waiting(&self) -> Result<(), String> {
-        let Some(e2ee) = self.e2ee.as_deref().filter(|e| e.status() == Status::Ready) else { return Ok(()) };
+        let Some(e2ee) = self.e2ee.as_deref().filter(|e| e.status() == Status::Ready) else {
+            // Not now: once end-to-end encryption is ready (the ping loop takes them then).
+            self.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Ok(());
+        };
         let (mut clear, mut done) = (Vec::new(), Vec::new());
         for waiting in e2ee.waiting.all() {
             let Ok(room) = OwnedRoomId::try_from(waiting.room_id.as_str()) else { continue };
@@ -138,10 +142,10 @@ impl Inner {
 
 /// Reads every loaded device's inbox every [`crate::e2ee::inbox::INBOX_EVERY`] until the account stops.
 pub(super) async fn inbox_loop(inner: std::sync::Arc<Inner>) {
-    // Looks for the account's stop every minute meanwhile.
+    // Looks for the account's stop every few seconds meanwhile (a stopped account's devices are let go).
     let mut next = tokio::time::Instant::now() + crate::e2ee::inbox::INBOX_EVERY;
     loop {
-        tokio::time::sleep(Duration::from_secs(60).min(next.saturating_duration_since(tokio::time::Instant::now())))
+        tokio::time::sleep(Duration::from_secs(5).min(next.saturating_duration_since(tokio::time::Instant::now())))
             .await;
         if inner.state().stopped {
             return;
@@ -152,9 +156,6 @@ pub(super) async fn inbox_loop(inner: std::sync::Arc<Inner>) {
         }
     }
 }
-
-/// How long an event that arrives during the start waits for the start's inbox read before it is given up on.
-const START_READ_WAIT: Duration = Duration::from_secs(10);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

@@ -303,6 +303,16 @@ impl Homeserver {
         event_id(&v)
     }
 
+    /// Deletes the device `device_id` of `user_id` with its keys and inbox (MSC4190: no interactive auth); one that
+    /// does not exist is fine.
+    pub async fn delete_device(&self, user_id: &str, device_id: &str) -> Result<(), HsError> {
+        let path = ["_matrix", "client", "v3", "devices", device_id];
+        match self.call(Method::DELETE, &path, Some(user_id), Some(&json!({}))).await {
+            Err(e) if e.errcode() == Some("M_NOT_FOUND") => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
     /// Creates (or keeps) the device `device_id` of `user_id`, a user of the appservice's namespace (MSC4190:
     /// `PUT /devices/{id}?user_id=`, no login needed).
     pub async fn create_device(&self, user_id: &str, device_id: &str) -> Result<(), HsError> {

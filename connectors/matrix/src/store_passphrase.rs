@@ -27,9 +27,14 @@ pub fn check<'a>(dir: &Path, passphrase: Option<&'a str>) -> Result<Option<&'a s
             std::fs::write(dir.join(MARKER), b"").map_err(|e| format!("{}: {e}", dir.display()))?;
             Ok(passphrase)
         }
+        (false, true, None) => {
+            // A mark without stores (they were removed): the new ones are made in the clear.
+            std::fs::remove_file(dir.join(MARKER)).map_err(|e| format!("{}: {e}", dir.display()))?;
+            Ok(None)
+        }
         (true, false, Some(_)) => Err(format!(
             "the stores in {} were made without a passphrase and cannot take one: remove `store_passphrase`, or \
-             move the directory away to start them over (the bridge's Matrix devices are then new ones)",
+             move the directory away to start them over (the bridge's Matrix devices start over with them: new keys)",
             dir.display()
         )),
         (true, true, None) => Err(format!(
@@ -68,6 +73,16 @@ mod tests {
         assert_eq!(check(&dir, None), Ok(None));
         let e = check(&dir, Some("pw")).expect_err("too late");
         assert!(e.contains("made without a passphrase"), "{e}");
+    }
+
+    #[test]
+    fn a_mark_without_stores_goes_when_there_is_no_passphrase() {
+        let root = tempfile::tempdir().expect("tempdir");
+        assert_eq!(check(root.path(), Some("pw")), Ok(Some("pw")));
+        assert_eq!(check(root.path(), None), Ok(None));
+        assert!(!root.path().join(MARKER).exists(), "the stores made now are in the clear");
+        std::fs::write(root.path().join("store.sqlite3"), b"x").expect("a store");
+        assert_eq!(check(root.path(), None), Ok(None));
     }
 
     #[test]

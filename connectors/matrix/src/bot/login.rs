@@ -63,6 +63,11 @@ pub async fn client(cfg: &Config, dir: &Path) -> Result<Client, LoginError> {
             .map_err(|e| local("the Matrix client store", &e))
     };
     let kept = match std::fs::read(&session_file) {
+        // A session without its store (moved away to start over) is a device whose keys are gone: log in anew.
+        Ok(_) if !dir.join("sdk").exists() => {
+            tracing::warn!(user = %cfg.bot_user_id(), "the kept session has no store beside it: logging in again");
+            None
+        }
         Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(local(&session_file.display().to_string(), &e)),

@@ -21,7 +21,9 @@ use std::time::Duration;
 pub const INBOX_EVERY: Duration = Duration::from_secs(3600);
 /// At most this many `/sync` rounds per read (the homeserver gives up to 100 messages a round).
 const MAX_ROUNDS: usize = 100;
-/// A read of the appservice user's inbox asked for by a missing key is skipped when one ended this recently.
+/// How long after the start events that lack their keys wait for the start's read of the inbox.
+pub const START_READ_WAIT: Duration = Duration::from_secs(15);
+/// A read of the appservice user's inbox asked for by a missing key is skipped when one began this recently.
 const READ_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 impl E2ee {
@@ -59,14 +61,16 @@ impl E2ee {
         Ok(keys_came)
     }
 
-    /// Waits (at most `wait`) until the appservice user's device has read its inbox at start (see [`E2ee::probe`]),
-    /// or the start ended otherwise; returns whether it did.
-    pub async fn start_read(&self, wait: Duration) -> bool {
+    /// Waits until the appservice user's device has read its inbox at start (see [`E2ee::probe`]), or the start
+    /// ended otherwise, at most until [`START_READ_WAIT`] after the encryption was made (one deadline for all the
+    /// events that wait); returns whether it did.
+    pub async fn start_read(&self) -> bool {
         let mut done = self.start_read.subscribe();
-        tokio::time::timeout(wait, done.wait_for(|d| *d)).await.is_ok_and(|r| r.is_ok())
+        let deadline = self.made + START_READ_WAIT;
+        tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// Reads the appservice user's inbox for a key an event lacks, unless a read ended a moment ago (the events of
+    /// Reads the appservice user's inbox for a key an event lacks, unless a read began or ended a moment ago (the events of
     /// one transaction share one read); returns whether room keys came.
     pub async fn look_for_keys(&self) -> Result<bool, HsError> {
         let recent = self
@@ -77,6 +81,8 @@ impl E2ee {
         if recent {
             return Ok(false);
         }
+        // A failing read is not tried again at once either.
+        *self.inbox_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
         let bot = self.bot.clone();
         self.read_inbox(&bot).await
     }

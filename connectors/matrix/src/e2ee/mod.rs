@@ -49,6 +49,9 @@ const PROBE_AGAIN: Duration = Duration::from_secs(5);
 const DECRYPTION: DecryptionSettings =
     DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
 
+/// The error code of a crypto store that does not open (as a refusal: trying again does not help).
+const CRYPTO_STORE: &str = "M_CRYPTO_STORE";
+
 /// An id the homeserver would refuse.
 fn invalid(e: impl std::fmt::Display) -> HsError {
     HsError::Refused { status: 0, errcode: "M_INVALID_PARAM".into(), error: e.to_string() }
@@ -115,6 +118,8 @@ pub struct E2ee {
     inbox_read: Mutex<Option<tokio::time::Instant>>,
     /// The appservice user's inbox cannot be read (it is the registration's sender user).
     inbox_unreadable: std::sync::atomic::AtomicBool,
+    /// When this was made (the start).
+    made: tokio::time::Instant,
     /// Whether the start is past reading the appservice user's inbox (what came while the bridge was away).
     start_read: tokio::sync::watch::Sender<bool>,
     /// Events waiting for their room keys.
@@ -150,6 +155,7 @@ impl E2ee {
             probed: Notify::new(),
             inbox_read: Mutex::new(None),
             inbox_unreadable: Default::default(),
+            made: tokio::time::Instant::now(),
             start_read: tokio::sync::watch::Sender::new(false),
             waiting,
         })
@@ -182,14 +188,34 @@ impl E2ee {
     /// [`E2ee::probe`], once.
     async fn probe_once(&self) -> Result<Status, HsError> {
         let bot = self.bot.clone();
-        if self.hs.sender().await? == bot.as_str() {
+        // What the homeserver refuses for good (keys, signatures, to-device messages of the appservice user's
+        // device) makes encryption unavailable, said once; only its being away is tried again. A crypto store that
+        // does not open (a wrong `store_passphrase`) is as final.
+        let unavailable = |e: HsError| match e {
+            HsError::Refused { errcode, error, .. } if errcode == CRYPTO_STORE => {
+                let why = format!("the bridge device's crypto store does not open ({error})");
+                self.set_status(Status::Unavailable(why.clone()));
+                Ok(Status::Unavailable(why))
+            }
+            HsError::Refused { status, errcode, error } => {
+                let why = format!("the homeserver refused the bridge's device ({status} {errcode}: {error})");
+                self.set_status(Status::Unavailable(why.clone()));
+                Ok(Status::Unavailable(why))
+            }
+            e => Err(e),
+        };
+        let sender = match self.hs.sender().await {
+            Ok(sender) => sender,
+            Err(e) => return unavailable(e),
+        };
+        if sender == bot.as_str() {
             // A registration written before the bot was a user of the namespace: everything works but this.
             tracing::error!(%bot, "the appservice registration's `sender_localpart` is the bot: its device cannot read \
                 its to-device inbox, so room keys sent while the bridge was down are lost; write the registration \
                 again with `mimi-bridge generate-registration` (the sender becomes BOT.appservice)");
             self.inbox_unreadable.store(true, std::sync::atomic::Ordering::SeqCst);
-        } else {
-            self.hs.register(bot.localpart()).await?;
+        } else if let Err(e) = self.hs.register(bot.localpart()).await {
+            return unavailable(e);
         }
         match self.hs.create_device(bot.as_str(), GHOST_DEVICE).await {
             Err(HsError::Refused { errcode, error, .. }) => {
@@ -202,16 +228,6 @@ impl E2ee {
             }
             other => other?,
         }
-        // What the homeserver refuses for good (keys, signatures, to-device messages of the appservice user's
-        // device) makes encryption unavailable, said once; only its being away is tried again.
-        let unavailable = |e: HsError| match e {
-            HsError::Refused { status, errcode, error } => {
-                let why = format!("the homeserver refused the bridge's device ({status} {errcode}: {error})");
-                self.set_status(Status::Unavailable(why.clone()));
-                Ok(Status::Unavailable(why))
-            }
-            e => Err(e),
-        };
         if let Err(e) = self.device(&bot).await {
             return unavailable(e);
         }
@@ -265,10 +281,16 @@ impl E2ee {
             return Ok(d.clone());
         }
         let dir = self.store_dir(user);
+        if !dir.exists() {
+            // No store: the device starts over on the homeserver too (a device of a store that was lost or moved
+            // away keeps keys there that a new Olm account's would clash with).
+            self.hs.delete_device(user.as_str(), GHOST_DEVICE).await?;
+            self.hs.create_device(user.as_str(), GHOST_DEVICE).await?;
+        }
         let fresh = !dir.join("cross-signed").exists();
-        let store = matrix_sdk::SqliteCryptoStore::open(&dir, self.passphrase.as_deref())
-            .await
-            .map_err(|e| HsError::Unavailable(format!("crypto store {}: {e}", dir.display())))?;
+        let store = matrix_sdk::SqliteCryptoStore::open(&dir, self.passphrase.as_deref()).await.map_err(|e| {
+            HsError::Refused { status: 0, errcode: CRYPTO_STORE.into(), error: format!("{}: {e}", dir.display()) }
+        })?;
         let device_id: &ruma::DeviceId = GHOST_DEVICE.into();
         let machine = OlmMachine::with_store(user, device_id, store, None)
             .await
@@ -315,6 +337,7 @@ impl E2ee {
     /// The device of `user` if it was ever made (its store is on disk).
     async fn existing_device(&self, user: &UserId) -> Result<Option<Arc<Device>>, HsError> {
         if let Some(d) = self.devices.lock().await.get(user) {
+            *d.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
             return Ok(Some(d.clone()));
         }
         if !self.store_dir(user).exists() {
