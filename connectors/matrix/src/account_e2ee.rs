@@ -93,13 +93,9 @@ impl Inner {
     /// and takes the waiting events its keys open.
     pub(super) async fn read_inboxes(&self, all: bool) {
         let Some(e2ee) = self.e2ee.as_deref() else { return };
-        let bot = self.cfg.bot_user_id();
         let read = match all {
             true => e2ee.read_all_inboxes().await,
-            false => match ruma::OwnedUserId::try_from(bot.as_str()) {
-                Ok(bot) => e2ee.read_inbox(&bot).await,
-                Err(_) => return,
-            },
+            false => e2ee.read_bot_inbox().await,
         };
         match read {
             Ok(keys_came) if keys_came || self.retry_waiting.swap(false, std::sync::atomic::Ordering::SeqCst) => {

@@ -70,8 +70,8 @@ impl E2ee {
         tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// Reads the appservice user's inbox for a key an event lacks, unless a read began or ended a moment ago (the events of
-    /// one transaction share one read); returns whether room keys came.
+    /// Reads the appservice user's inbox for a key an event lacks, unless a read began or ended a moment ago (the
+    /// events of one transaction share one read); returns whether room keys came.
     pub async fn look_for_keys(&self) -> Result<bool, HsError> {
         let recent = self
             .inbox_read
@@ -83,8 +83,12 @@ impl E2ee {
         }
         // A failing read is not tried again at once either.
         *self.inbox_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
-        let bot = self.bot.clone();
-        self.read_inbox(&bot).await
+        self.read_bot_inbox().await
+    }
+
+    /// [`E2ee::read_inbox`] of the appservice user's device.
+    pub async fn read_bot_inbox(&self) -> Result<bool, HsError> {
+        self.read_inbox(&self.bot).await
     }
 
     /// Reads every loaded device's inbox (housekeeping: what a lost transaction carried, and the homeserver's
