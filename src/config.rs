@@ -409,6 +409,10 @@ pub struct PortalConfig {
     pub max_user_leaves: Option<Spanned<usize>>,
     /// With `mls_identity = "per-user"`: seconds of silence after which a user's leaf is removed (default 3600).
     pub user_leaf_idle_secs: Option<Spanned<u64>>,
+    /// With `mls_identity = "per-user"`: most new speakers' leaves one commit adds (default 32). With 1, a new
+    /// speaker's first line waits for their own leaf; with more, it goes out from the shared leaf and the leaves of
+    /// the new speakers of the next 50 ms are added together.
+    pub user_leaf_add_batch: Option<Spanned<usize>>,
     /// Linked legacy rooms.
     #[serde(default)]
     pub legs: Vec<LegConfig>,
@@ -431,6 +435,9 @@ impl PortalConfig {
         }
         if let Some(secs) = &self.user_leaf_idle_secs {
             policy.idle_after = std::time::Duration::from_secs(*secs.get_ref());
+        }
+        if let Some(n) = &self.user_leaf_add_batch {
+            policy.add_batch = *n.get_ref();
         }
         policy
     }
@@ -895,6 +902,7 @@ impl Config {
             let leaf_keys = [
                 ("max_user_leaves", p.max_user_leaves.as_ref().map(|v| (v.span(), *v.get_ref() as u64))),
                 ("user_leaf_idle_secs", p.user_leaf_idle_secs.as_ref().map(|v| (v.span(), *v.get_ref()))),
+                ("user_leaf_add_batch", p.user_leaf_add_batch.as_ref().map(|v| (v.span(), *v.get_ref() as u64))),
             ];
             for (key, value) in leaf_keys {
                 let Some((span, value)) = value else { continue };
@@ -1151,12 +1159,13 @@ mod tests {
     fn per_user_portals_take_leaf_limits() {
         let c = parse(&format!(
             "{MIN}[[portal]]\nname = \"a\"\nmls_identity = \"per-user\"\nmax_user_leaves = 7\nuser_leaf_idle_secs = 90\n\
+             user_leaf_add_batch = 1\n\
              [[portal]]\nname = \"b\"\nmls_identity = \"per-user\"\n"
         ))
         .expect("valid");
         let (a, b) = (c.portal[0].leaf_policy(), c.portal[1].leaf_policy());
-        assert_eq!((a.max_leaves, a.idle_after.as_secs()), (7, 90));
-        assert_eq!((b.max_leaves, b.idle_after.as_secs()), (100, 3600), "defaults");
+        assert_eq!((a.max_leaves, a.idle_after.as_secs(), a.add_batch), (7, 90, 1));
+        assert_eq!((b.max_leaves, b.idle_after.as_secs(), b.add_batch), (100, 3600, 32), "defaults");
     }
 
     #[test]

@@ -130,7 +130,8 @@ fn irc_channel_to_native_mls_client_and_back() {
 }
 
 /// `mls_identity = "per-user"`: the IRC user is a member of the MLS group in their own right — the native client
-/// sees their URI as the MLS sender — and their leaf survives a restart of the daemon.
+/// sees their URI as the MLS sender once their leaf is added (their first line comes from the bridge's shared leaf,
+/// naming them, while it is) — and their leaf survives a restart of the daemon.
 #[test]
 fn per_user_portal_irc_user_is_an_mls_member() {
     let ircd = Ngircd::start().expect("ngircd starts (installed by ./scripts/test)");
@@ -146,14 +147,23 @@ fn per_user_portal_irc_user_is_an_mls_member() {
 
     let mut ircuser = IrcClient::connect(&ircd.addr(), "ircbob").expect("irc user connects");
     ircuser.join("#lobby").expect("joins");
+    let m = say_until_heard(&mut ircuser, &alice, &server, room, "hello from a new speaker");
+    assert_eq!(m["text"], "hello from a new speaker", "{m}");
+    assert_eq!(m["sender"], "mimi://bridge.test/u/bridge", "the shared leaf speaks until the user's is added: {m}");
+    assert_eq!(m["legacy_sender"]["uri"], "mimi://bridge.test/u/irc.t~ircbob", "{m}");
+    let lobby = bridge_api::PortalId::new("lobby").expect("portal id");
+    let leaves = |d: &Daemon| rt.block_on(d.room_of_record().leaf_users(&lobby)).expect("leaves");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while leaves(&daemon).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the IRC user's leaf was never added");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let m = say_until_heard(&mut ircuser, &alice, &server, room, "hello as a member");
     assert_eq!(m["text"], "hello as a member", "{m}");
     assert_eq!(m["sender"], "mimi://bridge.test/u/irc.t~ircbob", "the IRC user's own leaf sent it: {m}");
     client(&alice, &server, &["send", room, "welcome, member"]);
     let line = ircuser.read_until(|l| l.contains("welcome, member")).expect("the IRC user reads the reply");
     assert!(line.starts_with(":bridge!"), "{line}");
-    let lobby = bridge_api::PortalId::new("lobby").expect("portal id");
-    let leaves = |d: &Daemon| rt.block_on(d.room_of_record().leaf_users(&lobby)).expect("leaves");
     let epoch = |d: &Daemon| d.room_of_record().provider().epoch(room).expect("epoch");
     assert_eq!(leaves(&daemon), vec!["mimi://bridge.test/u/irc.t~ircbob".to_owned()]);
     let epoch_before = epoch(&daemon);

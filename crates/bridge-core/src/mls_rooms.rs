@@ -20,7 +20,8 @@
 //! which drops what it already has by message id.
 //!
 //! Per-user leaves (`mls_identity = "per-user"` in the portal's record): a legacy user's message is sent from a
-//! leaf of their own ([`UserLeaves`]), added by the bridge's commit the first time they speak, removed after
+//! leaf of their own ([`UserLeaves`]), added by the bridge's commit once they speak (new speakers' leaves in
+//! batches, [`LeafPolicy::add_batch`]; until theirs is there the shared leaf speaks for them), removed after
 //! [`LeafPolicy::idle_after`] of silence by the portal worker's sweep, and capped at [`LeafPolicy::max_leaves`]
 //! (beyond it the shared leaf speaks for them, with the `legacySender` extension). Every handshake of the log is
 //! fed to the local leaves too. See [`leaves`].
@@ -91,6 +92,10 @@ struct Slot {
     own: HashSet<u64>,
     /// The per-user leaves, in a portal with `mls_identity = "per-user"`.
     leaves: Option<UserLeaves>,
+    /// New speakers whose leaves the worker adds in one commit ([`LeafPolicy::add_batch`] > 1), in the order they
+    /// first spoke, and since when the first of them waits ([`leaves::ADD_GATHER`]).
+    wanted: Vec<String>,
+    wanted_since: Option<std::time::Instant>,
     /// When the portal last published or applied a log entry ([`dormant`]: it closes after a while without).
     active: std::time::Instant,
     /// Tells the worker that the slot was closed ([`MlsRooms::close_if_unused`]).
@@ -406,6 +411,8 @@ impl MlsRooms {
             stored: applied,
             own: HashSet::new(),
             leaves,
+            wanted: Vec::new(),
+            wanted_since: None,
             active: std::time::Instant::now(),
             closed: closed.clone(),
             close_when_caught_up: false,
@@ -447,6 +454,8 @@ impl MlsRooms {
                 let Some(this) = me.upgrade() else { return };
                 let close_at;
                 let close_now;
+                // When to add the leaves of the new speakers gathered so far (`Slot::wanted`).
+                let add_at;
                 {
                     let mut s = slot.lock().await;
                     // Closed while this worker waited for the lock: the portal's group is another object now.
@@ -456,6 +465,7 @@ impl MlsRooms {
                     if let Err(e) = this.catch_up(&portal, &mut s).await {
                         tracing::warn!(portal = %portal, error = %e, "catching up with the room log failed");
                     }
+                    add_at = this.add_wanted_leaves_when_due(&portal, &mut s).await;
                     let now = tokio::time::Instant::now();
                     if let Some(every) = leaves::sweep_interval(&s, this.key_update_interval()) {
                         if sweep_at.is_some_and(|t| t <= now) {
@@ -470,7 +480,7 @@ impl MlsRooms {
                         sweep_at = sweep_at.or(Some(now + every));
                     }
                     // A portal with per-user leaves stays open (their idle sweep runs here).
-                    let closable = s.leaves.as_ref().is_none_or(|l| l.is_empty());
+                    let closable = s.leaves.as_ref().is_none_or(|l| l.is_empty()) && s.wanted.is_empty();
                     close_at = this
                         .idle_close()
                         .filter(|_| closable)
@@ -495,6 +505,7 @@ impl MlsRooms {
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },
                     _ = sleep_until_some(sweep_at) => {}
+                    _ = sleep_until_some(add_at) => {}
                     _ = sleep_until_some(cursor_at) => {}
                     _ = sleep_until_some(close_at) => {
                         let Some(this) = me.upgrade() else { return };
@@ -728,11 +739,16 @@ impl RoomOfRecord for MlsRooms {
         s.active = std::time::Instant::now();
         let domain = self.provider.domain().to_owned();
         for _ in 0..=EPOCH_RETRIES {
-            // In a per-user portal the legacy author speaks from their own leaf (added now if they have none).
+            // In a per-user portal the legacy author speaks from their own leaf: added now if they have none, or,
+            // with batched adds, added by the worker with other new speakers while the shared leaf speaks for them.
             let leaf = match (&s.leaves, &msg.sender.legacy) {
-                (Some(_), Some(user)) => {
+                (Some(leaves), Some(user)) => {
                     let uri = user.uri(&domain);
-                    self.ensure_leaf(&msg.portal, &mut s, &uri).await?.then_some(uri)
+                    if leaves.policy().add_batch > 1 {
+                        leaves::want_leaf(&mut s, &uri).then_some(uri)
+                    } else {
+                        self.ensure_leaf(&msg.portal, &mut s, &uri).await?.then_some(uri)
+                    }
                 }
                 _ => None,
             };

@@ -43,4 +43,4 @@ pub use member::LocalMember;
 pub use offload::{OFFLOAD_MEMBERS, offload};
 pub use portal_group::{CommitOutput, KeptMessage, PortalGroup, Received};
 pub use storage::{Durability, MLS_TREE, MlsStorage, MlsStorageError};
-pub use user_leaves::{AddLeaf, LeafChange, LeafPolicy, UserLeaves};
+pub use user_leaves::{AddLeaf, DEFAULT_ADD_BATCH, LeafChange, LeafPolicy, UserLeaves};

@@ -2,10 +2,11 @@
 //! gets an MLS leaf of their own, whose basic credential is that user's MIMI URI, so native clients see real
 //! members instead of "alice (IRC)" behind the bridge's shared leaf.
 //!
-//! * **Lazily added**: [`UserLeaves::add`] when a user without a leaf first speaks. The *bridge's* leaf commits
-//!   the add (a user leaf commits only its own key updates); once the hub accepted that commit, [`UserLeaves::complete`] merges it,
-//!   lets the other local leaves process it and joins the new leaf from the Welcome. The user's message is then
-//!   encrypted by [`UserLeaves::group_mut`].
+//! * **Lazily added**: [`UserLeaves::add`] when a user without a leaf first speaks, or [`UserLeaves::add_many`]
+//!   for several new speakers in one commit (at most [`LeafPolicy::add_batch`]). The *bridge's* leaf commits
+//!   the add (a user leaf commits only its own key updates); once the hub accepted that commit,
+//!   [`UserLeaves::complete`] merges it, lets the other local leaves process it and joins the new leaves from the
+//!   Welcome. A user's messages are then encrypted by [`UserLeaves::group_mut`].
 //! * **Removed when idle**: [`UserLeaves::idle`] lists leaves silent for longer than
 //!   [`LeafPolicy::idle_after`]; [`UserLeaves::remove`] commits their removal in one commit.
 //! * **Capped**: at most [`LeafPolicy::max_leaves`] per portal. At the cap, [`UserLeaves::add`] answers
@@ -46,11 +47,19 @@ pub struct LeafPolicy {
     pub idle_after: Duration,
     /// Most per-user leaves in one portal. Default: 100.
     pub max_leaves: usize,
+    /// Most leaves one commit of the bridge adds ([`UserLeaves::add_many`]). With 1, the caller adds a new
+    /// speaker's leaf before their first message (which then comes from that leaf); with more, the caller sends
+    /// new speakers' first messages from the shared leaf and adds their leaves together. Default:
+    /// [`DEFAULT_ADD_BATCH`].
+    pub add_batch: usize,
 }
+
+/// Default of [`LeafPolicy::add_batch`].
+pub const DEFAULT_ADD_BATCH: usize = 32;
 
 impl Default for LeafPolicy {
     fn default() -> Self {
-        Self { idle_after: Duration::from_secs(3600), max_leaves: 100 }
+        Self { idle_after: Duration::from_secs(3600), max_leaves: 100, add_batch: DEFAULT_ADD_BATCH }
     }
 }
 
@@ -63,8 +72,8 @@ impl Default for LeafPolicy {
 pub struct LeafChange {
     /// The bridge's commit (and Welcome for an added leaf).
     pub commit: CommitOutput,
-    /// The user whose leaf is added, if any.
-    pub added: Option<String>,
+    /// The users whose leaves are added.
+    pub added: Vec<String>,
     /// The users whose leaves are removed.
     pub removed: Vec<String>,
 }
@@ -115,8 +124,8 @@ pub struct UserLeaves {
     portal: String,
     identities: HashMap<String, Identity>,
     leaves: BTreeMap<String, Leaf>,
-    /// The leaf being added (identity and KeyPackage made, commit pending).
-    adding: Option<String>,
+    /// The leaves being added (identities and KeyPackages made, commit pending).
+    adding: Vec<String>,
     /// A leaf spoke since the activity was last saved.
     activity_unsaved: bool,
 }
@@ -149,7 +158,7 @@ impl UserLeaves {
             portal,
             identities: HashMap::new(),
             leaves: BTreeMap::new(),
-            adding: None,
+            adding: Vec::new(),
             activity_unsaved: false,
         };
         let record: LeavesRecord = bridge.storage_record(&me.record_name())?.unwrap_or_default();
@@ -229,24 +238,42 @@ impl UserLeaves {
     /// Commits, from the bridge's leaf, the add of a leaf for `uri` (basic credential = `uri`). The commit stays
     /// pending on `bridge`; only one change can be pending at a time.
     pub fn add(&mut self, bridge: &mut PortalGroup, uri: &str) -> Result<AddLeaf, MlsError> {
-        if self.leaves.contains_key(uri) {
-            return Ok(AddLeaf::Present);
-        }
-        if self.leaves.len() >= self.policy.max_leaves {
-            return Ok(AddLeaf::Full);
-        }
-        if let Some(other) = &self.adding {
+        self.add_many(bridge, &[uri])
+    }
+
+    /// Commits, from the bridge's leaf, the add of leaves for the users of `uris` that have none, in one commit
+    /// (at most [`LeafPolicy::add_batch`] of them, and no more than the cap leaves room for: the change's
+    /// [`LeafChange::added`] lists who is in it). [`AddLeaf::Present`] if they all have a leaf, [`AddLeaf::Full`] if
+    /// the portal is at its cap. The commit stays pending on `bridge`; only one change can be pending at a time.
+    pub fn add_many(&mut self, bridge: &mut PortalGroup, uris: &[&str]) -> Result<AddLeaf, MlsError> {
+        if let Some(other) = self.adding.first() {
             return Err(MlsError::GroupState(format!("the add of {other:?}'s leaf is still pending")));
         }
-        let (id, made) = self.identity(uri)?;
-        // The KeyPackage's private keys go into the leaf's storage: the commit waits for them too.
-        let (kp, kp_durable) =
-            super::key_packages::generate(&id.provider, &id.member, &self.config, 1, false).into_parts();
-        let kp = kp?.into_iter().next().ok_or_else(|| MlsError::Library("no KeyPackage generated".into()))?;
-        self.adding = Some(uri.to_owned());
-        let added = Some(uri.to_owned());
-        let commit = bridge.add_members(&[&kp]).map(|commit| LeafChange { commit, added, removed: vec![] });
-        Ok(AddLeaf::Committed(commit.and_durable(made.and(kp_durable))))
+        let mut new: Vec<&str> = uris.iter().copied().filter(|u| !self.leaves.contains_key(*u)).collect();
+        new.dedup();
+        if new.is_empty() {
+            return Ok(AddLeaf::Present);
+        }
+        let room = self.policy.max_leaves.saturating_sub(self.leaves.len()).min(self.policy.add_batch.max(1));
+        if room == 0 {
+            return Ok(AddLeaf::Full);
+        }
+        new.truncate(room);
+        let mut durability = Durability::ready();
+        let mut kps = Vec::with_capacity(new.len());
+        for uri in &new {
+            let (id, made) = self.identity(uri)?;
+            // The KeyPackage's private keys go into the leaf's storage: the commit waits for them too.
+            let (kp, kp_durable) =
+                super::key_packages::generate(&id.provider, &id.member, &self.config, 1, false).into_parts();
+            kps.push(kp?.into_iter().next().ok_or_else(|| MlsError::Library("no KeyPackage generated".into()))?);
+            durability = durability.and(made).and(kp_durable);
+        }
+        let added: Vec<String> = new.iter().map(|u| (*u).to_owned()).collect();
+        self.adding = added.clone();
+        let refs: Vec<&[u8]> = kps.iter().map(|k| k.as_slice()).collect();
+        let commit = bridge.add_members(&refs).map(|commit| LeafChange { commit, added, removed: vec![] });
+        Ok(AddLeaf::Committed(commit.and_durable(durability)))
     }
 
     /// The stored form of the list of leaves and their activity.
@@ -289,13 +316,14 @@ impl UserLeaves {
             leaves.push(leaf.group.own_index());
         }
         let removed = users.to_vec();
-        bridge.remove_members(&leaves).map(|commit| LeafChange { commit, added: None, removed })
+        bridge.remove_members(&leaves).map(|commit| LeafChange { commit, added: Vec::new(), removed })
     }
 
-    /// The hub accepted `change`: the bridge merges its commit, the other local leaves process it, an added leaf
-    /// joins from the Welcome, removed leaves' state is deleted, and the list of leaves is updated — all durable
-    /// when the result resolves. `now` starts the new leaf's idle clock.
-    pub fn complete(&mut self, bridge: &mut PortalGroup, change: LeafChange, now: Instant) -> Pending<()> {
+    /// The hub accepted `change`: the bridge merges its commit, the other local leaves process it, added leaves
+    /// join from the Welcome, removed leaves' state is deleted, and the list of leaves is updated — all durable
+    /// when the result resolves. `now` starts the new leaves' idle clock. The result lists the added users whose
+    /// leaf could not join (the bridge merged their add all the same: their slots in the group have no owner).
+    pub fn complete(&mut self, bridge: &mut PortalGroup, change: LeafChange, now: Instant) -> Pending<Vec<String>> {
         let LeafChange { commit, added, removed } = change;
         // The local leaves that stay process the commit (removed ones learn their removal, then are deleted).
         let mut durability = self.feed(&commit.commit, Some(&removed));
@@ -305,40 +333,44 @@ impl UserLeaves {
                 durability = durability.and(d);
             }
         }
-        let joined = match added {
-            Some(uri) => {
-                self.adding = None;
-                match (self.identity(&uri), commit.welcome.as_deref()) {
-                    (Ok((id, made)), Some(welcome)) => {
-                        durability = durability.and(made);
-                        let (r, d) =
-                            PortalGroup::join_from_welcome(id.provider, id.member, &self.config, welcome, None)
-                                .into_parts();
-                        durability = durability.and(d);
-                        r.map(|group| {
-                            self.leaves.insert(uri, Leaf { group, last_active: now });
-                        })
-                    }
-                    (Err(e), _) => Err(e),
-                    (_, None) => Err(MlsError::Welcome("the add commit has no Welcome".into())),
+        self.adding.clear();
+        let mut failed = Vec::new();
+        for uri in added {
+            let joined = match (self.identity(&uri), commit.welcome.as_deref()) {
+                (Ok((id, made)), Some(welcome)) => {
+                    durability = durability.and(made);
+                    let (r, d) = PortalGroup::join_from_welcome(id.provider, id.member, &self.config, welcome, None)
+                        .into_parts();
+                    durability = durability.and(d);
+                    r
+                }
+                (Err(e), _) => Err(e),
+                (_, None) => Err(MlsError::Welcome("the add commit has no Welcome".into())),
+            };
+            match joined {
+                Ok(group) => {
+                    self.leaves.insert(uri, Leaf { group, last_active: now });
+                }
+                Err(e) => {
+                    tracing::warn!(user = %uri, error = %e, "a per-user leaf could not join from the bridge's Welcome");
+                    failed.push(uri);
                 }
             }
-            None => Ok(()),
-        };
+        }
         // The list of leaves goes into the bridge's batch with its merge.
         let record = self.record();
         if let Err(e) = bridge.put_storage_record(&self.record_name(), &record) {
             return Pending::failed(e);
         }
         let (merged, d) = bridge.merge_pending_commit().into_parts();
-        Pending::from_result(merged.and(joined), durability.and(d))
+        Pending::from_result(merged.map(|()| failed), durability.and(d))
     }
 
     /// The hub refused `change` (another commit won the epoch): the bridge drops its pending commit. Retry the
     /// change after processing the winning commit.
     pub fn abandon(&mut self, bridge: &mut PortalGroup, change: LeafChange) -> Pending<()> {
-        if change.added.is_some() {
-            self.adding = None;
+        if !change.added.is_empty() {
+            self.adding.clear();
         }
         bridge.clear_pending_commit()
     }
@@ -381,7 +413,7 @@ impl UserLeaves {
     /// The pending add could not be sent at all (its commit never became durable, or the hub could not be
     /// reached): the bridge drops its pending commit and a later [`UserLeaves::add`] starts afresh.
     pub fn cancel(&mut self, bridge: &mut PortalGroup) -> Pending<()> {
-        self.adding = None;
+        self.adding.clear();
         bridge.clear_pending_commit()
     }
 

@@ -278,13 +278,13 @@ async fn a_native_message_sequenced_first_reaches_the_legs_first() {
     b.stop().await;
 }
 
-/// `mls_identity = "per-user"`: an IRC user speaks from a leaf of their own (added by the bridge the first time
-/// they speak, seen by the native member as a real member), the cap sends the rest from the shared leaf, idle
+/// `mls_identity = "per-user"` with `add_batch = 1`: an IRC user speaks from a leaf of their own (added by the
+/// bridge before the first time they speak, seen by the native member as a real member), the cap sends the rest from the shared leaf, idle
 /// leaves are removed, and a returning user gets a new leaf the native member can read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_portal_gives_each_active_irc_user_a_leaf() {
     let client_dir = tempfile::tempdir().expect("tempdir");
-    let policy = LeafPolicy { idle_after: Duration::from_secs(2), max_leaves: 2 };
+    let policy = LeafPolicy { idle_after: Duration::from_secs(2), max_leaves: 2, add_batch: 1 };
     let b = Bridge::start(MlsIdentity::PerUser, Some(policy)).await;
     let (provider, room) = (b.provider.clone(), b.room.clone());
     let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
@@ -344,6 +344,54 @@ async fn per_user_portal_gives_each_active_irc_user_a_leaf() {
     assert_eq!((sender.as_str(), text(&m).as_str()), (uri("bob").as_str(), "bob is back"));
     assert_eq!(alice.group.members().len(), 4, "bridge, alice, erin, bob");
     assert_eq!(b.net.wait_delivered(1, Duration::from_millis(200)).await.len(), 1, "nothing echoed to IRC");
+    b.router.shutdown().await;
+}
+
+/// `mls_identity = "per-user"` with batched adds (the default): new speakers' first lines go out at once from the
+/// shared leaf with the `legacySender` extension, the portal's worker adds their leaves in commits of at most
+/// `add_batch` leaves, and their later lines come from their own leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_portal_adds_new_speakers_leaves_together_in_batches() {
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let policy = LeafPolicy { idle_after: Duration::from_secs(3600), max_leaves: 10, add_batch: 2 };
+    let b = Bridge::start(MlsIdentity::PerUser, Some(policy)).await;
+    let (provider, room) = (b.provider.clone(), b.room.clone());
+    let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;
+    assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
+    let uri = |nick: &str| format!("mimi://{DOMAIN}/u/lb.irc~{nick}");
+    let bridge = format!("mimi://{DOMAIN}/u/bridge");
+    let (from_seq, epoch) = (provider.last_seq(&room).expect("log"), alice.group.epoch());
+    let nicks = ["bob", "carol", "dave"];
+
+    // Three new speakers, one line each, well within the gathering time: the shared leaf speaks for them.
+    for nick in nicks {
+        b.net.say("#rust", nick, &format!("first from {nick}")).await.1.expect("bridged");
+    }
+    for nick in nicks {
+        let (sender, m) = alice.next(&provider, &room).await;
+        assert_eq!((sender.as_str(), text(&m)), (bridge.as_str(), format!("first from {nick}")));
+        let legacy = LegacySender::from_extensions(&m.content().extensions).expect("extension").expect("legacy sender");
+        assert_eq!(legacy.uri, uri(nick));
+    }
+
+    // Their leaves come in two commits of the bridge (a batch is two leaves at most), not three.
+    assert_eq!(b.wait_members(5).await.len(), 5, "the bridge, alice, bob, carol and dave");
+    assert_eq!(b.room_of_record.leaf_users(&b.portal).await.expect("leaves"), nicks.map(uri).to_vec());
+    let commits = provider
+        .entries_after(&room, from_seq, 100)
+        .expect("log")
+        .iter()
+        .filter(|e| matches!(inspect(&e.fanout.message), Ok(Inspected::Public { commit: true, .. })))
+        .count();
+    assert_eq!(commits, 2, "one commit per batch");
+
+    // From now on each speaks from their own leaf, and alice reads them after the two commits.
+    for nick in nicks {
+        b.net.say("#rust", nick, &format!("then {nick}")).await.1.expect("bridged");
+        let (sender, m) = alice.next(&provider, &room).await;
+        assert_eq!((sender.as_str(), text(&m)), (uri(nick).as_str(), format!("then {nick}")));
+    }
+    assert_eq!(alice.group.epoch(), epoch + 2);
     b.router.shutdown().await;
 }
 
@@ -616,7 +664,7 @@ async fn a_leftover_event_of_a_leg_moved_to_another_portal_is_dropped_at_the_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_and_its_leaves_update_their_keys() {
     let client_dir = tempfile::tempdir().expect("tempdir");
-    let policy = LeafPolicy { idle_after: Duration::from_secs(3600), max_leaves: 10 };
+    let policy = LeafPolicy { idle_after: Duration::from_secs(3600), max_leaves: 10, add_batch: 1 };
     let b = Bridge::start_with(MlsIdentity::PerUser, Some(policy), Some(Duration::from_secs(2))).await;
     let (provider, room) = (b.provider.clone(), b.room.clone());
     let mut alice = Native::join(&provider, client_dir.path(), "alice", &room).await;

@@ -37,7 +37,8 @@ fn accept(leaves: &mut UserLeaves, bridge: &mut PortalGroup, bob: &mut PortalGro
         Ok(Received::Commit { .. }) => {}
         other => panic!("bob expected a commit, got {other:?}"),
     }
-    leaves.complete(bridge, change, Instant::now()).durable_blocking().expect("complete");
+    let failed = leaves.complete(bridge, change, Instant::now()).durable_blocking().expect("complete");
+    assert!(failed.is_empty(), "leaves that could not join: {failed:?}");
     assert_eq!(bob.epoch(), bridge.epoch());
 }
 
@@ -85,6 +86,40 @@ fn a_user_leaf_is_added_lazily_and_native_members_see_the_user_as_a_member() {
     gb.merge_pending_commit().durable_blocking().expect("bob merges");
     leaf_says(&mut leaves, CAROL, "after bob's update", &mut [&mut gb]);
     send(&mut gb, &mut [&mut g], "bob to the bridge");
+}
+
+/// Several new speakers in one commit: at most `add_batch` of them, no more than the cap leaves room for; each
+/// added leaf joins from the same Welcome and speaks as its user.
+#[test]
+fn one_commit_adds_a_batch_of_leaves() {
+    const DAVE: &str = "mimi://bridge.example.org/u/irc.libera~dave";
+    const ERIN: &str = "mimi://bridge.example.org/u/irc.libera~erin";
+    let (bd, pd) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let (bs, ps) = (open_store(bd.path()), open_store(pd.path()));
+    let (mut g, mut gb) = portal(&bs, &ps);
+    let policy = LeafPolicy { max_leaves: 3, add_batch: 2, ..LeafPolicy::default() };
+    let mut leaves = UserLeaves::open(bs.clone(), EngineConfig::default(), policy, &g).expect("open");
+
+    let AddLeaf::Committed(p) = leaves.add_many(&mut g, &[ALICE, CAROL, DAVE]).expect("add") else {
+        panic!("expected a commit")
+    };
+    let change = p.durable_blocking().expect("durable");
+    assert_eq!(change.added, vec![ALICE.to_owned(), CAROL.to_owned()], "a batch is two leaves");
+    accept(&mut leaves, &mut g, &mut gb, change);
+    assert_eq!(gb.members().len(), 4, "bridge, bob, alice, carol: one commit");
+    leaf_says(&mut leaves, ALICE, "alice from the batch", &mut [&mut gb, &mut g]);
+    leaf_says(&mut leaves, CAROL, "carol from the batch", &mut [&mut gb, &mut g]);
+
+    // Those who have a leaf are skipped; the cap leaves room for one more.
+    let AddLeaf::Committed(p) = leaves.add_many(&mut g, &[ALICE, DAVE, ERIN]).expect("add") else {
+        panic!("expected a commit")
+    };
+    let change = p.durable_blocking().expect("durable");
+    assert_eq!(change.added, vec![DAVE.to_owned()], "the cap is three leaves");
+    accept(&mut leaves, &mut g, &mut gb, change);
+    leaf_says(&mut leaves, DAVE, "dave", &mut [&mut gb]);
+    assert!(matches!(leaves.add_many(&mut g, &[ERIN]).expect("add"), AddLeaf::Full));
+    assert!(matches!(leaves.add_many(&mut g, &[ALICE, DAVE]).expect("add"), AddLeaf::Present));
 }
 
 #[test]
@@ -161,7 +196,7 @@ fn leaves_are_found_again_after_a_restart() {
 fn a_leafs_silence_counts_across_a_restart() {
     let (bd, pd) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
     let ps = open_store(pd.path());
-    let policy = LeafPolicy { idle_after: Duration::from_secs(40), max_leaves: 10 };
+    let policy = LeafPolicy { idle_after: Duration::from_secs(40), max_leaves: 10, ..LeafPolicy::default() };
     let _gb = {
         let bs = open_store(bd.path());
         let (mut g, mut gb) = portal(&bs, &ps);
