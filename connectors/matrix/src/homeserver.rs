@@ -320,6 +320,14 @@ impl Homeserver {
         self.call(Method::PUT, &path, Some(user_id), Some(&json!({"display_name": "mimi-bridge"}))).await.map(drop)
     }
 
+    /// The devices of `user_id` that have uploaded keys (`POST /keys/query`, as that user).
+    pub async fn keyed_devices(&self, user_id: &str) -> Result<Vec<String>, HsError> {
+        let path = ["_matrix", "client", "v3", "keys", "query"];
+        let body = json!({"device_keys": {user_id: []}});
+        let v = self.call(Method::POST, &path, Some(user_id), Some(&body)).await?;
+        Ok(v["device_keys"][user_id].as_object().map(|d| d.keys().cloned().collect()).unwrap_or_default())
+    }
+
     /// Sets `user_id`'s typing state in `room`.
     pub async fn typing(&self, room: &str, user_id: &str, active: bool) -> Result<(), HsError> {
         let path = ["_matrix", "client", "v3", "rooms", room, "typing", user_id];

@@ -821,7 +821,8 @@ async fn an_encrypted_room_is_bridged_both_ways_each_ghost_on_its_own_cross_sign
 async fn said_while_stopped(w: &EncryptedWorld, body: &str) -> (String, String, i64, Vec<Value>) {
     w.b.account.shutdown().await;
     let bot = w.s.hs.user_id("mimi-bridge");
-    let inbox = format!("FROM device_inbox WHERE user_id = '{bot}' AND device_id = 'MIMIBRIDGE'");
+    let device = bridge_device(&w.s.hs, &bot);
+    let inbox = format!("FROM device_inbox WHERE user_id = '{bot}' AND device_id = '{device}'");
     let before = w.s.hs.sql(&format!("SELECT COALESCE(MAX(stream_id), 0) {inbox}")).expect("inbox");
     let before: i64 = before.trim().parse().expect("a stream id");
     w.alice_room.discard_room_key().await.expect("a new room key for the next message");
@@ -924,7 +925,7 @@ async fn an_encrypted_message_whose_key_comes_late_is_a_notice_then_bridged_once
 
     // The key comes: the message follows, once.
     for (n, m) in held.iter().filter(|m| m["type"] == "m.room.encrypted").enumerate() {
-        let body = json!({"messages": {&bot: {"MIMIBRIDGE": m["content"]}}});
+        let body = json!({"messages": {&bot: {bridge_device(&s.hs, &bot): m["content"]}}});
         let path = format!("/_matrix/client/v3/sendToDevice/m.room.encrypted/late{n}");
         alice_http.call(reqwest::Method::PUT, &path, Some(body)).await.expect("sent to the bridge's device");
     }
@@ -1003,4 +1004,65 @@ async fn await_body_containing(c: &Client, room: &str, text: &str) -> Value {
         assert!(tokio::time::Instant::now() < deadline, "{text:?} never arrived");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The device of the bridge's user `user` that has keys (its crypto store's).
+fn bridge_device(hs: &Synapse, user: &str) -> String {
+    let devices = keyed_devices(hs, user);
+    assert_eq!(devices.len(), 1, "one device of {user} with keys: {devices:?}");
+    devices[0].clone()
+}
+
+/// The devices of `user` that have keys on the homeserver (as Synapse stores them).
+fn keyed_devices(hs: &Synapse, user: &str) -> Vec<String> {
+    let ids =
+        hs.sql(&format!("SELECT device_id FROM e2e_device_keys_json WHERE user_id = '{user}' ORDER BY device_id"));
+    ids.expect("device keys").lines().map(str::to_owned).collect()
+}
+
+/// A bridge device whose crypto store was lost starts over under a new device id, and the old one goes: the
+/// members' clients, which refuse new keys for a device id they knew, take the new device's, share their room
+/// keys with it, and the room is bridged again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_device_whose_store_was_lost_comes_back_under_a_new_id() {
+    use matrix_sdk::config::SyncSettings;
+    let w = encrypted_world(matrix_sdk_crypto::TrustRequirement::Untrusted).await;
+    w.alice_room.send(RoomMessageEventContent::text_plain("before the loss")).await.expect("sent");
+    await_delivered(&w.b.lb, "before the loss").await;
+    let bot = w.s.hs.user_id("mimi-bridge");
+    let before = keyed_devices(&w.s.hs, &bot);
+    assert_eq!(before.len(), 1, "one device with keys: {before:?}");
+
+    // The stores are lost while the bridge is down.
+    w.b.account.shutdown().await;
+    std::fs::remove_dir_all(w.state.path().join("e2ee/devices")).expect("stores removed");
+    let account = restarted(&w).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let after = keyed_devices(&w.s.hs, &bot);
+        if !after.is_empty() && after != before {
+            break after;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the bridge's device never came back: {after:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(after.len(), 1, "the old device is gone: {after:?}");
+
+    // alice's client takes the new device once it hears of it, and her next message is bridged.
+    let bot_id = matrix_sdk::ruma::OwnedUserId::try_from(bot.as_str()).expect("user id");
+    let new_device = matrix_sdk::ruma::OwnedDeviceId::from(after[0].as_str());
+    loop {
+        w.alice.sync_once(SyncSettings::default().timeout(Duration::from_secs(1))).await.expect("sync");
+        let devices = w.alice.encryption().get_user_devices(&bot_id).await.expect("devices");
+        if devices.get(&new_device).is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "alice's client never took the bridge's new device");
+    }
+    w.alice_room.send(RoomMessageEventContent::text_plain("after the loss")).await.expect("sent");
+    await_delivered(&w.b.lb, "after the loss").await;
+    let bodies = delivered_bodies(&w.b.lb);
+    assert!(!bodies.iter().any(|t| t.contains("cannot decrypt yet")), "no notice: {bodies:?}");
+    account.shutdown().await;
+    w.b.router.shutdown().await;
 }

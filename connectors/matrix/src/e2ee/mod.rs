@@ -1,8 +1,9 @@
 //! End-to-end encryption in appservice mode (IO shell around matrix-sdk-crypto's [`OlmMachine`], itself a sans-IO
 //! state machine: fed what the homeserver pushes, polled for the calls to make).
 //!
-//! Every user of the bridge that takes part in an encrypted room has its own device ([`GHOST_DEVICE`], created
-//! with MSC4190) with its own Olm account, kept in a sqlite crypto store under the account's state directory, and
+//! Every user of the bridge that takes part in an encrypted room has its own device (created with MSC4190; its id
+//! is made with its store, see [`E2ee::device`]) with its own Olm account, kept in a sqlite crypto store under the
+//! account's state directory, and
 //! its own cross-signing identity that signs it: a ghost's message is encrypted by the ghost's device, so strict
 //! clients see it as the ghost's, never `MismatchedSender`. The appservice user's device decrypts what Matrix users
 //! say in the linked rooms.
@@ -228,9 +229,10 @@ impl E2ee {
             }
             other => other?,
         }
-        if let Err(e) = self.device(&bot).await {
-            return unavailable(e);
-        }
+        let bot_device = match self.device(&bot).await {
+            Ok(device) => device.machine.device_id().to_owned(),
+            Err(e) => return unavailable(e),
+        };
         // What came while the bridge was away (before the probe's own message, which must come by push).
         // A failure costs the keys read this way (a notice for the events they open, until the next read).
         if let Err(e) = self.read_inbox_now(&bot).await {
@@ -242,7 +244,7 @@ impl E2ee {
         let woken = self.probed.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let to = (bot.as_str(), GHOST_DEVICE);
+        let to = (bot.as_str(), bot_device.as_str());
         let content = serde_json::json!({"nonce": nonce});
         let deadline = tokio::time::Instant::now() + PROBE_WAIT;
         let mut came_back = false;
@@ -281,17 +283,21 @@ impl E2ee {
             return Ok(d.clone());
         }
         let dir = self.store_dir(user);
-        if !dir.exists() {
-            // No store: the device starts over on the homeserver too (a device of a store that was lost or moved
-            // away keeps keys there that a new Olm account's would clash with).
-            self.hs.delete_device(user.as_str(), GHOST_DEVICE).await?;
-            self.hs.create_device(user.as_str(), GHOST_DEVICE).await?;
-        }
+        let device_id = match read_device_id(&dir)? {
+            Some(id) => id,
+            // A store made before each store had a device id of its own.
+            None if dir.exists() => GHOST_DEVICE.to_owned(),
+            None => self.new_device(user, &dir).await?,
+        };
         let fresh = !dir.join("cross-signed").exists();
+        if fresh {
+            // Made here (or by a start that stopped before its keys went up).
+            self.hs.create_device(user.as_str(), &device_id).await?;
+        }
         let store = matrix_sdk::SqliteCryptoStore::open(&dir, self.passphrase.as_deref()).await.map_err(|e| {
             HsError::Refused { status: 0, errcode: CRYPTO_STORE.into(), error: format!("{}: {e}", dir.display()) }
         })?;
-        let device_id: &ruma::DeviceId = GHOST_DEVICE.into();
+        let device_id: &ruma::DeviceId = device_id.as_str().into();
         let machine = OlmMachine::with_store(user, device_id, store, None)
             .await
             .map_err(|e| HsError::Unavailable(format!("crypto store {}: {e}", dir.display())))?;
@@ -325,6 +331,23 @@ impl E2ee {
             devices.remove(&user);
         }
         Ok(device)
+    }
+
+    /// A new store's device: a new id, written into the new store's directory. Members' clients never let the
+    /// keys of a device id they knew change, so a device whose store was lost cannot come back under its old id:
+    /// the devices of `user` that still have keys on the homeserver (an earlier store's) are deleted, and the one
+    /// its calls go through ([`GHOST_DEVICE`]) is made again without keys.
+    async fn new_device(&self, user: &UserId, dir: &std::path::Path) -> Result<String, HsError> {
+        for old in self.hs.keyed_devices(user.as_str()).await? {
+            self.hs.delete_device(user.as_str(), &old).await?;
+            if old == GHOST_DEVICE {
+                self.hs.create_device(user.as_str(), GHOST_DEVICE).await?;
+            }
+            tracing::info!(%user, device = %old, "a bridge device whose store is gone is deleted");
+        }
+        let id = format!("MIMI{}", crate::registration::random_token()[..10].to_uppercase());
+        write_device_id(dir, &id)?;
+        Ok(id)
     }
 
     /// Makes sure `user` has its device, keys uploaded and cross-signed: before it joins an encrypted room, so that
@@ -383,7 +406,6 @@ impl E2ee {
         let mut changed = DeviceLists::new();
         changed.changed = txn.device_lists.changed.clone();
         changed.left = txn.device_lists.left.clone();
-        let device_id: &ruma::DeviceId = GHOST_DEVICE.into();
         let mut keys_came = false;
         for user in users {
             let device = match self.existing_device(&user).await {
@@ -397,6 +419,7 @@ impl E2ee {
                 Err(e) => return Err(e.to_string()),
             };
             let no_counts = BTreeMap::new();
+            let device_id = device.machine.device_id();
             let counts = txn.device_one_time_keys_count.get(&user).and_then(|d| d.get(device_id));
             let fallback = txn.device_unused_fallback_key_types.get(&user).and_then(|d| d.get(device_id));
             let changes = EncryptionSyncChanges {
@@ -464,7 +487,7 @@ impl E2ee {
         if let Some((id, claim)) =
             machine.get_missing_sessions(members.clone().into_iter()).await.map_err(requests::store_error)?
         {
-            let answer = self.hs.send_ruma(claim, (user.as_str(), Some(GHOST_DEVICE))).await?;
+            let answer = self.hs.send_ruma(claim, (user.as_str(), Some(machine.device_id().as_str()))).await?;
             machine.mark_request_as_sent(&id, &answer).await.map_err(requests::store_error)?;
         }
         let shares = machine
@@ -487,10 +510,61 @@ impl E2ee {
     }
 }
 
+/// The file in a crypto store's directory that holds its device's id.
+const DEVICE_ID_FILE: &str = "device_id";
+
+/// The device id of the store in `dir`, if it has one written.
+fn read_device_id(dir: &std::path::Path) -> Result<Option<String>, HsError> {
+    match std::fs::read_to_string(dir.join(DEVICE_ID_FILE)) {
+        Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(HsError::Unavailable(format!("{}: {e}", dir.join(DEVICE_ID_FILE).display()))),
+    }
+}
+
+/// Makes `dir` (mode 0700) and writes `id` into it, durably, before anything of the store is made.
+fn write_device_id(dir: &std::path::Path, id: &str) -> Result<(), HsError> {
+    let failed = |e: std::io::Error| HsError::Unavailable(format!("{}: {e}", dir.display()));
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(failed)?;
+    let tmp = dir.join(format!("{DEVICE_ID_FILE}.tmp"));
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp).map_err(failed)?;
+        f.write_all(id.as_bytes()).map_err(failed)?;
+        f.sync_all().map_err(failed)?;
+    }
+    std::fs::rename(&tmp, dir.join(DEVICE_ID_FILE)).map_err(failed)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::to_unload;
+    use super::{read_device_id, to_unload, write_device_id};
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_stores_device_id_is_written_before_the_store_and_read_back() {
+        let root = tempfile::tempdir().expect("dir");
+        let dir = root.path().join("devices").join("abc");
+        assert_eq!(read_device_id(&dir).expect("read"), None, "no store yet");
+        write_device_id(&dir, "MIMI0123456789").expect("written");
+        assert_eq!(read_device_id(&dir).expect("read").as_deref(), Some("MIMI0123456789"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "the store's directory is the bridge's alone");
+        }
+        // A store made before stores had ids of their own: no file (the caller takes the old shared id).
+        let old = root.path().join("devices").join("old");
+        std::fs::create_dir_all(&old).expect("dir");
+        assert_eq!(read_device_id(&old).expect("read"), None);
+    }
 
     #[test]
     fn the_least_recently_used_idle_devices_are_unloaded_never_the_bot_nor_one_in_use() {
