@@ -56,9 +56,9 @@ impl Inner {
                 return Ok(Intake::Event(raw));
             }
         }
-        let mut why = match e2ee.decrypt(&room, &raw).await? {
+        let (mut why, mut withheld) = match e2ee.decrypt(&room, &raw).await? {
             Decrypted::Clear(clear) => return Ok(Intake::Event(clear)),
-            Decrypted::NotYet(why) => why,
+            Decrypted::NotYet(why, withheld) => (why, withheld),
         };
         // The key may be in the device's inbox, from a transaction the homeserver could not push: read at start
         // (a transaction held while the bridge was down comes as soon as it is back), or now.
@@ -73,7 +73,7 @@ impl Inner {
             self.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
             match e2ee.decrypt(&room, &raw).await? {
                 Decrypted::Clear(clear) => return Ok(Intake::Event(clear)),
-                Decrypted::NotYet(again) => why = again,
+                Decrypted::NotYet(again, code) => (why, withheld) = (again, code),
             }
         }
         tracing::info!(account = %self.id, room = %room_id, event = %event_id, %why,
@@ -86,7 +86,8 @@ impl Inner {
             at_ms: now_ms(),
         })?;
         let name = self.sender_name(&room_id, &sender).await;
-        Ok(Intake::Instead(self.tr.undecrypted_notice(&leg_room, &sender, name, &event_id).map(Box::new)))
+        let notice = self.tr.undecrypted_notice(&leg_room, &sender, name, &event_id, withheld.as_ref());
+        Ok(Intake::Instead(notice.map(Box::new)))
     }
 
     /// Reads the inbox of the appservice user's device ([`crate::e2ee::inbox`]; all loaded devices' with `all`),

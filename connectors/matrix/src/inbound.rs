@@ -19,6 +19,7 @@ use crate::translate::Translator;
 use crate::{format, media};
 use bridge_api::event::{Membership, MessageDraft, MessageStyle};
 use bridge_api::{InboundEvent, InboundKind, LegId, LegacyUser, NativeId};
+use matrix_sdk::deserialized_responses::WithheldCode;
 use mimi_content::markdown;
 use ruma::events::room::member::{MembershipState, RoomMemberEvent};
 use ruma::events::room::message::{MessageFormat, MessageType, Relation, RoomMessageEvent};
@@ -33,6 +34,22 @@ pub const ENCRYPTED_NOTICE: &str =
 /// message follows once its room key arrives).
 pub const UNDECRYPTED_NOTICE: &str =
     "sent an encrypted message the bridge cannot decrypt yet; it follows here once its keys arrive";
+
+/// What the portal hears, from its sender, in place of an encrypted message whose room key the sender's client
+/// withheld from the bridge (`m.room_key.withheld`); the reason follows in parentheses. Should the key come after
+/// all, the message follows.
+pub const WITHHELD_NOTICE: &str =
+    "sent an encrypted message whose key their client withheld from the bridge, which cannot read it";
+
+/// What [`WITHHELD_NOTICE`] says of a withheld key's code: the library's wording for the codes of the spec, and
+/// nothing of a code it does not know (a client's own code is not repeated to the other networks).
+pub fn withheld_reason(code: &WithheldCode) -> String {
+    use WithheldCode::*;
+    match code {
+        Blacklisted | Unverified | Unauthorised | Unavailable | NoOlm | HistoryNotShared => code.to_string(),
+        _ => "for a reason of its own".to_owned(),
+    }
+}
 
 /// Why an event gives no core event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,16 +67,22 @@ pub enum Skipped {
 
 impl Translator {
     /// The notice standing for the encrypted event `event_id` of `sender` (named `sender_name`) in `leg_room` that
-    /// cannot be decrypted yet ([`UNDECRYPTED_NOTICE`]), under an id derived from the event's: the event itself is
-    /// bridged under its own id once decrypted.
+    /// cannot be decrypted yet ([`UNDECRYPTED_NOTICE`], or [`WITHHELD_NOTICE`] with the reason the sender's client
+    /// gave for `withheld`), under an id derived from the event's: the event itself is bridged under its own id once
+    /// decrypted.
     pub fn undecrypted_notice(
         &self,
         leg_room: &str,
         sender: &str,
         sender_name: Option<String>,
         event_id: &str,
+        withheld: Option<&WithheldCode>,
     ) -> Option<InboundEvent> {
-        let draft = MessageDraft { style: MessageStyle::Notice, ..MessageDraft::plain(UNDECRYPTED_NOTICE) };
+        let body = match withheld {
+            Some(code) => format!("{WITHHELD_NOTICE} ({})", withheld_reason(code)),
+            None => UNDECRYPTED_NOTICE.to_owned(),
+        };
+        let draft = MessageDraft { style: MessageStyle::Notice, ..MessageDraft::plain(body) };
         Some(InboundEvent {
             leg: LegId::new(self.account.clone(), leg_room).ok()?,
             sender: LegacyUser {

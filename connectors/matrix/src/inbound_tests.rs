@@ -246,3 +246,19 @@ fn an_encrypted_message_gives_a_notice_from_its_sender_never_silence() {
     let draft = draft_of(&ev);
     assert_eq!((draft.style, draft.body.as_str()), (MessageStyle::Notice, ENCRYPTED_NOTICE));
 }
+
+#[test]
+fn a_withheld_key_gives_a_notice_that_says_why_and_repeats_no_unknown_code() {
+    let tr = translator();
+    let notice = |code: Option<&WithheldCode>| {
+        let ev = tr.undecrypted_notice(ROOM, "@alice:hs.test", None, "$ev9", code).expect("notice");
+        assert_eq!(ev.native_id, Some(NativeId("$ev9#undecrypted".into())));
+        draft_of(&ev).body.clone()
+    };
+    assert_eq!(notice(None), UNDECRYPTED_NOTICE);
+    let unverified = notice(Some(&WithheldCode::Unverified));
+    assert!(unverified.starts_with(WITHHELD_NOTICE), "{unverified}");
+    assert!(unverified.contains("unverified devices"), "{unverified}");
+    let custom = notice(Some(&WithheldCode::from("org.example.evil\r\nPRIVMSG #x :hi")));
+    assert_eq!(custom, format!("{WITHHELD_NOTICE} (for a reason of its own)"));
+}

@@ -1066,3 +1066,33 @@ async fn a_bridge_device_whose_store_was_lost_comes_back_under_a_new_id() {
     account.shutdown().await;
     w.b.router.shutdown().await;
 }
+
+/// A client that shares room keys only with devices its user verified withholds them from the bridge's device
+/// (`m.room_key.withheld`, `m.unverified`): the portal hears that the key was withheld, and why, instead of being
+/// told that the message follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_key_withheld_from_the_bridge_is_a_notice_that_says_why() {
+    let w = encrypted_world(matrix_sdk_crypto::TrustRequirement::Untrusted).await;
+    let store = tempfile::tempdir().expect("alice's second store");
+    let (user_id, hs_url) = (w.alice_user.user_id.as_str(), w.s.hs.url());
+    let share = matrix_sdk_crypto::CollectStrategy::OnlyTrustedDevices;
+    let untrusted = matrix_sdk_crypto::TrustRequirement::Untrusted;
+    let (_strict, strict_room) =
+        common::encrypting_client_sharing(&hs_url, user_id, store.path(), untrusted, share, &w.room, user_id).await;
+    strict_room.send(RoomMessageEventContent::text_plain("only for verified devices")).await.expect("sent");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let notice = loop {
+        let bodies = delivered_bodies(&w.b.lb);
+        if let Some(n) = bodies.iter().find(|b| b.starts_with(connector_matrix::inbound::WITHHELD_NOTICE)) {
+            break n.clone();
+        }
+        assert!(!bodies.iter().any(|b| b.contains("cannot decrypt yet")), "told the key would come: {bodies:?}");
+        assert!(tokio::time::Instant::now() < deadline, "no notice: {bodies:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(notice.contains("unverified devices"), "{notice}");
+    assert!(!delivered_bodies(&w.b.lb).iter().any(|b| b == "only for verified devices"), "not decrypted");
+    w.b.account.shutdown().await;
+    w.b.router.shutdown().await;
+}

@@ -12,7 +12,7 @@ use bridge_api::connector::PendingAck;
 use bridge_api::event::{InboundEvent, InboundKind};
 use bridge_net::backoff::Backoff;
 use matrix_sdk::config::{SyncSettings, SyncToken};
-use matrix_sdk::deserialized_responses::{TimelineEvent, TimelineEventKind};
+use matrix_sdk::deserialized_responses::{TimelineEvent, TimelineEventKind, UnableToDecryptReason, WithheldCode};
 use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
 use matrix_sdk::room::{MessagesOptions, Room};
 use matrix_sdk::ruma::events::AnySyncTimelineEvent;
@@ -193,14 +193,18 @@ async fn take(
         for ev in events {
             let Some(event_id) = ev.event_id() else { continue };
             let inbound = match &ev.kind {
-                TimelineEventKind::UnableToDecrypt { event, .. } => {
+                TimelineEventKind::UnableToDecrypt { event, utd_info } => {
                     position.wait_for_keys(Undecrypted {
                         room_id: room_id.to_string(),
                         event_id: event_id.to_string(),
                         event: serde_json::from_str(event.json().get()).unwrap_or_default(),
                         at_ms: now_ms(),
                     });
-                    undecrypted_notice(inner, &room, &leg_room, event).await
+                    let withheld = match &utd_info.reason {
+                        UnableToDecryptReason::MissingMegolmSession { withheld_code } => withheld_code.as_ref(),
+                        _ => None,
+                    };
+                    undecrypted_notice(inner, &room, &leg_room, event, withheld).await
                 }
                 _ => translate(inner, client, &room, &leg_room, ev.raw()).await?,
             };
@@ -334,12 +338,13 @@ async fn undecrypted_notice(
     room: &Room,
     leg_room: &str,
     event: &Raw<AnySyncTimelineEvent>,
+    withheld: Option<&WithheldCode>,
 ) -> Option<InboundEvent> {
     let sender = event.get_field::<String>("sender").ok().flatten()?;
     let event_id = event.get_field::<String>("event_id").ok().flatten()?;
     let user_id = matrix_sdk::ruma::OwnedUserId::try_from(sender.as_str()).ok()?;
     let name = display_name(room, &user_id).await;
-    inner.tr.undecrypted_notice(leg_room, &sender, name, &event_id)
+    inner.tr.undecrypted_notice(leg_room, &sender, name, &event_id, withheld)
 }
 
 /// Tries again the events waiting for their keys; those decrypted now go to the core (and stop waiting).

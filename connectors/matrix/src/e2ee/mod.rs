@@ -24,6 +24,7 @@ pub mod waiting;
 
 use crate::account::GHOST_DEVICE;
 use crate::homeserver::{Homeserver, HsError};
+use matrix_sdk::deserialized_responses::WithheldCode;
 use matrix_sdk_crypto::{DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement};
 use ruma::api::appservice::event::push_events;
 use ruma::api::client::sync::sync_events::DeviceLists;
@@ -94,8 +95,8 @@ fn to_unload<U: PartialEq + Clone>(loaded: &[(U, std::time::Instant, bool)], cap
 pub enum Decrypted {
     /// The event in the clear (same id, sender and room).
     Clear(Raw<AnyTimelineEvent>),
-    /// Not decryptable now; why.
-    NotYet(String),
+    /// Not decryptable now; why, and the code the sender's client gave if it withheld the key.
+    NotYet(String, Option<WithheldCode>),
 }
 
 /// The appservice's end-to-end encryption.
@@ -450,7 +451,11 @@ impl E2ee {
         match device.machine.decrypt_room_event(raw.cast_ref_unchecked(), room_id, &DECRYPTION).await {
             Ok(clear) => Ok(Decrypted::Clear(clear.event)),
             Err(matrix_sdk_crypto::MegolmError::Store(e)) => Err(format!("the crypto store: {e}")),
-            Err(e) => Ok(Decrypted::NotYet(e.to_string())),
+            Err(matrix_sdk_crypto::MegolmError::MissingRoomKey(withheld)) => {
+                let why = format!("no room key (withheld: {withheld:?})");
+                Ok(Decrypted::NotYet(why, withheld))
+            }
+            Err(e) => Ok(Decrypted::NotYet(e.to_string(), None)),
         }
     }
 

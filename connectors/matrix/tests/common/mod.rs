@@ -188,12 +188,28 @@ pub async fn encrypting_client(
     room: &str,
     member: &str,
 ) -> (matrix_sdk::Client, matrix_sdk::Room) {
+    let share = matrix_sdk_crypto::CollectStrategy::AllDevices;
+    encrypting_client_sharing(hs_url, user_id, store, trust, share, room, member).await
+}
+
+/// [`encrypting_client`] sharing its room keys as `share` says (`OnlyTrustedDevices`: a device the user has not
+/// verified gets an `m.room_key.withheld` instead).
+pub async fn encrypting_client_sharing(
+    hs_url: &str,
+    user_id: &str,
+    store: &std::path::Path,
+    trust: matrix_sdk_crypto::TrustRequirement,
+    share: matrix_sdk_crypto::CollectStrategy,
+    room: &str,
+    member: &str,
+) -> (matrix_sdk::Client, matrix_sdk::Room) {
     use matrix_sdk::config::SyncSettings;
     let settings = matrix_sdk_crypto::DecryptionSettings { sender_device_trust_requirement: trust };
     let client = matrix_sdk::Client::builder()
         .homeserver_url(hs_url)
         .sqlite_store(store, None)
         .with_decryption_settings(settings)
+        .with_room_key_recipient_strategy(share)
         .build()
         .await
         .expect("client");
