@@ -249,8 +249,9 @@ impl UserLeaves {
         if let Some(other) = self.adding.first() {
             return Err(MlsError::GroupState(format!("the add of {other:?}'s leaf is still pending")));
         }
-        let mut new: Vec<&str> = uris.iter().copied().filter(|u| !self.leaves.contains_key(*u)).collect();
-        new.dedup();
+        let mut seen = std::collections::HashSet::new();
+        let mut new: Vec<&str> =
+            uris.iter().copied().filter(|u| !self.leaves.contains_key(*u) && seen.insert(*u)).collect();
         if new.is_empty() {
             return Ok(AddLeaf::Present);
         }

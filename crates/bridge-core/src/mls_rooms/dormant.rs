@@ -223,5 +223,7 @@ impl MlsRooms {
 }
 
 fn closable(s: &Slot, idle: Option<Duration>) -> bool {
-    s.leaves.as_ref().is_none_or(|l| l.is_empty()) && idle.is_none_or(|d| s.active.elapsed() >= d)
+    s.leaves.as_ref().is_none_or(|l| l.is_empty())
+        && s.wanted.is_empty()
+        && idle.is_none_or(|d| s.active.elapsed() >= d)
 }

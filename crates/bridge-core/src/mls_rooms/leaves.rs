@@ -40,7 +40,10 @@ pub(super) fn want_leaf(s: &mut Slot, uri: &str) -> bool {
         return true;
     }
     let room = leaves.policy().max_leaves.saturating_sub(leaves.len());
-    if !s.wanted.iter().any(|w| w == uri) && s.wanted.len() < room {
+    // A member under the user's name without a local leaf (a join that failed and whose removal did too) is not
+    // added twice: the shared leaf speaks for them.
+    let orphan = s.group.member_index(uri.as_bytes()).is_some();
+    if !orphan && !s.wanted.iter().any(|w| w == uri) && s.wanted.len() < room {
         s.wanted.push(uri.to_owned());
         s.wanted_since.get_or_insert_with(Instant::now);
     }
@@ -103,7 +106,7 @@ pub(super) async fn feed_own_commit(s: &mut Slot, commit: &[u8]) {
 enum Attempt {
     /// The commit went through: the users listed have a leaf now.
     Ready(Vec<String>),
-    /// Send from the shared leaf (cap reached, or the leaf could not join).
+    /// Send from the shared leaf (cap reached, or the change could not be stored).
     Shared,
     /// The hub moved on: catch up and try again.
     Retry,
@@ -139,7 +142,13 @@ impl MlsRooms {
             let wanted = std::mem::take(&mut s.wanted);
             s.wanted_since = None;
             let uris: Vec<&str> = wanted.iter().map(String::as_str).collect();
-            let added = self.add_leaves(portal, s, &uris).await;
+            let mut added = self.add_leaves(portal, s, &uris).await;
+            if added == 0 && uris.len() > 1 {
+                // One user the hub or the engine refuses must not keep the others out: one at a time.
+                for uri in &uris {
+                    added += self.add_leaves(portal, s, &[uri]).await;
+                }
+            }
             if added == 0 {
                 // Full, refused or unreachable: they are gathered again when they next speak.
                 return None;
@@ -151,7 +160,7 @@ impl MlsRooms {
                 return None;
             }
             s.wanted = rest;
-            s.wanted_since = Some(Instant::now() - ADD_GATHER);
+            s.wanted_since = Some(Instant::now().checked_sub(ADD_GATHER).unwrap_or_else(Instant::now));
         }
     }
 
@@ -209,19 +218,21 @@ impl MlsRooms {
         let added = change.added.clone();
         match sent {
             Ok(Some(seq)) => {
-                own.insert(seq);
                 let completed = offload(group.member_count().saturating_mul(added.len() + leaves.len()), || {
                     leaves.complete(group, change, Instant::now())
                 })
                 .await;
                 let failed = match completed.durable().await {
                     Ok(failed) => failed,
-                    // Merged or not, nothing of it is known to be stored: none of them speaks from a leaf yet.
+                    // Not known to be merged: the log's copy of the commit is applied as anyone's (catching up
+                    // merges a pending commit of the bridge's own), and the shared leaf speaks meanwhile.
                     Err(e) => {
                         tracing::warn!(portal = %portal, error = %e, "per-user leaves' state not stored");
-                        added.clone()
+                        return Ok(Attempt::Shared);
                     }
                 };
+                // Marked as ours only once merged.
+                own.insert(seq);
                 self.serve_group_info(room, group).await;
                 let ready: Vec<String> = added.into_iter().filter(|u| leaves.contains(u)).collect();
                 tracing::info!(portal = %portal, added = ready.len(), leaves = leaves.len(), "per-user leaves added");
