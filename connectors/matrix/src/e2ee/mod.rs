@@ -341,13 +341,13 @@ impl E2ee {
     async fn new_device(&self, user: &UserId, dir: &std::path::Path) -> Result<String, HsError> {
         for old in self.hs.keyed_devices(user.as_str()).await? {
             self.hs.delete_device(user.as_str(), &old).await?;
-            if old == GHOST_DEVICE {
-                self.hs.create_device(user.as_str(), GHOST_DEVICE).await?;
-            }
             tracing::info!(%user, device = %old, "a bridge device whose store is gone is deleted");
         }
+        // Made again whether or not it was just deleted (an earlier attempt may have stopped in between; making
+        // a device that exists keeps it).
+        self.hs.create_device(user.as_str(), GHOST_DEVICE).await?;
         let id = format!("MIMI{}", crate::registration::random_token()[..10].to_uppercase());
-        write_device_id(dir, &id)?;
+        write_device_id(dir, &self.dir.join("new-device"), &id)?;
         Ok(id)
     }
 
@@ -528,23 +528,31 @@ fn read_device_id(dir: &std::path::Path) -> Result<Option<String>, HsError> {
     }
 }
 
-/// Makes `dir` (mode 0700) and writes `id` into it, durably, before anything of the store is made.
-fn write_device_id(dir: &std::path::Path, id: &str) -> Result<(), HsError> {
+/// Makes the store directory `dir` (mode 0700) with `id` written in it, durably, before anything of the store is
+/// made: the directory is made as `tmp` (on the same file system, outside the stores' directory) and renamed, so
+/// that `dir` never exists without its id (a directory without one is a store made before ids).
+fn write_device_id(dir: &std::path::Path, tmp: &std::path::Path, id: &str) -> Result<(), HsError> {
     let failed = |e: std::io::Error| HsError::Unavailable(format!("{}: {e}", dir.display()));
+    if tmp.exists() {
+        // Left by an attempt that stopped before its rename.
+        std::fs::remove_dir_all(tmp).map_err(failed)?;
+    }
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(failed)?;
-    let tmp = dir.join(format!("{DEVICE_ID_FILE}.tmp"));
+    builder.create(tmp).map_err(failed)?;
     {
         use std::io::Write as _;
-        let mut f = std::fs::File::create(&tmp).map_err(failed)?;
+        let mut f = std::fs::File::create(tmp.join(DEVICE_ID_FILE)).map_err(failed)?;
         f.write_all(id.as_bytes()).map_err(failed)?;
         f.sync_all().map_err(failed)?;
     }
-    std::fs::rename(&tmp, dir.join(DEVICE_ID_FILE)).map_err(failed)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)
+    std::fs::File::open(tmp).and_then(|d| d.sync_all()).map_err(failed)?;
+    let parent = dir.parent().ok_or_else(|| HsError::Unavailable(format!("{}: no parent", dir.display())))?;
+    builder.create(parent).map_err(failed)?;
+    std::fs::rename(tmp, dir).map_err(failed)?;
+    std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(failed)
 }
 
 #[cfg(test)]
@@ -557,7 +565,10 @@ mod tests {
         let root = tempfile::tempdir().expect("dir");
         let dir = root.path().join("devices").join("abc");
         assert_eq!(read_device_id(&dir).expect("read"), None, "no store yet");
-        write_device_id(&dir, "MIMI0123456789").expect("written");
+        let tmp = root.path().join("new-device");
+        std::fs::create_dir_all(tmp.join("leftover")).expect("an attempt that stopped");
+        write_device_id(&dir, &tmp, "MIMI0123456789").expect("written");
+        assert!(!tmp.exists(), "renamed into place");
         assert_eq!(read_device_id(&dir).expect("read").as_deref(), Some("MIMI0123456789"));
         #[cfg(unix)]
         {
