@@ -345,3 +345,57 @@ async fn an_encrypted_message_whose_keys_come_late_is_a_notice_then_bridged_once
     assert_eq!(bodies.iter().filter(|t| t.contains("cannot decrypt yet")).count(), 1, "{bodies:?}");
     b.router.shutdown().await;
 }
+
+/// Kicked from the room, the bot bridges what was said up to its removal (a sync gives it under `leave`), the
+/// portal hears from alice that she removed it and why, and the bot does not come back by itself; invited back, it
+/// joins and bridges both ways again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_bot_says_who_removed_it_and_waits_to_be_invited_back() {
+    let w = world(json!([]));
+    let state = tempfile::tempdir().expect("state dir");
+    let b = bridge(&w, state.path()).await;
+    let bot = w.hs.user_id(BOT);
+    let text = |body: &str| json!({"msgtype": "m.text", "body": body});
+    w.alice.send(&w.room, "m.room.message", text("just before the kick")).await.expect("send");
+    let kick = format!("/_matrix/client/v3/rooms/{}/kick", enc(&w.room));
+    let body = json!({"user_id": bot, "reason": "too chatty"});
+    w.alice.call(reqwest::Method::POST, &kick, Some(body)).await.expect("kicked");
+
+    let bodies = await_delivered(&b.lb, "just before the kick").await;
+    assert_eq!(bodies.iter().filter(|t| *t == "just before the kick").count(), 1, "{bodies:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let notice = loop {
+        if let Some(n) = b.lb.delivered().into_iter().find(|e| {
+            matches!(&e.kind, bridge_api::OutboundKind::Message { draft, .. }
+                if draft.body.ends_with("from the Matrix room: too chatty"))
+        }) {
+            break n;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no notice: {:?}", delivered_bodies(&b.lb));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let alice_id = bridge_api::LegacyUser::new(AccountId::parse("matrix.hs").expect("id"), &w.alice.user.user_id);
+    assert_eq!(notice.sender.uri, alice_id.uri("b.test"), "from alice, who removed it");
+
+    // Not back by itself, over several rounds of its sync loop.
+    let members = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&w.room));
+    for _ in 0..30 {
+        let joined = w.alice.call(reqwest::Method::GET, &members, None).await.expect("members");
+        assert!(joined["joined"].get(&bot).is_none(), "the bot rejoined by itself");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Invited back: it joins, and bridges both ways.
+    let invite = format!("/_matrix/client/v3/rooms/{}/invite", enc(&w.room));
+    w.alice.call(reqwest::Method::POST, &invite, Some(json!({"user_id": bot}))).await.expect("invited");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while w.alice.call(reqwest::Method::GET, &members, None).await.expect("members")["joined"].get(&bot).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the bot never came back after the invite");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.alice.send(&w.room, "m.room.message", text("welcome back")).await.expect("send");
+    await_delivered(&b.lb, "welcome back").await;
+    say(&b.lb, "k1", "thanks").await;
+    await_body(&w.alice, &w.room, "bob: thanks").await;
+    b.router.shutdown().await;
+}

@@ -18,9 +18,8 @@ use matrix_sdk::room::{MessagesOptions, Room};
 use matrix_sdk::ruma::events::AnySyncTimelineEvent;
 use matrix_sdk::ruma::events::room::MediaSource;
 use matrix_sdk::ruma::serde::Raw;
-use matrix_sdk::sync::JoinedRoomUpdate;
+use matrix_sdk::sync::Timeline;
 use matrix_sdk::{Client, ruma::OwnedRoomId};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +83,10 @@ pub(super) async fn run(inner: Arc<Inner>) {
             Ok(response) => {
                 let mut next = position.clone();
                 let first = next.token.is_none();
-                match take(&inner, &client, response.rooms.joined, &mut next, first).await {
+                // Rooms the bot was removed from come under `leave`, with what was said up to its removal.
+                let joined = response.rooms.joined.into_iter().map(|(id, u)| (id, u.timeline));
+                let rooms = joined.chain(response.rooms.left.into_iter().map(|(id, u)| (id, u.timeline))).collect();
+                match take(&inner, &client, rooms, &mut next, first).await {
                     Ok(()) => {
                         next.token = Some(response.next_batch);
                         match file.save(&next) {
@@ -123,15 +125,22 @@ pub(super) async fn run(inner: Arc<Inner>) {
     }
 }
 
-/// Joins the linked rooms the bot is not in yet (the first time, or invited since).
+/// Joins the linked rooms the bot is not in yet (the first time, or invited since), but not those someone removed
+/// it from (kicked or banned: the portal heard it from them), until it is invited back or the room linked again.
 async fn join_linked(inner: &Inner) {
     let Some(client) = inner.client.get() else { return };
     let rooms: Vec<(String, Option<OwnedRoomId>)> =
         inner.rooms().iter().map(|(n, id)| (n.clone(), id.clone())).collect();
-    let joined = |id: &Option<OwnedRoomId>| {
-        id.as_ref().and_then(|id| client.get_room(id)).is_some_and(|r| r.state() == matrix_sdk::RoomState::Joined)
-    };
-    let missing: Vec<String> = rooms.into_iter().filter(|(_, id)| !joined(id)).map(|(n, _)| n).collect();
+    let mut missing = Vec::new();
+    for (name, id) in rooms {
+        match id.as_ref().and_then(|id| client.get_room(id)) {
+            Some(room) if room.state() == matrix_sdk::RoomState::Joined => {}
+            Some(room) if removed_from(&room, &inner.tr.bot_user_id).await => {
+                tracing::debug!(account = %inner.id, room = %name, "the Matrix bot was removed from the room: not rejoined");
+            }
+            _ => missing.push(name),
+        }
+    }
     for name in missing {
         if let Err(e) = inner.join_room(&name).await {
             tracing::debug!(account = %inner.id, room = %name, error = %e, "the Matrix bot is not in the room yet");
@@ -139,23 +148,32 @@ async fn join_linked(inner: &Inner) {
     }
 }
 
-/// Hands the events of the linked rooms in `joined` to the core and records how far they went in `position`;
+/// Whether someone else removed the bot from `room` (kicked or banned it) and it was not invited back since.
+async fn removed_from(room: &Room, bot: &str) -> bool {
+    if !matches!(room.state(), matrix_sdk::RoomState::Left | matrix_sdk::RoomState::Banned) {
+        return false;
+    }
+    let Ok(bot) = matrix_sdk::ruma::OwnedUserId::try_from(bot) else { return false };
+    matches!(room.get_member_no_sync(&bot).await, Ok(Some(m)) if m.event().sender() != bot)
+}
+
+/// Hands the events of the linked rooms in `rooms` (joined, or left since the last sync) to the core and records how far they went in `position`;
 /// `Ok` once the core durably took them (or refused them for good). What was said before the bridge came is not
 /// bridged: the very first sync only marks where the rooms stand, and a room joined later starts after the join.
 async fn take(
     inner: &Inner,
     client: &Client,
-    joined: BTreeMap<OwnedRoomId, JoinedRoomUpdate>,
+    rooms: Vec<(OwnedRoomId, Timeline)>,
     position: &mut Position,
     first: bool,
 ) -> Result<(), String> {
     let mut pending = Vec::new();
     resolve_linked(inner, client).await?;
-    for (room_id, update) in joined {
+    for (room_id, timeline) in rooms {
         let (Some(leg_room), Some(room)) = (inner.linked_as(room_id.as_str()), client.get_room(&room_id)) else {
             continue;
         };
-        let mut events = update.timeline.events;
+        let mut events = timeline.events;
         let bot = inner.tr.bot_user_id.as_str();
         let known = position.last_event.contains_key(room_id.as_str());
         match events.iter().rposition(|ev| is_join_of(ev.raw(), bot)) {
@@ -172,10 +190,8 @@ async fn take(
                 events.drain(..=i);
             }
             // Said after the last sync taken, in a room known before: read back what a `limited` timeline leaves out.
-            None if known && update.timeline.limited => {
-                if let (Some(last), Some(from)) =
-                    (position.last_event.get(room_id.as_str()), update.timeline.prev_batch)
-                {
+            None if known && timeline.limited => {
+                if let (Some(last), Some(from)) = (position.last_event.get(room_id.as_str()), timeline.prev_batch) {
                     let mut older = backfill(&room, from, last).await;
                     older.append(&mut events);
                     events = older;
