@@ -92,7 +92,15 @@ pub async fn join(s: &mut Session, room: &str) -> Res<()> {
     let room = s.room_uri(room);
     let invite = invites(&s.api).await?.into_iter().find(|(r, _)| *r == room).map(|(_, seq)| seq);
     let cursor = match invite {
-        Some(seq) => join_from_welcome(s, &room, seq).await?,
+        Some(seq) => match join_from_welcome(s, &room, seq).await {
+            Ok(cursor) => cursor,
+            // The room moved on since the Welcome (its hub serves the tree of the current epoch only): an invited
+            // user may join by external commit instead.
+            Err(e) => {
+                eprintln!("the invitation to {room} cannot be taken ({e}); joining by external commit");
+                join_by_external_commit(s, &room).await?
+            }
+        },
         None => join_by_external_commit(s, &room).await?,
     };
     let mut rs = s.room(&room)?;
@@ -102,20 +110,23 @@ pub async fn join(s: &mut Session, room: &str) -> Res<()> {
     Ok(())
 }
 
-/// Joins from the Welcome at `seq` in the room's log; the cursor after it.
+/// Joins from the Welcome at `seq` in the room's log; the cursor after it. Welcomes carry no ratchet tree (it would
+/// make them megabytes in a big room): the tree comes from the room's hub with its GroupInfo, and it is the one of
+/// the Welcome's epoch as long as the room has not moved on.
 async fn join_from_welcome(s: &mut Session, room: &str, seq: u64) -> Res<u64> {
     let page: LogPage = room::fetch(&s.api, room, seq.saturating_sub(1), 0).await?;
     let entry = page.0.into_iter().next().ok_or("the Welcome is gone from the log")?;
+    let (_, tree) = fetch_group_info(s, room).await?;
     let (provider, member) = (s.keys.provider.clone(), s.keys.member.clone());
     let welcome = entry.fanout.message.as_bytes();
-    PortalGroup::join_from_welcome(provider, member, &EngineConfig::default(), welcome, None)
+    PortalGroup::join_from_welcome(provider, member, &EngineConfig::default(), welcome, tree.as_deref())
         .durable()
         .await
         .map_err(|e| e.to_string())?;
     Ok(seq)
 }
 
-/// The room's GroupInfo MLSMessage (with its ratchet tree embedded), claimed from the hub with a
+/// The room's GroupInfo MLSMessage and ratchet tree, claimed from the hub with a
 /// `GroupInfoRequest` signed by our member key (draft-ietf-mimi-protocol-06 §5.6): the answer is checked against
 /// the signature key the hub names in it (trusting that key rests on TLS to our provider and the provider-to-provider
 /// mTLS to the room's hub) and decrypted with the request's one-time HPKE key.
@@ -161,7 +172,8 @@ async fn join_by_external_commit(s: &mut Session, room: &str) -> Res<u64> {
         // The GroupInfo of the new epoch travels with the commit, so the commit is merged first; if the hub
         // refuses it, the join starts over from a fresh GroupInfo (which replaces this state).
         group.merge_pending_commit().durable().await.map_err(|e| e.to_string())?;
-        let next = group.export_group_info(true).map_err(|e| e.to_string())?;
+        // Without the tree: the hub has its own, and with it a big room's GroupInfo would outgrow a request.
+        let next = group.export_group_info(false).map_err(|e| e.to_string())?;
         match room::update(&s.api, room, commit, None, next).await? {
             Verdict::Accepted(seq) => return Ok(seq.unwrap_or(0)),
             Verdict::EpochTooOld => epoch_moved(&mut tries).await?,

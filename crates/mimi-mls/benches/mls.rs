@@ -241,9 +241,11 @@ fn eng_group(n: usize) -> (Eng, PortalGroup, PortalGroup) {
         PortalGroup::create(alice.clone(), alice_m.clone(), &cfg, b"bench").durable_blocking().expect("create");
     let out = ga.add_members(&[&eng_kp(&bob, &bob_m)]).durable_blocking().expect("add bob");
     ga.merge_pending_commit().durable_blocking().expect("merge");
-    let mut gb = PortalGroup::join_from_welcome(bob.clone(), bob_m.clone(), &cfg, &out.welcome.expect("w"), None)
-        .durable_blocking()
-        .expect("join");
+    let tree = ga.export_ratchet_tree().expect("tree");
+    let mut gb =
+        PortalGroup::join_from_welcome(bob.clone(), bob_m.clone(), &cfg, &out.welcome.expect("w"), Some(&tree))
+            .durable_blocking()
+            .expect("join");
     let mut left = n.saturating_sub(2);
     while left > 0 {
         let k = left.min(SEAT_BATCH);
@@ -426,14 +428,22 @@ fn bench_size(g: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
                     let kp = eng_kp(&p, &m);
                     let out = ea.add_members(&[&kp]).durable_blocking().expect("add");
                     let w = out.welcome.expect("welcome");
+                    // Welcomes carry no tree: the joiner gets the committer's (untimed: the hub serves it).
+                    ea.merge_pending_commit().durable_blocking().expect("merge");
+                    eb.process(&out.commit).durable_blocking().expect("process add");
+                    let tree = ea.export_ratchet_tree().expect("tree");
                     total += time_engine(durable, || {
+                        let cfg = EngineConfig::default();
                         let (r, d) =
-                            PortalGroup::join_from_welcome(p.clone(), m.clone(), &EngineConfig::default(), &w, None)
-                                .into_parts();
+                            PortalGroup::join_from_welcome(p.clone(), m.clone(), &cfg, &w, Some(&tree)).into_parts();
                         r.expect("join");
                         d
                     });
-                    ea.clear_pending_commit().durable_blocking().expect("clear");
+                    // Keep the group at N: remove the joiner again (untimed).
+                    let last = ea.members().last().expect("member").index;
+                    let out = ea.remove_members(&[last]).durable_blocking().expect("remove");
+                    eb.process(&out.commit).durable_blocking().expect("process remove");
+                    ea.merge_pending_commit().durable_blocking().expect("merge");
                 }
                 record(n, "welcome_join", side, total, iters);
                 total
@@ -752,8 +762,10 @@ fn bench_leaves(g: &mut BenchmarkGroup<'_, WallTime>, k: usize) {
     let mut ea = PortalGroup::create(ap, am, &cfg, b"leaves").durable_blocking().expect("create");
     let out = ea.add_members(&[&eng_kp(&bp, &bm)]).durable_blocking().expect("add bridge");
     ea.merge_pending_commit().durable_blocking().expect("merge");
-    let mut eb =
-        PortalGroup::join_from_welcome(bp, bm, &cfg, &out.welcome.expect("w"), None).durable_blocking().expect("join");
+    let tree = ea.export_ratchet_tree().expect("tree");
+    let mut eb = PortalGroup::join_from_welcome(bp, bm, &cfg, &out.welcome.expect("w"), Some(&tree))
+        .durable_blocking()
+        .expect("join");
     let policy = LeafPolicy { max_leaves: k, ..LeafPolicy::default() };
     let mut leaves = UserLeaves::open(store.clone(), cfg.clone(), policy, &eb).expect("leaves");
     for i in 0..k {

@@ -574,11 +574,21 @@ impl PortalGroup {
                 .iter()
                 .map(|b| parse_key_package(&self.provider, b))
                 .collect::<Result<Vec<_>, MlsError>>()?;
+            let gs = |e: &dyn std::fmt::Display| MlsError::GroupState(e.to_string());
             let (commit, welcome, info) = self
                 .group
-                .add_members_without_update(self.provider.as_ref(), self.member.signer(), &kps)
-                .map_err(|e| MlsError::GroupState(e.to_string()))?;
-            self.commit_output(commit, Some(welcome), info.map(MlsMessageOut::from))
+                .commit_builder()
+                .propose_adds(kps)
+                .force_self_update(false)
+                .load_psks(self.provider.storage())
+                .map_err(|e| gs(&e))?
+                .create_group_info(true)
+                .build(self.provider.rand(), self.provider.crypto(), self.member.signer(), |_| true)
+                .map_err(|e| gs(&e))?
+                .stage_commit(self.provider.as_ref())
+                .map_err(|e| gs(&e))?
+                .into_messages();
+            self.commit_output(commit, welcome, info)
         })();
         self.finish(result)
     }
@@ -593,11 +603,20 @@ impl PortalGroup {
                 }
             }
             let idx: Vec<LeafNodeIndex> = leaves.iter().map(|l| LeafNodeIndex::new(*l)).collect();
+            let gs = |e: &dyn std::fmt::Display| MlsError::GroupState(e.to_string());
             let (commit, welcome, info) = self
                 .group
-                .remove_members(self.provider.as_ref(), self.member.signer(), &idx)
-                .map_err(|e| MlsError::GroupState(e.to_string()))?;
-            self.commit_output(commit, welcome, info.map(MlsMessageOut::from))
+                .commit_builder()
+                .propose_removals(idx)
+                .load_psks(self.provider.storage())
+                .map_err(|e| gs(&e))?
+                .create_group_info(true)
+                .build(self.provider.rand(), self.provider.crypto(), self.member.signer(), |_| true)
+                .map_err(|e| gs(&e))?
+                .stage_commit(self.provider.as_ref())
+                .map_err(|e| gs(&e))?
+                .into_messages();
+            self.commit_output(commit, welcome, info)
         })();
         self.finish(result)
     }
@@ -606,11 +625,20 @@ impl PortalGroup {
     pub fn self_update(&mut self) -> Pending<CommitOutput> {
         let result = (|| {
             self.check_active()?;
-            let bundle = self
+            let gs = |e: &dyn std::fmt::Display| MlsError::GroupState(e.to_string());
+            let (commit, welcome, info) = self
                 .group
-                .self_update(self.provider.as_ref(), self.member.signer(), LeafNodeParameters::default())
-                .map_err(|e| MlsError::GroupState(e.to_string()))?;
-            let (commit, welcome, info) = bundle.into_messages();
+                .commit_builder()
+                .leaf_node_parameters(LeafNodeParameters::default())
+                .consume_proposal_store(true)
+                .load_psks(self.provider.storage())
+                .map_err(|e| gs(&e))?
+                .create_group_info(true)
+                .build(self.provider.rand(), self.provider.crypto(), self.member.signer(), |_| true)
+                .map_err(|e| gs(&e))?
+                .stage_commit(self.provider.as_ref())
+                .map_err(|e| gs(&e))?
+                .into_messages();
             self.commit_output(commit, welcome, info)
         })();
         self.finish(result)

@@ -335,13 +335,40 @@ impl UserLeaves {
             }
         }
         self.adding.clear();
+        // The list of leaves goes into the bridge's batch with its merge, naming the added users already: the leaf
+        // of one whose join fails below has no group state, so reading the list skips it, and the next change of
+        // leaves drops it.
+        let mut record = self.record();
+        let unix = unix_now();
+        for uri in &added {
+            record.uris.push(uri.clone());
+            record.active.insert(uri.clone(), unix);
+        }
+        if let Err(e) = bridge.put_storage_record(&self.record_name(), &record) {
+            return Pending::failed(e);
+        }
+        let (merged, d) = bridge.merge_pending_commit().into_parts();
+        durability = durability.and(d);
+        if let Err(e) = merged {
+            return Pending::from_result(Err(e), durability);
+        }
+        // Welcomes carry no ratchet tree (it is served out of band): the new leaves take the bridge's, of the
+        // epoch the commit made.
+        let tree = match added.is_empty() {
+            true => None,
+            false => match bridge.export_ratchet_tree() {
+                Ok(tree) => Some(tree),
+                Err(e) => return Pending::from_result(Err(e), durability),
+            },
+        };
         let mut failed = Vec::new();
         for uri in added {
             let joined = match (self.identity(&uri), commit.welcome.as_deref()) {
                 (Ok((id, made)), Some(welcome)) => {
                     durability = durability.and(made);
-                    let (r, d) = PortalGroup::join_from_welcome(id.provider, id.member, &self.config, welcome, None)
-                        .into_parts();
+                    let (r, d) =
+                        PortalGroup::join_from_welcome(id.provider, id.member, &self.config, welcome, tree.as_deref())
+                            .into_parts();
                     durability = durability.and(d);
                     r
                 }
@@ -358,13 +385,7 @@ impl UserLeaves {
                 }
             }
         }
-        // The list of leaves goes into the bridge's batch with its merge.
-        let record = self.record();
-        if let Err(e) = bridge.put_storage_record(&self.record_name(), &record) {
-            return Pending::failed(e);
-        }
-        let (merged, d) = bridge.merge_pending_commit().into_parts();
-        Pending::from_result(merged.map(|()| failed), durability.and(d))
+        Pending::from_result(Ok(failed), durability)
     }
 
     /// The hub refused `change` (another commit won the epoch): the bridge drops its pending commit. Retry the

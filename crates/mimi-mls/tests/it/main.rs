@@ -2,6 +2,7 @@
 
 mod mls_support;
 
+mod mls_big_group;
 mod mls_crash;
 mod mls_engine;
 mod mls_interop;

@@ -19,10 +19,6 @@
 use crate::mls_support::{Client, open_store};
 use mimi_mls::Received;
 use mimi_store::{Batch, Store};
-use openmls::prelude::tls_codec::Serialize as _;
-use openmls::prelude::*;
-use openmls_basic_credential::SignatureKeyPair;
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -141,19 +137,6 @@ fn mls_crash_child_process() {
     }
 }
 
-/// A KeyPackage of a member who will never speak (MLSMessage bytes).
-fn silent_member_key_package(i: usize) -> Vec<u8> {
-    let cs = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-    let provider = OpenMlsRustCrypto::default();
-    let signer = SignatureKeyPair::new(cs.signature_algorithm()).expect("signature key");
-    let credential = CredentialWithKey {
-        credential: BasicCredential::new(format!("mimi://example.org/u/silent{i}").into_bytes()).into(),
-        signature_key: signer.to_public_vec().into(),
-    };
-    let bundle = KeyPackage::builder().build(cs, &provider, &signer, credential).expect("key package");
-    MlsMessageOut::from(bundle.key_package().clone()).tls_serialize_detached().expect("encode")
-}
-
 fn spawn_child(dir: &Path, clean: bool) -> std::process::Child {
     let exe = std::env::current_exe().expect("test binary");
     let mut cmd = Command::new(exe);
@@ -179,7 +162,7 @@ fn killed_at_random_the_bridge_never_reuses_a_generation() {
     // The group: the native member, the silent ones, and the bridge last (it joins from the Welcome with the tree).
     let started = Instant::now();
     let mut g = native.create(GROUP);
-    let silent: Vec<Vec<u8>> = (0..members - 2).map(silent_member_key_package).collect();
+    let silent: Vec<Vec<u8>> = (0..members - 2).map(crate::mls_support::silent_member_key_package).collect();
     for chunk in silent.chunks(200) {
         let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
         g.add_members(&refs).durable_blocking().expect("seat");
@@ -190,7 +173,7 @@ fn killed_at_random_the_bridge_never_reuses_a_generation() {
         let bridge = Client::new(&store, "bridge");
         let out = g.add_members(&[&bridge.key_package()]).durable_blocking().expect("add the bridge");
         g.merge_pending_commit().durable_blocking().expect("merge");
-        let joined = bridge.join(&out.welcome.expect("welcome"));
+        let joined = bridge.join(&out.welcome.expect("welcome"), &g);
         assert_eq!(joined.members().len(), members);
     }
     eprintln!("group of {members} seated in {:.1} s", started.elapsed().as_secs_f64());

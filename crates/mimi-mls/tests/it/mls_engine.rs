@@ -24,14 +24,14 @@ fn lifecycle_survives_reopening_the_store_mid_life() {
         // Add bob.
         let out = g.add_members(&[&bob.key_package()]).durable_blocking().expect("add bob");
         g.merge_pending_commit().durable_blocking().expect("merge");
-        let mut gb = bob.join(out.welcome.as_deref().expect("welcome"));
+        let mut gb = bob.join(out.welcome.as_deref().expect("welcome"), &g);
         send(&mut g, &mut [&mut gb], "hello bob");
         send(&mut gb, &mut [&mut g], "hello bridge");
 
         // Add carol; bob processes the commit.
         let out = g.add_members(&[&carol.key_package()]).durable_blocking().expect("add carol");
         apply_commit(&mut g, &out.commit, &mut [&mut gb]);
-        let mut gc = carol.join(out.welcome.as_deref().expect("welcome"));
+        let mut gc = carol.join(out.welcome.as_deref().expect("welcome"), &g);
         assert_eq!(gc.members().len(), 3);
         send(&mut gc, &mut [&mut g, &mut gb], "hi from carol");
 
@@ -86,7 +86,7 @@ fn pair(store_dir: &std::path::Path, peers: &Client) -> (Client, PortalGroup, Po
     let mut g = bridge.create(GROUP);
     let out = g.add_members(&[&peers.key_package()]).durable_blocking().expect("add bob");
     g.merge_pending_commit().durable_blocking().expect("merge");
-    let gb = peers.join(out.welcome.as_deref().expect("welcome"));
+    let gb = peers.join(out.welcome.as_deref().expect("welcome"), &g);
     (bridge, g, gb)
 }
 
@@ -263,16 +263,24 @@ fn key_packages_include_a_last_resort_one_and_are_consumed() {
     for g in [&mut g1, &mut g2] {
         let out = g.add_members(&[&last]).durable_blocking().expect("add");
         g.merge_pending_commit().durable_blocking().expect("merge");
-        bob.join(out.welcome.as_deref().expect("welcome"));
+        bob.join(out.welcome.as_deref().expect("welcome"), g);
     }
     let mut g3 = bridge.create(b"g3");
     let mut g4 = bridge.create(b"g4");
     let w3 = g3.add_members(&[&kps[0]]).durable_blocking().expect("add").welcome.expect("welcome");
     let w4 = g4.add_members(&[&kps[0]]).durable_blocking().expect("add").welcome.expect("welcome");
-    bob.join(&w3);
-    let r =
-        PortalGroup::join_from_welcome(bob.provider.clone(), bob.member.clone(), &EngineConfig::default(), &w4, None)
-            .durable_blocking();
+    g3.merge_pending_commit().durable_blocking().expect("merge");
+    g4.merge_pending_commit().durable_blocking().expect("merge");
+    bob.join(&w3, &g3);
+    let tree = g4.export_ratchet_tree().expect("tree");
+    let r = PortalGroup::join_from_welcome(
+        bob.provider.clone(),
+        bob.member.clone(),
+        &EngineConfig::default(),
+        &w4,
+        Some(&tree),
+    )
+    .durable_blocking();
     assert!(matches!(r, Err(MlsError::Welcome(_))), "a consumed one-time KeyPackage: {r:?}");
 }
 
@@ -321,7 +329,7 @@ fn state_written_in_the_earlier_integer_array_format_still_loads() {
             let mut g = bridge.create(GROUP);
             let out = g.add_members(&[&bob.key_package()]).durable_blocking().expect("add bob");
             g.merge_pending_commit().durable_blocking().expect("merge");
-            let gb = bob.join(out.welcome.as_deref().expect("welcome"));
+            let gb = bob.join(out.welcome.as_deref().expect("welcome"), &g);
             (bridge, g, gb)
         };
         send(&mut g, &mut [&mut gb], "before the rewrite");

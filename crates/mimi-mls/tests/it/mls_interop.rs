@@ -49,7 +49,10 @@ fn interop_mls_rs_joins_from_welcome_and_exchanges_messages() {
     let out = g.add_members(&[&kp]).durable_blocking().expect("the bridge adds the mls-rs client");
     g.merge_pending_commit().durable_blocking().expect("merge");
     let welcome = MlsMessage::from_bytes(out.welcome.as_deref().expect("welcome")).expect("mls-rs parses the Welcome");
-    let (mut ga, _) = alice.join_group(None, &welcome, None).expect("mls-rs joins from OpenMLS's Welcome");
+    // OpenMLS's Welcomes carry no ratchet tree (it is served out of band): mls-rs takes the bridge's.
+    let tree = g.export_ratchet_tree().expect("tree");
+    let tree = mls_rs::group::ExportedTree::from_bytes(&tree).expect("mls-rs parses the tree");
+    let (mut ga, _) = alice.join_group(Some(tree), &welcome, None).expect("mls-rs joins from OpenMLS's Welcome");
     assert_eq!(ga.current_epoch(), g.epoch());
 
     // Bridge → mls-rs.

@@ -18,7 +18,7 @@ fn portal(bridge_store: &Store, peers: &Store) -> (PortalGroup, PortalGroup) {
     let mut g = bridge.create(GROUP);
     let out = g.add_members(&[&bob.key_package()]).durable_blocking().expect("add bob");
     g.merge_pending_commit().durable_blocking().expect("merge");
-    let gb = bob.join(out.welcome.as_deref().expect("welcome"));
+    let gb = bob.join(out.welcome.as_deref().expect("welcome"), &g);
     (g, gb)
 }
 

@@ -45,6 +45,8 @@ fn restart_child_process() {
     let mut g = bridge.create(GROUP);
     let out = g.add_members(&[&wait_file(&xfer, "bob.kp")]).durable_blocking().expect("add bob");
     g.merge_pending_commit().durable_blocking().expect("merge");
+    // The tree first: the parent reads it once the Welcome is there.
+    write_file(&xfer, "tree", &g.export_ratchet_tree().expect("tree"));
     write_file(&xfer, "welcome", out.welcome.as_deref().expect("welcome"));
     for i in 0..5 {
         let ct = g.encrypt(format!("bridge {i}").as_bytes()).durable_blocking().expect("encrypt");
@@ -104,7 +106,8 @@ fn restart_after_sigkill_continues_with_the_same_member() {
         .spawn()
         .expect("spawn the child");
 
-    let mut gb = bob.join(&wait_file(&xfer, "welcome"));
+    let welcome = wait_file(&xfer, "welcome");
+    let mut gb = bob.join_with_tree(&welcome, &wait_file(&xfer, "tree"));
     for i in 0..5 {
         match gb.process(&wait_file(&xfer, &format!("bridge.{i}"))).durable_blocking().expect("bob decrypts") {
             Received::Application { plaintext, .. } => assert_eq!(plaintext, format!("bridge {i}").as_bytes()),

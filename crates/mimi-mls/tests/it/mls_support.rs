@@ -52,14 +52,20 @@ impl Client {
             .expect("create group")
     }
 
-    /// Joins from a Welcome.
-    pub fn join(&self, welcome: &[u8]) -> PortalGroup {
+    /// Joins from a Welcome, with the ratchet tree of `committer` (who made the Welcome and merged its commit):
+    /// Welcomes carry no tree.
+    pub fn join(&self, welcome: &[u8], committer: &PortalGroup) -> PortalGroup {
+        self.join_with_tree(welcome, &committer.export_ratchet_tree().expect("the committer's tree"))
+    }
+
+    /// Joins from a Welcome with the ratchet tree `tree` (TLS-encoded) of the epoch it is for.
+    pub fn join_with_tree(&self, welcome: &[u8], tree: &[u8]) -> PortalGroup {
         PortalGroup::join_from_welcome(
             self.provider.clone(),
             self.member.clone(),
             &EngineConfig::default(),
             welcome,
-            None,
+            Some(tree),
         )
         .durable_blocking()
         .expect("join from welcome")
@@ -97,4 +103,21 @@ pub fn apply_commit(by: &mut PortalGroup, commit: &[u8], others: &mut [&mut Port
     for g in others.iter() {
         assert_eq!(g.epoch(), by.epoch(), "epochs agree after the commit");
     }
+}
+
+/// A KeyPackage of a member who will never speak (MLSMessage bytes).
+pub fn silent_member_key_package(i: usize) -> Vec<u8> {
+    use openmls::prelude::tls_codec::Serialize as _;
+    use openmls::prelude::*;
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    let cs = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+    let provider = OpenMlsRustCrypto::default();
+    let signer = SignatureKeyPair::new(cs.signature_algorithm()).expect("signature key");
+    let credential = CredentialWithKey {
+        credential: BasicCredential::new(format!("mimi://example.org/u/silent{i}").into_bytes()).into(),
+        signature_key: signer.to_public_vec().into(),
+    };
+    let bundle = KeyPackage::builder().build(cs, &provider, &signer, credential).expect("key package");
+    MlsMessageOut::from(bundle.key_package().clone()).tls_serialize_detached().expect("encode")
 }

@@ -155,8 +155,9 @@ impl User {
         room
     }
 
-    /// The room's GroupInfo through the user's provider, asked for with the user's own signed request.
-    pub async fn group_info(&self, node: &Node, room: &str) -> Vec<u8> {
+    /// The room's GroupInfo and the ratchet tree the hub sends beside it (commits' GroupInfos carry none), through
+    /// the user's provider, asked for with the user's own signed request.
+    pub async fn group_info(&self, node: &Node, room: &str) -> (Vec<u8>, Option<Vec<u8>>) {
         let cwk = self.member.credential();
         let (request, secret) = GroupInfoRequest::new(
             DEFAULT_CIPHERSUITE,
@@ -168,39 +169,45 @@ impl User {
         .expect("request");
         let response = node.clients.request_group_info(&self.client, room, &request).await.expect("answer");
         assert_eq!(response.status(), GroupInfoCode::Success);
-        response.open(room.as_bytes(), &secret).expect("opens").group_info.into_bytes()
+        let tbe = response.open(room.as_bytes(), &secret).expect("opens");
+        let tree = match tbe.ratchet_tree {
+            RatchetTreeOption::Full(tree) => Some(tree),
+            _ => None,
+        };
+        (tbe.group_info.into_bytes(), tree)
     }
 
     /// An external commit into the room from its GroupInfo (merged at once, as `mimi-client` does): the update to
     /// send.
-    pub async fn external_commit(&mut self, group_info: &[u8]) -> UpdateRequest {
+    pub async fn external_commit(&mut self, (group_info, tree): &(Vec<u8>, Option<Vec<u8>>)) -> UpdateRequest {
         let (mut group, commit) = PortalGroup::rejoin_by_external_commit(
             self.backend.clone(),
             self.member.clone(),
             &EngineConfig::default(),
             group_info,
-            None,
+            tree.as_deref(),
         )
         .durable()
         .await
         .expect("external commit");
         group.merge_pending_commit().durable().await.expect("merged");
-        let next = group.export_group_info(true).expect("group info");
+        let next = group.export_group_info(false).expect("group info");
         self.group = Some(group);
         commit_request(commit, None, next)
     }
 
-    /// Joins from the Welcome at `seq` of the room's log at `node`.
+    /// Joins from the Welcome at `seq` of the room's log at `node`, with the tree its hub serves.
     pub async fn join_from_welcome(&mut self, node: &Node, room: &str, seq: u64) {
         let page = node.clients.messages(&self.client, room, seq - 1, Duration::ZERO).await.expect("log");
         let welcome = &page.0.first().expect("the Welcome").fanout.message;
         assert_eq!(welcome.wire_format(), wire_format::WELCOME);
+        let tree = self.group_info(node, room).await.1.expect("the hub sends its tree");
         let group = PortalGroup::join_from_welcome(
             self.backend.clone(),
             self.member.clone(),
             &EngineConfig::default(),
             welcome.as_bytes(),
-            None,
+            Some(&tree),
         )
         .durable()
         .await
