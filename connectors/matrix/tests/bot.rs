@@ -377,6 +377,9 @@ async fn a_kicked_bot_says_who_removed_it_and_waits_to_be_invited_back() {
     let alice_id = bridge_api::LegacyUser::new(AccountId::parse("matrix.hs").expect("id"), &w.alice.user.user_id);
     assert_eq!(notice.sender.uri, alice_id.uri("b.test"), "from alice, who removed it");
 
+    // What the other side says meanwhile is refused, not held until the bot is back (that would hold up the leg).
+    say(&b.lb, "k0", "said while the bot is out").await;
+
     // Not back by itself, over several rounds of its sync loop.
     let members = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&w.room));
     for _ in 0..30 {
@@ -397,5 +400,13 @@ async fn a_kicked_bot_says_who_removed_it_and_waits_to_be_invited_back() {
     await_delivered(&b.lb, "welcome back").await;
     say(&b.lb, "k1", "thanks").await;
     await_body(&w.alice, &w.room, "bob: thanks").await;
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&w.room));
+    let recent = w.alice.call(reqwest::Method::GET, &path, None).await.expect("messages");
+    let said_out = recent["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["content"]["body"].as_str().is_some_and(|b| b.contains("said while the bot is out")));
+    assert!(!said_out, "a line refused while the bot was out arrived later: {recent}");
     b.router.shutdown().await;
 }

@@ -121,22 +121,34 @@ impl Inner {
             login::LoginError::BadCredentials(r) if !login::is_unknown_token(&e) => SendError::Rejected(r),
             other => SendError::Retry(other.to_string()),
         };
+        // A room someone removed the bot from takes nothing until it is invited back: refused at once (the core
+        // tells the sender) rather than retried for the hour a delivery may take, holding up the leg's queue.
+        let bot = &self.tr.bot_user_id;
+        let room_of = async |name: &str| {
+            let room = room_of(name)?;
+            if sync::removed_from(&room, bot).await {
+                return Err(SendError::Rejected(format!(
+                    "the Matrix bot was removed from {name} and not invited back"
+                )));
+            }
+            Ok(room)
+        };
         match action {
             MatrixAction::Send { room, event_type, txn_id, content, .. } => {
-                let room = room_of(&room)?;
+                let room = room_of(&room).await?;
                 let txn: OwnedTransactionId = txn_id.into();
                 let sent = room.send_raw(event_type, content).with_transaction_id(&txn).await.map_err(failed)?;
                 Ok(Some(sent.response.event_id.to_string()))
             }
             MatrixAction::Redact { room, event_id, txn_id, .. } => {
-                let room = room_of(&room)?;
+                let room = room_of(&room).await?;
                 let event_id = matrix_sdk::ruma::OwnedEventId::try_from(event_id.as_str())
                     .map_err(|e| SendError::Rejected(format!("{event_id:?}: {e}")))?;
                 room.redact(&event_id, None, Some(txn_id.into())).await.map_err(|e| failed(e.into()))?;
                 Ok(None)
             }
             MatrixAction::SendMedia { room, txn_id, attachment, .. } => {
-                let room = room_of(&room)?;
+                let room = room_of(&room).await?;
                 let kept = match &self.ctx.media {
                     Some(store) => store.get(&attachment.url).await.map_err(|e| SendError::Retry(e.to_string()))?,
                     None => None,

@@ -149,7 +149,7 @@ async fn join_linked(inner: &Inner) {
 }
 
 /// Whether someone else removed the bot from `room` (kicked or banned it) and it was not invited back since.
-async fn removed_from(room: &Room, bot: &str) -> bool {
+pub(super) async fn removed_from(room: &Room, bot: &str) -> bool {
     if !matches!(room.state(), matrix_sdk::RoomState::Left | matrix_sdk::RoomState::Banned) {
         return false;
     }
@@ -228,6 +228,10 @@ async fn take(
                 pending.extend(crate::handover::queue(&inner.id, &inner.ctx.inbound, inbound).await?);
             }
             position.last_event.insert(room_id.to_string(), event_id.to_string());
+        }
+        if matches!(room.state(), matrix_sdk::RoomState::Left | matrix_sdk::RoomState::Banned) {
+            // Out of the room: back in it, nothing is read back to before (what is said meanwhile is not bridged).
+            position.last_event.remove(room_id.as_str());
         }
     }
     decrypt_waiting(inner, client, position, &mut pending).await?;
