@@ -25,7 +25,7 @@
 //! | `POST /v1/submitMessage/{roomId}` | `SubmitMessageRequest` → `SubmitMessageResponse`; accepted: header `Mimi-Sequence: N` (hub) |
 //! | `POST /v1/update/{roomId}` | `UpdateRequest`, header `Mimi-User: REQUESTER` → `UpdateRoomResponse`; success: `Mimi-Sequence: N` (hub) |
 //! | `POST /v1/notify/{roomId}` | `FanoutMessage`, header `Mimi-Sequence: N` → 201 (follower; only from the room's hub) |
-//! | `POST /v1/groupInfo/{roomId}` | `GroupInfoRequest` (signature checked: 400 if bad) → `GroupInfoResponse`: `notAuthorized` for an invite-only room unless the requester's basic credential is a participant, `noSuchRoom` for an unknown room; the hub's ratchet tree of the GroupInfo's epoch goes beside a GroupInfo that embeds none (`RatchetTreeOption` `full`; commits' GroupInfos and Welcomes carry no tree, so they stay small in big rooms), `distributionService` when the GroupInfo embeds it (hub) |
+//! | `POST /v1/groupInfo/{roomId}` | `GroupInfoRequest` (signature checked: 400 if bad) → `GroupInfoResponse`: `notAuthorized` for an invite-only room unless the requester's basic credential is a participant, `noSuchRoom` for an unknown room; the hub's ratchet tree of the GroupInfo's epoch goes beside it (`RatchetTreeOption` `full`; commits' GroupInfos and Welcomes carry no tree, so they stay small in big rooms) (hub) |
 //! | `POST /v1/keyMaterial/{targetUser}` | `KeyMaterialRequest` (unsigned: deviation) → `KeyMaterialResponse` |
 //! | `GET /v1/log/{roomId}?after=N` | our extension: `LogPage` of the hub's log after N (at most 256 entries and [`MAX_PAGE_BYTES`], one entry at least), for the room's followers |
 //!

@@ -92,7 +92,7 @@ pub async fn join(s: &mut Session, room: &str) -> Res<()> {
     let room = s.room_uri(room);
     let invite = invites(&s.api).await?.into_iter().find(|(r, _)| *r == room).map(|(_, seq)| seq);
     let cursor = match invite {
-        Some(seq) => match join_from_welcome(s, &room, seq).await {
+        Some(seq) => match join_from_welcome(s, &room, seq).await? {
             Ok(cursor) => cursor,
             // The room moved on since the Welcome (its hub serves the tree of the current epoch only): an invited
             // user may join by external commit instead.
@@ -112,18 +112,18 @@ pub async fn join(s: &mut Session, room: &str) -> Res<()> {
 
 /// Joins from the Welcome at `seq` in the room's log; the cursor after it. Welcomes carry no ratchet tree (it would
 /// make them megabytes in a big room): the tree comes from the room's hub with its GroupInfo, and it is the one of
-/// the Welcome's epoch as long as the room has not moved on.
-async fn join_from_welcome(s: &mut Session, room: &str, seq: u64) -> Res<u64> {
+/// the Welcome's epoch as long as the room has not moved on. The outer error is the server's or the network's; the
+/// inner one, the MLS join's (a tree of another epoch, or none).
+async fn join_from_welcome(s: &mut Session, room: &str, seq: u64) -> Res<Res<u64>> {
     let page: LogPage = room::fetch(&s.api, room, seq.saturating_sub(1), 0).await?;
     let entry = page.0.into_iter().next().ok_or("the Welcome is gone from the log")?;
     let (_, tree) = fetch_group_info(s, room).await?;
     let (provider, member) = (s.keys.provider.clone(), s.keys.member.clone());
     let welcome = entry.fanout.message.as_bytes();
-    PortalGroup::join_from_welcome(provider, member, &EngineConfig::default(), welcome, tree.as_deref())
+    let joined = PortalGroup::join_from_welcome(provider, member, &EngineConfig::default(), welcome, tree.as_deref())
         .durable()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(seq)
+        .await;
+    Ok(joined.map(|_| seq).map_err(|e| e.to_string()))
 }
 
 /// The room's GroupInfo MLSMessage and ratchet tree, claimed from the hub with a

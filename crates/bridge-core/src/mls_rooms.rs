@@ -465,6 +465,10 @@ impl MlsRooms {
                     if let Err(e) = this.catch_up(&portal, &mut s).await {
                         tracing::warn!(portal = %portal, error = %e, "catching up with the room log failed");
                     }
+                    let orphans = s.leaves.as_mut().map(UserLeaves::take_orphans).unwrap_or_default();
+                    for uri in orphans {
+                        this.remove_orphan(&portal, &mut s, &uri).await;
+                    }
                     add_at = this.add_wanted_leaves_when_due(&portal, &mut s).await;
                     let now = tokio::time::Instant::now();
                     if let Some(every) = leaves::sweep_interval(&s, this.key_update_interval()) {
@@ -691,7 +695,8 @@ impl MlsRooms {
     /// closed after a restart ([`dormant`]); a bigger group's GroupInfo (megabytes with the tree) is served from
     /// memory, and its portal opens at every start to serve it again.
     async fn serve_group_info(&self, room: &str, group: &PortalGroup) {
-        let Ok(info) = offload(group.member_count(), || group.export_group_info(true)).await else { return };
+        // Without the tree: the hub serves its own beside it (with it, a big room's GroupInfo would be megabytes).
+        let Ok(info) = offload(group.member_count(), || group.export_group_info(false)).await else { return };
         if group.member_count() >= OFFLOAD_MEMBERS {
             self.provider.set_group_info(room, info).await;
             return;

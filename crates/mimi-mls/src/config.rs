@@ -33,11 +33,6 @@ pub struct EngineConfig {
     pub out_of_order_tolerance: u32,
     /// How far ahead a sender's generation may jump.
     pub maximum_forward_distance: u32,
-    /// Put the ratchet tree in Welcomes and in the GroupInfos of commits (`ratchet_tree` extension). Off (the
-    /// default) means the tree is served out of band ([`crate::PortalGroup::export_ratchet_tree`], the hub's
-    /// GroupInfo answer), which keeps them small in big groups: the tree is about 200 bytes a member, and from about
-    /// 5 000 members on a GroupInfo with it would outgrow a provider's 1 MiB request limit.
-    pub ratchet_tree_in_welcome: bool,
 }
 
 impl Default for EngineConfig {
@@ -48,7 +43,6 @@ impl Default for EngineConfig {
             max_past_epochs: 2,
             out_of_order_tolerance: 32,
             maximum_forward_distance: 1000,
-            ratchet_tree_in_welcome: false,
         }
     }
 }
@@ -83,7 +77,7 @@ impl EngineConfig {
             .wire_format_policy(self.wire_format_policy())
             .max_past_epochs(self.max_past_epochs)
             .sender_ratchet_configuration(self.ratchet())
-            .use_ratchet_tree_extension(self.ratchet_tree_in_welcome)
+            .use_ratchet_tree_extension(false)
             .capabilities(self.capabilities())
             .build()
     }
@@ -94,7 +88,7 @@ impl EngineConfig {
             .wire_format_policy(self.wire_format_policy())
             .max_past_epochs(self.max_past_epochs)
             .sender_ratchet_configuration(self.ratchet())
-            .use_ratchet_tree_extension(self.ratchet_tree_in_welcome)
+            .use_ratchet_tree_extension(false)
             .build()
     }
 }

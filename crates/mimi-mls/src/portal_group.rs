@@ -463,6 +463,16 @@ impl PortalGroup {
         if self.group.is_active() { Ok(()) } else { Err(MlsError::GroupState("the bridge is not a member".into())) }
     }
 
+    /// Before a commit: the member is in the group and has no commit pending (one the hub may have taken already:
+    /// replacing it would leave its copy in the log unmerged).
+    fn check_can_commit(&self) -> Result<(), MlsError> {
+        self.check_active()?;
+        match self.group.pending_commit() {
+            Some(_) => Err(MlsError::GroupState("a commit of ours is pending".into())),
+            None => Ok(()),
+        }
+    }
+
     /// Encrypts an application message. The ciphertext (MLSMessage) is available once the ratchet state that
     /// produced it — or the reservation covering it ([`write_behind`]) — is durable.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Pending<Vec<u8>> {
@@ -569,7 +579,10 @@ impl PortalGroup {
     /// periodic self-updates instead.
     pub fn add_members(&mut self, key_packages: &[&[u8]]) -> Pending<CommitOutput> {
         let result = (|| {
-            self.check_active()?;
+            self.check_can_commit()?;
+            if key_packages.is_empty() {
+                return Err(MlsError::GroupState("an add of no one".into()));
+            }
             let kps = key_packages
                 .iter()
                 .map(|b| parse_key_package(&self.provider, b))
@@ -583,6 +596,7 @@ impl PortalGroup {
                 .load_psks(self.provider.storage())
                 .map_err(|e| gs(&e))?
                 .create_group_info(true)
+                .use_ratchet_tree_extension(false)
                 .build(self.provider.rand(), self.provider.crypto(), self.member.signer(), |_| true)
                 .map_err(|e| gs(&e))?
                 .stage_commit(self.provider.as_ref())
@@ -596,7 +610,10 @@ impl PortalGroup {
     /// Commits removing the members at `leaves`. The commit stays pending.
     pub fn remove_members(&mut self, leaves: &[u32]) -> Pending<CommitOutput> {
         let result = (|| {
-            self.check_active()?;
+            self.check_can_commit()?;
+            if leaves.is_empty() {
+                return Err(MlsError::GroupState("a removal of no one".into()));
+            }
             for l in leaves {
                 if !self.group.members().any(|m| m.index.u32() == *l) {
                     return Err(MlsError::NoSuchMember(format!("leaf {l}")));
@@ -611,6 +628,7 @@ impl PortalGroup {
                 .load_psks(self.provider.storage())
                 .map_err(|e| gs(&e))?
                 .create_group_info(true)
+                .use_ratchet_tree_extension(false)
                 .build(self.provider.rand(), self.provider.crypto(), self.member.signer(), |_| true)
                 .map_err(|e| gs(&e))?
                 .stage_commit(self.provider.as_ref())
@@ -624,7 +642,7 @@ impl PortalGroup {
     /// Commits a fresh leaf key for ourselves (post-compromise security). The commit stays pending.
     pub fn self_update(&mut self) -> Pending<CommitOutput> {
         let result = (|| {
-            self.check_active()?;
+            self.check_can_commit()?;
             let gs = |e: &dyn std::fmt::Display| MlsError::GroupState(e.to_string());
             let (commit, welcome, info) = self
                 .group
@@ -634,6 +652,7 @@ impl PortalGroup {
                 .load_psks(self.provider.storage())
                 .map_err(|e| gs(&e))?
                 .create_group_info(true)
+                .use_ratchet_tree_extension(false)
                 .build(self.provider.rand(), self.provider.crypto(), self.member.signer(), |_| true)
                 .map_err(|e| gs(&e))?
                 .stage_commit(self.provider.as_ref())

@@ -128,6 +128,8 @@ pub struct UserLeaves {
     adding: Vec<String>,
     /// A leaf spoke since the activity was last saved.
     activity_unsaved: bool,
+    /// Members found at [`UserLeaves::open`] whose leaves never joined ([`UserLeaves::take_orphans`]).
+    orphans: Vec<String>,
 }
 
 impl std::fmt::Debug for UserLeaves {
@@ -160,6 +162,7 @@ impl UserLeaves {
             leaves: BTreeMap::new(),
             adding: Vec::new(),
             activity_unsaved: false,
+            orphans: Vec::new(),
         };
         let record: LeavesRecord = bridge.storage_record(&me.record_name())?.unwrap_or_default();
         let (now, unix) = (Instant::now(), unix_now());
@@ -175,6 +178,12 @@ impl UserLeaves {
                 }
                 // Removed by a native member's commit (its state was deleted then, the list is rewritten with the
                 // next change of leaves): not a leaf any more.
+                // Still a member: its add was merged but the leaf never joined (a stop in between); the caller
+                // removes the member nobody owns ([`UserLeaves::take_orphans`]).
+                Err(MlsError::UnknownGroup(_)) if bridge.member_index(uri.as_bytes()).is_some() => {
+                    tracing::warn!(user = %uri, "a listed per-user leaf never joined: its member is removed");
+                    me.orphans.push(uri);
+                }
                 Err(MlsError::UnknownGroup(_)) => {
                     tracing::info!(user = %uri, "a listed per-user leaf has no group state: it was removed");
                 }
@@ -200,6 +209,12 @@ impl UserLeaves {
         let id = Identity { provider, member: Arc::new(member?) };
         self.identities.insert(uri.to_owned(), id.clone());
         Ok((id, durability))
+    }
+
+    /// The users listed as leaves at [`UserLeaves::open`] who are members of the group without a leaf (their add
+    /// was merged, and the process stopped before the leaf joined): their members should be removed.
+    pub fn take_orphans(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.orphans)
     }
 
     /// The policy.

@@ -205,7 +205,8 @@ impl NativeClients {
         Ok(room)
     }
 
-    /// The GroupInfo MLSMessage (with ratchet tree) of `room`: ours, or for a room hosted elsewhere the hub's,
+    /// The GroupInfo MLSMessage of `room` as its hub keeps it (usually without the ratchet tree: commits carry none;
+    /// the signed request brings it): ours, or for a room hosted elsewhere the hub's,
     /// asked for with a request signed by our own hub key (so only open rooms answer).
     pub async fn group_info(&self, client: &Client, room: &str) -> Result<Vec<u8>, Failure> {
         match self.federation.remote_hub(room)? {

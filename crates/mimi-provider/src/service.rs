@@ -1104,8 +1104,9 @@ impl Provider {
     /// The hub's answer to a `GroupInfoRequest` for `room` (draft-ietf-mimi-protocol-06 §5.6), whose signature
     /// the caller has checked. Open rooms answer anyone; invite-only rooms only a requester whose basic
     /// credential's identity is on the participant list (else `notAuthorized`). Unknown rooms, and rooms without
-    /// a GroupInfo yet, answer `noSuchRoom`; a room we follow is [`ProviderError::NotHub`]. The GroupInfo keeps
-    /// its embedded ratchet tree (`RatchetTreeOption::DistributionService`); no pending proposals are listed.
+    /// a GroupInfo yet, answer `noSuchRoom`; a room we follow is [`ProviderError::NotHub`]. The hub's ratchet tree
+    /// of the GroupInfo's epoch goes beside it (`RatchetTreeOption::Full`: GroupInfos carry none); no pending
+    /// proposals are listed.
     pub async fn answer_group_info(
         &self,
         room: &str,
@@ -1113,7 +1114,7 @@ impl Provider {
     ) -> Result<GroupInfoResponse, ProviderError> {
         let failure = |status| GroupInfoResponse::Failure { room_id: room.as_bytes().to_vec(), status };
         let identity = request.tbs.requesting_credential.basic_identity().and_then(|i| String::from_utf8(i).ok());
-        // The ratchet tree goes with the GroupInfo when the stored one lacks it: from the public state.
+        // The ratchet tree goes with the GroupInfo: from the public state.
         self.load_public(room).await?;
         let group_info = {
             let rooms = lock(&self.inner.rooms);
@@ -1133,9 +1134,10 @@ impl Provider {
             }
             let Some((epoch, gi)) = r.group_info.clone() else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };
             let gi = MlsMessageBytes::new(gi).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
-            // A GroupInfo handed in without the tree: the hub's own tree of that epoch goes with it.
+            // The hub's own tree of that epoch goes with it, whether or not the GroupInfo embeds one (commits' and
+            // the bridge's GroupInfos do not; a joiner need not look inside the GroupInfo for it).
             let tree = match &r.role {
-                Role::Hub(h) if h.epoch() == epoch && !PublicState::has_ratchet_tree(&gi) => h.ratchet_tree(),
+                Role::Hub(h) if h.epoch() == epoch => h.ratchet_tree(),
                 _ => None,
             };
             (gi, tree)
@@ -1157,6 +1159,18 @@ impl Provider {
             .get(room)
             .map(|r| r.group_info.as_ref().map(|(_, g)| g.clone()))
             .ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
+    }
+
+    /// The ratchet tree of a room this provider is the hub of, at its current epoch (GroupInfos carry none; a
+    /// `GroupInfoRequest`'s answer brings it the same way). `None` for a room it only follows.
+    pub async fn ratchet_tree(&self, room: &str) -> Result<Option<Vec<u8>>, ProviderError> {
+        self.load_public(room).await?;
+        let rooms = lock(&self.inner.rooms);
+        let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+        Ok(match &r.role {
+            Role::Hub(h) => h.ratchet_tree(),
+            _ => None,
+        })
     }
 
     /// Entries of a followed room from the hub (notify or log page). Appends what continues the local copy,

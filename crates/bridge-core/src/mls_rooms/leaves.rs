@@ -251,7 +251,7 @@ impl MlsRooms {
 
     /// Removes the member `uri` from the group when it is there without a local leaf (its join failed after the
     /// bridge merged the add). Best effort: a failure is logged.
-    async fn remove_orphan(&self, portal: &PortalId, s: &mut Slot, uri: &str) {
+    pub(super) async fn remove_orphan(&self, portal: &PortalId, s: &mut Slot, uri: &str) {
         if s.leaves.as_ref().is_some_and(|l| l.contains(uri)) {
             return;
         }

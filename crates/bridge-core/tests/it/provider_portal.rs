@@ -54,10 +54,12 @@ impl Native {
         let st = store(dir);
         let (p, m) = member(&st, user, &uri).await;
         let info = provider.group_info(room).expect("room").expect("group info served");
-        let (mut group, commit) = PortalGroup::rejoin_by_external_commit(p, m, &EngineConfig::default(), &info, None)
-            .durable()
-            .await
-            .expect("external commit");
+        let tree = provider.ratchet_tree(room).await.expect("room").expect("the hub's tree");
+        let (mut group, commit) =
+            PortalGroup::rejoin_by_external_commit(p, m, &EngineConfig::default(), &info, Some(&tree))
+                .durable()
+                .await
+                .expect("external commit");
         let commit = MlsMessageBytes::new(commit).expect("framed");
         let a = provider.submit(room, commit.clone(), &uri, Origin::Client(uri.clone())).await.expect("hub accepts");
         group.merge_pending_commit().durable().await.expect("merge");
