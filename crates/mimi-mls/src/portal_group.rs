@@ -17,6 +17,7 @@ use super::error::MlsError;
 use super::member::LocalMember;
 use super::storage::{Durability, MlsStorage};
 use super::write_behind::{self, BeforeEncrypt, Extend, Reservation, WriteBehind};
+use openmls::group::{CommitBuilder, Initial};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     ContentType, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsMessageBodyIn,
@@ -587,22 +588,7 @@ impl PortalGroup {
                 .iter()
                 .map(|b| parse_key_package(&self.provider, b))
                 .collect::<Result<Vec<_>, MlsError>>()?;
-            let gs = |e: &dyn std::fmt::Display| MlsError::GroupState(e.to_string());
-            let (commit, welcome, info) = self
-                .group
-                .commit_builder()
-                .propose_adds(kps)
-                .force_self_update(false)
-                .load_psks(self.provider.storage())
-                .map_err(|e| gs(&e))?
-                .create_group_info(true)
-                .use_ratchet_tree_extension(false)
-                .build(self.provider.rand(), self.provider.crypto(), self.member.signer(), |_| true)
-                .map_err(|e| gs(&e))?
-                .stage_commit(self.provider.as_ref())
-                .map_err(|e| gs(&e))?
-                .into_messages();
-            self.commit_output(commit, welcome, info)
+            self.commit(|b| b.propose_adds(kps).force_self_update(false))
         })();
         self.finish(result)
     }
@@ -620,46 +606,37 @@ impl PortalGroup {
                 }
             }
             let idx: Vec<LeafNodeIndex> = leaves.iter().map(|l| LeafNodeIndex::new(*l)).collect();
-            let gs = |e: &dyn std::fmt::Display| MlsError::GroupState(e.to_string());
-            let (commit, welcome, info) = self
-                .group
-                .commit_builder()
-                .propose_removals(idx)
-                .load_psks(self.provider.storage())
-                .map_err(|e| gs(&e))?
-                .create_group_info(true)
-                .use_ratchet_tree_extension(false)
-                .build(self.provider.rand(), self.provider.crypto(), self.member.signer(), |_| true)
-                .map_err(|e| gs(&e))?
-                .stage_commit(self.provider.as_ref())
-                .map_err(|e| gs(&e))?
-                .into_messages();
-            self.commit_output(commit, welcome, info)
+            self.commit(|b| b.propose_removals(idx))
         })();
         self.finish(result)
     }
 
+    /// Makes our commit of what `propose` puts into OpenMLS's commit builder, left pending, with the GroupInfo of
+    /// the new epoch, which carries no ratchet tree (whatever the group's stored configuration says: groups made
+    /// before kept the tree in it).
+    fn commit(
+        &mut self,
+        propose: impl FnOnce(CommitBuilder<'_, Initial>) -> CommitBuilder<'_, Initial>,
+    ) -> Result<CommitOutput, MlsError> {
+        self.check_can_commit()?;
+        let gs = |e: &dyn std::fmt::Display| MlsError::GroupState(e.to_string());
+        let (commit, welcome, info) = propose(self.group.commit_builder())
+            .load_psks(self.provider.storage())
+            .map_err(|e| gs(&e))?
+            .create_group_info(true)
+            .use_ratchet_tree_extension(false)
+            .build(self.provider.rand(), self.provider.crypto(), self.member.signer(), |_| true)
+            .map_err(|e| gs(&e))?
+            .stage_commit(self.provider.as_ref())
+            .map_err(|e| gs(&e))?
+            .into_messages();
+        self.commit_output(commit, welcome, info)
+    }
+
     /// Commits a fresh leaf key for ourselves (post-compromise security). The commit stays pending.
     pub fn self_update(&mut self) -> Pending<CommitOutput> {
-        let result = (|| {
-            self.check_can_commit()?;
-            let gs = |e: &dyn std::fmt::Display| MlsError::GroupState(e.to_string());
-            let (commit, welcome, info) = self
-                .group
-                .commit_builder()
-                .leaf_node_parameters(LeafNodeParameters::default())
-                .consume_proposal_store(true)
-                .load_psks(self.provider.storage())
-                .map_err(|e| gs(&e))?
-                .create_group_info(true)
-                .use_ratchet_tree_extension(false)
-                .build(self.provider.rand(), self.provider.crypto(), self.member.signer(), |_| true)
-                .map_err(|e| gs(&e))?
-                .stage_commit(self.provider.as_ref())
-                .map_err(|e| gs(&e))?
-                .into_messages();
-            self.commit_output(commit, welcome, info)
-        })();
+        let result =
+            self.commit(|b| b.leaf_node_parameters(LeafNodeParameters::default()).consume_proposal_store(true));
         self.finish(result)
     }
 
