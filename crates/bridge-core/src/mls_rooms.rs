@@ -689,13 +689,13 @@ impl MlsRooms {
         }
     }
 
-    /// Serves `group`'s current GroupInfo (with the ratchet tree) for external joins of `room`.
+    /// Serves `group`'s current GroupInfo (without the ratchet tree: the hub sends its own beside it) for external
+    /// joins of `room`.
     ///
     /// A group below [`OFFLOAD_MEMBERS`] members also stores it (one write per commit), so that its portal can stay
-    /// closed after a restart ([`dormant`]); a bigger group's GroupInfo (megabytes with the tree) is served from
-    /// memory, and its portal opens at every start to serve it again.
+    /// closed after a restart ([`dormant`]); a bigger group's GroupInfo is served from memory, and its portal opens
+    /// at every start to serve it again.
     async fn serve_group_info(&self, room: &str, group: &PortalGroup) {
-        // Without the tree: the hub serves its own beside it (with it, a big room's GroupInfo would be megabytes).
         let Ok(info) = offload(group.member_count(), || group.export_group_info(false)).await else { return };
         if group.member_count() >= OFFLOAD_MEMBERS {
             self.provider.set_group_info(room, info).await;

@@ -1054,7 +1054,7 @@ impl Provider {
         rooms.get(room).map(|r| r.last.subscribe()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
     }
 
-    /// Sets the room's current GroupInfo (MLSMessage, with the ratchet tree), served to external joiners, in
+    /// Sets the room's current GroupInfo (MLSMessage; the hub's tree goes beside it), served to external joiners, in
     /// memory only (the portals' room of record does so for groups too big to store it at every commit, and opens
     /// their portals at every start to serve it again; see [`Provider::put_group_info`]).
     /// Ignored (false) if it is not a GroupInfo, one of a newer epoch is served already, or — in a room we host —
