@@ -48,8 +48,8 @@ use mimi_content::builder::ContentBuilder;
 use mimi_content::model::{ExternalPart, MultiPart, PartSemantics};
 use mimi_content::{Disposition, Message, MimiContent, NestedPart, PartBody};
 use mimi_mls::{
-    CommitOutput, EngineConfig, LeafPolicy, LegacySender, LocalMember, MlsBackend, MlsError, OFFLOAD_MEMBERS,
-    PortalGroup, Received, UserLeaves, offload,
+    CommitOutput, EngineConfig, LeafPolicy, LegacySender, LocalMember, MlsBackend, MlsError, PortalGroup, Received,
+    UserLeaves, offload,
 };
 use mimi_protocol::hub::{JoinPolicy, Origin, Refusal};
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest, wire_format};
@@ -689,18 +689,11 @@ impl MlsRooms {
         }
     }
 
-    /// Serves `group`'s current GroupInfo (without the ratchet tree: the hub sends its own beside it) for external
-    /// joins of `room`.
-    ///
-    /// A group below [`OFFLOAD_MEMBERS`] members also stores it (one write per commit), so that its portal can stay
-    /// closed after a restart ([`dormant`]); a bigger group's GroupInfo is served from memory, and its portal opens
-    /// at every start to serve it again.
+    /// Serves `group`'s current GroupInfo for external joins of `room`, and stores it (one small write per
+    /// commit: it carries no ratchet tree, the hub sends its own beside it), so that the portal can stay closed
+    /// after a restart whatever the group's size ([`dormant`]).
     async fn serve_group_info(&self, room: &str, group: &PortalGroup) {
         let Ok(info) = offload(group.member_count(), || group.export_group_info(false)).await else { return };
-        if group.member_count() >= OFFLOAD_MEMBERS {
-            self.provider.set_group_info(room, info).await;
-            return;
-        }
         let stored = match MlsMessageBytes::new(info) {
             Ok(info) => self.provider.put_group_info(room, info).await,
             Err(e) => Err(ProviderError::BadRequest(e.to_string())),

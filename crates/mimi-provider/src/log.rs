@@ -560,7 +560,7 @@ impl Claim {
 
 /// Schema migration 2 → 3 of the daemon's store: every hosted room gets the public state of its group
 /// (`'P'`), built from its stored GroupInfo (which embeds the ratchet tree) if that GroupInfo is of the room's group
-/// and current epoch and verifies. Rooms without one (a portal's room keeps its GroupInfo in memory only) are
+/// and current epoch and verifies. Rooms without one (the room of a big portal kept its GroupInfo in memory only) are
 /// left without: the hub then refuses their handshakes until a participant hands in the current GroupInfo again
 /// ([`crate::Provider::create_room`], which every portal calls at start). One atomic batch.
 pub fn migrate_v2_to_v3(kv: &dyn KvStore) -> Result<(), StoreError> {

@@ -116,10 +116,9 @@ enum Role {
 struct Room {
     role: Role,
     last: watch::Sender<u64>,
-    /// The GroupInfo served to external joiners, with its epoch; replaced only by one of the same or a newer epoch.
+    /// The GroupInfo served to external joiners, with its epoch (the one in the store); replaced only by one of
+    /// the same or a newer epoch.
     group_info: Option<(u64, Vec<u8>)>,
-    /// Whether `group_info` is the one in the store (not only in memory: [`Provider::set_group_info`]).
-    group_info_stored: bool,
     /// For a room followed only for our clients' updates still on their way to the hub: how many, and whether the
     /// hub accepted one ([`Provider::follow_for_update`]).
     tentative: Option<Tentative>,
@@ -173,7 +172,6 @@ impl Room {
             role,
             last,
             group_info: None,
-            group_info_stored: false,
             tentative: None,
             tail: VecDeque::new(),
             tail_bytes: 0,
@@ -183,15 +181,12 @@ impl Room {
         }
     }
 
-    /// Serves `group_info` of `epoch` from now on unless the one served is of a newer epoch; true if it does.
-    /// `stored`: it is the one in the store.
-    fn install_group_info(&mut self, epoch: u64, group_info: Vec<u8>, stored: bool) -> bool {
+    /// Serves `group_info` of `epoch`, now durable, from now on unless the one served is of a newer epoch.
+    fn install_group_info(&mut self, epoch: u64, group_info: Vec<u8>) {
         if self.group_info.as_ref().is_some_and(|(e, _)| *e > epoch) {
-            return false;
+            return;
         }
         self.group_info = Some((epoch, group_info));
-        self.group_info_stored = stored;
-        true
     }
 
     /// Remembers a newly appended entry; the tail restarts if it would not be contiguous, and keeps at most
@@ -327,7 +322,6 @@ impl Provider {
                     }
                     let (tx, _) = watch::channel(last);
                     let mut r = Room::new(Role::Hub(hub), tx);
-                    r.group_info_stored = group_info.is_some();
                     r.group_info = group_info.map(|g| (group_info_epoch(&g).unwrap_or(0), g));
                     r.first = recs.first(&name)?;
                     r.public_chunks = public_chunks.unwrap_or_default();
@@ -475,7 +469,6 @@ impl Provider {
                 let mut r = Room::new(Role::Hub(hub), tx);
                 r.public_chunks = public_chunks;
                 r.group_info = Some((epoch, group_info.as_bytes().to_vec()));
-                r.group_info_stored = true;
                 rooms.insert(room.to_owned(), r);
                 self.inner.store.commit_later(b)
             }
@@ -871,7 +864,7 @@ impl Provider {
         if let Some((epoch, gi)) = group_info
             && let Some(r) = lock(&self.inner.rooms).get_mut(room)
         {
-            r.install_group_info(epoch, gi, true);
+            r.install_group_info(epoch, gi);
         }
         for a in actions {
             match a {
@@ -899,9 +892,7 @@ impl Provider {
             return Err(ProviderError::BadRequest("not a GroupInfo".into()));
         };
         let stored = |rooms: &HashMap<String, Room>| {
-            rooms.get(room).is_some_and(|r| {
-                r.group_info_stored && r.group_info.as_ref().is_some_and(|(_, g)| g == group_info.as_bytes())
-            })
+            rooms.get(room).is_some_and(|r| r.group_info.as_ref().is_some_and(|(_, g)| g == group_info.as_bytes()))
         };
         if stored(&lock(&self.inner.rooms)) {
             // Served and stored already (a portal's group opening again hands in the same one): nothing to check,
@@ -927,7 +918,7 @@ impl Provider {
         };
         durable.await.unwrap_or(Err(StoreError::Closed))?;
         if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
-            r.install_group_info(epoch, group_info.into_bytes(), true);
+            r.install_group_info(epoch, group_info.into_bytes());
         }
         Ok(())
     }
@@ -973,8 +964,7 @@ impl Provider {
             Some(r @ Room { role: Role::Hub(h), .. })
                 if h.state().creator.as_deref() == Some(creator) && h.knows_public_state() =>
             {
-                let group_info_current =
-                    r.group_info_stored && r.group_info.as_ref().is_some_and(|(epoch, _)| *epoch == h.epoch());
+                let group_info_current = r.group_info.as_ref().is_some_and(|(epoch, _)| *epoch == h.epoch());
                 PortalRoom::Ready { last: h.last_seq(), group_info_current }
             }
             _ => PortalRoom::Open,
@@ -1052,28 +1042,6 @@ impl Provider {
     pub fn subscribe(&self, room: &str) -> Result<watch::Receiver<u64>, ProviderError> {
         let rooms = lock(&self.inner.rooms);
         rooms.get(room).map(|r| r.last.subscribe()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))
-    }
-
-    /// Sets the room's current GroupInfo (MLSMessage; the hub's tree goes beside it), served to external joiners, in
-    /// memory only (the portals' room of record does so for groups too big to store it at every commit, and opens
-    /// their portals at every start to serve it again; see [`Provider::put_group_info`]).
-    /// Ignored (false) if it is not a GroupInfo, one of a newer epoch is served already, or — in a room we host —
-    /// it does not describe the hub's current group ([`HubRoom::check_group_info`]).
-    pub async fn set_group_info(&self, room: &str, group_info: Vec<u8>) -> bool {
-        let Some(epoch) = group_info_epoch(&group_info) else { return false };
-        if let Err(e) = self.load_public(room).await {
-            tracing::warn!(room, error = %e, "the room's public state could not be loaded; GroupInfo not served");
-            return false;
-        }
-        let Ok(framed) = MlsMessageBytes::new(group_info) else { return false };
-        let mut rooms = lock(&self.inner.rooms);
-        let Some(r) = rooms.get_mut(room) else { return false };
-        if let Role::Hub(h) = &r.role
-            && h.check_group_info(&framed).is_err()
-        {
-            return false;
-        }
-        r.install_group_info(epoch, framed.into_bytes(), false)
     }
 
     /// This provider's signing identity as a hub (`hub_sender` of `GroupInfoResponse`s): an Ed25519 key made once
