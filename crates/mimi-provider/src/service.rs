@@ -766,7 +766,7 @@ impl Provider {
         message: &MlsMessageBytes,
         origin: &Origin,
         welcomed: &[String],
-        judge: impl Fn(&HubView) -> Result<Judgement, Refusal>,
+        judge: impl Fn(&HubView) -> Result<Judgement, Refusal> + Sync,
     ) -> Result<Sequenced, ProviderError> {
         let turn = Self::hosted(&mut lock(&self.inner.rooms), room)?.turn.clone();
         let my_turn = turn.lock_owned().await;
