@@ -12,7 +12,10 @@
 //! The operation itself runs on a pool of threads with a lower scheduling priority ([`set_background_nice`]): on a
 //! machine with few cores it still competes for them with the runtime's other worker and the store's committer,
 //! and a small room's message, a few hundred microseconds of work, should not wait behind a slice of a big
-//! group's commit. When nothing else is runnable it gets the whole core all the same.
+//! group's commit. When nothing else is runnable it gets the whole core all the same. (On Linux the nice value is
+//! a thread's own; the systemd unit lets the daemon raise it.) OpenMLS's own parallel work inside an operation
+//! runs on the same pool, where a thread waiting for its part may run another caller's whole operation: so an
+//! operation must never hold a lock that another offloaded operation takes.
 //!
 //! On a current-thread runtime (the admin commands, tests) there is no other worker to hand the queue to: the
 //! operation runs inline.
@@ -65,19 +68,30 @@ fn in_background<R: Send>(nice: i32, op: impl FnOnce() -> R + Send) -> R {
         rayon::ThreadPoolBuilder::new()
             .num_threads(cores())
             .thread_name(|i| format!("mls-background-{i}"))
-            .start_handler(move |_| {
-                let own = rustix::process::getpriority_process(None).unwrap_or(0);
-                if let Err(e) = rustix::process::setpriority_process(None, (own + nice).min(19)) {
-                    tracing::debug!(error = %e, "big groups' MLS operations run at the daemon's priority");
-                }
-            })
+            .start_handler(move |i| lower_priority(i, nice))
             .build()
             .map_err(|e| tracing::warn!(error = %e, "no background threads for big groups' MLS operations"))
             .ok()
     });
+    // The operation's events keep the caller's span (its room, its portal).
+    let span = tracing::Span::current();
     match pool {
-        Some(pool) => pool.install(op),
+        Some(pool) => pool.install(move || span.in_scope(op)),
         None => op(),
+    }
+}
+
+/// Raises the calling thread's nice value by `nice` (up to 19); pool thread `i`'s failure is logged once, by the
+/// first thread.
+fn lower_priority(i: usize, nice: i32) {
+    if !cfg!(target_os = "linux") {
+        return; // elsewhere the nice value is the whole process's
+    }
+    let own = rustix::process::getpriority_process(None).unwrap_or(0);
+    if let Err(e) = rustix::process::setpriority_process(None, (own + nice).min(19))
+        && i == 0
+    {
+        tracing::warn!(error = %e, "big groups' MLS operations run at the daemon's own priority");
     }
 }
 
@@ -129,13 +143,15 @@ mod tests {
 
     /// A big group's operation runs at a lower priority than the runtime's threads: the nice value it sees is
     /// [`BACKGROUND_NICE`] above the test's own.
+    #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_big_groups_operation_runs_at_a_lower_priority() {
         let nice = || rustix::process::getpriority_process(None).expect("nice value");
         let own = nice();
-        let seen = tokio::spawn(async move { offload(OFFLOAD_MEMBERS, nice).await }).await.expect("task");
+        let (seen, after) =
+            tokio::spawn(async move { (offload(OFFLOAD_MEMBERS, nice).await, nice()) }).await.expect("task");
         assert_eq!(seen, (own + BACKGROUND_NICE).min(19));
-        assert_eq!(nice(), own, "the caller's thread keeps its priority");
+        assert_eq!(after, own, "the calling task's thread keeps its priority");
         let small = tokio::spawn(async move { offload(OFFLOAD_MEMBERS - 1, nice).await }).await.expect("task");
         assert_eq!(small, own, "a small group's operation runs inline");
     }
