@@ -374,7 +374,8 @@ type Cached = Option<Arc<Vec<u8>>>;
 
 #[derive(Default)]
 struct Inner {
-    /// Full store key → value (`None`: known to be absent). Authoritative for this process.
+    /// Full store key → value (`None`: known to be absent). Authoritative for this process, and never emptied:
+    /// [`MlsStorage::with`] reads the store outside the lock on that ground.
     cache: HashMap<Vec<u8>, Cached>,
     /// Dirty keys per partition (CBOR of the group id; empty for the global partition).
     dirty: HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
@@ -456,18 +457,24 @@ impl MlsStorage {
         inner.cache.insert(key, value.map(Arc::new));
     }
 
-    /// Runs `f` on the current value of `key` (cache, then store).
+    /// Runs `f` on the current value of `key` (cache, then store). Neither the store's read nor `f` (decoding a
+    /// value, megabytes for a big group's tree) runs under the lock, which every group of the member shares: a big
+    /// group's operation runs at a lower priority ([`crate::offload`]) and must not hold up a small one's.
     fn with<R>(
         &self,
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> Result<R, MlsStorageError>,
     ) -> Result<R, MlsStorageError> {
-        let mut inner = self.lock();
-        if !inner.cache.contains_key(key) {
-            let loaded = self.store.get(MLS_TREE, key)?;
-            inner.cache.insert(key.to_vec(), loaded.map(Arc::new));
-        }
-        f(inner.cache.get(key).and_then(|v| v.as_deref()).map(Vec::as_slice))
+        let cached = self.lock().cache.get(key).cloned();
+        let value = match cached {
+            Some(value) => value,
+            None => {
+                let loaded = self.store.get(MLS_TREE, key)?.map(Arc::new);
+                // The cache is never emptied: a value set meanwhile is newer than the store's, and stays.
+                self.lock().cache.entry(key.to_vec()).or_insert(loaded).clone()
+            }
+        };
+        f(value.as_deref().map(Vec::as_slice))
     }
 
     fn read<V: Entity<CURRENT_VERSION>>(&self, what: &'static str, key: &[u8]) -> Result<Option<V>, MlsStorageError> {
