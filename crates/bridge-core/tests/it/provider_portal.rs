@@ -852,6 +852,62 @@ async fn an_idle_portal_closes_and_opens_again_when_used() {
     b.stop().await;
 }
 
+/// A portal of more than [`mimi_mls::OFFLOAD_MEMBERS`] members stays closed after a restart, like a small one: the
+/// GroupInfo it serves, which carries no tree, is stored after every commit. A big group's used to be kept in memory
+/// only, so after a commit that came without one (the bridge's key update) its portal opened at every start to
+/// serve it again. The members are native users added in one commit, with KeyPackages the provider handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_portal_stays_closed_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users_dir = tempfile::tempdir().expect("tempdir");
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, Some(Duration::from_secs(1))).await;
+    let users = store(users_dir.path());
+    let n = mimi_mls::OFFLOAD_MEMBERS;
+    let mut kps = Vec::with_capacity(n);
+    for i in 0..n {
+        let uri = format!("mimi://{DOMAIN}/u/n{i}");
+        let (p, m) = member(&users, &format!("n{i}"), &uri).await;
+        let kp = mimi_mls::key_packages::generate(&p, &m, &EngineConfig::default(), 1, false)
+            .durable()
+            .await
+            .expect("KeyPackage");
+        b.provider.register_user(&uri, "00").await.expect("user");
+        let framed: Vec<MlsMessageBytes> = kp.into_iter().map(|k| MlsMessageBytes::new(k).expect("framed")).collect();
+        b.provider.upload_key_packages(&uri, &framed).await.expect("uploaded");
+        kps.push(b.provider.claim_key_package(&uri).await.expect("claimed").expect("one KeyPackage"));
+    }
+    b.room_of_record.add_members(&b.portal, &kps).await.expect("added in one commit");
+    assert_eq!(b.wait_members(n + 1).await.len(), n + 1);
+    // Then the bridge's key update: a commit handed in without a GroupInfo.
+    let added = b.provider.epoch(&b.room).expect("epoch");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.provider.epoch(&b.room).expect("epoch") == added {
+        assert!(tokio::time::Instant::now() < deadline, "no key update");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.room_of_record.set_key_update_interval(None);
+    // Until the portal has applied the whole log (an update under way included) and the current epoch's GroupInfo
+    // is stored: what a restart looks at.
+    let bridge = format!("mimi://{DOMAIN}/u/bridge");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let last = b.provider.last_seq(&b.room).expect("room");
+        let ready = b.provider.portal_room(&b.room, &bridge)
+            == mimi_provider::PortalRoom::Ready { last, group_info_current: true };
+        if ready && b.room_of_record.position(&b.portal).await.expect("position") >= last {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the big portal's room never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.stop().await;
+
+    let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, None).await;
+    assert!(!b.room_of_record.is_open(&b.portal), "a ready portal of {} members is not opened at start", n + 1);
+    assert!(b.provider.group_info(&b.room).expect("room").is_some(), "its GroupInfo is served from the store");
+    b.stop().await;
+}
+
 /// The portal's own messages do not write the room log cursor in front of the batch that records them for the
 /// legs; the cursor follows shortly after, so nothing is left behind for a restart to redo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
