@@ -4,17 +4,18 @@
 //!
 //! Setup (untimed, printed): a redb store and a [`Provider`] hosting the big room from its first member on; the
 //! member's group seated with the others in commits of `HUB_SCALE_BATCH` (default 200) adds, each sequenced by
-//! the hub (whose participant list grows with them, as a portal's does); a small room of two members; `HUB_SCALE_COMMITS` (default 20) commits of the big group made
-//! ahead (self-updates: a full update path each, with the GroupInfo of the epoch they make), and application
-//! messages of the small room.
+//! the hub (whose participant list grows with them, as a portal's does); bob, one more member, joined from the
+//! Welcome; a small room of two members; 2 × `HUB_SCALE_COMMITS` (default 20) commits of the big group made ahead
+//! (self-updates: a full update path each, with the GroupInfo of the epoch they make), and application messages
+//! of the small room.
 //!
 //! Timed:
 //! * **validate** — [`HubView::judge_update`] on a hub room of its own ([`HubRoom`], the same public state): what
 //!   the hub checks of a commit with OpenMLS's `PublicGroup` (signature, path, proposals, the new tree, the
 //!   GroupInfo against it) and the encoding of the new public state. Per commit, mean and max.
-//! * **update** — [`Provider::update`] of the same commits: validation, the batch (entry, room state, the public
-//!   state's chunks that changed, GroupInfo) durable, fan-out. Per commit; the size of the encoded public state,
-//!   and how much of it a commit rewrites, are printed.
+//! * **update** — [`Provider::update`] of the same commits (those of the nice +10 half, see below): validation, the
+//!   batch (entry, room state, the public state's chunks that changed, GroupInfo) durable, fan-out. Per commit;
+//!   the size of the encoded public state, and how much of it a commit rewrites, are printed.
 //! * **small room p50/p99** — [`Provider::submit`] of the small room's messages, one every 5 ms, until the answer
 //!   (durable): alone (the baseline, same run), then while the big room's commits are handed in back to back and
 //!   a member of the big group (bob, as the bridge's member of a big portal in the same daemon) processes each
@@ -228,8 +229,9 @@ fn main() {
     }
     println!("seated {members} members in commits of {batch}, through the hub: {:.1} s", t.elapsed().as_secs_f64());
     // Bob, a member of the big group that processes its commits beside the hub, added last and joined from the
-    // Welcome.
-    let bob_backend = Arc::new(MlsBackend::new(member_store.clone(), "bob").expect("backend"));
+    // Welcome. His state is on the hub's store, as the bridge's member's is in a daemon: his writes share its
+    // committer with the small room's.
+    let bob_backend = Arc::new(MlsBackend::new(provider.store().clone(), "bob").expect("backend"));
     let bob_member = Arc::new(
         LocalMember::load_or_create(&bob_backend, BOB, SignatureScheme::ED25519)
             .expect("member")
@@ -265,8 +267,11 @@ fn main() {
     // validation at the daemon's own priority (the baseline), then at the lower one it runs at by default.
     let updates: Vec<UpdateRequest> = (0..2 * commits).map(|_| commit(&mut big)).collect();
     println!("{} commits made ahead: {:.1} s", 2 * commits, t.elapsed().as_secs_f64());
-    let small_messages: Vec<MlsMessageBytes> =
-        (0..4000).map(|i| framed(small.encrypt(format!("m{i}").as_bytes()).durable_blocking().expect("enc"))).collect();
+    // Enough for both halves beside the commits (one every 5 ms, a commit taking 50–150 ms) and the baseline.
+    let small_count = (400 + 2 * commits * 50).max(4000);
+    let small_messages: Vec<MlsMessageBytes> = (0..small_count)
+        .map(|i| framed(small.encrypt(format!("m{i}").as_bytes()).durable_blocking().expect("enc")))
+        .collect();
     let mut small_messages = small_messages.into_iter();
     // Application messages of the big room, in the epoch its last commit makes.
     let big_messages: Vec<MlsMessageBytes> =
@@ -309,11 +314,26 @@ fn main() {
 
     let alone = rt.block_on(small_room(&provider, &mut small_messages, 400, || true));
     let mut updates = updates.into_iter();
-    mimi_mls::offload::set_background_nice(0);
-    let (beside_same, update_same, bob) =
-        rt.block_on(beside_commits(&provider, updates.by_ref().take(commits).collect(), &mut small_messages, bob));
-    mimi_mls::offload::set_background_nice(mimi_mls::offload::BACKGROUND_NICE);
-    let (beside, update, _bob) = rt.block_on(beside_commits(&provider, updates.collect(), &mut small_messages, bob));
+    // `HUB_SCALE_NICE_FIRST=1`: the lower priority's half first (to tell an effect of the order).
+    let nice_first = std::env::var("HUB_SCALE_NICE_FIRST").is_ok_and(|v| v == "1");
+    let mut halves = [0, mimi_mls::offload::BACKGROUND_NICE];
+    if nice_first {
+        halves.reverse();
+    }
+    let (mut beside_same, mut update_same, mut beside, mut update) = Default::default();
+    let mut bob = Some(bob);
+    for nice in halves {
+        mimi_mls::offload::set_background_nice(nice);
+        let half: Vec<UpdateRequest> = updates.by_ref().take(commits).collect();
+        let follower = bob.take().expect("bob");
+        let (small, took, follower) = rt.block_on(beside_commits(&provider, half, &mut small_messages, follower));
+        bob = Some(follower);
+        if nice == 0 {
+            (beside_same, update_same) = (small, took);
+        } else {
+            (beside, update) = (small, took);
+        }
+    }
 
     // The big room's own messages, one after the other, once its commits are in.
     let big_room = rt.block_on(async {
@@ -329,7 +349,11 @@ fn main() {
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
-    println!("hub at {members} members ({commits} self-update commits; redb, fsync per group commit)");
+    println!(
+        "hub at {members} members ({} self-update commits, {commits} per priority{}; redb, fsync per group commit)",
+        2 * commits,
+        if nice_first { ", the lower priority first" } else { "" }
+    );
     println!("  validate (HubView::judge_update): mean {:.1} ms, max {:.1} ms", mean(&validate), max(&validate));
     println!(
         "  public state rewritten per commit: mean {:.0} KiB, max {:.0} KiB (chunks not stored before)",
@@ -337,7 +361,7 @@ fn main() {
         max(&rewritten)
     );
     println!(
-        "  update (Provider::update, durable, with the public state of {:.1} MiB): mean {:.1} ms, max {:.1} ms",
+        "  update at nice +10 (Provider::update, durable, public state of {:.1} MiB): mean {:.1} ms, max {:.1} ms",
         public_bytes as f64 / (1 << 20) as f64,
         mean(&update),
         max(&update)
