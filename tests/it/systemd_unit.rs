@@ -67,6 +67,11 @@ fn the_unit_has_the_required_settings() {
     ] {
         assert!(UNIT.lines().any(|l| l.starts_with(needle)), "missing {needle}");
     }
+    // Allowed after the last deny-list (`~@resources` holds setpriority): for systemd a later line wins.
+    let lines: Vec<&str> = UNIT.lines().collect();
+    let allowed = lines.iter().rposition(|l| *l == "SystemCallFilter=setpriority");
+    let denied = lines.iter().rposition(|l| l.starts_with("SystemCallFilter=~"));
+    assert!(allowed > denied, "setpriority is allowed before a deny-list that takes it out again");
 }
 
 /// Prints the offline security assessment (reported in the closing note) and keeps it "OK" or better.
