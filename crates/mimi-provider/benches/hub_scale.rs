@@ -32,8 +32,8 @@
 use mimi_mls::{EngineConfig, LocalMember, MlsBackend, PortalGroup};
 use mimi_protocol::hub::HubRoom;
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest};
-use mimi_provider::chunks::split;
 use mimi_provider::{JoinPolicy, Origin, Provider};
+use mimi_store::chunks::split;
 use mimi_store::{Backend, CommitConfig, Store, open_data_dir};
 use openmls::prelude::{BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, MlsMessageOut, SignatureScheme};
 use openmls_basic_credential::SignatureKeyPair;
@@ -281,7 +281,7 @@ fn main() {
     let mut hub = HubRoom::new(BIG, &big_info, None, ALICE, JoinPolicy::Open, false).expect("hub room");
     let origin = Origin::Client(ALICE.into());
     let mut validate = Vec::new();
-    // What each commit rewrites of the stored public state (chunks not stored before, `mimi_provider::chunks`).
+    // What each commit rewrites of the stored public state (chunks not stored before, `mimi_store::chunks`).
     let mut stored = split(&hub.public_state().expect("encoded").unwrap_or_default());
     let mut rewritten = Vec::new();
     for u in &updates {

@@ -8,7 +8,6 @@
 //! * [`add_rule`] — [`add_rule::LocalAdds`]: who a commit may add (a local user only with a KeyPackage we handed
 //!   out for them);
 //! * [`log`] — the durable records (`hub_log`, `mimi_users` trees);
-//! * [`chunks`] — content-defined chunks of the hub's public state, so a commit rewrites only what changed;
 //! * [`peer_client`] — [`PeerClient`]: what a provider asks of a peer, typed (the daemon implements it over HTTP);
 //! * [`federation`] — [`Federation`]: a provider with its peers, and the federation procedures: forwarding our
 //!   clients' messages and updates to other hubs, GroupInfo and KeyPackages from other providers, catch-up from a
@@ -23,7 +22,6 @@
 //! The daemon (`src/mimi_http/`) only decodes requests, calls one method here, and encodes the answer.
 
 pub mod add_rule;
-pub mod chunks;
 pub mod failure;
 pub mod federation;
 pub mod key_packages;

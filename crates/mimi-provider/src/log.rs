@@ -10,7 +10,7 @@
 //! lp(room) 'U' user-uri     → ()                          hub: a participant (schema 5 on)
 //! lp(room) 'C' name         → seq (u64 BE)                cursor of a local consumer (the bridge's member)
 //! lp(room) 'G'              → GroupInfo (MLSMessage)      hub: the GroupInfo members last handed in
-//! lp(room) 'P'              → public group state          hub: a manifest of chunks (`chunks.rs`) of
+//! lp(room) 'P'              → public group state          hub: a manifest of chunks (`mimi_store::chunks`) of
 //!                                                         `PublicState::encode` (schema 4 on; in schema 3,
 //!                                                         that encoding whole, still read)
 //! lp(room) 'Q' sha256       → chunk                       hub: a chunk of the public state, by its hash
@@ -34,10 +34,10 @@
 //! 'I' lp(user-uri) lp(room) seq      → ()                  Welcomes waiting for the user
 //! ```
 
-use crate::chunks::{self, Chunked};
 use mimi_protocol::hub::HubState;
 use mimi_protocol::public::PublicState;
 use mimi_protocol::wire::{MlsMessageBytes, SequencedFanout, WireMessage};
+use mimi_store::chunks::{self, Chunked};
 use mimi_store::{Batch, KvStore, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -587,7 +587,7 @@ pub fn migrate_v2_to_v3(kv: &dyn KvStore) -> Result<(), StoreError> {
 
 /// Schema migration 3 → 4 of the daemon's store: the public state of every hosted room (`'P'`, stored whole) is
 /// written again in this build's form — its OpenMLS values in CBOR ([`PublicState`]'s second format) and cut
-/// into chunks (`'Q'`, [`crate::chunks`]). A build that knows neither then refuses the data directory as newer
+/// into chunks (`'Q'`, [`mimi_store::chunks`]). A build that knows neither then refuses the data directory as newer
 /// instead of failing on a record it cannot read. A record that does not decode is left as it is (the hub
 /// refuses the room's handshakes until a participant hands in the current GroupInfo). One atomic batch.
 pub fn migrate_v3_to_v4(kv: &dyn KvStore) -> Result<(), StoreError> {

@@ -16,7 +16,6 @@
 
 use super::log::{HUB_LOG, Records, RoomRecord, UserRecord, write};
 use crate::add_rule::LocalAdds;
-use crate::chunks::{self, Chunked};
 use crate::key_packages;
 use mimi_protocol::follower::{FollowerAction, FollowerRoom};
 use mimi_protocol::hub::{HubAction, HubRoom, HubView, JoinPolicy, Judgement, Origin, Refusal, Sequenced};
@@ -26,6 +25,7 @@ use mimi_protocol::wire::{
     GroupInfoCode, GroupInfoRatchetTreeTbe, GroupInfoRequest, GroupInfoResponse, HubSigner, MlsMessageBytes,
     RatchetTreeOption, SequencedFanout, UpdateRequest, WireMessage, wire_format,
 };
+use mimi_store::chunks::{self, Chunked};
 use mimi_store::{Batch, Store, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -291,8 +291,8 @@ async fn a_retry_after_a_restart_gets_its_first_number_from_the_store() {
 /// it), and a state stored whole, as schema 3 first wrote it, is still read and then stored in chunks.
 #[tokio::test]
 async fn the_public_state_is_stored_in_chunks_and_none_is_left_behind() {
-    use super::chunks::parse_manifest;
     use super::log::{HUB_LOG, lp, write};
+    use mimi_store::chunks::parse_manifest;
     use std::collections::BTreeSet;
 
     let (_d, st) = store();
@@ -359,8 +359,8 @@ async fn the_public_state_is_stored_in_chunks_and_none_is_left_behind() {
 /// first format, OpenMLS's JSON storage, decodes is `mimi_protocol::public`'s test.)
 #[tokio::test]
 async fn migration_3_to_4_stores_public_states_in_chunks() {
-    use super::chunks::parse_manifest;
     use super::log::{HUB_LOG, lp, migrate_v3_to_v4, write};
+    use mimi_store::chunks::parse_manifest;
 
     let (_d, st) = store();
     let (_g, g) = group(ROOM.as_bytes());

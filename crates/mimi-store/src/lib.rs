@@ -1,6 +1,6 @@
 //! Durable storage: one small key-value trait ([`KvStore`]) with three backends (redb, sled, PostgreSQL), group commit
 //! ([`Store`]), the data directory's schema version and migrations ([`schema`]), and export/import
-//! ([`export`]).
+//! ([`export`]), and content-defined [`chunks`] for records that are rewritten whole after small changes.
 //!
 //! Everything durable — portals, legs, ghosts, the ID map, the outbox, the hub log, the OpenMLS state — is
 //! written once, on the trait, by the crate that owns it. This crate knows no tree by name except its own `meta`:
@@ -8,6 +8,7 @@
 //! A backend only has to provide ordered byte keys in named trees, an atomic batch across trees, and durability
 //! when [`KvStore::write`] returns.
 
+pub mod chunks;
 pub mod commit;
 pub mod export;
 pub mod kv;

@@ -1,13 +1,15 @@
 //! Content-defined chunks of a large record, so that rewriting it after a small change writes only the chunks
 //! that changed.
 //!
-//! The hub writes the public state of a room's group with every commit (`log.rs`, `'P'`): 4.8 MiB at 10 000
-//! members, in the batch every other room's messages share. A commit changes a few dozen nodes of the tree; cut at
-//! boundaries that depend on the content (a gear hash over the last 64 bytes, as FastCDC), the encoding keeps
-//! its other chunks byte for byte, wherever they moved. Chunks are stored by their SHA-256, so the record becomes
-//! a manifest (the list of its chunks' hashes) and the chunks it gained; the ones it lost are deleted.
+//! The hub writes the public state of a room's group with every commit (`mimi_provider::log`, `'P'`): 4.8 MiB at
+//! 10 000 members, in the batch every other room's messages share; a member of that group writes its own state of
+//! it, the ratchet tree with its keys, just as often (`mimi_mls::storage`). A commit changes a few dozen nodes of
+//! the tree; cut at boundaries that depend on the content (a gear hash over the last 64 bytes, as FastCDC), the
+//! encoding keeps its other chunks byte for byte, wherever they moved. Chunks are stored by their SHA-256, so the
+//! record becomes a manifest (the list of its chunks' hashes) and the chunks it gained; the ones it lost are
+//! deleted.
 //!
-//! Sans IO: [`split`] and the manifest's encoding; `log.rs` writes and reads them.
+//! Sans IO: [`split`] and the manifest's encoding; their owners write and read them.
 
 use sha2::{Digest, Sha256};
 
@@ -17,7 +19,8 @@ pub const MIN: usize = 2 << 10;
 pub const MAX: usize = 64 << 10;
 /// A boundary where the top 13 bits of the gear hash are zero: one in 8 KiB on average, after [`MIN`].
 const BOUNDARY: u64 = !(u64::MAX >> 13);
-/// First byte of a manifest (a public state record starts with its format byte, 1 or 2).
+/// First byte of a manifest (a public state record starts with its format byte, 1 or 2; OpenMLS state with a CBOR
+/// map or array, or a list's length).
 const MANIFEST: u8 = 0xC1;
 
 /// The gear table: 256 pseudo-random words (splitmix64 from a fixed seed), the same in every build.
