@@ -104,8 +104,9 @@ pub struct Keys {
     pub member: Arc<LocalMember>,
 }
 
-/// The shape of the client's store (its MLS state, decrypted messages not printed yet): unchanged since the first.
-const STORE_SCHEMA: Schema = Schema::FIRST;
+/// The shape of the client's store (its MLS state, decrypted messages not printed yet). 1 → 2: a big group's
+/// state may be stored in chunks ([`mimi_mls::storage::migrate_to_chunked_values`]).
+const STORE_SCHEMA: Schema = Schema { migrations: &[mimi_mls::storage::migrate_to_chunked_values] };
 
 impl Keys {
     /// Opens the store in `dir` and loads (or creates) the keys of `uri`.

@@ -48,12 +48,15 @@ pub fn known_trees() -> Vec<&'static str> {
 ///   `'Q'` the chunks; [`mimi_provider::log::migrate_v3_to_v4`]).
 /// * 4 → 5: a hosted room's participants have a key each (`hub_log` `'U'`) instead of being in its record, which
 ///   is rewritten with every message ([`mimi_provider::log::migrate_v4_to_v5`]).
+/// * 5 → 6: a group's ratchet tree, message secrets and group state in the `mls` tree may be stored in
+///   content-defined chunks (nothing is rewritten: [`mimi_mls::storage::migrate_to_chunked_values`]).
 pub const SCHEMA: mimi_store::schema::Schema = mimi_store::schema::Schema {
     migrations: &[
         outbox::migrate_v1_to_v2,
         mimi_provider::log::migrate_v2_to_v3,
         mimi_provider::log::migrate_v3_to_v4,
         mimi_provider::log::migrate_v4_to_v5,
+        mimi_mls::storage::migrate_to_chunked_values,
     ],
 };
 

@@ -12,7 +12,22 @@
 //!       = (u32 BE length ‖ CBOR(item))*             for lists (own leaf nodes, proposal refs, epoch key pairs)
 //! ```
 //!
-//! `lp(x)` is `x` prefixed with its length as u16 BE. Values are CBOR through serde: openmls's types need a
+//! `lp(x)` is `x` prefixed with its length as u16 BE.
+//!
+//! A group's ratchet tree, message secrets and group state are O(N) in its size (at 10 000 members: megabytes
+//! each) and rewritten after small changes (a commit changes a path of the tree). From [`CHUNKED_FROM`] bytes on,
+//! such a value is stored in content-defined chunks ([`mimi_store::chunks`]): the key holds a manifest (the chunks'
+//! SHA-256s), each chunk is stored once under
+//!
+//! ```text
+//! key   = lp(namespace) ‖ version ‖ 0x42 ‖ label ‖ CBOR(group id) ‖ SHA-256(chunk)
+//! ```
+//!
+//! and an operation writes the manifest, the chunks it gained and the deletion of those it lost, in its batch: a
+//! commit of a 10 000-member group writes what it changed, not the megabytes other groups' batches would queue
+//! behind. The chunks are cut and hashed where the value is encoded (a big group's operation runs on the lower
+//! priority threads of [`crate::offload`]), outside every lock. A value stored whole before is still read, and
+//! chunked when it is next written. Values are CBOR through serde: openmls's types need a
 //! *self-describing* serde format (`tls_codec`'s byte vectors and one of its configs deserialize with
 //! `deserialize_any`), which rules out postcard/bincode. They are written by [`super::cbor`], which turns
 //! sequences of bytes (serde hands OpenMLS's `Vec<u8>` secrets over one byte at a time) into CBOR byte strings,
@@ -56,10 +71,11 @@
 
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
+use mimi_store::chunks::{self, Chunked};
 use mimi_store::{Batch, Store, StoreError};
 use openmls_traits::storage::{CURRENT_VERSION, Entity, StorageProvider, traits};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The store tree holding all OpenMLS state.
@@ -108,10 +124,39 @@ const OWN_LEAF_INDEX: u8 = 25;
 const EPOCH_SECRETS: u8 = 26;
 const RESUMPTION_PSK_STORE: u8 = 27;
 const MESSAGE_SECRETS: u8 = 28;
+/// A chunk of a chunked value ([`CHUNKED_FROM`]).
+const CHUNK: u8 = 0x42;
 /// The engine's own records (who the member is), not OpenMLS's.
 const APP: u8 = 0x40;
 /// The engine's own records about one group, in that group's partition (sealed only by that group's operations).
 const GROUP_RECORD: u8 = 0x41;
+
+/// Values of a chunkable label ([`chunkable`]) from this many bytes on are stored in content-defined chunks.
+pub const CHUNKED_FROM: usize = 64 << 10;
+
+/// Labels whose values grow with the group (O(N)) and are rewritten after small changes.
+fn chunkable(label: Option<&u8>) -> bool {
+    matches!(label, Some(&(TREE | MESSAGE_SECRETS | GROUP_STATE)))
+}
+
+/// The store key of the chunk `hash` of the value under `key` (whose namespace prefix is `prefix_len` bytes).
+fn chunk_key(key: &[u8], prefix_len: usize, hash: &[u8; 32]) -> Vec<u8> {
+    let (prefix, rest) = key.split_at(prefix_len.min(key.len()));
+    let mut k = Vec::with_capacity(key.len() + 33);
+    k.extend_from_slice(prefix);
+    k.push(CHUNK);
+    // `rest` is a label and a CBOR item: it delimits itself, so no two values' chunks share keys.
+    k.extend_from_slice(rest);
+    k.extend_from_slice(hash);
+    k
+}
+
+/// The migration to the first schema whose `mls` tree may hold chunked values ([`CHUNKED_FROM`]): nothing to
+/// rewrite (a value stored whole is still read, and chunked when it is next written); the new version keeps older
+/// builds, which would take a manifest for the value, off the data directory.
+pub fn migrate_to_chunked_values(_: &dyn mimi_store::KvStore) -> Result<(), StoreError> {
+    Ok(())
+}
 
 /// Encodes a value as CBOR, sequences of bytes as byte strings ([`super::cbor`]).
 pub(crate) fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, MlsStorageError> {
@@ -257,6 +302,8 @@ pub const HAND_OFF_BYTES: usize = 4 << 20;
 /// Sealed state and the hand-offs to group commit (shared with the [`Durability`] handles).
 struct Writer {
     store: Store,
+    /// Length of the namespace prefix of this storage's keys.
+    prefix_len: usize,
     state: Mutex<WriterState>,
 }
 
@@ -280,6 +327,9 @@ struct WriterState {
     durable_seq: u64,
     /// Hand-offs not known to be durable yet, oldest first, each with the last sequence number it covers.
     flights: VecDeque<(u64, Flight)>,
+    /// The chunks of each chunked value as last sealed, or as stored if not sealed since (no entry: none). A key
+    /// is in the cache before it is set ([`MlsStorage::set_chunkable`]), which loads what is stored.
+    manifests: HashMap<Vec<u8>, HashSet<[u8; 32]>>,
 }
 
 impl Writer {
@@ -291,10 +341,8 @@ impl Writer {
     fn seal(&self, values: impl IntoIterator<Item = (Vec<u8>, Cached)>) -> u64 {
         let mut st = self.lock();
         for (k, v) in values {
-            st.sealed_bytes += v.as_ref().map_or(0, |v| v.len());
-            if let Some(Some(old)) = st.sealed.insert(k, v) {
-                st.sealed_bytes -= old.len();
-            }
+            let v = if chunkable(k.get(self.prefix_len)) { self.seal_chunks(&mut st, &k, v) } else { v };
+            Self::put_sealed(&mut st, k, v);
         }
         st.sealed_seq += 1;
         let seq = st.sealed_seq;
@@ -302,6 +350,40 @@ impl Writer {
             self.hand_off(&mut st);
         }
         seq
+    }
+
+    fn put_sealed(st: &mut WriterState, k: Vec<u8>, v: Cached) {
+        st.sealed_bytes += v.as_ref().map_or(0, |v| v.bytes.len());
+        if let Some(Some(old)) = st.sealed.insert(k, v) {
+            st.sealed_bytes -= old.bytes.len();
+        }
+    }
+
+    /// Seals the chunks that the value `v` of the chunkable key `k` gained since its last manifest, and the
+    /// deletion of those it lost; returns what goes under `k` itself: the new manifest, or `v` if it is stored
+    /// whole. (Chunks are per key, so a chunk that no manifest of `k` lists any more is nobody's.)
+    fn seal_chunks(&self, st: &mut WriterState, k: &[u8], v: Cached) -> Cached {
+        let before = st.manifests.remove(k).unwrap_or_default();
+        let mut after = HashSet::new();
+        let own = match v.as_deref() {
+            Some(Value { bytes, chunks: Some(chunked) }) => {
+                for (i, hash) in chunked.hashes.iter().enumerate() {
+                    if after.insert(*hash) && !before.contains(hash) {
+                        let chunk = Value::whole(chunked.chunk(bytes, i).to_vec());
+                        Self::put_sealed(st, chunk_key(k, self.prefix_len, hash), Some(Arc::new(chunk)));
+                    }
+                }
+                Some(Arc::new(Value::whole(chunked.manifest())))
+            }
+            _ => v,
+        };
+        for gone in before.difference(&after) {
+            Self::put_sealed(st, chunk_key(k, self.prefix_len, gone), None);
+        }
+        if !after.is_empty() {
+            st.manifests.insert(k.to_vec(), after);
+        }
+        own
     }
 
     /// Hands everything sealed to group commit as one batch (under the lock: batches reach the committer in order).
@@ -313,7 +395,7 @@ impl Writer {
         for (key, value) in std::mem::take(&mut st.sealed) {
             match value {
                 // Usually the cache holds a newer value by now, and the sealed one moves into the batch uncopied.
-                Some(v) => batch.put(MLS_TREE, key, Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone())),
+                Some(v) => batch.put(MLS_TREE, key, Arc::try_unwrap(v).map_or_else(|v| v.bytes.clone(), |v| v.bytes)),
                 None => batch.delete(MLS_TREE, key),
             };
         }
@@ -370,7 +452,22 @@ impl Writer {
 }
 
 /// What the cache knows about one key (`None`: absent). Shared with the sealed state, so sealing copies nothing.
-type Cached = Option<Arc<Vec<u8>>>;
+type Cached = Option<Arc<Value>>;
+
+/// A value in the cache.
+#[derive(Debug)]
+struct Value {
+    bytes: Vec<u8>,
+    /// Its chunks, if it is to be stored in chunks ([`CHUNKED_FROM`]): cut when it was set, outside the locks.
+    chunks: Option<Chunked>,
+}
+
+impl Value {
+    /// A value stored whole.
+    fn whole(bytes: Vec<u8>) -> Self {
+        Self { bytes, chunks: None }
+    }
+}
 
 #[derive(Default)]
 struct Inner {
@@ -417,7 +514,11 @@ impl MlsStorage {
         prefix.extend_from_slice(&len.to_be_bytes());
         prefix.extend_from_slice(ns);
         prefix.extend_from_slice(&CURRENT_VERSION.to_be_bytes());
-        let writer = Arc::new(Writer { store: store.clone(), state: Mutex::new(WriterState::default()) });
+        let writer = Arc::new(Writer {
+            store: store.clone(),
+            prefix_len: prefix.len(),
+            state: Mutex::new(WriterState::default()),
+        });
         Ok(Self { store, writer, prefix, inner: Mutex::new(Inner::default()) })
     }
 
@@ -444,7 +545,28 @@ impl MlsStorage {
         encode_key("group id", group_id)
     }
 
+    /// Sets `key`, of a label whose values are stored whole.
     fn set(&self, partition: &[u8], key: Vec<u8>, value: Option<Vec<u8>>) {
+        debug_assert!(!chunkable(key.get(self.prefix.len())), "a chunkable key set whole");
+        self.put(partition, key, value.map(|v| Arc::new(Value::whole(v))));
+    }
+
+    /// Sets `key`, of a chunkable label: a large value is cut into chunks here, outside the locks.
+    fn set_chunkable(&self, partition: &[u8], key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), MlsStorageError> {
+        // What is stored under the key must be known (its chunks are replaced): load it if it never was. OpenMLS
+        // reads a group's state before it writes it, so this costs nothing but for a new group (absent).
+        if !self.lock().cache.contains_key(&key) {
+            self.with(&key, |_| Ok(()))?;
+        }
+        let value = value.map(|bytes| {
+            let chunks = (bytes.len() >= CHUNKED_FROM).then(|| chunks::split(&bytes));
+            Arc::new(Value { bytes, chunks })
+        });
+        self.put(partition, key, value);
+        Ok(())
+    }
+
+    fn put(&self, partition: &[u8], key: Vec<u8>, value: Cached) {
         let mut inner = self.lock();
         match inner.dirty.get_mut(partition) {
             Some(keys) => {
@@ -454,7 +576,7 @@ impl MlsStorage {
                 inner.dirty.insert(partition.to_vec(), BTreeSet::from([key.clone()]));
             }
         }
-        inner.cache.insert(key, value.map(Arc::new));
+        inner.cache.insert(key, value);
     }
 
     /// Runs `f` on the current value of `key` (cache, then store). Neither the store's read nor `f` (decoding a
@@ -469,12 +591,39 @@ impl MlsStorage {
         let value = match cached {
             Some(value) => value,
             None => {
-                let loaded = self.store.get(MLS_TREE, key)?.map(Arc::new);
+                let loaded = self.load(key)?.map(|bytes| Arc::new(Value::whole(bytes)));
                 // The cache is never emptied: a value set meanwhile is newer than the store's, and stays.
                 self.lock().cache.entry(key.to_vec()).or_insert(loaded).clone()
             }
         };
-        f(value.as_deref().map(Vec::as_slice))
+        f(value.as_deref().map(|v| v.bytes.as_slice()))
+    }
+
+    /// The stored value of `key`, put back together from its chunks if it is chunked (the chunks are then
+    /// recorded for the next write of the key).
+    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MlsStorageError> {
+        let Some(stored) = self.store.get(MLS_TREE, key)? else { return Ok(None) };
+        if !chunkable(key.get(self.prefix.len())) {
+            return Ok(Some(stored));
+        }
+        let Some((len, hashes)) = chunks::parse_manifest(&stored) else { return Ok(Some(stored)) };
+        let corrupt = |message: String| MlsStorageError::Decode { what: "chunked value", message };
+        let mut value = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(hashes.len() * chunks::MAX));
+        for hash in &hashes {
+            let chunk = self
+                .store
+                .get(MLS_TREE, &chunk_key(key, self.prefix.len(), hash))?
+                .ok_or_else(|| corrupt(format!("chunk {} missing", hex::encode(hash))))?;
+            value.extend_from_slice(&chunk);
+        }
+        if value.len() as u64 != len {
+            return Err(corrupt(format!("{} bytes in its chunks, {len} in its manifest", value.len())));
+        }
+        if !hashes.is_empty() {
+            // Unless a write of the key was sealed meanwhile: it knows better.
+            self.writer.lock().manifests.entry(key.to_vec()).or_insert_with(|| hashes.into_iter().collect());
+        }
+        Ok(Some(value))
     }
 
     fn read<V: Entity<CURRENT_VERSION>>(&self, what: &'static str, key: &[u8]) -> Result<Option<V>, MlsStorageError> {
@@ -518,8 +667,13 @@ impl MlsStorage {
     ) -> Result<(), MlsStorageError> {
         let partition = Self::partition(group_id)?;
         let key = self.key(label, &partition);
-        self.set(&partition, key, Some(encode(what, value)?));
-        Ok(())
+        let value = encode(what, value)?;
+        if chunkable(Some(&label)) {
+            self.set_chunkable(&partition, key, Some(value))
+        } else {
+            self.set(&partition, key, Some(value));
+            Ok(())
+        }
     }
 
     fn read_group<G: Serialize, V: Entity<CURRENT_VERSION>>(
@@ -535,6 +689,9 @@ impl MlsStorage {
     fn delete_group<G: Serialize>(&self, label: u8, group_id: &G) -> Result<(), MlsStorageError> {
         let partition = Self::partition(group_id)?;
         let key = self.key(label, &partition);
+        if chunkable(Some(&label)) {
+            return self.set_chunkable(&partition, key, None);
+        }
         self.set(&partition, key, None);
         Ok(())
     }
@@ -759,7 +916,7 @@ impl MlsStorage {
     /// Number of bytes of state cached (keys and values), for the memory-per-group figures.
     pub fn cached_bytes(&self) -> usize {
         let inner = self.lock();
-        let values: usize = inner.cache.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len())).sum();
+        let values: usize = inner.cache.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.bytes.len())).sum();
         let past: usize = inner.past_epochs.values().map(|s| s.cached.as_ref().map_or(0, Vec::len)).sum();
         values + past
     }
@@ -893,8 +1050,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         self.lock().past_epochs.insert(partition.clone(), splice);
         encoded.map_err(|e| MlsStorageError::Encode { what: "message secrets", message: e.to_string() })?;
         let key = self.key(MESSAGE_SECRETS, &partition);
-        self.set(&partition, key, Some(value));
-        Ok(())
+        self.set_chunkable(&partition, key, Some(value))
     }
 
     fn write_resumption_psk_store<
@@ -1328,6 +1484,7 @@ mod tests {
     #[derive(Default)]
     struct Counting {
         writes: AtomicUsize,
+        bytes_put: AtomicUsize,
         fail: AtomicBool,
         data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     }
@@ -1350,7 +1507,10 @@ mod tests {
             let mut data = self.data.lock().expect("lock");
             for op in batches.iter().flat_map(|b| &b.ops) {
                 match op {
-                    Op::Put { key, value, .. } => data.insert(key.clone(), value.clone()),
+                    Op::Put { key, value, .. } => {
+                        self.bytes_put.fetch_add(value.len(), Ordering::SeqCst);
+                        data.insert(key.clone(), value.clone())
+                    }
                     Op::Delete { key, .. } => data.remove(key),
                 };
             }
@@ -1446,5 +1606,131 @@ mod tests {
         drop(s);
         // The store (and its committer) closed with the storage: the batch was written before it stopped.
         assert!(kv.data.lock().expect("lock").contains_key(&key));
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    const GROUP: &[u8] = b"big group";
+
+    /// Writes the group's tree as `value` (a CBOR byte string) and waits until it is durable.
+    fn write_tree(s: &MlsStorage, value: &[u8]) {
+        s.write_group(TREE, "tree", &GROUP, &value).expect("write");
+        s.submit_group(&GROUP).expect("submit").wait_blocking().expect("durable");
+    }
+
+    fn tree_key(s: &MlsStorage) -> Vec<u8> {
+        s.key(TREE, &MlsStorage::partition(&GROUP).expect("partition"))
+    }
+
+    /// The group's tree as a fresh storage on the same store reads it.
+    fn reread_tree(kv: &Arc<Counting>, s: &MlsStorage) -> Option<Vec<u8>> {
+        let again = MlsStorage::new(Store::new(kv.clone(), CommitConfig::default()), "test").expect("storage");
+        again.with(&tree_key(s), |v| Ok(v.map(<[u8]>::to_vec))).expect("read")
+    }
+
+    /// The chunk keys in the store, and the hashes the tree's manifest lists (none if it is stored whole).
+    fn chunks_stored(kv: &Counting, s: &MlsStorage) -> (BTreeSet<Vec<u8>>, BTreeSet<Vec<u8>>) {
+        let data = kv.data.lock().expect("lock");
+        let mut prefix = s.prefix.clone();
+        prefix.push(CHUNK);
+        let stored = data.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+        let listed = data
+            .get(&tree_key(s))
+            .and_then(|m| chunks::parse_manifest(m))
+            .map(|(_, hashes)| hashes.iter().map(|h| chunk_key(&tree_key(s), s.prefix.len(), h)).collect())
+            .unwrap_or_default();
+        (stored, listed)
+    }
+
+    /// A big tree is stored as a manifest and its chunks; rewritten after a small change, it writes a few chunks,
+    /// not the whole; a chunk it no longer has is deleted, and so are all of them when the tree becomes small
+    /// again or is deleted. Read back by a fresh storage, it is the value written, every time.
+    #[test]
+    fn a_big_value_is_stored_in_chunks_and_a_small_change_writes_few() {
+        let (kv, s) = storage();
+        let mut value = noise(1 << 20, 9);
+        write_tree(&s, &value);
+        let encoded = encode("tree", &value).expect("encode");
+        assert_eq!(reread_tree(&kv, &s), Some(encoded.clone()));
+        let (stored, listed) = chunks_stored(&kv, &s);
+        assert!(listed.len() > 16, "{} chunks", listed.len());
+        assert_eq!(stored, listed);
+        let first = kv.bytes_put.swap(0, Ordering::SeqCst);
+        assert!(first > 1 << 20, "{first} bytes written");
+
+        // A few bytes changed in the middle, as a commit changes a path of the tree.
+        value[600_000..600_040].copy_from_slice(&[7; 40]);
+        write_tree(&s, &value);
+        assert_eq!(reread_tree(&kv, &s), Some(encode("tree", &value).expect("encode")));
+        let (stored, listed) = chunks_stored(&kv, &s);
+        assert_eq!(stored, listed, "the chunk the change replaced is gone");
+        let second = kv.bytes_put.swap(0, Ordering::SeqCst);
+        assert!(second < 3 * chunks::MAX, "{second} bytes written for a change of 40");
+
+        // Small again: stored whole, no chunk left; then deleted.
+        write_tree(&s, &[1, 2, 3]);
+        assert_eq!(reread_tree(&kv, &s), Some(encode("tree", &[1u8, 2, 3][..]).expect("encode")));
+        assert_eq!(chunks_stored(&kv, &s), (BTreeSet::new(), BTreeSet::new()));
+        write_tree(&s, &value);
+        assert!(!chunks_stored(&kv, &s).0.is_empty());
+        s.delete_group(TREE, &GROUP).expect("delete");
+        s.submit_group(&GROUP).expect("submit").wait_blocking().expect("durable");
+        assert_eq!(reread_tree(&kv, &s), None);
+        assert_eq!(chunks_stored(&kv, &s), (BTreeSet::new(), BTreeSet::new()));
+    }
+
+    /// After a restart, the first write of a chunked value replaces the chunks that are stored (it learns them by
+    /// reading the value, which OpenMLS does anyway); a value stored whole by an older build is read and then
+    /// chunked.
+    #[test]
+    fn chunks_stored_before_a_restart_are_replaced_and_whole_values_still_read() {
+        let (kv, s) = storage();
+        let value = noise(1 << 20, 3);
+        write_tree(&s, &value);
+        drop(s);
+        let s = MlsStorage::new(Store::new(kv.clone(), CommitConfig::default()), "test").expect("storage");
+        // Written without being read first: the stored chunks are found all the same.
+        write_tree(&s, &noise(1 << 20, 4));
+        let (stored, listed) = chunks_stored(&kv, &s);
+        assert_eq!(stored, listed, "the first value's chunks are gone");
+
+        // A value stored whole, as before chunking.
+        drop(s);
+        let s = MlsStorage::new(Store::new(kv.clone(), CommitConfig::default()), "test").expect("storage");
+        let whole = encode("tree", &value).expect("encode");
+        s.delete_group(TREE, &GROUP).expect("delete");
+        s.submit_group(&GROUP).expect("submit").wait_blocking().expect("durable");
+        kv.data.lock().expect("lock").insert(tree_key(&s), whole.clone());
+        drop(s);
+        let s = MlsStorage::new(Store::new(kv.clone(), CommitConfig::default()), "test").expect("storage");
+        assert_eq!(reread_tree(&kv, &s), Some(whole));
+        write_tree(&s, &value);
+        let (stored, listed) = chunks_stored(&kv, &s);
+        assert!(!listed.is_empty());
+        assert_eq!(stored, listed);
+        assert_eq!(reread_tree(&kv, &s), Some(encode("tree", &value).expect("encode")));
+    }
+
+    /// A chunk missing from the store is a clear error, not a value with a hole.
+    #[test]
+    fn a_missing_chunk_is_reported() {
+        let (kv, s) = storage();
+        write_tree(&s, &noise(1 << 20, 5));
+        let (stored, _) = chunks_stored(&kv, &s);
+        let victim = stored.into_iter().nth(3).expect("a chunk");
+        kv.data.lock().expect("lock").remove(&victim);
+        let again = MlsStorage::new(Store::new(kv.clone(), CommitConfig::default()), "test").expect("storage");
+        let err = again.with(&tree_key(&s), |_| Ok(())).expect_err("a chunk is missing");
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 }
