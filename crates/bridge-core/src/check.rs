@@ -1,5 +1,5 @@
-//! `store check`: the bridge's records verified offline — schema version, known trees, and the invariants
-//! between trees.
+//! `store check`: the bridge's records verified offline — schema version, known trees, the invariants between
+//! trees, and the MLS state's chunked values ([`mimi_mls::storage::check_chunks`]).
 
 use crate::outbox::{DeliveryRecord, FailedRecord};
 use crate::repo::{self, IdEntry, MessageRecord, PortalRecord, ReactionSet, split_lp};
@@ -296,6 +296,12 @@ pub fn check(kv: &dyn KvStore, data_dir: &Path) -> Result<CheckReport, StoreErro
             Ok(())
         })?;
         r.entries.insert(tree.into(), n);
+    }
+
+    // The MLS state's chunked values: no chunk missing, none left over.
+    let chunks = mimi_mls::storage::check_chunks(kv)?;
+    for p in chunks.problems {
+        r.problem(p);
     }
     Ok(r)
 }

@@ -158,6 +158,54 @@ pub fn migrate_to_chunked_values(_: &dyn mimi_store::KvStore) -> Result<(), Stor
     Ok(())
 }
 
+/// What [`check_chunks`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChunkReport {
+    /// Values stored as a manifest.
+    pub manifests: u64,
+    /// Chunks stored.
+    pub chunks: u64,
+    /// Chunks a manifest lists that are not stored, and chunks stored that no manifest lists.
+    pub problems: Vec<String>,
+}
+
+/// Verifies the chunked values of the `mls` tree (`store check`): every chunk a manifest lists is stored, and
+/// every chunk stored is listed by the manifest of its value (an operation's batch writes both, and deletes what
+/// it replaced, so a crash leaves neither a hole nor an orphan).
+pub fn check_chunks(kv: &dyn mimi_store::KvStore) -> Result<ChunkReport, StoreError> {
+    let mut report = ChunkReport::default();
+    let mut listed = HashSet::new();
+    let mut stored = Vec::new();
+    mimi_store::export::for_each_entry(kv, MLS_TREE, |k, v| {
+        // lp(namespace) ‖ version (u16) ‖ label ‖ …
+        let prefix_len = k.get(..2).map_or(usize::MAX, |l| 4 + usize::from(u16::from_be_bytes([l[0], l[1]])));
+        match k.get(prefix_len) {
+            Some(&CHUNK) => {
+                report.chunks += 1;
+                stored.push(k.to_vec());
+            }
+            label if chunkable(label) => {
+                if let Some((_, hashes)) = chunks::parse_manifest(v) {
+                    report.manifests += 1;
+                    listed.extend(hashes.iter().map(|h| chunk_key(k, prefix_len, h)));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    for k in &stored {
+        if !listed.remove(k) {
+            report.problems.push(format!("mls {}: a chunk no manifest lists", hex::encode(k)));
+        }
+    }
+    for k in listed {
+        report.problems.push(format!("mls {}: a chunk a manifest lists is missing", hex::encode(k)));
+    }
+    report.problems.sort();
+    Ok(report)
+}
+
 /// Encodes a value as CBOR, sequences of bytes as byte strings ([`super::cbor`]).
 pub(crate) fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, MlsStorageError> {
     let mut out = Vec::with_capacity(64);
@@ -1496,8 +1544,9 @@ mod tests {
         fn get(&self, _: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(self.data.lock().expect("lock").get(key).cloned())
         }
-        fn scan_prefix(&self, _: &str, _: &[u8]) -> Result<Entries, StoreError> {
-            Ok(Vec::new())
+        fn scan_prefix(&self, _: &str, prefix: &[u8]) -> Result<Entries, StoreError> {
+            let data = self.data.lock().expect("lock");
+            Ok(data.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect())
         }
         fn write(&self, batches: &[Batch]) -> Result<(), StoreError> {
             if self.fail.load(Ordering::SeqCst) {
@@ -1676,6 +1725,8 @@ mod tests {
         assert_eq!(stored, listed, "the chunk the change replaced is gone");
         let second = kv.bytes_put.swap(0, Ordering::SeqCst);
         assert!(second < 3 * chunks::MAX, "{second} bytes written for a change of 40");
+        let report = check_chunks(kv.as_ref()).expect("check");
+        assert_eq!((report.manifests, report.chunks as usize, report.problems), (1, listed.len(), vec![]));
 
         // Small again: stored whole, no chunk left; then deleted.
         write_tree(&s, &[1, 2, 3]);
@@ -1732,5 +1783,11 @@ mod tests {
         let again = MlsStorage::new(Store::new(kv.clone(), CommitConfig::default()), "test").expect("storage");
         let err = again.with(&tree_key(&s), |_| Ok(())).expect_err("a chunk is missing");
         assert!(err.to_string().contains("missing"), "{err}");
+        // `store check` says which, and a chunk nobody lists.
+        kv.data.lock().expect("lock").insert(chunk_key(&tree_key(&s), s.prefix.len(), &[7; 32]), vec![1]);
+        let problems = check_chunks(kv.as_ref()).expect("check").problems;
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains(&hex::encode(&victim)) && p.ends_with("is missing")));
+        assert!(problems.iter().any(|p| p.contains(&hex::encode([7; 32])) && p.ends_with("no manifest lists")));
     }
 }

@@ -837,22 +837,28 @@ fn check_finds_violations(b: Backend) {
     // A message record that does not decode, and a tree nobody knows.
     batch.put(repo::MSGS, msg_id(55).as_bytes().to_vec(), b"{}".to_vec());
     batch.put("mystery", b"k", b"v");
+    // The MLS state: a chunk that no manifest lists, and a tree whose manifest lists a chunk that is not stored.
+    let member = [&[0, 6][..], b"bridge", &[0, 1]].concat();
+    batch.put("mls", [&member[..], &[0x42, 10], b"\x45group", &[0xAA; 32]].concat(), vec![1]);
+    let manifest = mimi_store::chunks::split(&[3; 100]).manifest();
+    batch.put("mls", [&member[..], &[10], b"\x45group"].concat(), manifest);
     store.commit_blocking(batch).expect("commit");
     let r = check::check(store.kv().as_ref(), d.path()).expect("check");
     let p = problems(&r);
-    assert_eq!(r.problem_count, 6, "{r}");
+    assert_eq!(r.problem_count, 8, "{r}");
     assert!(p.contains("ghost-town"), "{p}");
     assert!(p.contains("#room4") && p.contains("not linked"), "{p}");
     assert!(p.contains("orphan") && p.contains("missing"), "{p}");
     assert!(p.contains("garbled") && p.contains("decode"), "{p}");
     assert!(p.contains("msgs") && p.contains("decode"), "{p}");
     assert!(p.contains("unknown tree \"mystery\""), "{p}");
-    assert!(r.to_string().contains("6 problem(s)"));
+    assert!(p.contains("a chunk no manifest lists") && p.contains("a chunk a manifest lists is missing"), "{p}");
+    assert!(r.to_string().contains("8 problem(s)"));
 
     // A newer schema is a problem for check, not an error: the report still lists the rest.
     store.kv().put("meta", b"schema_version", &(SCHEMA_VERSION + 1).to_be_bytes()).expect("put");
     let r = check::check(store.kv().as_ref(), d.path()).expect("check");
-    assert_eq!(r.problem_count, 7, "{r}");
+    assert_eq!(r.problem_count, 9, "{r}");
     assert!(problems(&r).contains("upgrade mimi-bridge"), "{r}");
 }
 

@@ -247,4 +247,10 @@ fn killed_at_random_the_bridge_never_reuses_a_generation() {
         native_sent.len()
     );
     assert!(from_bridge > 0 && !native_sent.is_empty(), "the test exchanged nothing");
+
+    // Every value stored in chunks (the tree, the message secrets) has all of them, and no chunk is left over,
+    // whichever batch a kill interrupted.
+    let chunks = mimi_mls::storage::check_chunks(store.kv().as_ref()).expect("check");
+    assert!(chunks.problems.is_empty(), "{:?}", chunks.problems);
+    assert!(chunks.manifests >= 2 && chunks.chunks > 0, "nothing was chunked at {members} members: {chunks:?}");
 }
