@@ -327,6 +327,7 @@ async fn metrics(State(st): State<Arc<AdminState>>, headers: HeaderMap) -> Respo
     if let Some(stats) = &st.store_stats {
         metrics::counter!(crate::telemetry::STORE_WRITES).absolute(stats.writes());
         metrics::counter!(crate::telemetry::STORE_BATCHES).absolute(stats.batches());
+        metrics::counter!(crate::telemetry::STORE_BYTES).absolute(stats.bytes());
     }
     let body = crate::telemetry::render(h);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()

@@ -40,6 +40,8 @@ pub const CONNECTIONS_OPEN: &str = "mimi_bridge_connections_open";
 pub const STORE_WRITES: &str = "mimi_bridge_store_writes_total";
 /// Batches those durable writes carried (group commit puts several in one write).
 pub const STORE_BATCHES: &str = "mimi_bridge_store_batches_total";
+/// Bytes those batches wrote (keys and values put, keys deleted).
+pub const STORE_BYTES: &str = "mimi_bridge_store_bytes_written_total";
 /// Always 1; the `version` label carries the build's version.
 pub const BUILD_INFO: &str = "mimi_bridge_build_info";
 
@@ -83,6 +85,7 @@ fn describe() {
     describe_gauge!(MLS_EPOCH, "MLS epoch of each portal's group.");
     describe_counter!(STORE_WRITES, "Durable writes of the store (one fsync or transaction each).");
     describe_counter!(STORE_BATCHES, "Batches carried by the store's durable writes.");
+    describe_counter!(STORE_BYTES, "Bytes written by the store's durable writes (keys and values put, keys deleted).");
     describe_gauge!(READY, "1 while the daemon is ready (as /health).");
     describe_counter!(CONNECTIONS_REFUSED, "Connections closed at once because a listener's cap was reached.");
     describe_gauge!(CONNECTIONS_OPEN, "Connections open on a listener.");

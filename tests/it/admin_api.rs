@@ -44,6 +44,8 @@ fn the_admin_api_needs_the_token_and_serves_health_status_and_metrics() {
     let sample = |name: &str| families.get(name).filter(|f| f.kind == "counter").map(|f| f.samples[0].2);
     let (writes, batches) = (sample("mimi_bridge_store_writes_total"), sample("mimi_bridge_store_batches_total"));
     assert!(writes.is_some_and(|w| w >= 1.0) && batches >= writes, "{writes:?} {batches:?}\n{}", m.body);
+    let bytes = sample("mimi_bridge_store_bytes_written_total");
+    assert!(bytes.is_some_and(|b| b > 0.0), "{bytes:?}\n{}", m.body);
 
     assert_eq!(d.terminate(Duration::from_secs(30)), Some(0));
     let logs = d.seen.join("\n");

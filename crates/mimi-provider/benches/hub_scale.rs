@@ -24,6 +24,8 @@
 //!   ([`mimi_mls::offload::set_background_nice`]).
 //! * **big room's messages** — [`Provider::submit`] of the big room's own application messages, one after the
 //!   other, until durable (beside the small room's alone: what a message costs the hub in a room of N members).
+//! * **written per commit** — the bytes the store wrote during those 2 × `HUB_SCALE_COMMITS` commits (the hub's
+//!   batches, bob's state, the small room's messages), per commit.
 //! * **RSS** — the process's resident set before and after a second provider opens the big room from its
 //!   GroupInfo (the public state of its group), from `/proc/self/status`.
 //!
@@ -322,6 +324,7 @@ fn main() {
     }
     let (mut beside_same, mut update_same, mut beside, mut update) = Default::default();
     let mut bob = Some(bob);
+    let written_before = provider.store().stats().bytes();
     for nice in halves {
         mimi_mls::offload::set_background_nice(nice);
         let half: Vec<UpdateRequest> = updates.by_ref().take(commits).collect();
@@ -334,6 +337,8 @@ fn main() {
             (beside, update) = (small, took);
         }
     }
+
+    let written = provider.store().stats().bytes() - written_before;
 
     // The big room's own messages, one after the other, once its commits are in.
     let big_room = rt.block_on(async {
@@ -365,6 +370,10 @@ fn main() {
         public_bytes as f64 / (1 << 20) as f64,
         mean(&update),
         max(&update)
+    );
+    println!(
+        "  written to the store per commit, the hub's batch and bob's with the small room's messages: {:.0} KiB",
+        written as f64 / 1024.0 / (2 * commits).max(1) as f64
     );
     println!(
         "  room opened in {:.2} s; RSS {:.1} MiB before, {:.1} MiB after: {:.1} MiB for the room",

@@ -14,7 +14,7 @@
 //! written on top of it would store a state that depends on the lost one (log entry N+1 without N). The daemon
 //! stops on it; a restart continues from what is on disk.
 
-use super::kv::{Batch, Entries, KvStore, StoreError};
+use super::kv::{Batch, Entries, KvStore, Op, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
@@ -39,12 +39,14 @@ impl Default for CommitConfig {
 }
 
 /// What the committer has made durable since the store was opened, for metrics: how many durable writes (one
-/// fsync, or one transaction, each) carried how many batches. Their ratio is what group commit saves; writes per
-/// bridged message is what a message costs in fsyncs.
+/// fsync, or one transaction, each) carried how many batches, and how many bytes. Writes per batch is what group
+/// commit saves; writes per bridged message is what a message costs in fsyncs; bytes per operation is what a
+/// large record rewritten costs everyone whose batch shares the write.
 #[derive(Debug, Default)]
 pub struct CommitStats {
     writes: AtomicU64,
     batches: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl CommitStats {
@@ -57,6 +59,20 @@ impl CommitStats {
     pub fn batches(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
     }
+
+    /// Bytes those batches wrote: the keys and values they put, the keys they deleted.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The bytes `batches` write ([`CommitStats::bytes`]).
+fn bytes_of(batches: &[Batch]) -> u64 {
+    let op = |op: &Op| match op {
+        Op::Put { key, value, .. } => key.len() + value.len(),
+        Op::Delete { key, .. } => key.len(),
+    };
+    batches.iter().flat_map(|b| &b.ops).map(op).sum::<usize>() as u64
 }
 
 /// How often the committer asks the backend whether it can still write ([`KvStore::health`]).
@@ -273,6 +289,7 @@ fn committer(
             Ok(()) => {
                 stats.writes.fetch_add(1, Ordering::Relaxed);
                 stats.batches.fetch_add(batches.len() as u64, Ordering::Relaxed);
+                stats.bytes.fetch_add(bytes_of(&batches), Ordering::Relaxed);
                 for r in replies {
                     let _ = r.send(Ok(()));
                 }
@@ -364,7 +381,7 @@ mod fail_stop_tests {
     }
 
     /// The stats count durable writes and the batches they carried: one each when writers take turns, one write
-    /// for several batches queued together.
+    /// for several batches queued together; and the bytes they wrote.
     #[test]
     fn the_stats_count_writes_and_the_batches_they_carry() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -384,5 +401,10 @@ mod fail_stop_tests {
             q.blocking_recv().expect("reply").expect("commit");
         }
         assert_eq!((store.stats().writes(), store.stats().batches()), (3, 5), "three batches, one write");
+        // Five puts of a one-byte key and a one-byte value, and a delete of a three-byte key.
+        let mut b = Batch::new();
+        b.delete("t", b"abc");
+        store.commit_blocking(b).expect("commit");
+        assert_eq!(store.stats().bytes(), 5 * 2 + 3);
     }
 }
