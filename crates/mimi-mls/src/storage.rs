@@ -506,7 +506,8 @@ type Cached = Option<Arc<Value>>;
 #[derive(Debug)]
 struct Value {
     bytes: Vec<u8>,
-    /// Its chunks, if it is to be stored in chunks ([`CHUNKED_FROM`]): cut when it was set, outside the locks.
+    /// Its chunks, if it is stored in chunks ([`CHUNKED_FROM`]): cut when it was set, outside the locks (or read
+    /// with it).
     chunks: Option<Chunked>,
 }
 
@@ -603,11 +604,16 @@ impl MlsStorage {
     fn set_chunkable(&self, partition: &[u8], key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), MlsStorageError> {
         // What is stored under the key must be known (its chunks are replaced): load it if it never was. OpenMLS
         // reads a group's state before it writes it, so this costs nothing but for a new group (absent).
-        if !self.lock().cache.contains_key(&key) {
-            self.with(&key, |_| Ok(()))?;
-        }
+        let previous = self.cached(&key)?;
         let value = value.map(|bytes| {
-            let chunks = (bytes.len() >= CHUNKED_FROM).then(|| chunks::split(&bytes));
+            let chunks = (bytes.len() >= CHUNKED_FROM).then(|| match previous.as_deref() {
+                // The start that did not change keeps its chunks: the message secrets' past epochs, written again
+                // as they were by every application message's periodic encoding, are not hashed again.
+                Some(Value { bytes: old, chunks: Some(before) }) => {
+                    chunks::split_reusing(&bytes, before, chunks::common_prefix(old, &bytes))
+                }
+                _ => chunks::split(&bytes),
+            });
             Arc::new(Value { bytes, chunks })
         });
         self.put(partition, key, value);
@@ -635,43 +641,50 @@ impl MlsStorage {
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> Result<R, MlsStorageError>,
     ) -> Result<R, MlsStorageError> {
+        let value = self.cached(key)?;
+        f(value.as_deref().map(|v| v.bytes.as_slice()))
+    }
+
+    /// The current value of `key` (cache, then store).
+    fn cached(&self, key: &[u8]) -> Result<Cached, MlsStorageError> {
         let cached = self.lock().cache.get(key).cloned();
-        let value = match cached {
+        Ok(match cached {
             Some(value) => value,
             None => {
-                let loaded = self.load(key)?.map(|bytes| Arc::new(Value::whole(bytes)));
+                let loaded = self.load(key)?.map(Arc::new);
                 // The cache is never emptied: a value set meanwhile is newer than the store's, and stays.
                 self.lock().cache.entry(key.to_vec()).or_insert(loaded).clone()
             }
-        };
-        f(value.as_deref().map(|v| v.bytes.as_slice()))
+        })
     }
 
     /// The stored value of `key`, put back together from its chunks if it is chunked (the chunks are then
     /// recorded for the next write of the key).
-    fn load(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MlsStorageError> {
+    fn load(&self, key: &[u8]) -> Result<Option<Value>, MlsStorageError> {
         let Some(stored) = self.store.get(MLS_TREE, key)? else { return Ok(None) };
         if !chunkable(key.get(self.prefix.len())) {
-            return Ok(Some(stored));
+            return Ok(Some(Value::whole(stored)));
         }
-        let Some((len, hashes)) = chunks::parse_manifest(&stored) else { return Ok(Some(stored)) };
+        let Some((len, hashes)) = chunks::parse_manifest(&stored) else { return Ok(Some(Value::whole(stored))) };
         let corrupt = |message: String| MlsStorageError::Decode { what: "chunked value", message };
-        let mut value = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(hashes.len() * chunks::MAX));
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(hashes.len() * chunks::MAX));
+        let mut ends = Vec::with_capacity(hashes.len());
         for hash in &hashes {
             let chunk = self
                 .store
                 .get(MLS_TREE, &chunk_key(key, self.prefix.len(), hash))?
                 .ok_or_else(|| corrupt(format!("chunk {} missing", hex::encode(hash))))?;
-            value.extend_from_slice(&chunk);
+            bytes.extend_from_slice(&chunk);
+            ends.push(bytes.len());
         }
-        if value.len() as u64 != len {
-            return Err(corrupt(format!("{} bytes in its chunks, {len} in its manifest", value.len())));
+        if bytes.len() as u64 != len {
+            return Err(corrupt(format!("{} bytes in its chunks, {len} in its manifest", bytes.len())));
         }
         if !hashes.is_empty() {
             // Unless a write of the key was sealed meanwhile: it knows better.
-            self.writer.lock().manifests.entry(key.to_vec()).or_insert_with(|| hashes.into_iter().collect());
+            self.writer.lock().manifests.entry(key.to_vec()).or_insert_with(|| hashes.iter().copied().collect());
         }
-        Ok(Some(value))
+        Ok(Some(Value { bytes, chunks: Some(Chunked { ends, hashes }) }))
     }
 
     fn read<V: Entity<CURRENT_VERSION>>(&self, what: &'static str, key: &[u8]) -> Result<Option<V>, MlsStorageError> {

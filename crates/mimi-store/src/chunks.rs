@@ -69,8 +69,35 @@ impl Chunked {
 
 /// Cuts `record` at content-defined boundaries (chunks of [`MIN`] to [`MAX`] bytes, the last one shorter).
 pub fn split(record: &[u8]) -> Chunked {
-    let mut out = Chunked::default();
-    let mut start = 0;
+    split_on(record, Chunked::default())
+}
+
+/// [`split`] of `record`, a new version of the record that `before` was made from whose first `same` bytes did not
+/// change: `before`'s chunks that end within them are kept as they are (where a chunk ends depends on its own
+/// bytes only), and only the rest is cut and hashed. The last chunk of `before` is cut again: it may have ended
+/// where the record did.
+pub fn split_reusing(record: &[u8], before: &Chunked, same: usize) -> Chunked {
+    let same = same.min(record.len());
+    let candidates = before.ends.len().saturating_sub(1);
+    let kept = before.ends[..candidates].iter().take_while(|&&end| end <= same).count();
+    split_on(record, Chunked { ends: before.ends[..kept].to_vec(), hashes: before.hashes[..kept].to_vec() })
+}
+
+/// How many bytes `a` and `b` have in common from their start.
+pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 4096;
+    let len = a.len().min(b.len());
+    let mut at = 0;
+    // Whole blocks compare as slices (memcmp); only the first one that differs is walked byte by byte.
+    while at + BLOCK <= len && a[at..at + BLOCK] == b[at..at + BLOCK] {
+        at += BLOCK;
+    }
+    at + a[at..len].iter().zip(&b[at..len]).take_while(|(x, y)| x == y).count()
+}
+
+/// Cuts `record` on from the end of the chunks `out` already has (which must be its first ones).
+fn split_on(record: &[u8], mut out: Chunked) -> Chunked {
+    let mut start = out.ends.last().copied().unwrap_or(0);
     while start < record.len() {
         let end = boundary(&record[start..]) + start;
         out.hashes.push(Sha256::digest(&record[start..end]).into());
@@ -166,6 +193,34 @@ mod tests {
             );
         }
         assert!(before.hashes.len() > 64, "about 8 KiB each: {}", before.hashes.len());
+    }
+
+    /// Cutting a new version of a record from its old chunks gives the chunks of cutting it afresh, whether it
+    /// grew, shrank or changed after its common start, and wherever that start ends.
+    #[test]
+    fn reusing_the_chunks_of_a_common_start_gives_the_same_chunks() {
+        let old = noise(300_000, 11);
+        let before = split(&old);
+        let mut versions = vec![old.clone(), old[..200_000].to_vec(), old[..5].to_vec(), Vec::new()];
+        let mut grown = old.clone();
+        grown.extend(noise(50_000, 12));
+        versions.push(grown);
+        for at in [0, 1, MIN, 150_000, 299_999] {
+            let mut changed = old.clone();
+            changed[at] ^= 0xFF;
+            versions.push(changed);
+        }
+        // A record that ended inside what is now a longer chunk (its last chunk was cut by its end).
+        let short = old[..before.ends[3] + 100].to_vec();
+        versions.push(old[..before.ends[3] + 5000].to_vec());
+        for new in &versions {
+            let same = common_prefix(&old, new);
+            assert_eq!(split_reusing(new, &before, same), split(new), "{} bytes, {same} in common", new.len());
+            let from_short = split_reusing(new, &split(&short), common_prefix(&short, new));
+            assert_eq!(from_short, split(new), "from the short one: {} bytes", new.len());
+        }
+        assert_eq!(common_prefix(&old, &old), old.len());
+        assert_eq!(common_prefix(&old[..9000], &old), 9000);
     }
 
     #[test]
