@@ -12,7 +12,15 @@
 //!       = (u32 BE length ‖ CBOR(item))*             for lists (own leaf nodes, proposal refs, epoch key pairs)
 //! ```
 //!
-//! `lp(x)` is `x` prefixed with its length as u16 BE.
+//! `lp(x)` is `x` prefixed with its length as u16 BE. Values are CBOR through serde: openmls's types need a
+//! *self-describing* serde format (`tls_codec`'s byte vectors and one of its configs deserialize with
+//! `deserialize_any`), which rules out postcard/bincode. They are written by [`super::cbor`], which turns
+//! sequences of bytes (serde hands OpenMLS's `Vec<u8>` secrets over one byte at a time) into CBOR byte strings,
+//! and read by `ciborium`, which accepts both that and the arrays of integers that `ciborium` itself writes.
+//! The CBOR inside *keys* stays `ciborium`'s (keys must not change). A secret tree costs a fraction of the JSON
+//! that `openmls_memory_storage` writes.
+//!
+//! # Chunks
 //!
 //! A group's ratchet tree, message secrets and group state are O(N) in its size (at 10 000 members: megabytes
 //! each) and rewritten after small changes (a commit changes a path of the tree). From [`CHUNKED_FROM`] bytes on,
@@ -26,14 +34,9 @@
 //! and an operation writes the manifest, the chunks it gained and the deletion of those it lost, in its batch: a
 //! commit of a 10 000-member group writes what it changed, not the megabytes other groups' batches would queue
 //! behind. The chunks are cut and hashed where the value is encoded (a big group's operation runs on the lower
-//! priority threads of [`crate::offload`]), outside every lock. A value stored whole before is still read, and
-//! chunked when it is next written. Values are CBOR through serde: openmls's types need a
-//! *self-describing* serde format (`tls_codec`'s byte vectors and one of its configs deserialize with
-//! `deserialize_any`), which rules out postcard/bincode. They are written by [`super::cbor`], which turns
-//! sequences of bytes (serde hands OpenMLS's `Vec<u8>` secrets over one byte at a time) into CBOR byte strings,
-//! and read by `ciborium`, which accepts both that and the arrays of integers that `ciborium` itself writes.
-//! The CBOR inside *keys* stays `ciborium`'s (keys must not change). A secret tree costs a fraction of the JSON
-//! that `openmls_memory_storage` writes.
+//! priority threads of [`crate::offload`]), outside every lock; sealing only copies the chunks an operation gained
+//! (all of them on a value's first write). A value stored whole before is still read, and chunked when it is next
+//! written.
 //!
 //! # Cache, write-behind and group commit
 //!
@@ -375,8 +378,9 @@ struct WriterState {
     durable_seq: u64,
     /// Hand-offs not known to be durable yet, oldest first, each with the last sequence number it covers.
     flights: VecDeque<(u64, Flight)>,
-    /// The chunks of each chunked value as last sealed, or as stored if not sealed since (no entry: none). A key
-    /// is in the cache before it is set ([`MlsStorage::set_chunkable`]), which loads what is stored.
+    /// The chunks of each chunked value as last sealed, or as stored if not sealed since (no entry: none). The
+    /// stored ones are recorded when the key first enters the cache — read, or set unread
+    /// ([`MlsStorage::set_chunkable`]) — under the cache's lock, which sealing holds too.
     manifests: HashMap<Vec<u8>, HashSet<[u8; 32]>>,
 }
 
@@ -602,11 +606,16 @@ impl MlsStorage {
 
     /// Sets `key`, of a chunkable label: a large value is cut into chunks here, outside the locks.
     fn set_chunkable(&self, partition: &[u8], key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), MlsStorageError> {
-        // What is stored under the key must be known (its chunks are replaced): load it if it never was. OpenMLS
-        // reads a group's state before it writes it, so this costs nothing but for a new group (absent).
-        let previous = self.cached(&key)?;
+        let previous = self.lock().cache.get(&key).cloned();
+        // Never read in this process (OpenMLS reads a group's state before it writes it, so this is a new group or
+        // a delete): the chunks stored under the key must be known, the write replaces them. Only its manifest is
+        // read — a value with a chunk missing can still be overwritten or deleted.
+        let stored = match previous {
+            Some(_) => None,
+            None => Some(self.stored_manifest(&key)?),
+        };
         let value = value.map(|bytes| {
-            let chunks = (bytes.len() >= CHUNKED_FROM).then(|| match previous.as_deref() {
+            let chunks = (bytes.len() >= CHUNKED_FROM).then(|| match previous.as_ref().and_then(Option::as_deref) {
                 // The start that did not change keeps its chunks: the message secrets' past epochs, written again
                 // as they were by every application message's periodic encoding, are not hashed again.
                 Some(Value { bytes: old, chunks: Some(before) }) => {
@@ -616,12 +625,29 @@ impl MlsStorage {
             });
             Arc::new(Value { bytes, chunks })
         });
-        self.put(partition, key, value);
+        let mut inner = self.lock();
+        // What the writer knows of a key comes with its first entry in the cache (sealing happens under this lock).
+        if let Some(hashes) = stored.filter(|h| !h.is_empty() && !inner.cache.contains_key(&key)) {
+            self.writer.lock().manifests.insert(key.clone(), hashes);
+        }
+        Self::put_locked(&mut inner, partition, key, value);
         Ok(())
     }
 
+    /// The chunks the manifest stored under `key` lists (none if the value is stored whole, or absent).
+    fn stored_manifest(&self, key: &[u8]) -> Result<HashSet<[u8; 32]>, MlsStorageError> {
+        let stored = self.store.get(MLS_TREE, key)?;
+        Ok(stored
+            .and_then(|v| chunks::parse_manifest(&v))
+            .map(|(_, hashes)| hashes.into_iter().collect())
+            .unwrap_or_default())
+    }
+
     fn put(&self, partition: &[u8], key: Vec<u8>, value: Cached) {
-        let mut inner = self.lock();
+        Self::put_locked(&mut self.lock(), partition, key, value);
+    }
+
+    fn put_locked(inner: &mut Inner, partition: &[u8], key: Vec<u8>, value: Cached) {
         match inner.dirty.get_mut(partition) {
             Some(keys) => {
                 keys.insert(key.clone());
@@ -651,15 +677,28 @@ impl MlsStorage {
         Ok(match cached {
             Some(value) => value,
             None => {
-                let loaded = self.load(key)?.map(Arc::new);
-                // The cache is never emptied: a value set meanwhile is newer than the store's, and stays.
-                self.lock().cache.entry(key.to_vec()).or_insert(loaded).clone()
+                let loaded = self.load(key);
+                let mut inner = self.lock();
+                // A write of the key meanwhile may have deleted chunks the read looked for: its value is newer.
+                let loaded = match loaded {
+                    Err(_) if inner.cache.contains_key(key) => None,
+                    loaded => loaded?.map(Arc::new),
+                };
+                // The cache is never emptied: a value set meanwhile is newer than the store's, and stays — and so
+                // does what the writer knows of its chunks (sealing happens under this lock).
+                if let Some(newer) = inner.cache.get(key) {
+                    return Ok(newer.clone());
+                }
+                if let Some(Value { chunks: Some(chunked), .. }) = loaded.as_deref() {
+                    self.writer.lock().manifests.insert(key.to_vec(), chunked.hashes.iter().copied().collect());
+                }
+                inner.cache.insert(key.to_vec(), loaded.clone());
+                loaded
             }
         })
     }
 
-    /// The stored value of `key`, put back together from its chunks if it is chunked (the chunks are then
-    /// recorded for the next write of the key).
+    /// The stored value of `key`, put back together from its chunks if it is chunked.
     fn load(&self, key: &[u8]) -> Result<Option<Value>, MlsStorageError> {
         let Some(stored) = self.store.get(MLS_TREE, key)? else { return Ok(None) };
         if !chunkable(key.get(self.prefix.len())) {
@@ -679,10 +718,6 @@ impl MlsStorage {
         }
         if bytes.len() as u64 != len {
             return Err(corrupt(format!("{} bytes in its chunks, {len} in its manifest", bytes.len())));
-        }
-        if !hashes.is_empty() {
-            // Unless a write of the key was sealed meanwhile: it knows better.
-            self.writer.lock().manifests.entry(key.to_vec()).or_insert_with(|| hashes.iter().copied().collect());
         }
         Ok(Some(Value { bytes, chunks: Some(Chunked { ends, hashes }) }))
     }
@@ -1802,5 +1837,13 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains(&hex::encode(&victim)) && p.ends_with("is missing")));
         assert!(problems.iter().any(|p| p.contains(&hex::encode([7; 32])) && p.ends_with("no manifest lists")));
+
+        // The value can still be deleted (by a storage that never read it): its other chunks go with it.
+        kv.data.lock().expect("lock").remove(&chunk_key(&tree_key(&s), s.prefix.len(), &[7; 32]));
+        let again = MlsStorage::new(Store::new(kv.clone(), CommitConfig::default()), "test").expect("storage");
+        again.delete_group(TREE, &GROUP).expect("delete");
+        again.submit_group(&GROUP).expect("submit").wait_blocking().expect("durable");
+        assert_eq!(chunks_stored(&kv, &s), (BTreeSet::new(), BTreeSet::new()));
+        assert!(check_chunks(kv.as_ref()).expect("check").problems.is_empty());
     }
 }
