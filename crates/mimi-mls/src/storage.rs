@@ -44,7 +44,8 @@
 //! every encrypt and decrypt. The provider therefore never writes through: each write updates an in-memory cache
 //! (the authoritative copy for this process) and marks the key *dirty* in a partition — the group the key belongs
 //! to, or the *global* partition for key packages, signature keys and leaf-update key pairs. Reads are served from
-//! the cache, falling back to the store on a miss (and remembering the answer, including "absent").
+//! the cache, falling back to the store on a miss (and remembering the answer, including "absent"). A closed
+//! group's large values leave the cache once the store holds them ([`MlsStorage::release_claim`]).
 //!
 //! After an MLS operation the engine calls [`MlsStorage::submit_group`]: the dirty keys of that group (and the
 //! global partition) are **sealed** — their values at the end of the operation are set aside (shared, not copied)
@@ -485,7 +486,22 @@ impl Writer {
         if st.handed_seq < seq {
             self.hand_off(&mut st);
         }
-        // Forget the flights up to the newest one known to be done: done means every earlier one is too.
+        Self::settle(&mut st);
+        if seq <= st.durable_seq {
+            return None;
+        }
+        st.flights.iter().find(|(s, _)| *s >= seq).map(|(_, f)| f.clone())
+    }
+
+    /// Every operation up to this one is known durable (without waiting).
+    fn durable_seq(&self) -> u64 {
+        let mut st = self.lock();
+        Self::settle(&mut st);
+        st.durable_seq
+    }
+
+    /// Forgets the flights up to the newest one known to be done: done means every earlier one is too.
+    fn settle(st: &mut WriterState) {
         if let Some(i) = st.flights.iter().rposition(|(_, f)| f.peek().is_some()) {
             let (s, f) = st.flights[i].clone();
             if matches!(f.peek(), Some(Ok(()))) {
@@ -496,10 +512,6 @@ impl Writer {
                 st.flights.drain(..i);
             }
         }
-        if seq <= st.durable_seq {
-            return None;
-        }
-        st.flights.iter().find(|(s, _)| *s >= seq).map(|(_, f)| f.clone())
     }
 }
 
@@ -524,8 +536,10 @@ impl Value {
 
 #[derive(Default)]
 struct Inner {
-    /// Full store key → value (`None`: known to be absent). Authoritative for this process, and never emptied:
-    /// [`MlsStorage::with`] reads the store outside the lock on that ground.
+    /// Full store key → value (`None`: known to be absent). Authoritative for this process, and never emptied
+    /// but for the large values of closed groups, and only where every write of theirs sealed so far is durable
+    /// ([`MlsStorage::release_claim`]): the store then holds the same value, so [`MlsStorage::with`] may read
+    /// the store outside the lock, whatever was evicted meanwhile.
     cache: HashMap<Vec<u8>, Cached>,
     /// Dirty keys per partition (CBOR of the group id; empty for the global partition).
     dirty: HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
@@ -537,6 +551,9 @@ struct Inner {
     claims: HashMap<Vec<u8>, u64>,
     /// Per partition, the encoding of the past epochs' message secrets ([`MlsStorage::reuse_past_epochs`]).
     past_epochs: HashMap<Vec<u8>, super::cbor::Splice>,
+    /// Partitions whose group was closed, each with the last operation sealed then: once that is durable, the
+    /// group's large values leave the cache ([`MlsStorage::release_claim`]).
+    closed: Vec<(Vec<u8>, u64)>,
 }
 
 /// OpenMLS storage for one local member (namespace) on the bridge's [`Store`]. See the module documentation.
@@ -684,8 +701,8 @@ impl MlsStorage {
                     Err(_) if inner.cache.contains_key(key) => None,
                     loaded => loaded?.map(Arc::new),
                 };
-                // The cache is never emptied: a value set meanwhile is newer than the store's, and stays — and so
-                // does what the writer knows of its chunks (sealing happens under this lock).
+                // A value set meanwhile is newer than the store's, and stays — and so does what the writer knows
+                // of its chunks (sealing happens under this lock).
                 if let Some(newer) = inner.cache.get(key) {
                     return Ok(newer.clone());
                 }
@@ -839,7 +856,13 @@ impl MlsStorage {
     pub fn submit(&self, partition: &[u8]) -> Durability {
         let mut inner = self.lock();
         let keys = Self::take_dirty(&mut inner, partition);
-        self.seal(&inner, keys)
+        let sealed = !keys.is_empty();
+        let durability = self.seal(&inner, keys);
+        if sealed {
+            self.sealed_after_close(&mut inner, |p| p == partition);
+        }
+        self.evict_closed(&mut inner);
+        durability
     }
 
     /// The dirty keys of `partition` and of the global partition, no longer dirty.
@@ -883,8 +906,12 @@ impl MlsStorage {
     /// Seals every dirty key of every partition as one operation.
     pub fn submit_all(&self) -> Durability {
         let mut inner = self.lock();
-        let keys: BTreeSet<Vec<u8>> = std::mem::take(&mut inner.dirty).into_values().flatten().collect();
-        self.seal(&inner, keys)
+        let dirty = std::mem::take(&mut inner.dirty);
+        let partitions: BTreeSet<Vec<u8>> = dirty.keys().cloned().collect();
+        let keys: BTreeSet<Vec<u8>> = dirty.into_values().flatten().collect();
+        let durability = self.seal(&inner, keys);
+        self.sealed_after_close(&mut inner, |p| partitions.contains(p));
+        durability
     }
 
     /// Like [`MlsStorage::submit`], but resolved at once when the operation wrote nothing: for operations whose
@@ -893,7 +920,26 @@ impl MlsStorage {
     pub(crate) fn submit_if_dirty(&self, partition: &[u8]) -> Durability {
         let mut inner = self.lock();
         let keys = Self::take_dirty(&mut inner, partition);
-        if keys.is_empty() { Durability::ready() } else { self.seal(&inner, keys) }
+        if keys.is_empty() {
+            return Durability::ready();
+        }
+        let durability = self.seal(&inner, keys);
+        self.sealed_after_close(&mut inner, |p| p == partition);
+        durability
+    }
+
+    /// A closed group's partition was written after all (an object of it that was not the last one, a failed
+    /// operation's leftovers): its large values stay in the cache until that write is durable too.
+    fn sealed_after_close(&self, inner: &mut Inner, written: impl Fn(&[u8]) -> bool) {
+        if inner.closed.is_empty() {
+            return;
+        }
+        let sealed = self.writer.lock().sealed_seq;
+        for (p, seq) in &mut inner.closed {
+            if written(p) {
+                *seq = sealed;
+            }
+        }
     }
 
     /// A handle on operation `seq` of this storage (one that [`Durability::seq`] returned).
@@ -918,6 +964,8 @@ impl MlsStorage {
     /// its state any more.
     pub(crate) fn claim(&self, partition: &[u8]) -> u64 {
         let mut inner = self.lock();
+        inner.closed.retain(|(p, _)| p != partition);
+        self.evict_closed(&mut inner);
         let next = inner.claims.get(partition).map_or(1, |c| c + 1);
         inner.claims.insert(partition.to_vec(), next);
         next
@@ -930,11 +978,38 @@ impl MlsStorage {
         self.lock().claims.get(partition) == Some(&claim)
     }
 
-    /// The group object holding `claim` is closed: the copy of its past epochs' encoding is dropped.
+    /// The group object holding `claim` is closed: the copy of its past epochs' encoding is dropped, and its
+    /// large values (tree, message secrets, group state: O(N) each) leave the cache once everything sealed until
+    /// now, and whatever of the group is sealed later, is durable — the store then holds what the cache does, and
+    /// a group opened again reads it there. That is checked by the member's later operations (a [`Self::claim`],
+    /// a submit, a close), not by a timer; the group's other records (O(1)) stay.
     pub(crate) fn release_claim(&self, partition: &[u8], claim: u64) {
         let mut inner = self.lock();
         if inner.claims.get(partition) == Some(&claim) {
             inner.past_epochs.remove(partition);
+            let sealed = self.writer.lock().sealed_seq;
+            inner.closed.push((partition.to_vec(), sealed));
+        }
+        self.evict_closed(&mut inner);
+    }
+
+    /// Takes the large values of closed groups out of the cache where what was sealed before they closed is
+    /// durable (and nothing of theirs is dirty: a group is closed once, but its records may be written after).
+    fn evict_closed(&self, inner: &mut Inner) {
+        if inner.closed.is_empty() {
+            return;
+        }
+        let durable = self.writer.durable_seq();
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.closed)
+            .into_iter()
+            .partition(|(p, seq)| *seq <= durable && !inner.dirty.contains_key(p));
+        inner.closed = waiting;
+        for (partition, _) in done {
+            for label in [TREE, MESSAGE_SECRETS, GROUP_STATE] {
+                // What the writer knows of the value's chunks stays (32 bytes a chunk): a write that read the
+                // value before it left may seal after.
+                inner.cache.remove(&self.key(label, &partition));
+            }
         }
     }
 
@@ -1845,5 +1920,63 @@ mod tests {
         again.submit_group(&GROUP).expect("submit").wait_blocking().expect("durable");
         assert_eq!(chunks_stored(&kv, &s), (BTreeSet::new(), BTreeSet::new()));
         assert!(check_chunks(kv.as_ref()).expect("check").problems.is_empty());
+    }
+
+    /// A closed group's tree leaves the cache once what was sealed before it closed is durable, and is read back
+    /// from the store; a group opened again before that keeps it.
+    #[test]
+    fn a_closed_groups_large_values_leave_the_cache_once_durable() {
+        let (_kv, s) = storage();
+        let partition = MlsStorage::partition(&GROUP).expect("partition");
+        let cached = |s: &MlsStorage| s.lock().cache.contains_key(&tree_key(s));
+        let claim = s.claim(&partition);
+        let value = noise(1 << 20, 21);
+        s.write_group(TREE, "tree", &GROUP, &value).expect("write");
+        let sealed = s.submit_group(&GROUP).expect("submit");
+        let open = s.cached_bytes();
+        s.release_claim(&partition, claim);
+        assert!(cached(&s), "sealed, not durable: kept");
+        sealed.wait_blocking().expect("durable");
+        op(&s, "later", 1).wait_blocking().expect("durable");
+        assert!(!cached(&s), "durable: gone");
+        assert!(s.cached_bytes() + (1 << 20) < open, "{} of {open} bytes left", s.cached_bytes());
+        let read = s.with(&tree_key(&s), |v| Ok(v.map(<[u8]>::to_vec))).expect("read");
+        assert_eq!(read, Some(encode("tree", &value).expect("encode")));
+        let mut changed = value.clone();
+        changed[1000..1010].copy_from_slice(&[9; 10]);
+        write_tree(&s, &changed);
+        assert!(check_chunks(_kv.as_ref()).expect("check").problems.is_empty());
+
+        // Closed, then opened again before its state was durable: it stays.
+        let claim = s.claim(&partition);
+        s.write_group(TREE, "tree", &GROUP, &noise(1 << 20, 22)).expect("write");
+        let sealed = s.submit_group(&GROUP).expect("submit");
+        s.release_claim(&partition, claim);
+        let _open_again = s.claim(&partition);
+        sealed.wait_blocking().expect("durable");
+        op(&s, "later", 2).wait_blocking().expect("durable");
+        assert!(cached(&s), "open again: kept");
+    }
+
+    /// A closed group's partition written again without a claim (a stale object, a failed operation's leftovers):
+    /// its large values stay cached until that write is durable too, so the store never serves an older one.
+    #[test]
+    fn a_write_after_close_keeps_the_values_until_it_is_durable() {
+        let (_kv, s) = storage();
+        let partition = MlsStorage::partition(&GROUP).expect("partition");
+        let claim = s.claim(&partition);
+        s.write_group(TREE, "tree", &GROUP, &noise(1 << 20, 31)).expect("write");
+        let first = s.submit_group(&GROUP).expect("submit");
+        s.release_claim(&partition, claim);
+        first.wait_blocking().expect("durable");
+        let newer = noise(1 << 20, 32);
+        s.write_group(TREE, "tree", &GROUP, &newer).expect("write");
+        let second = s.submit_group(&GROUP).expect("submit");
+        assert!(s.lock().cache.contains_key(&tree_key(&s)), "the newer value is not durable yet");
+        second.wait_blocking().expect("durable");
+        op(&s, "later", 1).wait_blocking().expect("durable");
+        assert!(!s.lock().cache.contains_key(&tree_key(&s)), "durable: gone");
+        let read = s.with(&tree_key(&s), |v| Ok(v.map(<[u8]>::to_vec))).expect("read");
+        assert_eq!(read, Some(encode("tree", &newer).expect("encode")));
     }
 }
