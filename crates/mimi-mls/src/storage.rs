@@ -1780,16 +1780,12 @@ mod tests {
         assert!(kv.data.lock().expect("lock").contains_key(&key));
     }
 
+    /// `len` pseudo-random bytes, the same for the same seed.
     fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        use rand::{RngCore as _, SeedableRng as _};
+        let mut bytes = vec![0; len];
+        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+        bytes
     }
 
     const GROUP: &[u8] = b"big group";
