@@ -618,7 +618,7 @@ impl MlsStorage {
     /// Sets `key`, of a label whose values are stored whole.
     fn set(&self, partition: &[u8], key: Vec<u8>, value: Option<Vec<u8>>) {
         debug_assert!(!chunkable(key.get(self.prefix.len())), "a chunkable key set whole");
-        self.put(partition, key, value.map(|v| Arc::new(Value::whole(v))));
+        Self::put_locked(&mut self.lock(), partition, key, value.map(|v| Arc::new(Value::whole(v))));
     }
 
     /// Sets `key`, of a chunkable label: a large value is cut into chunks here, outside the locks.
@@ -658,10 +658,6 @@ impl MlsStorage {
             .and_then(|v| chunks::parse_manifest(&v))
             .map(|(_, hashes)| hashes.into_iter().collect())
             .unwrap_or_default())
-    }
-
-    fn put(&self, partition: &[u8], key: Vec<u8>, value: Cached) {
-        Self::put_locked(&mut self.lock(), partition, key, value);
     }
 
     fn put_locked(inner: &mut Inner, partition: &[u8], key: Vec<u8>, value: Cached) {
@@ -856,13 +852,7 @@ impl MlsStorage {
     pub fn submit(&self, partition: &[u8]) -> Durability {
         let mut inner = self.lock();
         let keys = Self::take_dirty(&mut inner, partition);
-        let sealed = !keys.is_empty();
-        let durability = self.seal(&inner, keys);
-        if sealed {
-            self.sealed_after_close(&mut inner, |p| p == partition);
-        }
-        self.evict_closed(&mut inner);
-        durability
+        self.seal(&mut inner, keys, |p| p == partition)
     }
 
     /// The dirty keys of `partition` and of the global partition, no longer dirty.
@@ -874,18 +864,27 @@ impl MlsStorage {
         keys
     }
 
-    /// Seals `keys` with their cached values (called with the cache locked: operations seal in order).
-    fn seal(&self, inner: &Inner, keys: BTreeSet<Vec<u8>>) -> Durability {
+    /// Seals `keys` — of the partitions for which `written` is true — with their cached values (called with the
+    /// cache locked: operations seal in order). A closed group written after all (an object of it that was not the
+    /// last one, a failed operation's leftovers) keeps its large values in the cache until that write is durable
+    /// too; closed groups whose state is durable leave it ([`MlsStorage::release_claim`]).
+    fn seal(&self, inner: &mut Inner, keys: BTreeSet<Vec<u8>>, written: impl Fn(&[u8]) -> bool) -> Durability {
         if keys.is_empty() {
             // Nothing new, but the output may rest on state sealed before: wait for that too.
             let seq = self.writer.lock().sealed_seq;
             return if seq == 0 { Durability::ready() } else { self.ticket(seq) };
         }
-        let values = keys.into_iter().map(|k| {
-            let v = inner.cache.get(&k).cloned().flatten();
+        let cache = &inner.cache;
+        let seq = self.writer.seal(keys.into_iter().map(|k| {
+            let v = cache.get(&k).cloned().flatten();
             (k, v)
-        });
-        let seq = self.writer.seal(values);
+        }));
+        for (p, sealed) in &mut inner.closed {
+            if written(p) {
+                *sealed = seq;
+            }
+        }
+        self.evict_closed(inner);
         self.ticket(seq)
     }
 
@@ -909,9 +908,7 @@ impl MlsStorage {
         let dirty = std::mem::take(&mut inner.dirty);
         let partitions: BTreeSet<Vec<u8>> = dirty.keys().cloned().collect();
         let keys: BTreeSet<Vec<u8>> = dirty.into_values().flatten().collect();
-        let durability = self.seal(&inner, keys);
-        self.sealed_after_close(&mut inner, |p| partitions.contains(p));
-        durability
+        self.seal(&mut inner, keys, |p| partitions.contains(p))
     }
 
     /// Like [`MlsStorage::submit`], but resolved at once when the operation wrote nothing: for operations whose
@@ -920,26 +917,7 @@ impl MlsStorage {
     pub(crate) fn submit_if_dirty(&self, partition: &[u8]) -> Durability {
         let mut inner = self.lock();
         let keys = Self::take_dirty(&mut inner, partition);
-        if keys.is_empty() {
-            return Durability::ready();
-        }
-        let durability = self.seal(&inner, keys);
-        self.sealed_after_close(&mut inner, |p| p == partition);
-        durability
-    }
-
-    /// A closed group's partition was written after all (an object of it that was not the last one, a failed
-    /// operation's leftovers): its large values stay in the cache until that write is durable too.
-    fn sealed_after_close(&self, inner: &mut Inner, written: impl Fn(&[u8]) -> bool) {
-        if inner.closed.is_empty() {
-            return;
-        }
-        let sealed = self.writer.lock().sealed_seq;
-        for (p, seq) in &mut inner.closed {
-            if written(p) {
-                *seq = sealed;
-            }
-        }
+        if keys.is_empty() { Durability::ready() } else { self.seal(&mut inner, keys, |p| p == partition) }
     }
 
     /// A handle on operation `seq` of this storage (one that [`Durability::seq`] returned).
