@@ -11,7 +11,8 @@ use crate::service::ProviderError;
 use mimi_protocol::hub::{Refusal, Sequenced};
 use mimi_protocol::wire::{
     DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, KeyMaterialRequest, KeyMaterialUserCode,
-    MlsMessageBytes, SubmitMessageRequest, SubmitMessageResponse, UpdateRequest, UpdateRoomResponse, wire_format,
+    MlsMessageBytes, RatchetTreeOption, SubmitMessageRequest, SubmitMessageResponse, UpdateRequest, UpdateRoomResponse,
+    wire_format,
 };
 
 /// What a client is told of a message it sent (to our hub or, through us, to another).
@@ -160,6 +161,16 @@ impl Federation {
     /// The GroupInfo MLSMessage of `room`, hosted by `hub`, fetched with a `GroupInfoRequest` signed by this
     /// provider's own key and credential (`mimi://DOMAIN`; so only open rooms answer).
     pub async fn fetch_group_info(&self, room: &str, hub: &str) -> Result<Vec<u8>, Failure> {
+        self.fetch_group_info_and_tree(room, hub).await.map(|(info, _)| info)
+    }
+
+    /// [`Federation::fetch_group_info`], with the ratchet tree if the hub sent it beside the GroupInfo (TLS
+    /// encoding): what a join by external commit needs.
+    pub async fn fetch_group_info_and_tree(
+        &self,
+        room: &str,
+        hub: &str,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), Failure> {
         let signer = self.provider.hub_signer().await?;
         let credential = signer.sender.credential.credential().map_err(Failure::internal)?;
         let (request, secret) =
@@ -172,7 +183,11 @@ impl Federation {
             GroupInfoCode::NoSuchRoom => return Err(Failure::not_found(format!("unknown room {room}"))),
         }
         let tbe = response.open(room.as_bytes(), &secret).map_err(Failure::bad_gateway)?;
-        Ok(tbe.group_info.into_bytes())
+        let tree = match tbe.ratchet_tree {
+            RatchetTreeOption::Full(tree) => Some(tree),
+            _ => None,
+        };
+        Ok((tbe.group_info.into_bytes(), tree))
     }
 
     /// Claims a KeyPackage (MLSMessage) of `target`, a user of the provider `domain`, for `room` on behalf of our
