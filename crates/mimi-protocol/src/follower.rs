@@ -47,12 +47,21 @@ pub struct FollowerRoom {
     last: u64,
     held: BTreeMap<u64, SequencedFanout>,
     fetching: bool,
+    /// Followed for a join still on its way to the hub: entries are held, not fetched for, until the join's place
+    /// in the log is known ([`FollowerRoom::start_at`]) or the join settled without it ([`FollowerRoom::end_join`]).
+    joining: bool,
 }
 
 impl FollowerRoom {
     /// A follower of `room` whose local log ends at `last` (0 if empty).
     pub fn new(room: &str, last: u64) -> Self {
-        Self { room: room.to_owned(), last, held: BTreeMap::new(), fetching: false }
+        Self { room: room.to_owned(), last, held: BTreeMap::new(), fetching: false, joining: false }
+    }
+
+    /// An empty copy of `room`, followed for a join of ours on its way to the hub: the hub's notify of the join
+    /// may come before its answer, and must not make the copy fetch the room's whole log.
+    pub fn joining(room: &str) -> Self {
+        Self { joining: true, ..Self::new(room, 0) }
     }
 
     /// The room URI.
@@ -89,6 +98,31 @@ impl FollowerRoom {
         actions
     }
 
+    /// Whether the copy was followed for a join still on its way to the hub ([`FollowerRoom::joining`]).
+    pub fn is_joining(&self) -> bool {
+        self.joining
+    }
+
+    /// The joins this copy was followed for settled; `first`: the lowest place in the log the hub gave one of
+    /// them. A copy that holds nothing yet then starts there: what the hub sequenced before is not ours to read,
+    /// and may be gone from its log (retention). Returns whether the start moved, and whether the next
+    /// [`FollowerRoom::on_notify`] (with no entries, if need be) has something to do: append what is held, or
+    /// fetch for it as any copy does. Nothing changes for a copy that is not joining (any more).
+    pub fn joined(&mut self, first: Option<u64>) -> (bool, bool) {
+        if !std::mem::take(&mut self.joining) {
+            return (false, false);
+        }
+        let moved = match first {
+            Some(first) if self.last == 0 && first > 1 => {
+                self.last = first - 1;
+                self.held.retain(|seq, _| *seq >= first);
+                true
+            }
+            _ => false,
+        };
+        (moved, !self.held.is_empty())
+    }
+
     /// The fetch failed (hub unreachable): allow a later one.
     pub fn on_fetch_failed(&mut self) {
         self.fetching = false;
@@ -115,7 +149,7 @@ impl FollowerRoom {
         if !run.is_empty() {
             actions.push(FollowerAction::Append(run));
         }
-        if !self.held.is_empty() && !self.fetching {
+        if !self.held.is_empty() && !self.fetching && !self.joining {
             self.fetching = true;
             actions.push(FollowerAction::Fetch { after: self.last });
         }
@@ -201,6 +235,38 @@ mod tests {
         assert_eq!(a.last(), Some(&FollowerAction::Fetch { after: 7 }), "asks for a further page");
         assert!(f.on_log_page(Vec::new()).is_empty(), "an empty page ends the catch-up");
         assert_eq!(f.last(), 7);
+    }
+
+    #[test]
+    fn a_copy_followed_for_a_join_starts_at_the_join_and_fetches_nothing_before() {
+        // The join's notify (9) comes before the hub's answer: held, nothing fetched.
+        let mut f = FollowerRoom::joining("mimi://a/r/x");
+        assert!(f.on_notify(vec![entry(9), entry(10)]).is_empty());
+        assert!(f.is_joining());
+        assert_eq!(f.joined(Some(9)), (true, true));
+        assert_eq!(seqs(&f.on_notify(Vec::new())), [9, 10]);
+        assert_eq!(f.last(), 10);
+        // Once only.
+        assert_eq!(f.joined(Some(3)), (false, false));
+        // Without an earlier notify: the copy simply starts there.
+        let mut g = FollowerRoom::joining("mimi://a/r/x");
+        assert_eq!(g.joined(Some(5)), (true, false));
+        assert_eq!(seqs(&g.on_notify(vec![entry(5)])), [5]);
+    }
+
+    #[test]
+    fn a_join_settled_without_a_place_fetches_what_it_holds_as_usual() {
+        let mut f = FollowerRoom::joining("mimi://a/r/x");
+        assert!(f.on_notify(vec![entry(7)]).is_empty());
+        assert_eq!(f.joined(None), (false, true));
+        assert_eq!(f.on_notify(Vec::new()), vec![FollowerAction::Fetch { after: 0 }]);
+        // A copy that holds entries already keeps its start.
+        let mut g = FollowerRoom::joining("mimi://a/r/x");
+        g.joining = false;
+        assert!(!g.on_notify(vec![entry(1)]).is_empty());
+        g.joining = true;
+        assert_eq!(g.joined(Some(9)), (false, false));
+        assert_eq!(g.last(), 1);
     }
 
     #[test]

@@ -150,6 +150,8 @@ const TAIL_BYTES: usize = 4 << 20;
 struct Tentative {
     in_flight: usize,
     accepted: bool,
+    /// The lowest place in the log the hub gave one of them: where the copy starts ([`FollowerRoom::joined`]).
+    first: Option<u64>,
 }
 
 /// How many of `rooms` we host were created by `uri`.
@@ -489,7 +491,14 @@ impl Provider {
             if let Some(r) = rooms.get_mut(room) {
                 match (&mut r.tentative, for_update) {
                     (Some(t), true) => t.in_flight += 1,
-                    (t, false) => *t = None,
+                    (t, false) => {
+                        // A lasting follow (an invitation): the copy is every entry's, not only a join's; what it
+                        // holds is fetched for at the next notify.
+                        *t = None;
+                        if let Role::Follower { state, .. } = &mut r.role {
+                            state.joined(None);
+                        }
+                    }
                     (None, true) => {}
                 }
                 return Ok(());
@@ -497,9 +506,9 @@ impl Provider {
             let mut b = Batch::new();
             write::room(&mut b, &RoomRecord::Follower { room: room.to_owned(), hub: hub.to_owned() })?;
             let (tx, _) = watch::channel(0);
-            let state = FollowerRoom::new(room, 0);
+            let state = if for_update { FollowerRoom::joining(room) } else { FollowerRoom::new(room, 0) };
             let mut r = Room::new(Role::Follower { state, hub: hub.to_owned() }, tx);
-            r.tentative = for_update.then_some(Tentative { in_flight: 1, accepted: false });
+            r.tentative = for_update.then_some(Tentative { in_flight: 1, accepted: false, first: None });
             rooms.insert(room.to_owned(), r);
             self.inner.store.commit_later(b)
         };
@@ -1191,6 +1200,12 @@ impl Provider {
         Ok(fetch)
     }
 
+    /// Whether `room` is followed for a join still on its way to its hub, with nothing of the log before it held
+    /// ([`FollowerRoom::joining`]): a catch-up would fetch the log from its start.
+    pub fn is_joining(&self, room: &str) -> bool {
+        matches!(lock(&self.inner.rooms).get(room).map(|r| &r.role), Some(Role::Follower { state, .. }) if state.is_joining())
+    }
+
     /// A failed fetch of a followed room's log (the hub is unreachable).
     pub fn fetch_failed(&self, room: &str) {
         if let Some(Room { role: Role::Follower { state, .. }, .. }) = lock(&self.inner.rooms).get_mut(room) {
@@ -1287,30 +1302,72 @@ impl Provider {
         self.follow_as(room, hub, true).await
     }
 
-    /// The hub answered an update announced with [`Provider::follow_for_update`]: `accepted`, or refused. When the
-    /// last update in flight settles and the hub accepted none (and no entry came), the follow is undone.
-    pub async fn update_settled(&self, room: &str, accepted: bool) -> Result<(), ProviderError> {
-        let durable = {
+    /// The hub answered an update announced with [`Provider::follow_for_update`]: `accepted` (at `at` in its log,
+    /// if it said), or refused. When the last update in flight settles and the hub accepted none (and no entry
+    /// came), the follow is undone; if it accepted one, a copy that holds nothing yet starts at the lowest place
+    /// the hub gave them ([`FollowerRoom::joined`]). `Some(after)` if the hub's log must be fetched after `after`
+    /// (as [`Provider::accept_entries`]).
+    pub async fn update_settled(
+        &self,
+        room: &str,
+        accepted: bool,
+        at: Option<u64>,
+    ) -> Result<Option<u64>, ProviderError> {
+        /// What became of the follow.
+        enum Settled {
+            /// Kept: the start of its copy if it moved, and whether the copy has entries to append or fetch.
+            Kept { start: Option<u64>, work: bool },
+            /// Forgotten once this is durable.
+            Forgotten(tokio::sync::oneshot::Receiver<Result<(), StoreError>>),
+        }
+        let settled = {
             let mut rooms = lock(&self.inner.rooms);
-            let Some(r) = rooms.get_mut(room) else { return Ok(()) };
-            let Some(t) = &mut r.tentative else { return Ok(()) };
+            let Some(r) = rooms.get_mut(room) else { return Ok(None) };
+            let Some(t) = &mut r.tentative else { return Ok(None) };
             t.in_flight = t.in_flight.saturating_sub(1);
             t.accepted |= accepted;
+            if accepted && let Some(at) = at {
+                t.first = Some(t.first.map_or(at, |f| f.min(at)));
+            }
             if t.in_flight > 0 {
-                return Ok(());
+                return Ok(None);
             }
             let keep = t.accepted || *r.last.borrow() > 0;
+            let first = t.first;
             r.tentative = None;
             if keep {
-                return Ok(());
+                let (moved, work) = match &mut r.role {
+                    Role::Follower { state, .. } => state.joined(first),
+                    Role::Hub(_) => (false, false),
+                };
+                let start = first.filter(|_| moved);
+                if let Some(start) = start {
+                    r.first = start;
+                }
+                Settled::Kept { start, work }
+            } else {
+                rooms.remove(room);
+                let mut b = Batch::new();
+                write::forget_room(&mut b, room);
+                Settled::Forgotten(self.inner.store.commit_later(b))
             }
-            rooms.remove(room);
-            let mut b = Batch::new();
-            write::forget_room(&mut b, room);
-            self.inner.store.commit_later(b)
         };
-        durable.await.unwrap_or(Err(StoreError::Closed))?;
-        Ok(())
+        match settled {
+            Settled::Forgotten(durable) => {
+                durable.await.unwrap_or(Err(StoreError::Closed))?;
+                Ok(None)
+            }
+            Settled::Kept { start, work } => {
+                if let Some(start) = start {
+                    // Where the copy starts, for readers now and after a restart (as retention records it).
+                    let mut b = Batch::new();
+                    write::first(&mut b, room, start);
+                    self.inner.store.commit(b).await?;
+                }
+                // What it holds goes to the store the way a notify's entries do, or is fetched for.
+                if work { self.accept_entries(room, Vec::new(), false).await } else { Ok(None) }
+            }
+        }
     }
 }
 

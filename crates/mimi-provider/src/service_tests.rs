@@ -170,25 +170,25 @@ async fn a_follow_for_an_update_the_hub_refuses_is_forgotten() {
     // Refused: the room is forgotten, durably.
     b.follow_for_update(ROOM, "a.test").await.expect("follow");
     assert_eq!(b.route(ROOM).expect("route"), RoomRoute::Follower { hub: "a.test".into() });
-    b.update_settled(ROOM, false).await.expect("settled");
+    b.update_settled(ROOM, false, None).await.expect("settled");
     assert_eq!(b.route(ROOM).expect("route"), RoomRoute::Remote { domain: "a.test".into() });
     // Two updates in flight, the first refused, the second accepted (answers in either order): kept.
     b.follow_for_update(other, "a.test").await.expect("follow");
     b.follow_for_update(other, "a.test").await.expect("follow");
-    b.update_settled(other, false).await.expect("settled");
+    b.update_settled(other, false, None).await.expect("settled");
     assert_eq!(b.route(other).expect("route"), RoomRoute::Follower { hub: "a.test".into() }, "one still in flight");
-    b.update_settled(other, true).await.expect("settled");
+    b.update_settled(other, true, None).await.expect("settled");
     // A room followed for good is never forgotten by a refusal.
     b.follow_for_update(other, "a.test").await.expect("follow");
-    b.update_settled(other, false).await.expect("settled");
+    b.update_settled(other, false, None).await.expect("settled");
     assert_eq!(b.route(other).expect("route"), RoomRoute::Follower { hub: "a.test".into() });
     b.follow_for_update(ROOM, "a.test").await.expect("follow");
     b.follow(ROOM, "a.test").await.expect("invited meanwhile");
-    b.update_settled(ROOM, false).await.expect("settled");
+    b.update_settled(ROOM, false, None).await.expect("settled");
     assert_eq!(b.route(ROOM).expect("route"), RoomRoute::Follower { hub: "a.test".into() });
     let third = "mimi://a.test/r/third";
     b.follow_for_update(third, "a.test").await.expect("follow");
-    b.update_settled(third, false).await.expect("settled");
+    b.update_settled(third, false, None).await.expect("settled");
     drop(b);
     let b = Provider::open("b.test", st).expect("reopen");
     let mut followed = b.followed();

@@ -58,6 +58,11 @@ impl Federation {
 
     /// Catches `room` up from its hub now (the hub said it moved on), so the client finds the commit it missed.
     pub(crate) async fn catch_up_now(&self, room: &str) {
+        // A copy made for a join on its way: the log before the join is not ours to read (its start is set when
+        // the join settles).
+        if self.provider.is_joining(room) {
+            return;
+        }
         if let Ok(after) = self.provider.last_seq(room) {
             self.catch_up(room, after).await;
         }

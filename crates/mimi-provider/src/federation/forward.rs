@@ -101,9 +101,11 @@ impl Federation {
         let (this, room, hub, user) = (self.clone(), room.to_owned(), hub.to_owned(), user.to_owned());
         let task = tokio::spawn(async move {
             if let Err(e) = this.provider.follow_for_update(&room, &hub).await {
-                let _ = this.provider.update_settled(&room, false).await;
+                let _ = this.provider.update_settled(&room, false, None).await;
                 return Err(e.into());
             }
+            // Settles the follow even if this task panics (as an unclear answer: the room is kept).
+            let mut guard = Settle { federation: this.clone(), room: Some(room.clone()) };
             let (verdict, answer) = this.forward_update(&room, &hub, &user, &request).await;
             // The hub sequenced our user's handshake (an external join, or a commit of a member): they may read
             // our copy of the room.
@@ -112,12 +114,27 @@ impl Federation {
             {
                 tracing::warn!(room, user, error = %e, "could not record a reader of a followed room");
             }
-            if let Err(e) = this.provider.update_settled(&room, verdict != HubVerdict::Refused).await {
-                tracing::warn!(room, error = %e, "could not forget a room the hub refused us");
-            }
+            // A copy made for this join starts at it: nothing before it is ours to read.
+            let at = match &answer {
+                Ok(Verdict::Accepted { seq }) => *seq,
+                _ => None,
+            };
+            guard.settled();
+            this.settle(&room, verdict != HubVerdict::Refused, at).await;
             answer
         });
         task.await.unwrap_or_else(|e| Err(Failure::internal(e)))
+    }
+
+    /// [`Provider::update_settled`], and the catch-up it asks for.
+    ///
+    /// [`Provider::update_settled`]: crate::Provider::update_settled
+    async fn settle(&self, room: &str, accepted: bool, at: Option<u64>) {
+        match self.provider.update_settled(room, accepted, at).await {
+            Ok(Some(after)) => self.spawn_catch_up(room, after),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(room, error = %e, "could not settle the follow of a room"),
+        }
     }
 
     /// Sends our `user`'s update to `hub` (`/v1/update`); what the hub made of it, and the client's answer.
@@ -215,6 +232,30 @@ impl Federation {
                 Ok(kp.as_bytes().to_vec())
             }
             (status, _) => Err(Failure::not_found(format!("no KeyPackage of {target} ({status:?})"))),
+        }
+    }
+}
+
+/// Settles the follow of an update whose task ended without doing it (a panic): as an unclear answer.
+struct Settle {
+    federation: Federation,
+    /// The room, until the task settles the follow itself.
+    room: Option<String>,
+}
+
+impl Settle {
+    /// The task settles the follow itself.
+    fn settled(&mut self) {
+        self.room = None;
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        let Some(room) = self.room.take() else { return };
+        let federation = self.federation.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { federation.settle(&room, true, None).await });
         }
     }
 }
