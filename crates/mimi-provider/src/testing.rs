@@ -25,6 +25,7 @@ pub struct MemoryNetwork {
     nodes: Mutex<HashMap<String, PeerApi>>,
     down: Mutex<HashSet<String>>,
     held: Mutex<HashSet<String>>,
+    lost: Mutex<HashMap<String, usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -55,6 +56,12 @@ impl MemoryNetwork {
         } else {
             set.remove(domain)
         };
+    }
+
+    /// Loses the answers of provider `domain` to the next `n` messages submitted to it (`submitMessage`), after
+    /// it has acted on them: the sender cannot tell whether they were sequenced.
+    pub fn lose_answers(&self, domain: &str, n: usize) {
+        lock(&self.lost).insert(domain.to_owned(), n);
     }
 
     /// Holds back notifies to `domain` (`true`: they get no answer) or lets them through again.
@@ -111,7 +118,13 @@ impl PeerClient for MemoryPeerClient {
         request: &SubmitMessageRequest,
     ) -> Result<HubAnswer<SubmitMessageResponse>, PeerError> {
         let (api, from) = self.reach(hub)?;
-        api.submit_message(&from, room, request.clone()).await.map_err(refused)
+        let answer = api.submit_message(&from, room, request.clone()).await.map_err(refused)?;
+        let network = self.network.upgrade().ok_or_else(|| PeerError::Unclear("the network is gone".into()))?;
+        if let Some(n) = lock(&network.lost).get_mut(hub).filter(|n| **n > 0) {
+            *n -= 1;
+            return Err(PeerError::Unclear(format!("{hub}: the answer was lost")));
+        }
+        Ok(answer)
     }
 
     async fn update(
