@@ -887,6 +887,17 @@ pub fn encode_outgoing_with(
     Message::encode(content).map_err(|e| refused(&e))
 }
 
+/// Whether the member `sender` may speak for the legacy user `user` (see [`decode_incoming_with_parts`]).
+fn speaks_for(sender: &str, user: &str) -> bool {
+    let legacy_name = user.rsplit_once("/u/").is_some_and(|(_, name)| name.contains('~') && !name.contains('/'));
+    legacy_name && uri_domain(user).is_some_and(|d| sender == format!("mimi://{d}/u/bridge"))
+}
+
+/// The domain of a MIMI URI (`mimi://DOMAIN/…`).
+fn uri_domain(uri: &str) -> Option<&str> {
+    uri.strip_prefix("mimi://")?.split('/').next().filter(|d| !d.is_empty())
+}
+
 /// The first text of a body: `(text, markdown?)`.
 fn body_text(part: &NestedPart) -> Option<(String, bool)> {
     let mut found = None;
@@ -946,8 +957,21 @@ pub fn decode_incoming_with_parts(
     let sender_uri = String::from_utf8_lossy(sender_identity).into_owned();
     let id = msg.message_id_with(Some(&sender_uri), Some(room))?;
     let id = MessageId::from_bytes(&id).map_err(|e| IncomingError::Id(e.to_string()))?;
-    let display_name = sender_uri.rsplit('/').next().unwrap_or(&sender_uri).to_owned();
-    let sender = Sender { uri: sender_uri.clone(), display_name, network: "mimi".into(), legacy: None };
+    let sender = match LegacySender::from_extensions(&c.extensions) {
+        // Another bridge's leaf (`mimi://DOMAIN/u/bridge`, a name no native user may register) speaking for one of
+        // its legacy users, in a room two bridges federate: shown as that user, whose URI must be a legacy user's
+        // (`NET.ACCT~…`, which no native user may register either) of the bridge's own domain. Anyone else's claim
+        // is not shown.
+        Ok(Some(legacy)) if speaks_for(&sender_uri, &legacy.uri) => {
+            let shown = legacy.uri.rsplit('/').next().unwrap_or(&legacy.uri);
+            let display_name = legacy.display_name.clone().unwrap_or_else(|| shown.to_owned());
+            Sender { uri: legacy.uri, display_name, network: legacy.network, legacy: None }
+        }
+        _ => {
+            let display_name = sender_uri.rsplit('/').next().unwrap_or(&sender_uri).to_owned();
+            Sender { uri: sender_uri.clone(), display_name, network: "mimi".into(), legacy: None }
+        }
+    };
     let to_id = |b: &[u8; 32]| MessageId::from_bytes(b).map_err(|e| IncomingError::Id(e.to_string()));
     let disposition = c.nested_part.disposition;
     let null = matches!(c.nested_part.body, PartBody::Null);

@@ -2,6 +2,7 @@
 
 mod crash;
 mod provider_portal;
+mod remote_room;
 mod retention;
 mod router;
 mod schema_v1;
