@@ -26,12 +26,15 @@
 //! (beyond it the shared leaf speaks for them, with the `legacySender` extension). Every handshake of the log is
 //! fed to the local leaves too. See [`leaves`].
 //!
-//! Room URI of portal `P` on domain `D`: `mimi://D/r/P`; its MLS group id is that URI's bytes.
+//! Room URI of portal `P` on domain `D`: `mimi://D/r/P`, unless the portal was linked to a room another provider
+//! hosts ([`remote`]: its bridge leaf joins that room, and its messages and commits go to that room's hub); the
+//! MLS group id is the room URI's bytes.
 
 mod dormant;
 mod keys;
 mod leaves;
 mod order;
+mod remote;
 
 pub use dormant::DEFAULT_IDLE_CLOSE;
 pub use keys::DEFAULT_KEY_UPDATE;
@@ -53,6 +56,7 @@ use mimi_mls::{
 };
 use mimi_protocol::hub::{JoinPolicy, Origin, Refusal};
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest, wire_format};
+use mimi_provider::Federation;
 use mimi_provider::log::{Records, write};
 use mimi_provider::service::{Provider, ProviderError};
 use mimi_store::Batch;
@@ -102,6 +106,8 @@ struct Slot {
     closed: Arc<tokio::sync::Notify>,
     /// Opened for a key update only: the worker closes it once it has applied the log ([`dormant`]).
     close_when_caught_up: bool,
+    /// In a room hosted elsewhere, the message forwarded last if its hub gave no clear answer ([`remote`]).
+    unanswered: Option<remote::Unanswered>,
 }
 
 /// The portals' room of record: MLS groups sequenced by the local hub. See the module documentation.
@@ -138,6 +144,10 @@ pub struct MlsRooms {
     /// The daemon's media store ([`MlsRooms::set_media`]): files travel to members as MIMI external parts, and
     /// members' external parts reach other networks as its links.
     media: Arc<std::sync::OnceLock<Arc<bridge_media::FileMediaStore>>>,
+    /// Portals whose room another provider hosts, by portal: that room's URI ([`remote`]).
+    remote_rooms: Mutex<HashMap<PortalId, String>>,
+    /// How the hubs of rooms hosted elsewhere are reached ([`MlsRooms::set_federation`]).
+    federation: std::sync::OnceLock<Federation>,
     me: Weak<MlsRooms>,
 }
 
@@ -181,6 +191,8 @@ impl MlsRooms {
             attached: std::sync::atomic::AtomicBool::new(false),
             stop: tokio::sync::watch::channel(false).0,
             media: Arc::default(),
+            remote_rooms: Mutex::default(),
+            federation: std::sync::OnceLock::new(),
             me: me.clone(),
         })
     }
@@ -350,9 +362,37 @@ impl MlsRooms {
 
     /// Loads (or creates) `portal`'s group and starts its worker; see [`MlsRooms::slot`].
     async fn open_slot(&self, portal: &PortalId) -> Result<Arc<tokio::sync::Mutex<Slot>>, RoomError> {
-        let domain = self.provider.domain().to_owned();
-        let room = room_uri(&domain, portal);
+        let room = self.room_of(portal);
         let gid = room.as_bytes();
+        let store = self.provider.store();
+        let per_user = Repo::new(store)
+            .portal(portal)
+            .map_err(unavailable)?
+            .is_some_and(|r| r.mls_identity == MlsIdentity::PerUser);
+        let mut applied = Records(store).cursor(&room, CURSOR).map_err(unavailable)?;
+        if let Some(hub) = self.remote_hub(&room) {
+            if per_user {
+                return Err(RoomError::Refused(format!(
+                    "portal {portal}: mls_identity = \"per-user\" needs a room hosted here, and {room} is {hub}'s"
+                )));
+            }
+            let group = match PortalGroup::load(self.mls.clone(), self.member.clone(), gid) {
+                Ok(g) if g.is_active() => g,
+                // Never joined, or removed since: (re)join; what came before the join is not ours to read.
+                Ok(_) | Err(MlsError::UnknownGroup(_)) => {
+                    let (group, seq) = self.join_remote(&room, &hub).await?;
+                    if let Some(seq) = seq.filter(|s| *s > applied) {
+                        let mut b = Batch::new();
+                        write::cursor(&mut b, &room, CURSOR, seq);
+                        store.commit(b).await.map_err(unavailable)?;
+                        applied = seq;
+                    }
+                    group
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
+            return self.start_slot(portal, room, group, None, applied).await;
+        }
         // Loaded inline: its size is unknown before, and handing the worker over for each of thousands of small
         // portals opening at a start would cost more than the occasional big group's load (once per open).
         let group = match PortalGroup::load(self.mls.clone(), self.member.clone(), gid) {
@@ -382,12 +422,6 @@ impl MlsRooms {
             Err(e) => return Err(unavailable(e)),
         }
         self.serve_group_info(&room, &group).await;
-        let applied = Records(self.provider.store()).cursor(&room, CURSOR).map_err(unavailable)?;
-        let store = self.provider.store();
-        let per_user = Repo::new(store)
-            .portal(portal)
-            .map_err(unavailable)?
-            .is_some_and(|r| r.mls_identity == MlsIdentity::PerUser);
         let leaves = if per_user {
             let policy = self.leaf_policies.lock().map_err(unavailable)?.get(portal).cloned().unwrap_or_default();
             let open = || UserLeaves::open(store.clone(), self.config.clone(), policy, &group);
@@ -395,6 +429,19 @@ impl MlsRooms {
         } else {
             None
         };
+        self.start_slot(portal, room, group, leaves, applied).await
+    }
+
+    /// Makes the slot of `portal`'s opened group (which has applied its room's log up to `applied`) and starts
+    /// its worker; see [`MlsRooms::slot`].
+    async fn start_slot(
+        &self,
+        portal: &PortalId,
+        room: String,
+        group: PortalGroup,
+        leaves: Option<UserLeaves>,
+        applied: u64,
+    ) -> Result<Arc<tokio::sync::Mutex<Slot>>, RoomError> {
         // Messages decrypted before the last stop (or before the portal closed) but maybe never taken by the
         // router go to it again (it drops what it already has by message id).
         let handed_on = self.handed_on.lock().ok().and_then(|h| h.get(&room).copied()).unwrap_or(0);
@@ -416,6 +463,7 @@ impl MlsRooms {
             active: std::time::Instant::now(),
             closed: closed.clone(),
             close_when_caught_up: false,
+            unanswered: None,
         }));
         let slot = {
             let mut slots = self.slots.lock().map_err(unavailable)?;
@@ -464,6 +512,10 @@ impl MlsRooms {
                     }
                     if let Err(e) = this.catch_up(&portal, &mut s).await {
                         tracing::warn!(portal = %portal, error = %e, "catching up with the room log failed");
+                    }
+                    // In a room hosted elsewhere, a leaf removed from it joins again.
+                    if let Err(e) = this.rejoin_if_removed(&mut s).await {
+                        tracing::warn!(portal = %portal, error = %e, "joining the room again failed");
                     }
                     let orphans = s.leaves.as_mut().map(UserLeaves::take_orphans).unwrap_or_default();
                     for uri in orphans {
@@ -610,6 +662,9 @@ impl MlsRooms {
     pub async fn add_members(&self, portal: &PortalId, key_packages: &[Vec<u8>]) -> Result<(), RoomError> {
         let slot = self.slot(portal).await?;
         let mut s = slot.lock().await;
+        if let Some(hub) = self.remote_hub(&s.room) {
+            return Err(RoomError::Refused(format!("{} is hosted by {hub}: add its members there", s.room)));
+        }
         self.catch_up(portal, &mut s).await?;
         let kps: Vec<&[u8]> = key_packages.iter().map(Vec::as_slice).collect();
         let out = offload(s.group.member_count(), || s.group.add_members(&kps)).await;
@@ -646,7 +701,10 @@ impl MlsRooms {
     /// per-user leaves process it and the served GroupInfo is refreshed; `true`), dropped if the hub moved to a
     /// newer epoch first (`false`: catch up and commit again) or refused it (an error).
     async fn submit_own_commit(&self, s: &mut Slot, out: CommitOutput) -> Result<bool, RoomError> {
-        let sent = self.send_commit(&s.room, &out.commit, self.member.uri()).await;
+        let sent = match self.remote_hub(&s.room) {
+            Some(hub) => self.commit_remote(&s.room, &hub, &out).await,
+            None => self.send_commit(&s.room, &out.commit, self.member.uri()).await,
+        };
         self.complete_own_commit(s, out, sent).await
     }
 
@@ -693,6 +751,10 @@ impl MlsRooms {
     /// commit: it carries no ratchet tree, the hub sends its own beside it), so that the portal can stay closed
     /// after a restart whatever the group's size ([`dormant`]).
     async fn serve_group_info(&self, room: &str, group: &PortalGroup) {
+        if self.remote_hub(room).is_some() {
+            // Its hub keeps the GroupInfo each commit carries.
+            return;
+        }
         let Ok(info) = offload(group.member_count(), || group.export_group_info(false)).await else { return };
         let stored = match MlsMessageBytes::new(info) {
             Ok(info) => self.provider.put_group_info(room, info).await,
@@ -735,6 +797,9 @@ impl RoomOfRecord for MlsRooms {
         let slot = self.slot(&msg.portal).await?;
         let mut s = slot.lock().await;
         s.active = std::time::Instant::now();
+        if let Some(hub) = self.remote_hub(&s.room) {
+            return self.publish_remote(&hub, msg, source, &mut s).await;
+        }
         let domain = self.provider.domain().to_owned();
         for _ in 0..=EPOCH_RETRIES {
             // In a per-user portal the legacy author speaks from their own leaf: added now if they have none, or,

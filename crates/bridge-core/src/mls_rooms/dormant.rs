@@ -61,7 +61,7 @@ impl MlsRooms {
     /// Makes `portal` known at start: its group opens now only if it has to (see the module documentation);
     /// otherwise when it is used. Call after [`MlsRooms::set_join_policy`] and [`MlsRooms::set_leaf_policy`].
     pub async fn register_portal(&self, portal: &PortalId) -> Result<(), RoomError> {
-        let room = super::room_uri(self.provider.domain(), portal);
+        let room = self.room_of(portal);
         let store = self.provider.store();
         let per_user = Repo::new(store)
             .portal(portal)
@@ -69,6 +69,10 @@ impl MlsRooms {
             .is_some_and(|r| r.mls_identity == MlsIdentity::PerUser);
         // Known before anything is read: an append from now on wakes it.
         self.known.lock().map_err(unavailable)?.insert(room.clone(), portal.clone());
+        if self.remote_hub(&room).is_some() {
+            self.open_remote_in_background(portal);
+            return Ok(());
+        }
         let PortalRoom::Ready { last, group_info_current: true } = self.provider.portal_room(&room, self.member.uri())
         else {
             return self.ensure_portal(portal).await;

@@ -42,15 +42,20 @@ async fn member(store: &Store, ns: &str, uri: &str) -> (Arc<MlsBackend>, Arc<Loc
 }
 
 /// A native client: its own store, keys and group; reads the hub's log like the client API does.
-struct Native {
+pub(crate) struct Native {
     uri: String,
-    group: PortalGroup,
-    cursor: u64,
+    pub(crate) group: PortalGroup,
+    pub(crate) cursor: u64,
 }
 
 impl Native {
     async fn join(provider: &Provider, dir: &Path, user: &str, room: &str) -> Self {
-        let uri = format!("mimi://{DOMAIN}/u/{user}");
+        Self::join_as(provider, dir, &format!("mimi://{DOMAIN}/u/{user}"), room).await
+    }
+
+    /// Joins `room` of `provider`'s hub as the user `uri`, its state in `dir`.
+    pub(crate) async fn join_as(provider: &Provider, dir: &Path, uri: &str, room: &str) -> Self {
+        let (uri, user) = (uri.to_owned(), uri.rsplit('/').next().unwrap_or(uri));
         let st = store(dir);
         let (p, m) = member(&st, user, &uri).await;
         let info = provider.group_info(room).expect("room").expect("group info served");

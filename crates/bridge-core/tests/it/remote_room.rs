@@ -1,13 +1,152 @@
-//! How a portal shows a member that speaks for a legacy user (the `legacySender` extension): only another
+//! A portal whose room another provider hosts ([`MlsRooms::set_remote_room`]): two bridges in one process on a
+//! [`MemoryNetwork`], a.test hosting the room of its portal, b.test's portal joining it. Lines cross both ways under
+//! their authors' names, b.test's bridge leaf commits its key updates through a.test's hub, joins again after a
+//! member removed it, and a line whose answer was lost on the way back is sequenced once. Only another
 //! bridge's leaf is shown as the legacy user it speaks for, and only for a user of its own domain.
 
-use bridge_api::{AccountId, LegacyUser, PortalId};
+use crate::provider_portal::Native;
+use bridge_api::event::{InboundKind, MessageDraft, OutboundKind};
+use bridge_api::{AccountContext, AccountId, LegacyUser, PortalId};
+use bridge_core::MlsRooms;
 use bridge_core::mls_rooms::decode_incoming;
+use bridge_core::repo::{MlsIdentity, PortalRecord};
+use bridge_core::router::{RouterConfig, RouterHandle};
+use bridge_testkit::loopback::LoopbackNetwork;
 use mimi_content::Message;
 use mimi_content::builder::ContentBuilder;
-use mimi_mls::LegacySender;
+use mimi_mls::{EngineConfig, LegacySender, LocalMember, MlsBackend};
+use mimi_protocol::inspect::{Inspected, PublicSender, inspect};
+use mimi_protocol::wire::MlsMessageBytes;
+use mimi_provider::testing::MemoryNetwork;
+use mimi_provider::{JoinPolicy, Origin, Provider, ProviderError};
+use mimi_store::{Backend, CommitConfig};
+use openmls::prelude::SignatureScheme;
+use std::sync::Arc;
+use std::time::Duration;
 
+const WAIT: Duration = Duration::from_secs(20);
 const ROOM: &str = "mimi://a.test/r/rust";
+
+/// One bridge of the federation: provider, room of record, router and a loopback leg `#rust` of portal `rust`.
+struct Side {
+    _dir: tempfile::TempDir,
+    provider: Provider,
+    rooms: Arc<MlsRooms>,
+    router: RouterHandle,
+    net: Arc<LoopbackNetwork>,
+}
+
+impl Side {
+    /// Starts the bridge of `domain` on `network`; its portal joins `remote` if given, else hosts its room.
+    async fn start(network: &Arc<MemoryNetwork>, domain: &str, remote: Option<&str>, key_update: Duration) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+        let provider = Provider::open(domain, st.clone()).expect("provider");
+        let federation = network.join(provider.clone());
+        tokio::spawn(federation.clone().run_notifier());
+        let mls = Arc::new(MlsBackend::new(st.clone(), "bridge").expect("mls"));
+        let me = LocalMember::load_or_create(&mls, &format!("mimi://{domain}/u/bridge"), SignatureScheme::ED25519)
+            .expect("member")
+            .durable()
+            .await
+            .expect("durable");
+        let rooms = MlsRooms::new(provider.clone(), mls, Arc::new(me), EngineConfig::default(), JoinPolicy::Open);
+        rooms.set_federation(federation);
+        rooms.set_key_update_interval(Some(key_update));
+        let router = RouterHandle::start(RouterConfig::new(domain), st, rooms.clone()).await.expect("router");
+        rooms.attach_router(router.clone());
+        let id = AccountId::parse("lb.irc").expect("account");
+        let net = LoopbackNetwork::new(id.clone(), AccountContext::new(id, router.clone(), domain));
+        router.add_account(net.clone());
+        let portal = PortalId::new("rust").expect("portal id");
+        router.create_portal(PortalRecord { id: portal.clone(), mls_identity: MlsIdentity::Shared }).await.expect("p");
+        router.link(net.leg("#rust"), &portal).await.expect("link");
+        if let Some(room) = remote {
+            rooms.set_remote_room(&portal, room.to_owned());
+        }
+        rooms.register_portal(&portal).await.expect("registered");
+        Side { _dir: dir, provider, rooms, router, net }
+    }
+
+    async fn members(&self) -> usize {
+        self.rooms.members(&PortalId::new("rust").expect("portal id")).await.expect("members").len()
+    }
+}
+
+/// The text and shown author of the `n`-th line delivered to `side`'s leg.
+async fn delivered(side: &Side, n: usize) -> (String, String) {
+    let got = side.net.wait_delivered(n, WAIT).await;
+    assert_eq!(got.len(), n, "{got:?}");
+    match &got[n - 1].kind {
+        OutboundKind::Message { draft, .. } => (got[n - 1].sender.display_name.clone(), draft.body.clone()),
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_joins_a_room_hosted_elsewhere_talks_both_ways_and_updates_its_key_there() {
+    let network = MemoryNetwork::new();
+    let a = Side::start(&network, "a.test", None, Duration::from_secs(3600)).await;
+    a.net.say("#rust", "alice", "before b.test came").await.1.expect("bridged");
+    let b = Side::start(&network, "b.test", Some(ROOM), Duration::from_secs(1)).await;
+    assert_eq!(b.rooms.room_of(&PortalId::new("rust").expect("id")), ROOM);
+    // b.test's bridge leaf joins in the background; a.test's group then has both bridges.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.members().await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "b.test never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(b.provider.hub_of(ROOM).expect("followed").as_deref() == Some("a.test"), "b.test follows the room");
+    // Its copy of the log starts at its join: what came before is not its to read (nor fetched from a.test).
+    let first = |side: &Side| {
+        let after = side.provider.entries_after(ROOM, 0, 1).err().and_then(|e| match e {
+            ProviderError::Pruned { first, .. } => Some(first - 1),
+            _ => None,
+        });
+        side.provider.entries_after(ROOM, after.unwrap_or(0), 1).expect("log").first().map(|e| e.seq)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while first(&b).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "b.test's copy stays empty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (a_first, b_first) = (first(&a).expect("a.test's log"), first(&b).expect("b.test's copy"));
+    assert!(b_first > a_first, "b.test's copy starts at {b_first}, a.test's log at {a_first}");
+
+    a.net.say("#rust", "alice", "hello b.test").await.1.expect("bridged");
+    assert_eq!(delivered(&b, 1).await, ("alice".to_owned(), "hello b.test".to_owned()));
+    b.net.say("#rust", "bob", "hello a.test").await.1.expect("bridged");
+    assert_eq!(delivered(&a, 1).await, ("bob".to_owned(), "hello a.test".to_owned()));
+
+    // Within a few intervals b.test's bridge leaf has committed a key update, sequenced by a.test's hub.
+    let b_leaf = {
+        let members = a.rooms.members(&PortalId::new("rust").expect("id")).await.expect("members");
+        let index = members.iter().position(|m| m.as_slice() == b"mimi://b.test/u/bridge").expect("b's leaf");
+        u32::try_from(index).expect("index")
+    };
+    let from_epoch = a.provider.epoch(ROOM).expect("hosted");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let updated = a.provider.entries_after(ROOM, 0, 1000).expect("log").iter().any(|e| {
+            matches!(inspect(&e.fanout.message),
+                     Ok(Inspected::Public { commit: true, sender: PublicSender::Member(i), .. }) if i == b_leaf)
+        });
+        if updated {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b.test's leaf never updated its key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.provider.epoch(ROOM).expect("hosted") > from_epoch);
+
+    // Both groups followed the new epoch: lines still cross both ways.
+    a.net.say("#rust", "alice", "after the update").await.1.expect("bridged");
+    assert_eq!(delivered(&b, 2).await.1, "after the update");
+    b.net.say("#rust", "bob", "still here").await.1.expect("bridged");
+    assert_eq!(delivered(&a, 2).await.1, "still here");
+    a.router.shutdown().await;
+    b.router.shutdown().await;
+}
 
 /// A member's message with the `legacySender` extension naming `user` as a legacy user of the bridge of `domain`.
 fn speaking_for(member: &str, user: &str, domain: &str) -> Vec<u8> {
@@ -42,4 +181,70 @@ fn a_member_speaks_for_legacy_users_of_its_own_domain_only() {
     let (_, msg) = decode_incoming(&portal, ROOM, mallory.as_bytes(), &speaking_for(mallory, "xavier", "b.test"))
         .expect("decoded");
     assert_eq!((msg.sender.uri.as_str(), msg.sender.display_name.as_str()), (mallory, "mallory"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_removed_from_a_room_hosted_elsewhere_joins_it_again_at_its_next_line() {
+    let network = MemoryNetwork::new();
+    let a = Side::start(&network, "a.test", None, Duration::from_secs(3600)).await;
+    let b = Side::start(&network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.members().await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "b.test never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // carol, a native user of a.test, removes b.test's bridge leaf.
+    let carol_dir = tempfile::tempdir().expect("tempdir");
+    let mut carol = Native::join_as(&a.provider, carol_dir.path(), "mimi://a.test/u/carol", ROOM).await;
+    let b_leaf = carol.group.member_index(b"mimi://b.test/u/bridge").expect("b.test's leaf");
+    let removal = carol.group.remove_members(&[b_leaf]).durable().await.expect("removal");
+    let commit = MlsMessageBytes::new(removal.commit).expect("framed");
+    let carol_uri = "mimi://a.test/u/carol".to_owned();
+    a.provider.submit(ROOM, commit, &carol_uri, Origin::Client(carol_uri.clone())).await.expect("hub accepts");
+    carol.group.merge_pending_commit().durable().await.expect("merged");
+    while a.members().await != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "a.test's group never saw the removal");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // bob's next line finds b.test out of the room: it joins again, and the line arrives.
+    b.net.say("#rust", "bob", "am I still here?").await.1.expect("bridged");
+    assert_eq!(delivered(&a, 1).await, ("bob".to_owned(), "am I still here?".to_owned()));
+    assert_eq!(a.members().await, 3, "a.test's bridge, carol and b.test's new leaf");
+    a.net.say("#rust", "alice", "welcome back").await.1.expect("bridged");
+    assert_eq!(delivered(&b, 1).await.1, "welcome back");
+    a.router.shutdown().await;
+    b.router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_whose_answer_was_lost_is_sent_again_as_the_same_message_and_sequenced_once() {
+    let network = MemoryNetwork::new();
+    let a = Side::start(&network, "a.test", None, Duration::from_secs(3600)).await;
+    let b = Side::start(&network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.members().await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "b.test never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // a.test sequences bob's line, but its answer never reaches b.test: the line is not accepted there.
+    network.lose_answers("a.test", 1);
+    let line = || InboundKind::Message { draft: MessageDraft::plain("did you get this?"), reply_to: None };
+    let first = b.net.say_with_id("#rust", "bob", "line-1", line()).await;
+    assert!(first.is_err(), "accepted without the hub's answer: {first:?}");
+    // The network delivers the line again: it goes as the same message, which a.test sequences once.
+    b.net.say_with_id("#rust", "bob", "line-1", line()).await.expect("bridged");
+    assert_eq!(delivered(&a, 1).await.1, "did you get this?");
+    b.net.say("#rust", "bob", "and this").await.1.expect("bridged");
+    let got = a.net.wait_delivered(2, WAIT).await;
+    let texts: Vec<String> = got
+        .iter()
+        .filter_map(|d| match &d.kind {
+            OutboundKind::Message { draft, .. } => Some(draft.body.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["did you get this?", "and this"], "each line once");
+    a.router.shutdown().await;
+    b.router.shutdown().await;
 }

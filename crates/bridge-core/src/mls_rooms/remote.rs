@@ -1,0 +1,323 @@
+//! Portals whose room another MIMI provider hosts (`[[portal]] room = "mimi://other.example/r/NAME"`): two
+//! bridges federating one room, each with its own legs.
+//!
+//! Such a portal's bridge leaf joins the room by external commit from the GroupInfo (and ratchet tree) the hub
+//! serves, through [`Federation::update_through_hub`], which follows the room first: the hub's notifies and log
+//! pages fill this provider's copy of the room's log, and the portal's worker follows that copy as it follows a
+//! hosted room's log. Messages go to the hub with `submitMessage` ([`Federation::forward_submit`]), the bridge
+//! leaf's commits (key updates) with `update`, carrying the GroupInfo of the epoch they make. The portal's group
+//! is stored like any other, so a restart loads it and catches up from the hub's log; a leaf removed from the
+//! room joins it again (the portal's worker, or its next message, finds the group inactive). A message whose
+//! answer got lost goes again as the same ciphertext when its event comes again ([`Unanswered`]).
+//!
+//! What differs from a hosted room: the hub, not this provider, judges handshakes and serves the GroupInfo; the
+//! sent marker of a message ([`crate::repo::write::sent`]) is written once the hub has answered, not in the batch
+//! that sequences it, so a crash between the two leaves the message in the room but not on this bridge's other
+//! legs (the worker finds it its own in the log), or sends it again if its network redelivers it; and the portal
+//! has the shared leaf only (`mls_identity = "per-user"` needs the hub's participant list, which only a hosted room has
+//! here).
+
+use super::{MlsRooms, Slot, unavailable};
+use crate::room_of_record::{GroupMessage, Published};
+use bridge_api::RoomError;
+use bridge_api::event::InboundEvent;
+use bridge_api::ids::{LegId, MessageId, NativeId, PortalId};
+use mimi_mls::{CommitOutput, EngineConfig, PortalGroup, offload};
+use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest};
+use mimi_provider::{Failure, Federation, Status, Verdict};
+use mimi_store::Batch;
+use std::time::Duration;
+
+/// How many times a join or a commit starts over when the hub moved to a newer epoch meanwhile.
+const EPOCH_RETRIES: usize = 3;
+
+/// How long a publish waits for the entries the hub sequenced before its message to reach this provider's copy
+/// of the log (so that the legs get them first).
+const ORDER_WAIT: Duration = Duration::from_secs(2);
+
+/// A message forwarded to the hub that got no clear answer (unreachable, 5xx): the hub may have sequenced it.
+/// When its event is published again, the same ciphertext goes again, and the hub, which knows a message it took
+/// by its digest (whatever its epoch now), sequences it once.
+pub(super) struct Unanswered {
+    /// The leg and native id of the event it carries.
+    event: (LegId, NativeId),
+    id: MessageId,
+    message: MlsMessageBytes,
+}
+
+/// The hub's answer to a message forwarded to it.
+pub(super) enum Forwarded {
+    /// Sequenced, at this position of its log if it said.
+    Accepted(Option<u64>),
+    /// The hub moved to a newer epoch: catch up and encrypt again.
+    EpochTooOld,
+}
+
+impl MlsRooms {
+    /// Links `portal` to `room`, hosted by another provider (a configured peer): its group joins that room
+    /// instead of this hub creating one. Call before [`MlsRooms::register_portal`], with
+    /// [`MlsRooms::set_federation`].
+    pub fn set_remote_room(&self, portal: &PortalId, room: String) {
+        if let Ok(mut r) = self.remote_rooms.lock() {
+            r.insert(portal.clone(), room);
+        }
+    }
+
+    /// How this provider reaches the hubs of rooms hosted elsewhere (once).
+    pub fn set_federation(&self, federation: Federation) {
+        let _ = self.federation.set(federation);
+    }
+
+    /// The room URI of `portal`: the room it was linked to elsewhere ([`MlsRooms::set_remote_room`]), else
+    /// `mimi://DOMAIN/r/PORTAL` on this hub.
+    pub fn room_of(&self, portal: &PortalId) -> String {
+        match self.remote_rooms.lock().ok().and_then(|r| r.get(portal).cloned()) {
+            Some(room) => room,
+            None => super::room_uri(self.provider.domain(), portal),
+        }
+    }
+
+    /// The hub of `room` if another provider hosts it (`None`: this one does).
+    pub(super) fn remote_hub(&self, room: &str) -> Option<String> {
+        let domain = super::uri_domain(room)?;
+        (domain != self.provider.domain()).then(|| domain.to_owned())
+    }
+
+    fn federation(&self) -> Result<&Federation, RoomError> {
+        self.federation
+            .get()
+            .ok_or_else(|| RoomError::Unavailable("rooms hosted elsewhere are not reachable yet".into()))
+    }
+
+    /// Joins `room`, hosted by `hub`, by external commit from the GroupInfo the hub serves; returns the group
+    /// and the commit's position in the hub's log. A join the hub did not take leaves no group behind (the next
+    /// open joins again rather than load a group the room never had).
+    pub(super) async fn join_remote(&self, room: &str, hub: &str) -> Result<(PortalGroup, Option<u64>), RoomError> {
+        let federation = self.federation()?;
+        for _ in 0..=EPOCH_RETRIES {
+            let (info, tree) = federation.fetch_group_info_and_tree(room, hub).await.map_err(|e| match e.status {
+                // The other bridge may not have made its room yet: tried again.
+                Status::NotFound => RoomError::Unavailable(format!("joining {room}: {hub} has no such room (yet)")),
+                _ => hub_error(room, hub, "joining: the GroupInfo", e),
+            })?;
+            let (mls, member, config) = (self.mls.clone(), self.member.clone(), EngineConfig::default());
+            let joined = PortalGroup::rejoin_by_external_commit(mls, member, &config, &info, tree.as_deref());
+            let (group, commit) = joined.durable().await.map_err(|e| unavailable(format!("joining {room}: {e}")))?;
+            match self.send_join(room, hub, federation, group, commit).await {
+                Ok(Some(joined)) => return Ok(joined),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RoomError::Unavailable(format!("joining {room}: its epoch keeps moving")))
+    }
+
+    /// Sends the external commit `commit` of `group` to the hub: the group and the commit's position once the
+    /// hub took it, `None` if the room moved to a newer epoch first. Unless the hub took it, the group is deleted.
+    async fn send_join(
+        &self,
+        room: &str,
+        hub: &str,
+        federation: &Federation,
+        mut group: PortalGroup,
+        commit: Vec<u8>,
+    ) -> Result<Option<(PortalGroup, Option<u64>)>, RoomError> {
+        // The GroupInfo of the new epoch travels with the commit, so the commit is merged first.
+        let sent = async {
+            group.merge_pending_commit().durable().await.map_err(unavailable)?;
+            let next = group.export_group_info(false).map_err(unavailable)?;
+            let framed = |b: Vec<u8>| MlsMessageBytes::new(b).map_err(unavailable);
+            let request = UpdateRequest::Commit {
+                commit: framed(commit)?,
+                welcome: None,
+                group_info: GroupInfoOption(framed(next)?),
+                ratchet_tree: RatchetTreeOption::DistributionService,
+            };
+            // Without a clear answer the hub may have taken it: the same commit goes again (the hub answers a
+            // commit it took with its place), a few times, before the join is given up.
+            let mut pause = Duration::from_millis(200);
+            loop {
+                let verdict = federation.update_through_hub(room, hub, self.member.uri(), request.clone()).await;
+                match verdict.map_err(|e| hub_error(room, hub, "joining", e)) {
+                    Err(RoomError::Unavailable(_)) if pause < Duration::from_secs(2) => {
+                        tokio::time::sleep(pause).await;
+                        pause *= 3;
+                    }
+                    answered => return answered,
+                }
+            }
+        }
+        .await;
+        match sent {
+            Ok(Verdict::Accepted { seq }) => {
+                tracing::info!(room, hub, epoch = group.epoch(), "joined a room hosted elsewhere");
+                Ok(Some((group, seq)))
+            }
+            other => {
+                if let Err(e) = group.delete().durable().await {
+                    tracing::warn!(room, error = %e, "the state of a join the hub did not take is not deleted");
+                }
+                other.map(|_| None)
+            }
+        }
+    }
+
+    /// Joins the slot's room again if the bridge leaf was removed from it (by a member's commit, maybe while this
+    /// bridge was down): a portal linked to a room stays in it. What was sequenced before the new join is not
+    /// read.
+    pub(super) async fn rejoin_if_removed(&self, s: &mut Slot) -> Result<(), RoomError> {
+        let Some(hub) = self.remote_hub(&s.room) else { return Ok(()) };
+        if s.group.is_active() {
+            return Ok(());
+        }
+        tracing::warn!(room = %s.room, hub, "the bridge leaf was removed from the room; joining again");
+        let (group, seq) = self.join_remote(&s.room, &hub).await?;
+        s.group = group;
+        if let Some(seq) = seq.filter(|seq| *seq > s.applied) {
+            s.applied = seq;
+        }
+        s.unanswered = None;
+        Ok(())
+    }
+
+    /// [`RoomOfRecord::publish`] into a room hosted by `hub`, from the bridge's shared leaf.
+    ///
+    /// [`RoomOfRecord::publish`]: crate::room_of_record::RoomOfRecord::publish
+    pub(super) async fn publish_remote(
+        &self,
+        hub: &str,
+        msg: &GroupMessage,
+        source: Option<(&InboundEvent, &NativeId)>,
+        s: &mut Slot,
+    ) -> Result<Published, RoomError> {
+        let (domain, room) = (self.provider.domain().to_owned(), s.room.clone());
+        let event = source.map(|(e, native)| (e.leg.clone(), native.clone()));
+        for _ in 0..=EPOCH_RETRIES {
+            self.rejoin_if_removed(s).await?;
+            // Even in a later epoch: the hub looks a message up by its digest before it judges its epoch.
+            let again = match &s.unanswered {
+                Some(u) if event.as_ref() == Some(&u.event) => s.unanswered.take(),
+                _ => None,
+            };
+            let (id, message) = match again {
+                Some(u) => (u.id, u.message),
+                None => {
+                    let media = self.media.get().map(|m| &**m);
+                    let content = super::encode_outgoing_with(msg, self.member.uri(), &room, &domain, media)?;
+                    let id = content.message_id().map_err(|e| RoomError::Refused(e.to_string()))?;
+                    let id = MessageId::from_bytes(&id).map_err(|e| RoomError::Refused(e.to_string()))?;
+                    let encrypted = offload(s.group.member_count(), || s.group.encrypt(content.bytes())).await;
+                    let ct = encrypted.durable().await.map_err(unavailable)?;
+                    (id, MlsMessageBytes::new(ct).map_err(unavailable)?)
+                }
+            };
+            match self.submit_remote(&room, hub, message.clone(), self.member.uri()).await {
+                Ok(Forwarded::Accepted(seq)) => {
+                    // Marked once the hub has answered (see the module documentation).
+                    if let Some((e, native)) = source {
+                        let mut b = Batch::new();
+                        crate::repo::write::sent(&mut b, &msg.portal, e, native, &id, seq, crate::outbox::now_ms());
+                        if let Err(e) = self.provider.store().commit(b).await {
+                            tracing::warn!(portal = %msg.portal, error = %e, "sent marker not stored");
+                        }
+                    }
+                    if let Some(seq) = seq {
+                        s.own.insert(seq);
+                        let _ = self.provider.wait(&room, seq.saturating_sub(1), ORDER_WAIT).await;
+                    }
+                    let earlier = self.kept_before(&msg.portal, s, seq.unwrap_or(u64::MAX)).await;
+                    return Ok(Published { id, earlier });
+                }
+                Ok(Forwarded::EpochTooOld) => self.catch_up(&msg.portal, s).await?,
+                Err(e @ RoomError::Unavailable(_)) => {
+                    s.unanswered = event.map(|event| Unanswered { event, id, message });
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RoomError::Unavailable("the room's epoch keeps moving".into()))
+    }
+
+    /// Forwards an application message of `sender` (a local member) to `hub`, the hub of `room`.
+    pub(super) async fn submit_remote(
+        &self,
+        room: &str,
+        hub: &str,
+        message: MlsMessageBytes,
+        sender: &str,
+    ) -> Result<Forwarded, RoomError> {
+        let verdict = self.federation()?.forward_submit(room, hub, sender, message).await;
+        match verdict.map_err(|e| hub_error(room, hub, "a message", e))? {
+            Verdict::Accepted { seq } => Ok(Forwarded::Accepted(seq)),
+            Verdict::EpochTooOld { .. } => Ok(Forwarded::EpochTooOld),
+        }
+    }
+
+    /// Sends a commit of the bridge's leaf to `hub`, the hub of `room`, with the GroupInfo of the epoch it makes:
+    /// as [`MlsRooms::send_commit`] for a hosted room. A hub that accepts without saying where (no
+    /// `mimi-sequence`) gets position 0, which no entry has: the worker then meets the commit in the log and
+    /// drops it as of an epoch the group has left.
+    pub(super) async fn commit_remote(
+        &self,
+        room: &str,
+        hub: &str,
+        out: &CommitOutput,
+    ) -> Result<Option<u64>, RoomError> {
+        let framed = |b: Vec<u8>| MlsMessageBytes::new(b).map_err(unavailable);
+        let info = out.group_info.clone().ok_or_else(|| unavailable("the MLS engine made no GroupInfo"))?;
+        let request = UpdateRequest::Commit {
+            commit: framed(out.commit.clone())?,
+            welcome: out.welcome.clone().map(framed).transpose()?,
+            group_info: GroupInfoOption(framed(info)?),
+            ratchet_tree: RatchetTreeOption::DistributionService,
+        };
+        let verdict = self.federation()?.update_through_hub(room, hub, self.member.uri(), request).await;
+        match verdict.map_err(|e| hub_error(room, hub, "a commit", e))? {
+            Verdict::Accepted { seq } => Ok(Some(seq.unwrap_or(0))),
+            Verdict::EpochTooOld { .. } => Ok(None),
+        }
+    }
+
+    /// Opens a portal whose room is hosted elsewhere at start, retrying with backoff while its hub cannot be
+    /// reached (the daemon starts anyway; the portal's legs wait meanwhile, as for any unavailable room).
+    pub(super) fn open_remote_in_background(&self, portal: &PortalId) {
+        let (me, portal) = (self.me.clone(), portal.clone());
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let Some(this) = me.upgrade() else { return };
+                match this.ensure_portal(&portal).await {
+                    Ok(()) => return,
+                    Err(e @ RoomError::Refused(_)) => {
+                        // For good (an invite-only room, an unknown one): said once; a message published into
+                        // the portal tries again, and is refused with the same reason.
+                        tracing::error!(portal = %portal, error = %e, "the portal's room refused the bridge");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(portal = %portal, error = %e, retry_in = ?backoff, "portal's room not joined yet")
+                    }
+                }
+                drop(this);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+}
+
+/// The portal's error for `what` failing at `hub`, the hub of `room`: a refusal for good (the hub refused, or the
+/// room or our request is unknown to it) is [`RoomError::Refused`]; anything else (unreachable, 5xx, over a quota)
+/// may pass, [`RoomError::Unavailable`].
+fn hub_error(room: &str, hub: &str, what: &str, e: Failure) -> RoomError {
+    let why = format!("{what} in {room} (hosted by {hub}): {}", e.reason);
+    match e.status {
+        Status::BadRequest | Status::Forbidden | Status::NotFound | Status::Gone => RoomError::Refused(why),
+        _ => RoomError::Unavailable(why),
+    }
+}
