@@ -89,8 +89,8 @@ pub struct AdminState {
     pub configured_accounts: Vec<AccountId>,
     /// When the daemon started.
     pub started: Instant,
-    /// The MIMI provider, for each portal's MLS epoch (absent in tests that run without MLS).
-    pub provider: Option<mimi_provider::Provider>,
+    /// The portals' room of record, for each portal's MLS epoch (absent in tests that run without MLS).
+    pub rooms: Option<std::sync::Arc<bridge_core::MlsRooms>>,
     /// The store, as the status report shows it.
     pub store: StoreReport,
     /// What the store has made durable, for `/metrics`.
@@ -115,7 +115,7 @@ impl AdminState {
             public_metrics,
             configured_accounts,
             started: Instant::now(),
-            provider: None,
+            rooms: None,
             store: StoreReport::default(),
             store_stats: None,
         }
@@ -129,9 +129,9 @@ impl AdminState {
         self
     }
 
-    /// Reports each portal's MLS epoch from `provider`.
-    pub fn with_provider(mut self, provider: mimi_provider::Provider) -> Self {
-        self.provider = Some(provider);
+    /// Reports each portal's MLS epoch as the hub of its room (`rooms`' provider) has it.
+    pub fn with_rooms(mut self, rooms: std::sync::Arc<bridge_core::MlsRooms>) -> Self {
+        self.rooms = Some(rooms);
         self
     }
 
@@ -162,7 +162,8 @@ pub struct PortalReport {
     pub name: String,
     /// Events waiting in its queue.
     pub queue_depth: usize,
-    /// The MLS epoch of its group (`null` until the MLS engine reports one).
+    /// The MLS epoch of its group as this daemon's hub has it (`null` until the MLS engine reports one, and for a
+    /// room another provider hosts).
     pub mls_epoch: Option<u64>,
     /// Its legs with their delivery counters.
     pub legs: Vec<LegReport>,
@@ -360,10 +361,7 @@ pub async fn status_report(st: &AdminState) -> StatusReport {
         .map(|p| PortalReport {
             name: p.id.to_string(),
             queue_depth: p.queue_depth,
-            mls_epoch: st
-                .provider
-                .as_ref()
-                .and_then(|pr| pr.epoch(&bridge_core::mls_rooms::room_uri(pr.domain(), &p.id)).ok()),
+            mls_epoch: st.rooms.as_ref().and_then(|r| r.provider().epoch(&r.room_of(&p.id)).ok()),
             legs: p.legs.iter().map(leg_report).collect(),
         })
         .collect();

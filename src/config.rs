@@ -413,12 +413,22 @@ pub struct PortalConfig {
     /// speaker's first line waits for their own leaf; with more, it goes out from the shared leaf and the leaves of
     /// the new speakers of the next 50 ms are added together.
     pub user_leaf_add_batch: Option<Spanned<usize>>,
+    /// A room another MIMI provider hosts (`mimi://DOMAIN/r/NAME`, DOMAIN one of the `[[mimi.peer]]`s): the
+    /// portal's bridge leaf joins it by external commit instead of this bridge hosting a room of its own, so that
+    /// two bridges federate one room, each with its own legs. The room must be open to the bridge; shared leaf
+    /// only, and no `join`.
+    pub room: Option<Spanned<String>>,
     /// Linked legacy rooms.
     #[serde(default)]
     pub legs: Vec<LegConfig>,
 }
 
 impl PortalConfig {
+    /// The room hosted elsewhere that `portal` joins, if this is its table and it names one.
+    pub fn remote_room_of(&self, portal: &PortalId) -> Option<&str> {
+        self.room.as_ref().filter(|_| self.name.get_ref() == portal.as_str()).map(|r| r.get_ref().as_str())
+    }
+
     /// The hub's join policy of the portal's room.
     pub fn join_policy(&self) -> mimi_protocol::JoinPolicy {
         match self.join.get_ref() {
@@ -810,6 +820,55 @@ impl Config {
         out
     }
 
+    /// `[[portal]] room`: a room of a configured peer, joined with the shared leaf.
+    fn validate_remote_room(
+        &self,
+        file: &Path,
+        text: &str,
+        p: &PortalConfig,
+        room: &Spanned<String>,
+    ) -> Result<(), ConfigError> {
+        let err = |message: String| at(file, text, room.span(), "portal.room", message);
+        let uri = room.get_ref();
+        let Some((domain, name)) = uri.strip_prefix("mimi://").and_then(|r| r.split_once("/r/")) else {
+            return Err(
+                err(format!("{uri:?} is not a MIMI room URI")).with_hint("e.g. \"mimi://other.example/r/lobby\"")
+            );
+        };
+        if domain.is_empty() || name.is_empty() || name.contains('/') || uri.len() > 512 {
+            return Err(err(format!("{uri:?} is not a MIMI room URI (mimi://DOMAIN/r/NAME, at most 512 bytes)")));
+        }
+        if domain == self.bridge.domain.get_ref() {
+            return Err(err(format!("{uri:?} is a room of this bridge's own domain"))
+                .with_hint("leave `room` out: the portal hosts mimi://DOMAIN/r/NAME itself"));
+        }
+        if !self.mimi.peer.iter().any(|peer| peer.domain == domain) {
+            return Err(err(format!("{domain} is not a configured peer"))
+                .with_hint(&format!("add a [[mimi.peer]] with domain = \"{domain}\"")));
+        }
+        if !p.join.span().is_empty() {
+            return Err(at(
+                file,
+                text,
+                p.join.span(),
+                "portal.join",
+                "the hub of a room hosted elsewhere decides who joins",
+            )
+            .with_hint("remove join (the room must be open to the bridge)"));
+        }
+        if *p.mls_identity.get_ref() != MlsIdentity::Shared {
+            return Err(at(
+                file,
+                text,
+                p.mls_identity.span(),
+                "portal.mls_identity",
+                "a portal of a room hosted elsewhere speaks from the shared leaf only",
+            )
+            .with_hint("remove mls_identity, or host the room here (no `room`)"));
+        }
+        Ok(())
+    }
+
     fn validate(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
         let domain = self.bridge.domain.get_ref();
         let valid_domain = !domain.is_empty()
@@ -893,6 +952,7 @@ impl Config {
         }
         let mut names = BTreeSet::new();
         let mut rooms = BTreeMap::new();
+        let mut remote_rooms = BTreeMap::new();
         for p in &self.portal {
             let id = PortalId::new(p.name.get_ref().clone())
                 .map_err(|e| at(file, text, p.name.span(), "portal.name", e.to_string()))?;
@@ -913,6 +973,13 @@ impl Config {
                 }
                 if value == 0 {
                     return Err(at(file, text, span, &key, "must be at least 1"));
+                }
+            }
+            if let Some(room) = &p.room {
+                self.validate_remote_room(file, text, p, room)?;
+                if let Some(other) = remote_rooms.insert(room.get_ref().clone(), id.clone()) {
+                    let why = format!("{} is already the room of portal \"{other}\"", room.get_ref());
+                    return Err(at(file, text, room.span(), "portal.room", why));
                 }
             }
             for leg in &p.legs {
@@ -1128,6 +1195,19 @@ mod tests {
     const MIN: &str = "[bridge]\ndomain = \"bridge.example.org\"\ndata_dir = \"/tmp/x\"\n";
 
     #[test]
+    fn a_portal_may_join_a_room_a_peer_hosts() {
+        let text = format!(
+            "{MIN}[[mimi.peer]]\ndomain = \"a.test\"\nurl = \"http://127.0.0.1:1\"\n\n[[portal]]\nname = \"club\"\n\
+             room = \"mimi://a.test/r/club\"\n\n[[portal]]\nname = \"own\"\n"
+        );
+        let c = parse(&text).expect("valid");
+        let (club, own) = (PortalId::new("club").expect("id"), PortalId::new("own").expect("id"));
+        assert_eq!(c.portal[0].remote_room_of(&club), Some("mimi://a.test/r/club"));
+        assert_eq!(c.portal[0].remote_room_of(&own), None, "another portal's table");
+        assert_eq!(c.portal[1].remote_room_of(&own), None, "hosted here");
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = parse(MIN).expect("valid");
         assert_eq!(c.bridge.store, Backend::Redb);
@@ -1302,6 +1382,12 @@ mod tests {
         std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let missing = dir.join("missing.token");
         let leg = |legs: &str| format!("{MIN}[[portal]]\nname = \"rust\"\nlegs = [{legs}]\n");
+        // Portal `a` with `keys`, beside the peer a.test: its keys from line 10.
+        let remote = |keys: &str| {
+            format!(
+                "{MIN}[[mimi.peer]]\ndomain = \"a.test\"\nurl = \"http://127.0.0.1:1\"\n\n[[portal]]\nname = \"a\"\n{keys}\n"
+            )
+        };
         vec![
             Case {
                 hint: Some("did you mean `data_dir`?"),
@@ -1474,6 +1560,45 @@ mod tests {
                     "only applies with mls_identity",
                 )
             },
+            case("remote room not a URI", remote("room = \"a.test/r/x\""), 10, "portal.room", "not a MIMI room URI"),
+            case(
+                "remote room of our own domain",
+                remote("room = \"mimi://bridge.example.org/r/x\""),
+                10,
+                "portal.room",
+                "this bridge's own domain",
+            ),
+            Case {
+                hint: Some("add a [[mimi.peer]] with domain = \"c.test\""),
+                ..case(
+                    "remote room of no peer",
+                    remote("room = \"mimi://c.test/r/x\""),
+                    10,
+                    "portal.room",
+                    "c.test is not a configured peer",
+                )
+            },
+            case(
+                "remote room with per-user leaves",
+                remote("room = \"mimi://a.test/r/x\"\nmls_identity = \"per-user\""),
+                11,
+                "portal.mls_identity",
+                "shared leaf only",
+            ),
+            case(
+                "remote room with a join policy",
+                remote("room = \"mimi://a.test/r/x\"\njoin = \"invite\""),
+                11,
+                "portal.join",
+                "decides who joins",
+            ),
+            case(
+                "remote room twice",
+                remote("room = \"mimi://a.test/r/x\"\n\n[[portal]]\nname = \"b\"\nroom = \"mimi://a.test/r/x\""),
+                14,
+                "portal.room",
+                "already the room of portal \"a\"",
+            ),
             case(
                 "listen not an address",
                 format!("{MIN}[mimi]\nlisten = \"localhost\"\n"),

@@ -94,6 +94,9 @@ impl Daemon {
             router.create_portal(PortalRecord { id: id.clone(), mls_identity: *p.mls_identity.get_ref() }).await?;
             room.set_leaf_policy(&id, p.leaf_policy());
             room.set_join_policy(&id, p.join_policy());
+            if let Some(uri) = &p.room {
+                room.set_remote_room(&id, uri.get_ref().clone());
+            }
             for leg in &p.legs {
                 let leg_id = LegId::new(AccountId::parse(leg.account.get_ref())?, leg.room.get_ref().clone())?;
                 router.link(leg_id, &id).await?;
@@ -101,13 +104,19 @@ impl Daemon {
         }
 
         // Every portal's group and room exist (and its GroupInfo is served) before anyone posts; a portal whose
-        // room is ready stays closed until it is used.
-        for p in router.portal_ids() {
+        // room is ready stays closed until it is used. Portals of rooms hosted elsewhere join them once the
+        // federation is up (in the background: their hub may be unreachable now).
+        let (remote, hosted): (Vec<_>, Vec<_>) =
+            router.portal_ids().into_iter().partition(|p| cfg.portal.iter().any(|c| c.remote_room_of(p).is_some()));
+        for p in hosted {
             room.register_portal(&p).await?;
         }
         // One stop signal for both HTTP servers (admin API and MIMI endpoints).
         let (admin_stop, _) = watch::channel(false);
         let (mimi_addr, mimi_task, media) = serve_mimi(cfg, room.clone(), admin_stop.subscribe()).await?;
+        for p in remote {
+            room.register_portal(&p).await?;
+        }
         pruner.register(Arc::new(crate::media::PrunedMedia(media.clone())));
         room.set_media(media.clone());
 
@@ -127,7 +136,7 @@ impl Daemon {
                 cfg.admin.public_metrics,
                 configured,
             )
-            .with_provider(room.provider().clone())
+            .with_rooms(room.clone())
             .with_store(store_kv.as_ref(), store_stats),
         );
         let listener = crate::listener::bind(*cfg.admin.listen.get_ref())
@@ -144,7 +153,7 @@ impl Daemon {
         });
         tracing::info!(%admin_addr, max_connections = limits.max_connections, "admin API listening");
 
-        let probe_task = tokio::spawn(probe(router.clone(), readiness.clone(), metrics, room.provider().clone()));
+        let probe_task = tokio::spawn(probe(router.clone(), readiness.clone(), metrics, room.clone()));
         let pruner_task = tokio::spawn(pruner.run(admin_stop.subscribe()));
         readiness.set_started();
         let legs = router.legs().len();
@@ -284,7 +293,7 @@ async fn probe(
     router: RouterHandle,
     readiness: Arc<Readiness>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    provider: mimi_provider::Provider,
+    room: Arc<MlsRooms>,
 ) {
     let watchdog = notify::watchdog_interval();
     // sd_watchdog_enabled(3): notify at half the interval. Without a watchdog, probe every 5 s for /health.
@@ -298,8 +307,7 @@ async fn probe(
             Ok(portals) => {
                 readiness.set_loop_ok(true);
                 for p in &portals {
-                    let room = bridge_core::mls_rooms::room_uri(provider.domain(), &p.id);
-                    if let Ok(epoch) = provider.epoch(&room) {
+                    if let Ok(epoch) = room.provider().epoch(&room.room_of(&p.id)) {
                         metrics::gauge!(telemetry::MLS_EPOCH, "portal" => p.id.to_string()).set(epoch as f64);
                     }
                     for l in &p.legs {
@@ -358,7 +366,7 @@ async fn serve_mimi(
     let media = crate::media::open(&cfg.media, &cfg.bridge.data_dir, &public_url)?;
     let state = MimiState {
         provider: room.provider().clone(),
-        room: Some(room),
+        room: Some(room.clone()),
         public_url,
         registration,
         peers,
@@ -366,6 +374,7 @@ async fn serve_mimi(
         media: Some(media.clone()),
     };
     let federation = state.federation();
+    room.set_federation(federation.clone());
     let notifier = tokio::spawn(federation.clone().run_notifier());
     let resync = tokio::spawn(async move { federation.resync_followed().await });
     let app = mimi_http::router(state);

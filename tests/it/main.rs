@@ -13,6 +13,7 @@ mod daemon;
 mod docs_paths;
 mod failover;
 mod fault_injection;
+mod federated_legs;
 mod federation;
 mod hostile_input;
 mod http_clients;
