@@ -96,6 +96,8 @@ pub(crate) struct Inner {
     e2ee: Option<Arc<E2ee>>,
     /// The events waiting for their keys are to be tried again (keys arrived, or the account started).
     retry_waiting: std::sync::atomic::AtomicBool,
+    /// The log said whether end-to-end encryption is available ([`Inner::probe_e2ee`]).
+    e2ee_told: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
 }
 
@@ -193,6 +195,7 @@ impl MatrixAccount {
             turn: tokio::sync::Mutex::new(()),
             e2ee,
             retry_waiting: std::sync::atomic::AtomicBool::new(true),
+            e2ee_told: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State::default()),
         });
         tokio::spawn(ping_loop(inner.clone()));
@@ -224,7 +227,9 @@ impl Inner {
     }
 
     /// Joins `room` as the appservice user and records it as linked.
-    async fn join_room(&self, room: &str) -> Result<(), HsError> {
+    /// `probe`: set up end-to-end encryption before returning if the room is the first encrypted one (not from
+    /// inside a transaction's turn: the probe waits for a transaction).
+    async fn join_room(&self, room: &str, probe: bool) -> Result<(), HsError> {
         let bot = self.cfg.bot_user_id();
         self.hs.register(&self.cfg.bot_localpart).await?;
         let room_id = self.hs.join(room, &bot).await?;
@@ -236,6 +241,15 @@ impl Inner {
                     tracing::warn!(account = %self.id, room = %room_id, error = %e, "cannot post the encryption notice")
                 }
                 Ok(()) => {}
+            }
+            // The first encrypted room: the bridge's device is made (and its keys are out) before the join returns,
+            // so that the members' next messages are shared with it; the ping loop does the rest (woken by the
+            // notice that waits), and tries again on failure. (A join may run inside a transaction's turn, which
+            // taking the waiting events needs.)
+            if let Some(e2ee) = self.e2ee.as_ref().filter(|_| probe)
+                && let Err(e) = e2ee.probe().await
+            {
+                tracing::warn!(account = %self.id, room = %room_id, error = %e, "end-to-end encryption not set up yet");
             }
         }
         let mut st = self.state();
@@ -259,6 +273,8 @@ impl Inner {
         let (txn, body) = match self.e2ee.as_ref().map(|e| e.status()) {
             Some(Status::Starting) => {
                 self.state().notices_pending.push((room_id.to_owned(), encryption_event.to_owned()));
+                // The first encrypted room: the ping loop probes end-to-end encryption now.
+                self.recheck.notify_one();
                 return Ok(());
             }
             Some(Status::Ready) => (format!("mimi-e2ee-room-{id}"), ENCRYPTED_ROOM_BRIDGED_NOTICE.to_owned()),
@@ -276,6 +292,28 @@ impl Inner {
         Ok(())
     }
 
+    /// Once a linked room is encrypted: probes end-to-end encryption (once; [`E2ee::probe`]), takes the events
+    /// that waited for keys, and posts the notices of encrypted rooms that waited for its answer. Until then the
+    /// account loads none of the crypto machinery. `Err` while the homeserver is not ready (tried again).
+    async fn probe_e2ee(&self) -> Result<(), HsError> {
+        let Some(e2ee) = self.e2ee.as_ref().filter(|_| !self.state().encrypted.is_empty()) else { return Ok(()) };
+        let status = e2ee.probe().await?;
+        if !self.e2ee_told.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            match status {
+                Status::Unavailable(why) => tracing::error!(account = %self.id, %why,
+                    "end-to-end encryption is not available: encrypted rooms are not bridged"),
+                _ => {
+                    tracing::info!(account = %self.id, "end-to-end encryption is available");
+                    // Events that waited for keys (the probe read the inbox before it sent its message).
+                    self.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.read_inboxes(false).await;
+                }
+            }
+        }
+        self.post_pending_notices().await;
+        Ok(())
+    }
+
     /// Posts the notices of encrypted rooms that waited for end-to-end encryption's status.
     async fn post_pending_notices(&self) {
         let pending = std::mem::take(&mut self.state().notices_pending);
@@ -288,7 +326,7 @@ impl Inner {
 
     /// Whether what the bridge sends in `room_id` is encrypted: `Some` where the room is encrypted and the bridge
     /// can; `None` where the room is not, or the homeserver lacks what it takes (the room was told). While the
-    /// start-up probe has not answered yet, an encrypted room's sends wait (`Unavailable`: the core retries), so
+    /// probe has not answered yet, an encrypted room's sends wait (`Unavailable`: the core retries), so
     /// that nothing goes into it in the clear that could have been encrypted.
     fn encrypts(&self, room_id: &str) -> Result<Option<&E2ee>, HsError> {
         let Some(e2ee) = self.e2ee.as_deref() else { return Ok(None) };
@@ -567,7 +605,9 @@ impl Inner {
     }
 }
 
-/// Pings the homeserver until it answers, then (re)joins the rooms waiting for it; again whenever woken.
+/// Pings the homeserver until it answers, then (re)joins the rooms waiting for it and, once a linked room is
+/// encrypted, probes end-to-end encryption (the bridge's crypto machinery, its devices and their stores stay
+/// unloaded until then); again whenever woken.
 async fn ping_loop(inner: Arc<Inner>) {
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -577,34 +617,20 @@ async fn ping_loop(inner: Arc<Inner>) {
         match inner.hs.ping(&inner.cfg.registration_id).await {
             Ok(()) => {
                 backoff = Duration::from_secs(1);
-                if let Some(e2ee) = &inner.e2ee {
-                    let known = e2ee.status() != Status::Starting;
-                    match e2ee.probe().await {
-                        Ok(_) if known => {}
-                        Ok(Status::Unavailable(why)) => tracing::error!(account = %inner.id, %why,
-                            "end-to-end encryption is not available: encrypted rooms are not bridged"),
-                        Ok(_) => {
-                            tracing::info!(account = %inner.id, "end-to-end encryption is available");
-                            // Events that waited for keys (the probe read the inbox before it sent its message).
-                            inner.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
-                            inner.read_inboxes(false).await;
-                        }
-                        Err(e) => {
-                            let reason = format!("setting up end-to-end encryption: {e}");
-                            tracing::warn!(account = %inner.id, %reason, retry_in = ?backoff, "homeserver not ready");
-                            inner.set_health(Health::BackingOff { retry_in: backoff, reason });
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            continue;
-                        }
-                    }
-                    inner.post_pending_notices().await;
-                }
+                // Joining a room reads whether it is encrypted (its notice waits for the probe's answer).
                 let wanted: Vec<String> = inner.state().wanted.iter().cloned().collect();
                 for room in wanted {
-                    if let Err(e) = inner.join_room(&room).await {
+                    if let Err(e) = inner.join_room(&room, true).await {
                         tracing::warn!(account = %inner.id, %room, error = %e, "cannot join the linked room");
                     }
+                }
+                if let Err(e) = inner.probe_e2ee().await {
+                    let reason = format!("setting up end-to-end encryption: {e}");
+                    tracing::warn!(account = %inner.id, %reason, retry_in = ?backoff, "homeserver not ready");
+                    inner.set_health(Health::BackingOff { retry_in: backoff, reason });
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
                 }
                 inner.call_for_catch_up(true);
                 inner.set_health(Health::Connected);
@@ -671,7 +697,7 @@ impl Inner {
             if !this_one {
                 continue;
             }
-            match self.join_room(&room).await {
+            match self.join_room(&room, false).await {
                 Ok(()) => {}
                 Err(HsError::Unavailable(e)) => {
                     if room != room_id {
@@ -811,7 +837,7 @@ impl Account for MatrixAccount {
 
     async fn join(&self, room: &str) -> Result<(), ConnectorError> {
         self.inner.state().wanted.insert(room.to_owned());
-        match self.inner.join_room(room).await {
+        match self.inner.join_room(room, true).await {
             Ok(()) => Ok(()),
             // Joined once the homeserver is back (the ping loop retries).
             Err(HsError::Unavailable(e)) => {

@@ -32,7 +32,7 @@ impl Inner {
         if kind.as_deref() != Some("m.room.encrypted") {
             return Ok(Intake::Event(raw));
         }
-        // Before the start-up probe has answered (a transaction the homeserver held while the bridge was down comes
+        // Before the probe has answered (a transaction the homeserver held while the bridge was down comes
         // first), the device decrypts what it can already: only a homeserver known to lack end-to-end encryption
         // leaves encrypted events to the translation.
         let Some(e2ee) = self.e2ee.as_deref().filter(|e| !matches!(e.status(), Status::Unavailable(_))) else {
@@ -63,7 +63,13 @@ impl Inner {
         // The key may be in the device's inbox, from a transaction the homeserver could not push: read at start
         // (a transaction held while the bridge was down comes as soon as it is back), or now.
         let keys_came = match e2ee.status() {
-            Status::Starting => e2ee.start_read().await,
+            Status::Starting => {
+                // An encrypted event of a room not known to be encrypted yet: the probe waits for none.
+                if self.state().encrypted.insert(room_id.clone()) {
+                    self.recheck.notify_one();
+                }
+                e2ee.start_read().await
+            }
             _ => e2ee.look_for_keys().await.unwrap_or_else(|e| {
                 tracing::warn!(account = %self.id, error = %e, "cannot read the bridge device's inbox");
                 false

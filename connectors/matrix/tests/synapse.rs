@@ -1096,3 +1096,36 @@ async fn a_room_key_withheld_from_the_bridge_is_a_notice_that_says_why() {
     w.b.account.shutdown().await;
     w.b.router.shutdown().await;
 }
+
+/// An account whose linked rooms are not encrypted sets up no end-to-end encryption: its user has no device with
+/// keys, its state directory no crypto store, and the process loads none of that machinery. Once an encrypted room
+/// is linked, encryption is set up before the link returns, and that room is bridged as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encryption_is_set_up_only_once_a_linked_room_is_encrypted() {
+    let s = setup();
+    let (state, media) = (tempfile::tempdir().expect("state dir"), Arc::new(Kept::default()));
+    let b = encrypted_slice(&s, &s.room, state.path(), &media).await;
+    let carl = speaker(&s, "carl").await;
+    say_in_matrix(&carl, &s.room, "in the clear").await;
+    await_delivered(&b.lb, "in the clear").await;
+    let bot = s.hs.user_id("mimi-bridge");
+    assert_eq!(keyed_devices(&s.hs, &bot), Vec::<String>::new(), "no device of the bridge has keys");
+    let stores = std::fs::read_dir(state.path().join("e2ee/devices")).map_or(0, |d| d.count());
+    assert_eq!(stores, 0, "no crypto store");
+
+    // An encrypted room linked to the same portal.
+    let (alice_user, room) = encrypted_room(&s);
+    let alice_store = tempfile::tempdir().expect("alice's store");
+    let user_id = alice_user.user_id.as_str();
+    let trust = matrix_sdk_crypto::TrustRequirement::Untrusted;
+    let (_alice, alice_room) =
+        common::encrypting_client(&s.hs.url(), user_id, alice_store.path(), trust, &room, user_id).await;
+    let leg = bridge_api::LegId::new(AccountId::parse("matrix.hs").expect("id"), room.clone()).expect("leg");
+    let p = bridge_api::PortalId::new("p").expect("portal");
+    b.router.link_and_join(leg, &p).await.expect("link").expect("running").expect("join");
+    assert_eq!(keyed_devices(&s.hs, &bot).len(), 1, "the bridge's device is set up before the link returns");
+    alice_room.send(RoomMessageEventContent::text_plain("a secret after all")).await.expect("sent");
+    await_delivered(&b.lb, "a secret after all").await;
+    b.account.shutdown().await;
+    b.router.shutdown().await;
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 pub const INBOX_EVERY: Duration = Duration::from_secs(3600);
 /// At most this many `/sync` rounds per read (the homeserver gives up to 100 messages a round).
 const MAX_ROUNDS: usize = 100;
-/// How long after the start events that lack their keys wait for the start's read of the inbox.
+/// How long events that lack their keys wait for the probe's read of the inbox.
 pub const START_READ_WAIT: Duration = Duration::from_secs(15);
 /// A read of the appservice user's inbox asked for by a missing key is skipped when one began this recently.
 const READ_AGAIN_AFTER: Duration = Duration::from_secs(2);
@@ -29,7 +29,7 @@ const READ_AGAIN_AFTER: Duration = Duration::from_secs(2);
 impl E2ee {
     /// Reads the inbox of `user`'s device, if it was ever made, and gives what is there to its machine; returns
     /// whether room keys came. Each round acknowledges the one before (the homeserver deletes what the device has
-    /// synced past), so a read ends with the inbox empty up to where it stopped. Only once the start-up probe has
+    /// synced past), so a read ends with the inbox empty up to where it stopped. Only once the probe has
     /// answered: its message, read from the inbox, would never be pushed.
     pub async fn read_inbox(&self, user: &UserId) -> Result<bool, HsError> {
         if self.status() != Status::Ready {
@@ -61,13 +61,19 @@ impl E2ee {
         Ok(keys_came)
     }
 
-    /// Waits until the appservice user's device has read its inbox at start (see [`E2ee::probe`]), or the start
-    /// ended otherwise, at most until [`START_READ_WAIT`] after the encryption was made (one deadline for all the
-    /// events that wait); returns whether it did.
+    /// Waits until the appservice user's device has read its inbox when the probe began (see [`E2ee::probe`]), or
+    /// the probe ended otherwise, at most until [`START_READ_WAIT`] after the probe or the first wait began (one
+    /// deadline for all the events that wait); returns whether it did.
     pub async fn start_read(&self) -> bool {
         let mut done = self.start_read.subscribe();
-        let deadline = self.made + START_READ_WAIT;
+        let deadline = self.read_deadline();
         tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// The deadline of [`E2ee::start_read`], set now if it was not.
+    pub(super) fn read_deadline(&self) -> tokio::time::Instant {
+        let mut deadline = self.read_deadline.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *deadline.get_or_insert_with(|| tokio::time::Instant::now() + START_READ_WAIT)
     }
 
     /// Reads the appservice user's inbox for a key an event lacks, unless a read began or ended a moment ago (the

@@ -8,7 +8,8 @@
 //! clients see it as the ghost's, never `MismatchedSender`. The appservice user's device decrypts what Matrix users
 //! say in the linked rooms.
 //!
-//! What the homeserver must offer (checked at start, see [`E2ee::probe`]): to-device messages and device list
+//! What the homeserver must offer (checked once a linked room is encrypted, see [`E2ee::probe`]; an account
+//! without one loads none of this): to-device messages and device list
 //! changes pushed in transactions (Synapse `experimental_features: {msc2409_to_device_messages_enabled: true,
 //! msc3202_transaction_extensions: true}`; registration `receive_ephemeral: true`, `org.matrix.msc3202: true`) and
 //! devices created by the appservice (`io.element.msc4190: true`). Without them [`E2ee::status`] says why, and
@@ -38,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// The to-device event type of the start-up probe (sent by the appservice user's device to itself).
+/// The to-device event type of the probe (sent by the appservice user's device to itself).
 const PROBE_TYPE: &str = "org.mimi_bridge.probe";
 /// How long the probe waits for its message to come back in a transaction.
 pub const PROBE_WAIT: Duration = Duration::from_secs(30);
@@ -120,8 +121,11 @@ pub struct E2ee {
     inbox_read: Mutex<Option<tokio::time::Instant>>,
     /// The appservice user's inbox cannot be read (it is the registration's sender user).
     inbox_unreadable: std::sync::atomic::AtomicBool,
-    /// When this was made (the start).
-    made: tokio::time::Instant,
+    /// Until when events that lack their keys wait for the probe's read of the inbox ([`E2ee::start_read`]): set
+    /// when the probe begins, or when the first such event waits, whichever comes first.
+    read_deadline: Mutex<Option<tokio::time::Instant>>,
+    /// One probe at a time (the ping loop's, a join's).
+    probing: tokio::sync::Mutex<()>,
     /// Whether the start is past reading the appservice user's inbox (what came while the bridge was away).
     start_read: tokio::sync::watch::Sender<bool>,
     /// Events waiting for their room keys.
@@ -157,7 +161,8 @@ impl E2ee {
             probed: Notify::new(),
             inbox_read: Mutex::new(None),
             inbox_unreadable: Default::default(),
-            made: tokio::time::Instant::now(),
+            read_deadline: Mutex::new(None),
+            probing: tokio::sync::Mutex::new(()),
             start_read: tokio::sync::watch::Sender::new(false),
             waiting,
         })
@@ -177,10 +182,12 @@ impl E2ee {
     /// `Err` only while the homeserver is unavailable (try again); what it lacks makes [`Status::Unavailable`]. Once
     /// known, the status holds until the account restarts (a homeserver's configuration changes with a restart).
     pub async fn probe(&self) -> Result<Status, HsError> {
+        let _one = self.probing.lock().await;
         let known = self.status();
         if known != Status::Starting {
             return Ok(known);
         }
+        self.read_deadline();
         let probed = self.probe_once().await;
         // Whatever came of it, events waiting for the start's inbox read wait no longer.
         self.start_read.send_replace(true);
