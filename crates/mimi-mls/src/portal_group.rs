@@ -237,9 +237,7 @@ impl PortalGroup {
 
     /// Encodes the message secrets now (they are behind after deferred operations) and the reservation record.
     fn encode_secrets(&mut self, extend: Extend) -> Result<(), MlsError> {
-        if !self.storage().may_write(&self.partition, self.claim) {
-            return Err(MlsError::GroupState("the group was opened again elsewhere; this copy is stale".into()));
-        }
+        self.check_claim()?;
         if self.write_behind.behind() > 0 {
             self.storage().reuse_past_epochs(&self.partition, self.past_epochs_unchanged);
             let policy = self.group.past_epoch_deletion_policy().clone();
@@ -460,6 +458,17 @@ impl PortalGroup {
         self.group.export_ratchet_tree().tls_serialize_detached().map_err(lib)
     }
 
+    /// Refuses any change by a group object that is no longer the group's last one opened (the group was loaded,
+    /// joined or created again since): its state is older than what the newer object may have written, and what
+    /// it wrote would overwrite that.
+    fn check_claim(&self) -> Result<(), MlsError> {
+        if self.storage().may_write(&self.partition, self.claim) {
+            Ok(())
+        } else {
+            Err(MlsError::GroupState("the group was opened again elsewhere; this copy is stale".into()))
+        }
+    }
+
     fn check_active(&self) -> Result<(), MlsError> {
         if self.group.is_active() { Ok(()) } else { Err(MlsError::GroupState("the bridge is not a member".into())) }
     }
@@ -467,6 +476,7 @@ impl PortalGroup {
     /// Before a commit: the member is in the group and has no commit pending (one the hub may have taken already:
     /// replacing it would leave its copy in the log unmerged).
     fn check_can_commit(&self) -> Result<(), MlsError> {
+        self.check_claim()?;
         self.check_active()?;
         match self.group.pending_commit() {
             Some(_) => Err(MlsError::GroupState("a commit of ours is pending".into())),
@@ -480,10 +490,8 @@ impl PortalGroup {
         if let Err(e) = self.check_active() {
             return self.finish(Err(e));
         }
-        if !self.storage().may_write(&self.partition, self.claim) {
-            return Pending::failed(MlsError::GroupState(
-                "the group was opened again elsewhere; this copy may not send".into(),
-            ));
+        if let Err(e) = self.check_claim() {
+            return Pending::failed(e);
         }
         if let BeforeEncrypt::Burn(n) = self.write_behind.before_encrypt()
             && let Err(e) = self.burn(n)
@@ -640,6 +648,9 @@ impl PortalGroup {
 
     /// Merges our pending commit (the hub accepted it): the group moves to the next epoch.
     pub fn merge_pending_commit(&mut self) -> Pending<()> {
+        if let Err(e) = self.check_claim() {
+            return Pending::failed(e);
+        }
         let result =
             self.group.merge_pending_commit(self.provider.as_ref()).map_err(|e| MlsError::GroupState(e.to_string()));
         self.finish(result)
@@ -647,6 +658,9 @@ impl PortalGroup {
 
     /// Drops our pending commit (the hub refused it, e.g. another commit won the epoch).
     pub fn clear_pending_commit(&mut self) -> Pending<()> {
+        if let Err(e) = self.check_claim() {
+            return Pending::failed(e);
+        }
         let result = self.group.clear_pending_commit(self.provider.storage()).map_err(MlsError::from);
         self.finish(result)
     }
@@ -691,6 +705,9 @@ impl PortalGroup {
 
     /// Processes `message`; true with it if it was an application message, whose writes were deferred.
     fn process_inner(&mut self, message: &[u8]) -> (Result<Received, MlsError>, bool) {
+        if let Err(e) = self.check_claim() {
+            return (Err(e), false);
+        }
         let protocol: ProtocolMessage = match parse_message(message) {
             Ok(MlsMessageBodyIn::PublicMessage(m)) => m.into(),
             Ok(MlsMessageBodyIn::PrivateMessage(m)) => m.into(),
@@ -806,11 +823,15 @@ impl PortalGroup {
     /// Writes one of the engine's own records in this member's storage; it goes into the batch of this member's
     /// next operation.
     pub fn put_storage_record<V: serde::Serialize>(&self, name: &[u8], value: &V) -> Result<(), MlsError> {
+        self.check_claim()?;
         Ok(self.storage().app_put(name, value)?)
     }
 
     /// Deletes this member's state of the group (after it was removed, or to forget a group for good).
     pub fn delete(mut self) -> Pending<()> {
+        if let Err(e) = self.check_claim() {
+            return Pending::failed(e);
+        }
         self.write_behind.forget();
         self.storage().group_record_delete(&self.partition, write_behind::RECORD);
         let result = self.group.delete(self.provider.storage()).map_err(MlsError::from);

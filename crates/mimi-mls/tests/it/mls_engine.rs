@@ -368,3 +368,33 @@ fn an_own_commit_read_back_before_its_merge_is_merged() {
     send(&mut g, &mut [&mut bob], "after the late merge");
     send(&mut bob, &mut [&mut g], "and back");
 }
+
+#[test]
+fn a_group_object_opened_again_elsewhere_changes_nothing_any_more() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peers_dir = tempfile::tempdir().expect("tempdir");
+    let peers = open_store(peers_dir.path());
+    let bob = Client::new(&peers, "bob");
+    let (bridge, mut old, mut gb) = pair(dir.path(), &bob);
+    let ct = gb.encrypt(b"for the bridge").durable_blocking().expect("bob encrypts");
+    let update = gb.self_update().durable_blocking().expect("bob commits").commit;
+    // The group is loaded again: the first object may neither read, commit, merge, forget, encrypt nor delete.
+    let mut new = bridge.load(GROUP);
+    let stale = |r: Result<(), MlsError>, what: &str| {
+        assert!(matches!(&r, Err(MlsError::GroupState(m)) if m.contains("stale")), "{what}: {r:?}");
+    };
+    stale(old.process(&ct).durable_blocking().map(|_| ()), "process");
+    stale(old.self_update().durable_blocking().map(|_| ()), "commit");
+    stale(old.merge_pending_commit().durable_blocking(), "merge");
+    stale(old.clear_pending_commit().durable_blocking(), "clear");
+    stale(old.encrypt(b"x").durable_blocking().map(|_| ()), "encrypt");
+    stale(old.delete().durable_blocking(), "delete");
+    // The new one carries on where the group was.
+    match new.process(&ct).durable_blocking().expect("decrypt") {
+        Received::Application { plaintext, .. } => assert_eq!(plaintext, b"for the bridge"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    let mut gb_view = [&mut new];
+    apply_commit(&mut gb, &update, &mut gb_view);
+    send(&mut new, &mut [&mut gb], "still here");
+}
