@@ -226,35 +226,42 @@ impl Inner {
             .map_or_else(|| leg_room.to_owned(), |(id, _)| id.clone())
     }
 
-    /// Joins `room` as the appservice user and records it as linked.
-    /// `probe`: set up end-to-end encryption before returning if the room is the first encrypted one (not from
-    /// inside a transaction's turn: the probe waits for a transaction).
-    async fn join_room(&self, room: &str, probe: bool) -> Result<(), HsError> {
+    /// Joins `room` as the appservice user and records it as linked. `prepare`: in an encrypted room, make the
+    /// bridge's device (keys uploaded) before returning, so that the members' next messages share their keys with
+    /// it; the rest of end-to-end encryption's set-up (the probe) is the ping loop's, woken by the room's notice.
+    async fn join_room(&self, room: &str, prepare: bool) -> Result<(), HsError> {
         let bot = self.cfg.bot_user_id();
         self.hs.register(&self.cfg.bot_localpart).await?;
         let room_id = self.hs.join(room, &bot).await?;
-        if let Some(encryption) = self.hs.state_event(&room_id, &bot, "m.room.encryption", "").await? {
+        // Linked from now on (a transaction for it finds it).
+        {
+            let mut st = self.state();
+            st.rooms.insert(room_id.clone(), room.to_owned());
+            st.wanted.remove(room);
+        }
+        let unlinked = |e: HsError| {
+            let mut st = self.state();
+            st.rooms.remove(&room_id);
+            st.wanted.insert(room.to_owned());
+            e
+        };
+        let encryption = self.hs.state_event(&room_id, &bot, "m.room.encryption", "").await.map_err(unlinked)?;
+        if let Some(encryption) = encryption {
             let event_id = encryption["event_id"].as_str().unwrap_or_default();
             match self.tell_about_encryption(&room_id, event_id).await {
-                Err(HsError::Unavailable(e)) => return Err(HsError::Unavailable(e)),
+                Err(HsError::Unavailable(e)) => return Err(unlinked(HsError::Unavailable(e))),
                 Err(e) => {
                     tracing::warn!(account = %self.id, room = %room_id, error = %e, "cannot post the encryption notice")
                 }
                 Ok(()) => {}
             }
-            // The first encrypted room: the bridge's device is made (and its keys are out) before the join returns,
-            // so that the members' next messages are shared with it; the ping loop does the rest (woken by the
-            // notice that waits), and tries again on failure. (A join may run inside a transaction's turn, which
-            // taking the waiting events needs.)
-            if let Some(e2ee) = self.e2ee.as_ref().filter(|_| probe)
-                && let Err(e) = e2ee.probe().await
+            if let Some(e2ee) = self.e2ee.as_ref().filter(|e| prepare && e.status() == Status::Starting)
+                && let Err(e) = e2ee.prepare(bot.as_str()).await
             {
-                tracing::warn!(account = %self.id, room = %room_id, error = %e, "end-to-end encryption not set up yet");
+                tracing::warn!(account = %self.id, room = %room_id, error = %e, "the bridge's device is not made yet");
             }
         }
         let mut st = self.state();
-        st.rooms.insert(room_id.clone(), room.to_owned());
-        st.wanted.remove(room);
         st.call_for(vec![room_id]);
         st.catch_up_now = true;
         drop(st);

@@ -44,6 +44,10 @@ impl Inner {
         let (Ok(room), Some(leg_room)) = (OwnedRoomId::try_from(room_id.as_str()), self.leg_of(&room_id).await?) else {
             return Ok(Intake::Instead(None));
         };
+        // A room not known to be encrypted yet: it is now, and the ping loop sets up end-to-end encryption.
+        if self.state().encrypted.insert(room_id.clone()) {
+            self.recheck.notify_one();
+        }
         if self.tr.is_bridge_user(&sender) {
             // The bridge's own message coming back (its devices share no keys among themselves): nothing to tell.
             return Ok(Intake::Instead(None));
@@ -63,13 +67,7 @@ impl Inner {
         // The key may be in the device's inbox, from a transaction the homeserver could not push: read at start
         // (a transaction held while the bridge was down comes as soon as it is back), or now.
         let keys_came = match e2ee.status() {
-            Status::Starting => {
-                // An encrypted event of a room not known to be encrypted yet: the probe waits for none.
-                if self.state().encrypted.insert(room_id.clone()) {
-                    self.recheck.notify_one();
-                }
-                e2ee.start_read().await
-            }
+            Status::Starting => e2ee.start_read().await,
             _ => e2ee.look_for_keys().await.unwrap_or_else(|e| {
                 tracing::warn!(account = %self.id, error = %e, "cannot read the bridge device's inbox");
                 false
