@@ -670,14 +670,7 @@ impl MlsRooms {
         let out = offload(s.group.member_count(), || s.group.add_members(&kps)).await;
         let out = out.durable().await.map_err(unavailable)?;
         // The Welcome goes to the hub only with the commit it belongs to (and the GroupInfo of the new epoch).
-        let framed = |b: Vec<u8>| MlsMessageBytes::new(b).map_err(unavailable);
-        let info = out.group_info.clone().ok_or_else(|| unavailable("the MLS engine made no GroupInfo"))?;
-        let bundle = UpdateRequest::Commit {
-            commit: framed(out.commit.clone())?,
-            welcome: out.welcome.clone().map(framed).transpose()?,
-            group_info: GroupInfoOption(framed(info)?),
-            ratchet_tree: RatchetTreeOption::DistributionService,
-        };
+        let bundle = update_request(&out)?;
         let room = s.room.clone();
         let sent = match self.provider.update(&room, bundle, self.member.uri(), Origin::Portal).await {
             Ok(a) => Ok(Some(a.seq)),
@@ -872,6 +865,19 @@ impl RoomOfRecord for MlsRooms {
         let mut s = slot.lock().await;
         self.kept_before(portal, &mut s, seq).await
     }
+}
+
+/// The `UpdateRequest` of a commit of ours: the commit, its Welcome if any, and the GroupInfo of the epoch it
+/// makes (without the ratchet tree, which the hub keeps).
+fn update_request(out: &CommitOutput) -> Result<UpdateRequest, RoomError> {
+    let framed = |b: Vec<u8>| MlsMessageBytes::new(b).map_err(unavailable);
+    let info = out.group_info.clone().ok_or_else(|| unavailable("the MLS engine made no GroupInfo"))?;
+    Ok(UpdateRequest::Commit {
+        commit: framed(out.commit.clone())?,
+        welcome: out.welcome.clone().map(framed).transpose()?,
+        group_info: GroupInfoOption(framed(info)?),
+        ratchet_tree: RatchetTreeOption::DistributionService,
+    })
 }
 
 /// Sleeps until `at`; never wakes when it is `None` (a worker timer that is not armed).

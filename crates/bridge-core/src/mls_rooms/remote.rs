@@ -264,14 +264,7 @@ impl MlsRooms {
         hub: &str,
         out: &CommitOutput,
     ) -> Result<Option<u64>, RoomError> {
-        let framed = |b: Vec<u8>| MlsMessageBytes::new(b).map_err(unavailable);
-        let info = out.group_info.clone().ok_or_else(|| unavailable("the MLS engine made no GroupInfo"))?;
-        let request = UpdateRequest::Commit {
-            commit: framed(out.commit.clone())?,
-            welcome: out.welcome.clone().map(framed).transpose()?,
-            group_info: GroupInfoOption(framed(info)?),
-            ratchet_tree: RatchetTreeOption::DistributionService,
-        };
+        let request = super::update_request(out)?;
         let verdict = self.federation()?.update_through_hub(room, hub, self.member.uri(), request).await;
         match verdict.map_err(|e| hub_error(room, hub, "a commit", e))? {
             Verdict::Accepted { seq } => Ok(Some(seq.unwrap_or(0))),
