@@ -7,10 +7,9 @@
 use crate::client_support::daemon::{free_port, url};
 use crate::common::Daemon;
 use crate::common::client::{client, messages};
+use crate::common::three::irc_and_xmpp_users;
 use harness::{Ngircd, Prosody};
-use mimi_bench::irc::IrcUser;
 use mimi_bench::measure::{Arrivals, marker, markers};
-use mimi_bench::xmpp::XmppUser;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -104,16 +103,7 @@ fn two_bridges_federate_one_room_with_irc_on_one_and_xmpp_on_the_other() {
 
     let arrivals = Arrivals::default();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (ircuser, mut xavier) = rt.block_on(async {
-        let ircuser =
-            IrcUser::join(&irc.addr(), "ircuser", CHANNEL, "irc", arrivals.clone()).await.expect("IRC user joins");
-        let xavier =
-            XmppUser::login(&prosody.c2s_addr(), "xavier", "xavier", arrivals.clone()).await.expect("XMPP login");
-        xavier.join(MUC).await.expect("xavier joins the MUC");
-        xavier.wait_occupant(MUC, "mimi-bridge").await.expect("the bridge is in the MUC");
-        ircuser.wait_member("bridge").await.expect("the bridge is in the channel");
-        (ircuser, xavier)
-    });
+    let (ircuser, mut xavier) = rt.block_on(irc_and_xmpp_users(&irc, CHANNEL, &prosody, MUC, &arrivals));
     let server_a = url(port_a);
     let alice = dir.path().join("alice");
     client(&alice, &server_a, &["register", "alice"]);

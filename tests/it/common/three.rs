@@ -77,6 +77,24 @@ fn accounts(dir: &Path, homeserver: &str, listen: u16, room_id: &str, irc: &str,
     )
 }
 
+/// The IRC user `ircuser` in `channel` and the XMPP user `xavier` in `muc` (reader names `irc` and `xmpp:MUC` in
+/// `arrivals`), once the bridge is in both rooms.
+pub async fn irc_and_xmpp_users(
+    irc: &Ngircd,
+    channel: &str,
+    prosody: &Prosody,
+    muc: &str,
+    arrivals: &Arrivals,
+) -> (IrcUser, XmppUser) {
+    let ircuser =
+        IrcUser::join(&irc.addr(), "ircuser", channel, "irc", arrivals.clone()).await.expect("IRC user joins");
+    let xavier = XmppUser::login(&prosody.c2s_addr(), "xavier", "xavier", arrivals.clone()).await.expect("XMPP login");
+    xavier.join(muc).await.expect("xavier joins the MUC");
+    xavier.wait_occupant(muc, "mimi-bridge").await.expect("the bridge is in the MUC");
+    ircuser.wait_member("bridge").await.expect("the bridge is in the channel");
+    (ircuser, xavier)
+}
+
 impl Three {
     /// Starts the servers and the daemon, and waits until every user and the bridge are in their rooms.
     pub fn start() -> Three {
@@ -119,16 +137,7 @@ impl Three {
         let server = server_of(&cfg);
 
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let (ircuser, xavier) = rt.block_on(async {
-            let ircuser =
-                IrcUser::join(&irc.addr(), "ircuser", CHANNEL, "irc", arrivals.clone()).await.expect("IRC user joins");
-            let xavier =
-                XmppUser::login(&prosody.c2s_addr(), "xavier", "xavier", arrivals.clone()).await.expect("XMPP login");
-            xavier.join(MUC).await.expect("xavier joins the MUC");
-            xavier.wait_occupant(MUC, "mimi-bridge").await.expect("the bridge is in the MUC");
-            ircuser.wait_member("bridge").await.expect("the bridge is in the channel");
-            (ircuser, xavier)
-        });
+        let (ircuser, xavier) = rt.block_on(irc_and_xmpp_users(&irc, CHANNEL, &prosody, MUC, &arrivals));
         mx.wait_member(&room, &format!("@mimi-bridge:{SERVER_NAME}")).unwrap_or_else(|e| panic!("{e}: {}", d.log()));
         let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
         for (state, name) in [(&alice, "alice"), (&bob, "bob")] {

@@ -73,6 +73,15 @@ impl Side {
     }
 }
 
+/// Waits until b.test's bridge leaf, which joins in the background, is in `a`'s group beside a.test's.
+async fn joined(a: &Side) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a.members().await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "b.test never joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The text and shown author of the `n`-th line delivered to `side`'s leg.
 async fn delivered(side: &Side, n: usize) -> (String, String) {
     let got = side.net.wait_delivered(n, WAIT).await;
@@ -90,12 +99,7 @@ async fn a_portal_joins_a_room_hosted_elsewhere_talks_both_ways_and_updates_its_
     a.net.say("#rust", "alice", "before b.test came").await.1.expect("bridged");
     let b = Side::start(&network, "b.test", Some(ROOM), Duration::from_secs(1)).await;
     assert_eq!(b.rooms.room_of(&PortalId::new("rust").expect("id")), ROOM);
-    // b.test's bridge leaf joins in the background; a.test's group then has both bridges.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while a.members().await < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "b.test never joined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    joined(&a).await;
     assert!(b.provider.hub_of(ROOM).expect("followed").as_deref() == Some("a.test"), "b.test follows the room");
     // Its copy of the log starts at its join: what came before is not its to read (nor fetched from a.test).
     let first = |side: &Side| {
@@ -188,11 +192,7 @@ async fn a_portal_removed_from_a_room_hosted_elsewhere_joins_it_again_at_its_nex
     let network = MemoryNetwork::new();
     let a = Side::start(&network, "a.test", None, Duration::from_secs(3600)).await;
     let b = Side::start(&network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while a.members().await < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "b.test never joined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    joined(&a).await;
     // carol, a native user of a.test, removes b.test's bridge leaf.
     let carol_dir = tempfile::tempdir().expect("tempdir");
     let mut carol = Native::join_as(&a.provider, carol_dir.path(), "mimi://a.test/u/carol", ROOM).await;
@@ -202,6 +202,7 @@ async fn a_portal_removed_from_a_room_hosted_elsewhere_joins_it_again_at_its_nex
     let carol_uri = "mimi://a.test/u/carol".to_owned();
     a.provider.submit(ROOM, commit, &carol_uri, Origin::Client(carol_uri.clone())).await.expect("hub accepts");
     carol.group.merge_pending_commit().durable().await.expect("merged");
+    let deadline = tokio::time::Instant::now() + WAIT;
     while a.members().await != 2 {
         assert!(tokio::time::Instant::now() < deadline, "a.test's group never saw the removal");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -222,11 +223,7 @@ async fn a_line_whose_answer_was_lost_is_sent_again_as_the_same_message_and_sequ
     let network = MemoryNetwork::new();
     let a = Side::start(&network, "a.test", None, Duration::from_secs(3600)).await;
     let b = Side::start(&network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while a.members().await < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "b.test never joined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    joined(&a).await;
     // a.test sequences bob's line, but its answer never reaches b.test: the line is not accepted there.
     network.lose_answers("a.test", 1);
     let line = || InboundKind::Message { draft: MessageDraft::plain("did you get this?"), reply_to: None };
