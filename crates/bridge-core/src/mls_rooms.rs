@@ -55,6 +55,7 @@ use mimi_mls::{
     UserLeaves, offload,
 };
 use mimi_protocol::hub::{JoinPolicy, Origin, Refusal};
+use mimi_protocol::uri_domain;
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest, wire_format};
 use mimi_provider::Federation;
 use mimi_provider::log::{Records, write};
@@ -962,11 +963,6 @@ pub fn encode_outgoing_with(
 fn speaks_for(sender: &str, user: &str) -> bool {
     let legacy_name = user.rsplit_once("/u/").is_some_and(|(_, name)| name.contains('~') && !name.contains('/'));
     legacy_name && uri_domain(user).is_some_and(|d| sender == format!("mimi://{d}/u/bridge"))
-}
-
-/// The domain of a MIMI URI (`mimi://DOMAIN/…`).
-fn uri_domain(uri: &str) -> Option<&str> {
-    uri.strip_prefix("mimi://")?.split('/').next().filter(|d| !d.is_empty())
 }
 
 /// The first text of a body: `(text, markdown?)`.

@@ -79,7 +79,7 @@ impl MlsRooms {
 
     /// The hub of `room` if another provider hosts it (`None`: this one does).
     pub(super) fn remote_hub(&self, room: &str) -> Option<String> {
-        let domain = super::uri_domain(room)?;
+        let domain = mimi_protocol::uri_domain(room)?;
         (domain != self.provider.domain()).then(|| domain.to_owned())
     }
 
