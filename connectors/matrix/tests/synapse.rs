@@ -966,7 +966,7 @@ async fn with_the_bot_as_the_registrations_sender_an_encrypted_room_is_still_bri
 }
 
 /// A homeserver that does not push to-device messages to the appservice (its registration lacks
-/// `receive_ephemeral`): the start-up probe finds out, and an encrypted room is told that the bridge cannot read it,
+/// `receive_ephemeral`): the probe finds out, and an encrypted room is told that the bridge cannot read it,
 /// and why; an encrypted message reaches the portal as a notice that it cannot be read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_to_device_pushes_an_encrypted_room_is_told_why_it_is_not_bridged() {
@@ -976,7 +976,9 @@ async fn without_to_device_pushes_an_encrypted_room_is_told_why_it_is_not_bridge
     let (alice_user, room) = encrypted_room(&s);
     let b = encrypted_slice(&s, &room, state.path(), &media).await;
     let alice = Client::new(&s.hs.url(), alice_user);
-    let notice = await_body_containing(&alice, &room, "cannot decrypt or encrypt here").await;
+    // The probe begins at the link (the room is the account's first encrypted one) and gives up after its wait.
+    let wait = connector_matrix::e2ee::PROBE_WAIT + Duration::from_secs(30);
+    let notice = await_body_containing(&alice, &room, "cannot decrypt or encrypt here", wait).await;
     let body = notice["content"]["body"].as_str().unwrap_or_default();
     assert!(body.contains("does not push to-device messages") && body.contains("receive_ephemeral"), "{body}");
     let encrypted = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x", "sender_key": "k", "session_id": "s",
@@ -987,9 +989,9 @@ async fn without_to_device_pushes_an_encrypted_room_is_told_why_it_is_not_bridge
     b.router.shutdown().await;
 }
 
-/// The first event of `room` whose body contains `text`, waiting for it.
-async fn await_body_containing(c: &Client, room: &str, text: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+/// The first event of `room` whose body contains `text`, waiting for it up to `wait`.
+async fn await_body_containing(c: &Client, room: &str, text: &str, wait: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=f&limit=200", enc(room));
         let v = c.call(reqwest::Method::GET, &path, None).await.expect("messages");
