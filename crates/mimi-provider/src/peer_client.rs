@@ -43,16 +43,23 @@ pub enum PeerError {
 }
 
 impl PeerError {
-    /// What our client is answered when its request to the peer failed: a refusal of the peer with 403 or 404
-    /// passes through, the rest is a bad gateway. `what` names the request (`"update"`).
+    /// What our client is answered when its request to the peer failed. The hub's verdicts on the request itself
+    /// pass through: malformed (400), not allowed (403), unknown (404), in conflict with the room (409), read
+    /// past what the log keeps (410), over the hub's quota (429). The rest is a bad gateway (502): no usable
+    /// answer, the hub's own failures, and what the hub holds against this provider rather than the request (401,
+    /// 421: it is not the room's hub). `what` names the request (`"update"`).
     pub fn failure(&self, what: &str) -> Failure {
         match self {
             Self::NotAPeer(_) | Self::Unclear(_) => Failure::bad_gateway(self),
             Self::Local(_) => Failure::bad_request(self),
             Self::Status { status, reason } => {
                 let kind = match status {
+                    400 => Status::BadRequest,
                     403 => Status::Forbidden,
                     404 => Status::NotFound,
+                    409 => Status::Conflict,
+                    410 => Status::Gone,
+                    429 => Status::TooManyRequests,
                     _ => Status::BadGateway,
                 };
                 Failure::new(kind, format!("{what}: the hub answered {status}: {reason}"))
@@ -110,4 +117,29 @@ pub trait PeerClient: Send + Sync {
 
     /// `POST /v1/notify/{room}`: entry `seq` of a room we host, to one of its followers.
     async fn notify(&self, follower: &str, room: &str, seq: u64, fanout: &FanoutMessage) -> Result<(), PeerError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16) -> Status {
+        PeerError::Status { status, reason: "why".into() }.failure("update").status
+    }
+
+    #[test]
+    fn the_hubs_verdicts_on_a_request_pass_through_the_rest_is_a_bad_gateway() {
+        assert_eq!(answered(400), Status::BadRequest);
+        assert_eq!(answered(403), Status::Forbidden);
+        assert_eq!(answered(404), Status::NotFound);
+        assert_eq!(answered(409), Status::Conflict);
+        assert_eq!(answered(410), Status::Gone);
+        assert_eq!(answered(429), Status::TooManyRequests);
+        for status in [401, 421, 500, 503] {
+            assert_eq!(answered(status), Status::BadGateway, "{status}");
+        }
+        let reason = PeerError::Status { status: 410, reason: "entries removed".into() }.failure("update").reason;
+        assert_eq!(reason, "update: the hub answered 410: entries removed");
+        assert_eq!(PeerError::Unclear("timed out".into()).failure("update").status, Status::BadGateway);
+    }
 }

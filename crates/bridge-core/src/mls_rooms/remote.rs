@@ -304,9 +304,10 @@ impl MlsRooms {
     }
 }
 
-/// The portal's error for `what` failing at `hub`, the hub of `room`: a refusal for good (the hub refused, or the
-/// room or our request is unknown to it) is [`RoomError::Refused`]; anything else (unreachable, 5xx, over a quota)
-/// may pass, [`RoomError::Unavailable`].
+/// The portal's error for `what` failing at `hub`, the hub of `room`: a refusal for good (the hub refused, found
+/// our request malformed, does not know the room, or no longer keeps what we read) is [`RoomError::Refused`];
+/// anything else (unreachable, 5xx, over a quota, in conflict with a room that moved on) may pass,
+/// [`RoomError::Unavailable`].
 fn hub_error(room: &str, hub: &str, what: &str, e: Failure) -> RoomError {
     let why = format!("{what} in {room} (hosted by {hub}): {}", e.reason);
     match e.status {
