@@ -2,7 +2,7 @@
 //! presentation language to the peer's `/v1/...` endpoints, with `From: mimi@OURDOMAIN`, `Mimi-User` for updates
 //! and `Mimi-Sequence` for notifies; answers read up to [`MAX_ANSWER`](super::http::MAX_ANSWER) bytes, with the
 //! hub's `Mimi-Sequence`. Any status but the expected success is [`PeerError::Status`] with the peer's JSON
-//! `error`; no answer, or one that does not decode, is [`PeerError::Unclear`].
+//! `error` (and `retry_after_ms`); no answer, or one that does not decode, is [`PeerError::Unclear`].
 
 use super::http::{Answer, Peers};
 use super::path_of;
@@ -43,11 +43,10 @@ impl HttpPeerClient {
         if success(a.status) {
             return Ok(a);
         }
-        let reason = serde_json::from_slice::<serde_json::Value>(&a.body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        Err(PeerError::Status { status: a.status, reason })
+        let json = serde_json::from_slice::<serde_json::Value>(&a.body).unwrap_or_default();
+        let reason = json["error"].as_str().map(str::to_owned).unwrap_or_default();
+        let retry_after = json["retry_after_ms"].as_u64().map(std::time::Duration::from_millis);
+        Err(PeerError::Status { status: a.status, reason, retry_after })
     }
 
     /// POSTs `request` to `path` of peer `domain`; the answer's body (200 only) and `Mimi-Sequence`.

@@ -39,6 +39,8 @@ pub enum PeerError {
         status: u16,
         /// The peer's reason (the `error` of its JSON body, or empty).
         reason: String,
+        /// When the peer would serve the same request (its `retry_after_ms`, with a 429 over its quota).
+        retry_after: Option<std::time::Duration>,
     },
 }
 
@@ -52,7 +54,7 @@ impl PeerError {
         match self {
             Self::NotAPeer(_) | Self::Unclear(_) => Failure::bad_gateway(self),
             Self::Local(_) => Failure::bad_request(self),
-            Self::Status { status, reason } => {
+            Self::Status { status, reason, retry_after } => {
                 let kind = match status {
                     400 => Status::BadRequest,
                     403 => Status::Forbidden,
@@ -62,7 +64,10 @@ impl PeerError {
                     429 => Status::TooManyRequests,
                     _ => Status::BadGateway,
                 };
-                Failure::new(kind, format!("{what}: the hub answered {status}: {reason}"))
+                Failure {
+                    retry_after: *retry_after,
+                    ..Failure::new(kind, format!("{what}: the hub answered {status}: {reason}"))
+                }
             }
         }
     }
@@ -124,7 +129,7 @@ mod tests {
     use super::*;
 
     fn answered(status: u16) -> Status {
-        PeerError::Status { status, reason: "why".into() }.failure("update").status
+        PeerError::Status { status, reason: "why".into(), retry_after: None }.failure("update").status
     }
 
     #[test]
@@ -138,8 +143,15 @@ mod tests {
         for status in [401, 421, 500, 503] {
             assert_eq!(answered(status), Status::BadGateway, "{status}");
         }
-        let reason = PeerError::Status { status: 410, reason: "entries removed".into() }.failure("update").reason;
-        assert_eq!(reason, "update: the hub answered 410: entries removed");
+        let gone = PeerError::Status { status: 410, reason: "entries removed".into(), retry_after: None };
+        assert_eq!(gone.failure("update").reason, "update: the hub answered 410: entries removed");
+        let wait = Some(std::time::Duration::from_millis(1500));
+        let over = PeerError::Status { status: 429, reason: "over quota".into(), retry_after: wait };
+        assert_eq!(
+            over.failure("submitMessage").retry_after,
+            wait,
+            "a client over the hub's quota is told when to retry"
+        );
         assert_eq!(PeerError::Unclear("timed out".into()).failure("update").status, Status::BadGateway);
     }
 }

@@ -84,7 +84,7 @@ struct MemoryPeerClient {
 
 /// A peer's refusal as the HTTP client would see it.
 fn refused(f: Failure) -> PeerError {
-    PeerError::Status { status: f.status.code(), reason: f.reason }
+    PeerError::Status { status: f.status.code(), reason: f.reason, retry_after: f.retry_after }
 }
 
 impl MemoryPeerClient {
