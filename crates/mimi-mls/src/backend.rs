@@ -3,6 +3,7 @@
 
 use super::error::MlsError;
 use super::storage::{Durability, MlsStorage};
+use super::verified_signatures::MlsCrypto;
 use mimi_store::Store;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
@@ -11,10 +12,11 @@ use openmls_traits::OpenMlsProvider;
 /// below the ratchets' `maximum_forward_distance` (1000 by default), which bounds how far a receiver can skip.
 pub const WRITE_BEHIND_OPS: u64 = 200;
 
-/// RustCrypto for crypto and randomness, [`MlsStorage`] for state. One per local member (namespace).
+/// [`MlsCrypto`] for crypto (RustCrypto, verified leaf signatures remembered), RustCrypto for randomness,
+/// [`MlsStorage`] for state. One per local member (namespace).
 #[derive(Debug)]
 pub struct MlsBackend {
-    crypto: RustCrypto,
+    crypto: MlsCrypto,
     storage: MlsStorage,
     write_behind_ops: std::sync::atomic::AtomicU64,
 }
@@ -23,7 +25,7 @@ impl MlsBackend {
     /// The provider of local member `namespace` on `store`.
     pub fn new(store: Store, namespace: &str) -> Result<Self, MlsError> {
         Ok(Self {
-            crypto: RustCrypto::default(),
+            crypto: MlsCrypto::default(),
             storage: MlsStorage::new(store, namespace)?,
             write_behind_ops: WRITE_BEHIND_OPS.into(),
         })
@@ -47,7 +49,7 @@ impl MlsBackend {
 }
 
 impl OpenMlsProvider for MlsBackend {
-    type CryptoProvider = RustCrypto;
+    type CryptoProvider = MlsCrypto;
     type RandProvider = RustCrypto;
     type StorageProvider = MlsStorage;
 
@@ -60,7 +62,7 @@ impl OpenMlsProvider for MlsBackend {
     }
 
     fn rand(&self) -> &Self::RandProvider {
-        &self.crypto
+        self.crypto.rust_crypto()
     }
 }
 

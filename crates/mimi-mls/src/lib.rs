@@ -2,8 +2,8 @@
 //!
 //! * [`storage`] — OpenMLS's `StorageProvider` on the bridge's store: compact CBOR values, an in-memory cache,
 //!   write-behind through group commit, one atomic batch per MLS operation;
-//! * [`backend`] — [`MlsBackend`], the OpenMLS provider (RustCrypto + that storage), and [`Pending`], the wrapper that hands out an
-//!   operation's output only once the state behind it is durable;
+//! * [`backend`] — [`MlsBackend`], the OpenMLS provider ([`verified_signatures::MlsCrypto`] + that storage), and
+//!   [`Pending`], the wrapper that hands out an operation's output only once the state behind it is durable;
 //! * [`cbor`] — the CBOR serializer of the stored values (byte strings for byte sequences), from mimi-protocol,
 //!   whose hub stores its groups' public state with it;
 //! * [`config`] — ciphersuites, wire-format policy, ratchet tolerances;
@@ -15,6 +15,8 @@
 //! * [`user_leaves`] — [`UserLeaves`]: per-user leaves (`mls_identity = "per-user"`), added lazily, removed when
 //!   idle, capped per portal;
 //! * [`offload`] — [`offload()`]: MLS operations of big groups run off the async executor, one per core;
+//! * [`verified_signatures`] — [`verified_signatures::MlsCrypto`]: leaf and KeyPackage signatures verified once
+//!   per process, a ratchet tree's verified on all cores before a join;
 //! * [`write_behind`] — when a group's message secrets are encoded (not on every message: that is O(N)), and the
 //!   reservations that keep a sender from reusing a generation after a crash;
 //! * [`error`] — [`MlsError`], typed so that callers can tell a replay from a non-member from a lost group.
@@ -33,6 +35,7 @@ pub mod offload;
 pub mod portal_group;
 pub mod storage;
 pub mod user_leaves;
+pub mod verified_signatures;
 pub mod write_behind;
 
 pub use backend::{MlsBackend, Pending, WRITE_BEHIND_OPS};

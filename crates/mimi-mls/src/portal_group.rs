@@ -16,13 +16,14 @@ use super::config::EngineConfig;
 use super::error::MlsError;
 use super::member::LocalMember;
 use super::storage::{Durability, MlsStorage};
+use super::verified_signatures;
 use super::write_behind::{self, BeforeEncrypt, Extend, Reservation, WriteBehind};
 use openmls::group::{CommitBuilder, Initial};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     ContentType, GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsMessageBodyIn,
-    MlsMessageIn, MlsMessageOut, ProcessedMessageContent, ProtocolMessage, ProtocolVersion, RatchetTreeIn, Sender,
-    StagedWelcome,
+    MlsMessageIn, MlsMessageOut, ProcessedMessageContent, ProcessedWelcome, ProtocolMessage, ProtocolVersion,
+    RatchetTreeIn, Sender,
 };
 use openmls_traits::OpenMlsProvider;
 use std::sync::Arc;
@@ -324,9 +325,17 @@ impl PortalGroup {
             let MlsMessageBodyIn::Welcome(welcome) = parse_message(welcome)? else {
                 return Err(MlsError::Malformed("not a Welcome".into()));
             };
+            // Parsed before the Welcome is processed: processing it consumes the KeyPackage.
             let tree = parse_tree(ratchet_tree)?;
-            let staged = StagedWelcome::new_from_welcome(provider.as_ref(), &config.join_config(), welcome, tree)
+            let processed = ProcessedWelcome::new_from_welcome(provider.as_ref(), &config.join_config(), welcome)
                 .map_err(|e| MlsError::Welcome(e.to_string()))?;
+            let info = processed.unverified_group_info();
+            if let Some(t) = verified_signatures::tree_of_join(info.extensions().ratchet_tree(), ratchet_tree) {
+                let alg = info.ciphersuite().signature_algorithm();
+                verified_signatures::preverify_tree(alg, info.group_id().as_slice(), &t);
+            }
+            let staged =
+                processed.into_staged_welcome(provider.as_ref(), tree).map_err(|e| MlsError::Welcome(e.to_string()))?;
             let group = staged.into_group(provider.as_ref()).map_err(|e| MlsError::Welcome(e.to_string()))?;
             Self::wrap(group, provider.clone(), member)
         })();
@@ -359,6 +368,9 @@ impl PortalGroup {
             let gid = info.group_id().clone();
             if let Some(mut old) = MlsGroup::load(provider.storage(), &gid)? {
                 old.delete(provider.storage())?;
+            }
+            if let Some(t) = verified_signatures::tree_of_join(info.extensions().ratchet_tree(), ratchet_tree) {
+                verified_signatures::preverify_tree(info.ciphersuite().signature_algorithm(), gid.as_slice(), &t);
             }
             let mut builder = MlsGroup::external_commit_builder().with_config(config.join_config());
             if let Some(tree) = parse_tree(ratchet_tree)? {

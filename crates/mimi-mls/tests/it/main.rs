@@ -8,3 +8,4 @@ mod mls_engine;
 mod mls_interop;
 mod mls_leaves;
 mod mls_restart;
+mod mls_verified_signatures;
