@@ -5,7 +5,10 @@
 //! whose server is down (a free port nobody listens on: the legs and their delivery workers exist, no network
 //! server takes part); starts the daemon (its first start creates every portal's MLS group and hub room), then
 //! restarts it `--restarts` times after a clean stop (SIGTERM). Measured, from the spawn of the process to the first `200` of the admin API's `/health`
-//! (polled every 2 ms): the first start and each restart; and the daemon's RSS after `--settle-secs` idle.
+//! (polled every 2 ms): the first start and each restart; and the daemon's RSS after `--settle-secs` idle. With
+//! `--closed-after-secs S` also the RSS of the first start's daemon S seconds after it was ready: a first start
+//! opens every portal's group, and they close after 5 idle minutes, so with S above that this is what a
+//! long-running daemon holds once every portal has been woken and has gone idle again.
 
 use mimi_bench::peers::{Proc, rss_kib};
 use std::io::{Read, Write};
@@ -19,6 +22,7 @@ struct Args {
     irc_legs: bool,
     restarts: usize,
     settle: Duration,
+    closed_after: Option<Duration>,
     bin: PathBuf,
 }
 
@@ -28,6 +32,7 @@ fn args() -> Result<Args, String> {
         irc_legs: false,
         restarts: 3,
         settle: Duration::from_secs(5),
+        closed_after: None,
         bin: PathBuf::from("mimi-bridge"),
     };
     let mut it = std::env::args().skip(1);
@@ -40,10 +45,15 @@ fn args() -> Result<Args, String> {
             "--settle-secs" => {
                 a.settle = Duration::from_secs(value()?.parse().map_err(|e| format!("--settle-secs: {e}"))?)
             }
+            "--closed-after-secs" => {
+                let secs = value()?.parse().map_err(|e| format!("--closed-after-secs: {e}"))?;
+                a.closed_after = Some(Duration::from_secs(secs))
+            }
             "--bin" => a.bin = PathBuf::from(value()?),
             _ => {
                 return Err(format!(
-                    "unknown argument {flag} (--portals N --irc-legs --restarts K --settle-secs S --bin BIN)"
+                    "unknown argument {flag} (--portals N --irc-legs --restarts K --settle-secs S \
+                     --closed-after-secs S --bin BIN)"
                 ));
             }
         }
@@ -150,6 +160,13 @@ fn run(a: &Args) -> Result<(), String> {
     let (mut p, took) = start(a, &cfg, admin, &d.join("start-0.log"))?;
     let rss = settled_rss(&p, a.settle)?;
     println!("| first start (creates every group and room) | {:.2} | {rss:.1} |", took.as_secs_f64());
+    if let Some(after) = a.closed_after {
+        let rss = settled_rss(&p, after.saturating_sub(a.settle))?;
+        println!(
+            "| first start, {} s after ready (its groups closed after 5 idle minutes) | | {rss:.1} |",
+            after.as_secs()
+        );
+    }
     stop(&mut p)?;
     for i in 1..=a.restarts {
         let (mut p, took) = start(a, &cfg, admin, &d.join(format!("start-{i}.log")))?;
