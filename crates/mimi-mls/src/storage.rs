@@ -45,7 +45,7 @@
 //! (the authoritative copy for this process) and marks the key *dirty* in a partition — the group the key belongs
 //! to, or the *global* partition for key packages, signature keys and leaf-update key pairs. Reads are served from
 //! the cache, falling back to the store on a miss (and remembering the answer, including "absent"). A closed
-//! group's large values leave the cache once the store holds them ([`MlsStorage::release_claim`]).
+//! group's records leave the cache once the store holds them ([`MlsStorage::release_claim`]).
 //!
 //! After an MLS operation the engine calls [`MlsStorage::submit_group`]: the dirty keys of that group (and the
 //! global partition) are **sealed** — their values at the end of the operation are set aside (shared, not copied)
@@ -128,6 +128,23 @@ const OWN_LEAF_INDEX: u8 = 25;
 const EPOCH_SECRETS: u8 = 26;
 const RESUMPTION_PSK_STORE: u8 = 27;
 const MESSAGE_SECRETS: u8 = 28;
+/// OpenMLS's records of a group stored under the group's id alone: they leave the cache once the group is closed
+/// and the store holds them ([`MlsStorage::release_claim`]). The group's proposals and epoch key pairs (keyed by
+/// more than the id) and the engine's own records about it ([`GROUP_RECORD`]) stay cached: a few hundred bytes.
+const GROUP_LABELS: [u8; 12] = [
+    TREE,
+    GROUP_CONTEXT,
+    INTERIM_TRANSCRIPT_HASH,
+    CONFIRMATION_TAG,
+    JOIN_CONFIG,
+    OWN_LEAF_NODES,
+    GROUP_STATE,
+    PROPOSAL_QUEUE_REFS,
+    OWN_LEAF_INDEX,
+    EPOCH_SECRETS,
+    RESUMPTION_PSK_STORE,
+    MESSAGE_SECRETS,
+];
 /// A chunk of a chunked value ([`CHUNKED_FROM`]).
 const CHUNK: u8 = 0x42;
 /// The engine's own records (who the member is), not OpenMLS's.
@@ -537,10 +554,13 @@ impl Value {
 #[derive(Default)]
 struct Inner {
     /// Full store key → value (`None`: known to be absent). Authoritative for this process, and never emptied
-    /// but for the large values of closed groups, and only where every write of theirs sealed so far is durable
-    /// ([`MlsStorage::release_claim`]): the store then holds the same value, so [`MlsStorage::with`] may read
-    /// the store outside the lock, whatever was evicted meanwhile.
+    /// but for the [`GROUP_LABELS`] records of closed groups, and only where every write of theirs sealed so far
+    /// is durable ([`MlsStorage::release_claim`]): the store then holds the same value, so [`MlsStorage::with`]
+    /// may read the store outside the lock (a read that overlapped an eviction reads again: [`Inner::evictions`]).
     cache: HashMap<Vec<u8>, Cached>,
+    /// Moves on whenever closed groups' records leave [`Inner::cache`]: a store read that started before may have
+    /// read a value older than one written, made durable and evicted meanwhile, and must not be cached.
+    evictions: u64,
     /// Dirty keys per partition (CBOR of the group id; empty for the global partition).
     dirty: HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
     /// Partitions whose message-secrets writes are skipped for now ([`MlsStorage::defer_message_secrets`]).
@@ -552,7 +572,7 @@ struct Inner {
     /// Per partition, the encoding of the past epochs' message secrets ([`MlsStorage::reuse_past_epochs`]).
     past_epochs: HashMap<Vec<u8>, super::cbor::Splice>,
     /// Partitions whose group was closed, each with the last operation sealed then: once that is durable, the
-    /// group's large values leave the cache ([`MlsStorage::release_claim`]).
+    /// group's [`GROUP_LABELS`] records leave the cache ([`MlsStorage::release_claim`]).
     closed: Vec<(Vec<u8>, u64)>,
 }
 
@@ -686,29 +706,37 @@ impl MlsStorage {
 
     /// The current value of `key` (cache, then store).
     fn cached(&self, key: &[u8]) -> Result<Cached, MlsStorageError> {
-        let cached = self.lock().cache.get(key).cloned();
-        Ok(match cached {
-            Some(value) => value,
-            None => {
-                let loaded = self.load(key);
-                let mut inner = self.lock();
-                // A write of the key meanwhile may have deleted chunks the read looked for: its value is newer.
-                let loaded = match loaded {
-                    Err(_) if inner.cache.contains_key(key) => None,
-                    loaded => loaded?.map(Arc::new),
-                };
-                // A value set meanwhile is newer than the store's, and stays — and so does what the writer knows
-                // of its chunks (sealing happens under this lock).
-                if let Some(newer) = inner.cache.get(key) {
-                    return Ok(newer.clone());
-                }
-                if let Some(Value { chunks: Some(chunked), .. }) = loaded.as_deref() {
-                    self.writer.lock().manifests.insert(key.to_vec(), chunked.hashes.iter().copied().collect());
-                }
-                inner.cache.insert(key.to_vec(), loaded.clone());
-                loaded
+        loop {
+            let (cached, evictions) = {
+                let inner = self.lock();
+                (inner.cache.get(key).cloned(), inner.evictions)
+            };
+            if let Some(value) = cached {
+                return Ok(value);
             }
-        })
+            let loaded = self.load(key);
+            let mut inner = self.lock();
+            // A write of the key meanwhile may have deleted chunks the read looked for: its value is newer.
+            let loaded = match loaded {
+                Err(_) if inner.cache.contains_key(key) => None,
+                Err(_) if inner.evictions != evictions => continue,
+                loaded => loaded?.map(Arc::new),
+            };
+            // A value set meanwhile is newer than the store's, and stays — and so does what the writer knows
+            // of its chunks (sealing happens under this lock).
+            if let Some(newer) = inner.cache.get(key) {
+                return Ok(newer.clone());
+            }
+            // A value set meanwhile may also have been made durable and evicted: read again.
+            if inner.evictions != evictions {
+                continue;
+            }
+            if let Some(Value { chunks: Some(chunked), .. }) = loaded.as_deref() {
+                self.writer.lock().manifests.insert(key.to_vec(), chunked.hashes.iter().copied().collect());
+            }
+            inner.cache.insert(key.to_vec(), loaded.clone());
+            return Ok(loaded);
+        }
     }
 
     /// The stored value of `key`, put back together from its chunks if it is chunked.
@@ -866,7 +894,7 @@ impl MlsStorage {
 
     /// Seals `keys` — of the partitions for which `written` is true — with their cached values (called with the
     /// cache locked: operations seal in order). A closed group written after all (an object of it that was not the
-    /// last one, a failed operation's leftovers) keeps its large values in the cache until that write is durable
+    /// last one, a failed operation's leftovers) keeps its records in the cache until that write is durable
     /// too; closed groups whose state is durable leave it ([`MlsStorage::release_claim`]).
     fn seal(&self, inner: &mut Inner, keys: BTreeSet<Vec<u8>>, written: impl Fn(&[u8]) -> bool) -> Durability {
         if keys.is_empty() {
@@ -957,10 +985,11 @@ impl MlsStorage {
     }
 
     /// The group object holding `claim` is closed: the copy of its past epochs' encoding is dropped, and its
-    /// large values (tree, message secrets, group state: O(N) each) leave the cache once everything sealed until
-    /// now, and whatever of the group is sealed later, is durable — the store then holds what the cache does, and
-    /// a group opened again reads it there. That is checked by the member's later operations (a [`Self::claim`],
-    /// a submit, a close), not by a timer; the group's other records (O(1)) stay.
+    /// records ([`GROUP_LABELS`]: the tree, message secrets and group state, O(N) each, and the small ones beside
+    /// them) leave the cache once everything sealed until now, and whatever of the group is sealed later, is
+    /// durable — the store then holds what the cache does, and a group opened again reads it there. That is
+    /// checked by the member's later operations (a [`Self::claim`], a submit, a close), not by a timer. With
+    /// thousands of portals woken once, the small records alone held tens of megabytes.
     pub(crate) fn release_claim(&self, partition: &[u8], claim: u64) {
         let mut inner = self.lock();
         if inner.claims.get(partition) == Some(&claim) {
@@ -971,8 +1000,9 @@ impl MlsStorage {
         self.evict_closed(&mut inner);
     }
 
-    /// Takes the large values of closed groups out of the cache where what was sealed before they closed is
-    /// durable (and nothing of theirs is dirty: a group is closed once, but its records may be written after).
+    /// Takes the [`GROUP_LABELS`] records of closed groups out of the cache where what was sealed before they
+    /// closed is durable (and nothing of theirs is dirty: a group is closed once, but its records may be written
+    /// after).
     fn evict_closed(&self, inner: &mut Inner) {
         if inner.closed.is_empty() {
             return;
@@ -982,9 +1012,12 @@ impl MlsStorage {
             .into_iter()
             .partition(|(p, seq)| *seq <= durable && !inner.dirty.contains_key(p));
         inner.closed = waiting;
+        if !done.is_empty() {
+            inner.evictions += 1;
+        }
         for (partition, _) in done {
-            for label in [TREE, MESSAGE_SECRETS, GROUP_STATE] {
-                // What the writer knows of the value's chunks stays (32 bytes a chunk): a write that read the
+            for label in GROUP_LABELS {
+                // What the writer knows of a value's chunks stays (32 bytes a chunk): a write that read the
                 // value before it left may seal after.
                 inner.cache.remove(&self.key(label, &partition));
             }
@@ -1896,23 +1929,29 @@ mod tests {
         assert!(check_chunks(kv.as_ref()).expect("check").problems.is_empty());
     }
 
-    /// A closed group's tree leaves the cache once what was sealed before it closed is durable, and is read back
-    /// from the store; a group opened again before that keeps it.
+    /// A closed group's tree and small records leave the cache once what was sealed before it closed is durable,
+    /// and are read back from the store; a group opened again before that keeps them.
     #[test]
-    fn a_closed_groups_large_values_leave_the_cache_once_durable() {
+    fn a_closed_groups_values_leave_the_cache_once_durable() {
         let (_kv, s) = storage();
         let partition = MlsStorage::partition(&GROUP).expect("partition");
         let cached = |s: &MlsStorage| s.lock().cache.contains_key(&tree_key(s));
+        let context_key = s.key(GROUP_CONTEXT, &partition);
+        let context_cached = |s: &MlsStorage| s.lock().cache.contains_key(&context_key);
         let claim = s.claim(&partition);
         let value = noise(1 << 20, 21);
         s.write_group(TREE, "tree", &GROUP, &value).expect("write");
+        s.write_group(GROUP_CONTEXT, "context", &GROUP, &vec![7u8; 40]).expect("write");
         let sealed = s.submit_group(&GROUP).expect("submit");
         let open = s.cached_bytes();
         s.release_claim(&partition, claim);
-        assert!(cached(&s), "sealed, not durable: kept");
+        assert!(cached(&s) && context_cached(&s), "sealed, not durable: kept");
         sealed.wait_blocking().expect("durable");
         op(&s, "later", 1).wait_blocking().expect("durable");
         assert!(!cached(&s), "durable: gone");
+        assert!(!context_cached(&s), "the small records too");
+        let read = s.with(&context_key, |v| Ok(v.map(<[u8]>::to_vec))).expect("read");
+        assert_eq!(read, Some(encode("context", &vec![7u8; 40]).expect("encode")));
         assert!(s.cached_bytes() + (1 << 20) < open, "{} of {open} bytes left", s.cached_bytes());
         let read = s.with(&tree_key(&s), |v| Ok(v.map(<[u8]>::to_vec))).expect("read");
         assert_eq!(read, Some(encode("tree", &value).expect("encode")));
@@ -1933,7 +1972,7 @@ mod tests {
     }
 
     /// A closed group's partition written again without a claim (a stale object, a failed operation's leftovers):
-    /// its large values stay cached until that write is durable too, so the store never serves an older one.
+    /// its records stay cached until that write is durable too, so the store never serves an older one.
     #[test]
     fn a_write_after_close_keeps_the_values_until_it_is_durable() {
         let (_kv, s) = storage();

@@ -80,8 +80,8 @@ fn a_closed_big_group_leaves_the_cache_and_opens_again_from_the_store() {
         other.encrypt(format!("other {i}").as_bytes()).durable_blocking().expect("encrypt");
     }
     let closed = other.cached_state_bytes();
-    // Left: the other group's state and the closed one's small records (6 KiB of 730 KiB when this was written;
-    // 520 KiB stayed before closed groups left the cache).
+    // Left: the other group's state and the closed one's proposals and epoch key pairs (6 KiB of 730 KiB with
+    // its small records too, when this was written; 520 KiB stayed before closed groups left the cache).
     assert!(closed < tree, "{closed} bytes cached after closing, {open} before (the tree alone is {tree})");
 
     let mut g = alice.load(id);
