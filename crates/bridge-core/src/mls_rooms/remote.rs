@@ -22,7 +22,7 @@ use crate::room_of_record::{GroupMessage, Published};
 use bridge_api::RoomError;
 use bridge_api::event::InboundEvent;
 use bridge_api::ids::{LegId, MessageId, NativeId, PortalId};
-use mimi_mls::{CommitOutput, EngineConfig, PortalGroup, offload};
+use mimi_mls::{CommitOutput, EngineConfig, OFFLOAD_MEMBERS, PortalGroup, offload};
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest};
 use mimi_provider::{Failure, Federation, Status, Verdict};
 use mimi_store::Batch;
@@ -101,7 +101,12 @@ impl MlsRooms {
                 _ => hub_error(room, hub, "joining: the GroupInfo", e),
             })?;
             let (mls, member, config) = (self.mls.clone(), self.member.clone(), EngineConfig::default());
-            let joined = PortalGroup::rejoin_by_external_commit(mls, member, &config, &info, tree.as_deref());
+            // Off the executor whatever the room's size (not known before the tree is read): verifying a big
+            // room's tree takes seconds, and a join is rare.
+            let joined = offload(OFFLOAD_MEMBERS, || {
+                PortalGroup::rejoin_by_external_commit(mls, member, &config, &info, tree.as_deref())
+            })
+            .await;
             let (group, commit) = joined.durable().await.map_err(|e| unavailable(format!("joining {room}: {e}")))?;
             match self.send_join(room, hub, federation, group, commit).await {
                 Ok(Some(joined)) => return Ok(joined),
