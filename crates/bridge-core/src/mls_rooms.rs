@@ -107,8 +107,6 @@ struct Slot {
     closed: Arc<tokio::sync::Notify>,
     /// Opened for a key update only: the worker closes it once it has applied the log ([`dormant`]).
     close_when_caught_up: bool,
-    /// In a room hosted elsewhere, the message forwarded last if its hub gave no clear answer ([`remote`]).
-    unanswered: Option<remote::Unanswered>,
 }
 
 /// The portals' room of record: MLS groups sequenced by the local hub. See the module documentation.
@@ -149,6 +147,8 @@ pub struct MlsRooms {
     remote_rooms: Mutex<HashMap<PortalId, String>>,
     /// How the hubs of rooms hosted elsewhere are reached ([`MlsRooms::set_federation`]).
     federation: std::sync::OnceLock<Federation>,
+    /// The router ([`MlsRooms::attach_router`]), which holds this room of record: not kept alive by it.
+    router: std::sync::OnceLock<crate::router::WeakRouter>,
     me: Weak<MlsRooms>,
 }
 
@@ -194,6 +194,7 @@ impl MlsRooms {
             media: Arc::default(),
             remote_rooms: Mutex::default(),
             federation: std::sync::OnceLock::new(),
+            router: std::sync::OnceLock::new(),
             me: me.clone(),
         })
     }
@@ -231,6 +232,7 @@ impl MlsRooms {
         if self.attached.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
+        let _ = self.router.set(router.downgrade());
         self.spawn_waker();
         self.spawn_key_pass();
         let mut stop = self.stop.subscribe();
@@ -464,7 +466,6 @@ impl MlsRooms {
             active: std::time::Instant::now(),
             closed: closed.clone(),
             close_when_caught_up: false,
-            unanswered: None,
         }));
         let slot = {
             let mut slots = self.slots.lock().map_err(unavailable)?;

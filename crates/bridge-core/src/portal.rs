@@ -570,7 +570,9 @@ impl Portal {
                 .sent(leg, native)
                 .map_err(store_error)?
                 // Sequenced in another portal's group, which the leg left since: not this portal's message.
-                .filter(|m| m.portal.as_ref().is_none_or(|p| *p == self.rec.id)),
+                .filter(|m| m.portal.as_ref().is_none_or(|p| *p == self.rec.id))
+                // Handed to a hub that has not answered: published again (as the same message, by the room).
+                .filter(|m| m.submitted.is_none()),
             None => None,
         };
         let published = match sent {

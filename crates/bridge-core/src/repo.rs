@@ -131,7 +131,8 @@ pub struct IdEntry {
 }
 
 /// An inbound event the hub sequenced before the portal recorded it: the `p` entries of `ids`
-/// ([`write::sent`]).
+/// ([`write::sent`]). In a portal whose room another provider hosts, also an event whose message was handed to
+/// that room's hub before it answered ([`write::submitted`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentMarker {
     /// The id the event was published under.
@@ -154,9 +155,22 @@ pub struct SentMarker {
     /// it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The MLS message (hex) handed to the hub of a room hosted elsewhere, which has not answered yet: the hub may
+    /// or may not have sequenced it. Until it answers, the event is published again as this same message, which
+    /// the hub sequences once (it knows a message it took by its digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted: Option<String>,
 }
 
-/// An event the room of record sequenced that its portal has not recorded ([`Repo::unrecorded`]).
+impl SentMarker {
+    /// The message handed to the hub of a room hosted elsewhere, if the hub has not answered yet
+    /// ([`SentMarker::submitted`]; `None` also if it does not decode).
+    pub fn submitted(&self) -> Option<Vec<u8>> {
+        self.submitted.as_deref().and_then(|h| hex::decode(h).ok())
+    }
+}
+
+/// An event the room of record sequenced, or may have, that its portal has not recorded ([`Repo::unrecorded`]).
 #[derive(Debug, Clone)]
 pub struct Unrecorded {
     /// The id it was published under.
@@ -167,6 +181,9 @@ pub struct Unrecorded {
     pub event: InboundEvent,
     /// The portal whose group sequenced it, if the marker says.
     pub portal: Option<PortalId>,
+    /// Handed to the hub of a room hosted elsewhere, which has not answered ([`SentMarker::submitted`]): it has
+    /// to be published again, once that room is reachable.
+    pub submitted: bool,
 }
 
 /// One sender's reactions on one message: key → the reaction's message id.
@@ -338,25 +355,28 @@ impl<'a> Repo<'a> {
     }
 
     /// The message id an inbound event was published under, if the hub sequenced it and the portal has not
-    /// recorded it yet (a restart between the two: [`write::sent`]).
+    /// recorded it yet (a restart between the two: [`write::sent`]), or if it was handed to the hub of a room
+    /// hosted elsewhere that has not answered yet ([`write::submitted`]).
     pub fn sent(&self, leg: &LegId, native: &NativeId) -> Result<Option<SentMarker>, StoreError> {
         self.get_json::<SentMarker>(IDS, &sent_key(leg, native))
     }
 
-    /// Every inbound event the hub sequenced but the portal never recorded (the daemon stopped between the two):
-    /// none after a clean stop. Those of one portal come in the order of its room's log (markers without a
-    /// sequence number, from older builds, after the others, by the time they were written). Markers without their
-    /// event are left out.
+    /// Every inbound event the hub sequenced but the portal never recorded (the daemon stopped between the two),
+    /// and every one handed to the hub of a room hosted elsewhere that did not answer
+    /// ([`SentMarker::submitted`]): none after a clean stop with every hub reachable. Those of one portal come in
+    /// the order of its room's log (markers without a sequence number, from older builds or not answered yet,
+    /// after the others, by the time they were written). Markers without their event are left out.
     pub fn unrecorded(&self) -> Result<Vec<Unrecorded>, StoreError> {
         let mut found = Vec::new();
         for (key, value) in self.store.scan_prefix(IDS, b"p")? {
             match serde_json::from_slice::<SentMarker>(&value) {
-                Ok(SentMarker { message_id, at_ms, event: Some(event), order, portal, seq }) => {
+                Ok(SentMarker { message_id, at_ms, event: Some(event), order, portal, seq, submitted }) => {
                     // The key: `p`, the leg (length-prefixed), the native id the message stands for.
                     let Some((_, native)) = split_lp(&key[1..]) else { continue };
                     let native = NativeId(String::from_utf8_lossy(native).into_owned());
                     let at = (portal.clone(), seq.is_none(), seq, at_ms, order);
-                    found.push((at, Unrecorded { message_id, native, event, portal }))
+                    let submitted = submitted.is_some();
+                    found.push((at, Unrecorded { message_id, native, event, portal, submitted }))
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(key = ?String::from_utf8_lossy(&key), error = %e, "unreadable sent marker"),
@@ -516,6 +536,37 @@ pub mod write {
         seq: Option<u64>,
         at_ms: u64,
     ) {
+        marker(b, portal, event, native, msg, at_ms, seq, None);
+    }
+
+    /// Marks the inbound `event` (its native id `native`) as handed, as the MLS message `message` with id `msg`,
+    /// to the hub of a room hosted elsewhere, which has not answered yet. Durable before the message leaves, so
+    /// that whatever happens next, the event is published again as this same message, never as another one the
+    /// hub would sequence a second time: by a redelivery from the network, or at the next start
+    /// ([`Repo::unrecorded`]). The hub's answer replaces it with the marker of [`sent`].
+    pub fn submitted(
+        b: &mut Batch,
+        portal: &PortalId,
+        event: &InboundEvent,
+        native: &NativeId,
+        msg: &MessageId,
+        message: &[u8],
+        at_ms: u64,
+    ) {
+        marker(b, portal, event, native, msg, at_ms, None, Some(hex::encode(message)));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn marker(
+        b: &mut Batch,
+        portal: &PortalId,
+        event: &InboundEvent,
+        native: &NativeId,
+        msg: &MessageId,
+        at_ms: u64,
+        seq: Option<u64>,
+        submitted: Option<String>,
+    ) {
         static ORDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let order = ORDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let marker = SentMarker {
@@ -525,6 +576,7 @@ pub mod write {
             portal: Some(portal.clone()),
             order,
             seq,
+            submitted,
         };
         b.put(IDS, sent_key(&event.leg, native), enc(&marker));
     }

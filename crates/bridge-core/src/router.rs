@@ -6,7 +6,7 @@
 //! portals run independently of each other.
 
 use crate::portal::{self, LegStatus, PortalInput};
-use crate::repo::{PortalRecord, Repo, write};
+use crate::repo::{PortalRecord, Repo, Unrecorded, write};
 use crate::room_of_record::{GroupMessage, RoomOfRecord};
 use bridge_api::connector::{Account, ConnectorError};
 use bridge_api::event::{InboundEvent, InboundKind};
@@ -116,6 +116,18 @@ pub struct RouterHandle {
     inner: Arc<Shared>,
 }
 
+/// A [`RouterHandle`] that does not keep the router alive: for those the router itself holds, such as its room
+/// of record.
+#[derive(Clone, Default)]
+pub(crate) struct WeakRouter(std::sync::Weak<Shared>);
+
+impl WeakRouter {
+    /// The router, while it runs.
+    pub(crate) fn upgrade(&self) -> Option<RouterHandle> {
+        self.0.upgrade().map(|inner| RouterHandle { inner })
+    }
+}
+
 /// One portal in [`RouterHandle::status`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PortalStatus {
@@ -155,7 +167,7 @@ impl RouterHandle {
             let mine = legs.remove(&rec.id).unwrap_or_default();
             me.spawn_portal(rec, mine).await?;
         }
-        me.record_unrecorded().await?;
+        me.record_marked(|u| !u.submitted).await?;
         Ok(me)
     }
 
@@ -163,11 +175,15 @@ impl RouterHandle {
     /// daemon stopped between the two, [`crate::repo::write::sent`]): it goes through its portal again, which
     /// finds it published and records it under its message id for the other legs. Without this a network that
     /// never sends an event again (IRC) would leave it with the MLS members only.
-    async fn record_unrecorded(&self) -> Result<(), RouteError> {
+    ///
+    /// Events handed to the hub of a room hosted elsewhere that did not answer wait for
+    /// [`RouterHandle::publish_unanswered`]: publishing them needs that room joined.
+    async fn record_marked(&self, which: impl Fn(&Unrecorded) -> bool) -> Result<usize, RouteError> {
         // Routed all at once (each portal's queue keeps their order), then awaited.
         let mut pending = Vec::new();
         let mut routed_events = std::collections::HashSet::new();
-        for u in Repo::new(&self.inner.store).unrecorded().map_err(store_error)? {
+        let marked = Repo::new(&self.inner.store).unrecorded().map_err(store_error)?;
+        for u in marked.into_iter().filter(|u| which(u)) {
             let (id, native, event) = (u.message_id, u.native, u.event);
             let leg = event.leg.clone();
             // The changes of one reaction set share their event: it goes through once, and finds each published.
@@ -181,6 +197,7 @@ impl RouterHandle {
             };
             pending.push((id, leg, native, routed));
         }
+        let mut kept = 0;
         for (id, leg, native, routed) in pending {
             let outcome = match routed {
                 Ok(Some(rx)) => rx.await.unwrap_or(Err(RouteError::Closed)),
@@ -199,6 +216,7 @@ impl RouterHandle {
                 Err(e @ (RouteError::Store(_) | RouteError::Closed | RouteError::Room(_))) => {
                     let what = "an event sequenced before the restart is not recorded yet";
                     tracing::warn!(%leg, message = %id, error = %e, "{what}");
+                    kept += 1;
                     false
                 }
                 // Recorded already, or never to be (its leg unlinked, or moved to another portal): nothing to keep.
@@ -214,7 +232,20 @@ impl RouterHandle {
                 self.inner.store.commit(b).await.map_err(store_error)?;
             }
         }
-        Ok(())
+        Ok(kept)
+    }
+
+    /// Publishes again each event of `portal` that was handed to the hub of its room, hosted elsewhere, without
+    /// an answer before the daemon stopped ([`crate::repo::write::submitted`]): as the same message, which that
+    /// hub sequences once, then recorded for the other legs. Call once the portal's room is joined; returns how
+    /// many are still waiting (the hub unreachable again), to be tried later.
+    pub async fn publish_unanswered(&self, portal: &PortalId) -> Result<usize, RouteError> {
+        self.record_marked(|u| u.submitted && u.portal.as_ref() == Some(portal)).await
+    }
+
+    /// A handle that does not keep the router alive ([`WeakRouter::upgrade`]).
+    pub(crate) fn downgrade(&self) -> WeakRouter {
+        WeakRouter(Arc::downgrade(&self.inner))
     }
 
     async fn spawn_portal(&self, rec: PortalRecord, legs: Vec<LegId>) -> Result<(), RouteError> {

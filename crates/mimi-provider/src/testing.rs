@@ -48,6 +48,12 @@ impl MemoryNetwork {
         federation
     }
 
+    /// Takes provider `domain` off the network, as when its process stops: it is no peer of the others until it
+    /// joins again.
+    pub fn leave(&self, domain: &str) {
+        lock(&self.nodes).remove(domain);
+    }
+
     /// Marks provider `domain` down (`true`: requests to and from it get no answer) or up again.
     pub fn set_down(&self, domain: &str, down: bool) {
         let mut set = lock(&self.down);

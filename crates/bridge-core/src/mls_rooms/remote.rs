@@ -7,21 +7,25 @@
 //! hosted room's log. Messages go to the hub with `submitMessage` ([`Federation::forward_submit`]), the bridge
 //! leaf's commits (key updates) with `update`, carrying the GroupInfo of the epoch they make. The portal's group
 //! is stored like any other, so a restart loads it and catches up from the hub's log; a leaf removed from the
-//! room joins it again (the portal's worker, or its next message, finds the group inactive). A message whose
-//! answer got lost goes again as the same ciphertext when its event comes again ([`Unanswered`]).
+//! room joins it again (the portal's worker, or its next message, finds the group inactive).
 //!
 //! What differs from a hosted room: the hub, not this provider, judges handshakes and serves the GroupInfo; the
-//! sent marker of a message ([`crate::repo::write::sent`]) is written once the hub has answered, not in the batch
-//! that sequences it, so a crash between the two leaves the message in the room but not on this bridge's other
-//! legs (the worker finds it its own in the log), or sends it again if its network redelivers it; and the portal
-//! has the shared leaf only (`mls_identity = "per-user"` needs the hub's participant list, which only a hosted room has
-//! here).
+//! portal has the shared leaf only (`mls_identity = "per-user"` needs the hub's participant list, which only a
+//! hosted room has here); and a message's sent marker cannot be written in the batch that sequences it. Instead,
+//! the event is marked with the message it was encrypted as ([`crate::repo::write::submitted`]) in the group
+//! commit that makes the encryption durable, before the message leaves; the hub's answer turns the mark into the
+//! sent marker ([`crate::repo::write::sent`]). Until then, the event is published again as the same message:
+//! when its network delivers it again, and at the next start, once the portal's room is open
+//! ([`crate::router::RouterHandle::publish_unanswered`], retried while the hub is unreachable). The hub, which
+//! knows a message it took by its digest whatever its epoch now, sequences it once and answers with its place; a
+//! hub that says the message's epoch is too old never took it, and the event is encrypted again. So a crash or a
+//! lost answer neither loses the message on this bridge's other legs nor puts it twice in the room.
 
 use super::{MlsRooms, Slot, unavailable};
 use crate::room_of_record::{GroupMessage, Published};
 use bridge_api::RoomError;
 use bridge_api::event::InboundEvent;
-use bridge_api::ids::{LegId, MessageId, NativeId, PortalId};
+use bridge_api::ids::{MessageId, NativeId, PortalId};
 use mimi_mls::{CommitOutput, EngineConfig, OFFLOAD_MEMBERS, PortalGroup, offload};
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest};
 use mimi_provider::{Failure, Federation, Status, Verdict};
@@ -34,16 +38,6 @@ const EPOCH_RETRIES: usize = 3;
 /// How long a publish waits for the entries the hub sequenced before its message to reach this provider's copy
 /// of the log (so that the legs get them first).
 const ORDER_WAIT: Duration = Duration::from_secs(2);
-
-/// A message forwarded to the hub that got no clear answer (unreachable, 5xx): the hub may have sequenced it.
-/// When its event is published again, the same ciphertext goes again, and the hub, which knows a message it took
-/// by its digest (whatever its epoch now), sequences it once.
-pub(super) struct Unanswered {
-    /// The leg and native id of the event it carries.
-    event: (LegId, NativeId),
-    id: MessageId,
-    message: MlsMessageBytes,
-}
 
 /// The hub's answer to a message forwarded to it.
 pub(super) enum Forwarded {
@@ -181,7 +175,6 @@ impl MlsRooms {
         if let Some(seq) = seq.filter(|seq| *seq > s.applied) {
             s.applied = seq;
         }
-        s.unanswered = None;
         Ok(())
     }
 
@@ -196,29 +189,42 @@ impl MlsRooms {
         s: &mut Slot,
     ) -> Result<Published, RoomError> {
         let (domain, room) = (self.provider.domain().to_owned(), s.room.clone());
-        let event = source.map(|(e, native)| (e.leg.clone(), native.clone()));
+        // The hub said the message handed to it last is of an epoch it left: encrypted again.
+        let mut stale = false;
         for _ in 0..=EPOCH_RETRIES {
             self.rejoin_if_removed(s).await?;
             // Even in a later epoch: the hub looks a message up by its digest before it judges its epoch.
-            let again = match &s.unanswered {
-                Some(u) if event.as_ref() == Some(&u.event) => s.unanswered.take(),
+            let again = match source {
+                Some((e, native)) if !stale => self.handed_before(&msg.portal, e, native)?,
                 _ => None,
             };
             let (id, message) = match again {
-                Some(u) => (u.id, u.message),
+                Some(again) => again,
                 None => {
                     let media = self.media.get().map(|m| &**m);
                     let content = super::encode_outgoing_with(msg, self.member.uri(), &room, &domain, media)?;
                     let id = content.message_id().map_err(|e| RoomError::Refused(e.to_string()))?;
                     let id = MessageId::from_bytes(&id).map_err(|e| RoomError::Refused(e.to_string()))?;
                     let encrypted = offload(s.group.member_count(), || s.group.encrypt(content.bytes())).await;
-                    let ct = encrypted.durable().await.map_err(unavailable)?;
+                    let (ct, durability) = encrypted.into_parts();
+                    let ct = ct.map_err(unavailable)?;
+                    // Marked in the group commit that makes the ratchet step durable, before the message leaves.
+                    let marked = source.map(|(e, native)| {
+                        let mut b = Batch::new();
+                        let at = crate::outbox::now_ms();
+                        crate::repo::write::submitted(&mut b, &msg.portal, e, native, &id, &ct, at);
+                        self.provider.store().commit_later(b)
+                    });
+                    durability.wait().await.map_err(unavailable)?;
+                    if let Some(marked) = marked {
+                        marked.await.unwrap_or(Err(mimi_store::StoreError::Closed)).map_err(unavailable)?;
+                    }
                     (id, MlsMessageBytes::new(ct).map_err(unavailable)?)
                 }
             };
-            match self.submit_remote(&room, hub, message.clone(), self.member.uri()).await {
+            match self.submit_remote(&room, hub, message, self.member.uri()).await {
                 Ok(Forwarded::Accepted(seq)) => {
-                    // Marked once the hub has answered (see the module documentation).
+                    // Now marked as sequenced (see the module documentation).
                     if let Some((e, native)) = source {
                         let mut b = Batch::new();
                         crate::repo::write::sent(&mut b, &msg.portal, e, native, &id, seq, crate::outbox::now_ms());
@@ -233,15 +239,41 @@ impl MlsRooms {
                     let earlier = self.kept_before(&msg.portal, s, seq.unwrap_or(u64::MAX)).await;
                     return Ok(Published { id, earlier });
                 }
-                Ok(Forwarded::EpochTooOld) => self.catch_up(&msg.portal, s).await?,
-                Err(e @ RoomError::Unavailable(_)) => {
-                    s.unanswered = event.map(|event| Unanswered { event, id, message });
+                Ok(Forwarded::EpochTooOld) => {
+                    stale = true;
+                    self.catch_up(&msg.portal, s).await?;
+                }
+                // The marker stays: the event goes again as this message.
+                Err(e @ RoomError::Unavailable(_)) => return Err(e),
+                Err(e) => {
+                    // Refused for good: the hub did not take it, and will not.
+                    if let Some((e, native)) = source {
+                        let mut b = Batch::new();
+                        crate::repo::write::forget_sent(&mut b, &e.leg, native);
+                        if let Err(e) = self.provider.store().commit(b).await {
+                            // Dropped by retention, or sent again (and refused again) at the next start.
+                            tracing::warn!(portal = %msg.portal, error = %e, "a refused message's marker is kept");
+                        }
+                    }
                     return Err(e);
                 }
-                Err(e) => return Err(e),
             }
         }
         Err(RoomError::Unavailable("the room's epoch keeps moving".into()))
+    }
+
+    /// The message `event` (native id `native`) of `portal` was handed to the hub as, if the hub has not answered
+    /// yet ([`crate::repo::write::submitted`]).
+    fn handed_before(
+        &self,
+        portal: &PortalId,
+        event: &InboundEvent,
+        native: &NativeId,
+    ) -> Result<Option<(MessageId, MlsMessageBytes)>, RoomError> {
+        let marker = crate::repo::Repo::new(self.provider.store()).sent(&event.leg, native).map_err(unavailable)?;
+        let Some(marker) = marker.filter(|m| m.portal.as_ref() == Some(portal)) else { return Ok(None) };
+        let Some(message) = marker.submitted() else { return Ok(None) };
+        Ok(Some((marker.message_id, MlsMessageBytes::new(message).map_err(unavailable)?)))
     }
 
     /// Forwards an application message of `sender` (a local member) to `hub`, the hub of `room`.
@@ -278,24 +310,39 @@ impl MlsRooms {
     }
 
     /// Opens a portal whose room is hosted elsewhere at start, retrying with backoff while its hub cannot be
-    /// reached (the daemon starts anyway; the portal's legs wait meanwhile, as for any unavailable room).
+    /// reached (the daemon starts anyway; the portal's legs wait meanwhile, as for any unavailable room). Once
+    /// it is open, the events handed to the hub without an answer before the stop are published again
+    /// ([`crate::router::RouterHandle::publish_unanswered`]), until none is left.
     pub(super) fn open_remote_in_background(&self, portal: &PortalId) {
         let (me, portal) = (self.me.clone(), portal.clone());
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
+            let mut open = false;
             loop {
                 let Some(this) = me.upgrade() else { return };
-                match this.ensure_portal(&portal).await {
-                    Ok(()) => return,
-                    Err(e @ RoomError::Refused(_)) => {
-                        // For good (an invite-only room, an unknown one): said once; a message published into
-                        // the portal tries again, and is refused with the same reason.
-                        tracing::error!(portal = %portal, error = %e, "the portal's room refused the bridge");
-                        return;
+                if !open {
+                    match this.ensure_portal(&portal).await {
+                        Ok(()) => open = true,
+                        Err(e @ RoomError::Refused(_)) => {
+                            // For good (an invite-only room, an unknown one): said once; a message published into
+                            // the portal tries again, and is refused with the same reason.
+                            tracing::error!(portal = %portal, error = %e, "the portal's room refused the bridge");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(portal = %portal, error = %e, retry_in = ?backoff, "portal's room not joined yet")
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(portal = %portal, error = %e, retry_in = ?backoff, "portal's room not joined yet")
+                }
+                if open {
+                    let Some(router) = this.router.get().and_then(|r| r.upgrade()) else { return };
+                    match router.publish_unanswered(&portal).await {
+                        Ok(0) => return,
+                        Ok(left) => tracing::warn!(portal = %portal, left, retry_in = ?backoff,
+                            "events the hub did not answer before the stop are not all published yet"),
+                        Err(e) => tracing::warn!(portal = %portal, error = %e, retry_in = ?backoff,
+                            "events the hub did not answer before the stop are not published yet"),
                     }
                 }
                 drop(this);

@@ -1,7 +1,8 @@
 //! A portal whose room another provider hosts ([`MlsRooms::set_remote_room`]): two bridges in one process on a
 //! [`MemoryNetwork`], a.test hosting the room of its portal, b.test's portal joining it. Lines cross both ways under
 //! their authors' names, b.test's bridge leaf commits its key updates through a.test's hub, joins again after a
-//! member removed it, and a line whose answer was lost on the way back is sequenced once. Only another
+//! member removed it, and a line whose answer was lost on the way back is sequenced once, also across a restart
+//! (and reaches the bridge's other legs then, even while the hub is unreachable at first). Only another
 //! bridge's leaf is shown as the legacy user it speaks for, and only for a user of its own domain.
 
 use crate::provider_portal::Native;
@@ -19,7 +20,7 @@ use mimi_protocol::inspect::{Inspected, PublicSender, inspect};
 use mimi_protocol::wire::MlsMessageBytes;
 use mimi_provider::testing::MemoryNetwork;
 use mimi_provider::{JoinPolicy, Origin, Provider, ProviderError};
-use mimi_store::{Backend, CommitConfig};
+use mimi_store::{Backend, CommitConfig, Store};
 use openmls::prelude::SignatureScheme;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,9 @@ const ROOM: &str = "mimi://a.test/r/rust";
 
 /// One bridge of the federation: provider, room of record, router and a loopback leg `#rust` of portal `rust`.
 struct Side {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    store: Store,
+    notifier: tokio::task::JoinHandle<()>,
     provider: Provider,
     rooms: Arc<MlsRooms>,
     router: RouterHandle,
@@ -40,10 +43,21 @@ impl Side {
     /// Starts the bridge of `domain` on `network`; its portal joins `remote` if given, else hosts its room.
     async fn start(network: &Arc<MemoryNetwork>, domain: &str, remote: Option<&str>, key_update: Duration) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, network, domain, remote, key_update).await
+    }
+
+    /// [`Side::start`] on the data in `dir` (a restart when it holds a stopped side's).
+    async fn start_in(
+        dir: tempfile::TempDir,
+        network: &Arc<MemoryNetwork>,
+        domain: &str,
+        remote: Option<&str>,
+        key_update: Duration,
+    ) -> Self {
         let st = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
         let provider = Provider::open(domain, st.clone()).expect("provider");
         let federation = network.join(provider.clone());
-        tokio::spawn(federation.clone().run_notifier());
+        let notifier = tokio::spawn(federation.clone().run_notifier());
         let mls = Arc::new(MlsBackend::new(st.clone(), "bridge").expect("mls"));
         let me = LocalMember::load_or_create(&mls, &format!("mimi://{domain}/u/bridge"), SignatureScheme::ED25519)
             .expect("member")
@@ -53,7 +67,7 @@ impl Side {
         let rooms = MlsRooms::new(provider.clone(), mls, Arc::new(me), EngineConfig::default(), JoinPolicy::Open);
         rooms.set_federation(federation);
         rooms.set_key_update_interval(Some(key_update));
-        let router = RouterHandle::start(RouterConfig::new(domain), st, rooms.clone()).await.expect("router");
+        let router = RouterHandle::start(RouterConfig::new(domain), st.clone(), rooms.clone()).await.expect("router");
         rooms.attach_router(router.clone());
         let id = AccountId::parse("lb.irc").expect("account");
         let net = LoopbackNetwork::new(id.clone(), AccountContext::new(id, router.clone(), domain));
@@ -65,7 +79,21 @@ impl Side {
             rooms.set_remote_room(&portal, room.to_owned());
         }
         rooms.register_portal(&portal).await.expect("registered");
-        Side { _dir: dir, provider, rooms, router, net }
+        Side { dir, store: st, notifier, provider, rooms, router, net }
+    }
+
+    /// Stops the side (it leaves `network`) and waits until its store is closed; its data, for
+    /// [`Side::start_in`].
+    async fn stop(self, network: &MemoryNetwork) -> tempfile::TempDir {
+        let mut closed = self.store.closed();
+        self.router.shutdown().await;
+        self.rooms.shutdown().await;
+        self.notifier.abort();
+        network.leave(self.provider.domain());
+        let Side { dir, store, notifier, provider, rooms, router, net } = self;
+        drop((store, notifier, provider, rooms, router, net));
+        tokio::time::timeout(WAIT, closed.wait_for(|c| *c)).await.expect("store closes").expect("closed");
+        dir
     }
 
     async fn members(&self) -> usize {
@@ -242,6 +270,68 @@ async fn a_line_whose_answer_was_lost_is_sent_again_as_the_same_message_and_sequ
         })
         .collect();
     assert_eq!(texts, ["did you get this?", "and this"], "each line once");
+    a.router.shutdown().await;
+    b.router.shutdown().await;
+}
+
+/// A line whose answer was lost, then the bridge stopped: at its next start, with the hub unreachable at first, the
+/// line goes again as the same message (which the hub had sequenced): it reaches the bridge's other leg once, as
+/// soon as the hub answers, without the network sending it again; and when the network does send it again, it is
+/// neither published nor delivered a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_whose_answer_was_lost_before_a_restart_is_sequenced_once_and_reaches_the_other_legs() {
+    let network = MemoryNetwork::new();
+    let a = Side::start(&network, "a.test", None, Duration::from_secs(3600)).await;
+    let b = Side::start(&network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
+    let portal = PortalId::new("rust").expect("portal id");
+    b.router.link(b.net.leg("#also"), &portal).await.expect("link");
+    joined(&a).await;
+    network.lose_answers("a.test", 1);
+    let line = || InboundKind::Message { draft: MessageDraft::plain("did you get this?"), reply_to: None };
+    let first = b.net.say_with_id("#rust", "bob", "line-1", line()).await;
+    assert!(first.is_err(), "accepted without the hub's answer: {first:?}");
+    assert_eq!(delivered(&a, 1).await.1, "did you get this?", "a.test's hub sequenced it");
+
+    // b.test stops; a.test is unreachable when it starts again.
+    let dir = b.stop(&network).await;
+    network.set_down("a.test", true);
+    let b = Side::start_in(dir, &network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
+    let on_also = |b: &Side| -> Vec<String> {
+        let got = b.net.delivered().into_iter().filter(|d| d.leg == b.net.leg("#also"));
+        got.filter_map(|d| match d.kind {
+            OutboundKind::Message { draft, .. } => Some(draft.body),
+            _ => None,
+        })
+        .collect()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(on_also(&b).is_empty(), "recorded before the hub answered: {:?}", on_also(&b));
+    network.set_down("a.test", false);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while on_also(&b).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the line never reached b.test's other leg");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(on_also(&b), ["did you get this?"]);
+
+    // The network sends the line again: found recorded, neither published nor delivered again.
+    b.net.say_with_id("#rust", "bob", "line-1", line()).await.expect("answered");
+    b.net.say("#rust", "bob", "and this").await.1.expect("bridged");
+    let got = a.net.wait_delivered(2, WAIT).await;
+    let texts: Vec<String> = got
+        .iter()
+        .filter_map(|d| match &d.kind {
+            OutboundKind::Message { draft, .. } => Some(draft.body.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["did you get this?", "and this"], "each line once in the room");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while on_also(&b).len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the second line never reached b.test's other leg");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(on_also(&b), ["did you get this?", "and this"], "each line once on the other leg");
     a.router.shutdown().await;
     b.router.shutdown().await;
 }
