@@ -36,6 +36,7 @@ pub mod portal_group;
 pub mod storage;
 pub mod user_leaves;
 pub mod verified_signatures;
+mod verifying_keys;
 pub mod write_behind;
 
 pub use backend::{MlsBackend, Pending, WRITE_BEHIND_OPS};

@@ -16,8 +16,8 @@
 //! [`REMEMBERED`] digests (oldest forgotten first) and is shared by all local members: a signature's validity
 //! depends on nothing else than those four inputs.
 //!
-//! Application messages are signed over `FramedContentTBS`; they are never verified twice and do not pass through
-//! the memory.
+//! Messages are signed over `FramedContentTBS`; they are never verified twice and do not pass through the memory,
+//! but their senders' Ed25519 keys are kept decoded ([`crate::verifying_keys`]).
 
 use mimi_protocol::wire::{Reader, WireError, Writer};
 use openmls::prelude::tls_codec::SecretVLBytes;
@@ -134,7 +134,10 @@ impl OpenMlsCrypto for MlsCrypto {
         signature: &[u8],
     ) -> Result<(), CryptoError> {
         if !worth_remembering(data) {
-            return self.inner.verify_signature(alg, data, pk, signature);
+            return match alg {
+                SignatureScheme::ED25519 => crate::verifying_keys::verify(data, pk, signature),
+                _ => self.inner.verify_signature(alg, data, pk, signature),
+            };
         }
         let d = digest(alg, data, pk, signature);
         if remembered().digests.contains(&d) {
