@@ -569,11 +569,20 @@ struct Inner {
     secrets_encoded: BTreeSet<Vec<u8>>,
     /// The last claim on each partition by an open group ([`MlsStorage::claim`]).
     claims: HashMap<Vec<u8>, u64>,
-    /// Per partition, the encoding of the past epochs' message secrets ([`MlsStorage::reuse_past_epochs`]).
-    past_epochs: HashMap<Vec<u8>, super::cbor::Splice>,
+    /// Per partition, what is remembered of the last encoding of its message secrets.
+    past_epochs: HashMap<Vec<u8>, SecretsEncoding>,
     /// Partitions whose group was closed, each with the last operation sealed then: once that is durable, the
     /// group's [`GROUP_LABELS`] records leave the cache ([`MlsStorage::release_claim`]).
     closed: Vec<(Vec<u8>, u64)>,
+}
+
+/// What [`MlsStorage`] remembers of a group's last encoding of its message secrets.
+#[derive(Default)]
+struct SecretsEncoding {
+    /// Its length.
+    len: usize,
+    /// The encoding of its past epochs ([`MlsStorage::reuse_past_epochs`]).
+    past_epochs: super::cbor::Splice,
 }
 
 /// OpenMLS storage for one local member (namespace) on the bridge's [`Store`]. See the module documentation.
@@ -1029,7 +1038,7 @@ impl MlsStorage {
     /// decrypted in the current epoch). Applies to one write.
     pub(crate) fn reuse_past_epochs(&self, partition: &[u8], on: bool) {
         if let Some(s) = self.lock().past_epochs.get_mut(partition) {
-            s.reuse = on;
+            s.past_epochs.reuse = on;
         }
     }
 
@@ -1099,7 +1108,7 @@ impl MlsStorage {
     pub fn cached_bytes(&self) -> usize {
         let inner = self.lock();
         let values: usize = inner.cache.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.bytes.len())).sum();
-        let past: usize = inner.past_epochs.values().map(|s| s.cached.as_ref().map_or(0, Vec::len)).sum();
+        let past: usize = inner.past_epochs.values().map(|s| s.past_epochs.cached.as_ref().map_or(0, Vec::len)).sum();
         values + past
     }
 }
@@ -1210,7 +1219,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         message_secrets: &MessageSecrets,
     ) -> Result<(), Self::Error> {
         let partition = Self::partition(group_id)?;
-        let mut splice = {
+        let mut last = {
             let mut inner = self.lock();
             if inner.deferred.contains(&partition) {
                 return Ok(());
@@ -1219,17 +1228,25 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
             inner.past_epochs.remove(&partition).unwrap_or_default()
         };
         // The past epochs' secrets (with their member lists: O(N) each) are written from their last encoding when
-        // the group says they did not change since.
-        let mut value = Vec::with_capacity(splice.cached.as_ref().map_or(64, |c| c.len() + 4096));
+        // the group says they did not change since. The buffer starts a little above the last encoding's size
+        // (megabytes at 10 000 members) rather than grow to it by doubling; it is what the cache keeps, so it keeps
+        // at most that slack.
+        let mut value = Vec::with_capacity(last.len + last.len / 16 + 64);
         let encoded = super::cbor::to_vec_with_splice(
             message_secrets,
             &mut value,
             "MessageSecretsStore",
             "past_epoch_trees",
-            &mut splice,
+            &mut last.past_epochs,
         );
-        splice.reuse = false;
-        self.lock().past_epochs.insert(partition.clone(), splice);
+        last.past_epochs.reuse = false;
+        last.len = value.len();
+        // Grown past its start (a commit added a past epoch), or shrunk: the cache keeps no more than the slack.
+        let slack = last.len / 16 + 64;
+        if value.capacity() > last.len + slack {
+            value.shrink_to(last.len + slack);
+        }
+        self.lock().past_epochs.insert(partition.clone(), last);
         encoded.map_err(|e| MlsStorageError::Encode { what: "message secrets", message: e.to_string() })?;
         let key = self.key(MESSAGE_SECRETS, &partition);
         self.set_chunkable(&partition, key, Some(value))
