@@ -827,6 +827,7 @@ impl HubView {
                     not_allowed("the hub does not know the room's group yet: a member must hand in its GroupInfo")
                 })?;
                 let processed = public.process(protocol_message(message)?)?;
+                let mut joiner = None;
                 if matches!(sender, PublicSender::NewMemberCommit | PublicSender::NewMemberProposal) {
                     let who = identity(processed.credential())
                         .ok_or_else(|| not_allowed("the joiner's credential is not a basic credential"))?;
@@ -836,6 +837,7 @@ impl HubView {
                     if self.state.policy == JoinPolicy::Invite && !self.state.participants.contains(&who) {
                         return Err(not_allowed("the room is invite-only"));
                     }
+                    joiner = Some(who.clone());
                     next.participants.insert(who);
                     if let Origin::Follower(f) = origin {
                         next.followers.insert(f.clone());
@@ -858,6 +860,16 @@ impl HubView {
                         let removed_leaves = PublicState::removed_leaves(&staged);
                         let removed: Vec<String> =
                             removed_leaves.iter().filter_map(|&leaf| public.identity_at(leaf)).collect();
+                        // An external commit may remove one member only: the joiner's own old leaf (RFC 9420
+                        // §12.4.3.2, a resync). OpenMLS does not check whose leaf it is.
+                        if let Some(joiner) = &joiner {
+                            let own = removed_leaves.len() == removed.len() && removed.iter().all(|id| id == joiner);
+                            if removed_leaves.len() > 1 || !own {
+                                return Err(not_allowed(format!(
+                                    "{joiner} joining by external commit may remove its own old leaf only"
+                                )));
+                            }
+                        }
                         let after = public.with_commit(*staged)?;
                         for (leaf, who) in public.leaf_identities() {
                             if !removed_leaves.contains(&leaf) && after.identity_at(leaf) != who {

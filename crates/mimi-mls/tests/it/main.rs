@@ -2,6 +2,7 @@
 
 mod mls_support;
 
+mod hub_external_removes;
 mod mls_big_group;
 mod mls_crash;
 mod mls_engine;
