@@ -11,6 +11,10 @@
 //! already held) still answers [`FollowerAction::Fetch`] with the same `after`: the IO shell sees that it made no
 //! progress and backs off ([`CatchUpBackoff`]) instead of asking again at once; it gives up after a few tries and
 //! calls [`FollowerRoom::on_fetch_failed`], leaving the gap to the next notify or resync.
+//!
+//! A copy can fall so far behind that the hub no longer holds what it misses (retention: the hub answers 410).
+//! It is then lost for good ([`FollowerRoom::on_fetch_gone`]): what comes next is held, never fetched for, until
+//! a member of ours joins the room again and the copy starts over at that join ([`FollowerRoom::restart`]).
 
 use super::wire::SequencedFanout;
 use std::collections::BTreeMap;
@@ -47,15 +51,27 @@ pub struct FollowerRoom {
     last: u64,
     held: BTreeMap<u64, SequencedFanout>,
     fetching: bool,
-    /// Followed for a join still on its way to the hub: entries are held, not fetched for, until the join's place
-    /// in the log is known ([`FollowerRoom::start_at`]) or the join settled without it ([`FollowerRoom::end_join`]).
+    /// Followed for a join still on its way to the hub: entries are held, not fetched for, until the join settled
+    /// ([`FollowerRoom::joined`]).
     joining: bool,
+    /// The hub no longer holds entries the copy misses ([`FollowerRoom::on_fetch_gone`]).
+    gone: bool,
+    /// The copy starts over at the next join's place, whatever it holds ([`FollowerRoom::restart`]).
+    restarting: bool,
 }
 
 impl FollowerRoom {
     /// A follower of `room` whose local log ends at `last` (0 if empty).
     pub fn new(room: &str, last: u64) -> Self {
-        Self { room: room.to_owned(), last, held: BTreeMap::new(), fetching: false, joining: false }
+        Self {
+            room: room.to_owned(),
+            last,
+            held: BTreeMap::new(),
+            fetching: false,
+            joining: false,
+            gone: false,
+            restarting: false,
+        }
     }
 
     /// An empty copy of `room`, followed for a join of ours on its way to the hub: the hub's notify of the join
@@ -112,8 +128,10 @@ impl FollowerRoom {
         if !std::mem::take(&mut self.joining) {
             return (false, false);
         }
+        let restarting = std::mem::take(&mut self.restarting);
         let moved = match first {
-            Some(first) if self.last == 0 && first > 1 => {
+            Some(first) if (self.last == 0 || restarting) && first > self.last + 1 => {
+                self.gone = false;
                 self.last = first - 1;
                 self.held.retain(|seq, _| *seq >= first);
                 true
@@ -126,6 +144,28 @@ impl FollowerRoom {
     /// The fetch failed (hub unreachable): allow a later one.
     pub fn on_fetch_failed(&mut self) {
         self.fetching = false;
+    }
+
+    /// The hub no longer holds the entries after [`FollowerRoom::last`] (it answered 410): the copy cannot be
+    /// completed. Nothing is fetched for it any more; it waits for [`FollowerRoom::restart`].
+    pub fn on_fetch_gone(&mut self) {
+        self.fetching = false;
+        self.gone = true;
+    }
+
+    /// Whether the copy cannot be completed ([`FollowerRoom::on_fetch_gone`]) and has not started over since.
+    pub fn is_gone(&self) -> bool {
+        self.gone
+    }
+
+    /// A member of ours joins the room again, after the copy was lost ([`FollowerRoom::on_fetch_gone`]): followed
+    /// for that join ([`FollowerRoom::joining`]), the copy starts over at its place in the log when it settles
+    /// ([`FollowerRoom::joined`]), past what it holds. What it held ahead is dropped.
+    pub fn restart(&mut self) {
+        self.joining = true;
+        self.restarting = true;
+        self.fetching = false;
+        self.held.clear();
     }
 
     fn take(&mut self, entries: Vec<SequencedFanout>) -> Vec<FollowerAction> {
@@ -149,7 +189,7 @@ impl FollowerRoom {
         if !run.is_empty() {
             actions.push(FollowerAction::Append(run));
         }
-        if !self.held.is_empty() && !self.fetching && !self.joining {
+        if !self.held.is_empty() && !self.fetching && !self.joining && !self.gone {
             self.fetching = true;
             actions.push(FollowerAction::Fetch { after: self.last });
         }
@@ -252,6 +292,33 @@ mod tests {
         let mut g = FollowerRoom::joining("mimi://a/r/x");
         assert_eq!(g.joined(Some(5)), (true, false));
         assert_eq!(seqs(&g.on_notify(vec![entry(5)])), [5]);
+    }
+
+    #[test]
+    fn a_lost_copy_fetches_nothing_and_starts_over_at_the_next_join() {
+        let mut f = FollowerRoom::new("mimi://a/r/x", 10);
+        f.on_fetch_gone();
+        assert!(f.is_gone());
+        assert!(f.on_notify(vec![entry(40)]).is_empty(), "nothing fetched for a gap the hub no longer holds");
+        f.restart();
+        assert!(f.is_joining());
+        // The rejoin's notify may come before the hub's answer: held.
+        assert!(f.on_notify(vec![entry(41)]).is_empty());
+        assert_eq!(f.joined(Some(41)), (true, true));
+        assert!(!f.is_gone());
+        assert_eq!(seqs(&f.on_notify(Vec::new())), [41]);
+        assert_eq!(f.last(), 41);
+        // A rejoin that settles without a place leaves the copy lost.
+        let mut g = FollowerRoom::new("mimi://a/r/x", 10);
+        g.on_fetch_gone();
+        g.restart();
+        assert_eq!(g.joined(None), (false, false));
+        assert!(g.is_gone());
+        // A rejoin right after the copy's end (nothing was missed) does not move it.
+        let mut h = FollowerRoom::new("mimi://a/r/x", 10);
+        h.restart();
+        assert_eq!(h.joined(Some(11)), (false, false));
+        assert_eq!(seqs(&h.on_notify(vec![entry(11)])), [11]);
     }
 
     #[test]

@@ -1213,6 +1213,42 @@ impl Provider {
         }
     }
 
+    /// The hub of a followed room no longer holds entries our copy misses (it answered 410: this provider was
+    /// away longer than the hub keeps its log). The copy cannot be completed; its readers are woken, to find out
+    /// ([`Provider::copy_gone`]) and join the room again ([`Provider::restart_copy`]).
+    pub fn fetch_gone(&self, room: &str) {
+        if let Some(r) = lock(&self.inner.rooms).get_mut(room)
+            && let Role::Follower { state, .. } = &mut r.role
+        {
+            if !state.is_gone() {
+                tracing::warn!(room, after = state.last(), "the hub no longer holds what our copy of the room misses");
+            }
+            state.on_fetch_gone();
+            r.last.send_modify(|_| {});
+        }
+    }
+
+    /// Whether our copy of the followed room `room` cannot be completed ([`Provider::fetch_gone`]) and has not
+    /// started over since.
+    pub fn copy_gone(&self, room: &str) -> bool {
+        matches!(lock(&self.inner.rooms).get(room).map(|r| &r.role), Some(Role::Follower { state, .. }) if state.is_gone())
+    }
+
+    /// Our copy of the followed room `room` starts over at the place of the join one of our members is about to
+    /// send (through [`Provider::follow_for_update`], as a first join), after the copy was lost
+    /// ([`Provider::copy_gone`]): what it held is dropped once the hub took the join, what came between is never
+    /// read. Readers of the copy find it `Pruned` before the join.
+    pub fn restart_copy(&self, room: &str) -> Result<(), ProviderError> {
+        let mut rooms = lock(&self.inner.rooms);
+        let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+        let Role::Follower { state, .. } = &mut r.role else {
+            return Err(ProviderError::BadRequest("we are the hub of this room".into()));
+        };
+        state.restart();
+        r.tentative.get_or_insert(Tentative { in_flight: 0, accepted: false, first: None });
+        Ok(())
+    }
+
     /// Registers a native user with the SHA-256 (hex) of its API token. Re-registering with the same token is a
     /// no-op; another token is refused.
     pub async fn register_user(&self, uri: &str, token_sha256: &str) -> Result<(), ProviderError> {
@@ -1315,8 +1351,9 @@ impl Provider {
     ) -> Result<Option<u64>, ProviderError> {
         /// What became of the follow.
         enum Settled {
-            /// Kept: the start of its copy if it moved, and whether the copy has entries to append or fetch.
-            Kept { start: Option<u64>, work: bool },
+            /// Kept: the start of its copy if it moved (and where what it held before started), and whether the copy
+            /// has entries to append or fetch.
+            Kept { start: Option<(u64, Option<u64>)>, work: bool },
             /// Forgotten once this is durable.
             Forgotten(tokio::sync::oneshot::Receiver<Result<(), StoreError>>),
         }
@@ -1341,10 +1378,14 @@ impl Provider {
                     Role::Hub(_) => (false, false),
                 };
                 let start = first.filter(|_| moved);
+                // A copy that started over ([`Provider::restart_copy`]): what it held goes.
+                let held = (*r.last.borrow() > 0).then_some(r.first);
                 if let Some(start) = start {
                     r.first = start;
+                    r.tail.clear();
+                    r.tail_bytes = 0;
                 }
-                Settled::Kept { start, work }
+                Settled::Kept { start: start.map(|s| (s, held)), work }
             } else {
                 rooms.remove(room);
                 let mut b = Batch::new();
@@ -1358,11 +1399,14 @@ impl Provider {
                 Ok(None)
             }
             Settled::Kept { start, work } => {
-                if let Some(start) = start {
+                if let Some((start, held)) = start {
                     // Where the copy starts, for readers now and after a restart (as retention records it).
                     let mut b = Batch::new();
                     write::first(&mut b, room, start);
                     self.inner.store.commit(b).await?;
+                    if let Some(from) = held {
+                        self.drop_entries(room, from, start).await?;
+                    }
                 }
                 // What it holds goes to the store the way a notify's entries do, or is fetched for.
                 if work { self.accept_entries(room, Vec::new(), false).await } else { Ok(None) }

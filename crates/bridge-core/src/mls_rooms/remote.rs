@@ -162,14 +162,24 @@ impl MlsRooms {
     }
 
     /// Joins the slot's room again if the bridge leaf was removed from it (by a member's commit, maybe while this
-    /// bridge was down): a portal linked to a room stays in it. What was sequenced before the new join is not
-    /// read.
+    /// bridge was down), or if this provider's copy of the room's log can no longer be completed (the bridge was
+    /// away longer than the hub keeps its log: [`mimi_provider::Provider::copy_gone`]): a portal linked to a room
+    /// stays in it. What was sequenced before the new join is not read; the new join replaces the old leaf (an
+    /// external commit removes the member with the same key).
     pub(super) async fn rejoin_if_removed(&self, s: &mut Slot) -> Result<(), RoomError> {
         let Some(hub) = self.remote_hub(&s.room) else { return Ok(()) };
-        if s.group.is_active() {
+        let gone = self.provider.copy_gone(&s.room);
+        if s.group.is_active() && !gone {
             return Ok(());
         }
-        tracing::warn!(room = %s.room, hub, "the bridge leaf was removed from the room; joining again");
+        if gone {
+            tracing::warn!(room = %s.room, hub, after = s.applied,
+                "the room's hub no longer holds what this bridge missed; joining again (what was said meanwhile is not bridged)");
+            metrics::counter!("mimi_bridge_errors_total", "kind" => "room_log_gone").increment(1);
+            self.provider.restart_copy(&s.room).map_err(unavailable)?;
+        } else {
+            tracing::warn!(room = %s.room, hub, "the bridge leaf was removed from the room; joining again");
+        }
         let (group, seq) = self.join_remote(&s.room, &hub).await?;
         s.group = group;
         if let Some(seq) = seq.filter(|seq| *seq > s.applied) {

@@ -2,7 +2,8 @@
 //! [`MemoryNetwork`], a.test hosting the room of its portal, b.test's portal joining it. Lines cross both ways under
 //! their authors' names, b.test's bridge leaf commits its key updates through a.test's hub, joins again after a
 //! member removed it, and a line whose answer was lost on the way back is sequenced once, also across a restart
-//! (and reaches the bridge's other legs then, even while the hub is unreachable at first). Only another
+//! (and reaches the bridge's other legs then, even while the hub is unreachable at first), and a bridge away longer
+//! than the hub keeps its log joins the room again. Only another
 //! bridge's leaf is shown as the legacy user it speaks for, and only for a user of its own domain.
 
 use crate::provider_portal::Native;
@@ -33,6 +34,7 @@ struct Side {
     dir: tempfile::TempDir,
     store: Store,
     notifier: tokio::task::JoinHandle<()>,
+    resync: tokio::task::JoinHandle<()>,
     provider: Provider,
     rooms: Arc<MlsRooms>,
     router: RouterHandle,
@@ -58,6 +60,11 @@ impl Side {
         let provider = Provider::open(domain, st.clone()).expect("provider");
         let federation = network.join(provider.clone());
         let notifier = tokio::spawn(federation.clone().run_notifier());
+        // As the daemon does at start: every followed room's copy caught up.
+        let resync = tokio::spawn({
+            let federation = federation.clone();
+            async move { federation.resync_followed().await }
+        });
         let mls = Arc::new(MlsBackend::new(st.clone(), "bridge").expect("mls"));
         let me = LocalMember::load_or_create(&mls, &format!("mimi://{domain}/u/bridge"), SignatureScheme::ED25519)
             .expect("member")
@@ -79,7 +86,7 @@ impl Side {
             rooms.set_remote_room(&portal, room.to_owned());
         }
         rooms.register_portal(&portal).await.expect("registered");
-        Side { dir, store: st, notifier, provider, rooms, router, net }
+        Side { dir, store: st, notifier, resync, provider, rooms, router, net }
     }
 
     /// Stops the side (it leaves `network`) and waits until its store is closed; its data, for
@@ -89,9 +96,10 @@ impl Side {
         self.router.shutdown().await;
         self.rooms.shutdown().await;
         self.notifier.abort();
+        self.resync.abort();
         network.leave(self.provider.domain());
-        let Side { dir, store, notifier, provider, rooms, router, net } = self;
-        drop((store, notifier, provider, rooms, router, net));
+        let Side { dir, store, notifier, resync, provider, rooms, router, net } = self;
+        drop((store, notifier, resync, provider, rooms, router, net));
         tokio::time::timeout(WAIT, closed.wait_for(|c| *c)).await.expect("store closes").expect("closed");
         dir
     }
@@ -332,6 +340,62 @@ async fn a_line_whose_answer_was_lost_before_a_restart_is_sequenced_once_and_rea
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(on_also(&b), ["did you get this?", "and this"], "each line once on the other leg");
+    a.router.shutdown().await;
+    b.router.shutdown().await;
+}
+
+/// b.test stops, and stays away longer than a.test keeps its log: at its next start a.test no longer holds what its
+/// copy of the room misses (410). Its bridge leaf joins the room again, in place of its old leaf, its copy starts
+/// over at that join, and lines cross both ways again; what was said meanwhile is not bridged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_away_longer_than_the_hub_keeps_its_log_joins_the_room_again() {
+    let network = MemoryNetwork::new();
+    let a = Side::start(&network, "a.test", None, Duration::from_secs(3600)).await;
+    let b = Side::start(&network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
+    joined(&a).await;
+    a.net.say("#rust", "alice", "before").await.1.expect("bridged");
+    assert_eq!(delivered(&b, 1).await.1, "before");
+    let b_last = b.provider.last_seq(ROOM).expect("b.test's copy");
+    let dir = b.stop(&network).await;
+
+    for i in 0..3 {
+        a.net.say("#rust", "alice", &format!("missed {i}")).await.1.expect("bridged");
+    }
+    // a.test's retention removes all it may (never what its own bridge has not read: waited for).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !matches!(a.provider.entries_after(ROOM, b_last, 1), Err(ProviderError::Pruned { .. })) {
+        assert!(tokio::time::Instant::now() < deadline, "a.test's log never lost what b.test misses");
+        a.provider.prune_log(u64::MAX).await.expect("prune");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let b = Side::start_in(dir, &network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
+    // Joined again: a.test's group holds a.test's leaf and b.test's new one, not the old.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !matches!(b.provider.entries_after(ROOM, b_last, 1), Err(ProviderError::Pruned { .. })) {
+        assert!(tokio::time::Instant::now() < deadline, "b.test's copy never started over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.net.say("#rust", "alice", "after the gap").await.1.expect("bridged");
+    assert_eq!(delivered(&b, 1).await.1, "after the gap");
+    b.net.say("#rust", "bob", "back").await.1.expect("bridged");
+    assert_eq!(delivered(&a, 1).await, ("bob".to_owned(), "back".to_owned()));
+    assert_eq!(a.members().await, 2, "the old leaf was replaced");
+    let texts: Vec<String> = b
+        .net
+        .delivered()
+        .into_iter()
+        .filter_map(|d| match d.kind {
+            OutboundKind::Message { draft, .. } => Some(draft.body),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["after the gap"], "what the hub no longer held is not made up");
+    // What the old copy held is gone from b.test's store too.
+    let stored = mimi_provider::log::Records(&b.store);
+    assert!(stored.entry(ROOM, b_last).expect("read").is_none(), "the old copy's last entry is still stored");
+    let first = stored.first(ROOM).expect("read");
+    assert!(first > b_last + 1 && stored.entry(ROOM, first).expect("read").is_some(), "the copy starts at {first}");
     a.router.shutdown().await;
     b.router.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! Copying a followed room's log from its hub: after a gap (a notify ahead of our copy), when the hub says the
-//! room moved on, and for every followed room at start.
+//! room moved on, and for every followed room at start. A hub that no longer holds what we miss (410) leaves the
+//! copy lost until one of our members joins the room again ([`crate::service::Provider::fetch_gone`]).
 
 use super::Federation;
 use mimi_protocol::follower::{CatchUpBackoff, CatchUpStep};
@@ -20,6 +21,11 @@ impl Federation {
         loop {
             let page = match self.peers.log(&hub, room, after).await {
                 Ok(page) => page,
+                // The hub's retention removed what we miss: the copy cannot be completed (until a rejoin).
+                Err(crate::peer_client::PeerError::Status { status: 410, .. }) => {
+                    provider.fetch_gone(room);
+                    return;
+                }
                 Err(e) => {
                     tracing::info!(room, error = %e, "hub unreachable; catch-up later");
                     provider.fetch_failed(room);
