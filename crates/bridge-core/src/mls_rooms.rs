@@ -107,6 +107,9 @@ struct Slot {
     closed: Arc<tokio::sync::Notify>,
     /// Opened for a key update only: the worker closes it once it has applied the log ([`dormant`]).
     close_when_caught_up: bool,
+    /// In a room hosted elsewhere: messages handed to its hub may be unanswered, and go again before anything new
+    /// is encrypted ([`remote`]).
+    resend: bool,
 }
 
 /// The portals' room of record: MLS groups sequenced by the local hub. See the module documentation.
@@ -149,6 +152,8 @@ pub struct MlsRooms {
     federation: std::sync::OnceLock<Federation>,
     /// The router ([`MlsRooms::attach_router`]), which holds this room of record: not kept alive by it.
     router: std::sync::OnceLock<crate::router::WeakRouter>,
+    /// Portals of rooms hosted elsewhere whose unanswered events are being published again ([`remote`]).
+    unanswered: Mutex<HashSet<PortalId>>,
     me: Weak<MlsRooms>,
 }
 
@@ -195,6 +200,7 @@ impl MlsRooms {
             remote_rooms: Mutex::default(),
             federation: std::sync::OnceLock::new(),
             router: std::sync::OnceLock::new(),
+            unanswered: Mutex::default(),
             me: me.clone(),
         })
     }
@@ -466,6 +472,7 @@ impl MlsRooms {
             active: std::time::Instant::now(),
             closed: closed.clone(),
             close_when_caught_up: false,
+            resend: self.remote_hub(&room).is_some(),
         }));
         let slot = {
             let mut slots = self.slots.lock().map_err(unavailable)?;

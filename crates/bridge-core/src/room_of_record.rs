@@ -85,7 +85,8 @@ pub trait RoomOfRecord: Send + Sync + 'static {
     /// it that the portal has not seen yet. `source` is the inbound event `msg` carries, with the native id `msg`
     /// stands for (the event's own, or one derived from it for one of several changes the event makes): a
     /// durable room keeps it, marked published under that id, in the batch that sequences `msg`
-    /// ([`crate::repo::write::sent`]), so that a restart before the portal recorded `msg` records it then
+    /// ([`crate::repo::write::sent`]; a room hosted elsewhere marks it before it hands `msg` to the hub,
+    /// [`crate::repo::write::submitted`]), so that a restart before the portal recorded `msg` records it then
     /// ([`crate::router::RouterHandle::start`]) instead of losing it for the other legs.
     async fn publish(
         &self,

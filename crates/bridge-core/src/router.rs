@@ -171,20 +171,20 @@ impl RouterHandle {
         Ok(me)
     }
 
-    /// Records, before anything new, each inbound event the hub sequenced but its portal never recorded (the
-    /// daemon stopped between the two, [`crate::repo::write::sent`]): it goes through its portal again, which
-    /// finds it published and records it under its message id for the other legs. Without this a network that
-    /// never sends an event again (IRC) would leave it with the MLS members only.
-    ///
-    /// Events handed to the hub of a room hosted elsewhere that did not answer wait for
-    /// [`RouterHandle::publish_unanswered`]: publishing them needs that room joined.
+    /// Records each marked inbound event `which` selects: one the hub sequenced but its portal never recorded
+    /// (the daemon stopped between the two, [`crate::repo::write::sent`]) goes through its portal again, which
+    /// finds it published and records it under its message id for the other legs; one handed to the hub of a
+    /// room hosted elsewhere that did not answer ([`crate::repo::write::submitted`]) is published again. Without
+    /// this a network that never sends an event again (IRC) would leave it with the MLS members only. At start,
+    /// the first kind, before anything new; the second waits for [`RouterHandle::publish_unanswered`], as
+    /// publishing needs the room joined. Returns how many are left for later (unavailable now).
     async fn record_marked(&self, which: impl Fn(&Unrecorded) -> bool) -> Result<usize, RouteError> {
         // Routed all at once (each portal's queue keeps their order), then awaited.
         let mut pending = Vec::new();
         let mut routed_events = std::collections::HashSet::new();
         let marked = Repo::new(&self.inner.store).unrecorded().map_err(store_error)?;
         for u in marked.into_iter().filter(|u| which(u)) {
-            let (id, native, event) = (u.message_id, u.native, u.event);
+            let (id, native, event, submitted) = (u.message_id, u.native, u.event, u.submitted);
             let leg = event.leg.clone();
             // The changes of one reaction set share their event: it goes through once, and finds each published.
             let routed = if u.portal.is_some() && u.portal != self.portal_of(&leg) {
@@ -195,10 +195,10 @@ impl RouterHandle {
             } else {
                 Ok(None)
             };
-            pending.push((id, leg, native, routed));
+            pending.push((id, leg, native, routed, submitted));
         }
         let mut kept = 0;
-        for (id, leg, native, routed) in pending {
+        for (id, leg, native, routed, submitted) in pending {
             let outcome = match routed {
                 Ok(Some(rx)) => rx.await.unwrap_or(Err(RouteError::Closed)),
                 // Its event went through with an earlier marker (a reaction set's changes share it).
@@ -208,20 +208,26 @@ impl RouterHandle {
             // Its portal forgets the marker in the batch that records the message.
             let recorded = Repo::new(&self.inner.store).sent(&leg, &native).map_err(store_error)?.is_none();
             let forget = match outcome {
+                // The room refused to publish it for good (its marker is dropped with it, if the room did not
+                // already). One it sequenced stays: the room holds it.
+                Err(e @ RouteError::Room(bridge_api::RoomError::Refused(_))) if submitted => {
+                    tracing::warn!(%leg, message = %id, error = %e, "an event published before is refused; its marker is dropped");
+                    true
+                }
                 _ if recorded => {
-                    tracing::info!(%leg, message = %id, "an event sequenced before the restart is recorded");
+                    tracing::info!(%leg, message = %id, "an event published before is recorded");
                     false
                 }
                 // Transient: the marker stays for the next start (or the network's redelivery).
                 Err(e @ (RouteError::Store(_) | RouteError::Closed | RouteError::Room(_))) => {
-                    let what = "an event sequenced before the restart is not recorded yet";
+                    let what = "an event published before is not recorded yet";
                     tracing::warn!(%leg, message = %id, error = %e, "{what}");
                     kept += 1;
                     false
                 }
                 // Recorded already, or never to be (its leg unlinked, or moved to another portal): nothing to keep.
                 other => {
-                    let what = "an event sequenced before the restart is not recorded; its marker is dropped";
+                    let what = "an event published before is not recorded; its marker is dropped";
                     tracing::warn!(%leg, message = %id, outcome = ?other, "{what}");
                     true
                 }
@@ -236,11 +242,12 @@ impl RouterHandle {
     }
 
     /// Publishes again each event of `portal` that was handed to the hub of its room, hosted elsewhere, without
-    /// an answer before the daemon stopped ([`crate::repo::write::submitted`]): as the same message, which that
-    /// hub sequences once, then recorded for the other legs. Call once the portal's room is joined; returns how
-    /// many are still waiting (the hub unreachable again), to be tried later.
+    /// an answer ([`crate::repo::write::submitted`]): as the same message, which that hub sequences once, then
+    /// recorded for the other legs; and records those of its events the hub sequenced that the portal has not
+    /// recorded. Call once the portal's room is joined; returns how many are still waiting (the hub unreachable
+    /// again), to be tried later.
     pub async fn publish_unanswered(&self, portal: &PortalId) -> Result<usize, RouteError> {
-        self.record_marked(|u| u.submitted && u.portal.as_ref() == Some(portal)).await
+        self.record_marked(|u| u.portal.as_ref() == Some(portal)).await
     }
 
     /// A handle that does not keep the router alive ([`WeakRouter::upgrade`]).

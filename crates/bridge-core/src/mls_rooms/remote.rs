@@ -12,14 +12,19 @@
 //! What differs from a hosted room: the hub, not this provider, judges handshakes and serves the GroupInfo; the
 //! portal has the shared leaf only (`mls_identity = "per-user"` needs the hub's participant list, which only a
 //! hosted room has here); and a message's sent marker cannot be written in the batch that sequences it. Instead,
-//! the event is marked with the message it was encrypted as ([`crate::repo::write::submitted`]) in the group
-//! commit that makes the encryption durable, before the message leaves; the hub's answer turns the mark into the
-//! sent marker ([`crate::repo::write::sent`]). Until then, the event is published again as the same message:
-//! when its network delivers it again, and at the next start, once the portal's room is open
-//! ([`crate::router::RouterHandle::publish_unanswered`], retried while the hub is unreachable). The hub, which
-//! knows a message it took by its digest whatever its epoch now, sequences it once and answers with its place; a
-//! hub that says the message's epoch is too old never took it, and the event is encrypted again. So a crash or a
-//! lost answer neither loses the message on this bridge's other legs nor puts it twice in the room.
+//! the event is marked with the message it was encrypted as ([`crate::repo::write::submitted`]), durably, before
+//! the message leaves (a write of its own: the engine's write-behind rarely has one for an application message);
+//! the hub's answer turns the mark into the sent marker ([`crate::repo::write::sent`]). Until then the same
+//! message goes again: when its network delivers the event again; in the background, with backoff, after the hub
+//! could not be reached; and at the next start, once the portal's room is open. Those go through the router
+//! ([`crate::router::RouterHandle::publish_unanswered`]), in the order they were first handed, and are recorded
+//! for the other legs. Meanwhile the portal's new messages are encrypted, marked and wait behind them: sent before
+//! an older one, a message would put it behind newer ones of the same sender, maybe further back than the other
+//! members' ratchets reach (a restart skips generations), and the legs would get them out of order. The hub, which
+//! knows a message it took by its digest whatever its epoch now (as long as its log holds the entry), sequences it
+//! once and answers with its place; a hub that says the message's epoch is too old never took it, and the event
+//! is encrypted again. So a crash or a lost answer neither loses the message on this bridge's other legs nor puts
+//! it twice in the room.
 
 use super::{MlsRooms, Slot, unavailable};
 use crate::room_of_record::{GroupMessage, Published};
@@ -208,6 +213,10 @@ impl MlsRooms {
                 Some((e, native)) if !stale => self.handed_before(&msg.portal, e, native)?,
                 _ => None,
             };
+            // Messages go to the hub in the order they were encrypted: one that came behind newer messages of the
+            // same sender could be further back than the other members' ratchets reach (a restart skips
+            // generations). So while older ones wait for an answer, this one waits behind them.
+            let waiting = if s.resend { self.unanswered_before(&msg.portal, source, s)? } else { 0 };
             let (id, message) = match again {
                 Some(again) => again,
                 None => {
@@ -218,7 +227,8 @@ impl MlsRooms {
                     let encrypted = offload(s.group.member_count(), || s.group.encrypt(content.bytes())).await;
                     let (ct, durability) = encrypted.into_parts();
                     let ct = ct.map_err(unavailable)?;
-                    // Marked in the group commit that makes the ratchet step durable, before the message leaves.
+                    // Marked, queued right behind the ratchet step's write (if it has one), both durable before
+                    // the message leaves.
                     let marked = source.map(|(e, native)| {
                         let mut b = Batch::new();
                         let at = crate::outbox::now_ms();
@@ -232,6 +242,14 @@ impl MlsRooms {
                     (id, MlsMessageBytes::new(ct).map_err(unavailable)?)
                 }
             };
+            // Marked: the background hands it on after the older ones (a message without an event to mark goes
+            // now: it could not wait).
+            if waiting > 0 && source.is_some() {
+                self.spawn_unanswered(&msg.portal);
+                return Err(RoomError::Unavailable(format!(
+                    "queued behind {waiting} earlier message(s) the room's hub has not answered yet"
+                )));
+            }
             match self.submit_remote(&room, hub, message, self.member.uri()).await {
                 Ok(Forwarded::Accepted(seq)) => {
                     // Now marked as sequenced (see the module documentation).
@@ -243,7 +261,10 @@ impl MlsRooms {
                         }
                     }
                     if let Some(seq) = seq {
-                        s.own.insert(seq);
+                        // (A message sequenced before, sent again, may be behind the worker already.)
+                        if seq > s.applied {
+                            s.own.insert(seq);
+                        }
                         let _ = self.provider.wait(&room, seq.saturating_sub(1), ORDER_WAIT).await;
                     }
                     let earlier = self.kept_before(&msg.portal, s, seq.unwrap_or(u64::MAX)).await;
@@ -253,8 +274,15 @@ impl MlsRooms {
                     stale = true;
                     self.catch_up(&msg.portal, s).await?;
                 }
-                // The marker stays: the event goes again as this message.
-                Err(e @ RoomError::Unavailable(_)) => return Err(e),
+                // The marker stays: the event goes again as this message, in the background until the hub
+                // answers, and the portal's next messages wait behind it.
+                Err(e @ RoomError::Unavailable(_)) => {
+                    if source.is_some() {
+                        s.resend = true;
+                        self.spawn_unanswered(&msg.portal);
+                    }
+                    return Err(e);
+                }
                 Err(e) => {
                     // Refused for good: the hub did not take it, and will not.
                     if let Some((e, native)) = source {
@@ -270,6 +298,65 @@ impl MlsRooms {
             }
         }
         Err(RoomError::Unavailable("the room's epoch keeps moving".into()))
+    }
+
+    /// How many messages of `portal` that its room's hub did not answer come before the one of `event` (all of
+    /// them for an event not handed to the hub yet), in the order they were handed. Clears [`Slot::resend`] once
+    /// none is left.
+    fn unanswered_before(
+        &self,
+        portal: &PortalId,
+        event: Option<(&InboundEvent, &NativeId)>,
+        s: &mut Slot,
+    ) -> Result<usize, RoomError> {
+        let marked = crate::repo::Repo::new(self.provider.store()).unrecorded().map_err(unavailable)?;
+        let waiting: Vec<_> = marked.into_iter().filter(|u| u.submitted && u.portal.as_ref() == Some(portal)).collect();
+        if waiting.is_empty() {
+            s.resend = false;
+        }
+        let mine = |u: &crate::repo::Unrecorded| event.is_some_and(|(e, n)| e.leg == u.event.leg && *n == u.native);
+        Ok(waiting.iter().position(mine).unwrap_or(waiting.len()))
+    }
+
+    /// Publishes `portal`'s unanswered and unrecorded events through the router
+    /// ([`crate::router::RouterHandle::publish_unanswered`]) in the background, with backoff, until none is left
+    /// (one such task per portal at a time).
+    pub(super) fn spawn_unanswered(&self, portal: &PortalId) {
+        let Some(router) = self.router.get().cloned() else {
+            tracing::warn!(portal = %portal, "no router attached: unanswered messages wait for the next start");
+            return;
+        };
+        if !self.unanswered.lock().is_ok_and(|mut running| running.insert(portal.clone())) {
+            return;
+        }
+        let (me, portal) = (self.me.clone(), portal.clone());
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let left = match router.upgrade() {
+                    Some(router) => router.publish_unanswered(&portal).await,
+                    None => return,
+                };
+                match left {
+                    Ok(0) => break,
+                    Ok(left) => tracing::warn!(portal = %portal, left, retry_in = ?backoff,
+                        "messages the hub did not answer are not all published yet"),
+                    Err(e) => tracing::warn!(portal = %portal, error = %e, retry_in = ?backoff,
+                        "messages the hub did not answer are not published yet"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            if let Some(this) = me.upgrade()
+                && let Ok(mut running) = this.unanswered.lock()
+            {
+                running.remove(&portal);
+            }
+        });
     }
 
     /// The message `event` (native id `native`) of `portal` was handed to the hub as, if the hub has not answered
@@ -322,37 +409,27 @@ impl MlsRooms {
     /// Opens a portal whose room is hosted elsewhere at start, retrying with backoff while its hub cannot be
     /// reached (the daemon starts anyway; the portal's legs wait meanwhile, as for any unavailable room). Once
     /// it is open, the events handed to the hub without an answer before the stop are published again
-    /// ([`crate::router::RouterHandle::publish_unanswered`]), until none is left.
+    /// ([`MlsRooms::spawn_unanswered`]).
     pub(super) fn open_remote_in_background(&self, portal: &PortalId) {
         let (me, portal) = (self.me.clone(), portal.clone());
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
-            let mut open = false;
             loop {
                 let Some(this) = me.upgrade() else { return };
-                if !open {
-                    match this.ensure_portal(&portal).await {
-                        Ok(()) => open = true,
-                        Err(e @ RoomError::Refused(_)) => {
-                            // For good (an invite-only room, an unknown one): said once; a message published into
-                            // the portal tries again, and is refused with the same reason.
-                            tracing::error!(portal = %portal, error = %e, "the portal's room refused the bridge");
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(portal = %portal, error = %e, retry_in = ?backoff, "portal's room not joined yet")
-                        }
+                match this.ensure_portal(&portal).await {
+                    Ok(()) => {
+                        this.spawn_unanswered(&portal);
+                        return;
                     }
-                }
-                if open {
-                    let Some(router) = this.router.get().and_then(|r| r.upgrade()) else { return };
-                    match router.publish_unanswered(&portal).await {
-                        Ok(0) => return,
-                        Ok(left) => tracing::warn!(portal = %portal, left, retry_in = ?backoff,
-                            "events the hub did not answer before the stop are not all published yet"),
-                        Err(e) => tracing::warn!(portal = %portal, error = %e, retry_in = ?backoff,
-                            "events the hub did not answer before the stop are not published yet"),
+                    Err(e @ RoomError::Refused(_)) => {
+                        // For good (an invite-only room, an unknown one): said once; a message published into
+                        // the portal tries again, and is refused with the same reason.
+                        tracing::error!(portal = %portal, error = %e, "the portal's room refused the bridge");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(portal = %portal, error = %e, retry_in = ?backoff, "portal's room not joined yet")
                     }
                 }
                 drop(this);

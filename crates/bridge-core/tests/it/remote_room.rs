@@ -282,6 +282,57 @@ async fn a_line_whose_answer_was_lost_is_sent_again_as_the_same_message_and_sequ
     b.router.shutdown().await;
 }
 
+/// Lines that never reached the hub (unreachable): kept with their ciphertexts, they go again in the background
+/// once the hub answers, without the network sending them again, and reach the bridge's other leg; the portal's
+/// next line waits behind them. Everywhere in the order they were said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_the_hub_never_got_go_again_in_the_background_in_order() {
+    let network = MemoryNetwork::new();
+    let a = Side::start(&network, "a.test", None, Duration::from_secs(3600)).await;
+    let b = Side::start(&network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
+    let portal = PortalId::new("rust").expect("portal id");
+    b.router.link(b.net.leg("#also"), &portal).await.expect("link");
+    joined(&a).await;
+    network.set_down("a.test", true);
+    for line in ["while a.test was down", "still down"] {
+        let said = b.net.say("#rust", "bob", line).await.1;
+        assert!(said.is_err(), "accepted without the hub: {said:?}");
+    }
+    network.set_down("a.test", false);
+    // Marked and queued behind the first (so answered as not bridged yet), or sent after it.
+    let _ = b.net.say("#rust", "bob", "next").await.1;
+    let got = a.net.wait_delivered(3, WAIT).await;
+    let texts: Vec<String> = got
+        .iter()
+        .filter_map(|d| match &d.kind {
+            OutboundKind::Message { draft, .. } => Some(draft.body.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["while a.test was down", "still down", "next"], "in the order they were said, once each");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let also: Vec<String> = b
+            .net
+            .delivered()
+            .into_iter()
+            .filter(|d| d.leg == b.net.leg("#also"))
+            .filter_map(|d| match d.kind {
+                OutboundKind::Message { draft, .. } => Some(draft.body),
+                _ => None,
+            })
+            .collect();
+        if also.len() >= 3 {
+            assert_eq!(also, ["while a.test was down", "still down", "next"], "in order, once each");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b.test's other leg got {also:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.router.shutdown().await;
+    b.router.shutdown().await;
+}
+
 /// A line whose answer was lost, then the bridge stopped: at its next start, with the hub unreachable at first, the
 /// line goes again as the same message (which the hub had sequenced): it reaches the bridge's other leg once, as
 /// soon as the hub answers, without the network sending it again; and when the network does send it again, it is
@@ -294,7 +345,8 @@ async fn a_line_whose_answer_was_lost_before_a_restart_is_sequenced_once_and_rea
     let portal = PortalId::new("rust").expect("portal id");
     b.router.link(b.net.leg("#also"), &portal).await.expect("link");
     joined(&a).await;
-    network.lose_answers("a.test", 1);
+    // Every answer lost, those of the background's tries too, until b.test stops.
+    network.lose_answers("a.test", 1000);
     let line = || InboundKind::Message { draft: MessageDraft::plain("did you get this?"), reply_to: None };
     let first = b.net.say_with_id("#rust", "bob", "line-1", line()).await;
     assert!(first.is_err(), "accepted without the hub's answer: {first:?}");
@@ -302,6 +354,7 @@ async fn a_line_whose_answer_was_lost_before_a_restart_is_sequenced_once_and_rea
 
     // b.test stops; a.test is unreachable when it starts again.
     let dir = b.stop(&network).await;
+    network.lose_answers("a.test", 0);
     network.set_down("a.test", true);
     let b = Side::start_in(dir, &network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
     let on_also = |b: &Side| -> Vec<String> {
