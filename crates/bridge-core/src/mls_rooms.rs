@@ -107,9 +107,12 @@ struct Slot {
     closed: Arc<tokio::sync::Notify>,
     /// Opened for a key update only: the worker closes it once it has applied the log ([`dormant`]).
     close_when_caught_up: bool,
-    /// In a room hosted elsewhere: messages handed to its hub may be unanswered, and go again before anything new
-    /// is encrypted ([`remote`]).
+    /// In a room hosted elsewhere: messages handed to its hub may be unanswered; new ones wait behind them
+    /// ([`remote`]).
     resend: bool,
+    /// In a room hosted elsewhere: this provider's copy of its log no longer holds what follows the portal's
+    /// position (a restart after its copy started over): the portal joins again ([`remote`]).
+    behind_copy: bool,
 }
 
 /// The portals' room of record: MLS groups sequenced by the local hub. See the module documentation.
@@ -473,6 +476,7 @@ impl MlsRooms {
             closed: closed.clone(),
             close_when_caught_up: false,
             resend: self.remote_hub(&room).is_some(),
+            behind_copy: false,
         }));
         let slot = {
             let mut slots = self.slots.lock().map_err(unavailable)?;
@@ -591,7 +595,16 @@ impl MlsRooms {
     /// Applies every log entry after the slot's position, in order.
     async fn catch_up(&self, portal: &PortalId, s: &mut Slot) -> Result<(), RoomError> {
         loop {
-            let entries = self.provider.entries_after(&s.room, s.applied, 256).map_err(unavailable)?;
+            let entries = match self.provider.entries_after(&s.room, s.applied, 256) {
+                Ok(entries) => entries,
+                // A room hosted elsewhere whose copy no longer reaches back here: joined again
+                // (`remote::rejoin_if_removed`), and read from there.
+                Err(mimi_provider::ProviderError::Pruned { .. }) if self.remote_hub(&s.room).is_some() => {
+                    s.behind_copy = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
             if entries.is_empty() {
                 return Ok(());
             }

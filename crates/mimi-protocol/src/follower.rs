@@ -173,7 +173,8 @@ impl FollowerRoom {
             // Full: only an entry below the highest held one gets in (the lowest are the ones that fill the gap;
             // `last + 1` always does), and the highest goes.
             let room = self.held.len() < MAX_HELD || self.held.last_key_value().is_some_and(|(k, _)| e.seq < *k);
-            if e.seq > self.last && room {
+            // A lost copy holds nothing until a join restarts it (what comes then is its).
+            if e.seq > self.last && room && (!self.gone || self.joining) {
                 self.held.entry(e.seq).or_insert(e);
                 while self.held.len() > MAX_HELD {
                     self.held.pop_last();

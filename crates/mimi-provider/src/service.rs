@@ -489,8 +489,17 @@ impl Provider {
         let durable = {
             let mut rooms = lock(&self.inner.rooms);
             if let Some(r) = rooms.get_mut(room) {
+                let lost = matches!(&r.role, Role::Follower { state, .. } if state.is_gone() && !state.is_joining());
                 match (&mut r.tentative, for_update) {
                     (Some(t), true) => t.in_flight += 1,
+                    // A join into a copy that was lost: the copy starts over at the join's place
+                    // ([`FollowerRoom::restart`]).
+                    (t @ None, true) if lost => {
+                        if let Role::Follower { state, .. } = &mut r.role {
+                            state.restart();
+                        }
+                        *t = Some(Tentative { in_flight: 1, accepted: false, first: None });
+                    }
                     (t, false) => {
                         // A lasting follow (an invitation): the copy is every entry's, not only a join's; what it
                         // holds is fetched for at the next notify.
@@ -1020,6 +1029,11 @@ impl Provider {
             let last = *r.last.borrow();
             // `after` comes from clients and peers: nothing follows the largest sequence number.
             let Some(next) = after.checked_add(1) else { return Ok(Vec::new()) };
+            // A copy that cannot be completed ([`Provider::fetch_gone`]): its readers are told to join again.
+            let lost = matches!(&r.role, Role::Follower { state, .. } if state.is_gone());
+            if lost {
+                return Err(ProviderError::Pruned { room: room.to_owned(), first: last.saturating_add(1) });
+            }
             if next < r.first {
                 return Err(ProviderError::Pruned { room: room.to_owned(), first: r.first });
             }
@@ -1213,40 +1227,31 @@ impl Provider {
         }
     }
 
-    /// The hub of a followed room no longer holds entries our copy misses (it answered 410: this provider was
-    /// away longer than the hub keeps its log). The copy cannot be completed; its readers are woken, to find out
-    /// ([`Provider::copy_gone`]) and join the room again ([`Provider::restart_copy`]).
-    pub fn fetch_gone(&self, room: &str) {
-        if let Some(r) = lock(&self.inner.rooms).get_mut(room)
-            && let Role::Follower { state, .. } = &mut r.role
-        {
-            if !state.is_gone() {
-                tracing::warn!(room, after = state.last(), "the hub no longer holds what our copy of the room misses");
-            }
-            state.on_fetch_gone();
-            r.last.send_modify(|_| {});
+    /// The hub of a followed room no longer holds the entries after `after` that our copy misses (it answered 410:
+    /// this provider was away longer than the hub keeps its log). The copy cannot be completed: its readers are
+    /// answered [`ProviderError::Pruned`] and woken, to join the room again; the first join of one of our members
+    /// makes the copy start over at its place ([`Provider::follow_for_update`]). A 410 for a copy that moved past
+    /// `after` since (it started over) is stale, and ignored.
+    pub fn fetch_gone(&self, room: &str, after: u64) {
+        let mut rooms = lock(&self.inner.rooms);
+        let Some(r) = rooms.get_mut(room) else { return };
+        let Role::Follower { state, .. } = &mut r.role else { return };
+        if after < state.last() {
+            return;
         }
+        if !state.is_gone() {
+            tracing::warn!(room, after, "the hub no longer holds what our copy of the room misses");
+        }
+        state.on_fetch_gone();
+        r.last.send_modify(|_| {});
+        drop(rooms);
+        let _ = self.inner.appended.send(Arc::from(room));
     }
 
     /// Whether our copy of the followed room `room` cannot be completed ([`Provider::fetch_gone`]) and has not
     /// started over since.
     pub fn copy_gone(&self, room: &str) -> bool {
         matches!(lock(&self.inner.rooms).get(room).map(|r| &r.role), Some(Role::Follower { state, .. }) if state.is_gone())
-    }
-
-    /// Our copy of the followed room `room` starts over at the place of the join one of our members is about to
-    /// send (through [`Provider::follow_for_update`], as a first join), after the copy was lost
-    /// ([`Provider::copy_gone`]): what it held is dropped once the hub took the join, what came between is never
-    /// read. Readers of the copy find it `Pruned` before the join.
-    pub fn restart_copy(&self, room: &str) -> Result<(), ProviderError> {
-        let mut rooms = lock(&self.inner.rooms);
-        let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
-        let Role::Follower { state, .. } = &mut r.role else {
-            return Err(ProviderError::BadRequest("we are the hub of this room".into()));
-        };
-        state.restart();
-        r.tentative.get_or_insert(Tentative { in_flight: 0, accepted: false, first: None });
-        Ok(())
     }
 
     /// Registers a native user with the SHA-256 (hex) of its API token. Re-registering with the same token is a
@@ -1378,12 +1383,22 @@ impl Provider {
                     Role::Hub(_) => (false, false),
                 };
                 let start = first.filter(|_| moved);
-                // A copy that started over ([`Provider::restart_copy`]): what it held goes.
+                // A copy that started over (a join into a lost copy, [`Provider::fetch_gone`]): what it held goes,
+                // and its readers are past it.
                 let held = (*r.last.borrow() > 0).then_some(r.first);
                 if let Some(start) = start {
                     r.first = start;
                     r.tail.clear();
                     r.tail_bytes = 0;
+                    if held.is_some() {
+                        r.last.send_if_modified(|l| {
+                            let moved = start - 1 > *l;
+                            if moved {
+                                *l = start - 1;
+                            }
+                            moved
+                        });
+                    }
                 }
                 Settled::Kept { start: start.map(|s| (s, held)), work }
             } else {
@@ -1400,13 +1415,14 @@ impl Provider {
             }
             Settled::Kept { start, work } => {
                 if let Some((start, held)) = start {
-                    // Where the copy starts, for readers now and after a restart (as retention records it).
+                    // Where the copy starts, for readers now and after a restart (as retention records it), with
+                    // what it held before, if it started over, gone in the same write.
                     let mut b = Batch::new();
                     write::first(&mut b, room, start);
-                    self.inner.store.commit(b).await?;
                     if let Some(from) = held {
-                        self.drop_entries(room, from, start).await?;
+                        self.drop_entries(&mut b, room, from, start)?;
                     }
+                    self.inner.store.commit(b).await?;
                 }
                 // What it holds goes to the store the way a notify's entries do, or is fetched for.
                 if work { self.accept_entries(room, Vec::new(), false).await } else { Ok(None) }

@@ -142,14 +142,18 @@ impl MlsRooms {
     }
 
     /// Opens the portal of `room` (in a task of its own) if it is known, closed, and behind the room's log (a
-    /// closed portal that applied it all — its own key update, say — stays closed).
+    /// closed portal that applied it all — its own key update, say — stays closed), or if the room is hosted
+    /// elsewhere and this provider's copy of its log was lost.
     fn wake(&self, room: &str) {
         let Some(portal) = self.known.lock().ok().and_then(|k| k.get(room).cloned()) else { return };
         if self.is_open(&portal) {
             return;
         }
         let last = self.provider.last_seq(room).unwrap_or(u64::MAX);
-        if Records(self.provider.store()).cursor(room, CURSOR).is_ok_and(|applied| applied >= last) {
+        // (A copy of a room hosted elsewhere that was lost wakes its portal too: it joins the room again.)
+        if Records(self.provider.store()).cursor(room, CURSOR).is_ok_and(|applied| applied >= last)
+            && !self.provider.copy_gone(room)
+        {
             return;
         }
         let Some(this) = self.me.upgrade() else { return };

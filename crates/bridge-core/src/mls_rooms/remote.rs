@@ -167,28 +167,30 @@ impl MlsRooms {
     }
 
     /// Joins the slot's room again if the bridge leaf was removed from it (by a member's commit, maybe while this
-    /// bridge was down), or if this provider's copy of the room's log can no longer be completed (the bridge was
-    /// away longer than the hub keeps its log: [`mimi_provider::Provider::copy_gone`]): a portal linked to a room
-    /// stays in it. What was sequenced before the new join is not read; the new join replaces the old leaf (an
-    /// external commit removes the member with the same key).
+    /// bridge was down), or if this provider's copy of the room's log no longer reaches back to where the portal
+    /// is (the bridge was away longer than the hub keeps its log, [`mimi_provider::Provider::copy_gone`]; the copy
+    /// then starts over at this join): a portal linked to a room stays in it. What was sequenced before the new
+    /// join is not read; the new join replaces the old leaf (an external commit removes the member with the same
+    /// key). The log cursor moves to the join at once: a restart must not look for what the copy no longer holds.
     pub(super) async fn rejoin_if_removed(&self, s: &mut Slot) -> Result<(), RoomError> {
         let Some(hub) = self.remote_hub(&s.room) else { return Ok(()) };
-        let gone = self.provider.copy_gone(&s.room);
-        if s.group.is_active() && !gone {
+        let lost = s.behind_copy || self.provider.copy_gone(&s.room);
+        if s.group.is_active() && !lost {
             return Ok(());
         }
-        if gone {
+        if lost {
             tracing::warn!(room = %s.room, hub, after = s.applied,
-                "the room's hub no longer holds what this bridge missed; joining again (what was said meanwhile is not bridged)");
+                "the room's log no longer holds what this bridge missed; joining again (what was said meanwhile is not bridged)");
             metrics::counter!("mimi_bridge_errors_total", "kind" => "room_log_gone").increment(1);
-            self.provider.restart_copy(&s.room).map_err(unavailable)?;
         } else {
             tracing::warn!(room = %s.room, hub, "the bridge leaf was removed from the room; joining again");
         }
         let (group, seq) = self.join_remote(&s.room, &hub).await?;
         s.group = group;
+        s.behind_copy = false;
         if let Some(seq) = seq.filter(|seq| *seq > s.applied) {
             s.applied = seq;
+            self.store_cursor(s).await?;
         }
         Ok(())
     }

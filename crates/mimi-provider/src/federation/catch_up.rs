@@ -23,7 +23,7 @@ impl Federation {
                 Ok(page) => page,
                 // The hub's retention removed what we miss: the copy cannot be completed (until a rejoin).
                 Err(crate::peer_client::PeerError::Status { status: 410, .. }) => {
-                    provider.fetch_gone(room);
+                    provider.fetch_gone(room, after);
                     return;
                 }
                 Err(e) => {

@@ -30,20 +30,18 @@ impl Provider {
         Ok(removed)
     }
 
-    /// Removes the entries of `room` from `from` up to (not including) `below`, in batches: those of a copy that
-    /// started over ([`Provider::restart_copy`]), below its new start.
-    pub(super) async fn drop_entries(&self, room: &str, from: u64, below: u64) -> Result<u64, ProviderError> {
+    /// Adds to `b` the removal of the entries of `room` from `from` up to (not including) `below`: those of a
+    /// copy that started over (a join into a lost copy), below its new start.
+    pub(super) fn drop_entries(&self, b: &mut Batch, room: &str, from: u64, below: u64) -> Result<u64, ProviderError> {
         let recs = Records(&self.inner.store);
         let (mut after, mut removed) = (from.saturating_sub(1), 0);
         loop {
             let entries = recs.entries_after(room, after, BATCH)?;
             let old: Vec<_> = entries.iter().take_while(|e| e.seq < below).collect();
             let Some(last) = old.last().map(|e| e.seq) else { return Ok(removed) };
-            let mut b = Batch::new();
             for e in &old {
-                write::drop_entry(&mut b, room, e.seq, &digest(&e.fanout.message));
+                write::drop_entry(b, room, e.seq, &digest(&e.fanout.message));
             }
-            self.inner.store.commit(b).await?;
             removed += old.len() as u64;
             after = last;
         }
