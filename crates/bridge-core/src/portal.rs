@@ -78,6 +78,10 @@ pub(crate) enum PortalInput {
     Status {
         reply: oneshot::Sender<Vec<LegStatus>>,
     },
+    /// Something every leg's room should know from the bridge itself (what the portal missed, say).
+    Notice {
+        body: String,
+    },
 }
 
 /// Outbox entries moved to `failed` per batch when a leg is unlinked.
@@ -245,6 +249,13 @@ impl Portal {
                 }
                 PortalInput::Status { reply } => {
                     let _ = reply.send(self.status());
+                }
+                PortalInput::Notice { body } => {
+                    let id = ephemeral_id();
+                    let legs: Vec<LegId> = self.legs.keys().cloned().collect();
+                    for leg in legs {
+                        self.notice(leg, id, TxnId(format!("notice-{}", id.to_hex())), body.clone(), &mut work);
+                    }
                 }
                 control @ (PortalInput::Link { .. } | PortalInput::Unlink { .. }) => {
                     // Links change who gets what: settle everything before them first.

@@ -250,6 +250,14 @@ impl RouterHandle {
         self.record_marked(|u| u.portal.as_ref() == Some(portal)).await
     }
 
+    /// Tells every leg of `portal` `body`, as a notice from the bridge (best effort: dropped if the portal's queue
+    /// is full).
+    pub fn notice(&self, portal: &PortalId, body: String) {
+        if let Some(tx) = self.sender(portal) {
+            let _ = tx.try_send(Box::new(PortalInput::Notice { body }));
+        }
+    }
+
     /// A handle that does not keep the router alive ([`WeakRouter::upgrade`]).
     pub(crate) fn downgrade(&self) -> WeakRouter {
         WeakRouter(Arc::downgrade(&self.inner))

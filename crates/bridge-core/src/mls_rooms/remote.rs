@@ -188,6 +188,14 @@ impl MlsRooms {
         let (group, seq) = self.join_remote(&s.room, &hub).await?;
         s.group = group;
         s.behind_copy = false;
+        if lost && let Some(router) = self.router.get().and_then(|r| r.upgrade()) {
+            let portal = self.known.lock().ok().and_then(|k| k.get(&s.room).cloned());
+            if let Some(portal) = portal {
+                router.notice(&portal, format!(
+                    "⚠ this bridge was away longer than {hub} keeps the room's history: what was said there meanwhile is not bridged"
+                ));
+            }
+        }
         if let Some(seq) = seq.filter(|seq| *seq > s.applied) {
             s.applied = seq;
             self.store_cursor(s).await?;
