@@ -155,8 +155,11 @@ pub struct MlsRooms {
     federation: std::sync::OnceLock<Federation>,
     /// The router ([`MlsRooms::attach_router`]), which holds this room of record: not kept alive by it.
     router: std::sync::OnceLock<crate::router::WeakRouter>,
-    /// Portals of rooms hosted elsewhere whose unanswered events are being published again ([`remote`]).
-    unanswered: Mutex<HashSet<PortalId>>,
+    /// Portals of rooms hosted elsewhere whose unanswered events are being published again ([`remote`]), each
+    /// with whether more was queued meanwhile.
+    unanswered: Mutex<HashMap<PortalId, bool>>,
+    /// Unanswered messages of rooms hosted elsewhere, by id: how many times the hub was tried in vain ([`remote`]).
+    held_back: Mutex<HashMap<MessageId, u32>>,
     me: Weak<MlsRooms>,
 }
 
@@ -204,6 +207,7 @@ impl MlsRooms {
             federation: std::sync::OnceLock::new(),
             router: std::sync::OnceLock::new(),
             unanswered: Mutex::default(),
+            held_back: Mutex::default(),
             me: me.clone(),
         })
     }

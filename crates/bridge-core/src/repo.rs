@@ -536,7 +536,7 @@ pub mod write {
         seq: Option<u64>,
         at_ms: u64,
     ) {
-        marker(b, portal, event, native, msg, at_ms, seq, None);
+        marker(b, portal, event, native, msg, at_ms, seq, None, None);
     }
 
     /// Marks the inbound `event` (its native id `native`) as handed, as the MLS message `message` with id `msg`,
@@ -544,6 +544,9 @@ pub mod write {
     /// that whatever happens next, the event is published again as this same message, never as another one the
     /// hub would sequence a second time: by a redelivery from the network, or at the next start
     /// ([`Repo::unrecorded`]). The hub's answer replaces it with the marker of [`sent`].
+    ///
+    /// `turn`: when it was first handed and [`next_order`] then (those of the mark it replaces, for a message
+    /// encrypted again), which keep the marks of a portal in the order their messages go to the hub.
     pub fn submitted(
         b: &mut Batch,
         portal: &PortalId,
@@ -551,10 +554,18 @@ pub mod write {
         native: &NativeId,
         msg: &MessageId,
         message: &[u8],
-        at_ms: u64,
+        turn: (u64, u64),
     ) {
-        marker(b, portal, event, native, msg, at_ms, None, Some(hex::encode(message)));
+        let (at_ms, order) = turn;
+        marker(b, portal, event, native, msg, at_ms, None, Some(hex::encode(message)), Some(order));
     }
+
+    /// The next tie-breaker of markers written by this process ([`SentMarker::order`]).
+    pub fn next_order() -> u64 {
+        ORDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    static ORDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
     #[allow(clippy::too_many_arguments)]
     fn marker(
@@ -566,9 +577,9 @@ pub mod write {
         at_ms: u64,
         seq: Option<u64>,
         submitted: Option<String>,
+        order: Option<u64>,
     ) {
-        static ORDER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let order = ORDER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let order = order.unwrap_or_else(next_order);
         let marker = SentMarker {
             message_id: *msg,
             at_ms,

@@ -44,6 +44,10 @@ const EPOCH_RETRIES: usize = 3;
 /// of the log (so that the legs get them first).
 const ORDER_WAIT: Duration = Duration::from_secs(2);
 
+/// Tries (in this process) after which an unanswered message no longer holds the portal's later ones back: the
+/// hub answering one message with errors that may pass, again and again, must not stop the portal for good.
+const HOLD_TRIES: u32 = 8;
+
 /// The hub's answer to a message forwarded to it.
 pub(super) enum Forwarded {
     /// Sequenced, at this position of its log if it said.
@@ -213,6 +217,23 @@ impl MlsRooms {
         source: Option<(&InboundEvent, &NativeId)>,
         s: &mut Slot,
     ) -> Result<Published, RoomError> {
+        let published = self.publish_remote_in_order(hub, msg, source, s).await;
+        // Whatever failed that may pass, once the event may be marked: it goes again in the background, and the
+        // portal's next messages wait behind it.
+        if matches!(published, Err(RoomError::Unavailable(_))) && source.is_some() {
+            s.resend = true;
+            self.spawn_unanswered(&msg.portal);
+        }
+        published
+    }
+
+    async fn publish_remote_in_order(
+        &self,
+        hub: &str,
+        msg: &GroupMessage,
+        source: Option<(&InboundEvent, &NativeId)>,
+        s: &mut Slot,
+    ) -> Result<Published, RoomError> {
         let (domain, room) = (self.provider.domain().to_owned(), s.room.clone());
         // The hub said the message handed to it last is of an epoch it left: encrypted again.
         let mut stale = false;
@@ -226,7 +247,10 @@ impl MlsRooms {
             // Messages go to the hub in the order they were encrypted: one that came behind newer messages of the
             // same sender could be further back than the other members' ratchets reach (a restart skips
             // generations). So while older ones wait for an answer, this one waits behind them.
-            let waiting = if s.resend { self.unanswered_before(&msg.portal, source, s)? } else { 0 };
+            let waiting = match source {
+                Some(event) if s.resend => self.unanswered_before(&msg.portal, event, s)?,
+                _ => 0,
+            };
             let (id, message) = match again {
                 Some(again) => again,
                 None => {
@@ -238,11 +262,13 @@ impl MlsRooms {
                     let (ct, durability) = encrypted.into_parts();
                     let ct = ct.map_err(unavailable)?;
                     // Marked, queued right behind the ratchet step's write (if it has one), both durable before
-                    // the message leaves.
+                    // the message leaves; in the place of the mark it replaces (encrypted again for a newer
+                    // epoch), so that it keeps its turn.
                     let marked = source.map(|(e, native)| {
                         let mut b = Batch::new();
-                        let at = crate::outbox::now_ms();
-                        crate::repo::write::submitted(&mut b, &msg.portal, e, native, &id, &ct, at);
+                        let turn = self.marked(&msg.portal, e, native).map(|m| (m.at_ms, m.order));
+                        let turn = turn.unwrap_or_else(|| (crate::outbox::now_ms(), crate::repo::write::next_order()));
+                        crate::repo::write::submitted(&mut b, &msg.portal, e, native, &id, &ct, turn);
                         self.provider.store().commit_later(b)
                     });
                     durability.wait().await.map_err(unavailable)?;
@@ -260,7 +286,14 @@ impl MlsRooms {
                     "queued behind {waiting} earlier message(s) the room's hub has not answered yet"
                 )));
             }
-            match self.submit_remote(&room, hub, message, self.member.uri()).await {
+            let submitted = self.submit_remote(&room, hub, message, self.member.uri()).await;
+            if let Ok(held) = self.held_back.lock().as_deref_mut() {
+                match &submitted {
+                    Err(RoomError::Unavailable(_)) => *held.entry(id).or_default() += 1,
+                    _ => _ = held.remove(&id),
+                }
+            }
+            match submitted {
                 Ok(Forwarded::Accepted(seq)) => {
                     // Now marked as sequenced (see the module documentation).
                     if let Some((e, native)) = source {
@@ -285,14 +318,8 @@ impl MlsRooms {
                     self.catch_up(&msg.portal, s).await?;
                 }
                 // The marker stays: the event goes again as this message, in the background until the hub
-                // answers, and the portal's next messages wait behind it.
-                Err(e @ RoomError::Unavailable(_)) => {
-                    if source.is_some() {
-                        s.resend = true;
-                        self.spawn_unanswered(&msg.portal);
-                    }
-                    return Err(e);
-                }
+                // answers, and the portal's next messages wait behind it (`publish_remote`).
+                Err(e @ RoomError::Unavailable(_)) => return Err(e),
                 Err(e) => {
                     // Refused for good: the hub did not take it, and will not.
                     if let Some((e, native)) = source {
@@ -311,12 +338,12 @@ impl MlsRooms {
     }
 
     /// How many messages of `portal` that its room's hub did not answer come before the one of `event` (all of
-    /// them for an event not handed to the hub yet), in the order they were handed. Clears [`Slot::resend`] once
-    /// none is left.
+    /// them for an event not handed to the hub yet), in the order they were handed; those tried [`HOLD_TRIES`]
+    /// times in vain hold nothing back. Clears [`Slot::resend`] once none is left.
     fn unanswered_before(
         &self,
         portal: &PortalId,
-        event: Option<(&InboundEvent, &NativeId)>,
+        (event, native): (&InboundEvent, &NativeId),
         s: &mut Slot,
     ) -> Result<usize, RoomError> {
         let marked = crate::repo::Repo::new(self.provider.store()).unrecorded().map_err(unavailable)?;
@@ -324,8 +351,17 @@ impl MlsRooms {
         if waiting.is_empty() {
             s.resend = false;
         }
-        let mine = |u: &crate::repo::Unrecorded| event.is_some_and(|(e, n)| e.leg == u.event.leg && *n == u.native);
-        Ok(waiting.iter().position(mine).unwrap_or(waiting.len()))
+        let held = self.held_back.lock().map(|h| h.clone()).unwrap_or_default();
+        let holding = |u: &&crate::repo::Unrecorded| held.get(&u.message_id).is_none_or(|tries| *tries < HOLD_TRIES);
+        let mine = |u: &crate::repo::Unrecorded| event.leg == u.event.leg && *native == u.native;
+        let before = waiting.iter().position(mine).unwrap_or(waiting.len());
+        Ok(waiting[..before].iter().filter(holding).count())
+    }
+
+    /// The marker of `event` (native id `native`) in `portal`, if it has one.
+    fn marked(&self, portal: &PortalId, event: &InboundEvent, native: &NativeId) -> Option<crate::repo::SentMarker> {
+        let marker = crate::repo::Repo::new(self.provider.store()).sent(&event.leg, native).ok().flatten();
+        marker.filter(|m| m.portal.as_ref() == Some(portal))
     }
 
     /// Publishes `portal`'s unanswered and unrecorded events through the router
@@ -336,7 +372,18 @@ impl MlsRooms {
             tracing::warn!(portal = %portal, "no router attached: unanswered messages wait for the next start");
             return;
         };
-        if !self.unanswered.lock().is_ok_and(|mut running| running.insert(portal.clone())) {
+        // One task per portal; one that is running passes once more before it ends (what was queued meanwhile).
+        let started = self.unanswered.lock().is_ok_and(|mut running| match running.get_mut(portal) {
+            Some(again) => {
+                *again = true;
+                false
+            }
+            None => {
+                running.insert(portal.clone(), false);
+                true
+            }
+        });
+        if !started {
             return;
         }
         let (me, portal) = (self.me.clone(), portal.clone());
@@ -349,7 +396,16 @@ impl MlsRooms {
                     None => return,
                 };
                 match left {
-                    Ok(0) => break,
+                    Ok(0) => {
+                        // Done, unless more was queued during the pass.
+                        let Some(this) = me.upgrade() else { return };
+                        let Ok(mut running) = this.unanswered.lock() else { return };
+                        if running.get_mut(&portal).is_some_and(std::mem::take) {
+                            continue;
+                        }
+                        running.remove(&portal);
+                        return;
+                    }
                     Ok(left) => tracing::warn!(portal = %portal, left, retry_in = ?backoff,
                         "messages the hub did not answer are not all published yet"),
                     Err(e) => tracing::warn!(portal = %portal, error = %e, retry_in = ?backoff,
