@@ -13,8 +13,9 @@
 //! calls [`FollowerRoom::on_fetch_failed`], leaving the gap to the next notify or resync.
 //!
 //! A copy can fall so far behind that the hub no longer holds what it misses (retention: the hub answers 410).
-//! It is then lost for good ([`FollowerRoom::on_fetch_gone`]): what comes next is held, never fetched for, until
-//! a member of ours joins the room again and the copy starts over at that join ([`FollowerRoom::restart`]).
+//! It is then lost for good ([`FollowerRoom::on_fetch_gone`]): nothing is held or fetched for it until a member of
+//! ours joins the room again (or commits: any update it hands the hub) and the copy starts over at that update's
+//! place ([`FollowerRoom::restart`]).
 
 use super::wire::SequencedFanout;
 use std::collections::BTreeMap;

@@ -1056,7 +1056,17 @@ impl Provider {
             let rooms = lock(&self.inner.rooms);
             rooms.get(room).map(|r| r.last.subscribe()).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?
         };
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|l| *l > after)).await;
+        // Also ends when our copy of a followed room is lost ([`Provider::fetch_gone`]): its readers are answered
+        // 410 at once.
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *rx.borrow_and_update() > after || self.copy_gone(room) {
+                break;
+            }
+            if !matches!(tokio::time::timeout_at(deadline, rx.changed()).await, Ok(Ok(()))) {
+                break;
+            }
+        }
         let last = *rx.borrow();
         Ok(last)
     }
