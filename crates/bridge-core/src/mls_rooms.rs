@@ -113,6 +113,8 @@ struct Slot {
     /// In a room hosted elsewhere: this provider's copy of its log no longer holds what follows the portal's
     /// position (a restart after its copy started over): the portal joins again ([`remote`]).
     behind_copy: bool,
+    /// When the portal last joined its room again for that ([`remote`]).
+    lost_rejoin_at: Option<std::time::Instant>,
 }
 
 /// The portals' room of record: MLS groups sequenced by the local hub. See the module documentation.
@@ -481,6 +483,7 @@ impl MlsRooms {
             close_when_caught_up: false,
             resend: self.remote_hub(&room).is_some(),
             behind_copy: false,
+            lost_rejoin_at: None,
         }));
         let slot = {
             let mut slots = self.slots.lock().map_err(unavailable)?;

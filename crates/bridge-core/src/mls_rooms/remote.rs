@@ -44,6 +44,10 @@ const EPOCH_RETRIES: usize = 3;
 /// of the log (so that the legs get them first).
 const ORDER_WAIT: Duration = Duration::from_secs(2);
 
+/// The shortest time between two joins of a portal whose copy of the room's log was lost: a hub that answers a
+/// join without its place in the log leaves the copy lost, and joining again at once would only repeat it.
+const LOST_REJOIN_PAUSE: Duration = Duration::from_secs(60);
+
 /// Tries (in this process) after which an unanswered message no longer holds the portal's later ones back: the
 /// hub answering one message with errors that may pass, again and again, must not stop the portal for good.
 const HOLD_TRIES: u32 = 8;
@@ -183,6 +187,10 @@ impl MlsRooms {
             return Ok(());
         }
         if lost {
+            if let Some(at) = s.lost_rejoin_at.filter(|at| at.elapsed() < LOST_REJOIN_PAUSE) {
+                let wait = LOST_REJOIN_PAUSE - at.elapsed();
+                return Err(RoomError::Unavailable(format!("the room was joined again lately; again in {wait:?}")));
+            }
             tracing::warn!(room = %s.room, hub, after = s.applied,
                 "the room's log no longer holds what this bridge missed; joining again (what was said meanwhile is not bridged)");
             metrics::counter!("mimi_bridge_errors_total", "kind" => "room_log_gone").increment(1);
@@ -192,6 +200,9 @@ impl MlsRooms {
         let (group, seq) = self.join_remote(&s.room, &hub).await?;
         s.group = group;
         s.behind_copy = false;
+        if lost {
+            s.lost_rejoin_at = Some(std::time::Instant::now());
+        }
         if lost && let Some(router) = self.router.get().and_then(|r| r.upgrade()) {
             let portal = self.known.lock().ok().and_then(|k| k.get(&s.room).cloned());
             if let Some(portal) = portal {
@@ -200,8 +211,12 @@ impl MlsRooms {
                 ));
             }
         }
-        if let Some(seq) = seq.filter(|seq| *seq > s.applied) {
-            s.applied = seq;
+        // Read from the join on; or, if the hub did not say where it is, from where the copy starts now.
+        let start =
+            || mimi_provider::log::Records(self.provider.store()).first(&s.room).ok().map(|f| f.saturating_sub(1));
+        let from = seq.or_else(|| lost.then(start).flatten());
+        if let Some(from) = from.filter(|from| *from > s.applied) {
+            s.applied = from;
             self.store_cursor(s).await?;
         }
         Ok(())
