@@ -1372,6 +1372,9 @@ impl Provider {
             /// Forgotten once this is durable.
             Forgotten(tokio::sync::oneshot::Receiver<Result<(), StoreError>>),
         }
+        // Serialised with the appends of notified entries (`accept_entries`): a copy that starts over writes its
+        // new start and drops its old entries before any entry at or after that start is written.
+        let serial = self.inner.follower_lock.lock().await;
         let settled = {
             let mut rooms = lock(&self.inner.rooms);
             let Some(r) = rooms.get_mut(room) else { return Ok(None) };
@@ -1434,6 +1437,7 @@ impl Provider {
                     }
                     self.inner.store.commit(b).await?;
                 }
+                drop(serial);
                 // What it holds goes to the store the way a notify's entries do, or is fetched for.
                 if work { self.accept_entries(room, Vec::new(), false).await } else { Ok(None) }
             }
