@@ -46,7 +46,7 @@ use async_trait::async_trait;
 use bridge_api::RoomError;
 use bridge_api::RouteError;
 use bridge_api::event::{InboundEvent, MessageDraft, MessageStyle, Sender, TextFormat};
-use bridge_api::ids::{MessageId, NativeId, PortalId};
+use bridge_api::ids::{LegId, MessageId, NativeId, PortalId};
 use mimi_content::builder::ContentBuilder;
 use mimi_content::model::{ExternalPart, MultiPart, PartSemantics};
 use mimi_content::{Disposition, Message, MimiContent, NestedPart, PartBody};
@@ -115,6 +115,9 @@ struct Slot {
     behind_copy: bool,
     /// When the portal last joined its room again for that ([`remote`]).
     lost_rejoin_at: Option<std::time::Instant>,
+    /// In a room hosted elsewhere: the portal's messages its hub did not answer, in the order they were handed
+    /// (leg, native id, message id); read from the store once an opening needs it, then kept ([`remote`]).
+    queue: Option<std::collections::VecDeque<(LegId, NativeId, MessageId)>>,
 }
 
 /// The portals' room of record: MLS groups sequenced by the local hub. See the module documentation.
@@ -484,6 +487,7 @@ impl MlsRooms {
             resend: self.remote_hub(&room).is_some(),
             behind_copy: false,
             lost_rejoin_at: None,
+            queue: None,
         }));
         let slot = {
             let mut slots = self.slots.lock().map_err(unavailable)?;

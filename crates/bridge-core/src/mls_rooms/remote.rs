@@ -263,8 +263,8 @@ impl MlsRooms {
             // same sender could be further back than the other members' ratchets reach (a restart skips
             // generations). So while older ones wait for an answer, this one waits behind them.
             let waiting = match source {
-                Some(event) if s.resend => self.unanswered_before(&msg.portal, event, s)?,
-                _ => 0,
+                Some(event) if s.resend => self.waits_behind(&msg.portal, event, s)?,
+                _ => false,
             };
             let (id, message) = match again {
                 Some(again) => again,
@@ -290,16 +290,21 @@ impl MlsRooms {
                     if let Some(marked) = marked {
                         marked.await.unwrap_or(Err(mimi_store::StoreError::Closed)).map_err(unavailable)?;
                     }
+                    if let (Some((e, native)), Some(queue)) = (source, s.queue.as_mut())
+                        && !queue.iter().any(|(leg, n, _)| *leg == e.leg && n == native)
+                    {
+                        queue.push_back((e.leg.clone(), native.clone(), id));
+                    }
                     (id, MlsMessageBytes::new(ct).map_err(unavailable)?)
                 }
             };
             // Marked: the background hands it on after the older ones (a message without an event to mark goes
             // now: it could not wait).
-            if waiting > 0 && source.is_some() {
+            if waiting && source.is_some() {
                 self.spawn_unanswered(&msg.portal);
-                return Err(RoomError::Unavailable(format!(
-                    "queued behind {waiting} earlier message(s) the room's hub has not answered yet"
-                )));
+                return Err(RoomError::Unavailable(
+                    "queued behind earlier messages the room's hub has not answered yet".into(),
+                ));
             }
             let submitted = self.submit_remote(&room, hub, message, self.member.uri()).await;
             if let Ok(held) = self.held_back.lock().as_deref_mut() {
@@ -307,6 +312,12 @@ impl MlsRooms {
                     Err(RoomError::Unavailable(_)) => *held.entry(id).or_default() += 1,
                     _ => _ = held.remove(&id),
                 }
+            }
+            // Answered (taken, or refused for good): out of the queue.
+            if let (Some((e, native)), Some(queue)) = (source, s.queue.as_mut())
+                && matches!(submitted, Ok(Forwarded::Accepted(_)) | Err(RoomError::Refused(_)))
+            {
+                queue.retain(|(leg, n, _)| !(*leg == e.leg && n == native));
             }
             match submitted {
                 Ok(Forwarded::Accepted(seq)) => {
@@ -352,25 +363,48 @@ impl MlsRooms {
         Err(RoomError::Unavailable("the room's epoch keeps moving".into()))
     }
 
-    /// How many messages of `portal` that its room's hub did not answer come before the one of `event` (all of
-    /// them for an event not handed to the hub yet), in the order they were handed; those tried [`HOLD_TRIES`]
-    /// times in vain hold nothing back. Clears [`Slot::resend`] once none is left.
-    fn unanswered_before(
+    /// Whether a message of `portal` that its room's hub did not answer comes before the one of `event` (any, for
+    /// an event not handed to the hub yet) and holds it back; one tried [`HOLD_TRIES`] times in vain does not.
+    /// The portal's queue of them ([`Slot::queue`]) is read from the store once per opening, then kept as
+    /// messages are marked and answered; an entry whose mark is gone meanwhile (refused at a start, pruned) is
+    /// dropped when met. Clears [`Slot::resend`] once the queue is empty.
+    fn waits_behind(
         &self,
         portal: &PortalId,
         (event, native): (&InboundEvent, &NativeId),
         s: &mut Slot,
-    ) -> Result<usize, RoomError> {
-        let marked = crate::repo::Repo::new(self.provider.store()).unrecorded().map_err(unavailable)?;
-        let waiting: Vec<_> = marked.into_iter().filter(|u| u.submitted && u.portal.as_ref() == Some(portal)).collect();
-        if waiting.is_empty() {
+    ) -> Result<bool, RoomError> {
+        let repo = crate::repo::Repo::new(self.provider.store());
+        let queue = match &mut s.queue {
+            Some(queue) => queue,
+            None => {
+                let marked = repo.unrecorded().map_err(unavailable)?;
+                let mine = marked.into_iter().filter(|u| u.submitted && u.portal.as_ref() == Some(portal));
+                s.queue.insert(mine.map(|u| (u.event.leg, u.native, u.message_id)).collect())
+            }
+        };
+        let tried = |id: &MessageId| self.held_back.lock().ok().and_then(|h| h.get(id).copied()).unwrap_or(0);
+        let mut i = 0;
+        let mut waits = false;
+        while let Some((leg, n, id)) = queue.get(i) {
+            if *leg == event.leg && n == native {
+                break;
+            }
+            let marked = repo.sent(leg, n).map_err(unavailable)?;
+            if !marked.is_some_and(|m| m.submitted.is_some() && m.portal.as_ref() == Some(portal)) {
+                queue.remove(i);
+                continue;
+            }
+            if tried(id) < HOLD_TRIES {
+                waits = true;
+                break;
+            }
+            i += 1;
+        }
+        if queue.is_empty() {
             s.resend = false;
         }
-        let held = self.held_back.lock().map(|h| h.clone()).unwrap_or_default();
-        let holding = |u: &&crate::repo::Unrecorded| held.get(&u.message_id).is_none_or(|tries| *tries < HOLD_TRIES);
-        let mine = |u: &crate::repo::Unrecorded| event.leg == u.event.leg && *native == u.native;
-        let before = waiting.iter().position(mine).unwrap_or(waiting.len());
-        Ok(waiting[..before].iter().filter(holding).count())
+        Ok(waits)
     }
 
     /// The marker of `event` (native id `native`) in `portal`, if it has one.
