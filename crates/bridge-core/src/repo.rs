@@ -546,7 +546,8 @@ pub mod write {
     /// ([`Repo::unrecorded`]). The hub's answer replaces it with the marker of [`sent`].
     ///
     /// `turn`: when it was first handed and [`next_order`] then (those of the mark it replaces, for a message
-    /// encrypted again), which keep the marks of a portal in the order their messages go to the hub.
+    /// encrypted again), which keep the marks of a portal in the order their messages go to the hub; retention
+    /// counts a mark's age from that first handing too.
     pub fn submitted(
         b: &mut Batch,
         portal: &PortalId,

@@ -52,6 +52,24 @@ const LOST_REJOIN_PAUSE: Duration = Duration::from_secs(60);
 /// hub answering one message with errors that may pass, again and again, must not stop the portal for good.
 const HOLD_TRIES: u32 = 8;
 
+/// A task of [`MlsRooms::spawn_unanswered`]: removes its portal's entry when it ends, unless it did so itself.
+struct Running {
+    me: std::sync::Weak<MlsRooms>,
+    portal: PortalId,
+    armed: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(this) = self.me.upgrade()
+            && let Ok(mut entries) = this.unanswered.lock()
+        {
+            entries.remove(&self.portal);
+        }
+    }
+}
+
 /// The hub's answer to a message forwarded to it.
 pub(super) enum Forwarded {
     /// Sequenced, at this position of its log if it said.
@@ -179,18 +197,23 @@ impl MlsRooms {
     /// is (the bridge was away longer than the hub keeps its log, [`mimi_provider::Provider::copy_gone`]; the copy
     /// then starts over at this join): a portal linked to a room stays in it. What was sequenced before the new
     /// join is not read; the new join replaces the old leaf (an external commit removes the member with the same
-    /// key). The log cursor moves to the join at once: a restart must not look for what the copy no longer holds.
+    /// key). The log cursor moves to the join at once (or, if the hub did not say where the join is, to where the
+    /// copy starts): a restart must not look for what the copy no longer holds. A portal that joined again for a
+    /// lost copy does not do so again for [`LOST_REJOIN_PAUSE`] while its leaf is in the room (its messages still
+    /// go; only reading stops).
     pub(super) async fn rejoin_if_removed(&self, s: &mut Slot) -> Result<(), RoomError> {
         let Some(hub) = self.remote_hub(&s.room) else { return Ok(()) };
         let lost = s.behind_copy || self.provider.copy_gone(&s.room);
         if s.group.is_active() && !lost {
             return Ok(());
         }
+        // Joined again for that lately: not again yet while the leaf is in the room (the hub still takes its
+        // messages; only reading stops), whatever happens to the copy.
+        let paused = s.lost_rejoin_at.is_some_and(|at| !LOST_REJOIN_PAUSE.saturating_sub(at.elapsed()).is_zero());
+        if lost && paused && s.group.is_active() {
+            return Ok(());
+        }
         if lost {
-            if let Some(at) = s.lost_rejoin_at.filter(|at| at.elapsed() < LOST_REJOIN_PAUSE) {
-                let wait = LOST_REJOIN_PAUSE - at.elapsed();
-                return Err(RoomError::Unavailable(format!("the room was joined again lately; again in {wait:?}")));
-            }
             tracing::warn!(room = %s.room, hub, after = s.applied,
                 "the room's log no longer holds what this bridge missed; joining again (what was said meanwhile is not bridged)");
             metrics::counter!("mimi_bridge_errors_total", "kind" => "room_log_gone").increment(1);
@@ -290,10 +313,12 @@ impl MlsRooms {
                     if let Some(marked) = marked {
                         marked.await.unwrap_or(Err(mimi_store::StoreError::Closed)).map_err(unavailable)?;
                     }
-                    if let (Some((e, native)), Some(queue)) = (source, s.queue.as_mut())
-                        && !queue.iter().any(|(leg, n, _)| *leg == e.leg && n == native)
-                    {
-                        queue.push_back((e.leg.clone(), native.clone(), id));
+                    if let (Some((e, native)), Some(queue)) = (source, s.queue.as_mut()) {
+                        match queue.iter_mut().find(|(leg, n, _)| *leg == e.leg && n == native) {
+                            // Encrypted again (a newer epoch): its turn, its new id.
+                            Some(entry) => entry.2 = id,
+                            None => queue.push_back((e.leg.clone(), native.clone(), id)),
+                        }
                     }
                     (id, MlsMessageBytes::new(ct).map_err(unavailable)?)
                 }
@@ -386,20 +411,26 @@ impl MlsRooms {
         let tried = |id: &MessageId| self.held_back.lock().ok().and_then(|h| h.get(id).copied()).unwrap_or(0);
         let mut i = 0;
         let mut waits = false;
-        while let Some((leg, n, id)) = queue.get(i) {
+        while let Some((leg, n, queued)) = queue.get(i) {
             if *leg == event.leg && n == native {
                 break;
             }
+            // Tries are counted under the id the mark has now (one encrypted again has a new one).
             let marked = repo.sent(leg, n).map_err(unavailable)?;
-            if !marked.is_some_and(|m| m.submitted.is_some() && m.portal.as_ref() == Some(portal)) {
-                queue.remove(i);
-                continue;
+            match marked.filter(|m| m.submitted.is_some() && m.portal.as_ref() == Some(portal)) {
+                None => {
+                    if let Ok(mut held) = self.held_back.lock() {
+                        held.remove(queued);
+                    }
+                    queue.remove(i);
+                    continue;
+                }
+                Some(m) if tried(&m.message_id) < HOLD_TRIES => {
+                    waits = true;
+                    break;
+                }
+                Some(_) => i += 1,
             }
-            if tried(id) < HOLD_TRIES {
-                waits = true;
-                break;
-            }
-            i += 1;
         }
         if queue.is_empty() {
             s.resend = false;
@@ -438,6 +469,8 @@ impl MlsRooms {
         let (me, portal) = (self.me.clone(), portal.clone());
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
+            // However the task ends (a panic included), the portal's entry goes, so that a later one can start.
+            let mut running = Running { me: me.clone(), portal: portal.clone(), armed: true };
             let mut backoff = Duration::from_millis(200);
             loop {
                 let left = match router.upgrade() {
@@ -446,13 +479,14 @@ impl MlsRooms {
                 };
                 match left {
                     Ok(0) => {
-                        // Done, unless more was queued during the pass.
+                        // Done, unless more was queued during the pass (decided under the lock spawns take).
                         let Some(this) = me.upgrade() else { return };
-                        let Ok(mut running) = this.unanswered.lock() else { return };
-                        if running.get_mut(&portal).is_some_and(std::mem::take) {
+                        let Ok(mut entries) = this.unanswered.lock() else { return };
+                        if entries.get_mut(&portal).is_some_and(std::mem::take) {
                             continue;
                         }
-                        running.remove(&portal);
+                        entries.remove(&portal);
+                        running.armed = false;
                         return;
                     }
                     Ok(left) => tracing::warn!(portal = %portal, left, retry_in = ?backoff,
@@ -465,11 +499,6 @@ impl MlsRooms {
                     _ = stop.wait_for(|s| *s) => break,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            if let Some(this) = me.upgrade()
-                && let Ok(mut running) = this.unanswered.lock()
-            {
-                running.remove(&portal);
             }
         });
     }
