@@ -139,6 +139,10 @@ impl FollowerRoom {
             }
             _ => false,
         };
+        if restarting && !moved {
+            // Still lost: it holds nothing ([`FollowerRoom::on_fetch_gone`]).
+            self.held.clear();
+        }
         (moved, !self.held.is_empty())
     }
 

@@ -1029,9 +1029,10 @@ impl Provider {
             let last = *r.last.borrow();
             // `after` comes from clients and peers: nothing follows the largest sequence number.
             let Some(next) = after.checked_add(1) else { return Ok(Vec::new()) };
-            // A copy that cannot be completed ([`Provider::fetch_gone`]): its readers are told to join again.
+            // A copy that cannot be completed ([`Provider::fetch_gone`]): its readers get what it holds, then are
+            // told to join again.
             let lost = matches!(&r.role, Role::Follower { state, .. } if state.is_gone());
-            if lost {
+            if lost && after >= last {
                 return Err(ProviderError::Pruned { room: room.to_owned(), first: last.saturating_add(1) });
             }
             if next < r.first {

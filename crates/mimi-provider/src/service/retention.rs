@@ -58,6 +58,8 @@ impl Provider {
         };
         let mut removed = 0;
         loop {
+            // Not beside a followed copy's appends or its start over (`update_settled`), which move its start too.
+            let _serial = self.inner.follower_lock.lock().await;
             let (first, last) = match lock(&self.inner.rooms).get(room) {
                 Some(r) => (r.first, *r.last.borrow()),
                 None => return Ok(removed),
@@ -77,7 +79,7 @@ impl Provider {
             write::first(&mut b, room, next_first);
             self.inner.store.commit_later(b).await.unwrap_or(Err(StoreError::Closed))?;
             if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
-                r.first = next_first;
+                r.first = r.first.max(next_first);
                 if let Role::Hub(h) = &mut r.role {
                     h.forget_before(next_first);
                 }
