@@ -164,7 +164,7 @@ pub struct MlsRooms {
     /// with whether more was queued meanwhile.
     unanswered: Mutex<HashMap<PortalId, bool>>,
     /// Unanswered messages of rooms hosted elsewhere, by id: how many times the hub was tried in vain ([`remote`]).
-    held_back: Mutex<HashMap<MessageId, u32>>,
+    failed_tries: Mutex<HashMap<MessageId, u32>>,
     me: Weak<MlsRooms>,
 }
 
@@ -212,7 +212,7 @@ impl MlsRooms {
             federation: std::sync::OnceLock::new(),
             router: std::sync::OnceLock::new(),
             unanswered: Mutex::default(),
-            held_back: Mutex::default(),
+            failed_tries: Mutex::default(),
             me: me.clone(),
         })
     }
@@ -528,6 +528,8 @@ impl MlsRooms {
                 let close_now;
                 // When to add the leaves of the new speakers gathered so far (`Slot::wanted`).
                 let add_at;
+                // When a join again for a lost copy, paused, is due (`remote::LOST_REJOIN_PAUSE`).
+                let rejoin_at;
                 {
                     let mut s = slot.lock().await;
                     // Closed while this worker waited for the lock: the portal's group is another object now.
@@ -537,10 +539,15 @@ impl MlsRooms {
                     if let Err(e) = this.catch_up(&portal, &mut s).await {
                         tracing::warn!(portal = %portal, error = %e, "catching up with the room log failed");
                     }
-                    // In a room hosted elsewhere, a leaf removed from it joins again.
-                    if let Err(e) = this.rejoin_if_removed(&mut s).await {
+                    // In a room hosted elsewhere, a leaf removed from it, or whose copy of its log was lost, joins again.
+                    if let Err(e) = this.rejoin_if_needed(&mut s).await {
                         tracing::warn!(portal = %portal, error = %e, "joining the room again failed");
                     }
+                    rejoin_at = s
+                        .lost_rejoin_at
+                        .filter(|_| s.behind_copy || this.provider.copy_gone(&s.room))
+                        .map(|at| tokio::time::Instant::from_std(at) + remote::LOST_REJOIN_PAUSE)
+                        .filter(|at| *at > tokio::time::Instant::now());
                     let orphans = s.leaves.as_mut().map(UserLeaves::take_orphans).unwrap_or_default();
                     for uri in orphans {
                         this.remove_orphan(&portal, &mut s, &uri).await;
@@ -586,6 +593,7 @@ impl MlsRooms {
                     r = rx.changed() => if r.is_err() { return },
                     _ = sleep_until_some(sweep_at) => {}
                     _ = sleep_until_some(add_at) => {}
+                    _ = sleep_until_some(rejoin_at) => {}
                     _ = sleep_until_some(cursor_at) => {}
                     _ = sleep_until_some(close_at) => {
                         let Some(this) = me.upgrade() else { return };
@@ -609,7 +617,7 @@ impl MlsRooms {
             let entries = match self.provider.entries_after(&s.room, s.applied, 256) {
                 Ok(entries) => entries,
                 // A room hosted elsewhere whose copy no longer reaches back here: joined again
-                // (`remote::rejoin_if_removed`), and read from there.
+                // (`remote::rejoin_if_needed`), and read from there.
                 Err(mimi_provider::ProviderError::Pruned { .. }) if self.remote_hub(&s.room).is_some() => {
                     s.behind_copy = true;
                     return Ok(());

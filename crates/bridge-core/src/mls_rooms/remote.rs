@@ -46,7 +46,7 @@ const ORDER_WAIT: Duration = Duration::from_secs(2);
 
 /// The shortest time between two joins of a portal whose copy of the room's log was lost: a hub that answers a
 /// join without its place in the log leaves the copy lost, and joining again at once would only repeat it.
-const LOST_REJOIN_PAUSE: Duration = Duration::from_secs(60);
+pub(super) const LOST_REJOIN_PAUSE: Duration = Duration::from_secs(60);
 
 /// Tries (in this process) after which an unanswered message no longer holds the portal's later ones back: the
 /// hub answering one message with errors that may pass, again and again, must not stop the portal for good.
@@ -201,7 +201,7 @@ impl MlsRooms {
     /// copy starts): a restart must not look for what the copy no longer holds. A portal that joined again for a
     /// lost copy does not do so again for [`LOST_REJOIN_PAUSE`] while its leaf is in the room (its messages still
     /// go; only reading stops).
-    pub(super) async fn rejoin_if_removed(&self, s: &mut Slot) -> Result<(), RoomError> {
+    pub(super) async fn rejoin_if_needed(&self, s: &mut Slot) -> Result<(), RoomError> {
         let Some(hub) = self.remote_hub(&s.room) else { return Ok(()) };
         let lost = s.behind_copy || self.provider.copy_gone(&s.room);
         if s.group.is_active() && !lost {
@@ -276,7 +276,14 @@ impl MlsRooms {
         // The hub said the message handed to it last is of an epoch it left: encrypted again.
         let mut stale = false;
         for _ in 0..=EPOCH_RETRIES {
-            self.rejoin_if_removed(s).await?;
+            if let Err(e) = self.rejoin_if_needed(s).await {
+                // A leaf still in the room (its copy lost) can still send: the message is marked and goes, or
+                // waits in the queue; a removed one cannot.
+                if !s.group.is_active() {
+                    return Err(e);
+                }
+                tracing::warn!(portal = %msg.portal, error = %e, "joining the room again failed; the message goes on");
+            }
             // Even in a later epoch: the hub looks a message up by its digest before it judges its epoch.
             let again = match source {
                 Some((e, native)) if !stale => self.handed_before(&msg.portal, e, native)?,
@@ -332,7 +339,7 @@ impl MlsRooms {
                 ));
             }
             let submitted = self.submit_remote(&room, hub, message, self.member.uri()).await;
-            if let Ok(held) = self.held_back.lock().as_deref_mut() {
+            if let Ok(held) = self.failed_tries.lock().as_deref_mut() {
                 match &submitted {
                     Err(RoomError::Unavailable(_)) => *held.entry(id).or_default() += 1,
                     _ => _ = held.remove(&id),
@@ -408,7 +415,7 @@ impl MlsRooms {
                 s.queue.insert(mine.map(|u| (u.event.leg, u.native, u.message_id)).collect())
             }
         };
-        let tried = |id: &MessageId| self.held_back.lock().ok().and_then(|h| h.get(id).copied()).unwrap_or(0);
+        let tried = |id: &MessageId| self.failed_tries.lock().ok().and_then(|h| h.get(id).copied()).unwrap_or(0);
         let mut i = 0;
         let mut waits = false;
         while let Some((leg, n, queued)) = queue.get(i) {
@@ -419,7 +426,7 @@ impl MlsRooms {
             let marked = repo.sent(leg, n).map_err(unavailable)?;
             match marked.filter(|m| m.submitted.is_some() && m.portal.as_ref() == Some(portal)) {
                 None => {
-                    if let Ok(mut held) = self.held_back.lock() {
+                    if let Ok(mut held) = self.failed_tries.lock() {
                         held.remove(queued);
                     }
                     queue.remove(i);
