@@ -7,7 +7,7 @@
 //! bridge's leaf is shown as the legacy user it speaks for, and only for a user of its own domain.
 
 use crate::provider_portal::Native;
-use bridge_api::event::{InboundKind, MessageDraft, MessageStyle, OutboundKind};
+use bridge_api::event::{InboundKind, MessageDraft, MessageStyle, OutboundEvent, OutboundKind};
 use bridge_api::{AccountContext, AccountId, LegacyUser, PortalId};
 use bridge_core::MlsRooms;
 use bridge_core::mls_rooms::decode_incoming;
@@ -126,6 +126,21 @@ async fn delivered(side: &Side, n: usize) -> (String, String) {
         OutboundKind::Message { draft, .. } => (got[n - 1].sender.display_name.clone(), draft.body.clone()),
         other => panic!("not a message: {other:?}"),
     }
+}
+
+/// The bodies of the messages among `deliveries`, in order.
+fn bodies<'a>(deliveries: impl IntoIterator<Item = &'a OutboundEvent>) -> Vec<String> {
+    let messages = deliveries.into_iter().filter_map(|d| match &d.kind {
+        OutboundKind::Message { draft, .. } => Some(draft.body.clone()),
+        _ => None,
+    });
+    messages.collect()
+}
+
+/// The bodies of the messages delivered to `side`'s leg `room` so far.
+fn bodies_on(side: &Side, room: &str) -> Vec<String> {
+    let leg = side.net.leg(room);
+    bodies(side.net.delivered().iter().filter(|d| d.leg == leg))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,13 +285,7 @@ async fn a_line_whose_answer_was_lost_is_sent_again_as_the_same_message_and_sequ
     assert_eq!(delivered(&a, 1).await.1, "did you get this?");
     b.net.say("#rust", "bob", "and this").await.1.expect("bridged");
     let got = a.net.wait_delivered(2, WAIT).await;
-    let texts: Vec<String> = got
-        .iter()
-        .filter_map(|d| match &d.kind {
-            OutboundKind::Message { draft, .. } => Some(draft.body.clone()),
-            _ => None,
-        })
-        .collect();
+    let texts = bodies(&got);
     assert_eq!(texts, ["did you get this?", "and this"], "each line once");
     a.router.shutdown().await;
     b.router.shutdown().await;
@@ -302,26 +311,11 @@ async fn lines_the_hub_never_got_go_again_in_the_background_in_order() {
     // Marked and queued behind the first (so answered as not bridged yet), or sent after it.
     let _ = b.net.say("#rust", "bob", "next").await.1;
     let got = a.net.wait_delivered(3, WAIT).await;
-    let texts: Vec<String> = got
-        .iter()
-        .filter_map(|d| match &d.kind {
-            OutboundKind::Message { draft, .. } => Some(draft.body.clone()),
-            _ => None,
-        })
-        .collect();
+    let texts = bodies(&got);
     assert_eq!(texts, ["while a.test was down", "still down", "next"], "in the order they were said, once each");
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let also: Vec<String> = b
-            .net
-            .delivered()
-            .into_iter()
-            .filter(|d| d.leg == b.net.leg("#also"))
-            .filter_map(|d| match d.kind {
-                OutboundKind::Message { draft, .. } => Some(draft.body),
-                _ => None,
-            })
-            .collect();
+        let also = bodies_on(&b, "#also");
         if also.len() >= 3 {
             assert_eq!(also, ["while a.test was down", "still down", "next"], "in order, once each");
             break;
@@ -357,14 +351,7 @@ async fn a_line_whose_answer_was_lost_before_a_restart_is_sequenced_once_and_rea
     network.lose_answers("a.test", 0);
     network.set_down("a.test", true);
     let b = Side::start_in(dir, &network, "b.test", Some(ROOM), Duration::from_secs(3600)).await;
-    let on_also = |b: &Side| -> Vec<String> {
-        let got = b.net.delivered().into_iter().filter(|d| d.leg == b.net.leg("#also"));
-        got.filter_map(|d| match d.kind {
-            OutboundKind::Message { draft, .. } => Some(draft.body),
-            _ => None,
-        })
-        .collect()
-    };
+    let on_also = |b: &Side| bodies_on(b, "#also");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(on_also(&b).is_empty(), "recorded before the hub answered: {:?}", on_also(&b));
     network.set_down("a.test", false);
@@ -379,13 +366,7 @@ async fn a_line_whose_answer_was_lost_before_a_restart_is_sequenced_once_and_rea
     b.net.say_with_id("#rust", "bob", "line-1", line()).await.expect("answered");
     b.net.say("#rust", "bob", "and this").await.1.expect("bridged");
     let got = a.net.wait_delivered(2, WAIT).await;
-    let texts: Vec<String> = got
-        .iter()
-        .filter_map(|d| match &d.kind {
-            OutboundKind::Message { draft, .. } => Some(draft.body.clone()),
-            _ => None,
-        })
-        .collect();
+    let texts = bodies(&got);
     assert_eq!(texts, ["did you get this?", "and this"], "each line once in the room");
     let deadline = tokio::time::Instant::now() + WAIT;
     while on_also(&b).len() < 2 {
