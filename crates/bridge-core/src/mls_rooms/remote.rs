@@ -30,7 +30,7 @@ use super::{MlsRooms, Slot, unavailable};
 use crate::room_of_record::{GroupMessage, Published};
 use bridge_api::RoomError;
 use bridge_api::event::InboundEvent;
-use bridge_api::ids::{MessageId, NativeId, PortalId};
+use bridge_api::ids::{LegId, MessageId, NativeId, PortalId};
 use mimi_mls::{CommitOutput, EngineConfig, OFFLOAD_MEMBERS, PortalGroup, offload};
 use mimi_protocol::wire::{GroupInfoOption, MlsMessageBytes, RatchetTreeOption, UpdateRequest};
 use mimi_provider::{Failure, Federation, Status, Verdict};
@@ -225,10 +225,9 @@ impl MlsRooms {
         s.behind_copy = false;
         if lost {
             s.lost_rejoin_at = Some(std::time::Instant::now());
-        }
-        if lost && let Some(router) = self.router.get().and_then(|r| r.upgrade()) {
+            let router = self.router.get().and_then(|r| r.upgrade());
             let portal = self.known.lock().ok().and_then(|k| k.get(&s.room).cloned());
-            if let Some(portal) = portal {
+            if let (Some(router), Some(portal)) = (router, portal) {
                 router.notice(&portal, format!(
                     "⚠ this bridge was away longer than {hub} keeps the room's history: what was said there meanwhile is not bridged"
                 ));
@@ -284,11 +283,18 @@ impl MlsRooms {
                 }
                 tracing::warn!(portal = %msg.portal, error = %e, "joining the room again failed; the message goes on");
             }
-            // Even in a later epoch: the hub looks a message up by its digest before it judges its epoch.
-            let again = match source {
-                Some((e, native)) if !stale => self.handed_before(&msg.portal, e, native)?,
+            // The event's mark, if it was handed to the hub before: the same message goes again (even in a later
+            // epoch: the hub looks a message up by its digest before it judges its epoch), unless the hub said its
+            // epoch is too old; encrypted again, it keeps the mark's turn.
+            let mark = match source {
+                Some((e, native)) => self.marked(&msg.portal, &e.leg, native)?,
+                None => None,
+            };
+            let again = match &mark {
+                Some(m) if !stale => m.submitted().map(|ct| MlsMessageBytes::new(ct).map(|ct| (m.message_id, ct))),
                 _ => None,
             };
+            let again = again.transpose().map_err(unavailable)?;
             // Messages go to the hub in the order they were encrypted: one that came behind newer messages of the
             // same sender could be further back than the other members' ratchets reach (a restart skips
             // generations). So while older ones wait for an answer, this one waits behind them.
@@ -311,7 +317,7 @@ impl MlsRooms {
                     // epoch), so that it keeps its turn.
                     let marked = source.map(|(e, native)| {
                         let mut b = Batch::new();
-                        let turn = self.marked(&msg.portal, e, native).map(|m| (m.at_ms, m.order));
+                        let turn = mark.as_ref().map(|m| (m.at_ms, m.order));
                         let turn = turn.unwrap_or_else(|| (crate::outbox::now_ms(), crate::repo::write::next_order()));
                         crate::repo::write::submitted(&mut b, &msg.portal, e, native, &id, &ct, turn);
                         self.provider.store().commit_later(b)
@@ -406,11 +412,10 @@ impl MlsRooms {
         (event, native): (&InboundEvent, &NativeId),
         s: &mut Slot,
     ) -> Result<bool, RoomError> {
-        let repo = crate::repo::Repo::new(self.provider.store());
         let queue = match &mut s.queue {
             Some(queue) => queue,
             None => {
-                let marked = repo.unrecorded().map_err(unavailable)?;
+                let marked = crate::repo::Repo::new(self.provider.store()).unrecorded().map_err(unavailable)?;
                 let mine = marked.into_iter().filter(|u| u.submitted && u.portal.as_ref() == Some(portal));
                 s.queue.insert(mine.map(|u| (u.event.leg, u.native, u.message_id)).collect())
             }
@@ -423,8 +428,7 @@ impl MlsRooms {
                 break;
             }
             // Tries are counted under the id the mark has now (one encrypted again has a new one).
-            let marked = repo.sent(leg, n).map_err(unavailable)?;
-            match marked.filter(|m| m.submitted.is_some() && m.portal.as_ref() == Some(portal)) {
+            match self.marked(portal, leg, n)?.filter(|m| m.submitted.is_some()) {
                 None => {
                     if let Ok(mut held) = self.failed_tries.lock() {
                         held.remove(queued);
@@ -445,10 +449,15 @@ impl MlsRooms {
         Ok(waits)
     }
 
-    /// The marker of `event` (native id `native`) in `portal`, if it has one.
-    fn marked(&self, portal: &PortalId, event: &InboundEvent, native: &NativeId) -> Option<crate::repo::SentMarker> {
-        let marker = crate::repo::Repo::new(self.provider.store()).sent(&event.leg, native).ok().flatten();
-        marker.filter(|m| m.portal.as_ref() == Some(portal))
+    /// The marker of the event `native` of `leg` in `portal`, if it has one ([`crate::repo::SentMarker`]).
+    fn marked(
+        &self,
+        portal: &PortalId,
+        leg: &LegId,
+        native: &NativeId,
+    ) -> Result<Option<crate::repo::SentMarker>, RoomError> {
+        let marker = crate::repo::Repo::new(self.provider.store()).sent(leg, native).map_err(unavailable)?;
+        Ok(marker.filter(|m| m.portal.as_ref() == Some(portal)))
     }
 
     /// Publishes `portal`'s unanswered and unrecorded events through the router
@@ -508,20 +517,6 @@ impl MlsRooms {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         });
-    }
-
-    /// The message `event` (native id `native`) of `portal` was handed to the hub as, if the hub has not answered
-    /// yet ([`crate::repo::write::submitted`]).
-    fn handed_before(
-        &self,
-        portal: &PortalId,
-        event: &InboundEvent,
-        native: &NativeId,
-    ) -> Result<Option<(MessageId, MlsMessageBytes)>, RoomError> {
-        let marker = crate::repo::Repo::new(self.provider.store()).sent(&event.leg, native).map_err(unavailable)?;
-        let Some(marker) = marker.filter(|m| m.portal.as_ref() == Some(portal)) else { return Ok(None) };
-        let Some(message) = marker.submitted() else { return Ok(None) };
-        Ok(Some((marker.message_id, MlsMessageBytes::new(message).map_err(unavailable)?)))
     }
 
     /// Forwards an application message of `sender` (a local member) to `hub`, the hub of `room`.
