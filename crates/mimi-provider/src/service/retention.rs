@@ -32,17 +32,16 @@ impl Provider {
 
     /// Adds to `b` the removal of the entries of `room` from `from` up to (not including) `below`: those of a
     /// copy that started over (a join into a lost copy), below its new start.
-    pub(super) fn drop_entries(&self, b: &mut Batch, room: &str, from: u64, below: u64) -> Result<u64, ProviderError> {
+    pub(super) fn drop_entries(&self, b: &mut Batch, room: &str, from: u64, below: u64) -> Result<(), ProviderError> {
         let recs = Records(&self.inner.store);
-        let (mut after, mut removed) = (from.saturating_sub(1), 0);
+        let mut after = from.saturating_sub(1);
         loop {
             let entries = recs.entries_after(room, after, BATCH)?;
             let old: Vec<_> = entries.iter().take_while(|e| e.seq < below).collect();
-            let Some(last) = old.last().map(|e| e.seq) else { return Ok(removed) };
+            let Some(last) = old.last().map(|e| e.seq) else { return Ok(()) };
             for e in &old {
                 write::drop_entry(b, room, e.seq, &digest(&e.fanout.message));
             }
-            removed += old.len() as u64;
             after = last;
         }
     }
