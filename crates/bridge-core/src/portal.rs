@@ -23,7 +23,7 @@ use bridge_api::event::{
 };
 use bridge_api::ids::{LegId, MessageId, NativeId, TxnId};
 use bridge_api::uri::LegacyUser;
-use bridge_api::{Accepted, RouteError};
+use bridge_api::{Accepted, RoomError, RouteError};
 use mimi_store::Batch;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -218,6 +218,8 @@ impl Portal {
                     let leg = event.leg.to_string();
                     let span = tracing::info_span!("inbound", leg = %leg,
                         native = event.native_id.as_ref().map(|n| n.0.as_str()), message = tracing::field::Empty);
+                    // Who to tell if the room refuses it.
+                    let from = (event.leg.clone(), event.native_id.clone(), event.sender.clone(), event.from_bridge);
                     let r = self.inbound(*event, &mut batch, &mut work).instrument(span.clone()).await;
                     let outcome = match &r {
                         Ok(Accepted::Bridged(id)) => {
@@ -231,6 +233,9 @@ impl Portal {
                         Err(e) => {
                             span.in_scope(|| tracing::warn!(error = %e, "inbound event not bridged"));
                             count_error(e);
+                            if let RouteError::Room(RoomError::Refused(reason)) = e {
+                                self.tell_sender(from, reason, &mut work);
+                            }
                             "refused"
                         }
                     };
@@ -242,11 +247,7 @@ impl Portal {
                     acks.push((ack, r));
                 }
                 PortalInput::Undeliverable { event, reason } => self.report_undeliverable(&event, &reason, &mut work),
-                PortalInput::Refused { leg, sender, reason } => {
-                    let body = format!("⚠ {}: your message was not bridged: {reason}", sender.shown_name());
-                    let id = ephemeral_id();
-                    self.notice(leg, id, TxnId(format!("refused-{}", id.to_hex())), body, &mut work);
-                }
+                PortalInput::Refused { leg, sender, reason } => self.refused(leg, &sender, &reason, &mut work),
                 PortalInput::Status { reply } => {
                     let _ = reply.send(self.status());
                 }
@@ -765,6 +766,26 @@ impl Portal {
                 queued_at_ms: crate::outbox::now_ms(),
             };
             work.push((leg.clone(), LegWork::new(None, event)));
+        }
+    }
+
+    /// Tells `sender`, on `leg`, that their message was not bridged, and why.
+    fn refused(&self, leg: LegId, sender: &LegacyUser, reason: &str, work: &mut Vec<(LegId, LegWork)>) {
+        let body = format!("⚠ {}: your message was not bridged: {reason}", sender.shown_name());
+        let id = ephemeral_id();
+        self.notice(leg, id, TxnId(format!("refused-{}", id.to_hex())), body, work);
+    }
+
+    /// Tells the sender of an inbound event the room refused for good (the hub of a room hosted elsewhere
+    /// refused it, or did not take it before deliveries are given up), unless they were told lately.
+    fn tell_sender(
+        &self,
+        (leg, native, sender, from_bridge): (LegId, Option<NativeId>, LegacyUser, bool),
+        reason: &str,
+        work: &mut Vec<(LegId, LegWork)>,
+    ) {
+        if self.shared.tell_refused(&leg, native.as_ref(), &sender.native_id, from_bridge) {
+            self.refused(leg, &sender, reason, work);
         }
     }
 

@@ -1,4 +1,5 @@
-//! Which refusals at intake (an event too large to bridge) get a notice to their sender, sans IO.
+//! Which refused events (too large to bridge at intake, refused for good by the room of record) get a notice to
+//! their sender, sans IO.
 //!
 //! A notice is visible to the whole room, so it must not be a way to make the bridge talk: a redelivery of a
 //! refused event (a homeserver retrying its transaction, an XMPP archive replayed after a reconnect) gets none —

@@ -85,7 +85,8 @@ pub(crate) struct Shared {
     legs: RwLock<HashMap<LegId, PortalId>>,
     /// Native ids of deliveries whose record may not be durable yet (see [`Shared::recent_delivery`]).
     recent: std::sync::Mutex<HashMap<(LegId, NativeId), MessageId>>,
-    /// Events refused at intake lately, so that their senders are told once ([`crate::refusals`]).
+    /// Events refused lately (at intake, or by the room of record), so that their senders are told once
+    /// ([`crate::refusals`]).
     refusals: std::sync::Mutex<crate::refusals::Refusals>,
     portals: tokio::sync::Mutex<HashMap<PortalId, PortalHandle>>,
     senders: RwLock<HashMap<PortalId, mpsc::Sender<Box<PortalInput>>>>,
@@ -107,6 +108,13 @@ impl Shared {
     /// A delivery noted by [`Shared::note_delivery`].
     pub(crate) fn recent_delivery(&self, leg: &LegId, native: &NativeId) -> Option<MessageId> {
         self.recent.lock().ok()?.get(&(leg.clone(), native.clone())).copied()
+    }
+
+    /// Notes that the event `native` of `sender` on `leg` was refused: true if its sender should be told now
+    /// (once per event, at most once a minute per sender, never for the bridge's own echoes; [`crate::refusals`]).
+    pub(crate) fn tell_refused(&self, leg: &LegId, native: Option<&NativeId>, sender: &str, from_bridge: bool) -> bool {
+        !from_bridge
+            && self.refusals.lock().is_ok_and(|mut r| r.refused(leg, native, sender, std::time::Instant::now()))
     }
 }
 
@@ -428,10 +436,12 @@ impl RouterHandle {
             tracing::warn!(leg = %event.leg, error = %e, "inbound event refused");
             count_error(&e);
             // Its sender is told, in the room they wrote in (if the portal has room in its queue for that), once.
-            let tell = !event.from_bridge
-                && self.inner.refusals.lock().is_ok_and(|mut r| {
-                    r.refused(&event.leg, event.native_id.as_ref(), &event.sender.native_id, std::time::Instant::now())
-                });
+            let tell = self.inner.tell_refused(
+                &event.leg,
+                event.native_id.as_ref(),
+                &event.sender.native_id,
+                event.from_bridge,
+            );
             if tell && let Some(tx) = self.portal_of(&event.leg).and_then(|p| self.sender(&p)) {
                 let reason = format!("it is too large ({size} bytes; this bridge takes at most {max})");
                 let _ = tx.try_send(Box::new(PortalInput::Refused {
