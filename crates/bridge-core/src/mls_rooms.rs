@@ -165,6 +165,9 @@ pub struct MlsRooms {
     unanswered: Mutex<HashMap<PortalId, bool>>,
     /// Unanswered messages of rooms hosted elsewhere, by id: how many times the hub was tried in vain ([`remote`]).
     failed_tries: Mutex<HashMap<MessageId, u32>>,
+    /// Events of remote portals the hub has not taken, by leg and native id: since when this process has been
+    /// trying ([`remote`]; removed once the hub answers, or the message is given up).
+    unanswered_since: Mutex<HashMap<(LegId, NativeId), std::time::Instant>>,
     me: Weak<MlsRooms>,
 }
 
@@ -213,6 +216,7 @@ impl MlsRooms {
             router: std::sync::OnceLock::new(),
             unanswered: Mutex::default(),
             failed_tries: Mutex::default(),
+            unanswered_since: Mutex::default(),
             me: me.clone(),
         })
     }

@@ -582,11 +582,20 @@ impl Portal {
                 .sent(leg, native)
                 .map_err(store_error)?
                 // Sequenced in another portal's group, which the leg left since: not this portal's message.
-                .filter(|m| m.portal.as_ref().is_none_or(|p| *p == self.rec.id))
-                // Handed to a hub that has not answered: published again (as the same message, by the room).
-                .filter(|m| m.submitted.is_none()),
+                .filter(|m| m.portal.as_ref().is_none_or(|p| *p == self.rec.id)),
             None => None,
         };
+        // Given up before (its sender was told then): not published now, when its network sends it again, and
+        // not told again.
+        if let (Some(m), Some((leg, native))) = (&sent, source)
+            && m.given_up
+        {
+            self.shared.first_refusal(leg, native);
+            let why = "the room's hub did not take it in time, and it was given up";
+            return Err(RouteError::Room(RoomError::Refused(why.into())));
+        }
+        // Handed to a hub that has not answered: published again (as the same message, by the room).
+        let sent = sent.filter(|m| m.submitted.is_none());
         let published = match sent {
             Some(marker) => {
                 let id = marker.message_id;
@@ -777,14 +786,22 @@ impl Portal {
     }
 
     /// Tells the sender of an inbound event the room refused for good (the hub of a room hosted elsewhere
-    /// refused it, or did not take it before deliveries are given up), unless they were told lately.
+    /// refused it, or did not take it in time), unless they were told of it, or of another refusal lately: of one
+    /// given up, whose mark says so, each is told once.
     fn tell_sender(
         &self,
         (leg, native, sender, from_bridge): (LegId, Option<NativeId>, LegacyUser, bool),
         reason: &str,
         work: &mut Vec<(LegId, LegWork)>,
     ) {
-        if self.shared.tell_refused(&leg, native.as_ref(), &sender.native_id, from_bridge) {
+        let given_up = native
+            .as_ref()
+            .is_some_and(|n| Repo::new(&self.shared.store).sent(&leg, n).ok().flatten().is_some_and(|m| m.given_up));
+        let tell = match &native {
+            Some(n) if given_up => !from_bridge && self.shared.first_refusal(&leg, n),
+            _ => self.shared.tell_refused(&leg, native.as_ref(), &sender.native_id, from_bridge),
+        };
+        if tell {
             self.refused(leg, &sender, reason, work);
         }
     }

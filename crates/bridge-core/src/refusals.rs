@@ -23,20 +23,29 @@ pub struct Refusals {
 }
 
 impl Refusals {
+    /// Notes that the event `native` on `leg` was refused; true unless it was before (of those remembered).
+    /// Without the limit per sender: for a refusal that only the sender's own messages can cause, one each.
+    pub fn first(&mut self, leg: &LegId, native: &NativeId) -> bool {
+        let key = (leg.clone(), native.clone());
+        if self.refused.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= REMEMBERED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.refused.remove(&old);
+        }
+        self.refused.insert(key.clone());
+        self.order.push_back(key);
+        true
+    }
+
     /// Notes that the event `native` from `sender` on `leg` was refused; true if its sender should be told now.
     pub fn refused(&mut self, leg: &LegId, native: Option<&NativeId>, sender: &str, now: Instant) -> bool {
-        if let Some(n) = native {
-            let key = (leg.clone(), n.clone());
-            if self.refused.contains(&key) {
-                return false;
-            }
-            if self.order.len() >= REMEMBERED
-                && let Some(old) = self.order.pop_front()
-            {
-                self.refused.remove(&old);
-            }
-            self.refused.insert(key.clone());
-            self.order.push_back(key);
+        if let Some(n) = native
+            && !self.first(leg, n)
+        {
+            return false;
         }
         if self.told.len() >= REMEMBERED {
             self.told.retain(|_, at| now.saturating_duration_since(*at) < PER_SENDER);

@@ -160,6 +160,10 @@ pub struct SentMarker {
     /// the hub sequences once (it knows a message it took by its digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted: Option<String>,
+    /// Given up ([`write::given_up`]): the hub of a room hosted elsewhere did not take the message in time, and
+    /// its sender was told; the event is refused if its network sends it again (until retention prunes this).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub given_up: bool,
 }
 
 impl SentMarker {
@@ -370,7 +374,16 @@ impl<'a> Repo<'a> {
         let mut found = Vec::new();
         for (key, value) in self.store.scan_prefix(IDS, b"p")? {
             match serde_json::from_slice::<SentMarker>(&value) {
-                Ok(SentMarker { message_id, at_ms, event: Some(event), order, portal, seq, submitted }) => {
+                Ok(SentMarker {
+                    message_id,
+                    at_ms,
+                    event: Some(event),
+                    order,
+                    portal,
+                    seq,
+                    submitted,
+                    given_up: false,
+                }) => {
                     // The key: `p`, the leg (length-prefixed), the native id the message stands for.
                     let Some((_, native)) = split_lp(&key[1..]) else { continue };
                     let native = NativeId(String::from_utf8_lossy(native).into_owned());
@@ -589,8 +602,25 @@ pub mod write {
             order,
             seq,
             submitted,
+            given_up: false,
         };
         b.put(IDS, sent_key(&event.leg, native), enc(&marker));
+    }
+
+    /// Replaces the [`submitted`] marker of the event `native` of `leg` by one that says it was given up
+    /// ([`SentMarker::given_up`]; without the event, so that no start publishes it again).
+    pub fn given_up(b: &mut Batch, portal: &PortalId, leg: &LegId, native: &NativeId, msg: &MessageId) {
+        let marker = SentMarker {
+            message_id: *msg,
+            at_ms: now_ms(),
+            event: None,
+            portal: Some(portal.clone()),
+            order: next_order(),
+            seq: None,
+            submitted: None,
+            given_up: true,
+        };
+        b.put(IDS, sent_key(leg, native), enc(&marker));
     }
 
     /// Removes the marker of [`sent`] (the portal recorded the event).

@@ -80,7 +80,8 @@ pub struct PruneReport {
     /// Records stamped with a time (written before retention existed).
     pub stamped: u64,
     /// Markers of inbound events published but never recorded, whose network never redelivered them
-    /// ([`crate::repo::write::sent`]), after the failed deliveries' retention.
+    /// ([`crate::repo::write::sent`]), or given up ([`crate::repo::write::given_up`]), after the failed
+    /// deliveries' retention.
     pub sent_markers: u64,
     /// Registered kinds: name and count.
     pub others: Vec<(String, u64)>,

@@ -68,6 +68,19 @@ pub enum GroupContent {
     },
 }
 
+impl GroupContent {
+    /// How a notice names it: its text, or what it does.
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Message { draft, .. } => draft.body.clone(),
+            Self::Edit { draft, .. } => format!("(edit) {}", draft.body),
+            Self::Delete { .. } => "(a deletion)".into(),
+            Self::Reaction { key, .. } => format!("(reaction {key})"),
+            Self::Unreact { .. } => "(a reaction taken back)".into(),
+        }
+    }
+}
+
 /// A message the room of record sequenced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {

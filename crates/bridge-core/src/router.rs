@@ -46,6 +46,10 @@ pub struct RouterConfig {
     pub retry_max: Duration,
     /// After this long without success a delivery is given up and reported as undeliverable.
     pub give_up_after: Duration,
+    /// After this long without an answer (in this process, from its first failed try), a message for the hub of
+    /// a room hosted elsewhere is given up and its sender told: longer than a delivery, since a message the hub
+    /// never takes is lost to the whole room, this bridge's other legs included.
+    pub hub_give_up_after: Duration,
     /// Hand deliveries to the legs while the portal's record of them is being made durable, where the room of
     /// record makes that safe (see `Portal::settle`): one fsync less on every message's way. `false` waits for
     /// the record first (the benchmarks' baseline).
@@ -63,6 +67,7 @@ impl RouterConfig {
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
             give_up_after: Duration::from_secs(3600),
+            hub_give_up_after: Duration::from_secs(24 * 3600),
             deliver_before_durable: true,
         }
     }
@@ -115,6 +120,12 @@ impl Shared {
     pub(crate) fn tell_refused(&self, leg: &LegId, native: Option<&NativeId>, sender: &str, from_bridge: bool) -> bool {
         !from_bridge
             && self.refusals.lock().is_ok_and(|mut r| r.refused(leg, native, sender, std::time::Instant::now()))
+    }
+
+    /// Notes that the event `native` on `leg` was refused: true the first time (no limit per sender; see
+    /// [`crate::refusals::Refusals::first`]).
+    pub(crate) fn first_refusal(&self, leg: &LegId, native: &NativeId) -> bool {
+        self.refusals.lock().is_ok_and(|mut r| r.first(leg, native))
     }
 }
 
@@ -214,8 +225,11 @@ impl RouterHandle {
                 Err(e) => Err(e),
             };
             // Its portal forgets the marker in the batch that records the message.
-            let recorded = Repo::new(&self.inner.store).sent(&leg, &native).map_err(store_error)?.is_none();
+            let marker = Repo::new(&self.inner.store).sent(&leg, &native).map_err(store_error)?;
+            let recorded = marker.is_none();
             let forget = match outcome {
+                // Given up (its sender told): the mark that says so stays, for a redelivery.
+                _ if marker.is_some_and(|m| m.given_up) => false,
                 // The room refused to publish it for good (its marker is dropped with it, if the room did not
                 // already). One it sequenced stays: the room holds it.
                 Err(e @ RouteError::Room(bridge_api::RoomError::Refused(_))) if submitted => {
@@ -264,6 +278,11 @@ impl RouterHandle {
         if let Some(tx) = self.sender(portal) {
             let _ = tx.try_send(Box::new(PortalInput::Notice { body }));
         }
+    }
+
+    /// How long a message for the hub of a room hosted elsewhere is tried ([`RouterConfig::hub_give_up_after`]).
+    pub(crate) fn hub_give_up_after(&self) -> Duration {
+        self.inner.cfg.hub_give_up_after
     }
 
     /// A handle that does not keep the router alive ([`WeakRouter::upgrade`]).

@@ -24,7 +24,10 @@
 //! knows a message it took by its digest whatever its epoch now (as long as its log holds the entry), sequences it
 //! once and answers with its place; a hub that says the message's epoch is too old never took it, and the event
 //! is encrypted again. So a crash or a lost answer neither loses the message on this bridge's other legs nor puts
-//! it twice in the room.
+//! it twice in the room. A message this process has tried for longer than the router's `hub_give_up_after` (a day
+//! by default) without an answer is given up: its mark says so ([`crate::repo::write::given_up`]), the portal
+//! tells its sender that it was not bridged, and refuses the event if its network sends it again (a hub that took
+//! it and then only failed to answer has it in the room, without this bridge's other legs).
 
 use super::{MlsRooms, Slot, unavailable};
 use crate::room_of_record::{GroupMessage, Published};
@@ -51,6 +54,9 @@ pub(super) const LOST_REJOIN_PAUSE: Duration = Duration::from_secs(60);
 /// Tries (in this process) after which an unanswered message no longer holds the portal's later ones back: the
 /// hub answering one message with errors that may pass, again and again, must not stop the portal for good.
 const HOLD_TRIES: u32 = 8;
+
+/// Most unanswered events [`MlsRooms::unanswered`] keeps the first failed try of.
+const MAX_UNANSWERED: usize = 65_536;
 
 /// A task of [`MlsRooms::spawn_unanswered`]: removes its portal's entry when it ends, unless it did so itself.
 struct Running {
@@ -255,13 +261,23 @@ impl MlsRooms {
         s: &mut Slot,
     ) -> Result<Published, RoomError> {
         let published = self.publish_remote_in_order(hub, msg, source, s).await;
-        // Whatever failed that may pass, once the event may be marked: it goes again in the background, and the
-        // portal's next messages wait behind it.
-        if matches!(published, Err(RoomError::Unavailable(_))) && source.is_some() {
-            s.resend = true;
-            self.spawn_unanswered(&msg.portal);
+        let Some((event, native)) = source else { return published };
+        match published {
+            // Whatever failed that may pass, once the event may be marked: it goes again in the background, and
+            // the portal's next messages wait behind it; unless it has waited too long.
+            Err(RoomError::Unavailable(why)) => {
+                let e = self.unanswered(&msg.portal, (&event.leg, native), &msg.content.shown(), why).await;
+                if matches!(e, RoomError::Unavailable(_)) {
+                    s.resend = true;
+                    self.spawn_unanswered(&msg.portal);
+                }
+                Err(e)
+            }
+            answered => {
+                self.answered(&event.leg, native);
+                answered
+            }
         }
-        published
     }
 
     async fn publish_remote_in_order(
@@ -433,6 +449,7 @@ impl MlsRooms {
                     if let Ok(mut held) = self.failed_tries.lock() {
                         held.remove(queued);
                     }
+                    self.answered(leg, n);
                     queue.remove(i);
                     continue;
                 }
@@ -447,6 +464,52 @@ impl MlsRooms {
             s.resend = false;
         }
         Ok(waits)
+    }
+
+    /// Notes that the event `native` of `leg` was not answered by the hub now; gives it up if this process has
+    /// been trying for longer than [`crate::router::RouterConfig::hub_give_up_after`]: its mark becomes a
+    /// given-up one ([`crate::repo::write::given_up`]), and the refusal returned makes the portal tell its sender.
+    async fn unanswered(
+        &self,
+        portal: &PortalId,
+        (leg, native): (&LegId, &NativeId),
+        what: &str,
+        why: String,
+    ) -> RoomError {
+        let limit = self.router.get().and_then(|r| r.upgrade()).map(|r| r.hub_give_up_after());
+        let since = self.unanswered_since.lock().ok().and_then(|mut since| {
+            let key = (leg.clone(), native.clone());
+            // Full: the clocks running go on (their messages are given up first, making room); this one starts
+            // once there is room.
+            if since.len() >= MAX_UNANSWERED && !since.contains_key(&key) {
+                return None;
+            }
+            Some(*since.entry(key).or_insert_with(std::time::Instant::now))
+        });
+        let overdue = limit.zip(since).is_some_and(|(limit, since)| since.elapsed() >= limit);
+        let mark = if overdue { self.marked(portal, leg, native).ok().flatten() } else { None };
+        let Some(mark) = mark.filter(|m| m.submitted.is_some()) else { return RoomError::Unavailable(why) };
+        let mut b = Batch::new();
+        crate::repo::write::given_up(&mut b, portal, leg, native, &mark.message_id);
+        if let Err(e) = self.provider.store().commit(b).await {
+            // Tried again with the next pass.
+            tracing::warn!(portal = %portal, error = %e, "a message given up is not marked so");
+            return RoomError::Unavailable(why);
+        }
+        self.answered(leg, native);
+        metrics::counter!("mimi_bridge_errors_total", "kind" => "hub_gave_up").increment(1);
+        let after = limit.unwrap_or_default();
+        tracing::warn!(portal = %portal, %leg, message = %mark.message_id, ?after, error = %why,
+            "the room's hub has not taken a message: given up");
+        // The error itself stays in the log: the notice is read by everyone in the room.
+        RoomError::Refused(format!("the room's hub has not taken it in {}: “{}”", humane(after), excerpt(what)))
+    }
+
+    /// Forgets since when the event `native` of `leg` has been unanswered (the hub answered it, or it was given up).
+    fn answered(&self, leg: &LegId, native: &NativeId) {
+        if let Ok(mut since) = self.unanswered_since.lock() {
+            since.remove(&(leg.clone(), native.clone()));
+        }
     }
 
     /// The marker of the event `native` of `leg` in `portal`, if it has one ([`crate::repo::SentMarker`]).
@@ -586,6 +649,25 @@ impl MlsRooms {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         });
+    }
+}
+
+/// The first characters of `s`, to name a message in a notice.
+fn excerpt(s: &str) -> String {
+    const CHARS: usize = 60;
+    let mut out: String = s.chars().take(CHARS).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// `d` in whole hours, or minutes, or seconds.
+fn humane(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
     }
 }
 

@@ -2,13 +2,14 @@
 //! [`MemoryNetwork`], a.test hosting the room of its portal, b.test's portal joining it. Lines cross both ways under
 //! their authors' names, b.test's bridge leaf commits its key updates through a.test's hub, joins again after a
 //! member removed it, and a line whose answer was lost on the way back is sequenced once, also across a restart
-//! (and reaches the bridge's other legs then, even while the hub is unreachable at first), and a bridge away longer
-//! than the hub keeps its log joins the room again. Only another
+//! (and reaches the bridge's other legs then, even while the hub is unreachable at first), a line the hub does not
+//! take in time is given up and its sender told, and a bridge away longer than the hub keeps its log joins the room
+//! again. Only another
 //! bridge's leaf is shown as the legacy user it speaks for, and only for a user of its own domain.
 
 use crate::provider_portal::Native;
 use bridge_api::event::{InboundKind, MessageDraft, MessageStyle, OutboundEvent, OutboundKind};
-use bridge_api::{AccountContext, AccountId, LegacyUser, PortalId};
+use bridge_api::{AccountContext, AccountId, LegacyUser, PortalId, RoomError, RouteError};
 use bridge_core::MlsRooms;
 use bridge_core::mls_rooms::decode_incoming;
 use bridge_core::repo::{MlsIdentity, PortalRecord};
@@ -48,6 +49,18 @@ impl Side {
         Self::start_in(dir, network, domain, remote, key_update).await
     }
 
+    /// [`Side::start`] with a router that gives messages for the hub up after `give_up` (a day by default).
+    async fn start_giving_up(
+        network: &Arc<MemoryNetwork>,
+        domain: &str,
+        remote: Option<&str>,
+        give_up: Duration,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = RouterConfig { hub_give_up_after: give_up, ..RouterConfig::new(domain) };
+        Self::launch(dir, network, domain, remote, Duration::from_secs(3600), config).await
+    }
+
     /// [`Side::start`] on the data in `dir` (a restart when it holds a stopped side's).
     async fn start_in(
         dir: tempfile::TempDir,
@@ -55,6 +68,17 @@ impl Side {
         domain: &str,
         remote: Option<&str>,
         key_update: Duration,
+    ) -> Self {
+        Self::launch(dir, network, domain, remote, key_update, RouterConfig::new(domain)).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        network: &Arc<MemoryNetwork>,
+        domain: &str,
+        remote: Option<&str>,
+        key_update: Duration,
+        config: RouterConfig,
     ) -> Self {
         let st = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
         let provider = Provider::open(domain, st.clone()).expect("provider");
@@ -74,7 +98,7 @@ impl Side {
         let rooms = MlsRooms::new(provider.clone(), mls, Arc::new(me), EngineConfig::default(), JoinPolicy::Open);
         rooms.set_federation(federation);
         rooms.set_key_update_interval(Some(key_update));
-        let router = RouterHandle::start(RouterConfig::new(domain), st.clone(), rooms.clone()).await.expect("router");
+        let router = RouterHandle::start(config, st.clone(), rooms.clone()).await.expect("router");
         rooms.attach_router(router.clone());
         let id = AccountId::parse("lb.irc").expect("account");
         let net = LoopbackNetwork::new(id.clone(), AccountContext::new(id, router.clone(), domain));
@@ -323,6 +347,58 @@ async fn lines_the_hub_never_got_go_again_in_the_background_in_order() {
         assert!(tokio::time::Instant::now() < deadline, "b.test's other leg got {also:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    a.router.shutdown().await;
+    b.router.shutdown().await;
+}
+
+/// Lines the hub does not take (it is unreachable) before the router gives such messages up are given up: their
+/// sender is told on their leg, once for each, naming it; the network sending one again is refused; they do not
+/// go once the hub is back, and the next line does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_the_hub_does_not_take_in_time_are_given_up_and_their_sender_told() {
+    let network = MemoryNetwork::new();
+    let a = Side::start(&network, "a.test", None, Duration::from_secs(3600)).await;
+    let b = Side::start_giving_up(&network, "b.test", Some(ROOM), Duration::from_secs(2)).await;
+    joined(&a).await;
+    network.set_down("a.test", true);
+    let line = |text: &str| InboundKind::Message { draft: MessageDraft::plain(text), reply_to: None };
+    for (native, text) in [("lost-1", "lost to the outage"), ("lost-2", "also lost")] {
+        let said = b.net.say_with_id("#rust", "bob", native, line(text)).await;
+        assert!(said.is_err(), "accepted without the hub: {said:?}");
+    }
+    // Tried again in the background until this process has tried for 2 s; each named to bob (a minute apart
+    // would be the limit of other refusals).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut notices = loop {
+        let told: Vec<_> = b.net.delivered().into_iter().filter(|d| d.leg == b.net.leg("#rust")).collect();
+        if told.len() >= 2 {
+            break told
+                .iter()
+                .map(|d| match &d.kind {
+                    OutboundKind::Message { draft, .. } if draft.style == MessageStyle::Notice => draft.body.clone(),
+                    other => panic!("not a notice: {other:?}"),
+                })
+                .collect::<Vec<_>>();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "bob was told {told:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    notices.sort();
+    let told = "⚠ bob: your message was not bridged: the room's hub has not taken it in 2 s: ";
+    assert_eq!(notices, [format!("{told}“also lost”"), format!("{told}“lost to the outage”")]);
+    // Sent again by its network (as Matrix does with a transaction that failed), before and after the hub is back.
+    let again = b.net.say_with_id("#rust", "bob", "lost-1", line("lost to the outage")).await;
+    assert!(matches!(again, Err(RouteError::Room(RoomError::Refused(_)))), "{again:?}");
+    network.set_down("a.test", false);
+    let again = b.net.say_with_id("#rust", "bob", "lost-1", line("lost to the outage")).await;
+    assert!(matches!(again, Err(RouteError::Room(RoomError::Refused(_)))), "{again:?}");
+    let said = b.net.say("#rust", "bob", "after the outage").await.1;
+    assert!(said.is_ok(), "{said:?}");
+    assert_eq!(delivered(&a, 1).await.1, "after the outage");
+    // The background had its chance to send the given-up line after the hub came back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bodies(&a.net.delivered()), ["after the outage"], "a given-up line went after all");
+    assert_eq!(b.net.delivered().len(), 2, "told more than once");
     a.router.shutdown().await;
     b.router.shutdown().await;
 }
