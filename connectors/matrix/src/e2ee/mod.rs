@@ -27,11 +27,12 @@ use crate::account::GHOST_DEVICE;
 use crate::homeserver::{Homeserver, HsError};
 use matrix_sdk::deserialized_responses::WithheldCode;
 use matrix_sdk_crypto::{DecryptionSettings, EncryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement};
+use ruma::OneTimeKeyAlgorithm;
 use ruma::api::appservice::event::push_events;
 use ruma::api::client::sync::sync_events::DeviceLists;
 use ruma::events::AnyTimelineEvent;
 use ruma::serde::Raw;
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -83,6 +84,36 @@ pub struct Device {
 /// used one that nothing is using is unloaded (loaded again from its store when needed).
 pub const MAX_LOADED: usize = 256;
 
+/// The one-time keys a device keeps on the homeserver (vodozemac's `PUBLIC_MAX_ONE_TIME_KEYS`): below it,
+/// matrix-sdk-crypto 0.18 makes and uploads new ones (`Account::generate_one_time_keys_if_needed`).
+const ONE_TIME_KEYS_KEPT: u64 = 50;
+
+/// Most users [`E2ee::note_fed`] remembers before it forgets those fed longer than [`FED_AGAIN`] ago.
+const MAX_FED: usize = 65_536;
+
+/// How long an unloaded device whose keys are in stock ([`keys_in_stock`]) goes without being fed a transaction's
+/// counts: feeding them is also when matrix-sdk-crypto replaces a fallback key older than a week.
+const FED_AGAIN: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether a transaction's one-time key counts and unused fallback keys of a user's devices (`counts`,
+/// `fallback`: by device, `None` when not said) ask nothing of the bridge's crypto device `device` of that user:
+/// at least [`ONE_TIME_KEYS_KEPT`] signed keys, its fallback key unused. Synapse sends them for every bridge user
+/// in a room an event of the transaction is in, changed or not, for each of the user's devices (the keyless one
+/// the calls go through too), and leaves a key type out when none is left.
+fn keys_in_stock(
+    counts: Option<&BTreeMap<OwnedDeviceId, BTreeMap<OneTimeKeyAlgorithm, UInt>>>,
+    fallback: Option<&BTreeMap<OwnedDeviceId, Vec<OneTimeKeyAlgorithm>>>,
+    device: &DeviceId,
+) -> bool {
+    let signed = OneTimeKeyAlgorithm::SignedCurve25519;
+    let full = |c: Option<&BTreeMap<OneTimeKeyAlgorithm, UInt>>| {
+        // A device missing from its user's counts has no keys on the homeserver.
+        c.and_then(|c| c.get(&signed)).is_some_and(|n| u64::from(*n) >= ONE_TIME_KEYS_KEPT)
+    };
+    counts.is_none_or(|d| full(d.get(device)))
+        && fallback.is_none_or(|d| d.get(device).is_none_or(|f| f.contains(&signed)))
+}
+
 /// Which of `loaded` (user, last use, in use) to unload so that at most `cap` stay: the least recently used ones
 /// not in use, never `keep`.
 fn to_unload<U: PartialEq + Clone>(loaded: &[(U, std::time::Instant, bool)], cap: usize, keep: &U) -> Vec<U> {
@@ -113,6 +144,8 @@ pub struct E2ee {
     /// What the crypto stores are encrypted with, if anything.
     passphrase: Option<String>,
     devices: tokio::sync::Mutex<HashMap<OwnedUserId, Arc<Device>>>,
+    /// When each user's crypto device was last fed a transaction's counts, and its id ([`E2ee::nothing_asked`]).
+    fed: Mutex<HashMap<OwnedUserId, (std::time::Instant, OwnedDeviceId)>>,
     status: Mutex<Status>,
     /// The probe's nonce, and what wakes it when its message came back.
     probe: Mutex<Option<String>>,
@@ -156,6 +189,7 @@ impl E2ee {
             ghosts,
             passphrase,
             devices: Default::default(),
+            fed: Default::default(),
             status: Mutex::new(Status::Starting),
             probe: Mutex::new(None),
             probed: Notify::new(),
@@ -416,6 +450,9 @@ impl E2ee {
         changed.left = txn.device_lists.left.clone();
         let mut keys_came = false;
         for user in users {
+            if !to_device.contains_key(&user) && self.nothing_asked(&user, txn).await {
+                continue;
+            }
             let device = match self.existing_device(&user).await {
                 Ok(Some(device)) => device,
                 Ok(None) => continue,
@@ -444,12 +481,37 @@ impl E2ee {
                 .await
                 .map_err(|e| format!("the crypto store of {user}: {e}"))?;
             keys_came |= user == self.bot && !room_keys.is_empty();
+            self.note_fed(&user, device_id);
             if let Err(e) = requests::send_all(&self.hs, &device.machine).await {
                 // What is still queued goes with the next round.
                 tracing::warn!(%user, error = %e, "a bridge device's key calls failed; tried again later");
             }
         }
         Ok(keys_came)
+    }
+
+    /// Whether `txn` asks nothing of `user`'s device that cannot wait while it is not loaded: its one-time keys
+    /// and fallback key are in stock ([`keys_in_stock`]), and it was fed counts less than [`FED_AGAIN`] ago. A
+    /// device is otherwise loaded (an Olm machine and its store opened) for every transaction with an event in a
+    /// room its user is in.
+    async fn nothing_asked(&self, user: &UserId, txn: &push_events::v1::Request) -> bool {
+        let fed = self.fed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(user).cloned();
+        // Its crypto device's id, as it was loaded: not the keyless device its calls go through.
+        let Some((_, id)) = fed.filter(|(at, _)| at.elapsed() < FED_AGAIN) else { return false };
+        if self.devices.lock().await.contains_key(user) {
+            return false;
+        }
+        let counts = txn.device_one_time_keys_count.get(user);
+        keys_in_stock(counts, txn.device_unused_fallback_key_types.get(user), &id)
+    }
+
+    /// Notes that `user`'s crypto device `device` was fed a transaction's counts now ([`E2ee::nothing_asked`]).
+    fn note_fed(&self, user: &UserId, device: &DeviceId) {
+        let mut fed = self.fed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if fed.len() >= MAX_FED {
+            fed.retain(|_, (at, _)| at.elapsed() < FED_AGAIN);
+        }
+        fed.insert(user.to_owned(), (std::time::Instant::now(), device.to_owned()));
     }
 
     /// Decrypts an `m.room.encrypted` event of `room_id` with the appservice user's device.
@@ -564,7 +626,7 @@ fn write_device_id(dir: &std::path::Path, tmp: &std::path::Path, id: &str) -> Re
 
 #[cfg(test)]
 mod tests {
-    use super::{read_device_id, to_unload, write_device_id};
+    use super::{keys_in_stock, read_device_id, to_unload, write_device_id};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -603,5 +665,31 @@ mod tests {
         assert_eq!(to_unload(&loaded, 5, &"bot"), Vec::<&str>::new(), "within the cap");
         assert_eq!(to_unload(&loaded, 3, &"bot"), vec!["old", "mid"]);
         assert_eq!(to_unload(&loaded, 1, &"bot"), vec!["old", "mid", "new"], "as many as can go");
+    }
+
+    #[test]
+    fn counts_that_ask_nothing_of_a_device_leave_it_unloaded() {
+        use ruma::OneTimeKeyAlgorithm::SignedCurve25519;
+        use ruma::{DeviceId, OwnedDeviceId, UInt};
+        use std::collections::BTreeMap;
+        let mine: &DeviceId = "MIMI0123456789".into();
+        // The keyless device the ghost's calls go through is listed beside it, without keys.
+        let keyless = || (OwnedDeviceId::from("MIMIBRIDGE"), BTreeMap::new());
+        let count = |n: u32| {
+            BTreeMap::from([(mine.to_owned(), BTreeMap::from([(SignedCurve25519, UInt::from(n))])), keyless()])
+        };
+        let fallback = |unused: bool| {
+            let keys = if unused { vec![SignedCurve25519] } else { vec![] };
+            BTreeMap::from([(mine.to_owned(), keys), (OwnedDeviceId::from("MIMIBRIDGE"), vec![])])
+        };
+        assert!(keys_in_stock(None, None, mine), "nothing said of it");
+        assert!(keys_in_stock(Some(&count(50)), Some(&fallback(true)), mine), "all there");
+        assert!(keys_in_stock(Some(&count(51)), None, mine));
+        assert!(!keys_in_stock(Some(&count(49)), Some(&fallback(true)), mine), "a one-time key was claimed");
+        assert!(!keys_in_stock(Some(&count(50)), Some(&fallback(false)), mine), "its fallback key was used");
+        let none = BTreeMap::from([(mine.to_owned(), BTreeMap::new()), keyless()]);
+        assert!(!keys_in_stock(Some(&none), None, mine), "no count of signed keys: none left");
+        let unlisted = BTreeMap::from([keyless()]);
+        assert!(!keys_in_stock(Some(&unlisted), None, mine), "not listed among its user's devices: no keys there");
     }
 }
