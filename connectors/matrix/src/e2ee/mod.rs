@@ -463,14 +463,17 @@ impl E2ee {
                 }
                 Err(e) => return Err(e.to_string()),
             };
-            let no_counts = BTreeMap::new();
             let device_id = device.machine.device_id();
-            let counts = txn.device_one_time_keys_count.get(&user).and_then(|d| d.get(device_id));
+            let mut counts = txn.device_one_time_keys_count.get(&user).and_then(|d| d.get(device_id)).cloned();
+            // Synapse leaves a key type out when none is left: told as none, or the device never makes new ones.
+            if let Some(counts) = &mut counts {
+                counts.entry(OneTimeKeyAlgorithm::SignedCurve25519).or_insert(UInt::MIN);
+            }
             let fallback = txn.device_unused_fallback_key_types.get(&user).and_then(|d| d.get(device_id));
             let changes = EncryptionSyncChanges {
                 to_device_events: to_device.remove(&user).unwrap_or_default(),
                 changed_devices: &changed,
-                one_time_keys_counts: counts.unwrap_or(&no_counts),
+                one_time_keys_counts: &counts.unwrap_or_default(),
                 unused_fallback_keys: fallback.map(Vec::as_slice),
                 next_batch_token: None,
             };
