@@ -121,8 +121,9 @@ pub(crate) async fn spawn(
     Ok(tokio::spawn(p.run(rx).instrument(span)))
 }
 
-fn excerpt(s: &str) -> String {
-    let mut out: String = s.chars().take(EXCERPT_CHARS).collect();
+/// The first `chars` characters of `s`, with an ellipsis if there were more.
+pub(crate) fn excerpt(s: &str, chars: usize) -> String {
+    let mut out: String = s.chars().take(chars).collect();
     if out.len() < s.len() {
         out.push('…');
     }
@@ -647,7 +648,9 @@ impl Portal {
         let seq = self.next_seq;
         self.next_seq += 1;
         let body = match &msg.content {
-            GroupContent::Message { draft, .. } | GroupContent::Edit { draft, .. } => excerpt(&draft.body),
+            GroupContent::Message { draft, .. } | GroupContent::Edit { draft, .. } => {
+                excerpt(&draft.body, EXCERPT_CHARS)
+            }
             _ => String::new(),
         };
         // One time for the record and its deliveries' queue time.

@@ -55,6 +55,9 @@ pub(super) const LOST_REJOIN_PAUSE: Duration = Duration::from_secs(60);
 /// hub answering one message with errors that may pass, again and again, must not stop the portal for good.
 const HOLD_TRIES: u32 = 8;
 
+/// How much of a given-up message its sender's notice quotes, in characters.
+const NOTICE_EXCERPT_CHARS: usize = 60;
+
 /// Most unanswered events [`MlsRooms::unanswered`] keeps the first failed try of.
 const MAX_UNANSWERED: usize = 65_536;
 
@@ -502,7 +505,11 @@ impl MlsRooms {
         tracing::warn!(portal = %portal, %leg, message = %mark.message_id, ?after, error = %why,
             "the room's hub has not taken a message: given up");
         // The error itself stays in the log: the notice is read by everyone in the room.
-        RoomError::Refused(format!("the room's hub has not taken it in {}: “{}”", humane(after), excerpt(what)))
+        RoomError::Refused(format!(
+            "the room's hub has not taken it in {}: “{}”",
+            humane(after),
+            crate::portal::excerpt(what, NOTICE_EXCERPT_CHARS)
+        ))
     }
 
     /// Forgets since when the event `native` of `leg` has been unanswered (the hub answered it, or it was given up).
@@ -650,16 +657,6 @@ impl MlsRooms {
             }
         });
     }
-}
-
-/// The first characters of `s`, to name a message in a notice.
-fn excerpt(s: &str) -> String {
-    const CHARS: usize = 60;
-    let mut out: String = s.chars().take(CHARS).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    out
 }
 
 /// `d` in whole hours, or minutes, or seconds.
