@@ -105,8 +105,10 @@ struct Slot {
     active: std::time::Instant,
     /// Tells the worker that the slot was closed ([`MlsRooms::close_if_unused`]).
     closed: Arc<tokio::sync::Notify>,
-    /// Opened for a key update only: the worker closes it once it has applied the log ([`dormant`]).
-    close_when_caught_up: bool,
+    /// Opened for a start or a key update only (`Some` of the room's last log entry then): the worker closes it
+    /// once it has applied the log, unless the router publishes into it or someone else's entry after that one
+    /// comes in first ([`dormant`]).
+    close_when_caught_up: Option<u64>,
     /// In a room hosted elsewhere: messages handed to its hub may be unanswered; new ones wait behind them
     /// ([`remote`]).
     resend: bool,
@@ -359,6 +361,15 @@ impl MlsRooms {
     }
 
     async fn slot(&self, portal: &PortalId) -> Result<Arc<tokio::sync::Mutex<Slot>>, RoomError> {
+        self.slot_for(portal, None).await
+    }
+
+    /// [`MlsRooms::slot`]; a group it opens gets `close_when_caught_up` ([`Slot::close_when_caught_up`]).
+    async fn slot_for(
+        &self,
+        portal: &PortalId,
+        close_when_caught_up: Option<u64>,
+    ) -> Result<Arc<tokio::sync::Mutex<Slot>>, RoomError> {
         if let Some(s) = self.slots.lock().map_err(unavailable)?.get(portal) {
             return Ok(s.clone());
         }
@@ -373,7 +384,7 @@ impl MlsRooms {
             let open = self.slots.lock().map_err(unavailable)?.get(portal).cloned();
             match open {
                 Some(s) => Ok(s),
-                None => self.open_slot(portal).await,
+                None => self.open_slot(portal, close_when_caught_up).await,
             }
         };
         if let Ok(mut gates) = self.opening.lock()
@@ -386,7 +397,11 @@ impl MlsRooms {
     }
 
     /// Loads (or creates) `portal`'s group and starts its worker; see [`MlsRooms::slot`].
-    async fn open_slot(&self, portal: &PortalId) -> Result<Arc<tokio::sync::Mutex<Slot>>, RoomError> {
+    async fn open_slot(
+        &self,
+        portal: &PortalId,
+        close_when_caught_up: Option<u64>,
+    ) -> Result<Arc<tokio::sync::Mutex<Slot>>, RoomError> {
         let room = self.room_of(portal);
         let gid = room.as_bytes();
         let store = self.provider.store();
@@ -416,7 +431,7 @@ impl MlsRooms {
                 }
                 Err(e) => return Err(unavailable(e)),
             };
-            return self.start_slot(portal, room, group, None, applied).await;
+            return self.start_slot(portal, room, group, None, applied, close_when_caught_up).await;
         }
         // Loaded inline: its size is unknown before, and handing the worker over for each of thousands of small
         // portals opening at a start would cost more than the occasional big group's load (once per open).
@@ -454,7 +469,7 @@ impl MlsRooms {
         } else {
             None
         };
-        self.start_slot(portal, room, group, leaves, applied).await
+        self.start_slot(portal, room, group, leaves, applied, close_when_caught_up).await
     }
 
     /// Makes the slot of `portal`'s opened group (which has applied its room's log up to `applied`) and starts
@@ -466,6 +481,7 @@ impl MlsRooms {
         group: PortalGroup,
         leaves: Option<UserLeaves>,
         applied: u64,
+        close_when_caught_up: Option<u64>,
     ) -> Result<Arc<tokio::sync::Mutex<Slot>>, RoomError> {
         // Messages decrypted before the last stop (or before the portal closed) but maybe never taken by the
         // router go to it again (it drops what it already has by message id).
@@ -487,7 +503,7 @@ impl MlsRooms {
             wanted_since: None,
             active: std::time::Instant::now(),
             closed: closed.clone(),
-            close_when_caught_up: false,
+            close_when_caught_up,
             resend: self.remote_hub(&room).is_some(),
             behind_copy: false,
             lost_rejoin_at: None,
@@ -576,7 +592,7 @@ impl MlsRooms {
                         .idle_close()
                         .filter(|_| closable)
                         .map(|d| (tokio::time::Instant::from_std(s.active) + d).max(retry_close));
-                    close_now = s.close_when_caught_up;
+                    close_now = s.close_when_caught_up.is_some();
                     if s.stored >= s.applied {
                         cursor_at = None;
                     } else if close_now || cursor_at.is_some_and(|t| t <= now) {
@@ -638,6 +654,10 @@ impl MlsRooms {
                 let seq = e.seq;
                 if !s.own.remove(&seq) {
                     others = true;
+                    // In use (by an entry that came after it was opened): it closes when idle.
+                    if s.close_when_caught_up.is_some_and(|last| seq > last) {
+                        s.close_when_caught_up = None;
+                    }
                     if e.fanout.message.wire_format() != wire_format::WELCOME {
                         commits |= self.apply(portal, s, seq, e.fanout.message.as_bytes()).await;
                     }
@@ -835,6 +855,7 @@ impl RoomOfRecord for MlsRooms {
         let slot = self.slot(&msg.portal).await?;
         let mut s = slot.lock().await;
         s.active = std::time::Instant::now();
+        s.close_when_caught_up = None;
         if let Some(hub) = self.remote_hub(&s.room) {
             return self.publish_remote(&hub, msg, source, &mut s).await;
         }

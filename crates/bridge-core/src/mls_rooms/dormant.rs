@@ -4,8 +4,9 @@
 //! At start ([`MlsRooms::register_portal`]) a portal stays closed if the hub holds its room, made by the bridge,
 //! with the group's public state and a stored GroupInfo of the current epoch, and the portal has applied the whole
 //! log; messages it kept for the router (decrypted before the last stop) are handed on without opening it. Any
-//! other portal opens at once (creating its group and room if needed), and so does every per-user portal (its
-//! leaves' idle sweep runs on the worker).
+//! other portal opens at once — creating its group and room if needed, applying the log — and closes again as
+//! soon as that is done, so that a first start holds about one group at a time; every per-user portal opens at
+//! start and stays open until idle (its leaves' idle sweep and orphans' removal run on the worker).
 //!
 //! A closed portal opens when the router publishes into it, when its room's log grows past what it applied (the
 //! waker follows [`Provider::appended`]; if it falls behind, it compares every closed portal's cursor with its
@@ -73,13 +74,16 @@ impl MlsRooms {
             self.open_remote_in_background(portal);
             return Ok(());
         }
+        if per_user {
+            return self.ensure_portal(portal).await;
+        }
         let PortalRoom::Ready { last, group_info_current: true } = self.provider.portal_room(&room, self.member.uri())
         else {
-            return self.ensure_portal(portal).await;
+            return self.open_for_start(portal).await;
         };
         let applied = Records(store).cursor(&room, CURSOR).map_err(unavailable)?;
-        if per_user || applied < last {
-            return self.ensure_portal(portal).await;
+        if applied < last {
+            return self.open_for_start(portal).await;
         }
         let policy = self.join_policies.lock().map_err(unavailable)?.get(portal).copied();
         if let Some(policy) = policy {
@@ -94,6 +98,28 @@ impl MlsRooms {
                 }
                 Err(e) => tracing::debug!(portal = %portal, error = %e, "kept message discarded"),
             }
+        }
+        Ok(())
+    }
+
+    /// Opens `portal` for what a start needs of it — its group and room made, its GroupInfo served, the log
+    /// applied — and closes it again as soon as that is done, unless it is used meanwhile (then it closes when
+    /// idle, as any open portal). A first start of thousands of portals then holds about one group at a time, not
+    /// all of them until their idle time is up.
+    async fn open_for_start(&self, portal: &PortalId) -> Result<(), RoomError> {
+        if self.is_open(portal) {
+            // Opened by a use already: it closes when idle.
+            return Ok(());
+        }
+        // The entries in the log now are what the start applies: not a use.
+        let last = self.provider.last_seq(&self.room_of(portal)).unwrap_or(0);
+        let slot = self.slot_for(portal, Some(last)).await?;
+        // Not if another opened it meanwhile (it closes when idle), nor while its worker holds it: its worker
+        // closes it once the log is applied.
+        let ours = slot.try_lock().is_ok_and(|s| s.close_when_caught_up.is_some());
+        drop(slot);
+        if ours {
+            self.close_if_unused(portal, None);
         }
         Ok(())
     }
@@ -194,7 +220,7 @@ impl MlsRooms {
                 tracing::warn!(portal = %portal, error = %e, "key update failed; retried later");
             }
             // Its worker closes it once it has applied the log (the update's commit among it).
-            s.close_when_caught_up = true;
+            s.close_when_caught_up = Some(self.provider.last_seq(&s.room).unwrap_or(0));
             drop(s);
             drop(slot);
             self.close_if_unused(&portal, None);

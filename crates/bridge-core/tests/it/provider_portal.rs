@@ -857,6 +857,31 @@ async fn an_idle_portal_closes_and_opens_again_when_used() {
     b.stop().await;
 }
 
+/// A first start makes a portal's group and room, and closes the portal again as soon as that is done: thousands
+/// of new portals are not all held open until their idle time is up. Its GroupInfo is served while it is closed;
+/// a member's join opens it, and it carries messages as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_portal_closes_once_its_room_is_made() {
+    let client_dir = tempfile::tempdir().expect("tempdir");
+    let b = Bridge::start(MlsIdentity::Shared, None).await;
+    // (The idle time is the default 5 minutes: only the close after the start can close it within `WAIT`.)
+    wait_open(&b.room_of_record, &b.portal, false).await;
+    assert!(b.provider.group_info(&b.room).expect("room").is_some(), "its GroupInfo is served while it is closed");
+    let mut alice = Native::join(&b.provider, client_dir.path(), "alice", &b.room).await;
+    assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
+    net_say_and_read(&b, &mut alice, "through a portal closed after its start").await;
+    alice.send(&b.provider, &b.room, "and back").await.expect("hub accepts");
+    let delivered = b.net.wait_delivered(1, WAIT).await;
+    match &delivered[..] {
+        [d] => match &d.kind {
+            OutboundKind::Message { draft, .. } => assert_eq!(draft.body, "and back"),
+            other => panic!("unexpected delivery {other:?}"),
+        },
+        other => panic!("expected one delivery, got {other:?}"),
+    }
+    b.stop().await;
+}
+
 /// A portal of more than [`mimi_mls::OFFLOAD_MEMBERS`] members stays closed after a restart, like a small one: the
 /// GroupInfo it serves, which carries no tree, is stored after every commit. A big group's used to be kept in memory
 /// only, so after a commit that came without one (the bridge's key update) its portal opened at every start to
