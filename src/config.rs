@@ -97,6 +97,13 @@ pub struct BridgeConfig {
     /// Seconds between key updates of each of the bridge's MLS leaves (post-compromise security); 0: never.
     #[serde(default = "default_key_update")]
     pub mls_key_update_secs: Spanned<u64>,
+    /// Seconds a delivery to a leg is retried before it is given up and listed as undeliverable.
+    #[serde(default = "default_delivery_give_up")]
+    pub delivery_give_up_secs: Spanned<u64>,
+    /// Seconds a message for the hub of a room hosted elsewhere is retried (counted while the daemon runs) before
+    /// it is given up and its sender told; unset: [`Config::hub_give_up`].
+    #[serde(default)]
+    pub hub_give_up_secs: Option<Spanned<u64>>,
     /// `store = "postgres"`: a file (not accessible to others) holding the connection string.
     #[serde(default)]
     pub postgres_url_file: Option<Spanned<PathBuf>>,
@@ -123,6 +130,12 @@ impl BridgeConfig {
     }
 }
 
+/// Bounds of `bridge.delivery_give_up_secs` and `bridge.hub_give_up_secs`.
+const MIN_GIVE_UP_SECS: u64 = 60;
+const MAX_GIVE_UP_SECS: u64 = 30 * 86_400;
+/// `bridge.hub_give_up_secs` when unset (and `retention.failed_days` allows it).
+const DEFAULT_HUB_GIVE_UP_SECS: u64 = 86_400;
+
 fn default_store() -> Backend {
     Backend::Redb
 }
@@ -134,6 +147,9 @@ fn default_queue_depth() -> Spanned<usize> {
 }
 fn default_key_update() -> Spanned<u64> {
     Spanned::new(0..0, bridge_core::mls_rooms::DEFAULT_KEY_UPDATE.as_secs())
+}
+fn default_delivery_give_up() -> Spanned<u64> {
+    Spanned::new(0..0, 3600)
 }
 fn default_shutdown_timeout() -> Spanned<u64> {
     Spanned::new(0..0, 30)
@@ -694,6 +710,20 @@ impl Config {
         at(&self.source.path, &self.source.text, span, key, message)
     }
 
+    /// How long a message for the hub of a room hosted elsewhere is retried: `bridge.hub_give_up_secs`, by
+    /// default a day — or half of `retention.failed_days` if that is shorter, since the message's mark is pruned
+    /// then.
+    pub fn hub_give_up(&self) -> std::time::Duration {
+        let secs = match &self.bridge.hub_give_up_secs {
+            Some(s) => *s.get_ref(),
+            None => match *self.retention.failed_days.get_ref() {
+                0 => DEFAULT_HUB_GIVE_UP_SECS,
+                days => DEFAULT_HUB_GIVE_UP_SECS.min(days.saturating_mul(86_400) / 2),
+            },
+        };
+        std::time::Duration::from_secs(secs)
+    }
+
     /// The configured admin token (`admin.token_file` or `admin.token = "env:NAME"`), read now; `None` if neither
     /// is set (the daemon then writes a fresh token to `DATA_DIR/admin.token` at every start).
     pub fn admin_token(&self) -> Result<Option<Secret>, ConfigError> {
@@ -910,6 +940,31 @@ impl Config {
                 "bridge.mls_key_update_secs",
                 "must be 0 (never) or at least 60 seconds: every update is a commit every member processes",
             ));
+        }
+        let give_up = [(Some(&self.bridge.delivery_give_up_secs), "bridge.delivery_give_up_secs")];
+        for (value, key) in
+            give_up.into_iter().chain([(self.bridge.hub_give_up_secs.as_ref(), "bridge.hub_give_up_secs")])
+        {
+            if let Some(value) = value
+                && !(MIN_GIVE_UP_SECS..=MAX_GIVE_UP_SECS).contains(value.get_ref())
+            {
+                let why = format!("must be between {MIN_GIVE_UP_SECS} and {MAX_GIVE_UP_SECS} seconds (30 days)");
+                return Err(at(file, text, value.span(), key, why));
+            }
+        }
+        // A message waiting for the hub is known by its mark, which the failed-deliveries retention prunes.
+        let failed_days = *self.retention.failed_days.get_ref();
+        if let Some(hub) = &self.bridge.hub_give_up_secs
+            && failed_days > 0
+            && *hub.get_ref() >= failed_days.saturating_mul(86_400)
+        {
+            let days = if failed_days == 1 { "1 day".to_owned() } else { format!("{failed_days} days") };
+            let why = format!(
+                "must be shorter than retention.failed_days ({days}), which prunes the mark of a message waiting for \
+                 the hub: a message whose mark goes first is dropped without its sender being told (the give-up \
+                 clock starts again when the daemon does; leave room for that)"
+            );
+            return Err(at(file, text, hub.span(), "bridge.hub_give_up_secs", why));
         }
         if *self.quota.user_messages_per_minute.get_ref() == 0 {
             let span = self.quota.user_messages_per_minute.span();
@@ -1215,6 +1270,19 @@ mod tests {
         assert!(c.portal.is_empty());
     }
 
+    /// The hub's give-up time: set, a day by default, and within a short failed-deliveries retention when unset
+    /// (a config valid before the key existed stays valid).
+    #[test]
+    fn hub_give_up_defaults_within_the_retention_of_marks() {
+        let secs = |extra: &str| parse(&format!("{MIN}{extra}")).expect("valid").hub_give_up().as_secs();
+        assert_eq!(secs(""), 86_400);
+        assert_eq!(secs("hub_give_up_secs = 600\n"), 600);
+        assert_eq!(secs("[retention]\nfailed_days = 1\n"), 43_200);
+        assert_eq!(secs("[retention]\nfailed_days = 0\n"), 86_400);
+        let c = parse(&format!("{MIN}delivery_give_up_secs = 7200\n")).expect("valid");
+        assert_eq!(*c.bridge.delivery_give_up_secs.get_ref(), 7200);
+    }
+
     #[test]
     fn off_loopback_needs_tls_and_closed_or_token_registration() {
         use std::os::unix::fs::PermissionsExt as _;
@@ -1448,6 +1516,27 @@ mod tests {
                 4,
                 "bridge.mls_key_update_secs",
                 "at least 60 seconds",
+            ),
+            case(
+                "deliveries given up too soon",
+                format!("{MIN}delivery_give_up_secs = 10\n"),
+                4,
+                "bridge.delivery_give_up_secs",
+                "between 60 and 2592000 seconds",
+            ),
+            case(
+                "hub messages tried for too long",
+                format!("{MIN}hub_give_up_secs = 2592001\n"),
+                4,
+                "bridge.hub_give_up_secs",
+                "between 60 and 2592000 seconds",
+            ),
+            case(
+                "hub messages tried for longer than their marks are kept",
+                format!("{MIN}hub_give_up_secs = 86400\n[retention]\nfailed_days = 1\n"),
+                4,
+                "bridge.hub_give_up_secs",
+                "shorter than retention.failed_days (1 day)",
             ),
             case(
                 "zero message quota",

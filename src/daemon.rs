@@ -79,6 +79,8 @@ impl Daemon {
         let mut rc = RouterConfig::new(cfg.bridge.domain.get_ref().clone());
         rc.queue_depth = *cfg.bridge.queue_depth.get_ref();
         rc.max_event_bytes = cfg.bridge.max_event_bytes;
+        rc.give_up_after = Duration::from_secs(*cfg.bridge.delivery_give_up_secs.get_ref());
+        rc.hub_give_up_after = cfg.hub_give_up();
         // The room of record: one MLS group per portal, sequenced by this daemon's own MIMI hub.
         let domain = cfg.bridge.domain.get_ref().clone();
         let room = MlsRooms::open(store.clone(), &domain, JoinPolicy::Open).await?;
