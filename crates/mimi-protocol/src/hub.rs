@@ -416,6 +416,15 @@ impl HubRoom {
         }
     }
 
+    /// Drops the decoded public state, which the IO shell's store holds as it is now (the shell stores every
+    /// change of it): the room costs what a restored one does until [`HubRoom::install_public`] brings it back.
+    /// For a room gone quiet; nothing if the hub does not hold it.
+    pub fn release_public(&mut self) {
+        if self.public.take().is_some() {
+            self.public_in_store = true;
+        }
+    }
+
     /// The room with `rule` consulted for every member a commit adds.
     pub fn with_add_rule(mut self, rule: Arc<dyn AddRule>) -> Self {
         self.add_rule = Some(rule);
@@ -665,6 +674,7 @@ impl HubRoom {
         }
         if let Some(p) = last_public {
             self.public = Some(p);
+            self.public_in_store = false;
         }
         for &(seq, d) in &seqs {
             self.seen.insert(d, seq);
@@ -1055,6 +1065,30 @@ mod tests {
         assert_eq!((a.seq, a.duplicate), (1, true));
         assert!(actions.is_empty(), "sequenced once");
         assert_eq!(hub.retry(&m1), Some(1));
+    }
+
+    /// A released public state is gone until it is installed again: nothing is judged meanwhile, and the
+    /// encoding the hub gave to store judges as before once installed.
+    #[test]
+    fn a_released_public_state_judges_nothing_until_installed_again() {
+        let (_d, mut g) = group(ROOM.as_bytes());
+        let mut hub = hub_of(&g, ROOM, JoinPolicy::Open, false);
+        let stored = hub.public_state().expect("encode").expect("known");
+        assert!(!hub.needs_public());
+        hub.release_public();
+        assert!(hub.needs_public() && hub.knows_public_state());
+        assert_eq!(hub.ratchet_tree(), None);
+        let m = bytes(g.encrypt(b"x").expect("encrypt"));
+        let r = hub.submit(m.clone(), ALICE, &Origin::Portal, 1);
+        assert!(matches!(r, Err(Refusal::NotAllowed(_))), "{r:?}");
+        assert_eq!(hub.last_seq(), 0);
+        hub.install_public(PublicState::decode(&stored).expect("decode"));
+        assert!(!hub.needs_public());
+        assert!(hub.ratchet_tree().is_some());
+        hub.submit(m, ALICE, &Origin::Portal, 2).expect("sequenced");
+        hub.release_public();
+        hub.release_public();
+        assert!(hub.needs_public(), "released twice, it is still in the store");
     }
 
     #[test]

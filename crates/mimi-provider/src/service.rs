@@ -154,6 +154,19 @@ struct Tentative {
     first: Option<u64>,
 }
 
+/// True if the hub of `room` holds its public state in the store only ([`HubRoom::needs_public`]).
+fn needs_public(rooms: &HashMap<String, Room>, room: &str) -> bool {
+    rooms.get(room).is_some_and(needs_public_in)
+}
+
+/// True if `r` is a hub room whose public state is in the store only.
+fn needs_public_in(r: &Room) -> bool {
+    matches!(&r.role, Role::Hub(h) if h.needs_public())
+}
+
+/// Reads of a room's public state a write may overtake before [`Provider::load_public`] gives up.
+const LOAD_PUBLIC_TRIES: usize = 8;
+
 /// How many of `rooms` we host were created by `uri`.
 fn created_by(rooms: &HashMap<String, Room>, uri: &str) -> usize {
     rooms.values().filter(|r| matches!(&r.role, Role::Hub(h) if h.state().creator.as_deref() == Some(uri))).count()
@@ -722,33 +735,78 @@ impl Provider {
         self.sequence(room, |_| Batch::new(), req.message(), &origin, &welcomed, judge).await
     }
 
+    /// Lets the hub of `room` drop its decoded public state, which stays in the store, as a restart leaves it: a
+    /// room gone quiet (its portal closed) then costs what it costs after a restart, and the next message or
+    /// GroupInfo loads the state again ([`Provider::load_public`]). Waits for the room's turn (nothing is being
+    /// sequenced) and for what was written before to be durable, so that the store holds the state dropped.
+    pub async fn release_public(&self, room: &str) -> Result<(), ProviderError> {
+        let turn = match lock(&self.inner.rooms).get(room) {
+            Some(r @ Room { role: Role::Hub(h), .. }) if h.knows_public_state() && !h.needs_public() => r.turn.clone(),
+            _ => return Ok(()),
+        };
+        let _turn = turn.lock_owned().await;
+        let chunks = match lock(&self.inner.rooms).get(room) {
+            Some(r) if !r.public_chunks.is_empty() => r.public_chunks.clone(),
+            // Not stored in chunks (stored whole by an older build, or not at all): kept.
+            _ => return Ok(()),
+        };
+        // The committer writes batches in the order they came: once this empty one is durable, so is every
+        // write of the public state queued before it (each is queued under the rooms lock with its change).
+        self.inner.store.commit_later(Batch::new()).await.unwrap_or(Err(StoreError::Closed))?;
+        let mut rooms = lock(&self.inner.rooms);
+        if let Some(r) = rooms.get_mut(room)
+            && r.public_chunks == chunks
+            && let Role::Hub(h) = &mut r.role
+        {
+            h.release_public();
+        }
+        Ok(())
+    }
+
+    /// Whether the hub holds the decoded public state of `room` in memory ([`Provider::release_public`]; for
+    /// tests and status).
+    pub fn holds_public(&self, room: &str) -> bool {
+        matches!(lock(&self.inner.rooms).get(room).map(|r| &r.role), Some(Role::Hub(h)) if h.knows_public_state() && !h.needs_public())
+    }
+
     /// Loads the hub's public state of `room` if it is still in the store only (a room restored at start keeps it
     /// there until a message or a GroupInfo needs it), reading and decoding it off the rooms lock.
     async fn load_public(&self, room: &str) -> Result<(), ProviderError> {
-        let needs = |rooms: &HashMap<String, Room>| matches!(rooms.get(room).map(|r| &r.role), Some(Role::Hub(h)) if h.needs_public());
-        if !needs(&lock(&self.inner.rooms)) {
-            return Ok(());
+        // A read that a write overtook (the room loaded, changed and released again meanwhile) is read again.
+        for _ in 0..LOAD_PUBLIC_TRIES {
+            let manifest = match lock(&self.inner.rooms).get(room) {
+                Some(r) if needs_public_in(r) => r.public_chunks.clone(),
+                _ => return Ok(()),
+            };
+            let (store, name) = (self.inner.store.clone(), room.to_owned());
+            let corrupt = |message: String| StoreError::Corrupt { tree: HUB_LOG.to_owned(), message };
+            let read = tokio::task::spawn_blocking(move || {
+                let (bytes, hashes) = Records(&store)
+                    .public_state(&name)?
+                    .ok_or_else(|| corrupt(format!("{name}: the public state is gone from the store")))?;
+                let public = PublicState::decode(&bytes).map_err(|e| corrupt(format!("{name}: {e}")))?;
+                Ok::<_, StoreError>((public, hashes))
+            })
+            .await
+            .map_err(|e| StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{room}: {e}") })?;
+            let mut rooms = lock(&self.inner.rooms);
+            let Some(r) = rooms.get_mut(room).filter(|r| needs_public_in(r)) else { return Ok(()) };
+            if r.public_chunks != manifest {
+                continue;
+            }
+            let (public, hashes) = read?;
+            // The store's state is the one the room was released with (its chunks name it).
+            if hashes == manifest
+                && let Role::Hub(h) = &mut r.role
+            {
+                h.install_public(public);
+                return Ok(());
+            }
         }
-        let (store, name) = (self.inner.store.clone(), room.to_owned());
-        let corrupt = |message: String| StoreError::Corrupt { tree: HUB_LOG.to_owned(), message };
-        let (public, hashes) = tokio::task::spawn_blocking(move || {
-            let (bytes, hashes) = Records(&store)
-                .public_state(&name)?
-                .ok_or_else(|| corrupt(format!("{name}: the public state is gone from the store")))?;
-            let public = PublicState::decode(&bytes).map_err(|e| corrupt(format!("{name}: {e}")))?;
-            Ok::<_, StoreError>((public, hashes))
-        })
-        .await
-        .map_err(|e| StoreError::Corrupt { tree: HUB_LOG.to_owned(), message: format!("{room}: {e}") })??;
-        let mut rooms = lock(&self.inner.rooms);
-        if needs(&rooms)
-            && let Some(r) = rooms.get_mut(room)
-            && let Role::Hub(h) = &mut r.role
-        {
-            h.install_public(public);
-            r.public_chunks = hashes;
-        }
-        Ok(())
+        Err(ProviderError::Store(StoreError::Corrupt {
+            tree: HUB_LOG.to_owned(),
+            message: format!("{room}: the public state in the store is not the one the hub stored last"),
+        }))
     }
 
     /// The room `room` of `rooms`, which must be one we host.
@@ -917,11 +975,15 @@ impl Provider {
             // and the room's public state can stay in the store.
             return Ok(());
         }
-        self.load_public(room).await?;
-        let durable = {
+        let durable = loop {
+            self.load_public(room).await?;
             let rooms = lock(&self.inner.rooms);
             if stored(&rooms) {
                 return Ok(());
+            }
+            // Released again between the load and the lock ([`Provider::release_public`]): loaded again.
+            if needs_public(&rooms, room) {
+                continue;
             }
             match rooms.get(room).map(|r| &r.role) {
                 Some(Role::Hub(h)) => h.check_group_info(&group_info)?,
@@ -932,7 +994,7 @@ impl Provider {
             }
             let mut b = Batch::new();
             write::group_info(&mut b, room, group_info.as_bytes());
-            self.inner.store.commit_later(b)
+            break self.inner.store.commit_later(b);
         };
         durable.await.unwrap_or(Err(StoreError::Closed))?;
         if let Some(r) = lock(&self.inner.rooms).get_mut(room) {
@@ -1117,9 +1179,13 @@ impl Provider {
         let failure = |status| GroupInfoResponse::Failure { room_id: room.as_bytes().to_vec(), status };
         let identity = request.tbs.requesting_credential.basic_identity().and_then(|i| String::from_utf8(i).ok());
         // The ratchet tree goes with the GroupInfo: from the public state.
-        self.load_public(room).await?;
-        let group_info = {
+        let group_info = loop {
+            self.load_public(room).await?;
             let rooms = lock(&self.inner.rooms);
+            // Released again between the load and the lock ([`Provider::release_public`]): loaded again.
+            if needs_public(&rooms, room) {
+                continue;
+            }
             let Some(r) = rooms.get(room) else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };
             match &r.role {
                 Role::Follower { hub, .. } => {
@@ -1142,7 +1208,7 @@ impl Provider {
                 Role::Hub(h) if h.epoch() == epoch => h.ratchet_tree(),
                 _ => None,
             };
-            (gi, tree)
+            break (gi, tree);
         };
         let (group_info, tree) = group_info;
         let tbe = GroupInfoRatchetTreeTbe {
@@ -1166,13 +1232,17 @@ impl Provider {
     /// The ratchet tree of a room this provider is the hub of, at its current epoch (GroupInfos carry none; a
     /// `GroupInfoRequest`'s answer brings it the same way). `None` for a room it only follows.
     pub async fn ratchet_tree(&self, room: &str) -> Result<Option<Vec<u8>>, ProviderError> {
-        self.load_public(room).await?;
-        let rooms = lock(&self.inner.rooms);
-        let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
-        Ok(match &r.role {
-            Role::Hub(h) => h.ratchet_tree(),
-            _ => None,
-        })
+        loop {
+            self.load_public(room).await?;
+            let rooms = lock(&self.inner.rooms);
+            let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
+            return Ok(match &r.role {
+                // Released again between the load and the lock ([`Provider::release_public`]): loaded again.
+                Role::Hub(h) if h.needs_public() => continue,
+                Role::Hub(h) => h.ratchet_tree(),
+                _ => None,
+            });
+        }
     }
 
     /// Entries of a followed room from the hub (notify or log page). Appends what continues the local copy,

@@ -85,6 +85,40 @@ async fn a_hub_applies_updates_keeps_their_group_info_and_renotifies_followers_a
     assert_eq!((accepted.seq, a.epoch(ROOM).expect("epoch")), (2, 2));
 }
 
+/// A room's public state released by the hub (its portal went quiet) is the store's, as it was after the last
+/// commit: it is loaded again for the next GroupInfo request, GroupInfo and commit, and judges them as before.
+#[tokio::test]
+async fn a_released_public_state_is_loaded_again_when_needed() {
+    let (_d, st) = store();
+    let a = Provider::open("a.test", st).expect("provider");
+    let (_g, mut g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
+        .await
+        .expect("room");
+    let created = a.ratchet_tree(ROOM).await.expect("room").expect("tree");
+    let accepted = a.update(ROOM, merged(&mut g, |g| g.self_update()), ALICE, Origin::Portal).await.expect("commit");
+    assert_eq!(accepted.seq, 1);
+    let committed = a.ratchet_tree(ROOM).await.expect("room").expect("tree");
+    assert_ne!(committed, created, "the commit changed the tree");
+    assert!(a.holds_public(ROOM));
+
+    a.release_public(ROOM).await.expect("released");
+    assert!(!a.holds_public(ROOM), "released");
+    assert_eq!(a.ratchet_tree(ROOM).await.expect("room"), Some(committed), "loaded again: the last commit's");
+    assert!(a.holds_public(ROOM));
+    a.release_public(ROOM).await.expect("released");
+    let info = bytes(g.export_group_info(true).expect("group info"));
+    assert_ne!(a.group_info(ROOM).expect("room").as_deref(), Some(info.as_bytes()), "a GroupInfo to check");
+    a.put_group_info(ROOM, info.clone()).await.expect("checked");
+    assert_eq!(a.group_info(ROOM).expect("room").as_deref(), Some(info.as_bytes()), "checked and stored");
+    a.release_public(ROOM).await.expect("released");
+    let accepted = a.update(ROOM, merged(&mut g, |g| g.self_update()), ALICE, Origin::Portal).await.expect("judged");
+    assert_eq!((accepted.seq, a.epoch(ROOM).expect("epoch")), (2, 2));
+    a.release_public(ROOM).await.expect("released");
+    let m = bytes(g.encrypt(b"after a release").durable_blocking().expect("encrypt"));
+    assert_eq!(a.submit(ROOM, m, ALICE, Origin::Portal).await.expect("judged").seq, 3);
+}
+
 #[tokio::test]
 async fn a_follower_keeps_a_copy_of_the_log_and_sends_updates_to_the_hub() {
     let (_da, sa) = store();

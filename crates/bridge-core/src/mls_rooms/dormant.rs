@@ -15,12 +15,15 @@
 //! update). One opener at a time per portal: two loads of one group would leave the first unable to send.
 //!
 //! An open portal closes after [`MlsRooms::set_idle_close`] without a message, unless it has per-user leaves or
-//! has not applied its room's whole log and stored its cursor there. Closing drops the group cleanly (its message secrets are encoded, as at a
-//! stop) and is safe against a concurrent open: the slot leaves the map only under the map's lock, when nobody but
-//! its worker holds it and it is not locked, so nobody can be holding a group that is no longer the portal's. An
-//! entry appended meanwhile is seen either by the close (which then does not happen) or by the waker, after it.
+//! has not applied its room's whole log and stored its cursor there. Closing drops the group cleanly (its message
+//! secrets are encoded, as at a stop), and the hub drops its decoded public state of the room, which stays in the
+//! store ([`Provider::release_public`]). Closing is safe against a concurrent open: the slot leaves the map only
+//! under the map's lock, when nobody but its worker holds it and it is not locked, so nobody can be holding a
+//! group that is no longer the portal's. An entry appended meanwhile is seen either by the close (which then does
+//! not happen) or by the waker, after it.
 //!
 //! [`Provider::appended`]: mimi_provider::service::Provider::appended
+//! [`Provider::release_public`]: mimi_provider::service::Provider::release_public
 
 use super::{CURSOR, MlsRooms, Slot, decode_incoming_with_parts, kept_list, keys, unavailable};
 use crate::repo::{MlsIdentity, Repo};
@@ -248,10 +251,18 @@ impl MlsRooms {
         }
         keys::note_member(&s, self.member.uri());
         let closed = s.closed.clone();
+        let room = s.room.clone();
         drop(s);
         slots.remove(portal);
         closed.notify_one();
         tracing::debug!(portal = %portal, "portal closed until it is used again");
+        // The hub's decoded state of the room goes too (a hosted room's; it stays in the store).
+        let provider = self.provider.clone();
+        tokio::spawn(async move {
+            if let Err(e) = provider.release_public(&room).await {
+                tracing::debug!(%room, error = %e, "the hub keeps the room's public state in memory");
+            }
+        });
         true
     }
 }

@@ -858,14 +858,21 @@ async fn an_idle_portal_closes_and_opens_again_when_used() {
 }
 
 /// A first start makes a portal's group and room, and closes the portal again as soon as that is done: thousands
-/// of new portals are not all held open until their idle time is up. Its GroupInfo is served while it is closed;
-/// a member's join opens it, and it carries messages as before.
+/// of new portals are not all held open until their idle time is up, nor their rooms' public state kept decoded
+/// by the hub. Its GroupInfo is served while it is closed; a member's join opens it, and it carries messages as
+/// before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_portal_closes_once_its_room_is_made() {
     let client_dir = tempfile::tempdir().expect("tempdir");
     let b = Bridge::start(MlsIdentity::Shared, None).await;
     // (The idle time is the default 5 minutes: only the close after the start can close it within `WAIT`.)
     wait_open(&b.room_of_record, &b.portal, false).await;
+    // The hub's decoded state of the room goes with it, as after a restart.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.provider.holds_public(&b.room) {
+        assert!(tokio::time::Instant::now() < deadline, "the hub kept the closed portal's public state");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(b.provider.group_info(&b.room).expect("room").is_some(), "its GroupInfo is served while it is closed");
     let mut alice = Native::join(&b.provider, client_dir.path(), "alice", &b.room).await;
     assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
