@@ -97,6 +97,9 @@ pub struct BridgeConfig {
     /// Seconds between key updates of each of the bridge's MLS leaves (post-compromise security); 0: never.
     #[serde(default = "default_key_update")]
     pub mls_key_update_secs: Spanned<u64>,
+    /// Seconds an open portal's MLS group stays in memory without a message before it closes; 0: never.
+    #[serde(default = "default_portal_idle_close")]
+    pub portal_idle_close_secs: Spanned<u64>,
     /// Seconds a delivery to a leg is retried before it is given up and listed as undeliverable.
     #[serde(default = "default_delivery_give_up")]
     pub delivery_give_up_secs: Spanned<u64>,
@@ -124,6 +127,11 @@ pub struct BridgeConfig {
 }
 
 impl BridgeConfig {
+    /// How long an open portal stays open without a message (`None`: never closes).
+    pub fn portal_idle_close(&self) -> Option<std::time::Duration> {
+        Some(*self.portal_idle_close_secs.get_ref()).filter(|s| *s > 0).map(std::time::Duration::from_secs)
+    }
+
     /// The key-update interval of the bridge's MLS leaves (`None`: never).
     pub fn key_update_interval(&self) -> Option<std::time::Duration> {
         Some(*self.mls_key_update_secs.get_ref()).filter(|s| *s > 0).map(std::time::Duration::from_secs)
@@ -133,6 +141,8 @@ impl BridgeConfig {
 /// Bounds of `bridge.delivery_give_up_secs` and `bridge.hub_give_up_secs`.
 const MIN_GIVE_UP_SECS: u64 = 60;
 const MAX_GIVE_UP_SECS: u64 = 30 * 86_400;
+/// Most of `bridge.portal_idle_close_secs`.
+const MAX_IDLE_CLOSE_SECS: u64 = 30 * 86_400;
 /// `bridge.hub_give_up_secs` when unset (and `retention.failed_days` allows it).
 const DEFAULT_HUB_GIVE_UP_SECS: u64 = 86_400;
 
@@ -147,6 +157,9 @@ fn default_queue_depth() -> Spanned<usize> {
 }
 fn default_key_update() -> Spanned<u64> {
     Spanned::new(0..0, bridge_core::mls_rooms::DEFAULT_KEY_UPDATE.as_secs())
+}
+fn default_portal_idle_close() -> Spanned<u64> {
+    Spanned::new(0..0, bridge_core::mls_rooms::DEFAULT_IDLE_CLOSE.as_secs())
 }
 fn default_delivery_give_up() -> Spanned<u64> {
     Spanned::new(0..0, 3600)
@@ -941,6 +954,11 @@ impl Config {
                 "must be 0 (never) or at least 60 seconds: every update is a commit every member processes",
             ));
         }
+        if *self.bridge.portal_idle_close_secs.get_ref() > MAX_IDLE_CLOSE_SECS {
+            let span = self.bridge.portal_idle_close_secs.span();
+            let why = format!("must be at most {MAX_IDLE_CLOSE_SECS} seconds (30 days); 0: never");
+            return Err(at(file, text, span, "bridge.portal_idle_close_secs", why));
+        }
         let give_up = [(Some(&self.bridge.delivery_give_up_secs), "bridge.delivery_give_up_secs")];
         for (value, key) in
             give_up.into_iter().chain([(self.bridge.hub_give_up_secs.as_ref(), "bridge.hub_give_up_secs")])
@@ -1284,6 +1302,14 @@ mod tests {
     }
 
     #[test]
+    fn portals_close_when_idle_by_default() {
+        let idle = |extra: &str| parse(&format!("{MIN}{extra}")).expect("valid").bridge.portal_idle_close();
+        assert_eq!(idle(""), Some(std::time::Duration::from_secs(300)));
+        assert_eq!(idle("portal_idle_close_secs = 30\n"), Some(std::time::Duration::from_secs(30)));
+        assert_eq!(idle("portal_idle_close_secs = 0\n"), None);
+    }
+
+    #[test]
     fn off_loopback_needs_tls_and_closed_or_token_registration() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1516,6 +1542,13 @@ mod tests {
                 4,
                 "bridge.mls_key_update_secs",
                 "at least 60 seconds",
+            ),
+            case(
+                "portals kept open too long",
+                format!("{MIN}portal_idle_close_secs = 2592001\n"),
+                4,
+                "bridge.portal_idle_close_secs",
+                "at most 2592000 seconds",
             ),
             case(
                 "deliveries given up too soon",

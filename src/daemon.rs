@@ -85,6 +85,7 @@ impl Daemon {
         let domain = cfg.bridge.domain.get_ref().clone();
         let room = MlsRooms::open(store.clone(), &domain, JoinPolicy::Open).await?;
         room.set_key_update_interval(cfg.bridge.key_update_interval());
+        room.set_idle_close(cfg.bridge.portal_idle_close());
         let mut pruner =
             bridge_core::retention::Pruner::new(store.clone(), room.provider().clone(), cfg.retention.config());
         let router = RouterHandle::start(rc, store, room.clone()).await?;
