@@ -302,6 +302,11 @@ pub mod write {
         b.delete(HUB_LOG, room_key(room, b'D', digest));
     }
 
+    /// Removes log entry `seq` of `room` whose message is unreadable (its idempotency key, if any, stays).
+    pub fn drop_entry_key(b: &mut Batch, room: &str, seq: u64) {
+        b.delete(HUB_LOG, room_key(room, b'L', &seq.to_be_bytes()));
+    }
+
     /// `user` (ours) may read our copy of followed `room`: the hub sequenced their join or a Welcome for them.
     pub fn reader(b: &mut Batch, room: &str, user: &str) {
         b.put(HUB_LOG, room_key(room, b'M', user.as_bytes()), Vec::new());
@@ -363,6 +368,18 @@ impl Records<'_> {
             next = seq.checked_add(1);
         }
         Ok(out)
+    }
+
+    /// The sequence numbers of up to `max` of the room's oldest stored entries, in order, wherever they start (a
+    /// scan of their keys, where [`Records::entries_after`] reads from a known place).
+    pub fn oldest_seqs(&self, room: &str, max: usize) -> Result<Vec<u64>, StoreError> {
+        let prefix = room_key(room, b'L', b"");
+        Ok(self
+            .0
+            .scan_prefix_from(HUB_LOG, &prefix, &prefix, max)?
+            .into_iter()
+            .filter_map(|(k, _)| be64(k.get(prefix.len()..)?))
+            .collect())
     }
 
     /// The last sequence number in the room's log (0 if empty), found from `hint` onwards.

@@ -1444,7 +1444,7 @@ impl Provider {
             Forgotten(tokio::sync::oneshot::Receiver<Result<(), StoreError>>),
         }
         // Serialised with the appends of notified entries (`accept_entries`): a copy that starts over writes its
-        // new start and drops its old entries before any entry at or after that start is written.
+        // new start before any entry at or after that start is written (its old entries go after, below it).
         let serial = self.inner.follower_lock.lock().await;
         let settled = {
             let mut rooms = lock(&self.inner.rooms);
@@ -1498,17 +1498,26 @@ impl Provider {
                 Ok(None)
             }
             Settled::Kept { start, work } => {
+                let mut started_over = None;
                 if let Some((start, held)) = start {
-                    // Where the copy starts, for readers now and after a restart (as retention records it), with
-                    // what it held before, if it started over, gone in the same write.
+                    // Where the copy starts, for readers now and after a restart (as retention records it).
                     let mut b = Batch::new();
                     write::first(&mut b, room, start);
-                    if let Some(from) = held {
-                        self.drop_entries(&mut b, room, from, start)?;
-                    }
                     self.inner.store.commit(b).await?;
+                    started_over = held.map(|_| start);
                 }
                 drop(serial);
+                // What it held before goes, in batches, off the lock and without holding up the update that made
+                // it start over (nobody reads below the start; the pruner finishes what a stop interrupts).
+                if let Some(start) = started_over {
+                    let (this, room) = (self.clone(), room.to_owned());
+                    tokio::spawn(async move {
+                        if let Err(e) = this.drop_entries_below(&room, start).await {
+                            tracing::warn!(%room, error = %e,
+                                "the entries of a copy that started over stay until log retention prunes them");
+                        }
+                    });
+                }
                 // What it holds goes to the store the way a notify's entries do, or is fetched for.
                 if work { self.accept_entries(room, Vec::new(), false).await } else { Ok(None) }
             }

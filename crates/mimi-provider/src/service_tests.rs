@@ -119,6 +119,30 @@ async fn a_released_public_state_is_loaded_again_when_needed() {
     assert_eq!(a.submit(ROOM, m, ALICE, Origin::Portal).await.expect("judged").seq, 3);
 }
 
+/// Entries below a room's stored start — a copy that started over, its removal cut short by a stop — are
+/// removed by the next pruning, whatever their age; the start and what follows stay.
+#[tokio::test]
+async fn pruning_removes_entries_below_the_stored_start() {
+    let (_d, st) = store();
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    let (_g, mut g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
+        .await
+        .expect("room");
+    for i in 0..4 {
+        let m = bytes(g.encrypt(format!("line {i}").as_bytes()).durable_blocking().expect("encrypt"));
+        a.submit(ROOM, m, ALICE, Origin::Portal).await.expect("sequenced");
+    }
+    let mut b = mimi_store::Batch::new();
+    super::log::write::first(&mut b, ROOM, 3);
+    st.commit(b).await.expect("start moved");
+    assert_eq!(a.prune_log(0).await.expect("pruned"), 2, "nothing is old enough: only what lies below the start");
+    let records = super::log::Records(&st);
+    let kept = records.oldest_seqs(ROOM, 10).expect("read");
+    assert_eq!(kept, [3, 4]);
+    assert_eq!(a.prune_log(0).await.expect("pruned"), 0, "once");
+}
+
 #[tokio::test]
 async fn a_follower_keeps_a_copy_of_the_log_and_sends_updates_to_the_hub() {
     let (_da, sa) = store();

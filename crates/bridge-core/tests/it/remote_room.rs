@@ -492,6 +492,18 @@ async fn a_bridge_away_longer_than_the_hub_keeps_its_log_joins_the_room_again() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(matches!(b.provider.entries_after(ROOM, b_last, 1), Err(ProviderError::Pruned { .. })));
+    // What the copy held before goes from b.test's store (in batches, after the start is written).
+    let records = mimi_provider::log::Records(&b.store);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let first = records.first(ROOM).expect("first");
+        let oldest = records.oldest_seqs(ROOM, 1).expect("read");
+        if oldest.first().is_none_or(|seq| *seq >= first) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "entry {} below the start {first} stayed", oldest[0]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     a.net.say("#rust", "alice", "after the gap").await.1.expect("bridged");
     // b.test's leg gets the line, and a notice of what it missed (in either order: the notice is best effort).
     let (notices, texts) = {

@@ -5,7 +5,9 @@
 //! entry (the log's length is found from it) and never one a local consumer has not read yet (the bridge's own
 //! member, by its cursor). Their idempotency keys go with them. The first entry kept is recorded (`'F'`); a
 //! client or follower asking for entries before it is answered [`ProviderError::Pruned`] (HTTP 410): it has missed
-//! epochs and must rejoin the room.
+//! epochs and must rejoin the room. Entries below the recorded first one go too, whatever their age: those of a
+//! followed copy that started over, which it removes itself in batches after the start is written, unless a
+//! stop cuts that short.
 
 use super::{Provider, ProviderError, Role, lock, now_ms};
 use crate::log::{Records, write};
@@ -30,19 +32,29 @@ impl Provider {
         Ok(removed)
     }
 
-    /// Adds to `b` the removal of the entries of `room` from `from` up to (not including) `below`: those of a
-    /// copy that started over (a join into a lost copy), below its new start.
-    pub(super) fn drop_entries(&self, b: &mut Batch, room: &str, from: u64, below: u64) -> Result<(), ProviderError> {
+    /// Removes the entries of `room` below `below`, its first entry, in batches; how many. Nobody reads them: those
+    /// of a copy that started over (a join into a lost copy), or left by a stop in the middle of that removal.
+    pub(super) async fn drop_entries_below(&self, room: &str, below: u64) -> Result<u64, ProviderError> {
         let recs = Records(&self.inner.store);
-        let mut after = from.saturating_sub(1);
+        let mut removed = 0;
+        // Most rooms have none: their oldest entry's key tells.
+        let mut page = 1;
         loop {
-            let entries = recs.entries_after(room, after, BATCH)?;
-            let old: Vec<_> = entries.iter().take_while(|e| e.seq < below).collect();
-            let Some(last) = old.last().map(|e| e.seq) else { return Ok(()) };
-            for e in &old {
-                write::drop_entry(b, room, e.seq, &digest(&e.fanout.message));
+            let old: Vec<u64> = recs.oldest_seqs(room, page)?.into_iter().take_while(|seq| *seq < below).collect();
+            if old.is_empty() {
+                return Ok(removed);
             }
-            after = last;
+            let mut b = Batch::new();
+            for &seq in &old {
+                match recs.entry(room, seq) {
+                    Ok(Some(e)) => write::drop_entry(&mut b, room, seq, &digest(&e.fanout.message)),
+                    // Unreadable: its key goes all the same (a copy's entries have no idempotency key).
+                    Ok(None) | Err(_) => write::drop_entry_key(&mut b, room, seq),
+                }
+            }
+            self.inner.store.commit(b).await?;
+            removed += old.len() as u64;
+            page = BATCH;
         }
     }
 
@@ -55,7 +67,12 @@ impl Provider {
             None if has_portal => 0,
             None => u64::MAX,
         };
-        let mut removed = 0;
+        // Below the room's first entry as stored (durably moved on): what a copy that started over held (see
+        // `update_settled`).
+        if !lock(&self.inner.rooms).contains_key(room) {
+            return Ok(0);
+        }
+        let mut removed = self.drop_entries_below(room, recs.first(room)?).await?;
         loop {
             // Not beside a followed copy's appends or its start over (`update_settled`), which move its start too.
             let _serial = self.inner.follower_lock.lock().await;
