@@ -23,6 +23,16 @@ fn bytes(v: Vec<u8>) -> MlsMessageBytes {
     MlsMessageBytes::new(v).expect("framed")
 }
 
+/// A provider of a.test on `st` hosting [`ROOM`], made by alice, whose group it returns.
+async fn hosting(st: &Store) -> (Provider, tempfile::TempDir, mimi_mls::PortalGroup) {
+    let a = Provider::open("a.test", st.clone()).expect("provider");
+    let (dir, g) = group(ROOM.as_bytes());
+    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
+        .await
+        .expect("room");
+    (a, dir, g)
+}
+
 #[tokio::test]
 async fn a_hub_applies_updates_keeps_their_group_info_and_renotifies_followers_after_a_restart() {
     let (_d, st) = store();
@@ -90,11 +100,7 @@ async fn a_hub_applies_updates_keeps_their_group_info_and_renotifies_followers_a
 #[tokio::test]
 async fn a_released_public_state_is_loaded_again_when_needed() {
     let (_d, st) = store();
-    let a = Provider::open("a.test", st).expect("provider");
-    let (_g, mut g) = group(ROOM.as_bytes());
-    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
-        .await
-        .expect("room");
+    let (a, _g, mut g) = hosting(&st).await;
     let created = a.ratchet_tree(ROOM).await.expect("room").expect("tree");
     let accepted = a.update(ROOM, merged(&mut g, |g| g.self_update()), ALICE, Origin::Portal).await.expect("commit");
     assert_eq!(accepted.seq, 1);
@@ -124,11 +130,7 @@ async fn a_released_public_state_is_loaded_again_when_needed() {
 #[tokio::test]
 async fn pruning_removes_entries_below_the_stored_start() {
     let (_d, st) = store();
-    let a = Provider::open("a.test", st.clone()).expect("provider");
-    let (_g, mut g) = group(ROOM.as_bytes());
-    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
-        .await
-        .expect("room");
+    let (a, _g, mut g) = hosting(&st).await;
     for i in 0..4 {
         let m = bytes(g.encrypt(format!("line {i}").as_bytes()).durable_blocking().expect("encrypt"));
         a.submit(ROOM, m, ALICE, Origin::Portal).await.expect("sequenced");
@@ -183,11 +185,7 @@ async fn a_follower_keeps_a_copy_of_the_log_and_sends_updates_to_the_hub() {
 #[tokio::test]
 async fn a_stale_group_info_never_replaces_a_newer_one() {
     let (_d, st) = store();
-    let a = Provider::open("a.test", st.clone()).expect("provider");
-    let (_g, mut g) = group(ROOM.as_bytes());
-    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
-        .await
-        .expect("room");
+    let (a, _g, mut g) = hosting(&st).await;
     let info0 = g.export_group_info(true).expect("group info");
     let mut infos = Vec::new();
     for _ in 0..2 {
@@ -329,11 +327,7 @@ async fn a_restart_finds_every_room_without_reading_the_logs() {
 #[tokio::test]
 async fn a_retry_after_a_restart_gets_its_first_number_from_the_store() {
     let (_d, st) = store();
-    let a = Provider::open("a.test", st.clone()).expect("provider");
-    let (_g, mut g) = group(ROOM.as_bytes());
-    a.create_room(ROOM, &bytes(g.export_group_info(true).expect("group info")), None, ALICE, JoinPolicy::Open, false)
-        .await
-        .expect("room");
+    let (a, _g, mut g) = hosting(&st).await;
     let m = bytes(g.encrypt(b"once").durable_blocking().expect("encrypt"));
     let first = a.submit(ROOM, m.clone(), ALICE, Origin::Client(ALICE.into())).await.expect("sequenced");
     drop(a);
