@@ -3,7 +3,7 @@
 //! at the leg. All in process, on real MLS groups and a real store; no sockets.
 
 use bridge_api::Accepted;
-use bridge_api::event::{InboundEvent, InboundKind, MessageDraft, OutboundKind, Sender};
+use bridge_api::event::{InboundEvent, InboundKind, MessageDraft, OutboundEvent, OutboundKind, Sender};
 use bridge_api::ids::NativeId;
 use bridge_api::{AccountContext, AccountId, LegacyUser, PortalId};
 use bridge_core::MlsRooms;
@@ -793,6 +793,17 @@ async fn files_travel_to_members_as_encrypted_external_parts_and_back_as_links()
     b.router.shutdown().await;
 }
 
+/// Checks that `delivered` is one message, `body`.
+fn assert_one_message(delivered: &[OutboundEvent], body: &str) {
+    match delivered {
+        [d] => match &d.kind {
+            OutboundKind::Message { draft, .. } => assert_eq!(draft.body, body),
+            other => panic!("unexpected delivery {other:?}"),
+        },
+        other => panic!("expected one delivery, got {other:?}"),
+    }
+}
+
 /// Waits until `portal`'s group is open (`true`) or closed.
 async fn wait_open(rooms: &MlsRooms, portal: &PortalId, open: bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -844,14 +855,7 @@ async fn an_idle_portal_closes_and_opens_again_when_used() {
     let mut carol = Native::join(&b.provider, carol_dir.path(), "carol", &room).await;
     // ... and carol's first message reaches the leg, in the epoch the portal learns from the log: delivered once.
     carol.send(&b.provider, &room, "after the restart").await.expect("hub accepts");
-    let delivered = b.net.wait_delivered(1, WAIT).await;
-    match &delivered[..] {
-        [d] => match &d.kind {
-            OutboundKind::Message { draft, .. } => assert_eq!(draft.body, "after the restart"),
-            other => panic!("unexpected delivery {other:?}"),
-        },
-        other => panic!("expected one delivery, got {other:?}"),
-    }
+    assert_one_message(&b.net.wait_delivered(1, WAIT).await, "after the restart");
     assert!(b.room_of_record.is_open(&b.portal));
     assert_eq!(b.net.wait_delivered(2, Duration::from_millis(500)).await.len(), 1, "nothing doubled");
     b.stop().await;
@@ -878,14 +882,7 @@ async fn a_new_portal_closes_once_its_room_is_made() {
     assert_eq!(b.wait_members(2).await.len(), 2, "the bridge and alice");
     net_say_and_read(&b, &mut alice, "through a portal closed after its start").await;
     alice.send(&b.provider, &b.room, "and back").await.expect("hub accepts");
-    let delivered = b.net.wait_delivered(1, WAIT).await;
-    match &delivered[..] {
-        [d] => match &d.kind {
-            OutboundKind::Message { draft, .. } => assert_eq!(draft.body, "and back"),
-            other => panic!("unexpected delivery {other:?}"),
-        },
-        other => panic!("expected one delivery, got {other:?}"),
-    }
+    assert_one_message(&b.net.wait_delivered(1, WAIT).await, "and back");
     b.stop().await;
 }
 
