@@ -959,10 +959,10 @@ impl Config {
             let why = format!("must be at most {MAX_IDLE_CLOSE_SECS} seconds (30 days); 0: never");
             return Err(at(file, text, span, "bridge.portal_idle_close_secs", why));
         }
-        let give_up = [(Some(&self.bridge.delivery_give_up_secs), "bridge.delivery_give_up_secs")];
-        for (value, key) in
-            give_up.into_iter().chain([(self.bridge.hub_give_up_secs.as_ref(), "bridge.hub_give_up_secs")])
-        {
+        for (value, key) in [
+            (Some(&self.bridge.delivery_give_up_secs), "bridge.delivery_give_up_secs"),
+            (self.bridge.hub_give_up_secs.as_ref(), "bridge.hub_give_up_secs"),
+        ] {
             if let Some(value) = value
                 && !(MIN_GIVE_UP_SECS..=MAX_GIVE_UP_SECS).contains(value.get_ref())
             {

@@ -298,7 +298,7 @@ pub mod write {
 
     /// Removes log entry `seq` of `room` and its idempotency key (retention).
     pub fn drop_entry(b: &mut Batch, room: &str, seq: u64, digest: &[u8; 32]) {
-        b.delete(HUB_LOG, room_key(room, b'L', &seq.to_be_bytes()));
+        drop_entry_key(b, room, seq);
         b.delete(HUB_LOG, room_key(room, b'D', digest));
     }
 
