@@ -1,7 +1,7 @@
 //! The Matrix connector in bot mode against a real Synapse (no appservice registered): one ordinary account logs
 //! in, relays the other side as `name: text`, keeps one device across restarts, bridges once and in order what was
-//! said while it was down, and reads and writes an end-to-end-encrypted room (the Matrix user there is a
-//! matrix-sdk client with its own device).
+//! said while it was down, reads and writes an end-to-end-encrypted room (the Matrix user there is a matrix-sdk
+//! client with its own device), and, kicked, says by whom, even when it was down then and invited back meanwhile.
 
 use bridge_api::event::{InboundKind, MessageDraft};
 use bridge_api::{Account, AccountContext, AccountId, Connector, Health, LegId, PortalId};
@@ -408,5 +408,46 @@ async fn a_kicked_bot_says_who_removed_it_and_waits_to_be_invited_back() {
         .flatten()
         .any(|e| e["content"]["body"].as_str().is_some_and(|b| b.contains("said while the bot is out")));
     assert!(!said_out, "a line refused while the bot was out arrived later: {recent}");
+    b.router.shutdown().await;
+}
+
+/// Kicked and invited back while the bridge is down, the bot still bridges what was said before the kick, and the
+/// kick (its next sync shows the room joined again, with the kick and the rejoin in one timeline); what was said
+/// while it was out is not bridged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_kicked_and_invited_back_while_down_bridges_what_came_before_the_kick() {
+    let w = world(json!([]));
+    let state = tempfile::tempdir().expect("state dir");
+    let b = bridge(&w, state.path()).await;
+    let bot = w.hs.user_id(BOT);
+    let text = |body: &str| json!({"msgtype": "m.text", "body": body});
+    w.alice.send(&w.room, "m.room.message", text("while up")).await.expect("send");
+    await_delivered(&b.lb, "while up").await;
+
+    b.bot.shutdown().await;
+    w.alice.send(&w.room, "m.room.message", text("down, before the kick")).await.expect("send");
+    let kick = format!("/_matrix/client/v3/rooms/{}/kick", enc(&w.room));
+    let body = json!({"user_id": bot, "reason": "be right back"});
+    w.alice.call(reqwest::Method::POST, &kick, Some(body)).await.expect("kicked");
+    w.alice.send(&w.room, "m.room.message", text("down, the bot out")).await.expect("send");
+    let invite = format!("/_matrix/client/v3/rooms/{}/invite", enc(&w.room));
+    w.alice.call(reqwest::Method::POST, &invite, Some(json!({"user_id": bot}))).await.expect("invited");
+
+    start_bot(&w, state.path(), &b.router, &b.media).await;
+    await_delivered(&b.lb, "down, before the kick").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !delivered_bodies(&b.lb).iter().any(|t| t.ends_with("from the Matrix room: be right back")) {
+        assert!(tokio::time::Instant::now() < deadline, "no kick notice: {:?}", delivered_bodies(&b.lb));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.alice.send(&w.room, "m.room.message", text("back again")).await.expect("send");
+    let bodies = await_delivered(&b.lb, "back again").await;
+    for once in ["while up", "down, before the kick", "back again"] {
+        assert_eq!(bodies.iter().filter(|t| *t == once).count(), 1, "{once:?}: {bodies:?}");
+    }
+    assert!(!bodies.iter().any(|t| t == "down, the bot out"), "said while the bot was out: {bodies:?}");
+    let order: Vec<&String> =
+        bodies.iter().filter(|t| t.starts_with("down, before") || t.ends_with("be right back")).collect();
+    assert!(order.len() == 2 && order[0] == "down, before the kick", "in order: {bodies:?}");
     b.router.shutdown().await;
 }

@@ -170,39 +170,47 @@ async fn take(
     let mut pending = Vec::new();
     resolve_linked(inner, client).await?;
     for (room_id, timeline) in rooms {
-        let (Some(leg_room), Some(room)) = (inner.linked_as(room_id.as_str()), client.get_room(&room_id)) else {
+        let Some(leg_room) = inner.linked_as(room_id.as_str()) else {
+            // Unlinked: linked again later, the room starts afresh (not read back to what was taken before). Not
+            // while a linked alias is unresolved: the room may be that one.
+            if inner.rooms().values().all(Option::is_some) {
+                position.last_event.remove(room_id.as_str());
+            }
             continue;
         };
+        let Some(room) = client.get_room(&room_id) else { continue };
         let mut events = timeline.events;
         let bot = inner.tr.bot_user_id.as_str();
         let known = position.last_event.contains_key(room_id.as_str());
-        match events.iter().rposition(|ev| is_join_of(ev.raw(), bot)) {
+        if first {
             // The very first sync marks where the rooms stand: what was said before the bridge came is not bridged.
-            _ if first => {
-                if let Some(last) = events.iter().rev().find_map(TimelineEvent::event_id) {
-                    position.last_event.insert(room_id.to_string(), last.to_string());
-                }
-                continue;
+            if let Some(last) = events.iter().rev().find_map(TimelineEvent::event_id) {
+                position.last_event.insert(room_id.to_string(), last.to_string());
             }
-            // The bot (re)joined: the room starts after its join, whatever it was before (a room linked again is
-            // not read back to when it was unlinked).
-            Some(i) => {
-                events.drain(..=i);
-            }
-            // Said after the last sync taken, in a room known before: read back what a `limited` timeline leaves out.
-            None if known && timeline.limited => {
-                if let (Some(last), Some(from)) = (position.last_event.get(room_id.as_str()), timeline.prev_batch) {
-                    let mut older = backfill(&room, from, last).await;
-                    older.append(&mut events);
-                    events = older;
-                }
-            }
-            // A room the bot was in before it was linked: what comes now came after the last sync taken.
-            None => {}
+            continue;
         }
+        // A timeline that reaches back to the last event taken (a room joined again shows its latest events, whatever
+        // the sync's token): what it holds up to that one was taken.
+        let last = position.last_event.get(room_id.as_str());
+        if !drop_taken(&mut events, last.map(String::as_str))
+            && known
+            && timeline.limited
+            && let (Some(last), Some(from)) = (last, timeline.prev_batch)
+        {
+            // Said after the last sync taken, in a room known before: read back what a `limited` timeline leaves out.
+            let mut older = backfill(&room, from, last).await;
+            older.append(&mut events);
+            events = older;
+        }
+        // The bot (re)joined: the room starts after its join, whatever it was before (a room linked again is not read
+        // back to when it was unlinked) — but what it saw before its removal, and the removal, are taken.
+        let newest = events.last().and_then(TimelineEvent::event_id).map(|id| id.to_string());
+        skip_while_out(&mut events, bot, known);
         if events.is_empty() && !known {
-            // Marked as known from the join on, so that a later `limited` timeline is read back.
-            if let Some(last) = update_last(&room).await {
+            // Marked as known from the join on, so that a later `limited` timeline is read back: at the join itself,
+            // the newest event of this timeline (not the room's newest as read now, which may have come after this
+            // sync and is not taken yet; a room with no event in this sync is marked by its next one).
+            if let Some(last) = newest {
                 position.last_event.insert(room_id.to_string(), last);
             }
         }
@@ -238,6 +246,57 @@ async fn take(
     crate::handover::settled(&inner.id, pending).await
 }
 
+/// Drops from `events` (oldest first) those up to `last`, the last event taken, if it is among them; false if not.
+fn drop_taken(events: &mut Vec<TimelineEvent>, last: Option<&str>) -> bool {
+    let Some(last) = last else { return false };
+    let Some(i) = events.iter().position(|ev| ev.event_id().is_some_and(|id| id.as_str() == last)) else {
+        return false;
+    };
+    events.drain(..=i);
+    true
+}
+
+/// Drops from `events` (oldest first, after the last event taken) what came while the bot was out of the room, its
+/// joins included, if it joined in them. A room new to it (not `known`: never taken, or left since) starts after
+/// its last join. In a room it was in at the last sync taken, it is what came between each removal (kicked, banned,
+/// or left) and the join that follows; the removal is kept; a timeline that shows a join before any removal (the
+/// removal left out) starts after that first join. So a bot kicked and invited back within one sync (while the
+/// bridge was down, say) still bridges what was said before the kick, and the kick.
+fn skip_while_out(events: &mut Vec<TimelineEvent>, bot: &str, known: bool) {
+    if !known {
+        if let Some(i) = events.iter().rposition(|ev| is_join_of(ev.raw(), bot)) {
+            events.drain(..=i);
+        }
+        return;
+    }
+    let first_move = events.iter().find_map(|ev| {
+        let raw = ev.raw();
+        if is_join_of(raw, bot) { Some(true) } else { is_removal_of(raw, bot).then_some(false) }
+    });
+    let mut inside = first_move != Some(true);
+    events.retain(|ev| {
+        if is_join_of(ev.raw(), bot) {
+            inside = true;
+            false
+        } else if inside && is_removal_of(ev.raw(), bot) {
+            inside = false;
+            true
+        } else {
+            inside
+        }
+    });
+}
+
+/// Whether `raw` takes `user` out of the room (a membership event of theirs that makes them left or banned).
+fn is_removal_of(raw: &Raw<AnySyncTimelineEvent>, user: &str) -> bool {
+    let field = |name: &str| raw.get_field::<String>(name).ok().flatten();
+    let membership =
+        raw.get_field::<serde_json::Value>("content").ok().flatten().unwrap_or_default()["membership"].clone();
+    field("type").as_deref() == Some("m.room.member")
+        && field("state_key").as_deref() == Some(user)
+        && (membership == "leave" || membership == "ban")
+}
+
 /// Whether `raw` is `user`'s own join (a membership event of theirs that makes them joined).
 fn is_join_of(raw: &Raw<AnySyncTimelineEvent>, user: &str) -> bool {
     let field = |name: &str| raw.get_field::<String>(name).ok().flatten();
@@ -247,14 +306,6 @@ fn is_join_of(raw: &Raw<AnySyncTimelineEvent>, user: &str) -> bool {
         && value("content")["membership"] == "join"
         // Not a profile change of a member who was joined already.
         && value("unsigned")["prev_content"]["membership"] != "join"
-}
-
-/// The newest event of `room` the client knows, once the bot is in it.
-async fn update_last(room: &Room) -> Option<String> {
-    let mut options = MessagesOptions::backward();
-    options.limit = 1u32.into();
-    let page = room.messages(options).await.ok()?;
-    page.chunk.first().and_then(TimelineEvent::event_id).map(|id| id.to_string())
 }
 
 /// Learns the room id of every linked room not joined yet (an id is its own; an alias is resolved), so that no
@@ -437,5 +488,136 @@ impl Fetch for ClientFetch<'_> {
             return Err(HsError::Refused { status: 413, errcode: "M_TOO_LARGE".into(), error });
         }
         Ok(("application/octet-stream".into(), bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const BOT: &str = "@relay:b.test";
+
+    fn ev(id: &str, mut body: Value) -> TimelineEvent {
+        body["event_id"] = json!(format!("${id}"));
+        body["origin_server_ts"] = json!(1);
+        let raw = serde_json::value::to_raw_value(&body).expect("json");
+        TimelineEvent::from_plaintext(Raw::from_json(raw))
+    }
+
+    fn said(id: &str) -> TimelineEvent {
+        ev(
+            id,
+            json!({"type": "m.room.message", "sender": "@alice:b.test", "content": {"msgtype": "m.text", "body": id}}),
+        )
+    }
+
+    fn member(id: &str, sender: &str, membership: &str, prev: &str) -> TimelineEvent {
+        let content = json!({"membership": membership});
+        let unsigned = json!({"prev_content": {"membership": prev}});
+        let body = json!({"type": "m.room.member", "sender": sender, "state_key": BOT, "content": content, "unsigned": unsigned});
+        ev(id, body)
+    }
+
+    fn ids(events: &[TimelineEvent]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(TimelineEvent::event_id)
+            .map(|id| id.as_str().trim_start_matches('$').to_owned())
+            .collect()
+    }
+
+    fn skipped(mut events: Vec<TimelineEvent>, known: bool) -> Vec<String> {
+        skip_while_out(&mut events, BOT, known);
+        ids(&events)
+    }
+
+    #[test]
+    fn kicked_and_invited_back_within_one_sync_keeps_what_came_before_the_kick() {
+        let events = vec![
+            said("before"),
+            member("kick", "@alice:b.test", "leave", "join"),
+            said("while-out"),
+            member("invite", "@alice:b.test", "invite", "leave"),
+            member("join", BOT, "join", "invite"),
+            said("after"),
+        ];
+        assert_eq!(skipped(events, true), ["before", "kick", "after"]);
+    }
+
+    #[test]
+    fn a_room_new_to_the_bot_starts_after_its_join() {
+        let events = vec![
+            said("history"),
+            member("kick", "@alice:b.test", "leave", "join"),
+            member("join", BOT, "join", "invite"),
+            said("after"),
+        ];
+        assert_eq!(skipped(events, false), ["after"]);
+    }
+
+    #[test]
+    fn left_and_linked_again_within_one_sync_skips_what_was_said_unlinked() {
+        let events = vec![
+            said("before"),
+            member("leave", BOT, "leave", "join"),
+            said("unlinked"),
+            member("ban", "@alice:b.test", "ban", "leave"),
+            member("unban", "@alice:b.test", "leave", "ban"),
+            member("join", BOT, "join", "leave"),
+            said("after"),
+        ];
+        assert_eq!(skipped(events, true), ["before", "leave", "after"]);
+    }
+
+    #[test]
+    fn no_join_or_a_profile_change_skips_nothing() {
+        let events = vec![said("a"), member("rename", BOT, "join", "join"), said("b")];
+        assert_eq!(skipped(events, true), ["a", "rename", "b"]);
+        let events = vec![said("a"), member("kick", "@alice:b.test", "leave", "join")];
+        assert_eq!(skipped(events, true), ["a", "kick"]);
+    }
+
+    #[test]
+    fn each_time_out_is_skipped() {
+        let events = vec![
+            said("a"),
+            member("kick", "@alice:b.test", "leave", "join"),
+            said("x"),
+            member("join", BOT, "join", "invite"),
+            said("b"),
+            member("leave", BOT, "leave", "join"),
+            said("y"),
+            member("join2", BOT, "join", "leave"),
+            said("c"),
+        ];
+        assert_eq!(skipped(events.clone(), true), ["a", "kick", "b", "leave", "c"]);
+        assert_eq!(skipped(events, false), ["c"], "a room new to the bot starts after its last join");
+    }
+
+    #[test]
+    fn a_room_joined_again_shows_what_was_taken_before_and_that_is_dropped() {
+        // Synapse's timeline of a room joined again: its latest events, whatever the sync's token.
+        let mut events = vec![
+            said("taken"),
+            said("last-taken"),
+            said("before"),
+            member("kick", "@alice:b.test", "leave", "join"),
+            member("join", BOT, "join", "invite"),
+            said("after"),
+        ];
+        assert!(drop_taken(&mut events, Some("$last-taken")));
+        skip_while_out(&mut events, BOT, true);
+        assert_eq!(ids(&events), ["before", "kick", "after"]);
+        let mut events = vec![said("a"), said("b")];
+        assert!(!drop_taken(&mut events, Some("$older")), "not among them: read back instead");
+        assert!(!drop_taken(&mut events, None));
+        assert_eq!(ids(&events), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_join_whose_removal_the_timeline_left_out_starts_after_the_join() {
+        let events = vec![said("while-out"), member("join", BOT, "join", "invite"), said("after")];
+        assert_eq!(skipped(events, true), ["after"]);
     }
 }
