@@ -103,7 +103,7 @@ pub struct BridgeConfig {
     /// Seconds a delivery to a leg is retried before it is given up and listed as undeliverable.
     #[serde(default = "default_delivery_give_up")]
     pub delivery_give_up_secs: Spanned<u64>,
-    /// Seconds a message for the hub of a room hosted elsewhere is retried (counted while the daemon runs) before
+    /// Seconds a message for the hub of a room hosted elsewhere is retried (counted from when it was first sent, across restarts) before
     /// it is given up and its sender told; unset: [`Config::hub_give_up`].
     #[serde(default)]
     pub hub_give_up_secs: Option<Spanned<u64>>,

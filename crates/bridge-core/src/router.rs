@@ -46,7 +46,7 @@ pub struct RouterConfig {
     pub retry_max: Duration,
     /// After this long without success a delivery is given up and reported as undeliverable.
     pub give_up_after: Duration,
-    /// After this long without an answer (in this process, from its first failed try), a message for the hub of
+    /// After this long without an answer (from when it was first marked for the hub, across restarts), a message for the hub of
     /// a room hosted elsewhere is given up and its sender told: longer than a delivery, since a message the hub
     /// never takes is lost to the whole room, this bridge's other legs included.
     pub hub_give_up_after: Duration,

@@ -24,8 +24,8 @@
 //! knows a message it took by its digest whatever its epoch now (as long as its log holds the entry), sequences it
 //! once and answers with its place; a hub that says the message's epoch is too old never took it, and the event
 //! is encrypted again. So a crash or a lost answer neither loses the message on this bridge's other legs nor puts
-//! it twice in the room. A message this process has tried for longer than the router's `hub_give_up_after` (a day
-//! by default) without an answer is given up: its mark says so ([`crate::repo::write::given_up`]), the portal
+//! it twice in the room. A message first marked for the hub longer than the router's `hub_give_up_after` ago (a day
+//! by default, counted across restarts from its mark) without an answer is given up: its mark says so ([`crate::repo::write::given_up`]), the portal
 //! tells its sender that it was not bridged, and refuses the event if its network sends it again (a hub that took
 //! it and then only failed to answer has it in the room, without this bridge's other legs).
 
@@ -54,6 +54,10 @@ pub(super) const LOST_REJOIN_PAUSE: Duration = Duration::from_secs(60);
 /// Tries (in this process) after which an unanswered message no longer holds the portal's later ones back: the
 /// hub answering one message with errors that may pass, again and again, must not stop the portal for good.
 const HOLD_TRIES: u32 = 8;
+
+/// How long this process tries a message whose give-up time is up already (it waited that long before a restart)
+/// before it gives it up.
+const GIVE_UP_GRACE: Duration = Duration::from_secs(5);
 
 /// How much of a given-up message its sender's notice quotes, in characters.
 const NOTICE_EXCERPT_CHARS: usize = 60;
@@ -469,8 +473,9 @@ impl MlsRooms {
         Ok(waits)
     }
 
-    /// Notes that the event `native` of `leg` was not answered by the hub now; gives it up if this process has
-    /// been trying for longer than [`crate::router::RouterConfig::hub_give_up_after`]: its mark becomes a
+    /// Notes that the event `native` of `leg` was not answered by the hub now; gives it up if it was first marked for
+    /// the hub longer than [`crate::router::RouterConfig::hub_give_up_after`] ago (and tried for [`GIVE_UP_GRACE`]
+    /// in this process, unless its map of tries is full): its mark becomes a
     /// given-up one ([`crate::repo::write::given_up`]), and the refusal returned makes the portal tell its sender.
     async fn unanswered(
         &self,
@@ -489,9 +494,22 @@ impl MlsRooms {
             }
             Some(*since.entry(key).or_insert_with(std::time::Instant::now))
         });
-        let overdue = limit.zip(since).is_some_and(|(limit, since)| since.elapsed() >= limit);
-        let mark = if overdue { self.marked(portal, leg, native).ok().flatten() } else { None };
-        let Some(mark) = mark.filter(|m| m.submitted.is_some()) else { return RoomError::Unavailable(why) };
+        let Some(mark) = self.marked(portal, leg, native).ok().flatten().filter(|m| m.submitted.is_some()) else {
+            return RoomError::Unavailable(why);
+        };
+        // Counted from when the message was first marked for the hub, which its mark keeps across restarts (a bridge
+        // restarted daily during a week's outage gives up all the same) — once this process has tried for a few
+        // seconds itself, so that one passing failure at a start does not end it —, or, if the wall clock went back
+        // since, from this process's first failed try.
+        let age = Duration::from_millis(crate::outbox::now_ms().saturating_sub(mark.at_ms));
+        let tried_here = since.map(|since| since.elapsed());
+        let overdue = limit.is_some_and(|limit| {
+            tried_here.is_some_and(|t| t >= limit)
+                || (age >= limit && tried_here.is_none_or(|t| t >= GIVE_UP_GRACE.min(limit)))
+        });
+        if !overdue {
+            return RoomError::Unavailable(why);
+        }
         let mut b = Batch::new();
         crate::repo::write::given_up(&mut b, portal, leg, native, &mark.message_id);
         if let Err(e) = self.provider.store().commit(b).await {

@@ -3,7 +3,7 @@
 //! their authors' names, b.test's bridge leaf commits its key updates through a.test's hub, joins again after a
 //! member removed it, and a line whose answer was lost on the way back is sequenced once, also across a restart
 //! (and reaches the bridge's other legs then, even while the hub is unreachable at first), a line the hub does not
-//! take in time is given up and its sender told, and a bridge away longer than the hub keeps its log joins the room
+//! take in time (counted across restarts) is given up and its sender told, and a bridge away longer than the hub keeps its log joins the room
 //! again. Only another
 //! bridge's leaf is shown as the legacy user it speaks for, and only for a user of its own domain.
 
@@ -399,6 +399,59 @@ async fn lines_the_hub_does_not_take_in_time_are_given_up_and_their_sender_told(
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(bodies(&a.net.delivered()), ["after the outage"], "a given-up line went after all");
     assert_eq!(b.net.delivered().len(), 2, "told more than once");
+    a.router.shutdown().await;
+    b.router.shutdown().await;
+}
+
+/// The time a line for the hub is tried counts across restarts: a line handed to the unreachable hub longer ago than
+/// the give-up time, before the bridge stopped, is given up after a few seconds of tries after its next start (not
+/// a whole give-up time later), its sender told; it never reaches the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_tried_longer_than_the_give_up_time_across_a_restart_is_given_up() {
+    let network = MemoryNetwork::new();
+    let a = Side::start(&network, "a.test", None, Duration::from_secs(3600)).await;
+    let give_up = Duration::from_secs(120);
+    let b = Side::start_giving_up(&network, "b.test", Some(ROOM), give_up).await;
+    joined(&a).await;
+    network.set_down("a.test", true);
+    let line = InboundKind::Message { draft: MessageDraft::plain("said before a long outage"), reply_to: None };
+    let said = b.net.say_with_id("#rust", "bob", "old-1", line).await;
+    assert!(said.is_err(), "accepted without the hub: {said:?}");
+    let dir = b.stop(&network).await;
+
+    // The bridge was down for a while: the line's mark is older than the give-up time.
+    let st = bridge_core::open_store(dir.path(), Some(Backend::Redb), CommitConfig::default()).expect("store");
+    let marks = st.scan_prefix(bridge_core::repo::IDS, b"p").expect("marks");
+    assert_eq!(marks.len(), 1, "one mark");
+    let (key, value) = &marks[0];
+    let mut mark: bridge_core::repo::SentMarker = serde_json::from_slice(value).expect("mark");
+    assert!(mark.submitted.is_some(), "handed to the hub: {mark:?}");
+    mark.at_ms -= 2 * give_up.as_millis() as u64;
+    let mut batch = mimi_store::Batch::new();
+    batch.put(bridge_core::repo::IDS, key.clone(), serde_json::to_vec(&mark).expect("json"));
+    st.commit(batch).await.expect("aged");
+    let mut closed = st.closed();
+    drop(st);
+    tokio::time::timeout(WAIT, closed.wait_for(|c| *c)).await.expect("store closes").expect("closed");
+
+    let config = RouterConfig { hub_give_up_after: give_up, ..RouterConfig::new("b.test") };
+    let b = Side::launch(dir, &network, "b.test", Some(ROOM), Duration::from_secs(3600), config).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let notice = loop {
+        if let Some(d) = b.net.delivered().into_iter().find(|d| d.leg == b.net.leg("#rust")) {
+            break d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "bob was never told (within {WAIT:?} of the start)");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let told =
+        "⚠ bob: your message was not bridged: the room's hub has not taken it in 2 min: “said before a long outage”";
+    assert!(matches!(&notice.kind, OutboundKind::Message { draft, .. } if draft.body == told), "{notice:?}");
+    network.set_down("a.test", false);
+    b.net.say("#rust", "bob", "after the outage").await.1.expect("bridged");
+    assert_eq!(delivered(&a, 1).await.1, "after the outage");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bodies(&a.net.delivered()), ["after the outage"], "a given-up line went after all");
     a.router.shutdown().await;
     b.router.shutdown().await;
 }
