@@ -100,6 +100,9 @@ pub struct BridgeConfig {
     /// Seconds an open portal's MLS group stays in memory without a message before it closes; 0: never.
     #[serde(default = "default_portal_idle_close")]
     pub portal_idle_close_secs: Spanned<u64>,
+    /// How many portals' MLS groups may be open at once (the least used close beyond it); 0: no bound.
+    #[serde(default = "default_max_open_portals")]
+    pub max_open_portals: Spanned<usize>,
     /// Seconds a delivery to a leg is retried before it is given up and listed as undeliverable.
     #[serde(default = "default_delivery_give_up")]
     pub delivery_give_up_secs: Spanned<u64>,
@@ -132,6 +135,11 @@ impl BridgeConfig {
         Some(*self.portal_idle_close_secs.get_ref()).filter(|s| *s > 0).map(std::time::Duration::from_secs)
     }
 
+    /// How many portals may be open at once (`None`: no bound).
+    pub fn max_open_portals(&self) -> Option<usize> {
+        Some(*self.max_open_portals.get_ref()).filter(|m| *m > 0)
+    }
+
     /// The key-update interval of the bridge's MLS leaves (`None`: never).
     pub fn key_update_interval(&self) -> Option<std::time::Duration> {
         Some(*self.mls_key_update_secs.get_ref()).filter(|s| *s > 0).map(std::time::Duration::from_secs)
@@ -160,6 +168,9 @@ fn default_key_update() -> Spanned<u64> {
 }
 fn default_portal_idle_close() -> Spanned<u64> {
     Spanned::new(0..0, bridge_core::mls_rooms::DEFAULT_IDLE_CLOSE.as_secs())
+}
+fn default_max_open_portals() -> Spanned<usize> {
+    Spanned::new(0..0, bridge_core::mls_rooms::DEFAULT_MAX_OPEN)
 }
 fn default_delivery_give_up() -> Spanned<u64> {
     Spanned::new(0..0, 3600)
@@ -1307,6 +1318,14 @@ mod tests {
         assert_eq!(idle(""), Some(std::time::Duration::from_secs(300)));
         assert_eq!(idle("portal_idle_close_secs = 30\n"), Some(std::time::Duration::from_secs(30)));
         assert_eq!(idle("portal_idle_close_secs = 0\n"), None);
+    }
+
+    #[test]
+    fn open_portals_are_bounded_by_default() {
+        let max = |extra: &str| parse(&format!("{MIN}{extra}")).expect("valid").bridge.max_open_portals();
+        assert_eq!(max(""), Some(1000));
+        assert_eq!(max("max_open_portals = 50\n"), Some(50));
+        assert_eq!(max("max_open_portals = 0\n"), None);
     }
 
     #[test]

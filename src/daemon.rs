@@ -86,6 +86,7 @@ impl Daemon {
         let room = MlsRooms::open(store.clone(), &domain, JoinPolicy::Open).await?;
         room.set_key_update_interval(cfg.bridge.key_update_interval());
         room.set_idle_close(cfg.bridge.portal_idle_close());
+        room.set_max_open(cfg.bridge.max_open_portals());
         let mut pruner =
             bridge_core::retention::Pruner::new(store.clone(), room.provider().clone(), cfg.retention.config());
         let router = RouterHandle::start(rc, store, room.clone()).await?;
@@ -309,6 +310,7 @@ async fn probe(
         match tokio::time::timeout(every, router.status()).await {
             Ok(portals) => {
                 readiness.set_loop_ok(true);
+                metrics::gauge!(telemetry::OPEN_PORTALS).set(room.open_count() as f64);
                 for p in &portals {
                     if let Ok(epoch) = room.provider().epoch(&room.room_of(&p.id)) {
                         metrics::gauge!(telemetry::MLS_EPOCH, "portal" => p.id.to_string()).set(epoch as f64);

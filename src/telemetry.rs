@@ -30,6 +30,8 @@ pub const ACCOUNT_UP: &str = "mimi_bridge_account_up";
 pub const ERRORS: &str = "mimi_bridge_errors_total";
 /// The MLS epoch of a portal's group (set by the MLS engine).
 pub const MLS_EPOCH: &str = "mimi_bridge_mls_epoch";
+/// Portals whose MLS group is open (in memory) now.
+pub const OPEN_PORTALS: &str = "mimi_bridge_open_portals";
 /// 1 while the daemon is ready (the same condition as `/health`).
 pub const READY: &str = "mimi_bridge_ready";
 /// Connections accepted and closed at once because a listener's cap was reached, per listener (`mimi`, `admin`).
@@ -86,6 +88,7 @@ fn describe() {
     describe_counter!(STORE_WRITES, "Durable writes of the store (one fsync or transaction each).");
     describe_counter!(STORE_BATCHES, "Batches carried by the store's durable writes.");
     describe_counter!(STORE_BYTES, "Bytes written by the store's durable writes (keys and values put, keys deleted).");
+    describe_gauge!(OPEN_PORTALS, "Portals whose MLS group is open (in memory).");
     describe_gauge!(READY, "1 while the daemon is ready (as /health).");
     describe_counter!(CONNECTIONS_REFUSED, "Connections closed at once because a listener's cap was reached.");
     describe_gauge!(CONNECTIONS_OPEN, "Connections open on a listener.");

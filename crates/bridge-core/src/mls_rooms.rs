@@ -36,7 +36,7 @@ mod leaves;
 mod order;
 mod remote;
 
-pub use dormant::DEFAULT_IDLE_CLOSE;
+pub use dormant::{DEFAULT_IDLE_CLOSE, DEFAULT_MAX_OPEN};
 pub use keys::DEFAULT_KEY_UPDATE;
 
 use crate::repo::{MlsIdentity, Repo};
@@ -137,6 +137,11 @@ pub struct MlsRooms {
     opening: Mutex<HashMap<PortalId, Arc<tokio::sync::Mutex<()>>>>,
     /// Milliseconds without a message after which a portal's group closes; 0: never ([`dormant`]).
     idle_close_ms: std::sync::atomic::AtomicU64,
+    /// How many portals may be open at once; 0: no bound ([`dormant`]).
+    max_open: std::sync::atomic::AtomicUsize,
+    /// A pass closing the least used portals is under way; and whether the bound was found unreachable once.
+    evicting: std::sync::atomic::AtomicBool,
+    warned_open_bound: std::sync::atomic::AtomicBool,
     /// Interval between key updates of each local member, in milliseconds; 0: never ([`keys`]).
     key_update_ms: std::sync::atomic::AtomicU64,
     /// Per-user leaf limits by portal ([`MlsRooms::set_leaf_policy`]); the default otherwise.
@@ -204,6 +209,9 @@ impl MlsRooms {
             known: Mutex::default(),
             opening: Mutex::default(),
             idle_close_ms: std::sync::atomic::AtomicU64::new(DEFAULT_IDLE_CLOSE.as_millis() as u64),
+            max_open: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_OPEN),
+            evicting: std::sync::atomic::AtomicBool::new(false),
+            warned_open_bound: std::sync::atomic::AtomicBool::new(false),
             leaf_policies: Mutex::default(),
             join_policies: Mutex::default(),
             key_update_ms: std::sync::atomic::AtomicU64::new(DEFAULT_KEY_UPDATE.as_millis() as u64),
@@ -542,9 +550,15 @@ impl MlsRooms {
             let mut cursor_at: Option<tokio::time::Instant> = None;
             // After a close that could not happen (the slot in use, a message just in): not before this.
             let mut retry_close = tokio::time::Instant::now();
+            // After a look at the bound on open portals that left it exceeded: the next not before this, and the
+            // pause after the next such look.
+            let mut retry_evict = tokio::time::Instant::now();
+            let mut evict_backoff = Duration::from_secs(1);
             loop {
                 let Some(this) = me.upgrade() else { return };
                 let close_at;
+                // When to look again at the bound on open portals, exceeded now (`dormant::EVICT_MIN_IDLE`).
+                let evict_at;
                 let close_now;
                 // When to add the leaves of the new speakers gathered so far (`Slot::wanted`).
                 let add_at;
@@ -593,6 +607,9 @@ impl MlsRooms {
                         .filter(|_| closable)
                         .map(|d| (tokio::time::Instant::from_std(s.active) + d).max(retry_close));
                     close_now = s.close_when_caught_up.is_some();
+                    evict_at = this
+                        .over_open_bound()
+                        .then(|| (tokio::time::Instant::from_std(s.active) + dormant::EVICT_MIN_IDLE).max(retry_evict));
                     if s.stored >= s.applied {
                         cursor_at = None;
                     } else if close_now || cursor_at.is_some_and(|t| t <= now) {
@@ -608,6 +625,8 @@ impl MlsRooms {
                 if close_now && this.close_if_unused(&portal, None) {
                     return;
                 }
+                // More portals open than the bound: the least used close (this one, maybe; `closed` says so).
+                this.close_least_used();
                 drop(this);
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },
@@ -615,6 +634,17 @@ impl MlsRooms {
                     _ = sleep_until_some(add_at) => {}
                     _ = sleep_until_some(rejoin_at) => {}
                     _ = sleep_until_some(cursor_at) => {}
+                    _ = sleep_until_some(evict_at) => {
+                        let Some(this) = me.upgrade() else { return };
+                        this.close_least_used();
+                        // Still exceeded (portals that cannot close): looked at less and less often.
+                        if this.over_open_bound() {
+                            retry_evict = tokio::time::Instant::now() + evict_backoff;
+                            evict_backoff = (evict_backoff * 2).min(Duration::from_secs(60));
+                        } else {
+                            evict_backoff = Duration::from_secs(1);
+                        }
+                    }
                     _ = sleep_until_some(close_at) => {
                         let Some(this) = me.upgrade() else { return };
                         if this.close_if_unused(&portal, this.idle_close()) {

@@ -15,7 +15,13 @@
 //! update). One opener at a time per portal: two loads of one group would leave the first unable to send.
 //!
 //! An open portal closes after [`MlsRooms::set_idle_close`] without a message, unless it has per-user leaves or
-//! has not applied its room's whole log and stored its cursor there. Closing drops the group cleanly (its message
+//! has not applied its room's whole log and stored its cursor there. With more portals open than
+//! [`MlsRooms::set_max_open`] (traffic waking thousands of portals within their idle time), those used least
+//! recently close, under the same conditions, once they have been idle for [`EVICT_MIN_IDLE`] (a portal in use is
+//! not closed between two of its messages), and not while messages for a remote room's hub wait in them. The
+//! workers look whenever they have done a round of work, and [`EVICT_MIN_IDLE`] after one while the bound is
+//! exceeded (then less and less often, up to a minute, while it stays exceeded): memory stays bounded, at the
+//! price of loading a group again if its portal is used again soon. Closing drops the group cleanly (its message
 //! secrets are encoded, as at a stop), and the hub drops its decoded public state of the room, which stays in the
 //! store ([`Provider::release_public`]). Closing is safe against a concurrent open: the slot leaves the map only
 //! under the map's lock, when nobody but its worker holds it and it is not locked, so nobody can be holding a
@@ -39,11 +45,17 @@ use tokio::sync::broadcast::error::RecvError;
 
 /// How long an open portal stays open without a message by default ([`MlsRooms::set_idle_close`]).
 pub const DEFAULT_IDLE_CLOSE: Duration = Duration::from_secs(300);
+/// How many portals may be open at once by default ([`MlsRooms::set_max_open`]): 40–45 MiB of small groups, as
+/// measured in docs/benchmarks.md ("Portals woken by traffic").
+pub const DEFAULT_MAX_OPEN: usize = 1000;
+/// How long a portal has been idle at least before the bound on open portals closes it.
+pub(super) const EVICT_MIN_IDLE: Duration = Duration::from_secs(2);
 /// The longest pause between two looks at closed portals' key-update times.
 const MAX_KEY_PASS: Duration = Duration::from_secs(15 * 60);
 
 impl MlsRooms {
-    /// Closes a portal's group after `after` without a message (`None`: never). Default [`DEFAULT_IDLE_CLOSE`].
+    /// Closes a portal's group after `after` without a message (`None`: never, unless the bound on open portals,
+    /// [`MlsRooms::set_max_open`], closes it sooner). Default [`DEFAULT_IDLE_CLOSE`].
     pub fn set_idle_close(&self, after: Option<Duration>) {
         let ms = after.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
         self.idle_close_ms.store(ms, Ordering::Relaxed);
@@ -55,6 +67,28 @@ impl MlsRooms {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         }
+    }
+
+    /// Closes the portals used least recently while more than `max` are open (`None`: no bound); portals with
+    /// per-user leaves, busy, holding messages for a remote room's hub, or idle for less than [`EVICT_MIN_IDLE`]
+    /// stay open. Default [`DEFAULT_MAX_OPEN`].
+    pub fn set_max_open(&self, max: Option<usize>) {
+        self.max_open.store(max.map_or(0, |m| m.max(1)), Ordering::Relaxed);
+    }
+
+    /// The bound on open portals ([`MlsRooms::set_max_open`]).
+    pub fn max_open(&self) -> Option<usize> {
+        Some(self.max_open.load(Ordering::Relaxed)).filter(|m| *m > 0)
+    }
+
+    /// Whether more portals are open than [`MlsRooms::set_max_open`] allows.
+    pub(super) fn over_open_bound(&self) -> bool {
+        self.max_open().is_some_and(|max| self.open_count() > max)
+    }
+
+    /// How many portals' groups are open now.
+    pub fn open_count(&self) -> usize {
+        self.slots.lock().map_or(0, |s| s.len())
     }
 
     /// Whether `portal`'s group is open now (for tests and status).
@@ -264,6 +298,66 @@ impl MlsRooms {
             }
         });
         true
+    }
+}
+
+impl MlsRooms {
+    /// While more portals are open than [`MlsRooms::max_open`]: closes those that can close
+    /// ([`MlsRooms::close_if_unused`]) and have been idle for [`EVICT_MIN_IDLE`], least recently active first,
+    /// until the bound is met or none is left that can. One pass at a time: a caller finding one under way returns.
+    pub(super) fn close_least_used(&self) {
+        let Some(max) = self.max_open() else { return };
+        if self.evicting.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let _done = ResetOnDrop(&self.evicting);
+        let mut candidates: Vec<(std::time::Instant, PortalId)> = {
+            let Ok(slots) = self.slots.lock() else { return };
+            if slots.len() <= max {
+                return;
+            }
+            let mut stuck = 0;
+            let mut candidates = Vec::new();
+            for (portal, slot) in slots.iter() {
+                let Ok(s) = slot.try_lock() else { continue };
+                // Messages waiting for a remote room's hub: closed, the portal would open again for each try.
+                let waiting = s.queue.as_ref().is_some_and(|q| !q.is_empty());
+                if waiting || !closable(&s, None) {
+                    stuck += 1;
+                } else if Arc::strong_count(slot) <= 2 && closable(&s, Some(EVICT_MIN_IDLE)) {
+                    candidates.push((s.active, portal.clone()));
+                }
+            }
+            if stuck > max && !self.warned_open_bound.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    stuck,
+                    max,
+                    "more portals that cannot close (per-user leaves, messages waiting for a \
+                    remote room's hub) are open than max_open_portals allows"
+                );
+            }
+            candidates
+        };
+        candidates.sort_unstable_by_key(|(active, _)| *active);
+        let mut closed = 0;
+        for (_, portal) in candidates {
+            if self.open_count() <= max {
+                break;
+            }
+            closed += usize::from(self.close_if_unused(&portal, Some(EVICT_MIN_IDLE)));
+        }
+        if closed > 0 {
+            tracing::debug!(closed, max, "portals used least recently closed: more were open than the bound");
+        }
+    }
+}
+
+/// Clears a flag when dropped (however the pass holding it ends).
+struct ResetOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -886,6 +886,48 @@ async fn a_new_portal_closes_once_its_room_is_made() {
     b.stop().await;
 }
 
+/// More portals used within their idle time than [`MlsRooms::set_max_open`] allows: those used least recently close
+/// at once (not after their 5 idle minutes), so memory stays bounded; a closed one opens again for its next line,
+/// and every line reaches the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_bound_of_open_portals_the_least_used_close() {
+    const MAX: usize = 3;
+    let b = Bridge::start(MlsIdentity::Shared, None).await;
+    b.room_of_record.set_max_open(Some(MAX));
+    let portals: Vec<PortalId> = (0..10).map(|i| PortalId::new(format!("p{i}")).expect("portal id")).collect();
+    for p in &portals {
+        b.router.create_portal(PortalRecord { id: p.clone(), mls_identity: MlsIdentity::Shared }).await.expect("p");
+        b.router.link(b.net.leg(&format!("#{p}")), p).await.expect("link");
+        b.room_of_record.register_portal(p).await.expect("registered");
+    }
+    let settled = |what: &str| {
+        let what = what.to_owned();
+        let rooms = b.room_of_record.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while rooms.open_count() > MAX {
+                assert!(tokio::time::Instant::now() < deadline, "{} open {what}", rooms.open_count());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for p in &portals {
+        b.net.say(&format!("#{p}"), "bob", &format!("into {p}")).await.1.expect("bridged");
+    }
+    settled("after a line into each of 10 portals").await;
+    for p in &portals {
+        let room = room_uri(DOMAIN, p);
+        assert!(b.provider.last_seq(&room).expect("room") >= 1, "{p}'s line is in its room");
+    }
+    // The first portal used is among those closed; its next line opens it again.
+    assert!(!b.room_of_record.is_open(&portals[0]), "the least used portal stayed open");
+    let before = b.provider.last_seq(&room_uri(DOMAIN, &portals[0])).expect("room");
+    b.net.say("#p0", "bob", "into p0 again").await.1.expect("bridged");
+    assert!(b.provider.last_seq(&room_uri(DOMAIN, &portals[0])).expect("room") > before, "in its room");
+    settled("after a line into a closed portal").await;
+    b.stop().await;
+}
+
 /// A portal of more than [`mimi_mls::OFFLOAD_MEMBERS`] members stays closed after a restart, like a small one: the
 /// GroupInfo it serves, which carries no tree, is stored after every commit. A big group's used to be kept in memory
 /// only, so after a commit that came without one (the bridge's key update) its portal opened at every start to
