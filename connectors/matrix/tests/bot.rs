@@ -112,6 +112,16 @@ fn bot_devices(w: &World, state: &Path) -> Vec<Value> {
     v["devices"].as_array().cloned().unwrap_or_default()
 }
 
+/// alice kicks or invites (`action`) the bot, with `reason` if given.
+async fn bot_membership(w: &World, action: &str, reason: Option<&str>) {
+    let path = format!("/_matrix/client/v3/rooms/{}/{action}", enc(&w.room));
+    let mut body = json!({"user_id": w.hs.user_id(BOT)});
+    if let Some(reason) = reason {
+        body["reason"] = json!(reason);
+    }
+    w.alice.call(reqwest::Method::POST, &path, Some(body)).await.expect(action);
+}
+
 /// bob says `text` on the loopback leg, with native id `id`.
 async fn say(lb: &LoopbackNetwork, id: &str, text: &str) {
     let kind = InboundKind::Message { draft: MessageDraft::plain(text), reply_to: None };
@@ -357,9 +367,7 @@ async fn a_kicked_bot_says_who_removed_it_and_waits_to_be_invited_back() {
     let bot = w.hs.user_id(BOT);
     let text = |body: &str| json!({"msgtype": "m.text", "body": body});
     w.alice.send(&w.room, "m.room.message", text("just before the kick")).await.expect("send");
-    let kick = format!("/_matrix/client/v3/rooms/{}/kick", enc(&w.room));
-    let body = json!({"user_id": bot, "reason": "too chatty"});
-    w.alice.call(reqwest::Method::POST, &kick, Some(body)).await.expect("kicked");
+    bot_membership(&w, "kick", Some("too chatty")).await;
 
     let bodies = await_delivered(&b.lb, "just before the kick").await;
     assert_eq!(bodies.iter().filter(|t| *t == "just before the kick").count(), 1, "{bodies:?}");
@@ -389,8 +397,7 @@ async fn a_kicked_bot_says_who_removed_it_and_waits_to_be_invited_back() {
     }
 
     // Invited back: it joins, and bridges both ways.
-    let invite = format!("/_matrix/client/v3/rooms/{}/invite", enc(&w.room));
-    w.alice.call(reqwest::Method::POST, &invite, Some(json!({"user_id": bot}))).await.expect("invited");
+    bot_membership(&w, "invite", None).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while w.alice.call(reqwest::Method::GET, &members, None).await.expect("members")["joined"].get(&bot).is_none() {
         assert!(tokio::time::Instant::now() < deadline, "the bot never came back after the invite");
@@ -419,19 +426,15 @@ async fn a_bot_kicked_and_invited_back_while_down_bridges_what_came_before_the_k
     let w = world(json!([]));
     let state = tempfile::tempdir().expect("state dir");
     let b = bridge(&w, state.path()).await;
-    let bot = w.hs.user_id(BOT);
     let text = |body: &str| json!({"msgtype": "m.text", "body": body});
     w.alice.send(&w.room, "m.room.message", text("while up")).await.expect("send");
     await_delivered(&b.lb, "while up").await;
 
     b.bot.shutdown().await;
     w.alice.send(&w.room, "m.room.message", text("down, before the kick")).await.expect("send");
-    let kick = format!("/_matrix/client/v3/rooms/{}/kick", enc(&w.room));
-    let body = json!({"user_id": bot, "reason": "be right back"});
-    w.alice.call(reqwest::Method::POST, &kick, Some(body)).await.expect("kicked");
+    bot_membership(&w, "kick", Some("be right back")).await;
     w.alice.send(&w.room, "m.room.message", text("down, the bot out")).await.expect("send");
-    let invite = format!("/_matrix/client/v3/rooms/{}/invite", enc(&w.room));
-    w.alice.call(reqwest::Method::POST, &invite, Some(json!({"user_id": bot}))).await.expect("invited");
+    bot_membership(&w, "invite", None).await;
 
     start_bot(&w, state.path(), &b.router, &b.media).await;
     await_delivered(&b.lb, "down, before the kick").await;
