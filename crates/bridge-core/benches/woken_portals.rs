@@ -3,9 +3,9 @@
 //!
 //! `WOKEN_BENCH_PORTALS` (default 2000) portals with one loopback leg each are made (a first start: each opens to
 //! make its group and room, and closes again), then a line goes into each, one at a time, twice over. Printed after
-//! the start and after each pass: the process's RSS and its peak so far (`VmRSS`, `VmHWM`), the portals open, and
-//! the pass's lines/s and how long a line took to be accepted (p50 / p99). `WOKEN_BENCH_MAX_OPEN` sets the bound (default the daemon's, 1000; 0: none); run once per
-//! setting, since freed memory is not all given back to the system.
+//! the start and after each pass: the process's RSS and its peak so far (`VmRSS`, `VmHWM`), the portals open, and the
+//! pass's lines/s and how long a line took to be accepted (p50 / p99). `WOKEN_BENCH_MAX_OPEN` sets the bound (default
+//! the daemon's, 1000; 0: none); run once per setting, since freed memory is not all given back to the system.
 //!
 //! Run: `WOKEN_BENCH_MAX_OPEN=0 cargo bench -p bridge-core --bench woken_portals`, and again without it.
 

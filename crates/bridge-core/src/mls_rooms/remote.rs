@@ -25,9 +25,10 @@
 //! once and answers with its place; a hub that says the message's epoch is too old never took it, and the event
 //! is encrypted again. So a crash or a lost answer neither loses the message on this bridge's other legs nor puts
 //! it twice in the room. A message first marked for the hub longer than the router's `hub_give_up_after` ago (a day
-//! by default, counted across restarts from its mark) without an answer is given up: its mark says so ([`crate::repo::write::given_up`]), the portal
-//! tells its sender that it was not bridged, and refuses the event if its network sends it again (a hub that took
-//! it and then only failed to answer has it in the room, without this bridge's other legs).
+//! by default, counted across restarts from its mark) without an answer is given up: its mark says so
+//! ([`crate::repo::write::given_up`]), the portal tells its sender that it was not bridged, and refuses the event if
+//! its network sends it again (a hub that took it and then only failed to answer has it in the room, without this
+//! bridge's other legs).
 
 use super::{MlsRooms, Slot, unavailable};
 use crate::room_of_record::{GroupMessage, Published};
