@@ -263,49 +263,49 @@ fn drop_taken(events: &mut Vec<TimelineEvent>, last: Option<&str>) -> bool {
 /// removal left out) starts after that first join. So a bot kicked and invited back within one sync (while the
 /// bridge was down, say) still bridges what was said before the kick, and the kick.
 fn skip_while_out(events: &mut Vec<TimelineEvent>, bot: &str, known: bool) {
+    let moves: Vec<Option<Move>> = events.iter().map(|ev| move_of(ev.raw(), bot)).collect();
     if !known {
-        if let Some(i) = events.iter().rposition(|ev| is_join_of(ev.raw(), bot)) {
+        if let Some(i) = moves.iter().rposition(|m| *m == Some(Move::Join)) {
             events.drain(..=i);
         }
         return;
     }
-    let first_move = events.iter().find_map(|ev| {
-        let raw = ev.raw();
-        if is_join_of(raw, bot) { Some(true) } else { is_removal_of(raw, bot).then_some(false) }
-    });
-    let mut inside = first_move != Some(true);
-    events.retain(|ev| {
-        if is_join_of(ev.raw(), bot) {
+    let mut inside = moves.iter().flatten().next() != Some(&Move::Join);
+    let mut moves = moves.into_iter();
+    events.retain(|_| match moves.next().flatten() {
+        Some(Move::Join) => {
             inside = true;
             false
-        } else if inside && is_removal_of(ev.raw(), bot) {
+        }
+        Some(Move::Removal) if inside => {
             inside = false;
             true
-        } else {
-            inside
         }
+        _ => inside,
     });
 }
 
-/// Whether `raw` takes `user` out of the room (a membership event of theirs that makes them left or banned).
-fn is_removal_of(raw: &Raw<AnySyncTimelineEvent>, user: &str) -> bool {
-    let field = |name: &str| raw.get_field::<String>(name).ok().flatten();
-    let membership =
-        raw.get_field::<serde_json::Value>("content").ok().flatten().unwrap_or_default()["membership"].clone();
-    field("type").as_deref() == Some("m.room.member")
-        && field("state_key").as_deref() == Some(user)
-        && (membership == "leave" || membership == "ban")
+/// A change of a user's own membership in a room ([`move_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Move {
+    /// Joined, from not joined (not a profile change of a member who was joined already).
+    Join,
+    /// Left or banned (kicked, banned, or left).
+    Removal,
 }
 
-/// Whether `raw` is `user`'s own join (a membership event of theirs that makes them joined).
-fn is_join_of(raw: &Raw<AnySyncTimelineEvent>, user: &str) -> bool {
+/// The change of `user`'s own membership that `raw` makes, if it is one.
+fn move_of(raw: &Raw<AnySyncTimelineEvent>, user: &str) -> Option<Move> {
     let field = |name: &str| raw.get_field::<String>(name).ok().flatten();
+    if field("type").as_deref() != Some("m.room.member") || field("state_key").as_deref() != Some(user) {
+        return None;
+    }
     let value = |name: &str| raw.get_field::<serde_json::Value>(name).ok().flatten().unwrap_or_default();
-    field("type").as_deref() == Some("m.room.member")
-        && field("state_key").as_deref() == Some(user)
-        && value("content")["membership"] == "join"
-        // Not a profile change of a member who was joined already.
-        && value("unsigned")["prev_content"]["membership"] != "join"
+    match value("content")["membership"].as_str() {
+        Some("join") if value("unsigned")["prev_content"]["membership"] != "join" => Some(Move::Join),
+        Some("leave" | "ban") => Some(Move::Removal),
+        _ => None,
+    }
 }
 
 /// Learns the room id of every linked room not joined yet (an id is its own; an alias is resolved), so that no
