@@ -324,7 +324,7 @@ impl MlsRooms {
                 let waiting = s.queue.as_ref().is_some_and(|q| !q.is_empty());
                 if waiting || !closable(&s, None) {
                     stuck += 1;
-                } else if Arc::strong_count(slot) <= 2 && closable(&s, Some(EVICT_MIN_IDLE)) {
+                } else if Arc::strong_count(slot) <= 2 && s.active.elapsed() >= EVICT_MIN_IDLE {
                     candidates.push((s.active, portal.clone()));
                 }
             }
