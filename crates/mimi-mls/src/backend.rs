@@ -19,6 +19,8 @@ pub struct MlsBackend {
     crypto: MlsCrypto,
     storage: MlsStorage,
     write_behind_ops: std::sync::atomic::AtomicU64,
+    /// Generations thrown away by this member's groups since the process started ([`Self::skipped_generations`]).
+    skipped: std::sync::atomic::AtomicU64,
 }
 
 impl MlsBackend {
@@ -28,6 +30,7 @@ impl MlsBackend {
             crypto: MlsCrypto::default(),
             storage: MlsStorage::new(store, namespace)?,
             write_behind_ops: WRITE_BEHIND_OPS.into(),
+            skipped: 0.into(),
         })
     }
 
@@ -41,6 +44,17 @@ impl MlsBackend {
     /// Reads one of the engine's own records ([`crate::PortalGroup::storage_record`]) without opening a group.
     pub fn app_record<V: serde::de::DeserializeOwned>(&self, name: &[u8]) -> Result<Option<V>, MlsError> {
         Ok(self.storage.app_get(name)?)
+    }
+
+    /// How many sending generations this member's groups have thrown away since the process started: after an
+    /// unclean stop, a group loaded from the store skips those its lost state may have used ([`crate::write_behind`]).
+    /// Zero after clean stops and closes.
+    pub fn skipped_generations(&self) -> u64 {
+        self.skipped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_skipped(&self, n: u64) {
+        self.skipped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn write_behind_ops(&self) -> u64 {

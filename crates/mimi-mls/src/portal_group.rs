@@ -554,6 +554,7 @@ impl PortalGroup {
             (n, None)
         });
         self.write_behind.burnt(burnt);
+        self.provider.count_skipped(burnt);
         match failed {
             None => Ok(()),
             Some(e) => Err(MlsError::GroupState(format!(
@@ -851,6 +852,33 @@ impl PortalGroup {
         self.finish(result)
     }
 
+    /// Encodes the message secrets that deferred operations left behind ([`write_behind`]) and reserves nothing
+    /// beyond what was sent: a copy of the group loaded from the store after this — with nothing sent or received
+    /// by this object in between — burns no generation and decrypts nothing twice. What a close does (and a drop,
+    /// unless the group was opened again since); call it before the group is opened again while this object is
+    /// still alive, as its drop then writes nothing. Sealed with the storage's next operations; ready at once
+    /// when there was nothing to encode.
+    pub fn flush(&mut self) -> Pending<()> {
+        let dirty = self.write_behind.behind() > 0 || self.write_behind.reserved_ahead();
+        if !dirty || !self.group.is_active() {
+            return Pending::from_result(Ok(()), Durability::ready());
+        }
+        // Opened again since: nothing of this copy may be written.
+        if let Err(e) = self.check_claim() {
+            return Pending::failed(e);
+        }
+        match self.encode_secrets(Extend::Shrink) {
+            Ok(()) => {
+                let d = self.submit();
+                Pending::from_result(Ok(()), d)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "message secrets not encoded when the group was closed");
+                Pending::failed(e)
+            }
+        }
+    }
+
     /// Bytes of MLS state this member's storage holds in memory (all its groups).
     pub fn cached_state_bytes(&self) -> usize {
         self.storage().cached_bytes()
@@ -858,17 +886,13 @@ impl PortalGroup {
 }
 
 impl Drop for PortalGroup {
-    /// Encodes message secrets left behind by deferred operations, so that the store holds the group's state
+    /// [`PortalGroup::flush`]es what deferred operations left behind, so that the store holds the group's state
     /// after a clean stop (a restart then burns no generation and decrypts nothing twice). Not when the group
     /// was opened again since (its state is the new object's now).
     fn drop(&mut self) {
-        let dirty = self.write_behind.behind() > 0 || self.write_behind.reserved_ahead();
-        if dirty && self.group.is_active() && self.storage().may_write(&self.partition, self.claim) {
-            match self.encode_secrets(Extend::Shrink) {
-                // Sealed, not waited for: handed off with the storage's next wait, or when it is dropped.
-                Ok(()) => drop(self.submit()),
-                Err(e) => tracing::warn!(error = %e, "message secrets not encoded when the group was closed"),
-            }
+        if self.storage().may_write(&self.partition, self.claim) {
+            // Sealed, not waited for: handed off with the storage's next wait, or when it is dropped.
+            drop(self.flush());
         }
         self.storage().release_claim(&self.partition, self.claim);
     }
