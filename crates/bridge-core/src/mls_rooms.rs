@@ -622,21 +622,29 @@ impl MlsRooms {
                         cursor_at = cursor_at.or(Some(now + CURSOR_DELAY));
                     }
                 }
-                if close_now && this.close_if_unused(&portal, None) {
+                if close_now && this.close_if_unused(&portal, None).await {
                     return;
                 }
                 // More portals open than the bound: the least used close (this one, maybe; `closed` says so).
-                this.close_least_used();
+                this.close_least_used().await;
                 drop(this);
-                tokio::select! {
-                    r = rx.changed() => if r.is_err() { return },
-                    _ = sleep_until_some(sweep_at) => {}
-                    _ = sleep_until_some(add_at) => {}
-                    _ = sleep_until_some(rejoin_at) => {}
-                    _ = sleep_until_some(cursor_at) => {}
-                    _ = sleep_until_some(evict_at) => {
-                        let Some(this) = me.upgrade() else { return };
-                        this.close_least_used();
+                let due = tokio::select! {
+                    r = rx.changed() => if r.is_err() { return } else { Due::Round },
+                    _ = sleep_until_some(sweep_at) => Due::Round,
+                    _ = sleep_until_some(add_at) => Due::Round,
+                    _ = sleep_until_some(rejoin_at) => Due::Round,
+                    _ = sleep_until_some(cursor_at) => Due::Round,
+                    _ = sleep_until_some(evict_at) => Due::Evict,
+                    _ = sleep_until_some(close_at) => Due::Close,
+                    _ = closed.notified() => return,
+                    // `shutdown` stores the cursor.
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let Some(this) = me.upgrade() else { return };
+                match due {
+                    Due::Round => {}
+                    Due::Evict => {
+                        this.close_least_used().await;
                         // Still exceeded (portals that cannot close): looked at less and less often.
                         if this.over_open_bound() {
                             retry_evict = tokio::time::Instant::now() + evict_backoff;
@@ -645,16 +653,12 @@ impl MlsRooms {
                             evict_backoff = Duration::from_secs(1);
                         }
                     }
-                    _ = sleep_until_some(close_at) => {
-                        let Some(this) = me.upgrade() else { return };
-                        if this.close_if_unused(&portal, this.idle_close()) {
+                    Due::Close => {
+                        if this.close_if_unused(&portal, this.idle_close()).await {
                             return;
                         }
                         retry_close = tokio::time::Instant::now() + Duration::from_secs(1);
                     }
-                    _ = closed.notified() => return,
-                    // `shutdown` stores the cursor.
-                    _ = stop.wait_for(|s| *s) => return,
                 }
             }
         });
@@ -974,6 +978,14 @@ fn update_request(out: &CommitOutput) -> Result<UpdateRequest, RoomError> {
         group_info: GroupInfoOption(framed(info)?),
         ratchet_tree: RatchetTreeOption::DistributionService,
     })
+}
+
+/// What woke a portal's worker: a round of work only, or also a look at the bound on open portals, or its idle
+/// time being up.
+enum Due {
+    Round,
+    Evict,
+    Close,
 }
 
 /// Sleeps until `at`; never wakes when it is `None` (a worker timer that is not armed).

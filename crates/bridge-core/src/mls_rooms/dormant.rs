@@ -21,12 +21,14 @@
 //! not closed between two of its messages), and not while messages for a remote room's hub wait in them. The
 //! workers look whenever they have done a round of work, and [`EVICT_MIN_IDLE`] after one while the bound is
 //! exceeded (then less and less often, up to a minute, while it stays exceeded): memory stays bounded, at the
-//! price of loading a group again if its portal is used again soon. Closing drops the group cleanly (its message
-//! secrets are encoded, as at a stop), and the hub drops its decoded public state of the room, which stays in the
-//! store ([`Provider::release_public`]). Closing is safe against a concurrent open: the slot leaves the map only
-//! under the map's lock, when nobody but its worker holds it and it is not locked, so nobody can be holding a
-//! group that is no longer the portal's. An entry appended meanwhile is seen either by the close (which then does
-//! not happen) or by the waker, after it.
+//! price of loading a group again if its portal is used again soon. Closing flushes the group's message secrets
+//! to the store, as a stop does, before the slot leaves the map — a portal used again before its worker has
+//! dropped the closed group then loads what it sent and received, and skips no generation — and the hub drops its
+//! decoded public state of the room, which stays in the store ([`Provider::release_public`]). Closing is safe
+//! against a concurrent open: the closer flushes with the slot locked, then the slot leaves the map only under the
+//! map's lock, when nobody but its worker and the closer holds it, so nobody can be holding a group that is no
+//! longer the portal's. An entry appended meanwhile is seen either by the close (which then does not happen) or by
+//! the waker, after it.
 //!
 //! [`Provider::appended`]: mimi_provider::service::Provider::appended
 //! [`Provider::release_public`]: mimi_provider::service::Provider::release_public
@@ -35,7 +37,7 @@ use super::{CURSOR, MlsRooms, Slot, decode_incoming_with_parts, kept_list, keys,
 use crate::repo::{MlsIdentity, Repo};
 use bridge_api::RoomError;
 use bridge_api::ids::PortalId;
-use mimi_mls::KeptMessage;
+use mimi_mls::{KeptMessage, offload};
 use mimi_provider::PortalRoom;
 use mimi_provider::log::Records;
 use std::sync::Arc;
@@ -156,7 +158,7 @@ impl MlsRooms {
         let ours = slot.try_lock().is_ok_and(|s| s.close_when_caught_up.is_some());
         drop(slot);
         if ours {
-            self.close_if_unused(portal, None);
+            self.close_if_unused(portal, None).await;
         }
         Ok(())
     }
@@ -260,34 +262,38 @@ impl MlsRooms {
             s.close_when_caught_up = Some(self.provider.last_seq(&s.room).unwrap_or(0));
             drop(s);
             drop(slot);
-            self.close_if_unused(&portal, None);
+            self.close_if_unused(&portal, None).await;
         }
     }
 
     /// Closes `portal`'s group if nobody but its worker holds it, it is not locked, it has no per-user leaves, it
     /// has applied its room's whole log and stored its cursor, and (with `idle`) it has seen no message for that
-    /// long. True if it was
-    /// closed. (An entry appended after the check finds the portal closed and wakes it again: the waker looks
-    /// under the same lock.)
-    pub(super) fn close_if_unused(&self, portal: &PortalId, idle: Option<Duration>) -> bool {
-        let Ok(mut slots) = self.slots.lock() else { return false };
-        let Some(slot) = slots.get(portal) else { return false };
-        // The map's reference and the worker's: a caller of `slot` holds a third until it is done.
-        if Arc::strong_count(slot) > 2 {
-            return false;
-        }
-        let Ok(s) = slot.try_lock() else { return false };
-        if !closable(&s, idle)
-            || s.stored < s.applied
-            || self.provider.last_seq(&s.room).is_ok_and(|last| s.applied < last)
-        {
-            return false;
-        }
-        keys::note_member(&s, self.member.uri());
-        let closed = s.closed.clone();
-        let room = s.room.clone();
-        drop(s);
-        slots.remove(portal);
+    /// long. True if it was closed. (An entry appended after the check finds the portal closed and wakes it
+    /// again: the waker looks under the same lock.)
+    ///
+    /// The group's state is flushed to the store before the slot leaves the map: the worker drops the group only
+    /// later, and a portal opened again meanwhile loads its group from the store — which then holds what the
+    /// closed object sent and received, so the new one skips no generation and decrypts nothing twice.
+    pub(super) async fn close_if_unused(&self, portal: &PortalId, idle: Option<Duration>) -> bool {
+        let Some((slot, mut s)) = self.closable_slot(portal, idle) else { return false };
+        let flushed = offload(s.group.member_count(), || s.group.flush()).await;
+        // Sealed, not waited for: the store's cache holds it, where an opening reads it.
+        drop(flushed);
+        let (closed, room) = {
+            let Ok(mut slots) = self.slots.lock() else { return false };
+            // The map's reference, the worker's, this one and the guard's: a caller of `slot` since holds a fifth.
+            // (And still the portal's slot: not drained by a shutdown meanwhile.)
+            let ours = slots.get(portal).is_some_and(|o| Arc::ptr_eq(o, &slot));
+            if !ours || Arc::strong_count(&slot) > 4 || !self.may_close(&s, idle) {
+                return false;
+            }
+            keys::note_member(&s, self.member.uri());
+            let closed = s.closed.clone();
+            let room = s.room.clone();
+            drop(s);
+            slots.remove(portal);
+            (closed, room)
+        };
         closed.notify_one();
         tracing::debug!(portal = %portal, "portal closed until it is used again");
         // The hub's decoded state of the room goes too (a hosted room's; it stays in the store).
@@ -299,13 +305,38 @@ impl MlsRooms {
         });
         true
     }
+
+    /// `portal`'s slot, locked, if it may close ([`MlsRooms::close_if_unused`]) and nobody but the map and its
+    /// worker holds it (besides the reference this returns).
+    fn closable_slot(
+        &self,
+        portal: &PortalId,
+        idle: Option<Duration>,
+    ) -> Option<(Arc<tokio::sync::Mutex<Slot>>, tokio::sync::OwnedMutexGuard<Slot>)> {
+        let slots = self.slots.lock().ok()?;
+        let slot = slots.get(portal)?.clone();
+        // A caller of `slot` holds one more until it is done.
+        if Arc::strong_count(&slot) > 3 {
+            return None;
+        }
+        let s = slot.clone().try_lock_owned().ok()?;
+        self.may_close(&s, idle).then_some((slot, s))
+    }
+
+    /// Whether the open slot `s` may close: no per-user leaves, no new speakers waiting, idle for `idle`, its
+    /// room's whole log applied and its cursor stored.
+    fn may_close(&self, s: &Slot, idle: Option<Duration>) -> bool {
+        closable(s, idle)
+            && s.stored >= s.applied
+            && !self.provider.last_seq(&s.room).is_ok_and(|last| s.applied < last)
+    }
 }
 
 impl MlsRooms {
     /// While more portals are open than [`MlsRooms::max_open`]: closes those that can close
     /// ([`MlsRooms::close_if_unused`]) and have been idle for [`EVICT_MIN_IDLE`], least recently active first,
     /// until the bound is met or none is left that can. One pass at a time: a caller finding one under way returns.
-    pub(super) fn close_least_used(&self) {
+    pub(super) async fn close_least_used(&self) {
         let Some(max) = self.max_open() else { return };
         if self.evicting.swap(true, Ordering::Acquire) {
             return;
@@ -344,7 +375,7 @@ impl MlsRooms {
             if self.open_count() <= max {
                 break;
             }
-            closed += usize::from(self.close_if_unused(&portal, Some(EVICT_MIN_IDLE)));
+            closed += usize::from(self.close_if_unused(&portal, Some(EVICT_MIN_IDLE)).await);
         }
         if closed > 0 {
             tracing::debug!(closed, max, "portals used least recently closed: more were open than the bound");
@@ -365,4 +396,46 @@ fn closable(s: &Slot, idle: Option<Duration>) -> bool {
     s.leaves.as_ref().is_none_or(|l| l.is_empty())
         && s.wanted.is_empty()
         && idle.is_none_or(|d| s.active.elapsed() >= d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room_of_record::{GroupContent, GroupMessage, RoomOfRecord};
+    use bridge_api::event::{MessageDraft, Sender};
+    use mimi_protocol::hub::JoinPolicy;
+
+    /// A portal closed by someone other than its worker (the bound on open portals, a start, a key pass) and
+    /// used again before the worker has dropped the closed group: the group opened again reads what the closed
+    /// one sent from the store, so its next message skips no generation.
+    #[tokio::test]
+    async fn a_portal_used_again_before_its_closed_group_is_dropped_skips_no_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::open_store(dir.path(), Some(mimi_store::Backend::Redb), Default::default()).expect("store");
+        let rooms = MlsRooms::open(store, "bridge.example.org", JoinPolicy::Open).await.expect("room of record");
+        let portal = PortalId::new("p").expect("portal id");
+        let say = |text: &str| GroupMessage {
+            portal: portal.clone(),
+            sender: Sender {
+                uri: "mimi://bridge.example.org/u/irc.libera~bob".into(),
+                display_name: "bob".into(),
+                network: "irc".into(),
+                legacy: None,
+            },
+            content: GroupContent::Message { draft: MessageDraft::plain(text), in_reply_to: None },
+        };
+        for i in 0..3 {
+            rooms.publish(&say(&format!("line {i}")), None).await.expect("published");
+        }
+        // Closed once its cursor is stored (a moment after its own messages), by this task, not by its worker.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !rooms.close_if_unused(&portal, None).await {
+            assert!(tokio::time::Instant::now() < deadline, "the portal did not close");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Used again at once: on this single-threaded runtime its worker, and the closed group, are still there.
+        rooms.publish(&say("line 3"), None).await.expect("published after the close");
+        assert_eq!(rooms.mls.skipped_generations(), 0, "generations skipped by the group opened again");
+        rooms.shutdown().await;
+    }
 }
