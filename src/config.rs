@@ -106,8 +106,8 @@ pub struct BridgeConfig {
     /// Seconds a delivery to a leg is retried before it is given up and listed as undeliverable.
     #[serde(default = "default_delivery_give_up")]
     pub delivery_give_up_secs: Spanned<u64>,
-    /// Seconds a message for the hub of a room hosted elsewhere is retried (counted from when it was first sent, across restarts) before
-    /// it is given up and its sender told; unset: [`Config::hub_give_up`].
+    /// Seconds a message for the hub of a room hosted elsewhere is retried (counted from when it was first sent,
+    /// across restarts) before it is given up and its sender told; unset: [`Config::hub_give_up`].
     #[serde(default)]
     pub hub_give_up_secs: Option<Spanned<u64>>,
     /// `store = "postgres"`: a file (not accessible to others) holding the connection string.
@@ -736,7 +736,7 @@ impl Config {
 
     /// How long a message for the hub of a room hosted elsewhere is retried: `bridge.hub_give_up_secs`, by
     /// default a day — or half of `retention.failed_days` if that is shorter, since the message's mark is pruned
-    /// then.
+    /// then (in a daemon that has run for a day: after a longer stop, the mark is kept for a day after the start).
     pub fn hub_give_up(&self) -> std::time::Duration {
         let secs = match &self.bridge.hub_give_up_secs {
             Some(s) => *s.get_ref(),
@@ -990,8 +990,8 @@ impl Config {
             let days = if failed_days == 1 { "1 day".to_owned() } else { format!("{failed_days} days") };
             let why = format!(
                 "must be shorter than retention.failed_days ({days}), which prunes the mark of a message waiting for \
-                 the hub: a message whose mark goes first is dropped without its sender being told (the give-up \
-                 clock starts again when the daemon does; leave room for that)"
+                 the hub (a day after the start at the earliest): a message whose mark goes first is dropped without \
+                 its sender being told"
             );
             return Err(at(file, text, hub.span(), "bridge.hub_give_up_secs", why));
         }

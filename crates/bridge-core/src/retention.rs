@@ -99,7 +99,13 @@ pub struct Pruner {
     provider: Provider,
     config: RetentionConfig,
     others: Vec<Arc<dyn Retained>>,
+    /// When the pruner was made (ms since the UNIX epoch): the start of [`WAITING_MARK_GRACE`].
+    started_ms: u64,
 }
+
+/// How long after the pruner starts the marks of messages waiting for the hub of a room hosted elsewhere are kept
+/// past the failed-deliveries retention ([`Pruner::prune`]): their portals' time to try them again.
+pub const WAITING_MARK_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 fn cutoff(now_ms: u64, keep: Option<Duration>) -> Option<u64> {
     keep.map(|k| now_ms.saturating_sub(u64::try_from(k.as_millis()).unwrap_or(u64::MAX)))
@@ -108,7 +114,7 @@ fn cutoff(now_ms: u64, keep: Option<Duration>) -> Option<u64> {
 impl Pruner {
     /// A pruner of `store` and `provider`'s records.
     pub fn new(store: Store, provider: Provider, config: RetentionConfig) -> Self {
-        Self { store, provider, config, others: Vec::new() }
+        Self { store, provider, config, others: Vec::new(), started_ms: now_ms() }
     }
 
     /// Adds a kind of record to every pass.
@@ -150,7 +156,7 @@ impl Pruner {
                 Ok(n) => report.failed = n,
                 Err(e) => failures.push(failed("failed deliveries", &e)),
             }
-            match self.prune_sent_markers(before).await {
+            match self.prune_sent_markers(before, now_ms).await {
                 Ok(n) => report.sent_markers = n,
                 Err(e) => failures.push(failed("published-not-recorded markers", &e)),
             }
@@ -212,13 +218,34 @@ impl Pruner {
         }
     }
 
-    async fn prune_sent_markers(&self, before: u64) -> Result<u64, StoreError> {
+    /// Markers older than `before` go, except, for [`WAITING_MARK_GRACE`] after the pruner started, those of
+    /// messages still waiting for the hub of a room hosted elsewhere ([`crate::repo::SentMarker::submitted`]):
+    /// their portal publishes them again once it opens at start, and gives them up, telling their senders, if
+    /// their hub still does not take them. After a daemon stopped for longer than this retention, pruning such a
+    /// mark at the first pass would lose its message without a word. One still waiting after the grace (its portal
+    /// could not open, or is no longer linked to a room hosted elsewhere) goes, with a warning that names it.
+    async fn prune_sent_markers(&self, before: u64, now_ms: u64) -> Result<u64, StoreError> {
         let (mut from, mut removed) = (b"p".to_vec(), 0);
+        let grace_over = now_ms >= self.started_ms.saturating_add(WAITING_MARK_GRACE.as_millis() as u64);
         loop {
             let page = self.store.scan_prefix_from(crate::repo::IDS, b"p", &from, PAGE)?;
             let mut b = Batch::new();
             for (key, value) in &page {
-                let stale = serde_json::from_slice::<crate::repo::SentMarker>(value).map_or(true, |m| m.at_ms < before);
+                let stale = match serde_json::from_slice::<crate::repo::SentMarker>(value) {
+                    Err(_) => true,
+                    Ok(m) if m.at_ms >= before => false,
+                    Ok(m) if m.submitted.is_some() && !m.given_up => {
+                        if grace_over {
+                            let portal = m.portal.as_ref().map(ToString::to_string).unwrap_or_default();
+                            tracing::warn!(%portal, message = %m.message_id, since_ms = m.at_ms,
+                                "a message still waiting for the hub of a room hosted elsewhere was neither taken nor \
+                                 given up: dropped by retention, not bridged");
+                            metrics::counter!("mimi_bridge_errors_total", "kind" => "hub_mark_dropped").increment(1);
+                        }
+                        grace_over
+                    }
+                    Ok(_) => true,
+                };
                 if stale {
                     b.delete(crate::repo::IDS, key.clone());
                     removed += 1;

@@ -139,6 +139,53 @@ fn published_but_never_recorded_markers_go_after_a_while() {
     assert_eq!(repo.sent(&leg(1), &NativeId("new".into())).expect("read").map(|m| m.message_id), Some(msg_id(91)));
 }
 
+/// The mark of a message still waiting for the hub of a room hosted elsewhere stays past the retention for a day
+/// after the pruner started (its portal tries it again at start, and gives it up, telling its sender, if the hub
+/// still does not take it: a daemon stopped for longer than the retention would otherwise lose it without a
+/// word); then it goes. Other old marks go at once, a given-up one counted from its give-up.
+#[test]
+fn a_mark_still_waiting_for_a_hub_stays_for_a_day_after_the_start() {
+    let (_dir, store, rt) = filled();
+    let now = bridge_core::outbox::now_ms();
+    let old = now - 31 * DAY_MS;
+    let portal = bridge_api::ids::PortalId::new("remote").expect("portal");
+    let event = |native: &NativeId| InboundEvent {
+        leg: leg(1),
+        sender: LegacyUser::new(leg(1).account, "bob"),
+        native_id: Some(native.clone()),
+        from_bridge: false,
+        kind: InboundKind::Message { draft: MessageDraft::plain("hi"), reply_to: None },
+    };
+    let mut b = mimi_store::Batch::new();
+    for (native, id) in [("waiting", 92), ("given-up", 94)] {
+        let native = NativeId(native.into());
+        let turn = (old, bridge_core::repo::write::next_order());
+        bridge_core::repo::write::submitted(&mut b, &portal, &event(&native), &native, &msg_id(id), b"mls", turn);
+    }
+    let sent = NativeId("sequenced".into());
+    bridge_core::repo::write::sent(&mut b, &portal, &event(&sent), &sent, &msg_id(93), Some(7), old);
+    store.commit_blocking(b).expect("marks");
+    // Given up now (after a month of waiting).
+    let mut b = mimi_store::Batch::new();
+    bridge_core::repo::write::given_up(&mut b, &portal, &leg(1), &NativeId("given-up".into()), &msg_id(94));
+    store.commit_blocking(b).expect("given up");
+    let repo = Repo::new(&store);
+    let kept = |native: &str| repo.sent(&leg(1), &NativeId(native.into())).expect("read").map(|m| m.message_id);
+    rt.block_on(async {
+        let provider = Provider::open("example.org", store.clone()).expect("provider");
+        let pruner = Pruner::new(store.clone(), provider, RetentionConfig::default());
+        let r = pruner.prune(now + DAY_MS / 2).await;
+        assert_eq!(r.sent_markers, 1, "half a day after the start: {r:?}");
+        assert_eq!(kept("sequenced"), None, "an old mark of a message the hub took");
+        assert_eq!(kept("waiting"), Some(msg_id(92)), "the old mark still waiting, in the grace");
+        assert_eq!(kept("given-up"), Some(msg_id(94)), "the mark given up now");
+        let r = pruner.prune(now + 31 * DAY_MS).await;
+        assert_eq!(r.sent_markers, 2, "a month later: {r:?}");
+    });
+    assert_eq!(kept("waiting"), None, "the mark still waiting, after the grace");
+    assert_eq!(kept("given-up"), None, "the mark given up a month ago");
+}
+
 #[test]
 fn a_kind_set_to_none_is_kept_forever() {
     let (_dir, store, rt) = filled();
