@@ -809,6 +809,22 @@ impl Provider {
         }))
     }
 
+    /// `f` of the rooms, under their lock, with `room`'s public state loaded ([`Provider::load_public`]); if it was
+    /// released again between the load and the lock ([`Provider::release_public`]), it is loaded again first.
+    async fn with_public<R>(
+        &self,
+        room: &str,
+        f: impl FnOnce(&HashMap<String, Room>) -> R,
+    ) -> Result<R, ProviderError> {
+        loop {
+            self.load_public(room).await?;
+            let rooms = lock(&self.inner.rooms);
+            if !needs_public(&rooms, room) {
+                return Ok(f(&rooms));
+            }
+        }
+    }
+
     /// The room `room` of `rooms`, which must be one we host.
     fn hosted<'a>(rooms: &'a mut HashMap<String, Room>, room: &str) -> Result<&'a mut Room, ProviderError> {
         let r = rooms.get_mut(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
@@ -975,6 +991,8 @@ impl Provider {
             // and the room's public state can stay in the store.
             return Ok(());
         }
+        // Not `with_public`: a GroupInfo stored meanwhile is answered from the lock at once, without loading the
+        // public state again if it was released between the load and the lock.
         let durable = loop {
             self.load_public(room).await?;
             let rooms = lock(&self.inner.rooms);
@@ -1179,38 +1197,37 @@ impl Provider {
         let failure = |status| GroupInfoResponse::Failure { room_id: room.as_bytes().to_vec(), status };
         let identity = request.tbs.requesting_credential.basic_identity().and_then(|i| String::from_utf8(i).ok());
         // The ratchet tree goes with the GroupInfo: from the public state.
-        let group_info = loop {
-            self.load_public(room).await?;
-            let rooms = lock(&self.inner.rooms);
-            // Released again between the load and the lock ([`Provider::release_public`]): loaded again.
-            if needs_public(&rooms, room) {
-                continue;
-            }
-            let Some(r) = rooms.get(room) else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };
-            match &r.role {
-                Role::Follower { hub, .. } => {
-                    return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
-                }
-                Role::Hub(h) => {
-                    let st = h.state();
-                    let allowed =
-                        st.policy == JoinPolicy::Open || identity.as_ref().is_some_and(|i| st.participants.contains(i));
-                    if !allowed {
-                        return Ok(failure(GroupInfoCode::NotAuthorized));
+        let answer = self
+            .with_public(room, |rooms| {
+                let Some(r) = rooms.get(room) else { return Ok(Err(GroupInfoCode::NoSuchRoom)) };
+                match &r.role {
+                    Role::Follower { hub, .. } => {
+                        return Err(ProviderError::NotHub { room: room.to_owned(), hub: hub.clone() });
+                    }
+                    Role::Hub(h) => {
+                        let st = h.state();
+                        let allowed = st.policy == JoinPolicy::Open
+                            || identity.as_ref().is_some_and(|i| st.participants.contains(i));
+                        if !allowed {
+                            return Ok(Err(GroupInfoCode::NotAuthorized));
+                        }
                     }
                 }
-            }
-            let Some((epoch, gi)) = r.group_info.clone() else { return Ok(failure(GroupInfoCode::NoSuchRoom)) };
-            let gi = MlsMessageBytes::new(gi).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
-            // The hub's own tree of that epoch goes with it, whether or not the GroupInfo embeds one (commits' and
-            // the bridge's GroupInfos do not; a joiner need not look inside the GroupInfo for it).
-            let tree = match &r.role {
-                Role::Hub(h) if h.epoch() == epoch => h.ratchet_tree(),
-                _ => None,
-            };
-            break (gi, tree);
+                let Some((epoch, gi)) = r.group_info.clone() else { return Ok(Err(GroupInfoCode::NoSuchRoom)) };
+                let gi = MlsMessageBytes::new(gi).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+                // The hub's own tree of that epoch goes with it, whether or not the GroupInfo embeds one (commits'
+                // and the bridge's GroupInfos do not; a joiner need not look inside the GroupInfo for it).
+                let tree = match &r.role {
+                    Role::Hub(h) if h.epoch() == epoch => h.ratchet_tree(),
+                    _ => None,
+                };
+                Ok(Ok((gi, tree)))
+            })
+            .await??;
+        let (group_info, tree) = match answer {
+            Ok(answer) => answer,
+            Err(code) => return Ok(failure(code)),
         };
-        let (group_info, tree) = group_info;
         let tbe = GroupInfoRatchetTreeTbe {
             group_info,
             ratchet_tree: tree.map_or(RatchetTreeOption::DistributionService, RatchetTreeOption::Full),
@@ -1232,17 +1249,14 @@ impl Provider {
     /// The ratchet tree of a room this provider is the hub of, at its current epoch (GroupInfos carry none; a
     /// `GroupInfoRequest`'s answer brings it the same way). `None` for a room it only follows.
     pub async fn ratchet_tree(&self, room: &str) -> Result<Option<Vec<u8>>, ProviderError> {
-        loop {
-            self.load_public(room).await?;
-            let rooms = lock(&self.inner.rooms);
+        self.with_public(room, |rooms| {
             let r = rooms.get(room).ok_or_else(|| ProviderError::UnknownRoom(room.to_owned()))?;
-            return Ok(match &r.role {
-                // Released again between the load and the lock ([`Provider::release_public`]): loaded again.
-                Role::Hub(h) if h.needs_public() => continue,
+            Ok(match &r.role {
                 Role::Hub(h) => h.ratchet_tree(),
                 _ => None,
-            });
-        }
+            })
+        })
+        .await?
     }
 
     /// Entries of a followed room from the hub (notify or log page). Appends what continues the local copy,
