@@ -309,6 +309,8 @@ async fn probe(
         tick.tick().await;
         match tokio::time::timeout(every, router.status()).await {
             Ok(portals) => {
+                // Before the readiness: a ready daemon's metrics list it.
+                metrics::counter!(telemetry::MLS_SKIPPED_GENERATIONS).absolute(room.skipped_generations());
                 readiness.set_loop_ok(true);
                 metrics::gauge!(telemetry::OPEN_PORTALS).set(room.open_count() as f64);
                 for p in &portals {

@@ -30,6 +30,9 @@ pub const ACCOUNT_UP: &str = "mimi_bridge_account_up";
 pub const ERRORS: &str = "mimi_bridge_errors_total";
 /// The MLS epoch of a portal's group (set by the MLS engine).
 pub const MLS_EPOCH: &str = "mimi_bridge_mls_epoch";
+/// Sending generations the bridge's groups skipped since the daemon started (after an unclean stop, those its lost
+/// state may have used).
+pub const MLS_SKIPPED_GENERATIONS: &str = "mimi_bridge_mls_skipped_generations_total";
 /// Portals whose MLS group is open (in memory) now.
 pub const OPEN_PORTALS: &str = "mimi_bridge_open_portals";
 /// 1 while the daemon is ready (the same condition as `/health`).
@@ -88,6 +91,7 @@ fn describe() {
     describe_counter!(STORE_WRITES, "Durable writes of the store (one fsync or transaction each).");
     describe_counter!(STORE_BATCHES, "Batches carried by the store's durable writes.");
     describe_counter!(STORE_BYTES, "Bytes written by the store's durable writes (keys and values put, keys deleted).");
+    describe_counter!(MLS_SKIPPED_GENERATIONS, "Sending generations skipped by the groups after unclean stops.");
     describe_gauge!(OPEN_PORTALS, "Portals whose MLS group is open (in memory).");
     describe_gauge!(READY, "1 while the daemon is ready (as /health).");
     describe_counter!(CONNECTIONS_REFUSED, "Connections closed at once because a listener's cap was reached.");

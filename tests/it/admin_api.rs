@@ -46,6 +46,8 @@ fn the_admin_api_needs_the_token_and_serves_health_status_and_metrics() {
     assert!(writes.is_some_and(|w| w >= 1.0) && batches >= writes, "{writes:?} {batches:?}\n{}", m.body);
     let bytes = sample("mimi_bridge_store_bytes_written_total");
     assert!(bytes.is_some_and(|b| b > 0.0), "{bytes:?}\n{}", m.body);
+    // A first start skips no sending generation.
+    assert_eq!(sample("mimi_bridge_mls_skipped_generations_total"), Some(0.0), "{}", m.body);
 
     assert_eq!(d.terminate(Duration::from_secs(30)), Some(0));
     let logs = d.seen.join("\n");

@@ -93,6 +93,13 @@ impl MlsRooms {
         self.slots.lock().map_or(0, |s| s.len())
     }
 
+    /// Sending generations the portals' groups skipped since the process started: after an unclean stop, those
+    /// their lost state may have used; none after a clean stop or a close
+    /// ([`mimi_mls::MlsBackend::skipped_generations`]).
+    pub fn skipped_generations(&self) -> u64 {
+        self.mls.skipped_generations()
+    }
+
     /// Whether `portal`'s group is open now (for tests and status).
     pub fn is_open(&self, portal: &PortalId) -> bool {
         self.slots.lock().is_ok_and(|s| s.contains_key(portal))
