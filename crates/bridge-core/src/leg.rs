@@ -17,10 +17,15 @@ use bridge_api::ids::{LegId, MessageId, NativeId};
 use mimi_store::Batch;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::Instrument;
+
+mod queue;
+
+pub(crate) use queue::LegCounters;
+use queue::{LegQueue, LegSender, Refused, WorkerGone};
 
 /// One delivery for a leg.
 #[derive(Debug, Clone)]
@@ -53,24 +58,10 @@ impl LegWork {
     }
 }
 
-/// Counters of one leg, shared between its worker and status queries.
-#[derive(Debug, Default)]
-pub(crate) struct LegCounters {
-    pub pending: AtomicU64,
-    pub delivered: AtomicU64,
-    pub failed: AtomicU64,
-    /// Set when the portal could not queue work because the channel was full: the worker reloads the outbox.
-    pub overflow: AtomicBool,
-}
-
 /// The portal's handle on a leg's worker.
 pub(crate) struct LegWorker {
-    /// Boxed: a queue's memory is allocated in blocks of 32 slots, and a slot the size of an event would cost every
-    /// idle leg 18 KiB.
-    pub tx: mpsc::Sender<Box<LegWork>>,
-    /// Stops this worker alone (unlink); pending deliveries stay in the outbox.
-    pub stop: watch::Sender<bool>,
-    pub counters: Arc<LegCounters>,
+    /// The worker's queue: dropped, the worker delivers what is queued and ends ([`LegSender`]).
+    pub tx: LegSender,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -126,29 +117,39 @@ impl LegWorker {
     /// outbox entry is durable: a full queue is caught up from the outbox, which must hold it by then).
     pub fn try_push(&self, work: LegWork) -> Result<(), Box<LegWork>> {
         let stored = work.seq.is_some();
-        match self.tx.try_send(Box::new(work)) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
+        match self.tx.try_push(Box::new(work)) {
+            // (A worker that ended takes nothing more; a stored event waits in the outbox.)
+            Ok(()) | Err(Refused::Ended(_)) => {
                 if stored {
-                    self.counters.pending.fetch_add(1, Ordering::Relaxed);
+                    self.counters().pending.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(w)) => Err(w),
+            Err(Refused::Full(w)) => Err(w),
         }
     }
 
     /// Queues work; never waits (the outbox is the buffer of record).
     pub fn push(&self, work: LegWork) {
         if work.seq.is_some() {
-            self.counters.pending.fetch_add(1, Ordering::Relaxed);
+            self.counters().pending.fetch_add(1, Ordering::Relaxed);
         }
-        if let Err(mpsc::error::TrySendError::Full(w) | mpsc::error::TrySendError::Closed(w)) =
-            self.tx.try_send(Box::new(work))
+        if let Err(Refused::Full(w) | Refused::Ended(w)) = self.tx.try_push(Box::new(work))
             && w.seq.is_some()
         {
             // Still in the outbox: the worker picks it up when it reloads.
-            self.counters.overflow.store(true, Ordering::Release);
+            self.counters().overflow.store(true, Ordering::Release);
         }
+    }
+
+    /// Stops this worker alone (an unlink); pending deliveries stay in the outbox.
+    pub fn stop(&self) {
+        self.tx.stop();
+    }
+
+    /// The leg's counters.
+    pub fn counters(&self) -> &LegCounters {
+        self.tx.counters()
     }
 }
 
@@ -162,15 +163,12 @@ pub(crate) fn spawn(
     portal_tx: mpsc::Sender<Box<PortalInput>>,
     counted_from: u64,
 ) -> LegWorker {
-    let (tx, rx) = mpsc::channel(1024);
-    let counters = Arc::new(LegCounters::default());
-    let (stop, stop_rx) = watch::channel(false);
+    let queue = Arc::new(LegQueue::default());
     let w = Worker {
-        stop: stop_rx,
         shared,
         leg,
         portal_tx,
-        counters: counters.clone(),
+        queue: queue.clone(),
         recent: HashMap::new(),
         high_water: 0,
         more: false,
@@ -178,16 +176,16 @@ pub(crate) fn spawn(
         recording: None,
     };
     let span = tracing::info_span!("leg", leg = %w.leg);
-    let task = tokio::spawn(w.run(rx).instrument(span));
-    LegWorker { tx, stop, counters, task }
+    let task = tokio::spawn(w.run().instrument(span));
+    LegWorker { tx: LegSender(queue), task }
 }
 
 struct Worker {
     shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
     leg: LegId,
     portal_tx: mpsc::Sender<Box<PortalInput>>,
-    counters: Arc<LegCounters>,
+    /// What the portal hands over, the leg's counters, and its stop ([`LegQueue`]).
+    queue: Arc<LegQueue>,
     /// Native ids of recent deliveries on this leg, so a reply to a message delivered a moment ago resolves even
     /// before that delivery's record is durable.
     recent: HashMap<MessageId, NativeId>,
@@ -208,39 +206,40 @@ struct Worker {
 const OUTBOX_PAGE: usize = 1000;
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Box<LegWork>>) {
+    async fn run(mut self) {
+        let _gone = WorkerGone(self.queue.clone());
         // Boxed, as what the queue brings: an event held in the task's own state would cost every idle leg its size.
         let mut queue: VecDeque<Box<LegWork>> = VecDeque::new();
         // What waited before this worker started (a restart's backlog, perhaps many pages) is pending too.
         match Repo::new(&self.shared.store).outbox_len_below(&self.leg, self.counted_from) {
             Ok(n) => {
-                self.counters.pending.fetch_add(n, Ordering::Relaxed);
+                self.queue.counters.pending.fetch_add(n, Ordering::Relaxed);
             }
             Err(e) => tracing::error!(leg = %self.leg, error = %e, "cannot count the outbox"),
         }
         self.reload(&mut queue);
         let mut shutdown = self.shared.shutdown.clone();
-        let mut stop = self.stop.clone();
+        let handed = self.queue.clone();
         loop {
-            if *shutdown.borrow() || *stop.borrow() {
+            if *shutdown.borrow() || handed.is_stopped() {
                 break;
             }
             let work = match queue.pop_front() {
                 Some(w) => w,
                 None => {
-                    if self.counters.overflow.swap(false, Ordering::AcqRel) || self.more {
+                    if handed.counters.overflow.swap(false, Ordering::AcqRel) || self.more {
                         self.reload(&mut queue);
                         if !queue.is_empty() {
                             continue;
                         }
                     }
                     let w = tokio::select! {
-                        w = rx.recv() => match w {
+                        w = handed.next() => match w {
                             Some(w) => w,
                             None => break,
                         },
                         _ = shutdown.changed() => break,
-                        _ = stop.changed() => break,
+                        _ = handed.stopped() => break,
                     };
                     if let Some(seq) = w.seq {
                         if seq <= self.high_water {
@@ -307,10 +306,10 @@ impl Worker {
         let started = Instant::now();
         let mut delay = self.shared.cfg.retry_initial;
         let mut shutdown = self.shared.shutdown.clone();
-        let mut stop = self.stop.clone();
+        let queue = self.queue.clone();
         let mut warned = false;
         loop {
-            if *shutdown.borrow() || *stop.borrow() {
+            if *shutdown.borrow() || queue.is_stopped() {
                 return;
             }
             // A store that can write nothing more (a failed write; a PostgreSQL lease lost or run out, as in a
@@ -350,7 +349,7 @@ impl Worker {
                             _ = tokio::time::sleep(delay) => {}
                             _ = async { match health.as_mut() { Some(h) => { let _ = h.changed().await; } None => std::future::pending::<()>().await } } => {}
                             _ = shutdown.changed() => return,
-                            _ = stop.changed() => return,
+                            _ = queue.stopped() => return,
                         }
                         delay = (delay * 2).min(self.shared.cfg.retry_max);
                         continue;
@@ -382,8 +381,8 @@ impl Worker {
             .record(work.queued.elapsed().as_secs_f64());
         if let Some(seq) = work.seq {
             write::outbox_done(&mut b, &self.leg, seq);
-            self.counters.pending.fetch_sub(1, Ordering::Relaxed);
-            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            self.queue.counters.pending.fetch_sub(1, Ordering::Relaxed);
+            self.queue.counters.delivered.fetch_add(1, Ordering::Relaxed);
         }
         if b.is_empty() {
             return;
@@ -410,8 +409,8 @@ impl Worker {
         if let Err(e) = self.shared.store.commit(b).await {
             tracing::error!(leg = %self.leg, error = %e, "recording an undeliverable event failed");
         }
-        self.counters.pending.fetch_sub(1, Ordering::Relaxed);
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        self.queue.counters.pending.fetch_sub(1, Ordering::Relaxed);
+        self.queue.counters.failed.fetch_add(1, Ordering::Relaxed);
         // The portal reports it to the sender's leg. Not awaited here: a portal unlinking this leg waits for this
         // worker to end, and with its queue full the two would wait for each other for ever.
         let report =

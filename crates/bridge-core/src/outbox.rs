@@ -444,11 +444,12 @@ pub fn migrate_v1_to_v2(kv: &dyn KvStore) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bridge_api::event::MessageDraft;
 
-    fn event(kind: OutboundKind) -> OutboundEvent {
+    /// An event of `kind` for `#x` on `irc.libera`.
+    pub(crate) fn event(kind: OutboundKind) -> OutboundEvent {
         let account = AccountId::parse("irc.libera").expect("account");
         let leg = LegId::new(account.clone(), "#x").expect("leg");
         let message_id = MessageId::from_bytes(&[1; 32]).expect("id");

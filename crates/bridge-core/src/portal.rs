@@ -341,7 +341,7 @@ impl Portal {
             PortalInput::Unlink { leg, done } => {
                 // The leg's worker stops first, so nothing it still holds is delivered after the unlink.
                 if let Some(w) = self.legs.remove(&leg) {
-                    let _ = w.stop.send(true);
+                    w.stop();
                     let _ = w.task.await;
                 }
                 let r = self.unlink(&leg).await;
@@ -388,9 +388,9 @@ impl Portal {
             .iter()
             .map(|(leg, w)| LegStatus {
                 leg: leg.clone(),
-                pending: w.counters.pending.load(Ordering::Relaxed),
-                delivered: w.counters.delivered.load(Ordering::Relaxed),
-                failed: w.counters.failed.load(Ordering::Relaxed),
+                pending: w.counters().pending.load(Ordering::Relaxed),
+                delivered: w.counters().delivered.load(Ordering::Relaxed),
+                failed: w.counters().failed.load(Ordering::Relaxed),
             })
             .collect()
     }
