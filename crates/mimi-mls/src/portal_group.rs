@@ -888,12 +888,10 @@ impl PortalGroup {
 impl Drop for PortalGroup {
     /// [`PortalGroup::flush`]es what deferred operations left behind, so that the store holds the group's state
     /// after a clean stop (a restart then burns no generation and decrypts nothing twice). Not when the group
-    /// was opened again since (its state is the new object's now).
+    /// was opened again since (its state is the new object's now: `flush` checks that).
     fn drop(&mut self) {
-        if self.storage().may_write(&self.partition, self.claim) {
-            // Sealed, not waited for: handed off with the storage's next wait, or when it is dropped.
-            drop(self.flush());
-        }
+        // Sealed, not waited for: handed off with the storage's next wait, or when it is dropped.
+        drop(self.flush());
         self.storage().release_claim(&self.partition, self.claim);
     }
 }
