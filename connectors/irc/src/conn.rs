@@ -235,7 +235,7 @@ impl Task {
             if stop.borrow().is_some() {
                 break;
             }
-            self.health.send_replace(Health::Connecting);
+            Health::publish(&self.health, Health::Connecting);
             session.reset();
             let result = match self.open().await {
                 Ok(stream) => self.connection(stream, &mut session, &mut roster, &mut ctl, &mut out, &mut stop).await,
@@ -249,7 +249,7 @@ impl Task {
                 Ok(Outcome::Stopped) => break,
                 Ok(Outcome::BadCredentials(reason)) => {
                     tracing::error!(connection = %label, %reason, "IRC login refused; not retrying until reconfigured");
-                    self.health.send_replace(Health::BadCredentials { reason });
+                    Health::publish(&self.health, Health::BadCredentials { reason });
                     // Wait for the stop signal so the handle stays meaningful.
                     while stop.borrow().is_none() {
                         if stop.changed().await.is_err() {
@@ -266,7 +266,7 @@ impl Task {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
-        self.health.send_replace(Health::Stopped);
+        Health::publish(&self.health, Health::Stopped);
     }
 
     /// Hands the role the membership changes of `roster` that are due now.
@@ -281,7 +281,7 @@ impl Task {
         // Jittered so many bridges (and many per-user connections) do not reconnect in lockstep.
         let wait = bridge_net::backoff::jitter(base);
         tracing::warn!(connection = %self.settings.label, %reason, retry_in = ?wait, "IRC connection lost");
-        self.health.send_replace(Health::BackingOff { retry_in: wait, reason });
+        Health::publish(&self.health, Health::BackingOff { retry_in: wait, reason });
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
@@ -377,7 +377,7 @@ impl Task {
                             // them after a reconnect would never reach the bridge.
                             Action::InChannels => {
                                 in_channels_by = None;
-                                self.health.send_replace(Health::Connected);
+                                Health::publish(&self.health, Health::Connected);
                             }
                             Action::Joined(c) => {
                                 self.set_view(session);
@@ -445,7 +445,7 @@ impl Task {
                 _ = tokio::time::sleep_until(in_channels_by.unwrap_or(now).into()), if in_channels_by.is_some() => {
                     in_channels_by = None;
                     tracing::warn!(connection = %label, "some JOINs unanswered after {JOIN_WAIT:?}: connected anyway");
-                    self.health.send_replace(Health::Connected);
+                    Health::publish(&self.health, Health::Connected);
                 }
                 _ = stop.changed() => {
                     let reason = stop.borrow().clone().filter(|r| !r.is_empty());

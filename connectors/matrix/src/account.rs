@@ -604,11 +604,7 @@ impl Inner {
     }
 
     fn set_health(&self, h: Health) {
-        self.health.send_if_modified(|cur| {
-            let changed = *cur != h;
-            *cur = h;
-            changed
-        });
+        Health::publish(&self.health, h);
     }
 }
 

@@ -56,7 +56,7 @@ impl ToychatAccount {
     }
 
     fn set_health(&self, h: Health) {
-        self.health.send_replace(h);
+        Health::publish(&self.health, h);
     }
 
     async fn run(self: Arc<Self>, config: Config, sink: InboundSink) {

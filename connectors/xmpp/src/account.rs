@@ -266,7 +266,7 @@ async fn run(shared: Arc<Shared>) {
         if *stop.borrow() {
             break;
         }
-        shared.health.send_replace(Health::Connecting);
+        Health::publish(&shared.health, Health::Connecting);
         let link = match &shared.settings.attach {
             Attach::Client(login) => client::connect(login).await,
             Attach::Component(login) => component::connect(login).await,
@@ -280,7 +280,7 @@ async fn run(shared: Arc<Shared>) {
             }
             Err(ConnectError::Auth(reason)) | Err(ConnectError::Config(reason)) => {
                 tracing::error!(account = %shared.id, %reason, "XMPP login refused; not retrying until reconfigured");
-                shared.health.send_replace(Health::BadCredentials { reason });
+                Health::publish(&shared.health, Health::BadCredentials { reason });
                 while !*stop.borrow() {
                     if stop.changed().await.is_err() {
                         break;
@@ -295,13 +295,13 @@ async fn run(shared: Arc<Shared>) {
         }
         let wait = backoff.next_delay();
         tracing::warn!(account = %shared.id, %reason, retry_in = ?wait, "XMPP connection lost");
-        shared.health.send_replace(Health::BackingOff { retry_in: wait, reason });
+        Health::publish(&shared.health, Health::BackingOff { retry_in: wait, reason });
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
     }
-    shared.health.send_replace(Health::Stopped);
+    Health::publish(&shared.health, Health::Stopped);
 }
 
 /// Forgets everything tied to the stream that ended: rooms must be joined again, pending sends are retried.
@@ -345,7 +345,7 @@ async fn connection(shared: &Arc<Shared>, mut link: Link, stop: &mut watch::Rece
         }
     }
     tracing::info!(account = %shared.id, jid = %link.jid, "XMPP stream up");
-    shared.health.send_replace(Health::Connected);
+    Health::publish(&shared.health, Health::Connected);
     let mut pings = tokio::time::interval(shared.settings.self_ping.unwrap_or(Duration::from_secs(3600)));
     pings.reset();
     loop {

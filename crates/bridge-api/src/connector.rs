@@ -59,6 +59,22 @@ pub enum Health {
     Stopped,
 }
 
+impl Health {
+    /// Publishes `next` as an account's health, unless it has stopped: [`Health::Stopped`] is final. A task of the
+    /// account that finishes a step after [`Account::shutdown`] (a reconnect, a ping answered) cannot make the
+    /// stopped account look alive again, and whoever waits for `Stopped` on a [`watch::Receiver`] (which sees only
+    /// the latest value) is sure to see it. Receivers are woken only when the value changes.
+    pub fn publish(health: &watch::Sender<Health>, next: Health) {
+        health.send_if_modified(|cur| {
+            if *cur == Health::Stopped || *cur == next {
+                return false;
+            }
+            *cur = next;
+            true
+        });
+    }
+}
+
 /// Errors from starting or driving an account.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
@@ -303,5 +319,25 @@ impl InboundSink {
     /// reflected later say nothing about what the leg said before them.
     pub fn taken_from_leg(&self, leg: &LegId, native: &NativeId) -> Option<bool> {
         self.route.taken_from_leg(leg, native)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The appservice account's ping loop could publish `Connected` after `shutdown` had published `Stopped`: the
+    /// appservice listener, waiting for `Stopped`, never saw it and kept the port bound.
+    #[test]
+    fn a_stopped_account_stays_stopped_whatever_its_tasks_publish_after() {
+        let (tx, mut rx) = watch::channel(Health::Connecting);
+        Health::publish(&tx, Health::Connected);
+        assert_eq!(*rx.borrow_and_update(), Health::Connected);
+        Health::publish(&tx, Health::Connected);
+        assert!(!rx.has_changed().expect("open"), "an unchanged health wakes nobody");
+        Health::publish(&tx, Health::Stopped);
+        Health::publish(&tx, Health::Connected);
+        Health::publish(&tx, Health::BackingOff { retry_in: Duration::from_secs(1), reason: "late".into() });
+        assert_eq!(*rx.borrow_and_update(), Health::Stopped);
     }
 }

@@ -94,9 +94,7 @@ impl Inner {
     }
 
     fn set_health(&self, h: Health) {
-        if *self.health.borrow() != Health::Stopped {
-            self.health.send_replace(h);
-        }
+        Health::publish(&self.health, h);
     }
 
     /// Joins the linked room `name` (a room id or an alias), if the client is ready; remembers its id.
