@@ -310,25 +310,34 @@ impl Task {
         // Registered, not yet in its channels: connected once every JOIN is answered, or at this deadline.
         let mut in_channels_by: Option<Instant> = None;
         let result = loop {
-            // Our PINGs go out first; then the next queued line when the window (and the cap) allow.
-            let now = Instant::now();
+            // Our PINGs go out first; then the queued lines, while the window (and the cap) allow. A line that may go
+            // is written here, not at a timer's deadline of now: tokio rounds deadlines up to its millisecond tick,
+            // which held each line up to a millisecond.
             let mut pace = Pace::Wait(None);
             if session.registered() {
-                let next = queue.front().map(|(m, _)| wire_len(m));
                 pace = loop {
-                    match pacer.poll(next, now) {
+                    let next = queue.front().map(|(m, _)| wire_len(m));
+                    match pacer.poll(next, Instant::now()) {
                         Pace::Ping(m) => {
                             write(&mut w, &m).await?;
+                        }
+                        Pace::Send => {
+                            if let Some((m, done)) = queue.pop_front() {
+                                pacer.paced(write(&mut w, &m).await?, Instant::now());
+                                if let Some(d) = done {
+                                    let _ = d.send(Ok(()));
+                                }
+                            }
                         }
                         other => break other,
                     }
                 };
             }
+            let now = Instant::now();
             let members_due = roster.as_ref().and_then(Roster::next_due);
             let wake = match pace {
-                Pace::Send => Some(now),
                 Pace::Wait(at) => at,
-                Pace::Ping(_) => None,
+                Pace::Send | Pace::Ping(_) => None,
                 Pace::Stalled => break Err(format!("no PONG to a flood-control PING within {PONG_TIMEOUT:?}")),
             };
             tokio::select! {
@@ -428,17 +437,8 @@ impl Task {
                         let _ = d.send(Ok(()));
                     }
                 }
-                // Poll again at `wake` (the cap's next token, or the PING's deadline); send now if allowed.
-                _ = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {
-                    if matches!(pace, Pace::Send)
-                        && let Some((m, done)) = queue.pop_front()
-                    {
-                        pacer.paced(write(&mut w, &m).await?, Instant::now());
-                        if let Some(d) = done {
-                            let _ = d.send(Ok(()));
-                        }
-                    }
-                }
+                // Poll again at `wake` (the cap's next token, or the PING's deadline).
+                _ = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {}
                 _ = tokio::time::sleep_until(members_due.unwrap_or(now).into()), if members_due.is_some() => {
                     self.pass_on_due(roster, session).await;
                 }
