@@ -4,19 +4,24 @@
 //!
 //! One portal links an IRC channel, a Matrix room (appservice) and an XMPP MUC (client mode; biboumi holds the
 //! Prosody harness's one external component); a native MLS client in the portal's room speaks through a
-//! `mimi-bridge client chat` session (no peer has that side). heisenbridge gets its own channel and room, biboumi its own channel
-//! and MUC. Every direction sends `--messages` messages at `--rate` per second from a real client and times each
+//! `mimi-bridge client chat` session (no peer has that side). A second portal links only a MUC and a channel, as
+//! biboumi does: its two rows are the like-for-like comparison with biboumi, where every message of the first
+//! portal also goes to Synapse and the native client, on the same two cores. heisenbridge gets its own channel and
+//! room, biboumi its own channel and MUC. Every direction sends `--messages` messages at `--rate` per second from a real client and times each
 //! from just before the send call to its arrival at the reading client (all clients in this process, one
 //! monotonic clock). Printed: a markdown table (p50, p99, max, lost, duplicated; for mimi-bridge also its store's
 //! durable writes per message, from its `/metrics`) and the bridges' RSS when idle,
-//! split into anonymous memory and mapped files. `MIMI_BENCH_SMAPS=FILE` keeps a copy of the daemon's
+//! split into anonymous memory and mapped files. With `--push-probe`, a listening appservice registered beside the
+//! bridges ([`push_probe`]) notes when Synapse pushed each Matrix message, and a second table splits the Matrix
+//! directions' latency into the homeserver's part and the bridge's. `MIMI_BENCH_SMAPS=FILE` keeps a copy of the daemon's
 //! `/proc/PID/smaps` from that moment, to see which mappings the RSS is made of.
 
 use harness::{Ngircd, Prosody, Synapse, SynapseOptions};
 use mimi_bench::irc::IrcUser;
 use mimi_bench::matrix::MatrixClient;
-use mimi_bench::measure::{Arrivals, Summary, marker, summarize};
+use mimi_bench::measure::{Arrivals, Summary, gaps, marker, median_ms, summarize};
 use mimi_bench::peers::{Proc, daemon_metric, heisenbridge_python, rss_kib, status_kib};
+use mimi_bench::push_probe::{self, PushProbe};
 use mimi_bench::sustained::{self, RateSearch};
 use mimi_bench::xmpp::XmppUser;
 use serde_json::json;
@@ -27,11 +32,16 @@ use std::time::{Duration, Instant};
 
 const SERVER_NAME: &str = "hs.bench";
 const OUR_MUC: &str = "mimi@muc.localhost";
+/// The MUC of our second portal, which links it to `#pair` only: the same two legs as biboumi's.
+const PAIR_MUC: &str = "pair@muc.localhost";
+/// The bridge column of that portal's rows.
+const PAIR: &str = "mimi-bridge, XMPP ⇄ IRC only";
 const BIBOUMI_HOST: &str = "bridge.localhost";
 /// The room of record of our portal `bench` (domain `bench.test`), which the native MLS client joins.
 const OUR_ROOM: &str = "mimi://bench.test/r/bench";
-/// The measured directions, in the order they run: (direction, bridge).
-const DIRECTIONS: [(&str, &str); 9] = [
+/// The measured directions, in the order they run: (direction, bridge). Our rows cross the portal linking all three
+/// networks and the native client, except the last two ([`PAIR`]).
+const DIRECTIONS: [(&str, &str); 11] = [
     ("Matrix → IRC", "mimi-bridge"),
     ("Matrix → IRC", "heisenbridge"),
     ("IRC → Matrix", "mimi-bridge"),
@@ -41,6 +51,8 @@ const DIRECTIONS: [(&str, &str); 9] = [
     ("IRC → XMPP", "mimi-bridge"),
     ("IRC → XMPP", "biboumi"),
     ("native MLS client → IRC", "mimi-bridge"),
+    ("XMPP → IRC", PAIR),
+    ("IRC → XMPP", PAIR),
 ];
 
 struct Args {
@@ -52,6 +64,8 @@ struct Args {
     sustained: bool,
     /// How long each trial of that search sends.
     trial: Duration,
+    /// Register a listening appservice beside the bridges and report when Synapse pushed each Matrix message.
+    push_probe: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -62,6 +76,7 @@ fn args() -> Result<Args, String> {
         bin: PathBuf::from("mimi-bridge"),
         sustained: false,
         trial: Duration::from_secs(10),
+        push_probe: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,13 +87,14 @@ fn args() -> Result<Args, String> {
             "--wait-secs" => a.wait = Duration::from_secs(value()?.parse().map_err(|e| format!("--wait-secs: {e}"))?),
             "--bin" => a.bin = PathBuf::from(value()?),
             "--sustained" => a.sustained = true,
+            "--push-probe" => a.push_probe = true,
             "--trial-secs" => {
                 a.trial = Duration::from_secs(value()?.parse().map_err(|e| format!("--trial-secs: {e}"))?);
             }
             _ => {
                 return Err(format!(
-                    "unknown argument {flag} (--messages N --rate R --wait-secs S --bin MIMI_BRIDGE | --sustained \
-                     --trial-secs S)"
+                    "unknown argument {flag} (--messages N --rate R --wait-secs S --bin MIMI_BRIDGE --push-probe | \
+                     --sustained --trial-secs S)"
                 ));
             }
         }
@@ -142,6 +158,7 @@ struct Sides<'a> {
     irc_mimi: &'a IrcUser,
     irc_heis: &'a IrcUser,
     irc_bib: &'a IrcUser,
+    irc_pair: &'a IrcUser,
     xuser: &'a mut XmppUser,
     xbib: &'a mut XmppUser,
     bib_muc: &'a str,
@@ -158,13 +175,16 @@ impl Sides<'_> {
             3 => From::Irc(self.irc_heis),
             4 => From::Xmpp(self.xuser, OUR_MUC),
             5 => From::Xmpp(self.xbib, self.bib_muc),
+            7 => From::Irc(self.irc_bib),
             8 => From::Native(self.native),
-            _ => From::Irc(self.irc_bib),
+            9 => From::Xmpp(self.xuser, PAIR_MUC),
+            _ => From::Irc(self.irc_pair),
         }
     }
 }
 
-/// Sends `n` messages of direction `dir` at `rate`, then waits (at most `wait`) for them at `reader`.
+/// Sends `n` messages of direction `dir` at `rate`, then waits (at most `wait`) for them at `reader`; also times
+/// each send call (for a Matrix sender: until the homeserver has persisted the event and answered).
 async fn direction(
     arrivals: &Arrivals,
     dir: usize,
@@ -173,13 +193,15 @@ async fn direction(
     n: usize,
     rate: f64,
     wait: Duration,
-) -> Result<Summary, String> {
+) -> Result<Sent, String> {
     let start = tokio::time::Instant::now();
     let mut sent = Vec::with_capacity(n);
+    let mut calls = Vec::with_capacity(n);
     for i in 0..n {
         let m = marker(dir, i);
         let t0 = Instant::now();
         from.say(&format!("bench {m} the quick brown fox")).await?;
+        calls.push(t0.elapsed());
         sent.push((m, t0));
         tokio::time::sleep_until(start + Duration::from_secs_f64((i + 1) as f64 / rate)).await;
     }
@@ -189,7 +211,17 @@ async fn direction(
     }
     // Late duplicates show up within a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(summarize(arrivals, reader, &sent))
+    calls.sort();
+    Ok(Sent { summary: summarize(arrivals, reader, &sent), markers: sent, calls })
+}
+
+/// What [`direction`] sent and measured.
+struct Sent {
+    summary: Summary,
+    /// Each marker with the instant just before its send call.
+    markers: Vec<(String, Instant)>,
+    /// How long each send call took, sorted.
+    calls: Vec<Duration>,
 }
 
 /// Searches the highest rate direction `i` sustains (see [`sustained`]): trials of `trial` at the rates the search
@@ -208,7 +240,7 @@ async fn highest_sustained(
         let dir = 100 + i * 32 + trial_no;
         trial_no += 1;
         let n = ((rate * trial.as_secs_f64()).ceil() as usize).max(10);
-        let summary = direction(arrivals, dir, from, reader, n, rate, sustained::LATE).await?;
+        let summary = direction(arrivals, dir, from, reader, n, rate, sustained::LATE).await?.summary;
         // A sender that could not keep the pace (a Matrix send is one HTTP request) proves nothing about the
         // rate: the trial counts as not sustained, so the answer stays at what was really offered.
         let kept_pace = summary.send_rate >= rate * 0.95;
@@ -242,7 +274,7 @@ async fn highest_sustained(
 
 /// Sends one unmeasured message and waits for it (creates ghosts and puppets before the clock runs).
 async fn warm_up(arrivals: &Arrivals, dir: usize, from: &mut From<'_>, reader: &str) -> Result<(), String> {
-    let s = direction(arrivals, dir, from, reader, 1, 1.0, Duration::from_secs(60)).await?;
+    let s = direction(arrivals, dir, from, reader, 1, 1.0, Duration::from_secs(60)).await?.summary;
     if s.lost > 0 {
         return Err(format!("warm-up message {dir} never reached {reader}"));
     }
@@ -285,7 +317,9 @@ fn our_config(
          [xmpp.x]\nmode = \"client\"\nserver = \"{c2s}\"\njid = \"mimibridge@localhost\"\npassword = \"pw\"\n\
          transport = \"insecure-tcp\"\nnick = \"mimi-bridge\"\n\n\
          [[portal]]\nname = \"bench\"\nlegs = [{{ account = \"matrix.hs\", room = \"{room}\" }}, \
-         {{ account = \"irc.net\", room = \"#mimi\" }}, {{ account = \"xmpp.x\", room = \"{OUR_MUC}\" }}]\n",
+         {{ account = \"irc.net\", room = \"#mimi\" }}, {{ account = \"xmpp.x\", room = \"{OUR_MUC}\" }}]\n\n\
+         [[portal]]\nname = \"pair\"\nlegs = [{{ account = \"irc.net\", room = \"#pair\" }}, \
+         {{ account = \"xmpp.x\", room = \"{PAIR_MUC}\" }}]\n",
         data = dir.join("data").display().to_string(),
         as_token = dir.join("as.token").display().to_string(),
         hs_token = dir.join("hs.token").display().to_string(),
@@ -325,9 +359,20 @@ async fn run(a: &Args) -> Result<(), String> {
     if !out.status.success() {
         return Err(format!("heisenbridge --generate: {}", String::from_utf8_lossy(&out.stderr)));
     }
+    // The probe first: Synapse starts its pushes in the order of its registrations, so the probe's push is the
+    // earliest a bridge's push can start. The probe costs Synapse work (it stores each transaction before sending
+    // it, and pushes the probe every event of the rooms its users are in): runs with it compare with each other.
+    let mut registrations = Vec::new();
+    if a.push_probe {
+        let probe = PushProbe::start(arrivals.clone()).map_err(|e| format!("push probe: {e}"))?;
+        let preg = d.join("push-probe.yaml");
+        probe.write_registration(&preg, &["mxuser", "hbowner"]).map_err(|e| e.to_string())?;
+        registrations.push(preg);
+    }
+    registrations.extend([reg, hreg.clone()]);
     let hs = Arc::new(
         Synapse::start_with(SynapseOptions {
-            appservice_registrations: vec![reg, hreg.clone()],
+            appservice_registrations: registrations,
             server_name: Some(SERVER_NAME.into()),
         })
         .map_err(e)?,
@@ -383,6 +428,7 @@ async fn run(a: &Args) -> Result<(), String> {
     let irc_mimi = IrcUser::join(&ngircd.addr(), "ircmimi", "#mimi", "irc:#mimi", arrivals.clone()).await?;
     let irc_heis = IrcUser::join(&ngircd.addr(), "ircheis", "#heis", "irc:#heis", arrivals.clone()).await?;
     let irc_bib = IrcUser::join(&ngircd.addr(), "ircbib", "#bibou", "irc:#bibou", arrivals.clone()).await?;
+    let irc_pair = IrcUser::join(&ngircd.addr(), "ircpair", "#pair", "irc:#pair", arrivals.clone()).await?;
     let mut xuser = XmppUser::login(&prosody.c2s_addr(), "xuser", "xuser", arrivals.clone()).await?;
     let mut xbib = XmppUser::login(&prosody.c2s_addr(), "xbib", "xbib", arrivals.clone()).await?;
 
@@ -393,6 +439,9 @@ async fn run(a: &Args) -> Result<(), String> {
     irc_mimi.wait_member("mimibridge").await?;
     xuser.join(OUR_MUC).await?;
     xuser.wait_occupant(OUR_MUC, "mimi-bridge").await?;
+    irc_pair.wait_member("mimibridge").await?;
+    xuser.join(PAIR_MUC).await?;
+    xuser.wait_occupant(PAIR_MUC, "mimi-bridge").await?;
     ours.alive("mimi-bridge")?;
     // A native MLS client in the portal's room, talking through a `chat` session (one process, lines on stdin).
     let server = format!("http://127.0.0.1:{}", ports.2);
@@ -461,6 +510,8 @@ async fn run(a: &Args) -> Result<(), String> {
         format!("xmpp:{OUR_MUC}"),
         format!("xmpp:{bib_muc}"),
         "irc:#mimi".to_owned(),
+        "irc:#pair".to_owned(),
+        format!("xmpp:{PAIR_MUC}"),
     ];
     let mut sides = Sides {
         mx: &mx,
@@ -470,6 +521,7 @@ async fn run(a: &Args) -> Result<(), String> {
         irc_mimi: &irc_mimi,
         irc_heis: &irc_heis,
         irc_bib: &irc_bib,
+        irc_pair: &irc_pair,
         xuser: &mut xuser,
         xbib: &mut xbib,
         bib_muc: &bib_muc,
@@ -477,10 +529,11 @@ async fn run(a: &Args) -> Result<(), String> {
     };
     // Warm-up: ghosts, puppets and connections exist before the clock runs.
     for (i, reader) in readers.iter().enumerate() {
-        warm_up(&arrivals, 90 + i, &mut sides.from(i), reader).await?;
+        // Markers 50 + i: apart from the measured directions' (1 + i) and the rate search's (100 and up).
+        warm_up(&arrivals, 50 + i, &mut sides.from(i), reader).await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = [("mimi-bridge (3 legs)", ours.pid()), ("heisenbridge", heis.pid()), ("biboumi", bib.pid())]
+    let rss = [("mimi-bridge (2 portals, 5 legs)", ours.pid()), ("heisenbridge", heis.pid()), ("biboumi", bib.pid())]
         .map(|(n, pid)| (n, [rss_kib(pid), status_kib(pid, "RssAnon"), status_kib(pid, "RssFile")]));
     if let Ok(to) = std::env::var("MIMI_BENCH_SMAPS") {
         let _ = std::fs::copy(format!("/proc/{}/smaps", ours.pid()), to);
@@ -515,14 +568,20 @@ async fn run(a: &Args) -> Result<(), String> {
 
     let (n, rate, wait) = (a.messages, a.rate, a.wait);
     let mut rows: Vec<(&str, &str, Summary, Option<f64>)> = Vec::new();
+    let mut pushed = Vec::new();
     for (i, ((what, bridge), reader)) in DIRECTIONS.iter().zip(&readers).enumerate() {
         let before = daemon_metric(admin, STORE_WRITES);
-        let summary = direction(&arrivals, i + 1, &mut sides.from(i), reader, n, rate, wait).await?;
+        let sent = direction(&arrivals, i + 1, &mut sides.from(i), reader, n, rate, wait).await?;
         let writes = match (*bridge, before, daemon_metric(admin, STORE_WRITES)) {
-            ("mimi-bridge", Some(b), Some(a)) => Some((a - b) / n as f64),
+            (b, Some(before), Some(after)) if b.starts_with("mimi-bridge") => Some((after - before) / n as f64),
             _ => None,
         };
-        rows.push((what, bridge, summary, writes));
+        if a.push_probe && what.starts_with("Matrix") {
+            let after_push = gaps(&arrivals, push_probe::READER, reader, &sent.markers);
+            let push = summarize(&arrivals, push_probe::READER, &sent.markers);
+            pushed.push((*what, *bridge, median_ms(&sent.calls), push, median_ms(&after_push), sent.summary.p50_ms));
+        }
+        rows.push((what, bridge, sent.summary, writes));
     }
     ours.alive("mimi-bridge")?;
 
@@ -537,6 +596,23 @@ async fn run(a: &Args) -> Result<(), String> {
             "| {what} | {bridge} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {writes} |",
             s.sent, s.p50_ms, s.p99_ms, s.max_ms, s.lost, s.duplicates
         );
+    }
+    if a.push_probe {
+        println!(
+            "\nWhere a Matrix message's time goes (p50 ms, each from the send call; \"after the push\": per message, \
+             from the push to the probe to the arrival)\n"
+        );
+        println!(
+            "| direction | bridge | homeserver answered the send | pushed to an appservice (probe) | arrived | after \
+             the push | pushes not seen |"
+        );
+        println!("|---|---|---:|---:|---:|---:|---:|");
+        for (what, bridge, call, push, after, arrived) in &pushed {
+            println!(
+                "| {what} | {bridge} | {call:.1} | {:.1} | {arrived:.1} | {after:.1} | {} |",
+                push.p50_ms, push.lost
+            );
+        }
     }
     println!("\n| idle RSS after warm-up | MiB | of which anonymous | of which files (code, libraries) |");
     println!("|---|---:|---:|---:|");

@@ -119,6 +119,25 @@ pub fn summarize(arrivals: &Arrivals, reader: &str, sent: &[(String, Instant)]) 
     }
 }
 
+/// Per message of `sent` seen by both readers: how long after reaching `first` it reached `then`, sorted.
+pub fn gaps(arrivals: &Arrivals, first: &str, then: &str, sent: &[(String, Instant)]) -> Vec<Duration> {
+    let mut out: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(m, _)| {
+            let (a, _) = arrivals.get(first, m)?;
+            let (b, _) = arrivals.get(then, m)?;
+            Some(b.saturating_duration_since(a))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The median of sorted durations in milliseconds (NaN for none).
+pub fn median_ms(sorted: &[Duration]) -> f64 {
+    ms(percentile(sorted, 0.5))
+}
+
 /// The nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     if sorted.is_empty() {
@@ -159,5 +178,20 @@ mod tests {
         let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(percentile(&d, 0.5), Some(Duration::from_millis(50)));
         assert_eq!(percentile(&d, 0.99), Some(Duration::from_millis(99)));
+        assert!(median_ms(&[]).is_nan());
+    }
+
+    #[test]
+    fn gaps_are_measured_per_message_between_two_readers() {
+        let a = Arrivals::default();
+        let sent: Vec<(String, Instant)> = (0..3).map(|i| (marker(2, i), Instant::now())).collect();
+        a.saw("push", &marker(2, 0));
+        a.saw("push", &marker(2, 1));
+        std::thread::sleep(Duration::from_millis(20));
+        a.saw("irc", &marker(2, 0));
+        a.saw("irc", &marker(2, 2));
+        let g = gaps(&a, "push", "irc", &sent);
+        assert_eq!(g.len(), 1, "only mb2x0 reached both");
+        assert!(g[0] >= Duration::from_millis(20));
     }
 }
