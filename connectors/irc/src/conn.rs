@@ -309,13 +309,14 @@ impl Task {
         let mut ever_registered = false;
         // Registered, not yet in its channels: connected once every JOIN is answered, or at this deadline.
         let mut in_channels_by: Option<Instant> = None;
-        let result = loop {
+        let result = 'connection: loop {
             // Our PINGs go out first; then the queued lines, while the window (and the cap) allow. A line that may go
             // is written here, not at a timer's deadline of now: tokio rounds deadlines up to its millisecond tick,
-            // which held each line up to a millisecond.
-            let mut pace = Pace::Wait(None);
+            // which held each line up to a millisecond. What is left waits for `wake` (the cap's next token, or the
+            // PING's deadline), a PONG or a new line.
+            let mut wake = None;
             if session.registered() {
-                pace = loop {
+                wake = loop {
                     let next = queue.front().map(|(m, _)| wire_len(m));
                     match pacer.poll(next, Instant::now()) {
                         Pace::Ping(m) => {
@@ -329,17 +330,15 @@ impl Task {
                                 }
                             }
                         }
-                        other => break other,
+                        Pace::Wait(at) => break at,
+                        Pace::Stalled => {
+                            break 'connection Err(format!("no PONG to a flood-control PING within {PONG_TIMEOUT:?}"));
+                        }
                     }
                 };
             }
             let now = Instant::now();
             let members_due = roster.as_ref().and_then(Roster::next_due);
-            let wake = match pace {
-                Pace::Wait(at) => at,
-                Pace::Send | Pace::Ping(_) => None,
-                Pace::Stalled => break Err(format!("no PONG to a flood-control PING within {PONG_TIMEOUT:?}")),
-            };
             tokio::select! {
                 line = reader.next() => {
                     let line = match line {
@@ -437,7 +436,6 @@ impl Task {
                         let _ = d.send(Ok(()));
                     }
                 }
-                // Poll again at `wake` (the cap's next token, or the PING's deadline).
                 _ = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {}
                 _ = tokio::time::sleep_until(members_due.unwrap_or(now).into()), if members_due.is_some() => {
                     self.pass_on_due(roster, session).await;
