@@ -2,19 +2,19 @@
 //! IRC), in one run, on the same real servers (ngIRCd, Synapse, Prosody from tests/harness). Run it through
 //! `scripts/bench`, which installs the peers and builds everything in release mode.
 //!
-//! One portal links an IRC channel, a Matrix room (appservice) and an XMPP MUC (client mode; biboumi holds the
-//! Prosody harness's one external component); a native MLS client in the portal's room speaks through a
-//! `mimi-bridge client chat` session (no peer has that side). A second portal links only a MUC and a channel, as
-//! biboumi does: its two rows are the like-for-like comparison with biboumi, where every message of the first
-//! portal also goes to Synapse and the native client, on the same two cores. heisenbridge gets its own channel and
-//! room, biboumi its own channel and MUC. Every direction sends `--messages` messages at `--rate` per second from a real client and times each
-//! from just before the send call to its arrival at the reading client (all clients in this process, one
-//! monotonic clock). Printed: a markdown table (p50, p99, max, lost, duplicated; for mimi-bridge also its store's
-//! durable writes per message, from its `/metrics`) and the bridges' RSS when idle,
-//! split into anonymous memory and mapped files. With `--push-probe`, a listening appservice registered beside the
-//! bridges ([`push_probe`]) notes when Synapse pushed each Matrix message, and a second table splits the Matrix
-//! directions' latency into the homeserver's part and the bridge's. `MIMI_BENCH_SMAPS=FILE` keeps a copy of the daemon's
-//! `/proc/PID/smaps` from that moment, to see which mappings the RSS is made of.
+//! One portal links an IRC channel, a Matrix room (appservice) and an XMPP MUC (client mode; biboumi holds the Prosody
+//! harness's one external component); a native MLS client in the portal's room speaks through a `mimi-bridge client
+//! chat` session (no peer has that side). A second portal links only a MUC and a channel, as biboumi does: its two rows
+//! are the like-for-like comparison with biboumi, where every message of the first portal also goes to Synapse and the
+//! native client, on the same two cores. heisenbridge gets its own channel and room, biboumi its own channel and MUC.
+//! Every direction sends `--messages` messages at `--rate` per second from a real client and times each from just
+//! before the send call to its arrival at the reading client (all clients in this process, one monotonic clock).
+//! Printed: a markdown table (p50, p99, max, lost, duplicated; for mimi-bridge also its store's durable writes per
+//! message, from its `/metrics`) and the bridges' RSS when idle, split into anonymous memory and mapped files. With
+//! `--push-probe`, a listening appservice registered beside the bridges ([`push_probe`]) notes when Synapse pushed each
+//! Matrix message, and a second table splits the Matrix directions' latency into the homeserver's part and the
+//! bridge's. `MIMI_BENCH_SMAPS=FILE` keeps a copy of the daemon's `/proc/PID/smaps` from that moment, to see which
+//! mappings the RSS is made of.
 
 use harness::{Ngircd, Prosody, Synapse, SynapseOptions};
 use mimi_bench::irc::IrcUser;
