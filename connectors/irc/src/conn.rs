@@ -297,19 +297,44 @@ impl Task {
         out: &mut mpsc::Receiver<Outgoing>,
         stop: &mut watch::Receiver<Option<String>>,
     ) -> Result<Outcome, String> {
+        let (r, w) = tokio::io::split(stream);
+        let mut open = Open { reader: LineReader::new(r), w, queue: VecDeque::new(), ever_registered: false };
+        // Every way out of `serve`, a failed write's `?` included, comes back here.
+        let result = self.serve(&mut open, session, roster, ctl, out, stop).await;
+        // Lines not written yet: their senders get an error, and the core retries them (after a reconnect, if
+        // there is one).
+        for (_, done) in open.queue {
+            if let Some(d) = done {
+                let _ = d.send(Err("connection lost".into()));
+            }
+        }
+        match result {
+            Err(e) if open.ever_registered => Ok(Outcome::Registered(e)),
+            other => other,
+        }
+    }
+
+    /// Runs one open connection until it ends: registers, joins, and moves lines both ways. Leaves the lines not
+    /// written yet in `open.queue` and returns errors as they are: [`Task::connection`] drains and maps them.
+    async fn serve(
+        &self,
+        open: &mut Open,
+        session: &mut Session,
+        roster: &mut Option<Roster>,
+        ctl: &mut mpsc::UnboundedReceiver<Control>,
+        out: &mut mpsc::Receiver<Outgoing>,
+        stop: &mut watch::Receiver<Option<String>>,
+    ) -> Result<Outcome, String> {
         let label = &self.settings.label;
-        let (r, mut w) = tokio::io::split(stream);
-        let mut reader: Reader = LineReader::new(r);
+        let Open { reader, w, queue, ever_registered } = open;
         for m in session.start() {
-            write(&mut w, &m).await?;
+            write(w, &m).await?;
         }
         // Every line written counts as in flight; registration lines are settled by 001, when it starts afresh.
         let mut pacer = Pacer::new(self.settings.pace.clone(), Instant::now());
-        let mut queue: VecDeque<(Message, Option<Done>)> = VecDeque::new();
-        let mut ever_registered = false;
         // Registered, not yet in its channels: connected once every JOIN is answered, or at this deadline.
         let mut in_channels_by: Option<Instant> = None;
-        let result = 'connection: loop {
+        loop {
             // Our PINGs go out first; then the queued lines, while the window (and the cap) allow. A line that may go
             // is written here, not at a timer's deadline of now: tokio rounds deadlines up to its millisecond tick,
             // which held each line up to a millisecond. What is left waits for `wake` (the cap's next token, or the
@@ -320,11 +345,11 @@ impl Task {
                     let next = queue.front().map(|(m, _)| wire_len(m));
                     match pacer.poll(next, Instant::now()) {
                         Pace::Ping(m) => {
-                            write(&mut w, &m).await?;
+                            write(w, &m).await?;
                         }
                         Pace::Send => {
                             if let Some((m, done)) = queue.pop_front() {
-                                pacer.paced(write(&mut w, &m).await?, Instant::now());
+                                pacer.paced(write(w, &m).await?, Instant::now());
                                 if let Some(d) = done {
                                     let _ = d.send(Ok(()));
                                 }
@@ -332,7 +357,7 @@ impl Task {
                         }
                         Pace::Wait(at) => break at,
                         Pace::Stalled => {
-                            break 'connection Err(format!("no PONG to a flood-control PING within {PONG_TIMEOUT:?}"));
+                            return Err(format!("no PONG to a flood-control PING within {PONG_TIMEOUT:?}"));
                         }
                     }
                 };
@@ -365,14 +390,14 @@ impl Task {
                     self.pass_on_due(roster, session).await;
                     for action in session.handle(msg) {
                         match action {
-                            Action::Send(m) => pacer.wrote(write(&mut w, &m).await?),
+                            Action::Send(m) => pacer.wrote(write(w, &m).await?),
                             Action::Registered => {
                                 pacer = Pacer::new(self.settings.pace.clone(), Instant::now());
                                 if let Err(e) = self.role.registered(&session.nick).await {
-                                    break_quit(&mut w, "bridge error").await;
+                                    break_quit(w, "bridge error").await;
                                     return Err(e);
                                 }
-                                ever_registered = true;
+                                *ever_registered = true;
                                 // Channels unlinked while the connection was down are not joined again.
                                 if let Some(r) = roster.as_mut() {
                                     r.keep_only(|c| session.wants(c));
@@ -413,18 +438,18 @@ impl Task {
                         None => {
                             // The handle is gone (it said why through `stop`, if it could).
                             let reason = stop.borrow().clone().filter(|r| !r.is_empty());
-                            quit(&mut w, &mut reader, reason.as_deref().unwrap_or(&self.settings.quit_message)).await;
+                            quit(w, reader, reason.as_deref().unwrap_or(&self.settings.quit_message)).await;
                             return Ok(Outcome::Stopped);
                         }
                     };
                     for m in msgs {
-                        pacer.wrote(write(&mut w, &m).await?);
+                        pacer.wrote(write(w, &m).await?);
                     }
                 }
                 o = out.recv(), if queue.is_empty() && session.registered() => {
                     let Some(o) = o else {
                         let reason = stop.borrow().clone().filter(|r| !r.is_empty());
-                        quit(&mut w, &mut reader, reason.as_deref().unwrap_or(&self.settings.quit_message)).await;
+                        quit(w, reader, reason.as_deref().unwrap_or(&self.settings.quit_message)).await;
                         return Ok(Outcome::Stopped);
                     };
                     let n = o.lines.len();
@@ -447,22 +472,20 @@ impl Task {
                 }
                 _ = stop.changed() => {
                     let reason = stop.borrow().clone().filter(|r| !r.is_empty());
-                    quit(&mut w, &mut reader, reason.as_deref().unwrap_or(&self.settings.quit_message)).await;
+                    quit(w, reader, reason.as_deref().unwrap_or(&self.settings.quit_message)).await;
                     return Ok(Outcome::Stopped);
                 }
             }
-        };
-        // Lines not written yet: their senders get an error and the core retries them after reconnecting.
-        for (_, done) in queue {
-            if let Some(d) = done {
-                let _ = d.send(Err("connection lost".into()));
-            }
-        }
-        match result {
-            Err(e) if ever_registered => Ok(Outcome::Registered(e)),
-            other => other,
         }
     }
+}
+
+/// An open connection: its two halves, the lines waiting for the flood window, and whether it registered.
+struct Open {
+    reader: Reader,
+    w: Writer,
+    queue: VecDeque<(Message, Option<Done>)>,
+    ever_registered: bool,
 }
 
 /// Sends QUIT, lets the server act on it (it closes the link) before closing our side — otherwise it may see the
