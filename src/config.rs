@@ -1860,6 +1860,16 @@ mod tests {
                 "matrix.hs.listen",
                 "`listen` is for mode = \"appservice\"",
             ),
+            case(
+                "matrix bot mode with encryption off",
+                format!(
+                    "{MIN}[matrix.hs]\nhomeserver_url = \"http://127.0.0.1:8008\"\nmode = \"bot\"\n\
+                     server_name = \"hs\"\npassword = \"p\"\nencryption = false\n"
+                ),
+                9,
+                "matrix.hs.encryption",
+                "`encryption` is for mode = \"appservice\"",
+            ),
             case("syntax error", "[bridge]\ndomain = \n".into(), 2, "bridge.domain", "string values must be quoted"),
         ]
     }

@@ -53,6 +53,9 @@ pub const ENCRYPTED_ROOM_NOTICE: &str = "This room is end-to-end encrypted, but 
     encrypt here: encrypted messages are not bridged (the other side is told), and messages from the other networks \
     arrive unencrypted.";
 
+/// Why an encrypted room is not bridged by an account with `encryption = false` (said in its notice).
+pub const ENCRYPTION_OFF: &str = "end-to-end encryption is off in the bridge's configuration: `encryption = false`";
+
 /// What the appservice user says in a linked room that is (or becomes) end-to-end encrypted, where the bridge
 /// decrypts and encrypts: the bridge is the trust boundary, and says so.
 pub const ENCRYPTED_ROOM_BRIDGED_NOTICE: &str = "This room is end-to-end encrypted. The bridge decrypts what is said \
@@ -92,7 +95,8 @@ pub(crate) struct Inner {
     catch_up_after: Duration,
     /// Transactions and catch-ups take turns: what a catch-up replays is taken before what comes live after it.
     turn: tokio::sync::Mutex<()>,
-    /// End-to-end encryption ([`crate::e2ee`]); `None` without a state directory to keep its keys in.
+    /// End-to-end encryption ([`crate::e2ee`]); `None` without a state directory to keep its keys in, or with
+    /// `encryption = false`.
     e2ee: Option<Arc<E2ee>>,
     /// The events waiting for their keys are to be tried again (keys arrived, or the account started).
     retry_waiting: std::sync::atomic::AtomicBool,
@@ -147,6 +151,25 @@ impl State {
     }
 }
 
+/// With `encryption = false` where encryption was used before: says what stays behind in `dir` — the devices'
+/// stores, and the events that wait for their keys, bridged only if encryption is turned on again.
+fn warn_encryption_off(id: &AccountId, dir: &std::path::Path) {
+    let devices = std::fs::read_dir(dir.join("devices")).map(|d| d.count()).unwrap_or(0);
+    let waiting = match crate::e2ee::waiting::Waiting::load(dir) {
+        Ok(w) => w.all().len(),
+        Err(e) => {
+            tracing::warn!(account = %id, error = %e, "`encryption = false`: the events waiting for keys are unreadable");
+            0
+        }
+    };
+    if devices == 0 && waiting == 0 {
+        return;
+    }
+    tracing::warn!(account = %id, dir = %dir.display(), devices, waiting,
+        "`encryption = false`, but end-to-end encryption was used before: its devices and their stores are kept, \
+        and the events waiting for their keys are bridged only if it is turned on again");
+}
+
 /// A room whose catch-up is pending.
 #[derive(Default)]
 struct Pending {
@@ -168,7 +191,7 @@ impl MatrixAccount {
             relay: None,
         };
         let e2ee = match &ctx.state_dir {
-            Some(dir) => {
+            Some(dir) if cfg.encryption => {
                 let passphrase = cfg.store_passphrase.clone();
                 Some(Arc::new(E2ee::new(
                     hs.clone(),
@@ -177,6 +200,10 @@ impl MatrixAccount {
                     tr.ghosts.clone(),
                     passphrase,
                 )?))
+            }
+            Some(dir) => {
+                warn_encryption_off(&id, &dir.join("e2ee"));
+                None
             }
             None => None,
         };
@@ -288,6 +315,10 @@ impl Inner {
             Some(Status::Unavailable(why)) => {
                 (format!("mimi-encrypted-room-{id}"), format!("{ENCRYPTED_ROOM_NOTICE} ({why})"))
             }
+            // A transaction id of its own: a notice of before (unavailable, and why) is not answered instead.
+            None if !self.cfg.encryption => {
+                (format!("mimi-encryption-off-room-{id}"), format!("{ENCRYPTED_ROOM_NOTICE} ({ENCRYPTION_OFF})"))
+            }
             None => (format!("mimi-encrypted-room-{id}"), ENCRYPTED_ROOM_NOTICE.to_owned()),
         };
         if !self.state().devices.contains(&bot) {
@@ -332,9 +363,9 @@ impl Inner {
     }
 
     /// Whether what the bridge sends in `room_id` is encrypted: `Some` where the room is encrypted and the bridge
-    /// can; `None` where the room is not, or the homeserver lacks what it takes (the room was told). While the
-    /// probe has not answered yet, an encrypted room's sends wait (`Unavailable`: the core retries), so
-    /// that nothing goes into it in the clear that could have been encrypted.
+    /// can; `None` where the room is not, or the homeserver lacks what it takes, or the config turned encryption
+    /// off (the room was told). While the probe has not answered yet, an encrypted room's sends wait
+    /// (`Unavailable`: the core retries), so that nothing goes into it in the clear that could have been encrypted.
     fn encrypts(&self, room_id: &str) -> Result<Option<&E2ee>, HsError> {
         let Some(e2ee) = self.e2ee.as_deref() else { return Ok(None) };
         if !self.state().encrypted.contains(room_id) {

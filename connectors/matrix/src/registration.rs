@@ -6,7 +6,8 @@
 //! no alias or room namespaces, and `rate_limited: false`: a bridge speaks for many people.
 //! `io.element.msc4190: true` lets the appservice create its ghosts' devices without logging them in;
 //! `receive_ephemeral: true` and `org.matrix.msc3202: true` bring the to-device messages, device list changes and
-//! key counts of end-to-end encryption in its transactions.
+//! key counts of end-to-end encryption in its transactions; both are left out with `encryption = false`
+//! ([`Config::encryption`]), which spares the homeserver their work on every transaction.
 
 use crate::config::Config;
 use crate::ghost::{GhostNames, regex_escape};
@@ -24,8 +25,7 @@ pub fn registration_yaml(config: &Config) -> String {
          sender_localpart: {sender}\n\
          rate_limited: false\n\
          io.element.msc4190: true\n\
-         receive_ephemeral: true\n\
-         org.matrix.msc3202: true\n\
+         {encryption}\
          namespaces:\n  users:\n    - exclusive: true\n      regex: {regex}\n    - exclusive: true\n      regex: {bot}\n  aliases: []\n  rooms: []\n",
         id = q(&config.registration_id),
         url = q(&config.appservice_url()),
@@ -34,6 +34,7 @@ pub fn registration_yaml(config: &Config) -> String {
         sender = q(&config.sender_localpart()),
         bot = q(&format!("@{}:{}", regex_escape(&config.bot_localpart), regex_escape(&config.server_name))),
         regex = q(&ghosts.namespace_regex()),
+        encryption = if config.encryption { "receive_ephemeral: true\norg.matrix.msc3202: true\n" } else { "" },
     )
 }
 
@@ -66,6 +67,10 @@ mod tests {
             "the bot: {yaml}"
         );
         assert!(yaml.contains("\nsender_localpart: \"mimi-bridge.appservice\"\n"), "not the bot: {yaml}");
+        let off = Config { encryption: false, ..config };
+        let yaml = registration_yaml(&off);
+        assert!(!yaml.contains("receive_ephemeral") && !yaml.contains("msc3202"), "encryption off: {yaml}");
+        assert!(yaml.contains("\nio.element.msc4190: true\nnamespaces:\n"), "ghosts still get devices: {yaml}");
     }
 
     #[test]

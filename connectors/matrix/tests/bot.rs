@@ -65,6 +65,7 @@ fn config(hs: &Synapse) -> Config {
         relay_format: "{name}: {text}".into(),
         // Bot mode's matrix-sdk store encrypted (the restarts open it again); the daemon's test has none.
         store_passphrase: Some("a bot passphrase".into()),
+        encryption: true,
     }
 }
 

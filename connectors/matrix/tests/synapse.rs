@@ -87,6 +87,7 @@ fn setup_registered(edit: impl FnOnce(&mut Config), registration: impl FnOnce(St
         access_token: None,
         relay_format: "{name}: {text}".into(),
         store_passphrase: None,
+        encryption: true,
     };
     edit(&mut config);
     let reg = dir.path().join("registration.yaml");
@@ -985,6 +986,44 @@ async fn without_to_device_pushes_an_encrypted_room_is_told_why_it_is_not_bridge
                            "device_id": "D"});
     alice.send(&room, "m.room.encrypted", encrypted).await.expect("send");
     await_delivered(&b.lb, connector_matrix::inbound::ENCRYPTED_NOTICE).await;
+    b.account.shutdown().await;
+    b.router.shutdown().await;
+}
+
+/// An account with `encryption = false`: its registration asks for no to-device pushes, and an encrypted room is
+/// told at once (no probe) that the bridge cannot read it, and why; an encrypted message reaches the portal as a
+/// notice that it cannot be read, the other side's messages go in unencrypted, and no crypto store is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_encryption_off_an_encrypted_room_is_told_so_at_once() {
+    let s = setup_registered(
+        |c| c.encryption = false,
+        |yaml| {
+            assert!(!yaml.contains("receive_ephemeral") && !yaml.contains("msc3202"), "{yaml}");
+            yaml
+        },
+    );
+    let state = tempfile::tempdir().expect("state dir");
+    let media = Arc::new(Kept::default());
+    let (alice_user, room) = encrypted_room(&s);
+    let b = encrypted_slice(&s, &room, state.path(), &media).await;
+    let alice = Client::new(&s.hs.url(), alice_user);
+    // Well within the probe's wait: nothing is probed.
+    let notice = await_body_containing(&alice, &room, "cannot decrypt or encrypt here", Duration::from_secs(20)).await;
+    let body = notice["content"]["body"].as_str().unwrap_or_default();
+    assert!(body.contains(connector_matrix::account::ENCRYPTION_OFF), "{body}");
+    let encrypted = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x", "sender_key": "k", "session_id": "s",
+                           "device_id": "D"});
+    alice.send(&room, "m.room.encrypted", encrypted).await.expect("send");
+    await_delivered(&b.lb, connector_matrix::inbound::ENCRYPTED_NOTICE).await;
+    // What the other side says goes in at once, unencrypted, as the notice said: nothing waits for a probe.
+    let kind = bridge_api::InboundKind::Message {
+        draft: bridge_api::event::MessageDraft::plain("said in the clear"),
+        reply_to: None,
+    };
+    b.lb.say_with_id("#lb", "bob", "c1", kind).await.expect("accepted");
+    let sent = await_body_containing(&alice, &room, "said in the clear", Duration::from_secs(20)).await;
+    assert_eq!(sent["type"], "m.room.message", "{sent}");
+    assert!(!state.path().join("e2ee").exists(), "no crypto store made");
     b.account.shutdown().await;
     b.router.shutdown().await;
 }
