@@ -13,8 +13,9 @@
 //! message, from its `/metrics`) and the bridges' RSS when idle, split into anonymous memory and mapped files. With
 //! `--push-probe`, a listening appservice registered beside the bridges ([`push_probe`]) notes when Synapse pushed each
 //! Matrix message, and a second table splits the Matrix directions' latency into the homeserver's part and the
-//! bridge's. `MIMI_BENCH_SMAPS=FILE` keeps a copy of the daemon's `/proc/PID/smaps` from that moment, to see which
-//! mappings the RSS is made of.
+//! bridge's; with `--matrix-encryption-off`, our Matrix account runs with `encryption = false`.
+//! `MIMI_BENCH_SMAPS=FILE` keeps a copy of the daemon's `/proc/PID/smaps` from that moment, to see which mappings
+//! the RSS is made of.
 
 use harness::{Ngircd, Prosody, Synapse, SynapseOptions};
 use mimi_bench::irc::IrcUser;
@@ -66,6 +67,8 @@ struct Args {
     trial: Duration,
     /// Register a listening appservice beside the bridges and report when Synapse pushed each Matrix message.
     push_probe: bool,
+    /// Our Matrix account's `encryption` (false: a registration without the encryption extensions).
+    matrix_encryption: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -77,6 +80,7 @@ fn args() -> Result<Args, String> {
         sustained: false,
         trial: Duration::from_secs(10),
         push_probe: false,
+        matrix_encryption: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -88,13 +92,14 @@ fn args() -> Result<Args, String> {
             "--bin" => a.bin = PathBuf::from(value()?),
             "--sustained" => a.sustained = true,
             "--push-probe" => a.push_probe = true,
+            "--matrix-encryption-off" => a.matrix_encryption = false,
             "--trial-secs" => {
                 a.trial = Duration::from_secs(value()?.parse().map_err(|e| format!("--trial-secs: {e}"))?);
             }
             _ => {
                 return Err(format!(
                     "unknown argument {flag} (--messages N --rate R --wait-secs S --bin MIMI_BRIDGE --push-probe | \
-                     --sustained --trial-secs S)"
+                     --sustained --trial-secs S; either with --matrix-encryption-off)"
                 ));
             }
         }
@@ -295,11 +300,17 @@ fn run_cli(bin: &Path, args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// What a report's header says of our Matrix account's `encryption` (nothing for the default).
+fn encryption_note(a: &Args) -> &'static str {
+    if a.matrix_encryption { "" } else { "; our Matrix account with `encryption = false`" }
+}
+
 /// The daemon's durable writes so far (`mimi_bridge_store_writes_total`).
 const STORE_WRITES: &str = "mimi_bridge_store_writes_total";
 
 fn our_config(
     dir: &Path,
+    encryption: bool,
     homeserver: &str,
     ports: (u16, u16, u16),
     room: &str,
@@ -312,7 +323,7 @@ fn our_config(
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\npublic_metrics = true\n\n[log]\nlevel = \"warn\"\n\n\
          [matrix.hs]\nmode = \"appservice\"\nhomeserver_url = \"{homeserver}\"\nserver_name = \"{SERVER_NAME}\"\n\
          listen = \"127.0.0.1:{as_port}\"\nas_token_file = {as_token:?}\nhs_token_file = {hs_token:?}\n\
-         registration_id = \"mimi-bench\"\n\n\
+         registration_id = \"mimi-bench\"\nencryption = {encryption}\n\n\
          [irc.net]\nserver = \"{irc}\"\nnick = \"mimibridge\"\n\n\
          [xmpp.x]\nmode = \"client\"\nserver = \"{c2s}\"\njid = \"mimibridge@localhost\"\npassword = \"pw\"\n\
          transport = \"insecure-tcp\"\nnick = \"mimi-bridge\"\n\n\
@@ -343,7 +354,7 @@ async fn run(a: &Args) -> Result<(), String> {
     let admin: std::net::SocketAddr = ([127, 0, 0, 1], ports.1).into();
     let cfg = d.join("mimi-bridge.toml");
     let write = |text: String| std::fs::write(&cfg, text).map_err(|e| e.to_string());
-    write(our_config(d, "http://127.0.0.1:1", ports, "!x:hs.bench", &ngircd.addr(), &prosody))?;
+    write(our_config(d, a.matrix_encryption, "http://127.0.0.1:1", ports, "!x:hs.bench", &ngircd.addr(), &prosody))?;
     let reg = d.join("mimi-registration.yaml");
     let cfg_s = cfg.to_str().ok_or("temp path is not UTF-8")?;
     run_cli(&a.bin, &["generate-registration", "--config", cfg_s, "--out", reg.to_str().ok_or("utf-8")?])?;
@@ -383,7 +394,7 @@ async fn run(a: &Args) -> Result<(), String> {
     let room = room["room_id"].as_str().ok_or("no room id")?.to_owned();
 
     // The three bridges.
-    write(our_config(d, &hs.url(), ports, &room, &ngircd.addr(), &prosody))?;
+    write(our_config(d, a.matrix_encryption, &hs.url(), ports, &room, &ngircd.addr(), &prosody))?;
     let mut ours = Proc::spawn(
         {
             let mut c = Command::new(&a.bin);
@@ -547,9 +558,10 @@ async fn run(a: &Args) -> Result<(), String> {
             rows.push((what, bridge, search));
         }
         println!(
-            "Highest rate sustained: every message arrived once, none later than {} s; trials of {} s each\n",
+            "Highest rate sustained: every message arrived once, none later than {} s; trials of {} s each{}\n",
             sustained::LATE.as_secs(),
-            a.trial.as_secs()
+            a.trial.as_secs(),
+            encryption_note(a)
         );
         println!("| direction | bridge | highest sustained msg/s | trials (msg/s: ✓ sustained, ✗ not) |");
         println!("|---|---|---:|---|");
@@ -585,7 +597,10 @@ async fn run(a: &Args) -> Result<(), String> {
     }
     ours.alive("mimi-bridge")?;
 
-    println!("{n} messages at {rate} msg/s per direction (latency: send call → arrival at the reading client)\n");
+    println!(
+        "{n} messages at {rate} msg/s per direction (latency: send call → arrival at the reading client{})\n",
+        encryption_note(a)
+    );
     println!(
         "| direction | bridge | sent | p50 ms | p99 ms | max ms | not arrived | duplicated | durable writes/msg |"
     );
