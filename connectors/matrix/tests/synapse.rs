@@ -1,9 +1,11 @@
 //! The Matrix connector in appservice mode against a real Synapse (started by `tests/harness` on a free port, with
-//! the registration the connector writes): the conformance kit, and a homeserver outage in the middle of sends.
+//! the registration the connector writes): the conformance kit (in bot mode too), and a homeserver outage in the
+//! middle of sends.
 //! Test users are plain Matrix clients driven with reqwest on the client-server API.
 
 use async_trait::async_trait;
-use bridge_api::{Account, AccountContext, AccountId, Connector, Health};
+use bridge_api::event::{OutboundEvent, OutboundKind};
+use bridge_api::{Account, AccountContext, AccountId, Connector, Feature, Health};
 use bridge_testkit::{CheckResult, Harness, KitOptions, NativeAction, Observed, TestUser};
 use connector_matrix::{Config, MatrixConnector, Mode, registration};
 use harness::{MatrixUser, Synapse, SynapseOptions};
@@ -113,6 +115,8 @@ struct MatrixHarness {
     s: Setup,
     users: HashMap<String, Client>,
     last_seen_by_bridge: Option<Value>,
+    /// Bot mode: the account's state directory (its session and keys).
+    state: Option<tempfile::TempDir>,
 }
 
 impl MatrixHarness {
@@ -128,6 +132,10 @@ impl Harness for MatrixHarness {
     }
 
     async fn start_account(&mut self, ctx: AccountContext) -> Result<Arc<dyn Account>, String> {
+        let ctx = match &self.state {
+            Some(dir) => ctx.with_state_dir(dir.path()),
+            None => ctx,
+        };
         MatrixConnector::with_axum_serve()
             .start(self.account_id(), self.s.config.clone(), ctx)
             .await
@@ -200,6 +208,10 @@ impl Harness for MatrixHarness {
     /// made here with a new transaction id, so what is checked is the core's deduplication by event id (a
     /// transaction id seen before is tested in `server_tests.rs` and by the daemon test).
     async fn redeliver_last(&mut self) -> Result<bool, String> {
+        if self.s.config.mode == Mode::Bot {
+            // A bot reads by `/sync` from its own saved position: the homeserver never hands an event again.
+            return Ok(false);
+        }
         let ev = self.last_seen_by_bridge.clone().ok_or("nothing sent yet")?;
         let url = format!(
             "http://{}/_matrix/app/v1/transactions/redeliver-{}",
@@ -219,14 +231,26 @@ impl Harness for MatrixHarness {
         Ok(true)
     }
 
+    /// Bot mode: Synapse restarted under the bot's `/sync` long-poll.
     async fn drop_bridge_connection(&mut self) -> Result<(), String> {
-        Err("an appservice has no connection to drop (see matrix_homeserver_outage_*)".into())
+        if self.s.config.mode != Mode::Bot {
+            return Err("an appservice has no connection to drop (see matrix_homeserver_outage_*)".into());
+        }
+        self.s.hs.restart().map_err(|e| e.to_string())
+    }
+
+    /// Bot mode: another network's reaction is the bot's notice (`bob reacted with 👍`).
+    fn degraded_contains(&self, feature: Feature, event: &OutboundEvent) -> Option<String> {
+        match (feature, &event.kind) {
+            (Feature::Reactions, OutboundKind::ReactionAdd { key, .. }) => Some(format!("reacted with {key}")),
+            _ => None,
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_appservice_passes_the_conformance_kit_against_synapse() {
-    let mut h = MatrixHarness { s: setup(), users: HashMap::new(), last_seen_by_bridge: None };
+    let mut h = MatrixHarness { s: setup(), users: HashMap::new(), last_seen_by_bridge: None, state: None };
     let opts = KitOptions {
         skip: vec![(
             "reconnect",
@@ -241,6 +265,38 @@ async fn matrix_appservice_passes_the_conformance_kit_against_synapse() {
     let skipped: Vec<&str> =
         report.checks.iter().filter(|(_, r)| matches!(r, CheckResult::Skipped(_))).map(|(n, _)| n.as_str()).collect();
     assert_eq!(skipped, ["reconnect"], "only reconnect is skipped");
+}
+
+/// Bot mode through the same kit: one ordinary account (its registration device logged out, so that its own login
+/// is its one device) joins the public room and relays the other side as `name: text`; the other side's reactions
+/// arrive as the bot's notices, as its capabilities say, and for the reconnect check Synapse is restarted under
+/// its `/sync`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_bot_mode_passes_the_conformance_kit_against_synapse() {
+    let mut s = setup();
+    let bot = s.hs.register_user("relay").expect("bot account");
+    let (status, v) =
+        s.hs.request("POST", "/_matrix/client/v3/logout", Some(&bot.access_token), Some(&json!({}))).expect("logout");
+    assert_eq!(status, 200, "{v}");
+    s.config = Config {
+        mode: Mode::Bot,
+        listen: None,
+        url: None,
+        as_token: String::new(),
+        hs_token: String::new(),
+        bot_localpart: "relay".into(),
+        password: Some("pw-relay".into()),
+        ..s.config
+    };
+    s.config.check().expect("a valid bot config");
+    let state = tempfile::tempdir().expect("state dir");
+    let mut h = MatrixHarness { s, users: HashMap::new(), last_seen_by_bridge: None, state: Some(state) };
+    let report = bridge_testkit::run(&mut h, KitOptions::default()).await;
+    println!("{report}");
+    report.assert_passed();
+    let skipped: Vec<&str> =
+        report.checks.iter().filter(|(_, r)| matches!(r, CheckResult::Skipped(_))).map(|(n, _)| n.as_str()).collect();
+    assert_eq!(skipped, ["dedup"], "only dedup is skipped: a bot's `/sync` never hands an event twice");
 }
 
 /// Wrong `as_token`: health says the credentials are bad, with the homeserver's reason, and it does not retry.
