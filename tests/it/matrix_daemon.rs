@@ -138,35 +138,32 @@ pub(crate) fn start_bridge(extra: &str) -> Bridge {
     Bridge { dir, hs, irc, mx, room, d, listen, server, alice, cfg }
 }
 
-#[test]
-fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_daemon() {
-    let Bridge { dir, hs, irc, mx, room, mut d, listen, server, alice, cfg } = start_bridge("");
-    let bot = format!("@mimi-bridge:{SERVER_NAME}");
-    assert!(d.wait_line("channel=#chan", Duration::from_secs(30)), "bridge joined #chan: {:?}", d.seen);
-    let mut ircuser = IrcClient::connect(&irc.addr(), "ircuser").expect("irc user");
-    ircuser.join("#chan").expect("join #chan");
-
-    // Matrix → native client (and IRC): message, emote, reply, edit, reaction, redaction.
-    let first =
-        send(&hs, &mx, &room, "m1", "m.room.message", json!({"msgtype": "m.text", "body": "hello from matrix"}));
-    let got = hear(&alice, &server, 1);
+/// A Matrix user's message, emote, reply, edit, reaction, the reaction's redaction and the message's redaction, each
+/// reaching the native client at `alice` as the right MIMI content (in either mode).
+pub(crate) fn matrix_events_reach_the_native_client(
+    hs: &Synapse,
+    mx: &MatrixUser,
+    room: &str,
+    alice: &Path,
+    server: &str,
+) {
+    let first = send(hs, mx, room, "m1", "m.room.message", json!({"msgtype": "m.text", "body": "hello from matrix"}));
+    let got = hear(alice, server, 1);
     assert_eq!(got[0]["text"], "hello from matrix", "{got:?}");
     assert_eq!(got[0]["legacy_sender"]["network"], "matrix", "{got:?}");
     let first_id = got[0]["message_id"].as_str().expect("id").to_owned();
-    let line = ircuser.read_until(|l| l.contains("PRIVMSG #chan")).expect("IRC sees the Matrix message");
-    assert!(line.starts_with(":bridge!") && line.ends_with("> hello from matrix"), "{line}");
 
-    send(&hs, &mx, &room, "m2", "m.room.message", json!({"msgtype": "m.emote", "body": "waves"}));
+    send(hs, mx, room, "m2", "m.room.message", json!({"msgtype": "m.emote", "body": "waves"}));
     let reply = json!({"msgtype": "m.text", "body": "a reply", "m.relates_to": {"m.in_reply_to": {"event_id": first}}});
-    send(&hs, &mx, &room, "m3", "m.room.message", reply);
+    send(hs, mx, room, "m3", "m.room.message", reply);
     let edit = json!({"msgtype": "m.text", "body": "* hello, edited", "m.new_content": {"msgtype": "m.text", "body": "hello, edited"},
                       "m.relates_to": {"rel_type": "m.replace", "event_id": first}});
-    send(&hs, &mx, &room, "m4", "m.room.message", edit);
+    send(hs, mx, room, "m4", "m.room.message", edit);
     let reaction = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": first, "key": "👍"}});
-    let reaction = send(&hs, &mx, &room, "m5", "m.reaction", reaction);
-    call(&hs, &mx, "PUT", &format!("/_matrix/client/v3/rooms/{room}/redact/{reaction}/m5r"), Some(json!({})));
-    call(&hs, &mx, "PUT", &format!("/_matrix/client/v3/rooms/{room}/redact/{first}/m6"), Some(json!({})));
-    let got = hear(&alice, &server, 6);
+    let reaction = send(hs, mx, room, "m5", "m.reaction", reaction);
+    call(hs, mx, "PUT", &format!("/_matrix/client/v3/rooms/{room}/redact/{reaction}/m5r"), Some(json!({})));
+    call(hs, mx, "PUT", &format!("/_matrix/client/v3/rooms/{room}/redact/{first}/m6"), Some(json!({})));
+    let got = hear(alice, server, 6);
     assert_eq!(got[0]["text"], "/me waves", "emote: {got:?}");
     assert_eq!(
         (got[1]["text"].as_str(), got[1]["in_reply_to"].as_str()),
@@ -194,6 +191,20 @@ fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_dae
         (Some(""), Some(first_id.as_str()), Some("Render")),
         "delete: {got:?}"
     );
+}
+
+#[test]
+fn matrix_room_irc_channel_and_native_client_share_a_portal_through_the_real_daemon() {
+    let Bridge { dir, hs, irc, mx, room, mut d, listen, server, alice, cfg } = start_bridge("");
+    let bot = format!("@mimi-bridge:{SERVER_NAME}");
+    assert!(d.wait_line("channel=#chan", Duration::from_secs(30)), "bridge joined #chan: {:?}", d.seen);
+    let mut ircuser = IrcClient::connect(&irc.addr(), "ircuser").expect("irc user");
+    ircuser.join("#chan").expect("join #chan");
+
+    // Matrix → native client (and IRC): message, emote, reply, edit, reaction, redaction.
+    matrix_events_reach_the_native_client(&hs, &mx, &room, &alice, &server);
+    let line = ircuser.read_until(|l| l.contains("PRIVMSG #chan")).expect("IRC sees the Matrix message");
+    assert!(line.starts_with(":bridge!") && line.ends_with("> hello from matrix"), "{line}");
 
     // Native client → Matrix, as its ghost: a message, a reply to a Matrix message, an edit.
     let second = send(&hs, &mx, &room, "m7", "m.room.message", json!({"msgtype": "m.text", "body": "second"}));
