@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 fn a_bot_mode_account_bridges_a_room_through_the_real_daemon_and_keeps_one_device() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hs = Synapse::start().expect("synapse starts (installed by ./scripts/test)");
-    let bot = hs.register_user("relay").expect("bot account");
-    call(&hs, &bot, "POST", "/_matrix/client/v3/logout", Some(json!({})));
+    hs.register_bot_account("relay").expect("bot account");
     let mx = hs.register_user("mxuser").expect("matrix user");
     let room = call(&hs, &mx, "POST", "/_matrix/client/v3/createRoom", Some(json!({"preset": "public_chat"})));
     let room = room["room_id"].as_str().expect("room id").to_owned();

@@ -35,10 +35,7 @@ struct World {
 
 fn world(initial_state: Value) -> World {
     let hs = Synapse::start().expect("synapse starts (installed by ./scripts/test)");
-    let bot = hs.register_user(BOT).expect("bot account");
-    let (status, v) =
-        hs.request("POST", "/_matrix/client/v3/logout", Some(&bot.access_token), Some(&json!({}))).expect("logout");
-    assert_eq!(status, 200, "{v}");
+    hs.register_bot_account(BOT).expect("bot account");
     let alice = Client::new(&hs.url(), hs.register_user("alice").expect("alice"));
     let body = json!({"preset": "public_chat", "name": "bot test", "initial_state": initial_state});
     let (status, v) =

@@ -274,10 +274,7 @@ async fn matrix_appservice_passes_the_conformance_kit_against_synapse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_bot_mode_passes_the_conformance_kit_against_synapse() {
     let mut s = setup();
-    let bot = s.hs.register_user("relay").expect("bot account");
-    let (status, v) =
-        s.hs.request("POST", "/_matrix/client/v3/logout", Some(&bot.access_token), Some(&json!({}))).expect("logout");
-    assert_eq!(status, 200, "{v}");
+    s.hs.register_bot_account("relay").expect("bot account");
     s.config = Config {
         mode: Mode::Bot,
         listen: None,

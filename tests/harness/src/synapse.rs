@@ -156,6 +156,18 @@ impl Synapse {
         }
     }
 
+    /// Registers `localpart` ([`Synapse::register_user`], password `pw-LOCALPART`) and logs its registration device
+    /// out: an account for a bot, whose own login is then its one device.
+    pub fn register_bot_account(&self, localpart: &str) -> Result<(), HarnessError> {
+        let user = self.register_user(localpart)?;
+        let (status, v) =
+            self.request("POST", "/_matrix/client/v3/logout", Some(&user.access_token), Some(&json!({})))?;
+        match status {
+            200 => Ok(()),
+            _ => Err(HarnessError(format!("logging {localpart}'s registration device out failed: {status} {v}"))),
+        }
+    }
+
     /// One blocking client-server API call: `method` `path` (with query) with an optional bearer `token` and JSON
     /// `body`. Returns the status and the JSON body (`null` when the body is empty or not JSON).
     pub fn request(
