@@ -33,12 +33,19 @@ pub enum ClientCommand {
         /// The room's name.
         name: String,
     },
-    /// Adds USER (a local name or a mimi:// URI, also of another provider) to ROOM from one of their KeyPackages.
+    /// Adds USERs (local names or mimi:// URIs, also of other providers) to ROOM from one KeyPackage each, in
+    /// commits of at most `--batch` adds; users already in the room are skipped. A user without a KeyPackage is
+    /// named and left out, the others are added, and the command then fails.
     Invite {
         /// The room: a name on your server, or a mimi:// URI.
         room: String,
-        /// The user to add.
-        user: String,
+        /// The users to add.
+        #[arg(required = true, num_args = 1.., value_name = "USER")]
+        users: Vec<String>,
+        /// Most users one commit adds: every member processes each commit, so a few large commits seat many
+        /// users faster than one commit each. At most 500 (a commit carries each added user's KeyPackage).
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=500))]
+        batch: u16,
     },
     /// Prints the rooms this user was invited to (one `ROOM SEQ` line each; SEQ is the Welcome's place in the log).
     Invites,

@@ -3,7 +3,7 @@
 //!
 //! It holds its own keys and group state in `--state DIR` (an embedded store plus `client.json`, which holds the
 //! user's URI and token); the daemon only ever sees MLS messages. Commands ([`ClientCommand`]): `register USER`, `create-room NAME`,
-//! `invite ROOM USER`, `invites`, `join ROOM`, `send ROOM TEXT`, `listen ROOM [--json] [--count N]
+//! `invite ROOM USER... [--batch N]`, `invites`, `join ROOM`, `send ROOM TEXT`, `listen ROOM [--json] [--count N]
 //! [--timeout SECS]`, and `chat ROOM` for people. Rooms may be hosted by the client's own server or by another
 //! provider it federates with (`mimi://other.example/r/NAME`); the server forwards. `--server` may be
 //! `https://`: the certificate is checked against `--ca-file` (or the system's CAs) and the URL's host.
@@ -45,7 +45,9 @@ async fn execute(args: ClientArgs) -> Res<()> {
     match args.command {
         ClientCommand::Register { .. } => Ok(()),
         ClientCommand::CreateRoom { name } => membership::create_room(&mut s, &name).await,
-        ClientCommand::Invite { room, user } => membership::invite(&mut s, &room, &user).await,
+        ClientCommand::Invite { room, users, batch } => {
+            membership::invite(&mut s, &room, &users, usize::from(batch)).await
+        }
         ClientCommand::Invites => {
             for (room, seq) in membership::invites(&s.api).await? {
                 println!("{room} {seq}");

@@ -1,14 +1,16 @@
 //! Who is in which room: registering, creating rooms, inviting, listing invitations, joining.
 
 use crate::api::Api;
-use crate::room::{self, Verdict, catch_up, epoch_moved, room_path};
+use crate::room::{self, QUOTA_WAIT, Verdict, catch_up, epoch_moved, room_path};
 use crate::session::{Res, Session, State};
 use crate::transport::Server;
 use mimi_mls::{EngineConfig, PortalGroup, key_packages};
 use mimi_protocol::wire::{
     DEFAULT_CIPHERSUITE, GroupInfoCode, GroupInfoRequest, GroupInfoResponse, LogPage, RatchetTreeOption, WireMessage,
 };
+use std::collections::HashSet;
 use std::path::Path;
+use std::time::Duration;
 
 /// Registers `user` with the server, creates their keys in `dir` and uploads KeyPackages; prints the URI.
 pub async fn register(dir: &Path, server: &Server, user: &str) -> Res<()> {
@@ -42,29 +44,144 @@ pub async fn create_room(s: &mut Session, name: &str) -> Res<()> {
     Ok(())
 }
 
-/// Adds `user` to `room` from one of their KeyPackages.
-pub async fn invite(s: &mut Session, room: &str, user: &str) -> Res<()> {
+/// Adds `users` (local names or mimi:// URIs, also of other providers) to `room` from one KeyPackage each, in
+/// commits of at most `batch` adds; users already in the room's group are said so and skipped. A user the server
+/// has no KeyPackage of (or whose KeyPackage does not check) is named on standard error and left out, the others
+/// are added; the answer is then an error that names them all. Any other failure (the server's, the network's, a
+/// commit's) ends the command with an error that names every user not invited.
+pub async fn invite(s: &mut Session, room: &str, users: &[String], batch: usize) -> Res<()> {
     let room = s.room_uri(room);
-    let target = if user.starts_with("mimi://") {
+    let mut seen = HashSet::new();
+    let targets: Vec<String> = users.iter().map(|u| user_uri(s, u)).filter(|u| seen.insert(u.clone())).collect();
+    let batches: Vec<&[String]> = targets.chunks(batch.max(1)).collect();
+    let mut left_out: Vec<&str> = Vec::new();
+    for (i, chunk) in batches.iter().enumerate() {
+        let before = left_out.len();
+        if let Err(e) = invite_batch(s, &room, chunk, &mut left_out).await {
+            // This batch's users are named once, with the batches after it (but for those already in the room).
+            left_out.truncate(before);
+            let group = catch_up(s, &room, 0).await.ok();
+            let member = |u: &str| group.as_ref().is_some_and(|g| g.member_index(u.as_bytes()).is_some());
+            left_out.extend(batches[i..].iter().flat_map(|b| b.iter().map(String::as_str)).filter(|u| !member(u)));
+            return Err(format!(
+                "{e}; not invited to {room}: {} ({} of {})",
+                left_out.join(", "),
+                left_out.len(),
+                targets.len()
+            ));
+        }
+    }
+    if left_out.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} of {} not invited to {room}: {}", left_out.len(), targets.len(), left_out.join(", ")))
+    }
+}
+
+/// One commit of [`invite`]: the users of `chunk` not in the group yet, those without a KeyPackage that checks
+/// put in `left_out`.
+async fn invite_batch<'a>(s: &mut Session, room: &str, chunk: &'a [String], left_out: &mut Vec<&'a str>) -> Res<()> {
+    let group = catch_up(s, room, 0).await?;
+    let mut got = Vec::with_capacity(chunk.len());
+    for target in chunk {
+        if group.member_index(target.as_bytes()).is_some() {
+            println!("{target} is already in {room}");
+            continue;
+        }
+        match claim_key_package(s, room, target).await? {
+            Ok(kp) => got.push((target, kp)),
+            Err(why) => {
+                eprintln!("{why}");
+                left_out.push(target.as_str());
+            }
+        }
+    }
+    // Checked together: a KeyPackage that would make the commit fail (a key already in the group or the batch)
+    // leaves out its user, not the batch.
+    let kps: Vec<&[u8]> = got.iter().map(|(_, kp)| kp.as_slice()).collect();
+    let checked = group.check_key_packages(&kps);
+    drop(group);
+    let mut claimed = Vec::with_capacity(got.len());
+    for ((target, kp), check) in got.into_iter().zip(checked) {
+        let why = match check {
+            Ok(id) if id == target.as_bytes() => {
+                claimed.push((target, kp));
+                continue;
+            }
+            Ok(_) => format!("the KeyPackage the server gave for {target} is someone else's"),
+            Err(e) => format!("the KeyPackage the server gave for {target} does not check: {e}"),
+        };
+        eprintln!("{why}");
+        left_out.push(target.as_str());
+    }
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    for target in commit_adds(s, room, claimed).await? {
+        println!("invited {target} to {room}");
+    }
+    Ok(())
+}
+
+/// `user` as a URI: a local name is a user of the client's own provider.
+fn user_uri(s: &Session, user: &str) -> String {
+    if user.starts_with("mimi://") {
         user.to_owned()
     } else {
         format!("{}/u/{user}", s.st.uri.rsplit_once("/u/").map_or("", |x| x.0))
-    };
-    let path = format!("/client/v1/keyPackage/{}?room={}", target.trim_start_matches("mimi://"), room_path(&room));
-    let (status, kp) = s.api.post_raw(&path, Vec::new()).await?;
-    if status != 200 {
-        let why = serde_json::from_slice::<serde_json::Value>(&kp).unwrap_or_default();
-        return Err(format!("no KeyPackage for {target}: HTTP {status}: {}", why["error"]));
     }
+}
+
+/// One KeyPackage of `target`, claimed for `room`; over the server's quota (each claim counts as a message), after
+/// waiting as long as it says. The inner error says that the server has none for this user (404, or 400 for a URI
+/// it cannot use); the outer one is any other failure.
+async fn claim_key_package(s: &Session, room: &str, target: &str) -> Res<Res<Vec<u8>>> {
+    let path = format!("/client/v1/keyPackage/{}?room={}", target.trim_start_matches("mimi://"), room_path(room));
+    let mut waited = Duration::ZERO;
+    loop {
+        let (status, body) = s.api.post_raw(&path, Vec::new()).await?;
+        if status == 200 {
+            return Ok(Ok(body));
+        }
+        let why = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+        match (status, why["retry_after_ms"].as_u64().map(Duration::from_millis)) {
+            (400 | 404, _) => {
+                return Ok(Err(format!("no KeyPackage for {target}: HTTP {status}: {}", why["error"])));
+            }
+            (429, Some(after)) if waited + after <= QUOTA_WAIT => {
+                eprintln!("over the server's quota ({}): claiming again in {} ms", why["error"], after.as_millis());
+                let after = after + Duration::from_millis(20);
+                tokio::time::sleep(after).await;
+                waited += after;
+            }
+            _ => return Err(format!("a KeyPackage of {target}: HTTP {status}: {}", why["error"])),
+        }
+    }
+}
+
+/// Commits the adds of `claimed` (users and their KeyPackages) to `room`, catching up and committing again while
+/// the room moves to newer epochs; users who joined meanwhile are said so and left out. The users added.
+async fn commit_adds<'a>(s: &mut Session, room: &str, mut claimed: Vec<(&'a String, Vec<u8>)>) -> Res<Vec<&'a String>> {
     let mut tries = 0;
     loop {
-        let mut group = catch_up(s, &room, 0).await?;
-        let out = group.add_members(&[&kp]).durable().await.map_err(|e| e.to_string())?;
-        match room::update_with(&s.api, &room, out).await? {
+        let mut group = catch_up(s, room, 0).await?;
+        claimed.retain(|(target, _)| {
+            let member = group.member_index(target.as_bytes()).is_some();
+            if member {
+                println!("{target} is already in {room}");
+            }
+            !member
+        });
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kps: Vec<&[u8]> = claimed.iter().map(|(_, kp)| kp.as_slice()).collect();
+        let out = group.add_members(&kps).durable().await.map_err(|e| e.to_string())?;
+        match room::update_with(&s.api, room, out).await? {
             Verdict::Accepted(seq) => {
-                s.sent(&room, seq).await?;
+                s.sent(room, seq).await?;
                 group.merge_pending_commit().durable().await.map_err(|e| e.to_string())?;
-                break;
+                return Ok(claimed.into_iter().map(|(target, _)| target).collect());
             }
             Verdict::EpochTooOld => {
                 group.clear_pending_commit().durable().await.map_err(|e| e.to_string())?;
@@ -72,8 +189,6 @@ pub async fn invite(s: &mut Session, room: &str, user: &str) -> Res<()> {
             }
         }
     }
-    println!("invited {target} to {room}");
-    Ok(())
 }
 
 /// The Welcomes waiting for this user: `(room, seq)`.

@@ -118,7 +118,7 @@ pub enum Verdict {
 }
 
 /// The longest a message waits in all for the server's quota (which refills a minute's worth in a minute).
-const QUOTA_WAIT: Duration = Duration::from_secs(120);
+pub const QUOTA_WAIT: Duration = Duration::from_secs(120);
 
 /// Posts `body` to `path`; over the server's quota (429 with `retry_after_ms`), waits that long and posts it
 /// again, for at most [`QUOTA_WAIT`] in all, so that a burst of lines is sent late rather than not at all.

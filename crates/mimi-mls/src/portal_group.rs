@@ -26,6 +26,7 @@ use openmls::prelude::{
     RatchetTreeIn, Sender,
 };
 use openmls_traits::OpenMlsProvider;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -440,6 +441,61 @@ impl PortalGroup {
     /// The leaf index of the member whose credential identity is `identity`.
     pub fn member_index(&self, identity: &[u8]) -> Option<u32> {
         self.group.members().find(|m| m.credential.serialized_content() == identity).map(|m| m.index.u32())
+    }
+
+    /// Checks KeyPackages someone else published (MLSMessages or bare) before they are added together: each must
+    /// parse, its signature and lifetime check, it must be of this group's ciphersuite, and its keys must be new
+    /// (its signature and encryption keys in no member's leaf and no earlier KeyPackage of the list, its init key
+    /// none of those and no earlier one's: what a commit of these adds would otherwise be refused for, RFC 9420
+    /// §12.2). Per KeyPackage, the credential identity (a user's URI) it would add, or why it may not be added; a
+    /// KeyPackage refused does not count against the ones after it.
+    pub fn check_key_packages(&self, key_packages: &[&[u8]]) -> Vec<Result<Vec<u8>, MlsError>> {
+        // HPKE keys compared in their TLS encoding (OpenMLS gives no other view of a leaf's encryption key); an
+        // encryption key and an init key encode alike.
+        fn hpke(key: &impl openmls::prelude::tls_codec::Serialize) -> Vec<u8> {
+            key.tls_serialize_detached().unwrap_or_default()
+        }
+        let mut signature_keys: HashSet<Vec<u8>> = HashSet::new();
+        let mut encryption_keys: HashSet<Vec<u8>> = HashSet::new();
+        for m in self.group.members() {
+            signature_keys.insert(m.signature_key);
+            encryption_keys.insert(hpke(&openmls::treesync::EncryptionKey::from(m.encryption_key)));
+        }
+        let mut init_keys: HashSet<Vec<u8>> = HashSet::new();
+        key_packages
+            .iter()
+            .map(|bytes| {
+                let kp = parse_key_package(&self.provider, bytes)?;
+                if kp.ciphersuite() != self.group.ciphersuite() {
+                    return Err(MlsError::InvalidKeyPackage(format!(
+                        "of ciphersuite {:?}, the group's is {:?}",
+                        kp.ciphersuite(),
+                        self.group.ciphersuite()
+                    )));
+                }
+                let signature = kp.leaf_node().signature_key().as_slice().to_vec();
+                let encryption = hpke(kp.leaf_node().encryption_key());
+                let init = hpke(kp.hpke_init_key());
+                let reused = signature_keys.contains(&signature)
+                    || encryption_keys.contains(&encryption)
+                    || init_keys.contains(&encryption)
+                    || encryption_keys.contains(&init)
+                    || init_keys.contains(&init)
+                    || init == encryption;
+                if reused {
+                    return Err(MlsError::InvalidKeyPackage("a key of it is in the group or the list already".into()));
+                }
+                signature_keys.insert(signature);
+                encryption_keys.insert(encryption);
+                init_keys.insert(init);
+                Ok(kp.leaf_node().credential().serialized_content().to_vec())
+            })
+            .collect()
+    }
+
+    /// A commit of this member's is pending: made, not yet merged or cleared.
+    pub fn has_pending_commit(&self) -> bool {
+        self.group.pending_commit().is_some()
     }
 
     /// Leaves other than ours that carry our identity: left behind when the bridge rejoined by external commit

@@ -90,6 +90,27 @@ fn pair(store_dir: &std::path::Path, peers: &Client) -> (Client, PortalGroup, Po
     (bridge, g, gb)
 }
 
+/// KeyPackages checked before they are added together: one whose keys a member has (a member's own, again) or
+/// an earlier one of the list has (the same KeyPackage twice) is refused, with a reason, and the others pass with
+/// the identity they would add; a commit of those that passed is taken.
+#[test]
+fn key_packages_whose_keys_the_group_has_already_are_refused_before_the_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peers = open_store(tempfile::tempdir().expect("tempdir").path());
+    let bob = Client::new(&peers, "bob");
+    let carol = Client::new(&peers, "carol");
+    let (_bridge, mut g, mut gb) = pair(dir.path(), &bob);
+    let (bob_again, carol_kp) = (bob.key_package(), carol.key_package());
+    let checked = g.check_key_packages(&[&bob_again, &carol_kp, &carol_kp, b"not a KeyPackage"]);
+    assert!(matches!(&checked[0], Err(MlsError::InvalidKeyPackage(m)) if m.contains("already")), "{checked:?}");
+    assert_eq!(checked[1].as_deref().ok(), Some(carol.member.uri().as_bytes()), "{checked:?}");
+    assert!(matches!(&checked[2], Err(MlsError::InvalidKeyPackage(m)) if m.contains("already")), "{checked:?}");
+    assert!(checked[3].is_err(), "{checked:?}");
+    let out = g.add_members(&[&carol_kp]).durable_blocking().expect("carol added");
+    apply_commit(&mut g, &out.commit, &mut [&mut gb]);
+    assert_eq!(g.member_count(), 3);
+}
+
 #[test]
 fn a_message_from_a_non_member_is_refused_and_the_group_continues() {
     let dir = tempfile::tempdir().expect("tempdir");
