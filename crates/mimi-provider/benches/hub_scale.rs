@@ -27,7 +27,9 @@
 //! * **written per commit** — the bytes the store wrote during those 2 × `HUB_SCALE_COMMITS` commits (the hub's
 //!   batches, bob's state, the small room's messages), per commit.
 //! * **RSS** — the process's resident set before and after a second provider opens the big room from its
-//!   GroupInfo (the public state of its group), from `/proc/self/status`.
+//!   GroupInfo (the public state of its group), from `/proc/self/status`; and what a member holding the big group
+//!   takes: at the end, a process of its own (this program again, with `HUB_SCALE_HOLD` set) opens the first
+//!   member's store and loads the group, its resident set read before and after.
 //!
 //! Run: `cargo bench -p mimi-provider --bench hub_scale`.
 
@@ -196,7 +198,42 @@ async fn beside_commits(
     (beside, took, follower)
 }
 
+/// `HUB_SCALE_HOLD=DIR`: in a fresh process, the resident set before and after loading the big group from the
+/// first member's store in DIR (the OpenMLS group and the storage's cache of its state).
+fn hold(dir: &str) {
+    let store = open_data_dir(
+        std::path::Path::new(dir),
+        Some(Backend::Redb),
+        CommitConfig::default(),
+        &mimi_store::schema::Schema::FIRST,
+    )
+    .expect("the first member's store");
+    let p = Arc::new(MlsBackend::new(store, BIG).expect("backend"));
+    let me = LocalMember::load_or_create(&p, ALICE, SignatureScheme::ED25519)
+        .expect("member")
+        .durable_blocking()
+        .expect("durable");
+    let before = rss_kib();
+    let t = Instant::now();
+    let g = PortalGroup::load(p, Arc::new(me), BIG.as_bytes()).expect("the big group loads");
+    let loaded = t.elapsed();
+    let after = rss_kib();
+    println!(
+        "  a member holding the group ({} members; loaded in {:.2} s, a process of its own): RSS {:.1} MiB before, \
+         {:.1} MiB after: {:.1} MiB for the group, of which the storage's cache of its encoded state {:.1} MiB",
+        g.member_count(),
+        loaded.as_secs_f64(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        after.saturating_sub(before) as f64 / 1024.0,
+        g.cached_state_bytes() as f64 / (1 << 20) as f64
+    );
+}
+
 fn main() {
+    if let Ok(dir) = std::env::var("HUB_SCALE_HOLD") {
+        return hold(&dir);
+    }
     let members = env_usize("HUB_SCALE_MEMBERS", 10_000);
     let batch = env_usize("HUB_SCALE_BATCH", 200);
     let commits = env_usize("HUB_SCALE_COMMITS", 20);
@@ -424,4 +461,13 @@ fn main() {
         max(&beside),
         beside.len()
     );
+    // What a member holding the big group takes, in a process of its own (this one's heap holds the seating's
+    // garbage): the first member's store is closed here first.
+    drop((big, small, member_store));
+    let out = std::process::Command::new(std::env::current_exe().expect("this program"))
+        .env("HUB_SCALE_HOLD", member_dir.path())
+        .output()
+        .expect("the holding process runs");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "the holding process failed: {}", String::from_utf8_lossy(&out.stderr));
 }
