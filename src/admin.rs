@@ -1,4 +1,4 @@
-//! The admin HTTP API on `[admin].listen`: status, portal list/link/unlink, `/metrics` and `/health`.
+//! The admin HTTP API on `[admin].listen`: status, portal list/link/unlink/invite, `/metrics` and `/health`.
 //!
 //! | method and path | auth | answer |
 //! |---|---|---|
@@ -8,6 +8,7 @@
 //! | `GET /v1/portals` | token | [`PortalList`] |
 //! | `POST /v1/link` | token | body [`LinkRequest`]; 200, 404 (no portal), 409 (linked elsewhere), 422 (bad ids or no such account) |
 //! | `POST /v1/unlink` | token | body [`UnlinkRequest`]; 200, 404 (not linked) |
+//! | `POST /v1/invite` | token | body [`InviteRequest`]; 200 with [`bridge_core::mls_rooms::Invited`] (who was added in one commit, who was in the group already, who was left out and why), 404 (no portal), 422 (a bad portal name, more than 500 users, a room hosted elsewhere, a commit the hub refused), 503 (the room unavailable, or the commit failed) |
 //!
 //! Auth is `Authorization: Bearer TOKEN`, compared in constant time. The token is never logged. Errors are JSON
 //! `{"error": "..."}`.
@@ -254,6 +255,17 @@ pub struct LinkRequest {
     pub force: bool,
 }
 
+/// `POST /v1/invite`: native users added to a portal's room in one commit of the bridge's leaf.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    /// The portal.
+    pub portal: String,
+    /// The users: URIs, or names of this provider's users; at most
+    /// [`bridge_core::mls_rooms::MAX_INVITED_AT_ONCE`].
+    pub users: Vec<String>,
+}
+
 /// `POST /v1/unlink`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,6 +304,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/portals", get(portals))
         .route("/v1/link", post(link))
         .route("/v1/unlink", post(unlink))
+        .route("/v1/invite", post(invite))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))
@@ -445,4 +458,33 @@ async fn unlink(State(st): State<Arc<AdminState>>, Json(req): Json<UnlinkRequest
         Json(serde_json::json!({ "unlinked": { "portal": portal, "account": req.account, "room": req.room } })),
     )
         .into_response()
+}
+
+async fn invite(State(st): State<Arc<AdminState>>, Json(req): Json<InviteRequest>) -> Response {
+    let Some(rooms) = st.rooms.clone() else {
+        return fail(StatusCode::SERVICE_UNAVAILABLE, "this daemon runs without MLS rooms");
+    };
+    let portal = match PortalId::new(req.portal.clone()) {
+        Ok(p) => p,
+        Err(e) => return fail(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    if !st.router.portal_ids().contains(&portal) {
+        return route_error(RouteError::UnknownPortal(portal));
+    }
+    // In a task of its own: a client that goes away, or a shutdown, ends this handler, and must not stop the
+    // invitation between its commit and the hub's answer.
+    let invited = {
+        let portal = portal.clone();
+        tokio::spawn(async move { rooms.invite(&portal, &req.users).await })
+    };
+    let invited = invited.await.unwrap_or_else(|e| Err(bridge_api::RoomError::Unavailable(e.to_string())));
+    match invited {
+        Ok(done) => {
+            let (added, left_out) = (done.added.len(), done.left_out.len());
+            tracing::info!(%portal, added, left_out, "invited through the admin API");
+            (StatusCode::OK, Json(done)).into_response()
+        }
+        Err(e @ bridge_api::RoomError::Refused(_)) => fail(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }

@@ -6,7 +6,9 @@ use crate::config::Config;
 use crate::data_dir::ADMIN_TOKEN_FILE;
 use crate::secrets::{self, Secret};
 use bridge_api::connector::Health;
+use bridge_core::mls_rooms::{Invited, MAX_INVITED_AT_ONCE};
 use clap::Subcommand;
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 /// `portal` subcommands.
@@ -32,6 +34,25 @@ pub enum PortalCommand {
         /// Link even if the account is neither configured nor running.
         #[arg(long)]
         force: bool,
+    },
+    /// Invite native users into a portal's MLS group: the bridge claims a KeyPackage of each and adds them, in
+    /// commits of at most `--batch` users, and each joins from the Welcome the hub keeps for them
+    /// (`mimi-bridge client … join`). How an invite-only portal (`join = "invite"`) gets its first members.
+    ///
+    /// A user without a KeyPackage is named and left out, the others are added, and the command then fails;
+    /// users already in the group are said so and skipped.
+    Invite {
+        /// The portal's name.
+        portal: String,
+        /// The users: URIs (`mimi://example.org/u/alice`, also of federated providers) or names of this
+        /// provider's users.
+        #[arg(required = true, num_args = 1.., value_name = "USER")]
+        users: Vec<String>,
+        /// Most users one commit adds (at most 500): every member processes each commit, so a few large commits
+        /// seat many users faster than one commit each.
+        #[arg(long, value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(u16).range(1..=MAX_INVITED_AT_ONCE as i64))]
+        batch: u16,
     },
     /// Unlink a room from its portal, at once and durably. Deliveries still pending for it stay in the outbox.
     Unlink {
@@ -62,7 +83,14 @@ fn call<T>(
     f: impl AsyncFnOnce(&AdminClient) -> Result<Answer, crate::client::ClientError>,
     ok: impl FnOnce(&[u8]) -> Result<T, Box<dyn std::error::Error>>,
 ) -> Result<T, Box<dyn std::error::Error>> {
-    let c = client(cfg)?;
+    call_with(client(cfg)?, f, ok)
+}
+
+fn call_with<T>(
+    c: AdminClient,
+    f: impl AsyncFnOnce(&AdminClient) -> Result<Answer, crate::client::ClientError>,
+    ok: impl FnOnce(&[u8]) -> Result<T, Box<dyn std::error::Error>>,
+) -> Result<T, Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answer = rt.block_on(f(&c))?;
     if !answer.status.is_success() {
@@ -186,6 +214,7 @@ pub fn portal(cfg: &Config, cmd: PortalCommand) -> Result<(), Box<dyn std::error
                 },
             )
         }
+        PortalCommand::Invite { portal, users, batch } => invite(cfg, &portal, &users, usize::from(batch)),
         PortalCommand::Unlink { account, room } => {
             let body = serde_json::json!({ "account": account, "room": room });
             call(
@@ -199,3 +228,54 @@ pub fn portal(cfg: &Config, cmd: PortalCommand) -> Result<(), Box<dyn std::error
         }
     }
 }
+
+/// `mimi-bridge portal invite`: one call of the admin API per batch; the users left out are named at the end, and
+/// if a batch fails, the users of it and of the batches after it.
+fn invite(cfg: &Config, portal: &str, users: &[String], batch: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let mut seen = HashSet::new();
+    let unique: Vec<&String> = users.iter().filter(|u| seen.insert(u.as_str())).collect();
+    // Claims from slow providers and a commit in a big group take longer than other calls.
+    let timeout = INVITE_TIMEOUT;
+    let mut left_out = Vec::new();
+    let batches: Vec<&[&String]> = unique.chunks(batch.clamp(1, MAX_INVITED_AT_ONCE)).collect();
+    for (i, chunk) in batches.iter().enumerate() {
+        let body = serde_json::json!({ "portal": portal, "users": chunk });
+        let answer = call_with(
+            client(cfg)?.with_timeout(timeout),
+            async |c| c.post("/v1/invite", &body).await,
+            |body| Ok(serde_json::from_slice::<Invited>(body)?),
+        );
+        let done = match answer {
+            Ok(done) => done,
+            Err(e) => {
+                let rest: Vec<&str> = batches[i..].iter().flat_map(|b| b.iter().map(|u| u.as_str())).collect();
+                left_out.extend(rest.iter().map(|u| u.to_string()));
+                return Err(format!(
+                    "{e}; not invited to portal {portal}: {} ({} of {})",
+                    left_out.join(", "),
+                    left_out.len(),
+                    unique.len()
+                )
+                .into());
+            }
+        };
+        for user in done.added {
+            println!("invited {user} to portal {portal}");
+        }
+        for user in done.already_members {
+            println!("{user} is already in portal {portal}");
+        }
+        for l in done.left_out {
+            eprintln!("{}: {}", l.user, l.error);
+            left_out.push(l.user);
+        }
+    }
+    if left_out.is_empty() {
+        return Ok(());
+    }
+    Err(format!("{} not invited to portal {portal}: {}", left_out.len(), left_out.join(", ")).into())
+}
+
+/// How long `portal invite` waits for each batch: the daemon claims the users' KeyPackages within
+/// [`bridge_core::mls_rooms::CLAIMS_TIMEOUT`] (4 minutes), then commits.
+const INVITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);

@@ -57,6 +57,12 @@ impl AdminClient {
         Self { addr: SocketAddr::new(ip, listen.port()), token, timeout: Duration::from_secs(30) }
     }
 
+    /// The same client, waiting up to `timeout` for each answer (30 s by default).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Result<Answer, ClientError> {
         self.request(Method::GET, path, None).await

@@ -3,7 +3,7 @@
 //! pipe as a person would type.
 
 use crate::common::client::{client, command, messages, server_of};
-use crate::common::{Daemon, lines_of, write_config};
+use crate::common::{Daemon, cli, lines_of, write_config};
 use std::io::Write;
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc::Receiver;
@@ -141,6 +141,66 @@ fn an_invite_only_portal_refuses_external_joins_and_an_open_one_takes_them() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "eve joined an invite-only portal uninvited: {err}");
     client(&eve, &server, &["join", "mimi://bridge.example.org/r/lobby"]);
+}
+
+/// The bridge invites native users into an invite-only portal (`mimi-bridge portal invite`), in commits of at most
+/// `--batch` users: one without KeyPackages is named and left out, the others join from their Welcomes and talk.
+#[test]
+fn the_bridge_invites_native_users_into_an_invite_only_portal_in_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, _) = write_config(dir.path(), "\n[[portal]]\nname = \"vip\"\njoin = \"invite\"\n");
+    let _daemon = Daemon::start(&cfg, &[]);
+    let server = server_of(&cfg);
+    let cfg = cfg.to_str().expect("utf-8 path");
+    let room = "mimi://bridge.example.org/r/vip";
+    let users = ["eve", "frank", "grace"];
+    for u in users {
+        client(&dir.path().join(u), &server, &["register", u]);
+    }
+
+    let (code, out, err) =
+        cli(&["portal", "invite", "vip", "eve", "ghost", "frank", "grace", "eve", "--batch", "2", "--config", cfg]);
+    assert_eq!(code, 1, "a user left out fails the command: {out}{err}");
+    assert!(err.contains("mimi://bridge.example.org/u/ghost: no KeyPackage left"), "{err}");
+    assert!(err.contains("1 not invited to portal vip: mimi://bridge.example.org/u/ghost"), "{err}");
+    let invited: Vec<String> =
+        users.iter().map(|u| format!("invited mimi://bridge.example.org/u/{u} to portal vip")).collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), invited, "each user once, in order");
+
+    // Batches of two: [eve ghost] [frank grace]: eve's Welcome is not frank's, frank's is grace's.
+    let welcome_of = |u: &str| -> u64 {
+        let listed = client(&dir.path().join(u), &server, &["invites"]);
+        let line = listed.lines().find(|l| l.starts_with(room)).unwrap_or_else(|| panic!("{u} invited: {listed}"));
+        line.rsplit(' ').next().and_then(|s| s.parse().ok()).expect("seq")
+    };
+    let seqs: Vec<u64> = users.iter().map(|u| welcome_of(u)).collect();
+    assert!(seqs[0] < seqs[1] && seqs[1] == seqs[2], "two commits: {seqs:?}");
+
+    for u in users {
+        client(&dir.path().join(u), &server, &["join", room]);
+    }
+    client(&dir.path().join("eve"), &server, &["send", room, "inside at last"]);
+    for u in ["frank", "grace"] {
+        let got = messages(&client(
+            &dir.path().join(u),
+            &server,
+            &["listen", room, "--json", "--count", "1", "--timeout", "15"],
+        ));
+        assert_eq!(got.first().and_then(|m| m["text"].as_str()), Some("inside at last"), "{u}: {got:?}");
+    }
+
+    // Members invited again: said and skipped, not an error (a rerun after a partial failure).
+    let (code, out, err) =
+        cli(&["portal", "invite", "vip", "mimi://bridge.example.org/u/eve", "grace", "--config", cfg]);
+    assert_eq!(code, 0, "{out}{err}");
+    let said: Vec<String> =
+        ["eve", "grace"].iter().map(|u| format!("mimi://bridge.example.org/u/{u} is already in portal vip")).collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), said);
+
+    // A portal that does not exist is refused, naming it.
+    let (code, _, err) = cli(&["portal", "invite", "nope", "eve", "--config", cfg]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
 }
 
 /// A burst of typed lines beyond the server's per-user quota (`[quota] user_messages_per_minute`) is sent late,

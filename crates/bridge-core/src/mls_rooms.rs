@@ -31,12 +31,14 @@
 //! MLS group id is the room URI's bytes.
 
 mod dormant;
+mod invite;
 mod keys;
 mod leaves;
 mod order;
 mod remote;
 
 pub use dormant::{DEFAULT_IDLE_CLOSE, DEFAULT_MAX_OPEN};
+pub use invite::{CLAIM_TIMEOUT, CLAIMS_TIMEOUT, Invited, LeftOut, MAX_INVITED_AT_ONCE};
 pub use keys::DEFAULT_KEY_UPDATE;
 
 use crate::repo::{MlsIdentity, Repo};
@@ -755,38 +757,6 @@ impl MlsRooms {
                 false
             }
         }
-    }
-
-    /// Adds members from KeyPackages (MLSMessages) to the portal's group: commit and Welcome go through the hub.
-    pub async fn add_members(&self, portal: &PortalId, key_packages: &[Vec<u8>]) -> Result<(), RoomError> {
-        let slot = self.slot(portal).await?;
-        let mut s = slot.lock().await;
-        if let Some(hub) = self.remote_hub(&s.room) {
-            return Err(RoomError::Refused(format!("{} is hosted by {hub}: add its members there", s.room)));
-        }
-        self.catch_up(portal, &mut s).await?;
-        let kps: Vec<&[u8]> = key_packages.iter().map(Vec::as_slice).collect();
-        let out = offload(s.group.member_count(), || s.group.add_members(&kps)).await;
-        let out = out.durable().await.map_err(unavailable)?;
-        // The Welcome goes to the hub only with the commit it belongs to (and the GroupInfo of the new epoch).
-        let bundle = update_request(&out)?;
-        let room = s.room.clone();
-        let sent = match self.provider.update(&room, bundle, self.member.uri(), Origin::Portal).await {
-            Ok(a) => Ok(Some(a.seq)),
-            Err(ProviderError::Refused(Refusal::EpochTooOld { .. })) => Ok(None),
-            Err(ProviderError::Refused(r)) => Err(RoomError::Refused(r.to_string())),
-            Err(e) => Err(unavailable(e)),
-        };
-        let welcome_seq = match (&sent, &out.welcome) {
-            // The Welcome follows its commit in the log: it is ours too.
-            (Ok(Some(seq)), Some(_)) => Some(seq + 1),
-            _ => None,
-        };
-        if !self.complete_own_commit(&mut s, out, sent).await? {
-            return Err(RoomError::Unavailable("the room moved to a newer epoch; add again".into()));
-        }
-        s.own.extend(welcome_seq);
-        Ok(())
     }
 
     /// Sends a commit of the bridge's leaf (pending on its group) to the hub: merged if accepted (the local

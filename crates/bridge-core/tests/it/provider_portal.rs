@@ -931,7 +931,7 @@ async fn beyond_the_bound_of_open_portals_the_least_used_close() {
 /// A portal of more than [`mimi_mls::OFFLOAD_MEMBERS`] members stays closed after a restart, like a small one: the
 /// GroupInfo it serves, which carries no tree, is stored after every commit. A big group's used to be kept in memory
 /// only, so after a commit that came without one (the bridge's key update) its portal opened at every start to
-/// serve it again. The members are native users added in one commit, with KeyPackages the provider handed out.
+/// serve it again. The members are native users the bridge invites in one commit (`MlsRooms::invite`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_portal_stays_closed_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -939,7 +939,7 @@ async fn a_big_portal_stays_closed_after_a_restart() {
     let b = Bridge::start_at(dir.path(), MlsIdentity::Shared, None, true, Some(Duration::from_secs(1))).await;
     let users = store(users_dir.path());
     let n = mimi_mls::OFFLOAD_MEMBERS;
-    let mut kps = Vec::with_capacity(n);
+    let mut uris = Vec::with_capacity(n);
     for i in 0..n {
         let uri = format!("mimi://{DOMAIN}/u/n{i}");
         let (p, m) = member(&users, &format!("n{i}"), &uri).await;
@@ -950,9 +950,10 @@ async fn a_big_portal_stays_closed_after_a_restart() {
         b.provider.register_user(&uri, "00").await.expect("user");
         let framed: Vec<MlsMessageBytes> = kp.into_iter().map(|k| MlsMessageBytes::new(k).expect("framed")).collect();
         b.provider.upload_key_packages(&uri, &framed).await.expect("uploaded");
-        kps.push(b.provider.claim_key_package(&uri).await.expect("claimed").expect("one KeyPackage"));
+        uris.push(uri);
     }
-    b.room_of_record.add_members(&b.portal, &kps).await.expect("added in one commit");
+    let invited = b.room_of_record.invite(&b.portal, &uris).await.expect("added in one commit");
+    assert_eq!((invited.added.len(), invited.left_out.len()), (n, 0), "{invited:?}");
     assert_eq!(b.wait_members(n + 1).await.len(), n + 1);
     // Then the bridge's key update: a commit handed in without a GroupInfo.
     let added = b.provider.epoch(&b.room).expect("epoch");
