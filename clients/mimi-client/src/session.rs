@@ -105,8 +105,11 @@ pub struct Keys {
 }
 
 /// The shape of the client's store (its MLS state, decrypted messages not printed yet). 1 → 2: a big group's
-/// state may be stored in chunks ([`mimi_mls::storage::migrate_to_chunked_values`]).
-const STORE_SCHEMA: Schema = Schema { migrations: &[mimi_mls::storage::migrate_to_chunked_values] };
+/// state may be stored in chunks ([`mimi_mls::storage::migrate_to_chunked_values`]); 2 → 3: a group's message
+/// secrets may be two records ([`mimi_mls::storage::migrate_to_past_epochs_apart`]).
+const STORE_SCHEMA: Schema = Schema {
+    migrations: &[mimi_mls::storage::migrate_to_chunked_values, mimi_mls::storage::migrate_to_past_epochs_apart],
+};
 
 impl Keys {
     /// Opens the store in `dir` and loads (or creates) the keys of `uri`.

@@ -50,6 +50,8 @@ pub fn known_trees() -> Vec<&'static str> {
 ///   is rewritten with every message ([`mimi_provider::log::migrate_v4_to_v5`]).
 /// * 5 → 6: a group's ratchet tree, message secrets and group state in the `mls` tree may be stored in
 ///   content-defined chunks (nothing is rewritten: [`mimi_mls::storage::migrate_to_chunked_values`]).
+/// * 6 → 7: a group's message secrets may be two records, its past epochs apart (nothing is rewritten:
+///   [`mimi_mls::storage::migrate_to_past_epochs_apart`]).
 pub const SCHEMA: mimi_store::schema::Schema = mimi_store::schema::Schema {
     migrations: &[
         outbox::migrate_v1_to_v2,
@@ -57,6 +59,7 @@ pub const SCHEMA: mimi_store::schema::Schema = mimi_store::schema::Schema {
         mimi_provider::log::migrate_v3_to_v4,
         mimi_provider::log::migrate_v4_to_v5,
         mimi_mls::storage::migrate_to_chunked_values,
+        mimi_mls::storage::migrate_to_past_epochs_apart,
     ],
 };
 

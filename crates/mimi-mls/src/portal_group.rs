@@ -244,7 +244,7 @@ impl PortalGroup {
             self.storage().reuse_past_epochs(&self.partition, self.past_epochs_unchanged);
             let policy = self.group.past_epoch_deletion_policy().clone();
             let written = self.group.set_past_epoch_deletion_policy(self.provider.as_ref(), policy).map_err(lib);
-            // Whatever happened, no later write may splice (only this one was told nothing changed).
+            // Whatever happened, no later write may leave the past epochs as they are (only this one was told).
             self.storage().reuse_past_epochs(&self.partition, false);
             written?;
             // Taken here: the record goes with it.

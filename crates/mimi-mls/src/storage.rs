@@ -38,6 +38,12 @@
 //! (all of them on a value's first write). A value stored whole before is still read, and chunked when it is next
 //! written.
 //!
+//! A group's message secrets are two values: the past epochs' secrets and member lists (O(N) each) under a label of
+//! their own, written only when they change (after a commit, or a message of a past epoch), and the rest under
+//! another, with the offset at which the past epochs belong (`SECRETS_CUT`). The periodic encoding of
+//! application messages' state ([`crate::write_behind`]) thus neither encodes, copies nor compares the past
+//! epochs. A record written whole before is still read.
+//!
 //! # Cache, write-behind and group commit
 //!
 //! OpenMLS calls the provider synchronously, many times per operation, and rewrites the group's message secrets on
@@ -128,10 +134,18 @@ const OWN_LEAF_INDEX: u8 = 25;
 const EPOCH_SECRETS: u8 = 26;
 const RESUMPTION_PSK_STORE: u8 = 27;
 const MESSAGE_SECRETS: u8 = 28;
+/// The past epochs' part of a group's message secrets, kept apart from the rest ([`SECRETS_CUT`]).
+const PAST_EPOCHS: u8 = 29;
+/// First byte of a group's message secrets stored without their past epochs: then a u32 BE offset, then the CBOR
+/// of OpenMLS's `MessageSecretsStore` with the value of its field `past_epoch_trees` left out; that value (O(N) per
+/// past epoch: its member list) is under [`PAST_EPOCHS`], written only when it changes. A value without this byte
+/// (a CBOR map) is the whole record, as written before. (CBOR tag 2 could not start a map; a chunk manifest
+/// starts with 0xC1.)
+const SECRETS_CUT: u8 = 0xC2;
 /// OpenMLS's records of a group stored under the group's id alone: they leave the cache once the group is closed
 /// and the store holds them ([`MlsStorage::release_claim`]). The group's proposals and epoch key pairs (keyed by
 /// more than the id) and the engine's own records about it ([`GROUP_RECORD`]) stay cached: a few hundred bytes.
-const GROUP_LABELS: [u8; 12] = [
+const GROUP_LABELS: [u8; 13] = [
     TREE,
     GROUP_CONTEXT,
     INTERIM_TRANSCRIPT_HASH,
@@ -144,6 +158,7 @@ const GROUP_LABELS: [u8; 12] = [
     EPOCH_SECRETS,
     RESUMPTION_PSK_STORE,
     MESSAGE_SECRETS,
+    PAST_EPOCHS,
 ];
 /// A chunk of a chunked value ([`CHUNKED_FROM`]).
 const CHUNK: u8 = 0x42;
@@ -157,7 +172,7 @@ pub const CHUNKED_FROM: usize = 64 << 10;
 
 /// Labels whose values grow with the group (O(N)) and are rewritten after small changes.
 fn chunkable(label: Option<&u8>) -> bool {
-    matches!(label, Some(&(TREE | MESSAGE_SECRETS | GROUP_STATE)))
+    matches!(label, Some(&(TREE | MESSAGE_SECRETS | PAST_EPOCHS | GROUP_STATE)))
 }
 
 /// The store key of the chunk `hash` of the value under `key` (whose namespace prefix is `prefix_len` bytes).
@@ -176,6 +191,14 @@ fn chunk_key(key: &[u8], prefix_len: usize, hash: &[u8; 32]) -> Vec<u8> {
 /// rewrite (a value stored whole is still read, and chunked when it is next written); the new version keeps older
 /// builds, which would take a manifest for the value, off the data directory.
 pub fn migrate_to_chunked_values(_: &dyn mimi_store::KvStore) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// The migration to the first schema whose `mls` tree may hold a group's message secrets in two records, the past
+/// epochs apart ([`SECRETS_CUT`]): nothing to rewrite (a record written whole is still read, and written apart at
+/// its next encoding); the new version keeps older builds, which could not read the two records, off the data
+/// directory.
+pub fn migrate_to_past_epochs_apart(_: &dyn mimi_store::KvStore) -> Result<(), StoreError> {
     Ok(())
 }
 
@@ -579,10 +602,13 @@ struct Inner {
 /// What [`MlsStorage`] remembers of a group's last encoding of its message secrets.
 #[derive(Default)]
 struct SecretsEncoding {
-    /// Its length.
+    /// Its length, past epochs left out.
     len: usize,
-    /// The encoding of its past epochs ([`MlsStorage::reuse_past_epochs`]).
-    past_epochs: super::cbor::Splice,
+    /// The value under [`PAST_EPOCHS`] is this process's encoding of the group's past epochs, as they are: an
+    /// encoding told they did not change may leave them out.
+    past_stored: bool,
+    /// The next encoding may leave the past epochs as they are ([`MlsStorage::reuse_past_epochs`]).
+    reuse: bool,
 }
 
 /// OpenMLS storage for one local member (namespace) on the bridge's [`Store`]. See the module documentation.
@@ -662,8 +688,7 @@ impl MlsStorage {
         };
         let value = value.map(|bytes| {
             let chunks = (bytes.len() >= CHUNKED_FROM).then(|| match previous.as_ref().and_then(Option::as_deref) {
-                // The start that did not change keeps its chunks: the message secrets' past epochs, written again
-                // as they were by every application message's periodic encoding, are not hashed again.
+                // The start that did not change keeps its chunks: it is not hashed again.
                 Some(Value { bytes: old, chunks: Some(before) }) => {
                     chunks::split_reusing(&bytes, before, chunks::common_prefix(old, &bytes))
                 }
@@ -993,12 +1018,12 @@ impl MlsStorage {
         self.lock().claims.get(partition) == Some(&claim)
     }
 
-    /// The group object holding `claim` is closed: the copy of its past epochs' encoding is dropped, and its
-    /// records ([`GROUP_LABELS`]: the tree, message secrets and group state, O(N) each, and the small ones beside
-    /// them) leave the cache once everything sealed until now, and whatever of the group is sealed later, is
-    /// durable — the store then holds what the cache does, and a group opened again reads it there. That is
-    /// checked by the member's later operations (a [`Self::claim`], a submit, a close), not by a timer. With
-    /// thousands of portals woken once, the small records alone held tens of megabytes.
+    /// The group object holding `claim` is closed: what is remembered of its message secrets' encoding is dropped,
+    /// and its records ([`GROUP_LABELS`]: the tree, message secrets and group state, O(N) each, and the small ones
+    /// beside them) leave the cache once everything sealed until now, and whatever of the group is sealed later, is
+    /// durable — the store then holds what the cache does, and a group opened again reads it there. That is checked
+    /// by the member's later operations (a [`Self::claim`], a submit, a close), not by a timer. With thousands of
+    /// portals woken once, the small records alone held tens of megabytes.
     pub(crate) fn release_claim(&self, partition: &[u8], claim: u64) {
         let mut inner = self.lock();
         if inner.claims.get(partition) == Some(&claim) {
@@ -1033,12 +1058,12 @@ impl MlsStorage {
         }
     }
 
-    /// The next encoding of the message secrets of the group whose partition is `partition` may write its past
-    /// epochs from their last encoding: the group knows they did not change since (it only encrypted and
-    /// decrypted in the current epoch). Applies to one write.
+    /// The next encoding of the message secrets of the group whose partition is `partition` may leave its past
+    /// epochs as stored: the group knows they did not change since (it only encrypted and decrypted in the
+    /// current epoch). Applies to one write.
     pub(crate) fn reuse_past_epochs(&self, partition: &[u8], on: bool) {
         if let Some(s) = self.lock().past_epochs.get_mut(partition) {
-            s.past_epochs.reuse = on;
+            s.reuse = on;
         }
     }
 
@@ -1107,9 +1132,7 @@ impl MlsStorage {
     /// Number of bytes of state cached (keys and values), for the memory-per-group figures.
     pub fn cached_bytes(&self) -> usize {
         let inner = self.lock();
-        let values: usize = inner.cache.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.bytes.len())).sum();
-        let past: usize = inner.past_epochs.values().map(|s| s.past_epochs.cached.as_ref().map_or(0, Vec::len)).sum();
-        values + past
+        inner.cache.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.bytes.len())).sum()
     }
 }
 
@@ -1227,27 +1250,39 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
             inner.secrets_encoded.insert(partition.clone());
             inner.past_epochs.remove(&partition).unwrap_or_default()
         };
-        // The past epochs' secrets (with their member lists: O(N) each) are written from their last encoding when
-        // the group says they did not change since. The buffer starts a little above the last encoding's size
-        // (megabytes at 10 000 members) rather than grow to it by doubling; it is what the cache keeps, so it keeps
-        // at most that slack.
+        // The past epochs' secrets (with their member lists: O(N) each) go under a key of their own, encoded and
+        // written only when they may have changed (the group says when they did not), and then only if they did;
+        // the rest is small. The buffer starts a little above the last encoding's size.
         let mut value = Vec::with_capacity(last.len + last.len / 16 + 64);
-        let encoded = super::cbor::to_vec_with_splice(
-            message_secrets,
-            &mut value,
-            "MessageSecretsStore",
-            "past_epoch_trees",
-            &mut last.past_epochs,
-        );
-        last.past_epochs.reuse = false;
+        value.push(SECRETS_CUT);
+        value.extend_from_slice(&[0; 4]);
+        let reuse = std::mem::take(&mut last.reuse) && last.past_stored;
+        let encoded =
+            super::cbor::to_vec_cutting(message_secrets, &mut value, "MessageSecretsStore", "past_epoch_trees", reuse);
+        let encode_error = |message: String| MlsStorageError::Encode { what: "message secrets", message };
+        let cut = match encoded {
+            Ok(Some(cut)) => cut,
+            Ok(None) => return Err(encode_error("OpenMLS's message secrets have no field past_epoch_trees".into())),
+            Err(e) => return Err(encode_error(e.to_string())),
+        };
+        // The offset counts from the start of the CBOR, after the 5-byte header.
+        let at = u32::try_from(cut.at).map_err(|_| encode_error("message secrets over 4 GiB".into()))?;
+        value[1..5].copy_from_slice(&at.to_be_bytes());
         last.len = value.len();
-        // Grown past its start (a commit added a past epoch), or shrunk: the cache keeps no more than the slack.
         let slack = last.len / 16 + 64;
         if value.capacity() > last.len + slack {
             value.shrink_to(last.len + slack);
         }
+        if let Some(past) = cut.field {
+            let key = self.key(PAST_EPOCHS, &partition);
+            // Compared with the current value (cache, then store): a group opened again does not rewrite them.
+            let unchanged = self.cached(&key)?.as_deref().is_some_and(|v| v.bytes == past);
+            if !unchanged {
+                self.set_chunkable(&partition, key, Some(past))?;
+            }
+            last.past_stored = true;
+        }
         self.lock().past_epochs.insert(partition.clone(), last);
-        encoded.map_err(|e| MlsStorageError::Encode { what: "message secrets", message: e.to_string() })?;
         let key = self.key(MESSAGE_SECRETS, &partition);
         self.set_chunkable(&partition, key, Some(value))
     }
@@ -1445,7 +1480,26 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<MessageSecrets>, Self::Error> {
-        self.read_group(MESSAGE_SECRETS, "message secrets", group_id)
+        let partition = Self::partition(group_id)?;
+        let key = self.key(MESSAGE_SECRETS, &partition);
+        let Some(value) = self.cached(&key)? else { return Ok(None) };
+        let bytes = value.bytes.as_slice();
+        if bytes.first() != Some(&SECRETS_CUT) {
+            // Written whole, before the past epochs were kept apart.
+            return decode("message secrets", bytes).map(Some);
+        }
+        let corrupt = |message: &str| MlsStorageError::Decode { what: "message secrets", message: message.into() };
+        let (at, rest) = match bytes.get(1..5).zip(bytes.get(5..)) {
+            Some((at, rest)) => (u32::from_be_bytes([at[0], at[1], at[2], at[3]]) as usize, rest),
+            None => return Err(corrupt("shorter than its header")),
+        };
+        if at > rest.len() {
+            return Err(corrupt("the past epochs' offset is beyond the record"));
+        }
+        let past = self.cached(&self.key(PAST_EPOCHS, &partition))?;
+        let past = past.as_deref().ok_or_else(|| corrupt("the past epochs' record is missing"))?;
+        let whole = [&rest[..at], past.bytes.as_slice(), &rest[at..]].concat();
+        decode("message secrets", &whole).map(Some)
     }
 
     fn resumption_psk_store<
@@ -1592,6 +1646,7 @@ impl StorageProvider<CURRENT_VERSION> for MlsStorage {
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
         self.lock().past_epochs.remove(&Self::partition(group_id)?);
+        self.delete_group(PAST_EPOCHS, group_id)?;
         self.delete_group(MESSAGE_SECRETS, group_id)
     }
 

@@ -7,9 +7,9 @@
 //! [`crate::MlsBackend::set_write_behind_ops`] operations (default [`crate::WRITE_BEHIND_OPS`], at most a quarter of
 //! the group's `maximum_forward_distance`), at a decrypt 2 s or more after the last encoding (checked then: no
 //! timer), when an encrypt needs a new reservation, when the group is closed, and by every operation
-//! that makes OpenMLS write the secrets itself (merging a commit, joining, creating). An encoding writes the past
-//! epochs from their previous encoding when only current-epoch messages were handled since
-//! ([`crate::cbor::Splice`]): the member lists are not encoded again.
+//! that makes OpenMLS write the secrets itself (merging a commit, joining, creating). The past epochs are stored
+//! apart from the rest ([`crate::MlsStorage`]) and not encoded again when only current-epoch messages were
+//! handled since: their member lists are neither encoded nor written.
 //!
 //! On disk, the message secrets are therefore *behind* the group in memory. Two rules make that safe across a
 //! kill -9:

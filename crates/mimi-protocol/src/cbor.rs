@@ -36,30 +36,33 @@ impl ser::Error for Error {
 
 /// Appends the CBOR of `value` to `out`.
 pub fn to_vec_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
-    value.serialize(&mut Encoder { out, splice: None })
+    value.serialize(&mut Encoder { out, cutting: None })
 }
 
-/// One field of one struct whose encoding is remembered, and written again from memory instead of serializing the
-/// value while the caller knows the value did not change ([`to_vec_with_splice`]). CBOR items are self-delimiting,
-/// so the remembered bytes stand in for the value exactly.
-#[derive(Debug, Default)]
-pub struct Splice {
-    /// The encoding of the field's value the last time it was serialized.
-    pub cached: Option<Vec<u8>>,
-    /// Write `cached` (when there is one) instead of serializing the value.
-    pub reuse: bool,
+/// Where [`to_vec_cutting`] left its field out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// The offset in the output (from where the value's encoding starts) at which the field's bytes belong.
+    pub at: usize,
+    /// The field's encoding, or `None` if it was not serialized (`reuse`: the caller keeps it from before).
+    pub field: Option<Vec<u8>>,
 }
 
-/// [`to_vec_into`], remembering the encoding of field `field` of struct `name` in `splice`, or writing the one
-/// remembered if `splice.reuse` says the value is unchanged.
-pub fn to_vec_with_splice<T: Serialize + ?Sized>(
+/// [`to_vec_into`] with the value of field `field` of struct `name` left out (its key stays): it is serialized
+/// apart into [`Cut::field`], or not at all if `reuse` says the caller keeps its unchanged encoding from before.
+/// CBOR items are self-delimiting, so the field's bytes put back at [`Cut::at`] give the encoding of the whole
+/// value. `None` if the value has no such field.
+pub fn to_vec_cutting<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
     name: &'static str,
     field: &'static str,
-    splice: &mut Splice,
-) -> Result<(), Error> {
-    value.serialize(&mut Encoder { out, splice: Some((name, field, splice)) })
+    reuse: bool,
+) -> Result<Option<Cut>, Error> {
+    let start = out.len();
+    let mut cut = None;
+    value.serialize(&mut Encoder { out, cutting: Some((name, field, reuse, &mut cut)) })?;
+    Ok(cut.map(|c: Cut| Cut { at: c.at - start, ..c }))
 }
 
 const POS: u8 = 0;
@@ -75,8 +78,8 @@ const BREAK: u8 = 0xff;
 
 struct Encoder<'a> {
     out: &'a mut Vec<u8>,
-    /// Struct name, field name, and the remembered encoding of that field ([`Splice`]).
-    splice: Option<(&'static str, &'static str, &'a mut Splice)>,
+    /// The field left out ([`to_vec_cutting`]): struct name, field name, whether to serialize it, and the cut.
+    cutting: Option<(&'static str, &'static str, bool, &'a mut Option<Cut>)>,
 }
 
 impl Encoder<'_> {
@@ -351,30 +354,26 @@ impl ser::SerializeStruct for Compound<'_, '_> {
     type Error = Error;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
         self.enc.text(key);
-        let spliced = match &self.enc.splice {
-            Some((name, field, _)) => Some(*name) == self.name && *field == key,
+        let cut_here = match &self.enc.cutting {
+            Some((name, field, _, _)) => Some(*name) == self.name && *field == key,
             None => false,
         };
-        if !spliced {
+        if !cut_here {
             return value.serialize(&mut *self.enc);
         }
-        // The remembered field: write it from memory if it may be reused, else serialize it (without splicing
-        // inside it) and remember it.
-        let Some((name, field, splice)) = self.enc.splice.take() else { return value.serialize(&mut *self.enc) };
-        let result = match (&splice.cached, splice.reuse) {
-            (Some(bytes), true) => {
-                self.enc.out.extend_from_slice(bytes);
-                Ok(())
-            }
-            _ => {
-                let start = self.enc.out.len();
-                let r = value.serialize(&mut *self.enc);
-                splice.cached = r.is_ok().then(|| self.enc.out[start..].to_vec());
-                r
-            }
-        };
-        self.enc.splice = Some((name, field, splice));
-        result
+        // The field left out: serialized (without cutting inside it) and taken out, unless the caller keeps it.
+        // One cut: taken out for good, so that a field of the same name further in (a nested struct of the same
+        // name) stays in.
+        let Some((_, _, reuse, cut)) = self.enc.cutting.take() else { return value.serialize(&mut *self.enc) };
+        let at = self.enc.out.len();
+        if reuse {
+            *cut = Some(Cut { at, field: None });
+            return Ok(());
+        }
+        let r = value.serialize(&mut *self.enc);
+        let bytes = self.enc.out.split_off(at);
+        *cut = r.is_ok().then_some(Cut { at, field: Some(bytes) });
+        r
     }
     fn end(self) -> Result<(), Error> {
         Ok(())
@@ -565,34 +564,35 @@ mod tests {
         current: Vec<u8>,
     }
 
+    /// The value with its cut field's bytes put back at their place.
+    fn put_back(out: &[u8], at: usize, field: &[u8]) -> Vec<u8> {
+        [&out[..at], field, &out[at..]].concat()
+    }
+
     #[test]
-    fn a_spliced_field_is_written_as_serialized_and_reused_only_when_told() {
+    fn a_cut_field_is_serialized_apart_unless_the_caller_keeps_it() {
         let mut value = Store { max: 2, past: vec![Kind::New(vec![1, 2, 3]), Kind::Unit], current: vec![9; 40] };
         let mut plain = Vec::new();
         to_vec_into(&value, &mut plain).expect("encode");
-        let mut splice = Splice::default();
-        let mut first = Vec::new();
-        to_vec_with_splice(&value, &mut first, "Store", "past", &mut splice).expect("encode");
-        assert_eq!(first, plain, "splicing changes nothing on the first encoding");
         let mut past = Vec::new();
         to_vec_into(&value.past, &mut past).expect("encode");
-        assert_eq!(splice.cached.as_deref(), Some(&past[..]));
+        // Written after something else: the offset counts from where the value starts.
+        let mut first = vec![0xAA, 0xBB];
+        let cut = to_vec_cutting(&value, &mut first, "Store", "past", false).expect("encode").expect("cut");
+        assert_eq!(cut.field.as_deref(), Some(&past[..]));
+        assert_eq!(put_back(&first[2..], cut.at, &past), plain, "put back, the field gives the plain encoding");
+        assert_eq!(first.len(), 2 + plain.len() - past.len(), "the field is left out");
 
-        // Told the field is unchanged: its remembered bytes stand in, the rest is encoded anew.
+        // Kept by the caller: not serialized, the rest is encoded anew around its place.
         value.current = vec![7; 3];
-        splice.reuse = true;
         let mut second = Vec::new();
-        to_vec_with_splice(&value, &mut second, "Store", "past", &mut splice).expect("encode");
-        let back: Store = ciborium::from_reader(&second[..]).expect("decode");
+        let cut = to_vec_cutting(&value, &mut second, "Store", "past", true).expect("encode").expect("cut");
+        assert_eq!(cut.field, None);
+        let back: Store = ciborium::from_reader(&put_back(&second, cut.at, &past)[..]).expect("decode");
         assert_eq!(back, value);
 
-        // Not told: a changed field is serialized again.
-        value.past.push(Kind::Tuple(1, "x".into()));
-        splice.reuse = false;
-        let mut third = Vec::new();
-        to_vec_with_splice(&value, &mut third, "Store", "past", &mut splice).expect("encode");
-        let back: Store = ciborium::from_reader(&third[..]).expect("decode");
-        assert_eq!(back, value);
+        // A value without the field: nothing is cut.
+        assert_eq!(to_vec_cutting(&value, &mut Vec::new(), "Other", "past", false).expect("encode"), None);
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]

@@ -39,7 +39,7 @@ async fn migrates_and_delivers(backend: Backend) {
         bridge_core::SCHEMA_VERSION,
         "migrated to this build's schema"
     );
-    assert_eq!(bridge_core::SCHEMA_VERSION, 6);
+    assert_eq!(bridge_core::SCHEMA_VERSION, 7);
     let report = bridge_core::check::check(store.kv().as_ref(), &dir).expect("check");
     assert!(report.is_ok(), "{report}");
 

@@ -461,3 +461,68 @@ fn a_group_flushed_before_it_is_opened_again_skips_nothing_and_decrypts_nothing_
     assert_eq!(bridge.provider.skipped_generations(), skipped, "no generation skipped");
     assert!(new.process(&ct).durable_blocking().is_err(), "what the old object decrypted is not decrypted again");
 }
+
+/// The bridge's record of `label` for its one group in `store` (28: the message secrets, 29: their past epochs,
+/// kept apart): its key and value, found by the keys' layout `lp(namespace) ‖ version ‖ label ‖ CBOR(group id)`.
+fn bridge_secrets(store: &mimi_store::Store, label: u8) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut prefix = vec![0, 6];
+    prefix.extend_from_slice(b"bridge");
+    prefix.extend_from_slice(&openmls_traits::storage::CURRENT_VERSION.to_be_bytes());
+    prefix.push(label);
+    let mut found = store.scan_prefix(mimi_mls::MLS_TREE, &prefix).expect("scan");
+    assert!(found.len() <= 1, "one group");
+    found.pop()
+}
+
+/// Message secrets stored whole, as before their past epochs were kept apart, still load — the past epochs with
+/// them: a message of the epoch before the last commit decrypts — and the next write stores them apart.
+#[test]
+fn message_secrets_stored_whole_before_the_past_epochs_were_kept_apart_still_load() {
+    const SECRETS: u8 = 28;
+    const PAST_EPOCHS: u8 = 29;
+    let bridge_dir = tempfile::tempdir().expect("tempdir");
+    let peers_dir = tempfile::tempdir().expect("tempdir");
+    let bob = Client::new(&open_store(peers_dir.path()), "bob");
+    let (late, mut gb) = {
+        let (_bridge, mut g, mut gb) = pair(bridge_dir.path(), &bob);
+        send(&mut gb, &mut [&mut g], "in the first epoch");
+        // A message of this epoch that reaches the bridge only after the next commit.
+        let late = gb.encrypt(b"late, from the epoch before").durable_blocking().expect("bob encrypts");
+        let out = g.self_update().durable_blocking().expect("commit");
+        apply_commit(&mut g, &out.commit, &mut [&mut gb]);
+        send(&mut g, &mut [&mut gb], "in the second epoch");
+        (late, gb)
+    };
+
+    // As stored now: apart, the offset of the past epochs in the header.
+    let store = open_store(bridge_dir.path());
+    let (key, value) = bridge_secrets(&store, SECRETS).expect("message secrets");
+    let (past_key, past) = bridge_secrets(&store, PAST_EPOCHS).expect("past epochs stored apart");
+    assert_eq!(value[0], 0xC2, "the message secrets without their past epochs");
+    let at = u32::from_be_bytes(value[1..5].try_into().expect("offset")) as usize;
+    let whole = [&value[5..5 + at], &past[..], &value[5 + at..]].concat();
+    let parsed: ciborium::Value = ciborium::from_reader(&whole[..]).expect("put back together: one CBOR map");
+    assert!(parsed.is_map());
+
+    // Stored as before: whole, nothing apart.
+    let mut b = mimi_store::Batch::new();
+    b.put(mimi_mls::MLS_TREE, key, whole);
+    b.delete(mimi_mls::MLS_TREE, past_key);
+    store.commit_blocking(b).expect("rewrite");
+    assert!(bridge_secrets(&store, PAST_EPOCHS).is_none());
+
+    let bridge = Client::new(&store, "bridge");
+    let mut g = bridge.load(GROUP);
+    match g.process(&late).durable_blocking().expect("the late message decrypts") {
+        Received::Application { plaintext, .. } => assert_eq!(plaintext, b"late, from the epoch before"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    send(&mut gb, &mut [&mut g], "after the reload");
+    let out = g.self_update().durable_blocking().expect("commit");
+    apply_commit(&mut g, &out.commit, &mut [&mut gb]);
+    send(&mut g, &mut [&mut gb], "in the third epoch");
+    drop(g);
+    let (_, value) = bridge_secrets(&store, SECRETS).expect("message secrets");
+    assert_eq!(value[0], 0xC2, "written apart again");
+    assert!(bridge_secrets(&store, PAST_EPOCHS).is_some());
+}
