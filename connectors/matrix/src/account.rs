@@ -794,8 +794,9 @@ impl Inner {
     /// accepted (or deliberately dropped). The caller holds [`Inner::turn`].
     async fn take(&self, events: Vec<Raw<AnyTimelineEvent>>) -> Result<(), String> {
         let mut pending = Vec::new();
+        let taken_up = tokio::time::Instant::now();
         for raw in events {
-            let raw = match self.decrypted(raw).await? {
+            let raw = match self.decrypted(raw, taken_up).await? {
                 Intake::Event(raw) => raw,
                 Intake::Instead(notice) => {
                     if let Some(notice) = notice

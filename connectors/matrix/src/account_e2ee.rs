@@ -24,7 +24,13 @@ impl Inner {
     /// on disk before the transaction is answered) and the portal gets a notice from its sender in its place.
     /// Without end-to-end encryption it goes to the translation as it is (which gives the notice that the bridge
     /// cannot read it).
-    pub(super) async fn decrypted(&self, raw: Raw<AnyTimelineEvent>) -> Result<Intake, String> {
+    ///
+    /// `taken_up`: when the events `raw` came with (a transaction, a catch-up) were taken up.
+    pub(super) async fn decrypted(
+        &self,
+        raw: Raw<AnyTimelineEvent>,
+        taken_up: tokio::time::Instant,
+    ) -> Result<Intake, String> {
         let (kind, room_id, event_id, sender) = {
             let field = |name| raw.get_field::<String>(name).ok().flatten();
             (field("type"), field("room_id"), field("event_id"), field("sender"))
@@ -60,26 +66,27 @@ impl Inner {
                 return Ok(Intake::Event(raw));
             }
         }
-        let (mut why, mut withheld) = match e2ee.decrypt(&room, &raw).await? {
-            Decrypted::Clear(clear) => return Ok(Intake::Event(clear)),
-            Decrypted::NotYet(why, withheld) => (why, withheld),
-        };
+        if let Decrypted::Clear(clear) = e2ee.decrypt(&room, &raw).await? {
+            return Ok(Intake::Event(clear));
+        }
         // The key may be in the device's inbox, from a transaction the homeserver could not push: read at start
         // (a transaction held while the bridge was down comes as soon as it is back), or now.
         let keys_came = match e2ee.status() {
             Status::Starting => e2ee.start_read().await,
-            _ => e2ee.look_for_keys().await.unwrap_or_else(|e| {
+            _ => e2ee.look_for_keys(taken_up).await.unwrap_or_else(|e| {
                 tracing::warn!(account = %self.id, error = %e, "cannot read the bridge device's inbox");
                 false
             }),
         };
         if keys_came {
             self.retry_waiting.store(true, std::sync::atomic::Ordering::SeqCst);
-            match e2ee.decrypt(&room, &raw).await? {
-                Decrypted::Clear(clear) => return Ok(Intake::Event(clear)),
-                Decrypted::NotYet(again, code) => (why, withheld) = (again, code),
-            }
         }
+        // Tried again whatever this read found: another read (at start, or the hourly one) may have given the key
+        // to the device meanwhile.
+        let (why, withheld) = match e2ee.decrypt(&room, &raw).await? {
+            Decrypted::Clear(clear) => return Ok(Intake::Event(clear)),
+            Decrypted::NotYet(why, withheld) => (why, withheld),
+        };
         tracing::info!(account = %self.id, room = %room_id, event = %event_id, %why,
             "an encrypted event cannot be decrypted yet: it waits for its key");
         let event = serde_json::from_str(raw.json().get()).unwrap_or_default();

@@ -23,8 +23,6 @@ pub const INBOX_EVERY: Duration = Duration::from_secs(3600);
 const MAX_ROUNDS: usize = 100;
 /// How long events that lack their keys wait for the probe's read of the inbox.
 pub const START_READ_WAIT: Duration = Duration::from_secs(15);
-/// A read of the appservice user's inbox asked for by a missing key is skipped when one began this recently.
-const READ_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 impl E2ee {
     /// Reads the inbox of `user`'s device, if it was ever made, and gives what is there to its machine; returns
@@ -44,6 +42,7 @@ impl E2ee {
             return Ok(false);
         }
         let Some(device) = self.existing_device(user).await? else { return Ok(false) };
+        let started = tokio::time::Instant::now();
         let mut since = None;
         let mut keys_came = false;
         for _ in 0..MAX_ROUNDS {
@@ -55,8 +54,8 @@ impl E2ee {
             since = Some(next);
         }
         if user == self.bot {
-            *self.inbox_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some(tokio::time::Instant::now());
+            let mut read = self.inbox_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *read = Some(read.map_or(started, |at| at.max(started)));
         }
         Ok(keys_came)
     }
@@ -76,18 +75,17 @@ impl E2ee {
         *deadline.get_or_insert_with(|| tokio::time::Instant::now() + START_READ_WAIT)
     }
 
-    /// Reads the appservice user's inbox for a key an event lacks, unless a read began or ended a moment ago (the
-    /// events of one transaction share one read); returns whether room keys came.
-    pub async fn look_for_keys(&self) -> Result<bool, HsError> {
-        let recent = self
-            .inbox_read
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() < READ_AGAIN_AFTER);
-        if recent {
+    /// Reads the appservice user's inbox for a key an event lacks, unless a read began since `taken_up`, when the
+    /// transaction (or catch-up) the event came in was taken up: its events share one read. A read that began
+    /// before may have missed the key, which the sender's client sends just before the event. Returns whether room
+    /// keys came.
+    pub async fn look_for_keys(&self, taken_up: tokio::time::Instant) -> Result<bool, HsError> {
+        let read_since =
+            self.inbox_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some_and(|at| at >= taken_up);
+        if read_since {
             return Ok(false);
         }
-        // A failing read is not tried again at once either.
+        // A failing read is not tried again for the rest of the transaction either.
         *self.inbox_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
         self.read_bot_inbox().await
     }
