@@ -1,7 +1,7 @@
 //! Who is in which room: registering, creating rooms, inviting, listing invitations, joining.
 
 use crate::api::Api;
-use crate::room::{self, QUOTA_WAIT, Verdict, catch_up, epoch_moved, room_path};
+use crate::room::{self, Verdict, catch_up, epoch_moved, room_path};
 use crate::session::{Res, Session, State};
 use crate::transport::Server;
 use mimi_mls::{EngineConfig, PortalGroup, key_packages};
@@ -10,7 +10,6 @@ use mimi_protocol::wire::{
 };
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Duration;
 
 /// Registers `user` with the server, creates their keys in `dir` and uploads KeyPackages; prints the URI.
 pub async fn register(dir: &Path, server: &Server, user: &str) -> Res<()> {
@@ -137,25 +136,12 @@ fn user_uri(s: &Session, user: &str) -> String {
 /// it cannot use); the outer one is any other failure.
 async fn claim_key_package(s: &Session, room: &str, target: &str) -> Res<Res<Vec<u8>>> {
     let path = format!("/client/v1/keyPackage/{}?room={}", target.trim_start_matches("mimi://"), room_path(room));
-    let mut waited = Duration::ZERO;
-    loop {
-        let (status, body) = s.api.post_raw(&path, Vec::new()).await?;
-        if status == 200 {
-            return Ok(Ok(body));
+    match room::post_within_quota(&s.api, &path, Vec::new(), "claiming").await? {
+        (200, kp, _) => Ok(Ok(kp)),
+        (status @ (400 | 404), _, why) => {
+            Ok(Err(format!("no KeyPackage for {target}: HTTP {status}: {}", why["error"])))
         }
-        let why = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
-        match (status, why["retry_after_ms"].as_u64().map(Duration::from_millis)) {
-            (400 | 404, _) => {
-                return Ok(Err(format!("no KeyPackage for {target}: HTTP {status}: {}", why["error"])));
-            }
-            (429, Some(after)) if waited + after <= QUOTA_WAIT => {
-                eprintln!("over the server's quota ({}): claiming again in {} ms", why["error"], after.as_millis());
-                let after = after + Duration::from_millis(20);
-                tokio::time::sleep(after).await;
-                waited += after;
-            }
-            _ => return Err(format!("a KeyPackage of {target}: HTTP {status}: {}", why["error"])),
-        }
+        (status, _, why) => Err(format!("a KeyPackage of {target}: HTTP {status}: {}", why["error"])),
     }
 }
 

@@ -117,28 +117,42 @@ pub enum Verdict {
     EpochTooOld,
 }
 
-/// The longest a message waits in all for the server's quota (which refills a minute's worth in a minute).
-pub const QUOTA_WAIT: Duration = Duration::from_secs(120);
+/// The longest a request waits in all for the server's quota (which refills a minute's worth in a minute).
+const QUOTA_WAIT: Duration = Duration::from_secs(120);
 
-/// Posts `body` to `path`; over the server's quota (429 with `retry_after_ms`), waits that long and posts it
-/// again, for at most [`QUOTA_WAIT`] in all, so that a burst of lines is sent late rather than not at all.
-async fn post(api: &Api, path: &str, body: Vec<u8>) -> Res<Verdict> {
+/// Posts `body` to `path`; over the server's quota (429 with `retry_after_ms`), says so on standard error
+/// ("`doing` again in N ms"), waits that long and posts it again, for at most [`QUOTA_WAIT`] in all, so that a
+/// burst is served late rather than not at all. Any other answer: its status, body, and body as JSON (`Null` if it
+/// is not).
+pub async fn post_within_quota(
+    api: &Api,
+    path: &str,
+    body: Vec<u8>,
+    doing: &str,
+) -> Res<(u16, Vec<u8>, serde_json::Value)> {
     let mut waited = Duration::ZERO;
     loop {
         let (status, answer) = api.post_raw(path, body.clone()).await?;
         let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
         match (status, v["retry_after_ms"].as_u64().map(Duration::from_millis)) {
-            (200, _) => return Ok(Verdict::Accepted(v["seq"].as_u64())),
-            (409, _) if v["error"] == "epoch_too_old" => return Ok(Verdict::EpochTooOld),
             (429, Some(after)) if waited + after <= QUOTA_WAIT => {
-                eprintln!("over the server's quota ({}): sending again in {} ms", v["error"], after.as_millis());
+                eprintln!("over the server's quota ({}): {doing} again in {} ms", v["error"], after.as_millis());
                 // A few ms more: the bucket is full again exactly then, by the server's clock.
                 let after = after + Duration::from_millis(20);
                 tokio::time::sleep(after).await;
                 waited += after;
             }
-            (s, _) => return Err(format!("{path}: HTTP {s}: {}", v["error"])),
+            _ => return Ok((status, answer, v)),
         }
+    }
+}
+
+/// Posts `body` to `path` ([`post_within_quota`]), so that a burst of lines is sent late rather than not at all.
+async fn post(api: &Api, path: &str, body: Vec<u8>) -> Res<Verdict> {
+    match post_within_quota(api, path, body, "sending").await? {
+        (200, _, v) => Ok(Verdict::Accepted(v["seq"].as_u64())),
+        (409, _, v) if v["error"] == "epoch_too_old" => Ok(Verdict::EpochTooOld),
+        (s, _, v) => Err(format!("{path}: HTTP {s}: {}", v["error"])),
     }
 }
 
